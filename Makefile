@@ -1,0 +1,32 @@
+# The two commands of the quick start: `make run` and `make test`.
+# Everything the project needs is installed from here (pip into .venv, apt-get for
+# the Debian packages the interop tests use).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := aria2 curl
+
+.PHONY: setup run test lint bench clean
+
+$(BIN)/swarmhub: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/swarmhub
+	@bash scripts/install-system-deps.sh $(APT_PACKAGES)
+
+run: setup
+	$(BIN)/swarmhub demo
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/loopback.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,101 @@
+"""BEP 52 merkle trees: SHA-256 over 16 KiB blocks, zero-padded to a power of two.
+
+Leaves beyond the end of a file are 32 zero bytes; interior nodes are
+``sha256(left + right)``. A file no larger than one piece is verified by its
+``pieces root`` alone (leaves padded to the next power of two); a larger file has one
+*piece layer* hash per piece (the root of ``piece_length / 16 KiB`` leaves), and its root
+pads that layer with the roots of all-zero subtrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from functools import lru_cache
+
+from swarmhub.metainfo.model import BLOCK_SIZE
+
+__all__ = [
+    "ZERO_LEAF",
+    "block_hashes",
+    "file_root",
+    "next_pow2",
+    "piece_layer",
+    "piece_root",
+    "reduce_layer",
+    "root_from_layer",
+    "zero_root",
+]
+
+ZERO_LEAF = bytes(32)
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+@lru_cache(maxsize=64)
+def zero_root(num_leaves: int) -> bytes:
+    """Root of a subtree of ``num_leaves`` (a power of two) zero leaves."""
+    if num_leaves <= 1:
+        return ZERO_LEAF
+    child = zero_root(num_leaves // 2)
+    return hashlib.sha256(child + child).digest()
+
+
+def block_hashes(data: bytes | memoryview) -> list[bytes]:
+    """SHA-256 of each 16 KiB block of ``data`` (the last block may be short)."""
+    view = memoryview(data)
+    return [
+        hashlib.sha256(view[i : i + BLOCK_SIZE]).digest() for i in range(0, len(view), BLOCK_SIZE)
+    ]
+
+
+def reduce_layer(layer: Sequence[bytes], width: int, pad: bytes = ZERO_LEAF) -> bytes:
+    """Root over ``layer`` padded with ``pad`` nodes to ``width`` (a power of two) entries.
+
+    Padding subtrees are collapsed: a pair of two pad nodes hashes to the next level's pad,
+    so the cost stays proportional to ``len(layer)``, not to ``width``.
+    """
+    if width & (width - 1) or width < max(1, len(layer)):
+        raise ValueError(f"width {width} must be a power of two >= {len(layer)}")
+    nodes = list(layer)
+    while width > 1:
+        if len(nodes) % 2:
+            nodes.append(pad)
+        nodes = [
+            hashlib.sha256(nodes[i] + nodes[i + 1]).digest() for i in range(0, len(nodes), 2)
+        ]
+        pad = hashlib.sha256(pad + pad).digest()
+        width //= 2
+    return nodes[0] if nodes else pad
+
+
+def piece_root(data: bytes | memoryview, piece_length: int) -> bytes:
+    """Piece-layer hash of one piece of a file larger than a piece (short data is padded)."""
+    return reduce_layer(block_hashes(data), piece_length // BLOCK_SIZE)
+
+
+def file_root(data: bytes | memoryview) -> bytes:
+    """``pieces root`` of a whole file given its bytes (for files of at most one piece)."""
+    leaves = block_hashes(data)
+    return reduce_layer(leaves, next_pow2(len(leaves)))
+
+
+def root_from_layer(layer_hashes: Sequence[bytes], piece_length: int, file_length: int) -> bytes:
+    """``pieces root`` of a file from its piece layer (files larger than one piece)."""
+    num_blocks = -(-file_length // BLOCK_SIZE)
+    leaves_per_piece = piece_length // BLOCK_SIZE
+    total_leaves = next_pow2(num_blocks)
+    width = max(1, total_leaves // leaves_per_piece)
+    return reduce_layer(layer_hashes, next_pow2(max(width, len(layer_hashes))),
+                        zero_root(leaves_per_piece))
+
+
+def piece_layer(data_blocks: Sequence[bytes], piece_length: int) -> list[bytes]:
+    """Piece-layer hashes from a file's block hashes (one entry per piece)."""
+    per = piece_length // BLOCK_SIZE
+    return [
+        reduce_layer(data_blocks[i : i + per], per) for i in range(0, len(data_blocks), per)
+    ]

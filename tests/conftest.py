@@ -1,0 +1,36 @@
+"""Shared test helpers: strict skipping, free ports, libtorrent availability."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+STRICT = os.environ.get("SWARMHUB_STRICT") == "1"
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip when ``condition`` is false; under SWARMHUB_STRICT=1 (CI) fail instead."""
+    if condition:
+        return
+    if STRICT:
+        pytest.fail(f"SWARMHUB_STRICT=1 and a requirement is missing: {why}")
+    pytest.skip(why)
+
+
+def need_tool(name: str) -> str:
+    """Path of a command-line tool, or skip/fail as :func:`need` does."""
+    path = shutil.which(name)
+    need(path is not None, f"{name} is not installed (make setup installs it)")
+    assert path is not None
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
