@@ -1,0 +1,433 @@
+"""Torrent data on disk: the piece space mapped onto files with pread/pwrite.
+
+Why not mmap: libtorrent's mmap storage is its users' most common complaint (page cache
+pressure, SIGBUS on a full disk, address-space exhaustion). Positional reads and writes on
+a bounded LRU of open descriptors keep memory flat and turn a full disk into an ordinary
+:class:`~swarmhub.errors.StorageError`.
+
+Layout: a single-file torrent lives at ``save_path/name``; a multi-file torrent at
+``save_path/name/<path components>``. Pads (explicit BEP 47 entries or the gaps implied
+by BEP 52 alignment) read as zeros and are never written.
+
+Safety: every open walks the path one component at a time with ``openat`` and
+``O_NOFOLLOW``, so nothing below ``save_path`` may be a symlink and nothing can escape it,
+even if a hostile torrent slipped past the parser's path checks (the last line of defence).
+
+Thread safety: all methods may be called concurrently from a thread pool. Descriptors are
+reference-counted, so evicting one from the LRU never closes it under a running pread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import logging
+import os
+import stat
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from swarmhub.errors import StorageError
+from swarmhub.metainfo.model import FileEntry, Metainfo
+
+__all__ = ["TorrentStorage"]
+
+log = logging.getLogger(__name__)
+
+_ZEROS = bytes(1 << 20)
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Handle:
+    """One open descriptor, shared by readers and writers, closed when the last one leaves."""
+
+    __slots__ = ("fd", "retired", "users", "writable")
+
+    def __init__(self, fd: int, writable: bool) -> None:
+        self.fd = fd
+        self.writable = writable
+        self.users = 0
+        self.retired = False
+
+
+def _as_bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _zero_fill(view: memoryview) -> None:
+    pos, n = 0, len(view)
+    while pos < n:
+        chunk = min(n - pos, len(_ZEROS))
+        view[pos : pos + chunk] = _ZEROS[:chunk]
+        pos += chunk
+
+
+class TorrentStorage:
+    """Reads and writes a torrent's piece space on disk (blocking; call from threads)."""
+
+    def __init__(
+        self, meta: Metainfo, save_path: str | os.PathLike[str], *, max_open_files: int = 64
+    ) -> None:
+        if max_open_files < 1:
+            raise ValueError("max_open_files must be at least 1")
+        self.meta = meta
+        self.save_path = Path(save_path)
+        self.max_open_files = max_open_files
+        #: Data files in piece-space order (pads excluded, empty files included).
+        self.data_files: tuple[FileEntry, ...] = meta.data_files
+        # Non-empty data files sorted by offset, for bisecting a piece-space range.
+        self._mapped = [i for i, f in enumerate(self.data_files) if f.length > 0]
+        self._mapped.sort(key=lambda i: self.data_files[i].offset)
+        self._starts = [self.data_files[i].offset for i in self._mapped]
+        # All non-empty entries (pads too), for files_for_range.
+        self._all = sorted((f for f in meta.files if f.length > 0), key=lambda f: f.offset)
+        self._all_starts = [f.offset for f in self._all]
+        self._components = [self._path_components(f) for f in self.data_files]
+        self._lock = threading.Lock()
+        self._handles: OrderedDict[int, _Handle] = OrderedDict()
+        self._create = False
+        self._dirty: set[int] = set()
+
+    # -- paths -------------------------------------------------------------------------
+
+    def _path_components(self, entry: FileEntry) -> tuple[str, ...]:
+        parts = (self.meta.name,) if self.meta.single_file else (self.meta.name, *entry.path)
+        for part in parts:
+            if part in ("", ".", "..") or "/" in part or "\0" in part:
+                raise StorageError(
+                    f"refusing unsafe path component {part!r} in {'/'.join(parts)!r}"
+                )
+        return parts
+
+    def file_path(self, entry: FileEntry) -> Path:
+        """Where ``entry`` lives on disk (pads have no place on disk)."""
+        if entry.pad:
+            raise ValueError(f"pad file {'/'.join(entry.path)} has no path on disk")
+        return self.save_path.joinpath(*self._path_components(entry))
+
+    def _check_containment(self, index: int) -> Path:
+        path = self.save_path.joinpath(*self._components[index])
+        root = os.path.realpath(self.save_path)
+        real = os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root or real == root:
+            raise StorageError(f"refusing to access {path}: it resolves outside {root}")
+        return path
+
+    # -- descriptors -------------------------------------------------------------------
+
+    def _open_fd(self, index: int, write: bool) -> _Handle:
+        """Open data file ``index`` via openat/O_NOFOLLOW from save_path (lock held)."""
+        path = self._check_containment(index)
+        parts = self._components[index]
+        create = write and self._create
+        try:
+            if create:
+                os.makedirs(self.save_path, exist_ok=True)
+            dir_fd = os.open(self.save_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._error("open folder", self.save_path, exc) from None
+        try:
+            for part in parts[:-1]:
+                try:
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o777, dir_fd=dir_fd)
+                    next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+                os.close(dir_fd)
+                dir_fd = next_fd
+            base = os.O_CLOEXEC | os.O_NOFOLLOW
+            if write:
+                flags = base | os.O_RDWR | (os.O_CREAT if create else 0)
+                fd = os.open(parts[-1], flags, 0o666, dir_fd=dir_fd)
+                writable = True
+            elif self._create:
+                try:
+                    fd = os.open(parts[-1], base | os.O_RDWR, dir_fd=dir_fd)
+                    writable = True
+                except OSError as exc:
+                    if exc.errno not in _NOT_WRITABLE:
+                        raise
+                    fd = os.open(parts[-1], base | os.O_RDONLY, dir_fd=dir_fd)
+                    writable = False
+            else:
+                fd = os.open(parts[-1], base | os.O_RDONLY, dir_fd=dir_fd)
+                writable = False
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise StorageError(
+                    f"refusing to open {path}: a component is a symlink or not a folder"
+                ) from None
+            if exc.errno == errno.ENOENT:
+                raise StorageError(f"missing file {path}: recheck or download it again") from None
+            raise self._error("open", path, exc) from None
+        finally:
+            os.close(dir_fd)
+        return _Handle(fd, writable)
+
+    def _acquire(self, index: int, write: bool) -> _Handle:
+        with self._lock:
+            handle = self._handles.get(index)
+            if handle is not None and (handle.writable or not write):
+                self._handles.move_to_end(index)
+            else:
+                if handle is not None:  # read-only handle, a write needs a new one
+                    self._retire(index)
+                handle = self._open_fd(index, write)
+                self._handles[index] = handle
+                while len(self._handles) > self.max_open_files:
+                    self._retire(next(iter(self._handles)))
+            handle.users += 1
+            return handle
+
+    def _release(self, handle: _Handle) -> None:
+        with self._lock:
+            handle.users -= 1
+            if handle.retired and handle.users == 0:
+                os.close(handle.fd)
+
+    def _retire(self, index: int) -> None:
+        """Drop ``index`` from the LRU; close now or when its last user leaves (lock held)."""
+        handle = self._handles.pop(index)
+        handle.retired = True
+        if handle.users == 0:
+            os.close(handle.fd)
+
+    def _error(self, op: str, path: Path | str, exc: OSError) -> StorageError:
+        if exc.errno in _DISK_FULL:
+            return StorageError(f"disk full while writing {path}: {exc.strerror}")
+        return StorageError(f"cannot {op} {path}: {exc.strerror or exc}")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def open(self, create: bool = True) -> None:
+        """Prepare the files; with ``create`` make missing folders and sparse files.
+
+        Existing files shorter than their entry are extended (sparse) so later reads of
+        unwritten ranges see zeros instead of a short read; longer files are left alone.
+        Without ``create`` nothing on disk changes and data is opened read-only.
+        """
+        self._create = create
+        if not create:
+            return
+        for index, entry in enumerate(self.data_files):
+            handle = self._acquire(index, write=True)
+            path = self.save_path.joinpath(*self._components[index])
+            try:
+                if os.fstat(handle.fd).st_size < entry.length:
+                    os.ftruncate(handle.fd, entry.length)
+            except OSError as exc:
+                raise self._error("set the size of", path, exc) from None
+            finally:
+                self._release(handle)
+
+    def sync(self) -> None:
+        """fsync every file written since the last sync (call before saving resume data).
+
+        Files whose descriptor was evicted from the LRU are reopened: fsync flushes the
+        inode, whichever descriptor it is called on.
+        """
+        with self._lock:
+            dirty, self._dirty = sorted(self._dirty), set()
+        for pos, index in enumerate(dirty):
+            try:
+                handle = self._acquire(index, write=False)
+                try:
+                    os.fsync(handle.fd)
+                finally:
+                    self._release(handle)
+            except (OSError, StorageError) as exc:
+                with self._lock:
+                    self._dirty.update(dirty[pos:])
+                if isinstance(exc, StorageError):
+                    raise
+                path = self.save_path.joinpath(*self._components[index])
+                raise self._error("fsync", path, exc) from None
+
+    def close(self) -> None:
+        """Close all descriptors; files reopen lazily if the storage is used again."""
+        with self._lock:
+            for index in list(self._handles):
+                self._retire(index)
+
+    def __enter__(self) -> TorrentStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- mapping -----------------------------------------------------------------------
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.meta.total_length:
+            raise StorageError(
+                f"range {offset}+{length} is outside the torrent (0..{self.meta.total_length})"
+            )
+
+    def _segments(self, offset: int, length: int) -> list[tuple[int, int, int, int]]:
+        """(data file index, file offset, position in the range, length) for real data."""
+        self._check_range(offset, length)
+        end = offset + length
+        out: list[tuple[int, int, int, int]] = []
+        k = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        while k < len(self._mapped):
+            index = self._mapped[k]
+            entry = self.data_files[index]
+            if entry.offset >= end:
+                break
+            lo, hi = max(offset, entry.offset), min(end, entry.end)
+            if lo < hi:
+                out.append((index, lo - entry.offset, lo - offset, hi - lo))
+            k += 1
+        return out
+
+    def files_for_range(self, offset: int, length: int) -> list[tuple[FileEntry, int, int]]:
+        """The entries (pads included, check ``entry.pad``) covering a piece-space range.
+
+        Each item is ``(entry, offset inside the entry, length)``. Gaps implied by BEP 52
+        alignment without explicit pad entries are simply not listed.
+        """
+        self._check_range(offset, length)
+        end = offset + length
+        out: list[tuple[FileEntry, int, int]] = []
+        k = max(0, bisect.bisect_right(self._all_starts, offset) - 1)
+        for entry in self._all[k:]:
+            if entry.offset >= end:
+                break
+            lo, hi = max(offset, entry.offset), min(end, entry.end)
+            if lo < hi:
+                out.append((entry, lo - entry.offset, hi - lo))
+        return out
+
+    def _piece_range(self, index: int, begin: int, length: int) -> int:
+        size = self.meta.piece_size(index)
+        if begin < 0 or length < 0 or begin + length > size:
+            raise StorageError(f"block {begin}+{length} is outside piece {index} (size {size})")
+        return index * self.meta.piece_length + begin
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _pread_into(self, index: int, view: memoryview, file_offset: int) -> None:
+        handle = self._acquire(index, write=False)
+        try:
+            pos = 0
+            while pos < len(view):
+                got = os.preadv(handle.fd, [view[pos:]], file_offset + pos)
+                if got == 0:
+                    path = self.save_path.joinpath(*self._components[index])
+                    raise StorageError(
+                        f"file {path} is shorter than expected "
+                        f"({file_offset + pos} < {self.data_files[index].length} bytes)"
+                    )
+                pos += got
+        except OSError as exc:
+            path = self.save_path.joinpath(*self._components[index])
+            raise self._error("read", path, exc) from None
+        finally:
+            self._release(handle)
+
+    def read_into(self, offset: int, buf: bytearray | memoryview) -> None:
+        """Fill ``buf`` with the piece-space bytes at ``offset`` (reusable buffers)."""
+        view = _as_bytes_view(buf)
+        pos = 0
+        for index, file_offset, at, n in self._segments(offset, len(view)):
+            if at > pos:
+                _zero_fill(view[pos:at])
+            self._pread_into(index, view[at : at + n], file_offset)
+            pos = at + n
+        if pos < len(view):
+            _zero_fill(view[pos:])
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes of the piece space; pads read as zeros, a missing file is an error."""
+        segments = self._segments(offset, length)
+        if len(segments) == 1 and segments[0][3] == length:
+            index, file_offset, _, _ = segments[0]
+            handle = self._acquire(index, write=False)
+            try:
+                data = os.pread(handle.fd, length, file_offset)
+            except OSError as exc:
+                path = self.save_path.joinpath(*self._components[index])
+                raise self._error("read", path, exc) from None
+            finally:
+                self._release(handle)
+            if len(data) == length:
+                return data
+        buf = bytearray(length)
+        self.read_into(offset, buf)
+        return bytes(buf)
+
+    def read_block(self, index: int, begin: int, length: int) -> bytes:
+        """``length`` bytes at ``begin`` inside piece ``index`` (a wire REQUEST)."""
+        return self.read(self._piece_range(index, begin, length), length)
+
+    def read_piece(self, index: int) -> bytes:
+        """The whole piece ``index`` (pads as zeros), ready for :class:`PieceVerifier`."""
+        return self.read(index * self.meta.piece_length, self.meta.piece_size(index))
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write piece-space bytes; the parts that fall on pads are dropped."""
+        view = _as_bytes_view(data)
+        for index, file_offset, at, n in self._segments(offset, len(view)):
+            handle = self._acquire(index, write=True)
+            path = self.save_path.joinpath(*self._components[index])
+            try:
+                done = 0
+                while done < n:
+                    wrote = os.pwrite(handle.fd, view[at + done : at + n], file_offset + done)
+                    if wrote <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    done += wrote
+            except OSError as exc:
+                raise self._error("write", path, exc) from None
+            finally:
+                with self._lock:
+                    self._dirty.add(index)
+                self._release(handle)
+
+    def write_block(self, index: int, begin: int, data: bytes | bytearray | memoryview) -> None:
+        """Write a received block (a wire PIECE message) at ``begin`` inside piece ``index``."""
+        self.write(self._piece_range(index, begin, memoryview(data).nbytes), data)
+
+    # -- inspection --------------------------------------------------------------------
+
+    def _stats(self) -> list[os.stat_result | None]:
+        out: list[os.stat_result | None] = []
+        for index in range(len(self.data_files)):
+            path = self.save_path.joinpath(*self._components[index])
+            try:
+                st = os.lstat(path)
+            except OSError:
+                out.append(None)
+                continue
+            out.append(st if stat.S_ISREG(st.st_mode) else None)
+        return out
+
+    def exists(self) -> bool:
+        """True when at least one data file is on disk (so a recheck is worth doing)."""
+        return any(st is not None for st in self._stats())
+
+    def sizes(self) -> tuple[int, ...]:
+        """On-disk size of each data file (``data_files`` order); -1 when missing."""
+        return tuple(-1 if st is None else st.st_size for st in self._stats())
+
+    def mtimes(self) -> tuple[int, ...]:
+        """Modification time (ns) of each data file (``data_files`` order); -1 when missing."""
+        return tuple(-1 if st is None else st.st_mtime_ns for st in self._stats())
+
+    def stat_files(self) -> tuple[tuple[int, int], ...]:
+        """``(size, mtime_ns)`` of each data file in one pass; ``(-1, -1)`` when missing."""
+        return tuple(
+            (-1, -1) if st is None else (st.st_size, st.st_mtime_ns) for st in self._stats()
+        )
