@@ -1,0 +1,295 @@
+"""Every knob of a swarmhub peer, with a safe default and a line saying what it does.
+
+Like libtorrent's ``settings_pack``, one table is the single source of truth: each field
+of :class:`Settings` carries its doc (and its allowed range) in the field metadata, and
+:meth:`Settings.describe` turns that into ``--help`` text. Settings are frozen; derive
+new ones with :meth:`Settings.replace`, :meth:`Settings.from_mapping` (config files,
+CLI flags) or :meth:`Settings.from_env` (``SWARMHUB_MAX_CONNECTIONS=100``). Presets:
+:meth:`Settings.low_memory` and :meth:`Settings.seedbox`.
+
+Every constructor validates, and a bad value raises :class:`ConfigError` naming the
+setting and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from swarmhub.errors import SwarmhubError
+
+__all__ = ["ConfigError", "Settings"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class ConfigError(SwarmhubError):
+    """A setting name or value that cannot be used; the message says which and why."""
+
+
+def _f(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None) -> Any:
+    """A field with its doc and range: the one place both are written."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Session-wide settings; see :meth:`describe` for the list with docs."""
+
+    # -- network
+    listen_interfaces: str = _f(
+        "0.0.0.0:6881", "where to accept peers: comma-separated host:port (the CLI overrides)"
+    )
+    max_connections: int = _f(200, "peer connections for the whole session", lo=1)
+    max_connections_per_torrent: int = _f(50, "peer connections per torrent", lo=1)
+    # -- choking
+    unchoke_slots: int = _f(
+        4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke", lo=0
+    )
+    optimistic_unchoke_interval: float = _f(
+        30.0, "seconds before the optimistic unchoke moves to another peer", lo=1.0
+    )
+    rechoke_interval: float = _f(10.0, "seconds between choke/unchoke decisions", lo=1.0)
+    # -- timeouts
+    handshake_timeout: float = _f(10.0, "seconds to connect and finish the handshake", lo=0.1)
+    peer_timeout: float = _f(120.0, "close a peer that sent nothing for this long", lo=1.0)
+    keepalive_interval: float = _f(
+        60.0, "send a keep-alive after this many idle seconds (below peer_timeout)", lo=1.0
+    )
+    request_timeout: float = _f(
+        20.0, "seconds before an unanswered request goes to another peer", lo=1.0
+    )
+    # -- request pipelining
+    request_queue_time: float = _f(
+        2.0, "keep this many seconds of a peer's measured rate in requests", lo=0.1
+    )
+    min_request_queue: int = _f(16, "fewest requests outstanding to an unchoked peer", lo=1)
+    max_request_queue: int = _f(
+        500, "most requests outstanding to one peer (also kept below its reqq)", lo=1
+    )
+    max_outstanding_incoming_requests: int = _f(
+        500, "requests we queue from one peer (our reqq); more are rejected", lo=1
+    )
+    # -- rate limits (bytes/s, 0 = unlimited)
+    download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)
+    upload_rate_limit: int = _f(0, "session upload limit, bytes/s (0 = unlimited)", lo=0)
+    torrent_download_rate_limit: int = _f(
+        0, "per-torrent download limit, bytes/s (0 = unlimited)", lo=0
+    )
+    torrent_upload_rate_limit: int = _f(
+        0, "per-torrent upload limit, bytes/s (0 = unlimited)", lo=0
+    )
+    # -- integrity
+    hash_fail_ban_threshold: int = _f(
+        2, "hash failures a peer may take part in before it is banned", lo=1
+    )
+    # -- disk and CPU
+    disk_threads: int = _f(2, "threads for disk reads and writes", lo=1, hi=256)
+    hash_threads: int = _f(0, "threads for piece hashing (0 = one per CPU)", lo=0, hi=256)
+    read_cache_bytes: int = _f(
+        32 * MiB, "bytes of recently read pieces kept in memory for uploads", lo=0
+    )
+    resume_save_interval: float = _f(
+        30.0, "seconds between saves of resume data while downloading", lo=1.0
+    )
+    # -- discovery
+    enable_dht: bool = _f(False, "find peers through the DHT (BEP 5)")
+    enable_lsd: bool = _f(False, "find peers on the local network (BEP 14)")
+    enable_pex: bool = _f(True, "exchange peer lists with connected peers (BEP 11)")
+    # -- identity
+    peer_id_prefix: str = _f("-SH0100-", "start of our 20-byte peer id (Azureus style)")
+    user_agent: str = _f("swarmhub/0.1", "User-Agent for trackers and web seeds")
+    # -- web seeds
+    web_seed_request_size: int = _f(
+        4 * MiB, "bytes per HTTP range request to a web seed", lo=16 * KiB
+    )
+
+    def __post_init__(self) -> None:
+        for f, kind in _fields():
+            value = getattr(self, f.name)
+            if kind is float and type(value) is int:
+                value = float(value)
+                object.__setattr__(self, f.name, value)
+            if type(value) is not kind:
+                raise ConfigError(f"setting {f.name} must be {kind.__name__}, got {value!r}")
+            lo, hi = f.metadata["lo"], f.metadata["hi"]
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                span = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+                raise ConfigError(f"setting {f.name} must be {span}, got {value!r}")
+        if self.min_request_queue > self.max_request_queue:
+            raise ConfigError(
+                f"min_request_queue ({self.min_request_queue}) exceeds max_request_queue "
+                f"({self.max_request_queue})"
+            )
+        if self.keepalive_interval >= self.peer_timeout:
+            raise ConfigError(
+                f"keepalive_interval ({self.keepalive_interval}) must be below peer_timeout "
+                f"({self.peer_timeout}), or idle peers time out: lower it too"
+            )
+        prefix = self.peer_id_prefix.encode("utf-8", "replace")
+        if not self.peer_id_prefix.isascii() or len(prefix) > 12:
+            raise ConfigError("peer_id_prefix must be at most 12 ASCII characters")
+        _parse_interfaces(self.listen_interfaces)
+
+    # -- deriving settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (validated; names are checked)."""
+        _check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], base: Settings | None = None) -> Settings:
+        """Settings from a config file or CLI flags: names may use ``-`` for ``_``; string
+        values are converted to the field's type (``"4MiB"``, ``"yes"``, ``"2.5"``)."""
+        kinds = dict((f.name, kind) for f, kind in _fields())
+        changes: dict[str, Any] = {}
+        for key, value in mapping.items():
+            name = key.strip().lower().replace("-", "_")
+            _check_names({name: value})
+            changes[name] = _coerce(name, kinds[name], value)
+        return (base or cls()).replace(**changes)
+
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "SWARMHUB_",
+        environ: Mapping[str, str] | None = None,
+        base: Settings | None = None,
+    ) -> Settings:
+        """Settings from ``{prefix}{NAME}`` variables (``SWARMHUB_MAX_CONNECTIONS=100``).
+
+        Variables under the prefix that name no setting are left alone: other parts of
+        swarmhub (and its tests) use the same prefix for their own switches.
+        """
+        env = os.environ if environ is None else environ
+        names = {f.name for f, _ in _fields()}
+        picked = {
+            k[len(prefix) :].lower(): v
+            for k, v in env.items()
+            if k.startswith(prefix) and k[len(prefix) :].lower() in names
+        }
+        return cls.from_mapping(picked, base)
+
+    # -- presets
+
+    @classmethod
+    def low_memory(cls, **changes: Any) -> Settings:
+        """For small machines: fewer peers, shorter queues, a small read cache."""
+        return cls(
+            max_connections=50,
+            max_connections_per_torrent=20,
+            max_request_queue=64,
+            max_outstanding_incoming_requests=100,
+            disk_threads=1,
+            hash_threads=1,
+            read_cache_bytes=4 * MiB,
+            web_seed_request_size=1 * MiB,
+        ).replace(**changes)
+
+    @classmethod
+    def seedbox(cls, **changes: Any) -> Settings:
+        """For a well-connected server that mostly uploads: many peers, deep queues."""
+        return cls(
+            max_connections=2000,
+            max_connections_per_torrent=400,
+            unchoke_slots=16,
+            request_queue_time=3.0,
+            max_request_queue=1500,
+            max_outstanding_incoming_requests=2000,
+            disk_threads=8,
+            read_cache_bytes=256 * MiB,
+            web_seed_request_size=16 * MiB,
+        ).replace(**changes)
+
+    # -- documentation
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """``(name, default, doc)`` for every setting, in declaration order."""
+        return [(f.name, f.default, f.metadata["doc"]) for f, _ in _fields()]
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """``listen_interfaces`` parsed into ``(host, port)`` pairs."""
+        return _parse_interfaces(self.listen_interfaces)
+
+
+_FIELDS: list[tuple[dataclasses.Field[Any], type]] = []
+
+
+def _fields() -> list[tuple[dataclasses.Field[Any], type]]:
+    """Fields with their resolved types (annotations are strings under __future__)."""
+    if not _FIELDS:
+        hints = typing.get_type_hints(Settings)
+        _FIELDS.extend((f, hints[f.name]) for f in dataclasses.fields(Settings))
+    return _FIELDS
+
+
+def _check_names(changes: Mapping[str, Any]) -> None:
+    names = [f.name for f, _ in _fields()]
+    for key in changes:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown setting {key!r}{hint}")
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_SCALE = {"": 1, "k": KiB, "m": MiB, "g": 1024 * MiB, "t": 1024 * 1024 * MiB}
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    """Turn a string from the environment or a CLI flag into the field's type."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"setting {name} expects yes/no, true/false, on/off or 1/0: {value!r}")
+    if kind is int:
+        m = _SIZE_RE.match(text)
+        if m is None:
+            raise ConfigError(
+                f"setting {name} expects a whole number (suffixes K, M, G allowed): {value!r}"
+            )
+        number, unit, binary, byte = m.groups()
+        # K/KiB/Ki = 1024 as in aria2 and libtorrent; KB/MB = powers of 1000
+        scale = _SCALE[unit.lower()]
+        if unit and byte and not binary:
+            scale = 1000 ** "kmgt".index(unit.lower()) * 1000
+        result = float(number) * scale
+        if result != int(result):
+            raise ConfigError(f"setting {name} expects a whole number: {value!r}")
+        return int(result)
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"setting {name} expects a number: {value!r}") from None
+    return value
+
+
+def _parse_interfaces(text: str) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for part in text.split(","):
+        part = part.strip()
+        host, sep, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(
+                f"listen_interfaces entry {part!r} is not host:port (e.g. 0.0.0.0:6881, [::]:6881)"
+            )
+        out.append((host, int(port)))
+    return out

@@ -1,0 +1,106 @@
+"""TokenBucket on a hand-stepped clock; RateLimiter on the real loop (briefly)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from swarmhub.engine.ratelimit import RateLimiter, TokenBucket, acquire_all
+from swarmhub.errors import SwarmhubError
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_unlimited_never_waits() -> None:
+    bucket = TokenBucket(0)
+    assert all(bucket.consume(1 << 30, float(t)) == 0.0 for t in range(5))
+    assert bucket.available(0.0) == float("inf")
+
+
+def test_burst_then_steady_rate() -> None:
+    bucket = TokenBucket(1000.0, burst=500.0)
+    assert bucket.consume(500, 0.0) == 0.0  # the burst goes at once
+    assert bucket.consume(100, 0.0) == pytest.approx(0.1)
+    assert bucket.consume(100, 0.0) == pytest.approx(0.2)  # queued behind the first
+    # after the debt is paid, tokens refill at the rate
+    assert bucket.consume(100, 0.3) == 0.0
+    assert bucket.available(0.3) == pytest.approx(0.0, abs=1e-6)
+    assert bucket.available(10.0) == pytest.approx(500.0)  # refill stops at the burst
+
+
+def test_long_run_average_matches_rate() -> None:
+    bucket = TokenBucket(10_000.0)
+    now = 0.0
+    sent = 0
+    while now < 100.0:  # a sender that obeys every wait
+        now += bucket.consume(16384, now)
+        sent += 16384
+    assert sent / now == pytest.approx(10_000.0, rel=0.02)
+
+
+def test_default_burst_and_clock_stepping_back() -> None:
+    bucket = TokenBucket(1_000_000.0)
+    assert bucket.burst == pytest.approx(100_000.0)
+    assert TokenBucket(1000.0).burst == 16384  # at least one block
+    bucket.consume(100_000, 5.0)
+    assert bucket.consume(1000, 4.0) == pytest.approx(0.001)  # no refill from the past
+
+
+def test_set_rate_clamps_tokens_and_validates() -> None:
+    bucket = TokenBucket(1_000_000.0)
+    bucket.set_rate(1000.0, burst=2000.0)
+    assert bucket.consume(2000, 0.0) == 0.0
+    assert bucket.consume(1000, 0.0) == pytest.approx(1.0)
+    with pytest.raises(SwarmhubError):
+        TokenBucket(-1.0)
+
+
+async def test_limiter_with_fake_clock_sleeps_the_debt(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(delay: float) -> None:
+        slept.append(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    clock = FakeClock()
+    limiter = RateLimiter(1000.0, burst=1000.0, clock=clock)
+    await limiter.acquire(1000)
+    await limiter.acquire(500)
+    assert slept == [pytest.approx(0.5)]
+    torrent = RateLimiter(100.0, burst=100.0, clock=clock)
+    clock.now = 10.0
+    await acquire_all([limiter, None, torrent, RateLimiter(0)], 300)
+    assert slept[-1] == pytest.approx(2.0)  # the slower limiter decides
+    limiter.set_rate(0)
+    assert limiter.unlimited
+    n = len(slept)
+    await limiter.acquire(10**9)
+    assert len(slept) == n
+
+
+async def test_one_megabyte_at_one_megabyte_per_second_takes_about_a_second() -> None:
+    limiter = RateLimiter(1_000_000.0, burst=16384)
+    start = time.monotonic()
+    for _ in range(1_000_000 // 16384 + 1):
+        await limiter.acquire(16384)
+    elapsed = time.monotonic() - start
+    print(f"\n1 MB at 1 MB/s took {elapsed:.3f} s")
+    assert 0.85 < elapsed < 1.5
+
+
+async def test_unlimited_acquire_is_cheap() -> None:
+    limiter = RateLimiter(0)
+    start = time.perf_counter()
+    for _ in range(100_000):
+        await limiter.acquire(16384)
+    per_call = (time.perf_counter() - start) / 100_000
+    print(f"\nunlimited acquire(): {per_call * 1e9:.0f} ns")
+    assert per_call < 20e-6
