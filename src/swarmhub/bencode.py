@@ -22,7 +22,7 @@ def bdecode(data: bytes) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise BencodeError(f"bencoded input must be bytes, not {type(data).__name__}")
     try:
-        return fastbencode.bdecode(bytes(data))
+        return fastbencode.bdecode(bytes(data))  # type: ignore[attr-defined]
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
         raise BencodeError(f"malformed bencode: {exc}") from None
 
@@ -30,7 +30,7 @@ def bdecode(data: bytes) -> Any:
 def bencode(value: Any) -> bytes:
     """Encode ``value`` (bytes, str, int, list, dict with bytes/str keys) canonically."""
     try:
-        result: bytes = fastbencode.bencode(value)
+        result: bytes = fastbencode.bencode(value)  # type: ignore[attr-defined]
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise BencodeError(f"cannot bencode {type(value).__name__}: {exc}") from None
     return result

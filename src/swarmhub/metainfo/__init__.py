@@ -1,0 +1,53 @@
+"""Torrent metainfo: .torrent files (v1, v2, hybrid), merkle trees, magnet links, safe paths.
+
+Everything public lives in the submodules and is re-exported here::
+
+    from swarmhub.metainfo import create_torrent, load_torrent, make_magnet
+"""
+
+from __future__ import annotations
+
+from swarmhub.metainfo.create import MAX_AUTO_PIECE_LENGTH, auto_piece_length, create_torrent
+from swarmhub.metainfo.magnet import Magnet, make_magnet, parse_magnet
+from swarmhub.metainfo.merkle import (
+    ZERO_LEAF,
+    block_hashes,
+    file_root,
+    next_pow2,
+    piece_layer,
+    piece_root,
+    reduce_layer,
+    root_from_layer,
+    zero_root,
+)
+from swarmhub.metainfo.model import BLOCK_SIZE, FileEntry, Metainfo, TorrentVersion
+from swarmhub.metainfo.parse import load_torrent, pad_entry, read_torrent, torrent_bytes
+from swarmhub.metainfo.paths import MAX_COMPONENT_BYTES, safe_components
+
+__all__ = [
+    "BLOCK_SIZE",
+    "MAX_AUTO_PIECE_LENGTH",
+    "MAX_COMPONENT_BYTES",
+    "ZERO_LEAF",
+    "FileEntry",
+    "Magnet",
+    "Metainfo",
+    "TorrentVersion",
+    "auto_piece_length",
+    "block_hashes",
+    "create_torrent",
+    "file_root",
+    "load_torrent",
+    "make_magnet",
+    "next_pow2",
+    "pad_entry",
+    "parse_magnet",
+    "piece_layer",
+    "piece_root",
+    "read_torrent",
+    "reduce_layer",
+    "root_from_layer",
+    "safe_components",
+    "torrent_bytes",
+    "zero_root",
+]

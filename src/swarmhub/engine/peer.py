@@ -1,0 +1,346 @@
+"""One peer connection: a thin asyncio adapter over the sans-IO :class:`PeerConnection`.
+
+The protocol object only moves bytes: it feeds what the socket gives to the wire core and
+hands each event to :class:`Peer`, which keeps the per-peer bookkeeping (what the peer has,
+our outstanding requests, its requests to us, rates) and asks its :class:`Torrent` for
+decisions. Anything the peer does wrong closes *this* connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from swarmhub.engine.picker import Block
+from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
+from swarmhub.wire import messages as m
+from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection
+from swarmhub.wire.extensions import decode_ext_handshake, encode_ext_handshake
+
+if TYPE_CHECKING:
+    from swarmhub.engine.session import Session
+    from swarmhub.engine.torrent import Torrent
+
+__all__ = ["Peer", "PeerProtocol", "RateMeter"]
+
+log = logging.getLogger(__name__)
+
+_PIECE_HEADER = struct.Struct(">IBII")
+#: Our BEP 10 extension ids (what we ask peers to use when they talk to us).
+EXT_IDS = {"ut_metadata": 2, "ut_pex": 1}
+
+
+class RateMeter:
+    """Bytes per second over a sliding window of about ``window`` seconds."""
+
+    __slots__ = ("_samples", "_window", "total")
+
+    def __init__(self, window: float = 5.0) -> None:
+        self._window = window
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.total = 0
+
+    def add(self, n: int, now: float) -> None:
+        self.total += n
+        samples = self._samples
+        if samples and now - samples[-1][0] < 0.1:
+            t, v = samples[-1]
+            samples[-1] = (t, v + n)
+        else:
+            samples.append((now, n))
+
+    def rate(self, now: float) -> float:
+        samples = self._samples
+        while samples and now - samples[0][0] > self._window:
+            samples.popleft()
+        if not samples:
+            return 0.0
+        span = max(1.0, now - samples[0][0]) if len(samples) > 1 else 1.0
+        return sum(v for _, v in samples) / min(span, self._window)
+
+
+class Peer:
+    """Everything we know about one connected peer of one torrent."""
+
+    def __init__(self, proto: PeerProtocol, torrent: Torrent, remote_id: bytes) -> None:
+        self.proto = proto
+        self.torrent = torrent
+        self.remote_id = remote_id
+        self.addr = proto.addr
+        self.conn = proto.conn
+        now = time.monotonic()
+        self.connected_at = now
+        self.last_recv = now
+        self.last_send = now
+        self.has_all = False
+        self.num_have = 0
+        self.have = bytearray(torrent.meta.num_pieces)
+        #: Blocks we asked this peer for, with the time of asking.
+        self.requested: dict[Block, float] = {}
+        #: Blocks the peer asked us for, in order.
+        self.incoming: collections.deque[m.Request] = collections.deque()
+        self.down = RateMeter()
+        self.up = RateMeter()
+        self.reqq = 250
+        self.ext_ids: dict[str, int] = {}
+        self.client = ""
+        self.snubbed = False
+        self.upload_wakeup = asyncio.Event()
+        self.closed = False
+
+    # -- sending ------------------------------------------------------------------
+    def send(self, msg: m.Message) -> None:
+        if self.closed:
+            return
+        try:
+            data = self.conn.send(msg)
+        except LocalProtocolError as exc:
+            log.debug("peer %s: not sending %s: %s", self.addr, type(msg).__name__, exc)
+            return
+        self.proto.write(data)
+        self.last_send = time.monotonic()
+
+    def send_piece(self, index: int, begin: int, data: memoryview | bytes) -> None:
+        """Write a Piece message without copying the block into a new buffer."""
+        self.proto.writelines(
+            [_PIECE_HEADER.pack(9 + len(data), 7, index, begin), data]
+        )
+        self.last_send = time.monotonic()
+
+    # -- state ----------------------------------------------------------------------
+    @property
+    def is_seed(self) -> bool:
+        return self.has_all or self.num_have == len(self.have)
+
+    @property
+    def fast(self) -> bool:
+        return bool(self.conn.fast)
+
+    def close(self, reason: str) -> None:
+        self.proto.close(reason)
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.addr[0]}:{self.addr[1]} {self.client or self.remote_id[:8]!r}>"
+
+    # -- incoming messages ------------------------------------------------------------
+    def handle(self, ev: m.Message) -> None:
+        """Dispatch one message from the peer; protocol violations raise RemoteProtocolError."""
+        self.last_recv = time.monotonic()
+        t = self.torrent
+        match ev:
+            case m.Piece(index=index, begin=begin, data=data):
+                t.on_block(self, Block(index, begin, len(data)), data)
+            case m.Request():
+                t.on_request(self, ev)
+            case m.Have(index=index):
+                if not self.have[index]:
+                    self.have[index] = 1
+                    self.num_have += 1
+                    t.on_have(self, index)
+            case m.Unchoke():
+                t.on_unchoke(self)
+            case m.Choke():
+                t.on_choke(self)
+            case m.Interested() | m.NotInterested():
+                t.on_interest_changed(self)
+            case m.Bitfield(bits=bits):
+                have = m.bools_from_bitfield(bits, len(self.have))
+                self.have[:] = have
+                self.num_have = sum(have)
+                t.on_bitfield(self)
+            case m.HaveAll():
+                self.has_all = True
+                self.have[:] = b"\x01" * len(self.have)
+                self.num_have = len(self.have)
+                t.on_bitfield(self)
+            case m.HaveNone():
+                t.on_bitfield(self)
+            case m.Cancel(index=index, begin=begin, length=length):
+                req = m.Request(index, begin, length)
+                with contextlib.suppress(ValueError):
+                    self.incoming.remove(req)
+            case m.RejectRequest(index=index, begin=begin, length=length):
+                t.on_reject(self, Block(index, begin, length))
+            case m.Extended(ext_id=0, payload=payload):
+                hs = decode_ext_handshake(payload)
+                self.ext_ids = dict(hs.m)
+                if hs.reqq:
+                    self.reqq = max(2, hs.reqq)
+                if hs.v:
+                    self.client = hs.v
+            case m.HashRequest():
+                # We answer from the torrent's piece layers only when asked for the piece
+                # layer itself; anything else is politely rejected (BEP 52 allows it).
+                self.send(m.HashReject(ev.pieces_root, ev.base_layer, ev.index, ev.length,
+                                       ev.proof_layers))
+            case _:
+                # KeepAlive, Port, SuggestPiece, AllowedFast, Extended (unknown), Hashes…
+                pass
+
+    def send_ext_handshake(self) -> None:
+        t = self.torrent
+        payload = encode_ext_handshake(
+            m={} if t.meta.private else dict(EXT_IDS),
+            v=t.session.settings.user_agent,
+            p=t.session.listen_port or None,
+            reqq=t.session.settings.max_outstanding_incoming_requests,
+            yourip=_ip_bytes(self.addr[0]),
+        )
+        self.send(m.Extended(0, payload))
+
+
+def _ip_bytes(host: str) -> bytes | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, host)
+        except OSError:
+            continue
+    return None
+
+
+class PeerProtocol(asyncio.Protocol):
+    """Moves bytes between the socket and the wire core; owns nothing else."""
+
+    def __init__(self, session: Session, torrent: Torrent | None = None) -> None:
+        self.session = session
+        self.torrent = torrent
+        self.conn = PeerConnection(our_reserved=session.reserved)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.addr: tuple[str, int] = ("?", 0)
+        self.closed = asyncio.get_running_loop().create_future()
+        self._paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks -----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peername = transport.get_extra_info("peername")
+        if peername:
+            self.addr = (str(peername[0]), int(peername[1]))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+        loop = asyncio.get_running_loop()
+        self._handshake_timer = loop.call_later(
+            self.session.settings.handshake_timeout, self.close, "handshake timed out"
+        )
+        if self.torrent is not None:
+            self.write(self.conn.send(self.session.handshake_for(self.torrent)))
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        try:
+            while True:
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    break
+                if ev is CLOSED:
+                    self.close("peer closed the connection")
+                    break
+                peer = self.peer
+                if peer is not None:
+                    peer.handle(ev)  # type: ignore[arg-type]
+                elif isinstance(ev, m.Handshake):
+                    self._on_handshake(ev)
+                if self.transport is None:
+                    break
+        except RemoteProtocolError as exc:
+            self.close(f"protocol error: {exc}")
+        except SwarmhubError as exc:
+            self.close(f"error: {exc}")
+
+    def eof_received(self) -> bool | None:
+        self.close("peer closed the connection")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(f"connection lost: {exc}" if exc else "connection closed")
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- helpers ------------------------------------------------------------------------
+    async def wait_writable(self) -> None:
+        await self._writable.wait()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and data:
+            self.transport.write(data)
+
+    def writelines(self, parts: list[bytes | memoryview]) -> None:
+        if self.transport is not None:
+            self.transport.writelines(parts)
+
+    def pause_reading(self, seconds: float) -> None:
+        """Stop reading for a while (download rate limit)."""
+        if self.transport is None or self._paused:
+            return
+        self._paused = True
+        self.transport.pause_reading()
+
+        def resume() -> None:
+            self._paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+        asyncio.get_running_loop().call_later(seconds, resume)
+
+    def _on_handshake(self, hs: m.Handshake) -> None:
+        session = self.session
+        torrent = session.torrent_for_hash(hs.info_hash)
+        if torrent is None:
+            self.close("handshake for a torrent we do not have")
+            return
+        if self.torrent is None:  # incoming: answer with the hash the peer used
+            self.torrent = torrent
+            self.write(self.conn.send(m.Handshake(session.reserved, hs.info_hash,
+                                                  session.peer_id)))
+        elif torrent is not self.torrent:
+            self.close("peer answered for another torrent")
+            return
+        if hs.peer_id == session.peer_id:
+            self.close("connected to ourselves")
+            return
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        reason = torrent.can_accept(self.addr, hs.peer_id)
+        if reason:
+            self.close(reason)
+            return
+        self.conn.set_num_pieces(torrent.meta.num_pieces)
+        self.peer = Peer(self, torrent, hs.peer_id)
+        torrent.on_peer_connected(self.peer)
+
+    def close(self, reason: str) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            log.debug("closing %s: %s", self.addr, reason)
+            transport.abort() if "error" in reason else transport.close()
+        self._writable.set()
+        peer, self.peer = self.peer, None
+        if peer is not None and not peer.closed:
+            peer.closed = True
+            peer.upload_wakeup.set()
+            peer.torrent.on_peer_disconnected(peer, reason)
+        if not self.closed.done():
+            self.closed.set_result(reason)

@@ -1,0 +1,705 @@
+"""One torrent being downloaded or seeded: the glue between peers, picker, choker and disk.
+
+Decisions live in the pure modules (:mod:`picker`, :mod:`choker`, :mod:`ratelimit`);
+this class wires their answers to sockets and the thread pool. Whole pieces are assembled
+in memory (bounded by the picker's in-progress pieces), then hashed and written in one
+executor call, so the event loop never hashes or touches the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, choose_unchoked
+from swarmhub.engine.peer import Peer, PeerProtocol, RateMeter
+from swarmhub.engine.picker import Block, PiecePicker
+from swarmhub.errors import StorageError, SwarmhubError, TrackerError
+from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
+from swarmhub.storage.files import TorrentStorage
+from swarmhub.storage.resume import (
+    load_resume,
+    make_resume,
+    resume_path,
+    save_resume,
+    trusted_pieces,
+)
+from swarmhub.storage.verify import PieceVerifier, recheck
+from swarmhub.wire import messages as m
+
+if TYPE_CHECKING:
+    from swarmhub.engine.session import Session
+
+__all__ = ["Torrent", "TorrentState", "TorrentStatus"]
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCK = 128 * 1024
+
+
+class TorrentState(Enum):
+    CHECKING = "checking"
+    DOWNLOADING = "downloading"
+    SEEDING = "seeding"
+    ERROR = "error"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentStatus:
+    """A snapshot for progress displays and tests."""
+
+    state: TorrentState
+    progress: float
+    pieces_have: int
+    num_pieces: int
+    bytes_have: int
+    total_bytes: int
+    download_rate: float
+    upload_rate: float
+    downloaded: int
+    uploaded: int
+    peers: int
+    error: str | None
+    banned: int
+    hash_failures: int
+
+
+class Torrent:
+    """State and behaviour of one torrent inside a :class:`Session`."""
+
+    def __init__(
+        self,
+        session: Session,
+        meta: Metainfo,
+        save_path: Path,
+        *,
+        seed_mode: bool = False,
+        peers: list[tuple[str, int]] | None = None,
+        trackers: list[list[str]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.session = session
+        self.settings = session.settings
+        self.meta = meta
+        self.save_path = save_path
+        self.seed_mode = seed_mode
+        self.rng = rng or random.Random()
+        self.storage = TorrentStorage(meta, save_path)
+        self.verifier = PieceVerifier(meta)
+        self.picker = PiecePicker(
+            meta.num_pieces, meta.piece_length, meta.total_length,
+            rng=self.rng, pad_blocks=_pad_blocks(meta),
+        )
+        self.have = bytearray(meta.num_pieces)
+        self.num_have = 0
+        self.state = TorrentState.CHECKING
+        self.error: str | None = None
+        self.peers: set[Peer] = set()
+        self.buffers: dict[int, bytearray] = {}
+        self.block_src: dict[int, dict[int, Any]] = {}
+        self.failed_blocks: dict[int, dict[int, tuple[Any, bytes]]] = {}
+        self.strikes: collections.Counter[Any] = collections.Counter()
+        self.banned: set[Any] = set()
+        self.hash_failures = 0
+        self.down = RateMeter()
+        self.up = RateMeter()
+        self.downloaded = 0
+        self.uploaded = 0
+        self.complete = asyncio.Event()
+        self.direct_peers = list(peers or [])
+        self.candidates: collections.deque[tuple[str, int]] = collections.deque(self.direct_peers)
+        self.connecting: set[tuple[str, int]] = set()
+        self.tracker_tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
+        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._reads: dict[int, asyncio.Future[bytes]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._choke = ChokeDecision(frozenset(), None, 0.0)
+        self._stopping = False
+        self._resume_file = resume_path(session.state_dir, meta.info_hash)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the files and find out which pieces we already have (resume + recheck)."""
+        loop = asyncio.get_running_loop()
+        pool = self.session.disk_pool
+        existed = await loop.run_in_executor(pool, self.storage.exists)
+        await loop.run_in_executor(pool, self.storage.open, not self.seed_mode)
+        n = self.meta.num_pieces
+        if self.seed_mode:
+            have = bytearray(b"\x01" * n)
+        elif existed:
+            have = bytearray(n)
+            resume = load_resume(self._resume_file)
+            if resume is not None and resume.info_hash == self.meta.info_hash:
+                have = await loop.run_in_executor(
+                    pool, trusted_pieces, resume, self.meta, self.storage)
+            todo = [i for i in range(n) if not have[i]]
+            if todo:
+                checked = await loop.run_in_executor(
+                    None, lambda: recheck(self.meta, self.storage, only=todo))
+                for i in todo:
+                    if checked[i]:
+                        have[i] = 1
+        else:
+            have = bytearray(n)
+        for i in range(n):
+            if have[i]:
+                self.have[i] = 1
+                self.picker.we_have(i)
+        self.num_have = sum(self.have)
+        log.info("%s: %d/%d pieces on disk", self.meta.name, self.num_have, n)
+        if self.num_have == n:
+            self._set_complete()
+        else:
+            self.state = TorrentState.DOWNLOADING
+
+    async def run(self) -> None:
+        """Run the periodic jobs until :meth:`stop`; each job's failure is logged, not fatal."""
+        jobs: list[Callable[[], Awaitable[None]]] = [
+            self._maintenance_loop, self._choker_loop, self._connector_loop,
+            self._resume_loop,
+        ]
+        if self.tracker_tiers:
+            jobs.append(self._tracker_loop)
+        async with asyncio.TaskGroup() as tg:
+            for job in jobs:
+                tg.create_task(self._guard(job))
+
+    async def _guard(self, job: Callable[[], Awaitable[None]]) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await job()
+            except Exception:  # a bug in one job must not take the torrent down
+                log.exception("%s: background job %s failed", self.meta.name, job.__name__)
+
+    async def stop(self) -> None:
+        """Close peers, flush and save resume data; safe to call twice."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for peer in list(self.peers):
+            peer.close("torrent stopped")
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(task), 10)
+        await self.save_resume()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.session.disk_pool, self.storage.close)
+        if self.state is not TorrentState.ERROR:
+            self.state = TorrentState.STOPPED
+
+    async def save_resume(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def work() -> None:
+            save_resume(self._resume_file, make_resume(self.meta, self.storage, self.have))
+
+        try:
+            await loop.run_in_executor(self.session.disk_pool, work)
+        except (OSError, SwarmhubError) as exc:
+            log.warning("%s: could not save resume data: %s", self.meta.name, exc)
+
+    def status(self) -> TorrentStatus:
+        now = time.monotonic()
+        n = self.meta.num_pieces
+        have_bytes = sum(self.meta.piece_size(i) for i in range(n) if self.have[i]) \
+            if self.num_have != n else self.meta.total_length
+        return TorrentStatus(
+            state=self.state,
+            progress=self.num_have / n if n else 1.0,
+            pieces_have=self.num_have,
+            num_pieces=n,
+            bytes_have=have_bytes,
+            total_bytes=self.meta.total_length,
+            download_rate=self.down.rate(now),
+            upload_rate=self.up.rate(now),
+            downloaded=self.downloaded,
+            uploaded=self.uploaded,
+            peers=len(self.peers),
+            error=self.error,
+            banned=len(self.banned),
+            hash_failures=self.hash_failures,
+        )
+
+    # -- peers come and go -------------------------------------------------------------------
+    def ban_key(self, addr: tuple[str, int], peer_id: bytes) -> Any:
+        """Peers are banned by IP, except on loopback where every test peer shares one."""
+        if addr[0].startswith("127.") or addr[0] == "::1":
+            return (addr[0], peer_id)
+        return addr[0]
+
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes) -> str | None:
+        if self._stopping or self.state is TorrentState.ERROR:
+            return "torrent is not active"
+        if self.ban_key(addr, peer_id) in self.banned:
+            return "peer is banned"
+        if len(self.peers) >= self.settings.max_connections_per_torrent:
+            return "too many connections for this torrent"
+        if any(p.remote_id == peer_id for p in self.peers):
+            return "already connected to this peer"
+        return None
+
+    def on_peer_connected(self, peer: Peer) -> None:
+        self.peers.add(peer)
+        self.session.peer_count += 1
+        log.debug("%s: connected %s", self.meta.name, peer)
+        if peer.conn.extension:
+            peer.send_ext_handshake()
+        if self.num_have == self.meta.num_pieces and peer.fast:
+            peer.send(m.HaveAll())
+        elif self.num_have == 0 and peer.fast:
+            peer.send(m.HaveNone())
+        elif self.num_have:
+            peer.send(m.Bitfield(m.bitfield_from_bools(self.have)))
+        self._spawn(self._upload_loop(peer))
+
+    def on_peer_disconnected(self, peer: Peer, reason: str) -> None:
+        if peer not in self.peers:
+            return
+        self.peers.discard(peer)
+        self.session.peer_count -= 1
+        log.debug("%s: disconnected %s: %s", self.meta.name, peer, reason)
+        self.picker.peer_gone(peer)
+        peer.requested.clear()
+        peer.incoming.clear()
+        self._fill_all()
+
+    # -- what peers have ------------------------------------------------------------------------
+    def on_bitfield(self, peer: Peer) -> None:
+        if peer.has_all:
+            self.picker.peer_has_all(peer)
+        else:
+            self.picker.peer_has_bitfield(peer, peer.have)
+        if peer.is_seed and self.num_have == self.meta.num_pieces:
+            peer.close("both sides are seeds")
+            return
+        self._update_interest(peer)
+
+    def on_have(self, peer: Peer, index: int) -> None:
+        self.picker.peer_has(peer, index)
+        if peer.is_seed and self.num_have == self.meta.num_pieces:
+            peer.close("both sides are seeds")
+            return
+        if not peer.conn.am_interested and not self.have[index]:
+            self._update_interest(peer)
+
+    def _update_interest(self, peer: Peer) -> None:
+        want = self.state is TorrentState.DOWNLOADING and self.picker.interesting(peer)
+        if want and not peer.conn.am_interested:
+            peer.send(m.Interested())
+            self._fill_requests(peer)
+        elif not want and peer.conn.am_interested:
+            peer.send(m.NotInterested())
+
+    # -- downloading ----------------------------------------------------------------------------
+    def on_unchoke(self, peer: Peer) -> None:
+        self._fill_requests(peer)
+
+    def on_choke(self, peer: Peer) -> None:
+        if not peer.fast:  # BEP 3: a choke discards every pending request
+            for block in list(peer.requested):
+                self.picker.request_failed(peer, block)
+            peer.requested.clear()
+            self._fill_all()
+
+    def on_reject(self, peer: Peer, block: Block) -> None:
+        if peer.requested.pop(block, None) is not None:
+            self.picker.request_failed(peer, block)
+
+    def _queue_target(self, peer: Peer) -> int:
+        s = self.settings
+        rate = peer.down.rate(time.monotonic())
+        target = int(rate * s.request_queue_time / BLOCK_SIZE)
+        target = max(s.min_request_queue, min(s.max_request_queue, target))
+        return max(1, min(target, peer.reqq - 1))
+
+    def _fill_requests(self, peer: Peer) -> None:
+        if (peer.closed or self.state is not TorrentState.DOWNLOADING
+                or peer.conn.peer_choking or not peer.conn.am_interested):
+            return
+        target = self._queue_target(peer)
+        want = target - len(peer.requested)
+        if want <= 0 or (peer.requested and want < max(1, target // 8)):
+            return  # refill in batches: fewer, larger writes
+        blocks = self.picker.pick(peer, want)
+        if not blocks:
+            return
+        now = time.monotonic()
+        conn = peer.conn
+        out = []
+        for b in blocks:
+            peer.requested[b] = now
+            out.append(conn.send(m.Request(b.index, b.begin, b.length)))
+        peer.proto.write(b"".join(out))
+        peer.last_send = now
+
+    def _fill_all(self) -> None:
+        for peer in list(self.peers):
+            self._fill_requests(peer)
+
+    def on_block(self, peer: Peer, block: Block, data: bytes) -> None:
+        if peer.requested.pop(block, None) is None:
+            return  # unrequested, cancelled or late duplicate: drop it
+        n = len(data)
+        now = time.monotonic()
+        peer.down.add(n, now)
+        self.down.add(n, now)
+        self.downloaded += n
+        peer.snubbed = False
+        delay = self.session.charge_download(n, now)
+        if delay > 0:
+            peer.proto.pause_reading(delay)
+        index = block.index
+        if self.have[index]:
+            return
+        buf = self.buffers.get(index)
+        if buf is None:
+            buf = self.buffers[index] = bytearray(self.meta.piece_size(index))
+            self.block_src[index] = {}
+        buf[block.begin:block.begin + n] = data
+        self.block_src[index][block.begin] = self.ban_key(peer.addr, peer.remote_id)
+        result = self.picker.block_received(peer, block)
+        for other in result.cancel:
+            if isinstance(other, Peer) and other.requested.pop(block, None) is not None:
+                other.send(m.Cancel(block.index, block.begin, block.length))
+        if result.piece_complete:
+            self._spawn(self._finish_piece(index))
+        self._fill_requests(peer)
+
+    async def _finish_piece(self, index: int) -> None:
+        buf = self.buffers.pop(index)
+        sources = self.block_src.pop(index, {})
+        failed = self.failed_blocks.get(index)
+        loop = asyncio.get_running_loop()
+        try:
+            ok, digests = await loop.run_in_executor(
+                self.session.disk_pool, self._check_and_write, index, buf, failed is not None)
+        except StorageError as exc:
+            self._fail(str(exc))
+            return
+        if not ok:
+            self._piece_failed(index, buf, sources)
+            return
+        if failed is not None:  # a piece that failed before: who sent the bad blocks?
+            for begin, (key, digest) in failed.items():
+                if digests.get(begin) != digest:
+                    self._ban(key, f"sent corrupt data for piece {index}")
+            del self.failed_blocks[index]
+        self._piece_passed(index)
+
+    def _check_and_write(
+        self, index: int, buf: bytearray, want_digests: bool
+    ) -> tuple[bool, dict[int, bytes]]:
+        if not self.verifier.check(index, buf):
+            return False, {}
+        self.storage.write(index * self.meta.piece_length, buf)
+        digests = _block_digests(buf) if want_digests else {}
+        return True, digests
+
+    def _piece_failed(self, index: int, buf: bytearray, sources: dict[int, Any]) -> None:
+        self.hash_failures += 1
+        contributors = self.picker.piece_failed(index)
+        digests = _block_digests(buf)
+        self.failed_blocks[index] = {b: (k, digests[b]) for b, k in sources.items()}
+        keys = set(sources.values())
+        log.warning("%s: piece %d failed its hash check (sources: %d)",
+                    self.meta.name, index, len(keys))
+        for key in keys:
+            self.strikes[key] += 1
+            if len(keys) == 1 or self.strikes[key] >= self.settings.hash_fail_ban_threshold:
+                self._ban(key, f"piece {index} failed its hash check")
+        del contributors
+        self._fill_all()
+
+    def _ban(self, key: Any, why: str) -> None:
+        if key in self.banned:
+            return
+        self.banned.add(key)
+        log.warning("%s: banning %s: %s", self.meta.name, key, why)
+        for peer in list(self.peers):
+            if self.ban_key(peer.addr, peer.remote_id) == key:
+                peer.close(f"banned: {why}")
+
+    def _piece_passed(self, index: int) -> None:
+        if self.have[index]:
+            return
+        self.have[index] = 1
+        self.num_have += 1
+        self.picker.piece_passed(index)
+        for peer in list(self.peers):
+            if not peer.have[index]:
+                peer.send(m.Have(index))
+        if self.num_have == self.meta.num_pieces:
+            self._set_complete()
+
+    def _set_complete(self) -> None:
+        first = self.state is not TorrentState.SEEDING
+        self.state = TorrentState.SEEDING
+        self.complete.set()
+        if first:
+            log.info("%s: complete, seeding", self.meta.name)
+            for peer in list(self.peers):
+                if peer.is_seed:
+                    peer.close("both sides are seeds")
+                elif peer.conn.am_interested:
+                    peer.send(m.NotInterested())
+            if self.tracker_tiers and self.num_have and self.downloaded:
+                self._spawn(self._announce("completed"))
+            self._spawn(self.save_resume())
+
+    def _fail(self, message: str) -> None:
+        log.error("%s: %s", self.meta.name, message)
+        self.error = message
+        self.state = TorrentState.ERROR
+        self.complete.set()  # wake waiters; they look at .error
+        for peer in list(self.peers):
+            peer.close("torrent error")
+
+    # -- uploading ------------------------------------------------------------------------------
+    def on_request(self, peer: Peer, req: m.Request) -> None:
+        if peer.conn.am_choking:
+            if peer.fast:
+                peer.send(m.RejectRequest(req.index, req.begin, req.length))
+            return
+        size = self.meta.piece_size(req.index)
+        if req.length > MAX_BLOCK or req.length <= 0 or req.begin + req.length > size:
+            peer.close("protocol error: request outside the piece")
+            return
+        if (not self.have[req.index]
+                or len(peer.incoming) >= self.settings.max_outstanding_incoming_requests):
+            if peer.fast:
+                peer.send(m.RejectRequest(req.index, req.begin, req.length))
+            return
+        peer.incoming.append(req)
+        peer.upload_wakeup.set()
+
+    def on_interest_changed(self, peer: Peer) -> None:
+        unchoked = sum(1 for p in self.peers if not p.conn.am_choking)
+        if peer.conn.peer_interested and peer.conn.am_choking and unchoked < self._slots():
+            self._rechoke()
+
+    async def _read_piece(self, index: int) -> bytes:
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cache.move_to_end(index)
+            return cached
+        fut = self._reads.get(index)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self.session.disk_pool, self.storage.read_piece, index)
+            self._reads[index] = fut
+            try:
+                data = await fut
+            finally:
+                del self._reads[index]
+            self._cache[index] = data
+            while len(self._cache) * self.meta.piece_length > self.settings.read_cache_bytes \
+                    and len(self._cache) > 2:
+                self._cache.popitem(last=False)
+            return data
+        return await asyncio.shield(fut)
+
+    async def _upload_loop(self, peer: Peer) -> None:
+        """Serve the peer's requests in order, within rate limits and send-buffer space."""
+        sent_since_yield = 0
+        while not peer.closed:
+            if not peer.incoming:
+                peer.upload_wakeup.clear()
+                await peer.upload_wakeup.wait()
+                continue
+            req = peer.incoming[0]
+            try:
+                data = self._cache.get(req.index)
+                if data is None:
+                    data = await self._read_piece(req.index)
+            except StorageError as exc:
+                self._fail(str(exc))
+                return
+            await self.session.charge_upload(req.length)
+            await peer.proto.wait_writable()
+            if peer.closed:
+                return
+            if not peer.incoming or peer.incoming[0] is not req:
+                continue  # cancelled or choked meanwhile
+            peer.incoming.popleft()
+            peer.send_piece(req.index, req.begin,
+                            memoryview(data)[req.begin:req.begin + req.length])
+            now = time.monotonic()
+            peer.up.add(req.length, now)
+            self.up.add(req.length, now)
+            self.uploaded += req.length
+            sent_since_yield += 1
+            if sent_since_yield >= 64:
+                sent_since_yield = 0
+                await asyncio.sleep(0)
+
+    # -- choking ----------------------------------------------------------------------------------
+    def _slots(self) -> int:
+        return self.settings.unchoke_slots
+
+    def _rechoke(self) -> None:
+        now = time.monotonic()
+        seeding = self.state is TorrentState.SEEDING
+        stats = [
+            PeerStats(peer=p, interested=p.conn.peer_interested,
+                      download_rate=p.down.rate(now), upload_rate=p.up.rate(now),
+                      is_seed=p.is_seed, snubbed=p.snubbed, connected_at=p.connected_at)
+            for p in self.peers
+        ]
+        settings = ChokerSettings(slots=self._slots(),
+                                  optimistic_interval=self.settings.optimistic_unchoke_interval,
+                                  seeding=seeding)
+        decision = choose_unchoked(stats, now, settings, self.rng, self._choke)
+        self._choke = decision
+        unchoke = set(decision.unchoked)
+        for peer in list(self.peers):
+            if peer in unchoke and peer.conn.am_choking:
+                peer.send(m.Unchoke())
+            elif peer not in unchoke and not peer.conn.am_choking:
+                peer.send(m.Choke())
+                if peer.fast:
+                    for req in peer.incoming:
+                        peer.send(m.RejectRequest(req.index, req.begin, req.length))
+                peer.incoming.clear()
+
+    async def _choker_loop(self) -> None:
+        while not self._stopping:
+            self._rechoke()
+            await asyncio.sleep(self.settings.rechoke_interval)
+
+    # -- housekeeping ------------------------------------------------------------------------
+    async def _maintenance_loop(self) -> None:
+        s = self.settings
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for peer in list(self.peers):
+                if now - peer.last_recv > s.peer_timeout:
+                    peer.close("peer timed out")
+                    continue
+                stale = [b for b, t in peer.requested.items() if now - t > s.request_timeout]
+                if stale:
+                    peer.snubbed = True
+                    for b in stale:
+                        del peer.requested[b]
+                        self.picker.request_failed(peer, b)
+                if now - peer.last_send > s.keepalive_interval:
+                    peer.send(m.KeepAlive())
+                self._update_interest(peer)
+                self._fill_requests(peer)
+
+    async def _connector_loop(self) -> None:
+        """Dial candidate peers while below the connection limit; retry direct peers."""
+        retry_at: dict[tuple[str, int], float] = {}
+        while not self._stopping:
+            now = time.monotonic()
+            connected = {p.addr for p in self.peers}
+            if self.state is TorrentState.DOWNLOADING:
+                for addr in self.direct_peers:
+                    if addr not in connected and addr not in self.candidates \
+                            and retry_at.get(addr, 0) <= now:
+                        self.candidates.append(addr)
+            while self.candidates and (
+                    len(self.peers) + len(self.connecting)
+                    < self.settings.max_connections_per_torrent):
+                addr = self.candidates.popleft()
+                if addr in connected or addr in self.connecting or addr == self.session.listen_addr:
+                    continue
+                retry_at[addr] = now + 5.0
+                self.connecting.add(addr)
+                self._spawn(self._dial(addr))
+            await asyncio.sleep(1.0)
+
+    async def _dial(self, addr: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: PeerProtocol(self.session, self), *addr),
+                self.settings.handshake_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.debug("%s: could not connect to %s: %s", self.meta.name, addr, exc)
+        finally:
+            self.connecting.discard(addr)
+
+    async def _resume_loop(self) -> None:
+        last = self.num_have
+        while not self._stopping:
+            await asyncio.sleep(self.settings.resume_save_interval)
+            if self.num_have != last and self.state is TorrentState.DOWNLOADING:
+                last = self.num_have
+                await self.save_resume()
+
+    async def _announce(self, event: str | None) -> int:
+        from swarmhub.discovery.tracker import AnnounceRequest
+
+        tiers = self.session.tracker_tiers(self)
+        left = self.meta.total_length - self.status().bytes_have
+        req = AnnounceRequest(
+            info_hash=self.meta.info_hash, peer_id=self.session.peer_id,
+            port=self.session.listen_port, uploaded=self.uploaded, downloaded=self.downloaded,
+            left=max(0, left), event=event, numwant=50, compact=True, key=None,
+            tracker_id=None, ip=None,
+        )
+        try:
+            resp = await tiers.announce(await self.session.http(), req)
+        except TrackerError as exc:
+            log.warning("%s: tracker: %s", self.meta.name, exc)
+            return 60
+        for addr in resp.peers:
+            if addr != self.session.listen_addr and addr not in self.candidates:
+                self.candidates.append(addr)
+        return max(resp.min_interval or 0, resp.interval, 5)
+
+    async def _tracker_loop(self) -> None:
+        interval = await self._announce("started")
+        try:
+            while not self._stopping:
+                deadline = time.monotonic() + min(interval, 1800)
+                while time.monotonic() < deadline and not self._stopping:
+                    await asyncio.sleep(1.0)
+                    if self.state is TorrentState.DOWNLOADING and not self.peers \
+                            and not self.candidates and time.monotonic() > deadline - interval + 15:
+                        break  # starving: ask again sooner, but not more than every 15 s
+                if not self._stopping:
+                    interval = await self._announce(None)
+        finally:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._announce("stopped"), 5)
+
+    # -- tasks -----------------------------------------------------------------------------------
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(self._guard(lambda: coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _pad_blocks(meta: Metainfo) -> list[tuple[int, int]]:
+    """Blocks lying wholly inside pad files: never requested, always zeros."""
+    out: list[tuple[int, int]] = []
+    pl = meta.piece_length
+    for f in meta.files:
+        if not f.pad or not f.length:
+            continue
+        first = -(-f.offset // BLOCK_SIZE) * BLOCK_SIZE
+        start = first
+        while start + BLOCK_SIZE <= f.end or (start < f.end and f.end == meta.total_length):
+            out.append((start // pl, start % pl))
+            start += BLOCK_SIZE
+    return out
+
+
+def _block_digests(buf: bytearray) -> dict[int, bytes]:
+    view = memoryview(buf)
+    return {b: hashlib.sha1(view[b:b + BLOCK_SIZE]).digest()
+            for b in range(0, len(buf), BLOCK_SIZE)}
