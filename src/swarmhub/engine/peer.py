@@ -222,7 +222,9 @@ class PeerProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        # uvloop's transports are not asyncio.Transport subclasses, but behave like one.
+        tr: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = tr
         peername = transport.get_extra_info("peername")
         if peername:
             self.addr = (str(peername[0]), int(peername[1]))
@@ -230,7 +232,7 @@ class PeerProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+        tr.set_write_buffer_limits(high=4 << 20, low=1 << 20)
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(
             self.session.settings.handshake_timeout, self.close, "handshake timed out"
