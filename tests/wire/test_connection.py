@@ -301,11 +301,15 @@ def test_extended_needs_the_extension_bit() -> None:
     expect_remote_error(conn, encode(Extended(0, b"de")), "extension protocol")
 
 
-def test_bitfield_must_be_first() -> None:
+def test_late_bitfield_is_accepted_and_counted() -> None:
+    # aria2 1.36 sends HaveNone and then a Bitfield; dropping it would lose a real client.
     conn = remote(num_pieces=8)
-    expect_remote_error(conn, encode(Have(1)) + encode(Bitfield(b"\xff")), "Bitfield in state OPEN")
+    got = feed(conn, encode(Have(1)) + encode(Bitfield(b"\xff")))
+    assert got == [Have(1), Bitfield(b"\xff")]
+    assert conn.late_bitfields == 1
     conn = remote(num_pieces=8)
-    expect_remote_error(conn, encode(HaveAll()) + encode(HaveNone()), "HaveNone in state OPEN")
+    assert feed(conn, encode(HaveAll()) + encode(HaveNone())) == [HaveAll(), HaveNone()]
+    assert conn.late_bitfields == 1
 
 
 def test_bitfield_spare_bits_and_length() -> None:

@@ -150,9 +150,12 @@ class Peer:
             case m.Interested() | m.NotInterested():
                 t.on_interest_changed(self)
             case m.Bitfield(bits=bits):
-                have = m.bools_from_bitfield(bits, len(self.have))
-                self.have[:] = have
-                self.num_have = sum(have)
+                # OR, not replace: a late Bitfield (aria2) must not forget Have messages.
+                theirs = bytes(m.bools_from_bitfield(bits, len(self.have)))
+                n = len(self.have)
+                merged = int.from_bytes(self.have, "big") | int.from_bytes(theirs, "big")
+                self.have[:] = merged.to_bytes(n, "big")
+                self.num_have = n - self.have.count(0)
                 t.on_bitfield(self)
             case m.HaveAll():
                 self.has_all = True

@@ -192,6 +192,7 @@ class PeerConnection:
         self.extension = False  # both handshakes set the BEP 10 bit
         self.v2_upgrade = False  # both handshakes set the BEP 52 upgrade bit
         self.ignored_messages = 0  # frames with ids we do not know, skipped
+        self.late_bitfields = 0  # Bitfield/HaveAll/HaveNone after the first message
         self._error: str | None = None
         self._buf = bytearray()
         self._pos = 0
@@ -473,11 +474,11 @@ class PeerConnection:
                 if phase is Phase.FIRST and msg_id not in _NEUTRAL_IDS:
                     self.their_phase = Phase.OPEN
             elif msg_id in _FIRST_ONLY_IDS:
+                # BEP 3/6 want these first, but aria2 1.36 sends its Bitfield after
+                # HaveNone (and others send one late): accept it as an update instead
+                # of dropping a working peer. We still only ever send it first.
                 if phase is not Phase.FIRST:
-                    raise RemoteProtocolError(
-                        f"peer sent {message_name(msg_id)} in state {phase.name}: "
-                        "Bitfield/HaveAll/HaveNone may only be the first message"
-                    )
+                    self.late_bitfields += 1
                 self.their_phase = Phase.OPEN
             else:
                 return None  # unknown id: skipped, and it does not use up the first slot
