@@ -96,6 +96,10 @@ class Settings:
     read_cache_bytes: int = _f(
         32 * MiB, "bytes of recently read pieces kept in memory for uploads", lo=0
     )
+    max_unverified_bytes: int = _f(
+        24 * MiB, "downloaded bytes waiting for their hash check before requests pause "
+        "(bounds memory when the disk or the hashing threads fall behind)", lo=1 * MiB
+    )
     resume_save_interval: float = _f(
         30.0, "seconds between saves of resume data while downloading", lo=1.0
     )

@@ -37,32 +37,37 @@ EXT_IDS = {"ut_metadata": 2, "ut_pex": 1}
 
 
 class RateMeter:
-    """Bytes per second over a sliding window of about ``window`` seconds."""
+    """Bytes per second over a sliding window of about ``window`` seconds.
 
-    __slots__ = ("_samples", "_window", "total")
+    Samples are bucketed per 0.1 s and a running sum is kept, so ``add`` and ``rate``
+    cost O(1) amortised on the per-block hot path.
+    """
+
+    __slots__ = ("_samples", "_sum", "_window", "total")
 
     def __init__(self, window: float = 5.0) -> None:
         self._window = window
-        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._samples: collections.deque[list[float]] = collections.deque()
+        self._sum = 0
         self.total = 0
 
     def add(self, n: int, now: float) -> None:
         self.total += n
+        self._sum += n
         samples = self._samples
         if samples and now - samples[-1][0] < 0.1:
-            t, v = samples[-1]
-            samples[-1] = (t, v + n)
+            samples[-1][1] += n
         else:
-            samples.append((now, n))
+            samples.append([now, n])
 
     def rate(self, now: float) -> float:
         samples = self._samples
         while samples and now - samples[0][0] > self._window:
-            samples.popleft()
+            self._sum -= int(samples.popleft()[1])
         if not samples:
             return 0.0
         span = max(1.0, now - samples[0][0]) if len(samples) > 1 else 1.0
-        return sum(v for _, v in samples) / min(span, self._window)
+        return self._sum / min(span, self._window)
 
 
 class Peer:
@@ -88,6 +93,10 @@ class Peer:
         self.down = RateMeter()
         self.up = RateMeter()
         self.reqq = 250
+        #: How many requests to keep in flight (adaptive; see Torrent._queue_target).
+        self.queue_target = torrent.settings.min_request_queue
+        self.target_at = 0.0
+        self.ban_key = torrent.ban_key(self.addr, remote_id)
         self.ext_ids: dict[str, int] = {}
         self.client = ""
         self.snubbed = False
