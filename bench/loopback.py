@@ -1,0 +1,384 @@
+"""Loopback throughput: one seeder -> one leecher over 127.0.0.1, libtorrent vs swarmhub.
+
+    .venv/bin/python bench/loopback.py [--size 512] [--rounds 3] [--versions v1,hybrid]
+                                       [--only lt|ours] [--workdir DIR] [--json OUT]
+
+Why this shape: both sides run as separate processes (seeder and leecher each), on the same
+data and the same .torrent (made by libtorrent, the reference encoder), alternating which
+implementation goes first each round so page-cache and thermal effects fall on both.
+
+Measured per run: wall time from leecher process start to verified completion (libtorrent: its
+``finished`` event, every piece hash-checked; ours: ``swarmhub get`` exiting 0), the leecher's own
+peak RSS and CPU seconds (from wait4). After each run the downloaded bytes are compared with the
+source (outside the timing). MB = 10^6 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.interop.harness import (
+    REPO_ROOT,
+    HarnessError,
+    HarnessTimeout,
+    LineReader,
+    LtPeer,
+    Proc,
+    compare_trees,
+    lt_make_torrent,
+    make_test_data,
+)
+
+__all__ = ["Run", "main"]
+
+MiB = 1 << 20
+Impl = Literal["lt", "ours"]
+Version = Literal["v1", "v2", "hybrid"]
+
+
+@dataclass
+class Run:
+    """One timed transfer."""
+
+    impl: Impl
+    version: str
+    round: int
+    ok: bool
+    seconds: float = 0.0
+    mb_s: float = 0.0
+    rss_mib: float = 0.0
+    cpu_s: float = 0.0
+    error: str = ""
+
+
+def _ours_cmd() -> list[str] | None:
+    venv = REPO_ROOT / ".venv" / "bin" / "swarmhub"
+    if venv.exists():
+        return [str(venv)]
+    found = shutil.which("swarmhub")
+    return [found] if found else None
+
+
+def _reason(text: str) -> str:
+    """One line for the table: the harness's verdict plus the child's last error line."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "(no message)"
+    errs = [ln for ln in lines[1:] if "error" in ln.lower() and not ln.startswith("File ")]
+    detail = f" -- {errs[-1]}" if errs else ""
+    return (lines[0] + detail)[:240]
+
+
+def run_lt(
+    torrent: Path,
+    content: Path,
+    dst: Path,
+    logs: Path,
+    timeout: float,
+    preset: str = "tuned",
+    settings: dict[str, int | bool | str] | None = None,
+) -> tuple[float, Proc]:
+    """libtorrent seeder process -> libtorrent leecher process; returns (seconds, leecher proc)."""
+    seeder = LtPeer(
+        torrent,
+        content.parent,
+        seed=True,
+        timeout=timeout + 60,
+        log_dir=logs,
+        preset=preset,
+        settings=settings,
+    )
+    with seeder:
+        leecher = LtPeer(
+            torrent,
+            dst,
+            peers=[("127.0.0.1", seeder.port)],
+            timeout=timeout,
+            stop_when_done=True,
+            log_dir=logs,
+            preset=preset,
+            settings=settings,
+        )
+        with leecher:
+            seconds = leecher.wait_finished(timeout)
+            if leecher.hash_fails():
+                raise HarnessError(f"libtorrent leecher saw {leecher.hash_fails()} hash failures")
+            leecher.wait_exit(60)
+            assert leecher.proc is not None
+            return seconds, leecher.proc
+
+
+def _listening_port(line: str) -> int | None:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and obj.get("event") == "listening":
+        return int(obj["port"])
+    return None
+
+
+def run_ours(
+    cmd: list[str],
+    torrent: Path,
+    data_arg: Path,
+    dst: Path,
+    logs: Path,
+    timeout: float,
+    stall: float = 30.0,
+) -> tuple[float, Proc]:
+    """``swarmhub seed`` process -> ``swarmhub get`` process; returns (seconds, get proc).
+
+    The seeder is ready once it prints ``{"event": "listening", "port": P}`` (after checking its
+    data); the timing starts when the ``get`` process is started.
+    """
+    seed_args = [*cmd, "seed", str(torrent), str(data_arg), "--listen", "127.0.0.1:0"]
+    with Proc(seed_args, log=logs / "ours-seed.log", name="swarmhub-seed") as seeder:
+        line = seeder.wait_for_line(lambda ln: _listening_port(ln) is not None, 120)
+        port = _listening_port(line)
+        get_args = [*cmd, "get", str(torrent), "-o", str(dst), "--peer", f"127.0.0.1:{port}"]
+        get_args += ["--listen", "127.0.0.1:0", "--timeout", str(timeout), "--json"]
+        with Proc(get_args, log=logs / "ours-get.log", name="swarmhub-get") as getter:
+            _wait_progressing(getter, timeout, stall)
+            return getter.elapsed, getter
+
+
+def _wait_progressing(getter: Proc, timeout: float, stall: float) -> None:
+    """Wait for ``get`` to exit 0; give up early when its JSON status lines show no progress
+    for ``stall`` seconds (a broken transfer should not cost the whole timeout)."""
+    reader = LineReader(getter.log)
+    last: object = None
+    changed = time.monotonic()
+    while getter.poll() is None:
+        now = time.monotonic()
+        for ln in reader.new_lines():
+            try:
+                obj = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and "progress" in obj:
+                key = (obj.get("progress"), obj.get("downloaded"))
+                if key != last:
+                    last, changed = key, now
+        if now - changed > stall:
+            raise HarnessError(
+                f"swarmhub get made no progress for {stall:.0f} s\n{getter.describe()}"
+            )
+        if now - getter.started > timeout:
+            raise HarnessTimeout(
+                f"swarmhub get still running after {timeout:.0f} s\n{getter.describe()}"
+            )
+        time.sleep(0.005)
+    if getter.returncode != 0:
+        raise HarnessError(f"swarmhub get exited with {getter.returncode}\n{getter.describe()}")
+
+
+def _bench_one(
+    impl: Impl,
+    version: str,
+    rnd: int,
+    torrent: Path,
+    content: Path,
+    work: Path,
+    args: argparse.Namespace,
+    ours: list[str],
+) -> Run:
+    dst = work / f"dst-{impl}"
+    logs = work / "logs" / f"{version}-r{rnd}-{impl}"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    size = args.size * MiB
+    os.sync()  # no writeback of earlier runs' (or the data's) dirty pages during the timing
+    try:
+        if impl == "lt":
+            seconds, proc = run_lt(
+                torrent, content, dst, logs, args.timeout, args.lt_preset, dict(args.lt_set)
+            )
+        else:
+            data_arg = content if args.ours_data == "content" else content.parent
+            seconds, proc = run_ours(ours, torrent, data_arg, dst, logs, args.timeout, args.stall)
+        if args.verify:
+            compare_trees(content, dst / content.name)
+    except (HarnessError, AssertionError, OSError) as e:
+        return Run(impl, version, rnd, ok=False, error=_reason(str(e)))
+    finally:
+        shutil.rmtree(dst, ignore_errors=True)
+    return Run(
+        impl,
+        version,
+        rnd,
+        ok=True,
+        seconds=seconds,
+        mb_s=size / 1e6 / seconds,
+        rss_mib=(proc.maxrss_kib or 0) / 1024,
+        cpu_s=proc.cpu_s or 0.0,
+    )
+
+
+def _fmt(runs: list[Run]) -> tuple[str, str, str, str]:
+    ok = [r for r in runs if r.ok]
+    if not ok:
+        return "-", "-", "-", "-"
+    return (
+        f"{statistics.median(r.mb_s for r in ok):7.1f}",
+        f"{statistics.median(r.seconds for r in ok):6.2f}",
+        f"{max(r.rss_mib for r in ok):7.0f}",
+        f"{statistics.median(r.cpu_s for r in ok):5.2f}",
+    )
+
+
+def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
+    lt_runs = [r for r in runs if r.impl == "lt"]
+    our_runs = [r for r in runs if r.impl == "ours"]
+    print(f"\n== {version} ==")
+    print(f"{'run':<10}{'impl':<6}{'MB/s':>8}{'s':>8}{'RSS MiB':>9}{'CPU s':>7}  note")
+    for r in runs:
+        if r.ok:
+            print(
+                f"r{r.round:<9}{r.impl:<6}{r.mb_s:8.1f}{r.seconds:8.2f}"
+                f"{r.rss_mib:9.0f}{r.cpu_s:7.2f}"
+            )
+        else:
+            print(f"r{r.round:<9}{r.impl:<6}{'-':>8}{'-':>8}{'-':>9}{'-':>7}  FAILED: {r.error}")
+    for name, rs in (("lt", lt_runs), ("ours", our_runs)):
+        if rs:
+            mb, s, rss, cpu = _fmt(rs)
+            print(f"{'median':<10}{name:<6}{mb:>8}{s:>8}{rss:>9}{cpu:>7}  (RSS: max)")
+    lt_ok = [r.mb_s for r in lt_runs if r.ok]
+    our_ok = [r.mb_s for r in our_runs if r.ok]
+    lt_txt = f"libtorrent {statistics.median(lt_ok):.1f} MB/s" if lt_ok else "libtorrent n/a"
+    if our_ok:
+        ours_txt = f"ours {statistics.median(our_ok):.1f} MB/s"
+    elif ours_reason:
+        ours_txt = f"ours: not available ({ours_reason})"
+    elif our_runs:
+        ours_txt = f"ours: failed ({our_runs[-1].error})"
+    else:
+        ours_txt = "ours: not run"
+    ratio = (
+        f"ratio ours/libtorrent {statistics.median(our_ok) / statistics.median(lt_ok):.2f}"
+        if lt_ok and our_ok
+        else "ratio n/a"
+    )
+    return f"{version}: {lt_txt}; {ours_txt}; {ratio}"
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=int, default=512, help="MiB (default 512)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--versions", default="v1,hybrid", help="comma list of v1, v2, hybrid")
+    p.add_argument("--only", choices=["lt", "ours"], default=None)
+    p.add_argument("--piece-size", type=int, default=1024, help="KiB (default 1024)")
+    p.add_argument("--files", type=int, default=1, help="split the data into N files")
+    p.add_argument("--timeout", type=float, default=300.0, help="per transfer, seconds")
+    p.add_argument(
+        "--stall", type=float, default=30.0, help="give up on ours after S s without progress"
+    )
+    p.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (/tmp)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (data, logs)")
+    p.add_argument("--no-verify", dest="verify", action="store_false")
+    p.add_argument(
+        "--ours-data",
+        choices=["content", "parent"],
+        default="content",
+        help="what `swarmhub seed` gets as <data>: the file/folder itself, or its parent dir",
+    )
+    p.add_argument("--lt-preset", choices=["tuned", "default"], default="tuned")
+    p.add_argument(
+        "--lt-set",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="override one libtorrent setting on both libtorrent peers (repeatable)",
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write all runs as JSON")
+    args = p.parse_args(argv)
+    args.versions = [v.strip() for v in args.versions.split(",") if v.strip()]
+    for v in args.versions:
+        if v not in ("v1", "v2", "hybrid"):
+            p.error(f"unknown version {v!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    impls: list[Impl] = ["lt", "ours"] if args.only is None else [args.only]
+    ours = _ours_cmd()
+    ours_reason: str | None = None
+    if "ours" in impls and ours is None:
+        ours_reason = "no `swarmhub` command in .venv/bin or on PATH"
+    work = Path(tempfile.mkdtemp(prefix="swarmhub-bench-", dir=args.workdir))
+    all_runs: list[Run] = []
+    summary: list[str] = []
+    try:
+        t0 = time.monotonic()
+        n = max(1, args.files)
+        per = args.size * MiB // n
+        sizes = [per] * (n - 1) + [args.size * MiB - per * (n - 1)]
+        content = make_test_data(work / "src", sizes, seed=20240601)
+        print(f"data: {args.size} MiB in {n} file(s) at {content} ({time.monotonic() - t0:.1f} s)")
+        for version in args.versions:
+            torrent = work / f"{version}.torrent"
+            torrent.write_bytes(lt_make_torrent(content, version, args.piece_size * 1024))
+            runs: list[Run] = []
+            disabled = ours_reason
+            for rnd in range(1, args.rounds + 1):
+                order = impls if rnd % 2 == 1 else impls[::-1]
+                for impl in order:
+                    if impl == "ours" and (disabled is not None or ours is None):
+                        continue
+                    run = _bench_one(impl, version, rnd, torrent, content, work, args, ours or [])
+                    runs.append(run)
+                    state = f"{run.mb_s:.1f} MB/s" if run.ok else f"FAILED: {run.error}"
+                    print(f"  {version} round {rnd} {impl}: {state}", flush=True)
+                    if (
+                        impl == "ours"
+                        and not run.ok
+                        and not any(r.ok for r in runs if r.impl == "ours")
+                    ):
+                        disabled = run.error  # ours never worked for this version: stop trying
+            summary.append(_report(version, runs, disabled))
+            all_runs += runs
+        print()
+        for line in summary:
+            print(line)
+        if args.json is not None:
+            args.json.write_text(json.dumps([asdict(r) for r in all_runs], indent=1))
+    finally:
+        failed = any(not r.ok for r in all_runs)
+        if args.keep:
+            print(f"kept {work}")
+        elif failed:  # keep the logs for the post-mortem, drop the bulky data
+            shutil.rmtree(work / "src", ignore_errors=True)
+            print(f"logs kept in {work / 'logs'}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    lt_failed = any(not r.ok for r in all_runs if r.impl == "lt")
+    return 1 if lt_failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
