@@ -322,7 +322,7 @@ class LtPeer:
 
     def __init__(
         self,
-        torrent: Path,
+        torrent: Path | str,
         save: Path,
         *,
         seed: bool = False,

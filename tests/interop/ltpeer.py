@@ -158,7 +158,7 @@ def _parse_endpoint(text: str) -> tuple[str, int]:
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--torrent", required=True, type=Path)
+    p.add_argument("--torrent", required=True, help=".torrent path or magnet: URI")
     p.add_argument("--save", required=True, type=Path, help="save path (data lives here)")
     p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0 = any)")
     p.add_argument("--seed", action="store_true", help="data is complete at --save")
@@ -207,8 +207,11 @@ class _Peer:
                     "download_rate_limit": args.download_limit,
                 }
             )
-        atp = lt.add_torrent_params()
-        atp.ti = lt.torrent_info(str(args.torrent))
+        if str(args.torrent).startswith("magnet:"):
+            atp = lt.parse_magnet_uri(str(args.torrent))
+        else:
+            atp = lt.add_torrent_params()
+            atp.ti = lt.torrent_info(str(args.torrent))
         atp.save_path = str(args.save)
         flags = lt.torrent_flags.default_flags
         flags &= ~lt.torrent_flags.auto_managed  # never queued, never paused by the session
@@ -223,6 +226,11 @@ class _Peer:
         self.hash_fails = 0
         self.error: str | None = None
         self.last_dial = 0.0
+        if str(args.torrent).startswith("magnet:"):
+            # Nothing to check before the metadata arrives: dial the peers now.
+            self.ready = True
+            _emit({"event": "ready", "state": "downloading_metadata", "progress": 0.0})
+            self._dial()
 
     def _dial(self) -> None:
         self.last_dial = time.monotonic()

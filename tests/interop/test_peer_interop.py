@@ -93,6 +93,28 @@ def test_ours_seeds_libtorrent_downloads(work: Path, version: str, shape: str) -
     compare_trees(data, work / "dl" / data.name)
 
 
+@pytest.mark.parametrize("version", ["v2", "hybrid"])
+def test_libtorrent_downloads_by_magnet_from_our_seed(work: Path, version: str) -> None:
+    """Metadata comes over BEP 9 and, for v2, the piece layers over BEP 52 hash requests."""
+    from swarmhub.metainfo import make_magnet
+
+    data = make_test_data(work / "src", [1_500_000, 2_100_000, 4_000], seed=12)
+    meta = create_torrent(data, version=TorrentVersion(version), piece_length=PIECE)
+    tfile = work / "ours.torrent"
+    tfile.write_bytes(torrent_bytes(meta))
+    magnet = make_magnet(meta)
+    if version == "v2":
+        assert "btih" not in magnet
+    seed = ours(["seed", str(tfile), str(data), "--listen", "127.0.0.1:0"], work, "seed")
+    with seed:
+        port = listening_port(seed)
+        with LtPeer(magnet, work / "dl", peers=[("127.0.0.1", port)], log_dir=work,
+                    name="lt-magnet") as leech:
+            leech.wait_finished(120)
+            assert leech.hash_fails() == 0
+    compare_trees(data, work / "dl" / data.name)
+
+
 def start_tracker(work: Path) -> tuple[Proc, str]:
     from conftest import free_port
 

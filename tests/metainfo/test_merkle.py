@@ -8,9 +8,12 @@ import pytest
 from swarmhub.metainfo.merkle import (
     block_hashes,
     file_root,
+    hashes_with_proof,
     next_pow2,
     piece_layer,
+    reduce_layer,
     root_from_layer,
+    tree_layers,
 )
 from swarmhub.metainfo.model import BLOCK_SIZE
 
@@ -37,3 +40,33 @@ def test_root_from_piece_layer_matches_definition(size: int) -> None:
     layer = piece_layer(block_hashes(data), piece_length)
     assert len(layer) == -(-size // piece_length)
     assert root_from_layer(layer, piece_length, size) == naive_root(data)
+
+
+@pytest.mark.parametrize(("index", "length", "proof_layers"), [(0, 2, 3), (4, 4, 3), (6, 2, 1),
+                                                              (0, 8, 3)])
+def test_hashes_with_proof_rebuild_the_root(index: int, length: int, proof_layers: int) -> None:
+    base = [hashlib.sha256(bytes([i])).digest() for i in range(7)]
+    layers = tree_layers(base, 8, bytes(32))
+    root = layers[-1][0]
+    payload = hashes_with_proof(layers, index, length, proof_layers)
+    assert payload is not None
+    hashes = [payload[i:i + 32] for i in range(0, len(payload), 32)]
+    got, uncles = hashes[:length], hashes[length:]
+    assert got == layers[0][index:index + length]
+    # Climb from the subtree root with the uncles, as a BEP 52 requester would.
+    node = reduce_layer(got, length)
+    pos = index // length
+    for uncle in uncles:
+        node = hashlib.sha256(uncle + node if pos & 1 else node + uncle).digest()
+        pos //= 2
+    if length.bit_length() - 1 + len(uncles) == 3:
+        assert node == root
+    else:
+        assert node == layers[length.bit_length() - 1 + len(uncles)][pos]
+
+
+def test_hashes_with_proof_refuses_illegal_requests() -> None:
+    layers = tree_layers([bytes(32)] * 4, 4, bytes(32))
+    assert hashes_with_proof(layers, 1, 2, 1) is None  # index not a multiple of length
+    assert hashes_with_proof(layers, 0, 3, 1) is None  # length not a power of two
+    assert hashes_with_proof(layers, 8, 2, 1) is None  # past the layer

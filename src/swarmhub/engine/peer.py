@@ -21,7 +21,16 @@ from swarmhub.engine.picker import Block
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.wire import messages as m
 from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection
-from swarmhub.wire.extensions import decode_ext_handshake, encode_ext_handshake
+from swarmhub.wire.extensions import (
+    METADATA_PIECE_SIZE,
+    MetadataData,
+    MetadataReject,
+    MetadataRequest,
+    decode_ext_handshake,
+    decode_metadata_message,
+    encode_ext_handshake,
+    encode_metadata_message,
+)
 
 if TYPE_CHECKING:
     from swarmhub.engine.session import Session
@@ -33,7 +42,8 @@ log = logging.getLogger(__name__)
 
 _PIECE_HEADER = struct.Struct(">IBII")
 #: Our BEP 10 extension ids (what we ask peers to use when they talk to us).
-EXT_IDS = {"ut_metadata": 2, "ut_pex": 1}
+EXT_IDS = {"ut_metadata": 2}
+_UT_METADATA = EXT_IDS["ut_metadata"]
 
 
 class RateMeter:
@@ -186,14 +196,34 @@ class Peer:
                     self.reqq = max(2, hs.reqq)
                 if hs.v:
                     self.client = hs.v
+            case m.Extended(ext_id=ext_id, payload=payload) if ext_id == _UT_METADATA:
+                self._on_metadata(payload)
             case m.HashRequest():
-                # We answer from the torrent's piece layers only when asked for the piece
-                # layer itself; anything else is politely rejected (BEP 52 allows it).
-                self.send(m.HashReject(ev.pieces_root, ev.base_layer, ev.index, ev.length,
-                                       ev.proof_layers))
+                hashes = t.hashes_for(ev)
+                if hashes is None:
+                    self.send(m.HashReject(ev.pieces_root, ev.base_layer, ev.index, ev.length,
+                                           ev.proof_layers))
+                else:
+                    self.send(m.Hashes(ev.pieces_root, ev.base_layer, ev.index, ev.length,
+                                       ev.proof_layers, hashes))
             case _:
                 # KeepAlive, Port, SuggestPiece, AllowedFast, Extended (unknown), Hashes…
                 pass
+
+    def _on_metadata(self, payload: bytes) -> None:
+        """BEP 9: hand out our info dict in 16 KiB pieces (never for private torrents)."""
+        msg = decode_metadata_message(payload)
+        their_id = self.ext_ids.get("ut_metadata")
+        if not isinstance(msg, MetadataRequest) or not their_id:
+            return
+        info = self.torrent.meta.info_bytes
+        start = msg.piece * METADATA_PIECE_SIZE
+        reply: MetadataData | MetadataReject
+        if self.torrent.meta.private or not 0 <= start < len(info):
+            reply = MetadataReject(msg.piece)
+        else:
+            reply = MetadataData(msg.piece, len(info), info[start:start + METADATA_PIECE_SIZE])
+        self.send(m.Extended(their_id, encode_metadata_message(reply)))
 
     def send_ext_handshake(self) -> None:
         t = self.torrent
@@ -202,6 +232,7 @@ class Peer:
             v=t.session.settings.user_agent,
             p=t.session.listen_port or None,
             reqq=t.session.settings.max_outstanding_incoming_requests,
+            metadata_size=None if t.meta.private else len(t.meta.info_bytes),
             yourip=_ip_bytes(self.addr[0]),
         )
         self.send(m.Extended(0, payload))

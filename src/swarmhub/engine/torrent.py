@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, choose_unchoked
 from swarmhub.engine.peer import Peer, PeerProtocol, RateMeter
 from swarmhub.engine.picker import Block, PiecePicker
+from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.errors import StorageError, SwarmhubError, TrackerError
+from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
 from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
 from swarmhub.storage.files import TorrentStorage
 from swarmhub.storage.resume import (
@@ -126,9 +128,12 @@ class Torrent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._choke = ChokeDecision(frozenset(), None, 0.0)
         self._stopping = False
+        self._hash_trees: dict[bytes, list[list[bytes]]] = {}
         #: Bytes of complete pieces queued for hashing and writing.
         self._unverified = 0
         self._resume_file = resume_path(session.state_dir, meta.info_hash)
+        self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
+        self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -248,6 +253,8 @@ class Torrent:
             return "peer is banned"
         if len(self.peers) >= self.settings.max_connections_per_torrent:
             return "too many connections for this torrent"
+        if self.session.peer_count >= self.settings.max_connections:
+            return "too many connections in this session"
         if any(p.remote_id == peer_id for p in self.peers):
             return "already connected to this peer"
         return None
@@ -367,8 +374,10 @@ class Torrent:
         if now - peer.target_at > 0.25:  # adapt the pipeline to the measured rate
             peer.target_at = now
             peer.queue_target = self._queue_target(peer)
-        if self.settings.download_rate_limit:
+        if self.settings.download_rate_limit or self.settings.torrent_download_rate_limit:
             delay = self.session.charge_download(n, now)
+            if self.settings.torrent_download_rate_limit:
+                delay = max(delay, self._down_bucket.consume(n, now))
             if delay > 0:
                 peer.proto.pause_reading(delay)
         index = block.index
@@ -482,6 +491,24 @@ class Torrent:
         for peer in list(self.peers):
             peer.close("torrent error")
 
+    def hashes_for(self, req: m.HashRequest) -> bytes | None:
+        """Answer a BEP 52 hash request from the piece layers (base layer = piece layer)."""
+        meta = self.meta
+        layer_hashes = meta.piece_layers.get(req.pieces_root)
+        leaves_per_piece = meta.piece_length // BLOCK_SIZE
+        if layer_hashes is None or req.base_layer != leaves_per_piece.bit_length() - 1:
+            return None
+        tree = self._hash_trees.get(req.pieces_root)
+        if tree is None:
+            entry = next((f for f in meta.files if f.pieces_root == req.pieces_root), None)
+            if entry is None:
+                return None
+            hashes = [layer_hashes[i:i + 32] for i in range(0, len(layer_hashes), 32)]
+            width = max(1, next_pow2(-(-entry.length // BLOCK_SIZE)) // leaves_per_piece)
+            tree = tree_layers(hashes, max(width, len(hashes)), zero_root(leaves_per_piece))
+            self._hash_trees[req.pieces_root] = tree
+        return hashes_with_proof(tree, req.index, req.length, req.proof_layers)
+
     # -- uploading ------------------------------------------------------------------------------
     def on_request(self, peer: Peer, req: m.Request) -> None:
         if peer.conn.am_choking:
@@ -543,6 +570,8 @@ class Torrent:
                 self._fail(str(exc))
                 return
             await self.session.charge_upload(req.length)
+            if not self._up_limiter.unlimited:
+                await self._up_limiter.acquire(req.length)
             await peer.proto.wait_writable()
             if peer.closed:
                 return

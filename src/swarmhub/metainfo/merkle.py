@@ -19,11 +19,13 @@ __all__ = [
     "ZERO_LEAF",
     "block_hashes",
     "file_root",
+    "hashes_with_proof",
     "next_pow2",
     "piece_layer",
     "piece_root",
     "reduce_layer",
     "root_from_layer",
+    "tree_layers",
     "zero_root",
 ]
 
@@ -99,3 +101,36 @@ def piece_layer(data_blocks: Sequence[bytes], piece_length: int) -> list[bytes]:
     return [
         reduce_layer(data_blocks[i : i + per], per) for i in range(0, len(data_blocks), per)
     ]
+
+
+def tree_layers(base: Sequence[bytes], width: int, pad: bytes) -> list[list[bytes]]:
+    """Every layer from ``base`` (padded with ``pad`` to ``width``) up to the root."""
+    layer = list(base) + [pad] * (width - len(base))
+    layers = [layer]
+    while len(layer) > 1:
+        layer = [hashlib.sha256(layer[i] + layer[i + 1]).digest()
+                 for i in range(0, len(layer), 2)]
+        layers.append(layer)
+    return layers
+
+
+def hashes_with_proof(layers: Sequence[Sequence[bytes]], index: int, length: int,
+                      proof_layers: int) -> bytes | None:
+    """A BEP 52 ``hashes`` payload: ``length`` hashes of ``layers[0]`` from ``index``, then
+    the uncle hashes up towards the root.
+
+    The requested hashes form a subtree of height log2(length); the proof layers inside it
+    are omitted (but counted), so uncles start at the subtree root's sibling. Returns None
+    for a request that BEP 52 does not allow or that reaches past the tree.
+    """
+    base = layers[0]
+    if length < 1 or length & (length - 1) or index % length or not 0 <= index < len(base):
+        return None
+    height = length.bit_length() - 1
+    out = list(base[index:index + length])
+    node = index >> height
+    # Proof layer k holds the uncle at level k; levels 1..height-1 lie inside the subtree.
+    for level in range(height, min(proof_layers + 1, len(layers) - 1)):
+        out.append(layers[level][node ^ 1])
+        node >>= 1
+    return b"".join(out)
