@@ -222,5 +222,32 @@ def test_kill9_then_restart_keeps_verified_pieces(work: Path) -> None:
     assert int(result["downloaded"]) <= 0.55 * size, result  # type: ignore[call-overload]
 
 
+def test_ctrl_c_saves_resume_data(work: Path) -> None:
+    from swarmhub.storage.resume import load_resume, unpack_bits
+
+    size = 8 * 1024 * 1024
+    data = make_test_data(work / "src", [size], seed=13)
+    meta = create_torrent(data, version=TorrentVersion.HYBRID, piece_length=128 * 1024)
+    tfile = work / "t.torrent"
+    tfile.write_bytes(torrent_bytes(meta))
+    seed = ours(["seed", str(tfile), str(data), "--listen", "127.0.0.1:0",
+                 "--upload-limit", "4096"], work, "seed")
+    with seed:
+        port = listening_port(seed)
+        get = ours(["get", str(tfile), "-o", str(work / "dl"), "--json",
+                    "--peer", f"127.0.0.1:{port}"], work, "get")
+        with get:
+            get.wait_for_line(
+                lambda s: s.startswith('{"t"') and json.loads(s)["progress"] >= 0.3, 60)
+            os.kill(get.pid, signal.SIGINT)
+            assert get.wait(30) == 130, get.describe()
+    files = list((work / "state").glob(f"{meta.info_hash.hex()}-*.resume"))
+    assert len(files) == 2  # the seed's and the download's, side by side
+    resumes = [load_resume(f) for f in files]
+    resume = min((r for r in resumes if r is not None), key=lambda r: sum(r.have))
+    have = unpack_bits(resume.have, meta.num_pieces)
+    assert 0.25 * meta.num_pieces <= sum(have) < meta.num_pieces
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))

@@ -131,7 +131,11 @@ class Torrent:
         self._hash_trees: dict[bytes, list[list[bytes]]] = {}
         #: Bytes of complete pieces queued for hashing and writing.
         self._unverified = 0
-        self._resume_file = resume_path(session.state_dir, meta.info_hash)
+        # One resume file per (torrent, folder): a seed and a download of the same torrent
+        # in two folders must not overwrite each other's state.
+        folder = hashlib.sha1(str(save_path.resolve()).encode()).hexdigest()[:12]
+        base = resume_path(session.state_dir, meta.info_hash)
+        self.resume_file = base.with_name(f"{base.stem}-{folder}{base.suffix}")
         self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
 
@@ -147,7 +151,7 @@ class Torrent:
             have = bytearray(b"\x01" * n)
         elif existed:
             have = bytearray(n)
-            resume = load_resume(self._resume_file)
+            resume = load_resume(self.resume_file)
             if resume is not None and resume.info_hash == self.meta.info_hash:
                 have = await loop.run_in_executor(
                     pool, trusted_pieces, resume, self.meta, self.storage)
@@ -210,7 +214,7 @@ class Torrent:
         loop = asyncio.get_running_loop()
 
         def work() -> None:
-            save_resume(self._resume_file, make_resume(self.meta, self.storage, self.have))
+            save_resume(self.resume_file, make_resume(self.meta, self.storage, self.have))
 
         try:
             await loop.run_in_executor(self.session.disk_pool, work)
