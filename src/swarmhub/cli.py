@@ -247,7 +247,7 @@ def seed(
 
 @app.command()
 def get(
-    torrent: Annotated[Path, typer.Argument(help=".torrent file", exists=True)],
+    torrent: Annotated[str, typer.Argument(help=".torrent file or magnet: link")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Download folder.")]
     = Path("."),
     peer: Annotated[list[str] | None, typer.Option(help="Connect to HOST:PORT directly.")]
@@ -270,23 +270,40 @@ def get(
     """Download a torrent; exits 0 only when every piece is verified. Ctrl-C saves resume data."""
     from swarmhub.engine.session import Session
     from swarmhub.engine.torrent import TorrentState
-    from swarmhub.metainfo import read_torrent
+    from swarmhub.metainfo import parse_magnet, read_torrent
 
     _setup_logging(verbose)
+    magnet = None
+    meta: Metainfo | None = None
     try:
-        meta = read_torrent(torrent)
+        if torrent.startswith("magnet:"):
+            magnet = parse_magnet(torrent)
+        else:
+            meta = read_torrent(torrent)
     except SwarmhubError as exc:
         raise _fail(str(exc)) from None
     host, port = _addr(listen)
     peers = [_addr(p) for p in peer or []]
-    if not peers and not tracker and not meta.trackers:
+    known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
+    if magnet is not None:
+        peers += [p for p in magnet.peers if p not in peers]
+    if not peers and not tracker and not known_trackers:
         raise _fail("no way to find peers: give --peer HOST:PORT or --tracker URL", 2)
 
     async def go() -> int:
+        nonlocal meta
         settings = _settings(listen, upload_limit, download_limit)
         output.mkdir(parents=True, exist_ok=True)
         async with Session(settings) as session:  # type: ignore[arg-type]
             await session.listen(host, port)
+            if magnet is not None:
+                try:
+                    meta = await _magnet_metadata(session, magnet, peers, tracker or [])
+                except SwarmhubError as exc:
+                    console.print(f"[bold red]error:[/] {exc}")
+                    return 1
+                console.print(f"got the metadata of {meta.name} from peers")
+            assert meta is not None
             t = await session.add(meta, output, peers=peers,
                                   trackers=[[u] for u in tracker] if tracker else None)
             start = time.monotonic()
@@ -340,6 +357,31 @@ def get(
             return 0
 
     raise typer.Exit(_run(go()))
+
+
+async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],
+                           trackers: list[str]) -> Metainfo:
+    """Find peers for a magnet (given, x.pe, or one tracker announce) and fetch metadata."""
+    from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
+    from swarmhub.engine.metadata import fetch_metadata
+    from swarmhub.engine.session import Session
+    from swarmhub.errors import TrackerError
+    from swarmhub.metainfo import Magnet
+
+    assert isinstance(session, Session) and isinstance(magnet, Magnet)
+    candidates = list(peers)
+    urls = trackers or list(magnet.trackers)
+    if urls:
+        req = AnnounceRequest(info_hash=magnet.info_hash, peer_id=session.peer_id,
+                              port=session.listen_port, uploaded=0, downloaded=0, left=1,
+                              event="started")
+        try:
+            resp = await TrackerTiers([[u] for u in urls], rng=session.rng).announce(
+                await session.http(), req)
+            candidates += [p for p in resp.peers if p not in candidates]
+        except TrackerError as exc:
+            console.print(f"[yellow]tracker:[/] {exc}")
+    return await fetch_metadata(magnet, candidates, session.peer_id)
 
 
 # -- demo --------------------------------------------------------------------------------------

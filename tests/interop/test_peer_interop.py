@@ -115,6 +115,23 @@ def test_libtorrent_downloads_by_magnet_from_our_seed(work: Path, version: str) 
     compare_trees(data, work / "dl" / data.name)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_ours_downloads_by_magnet_from_libtorrent(work: Path, version: str) -> None:
+    """BEP 9 metadata from libtorrent, plus BEP 52 piece layers for a v2-only torrent."""
+    from swarmhub.metainfo import load_torrent, make_magnet
+
+    data = make_test_data(work / "src", [1_000_000, 2_500_000, 3], seed=14)
+    tfile = work / "lt.torrent"
+    tfile.write_bytes(lt_make_torrent(data, version, PIECE))  # type: ignore[arg-type]
+    magnet = make_magnet(load_torrent(tfile.read_bytes()))
+    with LtPeer(tfile, data.parent, seed=True, log_dir=work, name="lt-seed") as seeder:
+        get = ours(["get", magnet, "-o", str(work / "dl"), "--json",
+                    "--peer", f"127.0.0.1:{seeder.port}", "--timeout", "120"], work, "get")
+        with get:
+            assert get.wait(150) == 0, get.describe()
+    compare_trees(data, work / "dl" / data.name)
+
+
 def start_tracker(work: Path) -> tuple[Proc, str]:
     from conftest import free_port
 

@@ -200,7 +200,7 @@ def _with_root(f: FileEntry, root: bytes | None) -> FileEntry:
 
 
 def _piece_layers(
-    outer: dict[bytes, Any], files: list[FileEntry], piece_length: int
+    outer: dict[bytes, Any], files: list[FileEntry], piece_length: int, required: bool = True
 ) -> dict[bytes, bytes]:
     """The piece layers of all files larger than a piece, each checked against its root."""
     raw = _dict(outer.get(b"piece layers", {}), "piece layers")
@@ -210,6 +210,8 @@ def _piece_layers(
             continue
         what = f"file {'/'.join(f.path)!r}"
         layer = raw.get(f.pieces_root)
+        if layer is None and not required:
+            continue
         if layer is None:
             raise MetainfoError(f"{what}: its piece layer is missing from 'piece layers'")
         layer = _bytes(layer, f"{what} piece layer")
@@ -254,8 +256,13 @@ def _soft_text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
 
 
-def load_torrent(data: bytes) -> Metainfo:
-    """Parse and validate a .torrent file (v1, v2 or hybrid)."""
+def load_torrent(data: bytes, *, require_piece_layers: bool = True) -> Metainfo:
+    """Parse and validate a .torrent file (v1, v2 or hybrid).
+
+    ``require_piece_layers=False`` accepts an info dict fetched from peers by magnet link
+    (BEP 9), which carries no piece layers: a hybrid torrent is then verified by its v1
+    hashes, and a v2 one needs the layers from peers (BEP 52 hash requests) first.
+    """
     outer = _dict(bdecode(data), "a torrent file")
     info = _dict(outer.get(b"info"), "'info'")
     try:
@@ -306,7 +313,7 @@ def load_torrent(data: bytes) -> Metainfo:
             raise MetainfoError(
                 f"'pieces' has {len(pieces_v1)} bytes, expected 20 x {num_pieces} pieces"
             )
-    layers = _piece_layers(outer, files, piece_length) if has_v2 else {}
+    layers = _piece_layers(outer, files, piece_length, require_piece_layers) if has_v2 else {}
 
     private = info.get(b"private", 0) == 1
     date = outer.get(b"creation date")
