@@ -13,11 +13,13 @@ from swarmhub.metainfo.merkle import (
     ZERO_LEAF,
     block_hashes,
     file_root,
+    hashes_with_proof,
     next_pow2,
     piece_layer,
     piece_root,
     reduce_layer,
     root_from_layer,
+    tree_layers,
     zero_root,
 )
 from swarmhub.metainfo.model import BLOCK_SIZE, FileEntry, Metainfo, TorrentVersion
@@ -37,6 +39,7 @@ __all__ = [
     "block_hashes",
     "create_torrent",
     "file_root",
+    "hashes_with_proof",
     "load_torrent",
     "make_magnet",
     "next_pow2",
@@ -49,5 +52,6 @@ __all__ = [
     "root_from_layer",
     "safe_components",
     "torrent_bytes",
+    "tree_layers",
     "zero_root",
 ]
