@@ -1,0 +1,462 @@
+"""The hub's HTTP origin: GET/HEAD of stored files with ranges, conditionals and sendfile.
+
+:func:`serve_file` is the one handler body the hub uses for every file download. It makes
+one executor call that opens the file and ``fstat()``s the open descriptor (so the
+validators describe the bytes actually sent, with no stat/open race), asks the pure
+:func:`swarmhub.hub.ranges.evaluate` what to answer, and maps the decision to a response.
+Bodies go out with zero-copy ``loop.sendfile`` on the transport, as aiohttp's
+``FileResponse`` does; when the loop has no sendfile (uvloop raises NotImplementedError)
+or ``SWARMHUB_NOSENDFILE=1`` is set, the bytes are read with ``os.pread`` in the executor.
+
+Overload policy (:class:`OriginLimiter`): the origin caps concurrent transfers and its
+aggregate upload rate. At the cap, a GET for the *whole* file gets 503 with
+``Retry-After`` and, when the hub knows it, a ``Link`` to the torrent: such a client is
+better served by the swarm. Range requests (web seeds, segmented and resuming clients,
+which already fetch only what they lack) are still admitted, up to ``range_overflow``
+times the cap, and share the same rate limit. HEAD, 304, 412 and 416 answers carry no
+file bytes and are never refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import mimetypes
+import os
+import secrets
+import stat
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from aiohttp import web
+
+from swarmhub.engine.ratelimit import RateLimiter
+from swarmhub.errors import StorageError, SwarmhubError
+from swarmhub.hub.ranges import (
+    Decision,
+    DecisionKind,
+    content_etag,
+    evaluate,
+    format_http_date,
+    multipart_layout,
+)
+
+__all__ = [
+    "NOSENDFILE_ENV",
+    "ORIGIN_LIMITER_KEY",
+    "OriginLimiter",
+    "content_disposition",
+    "make_static_app",
+    "serve_file",
+]
+
+log = logging.getLogger(__name__)
+
+#: Set to 1 to send bodies with executor reads instead of sendfile (read per request).
+NOSENDFILE_ENV = "SWARMHUB_NOSENDFILE"
+#: Bytes per executor read on the fallback path (bounded memory per transfer).
+_READ_CHUNK = 1 << 20
+#: Largest sendfile call while a rate cap is on; smaller slices pace more smoothly.
+_MAX_SLICE = 1 << 20
+_MIN_SLICE = 16 << 10
+
+#: Close futures kept alive until they finish (the close is not awaited, as in aiohttp).
+_CLOSING: set[asyncio.Future[None]] = set()
+
+
+class OriginLimiter:
+    """Caps on concurrent HTTP transfers and on the origin's aggregate upload rate.
+
+    ``max_transfers`` 0 means no cap, ``upload_rate`` 0 (bytes/s) no rate limit. The
+    counters are what the hub's ``/metrics`` reads: ``bytes_served`` (file bytes sent),
+    ``transfers_active``, ``transfers_total`` (admitted) and ``rejected_total`` (503s).
+    """
+
+    def __init__(
+        self,
+        max_transfers: int = 0,
+        upload_rate: float = 0,
+        *,
+        retry_after: int = 10,
+        range_overflow: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_transfers < 0 or retry_after < 1 or range_overflow < 1:
+            raise SwarmhubError(
+                "origin limits: max_transfers must be >= 0 (0 = unlimited), "
+                "retry_after >= 1 s and range_overflow >= 1"
+            )
+        self.max_transfers = max_transfers
+        self.retry_after = retry_after
+        self.range_overflow = range_overflow
+        self.rate = RateLimiter(upload_rate, clock=clock)
+        self.bytes_served = 0
+        self.transfers_active = 0
+        self.transfers_total = 0
+        self.rejected_total = 0
+
+    @property
+    def upload_rate(self) -> float:
+        return self.rate.rate
+
+    def set_limits(
+        self, max_transfers: int | None = None, upload_rate: float | None = None
+    ) -> None:
+        """Change the caps at run time; transfers already admitted are not cut off."""
+        if max_transfers is not None:
+            if max_transfers < 0:
+                raise SwarmhubError("max_transfers must be >= 0 (0 = unlimited)")
+            self.max_transfers = max_transfers
+        if upload_rate is not None:
+            self.rate.set_rate(upload_rate)
+
+    def admit(self, *, whole_file: bool) -> bool:
+        """Start a transfer if the policy allows it (module docstring); count a refusal."""
+        cap = self.max_transfers
+        if cap and self.transfers_active >= (cap if whole_file else cap * self.range_overflow):
+            self.rejected_total += 1
+            return False
+        self.transfers_active += 1
+        self.transfers_total += 1
+        return True
+
+    def release(self) -> None:
+        """End a transfer started by :meth:`admit`."""
+        self.transfers_active -= 1
+
+    def slice_size(self) -> int:
+        """Bytes per paced send: about 1/20 s of the rate, within 16 KiB..1 MiB."""
+        rate = self.rate.rate
+        return _MAX_SLICE if rate <= 0 else int(min(_MAX_SLICE, max(_MIN_SLICE, rate / 20)))
+
+
+def content_disposition(filename: str, disposition: str = "attachment") -> str:
+    """RFC 6266 header value: an ASCII ``filename`` and, for other names, ``filename*``."""
+    safe = (
+        "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in filename).strip()
+        or "download"
+    )
+    value = f'{disposition}; filename="{safe}"'
+    if safe != filename:
+        value += "; filename*=UTF-8''" + urllib.parse.quote(filename, safe="")
+    return value
+
+
+def _json_error(status: int, message: str, **extra: object) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _open_regular(path: Path) -> tuple[BinaryIO, os.stat_result]:
+    """Open ``path`` and fstat the descriptor (the one blocking call, run in the executor).
+
+    O_NONBLOCK keeps a FIFO from hanging the open; it does nothing to regular files.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb", buffering=0), st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _close_later(loop: asyncio.AbstractEventLoop, fobj: BinaryIO) -> None:
+    fut = loop.run_in_executor(None, fobj.close)
+    _CLOSING.add(fut)
+    fut.add_done_callback(_CLOSING.discard)
+
+
+async def serve_file(
+    request: web.Request,
+    path: Path,
+    *,
+    etag: str,
+    content_type: str = "application/octet-stream",
+    filename: str | None = None,
+    limiter: OriginLimiter | None = None,
+    torrent_url: str | None = None,
+) -> web.StreamResponse:
+    """Answer a GET or HEAD for the file at ``path`` (see the module docstring).
+
+    ``etag`` is the strong ETag header value (:func:`swarmhub.hub.ranges.content_etag`);
+    ``filename`` sets Content-Disposition; ``torrent_url`` goes into the 503 Link header.
+    """
+    if request.method not in ("GET", "HEAD"):
+        resp = _json_error(405, f"method {request.method} is not allowed here; use GET or HEAD")
+        resp.headers["Allow"] = "GET, HEAD"
+        return resp
+    loop = asyncio.get_running_loop()
+    try:
+        fobj, st = await loop.run_in_executor(None, _open_regular, path)
+    except PermissionError:
+        return _json_error(403, "the file exists but the hub may not read it")
+    except OSError:  # missing, a directory, a special file, a symlink loop...
+        return _json_error(404, "no such file")
+    try:
+        decision = evaluate(
+            request.method,
+            request.headers,
+            etag,
+            st.st_mtime,
+            st.st_size,
+            now=time.time(),
+        )
+        return await _respond(
+            request, path, fobj, decision, st, etag, content_type, filename, limiter, torrent_url
+        )
+    finally:
+        _close_later(loop, fobj)
+
+
+async def _respond(
+    request: web.Request,
+    path: Path,
+    fobj: BinaryIO,
+    decision: Decision,
+    st: os.stat_result,
+    etag: str,
+    content_type: str,
+    filename: str | None,
+    limiter: OriginLimiter | None,
+    torrent_url: str | None,
+) -> web.StreamResponse:
+    kind = decision.kind
+    size = decision.size
+    if kind is DecisionKind.PRECONDITION_FAILED:
+        return _json_error(412, "a precondition (If-Match / If-Unmodified-Since) failed")
+    if kind is DecisionKind.RANGE_NOT_SATISFIABLE:
+        unsatisfiable = _json_error(416, f"no requested range overlaps the file ({size} bytes)")
+        unsatisfiable.headers["Content-Range"] = decision.content_ranges()[0]
+        unsatisfiable.headers["Accept-Ranges"] = "bytes"
+        return unsatisfiable
+
+    resp = web.StreamResponse(status=decision.status)
+    resp.headers["ETag"] = etag
+    resp.headers["Last-Modified"] = format_http_date(st.st_mtime)
+    resp.headers["Accept-Ranges"] = "bytes"
+    if kind is DecisionKind.NOT_MODIFIED:  # §15.4.5: validators, no body or length
+        await resp.prepare(request)
+        return resp
+
+    if filename is not None:
+        resp.headers["Content-Disposition"] = content_disposition(filename)
+    parts: list[tuple[bytes, int, int]] = []
+    tail = b""
+    if kind is DecisionKind.MULTIPART:
+        boundary = secrets.token_hex(16)
+        parts, tail = multipart_layout(decision.ranges, size, content_type, boundary)
+        resp.headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+        resp.content_length = sum(len(h) + e - s for h, s, e in parts) + len(tail)
+    else:
+        resp.headers["Content-Type"] = content_type
+        parts = [(b"", s, e) for s, e in decision.ranges]
+        resp.content_length = decision.body_bytes
+        if kind is DecisionKind.PARTIAL:
+            resp.headers["Content-Range"] = decision.content_ranges()[0]
+
+    if request.method == "HEAD" or not decision.has_body:
+        await resp.prepare(request)
+        return resp
+
+    if limiter is not None and not limiter.admit(whole_file=kind is DecisionKind.FULL):
+        return _overloaded(limiter, torrent_url)
+    try:
+        await resp.prepare(request)
+        await _send_body(request, resp, fobj, parts, tail, limiter)
+        await resp.write_eof()
+    except ConnectionError as exc:
+        # clients drop connections all the time (aria2 when a segment is done elsewhere)
+        log.debug("client left during a download of %s: %s", path, exc)
+        if request.transport is not None:
+            request.transport.close()
+    except (StorageError, OSError) as exc:
+        # headers are out: the only honest signal left is closing the connection early
+        log.warning("aborted a download of %s: %s", path, exc)
+        if request.transport is not None:
+            request.transport.close()
+    finally:
+        if limiter is not None:
+            limiter.release()
+    return resp
+
+
+def _overloaded(limiter: OriginLimiter, torrent_url: str | None) -> web.Response:
+    message = "the hub is busy serving other downloads"
+    if torrent_url:
+        message += f"; download it with BitTorrent from {torrent_url}, or retry later"
+    resp = _json_error(
+        503,
+        message,
+        retry_after=limiter.retry_after,
+        **({"torrent": torrent_url} if torrent_url else {}),
+    )
+    resp.headers["Retry-After"] = str(limiter.retry_after)
+    resp.headers["Accept-Ranges"] = "bytes"  # range requests are still admitted
+    if torrent_url:
+        resp.headers["Link"] = f'<{torrent_url}>; rel="alternate"; type="application/x-bittorrent"'
+    return resp
+
+
+async def _send_body(
+    request: web.Request,
+    resp: web.StreamResponse,
+    fobj: BinaryIO,
+    parts: list[tuple[bytes, int, int]],
+    tail: bytes,
+    limiter: OriginLimiter | None,
+) -> None:
+    use_sendfile = os.environ.get(NOSENDFILE_ENV, "") not in ("1", "true", "yes")
+    for head, start, end in parts:
+        if head:
+            await resp.write(head)
+        use_sendfile = await _send_span(request, resp, fobj, start, end, limiter, use_sendfile)
+    if tail:
+        await resp.write(tail)
+
+
+async def _send_span(
+    request: web.Request,
+    resp: web.StreamResponse,
+    fobj: BinaryIO,
+    start: int,
+    end: int,
+    limiter: OriginLimiter | None,
+    use_sendfile: bool,
+) -> bool:
+    """Send file bytes [start, end); returns whether sendfile is still usable."""
+    loop = asyncio.get_running_loop()
+    paced = limiter is not None and not limiter.rate.unlimited
+    step = limiter.slice_size() if limiter is not None and paced else end - start
+    pos = start
+    while pos < end:
+        n = min(step, end - pos) if use_sendfile else min(step, end - pos, _READ_CHUNK)
+        if paced:
+            assert limiter is not None
+            await limiter.rate.acquire(n)
+        if use_sendfile:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client closed the connection")
+            fobj.seek(pos)
+            try:
+                sent = await loop.sendfile(transport, fobj, pos, n)
+            except NotImplementedError:
+                use_sendfile = False
+                continue
+            except BaseException:
+                # the file position tells how far sendfile got (asyncio documents this)
+                if limiter is not None:
+                    limiter.bytes_served += max(0, fobj.tell() - pos)
+                raise
+        else:
+            data = await loop.run_in_executor(None, os.pread, fobj.fileno(), n, pos)
+            sent = len(data)
+            if sent:
+                await resp.write(data)
+        if sent <= 0:
+            raise StorageError("the file shrank while it was being served")
+        pos += sent
+        if limiter is not None:
+            limiter.bytes_served += sent
+    return use_sendfile
+
+
+# --- a static folder, for tests, benchmarks and web-seed experiments -------------------
+
+ORIGIN_LIMITER_KEY = web.AppKey("origin_limiter", OriginLimiter)
+_ETAG_CACHE_SIZE = 1024
+
+
+class _BadPath(SwarmhubError):
+    """A request path that tries to leave the served folder."""
+
+
+def _locate(root: Path, tail: str) -> tuple[Path, tuple[int, int, int, int]]:
+    """The file under ``root`` that ``tail`` names, and its identity for the ETag cache."""
+    if "\x00" in tail or tail.startswith("/") or "\\" in tail:
+        raise _BadPath(f"invalid file path {tail!r}")
+    if any(part in (".", "..") for part in tail.split("/")):
+        raise _BadPath(f"a file path may not contain '.' or '..' segments: {tail!r}")
+    target = (root / tail).resolve(strict=True)
+    if not target.is_relative_to(root):  # a symlink pointing out of the folder
+        raise FileNotFoundError(tail)
+    st = target.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise FileNotFoundError(tail)
+    return target, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def make_static_app(root: Path, *, limiter: OriginLimiter | None = None) -> web.Application:
+    """An app serving the regular files under ``root`` at ``/<relative path>``.
+
+    ETags are content hashes, computed once per file version (device, inode, size,
+    mtime) in the executor. Paths with ``..``, ``.``, NUL, backslashes or a leading
+    slash get 400; symlinks out of ``root`` and non-regular files get 404.
+    """
+    base = root.resolve(strict=True)
+    etags: dict[tuple[int, int, int, int], asyncio.Future[str]] = {}
+    app = web.Application(middlewares=[_json_errors])
+    app[ORIGIN_LIMITER_KEY] = limiter or OriginLimiter()
+
+    async def etag_of(path: Path, key: tuple[int, int, int, int]) -> str:
+        fut = etags.get(key)
+        if fut is None:
+            if len(etags) >= _ETAG_CACHE_SIZE:
+                etags.pop(next(iter(etags)))
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(None, _sha256_file, path)
+            etags[key] = fut
+        try:
+            return content_etag(await asyncio.shield(fut))
+        except OSError:
+            etags.pop(key, None)
+            raise
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        tail = request.match_info["tail"]
+        loop = asyncio.get_running_loop()
+        try:
+            path, key = await loop.run_in_executor(None, _locate, base, tail)
+            etag = await etag_of(path, key)
+        except _BadPath as exc:
+            return _json_error(400, str(exc))
+        except PermissionError:
+            return _json_error(403, "the file exists but the hub may not read it")
+        except (OSError, RuntimeError):  # missing, or a symlink loop
+            return _json_error(404, "no such file")
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return await serve_file(
+            request, path, etag=etag, content_type=ctype, limiter=request.app[ORIGIN_LIMITER_KEY]
+        )
+
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own errors (bad method, unexpected exceptions) as JSON, never a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json_error(exc.status, exc.reason)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s", request.path)
+        return _json_error(500, "internal error; see the hub's log")
