@@ -26,7 +26,10 @@ test: setup
 	$(BIN)/pytest -q
 
 bench: setup
+	@bash scripts/install-system-deps.sh nginx-light
 	$(BIN)/python bench/loopback.py
+	$(BIN)/python bench/create.py
+	$(BIN)/python bench/origin.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
