@@ -1,0 +1,561 @@
+"""The hub's JSON API (``/api/...``) and the state it works on (:class:`HubConfig`, :class:`Hub`).
+
+Publishing is the one involved operation. The upload streams into a staged temp file
+(:mod:`swarmhub.hub.blobs`); only when the multipart body ended cleanly is the blob given
+its content name and the file catalogued, so a truncated request leaves nothing behind.
+The torrent is then made from a hard link ``DATA/seed/<id>/<name>`` to the blob: the
+torrent's ``name`` is the published name, the embedded seeder serves that very path
+(``save_path/name`` is the single-file layout), and the BEP 19 web seed URL
+``/f/<id>/<name>`` *is* the file (for a single-file torrent a client fetches the URL as
+is, ranges within it). The v1 torrent is the hybrid one minus its v2 keys: for a single
+file both have the same SHA-1 pieces, so the data is hashed once.
+
+Private collections hand out a .torrent per user: same info dict (hence the same swarm),
+but the announce URL carries the user's passkey and the web seed URL embeds it in the
+path (``/k/<passkey>/<id>/<name>``) because libtorrent refuses query strings in web seed
+URLs that point at loopback hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, unquote
+
+from aiohttp import BodyPartReader, web
+
+from swarmhub.bencode import bdecode, bencode
+from swarmhub.errors import MetainfoError, StorageError
+from swarmhub.hub.auth import Forbidden, Role, authenticate, has_role, require
+from swarmhub.hub.blobs import BlobStore, UploadTooLarge, UploadTruncated
+from swarmhub.hub.catalog import (
+    Catalog,
+    CollectionRecord,
+    ConflictError,
+    FileRecord,
+    InvalidError,
+    NotFoundError,
+    TokenRecord,
+    new_file_id,
+    validate_collection_name,
+    validate_file_name,
+)
+from swarmhub.hub.tracker import TrackerState
+from swarmhub.metainfo import Metainfo, create_torrent, load_torrent, make_magnet, torrent_bytes
+
+__all__ = [
+    "HUB_KEY",
+    "GiB",
+    "Hub",
+    "HubConfig",
+    "SeederHook",
+    "add_api_routes",
+    "file_json",
+    "json_error",
+    "link_into_seed_dir",
+]
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+_MAX_FIELD = 1024  # bytes of a small form field such as "collection"
+_MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """Everything a hub needs to run; each knob has a safe default."""
+
+    #: Where the catalog, blobs, seed links and temp files live.
+    data_dir: Path
+    #: The URL clients reach the hub at; it goes into torrents and magnets.
+    public_url: str = "http://127.0.0.1:8080"
+    #: Largest accepted upload in bytes.
+    max_upload_size: int = 64 * GiB
+    #: Concurrent HTTP downloads served before 503 + Retry-After (0 = no cap).
+    max_transfers: int = 0
+    #: The origin's upload cap in bytes/s over all HTTP downloads (0 = none).
+    upload_rate: float = 0.0
+    #: Re-announce interval handed to clients, seconds.
+    tracker_interval: int = 1800
+    tracker_min_interval: int = 60
+    #: Where the embedded seeder accepts peers; None runs the hub without it.
+    peer_listen: tuple[str, int] | None = ("127.0.0.1", 6881)
+    #: Largest request line / header field aiohttp accepts (431 beyond).
+    max_header_size: int = 8190
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url.rstrip("/")
+
+
+class SeederHook(Protocol):
+    """What the API needs from the embedded seeder."""
+
+    async def add(self, record: FileRecord, metas: list[Metainfo]) -> None: ...
+
+    async def remove(self, record: FileRecord) -> None: ...
+
+
+@dataclass(slots=True)
+class Hub:
+    """The running hub: configuration plus the objects every handler shares."""
+
+    config: HubConfig
+    catalog: Catalog
+    blobs: BlobStore
+    tracker: TrackerState
+    #: The origin's transfer limiter (``swarmhub.hub.origin.OriginLimiter``) when available.
+    limiter: Any = None
+    seeder: SeederHook | None = None
+    #: The embedded seeder's own passkey for private torrents (never stored).
+    seeder_passkey: str = ""
+    announces: int = 0
+    announce_failures: int = 0
+    scrapes: int = 0
+    #: Blobs being published right now: never garbage-collected while pinned.
+    pinned: Counter[str] = field(default_factory=Counter)
+
+    # -- URLs ------------------------------------------------------------------------------
+
+    def announce_url(self, passkey: str | None = None) -> str:
+        url = self.config.base_url + "/announce"
+        return url if passkey is None else f"{url}?passkey={passkey}"
+
+    def file_url(self, record: FileRecord, passkey: str | None = None) -> str:
+        name = quote(record.name, safe="")
+        if passkey is None:
+            return f"{self.config.base_url}/f/{record.id}/{name}"
+        return f"{self.config.base_url}/k/{passkey}/{record.id}/{name}"
+
+    def seed_dir(self, file_id: str) -> Path:
+        return self.config.data_dir / "seed" / file_id
+
+    # -- torrents --------------------------------------------------------------------------
+
+    async def torrent_for(
+        self, record: FileRecord, version: str, passkey: str | None
+    ) -> tuple[bytes, Metainfo]:
+        """The .torrent for a user: the stored one, or for private files with their passkey."""
+        data = await self.catalog.run(self.catalog.get_torrent, record.id, version)
+        if data is None:
+            raise NotFoundError(f"no file with id {record.id!r}")
+        meta = load_torrent(data)
+        if not record.private:
+            return data, meta
+        meta = dataclasses.replace(
+            meta,
+            trackers=((self.announce_url(passkey),),),
+            url_list=(self.file_url(record, passkey),),
+        )
+        return torrent_bytes(meta), meta
+
+    def magnet_for(self, meta: Metainfo) -> str:
+        return make_magnet(meta)
+
+
+HUB_KEY = web.AppKey("hub", Hub)
+
+
+def json_error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+def _ts(value: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(value, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def file_json(hub: Hub, record: FileRecord) -> dict[str, Any]:
+    """The API's view of a file (URLs are the public ones; private ones need a token)."""
+    base = hub.config.base_url
+    return {
+        "id": record.id,
+        "name": record.name,
+        "size": record.size,
+        "sha256": record.sha256,
+        "collection": record.collection,
+        "private": record.private,
+        "created": _ts(record.created),
+        "info_hash_v1": record.info_hash_v1.hex() if record.info_hash_v1 else None,
+        "info_hash_v2": record.info_hash_v2.hex() if record.info_hash_v2 else None,
+        "info_hash_v1_torrent": (
+            record.info_hash_v1_torrent.hex() if record.info_hash_v1_torrent else None
+        ),
+        "piece_length": record.piece_length,
+        "published_by": record.published_by,
+        "url": hub.file_url(record),
+        "torrent_url": f"{base}/t/{record.id}.torrent",
+        "torrent_v1_url": f"{base}/t/{record.id}.v1.torrent",
+        "magnet_url": f"{base}/m/{record.id}",
+    }
+
+
+def _collection_json(c: CollectionRecord) -> dict[str, Any]:
+    return {"name": c.name, "private": c.private, "created": _ts(c.created), "files": c.files}
+
+
+def _token_json(t: TokenRecord) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "role": t.role,
+        "label": t.label,
+        "passkey": t.passkey,
+        "created": _ts(t.created),
+        "revoked_at": None if t.revoked_at is None else _ts(t.revoked_at),
+    }
+
+
+def _hub(request: web.Request) -> Hub:
+    return request.app[HUB_KEY]
+
+
+# ------------------------------------------------------------------------------ publishing
+
+
+def _make_torrents(path: Path, hub: Hub, private: bool, web_seed: str) -> tuple[Metainfo, Metainfo]:
+    """Hash the file once: the hybrid torrent and the v1 one derived from it."""
+    hybrid = create_torrent(
+        path, trackers=[[hub.announce_url()]], url_list=[web_seed], private=private
+    )
+    info = bdecode(hybrid.info_bytes)
+    info.pop(b"meta version", None)
+    info.pop(b"file tree", None)
+    outer = bdecode(torrent_bytes(hybrid))
+    outer[b"info"] = info
+    outer.pop(b"piece layers", None)
+    return hybrid, load_torrent(bencode(outer))  # parsing validates what we hand out
+
+
+def link_into_seed_dir(blob: Path, target: Path) -> None:
+    """``DATA/seed/<id>/<name>``: the blob under its published name, for torrent and seeder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(blob, target)
+    except OSError as exc:
+        log.warning("cannot hard-link %s (%s); copying instead", blob, exc.strerror)
+        shutil.copyfile(blob, target)
+
+
+async def _read_field(part: BodyPartReader) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(_MAX_FIELD):
+        data += chunk
+        if len(data) > _MAX_FIELD:
+            raise InvalidError(f"form field {part.name!r} is longer than {_MAX_FIELD} bytes")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InvalidError(f"form field {part.name!r} is not UTF-8") from None
+
+
+async def post_file(request: web.Request) -> web.Response:
+    """``POST /api/files`` (multipart: ``file``, optional ``collection`` and ``name``).
+
+    ``name`` overrides the part's filename as the published name. Publisher role or above.
+    """
+    hub = _hub(request)
+    token = await require(request, hub.catalog, Role.PUBLISHER)
+    limit = hub.config.max_upload_size
+    if request.content_length is not None and request.content_length > limit + 64 * 1024:
+        raise UploadTooLarge(f"upload is larger than the hub's limit of {limit} bytes")
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidError("send the file as multipart/form-data with a 'file' field")
+    reader = await request.multipart()
+    collection: str | None = None
+    staged = None
+    name_field: str | None = None
+    filename = ""
+    try:
+        try:
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise InvalidError("nested multipart bodies are not accepted")
+                if part.name == "collection":
+                    collection = (await _read_field(part)).strip() or None
+                    if collection is not None:
+                        validate_collection_name(collection)
+                elif part.name == "name":
+                    name_field = await _read_field(part)
+                elif part.name == "file":
+                    if staged is not None:
+                        raise InvalidError("send one 'file' field per request")
+                    # aiohttp and browsers percent-encode unusual bytes in filename="".
+                    filename = unquote(part.filename or "")
+                    if name_field is None:
+                        validate_file_name(filename)  # refuse before reading the body
+                    staged = await hub.blobs.stage(part, limit)
+                else:
+                    await part.release()
+        except (StorageError, InvalidError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # malformed or truncated multipart framing
+            raise UploadTruncated(f"the upload ended early or is malformed: {exc}") from None
+        if staged is None:
+            raise InvalidError("the form has no 'file' field")
+        name = validate_file_name(name_field if name_field is not None else filename)
+        private = False
+        if collection is not None:
+            coll = await hub.catalog.run(hub.catalog.get_collection, collection)
+            if coll is None:
+                raise NotFoundError(
+                    f"no collection named {collection!r}; an admin creates it with "
+                    "POST /api/collections"
+                )
+            private = coll.private
+        same = await hub.catalog.run(hub.catalog.find_same, staged.sha256, name, private)
+        if same is not None:
+            if same.collection != collection:
+                raise ConflictError(
+                    f"the same file is already published as {same.id} in collection "
+                    f"{same.collection!r}"
+                )
+            hub.blobs.discard(staged)
+            return web.json_response(file_json(hub, same), status=200)
+        sha = staged.sha256
+        hub.pinned[sha] += 1
+    except BaseException:
+        if staged is not None:
+            hub.blobs.discard(staged)
+        raise
+    try:
+        blob = await asyncio.to_thread(hub.blobs.commit, staged)
+        record = await _catalogue(
+            hub, blob.path, blob.sha256, blob.size, name, collection, private, token
+        )
+    finally:
+        hub.pinned[sha] -= 1
+        if hub.pinned[sha] <= 0:
+            del hub.pinned[sha]
+            _collect_garbage(hub, sha)
+    log.info("published %s as %s (%d bytes)", name, record.id, record.size)
+    return web.json_response(file_json(hub, record), status=201)
+
+
+async def _catalogue(
+    hub: Hub,
+    blob: Path,
+    sha: str,
+    size: int,
+    name: str,
+    collection: str | None,
+    private: bool,
+    token: TokenRecord,
+) -> FileRecord:
+    file_id = new_file_id()
+    seed_path = hub.seed_dir(file_id) / name
+    stub = FileRecord(file_id, name, size, sha, collection, private, 0.0, None, None, None, 0, None)
+    try:
+        await asyncio.to_thread(link_into_seed_dir, blob, seed_path)
+        try:
+            hybrid, v1 = await asyncio.to_thread(
+                _make_torrents, seed_path, hub, private, hub.file_url(stub)
+            )
+        except MetainfoError as exc:  # an empty file, for instance
+            raise InvalidError(str(exc)) from None
+        record = await hub.catalog.run(
+            hub.catalog.add_file,
+            file_id=file_id,
+            name=name,
+            size=size,
+            sha256=sha,
+            collection=collection,
+            info_hash_v1=hybrid.info_hash_v1,
+            info_hash_v2=hybrid.info_hash_v2,
+            piece_length=hybrid.piece_length,
+            torrent_hybrid=torrent_bytes(hybrid),
+            torrent_v1=torrent_bytes(v1),
+            info_hash_v1_torrent=v1.info_hash_v1,
+            published_by=token.id,
+        )
+    except BaseException:
+        await asyncio.to_thread(shutil.rmtree, hub.seed_dir(file_id), True)
+        raise
+    if hub.seeder is not None:
+        try:
+            await hub.seeder.add(record, [hybrid, v1])
+        except Exception:
+            log.exception("the embedded seeder could not add %s", record.id)
+    return record
+
+
+def _collect_garbage(hub: Hub, sha: str) -> None:
+    """Delete a blob no file references (synchronous: no publish can interleave)."""
+    if hub.pinned.get(sha) or hub.catalog.blob_is_referenced(sha):
+        return
+    hub.blobs.delete(sha)
+
+
+# ------------------------------------------------------------------------------ files
+
+
+async def _visible_file(request: web.Request) -> tuple[Hub, FileRecord, TokenRecord | None]:
+    hub = _hub(request)
+    token = await authenticate(request, hub.catalog)
+    record = await hub.catalog.run(hub.catalog.get_file, request.match_info["id"])
+    if record is None or (record.private and not has_role(token, Role.READER)):
+        # A private file is not acknowledged to strangers (404, not 401).
+        raise NotFoundError(f"no file with id {request.match_info['id']!r}")
+    return hub, record, token
+
+
+def _page(request: web.Request, name: str, default: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > hi:
+        raise InvalidError(f"{name} must be an integer from 0 to {hi}")
+    return int(raw)
+
+
+async def list_files(request: web.Request) -> web.Response:
+    """``GET /api/files?collection=&q=&limit=&offset=``: private files need a token."""
+    hub = _hub(request)
+    token = await authenticate(request, hub.catalog)
+    files, total = await hub.catalog.run(
+        hub.catalog.list_files,
+        collection=request.query.get("collection") or None,
+        query=request.query.get("q") or None,
+        include_private=has_role(token, Role.READER),
+        limit=_page(request, "limit", 100, _MAX_PAGE),
+        offset=_page(request, "offset", 0, 2**62),
+    )
+    return web.json_response({"files": [file_json(hub, f) for f in files], "total": total})
+
+
+async def get_file(request: web.Request) -> web.Response:
+    hub, record, token = await _visible_file(request)
+    body = file_json(hub, record)
+    if not record.private or token is not None:
+        _, meta = await hub.torrent_for(record, "hybrid", token.passkey if token else None)
+        body["magnet"] = hub.magnet_for(meta)
+    return web.json_response(body)
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    """``DELETE /api/files/{id}``: admins, or the publisher who uploaded it."""
+    hub = _hub(request)
+    token = await require(request, hub.catalog, Role.PUBLISHER)
+    file_id = request.match_info["id"]
+    record = await hub.catalog.run(hub.catalog.get_file, file_id)
+    if record is None:
+        raise NotFoundError(f"no file with id {file_id!r}")
+    if not has_role(token, Role.ADMIN) and record.published_by != token.id:
+        raise Forbidden("only an admin or the file's publisher may delete it")
+    removed, _ = await hub.catalog.run(hub.catalog.delete_file, file_id)
+    record = removed
+    if hub.seeder is not None:
+        try:
+            await hub.seeder.remove(record)
+        except Exception:
+            log.exception("the embedded seeder could not drop %s", record.id)
+    await asyncio.to_thread(shutil.rmtree, hub.seed_dir(record.id), True)
+    _collect_garbage(hub, record.sha256)
+    log.info("deleted %s (%s)", record.id, record.name)
+    return web.json_response({"deleted": record.id})
+
+
+# ------------------------------------------------------------------------------ collections
+
+
+async def list_collections(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    items = await hub.catalog.run(hub.catalog.list_collections)
+    return web.json_response({"collections": [_collection_json(c) for c in items]})
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidError("the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidError("the request body must be a JSON object")
+    return body
+
+
+async def post_collection(request: web.Request) -> web.Response:
+    """``POST /api/collections {"name", "private"}``: admin."""
+    hub = _hub(request)
+    await require(request, hub.catalog, Role.ADMIN)
+    body = await _json_body(request)
+    name, private = body.get("name"), body.get("private", False)
+    if not isinstance(name, str) or not isinstance(private, bool):
+        raise InvalidError('expected {"name": string, "private": boolean}')
+    created = await hub.catalog.run(hub.catalog.add_collection, name, private)
+    return web.json_response(_collection_json(created), status=201)
+
+
+async def delete_collection(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await require(request, hub.catalog, Role.ADMIN)
+    name = request.match_info["name"]
+    await hub.catalog.run(hub.catalog.delete_collection, name)
+    return web.json_response({"deleted": name})
+
+
+# ------------------------------------------------------------------------------ tokens
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await require(request, hub.catalog, Role.ADMIN)
+    items = await hub.catalog.run(hub.catalog.list_tokens)
+    return web.json_response({"tokens": [_token_json(t) for t in items]})
+
+
+async def post_token(request: web.Request) -> web.Response:
+    """``POST /api/tokens {"role", "label"}``: admin; the secret is in this answer only."""
+    hub = _hub(request)
+    await require(request, hub.catalog, Role.ADMIN)
+    body = await _json_body(request)
+    role, label = body.get("role"), body.get("label", "")
+    if not isinstance(role, str) or not isinstance(label, str):
+        raise InvalidError('expected {"role": "admin"|"publisher"|"reader", "label": string}')
+    secret, record = await hub.catalog.run(hub.catalog.add_token, role, label)
+    return web.json_response({**_token_json(record), "token": secret}, status=201)
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await require(request, hub.catalog, Role.ADMIN)
+    record = await hub.catalog.run(hub.catalog.revoke_token, request.match_info["id"])
+    return web.json_response(_token_json(record))
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """``GET /api/me``: the caller's token (role, passkey), for clients and the admin page."""
+    hub = _hub(request)
+    token = await require(request, hub.catalog, Role.READER)
+    return web.json_response(_token_json(token))
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    hub = _hub(request)
+    await require(request, hub.catalog, Role.ADMIN)
+    stats = await hub.catalog.run(hub.catalog.stats)
+    return web.json_response(stats)
+
+
+def add_api_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/files", list_files)
+    r.add_post("/api/files", post_file)
+    r.add_get("/api/files/{id}", get_file)
+    r.add_delete("/api/files/{id}", delete_file)
+    r.add_get("/api/collections", list_collections)
+    r.add_post("/api/collections", post_collection)
+    r.add_delete("/api/collections/{name}", delete_collection)
+    r.add_get("/api/tokens", list_tokens)
+    r.add_post("/api/tokens", post_token)
+    r.add_post("/api/tokens/{id}/revoke", revoke_token)
+    r.add_get("/api/me", whoami)
+    r.add_get("/api/stats", get_stats)

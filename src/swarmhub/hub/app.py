@@ -1,0 +1,620 @@
+"""The hub's aiohttp application: downloads, torrents, tracker, metrics and the embedded seeder.
+
+:func:`make_hub_app` wires the pieces: the JSON API (:mod:`swarmhub.hub.api`), plain
+downloads through the HTTP origin (``swarmhub.hub.origin``), per-user .torrent files and
+magnets, the tracker at the *root* paths ``/announce`` and ``/scrape`` (libtorrent's
+SSRF mitigation refuses a loopback tracker whose path is anything else), ``/metrics``,
+and an embedded peer that seeds every catalogued file so the hub is the first seeder of
+each swarm. Every error is JSON ``{"error": ...}`` — including the ones aiohttp produces
+before any handler runs (oversize or malformed headers), which :class:`HubRunner` turns
+into JSON too — except on the tracker, whose clients expect bencoded failure reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.resources
+import json
+import logging
+import mimetypes
+import secrets
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import ModuleType
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from swarmhub.bencode import bencode
+from swarmhub.errors import AuthError, StorageError, TrackerError
+from swarmhub.hub.api import (
+    HUB_KEY,
+    Hub,
+    HubConfig,
+    add_api_routes,
+    json_error,
+    link_into_seed_dir,
+)
+from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
+from swarmhub.hub.blobs import BlobStore, UploadTooLarge, UploadTruncated
+from swarmhub.hub.catalog import (
+    Catalog,
+    CatalogError,
+    ConflictError,
+    FileRecord,
+    NotFoundError,
+)
+from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
+from swarmhub.hub.tracker import (
+    TrackerState,
+    failure_body,
+    parse_announce_query,
+    parse_scrape_query,
+)
+from swarmhub.metainfo import Metainfo, load_torrent
+
+__all__ = [
+    "HubConfig",
+    "HubRunner",
+    "Seeder",
+    "admin_token_for_first_start",
+    "make_hub_app",
+    "start_hub",
+]
+
+log = logging.getLogger(__name__)
+
+_PLAIN = "text/plain"
+_ID = "{id:[A-Za-z0-9_-]{1,64}}"
+
+
+def _origin() -> ModuleType | None:
+    """``swarmhub.hub.origin`` (range-serving downloads) when it is installed."""
+    try:
+        return importlib.import_module("swarmhub.hub.origin")
+    except ImportError:
+        return None
+
+
+# ------------------------------------------------------------------------------ seeder
+
+
+class Seeder:
+    """The hub's own peer: a swarmhub Session seeding every catalogued file.
+
+    It runs in a task of its own that owns the Session (its task group lives and dies in
+    that task); the API calls :meth:`add`/:meth:`remove` from request handlers.
+    """
+
+    def __init__(self, hub: Hub, listen: tuple[str, int]) -> None:
+        self.hub = hub
+        self.listen = listen
+        self.session: Any = None
+        self.port = 0
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._failed: BaseException | None = None
+
+    async def run(self) -> None:
+        from swarmhub.engine.session import Session
+        from swarmhub.settings import Settings
+
+        settings = Settings(enable_dht=False, enable_lsd=False)
+        try:
+            async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state") as s:
+                self.port = await s.listen(*self.listen)
+                self.session = s
+                self.ready.set()
+                records = await self.hub.catalog.run(self.hub.catalog.all_files)
+                for record in records:
+                    await self._add_existing(record)
+                await self._stop.wait()
+                self.session = None
+        except Exception as exc:
+            self._failed = exc
+            log.exception("the embedded seeder stopped")
+        finally:
+            self.ready.set()
+
+    async def _add_existing(self, record: FileRecord) -> None:
+        seed_path = self.hub.seed_dir(record.id) / record.name
+        blob = self.hub.blobs.path_for(record.sha256)
+        try:
+            if not seed_path.exists():
+                await asyncio.to_thread(link_into_seed_dir, blob, seed_path)
+            metas = []
+            for version in ("hybrid", "v1"):
+                data = await self.hub.catalog.run(self.hub.catalog.get_torrent, record.id, version)
+                if data is not None:
+                    metas.append(load_torrent(data))
+            await self.add(record, metas)
+        except Exception as exc:
+            log.warning("cannot seed %s (%s): %s", record.id, record.name, exc)
+
+    async def add(self, record: FileRecord, metas: list[Metainfo]) -> None:
+        """Seed the file's hybrid and v1 torrents (two swarms over the same bytes)."""
+        if self.session is None:
+            return
+        passkey = self.hub.seeder_passkey if record.private else None
+        for meta in metas:
+            await self.session.add(
+                meta,
+                self.hub.seed_dir(record.id),
+                seed_mode=True,
+                trackers=[[self.hub.announce_url(passkey)]],
+            )
+
+    async def remove(self, record: FileRecord) -> None:
+        """Stop seeding a deleted file (the Session keeps a stopped entry until restart)."""
+        if self.session is None:
+            return
+        for h in record.swarm_hashes:
+            torrent = self.session.torrents.get(h)
+            if torrent is not None:
+                await torrent.stop()
+
+    def uploaded(self) -> int:
+        session = self.session
+        if session is None:
+            return 0
+        return sum(int(t.uploaded) for t in list(session.torrents.values()))
+
+    def peers(self) -> int:
+        session = self.session
+        return 0 if session is None else int(session.peer_count)
+
+    async def close(self) -> None:
+        self._stop.set()
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def _error_response(exc: BaseException) -> web.Response | None:
+    """The JSON answer for an exception a handler raised, None if it is not ours."""
+    if isinstance(exc, Unauthorized):
+        return json_error(401, str(exc), **{"WWW-Authenticate": 'Bearer realm="swarmhub"'})
+    if isinstance(exc, AuthError):
+        return json_error(int(getattr(exc, "status", 403)), str(exc))
+    if isinstance(exc, NotFoundError):
+        return json_error(404, str(exc))
+    if isinstance(exc, ConflictError):
+        return json_error(409, str(exc))
+    if isinstance(exc, CatalogError):
+        return json_error(400, str(exc))
+    if isinstance(exc, UploadTooLarge):
+        return json_error(413, str(exc))
+    if isinstance(exc, UploadTruncated):
+        return json_error(400, str(exc))
+    if isinstance(exc, StorageError):
+        return json_error(507, str(exc))
+    return None
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        message = (
+            exc.reason if exc.text is None or exc.text.startswith(str(exc.status)) else exc.text
+        )
+        return json_error(exc.status, message, **headers)
+    except Exception as exc:
+        response = _error_response(exc)
+        if response is None:
+            log.exception("error handling %s %s", request.method, request.path)
+            return json_error(500, "internal error; the hub's log has the details")
+        return response
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's protocol handler, answering unparsable requests with JSON errors."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status == 400 and isinstance(exc, LineTooLong):
+            status, message = 431, f"request header fields too large: {exc}"
+        elif status == 500:
+            self.log_exception("error handling request", exc_info=exc)
+            message = "internal error; the hub's log has the details"
+        else:
+            self.logger.debug("bad request from %s: %s", request.remote, exc)
+        body = json.dumps({"error": message or "bad request"}).encode()
+        resp = web.Response(status=status, body=body, content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class HubRunner(web.AppRunner):
+    """An AppRunner whose protocol errors (bad or oversize headers) are JSON too."""
+
+    def __init__(self, app: web.Application, config: HubConfig, **kwargs: Any) -> None:
+        kwargs.setdefault("max_line_size", config.max_header_size)
+        kwargs.setdefault("max_field_size", config.max_header_size)
+        super().__init__(app, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer
+        return server
+
+
+# ------------------------------------------------------------------------------ downloads
+
+
+async def _file_or_404(hub: Hub, file_id: str, name: str | None) -> FileRecord:
+    record = await hub.catalog.run(hub.catalog.get_file, file_id)
+    if record is None or (name is not None and name != record.name):
+        raise NotFoundError(f"no file {file_id}/{name or ''} on this hub")
+    return record
+
+
+async def _serve(request: web.Request, hub: Hub, record: FileRecord) -> web.StreamResponse:
+    origin = _origin()
+    if origin is None:
+        raise web.HTTPNotImplemented(reason="this hub was built without its HTTP origin")
+    content_type = mimetypes.guess_type(record.name)[0] or "application/octet-stream"
+    response: web.StreamResponse = await origin.serve_file(
+        request,
+        hub.blobs.path_for(record.sha256),
+        etag=importlib.import_module("swarmhub.hub.ranges").content_etag(record.sha256),
+        content_type=content_type,
+        filename=record.name,
+        limiter=hub.limiter,
+        torrent_url=f"{hub.config.base_url}/t/{record.id}.torrent",
+    )
+    return response
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """``GET|HEAD /f/{id}/{name}``: private files need a reader token (header or ?token=)."""
+    hub = request.app[HUB_KEY]
+    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
+    if record.private:
+        token = await authenticate(request, hub.catalog, allow_query=True)
+        if not has_role(token, Role.READER):
+            raise Unauthorized("this file is private: pass a token (Bearer header or ?token=)")
+    return await _serve(request, hub, record)
+
+
+async def download_with_passkey(request: web.Request) -> web.StreamResponse:
+    """``/k/{passkey}/{id}/{name}``: the web seed URL inside a user's private torrent."""
+    hub = request.app[HUB_KEY]
+    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
+    passkey = request.match_info["passkey"]
+    if not (
+        hub.catalog.passkey_is_live(passkey) or secrets.compare_digest(passkey, hub.seeder_passkey)
+    ):
+        raise web.HTTPForbidden(reason="unknown or revoked passkey")
+    return await _serve(request, hub, record)
+
+
+async def download_short(request: web.Request) -> web.StreamResponse:
+    """``/f/{id}``: redirect to the canonical URL that carries the file name."""
+    hub = request.app[HUB_KEY]
+    record = await _file_or_404(hub, request.match_info["id"], None)
+    target = hub.file_url(record)
+    if request.query_string:
+        target += "?" + request.query_string
+    raise web.HTTPPermanentRedirect(target)
+
+
+async def _torrent_passkey(request: web.Request, hub: Hub, record: FileRecord) -> str | None:
+    if not record.private:
+        return None
+    token = await authenticate(request, hub.catalog, allow_query=True)
+    if token is None:
+        raise Unauthorized("this torrent is private: pass a token (Bearer header or ?token=)")
+    return token.passkey
+
+
+async def get_torrent(request: web.Request) -> web.Response:
+    """``/t/{id}.torrent`` (hybrid) and ``/t/{id}.v1.torrent``; private: per-user passkey."""
+    hub = request.app[HUB_KEY]
+    record = await _file_or_404(hub, request.match_info["id"], None)
+    version = "v1" if request.path.endswith(".v1.torrent") else "hybrid"
+    passkey = await _torrent_passkey(request, hub, record)
+    data, _ = await hub.torrent_for(record, version, passkey)
+    suffix = ".v1.torrent" if version == "v1" else ".torrent"
+    disposition = "attachment; filename*=UTF-8''" + urllib.parse.quote(record.name + suffix)
+    return web.Response(
+        body=data,
+        content_type="application/x-bittorrent",
+        headers={"Content-Disposition": disposition, "Cache-Control": "private, no-store"},
+    )
+
+
+async def get_magnet(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    record = await _file_or_404(hub, request.match_info["id"], None)
+    passkey = await _torrent_passkey(request, hub, record)
+    _, meta = await hub.torrent_for(record, "hybrid", passkey)
+    return web.Response(text=hub.magnet_for(meta) + "\n", content_type=_PLAIN)
+
+
+# ------------------------------------------------------------------------------ tracker
+
+
+def _passkey(raw_query: str) -> str | None:
+    for key, value in urllib.parse.parse_qsl(raw_query, errors="replace"):
+        if key == "passkey":
+            return value
+    return None
+
+
+def _passkey_ok(hub: Hub, passkey: str | None) -> bool:
+    if not passkey:
+        return False
+    return hub.catalog.passkey_is_live(passkey) or secrets.compare_digest(
+        passkey.encode(), hub.seeder_passkey.encode()
+    )
+
+
+def _bencoded(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type=_PLAIN)
+
+
+async def announce(request: web.Request) -> web.Response:
+    """BEP 3 announce with the catalog as whitelist and passkeys for private torrents."""
+    hub = request.app[HUB_KEY]
+    raw = request.raw_path.partition("?")[2]
+    try:
+        params = parse_announce_query(raw, request.remote or "")
+    except TrackerError as exc:
+        hub.announce_failures += 1
+        return _bencoded(failure_body(str(exc)))
+    entry = hub.catalog.lookup_info_hash(params.info_hash)
+    if entry is None:
+        hub.announce_failures += 1
+        return _bencoded(failure_body("unregistered torrent: this hub does not track it"))
+    if entry[1]:
+        passkey = _passkey(raw)
+        if not passkey:
+            hub.announce_failures += 1
+            return _bencoded(
+                failure_body(
+                    "private torrent: announce with your passkey (download the .torrent again)"
+                )
+            )
+        if not _passkey_ok(hub, passkey):
+            hub.announce_failures += 1
+            return _bencoded(failure_body("unknown or revoked passkey"))
+    hub.announces += 1
+    return _bencoded(hub.tracker.announce(params, asyncio.get_running_loop().time()))
+
+
+async def scrape(request: web.Request) -> web.Response:
+    """BEP 48 scrape; private torrents only for a valid passkey, none means all public."""
+    hub = request.app[HUB_KEY]
+    raw = request.raw_path.partition("?")[2]
+    try:
+        hashes = parse_scrape_query(raw)
+    except TrackerError as exc:
+        return _bencoded(failure_body(str(exc)))
+    hub.scrapes += 1
+    private_ok = _passkey_ok(hub, _passkey(raw))
+    if not hashes:
+        hashes = hub.catalog.info_hashes(include_private=private_ok)
+    files: dict[bytes, dict[bytes, int]] = {}
+    for ih in hashes:
+        entry = hub.catalog.lookup_info_hash(ih)
+        if entry is None or (entry[1] and not private_ok):
+            continue
+        complete, downloaded, incomplete = hub.tracker.stats(ih)
+        files[ih] = {b"complete": complete, b"downloaded": downloaded, b"incomplete": incomplete}
+    return _bencoded(bencode({b"files": files}))
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+async def metrics(request: web.Request) -> web.Response:
+    hub = request.app[HUB_KEY]
+    stats = await hub.catalog.run(hub.catalog.stats)
+    records = await hub.catalog.run(hub.catalog.all_files)
+    lim = hub.limiter
+    fams = [
+        MetricFamily("swarmhub_files", "gauge", "Files in the catalog.").add(stats["files"]),
+        MetricFamily("swarmhub_bytes_stored", "gauge", "Bytes of distinct blobs stored.").add(
+            stats["blob_bytes"]
+        ),
+        MetricFamily(
+            "swarmhub_http_bytes_served_total", "counter", "Bytes sent by the HTTP origin."
+        ).add(getattr(lim, "bytes_served", 0)),
+        MetricFamily("swarmhub_http_transfers_active", "gauge", "HTTP downloads in progress.").add(
+            getattr(lim, "transfers_active", 0)
+        ),
+        MetricFamily("swarmhub_http_transfers_total", "counter", "HTTP downloads started.").add(
+            getattr(lim, "transfers_total", 0)
+        ),
+        MetricFamily(
+            "swarmhub_http_transfers_rejected_total",
+            "counter",
+            "HTTP downloads refused with 503 (overload).",
+        ).add(getattr(lim, "rejected_total", 0)),
+        MetricFamily(
+            "swarmhub_tracker_announces_total", "counter", "Announces answered with peers."
+        ).add(hub.announces),
+        MetricFamily(
+            "swarmhub_tracker_announce_failures_total",
+            "counter",
+            "Announces refused with a failure reason.",
+        ).add(hub.announce_failures),
+        MetricFamily("swarmhub_tracker_scrapes_total", "counter", "Scrapes answered.").add(
+            hub.scrapes
+        ),
+        MetricFamily(
+            "swarmhub_seeder_uploaded_bytes_total",
+            "counter",
+            "Bytes uploaded to peers by the hub's embedded seeder.",
+        ).add(hub.seeder.uploaded() if isinstance(hub.seeder, Seeder) else 0),
+        MetricFamily(
+            "swarmhub_seeder_peers", "gauge", "Peers connected to the embedded seeder."
+        ).add(hub.seeder.peers() if isinstance(hub.seeder, Seeder) else 0),
+    ]
+    seeders = MetricFamily("swarmhub_torrent_seeders", "gauge", "Seeders per file (tracker).")
+    leechers = MetricFamily("swarmhub_torrent_leechers", "gauge", "Leechers per file (tracker).")
+    for record in records:
+        complete = incomplete = 0
+        for ih in record.swarm_hashes:  # peers of the hybrid and the v1 swarm
+            c, _, i = hub.tracker.stats(ih)
+            complete, incomplete = complete + c, incomplete + i
+        labels = {"file": record.id, "name": record.name}
+        seeders.add(complete, labels)
+        leechers.add(incomplete, labels)
+    fams += [seeders, leechers]
+    return web.Response(body=render(fams).encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+# ------------------------------------------------------------------------------ misc routes
+
+
+def _resource(name: str) -> bytes | None:
+    try:
+        return importlib.resources.files("swarmhub.hub").joinpath(name).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+async def openapi(request: web.Request) -> web.Response:
+    data = _resource("openapi.yaml")
+    if data is None:
+        raise NotFoundError("openapi.yaml is missing from this installation")
+    return web.Response(body=data, content_type="application/yaml")
+
+
+async def admin_page(request: web.Request) -> web.Response:
+    data = _resource("static/index.html")
+    if data is None:
+        raise NotFoundError("the admin page is not installed on this hub")
+    return web.Response(body=data, content_type="text/html", charset="utf-8")
+
+
+async def admin_asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    data = _resource(f"static/{name}") if "/" not in name and not name.startswith(".") else None
+    if data is None:
+        raise NotFoundError(f"no asset {name!r}")
+    ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return web.Response(body=data, content_type=ctype)
+
+
+# ------------------------------------------------------------------------------ the app
+
+
+def admin_token_for_first_start(config: HubConfig) -> str | None:
+    """Create the first admin token of a new hub (None when the hub has tokens already)."""
+    catalog = Catalog(config.data_dir / "catalog.sqlite3")
+    try:
+        return ensure_admin_token(catalog)
+    finally:
+        catalog.close()
+
+
+def make_hub_app(config: HubConfig) -> web.Application:
+    """The whole hub as one aiohttp application (serve it with :class:`HubRunner`)."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(config.data_dir / "catalog.sqlite3")
+    blobs = BlobStore(config.data_dir)
+    tracker = TrackerState(
+        interval=config.tracker_interval,
+        min_interval=config.tracker_min_interval,
+        allowed=lambda ih: catalog.lookup_info_hash(ih) is not None,
+    )
+    origin = _origin()
+    limiter = None
+    if origin is not None:
+        limiter = origin.OriginLimiter(
+            max_transfers=config.max_transfers, upload_rate=config.upload_rate
+        )
+    hub = Hub(config, catalog, blobs, tracker, limiter, seeder_passkey=secrets.token_hex(16))
+    app = web.Application(middlewares=[_json_errors], client_max_size=1 << 20)
+    app[HUB_KEY] = hub
+    add_api_routes(app)
+    r = app.router
+    r.add_get("/f/" + _ID + "/{name}", download)  # GET also answers HEAD
+    r.add_get("/f/" + _ID, download_short)
+    r.add_get("/k/{passkey:[0-9a-f]{1,64}}/" + _ID + "/{name}", download_with_passkey)
+    r.add_get("/t/" + _ID + ".v1.torrent", get_torrent)
+    r.add_get("/t/" + _ID + ".torrent", get_torrent)
+    r.add_get("/m/" + _ID, get_magnet)
+    r.add_get("/announce", announce)
+    r.add_get("/scrape", scrape)
+    r.add_get("/metrics", metrics)
+    r.add_get("/api/openapi.yaml", openapi)
+    r.add_get("/admin", admin_page)
+    r.add_get("/admin/", admin_page)
+    r.add_get("/admin/{name}", admin_asset)
+    app.cleanup_ctx.append(_background)
+    return app
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Temp cleanup, the tracker's peer purge and the embedded seeder, for the app's life."""
+    hub = app[HUB_KEY]
+    gone = await asyncio.to_thread(hub.blobs.clean_tmp)
+    if gone:
+        log.info("removed %d temp file(s) left by an earlier run", gone)
+    seeder: Seeder | None = None
+    seeder_task: asyncio.Task[None] | None = None
+    if hub.config.peer_listen is not None:
+        seeder = Seeder(hub, hub.config.peer_listen)
+        seeder_task = asyncio.create_task(seeder.run(), name="hub-seeder")
+        await asyncio.wait_for(seeder.ready.wait(), 30)
+        if seeder.session is not None:
+            hub.seeder = seeder
+            log.info("embedded seeder listening on %s:%d", hub.config.peer_listen[0], seeder.port)
+
+    async def purge() -> None:
+        clock = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(hub.tracker.min_interval)
+            hub.tracker.purge(clock.time())
+
+    purger = asyncio.create_task(purge(), name="hub-tracker-purge")
+    try:
+        yield
+    finally:
+        purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
+        hub.seeder = None
+        if seeder is not None and seeder_task is not None:
+            await seeder.close()
+            try:
+                await asyncio.wait_for(seeder_task, 20)
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning("the embedded seeder did not stop in time")
+        hub.catalog.close()
+
+
+async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:
+    """Start the hub on ``host:port``; stop it with ``await runner.cleanup()``."""
+    runner = HubRunner(make_hub_app(config), config)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

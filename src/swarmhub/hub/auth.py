@@ -1,0 +1,112 @@
+"""Accounts: bearer tokens with roles (admin > publisher > reader), stored only as hashes.
+
+A token is ``secrets.token_urlsafe(32)`` (256 bits), so its SHA-256 is a safe stand-in:
+a stolen database reveals no usable secret, and a lookup by hash needs no slow KDF. The
+hash found is compared again with :func:`hmac.compare_digest` so nothing on the path
+depends on secret bytes in data-dependent time. Every request looks its token up again
+(no cache), which is what makes a revocation effective for the very next request.
+
+Tokens come in ``Authorization: Bearer <token>``; downloads (where a browser or ``curl``
+follows a plain link) may also pass ``?token=``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from aiohttp import web
+
+from swarmhub.errors import AuthError
+from swarmhub.hub.catalog import Catalog, TokenRecord
+
+__all__ = [
+    "Forbidden",
+    "Role",
+    "Unauthorized",
+    "authenticate",
+    "ensure_admin_token",
+    "extract_token",
+    "has_role",
+    "require",
+]
+
+
+class Role(enum.IntEnum):
+    """Roles in increasing power; a role may do everything the ones below it may."""
+
+    READER = 1
+    PUBLISHER = 2
+    ADMIN = 3
+
+    @classmethod
+    def parse(cls, name: str) -> Role:
+        return cls[name.upper()]
+
+
+class Unauthorized(AuthError):
+    """No credentials where they are needed (HTTP 401)."""
+
+    status = 401
+
+
+class Forbidden(AuthError):
+    """Credentials that are wrong, revoked or not powerful enough (HTTP 403)."""
+
+    status = 403
+
+
+def extract_token(request: web.BaseRequest, *, allow_query: bool = False) -> str | None:
+    """The token of a request, or None when it carries none."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        return value.strip()
+    if allow_query:
+        token = request.query.get("token")
+        if token:
+            return token
+    return None
+
+
+async def authenticate(
+    request: web.BaseRequest, catalog: Catalog, *, allow_query: bool = False
+) -> TokenRecord | None:
+    """The live token of the request, None without one; Forbidden if unknown or revoked."""
+    secret = extract_token(request, allow_query=allow_query)
+    if secret is None:
+        return None
+    if len(secret) > 512:
+        raise Forbidden("invalid or revoked token")
+    record = await catalog.run(catalog.token_for_secret, secret)
+    if record is None or not record.active:
+        raise Forbidden("invalid or revoked token")
+    return record
+
+
+def has_role(token: TokenRecord | None, role: Role) -> bool:
+    return token is not None and token.active and Role.parse(token.role) >= role
+
+
+async def require(
+    request: web.BaseRequest, catalog: Catalog, role: Role, *, allow_query: bool = False
+) -> TokenRecord:
+    """The request's token if it has at least ``role``; Unauthorized/Forbidden otherwise."""
+    token = await authenticate(request, catalog, allow_query=allow_query)
+    if token is None:
+        raise Unauthorized(f"this needs a {role.name.lower()} token (Authorization: Bearer …)")
+    if not has_role(token, role):
+        raise Forbidden(f"this needs the {role.name.lower()} role; the token is {token.role}")
+    return token
+
+
+def ensure_admin_token(catalog: Catalog) -> str | None:
+    """On a hub's first start (no tokens at all), create an admin token and return it once.
+
+    Only its hash is stored, so this is the one chance to show it; later starts get None.
+    """
+    if catalog.count_tokens():
+        return None
+    secret, _ = catalog.add_token("admin", "initial admin")
+    return secret

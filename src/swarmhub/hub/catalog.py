@@ -1,0 +1,617 @@
+"""The hub's catalog: files, collections and tokens in SQLite (stdlib ``sqlite3``, WAL).
+
+Why one connection behind a lock: SQLite serialises writers anyway, and one connection
+avoids "database is locked" retries. Every method is synchronous and short; async code
+calls them through :meth:`Catalog.run` (a worker thread), so the event loop never waits
+on the disk. The two lookups on the tracker's hot path — "is this info hash ours, and
+is it private?" and "is this passkey live?" — are served from in-memory indexes that are
+updated inside the same locked methods that change the database, so a revoked passkey
+or a deleted file stops working for the very next announce.
+
+The schema is versioned in ``schema_migrations``; :data:`MIGRATIONS` lists the steps and
+a fresh or older database is brought up to date when it is opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from swarmhub.errors import SwarmhubError
+from swarmhub.metainfo.paths import safe_components
+
+__all__ = [
+    "MIGRATIONS",
+    "ROLES",
+    "Catalog",
+    "CatalogError",
+    "CollectionRecord",
+    "ConflictError",
+    "FileRecord",
+    "InvalidError",
+    "NotFoundError",
+    "TokenRecord",
+    "hash_token",
+    "new_file_id",
+    "validate_collection_name",
+    "validate_file_name",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+ROLES = ("reader", "publisher", "admin")
+_COLLECTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class CatalogError(SwarmhubError):
+    """A catalog request that cannot be honoured; subclasses map to HTTP statuses."""
+
+
+class NotFoundError(CatalogError):
+    """No such file, collection or token (HTTP 404)."""
+
+
+class ConflictError(CatalogError):
+    """The request clashes with what exists (HTTP 409)."""
+
+
+class InvalidError(CatalogError):
+    """A name or value that the hub refuses (HTTP 400)."""
+
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE collections (
+            name TEXT PRIMARY KEY,
+            private INTEGER NOT NULL CHECK (private IN (0, 1)),
+            created REAL NOT NULL
+        );
+        CREATE TABLE tokens (
+            id TEXT PRIMARY KEY,
+            token_sha256 BLOB NOT NULL UNIQUE,
+            role TEXT NOT NULL CHECK (role IN ('admin', 'publisher', 'reader')),
+            label TEXT NOT NULL DEFAULT '',
+            passkey TEXT NOT NULL UNIQUE,
+            created REAL NOT NULL,
+            revoked_at REAL
+        );
+        CREATE TABLE files (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            collection TEXT REFERENCES collections(name) ON DELETE RESTRICT,
+            created REAL NOT NULL,
+            info_hash_v1 BLOB,
+            info_hash_v2 BLOB,
+            info_hash_v1_torrent BLOB,
+            piece_length INTEGER NOT NULL,
+            torrent_hybrid BLOB NOT NULL,
+            torrent_v1 BLOB NOT NULL,
+            published_by TEXT REFERENCES tokens(id)
+        );
+        CREATE INDEX files_sha256 ON files(sha256);
+        CREATE INDEX files_collection ON files(collection);
+        CREATE INDEX files_created ON files(created);
+        """,
+    ),
+)
+
+
+def hash_token(token: str) -> bytes:
+    """What the catalog stores instead of a token: its SHA-256."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+def validate_file_name(name: str) -> str:
+    """One safe path component (no ``..``, separators, NUL, reserved names) or InvalidError."""
+    from swarmhub.errors import MetainfoError
+
+    try:
+        return safe_components([name], what="file name")[0]
+    except MetainfoError as exc:
+        raise InvalidError(str(exc)) from None
+
+
+def validate_collection_name(name: str) -> str:
+    if not _COLLECTION_RE.fullmatch(name):
+        raise InvalidError(
+            f"invalid collection name {name!r:.80}: use 1-64 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One published file (its torrents are fetched separately: they can be large)."""
+
+    id: str
+    name: str
+    size: int
+    sha256: str
+    collection: str | None
+    private: bool
+    created: float
+    info_hash_v1: bytes | None
+    info_hash_v2: bytes | None
+    #: The info hash of the v1-only .torrent (its info dict lacks the v2 keys).
+    info_hash_v1_torrent: bytes | None
+    piece_length: int
+    published_by: str | None
+
+    @property
+    def swarm_hashes(self) -> tuple[bytes, ...]:
+        """The 20-byte hashes peers announce for this file (hybrid v1, v2 truncated, v1)."""
+        found = (self.info_hash_v1, self.info_hash_v2, self.info_hash_v1_torrent)
+        return tuple(h[:20] for h in found if h is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionRecord:
+    name: str
+    private: bool
+    created: float
+    files: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A token as stored: never the secret itself, only what it may do."""
+
+    id: str
+    role: str
+    label: str
+    passkey: str
+    created: float
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+_FILE_COLUMNS = (
+    "f.id, f.name, f.size, f.sha256, f.collection, COALESCE(c.private, 0), f.created, "
+    "f.info_hash_v1, f.info_hash_v2, f.info_hash_v1_torrent, f.piece_length, f.published_by"
+)
+_FILE_FROM = "files f LEFT JOIN collections c ON c.name = f.collection"
+_TOKEN_COLUMNS = "id, role, label, passkey, created, revoked_at"
+
+
+def _file(row: tuple[Any, ...]) -> FileRecord:
+    return FileRecord(
+        id=row[0],
+        name=row[1],
+        size=row[2],
+        sha256=row[3],
+        collection=row[4],
+        private=bool(row[5]),
+        created=row[6],
+        info_hash_v1=row[7],
+        info_hash_v2=row[8],
+        info_hash_v1_torrent=row[9],
+        piece_length=row[10],
+        published_by=row[11],
+    )
+
+
+def _token(row: tuple[Any, ...]) -> TokenRecord:
+    return TokenRecord(*row)
+
+
+class Catalog:
+    """The SQLite catalog at ``path`` (created and migrated on open)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.create_function("casefold", 1, _casefold, deterministic=True)
+        self._migrate()
+        #: 20-byte info hash (v1, or v2 truncated) -> (file id, private) for the tracker.
+        self._hashes: dict[bytes, tuple[str, bool]] = {}
+        #: live passkey -> token id, for private announces.
+        self._passkeys: dict[str, str] = {}
+        self._load_indexes()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one catalog method in a worker thread."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            db = self._db
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied REAL NOT NULL)"
+            )
+            current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            have = int(current.fetchone()[0])
+            for version, script in MIGRATIONS:
+                if version <= have:
+                    continue
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(
+                        "INSERT INTO schema_migrations(version, applied) VALUES (?, ?)",
+                        (version, time.time()),
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def _load_indexes(self) -> None:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM {_FILE_FROM}").fetchall()
+            for row in rows:
+                self._index_file(_file(row))
+            for token_id, passkey in self._db.execute(
+                "SELECT id, passkey FROM tokens WHERE revoked_at IS NULL"
+            ):
+                self._passkeys[passkey] = token_id
+
+    def _index_file(self, record: FileRecord) -> None:
+        for h in record.swarm_hashes:
+            self._hashes[h] = (record.id, record.private)
+
+    # -- tracker hot path (no SQL, no lock: dict reads are atomic) -------------------------
+
+    def lookup_info_hash(self, info_hash: bytes) -> tuple[str, bool] | None:
+        """``(file id, private)`` of a catalogued torrent, or None."""
+        return self._hashes.get(info_hash)
+
+    def info_hashes(self, *, include_private: bool) -> list[bytes]:
+        """Every catalogued 20-byte info hash (for a full scrape)."""
+        items = list(self._hashes.items())
+        return [h for h, (_, private) in items if include_private or not private]
+
+    def passkey_is_live(self, passkey: str) -> bool:
+        return passkey in self._passkeys
+
+    # -- files -----------------------------------------------------------------------------
+
+    def add_file(
+        self,
+        *,
+        name: str,
+        size: int,
+        sha256: str,
+        collection: str | None,
+        info_hash_v1: bytes | None,
+        info_hash_v2: bytes | None,
+        piece_length: int,
+        torrent_hybrid: bytes,
+        torrent_v1: bytes,
+        published_by: str | None,
+        info_hash_v1_torrent: bytes | None = None,
+        file_id: str | None = None,
+    ) -> FileRecord:
+        """Insert a published file; the caller has stored its blob and made its torrents."""
+        name = validate_file_name(name)
+        file_id = file_id or new_file_id()
+        with self._lock:
+            if collection is not None:
+                row = self._db.execute(
+                    "SELECT private FROM collections WHERE name = ?", (collection,)
+                ).fetchone()
+                if row is None:
+                    raise NotFoundError(
+                        f"no collection named {collection!r}; an admin creates it with "
+                        "POST /api/collections"
+                    )
+            hashes = (info_hash_v1, info_hash_v2, info_hash_v1_torrent)
+            for h in (x[:20] for x in hashes if x is not None):
+                if h in self._hashes:
+                    raise ConflictError(
+                        f"the same torrent is already published as file {self._hashes[h][0]}"
+                    )
+            self._db.execute(
+                "INSERT INTO files (id, name, size, sha256, collection, created, info_hash_v1,"
+                " info_hash_v2, info_hash_v1_torrent, piece_length, torrent_hybrid, torrent_v1,"
+                " published_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    file_id,
+                    name,
+                    size,
+                    sha256,
+                    collection,
+                    time.time(),
+                    info_hash_v1,
+                    info_hash_v2,
+                    info_hash_v1_torrent,
+                    piece_length,
+                    torrent_hybrid,
+                    torrent_v1,
+                    published_by,
+                ),
+            )
+            row = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM {_FILE_FROM} WHERE f.id = ?", (file_id,)
+            ).fetchone()
+            record = _file(row)
+            self._index_file(record)
+        return record
+
+    def get_file(self, file_id: str) -> FileRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM {_FILE_FROM} WHERE f.id = ?", (file_id,)
+            ).fetchone()
+        return None if row is None else _file(row)
+
+    def find_same(self, sha256: str, name: str, private: bool) -> FileRecord | None:
+        """A file with the same bytes, name and privacy: it has the same info hashes."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM {_FILE_FROM} WHERE f.sha256 = ? AND f.name = ?"
+                " AND COALESCE(c.private, 0) = ? LIMIT 1",
+                (sha256, name, int(private)),
+            ).fetchone()
+        return None if row is None else _file(row)
+
+    def get_torrent(self, file_id: str, version: str) -> bytes | None:
+        """The stored .torrent (``"hybrid"`` or ``"v1"``), with the public announce URL."""
+        column = {"hybrid": "torrent_hybrid", "v1": "torrent_v1"}[version]
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {column} FROM files WHERE id = ?", (file_id,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def list_files(
+        self,
+        *,
+        collection: str | None = None,
+        query: str | None = None,
+        include_private: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[FileRecord], int]:
+        """A page of files (newest first) and the total that match."""
+        where: list[str] = []
+        args: list[Any] = []
+        if collection is not None:
+            where.append("f.collection = ?")
+            args.append(collection)
+        if query:
+            where.append("instr(casefold(f.name), ?) > 0")
+            args.append(query.casefold())
+        if not include_private:
+            where.append("COALESCE(c.private, 0) = 0")
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM {_FILE_FROM}{clause}", args)
+            count = int(total.fetchone()[0])
+            rows = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM {_FILE_FROM}{clause}"
+                " ORDER BY f.created DESC, f.id LIMIT ? OFFSET ?",
+                [*args, max(0, limit), max(0, offset)],
+            ).fetchall()
+        return [_file(r) for r in rows], count
+
+    def all_files(self) -> list[FileRecord]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM {_FILE_FROM}").fetchall()
+        return [_file(r) for r in rows]
+
+    def delete_file(self, file_id: str) -> tuple[FileRecord, bool]:
+        """Remove a file; returns it and whether its blob is now unreferenced (to be GC'd)."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM {_FILE_FROM} WHERE f.id = ?", (file_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no file with id {file_id!r}")
+            record = _file(row)
+            self._db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            for h in record.swarm_hashes:
+                self._hashes.pop(h, None)
+            refs = self._db.execute(
+                "SELECT COUNT(*) FROM files WHERE sha256 = ?", (record.sha256,)
+            ).fetchone()
+        return record, int(refs[0]) == 0
+
+    def blob_is_referenced(self, sha256: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)
+            ).fetchone()
+        return row is not None
+
+    # -- collections -----------------------------------------------------------------------
+
+    def add_collection(self, name: str, private: bool) -> CollectionRecord:
+        name = validate_collection_name(name)
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO collections (name, private, created) VALUES (?, ?, ?)",
+                    (name, int(private), time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise ConflictError(f"collection {name!r} already exists") from None
+        found = self.get_collection(name)
+        assert found is not None
+        return found
+
+    def get_collection(self, name: str) -> CollectionRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT c.name, c.private, c.created,"
+                " (SELECT COUNT(*) FROM files f WHERE f.collection = c.name)"
+                " FROM collections c WHERE c.name = ?",
+                (name,),
+            ).fetchone()
+        return None if row is None else CollectionRecord(row[0], bool(row[1]), row[2], row[3])
+
+    def list_collections(self) -> list[CollectionRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.name, c.private, c.created,"
+                " (SELECT COUNT(*) FROM files f WHERE f.collection = c.name)"
+                " FROM collections c ORDER BY c.name"
+            ).fetchall()
+        return [CollectionRecord(r[0], bool(r[1]), r[2], r[3]) for r in rows]
+
+    def delete_collection(self, name: str) -> None:
+        """Remove an empty collection (files must be deleted first: no silent data loss)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT (SELECT COUNT(*) FROM files WHERE collection = ?),"
+                " EXISTS(SELECT 1 FROM collections WHERE name = ?)",
+                (name, name),
+            ).fetchone()
+            if not row[1]:
+                raise NotFoundError(f"no collection named {name!r}")
+            if row[0]:
+                raise ConflictError(
+                    f"collection {name!r} still holds {row[0]} file(s); delete them first"
+                )
+            self._db.execute("DELETE FROM collections WHERE name = ?", (name,))
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def add_token(self, role: str, label: str = "") -> tuple[str, TokenRecord]:
+        """Create a token; returns the secret (shown once, never stored) and its record."""
+        if role not in ROLES:
+            raise InvalidError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+        if len(label) > 200:
+            raise InvalidError("token label is longer than 200 characters")
+        secret = secrets.token_urlsafe(32)
+        record = TokenRecord(
+            id="tk" + secrets.token_urlsafe(6),
+            role=role,
+            label=label,
+            passkey=secrets.token_hex(16),
+            created=time.time(),
+            revoked_at=None,
+        )
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO tokens (token_sha256, {_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hash_token(secret),
+                    record.id,
+                    record.role,
+                    record.label,
+                    record.passkey,
+                    record.created,
+                    record.revoked_at,
+                ),
+            )
+            self._passkeys[record.passkey] = record.id
+        return secret, record
+
+    def token_for_secret(self, secret: str) -> TokenRecord | None:
+        """The token record whose secret this is (revoked ones included), or None."""
+        digest = hash_token(secret)
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT token_sha256, {_TOKEN_COLUMNS} FROM tokens WHERE token_sha256 = ?",
+                (digest,),
+            ).fetchone()
+        if row is None or not hmac.compare_digest(bytes(row[0]), digest):
+            return None
+        return _token(row[1:])
+
+    def get_token(self, token_id: str) -> TokenRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+        return None if row is None else _token(row)
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created, id"
+            ).fetchall()
+        return [_token(r) for r in rows]
+
+    def revoke_token(self, token_id: str) -> TokenRecord:
+        """Revoke now: the next request or announce with it is refused."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT passkey FROM tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no token with id {token_id!r}")
+            self._db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (time.time(), token_id),
+            )
+            self._passkeys.pop(row[0], None)
+        found = self.get_token(token_id)
+        assert found is not None
+        return found
+
+    def count_tokens(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM tokens").fetchone()[0])
+
+    # -- stats -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Totals for the API and /metrics."""
+        with self._lock:
+            files, file_bytes = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files"
+            ).fetchone()
+            blobs, blob_bytes = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM"
+                " (SELECT sha256, MAX(size) AS size FROM files GROUP BY sha256)"
+            ).fetchone()
+            collections = self._db.execute("SELECT COUNT(*) FROM collections").fetchone()[0]
+            tokens = self._db.execute(
+                "SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL"
+            ).fetchone()[0]
+        return {
+            "files": int(files),
+            "file_bytes": int(file_bytes),
+            "blobs": int(blobs),
+            "blob_bytes": int(blob_bytes),
+            "collections": int(collections),
+            "active_tokens": int(tokens),
+        }
+
+
+def new_file_id() -> str:
+    """A short URL-safe random id (72 bits)."""
+    return secrets.token_urlsafe(9)
+
+
+def _casefold(text: str | None) -> str | None:
+    return None if text is None else text.casefold()

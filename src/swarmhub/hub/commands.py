@@ -1,0 +1,206 @@
+"""CLI commands of the hub: ``swarmhub hub`` (run one) and ``swarmhub publish`` (upload to one).
+
+Kept out of ``cli.py`` so the peer CLI does not import the hub's server code; ``cli.py``
+calls :func:`register` to add them to its Typer app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+__all__ = ["default_data_dir", "publish_file", "register", "run_hub"]
+
+log = logging.getLogger(__name__)
+_err = Console(stderr=True)
+_out = Console(soft_wrap=True)
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/swarmhub/hub`` (``~/.local/share/swarmhub/hub``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "swarmhub" / "hub"
+
+
+def _addr(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise typer.BadParameter(f"{what}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run until done; Ctrl-C / SIGTERM cancel the command cleanly."""
+
+    async def wrapper() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            return 130
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(wrapper())
+    return uvloop.run(wrapper())
+
+
+# ------------------------------------------------------------------------------ hub
+
+
+async def run_hub(config: Any, host: str, port: int) -> int:
+    """Serve the hub until cancelled; print the admin token on the first start."""
+    from swarmhub.hub.app import admin_token_for_first_start, start_hub
+
+    token = await asyncio.to_thread(admin_token_for_first_start, config)
+    runner = await start_hub(config, host, port)
+    try:
+        _out.print(f"hub listening on http://{host}:{port} (public URL {config.base_url})")
+        if token is not None:
+            _out.print(f"admin page:  {config.base_url}/admin")
+            _out.print(f"admin token: {token}")
+            _out.print("(shown once: only its hash is stored)")
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def hub(
+    data: Annotated[
+        Path | None, typer.Option(help="Data folder (catalog, blobs); default: XDG data dir.")
+    ] = None,
+    listen: Annotated[str, typer.Option(help="HOST:PORT for HTTP.")] = "127.0.0.1:8080",
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="URL clients use to reach the hub (goes into torrents)."),
+    ] = None,
+    peer_listen: Annotated[
+        str, typer.Option(help="HOST:PORT of the embedded seeder, or 'off'.")
+    ] = "127.0.0.1:6881",
+    max_transfers: Annotated[
+        int, typer.Option(help="Concurrent HTTP downloads before 503 (0 = no cap).", min=0)
+    ] = 0,
+    upload_limit: Annotated[
+        int, typer.Option(help="HTTP upload cap in KiB/s over all downloads (0 = none).", min=0)
+    ] = 0,
+    max_upload: Annotated[int, typer.Option(help="Largest accepted upload in MiB.", min=1)] = 64
+    * 1024,
+    tracker_interval: Annotated[
+        int, typer.Option(help="Re-announce interval given to clients, seconds.", min=10)
+    ] = 1800,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
+) -> None:
+    """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder."""
+    from swarmhub.hub.api import HubConfig
+
+    logging.basicConfig(
+        level=max(logging.WARNING - 10 * verbose, logging.DEBUG),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    host, port = _addr(listen, "--listen")
+    peers = None if peer_listen.lower() == "off" else _addr(peer_listen, "--peer-listen")
+    shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
+    if ":" in shown:
+        shown = f"[{shown}]"
+    config = HubConfig(
+        data_dir=data or default_data_dir(),
+        public_url=public_url or f"http://{shown}:{port}",
+        max_upload_size=max_upload * 1024 * 1024,
+        max_transfers=max_transfers,
+        upload_rate=float(upload_limit * 1024),
+        tracker_interval=tracker_interval,
+        tracker_min_interval=min(60, tracker_interval),
+        peer_listen=peers,
+    )
+    try:
+        code = _run(run_hub(config, host, port))
+    except OSError as exc:
+        _err.print(f"[bold red]error:[/] cannot start the hub: {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+# ------------------------------------------------------------------------------ publish
+
+
+async def publish_file(
+    path: Path, hub_url: str, token: str, *, collection: str | None = None, name: str | None = None
+) -> dict[str, Any]:
+    """Stream ``path`` to a hub; returns the file's JSON (with its magnet link)."""
+    import aiohttp
+
+    base = hub_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
+        with open(path, "rb") as fh:  # aiohttp streams file objects in chunks
+            form = aiohttp.FormData()
+            if collection:
+                form.add_field("collection", collection)
+            form.add_field("name", name or path.name)  # exact bytes, no filename quoting
+            form.add_field("file", fh, filename=path.name, content_type="application/octet-stream")
+            async with http.post(f"{base}/api/files", data=form) as r:
+                body = await _json(r)
+        async with http.get(f"{base}/api/files/{body['id']}") as r:
+            full = await _json(r)
+    return full
+
+
+async def _json(response: Any) -> dict[str, Any]:
+    try:
+        body = await response.json(content_type=None)
+    except ValueError:
+        body = None
+    if response.status >= 400 or not isinstance(body, dict):
+        message = body.get("error") if isinstance(body, dict) else None
+        raise RuntimeError(f"hub answered {response.status}: {message or response.reason}")
+    return body
+
+
+def publish(
+    file: Annotated[Path, typer.Argument(help="File to publish.", exists=True, dir_okay=False)],
+    hub_url: Annotated[str, typer.Option("--hub", help="The hub's URL.")],
+    token: Annotated[
+        str, typer.Option(help="Publisher token.", envvar="SWARMHUB_TOKEN", show_envvar=True)
+    ],
+    collection: Annotated[str | None, typer.Option(help="Collection to publish into.")] = None,
+    name: Annotated[str | None, typer.Option(help="Published name (default: file name).")] = None,
+) -> None:
+    """Upload a file to a hub; print its HTTP URL, .torrent URL and magnet link."""
+    import aiohttp
+
+    try:
+        info = _run_plain(publish_file(file, hub_url, token, collection=collection, name=name))
+    except (RuntimeError, aiohttp.ClientError, OSError) as exc:
+        _err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _out.print(f"http:    {info['url']}")
+    _out.print(f"torrent: {info['torrent_url']}")
+    _out.print(f"v1:      {info['torrent_v1_url']}")
+    _out.print(f"magnet:  {info.get('magnet', info['magnet_url'])}")
+
+
+def _run_plain(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    return asyncio.run(coro)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``hub`` and ``publish`` to the ``swarmhub`` command."""
+    app.command("hub")(hub)
+    app.command("publish")(publish)

@@ -1,0 +1,196 @@
+"""Catalog: migrations, files, search, collections, tokens and the tracker indexes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from swarmhub.hub.catalog import (
+    MIGRATIONS,
+    Catalog,
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+    hash_token,
+    validate_file_name,
+)
+
+
+def add(cat: Catalog, name: str, n: int, **kw: Any) -> Any:
+    args: dict[str, Any] = {
+        "name": name,
+        "size": 100 + n,
+        "sha256": f"{n:064x}",
+        "collection": None,
+        "info_hash_v1": n.to_bytes(20, "big"),
+        "info_hash_v2": bytes([n + 100]) * 32,
+        "info_hash_v1_torrent": bytes([n + 200]) * 20,
+        "piece_length": 16384,
+        "torrent_hybrid": b"hybrid%d" % n,
+        "torrent_v1": b"v1-%d" % n,
+        "published_by": None,
+    }
+    args.update(kw)
+    return cat.add_file(**args)
+
+
+@pytest.fixture
+def cat(tmp_path: Path) -> Any:
+    c = Catalog(tmp_path / "cat.sqlite3")
+    yield c
+    c.close()
+
+
+def test_fresh_database_is_migrated_once(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    c = Catalog(path)
+    assert c.schema_version() == MIGRATIONS[-1][0] == 1
+    c.close()
+    c = Catalog(path)  # reopening applies nothing twice
+    assert c.schema_version() == 1
+    c.close()
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT version FROM schema_migrations").fetchall()
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+    db.close()
+    assert rows == [(1,)]
+    assert {"files", "collections", "tokens", "schema_migrations"} <= tables
+    assert mode == "wal"
+
+
+def test_file_crud_and_info_hash_index(cat: Catalog, tmp_path: Path) -> None:
+    rec = add(cat, "report.pdf", 1)
+    assert cat.get_file(rec.id) == rec
+    assert rec.private is False and rec.size == 101
+    assert cat.get_torrent(rec.id, "hybrid") == b"hybrid1"
+    assert cat.get_torrent(rec.id, "v1") == b"v1-1"
+    assert cat.lookup_info_hash((1).to_bytes(20, "big")) == (rec.id, False)
+    assert cat.lookup_info_hash(bytes([101]) * 20) == (rec.id, False)
+    removed, unreferenced = cat.delete_file(rec.id)
+    assert removed == rec and unreferenced is True
+    assert cat.get_file(rec.id) is None
+    assert cat.lookup_info_hash((1).to_bytes(20, "big")) is None
+    with pytest.raises(NotFoundError):
+        cat.delete_file(rec.id)
+
+
+def test_delete_reports_blob_still_referenced(cat: Catalog) -> None:
+    a = add(cat, "a.bin", 1)
+    add(cat, "b.bin", 2, sha256=a.sha256)
+    _, unreferenced = cat.delete_file(a.id)
+    assert unreferenced is False
+    assert cat.blob_is_referenced(a.sha256)
+
+
+def test_same_info_hash_twice_is_a_conflict(cat: Catalog) -> None:
+    add(cat, "a.bin", 1)
+    with pytest.raises(ConflictError, match="already published"):
+        add(cat, "a.bin", 1)
+
+
+def test_indexes_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    c = Catalog(path)
+    c.add_collection("secret", True)
+    rec = add(c, "x", 5, collection="secret")
+    _, token = c.add_token("reader")
+    c.close()
+    c = Catalog(path)
+    assert c.lookup_info_hash((5).to_bytes(20, "big")) == (rec.id, True)
+    assert c.passkey_is_live(token.passkey)
+    c.close()
+
+
+def test_list_search_and_paging(cat: Catalog) -> None:
+    cat.add_collection("docs", False)
+    cat.add_collection("secret", True)
+    add(cat, "Äpfel-Report.pdf", 1, collection="docs")
+    add(cat, "notes.txt", 2)
+    add(cat, "hidden-report.pdf", 3, collection="secret")
+    files, total = cat.list_files(query="REPORT")
+    assert total == 1 and [f.name for f in files] == ["Äpfel-Report.pdf"]
+    files, total = cat.list_files(query="äpfel")  # Unicode case-insensitive
+    assert total == 1
+    files, total = cat.list_files(query="report", include_private=True)
+    assert total == 2
+    files, total = cat.list_files(collection="docs")
+    assert [f.collection for f in files] == ["docs"]
+    files, total = cat.list_files(include_private=True, limit=2, offset=0)
+    assert total == 3 and len(files) == 2
+    rest, _ = cat.list_files(include_private=True, limit=2, offset=2)
+    assert len(rest) == 1 and rest[0].id not in {f.id for f in files}
+    files, _ = cat.list_files(query="100%_")  # LIKE wildcards are literal here
+    assert files == []
+
+
+def test_unknown_collection_is_refused(cat: Catalog) -> None:
+    with pytest.raises(NotFoundError, match="POST /api/collections"):
+        add(cat, "a", 1, collection="nope")
+
+
+def test_collections_crud(cat: Catalog) -> None:
+    c = cat.add_collection("team-1", True)
+    assert c.private and c.files == 0
+    with pytest.raises(ConflictError):
+        cat.add_collection("team-1", False)
+    with pytest.raises(InvalidError):
+        cat.add_collection("../x", False)
+    add(cat, "f", 1, collection="team-1")
+    got = cat.get_collection("team-1")
+    assert got is not None and got.files == 1
+    with pytest.raises(ConflictError, match="still holds 1"):
+        cat.delete_collection("team-1")
+    assert [x.name for x in cat.list_collections()] == ["team-1"]
+    with pytest.raises(NotFoundError):
+        cat.delete_collection("other")
+
+
+def test_tokens_store_only_hashes_and_revoke_at_once(cat: Catalog, tmp_path: Path) -> None:
+    secret, rec = cat.add_token("publisher", "ci")
+    assert len(secret) >= 43
+    assert cat.token_for_secret(secret) == rec
+    assert cat.token_for_secret(secret + "x") is None
+    dump = "\n".join(cat._db.iterdump())  # the secret is nowhere in the database
+    assert secret not in dump
+    assert hash_token(secret).hex().upper() in dump.upper()
+    assert cat.passkey_is_live(rec.passkey)
+    revoked = cat.revoke_token(rec.id)
+    assert revoked.revoked_at is not None and not revoked.active
+    assert not cat.passkey_is_live(rec.passkey)
+    found = cat.token_for_secret(secret)
+    assert found is not None and not found.active
+    with pytest.raises(InvalidError):
+        cat.add_token("root")
+    with pytest.raises(NotFoundError):
+        cat.revoke_token("nope")
+    assert [t.id for t in cat.list_tokens()] == [rec.id]
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "a/b", "a\\b", "x\x00y", "CON", "con.txt", "..", "", "a."]
+)
+def test_unsafe_names_are_refused(cat: Catalog, name: str) -> None:
+    with pytest.raises(InvalidError):
+        validate_file_name(name)
+    with pytest.raises(InvalidError):
+        add(cat, name, 9)
+    assert cat.list_files(include_private=True) == ([], 0)
+
+
+def test_stats(cat: Catalog) -> None:
+    a = add(cat, "a", 1)
+    add(cat, "b", 2, sha256=a.sha256, size=a.size)
+    cat.add_token("admin")
+    s = cat.stats()
+    assert s == {
+        "files": 2,
+        "file_bytes": 2 * a.size,
+        "blobs": 1,
+        "blob_bytes": a.size,
+        "collections": 0,
+        "active_tokens": 1,
+    }
