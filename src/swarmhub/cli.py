@@ -7,12 +7,12 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from swarmhub import __version__
+from swarmhub.aio import INTERRUPTED, run_cancellable
 from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo, TorrentVersion
 
@@ -68,26 +69,12 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _run(coro: object) -> int:
-    """Run the async command; Ctrl-C and SIGTERM cancel it so resume data gets saved."""
-    async def wrapper() -> int:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, task.cancel)
-        try:
-            return int(await coro)  # type: ignore[misc]
-        except asyncio.CancelledError:
-            console.print("[yellow]interrupted; resume data saved[/]")
-            return 130
-
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(wrapper())
-    return uvloop.run(wrapper())
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a peer command (uvloop when installed); Ctrl-C saves resume data first."""
+    code = run_cancellable(coro)
+    if code == INTERRUPTED:
+        console.print("[yellow]interrupted; resume data saved[/]")
+    return code
 
 
 # -- create / info -----------------------------------------------------------------------------
@@ -449,6 +436,15 @@ def demo(
 def version() -> None:
     """Print the version."""
     out.print(f"swarmhub {__version__}")
+
+
+def _register_subcommands() -> None:
+    from swarmhub.hub.commands import register as register_hub
+
+    register_hub(app)
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -7,16 +7,16 @@ calls :func:`register` to add them to its Typer app.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+
+from swarmhub.aio import run_cancellable
 
 __all__ = ["default_data_dir", "publish_file", "register", "run_hub"]
 
@@ -39,25 +39,8 @@ def _addr(text: str, what: str) -> tuple[str, int]:
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
-    """Run until done; Ctrl-C / SIGTERM cancel the command cleanly."""
-
-    async def wrapper() -> int:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, task.cancel)
-        try:
-            return await coro
-        except asyncio.CancelledError:
-            return 130
-
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(wrapper())
-    return uvloop.run(wrapper())
+    """The hub serves files with sendfile, which uvloop lacks: use the standard loop."""
+    return run_cancellable(coro, use_uvloop=False)
 
 
 # ------------------------------------------------------------------------------ hub
