@@ -234,7 +234,8 @@ def seed(
 
 @app.command()
 def get(
-    torrent: Annotated[str, typer.Argument(help=".torrent file or magnet: link")],
+    torrent: Annotated[str, typer.Argument(
+        help=".torrent file, magnet: link, or a hub file URL http://HUB/f/<id>")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Download folder.")]
     = Path("."),
     peer: Annotated[list[str] | None, typer.Option(help="Connect to HOST:PORT directly.")]
@@ -252,6 +253,12 @@ def get(
     json_progress: Annotated[bool, typer.Option(
         "--json", help="Print one JSON status line per second instead of a progress bar.")]
     = False,
+    mode: Annotated[str, typer.Option(
+        help="For hub URLs: cs (HTTP only), p2p (peers only) or hybrid (peers first, the "
+        "hub's web seed for what the swarm lacks).")] = "hybrid",
+    token: Annotated[str | None, typer.Option(
+        help="Hub token for private files (or SWARMHUB_TOKEN).", envvar="SWARMHUB_TOKEN")]
+    = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Download a torrent; exits 0 only when every piece is verified. Ctrl-C saves resume data."""
@@ -262,8 +269,13 @@ def get(
     _setup_logging(verbose)
     magnet = None
     meta: Metainfo | None = None
+    hub_url = torrent.startswith(("http://", "https://"))
+    if mode not in ("cs", "p2p", "hybrid"):
+        raise _fail(f"--mode must be cs, p2p or hybrid, not {mode!r}", 2)
     try:
-        if torrent.startswith("magnet:"):
+        if hub_url:
+            pass
+        elif torrent.startswith("magnet:"):
             magnet = parse_magnet(torrent)
         else:
             meta = read_torrent(torrent)
@@ -274,7 +286,7 @@ def get(
     known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
     if magnet is not None:
         peers += [p for p in magnet.peers if p not in peers]
-    if not peers and not tracker and not known_trackers:
+    if not peers and not tracker and not known_trackers and not hub_url:
         raise _fail("no way to find peers: give --peer HOST:PORT or --tracker URL", 2)
 
     async def go() -> int:
@@ -283,7 +295,16 @@ def get(
         output.mkdir(parents=True, exist_ok=True)
         async with Session(settings) as session:  # type: ignore[arg-type]
             await session.listen(host, port)
-            if magnet is not None:
+            if hub_url:
+                try:
+                    meta = await _from_hub(session, torrent, mode, output, token,
+                                           json_progress)
+                except SwarmhubError as exc:
+                    console.print(f"[bold red]error:[/] {exc}")
+                    return 1
+                if meta is None:
+                    return 0  # done over HTTP
+            elif magnet is not None:
                 try:
                     meta = await _magnet_metadata(session, magnet, peers, tracker or [])
                 except SwarmhubError as exc:
@@ -344,6 +365,43 @@ def get(
             return 0
 
     raise typer.Exit(_run(go()))
+
+
+async def _from_hub(session: object, url: str, mode: str, output: Path, token: str | None,
+                    json_progress: bool) -> Metainfo | None:
+    """A hub file URL: download it over HTTP (cs), or return its torrent (p2p, hybrid).
+
+    In cs mode a hub under load answers 503 with a link to the torrent: we then carry on
+    from the swarm (hybrid) instead of failing.
+    """
+    import dataclasses
+
+    from swarmhub.client import HubBusy, http_download, hub_file, hub_torrent, parse_hub_url
+    from swarmhub.engine.session import Session
+    from swarmhub.metainfo import load_torrent
+
+    assert isinstance(session, Session)
+    http = await session.http()
+    base, file_id = parse_hub_url(url)
+    info = await hub_file(http, base, file_id, token)
+    if mode == "cs":
+        start = time.monotonic()
+        try:
+            fetched = await http_download(http, info, output, token=token)
+        except HubBusy as busy:
+            console.print(f"[yellow]{busy}[/]: continuing from the swarm")
+            mode = "hybrid"
+        else:
+            elapsed = time.monotonic() - start
+            print(json.dumps({"event": "finished", "elapsed": round(elapsed, 3),
+                              "downloaded": fetched, "mode": "cs"}), flush=True)
+            console.print(f"[green]complete:[/] {info.name} ({info.size:,} bytes) over HTTP in "
+                          f"{elapsed:.1f} s, SHA-256 verified")
+            return None
+    meta = load_torrent(await hub_torrent(http, info.torrent_url, token))
+    if mode == "p2p":
+        meta = dataclasses.replace(meta, url_list=())
+    return meta
 
 
 async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],

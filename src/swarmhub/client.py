@@ -1,0 +1,181 @@
+"""Downloading from a hub: its file URLs, the client-server path, and the way to the swarm.
+
+``swarmhub get http://hub/f/<id>`` comes here. In ``cs`` mode the file is fetched over
+HTTP with resume (a ``.part`` file continued with ``Range`` + ``If-Range``) and checked
+against the catalog's SHA-256; when the hub is overloaded it answers a whole-file GET with
+``503`` and a ``Link`` to the torrent, and the caller continues from the swarm instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from swarmhub.errors import AuthError, SwarmhubError
+from swarmhub.metainfo.paths import safe_components
+
+__all__ = ["HubBusy", "HubFile", "http_download", "hub_file", "hub_torrent", "parse_hub_url"]
+
+_FILE_PATH = re.compile(r"^/(?:f|t|m)/([A-Za-z0-9_-]{1,64})(?:[/.].*)?$")
+CHUNK = 1 << 20
+
+
+class HubBusy(SwarmhubError):
+    """The hub refused a whole-file download under load (503); use the torrent instead."""
+
+    def __init__(self, retry_after: float, torrent_url: str | None) -> None:
+        super().__init__(f"the hub is busy (503); retry after {retry_after:.0f} s"
+                         + (f" or use the torrent {torrent_url}" if torrent_url else ""))
+        self.retry_after = retry_after
+        self.torrent_url = torrent_url
+
+
+@dataclass(frozen=True, slots=True)
+class HubFile:
+    """What the hub's catalog says about one file."""
+
+    id: str
+    name: str
+    size: int
+    sha256: str
+    url: str
+    torrent_url: str
+
+
+def parse_hub_url(url: str) -> tuple[str, str]:
+    """``http://host:port/f/<id>[/name]`` (or /t/<id>.torrent) -> (base URL, file id)."""
+    parts = urlsplit(url)
+    match = _FILE_PATH.match(parts.path)
+    if parts.scheme not in ("http", "https") or not parts.netloc or match is None:
+        raise SwarmhubError(f"not a hub file URL: {url!r} (expected http://HOST/f/<id>)")
+    return f"{parts.scheme}://{parts.netloc}", match.group(1)
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def _json_error(resp: aiohttp.ClientResponse) -> str:
+    try:
+        body = await resp.json(content_type=None)
+        return str(body.get("error", body))
+    except (ValueError, aiohttp.ContentTypeError):
+        return resp.reason or str(resp.status)
+
+
+async def hub_file(http: aiohttp.ClientSession, base: str, file_id: str,
+                   token: str | None) -> HubFile:
+    """The catalog entry of ``file_id`` (GET /api/files/<id>)."""
+    async with http.get(f"{base}/api/files/{file_id}", headers=_headers(token)) as resp:
+        if resp.status in (401, 403):
+            raise AuthError(f"the hub refused access ({resp.status}): {await _json_error(resp)}"
+                            "; give --token")
+        if resp.status == 404 and not token:
+            raise AuthError(f"{await _json_error(resp)} (a private file looks missing to "
+                            "strangers: give --token)")
+        if resp.status != 200:
+            raise SwarmhubError(f"the hub answered {resp.status}: {await _json_error(resp)}")
+        d: dict[str, Any] = await resp.json()
+    name = safe_components([str(d["name"])], what="file name from the hub")[0]
+    return HubFile(str(d["id"]), name, int(d["size"]), str(d["sha256"]), str(d["url"]),
+                   str(d["torrent_url"]))
+
+
+async def hub_torrent(http: aiohttp.ClientSession, torrent_url: str,
+                      token: str | None) -> bytes:
+    """The .torrent bytes from the hub."""
+    async with http.get(torrent_url, headers=_headers(token)) as resp:
+        if resp.status in (401, 403):
+            raise AuthError(f"the hub refused the torrent ({resp.status}); give --token")
+        if resp.status != 200:
+            raise SwarmhubError(f"could not get {torrent_url}: HTTP {resp.status}")
+        return await resp.read()
+
+
+def _link_torrent(resp: aiohttp.ClientResponse) -> str | None:
+    for link in resp.headers.getall("Link", []):
+        m = re.match(r"\s*<([^>]+)>", link)
+        if m and "bittorrent" in link:
+            return m.group(1)
+    return None
+
+
+def _hash_file(path: Path) -> tuple[Any, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK * 4):
+            h.update(chunk)
+            n += len(chunk)
+    return h, n
+
+
+async def http_download(http: aiohttp.ClientSession, info: HubFile, dest_dir: Path, *,
+                        token: str | None = None,
+                        progress: Callable[[int], None] | None = None) -> int:
+    """Fetch ``info`` into ``dest_dir`` over HTTP, resuming a ``.part``; returns bytes fetched.
+
+    The result is renamed into place only once its SHA-256 matches the catalog's.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / info.name
+    part = dest_dir / f"{info.name}.part"
+    loop = asyncio.get_running_loop()
+    hasher, have = (await loop.run_in_executor(None, _hash_file, part)) if part.exists() \
+        else (hashlib.sha256(), 0)
+    if have > info.size:
+        part.unlink()
+        hasher, have = hashlib.sha256(), 0
+    headers = _headers(token)
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        headers["If-Range"] = f'"sha256-{info.sha256[:32]}"'
+    fetched = 0
+    async with http.get(info.url, headers=headers) as resp:
+        if resp.status == 503:
+            retry = float(resp.headers.get("Retry-After", "10") or 10)
+            raise HubBusy(retry, _link_torrent(resp) or info.torrent_url)
+        if resp.status in (401, 403):
+            raise AuthError(f"the hub refused the download ({resp.status}); give --token")
+        if resp.status == 200 and have:  # the file changed: If-Range sent it whole
+            hasher, have = hashlib.sha256(), 0
+        elif resp.status not in (200, 206):
+            raise SwarmhubError(f"download failed: HTTP {resp.status}: "
+                                f"{await _json_error(resp)}")
+        if progress is not None:
+            progress(have)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, have)
+            offset = have
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                hasher.update(chunk)
+                os.pwrite(fd, chunk, offset)
+                offset += len(chunk)
+                fetched += len(chunk)
+                if progress is not None:
+                    progress(offset)
+        except OSError as exc:
+            raise SwarmhubError(f"cannot write {part}: {exc.strerror}; the part file is kept "
+                                "and the next run resumes it") from None
+        finally:
+            os.close(fd)
+    size = have + fetched
+    if size != info.size:
+        raise SwarmhubError(f"download stopped at {size:,} of {info.size:,} bytes; "
+                            "run again to resume")
+    if hasher.hexdigest() != info.sha256:
+        part.unlink()
+        raise SwarmhubError(f"{info.name}: SHA-256 does not match the catalog; "
+                            "the corrupt copy was removed")
+    os.replace(part, final)
+    return fetched

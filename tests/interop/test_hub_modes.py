@@ -1,0 +1,123 @@
+"""``swarmhub get http://hub/f/<id> --mode cs|p2p|hybrid`` against a real hub process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from interop.harness import VENV_PYTHON, Proc, make_test_data, wait_listening
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
+
+SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
+
+
+@dataclass
+class Hub:
+    proc: Proc
+    url: str
+    token: str
+    peer_port: int
+
+
+def start_hub(work: Path, *extra: str) -> Hub:
+    port, peer_port = free_port(), free_port()
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(work / "hub-state"))
+    proc = Proc([*SWARMHUB, "hub", "--data", str(work / "hubdata"), "--listen",
+                 f"127.0.0.1:{port}", "--peer-listen", f"127.0.0.1:{peer_port}", *extra],
+                env=env, name="hub", log=work / "hub.log")
+    line = proc.wait_for_line(lambda s: "admin token" in s, 60)
+    token = re.search(r"admin token: (\S+)", line)
+    assert token is not None, proc.describe()
+    wait_listening(port, 30, proc)
+    return Hub(proc, f"http://127.0.0.1:{port}", token.group(1), peer_port)
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    h = start_hub(tmp_path)
+    try:
+        yield h
+    finally:
+        h.proc.stop()
+
+
+def publish(hub: Hub, path: Path, work: Path) -> str:
+    with Proc([*SWARMHUB, "publish", str(path), "--hub", hub.url, "--token", hub.token],
+              name="publish", log=work / "publish.log") as p:
+        assert p.wait(60) == 0, p.describe()
+        m = re.search(r"http:\s+(\S+)", p.output())
+    assert m is not None, p.output()
+    return m.group(1)
+
+
+def get(url: str, mode: str, dest: Path, work: Path, name: str, *extra: str) -> Proc:
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(work / f"state-{name}"))
+    return Proc([*SWARMHUB, "get", url, "--mode", mode, "-o", str(dest), "--json",
+                 "--listen", "127.0.0.1:0", "--timeout", "120", *extra],
+                env=env, name=name, log=work / f"{name}.log")
+
+
+def finished(proc: Proc) -> dict[str, object]:
+    for line in reversed(proc.output().splitlines()):
+        if line.startswith('{"event": "finished"'):
+            result: dict[str, object] = json.loads(line)
+            return result
+    raise AssertionError(proc.describe())
+
+
+@pytest.mark.parametrize("mode", ["cs", "p2p", "hybrid"])
+def test_get_from_hub_in_each_mode(hub: Hub, tmp_path: Path, mode: str) -> None:
+    data = make_test_data(tmp_path / "src", [5_000_003], seed=21)
+    url = publish(hub, data, tmp_path)
+    with get(url, mode, tmp_path / "dl", tmp_path, f"get-{mode}") as g:
+        assert g.wait(150) == 0, g.describe()
+    assert (tmp_path / "dl" / data.name).read_bytes() == data.read_bytes()
+    assert int(finished(g)["downloaded"]) >= data.stat().st_size  # type: ignore[call-overload]
+
+
+def test_cs_resumes_a_partial_download(hub: Hub, tmp_path: Path) -> None:
+    data = make_test_data(tmp_path / "src", [3_000_000], seed=22)
+    url = publish(hub, data, tmp_path)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    (dest / f"{data.name}.part").write_bytes(data.read_bytes()[:1_000_000])
+    with get(url, "cs", dest, tmp_path, "get-resume") as g:
+        assert g.wait(120) == 0, g.describe()
+    assert (dest / data.name).read_bytes() == data.read_bytes()
+    assert int(finished(g)["downloaded"]) == 2_000_000  # type: ignore[call-overload]
+    assert not (dest / f"{data.name}.part").exists()
+
+
+def test_private_file_needs_a_token(tmp_path: Path) -> None:
+    h = start_hub(tmp_path)
+    try:
+        import urllib.request
+
+        req = urllib.request.Request(f"{h.url}/api/collections", method="POST",
+                                     data=json.dumps({"name": "team", "private": True}).encode(),
+                                     headers={"Authorization": f"Bearer {h.token}",
+                                              "Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+        data = make_test_data(tmp_path / "src", [200_000], seed=23)
+        with Proc([*SWARMHUB, "publish", str(data), "--hub", h.url, "--token", h.token,
+                   "--collection", "team"], name="publish", log=tmp_path / "pub.log") as p:
+            assert p.wait(60) == 0, p.describe()
+            url = re.search(r"http:\s+(\S+)", p.output())
+        assert url is not None
+        with get(url.group(1), "cs", tmp_path / "no", tmp_path, "get-anon") as g:
+            assert g.wait(60) == 1
+        assert "token" in g.output()
+        with get(url.group(1), "cs", tmp_path / "yes", tmp_path, "get-tok",
+                 "--token", h.token) as g:
+            assert g.wait(60) == 0, g.describe()
+        assert (tmp_path / "yes" / data.name).read_bytes() == data.read_bytes()
+    finally:
+        h.proc.stop()
