@@ -143,7 +143,8 @@ async def test_libtorrent_downloads_from_our_url_list_alone(
     if single:
         src = src / "a b.bin"
     async with static_server(tmp_path / "www") as srv:
-        url = srv.base + "pub/"
+        # single file: the folder holding it (BEP 19 appends the name to a URL ending in /)
+        url = srv.base + ("pub/my%20share/" if single else "pub/")
         meta = create_torrent(src, version=version, piece_length=PIECE, url_list=[url])
         assert meta.url_list == (url,)
         if version is TorrentVersion.HYBRID and not single:
@@ -182,7 +183,8 @@ async def test_aria2_downloads_our_v1_torrent_from_the_web_seed_alone(
     if single:
         src = src / "a b.bin"
     async with static_server(tmp_path / "www") as srv:
-        url = srv.base + "pub/"
+        # single file: the folder holding it (BEP 19 appends the name to a URL ending in /)
+        url = srv.base + ("pub/my%20share/" if single else "pub/")
         meta = create_torrent(src, version=TorrentVersion.V1, piece_length=PIECE, url_list=[url])
         torrent = tmp_path / "share.torrent"
         torrent.write_bytes(torrent_bytes(meta))
