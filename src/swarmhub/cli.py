@@ -337,7 +337,8 @@ def get(
                             "progress": round(st.progress, 4), "state": st.state.value,
                             "rate_down": int(st.download_rate), "peers": st.peers,
                             "downloaded": st.downloaded, "uploaded": st.uploaded,
-                            "hash_fails": st.hash_failures, "banned": st.banned}), flush=True)
+                            "hash_fails": st.hash_failures, "banned": st.banned,
+                            "webseed": st.webseed_bytes}), flush=True)
                     if deadline is not None and time.monotonic() > deadline:
                         console.print(f"[bold red]error:[/] timed out after {timeout:.0f} s "
                                       f"with {st.pieces_have}/{st.num_pieces} pieces; "
@@ -357,7 +358,7 @@ def get(
             st = t.status()
             print(json.dumps({"event": "finished", "elapsed": round(elapsed, 3),
                               "downloaded": st.downloaded, "hash_fails": st.hash_failures,
-                              "banned": st.banned}), flush=True)
+                              "banned": st.banned, "webseed": st.webseed_bytes}), flush=True)
             console.print(f"[green]complete:[/] {meta.name} ({meta.data_length:,} bytes) "
                           f"in {elapsed:.1f} s, every piece verified")
             if seed_after:

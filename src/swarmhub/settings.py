@@ -114,6 +114,13 @@ class Settings:
     web_seed_request_size: int = _f(
         4 * MiB, "bytes per HTTP range request to a web seed", lo=16 * KiB
     )
+    web_seed_grace: float = _f(
+        3.0, "seconds a download waits for peers before its web seeds start (peers first)",
+        lo=0.0,
+    )
+    web_seed_batch_bytes: int = _f(
+        16 * MiB, "bytes of adjacent pieces a web seed fetches in one go", lo=16 * 1024
+    )
 
     def __post_init__(self) -> None:
         for f, kind in _fields():

@@ -113,3 +113,66 @@ async def test_restart_keeps_verified_pieces(tmp_path: Path) -> None:
             assert t.downloaded <= meta.total_length - first * meta.piece_length + \
                 64 * meta.piece_length
     same_tree(meta, src, tmp_path / "dl" / meta.name)
+
+
+async def serve_folder(root: Path) -> tuple[object, str]:
+    from aiohttp import web
+
+    from swarmhub.hub.origin import make_static_app
+
+    runner = web.AppRunner(make_static_app(root))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.value)
+async def test_web_seed_alone_completes_a_download(tmp_path: Path,
+                                                   version: TorrentVersion) -> None:
+    src = make_data(tmp_path / "www" / "payload", [1_500_000, 0, 700_001])
+    runner, base = await serve_folder(tmp_path / "www")
+    try:
+        meta = create_torrent(src, version=version, piece_length=64 * 1024, url_list=[base])
+        fast = Settings().replace(web_seed_grace=0.0)
+        async with Session(fast, state_dir=tmp_path / "s") as leecher:
+            t = await leecher.add(meta, tmp_path / "dl")
+            await asyncio.wait_for(t.complete.wait(), 60)
+            assert t.error is None
+            assert t.webseed_bytes >= meta.data_length
+    finally:
+        await runner.cleanup()  # type: ignore[attr-defined]
+    same_tree(meta, src, tmp_path / "dl" / meta.name)
+
+
+async def test_peers_come_first_and_the_web_seed_fills_what_the_swarm_lacks(
+        tmp_path: Path) -> None:
+    src = make_data(tmp_path / "www" / "payload", [3_000_000])
+    runner, base = await serve_folder(tmp_path / "www")
+    try:
+        meta = create_torrent(src / "file0.bin", version=TorrentVersion.V1,
+                              piece_length=64 * 1024, url_list=[base + "payload/file0.bin"])
+        # A partial seed holding the first half only: the web seed must supply the rest,
+        # and the half the peer has must come from the peer.
+        half = meta.num_pieces // 2
+        part = tmp_path / "partial"
+        part.mkdir()
+        data = (src / "file0.bin").read_bytes()
+        (part / meta.name).write_bytes(data[:half * meta.piece_length])
+        async with Session(state_dir=tmp_path / "s1") as partial, \
+                Session(Settings().replace(web_seed_grace=1.0),
+                        state_dir=tmp_path / "s2") as leecher:
+            port = await partial.listen("127.0.0.1", 0)
+            p = await partial.add(meta, part)
+            assert p.num_have == half
+            await leecher.listen("127.0.0.1", 0)
+            t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+            await asyncio.wait_for(t.complete.wait(), 60)
+            assert t.error is None
+            peer_bytes = t.downloaded - t.webseed_bytes
+            assert peer_bytes >= half * meta.piece_length * 0.9
+            assert t.webseed_bytes <= (meta.num_pieces - half + 2) * meta.piece_length
+    finally:
+        await runner.cleanup()  # type: ignore[attr-defined]
+    assert (tmp_path / "dl" / meta.name).read_bytes() == data

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -75,6 +76,8 @@ class TorrentStatus:
     error: str | None
     banned: int
     hash_failures: int
+    #: Bytes that came from BEP 19 web seeds (the hub) rather than from peers.
+    webseed_bytes: int = 0
 
 
 class Torrent:
@@ -89,6 +92,7 @@ class Torrent:
         seed_mode: bool = False,
         peers: list[tuple[str, int]] | None = None,
         trackers: list[list[str]] | None = None,
+        web_seeds: list[str] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.session = session
@@ -128,6 +132,12 @@ class Torrent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._choke = ChokeDecision(frozenset(), None, 0.0)
         self._stopping = False
+        #: BEP 19 web seeds (the hub's origin in hybrid mode); peers come first.
+        self.web_seeds = [u for u in (meta.url_list if web_seeds is None else web_seeds)
+                          if u.startswith(("http://", "https://"))]
+        self.webseed_bytes = 0
+        self._ws_meter = RateMeter()
+        self._ws_reserved: set[int] = set()
         self._hash_trees: dict[bytes, list[list[bytes]]] = {}
         #: Bytes of complete pieces queued for hashing and writing.
         self._unverified = 0
@@ -183,6 +193,7 @@ class Torrent:
         ]
         if self.tracker_tiers:
             jobs.append(self._tracker_loop)
+        jobs += [functools.partial(self._webseed_loop, url) for url in self.web_seeds]
         async with asyncio.TaskGroup() as tg:
             for job in jobs:
                 tg.create_task(self._guard(job))
@@ -192,7 +203,8 @@ class Torrent:
             try:
                 await job()
             except Exception:  # a bug in one job must not take the torrent down
-                log.exception("%s: background job %s failed", self.meta.name, job.__name__)
+                name = getattr(job, "__name__", None) or repr(job)
+                log.exception("%s: background job %s failed", self.meta.name, name)
 
     async def stop(self) -> None:
         """Close peers, flush and save resume data; safe to call twice."""
@@ -241,6 +253,7 @@ class Torrent:
             error=self.error,
             banned=len(self.banned),
             hash_failures=self.hash_failures,
+            webseed_bytes=self.webseed_bytes,
         )
 
     # -- peers come and go -------------------------------------------------------------------
@@ -463,6 +476,9 @@ class Torrent:
     def _piece_passed(self, index: int) -> None:
         if self.have[index]:
             return
+        # A web seed may finish a piece that peers were also sending: drop their part.
+        self.buffers.pop(index, None)
+        self.block_src.pop(index, None)
         self.have[index] = 1
         self.num_have += 1
         self.picker.piece_passed(index)
@@ -726,6 +742,92 @@ class Torrent:
         finally:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._announce("stopped"), 5)
+
+    # -- web seeds (BEP 19) ---------------------------------------------------------------------
+    def _webseed_batch(self) -> list[int]:
+        """Pieces for a web seed: what the connected swarm lacks (or everything missing when
+        no peer is sending anything), as one run of adjacent pieces -> few large requests."""
+        peers_idle = self.down.rate(time.monotonic()) <= self.webseed_rate()
+        limit = max(1, self.settings.web_seed_batch_bytes // self.meta.piece_length)
+        batch: list[int] = []
+        for i in range(self.meta.num_pieces):
+            ok = (not self.have[i] and i not in self.buffers and i not in self._ws_reserved
+                  and (peers_idle or self.picker.availability(i) == 0))
+            if ok and (not batch or batch[-1] == i - 1):
+                batch.append(i)
+                if len(batch) >= limit:
+                    break
+            elif batch:
+                break
+        return batch
+
+    def webseed_rate(self) -> float:
+        """Recent web-seed bytes/s (kept apart so peers' share can be told from the hub's)."""
+        return self._ws_meter.rate(time.monotonic())
+
+    async def _webseed_loop(self, url: str) -> None:
+        """Fetch from one web seed while downloading; peers get a head start."""
+        from swarmhub.engine.webseed import WebSeed, WebSeedBusy, WebSeedError
+
+        ws = WebSeed(url, self.meta, await self.session.http(),
+                     max_request=self.settings.web_seed_request_size)
+        await self._sleep(self.settings.web_seed_grace)
+        loop = asyncio.get_running_loop()
+        failures, backoff = 0, 5.0
+        while self.state is TorrentState.DOWNLOADING and not self._stopping and not ws.banned:
+            batch = self._webseed_batch()
+            if not batch:
+                await self._sleep(0.5)
+                continue
+            self._ws_reserved.update(batch)
+            try:
+                async with contextlib.aclosing(ws.fetch(batch)) as pieces:
+                    async for index, buf in pieces:
+                        if self.have[index]:
+                            continue
+                        self._unverified += len(buf)
+                        try:
+                            ok, _ = await loop.run_in_executor(
+                                self.session.disk_pool, self._check_and_write, index, buf,
+                                False)
+                        finally:
+                            self._unverified -= len(buf)
+                        if ok:
+                            now = time.monotonic()
+                            self.webseed_bytes += len(buf)
+                            self.downloaded += len(buf)
+                            self.down.add(len(buf), now)
+                            self._ws_meter.add(len(buf), now)
+                            self._piece_passed(index)
+                        else:
+                            self.hash_failures += 1
+                            if ws.strike(index):
+                                break
+                failures, backoff = 0, 5.0
+            except WebSeedBusy as exc:
+                log.info("%s: web seed busy, retrying in %.0f s", self.meta.name, exc.retry_after)
+                await self._sleep(min(exc.retry_after, 60.0))
+            except WebSeedError as exc:
+                failures += 1
+                log.warning("%s: %s", self.meta.name, exc)
+                if failures >= 10:
+                    return
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 300.0)
+            except StorageError as exc:
+                self._fail(str(exc))
+                return
+            finally:
+                self._ws_reserved.difference_update(batch)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early when the torrent stops or completes."""
+        end = time.monotonic() + seconds
+        while not self._stopping and self.state is TorrentState.DOWNLOADING:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.25))
 
     # -- tasks -----------------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[Any]) -> None:
