@@ -121,3 +121,59 @@ def test_private_file_needs_a_token(tmp_path: Path) -> None:
         assert (tmp_path / "yes" / data.name).read_bytes() == data.read_bytes()
     finally:
         h.proc.stop()
+
+
+def hub_upload(hub: Hub) -> int:
+    """Bytes the hub sent: HTTP origin plus its embedded seeder (from /metrics)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{hub.url}/metrics", timeout=10).read().decode()
+    total = 0
+    for name in ("swarmhub_http_bytes_served_total", "swarmhub_seeder_uploaded_bytes_total"):
+        m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+        assert m is not None, text
+        total += int(float(m.group(1)))
+    return total
+
+
+def test_hybrid_with_capped_hub_gets_most_bytes_from_peers(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path, "--upload-limit", "1024")  # 1 MiB/s for HTTP and its peer
+    try:
+        size = 8 * 1024 * 1024
+        data = make_test_data(tmp_path / "src", [size], seed=24)
+        url = publish(hub, data, tmp_path)
+        gets = [get(url, "hybrid", tmp_path / f"dl{i}", tmp_path, f"get{i}", "--seed-after",
+                    "30") for i in range(4)]
+        try:
+            for g in gets:
+                g.wait_for_line(lambda s: s.startswith('{"event": "finished"'), 150)
+            total_down = sum(int(finished(g)["downloaded"]) for g in gets)  # type: ignore[call-overload]
+            from_hub = hub_upload(hub)
+        finally:
+            for g in gets:
+                g.stop()
+        for i in range(4):
+            assert (tmp_path / f"dl{i}" / data.name).read_bytes() == data.read_bytes()
+        # Four full copies were delivered; the capped hub sent well under half of them.
+        assert total_down >= 4 * size
+        assert from_hub < 0.5 * total_down, (from_hub, total_down)
+    finally:
+        hub.proc.stop()
+
+
+def test_busy_hub_sends_cs_clients_to_the_swarm(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path, "--max-transfers", "1", "--upload-limit", "512")
+    try:
+        data = make_test_data(tmp_path / "src", [6_000_000], seed=25)
+        url = publish(hub, data, tmp_path)
+        first = get(url, "cs", tmp_path / "a", tmp_path, "get-a")
+        with first:
+            import time
+
+            time.sleep(1.5)  # the first download (paced at 512 KiB/s) holds the only slot
+            with get(url, "cs", tmp_path / "b", tmp_path, "get-b") as second:
+                assert second.wait(150) == 0, second.describe()
+            assert "busy" in second.output() and "swarm" in second.output()
+            assert (tmp_path / "b" / data.name).read_bytes() == data.read_bytes()
+    finally:
+        hub.proc.stop()

@@ -103,6 +103,10 @@ class SeederHook(Protocol):
 
     async def remove(self, record: FileRecord) -> None: ...
 
+    def upload_stats(self) -> dict[bytes, tuple[int, float]]:
+        """Per swarm (info hash): bytes uploaded so far and the upload rate now (bytes/s)."""
+        ...
+
 
 @dataclass(slots=True)
 class Hub:
@@ -122,6 +126,8 @@ class Hub:
     scrapes: int = 0
     #: Blobs being published right now: never garbage-collected while pinned.
     pinned: Counter[str] = field(default_factory=Counter)
+    #: File bytes the HTTP origin sent, per file id (the admin page's "served over HTTP").
+    http_bytes: Counter[str] = field(default_factory=Counter)
 
     # -- URLs ------------------------------------------------------------------------------
 
@@ -459,6 +465,7 @@ async def delete_file(request: web.Request) -> web.Response:
             log.exception("the embedded seeder could not drop %s", record.id)
     await asyncio.to_thread(shutil.rmtree, hub.seed_dir(record.id), True)
     _collect_garbage(hub, record.sha256)
+    hub.http_bytes.pop(record.id, None)
     log.info("deleted %s (%s)", record.id, record.name)
     return web.json_response({"deleted": record.id})
 
@@ -545,6 +552,59 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(stats)
 
 
+def _peer_counts(tracker: TrackerState, record: FileRecord) -> tuple[int, int]:
+    """Seeders and leechers of a file's hybrid swarm plus its v1-only swarm.
+
+    A hybrid client announces under both the v1 and the truncated v2 hash, so the hybrid
+    swarm counts the larger of the two rather than their sum (which would count it twice).
+    """
+    hybrid = [tracker.stats(h[:20]) for h in (record.info_hash_v1, record.info_hash_v2) if h]
+    seeders = max((c for c, _, _ in hybrid), default=0)
+    leechers = max((i for _, _, i in hybrid), default=0)
+    if record.info_hash_v1_torrent is not None:
+        complete, _, incomplete = tracker.stats(record.info_hash_v1_torrent)
+        seeders, leechers = seeders + complete, leechers + incomplete
+    return seeders, leechers
+
+
+async def get_live(request: web.Request) -> web.Response:
+    """``GET /api/live``: per file peers (tracker) and bytes out by HTTP and by the seeder.
+
+    What the admin page polls every two seconds; cheap by design (one catalog read, the
+    rest are in-memory counters). The tracker's seeder count includes the hub's own peer.
+    """
+    hub = _hub(request)
+    await require(request, hub.catalog, Role.READER)
+    records = await hub.catalog.run(hub.catalog.all_files)
+    swarms = hub.seeder.upload_stats() if hub.seeder is not None else {}
+    files = []
+    for record in records:
+        seeders, leechers = _peer_counts(hub.tracker, record)
+        uploaded, rate = 0, 0.0
+        for ih in record.swarm_hashes:
+            up, up_rate = swarms.get(ih, (0, 0.0))
+            uploaded, rate = uploaded + up, rate + up_rate
+        files.append(
+            {
+                "id": record.id,
+                "seeders": seeders,
+                "leechers": leechers,
+                "http_bytes": hub.http_bytes.get(record.id, 0),
+                "seeder_uploaded": uploaded,
+                "seeder_upload_rate": round(rate, 1),
+            }
+        )
+    lim = hub.limiter
+    totals = {
+        "http_bytes_served": int(getattr(lim, "bytes_served", 0)),
+        "http_active_transfers": int(getattr(lim, "transfers_active", 0)),
+        "http_rejected": int(getattr(lim, "rejected_total", 0)),
+        "seeder_uploaded": sum(up for up, _ in swarms.values()),
+        "seeder_upload_rate": round(sum(r for _, r in swarms.values()), 1),
+    }
+    return web.json_response({"files": files, "totals": totals})
+
+
 def add_api_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/files", list_files)
@@ -559,3 +619,4 @@ def add_api_routes(app: web.Application) -> None:
     r.add_post("/api/tokens/{id}/revoke", revoke_token)
     r.add_get("/api/me", whoami)
     r.add_get("/api/stats", get_stats)
+    r.add_get("/api/live", get_live)

@@ -20,7 +20,9 @@ import json
 import logging
 import mimetypes
 import secrets
+import time
 import urllib.parse
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import ModuleType
 from typing import Any
@@ -103,7 +105,10 @@ class Seeder:
         from swarmhub.engine.session import Session
         from swarmhub.settings import Settings
 
-        settings = Settings(enable_dht=False, enable_lsd=False)
+        # The hub's upload cap holds for its peer too, not only for HTTP: under load the
+        # swarm, not the hub, must carry the traffic.
+        settings = Settings(enable_dht=False, enable_lsd=False,
+                            upload_rate_limit=int(self.hub.config.upload_rate or 0))
         try:
             async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state") as s:
                 self.port = await s.listen(*self.listen)
@@ -162,6 +167,14 @@ class Seeder:
         if session is None:
             return 0
         return sum(int(t.uploaded) for t in list(session.torrents.values()))
+
+    def upload_stats(self) -> dict[bytes, tuple[int, float]]:
+        """Per seeded swarm: bytes uploaded and the current upload rate (bytes/s)."""
+        session = self.session
+        if session is None:
+            return {}
+        now = time.monotonic()  # the clock the engine's rate meters run on
+        return {ih: (int(t.uploaded), float(t.up.rate(now))) for ih, t in session.torrents.items()}
 
     def peers(self) -> int:
         session = self.session
@@ -269,6 +282,34 @@ async def _file_or_404(hub: Hub, file_id: str, name: str | None) -> FileRecord:
     return record
 
 
+class _PerFileLimiter:
+    """The origin's limiter as one download sees it: bytes sent count for the file too.
+
+    The origin adds each chunk it sends to ``limiter.bytes_served``; routing that through
+    this property gives the per-file figure the admin page shows, with no change to the
+    origin and no second hook on its hot path. Everything else is the shared limiter.
+    """
+
+    __slots__ = ("_counts", "_file_id", "_inner")
+
+    def __init__(self, inner: Any, counts: Counter[str], file_id: str) -> None:
+        self._inner = inner
+        self._counts = counts
+        self._file_id = file_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @property
+    def bytes_served(self) -> int:
+        return int(self._inner.bytes_served)
+
+    @bytes_served.setter
+    def bytes_served(self, value: int) -> None:
+        self._counts[self._file_id] += value - self._inner.bytes_served
+        self._inner.bytes_served = value
+
+
 async def _serve(request: web.Request, hub: Hub, record: FileRecord) -> web.StreamResponse:
     origin = _origin()
     if origin is None:
@@ -280,7 +321,9 @@ async def _serve(request: web.Request, hub: Hub, record: FileRecord) -> web.Stre
         etag=importlib.import_module("swarmhub.hub.ranges").content_etag(record.sha256),
         content_type=content_type,
         filename=record.name,
-        limiter=hub.limiter,
+        limiter=None
+        if hub.limiter is None
+        else _PerFileLimiter(hub.limiter, hub.http_bytes, record.id),
         torrent_url=f"{hub.config.base_url}/t/{record.id}.torrent",
     )
     return response
@@ -503,11 +546,28 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="application/yaml")
 
 
+#: The admin page loads only its own script and style and talks only to this hub.
+_ADMIN_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+async def admin_redirect(request: web.Request) -> web.Response:
+    """``/admin`` -> ``/admin/``: the page's relative URLs (``admin.js``, ``../api``) need it."""
+    raise web.HTTPPermanentRedirect("admin/")  # relative: works behind a path prefix
+
+
 async def admin_page(request: web.Request) -> web.Response:
-    data = _resource("static/index.html")
+    data = _resource("static/admin.html")
     if data is None:
         raise NotFoundError("the admin page is not installed on this hub")
-    return web.Response(body=data, content_type="text/html", charset="utf-8")
+    return web.Response(
+        body=data, content_type="text/html", charset="utf-8", headers=_ADMIN_HEADERS
+    )
 
 
 async def admin_asset(request: web.Request) -> web.Response:
@@ -516,7 +576,8 @@ async def admin_asset(request: web.Request) -> web.Response:
     if data is None:
         raise NotFoundError(f"no asset {name!r}")
     ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return web.Response(body=data, content_type=ctype)
+    charset = "utf-8" if ctype.startswith("text/") or ctype.endswith("javascript") else None
+    return web.Response(body=data, content_type=ctype, charset=charset, headers=_ADMIN_HEADERS)
 
 
 # ------------------------------------------------------------------------------ the app
@@ -562,7 +623,7 @@ def make_hub_app(config: HubConfig) -> web.Application:
     r.add_get("/scrape", scrape)
     r.add_get("/metrics", metrics)
     r.add_get("/api/openapi.yaml", openapi)
-    r.add_get("/admin", admin_page)
+    r.add_get("/admin", admin_redirect)
     r.add_get("/admin/", admin_page)
     r.add_get("/admin/{name}", admin_asset)
     app.cleanup_ctx.append(_background)
