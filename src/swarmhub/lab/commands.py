@@ -1,0 +1,276 @@
+"""``swarmhub lab run`` and ``swarmhub lab sweep``: the lab from the command line.
+
+Why a sub-app: the lab has its own vocabulary (modes, N, rates with units) and its own
+output folder; ``register(app)`` lets the main CLI mount it without knowing its options.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from swarmhub.lab.bounds import parse_duration, parse_rate, parse_size
+from swarmhub.lab.report import results_table, write_report
+from swarmhub.lab.scenario import MODES, ScenarioResult, run_scenario
+from swarmhub.lab.topology import LabError, netns_available
+
+__all__ = ["lab_app", "register"]
+
+log = logging.getLogger(__name__)
+
+lab_app = typer.Typer(
+    help="Compare client-server and peer-to-peer on emulated hosts (network namespaces with "
+    "htb shaping; loopback with application-level limits without root).",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the ``lab`` commands on the main ``swarmhub`` app."""
+    app.add_typer(lab_app, name="lab")
+
+
+def _parse(kind: str, text: str, fn: Any) -> Any:
+    try:
+        return fn(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=kind) from None
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise typer.BadParameter(
+            f"modes are {', '.join(MODES)}; got {text!r}", param_hint="--modes"
+        )
+    return modes
+
+
+def _peers(text: str) -> list[int]:
+    try:
+        ns = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        ns = []
+    if not ns or min(ns) < 1:
+        raise typer.BadParameter(
+            f"expected N or N1,N2,... (>= 1), got {text!r}", param_hint="--peers"
+        )
+    return ns
+
+
+class _Live:
+    """A live progress display: one bar per scenario, advanced by the scenario's events."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: TaskID | None = None
+        self.host_progress: dict[int, float] = {}
+        self.done = 0
+
+    def start(self, label: str, hosts: int) -> None:
+        self.host_progress = {}
+        self.done = 0
+        self.task = self.progress.add_task(label, total=hosts, done=f"0/{hosts}")
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.task is None:
+            return
+        kind = event.get("event")
+        host = event.get("host")
+        if kind == "progress" and isinstance(host, int):
+            self.host_progress[host] = float(event.get("progress", 0))
+        elif kind in ("finished", "failed") and isinstance(host, int):
+            self.host_progress[host] = 1.0
+            self.done += 1
+        total = self.progress.tasks[self.task].total or 1
+        self.progress.update(
+            self.task, completed=sum(self.host_progress.values()), done=f"{self.done}/{int(total)}"
+        )
+
+
+def _run_all(
+    ns: list[int],
+    modes: list[str],
+    size: str,
+    up: str,
+    down: str,
+    source_up: str | None,
+    latency: str,
+    client: str,
+    fault: str | None,
+    out: Path,
+    prefix: str,
+    loopback: bool,
+    timeout: float | None,
+) -> list[ScenarioResult]:
+    size_b = _parse("--size", size, parse_size)
+    up_bps = _parse("--up", up, parse_rate)
+    down_bps = _parse("--down", down, parse_rate)
+    src_bps = _parse("--source-up", source_up, parse_rate) if source_up else up_bps
+    latency_ms = _parse("--latency", latency, parse_duration) * 1000 if latency else 0.0
+    use_netns = False if loopback else None
+    if not loopback and not netns_available()[0]:
+        console.print(
+            f"[yellow]loopback mode:[/] {netns_available()[1]}; rates become "
+            "application-level limits"
+        )
+    results: list[ScenarioResult] = []
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]} hosts"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        live = _Live(progress)
+        for n in ns:
+            for mode in modes:
+                live.start(f"{mode} N={n}", n)
+                try:
+                    res = run_scenario(
+                        mode,
+                        n,
+                        size_b,
+                        up_bps,
+                        down_bps,
+                        src_bps,
+                        latency_ms,
+                        client,
+                        fault,
+                        out / "work" / f"{mode}-n{n}",
+                        live,
+                        prefix=prefix,
+                        use_netns=use_netns,
+                        timeout=timeout,
+                    )
+                except LabError as exc:
+                    progress.console.print(f"[yellow]{mode} N={n}: skipped:[/] {exc}")
+                    continue
+                results.append(res)
+    return results
+
+
+def _finish(results: list[ScenarioResult], out: Path, keep: bool) -> None:
+    if not results:
+        console.print("[red]no scenario ran[/]")
+        raise typer.Exit(1)
+    term = Console()
+    if not term.is_terminal:
+        term = Console(width=160)  # piped output: keep one row per scenario
+    term.print(results_table(results))
+    command = "swarmhub " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = write_report(results, out, command)
+    if not keep:
+        import shutil
+
+        shutil.rmtree(out / "work", ignore_errors=True)
+    console.print(f"report: {report}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+_Size = Annotated[str, typer.Option(help="File size, e.g. 64MiB, 4MB.")]
+_Up = Annotated[str, typer.Option(help="Each peer's upload, e.g. 20mbit.")]
+_Down = Annotated[str, typer.Option(help="Each host's download, e.g. 100mbit.")]
+_SourceUp = Annotated[str | None, typer.Option(help="The source's upload (default: same as --up).")]
+_Latency = Annotated[
+    str, typer.Option(help="Link latency, e.g. 10ms (skipped, and said so, without netem).")
+]
+_Modes = Annotated[str, typer.Option(help="Comma-separated: cs, p2p, hybrid.")]
+_Client = Annotated[str, typer.Option(help="Peer implementation: swarmhub (libtorrent: later).")]
+_Fault = Annotated[str | None, typer.Option(help="kill-hub@50% or kill-peers=25%@30% (later).")]
+_Out = Annotated[Path, typer.Option(help="Folder for report.html, PNGs and results.json.")]
+_Prefix = Annotated[str, typer.Option(help="Namespace name prefix (leftovers are removed).")]
+_Loopback = Annotated[bool, typer.Option(help="Force loopback mode even as root.")]
+_Keep = Annotated[bool, typer.Option(help="Keep the downloaded data and logs under OUT/work.")]
+_Timeout = Annotated[
+    float | None, typer.Option(help="Per-scenario deadline in s (default 5 x bound + 30).")
+]
+
+
+@lab_app.command("run")
+def run(
+    peers: Annotated[int, typer.Option(help="Receiving hosts N.")] = 8,
+    size: _Size = "64MiB",
+    up: _Up = "20mbit",
+    down: _Down = "100mbit",
+    source_up: _SourceUp = None,
+    latency: _Latency = "0ms",
+    modes: _Modes = "cs,p2p",
+    client: _Client = "swarmhub",
+    fault: _Fault = None,
+    out: _Out = Path("lab-report"),
+    prefix: _Prefix = "shlab",
+    loopback: _Loopback = False,
+    keep: _Keep = False,
+    timeout: _Timeout = None,
+) -> None:
+    """Run each mode once with N receiving hosts; print a table and write OUT/report.html."""
+    if peers < 1:
+        raise typer.BadParameter("need at least one peer", param_hint="--peers")
+    results = _run_all(
+        [peers],
+        _modes(modes),
+        size,
+        up,
+        down,
+        source_up,
+        latency,
+        client,
+        fault,
+        out,
+        prefix,
+        loopback,
+        timeout,
+    )
+    _finish(results, out, keep)
+
+
+@lab_app.command("sweep")
+def sweep(
+    peers: Annotated[str, typer.Option(help="Values of N, e.g. 2,4,8,16.")] = "2,4,8",
+    size: _Size = "64MiB",
+    up: _Up = "20mbit",
+    down: _Down = "100mbit",
+    source_up: _SourceUp = None,
+    latency: _Latency = "0ms",
+    modes: _Modes = "cs,p2p",
+    client: _Client = "swarmhub",
+    fault: _Fault = None,
+    out: _Out = Path("lab-report"),
+    prefix: _Prefix = "shlab",
+    loopback: _Loopback = False,
+    keep: _Keep = False,
+    timeout: _Timeout = None,
+) -> None:
+    """Completion time vs N per mode, against the bounds; plots in OUT/report.html."""
+    results = _run_all(
+        _peers(peers),
+        _modes(modes),
+        size,
+        up,
+        down,
+        source_up,
+        latency,
+        client,
+        fault,
+        out,
+        prefix,
+        loopback,
+        timeout,
+    )
+    _finish(results, out, keep)
+
+
+if __name__ == "__main__":  # `python -m swarmhub.lab.commands run ...` until the CLI mounts it
+    lab_app()

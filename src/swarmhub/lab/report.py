@@ -1,0 +1,252 @@
+"""Lab output: a terminal table and a self-contained ``report.html`` with PNG plots.
+
+Why self-contained: a report is shared as one file (CI artifact, issue attachment), so the
+plots are embedded as base64 data URIs and the raw results ride along as JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from swarmhub.lab.bounds import format_rate, format_size
+from swarmhub.lab.scenario import ScenarioResult, bound_for
+
+__all__ = ["plot_pngs", "print_results", "results_table", "write_report"]
+
+log = logging.getLogger(__name__)
+
+_COLORS = {"cs": "tab:red", "p2p": "tab:blue", "hybrid": "tab:green"}
+
+
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def results_table(results: Sequence[ScenarioResult]) -> Table:
+    """One row per scenario: the bound, the last completion, their ratio, the source's load."""
+    table = Table(title="swarmhub lab", show_lines=False)
+    for col in (
+        "mode",
+        "client",
+        "N",
+        "size",
+        "up / down",
+        "bound s",
+        "last s",
+        "median s",
+        "measured/bound",
+        "source up (xF)",
+        "result",
+    ):
+        table.add_column(col, justify="left" if col in ("mode", "client", "result") else "right")
+    for r in results:
+        times = sorted(h.completion_s for h in r.hosts if h.completion_s is not None)
+        median = times[len(times) // 2] if times else None
+        failed = [h for h in r.hosts if not h.ok]
+        verdict = "[green]ok[/]" if r.ok else f"[red]{len(failed)} failed[/]"
+        table.add_row(
+            r.mode,
+            r.client,
+            str(r.peers),
+            format_size(r.size),
+            f"{format_rate(r.up_bps)} / {format_rate(r.down_bps)}",
+            f"{r.bound_s:.1f}",
+            _fmt_s(r.last_completion_s),
+            _fmt_s(median),
+            "-" if r.ratio is None else f"{r.ratio:.2f}",
+            f"{r.source_upload / r.size:.2f}",
+            verdict,
+        )
+    return table
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_pngs(results: Sequence[ScenarioResult]) -> dict[str, bytes]:
+    """Named PNGs: completion-time CDF per mode (largest N), and, when several N were run,
+    time vs N with the bound curves and source upload vs N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pngs: dict[str, bytes] = {}
+    if not results:
+        return pngs
+    modes = list(dict.fromkeys(r.mode for r in results))
+    n_max = max(r.peers for r in results)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for r in results:
+        if r.peers != n_max:
+            continue
+        times = sorted(h.completion_s for h in r.hosts if h.completion_s is not None)
+        if not times:
+            continue
+        ys = [(i + 1) / r.peers for i in range(len(times))]
+        color = _COLORS.get(r.mode)
+        ax.step(
+            [0.0, *times], [0.0, *ys], where="post", label=f"{r.mode} ({r.client})", color=color
+        )
+        ax.axvline(r.bound_s, linestyle=":", color=color, alpha=0.7)
+    ax.set_xlabel("completion time (s)")
+    ax.set_ylabel("fraction of hosts done")
+    ax.set_title(f"Completion-time CDF, N={n_max} (dotted: bound)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    pngs["cdf"] = _png(fig)
+    plt.close(fig)
+
+    ns = sorted({r.peers for r in results})
+    if len(ns) > 1:
+        ref = results[0]
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        dense = list(range(min(ns), max(ns) + 1))
+        for mode in modes:
+            color = _COLORS.get(mode)
+            pts = sorted(
+                (r.peers, r.last_completion_s)
+                for r in results
+                if r.mode == mode and r.last_completion_s is not None
+            )
+            if pts:
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    "o-",
+                    color=color,
+                    label=f"{mode} measured",
+                )
+            bounds = [
+                bound_for(mode, n, ref.size, ref.up_bps, ref.down_bps, ref.source_up_bps)
+                for n in dense
+            ]
+            ax.plot(dense, bounds, "--", color=color, alpha=0.7, label=f"{mode} bound")
+        ax.set_xlabel("N (receiving hosts)")
+        ax.set_ylabel("last completion (s)")
+        ax.set_title("Distribution time vs N")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        pngs["time_vs_n"] = _png(fig)
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for mode in modes:
+            pts = sorted((r.peers, r.source_upload / r.size) for r in results if r.mode == mode)
+            ax.plot(
+                [p[0] for p in pts], [p[1] for p in pts], "o-", color=_COLORS.get(mode), label=mode
+            )
+        ax.plot(ns, ns, ":", color="gray", label="N x F")
+        ax.set_xlabel("N (receiving hosts)")
+        ax.set_ylabel("source upload (multiples of F)")
+        ax.set_title("Source upload vs N")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        pngs["source_vs_n"] = _png(fig)
+        plt.close(fig)
+    return pngs
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:right}th{background:#f4f4f4}td.l{text-align:left}.bad{color:#b00}
+img{max-width:100%;display:block;margin:1em 0}code{background:#f4f4f4;padding:1px 4px}
+"""
+
+
+def _html_table(results: Sequence[ScenarioResult]) -> str:
+    head = (
+        "<tr><th>mode</th><th>client</th><th>N</th><th>size</th><th>up / down</th>"
+        "<th>bound s</th><th>last s</th><th>measured/bound</th><th>source up (xF)</th>"
+        "<th>result</th></tr>"
+    )
+    rows = []
+    for r in results:
+        ok = "ok" if r.ok else f"<span class=bad>{sum(not h.ok for h in r.hosts)} failed</span>"
+        rows.append(
+            f"<tr><td class=l>{r.mode}</td><td class=l>{html.escape(r.client)}</td>"
+            f"<td>{r.peers}</td><td>{format_size(r.size)}</td>"
+            f"<td>{format_rate(r.up_bps)} / {format_rate(r.down_bps)}</td>"
+            f"<td>{r.bound_s:.2f}</td><td>{_fmt_s(r.last_completion_s)}</td>"
+            f"<td>{'-' if r.ratio is None else f'{r.ratio:.3f}'}</td>"
+            f"<td>{r.source_upload / r.size:.2f}</td><td class=l>{ok}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _hosts_table(r: ScenarioResult) -> str:
+    rows = "".join(
+        f"<tr><td>{h.host}</td><td class=l>{h.addr}</td><td>{_fmt_s(h.completion_s)}</td>"
+        f"<td>{format_size(h.bytes_down)}</td><td>{format_size(h.bytes_up)}</td>"
+        f"<td class=l>{'ok' if h.ok else html.escape(h.error)}</td></tr>"
+        for h in r.hosts
+    )
+    return (
+        f"<details><summary>{r.mode}, N={r.peers}: per host</summary><table><tr><th>host"
+        "</th><th>address</th><th>done s</th><th>down</th><th>up</th><th>result</th></tr>"
+        f"{rows}</table></details>"
+    )
+
+
+def write_report(results: Sequence[ScenarioResult], out_dir: Path, command: str = "") -> Path:
+    """Write ``report.html``, the PNGs and ``results.json`` into ``out_dir``; return the HTML."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs = plot_pngs(results)
+    for name, data in pngs.items():
+        (out_dir / f"{name}.png").write_bytes(data)
+    (out_dir / "results.json").write_text(
+        json.dumps([r.to_dict() for r in results], indent=2), "utf-8"
+    )
+    notes = list(dict.fromkeys(n for r in results for n in r.notes))
+    shaped = all(r.shaped for r in results)
+    env = (
+        "network namespaces with htb shaping"
+        if shaped
+        else "<b>loopback mode</b>: application-level rate limits, not link shaping"
+    )
+    imgs = "".join(
+        f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+        for name, data in pngs.items()
+    )
+    body = (
+        "<!doctype html><html><head><meta charset=utf-8><title>swarmhub lab report</title>"
+        f"<style>{_CSS}</style></head><body><h1>swarmhub lab report</h1>"
+        f"<p>Emulation: {env}.</p>"
+        + (f"<p>Command: <code>{html.escape(command)}</code></p>" if command else "")
+        + "<p>Bounds: client-server <code>max(N·F/u_s, F/d_min)</code>; peer-to-peer "
+        "<code>max(F/u_s, F/d_min, N·F/(u_s+Σu_i))</code>. TCP over htb reaches about "
+        "1/1.046 of the shaped rate, so measured/bound ≈ 1.05 is the practical floor.</p>"
+        + _html_table(results)
+        + imgs
+        + "".join(_hosts_table(r) for r in results)
+        + (
+            "<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
+            if notes
+            else ""
+        )
+        + "</body></html>"
+    )
+    path = out_dir / "report.html"
+    path.write_text(body, "utf-8")
+    log.info("wrote %s", path)
+    return path
+
+
+def print_results(results: Sequence[ScenarioResult], console: Console | None = None) -> None:
+    (console or Console()).print(results_table(results))

@@ -1,0 +1,657 @@
+"""Emulated hosts: one network namespace per host, veth pairs into a bridge namespace.
+
+Why namespaces: a lab run must compare client-server and peer-to-peer on links with
+known, enforced rates, on one machine, without touching the machine's own network.
+
+Layout for prefix ``P`` and N hosts (nothing is created in the root namespace)::
+
+    P-br   bridge namespace: device ``br0``, ports ``v0 .. v{N-1}`` (no address)
+    P-h<i> host namespace: ``lo`` up, ``eth0`` = 198.18.0.<i+1>/24, no default route
+
+Shaping uses htb only (this kernel has no ``sch_netem``): a host's upload is an htb class
+on its own ``eth0`` egress, its download one on the bridge port ``v<i>`` egress. Latency
+is added with netem under the htb class when the kernel has it, else recorded as skipped
+in :attr:`Lab.notes`.
+
+Teardown (namespaces, hence their veths, and every process started with :meth:`Lab.run`,
+killed by PID) runs on normal exit, on exceptions, on Ctrl-C and on SIGTERM.
+:class:`LoopbackLab` offers the same interface on 127.0.0.1 for machines without root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from swarmhub.errors import SwarmhubError
+
+__all__ = [
+    "CMD_TIMEOUT",
+    "HOST_NET",
+    "Lab",
+    "LabError",
+    "LabProc",
+    "LoopbackLab",
+    "link_bytes",
+    "netns_available",
+]
+
+log = logging.getLogger(__name__)
+
+#: Every ip/tc call is bounded by this many seconds.
+CMD_TIMEOUT = 10.0
+#: The hosts' subnet: inside 198.18.0.0/15 (RFC 2544 benchmarking range), never routed.
+HOST_NET = "198.18.0"
+_PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
+_MAX_HOSTS = 250
+
+
+class LabError(SwarmhubError):
+    """The lab could not build, use or tear down its emulated network."""
+
+
+def _cmd(args: Sequence[str], *, check: bool = True, timeout: float = CMD_TIMEOUT) -> str:
+    """Run one short command (ip, tc), bounded in time; return stdout."""
+    try:
+        res = subprocess.run(
+            list(args), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"`{' '.join(args)}` did not finish within {timeout:.0f} s") from exc
+    except FileNotFoundError as exc:
+        raise LabError(f"`{args[0]}` is not installed (the lab needs iproute2)") from exc
+    if check and res.returncode != 0:
+        raise LabError(f"`{' '.join(args)}` failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
+
+
+# -- availability -------------------------------------------------------------------------------
+
+_AVAILABLE: tuple[bool, str] | None = None
+_NETEM: bool | None = None
+
+
+def netns_available() -> tuple[bool, str]:
+    """(True, "") when namespaces, veths and htb all work here; else (False, why not)."""
+    global _AVAILABLE, _NETEM
+    if _AVAILABLE is not None:
+        return _AVAILABLE
+    if os.geteuid() != 0:
+        _AVAILABLE = (False, "the namespace lab needs root (CAP_NET_ADMIN)")
+        return _AVAILABLE
+    probe = f"shprobe{os.getpid()}"
+    try:
+        _cmd(["ip", "netns", "add", probe])
+        try:
+            _cmd(["ip", "-n", probe, "link", "add", "a0", "type", "veth", "peer", "name", "a1"])
+            _cmd(
+                [
+                    "tc",
+                    "-n",
+                    probe,
+                    "qdisc",
+                    "add",
+                    "dev",
+                    "a0",
+                    "root",
+                    "handle",
+                    "1:",
+                    "htb",
+                    "default",
+                    "10",
+                ]
+            )
+            _cmd(
+                [
+                    "tc",
+                    "-n",
+                    probe,
+                    "class",
+                    "add",
+                    "dev",
+                    "a0",
+                    "parent",
+                    "1:",
+                    "classid",
+                    "1:10",
+                    "htb",
+                    "rate",
+                    "8mbit",
+                ]
+            )
+            _NETEM = _cmd(
+                [
+                    "tc",
+                    "-n",
+                    probe,
+                    "qdisc",
+                    "add",
+                    "dev",
+                    "a0",
+                    "parent",
+                    "1:10",
+                    "handle",
+                    "10:",
+                    "netem",
+                    "delay",
+                    "1ms",
+                ],
+                check=False,
+            ) == "" and ("netem" in _cmd(["tc", "-n", probe, "qdisc", "show", "dev", "a0"]))
+        finally:
+            _cmd(["ip", "netns", "del", probe], check=False)
+    except LabError as exc:
+        _AVAILABLE = (False, f"network namespaces with htb do not work here: {exc}")
+        return _AVAILABLE
+    _AVAILABLE = (True, "")
+    return _AVAILABLE
+
+
+def _netem_available() -> bool:
+    netns_available()
+    return bool(_NETEM)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+class LabProc:
+    """A process on a lab host: output in a file, bounded waits, stopped by PID (its group)."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        log_path: Path,
+        name: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.args = list(args)
+        self.name = name
+        self.log = log_path
+        self.returncode: int | None = None
+        self._out = open(log_path, "wb")  # noqa: SIM115 - closed when reaped
+        self.started = time.monotonic()
+        try:
+            self._popen = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ if env is None else env),
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except BaseException:
+            self._out.close()
+            raise
+        self.pid = self._popen.pid
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            code = self._popen.poll()
+            if code is not None:
+                self.returncode = code
+                self._out.close()
+        return self.returncode
+
+    @property
+    def alive(self) -> bool:
+        return self.poll() is None
+
+    def wait(self, timeout: float) -> int:
+        """Exit code within ``timeout`` s, else :class:`LabError` (the process keeps running)."""
+        try:
+            self.returncode = self._popen.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(
+                f"{self.name} still running after {timeout:.0f} s\n{self.tail()}"
+            ) from exc
+        self._out.close()
+        return self.returncode
+
+    def stop(self, grace: float = 3.0) -> int | None:
+        """SIGTERM the process group (pgid == our child's PID), SIGKILL after ``grace`` s."""
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.returncode = self._popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.returncode = self._popen.wait(CMD_TIMEOUT)
+            self._out.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # helpers it forked, if any survived
+        return self.returncode
+
+    def new_lines(self) -> list[str]:
+        """Complete output lines written since the last call."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [ln.decode("utf-8", "replace") for ln in lines]
+
+    def wait_json(self, event: str, timeout: float) -> dict[str, Any]:
+        """First JSON line with ``"event": event`` (bounded); fails early if the process exits."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.new_lines():
+                obj = _json_line(line)
+                if obj is not None and obj.get("event") == event:
+                    return obj
+            if self.poll() is not None:
+                raise LabError(
+                    f"{self.name} exited ({self.returncode}) before '{event}'\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: no '{event}' within {timeout:.0f} s\n{self.tail()}")
+            time.sleep(0.02)
+
+    def tail(self, n: int = 15) -> str:
+        try:
+            text = self.log.read_bytes()[-8192:].decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+        return f"$ {' '.join(self.args)}\n" + "\n".join(text.splitlines()[-n:])
+
+
+def _json_line(line: str) -> dict[str, Any] | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    with contextlib.suppress(ValueError):
+        obj = json.loads(line)
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+# -- the lab ------------------------------------------------------------------------------------
+
+
+class _Base:
+    """What namespace and loopback labs share: processes, logs, signal-safe teardown."""
+
+    shaped = False
+
+    def __init__(
+        self, hosts: int, up_bps: float, down_bps: float, latency_ms: float, log_dir: Path | None
+    ) -> None:
+        if not 1 <= hosts <= _MAX_HOSTS:
+            raise LabError(f"hosts must be 1..{_MAX_HOSTS}, got {hosts}")
+        self.hosts = hosts
+        self.up_bps = self._rates(up_bps, hosts)
+        self.down_bps = self._rates(down_bps, hosts)
+        self.latency_ms = latency_ms
+        self.notes: list[str] = []
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="swarmhub-lab-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: list[LabProc] = []
+        self._old_handlers: dict[int, Any] = {}
+
+    @staticmethod
+    def _rates(value: float | Sequence[float], hosts: int) -> list[float]:
+        rates = [float(value)] * hosts if isinstance(value, int | float) else list(value)
+        if len(rates) != hosts or any(r <= 0 for r in rates):
+            raise LabError(f"need {hosts} positive rates (bit/s), got {rates}")
+        return rates
+
+    def addr(self, host: int) -> str:
+        raise NotImplementedError
+
+    def _wrap(self, host: int, argv: Sequence[str]) -> list[str]:
+        raise NotImplementedError
+
+    def run(
+        self,
+        host: int,
+        argv: Sequence[str],
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> LabProc:
+        """Start ``argv`` on host ``host``; the lab stops it at teardown at the latest."""
+        if not 0 <= host < self.hosts:
+            raise LabError(f"no host {host} (the lab has {self.hosts})")
+        name = name or f"h{host}-{Path(argv[0]).name}"
+        proc = LabProc(
+            self._wrap(host, argv),
+            log_path=self.log_dir / f"{name}.log",
+            name=name,
+            env=env,
+            cwd=cwd,
+        )
+        self.procs.append(proc)
+        log.debug("started %s (pid %d): %s", name, proc.pid, argv)
+        return proc
+
+    def stop_processes(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    # -- signals: Ctrl-C is KeyboardInterrupt already; SIGTERM/SIGHUP become one too ---------
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signals(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+        self._old_handlers.clear()
+
+    @staticmethod
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+class Lab(_Base):
+    """N hosts in network namespaces behind a bridge, with htb-shaped up and down links."""
+
+    shaped = True
+
+    def __init__(
+        self,
+        prefix: str,
+        hosts: int,
+        up_bps: float | Sequence[float],
+        down_bps: float | Sequence[float],
+        latency_ms: float = 0.0,
+        *,
+        log_dir: Path | None = None,
+    ) -> None:
+        if not _PREFIX_RE.fullmatch(prefix):
+            raise LabError(f"lab prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
+        super().__init__(hosts, up_bps, down_bps, latency_ms, log_dir)  # type: ignore[arg-type]
+        self.prefix = prefix
+        self.bridge_ns = f"{prefix}-br"
+        self.created: list[str] = []
+
+    def ns(self, host: int) -> str:
+        return f"{self.prefix}-h{host}"
+
+    def addr(self, host: int) -> str:
+        return f"{HOST_NET}.{host + 1}"
+
+    def _wrap(self, host: int, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns(host), *argv]
+
+    def exec(self, host: int, argv: Sequence[str], timeout: float = CMD_TIMEOUT) -> str:
+        """Run a short command on a host and return its stdout (bounded, checked)."""
+        return _cmd(self._wrap(host, argv), timeout=timeout)
+
+    # -- build / teardown ---------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        ok, why = netns_available()
+        if not ok:
+            raise LabError(why)
+        self._install_signals()
+        try:
+            self.cleanup_leftovers(self.prefix)
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _add_ns(self, name: str) -> None:
+        _cmd(["ip", "netns", "add", name])
+        self.created.append(name)
+        _cmd(["ip", "-n", name, "link", "set", "lo", "up"])
+
+    def _build(self) -> None:
+        br = self.bridge_ns
+        self._add_ns(br)
+        _cmd(["ip", "-n", br, "link", "add", "br0", "type", "bridge"])
+        _cmd(["ip", "-n", br, "link", "set", "br0", "up"])
+        netem = self.latency_ms > 0 and _netem_available()
+        if self.latency_ms > 0 and not netem:
+            self.notes.append(f"latency {self.latency_ms:g} ms: skipped (no netem in this kernel)")
+        for i in range(self.hosts):
+            host = self.ns(i)
+            self._add_ns(host)
+            port = f"v{i}"
+            _cmd(
+                [
+                    "ip",
+                    "-n",
+                    br,
+                    "link",
+                    "add",
+                    port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    host,
+                ]
+            )
+            _cmd(["ip", "-n", br, "link", "set", port, "master", "br0"])
+            _cmd(["ip", "-n", br, "link", "set", port, "up"])
+            _cmd(["ip", "-n", host, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0"])
+            _cmd(["ip", "-n", host, "link", "set", "eth0", "up"])
+            # One-way latency, split evenly: half on each direction of the host's link.
+            delay = self.latency_ms / 2 if netem else 0.0
+            self._shape(host, "eth0", self.up_bps[i], delay)
+            self._shape(br, port, self.down_bps[i], delay)
+        self._wait_links()
+        log.info("lab %s: %d hosts up (%s)", self.prefix, self.hosts, "; ".join(self.notes))
+
+    @staticmethod
+    def _shape(ns: str, dev: str, rate_bps: float, delay_ms: float) -> None:
+        rate = f"{int(rate_bps)}bit"
+        _cmd(
+            [
+                "tc",
+                "-n",
+                ns,
+                "qdisc",
+                "replace",
+                "dev",
+                dev,
+                "root",
+                "handle",
+                "1:",
+                "htb",
+                "default",
+                "10",
+            ]
+        )
+        _cmd(
+            [
+                "tc",
+                "-n",
+                ns,
+                "class",
+                "add",
+                "dev",
+                dev,
+                "parent",
+                "1:",
+                "classid",
+                "1:10",
+                "htb",
+                "rate",
+                rate,
+                "ceil",
+                rate,
+            ]
+        )
+        if delay_ms > 0:
+            _cmd(
+                [
+                    "tc",
+                    "-n",
+                    ns,
+                    "qdisc",
+                    "add",
+                    "dev",
+                    dev,
+                    "parent",
+                    "1:10",
+                    "handle",
+                    "10:",
+                    "netem",
+                    "delay",
+                    f"{delay_ms:g}ms",
+                    "limit",
+                    "10000",
+                ]
+            )
+
+    def _wait_links(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) until host 0 reaches every other host: a TCP connect to a closed
+        port is refused at once when the path works (no ping on these machines)."""
+        if self.hosts < 2:
+            return
+        import sys
+
+        addrs = [self.addr(i) for i in range(1, self.hosts)]
+        script = (
+            "import socket,sys,time\n"
+            f"pending=set({addrs!r}); deadline=time.monotonic()+{timeout}\n"
+            "while pending and time.monotonic()<deadline:\n"
+            " for a in sorted(pending):\n"
+            "  s=socket.socket(); s.settimeout(0.5)\n"
+            "  try: s.connect((a,9)); pending.discard(a)\n"
+            "  except ConnectionRefusedError: pending.discard(a)\n"
+            "  except OSError: time.sleep(0.05)\n"
+            "  finally: s.close()\n"
+            "print(' '.join(sorted(pending)))\n"
+        )
+        out = _cmd(
+            self._wrap(0, [sys.executable, "-I", "-S", "-c", script]), timeout=timeout + CMD_TIMEOUT
+        ).strip()
+        if out:
+            raise LabError(f"lab hosts {out} unreachable from {self.addr(0)} after {timeout:.0f} s")
+
+    def close(self) -> None:
+        """Stop every process, delete every namespace this lab created (their veths go too)."""
+        try:
+            self.stop_processes()
+        finally:
+            for name in reversed(self.created):
+                _kill_ns_pids(name)
+                with contextlib.suppress(LabError):
+                    _cmd(["ip", "netns", "del", name], check=False)
+            self.created.clear()
+            self._restore_signals()
+
+    def link_stats(self, host: int) -> tuple[int, int]:
+        """(bytes sent, bytes received) on the host's eth0, link level (headers included)."""
+        return link_bytes(self.ns(host), "eth0")
+
+    @staticmethod
+    def cleanup_leftovers(prefix: str) -> list[str]:
+        """Delete namespaces named ``<prefix>-br`` / ``<prefix>-h<i>`` left by a crashed run,
+        killing the processes still inside them (the lab started those); return the names."""
+        if not _PREFIX_RE.fullmatch(prefix):
+            raise LabError(f"lab prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
+        mine = re.compile(re.escape(prefix) + r"-(br|h[0-9]+)")
+        removed = []
+        for line in _cmd(["ip", "netns", "list"]).splitlines():
+            name = line.split()[0] if line.split() else ""
+            if mine.fullmatch(name):
+                _kill_ns_pids(name)
+                _cmd(["ip", "netns", "del", name], check=False)
+                removed.append(name)
+        if removed:
+            log.warning("removed leftovers of an earlier lab run: %s", ", ".join(removed))
+        return removed
+
+
+def _kill_ns_pids(ns: str) -> None:
+    """SIGKILL processes inside a lab namespace (only ever one this lab named)."""
+    with contextlib.suppress(LabError):
+        for pid in _cmd(["ip", "netns", "pids", ns], check=False).split():
+            with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def link_bytes(ns: str, dev: str) -> tuple[int, int]:
+    """(tx bytes, rx bytes) of ``dev`` in namespace ``ns`` from the kernel's counters."""
+    out = _cmd(["ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev])
+    stats = json.loads(out)[0]["stats64"]
+    return int(stats["tx"]["bytes"]), int(stats["rx"]["bytes"])
+
+
+class LoopbackLab(_Base):
+    """The same interface on 127.0.0.1, unshaped: the scenario applies application-level
+    limits instead (``--upload-limit``/``--download-limit``, ``curl --limit-rate``)."""
+
+    def __init__(
+        self,
+        hosts: int,
+        up_bps: float | Sequence[float],
+        down_bps: float | Sequence[float],
+        latency_ms: float = 0.0,
+        *,
+        log_dir: Path | None = None,
+    ) -> None:
+        super().__init__(hosts, up_bps, down_bps, latency_ms, log_dir)  # type: ignore[arg-type]
+        self.notes.append(
+            "loopback mode: no namespaces here; rates are application-level "
+            "limits, not link shaping"
+        )
+        if latency_ms > 0:
+            self.notes.append(f"latency {latency_ms:g} ms: skipped (loopback mode)")
+
+    def addr(self, host: int) -> str:
+        return "127.0.0.1"
+
+    def _wrap(self, host: int, argv: Sequence[str]) -> list[str]:
+        return list(argv)
+
+    def __enter__(self) -> Self:
+        self._install_signals()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.stop_processes()
+        finally:
+            self._restore_signals()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -1,0 +1,175 @@
+"""Small namespace scenarios (N=3, 4 MiB, 8 Mbit/s up): right bytes, physical times, no debris."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from conftest import need  # type: ignore[import-not-found,unused-ignore]
+from swarmhub.lab.commands import register
+from swarmhub.lab.report import plot_pngs, write_report
+from swarmhub.lab.scenario import HostResult, ScenarioResult, run_scenario
+from swarmhub.lab.topology import LabError, netns_available
+
+PREFIX = f"s{os.getpid() % 100000}"
+MIB = 1 << 20
+
+
+def _leftovers() -> list[str]:
+    names = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout.split()
+    return [n for n in names if n.startswith(f"{PREFIX}-")]
+
+
+def _lab_processes(workdir: Path) -> list[int]:
+    """PIDs of live processes whose command line mentions this test's workdir."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().split()[2]
+        except OSError:
+            continue
+        if str(workdir).encode() in cmd and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["cs", "p2p"])
+def test_small_scenario(mode: str, tmp_path: Path) -> None:
+    need(netns_available()[0], netns_available()[1])
+    events: list[dict[str, object]] = []
+    res = run_scenario(
+        mode, 3, 4 * MIB, 8e6, 100e6, workdir=tmp_path, on_event=events.append, prefix=PREFIX
+    )
+    assert res.shaped
+    assert res.ok, [h.error for h in res.hosts]
+    # Every host has exactly the source's bytes (run_scenario checks the SHA-256; check size).
+    for h in res.hosts:
+        assert (tmp_path / f"h{h.host}" / "payload.bin").stat().st_size == 4 * MIB
+        assert h.bytes_down >= 4 * MIB  # link-level: payload plus headers
+    # Faster than physics would mean broken shaping or a broken clock.
+    assert res.last_completion_s is not None and res.ratio is not None
+    assert res.last_completion_s >= 0.9 * res.bound_s
+    assert res.last_completion_s <= 4 * res.bound_s + 15
+    if mode == "cs":
+        assert res.bound_s == pytest.approx(3 * 4 * MIB * 8 / 8e6)
+        assert res.source_upload >= 3 * 4 * MIB
+    else:
+        assert res.bound_s == pytest.approx(4 * MIB * 8 / 8e6)
+        # The peers carried part of the load: the seeder sent less than N copies.
+        assert res.source_upload < 3 * 4 * MIB
+        assert sum(h.bytes_up for h in res.hosts) > 4 * MIB // 2
+    assert any(e.get("event") == "finished" for e in events)
+    assert _leftovers() == []
+    assert _lab_processes(tmp_path) == []
+
+
+def test_unavailable_modes_say_so(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="hybrid"):
+        run_scenario("hybrid", 2, MIB, 8e6, 8e6, workdir=tmp_path)
+    with pytest.raises(LabError, match="unknown mode"):
+        run_scenario("mesh", 2, MIB, 8e6, 8e6, workdir=tmp_path)
+
+
+@pytest.mark.timeout(90)
+def test_loopback_fallback_uses_application_limits(tmp_path: Path) -> None:
+    res = run_scenario("cs", 2, 2 * MIB, 8e6, 100e6, workdir=tmp_path, use_netns=False)
+    assert not res.shaped
+    assert res.ok, [h.error for h in res.hosts]
+    assert any("loopback" in n for n in res.notes)
+    # The origin's aggregate cap of 1 MB/s still holds: 2 copies of 2 MiB take >= ~4 s.
+    assert res.last_completion_s is not None
+    assert res.last_completion_s >= 0.8 * res.bound_s
+    assert res.source_upload == 2 * 2 * MIB
+
+
+def _fake(mode: str, n: int, last: float) -> ScenarioResult:
+    res = ScenarioResult(
+        mode=mode,
+        client="swarmhub",
+        peers=n,
+        size=MIB,
+        up_bps=8e6,
+        down_bps=80e6,
+        source_up_bps=8e6,
+        latency_ms=0,
+        shaped=True,
+        bound_s=1.0,
+    )
+    res.hosts = [
+        HostResult(
+            host=i, addr=f"198.18.0.{i + 1}", completion_s=last * i / n, bytes_down=MIB, ok=True
+        )
+        for i in range(1, n + 1)
+    ]
+    res.source_upload = n * MIB if mode == "cs" else MIB
+    res.last_completion_s, res.ratio, res.ok = last, last, True
+    return res
+
+
+def test_report_is_self_contained_with_plots(tmp_path: Path) -> None:
+    results = [_fake(m, n, 2.0 * n) for n in (2, 4) for m in ("cs", "p2p")]
+    path = write_report(results, tmp_path, "swarmhub lab sweep --peers 2,4")
+    text = path.read_text()
+    assert text.count("data:image/png;base64,") == 3  # CDF, time vs N, source upload vs N
+    assert 'src="http' not in text and "<script" not in text
+    for name in ("cdf", "time_vs_n", "source_vs_n"):
+        assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    again = [
+        ScenarioResult.from_dict(d) for d in json.loads((tmp_path / "results.json").read_text())
+    ]
+    assert again == results
+    # A single run (one N) still gets its CDF, without sweep plots.
+    assert plot_pngs(results[:2]).keys() == {"cdf"}
+
+
+@pytest.mark.timeout(120)
+def test_cli_lab_run_loopback(tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def _root() -> None:
+        """Root needed so that `lab` stays a sub-command."""
+
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        app,
+        [
+            "lab",
+            "run",
+            "--peers",
+            "2",
+            "--size",
+            "1MiB",
+            "--up",
+            "8mbit",
+            "--down",
+            "80mbit",
+            "--modes",
+            "cs",
+            "--out",
+            str(out),
+            "--loopback",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "swarmhub lab" in result.output and "report.html" in result.output
+    data = json.loads((out / "results.json").read_text())
+    assert data[0]["mode"] == "cs" and data[0]["ok"] and not data[0]["shaped"]
+    assert (out / "report.html").exists()
+    assert not (out / "work").exists()
+    bad = CliRunner().invoke(app, ["lab", "run", "--size", "lots", "--out", str(out)])
+    assert bad.exit_code != 0

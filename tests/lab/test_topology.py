@@ -1,0 +1,137 @@
+"""The namespace lab: reachability through the bridge, shaped rates, complete teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import need  # type: ignore[import-not-found,unused-ignore]
+from swarmhub.lab.topology import Lab, LabError, LoopbackLab, netns_available
+
+PREFIX = f"t{os.getpid() % 100000}"
+
+# Receiver: accept one connection, read to EOF, report bytes and the first->last byte time.
+RECEIVER = r"""
+import json, socket, sys, time
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(1); srv.settimeout(20)
+print(json.dumps({"event": "listening"}), flush=True)
+conn, _ = srv.accept(); conn.settimeout(20)
+n = 0; first = None; buf = bytearray(1 << 16)
+while True:
+    k = conn.recv_into(buf)
+    if not k: break
+    if first is None: first = time.monotonic(); n0 = k
+    n += k; last = time.monotonic()
+rate = 8 * (n - n0) / (last - first)
+print(json.dumps({"event": "finished", "bytes": n, "rate_bps": rate}), flush=True)
+"""
+
+SENDER = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+left = int(sys.argv[3]); chunk = b"x" * (1 << 16)
+while left > 0:
+    s.sendall(chunk[: min(left, len(chunk))]); left -= min(left, len(chunk))
+s.close()
+"""
+
+
+def _leftovers(prefix: str) -> list[str]:
+    names = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout.split()
+    links = subprocess.run(
+        ["ip", "-br", "link"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    return [n for n in names if n.startswith(f"{prefix}-")] + [
+        ln for ln in links.splitlines() if prefix in ln
+    ]
+
+
+def _measure(lab: Lab, src: int, dst: int, nbytes: int) -> float:
+    rx = lab.run(dst, [sys.executable, "-c", RECEIVER, lab.addr(dst), "5001"], name=f"rx{dst}")
+    rx.wait_json("listening", 10)
+    tx = lab.run(
+        src, [sys.executable, "-c", SENDER, lab.addr(dst), "5001", str(nbytes)], name=f"tx{src}"
+    )
+    assert tx.wait(30) == 0, tx.tail()
+    done = rx.wait_json("finished", 30)
+    assert done["bytes"] == nbytes
+    return float(done["rate_bps"])
+
+
+@pytest.mark.netns
+def test_hosts_talk_through_bridge_at_shaped_rates_and_leave_nothing() -> None:
+    need(netns_available()[0], netns_available()[1])
+    up = [8e6, 100e6, 100e6]
+    down = [100e6, 100e6, 4e6]
+    with Lab(PREFIX, 3, up, down) as lab:
+        # Addresses from 198.18.0.0/15, no default route on any host.
+        for i in range(3):
+            assert lab.addr(i).startswith("198.18.")
+            assert "default" not in lab.exec(i, ["ip", "route"])
+        # Upload shaping: host 0 sends at most 8 Mbit/s (2.5 MB takes ~2.5 s).
+        rate_up = _measure(lab, 0, 1, 2_500_000)
+        assert 0.85 * 8e6 <= rate_up <= 1.1 * 8e6, rate_up
+        # Download shaping: host 2 receives at most 4 Mbit/s although host 1 sends at 100.
+        rate_down = _measure(lab, 1, 2, 1_250_000)
+        assert 0.85 * 4e6 <= rate_down <= 1.1 * 4e6, rate_down
+        sender_tx, _ = lab.link_stats(1)
+        assert sender_tx >= 1_250_000
+        pids = [p.pid for p in lab.procs]
+    assert _leftovers(PREFIX) == []
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.netns
+def test_teardown_on_exception_and_leftover_cleanup() -> None:
+    need(netns_available()[0], netns_available()[1])
+    with pytest.raises(RuntimeError), Lab(PREFIX, 2, 10e6, 10e6) as lab:
+        proc = lab.run(1, [sys.executable, "-c", "import time; time.sleep(60)"])
+        raise RuntimeError("boom")
+    assert proc.poll() is not None
+    assert _leftovers(PREFIX) == []
+    # A crashed run leaves namespaces behind: the next run (or cleanup_leftovers) removes them.
+    subprocess.run(["ip", "netns", "add", f"{PREFIX}-h7"], check=True, timeout=10)
+    subprocess.run(["ip", "netns", "add", f"{PREFIX}x-h1"], check=True, timeout=10)
+    try:
+        assert Lab.cleanup_leftovers(PREFIX) == [f"{PREFIX}-h7"]
+        assert (
+            f"{PREFIX}x-h1"
+            in subprocess.run(
+                ["ip", "netns", "list"], capture_output=True, text=True, timeout=10
+            ).stdout
+        )
+    finally:
+        subprocess.run(["ip", "netns", "del", f"{PREFIX}x-h1"], timeout=10, check=False)
+    assert _leftovers(PREFIX) == []
+
+
+def test_bad_prefix_is_refused() -> None:
+    with pytest.raises(LabError):
+        Lab("Bad-Prefix!", 2, 1e6, 1e6)
+
+
+def test_loopback_lab_runs_and_stops_processes(tmp_path: object) -> None:
+    with LoopbackLab(2, 1e6, 1e6, latency_ms=10) as lab:
+        p = lab.run(0, [sys.executable, "-c", "import json; print(json.dumps({'event': 'hi'}))"])
+        assert p.wait_json("hi", 20) == {"event": "hi"}
+        q = lab.run(1, [sys.executable, "-c", "import time; time.sleep(60)"])
+    assert q.poll() is not None
+    assert any("loopback" in n for n in lab.notes)
+    assert any("latency" in n and "skipped" in n for n in lab.notes)
+    json.dumps(lab.notes)
