@@ -499,8 +499,10 @@ def version() -> None:
 
 def _register_subcommands() -> None:
     from swarmhub.hub.commands import register as register_hub
+    from swarmhub.lab.commands import register as register_lab
 
     register_hub(app)
+    register_lab(app)
 
 
 _register_subcommands()

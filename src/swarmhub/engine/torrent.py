@@ -706,7 +706,8 @@ class Torrent:
                 last = self.num_have
                 await self.save_resume()
 
-    async def _announce(self, event: str | None) -> int:
+    async def _announce(self, event: str | None) -> int | None:
+        """One announce; returns the interval to wait, or None when every tracker failed."""
         from swarmhub.discovery.tracker import AnnounceRequest
 
         tiers = self.session.tracker_tiers(self)
@@ -721,24 +722,32 @@ class Torrent:
             resp = await tiers.announce(await self.session.http(), req)
         except TrackerError as exc:
             log.warning("%s: tracker: %s", self.meta.name, exc)
-            return 60
+            return None
         for addr in resp.peers:
             if addr != self.session.listen_addr and addr not in self.candidates:
                 self.candidates.append(addr)
         return max(resp.min_interval or 0, resp.interval, 5)
 
     async def _tracker_loop(self) -> None:
-        interval = await self._announce("started")
+        """Announce started, then every interval; a failing tracker is retried with
+        backoff from 5 s (a tracker that starts after us is found quickly)."""
+        event: str | None = "started"
+        backoff = 5.0
         try:
             while not self._stopping:
-                deadline = time.monotonic() + min(interval, 1800)
+                interval = await self._announce(event)
+                if interval is None:
+                    wait, backoff = backoff, min(backoff * 2, 300.0)
+                else:
+                    event, backoff = None, 5.0
+                    wait = min(interval, 1800)
+                deadline = time.monotonic() + wait
+                started = time.monotonic()
                 while time.monotonic() < deadline and not self._stopping:
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
                     if self.state is TorrentState.DOWNLOADING and not self.peers \
-                            and not self.candidates and time.monotonic() > deadline - interval + 15:
+                            and not self.candidates and time.monotonic() - started > 15:
                         break  # starving: ask again sooner, but not more than every 15 s
-                if not self._stopping:
-                    interval = await self._announce(None)
         finally:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._announce("stopped"), 5)
