@@ -151,23 +151,31 @@ def run_ours(
         get_args = [*cmd, "get", str(torrent), "-o", str(dst), "--peer", f"127.0.0.1:{port}"]
         get_args += ["--listen", "127.0.0.1:0", "--timeout", str(timeout), "--json"]
         with Proc(get_args, log=logs / "ours-get.log", name="swarmhub-get") as getter:
-            _wait_progressing(getter, timeout, stall)
-            return getter.elapsed, getter
+            done_at = _wait_progressing(getter, timeout, stall)
+            # Same definition as libtorrent's figure: process start -> every piece verified
+            # (the "finished" line); the exit that follows (fsync of the data, the tracker's
+            # "stopped") is not timed for either client.
+            return done_at - getter.started, getter
 
 
-def _wait_progressing(getter: Proc, timeout: float, stall: float) -> None:
-    """Wait for ``get`` to exit 0; give up early when its JSON status lines show no progress
-    for ``stall`` seconds (a broken transfer should not cost the whole timeout)."""
+def _wait_progressing(getter: Proc, timeout: float, stall: float) -> float:
+    """Wait for ``get`` to exit 0 and return when (monotonic) its ``finished`` line appeared;
+    give up early when its JSON status lines show no progress for ``stall`` seconds (a broken
+    transfer should not cost the whole timeout)."""
     reader = LineReader(getter.log)
     last: object = None
     changed = time.monotonic()
-    while getter.poll() is None:
+    done_at: float | None = None
+    while True:
+        exited = getter.poll() is not None
         now = time.monotonic()
         for ln in reader.new_lines():
             try:
                 obj = json.loads(ln)
             except ValueError:
                 continue
+            if isinstance(obj, dict) and obj.get("event") == "finished" and done_at is None:
+                done_at = now
             if isinstance(obj, dict) and "progress" in obj:
                 key = (obj.get("progress"), obj.get("downloaded"))
                 if key != last:
@@ -180,9 +188,12 @@ def _wait_progressing(getter: Proc, timeout: float, stall: float) -> None:
             raise HarnessTimeout(
                 f"swarmhub get still running after {timeout:.0f} s\n{getter.describe()}"
             )
+        if exited:
+            break
         time.sleep(0.005)
-    if getter.returncode != 0:
+    if getter.returncode != 0 or done_at is None:
         raise HarnessError(f"swarmhub get exited with {getter.returncode}\n{getter.describe()}")
+    return done_at
 
 
 def _bench_one(

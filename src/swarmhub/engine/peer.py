@@ -13,7 +13,6 @@ import collections
 import contextlib
 import logging
 import socket
-import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,6 @@ __all__ = ["Peer", "PeerProtocol", "RateMeter"]
 
 log = logging.getLogger(__name__)
 
-_PIECE_HEADER = struct.Struct(">IBII")
 #: Our BEP 10 extension ids (what we ask peers to use when they talk to us).
 EXT_IDS = {"ut_metadata": 2}
 _UT_METADATA = EXT_IDS["ut_metadata"]
@@ -123,13 +121,6 @@ class Peer:
             log.debug("peer %s: not sending %s: %s", self.addr, type(msg).__name__, exc)
             return
         self.proto.write(data)
-        self.last_send = time.monotonic()
-
-    def send_piece(self, index: int, begin: int, data: memoryview | bytes) -> None:
-        """Write a Piece message without copying the block into a new buffer."""
-        self.proto.writelines(
-            [_PIECE_HEADER.pack(9 + len(data), 7, index, begin), data]
-        )
         self.last_send = time.monotonic()
 
     # -- state ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import random
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ __all__ = ["Torrent", "TorrentState", "TorrentStatus"]
 log = logging.getLogger(__name__)
 
 MAX_BLOCK = 128 * 1024
+_PIECE_HEADER = struct.Struct(">IBII")
 
 
 class TorrentState(Enum):
@@ -574,40 +576,54 @@ class Torrent:
         return await asyncio.shield(fut)
 
     async def _upload_loop(self, peer: Peer) -> None:
-        """Serve the peer's requests in order, within rate limits and send-buffer space."""
-        sent_since_yield = 0
+        """Serve the peer's requests in order, within rate limits and send-buffer space.
+
+        Requests whose piece is cached are answered in batches of up to 1 MiB with one
+        ``writelines`` (one writev) — a syscall per 16 KiB block was the seeder's main cost.
+        """
+        limited = bool(self.settings.upload_rate_limit) or not self._up_limiter.unlimited
         while not peer.closed:
             if not peer.incoming:
                 peer.upload_wakeup.clear()
                 await peer.upload_wakeup.wait()
                 continue
             req = peer.incoming[0]
-            try:
-                data = self._cache.get(req.index)
-                if data is None:
-                    data = await self._read_piece(req.index)
-            except StorageError as exc:
-                self._fail(str(exc))
-                return
-            await self.session.charge_upload(req.length)
-            if not self._up_limiter.unlimited:
-                await self._up_limiter.acquire(req.length)
+            if req.index not in self._cache:
+                try:
+                    await self._read_piece(req.index)
+                except StorageError as exc:
+                    self._fail(str(exc))
+                    return
+            if limited:
+                await self.session.charge_upload(req.length)
+                if not self._up_limiter.unlimited:
+                    await self._up_limiter.acquire(req.length)
             await peer.proto.wait_writable()
             if peer.closed:
                 return
-            if not peer.incoming or peer.incoming[0] is not req:
-                continue  # cancelled or choked meanwhile
-            peer.incoming.popleft()
-            peer.send_piece(req.index, req.begin,
-                            memoryview(data)[req.begin:req.begin + req.length])
+            parts: list[bytes | memoryview] = []
+            size = 0
+            cache = self._cache
+            while peer.incoming and size < (1 << 20):
+                req = peer.incoming[0]
+                data = cache.get(req.index)
+                if data is None:
+                    break  # read it on the next round
+                peer.incoming.popleft()
+                parts.append(_PIECE_HEADER.pack(9 + req.length, 7, req.index, req.begin))
+                parts.append(memoryview(data)[req.begin:req.begin + req.length])
+                size += req.length
+                if limited:
+                    break  # one block per token-bucket charge
+            if not parts:
+                continue
+            peer.proto.writelines(parts)
             now = time.monotonic()
-            peer.up.add(req.length, now)
-            self.up.add(req.length, now)
-            self.uploaded += req.length
-            sent_since_yield += 1
-            if sent_since_yield >= 64:
-                sent_since_yield = 0
-                await asyncio.sleep(0)
+            peer.last_send = now
+            peer.up.add(size, now)
+            self.up.add(size, now)
+            self.uploaded += size
+            await asyncio.sleep(0)  # let other peers and the network in
 
     # -- choking ----------------------------------------------------------------------------------
     def _slots(self) -> int:
