@@ -555,6 +555,7 @@ class Torrent:
             self._rechoke()
 
     async def _read_piece(self, index: int) -> bytes:
+        """A piece for uploading, from the read cache or one shared disk read."""
         cached = self._cache.get(index)
         if cached is not None:
             self._cache.move_to_end(index)
@@ -564,16 +565,18 @@ class Torrent:
             loop = asyncio.get_running_loop()
             fut = loop.run_in_executor(self.session.disk_pool, self.storage.read_piece, index)
             self._reads[index] = fut
-            try:
-                data = await fut
-            finally:
-                del self._reads[index]
-            self._cache[index] = data
-            while len(self._cache) * self.meta.piece_length > self.settings.read_cache_bytes \
-                    and len(self._cache) > 2:
-                self._cache.popitem(last=False)
-            return data
+            # Cache before any waiter resumes: the callback is scheduled first.
+            fut.add_done_callback(functools.partial(self._read_done, index))
         return await asyncio.shield(fut)
+
+    def _read_done(self, index: int, fut: asyncio.Future[bytes]) -> None:
+        self._reads.pop(index, None)
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        self._cache[index] = fut.result()
+        while len(self._cache) * self.meta.piece_length > self.settings.read_cache_bytes \
+                and len(self._cache) > 2:
+            self._cache.popitem(last=False)
 
     async def _upload_loop(self, peer: Peer) -> None:
         """Serve the peer's requests in order, within rate limits and send-buffer space.
@@ -616,6 +619,7 @@ class Torrent:
                 if limited:
                     break  # one block per token-bucket charge
             if not parts:
+                await asyncio.sleep(0)  # never spin without yielding
                 continue
             peer.proto.writelines(parts)
             now = time.monotonic()
