@@ -177,3 +177,55 @@ def test_busy_hub_sends_cs_clients_to_the_swarm(tmp_path: Path) -> None:
             assert (tmp_path / "b" / data.name).read_bytes() == data.read_bytes()
     finally:
         hub.proc.stop()
+
+
+def test_aria2_downloads_the_hubs_v1_torrent(hub: Hub, tmp_path: Path) -> None:
+    """aria2 takes the hub's v1 .torrent (no pad files): tracker + first seeder + web seed."""
+    from conftest import need_tool
+
+    aria2c = need_tool("aria2c")
+    data = make_test_data(tmp_path / "src", [3_000_000], seed=26)
+    url = publish(hub, data, tmp_path)
+    file_id = url.rstrip("/").split("/")[-2]
+    import urllib.request
+
+    tfile = tmp_path / "v1.torrent"
+    tfile.write_bytes(urllib.request.urlopen(f"{hub.url}/t/{file_id}.v1.torrent",
+                                             timeout=10).read())
+    with Proc([aria2c, "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+               "--enable-peer-exchange=false", "--seed-time=0", "--summary-interval=0",
+               "--file-allocation=none", "--check-integrity=true", f"--dir={tmp_path / 'dl'}",
+               str(tfile)], name="aria2c", log=tmp_path / "aria2.log") as aria:
+        assert aria.wait(120) == 0, aria.describe()
+    assert (tmp_path / "dl" / data.name).read_bytes() == data.read_bytes()
+
+
+def test_tracker_and_api_stay_responsive_while_http_is_saturated(tmp_path: Path) -> None:
+    import time
+    import urllib.request
+
+    hub = start_hub(tmp_path, "--max-transfers", "2", "--upload-limit", "4096")
+    try:
+        data = make_test_data(tmp_path / "src", [20_000_000], seed=27)
+        url = publish(hub, data, tmp_path)
+        loaders = [Proc(["curl", "-s", "-o", os.devnull, url], name=f"curl{i}",
+                        log=tmp_path / f"curl{i}.log") for i in range(6)]
+        try:
+            time.sleep(1.0)
+            worst = 0.0
+            for _ in range(20):
+                t0 = time.monotonic()
+                body = urllib.request.urlopen(
+                    f"{hub.url}/announce?info_hash=%00%01%02%03%04%05%06%07%08%09%00%01%02%03"
+                    "%04%05%06%07%08%09&peer_id=-XX0000-abcdefghijkl&port=6881&uploaded=0"
+                    "&downloaded=0&left=0&compact=1", timeout=5).read()
+                assert body.startswith(b"d")
+                urllib.request.urlopen(f"{hub.url}/admin/", timeout=5).read()
+                worst = max(worst, time.monotonic() - t0)
+            assert any(p.poll() is None for p in loaders), "the load ended too early"
+        finally:
+            for p in loaders:
+                p.stop()
+        assert worst < 0.5, f"slowest announce + admin page round trip: {worst:.3f} s"
+    finally:
+        hub.proc.stop()
