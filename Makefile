@@ -4,7 +4,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := aria2 curl chromium chromium-driver
+APT_PACKAGES := aria2 curl iproute2 chromium chromium-driver
 
 .PHONY: setup run test lint bench clean
 
