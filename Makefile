@@ -26,10 +26,11 @@ test: setup
 	$(BIN)/pytest -q
 
 bench: setup
-	@bash scripts/install-system-deps.sh nginx-light
+	@bash scripts/install-system-deps.sh nginx-light opentracker
 	$(BIN)/python bench/loopback.py
 	$(BIN)/python bench/create.py
 	$(BIN)/python bench/origin.py
+	$(BIN)/python bench/tracker.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
