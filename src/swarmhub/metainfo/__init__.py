@@ -22,7 +22,13 @@ from swarmhub.metainfo.merkle import (
     tree_layers,
     zero_root,
 )
-from swarmhub.metainfo.model import BLOCK_SIZE, FileEntry, Metainfo, TorrentVersion
+from swarmhub.metainfo.model import (
+    BLOCK_SIZE,
+    FileEntry,
+    Metainfo,
+    TorrentVersion,
+    wire_info_hash,
+)
 from swarmhub.metainfo.parse import load_torrent, pad_entry, read_torrent, torrent_bytes
 from swarmhub.metainfo.paths import MAX_COMPONENT_BYTES, safe_components
 
@@ -53,5 +59,6 @@ __all__ = [
     "safe_components",
     "torrent_bytes",
     "tree_layers",
+    "wire_info_hash",
     "zero_root",
 ]

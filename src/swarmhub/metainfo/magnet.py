@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote
 
 from swarmhub.errors import MetainfoError
-from swarmhub.metainfo.model import Metainfo
+from swarmhub.metainfo.model import Metainfo, wire_info_hash
 
 __all__ = ["Magnet", "make_magnet", "parse_magnet"]
 
@@ -42,10 +42,7 @@ class Magnet:
     @property
     def info_hash(self) -> bytes:
         """The 20-byte hash for handshakes and announces (v1, else v2 truncated, BEP 52)."""
-        if self.info_hash_v1 is not None:
-            return self.info_hash_v1
-        assert self.info_hash_v2 is not None
-        return self.info_hash_v2[:20]
+        return wire_info_hash(self.info_hash_v1, self.info_hash_v2)
 
 
 def make_magnet(

@@ -13,10 +13,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-__all__ = ["BLOCK_SIZE", "FileEntry", "Metainfo", "TorrentVersion"]
+__all__ = ["BLOCK_SIZE", "FileEntry", "Metainfo", "TorrentVersion", "wire_info_hash"]
 
 #: The unit of requests on the wire and of v2 merkle leaves (BEP 3, BEP 52).
 BLOCK_SIZE = 16 * 1024
+
+
+def wire_info_hash(v1: bytes | None, v2: bytes | None) -> bytes:
+    """The 20-byte hash for handshakes and announces: v1, else v2 truncated (BEP 52)."""
+    if v1 is not None:
+        return v1
+    if v2 is None:
+        raise ValueError("a torrent needs a v1 or a v2 info hash")
+    return v2[:20]
 
 
 class TorrentVersion(Enum):
@@ -90,10 +99,7 @@ class Metainfo:
     @property
     def info_hash(self) -> bytes:
         """The 20-byte hash used in handshakes and tracker announces (BEP 52 truncates v2)."""
-        if self.info_hash_v1 is not None:
-            return self.info_hash_v1
-        assert self.info_hash_v2 is not None
-        return self.info_hash_v2[:20]
+        return wire_info_hash(self.info_hash_v1, self.info_hash_v2)
 
     @property
     def num_pieces(self) -> int:
