@@ -139,6 +139,16 @@ async def http_download(http: aiohttp.ClientSession, info: HubFile, dest_dir: Pa
     if have:
         headers["Range"] = f"bytes={have}-"
         headers["If-Range"] = f'"sha256-{info.sha256[:32]}"'
+    try:
+        return await _fetch(http, info, part, final, headers, hasher, have, progress)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise SwarmhubError(f"cannot download {info.url}: {type(exc).__name__}: {exc}; "
+                            "run again to resume") from None
+
+
+async def _fetch(http: aiohttp.ClientSession, info: HubFile, part: Path, final: Path,
+                 headers: dict[str, str], hasher: Any, have: int,
+                 progress: Callable[[int], None] | None) -> int:
     fetched = 0
     async with http.get(info.url, headers=headers) as resp:
         if resp.status == 503:
@@ -159,14 +169,19 @@ async def http_download(http: aiohttp.ClientSession, info: HubFile, dest_dir: Pa
             offset = have
             async for chunk in resp.content.iter_chunked(CHUNK):
                 hasher.update(chunk)
-                os.pwrite(fd, chunk, offset)
+                try:
+                    os.pwrite(fd, chunk, offset)
+                except OSError as exc:
+                    raise SwarmhubError(f"cannot write {part}: {exc.strerror}; the part file "
+                                        "is kept and the next run resumes it") from None
                 offset += len(chunk)
                 fetched += len(chunk)
                 if progress is not None:
                     progress(offset)
-        except OSError as exc:
-            raise SwarmhubError(f"cannot write {part}: {exc.strerror}; the part file is kept "
-                                "and the next run resumes it") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise SwarmhubError(f"download interrupted after {have + fetched:,} bytes "
+                                f"({type(exc).__name__}: {exc}); the part file is kept, run "
+                                "again to resume") from None
         finally:
             os.close(fd)
     size = have + fetched

@@ -153,8 +153,11 @@ class Session:
         import aiohttp
 
         if self._http is None:
+            # No total timeout: a large HTTP download may take hours; a stalled one is
+            # caught by the connect and per-read timeouts instead.
             self._http = aiohttp.ClientSession(
-                headers={"User-Agent": self.settings.user_agent})
+                headers={"User-Agent": self.settings.user_agent},
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60))
         return self._http
 
     async def close(self) -> None:
