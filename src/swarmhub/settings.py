@@ -57,6 +57,15 @@ class Settings:
         30.0, "seconds before the optimistic unchoke moves to another peer", lo=1.0
     )
     rechoke_interval: float = _f(10.0, "seconds between choke/unchoke decisions", lo=1.0)
+    super_seeding: bool = _f(
+        True, "as a seed, show each peer a few pieces at a time, the ones the swarm lacks "
+        "most, so each piece leaves us about once (BEP 16 style; unchokes every interested "
+        "peer). For an initial seed facing many leechers"
+    )
+    super_seed_window: float = _f(
+        1.0, "super-seeding: seconds of a peer's rate kept on offer to it (at least 2 pieces)",
+        lo=0.0,
+    )
     # -- timeouts
     handshake_timeout: float = _f(10.0, "seconds to connect and finish the handshake", lo=0.1)
     peer_timeout: float = _f(120.0, "close a peer that sent nothing for this long", lo=1.0)
@@ -70,7 +79,10 @@ class Settings:
     request_queue_time: float = _f(
         2.0, "keep this many seconds of a peer's measured rate in requests", lo=0.1
     )
-    min_request_queue: int = _f(16, "fewest requests outstanding to an unchoked peer", lo=1)
+    min_request_queue: int = _f(
+        4, "fewest requests outstanding to an unchoked peer (more would only queue: in a "
+        "swarm's tail, a scarce piece waits behind them at its one holder)", lo=1
+    )
     max_request_queue: int = _f(
         500, "most requests outstanding to one peer (also kept below its reqq)", lo=1
     )

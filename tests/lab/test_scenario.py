@@ -46,7 +46,7 @@ def _lab_processes(workdir: Path) -> list[int]:
 
 @pytest.mark.netns
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("mode", ["cs", "p2p"])
+@pytest.mark.parametrize("mode", ["cs", "p2p", "hybrid"])
 def test_small_scenario(mode: str, tmp_path: Path) -> None:
     need(netns_available()[0], netns_available()[1])
     events: list[dict[str, object]] = []
@@ -66,21 +66,62 @@ def test_small_scenario(mode: str, tmp_path: Path) -> None:
     if mode == "cs":
         assert res.bound_s == pytest.approx(3 * 4 * MIB * 8 / 8e6)
         assert res.source_upload >= 3 * 4 * MIB
+        # Our own client fetched it from the hub's origin, whose counter agrees.
+        assert res.hub_http_bytes == 3 * 4 * MIB and res.hub_seeder_bytes == 0
     else:
         assert res.bound_s == pytest.approx(4 * MIB * 8 / 8e6)
         # The peers carried part of the load: the seeder sent less than N copies.
         assert res.source_upload < 3 * 4 * MIB
         assert sum(h.bytes_up for h in res.hosts) > 4 * MIB // 2
+    if mode == "hybrid":
+        # The hub was tracker and first seeder: its seeder (and web seed, if at all) sent
+        # at least one copy and well under N copies.
+        assert res.hub_upload is not None
+        assert 4 * MIB <= res.hub_upload < 3 * 4 * MIB
     assert any(e.get("event") == "finished" for e in events)
     assert _leftovers() == []
     assert _lab_processes(tmp_path) == []
 
 
-def test_unavailable_modes_say_so(tmp_path: Path) -> None:
-    with pytest.raises(LabError, match="hybrid"):
-        run_scenario("hybrid", 2, MIB, 8e6, 8e6, workdir=tmp_path)
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+def test_hybrid_finishes_from_the_swarm_after_the_hub_is_killed(tmp_path: Path) -> None:
+    need(netns_available()[0], netns_available()[1])
+    # A hub 4x faster than the peers: by 70 % mean progress every piece has left it (it
+    # hands out each piece once before any twice), so the swarm can finish without it.
+    events: list[dict[str, object]] = []
+    res = run_scenario(
+        "hybrid",
+        3,
+        4 * MIB,
+        2e6,
+        100e6,
+        8e6,
+        fault="kill-hub@70%",
+        workdir=tmp_path,
+        on_event=events.append,
+        prefix=PREFIX,
+    )
+    assert res.fault == "kill-hub@70%" and res.fault_at_s is not None
+    assert any(e.get("event") == "fault" for e in events)
+    assert res.num_pieces and res.pieces_held_at_fault == res.num_pieces, res.notes
+    assert res.ok, [h.error for h in res.hosts]
+    assert res.last_completion_s is not None and res.last_completion_s > res.fault_at_s
+    for h in res.hosts:
+        assert (tmp_path / f"h{h.host}" / "payload.bin").stat().st_size == 4 * MIB
+    assert any("can finish" in n for n in res.notes)
+    assert _leftovers() == []
+    assert _lab_processes(tmp_path) == []
+
+
+def test_unsupported_combinations_say_so(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="unknown mode"):
         run_scenario("mesh", 2, MIB, 8e6, 8e6, workdir=tmp_path)
+    with pytest.raises(LabError, match="libtorrent"):
+        run_scenario("hybrid", 2, MIB, 8e6, 8e6, client="libtorrent", workdir=tmp_path)
+    with pytest.raises(LabError, match="kill-hub@50%"):
+        run_scenario("p2p", 2, MIB, 8e6, 8e6, fault="kill-everything", workdir=tmp_path)
+    assert not (tmp_path / "source").exists()  # refused before any work
 
 
 @pytest.mark.timeout(90)
@@ -173,3 +214,5 @@ def test_cli_lab_run_loopback(tmp_path: Path) -> None:
     assert not (out / "work").exists()
     bad = CliRunner().invoke(app, ["lab", "run", "--size", "lots", "--out", str(out)])
     assert bad.exit_code != 0
+    bad = CliRunner().invoke(app, ["lab", "run", "--fault", "kill-all@5%", "--out", str(out)])
+    assert bad.exit_code == 2 and "kill-hub@50%" in bad.output

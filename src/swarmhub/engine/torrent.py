@@ -27,6 +27,7 @@ from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, cho
 from swarmhub.engine.peer import Peer, PeerProtocol, RateMeter
 from swarmhub.engine.picker import Block, PiecePicker
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
+from swarmhub.engine.superseed import SuperSeeder
 from swarmhub.errors import StorageError, SwarmhubError, TrackerError
 from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
 from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
@@ -149,6 +150,10 @@ class Torrent:
         base = resume_path(session.state_dir, meta.info_hash)
         self.resume_file = base.with_name(f"{base.stem}-{folder}{base.suffix}")
         self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
+        #: Super-seeding state (``settings.super_seeding``), made when we first seed.
+        self._ss: SuperSeeder | None = None
+        #: Seeds the tracker counts (a super-seeding seed shows us only part of what it has).
+        self._tracker_seeds = 0
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -284,7 +289,13 @@ class Torrent:
         log.debug("%s: connected %s", self.meta.name, peer)
         if peer.conn.extension:
             peer.send_ext_handshake()
-        if self.num_have == self.meta.num_pieces and peer.fast:
+        if self._super_seeding():
+            assert self._ss is not None
+            self._ss.add_peer(peer)
+            if peer.fast:  # else say nothing: an empty Bitfield may be left out (BEP 3)
+                peer.send(m.HaveNone())
+            self._offer(peer)
+        elif self.num_have == self.meta.num_pieces and peer.fast:
             peer.send(m.HaveAll())
         elif self.num_have == 0 and peer.fast:
             peer.send(m.HaveNone())
@@ -299,6 +310,8 @@ class Torrent:
         self.session.peer_count -= 1
         log.debug("%s: disconnected %s: %s", self.meta.name, peer, reason)
         self.picker.peer_gone(peer)
+        if self._ss is not None:
+            self._ss.remove_peer(peer)
         peer.requested.clear()
         peer.incoming.clear()
         self._fill_all()
@@ -312,6 +325,8 @@ class Torrent:
         if peer.is_seed and self.num_have == self.meta.num_pieces:
             peer.close("both sides are seeds")
             return
+        if self._ss is not None and peer in self._ss:
+            self._offer(peer)  # drops offers of pieces it turned out to have
         self._update_interest(peer)
 
     def on_have(self, peer: Peer, index: int) -> None:
@@ -319,6 +334,8 @@ class Torrent:
         if peer.is_seed and self.num_have == self.meta.num_pieces:
             peer.close("both sides are seeds")
             return
+        if self._ss is not None and self._ss.peer_has(peer, index):
+            self._offer(peer)
         if not peer.conn.am_interested and not self.have[index]:
             self._update_interest(peer)
 
@@ -607,6 +624,8 @@ class Torrent:
             parts: list[bytes | memoryview] = []
             size = 0
             cache = self._cache
+            ss = self._ss if self._ss is not None and peer in self._ss else None
+            offer_done = False
             while peer.incoming and size < (1 << 20):
                 req = peer.incoming[0]
                 data = cache.get(req.index)
@@ -616,6 +635,8 @@ class Torrent:
                 parts.append(_PIECE_HEADER.pack(9 + req.length, 7, req.index, req.begin))
                 parts.append(memoryview(data)[req.begin:req.begin + req.length])
                 size += req.length
+                if ss is not None and ss.uploaded(peer, req.index, req.length):
+                    offer_done = True
                 if limited:
                     break  # one block per token-bucket charge
             if not parts:
@@ -627,11 +648,38 @@ class Torrent:
             peer.up.add(size, now)
             self.up.add(size, now)
             self.uploaded += size
+            if offer_done:
+                self._offer(peer)
             await asyncio.sleep(0)  # let other peers and the network in
 
     # -- choking ----------------------------------------------------------------------------------
     def _slots(self) -> int:
+        if self._super_seeding():
+            # Every interested peer gets its share of distinct pieces (the fluid schedule
+            # that reaches the peer-to-peer bound): round-robin turns would leave offers idle.
+            return max(self.settings.unchoke_slots, len(self.peers))
         return self.settings.unchoke_slots
+
+    # -- super-seeding --------------------------------------------------------------------------
+    def _super_seeding(self) -> bool:
+        """Whether peers connecting now are super-seeded (we seed, and the setting is on)."""
+        if not self.settings.super_seeding or self.num_have != self.meta.num_pieces:
+            return False
+        if self._ss is None:
+            self._ss = SuperSeeder(self.meta.num_pieces, self.meta.piece_size,
+                                   self.picker.availability, self.rng)
+        return True
+
+    def _offer(self, peer: Peer) -> None:
+        """Show the peer new pieces (Have) until it holds its window of open offers: about
+        ``super_seed_window`` seconds of what we send it, at least two pieces."""
+        ss = self._ss
+        if ss is None or peer.closed or peer.is_seed:
+            return
+        rate = peer.up.rate(time.monotonic())
+        window = max(2, int(rate * self.settings.super_seed_window / self.meta.piece_length) + 1)
+        for index in ss.top_up(peer, peer.have, window):
+            peer.send(m.Have(index))
 
     def _rechoke(self) -> None:
         now = time.monotonic()
@@ -743,6 +791,8 @@ class Torrent:
         except TrackerError as exc:
             log.warning("%s: tracker: %s", self.meta.name, exc)
             return None
+        if self.state is TorrentState.DOWNLOADING:
+            self._tracker_seeds = resp.complete or 0
         for addr in resp.peers:
             if addr != self.session.listen_addr and addr not in self.candidates:
                 self.candidates.append(addr)
@@ -775,13 +825,19 @@ class Torrent:
     # -- web seeds (BEP 19) ---------------------------------------------------------------------
     def _webseed_batch(self) -> list[int]:
         """Pieces for a web seed: what the connected swarm lacks (or everything missing when
-        no peer is sending anything), as one run of adjacent pieces -> few large requests."""
+        no peer is sending anything), as one run of adjacent pieces -> few large requests.
+
+        When the tracker counts a seed and we have peers, a piece no peer shows us may still
+        be on its way from a super-seeding seed (the hub's own peer hides what it has): then
+        the web seed waits until the peers go idle, or every client would fetch over HTTP
+        exactly the pieces the seed has not handed out yet."""
         peers_idle = self.down.rate(time.monotonic()) <= self.webseed_rate()
+        hidden_seed = self._tracker_seeds > 0 and bool(self.peers)
         limit = max(1, self.settings.web_seed_batch_bytes // self.meta.piece_length)
         batch: list[int] = []
         for i in range(self.meta.num_pieces):
             ok = (not self.have[i] and i not in self.buffers and i not in self._ws_reserved
-                  and (peers_idle or self.picker.availability(i) == 0))
+                  and (peers_idle or (self.picker.availability(i) == 0 and not hidden_seed)))
             if ok and (not batch or batch[-1] == i - 1):
                 batch.append(i)
                 if len(batch) >= limit:

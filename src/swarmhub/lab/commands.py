@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from swarmhub.lab.bounds import parse_duration, parse_rate, parse_size
+from swarmhub.lab.faults import parse_fault
 from swarmhub.lab.report import results_table, write_report
 from swarmhub.lab.scenario import MODES, ScenarioResult, run_scenario
 from swarmhub.lab.topology import LabError, netns_available
@@ -117,6 +118,8 @@ def _run_all(
     down_bps = _parse("--down", down, parse_rate)
     src_bps = _parse("--source-up", source_up, parse_rate) if source_up else up_bps
     latency_ms = _parse("--latency", latency, parse_duration) * 1000 if latency else 0.0
+    if fault:
+        _parse("--fault", fault, parse_fault)
     use_netns = False if loopback else None
     if not loopback and not netns_available()[0]:
         console.print(
@@ -166,7 +169,7 @@ def _finish(results: list[ScenarioResult], out: Path, keep: bool) -> None:
         raise typer.Exit(1)
     term = Console()
     if not term.is_terminal:
-        term = Console(width=160)  # piped output: keep one row per scenario
+        term = Console(width=220)  # piped output: keep one row per scenario
     term.print(results_table(results))
     command = "swarmhub " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = write_report(results, out, command)
@@ -187,8 +190,15 @@ _Latency = Annotated[
     str, typer.Option(help="Link latency, e.g. 10ms (skipped, and said so, without netem).")
 ]
 _Modes = Annotated[str, typer.Option(help="Comma-separated: cs, p2p, hybrid.")]
-_Client = Annotated[str, typer.Option(help="Peer implementation: swarmhub (libtorrent: later).")]
-_Fault = Annotated[str | None, typer.Option(help="kill-hub@50% or kill-peers=25%@30% (later).")]
+_Client = Annotated[
+    str,
+    typer.Option(
+        help="Client: swarmhub (every mode), libtorrent (p2p: the reference swarm), curl (cs)."
+    ),
+]
+_Fault = Annotated[
+    str | None, typer.Option(help="Inject a fault: kill-hub@50% or kill-peers=25%@30%.")
+]
 _Out = Annotated[Path, typer.Option(help="Folder for report.html, PNGs and results.json.")]
 _Prefix = Annotated[str, typer.Option(help="Namespace name prefix (leftovers are removed).")]
 _Loopback = Annotated[bool, typer.Option(help="Force loopback mode even as root.")]
@@ -206,7 +216,7 @@ def run(
     down: _Down = "100mbit",
     source_up: _SourceUp = None,
     latency: _Latency = "0ms",
-    modes: _Modes = "cs,p2p",
+    modes: _Modes = "cs,p2p,hybrid",
     client: _Client = "swarmhub",
     fault: _Fault = None,
     out: _Out = Path("lab-report"),
@@ -244,7 +254,7 @@ def sweep(
     down: _Down = "100mbit",
     source_up: _SourceUp = None,
     latency: _Latency = "0ms",
-    modes: _Modes = "cs,p2p",
+    modes: _Modes = "cs,p2p,hybrid",
     client: _Client = "swarmhub",
     fault: _Fault = None,
     out: _Out = Path("lab-report"),

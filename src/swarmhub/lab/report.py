@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from swarmhub.lab.bounds import format_rate, format_size
-from swarmhub.lab.scenario import ScenarioResult, bound_for
+from swarmhub.lab.results import ScenarioResult, bound_for
 
 __all__ = ["plot_pngs", "print_results", "results_table", "write_report"]
 
@@ -46,14 +46,16 @@ def results_table(results: Sequence[ScenarioResult]) -> Table:
         "median s",
         "measured/bound",
         "source up (xF)",
+        "hub http+peer (xF)",
+        "fault",
         "result",
     ):
-        table.add_column(col, justify="left" if col in ("mode", "client", "result") else "right")
+        left = col in ("mode", "client", "fault", "result")
+        table.add_column(col, justify="left" if left else "right")
     for r in results:
         times = sorted(h.completion_s for h in r.hosts if h.completion_s is not None)
         median = times[len(times) // 2] if times else None
-        failed = [h for h in r.hosts if not h.ok]
-        verdict = "[green]ok[/]" if r.ok else f"[red]{len(failed)} failed[/]"
+        verdict = "[green]ok[/]" if r.ok else f"[red]{_failed(r)} failed[/]"
         table.add_row(
             r.mode,
             r.client,
@@ -65,9 +67,34 @@ def results_table(results: Sequence[ScenarioResult]) -> Table:
             _fmt_s(median),
             "-" if r.ratio is None else f"{r.ratio:.2f}",
             f"{r.source_upload / r.size:.2f}",
+            _hub_x(r),
+            _fault(r),
             verdict,
         )
     return table
+
+
+def _failed(r: ScenarioResult) -> int:
+    return sum(not h.ok and not h.killed for h in r.hosts)
+
+
+def _hub_x(r: ScenarioResult) -> str:
+    hub = r.hub_upload
+    return "-" if hub is None else f"{hub / r.size:.2f}"
+
+
+def _fault(r: ScenarioResult) -> str:
+    if not r.fault:
+        return "-"
+    text = r.fault
+    if r.fault_at_s is not None:
+        text += f" at {r.fault_at_s:.1f} s"
+    if r.pieces_held_at_fault is not None:
+        text += f", swarm held {r.pieces_held_at_fault}/{r.num_pieces}"
+    killed = sum(h.killed for h in r.hosts)
+    if killed:
+        text += f", {killed} killed"
+    return text
 
 
 def _png(fig: Any) -> bytes:
@@ -174,18 +201,19 @@ def _html_table(results: Sequence[ScenarioResult]) -> str:
     head = (
         "<tr><th>mode</th><th>client</th><th>N</th><th>size</th><th>up / down</th>"
         "<th>bound s</th><th>last s</th><th>measured/bound</th><th>source up (xF)</th>"
-        "<th>result</th></tr>"
+        "<th>hub http+peer (xF)</th><th>fault</th><th>result</th></tr>"
     )
     rows = []
     for r in results:
-        ok = "ok" if r.ok else f"<span class=bad>{sum(not h.ok for h in r.hosts)} failed</span>"
+        ok = "ok" if r.ok else f"<span class=bad>{_failed(r)} failed</span>"
         rows.append(
             f"<tr><td class=l>{r.mode}</td><td class=l>{html.escape(r.client)}</td>"
             f"<td>{r.peers}</td><td>{format_size(r.size)}</td>"
             f"<td>{format_rate(r.up_bps)} / {format_rate(r.down_bps)}</td>"
             f"<td>{r.bound_s:.2f}</td><td>{_fmt_s(r.last_completion_s)}</td>"
             f"<td>{'-' if r.ratio is None else f'{r.ratio:.3f}'}</td>"
-            f"<td>{r.source_upload / r.size:.2f}</td><td class=l>{ok}</td></tr>"
+            f"<td>{r.source_upload / r.size:.2f}</td><td>{_hub_x(r)}</td>"
+            f"<td class=l>{html.escape(_fault(r))}</td><td class=l>{ok}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -194,12 +222,14 @@ def _hosts_table(r: ScenarioResult) -> str:
     rows = "".join(
         f"<tr><td>{h.host}</td><td class=l>{h.addr}</td><td>{_fmt_s(h.completion_s)}</td>"
         f"<td>{format_size(h.bytes_down)}</td><td>{format_size(h.bytes_up)}</td>"
+        f"<td>{format_size(h.webseed_bytes)}</td>"
         f"<td class=l>{'ok' if h.ok else html.escape(h.error)}</td></tr>"
         for h in r.hosts
     )
     return (
         f"<details><summary>{r.mode}, N={r.peers}: per host</summary><table><tr><th>host"
-        "</th><th>address</th><th>done s</th><th>down</th><th>up</th><th>result</th></tr>"
+        "</th><th>address</th><th>done s</th><th>down</th><th>up</th><th>web seed</th>"
+        "<th>result</th></tr>"
         f"{rows}</table></details>"
     )
 

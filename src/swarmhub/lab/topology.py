@@ -242,6 +242,15 @@ class LabProc:
             os.killpg(self.pid, signal.SIGKILL)  # helpers it forked, if any survived
         return self.returncode
 
+    def kill(self) -> int | None:
+        """SIGKILL the process group at once (a crash, for fault injection); reap it."""
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.returncode = self._popen.wait(CMD_TIMEOUT)
+            self._out.close()
+        return self.returncode
+
     def new_lines(self) -> list[str]:
         """Complete output lines written since the last call."""
         try:
@@ -349,6 +358,10 @@ class _Base:
         log.debug("started %s (pid %d): %s", name, proc.pid, argv)
         return proc
 
+    def exec(self, host: int, argv: Sequence[str], timeout: float = CMD_TIMEOUT) -> str:
+        """Run a short command on a host and return its stdout (bounded, checked)."""
+        return _cmd(self._wrap(host, argv), timeout=timeout)
+
     def stop_processes(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
@@ -400,10 +413,6 @@ class Lab(_Base):
 
     def _wrap(self, host: int, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns(host), *argv]
-
-    def exec(self, host: int, argv: Sequence[str], timeout: float = CMD_TIMEOUT) -> str:
-        """Run a short command on a host and return its stdout (bounded, checked)."""
-        return _cmd(self._wrap(host, argv), timeout=timeout)
 
     # -- build / teardown ---------------------------------------------------------------------
     def __enter__(self) -> Self:

@@ -1,0 +1,274 @@
+"""The machinery every lab scenario shares: start the source and the clients, follow their
+JSON lines, time and count them, inject the fault, and say why a host failed.
+
+Why one loop for every mode: the numbers compared across modes (completion times, bytes,
+the fault's trigger point) must be taken the same way. A mode only says how to start its
+source (host 0) and a client (hosts 1..N); see :mod:`swarmhub.lab.modes`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from swarmhub.lab.faults import Fault, swarm_pieces
+from swarmhub.lab.results import HostResult, ScenarioResult
+from swarmhub.lab.topology import Lab, LabError, LabProc, LoopbackLab, _json_line, free_port
+from swarmhub.metainfo.model import Metainfo
+
+__all__ = ["STALL_S", "EventSink", "Runner", "wait_text"]
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any]], None]
+
+_POLL_S = 0.05
+#: After the hub was killed, receivers whose progress has not moved for this long fail.
+STALL_S = 15.0
+_NETNS_PORTS = {"tracker": 6969, "seed": 6881, "http": 8080, "peer": 6881, "hubpeer": 6881}
+
+
+class Runner:
+    """Run one mode on a lab: subclasses start the source and the clients."""
+
+    #: Whether clients report progress in JSON lines (else it is read from file sizes).
+    json_progress = True
+
+    def __init__(
+        self,
+        lab: Lab | LoopbackLab,
+        result: ScenarioResult,
+        data: Path,
+        workdir: Path,
+        deadline_s: float,
+        sink: EventSink,
+        fault: Fault | None = None,
+    ) -> None:
+        self.lab = lab
+        self.result = result
+        self.data = data
+        self.workdir = workdir
+        self.deadline_s = deadline_s
+        self.sink = sink
+        self.fault = fault
+        self.netns = isinstance(lab, Lab)
+        self.n = result.peers
+        #: Every process on host 0: what ``kill-hub`` kills.
+        self.source_procs: list[LabProc] = []
+        self.hub_dead = False
+
+    # -- what a mode provides ---------------------------------------------------------------
+    def start_source(self) -> None:
+        raise NotImplementedError
+
+    def start_client(self, host: int) -> LabProc:
+        raise NotImplementedError
+
+    def torrent_meta(self) -> Metainfo | None:
+        """The torrent the swarm shares (to count the pieces it holds), if any."""
+        return None
+
+    def read_hub_counters(self) -> None:
+        """Record the hub's own upload counters while it is alive (hub modes)."""
+
+    def app_source_upload(self) -> int:
+        """Host 0's upload by application counters (loopback has no link counters)."""
+        return sum(h.bytes_down for h in self.result.hosts)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def port(self, kind: str) -> int:
+        return _NETNS_PORTS[kind] if self.netns else free_port()
+
+    def out_dir(self, host: int) -> Path:
+        return self.workdir / f"h{host}"
+
+    def link_totals(self) -> list[tuple[int, int]]:
+        lab = self.lab
+        if isinstance(lab, Lab):
+            return [lab.link_stats(i) for i in range(lab.hosts)]
+        return []
+
+    def file_progress(self, host: int) -> float:
+        """Progress of a plain HTTP download: the size of its (part) file."""
+        out = self.out_dir(host)
+        size = 0
+        for name in (self.data.name, f"{self.data.name}.part"):
+            with contextlib.suppress(OSError):
+                size = max(size, (out / name).stat().st_size)
+        return min(1.0, size / self.result.size)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        res = self.result
+        res.hosts = [HostResult(host=i, addr=self.lab.addr(i)) for i in range(1, self.n + 1)]
+        for h in res.hosts:  # a fresh folder: no part file or data of an earlier run
+            shutil.rmtree(self.out_dir(h.host), ignore_errors=True)
+            self.out_dir(h.host).mkdir(parents=True)
+        self.start_source()
+        before = self.link_totals()
+        clients = {h.host: self.start_client(h.host) for h in res.hosts}
+        self.sink({"event": "started", "mode": res.mode, "hosts": len(clients)})
+        self.follow(clients)
+        if not self.hub_dead:
+            self.read_hub_counters()
+        after = self.link_totals()
+        if before and after:
+            for h in res.hosts:
+                h.bytes_up = after[h.host][0] - before[h.host][0]
+                h.bytes_down = after[h.host][1] - before[h.host][1]
+            res.source_upload = after[0][0] - before[0][0]
+            res.notes.append("bytes are link-level counters (TCP/IP headers included)")
+        else:
+            res.source_upload = self.app_source_upload()
+            res.notes.append("bytes are application-level counters")
+
+    def follow(self, clients: dict[int, LabProc]) -> None:
+        """Poll every client until all finished, failed, were killed or the deadline passed."""
+        res = self.result
+        by_host = {h.host: h for h in res.hosts}
+        progress = dict.fromkeys(clients, 0.0)
+        starts: dict[int, float] = {}
+        ends: dict[int, float] = {}
+        t_begin = time.monotonic()
+        fired_at: float | None = None
+        moved_at, moved_sum = t_begin, 0.0
+        next_file_poll = t_begin
+        pending = set(clients)
+        while pending:
+            now = time.monotonic()
+            file_poll = not self.json_progress and now >= next_file_poll
+            if file_poll:
+                next_file_poll = now + 0.25
+            for host in sorted(pending):
+                proc, h = clients[host], by_host[host]
+                if file_poll:
+                    progress[host] = self.file_progress(host)
+                for line in proc.new_lines():
+                    obj = _json_line(line)
+                    if obj is None:
+                        continue
+                    self.on_line(h, obj)
+                    if obj.get("event") == "finished":
+                        ends[host] = now
+                        starts[host] = now - float(obj.get("elapsed", now - proc.started))
+                        h.ok = True
+                        progress[host] = 1.0
+                        pending.discard(host)
+                        self.sink(
+                            {"event": "finished", "host": host, "elapsed": obj.get("elapsed")}
+                        )
+                    elif "progress" in obj:
+                        progress[host] = float(obj["progress"])
+                        self.sink({"event": "progress", "host": host, "progress": obj["progress"]})
+                if host in pending and proc.poll() is not None:
+                    h.error = f"exited with {proc.returncode}: {_last_words(proc)}"
+                    pending.discard(host)
+                    self.sink({"event": "failed", "host": host, "error": h.error})
+            live = [progress[h] for h in clients if not by_host[h].killed]
+            mean = sum(live) / len(live) if live else 1.0
+            if self.fault is not None and fired_at is None and pending and mean >= self.fault.at:
+                fired_at = now
+                self.inject(clients, pending)
+            total = sum(live)
+            if total > moved_sum + 1e-9:
+                moved_sum, moved_at = total, now
+            if pending and self.hub_dead and now - moved_at > STALL_S:
+                held = res.pieces_held_at_fault
+                why = f"stalled for {STALL_S:.0f} s after the hub was killed" + (
+                    f" (the swarm held {held}/{res.num_pieces} pieces then)"
+                    if held is not None
+                    else ""
+                )
+                for host in pending:
+                    by_host[host].error = why
+                    self.sink({"event": "failed", "host": host, "error": "stalled"})
+                break
+            if pending and now - t_begin > self.deadline_s:
+                for host in pending:
+                    by_host[host].error = f"not done after {self.deadline_s:.0f} s (deadline)"
+                    self.sink({"event": "failed", "host": host, "error": "deadline"})
+                break
+            if pending:
+                time.sleep(_POLL_S)
+        t0 = min(starts.values()) if starts else t_begin
+        for host, end in ends.items():
+            by_host[host].completion_s = round(end - t0, 3)
+        if fired_at is not None:
+            res.fault_at_s = round(fired_at - t0, 3)
+
+    def on_line(self, h: HostResult, obj: dict[str, Any]) -> None:
+        if "downloaded" in obj:
+            h.bytes_down = int(obj["downloaded"])
+        if "uploaded" in obj:
+            h.bytes_up = int(obj["uploaded"])
+        if "webseed" in obj:
+            h.webseed_bytes = int(obj["webseed"])
+
+    # -- faults ------------------------------------------------------------------------------------
+    def inject(self, clients: dict[int, LabProc], pending: set[int]) -> None:
+        fault, res = self.fault, self.result
+        assert fault is not None
+        if fault.kind == "kill-hub":
+            self.read_hub_counters()
+            for proc in self.source_procs:
+                proc.kill()
+            self.hub_dead = True
+            self.sink({"event": "fault", "fault": str(fault)})
+            meta = self.torrent_meta()
+            if meta is not None:
+                folders = [self.out_dir(h.host) for h in res.hosts]
+                try:
+                    res.pieces_held_at_fault, res.num_pieces = swarm_pieces(meta, folders)
+                except Exception as exc:  # an unreadable folder must not abort the run
+                    log.warning("could not count the swarm's pieces: %s", exc)
+            held, total = res.pieces_held_at_fault, res.num_pieces
+            if held is None or total is None:
+                res.notes.append(f"{fault}: host 0 killed; no swarm to finish from")
+            elif held == total:
+                res.notes.append(
+                    f"{fault}: host 0 killed; every piece ({total}) had left it, so the "
+                    "swarm can finish alone"
+                )
+            else:
+                res.notes.append(
+                    f"{fault}: host 0 killed while the swarm held only {held}/{total} "
+                    "pieces: no one can finish without it"
+                )
+            return
+        victims = fault.victims(sorted(clients))
+        by_host = {h.host: h for h in res.hosts}
+        for host in victims:
+            clients[host].kill()
+            h = by_host[host]
+            h.killed, h.ok = True, False
+            h.error = f"killed by the fault {fault}"
+            pending.discard(host)
+            self.sink({"event": "failed", "host": host, "error": "killed"})
+        res.notes.append(f"{fault}: killed hosts {', '.join(map(str, victims))}")
+
+
+def _last_words(proc: LabProc) -> str:
+    """The last meaningful output line (rich tracebacks draw boxes: drop the frames)."""
+    lines = [ln.strip(" │╭╮╰╯─") for ln in proc.tail(12).splitlines()[1:]]
+    lines = [ln for ln in lines if ln and not ln.startswith("{")]
+    return lines[-1] if lines else "(no output)"
+
+
+def wait_text(proc: LabProc, text: str, timeout: float) -> str:
+    """Wait (bounded) until ``text`` appears in the process's output; return the output."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            out = proc.log.read_text("utf-8", "replace")
+            if text in out:
+                return out
+        if proc.poll() is not None:
+            raise LabError(f"{proc.name} exited ({proc.returncode})\n{proc.tail()}")
+        if time.monotonic() > deadline:
+            raise LabError(f"{proc.name}: no {text!r} within {timeout:.0f} s\n{proc.tail()}")
+        time.sleep(0.02)

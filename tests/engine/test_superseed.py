@@ -1,0 +1,121 @@
+"""Super-seeding: each piece leaves the seed once before any leaves it twice."""
+
+from __future__ import annotations
+
+import random
+
+from swarmhub.engine.superseed import SuperSeeder
+
+PIECE = 64 * 1024
+
+
+class Swarm:
+    """Availability as the seed's picker would count it: peers' bitfields."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.have: dict[str, bytearray] = {}
+
+    def add(self, peer: str) -> bytearray:
+        self.have[peer] = bytearray(self.n)
+        return self.have[peer]
+
+    def availability(self, index: int) -> int:
+        return sum(bits[index] for bits in self.have.values())
+
+
+def make(n: int, seed: int = 1) -> tuple[SuperSeeder, Swarm]:
+    swarm = Swarm(n)
+    ss = SuperSeeder(n, lambda _i: PIECE, swarm.availability, random.Random(seed))
+    return ss, swarm
+
+
+def test_offers_are_distinct_across_peers_until_every_piece_was_offered() -> None:
+    ss, swarm = make(40)
+    offered: list[int] = []
+    for p in ("a", "b", "c", "d"):
+        ss.add_peer(p)
+        offered += ss.top_up(p, swarm.add(p), window=10)
+    assert sorted(offered) == list(range(40))  # 4 x 10 offers cover 40 pieces exactly once
+    assert ss.fresh_left == 0
+
+
+def test_sending_an_offer_in_full_frees_the_slot_for_a_new_piece() -> None:
+    ss, swarm = make(10)
+    ss.add_peer("a")
+    first = ss.top_up("a", swarm.add("a"), window=2)
+    assert len(first) == 2 and ss.open_offers("a") == first
+    # Half a piece does not close the offer; the rest does.
+    assert not ss.uploaded("a", first[0], PIECE // 2)
+    assert ss.uploaded("a", first[0], PIECE // 2)
+    assert ss.open_offers("a") == [first[1]]
+    nxt = ss.top_up("a", swarm.have["a"], window=2)
+    assert len(nxt) == 1 and nxt[0] not in first
+    assert ss.shown("a", first[0]) and ss.shown("a", nxt[0])
+    # Bytes of a piece that was never offered (a peer may ask for anything) change nothing.
+    other = next(i for i in range(10) if not ss.shown("a", i))
+    assert not ss.uploaded("a", other, PIECE)
+
+
+def test_a_have_closes_the_offer_and_pieces_peers_hold_are_not_fresh() -> None:
+    ss, swarm = make(6)
+    a = swarm.add("a")
+    ss.add_peer("a")
+    (piece,) = ss.top_up("a", a, window=1)
+    a[piece] = 1
+    assert ss.peer_has("a", piece)
+    assert not ss.peer_has("a", piece)  # once
+    # b already holds two pieces (it resumed): those are never offered to anyone.
+    b = swarm.add("b")
+    b[0] = b[1] = 1
+    ss.add_peer("b")
+    got = ss.top_up("b", b, window=6)
+    assert not {0, 1, piece} & set(got)
+
+
+def test_after_the_first_round_the_scarcest_piece_goes_next() -> None:
+    ss, swarm = make(4)
+    peers = {p: swarm.add(p) for p in ("a", "b", "c")}
+    for p in peers:
+        ss.add_peer(p)
+    # a takes all four fresh pieces and completes them; b and c learn of them by Have.
+    offers = ss.top_up("a", peers["a"], window=4)
+    for i in offers:
+        assert ss.uploaded("a", i, PIECE)
+        peers["a"][i] = 1
+    # b and c got pieces 0, 1, 2 from a already; piece 3 is the one only a holds.
+    for p in ("b", "c"):
+        for i in (0, 1, 2):
+            peers[p][i] = 1
+    assert ss.top_up("b", peers["b"], window=1) == [3]
+    # Once offered to b, piece 3 still goes to c (nothing scarcer is left), but not twice.
+    assert ss.top_up("c", peers["c"], window=1) == [3]
+    assert ss.top_up("c", peers["c"], window=5) == []
+
+
+def test_a_leaving_peer_returns_its_offers() -> None:
+    ss, swarm = make(3)
+    ss.add_peer("a")
+    a_offers = ss.top_up("a", swarm.add("a"), window=3)
+    assert sorted(a_offers) == [0, 1, 2]
+    ss.add_peer("b")
+    b = swarm.add("b")
+    # Every piece is on offer to a; b gets one anyway (the least offered), one at a time.
+    assert len(ss.top_up("b", b, window=1)) == 1
+    ss.remove_peer("a")
+    assert "a" not in ss
+    assert len(ss.top_up("b", b, window=3)) == 2
+
+
+def test_one_fast_leecher_gets_its_whole_window() -> None:
+    ss, swarm = make(1000)
+    ss.add_peer("solo")
+    have = swarm.add("solo")
+    shown: set[int] = set()
+    for _ in range(20):  # serve a window of 100, then top up, as the engine does
+        for i in ss.top_up("solo", have, window=100):
+            shown.add(i)
+        for i in ss.open_offers("solo"):
+            ss.uploaded("solo", i, PIECE)
+            have[i] = 1
+    assert len(shown) == 1000 and sum(have) == 1000
