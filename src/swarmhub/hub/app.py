@@ -23,7 +23,7 @@ import secrets
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
@@ -51,6 +51,7 @@ from swarmhub.hub.catalog import (
     NotFoundError,
 )
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
+from swarmhub.hub.origin import json_errors_middleware
 from swarmhub.hub.tracker import (
     TrackerState,
     failure_body,
@@ -206,28 +207,6 @@ def _error_response(exc: BaseException) -> web.Response | None:
     if isinstance(exc, StorageError):
         return json_error(507, str(exc))
     return None
-
-
-@web.middleware
-async def _json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        message = (
-            exc.reason if exc.text is None or exc.text.startswith(str(exc.status)) else exc.text
-        )
-        return json_error(exc.status, message, **headers)
-    except Exception as exc:
-        response = _error_response(exc)
-        if response is None:
-            log.exception("error handling %s %s", request.method, request.path)
-            return json_error(500, "internal error; the hub's log has the details")
-        return response
 
 
 class _JsonErrorHandler(RequestHandler):
@@ -609,7 +588,8 @@ def make_hub_app(config: HubConfig) -> web.Application:
             max_transfers=config.max_transfers, upload_rate=config.upload_rate
         )
     hub = Hub(config, catalog, blobs, tracker, limiter, seeder_passkey=secrets.token_hex(16))
-    app = web.Application(middlewares=[_json_errors], client_max_size=1 << 20)
+    app = web.Application(middlewares=[json_errors_middleware(_error_response)],
+                          client_max_size=1 << 20)
     app[HUB_KEY] = hub
     add_api_routes(app)
     r = app.router

@@ -50,6 +50,7 @@ __all__ = [
     "ORIGIN_LIMITER_KEY",
     "OriginLimiter",
     "content_disposition",
+    "json_errors_middleware",
     "make_static_app",
     "serve_file",
 ]
@@ -406,7 +407,7 @@ def make_static_app(root: Path, *, limiter: OriginLimiter | None = None) -> web.
     """
     base = root.resolve(strict=True)
     etags: dict[tuple[int, int, int, int], asyncio.Future[str]] = {}
-    app = web.Application(middlewares=[_json_errors])
+    app = web.Application(middlewares=[json_errors_middleware()])
     app[ORIGIN_LIMITER_KEY] = limiter or OriginLimiter()
 
     async def etag_of(path: Path, key: tuple[int, int, int, int]) -> str:
@@ -444,19 +445,36 @@ def make_static_app(root: Path, *, limiter: OriginLimiter | None = None) -> web.
     return app
 
 
-@web.middleware
-async def _json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """aiohttp's own errors (bad method, unexpected exceptions) as JSON, never a traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
+def json_errors_middleware(
+    map_error: Callable[[Exception], web.StreamResponse | None] | None = None,
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """aiohttp's own errors (bad method, bad route) and unexpected exceptions as JSON, never
+    a traceback. ``map_error`` turns an application's exceptions into responses (or None)."""
+
+    @web.middleware
+    async def json_errors(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+            text = exc.text
+            message = exc.reason if text is None or text.startswith(str(exc.status)) else text
+            response = _json_error(exc.status, message)
+            response.headers.update(keep)
+            return response
+        except (asyncio.CancelledError, ConnectionError):
             raise
-        return _json_error(exc.status, exc.reason)
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception:
-        log.exception("unexpected error serving %s", request.path)
-        return _json_error(500, "internal error; see the hub's log")
+        except Exception as exc:
+            mapped = map_error(exc) if map_error is not None else None
+            if mapped is not None:
+                return mapped
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return _json_error(500, "internal error; see the hub's log")
+
+    return json_errors
+
+
