@@ -22,7 +22,6 @@ from rich.markup import escape
 __all__ = ["AdminClient", "AdminError", "admin_app"]
 
 _err = Console(stderr=True, soft_wrap=True)
-_out = Console(soft_wrap=True, highlight=False)
 
 admin_app = typer.Typer(
     help="Manage a hub over its HTTP API: collections, tokens, files (as the admin page).",
@@ -96,11 +95,12 @@ def _call(hub: str, token: str, method: str, path: str, body: dict[str, Any] | N
 
 
 def _print(answer: Any, as_json: bool, lines: list[str]) -> None:
+    """Plain text (tab-separated columns, for ``cut`` and ``awk``) or the JSON answer."""
     if as_json:
-        _out.print_json(data=answer)
+        typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
         return
     for line in lines:
-        _out.print(escape(line))
+        typer.echo(line)
 
 
 def _q(text: str) -> str:

@@ -38,10 +38,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swarmhub.hub.blobs import BLOB_MODE
 from swarmhub.hub.catalog import Catalog, FileRecord
 
 __all__ = [
-    "BLOB_MODE",
     "CATALOG_NAME",
     "ReconcileReport",
     "prepare_data_dir",
@@ -51,8 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CATALOG_NAME = "catalog.sqlite3"
-#: Blobs are immutable and only the hub reads them (hard links in seed/ share the mode).
-BLOB_MODE = 0o400
 _PRIVATE_BITS = 0o077  # group and other
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _RESUME = re.compile(r"([0-9a-f]{40}|[0-9a-f]{64})-[0-9a-f]{12}\.resume")
