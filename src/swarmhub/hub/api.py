@@ -249,7 +249,7 @@ def _make_torrents(path: Path, hub: Hub, private: bool, web_seed: str) -> tuple[
 
 def link_into_seed_dir(blob: Path, target: Path) -> None:
     """``DATA/seed/<id>/<name>``: the blob under its published name, for torrent and seeder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         os.link(blob, target)
     except OSError as exc:

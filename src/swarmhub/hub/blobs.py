@@ -108,8 +108,8 @@ class BlobStore:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path_for(self, sha256: str) -> Path:
         """Where the blob with this hex digest lives (whether or not it exists)."""
@@ -217,7 +217,7 @@ class BlobStore:
             if final.is_file():
                 staged.temp_path.unlink()
             else:
-                final.parent.mkdir(parents=True, exist_ok=True)
+                final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(staged.temp_path, BLOB_MODE)
                 os.rename(staged.temp_path, final)
                 _fsync_dir(final.parent)

@@ -75,15 +75,23 @@ class ReconcileReport:
         return self.temp_files + self.orphan_blobs + self.seed_entries + self.resume_files
 
     def summary(self) -> str:
-        """The one log line of a start-up."""
-        return (
-            f"storage check: removed {self.removed} leftover(s) "
-            f"({self.temp_files} temp file(s), {self.orphan_blobs} orphan blob(s) of "
-            f"{self.orphan_bytes} bytes, {self.seed_entries} seed folder entr(ies), "
-            f"{self.resume_files} stale resume file(s)); restored {self.restored_blobs} "
-            f"blob(s) from seed links; {len(self.missing)} file(s) with a missing blob; "
-            f"fixed permissions of {self.permissions_fixed} path(s)"
-        )
+        """The one log line of a start-up: what was removed, restored, missing or fixed."""
+        parts = [
+            (self.temp_files, "temp file(s)"),
+            (self.orphan_blobs, f"orphan blob(s) of {self.orphan_bytes} bytes"),
+            (self.seed_entries, "seed folder entr(ies)"),
+            (self.resume_files, "stale resume file(s)"),
+        ]
+        removed = ", ".join(f"{n} {what}" for n, what in parts if n) or "nothing"
+        line = f"storage check: removed {self.removed} leftover(s) ({removed})"
+        if self.restored_blobs:
+            line += f"; restored {self.restored_blobs} lost blob(s) from seed links"
+        if self.missing:
+            line += (f"; {len(self.missing)} file(s) have no blob and answer 404: "
+                     + " ".join(self.missing[:20]) + (" ..." if len(self.missing) > 20 else ""))
+        if self.permissions_fixed:
+            line += f"; made {self.permissions_fixed} path(s) private"
+        return line
 
 
 def _tighten(path: Path, mode: int | None = None) -> bool:
