@@ -154,8 +154,7 @@ def hub_token(
 ) -> None:
     """Issue a new admin token, offline: the hub may be stopped (or running).
 
-    For when the first token is lost: tokens are stored hashed, so none can be shown
-    again. Revoke the lost one afterwards (admin page or 'swarmhub admin tokens revoke').
+    Tokens are stored hashed, so a lost one cannot be shown again: revoke it afterwards.
     """
     from swarmhub.hub.catalog import Catalog
     from swarmhub.hub.reconcile import CATALOG_NAME, prepare_data_dir
