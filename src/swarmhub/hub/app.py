@@ -75,12 +75,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _PLAIN = "text/plain"
+_ID = "{id:[A-Za-z0-9_-]{1,64}}"
 
 
 class StartupError(SwarmhubError):
-    """The hub cannot start (a port is taken...); nothing was created, the message says why."""
-
-_ID = "{id:[A-Za-z0-9_-]{1,64}}"
+    """The hub cannot start (a port is taken...); no token was made, the message says why."""
 
 
 def _origin() -> ModuleType | None:
@@ -649,9 +648,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             hub.catalog.close()
             raise StartupError(_bind_failure("the embedded seeder", hub.config.peer_listen,
                                              seeder._failed, "--peer-listen HOST:PORT or 'off'"))
-        if seeder.session is not None:
-            hub.seeder = seeder
-            log.info("embedded seeder listening on %s:%d", hub.config.peer_listen[0], seeder.port)
+        hub.seeder = seeder
+        log.info("embedded seeder listening on %s:%d", hub.config.peer_listen[0], seeder.port)
 
     async def purge() -> None:
         clock = asyncio.get_running_loop()
