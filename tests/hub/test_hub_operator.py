@@ -130,6 +130,17 @@ def test_admin_cli_lists_creates_and_revokes(hub: HubProc, tmp_path: Path) -> No
     stats = _admin(tmp_path, hub, "stats", "stats")
     assert stats.returncode == 0 and "collections: 0" in stats.output()
 
+    payload = tmp_path / "notes.txt"
+    payload.write_bytes(b"notes " * 1000)
+    pub = cli(tmp_path, "publish", "publish", str(payload), "--hub", hub.url,
+              "--token", hub.token or "")
+    assert pub.returncode == 0, pub.describe()
+    listed = _admin(tmp_path, hub, "f-list", "files", "list")
+    row = re.search(r"^(\S+)\t6000\t-\tnotes.txt$", listed.output(), re.M)
+    assert listed.returncode == 0 and row is not None, listed.output()
+    gone = _admin(tmp_path, hub, "f-delete", "files", "delete", row.group(1))
+    assert gone.returncode == 0 and api(hub, f"/api/files/{row.group(1)}", hub.token)[0] == 404
+
     refused = _admin(tmp_path, hub, "refused", "tokens", "list", token=secret.group(1))
     lines = [line for line in refused.output().splitlines() if line.strip()]
     assert refused.returncode == 1
