@@ -66,6 +66,17 @@ def test_busy_port_is_one_line_error_and_creates_no_token(tmp_path: Path, busy: 
         h.proc.stop()
 
 
+def test_second_hub_on_the_same_data_folder_refuses_to_start(
+    hub: HubProc, tmp_path: Path
+) -> None:
+    second = cli(tmp_path, "hub2", "hub", "--data", str(hub.data), "--listen",
+                 f"127.0.0.1:{free_port()}", "--peer-listen", f"127.0.0.1:{free_port()}")
+    lines = [line for line in second.output().splitlines() if line.strip()]
+    assert second.returncode == 1 and len(lines) == 1, second.output()
+    assert f"another hub (pid {hub.proc.pid}) is using {hub.data}" in lines[0]
+    assert api(hub, "/api/me", hub.token)[0] == 200  # the first one is untouched
+
+
 def test_hub_token_new_works_offline_and_online(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = start_hub(data, tmp_path, "hub1")

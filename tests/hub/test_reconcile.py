@@ -3,6 +3,7 @@ reported, and the data folder is private (also for installs made before this rul
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -20,10 +21,11 @@ def mode(path: Path) -> int:
 
 async def publish_one(tmp_path: Path, data: bytes, name: str = "kept.bin") -> dict[str, Any]:
     """Publish one file on a hub that then stops; returns the file's JSON."""
-    async for live in live_hub(tmp_path):
-        status, body = await live.publish(data, name, live.admin)
-        assert status == 201, body
-        return dict(body)
+    async with contextlib.aclosing(live_hub(tmp_path)) as hubs:
+        async for live in hubs:
+            status, body = await live.publish(data, name, live.admin)
+            assert status == 201, body
+            return dict(body)
     raise AssertionError("live_hub yielded nothing")
 
 

@@ -53,7 +53,7 @@ from swarmhub.hub.catalog import (
 )
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
-from swarmhub.hub.reconcile import CATALOG_NAME, prepare_data_dir, reconcile
+from swarmhub.hub.reconcile import CATALOG_NAME, DataDirLock, prepare_data_dir, reconcile
 from swarmhub.hub.tracker import (
     TrackerState,
     failure_body,
@@ -624,8 +624,24 @@ def make_hub_app(config: HubConfig) -> web.Application:
     r.add_get("/admin", admin_redirect)
     r.add_get("/admin/", admin_page)
     r.add_get("/admin/{name}", admin_asset)
+    app.cleanup_ctx.append(_data_dir_lock)
     app.cleanup_ctx.append(_background)
     return app
+
+
+async def _data_dir_lock(app: web.Application) -> AsyncIterator[None]:
+    """One hub per data folder: the storage check would sweep another hub's uploads."""
+    hub = app[HUB_KEY]
+    lock = DataDirLock(hub.config.data_dir)
+    try:
+        lock.acquire()
+    except BaseException:
+        hub.catalog.close()
+        raise
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
@@ -677,7 +693,11 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:
     """Start the hub on ``host:port``; stop it with ``await runner.cleanup()``."""
     runner = HubRunner(make_hub_app(config), config)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        await runner.cleanup()  # ends the start-up contexts that did start (the lock...)
+        raise
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:

@@ -24,11 +24,17 @@ blob is put back or the file is deleted (admin page, ``DELETE /api/files/{id}``)
 
 Permissions: the data folder is 0700, every file directly in it (the catalog, its WAL
 files, any secret) 0600, blobs 0400; existing installs are fixed by the same pass.
+
+Because the sweep deletes what a running hub is writing, one data folder serves one hub:
+:class:`DataDirLock` (``DATA/hub.lock``, an ``flock`` the kernel drops when the process
+dies, even by ``kill -9``) makes a second hub on the same folder refuse to start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -38,11 +44,14 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swarmhub.errors import SwarmhubError
 from swarmhub.hub.blobs import BLOB_MODE
 from swarmhub.hub.catalog import Catalog, FileRecord
 
 __all__ = [
     "CATALOG_NAME",
+    "DataDirLock",
+    "DataDirLocked",
     "ReconcileReport",
     "prepare_data_dir",
     "reconcile",
@@ -92,6 +101,41 @@ class ReconcileReport:
         if self.permissions_fixed:
             line += f"; made {self.permissions_fixed} path(s) private"
         return line
+
+
+class DataDirLocked(SwarmhubError):
+    """Another hub process is using this data folder."""
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``DATA/hub.lock`` for as long as the hub runs."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "hub.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`DataDirLocked` naming the holder's PID."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise DataDirLocked(
+                    f"another hub (pid {holder}) is using {self.path.parent}; stop it or "
+                    "choose another --data"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
 
 
 def _tighten(path: Path, mode: int | None = None) -> bool:
