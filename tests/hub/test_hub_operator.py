@@ -77,6 +77,21 @@ def test_second_hub_on_the_same_data_folder_refuses_to_start(
     assert api(hub, "/api/me", hub.token)[0] == 200  # the first one is untouched
 
 
+def test_folder_that_is_not_a_hubs_is_refused_untouched(tmp_path: Path) -> None:
+    folder = tmp_path / "home"
+    (folder / "tmp").mkdir(parents=True)
+    (folder / "tmp" / "draft.txt").write_text("mine")
+    (folder / "notes.txt").write_text("mine")
+    folder.chmod(0o755)
+    proc = cli(tmp_path, "hub", "hub", "--data", str(folder), "--listen",
+               f"127.0.0.1:{free_port()}", "--peer-listen", "off")
+    lines = [line for line in proc.output().splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.output()
+    assert "holds no hub catalog" in lines[0] and "--data" in lines[0]
+    assert sorted(p.name for p in folder.rglob("*")) == ["draft.txt", "notes.txt", "tmp"]
+    assert folder.stat().st_mode & 0o777 == 0o755
+
+
 def test_hub_token_new_works_offline_and_online(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = start_hub(data, tmp_path, "hub1")

@@ -25,6 +25,8 @@ blob is put back or the file is deleted (admin page, ``DELETE /api/files/{id}``)
 Permissions: the data folder is 0700, every file directly in it (the catalog, its WAL
 files, any secret) 0600, blobs 0400; existing installs are fixed by the same pass.
 
+The sweep and the chmods act only on a hub's own folder: a folder that is not empty
+and has no catalog (``--data ~`` by mistake) is refused, never "cleaned".
 Because the sweep deletes what a running hub is writing, one data folder serves one hub:
 :class:`DataDirLock` (``DATA/hub.lock``, an ``flock`` the kernel drops when the process
 dies, even by ``kill -9``) makes a second hub on the same folder refuse to start.
@@ -52,6 +54,7 @@ __all__ = [
     "CATALOG_NAME",
     "DataDirLock",
     "DataDirLocked",
+    "NotAHubFolder",
     "ReconcileReport",
     "prepare_data_dir",
     "reconcile",
@@ -101,6 +104,10 @@ class ReconcileReport:
         if self.permissions_fixed:
             line += f"; made {self.permissions_fixed} path(s) private"
         return line
+
+
+class NotAHubFolder(SwarmhubError):
+    """``--data`` names a folder with other things in it: the hub will not touch it."""
 
 
 class DataDirLocked(SwarmhubError):
@@ -157,11 +164,17 @@ def prepare_data_dir(data_dir: Path) -> int:
     The folder becomes 0700 and each file directly in it 0600 (catalog, WAL files and
     any secret file kept there). The catalog is created empty with 0600 if missing, so
     that SQLite, which gives its ``-wal`` and ``-shm`` files the database's mode, never
-    makes a readable one.
+    makes a readable one. Raises :class:`NotAHubFolder` for a non-empty folder without
+    a catalog.
     """
+    catalog = data_dir / CATALOG_NAME
+    if data_dir.is_dir() and not catalog.exists() and any(data_dir.iterdir()):
+        raise NotAHubFolder(
+            f"{data_dir} is not empty and holds no hub catalog ({CATALOG_NAME}); "
+            "choose a new or empty folder for --data"
+        )
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fixed = int(_tighten(data_dir, 0o700))
-    catalog = data_dir / CATALOG_NAME
     if not catalog.exists():
         os.close(os.open(catalog, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     for entry in data_dir.iterdir():
