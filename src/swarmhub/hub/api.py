@@ -47,10 +47,12 @@ from swarmhub.hub.catalog import (
     validate_collection_name,
     validate_file_name,
 )
+from swarmhub.hub.testhooks import pause_point
 from swarmhub.hub.tracker import TrackerState
 from swarmhub.metainfo import Metainfo, create_torrent, load_torrent, make_magnet, torrent_bytes
 
 __all__ = [
+    "DEFAULT_PEER_PORT",
     "HUB_KEY",
     "GiB",
     "Hub",
@@ -65,6 +67,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
+#: The embedded seeder's default port: not 6881, the usual port of a peer (``seed --listen``).
+DEFAULT_PEER_PORT = 7881
 _MAX_FIELD = 1024  # bytes of a small form field such as "collection"
 _MAX_PAGE = 1000
 
@@ -87,7 +91,7 @@ class HubConfig:
     tracker_interval: int = 1800
     tracker_min_interval: int = 60
     #: Where the embedded seeder accepts peers; None runs the hub without it.
-    peer_listen: tuple[str, int] | None = ("127.0.0.1", 6881)
+    peer_listen: tuple[str, int] | None = ("127.0.0.1", DEFAULT_PEER_PORT)
     #: Largest request line / header field aiohttp accepts (431 beyond).
     max_header_size: int = 8190
 
@@ -128,6 +132,8 @@ class Hub:
     pinned: Counter[str] = field(default_factory=Counter)
     #: File bytes the HTTP origin sent, per file id (the admin page's "served over HTTP").
     http_bytes: Counter[str] = field(default_factory=Counter)
+    #: Ids of catalogued files whose blob was missing at start-up (``hub.reconcile``).
+    missing_blobs: set[str] = field(default_factory=set)
 
     # -- URLs ------------------------------------------------------------------------------
 
@@ -243,7 +249,7 @@ def _make_torrents(path: Path, hub: Hub, private: bool, web_seed: str) -> tuple[
 
 def link_into_seed_dir(blob: Path, target: Path) -> None:
     """``DATA/seed/<id>/<name>``: the blob under its published name, for torrent and seeder."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         os.link(blob, target)
     except OSError as exc:
@@ -361,12 +367,14 @@ async def _catalogue(
     stub = FileRecord(file_id, name, size, sha, collection, private, 0.0, None, None, None, 0, None)
     try:
         await asyncio.to_thread(link_into_seed_dir, blob, seed_path)
+        await pause_point("hashing")
         try:
             hybrid, v1 = await asyncio.to_thread(
                 _make_torrents, seed_path, hub, private, hub.file_url(stub)
             )
         except MetainfoError as exc:  # an empty file, for instance
             raise InvalidError(str(exc)) from None
+        await pause_point("torrent")
         record = await hub.catalog.run(
             hub.catalog.add_file,
             file_id=file_id,
@@ -385,11 +393,13 @@ async def _catalogue(
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, hub.seed_dir(file_id), True)
         raise
+    await pause_point("catalog")
     if hub.seeder is not None:
         try:
             await hub.seeder.add(record, [hybrid, v1])
         except Exception:
             log.exception("the embedded seeder could not add %s", record.id)
+    await pause_point("seeding")
     return record
 
 
@@ -466,6 +476,7 @@ async def delete_file(request: web.Request) -> web.Response:
     await asyncio.to_thread(shutil.rmtree, hub.seed_dir(record.id), True)
     _collect_garbage(hub, record.sha256)
     hub.http_bytes.pop(record.id, None)
+    hub.missing_blobs.discard(record.id)
     log.info("deleted %s (%s)", record.id, record.name)
     return web.json_response({"deleted": record.id})
 
@@ -548,7 +559,8 @@ async def whoami(request: web.Request) -> web.Response:
 async def get_stats(request: web.Request) -> web.Response:
     hub = _hub(request)
     await require(request, hub.catalog, Role.ADMIN)
-    stats = await hub.catalog.run(hub.catalog.stats)
+    stats: dict[str, Any] = await hub.catalog.run(hub.catalog.stats)
+    stats["missing_blobs"] = len(hub.missing_blobs)
     return web.json_response(stats)
 
 

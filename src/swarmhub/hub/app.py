@@ -19,6 +19,7 @@ import importlib.resources
 import json
 import logging
 import mimetypes
+import os
 import secrets
 import time
 import urllib.parse
@@ -32,7 +33,7 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from swarmhub.bencode import bencode
-from swarmhub.errors import AuthError, StorageError, TrackerError
+from swarmhub.errors import AuthError, StorageError, SwarmhubError, TrackerError
 from swarmhub.hub.api import (
     HUB_KEY,
     Hub,
@@ -52,6 +53,7 @@ from swarmhub.hub.catalog import (
 )
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
+from swarmhub.hub.reconcile import CATALOG_NAME, DataDirLock, prepare_data_dir, reconcile
 from swarmhub.hub.tracker import (
     TrackerState,
     failure_body,
@@ -64,6 +66,7 @@ __all__ = [
     "HubConfig",
     "HubRunner",
     "Seeder",
+    "StartupError",
     "admin_token_for_first_start",
     "make_hub_app",
     "start_hub",
@@ -73,6 +76,10 @@ log = logging.getLogger(__name__)
 
 _PLAIN = "text/plain"
 _ID = "{id:[A-Za-z0-9_-]{1,64}}"
+
+
+class StartupError(SwarmhubError):
+    """The hub cannot start (a port is taken...); no token was made, the message says why."""
 
 
 def _origin() -> ModuleType | None:
@@ -112,7 +119,11 @@ class Seeder:
                             upload_rate_limit=int(self.hub.config.upload_rate or 0))
         try:
             async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state") as s:
-                self.port = await s.listen(*self.listen)
+                try:
+                    self.port = await s.listen(*self.listen)
+                except OSError as exc:  # the hub refuses to start: no traceback for that
+                    self._failed = exc
+                    return
                 self.session = s
                 self.ready.set()
                 records = await self.hub.catalog.run(self.hub.catalog.all_files)
@@ -535,6 +546,11 @@ _ADMIN_HEADERS = {
 }
 
 
+async def root_redirect(request: web.Request) -> web.Response:
+    """``/`` -> ``/admin/``: a browser pointed at the hub lands on its admin page."""
+    raise web.HTTPFound("admin/")  # relative, like admin_redirect; 302: / may serve more later
+
+
 async def admin_redirect(request: web.Request) -> web.Response:
     """``/admin`` -> ``/admin/``: the page's relative URLs (``admin.js``, ``../api``) need it."""
     raise web.HTTPPermanentRedirect("admin/")  # relative: works behind a path prefix
@@ -564,7 +580,8 @@ async def admin_asset(request: web.Request) -> web.Response:
 
 def admin_token_for_first_start(config: HubConfig) -> str | None:
     """Create the first admin token of a new hub (None when the hub has tokens already)."""
-    catalog = Catalog(config.data_dir / "catalog.sqlite3")
+    prepare_data_dir(config.data_dir)
+    catalog = Catalog(config.data_dir / CATALOG_NAME)
     try:
         return ensure_admin_token(catalog)
     finally:
@@ -573,8 +590,8 @@ def admin_token_for_first_start(config: HubConfig) -> str | None:
 
 def make_hub_app(config: HubConfig) -> web.Application:
     """The whole hub as one aiohttp application (serve it with :class:`HubRunner`)."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog(config.data_dir / "catalog.sqlite3")
+    prepare_data_dir(config.data_dir)
+    catalog = Catalog(config.data_dir / CATALOG_NAME)
     blobs = BlobStore(config.data_dir)
     tracker = TrackerState(
         interval=config.tracker_interval,
@@ -603,28 +620,52 @@ def make_hub_app(config: HubConfig) -> web.Application:
     r.add_get("/scrape", scrape)
     r.add_get("/metrics", metrics)
     r.add_get("/api/openapi.yaml", openapi)
+    r.add_get("/", root_redirect)
     r.add_get("/admin", admin_redirect)
     r.add_get("/admin/", admin_page)
     r.add_get("/admin/{name}", admin_asset)
+    app.cleanup_ctx.append(_data_dir_lock)
     app.cleanup_ctx.append(_background)
     return app
 
 
-async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Temp cleanup, the tracker's peer purge and the embedded seeder, for the app's life."""
+async def _data_dir_lock(app: web.Application) -> AsyncIterator[None]:
+    """One hub per data folder: the storage check would sweep another hub's uploads."""
     hub = app[HUB_KEY]
-    gone = await asyncio.to_thread(hub.blobs.clean_tmp)
-    if gone:
-        log.info("removed %d temp file(s) left by an earlier run", gone)
+    lock = DataDirLock(hub.config.data_dir)
+    try:
+        lock.acquire()
+    except BaseException:
+        hub.catalog.close()
+        raise
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Storage check, the tracker's peer purge and the embedded seeder, for the app's life."""
+    hub = app[HUB_KEY]
+    report = await asyncio.to_thread(reconcile, hub.config.data_dir, hub.catalog)
+    hub.missing_blobs = set(report.missing)
+    if report.removed or report.missing or report.restored_blobs or report.permissions_fixed:
+        log.warning("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
     seeder: Seeder | None = None
     seeder_task: asyncio.Task[None] | None = None
     if hub.config.peer_listen is not None:
         seeder = Seeder(hub, hub.config.peer_listen)
         seeder_task = asyncio.create_task(seeder.run(), name="hub-seeder")
         await asyncio.wait_for(seeder.ready.wait(), 30)
-        if seeder.session is not None:
-            hub.seeder = seeder
-            log.info("embedded seeder listening on %s:%d", hub.config.peer_listen[0], seeder.port)
+        if seeder.session is None:
+            await seeder_task
+            hub.catalog.close()
+            raise StartupError(_bind_failure("the embedded seeder", hub.config.peer_listen,
+                                             seeder._failed, "--peer-listen HOST:PORT or 'off'"))
+        hub.seeder = seeder
+        log.info("embedded seeder listening on %s:%d", hub.config.peer_listen[0], seeder.port)
 
     async def purge() -> None:
         clock = asyncio.get_running_loop()
@@ -652,10 +693,28 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:
     """Start the hub on ``host:port``; stop it with ``await runner.cleanup()``."""
     runner = HubRunner(make_hub_app(config), config)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        await runner.cleanup()  # ends the start-up contexts that did start (the lock...)
+        raise
     try:
         await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(_bind_failure("HTTP", (host, port), exc, "--listen HOST:PORT")) from None
     except BaseException:
         await runner.cleanup()
         raise
     return runner
+
+
+def _bind_failure(
+    what: str, addr: tuple[str, int], exc: BaseException | None, option: str
+) -> str:
+    """One line an operator can act on: what could not listen where, why, which flag."""
+    if isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno).lower()  # aiohttp's own strerror repeats the address
+    else:
+        reason = str(exc or "unknown error")
+    return f"cannot listen for {what} on {addr[0]}:{addr[1]} ({reason}); choose another {option}"

@@ -32,6 +32,7 @@ from swarmhub.errors import StorageError
 
 __all__ = [
     "BATCH_SIZE",
+    "BLOB_MODE",
     "BlobInfo",
     "BlobStore",
     "StagedBlob",
@@ -41,6 +42,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Blobs are immutable and only the hub reads them; the seed/ hard links share this mode.
+BLOB_MODE = 0o400
 #: Bytes gathered before one hash+write job goes to a thread.
 BATCH_SIZE = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -105,8 +108,8 @@ class BlobStore:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path_for(self, sha256: str) -> Path:
         """Where the blob with this hex digest lives (whether or not it exists)."""
@@ -139,7 +142,7 @@ class BlobStore:
         """
         loop = asyncio.get_running_loop()
         temp = self.tmp_dir / f"upload-{secrets.token_hex(8)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         digest = hashlib.sha256()
         size = 0
         pending: asyncio.Future[None] | None = None
@@ -214,8 +217,8 @@ class BlobStore:
             if final.is_file():
                 staged.temp_path.unlink()
             else:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.chmod(staged.temp_path, 0o444)  # blobs are immutable; hard links share this
+                final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.chmod(staged.temp_path, BLOB_MODE)
                 os.rename(staged.temp_path, final)
                 _fsync_dir(final.parent)
         except OSError as exc:

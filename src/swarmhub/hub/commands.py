@@ -1,4 +1,5 @@
-"""CLI commands of the hub: ``swarmhub hub`` (run one) and ``swarmhub publish`` (upload to one).
+"""CLI commands of the hub: ``swarmhub hub`` (run one), ``swarmhub hub token --new`` (a new
+admin token, offline), ``swarmhub publish`` (upload to one) and ``swarmhub admin ...``.
 
 Kept out of ``cli.py`` so the peer CLI does not import the hub's server code; ``cli.py``
 calls :func:`register` to add them to its Typer app.
@@ -9,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from swarmhub.aio import run_cancellable
+from swarmhub.errors import SwarmhubError
 
-__all__ = ["default_data_dir", "publish_file", "register", "run_hub"]
+__all__ = ["default_data_dir", "hub_app", "publish_file", "register", "run_hub"]
 
 log = logging.getLogger(__name__)
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)  # an error stays one line, whatever its length
 _out = Console(soft_wrap=True)
 
 
@@ -46,13 +50,26 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 # ------------------------------------------------------------------------------ hub
 
 
-async def run_hub(config: Any, host: str, port: int) -> int:
-    """Serve the hub until cancelled; print the admin token on the first start."""
-    from swarmhub.hub.app import admin_token_for_first_start, start_hub
+#: The hub's data files are its own: nothing it creates is readable by other users.
+_HUB_UMASK = 0o077
 
-    token = await asyncio.to_thread(admin_token_for_first_start, config)
+hub_app = typer.Typer(add_completion=False)
+
+
+async def run_hub(config: Any, host: str, port: int) -> int:
+    """Serve the hub until cancelled; print the admin token on the first start.
+
+    The token is made only once HTTP and the seeder listen: a start that fails creates
+    nothing, so the next successful one still shows the first token.
+    """
+    from swarmhub.hub.api import HUB_KEY
+    from swarmhub.hub.app import start_hub
+    from swarmhub.hub.auth import ensure_admin_token
+
     runner = await start_hub(config, host, port)
     try:
+        catalog = runner.app[HUB_KEY].catalog
+        token = await catalog.run(ensure_admin_token, catalog)
         _out.print(f"hub listening on http://{host}:{port} (public URL {config.base_url})")
         if token is not None:
             _out.print(f"admin page:  {config.base_url}/admin")
@@ -64,7 +81,9 @@ async def run_hub(config: Any, host: str, port: int) -> int:
     return 0
 
 
+@hub_app.callback(invoke_without_command=True)
 def hub(
+    ctx: typer.Context,
     data: Annotated[
         Path | None, typer.Option(help="Data folder (catalog, blobs); default: XDG data dir.")
     ] = None,
@@ -75,7 +94,7 @@ def hub(
     ] = None,
     peer_listen: Annotated[
         str, typer.Option(help="HOST:PORT of the embedded seeder, or 'off'.")
-    ] = "127.0.0.1:6881",
+    ] = "127.0.0.1:7881",  # api.DEFAULT_PEER_PORT (not imported: keeps the CLI light)
     max_transfers: Annotated[
         int, typer.Option(help="Concurrent HTTP downloads before 503 (0 = no cap).", min=0)
     ] = 0,
@@ -89,9 +108,15 @@ def hub(
     ] = 1800,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
-    """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder."""
+    """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder.
+
+    Refuses to start if a port is taken; 'swarmhub hub token --new' makes an admin token.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from swarmhub.hub.api import HubConfig
 
+    os.umask(_HUB_UMASK)
     logging.basicConfig(
         level=max(logging.WARNING - 10 * verbose, logging.DEBUG),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -113,10 +138,50 @@ def hub(
     )
     try:
         code = _run(run_hub(config, host, port))
-    except OSError as exc:
-        _err.print(f"[bold red]error:[/] cannot start the hub: {exc}")
+    except (OSError, SwarmhubError) as exc:
+        _err.print(f"[bold red]error:[/] cannot start the hub: {escape(str(exc))}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+@hub_app.command("token")
+def hub_token(
+    new: Annotated[bool, typer.Option("--new", help="Issue a new admin token.")] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="The hub's data folder; default: XDG data dir.")
+    ] = None,
+    label: Annotated[str, typer.Option(help="Label shown in the token list.")] = "hub token --new",
+) -> None:
+    """Issue a new admin token, offline: the hub may be stopped (or running).
+
+    Tokens are stored hashed, so a lost one cannot be shown again: revoke it afterwards.
+    """
+    from swarmhub.hub.catalog import Catalog
+    from swarmhub.hub.reconcile import CATALOG_NAME, prepare_data_dir
+
+    if not new:
+        _err.print("[bold red]error:[/] tokens are stored hashed and cannot be shown again; "
+                   "pass --new to issue a new admin token")
+        raise typer.Exit(2)
+    data_dir = data or default_data_dir()
+    if not (data_dir / CATALOG_NAME).is_file():
+        _err.print(f"[bold red]error:[/] no hub catalog in {escape(str(data_dir))}; "
+                   "check --data (a hub's first start creates it)")
+        raise typer.Exit(1)
+    os.umask(_HUB_UMASK)
+    try:
+        prepare_data_dir(data_dir)
+        catalog = Catalog(data_dir / CATALOG_NAME)
+        try:
+            secret, record = catalog.add_token("admin", label)
+        finally:
+            catalog.close()
+    except (OSError, SwarmhubError, sqlite3.Error) as exc:
+        _err.print(f"[bold red]error:[/] cannot issue a token in {escape(str(data_dir))}: "
+                   f"{escape(str(exc))}")
+        raise typer.Exit(1) from None
+    _out.print(f"admin token: {secret}")
+    _out.print(f"token id:    {record.id} (shown once: only its hash is stored)")
 
 
 # ------------------------------------------------------------------------------ publish
@@ -184,6 +249,9 @@ def _run_plain(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``hub`` and ``publish`` to the ``swarmhub`` command."""
-    app.command("hub")(hub)
+    """Add ``hub`` (with ``hub token``), ``publish`` and ``admin`` to the ``swarmhub`` command."""
+    from swarmhub.hub.admin_cli import admin_app
+
+    app.add_typer(hub_app, name="hub")
     app.command("publish")(publish)
+    app.add_typer(admin_app, name="admin")
