@@ -281,7 +281,14 @@ class Torrent:
             return "too many connections in this session"
         if any(p.remote_id == peer_id for p in self.peers):
             return "already connected to this peer"
-        return None
+        admit = self.session.peer_filter
+        return None if admit is None else admit(self.meta.info_hash, addr, peer_id)
+
+    def add_peers(self, addrs: list[tuple[str, int]]) -> None:
+        """Queue addresses to dial that an embedder found itself (the hub's own tracker)."""
+        for addr in addrs:
+            if addr not in self.candidates and addr != self.session.listen_addr:
+                self.candidates.append(addr)
 
     def on_peer_connected(self, peer: Peer) -> None:
         self.peers.add(peer)
