@@ -16,10 +16,11 @@ import asyncio
 import contextlib
 import importlib
 import importlib.resources
+import ipaddress
 import json
 import logging
 import mimetypes
-import secrets
+import socket
 import time
 import urllib.parse
 from collections import Counter
@@ -32,7 +33,9 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from swarmhub.bencode import bencode
+from swarmhub.discovery.tracker import parse_announce_response
 from swarmhub.errors import AuthError, StorageError, TrackerError
+from swarmhub.hub.access import SwarmAccess, normalize_ip
 from swarmhub.hub.api import (
     HUB_KEY,
     Hub,
@@ -53,6 +56,7 @@ from swarmhub.hub.catalog import (
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
 from swarmhub.hub.tracker import (
+    AnnounceParams,
     TrackerState,
     failure_body,
     parse_announce_query,
@@ -91,6 +95,11 @@ class Seeder:
 
     It runs in a task of its own that owns the Session (its task group lives and dies in
     that task); the API calls :meth:`add`/:meth:`remove` from request handlers.
+
+    It holds no passkey: it enters its swarms in the tracker in-process (and dials the
+    leechers the tracker lists, which peers that only accept incoming connections need),
+    and it admits a private torrent's peer only under the hub's access rule
+    (:meth:`admit`, :mod:`swarmhub.hub.access`).
     """
 
     def __init__(self, hub: Hub, listen: tuple[str, int]) -> None:
@@ -101,6 +110,8 @@ class Seeder:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._failed: BaseException | None = None
+        #: The address other peers dial to reach this seeder (what the tracker lists).
+        self.announce_ip = "127.0.0.1"
 
     async def run(self) -> None:
         from swarmhub.engine.session import Session
@@ -111,14 +122,22 @@ class Seeder:
         settings = Settings(enable_dht=False, enable_lsd=False,
                             upload_rate_limit=int(self.hub.config.upload_rate or 0))
         try:
-            async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state") as s:
+            async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state",
+                               peer_filter=self.admit) as s:
                 self.port = await s.listen(*self.listen)
+                self.announce_ip = await self._announce_ip()
                 self.session = s
                 self.ready.set()
                 records = await self.hub.catalog.run(self.hub.catalog.all_files)
                 for record in records:
                     await self._add_existing(record)
-                await self._stop.wait()
+                tracker = self.hub.tracker
+                period = min(tracker.interval, tracker.min_interval)
+                while not self._stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), period)
+                    for torrent in list(s.torrents.values()):
+                        self._register(torrent)
                 self.session = None
         except Exception as exc:
             self._failed = exc
@@ -141,18 +160,76 @@ class Seeder:
         except Exception as exc:
             log.warning("cannot seed %s (%s): %s", record.id, record.name, exc)
 
+    async def _announce_ip(self) -> str:
+        """The listen address, or for a wildcard one the address of the public URL's host."""
+        host = self.listen[0].strip("[]")
+        if host not in ("", "0.0.0.0", "::"):
+            return normalize_ip(host)
+        name = urllib.parse.urlsplit(self.hub.config.public_url).hostname or "127.0.0.1"
+        try:
+            return normalize_ip(str(ipaddress.ip_address(name)))
+        except ValueError:
+            pass
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                name, self.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            log.warning("cannot resolve %s for the seeder's tracker entry (%s); using "
+                        "127.0.0.1", name, exc)
+            return "127.0.0.1"
+        return normalize_ip(str(infos[0][4][0]))
+
+    def _register(self, torrent: Any) -> None:
+        """Enter (or refresh) the seeder in its swarms in-process, and dial their leechers."""
+        meta = torrent.meta
+        now = asyncio.get_running_loop().time()
+        session = self.session
+        if session is None:
+            return
+        for ih in {h[:20] for h in (meta.info_hash_v1, meta.info_hash_v2) if h}:
+            params = AnnounceParams(info_hash=ih, peer_id=session.peer_id,
+                                    ip=self.announce_ip, port=self.port, left=0, numwant=200)
+            try:
+                answer = parse_announce_response(self.hub.tracker.announce(params, now))
+            except TrackerError:  # the file was deleted meanwhile
+                continue
+            torrent.add_peers(answer.peers)
+
+    def admit(self, info_hash: bytes, addr: tuple[str, int], peer_id: bytes) -> str | None:
+        """The seeder's peer filter: everyone for public files, proven readers for private."""
+        entry = self.hub.catalog.lookup_info_hash(info_hash[:20])
+        if entry is None:
+            return "not a torrent of this hub"
+        file_id, private = entry
+        if not private:
+            return None
+        if self.hub.access.allows(file_id, addr[0], peer_id, asyncio.get_running_loop().time()):
+            return None
+        return "private torrent: announce to the hub's tracker with a live passkey first"
+
+    def enforce(self) -> int:
+        """Close every connection :meth:`admit` would now refuse (a revoked passkey)."""
+        session = self.session
+        if session is None:
+            return 0
+        closed = 0
+        for torrent in list(session.torrents.values()):
+            for peer in list(torrent.peers):
+                reason = self.admit(torrent.meta.info_hash, peer.addr, peer.remote_id)
+                if reason is not None:
+                    peer.close(f"access ended: {reason}")
+                    closed += 1
+        return closed
+
     async def add(self, record: FileRecord, metas: list[Metainfo]) -> None:
         """Seed the file's hybrid and v1 torrents (two swarms over the same bytes)."""
         if self.session is None:
             return
-        passkey = self.hub.seeder_passkey if record.private else None
         for meta in metas:
-            await self.session.add(
-                meta,
-                self.hub.seed_dir(record.id),
-                seed_mode=True,
-                trackers=[[self.hub.announce_url(passkey)]],
+            torrent = await self.session.add(
+                meta, self.hub.seed_dir(record.id), seed_mode=True, trackers=[]
             )
+            self._register(torrent)
 
     async def remove(self, record: FileRecord) -> None:
         """Stop seeding a deleted file (the Session keeps a stopped entry until restart)."""
@@ -322,12 +399,10 @@ async def download(request: web.Request) -> web.StreamResponse:
 async def download_with_passkey(request: web.Request) -> web.StreamResponse:
     """``/k/{passkey}/{id}/{name}``: the web seed URL inside a user's private torrent."""
     hub = request.app[HUB_KEY]
-    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
-    passkey = request.match_info["passkey"]
-    if not (
-        hub.catalog.passkey_is_live(passkey) or secrets.compare_digest(passkey, hub.seeder_passkey)
-    ):
+    # The passkey first: without a live one, nothing (not even whether the file exists).
+    if not hub.catalog.passkey_is_live(request.match_info["passkey"]):
         raise web.HTTPForbidden(reason="unknown or revoked passkey")
+    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
     return await _serve(request, hub, record)
 
 
@@ -385,11 +460,7 @@ def _passkey(raw_query: str) -> str | None:
 
 
 def _passkey_ok(hub: Hub, passkey: str | None) -> bool:
-    if not passkey:
-        return False
-    return hub.catalog.passkey_is_live(passkey) or secrets.compare_digest(
-        passkey.encode(), hub.seeder_passkey.encode()
-    )
+    return bool(passkey) and hub.catalog.passkey_is_live(passkey or "")
 
 
 def _bencoded(body: bytes) -> web.Response:
@@ -409,6 +480,7 @@ async def announce(request: web.Request) -> web.Response:
     if entry is None:
         hub.announce_failures += 1
         return _bencoded(failure_body("unregistered torrent: this hub does not track it"))
+    owner: str | None = None
     if entry[1]:
         passkey = _passkey(raw)
         if not passkey:
@@ -418,11 +490,21 @@ async def announce(request: web.Request) -> web.Response:
                     "private torrent: announce with your passkey (download the .torrent again)"
                 )
             )
-        if not _passkey_ok(hub, passkey):
+        owner = hub.catalog.passkey_owner(passkey)
+        if owner is None:
             hub.announce_failures += 1
             return _bencoded(failure_body("unknown or revoked passkey"))
     hub.announces += 1
-    return _bencoded(hub.tracker.announce(params, asyncio.get_running_loop().time()))
+    now = asyncio.get_running_loop().time()
+    body = hub.tracker.announce(params, now)
+    if owner is not None and params.event != "stopped":
+        # The proof the seeder admits private peers by: this peer id, from this address
+        # (the connection's, never a claimed ip=), holds a live passkey for this file.
+        hub.access.record(
+            file_id=entry[0], ip=request.remote or "", peer_id=params.peer_id, token_id=owner,
+            entry=(params.info_hash, params.ip, params.port, params.peer_id), now=now,
+        )
+    return _bencoded(body)
 
 
 async def scrape(request: web.Request) -> web.Response:
@@ -587,7 +669,8 @@ def make_hub_app(config: HubConfig) -> web.Application:
         limiter = origin.OriginLimiter(
             max_transfers=config.max_transfers, upload_rate=config.upload_rate
         )
-    hub = Hub(config, catalog, blobs, tracker, limiter, seeder_passkey=secrets.token_hex(16))
+    access = SwarmAccess(ttl=config.tracker_interval + config.tracker_min_interval)
+    hub = Hub(config, catalog, blobs, tracker, limiter, access=access)
     app = web.Application(middlewares=[json_errors_middleware(_error_response)],
                           client_max_size=1 << 20)
     app[HUB_KEY] = hub
@@ -631,6 +714,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(hub.tracker.min_interval)
             hub.tracker.purge(clock.time())
+            # Peers that stopped announcing lose their proof, and then their connections.
+            if hub.access.expire(clock.time()) and hub.seeder is not None:
+                hub.seeder.enforce()
 
     purger = asyncio.create_task(purge(), name="hub-tracker-purge")
     try:

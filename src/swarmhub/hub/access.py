@@ -1,0 +1,104 @@
+"""Who may reach a private file's bytes over BitTorrent: peers that proved a live passkey.
+
+The hub has one access rule for every path to a private file: the caller holds a live
+credential of a reader. HTTP downloads show a token, the web seed URL and the tracker
+announce show a passkey. A peer connecting to the embedded seeder shows neither: the
+BitTorrent handshake carries only an info hash and a peer id, which anyone in a swarm
+learns. So the seeder admits a private torrent's peer only after that peer announced to
+our tracker with a live passkey *from the address it connects from* (and, on addresses
+shared by several peers such as loopback or a NAT, with the peer id it connects with).
+
+:class:`SwarmAccess` remembers those announces for one announce interval plus the minimum
+interval (a client re-announcing a little late keeps its access). Revoking a token forgets
+its announces at once and returns the tracker entries they made, so the hub can drop them
+from the tracker and close the seeder's connections to those peers. It is sans-IO: every
+method takes the time, nothing touches a socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+__all__ = ["SwarmAccess", "TrackerEntry", "normalize_ip"]
+
+#: What the tracker holds for one announcing peer: (info hash, ip, port, peer id).
+TrackerEntry = tuple[bytes, str, int, bytes]
+
+
+def normalize_ip(text: str) -> str:
+    """Canonical text of an address (IPv4-mapped IPv6 -> IPv4); the text itself if not an IP.
+
+    Announces and peer connections must compare equal when they come from one host, and a
+    dual-stack socket reports IPv4 peers as ``::ffff:a.b.c.d``.
+    """
+    try:
+        addr = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return text
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+@dataclass(slots=True)
+class _Grant:
+    token_id: str
+    expires: float
+    #: The tracker entries this peer made with the token's passkey.
+    entries: set[TrackerEntry] = field(default_factory=set)
+
+
+class SwarmAccess:
+    """Peers (file, ip, peer id) that announced with a live passkey, until ``now + ttl``."""
+
+    def __init__(self, ttl: float = 1800.0 + 60.0) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        self.ttl = ttl
+        self._grants: dict[tuple[str, str, bytes], _Grant] = {}
+        self._by_token: dict[str, set[tuple[str, str, bytes]]] = {}
+
+    def record(
+        self, *, file_id: str, ip: str, peer_id: bytes, token_id: str, entry: TrackerEntry,
+        now: float,
+    ) -> None:
+        """A peer announced for ``file_id`` from ``ip`` with ``token_id``'s live passkey."""
+        key = (file_id, normalize_ip(ip), peer_id)
+        grant = self._grants.get(key)
+        if grant is None or grant.token_id != token_id:
+            if grant is not None:  # the same peer, now with another user's passkey
+                self._by_token.get(grant.token_id, set()).discard(key)
+            grant = self._grants[key] = _Grant(token_id, now + self.ttl)
+            self._by_token.setdefault(token_id, set()).add(key)
+        grant.expires = now + self.ttl
+        grant.entries.add(entry)
+
+    def allows(self, file_id: str, ip: str, peer_id: bytes, now: float) -> bool:
+        """Whether this peer may exchange ``file_id``'s pieces with the hub's seeder now."""
+        grant = self._grants.get((file_id, normalize_ip(ip), peer_id))
+        return grant is not None and grant.expires > now
+
+    def revoke(self, token_id: str) -> list[TrackerEntry]:
+        """Forget every peer admitted by ``token_id``; returns their tracker entries."""
+        entries: list[TrackerEntry] = []
+        for key in self._by_token.pop(token_id, set()):
+            grant = self._grants.pop(key, None)
+            if grant is not None:
+                entries += grant.entries
+        return entries
+
+    def expire(self, now: float) -> int:
+        """Drop grants whose peer stopped announcing; returns how many went."""
+        stale = [key for key, g in self._grants.items() if g.expires <= now]
+        for key in stale:
+            grant = self._grants.pop(key)
+            keys = self._by_token.get(grant.token_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_token[grant.token_id]
+        return len(stale)
+
+    def __len__(self) -> int:
+        return len(self._grants)
