@@ -40,9 +40,10 @@ __all__ = ["PeerFilter", "Session", "default_state_dir", "make_peer_id"]
 
 log = logging.getLogger(__name__)
 
-#: ``(info_hash, address, peer_id) -> refusal reason or None``: an embedder's admission
-#: rule, consulted for every incoming and outgoing connection after the handshake.
-PeerFilter = Callable[[bytes, tuple[str, int], bytes], str | None]
+#: ``(info_hash, address, peer_id, outgoing) -> refusal reason or None``: an embedder's
+#: admission rule, consulted for every connection after the handshake. ``outgoing`` says we
+#: dialed ``address`` (so it is the peer's listening address, not an ephemeral port).
+PeerFilter = Callable[[bytes, tuple[str, int], bytes, bool], str | None]
 
 
 def make_peer_id(prefix: str, rng: random.Random | None = None) -> bytes:

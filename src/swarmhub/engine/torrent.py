@@ -270,7 +270,8 @@ class Torrent:
             return (addr[0], peer_id)
         return addr[0]
 
-    def can_accept(self, addr: tuple[str, int], peer_id: bytes) -> str | None:
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes,
+                   outgoing: bool = False) -> str | None:
         if self._stopping or self.state is TorrentState.ERROR:
             return "torrent is not active"
         if self.ban_key(addr, peer_id) in self.banned:
@@ -282,7 +283,7 @@ class Torrent:
         if any(p.remote_id == peer_id for p in self.peers):
             return "already connected to this peer"
         admit = self.session.peer_filter
-        return None if admit is None else admit(self.meta.info_hash, addr, peer_id)
+        return None if admit is None else admit(self.meta.info_hash, addr, peer_id, outgoing)
 
     def add_peers(self, addrs: list[tuple[str, int]]) -> None:
         """Queue addresses to dial that an embedder found itself (the hub's own tracker)."""

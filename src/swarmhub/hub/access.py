@@ -5,8 +5,14 @@ credential of a reader. HTTP downloads show a token, the web seed URL and the tr
 announce show a passkey. A peer connecting to the embedded seeder shows neither: the
 BitTorrent handshake carries only an info hash and a peer id, which anyone in a swarm
 learns. So the seeder admits a private torrent's peer only after that peer announced to
-our tracker with a live passkey *from the address it connects from* (and, on addresses
-shared by several peers such as loopback or a NAT, with the peer id it connects with).
+our tracker with a live passkey from the address it connects from, and either
+
+- connects with the peer id it announced with (most clients keep one peer id), or
+- is the peer the seeder dialed at the address it announced: the connection's IP and
+  the announced listening port. libtorrent sends a fresh random peer id on every
+  connection, so for it (and for peers behind one address, as on loopback or a NAT)
+  the address it can be reached at is the proof; the hub dials each such peer as soon
+  as it announces.
 
 :class:`SwarmAccess` remembers those announces for one announce interval plus the minimum
 interval (a client re-announcing a little late keeps its access). Revoking a token forgets
@@ -24,6 +30,8 @@ __all__ = ["SwarmAccess", "TrackerEntry", "normalize_ip"]
 
 #: What the tracker holds for one announcing peer: (info hash, ip, port, peer id).
 TrackerEntry = tuple[bytes, str, int, bytes]
+#: A proven peer: (file id, ip, peer id).
+_Key = tuple[str, str, bytes]
 
 
 def normalize_ip(text: str) -> str:
@@ -47,6 +55,8 @@ class _Grant:
     expires: float
     #: The tracker entries this peer made with the token's passkey.
     entries: set[TrackerEntry] = field(default_factory=set)
+    #: Where it listens: (connection IP, announced port).
+    listen: set[tuple[str, int]] = field(default_factory=set)
 
 
 class SwarmAccess:
@@ -56,49 +66,73 @@ class SwarmAccess:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         self.ttl = ttl
-        self._grants: dict[tuple[str, str, bytes], _Grant] = {}
-        self._by_token: dict[str, set[tuple[str, str, bytes]]] = {}
+        self._grants: dict[_Key, _Grant] = {}
+        self._by_token: dict[str, set[_Key]] = {}
+        #: (file id, ip, listening port) -> the grant that announced it.
+        self._listening: dict[tuple[str, str, int], _Key] = {}
 
     def record(
-        self, *, file_id: str, ip: str, peer_id: bytes, token_id: str, entry: TrackerEntry,
-        now: float,
+        self, *, file_id: str, ip: str, port: int, peer_id: bytes, token_id: str,
+        entry: TrackerEntry, now: float,
     ) -> None:
-        """A peer announced for ``file_id`` from ``ip`` with ``token_id``'s live passkey."""
-        key = (file_id, normalize_ip(ip), peer_id)
+        """A peer announced for ``file_id`` with ``token_id``'s live passkey.
+
+        ``ip`` is the address the announce came from (never a claimed ``ip=``), ``port``
+        the listening port it announced.
+        """
+        ip = normalize_ip(ip)
+        key = (file_id, ip, peer_id)
         grant = self._grants.get(key)
-        if grant is None or grant.token_id != token_id:
-            if grant is not None:  # the same peer, now with another user's passkey
-                self._by_token.get(grant.token_id, set()).discard(key)
+        if grant is not None and grant.token_id != token_id:  # now with another's passkey
+            self._forget(key)
+            grant = None
+        if grant is None:
             grant = self._grants[key] = _Grant(token_id, now + self.ttl)
             self._by_token.setdefault(token_id, set()).add(key)
         grant.expires = now + self.ttl
         grant.entries.add(entry)
+        grant.listen.add((ip, port))
+        self._listening[(file_id, ip, port)] = key
 
-    def allows(self, file_id: str, ip: str, peer_id: bytes, now: float) -> bool:
-        """Whether this peer may exchange ``file_id``'s pieces with the hub's seeder now."""
-        grant = self._grants.get((file_id, normalize_ip(ip), peer_id))
+    def allows(
+        self, file_id: str, addr: tuple[str, int], peer_id: bytes, now: float,
+        *, outgoing: bool = False,
+    ) -> bool:
+        """Whether this connection may exchange ``file_id``'s pieces with the seeder now.
+
+        ``outgoing``: the seeder dialed ``addr``, so its port is the peer's listening port.
+        """
+        ip = normalize_ip(addr[0])
+        grant = self._grants.get((file_id, ip, peer_id))
+        if grant is None and outgoing:
+            key = self._listening.get((file_id, ip, addr[1]))
+            grant = None if key is None else self._grants.get(key)
         return grant is not None and grant.expires > now
 
     def revoke(self, token_id: str) -> list[TrackerEntry]:
         """Forget every peer admitted by ``token_id``; returns their tracker entries."""
         entries: list[TrackerEntry] = []
-        for key in self._by_token.pop(token_id, set()):
-            grant = self._grants.pop(key, None)
-            if grant is not None:
-                entries += grant.entries
+        for key in list(self._by_token.get(token_id, ())):
+            entries += self._forget(key)
         return entries
 
     def expire(self, now: float) -> int:
         """Drop grants whose peer stopped announcing; returns how many went."""
         stale = [key for key, g in self._grants.items() if g.expires <= now]
         for key in stale:
-            grant = self._grants.pop(key)
-            keys = self._by_token.get(grant.token_id)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._by_token[grant.token_id]
+            self._forget(key)
         return len(stale)
+
+    def _forget(self, key: _Key) -> set[TrackerEntry]:
+        grant = self._grants.pop(key)
+        keys = self._by_token[grant.token_id]
+        keys.discard(key)
+        if not keys:
+            del self._by_token[grant.token_id]
+        for ip, port in grant.listen:
+            if self._listening.get((key[0], ip, port)) == key:
+                del self._listening[(key[0], ip, port)]
+        return grant.entries
 
     def __len__(self) -> int:
         return len(self._grants)

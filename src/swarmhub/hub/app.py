@@ -195,7 +195,9 @@ class Seeder:
                 continue
             torrent.add_peers(answer.peers)
 
-    def admit(self, info_hash: bytes, addr: tuple[str, int], peer_id: bytes) -> str | None:
+    def admit(
+        self, info_hash: bytes, addr: tuple[str, int], peer_id: bytes, outgoing: bool = False
+    ) -> str | None:
         """The seeder's peer filter: everyone for public files, proven readers for private."""
         entry = self.hub.catalog.lookup_info_hash(info_hash[:20])
         if entry is None:
@@ -203,9 +205,18 @@ class Seeder:
         file_id, private = entry
         if not private:
             return None
-        if self.hub.access.allows(file_id, addr[0], peer_id, asyncio.get_running_loop().time()):
+        now = asyncio.get_running_loop().time()
+        if self.hub.access.allows(file_id, addr, peer_id, now, outgoing=outgoing):
             return None
         return "private torrent: announce to the hub's tracker with a live passkey first"
+
+    def dial(self, info_hash: bytes, addr: tuple[str, int]) -> None:
+        """Connect to a peer that just proved a passkey (peers with per-connection ids, like
+        libtorrent, are admitted on the connections the seeder makes to them)."""
+        session = self.session
+        torrent = None if session is None else session.torrent_for_hash(info_hash)
+        if torrent is not None:
+            torrent.add_peers([addr])
 
     def enforce(self) -> int:
         """Close every connection :meth:`admit` would now refuse (a revoked passkey)."""
@@ -215,9 +226,13 @@ class Seeder:
         closed = 0
         for torrent in list(session.torrents.values()):
             for peer in list(torrent.peers):
-                reason = self.admit(torrent.meta.info_hash, peer.addr, peer.remote_id)
+                # Either proof keeps a connection (the engine does not say who dialed whom);
+                # a revoked token has neither left.
+                reason = self.admit(torrent.meta.info_hash, peer.addr, peer.remote_id, True)
                 if reason is not None:
-                    peer.close(f"access ended: {reason}")
+                    # An "error" reason makes the engine abort: what is queued for this
+                    # peer is dropped rather than flushed.
+                    peer.close(f"access error: {reason}")
                     closed += 1
         return closed
 
@@ -500,10 +515,14 @@ async def announce(request: web.Request) -> web.Response:
     if owner is not None and params.event != "stopped":
         # The proof the seeder admits private peers by: this peer id, from this address
         # (the connection's, never a claimed ip=), holds a live passkey for this file.
+        remote = normalize_ip(request.remote or "")
         hub.access.record(
-            file_id=entry[0], ip=request.remote or "", peer_id=params.peer_id, token_id=owner,
-            entry=(params.info_hash, params.ip, params.port, params.peer_id), now=now,
+            file_id=entry[0], ip=remote, port=params.port, peer_id=params.peer_id,
+            token_id=owner, entry=(params.info_hash, params.ip, params.port, params.peer_id),
+            now=now,
         )
+        if isinstance(hub.seeder, Seeder):
+            hub.seeder.dial(params.info_hash, (remote, params.port))
     return _bencoded(body)
 
 
