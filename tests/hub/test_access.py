@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -251,3 +253,61 @@ def test_tracker_drop_removes_only_that_peer() -> None:
     assert state.drop(ih, "10.0.0.1", 1000, b"a" * 20)
     assert not state.drop(ih, "10.0.0.1", 1000, b"a" * 20)
     assert state.stats(ih) == (0, 0, 1)
+
+
+# ------------------------------------------------------------------------------ leaks
+
+
+async def test_private_files_leak_nothing_without_a_token(live: Live) -> None:
+    """Issue 11, finding 2: /metrics, /f/<id> and /api/collections named private files."""
+    public = await publish(live, os.urandom(20_000), "brochure.bin")
+    async with live.http.post(f"{live.url}/api/collections",
+                              json={"name": "skunkworks", "private": True},
+                              headers=live.auth(live.admin)) as r:
+        assert r.status == 201
+    f = await publish(live, os.urandom(30_000), "merger-plan.bin", collection="skunkworks")
+    reader, info = await live.token("reader")
+    ih = bytes.fromhex(f["info_hash_v1"])
+    ok = await announce(live, ih, base=f"{live.url}/announce?passkey={info['passkey']}")
+    assert b"failure reason" not in ok
+    secrets_ = ["merger-plan", "skunkworks", f["sha256"], f["info_hash_v1"],
+                f["info_hash_v2"], f["info_hash_v1_torrent"]]
+
+    async def stranger(path: str, token: str | None = None) -> tuple[int, str]:
+        async with live.http.get(live.url + path, headers=live.auth(token),
+                                 allow_redirects=False) as r:
+            text = (await r.read()).decode("latin-1") + repr(dict(r.headers))
+        leaked = [s for s in secrets_ if s in text or s in urllib.parse.unquote(text)]
+        assert not leaked, f"{path} shows {leaked}: {text[:300]}"
+        return r.status, text
+
+    fid = f["id"]
+    status, text = await stranger("/metrics")
+    assert status == 200 and f'file="{public["id"]}"' in text and fid not in text
+    assert re.search(r"^swarmhub_private_leechers 1$", text, re.M), text
+    assert re.search(r"^swarmhub_private_seeders [1-9]$", text, re.M), text  # the seeder
+    assert (await stranger(f"/f/{fid}"))[0] == 401
+    assert (await stranger(f"/f/{fid}?token=not-a-token"))[0] == 403
+    status, text = await stranger("/api/collections")
+    assert status == 200 and "skunkworks" not in text
+    assert (await stranger("/api/files"))[0] == 200
+    assert (await stranger("/api/files?collection=skunkworks"))[0] == 200
+    assert (await stranger(f"/api/files/{fid}"))[0] == 404
+    for path in (f"/t/{fid}.torrent", f"/t/{fid}.v1.torrent", f"/m/{fid}",
+                 f"/f/{fid}/merger-plan.bin"):
+        assert (await stranger(path))[0] == 401, path
+    assert (await stranger(f"/k/{'0' * 32}/{fid}/merger-plan.bin"))[0] == 403
+    assert (await stranger("/scrape"))[0] == 200
+    q = urllib.parse.quote_from_bytes(ih)
+    assert (await stranger(f"/scrape?info_hash={q}"))[0] == 200
+    # A reader sees all of it, and a revoked reader is a stranger again.
+    async with live.http.get(f"{live.url}/f/{fid}", headers=live.auth(reader),
+                             allow_redirects=False) as r:
+        assert r.status == 308 and r.headers["Location"].endswith("/merger-plan.bin")
+    async with live.http.get(f"{live.url}/api/collections", headers=live.auth(reader)) as r:
+        assert "skunkworks" in [c["name"] for c in (await r.json())["collections"]]
+    await revoke(live, info["id"])
+    assert (await stranger(f"/f/{fid}?token={reader}"))[0] == 403
+    assert (await stranger(f"/k/{info['passkey']}/{fid}/merger-plan.bin"))[0] == 403
+    status, text = await stranger("/metrics")
+    assert re.search(r"^swarmhub_private_leechers 0$", text, re.M), text  # dropped at once

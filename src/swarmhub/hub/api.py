@@ -489,8 +489,12 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 async def list_collections(request: web.Request) -> web.Response:
+    """``GET /api/collections``: private collections (names, sizes) only for readers."""
     hub = _hub(request)
+    token = await authenticate(request, hub.catalog)
     items = await hub.catalog.run(hub.catalog.list_collections)
+    if not has_role(token, Role.READER):
+        items = [c for c in items if not c.private]
     return web.json_response({"collections": [_collection_json(c) for c in items]})
 
 

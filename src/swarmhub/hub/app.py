@@ -400,14 +400,19 @@ async def _serve(request: web.Request, hub: Hub, record: FileRecord) -> web.Stre
     return response
 
 
-async def download(request: web.Request) -> web.StreamResponse:
-    """``GET|HEAD /f/{id}/{name}``: private files need a reader token (header or ?token=)."""
-    hub = request.app[HUB_KEY]
-    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
+async def _check_read(request: web.Request, hub: Hub, record: FileRecord) -> None:
+    """Private files need a reader token (header or ?token=); the one rule for HTTP."""
     if record.private:
         token = await authenticate(request, hub.catalog, allow_query=True)
         if not has_role(token, Role.READER):
             raise Unauthorized("this file is private: pass a token (Bearer header or ?token=)")
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """``GET|HEAD /f/{id}/{name}``: private files need a reader token (header or ?token=)."""
+    hub = request.app[HUB_KEY]
+    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
+    await _check_read(request, hub, record)
     return await _serve(request, hub, record)
 
 
@@ -422,9 +427,13 @@ async def download_with_passkey(request: web.Request) -> web.StreamResponse:
 
 
 async def download_short(request: web.Request) -> web.StreamResponse:
-    """``/f/{id}``: redirect to the canonical URL that carries the file name."""
+    """``/f/{id}``: redirect to the canonical URL that carries the file name.
+
+    Access is checked first: the Location header names the file.
+    """
     hub = request.app[HUB_KEY]
     record = await _file_or_404(hub, request.match_info["id"], None)
+    await _check_read(request, hub, record)
     target = hub.file_url(record)
     if request.query_string:
         target += "?" + request.query_string
@@ -595,17 +604,31 @@ async def metrics(request: web.Request) -> web.Response:
             "swarmhub_seeder_peers", "gauge", "Peers connected to the embedded seeder."
         ).add(hub.seeder.peers() if isinstance(hub.seeder, Seeder) else 0),
     ]
-    seeders = MetricFamily("swarmhub_torrent_seeders", "gauge", "Seeders per file (tracker).")
-    leechers = MetricFamily("swarmhub_torrent_leechers", "gauge", "Leechers per file (tracker).")
+    seeders = MetricFamily(
+        "swarmhub_torrent_seeders", "gauge", "Seeders per public file (tracker).")
+    leechers = MetricFamily(
+        "swarmhub_torrent_leechers", "gauge", "Leechers per public file (tracker).")
+    private_seeders = private_leechers = 0
     for record in records:
         complete = incomplete = 0
         for ih in record.swarm_hashes:  # peers of the hybrid and the v1 swarm
             c, _, i = hub.tracker.stats(ih)
             complete, incomplete = complete + c, incomplete + i
+        if record.private:  # /metrics is public: no id, name or hash of a private file
+            private_seeders += complete
+            private_leechers += incomplete
+            continue
         labels = {"file": record.id, "name": record.name}
         seeders.add(complete, labels)
         leechers.add(incomplete, labels)
-    fams += [seeders, leechers]
+    fams += [
+        seeders,
+        leechers,
+        MetricFamily("swarmhub_private_seeders", "gauge",
+                     "Seeders of all private files together (tracker).").add(private_seeders),
+        MetricFamily("swarmhub_private_leechers", "gauge",
+                     "Leechers of all private files together (tracker).").add(private_leechers),
+    ]
     return web.Response(body=render(fams).encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
