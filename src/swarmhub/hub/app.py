@@ -131,8 +131,7 @@ class Seeder:
                 records = await self.hub.catalog.run(self.hub.catalog.all_files)
                 for record in records:
                     await self._add_existing(record)
-                tracker = self.hub.tracker
-                period = min(tracker.interval, tracker.min_interval)
+                period = self.hub.tracker.interval  # its tracker entry lives 2 intervals
                 while not self._stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), period)
