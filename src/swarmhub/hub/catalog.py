@@ -147,24 +147,32 @@ def hash_passkey(passkey: str) -> str:
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """The hub's passkey key from ``path``, made (random, mode 0600) on first use."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        data = path.read_bytes()
-        if len(data) != _SECRET_SIZE:
-            raise CatalogError(
-                f"{path.name} in the hub's data folder is damaged ({len(data)} bytes, expected "
-                f"{_SECRET_SIZE}); delete it to make a new one (every passkey then changes)"
-            ) from None
-        return data
-    secret = secrets.token_bytes(_SECRET_SIZE)
-    try:
-        os.write(fd, secret)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return secret
+    """The hub's passkey key from ``path``, made (random, mode 0600) on first use.
+
+    A new key is written to a temp file and hard-linked into place, so two processes
+    starting at once agree on one key and nobody reads a half-written file.
+    """
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(_SECRET_SIZE))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won: use its key
+        finally:
+            tmp.unlink()
+    data = path.read_bytes()
+    if len(data) != _SECRET_SIZE:
+        raise CatalogError(
+            f"{path.name} in the hub's data folder is damaged ({len(data)} bytes, expected "
+            f"{_SECRET_SIZE}); delete it to make a new one (every passkey then changes)"
+        )
+    return data
 
 
 def validate_file_name(name: str) -> str:
