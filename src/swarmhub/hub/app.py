@@ -483,7 +483,7 @@ def _passkey(raw_query: str) -> str | None:
 
 
 def _passkey_ok(hub: Hub, passkey: str | None) -> bool:
-    return bool(passkey) and hub.catalog.passkey_is_live(passkey or "")
+    return passkey is not None and hub.catalog.passkey_is_live(passkey)
 
 
 def _bencoded(body: bytes) -> web.Response:
