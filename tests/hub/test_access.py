@@ -243,6 +243,19 @@ def test_swarm_access_expires_and_revokes() -> None:
     assert normalize_ip("::ffff:10.0.0.1") == "10.0.0.1" and normalize_ip("host") == "host"
 
 
+def test_one_token_cannot_grow_the_access_table_without_bound() -> None:
+    acc = SwarmAccess(ttl=10, max_per_token=3)
+    for i in range(10):
+        pid = b"%020d" % i
+        acc.record(file_id="f", ip="10.0.0.1", port=i + 1, peer_id=pid, token_id="t",
+                   entry=(b"h" * 20, "10.0.0.1", i + 1, pid), now=float(i))
+    assert len(acc) == 3
+    assert acc.allows("f", ("10.0.0.1", 0), b"%020d" % 9, 9.5)  # the newest stay
+    assert not acc.allows("f", ("10.0.0.1", 0), b"%020d" % 6, 9.5)
+    assert not acc.allows("f", ("10.0.0.1", 7), b"x" * 20, 9.5, outgoing=True)
+    assert len(acc.revoke("t")) == 3 and len(acc) == 0
+
+
 def test_tracker_drop_removes_only_that_peer() -> None:
     state = TrackerState()
     ih = b"i" * 20

@@ -62,10 +62,13 @@ class _Grant:
 class SwarmAccess:
     """Peers (file, ip, peer id) that announced with a live passkey, until ``now + ttl``."""
 
-    def __init__(self, ttl: float = 1800.0 + 60.0) -> None:
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
+    def __init__(self, ttl: float = 1800.0 + 60.0, *, max_per_token: int = 256) -> None:
+        if ttl <= 0 or max_per_token <= 0:
+            raise ValueError("ttl and max_per_token must be positive")
         self.ttl = ttl
+        #: Peers one token can have proven at once: announces with ever new peer ids must
+        #: not grow the hub's memory (the oldest proof goes first).
+        self.max_per_token = max_per_token
         self._grants: dict[_Key, _Grant] = {}
         self._by_token: dict[str, set[_Key]] = {}
         #: (file id, ip, listening port) -> the grant that announced it.
@@ -87,8 +90,12 @@ class SwarmAccess:
             self._forget(key)
             grant = None
         if grant is None:
+            keys = self._by_token.setdefault(token_id, set())
+            if len(keys) >= self.max_per_token:
+                self._forget(min(keys, key=lambda k: self._grants[k].expires))
+                keys = self._by_token.setdefault(token_id, set())
             grant = self._grants[key] = _Grant(token_id, now + self.ttl)
-            self._by_token.setdefault(token_id, set()).add(key)
+            keys.add(key)
         grant.expires = now + self.ttl
         grant.entries.add(entry)
         grant.listen.add((ip, port))
