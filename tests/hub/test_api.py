@@ -293,6 +293,8 @@ async def test_collections_and_private_visibility(live: Live) -> None:
     async with live.http.get(f"{live.url}/api/files", headers=live.auth(pub)) as r:
         assert (await r.json())["total"] == 1
     async with live.http.get(f"{live.url}/api/collections") as r:
+        assert (await r.json())["collections"] == []  # nor private collections
+    async with live.http.get(f"{live.url}/api/collections", headers=live.auth(pub)) as r:
         listing = await r.json()
     check_schema("/api/collections", "get", 200, listing)
     assert listing["collections"][0]["files"] == 1

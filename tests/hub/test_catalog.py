@@ -10,10 +10,13 @@ import pytest
 
 from swarmhub.hub.catalog import (
     MIGRATIONS,
+    SECRET_FILE,
     Catalog,
+    CatalogError,
     ConflictError,
     InvalidError,
     NotFoundError,
+    hash_passkey,
     hash_token,
     validate_file_name,
 )
@@ -47,17 +50,17 @@ def cat(tmp_path: Path) -> Any:
 def test_fresh_database_is_migrated_once(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     c = Catalog(path)
-    assert c.schema_version() == MIGRATIONS[-1][0] == 1
+    assert c.schema_version() == MIGRATIONS[-1][0] == 2
     c.close()
     c = Catalog(path)  # reopening applies nothing twice
-    assert c.schema_version() == 1
+    assert c.schema_version() == 2
     c.close()
     db = sqlite3.connect(path)
     rows = db.execute("SELECT version FROM schema_migrations").fetchall()
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     mode = db.execute("PRAGMA journal_mode").fetchone()[0]
     db.close()
-    assert rows == [(1,)]
+    assert rows == [(1,), (2,)]
     assert {"files", "collections", "tokens", "schema_migrations"} <= tables
     assert mode == "wal"
 
@@ -194,3 +197,82 @@ def test_stats(cat: Catalog) -> None:
         "collections": 0,
         "active_tokens": 1,
     }
+
+
+def _disk_bytes(path: Path) -> bytes:
+    """Everything SQLite keeps on disk for ``path`` (database, WAL, shared memory)."""
+    return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
+
+
+def test_passkeys_are_derived_and_only_their_digest_is_stored(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    c = Catalog(path)
+    _, rec = c.add_token("reader", "dave")
+    assert len(rec.passkey) == 32 and rec.passkey == c.passkey_for(rec.id)
+    assert c.passkey_owner(rec.passkey) == rec.id
+    dump = "\n".join(c._db.iterdump())
+    assert rec.passkey not in dump and hash_passkey(rec.passkey) in dump
+    c.close()
+    assert (tmp_path / SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    assert rec.passkey.encode() not in _disk_bytes(path)
+    c = Catalog(path)  # same secret file: same passkeys, still live
+    again = c.get_token(rec.id)
+    assert again is not None and again.passkey == rec.passkey
+    assert c.passkey_is_live(rec.passkey)
+    c.close()
+    other = Catalog(tmp_path / "other" / "c.sqlite3")  # another hub derives other passkeys
+    assert other.passkey_for(rec.id) != rec.passkey
+    other.close()
+
+
+def test_a_replaced_secret_rederives_every_passkey(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    c = Catalog(path)
+    _, rec = c.add_token("reader")
+    c.close()
+    (tmp_path / SECRET_FILE).unlink()
+    c = Catalog(path)
+    new = c.get_token(rec.id)
+    assert new is not None and new.passkey != rec.passkey
+    assert not c.passkey_is_live(rec.passkey) and c.passkey_is_live(new.passkey)
+    c.close()
+
+
+def test_damaged_secret_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / SECRET_FILE).write_bytes(b"short")
+    with pytest.raises(CatalogError, match="delete it"):
+        Catalog(tmp_path / "c.sqlite3")
+
+
+def test_version_1_catalog_loses_its_plaintext_passkeys(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite3"
+    old_passkey = "5e1f" * 8
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL)")
+    for statement in MIGRATIONS[0][1].split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+    db.execute(
+        "INSERT INTO tokens (id, token_sha256, role, label, passkey, created)"
+        " VALUES ('tkold', ?, 'reader', 'old', ?, 1.0)",
+        (hash_token("s3cret"), old_passkey),
+    )
+    db.execute(
+        "INSERT INTO files (id, name, size, sha256, created, piece_length, torrent_hybrid,"
+        " torrent_v1, published_by) VALUES ('f1', 'a.bin', 1, 'ab', 1.0, 16384, x'00', x'00',"
+        " 'tkold')"
+    )
+    db.close()
+    assert old_passkey.encode() in _disk_bytes(path)
+    c = Catalog(path)
+    assert c.schema_version() == 2
+    rec = c.token_for_secret("s3cret")
+    assert rec is not None and rec.id == "tkold" and rec.passkey != old_passkey
+    assert c.passkey_owner(rec.passkey) == "tkold"
+    assert not c.passkey_is_live(old_passkey)  # old .torrent files must be fetched again
+    f = c.get_file("f1")
+    assert f is not None and f.published_by == "tkold"
+    c.close()
+    assert old_passkey.encode() not in _disk_bytes(path)

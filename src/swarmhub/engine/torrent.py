@@ -270,7 +270,8 @@ class Torrent:
             return (addr[0], peer_id)
         return addr[0]
 
-    def can_accept(self, addr: tuple[str, int], peer_id: bytes) -> str | None:
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes,
+                   outgoing: bool = False) -> str | None:
         if self._stopping or self.state is TorrentState.ERROR:
             return "torrent is not active"
         if self.ban_key(addr, peer_id) in self.banned:
@@ -281,7 +282,14 @@ class Torrent:
             return "too many connections in this session"
         if any(p.remote_id == peer_id for p in self.peers):
             return "already connected to this peer"
-        return None
+        admit = self.session.peer_filter
+        return None if admit is None else admit(self.meta.info_hash, addr, peer_id, outgoing)
+
+    def add_peers(self, addrs: list[tuple[str, int]]) -> None:
+        """Queue addresses to dial that an embedder found itself (the hub's own tracker)."""
+        for addr in addrs:
+            if addr not in self.candidates and addr != self.session.listen_addr:
+                self.candidates.append(addr)
 
     def on_peer_connected(self, peer: Peer) -> None:
         self.peers.add(peer)

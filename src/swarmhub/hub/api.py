@@ -33,6 +33,7 @@ from aiohttp import BodyPartReader, web
 
 from swarmhub.bencode import bdecode, bencode
 from swarmhub.errors import MetainfoError, StorageError
+from swarmhub.hub.access import SwarmAccess
 from swarmhub.hub.auth import Forbidden, Role, authenticate, has_role, require
 from swarmhub.hub.blobs import BlobStore, UploadTooLarge, UploadTruncated
 from swarmhub.hub.catalog import (
@@ -107,6 +108,10 @@ class SeederHook(Protocol):
 
     async def remove(self, record: FileRecord) -> None: ...
 
+    def enforce(self) -> int:
+        """Close connections the access rule no longer admits; returns how many."""
+        ...
+
     def upload_stats(self) -> dict[bytes, tuple[int, float]]:
         """Per swarm (info hash): bytes uploaded so far and the upload rate now (bytes/s)."""
         ...
@@ -123,8 +128,8 @@ class Hub:
     #: The origin's transfer limiter (``swarmhub.hub.origin.OriginLimiter``) when available.
     limiter: Any = None
     seeder: SeederHook | None = None
-    #: The embedded seeder's own passkey for private torrents (never stored).
-    seeder_passkey: str = ""
+    #: Peers that proved a live passkey by announcing (the seeder's admission rule).
+    access: SwarmAccess = field(default_factory=SwarmAccess)
     announces: int = 0
     announce_failures: int = 0
     scrapes: int = 0
@@ -149,6 +154,16 @@ class Hub:
 
     def seed_dir(self, file_id: str) -> Path:
         return self.config.data_dir / "seed" / file_id
+
+    def end_swarm_access(self, token_id: str) -> int:
+        """A revoked token's BitTorrent access ends now, not at the next announce.
+
+        Its peers leave the tracker (nobody is sent to them any more) and the seeder closes
+        its connections to them; returns how many connections were closed.
+        """
+        for info_hash, ip, port, peer_id in self.access.revoke(token_id):
+            self.tracker.drop(info_hash, ip, port, peer_id)
+        return self.seeder.enforce() if self.seeder is not None else 0
 
     # -- torrents --------------------------------------------------------------------------
 
@@ -485,8 +500,12 @@ async def delete_file(request: web.Request) -> web.Response:
 
 
 async def list_collections(request: web.Request) -> web.Response:
+    """``GET /api/collections``: private collections (names, sizes) only for readers."""
     hub = _hub(request)
+    token = await authenticate(request, hub.catalog)
     items = await hub.catalog.run(hub.catalog.list_collections)
+    if not has_role(token, Role.READER):
+        items = [c for c in items if not c.private]
     return web.json_response({"collections": [_collection_json(c) for c in items]})
 
 
@@ -546,6 +565,8 @@ async def revoke_token(request: web.Request) -> web.Response:
     hub = _hub(request)
     await require(request, hub.catalog, Role.ADMIN)
     record = await hub.catalog.run(hub.catalog.revoke_token, request.match_info["id"])
+    closed = hub.end_swarm_access(record.id)
+    log.info("revoked token %s; closed %d seeder connection(s)", record.id, closed)
     return web.json_response(_token_json(record))
 
 

@@ -16,11 +16,12 @@ import asyncio
 import contextlib
 import importlib
 import importlib.resources
+import ipaddress
 import json
 import logging
 import mimetypes
 import os
-import secrets
+import socket
 import time
 import urllib.parse
 from collections import Counter
@@ -33,7 +34,9 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from swarmhub.bencode import bencode
+from swarmhub.discovery.tracker import parse_announce_response
 from swarmhub.errors import AuthError, StorageError, SwarmhubError, TrackerError
+from swarmhub.hub.access import SwarmAccess, normalize_ip
 from swarmhub.hub.api import (
     HUB_KEY,
     Hub,
@@ -55,6 +58,7 @@ from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
 from swarmhub.hub.reconcile import CATALOG_NAME, DataDirLock, prepare_data_dir, reconcile
 from swarmhub.hub.tracker import (
+    AnnounceParams,
     TrackerState,
     failure_body,
     parse_announce_query,
@@ -98,6 +102,11 @@ class Seeder:
 
     It runs in a task of its own that owns the Session (its task group lives and dies in
     that task); the API calls :meth:`add`/:meth:`remove` from request handlers.
+
+    It holds no passkey: it enters its swarms in the tracker in-process (and dials the
+    leechers the tracker lists, which peers that only accept incoming connections need),
+    and it admits a private torrent's peer only under the hub's access rule
+    (:meth:`admit`, :mod:`swarmhub.hub.access`).
     """
 
     def __init__(self, hub: Hub, listen: tuple[str, int]) -> None:
@@ -108,6 +117,8 @@ class Seeder:
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._failed: BaseException | None = None
+        #: The address other peers dial to reach this seeder (what the tracker lists).
+        self.announce_ip = "127.0.0.1"
 
     async def run(self) -> None:
         from swarmhub.engine.session import Session
@@ -118,18 +129,25 @@ class Seeder:
         settings = Settings(enable_dht=False, enable_lsd=False,
                             upload_rate_limit=int(self.hub.config.upload_rate or 0))
         try:
-            async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state") as s:
+            async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state",
+                               peer_filter=self.admit) as s:
                 try:
                     self.port = await s.listen(*self.listen)
                 except OSError as exc:  # the hub refuses to start: no traceback for that
                     self._failed = exc
                     return
+                self.announce_ip = await self._announce_ip()
                 self.session = s
                 self.ready.set()
                 records = await self.hub.catalog.run(self.hub.catalog.all_files)
                 for record in records:
                     await self._add_existing(record)
-                await self._stop.wait()
+                period = self.hub.tracker.interval  # its tracker entry lives 2 intervals
+                while not self._stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), period)
+                    for torrent in list(s.torrents.values()):
+                        self._register(torrent)
                 self.session = None
         except Exception as exc:
             self._failed = exc
@@ -152,18 +170,91 @@ class Seeder:
         except Exception as exc:
             log.warning("cannot seed %s (%s): %s", record.id, record.name, exc)
 
+    async def _announce_ip(self) -> str:
+        """The listen address, or for a wildcard one the address of the public URL's host."""
+        host = self.listen[0].strip("[]")
+        if host not in ("", "0.0.0.0", "::"):
+            return normalize_ip(host)
+        name = urllib.parse.urlsplit(self.hub.config.public_url).hostname or "127.0.0.1"
+        try:
+            return normalize_ip(str(ipaddress.ip_address(name)))
+        except ValueError:
+            pass
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                name, self.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            log.warning("cannot resolve %s for the seeder's tracker entry (%s); using "
+                        "127.0.0.1", name, exc)
+            return "127.0.0.1"
+        return normalize_ip(str(infos[0][4][0]))
+
+    def _register(self, torrent: Any) -> None:
+        """Enter (or refresh) the seeder in its swarms in-process, and dial their leechers."""
+        meta = torrent.meta
+        now = asyncio.get_running_loop().time()
+        session = self.session
+        if session is None:
+            return
+        for ih in {h[:20] for h in (meta.info_hash_v1, meta.info_hash_v2) if h}:
+            params = AnnounceParams(info_hash=ih, peer_id=session.peer_id,
+                                    ip=self.announce_ip, port=self.port, left=0, numwant=200)
+            try:
+                answer = parse_announce_response(self.hub.tracker.announce(params, now))
+            except TrackerError:  # the file was deleted meanwhile
+                continue
+            torrent.add_peers(answer.peers)
+
+    def admit(
+        self, info_hash: bytes, addr: tuple[str, int], peer_id: bytes, outgoing: bool = False
+    ) -> str | None:
+        """The seeder's peer filter: everyone for public files, proven readers for private."""
+        entry = self.hub.catalog.lookup_info_hash(info_hash[:20])
+        if entry is None:
+            return "not a torrent of this hub"
+        file_id, private = entry
+        if not private:
+            return None
+        now = asyncio.get_running_loop().time()
+        if self.hub.access.allows(file_id, addr, peer_id, now, outgoing=outgoing):
+            return None
+        return "private torrent: announce to the hub's tracker with a live passkey first"
+
+    def dial(self, info_hash: bytes, addr: tuple[str, int]) -> None:
+        """Connect to a peer that just proved a passkey (peers with per-connection ids, like
+        libtorrent, are admitted on the connections the seeder makes to them)."""
+        session = self.session
+        torrent = None if session is None else session.torrent_for_hash(info_hash)
+        if torrent is not None:
+            torrent.add_peers([addr])
+
+    def enforce(self) -> int:
+        """Close every connection :meth:`admit` would now refuse (a revoked passkey)."""
+        session = self.session
+        if session is None:
+            return 0
+        closed = 0
+        for torrent in list(session.torrents.values()):
+            for peer in list(torrent.peers):
+                # Either proof keeps a connection (the engine does not say who dialed whom);
+                # a revoked token has neither left.
+                reason = self.admit(torrent.meta.info_hash, peer.addr, peer.remote_id, True)
+                if reason is not None:
+                    # An "error" reason makes the engine abort: what is queued for this
+                    # peer is dropped rather than flushed.
+                    peer.close(f"access error: {reason}")
+                    closed += 1
+        return closed
+
     async def add(self, record: FileRecord, metas: list[Metainfo]) -> None:
         """Seed the file's hybrid and v1 torrents (two swarms over the same bytes)."""
         if self.session is None:
             return
-        passkey = self.hub.seeder_passkey if record.private else None
         for meta in metas:
-            await self.session.add(
-                meta,
-                self.hub.seed_dir(record.id),
-                seed_mode=True,
-                trackers=[[self.hub.announce_url(passkey)]],
+            torrent = await self.session.add(
+                meta, self.hub.seed_dir(record.id), seed_mode=True, trackers=[]
             )
+            self._register(torrent)
 
     async def remove(self, record: FileRecord) -> None:
         """Stop seeding a deleted file (the Session keeps a stopped entry until restart)."""
@@ -319,33 +410,40 @@ async def _serve(request: web.Request, hub: Hub, record: FileRecord) -> web.Stre
     return response
 
 
-async def download(request: web.Request) -> web.StreamResponse:
-    """``GET|HEAD /f/{id}/{name}``: private files need a reader token (header or ?token=)."""
-    hub = request.app[HUB_KEY]
-    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
+async def _check_read(request: web.Request, hub: Hub, record: FileRecord) -> None:
+    """Private files need a reader token (header or ?token=); the one rule for HTTP."""
     if record.private:
         token = await authenticate(request, hub.catalog, allow_query=True)
         if not has_role(token, Role.READER):
             raise Unauthorized("this file is private: pass a token (Bearer header or ?token=)")
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """``GET|HEAD /f/{id}/{name}``: private files need a reader token (header or ?token=)."""
+    hub = request.app[HUB_KEY]
+    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
+    await _check_read(request, hub, record)
     return await _serve(request, hub, record)
 
 
 async def download_with_passkey(request: web.Request) -> web.StreamResponse:
     """``/k/{passkey}/{id}/{name}``: the web seed URL inside a user's private torrent."""
     hub = request.app[HUB_KEY]
-    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
-    passkey = request.match_info["passkey"]
-    if not (
-        hub.catalog.passkey_is_live(passkey) or secrets.compare_digest(passkey, hub.seeder_passkey)
-    ):
+    # The passkey first: without a live one, nothing (not even whether the file exists).
+    if not hub.catalog.passkey_is_live(request.match_info["passkey"]):
         raise web.HTTPForbidden(reason="unknown or revoked passkey")
+    record = await _file_or_404(hub, request.match_info["id"], request.match_info["name"])
     return await _serve(request, hub, record)
 
 
 async def download_short(request: web.Request) -> web.StreamResponse:
-    """``/f/{id}``: redirect to the canonical URL that carries the file name."""
+    """``/f/{id}``: redirect to the canonical URL that carries the file name.
+
+    Access is checked first: the Location header names the file.
+    """
     hub = request.app[HUB_KEY]
     record = await _file_or_404(hub, request.match_info["id"], None)
+    await _check_read(request, hub, record)
     target = hub.file_url(record)
     if request.query_string:
         target += "?" + request.query_string
@@ -396,11 +494,7 @@ def _passkey(raw_query: str) -> str | None:
 
 
 def _passkey_ok(hub: Hub, passkey: str | None) -> bool:
-    if not passkey:
-        return False
-    return hub.catalog.passkey_is_live(passkey) or secrets.compare_digest(
-        passkey.encode(), hub.seeder_passkey.encode()
-    )
+    return passkey is not None and hub.catalog.passkey_is_live(passkey)
 
 
 def _bencoded(body: bytes) -> web.Response:
@@ -420,6 +514,7 @@ async def announce(request: web.Request) -> web.Response:
     if entry is None:
         hub.announce_failures += 1
         return _bencoded(failure_body("unregistered torrent: this hub does not track it"))
+    owner: str | None = None
     if entry[1]:
         passkey = _passkey(raw)
         if not passkey:
@@ -429,11 +524,25 @@ async def announce(request: web.Request) -> web.Response:
                     "private torrent: announce with your passkey (download the .torrent again)"
                 )
             )
-        if not _passkey_ok(hub, passkey):
+        owner = hub.catalog.passkey_owner(passkey)
+        if owner is None:
             hub.announce_failures += 1
             return _bencoded(failure_body("unknown or revoked passkey"))
     hub.announces += 1
-    return _bencoded(hub.tracker.announce(params, asyncio.get_running_loop().time()))
+    now = asyncio.get_running_loop().time()
+    body = hub.tracker.announce(params, now)
+    if owner is not None and params.event != "stopped":
+        # The proof the seeder admits private peers by: this peer id, from this address
+        # (the connection's, never a claimed ip=), holds a live passkey for this file.
+        remote = normalize_ip(request.remote or "")
+        hub.access.record(
+            file_id=entry[0], ip=remote, port=params.port, peer_id=params.peer_id,
+            token_id=owner, entry=(params.info_hash, params.ip, params.port, params.peer_id),
+            now=now,
+        )
+        if isinstance(hub.seeder, Seeder):
+            hub.seeder.dial(params.info_hash, (remote, params.port))
+    return _bencoded(body)
 
 
 async def scrape(request: web.Request) -> web.Response:
@@ -505,17 +614,31 @@ async def metrics(request: web.Request) -> web.Response:
             "swarmhub_seeder_peers", "gauge", "Peers connected to the embedded seeder."
         ).add(hub.seeder.peers() if isinstance(hub.seeder, Seeder) else 0),
     ]
-    seeders = MetricFamily("swarmhub_torrent_seeders", "gauge", "Seeders per file (tracker).")
-    leechers = MetricFamily("swarmhub_torrent_leechers", "gauge", "Leechers per file (tracker).")
+    seeders = MetricFamily(
+        "swarmhub_torrent_seeders", "gauge", "Seeders per public file (tracker).")
+    leechers = MetricFamily(
+        "swarmhub_torrent_leechers", "gauge", "Leechers per public file (tracker).")
+    private_seeders = private_leechers = 0
     for record in records:
         complete = incomplete = 0
         for ih in record.swarm_hashes:  # peers of the hybrid and the v1 swarm
             c, _, i = hub.tracker.stats(ih)
             complete, incomplete = complete + c, incomplete + i
+        if record.private:  # /metrics is public: no id, name or hash of a private file
+            private_seeders += complete
+            private_leechers += incomplete
+            continue
         labels = {"file": record.id, "name": record.name}
         seeders.add(complete, labels)
         leechers.add(incomplete, labels)
-    fams += [seeders, leechers]
+    fams += [
+        seeders,
+        leechers,
+        MetricFamily("swarmhub_private_seeders", "gauge",
+                     "Seeders of all private files together (tracker).").add(private_seeders),
+        MetricFamily("swarmhub_private_leechers", "gauge",
+                     "Leechers of all private files together (tracker).").add(private_leechers),
+    ]
     return web.Response(body=render(fams).encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -604,7 +727,8 @@ def make_hub_app(config: HubConfig) -> web.Application:
         limiter = origin.OriginLimiter(
             max_transfers=config.max_transfers, upload_rate=config.upload_rate
         )
-    hub = Hub(config, catalog, blobs, tracker, limiter, seeder_passkey=secrets.token_hex(16))
+    access = SwarmAccess(ttl=config.tracker_interval + config.tracker_min_interval)
+    hub = Hub(config, catalog, blobs, tracker, limiter, access=access)
     app = web.Application(middlewares=[json_errors_middleware(_error_response)],
                           client_max_size=1 << 20)
     app[HUB_KEY] = hub
@@ -672,6 +796,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(hub.tracker.min_interval)
             hub.tracker.purge(clock.time())
+            # Peers that stopped announcing lose their proof, and then their connections.
+            if hub.access.expire(clock.time()) and hub.seeder is not None:
+                hub.seeder.enforce()
 
     purger = asyncio.create_task(purge(), name="hub-tracker-purge")
     try:

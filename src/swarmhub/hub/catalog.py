@@ -10,6 +10,12 @@ or a deleted file stops working for the very next announce.
 
 The schema is versioned in ``schema_migrations``; :data:`MIGRATIONS` lists the steps and
 a fresh or older database is brought up to date when it is opened.
+
+Passkeys are not stored. A token's passkey is ``HMAC-SHA256(hub secret, token id)`` (the
+hub must be able to put it into every .torrent it hands that user), and the database keeps
+only its SHA-256 for lookups; the secret lives in a 0600 file next to the catalog, so a
+copied catalog alone neither reveals nor forges a passkey. Migration 2 replaced the old
+random plaintext passkeys: their owners download their .torrent files again.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -41,11 +49,15 @@ __all__ = [
     "InvalidError",
     "NotFoundError",
     "TokenRecord",
+    "hash_passkey",
     "hash_token",
+    "load_or_create_secret",
     "new_file_id",
     "validate_collection_name",
     "validate_file_name",
 ]
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -108,12 +120,59 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX files_created ON files(created);
         """,
     ),
+    (
+        2,
+        # Plaintext passkeys go; Catalog._derive_passkeys fills in the digests of the
+        # derived ones (the unique placeholder keeps the UNIQUE constraint satisfied).
+        """
+        ALTER TABLE tokens RENAME COLUMN passkey TO passkey_sha256;
+        UPDATE tokens SET passkey_sha256 = 'pending:' || id;
+        """,
+    ),
 )
+
+#: Name of the file next to the catalog that holds the key passkeys are derived with.
+SECRET_FILE = "passkey.secret"
+_SECRET_SIZE = 32
 
 
 def hash_token(token: str) -> bytes:
     """What the catalog stores instead of a token: its SHA-256."""
     return hashlib.sha256(token.encode()).digest()
+
+
+def hash_passkey(passkey: str) -> str:
+    """What the catalog stores and indexes instead of a passkey: its SHA-256 (hex)."""
+    return hashlib.sha256(passkey.encode()).hexdigest()
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The hub's passkey key from ``path``, made (random, mode 0600) on first use.
+
+    A new key is written to a temp file and hard-linked into place, so two processes
+    starting at once agree on one key and nobody reads a half-written file.
+    """
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(_SECRET_SIZE))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won: use its key
+        finally:
+            tmp.unlink()
+    data = path.read_bytes()
+    if len(data) != _SECRET_SIZE:
+        raise CatalogError(
+            f"{path.name} in the hub's data folder is damaged ({len(data)} bytes, expected "
+            f"{_SECRET_SIZE}); delete it to make a new one (every passkey then changes)"
+        )
+    return data
 
 
 def validate_file_name(name: str) -> str:
@@ -189,7 +248,7 @@ _FILE_COLUMNS = (
     "f.info_hash_v1, f.info_hash_v2, f.info_hash_v1_torrent, f.piece_length, f.published_by"
 )
 _FILE_FROM = "files f LEFT JOIN collections c ON c.name = f.collection"
-_TOKEN_COLUMNS = "id, role, label, passkey, created, revoked_at"
+_TOKEN_COLUMNS = "id, role, label, created, revoked_at"
 
 
 def _file(row: tuple[Any, ...]) -> FileRecord:
@@ -209,26 +268,32 @@ def _file(row: tuple[Any, ...]) -> FileRecord:
     )
 
 
-def _token(row: tuple[Any, ...]) -> TokenRecord:
-    return TokenRecord(*row)
-
-
 class Catalog:
-    """The SQLite catalog at ``path`` (created and migrated on open)."""
+    """The SQLite catalog at ``path`` (created and migrated on open).
 
-    def __init__(self, path: Path) -> None:
+    ``secret`` derives the passkeys; by default it is read from (or created as)
+    :data:`SECRET_FILE` in the catalog's folder.
+    """
+
+    def __init__(self, path: Path, *, secret: bytes | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if secret is None:
+            secret = load_or_create_secret(self.path.parent / SECRET_FILE)
+        self._secret = secret
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # Deleted or replaced rows (revoked tokens, old passkeys) are zeroed on disk.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.create_function("casefold", 1, _casefold, deterministic=True)
         self._migrate()
+        self._derive_passkeys()
         #: 20-byte info hash (v1, or v2 truncated) -> (file id, private) for the tracker.
         self._hashes: dict[bytes, tuple[str, bool]] = {}
-        #: live passkey -> token id, for private announces.
+        #: SHA-256 (hex) of each live passkey -> token id, for private announces.
         self._passkeys: dict[str, str] = {}
         self._load_indexes()
 
@@ -268,6 +333,45 @@ class Catalog:
                     db.execute("ROLLBACK")
                     raise
 
+    def _derive_passkeys(self) -> None:
+        """Store the digest of each token's derived passkey where it is missing or stale.
+
+        Missing: right after migration 2. Stale: the secret file was replaced, so every
+        passkey changed; the old ones must stop working and the new ones must work.
+        """
+        with self._lock:
+            db = self._db
+            rows = db.execute("SELECT id, passkey_sha256 FROM tokens").fetchall()
+            stale = [(hash_passkey(self.passkey_for(i)), i) for i, d in rows
+                     if d != hash_passkey(self.passkey_for(i))]
+            if not stale:
+                return
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("UPDATE tokens SET passkey_sha256 = ? WHERE id = ?", stale)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            # Old values leave the disk too: secure_delete zeroed them in the pages, and
+            # the checkpoint empties the WAL that still held the old page images.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            pending = sum(1 for _, d in rows if str(d).startswith("pending:"))
+            if len(stale) > pending:
+                log.warning("the passkey secret changed: %d passkey(s) re-derived; their "
+                            "owners must download their .torrent files again",
+                            len(stale) - pending)
+
+    def passkey_for(self, token_id: str) -> str:
+        """A token's passkey (32 hex digits), derived: it is never stored."""
+        mac = hmac.new(self._secret, b"swarmhub passkey\0" + token_id.encode(), hashlib.sha256)
+        return mac.hexdigest()[:32]
+
+    def _token(self, row: tuple[Any, ...]) -> TokenRecord:
+        token_id, role, label, created, revoked_at = row
+        return TokenRecord(token_id, role, label, self.passkey_for(token_id), created,
+                           revoked_at)
+
     def schema_version(self) -> int:
         with self._lock:
             row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
@@ -278,10 +382,10 @@ class Catalog:
             rows = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM {_FILE_FROM}").fetchall()
             for row in rows:
                 self._index_file(_file(row))
-            for token_id, passkey in self._db.execute(
-                "SELECT id, passkey FROM tokens WHERE revoked_at IS NULL"
+            for token_id, digest in self._db.execute(
+                "SELECT id, passkey_sha256 FROM tokens WHERE revoked_at IS NULL"
             ):
-                self._passkeys[passkey] = token_id
+                self._passkeys[digest] = token_id
 
     def _index_file(self, record: FileRecord) -> None:
         for h in record.swarm_hashes:
@@ -299,7 +403,11 @@ class Catalog:
         return [h for h, (_, private) in items if include_private or not private]
 
     def passkey_is_live(self, passkey: str) -> bool:
-        return passkey in self._passkeys
+        return self.passkey_owner(passkey) is not None
+
+    def passkey_owner(self, passkey: str) -> str | None:
+        """The id of the live token whose passkey this is, or None (unknown or revoked)."""
+        return self._passkeys.get(hash_passkey(passkey))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -511,28 +619,31 @@ class Catalog:
         if len(label) > 200:
             raise InvalidError("token label is longer than 200 characters")
         secret = secrets.token_urlsafe(32)
+        token_id = "tk" + secrets.token_urlsafe(6)
         record = TokenRecord(
-            id="tk" + secrets.token_urlsafe(6),
+            id=token_id,
             role=role,
             label=label,
-            passkey=secrets.token_hex(16),
+            passkey=self.passkey_for(token_id),
             created=time.time(),
             revoked_at=None,
         )
+        digest = hash_passkey(record.passkey)
         with self._lock:
             self._db.execute(
-                f"INSERT INTO tokens (token_sha256, {_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO tokens (token_sha256, passkey_sha256, {_TOKEN_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     hash_token(secret),
+                    digest,
                     record.id,
                     record.role,
                     record.label,
-                    record.passkey,
                     record.created,
                     record.revoked_at,
                 ),
             )
-            self._passkeys[record.passkey] = record.id
+            self._passkeys[digest] = record.id
         return secret, record
 
     def token_for_secret(self, secret: str) -> TokenRecord | None:
@@ -545,27 +656,27 @@ class Catalog:
             ).fetchone()
         if row is None or not hmac.compare_digest(bytes(row[0]), digest):
             return None
-        return _token(row[1:])
+        return self._token(row[1:])
 
     def get_token(self, token_id: str) -> TokenRecord | None:
         with self._lock:
             row = self._db.execute(
                 f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
             ).fetchone()
-        return None if row is None else _token(row)
+        return None if row is None else self._token(row)
 
     def list_tokens(self) -> list[TokenRecord]:
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created, id"
             ).fetchall()
-        return [_token(r) for r in rows]
+        return [self._token(r) for r in rows]
 
     def revoke_token(self, token_id: str) -> TokenRecord:
         """Revoke now: the next request or announce with it is refused."""
         with self._lock:
             row = self._db.execute(
-                "SELECT passkey FROM tokens WHERE id = ?", (token_id,)
+                "SELECT passkey_sha256 FROM tokens WHERE id = ?", (token_id,)
             ).fetchone()
             if row is None:
                 raise NotFoundError(f"no token with id {token_id!r}")

@@ -317,6 +317,15 @@ class TrackerState:
                 del self._swarms[info_hash]
         return gone
 
+    def drop(self, info_hash: bytes, ip: str, port: int, peer_id: bytes) -> bool:
+        """Remove one peer now (its access was revoked); only if it is still that peer."""
+        swarm = self._swarms.get(info_hash)
+        peer = None if swarm is None else swarm.peers.get((ip, port))
+        if swarm is None or peer is None or peer.peer_id != peer_id:
+            return False
+        swarm.remove((ip, port))
+        return True
+
     def __len__(self) -> int:
         """Number of torrents with peers or a download count."""
         return len(self._swarms)
