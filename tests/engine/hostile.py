@@ -7,6 +7,8 @@ only *parses* what the seeder answers (with our sans-IO :class:`PeerConnection`)
 - :class:`HostilePeer` connects, handshakes, then sends whatever the test scripts.
 - :class:`SeederProcess` runs ``swarmhub seed`` in its own process so that its memory can
   be read from ``/proc/PID/status`` (VmRSS now, VmHWM the peak) and its debug log followed.
+- :class:`SilentPeer` listens, completes the handshakes claiming to have the metadata,
+  then never answers (what made ``get --timeout 10`` wait 60 s for a magnet's metadata).
 - :func:`poll` waits on a condition with a deadline (no sleeps as synchronisation).
 """
 
@@ -27,7 +29,7 @@ from swarmhub.bencode import bencode
 from swarmhub.wire import messages as m
 from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection
 
-__all__ = ["HostilePeer", "SeederProcess", "poll", "proc_status_kib"]
+__all__ = ["HostilePeer", "SeederProcess", "SilentPeer", "poll", "proc_status_kib"]
 
 HOSTILE_ID = b"-HO0001-hostile-peer"
 RESERVED = m.make_reserved(extension=True, fast=True)
@@ -140,6 +142,46 @@ class HostilePeer:
         self.writer.close()
         with contextlib.suppress(ConnectionError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+
+class SilentPeer:
+    """A listening peer that answers the BEP 3 and BEP 10 handshakes (with ut_metadata and
+    a ``metadata_size``) and then says nothing, reading and discarding what it gets.
+
+    ``async with SilentPeer(info_hash) as silent:`` listens on ``silent.port``.
+    """
+
+    def __init__(self, info_hash: bytes, metadata_size: int = 20_000) -> None:
+        self.info_hash = info_hash
+        self.metadata_size = metadata_size
+        self.port = 0
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._writers:
+            w.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readexactly(m.HANDSHAKE_LENGTH)
+            writer.write(m.encode(m.Handshake(RESERVED, self.info_hash, HOSTILE_ID)))
+            ext = bencode({b"m": {b"ut_metadata": 2}, b"metadata_size": self.metadata_size})
+            writer.write(m.encode(m.Extended(0, ext)))
+            while await reader.read(65536):
+                pass  # and never answer
 
 
 class SeederProcess:
