@@ -37,26 +37,27 @@ async def seeder(tmp_path: Path) -> AsyncIterator[tuple[Metainfo, int]]:
 
 
 @pytest.mark.parametrize(
-    ("index", "length", "proofs", "why"),
-    [(0, 128, 0, "over-long: more hashes than the layer has"),
-     (0, 1 << 20, 0, "far over the 8192 limit"),
-     (32, 64, 0, "runs past the end of the layer"),
-     (1, 2, 0, "index not a multiple of length"),
-     (0, 3, 0, "length not a power of two"),
-     (0, 0, 0, "no hashes"),
-     (0, 2, 6, "a proof layer above the root")],
+    ("base", "index", "length", "proofs", "why"),
+    [(0, 0, 128, 0, "over-long: more hashes than the layer has"),
+     (0, 0, 1 << 20, 0, "far over the 8192 limit"),
+     (0, 32, 64, 0, "runs past the end of the layer"),
+     (0, 1, 2, 0, "index not a multiple of length"),
+     (0, 0, 3, 0, "length not a power of two"),
+     (0, 0, 0, 0, "no hashes"),
+     (0, 0, 2, 6, "a proof layer above the root"),
+     (1, 0, 2, 0, "a base layer we do not serve (only the piece layer)")],
 )  # fmt: skip
 async def test_invalid_hash_request_gets_hash_reject(
-    seeder: tuple[Metainfo, int], index: int, length: int, proofs: int, why: str
+    seeder: tuple[Metainfo, int], base: int, index: int, length: int, proofs: int, why: str
 ) -> None:
     meta, port = seeder
     root = meta.files[0].pieces_root
     assert root is not None
     peer = await HostilePeer.open(port, meta.info_hash)
     try:
-        peer.send(m.HashRequest(root, 0, index, length, proofs))
+        peer.send(m.HashRequest(root, base, index, length, proofs))
         answer = await peer.expect(lambda ev: isinstance(ev, m.Hashes | m.HashReject), 10)
-        assert answer == m.HashReject(root, 0, index, length, proofs), why
+        assert answer == m.HashReject(root, base, index, length, proofs), why
         # A valid request on the same connection is still answered, and consistently:
         # 2 hashes, then uncles from proof layer 1 up to 5 (one per layer below the root).
         peer.send(m.HashRequest(root, 0, 2, 2, 5))
