@@ -127,16 +127,19 @@ class HostilePeer:
                     return ev
 
     async def count_until(self, predicate: Callable[[m.Message], bool], timeout: float, *,
-                          counted: Callable[[m.Message], bool]) -> tuple[int, m.Message]:
-        """Read until a message satisfies ``predicate``; return how many of those before it
-        satisfied ``counted``, and that message."""
+                          counted: Callable[[m.Message], bool],
+                          stop_after: int | None = None) -> tuple[int, m.Message | None]:
+        """Read until a message satisfies ``predicate`` (or ``stop_after`` were counted);
+        return how many before it satisfied ``counted``, and that message (None when
+        stopped by the count)."""
         n = 0
         async with asyncio.timeout(timeout):
-            while True:
+            while n != stop_after:
                 ev = await self.recv(timeout)
                 if predicate(ev):
                     return n, ev
                 n += counted(ev)
+        return n, None
 
     async def close(self) -> None:
         self.writer.close()
