@@ -246,7 +246,8 @@ def get(
     = "0.0.0.0:0",
     seed_after: Annotated[float, typer.Option(
         help="Keep seeding this many seconds after completing.")] = 0.0,
-    timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0 = never).")]
+    timeout: Annotated[float, typer.Option(
+        help="Give up after this many seconds, a magnet's metadata included (0 = never).")]
     = 0.0,
     download_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited.")] = 0,
     upload_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited.")] = 0,

@@ -96,9 +96,10 @@ class Settings:
     # -- memory per peer
     send_buffer_bytes: int = _f(
         4 * MiB, "bytes queued to one peer's socket before uploads to it wait (resumed at a "
-        "quarter). A peer that leaves twice this unread (metadata, hashes, rejects it asks "
-        "for but does not read) is not read from until it drains: at most ~2x this plus one "
-        "reply (<= 256 KiB) of memory per peer", lo=64 * KiB
+        "quarter). A peer that leaves twice this (at least this + 2 MiB) unread (metadata, "
+        "hashes, rejects it asks for but does not read) is not read from until it drains: "
+        "that bounds the replies queued per peer (8 MiB by default, plus one reply)",
+        lo=64 * KiB
     )
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hostile import HostilePeer, poll
 
-from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, RequestQueue
+from swarmhub.engine.flow import BACKLOG, RATE, UPLOAD_BATCH, ReadGate, RequestQueue, reply_limit
 from swarmhub.engine.session import Session
 from swarmhub.metainfo import create_torrent
 from swarmhub.metainfo.model import TorrentVersion
@@ -58,6 +58,11 @@ def test_read_gate_reads_again_only_when_no_reason_is_left() -> None:
     assert tr.reading and tr.calls == ["pause", "resume"]
 
 
+def test_reply_limit_stays_above_what_uploads_queue() -> None:
+    assert reply_limit(4 * MiB) == 8 * MiB
+    assert reply_limit(1 * MiB) == 1 * MiB + UPLOAD_BATCH
+
+
 def test_request_queue_counts_bytes() -> None:
     q = RequestQueue()
     for r in (m.Request(0, 0, 16384), m.Request(1, 0, 1000), m.Request(2, 0, 16384)):
@@ -93,7 +98,7 @@ async def test_seeder_stops_reading_a_peer_that_does_not_read_and_resumes(
         transport = ours.proto.transport
         assert transport is not None
         gate = ours.proto._gate
-        assert gate is not None and gate.limit == 2 * MiB
+        assert gate is not None and gate.limit == 3 * MiB  # 1 MiB + one upload batch
         await poll(lambda: gate.paused(BACKLOG), 30, "the seeder stops reading")
         # Bounded: the limit, plus at most one batch of replies corked past it.
         assert transport.get_write_buffer_size() <= gate.limit + 16 * 1024 + 100

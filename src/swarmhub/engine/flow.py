@@ -19,11 +19,22 @@ from collections.abc import Iterator
 
 from swarmhub.wire import messages as m
 
-__all__ = ["BACKLOG", "RATE", "ReadGate", "RequestQueue"]
+__all__ = ["BACKLOG", "RATE", "UPLOAD_BATCH", "ReadGate", "RequestQueue", "reply_limit"]
 
 #: Reasons to stop reading: replies the peer leaves unread, and the download rate limit.
 BACKLOG = "backlog"
 RATE = "rate"
+#: Most bytes one upload batch adds past the high-water mark (Torrent._upload_loop writes
+#: up to 1 MiB of blocks, the last one up to 128 KiB, once the transport is writable).
+UPLOAD_BATCH = 2 << 20
+
+
+def reply_limit(high: int) -> int:
+    """Queued bytes above which a peer counts as not reading, for a transport whose
+    uploads wait above ``high``: twice ``high``, and at least one upload batch above it,
+    so that a peer that reads normally never trips the gate."""
+    return high + max(high, UPLOAD_BATCH)
+
 
 
 class ReadGate:

@@ -16,7 +16,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, RequestQueue
+from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, RequestQueue, reply_limit
 from swarmhub.engine.picker import Block
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.wire import messages as m
@@ -268,10 +268,9 @@ class PeerProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Uploads wait above `high`; a peer leaving twice that unread is not read from.
         high = self.session.settings.send_buffer_bytes
         tr.set_write_buffer_limits(high=high, low=high // 4)
-        self._gate = ReadGate(tr, 2 * high)
+        self._gate = ReadGate(tr, reply_limit(high))
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(
             self.session.settings.handshake_timeout, self.close, "handshake timed out"
