@@ -436,7 +436,8 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
             console.print(f"[yellow]tracker:[/] {exc}")
         except TimeoutError:
             console.print("[yellow]tracker:[/] no answer before --timeout")
-    return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline))
+    return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
+                                peer_timeout=session.settings.request_timeout)
 
 
 def _left(deadline: float | None) -> float | None:
