@@ -246,7 +246,8 @@ def get(
     = "0.0.0.0:0",
     seed_after: Annotated[float, typer.Option(
         help="Keep seeding this many seconds after completing.")] = 0.0,
-    timeout: Annotated[float, typer.Option(help="Give up after this many seconds (0 = never).")]
+    timeout: Annotated[float, typer.Option(
+        help="Give up after this many seconds, a magnet's metadata included (0 = never).")]
     = 0.0,
     download_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited.")] = 0,
     upload_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited.")] = 0,
@@ -291,6 +292,8 @@ def get(
 
     async def go() -> int:
         nonlocal meta
+        # --timeout covers the whole command, fetching a magnet's metadata included.
+        cmd_deadline = time.monotonic() + timeout if timeout else None
         settings = _settings(listen, upload_limit, download_limit)
         output.mkdir(parents=True, exist_ok=True)
         async with Session(settings) as session:  # type: ignore[arg-type]
@@ -306,7 +309,8 @@ def get(
                     return 0  # done over HTTP
             elif magnet is not None:
                 try:
-                    meta = await _magnet_metadata(session, magnet, peers, tracker or [])
+                    meta = await _magnet_metadata(session, magnet, peers, tracker or [],
+                                                  _left(cmd_deadline))
                 except SwarmhubError as exc:
                     console.print(f"[bold red]error:[/] {exc}")
                     return 1
@@ -315,7 +319,7 @@ def get(
             t = await session.add(meta, output, peers=peers,
                                   trackers=[[u] for u in tracker] if tracker else None)
             start = time.monotonic()
-            deadline = start + timeout if timeout else None
+            deadline = cmd_deadline
             progress = None if json_progress else Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                 DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
@@ -406,8 +410,9 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
 
 
 async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],
-                           trackers: list[str]) -> Metainfo:
-    """Find peers for a magnet (given, x.pe, or one tracker announce) and fetch metadata."""
+                           trackers: list[str], timeout: float | None) -> Metainfo:
+    """Find peers for a magnet (given, x.pe, or one tracker announce) and fetch metadata,
+    all within ``timeout`` seconds (None: each peer still gets its own progress timeout)."""
     from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
     from swarmhub.engine.metadata import fetch_metadata
     from swarmhub.engine.session import Session
@@ -415,6 +420,7 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
     from swarmhub.metainfo import Magnet
 
     assert isinstance(session, Session) and isinstance(magnet, Magnet)
+    deadline = None if timeout is None else time.monotonic() + timeout
     candidates = list(peers)
     urls = trackers or list(magnet.trackers)
     if urls:
@@ -422,12 +428,21 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
                               port=session.listen_port, uploaded=0, downloaded=0, left=1,
                               event="started")
         try:
-            resp = await TrackerTiers([[u] for u in urls], rng=session.rng).announce(
-                await session.http(), req)
+            async with asyncio.timeout(_left(deadline)):
+                resp = await TrackerTiers([[u] for u in urls], rng=session.rng).announce(
+                    await session.http(), req)
             candidates += [p for p in resp.peers if p not in candidates]
         except TrackerError as exc:
             console.print(f"[yellow]tracker:[/] {exc}")
-    return await fetch_metadata(magnet, candidates, session.peer_id)
+        except TimeoutError:
+            console.print("[yellow]tracker:[/] no answer before --timeout")
+    return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
+                                peer_timeout=session.settings.request_timeout)
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (a time.monotonic() value), never negative; None: none."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 # -- demo --------------------------------------------------------------------------------------

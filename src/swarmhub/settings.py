@@ -89,6 +89,18 @@ class Settings:
     max_outstanding_incoming_requests: int = _f(
         500, "requests we queue from one peer (our reqq); more are rejected", lo=1
     )
+    max_incoming_request_bytes: int = _f(
+        8 * MiB, "bytes of piece requests we queue from one peer (500 blocks of 16 KiB); "
+        "more are rejected (BEP 6) or dropped", lo=16 * KiB
+    )
+    # -- memory per peer
+    send_buffer_bytes: int = _f(
+        4 * MiB, "bytes queued to one peer's socket before uploads to it wait (resumed at a "
+        "quarter). A peer that leaves twice this (at least this + 2 MiB) unread (metadata, "
+        "hashes, rejects it asks for but does not read) is not read from until it drains: "
+        "that bounds the replies queued per peer (8 MiB by default, plus one reply)",
+        lo=64 * KiB
+    )
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)
     upload_rate_limit: int = _f(0, "session upload limit, bytes/s (0 = unlimited)", lo=0)
@@ -211,6 +223,8 @@ class Settings:
             max_connections_per_torrent=20,
             max_request_queue=64,
             max_outstanding_incoming_requests=100,
+            max_incoming_request_bytes=2 * MiB,
+            send_buffer_bytes=1 * MiB,
             disk_threads=1,
             hash_threads=1,
             read_cache_bytes=4 * MiB,
@@ -227,6 +241,7 @@ class Settings:
             request_queue_time=3.0,
             max_request_queue=1500,
             max_outstanding_incoming_requests=2000,
+            max_incoming_request_bytes=32 * MiB,
             disk_threads=8,
             read_cache_bytes=256 * MiB,
             web_seed_request_size=16 * MiB,

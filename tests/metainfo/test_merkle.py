@@ -7,6 +7,7 @@ import pytest
 
 from swarmhub.metainfo.merkle import (
     block_hashes,
+    check_hash_request,
     file_root,
     hashes_with_proof,
     next_pow2,
@@ -42,8 +43,8 @@ def test_root_from_piece_layer_matches_definition(size: int) -> None:
     assert root_from_layer(layer, piece_length, size) == naive_root(data)
 
 
-@pytest.mark.parametrize(("index", "length", "proof_layers"), [(0, 2, 3), (4, 4, 3), (6, 2, 1),
-                                                              (0, 8, 3)])
+@pytest.mark.parametrize(("index", "length", "proof_layers"), [(0, 2, 2), (4, 4, 2), (6, 2, 1),
+                                                              (0, 8, 2), (2, 1, 0)])
 def test_hashes_with_proof_rebuild_the_root(index: int, length: int, proof_layers: int) -> None:
     base = [hashlib.sha256(bytes([i])).digest() for i in range(7)]
     layers = tree_layers(base, 8, bytes(32))
@@ -70,3 +71,16 @@ def test_hashes_with_proof_refuses_illegal_requests() -> None:
     assert hashes_with_proof(layers, 1, 2, 1) is None  # index not a multiple of length
     assert hashes_with_proof(layers, 0, 3, 1) is None  # length not a power of two
     assert hashes_with_proof(layers, 8, 2, 1) is None  # past the layer
+    assert hashes_with_proof(layers, 0, 8, 1) is None  # over-long: more than the layer
+    assert hashes_with_proof(layers, 0, 2, 2) is None  # a proof layer above the root
+    assert hashes_with_proof(layers, 0, 0, 0) is None
+
+
+@pytest.mark.parametrize(
+    ("width", "index", "length", "proofs", "ok"),
+    [(512, 0, 512, 8, True), (512, 256, 256, 8, True), (512, 0, 512, 9, False),
+     (512, 0, 1024, 8, False), (512, 512, 2, 0, False), (512, 3, 2, 0, False),
+     (512, 0, 6, 0, False), (16384, 0, 16384, 0, False), (16384, 8192, 8192, 13, True)],
+)  # fmt: skip
+def test_check_hash_request(width: int, index: int, length: int, proofs: int, ok: bool) -> None:
+    assert (check_hash_request(width, index, length, proofs) is None) is ok

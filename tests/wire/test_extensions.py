@@ -85,13 +85,33 @@ def test_ext_handshake_minimal_and_tolerant() -> None:
         bencode({b"metadata_size": b"big"}),
         bencode({b"v": 1}),
         bencode({b"yourip": 1}),
-        b"d1:bi1e1:ai1ee",  # keys out of order: not canonical
+        b"di1ei1ee",  # an integer key
+        b"d1:ae",  # a key without a value
         b"dex",  # junk after the dict
     ],
 )
 def test_ext_handshake_junk_raises_remote_error(payload: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         decode_ext_handshake(payload)
+
+
+def test_ext_handshake_accepts_non_canonical_bencode() -> None:
+    # Keys out of order (top level and inside "m"), a duplicate key, a leading zero:
+    # libtorrent accepts all of these, so we do too (the first duplicate wins, as there).
+    payload = b"d1:v3:abc1:md6:ut_pexi1e11:ut_metadatai03ee4:reqqi5e4:reqqi9e1:pi6881ee"
+    hs = decode_ext_handshake(payload)
+    assert hs.m == {"ut_pex": 1, "ut_metadata": 3}
+    assert (hs.v, hs.reqq, hs.p) == ("abc", 5, 6881)
+
+
+def test_metadata_message_accepts_unsorted_keys_before_the_data() -> None:
+    msg = decode_metadata_message(b"d10:total_sizei3e5:piecei0e8:msg_typei1ee" + b"xyz")
+    assert msg == MetadataData(0, 3, b"xyz")
+
+
+def test_pex_accepts_unsorted_keys() -> None:
+    payload = b"d7:dropped0:5:added6:\x01\x02\x03\x04\x1a\xe1e"
+    assert decode_pex(payload) == PexMessage(added=[("1.2.3.4", 6881)])
 
 
 def test_ext_handshake_encode_refuses_bad_fields() -> None:

@@ -4,16 +4,21 @@ A short-lived connection per peer: handshake, extension handshake, ``ut_metadata
 requests for every 16 KiB piece of the info dict, checked against the magnet's info hash.
 For v2 torrents the piece layers of files larger than one piece are then requested with
 BEP 52 ``hash request`` messages and checked against each file's pieces root, so the
-download can verify every piece. Peers are tried concurrently; the first complete,
-verified answer wins.
+download can verify every piece. Up to ``max_peers_at_once`` peers are tried
+concurrently and the first complete, verified answer wins. A peer that makes no progress
+(no handshake, no metadata piece, no hashes) for ``peer_timeout`` seconds is dropped and
+the next candidate is tried, and the whole fetch honours the caller's ``timeout`` (the
+command's ``--timeout``): a silent peer once made ``--timeout 10`` wait 60 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
+import time
 
 from swarmhub.bencode import bencode
 from swarmhub.errors import MetainfoError, RemoteProtocolError, SwarmhubError
@@ -46,17 +51,31 @@ class _Exchange:
     """One peer connection that only talks about metadata and hashes."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 peer_id: bytes) -> None:
+                 peer_id: bytes, peer_timeout: float = 10.0) -> None:
         self.reader = reader
         self.writer = writer
         self.peer_id = peer_id
         self.conn = PeerConnection(our_reserved=m.make_reserved(extension=True, fast=True))
+        self.peer_timeout = peer_timeout
+        self._deadline = time.monotonic() + peer_timeout
+
+    def progress(self) -> None:
+        """The peer sent something useful: give it another ``peer_timeout`` seconds."""
+        self._deadline = time.monotonic() + self.peer_timeout
 
     async def next(self) -> m.Message:
+        """The next message; TimeoutError when the peer made no progress for too long
+        (keep-alives and chatter do not count)."""
         while True:
             ev = self.conn.next_event()
             if ev is NEED_DATA:
-                data = await self.reader.read(65536)
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no progress for {self.peer_timeout:g} s")
+                try:
+                    data = await asyncio.wait_for(self.reader.read(65536), left)
+                except TimeoutError:
+                    raise TimeoutError(f"no progress for {self.peer_timeout:g} s") from None
                 self.conn.receive_data(data)
                 continue
             if ev is CLOSED:
@@ -73,6 +92,7 @@ class _Exchange:
             raise RemoteProtocolError("peer answered for another torrent")
         if not self.conn.extension:
             raise RemoteProtocolError("peer does not support the extension protocol")
+        self.progress()
         self.send(m.Extended(0, encode_ext_handshake(m={"ut_metadata": _OUR_UT_METADATA},
                                                      v="swarmhub/0.1")))
         their_id, size = 0, 0
@@ -84,6 +104,7 @@ class _Exchange:
                 size = ext.metadata_size or 0
                 if not their_id or not 0 < size <= MAX_METADATA:
                     raise RemoteProtocolError("peer cannot send metadata")
+                self.progress()
         count = -(-size // METADATA_PIECE_SIZE)
         for piece in range(count):
             self.send(m.Extended(their_id, encode_metadata_message(MetadataRequest(piece))))
@@ -96,6 +117,8 @@ class _Exchange:
             if isinstance(msg, MetadataReject):
                 raise RemoteProtocolError(f"peer rejected metadata piece {msg.piece}")
             if isinstance(msg, MetadataData) and 0 <= msg.piece < count:
+                if msg.piece not in pieces:
+                    self.progress()
                 pieces[msg.piece] = msg.data
         info = b"".join(pieces[i] for i in range(count))[:size]
         if magnet.info_hash_v1 and hashlib.sha1(info).digest() != magnet.info_hash_v1:
@@ -142,6 +165,7 @@ class _Exchange:
             if not isinstance(ev, m.Hashes) or (ev.pieces_root, ev.index) not in wanted:
                 continue
             del wanted[(ev.pieces_root, ev.index)]
+            self.progress()
             got = [ev.hashes[i:i + 32] for i in range(0, ev.length * 32, 32)]
             layer = layers[ev.pieces_root]
             for i, h in enumerate(got):
@@ -164,8 +188,15 @@ def _raw(info: bytes) -> object:
 
 
 async def fetch_metadata(magnet: Magnet, peers: list[tuple[str, int]], peer_id: bytes, *,
-                         timeout: float = 60.0) -> Metainfo:
-    """Ask ``peers`` (concurrently) for the torrent behind ``magnet``; first verified wins."""
+                         timeout: float | None = 60.0, peer_timeout: float = 10.0,
+                         max_peers_at_once: int = 8) -> Metainfo:
+    """Ask ``peers`` for the torrent behind ``magnet``; the first verified answer wins.
+
+    At most ``max_peers_at_once`` peers are asked at a time; one that fails, or makes no
+    progress for ``peer_timeout`` seconds, makes room for the next. ``timeout`` (None:
+    none) bounds the whole fetch. Raises :class:`MetainfoError` listing why each peer
+    failed.
+    """
     if not peers:
         raise MetainfoError("a magnet link needs peers: give --peer HOST:PORT or --tracker URL "
                             "(the link has no x.pe peers)")
@@ -174,10 +205,11 @@ async def fetch_metadata(magnet: Magnet, peers: list[tuple[str, int]], peer_id: 
     async def one(addr: tuple[str, int]) -> Metainfo:
         writer = None
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr), 10)
-            return await _Exchange(reader, writer, peer_id).run(magnet)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr),
+                                                    peer_timeout)
+            return await _Exchange(reader, writer, peer_id, peer_timeout).run(magnet)
         except (OSError, TimeoutError, SwarmhubError) as exc:
-            errors.append(f"{addr[0]}:{addr[1]}: {exc}")
+            errors.append(f"{addr[0]}:{addr[1]}: {exc or type(exc).__name__}")
             raise
         finally:
             if writer is not None:
@@ -185,17 +217,27 @@ async def fetch_metadata(magnet: Magnet, peers: list[tuple[str, int]], peer_id: 
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
 
-    tasks = [asyncio.ensure_future(one(a)) for a in peers]
+    waiting = collections.deque(peers)
+    running: dict[asyncio.Task[Metainfo], tuple[str, int]] = {}
     try:
         async with asyncio.timeout(timeout):
-            for next_done in asyncio.as_completed(tasks):
-                with contextlib.suppress(OSError, TimeoutError, SwarmhubError):
-                    return await next_done
+            while waiting or running:
+                while waiting and len(running) < max(1, max_peers_at_once):
+                    addr = waiting.popleft()
+                    running[asyncio.ensure_future(one(addr))] = addr
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del running[task]
+                    if not task.cancelled() and task.exception() is None:
+                        return task.result()
     except TimeoutError:
-        errors.append(f"no answer within {timeout:.0f} s")
+        busy = ", ".join(f"{h}:{p}" for h, p in running.values())
+        secs = f"{timeout:.0f}" if timeout is not None and timeout >= 1 else f"{timeout:.1g}"
+        errors.append(f"no answer within {secs} s"
+                      + (f" (still waiting for {busy})" if busy else ""))
     finally:
-        for t in tasks:
+        for t in running:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
     raise MetainfoError("could not get the torrent's metadata from any peer: "
                         + "; ".join(errors))

@@ -16,6 +16,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, RequestQueue, reply_limit
 from swarmhub.engine.picker import Block
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.wire import messages as m
@@ -96,8 +97,8 @@ class Peer:
         self.have = bytearray(torrent.meta.num_pieces)
         #: Blocks we asked this peer for, with the time of asking.
         self.requested: dict[Block, float] = {}
-        #: Blocks the peer asked us for, in order.
-        self.incoming: collections.deque[m.Request] = collections.deque()
+        #: Blocks the peer asked us for, in order (bounded by count and by bytes).
+        self.incoming = RequestQueue()
         self.down = RateMeter()
         self.up = RateMeter()
         self.reqq = 250
@@ -249,7 +250,8 @@ class PeerProtocol(asyncio.Protocol):
         self.peer: Peer | None = None
         self.addr: tuple[str, int] = ("?", 0)
         self.closed = asyncio.get_running_loop().create_future()
-        self._paused = False
+        self._gate: ReadGate | None = None
+        self._cork: bytearray | None = None  # writes held while handling received messages
         self._writable = asyncio.Event()
         self._writable.set()
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -266,7 +268,9 @@ class PeerProtocol(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        tr.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+        high = self.session.settings.send_buffer_bytes
+        tr.set_write_buffer_limits(high=high, low=high // 4)
+        self._gate = ReadGate(tr, reply_limit(high))
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(
             self.session.settings.handshake_timeout, self.close, "handshake timed out"
@@ -275,27 +279,67 @@ class PeerProtocol(asyncio.Protocol):
             self.write(self.conn.send(self.session.handshake_for(self.torrent)))
 
     def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Handle the messages received so far, unless the peer leaves our replies unread:
+        then stop reading (the rest stays in ``conn``, unparsed) until it drains.
+
+        We only stay paused while the transport holds more than the gate's limit, which is
+        above its high-water mark, so ``resume_writing`` is sure to call us again."""
+        gate = self._gate
+        while self.transport is not None:
+            if not self._handle_received():
+                if gate is not None:
+                    gate.resume(BACKLOG)  # every message handled: read again
+                return
+            assert gate is not None
+            if gate.over():
+                if not gate.paused(BACKLOG):
+                    log.debug("peer %s leaves over %d bytes unread: not reading from it "
+                              "until they drain", self.addr, gate.limit)
+                gate.pause(BACKLOG)
+                return
+            # The socket took the corked replies at once: carry on.
+
+    def _handle_received(self) -> bool:
+        """Handle received messages until none is left (False) or the replies would pass
+        the gate's limit (True). Replies are corked into one buffer and written once at
+        the end: thousands of 17-byte rejects as separate writes cost far more memory
+        (and syscalls) than their bytes."""
         conn = self.conn
-        conn.receive_data(data)
+        gate = self._gate
+        self._cork = bytearray()
         try:
             while True:
+                if gate is not None and gate.over(len(self._cork or b"")):
+                    return True
                 ev = conn.next_event()
                 if ev is NEED_DATA:
-                    break
+                    return False
                 if ev is CLOSED:
                     self.close("peer closed the connection")
-                    break
+                    return False
                 peer = self.peer
                 if peer is not None:
                     peer.handle(ev)  # type: ignore[arg-type]
                 elif isinstance(ev, m.Handshake):
                     self._on_handshake(ev)
                 if self.transport is None:
-                    break
+                    return False
         except RemoteProtocolError as exc:
             self.close(f"protocol error: {exc}")
         except SwarmhubError as exc:
             self.close(f"error: {exc}")
+        finally:
+            self._flush()
+        return False
+
+    def _flush(self) -> None:
+        cork, self._cork = self._cork, None
+        if cork and self.transport is not None:
+            self.transport.write(cork)
 
     def eof_received(self) -> bool | None:
         self.close("peer closed the connection")
@@ -309,30 +353,37 @@ class PeerProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
+        gate = self._gate
+        if gate is not None and gate.paused(BACKLOG):
+            self._pump()  # the messages held back while the peer was not reading
 
     # -- helpers ------------------------------------------------------------------------
     async def wait_writable(self) -> None:
         await self._writable.wait()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and data:
+        if self._cork is not None:
+            self._cork += data
+        elif self.transport is not None and data:
             self.transport.write(data)
 
     def writelines(self, parts: list[bytes | memoryview]) -> None:
-        if self.transport is not None:
+        if self._cork is not None:
+            for part in parts:
+                self._cork += part
+        elif self.transport is not None:
             self.transport.writelines(parts)
 
     def pause_reading(self, seconds: float) -> None:
         """Stop reading for a while (download rate limit)."""
-        if self.transport is None or self._paused:
+        gate = self._gate
+        if self.transport is None or gate is None or gate.paused(RATE):
             return
-        self._paused = True
-        self.transport.pause_reading()
+        gate.pause(RATE)
 
         def resume() -> None:
-            self._paused = False
             if self.transport is not None:
-                self.transport.resume_reading()
+                gate.resume(RATE)
 
         asyncio.get_running_loop().call_later(seconds, resume)
 
@@ -365,13 +416,18 @@ class PeerProtocol(asyncio.Protocol):
         torrent.on_peer_connected(self.peer)
 
     def close(self, reason: str) -> None:
+        if self._cork is not None:
+            self._flush()  # what we said before closing still goes out (or is aborted)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
         transport, self.transport = self.transport, None
         if transport is not None:
             log.debug("closing %s: %s", self.addr, reason)
-            transport.abort() if "error" in reason else transport.close()
+            # A graceful close waits to flush the write buffer, forever if the peer never
+            # reads: drop what a slow or hostile peer left unread (and its memory) at once.
+            unread = transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]
+            transport.abort() if "error" in reason or unread else transport.close()
         self._writable.set()
         peer, self.peer = self.peer, None
         if peer is not None and not peer.closed:

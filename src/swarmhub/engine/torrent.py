@@ -567,7 +567,8 @@ class Torrent:
             peer.close("protocol error: request outside the piece")
             return
         if (not self.have[req.index]
-                or len(peer.incoming) >= self.settings.max_outstanding_incoming_requests):
+                or len(peer.incoming) >= self.settings.max_outstanding_incoming_requests
+                or not peer.incoming.fits(req.length, self.settings.max_incoming_request_bytes)):
             if peer.fast:
                 peer.send(m.RejectRequest(req.index, req.begin, req.length))
             return

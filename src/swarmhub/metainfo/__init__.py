@@ -10,8 +10,10 @@ from __future__ import annotations
 from swarmhub.metainfo.create import MAX_AUTO_PIECE_LENGTH, auto_piece_length, create_torrent
 from swarmhub.metainfo.magnet import Magnet, make_magnet, parse_magnet
 from swarmhub.metainfo.merkle import (
+    MAX_HASH_REQUEST,
     ZERO_LEAF,
     block_hashes,
+    check_hash_request,
     file_root,
     hashes_with_proof,
     next_pow2,
@@ -36,6 +38,7 @@ __all__ = [
     "BLOCK_SIZE",
     "MAX_AUTO_PIECE_LENGTH",
     "MAX_COMPONENT_BYTES",
+    "MAX_HASH_REQUEST",
     "ZERO_LEAF",
     "FileEntry",
     "Magnet",
@@ -43,6 +46,7 @@ __all__ = [
     "TorrentVersion",
     "auto_piece_length",
     "block_hashes",
+    "check_hash_request",
     "create_torrent",
     "file_root",
     "hashes_with_proof",

@@ -16,8 +16,10 @@ from functools import lru_cache
 from swarmhub.metainfo.model import BLOCK_SIZE
 
 __all__ = [
+    "MAX_HASH_REQUEST",
     "ZERO_LEAF",
     "block_hashes",
+    "check_hash_request",
     "file_root",
     "hashes_with_proof",
     "next_pow2",
@@ -114,6 +116,32 @@ def tree_layers(base: Sequence[bytes], width: int, pad: bytes) -> list[list[byte
     return layers
 
 
+#: Most hashes one BEP 52 hash request may ask for (libtorrent's limit; BEP 52 says
+#: requests SHOULD NOT exceed 512). Bounds the size of one ``hashes`` reply to 256 KiB.
+MAX_HASH_REQUEST = 8192
+
+
+def check_hash_request(width: int, index: int, length: int, proof_layers: int) -> str | None:
+    """Why a BEP 52 request for ``length`` hashes at ``index`` of a layer ``width`` wide
+    (a power of two, padding included) with ``proof_layers`` must be rejected, or None.
+
+    The rules of BEP 52 (length a power of two, index a multiple of it), kept within the
+    layer, and proof layers that exist: a layer ``width`` wide has ``log2(width)``
+    layers above it with a sibling to send (libtorrent's ``validate_hash_request`` too).
+    Answering an invalid request instead would send a ``hashes`` message whose hash count
+    disagrees with its header.
+    """
+    if not 1 <= length <= MAX_HASH_REQUEST or length & (length - 1):
+        return f"length {length} is not a power of two in 1..{MAX_HASH_REQUEST}"
+    if index % length:
+        return f"index {index} is not a multiple of length {length}"
+    if index + length > width:
+        return f"hashes {index}..{index + length} run past the layer's {width} entries"
+    if not 0 <= proof_layers < width.bit_length() - 1:
+        return f"{proof_layers} proof layers, but the layer has {width.bit_length() - 1} above it"
+    return None
+
+
 def hashes_with_proof(layers: Sequence[Sequence[bytes]], index: int, length: int,
                       proof_layers: int) -> bytes | None:
     """A BEP 52 ``hashes`` payload: ``length`` hashes of ``layers[0]`` from ``index``, then
@@ -121,16 +149,17 @@ def hashes_with_proof(layers: Sequence[Sequence[bytes]], index: int, length: int
 
     The requested hashes form a subtree of height log2(length); the proof layers inside it
     are omitted (but counted), so uncles start at the subtree root's sibling. Returns None
-    for a request that BEP 52 does not allow or that reaches past the tree.
+    for a request that :func:`check_hash_request` refuses, so the reply always carries
+    exactly ``length + max(0, proof_layers + 1 - log2(length))`` hashes.
     """
     base = layers[0]
-    if length < 1 or length & (length - 1) or index % length or not 0 <= index < len(base):
+    if check_hash_request(len(base), index, length, proof_layers) is not None:
         return None
     height = length.bit_length() - 1
     out = list(base[index:index + length])
     node = index >> height
     # Proof layer k holds the uncle at level k; levels 1..height-1 lie inside the subtree.
-    for level in range(height, min(proof_layers + 1, len(layers) - 1)):
+    for level in range(height, proof_layers + 1):
         out.append(layers[level][node ^ 1])
         node >>= 1
     return b"".join(out)

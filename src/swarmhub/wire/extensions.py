@@ -7,8 +7,10 @@ Pure codecs: ``encode_*`` return the payload bytes to put in
 engine can drop the one peer. Decoders are tolerant of keys they do not know and strict
 on the types of the keys they do.
 
-Every decoder first runs :func:`bencoded_end`, a bounded, iterative scan, so a hostile
-payload costs at most ``max_items`` steps before the strict decoder sees it.
+Payloads are decoded with :func:`~swarmhub.wire.lenient.decode_lenient`: bounded and
+iterative (a hostile payload costs at most ``max_items`` steps), and lenient about key
+order and duplicate keys, as libtorrent is; a peer whose extension handshake is not
+canonical bencode is still a working peer. Info dicts stay strict (see :mod:`swarmhub.bencode`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from swarmhub.bencode import bdecode, bencode
-from swarmhub.errors import BencodeError, LocalProtocolError, RemoteProtocolError
+from swarmhub.bencode import bencode
+from swarmhub.errors import LocalProtocolError, RemoteProtocolError
+from swarmhub.wire.lenient import decode_lenient
 
 __all__ = [
     "EXTENSION_HANDSHAKE_ID",
@@ -61,8 +64,8 @@ def bencoded_end(data: bytes, start: int = 0, *, max_depth: int = 32, max_items:
     """Offset just past the bencoded value that starts at ``data[start]``.
 
     Iterative and bounded (nesting ``max_depth``, tokens ``max_items``); it checks the
-    framing only, so decode ``data[start:end]`` strictly afterwards. ut_metadata needs it
-    because the piece data follows the dict in the same payload.
+    framing only (the decoders here use :func:`~swarmhub.wire.lenient.decode_lenient`,
+    which returns the same end along with the value).
     """
     n = len(data)
     pos = start
@@ -102,15 +105,13 @@ def bencoded_end(data: bytes, start: int = 0, *, max_depth: int = 32, max_items:
 
 
 def _decode_dict(payload: bytes, what: str, *, whole: bool = True) -> tuple[dict[bytes, Any], int]:
-    """Strictly decode the dict at the start of ``payload``; return it and its end."""
-    payload = bytes(payload)
-    end = bencoded_end(payload)
+    """Leniently decode the dict at the start of ``payload``; return it and its end."""
+    try:
+        value, end = decode_lenient(payload)
+    except RemoteProtocolError as exc:
+        raise RemoteProtocolError(f"{what}: {exc}") from None
     if whole and end != len(payload):
         raise RemoteProtocolError(f"{what}: {len(payload) - end} junk bytes after the dict")
-    try:
-        value = bdecode(payload[:end])
-    except BencodeError as exc:
-        raise RemoteProtocolError(f"{what}: {exc}") from None
     if not isinstance(value, dict):
         raise RemoteProtocolError(f"{what}: expected a bencoded dict, got {type(value).__name__}")
     return value, end

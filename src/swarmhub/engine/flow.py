@@ -1,0 +1,121 @@
+"""Per-peer memory bounds: stop reading from a peer that does not read, and count the
+bytes of the piece requests it has queued with us.
+
+Why: every message a peer sends may make us queue a reply (a 16 KiB metadata piece, up to
+256 KiB of BEP 52 hashes, a 17-byte reject…). A peer that keeps asking and never reads
+made a seeder queue replies without bound (40,000 unread ``ut_metadata`` requests took it
+from 80 to 721 MB). :class:`ReadGate` is the backpressure: while more than ``limit`` bytes
+wait in the transport's write buffer, the connection neither parses the messages it has
+already received nor reads new ones, so TCP's own flow control pushes back on the peer;
+it resumes once the buffer drains to the transport's low-water mark (``resume_writing``).
+:class:`RequestQueue` bounds the piece requests we accept by bytes, not only by count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterator
+
+from swarmhub.wire import messages as m
+
+__all__ = ["BACKLOG", "RATE", "UPLOAD_BATCH", "ReadGate", "RequestQueue", "reply_limit"]
+
+#: Reasons to stop reading: replies the peer leaves unread, and the download rate limit.
+BACKLOG = "backlog"
+RATE = "rate"
+#: Most bytes one upload batch adds past the high-water mark (Torrent._upload_loop writes
+#: up to 1 MiB of blocks, the last one up to 128 KiB, once the transport is writable).
+UPLOAD_BATCH = 2 << 20
+
+
+def reply_limit(high: int) -> int:
+    """Queued bytes above which a peer counts as not reading, for a transport whose
+    uploads wait above ``high``: twice ``high``, and at least one upload batch above it,
+    so that a peer that reads normally never trips the gate."""
+    return high + max(high, UPLOAD_BATCH)
+
+
+
+class ReadGate:
+    """Pauses a transport's reading while any reason to do so holds.
+
+    ``limit`` is the number of queued (unsent) bytes above which the peer counts as not
+    reading; the transport's own high-water mark (where uploads wait) sits below it, so a
+    peer that reads normally never trips it.
+    """
+
+    __slots__ = ("_reasons", "_transport", "limit")
+
+    def __init__(self, transport: asyncio.Transport, limit: int) -> None:
+        self._transport = transport
+        self._reasons: set[str] = set()
+        self.limit = limit
+
+    def over(self, pending: int = 0) -> bool:
+        """Whether more than ``limit`` bytes wait to be sent (``pending`` not yet handed to
+        the transport included): then stop handling the peer's messages."""
+        return self._transport.get_write_buffer_size() + pending > self.limit
+
+    def paused(self, reason: str) -> bool:
+        return reason in self._reasons
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pause_reading()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+
+class RequestQueue:
+    """A peer's piece requests to us, in order, with the total bytes they ask for.
+
+    Behaves like the ``deque`` it replaces (``append``, ``popleft``, ``remove``, ``clear``,
+    indexing, iteration) and adds :attr:`bytes` and :meth:`fits`.
+    """
+
+    __slots__ = ("_q", "bytes")
+
+    def __init__(self) -> None:
+        self._q: collections.deque[m.Request] = collections.deque()
+        self.bytes = 0
+
+    def fits(self, length: int, limit: int) -> bool:
+        """Whether a request for ``length`` more bytes keeps the queue within ``limit``."""
+        return self.bytes + length <= limit
+
+    def append(self, req: m.Request) -> None:
+        self._q.append(req)
+        self.bytes += req.length
+
+    def popleft(self) -> m.Request:
+        req = self._q.popleft()
+        self.bytes -= req.length
+        return req
+
+    def remove(self, req: m.Request) -> None:
+        """Remove the first equal request; ValueError if there is none (like ``deque``)."""
+        self._q.remove(req)
+        self.bytes -= req.length
+
+    def clear(self) -> None:
+        self._q.clear()
+        self.bytes = 0
+
+    def __getitem__(self, i: int) -> m.Request:
+        return self._q[i]
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def __bool__(self) -> bool:
+        return bool(self._q)
+
+    def __iter__(self) -> Iterator[m.Request]:
+        return iter(self._q)
