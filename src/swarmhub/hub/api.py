@@ -90,6 +90,15 @@ class HubConfig:
     peer_listen: tuple[str, int] | None = ("127.0.0.1", 6881)
     #: Largest request line / header field aiohttp accepts (431 beyond).
     max_header_size: int = 8190
+    #: Behind a reverse proxy: take the client's address from X-Forwarded-For and honour
+    #: the tracker's ``ip=``. Off by default: any client could claim any address.
+    trust_proxy: bool = False
+    #: Tracker entries one address (IPv6: one /64) may hold per swarm (0 = no cap); past
+    #: it a new entry replaces that address's stalest one. Loopback labs running many
+    #: peers on 127.0.0.1 need 0 or a larger value.
+    tracker_peers_per_ip: int = 8
+    #: Announces per second one address may send (bursts of 5 s worth; 0 = no limit).
+    tracker_announce_rate: float = 20.0
 
     @property
     def base_url(self) -> str:

@@ -18,6 +18,7 @@ import importlib
 import importlib.resources
 import json
 import logging
+import math
 import mimetypes
 import secrets
 import time
@@ -50,6 +51,7 @@ from swarmhub.hub.catalog import (
     FileRecord,
     NotFoundError,
 )
+from swarmhub.hub.limits import LIMITS_KEY, AnnounceRate, Limits
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
 from swarmhub.hub.tracker import (
@@ -400,8 +402,20 @@ async def announce(request: web.Request) -> web.Response:
     """BEP 3 announce with the catalog as whitelist and passkeys for private torrents."""
     hub = request.app[HUB_KEY]
     raw = request.raw_path.partition("?")[2]
+    limits = request.app[LIMITS_KEY]
+    source = limits.source(request)
+    now = asyncio.get_running_loop().time()
+    wait = limits.announces.take(source, now)
+    if wait > 0:
+        hub.announce_failures += 1
+        return _bencoded(
+            failure_body(
+                f"too many announces from {source}: at most "
+                f"{limits.announces.rate:g} per second; retry in {math.ceil(wait)} s"
+            )
+        )
     try:
-        params = parse_announce_query(raw, request.remote or "")
+        params = parse_announce_query(raw, source, trust_ip=limits.trust_proxy)
     except TrackerError as exc:
         hub.announce_failures += 1
         return _bencoded(failure_body(str(exc)))
@@ -422,13 +436,17 @@ async def announce(request: web.Request) -> web.Response:
             hub.announce_failures += 1
             return _bencoded(failure_body("unknown or revoked passkey"))
     hub.announces += 1
-    return _bencoded(hub.tracker.announce(params, asyncio.get_running_loop().time()))
+    return _bencoded(hub.tracker.announce(params, now))
 
 
 async def scrape(request: web.Request) -> web.Response:
     """BEP 48 scrape; private torrents only for a valid passkey, none means all public."""
     hub = request.app[HUB_KEY]
     raw = request.raw_path.partition("?")[2]
+    limits = request.app[LIMITS_KEY]
+    source = limits.source(request)
+    if limits.announces.take(source, asyncio.get_running_loop().time()) > 0:
+        return _bencoded(failure_body(f"too many requests from {source}: slow down"))
     try:
         hashes = parse_scrape_query(raw)
     except TrackerError as exc:
@@ -580,6 +598,7 @@ def make_hub_app(config: HubConfig) -> web.Application:
         interval=config.tracker_interval,
         min_interval=config.tracker_min_interval,
         allowed=lambda ih: catalog.lookup_info_hash(ih) is not None,
+        max_peers_per_ip=config.tracker_peers_per_ip,
     )
     origin = _origin()
     limiter = None
@@ -591,6 +610,9 @@ def make_hub_app(config: HubConfig) -> web.Application:
     app = web.Application(middlewares=[json_errors_middleware(_error_response)],
                           client_max_size=1 << 20)
     app[HUB_KEY] = hub
+    app[LIMITS_KEY] = Limits(
+        trust_proxy=config.trust_proxy, announces=AnnounceRate(config.tracker_announce_rate)
+    )
     add_api_routes(app)
     r = app.router
     r.add_get("/f/" + _ID + "/{name}", download)  # GET also answers HEAD

@@ -87,6 +87,21 @@ def hub(
     tracker_interval: Annotated[
         int, typer.Option(help="Re-announce interval given to clients, seconds.", min=10)
     ] = 1800,
+    trust_proxy: Annotated[
+        bool,
+        typer.Option(help="Behind a reverse proxy: take client addresses from "
+                     "X-Forwarded-For and honour the tracker's ip= (off: clients cannot "
+                     "claim another address)."),
+    ] = False,
+    tracker_peers_per_ip: Annotated[
+        int,
+        typer.Option(help="Tracker entries one address may hold per swarm (0 = no cap; "
+                     "loopback labs with many peers on 127.0.0.1 need 0).", min=0),
+    ] = 8,
+    tracker_announce_rate: Annotated[
+        float,
+        typer.Option(help="Announces per second one address may send (0 = no limit).", min=0),
+    ] = 20.0,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder."""
@@ -110,6 +125,9 @@ def hub(
         tracker_interval=tracker_interval,
         tracker_min_interval=min(60, tracker_interval),
         peer_listen=peers,
+        trust_proxy=trust_proxy,
+        tracker_peers_per_ip=tracker_peers_per_ip,
+        tracker_announce_rate=tracker_announce_rate,
     )
     try:
         code = _run(run_hub(config, host, port))
