@@ -316,6 +316,8 @@ async def post_file(request: web.Request) -> web.Response:
             raise UploadTruncated(f"the upload ended early or is malformed: {exc}") from None
         if staged is None:
             raise InvalidError("the form has no 'file' field")
+        if staged.size == 0:
+            raise InvalidError("the file is empty: there is nothing to share")
         name = validate_file_name(name_field if name_field is not None else filename)
         private = False
         if collection is not None:
@@ -343,9 +345,17 @@ async def post_file(request: web.Request) -> web.Response:
         raise
     try:
         blob = await asyncio.to_thread(hub.blobs.commit, staged)
-        record = await _catalogue(
-            hub, blob.path, blob.sha256, blob.size, name, collection, private, token
-        )
+        try:
+            record = await _catalogue(
+                hub, blob.path, blob.sha256, blob.size, name, collection, private, token
+            )
+        except ConflictError:
+            # The same upload raced this one to the catalog: the API answers 200 with
+            # the entry it made, as for a duplicate that came second.
+            same = await hub.catalog.run(hub.catalog.find_same, sha, name, private)
+            if same is None or same.collection != collection:
+                raise
+            return web.json_response(file_json(hub, same), status=200)
     finally:
         hub.pinned[sha] -= 1
         if hub.pinned[sha] <= 0:
@@ -374,8 +384,9 @@ async def _catalogue(
             hybrid, v1 = await asyncio.to_thread(
                 _make_torrents, seed_path, hub, private, hub.file_url(stub)
             )
-        except MetainfoError as exc:  # an empty file, for instance
-            raise InvalidError(str(exc)) from None
+        except MetainfoError as exc:  # the message names the server path: log it only
+            log.info("cannot make a torrent of %s: %s", name, exc)
+            raise InvalidError(f"cannot make a torrent of {name!r}") from None
         record = await hub.catalog.run(
             hub.catalog.add_file,
             file_id=file_id,
@@ -426,7 +437,8 @@ def _page(request: web.Request, name: str, default: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > hi:
+    # isdigit() alone accepts "²" and other digits int() refuses: ASCII only, and short.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or int(raw) > hi:
         raise InvalidError(f"{name} must be an integer from 0 to {hi}")
     return int(raw)
 
@@ -493,6 +505,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         body = await request.json()
     except ValueError:
         raise InvalidError("the request body must be a JSON object") from None
+    except RecursionError:  # json.loads of "[[[[...": deeper than the parser's stack
+        raise InvalidError("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidError("the request body must be a JSON object")
     return body

@@ -51,7 +51,7 @@ from swarmhub.hub.catalog import (
     FileRecord,
     NotFoundError,
 )
-from swarmhub.hub.limits import LIMITS_KEY, AnnounceRate, Limits
+from swarmhub.hub.limits import LIMITS_KEY, AnnounceRate, Limits, LoginThrottle
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
 from swarmhub.hub.tracker import (
@@ -195,7 +195,9 @@ def _error_response(exc: BaseException) -> web.Response | None:
     if isinstance(exc, Unauthorized):
         return json_error(401, str(exc), **{"WWW-Authenticate": 'Bearer realm="swarmhub"'})
     if isinstance(exc, AuthError):
-        return json_error(int(getattr(exc, "status", 403)), str(exc))
+        retry = getattr(exc, "retry_after", None)
+        extra = {} if retry is None else {"Retry-After": str(retry)}
+        return json_error(int(getattr(exc, "status", 403)), str(exc), **extra)
     if isinstance(exc, NotFoundError):
         return json_error(404, str(exc))
     if isinstance(exc, ConflictError):
@@ -611,7 +613,9 @@ def make_hub_app(config: HubConfig) -> web.Application:
                           client_max_size=1 << 20)
     app[HUB_KEY] = hub
     app[LIMITS_KEY] = Limits(
-        trust_proxy=config.trust_proxy, announces=AnnounceRate(config.tracker_announce_rate)
+        trust_proxy=config.trust_proxy,
+        announces=AnnounceRate(config.tracker_announce_rate),
+        logins=LoginThrottle(),
     )
     add_api_routes(app)
     r = app.router

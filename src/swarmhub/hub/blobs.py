@@ -245,9 +245,11 @@ class BlobStore:
         return True
 
     def _disk_error(self, exc: OSError) -> StorageError:
+        # Clients see the message: the server's paths go to the log only.
+        log.warning("cannot store an upload under %s: %s", self.root, exc)
         if exc.errno == errno.ENOSPC:
-            return StorageError(f"the hub's disk is full ({self.root}); nothing was stored")
-        return StorageError(f"cannot store the upload under {self.root}: {exc.strerror}")
+            return StorageError("the hub's disk is full; nothing was stored")
+        return StorageError(f"the hub cannot store the upload: {exc.strerror}")
 
 
 def _fsync_dir(path: Path) -> None:

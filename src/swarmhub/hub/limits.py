@@ -193,10 +193,14 @@ class LoginThrottle:
         st.next_slot = max(st.next_slot, now + self._delay(st.count))
         return st.count
 
+    def backlog(self, ip: str, now: float) -> float:
+        """Seconds until the next free slot of ``ip`` (0.0 when it need not wait)."""
+        st = self._state.get(address_key(ip))
+        return 0.0 if st is None else max(0.0, st.next_slot - now)
+
     def retry_after(self, ip: str, now: float) -> int:
         """Whole seconds until ``ip`` may try again (the 429's Retry-After)."""
-        st = self._state.get(address_key(ip))
-        return 1 if st is None else max(1, math.ceil(st.next_slot - now - self.max_wait))
+        return max(1, math.ceil(self.backlog(ip, now) - self.max_wait))
 
     def __len__(self) -> int:
         return len(self._state)

@@ -9,12 +9,13 @@ Bodies go out with zero-copy ``loop.sendfile`` on the transport, as aiohttp's
 or ``SWARMHUB_NOSENDFILE=1`` is set, the bytes are read with ``os.pread`` in the executor.
 
 Overload policy (:class:`OriginLimiter`): the origin caps concurrent transfers and its
-aggregate upload rate. At the cap, a GET for the *whole* file gets 503 with
-``Retry-After`` and, when the hub knows it, a ``Link`` to the torrent: such a client is
-better served by the swarm. Range requests (web seeds, segmented and resuming clients,
-which already fetch only what they lack) are still admitted, up to ``range_overflow``
-times the cap, and share the same rate limit. HEAD, 304, 412 and 416 answers carry no
-file bytes and are never refused.
+aggregate upload rate. At the cap, a GET with file bytes gets 503 with ``Retry-After``
+and, when the hub knows it, a ``Link`` to the torrent: such a client is better served by
+the swarm. Every range form counts (``bytes=0-`` is the whole file by another name, and
+a client that sends it must not bypass the cap); ``range_overflow`` > 1 admits range
+requests up to that multiple of the cap, for deployments that want web seeds to keep
+going under load. HEAD, 304, 412 and 416 answers carry no file bytes and are never
+refused.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class OriginLimiter:
         upload_rate: float = 0,
         *,
         retry_after: int = 10,
-        range_overflow: int = 4,
+        range_overflow: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_transfers < 0 or retry_after < 1 or range_overflow < 1:
