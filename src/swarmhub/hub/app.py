@@ -34,6 +34,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from swarmhub.bencode import bencode
 from swarmhub.errors import AuthError, StorageError, TrackerError
+from swarmhub.hub.accesslog import HubAccessLogger
 from swarmhub.hub.api import (
     HUB_KEY,
     Hub,
@@ -54,6 +55,7 @@ from swarmhub.hub.catalog import (
 from swarmhub.hub.limits import LIMITS_KEY, AnnounceRate, Limits, LoginThrottle
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
+from swarmhub.hub.redact import redact
 from swarmhub.hub.tracker import (
     TrackerState,
     failure_body,
@@ -229,7 +231,7 @@ class _JsonErrorHandler(RequestHandler):
             self.log_exception("error handling request", exc_info=exc)
             message = "internal error; the hub's log has the details"
         else:
-            self.logger.debug("bad request from %s: %s", request.remote, exc)
+            self.logger.debug("bad request from %s: %s", request.remote, redact(str(exc)))
         body = json.dumps({"error": message or "bad request"}).encode()
         resp = web.Response(status=status, body=body, content_type="application/json")
         resp.force_close()
@@ -245,6 +247,7 @@ class HubRunner(web.AppRunner):
     """An AppRunner whose protocol errors (bad or oversize headers) are JSON too."""
 
     def __init__(self, app: web.Application, config: HubConfig, **kwargs: Any) -> None:
+        kwargs.setdefault("access_log_class", HubAccessLogger)
         kwargs.setdefault("max_line_size", config.max_header_size)
         kwargs.setdefault("max_field_size", config.max_header_size)
         super().__init__(app, **kwargs)

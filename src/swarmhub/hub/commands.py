@@ -111,6 +111,9 @@ def hub(
         level=max(logging.WARNING - 10 * verbose, logging.DEBUG),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from swarmhub.hub.redact import install as redact_logs
+
+    redact_logs()  # tokens and passkeys never reach the log, at any level
     host, port = _addr(listen, "--listen")
     peers = None if peer_listen.lower() == "off" else _addr(peer_listen, "--peer-listen")
     shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"

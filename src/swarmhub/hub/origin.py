@@ -45,10 +45,12 @@ from swarmhub.hub.ranges import (
     format_http_date,
     multipart_layout,
 )
+from swarmhub.hub.redact import redact
 
 __all__ = [
     "NOSENDFILE_ENV",
     "ORIGIN_LIMITER_KEY",
+    "SENDFILE_BYTES_KEY",
     "OriginLimiter",
     "content_disposition",
     "json_errors_middleware",
@@ -60,6 +62,9 @@ log = logging.getLogger(__name__)
 
 #: Set to 1 to send bodies with executor reads instead of sendfile (read per request).
 NOSENDFILE_ENV = "SWARMHUB_NOSENDFILE"
+#: ``request[SENDFILE_BYTES_KEY]``: body bytes sent with sendfile, which bypasses
+#: aiohttp's writer and so its ``body_length``; the hub's access log adds them.
+SENDFILE_BYTES_KEY = "swarmhub.sendfile_bytes"
 #: Bytes per executor read on the fallback path (bounded memory per transfer).
 _READ_CHUNK = 1 << 20
 #: Largest sendfile call while a rate cap is on; smaller slices pace more smoothly.
@@ -353,9 +358,12 @@ async def _send_span(
                 continue
             except BaseException:
                 # the file position tells how far sendfile got (asyncio documents this)
+                partial = max(0, fobj.tell() - pos)
+                request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + partial
                 if limiter is not None:
-                    limiter.bytes_served += max(0, fobj.tell() - pos)
+                    limiter.bytes_served += partial
                 raise
+            request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + sent
         else:
             data = await loop.run_in_executor(None, os.pread, fobj.fileno(), n, pos)
             sent = len(data)
@@ -473,7 +481,9 @@ def json_errors_middleware(
             mapped = map_error(exc) if map_error is not None else None
             if mapped is not None:
                 return mapped
-            log.exception("unexpected error serving %s %s", request.method, request.path)
+            log.exception(
+                "unexpected error serving %s %s", request.method, redact(request.path)
+            )
             return _json_error(500, "internal error; see the hub's log")
 
     return json_errors
