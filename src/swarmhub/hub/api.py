@@ -34,7 +34,7 @@ from aiohttp import BodyPartReader, web
 from swarmhub.bencode import bdecode, bencode
 from swarmhub.errors import MetainfoError, StorageError
 from swarmhub.hub.auth import Forbidden, Role, authenticate, has_role, require
-from swarmhub.hub.blobs import BlobStore, UploadTooLarge, UploadTruncated
+from swarmhub.hub.blobs import BlobStore, UploadStalled, UploadTooLarge, UploadTruncated
 from swarmhub.hub.catalog import (
     Catalog,
     CollectionRecord,
@@ -99,6 +99,13 @@ class HubConfig:
     tracker_peers_per_ip: int = 8
     #: Announces per second one address may send (bursts of 5 s worth; 0 = no limit).
     tracker_announce_rate: float = 20.0
+    #: Seconds a client has to send a complete request head (slowloris guard; 0 = none).
+    header_timeout: float = 10.0
+    #: Seconds an idle keep-alive connection stays open.
+    keepalive_timeout: float = 60.0
+    #: Seconds an upload (or JSON body) may go without a byte before it is dropped (408)
+    #: and its temp file removed (0 = no limit).
+    body_timeout: float = 30.0
 
     @property
     def base_url(self) -> str:
@@ -285,21 +292,28 @@ async def post_file(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise InvalidError("send the file as multipart/form-data with a 'file' field")
     reader = await request.multipart()
+    stall = hub.config.body_timeout or None
     collection: str | None = None
     staged = None
     name_field: str | None = None
     filename = ""
     try:
         try:
-            while (part := await reader.next()) is not None:
+            while True:
+                async with asyncio.timeout(stall):
+                    part = await reader.next()
+                if part is None:
+                    break
                 if not isinstance(part, BodyPartReader):
                     raise InvalidError("nested multipart bodies are not accepted")
                 if part.name == "collection":
-                    collection = (await _read_field(part)).strip() or None
+                    async with asyncio.timeout(stall):
+                        collection = (await _read_field(part)).strip() or None
                     if collection is not None:
                         validate_collection_name(collection)
                 elif part.name == "name":
-                    name_field = await _read_field(part)
+                    async with asyncio.timeout(stall):
+                        name_field = await _read_field(part)
                 elif part.name == "file":
                     if staged is not None:
                         raise InvalidError("send one 'file' field per request")
@@ -307,11 +321,14 @@ async def post_file(request: web.Request) -> web.Response:
                     filename = unquote(part.filename or "")
                     if name_field is None:
                         validate_file_name(filename)  # refuse before reading the body
-                    staged = await hub.blobs.stage(part, limit)
+                    staged = await hub.blobs.stage(part, limit, progress_timeout=stall)
                 else:
-                    await part.release()
+                    async with asyncio.timeout(stall):
+                        await part.release()
         except (StorageError, InvalidError, asyncio.CancelledError):
             raise
+        except TimeoutError:
+            raise UploadStalled(f"no upload progress for {stall:g} s; dropped it") from None
         except Exception as exc:  # malformed or truncated multipart framing
             raise UploadTruncated(f"the upload ended early or is malformed: {exc}") from None
         if staged is None:
@@ -501,8 +518,12 @@ async def list_collections(request: web.Request) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    stall = _hub(request).config.body_timeout or None
     try:
-        body = await request.json()
+        async with asyncio.timeout(stall):  # at most 1 MiB (client_max_size)
+            body = await request.json()
+    except TimeoutError:
+        raise UploadStalled(f"the request body did not arrive within {stall:g} s") from None
     except ValueError:
         raise InvalidError("the request body must be a JSON object") from None
     except RecursionError:  # json.loads of "[[[[...": deeper than the parser's stack

@@ -44,7 +44,7 @@ from swarmhub.hub.api import (
     link_into_seed_dir,
 )
 from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
-from swarmhub.hub.blobs import BlobStore, UploadTooLarge, UploadTruncated
+from swarmhub.hub.blobs import BlobStore, UploadStalled, UploadTooLarge, UploadTruncated
 from swarmhub.hub.catalog import (
     Catalog,
     CatalogError,
@@ -52,6 +52,7 @@ from swarmhub.hub.catalog import (
     FileRecord,
     NotFoundError,
 )
+from swarmhub.hub.connections import GuardedRequestHandler, install_fd_exhaustion_handler
 from swarmhub.hub.limits import LIMITS_KEY, AnnounceRate, Limits, LoginThrottle
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
@@ -208,6 +209,10 @@ def _error_response(exc: BaseException) -> web.Response | None:
         return json_error(400, str(exc))
     if isinstance(exc, UploadTooLarge):
         return json_error(413, str(exc))
+    if isinstance(exc, UploadStalled):
+        stalled = json_error(408, str(exc))
+        stalled.force_close()  # the rest of the body is not worth waiting for
+        return stalled
     if isinstance(exc, UploadTruncated):
         return json_error(400, str(exc))
     if isinstance(exc, StorageError):
@@ -215,8 +220,9 @@ def _error_response(exc: BaseException) -> web.Response | None:
     return None
 
 
-class _JsonErrorHandler(RequestHandler):
-    """aiohttp's protocol handler, answering unparsable requests with JSON errors."""
+class _JsonErrorHandler(GuardedRequestHandler):
+    """aiohttp's protocol handler (with a request-head deadline), answering unparsable
+    requests with JSON errors."""
 
     def handle_error(
         self,
@@ -248,6 +254,8 @@ class HubRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, config: HubConfig, **kwargs: Any) -> None:
         kwargs.setdefault("access_log_class", HubAccessLogger)
+        kwargs.setdefault("keepalive_timeout", config.keepalive_timeout)
+        kwargs.setdefault("header_timeout", config.header_timeout)
         kwargs.setdefault("max_line_size", config.max_header_size)
         kwargs.setdefault("max_field_size", config.max_header_size)
         super().__init__(app, **kwargs)
@@ -680,6 +688,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:
     """Start the hub on ``host:port``; stop it with ``await runner.cleanup()``."""
+    install_fd_exhaustion_handler(asyncio.get_running_loop())
     runner = HubRunner(make_hub_app(config), config)
     await runner.setup()
     try:

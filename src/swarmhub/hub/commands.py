@@ -102,6 +102,18 @@ def hub(
         float,
         typer.Option(help="Announces per second one address may send (0 = no limit).", min=0),
     ] = 20.0,
+    header_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a client has to send a request's headers (0 = none).", min=0),
+    ] = 10.0,
+    keepalive_timeout: Annotated[
+        float, typer.Option(help="Seconds an idle keep-alive connection stays open.", min=0)
+    ] = 60.0,
+    upload_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds an upload may send nothing before it is dropped "
+                     "(0 = none).", min=0),
+    ] = 30.0,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder."""
@@ -131,6 +143,9 @@ def hub(
         trust_proxy=trust_proxy,
         tracker_peers_per_ip=tracker_peers_per_ip,
         tracker_announce_rate=tracker_announce_rate,
+        header_timeout=header_timeout,
+        keepalive_timeout=keepalive_timeout,
+        body_timeout=upload_timeout,
     )
     try:
         code = _run(run_hub(config, host, port))

@@ -21,6 +21,7 @@ refused.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import mimetypes
@@ -203,7 +204,11 @@ async def serve_file(
         fobj, st = await loop.run_in_executor(None, _open_regular, path)
     except PermissionError:
         return _json_error(403, "the file exists but the hub may not read it")
-    except OSError:  # missing, a directory, a special file, a symlink loop...
+    except OSError as exc:  # missing, a directory, a special file, a symlink loop...
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # not the file's fault: retry soon
+            busy = _json_error(503, "the hub is out of file descriptors; retry shortly")
+            busy.headers["Retry-After"] = "1"
+            return busy
         return _json_error(404, "no such file")
     try:
         decision = evaluate(
