@@ -155,3 +155,24 @@ async def test_announces_from_one_address_do_not_block_the_loop(live: Live) -> N
         answers = await asyncio.gather(*(_announce(a, live, ih, 8000 + n) for n in range(20)))
     refused = [x for x in answers if b"failure reason" in x]
     assert len(refused) == 15
+
+
+async def test_the_embedded_seeder_is_not_rate_limited(tmp_path: Path) -> None:
+    """It announces every swarm at once; with 1 announce/s (bursts of 5) 12 swarms pass."""
+    async for live in live_hub(
+        tmp_path, tracker_announce_rate=1.0, peer_listen=("127.0.0.1", 0)
+    ):
+        pub, _ = await live.token("publisher")
+        hashes = []
+        for n in range(6):  # a hybrid and a v1 swarm each: 12+ announces in a burst
+            status, body = await live.publish(os.urandom(20_000), f"f{n}.bin", pub)
+            assert status == 201
+            hashes += [bytes.fromhex(body["info_hash_v1"]),
+                       bytes.fromhex(body["info_hash_v1_torrent"])]
+        deadline = asyncio.get_running_loop().time() + 30
+        while not all(live.hub.tracker.stats(h)[0] == 1 for h in hashes):
+            assert asyncio.get_running_loop().time() < deadline, [
+                live.hub.tracker.stats(h) for h in hashes
+            ]
+            await asyncio.sleep(0.05)
+        assert live.hub.announce_failures == 0

@@ -58,6 +58,7 @@ from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
 from swarmhub.hub.redact import redact
 from swarmhub.hub.tracker import (
+    AnnounceParams,
     TrackerState,
     failure_body,
     parse_announce_query,
@@ -411,6 +412,25 @@ def _bencoded(body: bytes) -> web.Response:
     return web.Response(body=body, content_type=_PLAIN)
 
 
+def _from_our_seeder(request: web.Request, hub: Hub, params: AnnounceParams) -> bool:
+    """Whether the embedded seeder sent this announce (it is exempt from the rate limit:
+    it announces every file at once when the hub starts).
+
+    Its peer id and port are public, so the connection must also come from this very
+    host: a socket whose peer address is its own local address.
+    """
+    seeder = hub.seeder
+    if not isinstance(seeder, Seeder) or seeder.session is None:
+        return False
+    if params.peer_id != seeder.session.peer_id or params.port != seeder.port:
+        return False
+    transport = request.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    if not local:
+        return False
+    return bool(request.remote == local[0])
+
+
 async def announce(request: web.Request) -> web.Response:
     """BEP 3 announce with the catalog as whitelist and passkeys for private torrents."""
     hub = request.app[HUB_KEY]
@@ -418,20 +438,26 @@ async def announce(request: web.Request) -> web.Response:
     limits = request.app[LIMITS_KEY]
     source = limits.source(request)
     now = asyncio.get_running_loop().time()
-    wait = limits.announces.take(source, now)
-    if wait > 0:
-        hub.announce_failures += 1
-        return _bencoded(
-            failure_body(
-                f"too many announces from {source}: at most "
-                f"{limits.announces.rate:g} per second; retry in {math.ceil(wait)} s"
-            )
-        )
     try:
-        params = parse_announce_query(raw, source, trust_ip=limits.trust_proxy)
+        params: AnnounceParams | None = parse_announce_query(
+            raw, source, trust_ip=limits.trust_proxy
+        )
+        error = ""
     except TrackerError as exc:
+        params, error = None, str(exc)
+    if params is None or not _from_our_seeder(request, hub, params):
+        wait = limits.announces.take(source, now)
+        if wait > 0:
+            hub.announce_failures += 1
+            return _bencoded(
+                failure_body(
+                    f"too many announces from {source}: at most "
+                    f"{limits.announces.rate:g} per second; retry in {math.ceil(wait)} s"
+                )
+            )
+    if params is None:
         hub.announce_failures += 1
-        return _bencoded(failure_body(str(exc)))
+        return _bencoded(failure_body(error))
     entry = hub.catalog.lookup_info_hash(params.info_hash)
     if entry is None:
         hub.announce_failures += 1
