@@ -32,7 +32,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
@@ -65,7 +65,12 @@ log = logging.getLogger(__name__)
 NOSENDFILE_ENV = "SWARMHUB_NOSENDFILE"
 #: ``request[SENDFILE_BYTES_KEY]``: body bytes sent with sendfile, which bypasses
 #: aiohttp's writer and so its ``body_length``; the hub's access log adds them.
-SENDFILE_BYTES_KEY = "swarmhub.sendfile_bytes"
+#: A typed ``web.RequestKey`` where aiohttp has one (3.14+; it warns about str keys).
+SENDFILE_BYTES_KEY: Any = (
+    web.RequestKey("swarmhub_sendfile_bytes", int)
+    if hasattr(web, "RequestKey")
+    else "swarmhub.sendfile_bytes"
+)
 #: Bytes per executor read on the fallback path (bounded memory per transfer).
 _READ_CHUNK = 1 << 20
 #: Largest sendfile call while a rate cap is on; smaller slices pace more smoothly.
