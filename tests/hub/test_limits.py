@@ -94,11 +94,11 @@ async def _publish(live: Live) -> bytes:
 
 
 async def _announce(
-    http: aiohttp.ClientSession, live: Live, ih: bytes, port: int, **extra: str
+    http: aiohttp.ClientSession, live: Live, ih: bytes, port: int, **extra: str | bytes
 ) -> dict[bytes, Any]:
     query = {
         "info_hash": ih,
-        "peer_id": os.urandom(20),
+        "peer_id": extra.pop("peer_id", os.urandom(20)),
         "port": str(port),
         "left": "5",
         **extra,
@@ -132,6 +132,19 @@ async def test_hub_tracker_ignores_ip_and_limits_each_address(live: Live) -> Non
         peers = last[b"peers"]
         hosts = [peers[i : i + 4] for i in range(0, len(peers), 6)]
         assert hosts.count(bytes([127, 0, 0, 2])) == 3
+
+
+async def test_stopped_cannot_remove_another_addresss_entry(live: Live) -> None:
+    ih = await _publish(live)
+    peer_id = os.urandom(20)
+    async with _from("127.0.0.2") as victim, _from("127.0.0.3") as attacker:
+        await _announce(victim, live, ih, 6000, peer_id=peer_id)
+        # Same peer id and port, the victim's address in ip=, event=stopped: ignored.
+        await _announce(attacker, live, ih, 6000, peer_id=peer_id, ip="127.0.0.2",
+                        event="stopped")
+        assert live.hub.tracker.stats(ih) == (0, 0, 1)
+        seen = await _announce(attacker, live, ih, 6001)
+        assert seen[b"peers"] == bytes([127, 0, 0, 2]) + (6000).to_bytes(2, "big")
 
 
 async def test_trusted_proxy_supplies_the_address(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from aiohttp import web
 from swarmhub.errors import AuthError
 from swarmhub.hub.catalog import Catalog, TokenRecord
 from swarmhub.hub.limits import LIMITS_KEY, Limits
+from swarmhub.hub.redact import redact
 
 __all__ = [
     "Forbidden",
@@ -125,7 +126,7 @@ async def authenticate(
             source,
             "unknown" if record is None else f"revoked ({record.id})",
             request.method,
-            request.path,
+            redact(request.path),
             failures,
         )
         raise Forbidden("invalid or revoked token")
