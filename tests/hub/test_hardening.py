@@ -95,6 +95,13 @@ async def test_malformed_inputs_are_4xx_json_without_traceback(
         headers={**live.auth(live.admin), "Content-Type": "application/json"},
     ) as r:
         assert r.status == 400 and "nested too deeply" in (await r.json())["error"]
+    pub, _ = await live.token("publisher")
+    async with live.http.post(
+        f"{live.url}/api/files",
+        data=b"x",
+        headers={**live.auth(pub), "Content-Type": "multipart/form-data"},  # no boundary
+    ) as r:
+        assert r.status == 400 and "multipart" in (await r.json())["error"]
     _no_traceback(caplog)
 
 

@@ -291,7 +291,10 @@ async def post_file(request: web.Request) -> web.Response:
         raise UploadTooLarge(f"upload is larger than the hub's limit of {limit} bytes")
     if not request.content_type.startswith("multipart/"):
         raise InvalidError("send the file as multipart/form-data with a 'file' field")
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except ValueError as exc:  # no boundary in the Content-Type, for instance
+        raise InvalidError(f"malformed multipart request: {exc}") from None
     stall = hub.config.body_timeout or None
     collection: str | None = None
     staged = None
