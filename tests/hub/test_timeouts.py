@@ -208,3 +208,52 @@ def test_out_of_descriptors_sheds_connections_quietly_and_recovers(tmp_path: Pat
     assert "Traceback" not in text, text[-3000:]
     lines = [line for line in text.splitlines() if "out of file descriptors" in line]
     assert 1 <= len(lines) <= 2 + int(time.monotonic() - hub.proc.started)
+
+
+def test_sweep_ends_only_transfers_whose_client_acknowledges_nothing() -> None:
+    from swarmhub.hub.origin import OriginLimiter
+
+    lim = OriginLimiter(stall_timeout=10.0)
+    stuck, moving, hub_bound = asyncio.Transport(), asyncio.Transport(), asyncio.Transport()
+    acked: dict[asyncio.BaseTransport, int | None] = {stuck: 5, moving: 5, hub_bound: None}
+    ended: list[asyncio.BaseTransport] = []
+    for t in acked:
+        lim.watch(t, 0.0, lambda t=t: ended.append(t))
+    for now in (1.0, 6.0, 11.0, 12.0):
+        acked[moving] = int(now)  # the client keeps acknowledging bytes
+        lim.sweep(now, acked.get)
+    # hub_bound: nothing waits for that client (the hub is the slow side): never ended.
+    assert ended == [stuck] and lim.stalled_total == 1
+    lim.unwatch(moving)
+    lim.unwatch(hub_bound)
+    assert lim.sweep(100.0, acked.get) == 0
+
+
+async def test_a_client_that_stops_reading_frees_its_transfer_slot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async for live in live_hub(
+        tmp_path, max_transfers=1, send_timeout=0.5, max_upload_size=64 << 20
+    ):
+        await _check_stalled_download_is_aborted(live)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def _check_stalled_download_is_aborted(live: Live) -> None:
+    pub, _ = await live.token("publisher")
+    data = os.urandom(48 << 20)  # far more than the socket buffers hold
+    status, f = await live.publish(data, "big.bin", pub)
+    assert status == 201, f
+    path = f["url"].split(live.url, 1)[1]
+    limiter = live.hub.limiter
+    reader, writer = await _connect(live)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+        assert head.startswith(b"HTTP/1.1 200")
+        # ...and read nothing more: the hub's sendfile waits on a full window.
+        await _wait_for(lambda: limiter.stalled_total == 1 and limiter.transfers_active == 0)
+        async with live.http.get(f["url"]) as r:  # the slot is free again
+            assert r.status == 200 and await r.read() == data
+    finally:
+        writer.close()

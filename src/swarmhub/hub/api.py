@@ -106,6 +106,9 @@ class HubConfig:
     #: Seconds an upload (or JSON body) may go without a byte before it is dropped (408)
     #: and its temp file removed (0 = no limit).
     body_timeout: float = 30.0
+    #: Seconds a download may wait on a client that acknowledges nothing (it stopped
+    #: reading) before it is aborted and its transfer slot freed (0 = forever).
+    send_timeout: float = 60.0
 
     @property
     def base_url(self) -> str:

@@ -643,7 +643,9 @@ def make_hub_app(config: HubConfig) -> web.Application:
     limiter = None
     if origin is not None:
         limiter = origin.OriginLimiter(
-            max_transfers=config.max_transfers, upload_rate=config.upload_rate
+            max_transfers=config.max_transfers,
+            upload_rate=config.upload_rate,
+            stall_timeout=config.send_timeout,
         )
     hub = Hub(config, catalog, blobs, tracker, limiter, seeder_passkey=secrets.token_hex(16))
     app = web.Application(middlewares=[json_errors_middleware(_error_response)],
@@ -695,13 +697,23 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(hub.tracker.min_interval)
             hub.tracker.purge(clock.time())
 
+    async def sweep_stalled() -> None:
+        """Free the transfer slots of clients that stopped reading (origin docstring)."""
+        clock = asyncio.get_running_loop()
+        limiter = hub.limiter
+        while limiter is not None and limiter.stall_timeout > 0:
+            await asyncio.sleep(min(5.0, limiter.stall_timeout / 4))
+            limiter.sweep(clock.time())
+
     purger = asyncio.create_task(purge(), name="hub-tracker-purge")
+    sweeper = asyncio.create_task(sweep_stalled(), name="hub-stalled-downloads")
     try:
         yield
     finally:
-        purger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purger
+        for task in (purger, sweeper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         hub.seeder = None
         if seeder is not None and seeder_task is not None:
             await seeder.close()

@@ -114,6 +114,11 @@ def hub(
         typer.Option(help="Seconds an upload may send nothing before it is dropped "
                      "(0 = none).", min=0),
     ] = 30.0,
+    send_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a download may wait on a client that reads nothing "
+                     "before it is aborted (0 = forever).", min=0),
+    ] = 60.0,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder."""
@@ -146,6 +151,7 @@ def hub(
         header_timeout=header_timeout,
         keepalive_timeout=keepalive_timeout,
         body_timeout=upload_timeout,
+        send_timeout=send_timeout,
     )
     try:
         code = _run(run_hub(config, host, port))
