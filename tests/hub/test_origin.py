@@ -398,7 +398,9 @@ async def test_rate_cap_is_honoured(tmp_path: Path, sender: Sender) -> None:
 async def test_overload_whole_file_gets_503_with_link_ranges_still_served(
     tmp_path: Path, sender: Sender
 ) -> None:
-    limiter = OriginLimiter(max_transfers=1, upload_rate=1_000_000, retry_after=7)
+    limiter = OriginLimiter(
+        max_transfers=1, upload_rate=1_000_000, retry_after=7, range_overflow=2
+    )
     o = await _start(tmp_path, sender, limiter)
     slow: asyncio.Task[bytes] | None = None
     try:
@@ -437,6 +439,13 @@ async def test_overload_whole_file_gets_503_with_link_ranges_still_served(
         if slow is not None and not slow.done():
             slow.cancel()
         await o.client.close()
+
+
+def test_every_range_form_counts_against_the_cap_by_default() -> None:
+    lim = OriginLimiter(max_transfers=2)
+    assert lim.admit(whole_file=True) and lim.admit(whole_file=False)
+    assert not lim.admit(whole_file=False) and not lim.admit(whole_file=True)
+    assert (lim.transfers_active, lim.rejected_total) == (2, 2)
 
 
 def test_range_overflow_policy() -> None:

@@ -161,10 +161,19 @@ def test_malformed_queries_get_a_failure_reason(query: str, reason: str) -> None
         parse_announce_query(query, "127.0.0.1")
 
 
-def test_ip_parameter_only_when_it_is_an_address() -> None:
-    assert parse_announce_query(q(ip="10.1.1.1"), "192.0.2.1").ip == "10.1.1.1"
-    assert parse_announce_query(q(ip="2001:db8::5"), "192.0.2.1").ip == "2001:db8::5"
-    assert parse_announce_query(q(ip="evil.example"), "192.0.2.1").ip == "192.0.2.1"
+def test_ip_parameter_is_ignored_unless_a_proxy_is_trusted() -> None:
+    # Any client could otherwise put 8.8.8.8:53 or a LAN host's ssh port into a swarm.
+    assert parse_announce_query(q(ip="8.8.8.8", port=53), "192.0.2.1").ip == "192.0.2.1"
+    assert parse_announce_query(q(ip="2001:db8::5"), "192.0.2.1").ip == "192.0.2.1"
+
+
+def test_ip_parameter_behind_a_trusted_proxy_only_when_it_is_an_address() -> None:
+    def ip(query: str) -> str:
+        return parse_announce_query(query, "192.0.2.1", trust_ip=True).ip
+
+    assert ip(q(ip="10.1.1.1")) == "10.1.1.1"
+    assert ip(q(ip="2001:db8::5")) == "2001:db8::5"
+    assert ip(q(ip="evil.example")) == "192.0.2.1"
 
 
 def test_scrape_query() -> None:
@@ -207,6 +216,46 @@ def test_stopped_removes_the_peer() -> None:
     assert answer[b"peers"] == b"" and answer[b"complete"] == 0
     assert announce(state, params(3))[b"peers"] == bytes([10, 0, 0, 1]) + (1002).to_bytes(2, "big")
     assert state.stats(IH) == (0, 0, 2)
+
+
+def test_stopped_with_another_peer_id_leaves_the_entry_alone() -> None:
+    state = TrackerState()
+    announce(state, params(1, left=0))
+    # Same address and port, another peer id: not the sender's own entry.
+    intruder = params(1, left=0, event="stopped", peer_id=b"X" * 20)
+    announce(state, intruder)
+    assert state.stats(IH) == (1, 0, 0)
+    announce(state, params(1, left=0, event="stopped"))
+    assert state.stats(IH) == (0, 0, 0)
+
+
+def test_one_address_holds_at_most_the_cap_and_displaces_only_its_own_entries() -> None:
+    state = TrackerState(max_peers_per_ip=3)
+    other = params(99, ip="10.9.9.9")
+    announce(state, other)
+    for n in range(1, 1001):  # a flood of ports from one address
+        announce(state, params(n))
+    seen = announce(state, params(5000, ip="10.7.7.7"))[b"peers"]
+    ports = compact_ports(seen)
+    assert ports == {1099, 1998, 1999, 2000}  # the other address, and the 3 newest
+    assert state.stats(IH) == (0, 0, 5)
+
+
+def test_the_per_address_cap_evicts_the_least_recently_announced_entry() -> None:
+    state = TrackerState(max_peers_per_ip=2)
+    announce(state, params(1))
+    announce(state, params(2))
+    announce(state, params(1))  # 1 is fresh again; 2 is now the stalest
+    announce(state, params(3))
+    assert compact_ports(announce(state, params(9, ip="10.8.8.8"))[b"peers"]) == {1001, 1003}
+
+
+def test_ipv6_sources_share_the_cap_per_slash_64() -> None:
+    state = TrackerState(max_peers_per_ip=2)
+    for n in range(1, 6):
+        announce(state, params(n, ip=f"2001:db8:0:1::{n}"))
+    announce(state, params(9, ip="2001:db8:0:2::1"))
+    assert state.stats(IH) == (0, 0, 3)
 
 
 def test_completed_is_counted_once_and_turns_a_leecher_into_a_seeder() -> None:

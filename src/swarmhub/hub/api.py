@@ -35,7 +35,7 @@ from swarmhub.bencode import bdecode, bencode
 from swarmhub.errors import MetainfoError, StorageError
 from swarmhub.hub.access import SwarmAccess
 from swarmhub.hub.auth import Forbidden, Role, authenticate, has_role, require
-from swarmhub.hub.blobs import BlobStore, UploadTooLarge, UploadTruncated
+from swarmhub.hub.blobs import BlobStore, UploadStalled, UploadTooLarge, UploadTruncated
 from swarmhub.hub.catalog import (
     Catalog,
     CollectionRecord,
@@ -95,6 +95,25 @@ class HubConfig:
     peer_listen: tuple[str, int] | None = ("127.0.0.1", DEFAULT_PEER_PORT)
     #: Largest request line / header field aiohttp accepts (431 beyond).
     max_header_size: int = 8190
+    #: Behind a reverse proxy: take the client's address from X-Forwarded-For and honour
+    #: the tracker's ``ip=``. Off by default: any client could claim any address.
+    trust_proxy: bool = False
+    #: Tracker entries one address (IPv6: one /64) may hold per swarm (0 = no cap); past
+    #: it a new entry replaces that address's stalest one. Loopback labs running many
+    #: peers on 127.0.0.1 need 0 or a larger value.
+    tracker_peers_per_ip: int = 8
+    #: Announces per second one address may send (bursts of 5 s worth; 0 = no limit).
+    tracker_announce_rate: float = 20.0
+    #: Seconds a client has to send a complete request head (slowloris guard; 0 = none).
+    header_timeout: float = 10.0
+    #: Seconds an idle keep-alive connection stays open.
+    keepalive_timeout: float = 60.0
+    #: Seconds an upload (or JSON body) may go without a byte before it is dropped (408)
+    #: and its temp file removed (0 = no limit).
+    body_timeout: float = 30.0
+    #: Seconds a download may wait on a client that acknowledges nothing (it stopped
+    #: reading) before it is aborted and its transfer slot freed (0 = forever).
+    send_timeout: float = 60.0
 
     @property
     def base_url(self) -> str:
@@ -296,22 +315,32 @@ async def post_file(request: web.Request) -> web.Response:
         raise UploadTooLarge(f"upload is larger than the hub's limit of {limit} bytes")
     if not request.content_type.startswith("multipart/"):
         raise InvalidError("send the file as multipart/form-data with a 'file' field")
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except ValueError as exc:  # no boundary in the Content-Type, for instance
+        raise InvalidError(f"malformed multipart request: {exc}") from None
+    stall = hub.config.body_timeout or None
     collection: str | None = None
     staged = None
     name_field: str | None = None
     filename = ""
     try:
         try:
-            while (part := await reader.next()) is not None:
+            while True:
+                async with asyncio.timeout(stall):
+                    part = await reader.next()
+                if part is None:
+                    break
                 if not isinstance(part, BodyPartReader):
                     raise InvalidError("nested multipart bodies are not accepted")
                 if part.name == "collection":
-                    collection = (await _read_field(part)).strip() or None
+                    async with asyncio.timeout(stall):
+                        collection = (await _read_field(part)).strip() or None
                     if collection is not None:
                         validate_collection_name(collection)
                 elif part.name == "name":
-                    name_field = await _read_field(part)
+                    async with asyncio.timeout(stall):
+                        name_field = await _read_field(part)
                 elif part.name == "file":
                     if staged is not None:
                         raise InvalidError("send one 'file' field per request")
@@ -319,15 +348,20 @@ async def post_file(request: web.Request) -> web.Response:
                     filename = unquote(part.filename or "")
                     if name_field is None:
                         validate_file_name(filename)  # refuse before reading the body
-                    staged = await hub.blobs.stage(part, limit)
+                    staged = await hub.blobs.stage(part, limit, progress_timeout=stall)
                 else:
-                    await part.release()
+                    async with asyncio.timeout(stall):
+                        await part.release()
         except (StorageError, InvalidError, asyncio.CancelledError):
             raise
+        except TimeoutError:
+            raise UploadStalled(f"no upload progress for {stall:g} s; dropped it") from None
         except Exception as exc:  # malformed or truncated multipart framing
             raise UploadTruncated(f"the upload ended early or is malformed: {exc}") from None
         if staged is None:
             raise InvalidError("the form has no 'file' field")
+        if staged.size == 0:
+            raise InvalidError("the file is empty: there is nothing to share")
         name = validate_file_name(name_field if name_field is not None else filename)
         private = False
         if collection is not None:
@@ -355,9 +389,17 @@ async def post_file(request: web.Request) -> web.Response:
         raise
     try:
         blob = await asyncio.to_thread(hub.blobs.commit, staged)
-        record = await _catalogue(
-            hub, blob.path, blob.sha256, blob.size, name, collection, private, token
-        )
+        try:
+            record = await _catalogue(
+                hub, blob.path, blob.sha256, blob.size, name, collection, private, token
+            )
+        except ConflictError:
+            # The same upload raced this one to the catalog: the API answers 200 with
+            # the entry it made, as for a duplicate that came second.
+            same = await hub.catalog.run(hub.catalog.find_same, sha, name, private)
+            if same is None or same.collection != collection:
+                raise
+            return web.json_response(file_json(hub, same), status=200)
     finally:
         hub.pinned[sha] -= 1
         if hub.pinned[sha] <= 0:
@@ -387,8 +429,9 @@ async def _catalogue(
             hybrid, v1 = await asyncio.to_thread(
                 _make_torrents, seed_path, hub, private, hub.file_url(stub)
             )
-        except MetainfoError as exc:  # an empty file, for instance
-            raise InvalidError(str(exc)) from None
+        except MetainfoError as exc:  # the message names the server path: log it only
+            log.info("cannot make a torrent of %s: %s", name, exc)
+            raise InvalidError(f"cannot make a torrent of {name!r}") from None
         await pause_point("torrent")
         record = await hub.catalog.run(
             hub.catalog.add_file,
@@ -442,7 +485,8 @@ def _page(request: web.Request, name: str, default: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > hi:
+    # isdigit() alone accepts "²" and other digits int() refuses: ASCII only, and short.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or int(raw) > hi:
         raise InvalidError(f"{name} must be an integer from 0 to {hi}")
     return int(raw)
 
@@ -510,10 +554,16 @@ async def list_collections(request: web.Request) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    stall = _hub(request).config.body_timeout or None
     try:
-        body = await request.json()
+        async with asyncio.timeout(stall):  # at most 1 MiB (client_max_size)
+            body = await request.json()
+    except TimeoutError:
+        raise UploadStalled(f"the request body did not arrive within {stall:g} s") from None
     except ValueError:
         raise InvalidError("the request body must be a JSON object") from None
+    except RecursionError:  # json.loads of "[[[[...": deeper than the parser's stack
+        raise InvalidError("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidError("the request body must be a JSON object")
     return body

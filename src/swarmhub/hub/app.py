@@ -19,6 +19,7 @@ import importlib.resources
 import ipaddress
 import json
 import logging
+import math
 import mimetypes
 import os
 import socket
@@ -37,6 +38,7 @@ from swarmhub.bencode import bencode
 from swarmhub.discovery.tracker import parse_announce_response
 from swarmhub.errors import AuthError, StorageError, SwarmhubError, TrackerError
 from swarmhub.hub.access import SwarmAccess, normalize_ip
+from swarmhub.hub.accesslog import HubAccessLogger
 from swarmhub.hub.api import (
     HUB_KEY,
     Hub,
@@ -46,7 +48,7 @@ from swarmhub.hub.api import (
     link_into_seed_dir,
 )
 from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
-from swarmhub.hub.blobs import BlobStore, UploadTooLarge, UploadTruncated
+from swarmhub.hub.blobs import BlobStore, UploadStalled, UploadTooLarge, UploadTruncated
 from swarmhub.hub.catalog import (
     Catalog,
     CatalogError,
@@ -54,9 +56,12 @@ from swarmhub.hub.catalog import (
     FileRecord,
     NotFoundError,
 )
+from swarmhub.hub.connections import GuardedRequestHandler, install_fd_exhaustion_handler
+from swarmhub.hub.limits import LIMITS_KEY, AnnounceRate, Limits, LoginThrottle
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
 from swarmhub.hub.reconcile import CATALOG_NAME, DataDirLock, prepare_data_dir, reconcile
+from swarmhub.hub.redact import redact
 from swarmhub.hub.tracker import (
     AnnounceParams,
     TrackerState,
@@ -295,7 +300,9 @@ def _error_response(exc: BaseException) -> web.Response | None:
     if isinstance(exc, Unauthorized):
         return json_error(401, str(exc), **{"WWW-Authenticate": 'Bearer realm="swarmhub"'})
     if isinstance(exc, AuthError):
-        return json_error(int(getattr(exc, "status", 403)), str(exc))
+        retry = getattr(exc, "retry_after", None)
+        extra = {} if retry is None else {"Retry-After": str(retry)}
+        return json_error(int(getattr(exc, "status", 403)), str(exc), **extra)
     if isinstance(exc, NotFoundError):
         return json_error(404, str(exc))
     if isinstance(exc, ConflictError):
@@ -304,6 +311,10 @@ def _error_response(exc: BaseException) -> web.Response | None:
         return json_error(400, str(exc))
     if isinstance(exc, UploadTooLarge):
         return json_error(413, str(exc))
+    if isinstance(exc, UploadStalled):
+        stalled = json_error(408, str(exc))
+        stalled.force_close()  # the rest of the body is not worth waiting for
+        return stalled
     if isinstance(exc, UploadTruncated):
         return json_error(400, str(exc))
     if isinstance(exc, StorageError):
@@ -311,8 +322,9 @@ def _error_response(exc: BaseException) -> web.Response | None:
     return None
 
 
-class _JsonErrorHandler(RequestHandler):
-    """aiohttp's protocol handler, answering unparsable requests with JSON errors."""
+class _JsonErrorHandler(GuardedRequestHandler):
+    """aiohttp's protocol handler (with a request-head deadline), answering unparsable
+    requests with JSON errors."""
 
     def handle_error(
         self,
@@ -327,7 +339,7 @@ class _JsonErrorHandler(RequestHandler):
             self.log_exception("error handling request", exc_info=exc)
             message = "internal error; the hub's log has the details"
         else:
-            self.logger.debug("bad request from %s: %s", request.remote, exc)
+            self.logger.debug("bad request from %s: %s", request.remote, redact(str(exc)))
         body = json.dumps({"error": message or "bad request"}).encode()
         resp = web.Response(status=status, body=body, content_type="application/json")
         resp.force_close()
@@ -343,6 +355,9 @@ class HubRunner(web.AppRunner):
     """An AppRunner whose protocol errors (bad or oversize headers) are JSON too."""
 
     def __init__(self, app: web.Application, config: HubConfig, **kwargs: Any) -> None:
+        kwargs.setdefault("access_log_class", HubAccessLogger)
+        kwargs.setdefault("keepalive_timeout", config.keepalive_timeout)
+        kwargs.setdefault("header_timeout", config.header_timeout)
         kwargs.setdefault("max_line_size", config.max_header_size)
         kwargs.setdefault("max_field_size", config.max_header_size)
         super().__init__(app, **kwargs)
@@ -501,15 +516,52 @@ def _bencoded(body: bytes) -> web.Response:
     return web.Response(body=body, content_type=_PLAIN)
 
 
+def _from_our_seeder(request: web.Request, hub: Hub, params: AnnounceParams) -> bool:
+    """Whether the embedded seeder sent this announce (it is exempt from the rate limit:
+    it announces every file at once when the hub starts).
+
+    Its peer id and port are public, so the connection must also come from this very
+    host: a socket whose peer address is its own local address.
+    """
+    seeder = hub.seeder
+    if not isinstance(seeder, Seeder) or seeder.session is None:
+        return False
+    if params.peer_id != seeder.session.peer_id or params.port != seeder.port:
+        return False
+    transport = request.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    if not local:
+        return False
+    return bool(request.remote == local[0])
+
+
 async def announce(request: web.Request) -> web.Response:
     """BEP 3 announce with the catalog as whitelist and passkeys for private torrents."""
     hub = request.app[HUB_KEY]
     raw = request.raw_path.partition("?")[2]
+    limits = request.app[LIMITS_KEY]
+    source = limits.source(request)
+    now = asyncio.get_running_loop().time()
     try:
-        params = parse_announce_query(raw, request.remote or "")
+        params: AnnounceParams | None = parse_announce_query(
+            raw, source, trust_ip=limits.trust_proxy
+        )
+        error = ""
     except TrackerError as exc:
+        params, error = None, str(exc)
+    if params is None or not _from_our_seeder(request, hub, params):
+        wait = limits.announces.take(source, now)
+        if wait > 0:
+            hub.announce_failures += 1
+            return _bencoded(
+                failure_body(
+                    f"too many announces from {source}: at most "
+                    f"{limits.announces.rate:g} per second; retry in {math.ceil(wait)} s"
+                )
+            )
+    if params is None:
         hub.announce_failures += 1
-        return _bencoded(failure_body(str(exc)))
+        return _bencoded(failure_body(error))
     entry = hub.catalog.lookup_info_hash(params.info_hash)
     if entry is None:
         hub.announce_failures += 1
@@ -529,12 +581,12 @@ async def announce(request: web.Request) -> web.Response:
             hub.announce_failures += 1
             return _bencoded(failure_body("unknown or revoked passkey"))
     hub.announces += 1
-    now = asyncio.get_running_loop().time()
     body = hub.tracker.announce(params, now)
     if owner is not None and params.event != "stopped":
         # The proof the seeder admits private peers by: this peer id, from this address
-        # (the connection's, never a claimed ip=), holds a live passkey for this file.
-        remote = normalize_ip(request.remote or "")
+        # (the connection's, or a trusted proxy's word; never a claimed ip=), holds a live
+        # passkey for this file.
+        remote = normalize_ip(source)
         hub.access.record(
             file_id=entry[0], ip=remote, port=params.port, peer_id=params.peer_id,
             token_id=owner, entry=(params.info_hash, params.ip, params.port, params.peer_id),
@@ -549,6 +601,10 @@ async def scrape(request: web.Request) -> web.Response:
     """BEP 48 scrape; private torrents only for a valid passkey, none means all public."""
     hub = request.app[HUB_KEY]
     raw = request.raw_path.partition("?")[2]
+    limits = request.app[LIMITS_KEY]
+    source = limits.source(request)
+    if limits.announces.take(source, asyncio.get_running_loop().time()) > 0:
+        return _bencoded(failure_body(f"too many requests from {source}: slow down"))
     try:
         hashes = parse_scrape_query(raw)
     except TrackerError as exc:
@@ -720,18 +776,26 @@ def make_hub_app(config: HubConfig) -> web.Application:
         interval=config.tracker_interval,
         min_interval=config.tracker_min_interval,
         allowed=lambda ih: catalog.lookup_info_hash(ih) is not None,
+        max_peers_per_ip=config.tracker_peers_per_ip,
     )
     origin = _origin()
     limiter = None
     if origin is not None:
         limiter = origin.OriginLimiter(
-            max_transfers=config.max_transfers, upload_rate=config.upload_rate
+            max_transfers=config.max_transfers,
+            upload_rate=config.upload_rate,
+            stall_timeout=config.send_timeout,
         )
     access = SwarmAccess(ttl=config.tracker_interval + config.tracker_min_interval)
     hub = Hub(config, catalog, blobs, tracker, limiter, access=access)
     app = web.Application(middlewares=[json_errors_middleware(_error_response)],
                           client_max_size=1 << 20)
     app[HUB_KEY] = hub
+    app[LIMITS_KEY] = Limits(
+        trust_proxy=config.trust_proxy,
+        announces=AnnounceRate(config.tracker_announce_rate),
+        logins=LoginThrottle(),
+    )
     add_api_routes(app)
     r = app.router
     r.add_get("/f/" + _ID + "/{name}", download)  # GET also answers HEAD
@@ -800,13 +864,23 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             if hub.access.expire(clock.time()) and hub.seeder is not None:
                 hub.seeder.enforce()
 
+    async def sweep_stalled() -> None:
+        """Free the transfer slots of clients that stopped reading (origin docstring)."""
+        clock = asyncio.get_running_loop()
+        limiter = hub.limiter
+        while limiter is not None and limiter.stall_timeout > 0:
+            await asyncio.sleep(min(5.0, limiter.stall_timeout / 4))
+            limiter.sweep(clock.time())
+
     purger = asyncio.create_task(purge(), name="hub-tracker-purge")
+    sweeper = asyncio.create_task(sweep_stalled(), name="hub-stalled-downloads")
     try:
         yield
     finally:
-        purger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purger
+        for task in (purger, sweeper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         hub.seeder = None
         if seeder is not None and seeder_task is not None:
             await seeder.close()
@@ -819,6 +893,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 
 async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:
     """Start the hub on ``host:port``; stop it with ``await runner.cleanup()``."""
+    install_fd_exhaustion_handler(asyncio.get_running_loop())
     runner = HubRunner(make_hub_app(config), config)
     try:
         await runner.setup()

@@ -8,20 +8,30 @@ depends on secret bytes in data-dependent time. Every request looks its token up
 
 Tokens come in ``Authorization: Bearer <token>``; downloads (where a browser or ``curl``
 follows a plain link) may also pass ``?token=``.
+
+A wrong token is logged (address, never the token) and counts against its address in
+the app's :class:`swarmhub.hub.limits.LoginThrottle`: past a few failures, attempts
+with a token from that address wait their turn (an ``asyncio.sleep``, so other clients
+are not slowed), and are refused with 429 when the queue is long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 
 from aiohttp import web
 
 from swarmhub.errors import AuthError
 from swarmhub.hub.catalog import Catalog, TokenRecord
+from swarmhub.hub.limits import LIMITS_KEY, Limits
+from swarmhub.hub.redact import redact
 
 __all__ = [
     "Forbidden",
     "Role",
+    "TooManyFailures",
     "Unauthorized",
     "authenticate",
     "ensure_admin_token",
@@ -55,6 +65,25 @@ class Forbidden(AuthError):
     status = 403
 
 
+class TooManyFailures(AuthError):
+    """Too many wrong tokens from this address lately (HTTP 429, ``Retry-After``)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+log = logging.getLogger(__name__)
+
+
+def _limits(request: web.BaseRequest) -> Limits | None:
+    app = getattr(request, "app", None)
+    limits = None if app is None else app.get(LIMITS_KEY)
+    return limits if isinstance(limits, Limits) else None
+
+
 def extract_token(request: web.BaseRequest, *, allow_query: bool = False) -> str | None:
     """The token of a request, or None when it carries none."""
     header = request.headers.get("Authorization")
@@ -77,10 +106,29 @@ async def authenticate(
     secret = extract_token(request, allow_query=allow_query)
     if secret is None:
         return None
-    if len(secret) > 512:
-        raise Forbidden("invalid or revoked token")
-    record = await catalog.run(catalog.token_for_secret, secret)
+    limits = _limits(request)
+    source = (request.remote or "?") if limits is None else limits.source(request)
+    loop = asyncio.get_running_loop()
+    if limits is not None:
+        wait = limits.logins.wait(source, loop.time())
+        if wait is None:
+            retry = limits.logins.retry_after(source, loop.time())
+            raise TooManyFailures(
+                f"too many wrong tokens from {source}; retry in {retry} s", retry
+            )
+        if wait > 0:
+            await asyncio.sleep(wait)
+    record = None if len(secret) > 512 else await catalog.run(catalog.token_for_secret, secret)
     if record is None or not record.active:
+        failures = 1 if limits is None else limits.logins.failed(source, loop.time())
+        log.warning(
+            "failed login from %s: %s token on %s %s (%d recent failure(s) from there)",
+            source,
+            "unknown" if record is None else f"revoked ({record.id})",
+            request.method,
+            redact(request.path),
+            failures,
+        )
         raise Forbidden("invalid or revoked token")
     return record
 

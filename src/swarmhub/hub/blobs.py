@@ -36,6 +36,7 @@ __all__ = [
     "BlobInfo",
     "BlobStore",
     "StagedBlob",
+    "UploadStalled",
     "UploadTooLarge",
     "UploadTruncated",
 ]
@@ -55,6 +56,10 @@ class UploadTooLarge(StorageError):
 
 class UploadTruncated(StorageError):
     """The upload ended before its end (client gone, short body); nothing was stored."""
+
+
+class UploadStalled(UploadTruncated):
+    """No byte of the upload arrived within the progress timeout; nothing was stored."""
 
 
 class _ChunkReader(Protocol):
@@ -132,13 +137,20 @@ class BlobStore:
     # -- writing -------------------------------------------------------------------------
 
     async def stage(
-        self, source: object, max_size: int, *, expected_size: int | None = None
+        self,
+        source: object,
+        max_size: int,
+        *,
+        expected_size: int | None = None,
+        progress_timeout: float | None = None,
     ) -> StagedBlob:
         """Receive ``source`` into a temp file, hashing it; the caller commits or discards.
 
         Raises :class:`UploadTooLarge` past ``max_size`` bytes, :class:`UploadTruncated`
-        when the stream fails or ends before ``expected_size``, :class:`StorageError` when
-        the disk refuses (full, read-only). In every error case the temp file is gone.
+        when the stream fails or ends before ``expected_size``, :class:`UploadStalled`
+        when no chunk arrives for ``progress_timeout`` seconds (a stalled client must not
+        hold a temp file forever), :class:`StorageError` when the disk refuses (full,
+        read-only). In every error case the temp file is gone.
         """
         loop = asyncio.get_running_loop()
         temp = self.tmp_dir / f"upload-{secrets.token_hex(8)}"
@@ -160,11 +172,16 @@ class BlobStore:
             chunks = _chunks(source, BATCH_SIZE).__aiter__()
             while True:
                 try:
-                    chunk = await chunks.__anext__()
+                    async with asyncio.timeout(progress_timeout):
+                        chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
                 except (StorageError, asyncio.CancelledError):
                     raise
+                except TimeoutError:
+                    raise UploadStalled(
+                        f"no upload progress for {progress_timeout:g} s after {size} bytes"
+                    ) from None
                 except Exception as exc:  # aiohttp payload errors, resets, bad multipart
                     raise UploadTruncated(
                         f"upload interrupted after {size} bytes: {exc or type(exc).__name__}"
@@ -248,9 +265,11 @@ class BlobStore:
         return True
 
     def _disk_error(self, exc: OSError) -> StorageError:
+        # Clients see the message: the server's paths go to the log only.
+        log.warning("cannot store an upload under %s: %s", self.root, exc)
         if exc.errno == errno.ENOSPC:
-            return StorageError(f"the hub's disk is full ({self.root}); nothing was stored")
-        return StorageError(f"cannot store the upload under {self.root}: {exc.strerror}")
+            return StorageError("the hub's disk is full; nothing was stored")
+        return StorageError(f"the hub cannot store the upload: {exc.strerror}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -106,6 +106,38 @@ def hub(
     tracker_interval: Annotated[
         int, typer.Option(help="Re-announce interval given to clients, seconds.", min=10)
     ] = 1800,
+    trust_proxy: Annotated[
+        bool,
+        typer.Option(help="Behind a reverse proxy: take client addresses from "
+                     "X-Forwarded-For and honour the tracker's ip= (off: clients cannot "
+                     "claim another address)."),
+    ] = False,
+    tracker_peers_per_ip: Annotated[
+        int,
+        typer.Option(help="Tracker entries one address may hold per swarm (0 = no cap; "
+                     "loopback labs with many peers on 127.0.0.1 need 0).", min=0),
+    ] = 8,
+    tracker_announce_rate: Annotated[
+        float,
+        typer.Option(help="Announces per second one address may send (0 = no limit).", min=0),
+    ] = 20.0,
+    header_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a client has to send a request's headers (0 = none).", min=0),
+    ] = 10.0,
+    keepalive_timeout: Annotated[
+        float, typer.Option(help="Seconds an idle keep-alive connection stays open.", min=0)
+    ] = 60.0,
+    upload_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds an upload may send nothing before it is dropped "
+                     "(0 = none).", min=0),
+    ] = 30.0,
+    send_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a download may wait on a client that reads nothing "
+                     "before it is aborted (0 = forever).", min=0),
+    ] = 60.0,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder.
@@ -121,6 +153,9 @@ def hub(
         level=max(logging.WARNING - 10 * verbose, logging.DEBUG),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from swarmhub.hub.redact import install as redact_logs
+
+    redact_logs()  # tokens and passkeys never reach the log, at any level
     host, port = _addr(listen, "--listen")
     peers = None if peer_listen.lower() == "off" else _addr(peer_listen, "--peer-listen")
     shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
@@ -135,6 +170,13 @@ def hub(
         tracker_interval=tracker_interval,
         tracker_min_interval=min(60, tracker_interval),
         peer_listen=peers,
+        trust_proxy=trust_proxy,
+        tracker_peers_per_ip=tracker_peers_per_ip,
+        tracker_announce_rate=tracker_announce_rate,
+        header_timeout=header_timeout,
+        keepalive_timeout=keepalive_timeout,
+        body_timeout=upload_timeout,
+        send_timeout=send_timeout,
     )
     try:
         code = _run(run_hub(config, host, port))

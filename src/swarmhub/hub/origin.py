@@ -9,28 +9,36 @@ Bodies go out with zero-copy ``loop.sendfile`` on the transport, as aiohttp's
 or ``SWARMHUB_NOSENDFILE=1`` is set, the bytes are read with ``os.pread`` in the executor.
 
 Overload policy (:class:`OriginLimiter`): the origin caps concurrent transfers and its
-aggregate upload rate. At the cap, a GET for the *whole* file gets 503 with
-``Retry-After`` and, when the hub knows it, a ``Link`` to the torrent: such a client is
-better served by the swarm. Range requests (web seeds, segmented and resuming clients,
-which already fetch only what they lack) are still admitted, up to ``range_overflow``
-times the cap, and share the same rate limit. HEAD, 304, 412 and 416 answers carry no
-file bytes and are never refused.
+aggregate upload rate. At the cap, a GET with file bytes gets 503 with ``Retry-After``
+and, when the hub knows it, a ``Link`` to the torrent: such a client is better served by
+the swarm. Every range form counts (``bytes=0-`` is the whole file by another name, and
+a client that sends it must not bypass the cap); ``range_overflow`` > 1 admits range
+requests up to that multiple of the cap, for deployments that want web seeds to keep
+going under load. HEAD, 304, 412 and 416 answers carry no file bytes and are never
+refused. A client that stops reading would hold its transfer slot forever (sendfile
+just waits): with ``stall_timeout`` set, :meth:`OriginLimiter.sweep` (run periodically
+by the hub) aborts a transfer whose client has acknowledged no byte for that long,
+read from the kernel's TCP_INFO, so the hot path pays nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import mimetypes
 import os
 import secrets
+import socket
 import stat
+import struct
+import sys
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
@@ -44,11 +52,14 @@ from swarmhub.hub.ranges import (
     format_http_date,
     multipart_layout,
 )
+from swarmhub.hub.redact import redact
 
 __all__ = [
     "NOSENDFILE_ENV",
     "ORIGIN_LIMITER_KEY",
+    "SENDFILE_BYTES_KEY",
     "OriginLimiter",
+    "client_progress",
     "content_disposition",
     "json_errors_middleware",
     "make_static_app",
@@ -59,11 +70,23 @@ log = logging.getLogger(__name__)
 
 #: Set to 1 to send bodies with executor reads instead of sendfile (read per request).
 NOSENDFILE_ENV = "SWARMHUB_NOSENDFILE"
+#: ``request[SENDFILE_BYTES_KEY]``: body bytes sent with sendfile, which bypasses
+#: aiohttp's writer and so its ``body_length``; the hub's access log adds them.
+#: A typed ``web.RequestKey`` where aiohttp has one (3.14+; it warns about str keys).
+SENDFILE_BYTES_KEY: Any = (
+    web.RequestKey("swarmhub_sendfile_bytes", int)
+    if hasattr(web, "RequestKey")
+    else "swarmhub.sendfile_bytes"
+)
 #: Bytes per executor read on the fallback path (bounded memory per transfer).
 _READ_CHUNK = 1 << 20
 #: Largest sendfile call while a rate cap is on; smaller slices pace more smoothly.
 _MAX_SLICE = 1 << 20
 _MIN_SLICE = 16 << 10
+
+#: ``tcpi_bytes_acked`` in Linux's ``struct tcp_info`` (since 4.1): its byte offset.
+_BYTES_ACKED_AT = 120
+_TCP_INFO_LEN = 256
 
 #: Close futures kept alive until they finish (the close is not awaited, as in aiohttp).
 _CLOSING: set[asyncio.Future[None]] = set()
@@ -83,7 +106,8 @@ class OriginLimiter:
         upload_rate: float = 0,
         *,
         retry_after: int = 10,
-        range_overflow: int = 4,
+        range_overflow: int = 1,
+        stall_timeout: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_transfers < 0 or retry_after < 1 or range_overflow < 1:
@@ -99,6 +123,11 @@ class OriginLimiter:
         self.transfers_active = 0
         self.transfers_total = 0
         self.rejected_total = 0
+        #: Seconds a transfer may go without the client acknowledging a byte (0 = forever).
+        self.stall_timeout = stall_timeout
+        self.stalled_total = 0
+        # transport -> (its stall callback, [acknowledged bytes last seen, since when])
+        self._watched: dict[asyncio.BaseTransport, tuple[Callable[[], None], list[float]]] = {}
 
     @property
     def upload_rate(self) -> float:
@@ -129,10 +158,79 @@ class OriginLimiter:
         """End a transfer started by :meth:`admit`."""
         self.transfers_active -= 1
 
+    def watch(
+        self, transport: asyncio.BaseTransport | None, now: float, on_stall: Callable[[], None]
+    ) -> None:
+        """Follow a transfer on ``transport`` until :meth:`unwatch`; a stall calls
+        ``on_stall`` (the origin ends the transfer there, in its own task)."""
+        if self.stall_timeout > 0 and transport is not None:
+            self._watched[transport] = (on_stall, [-1.0, now])
+
+    def unwatch(self, transport: asyncio.BaseTransport | None) -> None:
+        if transport is not None:
+            self._watched.pop(transport, None)
+
+    def sweep(
+        self,
+        now: float,
+        progress: Callable[[asyncio.BaseTransport], int | None] | None = None,
+    ) -> int:
+        """Abort transfers whose client acknowledged nothing for ``stall_timeout`` s.
+
+        ``progress`` gives the bytes a transport's client has acknowledged while data
+        waits for it (default :func:`client_progress`); None means "not waiting on the
+        client" or "cannot tell", which restarts the clock. Returns how many transfers
+        were aborted.
+        """
+        if self.stall_timeout <= 0:
+            return 0
+        acked_of = progress or client_progress
+        aborted = 0
+        for transport, (on_stall, seen) in list(self._watched.items()):
+            acked = acked_of(transport)
+            if acked is None or acked != seen[0]:
+                seen[0], seen[1] = (-1.0 if acked is None else acked), now
+                continue
+            if now - seen[1] >= self.stall_timeout:
+                del self._watched[transport]
+                self.stalled_total += 1
+                aborted += 1
+                on_stall()
+        return aborted
+
     def slice_size(self) -> int:
         """Bytes per paced send: about 1/20 s of the rate, within 16 KiB..1 MiB."""
         rate = self.rate.rate
         return _MAX_SLICE if rate <= 0 else int(min(_MAX_SLICE, max(_MIN_SLICE, rate / 20)))
+
+
+def client_progress(transport: asyncio.BaseTransport) -> int | None:
+    """Bytes the client has acknowledged while data waits for it, else None.
+
+    None when the socket's send queue is empty (the hub, not the client, is the slow
+    side: its rate cap, its disk) or when the kernel cannot tell (not Linux).
+    """
+    sock = transport.get_extra_info("socket")
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if sock is None or tcp_info is None:
+        return None
+    try:
+        import fcntl
+        import termios
+    except ImportError:  # not a Unix
+        return None
+    try:
+        queued = bytearray(4)
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, queued)  # Linux SIOCOUTQ
+        if int.from_bytes(queued, sys.byteorder) == 0:
+            return None
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_LEN)
+    except (OSError, ValueError):
+        return None
+    if len(info) < _BYTES_ACKED_AT + 8:
+        return None
+    acked: int = struct.unpack_from("=Q", info, _BYTES_ACKED_AT)[0]
+    return acked
 
 
 def content_disposition(filename: str, disposition: str = "attachment") -> str:
@@ -197,7 +295,11 @@ async def serve_file(
         fobj, st = await loop.run_in_executor(None, _open_regular, path)
     except PermissionError:
         return _json_error(403, "the file exists but the hub may not read it")
-    except OSError:  # missing, a directory, a special file, a symlink loop...
+    except OSError as exc:  # missing, a directory, a special file, a symlink loop...
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # not the file's fault: retry soon
+            busy = _json_error(503, "the hub is out of file descriptors; retry shortly")
+            busy.headers["Retry-After"] = "1"
+            return busy
         return _json_error(404, "no such file")
     try:
         decision = evaluate(
@@ -267,10 +369,19 @@ async def _respond(
 
     if limiter is not None and not limiter.admit(whole_file=kind is DecisionKind.FULL):
         return _overloaded(limiter, torrent_url)
+    transport = request.transport
+    loop = asyncio.get_running_loop()
     try:
-        await resp.prepare(request)
-        await _send_body(request, resp, fobj, parts, tail, limiter)
-        await resp.write_eof()
+        async with asyncio.timeout(None) as stalled:
+            if limiter is not None:
+                limiter.watch(transport, loop.time(), lambda: stalled.reschedule(loop.time()))
+            await resp.prepare(request)
+            await _send_body(request, resp, fobj, parts, tail, limiter)
+            await resp.write_eof()
+    except TimeoutError:  # the limiter's sweep: the client acknowledged nothing for long
+        log.info("aborted a download of %s: the client stopped reading", path)
+        if request.transport is not None:
+            request.transport.abort()
     except ConnectionError as exc:
         # clients drop connections all the time (aria2 when a segment is done elsewhere)
         log.debug("client left during a download of %s: %s", path, exc)
@@ -283,6 +394,7 @@ async def _respond(
             request.transport.close()
     finally:
         if limiter is not None:
+            limiter.unwatch(transport)
             limiter.release()
     return resp
 
@@ -352,9 +464,12 @@ async def _send_span(
                 continue
             except BaseException:
                 # the file position tells how far sendfile got (asyncio documents this)
+                partial = max(0, fobj.tell() - pos)
+                request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + partial
                 if limiter is not None:
-                    limiter.bytes_served += max(0, fobj.tell() - pos)
+                    limiter.bytes_served += partial
                 raise
+            request[SENDFILE_BYTES_KEY] = request.get(SENDFILE_BYTES_KEY, 0) + sent
         else:
             data = await loop.run_in_executor(None, os.pread, fobj.fileno(), n, pos)
             sent = len(data)
@@ -472,7 +587,9 @@ def json_errors_middleware(
             mapped = map_error(exc) if map_error is not None else None
             if mapped is not None:
                 return mapped
-            log.exception("unexpected error serving %s %s", request.method, request.path)
+            log.exception(
+                "unexpected error serving %s %s", request.method, redact(request.path)
+            )
             return _json_error(500, "internal error; see the hub's log")
 
     return json_errors

@@ -228,8 +228,16 @@ def _etag_matches(value: str, etag: tuple[bool, str] | None, *, weak: bool) -> b
 
 # --- byte ranges (RFC 9110 §14.1) -------------------------------------------------------
 
-_INT_RANGE = re.compile(r"(\d+)-(\d*)")
-_SUFFIX_RANGE = re.compile(r"-(\d+)")
+_INT_RANGE = re.compile(r"([0-9]+)-([0-9]*)")
+_SUFFIX_RANGE = re.compile(r"-([0-9]+)")
+#: Positions with more digits than this are past the end of any file: they are read as
+#: ``_HUGE`` (int() of a few thousand digits is slow, and refused past 4,300 digits).
+_MAX_DIGITS = 18
+_HUGE = 10**_MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    return _HUGE if len(digits) > _MAX_DIGITS else int(digits)
 
 
 def parse_range(value: str) -> list[tuple[int | None, int | None]] | None:
@@ -250,8 +258,8 @@ def parse_range(value: str) -> list[tuple[int | None, int | None]] | None:
             continue
         m = _INT_RANGE.fullmatch(member)
         if m is not None:
-            first = int(m.group(1))
-            last = int(m.group(2)) if m.group(2) else None
+            first = _position(m.group(1))
+            last = _position(m.group(2)) if m.group(2) else None
             if last is not None and last < first:
                 return None  # §14.1.1: an int-range with last < first is invalid
             specs.append((first, last))
@@ -259,7 +267,7 @@ def parse_range(value: str) -> list[tuple[int | None, int | None]] | None:
         m = _SUFFIX_RANGE.fullmatch(member)
         if m is None:
             return None
-        specs.append((None, int(m.group(1))))
+        specs.append((None, _position(m.group(1))))
     return specs or None
 
 

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from swarmhub.bencode import bencode
 from swarmhub.errors import TrackerError
+from swarmhub.hub.limits import address_key
 
 __all__ = [
     "TRACKER_STATE_KEY",
@@ -113,8 +114,14 @@ def _normalize_ip(text: str) -> str | None:
     return str(addr)
 
 
-def parse_announce_query(query: bytes | str, remote_ip: str) -> AnnounceParams:
-    """Validate an announce query string; ``TrackerError`` carries the failure reason."""
+def parse_announce_query(
+    query: bytes | str, remote_ip: str, *, trust_ip: bool = False
+) -> AnnounceParams:
+    """Validate an announce query string; ``TrackerError`` carries the failure reason.
+
+    ``ip=`` is ignored unless ``trust_ip`` (a proxy in front sets it): otherwise any
+    client could put any address (8.8.8.8:53, a LAN host's ssh port) into a swarm.
+    """
     values: dict[str, bytes] = {}
     for name, value in _split_query(query):
         values.setdefault(name, value)  # first occurrence wins, as in most trackers
@@ -135,7 +142,7 @@ def parse_announce_query(query: bytes | str, remote_ip: str) -> AnnounceParams:
     ip = _normalize_ip(remote_ip)
     if ip is None:
         raise TrackerError("cannot tell the address of the announcing peer")
-    if "ip" in values:
+    if trust_ip and "ip" in values:
         # An explicit address is honoured only when it is a real IP (not a DNS name).
         ip = _normalize_ip(values["ip"].decode("latin-1")) or ip
     left = values.get("left")
@@ -185,11 +192,30 @@ class _Swarm:
     peers: dict[tuple[str, int], _Peer] = field(default_factory=dict)
     seeders: int = 0
     downloaded: int = 0
+    # Entries per source address (IPv6: per /64), least recently announced first: what
+    # the per-address cap evicts from.
+    by_source: dict[str, dict[tuple[str, int], None]] = field(default_factory=dict)
 
     def remove(self, addr: tuple[str, int]) -> None:
         old = self.peers.pop(addr, None)
-        if old is not None and old.seeder:
+        if old is None:
+            return
+        if old.seeder:
             self.seeders -= 1
+        key = address_key(addr[0])
+        mine = self.by_source.get(key)
+        if mine is not None:
+            mine.pop(addr, None)
+            if not mine:
+                del self.by_source[key]
+
+    def touch(self, addr: tuple[str, int], cap: int) -> None:
+        """Note that ``addr`` announced; past ``cap`` entries of its source, drop the stalest."""
+        mine = self.by_source.setdefault(address_key(addr[0]), {})
+        mine.pop(addr, None)
+        mine[addr] = None
+        while 0 < cap < len(mine):
+            self.remove(next(iter(mine)))
 
 
 class TrackerState:
@@ -198,6 +224,12 @@ class TrackerState:
     ``allowed`` is the hub's whitelist hook: when given, an info hash it rejects gets
     "unregistered torrent". Peers that have not announced for ``peer_ttl`` seconds are
     dropped by :meth:`purge`.
+
+    ``max_peers_per_ip`` (0 = no cap) bounds the entries one source address (IPv6: one
+    /64) holds in a swarm; a new entry past the cap replaces that address's least
+    recently announced one, so a flood from one host only ever displaces its own peers.
+    A ``stopped`` event removes the entry at the sender's address only if the peer id
+    matches too.
     """
 
     def __init__(
@@ -209,9 +241,14 @@ class TrackerState:
         max_numwant: int = 200,
         allowed: Callable[[bytes], bool] | None = None,
         rng: random.Random | None = None,
+        max_peers_per_ip: int = 0,
     ) -> None:
-        if interval <= 0 or min_interval <= 0 or max_numwant < 0:
-            raise ValueError("interval and min_interval must be positive, max_numwant >= 0")
+        if interval <= 0 or min_interval <= 0 or max_numwant < 0 or max_peers_per_ip < 0:
+            raise ValueError(
+                "interval and min_interval must be positive, max_numwant and "
+                "max_peers_per_ip >= 0"
+            )
+        self.max_peers_per_ip = max_peers_per_ip
         self.interval = interval
         self.min_interval = min_interval
         self.peer_ttl = 2.0 * interval if peer_ttl is None else peer_ttl
@@ -236,6 +273,8 @@ class TrackerState:
             swarm = self._swarms[params.info_hash] = _Swarm()
         addr = (params.ip, params.port)
         old = swarm.peers.get(addr)
+        if params.event == "stopped" and old is not None and old.peer_id != params.peer_id:
+            old = None  # another peer's entry at this address: not the sender's to remove
         seeder = params.left == 0 or (params.event == "completed" and params.left is None)
         was_seeder = old is not None and old.seeder
         # A download is complete on a "completed" event or when a known leecher reports
@@ -243,7 +282,8 @@ class TrackerState:
         if seeder and not was_seeder and (params.event == "completed" or old is not None):
             swarm.downloaded += 1
         if params.event == "stopped":
-            swarm.remove(addr)
+            if old is not None:
+                swarm.remove(addr)
         else:
             if was_seeder:
                 swarm.seeders -= 1
@@ -255,6 +295,7 @@ class TrackerState:
                 old.peer_id, old.seeder, old.last_seen = params.peer_id, seeder, now
             if seeder:
                 swarm.seeders += 1
+            swarm.touch(addr, self.max_peers_per_ip)
         numwant = 0 if params.event == "stopped" else min(params.numwant, self.max_numwant)
         peers = self._pick(swarm, params, seeder, numwant)
         complete, _, incomplete = self.stats(params.info_hash)

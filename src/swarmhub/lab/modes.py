@@ -71,6 +71,8 @@ class _HubSource(Runner):
             "--tracker-interval",
             "10",
         ]
+        if host0.startswith("127."):  # loopback lab: every peer shares one address
+            argv += ["--tracker-peers-per-ip", "0", "--tracker-announce-rate", "0"]
         if self.hub_upload_limit():
             argv += ["--upload-limit", _kib(res.source_up_bps)]
         proc = lab.run(0, argv, name="h0-hub")
