@@ -197,7 +197,11 @@ _Client = Annotated[
     ),
 ]
 _Fault = Annotated[
-    str | None, typer.Option(help="Inject a fault: kill-hub@50% or kill-peers=25%@30%.")
+    str | None,
+    typer.Option(
+        help="Inject a fault when the swarm reaches a state: kill-hub@full-copy (the peers "
+        "together hold every piece), kill-hub@50% (bytes delivered), kill-peers=25%@30%."
+    ),
 ]
 _Out = Annotated[Path, typer.Option(help="Folder for report.html, PNGs and results.json.")]
 _Prefix = Annotated[str, typer.Option(help="Namespace name prefix (leftovers are removed).")]

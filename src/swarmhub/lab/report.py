@@ -91,6 +91,8 @@ def _fault(r: ScenarioResult) -> str:
         text += f" at {r.fault_at_s:.1f} s"
     if r.pieces_held_at_fault is not None:
         text += f", swarm held {r.pieces_held_at_fault}/{r.num_pieces}"
+    elif r.pieces_reported_at_fault is not None:
+        text += f", swarm reported {r.pieces_reported_at_fault} pieces"
     killed = sum(h.killed for h in r.hosts)
     if killed:
         text += f", {killed} killed"

@@ -64,6 +64,8 @@ class ScenarioResult:
     #: kill-hub: verified pieces the receivers held between them when the hub died.
     pieces_held_at_fault: int | None = None
     num_pieces: int | None = None
+    #: The union of the pieces the receivers had reported when the fault's trigger fired.
+    pieces_reported_at_fault: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
