@@ -172,3 +172,14 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+def test_without_its_delay_line_the_lab_carries_nothing_rather_than_no_latency() -> None:
+    _need_latency()
+    with Lab(PREFIX, 2, 10e6, 10e6, latency_ms=5) as lab:
+        assert lab.delayline is not None
+        lab.delayline.kill()
+        with pytest.raises(LabError, match="no round trip"):
+            lab.measure_rtt(samples=1)

@@ -194,6 +194,14 @@ class Runner:
                     by_host[host].error = why
                     self.sink({"event": "failed", "host": host, "error": "stalled"})
                 break
+            dl = self.lab.delayline if isinstance(self.lab, Lab) else None
+            if pending and dl is not None and dl.poll() is not None:
+                # No bypass: without the delay line no packet crosses the bridge.
+                why = f"the lab's delay line exited ({dl.returncode}): {_last_words(dl)}"
+                for host in pending:
+                    by_host[host].error = why
+                    self.sink({"event": "failed", "host": host, "error": "delay line"})
+                break
             if pending and now - t_begin > self.deadline_s:
                 for host in pending:
                     by_host[host].error = f"not done after {self.deadline_s:.0f} s (deadline)"
