@@ -119,7 +119,7 @@ def test_latency_10ms_gives_a_20ms_rtt_between_any_two_hosts() -> None:
         assert any("RTT" in n and "delay line" in n for n in lab.notes)
         # A pair the lab's own check did not use (1 -> 2, both ways), probed independently.
         for src, dst in ((1, 2), (2, 1)):
-            out = lab.exec(src, [sys.executable, "-I", "-S", "-c", RTT_PROBE, "5", "0.01",
+            out = lab.exec(src, [sys.executable, "-I", "-S", "-c", RTT_PROBE, "9", "0.01",
                                  lab.addr(dst)])  # fmt: skip
             stats = RttStats.from_samples(parse_probe(out))
             assert rtt_problem(stats, 10) is None, stats

@@ -57,9 +57,13 @@ RTT_TOLERANCE = 0.10
 _APT = "iptables gcc libc6-dev libnetfilter-queue-dev (`make setup` installs them)"
 
 #: Runs in a host namespace: ``python -c RTT_PROBE SAMPLES GAP_S ADDR...``; prints one JSON
-#: object {addr: [ms, ...]} of TCP connect times to port 9 (refused: one round trip).
+#: object {addr: [ms, ...]} of TCP connect times to port 9 (refused: one round trip). It
+#: asks for real-time priority (as root) so that, on a busy machine, waiting for a CPU does
+#: not pass for link latency (seen: +4 ms samples with one core kept busy).
 RTT_PROBE = r"""
-import errno, json, socket, sys, time
+import errno, json, os, socket, sys, time
+try: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+except (AttributeError, OSError): pass
 samples, gap, out = int(sys.argv[1]), float(sys.argv[2]), {}
 for addr in sys.argv[3:]:
     ms = []
