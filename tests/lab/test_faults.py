@@ -17,8 +17,10 @@ from swarmhub.lab.faults import (
     swarm_pieces,
 )
 from swarmhub.lab.modes import ltpeer_script, runner_for
+from swarmhub.lab.runner import report_line
 from swarmhub.metainfo import create_torrent
 from swarmhub.metainfo.model import TorrentVersion
+from swarmhub.wire.messages import bitfield_from_bools
 
 
 def test_fault_specs() -> None:
@@ -119,6 +121,20 @@ def test_percent_triggers_mean_bytes_delivered() -> None:
     state.report(3, have_bytes=75)
     assert state.delivered() == pytest.approx(0.5) and should_fire(fault, state)
     assert should_fire(parse_fault("kill-hub@0%"), SwarmProgress(100))
+
+
+def test_status_lines_as_the_clients_print_them_feed_the_trigger() -> None:
+    state = SwarmProgress(100, 10)
+    have = bytearray(10)
+    have[:9] = b"\x01" * 9
+    # `swarmhub get --json` (cli.py) and ltpeer.py: verified bytes + hex wire bitfield.
+    line = {"progress": 0.9, "have_bytes": 90, "bitfield": bitfield_from_bools(have).hex()}
+    report_line(state, 1, line, 100)
+    assert state.pieces_held() == 9 and state.delivered() == pytest.approx(0.9)
+    report_line(state, 2, {"progress": 0.1, "bitfield": "0040"}, 100)  # piece 9 only
+    assert state.full_copy() and state.have_bytes[2] == 10  # bytes from progress
+    report_line(state, 3, {"progress": 0.5, "bitfield": "zz"}, 100)  # unreadable: bytes only
+    assert state.have_bytes[3] == 50 and 3 not in state.bitfields
 
 
 def test_kill_peers_picks_a_reproducible_fraction_and_never_everyone() -> None:

@@ -22,7 +22,7 @@ from swarmhub.lab.results import HostResult, ScenarioResult
 from swarmhub.lab.topology import Lab, LabError, LabProc, LoopbackLab, _json_line, free_port
 from swarmhub.metainfo.model import Metainfo
 
-__all__ = ["STALL_S", "EventSink", "Runner", "wait_text"]
+__all__ = ["STALL_S", "EventSink", "Runner", "report_line", "wait_text"]
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Runner:
                             {"event": "finished", "host": host, "elapsed": obj.get("elapsed")}
                         )
                     elif "progress" in obj:
-                        _report_line(state, host, obj, res.size)
+                        report_line(state, host, obj, res.size)
                         self.sink({"event": "progress", "host": host, "progress": obj["progress"]})
                 if host in pending and proc.poll() is not None:
                     h.error = f"exited with {proc.returncode}: {_last_words(proc)}"
@@ -266,7 +266,7 @@ class Runner:
         res.notes.append(f"{fault}: killed hosts {', '.join(map(str, victims))}")
 
 
-def _report_line(state: SwarmProgress, host: int, obj: dict[str, Any], size: int) -> None:
+def report_line(state: SwarmProgress, host: int, obj: dict[str, Any], size: int) -> None:
     """Feed one client status line to ``state``: verified bytes (``have_bytes``, else the
     progress fraction) and the hex bitfield of verified pieces when the client sends one."""
     have = obj.get("have_bytes")
