@@ -8,6 +8,13 @@ with gcc at lab setup into a cache folder) holds each one for the one-way latenc
 accepts it. A packet crosses the bridge once each way, so ``--latency 10ms`` is a 20 ms
 round trip; the htb shapers sit on either side of the bridge and are not touched.
 
+What the lab's kernel allows (6.18, checked 2026-11-29 in /proc/config.gz and by trying):
+``CONFIG_BRIDGE_NETFILTER=y`` (built in: no modprobe needed, ``/proc/sys/net/bridge`` is
+there, ``bridge-nf-call-iptables`` is per namespace and 1 by default),
+``NETFILTER_NETLINK_QUEUE=y``, ``NETFILTER_XT_TARGET_NFQUEUE=y`` and ``NFT_COMPAT=y`` (so
+Debian's iptables, nf_tables flavour, can queue; ``NFT_QUEUE`` is not set, so plain ``nft``
+cannot); ``NET_SCH_NETEM``, ``NET_SCH_FQ`` and ``NET_SCH_BPF`` are all unset.
+
 Nothing of this runs in the root namespace: the rule, the queue and the program all live
 in the lab's bridge namespace and go with it. Where it cannot work (no root, no
 iptables, no gcc or libnetfilter-queue-dev, no br_netfilter), :func:`latency_support`
