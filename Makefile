@@ -4,7 +4,10 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := aria2 curl iproute2 chromium chromium-driver
+# iptables, gcc, libc6-dev, libnetfilter-queue-dev: the lab's latency (an NFQUEUE delay line
+# compiled at lab setup; see src/swarmhub/lab/latency.py).
+APT_PACKAGES := aria2 curl iproute2 chromium chromium-driver \
+	iptables gcc libc6-dev libnetfilter-queue-dev
 
 .PHONY: setup run test lint bench clean
 

@@ -266,6 +266,7 @@ def get(
     from swarmhub.engine.session import Session
     from swarmhub.engine.torrent import TorrentState
     from swarmhub.metainfo import parse_magnet, read_torrent
+    from swarmhub.wire.messages import bitfield_from_bools
 
     _setup_logging(verbose)
     magnet = None
@@ -342,7 +343,10 @@ def get(
                             "rate_down": int(st.download_rate), "peers": st.peers,
                             "downloaded": st.downloaded, "uploaded": st.uploaded,
                             "hash_fails": st.hash_failures, "banned": st.banned,
-                            "webseed": st.webseed_bytes}), flush=True)
+                            "webseed": st.webseed_bytes, "have_bytes": st.bytes_have,
+                            # verified pieces, so a lab can tell when peers together
+                            # hold a full copy (swarmhub.lab.faults)
+                            "bitfield": bitfield_from_bools(t.have).hex()}), flush=True)
                     if deadline is not None and time.monotonic() > deadline:
                         console.print(f"[bold red]error:[/] timed out after {timeout:.0f} s "
                                       f"with {st.pieces_have}/{st.num_pieces} pieces; "

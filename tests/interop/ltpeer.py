@@ -19,7 +19,8 @@ address given. stdout carries one JSON object per line:
 - ``{"event": "finished", "elapsed": s}`` when every piece has passed its hash check;
 - ``{"event": "hash_failed" | "peer_ban" | "peer_error" | "torrent_error" | "performance" ...}``;
 - a status line every ``--interval`` seconds (default 1): ``{"t", "progress", "state", "down",
-  "rate_down", "rate_up", "peers", "uploaded", "downloaded", "hash_fails"}``.
+  "rate_down", "rate_up", "peers", "uploaded", "downloaded", "hash_fails", "have_bytes",
+  "bitfield"}`` (``bitfield``: verified pieces, hex, wire order; the lab's full-copy trigger).
 
 Exit codes: 0 finished with ``--stop-when-done`` (or a seeder reaching ``--timeout``), 2 torrent
 error (including a ``--seed`` whose data is incomplete), 3 timeout before finishing, 130 on SIGINT.
@@ -284,7 +285,9 @@ class _Peer:
             _emit({"event": "finished", "elapsed": round(self.finished_at - _T0, 4)})
 
     def _status(self) -> None:
-        st = self.handle.status()
+        st = self.handle.status(lt.torrent_handle.query_pieces)
+        bits = "".join("1" if have else "0" for have in st.pieces)
+        bits += "0" * (-len(bits) % 8)
         _emit(
             {
                 "t": round(time.monotonic() - _T0, 3),
@@ -297,6 +300,8 @@ class _Peer:
                 "uploaded": st.total_payload_upload,
                 "downloaded": st.total_payload_download,
                 "hash_fails": self.hash_fails,
+                "have_bytes": st.total_wanted_done,
+                "bitfield": int(bits, 2).to_bytes(len(bits) // 8, "big").hex() if bits else "",
             }
         )
 

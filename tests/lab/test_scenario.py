@@ -45,7 +45,7 @@ def _lab_processes(workdir: Path) -> list[int]:
 
 
 @pytest.mark.netns
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)  # the scenario deadline (5 x bound + 30 s) plus setup, generously
 @pytest.mark.parametrize("mode", ["cs", "p2p", "hybrid"])
 def test_small_scenario(mode: str, tmp_path: Path) -> None:
     need(netns_available()[0], netns_available()[1])
@@ -59,10 +59,11 @@ def test_small_scenario(mode: str, tmp_path: Path) -> None:
     for h in res.hosts:
         assert (tmp_path / f"h{h.host}" / "payload.bin").stat().st_size == 4 * MIB
         assert h.bytes_down >= 4 * MIB  # link-level: payload plus headers
-    # Faster than physics would mean broken shaping or a broken clock.
+    # Faster than physics would mean broken shaping or a broken clock. No upper margin on
+    # the wall clock beyond the scenario's own deadline (res.ok): a loaded CI machine is
+    # slow, not wrong.
     assert res.last_completion_s is not None and res.ratio is not None
     assert res.last_completion_s >= 0.9 * res.bound_s
-    assert res.last_completion_s <= 4 * res.bound_s + 15
     if mode == "cs":
         assert res.bound_s == pytest.approx(3 * 4 * MIB * 8 / 8e6)
         assert res.source_upload >= 3 * 4 * MIB
@@ -84,11 +85,12 @@ def test_small_scenario(mode: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.netns
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 def test_hybrid_finishes_from_the_swarm_after_the_hub_is_killed(tmp_path: Path) -> None:
     need(netns_available()[0], netns_available()[1])
-    # A hub 4x faster than the peers: by 70 % mean progress every piece has left it (it
-    # hands out each piece once before any twice), so the swarm can finish without it.
+    # The hub dies once the peers together hold every piece (the union of the bitfields
+    # they report), however fast or loaded the machine: the swarm must finish without it.
+    # (A percentage trigger once fired at 255/256 pieces under load: issue 8.)
     events: list[dict[str, object]] = []
     res = run_scenario(
         "hybrid",
@@ -97,14 +99,16 @@ def test_hybrid_finishes_from_the_swarm_after_the_hub_is_killed(tmp_path: Path) 
         2e6,
         100e6,
         8e6,
-        fault="kill-hub@70%",
+        fault="kill-hub@full-copy",
         workdir=tmp_path,
         on_event=events.append,
         prefix=PREFIX,
     )
-    assert res.fault == "kill-hub@70%" and res.fault_at_s is not None
+    assert res.fault == "kill-hub@full-copy" and res.fault_at_s is not None
     assert any(e.get("event") == "fault" for e in events)
-    assert res.num_pieces and res.pieces_held_at_fault == res.num_pieces, res.notes
+    assert res.num_pieces and res.pieces_reported_at_fault == res.num_pieces
+    # The reports agree with the disks: every piece hashes right in some receiver's folder.
+    assert res.pieces_held_at_fault == res.num_pieces, res.notes
     assert res.ok, [h.error for h in res.hosts]
     assert res.last_completion_s is not None and res.last_completion_s > res.fault_at_s
     for h in res.hosts:
@@ -119,7 +123,7 @@ def test_unsupported_combinations_say_so(tmp_path: Path) -> None:
         run_scenario("mesh", 2, MIB, 8e6, 8e6, workdir=tmp_path)
     with pytest.raises(LabError, match="libtorrent"):
         run_scenario("hybrid", 2, MIB, 8e6, 8e6, client="libtorrent", workdir=tmp_path)
-    with pytest.raises(LabError, match="kill-hub@50%"):
+    with pytest.raises(LabError, match="kill-hub@full-copy"):
         run_scenario("p2p", 2, MIB, 8e6, 8e6, fault="kill-everything", workdir=tmp_path)
     assert not (tmp_path / "source").exists()  # refused before any work
 
@@ -215,4 +219,4 @@ def test_cli_lab_run_loopback(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["lab", "run", "--size", "lots", "--out", str(out)])
     assert bad.exit_code != 0
     bad = CliRunner().invoke(app, ["lab", "run", "--fault", "kill-all@5%", "--out", str(out)])
-    assert bad.exit_code == 2 and "kill-hub@50%" in bad.output
+    assert bad.exit_code == 2 and "kill-hub@full-copy" in bad.output

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from swarmhub.lab.bounds import parse_duration, parse_rate, parse_size
 from swarmhub.lab.faults import parse_fault
+from swarmhub.lab.latency import latency_support
 from swarmhub.lab.report import results_table, write_report
 from swarmhub.lab.scenario import MODES, ScenarioResult, run_scenario
 from swarmhub.lab.topology import LabError, netns_available
@@ -120,6 +121,14 @@ def _run_all(
     latency_ms = _parse("--latency", latency, parse_duration) * 1000 if latency else 0.0
     if fault:
         _parse("--fault", fault, parse_fault)
+    if latency_ms > 0:  # refused up front, in one line, never silently dropped
+        ok, why = (False, "") if loopback else latency_support()
+        if not ok:
+            console.print(
+                f"[red]error:[/] {why or '--latency needs the namespace lab, not --loopback'}",
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
     use_netns = False if loopback else None
     if not loopback and not netns_available()[0]:
         console.print(
@@ -187,7 +196,11 @@ _Up = Annotated[str, typer.Option(help="Each peer's upload, e.g. 20mbit.")]
 _Down = Annotated[str, typer.Option(help="Each host's download, e.g. 100mbit.")]
 _SourceUp = Annotated[str | None, typer.Option(help="The source's upload (default: same as --up).")]
 _Latency = Annotated[
-    str, typer.Option(help="Link latency, e.g. 10ms (skipped, and said so, without netem).")
+    str,
+    typer.Option(
+        help="One-way link latency, e.g. 10ms (RTT 20 ms, checked before each run); refused "
+        "where the lab cannot delay packets (no root, iptables or libnetfilter-queue)."
+    ),
 ]
 _Modes = Annotated[str, typer.Option(help="Comma-separated: cs, p2p, hybrid.")]
 _Client = Annotated[
@@ -197,7 +210,11 @@ _Client = Annotated[
     ),
 ]
 _Fault = Annotated[
-    str | None, typer.Option(help="Inject a fault: kill-hub@50% or kill-peers=25%@30%.")
+    str | None,
+    typer.Option(
+        help="Inject a fault when the swarm reaches a state: kill-hub@full-copy (the peers "
+        "together hold every piece), kill-hub@50% (bytes delivered), kill-peers=25%@30%."
+    ),
 ]
 _Out = Annotated[Path, typer.Option(help="Folder for report.html, PNGs and results.json.")]
 _Prefix = Annotated[str, typer.Option(help="Namespace name prefix (leftovers are removed).")]

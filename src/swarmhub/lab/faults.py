@@ -1,45 +1,67 @@
-"""Faults a lab run can inject, and what the swarm held when one struck.
+"""Faults a lab run can inject, when they strike, and what the swarm held when one struck.
 
 Why: "P2P is more reliable" is a claim about failures, so the lab kills things on purpose
-and reports what happened. Two faults, both triggered by the receivers' *mean progress*
-(so they strike at the same point of a run whatever its speed):
+and reports what happened. A fault strikes on the swarm's *state*, never on elapsed time,
+so it hits the same point of a run however fast or loaded the machine is:
 
-- ``kill-hub@50%``: SIGKILL every process of host 0 (hub, or tracker + seeder) once the
-  receivers are half done. Client-server downloads stall; a swarm can only finish when
-  every piece had left host 0 before it died (:func:`swarm_pieces` tells).
-- ``kill-peers=25%@30%``: SIGKILL that fraction of the receivers (at least one, chosen
-  with a fixed seed so a run is reproducible) at 30 %; the others must still finish.
+- ``kill-hub@full-copy``: SIGKILL every process of host 0 (hub, or tracker + seeder) once
+  the receivers *together* hold every piece (the union of the bitfields they report).
+  The swarm can then always finish without the hub: the fault tests the swarm, not luck.
+- ``kill-hub@50%``: the same once the receivers hold 50 % of the bytes they need (verified
+  bytes summed over the receivers still alive, over their number times the file size).
+  Client-server downloads stall; a swarm can only finish when every piece had left host 0
+  before it died (:func:`swarm_pieces` tells).
+- ``kill-peers=25%@30%`` (or ``@full-copy``): SIGKILL that fraction of the receivers (at
+  least one, chosen with a fixed seed so a run is reproducible); the others must finish.
+
+:class:`SwarmProgress` keeps what the receivers last reported and :func:`should_fire`
+decides; both are pure (no clock, no I/O), so the trigger logic is unit-tested.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmhub.metainfo.model import Metainfo
 
-__all__ = ["Fault", "parse_fault", "swarm_pieces"]
+__all__ = ["Fault", "SwarmProgress", "Trigger", "parse_fault", "should_fire", "swarm_pieces"]
 
-_HUB = re.compile(r"kill-hub@([0-9]+(?:\.[0-9]+)?)%")
-_PEERS = re.compile(r"kill-peers=([0-9]+(?:\.[0-9]+)?)%@([0-9]+(?:\.[0-9]+)?)%")
+_NUM = r"([0-9]+(?:\.[0-9]+)?)"
+_WHEN = rf"(?:{_NUM}%|(full-copy))"
+_HUB = re.compile(rf"kill-hub@{_WHEN}")
+_PEERS = re.compile(rf"kill-peers={_NUM}%@{_WHEN}")
+_FORMS = "kill-hub@full-copy, kill-hub@50% or kill-peers=25%@30%"
+
+
+class Trigger(enum.Enum):
+    """What a fault waits for."""
+
+    #: A fraction of the bytes the live receivers need has been delivered to them.
+    BYTES = "bytes"
+    #: The receivers together hold every piece at least once.
+    FULL_COPY = "full-copy"
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """One fault: ``kind`` is ``kill-hub`` or ``kill-peers``; ``at`` and ``fraction`` are
-    fractions of 1 (mean receiver progress that triggers it; receivers to kill)."""
+    """One fault: ``kind`` is ``kill-hub`` or ``kill-peers``; ``at`` is the fraction of bytes
+    delivered that triggers it (``Trigger.BYTES``); ``fraction`` the receivers to kill."""
 
     kind: str
-    at: float
+    at: float = 0.0
     fraction: float = 0.0
+    trigger: Trigger = Trigger.BYTES
 
     def __str__(self) -> str:
+        when = "full-copy" if self.trigger is Trigger.FULL_COPY else f"{self.at * 100:g}%"
         if self.kind == "kill-hub":
-            return f"kill-hub@{self.at * 100:g}%"
-        return f"kill-peers={self.fraction * 100:g}%@{self.at * 100:g}%"
+            return f"kill-hub@{when}"
+        return f"kill-peers={self.fraction * 100:g}%@{when}"
 
     def victims(self, hosts: Sequence[int], seed: int = 4) -> list[int]:
         """The receivers ``kill-peers`` kills: ``round(fraction * N)``, at least one, never
@@ -51,21 +73,111 @@ class Fault:
 
 
 def parse_fault(text: str) -> Fault:
-    """``"kill-hub@50%"`` or ``"kill-peers=25%@30%"`` -> :class:`Fault` (ValueError if not)."""
+    """``"kill-hub@full-copy"``, ``"kill-hub@50%"`` or ``"kill-peers=25%@30%"`` ->
+    :class:`Fault` (ValueError naming the accepted forms if not)."""
     spec = text.strip().lower()
     if m := _HUB.fullmatch(spec):
-        at, fraction = float(m.group(1)), 0.0
-        kind = "kill-hub"
+        kind, fraction, pct, full = "kill-hub", 0.0, m.group(1), m.group(2)
     elif m := _PEERS.fullmatch(spec):
-        fraction, at = float(m.group(1)), float(m.group(2))
-        kind = "kill-peers"
+        kind, fraction, pct, full = "kill-peers", float(m.group(1)), m.group(2), m.group(3)
         if not 0 < fraction < 100:
             raise ValueError(f"{text!r}: the fraction of peers must be in (0, 100) %")
     else:
-        raise ValueError(f"cannot read fault {text!r}: use kill-hub@50% or kill-peers=25%@30%")
+        raise ValueError(f"cannot read fault {text!r}: use {_FORMS}")
+    if full:
+        return Fault(kind, 0.0, fraction / 100, Trigger.FULL_COPY)
+    at = float(pct)
     if not 0 <= at < 100:
-        raise ValueError(f"{text!r}: the trigger must be a progress in [0, 100) %")
+        raise ValueError(f"{text!r}: the trigger must be bytes delivered in [0, 100) %")
     return Fault(kind, at / 100, fraction / 100)
+
+
+@dataclass
+class SwarmProgress:
+    """What each receiver last reported: verified bytes and, when its client says, which
+    pieces (a wire bitfield). Pure bookkeeping for :func:`should_fire`.
+
+    ``size`` is the file's length and ``num_pieces`` the torrent's piece count (None when
+    the mode has no torrent, e.g. client-server over HTTP).
+    """
+
+    size: int
+    num_pieces: int | None = None
+    have_bytes: dict[int, int] = field(default_factory=dict)
+    bitfields: dict[int, int] = field(default_factory=dict)
+    complete: set[int] = field(default_factory=set)
+    gone: set[int] = field(default_factory=set)
+
+    def add_host(self, host: int) -> None:
+        self.have_bytes.setdefault(host, 0)
+
+    def report(
+        self,
+        host: int,
+        *,
+        have_bytes: int | None = None,
+        bitfield: bytes | None = None,
+        complete: bool = False,
+    ) -> None:
+        """Take one status line's state (fields the client did not send stay as they were;
+        a host only ever gains pieces, so a late, older line cannot undo a newer one)."""
+        if have_bytes is not None:
+            self.have_bytes[host] = max(self.have_bytes.get(host, 0), min(have_bytes, self.size))
+        if bitfield is not None and self.num_pieces:
+            self.bitfields[host] = self.bitfields.get(host, 0) | _bits(bitfield, self.num_pieces)
+        if complete:
+            self.complete.add(host)
+            self.have_bytes[host] = self.size
+
+    def remove(self, host: int) -> None:
+        """A receiver killed on purpose: it no longer counts, nor do the pieces it held."""
+        self.gone.add(host)
+
+    @property
+    def live(self) -> list[int]:
+        return sorted(h for h in self.have_bytes if h not in self.gone)
+
+    def delivered(self) -> float:
+        """Fraction of the bytes the live receivers need that they hold (0..1)."""
+        live = self.live
+        if not live or self.size <= 0:
+            return 1.0
+        return sum(self.have_bytes[h] for h in live) / (len(live) * self.size)
+
+    def pieces_held(self) -> int | None:
+        """Pieces at least one live receiver holds (None without a piece count)."""
+        n = self.num_pieces
+        if not n:
+            return None
+        live = self.live
+        if any(h in self.complete for h in live):
+            return n
+        union = 0
+        for h in live:
+            union |= self.bitfields.get(h, 0)
+        return union.bit_count()
+
+    def full_copy(self) -> bool:
+        """True once the live receivers together hold every piece (without a bitfield, a
+        receiver that holds the whole file is the only proof)."""
+        if any(h in self.complete or self.have_bytes[h] >= self.size for h in self.live):
+            return True
+        return self.num_pieces is not None and self.pieces_held() == self.num_pieces
+
+
+def _bits(bitfield: bytes, num_pieces: int) -> int:
+    """A wire bitfield as an int, one bit per piece, spare trailing bits dropped (a union
+    and a count need no particular bit order)."""
+    nbytes = (num_pieces + 7) >> 3
+    value = int.from_bytes(bitfield[:nbytes].ljust(nbytes, b"\0"), "big")
+    return value >> (nbytes * 8 - num_pieces)
+
+
+def should_fire(fault: Fault, progress: SwarmProgress) -> bool:
+    """Whether ``fault`` strikes now, given what the receivers reported."""
+    if fault.trigger is Trigger.FULL_COPY:
+        return progress.full_copy()
+    return progress.delivered() >= fault.at
 
 
 def swarm_pieces(meta: Metainfo, folders: Sequence[Path]) -> tuple[int, int]:

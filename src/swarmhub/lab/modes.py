@@ -92,8 +92,8 @@ class _HubSource(Runner):
             raise LabError(f"publish printed no URLs:\n{published}")
         self.url, self.torrent_url = urls["http"], urls["torrent"]
         self.meta: Metainfo | None = None
-        if self.fault is not None and self.fault.kind == "kill-hub":
-            self.torrent_meta()
+        if self.fault is not None:
+            self.torrent_meta()  # while the hub is alive: the runner counts pieces with it
 
     def torrent_meta(self) -> Metainfo | None:
         """The hub's torrent, fetched while the hub is alive (read once, then cached)."""

@@ -41,6 +41,7 @@ def results_table(results: Sequence[ScenarioResult]) -> Table:
         "N",
         "size",
         "up / down",
+        "RTT ms",
         "bound s",
         "last s",
         "median s",
@@ -62,6 +63,7 @@ def results_table(results: Sequence[ScenarioResult]) -> Table:
             str(r.peers),
             format_size(r.size),
             f"{format_rate(r.up_bps)} / {format_rate(r.down_bps)}",
+            _rtt(r),
             f"{r.bound_s:.1f}",
             _fmt_s(r.last_completion_s),
             _fmt_s(median),
@@ -72,6 +74,13 @@ def results_table(results: Sequence[ScenarioResult]) -> Table:
             verdict,
         )
     return table
+
+
+def _rtt(r: ScenarioResult) -> str:
+    """``min/median`` RTT measured before the run, e.g. ``20.4/20.6`` (``-`` on loopback)."""
+    if r.rtt_min_ms is None or r.rtt_median_ms is None:
+        return "-"
+    return f"{r.rtt_min_ms:.1f}/{r.rtt_median_ms:.1f}"
 
 
 def _failed(r: ScenarioResult) -> int:
@@ -91,6 +100,8 @@ def _fault(r: ScenarioResult) -> str:
         text += f" at {r.fault_at_s:.1f} s"
     if r.pieces_held_at_fault is not None:
         text += f", swarm held {r.pieces_held_at_fault}/{r.num_pieces}"
+    elif r.pieces_reported_at_fault is not None:
+        text += f", swarm reported {r.pieces_reported_at_fault} pieces"
     killed = sum(h.killed for h in r.hosts)
     if killed:
         text += f", {killed} killed"
@@ -200,7 +211,8 @@ img{max-width:100%;display:block;margin:1em 0}code{background:#f4f4f4;padding:1p
 def _html_table(results: Sequence[ScenarioResult]) -> str:
     head = (
         "<tr><th>mode</th><th>client</th><th>N</th><th>size</th><th>up / down</th>"
-        "<th>bound s</th><th>last s</th><th>measured/bound</th><th>source up (xF)</th>"
+        "<th>latency ms</th><th>RTT min/median ms</th><th>bound s</th><th>last s</th>"
+        "<th>measured/bound</th><th>source up (xF)</th>"
         "<th>hub http+peer (xF)</th><th>fault</th><th>result</th></tr>"
     )
     rows = []
@@ -210,7 +222,7 @@ def _html_table(results: Sequence[ScenarioResult]) -> str:
             f"<tr><td class=l>{r.mode}</td><td class=l>{html.escape(r.client)}</td>"
             f"<td>{r.peers}</td><td>{format_size(r.size)}</td>"
             f"<td>{format_rate(r.up_bps)} / {format_rate(r.down_bps)}</td>"
-            f"<td>{r.bound_s:.2f}</td><td>{_fmt_s(r.last_completion_s)}</td>"
+            f"<td>{r.latency_ms:g}</td><td>{_rtt(r)}</td><td>{r.bound_s:.2f}</td><td>{_fmt_s(r.last_completion_s)}</td>"
             f"<td>{'-' if r.ratio is None else f'{r.ratio:.3f}'}</td>"
             f"<td>{r.source_upload / r.size:.2f}</td><td>{_hub_x(r)}</td>"
             f"<td class=l>{html.escape(_fault(r))}</td><td class=l>{ok}</td></tr>"

@@ -44,6 +44,7 @@ class ScenarioResult:
     up_bps: float
     down_bps: float
     source_up_bps: float
+    #: One-way latency asked for; the RTT measured between hosts before the run (ms).
     latency_ms: float
     shaped: bool
     bound_s: float
@@ -64,6 +65,10 @@ class ScenarioResult:
     #: kill-hub: verified pieces the receivers held between them when the hub died.
     pieces_held_at_fault: int | None = None
     num_pieces: int | None = None
+    #: The union of the pieces the receivers had reported when the fault's trigger fired.
+    pieces_reported_at_fault: int | None = None
+    rtt_min_ms: float | None = None
+    rtt_median_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

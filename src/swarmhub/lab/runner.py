@@ -8,6 +8,7 @@ source (host 0) and a client (hosts 1..N); see :mod:`swarmhub.lab.modes`.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import logging
 import shutil
@@ -16,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from swarmhub.lab.faults import Fault, swarm_pieces
+from swarmhub.lab.faults import Fault, SwarmProgress, should_fire, swarm_pieces
 from swarmhub.lab.results import HostResult, ScenarioResult
 from swarmhub.lab.topology import Lab, LabError, LabProc, LoopbackLab, _json_line, free_port
 from swarmhub.metainfo.model import Metainfo
 
-__all__ = ["STALL_S", "EventSink", "Runner", "wait_text"]
+__all__ = ["STALL_S", "EventSink", "Runner", "report_line", "wait_text"]
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,10 @@ class Runner:
         """Poll every client until all finished, failed, were killed or the deadline passed."""
         res = self.result
         by_host = {h.host: h for h in res.hosts}
-        progress = dict.fromkeys(clients, 0.0)
+        meta = self.torrent_meta() if self.fault is not None else None
+        state = SwarmProgress(res.size, meta.num_pieces if meta is not None else None)
+        for host in clients:
+            state.add_host(host)
         starts: dict[int, float] = {}
         ends: dict[int, float] = {}
         t_begin = time.monotonic()
@@ -147,7 +151,7 @@ class Runner:
             for host in sorted(pending):
                 proc, h = clients[host], by_host[host]
                 if file_poll:
-                    progress[host] = self.file_progress(host)
+                    state.report(host, have_bytes=int(self.file_progress(host) * res.size))
                 for line in proc.new_lines():
                     obj = _json_line(line)
                     if obj is None:
@@ -157,24 +161,26 @@ class Runner:
                         ends[host] = now
                         starts[host] = now - float(obj.get("elapsed", now - proc.started))
                         h.ok = True
-                        progress[host] = 1.0
+                        state.report(host, complete=True)
                         pending.discard(host)
                         self.sink(
                             {"event": "finished", "host": host, "elapsed": obj.get("elapsed")}
                         )
                     elif "progress" in obj:
-                        progress[host] = float(obj["progress"])
+                        report_line(state, host, obj, res.size)
                         self.sink({"event": "progress", "host": host, "progress": obj["progress"]})
                 if host in pending and proc.poll() is not None:
                     h.error = f"exited with {proc.returncode}: {_last_words(proc)}"
                     pending.discard(host)
                     self.sink({"event": "failed", "host": host, "error": h.error})
-            live = [progress[h] for h in clients if not by_host[h].killed]
-            mean = sum(live) / len(live) if live else 1.0
-            if self.fault is not None and fired_at is None and pending and mean >= self.fault.at:
+            fault = self.fault
+            if fault is not None and fired_at is None and pending and should_fire(fault, state):
                 fired_at = now
+                res.pieces_reported_at_fault = state.pieces_held()
                 self.inject(clients, pending)
-            total = sum(live)
+                for host in fault.victims(sorted(clients)):
+                    state.remove(host)
+            total = state.delivered()
             if total > moved_sum + 1e-9:
                 moved_sum, moved_at = total, now
             if pending and self.hub_dead and now - moved_at > STALL_S:
@@ -187,6 +193,14 @@ class Runner:
                 for host in pending:
                     by_host[host].error = why
                     self.sink({"event": "failed", "host": host, "error": "stalled"})
+                break
+            dl = self.lab.delayline if isinstance(self.lab, Lab) else None
+            if pending and dl is not None and dl.poll() is not None:
+                # No bypass: without the delay line no packet crosses the bridge.
+                why = f"the lab's delay line exited ({dl.returncode}): {_last_words(dl)}"
+                for host in pending:
+                    by_host[host].error = why
+                    self.sink({"event": "failed", "host": host, "error": "delay line"})
                 break
             if pending and now - t_begin > self.deadline_s:
                 for host in pending:
@@ -250,6 +264,20 @@ class Runner:
             pending.discard(host)
             self.sink({"event": "failed", "host": host, "error": "killed"})
         res.notes.append(f"{fault}: killed hosts {', '.join(map(str, victims))}")
+
+
+def report_line(state: SwarmProgress, host: int, obj: dict[str, Any], size: int) -> None:
+    """Feed one client status line to ``state``: verified bytes (``have_bytes``, else the
+    progress fraction) and the hex bitfield of verified pieces when the client sends one."""
+    have = obj.get("have_bytes")
+    have_bytes = int(have) if isinstance(have, int) else int(float(obj["progress"]) * size)
+    bitfield = None
+    if isinstance(obj.get("bitfield"), str):
+        try:
+            bitfield = binascii.unhexlify(obj["bitfield"])
+        except (binascii.Error, ValueError):
+            log.warning("host %d sent an unreadable bitfield", host)
+    state.report(host, have_bytes=have_bytes, bitfield=bitfield)
 
 
 def _last_words(proc: LabProc) -> str:

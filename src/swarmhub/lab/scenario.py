@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from swarmhub.lab.faults import parse_fault
+from swarmhub.lab.latency import latency_support
 from swarmhub.lab.modes import CLIENTS, runner_for
 from swarmhub.lab.results import HostResult, ScenarioResult, bound_for
 from swarmhub.lab.runner import EventSink
@@ -98,6 +99,12 @@ def run_scenario(
     workdir.mkdir(parents=True, exist_ok=True)
     if use_netns is None:
         use_netns = netns_available()[0]
+    if latency_ms > 0:
+        ok, why = latency_support() if use_netns else (False, "")
+        if not ok:
+            raise LabError(
+                why or "--latency needs the namespace lab (root): loopback cannot delay packets"
+            )
     result = ScenarioResult(
         mode=mode,
         client=client,
@@ -127,6 +134,8 @@ def run_scenario(
             lab.notes.append(f"why loopback: {why}")
     started = time.monotonic()
     with lab:
+        if isinstance(lab, Lab) and lab.rtt is not None:
+            result.rtt_min_ms, result.rtt_median_ms = lab.rtt.min_ms, lab.rtt.median_ms
         runner_cls(lab, result, data, workdir, deadline_s, sink, parsed_fault).run()
         result.notes.extend(lab.notes)
     result.wall_s = time.monotonic() - started

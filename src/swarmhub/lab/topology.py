@@ -10,8 +10,9 @@ Layout for prefix ``P`` and N hosts (nothing is created in the root namespace)::
 
 Shaping uses htb only (this kernel has no ``sch_netem``): a host's upload is an htb class
 on its own ``eth0`` egress, its download one on the bridge port ``v<i>`` egress. Latency
-is added with netem under the htb class when the kernel has it, else recorded as skipped
-in :attr:`Lab.notes`.
+is an NFQUEUE delay line in the bridge namespace (:mod:`swarmhub.lab.latency`), between
+the two shapers; every lab measures the hosts' round-trip time before it is used
+(:attr:`Lab.rtt`) and refuses to run when that RTT is not the one asked for.
 
 Teardown (namespaces, hence their veths, and every process started with :meth:`Lab.run`,
 killed by PID) runs on normal exit, on exceptions, on Ctrl-C and on SIGTERM.
@@ -36,7 +37,18 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
-from swarmhub.errors import SwarmhubError
+from swarmhub.lab.latency import (
+    RTT_PROBE,
+    RttStats,
+    build_delayline,
+    delayline_argv,
+    iptables_rule,
+    latency_support,
+    parse_probe,
+    probe_plan,
+    rtt_problem,
+)
+from swarmhub.lab.shell import CMD_TIMEOUT, LabError, run_cmd
 
 __all__ = [
     "CMD_TIMEOUT",
@@ -51,42 +63,21 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Every ip/tc call is bounded by this many seconds.
-CMD_TIMEOUT = 10.0
 #: The hosts' subnet: inside 198.18.0.0/15 (RFC 2544 benchmarking range), never routed.
 HOST_NET = "198.18.0"
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
 _MAX_HOSTS = 250
-
-
-class LabError(SwarmhubError):
-    """The lab could not build, use or tear down its emulated network."""
-
-
-def _cmd(args: Sequence[str], *, check: bool = True, timeout: float = CMD_TIMEOUT) -> str:
-    """Run one short command (ip, tc), bounded in time; return stdout."""
-    try:
-        res = subprocess.run(
-            list(args), capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"`{' '.join(args)}` did not finish within {timeout:.0f} s") from exc
-    except FileNotFoundError as exc:
-        raise LabError(f"`{args[0]}` is not installed (the lab needs iproute2)") from exc
-    if check and res.returncode != 0:
-        raise LabError(f"`{' '.join(args)}` failed ({res.returncode}): {res.stderr.strip()}")
-    return res.stdout
+_cmd = run_cmd
 
 
 # -- availability -------------------------------------------------------------------------------
 
 _AVAILABLE: tuple[bool, str] | None = None
-_NETEM: bool | None = None
 
 
 def netns_available() -> tuple[bool, str]:
     """(True, "") when namespaces, veths and htb all work here; else (False, why not)."""
-    global _AVAILABLE, _NETEM
+    global _AVAILABLE
     if _AVAILABLE is not None:
         return _AVAILABLE
     if os.geteuid() != 0:
@@ -97,60 +88,7 @@ def netns_available() -> tuple[bool, str]:
         _cmd(["ip", "netns", "add", probe])
         try:
             _cmd(["ip", "-n", probe, "link", "add", "a0", "type", "veth", "peer", "name", "a1"])
-            _cmd(
-                [
-                    "tc",
-                    "-n",
-                    probe,
-                    "qdisc",
-                    "add",
-                    "dev",
-                    "a0",
-                    "root",
-                    "handle",
-                    "1:",
-                    "htb",
-                    "default",
-                    "10",
-                ]
-            )
-            _cmd(
-                [
-                    "tc",
-                    "-n",
-                    probe,
-                    "class",
-                    "add",
-                    "dev",
-                    "a0",
-                    "parent",
-                    "1:",
-                    "classid",
-                    "1:10",
-                    "htb",
-                    "rate",
-                    "8mbit",
-                ]
-            )
-            _NETEM = _cmd(
-                [
-                    "tc",
-                    "-n",
-                    probe,
-                    "qdisc",
-                    "add",
-                    "dev",
-                    "a0",
-                    "parent",
-                    "1:10",
-                    "handle",
-                    "10:",
-                    "netem",
-                    "delay",
-                    "1ms",
-                ],
-                check=False,
-            ) == "" and ("netem" in _cmd(["tc", "-n", probe, "qdisc", "show", "dev", "a0"]))
+            _htb(probe, "a0", 8e6)
         finally:
             _cmd(["ip", "netns", "del", probe], check=False)
     except LabError as exc:
@@ -160,9 +98,13 @@ def netns_available() -> tuple[bool, str]:
     return _AVAILABLE
 
 
-def _netem_available() -> bool:
-    netns_available()
-    return bool(_NETEM)
+def _htb(ns: str, dev: str, rate_bps: float) -> None:
+    """Shape ``dev``'s egress to ``rate_bps`` with one htb class (rate = ceil)."""
+    rate = f"{int(rate_bps)}bit"
+    tc = ["tc", "-n", ns]
+    _cmd([*tc, "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "10"])
+    _cmd([*tc, "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb", "rate",
+          rate, "ceil", rate])  # fmt: skip
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -347,8 +289,18 @@ class _Base:
         if not 0 <= host < self.hosts:
             raise LabError(f"no host {host} (the lab has {self.hosts})")
         name = name or f"h{host}-{Path(argv[0]).name}"
+        return self._start(self._wrap(host, argv), name, env=env, cwd=cwd)
+
+    def _start(
+        self,
+        argv: Sequence[str],
+        name: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> LabProc:
         proc = LabProc(
-            self._wrap(host, argv),
+            argv,
             log_path=self.log_dir / f"{name}.log",
             name=name,
             env=env,
@@ -404,6 +356,9 @@ class Lab(_Base):
         self.prefix = prefix
         self.bridge_ns = f"{prefix}-br"
         self.created: list[str] = []
+        #: Round-trip times between hosts, measured once the links are up.
+        self.rtt: RttStats | None = None
+        self.delayline: LabProc | None = None
 
     def ns(self, host: int) -> str:
         return f"{self.prefix}-h{host}"
@@ -440,105 +395,82 @@ class Lab(_Base):
 
     def _build(self) -> None:
         br = self.bridge_ns
+        binary = None
+        if self.latency_ms > 0:
+            ok, why = latency_support()
+            if not ok:
+                raise LabError(why)
+            binary = build_delayline()
         self._add_ns(br)
         _cmd(["ip", "-n", br, "link", "add", "br0", "type", "bridge"])
         _cmd(["ip", "-n", br, "link", "set", "br0", "up"])
-        netem = self.latency_ms > 0 and _netem_available()
-        if self.latency_ms > 0 and not netem:
-            self.notes.append(f"latency {self.latency_ms:g} ms: skipped (no netem in this kernel)")
         for i in range(self.hosts):
             host = self.ns(i)
             self._add_ns(host)
             port = f"v{i}"
-            _cmd(
-                [
-                    "ip",
-                    "-n",
-                    br,
-                    "link",
-                    "add",
-                    port,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    host,
-                ]
-            )
+            _cmd(["ip", "-n", br, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                  "netns", host])  # fmt: skip
             _cmd(["ip", "-n", br, "link", "set", port, "master", "br0"])
             _cmd(["ip", "-n", br, "link", "set", port, "up"])
             _cmd(["ip", "-n", host, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0"])
             _cmd(["ip", "-n", host, "link", "set", "eth0", "up"])
-            # One-way latency, split evenly: half on each direction of the host's link.
-            delay = self.latency_ms / 2 if netem else 0.0
-            self._shape(host, "eth0", self.up_bps[i], delay)
-            self._shape(br, port, self.down_bps[i], delay)
+            _htb(host, "eth0", self.up_bps[i])
+            _htb(br, port, self.down_bps[i])
+        if binary is not None:
+            self._start_delayline(binary)
         self._wait_links()
+        self._check_rtt()
         log.info("lab %s: %d hosts up (%s)", self.prefix, self.hosts, "; ".join(self.notes))
 
-    @staticmethod
-    def _shape(ns: str, dev: str, rate_bps: float, delay_ms: float) -> None:
-        rate = f"{int(rate_bps)}bit"
-        _cmd(
-            [
-                "tc",
-                "-n",
-                ns,
-                "qdisc",
-                "replace",
-                "dev",
-                dev,
-                "root",
-                "handle",
-                "1:",
-                "htb",
-                "default",
-                "10",
-            ]
+    def _start_delayline(self, binary: Path) -> None:
+        """The delay line first (it binds the queue), then the rule that feeds it: bridged
+        IPv4 frames go through this namespace's FORWARD chain (br_netfilter)."""
+        br = self.bridge_ns
+        wrap = ["ip", "netns", "exec", br]
+        self.delayline = self._start(
+            [*wrap, *delayline_argv(binary, self.latency_ms)], "br-delayline"
         )
-        _cmd(
-            [
-                "tc",
-                "-n",
-                ns,
-                "class",
-                "add",
-                "dev",
-                dev,
-                "parent",
-                "1:",
-                "classid",
-                "1:10",
-                "htb",
-                "rate",
-                rate,
-                "ceil",
-                rate,
-            ]
-        )
-        if delay_ms > 0:
-            _cmd(
-                [
-                    "tc",
-                    "-n",
-                    ns,
-                    "qdisc",
-                    "add",
-                    "dev",
-                    dev,
-                    "parent",
-                    "1:10",
-                    "handle",
-                    "10:",
-                    "netem",
-                    "delay",
-                    f"{delay_ms:g}ms",
-                    "limit",
-                    "10000",
-                ]
-            )
+        ready = self.delayline.wait_json("ready", CMD_TIMEOUT)
+        _cmd(["ip", "-n", br, "link", "set", "br0", "type", "bridge", "nf_call_iptables", "1"])
+        _cmd([*wrap, *iptables_rule()])
+        if not ready.get("realtime"):
+            self.notes.append("the delay line runs without real-time priority (jitter likelier)")
+
+    def measure_rtt(self, samples: int | None = None) -> RttStats | None:
+        """Round-trip times between hosts (TCP connects to a closed port; see
+        :func:`swarmhub.lab.latency.probe_plan`); None with fewer than two hosts."""
+        import sys
+
+        plan = probe_plan(self.hosts)
+        if not plan:
+            return None
+        per_pair = samples or max(3, 40 // sum(len(t) for _, t in plan))
+        by_pair: dict[str, list[float]] = {}
+        for src, targets in plan:
+            addrs = [self.addr(t) for t in targets]
+            argv = [sys.executable, "-I", "-S", "-c", RTT_PROBE, str(per_pair), "0.01", *addrs]
+            bound = CMD_TIMEOUT + 2.1 * per_pair * len(targets)
+            for addr, ms in parse_probe(_cmd(self._wrap(src, argv), timeout=bound)).items():
+                by_pair[f"{self.addr(src)}->{addr}"] = ms
+        return RttStats.from_samples(by_pair)
+
+    def _check_rtt(self) -> None:
+        """Measure the RTT; with latency, refuse a lab whose RTT is not 2 x the latency
+        (after a second try: a busy machine can delay a few samples)."""
+        self.rtt = self.measure_rtt()
+        if self.rtt is None:
+            return
+        problem = rtt_problem(self.rtt, self.latency_ms)
+        if problem:
+            self.rtt = self.measure_rtt()
+            assert self.rtt is not None
+            problem = rtt_problem(self.rtt, self.latency_ms)
+        if problem:
+            raise LabError(f"{problem}: the lab will not run with a latency it cannot hold")
+        how = ""
+        if self.latency_ms > 0:
+            how = f"latency {self.latency_ms:g} ms one way (delay line on the bridge): "
+        self.notes.append(f"{how}{self.rtt}")
 
     def _wait_links(self, timeout: float = 10.0) -> None:
         """Wait (bounded) until host 0 reaches every other host: a TCP connect to a closed
@@ -635,7 +567,9 @@ class LoopbackLab(_Base):
             "limits, not link shaping"
         )
         if latency_ms > 0:
-            self.notes.append(f"latency {latency_ms:g} ms: skipped (loopback mode)")
+            raise LabError(
+                "--latency needs the namespace lab (root): loopback mode cannot delay packets"
+            )
 
     def addr(self, host: int) -> str:
         return "127.0.0.1"
