@@ -285,7 +285,7 @@ class _Peer:
             _emit({"event": "finished", "elapsed": round(self.finished_at - _T0, 4)})
 
     def _status(self) -> None:
-        st = self.handle.status(lt.torrent_handle.query_pieces)
+        st = self.handle.status()  # every query flag: accurate counters and the pieces
         bits = "".join("1" if have else "0" for have in st.pieces)
         bits += "0" * (-len(bits) % 8)
         _emit(
