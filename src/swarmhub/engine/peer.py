@@ -117,8 +117,8 @@ class Peer:
             return
         try:
             data = self.conn.send(msg)
-        except LocalProtocolError as exc:
-            log.debug("peer %s: not sending %s: %s", self.addr, type(msg).__name__, exc)
+        except LocalProtocolError as exc:  # our bug, not the peer's: make it loud
+            log.error("peer %s: not sending %s: %s", self.addr, type(msg).__name__, exc)
             return
         self.proto.write(data)
         self.last_send = time.monotonic()
@@ -267,6 +267,7 @@ class PeerProtocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tr.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+        self.session.pending.add(self)
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(
             self.session.settings.handshake_timeout, self.close, "handshake timed out"
@@ -355,6 +356,7 @@ class PeerProtocol(asyncio.Protocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        self.session.pending.discard(self)
         reason = torrent.can_accept(self.addr, hs.peer_id)
         if reason:
             self.close(reason)
@@ -364,6 +366,7 @@ class PeerProtocol(asyncio.Protocol):
         torrent.on_peer_connected(self.peer)
 
     def close(self, reason: str) -> None:
+        self.session.pending.discard(self)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None

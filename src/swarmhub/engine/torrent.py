@@ -28,7 +28,7 @@ from swarmhub.engine.peer import Peer, PeerProtocol, RateMeter
 from swarmhub.engine.picker import Block, PiecePicker
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.superseed import SuperSeeder
-from swarmhub.errors import StorageError, SwarmhubError, TrackerError
+from swarmhub.errors import StorageError, SwarmhubError
 from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
 from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
 from swarmhub.storage.files import TorrentStorage
@@ -155,6 +155,8 @@ class Torrent:
         #: Seeds the tracker counts (a super-seeding seed shows us only part of what it has).
         self._tracker_seeds = 0
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
+        #: The task running :meth:`run` (set by the session; stop() cancels it first).
+        self.run_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -174,8 +176,9 @@ class Torrent:
                     pool, trusted_pieces, resume, self.meta, self.storage)
             todo = [i for i in range(n) if not have[i]]
             if todo:
+                threads = self.session.hash_threads
                 checked = await loop.run_in_executor(
-                    None, lambda: recheck(self.meta, self.storage, only=todo))
+                    None, lambda: recheck(self.meta, self.storage, only=todo, threads=threads))
                 for i in todo:
                     if checked[i]:
                         have[i] = 1
@@ -218,6 +221,11 @@ class Torrent:
         if self._stopping:
             return
         self._stopping = True
+        task = self.run_task
+        if task is not None and not task.done():
+            task.cancel()  # the tracker loop announces "stopped" on its way out (bounded)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(task), 10)
         for peer in list(self.peers):
             peer.close("torrent stopped")
         for task in list(self._tasks):
@@ -437,11 +445,9 @@ class Torrent:
         buf = self.buffers.pop(index)
         sources = self.block_src.pop(index, {})
         failed = self.failed_blocks.get(index)
-        loop = asyncio.get_running_loop()
         self._unverified += len(buf)
         try:
-            ok, digests = await loop.run_in_executor(
-                self.session.disk_pool, self._check_and_write, index, buf, failed is not None)
+            ok, digests = await self._check_and_write(index, buf, failed is not None)
         except StorageError as exc:
             self._fail(str(exc))
             return
@@ -459,12 +465,16 @@ class Torrent:
             del self.failed_blocks[index]
         self._piece_passed(index)
 
-    def _check_and_write(
+    async def _check_and_write(
         self, index: int, buf: bytearray, want_digests: bool
     ) -> tuple[bool, dict[int, bytes]]:
-        if not self.verifier.check(index, buf):
+        """Hash on the hash pool (all cores), then write on the disk pool."""
+        loop = asyncio.get_running_loop()
+        session = self.session
+        if not await loop.run_in_executor(session.hash_pool, self.verifier.check, index, buf):
             return False, {}
-        self.storage.write(index * self.meta.piece_length, buf)
+        await loop.run_in_executor(
+            session.disk_pool, self.storage.write, index * self.meta.piece_length, buf)
         digests = _block_digests(buf) if want_digests else {}
         return True, digests
 
@@ -788,7 +798,7 @@ class Torrent:
         )
         try:
             resp = await tiers.announce(await self.session.http(), req)
-        except TrackerError as exc:
+        except SwarmhubError as exc:  # TrackerError, or the session closing under us
             log.warning("%s: tracker: %s", self.meta.name, exc)
             return None
         if self.state is TorrentState.DOWNLOADING:
@@ -857,7 +867,6 @@ class Torrent:
         ws = WebSeed(url, self.meta, await self.session.http(),
                      max_request=self.settings.web_seed_request_size)
         await self._sleep(self.settings.web_seed_grace)
-        loop = asyncio.get_running_loop()
         failures, backoff = 0, 5.0
         while self.state is TorrentState.DOWNLOADING and not self._stopping and not ws.banned:
             batch = self._webseed_batch()
@@ -872,9 +881,7 @@ class Torrent:
                             continue
                         self._unverified += len(buf)
                         try:
-                            ok, _ = await loop.run_in_executor(
-                                self.session.disk_pool, self._check_and_write, index, buf,
-                                False)
+                            ok, _ = await self._check_and_write(index, buf, False)
                         finally:
                             self._unverified -= len(buf)
                         if ok:

@@ -108,8 +108,7 @@ class Seeder:
 
         # The hub's upload cap holds for its peer too, not only for HTTP: under load the
         # swarm, not the hub, must carry the traffic.
-        settings = Settings(enable_dht=False, enable_lsd=False,
-                            upload_rate_limit=int(self.hub.config.upload_rate or 0))
+        settings = Settings(upload_rate_limit=int(self.hub.config.upload_rate or 0))
         try:
             async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state") as s:
                 self.port = await s.listen(*self.listen)
