@@ -55,6 +55,11 @@ class Settings:
     )
     max_connections: int = _f(200, "peer connections for the whole session", lo=1)
     max_connections_per_torrent: int = _f(50, "peer connections per torrent", lo=1)
+    peer_idle_evict: float = _f(
+        60.0, "at the per-torrent cap, a new peer replaces one that has shown no interest "
+        "either way and moved no data for this many seconds (idle peers cannot lock others "
+        "out; keep-alives do not count)", lo=0.0,
+    )
     # -- choking
     unchoke_slots: int = _f(
         4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke", lo=0

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmhub.engine.peer import PeerProtocol
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
+from swarmhub.engine.services import PeerHost
 from swarmhub.engine.torrent import Torrent
 from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo
@@ -169,7 +170,7 @@ class Session:
     def torrent_for_hash(self, info_hash: bytes) -> Torrent | None:
         return self._by_hash.get(info_hash)
 
-    def handshake_for(self, torrent: Torrent) -> m.Handshake:
+    def handshake_for(self, torrent: PeerHost) -> m.Handshake:
         return m.Handshake(self.reserved, torrent.meta.info_hash, self.peer_id)
 
     def charge_download(self, n: int, now: float) -> float:
@@ -182,13 +183,14 @@ class Session:
         if self.settings.upload_rate_limit:
             await self._up.acquire(n)
 
-    def tracker_tiers(self, torrent: Torrent) -> TrackerTiers:
+    def tracker_tiers(self, info_hash: bytes, urls: list[list[str]]) -> TrackerTiers:
+        """The torrent's tracker tiers, kept across announces (BEP 12 reorders them)."""
         from swarmhub.discovery.tracker import TrackerTiers
 
-        tiers = self._tiers.get(torrent.meta.info_hash)
+        tiers = self._tiers.get(info_hash)
         if tiers is None:
-            tiers = TrackerTiers(torrent.tracker_tiers, rng=self.rng)
-            self._tiers[torrent.meta.info_hash] = tiers
+            tiers = TrackerTiers(urls, rng=self.rng)
+            self._tiers[info_hash] = tiers
         return tiers
 
     async def http(self) -> aiohttp.ClientSession:
