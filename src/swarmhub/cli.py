@@ -345,8 +345,9 @@ def get(
                             "hash_fails": st.hash_failures, "banned": st.banned,
                             "webseed": st.webseed_bytes}), flush=True)
                     if deadline is not None and time.monotonic() > deadline:
+                        why = f" ({st.stalled})" if st.stalled else ""
                         console.print(f"[bold red]error:[/] timed out after {timeout:.0f} s "
-                                      f"with {st.pieces_have}/{st.num_pieces} pieces; "
+                                      f"with {st.pieces_have}/{st.num_pieces} pieces{why}; "
                                       "run again to resume")
                         return 1
             finally:
