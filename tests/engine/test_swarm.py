@@ -298,6 +298,19 @@ def test_two_failures_shared_by_a_liar_and_an_honest_peer_ban_neither_until_prov
     assert s.strikes[honest] == 0  # forgiven: the failures were the liar's
 
 
+def test_at_the_threshold_the_sender_with_the_most_strikes_is_banned() -> None:
+    s = _leecher_with("liar", "honest", "other", pieces=8)
+    index = _shared_piece(s, "liar", "honest", 1.0)
+    s.piece_verified(index, False, 1.0, {})
+    s.take()
+    index = _shared_piece(s, "liar", "other", 2.0)
+    s.piece_verified(index, False, 2.0, {})
+    acts = s.take()
+    liar = s.peer("liar").key
+    assert s.banned == {liar} and any(isinstance(a, Banned) for a in acts)
+    assert s.strikes[s.peer("honest").key] == 0 and s.strikes[s.peer("other").key] == 0
+
+
 def test_a_ban_drops_the_banned_peers_blocks_from_unfinished_pieces() -> None:
     """Section 5: a banned flooder's blocks left in unfinished pieces failed them later
     and struck the honest seeder that sent the rest, until it was banned too."""

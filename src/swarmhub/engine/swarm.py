@@ -13,10 +13,10 @@ and carries out the :mod:`~swarmhub.engine.actions` it drains with :meth:`Swarm.
 Integrity rules (each one a bug found with a hostile peer):
 
 * a piece from one sender that fails its hash check bans that sender;
-* a piece from several senders strikes each; at ``hash_fail_ban_threshold`` strikes a
-  sender is banned, unless others of that piece reach it at the same time (then the
-  re-download decides: when the piece passes, senders whose earlier blocks differ from
-  the good ones are banned);
+* a piece from several senders strikes each; at ``hash_fail_ban_threshold`` strikes the
+  sender with the most strikes is banned, a tie waits for more evidence; and when a
+  failed piece passes later, senders whose earlier blocks differ from the good ones are
+  banned (their block digests were kept);
 * a ban drops the banned peer's blocks from every unfinished piece, a piece with blocks
   from a banned peer strikes nobody, and the others' strikes from failures it took part
   in are forgiven — so an honest seeder is never banned for a liar's blocks.
@@ -442,10 +442,14 @@ class Swarm:
             for key in keys:
                 self.strikes[key] += 1
             self._fail_log.append(keys)
+            # At the threshold, ban the sender with the most strikes; a tie (an honest
+            # peer that shared every failure with the liar) waits for more evidence: a
+            # failure without it, or the re-download's block digests.
             limit = self.settings.hash_fail_ban_threshold
-            over = [k for k in keys if self.strikes[k] >= limit]
-            if len(over) == 1:  # several at once: let the re-download tell who lied
-                self._ban(over[0], f"{limit} pieces it sent failed their hash check", now)
+            worst = max(keys, key=self.strikes.__getitem__)
+            top = self.strikes[worst]
+            if top >= limit and sum(1 for k in keys if self.strikes[k] == top) == 1:
+                self._ban(worst, f"{top} pieces it sent failed their hash check", now)
         self._fill_all(now)
 
     def _ban(self, key: Hashable, why: str, now: float) -> None:
