@@ -10,16 +10,9 @@ lab's virtual-time simulator) reports events — ``connected``, ``message``, ``b
 ``blocks_sent``, ``piece_verified``, ``tick``, ``tracker_response`` … each with ``now`` —
 and carries out the :mod:`~swarmhub.engine.actions` it drains with :meth:`Swarm.take`.
 
-Integrity rules (each one a bug found with a hostile peer):
-
-* a piece from one sender that fails its hash check bans that sender;
-* a piece from several senders strikes each; at ``hash_fail_ban_threshold`` strikes the
-  sender with the most strikes is banned, a tie waits for more evidence; and when a
-  failed piece passes later, senders whose earlier blocks differ from the good ones are
-  banned (their block digests were kept);
-* a ban drops the banned peer's blocks from every unfinished piece, a piece with blocks
-  from a banned peer strikes nobody, and the others' strikes from failures it took part
-  in are forgiven — so an honest seeder is never banned for a liar's blocks.
+Strikes and bans follow :mod:`~swarmhub.engine.integrity`; on a ban the core also drops
+the banned peer's blocks from every unfinished piece, so an honest seeder is never
+blamed for a liar's blocks.
 
 No sockets, no tasks, no clock reads, no logging: notices (bans, failures) are actions.
 """
@@ -28,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections import Counter
 from collections.abc import Container, Hashable, Iterable, Mapping
 from typing import Any
 
@@ -45,6 +37,7 @@ from swarmhub.engine.actions import (
     Verify,
 )
 from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, choose_unchoked
+from swarmhub.engine.integrity import Integrity
 from swarmhub.engine.peerstate import PeerState, RateMeter
 from swarmhub.engine.picker import Block, PiecePicker
 from swarmhub.engine.schedule import Dialer, TrackerSchedule
@@ -104,8 +97,10 @@ class Swarm:
         if have is not None:
             self.load_have(have)
         self.peers: dict[Hashable, PeerState] = {}
-        self.banned: set[Hashable] = set()
-        self.strikes: Counter[Hashable] = Counter()
+        self.integrity = Integrity(settings.hash_fail_ban_threshold)
+        #: ban keys refused from now on, and strikes (see :mod:`~swarmhub.engine.integrity`)
+        self.banned = self.integrity.banned
+        self.strikes = self.integrity.strikes
         self.hash_failures = 0
         self.down, self.up, self.webseed_meter = RateMeter(), RateMeter(), RateMeter()
         self.downloaded = self.uploaded = self.webseed_bytes = 0
@@ -117,8 +112,6 @@ class Swarm:
         self.active = True
         self._src: dict[int, dict[int, Hashable]] = {}  # unfinished piece -> begin -> key
         self._verifying: dict[int, dict[int, Hashable]] = {}
-        self._failed: dict[int, dict[int, tuple[Hashable, bytes]]] = {}
-        self._fail_log: list[frozenset[Hashable]] = []  # multi-sender failures, for forgiving
         self._unverified = 0
         self._choke = ChokeDecision(frozenset(), None, 0.0)
         self._rechoke_at = now
@@ -400,7 +393,7 @@ class Swarm:
         if result.piece_complete:
             self._verifying[index] = self._src.pop(index)
             self._unverified += self.piece_size(index)
-            self._out.append(Verify(index, index in self._failed))
+            self._out.append(Verify(index, self.integrity.wants_digests(index)))
         self._fill(ps, now)
         return True
 
@@ -414,54 +407,29 @@ class Swarm:
         if self.have[index]:
             pass  # a web seed finished it meanwhile: nothing to learn from this copy
         elif ok:
-            failed = self._failed.pop(index, None)
-            if failed is not None and digests is not None:  # who sent the bad blocks?
-                liars = {key for b, (key, d) in failed.items() if digests.get(b) != d}
-                for key in liars:
-                    self._ban(key, f"sent corrupt data for piece {index}", now)
+            for key in self.integrity.passed(index, digests):  # who sent the bad blocks?
+                self._ban(key, f"sent corrupt data for piece {index}", now)
             self._passed(index, now)
         else:
-            self._piece_failed(index, sources, digests, now)
+            self.hash_failures += 1
+            self.picker.piece_failed(index)
+            self._out.append(PieceFailed(index, len(set(sources.values()))))
+            verdict = self.integrity.failed(index, sources, digests)
+            if verdict is not None:
+                self._ban(*verdict, now)
+            self._fill_all(now)
         if was_behind and self._unverified <= self.settings.max_unverified_bytes:
             self._fill_all(now)
 
-    def _piece_failed(self, index: int, sources: dict[int, Hashable],
-                      digests: Mapping[int, bytes] | None, now: float) -> None:
-        self.hash_failures += 1
-        self.picker.piece_failed(index)
-        keys = frozenset(sources.values())
-        self._out.append(PieceFailed(index, len(keys)))
-        if digests is not None:
-            self._failed[index] = {b: (k, digests.get(b, b"")) for b, k in sources.items()}
-        if not keys or keys & self.banned:
-            self._fill_all(now)
-            return  # a banned peer's blocks were in it: blame nobody else
-        if len(keys) == 1:
-            self._ban(next(iter(keys)), f"piece {index} failed its hash check", now)
-        else:
-            for key in keys:
-                self.strikes[key] += 1
-            self._fail_log.append(keys)
-            # At the threshold, ban the sender with the most strikes; a tie (an honest
-            # peer that shared every failure with the liar) waits for more evidence: a
-            # failure without it, or the re-download's block digests.
-            limit = self.settings.hash_fail_ban_threshold
-            worst = max(keys, key=self.strikes.__getitem__)
-            top = self.strikes[worst]
-            if top >= limit and sum(1 for k in keys if self.strikes[k] == top) == 1:
-                self._ban(worst, f"{top} pieces it sent failed their hash check", now)
-        self._fill_all(now)
-
     def _ban(self, key: Hashable, why: str, now: float) -> None:
-        if key in self.banned:
+        """Ban ``key``: close its connections and drop its blocks from unfinished pieces
+        (they would fail those pieces and blame the peers that sent the rest)."""
+        if not self.integrity.ban(key):
             return
-        self.banned.add(key)
         self._out.append(Banned(key, why))
         for ps in list(self.peers.values()):
             if ps.key == key:
                 self._close(ps, f"banned: {why}")
-        # Its blocks still in unfinished pieces would fail them and blame their other
-        # senders: fetch those blocks again.
         for index, src in list(self._src.items()):
             mine = [b for b, k in src.items() if k == key]
             if mine:
@@ -470,15 +438,6 @@ class Swarm:
                 self.picker.forget_blocks(index, mine)
                 if not src:
                     del self._src[index]
-        # Strikes the others took for failures it was part of are forgiven.
-        kept = []
-        for keys in self._fail_log:
-            if key in keys:
-                for other in keys - {key}:
-                    self.strikes[other] = max(0, self.strikes[other] - 1)
-            else:
-                kept.append(keys)
-        self._fail_log = kept
         self._fill_all(now)
 
     def webseed_piece(self, index: int, nbytes: int, now: float) -> None:
