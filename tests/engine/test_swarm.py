@@ -15,6 +15,7 @@ from swarmhub.engine.actions import (
     Action,
     Announce,
     Banned,
+    Broadcast,
     Close,
     Completed,
     Connect,
@@ -56,7 +57,9 @@ def join(s: Swarm, name: str, now: float = 0.0, *, has_all: bool = False,
 
 def sent(actions: list[Action], peer: Hashable, cls: type[m.Message] | None = None
          ) -> list[m.Message]:
-    return [msg for a in actions if isinstance(a, Send) and a.peer == peer
+    return [msg for a in actions
+            if (isinstance(a, Send) and a.peer == peer)
+            or (isinstance(a, Broadcast) and peer in a.peers)
             for msg in a.messages if cls is None or isinstance(msg, cls)]
 
 

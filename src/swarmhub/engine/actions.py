@@ -6,10 +6,11 @@ event, and the driver (the asyncio :class:`~swarmhub.engine.torrent.Torrent`, or
 virtual-time simulator) drains the outbox and carries each one out with ``match``.
 Peers are the opaque handles the driver passed in; nothing here touches a socket.
 
-I/O actions: :class:`Send`, :class:`Close`, :class:`Connect`, :class:`Serve` (the peer's
-request queue has work: read pieces and write them), :class:`Verify` (hash and write a
-piece the driver assembled), :class:`Announce`. Notices (the driver logs them, wakes
-waiters): :class:`Banned`, :class:`PieceFailed`, :class:`Completed`.
+I/O actions: :class:`Send`, :class:`Broadcast`, :class:`Close`, :class:`Connect`,
+:class:`Serve` (the peer's request queue has work: read pieces and write them),
+:class:`Verify` (hash and write a piece the driver assembled), :class:`Announce`.
+Notices (the driver logs them, wakes waiters): :class:`Banned`, :class:`PieceFailed`,
+:class:`Completed`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "Action",
     "Announce",
     "Banned",
+    "Broadcast",
     "Close",
     "Completed",
     "Connect",
@@ -38,6 +40,15 @@ class Send:
     """Encode ``messages`` with the peer's wire core and write them in one go."""
 
     peer: Hashable
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """:class:`Send` the same ``messages`` to each of ``peers`` (a Have to everyone: one
+    action per piece, not one per peer, which matters with a thousand simulated peers)."""
+
+    peers: tuple[Hashable, ...]
     messages: tuple[Message, ...]
 
 
@@ -103,4 +114,7 @@ class Completed:
     """Notice: we have every piece now (save resume data, wake waiters)."""
 
 
-Action = Send | Close | Connect | Serve | Verify | Announce | Banned | PieceFailed | Completed
+Action = (
+    Send | Broadcast | Close | Connect | Serve | Verify | Announce | Banned | PieceFailed
+    | Completed
+)

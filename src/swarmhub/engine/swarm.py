@@ -28,6 +28,7 @@ from swarmhub.engine.actions import (
     Action,
     Announce,
     Banned,
+    Broadcast,
     Close,
     Completed,
     Connect,
@@ -455,10 +456,13 @@ class Swarm:
         self.have[index] = 1
         self.num_have += 1
         self.picker.piece_passed(index)
-        have = (m.Have(index),)
-        for ps in self.peers.values():
-            if not ps.have[index]:
-                self._send(ps, have, now)
+        targets = []
+        for h, ps in self.peers.items():
+            if not ps.have[index] and not ps.closed:
+                ps.last_send = now
+                targets.append(h)
+        if targets:
+            self._out.append(Broadcast(tuple(targets), (m.Have(index),)))
         if self.num_have == self.num_pieces:
             self._set_complete(now)
 

@@ -22,11 +22,12 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from swarmhub.engine.actions import (
     Announce,
     Banned,
+    Broadcast,
     Close,
     Completed,
     Connect,
@@ -267,31 +268,34 @@ class Torrent:
 
     # -- carrying out the core's actions ---------------------------------------------------------
     def _flush(self) -> None:
-        """Carry out the core's queued actions (re-entrant: closing a peer reports back)."""
+        """Carry out the core's queued actions (re-entrant: closing a peer reports back).
+        Peer handles are our :class:`Peer` objects."""
         swarm = self.swarm
         while actions := swarm.take():
             for action in actions:
-                cls = type(action)
-                if cls is Send:
-                    action.peer.send_many(action.messages)  # type: ignore[union-attr]
-                elif cls is Close:
-                    action.peer.close(action.reason)  # type: ignore[union-attr]
-                elif cls is Serve:
-                    action.peer.upload_wakeup.set()  # type: ignore[union-attr]
-                elif cls is Verify:
-                    self._spawn(self._verify(action.index, action.want_digests))  # type: ignore[union-attr]
-                elif cls is Connect:
-                    self._spawn(self._dial(action.addr))  # type: ignore[union-attr]
-                elif cls is Announce:
-                    self._spawn(self._announce(action.event))  # type: ignore[union-attr]
-                elif cls is Banned:
-                    log.warning("%s: banning %s: %s", self.meta.name,
-                                action.key, action.reason)  # type: ignore[union-attr]
-                elif cls is PieceFailed:
-                    log.warning("%s: piece %d failed its hash check (sources: %d)",
-                                self.meta.name, action.index, action.sources)  # type: ignore[union-attr]
-                elif cls is Completed:
-                    self._set_complete(first=True)
+                match action:
+                    case Send(peer=peer, messages=msgs):
+                        cast(Peer, peer).send_many(msgs)
+                    case Broadcast(peers=peers, messages=msgs):
+                        for peer in peers:
+                            cast(Peer, peer).send_many(msgs)
+                    case Close(peer=peer, reason=reason):
+                        cast(Peer, peer).close(reason)
+                    case Serve(peer=peer):
+                        cast(Peer, peer).upload_wakeup.set()
+                    case Verify(index=index, want_digests=want):
+                        self._spawn(self._verify(index, want))
+                    case Connect(addr=addr):
+                        self._spawn(self._dial(addr))
+                    case Announce(event=event):
+                        self._spawn(self._announce(event))
+                    case Banned(key=key, reason=reason):
+                        log.warning("%s: banning %s: %s", self.meta.name, key, reason)
+                    case PieceFailed(index=index, sources=sources):
+                        log.warning("%s: piece %d failed its hash check (sources: %d)",
+                                    self.meta.name, index, sources)
+                    case Completed():
+                        self._set_complete(first=True)
 
     # -- peers come and go -------------------------------------------------------------------
     def ban_key(self, addr: tuple[str, int], peer_id: bytes) -> Hashable:
