@@ -464,7 +464,9 @@ class Torrent:
         ``writelines`` (one writev) of header + memoryview pairs from the wire core.
         """
         limited = bool(self.settings.upload_rate_limit) or not self._up_limiter.unlimited
-        ps = self.swarm.peer(peer)
+        ps = self.swarm.peers.get(peer)
+        if ps is None:
+            return  # it left before this task ran
         incoming = ps.incoming
         send_piece = peer.conn.send_piece
         while not peer.closed:
