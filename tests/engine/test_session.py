@@ -44,6 +44,40 @@ async def test_close_with_a_tracker_leaves_no_unclosed_http_client(tmp_path: Pat
     assert not [c for c in complaints if "Unclosed" in c], complaints
 
 
+async def test_remove_and_close_announce_stopped_before_the_http_client_closes(
+        tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from swarmhub.hub.tracker import TrackerState, make_tracker_app
+
+    state = TrackerState(interval=60, min_interval=5)
+    runner = web.AppRunner(make_tracker_app(state))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/announce"
+    try:
+        srcs = [make_data(tmp_path / c / "payload", [100_000], seed=i)
+                for i, c in enumerate("ab")]
+        metas = [create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
+                                trackers=[[url]]) for src in srcs]
+        async with Session(state_dir=tmp_path / "s") as session:
+            await session.listen("127.0.0.1", 0)
+            for meta, src in zip(metas, srcs, strict=True):
+                await session.add(meta, src.parent)
+            for _ in range(100):
+                if all(state.stats(meta.info_hash)[0] for meta in metas):
+                    break
+                await asyncio.sleep(0.02)
+            assert all(state.stats(meta.info_hash)[0] == 1 for meta in metas)
+            await session.remove(metas[0].info_hash)
+            assert state.stats(metas[0].info_hash)[0] == 0  # said "stopped"
+        assert state.stats(metas[1].info_hash)[0] == 0  # so did the one closed on exit
+    finally:
+        await runner.cleanup()
+
+
 async def test_remove_forgets_the_torrent_and_it_can_be_added_again(tmp_path: Path) -> None:
     src = make_data(tmp_path / "src" / "payload", [300_000])
     meta = create_torrent(src, version=TorrentVersion.HYBRID, piece_length=32 * 1024)
