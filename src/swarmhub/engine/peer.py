@@ -1,9 +1,10 @@
 """One peer connection: a thin asyncio adapter over the sans-IO :class:`PeerConnection`.
 
 The protocol object only moves bytes: it feeds what the socket gives to the wire core and
-hands each event to :class:`Peer`, which keeps the per-peer bookkeeping (what the peer has,
-our outstanding requests, its requests to us, rates) and asks its :class:`Torrent` for
-decisions. Anything the peer does wrong closes *this* connection only.
+hands each message to :class:`Peer`, the handle the torrent's swarm core knows the peer
+by. The peer answers extension and hash traffic itself and passes the rest to its torrent
+(a :class:`~swarmhub.engine.services.PeerHost`), whose core keeps the per-peer state.
+Anything the peer does wrong closes *this* connection only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import socket
 
-from swarmhub.engine.peerstate import RateMeter
+from swarmhub.engine.peerstate import RateMeter  # re-exported: its old home
 from swarmhub.engine.services import PeerHost, PeerServices
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.wire import messages as m
