@@ -8,7 +8,18 @@ sizing, strikes and bans, which pieces a web seed should fetch, and when to anno
 whom to dial (:mod:`~swarmhub.engine.schedule`). A driver (the asyncio torrent, or the
 lab's virtual-time simulator) reports events — ``connected``, ``message``, ``block``,
 ``blocks_sent``, ``piece_verified``, ``tick``, ``tracker_response`` … each with ``now`` —
-and carries out the :mod:`~swarmhub.engine.actions` it drains with :meth:`Swarm.take`.
+and carries out the :mod:`~swarmhub.engine.actions` it drains with :meth:`Swarm.take`::
+
+    swarm = Swarm(num_pieces, piece_length, total_length, settings, rng=rng, now=clock())
+    swarm.connected(peer, addr, peer_id, fast=True, now=clock())
+    swarm.message(peer, Unchoke(), now=clock())
+    if swarm.block(peer, index, begin, len(data), clock()):
+        buffers[index][begin:begin + len(data)] = data   # keep it before acting
+    for action in swarm.take():
+        match action:
+            case Send(peer, messages): ...                # encode with the wire core
+            case Verify(index, want_digests): ...         # hash, write, piece_verified()
+    swarm.tick(clock())                                  # about once a second
 
 Strikes and bans follow :mod:`~swarmhub.engine.integrity`; on a ban the core also drops
 the banned peer's blocks from every unfinished piece, so an honest seeder is never
