@@ -31,8 +31,11 @@ MiB = 1024 * KiB
 
 
 #: ``SWARMHUB_*`` variables that are not settings: other parts of swarmhub (and its tests)
-#: read them, so :meth:`Settings.from_env` accepts them without complaint.
-OTHER_ENV = frozenset({"STATE_DIR", "TOKEN", "STRICT", "NOSENDFILE"})
+#: read them, so :meth:`Settings.from_env` accepts them without complaint. Add yours here.
+OTHER_ENV = frozenset({
+    "STATE_DIR", "TOKEN", "STRICT", "NOSENDFILE", "HUB", "TRACEBACK", "TEST_PAUSE_AT",
+    "DHT_LOCAL_ONLY", "UDP_TRACKER_RETRIES", "UDP_TRACKER_TIMEOUT",
+})
 
 
 class ConfigError(SwarmhubError):
