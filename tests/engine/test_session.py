@@ -96,6 +96,34 @@ async def test_remove_forgets_the_torrent_and_it_can_be_added_again(tmp_path: Pa
         assert t.error is None and again.uploaded >= meta.total_length
 
 
+async def test_peer_filter_is_consulted_and_add_peers_dials_out(tmp_path: Path) -> None:
+    """The embedder's admission hook (the hub's, for private torrents) sees every
+    connection with its direction; ``add_peers`` dials addresses it found itself."""
+    seen: list[bool] = []
+
+    def outgoing_only(info_hash: bytes, addr: tuple[str, int], peer_id: bytes,
+                      outgoing: bool) -> str | None:
+        seen.append(outgoing)
+        return None if outgoing else "only peers we dial"
+
+    src = make_data(tmp_path / "src" / "payload", [200_000])
+    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
+    async with Session(state_dir=tmp_path / "sa", peer_filter=outgoing_only) as seeder, \
+            Session(state_dir=tmp_path / "sb") as leecher:
+        port = await seeder.listen("127.0.0.1", 0)
+        st = await seeder.add(meta, src.parent)
+        lport = await leecher.listen("127.0.0.1", 0)
+        t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        assert seen == [False] and not st.peers  # its dial was refused
+        st.add_peers([("127.0.0.1", lport)])
+        await asyncio.wait_for(t.complete.wait(), 30)
+        assert True in seen and t.error is None
+
+
 async def test_listen_without_arguments_uses_listen_interfaces(tmp_path: Path) -> None:
     settings = Settings(listen_interfaces="127.0.0.1:0,[::1]:0")
     async with Session(settings, state_dir=tmp_path / "s") as session:

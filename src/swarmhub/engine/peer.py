@@ -264,6 +264,7 @@ class PeerProtocol(asyncio.Protocol):
 
     def _on_handshake(self, hs: m.Handshake) -> None:
         session = self.session
+        outgoing = self.torrent is not None
         torrent = session.torrent_for_hash(hs.info_hash)
         if torrent is None:
             self.close("handshake for a torrent we do not have")
@@ -282,7 +283,7 @@ class PeerProtocol(asyncio.Protocol):
             self._handshake_timer.cancel()
             self._handshake_timer = None
         self.session.pending.discard(self)
-        reason = torrent.can_accept(self.addr, hs.peer_id)
+        reason = torrent.can_accept(self.addr, hs.peer_id, outgoing)
         if reason:
             self.close(reason)
             return

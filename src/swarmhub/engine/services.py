@@ -9,7 +9,7 @@ limits); a torrent drives one swarm; a peer connection moves bytes. Each depends
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,7 +32,8 @@ class PeerHost(Protocol):
     meta: Metainfo
     settings: Settings
 
-    def can_accept(self, addr: tuple[str, int], peer_id: bytes) -> str | None: ...
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes,
+                   outgoing: bool = False) -> str | None: ...
     def on_peer_connected(self, peer: Any) -> None: ...
     def on_peer_disconnected(self, peer: Any, reason: str) -> None: ...
     def on_message(self, peer: Hashable, msg: m.Message) -> None: ...
@@ -63,6 +64,8 @@ class TorrentServices(PeerServices, Protocol):
     hash_threads: int
     listen_addr: tuple[str, int]
     peer_count: int
+    #: ``(info_hash, addr, peer_id, outgoing) -> refusal or None`` (None: admit all)
+    peer_filter: Callable[[bytes, tuple[str, int], bytes, bool], str | None] | None
 
     async def http(self) -> aiohttp.ClientSession: ...
     def tracker_tiers(self, info_hash: bytes, tiers: list[list[str]]) -> TrackerTiers: ...

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,14 @@ if TYPE_CHECKING:
 
     from swarmhub.discovery.tracker import TrackerTiers
 
-__all__ = ["Session", "default_state_dir", "make_peer_id"]
+__all__ = ["PeerFilter", "Session", "default_state_dir", "make_peer_id"]
 
 log = logging.getLogger(__name__)
+
+#: ``(info_hash, address, peer_id, outgoing) -> refusal reason or None``: an embedder's
+#: admission rule, consulted for every connection after the handshake. ``outgoing`` says we
+#: dialed ``address`` (so it is the peer's listening address, not an ephemeral port).
+PeerFilter = Callable[[bytes, tuple[str, int], bytes, bool], str | None]
 
 
 def make_peer_id(prefix: str, rng: random.Random | None = None) -> bytes:
@@ -68,8 +74,11 @@ class Session:
     """Shared resources of all torrents of one process."""
 
     def __init__(self, settings: Settings | None = None, *, state_dir: Path | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, peer_filter: PeerFilter | None = None) -> None:
         self.settings = settings or Settings()
+        #: Who may connect at all (the hub admits private-torrent peers only after a live
+        #: passkey announce); None admits everyone the torrent's own limits allow.
+        self.peer_filter = peer_filter
         self.rng = rng or random.Random()
         self.state_dir = state_dir or default_state_dir()
         self.peer_id = make_peer_id(self.settings.peer_id_prefix)

@@ -301,15 +301,28 @@ class Torrent:
     def ban_key(self, addr: tuple[str, int], peer_id: bytes) -> Hashable:
         return ban_key(addr, peer_id)
 
-    def can_accept(self, addr: tuple[str, int], peer_id: bytes) -> str | None:
-        """Why a peer that finished its handshake may not join (None: it may)."""
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes,
+                   outgoing: bool = False) -> str | None:
+        """Why a peer that finished its handshake may not join (None: it may): the
+        session's limits, its embedder's ``peer_filter``, then the swarm's rules (bans,
+        duplicates, the per-torrent cap — which may evict an idle peer to make room)."""
         if self._stopping or self.state is TorrentState.ERROR:
             return "torrent is not active"
         if self.session.peer_count >= self.settings.max_connections:
             return "too many connections in this session"
+        admit = self.session.peer_filter
+        if admit is not None:
+            reason = admit(self.meta.info_hash, addr, peer_id, outgoing)
+            if reason:
+                return reason
         reason = self.swarm.can_accept(addr, peer_id, self.clock())
-        self._flush()  # may evict an idle peer to make room
+        self._flush()
         return reason
+
+    def add_peers(self, addrs: list[tuple[str, int]]) -> None:
+        """Queue addresses to dial that an embedder found itself (the hub's own tracker)."""
+        self.swarm.add_peers(addrs, self.clock())
+        self._flush()
 
     def on_peer_connected(self, peer: Peer) -> None:
         self.session.peer_count += 1
