@@ -16,7 +16,7 @@ def test_safe_defaults() -> None:
     assert s.listen_addresses() == [("0.0.0.0", 6881)]
     assert (s.max_connections, s.max_connections_per_torrent, s.unchoke_slots) == (200, 50, 4)
     assert (s.download_rate_limit, s.upload_rate_limit) == (0, 0)
-    assert not s.enable_dht and not s.enable_lsd and s.enable_pex
+    assert not hasattr(s, "enable_dht")  # removed until DHT exists: no knob that does nothing
     assert s.peer_id_prefix == "-SH0100-" and s.web_seed_request_size == 4 * 1024 * 1024
     assert s.hash_fail_ban_threshold == 2 and s.request_queue_time == 2.0
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -32,7 +32,7 @@ def test_replace_validates_and_checks_names() -> None:
     with pytest.raises(ConfigError, match="must be int"):
         Settings().replace(max_connections="10")
     with pytest.raises(ConfigError, match="must be bool"):
-        Settings().replace(enable_dht=1)
+        Settings().replace(super_seeding=1)
     with pytest.raises(ConfigError, match="did you mean max_connections"):
         Settings().replace(max_conections=3)
     with pytest.raises(ConfigError, match="min_request_queue"):
@@ -52,8 +52,7 @@ def test_from_mapping_coerces_strings() -> None:
             "download-rate-limit": "1MiB",
             "upload_rate_limit": "2MB",
             "torrent_upload_rate_limit": "512k",
-            "enable_dht": "yes",
-            "enable_pex": "off",
+            "super_seeding": "off",
             "peer_timeout": "90.5",
             "max_connections": "300",
             "listen_interfaces": "127.0.0.1:0,[::1]:7000",
@@ -63,7 +62,7 @@ def test_from_mapping_coerces_strings() -> None:
     assert s.download_rate_limit == 1024 * 1024
     assert s.upload_rate_limit == 2_000_000
     assert s.torrent_upload_rate_limit == 512 * 1024
-    assert s.enable_dht is True and s.enable_pex is False
+    assert s.super_seeding is False
     assert s.peer_timeout == 90.5 and s.max_connections == 300 and s.hash_threads == 3
     assert s.listen_addresses() == [("127.0.0.1", 0), ("::1", 7000)]
 
@@ -73,8 +72,8 @@ def test_from_mapping_errors_name_the_setting() -> None:
         Settings.from_mapping({"upload_limit": "1"})
     with pytest.raises(ConfigError, match=r"unknown setting 'zzz'$"):
         Settings.from_mapping({"zzz": "1"})
-    with pytest.raises(ConfigError, match="enable_lsd expects yes/no"):
-        Settings.from_mapping({"enable_lsd": "maybe"})
+    with pytest.raises(ConfigError, match="super_seeding expects yes/no"):
+        Settings.from_mapping({"super_seeding": "maybe"})
     with pytest.raises(ConfigError, match="max_connections expects a whole number"):
         Settings.from_mapping({"max_connections": "lots"})
     with pytest.raises(ConfigError, match="expects a whole number"):
@@ -86,17 +85,28 @@ def test_from_mapping_errors_name_the_setting() -> None:
 def test_from_env_reads_prefixed_settings_only() -> None:
     env = {
         "SWARMHUB_MAX_CONNECTIONS": "120",
-        "SWARMHUB_ENABLE_LSD": "1",
+        "SWARMHUB_SUPER_SEEDING": "0",
         "SWARMHUB_STRICT": "1",  # another part of swarmhub's switch: ignored
+        "SWARMHUB_STATE_DIR": "/tmp/x",
         "MAX_CONNECTIONS": "5",
         "SWARMHUB_UPLOAD_RATE_LIMIT": "100K",
     }
     s = Settings.from_env(environ=env)
-    assert s.max_connections == 120 and s.enable_lsd and s.upload_rate_limit == 100 * 1024
+    assert s.max_connections == 120 and not s.super_seeding
+    assert s.upload_rate_limit == 100 * 1024
     other = Settings.from_env(prefix="SH_", environ={"SH_UNCHOKE_SLOTS": "8"})
     assert other.unchoke_slots == 8
     with pytest.raises(ConfigError, match="max_connections"):
         Settings.from_env(environ={"SWARMHUB_MAX_CONNECTIONS": "0"})
+
+
+def test_from_env_refuses_unknown_variables_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"SWARMHUB_MAX_CONECTIONS.*SWARMHUB_MAX_CONNECTIONS"):
+        Settings.from_env(environ={"SWARMHUB_MAX_CONECTIONS": "10"})
+    with pytest.raises(ConfigError, match="unknown environment variable SWARMHUB_ENABLE_DHT"):
+        Settings.from_env(environ={"SWARMHUB_ENABLE_DHT": "1"})
+    with pytest.raises(ConfigError, match=r"SWARMHUB_ZZZZZZ$"):
+        Settings.from_env(environ={"SWARMHUB_ZZZZZZ": "1"})
 
 
 def test_from_env_uses_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -171,10 +171,14 @@ def _load_or_create(source: Path, data: Path | None, version: TorrentVersion,
 
 
 def _settings(listen: str, upload_limit: int, download_limit: int) -> object:
+    """Settings from ``SWARMHUB_*`` (a misspelt one exits with a suggestion) and flags."""
     from swarmhub.settings import Settings
 
-    return Settings.from_env().replace(
-        upload_rate_limit=upload_limit * 1024, download_rate_limit=download_limit * 1024)
+    try:
+        return Settings.from_env().replace(
+            upload_rate_limit=upload_limit * 1024, download_rate_limit=download_limit * 1024)
+    except SwarmhubError as exc:
+        raise _fail(str(exc), 2) from None
 
 
 @app.command()
@@ -206,9 +210,9 @@ def seed(
     except SwarmhubError as exc:
         raise _fail(str(exc)) from None
     host, port = _addr(listen)
+    settings = _settings(listen, upload_limit, 0)
 
     async def go() -> int:
-        settings = _settings(listen, upload_limit, 0)
         async with Session(settings) as session:  # type: ignore[arg-type]
             actual = await session.listen(host, port)
             trackers = [[t] for t in tracker] if tracker else None
@@ -291,11 +295,12 @@ def get(
     if not peers and not tracker and not known_trackers and not hub_url:
         raise _fail("no way to find peers: give --peer HOST:PORT or --tracker URL", 2)
 
+    settings = _settings(listen, upload_limit, download_limit)
+
     async def go() -> int:
         nonlocal meta
         # --timeout covers the whole command, fetching a magnet's metadata included.
         cmd_deadline = time.monotonic() + timeout if timeout else None
-        settings = _settings(listen, upload_limit, download_limit)
         output.mkdir(parents=True, exist_ok=True)
         async with Session(settings) as session:  # type: ignore[arg-type]
             await session.listen(host, port)
@@ -348,8 +353,9 @@ def get(
                             # hold a full copy (swarmhub.lab.faults)
                             "bitfield": bitfield_from_bools(t.have).hex()}), flush=True)
                     if deadline is not None and time.monotonic() > deadline:
+                        why = f" ({st.stalled})" if st.stalled else ""
                         console.print(f"[bold red]error:[/] timed out after {timeout:.0f} s "
-                                      f"with {st.pieces_have}/{st.num_pieces} pieces; "
+                                      f"with {st.pieces_have}/{st.num_pieces} pieces{why}; "
                                       "run again to resume")
                         return 1
             finally:

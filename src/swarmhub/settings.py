@@ -24,10 +24,18 @@ from typing import Any
 
 from swarmhub.errors import SwarmhubError
 
-__all__ = ["ConfigError", "Settings"]
+__all__ = ["OTHER_ENV", "ConfigError", "Settings"]
 
 KiB = 1024
 MiB = 1024 * KiB
+
+
+#: ``SWARMHUB_*`` variables that are not settings: other parts of swarmhub (and its tests)
+#: read them, so :meth:`Settings.from_env` accepts them without complaint. Add yours here.
+OTHER_ENV = frozenset({
+    "STATE_DIR", "TOKEN", "STRICT", "NOSENDFILE", "HUB", "TRACEBACK", "TEST_PAUSE_AT",
+    "DHT_LOCAL_ONLY", "UDP_TRACKER_RETRIES", "UDP_TRACKER_TIMEOUT",
+})
 
 
 class ConfigError(SwarmhubError):
@@ -45,10 +53,16 @@ class Settings:
 
     # -- network
     listen_interfaces: str = _f(
-        "0.0.0.0:6881", "where to accept peers: comma-separated host:port (the CLI overrides)"
+        "0.0.0.0:6881", "where Session.listen() accepts peers when given no address: "
+        "comma-separated host:port, port 0 = any free port (the CLI's --listen sets it)"
     )
     max_connections: int = _f(200, "peer connections for the whole session", lo=1)
     max_connections_per_torrent: int = _f(50, "peer connections per torrent", lo=1)
+    peer_idle_evict: float = _f(
+        60.0, "at the per-torrent cap, a new peer replaces one that has shown no interest "
+        "either way and moved no data for this many seconds (idle peers cannot lock others "
+        "out; keep-alives do not count)", lo=0.0,
+    )
     # -- choking
     unchoke_slots: int = _f(
         4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke", lo=0
@@ -116,7 +130,10 @@ class Settings:
     )
     # -- disk and CPU
     disk_threads: int = _f(2, "threads for disk reads and writes", lo=1, hi=256)
-    hash_threads: int = _f(0, "threads for piece hashing (0 = one per CPU)", lo=0, hi=256)
+    hash_threads: int = _f(
+        0, "threads hashing downloaded pieces and rechecking data on disk (0 = one per CPU)",
+        lo=0, hi=256,
+    )
     read_cache_bytes: int = _f(
         32 * MiB, "bytes of recently read pieces kept in memory for uploads", lo=0
     )
@@ -127,10 +144,6 @@ class Settings:
     resume_save_interval: float = _f(
         30.0, "seconds between saves of resume data while downloading", lo=1.0
     )
-    # -- discovery
-    enable_dht: bool = _f(False, "find peers through the DHT (BEP 5)")
-    enable_lsd: bool = _f(False, "find peers on the local network (BEP 14)")
-    enable_pex: bool = _f(True, "exchange peer lists with connected peers (BEP 11)")
     # -- identity
     peer_id_prefix: str = _f("-SH0100-", "start of our 20-byte peer id (Azureus style)")
     user_agent: str = _f("swarmhub/0.1", "User-Agent for trackers and web seeds")
@@ -201,16 +214,24 @@ class Settings:
     ) -> Settings:
         """Settings from ``{prefix}{NAME}`` variables (``SWARMHUB_MAX_CONNECTIONS=100``).
 
-        Variables under the prefix that name no setting are left alone: other parts of
-        swarmhub (and its tests) use the same prefix for their own switches.
+        A variable under the prefix that names no setting is an error suggesting the
+        closest name (a misspelt limit silently ignored is worse than a refusal); the
+        switches other parts of swarmhub read (:data:`OTHER_ENV`) are left alone.
         """
         env = os.environ if environ is None else environ
-        names = {f.name for f, _ in _fields()}
-        picked = {
-            k[len(prefix) :].lower(): v
-            for k, v in env.items()
-            if k.startswith(prefix) and k[len(prefix) :].lower() in names
-        }
+        names = [f.name for f, _ in _fields()]
+        picked: dict[str, str] = {}
+        for key, value in env.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix) :].lower()
+            if name in names:
+                picked[name] = value
+            elif name.upper() not in OTHER_ENV:
+                known = [prefix + n.upper() for n in names]
+                close = difflib.get_close_matches(key.upper(), known, n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"unknown environment variable {key}{hint}")
         return cls.from_mapping(picked, base)
 
     # -- presets

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from hostile import HostilePeer, poll
 
-from swarmhub.engine.flow import BACKLOG, RATE, UPLOAD_BATCH, ReadGate, RequestQueue, reply_limit
+from swarmhub.engine.flow import BACKLOG, RATE, UPLOAD_BATCH, ReadGate, reply_limit
+from swarmhub.engine.peerstate import RequestQueue
 from swarmhub.engine.session import Session
 from swarmhub.metainfo import create_torrent
 from swarmhub.metainfo.model import TorrentVersion

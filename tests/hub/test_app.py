@@ -428,3 +428,23 @@ async def test_seeder_picks_up_catalogued_files_after_restart(tmp_path: Path) ->
             await asyncio.sleep(0.05)
         assert wanted <= set(seeder.session.torrents)  # type: ignore[attr-defined]
         assert (tmp_path / "hub" / "seed" / f["id"] / "again.bin").exists()
+
+
+async def test_deleted_then_republished_file_is_seeded_again(tmp_path: Path) -> None:
+    """Delete stops the seeder's swarms and forgets them (Session.remove), so publishing
+    the same bytes again seeds them again without a restart."""
+    async for live in live_hub(tmp_path, peer_listen=("127.0.0.1", 0)):
+        data = os.urandom(50_000)
+        f = await publish(live, data, "twice.bin")
+        seeder = live.hub.seeder
+        assert seeder is not None
+        ih = bytes.fromhex(f["info_hash_v1"])
+        assert ih in seeder.session.torrents  # type: ignore[attr-defined]
+        async with live.http.delete(f"{live.url}/api/files/{f['id']}",
+                                    headers=live.auth(live.admin)) as r:
+            assert r.status in (200, 204), await r.text()
+        assert ih not in seeder.session.torrents  # type: ignore[attr-defined]
+        g = await publish(live, data, "twice.bin")
+        assert g["info_hash_v1"] == f["info_hash_v1"]
+        torrent = seeder.session.torrents.get(ih)  # type: ignore[attr-defined]
+        assert torrent is not None and torrent.status().progress == 1.0

@@ -358,6 +358,32 @@ def test_block_ranges_checked_against_piece_geometry() -> None:
     )
 
 
+def test_fast_path_checks_the_short_last_piece() -> None:
+    conn = remote()
+    conn.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    assert feed(conn, encode(Unchoke()) + encode(Piece(2, 0, bytes(100)))) == [
+        Unchoke(), Piece(2, 0, bytes(100)),
+    ]  # fmt: skip
+    expect_remote_error(conn, encode(Piece(2, 0, bytes(101))), "only 100 bytes")
+
+
+def test_send_piece_returns_header_and_the_same_buffer() -> None:
+    pair = open_pair(num_pieces=None)
+    pair.a.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    data = bytearray(range(256)) * 64
+    view = memoryview(data)[:16384]
+    head, body = pair.a.send_piece(1, 16384, view)
+    assert body is view  # no copy of the block
+    assert head + bytes(body) == encode(Piece(1, 16384, bytes(view)))
+    pair.b.receive_data(head + bytes(body))
+    assert pair.b.next_event() == Piece(1, 16384, bytes(view))
+    with pytest.raises(LocalProtocolError, match="only 100 bytes"):
+        pair.a.send_piece(2, 0, view)
+    fresh = PeerConnection(our_reserved=make_reserved())
+    with pytest.raises(LocalProtocolError, match="HANDSHAKE"):
+        fresh.send_piece(0, 0, b"x")
+
+
 def test_set_num_pieces_rejects_inconsistent_geometry() -> None:
     conn = PeerConnection(our_reserved=make_reserved())
     with pytest.raises(LocalProtocolError):

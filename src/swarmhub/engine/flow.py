@@ -8,18 +8,14 @@ from 80 to 721 MB). :class:`ReadGate` is the backpressure: while more than ``lim
 wait in the transport's write buffer, the connection neither parses the messages it has
 already received nor reads new ones, so TCP's own flow control pushes back on the peer;
 it resumes once the buffer drains to the transport's low-water mark (``resume_writing``).
-:class:`RequestQueue` bounds the piece requests we accept by bytes, not only by count.
+(The piece requests we accept are bounded by bytes too: ``peerstate.RequestQueue``.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-from collections.abc import Iterator
 
-from swarmhub.wire import messages as m
-
-__all__ = ["BACKLOG", "RATE", "UPLOAD_BATCH", "ReadGate", "RequestQueue", "reply_limit"]
+__all__ = ["BACKLOG", "RATE", "UPLOAD_BATCH", "ReadGate", "reply_limit"]
 
 #: Reasons to stop reading: replies the peer leaves unread, and the download rate limit.
 BACKLOG = "backlog"
@@ -71,51 +67,3 @@ class ReadGate:
         self._reasons.discard(reason)
         if not self._reasons and not self._transport.is_closing():
             self._transport.resume_reading()
-
-
-class RequestQueue:
-    """A peer's piece requests to us, in order, with the total bytes they ask for.
-
-    Behaves like the ``deque`` it replaces (``append``, ``popleft``, ``remove``, ``clear``,
-    indexing, iteration) and adds :attr:`bytes` and :meth:`fits`.
-    """
-
-    __slots__ = ("_q", "bytes")
-
-    def __init__(self) -> None:
-        self._q: collections.deque[m.Request] = collections.deque()
-        self.bytes = 0
-
-    def fits(self, length: int, limit: int) -> bool:
-        """Whether a request for ``length`` more bytes keeps the queue within ``limit``."""
-        return self.bytes + length <= limit
-
-    def append(self, req: m.Request) -> None:
-        self._q.append(req)
-        self.bytes += req.length
-
-    def popleft(self) -> m.Request:
-        req = self._q.popleft()
-        self.bytes -= req.length
-        return req
-
-    def remove(self, req: m.Request) -> None:
-        """Remove the first equal request; ValueError if there is none (like ``deque``)."""
-        self._q.remove(req)
-        self.bytes -= req.length
-
-    def clear(self) -> None:
-        self._q.clear()
-        self.bytes = 0
-
-    def __getitem__(self, i: int) -> m.Request:
-        return self._q[i]
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-    def __bool__(self) -> bool:
-        return bool(self._q)
-
-    def __iter__(self) -> Iterator[m.Request]:
-        return iter(self._q)

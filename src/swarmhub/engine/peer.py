@@ -1,23 +1,22 @@
 """One peer connection: a thin asyncio adapter over the sans-IO :class:`PeerConnection`.
 
 The protocol object only moves bytes: it feeds what the socket gives to the wire core and
-hands each event to :class:`Peer`, which keeps the per-peer bookkeeping (what the peer has,
-our outstanding requests, its requests to us, rates) and asks its :class:`Torrent` for
-decisions. Anything the peer does wrong closes *this* connection only.
+hands each message to :class:`Peer`, the handle the torrent's swarm core knows the peer
+by. The peer answers extension and hash traffic itself and passes the rest to its torrent
+(a :class:`~swarmhub.engine.services.PeerHost`), whose core keeps the per-peer state.
+Anything the peer does wrong closes *this* connection only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import socket
-import time
-from typing import TYPE_CHECKING
 
-from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, RequestQueue, reply_limit
-from swarmhub.engine.picker import Block
+from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, reply_limit
+from swarmhub.engine.peerstate import RateMeter  # re-exported: its old home
+from swarmhub.engine.services import PeerHost, PeerServices
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.wire import messages as m
 from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection
@@ -32,10 +31,6 @@ from swarmhub.wire.extensions import (
     encode_metadata_message,
 )
 
-if TYPE_CHECKING:
-    from swarmhub.engine.session import Session
-    from swarmhub.engine.torrent import Torrent
-
 __all__ = ["Peer", "PeerProtocol", "RateMeter"]
 
 log = logging.getLogger(__name__)
@@ -45,70 +40,22 @@ EXT_IDS = {"ut_metadata": 2}
 _UT_METADATA = EXT_IDS["ut_metadata"]
 
 
-class RateMeter:
-    """Bytes per second over a sliding window of about ``window`` seconds.
+class Peer:
+    """One connected peer of one torrent: the handle the swarm core knows it by.
 
-    Samples are bucketed per 0.1 s and a running sum is kept, so ``add`` and ``rate``
-    cost O(1) amortised on the per-block hot path.
+    It keeps only what the wire needs (extension ids, the client name) and a way to
+    write; everything about choking, pieces and requests lives in the torrent's swarm
+    core (:class:`~swarmhub.engine.peerstate.PeerState`).
     """
 
-    __slots__ = ("_samples", "_sum", "_window", "total")
-
-    def __init__(self, window: float = 5.0) -> None:
-        self._window = window
-        self._samples: collections.deque[list[float]] = collections.deque()
-        self._sum = 0
-        self.total = 0
-
-    def add(self, n: int, now: float) -> None:
-        self.total += n
-        self._sum += n
-        samples = self._samples
-        if samples and now - samples[-1][0] < 0.1:
-            samples[-1][1] += n
-        else:
-            samples.append([now, n])
-
-    def rate(self, now: float) -> float:
-        samples = self._samples
-        while samples and now - samples[0][0] > self._window:
-            self._sum -= int(samples.popleft()[1])
-        if not samples:
-            return 0.0
-        span = max(1.0, now - samples[0][0]) if len(samples) > 1 else 1.0
-        return self._sum / min(span, self._window)
-
-
-class Peer:
-    """Everything we know about one connected peer of one torrent."""
-
-    def __init__(self, proto: PeerProtocol, torrent: Torrent, remote_id: bytes) -> None:
+    def __init__(self, proto: PeerProtocol, torrent: PeerHost, remote_id: bytes) -> None:
         self.proto = proto
         self.torrent = torrent
         self.remote_id = remote_id
         self.addr = proto.addr
         self.conn = proto.conn
-        now = time.monotonic()
-        self.connected_at = now
-        self.last_recv = now
-        self.last_send = now
-        self.has_all = False
-        self.num_have = 0
-        self.have = bytearray(torrent.meta.num_pieces)
-        #: Blocks we asked this peer for, with the time of asking.
-        self.requested: dict[Block, float] = {}
-        #: Blocks the peer asked us for, in order (bounded by count and by bytes).
-        self.incoming = RequestQueue()
-        self.down = RateMeter()
-        self.up = RateMeter()
-        self.reqq = 250
-        #: How many requests to keep in flight (adaptive; see Torrent._queue_target).
-        self.queue_target = torrent.settings.min_request_queue
-        self.target_at = 0.0
-        self.ban_key = torrent.ban_key(self.addr, remote_id)
         self.ext_ids: dict[str, int] = {}
         self.client = ""
-        self.snubbed = False
         self.upload_wakeup = asyncio.Event()
         self.closed = False
 
@@ -118,16 +65,25 @@ class Peer:
             return
         try:
             data = self.conn.send(msg)
-        except LocalProtocolError as exc:
-            log.debug("peer %s: not sending %s: %s", self.addr, type(msg).__name__, exc)
+        except LocalProtocolError as exc:  # our bug, not the peer's: make it loud
+            log.error("peer %s: not sending %s: %s", self.addr, type(msg).__name__, exc)
             return
         self.proto.write(data)
-        self.last_send = time.monotonic()
 
-    # -- state ----------------------------------------------------------------------
-    @property
-    def is_seed(self) -> bool:
-        return self.has_all or self.num_have == len(self.have)
+    def send_many(self, msgs: tuple[m.Message, ...]) -> None:
+        """Several messages in one write (a batch of requests, Choke + rejects)."""
+        if self.closed:
+            return
+        if len(msgs) == 1:
+            self.send(msgs[0])
+            return
+        send = self.conn.send
+        try:
+            data = b"".join([send(msg) for msg in msgs])
+        except LocalProtocolError as exc:
+            log.error("peer %s: not sending a batch of %d: %s", self.addr, len(msgs), exc)
+            return
+        self.proto.write(data)
 
     @property
     def fast(self) -> bool:
@@ -141,55 +97,24 @@ class Peer:
 
     # -- incoming messages ------------------------------------------------------------
     def handle(self, ev: m.Message) -> None:
-        """Dispatch one message from the peer; protocol violations raise RemoteProtocolError."""
-        self.last_recv = time.monotonic()
+        """Dispatch one message from the peer: blocks and swarm messages to the torrent,
+        extension and hash traffic here."""
         t = self.torrent
+        if type(ev) is m.Piece:
+            t.on_block(self, ev)
+            return
         match ev:
-            case m.Piece(index=index, begin=begin, data=data):
-                t.on_block(self, Block(index, begin, len(data)), data)
-            case m.Request():
-                t.on_request(self, ev)
-            case m.Have(index=index):
-                if not self.have[index]:
-                    self.have[index] = 1
-                    self.num_have += 1
-                    t.on_have(self, index)
-            case m.Unchoke():
-                t.on_unchoke(self)
-            case m.Choke():
-                t.on_choke(self)
-            case m.Interested() | m.NotInterested():
-                t.on_interest_changed(self)
-            case m.Bitfield(bits=bits):
-                # OR, not replace: a late Bitfield (aria2) must not forget Have messages.
-                theirs = bytes(m.bools_from_bitfield(bits, len(self.have)))
-                n = len(self.have)
-                merged = int.from_bytes(self.have, "big") | int.from_bytes(theirs, "big")
-                self.have[:] = merged.to_bytes(n, "big")
-                self.num_have = n - self.have.count(0)
-                t.on_bitfield(self)
-            case m.HaveAll():
-                self.has_all = True
-                self.have[:] = b"\x01" * len(self.have)
-                self.num_have = len(self.have)
-                t.on_bitfield(self)
-            case m.HaveNone():
-                t.on_bitfield(self)
-            case m.Cancel(index=index, begin=begin, length=length):
-                req = m.Request(index, begin, length)
-                with contextlib.suppress(ValueError):
-                    self.incoming.remove(req)
-            case m.RejectRequest(index=index, begin=begin, length=length):
-                t.on_reject(self, Block(index, begin, length))
             case m.Extended(ext_id=0, payload=payload):
                 hs = decode_ext_handshake(payload)
                 self.ext_ids = dict(hs.m)
                 if hs.reqq:
-                    self.reqq = max(2, hs.reqq)
+                    t.on_reqq(self, hs.reqq)
                 if hs.v:
                     self.client = hs.v
+                t.on_message(self, ev)
             case m.Extended(ext_id=ext_id, payload=payload) if ext_id == _UT_METADATA:
                 self._on_metadata(payload)
+                t.on_message(self, ev)
             case m.HashRequest():
                 hashes = t.hashes_for(ev)
                 if hashes is None:
@@ -198,9 +123,9 @@ class Peer:
                 else:
                     self.send(m.Hashes(ev.pieces_root, ev.base_layer, ev.index, ev.length,
                                        ev.proof_layers, hashes))
+                t.on_message(self, ev)
             case _:
-                # KeepAlive, Port, SuggestPiece, AllowedFast, Extended (unknown), Hashes…
-                pass
+                t.on_message(self, ev)
 
     def _on_metadata(self, payload: bytes) -> None:
         """BEP 9: hand out our info dict in 16 KiB pieces (never for private torrents)."""
@@ -217,13 +142,13 @@ class Peer:
             reply = MetadataData(msg.piece, len(info), info[start:start + METADATA_PIECE_SIZE])
         self.send(m.Extended(their_id, encode_metadata_message(reply)))
 
-    def send_ext_handshake(self) -> None:
+    def send_ext_handshake(self, listen_port: int) -> None:
         t = self.torrent
         payload = encode_ext_handshake(
             m={} if t.meta.private else dict(EXT_IDS),
-            v=t.session.settings.user_agent,
-            p=t.session.listen_port or None,
-            reqq=t.session.settings.max_outstanding_incoming_requests,
+            v=t.settings.user_agent,
+            p=listen_port or None,
+            reqq=t.settings.max_outstanding_incoming_requests,
             metadata_size=None if t.meta.private else len(t.meta.info_bytes),
             yourip=_ip_bytes(self.addr[0]),
         )
@@ -242,7 +167,7 @@ def _ip_bytes(host: str) -> bytes | None:
 class PeerProtocol(asyncio.Protocol):
     """Moves bytes between the socket and the wire core; owns nothing else."""
 
-    def __init__(self, session: Session, torrent: Torrent | None = None) -> None:
+    def __init__(self, session: PeerServices, torrent: PeerHost | None = None) -> None:
         self.session = session
         self.torrent = torrent
         self.conn = PeerConnection(our_reserved=session.reserved)
@@ -271,6 +196,7 @@ class PeerProtocol(asyncio.Protocol):
         high = self.session.settings.send_buffer_bytes
         tr.set_write_buffer_limits(high=high, low=high // 4)
         self._gate = ReadGate(tr, reply_limit(high))
+        self.session.pending.add(self)
         loop = asyncio.get_running_loop()
         self._handshake_timer = loop.call_later(
             self.session.settings.handshake_timeout, self.close, "handshake timed out"
@@ -367,7 +293,7 @@ class PeerProtocol(asyncio.Protocol):
         elif self.transport is not None and data:
             self.transport.write(data)
 
-    def writelines(self, parts: list[bytes | memoryview]) -> None:
+    def writelines(self, parts: list[bytes | memoryview | bytearray]) -> None:
         if self._cork is not None:
             for part in parts:
                 self._cork += part
@@ -407,15 +333,20 @@ class PeerProtocol(asyncio.Protocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        self.session.pending.discard(self)
         reason = torrent.can_accept(self.addr, hs.peer_id, outgoing)
         if reason:
             self.close(reason)
             return
-        self.conn.set_num_pieces(torrent.meta.num_pieces)
+        meta = torrent.meta
+        # The piece geometry lets the wire core refuse out-of-range blocks both ways.
+        self.conn.set_num_pieces(meta.num_pieces, piece_length=meta.piece_length,
+                                 total_length=meta.total_length)
         self.peer = Peer(self, torrent, hs.peer_id)
         torrent.on_peer_connected(self.peer)
 
     def close(self, reason: str) -> None:
+        self.session.pending.discard(self)
         if self._cork is not None:
             self._flush()  # what we said before closing still goes out (or is aborted)
         if self._handshake_timer is not None:

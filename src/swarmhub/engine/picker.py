@@ -473,6 +473,32 @@ class PiecePicker:
         self._bucket_add(index)
         return piece.contributors
 
+    def forget_blocks(self, index: int, begins: Iterable[int]) -> None:
+        """Received blocks of unfinished piece ``index`` are void (their sender was
+        banned): fetch them again. Blocks not received, pads and pieces we have are left
+        alone; a piece left with no data and no requests is untouched again."""
+        self._check_index(index)
+        piece = self._downloading.get(index)
+        if piece is None or self._have[index]:
+            return
+        pad = self._pad.get(index, frozenset())
+        blocks = piece.blocks
+        for begin in begins:
+            j, rem = divmod(begin, self._bs)
+            if rem or not 0 <= j < len(blocks) or j in pad or blocks[j] != _RECEIVED:
+                continue
+            blocks[j] = _FREE
+            piece.num_received -= 1
+            piece.num_free += 1
+        if not piece.num_free:
+            return
+        if not piece.num_requested and piece.num_received == piece.num_pad:
+            del self._downloading[index]
+            self._partial.pop(index, None)
+            self._bucket_add(index)
+        else:
+            self._partial[index] = None
+
     # ---------------------------------------------------------------- picking
 
     def pick(self, peer: Hashable, count: int) -> list[Block]:

@@ -4,7 +4,7 @@ Use it as an async context manager; it stops every torrent (saving resume data) 
 whether the block ends normally, by an exception or by cancellation (Ctrl-C)::
 
     async with Session(settings) as session:
-        await session.listen("127.0.0.1", 6881)
+        await session.listen("127.0.0.1", 6881)   # or listen(): settings.listen_interfaces
         torrent = await session.add(meta, Path("downloads"), peers=[("127.0.0.1", 6882)])
         await torrent.complete.wait()
 """
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from swarmhub.engine.peer import PeerProtocol
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
+from swarmhub.engine.services import PeerHost
 from swarmhub.engine.torrent import Torrent
 from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo
@@ -54,6 +55,12 @@ def make_peer_id(prefix: str, rng: random.Random | None = None) -> bytes:
     return (prefix + tail).encode()[:20]
 
 
+def _wire_hashes(meta: Metainfo) -> list[bytes]:
+    """The 20-byte hashes peers may use for ``meta`` in handshakes (v1, truncated v2)."""
+    hashes = (meta.info_hash_v1, meta.info_hash_v2[:20] if meta.info_hash_v2 else None)
+    return [h for h in hashes if h is not None]
+
+
 def default_state_dir() -> Path:
     """Where resume data lives: ``$XDG_STATE_HOME/swarmhub`` (``~/.local/state/swarmhub``)."""
     env = os.environ.get("SWARMHUB_STATE_DIR")
@@ -78,10 +85,17 @@ class Session:
         self.reserved = m.make_reserved(extension=True, fast=True)
         self.disk_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, self.settings.disk_threads), thread_name_prefix="swarmhub-disk")
+        #: Hashing (piece checks, rechecks) runs apart from disk I/O, on every core by default.
+        self.hash_threads = self.settings.hash_threads or os.cpu_count() or 1
+        self.hash_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.hash_threads, thread_name_prefix="swarmhub-hash")
         self.torrents: dict[bytes, Torrent] = {}
         self._by_hash: dict[bytes, Torrent] = {}
         self._tiers: dict[bytes, TrackerTiers] = {}
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        #: Connections still in their handshake (closed on shutdown; torrents own the rest).
+        self.pending: set[PeerProtocol] = set()
+        self._closed = False
         self.listen_port = 0
         self.listen_addr: tuple[str, int] = ("", 0)
         self.peer_count = 0
@@ -89,7 +103,6 @@ class Session:
         self._up = RateLimiter(self.settings.upload_rate_limit)
         self._http: aiohttp.ClientSession | None = None
         self._tg: asyncio.TaskGroup | None = None
-        self._run_tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Session:
         self._tg = asyncio.TaskGroup()
@@ -104,22 +117,40 @@ class Session:
             assert self._tg is not None
             await self._tg.__aexit__(et, exc, tb)
 
-    async def listen(self, host: str = "0.0.0.0", port: int = 6881) -> int:
-        """Accept incoming peers; returns the port (useful with ``port=0``)."""
+    async def listen(self, host: str | None = None, port: int | None = None) -> int:
+        """Accept incoming peers; returns the (first) port, useful with ``port=0``.
+
+        Without arguments, listens on every ``host:port`` of ``settings.listen_interfaces``;
+        a port 0 there picks a free port once and reuses it on the later interfaces, so
+        peers learn one port (the one announced to trackers).
+        """
+        if self._closed:
+            raise SwarmhubError("the session is closed")
+        if host is None:
+            addrs = self.settings.listen_addresses()
+            if port is not None:
+                addrs = [(h, port) for h, _ in addrs]
+        else:
+            addrs = [(host, 6881 if port is None else port)]
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: PeerProtocol(self), host, port, reuse_address=True)
-        sock = self._server.sockets[0]
-        self.listen_port = int(sock.getsockname()[1])
-        self.listen_addr = (host, self.listen_port)
-        log.info("listening on %s:%d", host, self.listen_port)
+        for h, p in addrs:
+            if p == 0 and self.listen_port:
+                p = self.listen_port
+            server = await loop.create_server(
+                lambda: PeerProtocol(self), h, p, reuse_address=True)
+            self._servers.append(server)
+            actual = int(server.sockets[0].getsockname()[1])
+            if not self.listen_port:
+                self.listen_port = actual
+                self.listen_addr = (h, actual)
+            log.info("listening on %s:%d", h, actual)
         return self.listen_port
 
     async def add(self, meta: Metainfo, save_path: Path, *, seed_mode: bool = False,
                   peers: list[tuple[str, int]] | None = None,
                   trackers: list[list[str]] | None = None) -> Torrent:
         """Add a torrent, check what is on disk, and start its background jobs."""
-        if self._tg is None:
+        if self._tg is None or self._closed:
             raise SwarmhubError("use the Session as 'async with Session() as s'")
         if meta.info_hash in self.torrents:
             raise SwarmhubError(f"torrent {meta.info_hash.hex()} is already in the session")
@@ -127,16 +158,28 @@ class Session:
                           trackers=trackers, rng=random.Random(self.rng.random()))
         await torrent.start()
         self.torrents[meta.info_hash] = torrent
-        for h in (meta.info_hash_v1, meta.info_hash_v2[:20] if meta.info_hash_v2 else None):
-            if h is not None:
-                self._by_hash[h] = torrent
-        self._run_tasks.append(self._tg.create_task(torrent.run()))
+        for h in _wire_hashes(meta):
+            self._by_hash[h] = torrent
+        torrent.run_task = self._tg.create_task(torrent.run())
         return torrent
+
+    async def remove(self, info_hash: bytes) -> bool:
+        """Stop a torrent (peers closed, resume data saved, ``stopped`` announced) and
+        forget it, so the same torrent can be added again; False if it was not here."""
+        torrent = self.torrents.pop(info_hash, None)
+        if torrent is None:
+            return False
+        for h in _wire_hashes(torrent.meta):
+            if self._by_hash.get(h) is torrent:
+                del self._by_hash[h]
+        self._tiers.pop(info_hash, None)
+        await torrent.stop()
+        return True
 
     def torrent_for_hash(self, info_hash: bytes) -> Torrent | None:
         return self._by_hash.get(info_hash)
 
-    def handshake_for(self, torrent: Torrent) -> m.Handshake:
+    def handshake_for(self, torrent: PeerHost) -> m.Handshake:
         return m.Handshake(self.reserved, torrent.meta.info_hash, self.peer_id)
 
     def charge_download(self, n: int, now: float) -> float:
@@ -149,18 +192,23 @@ class Session:
         if self.settings.upload_rate_limit:
             await self._up.acquire(n)
 
-    def tracker_tiers(self, torrent: Torrent) -> TrackerTiers:
+    def tracker_tiers(self, info_hash: bytes, urls: list[list[str]]) -> TrackerTiers:
+        """The torrent's tracker tiers, kept across announces (BEP 12 reorders them)."""
         from swarmhub.discovery.tracker import TrackerTiers
 
-        tiers = self._tiers.get(torrent.meta.info_hash)
+        tiers = self._tiers.get(info_hash)
         if tiers is None:
-            tiers = TrackerTiers(torrent.tracker_tiers, rng=self.rng)
-            self._tiers[torrent.meta.info_hash] = tiers
+            tiers = TrackerTiers(urls, rng=self.rng)
+            self._tiers[info_hash] = tiers
         return tiers
 
     async def http(self) -> aiohttp.ClientSession:
+        """The shared HTTP client (trackers, web seeds); refused once the session closes,
+        so a task cancelled during shutdown cannot leave an unclosed client behind."""
         import aiohttp
 
+        if self._closed:
+            raise SwarmhubError("the session is closed")
         if self._http is None:
             # No total timeout: a large HTTP download may take hours; a stalled one is
             # caught by the connect and per-read timeouts instead.
@@ -170,22 +218,28 @@ class Session:
         return self._http
 
     async def close(self) -> None:
-        """Stop accepting, stop every torrent (saving resume data), release resources."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        """Shut down in order: stop accepting, drop half-open connections, stop every
+        torrent (``stopped`` announces, peers closed, resume data saved), then close the
+        HTTP client and the thread pools. Safe to call twice."""
+        if self._closed:
+            return
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for proto in list(self.pending):
+            proto.close("session closing")
         results = await asyncio.gather(*(t.stop() for t in self.torrents.values()),
                                        return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
                 log.warning("error while stopping a torrent: %s", r)
-        for task in self._run_tasks:
-            task.cancel()
+        self._closed = True
         if self._http is not None:
             with contextlib.suppress(Exception):
                 await self._http.close()
             self._http = None
         self.disk_pool.shutdown(wait=False, cancel_futures=True)
+        self.hash_pool.shutdown(wait=False, cancel_futures=True)
 
     def stats(self) -> dict[str, Any]:
         return {"torrents": len(self.torrents), "peers": self.peer_count,

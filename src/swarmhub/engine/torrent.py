@@ -1,9 +1,11 @@
-"""One torrent being downloaded or seeded: the glue between peers, picker, choker and disk.
+"""One torrent in a session: the asyncio driver around its sans-IO :class:`Swarm`.
 
-Decisions live in the pure modules (:mod:`picker`, :mod:`choker`, :mod:`ratelimit`);
-this class wires their answers to sockets and the thread pool. Whole pieces are assembled
-in memory (bounded by the picker's in-progress pieces), then hashed and written in one
-executor call, so the event loop never hashes or touches the disk.
+Every swarm decision (picking, choking, super-seeding, strikes and bans, dials and
+announces) is the core's; this class only carries out its actions — socket writes,
+piece reads for uploads, hashing and writing assembled pieces in the thread pools,
+tracker and web-seed HTTP — and feeds it events with the loop's clock. Whole pieces are
+assembled in memory (bounded by the picker's in-progress pieces and the core's
+unverified-bytes limit), then hashed and written off the event loop.
 """
 
 from __future__ import annotations
@@ -15,20 +17,32 @@ import functools
 import hashlib
 import logging
 import random
-import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
-from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, choose_unchoked
-from swarmhub.engine.peer import Peer, PeerProtocol, RateMeter
-from swarmhub.engine.picker import Block, PiecePicker
+from swarmhub.engine.actions import (
+    Announce,
+    Banned,
+    Broadcast,
+    Close,
+    Completed,
+    Connect,
+    PieceFailed,
+    Send,
+    Serve,
+    Verify,
+)
+from swarmhub.engine.peer import Peer, PeerProtocol
+from swarmhub.engine.peerstate import RateMeter
+from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
-from swarmhub.engine.superseed import SuperSeeder
-from swarmhub.errors import StorageError, SwarmhubError, TrackerError
+from swarmhub.engine.services import TorrentServices
+from swarmhub.engine.swarm import Swarm, ban_key
+from swarmhub.errors import StorageError, SwarmhubError
 from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
 from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
 from swarmhub.storage.files import TorrentStorage
@@ -42,15 +56,9 @@ from swarmhub.storage.resume import (
 from swarmhub.storage.verify import PieceVerifier, recheck
 from swarmhub.wire import messages as m
 
-if TYPE_CHECKING:
-    from swarmhub.engine.session import Session
-
 __all__ = ["Torrent", "TorrentState", "TorrentStatus"]
 
 log = logging.getLogger(__name__)
-
-MAX_BLOCK = 128 * 1024
-_PIECE_HEADER = struct.Struct(">IBII")
 
 
 class TorrentState(Enum):
@@ -81,14 +89,16 @@ class TorrentStatus:
     hash_failures: int
     #: Bytes that came from BEP 19 web seeds (the hub) rather than from peers.
     webseed_bytes: int = 0
+    #: Why a download is not moving (every peer banned, none unchoked us…), else None.
+    stalled: str | None = None
 
 
 class Torrent:
-    """State and behaviour of one torrent inside a :class:`Session`."""
+    """State and behaviour of one torrent inside a session (see the module docstring)."""
 
     def __init__(
         self,
-        session: Session,
+        session: TorrentServices,
         meta: Metainfo,
         save_path: Path,
         *,
@@ -97,6 +107,7 @@ class Torrent:
         trackers: list[list[str]] | None = None,
         web_seeds: list[str] | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session = session
         self.settings = session.settings
@@ -104,57 +115,59 @@ class Torrent:
         self.save_path = save_path
         self.seed_mode = seed_mode
         self.rng = rng or random.Random()
+        self.clock = clock
         self.storage = TorrentStorage(meta, save_path)
         self.verifier = PieceVerifier(meta)
-        self.picker = PiecePicker(
-            meta.num_pieces, meta.piece_length, meta.total_length,
-            rng=self.rng, pad_blocks=_pad_blocks(meta),
-        )
-        self.have = bytearray(meta.num_pieces)
-        self.num_have = 0
+        self.tracker_tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
+        self.swarm = Swarm(
+            meta.num_pieces, meta.piece_length, meta.total_length, self.settings,
+            rng=self.rng, now=clock(), pad_blocks=_pad_blocks(meta), peers=peers or (),
+            trackers=bool(self.tracker_tiers))
         self.state = TorrentState.CHECKING
         self.error: str | None = None
-        self.peers: set[Peer] = set()
-        self.buffers: dict[int, bytearray] = {}
-        self.block_src: dict[int, dict[int, Any]] = {}
-        self.failed_blocks: dict[int, dict[int, tuple[Any, bytes]]] = {}
-        self.strikes: collections.Counter[Any] = collections.Counter()
-        self.banned: set[Any] = set()
-        self.hash_failures = 0
-        self.down = RateMeter()
-        self.up = RateMeter()
-        self.downloaded = 0
-        self.uploaded = 0
         self.complete = asyncio.Event()
-        self.direct_peers = list(peers or [])
-        self.candidates: collections.deque[tuple[str, int]] = collections.deque(self.direct_peers)
-        self.connecting: set[tuple[str, int]] = set()
-        self.tracker_tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
+        #: Pieces being assembled from peers' blocks (the core decides what is kept).
+        self.buffers: dict[int, bytearray] = {}
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._reads: dict[int, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._choke = ChokeDecision(frozenset(), None, 0.0)
         self._stopping = False
         #: BEP 19 web seeds (the hub's origin in hybrid mode); peers come first.
         self.web_seeds = [u for u in (meta.url_list if web_seeds is None else web_seeds)
                           if u.startswith(("http://", "https://"))]
-        self.webseed_bytes = 0
-        self._ws_meter = RateMeter()
         self._ws_reserved: set[int] = set()
         self._hash_trees: dict[bytes, list[list[bytes]]] = {}
-        #: Bytes of complete pieces queued for hashing and writing.
-        self._unverified = 0
         # One resume file per (torrent, folder): a seed and a download of the same torrent
         # in two folders must not overwrite each other's state.
         folder = hashlib.sha1(str(save_path.resolve()).encode()).hexdigest()[:12]
         base = resume_path(session.state_dir, meta.info_hash)
         self.resume_file = base.with_name(f"{base.stem}-{folder}{base.suffix}")
         self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
-        #: Super-seeding state (``settings.super_seeding``), made when we first seed.
-        self._ss: SuperSeeder | None = None
-        #: Seeds the tracker counts (a super-seeding seed shows us only part of what it has).
-        self._tracker_seeds = 0
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
+        #: The task running :meth:`run` (set by the session; stop() cancels it first).
+        self.run_task: asyncio.Task[None] | None = None
+
+    # -- the core's state, for callers of the old API ------------------------------------------
+    peers = property(lambda self: self.swarm.peers.keys())
+    have = property(lambda self: self.swarm.have)
+    num_have = property(lambda self: self.swarm.num_have)
+    banned = property(lambda self: self.swarm.banned)
+    hash_failures = property(lambda self: self.swarm.hash_failures)
+    downloaded = property(lambda self: self.swarm.downloaded)
+    uploaded = property(lambda self: self.swarm.uploaded)
+    webseed_bytes = property(lambda self: self.swarm.webseed_bytes)
+
+    @property
+    def down(self) -> RateMeter:
+        return self.swarm.down
+
+    @property
+    def up(self) -> RateMeter:
+        return self.swarm.up
+
+    @property
+    def picker(self) -> PiecePicker:
+        return self.swarm.picker
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -164,42 +177,31 @@ class Torrent:
         existed = await loop.run_in_executor(pool, self.storage.exists)
         await loop.run_in_executor(pool, self.storage.open, not self.seed_mode)
         n = self.meta.num_pieces
-        if self.seed_mode:
-            have = bytearray(b"\x01" * n)
-        elif existed:
-            have = bytearray(n)
+        have = bytearray(b"\x01" * n) if self.seed_mode else bytearray(n)
+        if existed and not self.seed_mode:
             resume = load_resume(self.resume_file)
             if resume is not None and resume.info_hash == self.meta.info_hash:
                 have = await loop.run_in_executor(
                     pool, trusted_pieces, resume, self.meta, self.storage)
             todo = [i for i in range(n) if not have[i]]
             if todo:
+                threads = self.session.hash_threads
                 checked = await loop.run_in_executor(
-                    None, lambda: recheck(self.meta, self.storage, only=todo))
+                    None, lambda: recheck(self.meta, self.storage, only=todo, threads=threads))
                 for i in todo:
                     if checked[i]:
                         have[i] = 1
-        else:
-            have = bytearray(n)
-        for i in range(n):
-            if have[i]:
-                self.have[i] = 1
-                self.picker.we_have(i)
-        self.num_have = sum(self.have)
+        self.swarm.load_have(have)
+        self.swarm.dialer.own.add(self.session.listen_addr)
         log.info("%s: %d/%d pieces on disk", self.meta.name, self.num_have, n)
-        if self.num_have == n:
-            self._set_complete()
+        if self.swarm.complete:
+            self._set_complete(first=False)
         else:
             self.state = TorrentState.DOWNLOADING
 
     async def run(self) -> None:
         """Run the periodic jobs until :meth:`stop`; each job's failure is logged, not fatal."""
-        jobs: list[Callable[[], Awaitable[None]]] = [
-            self._maintenance_loop, self._choker_loop, self._connector_loop,
-            self._resume_loop,
-        ]
-        if self.tracker_tiers:
-            jobs.append(self._tracker_loop)
+        jobs: list[Callable[[], Awaitable[None]]] = [self._tick_loop, self._resume_loop]
         jobs += [functools.partial(self._webseed_loop, url) for url in self.web_seeds]
         async with asyncio.TaskGroup() as tg:
             for job in jobs:
@@ -214,15 +216,25 @@ class Torrent:
                 log.exception("%s: background job %s failed", self.meta.name, name)
 
     async def stop(self) -> None:
-        """Close peers, flush and save resume data; safe to call twice."""
+        """Stop jobs, announce ``stopped``, close peers, save resume data; idempotent."""
         if self._stopping:
             return
         self._stopping = True
-        for peer in list(self.peers):
-            peer.close("torrent stopped")
-        for task in list(self._tasks):
+        self.swarm.stop()
+        task = self.run_task
+        if task is not None and not task.done():
+            task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(task), 10)
+        tracker = self.swarm.tracker
+        if tracker is not None and tracker.announced:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._announce_once("stopped"), 5)
+        for peer in list(self.peers):
+            peer.close("torrent stopped")
+        for t in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(t), 10)
         await self.save_resume()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.session.disk_pool, self.storage.close)
@@ -241,299 +253,176 @@ class Torrent:
             log.warning("%s: could not save resume data: %s", self.meta.name, exc)
 
     def status(self) -> TorrentStatus:
-        now = time.monotonic()
+        now = self.clock()
+        s = self.swarm
         n = self.meta.num_pieces
-        have_bytes = sum(self.meta.piece_size(i) for i in range(n) if self.have[i]) \
-            if self.num_have != n else self.meta.total_length
         return TorrentStatus(
-            state=self.state,
-            progress=self.num_have / n if n else 1.0,
-            pieces_have=self.num_have,
-            num_pieces=n,
-            bytes_have=have_bytes,
-            total_bytes=self.meta.total_length,
-            download_rate=self.down.rate(now),
-            upload_rate=self.up.rate(now),
-            downloaded=self.downloaded,
-            uploaded=self.uploaded,
-            peers=len(self.peers),
-            error=self.error,
-            banned=len(self.banned),
-            hash_failures=self.hash_failures,
-            webseed_bytes=self.webseed_bytes,
+            state=self.state, progress=s.num_have / n if n else 1.0, pieces_have=s.num_have,
+            num_pieces=n, bytes_have=s.bytes_have(), total_bytes=self.meta.total_length,
+            download_rate=s.down.rate(now), upload_rate=s.up.rate(now),
+            downloaded=s.downloaded, uploaded=s.uploaded, peers=len(s.peers),
+            error=self.error, banned=len(s.banned), hash_failures=s.hash_failures,
+            webseed_bytes=s.webseed_bytes,
+            stalled=s.stall_reason() if self.state is TorrentState.DOWNLOADING else None,
         )
 
+    # -- carrying out the core's actions ---------------------------------------------------------
+    def _flush(self) -> None:
+        """Carry out the core's queued actions (re-entrant: closing a peer reports back).
+        Peer handles are our :class:`Peer` objects."""
+        swarm = self.swarm
+        while actions := swarm.take():
+            for action in actions:
+                match action:
+                    case Send(peer=peer, messages=msgs):
+                        cast(Peer, peer).send_many(msgs)
+                    case Broadcast(peers=peers, messages=msgs):
+                        for peer in peers:
+                            cast(Peer, peer).send_many(msgs)
+                    case Close(peer=peer, reason=reason):
+                        cast(Peer, peer).close(reason)
+                    case Serve(peer=peer):
+                        cast(Peer, peer).upload_wakeup.set()
+                    case Verify(index=index, want_digests=want):
+                        self._spawn(self._verify(index, want))
+                    case Connect(addr=addr):
+                        self._spawn(self._dial(addr))
+                    case Announce(event=event):
+                        self._spawn(self._announce(event))
+                    case Banned(key=key, reason=reason):
+                        log.warning("%s: banning %s: %s", self.meta.name, key, reason)
+                    case PieceFailed(index=index, sources=sources):
+                        log.warning("%s: piece %d failed its hash check (sources: %d)",
+                                    self.meta.name, index, sources)
+                    case Completed():
+                        self._set_complete(first=True)
+
     # -- peers come and go -------------------------------------------------------------------
-    def ban_key(self, addr: tuple[str, int], peer_id: bytes) -> Any:
-        """Peers are banned by IP, except on loopback where every test peer shares one."""
-        if addr[0].startswith("127.") or addr[0] == "::1":
-            return (addr[0], peer_id)
-        return addr[0]
+    def ban_key(self, addr: tuple[str, int], peer_id: bytes) -> Hashable:
+        return ban_key(addr, peer_id)
 
     def can_accept(self, addr: tuple[str, int], peer_id: bytes,
                    outgoing: bool = False) -> str | None:
+        """Why a peer that finished its handshake may not join (None: it may): the
+        session's limits, its embedder's ``peer_filter``, then the swarm's rules (bans,
+        duplicates, the per-torrent cap — which may evict an idle peer to make room)."""
         if self._stopping or self.state is TorrentState.ERROR:
             return "torrent is not active"
-        if self.ban_key(addr, peer_id) in self.banned:
-            return "peer is banned"
-        if len(self.peers) >= self.settings.max_connections_per_torrent:
-            return "too many connections for this torrent"
         if self.session.peer_count >= self.settings.max_connections:
             return "too many connections in this session"
-        if any(p.remote_id == peer_id for p in self.peers):
-            return "already connected to this peer"
         admit = self.session.peer_filter
-        return None if admit is None else admit(self.meta.info_hash, addr, peer_id, outgoing)
+        if admit is not None:
+            reason = admit(self.meta.info_hash, addr, peer_id, outgoing)
+            if reason:
+                return reason
+        reason = self.swarm.can_accept(addr, peer_id, self.clock())
+        self._flush()
+        return reason
 
     def add_peers(self, addrs: list[tuple[str, int]]) -> None:
         """Queue addresses to dial that an embedder found itself (the hub's own tracker)."""
-        for addr in addrs:
-            if addr not in self.candidates and addr != self.session.listen_addr:
-                self.candidates.append(addr)
+        self.swarm.add_peers(addrs, self.clock())
+        self._flush()
 
     def on_peer_connected(self, peer: Peer) -> None:
-        self.peers.add(peer)
         self.session.peer_count += 1
         log.debug("%s: connected %s", self.meta.name, peer)
         if peer.conn.extension:
-            peer.send_ext_handshake()
-        if self._super_seeding():
-            assert self._ss is not None
-            self._ss.add_peer(peer)
-            if peer.fast:  # else say nothing: an empty Bitfield may be left out (BEP 3)
-                peer.send(m.HaveNone())
-            self._offer(peer)
-        elif self.num_have == self.meta.num_pieces and peer.fast:
-            peer.send(m.HaveAll())
-        elif self.num_have == 0 and peer.fast:
-            peer.send(m.HaveNone())
-        elif self.num_have:
-            peer.send(m.Bitfield(m.bitfield_from_bools(self.have)))
+            peer.send_ext_handshake(self.session.listen_port)
+        self.swarm.connected(peer, peer.addr, peer.remote_id, fast=peer.fast, now=self.clock())
         self._spawn(self._upload_loop(peer))
+        self._flush()
 
     def on_peer_disconnected(self, peer: Peer, reason: str) -> None:
-        if peer not in self.peers:
+        if peer not in self.swarm.peers:
             return
-        self.peers.discard(peer)
         self.session.peer_count -= 1
         log.debug("%s: disconnected %s: %s", self.meta.name, peer, reason)
-        self.picker.peer_gone(peer)
-        if self._ss is not None:
-            self._ss.remove_peer(peer)
-        peer.requested.clear()
-        peer.incoming.clear()
-        self._fill_all()
+        self.swarm.disconnected(peer, self.clock())
+        self._flush()
 
-    # -- what peers have ------------------------------------------------------------------------
-    def on_bitfield(self, peer: Peer) -> None:
-        if peer.has_all:
-            self.picker.peer_has_all(peer)
-        else:
-            self.picker.peer_has_bitfield(peer, peer.have)
-        if peer.is_seed and self.num_have == self.meta.num_pieces:
-            peer.close("both sides are seeds")
-            return
-        if self._ss is not None and peer in self._ss:
-            self._offer(peer)  # drops offers of pieces it turned out to have
-        self._update_interest(peer)
+    def on_message(self, peer: Hashable, msg: m.Message) -> None:
+        self.swarm.message(peer, msg, self.clock())
+        self._flush()
 
-    def on_have(self, peer: Peer, index: int) -> None:
-        self.picker.peer_has(peer, index)
-        if peer.is_seed and self.num_have == self.meta.num_pieces:
-            peer.close("both sides are seeds")
-            return
-        if self._ss is not None and self._ss.peer_has(peer, index):
-            self._offer(peer)
-        if not peer.conn.am_interested and not self.have[index]:
-            self._update_interest(peer)
+    def on_reqq(self, peer: Hashable, reqq: int) -> None:
+        self.swarm.set_reqq(peer, reqq)
 
-    def _update_interest(self, peer: Peer) -> None:
-        want = self.state is TorrentState.DOWNLOADING and self.picker.interesting(peer)
-        if want and not peer.conn.am_interested:
-            peer.send(m.Interested())
-            self._fill_requests(peer)
-        elif not want and peer.conn.am_interested:
-            peer.send(m.NotInterested())
-
-    # -- downloading ----------------------------------------------------------------------------
-    def on_unchoke(self, peer: Peer) -> None:
-        peer.queue_target = self._queue_target(peer)
-        self._fill_requests(peer)
-
-    def on_choke(self, peer: Peer) -> None:
-        if not peer.fast:  # BEP 3: a choke discards every pending request
-            for block in list(peer.requested):
-                self.picker.request_failed(peer, block)
-            peer.requested.clear()
-            self._fill_all()
-
-    def on_reject(self, peer: Peer, block: Block) -> None:
-        if peer.requested.pop(block, None) is not None:
-            self.picker.request_failed(peer, block)
-
-    def _queue_target(self, peer: Peer) -> int:
-        s = self.settings
-        rate = peer.down.rate(time.monotonic())
-        target = int(rate * s.request_queue_time / BLOCK_SIZE)
-        target = max(s.min_request_queue, min(s.max_request_queue, target))
-        return max(1, min(target, peer.reqq - 1))
-
-    def _fill_requests(self, peer: Peer) -> None:
-        """Top the peer's request queue up to its target, in batches (fewer, larger writes)."""
-        if (peer.closed or self.state is not TorrentState.DOWNLOADING
-                or peer.conn.peer_choking or not peer.conn.am_interested):
-            return
-        target = peer.queue_target
-        want = target - len(peer.requested)
-        if want <= 0 or (peer.requested and want < max(1, target // 8)):
-            return
-        if self._unverified > self.settings.max_unverified_bytes:
-            return  # hashing/disk is behind: let it catch up (bounded memory)
-        blocks = self.picker.pick(peer, want)
-        if not blocks:
-            return
-        now = time.monotonic()
-        conn = peer.conn
-        out = []
-        for b in blocks:
-            peer.requested[b] = now
-            out.append(conn.send(m.Request(b.index, b.begin, b.length)))
-        peer.proto.write(b"".join(out))
-        peer.last_send = now
-
-    def _fill_all(self) -> None:
-        for peer in list(self.peers):
-            self._fill_requests(peer)
-
-    def on_block(self, peer: Peer, block: Block, data: bytes) -> None:
-        """The hot path: one 16 KiB block arrived (about 15,000 times a second at 250 MB/s)."""
-        if peer.requested.pop(block, None) is None:
-            return  # unrequested, cancelled or late duplicate: drop it
+    def on_block(self, peer: Hashable, msg: m.Piece) -> None:
+        """The hot path: store the block if the core wants it, then act."""
+        now = self.clock()
+        data = msg.data
         n = len(data)
-        now = time.monotonic()
-        peer.down.add(n, now)
-        self.down.add(n, now)
-        self.downloaded += n
-        peer.snubbed = False
-        if now - peer.target_at > 0.25:  # adapt the pipeline to the measured rate
-            peer.target_at = now
-            peer.queue_target = self._queue_target(peer)
+        index = msg.index
+        if self.swarm.block(peer, index, msg.begin, n, now):
+            buf = self.buffers.get(index)
+            if buf is None:
+                buf = self.buffers[index] = bytearray(self.meta.piece_size(index))
+            buf[msg.begin:msg.begin + n] = data
         if self.settings.download_rate_limit or self.settings.torrent_download_rate_limit:
             delay = self.session.charge_download(n, now)
             if self.settings.torrent_download_rate_limit:
                 delay = max(delay, self._down_bucket.consume(n, now))
             if delay > 0:
-                peer.proto.pause_reading(delay)
-        index = block.index
-        if self.have[index]:
-            return
-        buf = self.buffers.get(index)
-        if buf is None:
-            buf = self.buffers[index] = bytearray(self.meta.piece_size(index))
-            self.block_src[index] = {}
-        buf[block.begin:block.begin + n] = data
-        self.block_src[index][block.begin] = peer.ban_key
-        result = self.picker.block_received(peer, block)
-        for other in result.cancel:
-            if isinstance(other, Peer) and other.requested.pop(block, None) is not None:
-                other.send(m.Cancel(block.index, block.begin, block.length))
-        if result.piece_complete:
-            self._spawn(self._finish_piece(index))
-        self._fill_requests(peer)
+                peer.proto.pause_reading(delay)  # type: ignore[attr-defined]
+        self._flush()
 
-    async def _finish_piece(self, index: int) -> None:
-        buf = self.buffers.pop(index)
-        sources = self.block_src.pop(index, {})
-        failed = self.failed_blocks.get(index)
+    async def _dial(self, addr: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
-        self._unverified += len(buf)
         try:
-            ok, digests = await loop.run_in_executor(
-                self.session.disk_pool, self._check_and_write, index, buf, failed is not None)
+            await asyncio.wait_for(
+                loop.create_connection(lambda: PeerProtocol(self.session, self), *addr),
+                self.settings.handshake_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.debug("%s: could not connect to %s: %s", self.meta.name, addr, exc)
+        finally:
+            self.swarm.connect_done(addr)
+
+    # -- pieces: verify, write, finish -----------------------------------------------------------
+    async def _verify(self, index: int, want_digests: bool) -> None:
+        buf = self.buffers.pop(index, None)
+        if buf is None:
+            buf = bytearray(self.meta.piece_size(index))  # nothing kept: fails, blames none
+        try:
+            ok, digests = await self._check_and_write(index, buf, want_digests)
         except StorageError as exc:
             self._fail(str(exc))
             return
-        finally:
-            self._unverified -= len(buf)
-            if self._unverified <= self.settings.max_unverified_bytes:
-                self._fill_all()
-        if not ok:
-            self._piece_failed(index, buf, sources)
-            return
-        if failed is not None:  # a piece that failed before: who sent the bad blocks?
-            for begin, (key, digest) in failed.items():
-                if digests.get(begin) != digest:
-                    self._ban(key, f"sent corrupt data for piece {index}")
-            del self.failed_blocks[index]
-        self._piece_passed(index)
+        self.swarm.piece_verified(index, ok, self.clock(), digests)
+        self._flush()
 
-    def _check_and_write(
+    async def _check_and_write(
         self, index: int, buf: bytearray, want_digests: bool
-    ) -> tuple[bool, dict[int, bytes]]:
-        if not self.verifier.check(index, buf):
-            return False, {}
-        self.storage.write(index * self.meta.piece_length, buf)
-        digests = _block_digests(buf) if want_digests else {}
-        return True, digests
+    ) -> tuple[bool, dict[int, bytes] | None]:
+        """Hash on the hash pool (all cores), then write on the disk pool. Block digests
+        come back when asked for, and always for a failed piece (they catch the liar)."""
+        loop = asyncio.get_running_loop()
+        session = self.session
 
-    def _piece_failed(self, index: int, buf: bytearray, sources: dict[int, Any]) -> None:
-        self.hash_failures += 1
-        contributors = self.picker.piece_failed(index)
-        digests = _block_digests(buf)
-        self.failed_blocks[index] = {b: (k, digests[b]) for b, k in sources.items()}
-        keys = set(sources.values())
-        log.warning("%s: piece %d failed its hash check (sources: %d)",
-                    self.meta.name, index, len(keys))
-        for key in keys:
-            self.strikes[key] += 1
-            if len(keys) == 1 or self.strikes[key] >= self.settings.hash_fail_ban_threshold:
-                self._ban(key, f"piece {index} failed its hash check")
-        del contributors
-        self._fill_all()
+        def check() -> tuple[bool, dict[int, bytes] | None]:
+            ok = self.verifier.check(index, buf)
+            return ok, _block_digests(buf) if want_digests or not ok else None
 
-    def _ban(self, key: Any, why: str) -> None:
-        if key in self.banned:
-            return
-        self.banned.add(key)
-        log.warning("%s: banning %s: %s", self.meta.name, key, why)
-        for peer in list(self.peers):
-            if self.ban_key(peer.addr, peer.remote_id) == key:
-                peer.close(f"banned: {why}")
+        ok, digests = await loop.run_in_executor(session.hash_pool, check)
+        if ok:
+            await loop.run_in_executor(
+                session.disk_pool, self.storage.write, index * self.meta.piece_length, buf)
+        return ok, digests
 
-    def _piece_passed(self, index: int) -> None:
-        if self.have[index]:
-            return
-        # A web seed may finish a piece that peers were also sending: drop their part.
-        self.buffers.pop(index, None)
-        self.block_src.pop(index, None)
-        self.have[index] = 1
-        self.num_have += 1
-        self.picker.piece_passed(index)
-        for peer in list(self.peers):
-            if not peer.have[index]:
-                peer.send(m.Have(index))
-        if self.num_have == self.meta.num_pieces:
-            self._set_complete()
-
-    def _set_complete(self) -> None:
-        first = self.state is not TorrentState.SEEDING
+    def _set_complete(self, *, first: bool) -> None:
+        was = self.state
         self.state = TorrentState.SEEDING
         self.complete.set()
-        if first:
+        self.buffers.clear()
+        if first and was is not TorrentState.SEEDING:
             log.info("%s: complete, seeding", self.meta.name)
-            for peer in list(self.peers):
-                if peer.is_seed:
-                    peer.close("both sides are seeds")
-                elif peer.conn.am_interested:
-                    peer.send(m.NotInterested())
-            if self.tracker_tiers and self.num_have and self.downloaded:
-                self._spawn(self._announce("completed"))
             self._spawn(self.save_resume())
 
     def _fail(self, message: str) -> None:
         log.error("%s: %s", self.meta.name, message)
         self.error = message
         self.state = TorrentState.ERROR
+        self.swarm.stop()
         self.complete.set()  # wake waiters; they look at .error
         for peer in list(self.peers):
             peer.close("torrent error")
@@ -557,29 +446,6 @@ class Torrent:
         return hashes_with_proof(tree, req.index, req.length, req.proof_layers)
 
     # -- uploading ------------------------------------------------------------------------------
-    def on_request(self, peer: Peer, req: m.Request) -> None:
-        if peer.conn.am_choking:
-            if peer.fast:
-                peer.send(m.RejectRequest(req.index, req.begin, req.length))
-            return
-        size = self.meta.piece_size(req.index)
-        if req.length > MAX_BLOCK or req.length <= 0 or req.begin + req.length > size:
-            peer.close("protocol error: request outside the piece")
-            return
-        if (not self.have[req.index]
-                or len(peer.incoming) >= self.settings.max_outstanding_incoming_requests
-                or not peer.incoming.fits(req.length, self.settings.max_incoming_request_bytes)):
-            if peer.fast:
-                peer.send(m.RejectRequest(req.index, req.begin, req.length))
-            return
-        peer.incoming.append(req)
-        peer.upload_wakeup.set()
-
-    def on_interest_changed(self, peer: Peer) -> None:
-        unchoked = sum(1 for p in self.peers if not p.conn.am_choking)
-        if peer.conn.peer_interested and peer.conn.am_choking and unchoked < self._slots():
-            self._rechoke()
-
     async def _read_piece(self, index: int) -> bytes:
         """A piece for uploading, from the read cache or one shared disk read."""
         cached = self._cache.get(index)
@@ -605,18 +471,23 @@ class Torrent:
             self._cache.popitem(last=False)
 
     async def _upload_loop(self, peer: Peer) -> None:
-        """Serve the peer's requests in order, within rate limits and send-buffer space.
+        """Serve the requests the core accepted, within rate limits and send-buffer space.
 
-        Requests whose piece is cached are answered in batches of up to 1 MiB with one
-        ``writelines`` (one writev) — a syscall per 16 KiB block was the seeder's main cost.
+        Requests whose piece is cached go out in batches of up to 1 MiB with one
+        ``writelines`` (one writev) of header + memoryview pairs from the wire core.
         """
         limited = bool(self.settings.upload_rate_limit) or not self._up_limiter.unlimited
+        ps = self.swarm.peers.get(peer)
+        if ps is None:
+            return  # it left before this task ran
+        incoming = ps.incoming
+        send_piece = peer.conn.send_piece
         while not peer.closed:
-            if not peer.incoming:
+            if not incoming:
                 peer.upload_wakeup.clear()
                 await peer.upload_wakeup.wait()
                 continue
-            req = peer.incoming[0]
+            req = incoming[0]
             if req.index not in self._cache:
                 try:
                     await self._read_piece(req.index)
@@ -630,150 +501,37 @@ class Torrent:
             await peer.proto.wait_writable()
             if peer.closed:
                 return
-            parts: list[bytes | memoryview] = []
+            parts: list[bytes | memoryview | bytearray] = []
+            served: list[m.Request] = []
             size = 0
             cache = self._cache
-            ss = self._ss if self._ss is not None and peer in self._ss else None
-            offer_done = False
-            while peer.incoming and size < (1 << 20):
-                req = peer.incoming[0]
+            while incoming and size < (1 << 20):
+                req = incoming[0]
                 data = cache.get(req.index)
                 if data is None:
                     break  # read it on the next round
-                peer.incoming.popleft()
-                parts.append(_PIECE_HEADER.pack(9 + req.length, 7, req.index, req.begin))
-                parts.append(memoryview(data)[req.begin:req.begin + req.length])
+                incoming.popleft()
+                head, body = send_piece(req.index, req.begin,
+                                        memoryview(data)[req.begin:req.begin + req.length])
+                parts += (head, body)
+                served.append(req)
                 size += req.length
-                if ss is not None and ss.uploaded(peer, req.index, req.length):
-                    offer_done = True
                 if limited:
                     break  # one block per token-bucket charge
             if not parts:
                 await asyncio.sleep(0)  # never spin without yielding
                 continue
             peer.proto.writelines(parts)
-            now = time.monotonic()
-            peer.last_send = now
-            peer.up.add(size, now)
-            self.up.add(size, now)
-            self.uploaded += size
-            if offer_done:
-                self._offer(peer)
+            self.swarm.blocks_sent(peer, served, size, self.clock())
+            self._flush()
             await asyncio.sleep(0)  # let other peers and the network in
 
-    # -- choking ----------------------------------------------------------------------------------
-    def _slots(self) -> int:
-        if self._super_seeding():
-            # Every interested peer gets its share of distinct pieces (the fluid schedule
-            # that reaches the peer-to-peer bound): round-robin turns would leave offers idle.
-            return max(self.settings.unchoke_slots, len(self.peers))
-        return self.settings.unchoke_slots
-
-    # -- super-seeding --------------------------------------------------------------------------
-    def _super_seeding(self) -> bool:
-        """Whether peers connecting now are super-seeded (we seed, and the setting is on)."""
-        if not self.settings.super_seeding or self.num_have != self.meta.num_pieces:
-            return False
-        if self._ss is None:
-            self._ss = SuperSeeder(self.meta.num_pieces, self.meta.piece_size,
-                                   self.picker.availability, self.rng)
-        return True
-
-    def _offer(self, peer: Peer) -> None:
-        """Show the peer new pieces (Have) until it holds its window of open offers: about
-        ``super_seed_window`` seconds of what we send it, at least two pieces."""
-        ss = self._ss
-        if ss is None or peer.closed or peer.is_seed:
-            return
-        rate = peer.up.rate(time.monotonic())
-        window = max(2, int(rate * self.settings.super_seed_window / self.meta.piece_length) + 1)
-        for index in ss.top_up(peer, peer.have, window):
-            peer.send(m.Have(index))
-
-    def _rechoke(self) -> None:
-        now = time.monotonic()
-        seeding = self.state is TorrentState.SEEDING
-        stats = [
-            PeerStats(peer=p, interested=p.conn.peer_interested,
-                      download_rate=p.down.rate(now), upload_rate=p.up.rate(now),
-                      is_seed=p.is_seed, snubbed=p.snubbed, connected_at=p.connected_at)
-            for p in self.peers
-        ]
-        settings = ChokerSettings(slots=self._slots(),
-                                  optimistic_interval=self.settings.optimistic_unchoke_interval,
-                                  seeding=seeding)
-        decision = choose_unchoked(stats, now, settings, self.rng, self._choke)
-        self._choke = decision
-        unchoke = set(decision.unchoked)
-        for peer in list(self.peers):
-            if peer in unchoke and peer.conn.am_choking:
-                peer.send(m.Unchoke())
-            elif peer not in unchoke and not peer.conn.am_choking:
-                peer.send(m.Choke())
-                if peer.fast:
-                    for req in peer.incoming:
-                        peer.send(m.RejectRequest(req.index, req.begin, req.length))
-                peer.incoming.clear()
-
-    async def _choker_loop(self) -> None:
+    # -- time, trackers, resume ------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
         while not self._stopping:
-            self._rechoke()
-            await asyncio.sleep(self.settings.rechoke_interval)
-
-    # -- housekeeping ------------------------------------------------------------------------
-    async def _maintenance_loop(self) -> None:
-        s = self.settings
-        while not self._stopping:
+            self.swarm.tick(self.clock())
+            self._flush()
             await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for peer in list(self.peers):
-                if now - peer.last_recv > s.peer_timeout:
-                    peer.close("peer timed out")
-                    continue
-                stale = [b for b, t in peer.requested.items() if now - t > s.request_timeout]
-                if stale:
-                    peer.snubbed = True
-                    for b in stale:
-                        del peer.requested[b]
-                        self.picker.request_failed(peer, b)
-                if now - peer.last_send > s.keepalive_interval:
-                    peer.send(m.KeepAlive())
-                peer.queue_target = self._queue_target(peer)
-                self._update_interest(peer)
-                self._fill_requests(peer)
-
-    async def _connector_loop(self) -> None:
-        """Dial candidate peers while below the connection limit; retry direct peers."""
-        retry_at: dict[tuple[str, int], float] = {}
-        while not self._stopping:
-            now = time.monotonic()
-            connected = {p.addr for p in self.peers}
-            if self.state is TorrentState.DOWNLOADING:
-                for addr in self.direct_peers:
-                    if addr not in connected and addr not in self.candidates \
-                            and retry_at.get(addr, 0) <= now:
-                        self.candidates.append(addr)
-            while self.candidates and (
-                    len(self.peers) + len(self.connecting)
-                    < self.settings.max_connections_per_torrent):
-                addr = self.candidates.popleft()
-                if addr in connected or addr in self.connecting or addr == self.session.listen_addr:
-                    continue
-                retry_at[addr] = now + 5.0
-                self.connecting.add(addr)
-                self._spawn(self._dial(addr))
-            await asyncio.sleep(1.0)
-
-    async def _dial(self, addr: tuple[str, int]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: PeerProtocol(self.session, self), *addr),
-                self.settings.handshake_timeout)
-        except (OSError, TimeoutError) as exc:
-            log.debug("%s: could not connect to %s: %s", self.meta.name, addr, exc)
-        finally:
-            self.connecting.discard(addr)
 
     async def _resume_loop(self) -> None:
         last = self.num_have
@@ -783,93 +541,47 @@ class Torrent:
                 last = self.num_have
                 await self.save_resume()
 
-    async def _announce(self, event: str | None) -> int | None:
-        """One announce; returns the interval to wait, or None when every tracker failed."""
+    async def _announce_once(self, event: str | None) -> Any:
         from swarmhub.discovery.tracker import AnnounceRequest
 
-        tiers = self.session.tracker_tiers(self)
-        left = self.meta.total_length - self.status().bytes_have
+        tiers = self.session.tracker_tiers(self.meta.info_hash, self.tracker_tiers)
+        left = self.meta.total_length - self.swarm.bytes_have()
         req = AnnounceRequest(
             info_hash=self.meta.info_hash, peer_id=self.session.peer_id,
             port=self.session.listen_port, uploaded=self.uploaded, downloaded=self.downloaded,
             left=max(0, left), event=event, numwant=50, compact=True, key=None,
             tracker_id=None, ip=None,
         )
-        try:
-            resp = await tiers.announce(await self.session.http(), req)
-        except TrackerError as exc:
-            log.warning("%s: tracker: %s", self.meta.name, exc)
-            return None
-        if self.state is TorrentState.DOWNLOADING:
-            self._tracker_seeds = resp.complete or 0
-        for addr in resp.peers:
-            if addr != self.session.listen_addr and addr not in self.candidates:
-                self.candidates.append(addr)
-        return max(resp.min_interval or 0, resp.interval, 5)
+        return await tiers.announce(await self.session.http(), req)
 
-    async def _tracker_loop(self) -> None:
-        """Announce started, then every interval; a failing tracker is retried with
-        backoff from 5 s (a tracker that starts after us is found quickly)."""
-        event: str | None = "started"
-        backoff = 5.0
+    async def _announce(self, event: str | None) -> None:
+        """One announce the core asked for; its answer (or failure) goes back to the core."""
         try:
-            while not self._stopping:
-                interval = await self._announce(event)
-                if interval is None:
-                    wait, backoff = backoff, min(backoff * 2, 300.0)
-                else:
-                    event, backoff = None, 5.0
-                    wait = min(interval, 1800)
-                deadline = time.monotonic() + wait
-                started = time.monotonic()
-                while time.monotonic() < deadline and not self._stopping:
-                    await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-                    if self.state is TorrentState.DOWNLOADING and not self.peers \
-                            and not self.candidates and time.monotonic() - started > 15:
-                        break  # starving: ask again sooner, but not more than every 15 s
-        finally:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._announce("stopped"), 5)
+            resp = await self._announce_once(event)
+        except SwarmhubError as exc:  # TrackerError, or the session closing under us
+            log.warning("%s: tracker: %s", self.meta.name, exc)
+            self.swarm.tracker_failed(self.clock(), str(exc))
+            return
+        self.swarm.tracker_response(
+            self.clock(), interval=max(resp.min_interval or 0, resp.interval),
+            peers=resp.peers, seeds=resp.complete)
+        self._flush()
 
     # -- web seeds (BEP 19) ---------------------------------------------------------------------
-    def _webseed_batch(self) -> list[int]:
-        """Pieces for a web seed: what the connected swarm lacks (or everything missing when
-        no peer is sending anything), as one run of adjacent pieces -> few large requests.
-
-        When the tracker counts a seed and we have peers, a piece no peer shows us may still
-        be on its way from a super-seeding seed (the hub's own peer hides what it has): then
-        the web seed waits until the peers go idle, or every client would fetch over HTTP
-        exactly the pieces the seed has not handed out yet."""
-        peers_idle = self.down.rate(time.monotonic()) <= self.webseed_rate()
-        hidden_seed = self._tracker_seeds > 0 and bool(self.peers)
-        limit = max(1, self.settings.web_seed_batch_bytes // self.meta.piece_length)
-        batch: list[int] = []
-        for i in range(self.meta.num_pieces):
-            ok = (not self.have[i] and i not in self.buffers and i not in self._ws_reserved
-                  and (peers_idle or (self.picker.availability(i) == 0 and not hidden_seed)))
-            if ok and (not batch or batch[-1] == i - 1):
-                batch.append(i)
-                if len(batch) >= limit:
-                    break
-            elif batch:
-                break
-        return batch
-
     def webseed_rate(self) -> float:
         """Recent web-seed bytes/s (kept apart so peers' share can be told from the hub's)."""
-        return self._ws_meter.rate(time.monotonic())
+        return self.swarm.webseed_meter.rate(self.clock())
 
     async def _webseed_loop(self, url: str) -> None:
-        """Fetch from one web seed while downloading; peers get a head start."""
+        """Fetch what the core picks from one web seed while downloading; peers first."""
         from swarmhub.engine.webseed import WebSeed, WebSeedBusy, WebSeedError
 
         ws = WebSeed(url, self.meta, await self.session.http(),
                      max_request=self.settings.web_seed_request_size)
         await self._sleep(self.settings.web_seed_grace)
-        loop = asyncio.get_running_loop()
         failures, backoff = 0, 5.0
         while self.state is TorrentState.DOWNLOADING and not self._stopping and not ws.banned:
-            batch = self._webseed_batch()
+            batch = self.swarm.webseed_batch(self.clock(), self._ws_reserved)
             if not batch:
                 await self._sleep(0.5)
                 continue
@@ -879,22 +591,13 @@ class Torrent:
                     async for index, buf in pieces:
                         if self.have[index]:
                             continue
-                        self._unverified += len(buf)
-                        try:
-                            ok, _ = await loop.run_in_executor(
-                                self.session.disk_pool, self._check_and_write, index, buf,
-                                False)
-                        finally:
-                            self._unverified -= len(buf)
+                        ok, _ = await self._check_and_write(index, buf, False)
                         if ok:
-                            now = time.monotonic()
-                            self.webseed_bytes += len(buf)
-                            self.downloaded += len(buf)
-                            self.down.add(len(buf), now)
-                            self._ws_meter.add(len(buf), now)
-                            self._piece_passed(index)
+                            self.buffers.pop(index, None)
+                            self.swarm.webseed_piece(index, len(buf), self.clock())
+                            self._flush()
                         else:
-                            self.hash_failures += 1
+                            self.swarm.hash_failures += 1
                             if ws.strike(index):
                                 break
                 failures, backoff = 0, 5.0
@@ -916,9 +619,9 @@ class Torrent:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when the torrent stops or completes."""
-        end = time.monotonic() + seconds
+        end = self.clock() + seconds
         while not self._stopping and self.state is TorrentState.DOWNLOADING:
-            left = end - time.monotonic()
+            left = end - self.clock()
             if left <= 0:
                 return
             await asyncio.sleep(min(left, 0.25))

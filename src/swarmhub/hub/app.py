@@ -131,8 +131,7 @@ class Seeder:
 
         # The hub's upload cap holds for its peer too, not only for HTTP: under load the
         # swarm, not the hub, must carry the traffic.
-        settings = Settings(enable_dht=False, enable_lsd=False,
-                            upload_rate_limit=int(self.hub.config.upload_rate or 0))
+        settings = Settings(upload_rate_limit=int(self.hub.config.upload_rate or 0))
         try:
             async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state",
                                peer_filter=self.admit) as s:
@@ -262,13 +261,11 @@ class Seeder:
             self._register(torrent)
 
     async def remove(self, record: FileRecord) -> None:
-        """Stop seeding a deleted file (the Session keeps a stopped entry until restart)."""
+        """Stop seeding a deleted file and forget its swarms, so a re-publish seeds again."""
         if self.session is None:
             return
         for h in record.swarm_hashes:
-            torrent = self.session.torrents.get(h)
-            if torrent is not None:
-                await torrent.stop()
+            await self.session.remove(h)
 
     def uploaded(self) -> int:
         session = self.session

@@ -148,6 +148,7 @@ _FAST_IDS = frozenset(
 
 _U32_FROM = struct.Struct(">I").unpack_from
 _II_FROM = struct.Struct(">II").unpack_from
+_PIECE_HEADER = struct.Struct(">IBII")
 _KEEPALIVE = KeepAlive()
 # Compact the receive buffer once this much of its front has been consumed: rarely
 # enough to stay cheap, often enough to keep memory near one message plus one read.
@@ -345,6 +346,19 @@ class PeerConnection:
             self.am_interested = False
         return data
 
+    def send_piece(
+        self, index: int, begin: int, data: bytes | bytearray | memoryview
+    ) -> tuple[bytes, bytes | bytearray | memoryview]:
+        """A Piece message as ``(header, data)`` for ``writelines``: the block itself is
+        not copied (an upload is mostly these). Checked like :meth:`send`."""
+        phase = self.our_phase
+        if phase is not Phase.OPEN and phase is not Phase.FIRST:
+            raise LocalProtocolError(f"cannot send Piece in state {phase.name}")
+        length = len(data)
+        self._check_block("Piece", index, begin, length, LocalProtocolError)
+        self.our_phase = Phase.OPEN
+        return _PIECE_HEADER.pack(9 + length, MessageId.PIECE, index, begin), data
+
     # ------------------------------------------------------------------ receiving
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -404,10 +418,12 @@ class PeerConnection:
                     raise self._fail(f"peer sent a Piece with a {length - 1}-byte payload")
                 index, begin = _II_FROM(buf, pos + 5)
                 n = self.num_pieces
+                pl = self._piece_length
                 if (
                     (n is not None and index >= n)
                     or not 0 < length - 9 <= self.max_block_length
-                    or self._piece_length is not None
+                    or (pl is not None and begin + length - 9 > pl)
+                    or (n is not None and index == n - 1 and pl is not None)
                 ):
                     try:
                         self._check_block("Piece", index, begin, length - 9, RemoteProtocolError)

@@ -1,0 +1,186 @@
+"""Per-peer bookkeeping of the swarm core, and the rate meter it uses (sans-IO).
+
+Everything the swarm knows about one connected peer lives in one slotted
+:class:`PeerState`: what it has, our requests to it, its requests to us, choke and
+interest in both directions, rates, and the times that drive timeouts and eviction.
+Times are the driver's clock values, passed in; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Hashable, Iterator
+
+from swarmhub.engine.picker import Block
+from swarmhub.wire import messages as m
+
+__all__ = ["PeerState", "RateMeter", "RequestQueue"]
+
+
+class RateMeter:
+    """Bytes per second over a sliding window of about ``window`` seconds.
+
+    Samples are bucketed per 0.1 s and a running sum is kept, so ``add`` and ``rate``
+    cost O(1) amortised on the per-block hot path.
+    """
+
+    __slots__ = ("_samples", "_sum", "_window", "total")
+
+    def __init__(self, window: float = 5.0) -> None:
+        self._window = window
+        self._samples: collections.deque[list[float]] = collections.deque()
+        self._sum = 0
+        self.total = 0
+
+    def add(self, n: int, now: float) -> None:
+        self.total += n
+        self._sum += n
+        samples = self._samples
+        if samples and now - samples[-1][0] < 0.1:
+            samples[-1][1] += n
+        else:
+            samples.append([now, n])
+
+    def rate(self, now: float) -> float:
+        samples = self._samples
+        while samples and now - samples[0][0] > self._window:
+            self._sum -= int(samples.popleft()[1])
+        if not samples:
+            return 0.0
+        span = max(1.0, now - samples[0][0]) if len(samples) > 1 else 1.0
+        return self._sum / min(span, self._window)
+
+
+class RequestQueue:
+    """A peer's piece requests to us, in order, with the total bytes they ask for.
+
+    Behaves like the ``deque`` it replaces (``append``, ``popleft``, ``remove``, ``clear``,
+    indexing, iteration) and adds :attr:`bytes` and :meth:`fits`.
+    """
+
+    __slots__ = ("_q", "bytes")
+
+    def __init__(self) -> None:
+        self._q: collections.deque[m.Request] = collections.deque()
+        self.bytes = 0
+
+    def fits(self, length: int, limit: int) -> bool:
+        """Whether a request for ``length`` more bytes keeps the queue within ``limit``."""
+        return self.bytes + length <= limit
+
+    def append(self, req: m.Request) -> None:
+        self._q.append(req)
+        self.bytes += req.length
+
+    def popleft(self) -> m.Request:
+        req = self._q.popleft()
+        self.bytes -= req.length
+        return req
+
+    def remove(self, req: m.Request) -> None:
+        """Remove the first equal request; ValueError if there is none (like ``deque``)."""
+        self._q.remove(req)
+        self.bytes -= req.length
+
+    def clear(self) -> None:
+        self._q.clear()
+        self.bytes = 0
+
+    def __getitem__(self, i: int) -> m.Request:
+        return self._q[i]
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def __bool__(self) -> bool:
+        return bool(self._q)
+
+    def __iter__(self) -> Iterator[m.Request]:
+        return iter(self._q)
+
+
+class PeerState:
+    """One connected peer as the swarm core sees it (the driver reads, the core writes)."""
+
+    __slots__ = (
+        "addr",
+        "am_choking",
+        "am_interested",
+        "closed",
+        "connected_at",
+        "down",
+        "fast",
+        "handle",
+        "has_all",
+        "have",
+        "incoming",
+        "key",
+        "last_data",
+        "last_recv",
+        "last_send",
+        "num_have",
+        "peer_choking",
+        "peer_id",
+        "peer_interested",
+        "queue_target",
+        "reqq",
+        "requested",
+        "snubbed",
+        "target_at",
+        "unchoked_us",
+        "up",
+    )
+
+    def __init__(
+        self,
+        handle: Hashable,
+        addr: tuple[str, int],
+        peer_id: bytes,
+        key: Hashable,
+        num_pieces: int,
+        *,
+        fast: bool,
+        now: float,
+        queue_target: int,
+    ) -> None:
+        self.handle = handle
+        self.addr = addr
+        self.peer_id = peer_id
+        #: what bans apply to (the IP, or IP + peer id on loopback)
+        self.key = key
+        #: BEP 6 negotiated: rejects instead of silent drops, HaveAll/HaveNone
+        self.fast = fast
+        self.connected_at = now
+        self.last_recv = now
+        self.last_send = now
+        #: last time payload moved either way (idle peers are evicted first)
+        self.last_data = now
+        self.has_all = False
+        self.num_have = 0
+        self.have = bytearray(num_pieces)
+        #: blocks we asked this peer for -> when we asked
+        self.requested: dict[Block, float] = {}
+        #: requests the peer made that we accepted, in order (the driver serves them)
+        #: Blocks the peer asked us for, in order (bounded by count and by bytes).
+        self.incoming = RequestQueue()
+        self.down = RateMeter()
+        self.up = RateMeter()
+        #: the peer's BEP 10 ``reqq`` (we keep fewer requests outstanding)
+        self.reqq = 250
+        self.queue_target = queue_target
+        self.target_at = 0.0
+        self.snubbed = False
+        self.am_choking = True
+        self.am_interested = False
+        self.peer_choking = True
+        self.peer_interested = False
+        #: the peer unchoked us at least once (a stalled download says why)
+        self.unchoked_us = False
+        self.closed = False
+
+    @property
+    def is_seed(self) -> bool:
+        return self.has_all or self.num_have == len(self.have)
+
+    def __repr__(self) -> str:
+        return f"<PeerState {self.addr[0]}:{self.addr[1]} have={self.num_have}>"

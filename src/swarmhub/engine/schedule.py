@@ -1,0 +1,111 @@
+"""When to announce and whom to dial: the swarm core's timetables (sans-IO).
+
+:class:`TrackerSchedule` — announce ``started`` at once, then every interval the tracker
+asks for (at least 5 s, at most 30 min); a failed announce is retried with backoff from
+5 s doubling to 5 min, so a tracker that starts after us is found within seconds, and a
+download that has run out of peers asks again after 15 s instead of a whole interval.
+
+:class:`Dialer` — a queue of candidate addresses (tracker answers, direct peers) dialled
+while the torrent has room; direct peers are put back when their connection is gone,
+no more often than every ``retry`` seconds.
+
+Both take ``now`` from the caller; neither reads a clock.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+
+__all__ = ["Dialer", "TrackerSchedule"]
+
+Addr = tuple[str, int]
+
+
+class TrackerSchedule:
+    """Announce timing for one torrent's tracker tiers."""
+
+    MIN_INTERVAL = 5.0
+    MAX_INTERVAL = 1800.0
+    MAX_BACKOFF = 300.0
+    STARVING_AFTER = 15.0
+
+    def __init__(self, now: float) -> None:
+        self.due = now
+        self.event: str | None = "started"
+        self.backoff = self.MIN_INTERVAL
+        self.in_flight = False
+        self.last = now
+        #: a ``started`` announce went through (so ``stopped`` means something)
+        self.announced = False
+        #: why the last announce failed, for a stalled download's message
+        self.last_error: str | None = None
+
+    def poll(self, now: float, starving: bool) -> str | bool | None:
+        """False when no announce is due; else the event to announce (a str or None)."""
+        if self.in_flight:
+            return False
+        if starving and now - self.last >= self.STARVING_AFTER:
+            self.due = min(self.due, now)
+        if now < self.due:
+            return False
+        self.in_flight = True
+        self.last = now
+        return self.event
+
+    def succeeded(self, now: float, interval: float) -> None:
+        self.in_flight = False
+        self.announced = True
+        self.event = None
+        self.backoff = self.MIN_INTERVAL
+        self.last_error = None
+        self.due = now + min(max(interval, self.MIN_INTERVAL), self.MAX_INTERVAL)
+
+    def failed(self, now: float, why: str) -> None:
+        self.in_flight = False
+        self.last_error = why
+        self.due = now + self.backoff
+        self.backoff = min(self.backoff * 2, self.MAX_BACKOFF)
+
+
+class Dialer:
+    """Candidate addresses and the dials in progress."""
+
+    def __init__(self, direct: Iterable[Addr], retry: float = 5.0) -> None:
+        self.direct = list(direct)
+        self.candidates: collections.deque[Addr] = collections.deque(self.direct)
+        self._queued = set(self.direct)
+        self.connecting: set[Addr] = set()
+        self.retry = retry
+        self._retry_at: dict[Addr, float] = {}
+        #: addresses that are us (never dialled)
+        self.own: set[Addr] = set()
+
+    def add(self, addrs: Iterable[Addr]) -> None:
+        for addr in addrs:
+            if addr not in self._queued and addr not in self.own:
+                self._queued.add(addr)
+                self.candidates.append(addr)
+
+    def requeue_direct(self, now: float, connected: set[Addr]) -> None:
+        for addr in self.direct:
+            if (addr not in connected and addr not in self._queued
+                    and addr not in self.connecting and self._retry_at.get(addr, 0.0) <= now):
+                self._queued.add(addr)
+                self.candidates.append(addr)
+
+    def next(self, now: float, connected: set[Addr], room: int) -> list[Addr]:
+        """Addresses to dial now, at most ``room``."""
+        out: list[Addr] = []
+        while self.candidates and len(out) < room:
+            addr = self.candidates.popleft()
+            self._queued.discard(addr)
+            if addr in connected or addr in self.connecting or addr in self.own:
+                continue
+            self._retry_at[addr] = now + self.retry
+            self.connecting.add(addr)
+            out.append(addr)
+        return out
+
+    def done(self, addr: Addr) -> None:
+        self.connecting.discard(addr)

@@ -1,0 +1,73 @@
+"""What the asyncio pieces of the engine need from each other, as small Protocols.
+
+The session owns shared resources (listening sockets, thread pools, HTTP client, global
+limits); a torrent drives one swarm; a peer connection moves bytes. Each depends on the
+*shape* of the one above it, written here, not on its module — so ``engine.torrent``,
+``engine.peer`` and ``engine.session`` import in one direction only (session -> torrent
+-> peer -> services), and tests can hand in fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from swarmhub.metainfo.model import Metainfo
+from swarmhub.settings import Settings
+from swarmhub.wire import messages as m
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from swarmhub.discovery.tracker import TrackerTiers
+
+__all__ = ["PeerHost", "PeerServices", "TorrentServices"]
+
+
+class PeerHost(Protocol):
+    """What a peer connection needs from its torrent."""
+
+    meta: Metainfo
+    settings: Settings
+
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes,
+                   outgoing: bool = False) -> str | None: ...
+    def on_peer_connected(self, peer: Any) -> None: ...
+    def on_peer_disconnected(self, peer: Any, reason: str) -> None: ...
+    def on_message(self, peer: Hashable, msg: m.Message) -> None: ...
+    def on_block(self, peer: Hashable, msg: m.Piece) -> None: ...
+    def on_reqq(self, peer: Hashable, reqq: int) -> None: ...
+    def hashes_for(self, req: m.HashRequest) -> bytes | None: ...
+
+
+class PeerServices(Protocol):
+    """What a peer connection needs from the session."""
+
+    settings: Settings
+    peer_id: bytes
+    reserved: bytes
+    listen_port: int
+    pending: set[Any]
+
+    def torrent_for_hash(self, info_hash: bytes) -> PeerHost | None: ...
+    def handshake_for(self, torrent: PeerHost) -> m.Handshake: ...
+
+
+class TorrentServices(PeerServices, Protocol):
+    """What a torrent needs from the session."""
+
+    state_dir: Path
+    disk_pool: ThreadPoolExecutor
+    hash_pool: ThreadPoolExecutor
+    hash_threads: int
+    listen_addr: tuple[str, int]
+    peer_count: int
+    #: ``(info_hash, addr, peer_id, outgoing) -> refusal or None`` (None: admit all)
+    peer_filter: Callable[[bytes, tuple[str, int], bytes, bool], str | None] | None
+
+    async def http(self) -> aiohttp.ClientSession: ...
+    def tracker_tiers(self, info_hash: bytes, tiers: list[list[str]]) -> TrackerTiers: ...
+    def charge_download(self, n: int, now: float) -> float: ...
+    async def charge_upload(self, n: int) -> None: ...

@@ -1,0 +1,677 @@
+"""One torrent's swarm, sans-IO: events in, actions out, clock and rng injected.
+
+The :class:`Swarm` owns every decision the old asyncio ``Torrent`` mixed with sockets:
+what we have, which blocks to ask whom for (:class:`~swarmhub.engine.picker.PiecePicker`),
+whom to upload to (:func:`~swarmhub.engine.choker.choose_unchoked`), super-seeding
+offers, per-peer state (:class:`~swarmhub.engine.peerstate.PeerState`), request-queue
+sizing, strikes and bans, which pieces a web seed should fetch, and when to announce and
+whom to dial (:mod:`~swarmhub.engine.schedule`). A driver (the asyncio torrent, or the
+lab's virtual-time simulator) reports events — ``connected``, ``message``, ``block``,
+``blocks_sent``, ``piece_verified``, ``tick``, ``tracker_response`` … each with ``now`` —
+and carries out the :mod:`~swarmhub.engine.actions` it drains with :meth:`Swarm.take`::
+
+    swarm = Swarm(num_pieces, piece_length, total_length, settings, rng=rng, now=clock())
+    swarm.connected(peer, addr, peer_id, fast=True, now=clock())
+    swarm.message(peer, Unchoke(), now=clock())
+    if swarm.block(peer, index, begin, len(data), clock()):
+        buffers[index][begin:begin + len(data)] = data   # keep it before acting
+    for action in swarm.take():
+        match action:
+            case Send(peer, messages): ...                # encode with the wire core
+            case Verify(index, want_digests): ...         # hash, write, piece_verified()
+    swarm.tick(clock())                                  # about once a second
+
+Strikes and bans follow :mod:`~swarmhub.engine.integrity`; on a ban the core also drops
+the banned peer's blocks from every unfinished piece, so an honest seeder is never
+blamed for a liar's blocks.
+
+No sockets, no tasks, no clock reads, no logging: notices (bans, failures) are actions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Container, Hashable, Iterable, Mapping
+from typing import Any
+
+from swarmhub.engine.actions import (
+    Action,
+    Announce,
+    Banned,
+    Broadcast,
+    Close,
+    Completed,
+    Connect,
+    PieceFailed,
+    Send,
+    Serve,
+    Verify,
+)
+from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, choose_unchoked
+from swarmhub.engine.integrity import Integrity
+from swarmhub.engine.peerstate import PeerState, RateMeter
+from swarmhub.engine.picker import Block, PiecePicker
+from swarmhub.engine.schedule import Dialer, TrackerSchedule
+from swarmhub.engine.superseed import SuperSeeder
+from swarmhub.settings import Settings
+from swarmhub.wire import messages as m
+
+__all__ = ["BLOCK_SIZE", "Swarm", "ban_key"]
+
+BLOCK_SIZE = 16 * 1024
+_KEEPALIVE = (m.KeepAlive(),)
+_INTERESTED = (m.Interested(),)
+_NOT_INTERESTED = (m.NotInterested(),)
+_CHOKE = (m.Choke(),)
+_UNCHOKE = (m.Unchoke(),)
+
+
+def ban_key(addr: tuple[str, int], peer_id: bytes) -> Hashable:
+    """Peers are banned by IP, except on loopback where every test peer shares one."""
+    if addr[0].startswith("127.") or addr[0] == "::1":
+        return (addr[0], peer_id)
+    return addr[0]
+
+
+class Swarm:
+    """The swarm state of one torrent; see the module docstring."""
+
+    def __init__(
+        self,
+        num_pieces: int,
+        piece_length: int,
+        total_length: int,
+        settings: Settings,
+        *,
+        rng: random.Random,
+        now: float,
+        pad_blocks: Iterable[tuple[int, int]] = (),
+        have: bytes | bytearray | None = None,
+        peers: Iterable[tuple[str, int]] = (),
+        trackers: bool = False,
+    ) -> None:
+        self.num_pieces = num_pieces
+        self.piece_length = piece_length
+        self.total_length = total_length
+        self.settings = settings
+        self.rng = rng
+        pads = list(pad_blocks)
+        self.picker = PiecePicker(num_pieces, piece_length, total_length, rng=rng,
+                                  pad_blocks=pads)
+        #: bytes of each piece that lie in pad blocks (nobody requests those)
+        self._pad_bytes: dict[int, int] = {}
+        for index, begin in pads:
+            size = min(BLOCK_SIZE, self.piece_size(index) - begin)
+            self._pad_bytes[index] = self._pad_bytes.get(index, 0) + size
+        self.have = bytearray(num_pieces)
+        self.num_have = 0
+        if have is not None:
+            self.load_have(have)
+        self.peers: dict[Hashable, PeerState] = {}
+        self.integrity = Integrity(settings.hash_fail_ban_threshold)
+        #: ban keys refused from now on, and strikes (see :mod:`~swarmhub.engine.integrity`)
+        self.banned = self.integrity.banned
+        self.strikes = self.integrity.strikes
+        self.hash_failures = 0
+        self.down, self.up, self.webseed_meter = RateMeter(), RateMeter(), RateMeter()
+        self.downloaded = self.uploaded = self.webseed_bytes = 0
+        #: seeds the tracker counts (a super-seeding seed shows us only part of what it has)
+        self.tracker_seeds = 0
+        self.tracker = TrackerSchedule(now) if trackers else None
+        self.dialer = Dialer(peers)
+        #: False once the driver stops or fails the torrent: no more requests or dials
+        self.active = True
+        self._src: dict[int, dict[int, Hashable]] = {}  # unfinished piece -> begin -> key
+        self._verifying: dict[int, dict[int, Hashable]] = {}
+        self._unverified = 0
+        self._choke = ChokeDecision(frozenset(), None, 0.0)
+        self._rechoke_at = now
+        self._ss: SuperSeeder | None = None
+        self._out: list[Action] = []
+
+    def load_have(self, have: bytes | bytearray) -> None:
+        """Pieces we hold already (resume data, a recheck, a seed), before peers come."""
+        for i in range(self.num_pieces):
+            if have[i] and not self.have[i]:
+                self.have[i] = 1
+                self.picker.we_have(i)
+        self.num_have = sum(self.have)
+
+    # -- the outbox ------------------------------------------------------------------------
+    def take(self) -> list[Action]:
+        """The actions queued since the last call, in order (the driver carries them out)."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    def _send(self, ps: PeerState, msgs: tuple[m.Message, ...], now: float) -> None:
+        if not ps.closed:
+            self._out.append(Send(ps.handle, msgs))
+            ps.last_send = now
+
+    def _close(self, ps: PeerState, reason: str) -> None:
+        if not ps.closed:
+            ps.closed = True
+            self._out.append(Close(ps.handle, reason))
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return self.num_have == self.num_pieces
+
+    @property
+    def downloading(self) -> bool:
+        return self.active and self.num_have < self.num_pieces
+
+    def piece_size(self, index: int) -> int:
+        return min(self.piece_length, self.total_length - index * self.piece_length)
+
+    def bytes_have(self) -> int:
+        if self.complete:
+            return self.total_length
+        return sum(self.piece_size(i) for i in range(self.num_pieces) if self.have[i])
+
+    def peer(self, handle: Hashable) -> PeerState:
+        return self.peers[handle]
+
+    def stall_reason(self) -> str | None:
+        """Why a download is not moving, in words for the user (None when complete)."""
+        if self.complete:
+            return None
+        if self.banned and not self.peers:
+            return (f"every peer that sent data was banned ({len(self.banned)} banned, "
+                    f"{self.hash_failures} pieces failed their hash check)")
+        if self.peers:
+            if not any(ps.unchoked_us for ps in self.peers.values()):
+                return f"{len(self.peers)} peers connected, but none ever unchoked us"
+            if not any(self.picker.interesting(h) for h in self.peers):
+                return f"{len(self.peers)} peers connected, but none has a piece we lack"
+            return None
+        error = self.tracker.last_error if self.tracker is not None else None
+        return "no peers connected" + (f" (tracker: {error})" if error else "")
+
+    # -- peers come and go -----------------------------------------------------------------
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes, now: float) -> str | None:
+        """Why a new peer cannot join (None: it can). At the per-torrent cap, the least
+        useful idle peer (no interest and no data either way for ``peer_idle_evict``
+        seconds) is closed to make room, so idle peers cannot lock everyone out."""
+        if not self.active:
+            return "torrent is not active"
+        if ban_key(addr, peer_id) in self.banned:
+            return "peer is banned"
+        if any(ps.peer_id == peer_id for ps in self.peers.values()):
+            return "already connected to this peer"
+        live = sum(1 for ps in self.peers.values() if not ps.closed)
+        if live >= self.settings.max_connections_per_torrent:
+            limit = now - self.settings.peer_idle_evict
+            idle = [ps for ps in self.peers.values()
+                    if not ps.closed and not ps.peer_interested and not ps.am_interested
+                    and ps.last_data <= limit]
+            if not idle:
+                return "too many connections for this torrent"
+            victim = min(idle, key=lambda ps: ps.last_data)
+            self._close(victim, "evicted: idle, and a new peer needed the slot")
+        return None
+
+    def connected(self, handle: Hashable, addr: tuple[str, int], peer_id: bytes, *,
+                  fast: bool, now: float) -> PeerState:
+        """A handshake completed (the driver sent its extension handshake already)."""
+        s = self.settings
+        ps = PeerState(handle, addr, peer_id, ban_key(addr, peer_id), self.num_pieces,
+                       fast=fast, now=now, queue_target=s.min_request_queue)
+        self.peers[handle] = ps
+        if self._super_seeding():
+            assert self._ss is not None
+            self._ss.add_peer(handle)
+            if fast:  # else say nothing: an empty Bitfield may be left out (BEP 3)
+                self._send(ps, (m.HaveNone(),), now)
+            self._offer(ps, now)
+        elif self.complete and fast:
+            self._send(ps, (m.HaveAll(),), now)
+        elif self.num_have == 0 and fast:
+            self._send(ps, (m.HaveNone(),), now)
+        elif self.num_have:
+            self._send(ps, (m.Bitfield(m.bitfield_from_bools(self.have)),), now)
+        return ps
+
+    def disconnected(self, handle: Hashable, now: float) -> None:
+        ps = self.peers.pop(handle, None)
+        if ps is None:
+            return
+        ps.closed = True
+        self.picker.peer_gone(handle)
+        if self._ss is not None:
+            self._ss.remove_peer(handle)
+        ps.requested.clear()
+        ps.incoming.clear()
+        self._fill_all(now)
+
+    def set_reqq(self, handle: Hashable, reqq: int) -> None:
+        """The peer's BEP 10 handshake said how many requests it queues."""
+        ps = self.peers.get(handle)
+        if ps is not None and reqq:
+            ps.reqq = max(2, reqq)
+
+    # -- messages --------------------------------------------------------------------------
+    def message(self, handle: Hashable, msg: m.Message, now: float) -> None:
+        """Any message but Piece (see :meth:`block`), already checked by the wire core."""
+        ps = self.peers.get(handle)
+        if ps is None or ps.closed:
+            return
+        ps.last_recv = now
+        match msg:
+            case m.Request():
+                self._on_request(ps, msg, now)
+            case m.Have(index=index):
+                if not ps.have[index]:
+                    ps.have[index] = 1
+                    ps.num_have += 1
+                    self._on_have(ps, index, now)
+            case m.Unchoke():
+                ps.peer_choking = False
+                ps.unchoked_us = True
+                ps.queue_target = self._queue_target(ps, now)
+                self._fill(ps, now)
+            case m.Choke():
+                ps.peer_choking = True
+                if not ps.fast:  # BEP 3: a choke discards every pending request
+                    for block in ps.requested:
+                        self.picker.request_failed(handle, block)
+                    ps.requested.clear()
+                    self._fill_all(now)
+            case m.Interested() | m.NotInterested():
+                ps.peer_interested = type(msg) is m.Interested
+                unchoked = sum(1 for p in self.peers.values() if not p.am_choking)
+                if ps.peer_interested and ps.am_choking and unchoked < self._slots():
+                    self._rechoke(now)
+            case m.Bitfield(bits=bits):
+                # OR, not replace: a late Bitfield (aria2) must not forget Have messages.
+                n = self.num_pieces
+                theirs = bytes(m.bools_from_bitfield(bits, n))
+                merged = int.from_bytes(ps.have, "big") | int.from_bytes(theirs, "big")
+                ps.have[:] = merged.to_bytes(n, "big")
+                ps.num_have = n - ps.have.count(0)
+                self._on_bitfield(ps, now)
+            case m.HaveAll():
+                ps.has_all = True
+                ps.have[:] = b"\x01" * self.num_pieces
+                ps.num_have = self.num_pieces
+                self._on_bitfield(ps, now)
+            case m.HaveNone():
+                self._on_bitfield(ps, now)
+            case m.Cancel(index=index, begin=begin, length=length):
+                with contextlib.suppress(ValueError):
+                    ps.incoming.remove(m.Request(index, begin, length))
+            case m.RejectRequest(index=index, begin=begin, length=length):
+                block = Block(index, begin, length)
+                if ps.requested.pop(block, None) is not None:
+                    self.picker.request_failed(handle, block)
+            case _:
+                pass  # KeepAlive, Port, Suggest, AllowedFast, Extended: the driver's
+
+    def _on_bitfield(self, ps: PeerState, now: float) -> None:
+        if ps.has_all:
+            self.picker.peer_has_all(ps.handle)
+        else:
+            self.picker.peer_has_bitfield(ps.handle, ps.have)
+        if ps.is_seed and self.complete:
+            self._close(ps, "both sides are seeds")
+            return
+        if self._ss is not None and ps.handle in self._ss:
+            self._offer(ps, now)  # drops offers of pieces it turned out to have
+        self._update_interest(ps, now)
+
+    def _on_have(self, ps: PeerState, index: int, now: float) -> None:
+        self.picker.peer_has(ps.handle, index)
+        if ps.is_seed and self.complete:
+            self._close(ps, "both sides are seeds")
+            return
+        if self._ss is not None and self._ss.peer_has(ps.handle, index):
+            self._offer(ps, now)
+        if not ps.am_interested and not self.have[index]:
+            self._update_interest(ps, now)
+
+    def _update_interest(self, ps: PeerState, now: float) -> None:
+        want = self.downloading and self.picker.interesting(ps.handle)
+        if want and not ps.am_interested:
+            ps.am_interested = True
+            self._send(ps, _INTERESTED, now)
+            self._fill(ps, now)
+        elif not want and ps.am_interested:
+            ps.am_interested = False
+            self._send(ps, _NOT_INTERESTED, now)
+
+    # -- downloading -----------------------------------------------------------------------
+    def _queue_target(self, ps: PeerState, now: float) -> int:
+        s = self.settings
+        target = int(ps.down.rate(now) * s.request_queue_time / BLOCK_SIZE)
+        target = max(s.min_request_queue, min(s.max_request_queue, target))
+        return max(1, min(target, ps.reqq - 1))
+
+    def _fill(self, ps: PeerState, now: float) -> None:
+        """Top the peer's request queue up to its target, in batches (fewer writes)."""
+        if ps.closed or ps.peer_choking or not ps.am_interested or not self.downloading:
+            return
+        target = ps.queue_target
+        want = target - len(ps.requested)
+        if want <= 0 or (ps.requested and want < max(1, target // 8)):
+            return
+        if self._unverified > self.settings.max_unverified_bytes:
+            return  # hashing/disk is behind: let it catch up (bounded memory)
+        blocks = self.picker.pick(ps.handle, want)
+        if not blocks:
+            return
+        requested = ps.requested
+        for b in blocks:
+            requested[b] = now
+        self._send(ps, tuple(m.Request(b.index, b.begin, b.length) for b in blocks), now)
+
+    def _fill_all(self, now: float) -> None:
+        for ps in list(self.peers.values()):
+            self._fill(ps, now)
+
+    def block(self, handle: Hashable, index: int, begin: int, length: int,
+              now: float) -> bool:
+        """A Piece message arrived (the hot path: ~15,000 a second at 250 MB/s). True if
+        the driver should store the data (before carrying out the queued actions: one may
+        be the piece's :class:`Verify`)."""
+        ps = self.peers.get(handle)
+        if ps is None:
+            return False
+        ps.last_recv = ps.last_data = now
+        block = Block(index, begin, length)
+        if ps.requested.pop(block, None) is None:
+            return False  # unrequested, cancelled or late duplicate: drop it
+        ps.down.add(length, now)
+        self.down.add(length, now)
+        self.downloaded += length
+        ps.snubbed = False
+        if now - ps.target_at > 0.25:  # adapt the pipeline to the measured rate
+            ps.target_at = now
+            ps.queue_target = self._queue_target(ps, now)
+        if self.have[index]:
+            return False
+        src = self._src.get(index)
+        if src is None:
+            src = self._src[index] = {}
+        src[begin] = ps.key
+        result = self.picker.block_received(handle, block)
+        for other in result.cancel_peers:
+            ops = self.peers.get(other)
+            if ops is not None and ops.requested.pop(block, None) is not None:
+                self._send(ops, (m.Cancel(index, begin, length),), now)
+        if result.piece_complete:
+            self._verifying[index] = self._src.pop(index)
+            self._unverified += self.piece_size(index)
+            self._out.append(Verify(index, self.integrity.wants_digests(index)))
+        self._fill(ps, now)
+        return True
+
+    def piece_verified(self, index: int, ok: bool, now: float,
+                       digests: Mapping[int, bytes] | None = None) -> None:
+        """The driver hashed piece ``index`` (and wrote it when ``ok``). ``digests``: the
+        SHA-1 of each block by offset, when :class:`Verify` asked for them or it failed."""
+        sources = self._verifying.pop(index, {})
+        was_behind = self._unverified > self.settings.max_unverified_bytes
+        self._unverified -= self.piece_size(index)
+        if self.have[index]:
+            pass  # a web seed finished it meanwhile: nothing to learn from this copy
+        elif ok:
+            for key in self.integrity.passed(index, digests):  # who sent the bad blocks?
+                self._ban(key, f"sent corrupt data for piece {index}", now)
+            self._passed(index, now)
+        else:
+            self.hash_failures += 1
+            self.picker.piece_failed(index)
+            self._out.append(PieceFailed(index, len(set(sources.values()))))
+            verdict = self.integrity.failed(index, sources, digests)
+            if verdict is not None:
+                self._ban(*verdict, now)
+            self._fill_all(now)
+        if was_behind and self._unverified <= self.settings.max_unverified_bytes:
+            self._fill_all(now)
+
+    def _ban(self, key: Hashable, why: str, now: float) -> None:
+        """Ban ``key``: close its connections and drop its blocks from unfinished pieces
+        (they would fail those pieces and blame the peers that sent the rest)."""
+        if not self.integrity.ban(key):
+            return
+        self._out.append(Banned(key, why))
+        for ps in list(self.peers.values()):
+            if ps.key == key:
+                self._close(ps, f"banned: {why}")
+        for index, src in list(self._src.items()):
+            mine = [b for b, k in src.items() if k == key]
+            if mine:
+                for b in mine:
+                    del src[b]
+                self.picker.forget_blocks(index, mine)
+                if not src:
+                    del self._src[index]
+        self._fill_all(now)
+
+    def webseed_piece(self, index: int, nbytes: int, now: float) -> None:
+        """A web seed delivered piece ``index`` and the driver verified and wrote it."""
+        self.webseed_bytes += nbytes
+        self.downloaded += nbytes
+        self.down.add(nbytes, now)
+        self.webseed_meter.add(nbytes, now)
+        self._passed(index, now)
+
+    def _passed(self, index: int, now: float) -> None:
+        if self.have[index]:
+            return
+        self._src.pop(index, None)  # a web seed may finish a piece peers were sending
+        self.have[index] = 1
+        self.num_have += 1
+        self.picker.piece_passed(index)
+        targets = []
+        for h, ps in self.peers.items():
+            if not ps.have[index] and not ps.closed:
+                ps.last_send = now
+                targets.append(h)
+        if targets:
+            self._out.append(Broadcast(tuple(targets), (m.Have(index),)))
+        if self.num_have == self.num_pieces:
+            self._set_complete(now)
+
+    def _set_complete(self, now: float) -> None:
+        for ps in list(self.peers.values()):
+            if ps.is_seed:
+                self._close(ps, "both sides are seeds")
+            elif ps.am_interested:
+                ps.am_interested = False
+                self._send(ps, _NOT_INTERESTED, now)
+        if self.tracker is not None and self.downloaded:
+            self._out.append(Announce("completed"))
+        self._out.append(Completed())
+
+    def webseed_batch(self, now: float, reserved: Container[int]) -> list[int]:
+        """Pieces for a web seed: what the connected swarm lacks (or everything missing
+        when no peer is sending anything), as one run of adjacent pieces -> few large
+        requests. When the tracker counts a seed and we have peers, a piece no peer shows
+        may still come from a super-seeding seed (the hub's peer hides what it has): then
+        the web seed waits until the peers go idle, or every client would fetch over HTTP
+        exactly the pieces the seed has not handed out yet."""
+        peers_idle = self.down.rate(now) <= self.webseed_meter.rate(now)
+        hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
+        limit = max(1, self.settings.web_seed_batch_bytes // self.piece_length)
+        avail = self.picker.availability
+        busy = self._src.keys() | self._verifying.keys()
+        batch: list[int] = []
+        for i in range(self.num_pieces):
+            ok = (not self.have[i] and i not in busy and i not in reserved
+                  and (peers_idle or (avail(i) == 0 and not hidden_seed)))
+            if ok and (not batch or batch[-1] == i - 1):
+                batch.append(i)
+                if len(batch) >= limit:
+                    break
+            elif batch:
+                break
+        return batch
+
+    # -- uploading -------------------------------------------------------------------------
+    def _on_request(self, ps: PeerState, req: m.Request, now: float) -> None:
+        if (ps.am_choking or not self.have[req.index]
+                or len(ps.incoming) >= self.settings.max_outstanding_incoming_requests
+                or not ps.incoming.fits(req.length, self.settings.max_incoming_request_bytes)):
+            if ps.fast:
+                self._send(ps, (m.RejectRequest(req.index, req.begin, req.length),), now)
+            return
+        ps.incoming.append(req)
+        if len(ps.incoming) == 1:
+            self._out.append(Serve(ps.handle))
+
+    def blocks_sent(self, handle: Hashable, served: Iterable[m.Request], nbytes: int,
+                    now: float) -> None:
+        """The driver sent Piece messages for ``served`` (popped from ``incoming``)."""
+        ps = self.peers.get(handle)
+        if ps is None:
+            return
+        ps.last_send = ps.last_data = now
+        ps.up.add(nbytes, now)
+        self.up.add(nbytes, now)
+        self.uploaded += nbytes
+        ss = self._ss
+        if ss is not None and handle in ss:
+            done = False
+            for req in served:
+                done = ss.uploaded(handle, req.index, req.length) or done
+            if done:
+                self._offer(ps, now)
+
+    # -- choking and super-seeding ---------------------------------------------------------
+    def _super_seeding(self) -> bool:
+        """Whether peers connecting now are super-seeded (we seed, and the setting is on)."""
+        if not self.settings.super_seeding or not self.complete:
+            return False
+        if self._ss is None:
+            # An offer is served once every block a peer requests is sent: pads are not.
+            pads = self._pad_bytes
+            self._ss = SuperSeeder(self.num_pieces,
+                                   lambda i: self.piece_size(i) - pads.get(i, 0),
+                                   self.picker.availability, self.rng)
+        return True
+
+    def _offer(self, ps: PeerState, now: float) -> None:
+        """Show the peer new pieces (Have) until it holds its window of open offers: about
+        ``super_seed_window`` seconds of what we send it, at least two pieces."""
+        ss = self._ss
+        if ss is None or ps.closed or ps.is_seed:
+            return
+        rate = ps.up.rate(now)
+        window = max(2, int(rate * self.settings.super_seed_window / self.piece_length) + 1)
+        offers = ss.top_up(ps.handle, ps.have, window)
+        if offers:
+            self._send(ps, tuple(m.Have(i) for i in offers), now)
+
+    def _slots(self) -> int:
+        if self._super_seeding():
+            # Every interested peer gets its share of distinct pieces (the fluid schedule
+            # that reaches the peer-to-peer bound): round-robin turns would leave offers idle.
+            return max(self.settings.unchoke_slots, len(self.peers))
+        return self.settings.unchoke_slots
+
+    def _rechoke(self, now: float) -> None:
+        self._rechoke_at = now + self.settings.rechoke_interval
+        stats = [PeerStats(h, ps.peer_interested, ps.down.rate(now), ps.up.rate(now),
+                           ps.is_seed, ps.snubbed, ps.connected_at)
+                 for h, ps in self.peers.items()]
+        settings = ChokerSettings(slots=self._slots(),
+                                  optimistic_interval=self.settings.optimistic_unchoke_interval,
+                                  seeding=self.complete)
+        self._choke = choose_unchoked(stats, now, settings, self.rng, self._choke)
+        unchoke = self._choke.unchoked
+        for h, ps in list(self.peers.items()):
+            if h in unchoke:
+                if ps.am_choking:
+                    ps.am_choking = False
+                    self._send(ps, _UNCHOKE, now)
+            elif not ps.am_choking:
+                ps.am_choking = True
+                msgs: list[m.Message] = [m.Choke()]
+                if ps.fast:
+                    msgs += [m.RejectRequest(r.index, r.begin, r.length) for r in ps.incoming]
+                ps.incoming.clear()
+                self._send(ps, tuple(msgs), now)
+
+    @property
+    def choke_decision(self) -> ChokeDecision:
+        return self._choke
+
+    # -- time ------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Housekeeping, about once a second: timeouts, snubs, keep-alives, queue sizes,
+        the choke round when due, dials and announces."""
+        s = self.settings
+        for ps in list(self.peers.values()):
+            if ps.closed:
+                continue
+            if now - ps.last_recv > s.peer_timeout:
+                self._close(ps, "peer timed out")
+                continue
+            stale = [b for b, t in ps.requested.items() if now - t > s.request_timeout]
+            if stale:
+                ps.snubbed = True
+                for b in stale:
+                    del ps.requested[b]
+                    self.picker.request_failed(ps.handle, b)
+            if now - ps.last_send > s.keepalive_interval:
+                self._send(ps, _KEEPALIVE, now)
+            ps.queue_target = self._queue_target(ps, now)
+            self._update_interest(ps, now)
+            self._fill(ps, now)
+        if now >= self._rechoke_at:
+            self._rechoke(now)
+        self._dial(now)
+        tracker = self.tracker
+        if tracker is not None and self.active:
+            starving = self.downloading and not self.peers and not self.dialer.candidates
+            event = tracker.poll(now, starving)
+            if event is not False:
+                self._out.append(Announce(event if isinstance(event, str) else None))
+
+    def _dial(self, now: float) -> None:
+        if not self.active:
+            return
+        dialer = self.dialer
+        connected = {ps.addr for ps in self.peers.values()}
+        if self.downloading:
+            dialer.requeue_direct(now, connected)
+        room = (self.settings.max_connections_per_torrent - len(self.peers)
+                - len(dialer.connecting))
+        for addr in dialer.next(now, connected, room):
+            self._out.append(Connect(addr))
+
+    def connect_done(self, addr: tuple[str, int]) -> None:
+        """A dial finished, connected or not (a connection reports ``connected`` too)."""
+        self.dialer.done(addr)
+
+    def add_peers(self, addrs: Iterable[tuple[str, int]], now: float) -> None:
+        """Addresses to dial (a tracker, PEX…); dials start at once when there is room."""
+        self.dialer.add(addrs)
+        self._dial(now)
+
+    def tracker_response(self, now: float, *, interval: float,
+                         peers: Iterable[tuple[str, int]], seeds: int | None) -> None:
+        if self.tracker is not None:
+            self.tracker.succeeded(now, interval)
+        if self.downloading:
+            self.tracker_seeds = seeds or 0
+        self.add_peers(peers, now)
+
+    def tracker_failed(self, now: float, why: str) -> None:
+        if self.tracker is not None:
+            self.tracker.failed(now, why)
+
+    def stop(self) -> None:
+        """The driver is stopping or failed the torrent: no more requests, dials, announces."""
+        self.active = False
+
+    def debug_state(self) -> dict[str, Any]:
+        """Counts for tests and the lab (not a stable API)."""
+        return {"peers": len(self.peers), "have": self.num_have, "banned": len(self.banned),
+                "unfinished": len(self._src), "verifying": len(self._verifying),
+                "strikes": dict(self.strikes)}

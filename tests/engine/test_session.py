@@ -1,0 +1,171 @@
+"""Session lifecycle: orderly shutdown, remove and re-add, listen_interfaces, thread pools."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_transfer import make_data
+
+from conftest import free_port
+from swarmhub.engine.session import Session
+from swarmhub.engine.torrent import TorrentState
+from swarmhub.errors import SwarmhubError
+from swarmhub.metainfo import create_torrent
+from swarmhub.metainfo.model import TorrentVersion
+from swarmhub.settings import Settings
+
+
+async def test_close_with_a_tracker_leaves_no_unclosed_http_client(tmp_path: Path) -> None:
+    """The tracker loop's final 'stopped' announce ran after the HTTP client was closed and
+    made a new one that nobody closed ("Unclosed client session" at every exit)."""
+    loop = asyncio.get_running_loop()
+    complaints: list[str] = []
+    old = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: complaints.append(str(ctx.get("message"))))
+    try:
+        src = make_data(tmp_path / "src" / "payload", [100_000])
+        url = f"http://127.0.0.1:{free_port()}/announce"  # nobody listens: announces fail
+        meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
+                              trackers=[[url]])
+        async with Session(state_dir=tmp_path / "s") as session:
+            await session.add(meta, src.parent)
+            await asyncio.sleep(0.2)
+        with pytest.raises(SwarmhubError, match="closed"):
+            await session.http()
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(old)
+    assert not [c for c in complaints if "Unclosed" in c], complaints
+
+
+async def test_remove_and_close_announce_stopped_before_the_http_client_closes(
+        tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from swarmhub.hub.tracker import TrackerState, make_tracker_app
+
+    state = TrackerState(interval=60, min_interval=5)
+    runner = web.AppRunner(make_tracker_app(state))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/announce"
+    try:
+        srcs = [make_data(tmp_path / c / "payload", [100_000], seed=i)
+                for i, c in enumerate("ab")]
+        metas = [create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
+                                trackers=[[url]]) for src in srcs]
+        async with Session(state_dir=tmp_path / "s") as session:
+            await session.listen("127.0.0.1", 0)
+            for meta, src in zip(metas, srcs, strict=True):
+                await session.add(meta, src.parent)
+            for _ in range(100):
+                if all(state.stats(meta.info_hash)[0] for meta in metas):
+                    break
+                await asyncio.sleep(0.02)
+            assert all(state.stats(meta.info_hash)[0] == 1 for meta in metas)
+            await session.remove(metas[0].info_hash)
+            assert state.stats(metas[0].info_hash)[0] == 0  # said "stopped"
+        assert state.stats(metas[1].info_hash)[0] == 0  # so did the one closed on exit
+    finally:
+        await runner.cleanup()
+
+
+async def test_remove_forgets_the_torrent_and_it_can_be_added_again(tmp_path: Path) -> None:
+    src = make_data(tmp_path / "src" / "payload", [300_000])
+    meta = create_torrent(src, version=TorrentVersion.HYBRID, piece_length=32 * 1024)
+    async with Session(state_dir=tmp_path / "sa") as seeder, \
+            Session(state_dir=tmp_path / "sb") as leecher:
+        port = await seeder.listen("127.0.0.1", 0)
+        first = await seeder.add(meta, src.parent)
+        assert await seeder.remove(meta.info_hash)
+        assert first.state is TorrentState.STOPPED
+        assert seeder.torrent_for_hash(meta.info_hash_v1 or b"") is None
+        assert not await seeder.remove(meta.info_hash)
+        again = await seeder.add(meta, src.parent)  # the hub's delete + re-publish
+        assert again.state is TorrentState.SEEDING
+        t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+        await asyncio.wait_for(t.complete.wait(), 30)
+        assert t.error is None and again.uploaded >= meta.total_length
+
+
+async def test_peer_filter_is_consulted_and_add_peers_dials_out(tmp_path: Path) -> None:
+    """The embedder's admission hook (the hub's, for private torrents) sees every
+    connection with its direction; ``add_peers`` dials addresses it found itself."""
+    seen: list[bool] = []
+
+    def outgoing_only(info_hash: bytes, addr: tuple[str, int], peer_id: bytes,
+                      outgoing: bool) -> str | None:
+        seen.append(outgoing)
+        return None if outgoing else "only peers we dial"
+
+    src = make_data(tmp_path / "src" / "payload", [200_000])
+    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
+    async with Session(state_dir=tmp_path / "sa", peer_filter=outgoing_only) as seeder, \
+            Session(state_dir=tmp_path / "sb") as leecher:
+        port = await seeder.listen("127.0.0.1", 0)
+        st = await seeder.add(meta, src.parent)
+        lport = await leecher.listen("127.0.0.1", 0)
+        t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.02)
+        assert seen == [False] and not st.peers  # its dial was refused
+        st.add_peers([("127.0.0.1", lport)])
+        await asyncio.wait_for(t.complete.wait(), 30)
+        assert True in seen and t.error is None
+
+
+async def test_listen_without_arguments_uses_listen_interfaces(tmp_path: Path) -> None:
+    settings = Settings(listen_interfaces="127.0.0.1:0,[::1]:0")
+    async with Session(settings, state_dir=tmp_path / "s") as session:
+        try:
+            port = await session.listen()
+        except OSError:  # no IPv6 loopback here
+            port = session.listen_port
+        assert port > 0
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        await writer.wait_closed()
+        del reader
+
+
+async def test_hash_threads_size_the_hash_pool(tmp_path: Path) -> None:
+    async with Session(Settings(hash_threads=3), state_dir=tmp_path / "s") as session:
+        assert session.hash_threads == 3
+        assert session.hash_pool._max_workers == 3  # type: ignore[attr-defined]
+    async with Session(state_dir=tmp_path / "s") as session:
+        assert session.hash_threads >= 1
+
+
+async def test_a_local_protocol_error_is_logged_as_an_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Sending what the wire core refuses is our bug: it must not hide at debug level."""
+    from swarmhub.wire import messages as m
+
+    src = make_data(tmp_path / "src" / "payload", [100_000])
+    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
+    slow = Settings(download_rate_limit=20_000)
+    async with Session(state_dir=tmp_path / "sa") as seeder, \
+            Session(slow, state_dir=tmp_path / "sb") as leecher:
+        port = await seeder.listen("127.0.0.1", 0)
+        st = await seeder.add(meta, src.parent)
+        await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+        for _ in range(200):
+            if st.peers:
+                break
+            await asyncio.sleep(0.02)
+        peer: Any = next(iter(st.peers))
+        await asyncio.sleep(0.1)  # its first message (the bitfield) is out
+        with caplog.at_level(logging.ERROR):
+            peer.send(m.Bitfield(b"\xff"))  # Bitfield after the first message: refused
+        assert any(r.levelno == logging.ERROR and "Bitfield" in r.getMessage()
+                   for r in caplog.records)
