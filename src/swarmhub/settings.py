@@ -24,9 +24,11 @@ from typing import Any
 
 from swarmhub.errors import SwarmhubError
 
-__all__ = ["ConfigError", "Settings"]
+__all__ = ["ENCRYPTION_MODES", "ConfigError", "Settings"]
 
 KiB = 1024
+#: Values of ``Settings.encryption``.
+ENCRYPTION_MODES = ("prefer", "require", "off")
 MiB = 1024 * KiB
 
 
@@ -49,6 +51,10 @@ class Settings:
     )
     max_connections: int = _f(200, "peer connections for the whole session", lo=1)
     max_connections_per_torrent: int = _f(50, "peer connections per torrent", lo=1)
+    encryption: str = _f(
+        "prefer", "message stream encryption (MSE/PE): prefer (accept plain and encrypted "
+        "peers, dial encrypted first and fall back to plain), require (encrypted only) or off"
+    )
     # -- choking
     unchoke_slots: int = _f(
         4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke", lo=0
@@ -172,6 +178,9 @@ class Settings:
         if not self.peer_id_prefix.isascii() or len(prefix) > 12:
             raise ConfigError("peer_id_prefix must be at most 12 ASCII characters")
         _parse_interfaces(self.listen_interfaces)
+        if self.encryption not in ENCRYPTION_MODES:
+            raise ConfigError(f"setting encryption must be one of {', '.join(ENCRYPTION_MODES)}, "
+                              f"got {self.encryption!r}")
 
     # -- deriving settings
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from swarmhub.engine.peer import PeerProtocol
+from swarmhub.engine import mse_transport
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.torrent import Torrent
 from swarmhub.errors import SwarmhubError
@@ -108,7 +108,7 @@ class Session:
         """Accept incoming peers; returns the port (useful with ``port=0``)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: PeerProtocol(self), host, port, reuse_address=True)
+            lambda: mse_transport.accept(self), host, port, reuse_address=True)
         sock = self._server.sockets[0]
         self.listen_port = int(sock.getsockname()[1])
         self.listen_addr = (host, self.listen_port)

@@ -23,8 +23,9 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swarmhub.engine import mse_transport
 from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, choose_unchoked
-from swarmhub.engine.peer import Peer, PeerProtocol, RateMeter
+from swarmhub.engine.peer import Peer, RateMeter
 from swarmhub.engine.picker import Block, PiecePicker
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.superseed import SuperSeeder
@@ -765,11 +766,8 @@ class Torrent:
             await asyncio.sleep(1.0)
 
     async def _dial(self, addr: tuple[str, int]) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: PeerProtocol(self.session, self), *addr),
-                self.settings.handshake_timeout)
+            await mse_transport.dial(self.session, self, addr, self.settings.handshake_timeout)
         except (OSError, TimeoutError) as exc:
             log.debug("%s: could not connect to %s: %s", self.meta.name, addr, exc)
         finally:
