@@ -170,11 +170,26 @@ def _load_or_create(source: Path, data: Path | None, version: TorrentVersion,
     return meta, source.resolve().parent, True
 
 
-def _settings(listen: str, upload_limit: int, download_limit: int) -> object:
+def _settings(listen: str, upload_limit: int, download_limit: int,
+              encryption: str | None = None) -> object:
     from swarmhub.settings import Settings
 
     return Settings.from_env().replace(
-        upload_rate_limit=upload_limit * 1024, download_rate_limit=download_limit * 1024)
+        upload_rate_limit=upload_limit * 1024, download_rate_limit=download_limit * 1024,
+        **({"encryption": encryption} if encryption else {}))
+
+
+def _encryption(mode: str | None) -> str | None:
+    from swarmhub.settings import ENCRYPTION_MODES
+
+    if mode is not None and mode not in ENCRYPTION_MODES:
+        raise _fail(f"--encryption must be prefer, require or off, not {mode!r}", 2)
+    return mode
+
+
+_ENCRYPTION_HELP = ("Message stream encryption: prefer (accept both, dial encrypted first), "
+                    "require (refuse plaintext peers) or off [default: prefer, or "
+                    "SWARMHUB_ENCRYPTION].")
 
 
 @app.command()
@@ -194,6 +209,7 @@ def seed(
     = 0.0,
     trust: Annotated[bool, typer.Option(
         help="Skip checking the data against the torrent before seeding.")] = False,
+    encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Seed a torrent (or create one for a file/folder and seed it); prints the magnet link."""
@@ -201,6 +217,7 @@ def seed(
     from swarmhub.metainfo import make_magnet
 
     _setup_logging(verbose)
+    encryption = _encryption(encryption)
     try:
         meta, save, fresh = _load_or_create(source, data, _version(v1, v2), tracker or [])
     except SwarmhubError as exc:
@@ -208,7 +225,7 @@ def seed(
     host, port = _addr(listen)
 
     async def go() -> int:
-        settings = _settings(listen, upload_limit, 0)
+        settings = _settings(listen, upload_limit, 0, encryption)
         async with Session(settings) as session:  # type: ignore[arg-type]
             actual = await session.listen(host, port)
             trackers = [[t] for t in tracker] if tracker else None
@@ -260,6 +277,7 @@ def get(
     token: Annotated[str | None, typer.Option(
         help="Hub token for private files (or SWARMHUB_TOKEN).", envvar="SWARMHUB_TOKEN")]
     = None,
+    encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Download a torrent; exits 0 only when every piece is verified. Ctrl-C saves resume data."""
@@ -269,6 +287,7 @@ def get(
     from swarmhub.wire.messages import bitfield_from_bools
 
     _setup_logging(verbose)
+    encryption = _encryption(encryption)
     magnet = None
     meta: Metainfo | None = None
     hub_url = torrent.startswith(("http://", "https://"))
@@ -295,7 +314,7 @@ def get(
         nonlocal meta
         # --timeout covers the whole command, fetching a magnet's metadata included.
         cmd_deadline = time.monotonic() + timeout if timeout else None
-        settings = _settings(listen, upload_limit, download_limit)
+        settings = _settings(listen, upload_limit, download_limit, encryption)
         output.mkdir(parents=True, exist_ok=True)
         async with Session(settings) as session:  # type: ignore[arg-type]
             await session.listen(host, port)
