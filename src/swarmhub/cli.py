@@ -460,7 +460,8 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
         except TimeoutError:
             console.print("[yellow]tracker:[/] no answer before --timeout")
     return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
-                                peer_timeout=session.settings.request_timeout)
+                                peer_timeout=session.settings.request_timeout,
+                                encryption=session.settings.encryption)
 
 
 def _left(deadline: float | None) -> float | None:

@@ -73,6 +73,25 @@ def test_we_download_from_a_forced_encryption_libtorrent_seed(work: Path, mode: 
     compare_trees(data, work / "dl" / data.name)
 
 
+def test_we_fetch_a_magnets_metadata_from_a_forced_encryption_libtorrent_seed(work: Path
+                                                                             ) -> None:
+    """BEP 9 metadata over an encrypted connection too: with ``require`` nothing is sent in
+    plaintext, and a forced-encryption peer would refuse a plaintext metadata request."""
+    from swarmhub.metainfo import load_torrent, make_magnet
+
+    data = make_test_data(work / "src", SIZES, seed=24)
+    tfile = work / "lt.torrent"
+    tfile.write_bytes(lt_make_torrent(data, "v1", PIECE))  # type: ignore[arg-type]
+    magnet = make_magnet(load_torrent(tfile.read_bytes()))
+    with LtPeer(tfile, data.parent, seed=True, log_dir=work, name="lt-seed",
+                encryption=True) as seeder:
+        get = ours(["get", magnet, "-o", str(work / "dl"), "--json", "--encryption", "require",
+                    "--peer", f"127.0.0.1:{seeder.port}", "--timeout", "120"], work, "get")
+        with get:
+            assert get.wait(150) == 0, get.describe()
+    compare_trees(data, work / "dl" / data.name)
+
+
 def test_aria2_requiring_encryption_downloads_from_our_seed(work: Path) -> None:
     aria2c = need_tool("aria2c")
     tracker, url = start_tracker(work)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from swarmhub.engine.session import Session
     from swarmhub.engine.torrent import Torrent
 
-__all__ = ["CipherTransport", "MSELayer", "accept", "dial"]
+__all__ = ["CipherTransport", "MSELayer", "accept", "dial", "open_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,8 @@ class MSELayer(asyncio.Protocol):
             asyncio.get_running_loop().create_future())
         self.raw: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.held = bytearray()  # the inner protocol's writes until the handshake is done
+        #: What the inner protocol writes to.
+        self.transport = CipherTransport(self)
         self.addr = "?"
         self._phase = _Phase.DETECT
         self._detect = bytearray()
@@ -149,7 +151,7 @@ class MSELayer(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.addr = f"{peer[0]}:{peer[1]}"
-        self.inner.connection_made(CipherTransport(self))
+        self.inner.connection_made(self.transport)
         if self.skey is not None and self._phase is _Phase.DETECT:
             ia = bytes(self.held) if len(self.held) <= 0xFFFF else b""
             del self.held[:len(ia)]
@@ -306,36 +308,57 @@ def accept(session: Session) -> asyncio.Protocol:
     return MSELayer(inner, mode=mode, skeys=lambda: _session_hashes(session))
 
 
+async def _encrypted(inner: asyncio.Protocol, mode: str, skey: bytes, addr: tuple[str, int],
+                     timeout: float) -> MSELayer | str:
+    """Connect ``inner`` through an encrypted handshake: the layer once it is set up, or why
+    it failed (that connection is then closed). OSError/TimeoutError: no connection at all."""
+    loop = asyncio.get_running_loop()
+    layer = MSELayer(inner, mode=mode, skey=skey)
+    await asyncio.wait_for(loop.create_connection(lambda: layer, *addr), timeout)
+    try:
+        reason = await asyncio.wait_for(asyncio.shield(layer.negotiated), timeout)
+    except TimeoutError:
+        reason = "no answer to the encrypted handshake"
+        layer.abort(reason)
+    if reason is None:
+        return layer
+    if mode == "require":
+        log.info("peer %s:%d: encrypted handshake failed (%s); not trying plaintext "
+                 "(--encryption require)", addr[0], addr[1], reason)
+    else:
+        log.debug("peer %s:%d: encrypted handshake failed (%s); retrying in plaintext",
+                  addr[0], addr[1], reason)
+    return reason
+
+
 async def dial(session: Session, torrent: Torrent, addr: tuple[str, int],
                timeout: float) -> None:
     """Connect to a peer: encrypted first unless the mode is ``off``; in ``prefer`` mode a
     failed encrypted handshake is retried once in plaintext, as mainstream clients do.
     Raises OSError or TimeoutError when the peer cannot be reached at all."""
-    loop = asyncio.get_running_loop()
     mode = session.settings.encryption
     if mode != "off":
-        layers: list[MSELayer] = []
-
-        def encrypted() -> MSELayer:
-            layer = MSELayer(PeerProtocol(session, torrent), mode=mode,
-                             skey=torrent.meta.info_hash)
-            layers.append(layer)
-            return layer
-
-        await asyncio.wait_for(loop.create_connection(encrypted, *addr), timeout)
-        layer = layers[-1]
-        try:
-            reason = await asyncio.wait_for(asyncio.shield(layer.negotiated), timeout)
-        except TimeoutError:
-            reason = "no answer to the encrypted handshake"
-            layer.abort(reason)
-        if reason is None:
+        got = await _encrypted(PeerProtocol(session, torrent), mode, torrent.meta.info_hash,
+                               addr, timeout)
+        if isinstance(got, MSELayer) or mode == "require":
             return
-        if mode == "require":
-            log.info("peer %s:%d: encrypted handshake failed (%s); not trying plaintext "
-                     "(--encryption require)", addr[0], addr[1], reason)
-            return
-        log.debug("peer %s:%d: encrypted handshake failed (%s); retrying in plaintext",
-                  addr[0], addr[1], reason)
+    loop = asyncio.get_running_loop()
     await asyncio.wait_for(
         loop.create_connection(lambda: PeerProtocol(session, torrent), *addr), timeout)
+
+
+async def open_stream(addr: tuple[str, int], skey: bytes, mode: str, timeout: float
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` with the same encryption policy as :func:`dial` (for
+    fetching a magnet's metadata). Raises OSError or TimeoutError, or
+    :class:`EncryptionError` when ``require`` found no encrypted way in."""
+    if mode != "off":
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        proto = asyncio.StreamReaderProtocol(reader)
+        got = await _encrypted(proto, mode, skey, addr, timeout)
+        if isinstance(got, MSELayer):
+            return reader, asyncio.StreamWriter(got.transport, proto, reader, loop)
+        if mode == "require":
+            raise EncryptionError(f"encrypted handshake failed: {got}")
+    return await asyncio.wait_for(asyncio.open_connection(*addr), timeout)
