@@ -109,3 +109,63 @@ async def test_require_never_talks_plaintext(tmp_path: Path, caplog: pytest.LogC
         await wait_for_log(caplog, line, 20)
         assert not st.peers and not t.peers
         assert t.num_have == 0
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = bytearray()
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += data
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.got = bytearray()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.got += data
+
+
+async def test_a_plaintext_handshake_split_into_single_bytes_passes_through_untouched() -> None:
+    from swarmhub.engine.mse_transport import MSELayer
+
+    inner = Recorder()
+    layer = MSELayer(inner, mode="prefer")
+    raw = FakeTransport()
+    layer.connection_made(raw)
+    hs = b"\x13BitTorrent protocol" + bytes(8) + b"\x01" * 20 + b"\x02" * 20 + b"tail"
+    for i in range(len(hs)):
+        layer.data_received(hs[i:i + 1])
+        assert bytes(inner.got) == (hs[:i + 1] if i >= 19 else b"")
+    assert await layer.negotiated is None
+    assert not layer.encrypted and not raw.aborted and not raw.sent
+
+
+async def test_garbage_from_a_stranger_is_answered_with_a_key_then_dropped() -> None:
+    """Not plaintext, so it must be an encrypted handshake: we send Yb + PadB, look for the
+    sync hash within 512 bytes of padding, then give up and drop the connection."""
+    from swarmhub.engine.mse_transport import MSELayer
+
+    inner = Recorder()
+    layer = MSELayer(inner, mode="prefer", skeys=lambda: [b"\x01" * 20])
+    raw = FakeTransport()
+    layer.connection_made(raw)
+    layer.data_received(random.Random(3).randbytes(96 + 400))
+    assert 96 <= len(raw.sent) <= 96 + 512 and not raw.aborted
+    layer.data_received(random.Random(4).randbytes(200))
+    assert raw.aborted
+    assert "no HASH('req1', S) within 512 bytes" in (await layer.negotiated or "")
+    assert not inner.got
