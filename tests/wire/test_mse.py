@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarmhub.errors import LocalProtocolError
+from swarmhub.wire import NEED_DATA
 from swarmhub.wire.mse import (
     CRYPTO_PLAINTEXT,
     CRYPTO_RC4,
     MAX_PAD,
-    NEED_DATA,
     EncryptionError,
     Established,
     MSEHandshake,

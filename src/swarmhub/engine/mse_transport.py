@@ -27,8 +27,8 @@ from swarmhub.engine.peer import PeerProtocol
 from swarmhub.wire.mse import (
     CRYPTO_PLAINTEXT,
     CRYPTO_RC4,
-    NEED_DATA,
     EncryptionError,
+    Established,
     MSEHandshake,
     is_plaintext_handshake,
     skey_lookup,
@@ -255,8 +255,8 @@ class MSELayer(asyncio.Protocol):
         out = hs.data_to_send()
         if out:
             self.raw.write(out)
-        if ev is NEED_DATA:
-            return
+        if not isinstance(ev, Established):
+            return  # NEED_DATA
         self._hs = None
         log.debug("peer %s: %s handshake done, %s stream", self.addr,
                   "outgoing" if self.skey is not None else "incoming",

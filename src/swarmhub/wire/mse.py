@@ -39,17 +39,16 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4  # cryptography
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
 
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError
+from swarmhub.wire.connection import NEED_DATA, Sentinel  # the wire's one "need more"
 
 __all__ = [
     "CRYPTO_PLAINTEXT",
     "CRYPTO_RC4",
     "MAX_PAD",
-    "NEED_DATA",
     "PLAINTEXT_PREFIX",
     "EncryptionError",
     "Established",
     "MSEHandshake",
-    "NeedData",
     "Role",
     "is_plaintext_handshake",
     "rc4",
@@ -94,15 +93,6 @@ class _State(enum.Enum):
     PAD_D = enum.auto()  # A: PadD
     DONE = enum.auto()
     ERROR = enum.auto()
-
-
-class NeedData(enum.Enum):
-    """More bytes from the peer are needed before anything else can happen."""
-
-    NEED_DATA = "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData.NEED_DATA
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +220,7 @@ class MSEHandshake:
         self._out.clear()
         return out
 
-    def next_event(self) -> NeedData | Established:
+    def next_event(self) -> Sentinel | Established:
         if self._state is _State.ERROR:
             raise EncryptionError(self._error)
         if self._state is _State.DONE:
@@ -309,7 +299,7 @@ class MSEHandshake:
         return Established(self._select, enc, dec, payload, self.skey)
 
     # -- A: we connected ----------------------------------------------------------------
-    def _step_initiator(self) -> NeedData | Established | None:
+    def _step_initiator(self) -> Sentinel | Established | None:
         st = self._state
         if st is _State.WAIT_KEY:
             if not self._read_key():
@@ -349,7 +339,7 @@ class MSEHandshake:
         return None
 
     # -- B: we accepted -----------------------------------------------------------------
-    def _step_responder(self) -> NeedData | Established | None:
+    def _step_responder(self) -> Sentinel | Established | None:
         st = self._state
         if st is _State.WAIT_KEY:
             if not self._read_key():
