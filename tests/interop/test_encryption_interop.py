@@ -121,6 +121,29 @@ def test_aria2_downloads_from_our_seed_encrypted_at_first_try(work: Path, crypto
     assert "encrypted handshake failed" not in out  # no reconnect, no plaintext retry
 
 
+def test_we_download_from_an_aria2_seed_requiring_encryption(work: Path) -> None:
+    """We dial aria2 (which only answers an encrypted handshake) and it selects RC4."""
+    from conftest import free_port
+
+    aria2c = need_tool("aria2c")
+    data, tfile, _ = our_torrent(work, "v1")
+    port = free_port()
+    aria = Proc([aria2c, "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+                 "--enable-peer-exchange=false", "--bt-require-crypto=true",
+                 "--bt-min-crypto-level=arc4", f"--listen-port={port}", "--seed-ratio=0.0",
+                 "--check-integrity=true", "--summary-interval=0", "--file-allocation=none",
+                 f"--dir={data.parent}", str(tfile)], name="aria2-seed", log=work / "aria2.log")
+    with aria:
+        wait_for_text(aria, f"BitTorrent: listening on TCP port {port}", 60)
+        get = ours(["get", str(tfile), "-o", str(work / "dl"), "--json", "-vv",
+                    "--peer", f"127.0.0.1:{port}", "--timeout", "120"], work, "get")
+        with get:
+            assert get.wait(150) == 0, get.describe()
+            out = get.output()
+    compare_trees(data, work / "dl" / data.name)
+    assert "outgoing handshake done, rc4 stream" in out, out[-3000:]
+
+
 def test_require_refuses_a_plaintext_peer_with_a_clear_log_line(work: Path) -> None:
     """ltpeer dials in plaintext by default (out_enc_policy disabled)."""
     data, tfile, _ = our_torrent(work)
