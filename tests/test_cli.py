@@ -120,3 +120,11 @@ def test_seed_a_folder_prints_a_magnet_link(tmp_path: Path, flag: str) -> None:
     assert ("urn:btih:" in line) == (flag == "--v1")
     assert ("urn:btmh:" in line) == (flag == "--v2")
     assert (tmp_path / f"{data.name}.torrent").exists()
+
+
+@pytest.mark.parametrize("command", ["get", "seed"])
+def test_an_unknown_encryption_mode_is_a_clear_error(tmp_path: Path, command: str) -> None:
+    data = make_test_data(tmp_path / "src", [1_000], seed=3)
+    result = runner.invoke(app, [command, str(data), "--encryption", "maybe"])
+    assert result.exit_code == 2
+    assert "--encryption must be prefer, require or off, not 'maybe'" in result.output

@@ -170,15 +170,30 @@ def _load_or_create(source: Path, data: Path | None, version: TorrentVersion,
     return meta, source.resolve().parent, True
 
 
-def _settings(listen: str, upload_limit: int, download_limit: int) -> object:
+def _settings(listen: str, upload_limit: int, download_limit: int,
+              encryption: str | None = None) -> object:
     """Settings from ``SWARMHUB_*`` (a misspelt one exits with a suggestion) and flags."""
     from swarmhub.settings import Settings
 
     try:
         return Settings.from_env().replace(
-            upload_rate_limit=upload_limit * 1024, download_rate_limit=download_limit * 1024)
+            upload_rate_limit=upload_limit * 1024, download_rate_limit=download_limit * 1024,
+            **({"encryption": encryption} if encryption else {}))
     except SwarmhubError as exc:
         raise _fail(str(exc), 2) from None
+
+
+def _encryption(mode: str | None) -> str | None:
+    from swarmhub.settings import ENCRYPTION_MODES
+
+    if mode is not None and mode not in ENCRYPTION_MODES:
+        raise _fail(f"--encryption must be prefer, require or off, not {mode!r}", 2)
+    return mode
+
+
+_ENCRYPTION_HELP = ("Message stream encryption: prefer (accept both, dial encrypted first), "
+                    "require (refuse plaintext peers) or off [default: prefer, or "
+                    "SWARMHUB_ENCRYPTION].")
 
 
 @app.command()
@@ -198,6 +213,7 @@ def seed(
     = 0.0,
     trust: Annotated[bool, typer.Option(
         help="Skip checking the data against the torrent before seeding.")] = False,
+    encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Seed a torrent (or create one for a file/folder and seed it); prints the magnet link."""
@@ -205,12 +221,13 @@ def seed(
     from swarmhub.metainfo import make_magnet
 
     _setup_logging(verbose)
+    encryption = _encryption(encryption)
     try:
         meta, save, fresh = _load_or_create(source, data, _version(v1, v2), tracker or [])
     except SwarmhubError as exc:
         raise _fail(str(exc)) from None
     host, port = _addr(listen)
-    settings = _settings(listen, upload_limit, 0)
+    settings = _settings(listen, upload_limit, 0, encryption)
 
     async def go() -> int:
         async with Session(settings) as session:  # type: ignore[arg-type]
@@ -264,6 +281,7 @@ def get(
     token: Annotated[str | None, typer.Option(
         help="Hub token for private files (or SWARMHUB_TOKEN).", envvar="SWARMHUB_TOKEN")]
     = None,
+    encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Download a torrent; exits 0 only when every piece is verified. Ctrl-C saves resume data."""
@@ -273,6 +291,7 @@ def get(
     from swarmhub.wire.messages import bitfield_from_bools
 
     _setup_logging(verbose)
+    encryption = _encryption(encryption)
     magnet = None
     meta: Metainfo | None = None
     hub_url = torrent.startswith(("http://", "https://"))
@@ -295,7 +314,7 @@ def get(
     if not peers and not tracker and not known_trackers and not hub_url:
         raise _fail("no way to find peers: give --peer HOST:PORT or --tracker URL", 2)
 
-    settings = _settings(listen, upload_limit, download_limit)
+    settings = _settings(listen, upload_limit, download_limit, encryption)
 
     async def go() -> int:
         nonlocal meta
@@ -447,7 +466,8 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
         except TimeoutError:
             console.print("[yellow]tracker:[/] no answer before --timeout")
     return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
-                                peer_timeout=session.settings.request_timeout)
+                                peer_timeout=session.settings.request_timeout,
+                                encryption=session.settings.encryption)
 
 
 def _left(deadline: float | None) -> float | None:

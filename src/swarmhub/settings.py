@@ -24,9 +24,11 @@ from typing import Any
 
 from swarmhub.errors import SwarmhubError
 
-__all__ = ["OTHER_ENV", "ConfigError", "Settings"]
+__all__ = ["ENCRYPTION_MODES", "OTHER_ENV", "ConfigError", "Settings"]
 
 KiB = 1024
+#: Values of ``Settings.encryption``.
+ENCRYPTION_MODES = ("prefer", "require", "off")
 MiB = 1024 * KiB
 
 
@@ -62,6 +64,10 @@ class Settings:
         60.0, "at the per-torrent cap, a new peer replaces one that has shown no interest "
         "either way and moved no data for this many seconds (idle peers cannot lock others "
         "out; keep-alives do not count)", lo=0.0,
+    )
+    encryption: str = _f(
+        "prefer", "message stream encryption (MSE/PE): prefer (accept plain and encrypted "
+        "peers, dial encrypted first and fall back to plain), require (encrypted only) or off"
     )
     # -- choking
     unchoke_slots: int = _f(
@@ -185,6 +191,9 @@ class Settings:
         if not self.peer_id_prefix.isascii() or len(prefix) > 12:
             raise ConfigError("peer_id_prefix must be at most 12 ASCII characters")
         _parse_interfaces(self.listen_interfaces)
+        if self.encryption not in ENCRYPTION_MODES:
+            raise ConfigError(f"setting encryption must be one of {', '.join(ENCRYPTION_MODES)}, "
+                              f"got {self.encryption!r}")
 
     # -- deriving settings
 

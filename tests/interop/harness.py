@@ -339,6 +339,7 @@ class LtPeer:
         preset: str = "tuned",
         settings: Mapping[str, int | bool | str] | None = None,
         python: Path = VENV_PYTHON,
+        encryption: bool = False,
     ) -> None:
         """Prepare (not start) the peer; see ``ltpeer.py --help`` for the meaning of each option.
         ``settings`` overrides single settings_pack values (``--set NAME=VALUE``)."""
@@ -359,6 +360,8 @@ class LtPeer:
             args += ["--peer", p if isinstance(p, str) else f"{p[0]}:{p[1]}"]
         if preset != "tuned":
             args += ["--preset", preset]
+        if encryption:
+            args.append("--encryption")
         for key, value in (settings or {}).items():
             text = str(value).lower() if isinstance(value, bool) else str(value)
             args += ["--set", f"{key}={text}"]

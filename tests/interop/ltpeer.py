@@ -5,6 +5,7 @@ Usage::
     python tests/interop/ltpeer.py --torrent T --save DIR --listen 127.0.0.1:PORT \
         [--seed] [--seed-mode] [--peer HOST:PORT ...] [--timeout S] [--stop-when-done] \
         [--upload-limit B/s] [--download-limit B/s] [--preset tuned|default] [--set NAME=VALUE]
+        [--encryption]
 
 Why a separate process: libtorrent runs its own threads and holds the GIL only briefly, but a
 benchmark must not share a CPU budget or an interpreter with the peer it measures, and a crash in
@@ -38,7 +39,14 @@ from typing import Any, cast
 
 import libtorrent as lt
 
-__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_TIMEOUT", "main", "session_settings"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "FORCED_ENCRYPTION",
+    "main",
+    "session_settings",
+]
 
 _T0 = time.monotonic()  # "t" and "elapsed" count from here (the script start, after imports)
 
@@ -49,6 +57,15 @@ EXIT_TIMEOUT = 3
 #: How often a leecher re-dials its --peer list while it has no connection (a seeder that was
 #: still checking its files refuses the first attempt; libtorrent's own retry waits minutes).
 _REDIAL_S = 1.0
+
+
+#: ``--encryption``: MSE/PE required both ways, RC4 only (no plaintext crypto_select).
+FORCED_ENCRYPTION: dict[str, Any] = {
+    "in_enc_policy": int(lt.enc_policy.pe_forced),
+    "out_enc_policy": int(lt.enc_policy.pe_forced),
+    "allowed_enc_level": int(lt.enc_level.pe_rc4),
+    "prefer_rc4": True,
+}
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -181,6 +198,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="override one settings_pack value (repeatable)",
     )
     p.add_argument("--interval", type=float, default=1.0, help="seconds between status lines")
+    p.add_argument(
+        "--encryption",
+        action="store_true",
+        help="forced RC4 message stream encryption in and out (plaintext peers are refused)",
+    )
     args = p.parse_args(argv)
     _parse_endpoint(args.listen)
     return args
@@ -191,7 +213,9 @@ class _Peer:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        settings = session_settings(args.listen, args.preset, dict(args.set))
+        overrides = dict(FORCED_ENCRYPTION) if args.encryption else {}
+        overrides.update(dict(args.set))
+        settings = session_settings(args.listen, args.preset, overrides)
         self.ses = lt.session(cast("lt.settings_pack", settings))
         # By default loopback peers sit in the "local" peer class, which no rate limit touches;
         # put every address in the global class so --upload/--download-limit really apply.

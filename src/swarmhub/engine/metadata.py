@@ -21,6 +21,7 @@ import logging
 import time
 
 from swarmhub.bencode import bencode
+from swarmhub.engine.mse_transport import open_stream
 from swarmhub.errors import MetainfoError, RemoteProtocolError, SwarmhubError
 from swarmhub.metainfo import Magnet, load_torrent
 from swarmhub.metainfo.merkle import next_pow2, root_from_layer
@@ -189,13 +190,14 @@ def _raw(info: bytes) -> object:
 
 async def fetch_metadata(magnet: Magnet, peers: list[tuple[str, int]], peer_id: bytes, *,
                          timeout: float | None = 60.0, peer_timeout: float = 10.0,
-                         max_peers_at_once: int = 8) -> Metainfo:
+                         max_peers_at_once: int = 8, encryption: str = "off") -> Metainfo:
     """Ask ``peers`` for the torrent behind ``magnet``; the first verified answer wins.
 
     At most ``max_peers_at_once`` peers are asked at a time; one that fails, or makes no
     progress for ``peer_timeout`` seconds, makes room for the next. ``timeout`` (None:
-    none) bounds the whole fetch. Raises :class:`MetainfoError` listing why each peer
-    failed.
+    none) bounds the whole fetch. ``encryption`` is the session's MSE mode (see
+    :func:`~swarmhub.engine.mse_transport.open_stream`). Raises :class:`MetainfoError`
+    listing why each peer failed.
     """
     if not peers:
         raise MetainfoError("a magnet link needs peers: give --peer HOST:PORT or --tracker URL "
@@ -205,8 +207,7 @@ async def fetch_metadata(magnet: Magnet, peers: list[tuple[str, int]], peer_id: 
     async def one(addr: tuple[str, int]) -> Metainfo:
         writer = None
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr),
-                                                    peer_timeout)
+            reader, writer = await open_stream(addr, magnet.info_hash, encryption, peer_timeout)
             return await _Exchange(reader, writer, peer_id, peer_timeout).run(magnet)
         except (OSError, TimeoutError, SwarmhubError) as exc:
             errors.append(f"{addr[0]}:{addr[1]}: {exc or type(exc).__name__}")

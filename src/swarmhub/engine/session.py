@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from swarmhub.engine import mse_transport
 from swarmhub.engine.peer import PeerProtocol
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.services import PeerHost
@@ -137,7 +138,7 @@ class Session:
             if p == 0 and self.listen_port:
                 p = self.listen_port
             server = await loop.create_server(
-                lambda: PeerProtocol(self), h, p, reuse_address=True)
+                lambda: mse_transport.accept(self), h, p, reuse_address=True)
             self._servers.append(server)
             actual = int(server.sockets[0].getsockname()[1])
             if not self.listen_port:

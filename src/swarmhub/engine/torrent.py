@@ -24,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, cast
 
+from swarmhub.engine import mse_transport
 from swarmhub.engine.actions import (
     Announce,
     Banned,
@@ -36,7 +37,7 @@ from swarmhub.engine.actions import (
     Serve,
     Verify,
 )
-from swarmhub.engine.peer import Peer, PeerProtocol
+from swarmhub.engine.peer import Peer
 from swarmhub.engine.peerstate import RateMeter
 from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
@@ -368,11 +369,8 @@ class Torrent:
         self._flush()
 
     async def _dial(self, addr: tuple[str, int]) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: PeerProtocol(self.session, self), *addr),
-                self.settings.handshake_timeout)
+            await mse_transport.dial(self.session, self, addr, self.settings.handshake_timeout)
         except (OSError, TimeoutError) as exc:
             log.debug("%s: could not connect to %s: %s", self.meta.name, addr, exc)
         finally:

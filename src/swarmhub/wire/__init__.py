@@ -2,7 +2,8 @@
 
 :mod:`.messages` holds one dataclass per message and the codec, :mod:`.connection` the
 per-peer state machine (:class:`PeerConnection`), :mod:`.extensions` the payloads of
-``Extended`` messages. Nothing here touches a socket, a clock or a logger.
+``Extended`` messages, :mod:`.mse` the encrypted handshake (:class:`MSEHandshake`).
+Nothing here touches a socket, a clock or a logger.
 """
 
 from __future__ import annotations
@@ -82,9 +83,20 @@ from swarmhub.wire.messages import (
     message_name,
     validate_bitfield,
 )
+from swarmhub.wire.mse import (
+    CRYPTO_PLAINTEXT,
+    CRYPTO_RC4,
+    EncryptionError,
+    Established,
+    MSEHandshake,
+    is_plaintext_handshake,
+    skey_lookup,
+)
 
 __all__ = [
     "CLOSED",
+    "CRYPTO_PLAINTEXT",
+    "CRYPTO_RC4",
     "EXTENSION_HANDSHAKE_ID",
     "HANDSHAKE_LENGTH",
     "MAX_BLOCK_LENGTH",
@@ -103,6 +115,8 @@ __all__ = [
     "Cancel",
     "Choke",
     "Closed",
+    "EncryptionError",
+    "Established",
     "Extended",
     "ExtensionHandshake",
     "Handshake",
@@ -114,6 +128,7 @@ __all__ = [
     "HaveNone",
     "Interested",
     "KeepAlive",
+    "MSEHandshake",
     "Message",
     "MessageId",
     "MetadataData",
@@ -150,7 +165,9 @@ __all__ = [
     "encode_pex",
     "has_bit",
     "indices_from_bitfield",
+    "is_plaintext_handshake",
     "make_reserved",
     "message_name",
+    "skey_lookup",
     "validate_bitfield",
 ]
