@@ -268,6 +268,36 @@ class TrackerState:
         """Record one announce and return the bencoded answer (with peers to dial)."""
         if self.allowed is not None and not self.allowed(params.info_hash):
             return failure_body("unregistered torrent")
+        peers, complete, incomplete = self._record(params, now, 0)
+        body: dict[bytes, object] = {
+            b"interval": self.interval,
+            b"min interval": self.min_interval,
+            b"complete": complete,
+            b"incomplete": incomplete,
+        }
+        if params.compact:
+            body[b"peers"] = b"".join([p.compact for p in peers if len(p.compact) == 6])
+            v6 = b"".join([p.compact for p in peers if len(p.compact) != 6])
+            if v6:
+                body[b"peers6"] = v6
+        else:
+            body[b"peers"] = [_peer_dict(p, params.no_peer_id) for p in peers]
+        return bencode(body)
+
+    def announce_compact(
+        self, params: AnnounceParams, now: float, width: int
+    ) -> tuple[bytes, int, int] | None:
+        """Record one announce; ``(compact peers, seeders, leechers)`` for a UDP answer
+        (BEP 15: only ``width``-byte entries, 6 for IPv4 or 18 for IPv6), or ``None``
+        when the whitelist rejects the torrent."""
+        if self.allowed is not None and not self.allowed(params.info_hash):
+            return None
+        peers, complete, incomplete = self._record(params, now, width)
+        return b"".join([p.compact for p in peers]), complete, incomplete
+
+    def _record(
+        self, params: AnnounceParams, now: float, width: int
+    ) -> tuple[list[_Peer], int, int]:
         swarm = self._swarms.get(params.info_hash)
         if swarm is None:
             swarm = self._swarms[params.info_hash] = _Swarm()
@@ -297,35 +327,28 @@ class TrackerState:
                 swarm.seeders += 1
             swarm.touch(addr, self.max_peers_per_ip)
         numwant = 0 if params.event == "stopped" else min(params.numwant, self.max_numwant)
-        peers = self._pick(swarm, params, seeder, numwant)
-        complete, _, incomplete = self.stats(params.info_hash)
-        body: dict[bytes, object] = {
-            b"interval": self.interval,
-            b"min interval": self.min_interval,
-            b"complete": complete,
-            b"incomplete": incomplete,
-        }
-        if params.compact:
-            body[b"peers"] = b"".join([p.compact for p in peers if len(p.compact) == 6])
-            v6 = b"".join([p.compact for p in peers if len(p.compact) != 6])
-            if v6:
-                body[b"peers6"] = v6
-        else:
-            body[b"peers"] = [_peer_dict(p, params.no_peer_id) for p in peers]
+        peers = self._pick(swarm, params, seeder, numwant, width)
+        complete = swarm.seeders
+        incomplete = len(swarm.peers) - complete
         if not swarm.peers and not swarm.downloaded:
             del self._swarms[params.info_hash]
-        return bencode(body)
+        return peers, complete, incomplete
 
     def _pick(
-        self, swarm: _Swarm, params: AnnounceParams, seeder: bool, numwant: int
+        self, swarm: _Swarm, params: AnnounceParams, seeder: bool, numwant: int, width: int = 0
     ) -> list[_Peer]:
         if numwant <= 0:
             return []
         # The announcing peer was just stored under its address with this peer_id, so the
         # peer_id test leaves it out too. A seeder has no use for other seeders; everyone
-        # else gets both kinds.
+        # else gets both kinds. ``width`` (UDP) keeps one address family only.
         peer_id = params.peer_id
-        if seeder:
+        if width:
+            candidates = [
+                p for p in swarm.peers.values()
+                if len(p.compact) == width and p.peer_id != peer_id and not (seeder and p.seeder)
+            ]
+        elif seeder:
             candidates = [p for p in swarm.peers.values() if not p.seeder and p.peer_id != peer_id]
         else:
             candidates = [p for p in swarm.peers.values() if p.peer_id != peer_id]
