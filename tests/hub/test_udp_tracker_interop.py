@@ -25,7 +25,7 @@ from test_api import live_hub
 from test_app import publish
 
 from conftest import free_port, need, need_tool
-from interop.harness import LtPeer
+from interop.harness import VENV_PYTHON, LtPeer, Proc
 from swarmhub.bencode import bdecode, bencode
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
@@ -178,3 +178,25 @@ async def test_aria2_downloads_a_file_found_over_udp(live: Any, tmp_path: Path) 
             proc.stdout.close()
     assert (out / "aria.bin").read_bytes() == data
     assert counts["connect"] >= 1 and counts["announce"] >= 1
+
+
+async def test_swarmhub_get_with_a_udp_tracker_flag(live: Any, tmp_path: Path) -> None:
+    """``swarmhub get T --tracker udp://HOST:PORT``: the CLI's engine announces over UDP."""
+    data = os.urandom(1024 * 1024 + 5)
+    f = await publish(live, data, "cli.bin")
+    torrent, url = await udp_only_torrent(live, f["id"], tmp_path / "c.torrent")
+    outer = bdecode(torrent.read_bytes())
+    outer[b"announce"] = b"http://127.0.0.1:9/announce"  # a dead tracker: --tracker wins
+    torrent.write_bytes(bencode(outer))
+    counts = live.hub.udp_tracker.core.counts
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"))
+    argv = [VENV_PYTHON, "-m", "swarmhub", "get", str(torrent), "-o", str(tmp_path / "out"),
+            "--json", "--listen", "127.0.0.1:0", "--tracker", url.replace("/announce", "")]
+    with Proc(argv, env=env, name="get-udp", log=tmp_path / "get.log") as proc:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 90
+        while proc.poll() is None and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        assert proc.poll() == 0, proc.output()[-3000:]
+    assert (tmp_path / "out" / "cli.bin").read_bytes() == data
+    assert counts["announce"] >= 2  # started, and completed or stopped
