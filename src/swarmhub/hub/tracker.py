@@ -4,7 +4,7 @@
 takes the time as an argument and never touches sockets or logging, so a test drives it
 with a fake clock. :func:`make_tracker_app` is the thin aiohttp adapter the hub mounts
 (``/announce`` and ``/scrape``); ``python -m swarmhub.hub.tracker --listen HOST:PORT``
-runs it alone.
+runs it alone (``--udp HOST:PORT`` adds the UDP tracker, :mod:`swarmhub.hub.udp_tracker`).
 
 Query strings are parsed from the raw request target: aiohttp's ``request.query`` decodes
 percent-escapes as UTF-8, which mangles binary info hashes. Errors are bencoded
@@ -491,13 +491,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--min-interval", type=int, default=60, help="minimum re-announce interval, seconds"
     )
+    parser.add_argument(
+        "--udp",
+        type=_parse_listen,
+        default=None,
+        help="also answer BEP 15 UDP announces on HOST:PORT (same swarms; default off)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, port = args.listen
     state = TrackerState(interval=args.interval, min_interval=args.min_interval)
+    app = make_tracker_app(state)
+    if args.udp is not None:
+        udp_host, udp_port = args.udp
+
+        async def udp(app: web.Application) -> AsyncIterator[None]:
+            from swarmhub.hub.udp_tracker import UdpTrackerCore, start_udp_tracker
+
+            server = await start_udp_tracker(UdpTrackerCore(state), udp_host, udp_port)
+            log.info("UDP tracker on %s:%d", *server.address)
+            yield
+            server.close()
+
+        app.cleanup_ctx.append(udp)
     # No per-request access log: formatting and writing a line per announce cost about a
     # quarter of the tracker's CPU under load (opentracker does not log announces either).
-    web.run_app(make_tracker_app(state), host=host, port=port, access_log=None)
+    web.run_app(app, host=host, port=port, access_log=None)
 
 
 if __name__ == "__main__":
