@@ -268,7 +268,7 @@ class TrackerState:
         """Record one announce and return the bencoded answer (with peers to dial)."""
         if self.allowed is not None and not self.allowed(params.info_hash):
             return failure_body("unregistered torrent")
-        peers, complete, incomplete = self._record(params, now, 0)
+        peers, complete, incomplete = self._record(params, now)
         body: dict[bytes, object] = {
             b"interval": self.interval,
             b"min interval": self.min_interval,
@@ -289,15 +289,17 @@ class TrackerState:
     ) -> tuple[bytes, int, int] | None:
         """Record one announce; ``(compact peers, seeders, leechers)`` for a UDP answer
         (BEP 15: only ``width``-byte entries, 6 for IPv4 or 18 for IPv6), or ``None``
-        when the whitelist rejects the torrent."""
+        when the whitelist rejects the torrent. Peers are picked as for HTTP and then
+        filtered, so a client in a mixed IPv4/IPv6 swarm may get fewer than it asked."""
         if self.allowed is not None and not self.allowed(params.info_hash):
             return None
-        peers, complete, incomplete = self._record(params, now, width)
-        return b"".join([p.compact for p in peers]), complete, incomplete
+        peers, complete, incomplete = self._record(params, now)
+        blob = b"".join([p.compact for p in peers])
+        if len(blob) != width * len(peers):  # a mixed swarm (rare): keep one family
+            blob = b"".join([p.compact for p in peers if len(p.compact) == width])
+        return blob, complete, incomplete
 
-    def _record(
-        self, params: AnnounceParams, now: float, width: int
-    ) -> tuple[list[_Peer], int, int]:
+    def _record(self, params: AnnounceParams, now: float) -> tuple[list[_Peer], int, int]:
         swarm = self._swarms.get(params.info_hash)
         if swarm is None:
             swarm = self._swarms[params.info_hash] = _Swarm()
@@ -327,7 +329,7 @@ class TrackerState:
                 swarm.seeders += 1
             swarm.touch(addr, self.max_peers_per_ip)
         numwant = 0 if params.event == "stopped" else min(params.numwant, self.max_numwant)
-        peers = self._pick(swarm, params, seeder, numwant, width)
+        peers = self._pick(swarm, params, seeder, numwant)
         complete = swarm.seeders
         incomplete = len(swarm.peers) - complete
         if not swarm.peers and not swarm.downloaded:
@@ -335,20 +337,15 @@ class TrackerState:
         return peers, complete, incomplete
 
     def _pick(
-        self, swarm: _Swarm, params: AnnounceParams, seeder: bool, numwant: int, width: int = 0
+        self, swarm: _Swarm, params: AnnounceParams, seeder: bool, numwant: int
     ) -> list[_Peer]:
         if numwant <= 0:
             return []
         # The announcing peer was just stored under its address with this peer_id, so the
         # peer_id test leaves it out too. A seeder has no use for other seeders; everyone
-        # else gets both kinds. ``width`` (UDP) keeps one address family only.
+        # else gets both kinds.
         peer_id = params.peer_id
-        if width:
-            candidates = [
-                p for p in swarm.peers.values()
-                if len(p.compact) == width and p.peer_id != peer_id and not (seeder and p.seeder)
-            ]
-        elif seeder:
+        if seeder:
             candidates = [p for p in swarm.peers.values() if not p.seeder and p.peer_id != peer_id]
         else:
             candidates = [p for p in swarm.peers.values() if p.peer_id != peer_id]
