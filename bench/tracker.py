@@ -3,7 +3,7 @@
     .venv/bin/python bench/tracker.py [--seconds 10] [--torrents 100] [--peers 5000]
         [--concurrency 64] [--keepalive | --no-keepalive] [--generators auto|1|2]
         [--client raw|aiohttp] [--pin | --no-pin] [--only swarmhub|opentracker] [--rounds 1]
-        [--proto both|http|udp] [--udp-inflight 32] [--profile OUT.prof]
+        [--proto both|http|udp] [--udp-inflight 16] [--profile OUT.prof]
 
 Why this shape: the tracker runs as its own process (``python -m swarmhub.hub.tracker``,
 exactly as shipped) on 127.0.0.1 and a free port; the load comes from separate generator
@@ -36,7 +36,7 @@ UDP rows (BEP 15; ``--proto udp`` for only those): our tracker answers on the sa
 over UDP (``--udp``), opentracker too (``-P``). The same peers and event mix are
 announced by one generator process keeping ``--udp-inflight`` announces outstanding on
 one socket (``bench/udp_load.py``): the load is bounded, and by Little's law latency is
-about in-flight / rate, so 32 in flight at 20,000/s means ~1.6 ms. The aim for our UDP
+about in-flight / rate, so 16 in flight at 20,000/s means ~0.8 ms. The aim for our UDP
 tracker is >= 20,000 announces/s on one core with p99 <= 5 ms.
 
 opentracker (Debian's build is whitelist-only): it is started with ``-d`` a temp folder
@@ -841,7 +841,7 @@ def main() -> None:
         help="HTTP rows, UDP (BEP 15) rows or both (default)",
     )
     parser.add_argument(
-        "--udp-inflight", type=int, default=32,
+        "--udp-inflight", type=int, default=16,
         help="UDP announces outstanding at once (one socket, one generator)",
     )
     args = parser.parse_args()
