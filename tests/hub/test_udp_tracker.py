@@ -281,3 +281,6 @@ async def test_hostile_datagrams_leave_the_hub_healthy(live: Live) -> None:
         answer = await tiers.announce(http, request(ih))
     assert answer.incomplete == 1
     assert counts["internal_error"] == 0
+    async with live.http.get(f"{live.url}/metrics") as r:
+        text = await r.text()
+    assert 'swarmhub_udp_tracker_datagrams_total{outcome="rate_limited"}' in text

@@ -695,6 +695,8 @@ async def metrics(request: web.Request) -> web.Response:
         MetricFamily("swarmhub_private_leechers", "gauge",
                      "Leechers of all private files together (tracker).").add(private_leechers),
     ]
+    if hub.udp_tracker is not None:
+        fams.append(hub.udp_tracker.metrics())
     return web.Response(body=render(fams).encode(), headers={"Content-Type": CONTENT_TYPE})
 
 

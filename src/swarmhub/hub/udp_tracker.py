@@ -49,6 +49,7 @@ from swarmhub.discovery.udp_codec import (
 )
 from swarmhub.hub.access import normalize_ip
 from swarmhub.hub.limits import AnnounceRate
+from swarmhub.hub.metrics import MetricFamily
 from swarmhub.hub.tracker import AnnounceParams, TrackerState
 
 if TYPE_CHECKING:
@@ -255,6 +256,17 @@ class UdpTrackerServer:
                     counts["reply_dropped"] += 1
                 except OSError as exc:
                     log.debug("UDP tracker cannot answer %s: %s", addr[0], exc)
+
+    def metrics(self) -> MetricFamily:
+        """Datagrams by outcome, for the hub's ``/metrics``."""
+        fam = MetricFamily(
+            "swarmhub_udp_tracker_datagrams_total",
+            "counter",
+            "UDP tracker datagrams by outcome (answered, refused, dropped).",
+        )
+        for outcome, n in sorted(self.core.counts.items()):
+            fam.add(n, {"outcome": outcome})
+        return fam
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:
