@@ -172,3 +172,21 @@ async def test_scrape_takes_one_to_74_hashes() -> None:
     for hashes in ([], [IH] * 1 + [bytes([i]) * 20 for i in range(74)], [b"short"]):
         with pytest.raises(TrackerError, match=r"1\.\.74 info hashes"):
             await client.scrape("udp://127.0.0.1:1", hashes)
+
+
+async def test_ipv6_tracker_answers_with_18_byte_peers() -> None:
+    """BEP 15: the address family of the datagram decides the peer format."""
+    core = UdpTrackerCore(TrackerState())
+    try:
+        server = await start_udp_tracker(core, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    url = f"udp://[::1]:{server.address[1]}/announce"
+    client = UdpTrackerClient(base_timeout=1, max_retries=0)
+    try:
+        await client.announce(url, REQ)
+        other = AnnounceRequest(IH, b"-SH0100-bbbbbbbbbbbb", 7000, 0, 0, 0, "started")
+        resp = await client.announce(url, other)
+    finally:
+        server.close()
+    assert resp.peers == [("::1", 6881)] and (resp.complete, resp.incomplete) == (1, 1)
