@@ -26,7 +26,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import BodyPartReader, web
@@ -51,6 +51,9 @@ from swarmhub.hub.catalog import (
 from swarmhub.hub.testhooks import pause_point
 from swarmhub.hub.tracker import TrackerState
 from swarmhub.metainfo import Metainfo, create_torrent, load_torrent, make_magnet, torrent_bytes
+
+if TYPE_CHECKING:
+    from swarmhub.hub.udp_tracker import UdpTrackerServer
 
 __all__ = [
     "DEFAULT_PEER_PORT",
@@ -160,8 +163,8 @@ class Hub:
     http_bytes: Counter[str] = field(default_factory=Counter)
     #: Ids of catalogued files whose blob was missing at start-up (``hub.reconcile``).
     missing_blobs: set[str] = field(default_factory=set)
-    #: The running UDP tracker (``hub.udp_tracker.UdpTrackerServer``) when configured.
-    udp_tracker: Any = None
+    #: The running UDP tracker when ``config.udp_tracker`` is set.
+    udp_tracker: UdpTrackerServer | None = None
 
     # -- URLs ------------------------------------------------------------------------------
 
