@@ -14,6 +14,7 @@ import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -28,7 +29,12 @@ from swarmhub.discovery.udp_tracker import UdpTrackerClient
 from swarmhub.errors import TrackerError
 from swarmhub.hub.limits import AnnounceRate
 from swarmhub.hub.tracker import TrackerState
-from swarmhub.hub.udp_tracker import ConnectionIds, UdpTrackerCore, passkey_of
+from swarmhub.hub.udp_tracker import (
+    ConnectionIds,
+    UdpTrackerCore,
+    hub_connection_ids,
+    passkey_of,
+)
 from swarmhub.metainfo import load_torrent
 
 IH = bytes(range(20))
@@ -153,6 +159,15 @@ def test_no_amplification_toward_an_unproven_address(data: bytes, valid_head: bo
         data = struct.pack("!QII", 123, data[8] % 3, 5) + data[16:]
     reply = c.handle(data, "10.9.9.9", 0.0)
     assert reply is None or len(reply) <= len(data)
+
+
+def test_the_hub_accepts_its_ids_after_a_restart(tmp_path: Path) -> None:
+    (tmp_path / "hub").mkdir()
+    before, after = hub_connection_ids(tmp_path / "hub"), hub_connection_ids(tmp_path / "hub")
+    cid = before.issue("10.0.0.1", 1000.0)
+    assert after.check(cid, "10.0.0.1", 1030.0)
+    (tmp_path / "other").mkdir()
+    assert not hub_connection_ids(tmp_path / "other").check(cid, "10.0.0.1", 1030.0)
 
 
 def test_passkey_comes_from_bep41_url_data() -> None:

@@ -3,7 +3,8 @@
 Three layers, like the HTTP tracker:
 
 - :class:`ConnectionIds` mints connection ids without per-client state: an id is a keyed
-  BLAKE2b MAC of (source IP, 60-second window) under a secret made at start. An id is
+  BLAKE2b MAC of (source IP, 60-second window) under a secret (the hub derives it from
+  its data folder's secret, so ids survive a restart; the standalone tracker makes one). An id is
   accepted in its window and the two after it, so it lives 2-3 minutes (BEP 15: clients
   use an id for one minute, trackers accept it for two). A client that spoofs its source
   never sees the id for that address, so it cannot announce in another host's name.
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import os
 import socket
 import urllib.parse
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from swarmhub.discovery.udp_codec import (
@@ -48,6 +51,7 @@ from swarmhub.discovery.udp_codec import (
     parse_request,
 )
 from swarmhub.hub.access import normalize_ip
+from swarmhub.hub.catalog import SECRET_FILE, load_or_create_secret
 from swarmhub.hub.limits import AnnounceRate
 from swarmhub.hub.metrics import MetricFamily
 from swarmhub.hub.tracker import AnnounceParams, TrackerState
@@ -63,6 +67,7 @@ __all__ = [
     "UdpPolicy",
     "UdpTrackerCore",
     "UdpTrackerServer",
+    "hub_connection_ids",
     "passkey_of",
     "start_hub_udp_tracker",
     "start_udp_tracker",
@@ -356,9 +361,18 @@ class HubUdpPolicy:
         return entry is not None and not entry[1]
 
 
+def hub_connection_ids(data_dir: Path) -> ConnectionIds:
+    """Connection ids keyed from the hub's data-folder secret, so a restarted hub accepts
+    the ids it gave out before (the event loop's clock is the system's monotonic one,
+    shared by every process since boot): clients do not notice a restart."""
+    secret = load_or_create_secret(data_dir / SECRET_FILE)
+    return ConnectionIds(hmac.digest(secret, b"swarmhub udp connection id", "sha256"))
+
+
 async def start_hub_udp_tracker(
     hub: Hub, rate: AnnounceRate, host: str, port: int
 ) -> UdpTrackerServer:
     """The hub's UDP tracker: its swarms, its per-address announce limit, its rules."""
-    core = UdpTrackerCore(hub.tracker, rate=rate, policy=HubUdpPolicy(hub))
+    core = UdpTrackerCore(hub.tracker, ids=hub_connection_ids(hub.config.data_dir), rate=rate,
+                          policy=HubUdpPolicy(hub))
     return await start_udp_tracker(core, host, port)
