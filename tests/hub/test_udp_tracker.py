@@ -18,11 +18,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hubproc import catalog_rows, cli
 from hypothesis import given
 from hypothesis import strategies as st
 from test_api import Live, live_hub
 from test_app import fetch, publish
 
+from conftest import free_port
 from swarmhub.discovery import udp_codec as u
 from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
 from swarmhub.discovery.udp_tracker import UdpTrackerClient
@@ -299,3 +301,19 @@ async def test_hostile_datagrams_leave_the_hub_healthy(live: Live) -> None:
     async with live.http.get(f"{live.url}/metrics") as r:
         text = await r.text()
     assert 'swarmhub_udp_tracker_datagrams_total{outcome="rate_limited"}' in text
+
+
+def test_busy_udp_port_is_one_line_error_and_creates_no_token(tmp_path: Path) -> None:
+    """``swarmhub hub --udp-tracker HOST:PORT`` on a taken port: the operator's one line."""
+    data = tmp_path / "data"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        taken = blocker.getsockname()[1]
+        proc = cli(tmp_path, "hub", "hub", "--data", str(data), "--listen",
+                   f"127.0.0.1:{free_port()}", "--peer-listen", "off",
+                   "--udp-tracker", f"127.0.0.1:{taken}")
+    out = proc.output()
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in out, out
+    assert f"UDP tracker on 127.0.0.1:{taken}" in lines[0] and "--udp-tracker" in lines[0], out
+    assert catalog_rows(data, "SELECT COUNT(*) FROM tokens") == [(0,)]
