@@ -25,8 +25,10 @@ from test_api import Live, live_hub
 from test_app import fetch, publish
 
 from conftest import free_port
+from interop.harness import VENV_PYTHON, Proc
 from swarmhub.discovery import udp_codec as u
 from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
+from swarmhub.discovery.tracker import announce as http_announce
 from swarmhub.discovery.udp_tracker import UdpTrackerClient
 from swarmhub.errors import TrackerError
 from swarmhub.hub.limits import AnnounceRate
@@ -317,3 +319,27 @@ def test_busy_udp_port_is_one_line_error_and_creates_no_token(tmp_path: Path) ->
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in out, out
     assert f"UDP tracker on 127.0.0.1:{taken}" in lines[0] and "--udp-tracker" in lines[0], out
     assert catalog_rows(data, "SELECT COUNT(*) FROM tokens") == [(0,)]
+
+
+async def test_standalone_tracker_speaks_udp_too(tmp_path: Path) -> None:
+    """``python -m swarmhub.hub.tracker --listen H:P --udp H:P``: one swarm, two protocols."""
+    port = free_port()
+    argv = [str(VENV_PYTHON), "-m", "swarmhub.hub.tracker", "--listen", f"127.0.0.1:{port}",
+            "--udp", f"127.0.0.1:{port}"]
+    with Proc(argv, name="tracker", log=tmp_path / "tracker.log") as proc:
+        url = f"udp://127.0.0.1:{port}/announce"
+        client = UdpTrackerClient(base_timeout=0.2, max_retries=0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while True:  # until it listens (bounded): refused or unanswered tries fail fast
+            try:
+                first = await client.announce(url, request(IH, port=7001, left=0))
+                break
+            except TrackerError:
+                assert proc.poll() is None, proc.output()
+                assert loop.time() < deadline, "the standalone tracker never answered"
+                await asyncio.sleep(0.1)
+        assert first.complete == 1
+        async with aiohttp.ClientSession() as http:
+            over_http = await http_announce(http, f"http://127.0.0.1:{port}/announce", request(IH))
+        assert over_http.peers == [("127.0.0.1", 7001)]
