@@ -355,10 +355,10 @@ async def test_connection_refused_names_the_url() -> None:
             await announce(session, url, make_req(), timeout=2)
 
 
-async def test_udp_trackers_are_refused_for_now() -> None:
+async def test_udp_url_without_a_port_is_refused() -> None:
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(TrackerError, match="UDP trackers are not supported yet"):
-            await announce(session, "udp://127.0.0.1:6969/announce", make_req())
+        with pytest.raises(TrackerError, match="needs a host and a port"):
+            await announce(session, "udp://127.0.0.1/announce", make_req())
 
 
 async def test_silent_tracker_times_out_within_the_bound() -> None:

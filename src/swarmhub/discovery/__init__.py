@@ -1,4 +1,4 @@
-"""Finding peers: HTTP trackers now; UDP trackers, DHT, PEX and LSD to come."""
+"""Finding peers: HTTP and UDP trackers now; DHT, PEX and LSD to come."""
 
 from swarmhub.discovery.tracker import (
     AnnounceRequest,
@@ -10,11 +10,13 @@ from swarmhub.discovery.tracker import (
     scrape,
     scrape_url,
 )
+from swarmhub.discovery.udp_tracker import UdpTrackerClient
 
 __all__ = [
     "AnnounceRequest",
     "AnnounceResponse",
     "TrackerTiers",
+    "UdpTrackerClient",
     "announce",
     "build_announce_url",
     "parse_announce_response",

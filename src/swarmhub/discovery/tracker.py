@@ -8,8 +8,9 @@ failure — HTTP status, timeout, refused connection, junk body — into a
 :class:`~swarmhub.errors.TrackerError` naming the tracker, so a session can log it and
 try the next tracker instead of crashing.
 
-UDP trackers (BEP 15) are not implemented yet: a ``udp://`` URL raises ``TrackerError``
-so that :class:`TrackerTiers` simply moves on to the next URL.
+``udp://`` URLs (BEP 15) go to :class:`~swarmhub.discovery.udp_tracker.UdpTrackerClient`:
+:func:`announce` and :func:`scrape` dispatch on the scheme, and each :class:`TrackerTiers`
+keeps one UDP client so its connection ids are reused between announces.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ import struct
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import yarl
 
 from swarmhub.bencode import bdecode
 from swarmhub.errors import BencodeError, TrackerError
+
+if TYPE_CHECKING:
+    from swarmhub.discovery.udp_tracker import UdpTrackerClient
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -301,10 +305,19 @@ def parse_scrape_response(body: bytes) -> dict[bytes, tuple[int, int, int]]:
 
 def _check_scheme(url: str) -> None:
     scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme == "udp":
-        raise TrackerError("UDP trackers are not supported yet")
     if scheme not in ("http", "https"):
         raise TrackerError(f"{url}: unsupported tracker URL scheme {scheme!r}")
+
+
+def _udp_client(url: str, udp: UdpTrackerClient | None) -> UdpTrackerClient | None:
+    """The UDP client for a ``udp://`` URL (``udp`` or a new one), else ``None``."""
+    if urllib.parse.urlsplit(url).scheme.lower() != "udp":
+        return None
+    if udp is not None:
+        return udp
+    from swarmhub.discovery.udp_tracker import UdpTrackerClient
+
+    return UdpTrackerClient()
 
 
 async def _get(session: aiohttp.ClientSession, url: str, full_url: str, timeout: float) -> bytes:
@@ -333,9 +346,21 @@ async def _get(session: aiohttp.ClientSession, url: str, full_url: str, timeout:
 
 
 async def announce(
-    session: aiohttp.ClientSession, url: str, req: AnnounceRequest, *, timeout: float = 15.0
+    session: aiohttp.ClientSession,
+    url: str,
+    req: AnnounceRequest,
+    *,
+    timeout: float = 15.0,
+    udp: UdpTrackerClient | None = None,
 ) -> AnnounceResponse:
-    """Announce ``req`` to the tracker at ``url``; raise ``TrackerError`` naming ``url``."""
+    """Announce ``req`` to the tracker at ``url``; raise ``TrackerError`` naming ``url``.
+
+    ``udp://`` URLs go through ``udp`` (or a new client), whose BEP 15 retry schedule
+    replaces ``timeout``.
+    """
+    client = _udp_client(url, udp)
+    if client is not None:
+        return await client.announce(url, req)
     _check_scheme(url)
     body = await _get(session, url, build_announce_url(url, req), timeout)
     try:
@@ -350,11 +375,16 @@ async def scrape(
     info_hashes: Sequence[bytes],
     *,
     timeout: float = 15.0,
+    udp: UdpTrackerClient | None = None,
 ) -> dict[bytes, tuple[int, int, int]]:
     """Scrape ``info_hashes`` -> ``{info_hash: (complete, downloaded, incomplete)}``.
 
-    ``url`` is a scrape URL; an announce URL is converted with :func:`scrape_url`.
+    ``url`` is a scrape URL; an announce URL is converted with :func:`scrape_url`. A
+    ``udp://`` URL is scraped over BEP 15 (at most 74 hashes).
     """
+    client = _udp_client(url, udp)
+    if client is not None:
+        return await client.scrape(url, info_hashes)
     _check_scheme(url)
     if any(len(ih) != 20 for ih in info_hashes):
         raise TrackerError("every info hash to scrape must be 20 bytes")
@@ -390,6 +420,7 @@ class TrackerTiers:
         *,
         announcer: Announcer | None = None,
         timeout: float = 15.0,
+        udp: UdpTrackerClient | None = None,
     ) -> None:
         self._tiers: list[list[str]] = []
         for tier in tiers:
@@ -400,11 +431,14 @@ class TrackerTiers:
         self._timeout = timeout
         self._announcer: Announcer = announcer or self._default_announcer
         self._tracker_ids: dict[str, bytes] = {}
+        self._udp = udp
 
     async def _default_announcer(
         self, session: aiohttp.ClientSession, url: str, req: AnnounceRequest
     ) -> AnnounceResponse:
-        return await announce(session, url, req, timeout=self._timeout)
+        if self._udp is None and urllib.parse.urlsplit(url).scheme.lower() == "udp":
+            self._udp = _udp_client(url, None)  # one per tiers: its connection ids persist
+        return await announce(session, url, req, timeout=self._timeout, udp=self._udp)
 
     @property
     def tiers(self) -> list[list[str]]:

@@ -26,8 +26,8 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import quote, unquote
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import BodyPartReader, web
 
@@ -51,6 +51,9 @@ from swarmhub.hub.catalog import (
 from swarmhub.hub.testhooks import pause_point
 from swarmhub.hub.tracker import TrackerState
 from swarmhub.metainfo import Metainfo, create_torrent, load_torrent, make_magnet, torrent_bytes
+
+if TYPE_CHECKING:
+    from swarmhub.hub.udp_tracker import UdpTrackerServer
 
 __all__ = [
     "DEFAULT_PEER_PORT",
@@ -114,6 +117,8 @@ class HubConfig:
     #: Seconds a download may wait on a client that acknowledges nothing (it stopped
     #: reading) before it is aborted and its transfer slot freed (0 = forever).
     send_timeout: float = 60.0
+    #: Where the UDP tracker (BEP 15) listens; None (default): HTTP tracker only.
+    udp_tracker: tuple[str, int] | None = None
 
     @property
     def base_url(self) -> str:
@@ -158,12 +163,33 @@ class Hub:
     http_bytes: Counter[str] = field(default_factory=Counter)
     #: Ids of catalogued files whose blob was missing at start-up (``hub.reconcile``).
     missing_blobs: set[str] = field(default_factory=set)
+    #: The running UDP tracker when ``config.udp_tracker`` is set.
+    udp_tracker: UdpTrackerServer | None = None
 
     # -- URLs ------------------------------------------------------------------------------
 
     def announce_url(self, passkey: str | None = None) -> str:
         url = self.config.base_url + "/announce"
         return url if passkey is None else f"{url}?passkey={passkey}"
+
+    def udp_announce_url(self, passkey: str | None = None) -> str | None:
+        """``udp://PUBLIC-HOST:PORT/announce`` when the UDP tracker is on; the path and
+        passkey reach it as BEP 41 URL data."""
+        if self.config.udp_tracker is None:
+            return None
+        port = self.config.udp_tracker[1]
+        if self.udp_tracker is not None:
+            port = self.udp_tracker.address[1]  # the real one when configured as port 0
+        host = urlsplit(self.config.base_url).hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        url = f"udp://{host}:{port}/announce"
+        return url if passkey is None else f"{url}?passkey={passkey}"
+
+    def announce_tiers(self, passkey: str | None = None) -> tuple[tuple[str, ...], ...]:
+        """BEP 12 tiers of the hub's torrents: HTTP first, UDP (when on) as the fallback."""
+        udp = self.udp_announce_url(passkey)
+        http = (self.announce_url(passkey),)
+        return (http,) if udp is None else (http, (udp,))
 
     def file_url(self, record: FileRecord, passkey: str | None = None) -> str:
         name = quote(record.name, safe="")
@@ -195,10 +221,13 @@ class Hub:
             raise NotFoundError(f"no file with id {record.id!r}")
         meta = load_torrent(data)
         if not record.private:
-            return data, meta
+            if self.config.udp_tracker is None:
+                return data, meta
+            meta = dataclasses.replace(meta, trackers=self.announce_tiers())
+            return torrent_bytes(meta), meta
         meta = dataclasses.replace(
             meta,
-            trackers=((self.announce_url(passkey),),),
+            trackers=self.announce_tiers(passkey),
             url_list=(self.file_url(record, passkey),),
         )
         return torrent_bytes(meta), meta

@@ -692,6 +692,8 @@ async def metrics(request: web.Request) -> web.Response:
         MetricFamily("swarmhub_private_leechers", "gauge",
                      "Leechers of all private files together (tracker).").add(private_leechers),
     ]
+    if hub.udp_tracker is not None:
+        fams.append(hub.udp_tracker.metrics())
     return web.Response(body=render(fams).encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -838,6 +840,16 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         log.warning("%s", report.summary())
     else:
         log.info("%s", report.summary())
+    if hub.config.udp_tracker is not None:
+        from swarmhub.hub.udp_tracker import start_hub_udp_tracker
+
+        try:
+            hub.udp_tracker = await start_hub_udp_tracker(
+                hub, app[LIMITS_KEY].announces, *hub.config.udp_tracker)
+        except OSError as exc:
+            hub.catalog.close()
+            raise StartupError(_bind_failure("the UDP tracker", hub.config.udp_tracker, exc,
+                                             "--udp-tracker HOST:PORT")) from None
     seeder: Seeder | None = None
     seeder_task: asyncio.Task[None] | None = None
     if hub.config.peer_listen is not None:
@@ -846,6 +858,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(seeder.ready.wait(), 30)
         if seeder.session is None:
             await seeder_task
+            if hub.udp_tracker is not None:
+                hub.udp_tracker.close()
             hub.catalog.close()
             raise StartupError(_bind_failure("the embedded seeder", hub.config.peer_listen,
                                              seeder._failed, "--peer-listen HOST:PORT or 'off'"))
@@ -879,6 +893,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         hub.seeder = None
+        if hub.udp_tracker is not None:
+            hub.udp_tracker.close()
+            hub.udp_tracker = None
         if seeder is not None and seeder_task is not None:
             await seeder.close()
             try:

@@ -138,6 +138,11 @@ def hub(
         typer.Option(help="Seconds a download may wait on a client that reads nothing "
                      "before it is aborted (0 = forever).", min=0),
     ] = 60.0,
+    udp_tracker: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT where the tracker also speaks UDP (BEP 15); "
+                     "torrents then list udp://PUBLIC-HOST:PORT/announce as a second tier."),
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder.
@@ -177,6 +182,7 @@ def hub(
         keepalive_timeout=keepalive_timeout,
         body_timeout=upload_timeout,
         send_timeout=send_timeout,
+        udp_tracker=None if udp_tracker is None else _addr(udp_tracker, "--udp-tracker"),
     )
     try:
         code = _run(run_hub(config, host, port))

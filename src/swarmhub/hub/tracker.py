@@ -4,7 +4,7 @@
 takes the time as an argument and never touches sockets or logging, so a test drives it
 with a fake clock. :func:`make_tracker_app` is the thin aiohttp adapter the hub mounts
 (``/announce`` and ``/scrape``); ``python -m swarmhub.hub.tracker --listen HOST:PORT``
-runs it alone.
+runs it alone (``--udp HOST:PORT`` adds the UDP tracker, :mod:`swarmhub.hub.udp_tracker`).
 
 Query strings are parsed from the raw request target: aiohttp's ``request.query`` decodes
 percent-escapes as UTF-8, which mangles binary info hashes. Errors are bencoded
@@ -268,6 +268,38 @@ class TrackerState:
         """Record one announce and return the bencoded answer (with peers to dial)."""
         if self.allowed is not None and not self.allowed(params.info_hash):
             return failure_body("unregistered torrent")
+        peers, complete, incomplete = self._record(params, now)
+        body: dict[bytes, object] = {
+            b"interval": self.interval,
+            b"min interval": self.min_interval,
+            b"complete": complete,
+            b"incomplete": incomplete,
+        }
+        if params.compact:
+            body[b"peers"] = b"".join([p.compact for p in peers if len(p.compact) == 6])
+            v6 = b"".join([p.compact for p in peers if len(p.compact) != 6])
+            if v6:
+                body[b"peers6"] = v6
+        else:
+            body[b"peers"] = [_peer_dict(p, params.no_peer_id) for p in peers]
+        return bencode(body)
+
+    def announce_compact(
+        self, params: AnnounceParams, now: float, width: int
+    ) -> tuple[bytes, int, int] | None:
+        """Record one announce; ``(compact peers, seeders, leechers)`` for a UDP answer
+        (BEP 15: only ``width``-byte entries, 6 for IPv4 or 18 for IPv6), or ``None``
+        when the whitelist rejects the torrent. Peers are picked as for HTTP and then
+        filtered, so a client in a mixed IPv4/IPv6 swarm may get fewer than it asked."""
+        if self.allowed is not None and not self.allowed(params.info_hash):
+            return None
+        peers, complete, incomplete = self._record(params, now)
+        blob = b"".join([p.compact for p in peers])
+        if len(blob) != width * len(peers):  # a mixed swarm (rare): keep one family
+            blob = b"".join([p.compact for p in peers if len(p.compact) == width])
+        return blob, complete, incomplete
+
+    def _record(self, params: AnnounceParams, now: float) -> tuple[list[_Peer], int, int]:
         swarm = self._swarms.get(params.info_hash)
         if swarm is None:
             swarm = self._swarms[params.info_hash] = _Swarm()
@@ -298,23 +330,11 @@ class TrackerState:
             swarm.touch(addr, self.max_peers_per_ip)
         numwant = 0 if params.event == "stopped" else min(params.numwant, self.max_numwant)
         peers = self._pick(swarm, params, seeder, numwant)
-        complete, _, incomplete = self.stats(params.info_hash)
-        body: dict[bytes, object] = {
-            b"interval": self.interval,
-            b"min interval": self.min_interval,
-            b"complete": complete,
-            b"incomplete": incomplete,
-        }
-        if params.compact:
-            body[b"peers"] = b"".join([p.compact for p in peers if len(p.compact) == 6])
-            v6 = b"".join([p.compact for p in peers if len(p.compact) != 6])
-            if v6:
-                body[b"peers6"] = v6
-        else:
-            body[b"peers"] = [_peer_dict(p, params.no_peer_id) for p in peers]
+        complete = swarm.seeders
+        incomplete = len(swarm.peers) - complete
         if not swarm.peers and not swarm.downloaded:
             del self._swarms[params.info_hash]
-        return bencode(body)
+        return peers, complete, incomplete
 
     def _pick(
         self, swarm: _Swarm, params: AnnounceParams, seeder: bool, numwant: int
@@ -468,13 +488,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--min-interval", type=int, default=60, help="minimum re-announce interval, seconds"
     )
+    parser.add_argument(
+        "--udp",
+        type=_parse_listen,
+        default=None,
+        help="also answer BEP 15 UDP announces on HOST:PORT (same swarms; default off)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, port = args.listen
     state = TrackerState(interval=args.interval, min_interval=args.min_interval)
+    app = make_tracker_app(state)
+    if args.udp is not None:
+        udp_host, udp_port = args.udp
+
+        async def udp(app: web.Application) -> AsyncIterator[None]:
+            from swarmhub.hub.udp_tracker import UdpTrackerCore, start_udp_tracker
+
+            server = await start_udp_tracker(UdpTrackerCore(state), udp_host, udp_port)
+            log.info("UDP tracker on %s:%d", *server.address)
+            yield
+            server.close()
+
+        app.cleanup_ctx.append(udp)
     # No per-request access log: formatting and writing a line per announce cost about a
     # quarter of the tracker's CPU under load (opentracker does not log announces either).
-    web.run_app(make_tracker_app(state), host=host, port=port, access_log=None)
+    web.run_app(app, host=host, port=port, access_log=None)
 
 
 if __name__ == "__main__":
