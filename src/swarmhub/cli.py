@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from swarmhub import __version__
+from swarmhub import __version__, ui
 from swarmhub.aio import INTERRUPTED, run_cancellable
 from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo, TorrentVersion
@@ -36,8 +36,10 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     help="Share files peer-to-peer (BitTorrent), client-server (hub) or both.",
+    epilog="Exit status: 0 success, 1 failure (one line on stderr says what to do), "
+    "2 usage error, 130 interrupted. -v on a command shows the traceback of a failure.",
     no_args_is_help=True,
-    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
 out = Console()
@@ -524,12 +526,26 @@ def _register_subcommands() -> None:
     register_lab(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"swarmhub {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", is_eager=True,
+        callback=_print_version)] = False,
+) -> None:
+    """Share files peer-to-peer (BitTorrent), client-server (hub) or both."""
+
+
 _register_subcommands()
+# Last: every command registered above (here or by register()) gets the error boundary.
+ui.install(app)
 
 
 def main() -> None:
-    try:
-        app()
-    except SwarmhubError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(1)
+    """The ``swarmhub`` console script: exit status as documented in :mod:`swarmhub.ui`."""
+    sys.exit(ui.run(app))
