@@ -15,6 +15,7 @@ from interop.harness import make_test_data
 def published_file(work: Path, size: int, *, seed: int = 44,
                    name: str = "file.bin") -> Iterator[tuple[HubProc, str]]:
     """A hub process with one published file of ``size`` bytes: (hub, its /f/ URL)."""
+    work.mkdir(parents=True, exist_ok=True)
     hub = start_hub(work / "data", work, "hub")
     try:
         data = make_test_data(work / "src", [size], seed=seed, name=name)

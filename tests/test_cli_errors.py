@@ -196,3 +196,12 @@ def test_read_only_download_folder_for_a_torrent(torrent: tuple[Path, Path],
                                                  read_only: Path) -> None:
     r = run("get", str(torrent[0]), "-o", str(read_only / "sub"), "--peer", "127.0.0.1:9")
     one_line_error(r, 1, "read-only", "-o DIR")
+
+
+def test_lab_without_matplotlib_says_how_to_install_it(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['matplotlib'] = None; sys.argv[0] = 'swarmhub'; "
+            "from swarmhub.cli import main; main()")
+    r = subprocess.run([str(VENV_PYTHON), "-c", code, "lab", "run", "--loopback", "--peers",
+                        "1", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=60)
+    one_line_error(r, 1, "pip install 'swarmhub[lab]'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import swarmhub
 from cli_helpers import published_file
 from hub.hubproc import HubProc
 from interop.harness import VENV_PYTHON, Proc, make_test_data
@@ -153,3 +155,30 @@ def test_seed_shows_a_live_line_on_a_terminal(tmp_path: Path) -> None:
                                      "127.0.0.1:0", "--duration", "2.5")
     assert code == 0, screen
     assert "seeding dataset: 0 peers, up 0 B/s, uploaded 0 B, ratio 0.00" in screen, screen
+
+
+def test_version(tmp_path: Path) -> None:
+    r = run(tmp_path, "--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"swarmhub {swarmhub.__version__}"
+
+
+def test_help_shows_flags_as_flags(tmp_path: Path) -> None:
+    for command in (["get"], ["seed"], ["create"], ["hub"], ["lab", "run"]):
+        r = run(tmp_path, *command, "--help")
+        assert r.returncode == 0, r.stderr
+        assert "<bool>" not in r.stdout and "<list[" not in r.stdout, r.stdout
+    get_help = run(tmp_path, "get", "--help").stdout
+    assert re.search(r"--json\s+Print", get_help), get_help
+    assert re.search(r"--peer\s+<str>\.\.\.", get_help), get_help
+
+
+def test_shell_completion(tmp_path: Path) -> None:
+    script = run(tmp_path, "--show-completion", "bash")
+    assert script.returncode == 0
+    assert "_SWARMHUB_COMPLETE" in script.stdout
+    completed = subprocess.run(
+        [*SWARMHUB], capture_output=True, text=True, timeout=60,
+        env=env(tmp_path, _SWARMHUB_COMPLETE="complete_bash", COMP_WORDS="swarmhub get --dow",
+                COMP_CWORD="2"))
+    assert completed.stdout.split() == ["--download-limit"]
