@@ -20,6 +20,7 @@ from swarmhub import __version__, ui
 from swarmhub.aio import INTERRUPTED, run_cancellable
 from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo, TorrentVersion
+from swarmhub.settings import Settings
 
 __all__ = ["app", "main"]
 
@@ -199,11 +200,24 @@ def _load_or_create(source: Path, data: Path | None, version: TorrentVersion,
     return meta, source.resolve().parent, True
 
 
-def _settings(listen: str, upload_limit: int, download_limit: int) -> object:
-    from swarmhub.settings import Settings
+def _settings(upload_limit: int | None, download_limit: int | None) -> Settings:
+    """Engine settings: flags over the environment over the config file over defaults."""
+    from swarmhub.config import load_settings
 
-    return Settings.from_env().replace(
-        upload_rate_limit=upload_limit * 1024, download_rate_limit=download_limit * 1024)
+    flags = {"upload_rate_limit": upload_limit, "download_rate_limit": download_limit}
+    return load_settings().replace(
+        **{k: v * 1024 for k, v in flags.items() if v is not None})
+
+
+def _listen(flag: str | None, command_default: str) -> tuple[str, int]:
+    """--listen, else listen_interfaces from the environment or config file, else the
+    command's own default (``get`` listens on any free port, ``seed`` on 6881)."""
+    if flag is not None:
+        return _addr(flag)
+    from swarmhub.config import effective
+
+    row = next(r for r in effective() if r.name == "listen_interfaces")
+    return _addr(str(row.value).split(",")[0] if row.source != "default" else command_default)
 
 
 @app.command()
@@ -212,13 +226,16 @@ def seed(
                                            exists=True)],
     data: Annotated[Path | None, typer.Argument(help="The data (when SOURCE is a .torrent).")]
     = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT to accept peers on.")] = "0.0.0.0:6881",
+    listen: Annotated[str | None, typer.Option(
+        help="HOST:PORT to accept peers on [default: listen_interfaces, 0.0.0.0:6881].")]
+    = None,
     peer: Annotated[list[str] | None, typer.Option(help="Also connect to HOST:PORT.")] = None,
     tracker: Annotated[list[str] | None, typer.Option(help="Announce to this tracker URL.")]
     = None,
     v1: Annotated[bool, typer.Option("--v1", help="Create a v1-only torrent.")] = False,
     v2: Annotated[bool, typer.Option("--v2", help="Create a v2-only torrent.")] = False,
-    upload_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited.")] = 0,
+    upload_limit: Annotated[int | None, typer.Option(
+        help="KiB/s, 0 = unlimited [default: upload_rate_limit].")] = None,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0 = never).")]
     = 0.0,
     trust: Annotated[bool, typer.Option(
@@ -237,12 +254,12 @@ def seed(
     from swarmhub.progress import SeedView, emit_json, reachable_address
 
     _setup_logging(verbose)
-    host, port = _addr(listen)
+    host, port = _listen(listen, "0.0.0.0:6881")
+    settings = _settings(upload_limit, None)
     meta, save, fresh = _load_or_create(source, data, _version(v1, v2), tracker or [], force)
 
     async def go() -> int:
-        settings = _settings(listen, upload_limit, 0)
-        async with Session(settings) as session:  # type: ignore[arg-type]
+        async with Session(settings) as session:
             actual = await session.listen(host, port)
             trackers = [[t] for t in tracker] if tracker else None
             t = await session.add(meta, save, seed_mode=fresh or trust,
@@ -286,15 +303,18 @@ def get(
     = None,
     tracker: Annotated[list[str] | None, typer.Option(
         help="Use this tracker URL instead of the torrent's.")] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT to accept peers on (port 0: any).")]
-    = "0.0.0.0:0",
+    listen: Annotated[str | None, typer.Option(
+        help="HOST:PORT to accept peers on [default: listen_interfaces if set, else "
+        "0.0.0.0:0, any free port].")] = None,
     seed_after: Annotated[float, typer.Option(
         help="Keep seeding this many seconds after completing.")] = 0.0,
     timeout: Annotated[float, typer.Option(
         help="Give up after this many seconds, a magnet's metadata included (0 = never).")]
     = 0.0,
-    download_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited (every mode).")] = 0,
-    upload_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited.")] = 0,
+    download_limit: Annotated[int | None, typer.Option(
+        help="KiB/s, 0 = unlimited, in every mode [default: download_rate_limit].")] = None,
+    upload_limit: Annotated[int | None, typer.Option(
+        help="KiB/s, 0 = unlimited [default: upload_rate_limit].")] = None,
     json_progress: Annotated[bool, typer.Option(
         "--json", help="Print one JSON status line per second (and a last 'finished' line) "
         "on stdout instead of a progress bar.")] = False,
@@ -325,7 +345,8 @@ def get(
         magnet = parse_magnet(torrent)
     else:
         meta = read_torrent(torrent)
-    host, port = _addr(listen)
+    host, port = _listen(listen, "0.0.0.0:0")
+    settings = _settings(upload_limit, download_limit)
     peers = [_addr(p) for p in peer or []]
     known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
     if magnet is not None:
@@ -338,13 +359,12 @@ def get(
         nonlocal meta
         # --timeout covers the whole command, fetching a magnet's metadata included.
         cmd_deadline = time.monotonic() + timeout if timeout else None
-        settings = _settings(listen, upload_limit, download_limit)
         output.mkdir(parents=True, exist_ok=True)
-        async with Session(settings) as session:  # type: ignore[arg-type]
+        async with Session(settings) as session:
             await session.listen(host, port)
             if hub_url:
                 meta = await _from_hub(session, torrent, mode, output, token, json_progress,
-                                       download_limit * 1024)
+                                       settings.download_rate_limit)
                 if meta is None:
                     return 0  # done over HTTP
             elif magnet is not None:
@@ -547,11 +567,13 @@ def version() -> None:
 
 
 def _register_subcommands() -> None:
+    from swarmhub.config_commands import register as register_config
     from swarmhub.hub.commands import register as register_hub
     from swarmhub.lab.commands import register as register_lab
 
     register_hub(app)
     register_lab(app)
+    register_config(app)
 
 
 def _print_version(value: bool) -> None:
@@ -567,6 +589,9 @@ def _root(
         callback=_print_version)] = False,
 ) -> None:
     """Share files peer-to-peer (BitTorrent), client-server (hub) or both."""
+    from swarmhub.config import apply_environment_defaults
+
+    apply_environment_defaults()  # state_dir, hub, token from the config file
 
 
 _register_subcommands()
