@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -205,3 +206,36 @@ def test_lab_without_matplotlib_says_how_to_install_it(tmp_path: Path) -> None:
                         "1", "--out", str(tmp_path / "out")],
                        capture_output=True, text=True, timeout=60)
     one_line_error(r, 1, "pip install 'swarmhub[lab]'")
+
+
+def test_publish_to_a_hub_that_is_down(tmp_path: Path) -> None:
+    f = tmp_path / "report.pdf"
+    f.write_bytes(b"%PDF" + bytes(100))
+    r = run("publish", str(f), "--hub", f"http://127.0.0.1:{free_port()}", "--token", "x")
+    one_line_error(r, 1, "cannot connect", "hub running")
+
+
+def test_get_into_a_file_instead_of_a_folder(torrent: tuple[Path, Path],
+                                             tmp_path: Path) -> None:
+    f = tmp_path / "report.pdf"
+    f.write_bytes(b"%PDF")
+    r = run("get", str(torrent[0]), "--peer", "127.0.0.1:9", "-o", str(f))
+    one_line_error(r, 1, "not a folder", "-o DIR")
+
+
+def test_interrupt_exits_130_with_one_line(torrent: tuple[Path, Path], tmp_path: Path) -> None:
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"))
+    proc = subprocess.Popen([*SWARMHUB, "get", str(torrent[0]), "--peer", "127.0.0.1:9", "-o",
+                             str(tmp_path / "dl"), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # the first status line: the download loop runs
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130
+    assert stderr.splitlines() == ["interrupted; resume data saved"], stderr

@@ -116,6 +116,8 @@ def _os_error(exc: OSError) -> str:
         if parent and not os.path.isdir(parent):
             return f"the folder {parent} does not exist; create it first or choose another"
         return f"no such file or folder: {name}"
+    if code == errno.EEXIST and name:
+        return f"{name} already exists and is not a folder; choose another folder (-o DIR)"
     if code == errno.ENOTDIR:
         return f"{name}: a file stands where a folder is needed; choose another path"
     if code == errno.EISDIR:
