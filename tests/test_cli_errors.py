@@ -239,3 +239,13 @@ def test_interrupt_exits_130_with_one_line(torrent: tuple[Path, Path], tmp_path:
             proc.wait(10)
     assert proc.returncode == 130
     assert stderr.splitlines() == ["interrupted; resume data saved"], stderr
+
+
+def test_seed_a_torrent_with_an_empty_folder_creates_nothing(torrent: tuple[Path, Path],
+                                                             tmp_path: Path) -> None:
+    t, _ = torrent
+    empty = tmp_path / "elsewhere" / "dataset"
+    empty.mkdir(parents=True)
+    r = run("seed", str(t), str(empty), "--listen", "127.0.0.1:0", cwd=tmp_path)
+    one_line_error(r, 1, "none of the", "give the folder")
+    assert list(empty.iterdir()) == []

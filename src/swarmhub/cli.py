@@ -164,6 +164,12 @@ def _check_data(meta: Metainfo, torrent: Path, data: Path) -> Path:
         raise ui.UserError(f"{torrent.name} describes a folder {meta.name!r} of "
                            f"{len(meta.data_files)} file(s), but {data} is {kind}: give that "
                            "folder or the folder that holds it")
+    else:
+        # Nothing of it there: refuse before the engine makes empty (sparse) files.
+        if not any(content.joinpath(*f.path).is_file() for f in meta.data_files):
+            raise ui.UserError(f"none of the {len(meta.data_files)} file(s) of "
+                               f"{torrent.name} is in {content}: give the folder that holds "
+                               "the data")
     return save
 
 

@@ -32,6 +32,7 @@ from swarmhub.settings import ConfigError, Settings
 
 __all__ = [
     "CLI_KEYS",
+    "OTHER_VARIABLES",
     "Effective",
     "apply_environment_defaults",
     "config_path",
@@ -48,6 +49,14 @@ CLI_KEYS: dict[str, str] = {
     "hub": "default hub URL for `swarmhub admin` and `publish`",
     "token": "hub token for private files and admin commands",
 }
+
+
+#: Every ``SWARMHUB_*`` variable that is not an engine setting (a check for unknown
+#: variables must let these through).
+OTHER_VARIABLES: frozenset[str] = frozenset(
+    [PREFIX + k.upper() for k in CLI_KEYS]
+    + [PREFIX + "CONFIG", PREFIX + "TRACEBACK", PREFIX + "STRICT", PREFIX + "NOSENDFILE",
+       PREFIX + "TEST_PAUSE_AT"])
 
 
 def _setting_names() -> list[str]:
