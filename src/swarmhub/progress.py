@@ -121,7 +121,7 @@ class DownloadView:
         if peers is not None:
             self.max_peers = max(self.max_peers, peers)
         if self._progress is not None and self._task is not None:
-            detail = f"{peers} peers" if peers is not None else "HTTP"
+            detail = "HTTP" if peers is None else f"{peers} peer{'' if peers == 1 else 's'}"
             self._progress.update(self._task, completed=have, detail=detail)
         if self.json_lines and fields is not None:
             emit_json({"t": round(time.monotonic() - self.start, 2), **fields})
@@ -172,7 +172,8 @@ class SeedView:
         if self._live is not None:
             have = "" if pieces == num_pieces else f" ({pieces}/{num_pieces} pieces)"
             self._live.update(Text(
-                f"seeding {self.name}{have}: {peers} peers, up {fmt_rate(upload_rate)}, "
+                f"seeding {self.name}{have}: {peers} peer{'' if peers == 1 else 's'}, "
+                f"up {fmt_rate(upload_rate)}, "
                 f"uploaded {fmt_bytes(uploaded)}, ratio {ratio:.2f}"), refresh=True)
         if self.json_lines:
             emit_json({"event": "status", "t": round(time.monotonic() - self.start, 2),
