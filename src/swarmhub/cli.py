@@ -31,8 +31,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+# soft_wrap: a line stays one line whatever the width (paths, links, errors in pipes)
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 log = logging.getLogger("swarmhub")
 
@@ -68,10 +69,11 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 def _compat_note(meta: Metainfo) -> None:
     """Say it where a torrent is made: a hybrid one shuts out two common clients."""
-    if meta.version is TorrentVersion.HYBRID:
-        console.print("[yellow]note:[/] this torrent is hybrid (v1+v2): aria2 1.36 and "
+    kind = {TorrentVersion.HYBRID: "hybrid (v1+v2)", TorrentVersion.V2: "v2-only"}
+    if meta.version in kind:
+        console.print(f"[yellow]note:[/] this torrent is {kind[meta.version]}: aria2 1.36 and "
                       "transmission 3.x cannot use it; add --v1 for one every client can use",
-                      soft_wrap=True, highlight=False)
+                      highlight=False)
 
 
 @app.command()
