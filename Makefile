@@ -14,7 +14,7 @@ APT_PACKAGES := aria2 curl iproute2 chromium chromium-driver \
 $(BIN)/swarmhub: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,lab]'
 	touch $@
 
 setup: $(BIN)/swarmhub

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -16,31 +15,25 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
-from swarmhub import __version__
+from swarmhub import __version__, ui
 from swarmhub.aio import INTERRUPTED, run_cancellable
 from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo, TorrentVersion
+from swarmhub.settings import Settings
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     help="Share files peer-to-peer (BitTorrent), client-server (hub) or both.",
+    epilog="Exit status: 0 success, 1 failure (one line on stderr says what to do), "
+    "2 usage error, 130 interrupted. -v on a command shows the traceback of a failure.",
     no_args_is_help=True,
-    add_completion=False,
+    pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+# soft_wrap: a line stays one line whatever the width (paths, links, errors in pipes)
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 log = logging.getLogger("swarmhub")
 
@@ -64,11 +57,6 @@ def _version(v1: bool, v2: bool) -> TorrentVersion:
     return TorrentVersion.V1 if v1 else TorrentVersion.V2 if v2 else TorrentVersion.HYBRID
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
-
-
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     """Run a peer command (uvloop when installed); Ctrl-C saves resume data first."""
     code = run_cancellable(coro)
@@ -78,6 +66,15 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 # -- create / info -----------------------------------------------------------------------------
+
+def _compat_note(meta: Metainfo) -> None:
+    """Say it where a torrent is made: a hybrid one shuts out two common clients."""
+    kind = {TorrentVersion.HYBRID: "hybrid (v1+v2)", TorrentVersion.V2: "v2-only"}
+    if meta.version in kind:
+        console.print(f"[yellow]note:[/] this torrent is {kind[meta.version]}: aria2 1.36 and "
+                      "transmission 3.x cannot use it; add --v1 for one every client can use",
+                      highlight=False)
+
 
 @app.command()
 def create(
@@ -98,22 +95,23 @@ def create(
     """Make a .torrent (hybrid v1+v2 by default) for a file or folder."""
     from swarmhub.metainfo import create_torrent, make_magnet, torrent_bytes
 
+    version = _version(v1, v2)
+    if output is not None and not output.parent.is_dir():
+        raise ui.UserError(f"cannot write {output}: the folder {output.parent} does not "
+                           "exist; create it first or choose another -o")
     start = time.perf_counter()
-    try:
-        meta = create_torrent(
-            path, version=_version(v1, v2),
-            piece_length=piece_size * 1024 if piece_size else None,
-            trackers=[[t] for t in tracker or []], url_list=web_seed or [],
-            private=private, comment=comment)
-    except SwarmhubError as exc:
-        raise _fail(str(exc)) from None
+    meta = create_torrent(
+        path, version=version, piece_length=piece_size * 1024 if piece_size else None,
+        trackers=[[t] for t in tracker or []], url_list=web_seed or [],
+        private=private, comment=comment)
     elapsed = time.perf_counter() - start
     target = output or Path(f"{meta.name}.torrent")
     target.write_bytes(torrent_bytes(meta))
     console.print(f"hashed {meta.data_length / 1e6:.1f} MB in {elapsed:.2f} s "
                   f"({meta.data_length / 1e6 / max(elapsed, 1e-9):.0f} MB/s)")
-    out.print(f"wrote {target}")
-    out.print(make_magnet(meta), soft_wrap=True)
+    out.print(f"wrote {target}", highlight=False)
+    out.print(make_magnet(meta), soft_wrap=True, highlight=False)
+    _compat_note(meta)
 
 
 @app.command()
@@ -121,73 +119,111 @@ def info(torrent: Annotated[Path, typer.Argument(help=".torrent file", exists=Tr
     """Show a torrent's name, files, piece size, info hashes and magnet link."""
     from swarmhub.metainfo import make_magnet, read_torrent
 
-    try:
-        meta = read_torrent(torrent)
-    except SwarmhubError as exc:
-        raise _fail(str(exc)) from None
-    table = Table(show_header=False, box=None)
-    table.add_row("name", meta.name)
-    table.add_row("version", meta.version.value)
-    table.add_row("size", f"{meta.data_length:,} bytes in {len(meta.data_files)} file(s)")
-    table.add_row("pieces", f"{meta.num_pieces} x {meta.piece_length // 1024} KiB")
+    meta = read_torrent(torrent)
+    rows = [("name", meta.name), ("version", meta.version.value),
+            ("size", f"{meta.data_length:,} bytes in {len(meta.data_files)} file(s)"),
+            ("pieces", f"{meta.num_pieces} x {meta.piece_length // 1024} KiB")]
     if meta.info_hash_v1:
-        table.add_row("info hash v1", meta.info_hash_v1.hex())
+        rows.append(("info hash v1", meta.info_hash_v1.hex()))
     if meta.info_hash_v2:
-        table.add_row("info hash v2", meta.info_hash_v2.hex())
-    table.add_row("private", "yes" if meta.private else "no")
-    for tier in meta.trackers:
-        table.add_row("tracker", " ".join(tier))
-    for url in meta.url_list:
-        table.add_row("web seed", url)
+        rows.append(("info hash v2", meta.info_hash_v2.hex()))
+    rows.append(("private", "yes" if meta.private else "no"))
+    rows += [("tracker", " ".join(tier)) for tier in meta.trackers]
+    rows += [("web seed", url) for url in meta.url_list]
     if meta.comment:
-        table.add_row("comment", meta.comment)
-    table.add_row("magnet", make_magnet(meta))
-    out.print(table)
-    files = Table("size", "path")
-    for f in meta.data_files:
-        files.add_row(f"{f.length:,}", "/".join(f.path))
-    out.print(files)
+        rows.append(("comment", meta.comment))
+    rows.append(("magnet", make_magnet(meta)))
+    # Plain lines, never wrapped: `info x.torrent | grep magnet` gives the whole link.
+    for key, value in rows:
+        out.print(f"{key:<13} {value}", soft_wrap=True, highlight=False, markup=False)
+    out.print("files:", highlight=False)
+    width = len(f"{max((f.length for f in meta.data_files), default=0):,}")
+    for i, f in enumerate(meta.data_files):
+        out.print(f"{i:>4}  {f.length:>{width},}  {'/'.join(f.path)}", soft_wrap=True,
+                  highlight=False, markup=False)
 
 
 # -- seed / get ----------------------------------------------------------------------------------
 
+def _check_data(meta: Metainfo, torrent: Path, data: Path) -> Path:
+    """``seed T DATA``: the folder to save into, once DATA is known to hold T's content.
+
+    DATA may be the content itself (./dataset, ./file.iso) or the folder that holds it; a
+    wrong or missing path is an error here, before anything is created on disk.
+    """
+    if not data.exists():
+        kind = "file" if meta.single_file else "folder"
+        raise ui.UserError(f"{data} does not exist: give the {kind} {meta.name!r} that "
+                           f"{torrent.name} describes, or the folder that holds it")
+    save = data.parent if data.name == meta.name else data
+    content = save / meta.name
+    if meta.single_file:
+        if not content.is_file():
+            raise ui.UserError(f"{torrent.name} describes one file {meta.name!r}, not found "
+                               f"as {content}: give that file or the folder that holds it")
+    elif not content.is_dir():
+        kind = "a file" if data.is_file() else "a folder without it"
+        raise ui.UserError(f"{torrent.name} describes a folder {meta.name!r} of "
+                           f"{len(meta.data_files)} file(s), but {data} is {kind}: give that "
+                           "folder or the folder that holds it")
+    else:
+        # Nothing of it there: refuse before the engine makes empty (sparse) files.
+        if not any(content.joinpath(*f.path).is_file() for f in meta.data_files):
+            raise ui.UserError(f"none of the {len(meta.data_files)} file(s) of "
+                               f"{torrent.name} is in {content}: give the folder that holds "
+                               "the data")
+    return save
+
+
 def _load_or_create(source: Path, data: Path | None, version: TorrentVersion,
-                    trackers: list[str]) -> tuple[Metainfo, Path, bool]:
+                    trackers: list[str], force: bool) -> tuple[Metainfo, Path, bool]:
     """``seed T DATA`` or ``seed PATH``: returns (metainfo, save path, freshly hashed)."""
+    from swarmhub.errors import MetainfoError
     from swarmhub.metainfo import create_torrent, read_torrent, torrent_bytes
 
-    if source.is_file() and source.suffix == ".torrent" and data is not None:
+    if source.is_file() and source.suffix == ".torrent":
+        if data is None:
+            raise ui.UserError(f"give the data too: swarmhub seed {source} PATH (the file or "
+                               "folder it describes)", ui.EXIT_USAGE)
         meta = read_torrent(source)
-        # DATA may be the content itself (./dataset) or the folder that holds it.
-        save = data.parent if data.name == meta.name else data
-        return meta, save, False
+        return meta, _check_data(meta, source, data), False
     if data is not None:
-        raise SwarmhubError("give either a .torrent and its data, or just a file/folder to share")
+        raise ui.UserError("give either a .torrent and its data, or just a file/folder to "
+                           "share", ui.EXIT_USAGE)
     meta = create_torrent(source, version=version, trackers=[[t] for t in trackers])
     torrent_file = Path(f"{meta.name}.torrent")
-    torrent_file.write_bytes(torrent_bytes(meta))
-    console.print(f"wrote {torrent_file}")
+    if torrent_file.exists():
+        try:
+            same = read_torrent(torrent_file).info_hash == meta.info_hash
+        except (MetainfoError, SwarmhubError):
+            same = False
+        if not same and not force:
+            raise ui.UserError(f"{torrent_file} exists and describes other data; --force "
+                               f"overwrites it, or seed it: swarmhub seed {torrent_file} "
+                               f"{source}")
+    if not torrent_file.exists() or force:
+        torrent_file.write_bytes(torrent_bytes(meta))
+        console.print(f"wrote {torrent_file}", highlight=False)
+    _compat_note(meta)
     return meta, source.resolve().parent, True
 
 
-def _settings(listen: str, upload_limit: int, download_limit: int,
-              encryption: str | None = None) -> object:
-    """Settings from ``SWARMHUB_*`` (a misspelt one exits with a suggestion) and flags."""
-    from swarmhub.settings import Settings
+def _settings(upload_limit: int | None, download_limit: int | None,
+              encryption: str | None = None) -> Settings:
+    """Engine settings: flags over the environment over the config file over defaults."""
+    from swarmhub.config import load_settings
 
-    try:
-        return Settings.from_env().replace(
-            upload_rate_limit=upload_limit * 1024, download_rate_limit=download_limit * 1024,
-            **({"encryption": encryption} if encryption else {}))
-    except SwarmhubError as exc:
-        raise _fail(str(exc), 2) from None
+    flags = {"upload_rate_limit": upload_limit, "download_rate_limit": download_limit}
+    extra = {"encryption": encryption} if encryption else {}
+    return load_settings().replace(
+        **{k: v * 1024 for k, v in flags.items() if v is not None}, **extra)
 
 
 def _encryption(mode: str | None) -> str | None:
     from swarmhub.settings import ENCRYPTION_MODES
 
     if mode is not None and mode not in ENCRYPTION_MODES:
-        raise _fail(f"--encryption must be prefer, require or off, not {mode!r}", 2)
+        raise ui.UserError(f"--encryption must be prefer, require or off, not {mode!r}", 2)
     return mode
 
 
@@ -196,58 +232,87 @@ _ENCRYPTION_HELP = ("Message stream encryption: prefer (accept both, dial encryp
                     "SWARMHUB_ENCRYPTION].")
 
 
+def _listen(flag: str | None, command_default: str) -> tuple[str, int]:
+    """--listen, else listen_interfaces from the environment or config file, else the
+    command's own default (``get`` listens on any free port, ``seed`` on 6881)."""
+    if flag is not None:
+        return _addr(flag)
+    from swarmhub.config import effective
+
+    row = next(r for r in effective() if r.name == "listen_interfaces")
+    return _addr(str(row.value).split(",")[0] if row.source != "default" else command_default)
+
+
 @app.command()
 def seed(
     source: Annotated[Path, typer.Argument(help=".torrent file, or a file/folder to share.",
                                            exists=True)],
     data: Annotated[Path | None, typer.Argument(help="The data (when SOURCE is a .torrent).")]
     = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT to accept peers on.")] = "0.0.0.0:6881",
+    listen: Annotated[str | None, typer.Option(
+        help="HOST:PORT to accept peers on [default: listen_interfaces, 0.0.0.0:6881].")]
+    = None,
     peer: Annotated[list[str] | None, typer.Option(help="Also connect to HOST:PORT.")] = None,
     tracker: Annotated[list[str] | None, typer.Option(help="Announce to this tracker URL.")]
     = None,
     v1: Annotated[bool, typer.Option("--v1", help="Create a v1-only torrent.")] = False,
     v2: Annotated[bool, typer.Option("--v2", help="Create a v2-only torrent.")] = False,
-    upload_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited.")] = 0,
+    upload_limit: Annotated[int | None, typer.Option(
+        help="KiB/s, 0 = unlimited [default: upload_rate_limit].")] = None,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0 = never).")]
     = 0.0,
     trust: Annotated[bool, typer.Option(
         help="Skip checking the data against the torrent before seeding.")] = False,
     encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite an existing NAME.torrent that describes other data.")]
+    = False,
+    json_lines: Annotated[bool, typer.Option(
+        "--json", help="One JSON status line per second on stdout (the default when stdout "
+        "is not a terminal) instead of a live line.")] = False,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Seed a torrent (or create one for a file/folder and seed it); prints the magnet link."""
     from swarmhub.engine.session import Session
     from swarmhub.metainfo import make_magnet
+    from swarmhub.progress import SeedView, emit_json, reachable_address
 
     _setup_logging(verbose)
     encryption = _encryption(encryption)
-    try:
-        meta, save, fresh = _load_or_create(source, data, _version(v1, v2), tracker or [])
-    except SwarmhubError as exc:
-        raise _fail(str(exc)) from None
-    host, port = _addr(listen)
-    settings = _settings(listen, upload_limit, 0, encryption)
+    host, port = _listen(listen, "0.0.0.0:6881")
+    settings = _settings(upload_limit, None, encryption)
+    meta, save, fresh = _load_or_create(source, data, _version(v1, v2), tracker or [], force)
 
     async def go() -> int:
-        async with Session(settings) as session:  # type: ignore[arg-type]
+        async with Session(settings) as session:
             actual = await session.listen(host, port)
             trackers = [[t] for t in tracker] if tracker else None
             t = await session.add(meta, save, seed_mode=fresh or trust,
                                   peers=[_addr(p) for p in peer or []], trackers=trackers)
+            if t.num_have == 0 and meta.num_pieces:
+                raise ui.UserError(f"no piece of {meta.name} in {save} matches the torrent: "
+                                   "give the folder that holds the data")
             if t.num_have < meta.num_pieces:
                 console.print(f"[yellow]warning:[/] only {t.num_have}/{meta.num_pieces} pieces "
                               f"of {meta.name} verified in {save}; seeding what is there")
+            view = SeedView(meta.name, meta.data_length, json_lines=json_lines, console=console)
+            magnet = make_magnet(meta, trackers=[u for tier in t.tracker_tiers for u in tier],
+                                 peers=[(reachable_address(host), actual)])
             out.print(f"seeding {meta.name} on {host}:{actual}", highlight=False)
-            out.print(make_magnet(meta), soft_wrap=True)
-            print(json.dumps({"event": "listening", "port": actual}), flush=True)
+            out.print(magnet, soft_wrap=True, highlight=False)
+            if view.json_lines:
+                emit_json({"event": "listening", "port": actual})
             deadline = time.monotonic() + duration if duration else None
-            while deadline is None or time.monotonic() < deadline:
-                await asyncio.sleep(1.0 if deadline is None
-                                    else max(0.0, min(1.0, deadline - time.monotonic())))
-                if t.error:
-                    console.print(f"[bold red]error:[/] {t.error}")
-                    return 1
+            with view:
+                while deadline is None or time.monotonic() < deadline:
+                    await asyncio.sleep(1.0 if deadline is None
+                                        else max(0.0, min(1.0, deadline - time.monotonic())))
+                    if t.error:
+                        raise SwarmhubError(t.error)
+                    st = t.status()
+                    view.update(peers=st.peers, upload_rate=st.upload_rate,
+                                uploaded=st.uploaded, pieces=st.pieces_have,
+                                num_pieces=st.num_pieces)
             return 0
 
     raise typer.Exit(_run(go()))
@@ -263,18 +328,21 @@ def get(
     = None,
     tracker: Annotated[list[str] | None, typer.Option(
         help="Use this tracker URL instead of the torrent's.")] = None,
-    listen: Annotated[str, typer.Option(help="HOST:PORT to accept peers on (port 0: any).")]
-    = "0.0.0.0:0",
+    listen: Annotated[str | None, typer.Option(
+        help="HOST:PORT to accept peers on [default: listen_interfaces if set, else "
+        "0.0.0.0:0, any free port].")] = None,
     seed_after: Annotated[float, typer.Option(
         help="Keep seeding this many seconds after completing.")] = 0.0,
     timeout: Annotated[float, typer.Option(
         help="Give up after this many seconds, a magnet's metadata included (0 = never).")]
     = 0.0,
-    download_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited.")] = 0,
-    upload_limit: Annotated[int, typer.Option(help="KiB/s, 0 = unlimited.")] = 0,
+    download_limit: Annotated[int | None, typer.Option(
+        help="KiB/s, 0 = unlimited, in every mode [default: download_rate_limit].")] = None,
+    upload_limit: Annotated[int | None, typer.Option(
+        help="KiB/s, 0 = unlimited [default: upload_rate_limit].")] = None,
     json_progress: Annotated[bool, typer.Option(
-        "--json", help="Print one JSON status line per second instead of a progress bar.")]
-    = False,
+        "--json", help="Print one JSON status line per second (and a last 'finished' line) "
+        "on stdout instead of a progress bar.")] = False,
     mode: Annotated[str, typer.Option(
         help="For hub URLs: cs (HTTP only), p2p (peers only) or hybrid (peers first, the "
         "hub's web seed for what the swarm lacks).")] = "hybrid",
@@ -288,6 +356,7 @@ def get(
     from swarmhub.engine.session import Session
     from swarmhub.engine.torrent import TorrentState
     from swarmhub.metainfo import parse_magnet, read_torrent
+    from swarmhub.progress import DownloadView, Sources
     from swarmhub.wire.messages import bitfield_from_bools
 
     _setup_logging(verbose)
@@ -296,104 +365,75 @@ def get(
     meta: Metainfo | None = None
     hub_url = torrent.startswith(("http://", "https://"))
     if mode not in ("cs", "p2p", "hybrid"):
-        raise _fail(f"--mode must be cs, p2p or hybrid, not {mode!r}", 2)
-    try:
-        if hub_url:
-            pass
-        elif torrent.startswith("magnet:"):
-            magnet = parse_magnet(torrent)
-        else:
-            meta = read_torrent(torrent)
-    except SwarmhubError as exc:
-        raise _fail(str(exc)) from None
-    host, port = _addr(listen)
+        raise ui.UserError(f"--mode must be cs, p2p or hybrid, not {mode!r}", ui.EXIT_USAGE)
+    if hub_url:
+        pass
+    elif torrent.startswith("magnet:"):
+        magnet = parse_magnet(torrent)
+    else:
+        meta = read_torrent(torrent)
+    host, port = _listen(listen, "0.0.0.0:0")
+    settings = _settings(upload_limit, download_limit, encryption)
     peers = [_addr(p) for p in peer or []]
     known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
     if magnet is not None:
         peers += [p for p in magnet.peers if p not in peers]
     if not peers and not tracker and not known_trackers and not hub_url:
-        raise _fail("no way to find peers: give --peer HOST:PORT or --tracker URL", 2)
-
-    settings = _settings(listen, upload_limit, download_limit, encryption)
+        raise ui.UserError("no way to find peers: give --peer HOST:PORT or --tracker URL",
+                           ui.EXIT_USAGE)
 
     async def go() -> int:
         nonlocal meta
         # --timeout covers the whole command, fetching a magnet's metadata included.
         cmd_deadline = time.monotonic() + timeout if timeout else None
         output.mkdir(parents=True, exist_ok=True)
-        async with Session(settings) as session:  # type: ignore[arg-type]
+        async with Session(settings) as session:
             await session.listen(host, port)
             if hub_url:
-                try:
-                    meta = await _from_hub(session, torrent, mode, output, token,
-                                           json_progress)
-                except SwarmhubError as exc:
-                    console.print(f"[bold red]error:[/] {exc}")
-                    return 1
+                meta = await _from_hub(session, torrent, mode, output, token, json_progress,
+                                       settings.download_rate_limit)
                 if meta is None:
                     return 0  # done over HTTP
             elif magnet is not None:
-                try:
-                    meta = await _magnet_metadata(session, magnet, peers, tracker or [],
-                                                  _left(cmd_deadline))
-                except SwarmhubError as exc:
-                    console.print(f"[bold red]error:[/] {exc}")
-                    return 1
+                meta = await _magnet_metadata(session, magnet, peers, tracker or [],
+                                              _left(cmd_deadline))
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
             t = await session.add(meta, output, peers=peers,
                                   trackers=[[u] for u in tracker] if tracker else None)
-            start = time.monotonic()
+            had = t.status().bytes_have
             deadline = cmd_deadline
-            progress = None if json_progress else Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[peers]} peers"), console=console, transient=False)
-            task_id = None
-            if progress is not None:
-                progress.start()
-                task_id = progress.add_task(meta.name, total=meta.total_length, peers=0)
-            try:
+            with DownloadView(meta.name, meta.total_length, json_lines=json_progress,
+                              console=console) as view:
                 while not t.complete.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(t.complete.wait(), 1.0)
                     st = t.status()
-                    if progress is not None and task_id is not None:
-                        progress.update(task_id, completed=st.bytes_have, peers=st.peers)
-                    else:
-                        print(json.dumps({
-                            "t": round(time.monotonic() - start, 2),
-                            "progress": round(st.progress, 4), "state": st.state.value,
-                            "rate_down": int(st.download_rate), "peers": st.peers,
-                            "downloaded": st.downloaded, "uploaded": st.uploaded,
-                            "hash_fails": st.hash_failures, "banned": st.banned,
-                            "webseed": st.webseed_bytes, "have_bytes": st.bytes_have,
-                            # verified pieces, so a lab can tell when peers together
-                            # hold a full copy (swarmhub.lab.faults)
-                            "bitfield": bitfield_from_bools(t.have).hex()}), flush=True)
+                    view.update(st.bytes_have, peers=st.peers, fields={
+                        "progress": round(st.progress, 4), "state": st.state.value,
+                        "rate_down": int(st.download_rate), "peers": st.peers,
+                        "downloaded": st.downloaded, "uploaded": st.uploaded,
+                        "hash_fails": st.hash_failures, "banned": st.banned,
+                        "webseed": st.webseed_bytes, "have_bytes": st.bytes_have,
+                        # verified pieces, so a lab can tell when peers together
+                        # hold a full copy (swarmhub.lab.faults)
+                        "bitfield": bitfield_from_bools(t.have).hex()})
                     if deadline is not None and time.monotonic() > deadline:
                         why = f" ({st.stalled})" if st.stalled else ""
-                        console.print(f"[bold red]error:[/] timed out after {timeout:.0f} s "
-                                      f"with {st.pieces_have}/{st.num_pieces} pieces{why}; "
-                                      "run again to resume")
-                        return 1
-            finally:
-                if progress is not None:
-                    st = t.status()
-                    if task_id is not None:
-                        progress.update(task_id, completed=st.bytes_have, peers=st.peers)
-                    progress.stop()
+                        raise SwarmhubError(
+                            f"timed out after {timeout:.0f} s with {st.pieces_have}/"
+                            f"{st.num_pieces} pieces{why}; run again to resume (verified "
+                            "pieces are kept)")
             if t.state is TorrentState.ERROR:
-                console.print(f"[bold red]error:[/] {t.error}; verified pieces are kept, "
-                              "run again to resume")
-                return 1
-            elapsed = time.monotonic() - start
+                raise SwarmhubError(f"{t.error}; verified pieces are kept, run again to resume")
             st = t.status()
-            print(json.dumps({"event": "finished", "elapsed": round(elapsed, 3),
-                              "downloaded": st.downloaded, "hash_fails": st.hash_failures,
-                              "banned": st.banned, "webseed": st.webseed_bytes}), flush=True)
-            console.print(f"[green]complete:[/] {meta.name} ({meta.data_length:,} bytes) "
-                          f"in {elapsed:.1f} s, every piece verified")
+            sources = Sources(peers_bytes=max(0, st.downloaded - st.webseed_bytes),
+                              webseed_bytes=st.webseed_bytes, already_had=had,
+                              max_peers=view.max_peers)
+            view.finished(f"{meta.name}, every piece verified", meta.data_length, sources,
+                          json_fields={"downloaded": st.downloaded,
+                                       "hash_fails": st.hash_failures, "banned": st.banned,
+                                       "webseed": st.webseed_bytes})
             if seed_after:
                 await asyncio.sleep(seed_after)
             return 0
@@ -402,7 +442,7 @@ def get(
 
 
 async def _from_hub(session: object, url: str, mode: str, output: Path, token: str | None,
-                    json_progress: bool) -> Metainfo | None:
+                    json_progress: bool, rate_limit: int) -> Metainfo | None:
     """A hub file URL: download it over HTTP (cs), or return its torrent (p2p, hybrid).
 
     In cs mode a hub under load answers 503 with a link to the torrent: we then carry on
@@ -413,25 +453,38 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
     from swarmhub.client import HubBusy, http_download, hub_file, hub_torrent, parse_hub_url
     from swarmhub.engine.session import Session
     from swarmhub.metainfo import load_torrent
+    from swarmhub.progress import DownloadView, Sources
 
     assert isinstance(session, Session)
     http = await session.http()
     base, file_id = parse_hub_url(url)
     info = await hub_file(http, base, file_id, token)
     if mode == "cs":
-        start = time.monotonic()
-        try:
-            fetched = await http_download(http, info, output, token=token)
-        except HubBusy as busy:
-            console.print(f"[yellow]{busy}[/]: continuing from the swarm")
-            mode = "hybrid"
-        else:
-            elapsed = time.monotonic() - start
-            print(json.dumps({"event": "finished", "elapsed": round(elapsed, 3),
-                              "downloaded": fetched, "mode": "cs"}), flush=True)
-            console.print(f"[green]complete:[/] {info.name} ({info.size:,} bytes) over HTTP in "
-                          f"{elapsed:.1f} s, SHA-256 verified")
-            return None
+        with DownloadView(info.name, info.size, json_lines=json_progress,
+                          console=console) as view:
+            first: list[int] = []
+            last = [0.0]
+
+            def progress(have: int) -> None:
+                if not first:
+                    first.append(have)
+                now = time.monotonic()
+                if now - last[0] >= 1.0 or have == info.size:
+                    last[0] = now
+                    view.update(have, fields={"progress": round(have / max(info.size, 1), 4),
+                                              "have_bytes": have, "mode": "cs"})
+
+            try:
+                fetched = await http_download(http, info, output, token=token,
+                                              progress=progress, rate_limit=rate_limit)
+            except HubBusy as busy:
+                console.print(f"[yellow]{busy}[/]: continuing from the swarm")
+                mode = "hybrid"
+            else:
+                sources = Sources(http_bytes=fetched, already_had=first[0] if first else 0)
+                view.finished(f"{info.name} over HTTP, SHA-256 verified", info.size, sources,
+                              json_fields={"downloaded": fetched, "mode": "cs"})
+                return None
     meta = load_torrent(await hub_torrent(http, info.torrent_url, token))
     if mode == "p2p":
         meta = dataclasses.replace(meta, url_list=())
@@ -543,19 +596,38 @@ def version() -> None:
 
 
 def _register_subcommands() -> None:
+    from swarmhub.config_commands import register as register_config
     from swarmhub.hub.commands import register as register_hub
     from swarmhub.lab.commands import register as register_lab
 
     register_hub(app)
     register_lab(app)
+    register_config(app)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"swarmhub {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", is_eager=True,
+        callback=_print_version)] = False,
+) -> None:
+    """Share files peer-to-peer (BitTorrent), client-server (hub) or both."""
+    from swarmhub.config import apply_environment_defaults
+
+    apply_environment_defaults()  # state_dir, hub, token from the config file
 
 
 _register_subcommands()
+# Last: every command registered above (here or by register()) gets the error boundary.
+ui.install(app)
 
 
 def main() -> None:
-    try:
-        app()
-    except SwarmhubError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(1)
+    """The ``swarmhub`` console script: exit status as documented in :mod:`swarmhub.ui`."""
+    sys.exit(ui.run(app))

@@ -121,10 +121,12 @@ def _hash_file(path: Path) -> tuple[Any, int]:
 
 async def http_download(http: aiohttp.ClientSession, info: HubFile, dest_dir: Path, *,
                         token: str | None = None,
-                        progress: Callable[[int], None] | None = None) -> int:
+                        progress: Callable[[int], None] | None = None,
+                        rate_limit: int = 0) -> int:
     """Fetch ``info`` into ``dest_dir`` over HTTP, resuming a ``.part``; returns bytes fetched.
 
     The result is renamed into place only once its SHA-256 matches the catalog's.
+    ``rate_limit`` (bytes/s, 0 = none) paces the reads, so TCP slows the sender down.
     """
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / info.name
@@ -140,7 +142,8 @@ async def http_download(http: aiohttp.ClientSession, info: HubFile, dest_dir: Pa
         headers["Range"] = f"bytes={have}-"
         headers["If-Range"] = f'"sha256-{info.sha256[:32]}"'
     try:
-        return await _fetch(http, info, part, final, headers, hasher, have, progress)
+        return await _fetch(http, info, part, final, headers, hasher, have, progress,
+                            rate_limit)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise SwarmhubError(f"cannot download {info.url}: {type(exc).__name__}: {exc}; "
                             "run again to resume") from None
@@ -148,8 +151,12 @@ async def http_download(http: aiohttp.ClientSession, info: HubFile, dest_dir: Pa
 
 async def _fetch(http: aiohttp.ClientSession, info: HubFile, part: Path, final: Path,
                  headers: dict[str, str], hasher: Any, have: int,
-                 progress: Callable[[int], None] | None) -> int:
+                 progress: Callable[[int], None] | None, rate_limit: int = 0) -> int:
     fetched = 0
+    # Limited: small reads, each followed by the sleep that keeps the average at the limit.
+    chunk_size = min(CHUNK, max(16 * 1024, rate_limit // 8)) if rate_limit else CHUNK
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     async with http.get(info.url, headers=headers) as resp:
         if resp.status == 503:
             retry = float(resp.headers.get("Retry-After", "10") or 10)
@@ -167,7 +174,7 @@ async def _fetch(http: aiohttp.ClientSession, info: HubFile, part: Path, final: 
         try:
             os.ftruncate(fd, have)
             offset = have
-            async for chunk in resp.content.iter_chunked(CHUNK):
+            async for chunk in resp.content.iter_chunked(chunk_size):
                 hasher.update(chunk)
                 try:
                     os.pwrite(fd, chunk, offset)
@@ -178,6 +185,10 @@ async def _fetch(http: aiohttp.ClientSession, info: HubFile, part: Path, final: 
                 fetched += len(chunk)
                 if progress is not None:
                     progress(offset)
+                if rate_limit:
+                    ahead = fetched / rate_limit - (loop.time() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise SwarmhubError(f"download interrupted after {have + fetched:,} bytes "
                                 f"({type(exc).__name__}: {exc}); the part file is kept, run "

@@ -27,15 +27,15 @@ from swarmhub.errors import SwarmhubError
 __all__ = ["ENCRYPTION_MODES", "OTHER_ENV", "ConfigError", "Settings"]
 
 KiB = 1024
+MiB = 1024 * KiB
 #: Values of ``Settings.encryption``.
 ENCRYPTION_MODES = ("prefer", "require", "off")
-MiB = 1024 * KiB
 
 
 #: ``SWARMHUB_*`` variables that are not settings: other parts of swarmhub (and its tests)
 #: read them, so :meth:`Settings.from_env` accepts them without complaint. Add yours here.
 OTHER_ENV = frozenset({
-    "STATE_DIR", "TOKEN", "STRICT", "NOSENDFILE", "HUB", "TRACEBACK", "TEST_PAUSE_AT",
+    "STATE_DIR", "TOKEN", "STRICT", "NOSENDFILE", "HUB", "TRACEBACK", "TEST_PAUSE_AT", "CONFIG",
     "DHT_LOCAL_ONLY", "UDP_TRACKER_RETRIES", "UDP_TRACKER_TIMEOUT",
 })
 

@@ -279,11 +279,11 @@ def publish(
     name: Annotated[str | None, typer.Option(help="Published name (default: file name).")] = None,
 ) -> None:
     """Upload a file to a hub; print its HTTP URL, .torrent URL and magnet link."""
-    import aiohttp
-
+    # A hub that is down or a wrong URL (aiohttp, OSError) is put in words by the CLI's
+    # error boundary (swarmhub.ui); RuntimeError carries the hub's own refusal.
     try:
         info = _run_plain(publish_file(file, hub_url, token, collection=collection, name=name))
-    except (RuntimeError, aiohttp.ClientError, OSError) as exc:
+    except RuntimeError as exc:
         _err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
     _out.print(f"http:    {info['url']}")

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from swarmhub.lab.bounds import parse_duration, parse_rate, parse_size
 from swarmhub.lab.faults import parse_fault
 from swarmhub.lab.latency import latency_support
-from swarmhub.lab.report import results_table, write_report
+from swarmhub.lab.report import require_plotting, results_table, write_report
 from swarmhub.lab.scenario import MODES, ScenarioResult, run_scenario
 from swarmhub.lab.topology import LabError, netns_available
 
@@ -114,6 +114,7 @@ def _run_all(
     loopback: bool,
     timeout: float | None,
 ) -> list[ScenarioResult]:
+    require_plotting()
     size_b = _parse("--size", size, parse_size)
     up_bps = _parse("--up", up, parse_rate)
     down_bps = _parse("--down", down, parse_rate)

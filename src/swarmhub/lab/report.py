@@ -21,7 +21,7 @@ from rich.table import Table
 from swarmhub.lab.bounds import format_rate, format_size
 from swarmhub.lab.results import ScenarioResult, bound_for
 
-__all__ = ["plot_pngs", "print_results", "results_table", "write_report"]
+__all__ = ["plot_pngs", "print_results", "require_plotting", "results_table", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,23 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def require_plotting() -> None:
+    """Fail before a run, in one line, when the plots could not be drawn after it.
+
+    matplotlib (and numpy) are an extra: most users of swarmhub never run the lab.
+    """
+    import importlib.util
+
+    from swarmhub.lab.shell import LabError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise LabError("the lab's plots need matplotlib: pip install 'swarmhub[lab]'")
+
+
 def plot_pngs(results: Sequence[ScenarioResult]) -> dict[str, bytes]:
     """Named PNGs: completion-time CDF per mode (largest N), and, when several N were run,
     time vs N with the bound curves and source upload vs N."""
+    require_plotting()
     import matplotlib
 
     matplotlib.use("Agg")

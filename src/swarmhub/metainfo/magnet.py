@@ -50,8 +50,12 @@ def make_magnet(
     *,
     trackers: Sequence[str] | None = None,
     web_seeds: Sequence[str] | None = None,
+    peers: Sequence[tuple[str, int]] = (),
 ) -> str:
-    """A magnet link for ``meta``; trackers and web seeds default to the torrent's own."""
+    """A magnet link for ``meta``; trackers and web seeds default to the torrent's own.
+
+    ``peers`` become BEP 9 ``x.pe`` entries: with one, the link works without a tracker.
+    """
     if trackers is None:
         trackers = [url for tier in meta.trackers for url in tier]
     if web_seeds is None:
@@ -64,6 +68,7 @@ def make_magnet(
     params.append(("dn", meta.name))
     params.extend(("tr", url) for url in dict.fromkeys(trackers))
     params.extend(("ws", url) for url in dict.fromkeys(web_seeds))
+    params.extend(("x.pe", f"[{h}]:{p}" if ":" in h else f"{h}:{p}") for h, p in peers)
     return "magnet:?" + "&".join(f"{k}={quote(v, safe=':')}" for k, v in params)
 
 

@@ -29,6 +29,8 @@ def wire_info_hash(v1: bytes | None, v2: bytes | None) -> bytes:
 
 
 class TorrentVersion(Enum):
+    """Which info dict a torrent carries: v1 (BEP 3), v2 (BEP 52) or both (hybrid)."""
+
     V1 = "v1"
     V2 = "v2"
     HYBRID = "hybrid"

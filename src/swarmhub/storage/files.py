@@ -205,7 +205,9 @@ class TorrentStorage:
     def _error(self, op: str, path: Path | str, exc: OSError) -> StorageError:
         if exc.errno in _DISK_FULL:
             return StorageError(f"disk full while writing {path}: {exc.strerror}")
-        return StorageError(f"cannot {op} {path}: {exc.strerror or exc}")
+        hint = ("; choose a folder you can write to (-o DIR)"
+                if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "")
+        return StorageError(f"cannot {op} {path}: {exc.strerror or exc}{hint}")
 
     # -- lifecycle ---------------------------------------------------------------------
 

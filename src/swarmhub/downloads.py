@@ -1,0 +1,199 @@
+"""Downloading from a script: :func:`download` (blocking) and :func:`fetch` (async).
+
+Both take what ``swarmhub get`` takes (a .torrent path, a magnet link or a hub file URL)
+and return a :class:`DownloadResult` once every piece (or, over HTTP, the whole file's
+SHA-256) is verified; failures raise :class:`~swarmhub.errors.SwarmhubError` subclasses
+with a message a user can act on. They drive the same engine as the CLI::
+
+    result = swarmhub.download("dataset.torrent", "downloads",
+                               peers=[("127.0.0.1", 6881)])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from swarmhub.errors import SwarmhubError, TrackerError
+from swarmhub.settings import Settings
+
+if TYPE_CHECKING:
+    from swarmhub.engine.session import Session
+    from swarmhub.metainfo import Magnet, Metainfo
+
+__all__ = ["DownloadResult", "Progress", "download", "fetch"]
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["cs", "p2p", "hybrid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Handed to ``on_progress`` about once a second."""
+
+    have_bytes: int
+    total_bytes: int
+    download_rate: float
+    peers: int
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadResult:
+    """What a finished download produced and where its bytes came from."""
+
+    #: The file or folder written (``dest / name``).
+    path: Path
+    name: str
+    size: int
+    elapsed: float
+    #: Bytes received in this run (peers, web seed or HTTP), not counting what was on disk.
+    downloaded: int
+    #: Of ``downloaded``, bytes from the hub (web seed or plain HTTP).
+    from_hub: int
+    #: ``"cs"`` when the file came over plain HTTP, else ``"p2p"``/``"hybrid"``.
+    mode: str
+
+
+async def fetch(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str] = ".",
+    *,
+    peers: Sequence[tuple[str, int]] = (),
+    trackers: Sequence[str] = (),
+    mode: Mode = "hybrid",
+    token: str | None = None,
+    timeout: float | None = None,
+    settings: Settings | None = None,
+    state_dir: Path | None = None,
+    listen: tuple[str, int] = ("0.0.0.0", 0),
+    on_progress: Callable[[Progress], None] | None = None,
+) -> DownloadResult:
+    """Download ``src`` into the folder ``dest``; see the module docstring.
+
+    ``mode`` matters for hub URLs only: ``cs`` is plain HTTP, ``p2p`` peers only, ``hybrid``
+    peers first and the hub's web seed for the rest. ``timeout`` (seconds) bounds the
+    whole download, a magnet's metadata included; on expiry :class:`TimeoutError` is
+    raised and verified pieces stay on disk for the next call.
+    """
+    from swarmhub.engine.session import Session
+
+    if mode not in ("cs", "p2p", "hybrid"):
+        raise SwarmhubError(f"mode must be cs, p2p or hybrid, not {mode!r}")
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    text = os.fspath(src)
+    async with asyncio.timeout(timeout):
+        async with Session(settings or Settings.from_env(), state_dir=state_dir) as session:
+            await session.listen(*listen)
+            return await _fetch(session, text, out, list(peers), list(trackers), mode, token,
+                                on_progress)
+
+
+def download(src: str | os.PathLike[str], dest: str | os.PathLike[str] = ".",
+             **options: object) -> DownloadResult:
+    """Blocking :func:`fetch` for scripts without an event loop (same arguments)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise SwarmhubError("swarmhub.download() blocks: inside async code, await "
+                            "swarmhub.fetch() instead")
+    return asyncio.run(fetch(src, dest, **options))  # type: ignore[arg-type]
+
+
+async def _fetch(session: Session, src: str, dest: Path, peers: list[tuple[str, int]],
+                 trackers: list[str], mode: Mode, token: str | None,
+                 on_progress: Callable[[Progress], None] | None) -> DownloadResult:
+    from swarmhub.metainfo import parse_magnet, read_torrent
+
+    start = time.monotonic()
+    meta: Metainfo
+    if src.startswith(("http://", "https://")):
+        got = await _from_hub(session, src, dest, mode, token, on_progress, start)
+        if isinstance(got, DownloadResult):
+            return got
+        meta = got
+    elif src.startswith("magnet:"):
+        magnet = parse_magnet(src)
+        peers += [p for p in magnet.peers if p not in peers]
+        meta = await _magnet_metadata(session, magnet, peers, trackers)
+    else:
+        meta = read_torrent(src)
+    if not peers and not trackers and not meta.trackers and not meta.url_list:
+        raise SwarmhubError("no way to find peers: give peers=[(host, port)] or trackers=[url]")
+    t = await session.add(meta, dest, peers=peers,
+                          trackers=[[u] for u in trackers] if trackers else None)
+    while not t.complete.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(t.complete.wait(), 1.0)
+        if t.error:
+            break
+        if on_progress is not None:
+            st = t.status()
+            on_progress(Progress(st.bytes_have, st.total_bytes, st.download_rate, st.peers))
+    if t.error:
+        raise SwarmhubError(f"{t.error}; verified pieces are kept, run again to resume")
+    st = t.status()
+    return DownloadResult(dest / meta.name, meta.name, meta.data_length,
+                          time.monotonic() - start, st.downloaded, st.webseed_bytes,
+                          "p2p" if not meta.url_list else "hybrid")
+
+
+async def _from_hub(session: Session, url: str, dest: Path, mode: Mode, token: str | None,
+                    on_progress: Callable[[Progress], None] | None,
+                    start: float) -> DownloadResult | Metainfo:
+    from swarmhub.client import HubBusy, http_download, hub_file, hub_torrent, parse_hub_url
+    from swarmhub.metainfo import load_torrent
+
+    http = await session.http()
+    base, file_id = parse_hub_url(url)
+    info = await hub_file(http, base, file_id, token)
+    if mode == "cs":
+        def progress(have: int) -> None:
+            if on_progress is not None:
+                on_progress(Progress(have, info.size, 0.0, 0))
+
+        try:
+            fetched = await http_download(http, info, dest, token=token, progress=progress,
+                                          rate_limit=session.settings.download_rate_limit)
+        except HubBusy as busy:
+            log.warning("%s: continuing from the swarm", busy)
+        else:
+            return DownloadResult(dest / info.name, info.name, info.size,
+                                  time.monotonic() - start, fetched, fetched, "cs")
+    meta = load_torrent(await hub_torrent(http, info.torrent_url, token))
+    if mode == "p2p":
+        meta = dataclasses.replace(meta, url_list=())
+    return meta
+
+
+async def _magnet_metadata(session: Session, magnet: Magnet, peers: list[tuple[str, int]],
+                           trackers: list[str]) -> Metainfo:
+    """Peers for a magnet (given, x.pe, one tracker announce), then its metadata."""
+    from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
+    from swarmhub.engine.metadata import fetch_metadata
+
+    candidates = list(peers)
+    urls = trackers or list(magnet.trackers)
+    if urls:
+        req = AnnounceRequest(info_hash=magnet.info_hash, peer_id=session.peer_id,
+                              port=session.listen_port, uploaded=0, downloaded=0, left=1,
+                              event="started")
+        try:
+            resp = await TrackerTiers([[u] for u in urls], rng=session.rng).announce(
+                await session.http(), req)
+            candidates += [p for p in resp.peers if p not in candidates]
+        except TrackerError as exc:
+            log.warning("tracker: %s", exc)
+    return await fetch_metadata(magnet, candidates, session.peer_id, timeout=None,
+                                peer_timeout=session.settings.request_timeout)
