@@ -75,9 +75,11 @@ def test_oversized_datagram_is_refused_unread() -> None:
 @given(st.binary(max_size=600))
 def test_any_bytes_parse_or_raise_krpc_error(data: bytes) -> None:
     try:
-        decode(data, SRC)
-    except KrpcError:
-        pass
+        msg = decode(data, SRC)
+    except KrpcError as exc:
+        assert exc.code in (krpc.ERROR_PROTOCOL, krpc.ERROR_METHOD)
+        return
+    assert isinstance(msg, krpc.Query | Response | Error)
 
 
 _leaf = st.one_of(st.binary(max_size=30), st.integers(-5, 70000))
@@ -93,9 +95,11 @@ _values = st.recursive(_leaf, lambda inner: st.one_of(
 @given(_values)
 def test_any_bencoded_structure_parses_or_raises_krpc_error(value: object) -> None:
     try:
-        decode(bencode(value), SRC)
-    except KrpcError:
-        pass
+        msg = decode(bencode(value), SRC)
+    except KrpcError as exc:
+        assert exc.code in (krpc.ERROR_PROTOCOL, krpc.ERROR_METHOD)
+        return
+    assert isinstance(msg, krpc.Query | Response | Error)
 
 
 # BEP 42's table: IP, rand, and the first three bytes / last byte of a valid id.

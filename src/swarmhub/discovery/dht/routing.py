@@ -109,9 +109,10 @@ class RoutingTable:
         return self.bucket_for(node_id).nodes.get(node_id)
 
     def closest(self, target: bytes, count: int | None = None) -> list[NodeEntry]:
-        """Up to ``count`` (default k) non-failing nodes nearest ``target``, nearest first."""
+        """Up to ``count`` (default k) nodes nearest ``target`` that are not bad, nearest
+        first (a node that failed once is asked again: one lost datagram is not death)."""
         t = int.from_bytes(target, "big")
-        nodes = [e for e in self if e.fails == 0]
+        nodes = [e for e in self if e.fails < self.max_fails]
         nodes.sort(key=lambda e: int.from_bytes(e.id, "big") ^ t)
         return nodes[:count or self.k]
 
