@@ -149,6 +149,12 @@ def info(torrent: Annotated[Path, typer.Argument(help=".torrent file", exists=Tr
     out.print(files)
 
 
+_NO_DHT = "Do not use the Mainline DHT (also SWARMHUB_DHT=0)."
+_DHT_BOOT = ("DHT bootstrap nodes HOST:PORT,... (default: the public routers; turns the DHT "
+             "on even under SWARMHUB_DHT=0).")
+_DHT_PORT = "UDP port of the DHT node (default: the listening port, or any when that is 0)."
+
+
 # -- seed / get ----------------------------------------------------------------------------------
 
 def _load_or_create(source: Path, data: Path | None, version: TorrentVersion,
@@ -194,6 +200,9 @@ def seed(
     = 0.0,
     trust: Annotated[bool, typer.Option(
         help="Skip checking the data against the torrent before seeding.")] = False,
+    no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
+    dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
+    dht_port: Annotated[int | None, typer.Option(help=_DHT_PORT)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Seed a torrent (or create one for a file/folder and seed it); prints the magnet link."""
@@ -209,8 +218,10 @@ def seed(
 
     async def go() -> int:
         settings = _settings(listen, upload_limit, 0)
-        async with Session(settings) as session:  # type: ignore[arg-type]
+        async with Session(settings) as session, contextlib.AsyncExitStack() as stack:  # type: ignore[arg-type]
             actual = await session.listen(host, port)
+            dht = await stack.enter_async_context(
+                _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
             trackers = [[t] for t in tracker] if tracker else None
             t = await session.add(meta, save, seed_mode=fresh or trust,
                                   peers=[_addr(p) for p in peer or []], trackers=trackers)
@@ -219,7 +230,8 @@ def seed(
                               f"of {meta.name} verified in {save}; seeding what is there")
             out.print(f"seeding {meta.name} on {host}:{actual}", highlight=False)
             out.print(make_magnet(meta), soft_wrap=True)
-            print(json.dumps({"event": "listening", "port": actual}), flush=True)
+            print(json.dumps({"event": "listening", "port": actual,
+                              "dht_port": dht.port if dht else None}), flush=True)
             deadline = time.monotonic() + duration if duration else None
             while deadline is None or time.monotonic() < deadline:
                 await asyncio.sleep(1.0 if deadline is None
@@ -260,6 +272,9 @@ def get(
     token: Annotated[str | None, typer.Option(
         help="Hub token for private files (or SWARMHUB_TOKEN).", envvar="SWARMHUB_TOKEN")]
     = None,
+    no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
+    dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
+    dht_port: Annotated[int | None, typer.Option(help=_DHT_PORT)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Download a torrent; exits 0 only when every piece is verified. Ctrl-C saves resume data."""
@@ -288,7 +303,8 @@ def get(
     known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
     if magnet is not None:
         peers += [p for p in magnet.peers if p not in peers]
-    if not peers and not tracker and not known_trackers and not hub_url:
+    if not peers and not tracker and not known_trackers and not hub_url and (
+            no_dht or not (_settings_dht() or dht_bootstrap)):
         raise _fail("no way to find peers: give --peer HOST:PORT or --tracker URL", 2)
 
     async def go() -> int:
@@ -297,8 +313,10 @@ def get(
         cmd_deadline = time.monotonic() + timeout if timeout else None
         settings = _settings(listen, upload_limit, download_limit)
         output.mkdir(parents=True, exist_ok=True)
-        async with Session(settings) as session:  # type: ignore[arg-type]
-            await session.listen(host, port)
+        async with Session(settings) as session, contextlib.AsyncExitStack() as stack:  # type: ignore[arg-type]
+            actual = await session.listen(host, port)
+            dht = await stack.enter_async_context(
+                _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
             if hub_url:
                 try:
                     meta = await _from_hub(session, torrent, mode, output, token,
@@ -311,7 +329,7 @@ def get(
             elif magnet is not None:
                 try:
                     meta = await _magnet_metadata(session, magnet, peers, tracker or [],
-                                                  _left(cmd_deadline))
+                                                  _left(cmd_deadline), dht)
                 except SwarmhubError as exc:
                     console.print(f"[bold red]error:[/] {exc}")
                     return 1
@@ -414,7 +432,8 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
 
 
 async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],
-                           trackers: list[str], timeout: float | None) -> Metainfo:
+                           trackers: list[str], timeout: float | None,
+                           dht: Any = None) -> Metainfo:
     """Find peers for a magnet (given, x.pe, or one tracker announce) and fetch metadata,
     all within ``timeout`` seconds (None: each peer still gets its own progress timeout)."""
     from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
@@ -440,6 +459,12 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
             console.print(f"[yellow]tracker:[/] {exc}")
         except TimeoutError:
             console.print("[yellow]tracker:[/] no answer before --timeout")
+    if dht is not None and not candidates:
+        from swarmhub.discovery.dht.source import magnet_peers
+
+        hashes = [h for h in (magnet.info_hash_v1, (magnet.info_hash_v2 or b"")[:20]) if h]
+        candidates += await magnet_peers(dht, hashes, timeout=_left(deadline))
+        console.print(f"DHT: {len(candidates)} peers for the magnet link")
     return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
                                 peer_timeout=session.settings.request_timeout)
 
@@ -447,6 +472,23 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
 def _left(deadline: float | None) -> float | None:
     """Seconds until ``deadline`` (a time.monotonic() value), never negative; None: none."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _settings_dht() -> bool:
+    from swarmhub.settings import Settings
+
+    return Settings.from_env().dht
+
+
+def _dht(session: Any, host: str, port: int, no_dht: bool, bootstrap: str | None,
+         dht_port: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    """A DHT node for ``get``/``seed`` (or None); its table lives in the state folder."""
+    from swarmhub.discovery.dht.commands import state_file
+    from swarmhub.discovery.dht.source import dht_for
+
+    return dht_for(session, session.settings, host=host, listen_port=port, no_dht=no_dht,
+                   bootstrap=bootstrap, dht_port=dht_port,
+                   state_file=state_file(session.state_dir))
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -517,10 +559,12 @@ def version() -> None:
 
 
 def _register_subcommands() -> None:
+    from swarmhub.discovery.dht.commands import register as register_dht
     from swarmhub.hub.commands import register as register_hub
     from swarmhub.lab.commands import register as register_lab
 
     register_hub(app)
+    register_dht(app)
     register_lab(app)
 
 

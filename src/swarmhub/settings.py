@@ -131,6 +131,11 @@ class Settings:
     enable_dht: bool = _f(False, "find peers through the DHT (BEP 5)")
     enable_lsd: bool = _f(False, "find peers on the local network (BEP 14)")
     enable_pex: bool = _f(True, "exchange peer lists with connected peers (BEP 11)")
+    dht: bool = _f(True, "get/seed join the Mainline DHT (BEP 5) to find and announce peers "
+                   "without a tracker; never for private torrents (--no-dht)")
+    dht_bootstrap: str = _f(
+        "router.bittorrent.com:6881,dht.transmissionbt.com:6881,router.utorrent.com:6881",
+        "DHT nodes to join through, host:port,... (tests and the lab pass local nodes)")
     # -- identity
     peer_id_prefix: str = _f("-SH0100-", "start of our 20-byte peer id (Azureus style)")
     user_agent: str = _f("swarmhub/0.1", "User-Agent for trackers and web seeds")
