@@ -1,9 +1,15 @@
-"""A stand-alone DHT node of ours, as a process: the local bootstrap node for CLI and
-libtorrent tests (never a public router).
+"""Stand-alone DHT nodes of ours in one process: the local DHT for CLI and libtorrent tests
+(never a public router).
 
-Usage: python dhtrouter.py HOST [BOOTSTRAP_HOST:PORT,...] -- prints
-``{"event": "listening", "port": P, "node_id": HEX}`` and runs until SIGTERM; every second
-it prints ``{"event": "status", "nodes": N, "peers_stored": M}``.
+Usage: ``python dhtrouter.py HOST [HOST ...]`` starts one node per loopback HOST, every
+one after the first bootstrapping from the first. It prints
+``{"event": "listening", "port": P, "node_id": HEX}`` for the first node (the bootstrap
+address to give everyone else), then every second
+``{"event": "status", "nodes": [...], "peers_stored": [...]}``, until SIGTERM.
+
+More than one node matters with libtorrent: it never puts its bootstrap ("router") nodes in
+its routing table, so in a network of router + two peers an announce stored only at the
+router would be missed by libtorrent's later lookups.
 """
 
 from __future__ import annotations
@@ -15,26 +21,29 @@ import json
 import signal
 import sys
 
-from swarmhub.discovery.dht import Config, DhtNode, parse_bootstrap
+from swarmhub.discovery.dht import Config, DhtNode
 
 
-async def main(host: str, bootstrap: str) -> None:
-    assert ipaddress.ip_address(host).is_loopback, "tests only use 127.0.0.0/8"
-    routers = parse_bootstrap(bootstrap)
-    assert all(ipaddress.ip_address(h).is_loopback for h, _ in routers)
+async def main(hosts: list[str]) -> None:
+    assert all(ipaddress.ip_address(h).is_loopback for h in hosts), "only 127.0.0.0/8"
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with DhtNode(host, 0, bootstrap=routers, config=Config(query_timeout=1.0)) as node:
-        core = node._core()
-        print(json.dumps({"event": "listening", "port": node.port,
-                          "node_id": core.node_id.hex()}), flush=True)
+    async with contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(
+            DhtNode(hosts[0], 0, config=Config(query_timeout=1.0)))
+        nodes = [first]
+        for h in hosts[1:]:
+            nodes.append(await stack.enter_async_context(
+                DhtNode(h, 0, bootstrap=[first.addr], config=Config(query_timeout=1.0))))
+        print(json.dumps({"event": "listening", "port": first.port,
+                          "node_id": first._core().node_id.hex()}), flush=True)
         while not stop.is_set():
-            print(json.dumps({"event": "status", "nodes": len(core.table),
-                              "peers_stored": len(core.store),
-                              "queries_in": dict(core.stats.queries_in)}), flush=True)
+            cores = [n._core() for n in nodes]
+            print(json.dumps({"event": "status", "nodes": [len(c.table) for c in cores],
+                              "peers_stored": [len(c.store) for c in cores]}), flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""))
+    asyncio.run(main(sys.argv[1:]))

@@ -1,0 +1,122 @@
+"""Magnet links with no tracker and no --peer: the Mainline DHT alone, on loopback.
+
+Every node is local: a bootstrap node of ours (``dhtrouter.py``) on its own 127.0.6.x, our
+``swarmhub`` processes and libtorrent sessions each on their own address, libtorrent with
+``dht_restrict_routing_ips``/``dht_restrict_search_ips`` off (all nodes share 127/8) and
+the bootstrap list pointing at our node only. Each test asserts its bootstrap list is
+loopback before anything starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from interop.harness import (
+    VENV_PYTHON,
+    LtPeer,
+    Proc,
+    compare_trees,
+    lt_make_torrent,
+    make_test_data,
+)
+from swarmhub.metainfo import create_torrent, load_torrent, make_magnet, torrent_bytes
+from swarmhub.metainfo.model import TorrentVersion
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
+
+SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
+ROUTER = Path(__file__).parent.parent / "discovery" / "dht" / "dhtrouter.py"
+PIECE = 64 * 1024
+
+
+def _local(bootstrap: str) -> str:
+    for part in bootstrap.split(","):
+        assert ipaddress.ip_address(part.rsplit(":", 1)[0]).is_loopback, part
+    return bootstrap
+
+
+@pytest.fixture
+def router(tmp_path: Path) -> Iterator[str]:
+    """Eight DHT nodes of ours, the first on 127.0.6.1; yields its ``host:port``."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+    hosts = ["127.0.6.1"] + [f"127.0.6.{100 + i}" for i in range(7)]
+    with Proc([str(VENV_PYTHON), "-u", str(ROUTER), *hosts], env=env, name="router",
+              log=tmp_path / "router.log") as proc:
+        line = proc.wait_for_line(lambda s: '"listening"' in s, 30)
+        yield _local(f"127.0.6.1:{json.loads(line)['port']}")
+
+
+def lt_dht(router: str, host: str) -> dict[str, int | bool | str]:
+    """libtorrent's DHT on ``host``, joining through ``router`` only, announcing every 2 s."""
+    return {"enable_dht": True, "dht_bootstrap_nodes": _local(router),
+            "dht_restrict_routing_ips": False, "dht_restrict_search_ips": False,
+            "dht_ignore_dark_internet": False, "dht_enforce_node_id": False,
+            "listen_interfaces": f"{host}:0", "outgoing_interfaces": host,
+            "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+            "dht_announce_interval": 2}
+
+
+def ours(args: list[str], tmp: Path, name: str) -> Proc:
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp / f"state-{name}"))
+    return Proc([*SWARMHUB, *args], env=env, cwd=tmp, name=name, log=tmp / f"{name}.log")
+
+
+@pytest.mark.parametrize("version", ["v1", "hybrid"])
+def test_ours_seeds_and_ours_downloads_a_magnet_by_dht_only(
+        tmp_path: Path, router: str, version: str) -> None:
+    """`swarmhub seed ./dataset` prints a magnet link that works alone."""
+    data = make_test_data(tmp_path / "src", [700_001, 65_536, 123], seed=21, name="dataset")
+    flag = ["--v1"] if version == "v1" else []
+    seed = ours(["seed", str(data), *flag, "--listen", "127.0.6.2:0",
+                 "--dht-bootstrap", router], tmp_path, "seed")
+    with seed:
+        magnet = seed.wait_for_line(lambda s: s.startswith("magnet:"), 60).strip()
+        assert "tr=" not in magnet and "x.pe" not in magnet
+        get = ours(["get", magnet, "-o", str(tmp_path / "dl"), "--json", "--listen",
+                    "127.0.6.3:0", "--dht-bootstrap", router, "--timeout", "90"],
+                   tmp_path, "get")
+        with get:
+            assert get.wait(120) == 0, get.describe()
+    compare_trees(data, tmp_path / "dl" / data.name)
+    status = json.loads((tmp_path / "state-get" / "dht.json").read_text())
+    assert status["lookups"]["done"] >= 1 and status["traffic"]["dropped_nonlocal"] == 0
+
+
+@pytest.mark.parametrize("version", ["v1", "hybrid"])
+def test_ours_downloads_a_magnet_that_libtorrent_announced_on_the_dht(
+        tmp_path: Path, router: str, version: str) -> None:
+    data = make_test_data(tmp_path / "src", [1_000_000, 300_000], seed=22)
+    tfile = tmp_path / "lt.torrent"
+    tfile.write_bytes(lt_make_torrent(data, version, PIECE))  # type: ignore[arg-type]
+    magnet = make_magnet(load_torrent(tfile.read_bytes()))
+    with LtPeer(tfile, data.parent, seed=True, log_dir=tmp_path, name="lt-seed",
+                listen="127.0.6.4:0", settings=lt_dht(router, "127.0.6.4")):
+        get = ours(["get", magnet, "-o", str(tmp_path / "dl"), "--json", "--listen",
+                    "127.0.6.5:0", "--dht-bootstrap", router, "--timeout", "120"],
+                   tmp_path, "get")
+        with get:
+            assert get.wait(150) == 0, get.describe()
+    compare_trees(data, tmp_path / "dl" / data.name)
+
+
+@pytest.mark.parametrize("version", ["v1", "hybrid"])
+def test_libtorrent_downloads_a_magnet_that_ours_announced_on_the_dht(
+        tmp_path: Path, router: str, version: str) -> None:
+    data = make_test_data(tmp_path / "src", [900_000, 70_000], seed=23)
+    meta = create_torrent(data, version=TorrentVersion(version), piece_length=PIECE)
+    tfile = tmp_path / "ours.torrent"
+    tfile.write_bytes(torrent_bytes(meta))
+    seed = ours(["seed", str(tfile), str(data), "--listen", "127.0.6.7:0",
+                 "--dht-bootstrap", router], tmp_path, "seed")
+    with seed:
+        seed.wait_for_line(lambda s: '"listening"' in s, 60)
+        with LtPeer(make_magnet(meta), tmp_path / "dl", log_dir=tmp_path, name="lt-magnet",
+                    listen="127.0.6.8:0", settings=lt_dht(router, "127.0.6.8")) as leech:
+            leech.wait_finished(120)
+    compare_trees(data, tmp_path / "dl" / data.name)
