@@ -1,0 +1,133 @@
+"""The engine glue: which hashes a torrent lives under, private torrents stay off the DHT,
+found peers go through torrent.add_peers; the CLI switches; `dht status`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from swarmhub.cli import app
+from swarmhub.discovery.dht import PUBLIC_ROUTERS, Config, DhtNode
+from swarmhub.discovery.dht.core import LookupDone
+from swarmhub.discovery.dht.lookup import LookupKind
+from swarmhub.discovery.dht.source import DhtSource, dht_for, dht_hashes
+from swarmhub.settings import Settings
+
+V1 = b"\x01" * 20
+V2 = b"\x02" * 32
+
+
+@dataclass
+class Meta:
+    private: bool = False
+    info_hash_v1: bytes | None = V1
+    info_hash_v2: bytes | None = V2
+
+
+@dataclass
+class Torrent:
+    meta: Meta
+    added: list[tuple[str, int]] = field(default_factory=list)
+
+    def add_peers(self, addrs: list[tuple[str, int]]) -> None:
+        self.added += addrs
+
+
+@dataclass
+class Session:
+    torrents: dict[bytes, Torrent]
+    listen_port: int = 7000
+
+
+class FakeNode:
+    """Answers every lookup with one peer per hash and records what was asked."""
+
+    addr = ("127.0.0.1", 7000)
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[bytes, int | None]] = []
+
+    async def get_peers(self, info_hash: bytes, *, announce_port: int | None = None,
+                        timeout: float = 30.0) -> LookupDone:
+        self.asked.append((info_hash, announce_port))
+        return LookupDone(1, info_hash, LookupKind.GET_PEERS,
+                          ((f"127.0.7.{info_hash[0]}", 6881),), (), 1, 1, 1)
+
+
+def test_hybrid_lives_under_v1_and_truncated_v2_and_private_under_nothing() -> None:
+    assert dht_hashes(Meta()) == [V1, V2[:20]]
+    assert dht_hashes(Meta(info_hash_v1=None)) == [V2[:20]]
+    assert dht_hashes(Meta(private=True)) == []
+
+
+async def test_source_announces_public_torrents_and_feeds_their_peers() -> None:
+    public, private = Torrent(Meta()), Torrent(Meta(private=True, info_hash_v1=b"\x03" * 20))
+    session = Session({b"a": public, b"b": private})
+    node = FakeNode()
+    source = DhtSource(session, node)  # type: ignore[arg-type]
+    task = asyncio.create_task(source.run())
+    try:
+        async with asyncio.timeout(5):
+            while not public.added:
+                await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert node.asked == [(V1, 7000), (V2[:20], 7000)]  # never the private torrent's hash
+    assert sorted(public.added) == [("127.0.7.1", 6881), ("127.0.7.2", 6881)]
+    assert private.added == []
+
+
+def test_public_routers_are_only_the_default_and_tests_run_with_the_dht_off() -> None:
+    assert Settings().dht and Settings().dht_bootstrap == PUBLIC_ROUTERS
+    assert os.environ["SWARMHUB_DHT"] == "0" and not Settings.from_env().dht
+
+
+async def test_no_dht_and_the_env_switch_start_no_node() -> None:
+    on = Settings().replace(dht_bootstrap="127.0.0.1:1")
+    async with dht_for(Session({}), on, host="127.0.7.50", listen_port=0,
+                       no_dht=True) as node:
+        assert node is None
+    async with dht_for(Session({}), Settings.from_env(), host="127.0.7.50",
+                       listen_port=0) as node:
+        assert node is None  # SWARMHUB_DHT=0
+    async with dht_for(Session({}), Settings.from_env(), host="127.0.7.50", listen_port=0,
+                       bootstrap="") as node:
+        assert node is not None  # an explicit (local) bootstrap list turns it on
+
+
+async def test_local_only_guard_never_resolves_or_contacts_public_routers() -> None:
+    async with DhtNode("127.0.7.51", 0, bootstrap=[("router.bittorrent.com", 6881),
+                                                   ("8.8.8.8", 6881)],
+                       config=Config()) as node:
+        assert node._core().bootstrap_addrs == []  # dropped before DNS or any datagram
+        node._core().call_ping(("8.8.8.8", 6881), 0.0)
+        node._flush()
+        assert node.dropped_nonlocal == 1
+
+
+def test_magnet_without_peers_and_with_no_dht_says_how_to_find_peers(tmp_path: Path) -> None:
+    magnet = "magnet:?xt=urn:btih:" + "ab" * 20
+    result = CliRunner().invoke(app, ["get", magnet, "-o", str(tmp_path), "--no-dht"])
+    assert result.exit_code == 2 and "no way to find peers" in result.output
+
+
+def test_dht_status_reads_the_state_file(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(app, ["dht", "status", "--state-dir", str(tmp_path)])
+    assert missing.exit_code == 1 and "no DHT state" in missing.output
+
+    async def make() -> None:
+        async with DhtNode("127.0.7.52", 0, state_file=tmp_path / "dht.json"):
+            pass
+
+    asyncio.run(make())
+    shown = runner.invoke(app, ["dht", "status", "--state-dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "node id" in shown.output and f"{os.getpid()} running" in shown.output
+    raw = runner.invoke(app, ["dht", "status", "--state-dir", str(tmp_path), "--json"])
+    assert json.loads(raw.output)["address"].startswith("127.0.7.52:")
