@@ -120,3 +120,31 @@ def test_libtorrent_downloads_a_magnet_that_ours_announced_on_the_dht(
                     listen="127.0.6.8:0", settings=lt_dht(router, "127.0.6.8")) as leech:
             leech.wait_finished(120)
     compare_trees(data, tmp_path / "dl" / data.name)
+
+
+def test_our_lookup_finds_the_address_libtorrent_announced(tmp_path: Path, router: str) -> None:
+    """At the protocol level: a get_peers of ours returns libtorrent's own listen address."""
+    import asyncio
+
+    from swarmhub.discovery.dht import Config, DhtNode, parse_bootstrap
+
+    data = make_test_data(tmp_path / "src", [200_000], seed=24)
+    tfile = tmp_path / "lt.torrent"
+    tfile.write_bytes(lt_make_torrent(data, "v1", PIECE))  # type: ignore[arg-type]
+    info_hash = load_torrent(tfile.read_bytes()).info_hash
+
+    async def lookup(lt_port: int) -> tuple[tuple[str, int], ...]:
+        async with DhtNode("127.0.6.9", 0, bootstrap=parse_bootstrap(router),
+                           config=Config(query_timeout=1.0)) as node:
+            await node.wait_bootstrapped(2, timeout=10)
+            async with asyncio.timeout(30):
+                while True:
+                    done = await node.get_peers(info_hash, timeout=10)
+                    if ("127.0.6.10", lt_port) in done.peers:
+                        return done.peers
+                    await asyncio.sleep(0.5)
+
+    with LtPeer(tfile, data.parent, seed=True, log_dir=tmp_path, name="lt-seed",
+                listen="127.0.6.10:0", settings=lt_dht(router, "127.0.6.10")) as seeder:
+        peers = asyncio.run(lookup(seeder.port))
+    assert ("127.0.6.10", seeder.port) in peers
