@@ -36,8 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from swarmhub.bencode import bencode  # noqa: E402
-from swarmhub.discovery.dht import Config, DhtNode  # noqa: E402
+from swarmhub.bencode import bencode
+from swarmhub.discovery.dht import Config, DhtNode
 
 CAPACITY_HOST = "127.0.10.1"
 
@@ -169,7 +169,8 @@ async def capacity(seconds: float, window: int) -> None:
         gens = []
         for i in range(8):
             _, gen = await loop.create_datagram_endpoint(
-                lambda: _Gen((CAPACITY_HOST, port), max(1, window // 8), random.Random(i)),
+                lambda i=i: _Gen((CAPACITY_HOST, port), max(1, window // 8),
+                                 random.Random(i)),
                 local_addr=(f"127.0.10.{20 + i}", 0))
             gens.append(gen)
         await asyncio.sleep(1.0)  # warm up
