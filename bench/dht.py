@@ -119,12 +119,17 @@ def _serve(port_q: mp.Queue[int], stop: mp.Event) -> None:  # type: ignore[type-
 
 
 class _Gen(asyncio.DatagramProtocol):
+    """Keeps ``window`` queries outstanding; a query unanswered for 0.5 s (the kernel drops
+    datagrams when a socket buffer is full) is counted lost and replaced, so the window
+    does not shrink over the run."""
+
     def __init__(self, target: tuple[str, int], window: int, rng: random.Random) -> None:
         self.target = target
         self.window = window
         self.answered = 0
+        self.lost = 0
         self.counting = False
-        ids = [rng.randbytes(20) for _ in range(4)]
+        ids = [rng.randbytes(20) for _ in range(3)]
         self.templates = [
             bencode({b"a": {b"id": ids[0]}, b"q": b"ping", b"t": b"\x00\x00", b"y": b"q"}),
             bencode({b"a": {b"id": ids[1], b"target": rng.randbytes(20)}, b"q": b"find_node",
@@ -132,23 +137,39 @@ class _Gen(asyncio.DatagramProtocol):
             bencode({b"a": {b"id": ids[2], b"info_hash": rng.randbytes(20)},
                      b"q": b"get_peers", b"t": b"\x00\x00", b"y": b"q"}),
         ]
+        self.offsets = [t.index(b"1:t2:") + 5 for t in self.templates]
         self.i = 0
+        self.sent_at: dict[bytes, float] = {}
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        for _ in range(self.window):
-            self.send()
+        self.top_up()
 
-    def send(self) -> None:
-        self.i += 1
+    def top_up(self) -> None:
+        now = time.monotonic()
+        for tid in [t for t, at in self.sent_at.items() if now - at > 0.5]:
+            del self.sent_at[tid]
+            self.lost += 1
+        while len(self.sent_at) < self.window:
+            self.send(now)
+
+    def send(self, now: float) -> None:
+        self.i = (self.i + 1) & 0xFFFF
+        tid = self.i.to_bytes(2, "big")
+        k = self.i % 3
+        tpl, off = self.templates[k], self.offsets[k]
+        self.sent_at[tid] = now
         assert self.transport is not None
-        self.transport.sendto(self.templates[self.i % 3], self.target)
+        self.transport.sendto(tpl[:off] + tid + tpl[off + 2:], self.target)
 
     def datagram_received(self, data: bytes, addr: object) -> None:
+        i = data.find(b"1:t2:")
+        if i < 0 or self.sent_at.pop(data[i + 5:i + 7], None) is None:
+            return
         if self.counting:
             self.answered += 1
-        self.send()
+        self.send(time.monotonic())
 
 
 def _cpu_s(pid: int) -> float:
@@ -173,6 +194,13 @@ async def capacity(seconds: float, window: int) -> None:
                                  random.Random(i)),
                 local_addr=(f"127.0.10.{20 + i}", 0))
             gens.append(gen)
+        async def top_up() -> None:
+            while True:
+                await asyncio.sleep(0.1)
+                for g in gens:
+                    g.top_up()
+
+        refill = asyncio.create_task(top_up())
         await asyncio.sleep(1.0)  # warm up
         assert proc.pid is not None
         cpu0, gcpu0, t0 = _cpu_s(proc.pid), time.process_time(), time.perf_counter()
@@ -185,6 +213,7 @@ async def capacity(seconds: float, window: int) -> None:
         node_cpu = (_cpu_s(proc.pid) - cpu0) / elapsed
         gen_cpu = (time.process_time() - gcpu0) / elapsed
         answered = sum(g.answered for g in gens)
+        refill.cancel()
         for g in gens:
             assert g.transport is not None
             g.transport.close()
