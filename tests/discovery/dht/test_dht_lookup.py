@@ -161,3 +161,22 @@ def test_unsolicited_and_spoofed_responses_are_ignored() -> None:
     assert core.stats.unsolicited == 2 and len(core.table) == 0
     core.receive(fake, addr_of(1), 0.2)
     assert len(core.table) == 1
+
+
+def test_bep42_id_is_adopted_once_three_responders_agree_on_a_public_address() -> None:
+    from swarmhub.discovery.dht.nodeid import node_id_matches_ip
+
+    core = _core()
+    for i in range(1, 4):
+        core.table.heard_from(bytes([i]) * 20, addr_of(i), 0.0, response=True)
+    assert not core.adopt_external_id()  # no votes yet
+    core.ip_votes["127.0.0.1"] += 5
+    assert not core.adopt_external_id()  # a local address never changes the id
+    core.ip_votes.clear()
+    core.ip_votes["84.124.73.14"] += 3
+    old = core.node_id
+    assert core.adopt_external_id()
+    assert core.node_id != old and node_id_matches_ip(core.node_id, "84.124.73.14")
+    assert core.table.own_id == core.node_id and len(core.table) == 3
+    core.table.check_invariant()
+    assert not core.adopt_external_id()  # matches now: stable

@@ -31,7 +31,7 @@ from swarmhub.discovery.dht.krpc import (
     Response,
 )
 from swarmhub.discovery.dht.lookup import Lookup, LookupKind
-from swarmhub.discovery.dht.nodeid import node_id_matches_ip
+from swarmhub.discovery.dht.nodeid import is_local, node_id_for_ip, node_id_matches_ip
 from swarmhub.discovery.dht.routing import RoutingTable
 from swarmhub.discovery.dht.storage import PeerStore, QueryLimiter, Tokens
 
@@ -141,6 +141,24 @@ class DhtCore:
             return None
         ip, n = self.ip_votes.most_common(1)[0]
         return ip if n >= 3 else None
+
+    def adopt_external_id(self) -> bool:
+        """BEP 42: once responders agree on a public address our id does not match, take
+        an id derived from it (so BEP 42-enforcing nodes keep us) and rebuild the table
+        around it. Returns whether the id changed; local addresses never change it."""
+        ip = self.external_ip
+        if ip is None or is_local(ip) or node_id_matches_ip(self.node_id, ip):
+            return False
+        self.change_id(node_id_for_ip(ip, self.rng))
+        return True
+
+    def change_id(self, node_id: bytes) -> None:
+        old = self.table
+        self.node_id = node_id
+        self.table = RoutingTable(node_id, k=old.k, max_fails=old.max_fails)
+        for e in sorted(old, key=lambda e: e.last_response or 0.0):
+            if e.last_response is not None:
+                self.table.heard_from(e.id, e.addr, e.last_response, response=True)
 
     def receive(self, data: bytes, addr: Addr, now: float) -> None:
         self.stats.packets_in += 1

@@ -248,6 +248,9 @@ class DhtNode:
                 self._flush()
                 if now >= next_save:
                     next_save = now + SAVE_EVERY
+                    if self._core().adopt_external_id():
+                        log.info("DHT: our address is %s; new BEP 42 node id %s",
+                                 self._core().external_ip, self._core().node_id.hex())
                     self.save()
             except Exception:  # a bug must not stop the node silently
                 log.exception("DHT tick failed")
