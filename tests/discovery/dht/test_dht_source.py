@@ -131,3 +131,34 @@ def test_dht_status_reads_the_state_file(tmp_path: Path) -> None:
     assert "node id" in shown.output and f"{os.getpid()} running" in shown.output
     raw = runner.invoke(app, ["dht", "status", "--state-dir", str(tmp_path), "--json"])
     assert json.loads(raw.output)["address"].startswith("127.0.7.52:")
+
+
+async def test_a_second_process_on_the_same_state_folder_gets_its_own_id(
+        tmp_path: Path) -> None:
+    """The lock is per process (flock), so simulate the second process with a held lock."""
+    import fcntl
+
+    state = tmp_path / "dht.json"
+    on = Settings().replace(dht_bootstrap="")
+    async with dht_for(Session({}), on, host="127.0.7.53", listen_port=0,
+                       state_file=state) as first:
+        assert first is not None
+    saved = json.loads(state.read_text())["node_id"]
+    with open(state.with_suffix(".lock"), "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        with open(state.with_suffix(".lock"), "a+b") as other:
+            try:  # flock locks are per open file: a second open file sees it taken
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held_elsewhere = False
+            except OSError:
+                held_elsewhere = True
+        assert held_elsewhere
+        async with dht_for(Session({}), on, host="127.0.7.53", listen_port=0,
+                           state_file=state) as second:
+            assert second is not None and second.state_file != state
+            assert second._core().node_id.hex() != saved
+            second.save()
+            shown = CliRunner().invoke(app, ["dht", "status", "--state-dir", str(tmp_path)])
+            assert shown.output.count("node id") == 2
+        assert not second.state_file.exists()  # removed on exit
+    assert json.loads(state.read_text())["node_id"] == saved

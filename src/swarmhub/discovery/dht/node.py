@@ -82,11 +82,15 @@ class DhtNode:
     """A Mainline DHT node on ``host:port`` (port 0: any free port).
 
     ``bootstrap``: routers or nodes to join through; ``state_file``: where the routing
+    table is saved and read back; ``load_from``: read the table from this file instead
+    and keep a fresh id (a second process sharing a state folder: two nodes must never
+    share an id); ``state_file`` is then removed on close.
     table is saved and read back. Use as ``async with DhtNode(...) as node``.
     """
 
     def __init__(self, host: str = "0.0.0.0", port: int = 0, *,
                  bootstrap: list[Addr] | None = None, state_file: Path | None = None,
+                 load_from: Path | None = None,
                  config: Config | None = None, node_id: bytes | None = None,
                  rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -94,6 +98,7 @@ class DhtNode:
         self.requested_port = port
         self.bootstrap = list(bootstrap or [])
         self.state_file = state_file
+        self.load_from = load_from
         self.config = config or Config()
         self.rng = rng or random.Random()
         self.clock = clock
@@ -124,7 +129,9 @@ class DhtNode:
         loop = asyncio.get_running_loop()
         saved_id: bytes | None = None
         saved_nodes: list[NodeInfo] = []
-        if self.state_file is not None:
+        if self.load_from is not None:
+            _, saved_nodes, _ = load_state(self.load_from)
+        elif self.state_file is not None:
             saved_id, saved_nodes, _ = load_state(self.state_file)
         node_id = self._node_id or saved_id or (
             random_id(self.rng) if is_local(self.host) or self.host in ("0.0.0.0", "::")
@@ -156,6 +163,9 @@ class DhtNode:
                 fut.cancel()
         self._waiters.clear()
         self.save()
+        if self.load_from is not None and self.state_file is not None:
+            with contextlib.suppress(OSError):
+                self.state_file.unlink()
         if self._transport is not None:
             self._transport.close()
             self._transport = None

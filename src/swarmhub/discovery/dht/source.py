@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -129,27 +131,46 @@ async def dht_for(session: _Session, settings: Any, *, host: str, listen_port: i
         yield None
         return
     port = listen_port if dht_port is None else dht_port
-    async with run_dht(session, host=host, port=port,
-                       bootstrap=settings.dht_bootstrap if bootstrap is None else bootstrap,
-                       state_file=state_file) as node:
-        yield node
+    with contextlib.ExitStack() as locks:
+        load_from = None
+        if state_file is not None and not _lock(state_file, locks):
+            # another get/seed owns the state folder's table: read it, keep our own id
+            load_from, state_file = state_file, state_file.with_name(
+                f"{state_file.stem}-{os.getpid()}.json")
+        async with run_dht(session, host=host, port=port,
+                           bootstrap=settings.dht_bootstrap if bootstrap is None else bootstrap,
+                           state_file=state_file, load_from=load_from) as node:
+            yield node
+
+
+def _lock(state_file: Path, stack: contextlib.ExitStack) -> bool:
+    """Hold ``<state>.lock`` for this process's lifetime; False when another process does."""
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    fh = stack.enter_context(open(state_file.with_suffix(".lock"), "a+b"))  # noqa: SIM115
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 @contextlib.asynccontextmanager
 async def run_dht(session: _Session, *, host: str, port: int, bootstrap: str,
-                  state_file: Path | None, config: Config | None = None
-                  ) -> AsyncIterator[DhtNode]:
+                  state_file: Path | None, config: Config | None = None,
+                  load_from: Path | None = None) -> AsyncIterator[DhtNode]:
     """Start a DHT node on ``host:port`` (falling back to any port when taken) and a
     :class:`DhtSource` for ``session``; both stop, and the table is saved, on exit."""
     routers = parse_bootstrap(bootstrap)
-    node = DhtNode(host, port, bootstrap=routers, state_file=state_file, config=config)
+    node = DhtNode(host, port, bootstrap=routers, state_file=state_file, config=config,
+                   load_from=load_from)
     try:
         await node.start()
     except OSError as exc:
         if not port:
             raise
         log.warning("DHT port %d: %s; using any free port", port, exc)
-        node = DhtNode(host, 0, bootstrap=routers, state_file=state_file, config=config)
+        node = DhtNode(host, 0, bootstrap=routers, state_file=state_file, config=config,
+                       load_from=load_from)
         await node.start()
     source = DhtSource(session, node)
     task = asyncio.create_task(source.run(), name="dht-source")
