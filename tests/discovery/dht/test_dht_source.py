@@ -162,3 +162,26 @@ async def test_a_second_process_on_the_same_state_folder_gets_its_own_id(
             assert shown.output.count("node id") == 2
         assert not second.state_file.exists()  # removed on exit
     assert json.loads(state.read_text())["node_id"] == saved
+
+
+async def test_lonely_downloads_back_off_and_seeds_announce_every_fifteen_minutes() -> None:
+    class Empty(FakeNode):
+        async def get_peers(self, info_hash: bytes, *, announce_port: int | None = None,
+                            timeout: float = 30.0) -> LookupDone:
+            self.asked.append((info_hash, announce_port))
+            return LookupDone(1, info_hash, LookupKind.GET_PEERS, (), (), 1, 1, 1)
+
+    now = [0.0]
+    seeding = Torrent(Meta(info_hash_v2=None))
+    seeding.complete = asyncio.Event()  # type: ignore[attr-defined]
+    seeding.complete.set()  # type: ignore[attr-defined]
+    lonely = Torrent(Meta(info_hash_v1=b"\x05" * 20, info_hash_v2=None))
+    source = DhtSource(Session({b"s": seeding, b"l": lonely}), Empty(),  # type: ignore[arg-type]
+                       clock=lambda: now[0])
+    waits = []
+    for _ in range(6):
+        await source._one(b"l", lonely)
+        waits.append(source._due[b"l"] - now[0])
+    assert waits == [15.0, 30.0, 60.0, 120.0, 240.0, 300.0]
+    await source._one(b"s", seeding)
+    assert source._due[b"s"] - now[0] == 900.0

@@ -69,17 +69,23 @@ def dht_hashes(meta: _Meta) -> list[bytes]:
 class DhtSource:
     """Announce and find peers for each public torrent of ``session``.
 
-    Every ``interval`` seconds per torrent (libtorrent: 15 min); ``retry`` seconds when the
-    last lookup found nobody, so a leecher that came before its seeder is not stuck.
+    A seed announces every ``seed_interval`` seconds (libtorrent: 15 min), a download
+    every ``interval``; a download whose lookups found nobody tries again after ``retry``
+    seconds, doubling up to ``interval``, so a leecher that came before its seeder is not
+    stuck and a lone one does not hammer the network. "Seed" is read from the torrent's
+    ``complete`` event when it has one.
     """
 
     def __init__(self, session: _Session, node: DhtNode, *, interval: float = 300.0,
-                 retry: float = 15.0, lookup_timeout: float = 30.0,
+                 seed_interval: float = 900.0, retry: float = 15.0,
+                 lookup_timeout: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
         self.node = node
         self.interval = interval
+        self.seed_interval = seed_interval
         self.retry = retry
+        self._backoff: dict[bytes, float] = {}
         self.lookup_timeout = lookup_timeout
         self.clock = clock
         self._due: dict[bytes, float] = {}
@@ -116,7 +122,16 @@ class DhtSource:
         if found:
             log.info("DHT: %d peers for %s", len(found), key.hex())
             torrent.add_peers(found)
-        self._due[key] = self.clock() + (self.interval if found else self.retry)
+        complete = getattr(torrent, "complete", None)
+        if isinstance(complete, asyncio.Event) and complete.is_set():
+            wait = self.seed_interval
+        elif found:
+            wait = self.interval
+            self._backoff.pop(key, None)
+        else:
+            wait = self._backoff.get(key, self.retry)
+            self._backoff[key] = min(2 * wait, self.interval)
+        self._due[key] = self.clock() + wait
 
 
 @contextlib.asynccontextmanager
