@@ -60,6 +60,8 @@ def test_fifty_nodes_bootstrap_and_find_an_announced_peer() -> None:
     net.deliver()
     found = net.events[addr_of(33)][-1]
     assert (addr_of(7)[0], 5000) in found.peers
+    assert found.first_peers is not None
+    assert found.started <= found.first_peers <= found.finished
     assert net.sent - before < 60  # a handful of round trips, not a flood
 
 

@@ -59,7 +59,9 @@ class Config:
 
 @dataclass(frozen=True, slots=True)
 class LookupDone:
-    """A lookup finished. ``announced``: announce_peer queries sent after it."""
+    """A lookup finished. ``announced``: announce_peer queries sent after it;
+    ``started``/``first_peers``/``finished``: times (the caller's clock) it began, first
+    heard of a peer (None: never) and ended, for latency figures."""
 
     lookup_id: int
     target: bytes
@@ -69,6 +71,9 @@ class LookupDone:
     queries: int
     responses: int
     announced: int
+    started: float = 0.0
+    first_peers: float | None = None
+    finished: float = 0.0
 
 
 @dataclass(slots=True)
@@ -119,6 +124,7 @@ class DhtCore:
         self._next_tid = rng.randrange(1 << 16)
         self._lookups: dict[int, tuple[Lookup, int | None]] = {}  # id -> (lookup, port)
         self._next_lookup = 1
+        self._times: dict[int, tuple[float, float | None]] = {}  # started, first peers
         self._out: list[tuple[bytes, Addr]] = []
         self._events: list[LookupDone] = []
         self._next_refresh = now + c.refresh_check
@@ -234,6 +240,7 @@ class DhtCore:
         lid = self._next_lookup
         self._next_lookup += 1
         self._lookups[lid] = (lk, port)
+        self._times[lid] = (now, None)
         self.stats.lookups_started += 1
         self._pump(lid, now)
         return lid
@@ -304,6 +311,8 @@ class DhtCore:
             entry = self._lookups.get(p.lookup)
             if entry is not None:
                 entry[0].on_response(addr, msg.sender, msg.nodes, msg.values, msg.token)
+                if msg.values and self._times.get(p.lookup, (0.0, 0.0))[1] is None:
+                    self._times[p.lookup] = (self._times[p.lookup][0], now)
                 self._pump(p.lookup, now)
 
     def _lookup_failed(self, lid: int, addr: Addr, now: float) -> None:
@@ -333,10 +342,11 @@ class DhtCore:
                     self._query(q, c.addr, now, None)
                     announced += 1
         self.stats.lookups_done += 1
+        started, first = self._times.pop(lid, (now, None))
         self._events.append(LookupDone(
             lid, lk.target, lk.kind, tuple(lk.peers),
             tuple(NodeInfo(c.id, c.addr) for c in lk.closest_answered() if c.id),
-            lk.queries, lk.responses, announced))
+            lk.queries, lk.responses, announced, started, first, now))
 
     # -- plumbing ------------------------------------------------------------------------
 
