@@ -105,7 +105,9 @@ def _core() -> DhtCore:
 
 
 def _replies(core: DhtCore) -> list[krpc.Message]:
-    return [krpc.decode(d, addr_of(0)) for d, _ in core.take_datagrams()]
+    """Responses and errors sent (the pings that verify new nodes left out)."""
+    msgs = [krpc.decode(d, addr_of(0)) for d, _ in core.take_datagrams()]
+    return [m for m in msgs if not isinstance(m, krpc.Query)]
 
 
 def test_announce_with_a_wrong_token_is_refused_and_not_stored() -> None:
@@ -143,12 +145,25 @@ def test_flood_from_one_address_is_rate_limited_while_others_are_served() -> Non
     ping = krpc.encode(Ping(b"pp", b"\x22" * 20), our_id=b"\x22" * 20)
     for _ in range(1000):
         core.receive(ping, addr_of(1), 0.0)
-    flooded = len(core.take_datagrams())
+    flooded = len(_replies(core))
     assert flooded <= Config().query_burst and core.stats.rate_limited >= 900
     other = krpc.encode(Ping(b"pq", b"\x33" * 20), our_id=b"\x33" * 20)
     core.receive(other, addr_of(2), 0.0)
-    assert len(core.take_datagrams()) == 1
+    assert len(_replies(core)) == 1
     assert len(core.table) == 2
+
+
+def test_a_node_that_only_queried_us_is_pinged_and_not_advertised_until_it_answers() -> None:
+    core = _core()
+    q = krpc.encode(Ping(b"p1", b"\x22" * 20), our_id=b"\x22" * 20)
+    core.receive(q, addr_of(1), 0.0)
+    sent = [krpc.decode(d, addr_of(0)) for d, _ in core.take_datagrams()]
+    pings = [m for m in sent if isinstance(m, Ping)]
+    assert len(pings) == 1 and core.table.get(b"\x22" * 20) is not None
+    assert core.table.closest(b"\x00" * 20, verified=True) == []
+    core.receive(krpc.encode(Response(pings[0].tid, b"\x22" * 20), our_id=b"\x22" * 20),
+                 addr_of(1), 0.1)
+    assert [e.id for e in core.table.closest(b"\x00" * 20, verified=True)] == [b"\x22" * 20]
 
 
 def test_unsolicited_and_spoofed_responses_are_ignored() -> None:

@@ -260,7 +260,9 @@ class DhtCore:
             reply = self.rpc_announce_peer(q, addr, now)
         self._send(reply, addr)
         if not q.read_only and self._acceptable(q.sender, addr):
-            self.table.heard_from(q.sender, addr, now, response=False)
+            known = self.table.get(q.sender) is not None
+            if self.table.heard_from(q.sender, addr, now, response=False) and not known:
+                self.call_ping(addr, now)  # verify before we hand it to anyone
 
     def rpc_find_node(self, q: FindNode, addr: Addr) -> Response:
         return Response(q.tid, self.node_id, nodes=self._nodes_for(q.target), ip=addr)
@@ -278,7 +280,7 @@ class DhtCore:
         return Response(q.tid, self.node_id, ip=addr)
 
     def _nodes_for(self, target: bytes) -> tuple[NodeInfo, ...]:
-        return tuple(NodeInfo(e.id, e.addr) for e in self.table.closest(target))
+        return tuple(NodeInfo(e.id, e.addr) for e in self.table.closest(target, verified=True))
 
     def _acceptable(self, node_id: bytes, addr: Addr) -> bool:
         return not self.config.enforce_node_id or node_id_matches_ip(node_id, addr[0])

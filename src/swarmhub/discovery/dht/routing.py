@@ -108,11 +108,15 @@ class RoutingTable:
     def get(self, node_id: bytes) -> NodeEntry | None:
         return self.bucket_for(node_id).nodes.get(node_id)
 
-    def closest(self, target: bytes, count: int | None = None) -> list[NodeEntry]:
+    def closest(self, target: bytes, count: int | None = None, *,
+                verified: bool = False) -> list[NodeEntry]:
         """Up to ``count`` (default k) nodes nearest ``target`` that are not bad, nearest
-        first (a node that failed once is asked again: one lost datagram is not death)."""
+        first (a node that failed once is asked again: one lost datagram is not death).
+        ``verified``: only nodes that answered us at least once (what we hand to others,
+        so a spoofed query cannot make us advertise its victim)."""
         t = int.from_bytes(target, "big")
-        nodes = [e for e in self if e.fails < self.max_fails]
+        nodes = [e for e in self if e.fails < self.max_fails
+                 and (not verified or e.last_response is not None)]
         nodes.sort(key=lambda e: int.from_bytes(e.id, "big") ^ t)
         return nodes[:count or self.k]
 
