@@ -4,11 +4,13 @@ found peers go through torrent.add_peers; the CLI switches; `dht status`."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from swarmhub.cli import app
@@ -185,3 +187,14 @@ async def test_lonely_downloads_back_off_and_seeds_announce_every_fifteen_minute
     assert waits == [15.0, 30.0, 60.0, 120.0, 240.0, 300.0]
     await source._one(b"s", seeding)
     assert source._due[b"s"] - now[0] == 900.0
+
+
+def test_local_only_accepts_a_lab_subnet_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    from swarmhub.discovery.dht.node import allowed_networks
+
+    assert allowed_networks() == [ipaddress.ip_network("127.0.0.0/8")]
+    monkeypatch.setenv("SWARMHUB_DHT_LOCAL_ONLY", "127.0.0.0/8, 10.9.0.0/16")
+    nets = allowed_networks()
+    assert nets is not None and ipaddress.ip_address("10.9.1.2") in nets[1]
+    monkeypatch.setenv("SWARMHUB_DHT_LOCAL_ONLY", "not a network")
+    assert allowed_networks() == [ipaddress.ip_network("127.0.0.0/8")]

@@ -7,7 +7,8 @@ awaitable results and saves the state file every minute and on close. ``clock`` 
 
 Safety valve for tests and the lab: with ``SWARMHUB_DHT_LOCAL_ONLY=1`` in the environment
 (tests/conftest.py sets it) datagrams to anything outside 127.0.0.0/8 are dropped and
-counted, whatever the bootstrap list says.
+counted, whatever the bootstrap list says; a CIDR list (``127.0.0.0/8,10.9.0.0/16``)
+allows a lab's own subnet instead.
 """
 
 from __future__ import annotations
@@ -56,15 +57,29 @@ def parse_bootstrap(text: str) -> list[Addr]:
     return out
 
 
-def _local_only() -> bool:
-    return os.environ.get("SWARMHUB_DHT_LOCAL_ONLY") == "1"
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _loopback(ip: str) -> bool:
+def allowed_networks() -> list[Net] | None:
+    """``SWARMHUB_DHT_LOCAL_ONLY``: ``1`` allows 127.0.0.0/8 only; a comma-separated CIDR
+    list allows those (a lab's own subnet); unset or empty: no restriction."""
+    raw = os.environ.get("SWARMHUB_DHT_LOCAL_ONLY", "").strip()
+    if not raw or raw == "0":
+        return None
+    if raw == "1":
+        return [ipaddress.ip_network("127.0.0.0/8")]
     try:
-        return ipaddress.ip_address(ip).is_loopback
+        return [ipaddress.ip_network(p.strip()) for p in raw.split(",") if p.strip()]
+    except ValueError:
+        return [ipaddress.ip_network("127.0.0.0/8")]  # unreadable: the strictest choice
+
+
+def _allowed(ip: str, nets: list[Net]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
     except ValueError:
         return False
+    return any(addr in n for n in nets)
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -233,9 +248,9 @@ class DhtNode:
         if core is None:
             return
         if self._transport is not None:
-            local_only = _local_only()
+            nets = allowed_networks()
             for data, addr in core.take_datagrams():
-                if local_only and not _loopback(addr[0]):
+                if nets is not None and not _allowed(addr[0], nets):
                     self.dropped_nonlocal += 1
                     continue
                 self._transport.sendto(data, addr)
@@ -268,8 +283,9 @@ class DhtNode:
     async def _resolve(self, addrs: list[Addr]) -> list[Addr]:
         loop = asyncio.get_running_loop()
         out: list[Addr] = []
+        nets = allowed_networks()
         for host, port in addrs:
-            if _local_only() and not _loopback(host):
+            if nets is not None and not _allowed(host, nets):
                 log.warning("SWARMHUB_DHT_LOCAL_ONLY: not resolving bootstrap %s", host)
                 continue
             try:
