@@ -33,7 +33,7 @@ def snapshot(core: DhtCore, *, addr: tuple[str, int], wall_time: float,
         "saved_at": wall_time,
         "external_ip": core.external_ip,
         "nodes": [[e.id.hex(), e.addr[0], e.addr[1]] for e in core.table
-                  if e.fails == 0][:MAX_SAVED_NODES],
+                  if e.fails == 0 and e.last_response is not None][:MAX_SAVED_NODES],
         "buckets": [list(b) for b in core.table.sizes()],
         "peers_stored": len(core.store),
         "torrents_stored": core.store.num_hashes,
