@@ -65,3 +65,18 @@ def test_limiter_forgets_the_oldest_sources() -> None:
     for i in range(100):
         lim.allow(f"127.0.1.{i}", 0.0)
     assert len(lim._buckets) == 10
+
+
+def test_store_caps_peers_in_total_dropping_the_stalest_hash_first() -> None:
+    s = PeerStore(max_per_hash=10, max_peers=15)
+    for h in range(3):
+        for i in range(10):
+            s.add(bytes([h]) * 20, ("127.0.0.2", i + 1), float(h))
+            assert len(s) <= 15
+    rng = random.Random(0)
+    assert len(s) == 15 and s.num_hashes == 2
+    assert s.get(bytes([0]) * 20, 3.0, rng) == []  # the stalest hash went first
+    assert len(s.get(bytes([2]) * 20, 3.0, rng)) == 10
+    assert len(s.get(bytes([1]) * 20, 3.0, rng)) == 5
+    s.expire(10_000.0)
+    assert len(s) == 0 and s.num_hashes == 0

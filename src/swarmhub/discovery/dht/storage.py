@@ -6,8 +6,8 @@ All three are pure and bounded, and take ``now`` instead of reading a clock.
   every ``rotate`` seconds and the previous one is still accepted, so a token lives 5 to
   10 minutes (BEP 5) and we store no per-querier state.
 - :class:`PeerStore`: announced peers per info hash, each expiring after ``ttl``; at most
-  ``max_per_hash`` peers per hash and ``max_hashes`` hashes (the oldest entry goes first),
-  so a flood of announces costs bounded memory.
+  ``max_per_hash`` peers per hash, ``max_hashes`` hashes and ``max_peers`` peers in all
+  (the oldest entry goes first), so a flood of announces costs bounded memory.
 - :class:`QueryLimiter`: a token bucket per source IP, for at most ``max_sources`` IPs.
 """
 
@@ -55,14 +55,16 @@ def _token(secret: bytes, ip: str) -> bytes:
 
 class PeerStore:
     def __init__(self, *, ttl: float = 30 * 60.0, max_per_hash: int = 200,
-                 max_hashes: int = 2000) -> None:
+                 max_hashes: int = 2000, max_peers: int = 20000) -> None:
         self.ttl = ttl
         self.max_per_hash = max_per_hash
         self.max_hashes = max_hashes
+        self.max_peers = max_peers
         self._peers: OrderedDict[bytes, OrderedDict[Addr, float]] = OrderedDict()
+        self._total = 0
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self._peers.values())
+        return self._total
 
     @property
     def num_hashes(self) -> int:
@@ -72,13 +74,23 @@ class PeerStore:
         peers = self._peers.get(info_hash)
         if peers is None:
             if len(self._peers) >= self.max_hashes:
-                self._peers.popitem(last=False)  # the hash least recently announced
+                _, gone = self._peers.popitem(last=False)  # the hash least recently announced
+                self._total -= len(gone)
             peers = self._peers[info_hash] = OrderedDict()
         self._peers.move_to_end(info_hash)
-        peers.pop(addr, None)
+        if peers.pop(addr, None) is not None:
+            self._total -= 1
         peers[addr] = now + self.ttl
+        self._total += 1
         while len(peers) > self.max_per_hash:
             peers.popitem(last=False)
+            self._total -= 1
+        while self._total > self.max_peers:  # oldest peer of the stalest hash
+            h, oldest = next(iter(self._peers.items()))
+            oldest.popitem(last=False)
+            self._total -= 1
+            if not oldest:
+                del self._peers[h]
 
     def get(self, info_hash: bytes, now: float, rng: random.Random,
             limit: int = 50) -> list[Addr]:
@@ -100,6 +112,7 @@ class PeerStore:
             if until > now:
                 break
             del peers[addr]
+            self._total -= 1
         if not peers:
             self._peers.pop(h, None)
 
