@@ -127,3 +127,11 @@ def test_invariant_checker_catches_a_corrupt_address_index() -> None:
     except AssertionError:
         return
     raise AssertionError("the checker missed a corrupt index")
+
+
+def test_a_node_that_never_answered_goes_at_its_first_failure() -> None:
+    t = RoutingTable(OWN)
+    assert t.heard_from(nid(7), addr(1), 0.0, response=False)  # it only queried us
+    t.failed(nid(7))
+    assert t.get(nid(7)) is None
+    t.check_invariant()

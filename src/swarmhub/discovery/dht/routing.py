@@ -194,11 +194,16 @@ class RoutingTable:
 
     def failed(self, node_id: bytes) -> None:
         """A query to ``node_id`` timed out; a node failing ``max_fails`` times in a row is
-        replaced at once when the bucket has a replacement waiting."""
+        replaced at once when the bucket has a replacement waiting. A node that never
+        answered at all (it only queried us, perhaps from a spoofed address) goes at its
+        first failure, so unverified nodes cannot crowd out real ones."""
         b = self.bucket_for(node_id)
         e = b.nodes.get(node_id)
         if e is None:
             b.replacements.pop(node_id, None)
+            return
+        if e.last_response is None:
+            self.remove(node_id)
             return
         e.fails += 1
         if e.fails >= self.max_fails and b.replacements:
