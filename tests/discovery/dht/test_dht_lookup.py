@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from swarmhub.bencode import bencode
 from swarmhub.discovery.dht import krpc
 from swarmhub.discovery.dht.core import Config, DhtCore
@@ -197,3 +200,27 @@ def test_bep42_id_is_adopted_once_three_responders_agree_on_a_public_address() -
     assert core.table.own_id == core.node_id and len(core.table) == 3
     core.table.check_invariant()
     assert not core.adopt_external_id()  # matches now: stable
+
+
+_krpc_like = st.builds(
+    lambda t, y, q, a: bencode({b"t": t, b"y": y, b"q": q, b"a": a, b"r": a}),
+    st.binary(min_size=1, max_size=3), st.sampled_from([b"q", b"r", b"e"]),
+    st.sampled_from([b"ping", b"find_node", b"get_peers", b"announce_peer", b"x"]),
+    st.fixed_dictionaries({b"id": st.binary(min_size=20, max_size=20)}, optional={
+        b"target": st.binary(max_size=21), b"info_hash": st.binary(max_size=21),
+        b"token": st.binary(max_size=9), b"port": st.integers(-1, 70000),
+        b"nodes": st.binary(max_size=60), b"values": st.lists(st.binary(max_size=7)),
+        b"implied_port": st.integers(0, 1)}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=300), _krpc_like), max_size=5))
+def test_the_node_core_survives_any_datagrams(datagrams: list[bytes]) -> None:
+    core = _core()
+    core.call_ping(addr_of(1), 0.0)  # something pending for replies to match
+    for d in datagrams:
+        core.receive(d, addr_of(1), 0.0)
+    core.tick(10.0)
+    sent = core.take_datagrams()
+    assert all(len(d) <= krpc.MAX_DATAGRAM for d, _ in sent)
+    core.table.check_invariant()
