@@ -144,12 +144,12 @@ def run_ours(
     The seeder is ready once it prints ``{"event": "listening", "port": P}`` (after checking its
     data); the timing starts when the ``get`` process is started.
     """
-    seed_args = [*cmd, "seed", str(torrent), str(data_arg), "--listen", "127.0.0.1:0"]
+    seed_args = [*cmd, "seed", str(torrent), str(data_arg), "--listen", "127.0.0.1:0", "--no-dht"]
     with Proc(seed_args, log=logs / "ours-seed.log", name="swarmhub-seed") as seeder:
         line = seeder.wait_for_line(lambda ln: _listening_port(ln) is not None, 120)
         port = _listening_port(line)
         get_args = [*cmd, "get", str(torrent), "-o", str(dst), "--peer", f"127.0.0.1:{port}"]
-        get_args += ["--listen", "127.0.0.1:0", "--timeout", str(timeout), "--json"]
+        get_args += ["--listen", "127.0.0.1:0", "--timeout", str(timeout), "--json", "--no-dht"]
         with Proc(get_args, log=logs / "ours-get.log", name="swarmhub-get") as getter:
             done_at = _wait_progressing(getter, timeout, stall)
             # Same definition as libtorrent's figure: process start -> every piece verified

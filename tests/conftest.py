@@ -34,3 +34,10 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+# Hard network rule: no test ever reaches the public DHT. Every swarmhub process a test
+# starts inherits these: the DHT is off unless a test turns it on with local bootstrap
+# nodes, and even then a DHT node drops datagrams to anything outside 127.0.0.0/8.
+os.environ["SWARMHUB_DHT"] = "0"
+os.environ["SWARMHUB_DHT_LOCAL_ONLY"] = "1"

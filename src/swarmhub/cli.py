@@ -143,6 +143,12 @@ def info(torrent: Annotated[Path, typer.Argument(help=".torrent file", exists=Tr
                   highlight=False, markup=False)
 
 
+_NO_DHT = "Do not use the Mainline DHT (also SWARMHUB_DHT=0)."
+_DHT_BOOT = ("DHT bootstrap nodes HOST:PORT,... (default: the public routers; turns the DHT "
+             "on even under SWARMHUB_DHT=0).")
+_DHT_PORT = "UDP port of the DHT node (default: the listening port, or any when that is 0)."
+
+
 # -- seed / get ----------------------------------------------------------------------------------
 
 def _check_data(meta: Metainfo, torrent: Path, data: Path) -> Path:
@@ -270,6 +276,9 @@ def seed(
     json_lines: Annotated[bool, typer.Option(
         "--json", help="One JSON status line per second on stdout (the default when stdout "
         "is not a terminal) instead of a live line.")] = False,
+    no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
+    dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
+    dht_port: Annotated[int | None, typer.Option(help=_DHT_PORT)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Seed a torrent (or create one for a file/folder and seed it); prints the magnet link."""
@@ -284,8 +293,10 @@ def seed(
     meta, save, fresh = _load_or_create(source, data, _version(v1, v2), tracker or [], force)
 
     async def go() -> int:
-        async with Session(settings) as session:
+        async with Session(settings) as session, contextlib.AsyncExitStack() as stack:
             actual = await session.listen(host, port)
+            dht = await stack.enter_async_context(
+                _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
             trackers = [[t] for t in tracker] if tracker else None
             t = await session.add(meta, save, seed_mode=fresh or trust,
                                   peers=[_addr(p) for p in peer or []], trackers=trackers)
@@ -301,7 +312,8 @@ def seed(
             out.print(f"seeding {meta.name} on {host}:{actual}", highlight=False)
             out.print(magnet, soft_wrap=True, highlight=False)
             if view.json_lines:
-                emit_json({"event": "listening", "port": actual})
+                emit_json({"event": "listening", "port": actual,
+                           "dht_port": dht.port if dht else None})
             deadline = time.monotonic() + duration if duration else None
             with view:
                 while deadline is None or time.monotonic() < deadline:
@@ -350,6 +362,9 @@ def get(
         help="Hub token for private files (or SWARMHUB_TOKEN).", envvar="SWARMHUB_TOKEN")]
     = None,
     encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
+    no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
+    dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
+    dht_port: Annotated[int | None, typer.Option(help=_DHT_PORT)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Download a torrent; exits 0 only when every piece is verified. Ctrl-C saves resume data."""
@@ -378,17 +393,20 @@ def get(
     known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
     if magnet is not None:
         peers += [p for p in magnet.peers if p not in peers]
-    if not peers and not tracker and not known_trackers and not hub_url:
-        raise ui.UserError("no way to find peers: give --peer HOST:PORT or --tracker URL",
-                           ui.EXIT_USAGE)
+    if not peers and not tracker and not known_trackers and not hub_url and (
+            no_dht or not (settings.dht or dht_bootstrap)):
+        raise ui.UserError("no way to find peers: give --peer HOST:PORT or --tracker URL, "
+                           "or leave the DHT on", ui.EXIT_USAGE)
 
     async def go() -> int:
         nonlocal meta
         # --timeout covers the whole command, fetching a magnet's metadata included.
         cmd_deadline = time.monotonic() + timeout if timeout else None
         output.mkdir(parents=True, exist_ok=True)
-        async with Session(settings) as session:
-            await session.listen(host, port)
+        async with Session(settings) as session, contextlib.AsyncExitStack() as stack:
+            actual = await session.listen(host, port)
+            dht = await stack.enter_async_context(
+                _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
             if hub_url:
                 meta = await _from_hub(session, torrent, mode, output, token, json_progress,
                                        settings.download_rate_limit)
@@ -396,7 +414,7 @@ def get(
                     return 0  # done over HTTP
             elif magnet is not None:
                 meta = await _magnet_metadata(session, magnet, peers, tracker or [],
-                                              _left(cmd_deadline))
+                                              _left(cmd_deadline), dht)
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
             t = await session.add(meta, output, peers=peers,
@@ -492,7 +510,8 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
 
 
 async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],
-                           trackers: list[str], timeout: float | None) -> Metainfo:
+                           trackers: list[str], timeout: float | None,
+                           dht: Any = None) -> Metainfo:
     """Find peers for a magnet (given, x.pe, or one tracker announce) and fetch metadata,
     all within ``timeout`` seconds (None: each peer still gets its own progress timeout)."""
     from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
@@ -518,6 +537,12 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
             console.print(f"[yellow]tracker:[/] {exc}")
         except TimeoutError:
             console.print("[yellow]tracker:[/] no answer before --timeout")
+    if dht is not None and not candidates:
+        from swarmhub.discovery.dht.source import magnet_peers
+
+        hashes = [h for h in (magnet.info_hash_v1, (magnet.info_hash_v2 or b"")[:20]) if h]
+        candidates += await magnet_peers(dht, hashes, timeout=_left(deadline))
+        console.print(f"DHT: {len(candidates)} peers for the magnet link")
     return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
                                 peer_timeout=session.settings.request_timeout,
                                 encryption=session.settings.encryption)
@@ -526,6 +551,17 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
 def _left(deadline: float | None) -> float | None:
     """Seconds until ``deadline`` (a time.monotonic() value), never negative; None: none."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _dht(session: Any, host: str, port: int, no_dht: bool, bootstrap: str | None,
+         dht_port: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    """A DHT node for ``get``/``seed`` (or None); its table lives in the state folder."""
+    from swarmhub.discovery.dht.commands import state_file
+    from swarmhub.discovery.dht.source import dht_for
+
+    return dht_for(session, session.settings, host=host, listen_port=port, no_dht=no_dht,
+                   bootstrap=bootstrap, dht_port=dht_port,
+                   state_file=state_file(session.state_dir))
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -597,10 +633,12 @@ def version() -> None:
 
 def _register_subcommands() -> None:
     from swarmhub.config_commands import register as register_config
+    from swarmhub.discovery.dht.commands import register as register_dht
     from swarmhub.hub.commands import register as register_hub
     from swarmhub.lab.commands import register as register_lab
 
     register_hub(app)
+    register_dht(app)
     register_lab(app)
     register_config(app)
 

@@ -150,6 +150,12 @@ class Settings:
     resume_save_interval: float = _f(
         30.0, "seconds between saves of resume data while downloading", lo=1.0
     )
+    # -- discovery
+    dht: bool = _f(True, "get/seed join the Mainline DHT (BEP 5) to find and announce peers "
+                   "without a tracker; never for private torrents (--no-dht)")
+    dht_bootstrap: str = _f(
+        "router.bittorrent.com:6881,dht.transmissionbt.com:6881,router.utorrent.com:6881",
+        "DHT nodes to join through, host:port,... (tests and the lab pass local nodes)")
     # -- identity
     peer_id_prefix: str = _f("-SH0100-", "start of our 20-byte peer id (Azureus style)")
     user_agent: str = _f("swarmhub/0.1", "User-Agent for trackers and web seeds")
@@ -237,9 +243,11 @@ class Settings:
             if name in names:
                 picked[name] = value
             elif name.upper() not in OTHER_ENV:
-                known = [prefix + n.upper() for n in names]
-                close = difflib.get_close_matches(key.upper(), known, n=3, cutoff=0.6)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                # Compare the names without the shared prefix, which would make every
+                # name look close to every other.
+                close = difflib.get_close_matches(
+                    name.upper(), [n.upper() for n in names], n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
                 raise ConfigError(f"unknown environment variable {key}{hint}")
         return cls.from_mapping(picked, base)
 

@@ -217,6 +217,12 @@ class _Peer:
         overrides.update(dict(args.set))
         settings = session_settings(args.listen, args.preset, overrides)
         self.ses = lt.session(cast("lt.settings_pack", settings))
+        if settings.get("enable_dht"):
+            # libtorrent 2.1 starts its DHT announce timer only when this setting changes
+            # while the DHT runs ("not starting DHT announce timer: m_dht == nullptr"), and
+            # torrents that are not auto-managed never announce otherwise.
+            self.ses.apply_settings({"dht_announce_interval": settings.get(
+                "dht_announce_interval", 15 * 60)})
         # By default loopback peers sit in the "local" peer class, which no rate limit touches;
         # put every address in the global class so --upload/--download-limit really apply.
         if args.upload_limit or args.download_limit:

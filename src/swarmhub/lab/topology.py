@@ -134,7 +134,10 @@ class LabProc:
                 stdin=subprocess.DEVNULL,
                 stdout=self._out,
                 stderr=subprocess.STDOUT,
-                env=dict(os.environ if env is None else env),
+                # lab peers never join the public DHT: off unless given local bootstrap
+                # nodes (--dht-bootstrap), and never a datagram outside 127.0.0.0/8
+                env={**(os.environ if env is None else env), "SWARMHUB_DHT": "0",
+                     "SWARMHUB_DHT_LOCAL_ONLY": "1"},
                 cwd=cwd,
                 start_new_session=True,
             )
