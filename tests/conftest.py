@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from typing import Any
 
 import pytest
 
@@ -34,3 +35,21 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Any:
+    """One PostgreSQL 15 server for the session (tests take a database each)."""
+    from servers import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Any:
+    """One Redis server for the session (tests take a db each)."""
+    from servers import redis_server as start
+
+    with start() as server:
+        yield server

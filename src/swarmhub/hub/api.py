@@ -37,7 +37,7 @@ from swarmhub.hub.access import SwarmAccess
 from swarmhub.hub.auth import Forbidden, Role, authenticate, has_role, require
 from swarmhub.hub.blobs import BlobStore, UploadStalled, UploadTooLarge, UploadTruncated
 from swarmhub.hub.catalog import (
-    Catalog,
+    CatalogBase,
     CollectionRecord,
     ConflictError,
     FileRecord,
@@ -114,6 +114,9 @@ class HubConfig:
     #: Seconds a download may wait on a client that acknowledges nothing (it stopped
     #: reading) before it is aborted and its transfer slot freed (0 = forever).
     send_timeout: float = 60.0
+    #: The catalog: None (SQLite in ``data_dir``), ``sqlite:PATH`` or ``postgresql://...``
+    #: (shared by several hub processes; see ``hub.backends``).
+    db: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -141,7 +144,7 @@ class Hub:
     """The running hub: configuration plus the objects every handler shares."""
 
     config: HubConfig
-    catalog: Catalog
+    catalog: CatalogBase
     blobs: BlobStore
     tracker: TrackerState
     #: The origin's transfer limiter (``swarmhub.hub.origin.OriginLimiter``) when available.

@@ -48,9 +48,9 @@ from swarmhub.hub.api import (
     link_into_seed_dir,
 )
 from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
+from swarmhub.hub.backends import open_catalog
 from swarmhub.hub.blobs import BlobStore, UploadStalled, UploadTooLarge, UploadTruncated
 from swarmhub.hub.catalog import (
-    Catalog,
     CatalogError,
     ConflictError,
     FileRecord,
@@ -60,7 +60,7 @@ from swarmhub.hub.connections import GuardedRequestHandler, install_fd_exhaustio
 from swarmhub.hub.limits import LIMITS_KEY, AnnounceRate, Limits, LoginThrottle
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
-from swarmhub.hub.reconcile import CATALOG_NAME, DataDirLock, prepare_data_dir, reconcile
+from swarmhub.hub.reconcile import DataDirLock, prepare_data_dir, reconcile
 from swarmhub.hub.redact import redact
 from swarmhub.hub.tracker import (
     AnnounceParams,
@@ -760,7 +760,7 @@ async def admin_asset(request: web.Request) -> web.Response:
 def admin_token_for_first_start(config: HubConfig) -> str | None:
     """Create the first admin token of a new hub (None when the hub has tokens already)."""
     prepare_data_dir(config.data_dir)
-    catalog = Catalog(config.data_dir / CATALOG_NAME)
+    catalog = open_catalog(config.db, config.data_dir)
     try:
         return ensure_admin_token(catalog)
     finally:
@@ -770,7 +770,7 @@ def admin_token_for_first_start(config: HubConfig) -> str | None:
 def make_hub_app(config: HubConfig) -> web.Application:
     """The whole hub as one aiohttp application (serve it with :class:`HubRunner`)."""
     prepare_data_dir(config.data_dir)
-    catalog = Catalog(config.data_dir / CATALOG_NAME)
+    catalog = open_catalog(config.db, config.data_dir)
     blobs = BlobStore(config.data_dir)
     tracker = TrackerState(
         interval=config.tracker_interval,

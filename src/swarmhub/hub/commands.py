@@ -138,6 +138,12 @@ def hub(
         typer.Option(help="Seconds a download may wait on a client that reads nothing "
                      "before it is aborted (0 = forever).", min=0),
     ] = 60.0,
+    db: Annotated[
+        str | None,
+        typer.Option(help="Catalog: sqlite:PATH or postgresql://USER@HOST:PORT/DB (shared by "
+                     "several hubs); default: SQLite in the data folder.",
+                     envvar="SWARMHUB_DB"),
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder.
@@ -177,6 +183,7 @@ def hub(
         keepalive_timeout=keepalive_timeout,
         body_timeout=upload_timeout,
         send_timeout=send_timeout,
+        db=db,
     )
     try:
         code = _run(run_hub(config, host, port))
@@ -193,12 +200,17 @@ def hub_token(
         Path | None, typer.Option(help="The hub's data folder; default: XDG data dir.")
     ] = None,
     label: Annotated[str, typer.Option(help="Label shown in the token list.")] = "hub token --new",
+    db: Annotated[
+        str | None,
+        typer.Option(help="The hub's catalog if not in the data folder (as for 'hub --db').",
+                     envvar="SWARMHUB_DB"),
+    ] = None,
 ) -> None:
     """Issue a new admin token, offline: the hub may be stopped (or running).
 
     Tokens are stored hashed, so a lost one cannot be shown again: revoke it afterwards.
     """
-    from swarmhub.hub.catalog import Catalog
+    from swarmhub.hub.backends import open_catalog, uses_embedded_catalog
     from swarmhub.hub.reconcile import CATALOG_NAME, prepare_data_dir
 
     if not new:
@@ -206,14 +218,15 @@ def hub_token(
                    "pass --new to issue a new admin token")
         raise typer.Exit(2)
     data_dir = data or default_data_dir()
-    if not (data_dir / CATALOG_NAME).is_file():
+    if db is None and not (data_dir / CATALOG_NAME).is_file():
         _err.print(f"[bold red]error:[/] no hub catalog in {escape(str(data_dir))}; "
                    "check --data (a hub's first start creates it)")
         raise typer.Exit(1)
     os.umask(_HUB_UMASK)
     try:
-        prepare_data_dir(data_dir)
-        catalog = Catalog(data_dir / CATALOG_NAME)
+        if uses_embedded_catalog(db):
+            prepare_data_dir(data_dir)
+        catalog = open_catalog(db, data_dir)
         try:
             secret, record = catalog.add_token("admin", label)
         finally:

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from swarmhub.errors import SwarmhubError
 from swarmhub.hub.blobs import BLOB_MODE
-from swarmhub.hub.catalog import Catalog, FileRecord
+from swarmhub.hub.catalog import CatalogBase, FileRecord
 
 __all__ = [
     "CATALOG_NAME",
@@ -217,7 +217,7 @@ def _restore_blob(blob: Path, seed_file: Path, record: FileRecord) -> bool:
     return True
 
 
-def reconcile(data_dir: Path, catalog: Catalog) -> ReconcileReport:
+def reconcile(data_dir: Path, catalog: CatalogBase) -> ReconcileReport:
     """Bring ``data_dir`` in line with ``catalog`` (see the module doc); blocking, run once
     at start-up before the hub serves or seeds anything."""
     report = ReconcileReport()
