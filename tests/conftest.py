@@ -53,3 +53,13 @@ def redis_server() -> Any:
 
     with start() as server:
         yield server
+
+
+@pytest.fixture(params=["embedded", pytest.param("shared", marks=pytest.mark.slow)])
+def hub_backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """HubConfig fields for a hub on embedded defaults, or on the shared servers
+    (PostgreSQL catalog + Redis swarm state) that several hub processes can use."""
+    if request.param == "embedded":
+        return {}
+    return {"db": request.getfixturevalue("postgres").new_database(),
+            "swarm_state": request.getfixturevalue("redis_server").new_url()}

@@ -48,8 +48,8 @@ from swarmhub.hub.catalog import (
     validate_collection_name,
     validate_file_name,
 )
+from swarmhub.hub.swarmstate import SwarmState
 from swarmhub.hub.testhooks import pause_point
-from swarmhub.hub.tracker import TrackerState
 from swarmhub.metainfo import Metainfo, create_torrent, load_torrent, make_magnet, torrent_bytes
 
 __all__ = [
@@ -117,6 +117,9 @@ class HubConfig:
     #: The catalog: None (SQLite in ``data_dir``), ``sqlite:PATH`` or ``postgresql://...``
     #: (shared by several hub processes; see ``hub.backends``).
     db: str | None = None
+    #: The tracker's swarms: None (this process's memory) or ``redis://host:port/db``
+    #: (shared by several hub processes; see ``hub.swarmstate``).
+    swarm_state: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -146,7 +149,7 @@ class Hub:
     config: HubConfig
     catalog: CatalogBase
     blobs: BlobStore
-    tracker: TrackerState
+    tracker: SwarmState
     #: The origin's transfer limiter (``swarmhub.hub.origin.OriginLimiter``) when available.
     limiter: Any = None
     seeder: SeederHook | None = None
@@ -177,14 +180,14 @@ class Hub:
     def seed_dir(self, file_id: str) -> Path:
         return self.config.data_dir / "seed" / file_id
 
-    def end_swarm_access(self, token_id: str) -> int:
+    async def end_swarm_access(self, token_id: str) -> int:
         """A revoked token's BitTorrent access ends now, not at the next announce.
 
         Its peers leave the tracker (nobody is sent to them any more) and the seeder closes
         its connections to them; returns how many connections were closed.
         """
         for info_hash, ip, port, peer_id in self.access.revoke(token_id):
-            self.tracker.drop(info_hash, ip, port, peer_id)
+            await self.tracker.drop(info_hash, ip, port, peer_id)
         return self.seeder.enforce() if self.seeder is not None else 0
 
     # -- torrents --------------------------------------------------------------------------
@@ -618,7 +621,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     hub = _hub(request)
     await require(request, hub.catalog, Role.ADMIN)
     record = await hub.catalog.run(hub.catalog.revoke_token, request.match_info["id"])
-    closed = hub.end_swarm_access(record.id)
+    closed = await hub.end_swarm_access(record.id)
     log.info("revoked token %s; closed %d seeder connection(s)", record.id, closed)
     return web.json_response(_token_json(record))
 
@@ -638,17 +641,18 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(stats)
 
 
-def _peer_counts(tracker: TrackerState, record: FileRecord) -> tuple[int, int]:
+async def _peer_counts(tracker: SwarmState, record: FileRecord) -> tuple[int, int]:
     """Seeders and leechers of a file's hybrid swarm plus its v1-only swarm.
 
     A hybrid client announces under both the v1 and the truncated v2 hash, so the hybrid
     swarm counts the larger of the two rather than their sum (which would count it twice).
     """
-    hybrid = [tracker.stats(h[:20]) for h in (record.info_hash_v1, record.info_hash_v2) if h]
+    hybrid = [await tracker.stats(h[:20])
+              for h in (record.info_hash_v1, record.info_hash_v2) if h]
     seeders = max((c for c, _, _ in hybrid), default=0)
     leechers = max((i for _, _, i in hybrid), default=0)
     if record.info_hash_v1_torrent is not None:
-        complete, _, incomplete = tracker.stats(record.info_hash_v1_torrent)
+        complete, _, incomplete = await tracker.stats(record.info_hash_v1_torrent)
         seeders, leechers = seeders + complete, leechers + incomplete
     return seeders, leechers
 
@@ -665,7 +669,7 @@ async def get_live(request: web.Request) -> web.Response:
     swarms = hub.seeder.upload_stats() if hub.seeder is not None else {}
     files = []
     for record in records:
-        seeders, leechers = _peer_counts(hub.tracker, record)
+        seeders, leechers = await _peer_counts(hub.tracker, record)
         uploaded, rate = 0, 0.0
         for ih in record.swarm_hashes:
             up, up_rate = swarms.get(ih, (0, 0.0))

@@ -62,6 +62,7 @@ from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
 from swarmhub.hub.reconcile import DataDirLock, prepare_data_dir, reconcile
 from swarmhub.hub.redact import redact
+from swarmhub.hub.swarmstate import open_swarm_state
 from swarmhub.hub.tracker import (
     AnnounceParams,
     TrackerState,
@@ -152,7 +153,7 @@ class Seeder:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), period)
                     for torrent in list(s.torrents.values()):
-                        self._register(torrent)
+                        await self._register(torrent)
                 self.session = None
         except Exception as exc:
             self._failed = exc
@@ -194,7 +195,7 @@ class Seeder:
             return "127.0.0.1"
         return normalize_ip(str(infos[0][4][0]))
 
-    def _register(self, torrent: Any) -> None:
+    async def _register(self, torrent: Any) -> None:
         """Enter (or refresh) the seeder in its swarms in-process, and dial their leechers."""
         meta = torrent.meta
         now = asyncio.get_running_loop().time()
@@ -205,7 +206,7 @@ class Seeder:
             params = AnnounceParams(info_hash=ih, peer_id=session.peer_id,
                                     ip=self.announce_ip, port=self.port, left=0, numwant=200)
             try:
-                answer = parse_announce_response(self.hub.tracker.announce(params, now))
+                answer = parse_announce_response(await self.hub.tracker.announce(params, now))
             except TrackerError:  # the file was deleted meanwhile
                 continue
             torrent.add_peers(answer.peers)
@@ -259,7 +260,7 @@ class Seeder:
             torrent = await self.session.add(
                 meta, self.hub.seed_dir(record.id), seed_mode=True, trackers=[]
             )
-            self._register(torrent)
+            await self._register(torrent)
 
     async def remove(self, record: FileRecord) -> None:
         """Stop seeding a deleted file (the Session keeps a stopped entry until restart)."""
@@ -581,7 +582,7 @@ async def announce(request: web.Request) -> web.Response:
             hub.announce_failures += 1
             return _bencoded(failure_body("unknown or revoked passkey"))
     hub.announces += 1
-    body = hub.tracker.announce(params, now)
+    body = await hub.tracker.announce(params, now)
     if owner is not None and params.event != "stopped":
         # The proof the seeder admits private peers by: this peer id, from this address
         # (the connection's, or a trusted proxy's word; never a claimed ip=), holds a live
@@ -618,7 +619,7 @@ async def scrape(request: web.Request) -> web.Response:
         entry = hub.catalog.lookup_info_hash(ih)
         if entry is None or (entry[1] and not private_ok):
             continue
-        complete, downloaded, incomplete = hub.tracker.stats(ih)
+        complete, downloaded, incomplete = await hub.tracker.stats(ih)
         files[ih] = {b"complete": complete, b"downloaded": downloaded, b"incomplete": incomplete}
     return _bencoded(bencode({b"files": files}))
 
@@ -678,7 +679,7 @@ async def metrics(request: web.Request) -> web.Response:
     for record in records:
         complete = incomplete = 0
         for ih in record.swarm_hashes:  # peers of the hybrid and the v1 swarm
-            c, _, i = hub.tracker.stats(ih)
+            c, _, i = await hub.tracker.stats(ih)
             complete, incomplete = complete + c, incomplete + i
         if record.private:  # /metrics is public: no id, name or hash of a private file
             private_seeders += complete
@@ -772,12 +773,12 @@ def make_hub_app(config: HubConfig) -> web.Application:
     prepare_data_dir(config.data_dir)
     catalog = open_catalog(config.db, config.data_dir)
     blobs = BlobStore(config.data_dir)
-    tracker = TrackerState(
+    tracker = open_swarm_state(config.swarm_state, TrackerState(
         interval=config.tracker_interval,
         min_interval=config.tracker_min_interval,
         allowed=lambda ih: catalog.lookup_info_hash(ih) is not None,
         max_peers_per_ip=config.tracker_peers_per_ip,
-    )
+    ))
     origin = _origin()
     limiter = None
     if origin is not None:
@@ -835,6 +836,17 @@ async def _data_dir_lock(app: web.Application) -> AsyncIterator[None]:
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Storage check, the tracker's peer purge and the embedded seeder, for the app's life."""
     hub = app[HUB_KEY]
+    ping = getattr(hub.tracker, "ping", None)
+    if ping is not None:  # a shared swarm state: fail at start, not at the first announce
+        try:
+            await asyncio.wait_for(ping(), 15)
+        except (OSError, TimeoutError, SwarmhubError) as exc:
+            hub.catalog.close()
+            raise StartupError(f"cannot reach the swarm state {hub.config.swarm_state}: "
+                               f"{exc}") from None
+        except Exception as exc:  # redis.exceptions.ConnectionError is not an OSError
+            hub.catalog.close()
+            raise StartupError(f"cannot reach the swarm state: {exc}") from None
     report = await asyncio.to_thread(reconcile, hub.config.data_dir, hub.catalog)
     hub.missing_blobs = set(report.missing)
     if report.removed or report.missing or report.restored_blobs or report.permissions_fixed:
@@ -859,7 +871,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         clock = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(hub.tracker.min_interval)
-            hub.tracker.purge(clock.time())
+            await hub.tracker.purge(clock.time())
             # Peers that stopped announcing lose their proof, and then their connections.
             if hub.access.expire(clock.time()) and hub.seeder is not None:
                 hub.seeder.enforce()
@@ -889,6 +901,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             except (TimeoutError, asyncio.CancelledError):
                 log.warning("the embedded seeder did not stop in time")
         hub.catalog.close()
+        await hub.tracker.close()
 
 
 async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:

@@ -144,6 +144,11 @@ def hub(
                      "several hubs); default: SQLite in the data folder.",
                      envvar="SWARMHUB_DB"),
     ] = None,
+    swarm_state: Annotated[
+        str | None,
+        typer.Option(help="Tracker swarms: 'memory' (this process) or redis://HOST:PORT/DB "
+                     "(shared by several hubs).", envvar="SWARMHUB_SWARM_STATE"),
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder.
@@ -184,6 +189,7 @@ def hub(
         body_timeout=upload_timeout,
         send_timeout=send_timeout,
         db=db,
+        swarm_state=None if swarm_state == "memory" else swarm_state,
     )
     try:
         code = _run(run_hub(config, host, port))
