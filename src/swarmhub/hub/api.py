@@ -120,6 +120,9 @@ class HubConfig:
     #: The tracker's swarms: None (this process's memory) or ``redis://host:port/db``
     #: (shared by several hub processes; see ``hub.swarmstate``).
     swarm_state: str | None = None
+    #: A blob folder shared by several hub processes (same file system as ``data_dir``);
+    #: None keeps the blobs in ``data_dir``.
+    blob_dir: Path | None = None
 
     @property
     def base_url(self) -> str:

@@ -772,7 +772,7 @@ def make_hub_app(config: HubConfig) -> web.Application:
     """The whole hub as one aiohttp application (serve it with :class:`HubRunner`)."""
     prepare_data_dir(config.data_dir)
     catalog = open_catalog(config.db, config.data_dir)
-    blobs = BlobStore(config.data_dir)
+    blobs = BlobStore(config.blob_dir or config.data_dir, tmp_dir=config.data_dir / "tmp")
     tracker = open_swarm_state(config.swarm_state, TrackerState(
         interval=config.tracker_interval,
         min_interval=config.tracker_min_interval,
@@ -847,7 +847,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         except Exception as exc:  # redis.exceptions.ConnectionError is not an OSError
             hub.catalog.close()
             raise StartupError(f"cannot reach the swarm state: {exc}") from None
-    report = await asyncio.to_thread(reconcile, hub.config.data_dir, hub.catalog)
+    report = await asyncio.to_thread(reconcile, hub.config.data_dir, hub.catalog,
+                                     blob_root=hub.config.blob_dir)
     hub.missing_blobs = set(report.missing)
     if report.removed or report.missing or report.restored_blobs or report.permissions_fixed:
         log.warning("%s", report.summary())

@@ -149,6 +149,11 @@ def hub(
         typer.Option(help="Tracker swarms: 'memory' (this process) or redis://HOST:PORT/DB "
                      "(shared by several hubs).", envvar="SWARMHUB_SWARM_STATE"),
     ] = None,
+    blobs: Annotated[
+        Path | None,
+        typer.Option(help="Blob folder shared by several hubs (each with its own --data on "
+                     "the same file system); default: in the data folder."),
+    ] = None,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder.
@@ -190,6 +195,7 @@ def hub(
         send_timeout=send_timeout,
         db=db,
         swarm_state=None if swarm_state == "memory" else swarm_state,
+        blob_dir=blobs,
     )
     try:
         code = _run(run_hub(config, host, port))
