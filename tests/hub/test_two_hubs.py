@@ -1,7 +1,7 @@
 """Two real hub processes on one PostgreSQL catalog, one Redis swarm state and one blob
-folder behave as one hub: publish on A and download through B, one swarm for announces
-to either, a token revoked on B refused by A within a second, and a download cut by
-``kill -9`` of A finished through B."""
+store (a shared folder, or S3) behave as one hub: publish on A and download through B,
+one swarm for announces to either, a token revoked on B refused by A within a second,
+and a download cut by ``kill -9`` of A finished through B."""
 
 from __future__ import annotations
 
@@ -75,12 +75,17 @@ def ports(blob: bytes) -> set[int]:
     return {int.from_bytes(blob[i + 4: i + 6], "big") for i in range(0, len(blob), 6)}
 
 
-@pytest.fixture
-def two_hubs(tmp_path: Path, postgres: Any, redis_server: Any) -> Iterator[tuple[HubProc,
-                                                                                   HubProc]]:
+@pytest.fixture(params=["blob-folder", "s3"])
+def two_hubs(request: pytest.FixtureRequest, tmp_path: Path, postgres: Any,
+             redis_server: Any) -> Iterator[tuple[HubProc, HubProc]]:
+    """Hubs A and B; their blobs in one shared folder (``--blobs``) or in S3 (where B,
+    with nothing cached, streams what it serves from S3)."""
+    if request.param == "s3":
+        store = ["--store", request.getfixturevalue("s3").new_url()]
+    else:
+        store = ["--blobs", str(tmp_path / "blobs")]
     shared = ["--db", postgres.new_database(), "--swarm-state", redis_server.new_url(),
-              "--blobs", str(tmp_path / "blobs"), "--tracker-peers-per-ip", "0",
-              "--tracker-announce-rate", "0"]
+              *store, "--tracker-peers-per-ip", "0", "--tracker-announce-rate", "0"]
     a = start_hub(tmp_path / "a", tmp_path, "hub-a", *shared, "--upload-limit", "1024")
     try:
         b = start_hub(tmp_path / "b", tmp_path, "hub-b", *shared, first=False)

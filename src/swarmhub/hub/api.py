@@ -123,6 +123,10 @@ class HubConfig:
     #: A blob folder shared by several hub processes (same file system as ``data_dir``);
     #: None keeps the blobs in ``data_dir``.
     blob_dir: Path | None = None
+    #: Blobs in S3 (``s3://bucket/prefix?endpoint=URL``), ``data_dir`` caching them.
+    store: str | None = None
+    #: With S3: answer downloads of uncached blobs with a redirect to a presigned URL.
+    s3_redirect: bool = False
 
     @property
     def base_url(self) -> str:

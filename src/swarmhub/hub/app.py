@@ -48,8 +48,9 @@ from swarmhub.hub.api import (
     link_into_seed_dir,
 )
 from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
-from swarmhub.hub.backends import open_catalog
-from swarmhub.hub.blobs import BlobStore, UploadStalled, UploadTooLarge, UploadTruncated
+from swarmhub.hub.backends import open_blob_store, open_catalog
+from swarmhub.hub.blobs import UploadStalled, UploadTooLarge, UploadTruncated
+from swarmhub.hub.blobs_s3 import S3BlobStore
 from swarmhub.hub.catalog import (
     CatalogError,
     ConflictError,
@@ -165,6 +166,9 @@ class Seeder:
         seed_path = self.hub.seed_dir(record.id) / record.name
         blob = self.hub.blobs.path_for(record.sha256)
         try:
+            fetch = getattr(self.hub.blobs, "fetch", None)
+            if fetch is not None and not seed_path.exists():
+                blob = await asyncio.to_thread(fetch, record.sha256)  # S3: a local copy
             if not seed_path.exists():
                 await asyncio.to_thread(link_into_seed_dir, blob, seed_path)
             metas = []
@@ -412,16 +416,32 @@ async def _serve(request: web.Request, hub: Hub, record: FileRecord) -> web.Stre
     if origin is None:
         raise web.HTTPNotImplemented(reason="this hub was built without its HTTP origin")
     content_type = mimetypes.guess_type(record.name)[0] or "application/octet-stream"
+    path = hub.blobs.path_for(record.sha256)
+    limiter = (None if hub.limiter is None
+               else _PerFileLimiter(hub.limiter, hub.http_bytes, record.id))
+    etag = importlib.import_module("swarmhub.hub.ranges").content_etag(record.sha256)
+    torrent_url = f"{hub.config.base_url}/t/{record.id}.torrent"
+    if isinstance(hub.blobs, S3BlobStore) and not path.is_file():
+        # Not cached here: S3 serves it, through us or by a presigned redirect.
+        if hub.blobs.redirect and request.method in ("GET", "HEAD"):
+            url = await hub.blobs.presigned_url(record.sha256, filename=record.name)
+            raise web.HTTPTemporaryRedirect(url, headers={"Cache-Control": "no-store"})
+        sha = record.sha256
+        blobs = hub.blobs
+        streamed: web.StreamResponse = await origin.serve_stream(
+            request, lambda start, end: blobs.read_span(sha, start, end),
+            size=record.size, mtime=record.created, etag=etag, content_type=content_type,
+            filename=record.name, limiter=limiter, torrent_url=torrent_url,
+            label=f"blob {sha} in S3")
+        return streamed
     response: web.StreamResponse = await origin.serve_file(
         request,
-        hub.blobs.path_for(record.sha256),
-        etag=importlib.import_module("swarmhub.hub.ranges").content_etag(record.sha256),
+        path,
+        etag=etag,
         content_type=content_type,
         filename=record.name,
-        limiter=None
-        if hub.limiter is None
-        else _PerFileLimiter(hub.limiter, hub.http_bytes, record.id),
-        torrent_url=f"{hub.config.base_url}/t/{record.id}.torrent",
+        limiter=limiter,
+        torrent_url=torrent_url,
     )
     return response
 
@@ -772,7 +792,7 @@ def make_hub_app(config: HubConfig) -> web.Application:
     """The whole hub as one aiohttp application (serve it with :class:`HubRunner`)."""
     prepare_data_dir(config.data_dir)
     catalog = open_catalog(config.db, config.data_dir)
-    blobs = BlobStore(config.blob_dir or config.data_dir, tmp_dir=config.data_dir / "tmp")
+    blobs = open_blob_store(config)
     tracker = open_swarm_state(config.swarm_state, TrackerState(
         interval=config.tracker_interval,
         min_interval=config.tracker_min_interval,
@@ -847,8 +867,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         except Exception as exc:  # redis.exceptions.ConnectionError is not an OSError
             hub.catalog.close()
             raise StartupError(f"cannot reach the swarm state: {exc}") from None
+    in_store = hub.blobs.exists if hub.config.store else None
     report = await asyncio.to_thread(reconcile, hub.config.data_dir, hub.catalog,
-                                     blob_root=hub.config.blob_dir)
+                                     blob_root=hub.config.blob_dir, in_store=in_store)
     hub.missing_blobs = set(report.missing)
     if report.removed or report.missing or report.restored_blobs or report.permissions_fixed:
         log.warning("%s", report.summary())
@@ -903,6 +924,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
                 log.warning("the embedded seeder did not stop in time")
         hub.catalog.close()
         await hub.tracker.close()
+        await asyncio.to_thread(hub.blobs.close)
 
 
 async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:

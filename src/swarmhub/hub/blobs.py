@@ -270,6 +270,9 @@ class BlobStore:
         log.info("removed unreferenced blob %s", sha256)
         return True
 
+    def close(self) -> None:
+        """Nothing to release for a local folder (the S3 store closes its client)."""
+
     def _disk_error(self, exc: OSError) -> StorageError:
         # Clients see the message: the server's paths go to the log only.
         log.warning("cannot store an upload under %s: %s", self.root, exc)

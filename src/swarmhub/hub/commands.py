@@ -154,6 +154,17 @@ def hub(
         typer.Option(help="Blob folder shared by several hubs (each with its own --data on "
                      "the same file system); default: in the data folder."),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Blobs in S3: s3://BUCKET/PREFIX?endpoint=URL (credentials from "
+                     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); the data folder caches.",
+                     envvar="SWARMHUB_STORE"),
+    ] = None,
+    s3_redirect: Annotated[
+        bool,
+        typer.Option(help="With --store: redirect downloads of uncached blobs to a "
+                     "presigned S3 URL instead of streaming them through the hub."),
+    ] = False,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder.
@@ -196,6 +207,8 @@ def hub(
         db=db,
         swarm_state=None if swarm_state == "memory" else swarm_state,
         blob_dir=blobs,
+        store=store,
+        s3_redirect=s3_redirect,
     )
     try:
         code = _run(run_hub(config, host, port))

@@ -51,6 +51,7 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,11 +231,13 @@ def _restore_blob(blob: Path, seed_file: Path, record: FileRecord) -> bool:
 
 
 def reconcile(
-    data_dir: Path, catalog: CatalogBase, *, blob_root: Path | None = None
+    data_dir: Path, catalog: CatalogBase, *, blob_root: Path | None = None,
+    in_store: Callable[[str], bool] | None = None,
 ) -> ReconcileReport:
     """Bring ``data_dir`` in line with ``catalog`` (see the module doc); blocking, run once
     at start-up before the hub serves or seeds anything. ``blob_root``: a blob folder
-    shared with other hubs (``--blobs``), swept with care."""
+    shared with other hubs (``--blobs``), swept with care. ``in_store``: with S3 the
+    local folder is a cache, and a blob it lacks is missing only if S3 lacks it too."""
     report = ReconcileReport()
     report.permissions_fixed = prepare_data_dir(data_dir)
     records = catalog.all_files()
@@ -270,7 +273,7 @@ def reconcile(
                 log.warning("restored the lost blob of %s (%s) from its seed link",
                             record.id, record.name)
         referenced.add(record.sha256)
-        if not blob.is_file():
+        if not blob.is_file() and (in_store is None or not in_store(record.sha256)):
             report.missing.append(record.id)
             log.warning(
                 "file %s (%s) has no blob %s: it answers 404 until the blob is put back "
