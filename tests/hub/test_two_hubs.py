@@ -137,6 +137,12 @@ def test_two_hubs_are_one_hub(two_hubs: tuple[HubProc, HubProc]) -> None:
     status, _ = api(a, f"/api/files/{secret['id']}", reader["token"])
     assert status == 403  # the revoked token itself is refused by A's API at once
 
+    # B's seeder picks up the file published on A (its catalog index told it), and
+    # enters the shared swarm: a leecher announcing to either hub is sent to both seeders.
+    wait_for(lambda: b.peer_port in ports(announce(a, ih, 40009)[b"peers"]), 30,
+             "B's seeder to seed the file published on A")
+    assert a.peer_port in ports(announce(b, ih, 40009)[b"peers"])
+
     # kill -9 A mid-download (A sends at 1 MiB/s), finish the rest through B.
     got = bytearray()
     with _NO_PROXY.open(f"{a.url}/f/{f['id']}/big.bin", timeout=30) as r:

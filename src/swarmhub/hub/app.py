@@ -104,6 +104,13 @@ def _origin() -> ModuleType | None:
 # ------------------------------------------------------------------------------ seeder
 
 
+#: Seconds between the seeder's checks of the catalog for files other processes changed.
+_SEEDER_SYNC = 2.0
+#: A file younger than this (seconds) is still being published by the process that took
+#: the upload: that process starts seeding it.
+_SEEDER_SYNC_AGE = 10.0
+
+
 class Seeder:
     """The hub's own peer: a swarmhub Session seeding every catalogued file.
 
@@ -126,6 +133,10 @@ class Seeder:
         self._failed: BaseException | None = None
         #: The address other peers dial to reach this seeder (what the tracker lists).
         self.announce_ip = "127.0.0.1"
+        #: Files being seeded, by id: what :meth:`_sync` compares with the catalog.
+        self._seeding: dict[str, FileRecord] = {}
+        #: Files that could not be seeded (a lost blob): logged once, not retried.
+        self._unseedable: set[str] = set()
 
     async def run(self) -> None:
         from swarmhub.engine.session import Session
@@ -150,17 +161,37 @@ class Seeder:
                 for record in records:
                     await self._add_existing(record)
                 period = self.hub.tracker.interval  # its tracker entry lives 2 intervals
+                clock = asyncio.get_running_loop()
+                register_at = clock.time() + period
                 while not self._stop.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), period)
-                    for torrent in list(s.torrents.values()):
-                        await self._register(torrent)
+                        await asyncio.wait_for(self._stop.wait(), _SEEDER_SYNC)
+                    await self._sync()
+                    if clock.time() >= register_at:
+                        register_at = clock.time() + period
+                        for torrent in list(s.torrents.values()):
+                            await self._register(torrent)
                 self.session = None
         except Exception as exc:
             self._failed = exc
             log.exception("the embedded seeder stopped")
         finally:
             self.ready.set()
+
+    async def _sync(self) -> None:
+        """Seed what other hub processes published, stop what they deleted.
+
+        With a shared catalog the API call that publishes (or deletes) a file may reach
+        another process; this one learns of it from its catalog index. A file younger than
+        :data:`_SEEDER_SYNC_AGE` is left to the process that is still publishing it.
+        """
+        ids = self.hub.catalog.file_ids()
+        for file_id in [i for i in self._seeding if i not in ids]:
+            await self.remove(self._seeding[file_id])
+        for file_id in ids - self._seeding.keys() - self._unseedable:
+            record = await self.hub.catalog.run(self.hub.catalog.get_file, file_id)
+            if record is not None and time.time() - record.created >= _SEEDER_SYNC_AGE:
+                await self._add_existing(record)
 
     async def _add_existing(self, record: FileRecord) -> None:
         seed_path = self.hub.seed_dir(record.id) / record.name
@@ -178,6 +209,7 @@ class Seeder:
                     metas.append(load_torrent(data))
             await self.add(record, metas)
         except Exception as exc:
+            self._unseedable.add(record.id)
             log.warning("cannot seed %s (%s): %s", record.id, record.name, exc)
 
     async def _announce_ip(self) -> str:
@@ -260,6 +292,9 @@ class Seeder:
         """Seed the file's hybrid and v1 torrents (two swarms over the same bytes)."""
         if self.session is None:
             return
+        if record.id in self._seeding:
+            return
+        self._seeding[record.id] = record
         for meta in metas:
             torrent = await self.session.add(
                 meta, self.hub.seed_dir(record.id), seed_mode=True, trackers=[]
@@ -268,6 +303,7 @@ class Seeder:
 
     async def remove(self, record: FileRecord) -> None:
         """Stop seeding a deleted file (the Session keeps a stopped entry until restart)."""
+        self._seeding.pop(record.id, None)
         if self.session is None:
             return
         for h in record.swarm_hashes:

@@ -446,6 +446,10 @@ class CatalogBase:
         items = list(self._hashes.items())
         return [h for h, (_, private) in items if include_private or not private]
 
+    def file_ids(self) -> set[str]:
+        """Ids of every catalogued file (from the index: what the seeder syncs against)."""
+        return {file_id for file_id, _ in list(self._hashes.values())}
+
     def passkey_is_live(self, passkey: str) -> bool:
         return self.passkey_owner(passkey) is not None
 
