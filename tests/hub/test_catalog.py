@@ -350,3 +350,19 @@ def test_postgresql_writes_reach_the_other_process_indexes_within_a_second(
     finally:
         a.close()
         b.close()
+
+
+def test_sqlite_shared_by_processes_sees_their_writes_when_polling(tmp_path: Path) -> None:
+    """``hub --workers``: each worker's indexes follow the others' writes."""
+    path = tmp_path / "c.sqlite3"
+    a, b = Catalog(path, poll=0.05), Catalog(path, poll=0.05)
+    try:
+        _, tok = a.add_token("reader")
+        _until(lambda: b.passkey_is_live(tok.passkey), 1.0)
+        a.revoke_token(tok.id)
+        assert _until(lambda: not b.passkey_is_live(tok.passkey), 1.0) < 1.0
+        rec = add(b, "y.bin", 8)
+        _until(lambda: a.lookup_info_hash((8).to_bytes(20, "big")) == (rec.id, False), 1.0)
+    finally:
+        a.close()
+        b.close()

@@ -127,6 +127,10 @@ class HubConfig:
     store: str | None = None
     #: With S3: answer downloads of uncached blobs with a redirect to a presigned URL.
     s3_redirect: bool = False
+    #: Bind HTTP with SO_REUSEPORT (``--workers``: the processes share one port).
+    reuse_port: bool = False
+    #: SQLite catalog shared by worker processes: seconds between checks for their writes.
+    catalog_poll: float = 0.0
 
     @property
     def base_url(self) -> str:

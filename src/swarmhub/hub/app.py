@@ -827,7 +827,7 @@ def admin_token_for_first_start(config: HubConfig) -> str | None:
 def make_hub_app(config: HubConfig) -> web.Application:
     """The whole hub as one aiohttp application (serve it with :class:`HubRunner`)."""
     prepare_data_dir(config.data_dir)
-    catalog = open_catalog(config.db, config.data_dir)
+    catalog = open_catalog(config.db, config.data_dir, poll=config.catalog_poll)
     blobs = open_blob_store(config)
     tracker = open_swarm_state(config.swarm_state, TrackerState(
         interval=config.tracker_interval,
@@ -973,7 +973,7 @@ async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:
         await runner.cleanup()  # ends the start-up contexts that did start (the lock...)
         raise
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=config.reuse_port or None).start()
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(_bind_failure("HTTP", (host, port), exc, "--listen HOST:PORT")) from None

@@ -26,12 +26,13 @@ def uses_embedded_catalog(db: str | None) -> bool:
     return db is None or db.startswith("sqlite:")
 
 
-def open_catalog(db: str | None, data_dir: Path) -> CatalogBase:
-    """Open (create, migrate) the catalog ``db`` names; see the module doc for the forms."""
+def open_catalog(db: str | None, data_dir: Path, *, poll: float = 0.0) -> CatalogBase:
+    """Open (create, migrate) the catalog ``db`` names; see the module doc for the forms.
+    ``poll``: a SQLite file other processes write too is checked that often (seconds)."""
     if db is None:
-        return Catalog(data_dir / _CATALOG_NAME)
+        return Catalog(data_dir / _CATALOG_NAME, poll=poll)
     if db.startswith("sqlite:"):
-        return Catalog(Path(db.removeprefix("sqlite:")))
+        return Catalog(Path(db.removeprefix("sqlite:")), poll=poll)
     if db.startswith(("postgresql://", "postgres://")):
         from swarmhub.hub.catalog_pg import PgCatalog
 

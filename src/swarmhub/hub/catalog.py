@@ -756,9 +756,14 @@ class Catalog(CatalogBase):
     connection avoids "database is locked" retries. A write that spans statements runs
     in one transaction (``BEGIN IMMEDIATE``). ``secret`` derives the passkeys; by
     default it is read from (or created as) :data:`SECRET_FILE` in the catalog's folder.
+
+    ``poll`` > 0: other processes write to this file too (``hub --workers``); every
+    ``poll`` seconds a thread asks SQLite whether anyone committed (``PRAGMA
+    data_version``, one cheap query) and reloads the indexes when so, so a revocation
+    through another worker is refused here within ``poll`` seconds.
     """
 
-    def __init__(self, path: Path, *, secret: bytes | None = None) -> None:
+    def __init__(self, path: Path, *, secret: bytes | None = None, poll: float = 0.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if secret is None:
@@ -773,6 +778,34 @@ class Catalog(CatalogBase):
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.create_function("casefold", 1, _casefold, deterministic=True)
         self._open()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if poll > 0:
+            self._watcher = threading.Thread(target=self._watch, args=(poll,),
+                                             name="catalog-poll", daemon=True)
+            self._watcher.start()
+
+    def _watch(self, poll: float) -> None:
+        probe = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+
+        def version() -> int:
+            # fetchall() ends the statement: a half-read one would keep a read
+            # transaction, and its snapshot, open, and the version would never change.
+            return int(probe.execute("PRAGMA data_version").fetchall()[0][0])
+
+        try:
+            seen = version()
+            while not self._stop.wait(poll):
+                now = version()
+                if now != seen:
+                    try:
+                        self._load_indexes()
+                    except sqlite3.Error as exc:  # retried at the next poll
+                        log.warning("cannot reload the catalog's indexes: %s", exc)
+                    else:
+                        seen = now
+        finally:
+            probe.close()
 
     @contextmanager
     def _tx(self) -> Iterator[Conn]:
@@ -795,6 +828,9 @@ class Catalog(CatalogBase):
         return isinstance(exc, sqlite3.IntegrityError)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(10)
         with self._lock:
             self._db.close()
 

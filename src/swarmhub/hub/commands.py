@@ -56,11 +56,13 @@ _HUB_UMASK = 0o077
 hub_app = typer.Typer(add_completion=False)
 
 
-async def run_hub(config: Any, host: str, port: int) -> int:
+async def run_hub(config: Any, host: str, port: int, *, ready: Any = None,
+                  show_token: bool = True) -> int:
     """Serve the hub until cancelled; print the admin token on the first start.
 
     The token is made only once HTTP and the seeder listen: a start that fails creates
-    nothing, so the next successful one still shows the first token.
+    nothing, so the next successful one still shows the first token. ``ready`` (an event
+    with ``set()``) is set once the hub serves (``--workers``: the next one may start).
     """
     from swarmhub.hub.api import HUB_KEY
     from swarmhub.hub.app import start_hub
@@ -69,7 +71,9 @@ async def run_hub(config: Any, host: str, port: int) -> int:
     runner = await start_hub(config, host, port)
     try:
         catalog = runner.app[HUB_KEY].catalog
-        token = await catalog.run(ensure_admin_token, catalog)
+        token = await catalog.run(ensure_admin_token, catalog) if show_token else None
+        if ready is not None:
+            ready.set()
         _out.print(f"hub listening on http://{host}:{port} (public URL {config.base_url})")
         if token is not None:
             _out.print(f"admin page:  {config.base_url}/admin")
@@ -165,6 +169,11 @@ def hub(
         typer.Option(help="With --store: redirect downloads of uncached blobs to a "
                      "presigned S3 URL instead of streaming them through the hub."),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(help="Processes sharing the HTTP port (SO_REUSEPORT); the first runs "
+                     "the seeder. More than 1 needs --swarm-state redis://...", min=1),
+    ] = 1,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder.
@@ -211,7 +220,12 @@ def hub(
         s3_redirect=s3_redirect,
     )
     try:
-        code = _run(run_hub(config, host, port))
+        if workers > 1:
+            from swarmhub.hub.workers import run_workers
+
+            code = run_workers(config, host, port, workers)
+        else:
+            code = _run(run_hub(config, host, port))
     except (OSError, SwarmhubError) as exc:
         _err.print(f"[bold red]error:[/] cannot start the hub: {escape(str(exc))}")
         raise typer.Exit(1) from None
