@@ -5,6 +5,7 @@ seeder's local copy is fetched and verified."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -76,7 +77,9 @@ async def test_fetch_restores_the_local_copy_and_refuses_other_bytes(
 @pytest.fixture(params=[False, True], ids=["stream", "redirect"])
 async def s3_live(request: pytest.FixtureRequest, tmp_path: Path,
                   s3: Any) -> AsyncIterator[Live]:
-    async for x in live_hub(tmp_path, store=s3.new_url(), s3_redirect=request.param):
+    hub = live_hub(tmp_path, store=s3.new_url(), s3_redirect=request.param)
+    async with contextlib.aclosing(hub) as hubs:
+        x = await anext(hubs)
         yield x
 
 
@@ -120,11 +123,13 @@ async def test_a_restarted_hub_with_an_empty_cache_is_not_missing_blobs(
     start-up check asks S3, and its seeder fetches a copy to seed from."""
     shared = {"db": postgres.new_database(), "store": s3.new_url()}
     data = os.urandom(200_000)
-    async for a in live_hub(tmp_path / "a", **shared):
+    async with contextlib.aclosing(live_hub(tmp_path / "a", **shared)) as hubs:
+        a = await anext(hubs)
         status, f = await a.publish(data, "x.bin", a.admin)
         assert status == 201
-        break
-    async for b in live_hub(tmp_path / "b", peer_listen=("127.0.0.1", 0), **shared):
+    second = live_hub(tmp_path / "b", peer_listen=("127.0.0.1", 0), **shared)
+    async with contextlib.aclosing(second) as hubs:
+        b = await anext(hubs)
         assert b.hub.missing_blobs == set()
         seed = b.data_dir / "seed" / f["id"] / "x.bin"
         async with asyncio.timeout(30):
@@ -133,4 +138,3 @@ async def test_a_restarted_hub_with_an_empty_cache_is_not_missing_blobs(
         assert seed.read_bytes() == data
         async with aiohttp.ClientSession() as http, http.get(f"{b.url}/f/{f['id']}") as r:
             assert r.status == 200 and await r.read() == data
-        break

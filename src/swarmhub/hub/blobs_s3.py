@@ -172,6 +172,11 @@ class S3BlobStore(BlobStore):
             raise
         return super().commit(staged)
 
+    def put_file(self, sha256: str, path: Path, size: int) -> None:
+        """Upload a verified blob file as is (``hub migrate``); no local cache copy."""
+        if self.remote_size(sha256) != size:
+            self._call(self._upload(path, self.key(sha256), size))
+
     async def _upload(self, path: Path, key: str, size: int) -> None:
         bucket = self.location.bucket
         try:

@@ -278,6 +278,44 @@ def hub_token(
     _out.print(f"token id:    {record.id} (shown once: only its hash is stored)")
 
 
+@hub_app.command("migrate")
+def hub_migrate(
+    source: Annotated[str, typer.Option("--from", help="Catalog to copy: sqlite:PATH or "
+                                        "postgresql://...")],
+    target: Annotated[str, typer.Option("--to", help="Catalog to copy into (created and "
+                                        "migrated if new; must hold no other hub's data).")],
+    from_blobs: Annotated[
+        str | None, typer.Option(help="Blobs to copy: the old data folder, or s3://...")
+    ] = None,
+    to_blobs: Annotated[
+        str | None, typer.Option(help="Where to copy the blobs: a folder, or s3://... "
+                                 "(credentials from AWS_ACCESS_KEY_ID/...).")
+    ] = None,
+) -> None:
+    """Copy a hub's catalog (and blobs) to other backends while it keeps serving.
+
+    Idempotent: run it while the old hub serves, then once more after stopping it (new
+    files, tokens and revocations are carried over; deletions are not). Passkeys stay
+    valid: the passkey secret is copied too.
+    """
+    import tempfile
+
+    from swarmhub.hub.migrate import migrate
+
+    if (from_blobs is None) != (to_blobs is None):
+        _err.print("[bold red]error:[/] pass both --from-blobs and --to-blobs, or neither")
+        raise typer.Exit(2)
+    os.umask(_HUB_UMASK)
+    try:
+        with tempfile.TemporaryDirectory(prefix="swarmhub-migrate-") as work:
+            report = migrate(source, target, work=Path(work), from_blobs=from_blobs,
+                             to_blobs=to_blobs)
+    except (OSError, SwarmhubError, sqlite3.Error) as exc:
+        _err.print(f"[bold red]error:[/] migration failed: {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    _out.print(report.summary())
+
+
 # ------------------------------------------------------------------------------ publish
 
 
