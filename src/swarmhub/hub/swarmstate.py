@@ -16,9 +16,10 @@ Redis layout, per swarm (``P`` = prefix + hex info hash), each key expiring
 - ``P:src:<address key>`` sorted set: one source address's entries, for the
   per-address cap (the stalest is evicted first, as in memory).
 
-One Lua script does an announce's bookkeeping atomically; the peers handed out are a
-random sample (``HRANDFIELD``) filtered in Python, so a seeder in a swarm of mostly
-seeders may get fewer than ``numwant`` leechers. Times are wall-clock (``time.time()``):
+One Lua script does an announce's bookkeeping and picks the peers to hand out, in one
+round trip and atomically; the peers are a random sample (``HRANDFIELD``, twice the
+size for a seeder, which gets no seeders), so a seeder in a swarm of mostly seeders may
+get fewer than ``numwant`` leechers. Times are wall-clock (``time.time()``):
 processes' monotonic clocks differ, so the ``now`` the handlers pass is not used here.
 """
 
@@ -86,8 +87,9 @@ class LocalSwarmState:
 
 
 # KEYS: peers, seen, seeds, dl, src. ARGV: addr, value, peer id hex, seeder (0/1), event,
-# now, peer ttl, per-source cap, key ttl (s), the src key prefix.
-# Returns {peers, seeders, downloaded}.
+# now, peer ttl, per-source cap, key ttl (s), numwant.
+# Returns {peers, seeders, downloaded, value...}: the counts, then up to numwant peers to
+# hand out (a random sample; not the announcer, and for a seeder no other seeder).
 _ANNOUNCE = """
 local peers, seen, seeds, dl, src = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local addr, value, pid, event = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
@@ -122,8 +124,23 @@ else
   end
 end
 for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, keyttl) end
-return {redis.call('HLEN', peers), redis.call('SCARD', seeds),
+local out = {redis.call('HLEN', peers), redis.call('SCARD', seeds),
   tonumber(redis.call('GET', dl) or '0')}
+local numwant = tonumber(ARGV[10])
+if numwant > 0 then
+  local extra = 1
+  if seeder then extra = numwant + 1 end
+  local sample = redis.call('HRANDFIELD', peers, numwant + extra, 'WITHVALUES')
+  for i = 1, #sample, 2 do
+    local a, v = sample[i], sample[i + 1]
+    if string.sub(v, 1, 40) ~= pid and
+        not (seeder and redis.call('SISMEMBER', seeds, a) == 1) then
+      out[#out + 1] = v
+      if #out - 3 >= numwant then break end
+    end
+  end
+end
+return out
 """
 
 # KEYS: peers, seen, seeds. ARGV: addr, peer id hex. Returns 1 when removed.
@@ -192,22 +209,13 @@ class RedisSwarmState:
         pid = params.peer_id.hex()
         args: list[str | int | float] = [
             addr, f"{pid} {params.ip} {params.port}", pid, int(seeder), params.event or "",
-            self._clock(), self.peer_ttl, self.max_peers_per_ip, int(2 * self.peer_ttl) + 1]
-        total, seeders, _ = await self._announce(keys=keys, args=args)
+            self._clock(), self.peer_ttl, self.max_peers_per_ip, int(2 * self.peer_ttl) + 1,
+            numwant]
+        total, seeders, _, *sample = await self._announce(keys=keys, args=args)
         peers: list[tuple[bytes, str, int]] = []
-        if numwant > 0:
-            # Enough extra to leave out the announcer and, for a seeder, other seeders.
-            sample = await self._redis.hrandfield(keys[0], numwant + 1 + (numwant if seeder
-                                                  else 0), withvalues=True)
-            seeds = set(await self._redis.smembers(keys[2])) if seeder else set()
-            for field, value in zip(sample[::2], sample[1::2], strict=True):
-                pid_hex, ip, port = value.decode().split(" ")
-                other = bytes.fromhex(pid_hex)
-                if other == params.peer_id or field in seeds:
-                    continue
-                peers.append((other, ip, int(port)))
-                if len(peers) == numwant:
-                    break
+        for value in sample:
+            pid_hex, ip, port = value.decode().split(" ")
+            peers.append((bytes.fromhex(pid_hex), ip, int(port)))
         body: dict[bytes, object] = {
             b"interval": self.interval,
             b"min interval": self.min_interval,
