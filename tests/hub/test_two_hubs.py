@@ -162,3 +162,49 @@ def test_two_hubs_are_one_hub(two_hubs: tuple[HubProc, HubProc]) -> None:
         assert r.status == 206
         got += r.read()
     assert bytes(got) == data
+
+
+async def test_seeder_admission_proofs_reach_the_other_process(
+    tmp_path: Path, postgres: Any, redis_server: Any,
+) -> None:
+    """A passkey announce through B admits the peer to A's seeder; a revocation through
+    B withdraws it (the proofs travel over Redis pub/sub, ``hub.access``)."""
+    import asyncio
+    import contextlib
+
+    from test_api import live_hub
+    from test_app import announce as announce_live
+
+    shared = {"db": postgres.new_database(), "swarm_state": redis_server.new_url(),
+              "tracker_peers_per_ip": 0, "tracker_announce_rate": 0}
+    async with contextlib.aclosing(live_hub(tmp_path / "a", **shared)) as hubs_a, \
+            contextlib.aclosing(live_hub(tmp_path / "b", **shared)) as hubs_b:
+        a, b = await anext(hubs_a), await anext(hubs_b)
+        pub, _ = await a.token("publisher")
+        async with a.http.post(f"{a.url}/api/collections", headers=a.auth(a.admin),
+                               json={"name": "team", "private": True}) as r:
+            assert r.status == 201
+        status, f = await a.publish(os.urandom(5000), "s.bin", pub, collection="team")
+        assert status == 201
+        _, reader = await a.token("reader")
+        ih = bytes.fromhex(f["info_hash_v1"])
+        loop = asyncio.get_running_loop()
+
+        def admitted() -> bool:
+            return any(a.hub.access.allows(f["id"], ("127.0.0.1", 7000), pid, loop.time(),
+                                           outgoing=True) for pid in [b"x" * 20])
+
+        assert not admitted()
+        async with asyncio.timeout(5):  # B's catalog index learns of the file first
+            while b"failure reason" in await announce_live(
+                    b, ih, base=f"{b.url}/announce?passkey={reader['passkey']}"):
+                await asyncio.sleep(0.05)
+        async with asyncio.timeout(1):
+            while not admitted():
+                await asyncio.sleep(0.01)
+        async with b.http.post(f"{b.url}/api/tokens/{reader['id']}/revoke",
+                               headers=b.auth(b.admin)) as r:
+            assert r.status == 200
+        async with asyncio.timeout(1):
+            while admitted():
+                await asyncio.sleep(0.01)

@@ -199,6 +199,7 @@ class Hub:
         """
         for info_hash, ip, port, peer_id in self.access.revoke(token_id):
             await self.tracker.drop(info_hash, ip, port, peer_id)
+        await self.tracker.share_access({"kind": "revoke", "token_id": token_id})
         return self.seeder.enforce() if self.seeder is not None else 0
 
     # -- torrents --------------------------------------------------------------------------

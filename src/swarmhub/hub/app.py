@@ -649,6 +649,11 @@ async def announce(request: web.Request) -> web.Response:
             token_id=owner, entry=(params.info_hash, params.ip, params.port, params.peer_id),
             now=now,
         )
+        await hub.tracker.share_access({
+            "kind": "record", "file_id": entry[0], "ip": remote, "port": params.port,
+            "peer_id": params.peer_id.hex(), "token_id": owner,
+            "entry": [params.info_hash.hex(), params.ip, params.port, params.peer_id.hex()],
+        })
         if isinstance(hub.seeder, Seeder):
             hub.seeder.dial(params.info_hash, (remote, params.port))
     return _bencoded(body)
@@ -942,12 +947,34 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(min(5.0, limiter.stall_timeout / 4))
             limiter.sweep(clock.time())
 
+    async def follow_access() -> None:
+        """Admission proofs and revocations other hub processes saw (``hub.access``)."""
+        clock = asyncio.get_running_loop()
+        async for event in hub.tracker.access_events():
+            try:
+                if event["kind"] == "record":
+                    ih, eip, eport, epid = event["entry"]
+                    entry = (bytes.fromhex(ih), str(eip), int(eport), bytes.fromhex(epid))
+                    hub.access.record(
+                        file_id=str(event["file_id"]), ip=str(event["ip"]),
+                        port=int(event["port"]), peer_id=bytes.fromhex(event["peer_id"]),
+                        token_id=str(event["token_id"]), entry=entry, now=clock.time())
+                    if isinstance(hub.seeder, Seeder):
+                        hub.seeder.dial(entry[0], (str(event["ip"]), int(event["port"])))
+                elif event["kind"] == "revoke":
+                    hub.access.revoke(str(event["token_id"]))
+                    if hub.seeder is not None:
+                        hub.seeder.enforce()
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("ignored a malformed access event: %s", exc)
+
     purger = asyncio.create_task(purge(), name="hub-tracker-purge")
     sweeper = asyncio.create_task(sweep_stalled(), name="hub-stalled-downloads")
+    follower = asyncio.create_task(follow_access(), name="hub-access-events")
     try:
         yield
     finally:
-        for task in (purger, sweeper):
+        for task in (purger, sweeper, follower):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

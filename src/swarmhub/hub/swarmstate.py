@@ -25,9 +25,14 @@ processes' monotonic clocks differ, so the ``now`` the handlers pass is not used
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import json
+import logging
+import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 from swarmhub.bencode import bencode
@@ -35,6 +40,8 @@ from swarmhub.hub.limits import address_key
 from swarmhub.hub.tracker import AnnounceParams, TrackerState, failure_body
 
 __all__ = ["LocalSwarmState", "RedisSwarmState", "SwarmState", "open_swarm_state"]
+
+log = logging.getLogger(__name__)
 
 
 class SwarmState(Protocol):
@@ -59,6 +66,15 @@ class SwarmState(Protocol):
         """Remove one peer now (its access was revoked), only if it is still that peer."""
         ...
 
+    async def share_access(self, event: dict[str, Any]) -> None:
+        """Tell the hub's other processes about a seeder admission proof or revocation
+        (``hub.access``): the seeder may run in another process than the tracker."""
+        ...
+
+    def access_events(self) -> AsyncIterator[dict[str, Any]]:
+        """The other processes' :meth:`share_access` events, for as long as the hub runs."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -81,6 +97,13 @@ class LocalSwarmState:
 
     async def drop(self, info_hash: bytes, ip: str, port: int, peer_id: bytes) -> bool:
         return self.state.drop(info_hash, ip, port, peer_id)
+
+    async def share_access(self, event: dict[str, Any]) -> None:
+        return None  # one process: nobody else to tell
+
+    async def access_events(self) -> AsyncIterator[dict[str, Any]]:
+        return
+        yield  # an async generator that ends at once
 
     async def close(self) -> None:
         return None
@@ -188,6 +211,9 @@ class RedisSwarmState:
             url, socket_timeout=10, socket_connect_timeout=10)
         self._announce = self._redis.register_script(_ANNOUNCE)
         self._drop = self._redis.register_script(_DROP)
+        #: This process, so that it skips its own access events.
+        self._origin = secrets.token_hex(8)
+        self._access_channel = prefix + "access"
 
     def _key(self, info_hash: bytes) -> str:
         return self.prefix + info_hash.hex()
@@ -280,6 +306,33 @@ class RedisSwarmState:
         done = await self._drop(keys=[f"{k}:peers", f"{k}:seen", f"{k}:seeds"],
                                 args=[f"{ip}|{port}", peer_id.hex()])
         return bool(done)
+
+    async def share_access(self, event: dict[str, Any]) -> None:
+        message = json.dumps({**event, "from": self._origin})
+        await self._redis.publish(self._access_channel, message)
+
+    async def access_events(self) -> AsyncIterator[dict[str, Any]]:
+        """Pub/sub on one channel; resubscribes after a lost connection (events sent
+        meanwhile are lost: their peers are admitted at their next announce)."""
+        from redis import exceptions as redis_errors
+
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._access_channel)
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is None or msg.get("type") != "message":
+                        continue
+                    event = json.loads(msg["data"])
+                    if event.get("from") != self._origin:
+                        yield event
+            except (OSError, ValueError, redis_errors.RedisError) as exc:
+                log.warning("access events from Redis lost (%s); resubscribing", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     async def close(self) -> None:
         await self._redis.aclose()
