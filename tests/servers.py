@@ -137,9 +137,9 @@ def redis_server() -> Iterator[Redis]:
         _wait_port(port, proc, 30)
         yield Redis(port)
     finally:
-        proc.terminate()
+        proc.terminate()  # throwaway data: no need to wait for clients to go
         try:
-            proc.wait(10)
+            proc.wait(2)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
@@ -217,9 +217,9 @@ def s3_server() -> Iterator[S3]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        proc.terminate()
+        proc.terminate()  # throwaway data: no need to wait for clients to go
         try:
-            proc.wait(10)
+            proc.wait(2)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
