@@ -901,13 +901,12 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     if ping is not None:  # a shared swarm state: fail at start, not at the first announce
         try:
             await asyncio.wait_for(ping(), 15)
-        except (OSError, TimeoutError, SwarmhubError) as exc:
-            hub.catalog.close()
-            raise StartupError(f"cannot reach the swarm state {hub.config.swarm_state}: "
-                               f"{exc}") from None
         except Exception as exc:  # redis.exceptions.ConnectionError is not an OSError
             hub.catalog.close()
-            raise StartupError(f"cannot reach the swarm state: {exc}") from None
+            where = urllib.parse.urlsplit(hub.config.swarm_state or "")
+            host = where.hostname or "?"  # never the URL's password
+            raise StartupError(f"cannot reach the swarm state (Redis at {host}:"
+                               f"{where.port or 6379}): {exc or type(exc).__name__}") from None
     in_store = hub.blobs.exists if hub.config.store else None
     report = await asyncio.to_thread(reconcile, hub.config.data_dir, hub.catalog,
                                      blob_root=hub.config.blob_dir, in_store=in_store)
