@@ -321,6 +321,10 @@ class CatalogBase:
     def _migration_script(self, script: str) -> str:
         return script
 
+    def _lock_publish(self, db: Conn) -> None:
+        """Inside add_file: one publish at a time across processes (SQLite's BEGIN
+        IMMEDIATE already is that), so two cannot both pass the duplicate check."""
+
     def _changed(self, db: Conn) -> None:
         """Inside a write that changes the indexes: tell the other processes."""
 
@@ -492,6 +496,12 @@ class CatalogBase:
                     raise ConflictError(
                         f"the same torrent is already published as file {self._hashes[h][0]}"
                     )
+            # The index may not have heard of another process's publish yet: ask the table.
+            self._lock_publish(db)
+            same = db.one("SELECT id FROM files WHERE info_hash_v1 = ? OR info_hash_v2 = ?"
+                          " OR info_hash_v1_torrent = ? LIMIT 1", *hashes)
+            if same is not None:
+                raise ConflictError(f"the same torrent is already published as file {same[0]}")
             db.exec(
                 "INSERT INTO files (id, name, size, sha256, collection, created, info_hash_v1,"
                 " info_hash_v2, info_hash_v1_torrent, piece_length, torrent_hybrid, torrent_v1,"
@@ -777,24 +787,30 @@ class Catalog(CatalogBase):
         # Deleted or replaced rows (revoked tokens, old passkeys) are zeroed on disk.
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.create_function("casefold", 1, _casefold, deterministic=True)
-        self._open()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        probe = None
         if poll > 0:
-            self._watcher = threading.Thread(target=self._watch, args=(poll,),
+            # The first version is read before the indexes are loaded: a write in between
+            # then counts as a change (a later first read would miss it for good).
+            probe = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            seen = _data_version(probe)
+        try:
+            self._open()
+        except BaseException:
+            if probe is not None:
+                probe.close()
+            raise
+        if probe is not None:
+            self._watcher = threading.Thread(target=self._watch, args=(probe, seen, poll),
                                              name="catalog-poll", daemon=True)
             self._watcher.start()
 
-    def _watch(self, poll: float) -> None:
-        probe = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-
+    def _watch(self, probe: sqlite3.Connection, seen: int, poll: float) -> None:
         def version() -> int:
-            # fetchall() ends the statement: a half-read one would keep a read
-            # transaction, and its snapshot, open, and the version would never change.
-            return int(probe.execute("PRAGMA data_version").fetchall()[0][0])
+            return _data_version(probe)
 
         try:
-            seen = version()
             while not self._stop.wait(poll):
                 now = version()
                 if now != seen:
@@ -833,6 +849,12 @@ class Catalog(CatalogBase):
             self._watcher.join(10)
         with self._lock:
             self._db.close()
+
+
+def _data_version(db: sqlite3.Connection) -> int:
+    # fetchall() ends the statement: a half-read one would keep a read transaction, and
+    # its snapshot, open, and the version would never change.
+    return int(db.execute("PRAGMA data_version").fetchall()[0][0])
 
 
 def new_file_id() -> str:

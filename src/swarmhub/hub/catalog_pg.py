@@ -48,6 +48,7 @@ T = TypeVar("T")
 #: The LISTEN/NOTIFY channel that tells the hub's processes to reload their indexes.
 CHANNEL = "swarmhub_catalog"
 _MIGRATION_LOCK = 0x5377_6172_6D68  # "Swarmh": one advisory lock id for migrations
+_PUBLISH_LOCK = _MIGRATION_LOCK + 1  # add_file's duplicate check, one at a time
 _TYPES = {"BLOB": "BYTEA", "REAL": "DOUBLE PRECISION", "INTEGER": "BIGINT"}
 _TYPES_RE = re.compile(r"\b(BLOB|REAL|INTEGER)\b")
 _TIMEOUT = 60.0
@@ -160,6 +161,9 @@ class PgCatalog(CatalogBase):
     def _begin_migration(self, db: Conn) -> None:
         db.exec("SELECT pg_advisory_xact_lock(?)", _MIGRATION_LOCK)
 
+    def _lock_publish(self, db: Conn) -> None:
+        db.exec("SELECT pg_advisory_xact_lock(?)", _PUBLISH_LOCK)
+
     def _migration_script(self, script: str) -> str:
         return _TYPES_RE.sub(lambda m: _TYPES[m.group(1)], script)
 
@@ -188,8 +192,9 @@ class PgCatalog(CatalogBase):
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=10)
                 await conn.add_listener(CHANNEL, self._notified)
-                if listening.is_set():
-                    self._dirty.set()  # notifications may have been missed meanwhile
+                # Changes made before LISTEN took effect (since the indexes were loaded,
+                # or while disconnected) sent no notification here: reload once.
+                self._dirty.set()
                 listening.set()
                 while not conn.is_closed():
                     try:
