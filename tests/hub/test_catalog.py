@@ -366,3 +366,20 @@ def test_sqlite_shared_by_processes_sees_their_writes_when_polling(tmp_path: Pat
     finally:
         a.close()
         b.close()
+
+
+def test_the_same_torrent_published_through_two_processes_is_a_conflict(postgres: Any) -> None:
+    """B's index may not have heard of A's publish yet: the table decides."""
+    from swarmhub.hub.catalog_pg import PgCatalog
+
+    url = postgres.new_database()
+    a, b = PgCatalog(url), PgCatalog(url)
+    try:
+        b._hashes.clear()  # as if A's notification had not arrived yet
+        add(a, "a.bin", 3)
+        b._hashes.clear()
+        with pytest.raises(ConflictError, match="already published"):
+            add(b, "a.bin", 3)
+    finally:
+        a.close()
+        b.close()
