@@ -653,18 +653,28 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(stats)
 
 
-async def _peer_counts(tracker: SwarmState, record: FileRecord) -> tuple[int, int]:
+async def swarm_stats(
+    tracker: SwarmState, records: list[FileRecord]
+) -> dict[bytes, tuple[int, int, int]]:
+    """Tracker stats of every swarm of ``records``, fetched at once (one Redis round trip)."""
+    hashes = list(dict.fromkeys(h for r in records for h in r.swarm_hashes))
+    return dict(zip(hashes, await tracker.stats_many(hashes), strict=True))
+
+
+def _peer_counts(
+    stats: dict[bytes, tuple[int, int, int]], record: FileRecord
+) -> tuple[int, int]:
     """Seeders and leechers of a file's hybrid swarm plus its v1-only swarm.
 
     A hybrid client announces under both the v1 and the truncated v2 hash, so the hybrid
     swarm counts the larger of the two rather than their sum (which would count it twice).
     """
-    hybrid = [await tracker.stats(h[:20])
-              for h in (record.info_hash_v1, record.info_hash_v2) if h]
+    zero = (0, 0, 0)
+    hybrid = [stats.get(h[:20], zero) for h in (record.info_hash_v1, record.info_hash_v2) if h]
     seeders = max((c for c, _, _ in hybrid), default=0)
     leechers = max((i for _, _, i in hybrid), default=0)
     if record.info_hash_v1_torrent is not None:
-        complete, _, incomplete = await tracker.stats(record.info_hash_v1_torrent)
+        complete, _, incomplete = stats.get(record.info_hash_v1_torrent[:20], zero)
         seeders, leechers = seeders + complete, leechers + incomplete
     return seeders, leechers
 
@@ -679,9 +689,10 @@ async def get_live(request: web.Request) -> web.Response:
     await require(request, hub.catalog, Role.READER)
     records = await hub.catalog.run(hub.catalog.all_files)
     swarms = hub.seeder.upload_stats() if hub.seeder is not None else {}
+    stats = await swarm_stats(hub.tracker, records)
     files = []
     for record in records:
-        seeders, leechers = await _peer_counts(hub.tracker, record)
+        seeders, leechers = _peer_counts(stats, record)
         uploaded, rate = 0, 0.0
         for ih in record.swarm_hashes:
             up, up_rate = swarms.get(ih, (0, 0.0))

@@ -46,6 +46,7 @@ from swarmhub.hub.api import (
     add_api_routes,
     json_error,
     link_into_seed_dir,
+    swarm_stats,
 )
 from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
 from swarmhub.hub.backends import open_blob_store, open_catalog
@@ -675,12 +676,15 @@ async def scrape(request: web.Request) -> web.Response:
     private_ok = _passkey_ok(hub, _passkey(raw))
     if not hashes:
         hashes = hub.catalog.info_hashes(include_private=private_ok)
-    files: dict[bytes, dict[bytes, int]] = {}
+    shown = []
     for ih in hashes:
         entry = hub.catalog.lookup_info_hash(ih)
         if entry is None or (entry[1] and not private_ok):
             continue
-        complete, downloaded, incomplete = await hub.tracker.stats(ih)
+        shown.append(ih)
+    files: dict[bytes, dict[bytes, int]] = {}
+    for ih, (complete, downloaded, incomplete) in zip(
+            shown, await hub.tracker.stats_many(shown), strict=True):
         files[ih] = {b"complete": complete, b"downloaded": downloaded, b"incomplete": incomplete}
     return _bencoded(bencode({b"files": files}))
 
@@ -737,10 +741,11 @@ async def metrics(request: web.Request) -> web.Response:
     leechers = MetricFamily(
         "swarmhub_torrent_leechers", "gauge", "Leechers per public file (tracker).")
     private_seeders = private_leechers = 0
+    swarms = await swarm_stats(hub.tracker, records)
     for record in records:
         complete = incomplete = 0
         for ih in record.swarm_hashes:  # peers of the hybrid and the v1 swarm
-            c, _, i = await hub.tracker.stats(ih)
+            c, _, i = swarms[ih]
             complete, incomplete = complete + c, incomplete + i
         if record.private:  # /metrics is public: no id, name or hash of a private file
             private_seeders += complete

@@ -58,6 +58,10 @@ class SwarmState(Protocol):
         """``(complete, downloaded, incomplete)`` of one torrent (zeros when unknown)."""
         ...
 
+    async def stats_many(self, info_hashes: Sequence[bytes]) -> list[tuple[int, int, int]]:
+        """:meth:`stats` of many torrents at once (one round trip for a shared store)."""
+        ...
+
     async def purge(self, now: float) -> int:
         """Drop peers silent for longer than the peer TTL; how many went."""
         ...
@@ -91,6 +95,9 @@ class LocalSwarmState:
 
     async def stats(self, info_hash: bytes) -> tuple[int, int, int]:
         return self.state.stats(info_hash)
+
+    async def stats_many(self, info_hashes: Sequence[bytes]) -> list[tuple[int, int, int]]:
+        return [self.state.stats(h) for h in info_hashes]
 
     async def purge(self, now: float) -> int:
         return self.state.purge(now)
