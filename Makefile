@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # iptables, gcc, libc6-dev, libnetfilter-queue-dev: the lab's latency (an NFQUEUE delay line
 # compiled at lab setup; see src/swarmhub/lab/latency.py).
+# postgresql, redis-server: the hub past one machine (tests start their own servers).
 APT_PACKAGES := aria2 curl iproute2 chromium chromium-driver \
-	iptables gcc libc6-dev libnetfilter-queue-dev
+	iptables gcc libc6-dev libnetfilter-queue-dev postgresql redis-server
 
 .PHONY: setup run test lint bench clean
 

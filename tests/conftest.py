@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from typing import Any
 
 import pytest
 
@@ -41,3 +42,41 @@ def free_port() -> int:
 # nodes, and even then a DHT node drops datagrams to anything outside 127.0.0.0/8.
 os.environ["SWARMHUB_DHT"] = "0"
 os.environ["SWARMHUB_DHT_LOCAL_ONLY"] = "1"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Any:
+    """One PostgreSQL 15 server for the session (tests take a database each)."""
+    from servers import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Any:
+    """One Redis server for the session (tests take a db each)."""
+    from servers import redis_server as start
+
+    with start() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Any:
+    """One S3 server (rclone) for the session (tests take a bucket each)."""
+    from servers import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["embedded", pytest.param("shared", marks=pytest.mark.slow)])
+def hub_backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """HubConfig fields for a hub on embedded defaults, or on the shared servers that
+    several hub processes can use (PostgreSQL catalog, Redis swarm state, S3 blobs)."""
+    if request.param == "embedded":
+        return {}
+    return {"db": request.getfixturevalue("postgres").new_database(),
+            "swarm_state": request.getfixturevalue("redis_server").new_url(),
+            "store": request.getfixturevalue("s3").new_url()}

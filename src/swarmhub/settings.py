@@ -36,7 +36,7 @@ ENCRYPTION_MODES = ("prefer", "require", "off")
 #: read them, so :meth:`Settings.from_env` accepts them without complaint. Add yours here.
 OTHER_ENV = frozenset({
     "STATE_DIR", "TOKEN", "STRICT", "NOSENDFILE", "HUB", "TRACEBACK", "TEST_PAUSE_AT", "CONFIG",
-    "DHT_LOCAL_ONLY", "UDP_TRACKER_RETRIES", "UDP_TRACKER_TIMEOUT",
+    "DHT_LOCAL_ONLY", "UDP_TRACKER_RETRIES", "UDP_TRACKER_TIMEOUT", "DB", "SWARM_STATE", "STORE",
 })
 
 

@@ -153,7 +153,7 @@ async def test_revoking_closes_a_running_download_and_others_keep_going(
         assert seeder_peers(live, f) == 0
         assert live.hub.access.revoke(alice_info["id"]) == []  # nothing of hers is left
         # ... her tracker entries are gone, and reconnecting does not help her.
-        complete, _, incomplete = live.hub.tracker.stats(bytes.fromhex(f["info_hash_v1"]))
+        complete, _, incomplete = await live.hub.tracker.stats(bytes.fromhex(f["info_hash_v1"]))
         assert incomplete == 0 and complete == 1  # only the seeder
         got = downloaded(a)
         with swarmhub_get(b_torrent, tmp_path / "b", tmp_path, "get-bob", "--timeout", "120") as b:

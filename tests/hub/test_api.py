@@ -24,7 +24,7 @@ from referencing.jsonschema import DRAFT202012
 from conftest import free_port
 from swarmhub.hub.api import HUB_KEY, Hub, HubConfig
 from swarmhub.hub.app import HubRunner, admin_token_for_first_start, start_hub
-from swarmhub.hub.catalog import Catalog
+from swarmhub.hub.backends import open_catalog
 
 SPEC: dict[str, Any] = yaml.safe_load(
     resources.files("swarmhub.hub").joinpath("openapi.yaml").read_text()
@@ -106,7 +106,7 @@ async def live_hub(tmp_path: Path, **config: Any) -> AsyncIterator[Live]:
     )
     admin = admin_token_for_first_start(cfg)
     if admin is None:  # a restart: the first token's secret is gone, make another
-        cat = Catalog(cfg.data_dir / "catalog.sqlite3")
+        cat = open_catalog(cfg.db, cfg.data_dir)
         admin, _ = cat.add_token("admin", "test")
         cat.close()
     runner: HubRunner = await start_hub(cfg, "127.0.0.1", port)
@@ -118,8 +118,8 @@ async def live_hub(tmp_path: Path, **config: Any) -> AsyncIterator[Live]:
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[Live]:
-    async for x in live_hub(tmp_path, max_upload_size=1 << 20):
+async def live(tmp_path: Path, hub_backend: dict[str, str]) -> AsyncIterator[Live]:
+    async for x in live_hub(tmp_path, max_upload_size=1 << 20, **hub_backend):
         yield x
 
 

@@ -31,8 +31,8 @@ needs_origin = pytest.mark.skipif(not HAS_ORIGIN, reason="swarmhub.hub.origin is
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[Live]:
-    async for x in live_hub(tmp_path, max_upload_size=64 << 20):
+async def live(tmp_path: Path, hub_backend: dict[str, str]) -> AsyncIterator[Live]:
+    async for x in live_hub(tmp_path, max_upload_size=64 << 20, **hub_backend):
         yield x
 
 
@@ -308,10 +308,10 @@ async def test_libtorrent_downloads_from_the_embedded_seeder(tmp_path: Path, suf
         # Wait (bounded) until the seeder has announced itself to the hub's tracker.
         ih = load_torrent(torrent).info_hash
         for _ in range(100):
-            if live.hub.tracker.stats(ih)[0] >= 1:
+            if (await live.hub.tracker.stats(ih))[0] >= 1:
                 break
             await asyncio.sleep(0.1)
-        assert live.hub.tracker.stats(ih)[0] >= 1, "the embedded seeder never announced"
+        assert (await live.hub.tracker.stats(ih))[0] >= 1, "the embedded seeder never announced"
         await _lt_download(lt, torrent, tmp_path / "lt", web_seed=False)
         assert (tmp_path / "lt" / "e2e.bin").read_bytes() == data
         async with live.http.get(live.url + "/metrics") as r:

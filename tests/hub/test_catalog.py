@@ -12,6 +12,7 @@ from swarmhub.hub.catalog import (
     MIGRATIONS,
     SECRET_FILE,
     Catalog,
+    CatalogBase,
     CatalogError,
     ConflictError,
     InvalidError,
@@ -22,7 +23,7 @@ from swarmhub.hub.catalog import (
 )
 
 
-def add(cat: Catalog, name: str, n: int, **kw: Any) -> Any:
+def add(cat: CatalogBase, name: str, n: int, **kw: Any) -> Any:
     args: dict[str, Any] = {
         "name": name,
         "size": 100 + n,
@@ -40,11 +41,28 @@ def add(cat: Catalog, name: str, n: int, **kw: Any) -> Any:
     return cat.add_file(**args)
 
 
-@pytest.fixture
-def cat(tmp_path: Path) -> Any:
-    c = Catalog(tmp_path / "cat.sqlite3")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cat(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The same tests against the embedded SQLite catalog and a real PostgreSQL 15."""
+    c: CatalogBase
+    if request.param == "sqlite":
+        c = Catalog(tmp_path / "cat.sqlite3")
+    else:
+        from swarmhub.hub.catalog_pg import PgCatalog
+
+        c = PgCatalog(request.getfixturevalue("postgres").new_database())
     yield c
     c.close()
+
+
+def _dump(cat: CatalogBase) -> str:
+    """Everything the database holds, as text (to look for secrets in it)."""
+    if isinstance(cat, Catalog):
+        return "\n".join(cat._db.iterdump())
+    with cat._tx() as db:
+        rows = [*db.all("SELECT * FROM tokens"), *db.all("SELECT * FROM files")]
+    return "\n".join(" ".join(x.hex() if isinstance(x, bytes) else str(x) for x in r)
+                     for r in rows)
 
 
 def test_fresh_database_is_migrated_once(tmp_path: Path) -> None:
@@ -65,7 +83,7 @@ def test_fresh_database_is_migrated_once(tmp_path: Path) -> None:
     assert mode == "wal"
 
 
-def test_file_crud_and_info_hash_index(cat: Catalog, tmp_path: Path) -> None:
+def test_file_crud_and_info_hash_index(cat: CatalogBase, tmp_path: Path) -> None:
     rec = add(cat, "report.pdf", 1)
     assert cat.get_file(rec.id) == rec
     assert rec.private is False and rec.size == 101
@@ -81,7 +99,7 @@ def test_file_crud_and_info_hash_index(cat: Catalog, tmp_path: Path) -> None:
         cat.delete_file(rec.id)
 
 
-def test_delete_reports_blob_still_referenced(cat: Catalog) -> None:
+def test_delete_reports_blob_still_referenced(cat: CatalogBase) -> None:
     a = add(cat, "a.bin", 1)
     add(cat, "b.bin", 2, sha256=a.sha256)
     _, unreferenced = cat.delete_file(a.id)
@@ -89,7 +107,7 @@ def test_delete_reports_blob_still_referenced(cat: Catalog) -> None:
     assert cat.blob_is_referenced(a.sha256)
 
 
-def test_same_info_hash_twice_is_a_conflict(cat: Catalog) -> None:
+def test_same_info_hash_twice_is_a_conflict(cat: CatalogBase) -> None:
     add(cat, "a.bin", 1)
     with pytest.raises(ConflictError, match="already published"):
         add(cat, "a.bin", 1)
@@ -108,7 +126,7 @@ def test_indexes_survive_reopen(tmp_path: Path) -> None:
     c.close()
 
 
-def test_list_search_and_paging(cat: Catalog) -> None:
+def test_list_search_and_paging(cat: CatalogBase) -> None:
     cat.add_collection("docs", False)
     cat.add_collection("secret", True)
     add(cat, "Äpfel-Report.pdf", 1, collection="docs")
@@ -130,12 +148,12 @@ def test_list_search_and_paging(cat: Catalog) -> None:
     assert files == []
 
 
-def test_unknown_collection_is_refused(cat: Catalog) -> None:
+def test_unknown_collection_is_refused(cat: CatalogBase) -> None:
     with pytest.raises(NotFoundError, match="POST /api/collections"):
         add(cat, "a", 1, collection="nope")
 
 
-def test_collections_crud(cat: Catalog) -> None:
+def test_collections_crud(cat: CatalogBase) -> None:
     c = cat.add_collection("team-1", True)
     assert c.private and c.files == 0
     with pytest.raises(ConflictError):
@@ -152,12 +170,12 @@ def test_collections_crud(cat: Catalog) -> None:
         cat.delete_collection("other")
 
 
-def test_tokens_store_only_hashes_and_revoke_at_once(cat: Catalog, tmp_path: Path) -> None:
+def test_tokens_store_only_hashes_and_revoke_at_once(cat: CatalogBase, tmp_path: Path) -> None:
     secret, rec = cat.add_token("publisher", "ci")
     assert len(secret) >= 43
     assert cat.token_for_secret(secret) == rec
     assert cat.token_for_secret(secret + "x") is None
-    dump = "\n".join(cat._db.iterdump())  # the secret is nowhere in the database
+    dump = _dump(cat)  # the secret is nowhere in the database
     assert secret not in dump
     assert hash_token(secret).hex().upper() in dump.upper()
     assert cat.passkey_is_live(rec.passkey)
@@ -176,7 +194,7 @@ def test_tokens_store_only_hashes_and_revoke_at_once(cat: Catalog, tmp_path: Pat
 @pytest.mark.parametrize(
     "name", ["../x", "a/b", "a\\b", "x\x00y", "CON", "con.txt", "..", "", "a."]
 )
-def test_unsafe_names_are_refused(cat: Catalog, name: str) -> None:
+def test_unsafe_names_are_refused(cat: CatalogBase, name: str) -> None:
     with pytest.raises(InvalidError):
         validate_file_name(name)
     with pytest.raises(InvalidError):
@@ -184,7 +202,7 @@ def test_unsafe_names_are_refused(cat: Catalog, name: str) -> None:
     assert cat.list_files(include_private=True) == ([], 0)
 
 
-def test_stats(cat: Catalog) -> None:
+def test_stats(cat: CatalogBase) -> None:
     a = add(cat, "a", 1)
     add(cat, "b", 2, sha256=a.sha256, size=a.size)
     cat.add_token("admin")
@@ -276,3 +294,92 @@ def test_version_1_catalog_loses_its_plaintext_passkeys(tmp_path: Path) -> None:
     assert f is not None and f.published_by == "tkold"
     c.close()
     assert old_passkey.encode() not in _disk_bytes(path)
+
+
+# -- PostgreSQL: one catalog shared by several hub processes -------------------------------
+
+
+def _until(check: Any, timeout: float = 5.0) -> float:
+    """Poll ``check()`` until true; returns the seconds it took (fails after ``timeout``)."""
+    import time
+
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "condition not met in time"
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_postgresql_migrates_once_and_shares_one_secret(postgres: Any) -> None:
+    from swarmhub.hub.catalog_pg import PgCatalog
+
+    url = postgres.new_database()
+    a, b = PgCatalog(url), PgCatalog(url)
+    try:
+        assert a.schema_version() == b.schema_version() == MIGRATIONS[-1][0]
+        with a._tx() as db:
+            versions = [int(r[0]) for r in db.all("SELECT version FROM schema_migrations")]
+        assert versions == [v for v, _ in MIGRATIONS]
+        _, tok = a.add_token("reader")
+        assert b.passkey_for(tok.id) == tok.passkey  # same passkeys from every process
+    finally:
+        a.close()
+        b.close()
+
+
+def test_postgresql_writes_reach_the_other_process_indexes_within_a_second(
+    postgres: Any,
+) -> None:
+    from swarmhub.hub.catalog_pg import PgCatalog
+
+    url = postgres.new_database()
+    a, b = PgCatalog(url), PgCatalog(url)
+    try:
+        rec = add(a, "x.bin", 7)
+        assert _until(lambda: b.lookup_info_hash((7).to_bytes(20, "big")) == (rec.id, False),
+                      1.0) < 1.0
+        _, tok = a.add_token("reader")
+        _until(lambda: b.passkey_is_live(tok.passkey), 1.0)
+        b.revoke_token(tok.id)
+        took = _until(lambda: not a.passkey_is_live(tok.passkey), 1.0)
+        assert took < 1.0
+        b.delete_file(rec.id)
+        _until(lambda: a.lookup_info_hash((7).to_bytes(20, "big")) is None, 1.0)
+        with pytest.raises(ConflictError):  # the index, not only the table, is shared
+            a.add_collection("c", False) and b.add_collection("c", False)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sqlite_shared_by_processes_sees_their_writes_when_polling(tmp_path: Path) -> None:
+    """``hub --workers``: each worker's indexes follow the others' writes."""
+    path = tmp_path / "c.sqlite3"
+    a, b = Catalog(path, poll=0.05), Catalog(path, poll=0.05)
+    try:
+        _, tok = a.add_token("reader")
+        _until(lambda: b.passkey_is_live(tok.passkey), 1.0)
+        a.revoke_token(tok.id)
+        assert _until(lambda: not b.passkey_is_live(tok.passkey), 1.0) < 1.0
+        rec = add(b, "y.bin", 8)
+        _until(lambda: a.lookup_info_hash((8).to_bytes(20, "big")) == (rec.id, False), 1.0)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_same_torrent_published_through_two_processes_is_a_conflict(postgres: Any) -> None:
+    """B's index may not have heard of A's publish yet: the table decides."""
+    from swarmhub.hub.catalog_pg import PgCatalog
+
+    url = postgres.new_database()
+    a, b = PgCatalog(url), PgCatalog(url)
+    try:
+        b._hashes.clear()  # as if A's notification had not arrived yet
+        add(a, "a.bin", 3)
+        b._hashes.clear()
+        with pytest.raises(ConflictError, match="already published"):
+            add(b, "a.bin", 3)
+    finally:
+        a.close()
+        b.close()

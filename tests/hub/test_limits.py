@@ -142,7 +142,7 @@ async def test_stopped_cannot_remove_another_addresss_entry(live: Live) -> None:
         # Same peer id and port, the victim's address in ip=, event=stopped: ignored.
         await _announce(attacker, live, ih, 6000, peer_id=peer_id, ip="127.0.0.2",
                         event="stopped")
-        assert live.hub.tracker.stats(ih) == (0, 0, 1)
+        assert await live.hub.tracker.stats(ih) == (0, 0, 1)
         seen = await _announce(attacker, live, ih, 6001)
         assert seen[b"peers"] == bytes([127, 0, 0, 2]) + (6000).to_bytes(2, "big")
 
@@ -183,9 +183,9 @@ async def test_the_embedded_seeder_is_not_rate_limited(tmp_path: Path) -> None:
             hashes += [bytes.fromhex(body["info_hash_v1"]),
                        bytes.fromhex(body["info_hash_v1_torrent"])]
         deadline = asyncio.get_running_loop().time() + 30
-        while not all(live.hub.tracker.stats(h)[0] == 1 for h in hashes):
+        while not all(s[0] == 1 for s in [await live.hub.tracker.stats(h) for h in hashes]):
             assert asyncio.get_running_loop().time() < deadline, [
-                live.hub.tracker.stats(h) for h in hashes
+                await live.hub.tracker.stats(h) for h in hashes
             ]
             await asyncio.sleep(0.05)
         assert live.hub.announce_failures == 0

@@ -136,3 +136,30 @@ async def test_existing_install_is_made_private_at_start(tmp_path: Path) -> None
     assert mode(data) == 0o700 and mode(secret) == 0o600 and mode(blob) == 0o400
     assert mode(data / CATALOG_NAME) == 0o600
     assert prepare_data_dir(data) == 0  # nothing left to fix
+
+
+def test_a_shared_blob_folder_keeps_young_orphans_and_referenced_blobs(tmp_path: Path) -> None:
+    """Another hub may have renamed a blob into the shared folder without its row yet."""
+    from swarmhub.hub.reconcile import SHARED_BLOB_GRACE
+
+    data, shared = tmp_path / "hub", tmp_path / "shared"
+    young, old, listed = ("ab" + c * 62 for c in "123")
+    for name in (young, old, listed):
+        path = shared / "blobs" / "ab" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 10)
+    past = os.stat(shared / "blobs" / "ab" / young).st_mtime - SHARED_BLOB_GRACE - 60
+    for name in (old, listed):
+        os.utime(shared / "blobs" / "ab" / name, (past, past))
+    prepare_data_dir(data)
+    catalog = Catalog(data / CATALOG_NAME)
+    try:
+        catalog.add_file(name="l.bin", size=10, sha256=listed, collection=None,
+                         info_hash_v1=b"\x01" * 20, info_hash_v2=None, piece_length=16384,
+                         torrent_hybrid=b"t", torrent_v1=b"t", published_by=None)
+        report = reconcile(data, catalog, blob_root=shared)
+    finally:
+        catalog.close()
+    left = sorted(p.name for p in (shared / "blobs" / "ab").iterdir())
+    assert left == sorted([young, listed])
+    assert report.orphan_blobs == 1

@@ -37,7 +37,7 @@ from swarmhub.hub.access import SwarmAccess
 from swarmhub.hub.auth import Forbidden, Role, authenticate, has_role, require
 from swarmhub.hub.blobs import BlobStore, UploadStalled, UploadTooLarge, UploadTruncated
 from swarmhub.hub.catalog import (
-    Catalog,
+    CatalogBase,
     CollectionRecord,
     ConflictError,
     FileRecord,
@@ -48,8 +48,8 @@ from swarmhub.hub.catalog import (
     validate_collection_name,
     validate_file_name,
 )
+from swarmhub.hub.swarmstate import SwarmState
 from swarmhub.hub.testhooks import pause_point
-from swarmhub.hub.tracker import TrackerState
 from swarmhub.metainfo import Metainfo, create_torrent, load_torrent, make_magnet, torrent_bytes
 
 if TYPE_CHECKING:
@@ -119,6 +119,23 @@ class HubConfig:
     send_timeout: float = 60.0
     #: Where the UDP tracker (BEP 15) listens; None (default): HTTP tracker only.
     udp_tracker: tuple[str, int] | None = None
+    #: The catalog: None (SQLite in ``data_dir``), ``sqlite:PATH`` or ``postgresql://...``
+    #: (shared by several hub processes; see ``hub.backends``).
+    db: str | None = None
+    #: The tracker's swarms: None (this process's memory) or ``redis://host:port/db``
+    #: (shared by several hub processes; see ``hub.swarmstate``).
+    swarm_state: str | None = None
+    #: A blob folder shared by several hub processes (same file system as ``data_dir``);
+    #: None keeps the blobs in ``data_dir``.
+    blob_dir: Path | None = None
+    #: Blobs in S3 (``s3://bucket/prefix?endpoint=URL``), ``data_dir`` caching them.
+    store: str | None = None
+    #: With S3: answer downloads of uncached blobs with a redirect to a presigned URL.
+    s3_redirect: bool = False
+    #: Bind HTTP with SO_REUSEPORT (``--workers``: the processes share one port).
+    reuse_port: bool = False
+    #: SQLite catalog shared by worker processes: seconds between checks for their writes.
+    catalog_poll: float = 0.0
 
     @property
     def base_url(self) -> str:
@@ -146,9 +163,9 @@ class Hub:
     """The running hub: configuration plus the objects every handler shares."""
 
     config: HubConfig
-    catalog: Catalog
+    catalog: CatalogBase
     blobs: BlobStore
-    tracker: TrackerState
+    tracker: SwarmState
     #: The origin's transfer limiter (``swarmhub.hub.origin.OriginLimiter``) when available.
     limiter: Any = None
     seeder: SeederHook | None = None
@@ -200,14 +217,15 @@ class Hub:
     def seed_dir(self, file_id: str) -> Path:
         return self.config.data_dir / "seed" / file_id
 
-    def end_swarm_access(self, token_id: str) -> int:
+    async def end_swarm_access(self, token_id: str) -> int:
         """A revoked token's BitTorrent access ends now, not at the next announce.
 
         Its peers leave the tracker (nobody is sent to them any more) and the seeder closes
         its connections to them; returns how many connections were closed.
         """
         for info_hash, ip, port, peer_id in self.access.revoke(token_id):
-            self.tracker.drop(info_hash, ip, port, peer_id)
+            await self.tracker.drop(info_hash, ip, port, peer_id)
+        await self.tracker.share_access({"kind": "revoke", "token_id": token_id})
         return self.seeder.enforce() if self.seeder is not None else 0
 
     # -- torrents --------------------------------------------------------------------------
@@ -644,7 +662,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     hub = _hub(request)
     await require(request, hub.catalog, Role.ADMIN)
     record = await hub.catalog.run(hub.catalog.revoke_token, request.match_info["id"])
-    closed = hub.end_swarm_access(record.id)
+    closed = await hub.end_swarm_access(record.id)
     log.info("revoked token %s; closed %d seeder connection(s)", record.id, closed)
     return web.json_response(_token_json(record))
 
@@ -664,17 +682,28 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(stats)
 
 
-def _peer_counts(tracker: TrackerState, record: FileRecord) -> tuple[int, int]:
+async def swarm_stats(
+    tracker: SwarmState, records: list[FileRecord]
+) -> dict[bytes, tuple[int, int, int]]:
+    """Tracker stats of every swarm of ``records``, fetched at once (one Redis round trip)."""
+    hashes = list(dict.fromkeys(h for r in records for h in r.swarm_hashes))
+    return dict(zip(hashes, await tracker.stats_many(hashes), strict=True))
+
+
+def _peer_counts(
+    stats: dict[bytes, tuple[int, int, int]], record: FileRecord
+) -> tuple[int, int]:
     """Seeders and leechers of a file's hybrid swarm plus its v1-only swarm.
 
     A hybrid client announces under both the v1 and the truncated v2 hash, so the hybrid
     swarm counts the larger of the two rather than their sum (which would count it twice).
     """
-    hybrid = [tracker.stats(h[:20]) for h in (record.info_hash_v1, record.info_hash_v2) if h]
+    zero = (0, 0, 0)
+    hybrid = [stats.get(h[:20], zero) for h in (record.info_hash_v1, record.info_hash_v2) if h]
     seeders = max((c for c, _, _ in hybrid), default=0)
     leechers = max((i for _, _, i in hybrid), default=0)
     if record.info_hash_v1_torrent is not None:
-        complete, _, incomplete = tracker.stats(record.info_hash_v1_torrent)
+        complete, _, incomplete = stats.get(record.info_hash_v1_torrent[:20], zero)
         seeders, leechers = seeders + complete, leechers + incomplete
     return seeders, leechers
 
@@ -689,9 +718,10 @@ async def get_live(request: web.Request) -> web.Response:
     await require(request, hub.catalog, Role.READER)
     records = await hub.catalog.run(hub.catalog.all_files)
     swarms = hub.seeder.upload_stats() if hub.seeder is not None else {}
+    stats = await swarm_stats(hub.tracker, records)
     files = []
     for record in records:
-        seeders, leechers = _peer_counts(hub.tracker, record)
+        seeders, leechers = _peer_counts(stats, record)
         uploaded, rate = 0, 0.0
         for ih in record.swarm_hashes:
             up, up_rate = swarms.get(ih, (0, 0.0))

@@ -46,11 +46,13 @@ from swarmhub.hub.api import (
     add_api_routes,
     json_error,
     link_into_seed_dir,
+    swarm_stats,
 )
 from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
-from swarmhub.hub.blobs import BlobStore, UploadStalled, UploadTooLarge, UploadTruncated
+from swarmhub.hub.backends import open_blob_store, open_catalog
+from swarmhub.hub.blobs import UploadStalled, UploadTooLarge, UploadTruncated
+from swarmhub.hub.blobs_s3 import S3BlobStore
 from swarmhub.hub.catalog import (
-    Catalog,
     CatalogError,
     ConflictError,
     FileRecord,
@@ -60,8 +62,9 @@ from swarmhub.hub.connections import GuardedRequestHandler, install_fd_exhaustio
 from swarmhub.hub.limits import LIMITS_KEY, AnnounceRate, Limits, LoginThrottle
 from swarmhub.hub.metrics import CONTENT_TYPE, MetricFamily, render
 from swarmhub.hub.origin import json_errors_middleware
-from swarmhub.hub.reconcile import CATALOG_NAME, DataDirLock, prepare_data_dir, reconcile
+from swarmhub.hub.reconcile import DataDirLock, prepare_data_dir, reconcile
 from swarmhub.hub.redact import redact
+from swarmhub.hub.swarmstate import open_swarm_state
 from swarmhub.hub.tracker import (
     AnnounceParams,
     TrackerState,
@@ -102,6 +105,13 @@ def _origin() -> ModuleType | None:
 # ------------------------------------------------------------------------------ seeder
 
 
+#: Seconds between the seeder's checks of the catalog for files other processes changed.
+_SEEDER_SYNC = 2.0
+#: A file younger than this (seconds) is still being published by the process that took
+#: the upload: that process starts seeding it.
+_SEEDER_SYNC_AGE = 10.0
+
+
 class Seeder:
     """The hub's own peer: a swarmhub Session seeding every catalogued file.
 
@@ -124,6 +134,10 @@ class Seeder:
         self._failed: BaseException | None = None
         #: The address other peers dial to reach this seeder (what the tracker lists).
         self.announce_ip = "127.0.0.1"
+        #: Files being seeded, by id: what :meth:`_sync` compares with the catalog.
+        self._seeding: dict[str, FileRecord] = {}
+        #: Files that could not be seeded (a lost blob): logged once, not retried.
+        self._unseedable: set[str] = set()
 
     async def run(self) -> None:
         from swarmhub.engine.session import Session
@@ -147,11 +161,16 @@ class Seeder:
                 for record in records:
                     await self._add_existing(record)
                 period = self.hub.tracker.interval  # its tracker entry lives 2 intervals
+                clock = asyncio.get_running_loop()
+                register_at = clock.time() + period
                 while not self._stop.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), period)
-                    for torrent in list(s.torrents.values()):
-                        self._register(torrent)
+                        await asyncio.wait_for(self._stop.wait(), _SEEDER_SYNC)
+                    await self._sync()
+                    if clock.time() >= register_at:
+                        register_at = clock.time() + period
+                        for torrent in list(s.torrents.values()):
+                            await self._register(torrent)
                 self.session = None
         except Exception as exc:
             self._failed = exc
@@ -159,10 +178,28 @@ class Seeder:
         finally:
             self.ready.set()
 
+    async def _sync(self) -> None:
+        """Seed what other hub processes published, stop what they deleted.
+
+        With a shared catalog the API call that publishes (or deletes) a file may reach
+        another process; this one learns of it from its catalog index. A file younger than
+        :data:`_SEEDER_SYNC_AGE` is left to the process that is still publishing it.
+        """
+        ids = self.hub.catalog.file_ids()
+        for file_id in [i for i in self._seeding if i not in ids]:
+            await self.remove(self._seeding[file_id])
+        for file_id in ids - self._seeding.keys() - self._unseedable:
+            record = await self.hub.catalog.run(self.hub.catalog.get_file, file_id)
+            if record is not None and time.time() - record.created >= _SEEDER_SYNC_AGE:
+                await self._add_existing(record)
+
     async def _add_existing(self, record: FileRecord) -> None:
         seed_path = self.hub.seed_dir(record.id) / record.name
         blob = self.hub.blobs.path_for(record.sha256)
         try:
+            fetch = getattr(self.hub.blobs, "fetch", None)
+            if fetch is not None and not seed_path.exists():
+                blob = await asyncio.to_thread(fetch, record.sha256)  # S3: a local copy
             if not seed_path.exists():
                 await asyncio.to_thread(link_into_seed_dir, blob, seed_path)
             metas = []
@@ -172,6 +209,7 @@ class Seeder:
                     metas.append(load_torrent(data))
             await self.add(record, metas)
         except Exception as exc:
+            self._unseedable.add(record.id)
             log.warning("cannot seed %s (%s): %s", record.id, record.name, exc)
 
     async def _announce_ip(self) -> str:
@@ -193,7 +231,7 @@ class Seeder:
             return "127.0.0.1"
         return normalize_ip(str(infos[0][4][0]))
 
-    def _register(self, torrent: Any) -> None:
+    async def _register(self, torrent: Any) -> None:
         """Enter (or refresh) the seeder in its swarms in-process, and dial their leechers."""
         meta = torrent.meta
         now = asyncio.get_running_loop().time()
@@ -204,7 +242,7 @@ class Seeder:
             params = AnnounceParams(info_hash=ih, peer_id=session.peer_id,
                                     ip=self.announce_ip, port=self.port, left=0, numwant=200)
             try:
-                answer = parse_announce_response(self.hub.tracker.announce(params, now))
+                answer = parse_announce_response(await self.hub.tracker.announce(params, now))
             except TrackerError:  # the file was deleted meanwhile
                 continue
             torrent.add_peers(answer.peers)
@@ -254,14 +292,18 @@ class Seeder:
         """Seed the file's hybrid and v1 torrents (two swarms over the same bytes)."""
         if self.session is None:
             return
+        if record.id in self._seeding:
+            return
+        self._seeding[record.id] = record
         for meta in metas:
             torrent = await self.session.add(
                 meta, self.hub.seed_dir(record.id), seed_mode=True, trackers=[]
             )
-            self._register(torrent)
+            await self._register(torrent)
 
     async def remove(self, record: FileRecord) -> None:
         """Stop seeding a deleted file and forget its swarms, so a re-publish seeds again."""
+        self._seeding.pop(record.id, None)
         if self.session is None:
             return
         for h in record.swarm_hashes:
@@ -408,16 +450,32 @@ async def _serve(request: web.Request, hub: Hub, record: FileRecord) -> web.Stre
     if origin is None:
         raise web.HTTPNotImplemented(reason="this hub was built without its HTTP origin")
     content_type = mimetypes.guess_type(record.name)[0] or "application/octet-stream"
+    path = hub.blobs.path_for(record.sha256)
+    limiter = (None if hub.limiter is None
+               else _PerFileLimiter(hub.limiter, hub.http_bytes, record.id))
+    etag = importlib.import_module("swarmhub.hub.ranges").content_etag(record.sha256)
+    torrent_url = f"{hub.config.base_url}/t/{record.id}.torrent"
+    if isinstance(hub.blobs, S3BlobStore) and not path.is_file():
+        # Not cached here: S3 serves it, through us or by a presigned redirect.
+        if hub.blobs.redirect and request.method in ("GET", "HEAD"):
+            url = await hub.blobs.presigned_url(record.sha256, filename=record.name)
+            raise web.HTTPTemporaryRedirect(url, headers={"Cache-Control": "no-store"})
+        sha = record.sha256
+        blobs = hub.blobs
+        streamed: web.StreamResponse = await origin.serve_stream(
+            request, lambda start, end: blobs.read_span(sha, start, end),
+            size=record.size, mtime=record.created, etag=etag, content_type=content_type,
+            filename=record.name, limiter=limiter, torrent_url=torrent_url,
+            label=f"blob {sha} in S3")
+        return streamed
     response: web.StreamResponse = await origin.serve_file(
         request,
-        hub.blobs.path_for(record.sha256),
-        etag=importlib.import_module("swarmhub.hub.ranges").content_etag(record.sha256),
+        path,
+        etag=etag,
         content_type=content_type,
         filename=record.name,
-        limiter=None
-        if hub.limiter is None
-        else _PerFileLimiter(hub.limiter, hub.http_bytes, record.id),
-        torrent_url=f"{hub.config.base_url}/t/{record.id}.torrent",
+        limiter=limiter,
+        torrent_url=torrent_url,
     )
     return response
 
@@ -578,7 +636,7 @@ async def announce(request: web.Request) -> web.Response:
             hub.announce_failures += 1
             return _bencoded(failure_body("unknown or revoked passkey"))
     hub.announces += 1
-    body = hub.tracker.announce(params, now)
+    body = await hub.tracker.announce(params, now)
     if owner is not None and params.event != "stopped":
         # The proof the seeder admits private peers by: this peer id, from this address
         # (the connection's, or a trusted proxy's word; never a claimed ip=), holds a live
@@ -589,6 +647,11 @@ async def announce(request: web.Request) -> web.Response:
             token_id=owner, entry=(params.info_hash, params.ip, params.port, params.peer_id),
             now=now,
         )
+        await hub.tracker.share_access({
+            "kind": "record", "file_id": entry[0], "ip": remote, "port": params.port,
+            "peer_id": params.peer_id.hex(), "token_id": owner,
+            "entry": [params.info_hash.hex(), params.ip, params.port, params.peer_id.hex()],
+        })
         if isinstance(hub.seeder, Seeder):
             hub.seeder.dial(params.info_hash, (remote, params.port))
     return _bencoded(body)
@@ -610,12 +673,15 @@ async def scrape(request: web.Request) -> web.Response:
     private_ok = _passkey_ok(hub, _passkey(raw))
     if not hashes:
         hashes = hub.catalog.info_hashes(include_private=private_ok)
-    files: dict[bytes, dict[bytes, int]] = {}
+    shown = []
     for ih in hashes:
         entry = hub.catalog.lookup_info_hash(ih)
         if entry is None or (entry[1] and not private_ok):
             continue
-        complete, downloaded, incomplete = hub.tracker.stats(ih)
+        shown.append(ih)
+    files: dict[bytes, dict[bytes, int]] = {}
+    for ih, (complete, downloaded, incomplete) in zip(
+            shown, await hub.tracker.stats_many(shown), strict=True):
         files[ih] = {b"complete": complete, b"downloaded": downloaded, b"incomplete": incomplete}
     return _bencoded(bencode({b"files": files}))
 
@@ -672,10 +738,11 @@ async def metrics(request: web.Request) -> web.Response:
     leechers = MetricFamily(
         "swarmhub_torrent_leechers", "gauge", "Leechers per public file (tracker).")
     private_seeders = private_leechers = 0
+    swarms = await swarm_stats(hub.tracker, records)
     for record in records:
         complete = incomplete = 0
         for ih in record.swarm_hashes:  # peers of the hybrid and the v1 swarm
-            c, _, i = hub.tracker.stats(ih)
+            c, _, i = swarms[ih]
             complete, incomplete = complete + c, incomplete + i
         if record.private:  # /metrics is public: no id, name or hash of a private file
             private_seeders += complete
@@ -759,7 +826,7 @@ async def admin_asset(request: web.Request) -> web.Response:
 def admin_token_for_first_start(config: HubConfig) -> str | None:
     """Create the first admin token of a new hub (None when the hub has tokens already)."""
     prepare_data_dir(config.data_dir)
-    catalog = Catalog(config.data_dir / CATALOG_NAME)
+    catalog = open_catalog(config.db, config.data_dir)
     try:
         return ensure_admin_token(catalog)
     finally:
@@ -769,14 +836,14 @@ def admin_token_for_first_start(config: HubConfig) -> str | None:
 def make_hub_app(config: HubConfig) -> web.Application:
     """The whole hub as one aiohttp application (serve it with :class:`HubRunner`)."""
     prepare_data_dir(config.data_dir)
-    catalog = Catalog(config.data_dir / CATALOG_NAME)
-    blobs = BlobStore(config.data_dir)
-    tracker = TrackerState(
+    catalog = open_catalog(config.db, config.data_dir, poll=config.catalog_poll)
+    blobs = open_blob_store(config)
+    tracker = open_swarm_state(config.swarm_state, TrackerState(
         interval=config.tracker_interval,
         min_interval=config.tracker_min_interval,
         allowed=lambda ih: catalog.lookup_info_hash(ih) is not None,
         max_peers_per_ip=config.tracker_peers_per_ip,
-    )
+    ))
     origin = _origin()
     limiter = None
     if origin is not None:
@@ -834,15 +901,32 @@ async def _data_dir_lock(app: web.Application) -> AsyncIterator[None]:
 async def _background(app: web.Application) -> AsyncIterator[None]:
     """Storage check, the tracker's peer purge and the embedded seeder, for the app's life."""
     hub = app[HUB_KEY]
-    report = await asyncio.to_thread(reconcile, hub.config.data_dir, hub.catalog)
+    ping = getattr(hub.tracker, "ping", None)
+    if ping is not None:  # a shared swarm state: fail at start, not at the first announce
+        try:
+            await asyncio.wait_for(ping(), 15)
+        except Exception as exc:  # redis.exceptions.ConnectionError is not an OSError
+            hub.catalog.close()
+            where = urllib.parse.urlsplit(hub.config.swarm_state or "")
+            host = where.hostname or "?"  # never the URL's password
+            raise StartupError(f"cannot reach the swarm state (Redis at {host}:"
+                               f"{where.port or 6379}): {exc or type(exc).__name__}") from None
+    in_store = hub.blobs.exists if hub.config.store else None
+    report = await asyncio.to_thread(reconcile, hub.config.data_dir, hub.catalog,
+                                     blob_root=hub.config.blob_dir, in_store=in_store)
     hub.missing_blobs = set(report.missing)
     if report.removed or report.missing or report.restored_blobs or report.permissions_fixed:
         log.warning("%s", report.summary())
     else:
         log.info("%s", report.summary())
     if hub.config.udp_tracker is not None:
+        from swarmhub.hub.swarmstate import LocalSwarmState
         from swarmhub.hub.udp_tracker import start_hub_udp_tracker
 
+        if not isinstance(hub.tracker, LocalSwarmState):
+            hub.catalog.close()
+            raise StartupError("--udp-tracker works with the in-memory swarm state only for "
+                               "now: drop --swarm-state or --udp-tracker")
         try:
             hub.udp_tracker = await start_hub_udp_tracker(
                 hub, app[LIMITS_KEY].announces, *hub.config.udp_tracker)
@@ -870,7 +954,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         clock = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(hub.tracker.min_interval)
-            hub.tracker.purge(clock.time())
+            await hub.tracker.purge(clock.time())
             # Peers that stopped announcing lose their proof, and then their connections.
             if hub.access.expire(clock.time()) and hub.seeder is not None:
                 hub.seeder.enforce()
@@ -883,12 +967,34 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(min(5.0, limiter.stall_timeout / 4))
             limiter.sweep(clock.time())
 
+    async def follow_access() -> None:
+        """Admission proofs and revocations other hub processes saw (``hub.access``)."""
+        clock = asyncio.get_running_loop()
+        async for event in hub.tracker.access_events():
+            try:
+                if event["kind"] == "record":
+                    ih, eip, eport, epid = event["entry"]
+                    entry = (bytes.fromhex(ih), str(eip), int(eport), bytes.fromhex(epid))
+                    hub.access.record(
+                        file_id=str(event["file_id"]), ip=str(event["ip"]),
+                        port=int(event["port"]), peer_id=bytes.fromhex(event["peer_id"]),
+                        token_id=str(event["token_id"]), entry=entry, now=clock.time())
+                    if isinstance(hub.seeder, Seeder):
+                        hub.seeder.dial(entry[0], (str(event["ip"]), int(event["port"])))
+                elif event["kind"] == "revoke":
+                    hub.access.revoke(str(event["token_id"]))
+                    if hub.seeder is not None:
+                        hub.seeder.enforce()
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("ignored a malformed access event: %s", exc)
+
     purger = asyncio.create_task(purge(), name="hub-tracker-purge")
     sweeper = asyncio.create_task(sweep_stalled(), name="hub-stalled-downloads")
+    follower = asyncio.create_task(follow_access(), name="hub-access-events")
     try:
         yield
     finally:
-        for task in (purger, sweeper):
+        for task in (purger, sweeper, follower):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -903,6 +1009,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
             except (TimeoutError, asyncio.CancelledError):
                 log.warning("the embedded seeder did not stop in time")
         hub.catalog.close()
+        await hub.tracker.close()
+        await asyncio.to_thread(hub.blobs.close)
 
 
 async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:
@@ -915,7 +1023,7 @@ async def start_hub(config: HubConfig, host: str, port: int) -> HubRunner:
         await runner.cleanup()  # ends the start-up contexts that did start (the lock...)
         raise
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=config.reuse_port or None).start()
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(_bind_failure("HTTP", (host, port), exc, "--listen HOST:PORT")) from None

@@ -24,7 +24,7 @@ import logging
 from aiohttp import web
 
 from swarmhub.errors import AuthError
-from swarmhub.hub.catalog import Catalog, TokenRecord
+from swarmhub.hub.catalog import CatalogBase, TokenRecord
 from swarmhub.hub.limits import LIMITS_KEY, Limits
 from swarmhub.hub.redact import redact
 
@@ -100,7 +100,7 @@ def extract_token(request: web.BaseRequest, *, allow_query: bool = False) -> str
 
 
 async def authenticate(
-    request: web.BaseRequest, catalog: Catalog, *, allow_query: bool = False
+    request: web.BaseRequest, catalog: CatalogBase, *, allow_query: bool = False
 ) -> TokenRecord | None:
     """The live token of the request, None without one; Forbidden if unknown or revoked."""
     secret = extract_token(request, allow_query=allow_query)
@@ -138,7 +138,7 @@ def has_role(token: TokenRecord | None, role: Role) -> bool:
 
 
 async def require(
-    request: web.BaseRequest, catalog: Catalog, role: Role, *, allow_query: bool = False
+    request: web.BaseRequest, catalog: CatalogBase, role: Role, *, allow_query: bool = False
 ) -> TokenRecord:
     """The request's token if it has at least ``role``; Unauthorized/Forbidden otherwise."""
     token = await authenticate(request, catalog, allow_query=allow_query)
@@ -149,7 +149,7 @@ async def require(
     return token
 
 
-def ensure_admin_token(catalog: Catalog) -> str | None:
+def ensure_admin_token(catalog: CatalogBase) -> str | None:
     """On a hub's first start (no tokens at all), create an admin token and return it once.
 
     Only its hash is stored, so this is the one chance to show it; later starts get None.

@@ -107,12 +107,18 @@ async def _chunks(source: object, size: int) -> AsyncIterator[bytes]:
 
 
 class BlobStore:
-    """Blobs under ``root/blobs``, temp files under ``root/tmp`` (same file system)."""
+    """Blobs under ``root/blobs``, temp files under ``tmp_dir`` (default ``root/tmp``;
+    on the same file system: a finished upload is renamed into place).
 
-    def __init__(self, root: Path) -> None:
+    Several hub processes may share one ``root`` (``--blobs``), each with its own
+    ``tmp_dir`` in its data folder, so that no hub's start-up sweep of its temp files
+    can touch another's upload in flight.
+    """
+
+    def __init__(self, root: Path, *, tmp_dir: Path | None = None) -> None:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
-        self.tmp_dir = self.root / "tmp"
+        self.tmp_dir = self.root / "tmp" if tmp_dir is None else Path(tmp_dir)
         self.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -263,6 +269,9 @@ class BlobStore:
             return False
         log.info("removed unreferenced blob %s", sha256)
         return True
+
+    def close(self) -> None:
+        """Nothing to release for a local folder (the S3 store closes its client)."""
 
     def _disk_error(self, exc: OSError) -> StorageError:
         # Clients see the message: the server's paths go to the log only.

@@ -56,11 +56,13 @@ _HUB_UMASK = 0o077
 hub_app = typer.Typer(add_completion=False)
 
 
-async def run_hub(config: Any, host: str, port: int) -> int:
+async def run_hub(config: Any, host: str, port: int, *, ready: Any = None,
+                  show_token: bool = True) -> int:
     """Serve the hub until cancelled; print the admin token on the first start.
 
     The token is made only once HTTP and the seeder listen: a start that fails creates
-    nothing, so the next successful one still shows the first token.
+    nothing, so the next successful one still shows the first token. ``ready`` (an event
+    with ``set()``) is set once the hub serves (``--workers``: the next one may start).
     """
     from swarmhub.hub.api import HUB_KEY
     from swarmhub.hub.app import start_hub
@@ -69,7 +71,9 @@ async def run_hub(config: Any, host: str, port: int) -> int:
     runner = await start_hub(config, host, port)
     try:
         catalog = runner.app[HUB_KEY].catalog
-        token = await catalog.run(ensure_admin_token, catalog)
+        token = await catalog.run(ensure_admin_token, catalog) if show_token else None
+        if ready is not None:
+            ready.set()
         _out.print(f"hub listening on http://{host}:{port} (public URL {config.base_url})")
         if token is not None:
             _out.print(f"admin page:  {config.base_url}/admin")
@@ -143,6 +147,38 @@ def hub(
         typer.Option(help="HOST:PORT where the tracker also speaks UDP (BEP 15); "
                      "torrents then list udp://PUBLIC-HOST:PORT/announce as a second tier."),
     ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(help="Catalog: sqlite:PATH or postgresql://USER@HOST:PORT/DB (shared by "
+                     "several hubs); default: SQLite in the data folder.",
+                     envvar="SWARMHUB_DB"),
+    ] = None,
+    swarm_state: Annotated[
+        str | None,
+        typer.Option(help="Tracker swarms: 'memory' (this process) or redis://HOST:PORT/DB "
+                     "(shared by several hubs).", envvar="SWARMHUB_SWARM_STATE"),
+    ] = None,
+    blobs: Annotated[
+        Path | None,
+        typer.Option(help="Blob folder shared by several hubs (each with its own --data on "
+                     "the same file system); default: in the data folder."),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Blobs in S3: s3://BUCKET/PREFIX?endpoint=URL (credentials from "
+                     "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); the data folder caches.",
+                     envvar="SWARMHUB_STORE"),
+    ] = None,
+    s3_redirect: Annotated[
+        bool,
+        typer.Option(help="With --store: redirect downloads of uncached blobs to a "
+                     "presigned S3 URL instead of streaming them through the hub."),
+    ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(help="Processes sharing the HTTP port (SO_REUSEPORT); the first runs "
+                     "the seeder. More than 1 needs --swarm-state redis://...", min=1),
+    ] = 1,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True)] = 0,
 ) -> None:
     """Run a hub: HTTP origin, tracker, catalog, accounts and an embedded seeder.
@@ -183,9 +219,19 @@ def hub(
         body_timeout=upload_timeout,
         send_timeout=send_timeout,
         udp_tracker=None if udp_tracker is None else _addr(udp_tracker, "--udp-tracker"),
+        db=db,
+        swarm_state=None if swarm_state == "memory" else swarm_state,
+        blob_dir=blobs,
+        store=store,
+        s3_redirect=s3_redirect,
     )
     try:
-        code = _run(run_hub(config, host, port))
+        if workers > 1:
+            from swarmhub.hub.workers import run_workers
+
+            code = run_workers(config, host, port, workers)
+        else:
+            code = _run(run_hub(config, host, port))
     except (OSError, SwarmhubError) as exc:
         _err.print(f"[bold red]error:[/] cannot start the hub: {escape(str(exc))}")
         raise typer.Exit(1) from None
@@ -199,12 +245,17 @@ def hub_token(
         Path | None, typer.Option(help="The hub's data folder; default: XDG data dir.")
     ] = None,
     label: Annotated[str, typer.Option(help="Label shown in the token list.")] = "hub token --new",
+    db: Annotated[
+        str | None,
+        typer.Option(help="The hub's catalog if not in the data folder (as for 'hub --db').",
+                     envvar="SWARMHUB_DB"),
+    ] = None,
 ) -> None:
     """Issue a new admin token, offline: the hub may be stopped (or running).
 
     Tokens are stored hashed, so a lost one cannot be shown again: revoke it afterwards.
     """
-    from swarmhub.hub.catalog import Catalog
+    from swarmhub.hub.backends import open_catalog, uses_embedded_catalog
     from swarmhub.hub.reconcile import CATALOG_NAME, prepare_data_dir
 
     if not new:
@@ -212,14 +263,15 @@ def hub_token(
                    "pass --new to issue a new admin token")
         raise typer.Exit(2)
     data_dir = data or default_data_dir()
-    if not (data_dir / CATALOG_NAME).is_file():
+    if db is None and not (data_dir / CATALOG_NAME).is_file():
         _err.print(f"[bold red]error:[/] no hub catalog in {escape(str(data_dir))}; "
                    "check --data (a hub's first start creates it)")
         raise typer.Exit(1)
     os.umask(_HUB_UMASK)
     try:
-        prepare_data_dir(data_dir)
-        catalog = Catalog(data_dir / CATALOG_NAME)
+        if uses_embedded_catalog(db):
+            prepare_data_dir(data_dir)
+        catalog = open_catalog(db, data_dir)
         try:
             secret, record = catalog.add_token("admin", label)
         finally:
@@ -230,6 +282,44 @@ def hub_token(
         raise typer.Exit(1) from None
     _out.print(f"admin token: {secret}")
     _out.print(f"token id:    {record.id} (shown once: only its hash is stored)")
+
+
+@hub_app.command("migrate")
+def hub_migrate(
+    source: Annotated[str, typer.Option("--from", help="Catalog to copy: sqlite:PATH or "
+                                        "postgresql://...")],
+    target: Annotated[str, typer.Option("--to", help="Catalog to copy into (created and "
+                                        "migrated if new; must hold no other hub's data).")],
+    from_blobs: Annotated[
+        str | None, typer.Option(help="Blobs to copy: the old data folder, or s3://...")
+    ] = None,
+    to_blobs: Annotated[
+        str | None, typer.Option(help="Where to copy the blobs: a folder, or s3://... "
+                                 "(credentials from AWS_ACCESS_KEY_ID/...).")
+    ] = None,
+) -> None:
+    """Copy a hub's catalog (and blobs) to other backends while it keeps serving.
+
+    Idempotent: run it while the old hub serves, then once more after stopping it (new
+    files, tokens and revocations are carried over; deletions are not). Passkeys stay
+    valid: the passkey secret is copied too.
+    """
+    import tempfile
+
+    from swarmhub.hub.migrate import migrate
+
+    if (from_blobs is None) != (to_blobs is None):
+        _err.print("[bold red]error:[/] pass both --from-blobs and --to-blobs, or neither")
+        raise typer.Exit(2)
+    os.umask(_HUB_UMASK)
+    try:
+        with tempfile.TemporaryDirectory(prefix="swarmhub-migrate-") as work:
+            report = migrate(source, target, work=Path(work), from_blobs=from_blobs,
+                             to_blobs=to_blobs)
+    except (OSError, SwarmhubError, sqlite3.Error) as exc:
+        _err.print(f"[bold red]error:[/] migration failed: {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    _out.print(report.summary())
 
 
 # ------------------------------------------------------------------------------ publish

@@ -36,7 +36,7 @@ import struct
 import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -59,11 +59,13 @@ __all__ = [
     "ORIGIN_LIMITER_KEY",
     "SENDFILE_BYTES_KEY",
     "OriginLimiter",
+    "SpanReader",
     "client_progress",
     "content_disposition",
     "json_errors_middleware",
     "make_static_app",
     "serve_file",
+    "serve_stream",
 ]
 
 log = logging.getLogger(__name__)
@@ -311,23 +313,53 @@ async def serve_file(
             now=time.time(),
         )
         return await _respond(
-            request, path, fobj, decision, st, etag, content_type, filename, limiter, torrent_url
+            request, path, fobj, decision, st.st_mtime, etag, content_type, filename, limiter,
+            torrent_url
         )
     finally:
         _close_later(loop, fobj)
 
 
+#: Yields a stored file's bytes [start, end) from elsewhere than a local file (S3).
+SpanReader = Callable[[int, int], AsyncIterator[bytes]]
+
+
+async def serve_stream(
+    request: web.Request,
+    read_span: SpanReader,
+    *,
+    size: int,
+    mtime: float,
+    etag: str,
+    content_type: str = "application/octet-stream",
+    filename: str | None = None,
+    limiter: OriginLimiter | None = None,
+    torrent_url: str | None = None,
+    label: str = "a remote file",
+) -> web.StreamResponse:
+    """:func:`serve_file` for bytes that ``read_span`` streams (from S3): the same
+    conditionals, ranges (multipart too), limits and stall handling, without sendfile."""
+    if request.method not in ("GET", "HEAD"):
+        resp = _json_error(405, f"method {request.method} is not allowed here; use GET or HEAD")
+        resp.headers["Allow"] = "GET, HEAD"
+        return resp
+    decision = evaluate(request.method, request.headers, etag, mtime, size, now=time.time())
+    return await _respond(request, Path(label), None, decision, mtime, etag, content_type,
+                          filename, limiter, torrent_url, read_span)
+
+
 async def _respond(
     request: web.Request,
     path: Path,
-    fobj: BinaryIO,
+    fobj: BinaryIO | None,
     decision: Decision,
-    st: os.stat_result,
+    mtime: float,
     etag: str,
     content_type: str,
     filename: str | None,
     limiter: OriginLimiter | None,
     torrent_url: str | None,
+    read_span: SpanReader | None = None,
 ) -> web.StreamResponse:
     kind = decision.kind
     size = decision.size
@@ -341,7 +373,7 @@ async def _respond(
 
     resp = web.StreamResponse(status=decision.status)
     resp.headers["ETag"] = etag
-    resp.headers["Last-Modified"] = format_http_date(st.st_mtime)
+    resp.headers["Last-Modified"] = format_http_date(mtime)
     resp.headers["Accept-Ranges"] = "bytes"
     if kind is DecisionKind.NOT_MODIFIED:  # §15.4.5: validators, no body or length
         await resp.prepare(request)
@@ -376,7 +408,7 @@ async def _respond(
             if limiter is not None:
                 limiter.watch(transport, loop.time(), lambda: stalled.reschedule(loop.time()))
             await resp.prepare(request)
-            await _send_body(request, resp, fobj, parts, tail, limiter)
+            await _send_body(request, resp, fobj, parts, tail, limiter, read_span)
             await resp.write_eof()
     except TimeoutError:  # the limiter's sweep: the client acknowledged nothing for long
         log.info("aborted a download of %s: the client stopped reading", path)
@@ -419,18 +451,45 @@ def _overloaded(limiter: OriginLimiter, torrent_url: str | None) -> web.Response
 async def _send_body(
     request: web.Request,
     resp: web.StreamResponse,
-    fobj: BinaryIO,
+    fobj: BinaryIO | None,
     parts: list[tuple[bytes, int, int]],
     tail: bytes,
     limiter: OriginLimiter | None,
+    read_span: SpanReader | None = None,
 ) -> None:
     use_sendfile = os.environ.get(NOSENDFILE_ENV, "") not in ("1", "true", "yes")
     for head, start, end in parts:
         if head:
             await resp.write(head)
+        if read_span is not None:
+            await _stream_span(resp, read_span, start, end, limiter)
+            continue
+        assert fobj is not None
         use_sendfile = await _send_span(request, resp, fobj, start, end, limiter, use_sendfile)
     if tail:
         await resp.write(tail)
+
+
+async def _stream_span(
+    resp: web.StreamResponse,
+    read_span: SpanReader,
+    start: int,
+    end: int,
+    limiter: OriginLimiter | None,
+) -> None:
+    """Relay bytes [start, end) from ``read_span``, paced and counted like file bytes."""
+    paced = limiter is not None and not limiter.rate.unlimited
+    pos = start
+    async for chunk in read_span(start, end):
+        if paced:
+            assert limiter is not None
+            await limiter.rate.acquire(len(chunk))
+        await resp.write(chunk)
+        pos += len(chunk)
+        if limiter is not None:
+            limiter.bytes_served += len(chunk)
+    if pos != end:
+        raise StorageError(f"the store sent {pos - start} of {end - start} bytes")
 
 
 async def _send_span(

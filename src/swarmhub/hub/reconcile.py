@@ -30,6 +30,13 @@ and has no catalog (``--data ~`` by mistake) is refused, never "cleaned".
 Because the sweep deletes what a running hub is writing, one data folder serves one hub:
 :class:`DataDirLock` (``DATA/hub.lock``, an ``flock`` the kernel drops when the process
 dies, even by ``kill -9``) makes a second hub on the same folder refuse to start.
+
+Several hubs on one catalog (PostgreSQL) each keep their own data folder (lock, temp
+files, seed links, resume data) and may share one blob folder (``--blobs``). Another
+hub may have just renamed a blob into that folder and not yet written its catalog row,
+so there an unreferenced blob is removed only once it is older than
+:data:`SHARED_BLOB_GRACE` and the shared catalog, asked again right before, still does
+not reference it.
 """
 
 from __future__ import annotations
@@ -43,12 +50,14 @@ import os
 import re
 import shutil
 import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmhub.errors import SwarmhubError
 from swarmhub.hub.blobs import BLOB_MODE
-from swarmhub.hub.catalog import Catalog, FileRecord
+from swarmhub.hub.catalog import CatalogBase, FileRecord
 
 __all__ = [
     "CATALOG_NAME",
@@ -61,6 +70,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Seconds an unreferenced blob in a shared blob folder is left alone (a publish on
+#: another hub writes its catalog row within seconds of the blob).
+SHARED_BLOB_GRACE = 3600.0
 
 CATALOG_NAME = "catalog.sqlite3"
 _PRIVATE_BITS = 0o077  # group and other
@@ -217,13 +230,32 @@ def _restore_blob(blob: Path, seed_file: Path, record: FileRecord) -> bool:
     return True
 
 
-def reconcile(data_dir: Path, catalog: Catalog) -> ReconcileReport:
+def reconcile(
+    data_dir: Path, catalog: CatalogBase, *, blob_root: Path | None = None,
+    in_store: Callable[[str], bool] | None = None,
+) -> ReconcileReport:
     """Bring ``data_dir`` in line with ``catalog`` (see the module doc); blocking, run once
-    at start-up before the hub serves or seeds anything."""
+    at start-up before the hub serves or seeds anything. ``blob_root``: a blob folder
+    shared with other hubs (``--blobs``), swept with care. ``in_store``: with S3 the
+    local folder is a cache, and a blob it lacks is missing only if S3 lacks it too."""
     report = ReconcileReport()
     report.permissions_fixed = prepare_data_dir(data_dir)
     records = catalog.all_files()
-    blob_dir, seed_dir, tmp_dir = data_dir / "blobs", data_dir / "seed", data_dir / "tmp"
+    shared = blob_root is not None and Path(blob_root).resolve() != data_dir.resolve()
+    blob_dir = (blob_root if blob_root is not None else data_dir) / "blobs"
+    seed_dir, tmp_dir = data_dir / "seed", data_dir / "tmp"
+
+    def sweep(path: Path) -> int:
+        """Remove an orphan; in a shared folder only an old one nobody references."""
+        if shared:
+            try:
+                age = time.time() - path.lstat().st_mtime
+            except FileNotFoundError:
+                return 0
+            if age < SHARED_BLOB_GRACE or catalog.blob_is_referenced(path.name):
+                return 0
+        report.orphan_blobs += 1
+        return _remove(path)
 
     if tmp_dir.is_dir():
         for entry in tmp_dir.iterdir():
@@ -241,7 +273,7 @@ def reconcile(data_dir: Path, catalog: Catalog) -> ReconcileReport:
                 log.warning("restored the lost blob of %s (%s) from its seed link",
                             record.id, record.name)
         referenced.add(record.sha256)
-        if not blob.is_file():
+        if not blob.is_file() and (in_store is None or not in_store(record.sha256)):
             report.missing.append(record.id)
             log.warning(
                 "file %s (%s) has no blob %s: it answers 404 until the blob is put back "
@@ -250,16 +282,14 @@ def reconcile(data_dir: Path, catalog: Catalog) -> ReconcileReport:
     if blob_dir.is_dir():
         for sub in blob_dir.iterdir():
             if not (_HEX2.fullmatch(sub.name) and sub.is_dir() and not sub.is_symlink()):
-                report.orphan_bytes += _remove(sub)
-                report.orphan_blobs += 1
+                report.orphan_bytes += sweep(sub)
                 continue
             report.permissions_fixed += _tighten(sub)
             for entry in sub.iterdir():
                 if entry.name in referenced and entry.name[:2] == sub.name and entry.is_file():
                     report.permissions_fixed += _tighten(entry, BLOB_MODE)
                 else:
-                    report.orphan_bytes += _remove(entry)
-                    report.orphan_blobs += 1
+                    report.orphan_bytes += sweep(entry)
             with contextlib.suppress(OSError):
                 sub.rmdir()  # only when empty
 

@@ -373,6 +373,10 @@ async def start_hub_udp_tracker(
     hub: Hub, rate: AnnounceRate, host: str, port: int
 ) -> UdpTrackerServer:
     """The hub's UDP tracker: its swarms, its per-address announce limit, its rules."""
-    core = UdpTrackerCore(hub.tracker, ids=hub_connection_ids(hub.config.data_dir), rate=rate,
+    from swarmhub.hub.swarmstate import LocalSwarmState
+
+    assert isinstance(hub.tracker, LocalSwarmState), "the UDP core answers from memory"
+    core = UdpTrackerCore(hub.tracker.state, ids=hub_connection_ids(hub.config.data_dir),
+                          rate=rate,
                           policy=HubUdpPolicy(hub))
     return await start_udp_tracker(core, host, port)
