@@ -597,12 +597,14 @@ def version() -> None:
 
 def _register_subcommands() -> None:
     from swarmhub.config_commands import register as register_config
+    from swarmhub.daemon.commands import register as register_daemon
     from swarmhub.hub.commands import register as register_hub
     from swarmhub.lab.commands import register as register_lab
 
     register_hub(app)
     register_lab(app)
     register_config(app)
+    register_daemon(app)
 
 
 def _print_version(value: bool) -> None:
