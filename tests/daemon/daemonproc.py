@@ -151,8 +151,8 @@ class EventReader:
                     kind = line[6:].strip()
                 elif line.startswith("data:"):
                     data += line[5:].strip()
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError, AttributeError):
+            pass  # closed: by close(), or the daemon stopped (http.client drops its fp)
 
     def kinds(self, tid: str) -> list[str]:
         return [k for k, d in list(self.events) if d.get("id") == tid]
