@@ -303,6 +303,10 @@ class Manager:
                 entry.record.paused = False
                 if entry.torrent is None:
                     entry.error = None
+                if entry.meta is None and (entry.fetch is None or entry.fetch.done()):
+                    from swarmhub.metainfo import parse_magnet
+
+                    self._start_fetch(entry, parse_magnet(entry.record.source))  # retry
                 self.state.save(entry.record)
                 self.events.emit("resumed", id=entry.record.id, name=entry.record.name)
         self._wake.set()
@@ -385,8 +389,8 @@ class Manager:
         while True:
             try:
                 await self._tick()
-            except (SwarmhubError, OSError) as exc:
-                log.error("scheduler: %s", exc)
+            except Exception:  # one bad tick must not stop the queue for good
+                log.exception("daemon scheduler")
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + self.stats_interval
                 self.events.emit("stats", **self.stats())
