@@ -214,3 +214,40 @@ def test_remote_cli_round_trip(tmp_path: Path,
     finally:
         follower.stop()
         d.proc.stop()
+
+
+def test_limits_set_while_a_torrent_runs_slow_it_down(
+        tmp_path: Path, seeder: tuple[Daemon, list[tuple[Path, Path]]]) -> None:
+    """Per-torrent and global download limits, changed mid-transfer, hold the rate."""
+    import time
+
+    seed, pairs = seeder
+    d = start_daemon(tmp_path / "state", tmp_path, "leecher", "--download-dir",
+                     str(tmp_path / "dl"))
+    try:
+        tid = d.add(pairs[0][1], [f"127.0.0.1:{seed.peer_port()}"],
+                    paused=True)["id"]
+        limit = 64 * 1024
+        # A window may also hold what one socket read brings in (up to 256 KiB) and a
+        # piece being hashed; unlimited, the seeder sends ~600 KiB/s (1.8 MB per window).
+        slack = 320 * 1024
+
+        def gained_in(seconds: float) -> int:
+            start = d.torrents()[tid]["have_bytes"]
+            t0 = time.monotonic()
+            wait_for(lambda: time.monotonic() - t0 >= seconds, seconds + 5, "the window")
+            return int(d.torrents()[tid]["have_bytes"]) - start
+
+        d.ok("PUT", f"/api/torrents/{tid}/limits", {"download_limit": limit})
+        d.ok("POST", f"/api/torrents/{tid}/resume")
+        wait_for(lambda: d.torrents()[tid]["have_bytes"] > 0, 30, "the first piece")
+        per_torrent = gained_in(3.0)
+        assert 0 < per_torrent < 3.0 * limit + slack, per_torrent
+        d.ok("PUT", f"/api/torrents/{tid}/limits", {"download_limit": 0})
+        d.ok("PUT", "/api/limits", {"download_limit": limit})
+        global_ = gained_in(3.0)
+        assert 0 < global_ < 3.0 * limit + slack, global_
+        d.ok("PUT", "/api/limits", {"download_limit": 0})
+        wait_for(lambda: d.torrents()[tid]["complete"], 60, "the download once unlimited")
+    finally:
+        d.proc.stop()
