@@ -146,6 +146,8 @@ def test_queue_pause_resume_remove_events_and_watch_folder(
         wait_for(lambda: (watch / (pairs[3][1].name + ".added")).exists(), 30, "the rename")
         assert not (watch / pairs[3][1].name).exists()
         assert d.torrents()[wid]["source"] == pairs[3][1].name  # no peers known: it waits
+        (watch / "junk.torrent").write_bytes(b"not bencode")
+        wait_for(lambda: (watch / "junk.torrent.invalid").exists(), 30, "the junk refused")
 
         # A magnet with the seeder's address (x.pe): metadata from peers, then the data.
         mid = read_torrent(pairs[4][1]).info_hash.hex()

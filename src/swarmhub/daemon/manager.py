@@ -77,6 +77,8 @@ class Entry:
     meta: Metainfo | None = None
     torrent: Torrent | None = None
     starting: bool = False
+    #: Set while no start is under way (pause and remove wait on it).
+    idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     error: str | None = None
     #: The last status while it ran (shown while paused or queued).
     last: TorrentStatus | None = None
@@ -160,7 +162,7 @@ class Manager:
     def _restore(self, record: TorrentRecord) -> None:
         from swarmhub.metainfo import load_torrent, parse_magnet
 
-        entry = Entry(record)
+        entry = self._entry(record)
         data = self.state.load_torrent(record.id)
         try:
             if data is not None:
@@ -220,13 +222,19 @@ class Manager:
             if data is not None:
                 self.state.save_torrent(tid, data)
             self.state.save(record)
-            entry = Entry(record, meta)
+            entry = self._entry(record, meta)
             self.entries[tid] = entry
             if magnet is not None:
                 self._start_fetch(entry, magnet)
         log.info("added %s (%s)", record.name or tid, kind)
         self.events.emit("added", **self.view(entry))
         self._wake.set()
+        return entry
+
+    @staticmethod
+    def _entry(record: TorrentRecord, meta: Metainfo | None = None) -> Entry:
+        entry = Entry(record, meta)
+        entry.idle.set()
         return entry
 
     def _save_path(self, text: str | None) -> Path:
@@ -374,12 +382,15 @@ class Manager:
         return entry
 
     async def _stop(self, entry: Entry) -> None:
-        """Take a torrent out of the session (resume data saved); its record stays."""
+        """Take a torrent out of the session (resume data saved); its record stays, with
+        the bytes verified so far (shown while it is paused, across restarts too)."""
+        await entry.idle.wait()  # a start under way finishes first
         t = entry.torrent
         if t is None:
             return
         entry.last = t.status()
         entry.record.name = entry.record.name or t.meta.name
+        entry.record.have_bytes = entry.last.bytes_have
         entry.torrent = None
         await self.session.remove(t.meta.info_hash)
 
@@ -415,20 +426,25 @@ class Manager:
                     log.info("completed %s", entry.record.name)
                     self.events.emit("completed", **self.view(entry))
             slots = [Slot(e.record.id, runnable=e.meta is not None and not e.record.paused
-                          and e.error is None, running=e.torrent is not None,
+                          and e.error is None, running=e.torrent is not None or e.starting,
                           complete=e.record.complete)
                      for e in sorted(self.entries.values(), key=lambda e: e.record.order)]
-            for tid in to_start(slots, self.max_active):
-                await self._start(self.entries[tid])
+            starts = [self.entries[tid] for tid in to_start(slots, self.max_active)]
+            for entry in starts:
+                entry.starting = True
+                entry.idle.clear()
+        # Outside the lock: checking a large torrent's data must not hold up the API.
+        for entry in starts:
+            await self._start(entry)
 
     async def _start(self, entry: Entry) -> None:
         rec, meta = entry.record, entry.meta
         assert meta is not None
-        entry.starting = True
         try:
             addrs = [(h, int(p)) for h, _, p in (x.rpartition(":") for x in rec.peers)]
             t = await self.session.add(meta, Path(rec.save_path), peers=addrs,
                                        trackers=[[u] for u in rec.trackers] or None)
+            entry.torrent = t
         except (SwarmhubError, OSError) as exc:
             entry.error = str(exc)
             log.error("%s: cannot start: %s", rec.name, exc)
@@ -436,7 +452,7 @@ class Manager:
             return
         finally:
             entry.starting = False
-        entry.torrent = t
+            entry.idle.set()
         if rec.download_limit or rec.upload_limit:
             t.set_rate_limits(rec.download_limit, rec.upload_limit)
         if rec.priorities and _engine_supports_priorities():
@@ -492,7 +508,7 @@ class Manager:
         rec, meta = entry.record, entry.meta
         st = entry.torrent.status() if entry.torrent is not None else entry.last
         size = meta.total_length if meta is not None else 0
-        have = st.bytes_have if st is not None else size if rec.complete else 0
+        have = st.bytes_have if st is not None else size if rec.complete else rec.have_bytes
         running = entry.torrent is not None
         return {
             "id": rec.id, "name": rec.name, "state": self.state_of(entry),

@@ -41,6 +41,8 @@ class TorrentRecord:
     paused: bool = False
     #: Every piece was verified once: restart it as a seed, outside the download queue.
     complete: bool = False
+    #: Verified bytes when it last stopped (what a paused torrent shows).
+    have_bytes: int = 0
     #: Queue position: lower starts first.
     order: int = 0
     #: bytes/s, 0 = unlimited.
