@@ -38,7 +38,7 @@ def test_records_round_trip_in_queue_order_and_skip_damaged_files(tmp_path: Path
     sd.prepare()
     assert stat.S_IMODE(sd.root.stat().st_mode) == 0o700
     second = TorrentRecord(id="b" * 40, kind="magnet", source="magnet:?xt=x", save_path="/d",
-                           order=2, priorities=[4, 0], peers=["127.0.0.1:1"])
+                           order=2, priorities=[1, 0], peers=["127.0.0.1:1"])
     first = TorrentRecord(id="c" * 40, kind="torrent", source="x.torrent", save_path="/d",
                           order=1, paused=True, download_limit=1000)
     sd.save(second)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import logging
 import os
 import time
@@ -44,8 +45,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: File priorities run 0 (skip) .. 7 (highest); 4 is normal (libtorrent's scale).
-DEFAULT_PRIORITY = 4
+#: File priorities run 0 (skip), 1 (normal) .. 7 (sooner): the engine's scale
+#: (``Torrent.set_file_priorities``, ``swarmhub get --files``).
+DEFAULT_PRIORITY = 1
 MAX_PRIORITY = 7
 
 
@@ -360,7 +362,7 @@ class Manager:
         return s.download_rate_limit, s.upload_rate_limit
 
     async def set_priorities(self, tid: str, priorities: list[int]) -> Entry:
-        """File priorities (0 skip .. 7 highest, 4 normal), one per data file. An engine
+        """File priorities (0 skip, 1 normal .. 7 sooner), one per data file. An engine
         without ``Torrent.set_file_priorities`` takes only the default (501 otherwise)."""
         entry = self.get(tid)
         if entry.meta is None:
@@ -378,7 +380,7 @@ class Manager:
             else list(priorities)
         self.state.save(entry.record)
         if supported and entry.torrent is not None:
-            entry.torrent.set_file_priorities(list(priorities))  # type: ignore[attr-defined]
+            await _apply_priorities(entry.torrent, priorities)
         return entry
 
     async def _stop(self, entry: Entry) -> None:
@@ -456,7 +458,7 @@ class Manager:
         if rec.download_limit or rec.upload_limit:
             t.set_rate_limits(rec.download_limit, rec.upload_limit)
         if rec.priorities and _engine_supports_priorities():
-            t.set_file_priorities(list(rec.priorities))  # type: ignore[attr-defined]
+            await _apply_priorities(t, rec.priorities)
         self.events.emit("started", id=rec.id, name=rec.name)
 
     # -- the watch folder --------------------------------------------------------------------
@@ -553,6 +555,13 @@ class Manager:
                                          "download_rate", "upload_rate", "peers")}
                       for v in self.views()],
         }
+
+
+async def _apply_priorities(torrent: Torrent, priorities: list[int]) -> None:
+    """Call the engine's ``set_file_priorities`` (sync or async, whichever it is)."""
+    result = torrent.set_file_priorities(list(priorities))  # type: ignore[attr-defined]
+    if inspect.isawaitable(result):
+        await result
 
 
 def _check_peer(text: str) -> str:

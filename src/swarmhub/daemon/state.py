@@ -48,7 +48,7 @@ class TorrentRecord:
     #: bytes/s, 0 = unlimited.
     download_limit: int = 0
     upload_limit: int = 0
-    #: One per data file (0 skip .. 7 highest, 4 normal), or None: all normal.
+    #: One per data file (0 skip, 1 normal .. 7 sooner), or None: all normal.
     priorities: list[int] | None = None
     peers: list[str] = field(default_factory=list)
     trackers: list[str] = field(default_factory=list)
