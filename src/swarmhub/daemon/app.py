@@ -265,6 +265,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
+            if event is None:
+                break  # shutting down: end the stream rather than wait to be cancelled
             await resp.write(event.sse())
     except ConnectionError:
         pass  # the client went away
@@ -278,6 +280,11 @@ def make_app(manager: Manager, token: str) -> web.Application:
                           client_max_size=MAX_BODY)
     app[MANAGER_KEY] = manager
     app[TOKEN_KEY] = token
+
+    async def end_streams(_: web.Application) -> None:
+        manager.events.close()
+
+    app.on_shutdown.append(end_streams)
     r = app.router
     r.add_get("/api/openapi.yaml", openapi)
     r.add_get("/api/session", get_session)

@@ -31,11 +31,13 @@ class Event:
 
 
 class Subscription:
+    """One subscriber's queue; ``None`` in it means the daemon is shutting down."""
+
     def __init__(self, size: int) -> None:
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(size)
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(size)
         self.dropped = 0
 
-    def put(self, event: Event) -> None:
+    def put(self, event: Event | None) -> None:
         while True:
             try:
                 self.queue.put_nowait(event)
@@ -64,3 +66,8 @@ class EventBus:
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
+
+    def close(self) -> None:
+        """End every subscriber's stream (the daemon is stopping)."""
+        for sub in self._subs:
+            sub.put(None)
