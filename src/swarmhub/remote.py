@@ -27,7 +27,7 @@ __all__ = ["DaemonClient", "remote_app"]
 
 remote_app = typer.Typer(
     help="Talk to a running 'swarmhub daemon': add, list, pause, resume, remove, limits, "
-    "events.", no_args_is_help=True, add_completion=False)
+    "files, events.", no_args_is_help=True, add_completion=False)
 
 DaemonUrl = Annotated[str, typer.Option(
     "--daemon", help="The daemon's API URL.", envvar="SWARMHUB_DAEMON", show_envvar=True)]
@@ -252,6 +252,33 @@ def limits(
 
     _show(answer, as_json, [f"{what}: download {show(answer['download_limit'])}, "
                             f"upload {show(answer['upload_limit'])}"])
+
+
+@remote_app.command("files")
+def files(
+    tid: Annotated[str, typer.Argument(help="Torrent id (or a unique start).")],
+    priority: Annotated[list[str] | None, typer.Option(
+        help="INDEX=P: set file INDEX (as listed) to P: 0 skip, 1 normal .. 7 sooner "
+        "(repeat; other files keep theirs).")] = None,
+    daemon: DaemonUrl = DEFAULT_URL, token: Token = None, state: State = None,
+    as_json: AsJson = False,
+) -> None:
+    """List a torrent's files with their priorities, or change some."""
+    client = _client(_url(daemon), token, state)
+    full = client.resolve(tid)
+    answer = client.call("GET", f"/api/torrents/{full}/files")
+    if priority:
+        prios = [f["priority"] for f in answer["files"]]
+        for item in priority:
+            index, sep, value = item.partition("=")
+            if not sep or not index.isdigit() or not value.isdigit() \
+                    or int(index) >= len(prios):
+                raise SwarmhubError(f"--priority wants INDEX=P with INDEX below {len(prios)}, "
+                                    f"not {item!r}")
+            prios[int(index)] = int(value)
+        answer = client.call("PUT", f"/api/torrents/{full}/files", {"priorities": prios})
+    _show(answer, as_json, [f"{f['index']:>4}  {f['priority']}  {f['size']:>14,}  {f['path']}"
+                            for f in answer["files"]])
 
 
 @remote_app.command("events")

@@ -209,6 +209,10 @@ def test_remote_cli_round_trip(tmp_path: Path,
         assert done[-1]["event"] == "completed" and done[-1]["id"] == tid
         r = remote("list", "--token", d.token)
         assert tid[:12] in r.stdout and "seeding" in r.stdout and "100.0%" in r.stdout
+        r = remote("files", tid[:8], "--priority", "0=1", "--token", d.token)
+        assert r.returncode == 0 and pairs[0][0].name in r.stdout, r.stderr
+        r = remote("files", tid[:8], "--priority", "5=1", "--token", d.token)
+        assert r.returncode == 1 and "INDEX below 1" in r.stderr
         r = remote("pause", tid[:8], "--token", d.token)
         assert r.returncode == 0 and "paused" in r.stdout
         r = remote("remove", tid[:8], "--delete-data", "--token", d.token)
