@@ -176,7 +176,10 @@ def test_remote_cli_round_trip(tmp_path: Path,
     seed, pairs = seeder
     dl = tmp_path / "dl"
     d = start_daemon(tmp_path / "state", tmp_path, "leecher", "--download-dir", str(dl))
-    env = {**os.environ, "SWARMHUB_DAEMON": d.url, "SWARMHUB_CONFIG": str(tmp_path / "none")}
+    config = tmp_path / "config.toml"
+    config.write_text(f'daemon = "{d.url}"\n')  # where the daemon is, from the config file
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMHUB_DAEMON")}
+    env["SWARMHUB_CONFIG"] = str(config)
 
     def remote(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*SWARMHUB, "remote", *args], capture_output=True, text=True,
@@ -194,7 +197,8 @@ def test_remote_cli_round_trip(tmp_path: Path,
         assert r.returncode == 0, r.stderr
         tid = r.stdout.split()[1]
         assert len(tid) == 40
-        r = remote("list", "--json", "--token", d.token)
+        r = subprocess.run([*SWARMHUB, "remote", "list", "--json"], capture_output=True,
+                           text=True, env={**env, "SWARMHUB_DAEMON_TOKEN": d.token}, timeout=60)
         assert r.returncode == 0, r.stderr
         [t] = json.loads(r.stdout)["torrents"]
         assert t["id"] == tid and t["state"] == "paused"
@@ -259,4 +263,24 @@ def test_limits_set_while_a_torrent_runs_slow_it_down(
         d.ok("PUT", "/api/limits", {"download_limit": 0})
         wait_for(lambda: d.torrents()[tid]["complete"], 60, "the download once unlimited")
     finally:
+        d.proc.stop()
+
+
+def test_a_torrent_that_cannot_start_is_an_error_event_until_fixed(tmp_path: Path) -> None:
+    [(_, torrent)] = make_torrents(tmp_path / "src", 1, 100_000, seed=5)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the save folder should be")
+    d = start_daemon(tmp_path / "state", tmp_path, "d")
+    events = EventReader(d)
+    try:
+        tid = d.add(torrent, ["127.0.0.1:9"], save_path=str(blocker))["id"]
+        wait_for(lambda: d.torrents()[tid]["state"] == "error", 30, "the error state")
+        assert d.torrents()[tid]["error"]
+        wait_for(lambda: "error" in events.kinds(tid), 10, "an error event")
+        blocker.unlink()
+        t = d.ok("POST", f"/api/torrents/{tid}/resume")
+        assert t["error"] is None
+        wait_for(lambda: d.torrents()[tid]["state"] == "downloading", 30, "a retry")
+    finally:
+        events.close()
         d.proc.stop()
