@@ -153,13 +153,11 @@ class Manager:
         await self._stack.aclose()  # the session saves every torrent's resume data
 
     async def _guard(self, job: Any) -> None:
+        """Run a loop; should it ever fail, the log says so (it is not silently gone)."""
         try:
             await job()
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("daemon job %s failed", getattr(job, "__name__", job))
-            raise
 
     def _restore(self, record: TorrentRecord) -> None:
         from swarmhub.metainfo import load_torrent, parse_magnet
@@ -211,13 +209,17 @@ class Manager:
                                  "file URL (http://HUB/f/<id>)")
         except MetainfoError as exc:
             raise BadRequest(str(exc)) from None
-        tid = (meta.info_hash if meta is not None else magnet.info_hash).hex()  # type: ignore[union-attr]
+        if meta is not None:
+            tid, name = meta.info_hash.hex(), meta.name
+        else:
+            assert magnet is not None
+            tid, name = magnet.info_hash.hex(), magnet.name or ""
         async with self._lock:
             if tid in self.entries:
                 raise Conflict(f"torrent {tid} is already in the daemon")
             record = TorrentRecord(
                 id=tid, kind=kind, source=text, save_path=str(self._save_path(save_path)),
-                name=meta.name if meta is not None else (magnet.name or "") if magnet else "",
+                name=name,
                 paused=paused, order=1 + max((e.record.order for e in self.entries.values()),
                                              default=0),
                 peers=peers, trackers=trackers, hub_token=hub_token, added=time.time())
@@ -475,7 +477,10 @@ class Manager:
             for path, size in seen.items():
                 if sizes.get(path) != size:
                     continue
-                await self._add_watched(path)
+                try:
+                    await self._add_watched(path)
+                except Exception:  # one odd file must not stop the watch
+                    log.exception("watch folder: %s", path.name)
             sizes = {p: s for p, s in seen.items() if p.exists()}
             await asyncio.sleep(1.0)
 
