@@ -32,7 +32,7 @@ remote_app = typer.Typer(
 DaemonUrl = Annotated[str, typer.Option(
     "--daemon", help="The daemon's API URL.", envvar="SWARMHUB_DAEMON", show_envvar=True)]
 Token = Annotated[str | None, typer.Option(
-    "--token", help="API token [default: STATE/api.token of the local daemon].",
+    "--token", help="API token (default: STATE/api.token of the local daemon).",
     envvar="SWARMHUB_DAEMON_TOKEN", show_envvar=True)]
 State = Annotated[Path | None, typer.Option(
     "--state", help="The local daemon's state folder, to read its token from.")]
@@ -152,7 +152,7 @@ def add(
         help="A .torrent file, a magnet link or a hub file URL (http://HUB/f/<id>).")],
     daemon: DaemonUrl = DEFAULT_URL, token: Token = None, state: State = None,
     save_path: Annotated[str | None, typer.Option(
-        help="Folder on the daemon's machine [default: its --download-dir].")] = None,
+        help="Folder on the daemon's machine (default: its --download-dir).")] = None,
     paused: Annotated[bool, typer.Option("--paused", help="Add without starting.")] = False,
     peer: Annotated[list[str] | None, typer.Option(help="Also connect to HOST:PORT.")] = None,
     tracker: Annotated[list[str] | None, typer.Option(help="Use this tracker URL.")] = None,

@@ -31,8 +31,7 @@ def seeder(tmp_path: Path) -> Iterator[tuple[Daemon, list[tuple[Path, Path]]]]:
     try:
         for _, torrent in pairs:
             d.add(torrent, [], save_path=str(tmp_path / "src" / "data"))
-        wait_for(lambda: [t for t in d.torrents().values() if t["state"] == "seeding"] == 5
-                 or all(t["state"] == "seeding" for t in d.torrents().values()), 60,
+        wait_for(lambda: [t["state"] for t in d.torrents().values()] == ["seeding"] * 5, 60,
                  "the seeder to check its data")
         yield d, pairs
     finally:
@@ -283,4 +282,23 @@ def test_a_torrent_that_cannot_start_is_an_error_event_until_fixed(tmp_path: Pat
         wait_for(lambda: d.torrents()[tid]["state"] == "downloading", 30, "a retry")
     finally:
         events.close()
+        d.proc.stop()
+
+
+def test_taken_ports_are_one_line_errors(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path / "a", tmp_path, "a")
+    try:
+        peer_port = d.peer_port()
+        for flag, taken in (("--listen", f"127.0.0.1:{d.port}"),
+                            ("--peer-listen", f"127.0.0.1:{peer_port}")):
+            other = "--peer-listen" if flag == "--listen" else "--listen"
+            free = "127.0.0.1:0"
+            r = subprocess.run([*SWARMHUB, "daemon", "--state", str(tmp_path / "b"), flag,
+                                taken, other, free], capture_output=True, text=True,
+                               timeout=60, env={**os.environ,
+                                                "SWARMHUB_CONFIG": str(tmp_path / "none")})
+            assert r.returncode == 1, r.stderr
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and flag in lines[0] and "Traceback" not in r.stderr, lines
+    finally:
         d.proc.stop()

@@ -34,15 +34,15 @@ def _addr(text: str, what: str) -> tuple[str, int]:
 
 def daemon(
     state: Annotated[Path | None, typer.Option(
-        help="State folder (API token, torrents, resume data) [default: "
-        "$XDG_STATE_HOME/swarmhub/daemon, or SWARMHUB_DAEMON_STATE].")] = None,
+        help="State folder (API token, torrents, resume data) (default: "
+        "$XDG_STATE_HOME/swarmhub/daemon, or SWARMHUB_DAEMON_STATE).")] = None,
     listen: Annotated[str, typer.Option(
         help="HOST:PORT of the JSON API (keep it on loopback unless you need more).")]
     = "127.0.0.1:9091",
     peer_listen: Annotated[str, typer.Option(
         help="HOST:PORT for BitTorrent peers (port 0: any free port).")] = "0.0.0.0:6881",
     download_dir: Annotated[Path | None, typer.Option(
-        help="Where torrents are saved unless an add says otherwise [default: STATE/downloads].")]
+        help="Where torrents are saved unless an add says otherwise (default: STATE/downloads).")]
     = None,
     watch: Annotated[Path | None, typer.Option(
         help="Watch folder: each new *.torrent is added, then renamed *.torrent.added.")]
@@ -51,11 +51,11 @@ def daemon(
         help="Downloads running at once; the rest wait in the queue (0 = no cap). Seeds do "
         "not count.", min=0)] = 3,
     download_limit: Annotated[int | None, typer.Option(
-        help="Global KiB/s, 0 = unlimited [default: download_rate_limit, or what the API "
-        "set last].")] = None,
+        help="Global KiB/s, 0 = unlimited (default: download_rate_limit, or what the API "
+        "set last).")] = None,
     upload_limit: Annotated[int | None, typer.Option(
-        help="Global KiB/s, 0 = unlimited [default: upload_rate_limit, or what the API set "
-        "last].")] = None,
+        help="Global KiB/s, 0 = unlimited (default: upload_rate_limit, or what the API set "
+        "last).")] = None,
     stats_interval: Annotated[float, typer.Option(
         help="Seconds between 'stats' events.", min=0.1)] = 2.0,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,

@@ -131,7 +131,13 @@ class Manager:
         async with contextlib.AsyncExitStack() as stack:
             self._session = await stack.enter_async_context(
                 Session(self.settings, state_dir=self.state.resume))
-            await self.session.listen(*self.peer_listen)
+            try:
+                await self.session.listen(*self.peer_listen)
+            except OSError as exc:
+                host, port = self.peer_listen
+                raise SwarmhubError(
+                    f"cannot listen for peers on {host}:{port} ({exc.strerror}); choose "
+                    "another with --peer-listen HOST:PORT (port 0 picks a free one)") from None
             for record in self.state.records():
                 self._restore(record)
             self._tasks.append(asyncio.create_task(self._guard(self._scheduler)))
