@@ -48,6 +48,9 @@ def test_ten_torrents_finish_after_kill_9_mid_transfer(tmp_path: Path) -> None:
         leecher = start_daemon(tmp_path / "state", tmp_path, "leecher",
                                "--download-dir", str(dl), "--max-active-downloads", "0")
         ids = [leecher.add(torrent, [peer])["id"] for _, torrent in pairs]
+        # What the user set survives the kill too: a pause and a per-torrent limit.
+        leecher.ok("POST", f"/api/torrents/{ids[9]}/pause")
+        leecher.ok("PUT", f"/api/torrents/{ids[8]}/limits", {"upload_limit": 12345})
 
         def have() -> int:
             return sum(t["have_bytes"] for t in leecher.torrents().values())
@@ -55,6 +58,8 @@ def test_ten_torrents_finish_after_kill_9_mid_transfer(tmp_path: Path) -> None:
         def past_30_percent() -> int:
             h = have()
             return h if h > 0.3 * total else 0
+
+        total -= pairs[9][0].stat().st_size  # the paused one stays at 0 until resumed
 
         at_kill = wait_for(past_30_percent, 120, "30% of the bytes")
         leecher.kill9()
@@ -65,11 +70,15 @@ def test_ten_torrents_finish_after_kill_9_mid_transfer(tmp_path: Path) -> None:
                                port=leecher.port)
         after = leecher.torrents()
         assert sorted(after) == sorted(ids), "every torrent is restored from the state folder"
+        assert after[ids[9]]["state"] == "paused" and after[ids[8]]["upload_limit"] == 12345
+        assert [after[i]["queue_position"] for i in ids] == sorted(
+            after[i]["queue_position"] for i in ids), "the queue order is kept"
+        leecher.ok("POST", f"/api/torrents/{ids[9]}/resume")
         assert at_kill < total, "the kill came mid-transfer"
         wait_for(lambda: all(t["complete"] and t["state"] == "seeding"
                              for t in leecher.torrents().values()), 180, "all ten to finish")
         # Verified pieces survived the kill: the second run fetched only the rest.
-        again = sum(t["downloaded"] for t in leecher.torrents().values())
+        again = sum(t["downloaded"] for i, t in leecher.torrents().items() if i != ids[9])
         assert again < total - 0.25 * total, (again, total)
         for data, _ in pairs:
             got = dl / data.name
