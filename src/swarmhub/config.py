@@ -50,6 +50,7 @@ CLI_KEYS: dict[str, str] = {
     "token": "hub token for private files and admin commands",
     "daemon": "URL of the daemon's API for `swarmhub remote` (default http://127.0.0.1:9091)",
     "daemon_token": "API token for `swarmhub remote` (default: the local daemon's api.token)",
+    "daemon_state": "state folder of `swarmhub daemon` (default $XDG_STATE_HOME/swarmhub/daemon)",
 }
 
 

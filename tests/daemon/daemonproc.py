@@ -110,12 +110,17 @@ class Daemon:
 
 
 def start_daemon(state: Path, work: Path, name: str, *extra: str,
-                 port: int | None = None) -> Daemon:
-    """Start a daemon on a free API port (peers on any free port) and wait until it serves."""
+                 port: int | None = None, state_from_env: bool = False) -> Daemon:
+    """Start a daemon on a free API port (peers on any free port) and wait until it serves;
+    ``state_from_env`` gives the state folder as SWARMHUB_DAEMON_STATE, not --state."""
     port = port or free_port()
-    args = ["daemon", "--state", str(state), "--listen", f"127.0.0.1:{port}",
-            "--peer-listen", "127.0.0.1:0", "--stats-interval", "0.5", *extra]
     env = {**os.environ, "SWARMHUB_CONFIG": str(work / "no-config.toml")}
+    where = ["--state", str(state)]
+    if state_from_env:
+        env["SWARMHUB_DAEMON_STATE"] = str(state)
+        where = []
+    args = ["daemon", *where, "--listen", f"127.0.0.1:{port}",
+            "--peer-listen", "127.0.0.1:0", "--stats-interval", "0.5", *extra]
     proc = Proc([*SWARMHUB, *args], env=env, name=name, log=work / f"{name}.log")
     try:
         proc.wait_for_line(lambda s: "daemon listening" in s, 60)

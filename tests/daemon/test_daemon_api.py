@@ -64,7 +64,7 @@ def test_api_needs_the_token_from_the_state_folder(tmp_path: Path) -> None:
         assert limits == {"download_limit": 1 << 20, "upload_limit": 0}
         token = d.token
         d.proc.stop()
-        d = start_daemon(tmp_path / "state", tmp_path, "d2")
+        d = start_daemon(tmp_path / "state", tmp_path, "d2", state_from_env=True)
         assert d.token == token, "the token is made once"
         assert d.ok("GET", "/api/session")["download_limit"] == 1 << 20, "limits persist"
     finally:
@@ -176,7 +176,8 @@ def test_remote_cli_round_trip(tmp_path: Path,
     dl = tmp_path / "dl"
     d = start_daemon(tmp_path / "state", tmp_path, "leecher", "--download-dir", str(dl))
     config = tmp_path / "config.toml"
-    config.write_text(f'daemon = "{d.url}"\n')  # where the daemon is, from the config file
+    # Where the daemon and its state folder (its token) are, from the config file.
+    config.write_text(f'daemon = "{d.url}"\ndaemon_state = "{d.state}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARMHUB_DAEMON")}
     env["SWARMHUB_CONFIG"] = str(config)
 
@@ -192,7 +193,7 @@ def test_remote_cli_round_trip(tmp_path: Path,
         r = remote("list", "--token", "wrong")
         assert r.returncode == 1 and "401" in r.stderr and "Traceback" not in r.stderr
         r = remote("add", str(pairs[0][1]), "--peer", f"127.0.0.1:{seed.peer_port()}",
-                   "--paused", "--state", str(d.state))  # token read from the state folder
+                   "--paused")  # the token is read from the state folder
         assert r.returncode == 0, r.stderr
         tid = r.stdout.split()[1]
         assert len(tid) == 40
