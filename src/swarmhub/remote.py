@@ -306,3 +306,4 @@ def events(
                        f"down {_rate(data['download_rate'])}, up {_rate(data['upload_rate'])}")
         if until is not None and kind == until:
             return
+    raise SwarmhubError("the daemon ended the event stream (was it stopped?)")
