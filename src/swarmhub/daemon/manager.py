@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import inspect
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from swarmhub.daemon.events import EventBus
 from swarmhub.daemon.queue import Slot, to_start
 from swarmhub.daemon.state import StateDir, TorrentRecord
+from swarmhub.daemon.watch import watch_folder
 from swarmhub.errors import AuthError, MetainfoError, SwarmhubError
 from swarmhub.settings import Settings
 
@@ -143,7 +144,8 @@ class Manager:
             self._tasks.append(asyncio.create_task(self._guard(self._scheduler)))
             if self.watch is not None:
                 self.watch.mkdir(parents=True, exist_ok=True)
-                self._tasks.append(asyncio.create_task(self._guard(self._watch_loop)))
+                self._tasks.append(asyncio.create_task(
+                    self._guard(functools.partial(watch_folder, self, self.watch))))
             self._stack = stack.pop_all()
         return self
 
@@ -468,39 +470,6 @@ class Manager:
         if rec.priorities and _engine_supports_priorities():
             await _apply_priorities(t, rec.priorities)
         self.events.emit("started", id=rec.id, name=rec.name)
-
-    # -- the watch folder --------------------------------------------------------------------
-    async def _watch_loop(self) -> None:
-        """Add each new ``*.torrent`` in the watch folder, then rename it ``*.added`` (or
-        ``*.invalid``); a file is taken once its size held still for a scan (fully written)."""
-        assert self.watch is not None
-        sizes: dict[Path, int] = {}
-        while True:
-            seen: dict[Path, int] = {}
-            for path in sorted(self.watch.glob("*.torrent")):
-                with contextlib.suppress(OSError):
-                    seen[path] = path.stat().st_size
-            for path, size in seen.items():
-                if sizes.get(path) != size:
-                    continue
-                try:
-                    await self._add_watched(path)
-                except Exception:  # one odd file must not stop the watch
-                    log.exception("watch folder: %s", path.name)
-            sizes = {p: s for p, s in seen.items() if p.exists()}
-            await asyncio.sleep(1.0)
-
-    async def _add_watched(self, path: Path) -> None:
-        try:
-            await self.add(torrent=path.read_bytes(), filename=path.name)
-            suffix = ".added"
-        except Conflict:
-            suffix = ".added"
-        except (SwarmhubError, OSError) as exc:
-            log.error("watch folder: %s: %s", path.name, exc)
-            suffix = ".invalid"
-        with contextlib.suppress(OSError):
-            os.replace(path, path.with_name(path.name + suffix))
 
     # -- views -----------------------------------------------------------------------------
     def state_of(self, entry: Entry) -> str:
