@@ -633,6 +633,7 @@ def version() -> None:
 
 def _register_subcommands() -> None:
     from swarmhub.config_commands import register as register_config
+    from swarmhub.daemon.commands import register as register_daemon
     from swarmhub.discovery.dht.commands import register as register_dht
     from swarmhub.hub.commands import register as register_hub
     from swarmhub.lab.commands import register as register_lab
@@ -641,6 +642,7 @@ def _register_subcommands() -> None:
     register_dht(app)
     register_lab(app)
     register_config(app)
+    register_daemon(app)
 
 
 def _print_version(value: bool) -> None:

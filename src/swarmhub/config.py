@@ -48,6 +48,9 @@ CLI_KEYS: dict[str, str] = {
     "state_dir": "where resume data lives (default $XDG_STATE_HOME/swarmhub)",
     "hub": "default hub URL for `swarmhub admin` and `publish`",
     "token": "hub token for private files and admin commands",
+    "daemon": "URL of the daemon's API for `swarmhub remote` (default http://127.0.0.1:9091)",
+    "daemon_token": "API token for `swarmhub remote` (default: the local daemon's api.token)",
+    "daemon_state": "state folder of `swarmhub daemon` (default $XDG_STATE_HOME/swarmhub/daemon)",
 }
 
 

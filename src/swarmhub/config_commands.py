@@ -40,7 +40,7 @@ def show(
     width = max(len(f"{r.name} = {config.toml_value(r.value)}") for r in rows)
     for r in rows:
         value = r.value
-        if r.name == "token" and value:
+        if r.name in ("token", "daemon_token") and value:
             value = "<hidden>"  # a secret: shown as set, never printed
         line = f"{r.name} = {config.toml_value(value)}"
         if r.value is None:

@@ -37,6 +37,7 @@ ENCRYPTION_MODES = ("prefer", "require", "off")
 OTHER_ENV = frozenset({
     "STATE_DIR", "TOKEN", "STRICT", "NOSENDFILE", "HUB", "TRACEBACK", "TEST_PAUSE_AT", "CONFIG",
     "DHT_LOCAL_ONLY", "UDP_TRACKER_RETRIES", "UDP_TRACKER_TIMEOUT", "DB", "SWARM_STATE", "STORE",
+    "DAEMON", "DAEMON_TOKEN", "DAEMON_STATE",  # swarmhub daemon / remote
 })
 
 

@@ -169,3 +169,23 @@ async def test_a_local_protocol_error_is_logged_as_an_error(
             peer.send(m.Bitfield(b"\xff"))  # Bitfield after the first message: refused
         assert any(r.levelno == logging.ERROR and "Bitfield" in r.getMessage()
                    for r in caplog.records)
+
+
+async def test_rate_limits_change_while_torrents_run(tmp_path: Path) -> None:
+    """The daemon changes limits at runtime: the session's reach every running torrent,
+    a torrent's own stay its own."""
+    src = make_data(tmp_path / "src" / "payload", [100_000])
+    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
+    async with Session(state_dir=tmp_path / "s") as session:
+        t = await session.add(meta, src.parent, seed_mode=True)
+        session.set_rate_limits(1000, 2000)
+        assert (session.settings.download_rate_limit, session.settings.upload_rate_limit) \
+            == (1000, 2000)
+        assert (t.settings.download_rate_limit, t.settings.upload_rate_limit) == (1000, 2000)
+        t.set_rate_limits(300, 400)
+        assert (t.settings.torrent_download_rate_limit,
+                t.settings.torrent_upload_rate_limit) == (300, 400)
+        assert t._down_bucket.rate == 300 and t._up_limiter.rate == 400
+        assert session.settings.torrent_upload_rate_limit == 0, "the session's stay as they were"
+        session.set_rate_limits(0, 0)
+        assert t.settings.upload_rate_limit == 0 and t.settings.torrent_upload_rate_limit == 400

@@ -177,6 +177,16 @@ class Session:
         await torrent.stop()
         return True
 
+    def set_rate_limits(self, download: int, upload: int) -> None:
+        """Change the session's limits (bytes/s, 0 = none) while torrents run; each torrent
+        keeps its own per-torrent limits."""
+        changes = {"download_rate_limit": download, "upload_rate_limit": upload}
+        self.settings = self.settings.replace(**changes)
+        self._down.set_rate(download)
+        self._up.set_rate(upload)
+        for torrent in self.torrents.values():
+            torrent.settings = torrent.settings.replace(**changes)
+
     def torrent_for_hash(self, info_hash: bytes) -> Torrent | None:
         return self._by_hash.get(info_hash)
 

@@ -253,6 +253,13 @@ class Torrent:
         except (OSError, SwarmhubError) as exc:
             log.warning("%s: could not save resume data: %s", self.meta.name, exc)
 
+    def set_rate_limits(self, download: int, upload: int) -> None:
+        """Change this torrent's limits (bytes/s, 0 = none) while it runs (the daemon's API)."""
+        self.settings = self.settings.replace(torrent_download_rate_limit=download,
+                                              torrent_upload_rate_limit=upload)
+        self._down_bucket.set_rate(download)
+        self._up_limiter.set_rate(upload)
+
     def status(self) -> TorrentStatus:
         now = self.clock()
         s = self.swarm
@@ -474,7 +481,6 @@ class Torrent:
         Requests whose piece is cached go out in batches of up to 1 MiB with one
         ``writelines`` (one writev) of header + memoryview pairs from the wire core.
         """
-        limited = bool(self.settings.upload_rate_limit) or not self._up_limiter.unlimited
         ps = self.swarm.peers.get(peer)
         if ps is None:
             return  # it left before this task ran
@@ -486,6 +492,8 @@ class Torrent:
                 await peer.upload_wakeup.wait()
                 continue
             req = incoming[0]
+            # Read each round: limits may change while the torrent runs (set_rate_limits).
+            limited = bool(self.settings.upload_rate_limit) or not self._up_limiter.unlimited
             if req.index not in self._cache:
                 try:
                     await self._read_piece(req.index)
