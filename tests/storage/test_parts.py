@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from helpers import PIECE, make_torrent
@@ -11,7 +12,7 @@ from swarmhub.storage.files import PARTS_DIR
 from swarmhub.storage.verify import recheck
 
 
-def write_pieces(st: TorrentStorage, space: bytes, pieces: list[int]) -> None:
+def write_pieces(st: TorrentStorage, space: bytes, pieces: Iterable[int]) -> None:
     for i in pieces:
         st.write(i * PIECE, space[i * PIECE:(i + 1) * PIECE])
 
