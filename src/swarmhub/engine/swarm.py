@@ -662,6 +662,10 @@ class Swarm:
             ps.queue_target = self._queue_target(ps, now)
             self._update_interest(ps, now)
             self._fill(ps, now)
+            ss = self._ss
+            if ss is not None and not ps.peer_interested and ps.handle in ss \
+                    and ss.declined(ps.handle):
+                self._offer(ps, now)  # a selective leecher: show it other pieces
         if now >= self._rechoke_at:
             self._rechoke(now)
         self._dial(now)
