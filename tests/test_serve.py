@@ -90,3 +90,43 @@ async def test_ranges_while_downloading_and_a_seek_to_the_end_comes_first(
                 assert not (tmp_path / "dl" / data.name / "sub").exists()
             finally:
                 await server.stop()
+
+
+def test_get_serve_through_the_cli(tmp_path: Path) -> None:
+    """``get --serve PORT`` (loopback by default) answers a range with the exact bytes
+    while the download runs, and keeps serving after it finished."""
+    import re
+    import urllib.request
+
+    from interop.harness import free_port
+
+    data = make_test_data(tmp_path / "src", [1_500_000], seed=32, name="movie.mkv")
+    meta = create_torrent(data, version=TorrentVersion.V1, piece_length=PIECE)
+    tfile = tmp_path / "t.torrent"
+    tfile.write_bytes(torrent_bytes(meta))
+    body = data.read_bytes()
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
+               SWARMHUB_SUPER_SEEDING="false")
+    swarmhub = [str(VENV_PYTHON), "-m", "swarmhub"]
+    with Proc([*swarmhub, "seed", str(tfile), str(data), "--listen", "127.0.0.1:0",
+               "--upload-limit", "300", "--json"], env=env, cwd=tmp_path, name="seed",
+              log=tmp_path / "seed.log") as seed:
+        line = seed.wait_for_line(lambda s: '"event": "listening"' in s, 60)
+        port = int(json.loads(line)["port"])
+        http_port = free_port()
+        with Proc([*swarmhub, "get", str(tfile), "-o", str(tmp_path / "dl"), "--json",
+                   "--peer", f"127.0.0.1:{port}", "--serve", str(http_port)],
+                  env=env, cwd=tmp_path, name="get", log=tmp_path / "get.log") as get:
+            served = get.wait_for_line(lambda s: "serving movie.mkv at" in s, 60)
+            url = re.findall(r"http://\S+", served)[0]
+            assert url == f"http://127.0.0.1:{http_port}/"
+            get.wait_for_line(lambda s: s.startswith('{"t"') and
+                              0 < json.loads(s)["progress"] < 0.5, 60)
+            req = urllib.request.Request(url + "0/movie.mkv",
+                                         headers={"Range": "bytes=1000000-1099999"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                assert resp.status == 206
+                assert resp.read() == body[1_000_000:1_100_000]
+            get.wait_for_line(lambda s: "still serving" in s, 60)
+            with urllib.request.urlopen(url + "0/movie.mkv", timeout=30) as resp:
+                assert resp.read() == body
