@@ -37,6 +37,7 @@ import os
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 from swarmhub.errors import StorageError
@@ -65,6 +66,43 @@ class _Handle:
         self.writable = writable
         self.users = 0
         self.retired = False
+
+
+class _SharedLock:
+    """Many writers at once, or one selection change alone: a write routed to the part
+    file must land before a promotion copies the part file (or its bytes would be lost)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 def _as_bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
@@ -109,6 +147,7 @@ class TorrentStorage:
         self._dirty: set[int] = set()
         #: data files kept out of the folder (chosen by nobody, absent on disk)
         self._parked: frozenset[int] = frozenset()
+        self._selection_lock = _SharedLock()
         self._wanted: tuple[bool, ...] | None = None
         #: the part file, opened through the same safe-open path as a data file
         self._parts_index = len(self.data_files)
@@ -240,7 +279,8 @@ class TorrentStorage:
         self._create = create
         if not create:
             return
-        self._apply_selection()
+        with self._selection_lock.exclusive():
+            self._apply_selection()
         for index, entry in enumerate(self.data_files):
             if index in self._parked:
                 continue
@@ -408,6 +448,10 @@ class TorrentStorage:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write piece-space bytes; the parts that fall on pads are dropped."""
+        with self._selection_lock.shared():
+            self._write(offset, data)
+
+    def _write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = _as_bytes_view(data)
         for index, file_offset, at, n in self._segments(offset, len(view)):
             handle = self._acquire(index, write=True)
@@ -446,12 +490,13 @@ class TorrentStorage:
         them (when the storage is open for writing; else at :meth:`open`)."""
         if wanted is not None and len(wanted) != len(self.data_files):
             raise ValueError(f"{len(wanted)} choices for {len(self.data_files)} files")
-        self._wanted = None if wanted is None or all(wanted) else tuple(wanted)
-        if self._create:
-            self._apply_selection()
-        else:
-            self._parked = frozenset(
-                i for i in self._unwanted() if not self._on_disk(i))
+        with self._selection_lock.exclusive():
+            self._wanted = None if wanted is None or all(wanted) else tuple(wanted)
+            if self._create:
+                self._apply_selection()
+            else:
+                self._parked = frozenset(
+                    i for i in self._unwanted() if not self._on_disk(i))
 
     def _unwanted(self) -> list[int]:
         w = self._wanted
@@ -503,7 +548,7 @@ class TorrentStorage:
             self._pread_into(self._parts_index, memoryview(buf), lo)
             if not any(buf):
                 continue  # a hole: nothing was kept for this range
-            self.write(lo, buf)  # no longer parked: goes to the file
+            self._write(lo, buf)  # no longer parked: goes to the file
 
     # -- inspection --------------------------------------------------------------------
 
