@@ -36,9 +36,9 @@ async def test_a_finished_selection_wants_more_and_completes(tmp_path: Path) -> 
         assert (dl / PARTS_DIR).exists()
 
         await t.set_file_priorities([1, 1, 1])
-        assert t.state is TorrentState.DOWNLOADING and not t.complete.is_set()
+        assert t.status().state is TorrentState.DOWNLOADING and not t.complete.is_set()
         await asyncio.wait_for(t.complete.wait(), 30)
-        assert t.state is TorrentState.SEEDING and t.error is None
+        assert t.status().state is TorrentState.SEEDING and t.error is None
         for name in names:
             assert (dl / "payload" / name).read_bytes() == (src / name).read_bytes()
         assert not (dl / PARTS_DIR / meta.info_hash.hex()).exists()
