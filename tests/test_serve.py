@@ -130,3 +130,33 @@ def test_get_serve_through_the_cli(tmp_path: Path) -> None:
             get.wait_for_line(lambda s: "still serving" in s, 60)
             with urllib.request.urlopen(url + "0/movie.mkv", timeout=30) as resp:
                 assert resp.read() == body
+
+
+async def test_a_player_that_hangs_up_gives_back_its_priority_boost(tmp_path: Path) -> None:
+    """No peers: the read waits; when the client goes away, the pieces it raised return
+    to their files' priority (old seeks must not keep jumping the queue)."""
+    data = make_test_data(tmp_path / "src", [300_000], seed=33, name="a.bin")
+    meta = create_torrent(data, version=TorrentVersion.V1, piece_length=PIECE)
+    last = meta.num_pieces - 1
+    async with Session(state_dir=tmp_path / "state") as session:
+        t = await session.add(meta, tmp_path / "dl")
+        server = StreamServer(t)
+        await server.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def read_tail() -> bytes:
+                    async with http.get(server.file_url(0),
+                                        headers={"Range": "bytes=-10"}) as resp:
+                        return await resp.read()
+
+                reader = asyncio.create_task(read_tail())
+                await poll(lambda: t.picker.priority(last) == 7, 10, "the boost")
+                assert not reader.done()  # waiting: nobody can send the piece
+                reader.cancel()  # the player hangs up
+                with pytest.raises(asyncio.CancelledError):
+                    await reader
+            await poll(lambda: t.picker.priority(last) == 1, 10, "the boost given back")
+            assert t.picker.priority(0) == 1
+        finally:
+            await server.stop()

@@ -6,6 +6,9 @@ numbers files) answers with RFC 9110 ranges decided by the hub's pure
 §14.2 allows). The body is sent piece by piece, and each part waits until its pieces are
 verified: before waiting, the pieces are raised to the top priority (plus a short
 read-ahead), so a player's seek to the end is served before the middle has arrived.
+When the response ends (or the player hangs up to seek elsewhere) the pieces it raised
+and did not get go back to their files' priority, unless another response still needs
+them, so old seeks do not keep jumping the queue.
 A wait lasts as long as the download does; if the torrent fails or stops, the response
 is cut short (the client sees a short body, never wrong bytes).
 
@@ -15,6 +18,7 @@ Binds loopback unless told otherwise: this serves a local player, not the networ
 from __future__ import annotations
 
 import asyncio
+import collections
 import html
 import logging
 import mimetypes
@@ -48,7 +52,11 @@ class StreamServer:
         app.router.add_get("/", self._index)
         app.router.add_route("GET", r"/{index:\d+}", self._file)
         app.router.add_route("GET", r"/{index:\d+}/{name:.*}", self._file)
-        self._runner = web.AppRunner(app, access_log=None)
+        # a player that hangs up (to seek) cancels its handler: its wait and boosts end
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
+                                     shutdown_timeout=2.0)
+        #: piece -> responses that raised it and are still running
+        self._boosts: collections.Counter[int] = collections.Counter()
 
     @property
     def url(self) -> str:
@@ -130,15 +138,32 @@ class StreamServer:
         loop = asyncio.get_running_loop()
         pos = entry.offset + start  # piece space
         stop = entry.offset + end
-        while pos < stop:
-            chunk_end = min(stop, (pos // pl + 1) * pl)
-            ahead_end = min(stop, chunk_end + READ_AHEAD_PIECES * pl)
-            if ahead_end > chunk_end:
-                t.prioritize_range(chunk_end, ahead_end - chunk_end, _SOON)
-            missing = t.prioritize_range(pos, chunk_end - pos, _NOW)
-            if missing:
-                await t.wait_pieces(missing)
-            data = await loop.run_in_executor(
-                t.session.disk_pool, t.storage.read, pos, chunk_end - pos)
-            await resp.write(data)
-            pos = chunk_end
+        mine: set[int] = set()
+        try:
+            while pos < stop:
+                chunk_end = min(stop, (pos // pl + 1) * pl)
+                ahead_end = min(stop, chunk_end + READ_AHEAD_PIECES * pl)
+                if ahead_end > chunk_end:
+                    self._boost(mine, t.prioritize_range(chunk_end, ahead_end - chunk_end, _SOON))
+                missing = t.prioritize_range(pos, chunk_end - pos, _NOW)
+                self._boost(mine, missing)
+                if missing:
+                    await t.wait_pieces(missing)
+                data = await loop.run_in_executor(
+                    t.session.disk_pool, t.storage.read, pos, chunk_end - pos)
+                await resp.write(data)
+                pos = chunk_end
+        finally:
+            done = []
+            for i in mine:
+                self._boosts[i] -= 1
+                if self._boosts[i] <= 0:
+                    del self._boosts[i]
+                    done.append(i)
+            t.restore_priorities(i for i in done if not t.have[i])
+
+    def _boost(self, mine: set[int], pieces: list[int]) -> None:
+        for i in pieces:
+            if i not in mine:
+                mine.add(i)
+                self._boosts[i] += 1

@@ -135,7 +135,9 @@ class Torrent:
             trackers=bool(self.tracker_tiers))
         #: per data file (``meta.data_files`` order): 0 skip, 1 normal, up to 7 sooner
         self.file_priorities = list(file_priorities or [1] * len(meta.data_files))
-        self.swarm.picker.set_priorities(piece_priorities(meta, self.file_priorities))
+        #: piece priorities from the files alone (what a reader's boost returns to)
+        self._base_priorities = piece_priorities(meta, self.file_priorities)
+        self.swarm.picker.set_priorities(self._base_priorities)
         self.swarm.set_sequential(sequential)
         self._piece_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.state = TorrentState.CHECKING
@@ -282,6 +284,7 @@ class Torrent:
         await loop.run_in_executor(
             self.session.disk_pool, self.storage.set_selection, [p > 0 for p in prios])
         self.file_priorities = prios
+        self._base_priorities = pp
         was = self.swarm.finished
         self.swarm.set_piece_priorities(pp, self.clock())
         self._reopen_if_unfinished(was)
@@ -307,6 +310,17 @@ class Torrent:
         self._reopen_if_unfinished(was)
         self._flush()
         return missing
+
+    def restore_priorities(self, indices: Iterable[int]) -> None:
+        """Undo :meth:`prioritize_range` for these pieces (the reader went away or
+        seeked elsewhere): back to what their files say."""
+        picker, base = self.swarm.picker, self._base_priorities
+        was = self.swarm.finished
+        for i in indices:
+            if picker.priority(i) != base[i]:
+                self.swarm.set_piece_priority(i, base[i], self.clock())
+        self._reopen_if_unfinished(was)
+        self._flush()
 
     async def wait_pieces(self, indices: Iterable[int]) -> None:
         """Return once every piece in ``indices`` is verified (raises
