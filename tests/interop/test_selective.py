@@ -74,7 +74,10 @@ def get_files(tfile: Path, dl: Path, port: int, work: Path, name: str,
         return finished(get)
 
 
-def run_selection(tfile: Path, data: Path, port: int, work: Path) -> None:
+def run_selection(tfile: Path, data: Path, port: int, work: Path, *,
+                  shared_pieces: bool = True) -> None:
+    """``shared_pieces``: files share pieces (v1 without pads); BEP 47/52 aligned
+    layouts have none, so nothing goes to the part file."""
     dl = work / "dl"
     meta = read_torrent(tfile)  # libtorrent lists files in its own order
     index = ["/".join(f.path) for f in meta.data_files].index("file_003.bin")
@@ -82,7 +85,7 @@ def run_selection(tfile: Path, data: Path, port: int, work: Path) -> None:
     get_files(tfile, dl, port, work, "get1", ["file_001*", str(index)])
     check_only(data, dl, {"file_001.bin", "file_003.bin"})
     parts = dl / ".swarmhub.parts" / meta.info_hash.hex()
-    assert parts.exists()  # the neighbours' bytes of the shared pieces
+    assert parts.exists() == shared_pieces  # the neighbours' bytes of shared pieces
     # a folder name selects what is below it
     get_files(tfile, dl, port, work, "get2", ["sub"])
     check_only(data, dl, {"file_001.bin", "file_003.bin", "sub/file_004.bin"})
@@ -93,14 +96,17 @@ def run_selection(tfile: Path, data: Path, port: int, work: Path) -> None:
     assert int(result["downloaded"]) < sum(SIZES)  # type: ignore[call-overload]
 
 
-def test_files_by_glob_and_index_from_our_seeder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [TorrentVersion.V1, TorrentVersion.HYBRID])
+def test_files_by_glob_and_index_from_our_seeder(tmp_path: Path,
+                                                 version: TorrentVersion) -> None:
     data = make_test_data(tmp_path / "src", SIZES, seed=21)
-    meta = create_torrent(data, version=TorrentVersion.V1, piece_length=PIECE)
+    meta = create_torrent(data, version=version, piece_length=PIECE)
     tfile = tmp_path / "t.torrent"
     tfile.write_bytes(torrent_bytes(meta))
     with ours(["seed", str(tfile), str(data), "--listen", "127.0.0.1:0"], tmp_path,
               "seed") as seed:
-        run_selection(tfile, data, listening_port(seed), tmp_path)
+        run_selection(tfile, data, listening_port(seed), tmp_path,
+                      shared_pieces=version is TorrentVersion.V1)
 
 
 def test_files_by_glob_and_index_from_libtorrent(tmp_path: Path) -> None:
