@@ -98,7 +98,9 @@ class Swarm:
         self.rng = rng
         pads = list(pad_blocks)
         self.picker = PiecePicker(num_pieces, piece_length, total_length, rng=rng,
-                                  pad_blocks=pads)
+                                  pad_blocks=pads,
+                                  critical=settings.sequential_critical_pieces,
+                                  window=settings.sequential_window_pieces)
         #: bytes of each piece that lie in pad blocks (nobody requests those)
         self._pad_bytes: dict[int, int] = {}
         for index, begin in pads:
