@@ -57,3 +57,9 @@ def test_pieces_take_the_highest_priority_of_the_files_they_touch() -> None:
 def test_the_priority_count_must_match() -> None:
     with pytest.raises(SelectionError):
         piece_priorities(META, [1, 1])
+
+
+@pytest.mark.parametrize("bad", [-1, 8])
+def test_file_priorities_are_0_to_7(bad: int) -> None:
+    with pytest.raises(SelectionError):
+        piece_priorities(META, [1, 1, bad, 1, 1])

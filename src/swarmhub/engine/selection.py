@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Sequence
 
+from swarmhub.engine.picker import MAX_PRIORITY
 from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo
 
@@ -80,8 +81,8 @@ def piece_priorities(meta: Metainfo, file_prios: Sequence[int]) -> list[int]:
     out = [0] * meta.num_pieces
     pl = meta.piece_length
     for f, prio in zip(files, file_prios, strict=True):
-        if prio < 0:
-            raise SelectionError(f"file priority {prio} is negative")
+        if not 0 <= prio <= MAX_PRIORITY:
+            raise SelectionError(f"file priority {prio} is not in 0..{MAX_PRIORITY}")
         if not f.length or not prio:
             continue
         for i in range(f.offset // pl, (f.end - 1) // pl + 1):
