@@ -202,7 +202,8 @@ class Torrent:
             if resume is not None and resume.info_hash == self.meta.info_hash:
                 have = await loop.run_in_executor(
                     pool, trusted_pieces, resume, self.meta, self.storage)
-            todo = [i for i in range(n) if not have[i]]
+            prio = self.swarm.picker.priority  # skipped pieces: not worth hashing holes
+            todo = [i for i in range(n) if not have[i] and prio(i)]
             if todo:
                 threads = self.session.hash_threads
                 checked = await loop.run_in_executor(
