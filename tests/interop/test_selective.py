@@ -151,3 +151,20 @@ def test_kill9_then_resume_with_a_selection(tmp_path: Path) -> None:
             result = finished(second)
     check_only(data, dl, {"file_001.bin"})
     assert int(result["downloaded"]) <= 0.75 * sizes[1], result  # type: ignore[call-overload]
+
+
+def test_files_with_a_magnet_apply_once_the_metadata_arrives(tmp_path: Path) -> None:
+    from swarmhub.metainfo import make_magnet
+
+    data = make_test_data(tmp_path / "src", SIZES, seed=25)
+    meta = create_torrent(data, version=TorrentVersion.V1, piece_length=PIECE)
+    tfile = tmp_path / "t.torrent"
+    tfile.write_bytes(torrent_bytes(meta))
+    with ours(["seed", str(tfile), str(data), "--listen", "127.0.0.1:0"], tmp_path,
+              "seed") as seed:
+        port = listening_port(seed)
+        args = ["get", make_magnet(meta), "-o", str(tmp_path / "dl"), "--json",
+                "--peer", f"127.0.0.1:{port}", "--timeout", "60", "--files", "*2.bin"]
+        with ours(args, tmp_path, "get") as get:
+            assert get.wait(90) == 0, get.describe()
+    check_only(data, tmp_path / "dl", {"file_002.bin"})
