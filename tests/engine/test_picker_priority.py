@@ -176,3 +176,23 @@ def test_a_seek_boosts_pieces_past_the_window() -> None:
         picker.set_piece_priority(i, 7)
     assert new_pieces(picker, "p0", 3) == [17, 18, 0]
     picker.check_invariant()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mostly_skipped_torrents_pick_rarest_among_the_wanted_few(seed: int) -> None:
+    # 40 pieces, 3 wanted: rarest-first scans the wanted list, not the buckets
+    avail = ["3"] * 40
+    avail[25] = "1"
+    prio = ["0"] * 40
+    for i in (5, 25, 35):
+        prio[i] = "1"
+    picker = make_picker("".join(avail), prio="".join(prio), seed=seed)
+    order = new_pieces(picker, "p0", 5)
+    assert order[0] == 25 and sorted(order) == [5, 25, 35]
+    picker.check_invariant()
+
+
+def test_mostly_skipped_from_a_seed() -> None:
+    picker = make_picker("0" * 20, prio="0" * 17 + "111", seed=5)
+    picker.peer_has_all("s")
+    assert sorted(new_pieces(picker, "s", 10)) == [17, 18, 19]

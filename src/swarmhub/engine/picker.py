@@ -183,6 +183,9 @@ class PiecePicker:
         #: priority per piece; 0 skip, 1 normal, >1 sooner
         self._prio = bytearray(b"\x01" * num_pieces)
         self._num_skip = 0  # pieces at priority 0
+        #: the wanted pieces, listed when they are few (most skipped): rarest-first then
+        #: scans these instead of buckets full of skipped pieces
+        self._few: list[int] | None = None
         self._skip_untouched = 0  # of those, how many sit in the buckets
         self._wanted_missing = num_pieces  # pieces with priority > 0 we lack
         self._boosted: dict[int, None] = {}  # missing pieces with priority > 1
@@ -319,6 +322,7 @@ class PiecePicker:
             return
         delta = 1 if old == 0 else -1
         self._num_skip -= delta
+        self._few = None  # rebuilt on the next pick
         if self._pos[index] >= 0:
             self._skip_untouched -= delta
         if not missing:
@@ -707,7 +711,31 @@ class PiecePicker:
                 best = key
         return None if best is None else best[2]
 
+    def _choose_few(self, bits: bytearray | None) -> int | None:
+        """Rarest-first over the list of wanted pieces (when most pieces are skipped):
+        O(wanted) instead of walking buckets of skipped pieces; ties by a random start."""
+        few = self._few
+        if few is None:
+            few = self._few = [i for i in range(self._n) if self._prio[i]]
+        if not few:
+            return None
+        pos, avail = self._pos, self._avail
+        start = self._rng.randrange(len(few))
+        best, best_a = None, -1
+        for i in itertools.chain(itertools.islice(few, start, None),
+                                 itertools.islice(few, start)):
+            if pos[i] < 0 or (bits is not None and not bits[i]):
+                continue
+            a = avail[i]
+            if best is None or a < best_a:
+                best, best_a = i, a
+                if a == 0 and bits is None:
+                    break
+        return best
+
     def _choose_rarest(self, bits: bytearray | None) -> int | None:
+        if self._num_skip * 2 > self._n:
+            return self._choose_few(bits)
         buckets = self._buckets
         rng = self._rng
         skip = self._num_skip > 0
