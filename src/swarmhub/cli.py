@@ -368,15 +368,16 @@ def get(
     = None,
     encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
     files: Annotated[list[str] | None, typer.Option(
-        "--files", help="Only these files: an index as `swarmhub info` numbers them, or a "
-        "glob on the path inside the torrent ('docs/*'); repeatable. Bytes of other files "
-        "that share a piece are kept in OUTPUT/.swarmhub.parts, never in files you did not "
-        "ask for; a later get with more files (or none) fetches the rest.")] = None,
+        "--files", metavar="INDEX|GLOB", help="Only these files: an index as `swarmhub "
+        "info` numbers them, or a glob on the path inside the torrent ('docs/*'); "
+        "repeatable. Bytes of other files that share a piece are kept in "
+        "OUTPUT/.swarmhub.parts, never in files you did not ask for; a later get with more "
+        "files (or none) fetches the rest.")] = None,
     sequential: Annotated[bool, typer.Option(
         "--sequential", help="Download in order (the next pieces first, rarest-first "
         "within a read-ahead window), for playing while downloading.")] = False,
     serve: Annotated[str | None, typer.Option(
-        "--serve", help="HOST:PORT: serve the growing files over HTTP with ranges to a "
+        "--serve", metavar="[HOST:]PORT", help="Serve the growing files over HTTP with ranges to a "
         "local player; reads wait for verified bytes and pull their pieces forward "
         "(implies --sequential; bind loopback unless you mean it).")] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
