@@ -51,6 +51,23 @@ def _addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _serve_addr(text: str) -> tuple[str, int]:
+    """``--serve``: HOST:PORT or just PORT; the host defaults to loopback (a local player)."""
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    host, port = _addr(text)
+    return ("127.0.0.1" if text.startswith(":") else host), port
+
+
+def _file_priorities(meta: Metainfo, specs: list[str]) -> list[int]:
+    from swarmhub.engine.selection import SelectionError, file_priorities
+
+    try:
+        return file_priorities(meta, specs)
+    except SelectionError as exc:
+        raise ui.UserError(str(exc), ui.EXIT_USAGE) from None
+
+
 def _version(v1: bool, v2: bool) -> TorrentVersion:
     if v1 and v2:
         raise typer.BadParameter("choose at most one of --v1 and --v2 (default: hybrid)")
@@ -365,9 +382,23 @@ def get(
     no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
     dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
     dht_port: Annotated[int | None, typer.Option(help=_DHT_PORT)] = None,
+    files: Annotated[list[str] | None, typer.Option(
+        "--files", metavar="INDEX|GLOB", help="Only these files: an index as `swarmhub "
+        "info` numbers them, or a glob on the path inside the torrent ('docs/*'); "
+        "repeatable. Bytes of other files that share a piece are kept in "
+        "OUTPUT/.swarmhub.parts, never in files you did not ask for; a later get with more "
+        "files (or none) fetches the rest.")] = None,
+    sequential: Annotated[bool, typer.Option(
+        "--sequential", help="Download in order (the next pieces first, rarest-first "
+        "within a read-ahead window), for playing while downloading.")] = False,
+    serve: Annotated[str | None, typer.Option(
+        "--serve", metavar="[HOST:]PORT", help="Serve the growing files over HTTP with ranges to a "
+        "local player; reads wait for verified bytes and pull their pieces forward "
+        "(implies --sequential; bind loopback unless you mean it).")] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
-    """Download a torrent; exits 0 only when every piece is verified. Ctrl-C saves resume data."""
+    """Download a torrent; exits 0 only when every chosen piece is verified. Ctrl-C saves
+    resume data."""
     from swarmhub.engine.session import Session
     from swarmhub.engine.torrent import TorrentState
     from swarmhub.metainfo import parse_magnet, read_torrent
@@ -387,6 +418,9 @@ def get(
         magnet = parse_magnet(torrent)
     else:
         meta = read_torrent(torrent)
+    if meta is not None and files:
+        _file_priorities(meta, files)  # a typo is a usage error before anything starts
+    serve_addr = _serve_addr(serve) if serve else None
     host, port = _listen(listen, "0.0.0.0:0")
     settings = _settings(upload_limit, download_limit, encryption)
     peers = [_addr(p) for p in peer or []]
@@ -417,17 +451,28 @@ def get(
                                               _left(cmd_deadline), dht)
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
+            prios = _file_priorities(meta, files or [])
             t = await session.add(meta, output, peers=peers,
-                                  trackers=[[u] for u in tracker] if tracker else None)
-            had = t.status().bytes_have
+                                  trackers=[[u] for u in tracker] if tracker else None,
+                                  file_priorities=prios, sequential=sequential or bool(serve))
+            st = t.status()
+            had = st.wanted_have
             deadline = cmd_deadline
-            with DownloadView(meta.name, meta.total_length, json_lines=json_progress,
+            server = None
+            if serve:
+                from swarmhub.serve import StreamServer
+
+                assert serve_addr is not None
+                server = StreamServer(t, *serve_addr)
+                await server.start()
+                console.print(f"serving {meta.name} at {server.url}")
+            with DownloadView(meta.name, st.wanted_bytes, json_lines=json_progress,
                               console=console) as view:
                 while not t.complete.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(t.complete.wait(), 1.0)
                     st = t.status()
-                    view.update(st.bytes_have, peers=st.peers, fields={
+                    view.update(st.wanted_have, peers=st.peers, fields={
                         "progress": round(st.progress, 4), "state": st.state.value,
                         "rate_down": int(st.download_rate), "peers": st.peers,
                         "downloaded": st.downloaded, "uploaded": st.uploaded,
@@ -448,12 +493,20 @@ def get(
             sources = Sources(peers_bytes=max(0, st.downloaded - st.webseed_bytes),
                               webseed_bytes=st.webseed_bytes, already_had=had,
                               max_peers=view.max_peers)
-            view.finished(f"{meta.name}, every piece verified", meta.data_length, sources,
+            chosen = sum(f.length for f, p in zip(meta.data_files, prios, strict=True) if p)
+            what = "every piece" if all(prios) else \
+                f"{sum(map(bool, prios))} of {len(prios)} files"
+            view.finished(f"{meta.name}, {what} verified", chosen, sources,
                           json_fields={"downloaded": st.downloaded,
                                        "hash_fails": st.hash_failures, "banned": st.banned,
                                        "webseed": st.webseed_bytes})
+            if server is not None and not seed_after:
+                console.print(f"still serving at {server.url} (Ctrl-C to stop)")
+                await asyncio.Event().wait()
             if seed_after:
                 await asyncio.sleep(seed_after)
+            if server is not None:
+                await server.stop()
             return 0
 
     raise typer.Exit(_run(go()))

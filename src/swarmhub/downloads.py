@@ -76,8 +76,13 @@ async def fetch(
     state_dir: Path | None = None,
     listen: tuple[str, int] = ("0.0.0.0", 0),
     on_progress: Callable[[Progress], None] | None = None,
+    files: Sequence[str] = (),
+    sequential: bool = False,
 ) -> DownloadResult:
     """Download ``src`` into the folder ``dest``; see the module docstring.
+
+    ``files``: only these (indices as ``swarmhub info`` numbers them, or globs on the path
+    inside the torrent), as ``get --files``; ``sequential``: in order, as ``--sequential``.
 
     ``mode`` matters for hub URLs only: ``cs`` is plain HTTP, ``p2p`` peers only, ``hybrid``
     peers first and the hub's web seed for the rest. ``timeout`` (seconds) bounds the
@@ -95,7 +100,7 @@ async def fetch(
         async with Session(settings or Settings.from_env(), state_dir=state_dir) as session:
             await session.listen(*listen)
             return await _fetch(session, text, out, list(peers), list(trackers), mode, token,
-                                on_progress)
+                                on_progress, list(files), sequential)
 
 
 def download(src: str | os.PathLike[str], dest: str | os.PathLike[str] = ".",
@@ -113,7 +118,8 @@ def download(src: str | os.PathLike[str], dest: str | os.PathLike[str] = ".",
 
 async def _fetch(session: Session, src: str, dest: Path, peers: list[tuple[str, int]],
                  trackers: list[str], mode: Mode, token: str | None,
-                 on_progress: Callable[[Progress], None] | None) -> DownloadResult:
+                 on_progress: Callable[[Progress], None] | None,
+                 files: list[str] | None = None, sequential: bool = False) -> DownloadResult:
     from swarmhub.metainfo import parse_magnet, read_torrent
 
     start = time.monotonic()
@@ -131,8 +137,12 @@ async def _fetch(session: Session, src: str, dest: Path, peers: list[tuple[str, 
         meta = read_torrent(src)
     if not peers and not trackers and not meta.trackers and not meta.url_list:
         raise SwarmhubError("no way to find peers: give peers=[(host, port)] or trackers=[url]")
+    from swarmhub.engine.selection import file_priorities
+
     t = await session.add(meta, dest, peers=peers,
-                          trackers=[[u] for u in trackers] if trackers else None)
+                          trackers=[[u] for u in trackers] if trackers else None,
+                          file_priorities=file_priorities(meta, files or []),
+                          sequential=sequential)
     while not t.complete.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(t.complete.wait(), 1.0)
@@ -140,7 +150,7 @@ async def _fetch(session: Session, src: str, dest: Path, peers: list[tuple[str, 
             break
         if on_progress is not None:
             st = t.status()
-            on_progress(Progress(st.bytes_have, st.total_bytes, st.download_rate, st.peers))
+            on_progress(Progress(st.wanted_have, st.wanted_bytes, st.download_rate, st.peers))
     if t.error:
         raise SwarmhubError(f"{t.error}; verified pieces are kept, run again to resume")
     st = t.status()

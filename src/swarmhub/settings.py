@@ -70,6 +70,16 @@ class Settings:
         "prefer", "message stream encryption (MSE/PE): prefer (accept plain and encrypted "
         "peers, dial encrypted first and fall back to plain), require (encrypted only) or off"
     )
+    # -- picking
+    sequential_critical_pieces: int = _f(
+        4, "sequential downloads (--sequential, --serve): this many missing pieces after "
+        "the first one are fetched strictly in order", lo=1,
+    )
+    sequential_window_pieces: int = _f(
+        32, "sequential downloads: past the critical pieces, the rarest of this many "
+        "pieces from the first missing one comes next (so streaming peers still have "
+        "different pieces to trade); beyond it, rarest-first as usual", lo=1,
+    )
     # -- choking
     unchoke_slots: int = _f(
         4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke", lo=0

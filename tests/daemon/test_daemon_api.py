@@ -113,19 +113,14 @@ def test_queue_pause_resume_remove_events_and_watch_folder(
         assert {"paused", "resumed"} <= set(events.kinds(ids[2]))
         assert any(k == "stats" for k, _ in list(events.events))
 
-        # File priorities: the default is taken; others wait for the engine (501).
+        # File priorities (0 skip, 1 normal .. 7 sooner) reach the engine.
         files = d.ok("GET", f"/api/torrents/{ids[0]}/files")
         check_schema("/api/torrents/{id}/files", "get", 200, files)
         answer = d.ok("PUT", f"/api/torrents/{ids[0]}/files", {"priorities": [1]})
         check_schema("/api/torrents/{id}/files", "put", 200, answer)
         code, body = d.api("PUT", f"/api/torrents/{ids[0]}/files", {"priorities": [7]})
-        from swarmhub.engine.torrent import Torrent
-        if not hasattr(Torrent, "set_file_priorities"):
-            assert code == 501, body
-            check_schema("/api/torrents/{id}/files", "put", 501, body)
-        else:  # once the engine has file priorities (branch selective)
-            assert code == 200 and body["files"][0]["priority"] == 7, body
-            assert d.torrents()[ids[0]]["priorities"] == [7]
+        assert code == 200 and body["files"][0]["priority"] == 7, body
+        assert d.torrents()[ids[0]]["priorities"] == [7]
 
         # Remove without data keeps the file; with data deletes it.
         kept = dl / pairs[0][0].name

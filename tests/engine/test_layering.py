@@ -14,7 +14,7 @@ import swarmhub.engine as engine
 
 ENGINE = Path(engine.__file__).parent
 SANS_IO = ["swarm", "peerstate", "schedule", "integrity", "actions", "picker", "choker",
-           "superseed"]
+           "superseed", "selection"]
 IO_MODULES = {"asyncio", "socket", "time", "logging", "threading", "selectors", "aiohttp"}
 
 

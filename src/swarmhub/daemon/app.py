@@ -22,7 +22,6 @@ from swarmhub.daemon.manager import (
     Conflict,
     Manager,
     NotFound,
-    NotSupported,
     Upstream,
     decode_torrent_field,
 )
@@ -37,7 +36,7 @@ TOKEN_KEY = web.AppKey("token", str)
 #: Largest request body: a .torrent of a huge folder (base64 in JSON) fits.
 MAX_BODY = 32 << 20
 _HEARTBEAT = 15.0
-_STATUS = {BadRequest: 400, NotFound: 404, Conflict: 409, NotSupported: 501, Upstream: 502}
+_STATUS = {BadRequest: 400, NotFound: 404, Conflict: 409, Upstream: 502}
 
 
 def _json_error(status: int, message: str, **headers: str) -> web.Response:

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import contextlib
 import functools
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,6 @@ __all__ = [
     "Conflict",
     "Manager",
     "NotFound",
-    "NotSupported",
     "Upstream",
 ]
 
@@ -64,10 +62,6 @@ class BadRequest(SwarmhubError):
     """400: the request itself is wrong."""
 
 
-class NotSupported(SwarmhubError):
-    """501: this engine cannot do it yet."""
-
-
 class Upstream(SwarmhubError):
     """502: a hub the daemon asked for a torrent failed or refused."""
 
@@ -86,12 +80,6 @@ class Entry:
     #: The last status while it ran (shown while paused or queued).
     last: TorrentStatus | None = None
     fetch: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-def _engine_supports_priorities() -> bool:
-    from swarmhub.engine.torrent import Torrent
-
-    return callable(getattr(Torrent, "set_file_priorities", None))
 
 
 class Manager:
@@ -372,8 +360,7 @@ class Manager:
         return s.download_rate_limit, s.upload_rate_limit
 
     async def set_priorities(self, tid: str, priorities: list[int]) -> Entry:
-        """File priorities (0 skip, 1 normal .. 7 sooner), one per data file. An engine
-        without ``Torrent.set_file_priorities`` takes only the default (501 otherwise)."""
+        """File priorities (0 skip, 1 normal .. 7 sooner), one per data file."""
         entry = self.get(tid)
         if entry.meta is None:
             raise Conflict("the torrent's metadata is not known yet (magnet); try again soon")
@@ -382,14 +369,10 @@ class Manager:
             raise BadRequest(f"give {n} priorities, one per file (got {len(priorities)})")
         if any(not 0 <= p <= MAX_PRIORITY for p in priorities):
             raise BadRequest(f"priorities run from 0 (skip) to {MAX_PRIORITY}")
-        supported = _engine_supports_priorities()
-        if not supported and any(p != DEFAULT_PRIORITY for p in priorities):
-            raise NotSupported("file priorities are not supported yet by this engine; only "
-                               f"{DEFAULT_PRIORITY} (normal) for every file is accepted")
         entry.record.priorities = None if all(p == DEFAULT_PRIORITY for p in priorities) \
             else list(priorities)
         self.state.save(entry.record)
-        if supported and entry.torrent is not None:
+        if entry.torrent is not None:
             await _apply_priorities(entry.torrent, priorities)
         return entry
 
@@ -467,7 +450,7 @@ class Manager:
             entry.idle.set()
         if rec.download_limit or rec.upload_limit:
             t.set_rate_limits(rec.download_limit, rec.upload_limit)
-        if rec.priorities and _engine_supports_priorities():
+        if rec.priorities:
             await _apply_priorities(t, rec.priorities)
         self.events.emit("started", id=rec.id, name=rec.name)
 
@@ -538,10 +521,8 @@ class Manager:
 
 
 async def _apply_priorities(torrent: Torrent, priorities: list[int]) -> None:
-    """Call the engine's ``set_file_priorities`` (sync or async, whichever it is)."""
-    result = torrent.set_file_priorities(list(priorities))  # type: ignore[attr-defined]
-    if inspect.isawaitable(result):
-        await result
+    """One priority per data file (0 skip, 1 normal .. 7 sooner) into the engine."""
+    await torrent.set_file_priorities(list(priorities))
 
 
 def _check_peer(text: str) -> str:

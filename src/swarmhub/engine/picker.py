@@ -19,7 +19,20 @@ What it tracks:
 5. the subset of those with free blocks (``_partial``), which get strict priority so
    pieces finish, get verified and can be shared quickly;
 6. per peer: its bitfield, the blocks it has outstanding, and how many of its pieces we
-   lack (``interesting`` is O(1)).
+   lack and want (``interesting`` is O(1));
+7. a priority per piece (libtorrent's piece priorities): 0 = skip (never picked, never
+   makes a peer interesting), 1 = normal, 2..7 = sooner. Pieces above 1 ("boosted", few:
+   a streaming reader's next bytes) are kept in a dict and picked first, rarest among
+   the highest priority; the rest go rarest-first (or by the sequential window) with
+   priority-0 pieces filtered out. "Finished" is every wanted piece verified
+   (``is_finished``); "complete" is every piece (``is_complete``).
+
+Sequential mode (for streaming): from the first missing wanted piece (the cursor) the
+next ``critical`` pieces are picked strictly in order; beyond them, up to ``window``
+pieces from the cursor, the rarest piece the peer has (lowest index on ties); beyond the
+window, rarest-first as usual. Strict in-order picking makes every streaming peer want
+the same piece at the same time, so nobody has anything to trade; rarest-first inside a
+short window keeps the swarm diverse while the player's next bytes still come first.
 
 Piece life cycle: *untouched* (in a bucket) → *downloading* (first block requested or
 received) → all blocks received → the engine hashes it → ``piece_passed`` (we have it)
@@ -34,15 +47,19 @@ import collections
 import itertools
 import operator
 import random
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import NamedTuple
 
 from swarmhub.errors import LocalProtocolError
 
-__all__ = ["Block", "BlockResult", "PiecePicker", "pad_blocks_for"]
+__all__ = ["MAX_PRIORITY", "Block", "BlockResult", "PiecePicker", "pad_blocks_for"]
+
+#: Highest piece priority (libtorrent's top_priority).
+MAX_PRIORITY = 7
 
 _FREE, _REQUESTED, _RECEIVED = 0, 1, 2
 _NOT_BITS = bytes.maketrans(b"\x00\x01", b"\x01\x00")
+_NONZERO = bytes([0] + [1] * 255)
 
 
 class Block(NamedTuple):
@@ -141,6 +158,8 @@ class PiecePicker:
         pad_blocks: Iterable[tuple[int, int]] = (),
         random_first: int = 4,
         sequential: bool = False,
+        critical: int = 4,
+        window: int = 32,
     ) -> None:
         if piece_length <= 0 or block_size <= 0 or num_pieces < 0:
             raise LocalProtocolError("piece_length and block_size must be positive")
@@ -159,6 +178,17 @@ class PiecePicker:
         self._random_first = random_first
         self._sequential = sequential
         self._seq_cursor = 0
+        self._critical = max(1, critical)
+        self._window = max(self._critical, window)
+        #: priority per piece; 0 skip, 1 normal, >1 sooner
+        self._prio = bytearray(b"\x01" * num_pieces)
+        self._num_skip = 0  # pieces at priority 0
+        #: the wanted pieces, listed when they are few (most skipped): rarest-first then
+        #: scans these instead of buckets full of skipped pieces
+        self._few: list[int] | None = None
+        self._skip_untouched = 0  # of those, how many sit in the buckets
+        self._wanted_missing = num_pieces  # pieces with priority > 0 we lack
+        self._boosted: dict[int, None] = {}  # missing pieces with priority > 1
 
         self._have = bytearray(n)
         self._num_have = 0
@@ -241,7 +271,75 @@ class PiecePicker:
 
     @property
     def is_complete(self) -> bool:
+        """Every piece verified (we are a seed)."""
         return self._num_have == self._n
+
+    @property
+    def is_finished(self) -> bool:
+        """Every wanted (priority > 0) piece verified: the download is done."""
+        return self._wanted_missing == 0
+
+    @property
+    def wanted_missing(self) -> int:
+        """Pieces with priority > 0 that we still lack."""
+        return self._wanted_missing
+
+    def priority(self, index: int) -> int:
+        return self._prio[index]
+
+    def priorities(self) -> bytearray:
+        """A copy of the per-piece priorities."""
+        return bytearray(self._prio)
+
+    @property
+    def sequential(self) -> bool:
+        return self._sequential
+
+    def set_sequential(self, on: bool) -> None:
+        """Switch sequential (windowed in-order) picking on or off; takes effect at once."""
+        self._sequential = on
+        self._seq_cursor = 0
+
+    def set_piece_priority(self, index: int, priority: int) -> None:
+        """Set one piece's priority (0 skip, 1 normal, up to ``MAX_PRIORITY`` sooner).
+
+        A piece in progress keeps its outstanding requests; at priority 0 no more of its
+        blocks are picked. Crossing 0 costs O(peers) (interest counts); other changes O(1).
+        """
+        self._check_index(index)
+        if not 0 <= priority <= MAX_PRIORITY:
+            raise LocalProtocolError(f"piece priority {priority} is not in 0..{MAX_PRIORITY}")
+        old = self._prio[index]
+        if old == priority:
+            return
+        self._prio[index] = priority
+        missing = not self._have[index]
+        if priority > 1 and missing:
+            self._boosted[index] = None
+        else:
+            self._boosted.pop(index, None)
+        if (old == 0) == (priority == 0):
+            return
+        delta = 1 if old == 0 else -1
+        self._num_skip -= delta
+        self._few = None  # rebuilt on the next pick
+        if self._pos[index] >= 0:
+            self._skip_untouched -= delta
+        if not missing:
+            return
+        self._wanted_missing += delta
+        lack = self._lack
+        for peer, bits in self._peers.items():
+            if bits[index]:
+                lack[peer] += delta
+
+    def set_priorities(self, priorities: Iterable[int]) -> None:
+        """Set every piece's priority at once (one value per piece)."""
+        values = list(priorities)
+        if len(values) != self._n:
+            raise LocalProtocolError(f"{len(values)} priorities for {self._n} pieces")
+        for index, priority in enumerate(values):
+            self.set_piece_priority(index, priority)
 
     def bitfield(self) -> bytearray:
         """A copy of our have-state, one 0/1 byte per piece."""
@@ -254,7 +352,7 @@ class PiecePicker:
     def interesting(self, peer: Hashable) -> bool:
         """Whether ``peer`` has a piece we lack (we should be interested in it)."""
         if peer in self._seeds:
-            return self._num_have < self._n
+            return self._wanted_missing > 0
         return self._lack.get(peer, 0) > 0
 
     def outstanding(self, peer: Hashable) -> list[Block]:
@@ -272,15 +370,21 @@ class PiecePicker:
     @property
     def in_endgame(self) -> bool:
         """Every missing block that some peer could send us has been requested."""
-        if self._num_have == self._n:
+        if self._wanted_missing == 0:
             return False
-        pickable = self._untouched - (0 if self._seeds else len(self._buckets[0]))
+        prio = self._prio
+        pickable = self._untouched - self._skip_untouched
+        if not self._seeds:
+            bucket0 = self._buckets[0]
+            pickable -= sum(map(bool, map(prio.__getitem__, bucket0))) if self._num_skip \
+                else len(bucket0)
         if pickable > 0:
             return False
+        partial = [i for i in self._partial if prio[i]] if self._num_skip else self._partial
         if self._seeds:
-            return not self._partial
+            return not partial
         avail = self._avail
-        return not any(avail[i] for i in self._partial)
+        return not any(avail[i] for i in partial)
 
     # ---------------------------------------------------------------- availability
 
@@ -308,6 +412,8 @@ class PiecePicker:
             self._pos[last] = p
         self._pos[index] = -1
         self._untouched -= 1
+        if not self._prio[index]:
+            self._skip_untouched -= 1
 
     def _bucket_add(self, index: int) -> None:
         a = self._avail[index]
@@ -317,6 +423,8 @@ class PiecePicker:
         self._pos[index] = len(bucket)
         bucket.append(index)
         self._untouched += 1
+        if not self._prio[index]:
+            self._skip_untouched += 1
 
     def _inc(self, index: int) -> None:
         a = self._avail[index]
@@ -372,7 +480,7 @@ class PiecePicker:
             return
         bits[index] = 1
         self._inc(index)
-        if not self._have[index]:
+        if not self._have[index] and self._prio[index]:
             self._lack[peer] += 1
 
     def peer_has_bitfield(self, peer: Hashable, have: bytes | bytearray) -> None:
@@ -392,6 +500,8 @@ class PiecePicker:
         bits[:] = (old | theirs).to_bytes(n, "big")
         self._add_all((theirs & ~old).to_bytes(n, "big"), 1)
         missing = int.from_bytes(self._have.translate(_NOT_BITS), "big")
+        if self._num_skip:
+            missing &= int.from_bytes(self._prio.translate(_NONZERO), "big")
         self._lack[peer] = (int.from_bytes(bits, "big") & missing).bit_count()
 
     def peer_has_all(self, peer: Hashable) -> None:
@@ -433,6 +543,10 @@ class PiecePicker:
             self._drop_requests(index, piece)
         self._have[index] = 1
         self._num_have += 1
+        self._boosted.pop(index, None)
+        if not self._prio[index]:
+            return  # never counted as wanted
+        self._wanted_missing -= 1
         lack = self._lack
         for peer, bits in self._peers.items():
             if bits[index]:
@@ -509,7 +623,7 @@ class PiecePicker:
         ``sequential``), then — in end-game only — blocks already requested from one
         other peer.
         """
-        if count <= 0 or self._num_have == self._n:
+        if count <= 0 or self._wanted_missing == 0:
             return []
         bits = None if peer in self._seeds else self._peers.get(peer)
         if bits is None and peer not in self._seeds:
@@ -517,8 +631,9 @@ class PiecePicker:
         reqs = self._reqs.setdefault(peer, {})
         out: list[Block] = []
         if self._partial:
+            prio = self._prio
             for index in tuple(self._partial):
-                if bits is not None and not bits[index]:
+                if (bits is not None and not bits[index]) or not prio[index]:
                     continue
                 self._take(peer, index, self._downloading[index], count - len(out), out, reqs)
                 if len(out) >= count:
@@ -569,23 +684,80 @@ class PiecePicker:
             self._partial.pop(index, None)
 
     def _choose_new(self, bits: bytearray | None) -> int | None:
+        if self._boosted:
+            index = self._choose_boosted(bits)
+            if index is not None:
+                return index
         if self._sequential:
-            return self._choose_sequential(bits)
-        if self._num_have < self._random_first:
+            index = self._choose_sequential(bits)
+            if index is not None:
+                return index
+        elif self._num_have < self._random_first:
             index = self._choose_random(bits)
             if index is not None:
                 return index
         return self._choose_rarest(bits)
 
+    def _choose_boosted(self, bits: bytearray | None) -> int | None:
+        """The untouched boosted piece the peer has: highest priority, then rarest, then
+        lowest index (a reader's next bytes come in order)."""
+        best: tuple[int, int, int] | None = None
+        pos, prio, avail = self._pos, self._prio, self._avail
+        for i in self._boosted:
+            if pos[i] < 0 or (bits is not None and not bits[i]):
+                continue
+            key = (-prio[i], avail[i], i)
+            if best is None or key < best:
+                best = key
+        return None if best is None else best[2]
+
+    def _choose_few(self, bits: bytearray | None) -> int | None:
+        """Rarest-first over the list of wanted pieces (when most pieces are skipped):
+        O(wanted) instead of walking buckets of skipped pieces; ties by a random start."""
+        few = self._few
+        if few is None:
+            few = self._few = [i for i in range(self._n) if self._prio[i]]
+        if not few:
+            return None
+        pos, avail = self._pos, self._avail
+        start = self._rng.randrange(len(few))
+        best, best_a = None, -1
+        for i in itertools.chain(itertools.islice(few, start, None),
+                                 itertools.islice(few, start)):
+            if pos[i] < 0 or (bits is not None and not bits[i]):
+                continue
+            a = avail[i]
+            if best is None or a < best_a:
+                best, best_a = i, a
+                if a == 0 and bits is None:
+                    break
+        return best
+
     def _choose_rarest(self, bits: bytearray | None) -> int | None:
+        if self._num_skip * 2 > self._n:
+            return self._choose_few(bits)
         buckets = self._buckets
         rng = self._rng
+        skip = self._num_skip > 0
+        prio = self._prio
         if bits is None:  # a seed has everything: the lowest bucket wins outright
             for bucket in buckets:
-                if bucket:
+                if not bucket:
+                    continue
+                if not skip:
                     return bucket[rng.randrange(len(bucket))]
+                start = rng.randrange(len(bucket))
+                found = next(filter(prio.__getitem__, itertools.islice(bucket, start, None)),
+                             None)
+                if found is None:
+                    found = next(filter(prio.__getitem__, itertools.islice(bucket, start)),
+                                 None)
+                if found is not None:
+                    return found
             return None
-        has = bits.__getitem__
+        mine = bits
+        has: Callable[[int], int] = (
+            (lambda i: mine[i] and prio[i]) if skip else mine.__getitem__)
         for a in range(1, len(buckets)):  # bucket 0: pieces only seeds have
             bucket = buckets[a]
             if not bucket:
@@ -613,20 +785,35 @@ class PiecePicker:
                     index = buckets[a][r]
                     break
                 r -= size
-            if bits is None or bits[index]:
+            if (bits is None or bits[index]) and self._prio[index]:
                 return index
         return None
 
     def _choose_sequential(self, bits: bytearray | None) -> int | None:
-        have, pos, n = self._have, self._pos, self._n
+        """The critical pieces in order, then the rarest in the window (see the module
+        docstring); None past the window (the caller falls back to rarest-first)."""
+        have, pos, prio, n = self._have, self._pos, self._prio, self._n
         i = self._seq_cursor
-        while i < n and have[i]:
+        while i < n and (have[i] or not prio[i]):
             i += 1
         self._seq_cursor = i
-        for j in range(i, n):
+        seen = 0
+        best: tuple[int, int] | None = None
+        avail = self._avail
+        j = i
+        while j < n and seen < self._window:
+            if not prio[j] or have[j]:
+                j += 1
+                continue
+            seen += 1
             if pos[j] >= 0 and (bits is None or bits[j]):
-                return j
-        return None
+                if seen <= self._critical:
+                    return j
+                key = (avail[j], j)
+                if best is None or key < best:
+                    best = key
+            j += 1
+        return None if best is None else best[1]
 
     def _endgame(
         self,
@@ -637,8 +824,10 @@ class PiecePicker:
         reqs: dict[Block, None],
     ) -> None:
         bs = self._bs
+        prio = self._prio
         for index, piece in self._downloading.items():
-            if not piece.num_requested or (bits is not None and not bits[index]):
+            if not piece.num_requested or (bits is not None and not bits[index]) \
+                    or not prio[index]:
                 continue
             size = self.piece_size(index)
             for j, peers in piece.requesters.items():
@@ -788,7 +977,14 @@ class PiecePicker:
         check(set(self._partial) <= set(self._downloading), "partial not downloading")
         listed = {(p, block) for p, reqs in self._reqs.items() for block in reqs}
         check(live == listed, "per-peer outstanding vs piece requesters")
-        missing = [not h for h in self._have]
+        prio = self._prio
+        check(self._num_skip == prio.count(0), "skip count")
+        check(self._skip_untouched == sum(1 for b in self._buckets for i in b if not prio[i]),
+              "skipped untouched count")
+        missing = [not h and bool(prio[i]) for i, h in enumerate(self._have)]
+        check(self._wanted_missing == sum(missing), "wanted missing count")
+        check(set(self._boosted) == {i for i in range(n) if prio[i] > 1 and not self._have[i]},
+              "boosted pieces")
         for peer, bits in self._peers.items():
             check(peer not in self._seeds, "peer both seed and bitfield")
             lack = sum(1 for i in range(n) if bits[i] and missing[i])

@@ -18,7 +18,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -149,14 +149,21 @@ class Session:
 
     async def add(self, meta: Metainfo, save_path: Path, *, seed_mode: bool = False,
                   peers: list[tuple[str, int]] | None = None,
-                  trackers: list[list[str]] | None = None) -> Torrent:
-        """Add a torrent, check what is on disk, and start its background jobs."""
+                  trackers: list[list[str]] | None = None,
+                  file_priorities: Sequence[int] | None = None,
+                  sequential: bool = False) -> Torrent:
+        """Add a torrent, check what is on disk, and start its background jobs.
+
+        ``file_priorities``: one per data file (0 skip, 1 normal, up to 7 sooner; see
+        :meth:`Torrent.set_file_priorities`); ``sequential``: in order with a read-ahead
+        window (:meth:`Torrent.set_sequential`)."""
         if self._tg is None or self._closed:
             raise SwarmhubError("use the Session as 'async with Session() as s'")
         if meta.info_hash in self.torrents:
             raise SwarmhubError(f"torrent {meta.info_hash.hex()} is already in the session")
         torrent = Torrent(self, meta, save_path, seed_mode=seed_mode, peers=peers,
-                          trackers=trackers, rng=random.Random(self.rng.random()))
+                          trackers=trackers, rng=random.Random(self.rng.random()),
+                          file_priorities=file_priorities, sequential=sequential)
         await torrent.start()
         self.torrents[meta.info_hash] = torrent
         for h in _wire_hashes(meta):

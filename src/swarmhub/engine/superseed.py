@@ -94,6 +94,18 @@ class SuperSeeder:
         self._offered[index] -= 1
         return True
 
+    def declined(self, peer: Hashable) -> bool:
+        """The peer stays not interested in its open offers (it downloads only some
+        files): close them so :meth:`top_up` shows it others. True if any were open.
+        They stay shown: it can still ask for them, they are just not offered again."""
+        offers = self._offers.get(peer)
+        if not offers:
+            return False
+        for index in offers:
+            self._offered[index] -= 1
+        offers.clear()
+        return True
+
     def uploaded(self, peer: Hashable, index: int, nbytes: int) -> bool:
         """We sent ``nbytes`` of piece ``index`` to ``peer``: True when that completed an
         offer (the caller should then :meth:`top_up`)."""

@@ -98,7 +98,9 @@ class Swarm:
         self.rng = rng
         pads = list(pad_blocks)
         self.picker = PiecePicker(num_pieces, piece_length, total_length, rng=rng,
-                                  pad_blocks=pads)
+                                  pad_blocks=pads,
+                                  critical=settings.sequential_critical_pieces,
+                                  window=settings.sequential_window_pieces)
         #: bytes of each piece that lie in pad blocks (nobody requests those)
         self._pad_bytes: dict[int, int] = {}
         for index, begin in pads:
@@ -159,11 +161,46 @@ class Swarm:
     # -- state -----------------------------------------------------------------------------
     @property
     def complete(self) -> bool:
+        """Every piece verified: we are a seed."""
         return self.num_have == self.num_pieces
 
     @property
+    def finished(self) -> bool:
+        """Every wanted piece verified (all of them unless files were deselected)."""
+        return self.picker.is_finished
+
+    @property
     def downloading(self) -> bool:
-        return self.active and self.num_have < self.num_pieces
+        return self.active and not self.picker.is_finished
+
+    def set_piece_priorities(self, priorities: Iterable[int], now: float) -> None:
+        """New piece priorities (0 skip, 1 normal, up to 7 sooner; see
+        :mod:`~swarmhub.engine.selection` for files -> pieces). Interest follows at once;
+        :class:`Completed` is queued when this finishes the download (nothing left that
+        is wanted). Going from finished back to downloading queues nothing: the driver
+        compares :attr:`finished` before and after."""
+        was = self.finished
+        self.picker.set_priorities(priorities)
+        self._priorities_changed(was, now)
+
+    def set_piece_priority(self, index: int, priority: int, now: float) -> None:
+        """One piece's priority (a streaming reader's seek boosts the pieces it needs)."""
+        was = self.finished
+        self.picker.set_piece_priority(index, priority)
+        self._priorities_changed(was, now)
+
+    def set_sequential(self, on: bool) -> None:
+        """Windowed in-order picking (streaming) on or off."""
+        self.picker.set_sequential(on)
+
+    def _priorities_changed(self, was_finished: bool, now: float) -> None:
+        if not self.active:
+            return
+        for ps in list(self.peers.values()):
+            self._update_interest(ps, now)
+        self._fill_all(now)
+        if self.finished and not was_finished:
+            self._set_complete(now)
 
     def piece_size(self, index: int) -> int:
         return min(self.piece_length, self.total_length - index * self.piece_length)
@@ -177,8 +214,8 @@ class Swarm:
         return self.peers[handle]
 
     def stall_reason(self) -> str | None:
-        """Why a download is not moving, in words for the user (None when complete)."""
-        if self.complete:
+        """Why a download is not moving, in words for the user (None when finished)."""
+        if self.finished:
             return None
         if self.banned and not self.peers:
             return (f"every peer that sent data was banned ({len(self.banned)} banned, "
@@ -474,17 +511,20 @@ class Swarm:
                 targets.append(h)
         if targets:
             self._out.append(Broadcast(tuple(targets), (m.Have(index),)))
-        if self.num_have == self.num_pieces:
+        if self.picker.is_finished:
             self._set_complete(now)
 
     def _set_complete(self, now: float) -> None:
+        """Every wanted piece is in: lose interest; seeds are closed (and the tracker
+        told ``completed``) only when we hold every piece ourselves."""
+        complete = self.complete
         for ps in list(self.peers.values()):
-            if ps.is_seed:
+            if ps.is_seed and complete:
                 self._close(ps, "both sides are seeds")
             elif ps.am_interested:
                 ps.am_interested = False
                 self._send(ps, _NOT_INTERESTED, now)
-        if self.tracker is not None and self.downloaded:
+        if self.tracker is not None and self.downloaded and complete:
             self._out.append(Announce("completed"))
         self._out.append(Completed())
 
@@ -499,10 +539,11 @@ class Swarm:
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
         limit = max(1, self.settings.web_seed_batch_bytes // self.piece_length)
         avail = self.picker.availability
+        prio = self.picker.priority
         busy = self._src.keys() | self._verifying.keys()
         batch: list[int] = []
         for i in range(self.num_pieces):
-            ok = (not self.have[i] and i not in busy and i not in reserved
+            ok = (not self.have[i] and i not in busy and i not in reserved and prio(i)
                   and (peers_idle or (avail(i) == 0 and not hidden_seed)))
             if ok and (not batch or batch[-1] == i - 1):
                 batch.append(i)
@@ -581,7 +622,7 @@ class Swarm:
                  for h, ps in self.peers.items()]
         settings = ChokerSettings(slots=self._slots(),
                                   optimistic_interval=self.settings.optimistic_unchoke_interval,
-                                  seeding=self.complete)
+                                  seeding=self.finished)
         self._choke = choose_unchoked(stats, now, settings, self.rng, self._choke)
         unchoke = self._choke.unchoked
         for h, ps in list(self.peers.items()):
@@ -623,6 +664,10 @@ class Swarm:
             ps.queue_target = self._queue_target(ps, now)
             self._update_interest(ps, now)
             self._fill(ps, now)
+            ss = self._ss
+            if ss is not None and not ps.peer_interested and ps.handle in ss \
+                    and ss.declined(ps.handle):
+                self._offer(ps, now)  # a selective leecher: show it other pieces
         if now >= self._rechoke_at:
             self._rechoke(now)
         self._dial(now)

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -41,6 +41,7 @@ from swarmhub.engine.peer import Peer
 from swarmhub.engine.peerstate import RateMeter
 from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
+from swarmhub.engine.selection import piece_priorities
 from swarmhub.engine.services import TorrentServices
 from swarmhub.engine.swarm import Swarm, ban_key
 from swarmhub.errors import StorageError, SwarmhubError
@@ -66,6 +67,8 @@ class TorrentState(Enum):
     CHECKING = "checking"
     DOWNLOADING = "downloading"
     SEEDING = "seeding"
+    #: every chosen piece verified, some files left out (we upload what we have)
+    FINISHED = "finished"
     ERROR = "error"
     STOPPED = "stopped"
 
@@ -92,6 +95,10 @@ class TorrentStatus:
     webseed_bytes: int = 0
     #: Why a download is not moving (every peer banned, none unchoked us…), else None.
     stalled: str | None = None
+    #: Bytes of the pieces we want (all of them unless files were left out), and of
+    #: those, how many we have: what a progress bar for a selective download shows.
+    wanted_bytes: int = 0
+    wanted_have: int = 0
 
 
 class Torrent:
@@ -109,6 +116,8 @@ class Torrent:
         web_seeds: list[str] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        file_priorities: Sequence[int] | None = None,
+        sequential: bool = False,
     ) -> None:
         self.session = session
         self.settings = session.settings
@@ -124,6 +133,13 @@ class Torrent:
             meta.num_pieces, meta.piece_length, meta.total_length, self.settings,
             rng=self.rng, now=clock(), pad_blocks=_pad_blocks(meta), peers=peers or (),
             trackers=bool(self.tracker_tiers))
+        #: per data file (``meta.data_files`` order): 0 skip, 1 normal, up to 7 sooner
+        self.file_priorities = list(file_priorities or [1] * len(meta.data_files))
+        #: piece priorities from the files alone (what a reader's boost returns to)
+        self._base_priorities = piece_priorities(meta, self.file_priorities)
+        self.swarm.picker.set_priorities(self._base_priorities)
+        self.swarm.set_sequential(sequential)
+        self._piece_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.state = TorrentState.CHECKING
         self.error: str | None = None
         self.complete = asyncio.Event()
@@ -176,6 +192,8 @@ class Torrent:
         loop = asyncio.get_running_loop()
         pool = self.session.disk_pool
         existed = await loop.run_in_executor(pool, self.storage.exists)
+        wanted = [p > 0 for p in self.file_priorities]
+        await loop.run_in_executor(pool, self.storage.set_selection, wanted)
         await loop.run_in_executor(pool, self.storage.open, not self.seed_mode)
         n = self.meta.num_pieces
         have = bytearray(b"\x01" * n) if self.seed_mode else bytearray(n)
@@ -184,7 +202,8 @@ class Torrent:
             if resume is not None and resume.info_hash == self.meta.info_hash:
                 have = await loop.run_in_executor(
                     pool, trusted_pieces, resume, self.meta, self.storage)
-            todo = [i for i in range(n) if not have[i]]
+            prio = self.swarm.picker.priority  # skipped pieces: not worth hashing holes
+            todo = [i for i in range(n) if not have[i] and prio(i)]
             if todo:
                 threads = self.session.hash_threads
                 checked = await loop.run_in_executor(
@@ -195,7 +214,7 @@ class Torrent:
         self.swarm.load_have(have)
         self.swarm.dialer.own.add(self.session.listen_addr)
         log.info("%s: %d/%d pieces on disk", self.meta.name, self.num_have, n)
-        if self.swarm.complete:
+        if self.swarm.finished:
             self._set_complete(first=False)
         else:
             self.state = TorrentState.DOWNLOADING
@@ -236,6 +255,7 @@ class Torrent:
         for t in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(t), 10)
+        self._fail_waiters("the torrent stopped")
         await self.save_resume()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.session.disk_pool, self.storage.close)
@@ -260,12 +280,102 @@ class Torrent:
         self._down_bucket.set_rate(download)
         self._up_limiter.set_rate(upload)
 
+    # -- chosen files, sequential, streaming (the daemon's and --serve's API) ----------------
+    async def set_file_priorities(self, priorities: Sequence[int]) -> None:
+        """One priority per data file (``meta.data_files`` order, as ``swarmhub info``
+        numbers them): 0 skip, 1 normal, up to 7 sooner. A file chosen now that was left
+        out before is created with the bytes already held for it; a finished download
+        that wants more goes back to downloading."""
+        prios = list(priorities)
+        pp = piece_priorities(self.meta, prios)  # validates the count
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self.session.disk_pool, self.storage.set_selection, [p > 0 for p in prios])
+        self.file_priorities = prios
+        self._base_priorities = pp
+        was = self.swarm.finished
+        self.swarm.set_piece_priorities(pp, self.clock())
+        self._reopen_if_unfinished(was)
+        self._flush()
+
+    def set_sequential(self, on: bool) -> None:
+        """Download in order with a read-ahead window (for streaming), or rarest-first."""
+        self.swarm.set_sequential(on)
+
+    def prioritize_range(self, offset: int, length: int, priority: int = 7) -> list[int]:
+        """Raise the pieces holding piece-space bytes ``offset..offset+length`` to
+        ``priority`` (a player's read or seek); returns the pieces still missing."""
+        pl = self.meta.piece_length
+        first, last = offset // pl, (offset + max(length, 1) - 1) // pl
+        missing = []
+        was = self.swarm.finished
+        for i in range(first, min(last, self.meta.num_pieces - 1) + 1):
+            if self.swarm.have[i]:
+                continue
+            missing.append(i)
+            if self.swarm.picker.priority(i) < priority:
+                self.swarm.set_piece_priority(i, priority, self.clock())
+        self._reopen_if_unfinished(was)
+        self._flush()
+        return missing
+
+    def restore_priorities(self, indices: Iterable[int]) -> None:
+        """Undo :meth:`prioritize_range` for these pieces (the reader went away or
+        seeked elsewhere): back to what their files say."""
+        picker, base = self.swarm.picker, self._base_priorities
+        was = self.swarm.finished
+        for i in indices:
+            if picker.priority(i) != base[i]:
+                self.swarm.set_piece_priority(i, base[i], self.clock())
+        self._reopen_if_unfinished(was)
+        self._flush()
+
+    async def wait_pieces(self, indices: Iterable[int]) -> None:
+        """Return once every piece in ``indices`` is verified (raises
+        :class:`SwarmhubError` if the torrent fails or stops first)."""
+        loop = asyncio.get_running_loop()
+        futs = []
+        for i in indices:
+            if not self.swarm.have[i]:
+                fut: asyncio.Future[None] = loop.create_future()
+                self._piece_waiters.setdefault(i, []).append(fut)
+                futs.append(fut)
+        if futs:
+            await asyncio.gather(*futs)
+
+    def _piece_done(self, index: int) -> None:
+        for fut in self._piece_waiters.pop(index, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail_waiters(self, why: str) -> None:
+        waiters, self._piece_waiters = self._piece_waiters, {}
+        for futs in waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(SwarmhubError(why))
+
+    def _reopen_if_unfinished(self, was_finished: bool) -> None:
+        if not was_finished or self.swarm.finished:
+            return
+        if self.state in (TorrentState.SEEDING, TorrentState.FINISHED):
+            self.state = TorrentState.DOWNLOADING
+            self.complete.clear()
+            for url in self.web_seeds:
+                self._spawn(self._webseed_loop(url))
+
     def status(self) -> TorrentStatus:
         now = self.clock()
         s = self.swarm
         n = self.meta.num_pieces
+        prio, size = s.picker.priority, s.piece_size
+        wanted = [i for i in range(n) if prio(i)]
+        wanted_bytes = sum(map(size, wanted))
+        wanted_have = sum(size(i) for i in wanted if s.have[i])
         return TorrentStatus(
-            state=self.state, progress=s.num_have / n if n else 1.0, pieces_have=s.num_have,
+            wanted_bytes=wanted_bytes, wanted_have=wanted_have,
+            state=self.state, pieces_have=s.num_have,
+            progress=wanted_have / wanted_bytes if wanted_bytes else 1.0,
             num_pieces=n, bytes_have=s.bytes_have(), total_bytes=self.meta.total_length,
             download_rate=s.down.rate(now), upload_rate=s.up.rate(now),
             downloaded=s.downloaded, uploaded=s.uploaded, peers=len(s.peers),
@@ -394,6 +504,8 @@ class Torrent:
             self._fail(str(exc))
             return
         self.swarm.piece_verified(index, ok, self.clock(), digests)
+        if ok:
+            self._piece_done(index)
         self._flush()
 
     async def _check_and_write(
@@ -416,11 +528,12 @@ class Torrent:
 
     def _set_complete(self, *, first: bool) -> None:
         was = self.state
-        self.state = TorrentState.SEEDING
+        self.state = TorrentState.SEEDING if self.swarm.complete else TorrentState.FINISHED
         self.complete.set()
         self.buffers.clear()
-        if first and was is not TorrentState.SEEDING:
-            log.info("%s: complete, seeding", self.meta.name)
+        if first and was is not self.state:
+            log.info("%s: %s", self.meta.name, "complete, seeding" if self.swarm.complete
+                     else "every chosen file verified")
             self._spawn(self.save_resume())
 
     def _fail(self, message: str) -> None:
@@ -429,6 +542,7 @@ class Torrent:
         self.state = TorrentState.ERROR
         self.swarm.stop()
         self.complete.set()  # wake waiters; they look at .error
+        self._fail_waiters(message)
         for peer in list(self.peers):
             peer.close("torrent error")
 
@@ -601,6 +715,7 @@ class Torrent:
                         if ok:
                             self.buffers.pop(index, None)
                             self.swarm.webseed_piece(index, len(buf), self.clock())
+                            self._piece_done(index)
                             self._flush()
                         else:
                             self.swarm.hash_failures += 1

@@ -9,6 +9,16 @@ Layout: a single-file torrent lives at ``save_path/name``; a multi-file torrent 
 ``save_path/name/<path components>``. Pads (explicit BEP 47 entries or the gaps implied
 by BEP 52 alignment) read as zeros and are never written.
 
+Chosen files: with :meth:`TorrentStorage.set_selection`, an unchosen file that is not on
+disk is *parked*: it is never created, and its bytes of the pieces we download anyway (a
+piece shared with a chosen file must be fetched and verified whole) go to a sparse *part
+file*, ``save_path/.swarmhub.parts/<info hash>``, at their piece-space offset (libtorrent
+keeps such bytes in its "part file" the same way). Reads of a parked file's range read
+the part file (zeros where nothing was written). When a parked file is chosen later, it
+is created and the bytes the part file holds for it (its first and last piece: only edge
+pieces are ever written there) are copied in; once no file is parked the part file goes.
+An unchosen file that already exists is used as is.
+
 Safety: every open walks the path one component at a time with ``openat`` and
 ``O_NOFOLLOW``, so nothing below ``save_path`` may be a symlink and nothing can escape it,
 even if a hostile torrent slipped past the parser's path checks (the last line of defence).
@@ -27,12 +37,16 @@ import os
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 from swarmhub.errors import StorageError
 from swarmhub.metainfo.model import FileEntry, Metainfo
 
-__all__ = ["TorrentStorage"]
+__all__ = ["PARTS_DIR", "TorrentStorage"]
+
+#: Folder (in the download folder) of the part files of partially chosen torrents.
+PARTS_DIR = ".swarmhub.parts"
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +66,43 @@ class _Handle:
         self.writable = writable
         self.users = 0
         self.retired = False
+
+
+class _SharedLock:
+    """Many writers at once, or one selection change alone: a write routed to the part
+    file must land before a promotion copies the part file (or its bytes would be lost)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 def _as_bytes_view(data: bytes | bytearray | memoryview) -> memoryview:
@@ -94,6 +145,13 @@ class TorrentStorage:
         self._handles: OrderedDict[int, _Handle] = OrderedDict()
         self._create = False
         self._dirty: set[int] = set()
+        #: data files kept out of the folder (chosen by nobody, absent on disk)
+        self._parked: frozenset[int] = frozenset()
+        self._selection_lock = _SharedLock()
+        self._wanted: tuple[bool, ...] | None = None
+        #: the part file, opened through the same safe-open path as a data file
+        self._parts_index = len(self.data_files)
+        self._components.append((PARTS_DIR, meta.info_hash.hex()))
 
     # -- paths -------------------------------------------------------------------------
 
@@ -221,7 +279,11 @@ class TorrentStorage:
         self._create = create
         if not create:
             return
+        with self._selection_lock.exclusive():
+            self._apply_selection()
         for index, entry in enumerate(self.data_files):
+            if index in self._parked:
+                continue
             handle = self._acquire(index, write=True)
             path = self.save_path.joinpath(*self._components[index])
             try:
@@ -288,7 +350,10 @@ class TorrentStorage:
                 break
             lo, hi = max(offset, entry.offset), min(end, entry.end)
             if lo < hi:
-                out.append((index, lo - entry.offset, lo - offset, hi - lo))
+                if self._parked and index in self._parked:  # its bytes live in the part file
+                    out.append((self._parts_index, lo, lo - offset, hi - lo))
+                else:
+                    out.append((index, lo - entry.offset, lo - offset, hi - lo))
             k += 1
         return out
 
@@ -324,6 +389,9 @@ class TorrentStorage:
             pos = 0
             while pos < len(view):
                 got = os.preadv(handle.fd, [view[pos:]], file_offset + pos)
+                if got == 0 and index == self._parts_index:
+                    _zero_fill(view[pos:])  # sparse: never written there
+                    return
                 if got == 0:
                     path = self.save_path.joinpath(*self._components[index])
                     raise StorageError(
@@ -380,6 +448,10 @@ class TorrentStorage:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write piece-space bytes; the parts that fall on pads are dropped."""
+        with self._selection_lock.shared():
+            self._write(offset, data)
+
+    def _write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = _as_bytes_view(data)
         for index, file_offset, at, n in self._segments(offset, len(view)):
             handle = self._acquire(index, write=True)
@@ -402,12 +474,91 @@ class TorrentStorage:
         """Write a received block (a wire PIECE message) at ``begin`` inside piece ``index``."""
         self.write(self._piece_range(index, begin, memoryview(data).nbytes), data)
 
+    # -- chosen files ------------------------------------------------------------------------
+
+    def is_parked(self, index: int) -> bool:
+        """Whether data file ``index`` is kept out of the folder (see the module docstring)."""
+        return index in self._parked
+
+    @property
+    def parts_path(self) -> Path:
+        return self.save_path.joinpath(*self._components[self._parts_index])
+
+    def set_selection(self, wanted: tuple[bool, ...] | list[bool] | None) -> None:
+        """Which data files the user chose (None: all). Unchosen files absent on disk are
+        parked; newly chosen parked files are created with what the part file holds for
+        them (when the storage is open for writing; else at :meth:`open`)."""
+        if wanted is not None and len(wanted) != len(self.data_files):
+            raise ValueError(f"{len(wanted)} choices for {len(self.data_files)} files")
+        with self._selection_lock.exclusive():
+            self._wanted = None if wanted is None or all(wanted) else tuple(wanted)
+            if self._create:
+                self._apply_selection()
+            else:
+                self._parked = frozenset(
+                    i for i in self._unwanted() if not self._on_disk(i))
+
+    def _unwanted(self) -> list[int]:
+        w = self._wanted
+        return [] if w is None else [i for i, ok in enumerate(w) if not ok]
+
+    def _on_disk(self, index: int) -> bool:
+        path = self.save_path.joinpath(*self._components[index])
+        return os.path.lexists(path)
+
+    def _apply_selection(self) -> None:
+        parked = frozenset(i for i in self._unwanted()
+                           if i in self._parked or not self._on_disk(i))
+        has_parts = os.path.exists(self.parts_path)
+        promote = [i for i in range(len(self.data_files)) if i not in parked
+                   and (i in self._parked or not self._on_disk(i))] if has_parts else []
+        self._parked = parked
+        for index in promote:
+            self._promote(index)
+        if not parked and has_parts:
+            with contextlib.suppress(OSError):
+                self._retire_if_open(self._parts_index)
+                os.unlink(self.parts_path)
+
+    def _retire_if_open(self, index: int) -> None:
+        with self._lock:
+            if index in self._handles:
+                self._retire(index)
+
+    def _promote(self, index: int) -> None:
+        """Create data file ``index`` and copy in its bytes held by the part file (its
+        first and last piece are the only ones that can be there)."""
+        entry = self.data_files[index]
+        handle = self._acquire(index, write=True)
+        try:
+            if os.fstat(handle.fd).st_size < entry.length:
+                os.ftruncate(handle.fd, entry.length)
+        except OSError as exc:
+            raise self._error("set the size of", self.file_path(entry), exc) from None
+        finally:
+            self._release(handle)
+        if not entry.length:
+            return
+        pl = self.meta.piece_length
+        first_end = min(entry.end, (entry.offset // pl + 1) * pl)
+        last_start = max(entry.offset, (entry.end - 1) // pl * pl)
+        ranges = {(entry.offset, first_end), (last_start, entry.end)}
+        for lo, hi in sorted(ranges):
+            buf = bytearray(hi - lo)
+            self._pread_into(self._parts_index, memoryview(buf), lo)
+            if not any(buf):
+                continue  # a hole: nothing was kept for this range
+            self._write(lo, buf)  # no longer parked: goes to the file
+
     # -- inspection --------------------------------------------------------------------
 
     def _stats(self) -> list[os.stat_result | None]:
+        """Per data file; a parked file shows the part file's (so resume trust of its
+        edge pieces follows the part file)."""
         out: list[os.stat_result | None] = []
         for index in range(len(self.data_files)):
-            path = self.save_path.joinpath(*self._components[index])
+            shown = self._parts_index if index in self._parked else index
+            path = self.save_path.joinpath(*self._components[shown])
             try:
                 st = os.lstat(path)
             except OSError:

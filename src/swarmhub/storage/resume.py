@@ -217,12 +217,14 @@ def trusted_pieces(data: ResumeData, meta: Metainfo, storage: TorrentStorage) ->
     have = unpack_bits(data.have, n)
     pl = meta.piece_length
     now = storage.stat_files()
-    for entry, size, mtime, (cur_size, cur_mtime) in zip(
+    for index, (entry, size, mtime, (cur_size, cur_mtime)) in enumerate(zip(
         files, data.file_sizes, data.file_mtimes, now, strict=True
-    ):
+    )):
         if entry.length == 0:
             continue
-        if size != cur_size or mtime != cur_mtime or cur_size < entry.length:
+        # a parked (unchosen) file shows the part file's size and mtime
+        short = cur_size < entry.length and not storage.is_parked(index)
+        if size != cur_size or mtime != cur_mtime or short:
             first, last = entry.offset // pl, (entry.end - 1) // pl
             have[first : last + 1] = bytes(last + 1 - first)
     return have

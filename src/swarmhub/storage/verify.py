@@ -99,8 +99,8 @@ def _unreadable(meta: Metainfo, storage: TorrentStorage) -> bytearray:
     """1 for each piece touching bytes that a missing or truncated file lacks."""
     bad = bytearray(meta.num_pieces)
     pl = meta.piece_length
-    for entry, size in zip(storage.data_files, storage.sizes(), strict=True):
-        if entry.length and size < entry.length:
+    for index, (entry, size) in enumerate(zip(storage.data_files, storage.sizes(), strict=True)):
+        if entry.length and size < entry.length and not storage.is_parked(index):
             first, last = (entry.offset + max(size, 0)) // pl, (entry.end - 1) // pl
             bad[first : last + 1] = b"\1" * (last + 1 - first)
     return bad
