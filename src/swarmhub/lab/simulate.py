@@ -1,0 +1,549 @@
+"""``lab simulate``: N peers running the unchanged swarm core, in one process, in virtual time.
+
+Why: two cores run about 16 real peers before CPU, not the links, sets the pace, yet the
+questions (why does N=64 collapse? does the ratio hold at 1,000?) need hundreds or
+thousands. Like libtorrent's ``simulation/setup_swarm``, each simulated host runs the
+same sans-IO :class:`~swarmhub.engine.swarm.Swarm` a real peer runs; this module plays
+the asyncio driver's part (carry out the core's actions, feed it events with a virtual
+clock) over the fluid network of :mod:`swarmhub.lab.netmodel`, plus the services a lab
+run has: a tracker (random ``numwant`` sample, interval, peer expiry), the source
+(``swarmhub seed``, or the hub with its web seed and HTTP origin) and the clients.
+
+What is modelled as the real driver does it: handshakes (1.5 RTT, then ``can_accept`` on
+both sides and the session's connection cap), the extension handshake's ``reqq``,
+message sizes as on the wire, uploads pulled from the peer's accepted requests into a
+send buffer of ``send_buffer_bytes`` (control messages queue behind data), a tick per
+second, hashing as a fixed cost per byte, tracker announces and the hub's seeder dialling
+every announcer. What is not: packet loss, CPU limits, disk, process start-up time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from swarmhub.engine.actions import (
+    Action,
+    Announce,
+    Banned,
+    Broadcast,
+    Close,
+    Completed,
+    Connect,
+    PieceFailed,
+    Send,
+    Serve,
+    Verify,
+)
+from swarmhub.engine.swarm import Swarm
+from swarmhub.lab.netmodel import EventQueue, Link, Network, Pipe
+from swarmhub.lab.simhosts import HostSpec, SimTracker
+from swarmhub.settings import Settings
+from swarmhub.wire import messages as m
+
+__all__ = ["End", "Node", "Simulation"]
+
+_SIZES: dict[type, int] = {
+    m.KeepAlive: 4, m.Choke: 5, m.Unchoke: 5, m.Interested: 5, m.NotInterested: 5,
+    m.Have: 9, m.Request: 17, m.Cancel: 17, m.RejectRequest: 17, m.HaveAll: 5,
+    m.HaveNone: 5, m.SuggestPiece: 9, m.AllowedFast: 9, m.Port: 7,
+}
+HANDSHAKE = 68
+EXT_HANDSHAKE = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
+PIECE_HEADER = 13
+HTTP_HEADERS = 350  #: a range request or response's headers, about
+_MSGS, _BLOCK, _HS, _WS, _CS = range(5)
+
+
+def msg_size(msg: m.Message) -> int:
+    """Bytes of ``msg`` on the wire (length prefix included)."""
+    size = _SIZES.get(type(msg))
+    if size is not None:
+        return size
+    if isinstance(msg, m.Bitfield):
+        return 5 + len(msg.bits)
+    if isinstance(msg, m.Piece):
+        return PIECE_HEADER + len(msg.data)
+    return len(m.encode(msg))
+
+
+class End:
+    """Our side of one connection: the handle the core knows the peer by."""
+
+    __slots__ = ("far", "node", "open", "out", "remote", "uid")
+
+    def __init__(self, node: Node, remote: Node, uid: int) -> None:
+        self.node, self.remote = node, remote
+        self.uid = uid  # a deterministic hash: set order in the core must not vary by run
+        self.open = True
+        self.out: Pipe  # set by the simulation
+        self.far: End  #: the other side's End
+
+    def __hash__(self) -> int:
+        return self.uid
+
+    def __repr__(self) -> str:
+        return f"<End {self.node.host}->{self.remote.host}>"
+
+    def receive(self, payload: tuple[Any, ...]) -> None:
+        """A message batch, a block or the handshake arrived from the other side."""
+        if not self.open:
+            return
+        node = self.node
+        sim = node.sim
+        now = sim.ev.now
+        kind = payload[0]
+        if kind == _BLOCK:
+            req = payload[1]
+            node.got += req.length
+            self.remote.gave += req.length
+            if node.swarm.block(self, req.index, req.begin, req.length, now):
+                node.useful += req.length
+            if self.remote is sim.source:
+                sim.source_delivered(req.length)
+        elif kind == _MSGS:
+            swarm = node.swarm
+            for msg in payload[1]:
+                swarm.message(self, msg, now)
+        else:
+            sim.handshake_reply(self)
+            return
+        sim.flush(node)
+
+
+class Node:
+    """One simulated host: its links, its swarm core and what the run records about it."""
+
+    def __init__(self, sim: Simulation, host: int, spec: HostSpec) -> None:
+        self.sim = sim
+        self.host = host
+        self.addr = (f"10.{host >> 16 & 255}.{host >> 8 & 255}.{host & 255}", 6881)
+        self.peer_id = b"-SH0100-" + host.to_bytes(12, "big")
+        self.spec = spec
+        self.up = Link(spec.up_bps / 8, f"h{host}-up")
+        self.down = Link(spec.down_bps / 8, f"h{host}-down")
+        self.swarm: Swarm | None = None
+        self.ends: dict[End, None] = {}
+        self.started: float | None = None
+        self.done: float | None = None
+        self.gone = False
+        self.got = self.gave = self.useful = 0
+        self.webseed_bytes = 0
+        self.ws_reserved: set[int] = set()
+        self.ws_pipe: Pipe | None = None
+
+
+class Simulation:
+    """The event loop, the network and the hosts of one simulated run (see the module doc).
+
+    ``hosts[0]`` is the source; ``mode`` is ``p2p`` (tracker + ``swarmhub seed``),
+    ``hybrid`` (the hub: tracker, super-seeding peer and web seed) or ``cs`` (HTTP only).
+    """
+
+    def __init__(self, mode: str, specs: list[HostSpec], size: int, piece_length: int,
+                 settings: Settings, *, rng: random.Random,
+                 hash_rate: float = 1.6e9, jitter: float = 0.002, join_times: list[float] | None = None,
+                 lifetimes: list[float | None] | None = None,
+                 seed_leaves_after_copy: bool = False,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.mode = mode
+        self.size = size
+        self.piece_length = piece_length
+        self.num_pieces = -(-size // piece_length)
+        self.settings = settings
+        self.rng = rng
+        self.hash_rate = hash_rate
+        #: the most a dial waits to leave (s): process scheduling, in the lab
+        self.jitter = jitter
+        self.ev = EventQueue()
+        self.net = Network(self.ev)
+        self.nodes = [Node(self, i, spec) for i, spec in enumerate(specs)]
+        self.source = self.nodes[0]
+        self.clients = self.nodes[1:]
+        self.by_addr = {n.addr: n for n in self.nodes}
+        interval = 2 if mode == "p2p" else 10  # what the lab's tracker and hub hand out
+        self.tracker = SimTracker(interval=interval, min_interval=1 if mode == "p2p" else 60,
+                                  rng=random.Random(rng.getrandbits(64)))
+        self.join_times = join_times or [0.0] * len(self.clients)
+        self.lifetimes = lifetimes or [None] * len(self.clients)
+        self.seed_leaves_after_copy = seed_leaves_after_copy
+        self.on_event = on_event or (lambda _e: None)
+        self._uid = 0
+        self._source_sent = 0
+        self.pending = len(self.clients)
+        self.http_bytes = 0
+        #: the source left after one copy (virtual time), or None
+        self.source_left: float | None = None
+        self._handlers: dict[type, Callable[[Node, Any], None]] = {
+            Send: self._do_send,
+            Broadcast: self._do_broadcast,
+            Serve: lambda _n, a: self.serve(a.peer),
+            Verify: self._do_verify,
+            Close: lambda _n, a: self.close(a.peer),
+            Connect: lambda n, a: self._dial(n, a.addr),
+            Announce: lambda n, a: self._announce(n, a.event),
+            Completed: lambda n, _a: self._completed(n),
+            Banned: self._do_nothing,
+            PieceFailed: self._do_nothing,
+        }
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _swarm(self, node: Node, seed: bool, trackers: bool) -> Swarm:
+        s = Swarm(self.num_pieces, self.piece_length, self.size, self.settings,
+                  rng=random.Random(self.rng.getrandbits(64)), now=self.ev.now,
+                  have=b"\x01" * self.num_pieces if seed else None, trackers=trackers)
+        s.dialer.own.add(node.addr)
+        return s
+
+    def start(self) -> None:
+        """Schedule the source at time 0 and every client at its join time."""
+        src = self.source
+        src.started = 0.0
+        if self.mode != "cs":
+            src.swarm = self._swarm(src, True, trackers=self.mode == "p2p")
+            if self.mode == "hybrid":
+                self.tracker.register(src.addr, True, 0.0, permanent=True)
+            self._tick(src)
+        for node, t in zip(self.clients, self.join_times, strict=True):
+            self.ev.at(t, self._join, node)
+
+    def _join(self, node: Node) -> None:
+        now = self.ev.now
+        node.started = now
+        i = node.host - 1
+        life = self.lifetimes[i]
+        if life is not None:
+            self.ev.at(now + life, self._leave, node)
+        if self.mode == "cs":
+            self._http_get(node, [(0, self.size)], cs=True)
+            return
+        node.swarm = self._swarm(node, False, trackers=True)
+        self._tick(node)
+        if self.mode == "hybrid":
+            self.ev.at(now + self.settings.web_seed_grace, self._ws_loop, node)
+
+    def _tick(self, node: Node) -> None:
+        if node.gone or node.swarm is None:
+            return
+        node.swarm.tick(self.ev.now)
+        self.flush(node)
+        self.ev.at(self.ev.now + 1.0, self._tick, node)
+
+    # -- carrying out the core's actions -----------------------------------------------------
+    def flush(self, node: Node) -> None:
+        """Carry out the queued actions of ``node``'s core, as the asyncio driver does."""
+        swarm = node.swarm
+        assert swarm is not None
+        handlers = self._handlers
+        while actions := swarm.take():
+            for a in actions:
+                handlers[type(a)](node, a)
+
+    def _do_send(self, node: Node, a: Send) -> None:
+        end: End = a.peer  # type: ignore[assignment]
+        if end.open:
+            msgs = a.messages
+            self.net.send(end.out, sum(map(msg_size, msgs)), (_MSGS, msgs))
+
+    def _do_broadcast(self, node: Node, a: Broadcast) -> None:
+        msgs = a.messages
+        size = sum(map(msg_size, msgs))
+        payload = (_MSGS, msgs)
+        send = self.net.send
+        for end in a.peers:
+            if end.open:  # type: ignore[attr-defined]
+                send(end.out, size, payload)  # type: ignore[attr-defined]
+
+    def _do_verify(self, node: Node, a: Verify) -> None:
+        assert node.swarm is not None
+        cost = node.swarm.piece_size(a.index) / self.hash_rate
+        self.ev.at(self.ev.now + cost, self._verified, (node, a.index))
+
+    def _do_nothing(self, node: Node, a: Action) -> None:
+        pass  # Banned, PieceFailed: no liars in the simulation
+
+    def _verified(self, arg: tuple[Node, int]) -> None:
+        node, index = arg
+        if node.gone or node.swarm is None:
+            return
+        node.swarm.piece_verified(index, True, self.ev.now)
+        self.flush(node)
+
+    def _completed(self, node: Node) -> None:
+        if node.done is None and node is not self.source:
+            node.done = self.ev.now
+            self.pending -= 1
+            self.on_event({"event": "finished", "host": node.host, "at": node.done})
+
+    def serve(self, end: End) -> None:
+        """Move accepted requests into the send buffer (the upload loop's writes)."""
+        node = end.node
+        swarm = node.swarm
+        if not end.open or swarm is None:
+            return
+        ps = swarm.peers.get(end)
+        if ps is None:
+            return
+        incoming = ps.incoming
+        pipe = end.out
+        limit = self.settings.send_buffer_bytes
+        served = []
+        nbytes = 0
+        send = self.net.send
+        while incoming and pipe.queued < limit:
+            req = incoming.popleft()
+            send(pipe, 13 + req.length, (_BLOCK, req))
+            served.append(req)
+            nbytes += req.length
+        pipe.waiting = bool(incoming)
+        if served:
+            swarm.blocks_sent(end, served, nbytes, self.ev.now)
+            self.flush(node)
+
+    def _drained(self, end: End) -> None:
+        if end.out.queued < self.settings.send_buffer_bytes // 4:
+            self.serve(end)
+
+    def source_delivered(self, nbytes: int) -> None:
+        self._source_sent += nbytes
+        if (self.seed_leaves_after_copy and self.source_left is None
+                and self._source_sent >= self.size):
+            self.source_left = self.ev.now
+            self.ev.at(self.ev.now, self._leave, self.source)
+
+    # -- connections -------------------------------------------------------------------------
+    @staticmethod
+    def _lat(a: Node, b: Node) -> float:
+        """One-way latency between two hosts: the mean of their access latencies (the
+        lab's single ``--latency`` when every host has the same)."""
+        return (a.spec.latency + b.spec.latency) / 2
+
+    def _dial(self, node: Node, addr: tuple[str, int]) -> None:
+        target = self.by_addr.get(addr)
+        if target is None or target.gone or target.swarm is None:
+            rtt = 2 * (self._lat(node, target) if target is not None else node.spec.latency)
+            self.ev.at(self.ev.now + rtt, self._dial_failed, (node, addr))
+            return
+        node.up.sent += HANDSHAKE + EXT_HANDSHAKE
+        # The dial leaves after a scheduling delay: without it, two peers that dial each
+        # other at once would race identically every time (each side keeps the connection
+        # it accepted, refuses the other, and both die); with it, as in the lab, one
+        # usually survives.
+        delay = 3 * self._lat(node, target) + self.rng.random() * self.jitter
+        self.ev.at(self.ev.now + delay, self._accept, (node, target))
+
+    def _dial_failed(self, arg: tuple[Node, tuple[str, int]]) -> None:
+        node, addr = arg
+        if not node.gone and node.swarm is not None:
+            node.swarm.connect_done(addr)
+            self.flush(node)
+
+    def _admit(self, node: Node, other: Node) -> str | None:
+        swarm = node.swarm
+        assert swarm is not None
+        if sum(1 for e in node.ends if e.open) >= self.settings.max_connections:
+            return "too many connections in this session"
+        reason = swarm.can_accept(other.addr, other.peer_id, self.ev.now)
+        self.flush(node)
+        return reason
+
+    def _pipe(self, a: End, b: End) -> Pipe:
+        """The pipe a -> b (b's ``receive`` gets what a sends)."""
+        pipe = Pipe(a.node.up, b.node.down, self._lat(a.node, b.node), b.receive)
+        pipe.on_drain = lambda _p: self._drained(a)
+        return pipe
+
+    def _accept(self, arg: tuple[Node, Node]) -> None:
+        """The dialler's handshake reached ``target``: admit it, reply, tell the core."""
+        node, target = arg
+        if target.gone or target.swarm is None or self._admit(target, node) is not None:
+            self.ev.at(self.ev.now + self._lat(node, target), self._dial_failed,
+                       (node, target.addr))
+            return
+        self._uid += 2
+        mine, theirs = End(target, node, self._uid), End(node, target, self._uid + 1)
+        mine.out, theirs.out = self._pipe(mine, theirs), self._pipe(theirs, mine)
+        mine.far, theirs.far = theirs, mine
+        target.ends[mine] = None
+        self.net.send(mine.out, HANDSHAKE + EXT_HANDSHAKE, (_HS,))
+        self._connected(mine)
+
+    def _connected(self, end: End) -> None:
+        node = end.node
+        swarm = node.swarm
+        assert swarm is not None
+        remote = end.remote
+        swarm.connected(end, remote.addr, remote.peer_id, fast=True, now=self.ev.now)
+        swarm.set_reqq(end, self.settings.max_outstanding_incoming_requests)
+        self.flush(node)
+
+    def handshake_reply(self, end: End) -> None:
+        """The accepting side's handshake reached the dialler."""
+        node = end.node
+        if node.gone or node.swarm is None:
+            self.close_end(end)
+            return
+        node.swarm.connect_done(end.remote.addr)
+        if self._admit(node, end.remote) is not None:
+            self.close_end(end)
+            self.flush(node)
+            return
+        node.ends[end] = None
+        self._connected(end)
+
+    def close(self, end: End) -> None:
+        """The core closed ``end``: drop it here now, at the far end one latency later."""
+        if not end.open:
+            return
+        self.close_end(end)
+        node = end.node
+        if node.swarm is not None:
+            node.swarm.disconnected(end, self.ev.now)
+            self.flush(node)
+
+    def close_end(self, end: End) -> None:
+        end.open = False
+        end.node.ends.pop(end, None)
+        self.net.close(end.out)
+        self.ev.at(self.ev.now + end.out.latency, self._remote_closed, end.far)
+
+    def _remote_closed(self, end: End) -> None:
+        if end.open:
+            self.close(end)
+
+    # -- services: tracker, web seed, HTTP --------------------------------------------------
+    def _announce(self, node: Node, event: str | None) -> None:
+        lat = self._lat(node, self.source)
+        self.ev.at(self.ev.now + lat, self._at_tracker, (node, event))
+
+    def _at_tracker(self, arg: tuple[Node, str | None]) -> None:
+        node, event = arg
+        now = self.ev.now
+        if node.gone and event != "stopped":
+            return
+        swarm = node.swarm
+        seeder = swarm is not None and swarm.complete
+        tr = self.tracker
+        if event == "stopped":
+            tr.remove(node.addr)
+            return
+        tr.register(node.addr, seeder, now)
+        peers = tr.pick(node.addr, seeder, 50, now)
+        seeds = tr.seeders
+        if self.mode == "hybrid" and not self.source.gone and node is not self.source:
+            src = self.source.swarm
+            assert src is not None
+            src.add_peers([node.addr], now)  # the hub's seeder dials every announcer
+            self.flush(self.source)
+        self.ev.at(now + self._lat(node, self.source), self._tracker_answer,
+                   (node, peers, seeds))
+
+    def _tracker_answer(self, arg: tuple[Node, list[tuple[str, int]], int]) -> None:
+        node, peers, seeds = arg
+        if node.gone or node.swarm is None:
+            return
+        tr = self.tracker
+        node.swarm.tracker_response(self.ev.now, interval=max(tr.min_interval, tr.interval),
+                                    peers=peers, seeds=seeds)
+        self.flush(node)
+
+    def _http_get(self, node: Node, ranges: list[tuple[int, int]], *, cs: bool = False) -> None:
+        """Ask the hub for byte ranges; pieces (or the whole file) stream back."""
+        lat = self._lat(node, self.source)
+        self.ev.at(self.ev.now + lat, self._http_serve, (node, ranges, cs))
+
+    def _http_serve(self, arg: tuple[Node, list[tuple[int, int]], bool]) -> None:
+        node, ranges, cs = arg
+        if self.source.gone or node.gone:
+            if not node.gone and not cs:
+                node.ws_reserved.clear()
+                self.ev.at(self.ev.now + 5.0, self._ws_loop, node)
+            return
+        if node.ws_pipe is None:
+            node.ws_pipe = Pipe(self.source.up, node.down, self._lat(node, self.source),
+                                self._http_arrived(node))
+        pipe = node.ws_pipe
+        if cs:
+            self.net.send(pipe, HTTP_HEADERS + self.size, (_CS, self.size))
+            self.http_bytes += self.size
+            return
+        self.net.send(pipe, HTTP_HEADERS, (_WS, -1, 0, False))
+        pl = self.piece_length
+        for k, (a, b) in enumerate(ranges):
+            for index in range(a, b):
+                size = min(pl, self.size - index * pl)
+                self.http_bytes += size
+                self.net.send(pipe, size, (_WS, index, size, k == len(ranges) - 1
+                                           and index == b - 1))
+
+    def _http_arrived(self, node: Node) -> Callable[[tuple[Any, ...]], None]:
+        def arrived(payload: tuple[Any, ...]) -> None:
+            if node.gone:
+                return
+            now = self.ev.now
+            if payload[0] == _CS:
+                node.got += payload[1]
+                self._completed(node)
+                return
+            _, index, size, last = payload
+            if index >= 0:
+                node.got += size
+                cost = size / self.hash_rate
+                self.ev.at(now + cost, self._ws_piece, (node, index, size, last))
+        return arrived
+
+    def _ws_piece(self, arg: tuple[Node, int, int, bool]) -> None:
+        node, index, size, last = arg
+        swarm = node.swarm
+        if node.gone or swarm is None:
+            return
+        if not swarm.have[index]:
+            node.webseed_bytes += size
+            swarm.webseed_piece(index, size, self.ev.now)
+            self.flush(node)
+        if last:
+            node.ws_reserved.clear()
+            self._ws_loop(node)
+
+    def _ws_loop(self, node: Node) -> None:
+        """The client's web-seed loop: fetch what the core picks, in 4 MiB ranges."""
+        swarm = node.swarm
+        if node.gone or swarm is None or swarm.complete or self.source.gone:
+            return
+        batch = swarm.webseed_batch(self.ev.now, node.ws_reserved)
+        if not batch:
+            self.ev.at(self.ev.now + 0.5, self._ws_loop, node)
+            return
+        node.ws_reserved.update(batch)
+        per = max(1, self.settings.web_seed_request_size // self.piece_length)
+        ranges = [(batch[i], min(batch[i] + per, batch[-1] + 1))
+                  for i in range(0, len(batch), per)]
+        self._http_get(node, ranges)
+
+    # -- churn -------------------------------------------------------------------------------
+    def _leave(self, node: Node) -> None:
+        if node.gone:
+            return
+        swarm = node.swarm
+        if node is not self.source and node.done is None:
+            self.pending -= 1
+            self.on_event({"event": "failed", "host": node.host, "error": "left"})
+        if swarm is not None:
+            swarm.stop()
+            self._announce(node, "stopped")
+        node.gone = True
+        for end in list(node.ends):
+            self.close_end(end)
+        if node.ws_pipe is not None:
+            self.net.close(node.ws_pipe)
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self, until: float) -> None:
+        self.start()
+        self.ev.run(until, stop=lambda: self.pending <= 0)
+
+
+def handles(node: Node) -> list[Hashable]:
+    """The core's peer handles on ``node`` (tests)."""
+    return list(node.swarm.peers) if node.swarm is not None else []
