@@ -20,7 +20,8 @@ every announcer. What is not: packet loss, CPU limits, disk, process start-up ti
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Hashable
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from swarmhub.engine.actions import (
@@ -37,7 +38,7 @@ from swarmhub.engine.actions import (
     Verify,
 )
 from swarmhub.engine.swarm import Swarm
-from swarmhub.lab.netmodel import EventQueue, Link, Network, Pipe
+from swarmhub.lab.netmodel import SMALL, EventQueue, Link, Network, Pipe, wire
 from swarmhub.lab.simhosts import HostSpec, SimTracker
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
@@ -69,19 +70,17 @@ def msg_size(msg: m.Message) -> int:
 
 
 class End:
-    """Our side of one connection: the handle the core knows the peer by."""
+    """Our side of one connection. The core knows it by ``uid``, an int: cheap to hash,
+    and deterministic (set order inside the core must not vary from run to run)."""
 
     __slots__ = ("far", "node", "open", "out", "remote", "uid")
 
     def __init__(self, node: Node, remote: Node, uid: int) -> None:
         self.node, self.remote = node, remote
-        self.uid = uid  # a deterministic hash: set order in the core must not vary by run
+        self.uid = uid
         self.open = True
         self.out: Pipe  # set by the simulation
         self.far: End  #: the other side's End
-
-    def __hash__(self) -> int:
-        return self.uid
 
     def __repr__(self) -> str:
         return f"<End {self.node.host}->{self.remote.host}>"
@@ -98,14 +97,15 @@ class End:
             req = payload[1]
             node.got += req.length
             self.remote.gave += req.length
-            if node.swarm.block(self, req.index, req.begin, req.length, now):
+            if node.swarm.block(self.uid, req.index, req.begin, req.length, now):
                 node.useful += req.length
             if self.remote is sim.source:
                 sim.source_delivered(req.length)
         elif kind == _MSGS:
-            swarm = node.swarm
+            message = node.swarm.message
+            uid = self.uid
             for msg in payload[1]:
-                swarm.message(self, msg, now)
+                message(uid, msg, now)
         else:
             sim.handshake_reply(self)
             return
@@ -132,6 +132,10 @@ class Node:
         self.webseed_bytes = 0
         self.ws_reserved: set[int] = set()
         self.ws_pipe: Pipe | None = None
+        #: the read cache (pieces, LRU) and the disk reads in flight -> who waits
+        self.cache: OrderedDict[int, None] = OrderedDict()
+        self.cache_pieces = max(2, sim.settings.read_cache_bytes // sim.piece_length)
+        self.reads: dict[int, list[End]] = {}
 
 
 class Simulation:
@@ -143,7 +147,8 @@ class Simulation:
 
     def __init__(self, mode: str, specs: list[HostSpec], size: int, piece_length: int,
                  settings: Settings, *, rng: random.Random,
-                 hash_rate: float = 1.6e9, jitter: float = 0.002, join_times: list[float] | None = None,
+                 hash_rate: float = 1.6e9, jitter: float = 0.002,
+                 disk_read: float = 0.0002, join_times: list[float] | None = None,
                  lifetimes: list[float | None] | None = None,
                  seed_leaves_after_copy: bool = False,
                  on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -156,6 +161,8 @@ class Simulation:
         self.hash_rate = hash_rate
         #: the most a dial waits to leave (s): process scheduling, in the lab
         self.jitter = jitter
+        #: seconds to read a piece for uploading (page cache + the executor's round trip)
+        self.disk_read = disk_read
         self.ev = EventQueue()
         self.net = Network(self.ev)
         self.nodes = [Node(self, i, spec) for i, spec in enumerate(specs)]
@@ -170,6 +177,8 @@ class Simulation:
         self.seed_leaves_after_copy = seed_leaves_after_copy
         self.on_event = on_event or (lambda _e: None)
         self._uid = 0
+        #: open connection ends by the handle their core knows them by
+        self.by_uid: dict[int, End] = {}
         self._source_sent = 0
         self.pending = len(self.clients)
         self.http_bytes = 0
@@ -178,9 +187,9 @@ class Simulation:
         self._handlers: dict[type, Callable[[Node, Any], None]] = {
             Send: self._do_send,
             Broadcast: self._do_broadcast,
-            Serve: lambda _n, a: self.serve(a.peer),
+            Serve: lambda _n, a: self._serve_uid(a.peer),
             Verify: self._do_verify,
-            Close: lambda _n, a: self.close(a.peer),
+            Close: lambda _n, a: self._close_uid(a.peer),
             Connect: lambda n, a: self._dial(n, a.addr),
             Announce: lambda n, a: self._announce(n, a.event),
             Completed: lambda n, _a: self._completed(n),
@@ -241,19 +250,56 @@ class Simulation:
                 handlers[type(a)](node, a)
 
     def _do_send(self, node: Node, a: Send) -> None:
-        end: End = a.peer  # type: ignore[assignment]
-        if end.open:
+        end = self.by_uid.get(a.peer)  # type: ignore[call-overload]
+        if end is not None and end.open:
             msgs = a.messages
             self.net.send(end.out, sum(map(msg_size, msgs)), (_MSGS, msgs))
 
     def _do_broadcast(self, node: Node, a: Broadcast) -> None:
+        """Send to each peer; those whose pipe is idle (the message skips the fluid model)
+        and that share a latency get one event between them: a Have to 50 peers is one
+        heap entry, not 50 (the largest cost of a simulated swarm is its Haves)."""
         msgs = a.messages
         size = sum(map(msg_size, msgs))
         payload = (_MSGS, msgs)
         send = self.net.send
-        for end in a.peers:
-            if end.open:  # type: ignore[attr-defined]
-                send(end.out, size, payload)  # type: ignore[attr-defined]
+        by_uid = self.by_uid
+        small = wire(size) <= SMALL
+        groups: dict[float, list[End]] = {}
+        for uid in a.peers:
+            end = by_uid.get(uid)  # type: ignore[call-overload]
+            if end is None or not end.open:
+                continue
+            pipe = end.out
+            if small and not pipe.active:
+                group = groups.get(pipe.latency)
+                if group is None:
+                    group = groups[pipe.latency] = []
+                group.append(end.far)
+            else:
+                send(pipe, size, payload)
+        if groups:
+            nbytes = wire(size)
+            now = self.ev.now
+            for lat, ends in groups.items():
+                node.up.sent += nbytes * len(ends)
+                self.ev.at(now + lat, self._deliver_many, (ends, payload))
+
+    @staticmethod
+    def _deliver_many(arg: tuple[list[End], tuple[Any, ...]]) -> None:
+        ends, payload = arg
+        for end in ends:
+            end.receive(payload)
+
+    def _serve_uid(self, uid: int) -> None:
+        end = self.by_uid.get(uid)
+        if end is not None:
+            self.serve(end)
+
+    def _close_uid(self, uid: int) -> None:
+        end = self.by_uid.get(uid)
+        if end is not None:
+            self.close(end)
 
     def _do_verify(self, node: Node, a: Verify) -> None:
         assert node.swarm is not None
@@ -277,29 +323,63 @@ class Simulation:
             self.on_event({"event": "finished", "host": node.host, "at": node.done})
 
     def serve(self, end: End) -> None:
-        """Move accepted requests into the send buffer (the upload loop's writes)."""
+        """Write accepted requests into the send buffer as the upload loop does: a batch
+        (at most 1 MiB) of blocks whose pieces are in the read cache, ``blocks_sent``,
+        then the next; a piece not cached is read from disk first (``disk_read`` s).
+        Batching matters: a super-seed's next offer (a Have) goes out between batches,
+        ahead of the blocks still to come, and the peer requests it on its next block."""
         node = end.node
         swarm = node.swarm
         if not end.open or swarm is None:
             return
-        ps = swarm.peers.get(end)
+        ps = swarm.peers.get(end.uid)
         if ps is None:
             return
         incoming = ps.incoming
         pipe = end.out
         limit = self.settings.send_buffer_bytes
-        served = []
-        nbytes = 0
         send = self.net.send
+        cache = node.cache
         while incoming and pipe.queued < limit:
-            req = incoming.popleft()
-            send(pipe, 13 + req.length, (_BLOCK, req))
-            served.append(req)
-            nbytes += req.length
-        pipe.waiting = bool(incoming)
-        if served:
-            swarm.blocks_sent(end, served, nbytes, self.ev.now)
+            served = []
+            nbytes = 0
+            while incoming and nbytes < 1 << 20:
+                req = incoming[0]
+                if req.index not in cache:
+                    break
+                incoming.popleft()
+                send(pipe, 13 + req.length, (_BLOCK, req))
+                served.append(req)
+                nbytes += req.length
+            if not served:
+                self._read(node, incoming[0].index, end)
+                return
+            cache.move_to_end(served[-1].index)
+            swarm.blocks_sent(end.uid, served, nbytes, self.ev.now)
             self.flush(node)
+            if not end.open:
+                return
+        pipe.waiting = bool(incoming)
+
+    def _read(self, node: Node, index: int, end: End) -> None:
+        """Read piece ``index`` into ``node``'s cache (one read however many wait), then
+        resume serving ``end``."""
+        waiting = node.reads.get(index)
+        if waiting is not None:
+            waiting.append(end)
+            return
+        node.reads[index] = [end]
+        self.ev.at(self.ev.now + self.disk_read, self._read_done, (node, index))
+
+    def _read_done(self, arg: tuple[Node, int]) -> None:
+        node, index = arg
+        cache = node.cache
+        cache[index] = None
+        while len(cache) > node.cache_pieces:
+            cache.popitem(last=False)
+        for end in node.reads.pop(index, []):
+            if not node.gone:
+                self.serve(end)
 
     def _drained(self, end: End) -> None:
         if end.out.queued < self.settings.send_buffer_bytes // 4:
@@ -365,6 +445,7 @@ class Simulation:
         mine, theirs = End(target, node, self._uid), End(node, target, self._uid + 1)
         mine.out, theirs.out = self._pipe(mine, theirs), self._pipe(theirs, mine)
         mine.far, theirs.far = theirs, mine
+        self.by_uid[mine.uid], self.by_uid[theirs.uid] = mine, theirs
         target.ends[mine] = None
         self.net.send(mine.out, HANDSHAKE + EXT_HANDSHAKE, (_HS,))
         self._connected(mine)
@@ -374,8 +455,8 @@ class Simulation:
         swarm = node.swarm
         assert swarm is not None
         remote = end.remote
-        swarm.connected(end, remote.addr, remote.peer_id, fast=True, now=self.ev.now)
-        swarm.set_reqq(end, self.settings.max_outstanding_incoming_requests)
+        swarm.connected(end.uid, remote.addr, remote.peer_id, fast=True, now=self.ev.now)
+        swarm.set_reqq(end.uid, self.settings.max_outstanding_incoming_requests)
         self.flush(node)
 
     def handshake_reply(self, end: End) -> None:
@@ -399,12 +480,13 @@ class Simulation:
         self.close_end(end)
         node = end.node
         if node.swarm is not None:
-            node.swarm.disconnected(end, self.ev.now)
+            node.swarm.disconnected(end.uid, self.ev.now)
             self.flush(node)
 
     def close_end(self, end: End) -> None:
         end.open = False
         end.node.ends.pop(end, None)
+        self.by_uid.pop(end.uid, None)
         self.net.close(end.out)
         self.ev.at(self.ev.now + end.out.latency, self._remote_closed, end.far)
 
@@ -543,7 +625,3 @@ class Simulation:
         self.start()
         self.ev.run(until, stop=lambda: self.pending <= 0)
 
-
-def handles(node: Node) -> list[Hashable]:
-    """The core's peer handles on ``node`` (tests)."""
-    return list(node.swarm.peers) if node.swarm is not None else []
