@@ -89,8 +89,7 @@ class EventQueue:
             fn(arg)
             if stop is not None and stop():
                 return
-        if not heap:
-            self.now = max(self.now, min(until, self.now))
+        self.now = max(self.now, until)
 
     def __len__(self) -> int:
         return len(self._heap)

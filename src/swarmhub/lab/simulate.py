@@ -92,17 +92,19 @@ class End:
         node = self.node
         sim = node.sim
         now = sim.ev.now
+        swarm = node.swarm
+        assert swarm is not None  # ends exist only on hosts that run a core
         kind = payload[0]
         if kind == _BLOCK:
             req = payload[1]
             node.got += req.length
             self.remote.gave += req.length
-            if node.swarm.block(self.uid, req.index, req.begin, req.length, now):
+            if swarm.block(self.uid, req.index, req.begin, req.length, now):
                 node.useful += req.length
             if self.remote is sim.source:
                 sim.source_delivered(req.length)
         elif kind == _MSGS:
-            message = node.swarm.message
+            message = swarm.message
             uid = self.uid
             for msg in payload[1]:
                 message(uid, msg, now)
