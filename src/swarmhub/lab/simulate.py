@@ -41,6 +41,7 @@ from swarmhub.engine.actions import (
 from swarmhub.engine.swarm import Swarm
 from swarmhub.lab.netmodel import SMALL, EventQueue, Link, Network, Pipe, wire
 from swarmhub.lab.simhosts import HostSpec, SimTracker
+from swarmhub.lab.simservices import Services
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
 
@@ -54,8 +55,7 @@ _SIZES: dict[type, int] = {
 HANDSHAKE = 68
 EXT_HANDSHAKE = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
 PIECE_HEADER = 13
-HTTP_HEADERS = 350  #: a range request or response's headers, about
-_MSGS, _BLOCK, _HS, _WS, _CS = range(5)
+_MSGS, _BLOCK, _HS = range(3)
 
 
 def msg_size(msg: m.Message) -> int:
@@ -187,6 +187,7 @@ class Simulation:
         self.http_bytes = 0
         #: the source left after one copy (virtual time), or None
         self.source_left: float | None = None
+        self.services = Services(self)
         self._handlers: dict[type, Callable[[Node, Any], None]] = {
             Send: self._do_send,
             Broadcast: self._do_broadcast,
@@ -194,7 +195,7 @@ class Simulation:
             Verify: self._do_verify,
             Close: lambda _n, a: self._close_uid(a.peer),
             Connect: lambda n, a: self._dial(n, a.addr),
-            Announce: lambda n, a: self._announce(n, a.event),
+            Announce: lambda n, a: self.services.announce(n, a.event),
             Completed: lambda n, _a: self._completed(n),
             Banned: self._do_nothing,
             PieceFailed: self._do_nothing,
@@ -228,12 +229,12 @@ class Simulation:
         if life is not None:
             self.ev.at(now + life, self._leave, node)
         if self.mode == "cs":
-            self._http_get(node, [(0, self.size)], cs=True)
+            self.services.http_get(node, [(0, self.size)], cs=True)
             return
         node.swarm = self._swarm(node, False, trackers=True)
         self._tick(node)
         if self.mode == "hybrid":
-            self.ev.at(now + self.settings.web_seed_grace, self._ws_loop, node)
+            self.ev.at(now + self.settings.web_seed_grace, self.services.ws_loop, node)
 
     def _tick(self, node: Node) -> None:
         if node.gone or node.swarm is None:
@@ -497,115 +498,6 @@ class Simulation:
         if end.open:
             self.close(end)
 
-    # -- services: tracker, web seed, HTTP --------------------------------------------------
-    def _announce(self, node: Node, event: str | None) -> None:
-        lat = self._lat(node, self.source)
-        self.ev.at(self.ev.now + lat, self._at_tracker, (node, event))
-
-    def _at_tracker(self, arg: tuple[Node, str | None]) -> None:
-        node, event = arg
-        now = self.ev.now
-        if node.gone and event != "stopped":
-            return
-        swarm = node.swarm
-        seeder = swarm is not None and swarm.complete
-        tr = self.tracker
-        if event == "stopped":
-            tr.remove(node.addr)
-            return
-        tr.register(node.addr, seeder, now)
-        peers = tr.pick(node.addr, seeder, 50, now)
-        seeds = tr.seeders
-        if self.mode == "hybrid" and not self.source.gone and node is not self.source:
-            src = self.source.swarm
-            assert src is not None
-            src.add_peers([node.addr], now)  # the hub's seeder dials every announcer
-            self.flush(self.source)
-        self.ev.at(now + self._lat(node, self.source), self._tracker_answer,
-                   (node, peers, seeds))
-
-    def _tracker_answer(self, arg: tuple[Node, list[tuple[str, int]], int]) -> None:
-        node, peers, seeds = arg
-        if node.gone or node.swarm is None:
-            return
-        tr = self.tracker
-        node.swarm.tracker_response(self.ev.now, interval=max(tr.min_interval, tr.interval),
-                                    peers=peers, seeds=seeds)
-        self.flush(node)
-
-    def _http_get(self, node: Node, ranges: list[tuple[int, int]], *, cs: bool = False) -> None:
-        """Ask the hub for byte ranges; pieces (or the whole file) stream back."""
-        lat = self._lat(node, self.source)
-        self.ev.at(self.ev.now + lat, self._http_serve, (node, ranges, cs))
-
-    def _http_serve(self, arg: tuple[Node, list[tuple[int, int]], bool]) -> None:
-        node, ranges, cs = arg
-        if self.source.gone or node.gone:
-            if not node.gone and not cs:
-                node.ws_reserved.clear()
-                self.ev.at(self.ev.now + 5.0, self._ws_loop, node)
-            return
-        if node.ws_pipe is None:
-            node.ws_pipe = Pipe(self.source.up, node.down, self._lat(node, self.source),
-                                self._http_arrived(node))
-        pipe = node.ws_pipe
-        if cs:
-            self.net.send(pipe, HTTP_HEADERS + self.size, (_CS, self.size))
-            self.http_bytes += self.size
-            return
-        self.net.send(pipe, HTTP_HEADERS, (_WS, -1, 0, False))
-        pl = self.piece_length
-        for k, (a, b) in enumerate(ranges):
-            for index in range(a, b):
-                size = min(pl, self.size - index * pl)
-                self.http_bytes += size
-                self.net.send(pipe, size, (_WS, index, size, k == len(ranges) - 1
-                                           and index == b - 1))
-
-    def _http_arrived(self, node: Node) -> Callable[[tuple[Any, ...]], None]:
-        def arrived(payload: tuple[Any, ...]) -> None:
-            if node.gone:
-                return
-            now = self.ev.now
-            if payload[0] == _CS:
-                node.got += payload[1]
-                self._completed(node)
-                return
-            _, index, size, last = payload
-            if index >= 0:
-                node.got += size
-                cost = size / self.hash_rate
-                self.ev.at(now + cost, self._ws_piece, (node, index, size, last))
-        return arrived
-
-    def _ws_piece(self, arg: tuple[Node, int, int, bool]) -> None:
-        node, index, size, last = arg
-        swarm = node.swarm
-        if node.gone or swarm is None:
-            return
-        if not swarm.have[index]:
-            node.webseed_bytes += size
-            swarm.webseed_piece(index, size, self.ev.now)
-            self.flush(node)
-        if last:
-            node.ws_reserved.clear()
-            self._ws_loop(node)
-
-    def _ws_loop(self, node: Node) -> None:
-        """The client's web-seed loop: fetch what the core picks, in 4 MiB ranges."""
-        swarm = node.swarm
-        if node.gone or swarm is None or swarm.complete or self.source.gone:
-            return
-        batch = swarm.webseed_batch(self.ev.now, node.ws_reserved)
-        if not batch:
-            self.ev.at(self.ev.now + 0.5, self._ws_loop, node)
-            return
-        node.ws_reserved.update(batch)
-        per = max(1, self.settings.web_seed_request_size // self.piece_length)
-        ranges = [(batch[i], min(batch[i] + per, batch[-1] + 1))
-                  for i in range(0, len(batch), per)]
-        self._http_get(node, ranges)
-
     # -- churn -------------------------------------------------------------------------------
     def _leave(self, node: Node) -> None:
         if node.gone:
@@ -616,7 +508,7 @@ class Simulation:
             self.on_event({"event": "failed", "host": node.host, "error": "left"})
         if swarm is not None:
             swarm.stop()
-            self._announce(node, "stopped")
+            self.services.announce(node, "stopped")
         node.gone = True
         for end in list(node.ends):
             self.close_end(end)
