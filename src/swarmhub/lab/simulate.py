@@ -426,7 +426,7 @@ class Simulation:
     def _admit(self, node: Node, other: Node) -> str | None:
         swarm = node.swarm
         assert swarm is not None
-        if sum(1 for e in node.ends if e.open) >= self.settings.max_connections:
+        if len(node.ends) >= self.settings.max_connections:  # ends holds open ones only
             return "too many connections in this session"
         reason = swarm.can_accept(other.addr, other.peer_id, self.ev.now)
         self.flush(node)
