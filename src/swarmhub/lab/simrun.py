@@ -110,6 +110,9 @@ def simulate(mode: str, opts: SimOptions,
     if opts.join_rate or opts.leave_rate:
         res.notes.append(f"churn: joins {opts.join_rate:g}/s, each peer leaves at rate "
                          f"{opts.leave_rate:g}/s; the bound assumes everyone from the start")
+    if sim.refusals:
+        res.notes.append(f"{res.mode} N={n}: handshakes refused: " + ", ".join(
+            f"{why} {count}" for why, count in sim.refusals.most_common()))
     if sim.source_left is not None:
         res.notes.append(f"the source left at {sim.source_left:.1f} s after one full copy")
     return res

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -182,6 +182,8 @@ class Simulation:
         self._uid = 0
         #: open connection ends by the handle their core knows them by
         self.by_uid: dict[int, End] = {}
+        #: handshakes refused, by reason (the swarm's connectivity, for the report)
+        self.refusals: Counter[str] = Counter()
         self._source_sent = 0
         self.pending = len(self.clients)
         self.http_bytes = 0
@@ -427,9 +429,12 @@ class Simulation:
         swarm = node.swarm
         assert swarm is not None
         if len(node.ends) >= self.settings.max_connections:  # ends holds open ones only
-            return "too many connections in this session"
-        reason = swarm.can_accept(other.addr, other.peer_id, self.ev.now)
-        self.flush(node)
+            reason: str | None = "too many connections in this session"
+        else:
+            reason = swarm.can_accept(other.addr, other.peer_id, self.ev.now)
+            self.flush(node)
+        if reason is not None:
+            self.refusals[reason] += 1
         return reason
 
     def _pipe(self, a: End, b: End) -> Pipe:
