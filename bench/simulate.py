@@ -101,8 +101,8 @@ def main() -> None:
     print(f"{'N':>6} {'wall s':>8} {'CPU s':>8} {'peak RSS':>10} {'virtual s':>10} {'ratio':>6}")
     for n in [int(x) for x in args.speed.split(",") if x]:
         r = speed(n, args.piece_kib)
-        print(f"{n:>6} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['rss'] / 2**20:>7.0f} MiB {r['virtual_s']:>10.1f} "
-              f"{r['ratio']:>6.2f}")
+        print(f"{n:>6} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['rss'] / 2**20:>7.0f} MiB "
+              f"{r['virtual_s']:>10.1f} {r['ratio']:>6.2f}")
         report["speed"].append(r)  # type: ignore[union-attr]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
