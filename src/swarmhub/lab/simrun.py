@@ -100,7 +100,7 @@ def simulate(mode: str, opts: SimOptions,
         res.last_completion_s = max(done)
         res.ratio = res.last_completion_s / bound
     res.notes.append(
-        f"simulated in virtual time ({sim.ev.now:.1f} s simulated in {wall:.1f} s of CPU): "
+        f"simulated in virtual time ({sim.ev.now:.1f} s simulated in {wall:.1f} s wall time): "
         "bytes are payload per host; source upload is link-level (TCP/IP headers included)")
     res.notes.append(f"piece length {piece_length} B ({sim.num_pieces} pieces), rng seed "
                      f"{opts.seed}, hashing {opts.hash_rate / 1e9:g} GB/s")

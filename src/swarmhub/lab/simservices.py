@@ -83,14 +83,12 @@ class Services:
         pipe = node.ws_pipe
         if cs:
             self.sim.net.send(pipe, HTTP_HEADERS + self.sim.size, (_CS, self.sim.size))
-            self.sim.http_bytes += self.sim.size
             return
         self.sim.net.send(pipe, HTTP_HEADERS, (_WS, -1, 0, False))
         pl = self.sim.piece_length
         for k, (a, b) in enumerate(ranges):
             for index in range(a, b):
                 size = min(pl, self.sim.size - index * pl)
-                self.sim.http_bytes += size
                 self.sim.net.send(pipe, size, (_WS, index, size, k == len(ranges) - 1
                                            and index == b - 1))
 
@@ -101,11 +99,13 @@ class Services:
             now = self.sim.ev.now
             if payload[0] == _CS:
                 node.got += payload[1]
+                self.sim.http_bytes += payload[1]
                 self.sim._completed(node)
                 return
             _, index, size, last = payload
             if index >= 0:
                 node.got += size
+                self.sim.http_bytes += size
                 cost = size / self.sim.hash_rate
                 self.sim.ev.at(now + cost, self._ws_piece, (node, index, size, last))
         return arrived

@@ -187,6 +187,7 @@ class Simulation:
         self.refusals: Counter[str] = Counter()
         self._source_sent = 0
         self.pending = len(self.clients)
+        #: payload bytes the hub's HTTP delivered (web seed ranges, cs downloads)
         self.http_bytes = 0
         #: the source left after one copy (virtual time), or None
         self.source_left: float | None = None
