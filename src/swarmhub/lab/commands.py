@@ -300,5 +300,85 @@ def sweep(
     _finish(results, out, keep)
 
 
+_Classes = "RATE or RATE:SHARE%,RATE:SHARE%... (heterogeneous hosts)"
+
+
+def _classes(option: str, text: str) -> list[tuple[float, float]]:
+    from swarmhub.lab.simhosts import parse_classes
+
+    result: list[tuple[float, float]] = _parse(option, text, parse_classes)
+    return result
+
+
+@lab_app.command("simulate")
+def simulate_cmd(
+    peers: Annotated[
+        str, typer.Option(help="Receiving hosts N, or N1,N2,... (up to 10,000 each).")
+    ] = "64",
+    size: _Size = "32MiB",
+    up: Annotated[str, typer.Option(help=f"Each peer's upload: {_Classes}, e.g. "
+                                    "20mbit:70%,5mbit:30%.")] = "20mbit",
+    down: Annotated[str, typer.Option(help=f"Each peer's download: {_Classes}.")] = "100mbit",
+    source_up: Annotated[str | None, typer.Option(
+        help="The source's upload (default: the first --up class).")] = None,
+    latency: Annotated[str, typer.Option(help="One-way latency between any two hosts.")]
+    = "10ms",
+    modes: _Modes = "p2p,hybrid",
+    piece_size: Annotated[str | None, typer.Option(
+        help="Piece length (default: what `swarmhub create` picks for --size).")] = None,
+    join_rate: Annotated[float, typer.Option(
+        help="Peers join as a Poisson process of this many per s (0: all at once).")] = 0.0,
+    leave_rate: Annotated[float, typer.Option(
+        help="Each peer leaves after an exponential time of this rate per s (0: stays).")]
+    = 0.0,
+    seed_leaves_after_copy: Annotated[bool, typer.Option(
+        help="The source leaves once its peers received one full copy from it.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same run.")] = 1,
+    out: _Out = Path("lab-report"),
+    timeout: Annotated[float | None, typer.Option(
+        help="Virtual-time deadline per scenario in s (default 5 x bound + 30).")] = None,
+) -> None:
+    """Run the swarm core for N peers in virtual time (one process, a fluid network with
+    max-min shared links, latency and slow start); same table and report as ``lab run``."""
+    from swarmhub.lab.simrun import SimOptions, simulate
+
+    ns = _peers(peers)
+    if max(ns) > 10_000:
+        raise typer.BadParameter("at most 10,000 peers", param_hint="--peers")
+    mode_list = _modes(modes)
+    opts = SimOptions(
+        peers=0,
+        size=_parse("--size", size, parse_size),
+        up=_classes("--up", up),
+        down=_classes("--down", down),
+        source_up_bps=_parse("--source-up", source_up, parse_rate) if source_up else None,
+        latency_s=_parse("--latency", latency, parse_duration),
+        piece_length=_parse("--piece-size", piece_size, parse_size) if piece_size else None,
+        join_rate=join_rate,
+        leave_rate=leave_rate,
+        seed_leaves_after_copy=seed_leaves_after_copy,
+        seed=seed,
+        timeout=timeout,
+    )
+    if opts.join_rate < 0 or opts.leave_rate < 0:
+        raise typer.BadParameter("rates must be >= 0", param_hint="--join-rate/--leave-rate")
+    results: list[ScenarioResult] = []
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[done]} hosts"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        live = _Live(progress)
+        for n in ns:
+            for mode in mode_list:
+                live.start(f"simulated {mode} N={n}", n)
+                opts.peers = n
+                results.append(simulate(mode, opts, live))
+    _finish(results, out, keep=True)
+
+
 if __name__ == "__main__":  # `python -m swarmhub.lab.commands run ...` until the CLI mounts it
     lab_app()

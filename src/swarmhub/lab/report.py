@@ -276,6 +276,9 @@ def write_report(results: Sequence[ScenarioResult], out_dir: Path, command: str 
         if shaped
         else "<b>loopback mode</b>: application-level rate limits, not link shaping"
     )
+    if results and all(r.client == "simulated" for r in results):
+        env = ("<b>simulation</b> in virtual time: the swarm core of every peer over a fluid "
+               "network model (max-min shared links, latency, TCP slow start)")
     imgs = "".join(
         f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
         for name, data in pngs.items()

@@ -1,0 +1,341 @@
+"""The simulator's network: a fluid model of TCP flows over shaped access links.
+
+Why fluid: a swarm of 10,000 peers moves millions of 16 KiB blocks; simulating packets
+would cost hours, while between two events every flow drains at a constant rate, so a
+block's completion time is ``bytes left / rate``. Rates change only when a flow starts,
+stops or its window grows, and are then re-solved.
+
+The model (what the netns lab has, in a form cheap enough for thousands of hosts):
+
+- Each host has an uplink and a downlink (:class:`Link`) with a capacity in wire bytes/s
+  (htb counts Ethernet frames: a 1448-byte segment costs 1514 bytes, see :func:`wire`).
+- Each direction of a connection is a :class:`Pipe`: a FIFO of items (messages, blocks)
+  drained by one flow. Rates are **max-min fair** over all links: a flow gets the
+  largest rate such that no flow on a saturated link gets more unless another gets
+  less. It is solved incrementally (:meth:`Network.settle`): each link's *water level*
+  is recomputed from its flows' demands, and links whose level moved wake their
+  flows' other ends, until nothing moves (Jacobi iteration on the levels; its fixpoint
+  is the max-min allocation, checked against :func:`maxmin` in the tests).
+- A flow's own cap is ``cwnd / RTT``: TCP slow start from 10 segments, doubling each RTT
+  while the window limits it (Linux's cwnd validation: at least half of it in use), up
+  to a 4 MiB window; after an idle spell longer than the RTO the window halves per RTO
+  down to the initial window (``tcp_slow_start_after_idle``).
+- An item arrives one-way latency after its last byte left. Small messages on an idle
+  pipe (a Have, a batch of requests) skip the fluid model: they take latency plus their
+  serialisation time and no share of the link, so control traffic does not churn the
+  rates; behind data they wait in the FIFO (head-of-line blocking, as in TCP).
+
+Everything runs on the caller's :class:`EventQueue`; nothing reads a clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+__all__ = [
+    "INIT_CWND",
+    "MAX_CWND",
+    "MSS",
+    "EventQueue",
+    "Link",
+    "Network",
+    "Pipe",
+    "maxmin",
+    "wire",
+]
+
+MSS = 1448
+#: Ethernet + IPv4 + TCP + timestamp option bytes per segment (what htb counts).
+OVERHEAD = 66
+INIT_CWND = 10 * (MSS + OVERHEAD)
+MAX_CWND = 4 * 1024 * 1024
+MIN_RTO = 0.2
+#: Items at most this big skip the fluid model when their pipe is idle.
+SMALL = 2048
+_INF = math.inf
+
+
+def wire(payload: int) -> int:
+    """Bytes on the wire (what htb shapes) for ``payload`` bytes of TCP payload."""
+    return payload + -(-payload // MSS) * OVERHEAD
+
+
+class EventQueue:
+    """A discrete-event loop in virtual time: callbacks ordered by (time, insertion)."""
+
+    __slots__ = ("_heap", "_seq", "now")
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[..., None], Any]] = []
+        self._seq = itertools.count()
+
+    def at(self, when: float, fn: Callable[..., None], arg: Any = None) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), fn, arg))
+
+    def run(self, until: float, stop: Callable[[], bool] | None = None) -> None:
+        """Run events up to virtual time ``until`` (or until ``stop()`` turns true,
+        checked after each event)."""
+        heap = self._heap
+        pop = heapq.heappop
+        while heap and heap[0][0] <= until:
+            when, _, fn, arg = pop(heap)
+            self.now = when
+            fn(arg)
+            if stop is not None and stop():
+                return
+        self.now = max(self.now, until)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+class Link:
+    """One direction of a host's access link, shared by the flows crossing it."""
+
+    __slots__ = ("cap", "flows", "level", "name", "sent")
+
+    def __init__(self, cap: float, name: str = "") -> None:
+        self.cap = float(cap)  #: wire bytes/s
+        #: a dict, not a set: iteration order must not depend on object addresses
+        self.flows: dict[Pipe, None] = {}
+        #: the max-min water level: what a flow here gets at most (inf: not saturated)
+        self.level = _INF
+        self.name = name
+        #: wire bytes that crossed this link (flows and small messages)
+        self.sent = 0.0
+
+
+class Pipe:
+    """One direction of one connection: a FIFO drained by a TCP flow ``up`` -> ``down``."""
+
+    __slots__ = ("active", "cwnd", "deliver", "down", "gen", "growing", "idle_since",
+                 "items", "last", "latency", "left", "on_drain", "queued", "rate", "rtt",
+                 "up", "waiting")
+
+    def __init__(self, up: Link, down: Link, latency: float,
+                 deliver: Callable[[Any], None]) -> None:
+        self.up, self.down = up, down
+        self.latency = latency
+        self.rtt = max(2 * latency, 1e-4)
+        #: called with an item's payload when it arrives at the far end
+        self.deliver = deliver
+        #: (wire bytes, payload); a list, not a deque: most pipes are short or empty, and
+        #: an empty deque costs 600 bytes (a million pipes at N=10,000)
+        self.items: list[tuple[int, Any]] = []
+        self.queued = 0  #: wire bytes in ``items``
+        self.left = 0.0  #: bytes of the head item not yet sent, as of ``last``
+        self.last = 0.0
+        self.rate = 0.0
+        self.cwnd = float(INIT_CWND)
+        self.active = False
+        self.gen = 0  #: bumps invalidate scheduled completions
+        self.growing = False
+        self.idle_since = 0.0
+        #: the sender has more to write: ``on_drain(pipe)`` after each item leaves
+        self.waiting = False
+        self.on_drain: Callable[[Pipe], None] | None = None
+
+    @property
+    def cap(self) -> float:
+        return self.cwnd / self.rtt
+
+
+class Network:
+    """Links, pipes and the rate solver, on an :class:`EventQueue`."""
+
+    def __init__(self, events: EventQueue, *, tolerance: float = 1e-6) -> None:
+        self.ev = events
+        self.tol = tolerance
+        #: solver passes over links (a profile figure)
+        self.passes = 0
+
+    # -- sending ---------------------------------------------------------------------------
+    def send(self, pipe: Pipe, nbytes: int, payload: Any) -> None:
+        """Queue ``nbytes`` of payload (wire overhead is added here) for delivery."""
+        size = wire(nbytes)
+        now = self.ev.now
+        if not pipe.active and size <= SMALL:
+            # Serialisation time (microseconds) is left out: arrivals stay in FIFO order.
+            pipe.up.sent += size
+            ev = self.ev
+            heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), pipe.deliver, payload))
+            return
+        pipe.items.append((size, payload))
+        pipe.queued += size
+        if not pipe.active:
+            self._start(pipe, now)
+
+    def close(self, pipe: Pipe) -> None:
+        """Drop whatever is queued (the connection is gone)."""
+        pipe.items.clear()
+        pipe.queued = 0
+        if pipe.active:
+            self._stop(pipe, self.ev.now)
+
+    def _start(self, pipe: Pipe, now: float) -> None:
+        idle = now - pipe.idle_since
+        rto = MIN_RTO + pipe.rtt
+        if pipe.idle_since and idle > rto:  # Linux tcp_cwnd_restart
+            cwnd = pipe.cwnd
+            while idle > rto and cwnd > INIT_CWND:
+                cwnd /= 2
+                idle -= rto
+            pipe.cwnd = max(float(INIT_CWND), min(cwnd, pipe.cwnd))
+        pipe.active = True
+        pipe.left = pipe.items[0][0]
+        pipe.last = now
+        pipe.rate = 0.0
+        pipe.up.flows[pipe] = None
+        pipe.down.flows[pipe] = None
+        self.settle((pipe.up, pipe.down))
+
+    def _stop(self, pipe: Pipe, now: float) -> None:
+        pipe.active = False
+        pipe.gen += 1
+        pipe.rate = 0.0
+        pipe.idle_since = now
+        pipe.up.flows.pop(pipe, None)
+        pipe.down.flows.pop(pipe, None)
+        self.settle((pipe.up, pipe.down))
+
+    def _done(self, arg: tuple[Pipe, int]) -> None:
+        pipe, gen = arg
+        if gen != pipe.gen:
+            return
+        now = self.ev.now
+        size, payload = pipe.items.pop(0)
+        pipe.queued -= size
+        pipe.up.sent += size
+        ev = self.ev
+        heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), pipe.deliver, payload))
+        if pipe.waiting and pipe.on_drain is not None:
+            pipe.on_drain(pipe)
+        if pipe.items:
+            pipe.left = pipe.items[0][0]
+            pipe.last = now
+            pipe.gen += 1
+            heapq.heappush(ev._heap, (now + pipe.left / pipe.rate, next(ev._seq), self._done,
+                                      (pipe, pipe.gen)))
+        else:
+            self._stop(pipe, now)
+
+    def _grow(self, pipe: Pipe) -> None:
+        pipe.growing = False
+        if not pipe.active or pipe.cwnd >= MAX_CWND:
+            return
+        if pipe.rate * pipe.rtt * 2 >= pipe.cwnd * 0.999:  # cwnd-limited (slow start)
+            pipe.cwnd = min(float(MAX_CWND), pipe.cwnd * 2)
+            self.settle((pipe.up, pipe.down), grown=pipe)
+
+    # -- the solver ------------------------------------------------------------------------
+    @staticmethod
+    def _level(link: Link) -> float:
+        """Water level of ``link`` given each flow's limit elsewhere (its cap, the far end)."""
+        cap = link.cap
+        flows = link.flows
+        if not flows:
+            return _INF
+        demands = []
+        for f in flows:
+            other = f.down if f.up is link else f.up
+            c = f.cwnd / f.rtt
+            lv = other.level
+            demands.append(c if c < lv else lv)
+        if sum(demands) <= cap:
+            return _INF
+        demands.sort()
+        n = len(demands)
+        for i, d in enumerate(demands):
+            share = cap / (n - i)
+            if d >= share:
+                return share
+            cap -= d
+        return _INF  # unreachable: the sum exceeded the capacity
+
+    def settle(self, links: Iterable[Link], grown: Pipe | None = None) -> None:
+        """Re-solve the rates after flows joined or left ``links`` (or ``grown``'s window
+        changed), then reschedule every flow whose rate moved."""
+        work = deque(links)
+        queued = set(work)
+        touched = dict.fromkeys(work)
+        tol = self.tol
+        budget = 200 + 20 * len(work)
+        while work and budget > 0:
+            budget -= 1
+            link = work.popleft()
+            queued.discard(link)
+            new = self._level(link)
+            old = link.level
+            self.passes += 1
+            if new == old or (new != _INF and old != _INF and abs(new - old) <= tol * old):
+                continue
+            link.level = new
+            for f in link.flows:
+                other = f.down if f.up is link else f.up
+                if other not in queued:
+                    queued.add(other)
+                    touched[other] = None
+                    work.append(other)
+        now = self.ev.now
+        seen: dict[Pipe, None] = {}
+        for link in touched:
+            for f in link.flows:
+                if f not in seen:
+                    seen[f] = None
+                    self._rerate(f, now)
+        if grown is not None and grown not in seen and grown.active:
+            self._rerate(grown, now)
+
+    def _rerate(self, f: Pipe, now: float) -> None:
+        c = f.cwnd / f.rtt
+        a, b = f.up.level, f.down.level
+        rate = c if c < a else a
+        if b < rate:
+            rate = b
+        if rate != f.rate:
+            if f.rate:
+                f.left -= f.rate * (now - f.last)
+                if f.left < 0.0:
+                    f.left = 0.0
+            f.last = now
+            f.rate = rate
+            f.gen += 1
+            self.ev.at(now + f.left / rate, self._done, (f, f.gen))
+        if not f.growing and f.cwnd < MAX_CWND and rate * f.rtt * 2 >= f.cwnd * 0.999:
+            f.growing = True
+            self.ev.at(now + f.rtt, self._grow, f)
+
+
+def maxmin(caps: Sequence[float], flows: Sequence[tuple[float, Sequence[int]]]) -> list[float]:
+    """The exact max-min fair rates by progressive filling (a reference for tests).
+
+    ``caps``: capacity per link; ``flows``: (own cap, indices of the links it crosses).
+    """
+    n = len(flows)
+    rate = [0.0] * n
+    frozen = [False] * n
+    left = list(caps)
+    while not all(frozen):
+        users = [[i for i in range(n) if not frozen[i] and k in flows[i][1]]
+                 for k in range(len(caps))]
+        steps = [left[k] / len(u) for k, u in enumerate(users) if u]
+        steps += [flows[i][0] - rate[i] for i in range(n) if not frozen[i]]
+        step = min(steps)
+        for i in range(n):
+            if not frozen[i]:
+                rate[i] += step
+                for k in flows[i][1]:
+                    left[k] -= step
+        for i in range(n):
+            if frozen[i]:
+                continue
+            if flows[i][0] - rate[i] <= 1e-9 * max(1.0, flows[i][0]) or any(
+                    left[k] <= 1e-9 * max(1.0, caps[k]) for k in flows[i][1]):
+                frozen[i] = True
+    return rate

@@ -1,0 +1,139 @@
+"""The services a simulated lab run has besides its peers: the tracker and the hub's HTTP
+(web seed ranges in hybrid mode, whole-file downloads in cs mode).
+
+Why apart from :mod:`swarmhub.lab.simulate`: peers are the engine's business, these are
+stand-ins for other programs (``swarmhub.hub.tracker``, the hub's origin, the web-seed
+client loop of ``Torrent._webseed_loop``), each modelled as the lab runs it: announces
+cost a round trip to host 0, the hub's seeder dials every announcer, HTTP responses share
+host 0's uplink with its peer connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from swarmhub.lab.netmodel import Pipe
+
+if TYPE_CHECKING:
+    from swarmhub.lab.simulate import Node, Simulation
+
+__all__ = ["HTTP_HEADERS", "Services"]
+
+HTTP_HEADERS = 350  #: a range request or response's headers, about
+_WS, _CS = "ws", "cs"
+
+
+class Services:
+    """The tracker and HTTP of one :class:`~swarmhub.lab.simulate.Simulation`."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def announce(self, node: Node, event: str | None) -> None:
+        lat = self.sim._lat(node, self.sim.source)
+        self.sim.ev.at(self.sim.ev.now + lat, self._at_tracker, (node, event))
+
+    def _at_tracker(self, arg: tuple[Node, str | None]) -> None:
+        node, event = arg
+        now = self.sim.ev.now
+        if node.gone and event != "stopped":
+            return
+        swarm = node.swarm
+        seeder = swarm is not None and swarm.complete
+        tr = self.sim.tracker
+        if event == "stopped":
+            tr.remove(node.addr)
+            return
+        tr.register(node.addr, seeder, now)
+        peers = tr.pick(node.addr, seeder, 50, now)
+        seeds = tr.seeders
+        if self.sim.mode == "hybrid" and not self.sim.source.gone and node is not self.sim.source:
+            src = self.sim.source.swarm
+            assert src is not None
+            src.add_peers([node.addr], now)  # the hub's seeder dials every announcer
+            self.sim.flush(self.sim.source)
+        self.sim.ev.at(now + self.sim._lat(node, self.sim.source), self._tracker_answer,
+                   (node, peers, seeds))
+
+    def _tracker_answer(self, arg: tuple[Node, list[tuple[str, int]], int]) -> None:
+        node, peers, seeds = arg
+        if node.gone or node.swarm is None:
+            return
+        tr = self.sim.tracker
+        node.swarm.tracker_response(self.sim.ev.now, interval=max(tr.min_interval, tr.interval),
+                                    peers=peers, seeds=seeds)
+        self.sim.flush(node)
+
+    def http_get(self, node: Node, ranges: list[tuple[int, int]], *, cs: bool = False) -> None:
+        """Ask the hub for byte ranges; pieces (or the whole file) stream back."""
+        lat = self.sim._lat(node, self.sim.source)
+        self.sim.ev.at(self.sim.ev.now + lat, self._http_serve, (node, ranges, cs))
+
+    def _http_serve(self, arg: tuple[Node, list[tuple[int, int]], bool]) -> None:
+        node, ranges, cs = arg
+        if self.sim.source.gone or node.gone:
+            if not node.gone and not cs:
+                node.ws_reserved.clear()
+                self.sim.ev.at(self.sim.ev.now + 5.0, self.ws_loop, node)
+            return
+        if node.ws_pipe is None:
+            node.ws_pipe = Pipe(self.sim.source.up, node.down, self.sim._lat(node, self.sim.source),
+                                self._http_arrived(node))
+        pipe = node.ws_pipe
+        if cs:
+            self.sim.net.send(pipe, HTTP_HEADERS + self.sim.size, (_CS, self.sim.size))
+            return
+        self.sim.net.send(pipe, HTTP_HEADERS, (_WS, -1, 0, False))
+        pl = self.sim.piece_length
+        for k, (a, b) in enumerate(ranges):
+            for index in range(a, b):
+                size = min(pl, self.sim.size - index * pl)
+                self.sim.net.send(pipe, size, (_WS, index, size, k == len(ranges) - 1
+                                           and index == b - 1))
+
+    def _http_arrived(self, node: Node) -> Callable[[tuple[Any, ...]], None]:
+        def arrived(payload: tuple[Any, ...]) -> None:
+            if node.gone:
+                return
+            now = self.sim.ev.now
+            if payload[0] == _CS:
+                node.got += payload[1]
+                self.sim.http_bytes += payload[1]
+                self.sim._completed(node)
+                return
+            _, index, size, last = payload
+            if index >= 0:
+                node.got += size
+                self.sim.http_bytes += size
+                cost = size / self.sim.hash_rate
+                self.sim.ev.at(now + cost, self._ws_piece, (node, index, size, last))
+        return arrived
+
+    def _ws_piece(self, arg: tuple[Node, int, int, bool]) -> None:
+        node, index, size, last = arg
+        swarm = node.swarm
+        if node.gone or swarm is None:
+            return
+        if not swarm.have[index]:
+            node.webseed_bytes += size
+            swarm.webseed_piece(index, size, self.sim.ev.now)
+            self.sim.flush(node)
+        if last:
+            node.ws_reserved.clear()
+            self.ws_loop(node)
+
+    def ws_loop(self, node: Node) -> None:
+        """The client's web-seed loop: fetch what the core picks, in 4 MiB ranges."""
+        swarm = node.swarm
+        if node.gone or swarm is None or swarm.complete or self.sim.source.gone:
+            return
+        batch = swarm.webseed_batch(self.sim.ev.now, node.ws_reserved)
+        if not batch:
+            self.sim.ev.at(self.sim.ev.now + 0.5, self.ws_loop, node)
+            return
+        node.ws_reserved.update(batch)
+        per = max(1, self.sim.settings.web_seed_request_size // self.sim.piece_length)
+        ranges = [(batch[i], min(batch[i] + per, batch[-1] + 1))
+                  for i in range(0, len(batch), per)]
+        self.http_get(node, ranges)

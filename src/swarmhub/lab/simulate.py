@@ -1,0 +1,549 @@
+"""``lab simulate``: N peers running the unchanged swarm core, in one process, in virtual time.
+
+Why: two cores run about 16 real peers before CPU, not the links, sets the pace, yet the
+questions (why does N=64 collapse? does the ratio hold at 1,000?) need hundreds or
+thousands. Like libtorrent's ``simulation/setup_swarm``, each simulated host runs the
+same sans-IO :class:`~swarmhub.engine.swarm.Swarm` a real peer runs; this module plays
+the asyncio driver's part (carry out the core's actions, feed it events with a virtual
+clock) over the fluid network of :mod:`swarmhub.lab.netmodel`, plus the services a lab
+run has: a tracker (random ``numwant`` sample, interval, peer expiry), the source
+(``swarmhub seed``, or the hub with its web seed and HTTP origin) and the clients.
+
+What is modelled as the real driver does it: handshakes (1.5 RTT, then ``can_accept`` on
+both sides and the session's connection cap), the extension handshake's ``reqq``,
+message sizes as on the wire, uploads pulled from the peer's accepted requests into a
+send buffer of ``send_buffer_bytes`` (control messages queue behind data), a tick per
+second, hashing as a fixed cost per byte, tracker announces and the hub's seeder dialling
+every announcer. What is not: packet loss, CPU limits, disk, process start-up time.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from swarmhub.engine.actions import (
+    Action,
+    Announce,
+    Banned,
+    Broadcast,
+    Close,
+    Completed,
+    Connect,
+    PieceFailed,
+    Send,
+    Serve,
+    Verify,
+)
+from swarmhub.engine.swarm import Swarm
+from swarmhub.lab.netmodel import SMALL, EventQueue, Link, Network, Pipe, wire
+from swarmhub.lab.simhosts import HostSpec, SimTracker
+from swarmhub.lab.simservices import Services
+from swarmhub.settings import Settings
+from swarmhub.wire import messages as m
+
+__all__ = ["End", "Node", "Simulation"]
+
+_SIZES: dict[type, int] = {
+    m.KeepAlive: 4, m.Choke: 5, m.Unchoke: 5, m.Interested: 5, m.NotInterested: 5,
+    m.Have: 9, m.Request: 17, m.Cancel: 17, m.RejectRequest: 17, m.HaveAll: 5,
+    m.HaveNone: 5, m.SuggestPiece: 9, m.AllowedFast: 9, m.Port: 7,
+}
+HANDSHAKE = 68
+EXT_HANDSHAKE = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
+PIECE_HEADER = 13
+_MSGS, _BLOCK, _HS = range(3)
+
+
+def msg_size(msg: m.Message) -> int:
+    """Bytes of ``msg`` on the wire (length prefix included)."""
+    size = _SIZES.get(type(msg))
+    if size is not None:
+        return size
+    if isinstance(msg, m.Bitfield):
+        return 5 + len(msg.bits)
+    if isinstance(msg, m.Piece):
+        return PIECE_HEADER + len(msg.data)
+    return len(m.encode(msg))
+
+
+class End:
+    """Our side of one connection. The core knows it by ``uid``, an int: cheap to hash,
+    and deterministic (set order inside the core must not vary from run to run)."""
+
+    __slots__ = ("far", "node", "open", "out", "remote", "uid")
+
+    def __init__(self, node: Node, remote: Node, uid: int) -> None:
+        self.node, self.remote = node, remote
+        self.uid = uid
+        self.open = True
+        self.out: Pipe  # set by the simulation
+        self.far: End  #: the other side's End
+
+    def __repr__(self) -> str:
+        return f"<End {self.node.host}->{self.remote.host}>"
+
+    def receive(self, payload: tuple[Any, ...]) -> None:
+        """A message batch, a block or the handshake arrived from the other side."""
+        if not self.open:
+            return
+        node = self.node
+        sim = node.sim
+        now = sim.ev.now
+        swarm = node.swarm
+        assert swarm is not None  # ends exist only on hosts that run a core
+        kind = payload[0]
+        if kind == _BLOCK:
+            req = payload[1]
+            node.got += req.length
+            self.remote.gave += req.length
+            if swarm.block(self.uid, req.index, req.begin, req.length, now):
+                node.useful += req.length
+            if self.remote is sim.source:
+                sim.source_delivered(req.length)
+        elif kind == _MSGS:
+            message = swarm.message
+            uid = self.uid
+            for msg in payload[1]:
+                message(uid, msg, now)
+        else:
+            sim.handshake_reply(self)
+            return
+        sim.flush(node)
+
+
+class Node:
+    """One simulated host: its links, its swarm core and what the run records about it."""
+
+    def __init__(self, sim: Simulation, host: int, spec: HostSpec) -> None:
+        self.sim = sim
+        self.host = host
+        self.addr = (f"10.{host >> 16 & 255}.{host >> 8 & 255}.{host & 255}", 6881)
+        self.peer_id = b"-SH0100-" + host.to_bytes(12, "big")
+        self.spec = spec
+        self.up = Link(spec.up_bps / 8, f"h{host}-up")
+        self.down = Link(spec.down_bps / 8, f"h{host}-down")
+        self.swarm: Swarm | None = None
+        self.ends: dict[End, None] = {}
+        self.started: float | None = None
+        self.done: float | None = None
+        self.gone = False
+        self.got = self.gave = self.useful = 0
+        self.webseed_bytes = 0
+        self.ws_reserved: set[int] = set()
+        self.ws_pipe: Pipe | None = None
+        #: the read cache (pieces, LRU) and the disk reads in flight -> who waits
+        self.cache: OrderedDict[int, None] = OrderedDict()
+        self.cache_pieces = max(2, sim.settings.read_cache_bytes // sim.piece_length)
+        self.reads: dict[int, list[End]] = {}
+
+
+class Simulation:
+    """The event loop, the network and the hosts of one simulated run (see the module doc).
+
+    ``hosts[0]`` is the source; ``mode`` is ``p2p`` (tracker + ``swarmhub seed``),
+    ``hybrid`` (the hub: tracker, super-seeding peer and web seed) or ``cs`` (HTTP only).
+    """
+
+    def __init__(self, mode: str, specs: list[HostSpec], size: int, piece_length: int,
+                 settings: Settings, *, rng: random.Random,
+                 hash_rate: float = 1.6e9, jitter: float = 0.002,
+                 disk_read: float = 0.0002, join_times: list[float] | None = None,
+                 lifetimes: list[float | None] | None = None,
+                 seed_leaves_after_copy: bool = False,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.mode = mode
+        self.size = size
+        self.piece_length = piece_length
+        self.num_pieces = -(-size // piece_length)
+        self.settings = settings
+        self.rng = rng
+        self.hash_rate = hash_rate
+        #: the most a dial waits to leave (s): process scheduling, in the lab
+        self.jitter = jitter
+        #: seconds to read a piece for uploading (page cache + the executor's round trip)
+        self.disk_read = disk_read
+        self.ev = EventQueue()
+        self.net = Network(self.ev)
+        self.nodes = [Node(self, i, spec) for i, spec in enumerate(specs)]
+        self.source = self.nodes[0]
+        self.clients = self.nodes[1:]
+        self.by_addr = {n.addr: n for n in self.nodes}
+        interval = 2 if mode == "p2p" else 10  # what the lab's tracker and hub hand out
+        self.tracker = SimTracker(interval=interval, min_interval=1 if mode == "p2p" else 60,
+                                  rng=random.Random(rng.getrandbits(64)))
+        self.join_times = join_times or [0.0] * len(self.clients)
+        self.lifetimes = lifetimes or [None] * len(self.clients)
+        self.seed_leaves_after_copy = seed_leaves_after_copy
+        self.on_event = on_event or (lambda _e: None)
+        self._uid = 0
+        #: open connection ends by the handle their core knows them by
+        self.by_uid: dict[int, End] = {}
+        #: handshakes refused, by reason (the swarm's connectivity, for the report)
+        self.refusals: Counter[str] = Counter()
+        self._source_sent = 0
+        self.pending = len(self.clients)
+        #: payload bytes the hub's HTTP delivered (web seed ranges, cs downloads)
+        self.http_bytes = 0
+        #: the source left after one copy (virtual time), or None
+        self.source_left: float | None = None
+        self.services = Services(self)
+        self._handlers: dict[type, Callable[[Node, Any], None]] = {
+            Send: self._do_send,
+            Broadcast: self._do_broadcast,
+            Serve: lambda _n, a: self._serve_uid(a.peer),
+            Verify: self._do_verify,
+            Close: lambda _n, a: self._close_uid(a.peer),
+            Connect: lambda n, a: self._dial(n, a.addr),
+            Announce: lambda n, a: self.services.announce(n, a.event),
+            Completed: lambda n, _a: self._completed(n),
+            Banned: self._do_nothing,
+            PieceFailed: self._do_nothing,
+        }
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _swarm(self, node: Node, seed: bool, trackers: bool) -> Swarm:
+        s = Swarm(self.num_pieces, self.piece_length, self.size, self.settings,
+                  rng=random.Random(self.rng.getrandbits(64)), now=self.ev.now,
+                  have=b"\x01" * self.num_pieces if seed else None, trackers=trackers)
+        s.dialer.own.add(node.addr)
+        return s
+
+    def start(self) -> None:
+        """Schedule the source at time 0 and every client at its join time."""
+        src = self.source
+        src.started = 0.0
+        if self.mode != "cs":
+            src.swarm = self._swarm(src, True, trackers=self.mode == "p2p")
+            if self.mode == "hybrid":
+                self.tracker.register(src.addr, True, 0.0, permanent=True)
+            self._tick(src)
+        for node, t in zip(self.clients, self.join_times, strict=True):
+            self.ev.at(t, self._join, node)
+
+    def _join(self, node: Node) -> None:
+        now = self.ev.now
+        node.started = now
+        i = node.host - 1
+        life = self.lifetimes[i]
+        if life is not None:
+            self.ev.at(now + life, self._leave, node)
+        if self.mode == "cs":
+            self.services.http_get(node, [(0, self.size)], cs=True)
+            return
+        node.swarm = self._swarm(node, False, trackers=True)
+        self._tick(node)
+        if self.mode == "hybrid":
+            self.ev.at(now + self.settings.web_seed_grace, self.services.ws_loop, node)
+
+    def _tick(self, node: Node) -> None:
+        if node.gone or node.swarm is None:
+            return
+        node.swarm.tick(self.ev.now)
+        self.flush(node)
+        self.ev.at(self.ev.now + 1.0, self._tick, node)
+
+    # -- carrying out the core's actions -----------------------------------------------------
+    def flush(self, node: Node) -> None:
+        """Carry out the queued actions of ``node``'s core, as the asyncio driver does."""
+        swarm = node.swarm
+        assert swarm is not None
+        handlers = self._handlers
+        while actions := swarm.take():
+            for a in actions:
+                handlers[type(a)](node, a)
+
+    def _do_send(self, node: Node, a: Send) -> None:
+        end = self.by_uid.get(a.peer)  # type: ignore[call-overload]
+        if end is not None and end.open:
+            msgs = a.messages
+            self.net.send(end.out, sum(map(msg_size, msgs)), (_MSGS, msgs))
+
+    def _do_broadcast(self, node: Node, a: Broadcast) -> None:
+        """Send to each peer; those whose pipe is idle (the message skips the fluid model)
+        and that share a latency get one event between them: a Have to 50 peers is one
+        heap entry, not 50 (the largest cost of a simulated swarm is its Haves)."""
+        msgs = a.messages
+        size = sum(map(msg_size, msgs))
+        payload = (_MSGS, msgs)
+        send = self.net.send
+        by_uid = self.by_uid
+        small = wire(size) <= SMALL
+        groups: dict[float, list[End]] = {}
+        for uid in a.peers:
+            end = by_uid.get(uid)  # type: ignore[call-overload]
+            if end is None or not end.open:
+                continue
+            pipe = end.out
+            if small and not pipe.active:
+                group = groups.get(pipe.latency)
+                if group is None:
+                    group = groups[pipe.latency] = []
+                group.append(end.far)
+            else:
+                send(pipe, size, payload)
+        if groups:
+            nbytes = wire(size)
+            now = self.ev.now
+            for lat, ends in groups.items():
+                node.up.sent += nbytes * len(ends)
+                self.ev.at(now + lat, self._deliver_many, (ends, payload))
+
+    @staticmethod
+    def _deliver_many(arg: tuple[list[End], tuple[Any, ...]]) -> None:
+        ends, payload = arg
+        for end in ends:
+            end.receive(payload)
+
+    def _serve_uid(self, uid: int) -> None:
+        end = self.by_uid.get(uid)
+        if end is not None:
+            self.serve(end)
+
+    def _close_uid(self, uid: int) -> None:
+        end = self.by_uid.get(uid)
+        if end is not None:
+            self.close(end)
+
+    def _do_verify(self, node: Node, a: Verify) -> None:
+        assert node.swarm is not None
+        cost = node.swarm.piece_size(a.index) / self.hash_rate
+        self.ev.at(self.ev.now + cost, self._verified, (node, a.index))
+
+    def _do_nothing(self, node: Node, a: Action) -> None:
+        pass  # Banned, PieceFailed: no liars in the simulation
+
+    def _verified(self, arg: tuple[Node, int]) -> None:
+        node, index = arg
+        if node.gone or node.swarm is None:
+            return
+        node.swarm.piece_verified(index, True, self.ev.now)
+        self.flush(node)
+
+    def _completed(self, node: Node) -> None:
+        if node.done is None and node is not self.source:
+            node.done = self.ev.now
+            self.pending -= 1
+            self.on_event({"event": "finished", "host": node.host, "at": node.done})
+
+    def serve(self, end: End) -> None:
+        """Write accepted requests into the send buffer as the upload loop does: a batch
+        (at most 1 MiB) of blocks whose pieces are in the read cache, ``blocks_sent``,
+        then the next; a piece not cached is read from disk first (``disk_read`` s).
+        Batching matters: a super-seed's next offer (a Have) goes out between batches,
+        ahead of the blocks still to come, and the peer requests it on its next block."""
+        node = end.node
+        swarm = node.swarm
+        if not end.open or swarm is None:
+            return
+        ps = swarm.peers.get(end.uid)
+        if ps is None:
+            return
+        incoming = ps.incoming
+        pipe = end.out
+        limit = self.settings.send_buffer_bytes
+        send = self.net.send
+        cache = node.cache
+        while incoming and pipe.queued < limit:
+            served = []
+            nbytes = 0
+            while incoming and nbytes < 1 << 20:
+                req = incoming[0]
+                if req.index not in cache:
+                    break
+                incoming.popleft()
+                send(pipe, 13 + req.length, (_BLOCK, req))
+                served.append(req)
+                nbytes += req.length
+            if not served:
+                self._read(node, incoming[0].index, end)
+                return
+            cache.move_to_end(served[-1].index)
+            swarm.blocks_sent(end.uid, served, nbytes, self.ev.now)
+            self.flush(node)
+            if not end.open:
+                return
+        pipe.waiting = bool(incoming)
+
+    def _read(self, node: Node, index: int, end: End) -> None:
+        """Read piece ``index`` into ``node``'s cache (one read however many wait), then
+        resume serving ``end``."""
+        waiting = node.reads.get(index)
+        if waiting is not None:
+            waiting.append(end)
+            return
+        node.reads[index] = [end]
+        self.ev.at(self.ev.now + self.disk_read, self._read_done, (node, index))
+
+    def _read_done(self, arg: tuple[Node, int]) -> None:
+        node, index = arg
+        cache = node.cache
+        cache[index] = None
+        while len(cache) > node.cache_pieces:
+            cache.popitem(last=False)
+        for end in node.reads.pop(index, []):
+            if not node.gone:
+                self.serve(end)
+
+    def _drained(self, end: End) -> None:
+        if end.out.queued < self.settings.send_buffer_bytes // 4:
+            self.serve(end)
+
+    def source_delivered(self, nbytes: int) -> None:
+        self._source_sent += nbytes
+        if (self.seed_leaves_after_copy and self.source_left is None
+                and self._source_sent >= self.size):
+            self.source_left = self.ev.now
+            self.ev.at(self.ev.now, self._leave, self.source)
+
+    # -- connections -------------------------------------------------------------------------
+    @staticmethod
+    def _lat(a: Node, b: Node) -> float:
+        """One-way latency between two hosts: the mean of their access latencies (the
+        lab's single ``--latency`` when every host has the same)."""
+        return (a.spec.latency + b.spec.latency) / 2
+
+    def _dial(self, node: Node, addr: tuple[str, int]) -> None:
+        target = self.by_addr.get(addr)
+        if target is None or target.gone or target.swarm is None:
+            rtt = 2 * (self._lat(node, target) if target is not None else node.spec.latency)
+            self.ev.at(self.ev.now + rtt, self._dial_failed, (node, addr))
+            return
+        node.up.sent += HANDSHAKE + EXT_HANDSHAKE
+        # The dial leaves after a scheduling delay: without it, two peers that dial each
+        # other at once would race identically every time (each side keeps the connection
+        # it accepted, refuses the other, and both die); with it, as in the lab, one
+        # usually survives.
+        delay = 3 * self._lat(node, target) + self.rng.random() * self.jitter
+        self.ev.at(self.ev.now + delay, self._accept, (node, target))
+
+    def _dial_failed(self, arg: tuple[Node, tuple[str, int]]) -> None:
+        node, addr = arg
+        if not node.gone and node.swarm is not None:
+            node.swarm.connect_done(addr)
+            self.flush(node)
+
+    def _admit(self, node: Node, other: Node) -> str | None:
+        swarm = node.swarm
+        assert swarm is not None
+        if len(node.ends) >= self.settings.max_connections:  # ends holds open ones only
+            reason: str | None = "too many connections in this session"
+        else:
+            reason = swarm.can_accept(other.addr, other.peer_id, self.ev.now)
+            self.flush(node)
+        if reason is not None:
+            self.refusals[reason] += 1
+        return reason
+
+    def _pipe(self, a: End, b: End) -> Pipe:
+        """The pipe a -> b (b's ``receive`` gets what a sends)."""
+        pipe = Pipe(a.node.up, b.node.down, self._lat(a.node, b.node), b.receive)
+        pipe.on_drain = lambda _p: self._drained(a)
+        return pipe
+
+    def _accept(self, arg: tuple[Node, Node]) -> None:
+        """The dialler's handshake reached ``target``: admit it, reply, tell the core."""
+        node, target = arg
+        if target.gone or target.swarm is None or self._admit(target, node) is not None:
+            self.ev.at(self.ev.now + self._lat(node, target), self._dial_failed,
+                       (node, target.addr))
+            return
+        self._uid += 2
+        mine, theirs = End(target, node, self._uid), End(node, target, self._uid + 1)
+        mine.out, theirs.out = self._pipe(mine, theirs), self._pipe(theirs, mine)
+        mine.far, theirs.far = theirs, mine
+        self.by_uid[mine.uid], self.by_uid[theirs.uid] = mine, theirs
+        target.ends[mine] = None
+        self.net.send(mine.out, HANDSHAKE + EXT_HANDSHAKE, (_HS,))
+        self._connected(mine)
+
+    def _connected(self, end: End) -> None:
+        node = end.node
+        swarm = node.swarm
+        assert swarm is not None
+        remote = end.remote
+        swarm.connected(end.uid, remote.addr, remote.peer_id, fast=True, now=self.ev.now)
+        swarm.set_reqq(end.uid, self.settings.max_outstanding_incoming_requests)
+        self.flush(node)
+
+    def handshake_reply(self, end: End) -> None:
+        """The accepting side's handshake reached the dialler."""
+        node = end.node
+        if node.gone or node.swarm is None:
+            self.close_end(end)
+            return
+        node.swarm.connect_done(end.remote.addr)
+        if self._admit(node, end.remote) is not None:
+            self.close_end(end)
+            self.flush(node)
+            return
+        node.ends[end] = None
+        self._connected(end)
+
+    def close(self, end: End) -> None:
+        """The core closed ``end``: drop it here now, at the far end one latency later."""
+        if not end.open:
+            return
+        self.close_end(end)
+        node = end.node
+        if node.swarm is not None:
+            node.swarm.disconnected(end.uid, self.ev.now)
+            self.flush(node)
+
+    def close_end(self, end: End) -> None:
+        end.open = False
+        end.node.ends.pop(end, None)
+        self.by_uid.pop(end.uid, None)
+        self.net.close(end.out)
+        self.ev.at(self.ev.now + end.out.latency, self._remote_closed, end.far)
+
+    def _remote_closed(self, end: End) -> None:
+        if end.open:
+            self.close(end)
+
+    # -- churn -------------------------------------------------------------------------------
+    def _leave(self, node: Node) -> None:
+        if node.gone:
+            return
+        swarm = node.swarm
+        if node is not self.source and node.done is None:
+            self.pending -= 1
+            self.on_event({"event": "failed", "host": node.host, "error": "left"})
+        if swarm is not None:
+            swarm.stop()
+            self.services.announce(node, "stopped")
+        node.gone = True
+        for end in list(node.ends):
+            self.close_end(end)
+        if node.ws_pipe is not None:
+            self.net.close(node.ws_pipe)
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self, until: float) -> None:
+        """Run until every client is done or left, or virtual time ``until``.
+
+        The cyclic garbage collector is off meanwhile: a swarm keeps millions of objects
+        alive, and each full collection walks them all (at N=10,000 the connection storm
+        of the first 0.1 s took minutes of collections). Cycles (a closed connection's
+        two ends) wait for the collection at the end."""
+        self.start()
+        ev = self.ev
+        heap = ev._heap
+        pop = heapq.heappop
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            while heap and heap[0][0] <= until and self.pending > 0:
+                when, _, fn, arg = pop(heap)
+                ev.now = when
+                fn(arg)
+        finally:
+            if enabled:
+                gc.enable()
+        if self.pending > 0:
+            ev.now = max(ev.now, until)
+

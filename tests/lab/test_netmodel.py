@@ -1,0 +1,180 @@
+"""The simulator's network model: max-min fairness, latency, slow start, wire sizes."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from swarmhub.lab.netmodel import (
+    INIT_CWND,
+    MAX_CWND,
+    MIN_RTO,
+    EventQueue,
+    Link,
+    Network,
+    Pipe,
+    maxmin,
+    wire,
+)
+
+BIG = 1e12  # a flow cap that never binds
+
+
+def _net() -> tuple[EventQueue, Network]:
+    ev = EventQueue()
+    return ev, Network(ev)
+
+
+def _flow(net: Network, up: Link, down: Link, got: list[Any], *, latency: float = 0.0,
+          cwnd: float = MAX_CWND) -> Pipe:
+    pipe = Pipe(up, down, latency, got.append)
+    pipe.cwnd = cwnd
+    return pipe
+
+
+def test_wire_bytes_count_every_segment_header() -> None:
+    assert wire(1448) == 1514  # one full segment: what htb counts
+    assert wire(16384 + 13) == 16397 + 12 * 66
+    assert wire(5) == 71
+
+
+def test_maxmin_reference_on_hand_computed_cases() -> None:
+    # one link of 10 shared by two flows
+    assert maxmin([10.0], [(BIG, [0]), (BIG, [0])]) == pytest.approx([5, 5])
+    # a capped flow leaves its share to the other
+    assert maxmin([10.0], [(2.0, [0]), (BIG, [0])]) == pytest.approx([2, 8])
+    # uplink A=10 to B (downlink 2) and C (downlink 100): 2 and 8
+    assert maxmin([10.0, 2.0, 100.0], [(BIG, [0, 1]), (BIG, [0, 2])]) == pytest.approx([2, 8])
+    # B's downlink (3) also takes a flow from D: 1.5 each at B, A's other flow gets 8.5
+    rates = maxmin([10.0, 3.0, 100.0, 100.0],
+                   [(BIG, [0, 1]), (BIG, [0, 2]), (BIG, [3, 1])])
+    assert rates == pytest.approx([1.5, 8.5, 1.5])
+
+
+def _rates_now(net: Network, flows: list[tuple[Link, Link, float]]) -> list[float]:
+    pipes = []
+    for up, down, cap in flows:
+        pipe = Pipe(up, down, 0.005, lambda _p: None)
+        pipe.cwnd = cap * pipe.rtt
+        net.send(pipe, 10**9, "x")
+        pipes.append(pipe)
+    return [p.rate for p in pipes]
+
+
+def test_the_incremental_solver_matches_max_min_by_hand() -> None:
+    _, net = _net()
+    a_up, b_down, c_down, d_up = Link(10), Link(3), Link(100), Link(100)
+    rates = _rates_now(net, [(a_up, b_down, BIG), (a_up, c_down, BIG), (d_up, b_down, BIG)])
+    assert rates == pytest.approx([1.5, 8.5, 1.5], rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_incremental_solver_matches_progressive_filling(seed: int) -> None:
+    """Random hosts and flows, started one by one: the rates after the last start equal
+    the exact max-min allocation."""
+    rng = random.Random(seed)
+    hosts = 6
+    caps = [rng.choice([5.0, 10.0, 20.0, 100.0]) for _ in range(2 * hosts)]  # ups, downs
+    _, net = _net()
+    links = [Link(c) for c in caps]
+    flows = []
+    for _ in range(rng.randrange(4, 14)):
+        s, d = rng.sample(range(hosts), 2)
+        cap = rng.choice([BIG, BIG, rng.uniform(0.5, 8.0)])
+        flows.append((links[s], links[hosts + d], cap))
+    got = _rates_now(net, flows)
+    want = maxmin(caps, [(cap, [links.index(u), links.index(d)]) for u, d, cap in flows])
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_rates_are_re_solved_when_a_flow_stops() -> None:
+    ev, net = _net()
+    up, down = Link(15140.0), Link(1e9)  # 10 full segments per second
+    got: list[Any] = []
+    short = _flow(net, up, down, got)
+    long = _flow(net, up, down, got)
+    net.send(short, 1448 * 10, "short")  # 15140 wire bytes
+    net.send(long, 1448 * 30, "long")  # 45420 wire bytes
+    assert short.rate == long.rate == pytest.approx(7570.0)
+    ev.run(100.0)
+    # the short one ends at 2 s; then the long one has the link alone: 2 + 30280 / 15140
+    assert got == ["short", "long"]
+    assert long.idle_since == pytest.approx(4.0)
+
+
+def test_an_item_arrives_one_latency_after_its_last_byte() -> None:
+    ev, net = _net()
+    up, down = Link(1000.0), Link(1e9)
+    times: list[float] = []
+    pipe = Pipe(up, down, 0.05, lambda _p: times.append(ev.now))
+    pipe.cwnd = MAX_CWND
+    net.send(pipe, 1448 * 4, "data")  # 4 segments: 6056 wire bytes
+    net.send(pipe, 5, "behind")  # a small message queued behind data waits for it
+    ev.run(100.0)
+    assert times[0] == pytest.approx(6.056 + 0.05)
+    assert times[1] == pytest.approx(6.056 + wire(5) / 1000 + 0.05)
+
+
+def test_a_small_message_on_an_idle_pipe_takes_the_latency_only() -> None:
+    ev, net = _net()
+    times: list[float] = []
+    pipe = Pipe(Link(10.0), Link(10.0), 0.01, lambda _p: times.append(ev.now))
+    net.send(pipe, 17, "request")
+    ev.run(1.0)
+    assert times == [pytest.approx(0.01)]
+    assert not pipe.active
+
+
+def test_slow_start_doubles_the_window_each_rtt() -> None:
+    """On a fast link a flow is window-bound: cap = cwnd / RTT, doubling per RTT."""
+    ev, net = _net()
+    pipe = Pipe(Link(1e12), Link(1e12), 0.05, lambda _p: None)
+    net.send(pipe, 10**9, "x")
+    rtt = pipe.rtt
+    assert pipe.rate == pytest.approx(INIT_CWND / rtt)
+    ev.run(3.5 * rtt)
+    assert pipe.cwnd == pytest.approx(INIT_CWND * 8)
+    assert pipe.rate == pytest.approx(INIT_CWND * 8 / rtt)
+    ev.run(40 * rtt)
+    assert pipe.cwnd == MAX_CWND  # the window stops at its maximum
+
+
+def test_a_window_not_in_use_stops_growing() -> None:
+    """Limited by the link to far below cwnd / RTT, the window stays put (cwnd validation)."""
+    ev, net = _net()
+    pipe = Pipe(Link(1000.0), Link(1e12), 0.05, lambda _p: None)
+    net.send(pipe, 10**6, "x")
+    ev.run(5.0)
+    assert pipe.cwnd == INIT_CWND
+    assert pipe.rate == pytest.approx(1000.0)
+
+
+def _until_idle(ev: EventQueue, pipe: Pipe) -> None:
+    for _ in range(100_000):
+        if not pipe.active:
+            return
+        ev.run(ev.now + 0.001)
+    raise AssertionError("the pipe never went idle")
+
+
+def test_the_window_restarts_after_an_idle_spell() -> None:
+    ev, net = _net()
+    pipe = Pipe(Link(1e12), Link(1e12), 0.05, lambda _p: None)
+    rto = MIN_RTO + pipe.rtt
+    net.send(pipe, 10**7, "x")
+    _until_idle(ev, pipe)
+    assert pipe.cwnd > INIT_CWND and not pipe.active
+    grown = pipe.cwnd
+    ev.run(pipe.idle_since + rto * 0.5)  # shorter than the RTO: kept
+    net.send(pipe, 10**5, "y")
+    assert pipe.cwnd == grown
+    _until_idle(ev, pipe)
+    ev.run(pipe.idle_since + 1.5 * rto)  # one RTO idle: halved
+    net.send(pipe, 10**5, "z")
+    assert pipe.cwnd == grown / 2
+    ev.run(ev.now + 5.0)
+    ev.run(ev.now + 30 * rto)  # a long idle spell: back to the start
+    net.send(pipe, 10**5, "z")
+    assert pipe.cwnd == INIT_CWND

@@ -1,0 +1,190 @@
+"""``lab simulate``: simulated swarms complete, conserve bytes, reproduce, match the lab."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from swarmhub.lab.commands import register
+from swarmhub.lab.simhosts import SimTracker, assign, churn_schedule, parse_classes
+from swarmhub.lab.simrun import SimOptions, simulate
+from swarmhub.lab.simulate import Simulation
+
+MIB = 1 << 20
+
+
+def _opts(peers: int, size: int = 4 * MIB, **kw: object) -> SimOptions:
+    return SimOptions(peers=peers, size=size, up=[(20e6, 1.0)], down=[(100e6, 1.0)],
+                      latency_s=0.01, **kw)  # type: ignore[arg-type]
+
+
+def _times(res: object) -> list[float | None]:
+    return [h.completion_s for h in res.hosts]  # type: ignore[attr-defined]
+
+
+def test_a_small_p2p_swarm_completes_and_conserves_bytes() -> None:
+    captured: list[Simulation] = []
+    orig = Simulation.run
+
+    def keep(self: Simulation, until: float) -> None:
+        captured.append(self)
+        orig(self, until)
+
+    Simulation.run = keep  # type: ignore[method-assign]
+    try:
+        res = simulate("p2p", _opts(4))
+    finally:
+        Simulation.run = orig  # type: ignore[method-assign]
+    sim = captured[0]
+    assert res.ok and res.ratio is not None
+    assert res.ratio >= 1.0  # nobody beats the bound
+    for node in sim.clients:
+        assert node.swarm is not None and node.swarm.complete
+        node.swarm.picker.check_invariant()
+        assert node.useful >= res.size  # every byte of the file, from some peer
+    received = sum(n.got for n in sim.clients)
+    given = sum(n.gave for n in sim.nodes)
+    assert received == given  # every block that arrived was sent by someone, once
+    assert sim.source.gave >= res.size  # the source sent at least one copy
+    assert res.source_upload >= res.size  # link bytes include headers
+
+
+def test_the_same_seed_gives_the_same_run_and_another_seed_another() -> None:
+    a = simulate("p2p", _opts(6, seed=7))
+    b = simulate("p2p", _opts(6, seed=7))
+    c = simulate("p2p", _opts(6, seed=8))
+    assert _times(a) == _times(b)
+    assert a.source_upload == b.source_upload
+    assert _times(a) != _times(c)
+
+
+def test_client_server_takes_n_copies_through_the_source() -> None:
+    """cs is the trivial case: N*F over the source's link, TCP/IP headers included."""
+    res = simulate("cs", _opts(5, size=2 * MIB))
+    assert res.ok and res.last_completion_s is not None
+    wire_factor = 1514 / 1448
+    want = 5 * 2 * MIB * 8 * wire_factor / 20e6
+    assert res.last_completion_s == pytest.approx(want, rel=0.01)
+    assert res.hub_http_bytes == 5 * 2 * MIB
+
+
+def test_hybrid_completes_with_the_hub_as_seeder_and_web_seed() -> None:
+    res = simulate("hybrid", _opts(4))
+    assert res.ok
+    assert res.hub_upload is not None and res.hub_upload >= res.size
+
+
+def test_peers_joining_over_time_all_finish() -> None:
+    res = simulate("p2p", _opts(12, join_rate=4.0))
+    assert res.ok
+    assert any("churn" in n for n in res.notes)
+
+
+def test_a_source_that_leaves_after_one_copy_strands_what_it_sent_twice() -> None:
+    """The source leaves once its peers received F bytes from it; the pieces it sent
+    twice (super-seeding offers, end-game) are then missing from the swarm: a finding
+    this option exists to show, reported as hosts not done, never as a crash."""
+    captured: list[Simulation] = []
+    orig = Simulation.run
+
+    def keep(self: Simulation, until: float) -> None:
+        captured.append(self)
+        orig(self, until)
+
+    Simulation.run = keep  # type: ignore[method-assign]
+    try:
+        res = simulate("p2p", _opts(12, seed_leaves_after_copy=True, timeout=60.0))
+    finally:
+        Simulation.run = orig  # type: ignore[method-assign]
+    sim = captured[0]
+    assert sim.source.gone and sim.source_left is not None
+    assert any("left at" in n for n in res.notes)
+    held = set()
+    for node in sim.clients:
+        assert node.swarm is not None
+        held |= {i for i in range(sim.num_pieces) if node.swarm.have[i]}
+    assert res.ok == (len(held) == sim.num_pieces)
+    assert all(h.ok or "not done" in h.error for h in res.hosts)
+
+
+def test_peers_leaving_are_reported_as_left_not_failed() -> None:
+    res = simulate("p2p", _opts(12, leave_rate=0.5, seed=3))
+    left = [h for h in res.hosts if h.killed]
+    assert left and all("left" in h.error for h in left)
+    assert all(h.ok or h.killed for h in res.hosts)
+
+
+def test_heterogeneous_hosts_follow_their_classes() -> None:
+    classes = parse_classes("20mbit:70%,5mbit:30%")
+    assert classes == [(20e6, 0.7), (5e6, 0.3)]
+    rates = assign(classes, 10, random.Random(1))
+    assert sorted(rates) == [5e6] * 3 + [20e6] * 7
+    res = simulate("p2p", SimOptions(peers=10, size=2 * MIB, up=classes,
+                                     down=[(100e6, 1.0)], latency_s=0.01))
+    assert res.ok
+    assert res.up_bps == pytest.approx(0.7 * 20e6 + 0.3 * 5e6)
+
+
+def test_rate_classes_are_checked() -> None:
+    assert parse_classes("10mbit,20mbit") == [(10e6, 0.5), (20e6, 0.5)]
+    with pytest.raises(ValueError, match="100%"):
+        parse_classes("10mbit:70%,5mbit:70%")
+    with pytest.raises(ValueError):
+        parse_classes("fast:10%")
+
+
+def test_churn_schedule_is_a_poisson_process() -> None:
+    joins, lives = churn_schedule(2000, 10.0, 0.0, random.Random(2))
+    assert joins[0] == 0.0 and joins == sorted(joins)
+    assert joins[-1] / 1999 == pytest.approx(0.1, rel=0.1)  # mean gap 1/rate
+    assert lives == [None] * 2000
+
+
+def test_the_tracker_hands_out_live_peers_but_never_the_asker() -> None:
+    tr = SimTracker(interval=2, min_interval=1, rng=random.Random(1))
+    for i in range(100):
+        tr.register((f"10.0.0.{i}", 6881), seeder=i == 0, now=0.0)
+    peers = tr.pick(("10.0.0.5", 6881), False, 50, 1.0)
+    assert len(peers) == len(set(peers)) == 50
+    assert ("10.0.0.5", 6881) not in peers
+    assert ("10.0.0.0", 6881) not in tr.pick(("10.0.0.0", 6881), True, 200, 1.0)
+    tr.register(("10.0.0.1", 6881), seeder=False, now=10.0)  # the others expire (ttl 4 s)
+    assert tr.pick(("10.0.0.9", 6881), False, 50, 10.0) == [("10.0.0.1", 6881)]
+
+
+# Recorded on this machine kind (2 cores) with the netns lab and its NFQUEUE delay line:
+# `swarmhub lab run --peers N --size 32MiB --up 20mbit --down 100mbit --latency 10ms
+# --modes p2p` at commit 3760232 (the core this simulator drives). Last completion, s.
+LAB_LAST_S = {4: 16.4, 8: 17.1}
+
+
+@pytest.mark.parametrize("n", sorted(LAB_LAST_S))
+def test_fidelity_against_a_recorded_netns_lab_run(n: int) -> None:
+    """Within 10% of the real lab on the same settings. This proves agreement with those
+    recorded runs, not with today's lab: a core change that moves the lab must re-record
+    (bench/simulate.py prints both)."""
+    res = simulate("p2p", _opts(n, size=32 * MIB))
+    assert res.last_completion_s is not None
+    assert res.last_completion_s == pytest.approx(LAB_LAST_S[n], rel=0.10)
+
+
+def test_cli_simulate_writes_the_lab_report(tmp_path: Path) -> None:
+    app = typer.Typer()
+    register(app)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, [
+        "lab", "simulate", "--peers", "3", "--size", "1MiB", "--modes", "cs,p2p,hybrid",
+        "--up", "20mbit:50%,10mbit:50%", "--seed", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    assert [r["mode"] for r in data] == ["cs", "p2p", "hybrid"]
+    assert all(r["ok"] and r["client"] == "simulated" for r in data)
+    html = (out / "report.html").read_text()
+    assert "simulation" in html and "data:image/png;base64" in html
+    bad = CliRunner().invoke(app, ["lab", "simulate", "--peers", "20000", "--out", str(out)])
+    assert bad.exit_code != 0
