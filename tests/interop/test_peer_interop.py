@@ -258,6 +258,8 @@ def test_ctrl_c_saves_resume_data(work: Path) -> None:
                 lambda s: s.startswith('{"t"') and json.loads(s)["progress"] >= 0.3, 60)
             os.kill(get.pid, signal.SIGINT)
             assert get.wait(30) == 130, get.describe()
+        # SIGTERM, with room to save its own resume data on a loaded machine
+        seed.stop(grace=30)
     files = list((work / "state").glob(f"{meta.info_hash.hex()}-*.resume"))
     assert len(files) == 2  # the seed's and the download's, side by side
     resumes = [load_resume(f) for f in files]
