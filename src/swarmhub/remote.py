@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from swarmhub.errors import SwarmhubError
+from swarmhub.ui import print_answer
 
 __all__ = ["DaemonClient", "remote_app"]
 
@@ -127,12 +128,6 @@ def _url(url: str | None) -> str:
     return url or os.environ.get("SWARMHUB_DAEMON") or DEFAULT_URL
 
 
-def _show(answer: Any, as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
-        return
-    for line in lines:
-        typer.echo(line)
 
 
 def _rate(n: float) -> str:
@@ -176,7 +171,8 @@ def add(
             raise SwarmhubError(f"cannot read {path}: {exc.strerror}") from None
         body["filename"] = path.name
     t = _client(_url(daemon), token, state).call("POST", "/api/torrents", body)
-    _show(t, as_json, [f"added {t['id']}  {t['name'] or '(fetching metadata)'}  ({t['state']})"])
+    name = t["name"] or "(fetching metadata)"
+    print_answer(t, as_json, [f"added {t['id']}  {name}  ({t['state']})"])
 
 
 @remote_app.command("list")
@@ -184,14 +180,14 @@ def list_(daemon: DaemonUrl = DEFAULT_URL, token: Token = None, state: State = N
           as_json: AsJson = False) -> None:
     """One line per torrent: id, state, progress, rates, peers, name."""
     answer = _client(_url(daemon), token, state).call("GET", "/api/torrents")
-    _show(answer, as_json, [_line(t) for t in answer["torrents"]] or ["(no torrents)"])
+    print_answer(answer, as_json, [_line(t) for t in answer["torrents"]] or ["(no torrents)"])
 
 
 def _simple(action: str, tid: str, daemon: str, token: str | None, state: Path | None,
             as_json: bool) -> None:
     client = _client(_url(daemon), token, state)
     t = client.call("POST", f"/api/torrents/{client.resolve(tid)}/{action}")
-    _show(t, as_json, [_line(t)])
+    print_answer(t, as_json, [_line(t)])
 
 
 @remote_app.command("pause")
@@ -221,7 +217,7 @@ def remove(tid: Annotated[str, typer.Argument(help="Torrent id (or a unique star
     full = client.resolve(tid)
     answer = client.call("DELETE", f"/api/torrents/{full}?delete_data="
                          f"{'true' if delete_data else 'false'}")
-    _show(answer, as_json, [f"removed {full}" + (" and its data" if delete_data else "")])
+    print_answer(answer, as_json, [f"removed {full}" + (" and its data" if delete_data else "")])
 
 
 @remote_app.command("limits")
@@ -250,7 +246,7 @@ def limits(
     def show(n: int) -> str:
         return f"{n // 1024} KiB/s" if n else "unlimited"
 
-    _show(answer, as_json, [f"{what}: download {show(answer['download_limit'])}, "
+    print_answer(answer, as_json, [f"{what}: download {show(answer['download_limit'])}, "
                             f"upload {show(answer['upload_limit'])}"])
 
 
@@ -277,8 +273,9 @@ def files(
                                     f"not {item!r}")
             prios[int(index)] = int(value)
         answer = client.call("PUT", f"/api/torrents/{full}/files", {"priorities": prios})
-    _show(answer, as_json, [f"{f['index']:>4}  {f['priority']}  {f['size']:>14,}  {f['path']}"
-                            for f in answer["files"]])
+    print_answer(answer, as_json, [
+        f"{f['index']:>4}  {f['priority']}  {f['size']:>14,}  {f['path']}"
+        for f in answer["files"]])
 
 
 @remote_app.command("events")

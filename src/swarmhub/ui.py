@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import os
 import re
 import ssl
@@ -41,6 +42,7 @@ __all__ = [
     "err",
     "error",
     "install",
+    "print_answer",
     "run",
     "tidy_help",
 ]
@@ -61,6 +63,16 @@ class UserError(SwarmhubError):
     def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.code = code
+
+
+def print_answer(answer: Any, as_json: bool, lines: list[str]) -> None:
+    """An API answer for a shell: plain lines (tab-separated columns, for ``cut`` and
+    ``awk``) or, with ``--json``, the answer itself."""
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
+        return
+    for line in lines:
+        typer.echo(line)
 
 
 def error(message: str) -> None:

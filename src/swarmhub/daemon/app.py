@@ -26,6 +26,7 @@ from swarmhub.daemon.manager import (
     decode_torrent_field,
 )
 from swarmhub.errors import SwarmhubError
+from swarmhub.hub.origin import json_errors_middleware
 
 __all__ = ["MANAGER_KEY", "make_app", "serve"]
 
@@ -50,28 +51,6 @@ def _error_response(exc: Exception) -> web.Response | None:
     if isinstance(exc, SwarmhubError):
         return _json_error(400, str(exc))
     return None
-
-
-@web.middleware
-async def _json_errors(request: web.Request,
-                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                       ) -> web.StreamResponse:
-    """Every failure as ``{"error": ...}`` with its status, never a traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _json_error(exc.status, exc.reason, **{
-            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception as exc:
-        mapped = _error_response(exc)
-        if mapped is not None:
-            return mapped
-        log.exception("unexpected error serving %s %s", request.method, request.path)
-        return _json_error(500, "internal error; see the daemon's log")
 
 
 @web.middleware
@@ -275,7 +254,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(manager: Manager, token: str) -> web.Application:
-    app = web.Application(middlewares=[_json_errors, _auth],
+    app = web.Application(middlewares=[json_errors_middleware(_error_response, "daemon"), _auth],
                           client_max_size=MAX_BODY)
     app[MANAGER_KEY] = manager
     app[TOKEN_KEY] = token

@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from swarmhub.ui import print_answer
+
 __all__ = ["AdminClient", "AdminError", "admin_app"]
 
 _err = Console(stderr=True, soft_wrap=True)
@@ -94,13 +96,6 @@ def _call(hub: str, token: str, method: str, path: str, body: dict[str, Any] | N
         raise typer.Exit(1) from None
 
 
-def _print(answer: Any, as_json: bool, lines: list[str]) -> None:
-    """Plain text (tab-separated columns, for ``cut`` and ``awk``) or the JSON answer."""
-    if as_json:
-        typer.echo(json.dumps(answer, indent=2, ensure_ascii=False))
-        return
-    for line in lines:
-        typer.echo(line)
 
 
 def _q(text: str) -> str:
@@ -119,7 +114,7 @@ def collections_list(hub: HubUrl, token: Token, as_json: AsJson = False) -> None
         f"{c['name']}\t{'private' if c['private'] else 'public'}\t{c['files']} file(s)"
         for c in items
     ] or ["(no collections)"]
-    _print(answer, as_json, lines)
+    print_answer(answer, as_json, lines)
 
 
 @collections_app.command("create")
@@ -133,7 +128,7 @@ def collections_create(
     """Create a collection (``--private``: its files need a token)."""
     c = _call(hub, token, "POST", "collections", {"name": name, "private": private})
     kind = "private" if c["private"] else "public"
-    _print(c, as_json, [f"created {kind} collection {c['name']}"])
+    print_answer(c, as_json, [f"created {kind} collection {c['name']}"])
 
 
 @collections_app.command("delete")
@@ -145,7 +140,7 @@ def collections_delete(
 ) -> None:
     """Delete an empty collection."""
     answer = _call(hub, token, "DELETE", f"collections/{_q(name)}")
-    _print(answer, as_json, [f"deleted collection {name}"])
+    print_answer(answer, as_json, [f"deleted collection {name}"])
 
 
 # ------------------------------------------------------------------------------ tokens
@@ -159,7 +154,7 @@ def tokens_list(hub: HubUrl, token: Token, as_json: AsJson = False) -> None:
         f"{t['id']}\t{t['role']}\t{'revoked' if t['revoked_at'] else 'active'}\t{t['label']}"
         for t in answer["tokens"]
     ] or ["(no tokens)"]
-    _print(answer, as_json, lines)
+    print_answer(answer, as_json, lines)
 
 
 @tokens_app.command("create")
@@ -172,7 +167,7 @@ def tokens_create(
 ) -> None:
     """Create a token and print its secret (shown this once: only its hash is stored)."""
     t = _call(hub, token, "POST", "tokens", {"role": role, "label": label})
-    _print(t, as_json, [f"token: {t['token']}", f"id:    {t['id']} ({t['role']})"])
+    print_answer(t, as_json, [f"token: {t['token']}", f"id:    {t['id']} ({t['role']})"])
 
 
 @tokens_app.command("revoke")
@@ -184,7 +179,7 @@ def tokens_revoke(
 ) -> None:
     """Revoke a token: its next request is refused."""
     t = _call(hub, token, "POST", f"tokens/{_q(token_id)}/revoke")
-    _print(t, as_json, [f"revoked {t['id']} ({t['role']}, {t['label'] or 'no label'})"])
+    print_answer(t, as_json, [f"revoked {t['id']} ({t['role']}, {t['label'] or 'no label'})"])
 
 
 # ------------------------------------------------------------------------------ files
@@ -211,7 +206,7 @@ def files_list(
     ] or ["(no files)"]
     if answer["total"] > len(answer["files"]):
         lines.append(f"({answer['total']} in all; raise --limit to see more)")
-    _print(answer, as_json, lines)
+    print_answer(answer, as_json, lines)
 
 
 @files_app.command("delete")
@@ -223,11 +218,11 @@ def files_delete(
 ) -> None:
     """Delete a published file (its bytes go when no other file shares them)."""
     answer = _call(hub, token, "DELETE", f"files/{_q(file_id)}")
-    _print(answer, as_json, [f"deleted file {file_id}"])
+    print_answer(answer, as_json, [f"deleted file {file_id}"])
 
 
 @admin_app.command("stats")
 def stats(hub: HubUrl, token: Token, as_json: AsJson = False) -> None:
     """Catalog totals: files, bytes, blobs, collections, active tokens."""
     answer = _call(hub, token, "GET", "stats")
-    _print(answer, as_json, [f"{k}: {v}" for k, v in answer.items()])
+    print_answer(answer, as_json, [f"{k}: {v}" for k, v in answer.items()])

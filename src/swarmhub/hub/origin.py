@@ -621,9 +621,11 @@ def make_static_app(root: Path, *, limiter: OriginLimiter | None = None) -> web.
 
 def json_errors_middleware(
     map_error: Callable[[Exception], web.StreamResponse | None] | None = None,
+    server: str = "hub",
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """aiohttp's own errors (bad method, bad route) and unexpected exceptions as JSON, never
-    a traceback. ``map_error`` turns an application's exceptions into responses (or None)."""
+    a traceback. ``map_error`` turns an application's exceptions into responses (or None);
+    ``server`` names whose log holds the traceback of an unexpected one."""
 
     @web.middleware
     async def json_errors(
@@ -649,7 +651,7 @@ def json_errors_middleware(
             log.exception(
                 "unexpected error serving %s %s", request.method, redact(request.path)
             )
-            return _json_error(500, "internal error; see the hub's log")
+            return _json_error(500, f"internal error; see the {server}'s log")
 
     return json_errors
 
