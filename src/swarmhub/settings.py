@@ -69,6 +69,11 @@ class Settings:
         "prefer", "message stream encryption (MSE/PE): prefer (accept plain and encrypted "
         "peers, dial encrypted first and fall back to plain), require (encrypted only) or off"
     )
+    prefer_rc4: bool = _f(
+        False, "answer a peer that offers both with an RC4 payload stream rather than "
+        "plaintext after the obfuscated handshake (libtorrent's prefer_rc4; RC4 in Python "
+        "costs about as much CPU as the rest of a download)"
+    )
     # -- choking
     unchoke_slots: int = _f(
         4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke", lo=0

@@ -121,9 +121,11 @@ class MSELayer(asyncio.Protocol):
     """
 
     def __init__(self, inner: asyncio.Protocol, *, mode: str, skey: bytes | None = None,
-                 skeys: Callable[[], Iterable[bytes]] = tuple) -> None:
+                 skeys: Callable[[], Iterable[bytes]] = tuple, prefer_rc4: bool = False
+                 ) -> None:
         self.inner = inner
         self.mode = mode
+        self.prefer_rc4 = prefer_rc4
         self.skey = skey
         self._skeys = skeys
         self.negotiated: asyncio.Future[str | None] = (
@@ -239,7 +241,8 @@ class MSELayer(asyncio.Protocol):
             self._established(None, None, first)
             return
         hashes = self._skeys()
-        self._hs = MSEHandshake.responder(skey_lookup(hashes), crypto=_crypto(self.mode))
+        self._hs = MSEHandshake.responder(skey_lookup(hashes), crypto=_crypto(self.mode),
+                                          prefer_rc4=self.prefer_rc4)
         self._phase = _Phase.HANDSHAKE
         self._hs.receive_data(first)
         self._advance()
@@ -305,7 +308,8 @@ def accept(session: Session) -> asyncio.Protocol:
     mode = session.settings.encryption
     if mode == "off":
         return inner
-    return MSELayer(inner, mode=mode, skeys=lambda: _session_hashes(session))
+    return MSELayer(inner, mode=mode, skeys=lambda: _session_hashes(session),
+                    prefer_rc4=session.settings.prefer_rc4)
 
 
 async def _encrypted(inner: asyncio.Protocol, mode: str, skey: bytes, addr: tuple[str, int],
