@@ -33,6 +33,9 @@ def streams(t: Torrent) -> list[str]:
     for p in t.peers:
         tr = p.proto.transport
         if isinstance(tr, CipherTransport):
+            # A plaintext stream reads straight into the peer protocol's buffer.
+            reads_direct = tr.layer.raw.get_protocol() is p.proto
+            assert reads_direct is not tr.layer.encrypted
             out.append("rc4" if tr.layer.encrypted else "plaintext")
         else:
             out.append("plain")

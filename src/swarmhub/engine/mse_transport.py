@@ -277,6 +277,11 @@ class MSELayer(asyncio.Protocol):
             self.send(held)
         if payload:
             self.inner.data_received(payload)
+        if enc is None and isinstance(self.inner, asyncio.BufferedProtocol) \
+                and self._phase is _Phase.PLAIN and not self.raw.is_closing():
+            # Plaintext from here on: the socket may read straight into the inner protocol's
+            # buffer (its writes still come through us, unchanged).
+            self.raw.set_protocol(self.inner)
 
     def _fail(self, reason: str) -> None:
         if self._phase is _Phase.CLOSED:
