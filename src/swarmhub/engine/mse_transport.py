@@ -120,7 +120,7 @@ class MSELayer(asyncio.Protocol):
     reason the handshake failed (what :func:`dial` falls back on).
     """
 
-    def __init__(self, inner: asyncio.Protocol, *, mode: str, skey: bytes | None = None,
+    def __init__(self, inner: asyncio.Protocol | PeerProtocol, *, mode: str, skey: bytes | None = None,
                  skeys: Callable[[], Iterable[bytes]] = tuple, prefer_rc4: bool = False
                  ) -> None:
         self.inner = inner
@@ -307,7 +307,7 @@ def _session_hashes(session: Session) -> set[bytes]:
     return out
 
 
-def accept(session: Session) -> asyncio.Protocol:
+def accept(session: Session) -> asyncio.BaseProtocol:
     """The protocol for one incoming connection (the listening socket's factory)."""
     inner = PeerProtocol(session)
     mode = session.settings.encryption
@@ -317,7 +317,7 @@ def accept(session: Session) -> asyncio.Protocol:
                     prefer_rc4=session.settings.prefer_rc4)
 
 
-async def _encrypted(inner: asyncio.Protocol, mode: str, skey: bytes, addr: tuple[str, int],
+async def _encrypted(inner: asyncio.Protocol | PeerProtocol, mode: str, skey: bytes, addr: tuple[str, int],
                      timeout: float) -> MSELayer | str:
     """Connect ``inner`` through an encrypted handshake: the layer once it is set up, or why
     it failed (that connection is then closed). OSError/TimeoutError: no connection at all."""
