@@ -120,8 +120,8 @@ class MSELayer(asyncio.Protocol):
     reason the handshake failed (what :func:`dial` falls back on).
     """
 
-    def __init__(self, inner: asyncio.Protocol | PeerProtocol, *, mode: str, skey: bytes | None = None,
-                 skeys: Callable[[], Iterable[bytes]] = tuple, prefer_rc4: bool = False
+    def __init__(self, inner: asyncio.Protocol | PeerProtocol, *, mode: str,
+                 skey: bytes | None = None, skeys: Callable[[], Iterable[bytes]] = tuple, prefer_rc4: bool = False
                  ) -> None:
         self.inner = inner
         self.mode = mode
@@ -317,8 +317,8 @@ def accept(session: Session) -> asyncio.BaseProtocol:
                     prefer_rc4=session.settings.prefer_rc4)
 
 
-async def _encrypted(inner: asyncio.Protocol | PeerProtocol, mode: str, skey: bytes, addr: tuple[str, int],
-                     timeout: float) -> MSELayer | str:
+async def _encrypted(inner: asyncio.Protocol | PeerProtocol, mode: str, skey: bytes,
+                     addr: tuple[str, int], timeout: float) -> MSELayer | str:
     """Connect ``inner`` through an encrypted handshake: the layer once it is set up, or why
     it failed (that connection is then closed). OSError/TimeoutError: no connection at all."""
     loop = asyncio.get_running_loop()
