@@ -121,8 +121,8 @@ class MSELayer(asyncio.Protocol):
     """
 
     def __init__(self, inner: asyncio.Protocol | PeerProtocol, *, mode: str,
-                 skey: bytes | None = None, skeys: Callable[[], Iterable[bytes]] = tuple, prefer_rc4: bool = False
-                 ) -> None:
+                 skey: bytes | None = None, skeys: Callable[[], Iterable[bytes]] = tuple,
+                 prefer_rc4: bool = False) -> None:
         self.inner = inner
         self.mode = mode
         self.prefer_rc4 = prefer_rc4
