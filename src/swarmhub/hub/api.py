@@ -665,18 +665,10 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 def _peer_counts(tracker: TrackerState, record: FileRecord) -> tuple[int, int]:
-    """Seeders and leechers of a file's hybrid swarm plus its v1-only swarm.
-
-    A hybrid client announces under both the v1 and the truncated v2 hash, so the hybrid
-    swarm counts the larger of the two rather than their sum (which would count it twice).
-    """
-    hybrid = [tracker.stats(h[:20]) for h in (record.info_hash_v1, record.info_hash_v2) if h]
-    seeders = max((c for c, _, _ in hybrid), default=0)
-    leechers = max((i for _, _, i in hybrid), default=0)
-    if record.info_hash_v1_torrent is not None:
-        complete, _, incomplete = tracker.stats(record.info_hash_v1_torrent)
-        seeders, leechers = seeders + complete, leechers + incomplete
-    return seeders, leechers
+    """Seeders and leechers of a file's hybrid swarm plus its v1-only swarm, each peer
+    once (a hybrid client announces under both the v1 and the truncated v2 hash; the hub's
+    seeder is in the hybrid and the v1-only swarm)."""
+    return tracker.file_stats(record.swarm_hashes)
 
 
 async def get_live(request: web.Request) -> web.Response:

@@ -673,10 +673,8 @@ async def metrics(request: web.Request) -> web.Response:
         "swarmhub_torrent_leechers", "gauge", "Leechers per public file (tracker).")
     private_seeders = private_leechers = 0
     for record in records:
-        complete = incomplete = 0
-        for ih in record.swarm_hashes:  # peers of the hybrid and the v1 swarm
-            c, _, i = hub.tracker.stats(ih)
-            complete, incomplete = complete + c, incomplete + i
+        # Peers of the hybrid and the v1 swarm, each once (a hybrid client is in two).
+        complete, incomplete = hub.tracker.file_stats(record.swarm_hashes)
         if record.private:  # /metrics is public: no id, name or hash of a private file
             private_seeders += complete
             private_leechers += incomplete
