@@ -163,7 +163,8 @@ class Settings:
         4 * MiB, "bytes per HTTP range request to a web seed", lo=16 * KiB
     )
     web_seed_grace: float = _f(
-        3.0, "seconds a download waits for peers before its web seeds start (peers first)",
+        0.5, "seconds a download waits for peers before its web seeds start (peers first; "
+        "after one request a web seed keeps going only while it beats the peers)",
         lo=0.0,
     )
     web_seed_batch_bytes: int = _f(
