@@ -493,7 +493,8 @@ class Swarm:
         """Pieces for a web seed: what the connected swarm lacks (or everything missing
         when no peer is sending anything, or when ``anything``: the driver found the web
         seed faster than the peers), as one run of adjacent pieces -> few large requests
-        (at most ``limit_bytes``, default ``web_seed_batch_bytes``). When the tracker
+        (with ``anything``: the first missing pieces, adjacent or not), at most
+        ``limit_bytes`` (default ``web_seed_batch_bytes``). When the tracker
         counts a seed and we have peers, a piece no peer shows may still come from a
         super-seeding seed (the hub's peer hides what it has): then the web seed waits
         until the peers go idle, or every client would fetch over HTTP exactly the pieces
@@ -507,11 +508,11 @@ class Swarm:
         for i in range(self.num_pieces):
             ok = (not self.have[i] and i not in busy and i not in reserved
                   and (peers_idle or (avail(i) == 0 and not hidden_seed)))
-            if ok and (not batch or batch[-1] == i - 1):
-                batch.append(i)
+            if ok and (anything or not batch or batch[-1] == i - 1):
+                batch.append(i)  # (any missing piece: the peers leave gaps, not runs)
                 if len(batch) >= limit:
                     break
-            elif batch:
+            elif batch and not anything:
                 break
         return batch
 
