@@ -163,8 +163,8 @@ class Settings:
         4 * MiB, "bytes per HTTP range request to a web seed", lo=16 * KiB
     )
     web_seed_grace: float = _f(
-        0.5, "seconds a download waits for peers before its web seeds start (peers first; "
-        "after one request a web seed keeps going only while it beats the peers)",
+        0.5, "seconds a download waits for peers before its web seeds start (peers first: "
+        "with leechers to trade with, a web seed only fills what the swarm lacks)",
         lo=0.0,
     )
     web_seed_batch_bytes: int = _f(

@@ -489,19 +489,18 @@ class Swarm:
         self._out.append(Completed())
 
     def webseed_batch(self, now: float, reserved: Container[int], *,
-                      anything: bool = False, limit_bytes: int | None = None) -> list[int]:
+                      anything: bool = False) -> list[int]:
         """Pieces for a web seed: what the connected swarm lacks (or everything missing
-        when no peer is sending anything, or when ``anything``: the driver found the web
-        seed faster than the peers), as one run of adjacent pieces -> few large requests
-        (with ``anything``: the first missing pieces, adjacent or not), at most
-        ``limit_bytes`` (default ``web_seed_batch_bytes``). When the tracker
+        when no peer is sending anything, or when ``anything``: no connected peer is a
+        leecher), as one run of adjacent pieces -> few large requests (with ``anything``:
+        the first missing pieces, adjacent or not). When the tracker
         counts a seed and we have peers, a piece no peer shows may still come from a
         super-seeding seed (the hub's peer hides what it has): then the web seed waits
         until the peers go idle, or every client would fetch over HTTP exactly the pieces
         the seed has not handed out yet."""
         peers_idle = anything or self.down.rate(now) <= self.webseed_meter.rate(now)
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
-        limit = max(1, (limit_bytes or self.settings.web_seed_batch_bytes) // self.piece_length)
+        limit = max(1, self.settings.web_seed_batch_bytes // self.piece_length)
         avail = self.picker.availability
         busy = self._src.keys() | self._verifying.keys()
         batch: list[int] = []

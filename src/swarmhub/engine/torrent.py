@@ -595,25 +595,22 @@ class Torrent:
                      max_request=self.settings.web_seed_request_size)
         await self._sleep(self.settings.web_seed_grace)
         failures, backoff = 0, 5.0
-        # What this web seed delivers (bytes/s over its fetches; None: not tried yet). It
-        # is tried once (one request) whatever the peers do, then takes any missing piece
-        # while it beats the peers: a web seed that sat unused while a slow peer trickled
-        # made hybrid the slow choice. In a big swarm the hub's rate per client falls below
-        # the peers' and the web seed is back to filling what the swarm lacks.
-        ws_rate: float | None = None
+        # With no leecher among the connected peers there is nobody to trade with, and
+        # nothing the peers could later spare the web seed: it takes any missing piece
+        # then, not only what the swarm lacks (a web seed that sat unused while the hub's
+        # slow seed trickled made hybrid the slow choice). A super-seeding seed hides its
+        # pieces, so peers count as seeds too while the tracker counts as many seeds as
+        # we have peers. With leechers around, peers come first and the web seed fills
+        # what the swarm lacks.
         while self.state is TorrentState.DOWNLOADING and not self._stopping and not ws.banned:
-            now = self.clock()
             sw = self.swarm
-            peers_rate = max(0.0, sw.down.rate(now) - sw.webseed_meter.rate(now))
-            probe = ws_rate is None
-            batch = sw.webseed_batch(
-                now, self._ws_reserved, anything=probe or peers_rate < (ws_rate or 0.0),
-                limit_bytes=self.settings.web_seed_request_size if probe else None)
+            alone = (sw.tracker_seeds >= len(sw.peers)
+                     or all(ps.is_seed for ps in sw.peers.values()))
+            batch = sw.webseed_batch(self.clock(), self._ws_reserved, anything=alone)
             if not batch:
                 await self._sleep(0.5)
                 continue
             self._ws_reserved.update(batch)
-            started, got = self.clock(), 0
             try:
                 async with contextlib.aclosing(ws.fetch(batch)) as pieces:
                     async for index, buf in pieces:
@@ -621,7 +618,6 @@ class Torrent:
                             continue
                         ok, _ = await self._check_and_write(index, buf, False)
                         if ok:
-                            got += len(buf)
                             self.buffers.pop(index, None)
                             self.swarm.webseed_piece(index, len(buf), self.clock())
                             self._flush()
@@ -629,9 +625,6 @@ class Torrent:
                             self.swarm.hash_failures += 1
                             if ws.strike(index):
                                 break
-                if got:
-                    rate = got / max(self.clock() - started, 1e-3)
-                    ws_rate = rate if ws_rate is None else (ws_rate + rate) / 2
                 failures, backoff = 0, 5.0
             except WebSeedBusy as exc:
                 log.info("%s: web seed busy, retrying in %.0f s", self.meta.name, exc.retry_after)
