@@ -6,8 +6,7 @@ Why: hybrid must never be the slow choice (issue 9: at most 1.1x the cs time). O
 process (with its embedded seeding peer) serves one published file over loopback; each
 round times a fresh ``get`` process, start to exit 0, in each mode (alternating which goes
 first), and reports where the hybrid download's bytes came from (web seed vs peers, from
-its ``--json`` finished line when it reports them). Also: the seconds from process start to
-the first peer connection, from the ``get`` log (``-vv``), for the start-up target.
+its ``--json`` finished line). Start-up alone is bench/startup.py.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -67,10 +65,10 @@ def _publish(url: str, token: str, path: Path, work: Path) -> str:
     return m.group(1)
 
 
-def _get(url: str, mode: str | None, work: Path, n: int) -> tuple[float, float | None, str]:
-    """Seconds to exit 0, seconds to the first peer connection (None: none), last JSON."""
+def _get(url: str, mode: str | None, work: Path, n: int) -> tuple[float, str]:
+    """Seconds from start to exit 0, and the ``finished`` JSON line."""
     dst = work / f"dl-{mode or 'hybrid'}-{n}"
-    args = [*SWARMHUB, "get", url, "-o", str(dst), "--json", "-vv", "--timeout", "300"]
+    args = [*SWARMHUB, "get", url, "-o", str(dst), "--json", "--timeout", "300"]
     if mode:
         args += ["--mode", mode]
     env = dict(os.environ, SWARMHUB_STATE_DIR=str(work / f"state-{n}-{mode}"))
@@ -82,11 +80,7 @@ def _get(url: str, mode: str | None, work: Path, n: int) -> tuple[float, float |
         raise SystemExit(f"get --mode {mode} failed:\n{out[-3000:]}")
     shutil.rmtree(dst, ignore_errors=True)
     finished = [ln for ln in out.splitlines() if ln.startswith('{"event": "finished"')]
-    first_peer = None
-    m = re.search(r"^(\d+\.\d+) .*(?:peer connected|connected to peer)", out, re.M)
-    if m:
-        first_peer = float(m.group(1))
-    return seconds, first_peer, finished[-1] if finished else ""
+    return seconds, finished[-1] if finished else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in range(args.rounds):
                 order = ["cs", "hybrid"] if n % 2 == 0 else ["hybrid", "cs"]
                 for mode in order:
-                    t0 = time.monotonic()
-                    secs, _, fin = _get(file_url, "cs" if mode == "cs" else None, work, n)
-                    del t0
+                    secs, fin = _get(file_url, "cs" if mode == "cs" else None, work, n)
                     times[mode].append(secs)
                     details.append({"mode": mode, "round": n + 1, "seconds": secs,
                                     "finished": fin})
