@@ -684,7 +684,16 @@ def version() -> None:
     out.print(f"swarmhub {__version__}")
 
 
-def _register_subcommands() -> None:
+def _register_subcommands(argv: list[str]) -> None:
+    """Add the hub, lab and config command groups, unless the command line names one of
+    this module's commands: then only that one runs, and ``swarmhub get`` need not import
+    the lab and hub modules (and what they pull in) before it dials its first peer."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    ours = {(c.name or c.callback.__name__).replace("_", "-")
+            for c in app.registered_commands if c.callback is not None}
+    if first in ours and not any(a.startswith("--show-completion") or a == "--help"
+                                 for a in argv[:argv.index(first)]):
+        return
     from swarmhub.config_commands import register as register_config
     from swarmhub.daemon.commands import register as register_daemon
     from swarmhub.discovery.dht.commands import register as register_dht
@@ -716,7 +725,7 @@ def _root(
     apply_environment_defaults()  # state_dir, hub, token from the config file
 
 
-_register_subcommands()
+_register_subcommands(sys.argv[1:])
 # Last: every command registered above (here or by register()) gets the error boundary.
 ui.install(app)
 

@@ -80,6 +80,11 @@ class Settings:
         "pieces from the first missing one comes next (so streaming peers still have "
         "different pieces to trade); beyond it, rarest-first as usual", lo=1,
     )
+    prefer_rc4: bool = _f(
+        False, "answer a peer that offers both with an RC4 payload stream rather than "
+        "plaintext after the obfuscated handshake (libtorrent's prefer_rc4; RC4 in Python "
+        "costs about as much CPU as the rest of a download)"
+    )
     # -- choking
     unchoke_slots: int = _f(
         4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke", lo=0
@@ -175,7 +180,8 @@ class Settings:
         4 * MiB, "bytes per HTTP range request to a web seed", lo=16 * KiB
     )
     web_seed_grace: float = _f(
-        3.0, "seconds a download waits for peers before its web seeds start (peers first)",
+        0.5, "seconds a download waits for peers before its web seeds start (peers first: "
+        "with leechers to trade with, a web seed only fills what the swarm lacks)",
         lo=0.0,
     )
     web_seed_batch_bytes: int = _f(

@@ -33,6 +33,9 @@ def streams(t: Torrent) -> list[str]:
     for p in t.peers:
         tr = p.proto.transport
         if isinstance(tr, CipherTransport):
+            # A plaintext stream reads straight into the peer protocol's buffer.
+            reads_direct = tr.layer.raw.get_protocol() is p.proto
+            assert reads_direct is not tr.layer.encrypted
             out.append("rc4" if tr.layer.encrypted else "plaintext")
         else:
             out.append("plain")
@@ -44,11 +47,11 @@ def torrent(tmp: Path, version: TorrentVersion = TorrentVersion.HYBRID) -> Metai
     return create_torrent(src, version=version, piece_length=64 * 1024)
 
 
-async def download(meta: Metainfo, tmp: Path, seed_mode: str, leech_mode: str
-                   ) -> tuple[list[str], list[str]]:
+async def download(meta: Metainfo, tmp: Path, seed_mode: str, leech_mode: str,
+                   prefer_rc4: bool = True) -> tuple[list[str], list[str]]:
     """Seed with one mode, download with the other; return both sides' peer streams (the
     seed's upload is capped so the connection is still up when we look)."""
-    slow = Settings(encryption=seed_mode, upload_rate_limit=1_000_000)
+    slow = Settings(encryption=seed_mode, upload_rate_limit=1_000_000, prefer_rc4=prefer_rc4)
     async with Session(slow, state_dir=tmp / "sa") as seeder, \
             Session(Settings(encryption=leech_mode), state_dir=tmp / "sb") as leecher:
         port = await seeder.listen("127.0.0.1", 0)
@@ -68,10 +71,18 @@ async def download(meta: Metainfo, tmp: Path, seed_mode: str, leech_mode: str
 
 
 @pytest.mark.parametrize("version", list(TorrentVersion), ids=lambda v: v.value)
-async def test_prefer_to_prefer_is_rc4(tmp_path: Path, version: TorrentVersion) -> None:
+async def test_prefer_to_prefer_is_rc4_with_prefer_rc4(tmp_path: Path,
+                                                      version: TorrentVersion) -> None:
     """The SKEY is the wire info hash: v1, or v2 truncated for a v2-only torrent."""
     assert await download(torrent(tmp_path, version), tmp_path, "prefer", "prefer") \
         == (["rc4"], ["rc4"])
+
+
+async def test_prefer_to_prefer_is_an_obfuscated_plaintext_stream_by_default(
+        tmp_path: Path) -> None:
+    """Like libtorrent (prefer_rc4 off): the handshake is encrypted, the payload is not."""
+    assert await download(torrent(tmp_path), tmp_path, "prefer", "prefer", prefer_rc4=False) \
+        == (["plaintext"], ["plaintext"])
 
 
 @pytest.mark.parametrize(("seed", "leech", "expected"), [

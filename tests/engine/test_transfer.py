@@ -178,5 +178,33 @@ async def test_peers_come_first_and_the_web_seed_fills_what_the_swarm_lacks(
     assert (tmp_path / "dl" / meta.name).read_bytes() == data
 
 
+async def test_a_web_seed_faster_than_the_only_peer_takes_over(tmp_path: Path) -> None:
+    """The only peer is a seed capped at 100 kB/s, counted by the tracker (like a hub's own
+    peer): after its first request the web seed is found faster and takes any missing
+    piece, not just those the swarm lacks (it used to sit unused while the peer trickled:
+    0 bytes from the web seed, the 3 MB over 30 s from the peer)."""
+    src = make_data(tmp_path / "www" / "payload", [3_000_000])
+    runner, base = await serve_folder(tmp_path / "www")
+    try:
+        meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
+                              piece_length=64 * 1024, url_list=[base + "payload/file0.bin"])
+        slow = Settings(upload_rate_limit=100_000)
+        async with Session(slow, state_dir=tmp_path / "s1") as seed, \
+                Session(Settings().replace(web_seed_grace=2.0, web_seed_request_size=256 * 1024),
+                        state_dir=tmp_path / "s2") as leecher:
+            port = await seed.listen("127.0.0.1", 0)
+            await seed.add(meta, src)
+            t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+            t.swarm.tracker_seeds = 1  # as a hub's tracker would count its own peer
+            await asyncio.wait_for(t.complete.wait(), 60)
+            assert t.error is None
+            peer_bytes = t.downloaded - t.webseed_bytes
+            assert peer_bytes > 0  # the peer did take part (peers first, for a second)
+            assert t.webseed_bytes >= meta.data_length // 2
+    finally:
+        await runner.cleanup()  # type: ignore[attr-defined]
+    assert (tmp_path / "dl" / meta.name).read_bytes() == (src / "file0.bin").read_bytes()
+
+
 # The tracker retry (a tracker that starts after us is found within 5 s) is tested on the
 # swarm core with a stepped clock: tests/engine/test_swarm.py, no real sleeps.

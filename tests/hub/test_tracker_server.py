@@ -279,14 +279,36 @@ def test_completed_is_counted_once_and_turns_a_leecher_into_a_seeder() -> None:
 
 
 def test_purge_drops_stale_peers_with_a_fake_clock() -> None:
-    state = TrackerState(interval=100)  # peer_ttl defaults to 2 x interval
-    assert state.peer_ttl == 200
+    state = TrackerState(interval=100, grace=30)  # peer_ttl: 2 x interval + grace
+    assert state.peer_ttl == 230
     announce(state, params(1), now=0.0)
     announce(state, params(2), now=150.0)
-    assert state.purge(199.0) == 0
-    assert state.purge(201.0) == 1  # peer 1 silent for 201 s
+    assert state.purge(229.0) == 0  # one missed announce (and a late one) is forgiven
+    assert state.purge(231.0) == 1  # peer 1 silent for 231 s: left without ``stopped``
     assert state.stats(IH) == (0, 0, 1)
-    assert state.purge(351.0) == 1 and len(state) == 0  # empty swarm with no history is gone
+    assert state.purge(381.0) == 1 and len(state) == 0  # empty swarm with no history is gone
+
+
+def test_a_peer_that_re_announces_within_the_ttl_is_kept() -> None:
+    state = TrackerState(interval=100)  # default grace: 60 s
+    assert state.peer_ttl == 260
+    announce(state, params(1), now=0.0)
+    announce(state, params(1), now=200.0)  # a late re-announce
+    assert state.purge(400.0) == 0 and state.stats(IH) == (0, 0, 1)
+    assert state.purge(461.0) == 1
+
+
+def test_file_stats_count_a_hybrid_client_once() -> None:
+    state = TrackerState()
+    announce(state, params(1, left=0), now=0.0)  # a hybrid seeder: v1 hash...
+    announce(state, params(1, left=0, info_hash=IH2), now=0.0)  # ...and truncated v2 hash
+    announce(state, params(2), now=0.0)  # a leecher in one swarm only
+    announce(state, params(3), now=0.0)
+    announce(state, params(3, left=0, info_hash=IH2), now=1.0)  # done: a seeder in one
+    assert state.stats(IH)[0] + state.stats(IH2)[0] == 3  # the per-swarm sum overcounts
+    assert state.file_stats([IH, IH2]) == (2, 1)
+    assert state.file_stats([IH2]) == (2, 0)
+    assert state.file_stats([b"\x07" * 20]) == (0, 0)
 
 
 def test_numwant_is_capped_and_a_random_subset() -> None:

@@ -95,6 +95,19 @@ def test_the_responder_selects_rc4_when_both_allow_it_else_plaintext(
         assert a_done.encrypt is a_done.decrypt is b_done.encrypt is b_done.decrypt is None
 
 
+@pytest.mark.parametrize(("offer", "chosen"), [
+    (CRYPTO_RC4 | CRYPTO_PLAINTEXT, CRYPTO_PLAINTEXT),
+    (CRYPTO_RC4, CRYPTO_RC4),  # RC4 is still taken when it is all the peer offers
+])
+def test_without_prefer_rc4_the_responder_selects_plaintext_when_offered(
+        offer: int, chosen: int) -> None:
+    a = MSEHandshake.initiator(SKEY, crypto=offer, initial_payload=IA, random_bytes=seeded(3))
+    b = MSEHandshake.responder(skey_lookup([SKEY]), random_bytes=seeded(4), prefer_rc4=False)
+    a_done, b_done = run(a, b)
+    assert a_done.crypto == b_done.crypto == chosen
+    assert b_done.initial_payload == IA
+
+
 def test_no_common_method_fails_on_the_responder() -> None:
     a, b = pair(CRYPTO_PLAINTEXT, CRYPTO_RC4)
     with pytest.raises(EncryptionError, match="peer offered plaintext, we accept rc4"):

@@ -120,10 +120,12 @@ class MSELayer(asyncio.Protocol):
     reason the handshake failed (what :func:`dial` falls back on).
     """
 
-    def __init__(self, inner: asyncio.Protocol, *, mode: str, skey: bytes | None = None,
-                 skeys: Callable[[], Iterable[bytes]] = tuple) -> None:
+    def __init__(self, inner: asyncio.Protocol | PeerProtocol, *, mode: str,
+                 skey: bytes | None = None, skeys: Callable[[], Iterable[bytes]] = tuple,
+                 prefer_rc4: bool = False) -> None:
         self.inner = inner
         self.mode = mode
+        self.prefer_rc4 = prefer_rc4
         self.skey = skey
         self._skeys = skeys
         self.negotiated: asyncio.Future[str | None] = (
@@ -239,7 +241,8 @@ class MSELayer(asyncio.Protocol):
             self._established(None, None, first)
             return
         hashes = self._skeys()
-        self._hs = MSEHandshake.responder(skey_lookup(hashes), crypto=_crypto(self.mode))
+        self._hs = MSEHandshake.responder(skey_lookup(hashes), crypto=_crypto(self.mode),
+                                          prefer_rc4=self.prefer_rc4)
         self._phase = _Phase.HANDSHAKE
         self._hs.receive_data(first)
         self._advance()
@@ -274,6 +277,11 @@ class MSELayer(asyncio.Protocol):
             self.send(held)
         if payload:
             self.inner.data_received(payload)
+        if enc is None and isinstance(self.inner, asyncio.BufferedProtocol) \
+                and self._phase is _Phase.PLAIN and not self.raw.is_closing():
+            # Plaintext from here on: the socket may read straight into the inner protocol's
+            # buffer (its writes still come through us, unchanged).
+            self.raw.set_protocol(self.inner)
 
     def _fail(self, reason: str) -> None:
         if self._phase is _Phase.CLOSED:
@@ -299,17 +307,18 @@ def _session_hashes(session: Session) -> set[bytes]:
     return out
 
 
-def accept(session: Session) -> asyncio.Protocol:
+def accept(session: Session) -> asyncio.BaseProtocol:
     """The protocol for one incoming connection (the listening socket's factory)."""
     inner = PeerProtocol(session)
     mode = session.settings.encryption
     if mode == "off":
         return inner
-    return MSELayer(inner, mode=mode, skeys=lambda: _session_hashes(session))
+    return MSELayer(inner, mode=mode, skeys=lambda: _session_hashes(session),
+                    prefer_rc4=session.settings.prefer_rc4)
 
 
-async def _encrypted(inner: asyncio.Protocol, mode: str, skey: bytes, addr: tuple[str, int],
-                     timeout: float) -> MSELayer | str:
+async def _encrypted(inner: asyncio.Protocol | PeerProtocol, mode: str, skey: bytes,
+                     addr: tuple[str, int], timeout: float) -> MSELayer | str:
     """Connect ``inner`` through an encrypted handshake: the layer once it is set up, or why
     it failed (that connection is then closed). OSError/TimeoutError: no connection at all."""
     loop = asyncio.get_running_loop()

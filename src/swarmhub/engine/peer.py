@@ -18,6 +18,7 @@ from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, reply_limit
 from swarmhub.engine.peerstate import RateMeter  # re-exported: its old home
 from swarmhub.engine.services import PeerHost, PeerServices
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
+from swarmhub.metainfo.model import BLOCK_SIZE
 from swarmhub.wire import messages as m
 from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection
 from swarmhub.wire.extensions import (
@@ -164,8 +165,26 @@ def _ip_bytes(host: str) -> bytes | None:
     return None
 
 
-class PeerProtocol(asyncio.Protocol):
-    """Moves bytes between the socket and the wire core; owns nothing else."""
+class _Block:
+    """A block being read straight into a buffer: ``got`` of its ``n`` bytes so far."""
+
+    __slots__ = ("begin", "buf", "got", "index", "n")
+
+    def __init__(self, index: int, begin: int, n: int, got: int, buf: memoryview) -> None:
+        self.index, self.begin, self.n, self.got, self.buf = index, begin, n, got, buf
+
+
+#: Bytes read from the socket at a time, into one buffer per connection.
+_READ_SIZE = 128 * 1024
+
+
+class PeerProtocol(asyncio.BufferedProtocol):
+    """Moves bytes between the socket and the wire core; owns nothing else.
+
+    A buffered protocol: the event loop reads straight into our preallocated buffer (no
+    bytes object per read). ``data_received`` stays for the MSE layer, which hands over
+    what it decrypted.
+    """
 
     def __init__(self, session: PeerServices, torrent: PeerHost | None = None) -> None:
         self.session = session
@@ -180,6 +199,9 @@ class PeerProtocol(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._read_view: memoryview | None = None  # made on first read (not for MSE)
+        self._stage: memoryview | None = None  # a block's buffer (see _begin_block)
+        self._block: _Block | None = None  # the block being read straight into _stage
 
     # -- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -207,6 +229,66 @@ class PeerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
         self._pump()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        block = self._block
+        if block is not None:  # the rest of a block, and not a byte more
+            return block.buf[block.got:block.n]
+        view = self._read_view
+        if view is None:
+            view = self._read_view = memoryview(bytearray(_READ_SIZE))
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        block = self._block
+        if block is not None:
+            block.got += nbytes
+            if block.got == block.n:
+                self._block = None
+                self._on_block_read(block)
+            return
+        view = self._read_view
+        assert view is not None
+        self.conn.receive_data(view[:nbytes])  # copied: the buffer is ours again at once
+        self._pump()
+        self._begin_block()
+
+    def _begin_block(self) -> None:
+        """Everything buffered is handled and a block is on its way: read the rest of it
+        straight into our block buffer (the hot path: no copy through the wire core's
+        buffer, no bytes object per block)."""
+        if self.peer is None or self.transport is None or not self._gate_open():
+            return
+        got = self.conn.begin_piece()
+        if got is None:
+            return
+        index, begin, n, head = got
+        stage = self._stage
+        if stage is None or len(stage) < n:
+            stage = self._stage = memoryview(bytearray(max(n, BLOCK_SIZE)))
+        stage[:len(head)] = head
+        self._block = _Block(index, begin, n, len(head), stage)
+
+    def _on_block_read(self, block: _Block) -> None:
+        """A block read by :meth:`_begin_block` is complete: the Piece it is."""
+        peer = self.peer
+        if peer is None:
+            return
+        self._cork = bytearray()
+        try:
+            # The data is a view of our block buffer: the torrent copies it at once.
+            peer.handle(m.Piece(block.index, block.begin, block.buf[:block.n]))  # type: ignore[arg-type]
+        except SwarmhubError as exc:
+            self.close(f"error: {exc}")
+        finally:
+            self._flush()
+        if self.transport is not None and not self._gate_open():
+            assert self._gate is not None
+            self._gate.pause(BACKLOG)  # resume_writing pumps (and reads) again
+
+    def _gate_open(self) -> bool:
+        gate = self._gate
+        return gate is None or not (gate.paused(BACKLOG) or gate.over())
 
     def _pump(self) -> None:
         """Handle the messages received so far, unless the peer leaves our replies unread:

@@ -528,14 +528,17 @@ class Swarm:
             self._out.append(Announce("completed"))
         self._out.append(Completed())
 
-    def webseed_batch(self, now: float, reserved: Container[int]) -> list[int]:
+    def webseed_batch(self, now: float, reserved: Container[int], *,
+                      anything: bool = False) -> list[int]:
         """Pieces for a web seed: what the connected swarm lacks (or everything missing
-        when no peer is sending anything), as one run of adjacent pieces -> few large
-        requests. When the tracker counts a seed and we have peers, a piece no peer shows
-        may still come from a super-seeding seed (the hub's peer hides what it has): then
-        the web seed waits until the peers go idle, or every client would fetch over HTTP
-        exactly the pieces the seed has not handed out yet."""
-        peers_idle = self.down.rate(now) <= self.webseed_meter.rate(now)
+        when no peer is sending anything, or when ``anything``: no connected peer is a
+        leecher), as one run of adjacent pieces -> few large requests (with ``anything``:
+        the first missing pieces, adjacent or not). When the tracker
+        counts a seed and we have peers, a piece no peer shows may still come from a
+        super-seeding seed (the hub's peer hides what it has): then the web seed waits
+        until the peers go idle, or every client would fetch over HTTP exactly the pieces
+        the seed has not handed out yet."""
+        peers_idle = anything or self.down.rate(now) <= self.webseed_meter.rate(now)
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
         limit = max(1, self.settings.web_seed_batch_bytes // self.piece_length)
         avail = self.picker.availability
@@ -545,11 +548,11 @@ class Swarm:
         for i in range(self.num_pieces):
             ok = (not self.have[i] and i not in busy and i not in reserved and prio(i)
                   and (peers_idle or (avail(i) == 0 and not hidden_seed)))
-            if ok and (not batch or batch[-1] == i - 1):
-                batch.append(i)
+            if ok and (anything or not batch or batch[-1] == i - 1):
+                batch.append(i)  # (any missing piece: the peers leave gaps, not runs)
                 if len(batch) >= limit:
                     break
-            elif batch:
+            elif batch and not anything:
                 break
         return batch
 

@@ -66,6 +66,7 @@ __all__ = [
     "file_json",
     "json_error",
     "link_into_seed_dir",
+    "peer_counts",
 ]
 
 log = logging.getLogger(__name__)
@@ -690,7 +691,7 @@ async def swarm_stats(
     return dict(zip(hashes, await tracker.stats_many(hashes), strict=True))
 
 
-def _peer_counts(
+def peer_counts(
     stats: dict[bytes, tuple[int, int, int]], record: FileRecord
 ) -> tuple[int, int]:
     """Seeders and leechers of a file's hybrid swarm plus its v1-only swarm.
@@ -721,7 +722,7 @@ async def get_live(request: web.Request) -> web.Response:
     stats = await swarm_stats(hub.tracker, records)
     files = []
     for record in records:
-        seeders, leechers = _peer_counts(stats, record)
+        seeders, leechers = peer_counts(stats, record)
         uploaded, rate = 0, 0.0
         for ih in record.swarm_hashes:
             up, up_rate = swarms.get(ih, (0, 0.0))

@@ -46,6 +46,7 @@ from swarmhub.hub.api import (
     add_api_routes,
     json_error,
     link_into_seed_dir,
+    peer_counts,
     swarm_stats,
 )
 from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
@@ -740,10 +741,8 @@ async def metrics(request: web.Request) -> web.Response:
     private_seeders = private_leechers = 0
     swarms = await swarm_stats(hub.tracker, records)
     for record in records:
-        complete = incomplete = 0
-        for ih in record.swarm_hashes:  # peers of the hybrid and the v1 swarm
-            c, _, i = swarms[ih]
-            complete, incomplete = complete + c, incomplete + i
+        # Peers of the hybrid and the v1 swarm; a hybrid client (v1 and v2 hashes) once.
+        complete, incomplete = peer_counts(swarms, record)
         if record.private:  # /metrics is public: no id, name or hash of a private file
             private_seeders += complete
             private_leechers += incomplete

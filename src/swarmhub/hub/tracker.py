@@ -223,7 +223,9 @@ class TrackerState:
 
     ``allowed`` is the hub's whitelist hook: when given, an info hash it rejects gets
     "unregistered torrent". Peers that have not announced for ``peer_ttl`` seconds are
-    dropped by :meth:`purge`.
+    dropped by :meth:`purge`: by default twice the interval plus ``grace`` (a client
+    re-announcing a little late, or one lost announce, keeps its entry; a client that left
+    without ``stopped`` goes).
 
     ``max_peers_per_ip`` (0 = no cap) bounds the entries one source address (IPv6: one
     /64) holds in a swarm; a new entry past the cap replaces that address's least
@@ -238,6 +240,7 @@ class TrackerState:
         interval: int = 1800,
         min_interval: int = 60,
         peer_ttl: float | None = None,
+        grace: float = 60.0,
         max_numwant: int = 200,
         allowed: Callable[[bytes], bool] | None = None,
         rng: random.Random | None = None,
@@ -251,7 +254,7 @@ class TrackerState:
         self.max_peers_per_ip = max_peers_per_ip
         self.interval = interval
         self.min_interval = min_interval
-        self.peer_ttl = 2.0 * interval if peer_ttl is None else peer_ttl
+        self.peer_ttl = 2.0 * interval + grace if peer_ttl is None else peer_ttl
         self.max_numwant = max_numwant
         self.allowed = allowed
         self._rng = rng or random.Random()
@@ -263,6 +266,21 @@ class TrackerState:
         if swarm is None:
             return (0, 0, 0)
         return (swarm.seeders, swarm.downloaded, len(swarm.peers) - swarm.seeders)
+
+    def file_stats(self, info_hashes: Iterable[bytes]) -> tuple[int, int]:
+        """``(seeders, leechers)`` over several swarms of one file, each peer counted once:
+        a hybrid client announces under both its v1 and its truncated v2 hash (and the hub's
+        own seeder sits in the v1-only swarm too). A peer is its address; it counts as a
+        seeder if it is one in any of the swarms."""
+        seen: dict[tuple[str, int], bool] = {}
+        for ih in info_hashes:
+            swarm = self._swarms.get(ih)
+            if swarm is None:
+                continue
+            for addr, peer in swarm.peers.items():
+                seen[addr] = seen.get(addr, False) or peer.seeder
+        seeders = sum(seen.values())
+        return seeders, len(seen) - seeders
 
     def announce(self, params: AnnounceParams, now: float) -> bytes:
         """Record one announce and return the bencoded answer (with peers to dial)."""

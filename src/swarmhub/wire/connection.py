@@ -379,6 +379,36 @@ class PeerConnection:
                 self._pos = 0
         buf += data
 
+    def begin_piece(self) -> tuple[int, int, int, bytes] | None:
+        """Take a Piece message whose header is buffered but whose block is still on its
+        way: ``(index, begin, length, the block's bytes so far)``, with header and bytes
+        consumed; the caller reads the rest of the block itself (into a buffer of its own,
+        with no copy through ours) and must treat it as that Piece once complete.
+
+        None when the next buffered message is anything else, already complete, or a
+        Piece that breaks a rule (:meth:`next_event` reports it once it is all here).
+        """
+        if self.their_phase is not Phase.OPEN:
+            return None
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < 13 or buf[pos + 4] != MessageId.PIECE:
+            return None
+        (length,) = _U32_FROM(buf, pos)
+        n = length - 9
+        if length <= avail - 4 or not 0 < n <= self.max_block_length:
+            return None
+        index, begin = _II_FROM(buf, pos + 5)
+        try:
+            self._check_block("Piece", index, begin, n, RemoteProtocolError)
+        except RemoteProtocolError:
+            return None
+        head = bytes(buf[pos + 13:])
+        del buf[:]
+        self._pos = 0
+        return index, begin, n, head
+
     def _fail(self, message: str) -> RemoteProtocolError:
         self.their_phase = Phase.ERROR
         self._error = message

@@ -154,13 +154,15 @@ class MSEHandshake:
     def __init__(self, role: Role, *, crypto: int, skey: bytes | None = None,
                  lookup: Callable[[bytes], bytes | None] | None = None,
                  initial_payload: bytes = b"", private_key: int | None = None,
-                 random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+                 random_bytes: Callable[[int], bytes] = os.urandom,
+                 prefer_rc4: bool = True) -> None:
         if not crypto & (CRYPTO_PLAINTEXT | CRYPTO_RC4):
             raise LocalProtocolError(f"no crypto method to offer or accept: 0x{crypto:x}")
         if len(initial_payload) > 0xFFFF:
             raise LocalProtocolError("the initial payload is limited to 65535 bytes")
         self.role = role
         self.crypto = crypto
+        self.prefer_rc4 = prefer_rc4
         self.skey = skey
         self._lookup = lookup
         self._ia = initial_payload
@@ -197,11 +199,14 @@ class MSEHandshake:
     @classmethod
     def responder(cls, lookup: Callable[[bytes], bytes | None], *,
                   crypto: int = CRYPTO_RC4 | CRYPTO_PLAINTEXT, private_key: int | None = None,
-                  random_bytes: Callable[[int], bytes] = os.urandom) -> MSEHandshake:
+                  random_bytes: Callable[[int], bytes] = os.urandom,
+                  prefer_rc4: bool = True) -> MSEHandshake:
         """We accepted a connection; ``lookup`` maps ``HASH('req2', SKEY)`` to an info
-        hash of ours (:func:`skey_lookup`); ``crypto`` is what we accept (RC4 preferred)."""
+        hash of ours (:func:`skey_lookup`); ``crypto`` is what we accept. When the peer
+        offers both, we select RC4 if ``prefer_rc4``, else plaintext (libtorrent's default:
+        the headers are still obfuscated, and the payload skips RC4's CPU cost)."""
         return cls(Role.RESPONDER, crypto=crypto, lookup=lookup, private_key=private_key,
-                   random_bytes=random_bytes)
+                   random_bytes=random_bytes, prefer_rc4=prefer_rc4)
 
     # -- the h11-style interface --------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -388,7 +393,9 @@ class MSEHandshake:
             if not common & (CRYPTO_RC4 | CRYPTO_PLAINTEXT):
                 raise EncryptionError(f"peer offered {_describe(self._provide)}, we accept "
                                       f"{_describe(self.crypto)}")
-            self._select = CRYPTO_RC4 if common & CRYPTO_RC4 else CRYPTO_PLAINTEXT
+            rc4 = bool(common & CRYPTO_RC4) and (self.prefer_rc4
+                                                   or not common & CRYPTO_PLAINTEXT)
+            self._select = CRYPTO_RC4 if rc4 else CRYPTO_PLAINTEXT
             self._out += self._enc.update(VC + self._select.to_bytes(4, "big") + b"\0\0")
             return self._finish()
         return None

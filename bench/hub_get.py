@@ -1,0 +1,122 @@
+"""One downloader from a hub: ``swarmhub get http://hub/f/ID`` in hybrid (default) vs cs mode.
+
+    .venv/bin/python bench/hub_get.py [--size 64] [--rounds 3] [--json OUT]
+
+Why: hybrid must never be the slow choice (issue 9: at most 1.1x the cs time). One hub
+process (with its embedded seeding peer) serves one published file over loopback; each
+round times a fresh ``get`` process, start to exit 0, in each mode (alternating which goes
+first), and reports where the hybrid download's bytes came from (web seed vs peers, from
+its ``--json`` finished line). Start-up alone is bench/startup.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from tests.interop.harness import VENV_PYTHON, Proc, make_test_data, wait_listening
+
+__all__ = ["main"]
+
+MiB = 1 << 20
+SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_hub(work: Path) -> tuple[Proc, str, str]:
+    port, peer_port = _free_port(), _free_port()
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(work / "hub-state"))
+    proc = Proc([*SWARMHUB, "hub", "--data", str(work / "hubdata"), "--listen",
+                 f"127.0.0.1:{port}", "--peer-listen", f"127.0.0.1:{peer_port}"],
+                env=env, name="hub", log=work / "hub.log")
+    line = proc.wait_for_line(lambda s: "admin token" in s, 60)
+    token = re.search(r"admin token: (\S+)", line)
+    if token is None:
+        raise SystemExit(proc.describe())
+    wait_listening(port, 30, proc)
+    return proc, f"http://127.0.0.1:{port}", token.group(1)
+
+
+def _publish(url: str, token: str, path: Path, work: Path) -> str:
+    with Proc([*SWARMHUB, "publish", str(path), "--hub", url, "--token", token],
+              name="publish", log=work / "publish.log") as p:
+        if p.wait(120) != 0:
+            raise SystemExit(p.describe())
+        m = re.search(r"http:\s+(\S+)", p.output())
+    if m is None:
+        raise SystemExit(p.output())
+    return m.group(1)
+
+
+def _get(url: str, mode: str | None, work: Path, n: int) -> tuple[float, str]:
+    """Seconds from start to exit 0, and the ``finished`` JSON line."""
+    dst = work / f"dl-{mode or 'hybrid'}-{n}"
+    args = [*SWARMHUB, "get", url, "-o", str(dst), "--json", "--timeout", "300"]
+    if mode:
+        args += ["--mode", mode]
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(work / f"state-{n}-{mode}"))
+    with Proc(args, env=env, name="get", log=work / f"get-{mode}-{n}.log") as p:
+        code = p.wait(400)
+        seconds = p.elapsed
+        out = p.output()
+    if code != 0:
+        raise SystemExit(f"get --mode {mode} failed:\n{out[-3000:]}")
+    shutil.rmtree(dst, ignore_errors=True)
+    finished = [ln for ln in out.splitlines() if ln.startswith('{"event": "finished"')]
+    return seconds, finished[-1] if finished else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=64, help="MiB (default 64)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="swarmhub-hubget-"))
+    times: dict[str, list[float]] = {"cs": [], "hybrid": []}
+    details: list[dict[str, object]] = []
+    try:
+        data = make_test_data(work / "src", [args.size * MiB], seed=3)
+        hub, url, token = _start_hub(work)
+        with hub:
+            file_url = _publish(url, token, data, work)
+            for n in range(args.rounds):
+                order = ["cs", "hybrid"] if n % 2 == 0 else ["hybrid", "cs"]
+                for mode in order:
+                    secs, fin = _get(file_url, "cs" if mode == "cs" else None, work, n)
+                    times[mode].append(secs)
+                    details.append({"mode": mode, "round": n + 1, "seconds": secs,
+                                    "finished": fin})
+                    print(f"  round {n + 1} {mode:6}: {secs:6.2f} s  {fin[:160]}",
+                          flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cs, hy = statistics.median(times["cs"]), statistics.median(times["hybrid"])
+    print(f"\n{args.size} MiB, medians of {args.rounds}: cs {cs:.2f} s, hybrid {hy:.2f} s, "
+          f"hybrid/cs {hy / cs:.2f} (target <= 1.10)")
+    if args.json:
+        args.json.write_text(json.dumps({"cs": times["cs"], "hybrid": times["hybrid"],
+                                         "runs": details}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
