@@ -130,6 +130,66 @@ def test_a_new_interested_peer_is_unchoked_at_once_when_a_slot_is_free() -> None
     assert "a" in unchoked(s.take())
 
 
+def test_an_unchoked_peer_that_loses_interest_hands_its_slot_over_at_once() -> None:
+    s = make_swarm(have="*" * 8)  # seeding: 4 slots plus one optimistic
+    for i in range(8):
+        join(s, f"p{i}")
+        s.message(f"p{i}", m.Interested(), 0.0)
+    s.tick(10.0)
+    s.take()
+    before = s.choke_decision.unchoked
+    assert len(before) == 5
+    leaver = sorted(before - {s.choke_decision.optimistic}, key=str)[0]
+    s.message(leaver, m.NotInterested(), 11.0)  # well before the next round at 20 s
+    acts = s.take()
+    assert sent(acts, leaver, m.Choke)
+    (newcomer,) = unchoked(acts)
+    assert newcomer not in before and s.peer(newcomer).peer_interested
+    after = s.choke_decision.unchoked
+    assert after == (before - {leaver}) | {newcomer}
+    assert sum(not ps.am_choking for ps in s.peers.values()) == 5
+    # No full rechoke: no other peer was choked or unchoked.
+    assert {a.peer for a in acts if isinstance(a, Send)} == {leaver, newcomer}
+    s.message(leaver, m.Interested(), 12.0)  # back, but every slot is taken: waits
+    assert not unchoked(s.take())
+
+
+def test_a_lost_optimistic_unchoke_passes_to_another_peer_for_the_rest_of_its_turn() -> None:
+    s = make_swarm(have="*" * 8)
+    for i in range(8):
+        join(s, f"p{i}")
+        s.message(f"p{i}", m.Interested(), 0.0)
+    s.tick(10.0)
+    s.take()
+    first = s.choke_decision
+    assert first.optimistic is not None
+    s.message(first.optimistic, m.NotInterested(), 11.0)
+    (newcomer,) = unchoked(s.take())
+    d = s.choke_decision
+    assert d.optimistic == newcomer and d.optimistic_since == first.optimistic_since
+
+
+def test_a_have_that_gives_us_something_to_request_requests_it_at_once() -> None:
+    s = make_swarm(pieces=8)
+    join(s, "a")
+    s.message("a", m.Have(0), 0.0)
+    s.message("a", m.Unchoke(), 0.0)
+    acts = s.take()
+    assert sent(acts, "a", m.Interested)
+    first = sent(acts, "a", m.Request)
+    assert first and {r.index for r in first if isinstance(r, m.Request)} == {0}
+    for req in first:  # piece 0 arrives: nothing left to ask "a" for
+        assert isinstance(req, m.Request)
+        s.block("a", req.index, req.begin, req.length, 0.5)
+    s.take()
+    s.piece_verified(0, True, 0.6)
+    s.take()
+    assert not s.peer("a").requested
+    s.message("a", m.Have(5), 1.0)  # still interested (no tick yet): ask for it now
+    reqs = sent(s.take(), "a", m.Request)
+    assert reqs and {r.index for r in reqs if isinstance(r, m.Request)} == {5}
+
+
 def test_requests_while_choked_are_rejected_and_accepted_ones_are_served() -> None:
     s = make_swarm(have="*" * 8)
     join(s, "a")

@@ -320,9 +320,13 @@ class Swarm:
                     self._fill_all(now)
             case m.Interested() | m.NotInterested():
                 ps.peer_interested = type(msg) is m.Interested
-                unchoked = sum(1 for p in self.peers.values() if not p.am_choking)
-                if ps.peer_interested and ps.am_choking and unchoked < self._slots():
-                    self._rechoke(now)
+                if not ps.peer_interested:
+                    if not ps.am_choking:
+                        self._hand_over_slot(ps, now)
+                elif ps.am_choking:
+                    unchoked = sum(1 for p in self.peers.values() if not p.am_choking)
+                    if unchoked < self._slots():
+                        self._rechoke(now)
             case m.Bitfield(bits=bits):
                 # OR, not replace: a late Bitfield (aria2) must not forget Have messages.
                 n = self.num_pieces
@@ -367,8 +371,11 @@ class Swarm:
             return
         if self._ss is not None and self._ss.peer_has(ps.handle, index):
             self._offer(ps, now)
-        if not ps.am_interested and not self.have[index]:
-            self._update_interest(ps, now)
+        if not self.have[index]:
+            if ps.am_interested:
+                self._fill(ps, now)  # something new to ask for: no wait for the tick
+            else:
+                self._update_interest(ps, now)
 
     def _update_interest(self, ps: PeerState, now: float) -> None:
         want = self.downloading and self.picker.interesting(ps.handle)
@@ -640,6 +647,47 @@ class Swarm:
                     msgs += [m.RejectRequest(r.index, r.begin, r.length) for r in ps.incoming]
                 ps.incoming.clear()
                 self._send(ps, tuple(msgs), now)
+
+    def _hand_over_slot(self, ps: PeerState, now: float) -> None:
+        """An unchoked peer lost interest: choke it and give its slot to the best
+        interested choked peer at once (no full rechoke, so the other slots do not churn
+        on every such event; the next round re-ranks everyone as usual). The best is the
+        one the choker would rank first: the fastest uploader to us when leeching, the
+        least recently (then least) served when seeding; snubbed peers and seeds never."""
+        ps.am_choking = True
+        msgs: list[m.Message] = [m.Choke()]
+        if ps.fast:
+            msgs += [m.RejectRequest(r.index, r.begin, r.length) for r in ps.incoming]
+        ps.incoming.clear()
+        self._send(ps, tuple(msgs), now)
+        d = self._choke
+        seeding = self.finished
+        turns = dict(d.turns)
+        best: PeerState | None = None
+        best_key: tuple[float, float, float] | None = None
+        for other in self.peers.values():
+            if (other.closed or not other.am_choking or not other.peer_interested
+                    or other.is_seed or (other.snubbed and not seeding)):
+                continue
+            if seeding:
+                key = (turns.get(other.handle, -float("inf")), other.up.rate(now),
+                       self.rng.random())
+            else:
+                key = (-other.down.rate(now), 0.0, self.rng.random())
+            if best_key is None or key < best_key:
+                best, best_key = other, key
+        unchoked = set(d.unchoked)
+        unchoked.discard(ps.handle)
+        optimistic, since = d.optimistic, d.optimistic_since
+        if best is not None:
+            unchoked.add(best.handle)
+            best.am_choking = False
+            self._send(best, _UNCHOKE, now)
+        if ps.handle == optimistic:  # the newcomer finishes the optimistic turn
+            optimistic = best.handle if best is not None else None
+        elif best is not None:
+            turns[best.handle] = now
+        self._choke = ChokeDecision(frozenset(unchoked), optimistic, since, turns)
 
     @property
     def choke_decision(self) -> ChokeDecision:
