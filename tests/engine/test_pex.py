@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hostile import HostilePeer
 
+from swarmhub.bencode import bencode
 from swarmhub.engine.pex import (
     FIRST_DELAY,
     FLAG_REACHABLE,
@@ -23,6 +25,7 @@ from swarmhub.engine.torrent import Torrent, TorrentState
 from swarmhub.metainfo import create_torrent
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.settings import Settings
+from swarmhub.wire import messages as m
 from swarmhub.wire.extensions import PexMessage, decode_pex, encode_pex
 
 A = ("10.0.0.1", 6881)
@@ -135,3 +138,40 @@ async def test_no_pex_for_private_torrents_or_when_off(tmp_path: Path, case: str
         assert not await _three(tmp_path, private=True, wait=FIRST_DELAY + 4)
     else:
         assert not await _three(tmp_path, pex=False, wait=FIRST_DELAY + 4)
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["public", "private"])
+async def test_received_pex_is_bounded_never_us_and_ignored_for_private(
+    tmp_path: Path, private: bool,
+) -> None:
+    """A peer's ut_pex message reaches the core's add_peers: at most 50 addresses, never
+    our own; for a private torrent we neither offer ut_pex nor read it."""
+    meta, _ = _meta(tmp_path, private)
+    async with Session(state_dir=tmp_path / "s") as ses:
+        port = await ses.listen("127.0.0.1", 0)
+        t = await ses.add(meta, tmp_path / "dl")
+        added: list[tuple[str, int]] = []
+        real_add = t.swarm.add_peers
+
+        def spy(addrs: object, now: float) -> None:
+            added.extend(addrs)  # type: ignore[call-overload]
+            real_add(addrs, now)  # type: ignore[arg-type]
+
+        t.swarm.add_peers = spy  # type: ignore[method-assign]
+        peer = await HostilePeer.open(port, meta.info_hash)
+        try:
+            peer.send_ext_handshake(bencode({b"m": {b"ut_pex": 7}, b"v": b"hostile"}))
+            theirs = await peer.their_ext_handshake()
+            assert ("ut_pex" in theirs) is not private
+            # closed loopback ports: dials fail at once and never leave the machine
+            many = [(f"127.0.{i // 250}.{i % 250 + 2}", 9) for i in range(120)]
+            msg = PexMessage(added=[("127.0.0.1", port), *many])
+            peer.send(m.Extended(1, encode_pex(msg)))
+            await asyncio.sleep(1.0)
+            assert ses.peer_count == 1, "the PEX sender is still connected"
+        finally:
+            await peer.close()
+    if private:
+        assert added == []
+    else:
+        assert added == many[:MAX_ADDED]
