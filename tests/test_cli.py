@@ -128,3 +128,9 @@ def test_an_unknown_encryption_mode_is_a_clear_error(tmp_path: Path, command: st
     result = runner.invoke(app, [command, str(data), "--encryption", "maybe"])
     assert result.exit_code == 2
     assert "--encryption must be prefer, require or off, not 'maybe'" in result.output
+
+
+def test_no_pex_is_an_option_of_get_and_seed() -> None:
+    for command in ("get", "seed"):
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "--no-pex" in result.output

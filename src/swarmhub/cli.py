@@ -161,6 +161,7 @@ def info(torrent: Annotated[Path, typer.Argument(help=".torrent file", exists=Tr
 
 
 _NO_DHT = "Do not use the Mainline DHT (also SWARMHUB_DHT=0)."
+_NO_PEX = "Do not exchange peer lists with peers (BEP 11 PEX; also SWARMHUB_PEX=0)."
 _DHT_BOOT = ("DHT bootstrap nodes HOST:PORT,... (default: the public routers; turns the DHT "
              "on even under SWARMHUB_DHT=0).")
 _DHT_PORT = "UDP port of the DHT node (default: the listening port, or any when that is 0)."
@@ -294,6 +295,7 @@ def seed(
         "--json", help="One JSON status line per second on stdout (the default when stdout "
         "is not a terminal) instead of a live line.")] = False,
     no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
+    no_pex: Annotated[bool, typer.Option("--no-pex", help=_NO_PEX)] = False,
     dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
     dht_port: Annotated[int | None, typer.Option(help=_DHT_PORT)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
@@ -307,6 +309,8 @@ def seed(
     encryption = _encryption(encryption)
     host, port = _listen(listen, "0.0.0.0:6881")
     settings = _settings(upload_limit, None, encryption)
+    if no_pex:
+        settings = settings.replace(pex=False)
     meta, save, fresh = _load_or_create(source, data, _version(v1, v2), tracker or [], force)
 
     async def go() -> int:
@@ -380,6 +384,7 @@ def get(
     = None,
     encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
     no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
+    no_pex: Annotated[bool, typer.Option("--no-pex", help=_NO_PEX)] = False,
     dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
     dht_port: Annotated[int | None, typer.Option(help=_DHT_PORT)] = None,
     files: Annotated[list[str] | None, typer.Option(
@@ -423,6 +428,8 @@ def get(
     serve_addr = _serve_addr(serve) if serve else None
     host, port = _listen(listen, "0.0.0.0:0")
     settings = _settings(upload_limit, download_limit, encryption)
+    if no_pex:
+        settings = settings.replace(pex=False)
     peers = [_addr(p) for p in peer or []]
     known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
     if magnet is not None:

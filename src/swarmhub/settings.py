@@ -172,6 +172,8 @@ class Settings:
     dht_bootstrap: str = _f(
         "router.bittorrent.com:6881,dht.transmissionbt.com:6881,router.utorrent.com:6881",
         "DHT nodes to join through, host:port,... (tests and the lab pass local nodes)")
+    pex: bool = _f(True, "exchange peer lists with connected peers (BEP 11 ut_pex), about "
+                   "once a minute; never for private torrents (--no-pex)")
     # -- identity
     peer_id_prefix: str = _f("-SH0100-", "start of our 20-byte peer id (Azureus style)")
     user_agent: str = _f("swarmhub/0.1", "User-Agent for trackers and web seeds")

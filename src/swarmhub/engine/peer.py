@@ -16,6 +16,7 @@ import socket
 
 from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, reply_limit
 from swarmhub.engine.peerstate import RateMeter  # re-exported: its old home
+from swarmhub.engine.pex import PexPeer
 from swarmhub.engine.services import PeerHost, PeerServices
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.metainfo.model import BLOCK_SIZE
@@ -28,6 +29,7 @@ from swarmhub.wire.extensions import (
     MetadataRequest,
     decode_ext_handshake,
     decode_metadata_message,
+    decode_pex,
     encode_ext_handshake,
     encode_metadata_message,
 )
@@ -37,8 +39,9 @@ __all__ = ["Peer", "PeerProtocol", "RateMeter"]
 log = logging.getLogger(__name__)
 
 #: Our BEP 10 extension ids (what we ask peers to use when they talk to us).
-EXT_IDS = {"ut_metadata": 2}
+EXT_IDS = {"ut_pex": 1, "ut_metadata": 2}
 _UT_METADATA = EXT_IDS["ut_metadata"]
+_UT_PEX = EXT_IDS["ut_pex"]
 
 
 class Peer:
@@ -57,6 +60,12 @@ class Peer:
         self.conn = proto.conn
         self.ext_ids: dict[str, int] = {}
         self.client = ""
+        #: the listen port from the peer's extension handshake (``p``), if it gave one
+        self.listen_port: int | None = None
+        #: we dialled it (so ``addr`` is where it listens)
+        self.outgoing = False
+        #: BEP 11 state with this peer (the torrent makes it once the peer offers ut_pex)
+        self.pex: PexPeer | None = None
         self.upload_wakeup = asyncio.Event()
         self.closed = False
 
@@ -112,10 +121,14 @@ class Peer:
                     t.on_reqq(self, hs.reqq)
                 if hs.v:
                     self.client = hs.v
+                self.listen_port = hs.p
                 t.on_message(self, ev)
             case m.Extended(ext_id=ext_id, payload=payload) if ext_id == _UT_METADATA:
                 self._on_metadata(payload)
                 t.on_message(self, ev)
+            case m.Extended(ext_id=ext_id, payload=payload) if ext_id == _UT_PEX:
+                if t.pex_enabled:  # never for private torrents nor with --no-pex
+                    t.on_pex(self, decode_pex(payload))
             case m.HashRequest():
                 hashes = t.hashes_for(ev)
                 if hashes is None:
@@ -146,7 +159,9 @@ class Peer:
     def send_ext_handshake(self, listen_port: int) -> None:
         t = self.torrent
         payload = encode_ext_handshake(
-            m={} if t.meta.private else dict(EXT_IDS),
+            m={} if t.meta.private else {
+                name: ext_id for name, ext_id in EXT_IDS.items()
+                if name != "ut_pex" or t.pex_enabled},
             v=t.settings.user_agent,
             p=listen_port or None,
             reqq=t.settings.max_outstanding_incoming_requests,
@@ -425,6 +440,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self.conn.set_num_pieces(meta.num_pieces, piece_length=meta.piece_length,
                                  total_length=meta.total_length)
         self.peer = Peer(self, torrent, hs.peer_id)
+        self.peer.outgoing = outgoing
         torrent.on_peer_connected(self.peer)
 
     def close(self, reason: str) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
+from swarmhub.wire.extensions import PexMessage
 
 if TYPE_CHECKING:
     import aiohttp
@@ -31,6 +32,10 @@ class PeerHost(Protocol):
 
     meta: Metainfo
     settings: Settings
+    @property
+    def pex_enabled(self) -> bool:
+        """BEP 11 on for this torrent (not private, the ``pex`` setting on)."""
+        ...
 
     def can_accept(self, addr: tuple[str, int], peer_id: bytes,
                    outgoing: bool = False) -> str | None: ...
@@ -40,6 +45,7 @@ class PeerHost(Protocol):
     def on_block(self, peer: Hashable, msg: m.Piece) -> None: ...
     def on_reqq(self, peer: Hashable, reqq: int) -> None: ...
     def hashes_for(self, req: m.HashRequest) -> bytes | None: ...
+    def on_pex(self, peer: Any, msg: PexMessage) -> None: ...
 
 
 class PeerServices(Protocol):

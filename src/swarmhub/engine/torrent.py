@@ -39,6 +39,7 @@ from swarmhub.engine.actions import (
 )
 from swarmhub.engine.peer import Peer
 from swarmhub.engine.peerstate import RateMeter
+from swarmhub.engine.pex import FLAG_REACHABLE, PexPeer
 from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.selection import piece_priorities
@@ -57,6 +58,7 @@ from swarmhub.storage.resume import (
 )
 from swarmhub.storage.verify import PieceVerifier, recheck
 from swarmhub.wire import messages as m
+from swarmhub.wire.extensions import PexMessage, encode_pex
 
 __all__ = ["Torrent", "TorrentState", "TorrentStatus"]
 
@@ -439,9 +441,21 @@ class Torrent:
             reason = admit(self.meta.info_hash, addr, peer_id, outgoing)
             if reason:
                 return reason
+        self._resolve_duplicate(peer_id, outgoing)
         reason = self.swarm.can_accept(addr, peer_id, self.clock())
         self._flush()
         return reason
+
+    def _resolve_duplicate(self, peer_id: bytes, outgoing: bool) -> None:
+        """Two peers that dialled each other at once (PEX makes that common) would each
+        drop the other's second connection and end with none: both ends keep the one the
+        lower peer id opened (as libtorrent does) by closing the other before the swarm
+        sees the duplicate."""
+        if (self.session.peer_id < peer_id) != outgoing:
+            return  # the new connection is the one to drop: the swarm refuses it
+        for other in cast("list[Peer]", list(self.swarm.peers)):
+            if other.remote_id == peer_id and other.outgoing != outgoing:
+                other.close("duplicate connection: keeping the one the lower peer id opened")
 
     def add_peers(self, addrs: list[tuple[str, int]]) -> None:
         """Queue addresses to dial that an embedder found itself (the hub's own tracker)."""
@@ -464,6 +478,50 @@ class Torrent:
         log.debug("%s: disconnected %s: %s", self.meta.name, peer, reason)
         self.swarm.disconnected(peer, self.clock())
         self._flush()
+
+    # -- BEP 11 peer exchange --------------------------------------------------------------
+    @property
+    def pex_enabled(self) -> bool:
+        return self.settings.pex and not self.meta.private
+
+    def _own_addrs(self) -> set[tuple[str, int]]:
+        """Addresses that are us (never dialled, never taken from PEX)."""
+        own = set(self.swarm.dialer.own)
+        host, port = self.session.listen_addr
+        if port and host in ("", "0.0.0.0", "::"):
+            own |= {("127.0.0.1", port), ("::1", port)}
+        return own
+
+    def on_pex(self, peer: Peer, msg: PexMessage) -> None:
+        """A peer's ut_pex message: its new peers go to the core like a tracker's."""
+        now = self.clock()
+        if peer.pex is None:
+            peer.pex = PexPeer(now)
+        addrs = peer.pex.received(now, msg, own=self._own_addrs())
+        if addrs:
+            log.debug("%s: %d peers from PEX of %s", self.meta.name, len(addrs), peer)
+            self.swarm.add_peers(addrs, now)
+            self._flush()
+
+    def _pex_tick(self, now: float) -> None:
+        """Send each ut_pex peer the changes in our peer list, about once a minute."""
+        current: dict[tuple[str, int], int] = {}
+        peers = cast("list[Peer]", list(self.swarm.peers))
+        for peer in peers:
+            if peer.outgoing:
+                current[peer.addr] = FLAG_REACHABLE
+            elif peer.listen_port:
+                current[(peer.addr[0], peer.listen_port)] = 0
+        for peer in peers:
+            their_id = peer.ext_ids.get("ut_pex")
+            if not their_id:
+                continue
+            if peer.pex is None:
+                peer.pex = PexPeer(now)
+            them = {peer.addr} if peer.outgoing else {(peer.addr[0], peer.listen_port or 0)}
+            msg = peer.pex.poll(now, current, exclude=them)
+            if msg is not None:
+                peer.send(m.Extended(their_id, encode_pex(msg)))
 
     def on_message(self, peer: Hashable, msg: m.Message) -> None:
         self.swarm.message(peer, msg, self.clock())
@@ -666,8 +724,11 @@ class Torrent:
     # -- time, trackers, resume ------------------------------------------------------------------
     async def _tick_loop(self) -> None:
         while not self._stopping:
-            self.swarm.tick(self.clock())
+            now = self.clock()
+            self.swarm.tick(now)
             self._flush()
+            if self.pex_enabled:
+                self._pex_tick(now)
             await asyncio.sleep(1.0)
 
     async def _resume_loop(self) -> None:

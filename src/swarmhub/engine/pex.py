@@ -1,0 +1,78 @@
+"""BEP 11 peer exchange (ut_pex): what we tell one peer and what we take from one.
+
+Pure and clock-driven (``now`` is passed in), so tests step time by hand. The driver keeps
+one :class:`PexPeer` per connected peer that advertised ``ut_pex``; on each tick it asks
+:meth:`PexPeer.poll` for a message, given the listen addresses of our connected peers.
+Private torrents (BEP 27) never get here: the driver neither advertises ut_pex nor reads it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection, Mapping
+
+from swarmhub.wire.extensions import PexMessage
+
+__all__ = ["FLAG_REACHABLE", "MAX_ADDED", "MAX_DROPPED", "PexPeer"]
+
+Addr = tuple[str, int]
+
+MAX_ADDED = 50  # per message, as libtorrent (BEP 11 asks for at most 50)
+MAX_DROPPED = 50
+FLAG_REACHABLE = 0x10  # BEP 11: the peer accepts incoming connections (we dialled it)
+FIRST_DELAY = 2.0  # seconds from the peer's extension handshake to our first message
+INTERVAL = 60.0  # then about once a minute
+MIN_RECEIVE_GAP = 20.0  # messages from one peer closer than this are ignored (BEP 11: 1/min)
+
+
+class PexPeer:
+    """PEX with one peer: the addresses we have told it about, and when it last told us."""
+
+    def __init__(self, now: float, *, first_delay: float = FIRST_DELAY,
+                 interval: float = INTERVAL) -> None:
+        self.interval = interval
+        self.due = now + first_delay
+        self.sent: dict[Addr, None] = {}  # in the order we told it (insertion order)
+        self.last_received: float | None = None
+
+    def poll(self, now: float, current: Mapping[Addr, int], *,
+             exclude: Collection[Addr] = ()) -> PexMessage | None:
+        """The message to send now, or None (not due, or nothing changed).
+
+        ``current`` maps our connected peers' listen addresses to their BEP 11 flags;
+        ``exclude`` is never advertised (the recipient itself). At most
+        :data:`MAX_ADDED` added and :data:`MAX_DROPPED` dropped entries per message; the
+        rest go out in later messages.
+        """
+        if now < self.due:
+            return None
+        self.due = now + self.interval
+        added = [a for a in current if a not in self.sent and a not in exclude][:MAX_ADDED]
+        dropped = [a for a in self.sent if a not in current or a in exclude][:MAX_DROPPED]
+        if not added and not dropped:
+            return None
+        for a in dropped:
+            del self.sent[a]
+        for a in added:
+            self.sent[a] = None
+        return PexMessage(added=added, dropped=dropped,
+                          added_flags=[current[a] & 0xFF for a in added])
+
+    def received(self, now: float, msg: PexMessage, *, own: Collection[Addr] = (),
+                 limit: int = MAX_ADDED) -> list[Addr]:
+        """Addresses worth dialling from ``msg``: at most ``limit``, none of ``own``, no
+        port 0 or unroutable address; [] when the peer sends more often than it may."""
+        if self.last_received is not None and now - self.last_received < MIN_RECEIVE_GAP:
+            return []
+        self.last_received = now
+        out: list[Addr] = []
+        for host, port in msg.added:
+            if len(out) >= limit:
+                break
+            if not 0 < port < 65536 or (host, port) in own:
+                continue
+            ip = ipaddress.ip_address(host)
+            if ip.is_unspecified or ip.is_multicast:
+                continue
+            out.append((host, port))
+        return out

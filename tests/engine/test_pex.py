@@ -1,0 +1,177 @@
+"""BEP 11 peer exchange: the pure per-peer state (stepped clock) and ours-to-ours on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+from hostile import HostilePeer
+
+from swarmhub.bencode import bencode
+from swarmhub.engine.pex import (
+    FIRST_DELAY,
+    FLAG_REACHABLE,
+    INTERVAL,
+    MAX_ADDED,
+    MAX_DROPPED,
+    MIN_RECEIVE_GAP,
+    PexPeer,
+)
+from swarmhub.engine.session import Session
+from swarmhub.engine.torrent import Torrent, TorrentState
+from swarmhub.metainfo import create_torrent
+from swarmhub.metainfo.model import Metainfo
+from swarmhub.settings import Settings
+from swarmhub.wire import messages as m
+from swarmhub.wire.extensions import PexMessage, decode_pex, encode_pex
+
+A = ("10.0.0.1", 6881)
+B = ("10.0.0.2", 6882)
+C = ("10.0.0.3", 6883)
+
+
+def test_first_message_after_delay_then_once_per_interval() -> None:
+    p = PexPeer(100.0)
+    current = {A: FLAG_REACHABLE, B: 0}
+    assert p.poll(100.0 + FIRST_DELAY - 0.1, current) is None
+    msg = p.poll(100.0 + FIRST_DELAY, current)
+    assert msg == PexMessage(added=[A, B], dropped=[], added_flags=[FLAG_REACHABLE, 0])
+    # a change right after is held until the next interval
+    current2 = {B: 0, C: FLAG_REACHABLE}
+    t = 100.0 + FIRST_DELAY
+    assert p.poll(t + 1, current2) is None
+    assert p.poll(t + INTERVAL - 0.1, current2) is None
+    msg = p.poll(t + INTERVAL, current2)
+    assert msg == PexMessage(added=[C], dropped=[A], added_flags=[FLAG_REACHABLE])
+    # nothing changed: nothing sent
+    assert p.poll(t + 2 * INTERVAL, current2) is None
+
+
+def test_never_tells_a_peer_about_itself() -> None:
+    p = PexPeer(0.0, first_delay=0.0)
+    msg = p.poll(0.0, {A: 0, B: 0}, exclude={A})
+    assert msg is not None and msg.added == [B]
+    assert p.poll(0.0, {A: 0, B: 0}, exclude={A}) is None
+
+
+def test_caps_added_and_dropped_and_sends_the_rest_later() -> None:
+    many = {(f"10.1.{i // 250}.{i % 250 + 1}", 7000 + i): 0 for i in range(120)}
+    p = PexPeer(0.0, first_delay=0.0, interval=60.0)
+    sent: list[tuple[str, int]] = []
+    for k in range(3):
+        msg = p.poll(60.0 * k, many)
+        assert msg is not None and len(msg.added) <= MAX_ADDED and not msg.dropped
+        sent += msg.added
+    assert sorted(sent) == sorted(many) and len(sent) == len(set(sent))
+    assert p.poll(180.0, many) is None
+    dropped: list[tuple[str, int]] = []
+    for k in range(3):
+        msg = p.poll(240.0 + 60.0 * k, {})
+        assert msg is not None and len(msg.dropped) <= MAX_DROPPED and not msg.added
+        dropped += msg.dropped
+    assert sorted(dropped) == sorted(many)
+    # the encoded message is a valid ut_pex payload with at most 50 entries per list
+    payload = encode_pex(PexMessage(added=sent[:MAX_ADDED], added_flags=[0] * MAX_ADDED))
+    assert len(decode_pex(payload).added) == MAX_ADDED
+
+
+def test_received_is_bounded_filtered_and_rate_limited() -> None:
+    p = PexPeer(0.0)
+    own = {("127.0.0.1", 5000)}
+    junk = [("0.0.0.0", 1), ("224.0.0.1", 2), ("10.0.0.9", 0), ("127.0.0.1", 5000)]
+    many = [(f"10.2.{i // 250}.{i % 250 + 1}", 8000 + i) for i in range(200)]
+    got = p.received(10.0, PexMessage(added=junk + many), own=own)
+    assert got == many[:MAX_ADDED]
+    # a second message sooner than allowed is ignored; after the gap it is read
+    assert p.received(10.0 + MIN_RECEIVE_GAP - 1, PexMessage(added=[A])) == []
+    assert p.received(10.0 + 2 * MIN_RECEIVE_GAP, PexMessage(added=[A])) == [A]
+
+
+# ------------------------------------------------------------------------- loopback
+
+
+def _meta(tmp: Path, private: bool = False) -> tuple[Metainfo, Path]:
+    src = tmp / "src"
+    src.mkdir()
+    (src / "data.bin").write_bytes(random.Random(3).randbytes(4_000_000))
+    return create_torrent(src / "data.bin", piece_length=64 * 1024, private=private), src
+
+
+def _connected_to(t: Torrent, peer_id: bytes) -> bool:
+    return any(p.remote_id == peer_id for p in t.swarm.peers)  # type: ignore[attr-defined]
+
+
+async def _three(tmp: Path, *, private: bool = False, wait: float = 20.0,
+                 pex: bool = True) -> bool:
+    """Seeder S knows peer B; leecher L is told only S. Does L connect to B in time?"""
+    meta, src = _meta(tmp, private)
+    slow = Settings().replace(upload_rate_limit=50_000, pex=pex)  # L must not finish first
+    async with Session(slow, state_dir=tmp / "ss") as s, \
+            Session(slow, state_dir=tmp / "sb") as b, \
+            Session(Settings().replace(pex=pex), state_dir=tmp / "sl") as lee:
+        bport = await b.listen("127.0.0.1", 0)
+        await b.add(meta, tmp / "b")
+        sport = await s.listen("127.0.0.1", 0)
+        st = await s.add(meta, src, peers=[("127.0.0.1", bport)])
+        assert st.state is TorrentState.SEEDING
+        await lee.listen("127.0.0.1", 0)
+        lt = await lee.add(meta, tmp / "l", peers=[("127.0.0.1", sport)])
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if _connected_to(lt, b.peer_id):
+                assert _connected_to(lt, s.peer_id)
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+
+async def test_leecher_learns_the_other_peer_via_pex(tmp_path: Path) -> None:
+    assert await _three(tmp_path)
+
+
+@pytest.mark.parametrize("case", ["private", "no-pex"])
+async def test_no_pex_for_private_torrents_or_when_off(tmp_path: Path, case: str) -> None:
+    if case == "private":
+        assert not await _three(tmp_path, private=True, wait=FIRST_DELAY + 4)
+    else:
+        assert not await _three(tmp_path, pex=False, wait=FIRST_DELAY + 4)
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["public", "private"])
+async def test_received_pex_is_bounded_never_us_and_ignored_for_private(
+    tmp_path: Path, private: bool,
+) -> None:
+    """A peer's ut_pex message reaches the core's add_peers: at most 50 addresses, never
+    our own; for a private torrent we neither offer ut_pex nor read it."""
+    meta, _ = _meta(tmp_path, private)
+    async with Session(state_dir=tmp_path / "s") as ses:
+        port = await ses.listen("127.0.0.1", 0)
+        t = await ses.add(meta, tmp_path / "dl")
+        added: list[tuple[str, int]] = []
+        real_add = t.swarm.add_peers
+
+        def spy(addrs: object, now: float) -> None:
+            added.extend(addrs)  # type: ignore[call-overload]
+            real_add(addrs, now)  # type: ignore[arg-type]
+
+        t.swarm.add_peers = spy  # type: ignore[method-assign]
+        peer = await HostilePeer.open(port, meta.info_hash)
+        try:
+            peer.send_ext_handshake(bencode({b"m": {b"ut_pex": 7}, b"v": b"hostile"}))
+            theirs = await peer.their_ext_handshake()
+            assert ("ut_pex" in theirs) is not private
+            # closed loopback ports: dials fail at once and never leave the machine
+            many = [(f"127.0.{i // 250}.{i % 250 + 2}", 9) for i in range(120)]
+            msg = PexMessage(added=[("127.0.0.1", port), *many])
+            peer.send(m.Extended(1, encode_pex(msg)))
+            await asyncio.sleep(1.0)
+            assert ses.peer_count == 1, "the PEX sender is still connected"
+        finally:
+            await peer.close()
+    if private:
+        assert added == []
+    else:
+        assert added == many[:MAX_ADDED]
