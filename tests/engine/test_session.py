@@ -150,6 +150,7 @@ async def test_a_local_protocol_error_is_logged_as_an_error(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Sending what the wire core refuses is our bug: it must not hide at debug level."""
     from swarmhub.wire import messages as m
+    from swarmhub.wire.connection import Phase
 
     src = make_data(tmp_path / "src" / "payload", [100_000])
     meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
@@ -159,12 +160,12 @@ async def test_a_local_protocol_error_is_logged_as_an_error(
         port = await seeder.listen("127.0.0.1", 0)
         st = await seeder.add(meta, src.parent)
         await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
-        for _ in range(200):
-            if st.peers:
+        for _ in range(500):  # a connection whose first message (the bitfield) is out
+            ready = [p for p in st.peers if p.conn.our_phase is Phase.OPEN and not p.closed]
+            if ready:
                 break
-            await asyncio.sleep(0.02)
-        peer: Any = next(iter(st.peers))
-        await asyncio.sleep(0.1)  # its first message (the bitfield) is out
+            await asyncio.sleep(0.01)
+        peer: Any = ready[0]
         with caplog.at_level(logging.ERROR):
             peer.send(m.Bitfield(b"\xff"))  # Bitfield after the first message: refused
         assert any(r.levelno == logging.ERROR and "Bitfield" in r.getMessage()
