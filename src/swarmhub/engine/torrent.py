@@ -19,8 +19,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, cast
 
@@ -44,6 +42,7 @@ from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.selection import piece_priorities
 from swarmhub.engine.services import TorrentServices
+from swarmhub.engine.status import TorrentState, TorrentStatus, snapshot
 from swarmhub.engine.swarm import Swarm, ban_key
 from swarmhub.errors import StorageError, SwarmhubError
 from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
@@ -63,44 +62,6 @@ from swarmhub.wire.extensions import PexMessage, encode_pex
 __all__ = ["Torrent", "TorrentState", "TorrentStatus"]
 
 log = logging.getLogger(__name__)
-
-
-class TorrentState(Enum):
-    CHECKING = "checking"
-    DOWNLOADING = "downloading"
-    SEEDING = "seeding"
-    #: every chosen piece verified, some files left out (we upload what we have)
-    FINISHED = "finished"
-    ERROR = "error"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class TorrentStatus:
-    """A snapshot for progress displays and tests."""
-
-    state: TorrentState
-    progress: float
-    pieces_have: int
-    num_pieces: int
-    bytes_have: int
-    total_bytes: int
-    download_rate: float
-    upload_rate: float
-    downloaded: int
-    uploaded: int
-    peers: int
-    error: str | None
-    banned: int
-    hash_failures: int
-    #: Bytes that came from BEP 19 web seeds (the hub) rather than from peers.
-    webseed_bytes: int = 0
-    #: Why a download is not moving (every peer banned, none unchoked us…), else None.
-    stalled: str | None = None
-    #: Bytes of the pieces we want (all of them unless files were left out), and of
-    #: those, how many we have: what a progress bar for a selective download shows.
-    wanted_bytes: int = 0
-    wanted_have: int = 0
 
 
 class Torrent:
@@ -373,24 +334,7 @@ class Torrent:
                 self._spawn(self._webseed_loop(url))
 
     def status(self) -> TorrentStatus:
-        now = self.clock()
-        s = self.swarm
-        n = self.meta.num_pieces
-        prio, size = s.picker.priority, s.piece_size
-        wanted = [i for i in range(n) if prio(i)]
-        wanted_bytes = sum(map(size, wanted))
-        wanted_have = sum(size(i) for i in wanted if s.have[i])
-        return TorrentStatus(
-            wanted_bytes=wanted_bytes, wanted_have=wanted_have,
-            state=self.state, pieces_have=s.num_have,
-            progress=wanted_have / wanted_bytes if wanted_bytes else 1.0,
-            num_pieces=n, bytes_have=s.bytes_have(), total_bytes=self.meta.total_length,
-            download_rate=s.down.rate(now), upload_rate=s.up.rate(now),
-            downloaded=s.downloaded, uploaded=s.uploaded, peers=len(s.peers),
-            error=self.error, banned=len(s.banned), hash_failures=s.hash_failures,
-            webseed_bytes=s.webseed_bytes,
-            stalled=s.stall_reason() if self.state is TorrentState.DOWNLOADING else None,
-        )
+        return snapshot(self.swarm, self.state, self.error, self.meta.total_length, self.clock())
 
     # -- carrying out the core's actions ---------------------------------------------------------
     def _flush(self) -> None:

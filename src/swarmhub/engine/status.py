@@ -1,0 +1,73 @@
+"""What a torrent reports about itself: its state and a status snapshot.
+
+Apart from the driver (:mod:`swarmhub.engine.torrent`) because progress displays, the
+daemon and the library API read these without needing the asyncio machinery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from swarmhub.engine.swarm import Swarm
+
+__all__ = ["TorrentState", "TorrentStatus", "snapshot"]
+
+
+class TorrentState(Enum):
+    CHECKING = "checking"
+    DOWNLOADING = "downloading"
+    SEEDING = "seeding"
+    #: every chosen piece verified, some files left out (we upload what we have)
+    FINISHED = "finished"
+    ERROR = "error"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentStatus:
+    """A snapshot for progress displays and tests."""
+
+    state: TorrentState
+    progress: float
+    pieces_have: int
+    num_pieces: int
+    bytes_have: int
+    total_bytes: int
+    download_rate: float
+    upload_rate: float
+    downloaded: int
+    uploaded: int
+    peers: int
+    error: str | None
+    banned: int
+    hash_failures: int
+    #: Bytes that came from BEP 19 web seeds (the hub) rather than from peers.
+    webseed_bytes: int = 0
+    #: Why a download is not moving (every peer banned, none unchoked us…), else None.
+    stalled: str | None = None
+    #: Bytes of the pieces we want (all of them unless files were left out), and of
+    #: those, how many we have: what a progress bar for a selective download shows.
+    wanted_bytes: int = 0
+    wanted_have: int = 0
+
+
+def snapshot(s: Swarm, state: TorrentState, error: str | None, total: int,
+             now: float) -> TorrentStatus:
+    """The status of a torrent whose swarm core is ``s`` (``total``: its length)."""
+    n = s.num_pieces
+    prio, size = s.picker.priority, s.piece_size
+    wanted = [i for i in range(n) if prio(i)]
+    wanted_bytes = sum(map(size, wanted))
+    wanted_have = sum(size(i) for i in wanted if s.have[i])
+    return TorrentStatus(
+        wanted_bytes=wanted_bytes, wanted_have=wanted_have,
+        state=state, pieces_have=s.num_have,
+        progress=wanted_have / wanted_bytes if wanted_bytes else 1.0,
+        num_pieces=n, bytes_have=s.bytes_have(), total_bytes=total,
+        download_rate=s.down.rate(now), upload_rate=s.up.rate(now),
+        downloaded=s.downloaded, uploaded=s.uploaded, peers=len(s.peers),
+        error=error, banned=len(s.banned), hash_failures=s.hash_failures,
+        webseed_bytes=s.webseed_bytes,
+        stalled=s.stall_reason() if state is TorrentState.DOWNLOADING else None,
+    )
