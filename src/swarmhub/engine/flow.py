@@ -20,7 +20,7 @@ __all__ = ["BACKLOG", "RATE", "UPLOAD_BATCH", "ReadGate", "reply_limit"]
 #: Reasons to stop reading: replies the peer leaves unread, and the download rate limit.
 BACKLOG = "backlog"
 RATE = "rate"
-#: Most bytes one upload batch adds past the high-water mark (Torrent._upload_loop writes
+#: Most bytes one upload batch adds past the high-water mark (Uploader.serve writes
 #: up to 1 MiB of blocks, the last one up to 128 KiB, once the transport is writable).
 UPLOAD_BATCH = 2 << 20
 

@@ -4,7 +4,8 @@ The session owns shared resources (listening sockets, thread pools, HTTP client,
 limits); a torrent drives one swarm; a peer connection moves bytes. Each depends on the
 *shape* of the one above it, written here, not on its module — so ``engine.torrent``,
 ``engine.peer`` and ``engine.session`` import in one direction only (session -> torrent
--> peer -> services), and tests can hand in fakes.
+-> peer -> services), and tests can hand in fakes. The torrent's own I/O parts (uploads,
+web seeds, piece I/O, chosen pieces) see their driver as a :class:`DriverHost`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ if TYPE_CHECKING:
     import aiohttp
 
     from swarmhub.discovery.tracker import TrackerTiers
+    from swarmhub.engine.status import TorrentState
+    from swarmhub.engine.swarm import Swarm
+    from swarmhub.storage.files import TorrentStorage
 
-__all__ = ["PeerHost", "PeerServices", "TorrentServices"]
+__all__ = ["DriverHost", "PeerHost", "PeerServices", "TorrentServices"]
 
 
 class PeerHost(Protocol):
@@ -77,3 +81,25 @@ class TorrentServices(PeerServices, Protocol):
     def tracker_tiers(self, info_hash: bytes, tiers: list[list[str]]) -> TrackerTiers: ...
     def charge_download(self, n: int, now: float) -> float: ...
     async def charge_upload(self, n: int) -> None: ...
+
+
+class DriverHost(Protocol):
+    """What a torrent's I/O parts need from its asyncio driver (:class:`Torrent`): the
+    core to feed, the files, the clock, and the driver's two ways of answering back."""
+
+    meta: Metainfo
+    #: replaced (not mutated) when limits change: read it each time, never keep it
+    settings: Settings
+    session: TorrentServices
+    swarm: Swarm
+    storage: TorrentStorage
+    state: TorrentState
+    clock: Callable[[], float]
+
+    def _flush(self) -> None:
+        """Carry out the core's queued actions (after feeding it an event)."""
+        ...
+
+    def _fail(self, message: str) -> None:
+        """Stop the torrent with an error (a storage failure)."""
+        ...

@@ -11,7 +11,6 @@ unverified-bytes limit), then hashed and written off the event loop.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import hashlib
@@ -44,6 +43,7 @@ from swarmhub.engine.selection import piece_priorities
 from swarmhub.engine.services import TorrentServices
 from swarmhub.engine.status import TorrentState, TorrentStatus, snapshot
 from swarmhub.engine.swarm import Swarm, ban_key
+from swarmhub.engine.uploads import Uploader
 from swarmhub.errors import StorageError, SwarmhubError
 from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
 from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
@@ -114,8 +114,6 @@ class Torrent:
         self.complete = asyncio.Event()
         #: Pieces being assembled from peers' blocks (the core decides what is kept).
         self.buffers: dict[int, bytearray] = {}
-        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._reads: dict[int, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         #: BEP 19 web seeds (the hub's origin in hybrid mode); peers come first.
@@ -130,6 +128,7 @@ class Torrent:
         self.resume_file = base.with_name(f"{base.stem}-{folder}{base.suffix}")
         self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
+        self.uploads = Uploader(self, self._up_limiter)
         #: The task running :meth:`run` (set by the session; stop() cancels it first).
         self.run_task: asyncio.Task[None] | None = None
 
@@ -412,7 +411,7 @@ class Torrent:
         if peer.conn.extension:
             peer.send_ext_handshake(self.session.listen_port)
         self.swarm.connected(peer, peer.addr, peer.remote_id, fast=peer.fast, now=self.clock())
-        self._spawn(self._upload_loop(peer))
+        self._spawn(self.uploads.serve(peer))
         self._flush()
 
     def on_peer_disconnected(self, peer: Peer, reason: str) -> None:
@@ -582,88 +581,6 @@ class Torrent:
             tree = tree_layers(hashes, max(width, len(hashes)), zero_root(leaves_per_piece))
             self._hash_trees[req.pieces_root] = tree
         return hashes_with_proof(tree, req.index, req.length, req.proof_layers)
-
-    # -- uploading ------------------------------------------------------------------------------
-    async def _read_piece(self, index: int) -> bytes:
-        """A piece for uploading, from the read cache or one shared disk read."""
-        cached = self._cache.get(index)
-        if cached is not None:
-            self._cache.move_to_end(index)
-            return cached
-        fut = self._reads.get(index)
-        if fut is None:
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self.session.disk_pool, self.storage.read_piece, index)
-            self._reads[index] = fut
-            # Cache before any waiter resumes: the callback is scheduled first.
-            fut.add_done_callback(functools.partial(self._read_done, index))
-        return await asyncio.shield(fut)
-
-    def _read_done(self, index: int, fut: asyncio.Future[bytes]) -> None:
-        self._reads.pop(index, None)
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        self._cache[index] = fut.result()
-        while len(self._cache) * self.meta.piece_length > self.settings.read_cache_bytes \
-                and len(self._cache) > 2:
-            self._cache.popitem(last=False)
-
-    async def _upload_loop(self, peer: Peer) -> None:
-        """Serve the requests the core accepted, within rate limits and send-buffer space.
-
-        Requests whose piece is cached go out in batches of up to 1 MiB with one
-        ``writelines`` (one writev) of header + memoryview pairs from the wire core.
-        """
-        ps = self.swarm.peers.get(peer)
-        if ps is None:
-            return  # it left before this task ran
-        incoming = ps.incoming
-        send_piece = peer.conn.send_piece
-        while not peer.closed:
-            if not incoming:
-                peer.upload_wakeup.clear()
-                await peer.upload_wakeup.wait()
-                continue
-            req = incoming[0]
-            # Read each round: limits may change while the torrent runs (set_rate_limits).
-            limited = bool(self.settings.upload_rate_limit) or not self._up_limiter.unlimited
-            if req.index not in self._cache:
-                try:
-                    await self._read_piece(req.index)
-                except StorageError as exc:
-                    self._fail(str(exc))
-                    return
-            if limited:
-                await self.session.charge_upload(req.length)
-                if not self._up_limiter.unlimited:
-                    await self._up_limiter.acquire(req.length)
-            await peer.proto.wait_writable()
-            if peer.closed:
-                return
-            parts: list[bytes | memoryview | bytearray] = []
-            served: list[m.Request] = []
-            size = 0
-            cache = self._cache
-            while incoming and size < (1 << 20):
-                req = incoming[0]
-                data = cache.get(req.index)
-                if data is None:
-                    break  # read it on the next round
-                incoming.popleft()
-                head, body = send_piece(req.index, req.begin,
-                                        memoryview(data)[req.begin:req.begin + req.length])
-                parts += (head, body)
-                served.append(req)
-                size += req.length
-                if limited:
-                    break  # one block per token-bucket charge
-            if not parts:
-                await asyncio.sleep(0)  # never spin without yielding
-                continue
-            peer.proto.writelines(parts)
-            self.swarm.blocks_sent(peer, served, size, self.clock())
-            self._flush()
-            await asyncio.sleep(0)  # let other peers and the network in
 
     # -- time, trackers, resume ------------------------------------------------------------------
     async def _tick_loop(self) -> None:
