@@ -38,6 +38,7 @@ from swarmhub.engine.peer import Peer
 from swarmhub.engine.peerstate import RateMeter
 from swarmhub.engine.pex import FLAG_REACHABLE, PexPeer
 from swarmhub.engine.picker import PiecePicker
+from swarmhub.engine.pieces import Pieces
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.selection import piece_priorities
 from swarmhub.engine.services import TorrentServices
@@ -45,8 +46,7 @@ from swarmhub.engine.status import TorrentState, TorrentStatus, snapshot
 from swarmhub.engine.swarm import Swarm, ban_key
 from swarmhub.engine.uploads import Uploader
 from swarmhub.errors import StorageError, SwarmhubError
-from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
-from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
+from swarmhub.metainfo.model import Metainfo
 from swarmhub.storage.files import TorrentStorage
 from swarmhub.storage.resume import (
     load_resume,
@@ -55,7 +55,7 @@ from swarmhub.storage.resume import (
     save_resume,
     trusted_pieces,
 )
-from swarmhub.storage.verify import PieceVerifier, recheck
+from swarmhub.storage.verify import recheck
 from swarmhub.wire import messages as m
 from swarmhub.wire.extensions import PexMessage, encode_pex
 
@@ -90,9 +90,9 @@ class Torrent:
         self.rng = rng or random.Random()
         self.clock = clock
         self.storage = TorrentStorage(meta, save_path)
-        self.verifier = PieceVerifier(meta)
+        self.pieces = Pieces(meta, self.storage, session)
         self.tracker_tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
-        pads = _pad_blocks(meta)
+        pads = self.pieces.pad_blocks
         self.swarm = Swarm(
             meta.num_pieces, meta.piece_length, meta.total_length, self.settings,
             rng=self.rng, now=clock(), pad_blocks=pads, peers=peers or (),
@@ -104,23 +104,17 @@ class Torrent:
         self.swarm.picker.set_priorities(self._base_priorities)
         self.swarm.set_sequential(sequential)
         self._piece_waiters: dict[int, list[asyncio.Future[None]]] = {}
-        #: Pieces with pad blocks (never received, must read as zeros): always a fresh buffer.
-        self._padded = frozenset(i for i, _ in pads)
-        #: Verified pieces' buffers, reused: a fresh 1 MiB bytearray is mmap'd, zeroed and
-        #: page-faulted in, then unmapped: ~15% of a loopback download's CPU.
-        self._spare: list[bytearray] = []
         self.state = TorrentState.CHECKING
         self.error: str | None = None
         self.complete = asyncio.Event()
         #: Pieces being assembled from peers' blocks (the core decides what is kept).
-        self.buffers: dict[int, bytearray] = {}
+        self.buffers = self.pieces.buffers
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         #: BEP 19 web seeds (the hub's origin in hybrid mode); peers come first.
         self.web_seeds = [u for u in (meta.url_list if web_seeds is None else web_seeds)
                           if u.startswith(("http://", "https://"))]
         self._ws_reserved: set[int] = set()
-        self._hash_trees: dict[bytes, list[list[bytes]]] = {}
         # One resume file per (torrent, folder): a seed and a download of the same torrent
         # in two folders must not overwrite each other's state.
         folder = hashlib.sha1(str(save_path.resolve()).encode()).hexdigest()[:12]
@@ -482,7 +476,7 @@ class Torrent:
         if self.swarm.block(peer, index, msg.begin, n, now):
             buf = self.buffers.get(index)
             if buf is None:
-                buf = self.buffers[index] = self._new_buffer(index)
+                buf = self.buffers[index] = self.pieces.new_buffer(index)
             buf[msg.begin:msg.begin + n] = data
         if self.settings.download_rate_limit or self.settings.torrent_download_rate_limit:
             delay = self.session.charge_download(n, now)
@@ -502,53 +496,21 @@ class Torrent:
 
     # -- pieces: verify, write, finish -----------------------------------------------------------
     async def _verify(self, index: int, want_digests: bool) -> None:
-        buf = self.buffers.pop(index, None)
-        if buf is None:
-            buf = bytearray(self.meta.piece_size(index))  # nothing kept: fails, blames none
         try:
-            ok, digests = await self._check_and_write(index, buf, want_digests)
+            ok, digests = await self.pieces.verify(index, want_digests)
         except StorageError as exc:
             self._fail(str(exc))
             return
-        if len(buf) == self.meta.piece_length and len(self._spare) < _SPARE_BUFFERS:
-            self._spare.append(buf)  # hashed and written: nothing holds it any more
         self.swarm.piece_verified(index, ok, self.clock(), digests)
         if ok:
             self._piece_done(index)
         self._flush()
 
-    def _new_buffer(self, index: int) -> bytearray:
-        """A buffer for piece ``index``: a spare one when it fits (every byte of it will be
-        overwritten by a block), else a fresh, zeroed one."""
-        size = self.meta.piece_size(index)
-        if self._spare and size == self.meta.piece_length and index not in self._padded:
-            return self._spare.pop()
-        return bytearray(size)
-
-    async def _check_and_write(
-        self, index: int, buf: bytearray, want_digests: bool
-    ) -> tuple[bool, dict[int, bytes] | None]:
-        """Hash on the hash pool (all cores), then write on the disk pool. Block digests
-        come back when asked for, and always for a failed piece (they catch the liar)."""
-        loop = asyncio.get_running_loop()
-        session = self.session
-
-        def check() -> tuple[bool, dict[int, bytes] | None]:
-            ok = self.verifier.check(index, buf)
-            return ok, _block_digests(buf) if want_digests or not ok else None
-
-        ok, digests = await loop.run_in_executor(session.hash_pool, check)
-        if ok:
-            await loop.run_in_executor(
-                session.disk_pool, self.storage.write, index * self.meta.piece_length, buf)
-        return ok, digests
-
     def _set_complete(self, *, first: bool) -> None:
         was = self.state
         self.state = TorrentState.SEEDING if self.swarm.complete else TorrentState.FINISHED
         self.complete.set()
-        self.buffers.clear()
-        self._spare.clear()
+        self.pieces.clear()
         if first and was is not self.state:
             log.info("%s: %s", self.meta.name, "complete, seeding" if self.swarm.complete
                      else "every chosen file verified")
@@ -565,22 +527,7 @@ class Torrent:
             peer.close("torrent error")
 
     def hashes_for(self, req: m.HashRequest) -> bytes | None:
-        """Answer a BEP 52 hash request from the piece layers (base layer = piece layer)."""
-        meta = self.meta
-        layer_hashes = meta.piece_layers.get(req.pieces_root)
-        leaves_per_piece = meta.piece_length // BLOCK_SIZE
-        if layer_hashes is None or req.base_layer != leaves_per_piece.bit_length() - 1:
-            return None
-        tree = self._hash_trees.get(req.pieces_root)
-        if tree is None:
-            entry = next((f for f in meta.files if f.pieces_root == req.pieces_root), None)
-            if entry is None:
-                return None
-            hashes = [layer_hashes[i:i + 32] for i in range(0, len(layer_hashes), 32)]
-            width = max(1, next_pow2(-(-entry.length // BLOCK_SIZE)) // leaves_per_piece)
-            tree = tree_layers(hashes, max(width, len(hashes)), zero_root(leaves_per_piece))
-            self._hash_trees[req.pieces_root] = tree
-        return hashes_with_proof(tree, req.index, req.length, req.proof_layers)
+        return self.pieces.hashes_for(req)
 
     # -- time, trackers, resume ------------------------------------------------------------------
     async def _tick_loop(self) -> None:
@@ -660,7 +607,7 @@ class Torrent:
                     async for index, buf in pieces:
                         if self.have[index]:
                             continue
-                        ok, _ = await self._check_and_write(index, buf, False)
+                        ok, _ = await self.pieces.check_and_write(index, buf, False)
                         if ok:
                             self.buffers.pop(index, None)
                             self.swarm.webseed_piece(index, len(buf), self.clock())
@@ -701,28 +648,3 @@ class Torrent:
         task: asyncio.Task[Any] = asyncio.ensure_future(self._guard(lambda: coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-#: Spare piece buffers kept per torrent (each one piece long).
-_SPARE_BUFFERS = 8
-
-
-def _pad_blocks(meta: Metainfo) -> list[tuple[int, int]]:
-    """Blocks lying wholly inside pad files: never requested, always zeros."""
-    out: list[tuple[int, int]] = []
-    pl = meta.piece_length
-    for f in meta.files:
-        if not f.pad or not f.length:
-            continue
-        first = -(-f.offset // BLOCK_SIZE) * BLOCK_SIZE
-        start = first
-        while start + BLOCK_SIZE <= f.end or (start < f.end and f.end == meta.total_length):
-            out.append((start // pl, start % pl))
-            start += BLOCK_SIZE
-    return out
-
-
-def _block_digests(buf: bytearray) -> dict[int, bytes]:
-    view = memoryview(buf)
-    return {b: hashlib.sha1(view[b:b + BLOCK_SIZE]).digest()
-            for b in range(0, len(buf), BLOCK_SIZE)}

@@ -1,0 +1,128 @@
+"""Piece I/O of one torrent: assembly buffers, hashing and writing off the event loop,
+and BEP 52 hash replies.
+
+Apart from the driver (:mod:`swarmhub.engine.torrent`) because it owns the torrent's
+largest memory (whole pieces assembled in RAM, bounded by the picker's in-progress pieces
+and the core's unverified-bytes limit) and the thread-pool hops; the core decides which
+blocks are kept and what a verified or failed piece means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from swarmhub.engine.services import TorrentServices
+from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
+from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
+from swarmhub.storage.files import TorrentStorage
+from swarmhub.storage.verify import PieceVerifier
+from swarmhub.wire import messages as m
+
+__all__ = ["Pieces"]
+
+#: Spare piece buffers kept per torrent (each one piece long).
+_SPARE_BUFFERS = 8
+
+
+class Pieces:
+    """Buffers of pieces being assembled, and the hash-then-write of finished ones."""
+
+    def __init__(self, meta: Metainfo, storage: TorrentStorage,
+                 session: TorrentServices) -> None:
+        self.meta = meta
+        self.storage = storage
+        self.session = session
+        self.verifier = PieceVerifier(meta)
+        #: Blocks lying wholly inside pad files (the core never requests them).
+        self.pad_blocks = _pad_blocks(meta)
+        #: Pieces with pad blocks (never received, must read as zeros): always a fresh buffer.
+        self._padded = frozenset(i for i, _ in self.pad_blocks)
+        #: Verified pieces' buffers, reused: a fresh 1 MiB bytearray is mmap'd, zeroed and
+        #: page-faulted in, then unmapped: ~15% of a loopback download's CPU.
+        self._spare: list[bytearray] = []
+        #: Pieces being assembled from peers' blocks (the core decides what is kept).
+        self.buffers: dict[int, bytearray] = {}
+        self._hash_trees: dict[bytes, list[list[bytes]]] = {}
+
+    def clear(self) -> None:
+        """Drop every buffer (nothing left to assemble)."""
+        self.buffers.clear()
+        self._spare.clear()
+
+    async def verify(self, index: int, want_digests: bool
+                     ) -> tuple[bool, dict[int, bytes] | None]:
+        """Hash and write the assembled piece ``index`` (see :meth:`check_and_write`);
+        raises :class:`~swarmhub.errors.StorageError` when the write fails."""
+        buf = self.buffers.pop(index, None)
+        if buf is None:
+            buf = bytearray(self.meta.piece_size(index))  # nothing kept: fails, blames none
+        ok, digests = await self.check_and_write(index, buf, want_digests)
+        if len(buf) == self.meta.piece_length and len(self._spare) < _SPARE_BUFFERS:
+            self._spare.append(buf)  # hashed and written: nothing holds it any more
+        return ok, digests
+
+    def new_buffer(self, index: int) -> bytearray:
+        """A buffer for piece ``index``: a spare one when it fits (every byte of it will be
+        overwritten by a block), else a fresh, zeroed one."""
+        size = self.meta.piece_size(index)
+        if self._spare and size == self.meta.piece_length and index not in self._padded:
+            return self._spare.pop()
+        return bytearray(size)
+
+    async def check_and_write(
+        self, index: int, buf: bytearray, want_digests: bool
+    ) -> tuple[bool, dict[int, bytes] | None]:
+        """Hash on the hash pool (all cores), then write on the disk pool. Block digests
+        come back when asked for, and always for a failed piece (they catch the liar)."""
+        loop = asyncio.get_running_loop()
+        session = self.session
+
+        def check() -> tuple[bool, dict[int, bytes] | None]:
+            ok = self.verifier.check(index, buf)
+            return ok, _block_digests(buf) if want_digests or not ok else None
+
+        ok, digests = await loop.run_in_executor(session.hash_pool, check)
+        if ok:
+            await loop.run_in_executor(
+                session.disk_pool, self.storage.write, index * self.meta.piece_length, buf)
+        return ok, digests
+
+    def hashes_for(self, req: m.HashRequest) -> bytes | None:
+        """Answer a BEP 52 hash request from the piece layers (base layer = piece layer)."""
+        meta = self.meta
+        layer_hashes = meta.piece_layers.get(req.pieces_root)
+        leaves_per_piece = meta.piece_length // BLOCK_SIZE
+        if layer_hashes is None or req.base_layer != leaves_per_piece.bit_length() - 1:
+            return None
+        tree = self._hash_trees.get(req.pieces_root)
+        if tree is None:
+            entry = next((f for f in meta.files if f.pieces_root == req.pieces_root), None)
+            if entry is None:
+                return None
+            hashes = [layer_hashes[i:i + 32] for i in range(0, len(layer_hashes), 32)]
+            width = max(1, next_pow2(-(-entry.length // BLOCK_SIZE)) // leaves_per_piece)
+            tree = tree_layers(hashes, max(width, len(hashes)), zero_root(leaves_per_piece))
+            self._hash_trees[req.pieces_root] = tree
+        return hashes_with_proof(tree, req.index, req.length, req.proof_layers)
+
+
+def _pad_blocks(meta: Metainfo) -> list[tuple[int, int]]:
+    """Blocks lying wholly inside pad files: never requested, always zeros."""
+    out: list[tuple[int, int]] = []
+    pl = meta.piece_length
+    for f in meta.files:
+        if not f.pad or not f.length:
+            continue
+        first = -(-f.offset // BLOCK_SIZE) * BLOCK_SIZE
+        start = first
+        while start + BLOCK_SIZE <= f.end or (start < f.end and f.end == meta.total_length):
+            out.append((start // pl, start % pl))
+            start += BLOCK_SIZE
+    return out
+
+
+def _block_digests(buf: bytearray) -> dict[int, bytes]:
+    view = memoryview(buf)
+    return {b: hashlib.sha1(view[b:b + BLOCK_SIZE]).digest()
+            for b in range(0, len(buf), BLOCK_SIZE)}
