@@ -45,6 +45,7 @@ from swarmhub.engine.services import TorrentServices
 from swarmhub.engine.status import TorrentState, TorrentStatus, snapshot
 from swarmhub.engine.swarm import Swarm, ban_key
 from swarmhub.engine.uploads import Uploader
+from swarmhub.engine.webseed_driver import WebSeedDriver
 from swarmhub.errors import StorageError, SwarmhubError
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.storage.files import TorrentStorage
@@ -114,7 +115,7 @@ class Torrent:
         #: BEP 19 web seeds (the hub's origin in hybrid mode); peers come first.
         self.web_seeds = [u for u in (meta.url_list if web_seeds is None else web_seeds)
                           if u.startswith(("http://", "https://"))]
-        self._ws_reserved: set[int] = set()
+        self.web_seed_driver = WebSeedDriver(self, self.pieces)
         # One resume file per (torrent, folder): a seed and a download of the same torrent
         # in two folders must not overwrite each other's state.
         folder = hashlib.sha1(str(save_path.resolve()).encode()).hexdigest()[:12]
@@ -184,7 +185,7 @@ class Torrent:
     async def run(self) -> None:
         """Run the periodic jobs until :meth:`stop`; each job's failure is logged, not fatal."""
         jobs: list[Callable[[], Awaitable[None]]] = [self._tick_loop, self._resume_loop]
-        jobs += [functools.partial(self._webseed_loop, url) for url in self.web_seeds]
+        jobs += [functools.partial(self.web_seed_driver.loop, url) for url in self.web_seeds]
         async with asyncio.TaskGroup() as tg:
             for job in jobs:
                 tg.create_task(self._guard(job))
@@ -324,7 +325,7 @@ class Torrent:
             self.state = TorrentState.DOWNLOADING
             self.complete.clear()
             for url in self.web_seeds:
-                self._spawn(self._webseed_loop(url))
+                self._spawn(self.web_seed_driver.loop(url))
 
     def status(self) -> TorrentStatus:
         return snapshot(self.swarm, self.state, self.error, self.meta.total_length, self.clock())
@@ -577,71 +578,6 @@ class Torrent:
     def webseed_rate(self) -> float:
         """Recent web-seed bytes/s (kept apart so peers' share can be told from the hub's)."""
         return self.swarm.webseed_meter.rate(self.clock())
-
-    async def _webseed_loop(self, url: str) -> None:
-        """Fetch what the core picks from one web seed while downloading; peers first."""
-        from swarmhub.engine.webseed import WebSeed, WebSeedBusy, WebSeedError
-
-        ws = WebSeed(url, self.meta, await self.session.http(),
-                     max_request=self.settings.web_seed_request_size)
-        await self._sleep(self.settings.web_seed_grace)
-        failures, backoff = 0, 5.0
-        # With no leecher among the connected peers there is nobody to trade with, and
-        # nothing the peers could later spare the web seed: it takes any missing piece
-        # then, not only what the swarm lacks (a web seed that sat unused while the hub's
-        # slow seed trickled made hybrid the slow choice). A super-seeding seed hides its
-        # pieces, so peers count as seeds too while the tracker counts as many seeds as
-        # we have peers. With leechers around, peers come first and the web seed fills
-        # what the swarm lacks.
-        while self.state is TorrentState.DOWNLOADING and not self._stopping and not ws.banned:
-            sw = self.swarm
-            alone = (sw.tracker_seeds >= len(sw.peers)
-                     or all(ps.is_seed for ps in sw.peers.values()))
-            batch = sw.webseed_batch(self.clock(), self._ws_reserved, anything=alone)
-            if not batch:
-                await self._sleep(0.5)
-                continue
-            self._ws_reserved.update(batch)
-            try:
-                async with contextlib.aclosing(ws.fetch(batch)) as pieces:
-                    async for index, buf in pieces:
-                        if self.have[index]:
-                            continue
-                        ok, _ = await self.pieces.check_and_write(index, buf, False)
-                        if ok:
-                            self.buffers.pop(index, None)
-                            self.swarm.webseed_piece(index, len(buf), self.clock())
-                            self._piece_done(index)
-                            self._flush()
-                        else:
-                            self.swarm.hash_failures += 1
-                            if ws.strike(index):
-                                break
-                failures, backoff = 0, 5.0
-            except WebSeedBusy as exc:
-                log.info("%s: web seed busy, retrying in %.0f s", self.meta.name, exc.retry_after)
-                await self._sleep(min(exc.retry_after, 60.0))
-            except WebSeedError as exc:
-                failures += 1
-                log.warning("%s: %s", self.meta.name, exc)
-                if failures >= 10:
-                    return
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 300.0)
-            except StorageError as exc:
-                self._fail(str(exc))
-                return
-            finally:
-                self._ws_reserved.difference_update(batch)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, waking early when the torrent stops or completes."""
-        end = self.clock() + seconds
-        while not self._stopping and self.state is TorrentState.DOWNLOADING:
-            left = end - self.clock()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.25))
 
     # -- tasks -----------------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[Any]) -> None:

@@ -3,7 +3,7 @@
 
 Why apart from :mod:`swarmhub.lab.simulate`: peers are the engine's business, these are
 stand-ins for other programs (``swarmhub.hub.tracker``, the hub's origin, the web-seed
-client loop of ``Torrent._webseed_loop``), each modelled as the lab runs it: announces
+client loop of ``WebSeedDriver.loop``), each modelled as the lab runs it: announces
 cost a round trip to host 0, the hub's seeder dials every announcer, HTTP responses share
 host 0's uplink with its peer connections.
 """
