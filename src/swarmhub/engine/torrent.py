@@ -40,11 +40,11 @@ from swarmhub.engine.pex import FLAG_REACHABLE, PexPeer
 from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.pieces import Pieces
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
-from swarmhub.engine.selection import piece_priorities
 from swarmhub.engine.services import TorrentServices
 from swarmhub.engine.status import TorrentState, TorrentStatus, snapshot
 from swarmhub.engine.swarm import Swarm, ban_key
 from swarmhub.engine.uploads import Uploader
+from swarmhub.engine.wanted import Wanted
 from swarmhub.engine.webseed_driver import WebSeedDriver
 from swarmhub.errors import StorageError, SwarmhubError
 from swarmhub.metainfo.model import Metainfo
@@ -98,13 +98,7 @@ class Torrent:
             meta.num_pieces, meta.piece_length, meta.total_length, self.settings,
             rng=self.rng, now=clock(), pad_blocks=pads, peers=peers or (),
             trackers=bool(self.tracker_tiers))
-        #: per data file (``meta.data_files`` order): 0 skip, 1 normal, up to 7 sooner
-        self.file_priorities = list(file_priorities or [1] * len(meta.data_files))
-        #: piece priorities from the files alone (what a reader's boost returns to)
-        self._base_priorities = piece_priorities(meta, self.file_priorities)
-        self.swarm.picker.set_priorities(self._base_priorities)
-        self.swarm.set_sequential(sequential)
-        self._piece_waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self.wanted = Wanted(self, file_priorities, sequential)
         self.state = TorrentState.CHECKING
         self.error: str | None = None
         self.complete = asyncio.Event()
@@ -136,6 +130,7 @@ class Torrent:
     downloaded = property(lambda self: self.swarm.downloaded)
     uploaded = property(lambda self: self.swarm.uploaded)
     webseed_bytes = property(lambda self: self.swarm.webseed_bytes)
+    file_priorities = property(lambda self: self.wanted.file_priorities)
 
     @property
     def down(self) -> RateMeter:
@@ -218,7 +213,7 @@ class Torrent:
         for t in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(t), 10)
-        self._fail_waiters("the torrent stopped")
+        self.wanted.fail_waiters("the torrent stopped")
         await self.save_resume()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.session.disk_pool, self.storage.close)
@@ -245,78 +240,26 @@ class Torrent:
 
     # -- chosen files, sequential, streaming (the daemon's and --serve's API) ----------------
     async def set_file_priorities(self, priorities: Sequence[int]) -> None:
-        """One priority per data file (``meta.data_files`` order, as ``swarmhub info``
-        numbers them): 0 skip, 1 normal, up to 7 sooner. A file chosen now that was left
-        out before is created with the bytes already held for it; a finished download
-        that wants more goes back to downloading."""
-        prios = list(priorities)
-        pp = piece_priorities(self.meta, prios)  # validates the count
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self.session.disk_pool, self.storage.set_selection, [p > 0 for p in prios])
-        self.file_priorities = prios
-        self._base_priorities = pp
-        was = self.swarm.finished
-        self.swarm.set_piece_priorities(pp, self.clock())
-        self._reopen_if_unfinished(was)
-        self._flush()
+        """See :meth:`Wanted.set_file_priorities`."""
+        await self.wanted.set_file_priorities(priorities)
 
     def set_sequential(self, on: bool) -> None:
         """Download in order with a read-ahead window (for streaming), or rarest-first."""
         self.swarm.set_sequential(on)
 
     def prioritize_range(self, offset: int, length: int, priority: int = 7) -> list[int]:
-        """Raise the pieces holding piece-space bytes ``offset..offset+length`` to
-        ``priority`` (a player's read or seek); returns the pieces still missing."""
-        pl = self.meta.piece_length
-        first, last = offset // pl, (offset + max(length, 1) - 1) // pl
-        missing = []
-        was = self.swarm.finished
-        for i in range(first, min(last, self.meta.num_pieces - 1) + 1):
-            if self.swarm.have[i]:
-                continue
-            missing.append(i)
-            if self.swarm.picker.priority(i) < priority:
-                self.swarm.set_piece_priority(i, priority, self.clock())
-        self._reopen_if_unfinished(was)
-        self._flush()
-        return missing
+        """See :meth:`Wanted.prioritize_range`."""
+        return self.wanted.prioritize_range(offset, length, priority)
 
     def restore_priorities(self, indices: Iterable[int]) -> None:
-        """Undo :meth:`prioritize_range` for these pieces (the reader went away or
-        seeked elsewhere): back to what their files say."""
-        picker, base = self.swarm.picker, self._base_priorities
-        was = self.swarm.finished
-        for i in indices:
-            if picker.priority(i) != base[i]:
-                self.swarm.set_piece_priority(i, base[i], self.clock())
-        self._reopen_if_unfinished(was)
-        self._flush()
+        self.wanted.restore_priorities(indices)
 
     async def wait_pieces(self, indices: Iterable[int]) -> None:
-        """Return once every piece in ``indices`` is verified (raises
-        :class:`SwarmhubError` if the torrent fails or stops first)."""
-        loop = asyncio.get_running_loop()
-        futs = []
-        for i in indices:
-            if not self.swarm.have[i]:
-                fut: asyncio.Future[None] = loop.create_future()
-                self._piece_waiters.setdefault(i, []).append(fut)
-                futs.append(fut)
-        if futs:
-            await asyncio.gather(*futs)
+        """See :meth:`Wanted.wait_pieces`."""
+        await self.wanted.wait_pieces(indices)
 
     def _piece_done(self, index: int) -> None:
-        for fut in self._piece_waiters.pop(index, ()):
-            if not fut.done():
-                fut.set_result(None)
-
-    def _fail_waiters(self, why: str) -> None:
-        waiters, self._piece_waiters = self._piece_waiters, {}
-        for futs in waiters.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_exception(SwarmhubError(why))
+        self.wanted.piece_done(index)
 
     def _reopen_if_unfinished(self, was_finished: bool) -> None:
         if not was_finished or self.swarm.finished:
@@ -523,7 +466,7 @@ class Torrent:
         self.state = TorrentState.ERROR
         self.swarm.stop()
         self.complete.set()  # wake waiters; they look at .error
-        self._fail_waiters(message)
+        self.wanted.fail_waiters(message)
         for peer in list(self.peers):
             peer.close("torrent error")
 
