@@ -36,7 +36,7 @@ from swarmhub.engine.actions import (
 )
 from swarmhub.engine.peer import Peer
 from swarmhub.engine.peerstate import RateMeter
-from swarmhub.engine.pex import FLAG_REACHABLE, PexPeer
+from swarmhub.engine.pex_driver import PexDriver
 from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.pieces import Pieces
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
@@ -58,7 +58,7 @@ from swarmhub.storage.resume import (
 )
 from swarmhub.storage.verify import recheck
 from swarmhub.wire import messages as m
-from swarmhub.wire.extensions import PexMessage, encode_pex
+from swarmhub.wire.extensions import PexMessage
 
 __all__ = ["Torrent", "TorrentState", "TorrentStatus"]
 
@@ -118,6 +118,7 @@ class Torrent:
         self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
         self.uploads = Uploader(self, self._up_limiter)
+        self.pex = PexDriver(self)
         #: The task running :meth:`run` (set by the session; stop() cancels it first).
         self.run_task: asyncio.Task[None] | None = None
 
@@ -365,44 +366,8 @@ class Torrent:
     def pex_enabled(self) -> bool:
         return self.settings.pex and not self.meta.private
 
-    def _own_addrs(self) -> set[tuple[str, int]]:
-        """Addresses that are us (never dialled, never taken from PEX)."""
-        own = set(self.swarm.dialer.own)
-        host, port = self.session.listen_addr
-        if port and host in ("", "0.0.0.0", "::"):
-            own |= {("127.0.0.1", port), ("::1", port)}
-        return own
-
     def on_pex(self, peer: Peer, msg: PexMessage) -> None:
-        """A peer's ut_pex message: its new peers go to the core like a tracker's."""
-        now = self.clock()
-        if peer.pex is None:
-            peer.pex = PexPeer(now)
-        addrs = peer.pex.received(now, msg, own=self._own_addrs())
-        if addrs:
-            log.debug("%s: %d peers from PEX of %s", self.meta.name, len(addrs), peer)
-            self.swarm.add_peers(addrs, now)
-            self._flush()
-
-    def _pex_tick(self, now: float) -> None:
-        """Send each ut_pex peer the changes in our peer list, about once a minute."""
-        current: dict[tuple[str, int], int] = {}
-        peers = cast("list[Peer]", list(self.swarm.peers))
-        for peer in peers:
-            if peer.outgoing:
-                current[peer.addr] = FLAG_REACHABLE
-            elif peer.listen_port:
-                current[(peer.addr[0], peer.listen_port)] = 0
-        for peer in peers:
-            their_id = peer.ext_ids.get("ut_pex")
-            if not their_id:
-                continue
-            if peer.pex is None:
-                peer.pex = PexPeer(now)
-            them = {peer.addr} if peer.outgoing else {(peer.addr[0], peer.listen_port or 0)}
-            msg = peer.pex.poll(now, current, exclude=them)
-            if msg is not None:
-                peer.send(m.Extended(their_id, encode_pex(msg)))
+        self.pex.received(peer, msg)
 
     def on_message(self, peer: Hashable, msg: m.Message) -> None:
         self.swarm.message(peer, msg, self.clock())
@@ -480,7 +445,7 @@ class Torrent:
             self.swarm.tick(now)
             self._flush()
             if self.pex_enabled:
-                self._pex_tick(now)
+                self.pex.tick(now)
             await asyncio.sleep(1.0)
 
     async def _resume_loop(self) -> None:
