@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 import random
 import time
@@ -34,6 +33,7 @@ from swarmhub.engine.actions import (
     Serve,
     Verify,
 )
+from swarmhub.engine.ondisk import OnDisk
 from swarmhub.engine.peer import Peer
 from swarmhub.engine.peerstate import RateMeter
 from swarmhub.engine.pex_driver import PexDriver
@@ -49,14 +49,6 @@ from swarmhub.engine.webseed_driver import WebSeedDriver
 from swarmhub.errors import StorageError, SwarmhubError
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.storage.files import TorrentStorage
-from swarmhub.storage.resume import (
-    load_resume,
-    make_resume,
-    resume_path,
-    save_resume,
-    trusted_pieces,
-)
-from swarmhub.storage.verify import recheck
 from swarmhub.wire import messages as m
 from swarmhub.wire.extensions import PexMessage
 
@@ -110,11 +102,8 @@ class Torrent:
         self.web_seeds = [u for u in (meta.url_list if web_seeds is None else web_seeds)
                           if u.startswith(("http://", "https://"))]
         self.web_seed_driver = WebSeedDriver(self, self.pieces)
-        # One resume file per (torrent, folder): a seed and a download of the same torrent
-        # in two folders must not overwrite each other's state.
-        folder = hashlib.sha1(str(save_path.resolve()).encode()).hexdigest()[:12]
-        base = resume_path(session.state_dir, meta.info_hash)
-        self.resume_file = base.with_name(f"{base.stem}-{folder}{base.suffix}")
+        self.disk = OnDisk(session, meta, self.storage, save_path)
+        self.resume_file = self.disk.resume_file
         self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
         self.uploads = Uploader(self, self._up_limiter)
@@ -148,31 +137,11 @@ class Torrent:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Open the files and find out which pieces we already have (resume + recheck)."""
-        loop = asyncio.get_running_loop()
-        pool = self.session.disk_pool
-        existed = await loop.run_in_executor(pool, self.storage.exists)
         wanted = [p > 0 for p in self.file_priorities]
-        await loop.run_in_executor(pool, self.storage.set_selection, wanted)
-        await loop.run_in_executor(pool, self.storage.open, not self.seed_mode)
-        n = self.meta.num_pieces
-        have = bytearray(b"\x01" * n) if self.seed_mode else bytearray(n)
-        if existed and not self.seed_mode:
-            resume = load_resume(self.resume_file)
-            if resume is not None and resume.info_hash == self.meta.info_hash:
-                have = await loop.run_in_executor(
-                    pool, trusted_pieces, resume, self.meta, self.storage)
-            prio = self.swarm.picker.priority  # skipped pieces: not worth hashing holes
-            todo = [i for i in range(n) if not have[i] and prio(i)]
-            if todo:
-                threads = self.session.hash_threads
-                checked = await loop.run_in_executor(
-                    None, lambda: recheck(self.meta, self.storage, only=todo, threads=threads))
-                for i in todo:
-                    if checked[i]:
-                        have[i] = 1
+        have = await self.disk.open(self.seed_mode, wanted, self.swarm.picker.priority)
         self.swarm.load_have(have)
         self.swarm.dialer.own.add(self.session.listen_addr)
-        log.info("%s: %d/%d pieces on disk", self.meta.name, self.num_have, n)
+        log.info("%s: %d/%d pieces on disk", self.meta.name, self.num_have, len(have))
         if self.swarm.finished:
             self._set_complete(first=False)
         else:
@@ -222,15 +191,7 @@ class Torrent:
             self.state = TorrentState.STOPPED
 
     async def save_resume(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def work() -> None:
-            save_resume(self.resume_file, make_resume(self.meta, self.storage, self.have))
-
-        try:
-            await loop.run_in_executor(self.session.disk_pool, work)
-        except (OSError, SwarmhubError) as exc:
-            log.warning("%s: could not save resume data: %s", self.meta.name, exc)
+        await self.disk.save(self.have)
 
     def set_rate_limits(self, download: int, upload: int) -> None:
         """Change this torrent's limits (bytes/s, 0 = none) while it runs (the daemon's API)."""

@@ -1,0 +1,85 @@
+"""What a torrent has on disk: its files opened, its pieces found (resume data, then a
+recheck of the rest), and its resume data saved.
+
+Apart from the driver (:mod:`swarmhub.engine.torrent`): start-up checking is a one-off
+of blocking file work on the thread pools, and the resume file's name and format are
+the storage layer's business, not the swarm's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from swarmhub.engine.services import TorrentServices
+from swarmhub.errors import SwarmhubError
+from swarmhub.metainfo.model import Metainfo
+from swarmhub.storage.files import TorrentStorage
+from swarmhub.storage.resume import (
+    load_resume,
+    make_resume,
+    resume_path,
+    save_resume,
+    trusted_pieces,
+)
+from swarmhub.storage.verify import recheck
+
+__all__ = ["OnDisk"]
+
+log = logging.getLogger(__name__)
+
+
+class OnDisk:
+    """One torrent's files in one folder, and the resume file that goes with them."""
+
+    def __init__(self, session: TorrentServices, meta: Metainfo, storage: TorrentStorage,
+                 save_path: Path) -> None:
+        self.session = session
+        self.meta = meta
+        self.storage = storage
+        # One resume file per (torrent, folder): a seed and a download of the same torrent
+        # in two folders must not overwrite each other's state.
+        folder = hashlib.sha1(str(save_path.resolve()).encode()).hexdigest()[:12]
+        base = resume_path(session.state_dir, meta.info_hash)
+        self.resume_file = base.with_name(f"{base.stem}-{folder}{base.suffix}")
+
+    async def open(self, seed_mode: bool, wanted: list[bool],
+                   prio: Callable[[int], int]) -> bytearray:
+        """Open the files (``wanted``: per data file) and return which pieces we have
+        (all in seed mode); pieces whose ``prio`` is 0 are not worth hashing."""
+        loop = asyncio.get_running_loop()
+        pool = self.session.disk_pool
+        existed = await loop.run_in_executor(pool, self.storage.exists)
+        await loop.run_in_executor(pool, self.storage.set_selection, wanted)
+        await loop.run_in_executor(pool, self.storage.open, not seed_mode)
+        n = self.meta.num_pieces
+        have = bytearray(b"\x01" * n) if seed_mode else bytearray(n)
+        if existed and not seed_mode:
+            resume = load_resume(self.resume_file)
+            if resume is not None and resume.info_hash == self.meta.info_hash:
+                have = await loop.run_in_executor(
+                    pool, trusted_pieces, resume, self.meta, self.storage)
+            todo = [i for i in range(n) if not have[i] and prio(i)]
+            if todo:
+                threads = self.session.hash_threads
+                checked = await loop.run_in_executor(
+                    None, lambda: recheck(self.meta, self.storage, only=todo, threads=threads))
+                for i in todo:
+                    if checked[i]:
+                        have[i] = 1
+        return have
+
+    async def save(self, have: bytearray) -> None:
+        """Save the resume data (a failure is logged: the next start rechecks)."""
+        loop = asyncio.get_running_loop()
+
+        def work() -> None:
+            save_resume(self.resume_file, make_resume(self.meta, self.storage, have))
+
+        try:
+            await loop.run_in_executor(self.session.disk_pool, work)
+        except (OSError, SwarmhubError) as exc:
+            log.warning("%s: could not save resume data: %s", self.meta.name, exc)
