@@ -43,10 +43,11 @@ from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.services import TorrentServices
 from swarmhub.engine.status import TorrentState, TorrentStatus, snapshot
 from swarmhub.engine.swarm import Swarm, ban_key
+from swarmhub.engine.tracker_driver import TrackerDriver
 from swarmhub.engine.uploads import Uploader
 from swarmhub.engine.wanted import Wanted
 from swarmhub.engine.webseed_driver import WebSeedDriver
-from swarmhub.errors import StorageError, SwarmhubError
+from swarmhub.errors import StorageError
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.storage.files import TorrentStorage
 from swarmhub.wire import messages as m
@@ -108,6 +109,7 @@ class Torrent:
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
         self.uploads = Uploader(self, self._up_limiter)
         self.pex = PexDriver(self)
+        self.tracker = TrackerDriver(self)
         #: The task running :meth:`run` (set by the session; stop() cancels it first).
         self.run_task: asyncio.Task[None] | None = None
 
@@ -177,7 +179,7 @@ class Torrent:
         tracker = self.swarm.tracker
         if tracker is not None and tracker.announced:
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._announce_once("stopped"), 5)
+                await asyncio.wait_for(self.tracker.announce_once("stopped"), 5)
         for peer in list(self.peers):
             peer.close("torrent stopped")
         for t in list(self._tasks):
@@ -257,7 +259,7 @@ class Torrent:
                     case Connect(addr=addr):
                         self._spawn(self._dial(addr))
                     case Announce(event=event):
-                        self._spawn(self._announce(event))
+                        self._spawn(self.tracker.announce(event))
                     case Banned(key=key, reason=reason):
                         log.warning("%s: banning %s: %s", self.meta.name, key, reason)
                     case PieceFailed(index=index, sources=sources):
@@ -416,32 +418,6 @@ class Torrent:
             if self.num_have != last and self.state is TorrentState.DOWNLOADING:
                 last = self.num_have
                 await self.save_resume()
-
-    async def _announce_once(self, event: str | None) -> Any:
-        from swarmhub.discovery.tracker import AnnounceRequest
-
-        tiers = self.session.tracker_tiers(self.meta.info_hash, self.tracker_tiers)
-        left = self.meta.total_length - self.swarm.bytes_have()
-        req = AnnounceRequest(
-            info_hash=self.meta.info_hash, peer_id=self.session.peer_id,
-            port=self.session.listen_port, uploaded=self.uploaded, downloaded=self.downloaded,
-            left=max(0, left), event=event, numwant=50, compact=True, key=None,
-            tracker_id=None, ip=None,
-        )
-        return await tiers.announce(await self.session.http(), req)
-
-    async def _announce(self, event: str | None) -> None:
-        """One announce the core asked for; its answer (or failure) goes back to the core."""
-        try:
-            resp = await self._announce_once(event)
-        except SwarmhubError as exc:  # TrackerError, or the session closing under us
-            log.warning("%s: tracker: %s", self.meta.name, exc)
-            self.swarm.tracker_failed(self.clock(), str(exc))
-            return
-        self.swarm.tracker_response(
-            self.clock(), interval=max(resp.min_interval or 0, resp.interval),
-            peers=resp.peers, seeds=resp.complete)
-        self._flush()
 
     # -- web seeds (BEP 19) ---------------------------------------------------------------------
     def webseed_rate(self) -> float:

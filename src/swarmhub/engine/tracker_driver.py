@@ -1,0 +1,65 @@
+"""Driving a torrent's tracker announces: the core says when and with which event, this
+part sends them through the session's tracker tiers and reports the answer back.
+
+Apart from the driver (:mod:`swarmhub.engine.torrent`) because it is the torrent's only
+use of the tracker client (:mod:`swarmhub.discovery.tracker`, imported late: aiohttp).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from swarmhub.engine.services import DriverHost
+from swarmhub.errors import SwarmhubError
+
+if TYPE_CHECKING:
+    from swarmhub.discovery.tracker import AnnounceResponse
+
+__all__ = ["TrackerDriver", "TrackerHost"]
+
+log = logging.getLogger(__name__)
+
+
+class TrackerHost(DriverHost, Protocol):
+    """What announces need from their torrent besides the :class:`DriverHost`."""
+
+    #: announce-list tiers (the metainfo's, or the caller's)
+    tracker_tiers: list[list[str]]
+
+
+class TrackerDriver:
+    """Announces of one torrent (:meth:`announce`, spawned for each core action)."""
+
+    def __init__(self, torrent: TrackerHost) -> None:
+        self.torrent = torrent
+
+    async def announce_once(self, event: str | None) -> AnnounceResponse:
+        """One announce with ``event``; raises :class:`SwarmhubError` when every tier fails."""
+        from swarmhub.discovery.tracker import AnnounceRequest
+
+        t = self.torrent
+        tiers = t.session.tracker_tiers(t.meta.info_hash, t.tracker_tiers)
+        left = t.meta.total_length - t.swarm.bytes_have()
+        req = AnnounceRequest(
+            info_hash=t.meta.info_hash, peer_id=t.session.peer_id,
+            port=t.session.listen_port, uploaded=t.swarm.uploaded,
+            downloaded=t.swarm.downloaded,
+            left=max(0, left), event=event, numwant=50, compact=True, key=None,
+            tracker_id=None, ip=None,
+        )
+        return await tiers.announce(await t.session.http(), req)
+
+    async def announce(self, event: str | None) -> None:
+        """One announce the core asked for; its answer (or failure) goes back to the core."""
+        t = self.torrent
+        try:
+            resp = await self.announce_once(event)
+        except SwarmhubError as exc:  # TrackerError, or the session closing under us
+            log.warning("%s: tracker: %s", t.meta.name, exc)
+            t.swarm.tracker_failed(t.clock(), str(exc))
+            return
+        t.swarm.tracker_response(
+            t.clock(), interval=max(resp.min_interval or 0, resp.interval),
+            peers=resp.peers, seeds=resp.complete)
+        t._flush()
