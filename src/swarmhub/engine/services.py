@@ -95,6 +95,8 @@ class DriverHost(Protocol):
     storage: TorrentStorage
     state: TorrentState
     clock: Callable[[], float]
+    #: set once :meth:`Torrent.stop` began: loops end, no peer may join
+    _stopping: bool
 
     def _flush(self) -> None:
         """Carry out the core's queued actions (after feeding it an event)."""

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from swarmhub.engine import mse_transport
+from swarmhub.engine import admission, mse_transport
 from swarmhub.engine.actions import (
     Announce,
     Banned,
@@ -274,33 +274,8 @@ class Torrent:
 
     def can_accept(self, addr: tuple[str, int], peer_id: bytes,
                    outgoing: bool = False) -> str | None:
-        """Why a peer that finished its handshake may not join (None: it may): the
-        session's limits, its embedder's ``peer_filter``, then the swarm's rules (bans,
-        duplicates, the per-torrent cap — which may evict an idle peer to make room)."""
-        if self._stopping or self.state is TorrentState.ERROR:
-            return "torrent is not active"
-        if self.session.peer_count >= self.settings.max_connections:
-            return "too many connections in this session"
-        admit = self.session.peer_filter
-        if admit is not None:
-            reason = admit(self.meta.info_hash, addr, peer_id, outgoing)
-            if reason:
-                return reason
-        self._resolve_duplicate(peer_id, outgoing)
-        reason = self.swarm.can_accept(addr, peer_id, self.clock())
-        self._flush()
-        return reason
-
-    def _resolve_duplicate(self, peer_id: bytes, outgoing: bool) -> None:
-        """Two peers that dialled each other at once (PEX makes that common) would each
-        drop the other's second connection and end with none: both ends keep the one the
-        lower peer id opened (as libtorrent does) by closing the other before the swarm
-        sees the duplicate."""
-        if (self.session.peer_id < peer_id) != outgoing:
-            return  # the new connection is the one to drop: the swarm refuses it
-        for other in cast("list[Peer]", list(self.swarm.peers)):
-            if other.remote_id == peer_id and other.outgoing != outgoing:
-                other.close("duplicate connection: keeping the one the lower peer id opened")
+        """See :func:`admission.can_accept`."""
+        return admission.can_accept(self, addr, peer_id, outgoing)
 
     def add_peers(self, addrs: list[tuple[str, int]]) -> None:
         """Queue addresses to dial that an embedder found itself (the hub's own tracker)."""

@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 class WebSeedHost(DriverHost, Protocol):
     """What the web-seed loops need from their torrent besides the :class:`DriverHost`."""
 
-    _stopping: bool
-
     def _piece_done(self, index: int) -> None:
         """Wake whoever waits for piece ``index`` (verified and written)."""
         ...

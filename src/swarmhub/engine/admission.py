@@ -1,0 +1,48 @@
+"""Who may join a torrent's swarm: the checks a peer passes once its handshake is done.
+
+Apart from the driver (:mod:`swarmhub.engine.torrent`): the order of the checks is the
+policy — the session's limits first, then its embedder's ``peer_filter`` (the hub's
+private-torrent access rule), then simultaneous dials, then the core's own rules.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from swarmhub.engine.peer import Peer
+from swarmhub.engine.services import DriverHost
+from swarmhub.engine.status import TorrentState
+
+__all__ = ["can_accept"]
+
+
+def can_accept(t: DriverHost, addr: tuple[str, int], peer_id: bytes,
+           outgoing: bool = False) -> str | None:
+    """Why a peer that finished its handshake may not join (None: it may): the
+    session's limits, its embedder's ``peer_filter``, then the swarm's rules (bans,
+    duplicates, the per-torrent cap — which may evict an idle peer to make room)."""
+    if t._stopping or t.state is TorrentState.ERROR:
+        return "torrent is not active"
+    if t.session.peer_count >= t.settings.max_connections:
+        return "too many connections in this session"
+    admit = t.session.peer_filter
+    if admit is not None:
+        reason = admit(t.meta.info_hash, addr, peer_id, outgoing)
+        if reason:
+            return reason
+    _resolve_duplicate(t, peer_id, outgoing)
+    reason = t.swarm.can_accept(addr, peer_id, t.clock())
+    t._flush()
+    return reason
+
+
+def _resolve_duplicate(t: DriverHost, peer_id: bytes, outgoing: bool) -> None:
+    """Two peers that dialled each other at once (PEX makes that common) would each
+    drop the other's second connection and end with none: both ends keep the one the
+    lower peer id opened (as libtorrent does) by closing the other before the swarm
+    sees the duplicate."""
+    if (t.session.peer_id < peer_id) != outgoing:
+        return  # the new connection is the one to drop: the swarm refuses it
+    for other in cast("list[Peer]", list(t.swarm.peers)):
+        if other.remote_id == peer_id and other.outgoing != outgoing:
+            other.close("duplicate connection: keeping the one the lower peer id opened")
