@@ -33,6 +33,7 @@ from swarmhub.engine.actions import (
     Serve,
     Verify,
 )
+from swarmhub.engine.jobs import Jobs
 from swarmhub.engine.ondisk import OnDisk
 from swarmhub.engine.peer import Peer
 from swarmhub.engine.peerstate import RateMeter
@@ -97,7 +98,7 @@ class Torrent:
         self.complete = asyncio.Event()
         #: Pieces being assembled from peers' blocks (the core decides what is kept).
         self.buffers = self.pieces.buffers
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.jobs = Jobs(meta.name)
         self._stopping = False
         #: BEP 19 web seeds (the hub's origin in hybrid mode); peers come first.
         self.web_seeds = [u for u in (meta.url_list if web_seeds is None else web_seeds)
@@ -153,17 +154,7 @@ class Torrent:
         """Run the periodic jobs until :meth:`stop`; each job's failure is logged, not fatal."""
         jobs: list[Callable[[], Awaitable[None]]] = [self._tick_loop, self._resume_loop]
         jobs += [functools.partial(self.web_seed_driver.loop, url) for url in self.web_seeds]
-        async with asyncio.TaskGroup() as tg:
-            for job in jobs:
-                tg.create_task(self._guard(job))
-
-    async def _guard(self, job: Callable[[], Awaitable[None]]) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            try:
-                await job()
-            except Exception:  # a bug in one job must not take the torrent down
-                name = getattr(job, "__name__", None) or repr(job)
-                log.exception("%s: background job %s failed", self.meta.name, name)
+        await self.jobs.run(jobs)
 
     async def stop(self) -> None:
         """Stop jobs, announce ``stopped``, close peers, save resume data; idempotent."""
@@ -182,9 +173,7 @@ class Torrent:
                 await asyncio.wait_for(self.tracker.announce_once("stopped"), 5)
         for peer in list(self.peers):
             peer.close("torrent stopped")
-        for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(t), 10)
+        await self.jobs.drain(10)
         self.wanted.fail_waiters("the torrent stopped")
         await self.save_resume()
         loop = asyncio.get_running_loop()
@@ -401,6 +390,4 @@ class Torrent:
 
     # -- tasks -----------------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(self._guard(lambda: coro))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.jobs.spawn(coro)
