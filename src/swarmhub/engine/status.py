@@ -1,17 +1,23 @@
-"""What a torrent reports about itself: its state and a status snapshot.
+"""What a torrent reports about itself: its state, a status snapshot, and read-only views
+of its swarm core.
 
 Apart from the driver (:mod:`swarmhub.engine.torrent`) because progress displays, the
-daemon and the library API read these without needing the asyncio machinery.
+daemon, the hub's metrics and the library API read these without needing the asyncio
+machinery. Pure: no I/O, no clock of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from swarmhub.engine.peerstate import RateMeter
+from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.swarm import Swarm
+from swarmhub.metainfo.model import Metainfo
 
-__all__ = ["TorrentState", "TorrentStatus", "snapshot"]
+__all__ = ["TorrentState", "TorrentStatus", "TorrentViews", "snapshot"]
 
 
 class TorrentState(Enum):
@@ -71,3 +77,42 @@ def snapshot(s: Swarm, state: TorrentState, error: str | None, total: int,
         webseed_bytes=s.webseed_bytes,
         stalled=s.stall_reason() if state is TorrentState.DOWNLOADING else None,
     )
+
+
+class TorrentViews:
+    """What :class:`~swarmhub.engine.torrent.Torrent` shows of its core (the old API's
+    attributes, :meth:`status`), for callers that only read."""
+
+    swarm: Swarm
+    meta: Metainfo
+    state: TorrentState
+    error: str | None
+    clock: Callable[[], float]
+
+    peers = property(lambda self: self.swarm.peers.keys())
+    have = property(lambda self: self.swarm.have)
+    num_have = property(lambda self: self.swarm.num_have)
+    banned = property(lambda self: self.swarm.banned)
+    hash_failures = property(lambda self: self.swarm.hash_failures)
+    downloaded = property(lambda self: self.swarm.downloaded)
+    uploaded = property(lambda self: self.swarm.uploaded)
+    webseed_bytes = property(lambda self: self.swarm.webseed_bytes)
+
+    @property
+    def down(self) -> RateMeter:
+        return self.swarm.down
+
+    @property
+    def up(self) -> RateMeter:
+        return self.swarm.up
+
+    @property
+    def picker(self) -> PiecePicker:
+        return self.swarm.picker
+
+    def status(self) -> TorrentStatus:
+        return snapshot(self.swarm, self.state, self.error, self.meta.total_length, self.clock())
+
+    def webseed_rate(self) -> float:
+        """Recent web-seed bytes/s (kept apart so peers' share can be told from the hub's)."""
+        return self.swarm.webseed_meter.rate(self.clock())

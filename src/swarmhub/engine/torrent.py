@@ -1,11 +1,14 @@
 """One torrent in a session: the asyncio driver around its sans-IO :class:`Swarm`.
 
 Every swarm decision (picking, choking, super-seeding, strikes and bans, dials and
-announces) is the core's; this class only carries out its actions — socket writes,
-piece reads for uploads, hashing and writing assembled pieces in the thread pools,
-tracker and web-seed HTTP — and feeds it events with the loop's clock. Whole pieces are
-assembled in memory (bounded by the picker's in-progress pieces and the core's
-unverified-bytes limit), then hashed and written off the event loop.
+announces) is the core's; this class feeds it events with the loop's clock and carries
+out its actions. The I/O behind the actions lives in one module each, every one seeing
+the torrent only as a :class:`~swarmhub.engine.services.DriverHost`: piece assembly,
+hashing and writing (:mod:`.pieces`), uploads (:mod:`.uploads`), web seeds
+(:mod:`.webseed_driver`), announces (:mod:`.tracker_driver`), peer exchange
+(:mod:`.pex_driver`), admission (:mod:`.admission`), files and resume data
+(:mod:`.ondisk`), chosen files and streaming (:mod:`.wanted`), background tasks
+(:mod:`.jobs`), and what the torrent reports (:mod:`.status`).
 """
 
 from __future__ import annotations
@@ -20,29 +23,16 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from swarmhub.engine import actions as act
 from swarmhub.engine import admission, mse_transport
-from swarmhub.engine.actions import (
-    Announce,
-    Banned,
-    Broadcast,
-    Close,
-    Completed,
-    Connect,
-    PieceFailed,
-    Send,
-    Serve,
-    Verify,
-)
 from swarmhub.engine.jobs import Jobs
 from swarmhub.engine.ondisk import OnDisk
 from swarmhub.engine.peer import Peer
-from swarmhub.engine.peerstate import RateMeter
 from swarmhub.engine.pex_driver import PexDriver
-from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.pieces import Pieces
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.services import TorrentServices
-from swarmhub.engine.status import TorrentState, TorrentStatus, snapshot
+from swarmhub.engine.status import TorrentState, TorrentStatus, TorrentViews
 from swarmhub.engine.swarm import Swarm, ban_key
 from swarmhub.engine.tracker_driver import TrackerDriver
 from swarmhub.engine.uploads import Uploader
@@ -59,7 +49,7 @@ __all__ = ["Torrent", "TorrentState", "TorrentStatus"]
 log = logging.getLogger(__name__)
 
 
-class Torrent:
+class Torrent(TorrentViews):
     """State and behaviour of one torrent inside a session (see the module docstring)."""
 
     def __init__(
@@ -114,28 +104,7 @@ class Torrent:
         #: The task running :meth:`run` (set by the session; stop() cancels it first).
         self.run_task: asyncio.Task[None] | None = None
 
-    # -- the core's state, for callers of the old API ------------------------------------------
-    peers = property(lambda self: self.swarm.peers.keys())
-    have = property(lambda self: self.swarm.have)
-    num_have = property(lambda self: self.swarm.num_have)
-    banned = property(lambda self: self.swarm.banned)
-    hash_failures = property(lambda self: self.swarm.hash_failures)
-    downloaded = property(lambda self: self.swarm.downloaded)
-    uploaded = property(lambda self: self.swarm.uploaded)
-    webseed_bytes = property(lambda self: self.swarm.webseed_bytes)
     file_priorities = property(lambda self: self.wanted.file_priorities)
-
-    @property
-    def down(self) -> RateMeter:
-        return self.swarm.down
-
-    @property
-    def up(self) -> RateMeter:
-        return self.swarm.up
-
-    @property
-    def picker(self) -> PiecePicker:
-        return self.swarm.picker
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -223,9 +192,6 @@ class Torrent:
             for url in self.web_seeds:
                 self._spawn(self.web_seed_driver.loop(url))
 
-    def status(self) -> TorrentStatus:
-        return snapshot(self.swarm, self.state, self.error, self.meta.total_length, self.clock())
-
     # -- carrying out the core's actions ---------------------------------------------------------
     def _flush(self) -> None:
         """Carry out the core's queued actions (re-entrant: closing a peer reports back).
@@ -234,27 +200,27 @@ class Torrent:
         while actions := swarm.take():
             for action in actions:
                 match action:
-                    case Send(peer=peer, messages=msgs):
+                    case act.Send(peer=peer, messages=msgs):
                         cast(Peer, peer).send_many(msgs)
-                    case Broadcast(peers=peers, messages=msgs):
+                    case act.Broadcast(peers=peers, messages=msgs):
                         for peer in peers:
                             cast(Peer, peer).send_many(msgs)
-                    case Close(peer=peer, reason=reason):
+                    case act.Close(peer=peer, reason=reason):
                         cast(Peer, peer).close(reason)
-                    case Serve(peer=peer):
+                    case act.Serve(peer=peer):
                         cast(Peer, peer).upload_wakeup.set()
-                    case Verify(index=index, want_digests=want):
+                    case act.Verify(index=index, want_digests=want):
                         self._spawn(self._verify(index, want))
-                    case Connect(addr=addr):
+                    case act.Connect(addr=addr):
                         self._spawn(self._dial(addr))
-                    case Announce(event=event):
+                    case act.Announce(event=event):
                         self._spawn(self.tracker.announce(event))
-                    case Banned(key=key, reason=reason):
+                    case act.Banned(key=key, reason=reason):
                         log.warning("%s: banning %s: %s", self.meta.name, key, reason)
-                    case PieceFailed(index=index, sources=sources):
+                    case act.PieceFailed(index=index, sources=sources):
                         log.warning("%s: piece %d failed its hash check (sources: %d)",
                                     self.meta.name, index, sources)
-                    case Completed():
+                    case act.Completed():
                         self._set_complete(first=True)
 
     # -- peers come and go -------------------------------------------------------------------
@@ -382,11 +348,6 @@ class Torrent:
             if self.num_have != last and self.state is TorrentState.DOWNLOADING:
                 last = self.num_have
                 await self.save_resume()
-
-    # -- web seeds (BEP 19) ---------------------------------------------------------------------
-    def webseed_rate(self) -> float:
-        """Recent web-seed bytes/s (kept apart so peers' share can be told from the hub's)."""
-        return self.swarm.webseed_meter.rate(self.clock())
 
     # -- tasks -----------------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[Any]) -> None:
