@@ -1,4 +1,5 @@
-"""Who may join a torrent's swarm: the checks a peer passes once its handshake is done.
+"""Peers joining a torrent's swarm: dialling the addresses its core picks, and the checks
+a peer passes once its handshake is done.
 
 Apart from the driver (:mod:`swarmhub.engine.torrent`): the order of the checks is the
 policy — the session's limits first, then its embedder's ``peer_filter`` (the hub's
@@ -7,13 +8,21 @@ private-torrent access rule), then simultaneous dials, then the core's own rules
 
 from __future__ import annotations
 
-from typing import cast
+import logging
+from typing import Protocol, cast
 
+from swarmhub.engine import mse_transport
 from swarmhub.engine.peer import Peer
-from swarmhub.engine.services import DriverHost
+from swarmhub.engine.services import DriverHost, PeerHost
 from swarmhub.engine.status import TorrentState
 
-__all__ = ["can_accept"]
+__all__ = ["DialHost", "can_accept", "dial"]
+
+log = logging.getLogger(__name__)
+
+
+class DialHost(DriverHost, PeerHost, Protocol):
+    """A torrent that dials: its connections report back to it as a :class:`PeerHost`."""
 
 
 def can_accept(t: DriverHost, addr: tuple[str, int], peer_id: bytes,
@@ -46,3 +55,14 @@ def _resolve_duplicate(t: DriverHost, peer_id: bytes, outgoing: bool) -> None:
     for other in cast("list[Peer]", list(t.swarm.peers)):
         if other.remote_id == peer_id and other.outgoing != outgoing:
             other.close("duplicate connection: keeping the one the lower peer id opened")
+
+
+async def dial(t: DialHost, addr: tuple[str, int]) -> None:
+    """Connect to ``addr`` (a :class:`~swarmhub.engine.actions.Connect` of the core),
+    which learns when the attempt is over, whatever its outcome."""
+    try:
+        await mse_transport.dial(t.session, t, addr, t.settings.handshake_timeout)
+    except (OSError, TimeoutError) as exc:
+        log.debug("%s: could not connect to %s: %s", t.meta.name, addr, exc)
+    finally:
+        t.swarm.connect_done(addr)

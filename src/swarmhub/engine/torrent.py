@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from swarmhub.engine import actions as act
-from swarmhub.engine import admission, mse_transport
+from swarmhub.engine import admission
 from swarmhub.engine.jobs import Jobs
 from swarmhub.engine.ondisk import OnDisk
 from swarmhub.engine.peer import Peer
@@ -136,10 +136,7 @@ class Torrent(TorrentViews):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(task), 10)
-        tracker = self.swarm.tracker
-        if tracker is not None and tracker.announced:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self.tracker.announce_once("stopped"), 5)
+        await self.tracker.stopped()
         for peer in list(self.peers):
             peer.close("torrent stopped")
         await self.jobs.drain(10)
@@ -212,7 +209,7 @@ class Torrent(TorrentViews):
                     case act.Verify(index=index, want_digests=want):
                         self._spawn(self._verify(index, want))
                     case act.Connect(addr=addr):
-                        self._spawn(self._dial(addr))
+                        self._spawn(admission.dial(self, addr))
                     case act.Announce(event=event):
                         self._spawn(self.tracker.announce(event))
                     case act.Banned(key=key, reason=reason):
@@ -287,14 +284,6 @@ class Torrent(TorrentViews):
             if delay > 0:
                 peer.proto.pause_reading(delay)  # type: ignore[attr-defined]
         self._flush()
-
-    async def _dial(self, addr: tuple[str, int]) -> None:
-        try:
-            await mse_transport.dial(self.session, self, addr, self.settings.handshake_timeout)
-        except (OSError, TimeoutError) as exc:
-            log.debug("%s: could not connect to %s: %s", self.meta.name, addr, exc)
-        finally:
-            self.swarm.connect_done(addr)
 
     # -- pieces: verify, write, finish -----------------------------------------------------------
     async def _verify(self, index: int, want_digests: bool) -> None:

@@ -7,6 +7,8 @@ use of the tracker client (:mod:`swarmhub.discovery.tracker`, imported late: aio
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,6 +35,13 @@ class TrackerDriver:
 
     def __init__(self, torrent: TrackerHost) -> None:
         self.torrent = torrent
+
+    async def stopped(self) -> None:
+        """Tell the tracker we leave (at most 5 s), if we ever announced."""
+        tracker = self.torrent.swarm.tracker
+        if tracker is not None and tracker.announced:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self.announce_once("stopped"), 5)
 
     async def announce_once(self, event: str | None) -> AnnounceResponse:
         """One announce with ``event``; raises :class:`SwarmhubError` when every tier fails."""
