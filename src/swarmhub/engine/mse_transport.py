@@ -37,8 +37,7 @@ from swarmhub.wire.mse import (
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers import CipherContext
 
-    from swarmhub.engine.services import PeerHost, PeerServices
-    from swarmhub.engine.session import Session
+    from swarmhub.engine.services import ListenerServices, PeerHost, PeerServices
 
 __all__ = ["CipherTransport", "MSELayer", "accept", "dial", "open_stream"]
 
@@ -294,7 +293,7 @@ class MSELayer(asyncio.Protocol):
         self.raw.abort()
 
 
-def _session_hashes(session: Session) -> set[bytes]:
+def _session_hashes(session: ListenerServices) -> set[bytes]:
     """Every SKEY an incoming peer may use: each torrent's v1 and truncated v2 hash."""
     out: set[bytes] = set()
     for t in session.torrents.values():
@@ -307,7 +306,7 @@ def _session_hashes(session: Session) -> set[bytes]:
     return out
 
 
-def accept(session: Session) -> asyncio.BaseProtocol:
+def accept(session: ListenerServices) -> asyncio.BaseProtocol:
     """The protocol for one incoming connection (the listening socket's factory)."""
     inner = PeerProtocol(session)
     mode = session.settings.encryption

@@ -10,7 +10,7 @@ web seeds, piece I/O, chosen pieces) see their driver as a :class:`DriverHost`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from swarmhub.engine.swarm import Swarm
     from swarmhub.storage.files import TorrentStorage
 
-__all__ = ["DriverHost", "PeerHost", "PeerServices", "TorrentServices"]
+__all__ = ["DriverHost", "ListenerServices", "PeerHost", "PeerServices", "TorrentServices"]
 
 
 class PeerHost(Protocol):
@@ -63,6 +63,14 @@ class PeerServices(Protocol):
 
     def torrent_for_hash(self, info_hash: bytes) -> PeerHost | None: ...
     def handshake_for(self, torrent: PeerHost) -> m.Handshake: ...
+
+
+class ListenerServices(PeerServices, Protocol):
+    """What accepting an incoming connection needs from the session: its torrents (an
+    encrypted handshake names its torrent only by a hash of the info-hash)."""
+
+    @property
+    def torrents(self) -> Mapping[bytes, PeerHost]: ...
 
 
 class TorrentServices(PeerServices, Protocol):
