@@ -252,7 +252,7 @@ def _encryption(mode: str | None) -> str | None:
 
 
 _ENCRYPTION_HELP = ("Message stream encryption: prefer (accept both, dial encrypted first), "
-                    "require (refuse plaintext peers) or off [default: prefer, or "
+                    "require (refuse plaintext peers) or off \\[default: prefer, or "
                     "SWARMHUB_ENCRYPTION].")
 
 
@@ -274,7 +274,7 @@ def seed(
     data: Annotated[Path | None, typer.Argument(help="The data (when SOURCE is a .torrent).")]
     = None,
     listen: Annotated[str | None, typer.Option(
-        help="HOST:PORT to accept peers on [default: listen_interfaces, 0.0.0.0:6881].")]
+        help="HOST:PORT to accept peers on \\[default: listen_interfaces, 0.0.0.0:6881].")]
     = None,
     peer: Annotated[list[str] | None, typer.Option(help="Also connect to HOST:PORT.")] = None,
     tracker: Annotated[list[str] | None, typer.Option(help="Announce to this tracker URL.")]
@@ -282,7 +282,7 @@ def seed(
     v1: Annotated[bool, typer.Option("--v1", help="Create a v1-only torrent.")] = False,
     v2: Annotated[bool, typer.Option("--v2", help="Create a v2-only torrent.")] = False,
     upload_limit: Annotated[int | None, typer.Option(
-        help="KiB/s, 0 = unlimited [default: upload_rate_limit].")] = None,
+        help="KiB/s, 0 = unlimited \\[default: upload_rate_limit].")] = None,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0 = never).")]
     = 0.0,
     trust: Annotated[bool, typer.Option(
@@ -362,7 +362,7 @@ def get(
     tracker: Annotated[list[str] | None, typer.Option(
         help="Use this tracker URL instead of the torrent's.")] = None,
     listen: Annotated[str | None, typer.Option(
-        help="HOST:PORT to accept peers on [default: listen_interfaces if set, else "
+        help="HOST:PORT to accept peers on \\[default: listen_interfaces if set, else "
         "0.0.0.0:0, any free port].")] = None,
     seed_after: Annotated[float, typer.Option(
         help="Keep seeding this many seconds after completing.")] = 0.0,
@@ -370,9 +370,9 @@ def get(
         help="Give up after this many seconds, a magnet's metadata included (0 = never).")]
     = 0.0,
     download_limit: Annotated[int | None, typer.Option(
-        help="KiB/s, 0 = unlimited, in every mode [default: download_rate_limit].")] = None,
+        help="KiB/s, 0 = unlimited, in every mode \\[default: download_rate_limit].")] = None,
     upload_limit: Annotated[int | None, typer.Option(
-        help="KiB/s, 0 = unlimited [default: upload_rate_limit].")] = None,
+        help="KiB/s, 0 = unlimited \\[default: upload_rate_limit].")] = None,
     json_progress: Annotated[bool, typer.Option(
         "--json", help="Print one JSON status line per second (and a last 'finished' line) "
         "on stdout instead of a progress bar.")] = False,
