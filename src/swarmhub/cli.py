@@ -455,7 +455,7 @@ def get(
                     return 0  # done over HTTP
             elif magnet is not None:
                 meta = await _magnet_metadata(session, magnet, peers, tracker or [],
-                                              _left(cmd_deadline), dht)
+                                              cmd_deadline, timeout or None, dht)
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
             prios = _file_priorities(meta, files or [])
@@ -570,10 +570,12 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
 
 
 async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],
-                           trackers: list[str], timeout: float | None,
-                           dht: Any = None) -> Metainfo:
+                           trackers: list[str], deadline: float | None,
+                           timeout: float | None, dht: Any = None) -> Metainfo:
     """Find peers for a magnet (given, x.pe, or one tracker announce) and fetch metadata,
-    all within ``timeout`` seconds (None: each peer still gets its own progress timeout)."""
+    all before ``deadline`` (time.monotonic(); None: each peer still gets its own progress
+    timeout). ``timeout`` is the command's --timeout, named when it expires: what is left of
+    it here is less, by however long start-up took on a busy machine."""
     from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
     from swarmhub.engine.metadata import fetch_metadata
     from swarmhub.engine.session import Session
@@ -581,7 +583,6 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
     from swarmhub.metainfo import Magnet
 
     assert isinstance(session, Session) and isinstance(magnet, Magnet)
-    deadline = None if timeout is None else time.monotonic() + timeout
     candidates = list(peers)
     urls = trackers or list(magnet.trackers)
     if urls:
@@ -605,7 +606,7 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
         console.print(f"DHT: {len(candidates)} peers for the magnet link")
     return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
                                 peer_timeout=session.settings.request_timeout,
-                                encryption=session.settings.encryption)
+                                encryption=session.settings.encryption, stated_timeout=timeout)
 
 
 def _left(deadline: float | None) -> float | None:
