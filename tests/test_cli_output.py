@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,36 @@ def test_shell_completion(tmp_path: Path) -> None:
         env=env(tmp_path, _SWARMHUB_COMPLETE="complete_bash", COMP_WORDS="swarmhub get --dow",
                 COMP_CWORD="2"))
     assert completed.stdout.split() == ["--download-limit"]
+
+
+def test_help_shows_the_defaults_written_in_help_texts(tmp_path: Path) -> None:
+    """typer renders help with rich markup, where an unescaped ``[default: x]`` is a tag and
+    vanishes: every command's help strings are checked, and two are rendered for real."""
+    import typer.main
+    from rich.markup import RE_TAGS
+
+    from swarmhub.cli import app
+
+    swallowed: list[str] = []
+
+    def walk(cmd: Any, path: str) -> None:
+        texts = [cmd.help or "", *(getattr(p, "help", None) or "" for p in cmd.params)]
+        swallowed.extend(f"{path}: {m.group(0)}" for t in texts for m in RE_TAGS.finditer(t)
+                         if not m.group(2))  # group 2: the escaping backslashes
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {name}")
+
+    walk(typer.main.get_command(app), "swarmhub")
+    assert swallowed == []
+    wide = dict(env(tmp_path), COLUMNS="300", TERMINAL_WIDTH="300")
+    for command, shown in ((["get"], ["[default: download_rate_limit]",
+                                      "[default: prefer, or SWARMHUB_ENCRYPTION]"]),
+                           (["seed"], ["[default: listen_interfaces, 0.0.0.0:6881]",
+                                       "[default: upload_rate_limit]"])):
+        r = subprocess.run([*SWARMHUB, *command, "--help"], capture_output=True, text=True,
+                           timeout=60, env=wide, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        text = " ".join(r.stdout.replace("│", " ").split())
+        for default in shown:
+            assert default in text, text
+        assert "\\[" not in text, text

@@ -252,7 +252,7 @@ def _encryption(mode: str | None) -> str | None:
 
 
 _ENCRYPTION_HELP = ("Message stream encryption: prefer (accept both, dial encrypted first), "
-                    "require (refuse plaintext peers) or off [default: prefer, or "
+                    "require (refuse plaintext peers) or off \\[default: prefer, or "
                     "SWARMHUB_ENCRYPTION].")
 
 
@@ -274,7 +274,7 @@ def seed(
     data: Annotated[Path | None, typer.Argument(help="The data (when SOURCE is a .torrent).")]
     = None,
     listen: Annotated[str | None, typer.Option(
-        help="HOST:PORT to accept peers on [default: listen_interfaces, 0.0.0.0:6881].")]
+        help="HOST:PORT to accept peers on \\[default: listen_interfaces, 0.0.0.0:6881].")]
     = None,
     peer: Annotated[list[str] | None, typer.Option(help="Also connect to HOST:PORT.")] = None,
     tracker: Annotated[list[str] | None, typer.Option(help="Announce to this tracker URL.")]
@@ -282,7 +282,7 @@ def seed(
     v1: Annotated[bool, typer.Option("--v1", help="Create a v1-only torrent.")] = False,
     v2: Annotated[bool, typer.Option("--v2", help="Create a v2-only torrent.")] = False,
     upload_limit: Annotated[int | None, typer.Option(
-        help="KiB/s, 0 = unlimited [default: upload_rate_limit].")] = None,
+        help="KiB/s, 0 = unlimited \\[default: upload_rate_limit].")] = None,
     duration: Annotated[float, typer.Option(help="Stop after this many seconds (0 = never).")]
     = 0.0,
     trust: Annotated[bool, typer.Option(
@@ -362,7 +362,7 @@ def get(
     tracker: Annotated[list[str] | None, typer.Option(
         help="Use this tracker URL instead of the torrent's.")] = None,
     listen: Annotated[str | None, typer.Option(
-        help="HOST:PORT to accept peers on [default: listen_interfaces if set, else "
+        help="HOST:PORT to accept peers on \\[default: listen_interfaces if set, else "
         "0.0.0.0:0, any free port].")] = None,
     seed_after: Annotated[float, typer.Option(
         help="Keep seeding this many seconds after completing.")] = 0.0,
@@ -370,9 +370,9 @@ def get(
         help="Give up after this many seconds, a magnet's metadata included (0 = never).")]
     = 0.0,
     download_limit: Annotated[int | None, typer.Option(
-        help="KiB/s, 0 = unlimited, in every mode [default: download_rate_limit].")] = None,
+        help="KiB/s, 0 = unlimited, in every mode \\[default: download_rate_limit].")] = None,
     upload_limit: Annotated[int | None, typer.Option(
-        help="KiB/s, 0 = unlimited [default: upload_rate_limit].")] = None,
+        help="KiB/s, 0 = unlimited \\[default: upload_rate_limit].")] = None,
     json_progress: Annotated[bool, typer.Option(
         "--json", help="Print one JSON status line per second (and a last 'finished' line) "
         "on stdout instead of a progress bar.")] = False,
@@ -455,7 +455,7 @@ def get(
                     return 0  # done over HTTP
             elif magnet is not None:
                 meta = await _magnet_metadata(session, magnet, peers, tracker or [],
-                                              _left(cmd_deadline), dht)
+                                              cmd_deadline, timeout or None, dht)
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
             prios = _file_priorities(meta, files or [])
@@ -570,10 +570,12 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
 
 
 async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],
-                           trackers: list[str], timeout: float | None,
-                           dht: Any = None) -> Metainfo:
+                           trackers: list[str], deadline: float | None,
+                           timeout: float | None, dht: Any = None) -> Metainfo:
     """Find peers for a magnet (given, x.pe, or one tracker announce) and fetch metadata,
-    all within ``timeout`` seconds (None: each peer still gets its own progress timeout)."""
+    all before ``deadline`` (time.monotonic(); None: each peer still gets its own progress
+    timeout). ``timeout`` is the command's --timeout, named when it expires: what is left of
+    it here is less, by however long start-up took on a busy machine."""
     from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
     from swarmhub.engine.metadata import fetch_metadata
     from swarmhub.engine.session import Session
@@ -581,7 +583,6 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
     from swarmhub.metainfo import Magnet
 
     assert isinstance(session, Session) and isinstance(magnet, Magnet)
-    deadline = None if timeout is None else time.monotonic() + timeout
     candidates = list(peers)
     urls = trackers or list(magnet.trackers)
     if urls:
@@ -605,7 +606,7 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
         console.print(f"DHT: {len(candidates)} peers for the magnet link")
     return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
                                 peer_timeout=session.settings.request_timeout,
-                                encryption=session.settings.encryption)
+                                encryption=session.settings.encryption, stated_timeout=timeout)
 
 
 def _left(deadline: float | None) -> float | None:

@@ -198,10 +198,11 @@ class SeederProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT / "src")
         env["SWARMHUB_STATE_DIR"] = str(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)  # its log lives there, not in /tmp
         self.proc = Proc(
             [VENV_PYTHON, "-m", "swarmhub", "seed", torrent, data, "--listen", "127.0.0.1:0",
              "--trust", "-vv", *extra],
-            env=env, name="seeder")
+            env=env, name="seeder", log=state_dir / "seeder.log")
         self._lines = LineReader(self.proc.log)
         self.log: list[str] = []
         self.port = 0

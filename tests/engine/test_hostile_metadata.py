@@ -69,7 +69,7 @@ async def test_get_timeout_covers_fetching_the_metadata(tmp_path: Path) -> None:
     async with SilentPeer(parse_magnet(link).info_hash) as silent:
         with Proc([VENV_PYTHON, "-m", "swarmhub", "get", link, "--peer",
                    f"127.0.0.1:{silent.port}", "--listen", "127.0.0.1:0", "--timeout", "2",
-                   "-o", tmp_path / "dl"], env=env, name="get") as get:
+                   "-o", tmp_path / "dl"], env=env, name="get", log=tmp_path / "get.log") as get:
             await poll(lambda: get.poll() is not None, 30, "swarmhub get exits")
             output = " ".join(get.output().split())  # undo the console's line wrapping
     assert get.returncode == 1, output

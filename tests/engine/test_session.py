@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import poll
 from test_transfer import make_data
 
 from conftest import free_port
@@ -33,8 +34,12 @@ async def test_close_with_a_tracker_leaves_no_unclosed_http_client(tmp_path: Pat
         meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
                               trackers=[[url]])
         async with Session(state_dir=tmp_path / "s") as session:
-            await session.add(meta, src.parent)
-            await asyncio.sleep(0.2)
+            torrent = await session.add(meta, src.parent)
+            # Close only once the tracker loop has made its HTTP client and failed an
+            # announce: the state the race needs, however slow the machine.
+            tracker = torrent.swarm.tracker
+            assert tracker is not None
+            await poll(lambda: tracker.last_error is not None, 30, "a failed announce")
         with pytest.raises(SwarmhubError, match="closed"):
             await session.http()
         gc.collect()

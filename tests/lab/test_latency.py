@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -68,12 +69,20 @@ def test_probe_output_parsing() -> None:
 # -- refusals -------------------------------------------------------------------------------------
 
 
-def test_latency_is_refused_where_packets_cannot_be_delayed(tmp_path: Path) -> None:
+def test_latency_is_refused_where_packets_cannot_be_delayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     with pytest.raises(LabError, match="--latency needs the namespace lab"):
         LoopbackLab(2, 1e6, 1e6, latency_ms=10)
     with pytest.raises(LabError, match="--latency"):
         run_scenario("cs", 2, 1 << 20, 8e6, 8e6, latency_ms=10, workdir=tmp_path, use_netns=False)
     assert not (tmp_path / "source").exists()  # refused before any work
+    with pytest.raises(LabError, match="--latency"):
+        run_scenario("cs", 2, 1 << 20, 8e6, 8e6, latency_ms=10, use_netns=False)
+    assert list(temp.iterdir()) == []  # no log folder left behind by a refusal
 
     app = typer.Typer()
     register(app)
@@ -111,9 +120,9 @@ def test_the_delay_line_builds_once_into_its_cache(tmp_path: Path) -> None:
 
 @pytest.mark.netns
 @pytest.mark.timeout(120)
-def test_latency_10ms_gives_a_20ms_rtt_between_any_two_hosts() -> None:
+def test_latency_10ms_gives_a_20ms_rtt_between_any_two_hosts(tmp_path: Path) -> None:
     _need_latency()
-    with Lab(PREFIX, 3, 100e6, 100e6, latency_ms=10) as lab:
+    with Lab(PREFIX, 3, 100e6, 100e6, latency_ms=10, log_dir=tmp_path) as lab:
         assert lab.rtt is not None and 18 <= lab.rtt.median_ms <= 22, lab.rtt
         assert lab.rtt.min_ms >= 20 * 0.98  # never shorter than asked
         assert any("RTT" in n and "delay line" in n for n in lab.notes)
@@ -136,12 +145,13 @@ def test_latency_10ms_gives_a_20ms_rtt_between_any_two_hosts() -> None:
 
 @pytest.mark.netns
 @pytest.mark.timeout(180)
-def test_shaped_rates_hold_under_latency() -> None:
+def test_shaped_rates_hold_under_latency(tmp_path: Path) -> None:
     _need_latency()
     rates: dict[float, tuple[float, float]] = {}
     for latency in (0.0, 10.0):
         # host 0 uploads at 8 Mbit/s; host 2 downloads at 4 Mbit/s.
-        with Lab(PREFIX, 3, [8e6, 100e6, 100e6], [100e6, 100e6, 4e6], latency) as lab:
+        with Lab(PREFIX, 3, [8e6, 100e6, 100e6], [100e6, 100e6, 4e6], latency,
+                 log_dir=tmp_path / f"{latency:g}ms") as lab:
             rates[latency] = (_measure(lab, 0, 1, 2_500_000), _measure(lab, 1, 2, 1_250_000))
     for i, shaped in enumerate((8e6, 4e6)):
         plain, delayed = rates[0.0][i], rates[10.0][i]
@@ -153,9 +163,9 @@ def test_shaped_rates_hold_under_latency() -> None:
 
 @pytest.mark.netns
 @pytest.mark.timeout(120)
-def test_a_lab_with_latency_leaves_no_process_or_namespace() -> None:
+def test_a_lab_with_latency_leaves_no_process_or_namespace(tmp_path: Path) -> None:
     _need_latency()
-    with Lab(PREFIX, 2, 10e6, 10e6, latency_ms=5) as lab:
+    with Lab(PREFIX, 2, 10e6, 10e6, latency_ms=5, log_dir=tmp_path) as lab:
         assert lab.delayline is not None
         pid = lab.delayline.pid
         sleeper = lab.run(1, [sys.executable, "-c", "import time; time.sleep(60)"])
@@ -176,9 +186,11 @@ def _zombie(pid: int) -> bool:
 
 @pytest.mark.netns
 @pytest.mark.timeout(120)
-def test_without_its_delay_line_the_lab_carries_nothing_rather_than_no_latency() -> None:
+def test_without_its_delay_line_the_lab_carries_nothing_rather_than_no_latency(
+    tmp_path: Path,
+) -> None:
     _need_latency()
-    with Lab(PREFIX, 2, 10e6, 10e6, latency_ms=5) as lab:
+    with Lab(PREFIX, 2, 10e6, 10e6, latency_ms=5, log_dir=tmp_path) as lab:
         assert lab.delayline is not None
         lab.delayline.kill()
         with pytest.raises(LabError, match="no round trip"):

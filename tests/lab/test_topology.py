@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -66,11 +68,11 @@ def _measure(lab: Lab, src: int, dst: int, nbytes: int) -> float:
 
 
 @pytest.mark.netns
-def test_hosts_talk_through_bridge_at_shaped_rates_and_leave_nothing() -> None:
+def test_hosts_talk_through_bridge_at_shaped_rates_and_leave_nothing(tmp_path: Path) -> None:
     need(netns_available()[0], netns_available()[1])
     up = [8e6, 100e6, 100e6]
     down = [100e6, 100e6, 4e6]
-    with Lab(PREFIX, 3, up, down) as lab:
+    with Lab(PREFIX, 3, up, down, log_dir=tmp_path) as lab:
         # Addresses from 198.18.0.0/15, no default route on any host.
         for i in range(3):
             assert lab.addr(i).startswith("198.18.")
@@ -98,9 +100,9 @@ def _zombie(pid: int) -> bool:
 
 
 @pytest.mark.netns
-def test_teardown_on_exception_and_leftover_cleanup() -> None:
+def test_teardown_on_exception_and_leftover_cleanup(tmp_path: Path) -> None:
     need(netns_available()[0], netns_available()[1])
-    with pytest.raises(RuntimeError), Lab(PREFIX, 2, 10e6, 10e6) as lab:
+    with pytest.raises(RuntimeError), Lab(PREFIX, 2, 10e6, 10e6, log_dir=tmp_path) as lab:
         proc = lab.run(1, [sys.executable, "-c", "import time; time.sleep(60)"])
         raise RuntimeError("boom")
     assert proc.poll() is not None
@@ -121,13 +123,17 @@ def test_teardown_on_exception_and_leftover_cleanup() -> None:
     assert _leftovers(PREFIX) == []
 
 
-def test_bad_prefix_is_refused() -> None:
+def test_bad_prefix_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(LabError):
         Lab("Bad-Prefix!", 2, 1e6, 1e6)
+    assert list(tmp_path.iterdir()) == []  # refused before its log folder exists
 
 
-def test_loopback_lab_runs_and_stops_processes(tmp_path: object) -> None:
-    with LoopbackLab(2, 1e6, 1e6) as lab:
+def test_loopback_lab_runs_and_stops_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LoopbackLab(2, 1e6, 1e6, log_dir=tmp_path / "logs") as lab:
         p = lab.run(0, [sys.executable, "-c", "import json; print(json.dumps({'event': 'hi'}))"])
         assert p.wait_json("hi", 20) == {"event": "hi"}
         q = lab.run(1, [sys.executable, "-c", "import time; time.sleep(60)"])
@@ -135,5 +141,8 @@ def test_loopback_lab_runs_and_stops_processes(tmp_path: object) -> None:
     assert any("loopback" in n for n in lab.notes)
     json.dumps(lab.notes)
     # Latency is refused, never silently skipped: loopback cannot delay packets.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     with pytest.raises(LabError, match="--latency needs the namespace lab"):
         LoopbackLab(2, 1e6, 1e6, latency_ms=10)
+    assert list((tmp_path / "tmp").iterdir()) == []  # refused before its log folder exists

@@ -190,14 +190,16 @@ def _raw(info: bytes) -> object:
 
 async def fetch_metadata(magnet: Magnet, peers: list[tuple[str, int]], peer_id: bytes, *,
                          timeout: float | None = 60.0, peer_timeout: float = 10.0,
-                         max_peers_at_once: int = 8, encryption: str = "off") -> Metainfo:
+                         max_peers_at_once: int = 8, encryption: str = "off",
+                         stated_timeout: float | None = None) -> Metainfo:
     """Ask ``peers`` for the torrent behind ``magnet``; the first verified answer wins.
 
     At most ``max_peers_at_once`` peers are asked at a time; one that fails, or makes no
     progress for ``peer_timeout`` seconds, makes room for the next. ``timeout`` (None:
     none) bounds the whole fetch. ``encryption`` is the session's MSE mode (see
     :func:`~swarmhub.engine.mse_transport.open_stream`). Raises :class:`MetainfoError`
-    listing why each peer failed.
+    listing why each peer failed; an expired ``timeout`` is named as ``stated_timeout``
+    when given (the user's --timeout, of which ``timeout`` is only what was left).
     """
     if not peers:
         raise MetainfoError("a magnet link needs peers: give --peer HOST:PORT or --tracker URL "
@@ -233,7 +235,8 @@ async def fetch_metadata(magnet: Magnet, peers: list[tuple[str, int]], peer_id: 
                         return task.result()
     except TimeoutError:
         busy = ", ".join(f"{h}:{p}" for h, p in running.values())
-        secs = f"{timeout:.0f}" if timeout is not None and timeout >= 1 else f"{timeout:.1g}"
+        said = stated_timeout if stated_timeout is not None else timeout
+        secs = f"{said:.0f}" if said is not None and said >= 1 else f"{said:.1g}"
         errors.append(f"no answer within {secs} s"
                       + (f" (still waiting for {busy})" if busy else ""))
     finally:

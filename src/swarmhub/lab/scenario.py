@@ -92,19 +92,19 @@ def run_scenario(
     bound = bound_for(mode, peers, size, up_bps, down_bps, source_up)
     deadline_s = timeout if timeout is not None else 5 * bound + 30
     sink = on_event or (lambda _e: None)
-    if workdir is None:
-        import tempfile
-
-        workdir = Path(tempfile.mkdtemp(prefix=f"swarmhub-lab-{mode}-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     if use_netns is None:
         use_netns = netns_available()[0]
-    if latency_ms > 0:
+    if latency_ms > 0:  # refused before any folder exists
         ok, why = latency_support() if use_netns else (False, "")
         if not ok:
             raise LabError(
                 why or "--latency needs the namespace lab (root): loopback cannot delay packets"
             )
+    if workdir is None:
+        import tempfile
+
+        workdir = Path(tempfile.mkdtemp(prefix=f"swarmhub-lab-{mode}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     result = ScenarioResult(
         mode=mode,
         client=client,

@@ -564,15 +564,15 @@ class LoopbackLab(_Base):
         *,
         log_dir: Path | None = None,
     ) -> None:
+        if latency_ms > 0:  # refused before the log folder exists: nothing to clean up
+            raise LabError(
+                "--latency needs the namespace lab (root): loopback mode cannot delay packets"
+            )
         super().__init__(hosts, up_bps, down_bps, latency_ms, log_dir)  # type: ignore[arg-type]
         self.notes.append(
             "loopback mode: no namespaces here; rates are application-level "
             "limits, not link shaping"
         )
-        if latency_ms > 0:
-            raise LabError(
-                "--latency needs the namespace lab (root): loopback mode cannot delay packets"
-            )
 
     def addr(self, host: int) -> str:
         return "127.0.0.1"
