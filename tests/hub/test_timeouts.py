@@ -152,6 +152,27 @@ def test_fd_exhaustion_reports_are_folded_to_one_line_per_second(
     assert any("other" in r.getMessage() for r in caplog.records)  # others pass through
 
 
+def test_an_accept_retry_after_shutdown_is_not_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """asyncio retries accept 1 s after EMFILE even if the server closed meanwhile."""
+    loop = asyncio.new_event_loop()
+
+    def _start_serving() -> None:
+        raise ValueError("Invalid file descriptor: -1")
+
+    try:
+        install_fd_exhaustion_handler(loop)
+        with caplog.at_level(logging.WARNING):
+            loop.call_soon(_start_serving)
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+            loop.call_exception_handler({"message": "other", "exception": ValueError("x")})
+    finally:
+        loop.close()
+    assert [r.getMessage() for r in caplog.records] == ["other"], caplog.records
+
+
 def _hold(port: int, n: int) -> list[socket.socket]:
     socks = []
     for _ in range(n):

@@ -108,6 +108,9 @@ class _FoldedReports:
         self.folded = 0
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _retry_after_close(context):
+            log.debug("accept retry after the listening socket closed: ignored")
+            return
         if not is_fd_exhaustion(context.get("exception")):
             if self.previous is not None:
                 self.previous(loop, context)
@@ -126,6 +129,20 @@ class _FoldedReports:
             more,
         )
         self.last, self.folded = now, 0
+
+
+def _retry_after_close(context: dict[str, Any]) -> bool:
+    """asyncio's accept retry firing after shutdown closed the listening socket.
+
+    On EMFILE asyncio stops accepting and schedules ``_start_serving`` a second later, but
+    closing the server does not cancel that timer: at shutdown it then fails on fd -1. The
+    socket is gone on purpose, so this is not an error worth a traceback.
+    """
+    callback = getattr(context.get("handle"), "_callback", None)
+    return (
+        isinstance(context.get("exception"), ValueError)
+        and getattr(callback, "__name__", "") == "_start_serving"
+    )
 
 
 def install_fd_exhaustion_handler(
