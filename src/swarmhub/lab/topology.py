@@ -135,9 +135,10 @@ class LabProc:
                 stdout=self._out,
                 stderr=subprocess.STDOUT,
                 # lab peers never join the public DHT: off unless given local bootstrap
-                # nodes (--dht-bootstrap), and never a datagram outside 127.0.0.0/8
-                env={**(os.environ if env is None else env), "SWARMHUB_DHT": "0",
-                     "SWARMHUB_DHT_LOCAL_ONLY": "1"},
+                # nodes (--dht-bootstrap), and never a datagram outside 127.0.0.0/8; no
+                # LSD multicast unless the caller's env turns it on (namespace labs only)
+                env={"SWARMHUB_LSD": "0", **(os.environ if env is None else env),
+                     "SWARMHUB_DHT": "0", "SWARMHUB_DHT_LOCAL_ONLY": "1"},
                 cwd=cwd,
                 start_new_session=True,
             )
@@ -576,6 +577,20 @@ class LoopbackLab(_Base):
 
     def addr(self, host: int) -> str:
         return "127.0.0.1"
+
+    def run(
+        self,
+        host: int,
+        argv: Sequence[str],
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> LabProc:
+        """As :meth:`_Base.run`, with LSD forced off: these hosts share the root namespace,
+        where no lab process may multicast."""
+        env = {**(os.environ if env is None else env), "SWARMHUB_LSD": "0"}
+        return super().run(host, argv, name=name, env=env, cwd=cwd)
 
     def _wrap(self, host: int, argv: Sequence[str]) -> list[str]:
         return list(argv)
