@@ -8,6 +8,7 @@ find each other by multicast alone.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -82,3 +83,41 @@ def test_private_torrents_and_no_lsd_never_use_it(tmp_path: Path) -> None:
         torrent = _share(public, size=300_000)
         proc = _get(lab, 1, torrent, tmp_path, "--no-lsd")
         assert proc.wait(30) == 2, proc.tail()
+
+
+_LTPEER = Path(__file__).resolve().parents[1] / "interop" / "ltpeer.py"
+
+
+def _libtorrent(lab: Lab, host: int, torrent: Path, save: Path, *extra: str) -> LabProc:
+    need(importlib.util.find_spec("libtorrent") is not None, "libtorrent is not installed")
+    return lab.run(host, [sys.executable, "-u", str(_LTPEER), "--torrent", str(torrent),
+                          "--save", str(save), "--listen", f"{lab.addr(host)}:6881",
+                          "--set", "enable_lsd=true", "--timeout", "60", *extra],
+                   name=f"lt{host}")
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+@pytest.mark.interop
+def test_libtorrent_and_ours_find_each_other_by_multicast_both_ways(tmp_path: Path) -> None:
+    need(*netns_available())
+    torrent = _share(tmp_path)
+    want = (tmp_path / "seed" / "data.bin").read_bytes()
+    with Lab(PREFIX, 3, 200e6, 200e6, log_dir=tmp_path / "logs") as lab:
+        # libtorrent downloads from our seed: it announces, we hear it and dial it (or the
+        # reverse, whichever announce lands first)
+        _seed(lab, torrent, tmp_path)
+        lt_get = _libtorrent(lab, 1, torrent, tmp_path / "lt1", "--stop-when-done")
+        lt_get.wait_json("finished", 75)
+        assert lt_get.wait(15) == 0, lt_get.tail()
+        assert (tmp_path / "lt1" / "data.bin").read_bytes() == want
+        # we download from a libtorrent seed (ours is stopped: libtorrent is the only source)
+        for proc in lab.procs:
+            proc.stop()
+        lt_seed = _libtorrent(lab, 1, torrent, tmp_path / "lt1", "--seed")
+        lt_seed.wait_json("ready", 30)
+        ours = _get(lab, 2, torrent, tmp_path, "--timeout", "60")
+        done = ours.wait_json("finished", 75)
+        assert ours.wait(15) == 0, ours.tail()
+        assert done["downloaded"] == len(want)
+        assert (tmp_path / "get2" / "data.bin").read_bytes() == want
