@@ -151,7 +151,7 @@ class _HubSource(Runner):
             wait,
         ]
         if mode != "cs":
-            argv += ["--seed-after", wait]
+            argv += ["--seed-after", wait, *self.dht_args()]
         if not self.netns:
             argv += ["--upload-limit", _kib(res.up_bps), "--download-limit", _kib(res.down_bps)]
         return argv
@@ -214,6 +214,11 @@ class P2P(Runner):
         from swarmhub.metainfo import create_torrent, torrent_bytes
 
         lab = self.lab
+        if self.dht:  # no tracker at all: a magnet link and the DHT
+            self.meta = create_torrent(self.data)
+            self.torrent = self.workdir / "payload.torrent"
+            self.torrent.write_bytes(torrent_bytes(self.meta))
+            return
         tport = self.port("tracker")
         self.announce = f"http://{lab.addr(0)}:{tport}/announce"
         tracker = lab.run(
@@ -249,8 +254,7 @@ class P2P(Runner):
             str(self.data),
             "--listen",
             f"{lab.addr(0)}:{self.port('seed') if self.netns else 0}",
-            "--tracker",
-            self.announce,
+            *(self.dht_args() if self.dht else ["--tracker", self.announce]),
             "--trust",
         ]
         if not self.netns:
@@ -266,14 +270,14 @@ class P2P(Runner):
         lab, res = self.lab, self.result
         listen = f"{lab.addr(host)}:{self.port('peer') if self.netns else 0}"
         wait = str(int(self.deadline_s) + 5)
+        source = [self.magnet(), *self.dht_args()] if self.dht else [
+            str(self.torrent), "--tracker", self.announce]
         argv = [
             *_PY,
             "get",
-            str(self.torrent),
+            *source,
             "-o",
             str(self.out_dir(host)),
-            "--tracker",
-            self.announce,
             "--json",
             "--listen",
             listen,

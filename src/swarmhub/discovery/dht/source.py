@@ -74,8 +74,8 @@ class DhtSource:
     seconds, doubling up to ``interval``, so a leecher that came before its seeder is not
     stuck and a lone one does not hammer the network. A seed whose announce reached no
     node (its DHT was still empty: the first node of a network, or a restart before the
-    bootstrap answered) backs off the same way instead of staying unknown for 15 min. "Seed" is read from the torrent's
-    ``complete`` event when it has one.
+    bootstrap answered) backs off the same way instead of staying unknown for 15 min.
+    "Seed" is read from the torrent's ``complete`` event when it has one.
     """
 
     def __init__(self, session: _Session, node: DhtNode, *, interval: float = 300.0,
