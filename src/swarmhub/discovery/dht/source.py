@@ -210,12 +210,18 @@ async def magnet_peers(node: DhtNode, hashes: list[bytes], *, timeout: float | N
     deadline = time.monotonic() + (60.0 if timeout is None else timeout)
     while True:
         peers: dict[Addr, None] = {}
-        for h in hashes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                done = await node.get_peers(h, timeout=min(left, 30.0))
+        left = deadline - time.monotonic()
+        if left > 0:
+            # both hashes of a hybrid at once: a lookup that waits out a dead node's query
+            # timeout should not make the other one wait too
+            found = await asyncio.gather(
+                *(node.get_peers(h, timeout=min(left, 30.0)) for h in hashes),
+                return_exceptions=True)
+            for done in found:
+                if isinstance(done, TimeoutError):
+                    continue
+                if isinstance(done, BaseException):
+                    raise done
                 peers.update(dict.fromkeys(done.peers))
         if peers or time.monotonic() + retry >= deadline:
             return list(peers)
