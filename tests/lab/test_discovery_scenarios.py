@@ -68,6 +68,7 @@ def test_late_joiners_find_the_swarm_after_the_hub_died(tmp_path: Path) -> None:
         log = _logged(tmp_path, f"h{h.host}-late")
         assert "peers for the magnet link" in log and "got the metadata" in log, log[:500]
         assert "DHT: 0 peers" not in log
+    assert "seeder on the DHT: UDP port 6881" in _logged(tmp_path, "h0-hub")
     summary = json.dumps([h.__dict__ for h in res.hosts])
     assert '"late": true' in summary
 

@@ -90,6 +90,9 @@ async def run_hub(config: Any, host: str, port: int, *, ready: Any = None,
         if ready is not None:
             ready.set()
         _out.print(f"hub listening on http://{host}:{port} (public URL {config.base_url})")
+        dht = getattr(runner.app[HUB_KEY].seeder, "dht", None)
+        if dht is not None:
+            _out.print(f"seeder on the DHT: UDP port {dht.port}")
         if token is not None:
             _out.print(f"admin page:  {config.base_url}/admin")
             _out.print(f"admin token: {token}")

@@ -75,6 +75,7 @@ class _HubSource(Runner):
             argv += ["--tracker-peers-per-ip", "0", "--tracker-announce-rate", "0"]
         if self.hub_upload_limit():
             argv += ["--upload-limit", _kib(res.source_up_bps)]
+        argv += self.dht_args()  # the hub's seeder announces the file on the lab's DHT
         proc = lab.run(0, argv, name="h0-hub")
         self.source_procs.append(proc)
         out = wait_text(proc, "hub listening", _START_TIMEOUT)
