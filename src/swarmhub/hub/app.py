@@ -940,13 +940,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     else:
         log.info("%s", report.summary())
     if hub.config.udp_tracker is not None:
-        from swarmhub.hub.swarmstate import LocalSwarmState
         from swarmhub.hub.udp_tracker import start_hub_udp_tracker
 
-        if not isinstance(hub.tracker, LocalSwarmState):
-            hub.catalog.close()
-            raise StartupError("--udp-tracker works with the in-memory swarm state only for "
-                               "now: drop --swarm-state or --udp-tracker")
         try:
             hub.udp_tracker = await start_hub_udp_tracker(
                 hub, app[LIMITS_KEY].announces, *hub.config.udp_tracker)
