@@ -146,12 +146,13 @@ def test_total_budget_caps_spoofed_sources_and_memory_stays_bounded() -> None:
     assert len(state._recent) <= 200
 
 
-def test_a_replayed_announce_is_handed_out_once_per_interval() -> None:
-    state = LsdState(cookie="c", interval=300.0)
+def test_a_replayed_announce_is_handed_out_once_a_minute() -> None:
+    state = LsdState(cookie="c", repeat=60.0)
     d = _announce(6881, H1, H2)
     assert state.received(d, SRC, 0.0) == [(H1, (SRC[0], 6881)), (H2, (SRC[0], 6881))]
     assert state.received(d, SRC, 10.0) == []
-    assert len(state.received(d, SRC, 301.0)) == 2
+    assert state.received(d, SRC, 59.0) == []
+    assert len(state.received(d, SRC, 61.0)) == 2
 
 
 @dataclass

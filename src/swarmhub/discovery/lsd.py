@@ -17,7 +17,8 @@ rules are, and why:
 * a random ``cookie`` in our announces lets us drop our own (multicast loops back);
 * received datagrams are dropped when malformed or oversized, and a source that floods is
   rate-limited (per-source and total budgets, bounded memory); the same peer is handed to
-  a torrent at most once per ``interval``, so a replayed announce cannot make us redial;
+  a torrent at most once per ``repeat`` (a minute: BEP 14's announce rate), so a replayed
+  announce cannot make us redial, while a peer that restarts is heard again soon;
 * private torrents (BEP 27) are never announced nor fed from LSD.
 
 Multicast leaves the machine: tests only ever run it inside network namespaces they
@@ -169,6 +170,7 @@ class LsdState:
         *,
         cookie: str | None = None,
         interval: float = 300.0,
+        repeat: float = 60.0,
         burst: int = 3,
         refill: float = 60.0,
         per_source: tuple[int, float] = (5, 10.0),
@@ -179,6 +181,7 @@ class LsdState:
     ) -> None:
         self.cookie = cookie or secrets.token_hex(8)
         self.interval = interval
+        self.repeat = repeat
         self._send = _Bucket(burst, refill, now)
         self._per_source = per_source
         self._total = _Bucket(total[0], total[1], now)
@@ -218,7 +221,7 @@ class LsdState:
 
     def received(self, data: bytes, src: Addr, now: float) -> list[tuple[bytes, Addr]]:
         """Peers announced in ``data`` from ``src``: ``(info_hash, (src ip, port))`` not
-        already handed out within ``interval``; [] for our own, malformed or limited."""
+        already handed out within ``repeat``; [] for our own, malformed or limited."""
         ip = src[0]
         bucket = self._sources.get(ip)
         if bucket is None:
@@ -242,7 +245,7 @@ class LsdState:
         for h in ann.info_hashes:
             key = (h, (ip, ann.port))
             seen = self._recent.get(key)
-            if seen is not None and now - seen < self.interval:
+            if seen is not None and now - seen < self.repeat:
                 continue
             self._recent[key] = now
             self._recent.move_to_end(key)
@@ -323,7 +326,7 @@ class LsdSource:
     """
 
     def __init__(self, session: _Session, *, host: str = "0.0.0.0", group: Addr = GROUP4,
-                 state: LsdState | None = None, tick: float = 1.0, ttl: int = 1,
+                 state: LsdState | None = None, tick: float = 0.25, ttl: int = 1,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
         self.host = host
