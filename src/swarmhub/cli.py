@@ -439,7 +439,8 @@ def get(
     known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
     if magnet is not None:
         peers += [p for p in magnet.peers if p not in peers]
-    lsd_only = meta is not None and not meta.private and settings.lsd and not no_lsd
+    lsd_only = (magnet is not None or (meta is not None and not meta.private)) and \
+        settings.lsd and not no_lsd
     if not peers and not tracker and not known_trackers and not hub_url and not lsd_only and (
             no_dht or not (settings.dht or dht_bootstrap)):
         raise ui.UserError("no way to find peers: give --peer HOST:PORT or --tracker URL, "
@@ -454,7 +455,7 @@ def get(
             actual = await session.listen(host, port)
             dht = await stack.enter_async_context(
                 _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
-            await stack.enter_async_context(_lsd(session, host, no_lsd))
+            lsd = await stack.enter_async_context(_lsd(session, host, no_lsd))
             if hub_url:
                 meta = await _from_hub(session, torrent, mode, output, token, json_progress,
                                        settings.download_rate_limit)
@@ -462,7 +463,7 @@ def get(
                     return 0  # done over HTTP
             elif magnet is not None:
                 meta = await _magnet_metadata(session, magnet, peers, tracker or [],
-                                              _left(cmd_deadline), dht)
+                                              _left(cmd_deadline), dht, lsd)
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
             prios = _file_priorities(meta, files or [])
@@ -578,7 +579,7 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
 
 async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],
                            trackers: list[str], timeout: float | None,
-                           dht: Any = None) -> Metainfo:
+                           dht: Any = None, lsd: Any = None) -> Metainfo:
     """Find peers for a magnet (given, x.pe, or one tracker announce) and fetch metadata,
     all within ``timeout`` seconds (None: each peer still gets its own progress timeout)."""
     from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
@@ -604,10 +605,20 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
             console.print(f"[yellow]tracker:[/] {exc}")
         except TimeoutError:
             console.print("[yellow]tracker:[/] no answer before --timeout")
+    hashes = [h for h in (magnet.info_hash_v1, (magnet.info_hash_v2 or b"")[:20]) if h]
+    if lsd is not None and not candidates:
+        # on a LAN the swarm answers at once; with the DHT on too, do not wait long for it
+        wait = 3.0 if dht is not None else 60.0
+        left = _left(deadline)
+        candidates += await lsd.peers_for(hashes, wait if left is None else min(wait, left))
+        if candidates:
+            console.print(f"LSD: {len(candidates)} peers for the magnet link")
+            # they announce every 5 min only: the download dials them too (``peers`` is
+            # the caller's list, given to session.add once the metadata is here)
+            peers.extend(p for p in candidates if p not in peers)
     if dht is not None and not candidates:
         from swarmhub.discovery.dht.source import magnet_peers
 
-        hashes = [h for h in (magnet.info_hash_v1, (magnet.info_hash_v2 or b"")[:20]) if h]
         candidates += await magnet_peers(dht, hashes, timeout=_left(deadline))
         console.print(f"DHT: {len(candidates)} peers for the magnet link")
     return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),

@@ -6,6 +6,7 @@ No socket here: multicast is only ever sent inside lab namespaces
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 
@@ -192,7 +193,7 @@ def test_the_driver_feeds_heard_peers_to_public_torrents_only() -> None:
     session = _Session({H1: public, H2: private})
     source = LsdSource(session, clock=lambda: now[0])
     # announced under the truncated v2 hash (another client's view of the same torrent)
-    source._on_datagram(_announce(7001, b"\x22" * 20, cookie="other"), ("198.18.0.9", 6771))
+    source._on_datagram(_announce(7001, b"\x22" * 20, H1, cookie="other"), ("198.18.0.9", 6771))
     source._on_datagram(_announce(7002, H2, cookie="other"), ("198.18.0.9", 6771))
     source._on_datagram(_announce(7003, b"\x99" * 20, cookie="other"), ("198.18.0.9", 6771))
     assert public.added == [("198.18.0.9", 7001)]
@@ -200,3 +201,42 @@ def test_the_driver_feeds_heard_peers_to_public_torrents_only() -> None:
     # what we would announce: the public torrent's two hashes, never the private one's
     (d,) = source.state.due(list(source._targets()), 6881, now[0])
     assert set((decode_announce(d) or Announce(0, ())).info_hashes) == {H1, b"\x22" * 20}
+
+
+def test_a_newcomer_makes_our_swarm_due_again_at_most_every_10_s() -> None:
+    state = LsdState(cookie="c", answer_gap=10.0, interval=300.0, burst=10)
+    assert len(state.due([H1], 6881, 0.0)) == 1
+    assert state.answer(H1, 1.0)  # the newcomer was not there for our first announce
+    assert len(state.due([H1], 6881, 1.0)) == 1  # out again at once, not at 300 s
+    assert not state.answer(H1, 5.0)  # a second newcomer soon after: heard that one
+    assert state.due([H1], 6881, 5.0) == []
+    assert state.answer(H1, 11.5)
+    assert not state.answer(H2, 12.0)  # not a swarm we announce
+    # a flood of "newcomers" costs at most the send budget: 10, then one a minute
+    sent = 0
+    for i in range(100):
+        state.answer(H1, 20.0 + 10 * i)
+        sent += len(state.due([H1], 6881, 20.0 + 10 * i))
+    assert sent <= 8 + 1000 / 60 + 1
+
+
+async def test_a_magnet_link_hears_its_swarm_and_a_seed_answers_a_newcomer() -> None:
+    now = [100.0]
+    seed = _Torrent(_Meta("pub", H1))
+    source = LsdSource(_Session({H1: seed}), clock=lambda: now[0])
+    source.state.due([H1], 6881, now[0])  # the seed announced at start
+    now[0] = 101.0
+    # a newcomer with a magnet link announces: the seed dials it and answers at once
+    source._on_datagram(_announce(7001, H1, cookie="newcomer"), ("198.18.0.5", 6771))
+    assert seed.added == [("198.18.0.5", 7001)]
+    assert [decode_announce(d) for d in source.state.due([H1], 6881, now[0])] == [
+        Announce(6881, (H1,), source.state.cookie)]
+    # our own magnet link: its hashes are announced and the first peer heard is returned
+    magnet = LsdSource(_Session({}), clock=lambda: now[0])
+    waiter = asyncio.ensure_future(magnet.peers_for([H2], timeout=30.0))
+    await asyncio.sleep(0)
+    assert H2 in magnet._watched
+    magnet._on_datagram(_announce(6881, H2, cookie="seed"), ("198.18.0.1", 6771))
+    assert await waiter == [("198.18.0.1", 6881)]
+    assert magnet._watched == {}
+    assert await magnet.peers_for([H2], timeout=0.01) == []  # nobody: [] when time is up

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import need  # type: ignore[import-not-found,unused-ignore]
 from swarmhub.lab.topology import Lab, LabProc, netns_available
-from swarmhub.metainfo import create_torrent
+from swarmhub.metainfo import create_torrent, make_magnet, read_torrent
 from swarmhub.metainfo.parse import torrent_bytes
 
 PREFIX = f"lsd{os.getpid() % 100000}"
@@ -65,6 +65,27 @@ def test_peers_find_each_other_by_multicast_alone(tmp_path: Path) -> None:
             assert done["downloaded"] == len(want)
             assert (tmp_path / f"get{h}" / "data.bin").read_bytes() == want
         assert seed.alive, seed.tail()
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_a_magnet_link_alone_finds_its_swarm_on_the_lan(tmp_path: Path) -> None:
+    """No torrent file, no tracker, no DHT, no x.pe: the seed hears the newcomer's announce
+    and answers with its own at once, so the magnet link's metadata comes from it."""
+    need(*netns_available())
+    torrent = _share(tmp_path)
+    magnet = make_magnet(read_torrent(torrent))
+    assert "tr=" not in magnet and "x.pe=" not in magnet
+    want = (tmp_path / "seed" / "data.bin").read_bytes()
+    with Lab(PREFIX, 2, 200e6, 200e6, log_dir=tmp_path / "logs") as lab:
+        _seed(lab, torrent, tmp_path)
+        proc = lab.run(1, [*_PY, "get", magnet, "-o", str(tmp_path / "m"), "--listen",
+                           f"{lab.addr(1)}:0", "--json", "--timeout", "60"],
+                       name="magnet", env=_LSD_ON)
+        proc.wait_json("finished", 75)
+        assert proc.wait(15) == 0, proc.tail()
+        assert (tmp_path / "m" / "data.bin").read_bytes() == want
+        assert "LSD: 1 peers for the magnet link" in proc.log.read_text()
 
 
 @pytest.mark.netns

@@ -19,7 +19,11 @@ rules are, and why:
   rate-limited (per-source and total budgets, bounded memory); the same peer is handed to
   a torrent at most once per ``repeat`` (a minute: BEP 14's announce rate), so a replayed
   announce cannot make us redial, while a peer that restarts is heard again soon;
-* private torrents (BEP 27) are never announced nor fed from LSD.
+* private torrents (BEP 27) are never announced nor fed from LSD;
+* a magnet link has no torrent yet, so nobody can dial it: :meth:`LsdSource.peers_for`
+  announces its hashes and waits for an announce of the swarm, and a peer that hears a
+  newcomer in one of its swarms announces that swarm again at once (at most once per
+  ``answer_gap`` per swarm, within the send budget) instead of leaving it to wait 5 min.
 
 Multicast leaves the machine: tests only ever run it inside network namespaces they
 create (``SWARMHUB_LSD=0`` everywhere else).
@@ -171,6 +175,7 @@ class LsdState:
         cookie: str | None = None,
         interval: float = 300.0,
         repeat: float = 60.0,
+        answer_gap: float = 10.0,
         burst: int = 3,
         refill: float = 60.0,
         per_source: tuple[int, float] = (5, 10.0),
@@ -182,6 +187,8 @@ class LsdState:
         self.cookie = cookie or secrets.token_hex(8)
         self.interval = interval
         self.repeat = repeat
+        self.answer_gap = answer_gap
+        self._answered: dict[bytes, float] = {}
         self._send = _Bucket(burst, refill, now)
         self._per_source = per_source
         self._total = _Bucket(total[0], total[1], now)
@@ -204,6 +211,7 @@ class LsdState:
         for h in list(self._announced):
             if h not in wanted:
                 del self._announced[h]  # a removed torrent is announced afresh if re-added
+                self._answered.pop(h, None)
         due = [h for h in wanted if now - self._announced.get(h, -1e18) >= self.interval]
         due.sort(key=lambda h: self._announced.get(h, -1e18))
         out: list[bytes] = []
@@ -218,6 +226,18 @@ class LsdState:
             due = due[n:]
         self.sent += len(out)
         return out
+
+    def answer(self, info_hash: bytes, now: float) -> bool:
+        """A newcomer announced a swarm we are in: make it due again (our announce tells
+        the newcomer where we are: it was not there for the last one), at most once per
+        ``answer_gap`` per swarm; the send budget still applies. True if made due."""
+        if info_hash not in self._announced:
+            return False  # not ours, or due anyway
+        if now - self._answered.get(info_hash, -1e18) < self.answer_gap:
+            return False
+        self._answered[info_hash] = now
+        del self._announced[info_hash]
+        return True
 
     def received(self, data: bytes, src: Addr, now: float) -> list[tuple[bytes, Addr]]:
         """Peers announced in ``data`` from ``src``: ``(info_hash, (src ip, port))`` not
@@ -337,6 +357,9 @@ class LsdSource:
         self.ttl = ttl
         self.found: dict[bytes, int] = {}
         self.interfaces: list[tuple[str, int]] = []
+        #: Hashes of magnet links being resolved (no torrent yet): peers heard for them.
+        self._watched: dict[bytes, list[Addr]] = {}
+        self._heard = asyncio.Event()
         self._sock: socket.socket | None = None
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -379,26 +402,56 @@ class LsdSource:
         return out
 
     def _on_datagram(self, data: bytes, src: Addr) -> None:
-        pairs = self.state.received(data, src, self.clock())
+        now = self.clock()
+        pairs = self.state.received(data, src, now)
         if not pairs:
             return
         targets = self._targets()
         by_torrent: dict[int, tuple[Any, list[Addr]]] = {}
         for h, addr in pairs:
+            watched = self._watched.get(h)
+            if watched is not None and addr not in watched:
+                watched.append(addr)
+                self._heard.set()
+            if targets.get(h):
+                self.state.answer(h, now)
             for torrent in targets.get(h, []):
-                by_torrent.setdefault(id(torrent), (torrent, []))[1].append(addr)
+                addrs = by_torrent.setdefault(id(torrent), (torrent, []))[1]
+                if addr not in addrs:  # a hybrid is announced under two hashes
+                    addrs.append(addr)
         for torrent, addrs in by_torrent.values():
             key = lsd_hashes(torrent.meta)[0]
             self.found[key] = self.found.get(key, 0) + len(addrs)
             log.info("LSD: %s for %s", addrs, torrent.meta.name)
             torrent.add_peers(addrs)
 
+    async def peers_for(self, hashes: list[bytes], timeout: float) -> list[Addr]:
+        """Peers of a magnet link's swarm heard within ``timeout`` s ([] if none): its
+        hashes are announced like a torrent's meanwhile (so its peers answer)."""
+        for h in hashes:
+            self._watched.setdefault(h, [])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                found = list(dict.fromkeys(a for h in hashes for a in self._watched[h]))
+                left = deadline - loop.time()
+                if found or left <= 0:
+                    return found
+                self._heard.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._heard.wait(), left)
+        finally:
+            for h in hashes:
+                self._watched.pop(h, None)
+
     def announce_now(self) -> int:
         """Send what is due; the number of datagrams sent (per interface)."""
         port = self.session.listen_port
         if self._sock is None or not port:
             return 0
-        datagrams = self.state.due(list(self._targets()), port, self.clock(), self.group)
+        hashes = [*self._targets(), *self._watched]
+        datagrams = self.state.due(hashes, port, self.clock(), self.group)
         for name, index in self.interfaces:
             try:
                 self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
