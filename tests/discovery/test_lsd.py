@@ -240,3 +240,11 @@ async def test_a_magnet_link_hears_its_swarm_and_a_seed_answers_a_newcomer() -> 
     assert await waiter == [("198.18.0.1", 6881)]
     assert magnet._watched == {}
     assert await magnet.peers_for([H2], timeout=0.01) == []  # nobody: [] when time is up
+
+
+def test_a_loopback_listener_announces_on_no_interface() -> None:
+    from swarmhub.discovery.lsd import _interfaces
+
+    assert _interfaces("127.0.0.1") == []
+    assert _interfaces("::1") == []
+    assert all(name != "lo" for name, _ in _interfaces("0.0.0.0"))

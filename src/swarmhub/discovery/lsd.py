@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
 import socket
@@ -304,10 +305,14 @@ def lsd_hashes(meta: _Meta) -> list[bytes]:
 
 def _interfaces(host: str) -> list[tuple[str, int]]:
     """(name, index) of the interfaces to announce on: the one holding ``host`` when the
-    session listens on one address, else every interface but loopback."""
+    session listens on one address, else every interface but loopback; none when it
+    listens on loopback only (no neighbour could dial that)."""
     names = [(n, i) for i, n in socket.if_nameindex() if n != "lo"]
-    if host in ("", "0.0.0.0"):
+    if host in ("", "0.0.0.0", "::"):
         return names
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return []
     return [(n, i) for n, i in names if host in _addrs_of(n)] or names
 
 
