@@ -41,6 +41,9 @@ def free_port() -> int:
 # starts inherits these: the DHT is off unless a test turns it on with local bootstrap
 # nodes, and even then a DHT node drops datagrams to anything outside 127.0.0.0/8.
 os.environ["SWARMHUB_DHT"] = "0"
+# Local service discovery multicasts to the LAN: off in every test; only tests that build
+# their own network namespaces turn it on for the processes they start there.
+os.environ["SWARMHUB_LSD"] = "0"
 os.environ["SWARMHUB_DHT_LOCAL_ONLY"] = "1"
 
 

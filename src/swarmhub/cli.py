@@ -162,6 +162,8 @@ def info(torrent: Annotated[Path, typer.Argument(help=".torrent file", exists=Tr
 
 _NO_DHT = "Do not use the Mainline DHT (also SWARMHUB_DHT=0)."
 _NO_PEX = "Do not exchange peer lists with peers (BEP 11 PEX; also SWARMHUB_PEX=0)."
+_NO_LSD = ("Do not look for peers on the local network by multicast (BEP 14; also "
+           "SWARMHUB_LSD=0).")
 _DHT_BOOT = ("DHT bootstrap nodes HOST:PORT,... (default: the public routers; turns the DHT "
              "on even under SWARMHUB_DHT=0).")
 _DHT_PORT = "UDP port of the DHT node (default: the listening port, or any when that is 0)."
@@ -296,6 +298,7 @@ def seed(
         "is not a terminal) instead of a live line.")] = False,
     no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
     no_pex: Annotated[bool, typer.Option("--no-pex", help=_NO_PEX)] = False,
+    no_lsd: Annotated[bool, typer.Option("--no-lsd", help=_NO_LSD)] = False,
     dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
     dht_port: Annotated[int | None, typer.Option(help=_DHT_PORT)] = None,
     verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
@@ -318,6 +321,7 @@ def seed(
             actual = await session.listen(host, port)
             dht = await stack.enter_async_context(
                 _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
+            await stack.enter_async_context(_lsd(session, host, no_lsd))
             trackers = [[t] for t in tracker] if tracker else None
             t = await session.add(meta, save, seed_mode=fresh or trust,
                                   peers=[_addr(p) for p in peer or []], trackers=trackers)
@@ -385,6 +389,7 @@ def get(
     encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
     no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
     no_pex: Annotated[bool, typer.Option("--no-pex", help=_NO_PEX)] = False,
+    no_lsd: Annotated[bool, typer.Option("--no-lsd", help=_NO_LSD)] = False,
     dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
     dht_port: Annotated[int | None, typer.Option(help=_DHT_PORT)] = None,
     files: Annotated[list[str] | None, typer.Option(
@@ -434,7 +439,9 @@ def get(
     known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
     if magnet is not None:
         peers += [p for p in magnet.peers if p not in peers]
-    if not peers and not tracker and not known_trackers and not hub_url and (
+    lsd_only = (magnet is not None or (meta is not None and not meta.private)) and \
+        settings.lsd and not no_lsd
+    if not peers and not tracker and not known_trackers and not hub_url and not lsd_only and (
             no_dht or not (settings.dht or dht_bootstrap)):
         raise ui.UserError("no way to find peers: give --peer HOST:PORT or --tracker URL, "
                            "or leave the DHT on", ui.EXIT_USAGE)
@@ -448,6 +455,7 @@ def get(
             actual = await session.listen(host, port)
             dht = await stack.enter_async_context(
                 _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
+            lsd = await stack.enter_async_context(_lsd(session, host, no_lsd))
             if hub_url:
                 meta = await _from_hub(session, torrent, mode, output, token, json_progress,
                                        settings.download_rate_limit)
@@ -455,7 +463,7 @@ def get(
                     return 0  # done over HTTP
             elif magnet is not None:
                 meta = await _magnet_metadata(session, magnet, peers, tracker or [],
-                                              cmd_deadline, timeout or None, dht)
+                                              cmd_deadline, timeout or None, dht, lsd)
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
             prios = _file_priorities(meta, files or [])
@@ -571,7 +579,8 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
 
 async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],
                            trackers: list[str], deadline: float | None,
-                           timeout: float | None, dht: Any = None) -> Metainfo:
+                           timeout: float | None, dht: Any = None,
+                           lsd: Any = None) -> Metainfo:
     """Find peers for a magnet (given, x.pe, or one tracker announce) and fetch metadata,
     all before ``deadline`` (time.monotonic(); None: each peer still gets its own progress
     timeout). ``timeout`` is the command's --timeout, named when it expires: what is left of
@@ -598,10 +607,20 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
             console.print(f"[yellow]tracker:[/] {exc}")
         except TimeoutError:
             console.print("[yellow]tracker:[/] no answer before --timeout")
+    hashes = [h for h in (magnet.info_hash_v1, (magnet.info_hash_v2 or b"")[:20]) if h]
+    if lsd is not None and not candidates:
+        # on a LAN the swarm answers at once; with the DHT on too, do not wait long for it
+        wait = 3.0 if dht is not None else 60.0
+        left = _left(deadline)
+        candidates += await lsd.peers_for(hashes, wait if left is None else min(wait, left))
+        if candidates:
+            console.print(f"LSD: {len(candidates)} peers for the magnet link")
+            # they announce every 5 min only: the download dials them too (``peers`` is
+            # the caller's list, given to session.add once the metadata is here)
+            peers.extend(p for p in candidates if p not in peers)
     if dht is not None and not candidates:
         from swarmhub.discovery.dht.source import magnet_peers
 
-        hashes = [h for h in (magnet.info_hash_v1, (magnet.info_hash_v2 or b"")[:20]) if h]
         candidates += await magnet_peers(dht, hashes, timeout=_left(deadline))
         console.print(f"DHT: {len(candidates)} peers for the magnet link")
     return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
@@ -623,6 +642,13 @@ def _dht(session: Any, host: str, port: int, no_dht: bool, bootstrap: str | None
     return dht_for(session, session.settings, host=host, listen_port=port, no_dht=no_dht,
                    bootstrap=bootstrap, dht_port=dht_port,
                    state_file=state_file(session.state_dir))
+
+
+def _lsd(session: Any, host: str, no_lsd: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+    """BEP 14 local service discovery for ``get``/``seed`` (or None)."""
+    from swarmhub.discovery.lsd import lsd_for
+
+    return lsd_for(session, session.settings, host=host, no_lsd=no_lsd)
 
 
 # -- demo --------------------------------------------------------------------------------------

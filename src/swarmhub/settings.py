@@ -174,6 +174,9 @@ class Settings:
         "DHT nodes to join through, host:port,... (tests and the lab pass local nodes)")
     pex: bool = _f(True, "exchange peer lists with connected peers (BEP 11 ut_pex), about "
                    "once a minute; never for private torrents (--no-pex)")
+    lsd: bool = _f(True, "get/seed find peers on the local network by multicast (BEP 14 "
+                   "local service discovery, 239.192.152.143:6771); never for private "
+                   "torrents (--no-lsd)")
     # -- identity
     peer_id_prefix: str = _f("-SH0100-", "start of our 20-byte peer id (Azureus style)")
     user_agent: str = _f("swarmhub/0.1", "User-Agent for trackers and web seeds")

@@ -15,6 +15,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -182,10 +183,15 @@ def test_passkey_comes_from_bep41_url_data() -> None:
 # ------------------------------------------------------------------ the hub over sockets
 
 
-@pytest.fixture
-async def live(tmp_path: object) -> AsyncIterator[Live]:
+@pytest.fixture(params=["memory", "redis"])
+async def live(tmp_path: object, request: pytest.FixtureRequest) -> AsyncIterator[Live]:
+    """A hub with a UDP tracker, its swarms in memory or in a real Redis (shared state:
+    announces and scrapes are answered once the store replied)."""
+    shared = {}
+    if request.param == "redis":
+        shared["swarm_state"] = request.getfixturevalue("redis_server").new_url()
     async for x in live_hub(tmp_path, max_upload_size=16 << 20,  # type: ignore[arg-type]
-                            udp_tracker=("127.0.0.1", 0)):
+                            udp_tracker=("127.0.0.1", 0), **shared):
         async with x.http.post(f"{x.url}/api/collections", json={"name": "team", "private": True},
                                headers=x.auth(x.admin)) as r:
             assert r.status == 201
@@ -343,3 +349,23 @@ async def test_standalone_tracker_speaks_udp_too(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as http:
             over_http = await http_announce(http, f"http://127.0.0.1:{port}/announce", request(IH))
         assert over_http.peers == [("127.0.0.1", 7001)]
+
+
+async def test_two_hubs_on_one_redis_share_their_udp_swarms(
+        tmp_path: Path, redis_server: Any) -> None:
+    """``--udp-tracker`` with ``--swarm-state redis://``: an announce over UDP to hub A is
+    in the swarm hub B's UDP tracker answers from (one swarm, whichever process)."""
+    url = redis_server.new_url()
+    data = os.urandom(50_000)
+    client = UdpTrackerClient(base_timeout=2, max_retries=1)
+    async for a in live_hub(tmp_path / "a", udp_tracker=("127.0.0.1", 0), swarm_state=url):
+        async for b in live_hub(tmp_path / "b", udp_tracker=("127.0.0.1", 0), swarm_state=url):
+            fa, fb = await publish(a, data, "same.bin"), await publish(b, data, "same.bin")
+            assert fa["info_hash_v1"] == fb["info_hash_v1"]
+            ih = bytes.fromhex(fa["info_hash_v1"])
+            await client.announce(udp_url(a), request(ih, port=7101, left=0))
+            got = await client.announce(udp_url(b), request(ih, port=7102))
+            assert ("127.0.0.1", 7101) in got.peers and (got.complete, got.incomplete) == (1, 1)
+            assert (await client.scrape(udp_url(a), [ih]))[ih] == (1, 0, 1)
+            assert b.hub.udp_tracker is not None
+            assert b.hub.udp_tracker.core.counts["internal_error"] == 0

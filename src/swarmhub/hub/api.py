@@ -120,6 +120,10 @@ class HubConfig:
     send_timeout: float = 60.0
     #: Where the UDP tracker (BEP 15) listens; None (default): HTTP tracker only.
     udp_tracker: tuple[str, int] | None = None
+    #: DHT nodes (host:port,...) the embedded seeder joins the Mainline DHT through, to
+    #: announce public files there (peers then find each other with the hub gone); None
+    #: (default): no DHT. Never for private files (BEP 27).
+    dht_bootstrap: str | None = None
     #: The catalog: None (SQLite in ``data_dir``), ``sqlite:PATH`` or ``postgresql://...``
     #: (shared by several hub processes; see ``hub.backends``).
     db: str | None = None

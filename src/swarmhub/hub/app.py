@@ -139,6 +139,8 @@ class Seeder:
         self._seeding: dict[str, FileRecord] = {}
         #: Files that could not be seeded (a lost blob): logged once, not retried.
         self._unseedable: set[str] = set()
+        #: The seeder's DHT node (``dht_bootstrap``), once joined.
+        self.dht: Any = None
 
     async def run(self) -> None:
         from swarmhub.engine.session import Session
@@ -149,13 +151,14 @@ class Seeder:
         settings = Settings(upload_rate_limit=int(self.hub.config.upload_rate or 0))
         try:
             async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state",
-                               peer_filter=self.admit) as s:
+                               peer_filter=self.admit) as s, contextlib.AsyncExitStack() as st:
                 try:
                     self.port = await s.listen(*self.listen)
                 except OSError as exc:  # the hub refuses to start: no traceback for that
                     self._failed = exc
                     return
                 self.announce_ip = await self._announce_ip()
+                await self._join_dht(s, st)
                 self.session = s
                 self.ready.set()
                 records = await self.hub.catalog.run(self.hub.catalog.all_files)
@@ -178,6 +181,24 @@ class Seeder:
             log.exception("the embedded seeder stopped")
         finally:
             self.ready.set()
+
+    async def _join_dht(self, session: Any, stack: contextlib.AsyncExitStack) -> None:
+        """With ``dht_bootstrap``: a DHT node on the seeder's port (UDP) announcing every
+        public file, so late peers find the swarm from a magnet link even with the hub
+        gone. A DHT that cannot start is logged; the hub runs on without it."""
+        boot = self.hub.config.dht_bootstrap
+        if boot is None:
+            return
+        from swarmhub.discovery.dht.source import run_dht
+
+        try:
+            self.dht = await stack.enter_async_context(run_dht(
+                session, host=self.listen[0], port=self.port, bootstrap=boot,
+                state_file=self.hub.config.data_dir / "seed-state" / "dht.json"))
+        except Exception as exc:
+            log.warning("the embedded seeder's DHT did not start: %s", exc)
+            return
+        log.info("embedded seeder on the DHT: UDP %s:%d", self.listen[0], self.dht.port)
 
     async def _sync(self) -> None:
         """Seed what other hub processes published, stop what they deleted.
@@ -919,13 +940,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     else:
         log.info("%s", report.summary())
     if hub.config.udp_tracker is not None:
-        from swarmhub.hub.swarmstate import LocalSwarmState
         from swarmhub.hub.udp_tracker import start_hub_udp_tracker
 
-        if not isinstance(hub.tracker, LocalSwarmState):
-            hub.catalog.close()
-            raise StartupError("--udp-tracker works with the in-memory swarm state only for "
-                               "now: drop --swarm-state or --udp-tracker")
         try:
             hub.udp_tracker = await start_hub_udp_tracker(
                 hub, app[LIMITS_KEY].announces, *hub.config.udp_tracker)

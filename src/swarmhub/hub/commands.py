@@ -35,6 +35,21 @@ def default_data_dir() -> Path:
     return Path(base) / "swarmhub" / "hub"
 
 
+def _dht_bootstrap(dht: bool, bootstrap: str | None,
+                   peers: tuple[str, int] | None) -> str | None:
+    """The seeder's DHT bootstrap list, None when the hub stays off the DHT."""
+    if bootstrap is None and not dht:
+        return None
+    if peers is None:
+        raise typer.BadParameter("the DHT runs on the embedded seeder: not with "
+                                 "--peer-listen off", param_hint="--dht")
+    if bootstrap is not None:
+        return bootstrap
+    from swarmhub.config import load_settings
+
+    return load_settings().dht_bootstrap
+
+
 def _addr(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -75,6 +90,9 @@ async def run_hub(config: Any, host: str, port: int, *, ready: Any = None,
         if ready is not None:
             ready.set()
         _out.print(f"hub listening on http://{host}:{port} (public URL {config.base_url})")
+        dht = getattr(runner.app[HUB_KEY].seeder, "dht", None)
+        if dht is not None:
+            _out.print(f"seeder on the DHT: UDP port {dht.port}")
         if token is not None:
             _out.print(f"admin page:  {config.base_url}/admin")
             _out.print(f"admin token: {token}")
@@ -146,6 +164,17 @@ def hub(
         str | None,
         typer.Option(help="HOST:PORT where the tracker also speaks UDP (BEP 15); "
                      "torrents then list udp://PUBLIC-HOST:PORT/announce as a second tier."),
+    ] = None,
+    dht: Annotated[
+        bool,
+        typer.Option("--dht", help="The embedded seeder joins the Mainline DHT (on its "
+                     "--peer-listen port, UDP) and announces public files there, so peers "
+                     "find each other from a magnet link even with the hub down; never "
+                     "private files. Bootstraps from the dht_bootstrap setting."),
+    ] = False,
+    dht_bootstrap: Annotated[
+        str | None,
+        typer.Option(help="DHT nodes HOST:PORT,... for the seeder (implies --dht)."),
     ] = None,
     db: Annotated[
         str | None,
@@ -219,6 +248,7 @@ def hub(
         body_timeout=upload_timeout,
         send_timeout=send_timeout,
         udp_tracker=None if udp_tracker is None else _addr(udp_tracker, "--udp-tracker"),
+        dht_bootstrap=_dht_bootstrap(dht, dht_bootstrap, peers),
         db=db,
         swarm_state=None if swarm_state == "memory" else swarm_state,
         blob_dir=blobs,

@@ -18,6 +18,13 @@ Three layers, like the HTTP tracker:
   datagram is dropped without an answer, so a flood costs a dict lookup.
 - :class:`UdpTrackerServer` / :func:`start_udp_tracker` only move datagrams.
 
+With a shared swarm state (``--swarm-state redis://``) an announce or a scrape is a
+network hop away: :class:`SharedUdpTrackerCore` answers them with a coroutine that the
+server runs as a task (at most :data:`MAX_PENDING` at once; past that a datagram is
+dropped, as UDP allows: the client asks again), replying when the store answered.
+Connects, errors and the rate limit stay synchronous, so a flood still costs a dict
+lookup and no task.
+
 A :class:`UdpPolicy` adds the hub's rules (catalog whitelist, passkeys for private
 torrents via BEP 41 ``/announce?passkey=...``, access proofs for the embedded seeder):
 :class:`HubUdpPolicy`. The standalone tracker (``python -m swarmhub.hub.tracker --udp
@@ -34,8 +41,9 @@ import os
 import socket
 import urllib.parse
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from swarmhub.discovery.udp_codec import (
     EVENTS,
@@ -58,12 +66,14 @@ from swarmhub.hub.tracker import AnnounceParams, TrackerState
 
 if TYPE_CHECKING:
     from swarmhub.hub.api import Hub
+    from swarmhub.hub.swarmstate import SwarmState
 
 __all__ = [
     "MAX_DATAGRAM",
     "MAX_SCRAPE",
     "ConnectionIds",
     "HubUdpPolicy",
+    "SharedUdpTrackerCore",
     "UdpPolicy",
     "UdpTrackerCore",
     "UdpTrackerServer",
@@ -83,6 +93,14 @@ BATCH = 64
 MAX_PEERS_V6 = 80
 #: Peers handed out when the client leaves num_want at -1 (as the HTTP default).
 DEFAULT_NUMWANT = 50
+#: Announces/scrapes waiting on a shared swarm state at once (SharedUdpTrackerCore).
+MAX_PENDING = 256
+#: Seconds a reply may wait on the shared swarm state before it is given up.
+PENDING_TIMEOUT = 5.0
+
+#: What the core gives for one datagram: reply bytes, nothing, or (shared swarm state) a
+#: coroutine that produces one of those.
+Reply = bytes | None | Coroutine[Any, Any, bytes | None]
 
 
 class ConnectionIds:
@@ -149,7 +167,7 @@ class UdpTrackerCore:
         self.policy = policy
         self.counts: Counter[str] = Counter()
 
-    def handle(self, data: bytes, ip: str, now: float) -> bytes | None:
+    def handle(self, data: bytes, ip: str, now: float) -> Reply:
         """The reply to one datagram from ``ip``, or ``None`` to send nothing."""
         size = len(data)
         if size > MAX_DATAGRAM:
@@ -174,15 +192,18 @@ class UdpTrackerCore:
         if isinstance(req, Announce):
             return self._announce(req, ip, now, size)
         self.counts["scrape"] += 1
+        return self._scrape(req.transaction_id, req.info_hashes)
+
+    def _scrape(self, tid: int, info_hashes: tuple[bytes, ...]) -> Reply:
         policy, stats = self.policy, self.state.stats
         rows = tuple(
             (c, d, i) if policy is None or policy.scrape_visible(ih) else (0, 0, 0)
-            for ih in req.info_hashes
+            for ih in info_hashes
             for c, d, i in (stats(ih),)
         )
-        return encode(ScrapeReply(req.transaction_id, rows))
+        return encode(ScrapeReply(tid, rows))
 
-    def _announce(self, req: Announce, ip: str, now: float, size: int) -> bytes:
+    def _announce(self, req: Announce, ip: str, now: float, size: int) -> Reply:
         tid = req.transaction_id
         width = 6
         if ":" in ip:  # a dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d
@@ -202,6 +223,12 @@ class UdpTrackerCore:
             if refusal is not None:
                 self.counts["refused"] += 1
                 return self._error(tid, refusal, size)
+        return self._record(req, params, now, width, size)
+
+    def _record(self, req: Announce, params: AnnounceParams, now: float, width: int,
+                size: int) -> Reply:
+        """Enter an admitted announce in the swarms and answer it."""
+        tid, policy = req.transaction_id, self.policy
         result = self.state.announce_compact(params, now, width)
         if result is None:
             self.counts["refused"] += 1
@@ -215,6 +242,58 @@ class UdpTrackerCore:
     def _error(self, transaction_id: int, message: str, request_size: int) -> bytes:
         # Never larger than the request: an error can go to a spoofed source.
         return encode(ErrorReply(transaction_id, message))[:request_size]
+
+
+class SharedUdpTrackerCore(UdpTrackerCore):
+    """The core over a shared, asynchronous swarm state (Redis): announces and scrapes
+    answer with a coroutine; everything else (connects, ids, limits, errors) as above.
+
+    The swarms answer as the HTTP tracker's do (a bencoded body), so both protocols see
+    one swarm in every hub process; the UDP reply is built from that body.
+    """
+
+    def __init__(self, swarms: SwarmState, *, ids: ConnectionIds | None = None,
+                 rate: AnnounceRate | None = None, policy: UdpPolicy | None = None) -> None:
+        super().__init__(TrackerState(interval=swarms.interval,
+                                      min_interval=swarms.min_interval),
+                         ids=ids, rate=rate, policy=policy)
+        self.swarms = swarms
+
+    def _scrape(self, tid: int, info_hashes: tuple[bytes, ...]) -> Reply:
+        return self._scrape_shared(tid, info_hashes)
+
+    async def _scrape_shared(self, tid: int, info_hashes: tuple[bytes, ...]) -> bytes | None:
+        stats = await self.swarms.stats_many(list(info_hashes))
+        policy = self.policy
+        rows = tuple(
+            row if policy is None or policy.scrape_visible(ih) else (0, 0, 0)
+            for ih, row in zip(info_hashes, stats, strict=True)
+        )
+        return encode(ScrapeReply(tid, rows))
+
+    def _record(self, req: Announce, params: AnnounceParams, now: float, width: int,
+                size: int) -> Reply:
+        return self._record_shared(req, params, now, width, size)
+
+    async def _record_shared(self, req: Announce, params: AnnounceParams, now: float,
+                             width: int, size: int) -> bytes | None:
+        from swarmhub.bencode import bdecode
+
+        tid = req.transaction_id
+        body = bdecode(await self.swarms.announce(params, now))
+        if not isinstance(body, dict) or b"failure reason" in body:
+            self.counts["refused"] += 1
+            why = body.get(b"failure reason", b"refused") if isinstance(body, dict) else b""
+            return self._error(tid, bytes(why).decode("utf-8", "replace"), size)
+        if self.policy is not None:
+            self.policy.announced(params, req.url_data, now)
+        self.counts["announce"] += 1
+        peers = body.get(b"peers6" if width == 18 else b"peers", b"")
+        if not isinstance(peers, bytes):
+            peers = b""
+        peers = peers[: len(peers) - len(peers) % width]
+        return encode_announce_reply(tid, self.swarms.interval, int(body.get(b"incomplete", 0)),
+                                     int(body.get(b"complete", 0)), peers)
 
 
 class UdpTrackerServer:
@@ -231,6 +310,7 @@ class UdpTrackerServer:
         self.sock = sock
         self.core = core
         self._loop = asyncio.get_running_loop()
+        self._pending: set[asyncio.Task[None]] = set()
         self._loop.add_reader(sock.fileno(), self._drain)
 
     @property
@@ -254,13 +334,38 @@ class UdpTrackerServer:
                 counts["internal_error"] += 1
                 log.exception("UDP tracker: cannot handle a datagram from %s", addr[0])
                 continue
-            if reply is not None:
-                try:
-                    sock.sendto(reply, addr)
-                except (BlockingIOError, InterruptedError):
-                    counts["reply_dropped"] += 1
-                except OSError as exc:
-                    log.debug("UDP tracker cannot answer %s: %s", addr[0], exc)
+            if isinstance(reply, bytes):
+                self._send(reply, addr)
+            elif reply is not None:
+                self._later(reply, addr)
+
+    def _send(self, reply: bytes, addr: Any) -> None:
+        try:
+            self.sock.sendto(reply, addr)
+        except (BlockingIOError, InterruptedError):
+            self.core.counts["reply_dropped"] += 1
+        except OSError as exc:
+            log.debug("UDP tracker cannot answer %s: %s", addr[0], exc)
+
+    def _later(self, reply: Coroutine[Any, Any, bytes | None], addr: Any) -> None:
+        """Answer once the shared swarm state did (bounded: past MAX_PENDING, drop)."""
+        if len(self._pending) >= MAX_PENDING:
+            reply.close()
+            self.core.counts["overloaded"] += 1
+            return
+        task = self._loop.create_task(self._answer(reply, addr))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _answer(self, reply: Coroutine[Any, Any, bytes | None], addr: Any) -> None:
+        try:
+            data = await asyncio.wait_for(reply, PENDING_TIMEOUT)
+        except Exception:  # the store is down or slow: no answer, the client retries
+            self.core.counts["internal_error"] += 1
+            log.exception("UDP tracker: the swarm state failed for %s", addr[0])
+            return
+        if data is not None and self.sock.fileno() >= 0:
+            self._send(data, addr)
 
     def metrics(self) -> MetricFamily:
         """Datagrams by outcome, for the hub's ``/metrics``."""
@@ -274,6 +379,8 @@ class UdpTrackerServer:
         return fam
 
     def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
         if self.sock.fileno() >= 0:
             self._loop.remove_reader(self.sock.fileno())
             self.sock.close()
@@ -375,8 +482,10 @@ async def start_hub_udp_tracker(
     """The hub's UDP tracker: its swarms, its per-address announce limit, its rules."""
     from swarmhub.hub.swarmstate import LocalSwarmState
 
-    assert isinstance(hub.tracker, LocalSwarmState), "the UDP core answers from memory"
-    core = UdpTrackerCore(hub.tracker.state, ids=hub_connection_ids(hub.config.data_dir),
-                          rate=rate,
-                          policy=HubUdpPolicy(hub))
+    ids, policy = hub_connection_ids(hub.config.data_dir), HubUdpPolicy(hub)
+    core: UdpTrackerCore
+    if isinstance(hub.tracker, LocalSwarmState):  # in memory: answered in place
+        core = UdpTrackerCore(hub.tracker.state, ids=ids, rate=rate, policy=policy)
+    else:
+        core = SharedUdpTrackerCore(hub.tracker, ids=ids, rate=rate, policy=policy)
     return await start_udp_tracker(core, host, port)

@@ -113,6 +113,8 @@ def _run_all(
     prefix: str,
     loopback: bool,
     timeout: float | None,
+    dht: bool = False,
+    late: int = 0,
 ) -> list[ScenarioResult]:
     require_plotting()
     size_b = _parse("--size", size, parse_size)
@@ -165,6 +167,8 @@ def _run_all(
                         prefix=prefix,
                         use_netns=use_netns,
                         timeout=timeout,
+                        dht=dht,
+                        late=late,
                     )
                 except LabError as exc:
                     progress.console.print(f"[yellow]{mode} N={n}: skipped:[/] {exc}")
@@ -242,6 +246,12 @@ def run(
     loopback: _Loopback = False,
     keep: _Keep = False,
     timeout: _Timeout = None,
+    dht: Annotated[bool, typer.Option(
+        "--dht", help="Peers also find each other on a DHT of the lab's hosts; p2p then runs "
+        "with no tracker, from a magnet link (namespace lab only).")] = False,
+    late: Annotated[int, typer.Option(
+        help="With --dht and a kill-hub fault: this many more hosts start once the hub "
+        "died, from a magnet link, and must still find the swarm.")] = 0,
 ) -> None:
     """Run each mode once with N receiving hosts; print a table and write OUT/report.html."""
     if peers < 1:
@@ -260,6 +270,8 @@ def run(
         prefix,
         loopback,
         timeout,
+        dht=dht,
+        late=late,
     )
     _finish(results, out, keep)
 

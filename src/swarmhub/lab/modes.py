@@ -75,6 +75,7 @@ class _HubSource(Runner):
             argv += ["--tracker-peers-per-ip", "0", "--tracker-announce-rate", "0"]
         if self.hub_upload_limit():
             argv += ["--upload-limit", _kib(res.source_up_bps)]
+        argv += self.dht_args()  # the hub's seeder announces the file on the lab's DHT
         proc = lab.run(0, argv, name="h0-hub")
         self.source_procs.append(proc)
         out = wait_text(proc, "hub listening", _START_TIMEOUT)
@@ -151,7 +152,7 @@ class _HubSource(Runner):
             wait,
         ]
         if mode != "cs":
-            argv += ["--seed-after", wait]
+            argv += ["--seed-after", wait, *self.dht_args()]
         if not self.netns:
             argv += ["--upload-limit", _kib(res.up_bps), "--download-limit", _kib(res.down_bps)]
         return argv
@@ -214,6 +215,11 @@ class P2P(Runner):
         from swarmhub.metainfo import create_torrent, torrent_bytes
 
         lab = self.lab
+        if self.dht:  # no tracker at all: a magnet link and the DHT
+            self.meta = create_torrent(self.data)
+            self.torrent = self.workdir / "payload.torrent"
+            self.torrent.write_bytes(torrent_bytes(self.meta))
+            return
         tport = self.port("tracker")
         self.announce = f"http://{lab.addr(0)}:{tport}/announce"
         tracker = lab.run(
@@ -249,8 +255,7 @@ class P2P(Runner):
             str(self.data),
             "--listen",
             f"{lab.addr(0)}:{self.port('seed') if self.netns else 0}",
-            "--tracker",
-            self.announce,
+            *(self.dht_args() if self.dht else ["--tracker", self.announce]),
             "--trust",
         ]
         if not self.netns:
@@ -266,14 +271,14 @@ class P2P(Runner):
         lab, res = self.lab, self.result
         listen = f"{lab.addr(host)}:{self.port('peer') if self.netns else 0}"
         wait = str(int(self.deadline_s) + 5)
+        source = [self.magnet(), *self.dht_args()] if self.dht else [
+            str(self.torrent), "--tracker", self.announce]
         argv = [
             *_PY,
             "get",
-            str(self.torrent),
+            *source,
             "-o",
             str(self.out_dir(host)),
-            "--tracker",
-            self.announce,
             "--json",
             "--listen",
             listen,

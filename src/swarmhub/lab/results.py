@@ -31,6 +31,8 @@ class HostResult:
     killed: bool = False
     #: Bytes this host got from the hub's web seed (hybrid) as the client reported them.
     webseed_bytes: int = 0
+    #: Started only after the fault struck (``late``): it knew a magnet link, no live hub.
+    late: bool = False
 
 
 @dataclass

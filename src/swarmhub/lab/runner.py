@@ -49,6 +49,9 @@ class Runner:
         deadline_s: float,
         sink: EventSink,
         fault: Fault | None = None,
+        *,
+        dht: bool = False,
+        late: int = 0,
     ) -> None:
         self.lab = lab
         self.result = result
@@ -59,6 +62,16 @@ class Runner:
         self.fault = fault
         self.netns = isinstance(lab, Lab)
         self.n = result.peers
+        #: Peers also find each other on a DHT of the lab's hosts (each node bootstraps
+        #: from every host's port: no host is special, none is needed once joined).
+        self.dht = dht
+        #: Hosts n+1..n+late start once the fault struck, from a magnet link.
+        self.late = late
+        if (dht or late) and not self.netns:
+            raise LabError("the DHT and late joiners need the namespace lab (root): on "
+                           "loopback every node shares one address and unknown ports")
+        if late and (fault is None or fault.kind != "kill-hub" or not dht):
+            raise LabError("late joiners need --dht and a kill-hub fault to join after")
         #: Every process on host 0: what ``kill-hub`` kills.
         self.source_procs: list[LabProc] = []
         self.hub_dead = False
@@ -80,6 +93,34 @@ class Runner:
     def app_source_upload(self) -> int:
         """Host 0's upload by application counters (loopback has no link counters)."""
         return sum(h.bytes_down for h in self.result.hosts)
+
+    def magnet(self) -> str:
+        """The swarm's magnet link (its torrent's trackers and web seeds, dead or not)."""
+        from swarmhub.metainfo import make_magnet
+
+        meta = self.torrent_meta()
+        if meta is None:
+            raise LabError(f"mode {self.result.mode} has no torrent to make a magnet link of")
+        return make_magnet(meta)
+
+    def dht_args(self) -> list[str]:
+        """``--dht-bootstrap`` with every host's DHT port (the peer port), when on."""
+        if not self.dht:
+            return []
+        hosts = range(self.lab.hosts)
+        boot = ",".join(f"{self.lab.addr(i)}:{_NETNS_PORTS['peer']}" for i in hosts)
+        return ["--dht-bootstrap", boot]
+
+    def start_late_client(self, host: int) -> LabProc:
+        """A peer that joins after the hub died: ``swarmhub get MAGNET`` on the DHT."""
+        import sys
+
+        wait = str(int(self.deadline_s) + 5)
+        argv = [sys.executable, "-u", "-m", "swarmhub", "get", self.magnet(), "-o",
+                str(self.out_dir(host)), "--json", "--listen",
+                f"{self.lab.addr(host)}:{self.port('peer')}", "--timeout", wait,
+                "--seed-after", wait, *self.dht_args()]  # fmt: skip
+        return self.lab.run(host, argv, name=f"h{host}-late")
 
     # -- helpers -------------------------------------------------------------------------------
     def port(self, kind: str) -> int:
@@ -106,13 +147,14 @@ class Runner:
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> None:
         res = self.result
-        res.hosts = [HostResult(host=i, addr=self.lab.addr(i)) for i in range(1, self.n + 1)]
+        res.hosts = [HostResult(host=i, addr=self.lab.addr(i), late=i > self.n)
+                     for i in range(1, self.n + self.late + 1)]
         for h in res.hosts:  # a fresh folder: no part file or data of an earlier run
             shutil.rmtree(self.out_dir(h.host), ignore_errors=True)
             self.out_dir(h.host).mkdir(parents=True)
         self.start_source()
         before = self.link_totals()
-        clients = {h.host: self.start_client(h.host) for h in res.hosts}
+        clients = {h.host: self.start_client(h.host) for h in res.hosts if not h.late}
         self.sink({"event": "started", "mode": res.mode, "hosts": len(clients)})
         self.follow(clients)
         if not self.hub_dead:
@@ -180,6 +222,13 @@ class Runner:
                 self.inject(clients, pending)
                 for host in fault.victims(sorted(clients)):
                     state.remove(host)
+                for h in res.hosts:
+                    if h.late:  # they know a magnet link; the hub that served it is gone
+                        clients[h.host] = self.start_late_client(h.host)
+                        state.add_host(h.host)
+                        pending.add(h.host)
+                        moved_at = now
+                        self.sink({"event": "started", "host": h.host, "late": True})
             total = state.delivered()
             if total > moved_sum + 1e-9:
                 moved_sum, moved_at = total, now

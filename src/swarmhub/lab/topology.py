@@ -121,6 +121,7 @@ class LabProc:
         name: str,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        dht_nets: str = "1",
     ) -> None:
         self.args = list(args)
         self.name = name
@@ -135,9 +136,11 @@ class LabProc:
                 stdout=self._out,
                 stderr=subprocess.STDOUT,
                 # lab peers never join the public DHT: off unless given local bootstrap
-                # nodes (--dht-bootstrap), and never a datagram outside 127.0.0.0/8
-                env={**(os.environ if env is None else env), "SWARMHUB_DHT": "0",
-                     "SWARMHUB_DHT_LOCAL_ONLY": "1"},
+                # nodes (--dht-bootstrap), and never a datagram outside ``dht_nets`` (the
+                # lab's own networks); no LSD multicast unless the caller's env turns it
+                # on (namespace labs only)
+                env={"SWARMHUB_LSD": "0", **(os.environ if env is None else env),
+                     "SWARMHUB_DHT": "0", "SWARMHUB_DHT_LOCAL_ONLY": dht_nets},
                 cwd=cwd,
                 start_new_session=True,
             )
@@ -250,6 +253,8 @@ class _Base:
     """What namespace and loopback labs share: processes, logs, signal-safe teardown."""
 
     shaped = False
+    #: SWARMHUB_DHT_LOCAL_ONLY of the lab's processes: where their DHT nodes may send.
+    dht_nets = "1"
 
     def __init__(
         self, hosts: int, up_bps: float, down_bps: float, latency_ms: float, log_dir: Path | None
@@ -308,6 +313,7 @@ class _Base:
             name=name,
             env=env,
             cwd=cwd,
+            dht_nets=self.dht_nets,
         )
         self.procs.append(proc)
         log.debug("started %s (pid %d): %s", name, proc.pid, argv)
@@ -342,6 +348,7 @@ class Lab(_Base):
     """N hosts in network namespaces behind a bridge, with htb-shaped up and down links."""
 
     shaped = True
+    dht_nets = f"127.0.0.0/8,{HOST_NET}.0/24"
 
     def __init__(
         self,
@@ -576,6 +583,20 @@ class LoopbackLab(_Base):
 
     def addr(self, host: int) -> str:
         return "127.0.0.1"
+
+    def run(
+        self,
+        host: int,
+        argv: Sequence[str],
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> LabProc:
+        """As :meth:`_Base.run`, with LSD forced off: these hosts share the root namespace,
+        where no lab process may multicast."""
+        env = {**(os.environ if env is None else env), "SWARMHUB_LSD": "0"}
+        return super().run(host, argv, name=name, env=env, cwd=cwd)
 
     def _wrap(self, host: int, argv: Sequence[str]) -> list[str]:
         return list(argv)

@@ -189,6 +189,34 @@ async def test_lonely_downloads_back_off_and_seeds_announce_every_fifteen_minute
     assert source._due[b"s"] - now[0] == 900.0
 
 
+async def test_a_seed_whose_announce_reached_nobody_tries_again_soon() -> None:
+    class Alone(FakeNode):
+        """An empty routing table: no peers, no node to announce to (announced == 0)."""
+
+        alone = True
+
+        async def get_peers(self, info_hash: bytes, *, announce_port: int | None = None,
+                            timeout: float = 30.0) -> LookupDone:
+            self.asked.append((info_hash, announce_port))
+            return LookupDone(1, info_hash, LookupKind.GET_PEERS, (), (), 0, 0,
+                              0 if self.alone else 3)
+
+    now = [0.0]
+    seeding = Torrent(Meta(info_hash_v2=None))
+    seeding.complete = asyncio.Event()  # type: ignore[attr-defined]
+    seeding.complete.set()  # type: ignore[attr-defined]
+    node = Alone()
+    source = DhtSource(Session({b"s": seeding}), node, clock=lambda: now[0])  # type: ignore[arg-type]
+    waits = []
+    for _ in range(3):
+        await source._one(b"s", seeding)
+        waits.append(source._due[b"s"] - now[0])
+    assert waits == [15.0, 30.0, 60.0]
+    node.alone = False  # other nodes joined: the announce lands, then every 15 min
+    await source._one(b"s", seeding)
+    assert source._due[b"s"] - now[0] == 900.0
+
+
 def test_local_only_accepts_a_lab_subnet_list(monkeypatch: pytest.MonkeyPatch) -> None:
     from swarmhub.discovery.dht.node import allowed_networks
 

@@ -72,8 +72,10 @@ class DhtSource:
     A seed announces every ``seed_interval`` seconds (libtorrent: 15 min), a download
     every ``interval``; a download whose lookups found nobody tries again after ``retry``
     seconds, doubling up to ``interval``, so a leecher that came before its seeder is not
-    stuck and a lone one does not hammer the network. "Seed" is read from the torrent's
-    ``complete`` event when it has one.
+    stuck and a lone one does not hammer the network. A seed whose announce reached no
+    node (its DHT was still empty: the first node of a network, or a restart before the
+    bootstrap answered) backs off the same way instead of staying unknown for 15 min.
+    "Seed" is read from the torrent's ``complete`` event when it has one.
     """
 
     def __init__(self, session: _Session, node: DhtNode, *, interval: float = 300.0,
@@ -108,6 +110,7 @@ class DhtSource:
     async def _one(self, key: bytes, torrent: _Torrent) -> None:
         peers: dict[Addr, None] = {}
         port = self.session.listen_port or None
+        announced = 0
         for h in dht_hashes(torrent.meta):
             try:
                 done = await self.node.get_peers(h, announce_port=port,
@@ -116,6 +119,7 @@ class DhtSource:
                 log.debug("DHT lookup for %s timed out", h.hex())
                 continue
             peers.update(dict.fromkeys(done.peers))
+            announced += done.announced
         own = {("127.0.0.1", port), (self.node.addr[0], port)}
         found = [p for p in peers if p not in own]
         self.found[key] = len(found)
@@ -123,8 +127,9 @@ class DhtSource:
             log.info("DHT: %d peers for %s", len(found), key.hex())
             torrent.add_peers(found)
         complete = getattr(torrent, "complete", None)
-        if isinstance(complete, asyncio.Event) and complete.is_set():
+        if isinstance(complete, asyncio.Event) and complete.is_set() and announced:
             wait = self.seed_interval
+            self._backoff.pop(key, None)
         elif found:
             wait = self.interval
             self._backoff.pop(key, None)
@@ -205,12 +210,18 @@ async def magnet_peers(node: DhtNode, hashes: list[bytes], *, timeout: float | N
     deadline = time.monotonic() + (60.0 if timeout is None else timeout)
     while True:
         peers: dict[Addr, None] = {}
-        for h in hashes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                done = await node.get_peers(h, timeout=min(left, 30.0))
+        left = deadline - time.monotonic()
+        if left > 0:
+            # both hashes of a hybrid at once: a lookup that waits out a dead node's query
+            # timeout should not make the other one wait too
+            found = await asyncio.gather(
+                *(node.get_peers(h, timeout=min(left, 30.0)) for h in hashes),
+                return_exceptions=True)
+            for done in found:
+                if isinstance(done, TimeoutError):
+                    continue
+                if isinstance(done, BaseException):
+                    raise done
                 peers.update(dict.fromkeys(done.peers))
         if peers or time.monotonic() + retry >= deadline:
             return list(peers)
