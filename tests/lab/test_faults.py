@@ -83,6 +83,16 @@ def test_full_copy_fires_when_the_union_holds_every_piece_not_before() -> None:
     assert almost.pieces_held() == 8 and should_fire(FULL_COPY, almost)
 
 
+def test_no_full_copy_while_a_receiver_has_not_joined() -> None:
+    # A hybrid client still fetching the torrent from the hub (slow start on a loaded
+    # machine) would fail if the hub died now, whatever the others hold.
+    state = _swarm(40, 4, h1="1100", h2="0011")
+    state.add_host(3)
+    assert state.pieces_held() == 4 and not state.full_copy()
+    state.report(3, bitfield=_bits("0000"))  # it has the metadata: it can use the swarm
+    assert state.full_copy()
+
+
 def test_full_copy_ignores_spare_bits_and_older_lines() -> None:
     state = _swarm(90, 9, h1="1111 1111 0", h2="0000 0000 0")
     state.report(2, bitfield=b"\x00\x7f")  # garbage in the 7 spare bits: not piece 8

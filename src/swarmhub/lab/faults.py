@@ -107,6 +107,10 @@ class SwarmProgress:
     bitfields: dict[int, int] = field(default_factory=dict)
     complete: set[int] = field(default_factory=set)
     gone: set[int] = field(default_factory=set)
+    #: Receivers that have joined the swarm: sent a bitfield (so they hold the metadata)
+    #: or got bytes. One that has not cannot finish without host 0 (a hybrid client
+    #: still fetching the torrent from the hub), so no full copy is declared before.
+    joined: set[int] = field(default_factory=set)
 
     def add_host(self, host: int) -> None:
         self.have_bytes.setdefault(host, 0)
@@ -128,6 +132,8 @@ class SwarmProgress:
         if complete:
             self.complete.add(host)
             self.have_bytes[host] = self.size
+        if bitfield is not None or complete or self.have_bytes.get(host, 0) > 0:
+            self.joined.add(host)
 
     def remove(self, host: int) -> None:
         """A receiver killed on purpose: it no longer counts, nor do the pieces it held."""
@@ -159,7 +165,10 @@ class SwarmProgress:
 
     def full_copy(self) -> bool:
         """True once the live receivers together hold every piece (without a bitfield, a
-        receiver that holds the whole file is the only proof)."""
+        receiver that holds the whole file is the only proof), and every one of them has
+        joined: a receiver still starting on a loaded machine needs host 0 to join."""
+        if any(h not in self.joined for h in self.live):
+            return False
         if any(h in self.complete or self.have_bytes[h] >= self.size for h in self.live):
             return True
         return self.num_pieces is not None and self.pieces_held() == self.num_pieces
