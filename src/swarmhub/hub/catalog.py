@@ -139,13 +139,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
         3,
         # A publish pins the blob it is about to rely on (CatalogBase.pin_blob), so that
-        # no hub sharing the store deletes it before the file's row exists.
+        # no hub sharing the store deletes it before the file's row exists. migrated_rows:
+        # what `hub migrate` copied here, so a later run can carry the source's deletions
+        # without touching what was published on this catalog itself.
         """
         CREATE TABLE blob_pins (
             sha256 TEXT NOT NULL,
             holder TEXT NOT NULL,
             expires REAL NOT NULL,
             PRIMARY KEY (sha256, holder)
+        );
+        CREATE TABLE migrated_rows (
+            tbl TEXT NOT NULL,
+            id TEXT NOT NULL,
+            PRIMARY KEY (tbl, id)
         );
         """,
     ),

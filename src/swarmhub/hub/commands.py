@@ -301,8 +301,8 @@ def hub_migrate(
     """Copy a hub's catalog (and blobs) to other backends while it keeps serving.
 
     Idempotent: run it while the old hub serves, then once more after stopping it (new
-    files, tokens and revocations are carried over; deletions are not). Passkeys stay
-    valid: the passkey secret is copied too.
+    files, tokens, revocations and deletions are carried over; what was published on the
+    target itself stays). Passkeys stay valid: the passkey secret is copied too.
     """
     import tempfile
 
