@@ -120,6 +120,7 @@ class Torrent:
         clock: Callable[[], float] = time.monotonic,
         file_priorities: Sequence[int] | None = None,
         sequential: bool = False,
+        storage: TorrentStorage | None = None,
     ) -> None:
         self.session = session
         self.settings = session.settings
@@ -128,7 +129,8 @@ class Torrent:
         self.seed_mode = seed_mode
         self.rng = rng or random.Random()
         self.clock = clock
-        self.storage = TorrentStorage(meta, save_path)
+        #: ``storage``: another source of the bytes (the hub's seeder reads S3 blobs).
+        self.storage = storage if storage is not None else TorrentStorage(meta, save_path)
         self.verifier = PieceVerifier(meta)
         self.tracker_tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
         pads = _pad_blocks(meta)

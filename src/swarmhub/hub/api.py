@@ -134,6 +134,9 @@ class HubConfig:
     store: str | None = None
     #: With S3: answer downloads of uncached blobs with a redirect to a presigned URL.
     s3_redirect: bool = False
+    #: With S3: bytes of pieces the seeder keeps from S3 (LRU; blobs this hub took the
+    #: upload of are read from its local copy instead).
+    s3_piece_cache: int = 64 << 20
     #: Bind HTTP with SO_REUSEPORT (``--workers``: the processes share one port).
     reuse_port: bool = False
     #: SQLite catalog shared by worker processes: seconds between checks for their writes.

@@ -174,6 +174,11 @@ def hub(
         typer.Option(help="With --store: redirect downloads of uncached blobs to a "
                      "presigned S3 URL instead of streaming them through the hub."),
     ] = False,
+    s3_piece_cache: Annotated[
+        int,
+        typer.Option(help="With --store: MiB of pieces read from S3 the seeder keeps in "
+                     "memory (least recently used go first).", min=0),
+    ] = 64,
     workers: Annotated[
         int,
         typer.Option(help="Processes sharing the HTTP port (SO_REUSEPORT); the first runs "
@@ -224,6 +229,7 @@ def hub(
         blob_dir=blobs,
         store=store,
         s3_redirect=s3_redirect,
+        s3_piece_cache=s3_piece_cache << 20,
     )
     try:
         if workers > 1:
