@@ -4,6 +4,7 @@
         [--concurrency 64] [--keepalive | --no-keepalive] [--generators auto|1|2]
         [--client raw|aiohttp] [--pin | --no-pin] [--only swarmhub|opentracker] [--rounds 1]
         [--proto both|http|udp] [--udp-inflight 16] [--profile OUT.prof]
+        [--workers 1,2]
 
 Why this shape: the tracker runs as its own process (``python -m swarmhub.hub.tracker``,
 exactly as shipped) on 127.0.0.1 and a free port; the load comes from separate generator
@@ -38,6 +39,15 @@ announced by one generator process keeping ``--udp-inflight`` announces outstand
 one socket (``bench/udp_load.py``): the load is bounded, and by Little's law latency is
 about in-flight / rate, so 16 in flight at 20,000/s means ~0.8 ms. The aim for our UDP
 tracker is >= 20,000 announces/s on one core with p99 <= 5 ms.
+
+``--workers 1,2``: instead of the standalone tracker, a whole ``swarmhub hub`` (catalog
+lookups, limits; ``bench/hubbench.py``) answers, HTTP only: one worker with in-memory
+swarms, then each worker count on Redis swarms (``--workers N`` needs a shared swarm
+state; a Redis server is started for the run), opentracker in the same round. The hub's
+torrents are ``--torrents`` small files with fixed contents, published to each hub, so
+every hub and opentracker's whitelist see the same info hashes. One-worker rows and
+opentracker are pinned as above; with N > 1 workers nothing is pinned (on 2 CPUs the
+workers and the generator share both): read the server CPU column with the rate.
 
 opentracker (Debian's build is whitelist-only): it is started with ``-d`` a temp folder
 holding ``whitelist.txt`` with the bench's info hashes (``-w`` is read inside the chroot).
@@ -123,10 +133,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """user+system CPU of a process (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """user+system CPU of a process (all its threads) and of its children (a hub's
+    workers), from /proc."""
+    import hubbench
+
+    return hubbench.tree_cpu(pid)
 
 
 def machine_busy() -> float:
@@ -697,7 +708,7 @@ def run_server(
             print_row(row)
     finally:
         stop(proc)
-        if proc.returncode not in (0, -signal.SIGTERM):
+        if proc.returncode not in (0, 130, -signal.SIGTERM):  # 130: the hub on SIGTERM
             print(f"{name} exited with code {proc.returncode}", file=sys.stderr)
     return rows
 
@@ -801,6 +812,76 @@ def summary(rows: Sequence[Row], modes: Sequence[bool], anchor_note: str | None)
     return ok
 
 
+def hub_workers(
+    args: argparse.Namespace,
+    modes: Sequence[bool],
+    binary: str | None,
+    server_cpus: set[int] | None,
+    gen_cpus: set[int] | None,
+) -> bool:
+    """``--workers``: whole hubs (1 worker in memory, then N workers on Redis) and
+    opentracker, each round afresh; prints the median per configuration."""
+    import hubbench
+
+    counts = [int(w) for w in args.workers.split(",")]
+    if not counts or min(counts) < 1 or max(counts) > 16:
+        raise SystemExit("--workers: worker counts from 1 to 16, e.g. 1,2")
+    args.proto = "http"  # the hub's UDP tracker needs in-memory swarms
+    plan = [(1, "memory")] + [(w, "redis") for w in counts]
+    rng = random.Random(args.seed)
+    files = [(f"f{i}.bin", rng.randbytes(4096)) for i in range(args.torrents)]
+    names = [f"hub w={w} {state}" for w, state in plan]
+    rows: list[Row] = []
+    with hubbench.servers().redis_server() as redis, tempfile.TemporaryDirectory(
+        prefix="swarmhub-bench-"
+    ) as tmpname:
+        tmp = Path(tmpname)
+        tmp.chmod(0o755)
+        for rnd in range(args.rounds):
+            hashes: list[bytes] = []
+            for (workers, state), name in zip(plan, names, strict=True):
+                extra = [] if state == "memory" else ["--swarm-state", redis.new_url()]
+                one = workers == 1
+                hub = hubbench.start_hub(tmp / f"r{rnd}-{workers}-{state}", *extra,
+                                         workers=workers,
+                                         preexec=pinned(server_cpus if one else None))
+                try:
+                    hashes = [bytes.fromhex(hubbench.publish(hub, n, d)["info_hash_v1"])
+                              for n, d in files]
+                    time.sleep(1.0)  # every worker's catalog index has the files
+                except BaseException:
+                    stop(hub.proc)
+                    raise
+                rows += run_server(name, hub.proc, args, hub.port, hashes, modes,
+                                   gen_cpus if one else None)
+            if binary is not None:
+                port = free_port()
+                ot = tmp / f"ot{rnd}"
+                ot.mkdir(mode=0o755)
+                proc = start_opentracker(binary, ot, hashes, port, server_cpus)
+                rows += run_server("opentracker", proc, args, port, hashes, modes, gen_cpus)
+    print(f"\nmedian of {args.rounds} round(s), announces/s (server CPU in cores):")
+    ok = True
+    for keepalive in modes:
+        conn = "keep-alive" if keepalive else "new connection per announce"
+        ot = figure(rows, "opentracker", keepalive)
+        for name in names:
+            row = figure(rows, name, keepalive)
+            if row is None:
+                continue
+            errors = sum(sum(r.errors.values()) for r in rows if r.server == name)
+            ok &= not errors
+            line = (f"  {conn:<28} {name:<16} {row.rate:8.0f}/s ({row.server_cpu:.2f} core,"
+                    f" {per_core(row):.0f} per server CPU-second)")
+            if ot is not None and ot.rate:
+                line += f"  hub/opentracker {row.rate / ot.rate:.2f}"
+            print(line + (f"  {errors} errors" if errors else ""))
+        if ot is not None:
+            print(f"  {conn:<28} {'opentracker':<16} {ot.rate:8.0f}/s ({ot.server_cpu:.2f}"
+                  f" core, {per_core(ot):.0f} per server CPU-second)")
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per row")
@@ -851,6 +932,9 @@ def main() -> None:
     parser.add_argument(
         "--udp-inflight", type=int, default=16,
         help="UDP announces outstanding at once (one socket, one generator)",
+    )
+    parser.add_argument(
+        "--workers", help="measure a whole hub with these worker counts (e.g. 1,2); HTTP only"
     )
     args = parser.parse_args()
     if not 0 < args.seconds <= MAX_SECONDS:
@@ -906,6 +990,11 @@ def main() -> None:
     if "opentracker" in servers and binary is None:
         servers.remove("opentracker")
         anchor_note = f"opentracker: skipped, it is not installed ({OPENTRACKER_HELP})"
+    if args.workers:
+        ok = hub_workers(args, modes, binary, server_cpus, gen_cpus)
+        if anchor_note:
+            print(anchor_note)
+        sys.exit(0 if ok else 1)
     for rnd in range(args.rounds):
         # Each round starts the trackers afresh; odd rounds put opentracker first.
         for name in servers if rnd % 2 == 0 else servers[::-1]:

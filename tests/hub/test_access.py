@@ -43,9 +43,9 @@ async def until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> N
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[Live]:
+async def live(tmp_path: Path, hub_backend: dict[str, str]) -> AsyncIterator[Live]:
     async for x in live_hub(tmp_path, max_upload_size=64 << 20, peer_listen=("127.0.0.1", 0),
-                            tracker_interval=5):
+                            tracker_interval=5, **hub_backend):
         async with x.http.post(f"{x.url}/api/collections", json={"name": "team", "private": True},
                                headers=x.auth(x.admin)) as r:
             assert r.status == 201

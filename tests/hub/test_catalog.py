@@ -68,18 +68,18 @@ def _dump(cat: CatalogBase) -> str:
 def test_fresh_database_is_migrated_once(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite3"
     c = Catalog(path)
-    assert c.schema_version() == MIGRATIONS[-1][0] == 2
+    assert c.schema_version() == MIGRATIONS[-1][0] == 3
     c.close()
     c = Catalog(path)  # reopening applies nothing twice
-    assert c.schema_version() == 2
+    assert c.schema_version() == 3
     c.close()
     db = sqlite3.connect(path)
     rows = db.execute("SELECT version FROM schema_migrations").fetchall()
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     mode = db.execute("PRAGMA journal_mode").fetchone()[0]
     db.close()
-    assert rows == [(1,), (2,)]
-    assert {"files", "collections", "tokens", "schema_migrations"} <= tables
+    assert rows == [(1,), (2,), (3,)]
+    assert {"files", "collections", "tokens", "schema_migrations", "blob_pins"} <= tables
     assert mode == "wal"
 
 
@@ -285,7 +285,7 @@ def test_version_1_catalog_loses_its_plaintext_passkeys(tmp_path: Path) -> None:
     db.close()
     assert old_passkey.encode() in _disk_bytes(path)
     c = Catalog(path)
-    assert c.schema_version() == 2
+    assert c.schema_version() == 3
     rec = c.token_for_secret("s3cret")
     assert rec is not None and rec.id == "tkold" and rec.passkey != old_passkey
     assert c.passkey_owner(rec.passkey) == "tkold"

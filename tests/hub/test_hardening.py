@@ -27,8 +27,8 @@ async def _wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[Live]:
-    async for x in live_hub(tmp_path, max_upload_size=8 << 20):
+async def live(tmp_path: Path, hub_backend: dict[str, str]) -> AsyncIterator[Live]:
+    async for x in live_hub(tmp_path, max_upload_size=8 << 20, **hub_backend):
         yield x
 
 

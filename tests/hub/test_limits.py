@@ -81,8 +81,9 @@ def test_login_throttle_forgets_an_address_after_a_quiet_period() -> None:
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[Live]:
-    async for x in live_hub(tmp_path, tracker_announce_rate=1.0, tracker_peers_per_ip=3):
+async def live(tmp_path: Path, hub_backend: dict[str, str]) -> AsyncIterator[Live]:
+    async for x in live_hub(tmp_path, tracker_announce_rate=1.0, tracker_peers_per_ip=3,
+                            **hub_backend):
         yield x
 
 

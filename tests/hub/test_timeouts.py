@@ -25,9 +25,9 @@ BOUND = 20.0  # seconds any expected close may take on a loaded machine
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[Live]:
+async def live(tmp_path: Path, hub_backend: dict[str, str]) -> AsyncIterator[Live]:
     async for x in live_hub(
-        tmp_path, header_timeout=0.3, keepalive_timeout=0.6, body_timeout=0.3
+        tmp_path, header_timeout=0.3, keepalive_timeout=0.6, body_timeout=0.3, **hub_backend
     ):
         yield x
 

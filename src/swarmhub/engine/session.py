@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from swarmhub.discovery.tracker import TrackerTiers
+    from swarmhub.storage.files import TorrentStorage
 
 __all__ = ["PeerFilter", "Session", "default_state_dir", "make_peer_id"]
 
@@ -151,19 +152,22 @@ class Session:
                   peers: list[tuple[str, int]] | None = None,
                   trackers: list[list[str]] | None = None,
                   file_priorities: Sequence[int] | None = None,
-                  sequential: bool = False) -> Torrent:
+                  sequential: bool = False,
+                  storage: TorrentStorage | None = None) -> Torrent:
         """Add a torrent, check what is on disk, and start its background jobs.
 
         ``file_priorities``: one per data file (0 skip, 1 normal, up to 7 sooner; see
         :meth:`Torrent.set_file_priorities`); ``sequential``: in order with a read-ahead
-        window (:meth:`Torrent.set_sequential`)."""
+        window (:meth:`Torrent.set_sequential`); ``storage``: where the bytes live, when
+        not in files under ``save_path`` (a :class:`TorrentStorage` subclass)."""
         if self._tg is None or self._closed:
             raise SwarmhubError("use the Session as 'async with Session() as s'")
         if meta.info_hash in self.torrents:
             raise SwarmhubError(f"torrent {meta.info_hash.hex()} is already in the session")
         torrent = Torrent(self, meta, save_path, seed_mode=seed_mode, peers=peers,
                           trackers=trackers, rng=random.Random(self.rng.random()),
-                          file_priorities=file_priorities, sequential=sequential)
+                          file_priorities=file_priorities, sequential=sequential,
+                          storage=storage)
         await torrent.start()
         self.torrents[meta.info_hash] = torrent
         for h in _wire_hashes(meta):

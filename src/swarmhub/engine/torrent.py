@@ -66,6 +66,7 @@ class Torrent(TorrentViews):
         clock: Callable[[], float] = time.monotonic,
         file_priorities: Sequence[int] | None = None,
         sequential: bool = False,
+        storage: TorrentStorage | None = None,
     ) -> None:
         self.session = session
         self.settings = session.settings
@@ -74,7 +75,8 @@ class Torrent(TorrentViews):
         self.seed_mode = seed_mode
         self.rng = rng or random.Random()
         self.clock = clock
-        self.storage = TorrentStorage(meta, save_path)
+        #: ``storage``: another source of the bytes (the hub's seeder reads S3 blobs).
+        self.storage = storage if storage is not None else TorrentStorage(meta, save_path)
         self.pieces = Pieces(meta, self.storage, session)
         self.tracker_tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
         pads = self.pieces.pad_blocks

@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -137,6 +138,9 @@ class HubConfig:
     store: str | None = None
     #: With S3: answer downloads of uncached blobs with a redirect to a presigned URL.
     s3_redirect: bool = False
+    #: With S3: bytes of pieces the seeder keeps from S3 (LRU; blobs this hub took the
+    #: upload of are read from its local copy instead).
+    s3_piece_cache: int = 64 << 20
     #: Bind HTTP with SO_REUSEPORT (``--workers``: the processes share one port).
     reuse_port: bool = False
     #: SQLite catalog shared by worker processes: seconds between checks for their writes.
@@ -179,14 +183,20 @@ class Hub:
     announces: int = 0
     announce_failures: int = 0
     scrapes: int = 0
-    #: Blobs being published right now: never garbage-collected while pinned.
-    pinned: Counter[str] = field(default_factory=Counter)
+    #: Names this hub's publishes pin blobs under (``pin_holder``): unique across hubs.
+    pin_prefix: str = field(default_factory=lambda: secrets.token_hex(6))
+    pins_made: int = 0
     #: File bytes the HTTP origin sent, per file id (the admin page's "served over HTTP").
     http_bytes: Counter[str] = field(default_factory=Counter)
     #: Ids of catalogued files whose blob was missing at start-up (``hub.reconcile``).
     missing_blobs: set[str] = field(default_factory=set)
     #: The running UDP tracker when ``config.udp_tracker`` is set.
     udp_tracker: UdpTrackerServer | None = None
+
+    def pin_holder(self) -> str:
+        """A holder name for one publish's blob pin (``CatalogBase.pin_blob``)."""
+        self.pins_made += 1
+        return f"{self.pin_prefix}-{self.pins_made}"
 
     # -- URLs ------------------------------------------------------------------------------
 
@@ -434,7 +444,10 @@ async def post_file(request: web.Request) -> web.Response:
             hub.blobs.discard(staged)
             return web.json_response(file_json(hub, same), status=200)
         sha = staged.sha256
-        hub.pinned[sha] += 1
+        # Before the blob is looked for (commit dedups onto an existing one): a delete
+        # through any hub sharing the store now leaves it alone (CatalogBase.pin_blob).
+        holder = hub.pin_holder()
+        await hub.catalog.run(hub.catalog.pin_blob, sha, holder)
     except BaseException:
         if staged is not None:
             hub.blobs.discard(staged)
@@ -453,10 +466,9 @@ async def post_file(request: web.Request) -> web.Response:
                 raise
             return web.json_response(file_json(hub, same), status=200)
     finally:
-        hub.pinned[sha] -= 1
-        if hub.pinned[sha] <= 0:
-            del hub.pinned[sha]
-            _collect_garbage(hub, sha)
+        # Shielded: a client gone mid-publish must not leave the pin (or an unreferenced
+        # blob) behind until the pin expires.
+        await asyncio.shield(_unpin(hub, sha, holder))
     log.info("published %s as %s (%d bytes)", name, record.id, record.size)
     return web.json_response(file_json(hub, record), status=201)
 
@@ -513,11 +525,14 @@ async def _catalogue(
     return record
 
 
-def _collect_garbage(hub: Hub, sha: str) -> None:
-    """Delete a blob no file references (synchronous: no publish can interleave)."""
-    if hub.pinned.get(sha) or hub.catalog.blob_is_referenced(sha):
-        return
-    hub.blobs.delete(sha)
+async def _unpin(hub: Hub, sha: str, holder: str) -> None:
+    await hub.catalog.run(hub.catalog.unpin_blob, sha, holder)
+    await _collect_garbage(hub, sha)  # the publish failed: its blob may be nobody's
+
+
+async def _collect_garbage(hub: Hub, sha: str) -> None:
+    """Delete a blob no file references and no publish pins, on whichever hub."""
+    await hub.catalog.run(hub.catalog.collect_blob, sha, hub.blobs.delete)
 
 
 # ------------------------------------------------------------------------------ files
@@ -585,7 +600,7 @@ async def delete_file(request: web.Request) -> web.Response:
         except Exception:
             log.exception("the embedded seeder could not drop %s", record.id)
     await asyncio.to_thread(shutil.rmtree, hub.seed_dir(record.id), True)
-    _collect_garbage(hub, record.sha256)
+    await _collect_garbage(hub, record.sha256)
     hub.http_bytes.pop(record.id, None)
     hub.missing_blobs.discard(record.id)
     log.info("deleted %s (%s)", record.id, record.name)

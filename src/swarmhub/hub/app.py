@@ -52,7 +52,7 @@ from swarmhub.hub.api import (
 from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
 from swarmhub.hub.backends import open_blob_store, open_catalog
 from swarmhub.hub.blobs import UploadStalled, UploadTooLarge, UploadTruncated
-from swarmhub.hub.blobs_s3 import S3BlobStore
+from swarmhub.hub.blobs_s3 import BlobPieceStorage, S3BlobStore
 from swarmhub.hub.catalog import (
     CatalogError,
     ConflictError,
@@ -219,10 +219,9 @@ class Seeder:
         seed_path = self.hub.seed_dir(record.id) / record.name
         blob = self.hub.blobs.path_for(record.sha256)
         try:
-            fetch = getattr(self.hub.blobs, "fetch", None)
-            if fetch is not None and not seed_path.exists():
-                blob = await asyncio.to_thread(fetch, record.sha256)  # S3: a local copy
-            if not seed_path.exists():
+            # With S3 the seeder reads pieces through the store (BlobPieceStorage): no
+            # local copy of a blob this hub did not take the upload of.
+            if not isinstance(self.hub.blobs, S3BlobStore) and not seed_path.exists():
                 await asyncio.to_thread(link_into_seed_dir, blob, seed_path)
             metas = []
             for version in ("hybrid", "v1"):
@@ -317,9 +316,13 @@ class Seeder:
         if record.id in self._seeding:
             return
         self._seeding[record.id] = record
+        store = self.hub.blobs
         for meta in metas:
+            storage = (BlobPieceStorage(meta, store, record.sha256)
+                       if isinstance(store, S3BlobStore) else None)
             torrent = await self.session.add(
-                meta, self.hub.seed_dir(record.id), seed_mode=True, trackers=[]
+                meta, self.hub.seed_dir(record.id), seed_mode=True, trackers=[],
+                storage=storage,
             )
             await self._register(torrent)
 

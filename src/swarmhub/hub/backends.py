@@ -50,5 +50,5 @@ def open_blob_store(config: Any) -> BlobStore:
         from swarmhub.hub.blobs_s3 import S3BlobStore
 
         return S3BlobStore(config.store, config.data_dir, tmp_dir=tmp,
-                           redirect=config.s3_redirect)
+                           redirect=config.s3_redirect, piece_cache=config.s3_piece_cache)
     return BlobStore(config.blob_dir or config.data_dir, tmp_dir=tmp)

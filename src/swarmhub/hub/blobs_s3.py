@@ -15,10 +15,12 @@ What lives where:
   client's ranges become ranged GETs, conditionals are answered by the hub), or, with
   ``--s3-redirect``, answered with a 307 to a presigned S3 URL that serves the ranges
   itself.
-- The embedded seeder seeds from a local copy: a blob it needs is downloaded whole into
-  the cache once (and checked against its SHA-256). Honest limit: the cache is not
-  bounded; it holds every blob this hub seeds. A hub that should not keep copies runs
-  with ``--peer-listen off`` and serves HTTP (and web seeds) straight from S3.
+- The embedded seeder reads the pieces peers ask for (:class:`BlobPieceStorage`): from
+  the local copy when this hub has one (it took the upload), otherwise by ranged GETs
+  from S3 kept in a :class:`PieceCache`, an LRU bounded in bytes (``--s3-piece-cache``),
+  so a hub seeds any number of files without holding them. (Pieces are verified by the
+  peers that receive them, as for any seeder.) ``fetch`` (a whole verified copy) is for
+  ``hub migrate``.
 
 Why a private event loop: the blob store's interface is synchronous (the hub calls
 ``commit`` and ``delete`` from worker threads, like the catalog), so the S3 client lives
@@ -36,6 +38,7 @@ import os
 import secrets
 import threading
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +46,11 @@ from typing import Any, TypeVar
 
 from swarmhub.errors import StorageError
 from swarmhub.hub.blobs import BLOB_MODE, BlobInfo, BlobStore, StagedBlob
+from swarmhub.metainfo.model import Metainfo
+from swarmhub.storage.files import TorrentStorage
 
-__all__ = ["PART_SIZE", "S3BlobStore", "S3Location", "parse_s3_url"]
+__all__ = ["PART_SIZE", "BlobPieceStorage", "PieceCache", "S3BlobStore", "S3Location",
+           "parse_s3_url"]
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +85,65 @@ def parse_s3_url(url: str) -> S3Location:
     )
 
 
+#: Default bytes of S3 pieces the seeder keeps in memory (``--s3-piece-cache``).
+PIECE_CACHE_BYTES = 64 << 20
+
+
+class PieceCache:
+    """Byte ranges of blobs, least recently used first out, at most ``capacity`` bytes.
+
+    Thread-safe: the seeder's disk threads read through it. A range larger than the
+    whole capacity is handed out but not kept.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(0, capacity)
+        self.size = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int, int]) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return data
+
+    def put(self, key: tuple[str, int, int], data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.size -= len(old)
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.capacity:
+                _, gone = self._items.popitem(last=False)
+                self.size -= len(gone)
+
+    def ranges(self) -> list[tuple[str, int, int]]:
+        """Cached ranges, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+
 class S3BlobStore(BlobStore):
     """Blobs in S3 at ``url``; ``cache_root/blobs`` caches them, ``tmp_dir`` stages uploads."""
 
     def __init__(self, url: str, cache_root: Path, *, tmp_dir: Path | None = None,
-                 redirect: bool = False) -> None:
+                 redirect: bool = False, piece_cache: int = PIECE_CACHE_BYTES) -> None:
         super().__init__(cache_root, tmp_dir=tmp_dir)
         self.location = parse_s3_url(url)
         #: Answer uncached downloads with a presigned redirect instead of streaming.
         self.redirect = redirect
+        #: Pieces the seeder read from S3 (not from a local copy).
+        self.pieces = PieceCache(piece_cache)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="blobs-s3",
                                         daemon=True)
@@ -262,6 +318,44 @@ class S3BlobStore(BlobStore):
             os.close(fd)
         return digest.hexdigest()
 
+    # -- the seeder's pieces ----------------------------------------------------------------
+
+    def read_range(self, sha256: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length) of a blob: the local copy if there is one, else
+        the piece cache, else one ranged GET (blocking: call it from a worker thread)."""
+        path = self.path_for(sha256)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                data = os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
+            if len(data) == length:
+                return data
+        key = (sha256, offset, length)
+        cached = self.pieces.get(key)
+        if cached is not None:
+            return cached
+        data = self._call(self._get_range(sha256, offset, length))
+        if len(data) != length:
+            raise StorageError(f"S3 returned {len(data)} of {length} bytes of blob {sha256}")
+        self.pieces.put(key, data)
+        return data
+
+    async def _get_range(self, sha256: str, offset: int, length: int) -> bytes:
+        try:
+            obj = await self._client.get_object(
+                Bucket=self.location.bucket, Key=self.key(sha256),
+                Range=f"bytes={offset}-{offset + length - 1}")
+            async with obj["Body"] as body:
+                data: bytes = await body.read()
+        except Exception as exc:
+            raise self._s3_error("read", exc) from None
+        return data
+
     # -- serving straight from S3 ----------------------------------------------------------
 
     async def read_span(self, sha256: str, start: int, end: int) -> AsyncIterator[bytes]:
@@ -306,3 +400,45 @@ class S3BlobStore(BlobStore):
             self._thread.join(10)
             if not self._thread.is_alive():
                 self._loop.close()
+
+
+class BlobPieceStorage(TorrentStorage):
+    """A seeded torrent's bytes read from a blob (:meth:`S3BlobStore.read_range`): no
+    files on disk to open, create, check or sync. The hub's torrents hold one file each,
+    so piece space is the blob (no pad files)."""
+
+    def __init__(self, meta: Metainfo, store: S3BlobStore, sha256: str) -> None:
+        super().__init__(meta, store.tmp_dir)
+        if len(meta.data_files) != 1:
+            raise StorageError("a blob seeds a torrent of exactly one file")
+        self.store = store
+        self.sha256 = sha256
+
+    def exists(self) -> bool:
+        return True
+
+    def set_selection(self, wanted: tuple[bool, ...] | list[bool] | None) -> None:
+        """Seeding only: every byte is there."""
+
+    def open(self, create: bool = True) -> None:
+        """Nothing to open."""
+
+    def sync(self) -> None:
+        """Nothing written."""
+
+    def close(self) -> None:
+        """Nothing held."""
+
+    def stat_files(self) -> tuple[tuple[int, int], ...]:
+        return ((self.meta.total_length, 0),)
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check_range(offset, length)
+        return self.store.read_range(self.sha256, offset, length)
+
+    def read_into(self, offset: int, buf: bytearray | memoryview) -> None:
+        view = memoryview(buf).cast("B")
+        view[:] = self.read(offset, len(view))
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        raise StorageError("a blob is read-only")

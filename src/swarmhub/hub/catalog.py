@@ -44,6 +44,7 @@ from swarmhub.metainfo.paths import safe_components
 
 __all__ = [
     "MIGRATIONS",
+    "PIN_TTL",
     "ROLES",
     "Catalog",
     "CatalogBase",
@@ -135,7 +136,31 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         UPDATE tokens SET passkey_sha256 = 'pending:' || id;
         """,
     ),
+    (
+        3,
+        # A publish pins the blob it is about to rely on (CatalogBase.pin_blob), so that
+        # no hub sharing the store deletes it before the file's row exists. migrated_rows:
+        # what `hub migrate` copied here, so a later run can carry the source's deletions
+        # without touching what was published on this catalog itself.
+        """
+        CREATE TABLE blob_pins (
+            sha256 TEXT NOT NULL,
+            holder TEXT NOT NULL,
+            expires REAL NOT NULL,
+            PRIMARY KEY (sha256, holder)
+        );
+        CREATE TABLE migrated_rows (
+            tbl TEXT NOT NULL,
+            id TEXT NOT NULL,
+            PRIMARY KEY (tbl, id)
+        );
+        """,
+    ),
 )
+
+#: Seconds a publish's blob pin lasts at most: a hub that dies mid-publish leaves its pin
+#: behind, and all that costs is the blob staying this long after nothing uses it.
+PIN_TTL = 3600.0
 
 #: Name of the file next to the catalog that holds the key passkeys are derived with.
 SECRET_FILE = "passkey.secret"
@@ -327,6 +352,10 @@ class CatalogBase:
 
     def _changed(self, db: Conn) -> None:
         """Inside a write that changes the indexes: tell the other processes."""
+
+    def _lock_blob(self, db: Conn, sha256: str) -> None:
+        """Inside pin_blob/collect_blob: one of them per blob at a time across processes
+        (SQLite's BEGIN IMMEDIATE already serialises every writer)."""
 
     def _after_rekey(self) -> None:
         """Passkey digests were replaced: make the old ones leave the disk."""
@@ -593,6 +622,41 @@ class CatalogBase:
         with self._tx() as db:
             row = db.one("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", sha256)
         return row is not None
+
+    # -- blob lifetime across hubs sharing a store -----------------------------------------
+    #
+    # Blobs are content-addressed and shared: a publish whose bytes are already stored
+    # relies on the existing blob (dedup), and a delete removes the blob once no file
+    # references it. Between "the blob is there" and "my row is written" a publish holds
+    # a pin; deleting checks rows and pins and removes the blob in one transaction under
+    # the blob's lock, and pinning takes the same lock. So a publish either pinned first
+    # (the delete leaves the blob) or pins after the blob is gone (and stores it again).
+
+    def pin_blob(self, sha256: str, holder: str, ttl: float = PIN_TTL) -> None:
+        """Keep blob ``sha256`` from :meth:`collect_blob` until :meth:`unpin_blob` (or
+        ``ttl`` seconds, should the holder die); call it *before* looking for the blob."""
+        with self._tx() as db:
+            self._lock_blob(db, sha256)
+            db.exec("INSERT INTO blob_pins (sha256, holder, expires) VALUES (?, ?, ?) "
+                    "ON CONFLICT (sha256, holder) DO UPDATE SET expires = excluded.expires",
+                    sha256, holder, time.time() + ttl)
+
+    def unpin_blob(self, sha256: str, holder: str) -> None:
+        with self._tx() as db:
+            db.exec("DELETE FROM blob_pins WHERE sha256 = ? AND holder = ?", sha256, holder)
+
+    def collect_blob(self, sha256: str, delete: Callable[[str], object]) -> bool:
+        """Call ``delete(sha256)`` if no file references the blob and nobody pins it, in
+        the transaction that checked both (see above); True when it was called."""
+        with self._tx() as db:
+            self._lock_blob(db, sha256)
+            db.exec("DELETE FROM blob_pins WHERE expires < ?", time.time())
+            if db.one("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", sha256) is not None:
+                return False
+            if db.one("SELECT 1 FROM blob_pins WHERE sha256 = ? LIMIT 1", sha256) is not None:
+                return False
+            delete(sha256)
+        return True
 
     # -- collections -----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import re
 import secrets
@@ -163,6 +164,12 @@ class PgCatalog(CatalogBase):
 
     def _lock_publish(self, db: Conn) -> None:
         db.exec("SELECT pg_advisory_xact_lock(?)", _PUBLISH_LOCK)
+
+    def _lock_blob(self, db: Conn, sha256: str) -> None:
+        # One lock id per blob (64 bits of a hash of its name: a collision only makes two
+        # blobs wait for each other). Statements after it see every commit before it.
+        key = int.from_bytes(hashlib.sha256(sha256.encode()).digest()[:8], "big", signed=True)
+        db.exec("SELECT pg_advisory_xact_lock(?)", key)
 
     def _migration_script(self, script: str) -> str:
         return _TYPES_RE.sub(lambda m: _TYPES[m.group(1)], script)

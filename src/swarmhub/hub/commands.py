@@ -203,6 +203,11 @@ def hub(
         typer.Option(help="With --store: redirect downloads of uncached blobs to a "
                      "presigned S3 URL instead of streaming them through the hub."),
     ] = False,
+    s3_piece_cache: Annotated[
+        int,
+        typer.Option(help="With --store: MiB of pieces read from S3 the seeder keeps in "
+                     "memory (least recently used go first).", min=0),
+    ] = 64,
     workers: Annotated[
         int,
         typer.Option(help="Processes sharing the HTTP port (SO_REUSEPORT); the first runs "
@@ -254,6 +259,7 @@ def hub(
         blob_dir=blobs,
         store=store,
         s3_redirect=s3_redirect,
+        s3_piece_cache=s3_piece_cache << 20,
     )
     try:
         if workers > 1:
@@ -331,8 +337,8 @@ def hub_migrate(
     """Copy a hub's catalog (and blobs) to other backends while it keeps serving.
 
     Idempotent: run it while the old hub serves, then once more after stopping it (new
-    files, tokens and revocations are carried over; deletions are not). Passkeys stay
-    valid: the passkey secret is copied too.
+    files, tokens, revocations and deletions are carried over; what was published on the
+    target itself stays). Passkeys stay valid: the passkey secret is copied too.
     """
     import tempfile
 

@@ -9,9 +9,13 @@ Readers see no downtime: the old hub keeps serving while the copy runs (SQLite's
 it read a live catalog). The copy is idempotent and can be run again: files, collections
 and tokens that are new since the last run are added and revocations carried over
 (``ON CONFLICT``), so the switch is: migrate while the old hub serves, stop it (or stop
-publishing), migrate again, start the new hubs. Deletions between the runs are not
-carried over. The passkey secret is copied too, so every .torrent already handed out
-keeps working; a target that already has other tokens or files is refused.
+publishing), migrate again, start the new hubs. Deletions are carried over too: the
+target remembers which rows a migration copied (``migrated_rows``), and a copied file or
+collection the source no longer has is deleted from the target (with the file's blob in
+the target store, unless another file there still uses it), while what was published on
+the target itself is left alone. The passkey secret is copied too, so every .torrent
+already handed out keeps working; a target that already has other tokens or files is
+refused.
 """
 
 from __future__ import annotations
@@ -20,13 +24,20 @@ import contextlib
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmhub.errors import StorageError
 from swarmhub.hub.backends import open_catalog
 from swarmhub.hub.blobs import BLOB_MODE, BlobStore
-from swarmhub.hub.catalog import SECRET_FILE, Catalog, CatalogBase, CatalogError
+from swarmhub.hub.catalog import (
+    SECRET_FILE,
+    Catalog,
+    CatalogBase,
+    CatalogError,
+    ConflictError,
+    NotFoundError,
+)
 
 __all__ = ["MigrateReport", "migrate"]
 
@@ -47,11 +58,16 @@ class MigrateReport:
     rows: dict[str, int]
     blobs_copied: int = 0
     blobs_present: int = 0
+    #: Rows a previous run copied that the source no longer has, deleted from the target.
+    deleted: dict[str, int] = field(default_factory=dict)
+    blobs_removed: int = 0
 
     def summary(self) -> str:
         rows = ", ".join(f"{n} {table}" for table, n in self.rows.items())
+        gone = ", ".join(f"{n} {table}" for table, n in self.deleted.items())
         return (f"copied {rows}; blobs: {self.blobs_copied} copied, {self.blobs_present} "
-                "already there")
+                f"already there; deleted at the source since the last run: {gone or 'none'}"
+                f" ({self.blobs_removed} blob(s) removed)")
 
 
 def _copy_secret(src: CatalogBase, dst: CatalogBase) -> None:
@@ -89,13 +105,49 @@ def _copy_rows(src: CatalogBase, dst: CatalogBase) -> dict[str, int]:
         marks = ", ".join("?" for _ in columns)
         conflict = (f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in updated)}"
                     if updated else "DO NOTHING")
+        index = columns.index(key)
         with dst._tx() as db:
             db.many(f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
                     f"ON CONFLICT ({key}) {conflict}", rows)
+            db.many("INSERT INTO migrated_rows (tbl, id) VALUES (?, ?) "
+                    "ON CONFLICT (tbl, id) DO NOTHING", [(table, r[index]) for r in rows])
             dst._changed(db)
         counts[table] = len(rows)
     dst._load_indexes()
     return counts
+
+
+def _carry_deletions(src: CatalogBase, dst: CatalogBase, report: MigrateReport,
+                     store: BlobStore | None) -> None:
+    """Delete from ``dst`` the files and collections an earlier run copied that ``src``
+    no longer has (files first: a collection is deleted only once empty)."""
+    for table, key in (("files", "id"), ("collections", "name")):
+        with src._tx() as db:
+            alive = {str(r[0]) for r in db.all(f"SELECT {key} FROM {table}")}
+        with dst._tx() as db:
+            copied = {str(r[0]) for r in db.all("SELECT id FROM migrated_rows WHERE tbl = ?",
+                                                table)}
+        gone = sorted(copied - alive)
+        done = 0
+        for name in gone:
+            try:
+                if table == "files":
+                    record, _ = dst.delete_file(name)
+                    if store is not None and dst.collect_blob(record.sha256, store.delete):
+                        report.blobs_removed += 1
+                else:
+                    dst.delete_collection(name)
+                done += 1
+            except NotFoundError:
+                pass  # deleted on the target too
+            except ConflictError as exc:  # files published on the target live in it
+                log.warning("collection %s was deleted at the source but is kept: %s",
+                            name, exc)
+                continue
+            with dst._tx() as db:
+                db.exec("DELETE FROM migrated_rows WHERE tbl = ? AND id = ?", table, name)
+        if done:
+            report.deleted[table] = done
 
 
 def _blob_store(spec: str, work: Path) -> BlobStore:
@@ -156,6 +208,12 @@ def migrate(source: str, target: str, *, work: Path, from_blobs: str | None = No
             if from_blobs is not None and to_blobs is not None:
                 shas = {r.sha256: r.size for r in src.all_files()}
                 _copy_blobs(shas, from_blobs, to_blobs, report, work)
+            store = None if to_blobs is None else _blob_store(to_blobs, work / "gc")
+            try:
+                _carry_deletions(src, dst, report, store)
+            finally:
+                if store is not None:
+                    store.close()
         finally:
             dst.close()
     finally:

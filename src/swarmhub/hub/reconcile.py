@@ -35,8 +35,8 @@ Several hubs on one catalog (PostgreSQL) each keep their own data folder (lock, 
 files, seed links, resume data) and may share one blob folder (``--blobs``). Another
 hub may have just renamed a blob into that folder and not yet written its catalog row,
 so there an unreferenced blob is removed only once it is older than
-:data:`SHARED_BLOB_GRACE` and the shared catalog, asked again right before, still does
-not reference it.
+:data:`SHARED_BLOB_GRACE` and the shared catalog, in the transaction that removes it,
+neither references nor pins it (``CatalogBase.collect_blob``).
 """
 
 from __future__ import annotations
@@ -252,8 +252,15 @@ def reconcile(
                 age = time.time() - path.lstat().st_mtime
             except FileNotFoundError:
                 return 0
-            if age < SHARED_BLOB_GRACE or catalog.blob_is_referenced(path.name):
+            if age < SHARED_BLOB_GRACE:
                 return 0
+            # Checked and removed under the blob's lock: a publish on another hub may be
+            # about to rely on this very blob (CatalogBase.collect_blob).
+            freed: list[int] = []
+            if not catalog.collect_blob(path.name, lambda _: freed.append(_remove(path))):
+                return 0
+            report.orphan_blobs += 1
+            return sum(freed)
         report.orphan_blobs += 1
         return _remove(path)
 
