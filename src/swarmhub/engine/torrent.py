@@ -762,7 +762,7 @@ class Torrent:
             return
         self.swarm.tracker_response(
             self.clock(), interval=max(resp.min_interval or 0, resp.interval),
-            peers=resp.peers, seeds=resp.complete)
+            peers=resp.peers, seeds=resp.complete, leechers=resp.incomplete)
         self._flush()
 
     # -- web seeds (BEP 19) ---------------------------------------------------------------------
@@ -776,22 +776,14 @@ class Torrent:
 
         ws = WebSeed(url, self.meta, await self.session.http(),
                      max_request=self.settings.web_seed_request_size)
-        await self._sleep(self.settings.web_seed_grace)
         failures, backoff = 0, 5.0
-        # With no leecher among the connected peers there is nobody to trade with, and
-        # nothing the peers could later spare the web seed: it takes any missing piece
-        # then, not only what the swarm lacks (a web seed that sat unused while the hub's
-        # slow seed trickled made hybrid the slow choice). A super-seeding seed hides its
-        # pieces, so peers count as seeds too while the tracker counts as many seeds as
-        # we have peers. With leechers around, peers come first and the web seed fills
-        # what the swarm lacks.
+        # The core picks (Swarm.webseed_batch): nothing during the grace for peers unless
+        # the tracker says we are alone; then everything missing at full speed, else only
+        # small batches of what the swarm lacks or cannot deliver.
         while self.state is TorrentState.DOWNLOADING and not self._stopping and not ws.banned:
-            sw = self.swarm
-            alone = (sw.tracker_seeds >= len(sw.peers)
-                     or all(ps.is_seed for ps in sw.peers.values()))
-            batch = sw.webseed_batch(self.clock(), self._ws_reserved, anything=alone)
+            batch = self.swarm.webseed_batch(self.clock(), self._ws_reserved, source=url)
             if not batch:
-                await self._sleep(0.5)
+                await self._sleep(0.5 if self.swarm.webseed_ready(self.clock()) else 0.02)
                 continue
             self._ws_reserved.update(batch)
             try:
@@ -825,6 +817,8 @@ class Torrent:
                 return
             finally:
                 self._ws_reserved.difference_update(batch)
+                self.swarm.webseed_release(self.clock(), source=url)
+                self._flush()
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when the torrent stops or completes."""

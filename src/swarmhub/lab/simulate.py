@@ -238,7 +238,7 @@ class Simulation:
         node.swarm = self._swarm(node, False, trackers=True)
         self._tick(node)
         if self.mode == "hybrid":
-            self.ev.at(now + self.settings.web_seed_grace, self.services.ws_loop, node)
+            self.ev.at(now, self.services.ws_loop, node)
 
     def _tick(self, node: Node) -> None:
         if node.gone or node.swarm is None:
