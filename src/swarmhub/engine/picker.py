@@ -897,6 +897,13 @@ class PiecePicker:
         """Some block of piece ``index`` is requested or received (and it is not had)."""
         return index in self._downloading
 
+    def only_requested(self, index: int) -> bool:
+        """Piece ``index`` is in progress with requests out but no block received yet, and
+        not reserved by another source: it could still be taken back from its peers."""
+        piece = self._downloading.get(index)
+        return (piece is not None and piece.num_received == piece.num_pad
+                and index not in self._reserved)
+
     def release(self, owner: Hashable) -> None:
         """Every block still reserved by ``owner`` goes back to the pool."""
         for block in self._reqs.pop(owner, {}):

@@ -71,7 +71,7 @@ _UNCHOKE = (m.Unchoke(),)
 _WEBSEED = "web seed"
 #: A web seed's batch holds about this many seconds of its rate (peers do not help with
 #: it, not even in end-game, so a slow web seed must not hold much).
-_WS_BATCH_SECONDS = 4.0
+_WS_BATCH_SECONDS = 2.0
 #: Seconds without a block from any peer after which, with leechers around, the web seed
 #: may fetch any missing piece (the swarm is stuck, not merely slower than HTTP).
 _PEERS_STALLED = 2.0
@@ -138,6 +138,10 @@ class Swarm:
         #: when the web seed may start at the latest, and when a peer last sent a block
         self._ws_start = now + settings.web_seed_grace
         self._peer_block_at = now
+        #: bytes/s the web seed delivered over its last batch (the 5 s meter lags far
+        #: behind a loopback origin), and when/at what count the current batch started
+        self._ws_rate = 0.0
+        self._ws_batch = (now, 0)
         self.tracker = TrackerSchedule(now) if trackers else None
         self.dialer = Dialer(peers)
         #: False once the driver stops or fails the torrent: no more requests or dials
@@ -517,16 +521,8 @@ class Swarm:
 
     def webseed_piece(self, index: int, nbytes: int, now: float) -> None:
         """A web seed delivered piece ``index`` and the driver verified and wrote it.
-        Peers asked for its blocks in end-game are told to cancel them."""
-        for h in self.picker.requesters(index):
-            ps = self.peers.get(h)
-            if ps is None or ps.closed:
-                continue
-            dup = [b for b in ps.requested if b.index == index]
-            for b in dup:
-                del ps.requested[b]
-            if dup:
-                self._send(ps, tuple(m.Cancel(b.index, b.begin, b.length) for b in dup), now)
+        Peers still asked for its blocks are told to cancel them."""
+        self._cancel_requests(index, now)
         self.webseed_bytes += nbytes
         self.downloaded += nbytes
         self.down.add(nbytes, now)
@@ -587,7 +583,7 @@ class Swarm:
         """Pieces for a web seed, as runs of adjacent pieces (few large HTTP requests).
 
         Alone (:meth:`webseed_alone`): the first missing pieces, about
-        ``_WS_BATCH_SECONDS`` of its rate (at least ``web_seed_request_size``, at most
+        ``_WS_BATCH_SECONDS`` of its rate (at least 1 MiB, at most
         ``web_seed_batch_bytes``), adjacent or not (the peers leave gaps, not runs), as
         BEP 19 clients and aria2 use an HTTP source next to peers. With leechers around
         the swarm serves and the web seed only helps, so that the origin's share falls as
@@ -605,21 +601,25 @@ class Swarm:
         alone = self.webseed_alone()
         stalled = now - self._peer_block_at >= _PEERS_STALLED
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
-        if alone:
-            nbytes = max(self.settings.web_seed_request_size,
-                         int(self.webseed_meter.rate(now) * _WS_BATCH_SECONDS))
+        if alone:  # grows with the rate it shows: a slow web seed holds little
+            nbytes = max(_SWARM_WS_BATCH_BYTES, int(self._ws_rate * _WS_BATCH_SECONDS))
             limit = max(1, min(nbytes, self.settings.web_seed_batch_bytes) // self.piece_length)
         else:
             limit = max(1, _SWARM_WS_BATCH_BYTES // self.piece_length)
         picker = self.picker
         avail, prio, started = picker.availability, picker.priority, picker.in_progress
+        # Alone and faster than the peers: pieces they were asked for but sent nothing of
+        # yet are taken back (Cancel) for the web seed, which would otherwise idle while
+        # a slower peer works through its queue (the hub's own peer on loopback).
+        steal = alone and self._ws_rate > self.down.rate(now) - self.webseed_meter.rate(now)
         n = self.num_pieces
         first = 0 if alone else self.rng.randrange(n)
         batch: list[int] = []
         for k in range(n):
             i = (first + k) % n
-            ok = (not self.have[i] and not started(i) and i not in self._verifying
-                  and i not in reserved and prio(i)
+            ok = (not self.have[i]
+                  and (not started(i) or (steal and picker.only_requested(i)))
+                  and i not in self._verifying and i not in reserved and prio(i)
                   and (alone or stalled or (avail(i) == 0 and not hidden_seed)))
             if ok and (alone or not batch or batch[-1] == i - 1):
                 batch.append(i)
@@ -627,13 +627,32 @@ class Swarm:
                     break
             elif batch and not alone:
                 break
+        self._ws_batch = (now, self.webseed_bytes)
         for i in batch:
+            if steal and started(i):
+                self._cancel_requests(i, now)
             picker.reserve((_WEBSEED, source), i)
         return batch
+
+    def _cancel_requests(self, index: int, now: float) -> None:
+        """Withdraw every peer's outstanding requests for piece ``index`` (Cancel)."""
+        for h in self.picker.requesters(index):
+            ps = self.peers.get(h)
+            if ps is None:
+                continue
+            dup = [b for b in ps.requested if b.index == index]
+            for b in dup:
+                del ps.requested[b]
+                self.picker.request_failed(h, b)
+            if dup and not ps.closed:
+                self._send(ps, tuple(m.Cancel(b.index, b.begin, b.length) for b in dup), now)
 
     def webseed_release(self, now: float, *, source: str = "") -> None:
         """The web seed's batch is over (done, failed or stopped): what it did not deliver
         goes back to the peers' pool."""
+        at, before = self._ws_batch
+        if now > at and self.webseed_bytes > before:
+            self._ws_rate = (self.webseed_bytes - before) / (now - at)
         self.picker.release((_WEBSEED, source))
         self._fill_all(now)
 

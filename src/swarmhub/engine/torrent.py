@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
@@ -772,7 +773,7 @@ class Torrent:
 
     async def _webseed_loop(self, url: str) -> None:
         """Fetch what the core picks from one web seed while downloading; peers first."""
-        from swarmhub.engine.webseed import WebSeed, WebSeedBusy, WebSeedError
+        from swarmhub.engine.webseed import WebSeed, WebSeedBusy, WebSeedError, overlapped
 
         ws = WebSeed(url, self.meta, await self.session.http(),
                      max_request=self.settings.web_seed_request_size)
@@ -783,24 +784,14 @@ class Torrent:
         while self.state is TorrentState.DOWNLOADING and not self._stopping and not ws.banned:
             batch = self.swarm.webseed_batch(self.clock(), self._ws_reserved, source=url)
             if not batch:
-                await self._sleep(0.5 if self.swarm.webseed_ready(self.clock()) else 0.02)
+                ready = self.swarm.webseed_ready(self.clock())
+                await self._sleep(0.02 if not ready else 0.1 if self.swarm.webseed_alone() else 0.5)
                 continue
             self._ws_reserved.update(batch)
             try:
                 async with contextlib.aclosing(ws.fetch(batch)) as pieces:
-                    async for index, buf in pieces:
-                        if self.have[index]:
-                            continue
-                        ok, _ = await self._check_and_write(index, buf, False)
-                        if ok:
-                            self.buffers.pop(index, None)
-                            self.swarm.webseed_piece(index, len(buf), self.clock())
-                            self._piece_done(index)
-                            self._flush()
-                        else:
-                            self.swarm.hash_failures += 1
-                            if ws.strike(index):
-                                break
+                    await overlapped(pieces, functools.partial(self._webseed_piece, ws),
+                                     (self.settings.hash_threads or os.cpu_count() or 1) + 1)
                 failures, backoff = 0, 5.0
             except WebSeedBusy as exc:
                 log.info("%s: web seed busy, retrying in %.0f s", self.meta.name, exc.retry_after)
@@ -819,6 +810,23 @@ class Torrent:
                 self._ws_reserved.difference_update(batch)
                 self.swarm.webseed_release(self.clock(), source=url)
                 self._flush()
+
+    async def _webseed_piece(self, ws: Any, item: tuple[int, bytearray]) -> None:
+        """Hash and write one piece a web seed delivered (several overlap the stream)."""
+        index, buf = item
+        if self.have[index] or ws.banned:
+            return
+        ok, _ = await self._check_and_write(index, buf, False)
+        if self.have[index]:
+            return  # a peer's copy passed meanwhile
+        if ok:
+            self.buffers.pop(index, None)
+            self.swarm.webseed_piece(index, len(buf), self.clock())
+            self._piece_done(index)
+            self._flush()
+        else:
+            self.swarm.hash_failures += 1
+            ws.strike(index)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when the torrent stops or completes."""
