@@ -252,16 +252,29 @@ class Swarm:
         return "no peers connected" + (f" (tracker: {error})" if error else "")
 
     # -- peers come and go -----------------------------------------------------------------
-    def can_accept(self, addr: tuple[str, int], peer_id: bytes, now: float) -> str | None:
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes, now: float, *,
+                   outgoing: bool | None = None, local_id: bytes = b"") -> str | None:
         """Why a new peer cannot join (None: it can). At the per-torrent cap, the least
         useful idle peer (no interest and no data either way for ``peer_idle_evict``
-        seconds) is closed to make room, so idle peers cannot lock everyone out."""
+        seconds) is closed to make room, so idle peers cannot lock everyone out.
+
+        Two peers that dial each other at once (the hub's seeder dials every announcer
+        while the announcer dials it; PEX) would each refuse the second connection and
+        close the first on the other's refusal, ending with none: given the direction
+        (``outgoing``) and our ``local_id``, both ends keep the connection the lower peer
+        id opened, as libtorrent does, whatever order the handshakes finish in."""
         if not self.active:
             return "torrent is not active"
         if ban_key(addr, peer_id) in self.banned:
             return "peer is banned"
-        if any(ps.peer_id == peer_id for ps in self.peers.values()):
-            return "already connected to this peer"
+        dups = [ps for ps in self.peers.values() if ps.peer_id == peer_id and not ps.closed]
+        if dups:
+            if outgoing is None or all(ps.outgoing == outgoing for ps in dups):
+                return "already connected to this peer"
+            if (local_id < peer_id) != outgoing:
+                return "already connected to this peer (the lower peer id opened that one)"
+            for ps in dups:
+                self._close(ps, "duplicate connection: keeping the one the lower peer id opened")
         live = sum(1 for ps in self.peers.values() if not ps.closed)
         if live >= self.settings.max_connections_per_torrent:
             limit = now - self.settings.peer_idle_evict
@@ -275,11 +288,12 @@ class Swarm:
         return None
 
     def connected(self, handle: Hashable, addr: tuple[str, int], peer_id: bytes, *,
-                  fast: bool, now: float) -> PeerState:
+                  fast: bool, now: float, outgoing: bool = False) -> PeerState:
         """A handshake completed (the driver sent its extension handshake already)."""
         s = self.settings
         ps = PeerState(handle, addr, peer_id, ban_key(addr, peer_id), self.num_pieces,
-                       fast=fast, now=now, queue_target=s.min_request_queue)
+                       fast=fast, now=now, queue_target=s.min_request_queue,
+                       outgoing=outgoing)
         self.peers[handle] = ps
         if self._super_seeding():
             assert self._ss is not None

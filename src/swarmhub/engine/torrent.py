@@ -442,21 +442,10 @@ class Torrent:
             reason = admit(self.meta.info_hash, addr, peer_id, outgoing)
             if reason:
                 return reason
-        self._resolve_duplicate(peer_id, outgoing)
-        reason = self.swarm.can_accept(addr, peer_id, self.clock())
+        reason = self.swarm.can_accept(addr, peer_id, self.clock(), outgoing=outgoing,
+                                       local_id=self.session.peer_id)
         self._flush()
         return reason
-
-    def _resolve_duplicate(self, peer_id: bytes, outgoing: bool) -> None:
-        """Two peers that dialled each other at once (PEX makes that common) would each
-        drop the other's second connection and end with none: both ends keep the one the
-        lower peer id opened (as libtorrent does) by closing the other before the swarm
-        sees the duplicate."""
-        if (self.session.peer_id < peer_id) != outgoing:
-            return  # the new connection is the one to drop: the swarm refuses it
-        for other in cast("list[Peer]", list(self.swarm.peers)):
-            if other.remote_id == peer_id and other.outgoing != outgoing:
-                other.close("duplicate connection: keeping the one the lower peer id opened")
 
     def add_peers(self, addrs: list[tuple[str, int]]) -> None:
         """Queue addresses to dial that an embedder found itself (the hub's own tracker)."""
@@ -468,7 +457,8 @@ class Torrent:
         log.debug("%s: connected %s", self.meta.name, peer)
         if peer.conn.extension:
             peer.send_ext_handshake(self.session.listen_port)
-        self.swarm.connected(peer, peer.addr, peer.remote_id, fast=peer.fast, now=self.clock())
+        self.swarm.connected(peer, peer.addr, peer.remote_id, fast=peer.fast, now=self.clock(),
+                             outgoing=peer.outgoing)
         self._spawn(self._upload_loop(peer))
         self._flush()
 
