@@ -875,7 +875,7 @@ class PiecePicker:
 
     def reserve(self, owner: Hashable, index: int) -> bool:
         """Another source fetches piece ``index`` whole (a web seed): every free block is
-        marked requested from ``owner``, so peers pick other pieces (end-game aside) and
+        marked requested from ``owner``, so peers pick other pieces (in end-game too) and
         the two sources do not fetch the same bytes. False if the piece is had or already
         in progress. :meth:`release` gives back what ``owner`` did not deliver."""
         self._check_index(index)

@@ -762,7 +762,7 @@ class Torrent:
         return self.swarm.webseed_meter.rate(self.clock())
 
     async def _webseed_loop(self, url: str) -> None:
-        """Fetch what the core picks from one web seed while downloading; peers first."""
+        """Fetch what the core picks (Swarm.webseed_batch) from one web seed."""
         from swarmhub.engine.webseed import WebSeed, WebSeedBusy, WebSeedError, overlapped
 
         ws = WebSeed(url, self.meta, await self.session.http(),
