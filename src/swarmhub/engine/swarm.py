@@ -75,8 +75,9 @@ _WS_BATCH_SECONDS = 2.0
 #: Seconds without a block from any peer after which, with leechers around, the web seed
 #: may fetch any missing piece (the swarm is stuck, not merely slower than HTTP).
 _PEERS_STALLED = 2.0
-#: At most this many bytes per web-seed batch while the swarm can serve (alone: the
-#: ``web_seed_batch_bytes`` setting): whole-file batches from every client flood the origin.
+#: At most this many bytes per web-seed batch while the swarm can serve (whole-file
+#: batches from every client flooded the origin), and the first batch when alone (later
+#: ones follow its measured rate, up to the ``web_seed_batch_bytes`` setting).
 _SWARM_WS_BATCH_BYTES = 1 << 20
 
 
