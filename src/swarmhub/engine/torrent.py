@@ -774,8 +774,9 @@ class Torrent:
         while self.state is TorrentState.DOWNLOADING and not self._stopping and not ws.banned:
             batch = self.swarm.webseed_batch(self.clock(), self._ws_reserved, source=url)
             if not batch:
-                ready = self.swarm.webseed_ready(self.clock())
-                await self._sleep(0.02 if not ready else 0.1 if self.swarm.webseed_alone() else 0.5)
+                sw = self.swarm  # each poll scans the pieces: not too often
+                await self._sleep(0.02 if not sw.webseed_ready(self.clock())
+                                  else 0.25 if sw.webseed_alone() else 0.5)
                 continue
             self._ws_reserved.update(batch)
             try:
