@@ -3,16 +3,15 @@ a peer passes once its handshake is done.
 
 Apart from the driver (:mod:`swarmhub.engine.torrent`): the order of the checks is the
 policy — the session's limits first, then its embedder's ``peer_filter`` (the hub's
-private-torrent access rule), then simultaneous dials, then the core's own rules.
+private-torrent access rule), then the core's own rules (simultaneous dials among them).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol, cast
+from typing import Protocol
 
 from swarmhub.engine import mse_transport
-from swarmhub.engine.peer import Peer
 from swarmhub.engine.services import DriverHost, PeerHost
 from swarmhub.engine.status import TorrentState
 
@@ -39,22 +38,10 @@ def can_accept(t: DriverHost, addr: tuple[str, int], peer_id: bytes,
         reason = admit(t.meta.info_hash, addr, peer_id, outgoing)
         if reason:
             return reason
-    _resolve_duplicate(t, peer_id, outgoing)
-    reason = t.swarm.can_accept(addr, peer_id, t.clock())
+    reason = t.swarm.can_accept(addr, peer_id, t.clock(), outgoing=outgoing,
+                                local_id=t.session.peer_id)
     t._flush()
     return reason
-
-
-def _resolve_duplicate(t: DriverHost, peer_id: bytes, outgoing: bool) -> None:
-    """Two peers that dialled each other at once (PEX makes that common) would each
-    drop the other's second connection and end with none: both ends keep the one the
-    lower peer id opened (as libtorrent does) by closing the other before the swarm
-    sees the duplicate."""
-    if (t.session.peer_id < peer_id) != outgoing:
-        return  # the new connection is the one to drop: the swarm refuses it
-    for other in cast("list[Peer]", list(t.swarm.peers)):
-        if other.remote_id == peer_id and other.outgoing != outgoing:
-            other.close("duplicate connection: keeping the one the lower peer id opened")
 
 
 async def dial(t: DialHost, addr: tuple[str, int]) -> None:

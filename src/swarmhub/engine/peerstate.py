@@ -119,6 +119,7 @@ class PeerState:
         "last_recv",
         "last_send",
         "num_have",
+        "outgoing",
         "peer_choking",
         "peer_id",
         "peer_interested",
@@ -142,10 +143,13 @@ class PeerState:
         fast: bool,
         now: float,
         queue_target: int,
+        outgoing: bool = False,
     ) -> None:
         self.handle = handle
         self.addr = addr
         self.peer_id = peer_id
+        #: we dialled it (two peers that dial each other keep one connection by this)
+        self.outgoing = outgoing
         #: what bans apply to (the IP, or IP + peer id on loopback)
         self.key = key
         #: BEP 6 negotiated: rejects instead of silent drops, HaveAll/HaveNone

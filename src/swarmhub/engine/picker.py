@@ -202,6 +202,8 @@ class PiecePicker:
         self._untouched = n
         self._downloading: dict[int, _Piece] = {}
         self._partial: dict[int, None] = {}
+        #: pieces another source fetches whole (see :meth:`reserve`) -> that source
+        self._reserved: dict[int, Hashable] = {}
 
         self._peers: dict[Hashable, bytearray] = {}
         self._seeds: set[Hashable] = set()
@@ -541,6 +543,7 @@ class PiecePicker:
         if piece is not None:
             self._partial.pop(index, None)
             self._drop_requests(index, piece)
+        self._reserved.pop(index, None)
         self._have[index] = 1
         self._num_have += 1
         self._boosted.pop(index, None)
@@ -580,6 +583,7 @@ class PiecePicker:
         """
         self._check_index(index)
         piece = self._downloading.pop(index, None)
+        self._reserved.pop(index, None)
         if piece is None or self._have[index]:
             return set()
         self._partial.pop(index, None)
@@ -825,9 +829,12 @@ class PiecePicker:
     ) -> None:
         bs = self._bs
         prio = self._prio
+        # Pieces another source (a web seed) fetches whole are left to it: its range
+        # requests cannot be cancelled, so every byte a peer sent too would come twice.
+        reserved = self._reserved
         for index, piece in self._downloading.items():
-            if not piece.num_requested or (bits is not None and not bits[index]) \
-                    or not prio[index]:
+            if index in reserved or not piece.num_requested \
+                    or (bits is not None and not bits[index]) or not prio[index]:
                 continue
             size = self.piece_size(index)
             for j, peers in piece.requesters.items():
@@ -865,6 +872,44 @@ class PiecePicker:
             self._bucket_add(index)
         else:
             self._partial[index] = None
+
+    def reserve(self, owner: Hashable, index: int) -> bool:
+        """Another source fetches piece ``index`` whole (a web seed): every free block is
+        marked requested from ``owner``, so peers pick other pieces (in end-game too) and
+        the two sources do not fetch the same bytes. False if the piece is had or already
+        in progress. :meth:`release` gives back what ``owner`` did not deliver."""
+        self._check_index(index)
+        if self._have[index] or index in self._downloading:
+            return False
+        piece = self._start(index)
+        self._take(owner, index, piece, piece.num_free, [], self._reqs.setdefault(owner, {}))
+        self._reserved[index] = owner
+        return True
+
+    def requesters(self, index: int) -> set[Hashable]:
+        """Who has live requests for blocks of piece ``index`` (end-game duplicates too)."""
+        piece = self._downloading.get(index)
+        if piece is None:
+            return set()
+        return {p for peers in piece.requesters.values() for p in peers}
+
+    def in_progress(self, index: int) -> bool:
+        """Some block of piece ``index`` is requested or received (and it is not had)."""
+        return index in self._downloading
+
+    def only_requested(self, index: int) -> bool:
+        """Piece ``index`` is in progress with requests out but no block received yet, and
+        not reserved by another source: it could still be taken back from its peers."""
+        piece = self._downloading.get(index)
+        return (piece is not None and piece.num_received == piece.num_pad
+                and index not in self._reserved)
+
+    def release(self, owner: Hashable) -> None:
+        """Every block still reserved by ``owner`` goes back to the pool."""
+        for block in self._reqs.pop(owner, {}):
+            self._unrequest(owner, block)
+        for index in [i for i, o in self._reserved.items() if o == owner]:
+            del self._reserved[index]
 
     def request_failed(self, peer: Hashable, block: Block) -> None:
         """The request was rejected, timed out or cancelled: back to the pool."""

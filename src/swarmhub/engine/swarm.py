@@ -67,6 +67,20 @@ _CHOKE = (m.Choke(),)
 _UNCHOKE = (m.Unchoke(),)
 
 
+#: The picker's requester for pieces a web seed fetches (peers leave them alone).
+_WEBSEED = "web seed"
+#: A web seed's batch holds about this many seconds of its rate (peers do not help with
+#: it, not even in end-game, so a slow web seed must not hold much).
+_WS_BATCH_SECONDS = 2.0
+#: Seconds without a block from any peer after which, with leechers around, the web seed
+#: may fetch any missing piece (the swarm is stuck, not merely slower than HTTP).
+_PEERS_STALLED = 2.0
+#: At most this many bytes per web-seed batch while the swarm can serve (whole-file
+#: batches from every client flooded the origin), and the first batch when alone (later
+#: ones follow its measured rate, up to the ``web_seed_batch_bytes`` setting).
+_SWARM_WS_BATCH_BYTES = 1 << 20
+
+
 def ban_key(addr: tuple[str, int], peer_id: bytes) -> Hashable:
     """Peers are banned by IP, except on loopback where every test peer shares one."""
     if addr[0].startswith("127.") or addr[0] == "::1":
@@ -120,6 +134,15 @@ class Swarm:
         self.downloaded = self.uploaded = self.webseed_bytes = 0
         #: seeds the tracker counts (a super-seeding seed shows us only part of what it has)
         self.tracker_seeds = 0
+        #: leechers the tracker counts, us included (None until it answers with a count)
+        self.tracker_leechers: int | None = None
+        #: when the web seed may start at the latest, and when a peer last sent a block
+        self._ws_start = now + settings.web_seed_grace
+        self._peer_block_at = now
+        #: bytes/s the web seed delivered over its last batch (the 5 s meter lags far
+        #: behind a loopback origin), and when/at what count the current batch started
+        self._ws_rate = 0.0
+        self._ws_batch = (now, 0)
         self.tracker = TrackerSchedule(now) if trackers else None
         self.dialer = Dialer(peers)
         #: False once the driver stops or fails the torrent: no more requests or dials
@@ -230,16 +253,29 @@ class Swarm:
         return "no peers connected" + (f" (tracker: {error})" if error else "")
 
     # -- peers come and go -----------------------------------------------------------------
-    def can_accept(self, addr: tuple[str, int], peer_id: bytes, now: float) -> str | None:
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes, now: float, *,
+                   outgoing: bool | None = None, local_id: bytes = b"") -> str | None:
         """Why a new peer cannot join (None: it can). At the per-torrent cap, the least
         useful idle peer (no interest and no data either way for ``peer_idle_evict``
-        seconds) is closed to make room, so idle peers cannot lock everyone out."""
+        seconds) is closed to make room, so idle peers cannot lock everyone out.
+
+        Two peers that dial each other at once (the hub's seeder dials every announcer
+        while the announcer dials it; PEX) would each refuse the second connection and
+        close the first on the other's refusal, ending with none: given the direction
+        (``outgoing``) and our ``local_id``, both ends keep the connection the lower peer
+        id opened, as libtorrent does, whatever order the handshakes finish in."""
         if not self.active:
             return "torrent is not active"
         if ban_key(addr, peer_id) in self.banned:
             return "peer is banned"
-        if any(ps.peer_id == peer_id for ps in self.peers.values()):
-            return "already connected to this peer"
+        dups = [ps for ps in self.peers.values() if ps.peer_id == peer_id and not ps.closed]
+        if dups:
+            if outgoing is None or all(ps.outgoing == outgoing for ps in dups):
+                return "already connected to this peer"
+            if (local_id < peer_id) != outgoing:
+                return "already connected to this peer (the lower peer id opened that one)"
+            for ps in dups:
+                self._close(ps, "duplicate connection: keeping the one the lower peer id opened")
         live = sum(1 for ps in self.peers.values() if not ps.closed)
         if live >= self.settings.max_connections_per_torrent:
             limit = now - self.settings.peer_idle_evict
@@ -253,11 +289,12 @@ class Swarm:
         return None
 
     def connected(self, handle: Hashable, addr: tuple[str, int], peer_id: bytes, *,
-                  fast: bool, now: float) -> PeerState:
+                  fast: bool, now: float, outgoing: bool = False) -> PeerState:
         """A handshake completed (the driver sent its extension handshake already)."""
         s = self.settings
         ps = PeerState(handle, addr, peer_id, ban_key(addr, peer_id), self.num_pieces,
-                       fast=fast, now=now, queue_target=s.min_request_queue)
+                       fast=fast, now=now, queue_target=s.min_request_queue,
+                       outgoing=outgoing)
         self.peers[handle] = ps
         if self._super_seeding():
             assert self._ss is not None
@@ -431,6 +468,7 @@ class Swarm:
         ps.down.add(length, now)
         self.down.add(length, now)
         self.downloaded += length
+        self._peer_block_at = now
         ps.snubbed = False
         if now - ps.target_at > 0.25:  # adapt the pipeline to the measured rate
             ps.target_at = now
@@ -497,7 +535,9 @@ class Swarm:
         self._fill_all(now)
 
     def webseed_piece(self, index: int, nbytes: int, now: float) -> None:
-        """A web seed delivered piece ``index`` and the driver verified and wrote it."""
+        """A web seed delivered piece ``index`` and the driver verified and wrote it.
+        Peers still asked for its blocks are told to cancel them."""
+        self._cancel_requests(index, now)
         self.webseed_bytes += nbytes
         self.downloaded += nbytes
         self.down.add(nbytes, now)
@@ -535,33 +575,101 @@ class Swarm:
             self._out.append(Announce("completed"))
         self._out.append(Completed())
 
+    def webseed_alone(self) -> bool:
+        """Nobody to trade with: no other leecher in the tracker's count (when it gave one)
+        and no connected leecher beyond the seeds the tracker counts (a super-seeding seed,
+        like the hub's own peer, hides its pieces and looks like a leecher). Then the web
+        seed is a source like any other and runs at full speed: nothing the peers could
+        later spare it, and a one-downloader hub fetch must not wait on the hub's peer."""
+        if self.tracker_leechers is not None and self.tracker_leechers > 1:
+            return False  # the tracker counts us as a leecher too
+        leechers = sum(1 for ps in self.peers.values() if not ps.is_seed and not ps.closed)
+        return leechers <= self.tracker_seeds
+
+    def webseed_ready(self, now: float) -> bool:
+        """The web seed may start: the grace for peers is over, or the tracker already
+        answered and we are alone (no reason to wait for peers that are not coming)."""
+        if now >= self._ws_start:
+            return True
+        return self.tracker_leechers is not None and self.webseed_alone()
+
     def webseed_batch(self, now: float, reserved: Container[int], *,
-                      anything: bool = False) -> list[int]:
-        """Pieces for a web seed: what the connected swarm lacks (or everything missing
-        when no peer is sending anything, or when ``anything``: no connected peer is a
-        leecher), as one run of adjacent pieces -> few large requests (with ``anything``:
-        the first missing pieces, adjacent or not). When the tracker
-        counts a seed and we have peers, a piece no peer shows may still come from a
-        super-seeding seed (the hub's peer hides what it has): then the web seed waits
-        until the peers go idle, or every client would fetch over HTTP exactly the pieces
-        the seed has not handed out yet."""
-        peers_idle = anything or self.down.rate(now) <= self.webseed_meter.rate(now)
+                      source: str = "") -> list[int]:
+        """Pieces for a web seed, as runs of adjacent pieces (few large HTTP requests).
+
+        Alone (:meth:`webseed_alone`): the first missing pieces, about
+        ``_WS_BATCH_SECONDS`` of its rate (at least 1 MiB, at most
+        ``web_seed_batch_bytes``), adjacent or not (the peers leave gaps, not runs), as
+        BEP 19 clients and aria2 use an HTTP source next to peers. With leechers around
+        the swarm serves and the web seed only helps, so that the origin's share falls as
+        the swarm grows: it fills what no connected peer has (unless a tracker-counted
+        seed may be hiding it: a super-seed hands every piece out in turn, and clients
+        would all fetch over HTTP the pieces it has not offered yet), or, when no peer has
+        sent a block for ``_PEERS_STALLED`` seconds, any missing piece; in both cases a
+        small batch from a random starting point, so that clients spread over the file
+        instead of all fetching the same first pieces from the origin.
+
+        The batch is reserved in the picker for ``source`` (peers pick other pieces, even
+        in end-game) until :meth:`webseed_release`."""
+        if not self.webseed_ready(now):
+            return []
+        alone = self.webseed_alone()
+        stalled = now - self._peer_block_at >= _PEERS_STALLED
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
-        limit = max(1, self.settings.web_seed_batch_bytes // self.piece_length)
-        avail = self.picker.availability
-        prio = self.picker.priority
-        busy = self._src.keys() | self._verifying.keys()
+        if alone:  # grows with the rate it shows: a slow web seed holds little
+            nbytes = max(_SWARM_WS_BATCH_BYTES, int(self._ws_rate * _WS_BATCH_SECONDS))
+            limit = max(1, min(nbytes, self.settings.web_seed_batch_bytes) // self.piece_length)
+        else:
+            limit = max(1, _SWARM_WS_BATCH_BYTES // self.piece_length)
+        picker = self.picker
+        avail, prio, started = picker.availability, picker.priority, picker.in_progress
+        # Alone and faster than the peers: pieces they were asked for but sent nothing of
+        # yet are taken back (Cancel) for the web seed, which would otherwise idle while
+        # a slower peer works through its queue (the hub's own peer on loopback).
+        steal = alone and self._ws_rate > self.down.rate(now) - self.webseed_meter.rate(now)
+        n = self.num_pieces
+        first = 0 if alone else self.rng.randrange(n)
         batch: list[int] = []
-        for i in range(self.num_pieces):
-            ok = (not self.have[i] and i not in busy and i not in reserved and prio(i)
-                  and (peers_idle or (avail(i) == 0 and not hidden_seed)))
-            if ok and (anything or not batch or batch[-1] == i - 1):
-                batch.append(i)  # (any missing piece: the peers leave gaps, not runs)
+        for k in range(n):
+            i = (first + k) % n
+            ok = (not self.have[i]
+                  and (not started(i) or (steal and picker.only_requested(i)))
+                  and i not in self._verifying and i not in reserved and prio(i)
+                  and (alone or stalled or (avail(i) == 0 and not hidden_seed)))
+            if ok and (alone or not batch or batch[-1] == i - 1):
+                batch.append(i)
                 if len(batch) >= limit:
                     break
-            elif batch and not anything:
+            elif batch and not alone:
                 break
+        self._ws_batch = (now, self.webseed_bytes)
+        for i in batch:
+            if steal and started(i):
+                self._cancel_requests(i, now)
+            picker.reserve((_WEBSEED, source), i)
         return batch
+
+    def _cancel_requests(self, index: int, now: float) -> None:
+        """Withdraw every peer's outstanding requests for piece ``index`` (Cancel)."""
+        for h in self.picker.requesters(index):
+            ps = self.peers.get(h)
+            if ps is None:
+                continue
+            dup = [b for b in ps.requested if b.index == index]
+            for b in dup:
+                del ps.requested[b]
+                self.picker.request_failed(h, b)
+            if dup and not ps.closed:
+                self._send(ps, tuple(m.Cancel(b.index, b.begin, b.length) for b in dup), now)
+
+    def webseed_release(self, now: float, *, source: str = "") -> None:
+        """The web seed's batch is over (done, failed or stopped): what it did not deliver
+        goes back to the peers' pool."""
+        at, before = self._ws_batch
+        if now > at and self.webseed_bytes > before:
+            self._ws_rate = (self.webseed_bytes - before) / (now - at)
+        self.picker.release((_WEBSEED, source))
+        self._fill_all(now)
 
     # -- uploading -------------------------------------------------------------------------
     def _on_request(self, ps: PeerState, req: m.Request, now: float) -> None:
@@ -751,11 +859,14 @@ class Swarm:
         self._dial(now)
 
     def tracker_response(self, now: float, *, interval: float,
-                         peers: Iterable[tuple[str, int]], seeds: int | None) -> None:
+                         peers: Iterable[tuple[str, int]], seeds: int | None,
+                         leechers: int | None = None) -> None:
         if self.tracker is not None:
             self.tracker.succeeded(now, interval)
         if self.downloading:
             self.tracker_seeds = seeds or 0
+            if leechers is not None:
+                self.tracker_leechers = leechers
         self.add_peers(peers, now)
 
     def tracker_failed(self, now: float, why: str) -> None:

@@ -241,7 +241,8 @@ class Torrent(TorrentViews):
         log.debug("%s: connected %s", self.meta.name, peer)
         if peer.conn.extension:
             peer.send_ext_handshake(self.session.listen_port)
-        self.swarm.connected(peer, peer.addr, peer.remote_id, fast=peer.fast, now=self.clock())
+        self.swarm.connected(peer, peer.addr, peer.remote_id, fast=peer.fast, now=self.clock(),
+                             outgoing=peer.outgoing)
         self._spawn(self.uploads.serve(peer))
         self._flush()
 

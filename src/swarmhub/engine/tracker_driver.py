@@ -70,5 +70,5 @@ class TrackerDriver:
             return
         t.swarm.tracker_response(
             t.clock(), interval=max(resp.min_interval or 0, resp.interval),
-            peers=resp.peers, seeds=resp.complete)
+            peers=resp.peers, seeds=resp.complete, leechers=resp.incomplete)
         t._flush()

@@ -20,15 +20,24 @@ disabled for good.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import email.utils
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -45,6 +54,7 @@ __all__ = [
     "WebSeedBusy",
     "WebSeedError",
     "file_url",
+    "overlapped",
     "plan_requests",
 ]
 
@@ -54,6 +64,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY_AFTER = 30.0
 #: Retry-After values above this are clamped (a broken header must not park us for days).
 _MAX_RETRY_AFTER = 3600.0
+
+_T = TypeVar("_T")
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -444,3 +456,28 @@ class WebSeed:
             return True
         reason = resp.reason or ""
         raise WebSeedError(req.url, f"HTTP {status} {reason}".rstrip() + f" for {req.range_header}")
+
+
+async def overlapped(items: AsyncIterator[_T], work: Callable[[_T], Awaitable[None]],
+                     depth: int) -> None:
+    """Run ``work`` on each item as it arrives, up to ``depth`` at once, while the next
+    items stream in: a web seed's next piece is received while the last ones are hashed
+    and written (in turn, the stream stalled for every piece's hash: the HTTP origin is
+    faster than one core hashes on loopback). The first error is raised once the work
+    already started has finished; on an error or cancellation that work is awaited too,
+    so no piece is left half-handled."""
+    running: set[asyncio.Future[None]] = set()
+    try:
+        async for item in items:
+            while len(running) >= max(1, depth):
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    fut.result()
+            running.add(asyncio.ensure_future(work(item)))
+        while running:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                fut.result()
+    finally:
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)

@@ -2,16 +2,18 @@
 
 Apart from the driver (:mod:`swarmhub.engine.torrent`) and from the HTTP client
 (:mod:`swarmhub.engine.webseed`): the core picks the pieces (peers first), the client
-fetches byte ranges; this loop joins them — grace period, batches, hash checks, strikes,
-back-off after errors and busy replies.
+fetches byte ranges; this loop joins them — batches, hashing overlapped with the stream,
+strikes, back-off after errors and busy replies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from typing import Protocol
+import os
+from typing import Any, Protocol
 
 from swarmhub.engine.pieces import Pieces
 from swarmhub.engine.services import DriverHost
@@ -41,45 +43,33 @@ class WebSeedDriver:
         self._ws_reserved: set[int] = set()
 
     async def loop(self, url: str) -> None:
-        """Fetch what the core picks from one web seed while downloading; peers first."""
-        from swarmhub.engine.webseed import WebSeed, WebSeedBusy, WebSeedError  # aiohttp: late
+        """Fetch what the core picks (Swarm.webseed_batch) from one web seed."""
+        from swarmhub.engine.webseed import (  # aiohttp: late
+            WebSeed,
+            WebSeedBusy,
+            WebSeedError,
+            overlapped,
+        )
 
         t = self.torrent
         ws = WebSeed(url, t.meta, await t.session.http(),
                      max_request=t.settings.web_seed_request_size)
-        await self._sleep(t.settings.web_seed_grace)
         failures, backoff = 0, 5.0
-        # With no leecher among the connected peers there is nobody to trade with, and
-        # nothing the peers could later spare the web seed: it takes any missing piece
-        # then, not only what the swarm lacks (a web seed that sat unused while the hub's
-        # slow seed trickled made hybrid the slow choice). A super-seeding seed hides its
-        # pieces, so peers count as seeds too while the tracker counts as many seeds as
-        # we have peers. With leechers around, peers come first and the web seed fills
-        # what the swarm lacks.
+        # The core picks (Swarm.webseed_batch): nothing during the grace for peers unless
+        # the tracker says we are alone; then everything missing at full speed, else only
+        # small batches of what the swarm lacks or cannot deliver.
         while t.state is TorrentState.DOWNLOADING and not t._stopping and not ws.banned:
-            sw = t.swarm
-            alone = (sw.tracker_seeds >= len(sw.peers)
-                     or all(ps.is_seed for ps in sw.peers.values()))
-            batch = sw.webseed_batch(t.clock(), self._ws_reserved, anything=alone)
+            batch = t.swarm.webseed_batch(t.clock(), self._ws_reserved, source=url)
             if not batch:
-                await self._sleep(0.5)
+                sw = t.swarm  # each poll scans the pieces: not too often
+                await self._sleep(0.02 if not sw.webseed_ready(t.clock())
+                                  else 0.25 if sw.webseed_alone() else 0.5)
                 continue
             self._ws_reserved.update(batch)
             try:
                 async with contextlib.aclosing(ws.fetch(batch)) as pieces:
-                    async for index, buf in pieces:
-                        if t.swarm.have[index]:
-                            continue
-                        ok, _ = await self.pieces.check_and_write(index, buf, False)
-                        if ok:
-                            self.pieces.buffers.pop(index, None)
-                            t.swarm.webseed_piece(index, len(buf), t.clock())
-                            t._piece_done(index)
-                            t._flush()
-                        else:
-                            t.swarm.hash_failures += 1
-                            if ws.strike(index):
-                                break
+                    await overlapped(pieces, functools.partial(self._piece, ws),
+                                     (t.settings.hash_threads or os.cpu_count() or 1) + 1)
                 failures, backoff = 0, 5.0
             except WebSeedBusy as exc:
                 log.info("%s: web seed busy, retrying in %.0f s", t.meta.name, exc.retry_after)
@@ -96,6 +86,26 @@ class WebSeedDriver:
                 return
             finally:
                 self._ws_reserved.difference_update(batch)
+                t.swarm.webseed_release(t.clock(), source=url)
+                t._flush()
+
+    async def _piece(self, ws: Any, item: tuple[int, bytearray]) -> None:
+        """Hash and write one piece a web seed delivered (several overlap the stream)."""
+        t = self.torrent
+        index, buf = item
+        if t.swarm.have[index] or ws.banned:
+            return
+        ok, _ = await self.pieces.check_and_write(index, buf, False)
+        if t.swarm.have[index]:
+            return  # a peer's copy passed meanwhile
+        if ok:
+            self.pieces.buffers.pop(index, None)
+            t.swarm.webseed_piece(index, len(buf), t.clock())
+            t._piece_done(index)
+            t._flush()
+        else:
+            t.swarm.hash_failures += 1
+            ws.strike(index)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when the torrent stops or completes."""

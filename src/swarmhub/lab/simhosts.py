@@ -101,6 +101,11 @@ class SimTracker:
         lab's tracker between purges)."""
         return sum(self._seeder.values())
 
+    @property
+    def leechers(self) -> int:
+        """Leechers listed (counted like :attr:`seeders`)."""
+        return len(self._seeder) - self.seeders
+
     def register(self, addr: Addr, seeder: bool, now: float, *, permanent: bool = False) -> None:
         if addr not in self._pos:
             self._pos[addr] = len(self._addrs)

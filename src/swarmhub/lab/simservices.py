@@ -47,22 +47,22 @@ class Services:
             return
         tr.register(node.addr, seeder, now)
         peers = tr.pick(node.addr, seeder, 50, now)
-        seeds = tr.seeders
+        seeds, leechers = tr.seeders, tr.leechers
         if self.sim.mode == "hybrid" and not self.sim.source.gone and node is not self.sim.source:
             src = self.sim.source.swarm
             assert src is not None
             src.add_peers([node.addr], now)  # the hub's seeder dials every announcer
             self.sim.flush(self.sim.source)
         self.sim.ev.at(now + self.sim._lat(node, self.sim.source), self._tracker_answer,
-                   (node, peers, seeds))
+                   (node, peers, seeds, leechers))
 
-    def _tracker_answer(self, arg: tuple[Node, list[tuple[str, int]], int]) -> None:
-        node, peers, seeds = arg
+    def _tracker_answer(self, arg: tuple[Node, list[tuple[str, int]], int, int]) -> None:
+        node, peers, seeds, leechers = arg
         if node.gone or node.swarm is None:
             return
         tr = self.sim.tracker
         node.swarm.tracker_response(self.sim.ev.now, interval=max(tr.min_interval, tr.interval),
-                                    peers=peers, seeds=seeds)
+                                    peers=peers, seeds=seeds, leechers=leechers)
         self.sim.flush(node)
 
     def http_get(self, node: Node, ranges: list[tuple[int, int]], *, cs: bool = False) -> None:
@@ -75,6 +75,9 @@ class Services:
         if self.sim.source.gone or node.gone:
             if not node.gone and not cs:
                 node.ws_reserved.clear()
+                if node.swarm is not None:
+                    node.swarm.webseed_release(self.sim.ev.now)
+                    self.sim.flush(node)
                 self.sim.ev.at(self.sim.ev.now + 5.0, self.ws_loop, node)
             return
         if node.ws_pipe is None:
@@ -121,6 +124,8 @@ class Services:
             self.sim.flush(node)
         if last:
             node.ws_reserved.clear()
+            swarm.webseed_release(self.sim.ev.now)
+            self.sim.flush(node)
             self.ws_loop(node)
 
     def ws_loop(self, node: Node) -> None:
@@ -129,11 +134,16 @@ class Services:
         if node.gone or swarm is None or swarm.complete or self.sim.source.gone:
             return
         batch = swarm.webseed_batch(self.sim.ev.now, node.ws_reserved)
-        if not batch:
-            self.sim.ev.at(self.sim.ev.now + 0.5, self.ws_loop, node)
+        if not batch:  # as the driver: poll briefly until the core lets the web seed start
+            wait = 0.5 if swarm.webseed_ready(self.sim.ev.now) else 0.02
+            self.sim.ev.at(self.sim.ev.now + wait, self.ws_loop, node)
             return
         node.ws_reserved.update(batch)
         per = max(1, self.sim.settings.web_seed_request_size // self.sim.piece_length)
-        ranges = [(batch[i], min(batch[i] + per, batch[-1] + 1))
-                  for i in range(0, len(batch), per)]
+        ranges: list[tuple[int, int]] = []  # runs of the batch (it may have gaps), cut
+        for i in sorted(batch):             # at the request size, as plan_requests does
+            if ranges and ranges[-1][1] == i and i - ranges[-1][0] < per:
+                ranges[-1] = (ranges[-1][0], i + 1)
+            else:
+                ranges.append((i, i + 1))
         self.http_get(node, ranges)

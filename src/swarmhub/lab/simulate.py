@@ -238,7 +238,7 @@ class Simulation:
         node.swarm = self._swarm(node, False, trackers=True)
         self._tick(node)
         if self.mode == "hybrid":
-            self.ev.at(now + self.settings.web_seed_grace, self.services.ws_loop, node)
+            self.ev.at(now, self.services.ws_loop, node)
 
     def _tick(self, node: Node) -> None:
         if node.gone or node.swarm is None:
@@ -414,10 +414,9 @@ class Simulation:
             self.ev.at(self.ev.now + rtt, self._dial_failed, (node, addr))
             return
         node.up.sent += HANDSHAKE + EXT_HANDSHAKE
-        # The dial leaves after a scheduling delay: without it, two peers that dial each
-        # other at once would race identically every time (each side keeps the connection
-        # it accepted, refuses the other, and both die); with it, as in the lab, one
-        # usually survives.
+        # The dial leaves after a scheduling delay, as in the lab (two peers that dial
+        # each other at once keep the connection the lower peer id opened: the core's
+        # can_accept rule, given the direction).
         delay = 3 * self._lat(node, target) + self.rng.random() * self.jitter
         self.ev.at(self.ev.now + delay, self._accept, (node, target))
 
@@ -427,13 +426,14 @@ class Simulation:
             node.swarm.connect_done(addr)
             self.flush(node)
 
-    def _admit(self, node: Node, other: Node) -> str | None:
+    def _admit(self, node: Node, other: Node, outgoing: bool) -> str | None:
         swarm = node.swarm
         assert swarm is not None
         if len(node.ends) >= self.settings.max_connections:  # ends holds open ones only
             reason: str | None = "too many connections in this session"
         else:
-            reason = swarm.can_accept(other.addr, other.peer_id, self.ev.now)
+            reason = swarm.can_accept(other.addr, other.peer_id, self.ev.now,
+                                      outgoing=outgoing, local_id=node.peer_id)
             self.flush(node)
         if reason is not None:
             self.refusals[reason] += 1
@@ -448,7 +448,7 @@ class Simulation:
     def _accept(self, arg: tuple[Node, Node]) -> None:
         """The dialler's handshake reached ``target``: admit it, reply, tell the core."""
         node, target = arg
-        if target.gone or target.swarm is None or self._admit(target, node) is not None:
+        if target.gone or target.swarm is None or self._admit(target, node, False) is not None:
             self.ev.at(self.ev.now + self._lat(node, target), self._dial_failed,
                        (node, target.addr))
             return
@@ -459,14 +459,15 @@ class Simulation:
         self.by_uid[mine.uid], self.by_uid[theirs.uid] = mine, theirs
         target.ends[mine] = None
         self.net.send(mine.out, HANDSHAKE + EXT_HANDSHAKE, (_HS,))
-        self._connected(mine)
+        self._connected(mine, False)
 
-    def _connected(self, end: End) -> None:
+    def _connected(self, end: End, outgoing: bool) -> None:
         node = end.node
         swarm = node.swarm
         assert swarm is not None
         remote = end.remote
-        swarm.connected(end.uid, remote.addr, remote.peer_id, fast=True, now=self.ev.now)
+        swarm.connected(end.uid, remote.addr, remote.peer_id, fast=True, now=self.ev.now,
+                        outgoing=outgoing)
         swarm.set_reqq(end.uid, self.settings.max_outstanding_incoming_requests)
         self.flush(node)
 
@@ -477,12 +478,12 @@ class Simulation:
             self.close_end(end)
             return
         node.swarm.connect_done(end.remote.addr)
-        if self._admit(node, end.remote) is not None:
+        if self._admit(node, end.remote, True) is not None:
             self.close_end(end)
             self.flush(node)
             return
         node.ends[end] = None
-        self._connected(end)
+        self._connected(end, True)
 
     def close(self, end: End) -> None:
         """The core closed ``end``: drop it here now, at the far end one latency later."""

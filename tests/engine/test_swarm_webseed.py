@@ -1,0 +1,134 @@
+"""The swarm core's web-seed policy and simultaneous-dial rule, on a stepped clock.
+
+Hybrid must never be the slow choice (issue 9): alone (the tracker counts no other
+leecher) the web seed starts at once and takes anything; with leechers it waits for the
+peers and takes small runs of what they lack; the pieces it fetches are left to it by the
+peers. Two peers that dial each other keep exactly one connection, the same on both ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from test_swarm import PIECE, QUIET, join, make_swarm, sent
+
+from swarmhub.engine.actions import Close
+from swarmhub.engine.swarm import Swarm
+from swarmhub.wire import messages as m
+
+MiB = 1 << 20
+
+
+def _tracker(s: Swarm, now: float, *, seeds: int, leechers: int) -> None:
+    s.tracker_response(now, interval=1800, peers=[], seeds=seeds, leechers=leechers)
+    s.take()
+
+
+def test_alone_per_the_tracker_the_web_seed_starts_before_the_grace_and_takes_anything() -> None:
+    s = make_swarm(pieces=8, trackers=True, settings=QUIET.replace(web_seed_grace=5.0))
+    assert s.webseed_batch(0.0, set()) == []  # nothing known yet: peers first
+    _tracker(s, 0.01, seeds=1, leechers=1)  # the hub's seeder, and us
+    assert s.webseed_ready(0.01)
+    assert s.webseed_batch(0.01, set()) == list(range(8))
+
+
+def test_with_other_leechers_the_web_seed_waits_then_fills_what_the_swarm_lacks() -> None:
+    s = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    _tracker(s, 0.01, seeds=0, leechers=5)
+    assert not s.webseed_ready(0.01) and s.webseed_batch(0.01, set()) == []
+    join(s, "a", 0.02)
+    s.message("a", m.Bitfield(m.bitfield_from_bools([i < 8 for i in range(16)])), 0.02)
+    s.take()
+    batch = s.webseed_batch(1.0, set())  # past the grace; peers not stalled (< 2 s)
+    assert batch and set(batch) <= set(range(8, 16))  # only what no peer has
+    assert batch == list(range(batch[0], batch[0] + len(batch)))  # one run: few ranges
+
+
+def test_a_hidden_seed_keeps_the_web_seed_off_until_the_peers_stall() -> None:
+    """The hub's super-seeding peer shows pieces one by one: a piece no peer shows may
+    still come from it, so with leechers around the web seed waits for a stall."""
+    s = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    _tracker(s, 0.01, seeds=1, leechers=5)
+    join(s, "hub", 0.02)
+    join(s, "b", 0.02)
+    s.take()
+    assert s.webseed_batch(1.0, set()) == []
+    stalled = s.webseed_batch(2.5, set())  # no block from any peer for 2 s
+    assert 0 < len(stalled) <= MiB // PIECE
+
+
+def test_pieces_the_web_seed_fetches_are_left_to_it_until_released() -> None:
+    s = make_swarm(pieces=64, trackers=True)
+    _tracker(s, 0.01, seeds=1, leechers=1)
+    batch = s.webseed_batch(0.01, set())
+    assert batch == list(range(MiB // PIECE))  # the first batch: 1 MiB
+    join(s, "seed", 0.02, has_all=True)
+    s.message("seed", m.Unchoke(), 0.02)
+    asked = {r.index for r in sent(s.take(), "seed", m.Request) if isinstance(r, m.Request)}
+    assert asked and not asked & set(batch)
+    s.webseed_piece(batch[0], PIECE, 0.1)
+    assert s.have[batch[0]] and s.webseed_bytes == PIECE
+    s.webseed_release(0.2)  # the rest was not delivered: back to the peers' pool
+    assert not any(s.picker.in_progress(i) and i not in asked for i in batch[1:])
+
+
+def test_alone_and_faster_the_web_seed_takes_back_what_a_peer_sent_nothing_of() -> None:
+    big = QUIET.replace(web_seed_batch_bytes=64 * PIECE)
+    s = make_swarm(pieces=64, trackers=True, settings=big)
+    _tracker(s, 0.0, seeds=1, leechers=1)
+    first = s.webseed_batch(0.0, set())
+    join(s, "seed", 0.0, has_all=True)
+    s.message("seed", m.Unchoke(), 0.0)
+    asked = [r for r in sent(s.take(), "seed", m.Request) if isinstance(r, m.Request)]
+    for i in first:
+        s.webseed_piece(i, PIECE, 0.01)
+    s.webseed_release(0.01)  # 1 MiB in 10 ms: far faster than the silent peer
+    s.take()
+    second = s.webseed_batch(0.01, set())
+    taken = {r.index for r in asked} & set(second)
+    assert taken  # pieces the peer was asked for but sent nothing of
+    cancels = {c.index for c in sent(s.take(), "seed", m.Cancel) if isinstance(c, m.Cancel)}
+    assert taken <= cancels
+
+
+# -- two peers dial each other at once ------------------------------------------------------
+
+LOW, HIGH = b"-SH0100-" + b"\x00" * 12, b"-SH0100-" + b"\xff" * 12
+
+
+def _admit(s: Swarm, handle: str, remote: bytes, local: bytes, outgoing: bool) -> None:
+    reason = s.can_accept(("10.0.0.9", 6881), remote, 0.0, outgoing=outgoing, local_id=local)
+    if reason is None:
+        s.connected(handle, ("10.0.0.9", 6881), remote, fast=True, now=0.0, outgoing=outgoing)
+    for a in s.take():
+        if isinstance(a, Close):
+            s.disconnected(a.peer, 0.0)
+
+
+@pytest.mark.parametrize(("low_first", "high_first"),
+                         list(itertools.product(["mine", "theirs"], repeat=2)))
+def test_two_peers_that_dial_each_other_keep_the_one_the_lower_id_opened(
+        low_first: str, high_first: str) -> None:
+    """Whatever order each end finishes the two handshakes in, both keep connection
+    ``L`` (opened by the lower id) and drop ``H``: exactly one connection survives."""
+    low, high = make_swarm(), make_swarm()
+    # On the low end, L is outgoing and H incoming; on the high end the reverse.
+    steps_low = [("L", True), ("H", False)]
+    steps_high = [("H", True), ("L", False)]
+    if low_first == "theirs":
+        steps_low.reverse()
+    if high_first == "theirs":
+        steps_high.reverse()
+    for handle, outgoing in steps_low:
+        _admit(low, handle, HIGH, LOW, outgoing)
+    for handle, outgoing in steps_high:
+        _admit(high, handle, LOW, HIGH, outgoing)
+    assert set(low.peers) == {"L"} and set(high.peers) == {"L"}
+
+
+def test_without_a_direction_a_second_connection_is_refused_as_before() -> None:
+    s = make_swarm()
+    join(s, "a")
+    assert s.can_accept(("10.0.1.99", 1), b"a".ljust(20, b"-"), 0.0) is not None
+
