@@ -331,7 +331,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         avail = end - pos
         if avail < 4:
             return True
-        (length,) = _U32_FROM(view, pos)
+        length: int = _U32_FROM(view, pos)[0]
         return length > avail - 4 and 4 + length <= len(view) - _MIN_READ
 
     def _gate_open(self) -> bool:
