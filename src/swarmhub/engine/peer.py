@@ -261,34 +261,34 @@ class PeerProtocol(asyncio.BufferedProtocol):
         view = self._read_view
         assert view is not None
         pos, end = self._read_start, self._read_end
-        peer = self.peer
         conn = self.conn
-        if conn.buffered and peer is not None:
-            # The wire core holds the start of a frame (after the handshake, or a pause):
-            # give it just the rest of that frame, so the frames after it go the fast way.
-            need = conn.missing()
-            while need is not None and 0 < need <= end - pos:
-                conn.receive_data(view[pos:pos + need])
-                pos += need
-                need = conn.missing()
-            if need == 0:
-                self._pump()
-                if self.transport is None:
-                    self._read_start = self._read_end = 0
-                    return
-        if peer is not None and self._gate_open():
-            pos = self._pieces(peer, view, pos, end)
-            if self.transport is None:
-                self._read_start = self._read_end = 0
-                return
-        if pos < end and not self._waits(view, pos, end):
-            # Anything but blocks (or bytes we cannot take the fast way): the wire core
-            # buffers and parses it.
-            conn.receive_data(view[pos:end])  # copied: the buffer is ours again at once
+        while pos < end and self.transport is not None:
+            peer = self.peer
+            fast = peer is not None and not conn.buffered and self._gate_open()
+            if fast:
+                assert peer is not None
+                pos = self._pieces(peer, view, pos, end)
+                if pos == end or self.transport is None:
+                    break
+                size = self._frame_size(view, pos, end)
+            else:  # finish what the wire core holds (the handshake, a frame before a pause)
+                size = conn.missing() if peer is None or self._gate_open() else None
+            if size is None or size > end - pos:  # a partial frame
+                if fast and self._fits(view, pos, end):
+                    break  # kept for the next read, which may complete it
+            elif size:
+                # One frame that is not a block: the wire core parses it.
+                conn.receive_data(view[pos : pos + size])  # copied: our buffer stays ours
+                pos += size
+                if conn.missing() == 0:
+                    self._pump()
+                continue
+            # Whatever cannot go the fast way: the wire core buffers and parses it.
+            conn.receive_data(view[pos:end])
             pos = end
             self._pump()
         self._read_start = pos
-        if pos == end:
+        if pos >= end or self.transport is None:
             self._read_start = self._read_end = 0
 
     def _pieces(self, peer: Peer, view: memoryview, pos: int, end: int) -> int:
@@ -323,16 +323,19 @@ class PeerProtocol(asyncio.BufferedProtocol):
             self._flush()
         return pos
 
-    def _waits(self, view: memoryview, pos: int, end: int) -> bool:
-        """The bytes from ``pos`` are the start of one frame that fits our buffer and may
-        take the fast way once complete: keep them for the next read."""
-        if self.peer is None or self.conn.buffered or not self._gate_open():
-            return False
-        avail = end - pos
-        if avail < 4:
-            return True
+    @staticmethod
+    def _frame_size(view: memoryview, pos: int, end: int) -> int | None:
+        """Bytes of the frame at ``pos`` (length prefix included), None before its prefix."""
+        if end - pos < 4:
+            return None
         length: int = _U32_FROM(view, pos)[0]
-        return length > avail - 4 and 4 + length <= len(view) - _MIN_READ
+        return 4 + length
+
+    @staticmethod
+    def _fits(view: memoryview, pos: int, end: int) -> bool:
+        """The partial frame at ``pos`` fits our buffer with room for a read to spare."""
+        size = PeerProtocol._frame_size(view, pos, end)
+        return size is None or size <= len(view) - _MIN_READ
 
     def _gate_open(self) -> bool:
         gate = self._gate

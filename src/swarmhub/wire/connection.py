@@ -386,10 +386,14 @@ class PeerConnection:
 
     def missing(self) -> int | None:
         """Bytes still to come before our buffer ends on a frame boundary (0 when it does;
-        a partial length prefix counts as its missing bytes), or None before and after the
-        framed phases. Lets a caller that reads into its own buffer hand us just enough
-        to finish the frame we hold, then take the following ones its own way."""
-        if self.their_phase is not Phase.OPEN and self.their_phase is not Phase.FIRST:
+        a partial length prefix counts as its missing bytes; the handshake is one frame),
+        or None once the connection is closed or broken. Lets a caller that reads into its
+        own buffer hand us just enough to finish the frame we hold, then take the following
+        ones its own way."""
+        phase = self.their_phase
+        if phase is Phase.HANDSHAKE:
+            return max(0, HANDSHAKE_LENGTH - self.buffered)
+        if phase is not Phase.OPEN and phase is not Phase.FIRST:
             return None
         buf = self._buf
         p, n = self._pos, len(buf)
