@@ -187,6 +187,26 @@ _READ_SIZE = 128 * 1024
 _MIN_READ = 32 * 1024
 
 
+def _frames_to_next_piece(view: memoryview, pos: int, end: int) -> int:
+    """End of the complete frames from ``pos`` up to the next Piece frame (the first frame
+    counts whatever it is: the fast path declined it); ``pos`` if that one is partial."""
+    p = pos
+    while end - p >= 4:
+        length: int = _U32_FROM(view, p)[0]
+        if p + 4 + length > end or (p > pos and length and view[p + 4] == m.MessageId.PIECE):
+            break
+        p += 4 + length
+    return p
+
+
+def _fits(view: memoryview, pos: int, end: int) -> bool:
+    """The partial frame at ``pos`` fits our buffer with a read's room to spare."""
+    if end - pos < 4:
+        return True
+    length: int = _U32_FROM(view, pos)[0]
+    return 4 + length <= len(view) - _MIN_READ
+
+
 class PeerProtocol(asyncio.BufferedProtocol):
     """Moves bytes between the socket and the wire core; owns nothing else.
 
@@ -264,26 +284,30 @@ class PeerProtocol(asyncio.BufferedProtocol):
         conn = self.conn
         while pos < end and self.transport is not None:
             peer = self.peer
-            fast = peer is not None and not conn.buffered and self._gate_open()
-            if fast:
-                assert peer is not None
+            if peer is not None and not conn.buffered and self._gate_open():
                 pos = self._pieces(peer, view, pos, end)
                 if pos == end or self.transport is None:
                     break
-                size = self._frame_size(view, pos, end)
-            else:  # finish what the wire core holds (the handshake, a frame before a pause)
-                size = conn.missing() if peer is None or self._gate_open() else None
-            if size is None or size > end - pos:  # a partial frame
-                if fast and self._fits(view, pos, end):
-                    break  # kept for the next read, which may complete it
-            elif size:
-                # One frame that is not a block: the wire core parses it.
-                conn.receive_data(view[pos : pos + size])  # copied: our buffer stays ours
-                pos += size
-                if conn.missing() == 0:
-                    self._pump()
-                continue
-            # Whatever cannot go the fast way: the wire core buffers and parses it.
+                if self._gate_open():
+                    stop = _frames_to_next_piece(view, pos, end)
+                    if stop > pos:  # not blocks: the wire core parses them
+                        conn.receive_data(view[pos:stop])  # copied: our buffer stays ours
+                        pos = stop
+                        self._pump()
+                        continue
+                    if _fits(view, pos, end):
+                        break  # a partial frame: kept for the next read to complete
+            elif conn.buffered < len(view) and (peer is None or self._gate_open()):
+                # The wire core holds the start of a frame (the handshake, or one the last
+                # read cut): give it just the rest, so the frames after it go the fast way.
+                need = conn.missing()
+                if need is not None and 0 < need <= end - pos:
+                    conn.receive_data(view[pos : pos + need])
+                    pos += need
+                    if conn.missing() == 0:
+                        self._pump()
+                    continue
+            # Whatever cannot go the fast way (a pause, a huge frame): the wire core has it.
             conn.receive_data(view[pos:end])
             pos = end
             self._pump()
@@ -322,20 +346,6 @@ class PeerProtocol(asyncio.BufferedProtocol):
         finally:
             self._flush()
         return pos
-
-    @staticmethod
-    def _frame_size(view: memoryview, pos: int, end: int) -> int | None:
-        """Bytes of the frame at ``pos`` (length prefix included), None before its prefix."""
-        if end - pos < 4:
-            return None
-        length: int = _U32_FROM(view, pos)[0]
-        return 4 + length
-
-    @staticmethod
-    def _fits(view: memoryview, pos: int, end: int) -> bool:
-        """The partial frame at ``pos`` fits our buffer with room for a read to spare."""
-        size = PeerProtocol._frame_size(view, pos, end)
-        return size is None or size <= len(view) - _MIN_READ
 
     def _gate_open(self) -> bool:
         gate = self._gate

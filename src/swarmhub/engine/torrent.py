@@ -148,6 +148,8 @@ class Torrent:
         #: Verified pieces' buffers, reused: a fresh 1 MiB bytearray is mmap'd, zeroed and
         #: page-faulted in, then unmapped: ~15% of a loopback download's CPU.
         self._spare: list[bytearray] = []
+        #: as many as the pieces hashing/writing may hold (else each burst allocates anew)
+        self._spare_cap = _SPARE_BUFFERS + self.settings.max_unverified_bytes // meta.piece_length
         self.state = TorrentState.CHECKING
         self.error: str | None = None
         self.complete = asyncio.Event()
@@ -567,7 +569,7 @@ class Torrent:
         except StorageError as exc:
             self._fail(str(exc))
             return
-        if len(buf) == self.meta.piece_length and len(self._spare) < _SPARE_BUFFERS:
+        if len(buf) == self.meta.piece_length and len(self._spare) < self._spare_cap:
             self._spare.append(buf)  # hashed and written: nothing holds it any more
         self.swarm.piece_verified(index, ok, self.clock(), digests)
         if ok:
