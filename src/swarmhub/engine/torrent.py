@@ -48,7 +48,7 @@ from swarmhub.engine.swarm import Swarm, ban_key
 from swarmhub.errors import StorageError, SwarmhubError
 from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
 from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
-from swarmhub.storage.files import TorrentStorage
+from swarmhub.storage.files import PieceBuffer, TorrentStorage, piece_buffer
 from swarmhub.storage.resume import (
     load_resume,
     make_resume,
@@ -128,7 +128,7 @@ class Torrent:
         self.seed_mode = seed_mode
         self.rng = rng or random.Random()
         self.clock = clock
-        self.storage = TorrentStorage(meta, save_path)
+        self.storage = TorrentStorage(meta, save_path, direct_writes=self.settings.direct_io)
         self.verifier = PieceVerifier(meta)
         self.tracker_tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
         pads = _pad_blocks(meta)
@@ -147,14 +147,14 @@ class Torrent:
         self._padded = frozenset(i for i, _ in pads)
         #: Verified pieces' buffers, reused: a fresh 1 MiB bytearray is mmap'd, zeroed and
         #: page-faulted in, then unmapped: ~15% of a loopback download's CPU.
-        self._spare: list[bytearray] = []
+        self._spare: list[PieceBuffer] = []
         #: as many as the pieces hashing/writing may hold (else each burst allocates anew)
         self._spare_cap = _SPARE_BUFFERS + self.settings.max_unverified_bytes // meta.piece_length
         self.state = TorrentState.CHECKING
         self.error: str | None = None
         self.complete = asyncio.Event()
         #: Pieces being assembled from peers' blocks (the core decides what is kept).
-        self.buffers: dict[int, bytearray] = {}
+        self.buffers: dict[int, PieceBuffer] = {}
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._reads: dict[int, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -576,30 +576,31 @@ class Torrent:
             self._piece_done(index)
         self._flush()
 
-    def _new_buffer(self, index: int) -> bytearray:
+    def _new_buffer(self, index: int) -> PieceBuffer:
         """A buffer for piece ``index``: a spare one when it fits (every byte of it will be
         overwritten by a block), else a fresh, zeroed one."""
         size = self.meta.piece_size(index)
         if self._spare and size == self.meta.piece_length and index not in self._padded:
             return self._spare.pop()
-        return bytearray(size)
+        return piece_buffer(size)  # page-aligned: written with O_DIRECT as it is
 
     async def _check_and_write(
-        self, index: int, buf: bytearray, want_digests: bool
+        self, index: int, buf: PieceBuffer, want_digests: bool
     ) -> tuple[bool, dict[int, bytes] | None]:
         """Hash on the hash pool (all cores), then write on the disk pool. Block digests
         come back when asked for, and always for a failed piece (they catch the liar)."""
         loop = asyncio.get_running_loop()
         session = self.session
+        view = memoryview(buf)
 
         def check() -> tuple[bool, dict[int, bytes] | None]:
-            ok = self.verifier.check(index, buf)
+            ok = self.verifier.check(index, view)
             return ok, _block_digests(buf) if want_digests or not ok else None
 
         ok, digests = await loop.run_in_executor(session.hash_pool, check)
         if ok:
             await loop.run_in_executor(
-                session.disk_pool, self.storage.write, index * self.meta.piece_length, buf)
+                session.disk_pool, self.storage.write, index * self.meta.piece_length, view)
         return ok, digests
 
     def _set_complete(self, *, first: bool) -> None:
@@ -863,7 +864,7 @@ def _pad_blocks(meta: Metainfo) -> list[tuple[int, int]]:
     return out
 
 
-def _block_digests(buf: bytearray) -> dict[int, bytes]:
+def _block_digests(buf: PieceBuffer) -> dict[int, bytes]:
     view = memoryview(buf)
     return {b: hashlib.sha1(view[b:b + BLOCK_SIZE]).digest()
             for b in range(0, len(buf), BLOCK_SIZE)}
