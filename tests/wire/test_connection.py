@@ -411,6 +411,20 @@ def test_missing_counts_the_bytes_to_the_next_frame_boundary() -> None:
     assert [conn.next_event(), conn.next_event()] == [HaveAll(), Have(3)]
 
 
+def test_request_fast_path_sends_what_encode_would_and_refuses_the_same() -> None:
+    conn = remote(num_pieces=4)
+    assert conn.send(Unchoke()) == encode(Unchoke())  # OPEN: Requests take the fast path
+    for req in (Request(0, 0, 16384), Request(3, 2**31, 1), Request(2, 16384, 128 * 1024)):
+        assert conn.send(req) == encode(req)
+    with pytest.raises(LocalProtocolError, match="torrent has 4 pieces"):
+        conn.send(Request(4, 0, 16384))
+    with pytest.raises(LocalProtocolError, match="blocks must be"):
+        conn.send(Request(0, 0, 0))
+    with pytest.raises(LocalProtocolError):
+        conn.send(Request(0, -1, 16384))  # not a u32
+    assert conn.send(Have(1)) == encode(Have(1))  # a refused send changed nothing
+
+
 def test_send_piece_returns_header_and_the_same_buffer() -> None:
     pair = open_pair(num_pieces=None)
     pair.a.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
