@@ -15,6 +15,7 @@ from swarmhub.wire.extensions import (
     encode_ext_handshake,
 )
 from swarmhub.wire.messages import (
+    HANDSHAKE_LENGTH,
     AllowedFast,
     Bitfield,
     Cancel,
@@ -365,6 +366,63 @@ def test_fast_path_checks_the_short_last_piece() -> None:
         Unchoke(), Piece(2, 0, bytes(100)),
     ]  # fmt: skip
     expect_remote_error(conn, encode(Piece(2, 0, bytes(101))), "only 100 bytes")
+
+
+def test_piece_at_parses_a_block_in_the_callers_buffer_with_the_same_rules() -> None:
+    conn = remote()
+    conn.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    data = encode(Piece(1, 16384, b"a" * 16384)) + encode(Have(0))
+    assert conn.piece_at(data, 0, len(data)) is None  # FIRST phase: the core parses it
+    assert feed(conn, encode(Unchoke())) == [Unchoke()]
+    view = memoryview(data)
+    assert conn.piece_at(view, 0, len(data)) == (1, 16384, 16384 + 13)
+    assert conn.piece_at(view, 0, 16384 + 12) is None  # incomplete
+    assert conn.piece_at(view, 16384 + 13, len(data)) is None  # a Have
+    conn.receive_data(b"\0")  # our own bytes come first
+    assert conn.piece_at(view, 0, len(data)) is None
+    conn = remote()
+    conn.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    feed(conn, encode(Unchoke()))
+    bad = encode(Piece(2, 0, bytes(101)))  # past the short last piece
+    with pytest.raises(RemoteProtocolError, match="only 100 bytes"):
+        conn.piece_at(bad, 0, len(bad))
+    assert conn.their_phase is Phase.ERROR
+
+
+def test_missing_counts_the_bytes_to_the_next_frame_boundary() -> None:
+    conn = PeerConnection(our_reserved=make_reserved())
+    assert conn.missing() == HANDSHAKE_LENGTH
+    hs = encode(Handshake(make_reserved(), INFO_HASH, b"B" * 20))
+    conn.receive_data(hs[:10])
+    assert conn.missing() == HANDSHAKE_LENGTH - 10
+    conn.receive_data(hs[10:])
+    assert conn.missing() == 0
+    assert isinstance(conn.next_event(), Handshake)
+    assert conn.missing() == 0  # on a boundary, nothing buffered
+    frames = encode(HaveAll()) + encode(Have(3))
+    conn.receive_data(frames[:2])
+    assert conn.missing() == 2
+    conn.receive_data(frames[2:7])
+    assert conn.missing() == 2  # HaveAll whole, 2 of Have's 4 prefix bytes in
+    conn.receive_data(frames[7:9])
+    assert conn.missing() == 5  # Have's prefix whole: its 5-byte body to come
+    conn.receive_data(frames[9:])
+    assert conn.missing() == 0
+    assert [conn.next_event(), conn.next_event()] == [HaveAll(), Have(3)]
+
+
+def test_request_fast_path_sends_what_encode_would_and_refuses_the_same() -> None:
+    conn = remote(num_pieces=4)
+    assert conn.send(Unchoke()) == encode(Unchoke())  # OPEN: Requests take the fast path
+    for req in (Request(0, 0, 16384), Request(3, 2**31, 1), Request(2, 16384, 128 * 1024)):
+        assert conn.send(req) == encode(req)
+    with pytest.raises(LocalProtocolError, match="torrent has 4 pieces"):
+        conn.send(Request(4, 0, 16384))
+    with pytest.raises(LocalProtocolError, match="blocks must be"):
+        conn.send(Request(0, 0, 0))
+    with pytest.raises(LocalProtocolError):
+        conn.send(Request(0, -1, 16384))  # not a u32
+    assert conn.send(Have(1)) == encode(Have(1))  # a refused send changed nothing
 
 
 def test_send_piece_returns_header_and_the_same_buffer() -> None:

@@ -1,16 +1,27 @@
-"""Finding peers: HTTP and UDP trackers now; DHT, PEX and LSD to come."""
+"""Finding peers: HTTP and UDP trackers, the DHT, PEX.
 
-from swarmhub.discovery.tracker import (
-    AnnounceRequest,
-    AnnounceResponse,
-    TrackerTiers,
-    announce,
-    build_announce_url,
-    parse_announce_response,
-    scrape,
-    scrape_url,
-)
-from swarmhub.discovery.udp_tracker import UdpTrackerClient
+The names below load on first use (PEP 562): the tracker client pulls in aiohttp, which
+costs a quarter of a second of start-up CPU that ``get --peer`` or a DHT-only command
+never needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swarmhub.discovery.tracker import (
+        AnnounceRequest,
+        AnnounceResponse,
+        TrackerTiers,
+        announce,
+        build_announce_url,
+        parse_announce_response,
+        scrape,
+        scrape_url,
+    )
+    from swarmhub.discovery.udp_tracker import UdpTrackerClient
 
 __all__ = [
     "AnnounceRequest",
@@ -23,3 +34,19 @@ __all__ = [
     "scrape",
     "scrape_url",
 ]
+
+_HOMES = {name: "swarmhub.discovery.tracker" for name in __all__}
+_HOMES["UdpTrackerClient"] = "swarmhub.discovery.udp_tracker"
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

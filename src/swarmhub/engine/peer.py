@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 
 from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, reply_limit
 from swarmhub.engine.peerstate import RateMeter  # re-exported: its old home
 from swarmhub.engine.pex import PexPeer
 from swarmhub.engine.services import PeerHost, PeerServices
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
-from swarmhub.metainfo.model import BLOCK_SIZE
 from swarmhub.wire import messages as m
 from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection
 from swarmhub.wire.extensions import (
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 EXT_IDS = {"ut_pex": 1, "ut_metadata": 2}
 _UT_METADATA = EXT_IDS["ut_metadata"]
 _UT_PEX = EXT_IDS["ut_pex"]
+_U32_FROM = struct.Struct(">I").unpack_from
 
 
 class Peer:
@@ -180,25 +181,40 @@ def _ip_bytes(host: str) -> bytes | None:
     return None
 
 
-class _Block:
-    """A block being read straight into a buffer: ``got`` of its ``n`` bytes so far."""
-
-    __slots__ = ("begin", "buf", "got", "index", "n")
-
-    def __init__(self, index: int, begin: int, n: int, got: int, buf: memoryview) -> None:
-        self.index, self.begin, self.n, self.got, self.buf = index, begin, n, got, buf
-
-
-#: Bytes read from the socket at a time, into one buffer per connection.
+#: Bytes read from the socket at a time, into one buffer per connection (eight blocks).
 _READ_SIZE = 128 * 1024
+#: Least free space a read gets: a partial frame is moved to the front to make room.
+_MIN_READ = 32 * 1024
+
+
+def _frames_to_next_piece(view: memoryview, pos: int, end: int) -> int:
+    """End of the complete frames from ``pos`` up to the next Piece frame (the first frame
+    counts whatever it is: the fast path declined it); ``pos`` if that one is partial."""
+    p = pos
+    while end - p >= 4:
+        length: int = _U32_FROM(view, p)[0]
+        if p + 4 + length > end or (p > pos and length and view[p + 4] == m.MessageId.PIECE):
+            break
+        p += 4 + length
+    return p
+
+
+def _fits(view: memoryview, pos: int, end: int) -> bool:
+    """The partial frame at ``pos`` fits our buffer with a read's room to spare."""
+    if end - pos < 4:
+        return True
+    length: int = _U32_FROM(view, pos)[0]
+    return 4 + length <= len(view) - _MIN_READ
 
 
 class PeerProtocol(asyncio.BufferedProtocol):
     """Moves bytes between the socket and the wire core; owns nothing else.
 
     A buffered protocol: the event loop reads straight into our preallocated buffer (no
-    bytes object per read). ``data_received`` stays for the MSE layer, which hands over
-    what it decrypted.
+    bytes object per read), and the Piece frames in it go to the torrent as views of that
+    buffer, one batch per read (the torrent copies each block into its piece buffer: the
+    only copy on the way to the disk). ``data_received`` stays for the MSE layer, which
+    hands over what it decrypted.
     """
 
     def __init__(self, session: PeerServices, torrent: PeerHost | None = None) -> None:
@@ -215,8 +231,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._writable.set()
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._read_view: memoryview | None = None  # made on first read (not for MSE)
-        self._stage: memoryview | None = None  # a block's buffer (see _begin_block)
-        self._block: _Block | None = None  # the block being read straight into _stage
+        self._read_start = 0  # bytes of _read_view not handled yet: [start:end]
+        self._read_end = 0
 
     # -- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -246,60 +262,90 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._pump()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        block = self._block
-        if block is not None:  # the rest of a block, and not a byte more
-            return block.buf[block.got:block.n]
         view = self._read_view
         if view is None:
             view = self._read_view = memoryview(bytearray(_READ_SIZE))
-        return view
+        start, end = self._read_start, self._read_end
+        if start == end:
+            self._read_start = self._read_end = 0
+            return view
+        if len(view) - end < _MIN_READ:  # move the partial frame to the front
+            n = end - start
+            view[:n] = view[start:end]
+            self._read_start, self._read_end = 0, n
+            return view[n:]
+        return view[end:]
 
     def buffer_updated(self, nbytes: int) -> None:
-        block = self._block
-        if block is not None:
-            block.got += nbytes
-            if block.got == block.n:
-                self._block = None
-                self._on_block_read(block)
-            return
+        self._read_end += nbytes
         view = self._read_view
         assert view is not None
-        self.conn.receive_data(view[:nbytes])  # copied: the buffer is ours again at once
-        self._pump()
-        self._begin_block()
+        pos, end = self._read_start, self._read_end
+        conn = self.conn
+        while pos < end and self.transport is not None:
+            peer = self.peer
+            if peer is not None and not conn.buffered and self._gate_open():
+                pos = self._pieces(peer, view, pos, end)
+                if pos == end or self.transport is None:
+                    break
+                if self._gate_open():
+                    stop = _frames_to_next_piece(view, pos, end)
+                    if stop > pos:  # not blocks: the wire core parses them
+                        conn.receive_data(view[pos:stop])  # copied: our buffer stays ours
+                        pos = stop
+                        self._pump()
+                        continue
+                    if _fits(view, pos, end):
+                        break  # a partial frame: kept for the next read to complete
+            elif conn.buffered < len(view) and (peer is None or self._gate_open()):
+                # The wire core holds the start of a frame (the handshake, or one the last
+                # read cut): give it just the rest, so the frames after it go the fast way.
+                need = conn.missing()
+                if need is not None and 0 < need <= end - pos:
+                    conn.receive_data(view[pos : pos + need])
+                    pos += need
+                    if conn.missing() == 0:
+                        self._pump()
+                    continue
+            # Whatever cannot go the fast way (a pause, a huge frame): the wire core has it.
+            conn.receive_data(view[pos:end])
+            pos = end
+            self._pump()
+        self._read_start = pos
+        if pos >= end or self.transport is None:
+            self._read_start = self._read_end = 0
 
-    def _begin_block(self) -> None:
-        """Everything buffered is handled and a block is on its way: read the rest of it
-        straight into our block buffer (the hot path: no copy through the wire core's
-        buffer, no bytes object per block)."""
-        if self.peer is None or self.transport is None or not self._gate_open():
-            return
-        got = self.conn.begin_piece()
-        if got is None:
-            return
-        index, begin, n, head = got
-        stage = self._stage
-        if stage is None or len(stage) < n:
-            stage = self._stage = memoryview(bytearray(max(n, BLOCK_SIZE)))
-        stage[:len(head)] = head
-        self._block = _Block(index, begin, n, len(head), stage)
+    def _pieces(self, peer: Peer, view: memoryview, pos: int, end: int) -> int:
+        """Hand the complete Piece frames from ``pos`` on to the torrent, as views of our
+        read buffer; returns where the first other frame (or the partial one) starts.
 
-    def _on_block_read(self, block: _Block) -> None:
-        """A block read by :meth:`_begin_block` is complete: the Piece it is."""
-        peer = self.peer
-        if peer is None:
-            return
+        The hot path: one call per block, the replies it causes (request refills) corked
+        into one write per read. Stops when the peer leaves our replies unread (the rest
+        then waits in the wire core until it drains)."""
+        piece_at = self.conn.piece_at
+        handle = peer.handle
+        Piece = m.Piece
         self._cork = bytearray()
         try:
-            # The data is a view of our block buffer: the torrent copies it at once.
-            peer.handle(m.Piece(block.index, block.begin, block.buf[:block.n]))  # type: ignore[arg-type]
+            while (got := piece_at(view, pos, end)) is not None:
+                index, begin, stop = got
+                handle(Piece(index, begin, view[pos + 13:stop]))  # type: ignore[arg-type]
+                pos = stop
+                if self.transport is None:
+                    return end
+                if not self._gate_open():
+                    assert self._gate is not None
+                    self._gate.pause(BACKLOG)  # resume_writing pumps (and reads) again
+                    break
+        except RemoteProtocolError as exc:
+            self.close(f"protocol error: {exc}")
+            return end
         except SwarmhubError as exc:
             self.close(f"error: {exc}")
+            return end
         finally:
             self._flush()
-        if self.transport is not None and not self._gate_open():
-            assert self._gate is not None
-            self._gate.pause(BACKLOG)  # resume_writing pumps (and reads) again
+        return pos
 
     def _gate_open(self) -> bool:
         gate = self._gate

@@ -15,7 +15,7 @@ import hashlib
 from swarmhub.engine.services import TorrentServices
 from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
 from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
-from swarmhub.storage.files import TorrentStorage
+from swarmhub.storage.files import PieceBuffer, TorrentStorage, piece_buffer
 from swarmhub.storage.verify import PieceVerifier
 from swarmhub.wire import messages as m
 
@@ -40,9 +40,12 @@ class Pieces:
         self._padded = frozenset(i for i, _ in self.pad_blocks)
         #: Verified pieces' buffers, reused: a fresh 1 MiB bytearray is mmap'd, zeroed and
         #: page-faulted in, then unmapped: ~15% of a loopback download's CPU.
-        self._spare: list[bytearray] = []
+        self._spare: list[PieceBuffer] = []
+        #: as many as the pieces hashing/writing may hold (else each burst allocates anew)
+        self._spare_cap = (_SPARE_BUFFERS
+                           + session.settings.max_unverified_bytes // meta.piece_length)
         #: Pieces being assembled from peers' blocks (the core decides what is kept).
-        self.buffers: dict[int, bytearray] = {}
+        self.buffers: dict[int, PieceBuffer] = {}
         self._hash_trees: dict[bytes, list[list[bytes]]] = {}
 
     def clear(self) -> None:
@@ -54,38 +57,39 @@ class Pieces:
                      ) -> tuple[bool, dict[int, bytes] | None]:
         """Hash and write the assembled piece ``index`` (see :meth:`check_and_write`);
         raises :class:`~swarmhub.errors.StorageError` when the write fails."""
-        buf = self.buffers.pop(index, None)
+        buf: PieceBuffer | None = self.buffers.pop(index, None)
         if buf is None:
             buf = bytearray(self.meta.piece_size(index))  # nothing kept: fails, blames none
         ok, digests = await self.check_and_write(index, buf, want_digests)
-        if len(buf) == self.meta.piece_length and len(self._spare) < _SPARE_BUFFERS:
+        if len(buf) == self.meta.piece_length and len(self._spare) < self._spare_cap:
             self._spare.append(buf)  # hashed and written: nothing holds it any more
         return ok, digests
 
-    def new_buffer(self, index: int) -> bytearray:
+    def new_buffer(self, index: int) -> PieceBuffer:
         """A buffer for piece ``index``: a spare one when it fits (every byte of it will be
         overwritten by a block), else a fresh, zeroed one."""
         size = self.meta.piece_size(index)
         if self._spare and size == self.meta.piece_length and index not in self._padded:
             return self._spare.pop()
-        return bytearray(size)
+        return piece_buffer(size)  # page-aligned: written with O_DIRECT as it is
 
     async def check_and_write(
-        self, index: int, buf: bytearray, want_digests: bool
+        self, index: int, buf: PieceBuffer, want_digests: bool
     ) -> tuple[bool, dict[int, bytes] | None]:
         """Hash on the hash pool (all cores), then write on the disk pool. Block digests
         come back when asked for, and always for a failed piece (they catch the liar)."""
         loop = asyncio.get_running_loop()
         session = self.session
+        view = memoryview(buf)
 
         def check() -> tuple[bool, dict[int, bytes] | None]:
-            ok = self.verifier.check(index, buf)
+            ok = self.verifier.check(index, view)
             return ok, _block_digests(buf) if want_digests or not ok else None
 
         ok, digests = await loop.run_in_executor(session.hash_pool, check)
         if ok:
             await loop.run_in_executor(
-                session.disk_pool, self.storage.write, index * self.meta.piece_length, buf)
+                session.disk_pool, self.storage.write, index * self.meta.piece_length, view)
         return ok, digests
 
     def hashes_for(self, req: m.HashRequest) -> bytes | None:
@@ -122,7 +126,7 @@ def _pad_blocks(meta: Metainfo) -> list[tuple[int, int]]:
     return out
 
 
-def _block_digests(buf: bytearray) -> dict[int, bytes]:
+def _block_digests(buf: PieceBuffer) -> dict[int, bytes]:
     view = memoryview(buf)
     return {b: hashlib.sha1(view[b:b + BLOCK_SIZE]).digest()
             for b in range(0, len(buf), BLOCK_SIZE)}

@@ -76,7 +76,8 @@ class Torrent(TorrentViews):
         self.rng = rng or random.Random()
         self.clock = clock
         #: ``storage``: another source of the bytes (the hub's seeder reads S3 blobs).
-        self.storage = storage if storage is not None else TorrentStorage(meta, save_path)
+        self.storage = (storage if storage is not None else
+                        TorrentStorage(meta, save_path, direct_writes=self.settings.direct_io))
         self.pieces = Pieces(meta, self.storage, session)
         self.tracker_tiers = trackers if trackers is not None else [list(t) for t in meta.trackers]
         pads = self.pieces.pad_blocks

@@ -23,6 +23,15 @@ Safety: every open walks the path one component at a time with ``openat`` and
 ``O_NOFOLLOW``, so nothing below ``save_path`` may be a symlink and nothing can escape it,
 even if a hostile torrent slipped past the parser's path checks (the last line of defence).
 
+Direct writes (``direct_writes=True``, the engine's default): the page-aligned run of a
+write whose buffer, file offset and length are aligned (every piece of a download, in the
+buffers :func:`piece_buffer` makes) goes through a second descriptor opened with
+``O_DIRECT``: the disk reads our buffer, with no copy into the page cache. That copy was
+over half of a loopback download's CPU (2.0 of 3.5 CPU-s per GiB on a 2-core VM, where
+fresh page-cache pages are dear) and its dirty pages were written back later anyway. Any
+other write, a file system that refuses ``O_DIRECT`` (tmpfs) or a buffer it rejects goes
+through the page cache as before. Reads always do (uploads profit from the cache).
+
 Thread safety: all methods may be called concurrently from a thread pool. Descriptors are
 reference-counted, so evicting one from the LRU never closes it under a running pread.
 """
@@ -33,6 +42,7 @@ import bisect
 import contextlib
 import errno
 import logging
+import mmap
 import os
 import stat
 import threading
@@ -43,7 +53,7 @@ from pathlib import Path
 from swarmhub.errors import StorageError
 from swarmhub.metainfo.model import FileEntry, Metainfo
 
-__all__ = ["PARTS_DIR", "TorrentStorage"]
+__all__ = ["DIRECT_ALIGN", "PARTS_DIR", "PieceBuffer", "TorrentStorage", "piece_buffer"]
 
 #: Folder (in the download folder) of the part files of partially chosen torrents.
 PARTS_DIR = ".swarmhub.parts"
@@ -54,18 +64,38 @@ _ZEROS = bytes(1 << 20)
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Offset, length and address alignment of a direct write (the largest logical block size).
+DIRECT_ALIGN = 4096
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+_UNTRIED, _UNSUPPORTED = -2, -1
+
+#: A piece's buffer: ``bytearray`` works everywhere; :func:`piece_buffer`'s is page-aligned.
+PieceBuffer = bytearray | mmap.mmap
+
+
+def piece_buffer(size: int) -> mmap.mmap:
+    """A zeroed, page-aligned buffer of ``size`` bytes (anonymous memory), which direct
+    writes can take as it is."""
+    return mmap.mmap(-1, max(1, size))
 
 
 class _Handle:
     """One open descriptor, shared by readers and writers, closed when the last one leaves."""
 
-    __slots__ = ("fd", "retired", "users", "writable")
+    __slots__ = ("direct", "fd", "retired", "users", "writable")
 
     def __init__(self, fd: int, writable: bool) -> None:
         self.fd = fd
         self.writable = writable
         self.users = 0
         self.retired = False
+        #: an O_DIRECT descriptor of the same file, once opened (or _UNTRIED/_UNSUPPORTED)
+        self.direct = _UNTRIED
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self.direct >= 0:
+            os.close(self.direct)
 
 
 class _SharedLock:
@@ -124,11 +154,18 @@ class TorrentStorage:
     """Reads and writes a torrent's piece space on disk (blocking; call from threads)."""
 
     def __init__(
-        self, meta: Metainfo, save_path: str | os.PathLike[str], *, max_open_files: int = 64
+        self,
+        meta: Metainfo,
+        save_path: str | os.PathLike[str],
+        *,
+        max_open_files: int = 64,
+        direct_writes: bool = False,
     ) -> None:
         if max_open_files < 1:
             raise ValueError("max_open_files must be at least 1")
         self.meta = meta
+        #: write aligned runs with O_DIRECT where the file system allows it
+        self.direct_writes = direct_writes and bool(_O_DIRECT)
         self.save_path = Path(save_path)
         self.max_open_files = max_open_files
         #: Data files in piece-space order (pads excluded, empty files included).
@@ -251,14 +288,14 @@ class TorrentStorage:
         with self._lock:
             handle.users -= 1
             if handle.retired and handle.users == 0:
-                os.close(handle.fd)
+                handle.close()
 
     def _retire(self, index: int) -> None:
         """Drop ``index`` from the LRU; close now or when its last user leaves (lock held)."""
         handle = self._handles.pop(index)
         handle.retired = True
         if handle.users == 0:
-            os.close(handle.fd)
+            handle.close()
 
     def _error(self, op: str, path: Path | str, exc: OSError) -> StorageError:
         if exc.errno in _DISK_FULL:
@@ -458,6 +495,8 @@ class TorrentStorage:
             path = self.save_path.joinpath(*self._components[index])
             try:
                 done = 0
+                if self.direct_writes and n >= DIRECT_ALIGN and index != self._parts_index:
+                    done = self._write_direct(handle, view[at : at + n], file_offset)
                 while done < n:
                     wrote = os.pwrite(handle.fd, view[at + done : at + n], file_offset + done)
                     if wrote <= 0:
@@ -469,6 +508,29 @@ class TorrentStorage:
                 with self._lock:
                     self._dirty.add(index)
                 self._release(handle)
+
+    @staticmethod
+    def _write_direct(handle: _Handle, view: memoryview, file_offset: int) -> int:
+        """Write the aligned head of ``view`` at ``file_offset`` with O_DIRECT; returns the
+        bytes written (0: nothing, the caller writes it all through the page cache)."""
+        if file_offset % DIRECT_ALIGN:
+            return 0
+        if handle.direct == _UNTRIED:
+            try:  # the very file we have open, whatever its path has become since
+                handle.direct = os.open(
+                    f"/proc/self/fd/{handle.fd}", os.O_WRONLY | os.O_CLOEXEC | _O_DIRECT
+                )
+            except OSError:
+                handle.direct = _UNSUPPORTED  # tmpfs, no /proc, ...: the page cache it is
+        if handle.direct < 0:
+            return 0
+        try:
+            return os.pwrite(handle.direct, view[: len(view) - len(view) % DIRECT_ALIGN],
+                             file_offset)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # a buffer that is not page-aligned
+                return 0
+            raise
 
     def write_block(self, index: int, begin: int, data: bytes | bytearray | memoryview) -> None:
         """Write a received block (a wire PIECE message) at ``begin`` inside piece ``index``."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast
 
 from swarmhub.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from swarmhub.wire.messages import (
@@ -149,6 +149,7 @@ _FAST_IDS = frozenset(
 _U32_FROM = struct.Struct(">I").unpack_from
 _II_FROM = struct.Struct(">II").unpack_from
 _PIECE_HEADER = struct.Struct(">IBII")
+_REQUEST = struct.Struct(">IBIII")
 _KEEPALIVE = KeepAlive()
 # Compact the receive buffer once this much of its front has been consumed: rarely
 # enough to stay cheap, often enough to keep memory near one message plus one read.
@@ -297,6 +298,14 @@ class PeerConnection:
         """
         cls = type(msg)
         phase = self.our_phase
+        if cls is Request and phase is Phase.OPEN:  # the hot path: ~65,000 a GiB
+            req = cast(Request, msg)
+            index, begin, length = req.index, req.begin, req.length
+            self._check_block("Request", index, begin, length, LocalProtocolError)
+            try:
+                return _REQUEST.pack(13, MessageId.REQUEST, index, begin, length)
+            except struct.error:
+                return encode(msg)  # raises the LocalProtocolError that explains why
         if cls not in ALLOWED[phase]:
             if phase is Phase.HANDSHAKE:
                 hint = "send the Handshake first"
@@ -379,35 +388,66 @@ class PeerConnection:
                 self._pos = 0
         buf += data
 
-    def begin_piece(self) -> tuple[int, int, int, bytes] | None:
-        """Take a Piece message whose header is buffered but whose block is still on its
-        way: ``(index, begin, length, the block's bytes so far)``, with header and bytes
-        consumed; the caller reads the rest of the block itself (into a buffer of its own,
-        with no copy through ours) and must treat it as that Piece once complete.
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not parsed yet."""
+        return len(self._buf) - self._pos
 
-        None when the next buffered message is anything else, already complete, or a
-        Piece that breaks a rule (:meth:`next_event` reports it once it is all here).
-        """
-        if self.their_phase is not Phase.OPEN:
+    def missing(self) -> int | None:
+        """Bytes still to come before our buffer ends on a frame boundary (0 when it does;
+        a partial length prefix counts as its missing bytes; the handshake is one frame),
+        or None once the connection is closed or broken. Lets a caller that reads into its
+        own buffer hand us just enough to finish the frame we hold, then take the following
+        ones its own way."""
+        phase = self.their_phase
+        if phase is Phase.HANDSHAKE:
+            return max(0, HANDSHAKE_LENGTH - self.buffered)
+        if phase is not Phase.OPEN and phase is not Phase.FIRST:
             return None
         buf = self._buf
-        pos = self._pos
-        avail = len(buf) - pos
-        if avail < 13 or buf[pos + 4] != MessageId.PIECE:
+        p, n = self._pos, len(buf)
+        while p + 4 <= n:
+            (length,) = _U32_FROM(buf, p)
+            p += 4 + length
+        return p - n if p >= n else 4 - (n - p)
+
+    def piece_at(
+        self, data: bytes | bytearray | memoryview, pos: int, end: int
+    ) -> tuple[int, int, int] | None:
+        """Parse the frame at ``data[pos:end]`` (bytes the caller read itself, after
+        everything fed to :meth:`receive_data`) if it is a complete Piece:
+        ``(index, begin, frame end)``; the block is ``data[pos + 13 : frame end]``.
+
+        Why: the receive hot path reads into a buffer of its own and hands blocks on
+        without copying them through ours. None when the frame is anything else,
+        incomplete, or our own buffer still holds bytes (they come first); the caller
+        then feeds the bytes to :meth:`receive_data`. A Piece that breaks a rule raises
+        :class:`RemoteProtocolError`, as :meth:`next_event` would.
+        """
+        if self.their_phase is not Phase.OPEN or self._pos != len(self._buf):
             return None
-        (length,) = _U32_FROM(buf, pos)
+        if end - pos < 13 or data[pos + 4] != MessageId.PIECE:
+            return None
+        (length,) = _U32_FROM(data, pos)
+        if length > end - pos - 4:
+            return None
+        if length < 9:
+            raise self._fail(f"peer sent a Piece with a {length - 1}-byte payload")
+        index, begin = _II_FROM(data, pos + 5)
         n = length - 9
-        if length <= avail - 4 or not 0 < n <= self.max_block_length:
-            return None
-        index, begin = _II_FROM(buf, pos + 5)
-        try:
-            self._check_block("Piece", index, begin, n, RemoteProtocolError)
-        except RemoteProtocolError:
-            return None
-        head = bytes(buf[pos + 13:])
-        del buf[:]
-        self._pos = 0
-        return index, begin, n, head
+        pl = self._piece_length
+        num = self.num_pieces
+        if (
+            (num is not None and index >= num)
+            or not 0 < n <= self.max_block_length
+            or (pl is not None and begin + n > pl)
+            or (num is not None and index == num - 1 and pl is not None)
+        ):
+            try:
+                self._check_block("Piece", index, begin, n, RemoteProtocolError)
+            except RemoteProtocolError as exc:
+                raise self._fail(f"{exc} (peer state OPEN)") from None
+        return index, begin, pos + 4 + length
 
     def _fail(self, message: str) -> RemoteProtocolError:
         self.their_phase = Phase.ERROR

@@ -1,0 +1,217 @@
+"""PeerProtocol's receive path: blocks are handed on as views of its read buffer, one batch
+per read, whatever the read sizes; everything else goes through the wire core in order;
+the read gate and protocol errors still hold on the fast path. Driven through the
+BufferedProtocol callbacks with a stub transport, session and torrent (no sockets)."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from swarmhub.engine.peer import PeerProtocol
+from swarmhub.wire import messages as m
+
+INFO_HASH = bytes(range(20))
+PIECE_LENGTH = 64 * 1024
+NUM_PIECES = 16
+BLOCK = 16 * 1024
+
+
+class StubTransport:
+    """What PeerProtocol uses of a transport; ``buffered`` plays the unread replies."""
+
+    def __init__(self) -> None:
+        self.buffered = 0
+        self.reading = True
+        self.closed = False
+        self.written: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+class StubTorrent:
+    """Records what the peer hands on; copies each block at once (as Torrent does)."""
+
+    def __init__(self) -> None:
+        self.meta = SimpleNamespace(
+            num_pieces=NUM_PIECES,
+            piece_length=PIECE_LENGTH,
+            total_length=NUM_PIECES * PIECE_LENGTH,
+        )
+        self.events: list[tuple[Any, ...]] = []
+        self.on_each_block: Any = None
+        self.disconnected: list[str] = []
+        self.copied = 0
+
+    def can_accept(self, addr: tuple[str, int], peer_id: bytes, outgoing: bool) -> str | None:
+        return None
+
+    def on_peer_connected(self, peer: Any) -> None:
+        self.events.append(("connected",))
+
+    def on_peer_disconnected(self, peer: Any, reason: str) -> None:
+        self.disconnected.append(reason)
+
+    def on_block(self, peer: Any, msg: m.Piece) -> None:
+        self.copied += not isinstance(msg.data, memoryview)  # a bytes object of its own
+        self.events.append(("block", msg.index, msg.begin, bytes(msg.data)))
+        if self.on_each_block is not None:
+            self.on_each_block()
+
+    def on_message(self, peer: Any, msg: m.Message) -> None:
+        self.events.append(("msg", msg))
+
+
+def stub_session(torrent: StubTorrent) -> Any:
+    reserved = m.make_reserved()
+    return SimpleNamespace(
+        settings=SimpleNamespace(send_buffer_bytes=1 << 20, handshake_timeout=60.0),
+        pending=set(),
+        reserved=reserved,
+        peer_id=b"L" * 20,
+        torrent_for_hash=lambda h: torrent if h == INFO_HASH else None,
+        handshake_for=lambda t: m.Handshake(reserved, INFO_HASH, b"L" * 20),
+    )
+
+
+def block_bytes(index: int, begin: int) -> bytes:
+    return bytes((index * 7 + begin // BLOCK + k) % 251 for k in range(BLOCK))
+
+
+def stream(rng: random.Random) -> tuple[bytes, list[tuple[Any, ...]]]:
+    """The remote's bytes (handshake, bitfield, unchoke, blocks with other messages in
+    between) and the events the torrent should see, in order."""
+    out = [m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))]
+    want: list[tuple[Any, ...]] = [("connected",)]
+    first: list[m.Message] = [m.HaveAll(), m.Unchoke()]
+    for msg in first:
+        out.append(m.encode(msg))
+        want.append(("msg", msg))
+    for index in range(NUM_PIECES):
+        for begin in range(0, PIECE_LENGTH, BLOCK):
+            data = block_bytes(index, begin)
+            out.append(m.encode(m.Piece(index, begin, data)))
+            want.append(("block", index, begin, data))
+            if rng.random() < 0.2:
+                other = rng.choice([m.Have(index), m.KeepAlive(), m.Choke(), m.Unchoke()])
+                out.append(m.encode(other))
+                want.append(("msg", other))
+    return b"".join(out), want
+
+
+def feed(proto: PeerProtocol, data: bytes, sizes: list[int]) -> None:
+    """Deliver ``data`` as the loop would: get_buffer, fill at most that much, updated."""
+    pos = 0
+    k = 0
+    while pos < len(data) and proto.transport is not None:
+        buf = proto.get_buffer(-1)
+        n = min(len(buf), len(data) - pos, sizes[k % len(sizes)])
+        k += 1
+        buf[:n] = data[pos : pos + n]
+        proto.buffer_updated(n)
+        pos += n
+
+
+async def connected(torrent: StubTorrent) -> tuple[PeerProtocol, StubTransport]:
+    proto = PeerProtocol(stub_session(torrent), torrent)  # type: ignore[arg-type]
+    transport = StubTransport()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    return proto, transport
+
+
+@pytest.mark.parametrize("sizes", [[1], [7, 13, 4096], [16 * 1024 + 13], [65536], [1 << 20]])
+async def test_every_block_and_message_arrives_once_in_order_whatever_the_read_sizes(
+    sizes: list[int],
+) -> None:
+    rng = random.Random(sum(sizes))
+    data, want = stream(rng)
+    torrent = StubTorrent()
+    proto, _ = await connected(torrent)
+    feed(proto, data, sizes)
+    assert torrent.disconnected == []
+    assert torrent.events == want
+    # Every block was handed on as a view of the read buffer (no copy before the torrent's).
+    assert torrent.copied == 0
+    # Nothing is left behind, in our buffer or the wire core's.
+    assert proto.conn.buffered == 0 and proto._read_start == proto._read_end
+    proto.close("done")
+
+
+async def test_random_read_sizes_after_a_slow_path_leftover() -> None:
+    """Reads that end mid-frame while the wire core holds bytes (right after the
+    handshake) must not leave the connection on the copying path for good."""
+    rng = random.Random(7)
+    data, want = stream(rng)
+    torrent = StubTorrent()
+    proto, _ = await connected(torrent)
+    sizes = [rng.randrange(1, 40_000) for _ in range(200)]
+    feed(proto, data, sizes)
+    assert torrent.events == want
+    assert proto.conn.buffered == 0
+    assert torrent.copied == 0
+
+
+async def test_a_peer_that_leaves_replies_unread_stops_the_batch_until_they_drain() -> None:
+    rng = random.Random(3)
+    data, want = stream(rng)
+    torrent = StubTorrent()
+    proto, transport = await connected(torrent)
+    blocks = 0
+
+    def count() -> None:
+        nonlocal blocks
+        blocks += 1
+        if blocks == 3:
+            transport.buffered = 64 << 20  # our replies pile up unread
+
+    torrent.on_each_block = count
+    feed(proto, data, [len(data)])
+    got = [e for e in torrent.events if e[0] == "block"]
+    assert len(got) == 3  # the rest of the read waits, unparsed
+    assert not transport.reading
+    transport.buffered = 0
+    proto.resume_writing()
+    assert torrent.events == want
+    assert transport.reading
+
+
+async def test_a_bad_block_on_the_fast_path_closes_the_connection() -> None:
+    torrent = StubTorrent()
+    proto, transport = await connected(torrent)
+    head = m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20)) + m.encode(m.HaveAll())
+    good = m.encode(m.Piece(0, 0, block_bytes(0, 0)))
+    bad = m.encode(m.Piece(NUM_PIECES, 0, block_bytes(0, 0)))  # no such piece
+    feed(proto, head + good + bad + good, [1 << 20])
+    assert [e[0] for e in torrent.events] == ["connected", "msg", "block"]
+    assert transport.closed
+    assert torrent.disconnected and "protocol error" in torrent.disconnected[0]
