@@ -8,6 +8,7 @@ The deadlines are configured small and the tests poll for the resulting state
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -71,7 +72,9 @@ async def test_a_slowloris_request_head_is_closed(live: Live) -> None:
 
         dripping = asyncio.create_task(trickle())
         try:
-            assert await _closed_by_server(reader) == b""
+            # closed with our latest header lines unread, the kernel may send a RST
+            with contextlib.suppress(ConnectionResetError):
+                assert await _closed_by_server(reader) == b""
         finally:
             dripping.cancel()
     finally:
