@@ -99,8 +99,9 @@ class Settings:
         "peer). For an initial seed facing many leechers"
     )
     super_seed_window: float = _f(
-        1.0, "super-seeding: seconds of a peer's rate kept on offer to it (at least 2 pieces)",
-        lo=0.0,
+        0.1, "super-seeding: seconds of our upload rate kept on offer across all peers (at "
+        "least 2 pieces), handed out in turns: each piece leaves us fast and is traded "
+        "while we send the next", lo=0.0,
     )
     # -- timeouts
     handshake_timeout: float = _f(10.0, "seconds to connect and finish the handshake", lo=0.1)
@@ -113,7 +114,9 @@ class Settings:
     )
     # -- request pipelining
     request_queue_time: float = _f(
-        2.0, "keep this many seconds of a peer's measured rate in requests", lo=0.1
+        0.25, "keep this many seconds of a peer's measured rate in requests (above the "
+        "round trip; more only commits blocks to a queue where newer, rarer pieces wait)",
+        lo=0.01,
     )
     min_request_queue: int = _f(
         4, "fewest requests outstanding to an unchoked peer (more would only queue: in a "
