@@ -114,9 +114,7 @@ class Settings:
     )
     # -- request pipelining
     request_queue_time: float = _f(
-        0.25, "keep this many seconds of a peer's measured rate in requests (above the "
-        "round trip; more only commits blocks to a queue where newer, rarer pieces wait)",
-        lo=0.01,
+        2.0, "keep this many seconds of a peer's measured rate in requests", lo=0.1
     )
     min_request_queue: int = _f(
         4, "fewest requests outstanding to an unchoked peer (more would only queue: in a "
