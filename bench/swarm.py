@@ -41,12 +41,13 @@ def _load() -> str:
 
 
 def _run(args: list[str], out: Path, timeout: float) -> list[dict[str, Any]]:
-    """One ``swarmhub lab ...`` command; its scenario results (empty if it failed)."""
+    """One ``swarmhub lab ...`` command; its scenario results (exit 1 with results.json
+    written means a scenario did not finish: kept, shown as failed; empty if none ran)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run([*SWARMHUB, "lab", *args, "--out", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
     path = out / "results.json"
-    if proc.returncode != 0 or not path.exists():
+    if proc.returncode not in (0, 1) or not path.exists():
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         print(f"  ! {' '.join(args[:3])}...: exit {proc.returncode}: {' / '.join(tail)}",
               file=sys.stderr)
