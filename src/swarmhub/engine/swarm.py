@@ -614,6 +614,14 @@ class Swarm:
         ss = self._ss
         if ss is None:
             return
+        if not self.settings.super_seed_shared:  # a window per peer (the hub's seeder)
+            if ps.closed or ps.is_seed:
+                return
+            rate = ps.up.rate(now) * 10 * self.settings.super_seed_window
+            offers = ss.top_up(ps.handle, ps.have, max(2, int(rate / self.piece_length) + 1))
+            if offers:
+                self._send(ps, tuple(m.Have(i) for i in offers), now)
+            return
         if not ps.closed and ps.handle in ss:
             ss.top_up(ps.handle, ps.have, 0)
         self._offer_round(now)
@@ -629,7 +637,7 @@ class Swarm:
         once). A few pieces at a time each leave us in a fraction of a second, in turns
         across the peers, and are traded among them while we send the next ones."""
         ss = self._ss
-        if ss is None:
+        if ss is None or not self.settings.super_seed_shared:
             return
         rate = self.up.rate(now)
         budget = max(2, int(rate * self.settings.super_seed_window / self.piece_length) + 1)
