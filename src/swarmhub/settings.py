@@ -98,9 +98,15 @@ class Settings:
         "most, so each piece leaves us about once (BEP 16 style; unchokes every interested "
         "peer). For an initial seed facing many leechers"
     )
+    super_seed_shared: bool = _f(
+        True, "super-seeding: one budget of offers (super_seed_window) across all peers, "
+        "in turns, instead of a window per peer. Off for the hub's seeder: its peer "
+        "connections share the link with web-seed downloads, where few offers starve it"
+    )
     super_seed_window: float = _f(
-        1.0, "super-seeding: seconds of a peer's rate kept on offer to it (at least 2 pieces)",
-        lo=0.0,
+        0.1, "super-seeding: seconds of our upload rate kept on offer (at least 2 pieces): "
+        "across all peers, in turns, so each piece leaves us fast and is traded while we "
+        "send the next; per peer (x10) when super_seed_shared is off", lo=0.0,
     )
     # -- timeouts
     handshake_timeout: float = _f(10.0, "seconds to connect and finish the handshake", lo=0.1)

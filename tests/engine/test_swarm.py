@@ -424,27 +424,65 @@ def test_a_failed_piece_with_a_banned_peers_blocks_strikes_nobody() -> None:
 # -- super-seeding --------------------------------------------------------------------------
 
 
+def _offers(actions: list[Action], peer: str) -> set[int]:
+    return {x.index for x in sent(actions, peer, m.Have) if isinstance(x, m.Have)}
+
+
+def _serve_offer(s: Swarm, peer: str, piece: int, now: float) -> list[Action]:
+    """``peer`` asks for the whole of ``piece`` and the driver sends it."""
+    s.message(peer, m.Interested(), now)
+    s.take()
+    reqs = [m.Request(piece, b, BLOCK_SIZE) for b in (0, BLOCK_SIZE)]
+    for r in reqs:
+        s.message(peer, r, now)
+    s.take()
+    s.peer(peer).incoming.clear()
+    s.blocks_sent(peer, reqs, PIECE, now + 0.1)
+    return s.take()
+
+
 def test_super_seeding_offers_each_piece_to_one_peer_first() -> None:
     s = make_swarm(pieces=8, have="*" * 8, settings=Settings(super_seeding=True))
     join(s, "a")
     join(s, "b")
     acts = s.take()
-    a_offers = {x.index for x in sent(acts, "a", m.Have) if isinstance(x, m.Have)}
-    b_offers = {x.index for x in sent(acts, "b", m.Have) if isinstance(x, m.Have)}
+    a_offers, b_offers = _offers(acts, "a"), _offers(acts, "b")
     assert sent(acts, "a", m.HaveNone) and not sent(acts, "a", m.HaveAll)
-    assert len(a_offers) == 2 and len(b_offers) == 2 and not a_offers & b_offers
-    # Serving a whole offer opens the next one, again a piece nobody was shown.
-    piece = min(a_offers)
-    s.message("a", m.Interested(), 1.0)
-    s.take()
-    reqs = [m.Request(piece, b, BLOCK_SIZE) for b in (0, BLOCK_SIZE)]
-    for r in reqs:
-        s.message("a", r, 1.0)
-    s.take()
-    s.peer("a").incoming.clear()
-    s.blocks_sent("a", reqs, PIECE, 1.5)
-    new = {x.index for x in sent(s.take(), "a", m.Have) if isinstance(x, m.Have)}
-    assert new and not new & (a_offers | b_offers)
+    assert len(a_offers) == 2 and not b_offers  # "a" was alone: the budget of 2 is its
+    # Serving a whole offer opens the next one, to "b" (its turn), a piece nobody was shown.
+    acts = _serve_offer(s, "a", min(a_offers), 1.0)
+    new = _offers(acts, "b")
+    assert len(new) == 1 and not new & a_offers and not _offers(acts, "a")
+
+
+def test_super_seeding_keeps_a_few_pieces_on_offer_in_turns_across_the_peers() -> None:
+    """The seed's upload is not split N ways: a budget of about ``super_seed_window`` of
+    our rate (at least 2 pieces) is on offer across all peers, and each completed offer
+    opens one for the peer that waited longest, so every piece leaves us quickly."""
+    s = make_swarm(pieces=32, have="*" * 32, settings=Settings(super_seeding=True))
+    peers = [join(s, f"p{i}") for i in range(8)]
+    acts = s.take()
+    first = {p: _offers(acts, p) for p in peers}
+    holders = [p for p in peers if first[p]]
+    assert sum(len(o) for o in first.values()) == 2  # not 2 each: 16 (the whole torrent)
+    shown = set().union(*first.values())
+    t = 1.0
+    served: list[str] = []
+    for _ in range(6):  # serve whichever offer is open, six times over
+        p = next(p for p in peers if s._ss is not None and s._ss.open_offers(p))
+        piece = s._ss.open_offers(p)[0] if s._ss is not None else -1
+        acts = _serve_offer(s, p, piece, t)
+        served.append(p)
+        new = {q: _offers(acts, q) for q in peers}
+        got = [q for q in peers if new[q]]
+        assert len(got) == 1 and len(new[got[0]]) == 1  # one new offer per completed one
+        assert got[0] not in served and got[0] not in holders  # the next peer in turn
+        piece_new = next(iter(new[got[0]]))
+        assert piece_new not in shown  # still each piece once
+        shown.add(piece_new)
+        holders.append(got[0])
+        t += 0.2
+    assert s._ss is not None and s._ss.open_count() == 2
 
 
 # -- trackers and dials --------------------------------------------------------------------

@@ -78,6 +78,12 @@ class SuperSeeder:
     def open_offers(self, peer: Hashable) -> list[int]:
         return list(self._offers.get(peer, ()))
 
+    def open_count(self, peer: Hashable | None = None) -> int:
+        """Open offers of ``peer``, or of every peer (the seed's upload in flight)."""
+        if peer is not None:
+            return len(self._offers.get(peer, ()))
+        return sum(len(o) for o in self._offers.values())
+
     @property
     def fresh_left(self) -> int:
         """Pieces not yet offered to anyone (an upper bound: stale entries are dropped lazily)."""

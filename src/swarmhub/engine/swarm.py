@@ -153,6 +153,7 @@ class Swarm:
         self._choke = ChokeDecision(frozenset(), None, 0.0)
         self._rechoke_at = now
         self._ss: SuperSeeder | None = None
+        self._offered_at: dict[Hashable, float] = {}  # super-seeding: latest offer per peer
         self._out: list[Action] = []
 
     def load_have(self, have: bytes | bytearray) -> None:
@@ -317,7 +318,9 @@ class Swarm:
         ps.closed = True
         self.picker.peer_gone(handle)
         if self._ss is not None:
-            self._ss.remove_peer(handle)
+            self._ss.remove_peer(handle)  # its open offers go to the others
+            self._offered_at.pop(handle, None)
+            self._offer_round(now)
         ps.requested.clear()
         ps.incoming.clear()
         self._fill_all(now)
@@ -715,16 +718,63 @@ class Swarm:
         return True
 
     def _offer(self, ps: PeerState, now: float) -> None:
-        """Show the peer new pieces (Have) until it holds its window of open offers: about
-        ``super_seed_window`` seconds of what we send it, at least two pieces."""
+        """Drop the peer's offers of pieces it holds now, then hand out new offers."""
         ss = self._ss
-        if ss is None or ps.closed or ps.is_seed:
+        if ss is None:
             return
-        rate = ps.up.rate(now)
-        window = max(2, int(rate * self.settings.super_seed_window / self.piece_length) + 1)
-        offers = ss.top_up(ps.handle, ps.have, window)
-        if offers:
-            self._send(ps, tuple(m.Have(i) for i in offers), now)
+        if not self.settings.super_seed_shared:  # a window per peer (the hub's seeder)
+            if ps.closed or ps.is_seed:
+                return
+            rate = ps.up.rate(now) * 10 * self.settings.super_seed_window
+            offers = ss.top_up(ps.handle, ps.have, max(2, int(rate / self.piece_length) + 1))
+            if offers:
+                self._send(ps, tuple(m.Have(i) for i in offers), now)
+            return
+        if not ps.closed and ps.handle in ss:
+            ss.top_up(ps.handle, ps.have, 0)
+        self._offer_round(now)
+
+    def _offer_round(self, now: float) -> None:
+        """Show pieces (Have) until about ``super_seed_window`` seconds of our upload is on
+        offer across all peers (at least 2 pieces), one piece at a time to the peer with
+        the fewest open offers, then to the one offered to least recently.
+
+        Why a budget for the whole swarm, not per peer: with offers open to every peer at
+        once our upload is split N ways, every piece completes only near ``F/u_s`` and the
+        swarm has nothing to trade until the end (N=64: the whole torrent was on offer at
+        once). A few pieces at a time each leave us in a fraction of a second, in turns
+        across the peers, and are traded among them while we send the next ones."""
+        ss = self._ss
+        if ss is None or not self.settings.super_seed_shared:
+            return
+        rate = self.up.rate(now)
+        budget = max(2, int(rate * self.settings.super_seed_window / self.piece_length) + 1)
+        open_total = ss.open_count()
+        done: set[Hashable] = set()  # had its turn in this pass: turns, not bursts
+        gave = False
+        while open_total < budget:
+            best: PeerState | None = None
+            best_key: tuple[int, float] = (0, 0.0)
+            for ps in self.peers.values():
+                h = ps.handle
+                if ps.closed or ps.is_seed or h in done or h not in ss:
+                    continue
+                key = (ss.open_count(h), self._offered_at.get(h, -float("inf")))
+                if best is None or key < best_key:
+                    best, best_key = ps, key
+            if best is None:
+                if not gave:
+                    return  # nobody can be shown anything more
+                done.clear()
+                gave = False
+                continue
+            done.add(best.handle)
+            offers = ss.top_up(best.handle, best.have, best_key[0] + 1)
+            if offers:
+                gave = True
+                self._offered_at[best.handle] = now
+                self._send(best, tuple(m.Have(i) for i in offers), now)
+            open_total = ss.open_count()
 
     def _slots(self) -> int:
         if self._super_seeding():

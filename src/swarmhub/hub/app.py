@@ -148,7 +148,8 @@ class Seeder:
 
         # The hub's upload cap holds for its peer too, not only for HTTP: under load the
         # swarm, not the hub, must carry the traffic.
-        settings = Settings(upload_rate_limit=int(self.hub.config.upload_rate or 0))
+        settings = Settings(upload_rate_limit=int(self.hub.config.upload_rate or 0),
+                            super_seed_shared=False)
         try:
             async with Session(settings, state_dir=self.hub.config.data_dir / "seed-state",
                                peer_filter=self.admit) as s, contextlib.AsyncExitStack() as st:
