@@ -200,6 +200,13 @@ class PiecePicker:
         for p, idx in enumerate(bucket0):
             self._pos[idx] = p
         self._untouched = n
+        #: peers found to have no untouched wanted piece, with the ``_epoch`` of that
+        #: finding: until a piece becomes untouched again (or wanted), or the peer gets
+        #: a piece, ``pick`` skips the rarest-first walk for them. In a busy swarm most
+        #: picks after a block find nothing new (everything the peer has is in progress
+        #: already), and the walk over every bucket was the picker's largest cost.
+        self._barren: dict[Hashable, int] = {}
+        self._epoch = 0
         self._downloading: dict[int, _Piece] = {}
         self._partial: dict[int, None] = {}
 
@@ -321,6 +328,7 @@ class PiecePicker:
         if (old == 0) == (priority == 0):
             return
         delta = 1 if old == 0 else -1
+        self._epoch += 1
         self._num_skip -= delta
         self._few = None  # rebuilt on the next pick
         if self._pos[index] >= 0:
@@ -416,6 +424,7 @@ class PiecePicker:
             self._skip_untouched -= 1
 
     def _bucket_add(self, index: int) -> None:
+        self._epoch += 1  # untouched again: peers that had nothing new may have it
         a = self._avail[index]
         while len(self._buckets) <= a:
             self._buckets.append([])
@@ -472,14 +481,22 @@ class PiecePicker:
 
     def peer_has(self, peer: Hashable, index: int) -> None:
         """A Have message: ``peer`` now has piece ``index``."""
-        self._check_index(index)
+        if not 0 <= index < self._n:
+            self._check_index(index)
         if peer in self._seeds:
             return
-        bits = self._peer_bits(peer)
+        bits = self._peers.get(peer)
+        if bits is None:
+            bits = self._peer_bits(peer)
         if bits[index]:
             return
         bits[index] = 1
-        self._inc(index)
+        avail = self._avail
+        a = avail[index]
+        avail[index] = a + 1
+        if self._pos[index] >= 0:  # untouched: one bucket up, and new to this peer
+            self._move(index, a, a + 1)
+            self._barren.pop(peer, None)
         if not self._have[index] and self._prio[index]:
             self._lack[peer] += 1
 
@@ -491,6 +508,7 @@ class PiecePicker:
             )
         if peer in self._seeds:
             return
+        self._barren.pop(peer, None)
         if self._n and have.count(0) == 0:
             self.peer_has_all(peer)
             return
@@ -508,6 +526,7 @@ class PiecePicker:
         """A HaveAll message (BEP 6) or a full bitfield: ``peer`` is a seed."""
         if peer in self._seeds:
             return
+        self._barren.pop(peer, None)
         bits = self._peers.pop(peer, None)
         self._lack.pop(peer, None)
         if bits is not None:
@@ -521,6 +540,7 @@ class PiecePicker:
         """
         blocks = self.peer_choked(peer)
         self._reqs.pop(peer, None)
+        self._barren.pop(peer, None)
         if peer in self._seeds:
             self._seeds.discard(peer)
         else:
@@ -638,9 +658,13 @@ class PiecePicker:
                 self._take(peer, index, self._downloading[index], count - len(out), out, reqs)
                 if len(out) >= count:
                     return out
+        barren = self._barren
         while len(out) < count and self._untouched:
+            if barren.get(peer) == self._epoch:
+                break  # nothing untouched that it has, as found before (see _barren)
             new = self._choose_new(bits)
             if new is None:
+                barren[peer] = self._epoch
                 break
             self._take(peer, new, self._start(new), count - len(out), out, reqs)
         if len(out) < count and self.in_endgame:
@@ -985,6 +1009,14 @@ class PiecePicker:
         check(self._wanted_missing == sum(missing), "wanted missing count")
         check(set(self._boosted) == {i for i in range(n) if prio[i] > 1 and not self._have[i]},
               "boosted pieces")
+        for peer, epoch in self._barren.items():
+            if epoch != self._epoch:
+                continue
+            bits = self._peers.get(peer)
+            check(bits is not None or peer in self._seeds, f"barren {peer!r} unknown")
+            fresh = [i for b in self._buckets for i in b
+                     if prio[i] and (bits is None or bits[i])]
+            check(not fresh, f"{peer!r} marked barren but has untouched {fresh[:5]}")
         for peer, bits in self._peers.items():
             check(peer not in self._seeds, "peer both seed and bitfield")
             lack = sum(1 for i in range(n) if bits[i] and missing[i])
