@@ -88,6 +88,7 @@ class BlockResult(NamedTuple):
 
 
 _NOTHING = BlockResult((), False)
+_COMPLETE = BlockResult((), True)
 
 
 class _Piece:
@@ -920,10 +921,14 @@ class PiecePicker:
         we have, wrong geometry) changes nothing and returns ``((), False)``; use
         :meth:`wanted` to decide whether to write its data.
         """
-        j = self._block_no(block)
-        if j is None:
+        index, begin, length = block  # the geometry check of _block_no, inlined: per block
+        bs = self._bs
+        if begin % bs or not 0 <= index < self._n:
             return _NOTHING
-        index = block.index
+        size = self._last_len if index == self._n - 1 else self._piece_length
+        if not 0 <= begin < size or length != min(bs, size - begin):
+            return _NOTHING
+        j = begin // bs
         reqs = self._reqs.get(peer)
         if reqs is not None:
             reqs.pop(block, None)
@@ -938,11 +943,12 @@ class PiecePicker:
         others: tuple[Hashable, ...] = ()
         if state == _REQUESTED:
             peers = piece.requesters.pop(j)
-            others = tuple(p for p in peers if p != peer)
-            for p in others:
-                other_reqs = self._reqs.get(p)
-                if other_reqs is not None:
-                    other_reqs.pop(block, None)
+            if len(peers) != 1 or peers[0] != peer:  # end-game: others asked for it too
+                others = tuple(p for p in peers if p != peer)
+                for p in others:
+                    other_reqs = self._reqs.get(p)
+                    if other_reqs is not None:
+                        other_reqs.pop(block, None)
             piece.num_requested -= 1
         else:
             piece.num_free -= 1
@@ -951,7 +957,10 @@ class PiecePicker:
         piece.blocks[j] = _RECEIVED
         piece.num_received += 1
         piece.contributors.add(peer)
-        return BlockResult(others, piece.num_received == len(piece.blocks))
+        complete = piece.num_received == len(piece.blocks)
+        if not others:
+            return _COMPLETE if complete else _NOTHING
+        return BlockResult(others, complete)
 
     # ---------------------------------------------------------------- debugging
 
