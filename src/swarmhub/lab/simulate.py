@@ -304,11 +304,23 @@ class Simulation:
                 node.up.sent += nbytes * len(ends)
                 self.ev.at(now + lat, self._deliver_many, (ends, msgs))
 
-    @staticmethod
-    def _deliver_many(arg: tuple[list[End], tuple[m.Message, ...]]) -> None:
+    def _deliver_many(self, arg: tuple[list[End], tuple[m.Message, ...]]) -> None:
+        """One broadcast reached several peers at once (End.got_msgs for each, inlined:
+        this runs for every Have of the run)."""
         ends, msgs = arg
+        now = self.ev.now
+        flush = self.flush
         for end in ends:
-            end.got_msgs(msgs)
+            if not end.open:
+                continue
+            node = end.node
+            swarm = node.swarm
+            assert swarm is not None
+            message = swarm.message
+            uid = end.uid
+            for msg in msgs:
+                message(uid, msg, now)
+            flush(node)
 
     def _serve_uid(self, uid: int) -> None:
         end = self.by_uid.get(uid)
