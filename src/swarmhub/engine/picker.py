@@ -1021,10 +1021,10 @@ class PiecePicker:
         for peer, epoch in self._barren.items():
             if epoch != self._epoch:
                 continue
-            bits = self._peers.get(peer)
-            check(bits is not None or peer in self._seeds, f"barren {peer!r} unknown")
+            has = self._peers.get(peer)
+            check(has is not None or peer in self._seeds, f"barren {peer!r} unknown")
             fresh = [i for b in self._buckets for i in b
-                     if prio[i] and (bits is None or bits[i])]
+                     if prio[i] and (has is None or has[i])]
             check(not fresh, f"{peer!r} marked barren but has untouched {fresh[:5]}")
         for peer, bits in self._peers.items():
             check(peer not in self._seeds, "peer both seed and bitfield")
