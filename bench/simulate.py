@@ -1,11 +1,12 @@
 """``lab simulate``: its speed (wall time, peak memory) and its fidelity to the netns lab.
 
     .venv/bin/python bench/simulate.py [--speed 1000,10000] [--fidelity 4,8,16]
-        [--lab-runs] [--piece-kib 256] [--json OUT]
+        [--rounds 1] [--lab-runs] [--piece-kib 256] [--json OUT]
 
 Speed: one simulated p2p run per N (32 MiB, 256 KiB pieces, 20 mbit up, 100 mbit down,
 10 ms one way), each in a fresh process so its peak RSS is its own; wall and CPU time
-(on a shared machine CPU time is the fairer figure); targets: N=1,000 in under 60 s,
+(on a shared machine CPU time is the fairer figure; the load average is printed before
+and after); with ``--rounds R`` the median of R runs. Targets: N=1,000 in under 60 s,
 N=10,000 in under 10 minutes, under 4 GiB.
 
 Fidelity: the simulated last completion for each N (32 MiB, the piece length
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +64,11 @@ def speed(n: int, piece_kib: int) -> dict[str, float]:
     return result
 
 
+def _load() -> str:
+    """The 1/5/15-minute load averages: what else the machine was doing."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def lab_run(n: int) -> tuple[float, float]:
     from swarmhub.lab.scenario import run_scenario
 
@@ -78,11 +86,12 @@ def main() -> None:
     ap.add_argument("--fidelity", default="4,8,16")
     ap.add_argument("--lab-runs", action="store_true")
     ap.add_argument("--piece-kib", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=1, help="speed runs per N (median)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from swarmhub.lab.simrun import SimOptions, simulate
 
-    report: dict[str, object] = {"speed": [], "fidelity": []}
+    report: dict[str, list[object]] = {"speed": [], "fidelity": []}
     print("fidelity: simulated vs netns lab, p2p, 32 MiB, 20/100 mbit, 10 ms one way")
     print(f"{'N':>5} {'sim s':>7} {'lab s':>7} {'sim/lab':>8} {'src xF sim':>10} {'lab':>6}")
     for n in [int(x) for x in args.fidelity.split(",") if x]:
@@ -97,14 +106,19 @@ def main() -> None:
         else:
             print(f"{n:>5} {sim_s:>7.1f} {lab[0]:>7.1f} {sim_s / lab[0]:>8.3f} {src:>10.2f} "
                   f"{lab[1]:>6.2f}")
-        report["fidelity"].append({"n": n, "sim_s": sim_s, "lab": lab})  # type: ignore[union-attr]
-    print(f"\nspeed: p2p, 32 MiB, {args.piece_kib} KiB pieces, 20/100 mbit, 10 ms")
-    print(f"{'N':>6} {'wall s':>8} {'CPU s':>8} {'peak RSS':>10} {'virtual s':>10} {'ratio':>6}")
-    for n in [int(x) for x in args.speed.split(",") if x]:
-        r = speed(n, args.piece_kib)
+        report["fidelity"].append({"n": n, "sim_s": sim_s, "lab": lab})
+    sizes = [int(x) for x in args.speed.split(",") if x]
+    if sizes:
+        print(f"\nspeed: p2p, 32 MiB, {args.piece_kib} KiB pieces, 20/100 mbit, 10 ms; "
+              f"median of {args.rounds}; load average before: {_load()}")
+        print(f"{'N':>6} {'wall s':>8} {'CPU s':>8} {'peak RSS':>10} {'virtual s':>10} "
+              f"{'ratio':>6}")
+    for n in sizes:
+        runs = [speed(n, args.piece_kib) for _ in range(max(1, args.rounds))]
+        r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
         print(f"{n:>6} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['rss'] / 2**20:>7.0f} MiB "
-              f"{r['virtual_s']:>10.1f} {r['ratio']:>6.2f}")
-        report["speed"].append(r)  # type: ignore[union-attr]
+              f"{r['virtual_s']:>10.1f} {r['ratio']:>6.2f}   (load average {_load()})")
+        report["speed"].append({"median": r, "runs": runs})
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

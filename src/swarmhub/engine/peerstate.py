@@ -21,33 +21,43 @@ class RateMeter:
     """Bytes per second over a sliding window of about ``window`` seconds.
 
     Samples are bucketed per 0.1 s and a running sum is kept, so ``add`` and ``rate``
-    cost O(1) amortised on the per-block hot path.
+    cost O(1) amortised on the per-block hot path. Bucket start times and byte counts
+    sit in two flat lists (oldest first): a swarm holds two meters per peer, and the
+    lab's simulator holds a million of them, where an empty ``deque`` (~600 bytes) or
+    a list per bucket would be most of its memory.
     """
 
-    __slots__ = ("_samples", "_sum", "_window", "total")
+    __slots__ = ("_bytes", "_starts", "_sum", "_window", "total")
 
     def __init__(self, window: float = 5.0) -> None:
         self._window = window
-        self._samples: collections.deque[list[float]] = collections.deque()
+        self._starts: list[float] = []
+        self._bytes: list[int] = []
         self._sum = 0
         self.total = 0
 
     def add(self, n: int, now: float) -> None:
         self.total += n
         self._sum += n
-        samples = self._samples
-        if samples and now - samples[-1][0] < 0.1:
-            samples[-1][1] += n
+        starts = self._starts
+        if starts and now - starts[-1] < 0.1:
+            self._bytes[-1] += n
         else:
-            samples.append([now, n])
+            starts.append(now)
+            self._bytes.append(n)
 
     def rate(self, now: float) -> float:
-        samples = self._samples
-        while samples and now - samples[0][0] > self._window:
-            self._sum -= int(samples.popleft()[1])
-        if not samples:
+        starts = self._starts
+        if starts and now - starts[0] > self._window:
+            window = self._window
+            k = 1
+            while k < len(starts) and now - starts[k] > window:
+                k += 1
+            self._sum -= sum(map(int, self._bytes[:k]))
+            del starts[:k], self._bytes[:k]
+        if not starts:
             return 0.0
-        span = max(1.0, now - samples[0][0]) if len(samples) > 1 else 1.0
+        span = max(1.0, now - starts[0]) if len(starts) > 1 else 1.0
         return self._sum / min(span, self._window)
 
 
@@ -55,13 +65,14 @@ class RequestQueue:
     """A peer's piece requests to us, in order, with the total bytes they ask for.
 
     Behaves like the ``deque`` it replaces (``append``, ``popleft``, ``remove``, ``clear``,
-    indexing, iteration) and adds :attr:`bytes` and :meth:`fits`.
+    indexing, iteration) and adds :attr:`bytes` and :meth:`fits`. The deque is made on
+    the first request (most peers of a seed's swarm never ask one peer for anything).
     """
 
     __slots__ = ("_q", "bytes")
 
     def __init__(self) -> None:
-        self._q: collections.deque[m.Request] = collections.deque()
+        self._q: collections.deque[m.Request] | None = None
         self.bytes = 0
 
     def fits(self, length: int, limit: int) -> bool:
@@ -69,34 +80,44 @@ class RequestQueue:
         return self.bytes + length <= limit
 
     def append(self, req: m.Request) -> None:
-        self._q.append(req)
+        q = self._q
+        if q is None:
+            q = self._q = collections.deque()
+        q.append(req)
         self.bytes += req.length
 
     def popleft(self) -> m.Request:
+        if self._q is None:
+            raise IndexError("pop from an empty RequestQueue")
         req = self._q.popleft()
         self.bytes -= req.length
         return req
 
     def remove(self, req: m.Request) -> None:
         """Remove the first equal request; ValueError if there is none (like ``deque``)."""
+        if self._q is None:
+            raise ValueError(f"{req!r} is not queued")
         self._q.remove(req)
         self.bytes -= req.length
 
     def clear(self) -> None:
-        self._q.clear()
+        if self._q is not None:
+            self._q.clear()
         self.bytes = 0
 
     def __getitem__(self, i: int) -> m.Request:
+        if self._q is None:
+            raise IndexError("RequestQueue index out of range")
         return self._q[i]
 
     def __len__(self) -> int:
-        return len(self._q)
+        return 0 if self._q is None else len(self._q)
 
     def __bool__(self) -> bool:
         return bool(self._q)
 
     def __iter__(self) -> Iterator[m.Request]:
-        return iter(self._q)
+        return iter(()) if self._q is None else iter(self._q)
 
 
 class PeerState:

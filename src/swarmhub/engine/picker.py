@@ -88,6 +88,7 @@ class BlockResult(NamedTuple):
 
 
 _NOTHING = BlockResult((), False)
+_COMPLETE = BlockResult((), True)
 
 
 class _Piece:
@@ -200,6 +201,13 @@ class PiecePicker:
         for p, idx in enumerate(bucket0):
             self._pos[idx] = p
         self._untouched = n
+        #: peers found to have no untouched wanted piece, with the ``_epoch`` of that
+        #: finding: until a piece becomes untouched again (or wanted), or the peer gets
+        #: a piece, ``pick`` skips the rarest-first walk for them. In a busy swarm most
+        #: picks after a block find nothing new (everything the peer has is in progress
+        #: already), and the walk over every bucket was the picker's largest cost.
+        self._barren: dict[Hashable, int] = {}
+        self._epoch = 0
         self._downloading: dict[int, _Piece] = {}
         self._partial: dict[int, None] = {}
         #: pieces another source fetches whole (see :meth:`reserve`) -> that source
@@ -323,6 +331,7 @@ class PiecePicker:
         if (old == 0) == (priority == 0):
             return
         delta = 1 if old == 0 else -1
+        self._epoch += 1
         self._num_skip -= delta
         self._few = None  # rebuilt on the next pick
         if self._pos[index] >= 0:
@@ -418,6 +427,7 @@ class PiecePicker:
             self._skip_untouched -= 1
 
     def _bucket_add(self, index: int) -> None:
+        self._epoch += 1  # untouched again: peers that had nothing new may have it
         a = self._avail[index]
         while len(self._buckets) <= a:
             self._buckets.append([])
@@ -474,14 +484,22 @@ class PiecePicker:
 
     def peer_has(self, peer: Hashable, index: int) -> None:
         """A Have message: ``peer`` now has piece ``index``."""
-        self._check_index(index)
+        if not 0 <= index < self._n:
+            self._check_index(index)
         if peer in self._seeds:
             return
-        bits = self._peer_bits(peer)
+        bits = self._peers.get(peer)
+        if bits is None:
+            bits = self._peer_bits(peer)
         if bits[index]:
             return
         bits[index] = 1
-        self._inc(index)
+        avail = self._avail
+        a = avail[index]
+        avail[index] = a + 1
+        if self._pos[index] >= 0:  # untouched: one bucket up, and new to this peer
+            self._move(index, a, a + 1)
+            self._barren.pop(peer, None)
         if not self._have[index] and self._prio[index]:
             self._lack[peer] += 1
 
@@ -493,6 +511,7 @@ class PiecePicker:
             )
         if peer in self._seeds:
             return
+        self._barren.pop(peer, None)
         if self._n and have.count(0) == 0:
             self.peer_has_all(peer)
             return
@@ -510,6 +529,7 @@ class PiecePicker:
         """A HaveAll message (BEP 6) or a full bitfield: ``peer`` is a seed."""
         if peer in self._seeds:
             return
+        self._barren.pop(peer, None)
         bits = self._peers.pop(peer, None)
         self._lack.pop(peer, None)
         if bits is not None:
@@ -523,6 +543,7 @@ class PiecePicker:
         """
         blocks = self.peer_choked(peer)
         self._reqs.pop(peer, None)
+        self._barren.pop(peer, None)
         if peer in self._seeds:
             self._seeds.discard(peer)
         else:
@@ -642,9 +663,13 @@ class PiecePicker:
                 self._take(peer, index, self._downloading[index], count - len(out), out, reqs)
                 if len(out) >= count:
                     return out
+        barren = self._barren
         while len(out) < count and self._untouched:
+            if barren.get(peer) == self._epoch:
+                break  # nothing untouched that it has, as found before (see _barren)
             new = self._choose_new(bits)
             if new is None:
+                barren[peer] = self._epoch
                 break
             self._take(peer, new, self._start(new), count - len(out), out, reqs)
         if len(out) < count and self.in_endgame:
@@ -941,10 +966,14 @@ class PiecePicker:
         we have, wrong geometry) changes nothing and returns ``((), False)``; use
         :meth:`wanted` to decide whether to write its data.
         """
-        j = self._block_no(block)
-        if j is None:
+        index, begin, length = block  # the geometry check of _block_no, inlined: per block
+        bs = self._bs
+        if begin % bs or not 0 <= index < self._n:
             return _NOTHING
-        index = block.index
+        size = self._last_len if index == self._n - 1 else self._piece_length
+        if not 0 <= begin < size or length != min(bs, size - begin):
+            return _NOTHING
+        j = begin // bs
         reqs = self._reqs.get(peer)
         if reqs is not None:
             reqs.pop(block, None)
@@ -959,11 +988,12 @@ class PiecePicker:
         others: tuple[Hashable, ...] = ()
         if state == _REQUESTED:
             peers = piece.requesters.pop(j)
-            others = tuple(p for p in peers if p != peer)
-            for p in others:
-                other_reqs = self._reqs.get(p)
-                if other_reqs is not None:
-                    other_reqs.pop(block, None)
+            if len(peers) != 1 or peers[0] != peer:  # end-game: others asked for it too
+                others = tuple(p for p in peers if p != peer)
+                for p in others:
+                    other_reqs = self._reqs.get(p)
+                    if other_reqs is not None:
+                        other_reqs.pop(block, None)
             piece.num_requested -= 1
         else:
             piece.num_free -= 1
@@ -972,7 +1002,10 @@ class PiecePicker:
         piece.blocks[j] = _RECEIVED
         piece.num_received += 1
         piece.contributors.add(peer)
-        return BlockResult(others, piece.num_received == len(piece.blocks))
+        complete = piece.num_received == len(piece.blocks)
+        if not others:
+            return _COMPLETE if complete else _NOTHING
+        return BlockResult(others, complete)
 
     # ---------------------------------------------------------------- debugging
 
@@ -1030,6 +1063,14 @@ class PiecePicker:
         check(self._wanted_missing == sum(missing), "wanted missing count")
         check(set(self._boosted) == {i for i in range(n) if prio[i] > 1 and not self._have[i]},
               "boosted pieces")
+        for peer, epoch in self._barren.items():
+            if epoch != self._epoch:
+                continue
+            has = self._peers.get(peer)
+            check(has is not None or peer in self._seeds, f"barren {peer!r} unknown")
+            fresh = [i for b in self._buckets for i in b
+                     if prio[i] and (has is None or has[i])]
+            check(not fresh, f"{peer!r} marked barren but has untouched {fresh[:5]}")
         for peer, bits in self._peers.items():
             check(peer not in self._seeds, "peer both seed and bitfield")
             lack = sum(1 for i in range(n) if bits[i] and missing[i])

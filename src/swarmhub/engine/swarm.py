@@ -862,8 +862,9 @@ class Swarm:
             if now - ps.last_recv > s.peer_timeout:
                 self._close(ps, "peer timed out")
                 continue
-            stale = [b for b, t in ps.requested.items() if now - t > s.request_timeout]
-            if stale:
+            requested = ps.requested
+            if requested and now - min(requested.values()) > s.request_timeout:
+                stale = [b for b, t in requested.items() if now - t > s.request_timeout]
                 ps.snubbed = True
                 for b in stale:
                     del ps.requested[b]

@@ -115,19 +115,20 @@ class Pipe:
     """One direction of one connection: a FIFO drained by a TCP flow ``up`` -> ``down``."""
 
     __slots__ = ("active", "cwnd", "deliver", "down", "gen", "growing", "idle_since",
-                 "items", "last", "latency", "left", "on_drain", "queued", "rate", "rtt",
-                 "up", "waiting")
+                 "items", "last", "latency", "left", "on_drain", "owner", "queued", "rate",
+                 "rtt", "up", "waiting")
 
     def __init__(self, up: Link, down: Link, latency: float,
                  deliver: Callable[[Any], None]) -> None:
         self.up, self.down = up, down
         self.latency = latency
         self.rtt = max(2 * latency, 1e-4)
-        #: called with an item's payload when it arrives at the far end
+        #: called with an item's payload when it arrives at the far end (unless the item
+        #: was sent with a function of its own)
         self.deliver = deliver
-        #: (wire bytes, payload); a list, not a deque: most pipes are short or empty, and
-        #: an empty deque costs 600 bytes (a million pipes at N=10,000)
-        self.items: list[tuple[int, Any]] = []
+        #: (wire bytes, function, payload); a list, not a deque: most pipes are short or
+        #: empty, and an empty deque costs 600 bytes (a million pipes at N=10,000)
+        self.items: list[tuple[int, Callable[[Any], None], Any]] = []
         self.queued = 0  #: wire bytes in ``items``
         self.left = 0.0  #: bytes of the head item not yet sent, as of ``last``
         self.last = 0.0
@@ -140,6 +141,9 @@ class Pipe:
         #: the sender has more to write: ``on_drain(pipe)`` after each item leaves
         self.waiting = False
         self.on_drain: Callable[[Pipe], None] | None = None
+        #: whatever the driver wants to find from the pipe (one shared ``on_drain`` then
+        #: serves every pipe, instead of a closure per pipe)
+        self.owner: Any = None
 
     @property
     def cap(self) -> float:
@@ -156,17 +160,20 @@ class Network:
         self.passes = 0
 
     # -- sending ---------------------------------------------------------------------------
-    def send(self, pipe: Pipe, nbytes: int, payload: Any) -> None:
-        """Queue ``nbytes`` of payload (wire overhead is added here) for delivery."""
-        size = wire(nbytes)
-        now = self.ev.now
+    def send(self, pipe: Pipe, nbytes: int, payload: Any,
+             deliver: Callable[[Any], None] | None = None) -> None:
+        """Queue ``nbytes`` of payload (wire overhead is added here) for delivery to
+        ``deliver`` (default: the pipe's)."""
+        size = nbytes + -(-nbytes // MSS) * OVERHEAD  # wire(nbytes), inlined: per block
+        ev = self.ev
+        now = ev.now
+        fn = pipe.deliver if deliver is None else deliver
         if not pipe.active and size <= SMALL:
             # Serialisation time (microseconds) is left out: arrivals stay in FIFO order.
             pipe.up.sent += size
-            ev = self.ev
-            heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), pipe.deliver, payload))
+            heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), fn, payload))
             return
-        pipe.items.append((size, payload))
+        pipe.items.append((size, fn, payload))
         pipe.queued += size
         if not pipe.active:
             self._start(pipe, now)
@@ -208,12 +215,12 @@ class Network:
         pipe, gen = arg
         if gen != pipe.gen:
             return
-        now = self.ev.now
-        size, payload = pipe.items.pop(0)
+        ev = self.ev
+        now = ev.now
+        size, fn, payload = pipe.items.pop(0)
         pipe.queued -= size
         pipe.up.sent += size
-        ev = self.ev
-        heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), pipe.deliver, payload))
+        heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), fn, payload))
         if pipe.waiting and pipe.on_drain is not None:
             pipe.on_drain(pipe)
         if pipe.items:

@@ -56,7 +56,6 @@ _SIZES: dict[type, int] = {
 HANDSHAKE = 68
 EXT_HANDSHAKE = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
 PIECE_HEADER = 13
-_MSGS, _BLOCK, _HS = range(3)
 
 
 def msg_size(msg: m.Message) -> int:
@@ -87,33 +86,45 @@ class End:
     def __repr__(self) -> str:
         return f"<End {self.node.host}->{self.remote.host}>"
 
-    def receive(self, payload: tuple[Any, ...]) -> None:
-        """A message batch, a block or the handshake arrived from the other side."""
+    # What arrives from the other side (the network calls these one latency after the
+    # last byte left): one function per kind, not one that dispatches on a tag, since
+    # these run for every block and every message batch of the run.
+    def got_block(self, req: m.Request) -> None:
+        """A Piece message for ``req`` arrived."""
         if not self.open:
             return
         node = self.node
         sim = node.sim
-        now = sim.ev.now
         swarm = node.swarm
         assert swarm is not None  # ends exist only on hosts that run a core
-        kind = payload[0]
-        if kind == _BLOCK:
-            req = payload[1]
-            node.got += req.length
-            self.remote.gave += req.length
-            if swarm.block(self.uid, req.index, req.begin, req.length, now):
-                node.useful += req.length
-            if self.remote is sim.source:
-                sim.source_delivered(req.length)
-        elif kind == _MSGS:
-            message = swarm.message
-            uid = self.uid
-            for msg in payload[1]:
-                message(uid, msg, now)
-        else:
-            sim.handshake_reply(self)
-            return
+        length = req.length
+        node.got += length
+        remote = self.remote
+        remote.gave += length
+        if swarm.block(self.uid, req.index, req.begin, length, sim.ev.now):
+            node.useful += length
+        if remote is sim.source:
+            sim.source_delivered(length)
         sim.flush(node)
+
+    def got_msgs(self, msgs: tuple[m.Message, ...]) -> None:
+        """A batch of messages (one ``Send``) arrived."""
+        if not self.open:
+            return
+        node = self.node
+        swarm = node.swarm
+        assert swarm is not None
+        message = swarm.message
+        uid = self.uid
+        now = node.sim.ev.now
+        for msg in msgs:
+            message(uid, msg, now)
+        node.sim.flush(node)
+
+    def got_handshake(self, _payload: object) -> None:
+        """The accepting side's handshake arrived (we dialled)."""
+        if self.open:
+            self.node.sim.handshake_reply(self)
 
 
 class Node:
@@ -192,6 +203,7 @@ class Simulation:
         #: the source left after one copy (virtual time), or None
         self.source_left: float | None = None
         self.services = Services(self)
+        self._on_drain = self._drained  # one bound method shared by every pipe
         self._handlers: dict[type, Callable[[Node, Any], None]] = {
             Send: self._do_send,
             Broadcast: self._do_broadcast,
@@ -264,7 +276,7 @@ class Simulation:
         end = self.by_uid.get(a.peer)  # type: ignore[call-overload]
         if end is not None and end.open:
             msgs = a.messages
-            self.net.send(end.out, sum(map(msg_size, msgs)), (_MSGS, msgs))
+            self.net.send(end.out, sum(map(msg_size, msgs)), msgs, end.far.got_msgs)
 
     def _do_broadcast(self, node: Node, a: Broadcast) -> None:
         """Send to each peer; those whose pipe is idle (the message skips the fluid model)
@@ -272,7 +284,6 @@ class Simulation:
         heap entry, not 50 (the largest cost of a simulated swarm is its Haves)."""
         msgs = a.messages
         size = sum(map(msg_size, msgs))
-        payload = (_MSGS, msgs)
         send = self.net.send
         by_uid = self.by_uid
         small = wire(size) <= SMALL
@@ -288,19 +299,31 @@ class Simulation:
                     group = groups[pipe.latency] = []
                 group.append(end.far)
             else:
-                send(pipe, size, payload)
+                send(pipe, size, msgs, end.far.got_msgs)
         if groups:
             nbytes = wire(size)
             now = self.ev.now
             for lat, ends in groups.items():
                 node.up.sent += nbytes * len(ends)
-                self.ev.at(now + lat, self._deliver_many, (ends, payload))
+                self.ev.at(now + lat, self._deliver_many, (ends, msgs))
 
-    @staticmethod
-    def _deliver_many(arg: tuple[list[End], tuple[Any, ...]]) -> None:
-        ends, payload = arg
+    def _deliver_many(self, arg: tuple[list[End], tuple[m.Message, ...]]) -> None:
+        """One broadcast reached several peers at once (End.got_msgs for each, inlined:
+        this runs for every Have of the run)."""
+        ends, msgs = arg
+        now = self.ev.now
+        flush = self.flush
         for end in ends:
-            end.receive(payload)
+            if not end.open:
+                continue
+            node = end.node
+            swarm = node.swarm
+            assert swarm is not None
+            message = swarm.message
+            uid = end.uid
+            for msg in msgs:
+                message(uid, msg, now)
+            flush(node)
 
     def _serve_uid(self, uid: int) -> None:
         end = self.by_uid.get(uid)
@@ -350,6 +373,7 @@ class Simulation:
         pipe = end.out
         limit = self.settings.send_buffer_bytes
         send = self.net.send
+        arrive = end.far.got_block
         cache = node.cache
         while incoming and pipe.queued < limit:
             served = []
@@ -359,7 +383,7 @@ class Simulation:
                 if req.index not in cache:
                     break
                 incoming.popleft()
-                send(pipe, 13 + req.length, (_BLOCK, req))
+                send(pipe, PIECE_HEADER + req.length, req, arrive)
                 served.append(req)
                 nbytes += req.length
             if not served:
@@ -392,9 +416,10 @@ class Simulation:
             if not node.gone:
                 self.serve(end)
 
-    def _drained(self, end: End) -> None:
-        if end.out.queued < self.settings.send_buffer_bytes // 4:
-            self.serve(end)
+    def _drained(self, pipe: Pipe) -> None:
+        """Room in ``pipe`` (an End's ``out``): serve more once it is down to a quarter."""
+        if pipe.queued < self.settings.send_buffer_bytes // 4:
+            self.serve(pipe.owner)
 
     def source_delivered(self, nbytes: int) -> None:
         self._source_sent += nbytes
@@ -444,8 +469,9 @@ class Simulation:
 
     def _pipe(self, a: End, b: End) -> Pipe:
         """The pipe a -> b (b's ``receive`` gets what a sends)."""
-        pipe = Pipe(a.node.up, b.node.down, self._lat(a.node, b.node), b.receive)
-        pipe.on_drain = lambda _p: self._drained(a)
+        pipe = Pipe(a.node.up, b.node.down, self._lat(a.node, b.node), b.got_msgs)
+        pipe.owner = a
+        pipe.on_drain = self._on_drain
         return pipe
 
     def _accept(self, arg: tuple[Node, Node]) -> None:
@@ -461,7 +487,7 @@ class Simulation:
         mine.far, theirs.far = theirs, mine
         self.by_uid[mine.uid], self.by_uid[theirs.uid] = mine, theirs
         target.ends[mine] = None
-        self.net.send(mine.out, HANDSHAKE + EXT_HANDSHAKE, (_HS,))
+        self.net.send(mine.out, HANDSHAKE + EXT_HANDSHAKE, None, theirs.got_handshake)
         self._connected(mine, False)
 
     def _connected(self, end: End, outgoing: bool) -> None:
