@@ -13,9 +13,9 @@ import os
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -43,6 +43,7 @@ from swarmhub.hub.udp_tracker import (
 from swarmhub.metainfo import load_torrent
 
 IH = bytes(range(20))
+T = TypeVar("T")
 
 
 def core(**kw: object) -> UdpTrackerCore:
@@ -337,17 +338,25 @@ async def test_standalone_tracker_speaks_udp_too(tmp_path: Path) -> None:
         client = UdpTrackerClient(base_timeout=0.2, max_retries=0)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 20
-        while True:  # until it listens (bounded): refused or unanswered tries fail fast
-            try:
-                first = await client.announce(url, request(IH, port=7001, left=0))
-                break
-            except TrackerError:
-                assert proc.poll() is None, proc.output()
-                assert loop.time() < deadline, "the standalone tracker never answered"
-                await asyncio.sleep(0.1)
+
+        async def until_it_answers(send: Callable[[], Awaitable[T]], what: str) -> T:
+            """Retry (bounded) until the port listens: refused or unanswered tries fail
+            fast. The UDP socket opens in the app's start-up, before the HTTP site binds."""
+            while True:
+                try:
+                    return await send()
+                except TrackerError:
+                    assert proc.poll() is None, proc.output()
+                    assert loop.time() < deadline, f"the standalone tracker never answered {what}"
+                    await asyncio.sleep(0.1)
+
+        first = await until_it_answers(
+            lambda: client.announce(url, request(IH, port=7001, left=0)), "over UDP")
         assert first.complete == 1
         async with aiohttp.ClientSession() as http:
-            over_http = await http_announce(http, f"http://127.0.0.1:{port}/announce", request(IH))
+            over_http = await until_it_answers(
+                lambda: http_announce(http, f"http://127.0.0.1:{port}/announce", request(IH)),
+                "over HTTP")
         assert over_http.peers == [("127.0.0.1", 7001)]
 
 
