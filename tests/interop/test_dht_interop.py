@@ -44,9 +44,9 @@ def _local(bootstrap: str) -> str:
 
 @pytest.fixture
 def router(tmp_path: Path) -> Iterator[str]:
-    """Twenty DHT nodes of ours, the first on 127.0.6.1; yields its ``host:port``."""
+    """25 DHT nodes of ours, the first on 127.0.6.1; yields its ``host:port``."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
-    hosts = ["127.0.6.1"] + [f"127.0.6.{100 + i}" for i in range(19)]
+    hosts = ["127.0.6.1"] + [f"127.0.6.{100 + i}" for i in range(24)]
     with Proc([str(VENV_PYTHON), "-u", str(ROUTER), *hosts], env=env, name="router",
               log=tmp_path / "router.log") as proc:
         line = proc.wait_for_line(lambda s: '"listening"' in s, 30)
@@ -156,8 +156,9 @@ def test_our_lookup_finds_the_address_libtorrent_announced(tmp_path: Path, route
 
 def test_mixed_dht_of_ours_and_libtorrent_serves_a_swarm_from_a_magnet_alone(
         tmp_path: Path, router: str) -> None:
-    """20 nodes of ours, 3 libtorrent sessions and our `get`: one libtorrent seed, two
-    libtorrent leechers and ours all start from the magnet link and the DHT alone."""
+    """A DHT of 30 nodes on loopback, each on its own address: 25 of ours, 4 libtorrent
+    sessions and our `get`. One libtorrent seed, three libtorrent leechers and ours all
+    start from the magnet link and the DHT alone."""
     data = make_test_data(tmp_path / "src", [800_000, 90_000], seed=25)
     tfile = tmp_path / "lt.torrent"
     tfile.write_bytes(lt_make_torrent(data, "hybrid", PIECE))  # type: ignore[arg-type]
@@ -169,13 +170,13 @@ def test_mixed_dht_of_ours_and_libtorrent_serves_a_swarm_from_a_magnet_alone(
         leeches = [stack.enter_context(LtPeer(
             magnet, tmp_path / f"lt{i}", log_dir=tmp_path, name=f"lt-leech{i}",
             listen=f"127.0.6.{12 + i}:0", settings=lt_dht(router, f"127.0.6.{12 + i}")))
-            for i in range(2)]
+            for i in range(3)]
         get = stack.enter_context(ours(
             ["get", magnet, "-o", str(tmp_path / "dl"), "--json", "--listen",
-             "127.0.6.15:0", "--dht-bootstrap", router, "--timeout", "120"], tmp_path, "get"))
+             "127.0.6.16:0", "--dht-bootstrap", router, "--timeout", "120"], tmp_path, "get"))
         assert get.wait(150) == 0, get.describe()
         for leech in leeches:
             leech.wait_finished(120)
     compare_trees(data, tmp_path / "dl" / data.name)
-    for i in range(2):
+    for i in range(3):
         compare_trees(data, tmp_path / f"lt{i}" / data.name)
