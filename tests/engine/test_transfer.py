@@ -206,5 +206,29 @@ async def test_a_web_seed_faster_than_the_only_peer_takes_over(tmp_path: Path) -
     assert (tmp_path / "dl" / meta.name).read_bytes() == (src / "file0.bin").read_bytes()
 
 
+async def test_a_dead_web_seed_holds_no_pieces_from_the_peers(tmp_path: Path) -> None:
+    """The hub dies (kill-hub in the lab): its web seed's batches fail and back off, and
+    the pieces they had reserved must go back to the peers at once, not after the pause
+    (the late joiners of the lab stalled at 124 of 128 pieces)."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    src = make_data(tmp_path / "src", [3_000_000])
+    meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
+                          piece_length=64 * 1024,
+                          url_list=[f"http://127.0.0.1:{dead}/payload/file0.bin"])
+    async with Session(Settings(upload_rate_limit=1_000_000), state_dir=tmp_path / "s1") as seed, \
+            Session(Settings().replace(web_seed_grace=0.1), state_dir=tmp_path / "s2") as leecher:
+        port = await seed.listen("127.0.0.1", 0)
+        await seed.add(meta, src)
+        t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+        t.swarm.tracker_seeds = 1  # alone with a seed: the web seed may take anything
+        await asyncio.wait_for(t.complete.wait(), 60)
+        assert t.error is None and t.webseed_bytes == 0
+    assert (tmp_path / "dl" / meta.name).read_bytes() == (src / "file0.bin").read_bytes()
+
+
 # The tracker retry (a tracker that starts after us is found within 5 s) is tested on the
 # swarm core with a stepped clock: tests/engine/test_swarm.py, no real sleeps.

@@ -66,6 +66,7 @@ class WebSeedDriver:
                                   else 0.25 if sw.webseed_alone() else 0.5)
                 continue
             self._ws_reserved.update(batch)
+            pause = 0.0
             try:
                 async with contextlib.aclosing(ws.fetch(batch)) as pieces:
                     await overlapped(pieces, functools.partial(self._piece, ws),
@@ -73,21 +74,23 @@ class WebSeedDriver:
                 failures, backoff = 0, 5.0
             except WebSeedBusy as exc:
                 log.info("%s: web seed busy, retrying in %.0f s", t.meta.name, exc.retry_after)
-                await self._sleep(min(exc.retry_after, 60.0))
+                pause = min(exc.retry_after, 60.0)
             except WebSeedError as exc:
                 failures += 1
                 log.warning("%s: %s", t.meta.name, exc)
                 if failures >= 10:
                     return
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 300.0)
+                pause, backoff = backoff, min(backoff * 2, 300.0)
             except StorageError as exc:
                 t._fail(str(exc))
                 return
             finally:
+                # before any pause: a dead web seed must not hold its pieces from the peers
                 self._ws_reserved.difference_update(batch)
                 t.swarm.webseed_release(t.clock(), source=url)
                 t._flush()
+            if pause:
+                await self._sleep(pause)
 
     async def _piece(self, ws: Any, item: tuple[int, bytearray]) -> None:
         """Hash and write one piece a web seed delivered (several overlap the stream)."""
