@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from itertools import starmap
 from collections.abc import Container, Hashable, Iterable, Mapping
 from typing import Any
 
@@ -338,6 +339,19 @@ class Swarm:
         if ps is None or ps.closed:
             return
         ps.last_recv = now
+        # Have and Request are most of a swarm's messages: an exact type check first
+        # (cheaper than the match's isinstance chain); the same handling as their cases.
+        kind = type(msg)
+        if kind is m.Have:
+            index = msg.index  # type: ignore[attr-defined]
+            if not ps.have[index]:
+                ps.have[index] = 1
+                ps.num_have += 1
+                self._on_have(ps, index, now)
+            return
+        if kind is m.Request:
+            self._on_request(ps, msg, now)  # type: ignore[arg-type]
+            return
         match msg:
             case m.Request():
                 self._on_request(ps, msg, now)
@@ -450,7 +464,7 @@ class Swarm:
         requested = ps.requested
         for b in blocks:
             requested[b] = now
-        self._send(ps, tuple(m.Request(b.index, b.begin, b.length) for b in blocks), now)
+        self._send(ps, tuple(starmap(m.Request, blocks)), now)  # Block: (index, begin, length)
 
     def _fill_all(self, now: float) -> None:
         for ps in list(self.peers.values()):
