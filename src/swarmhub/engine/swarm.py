@@ -420,7 +420,7 @@ class Swarm:
 
     def _on_have(self, ps: PeerState, index: int, now: float) -> None:
         self.picker.peer_has(ps.handle, index)
-        if ps.is_seed and self.complete:
+        if self.complete and ps.is_seed:  # a leecher's complete is False: one property
             self._close(ps, "both sides are seeds")
             return
         if self._ss is not None and self._ss.peer_has(ps.handle, index):

@@ -204,6 +204,7 @@ class Simulation:
         self.source_left: float | None = None
         self.services = Services(self)
         self._on_drain = self._drained  # one bound method shared by every pipe
+        self._drain_at = settings.send_buffer_bytes // 4  #: serve again below this
         self._handlers: dict[type, Callable[[Node, Any], None]] = {
             Send: self._do_send,
             Broadcast: self._do_broadcast,
@@ -267,6 +268,8 @@ class Simulation:
         """Carry out the queued actions of ``node``'s core, as the asyncio driver does."""
         swarm = node.swarm
         assert swarm is not None
+        if not swarm._out:
+            return  # nothing queued (most blocks and Haves): no take() call
         handlers = self._handlers
         while actions := swarm.take():
             for a in actions:
@@ -418,7 +421,7 @@ class Simulation:
 
     def _drained(self, pipe: Pipe) -> None:
         """Room in ``pipe`` (an End's ``out``): serve more once it is down to a quarter."""
-        if pipe.queued < self.settings.send_buffer_bytes // 4:
+        if pipe.queued < self._drain_at:
             self.serve(pipe.owner)
 
     def source_delivered(self, nbytes: int) -> None:
