@@ -105,7 +105,8 @@ class End:
             node.useful += length
         if remote is sim.source:
             sim.source_delivered(length)
-        sim.flush(node)
+        if swarm._out:
+            sim.flush(node)
 
     def got_msgs(self, msgs: tuple[m.Message, ...]) -> None:
         """A batch of messages (one ``Send``) arrived."""
@@ -326,7 +327,8 @@ class Simulation:
             uid = end.uid
             for msg in msgs:
                 message(uid, msg, now)
-            flush(node)
+            if swarm._out:
+                flush(node)
 
     def _serve_uid(self, uid: int) -> None:
         end = self.by_uid.get(uid)
