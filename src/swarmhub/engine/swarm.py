@@ -568,13 +568,12 @@ class Swarm:
         self.have[index] = 1
         self.num_have += 1
         self.picker.piece_passed(index)
-        targets = []
-        for h, ps in self.peers.items():
-            if not ps.have[index] and not ps.closed:
+        # A comprehension, then the few it picked: this runs for every piece x peer.
+        told = [ps for ps in self.peers.values() if not ps.have[index] and not ps.closed]
+        if told:
+            for ps in told:
                 ps.last_send = now
-                targets.append(h)
-        if targets:
-            self._out.append(Broadcast(tuple(targets), (m.Have(index),)))
+            self._out.append(Broadcast(tuple([ps.handle for ps in told]), (m.Have(index),)))
         if self.picker.is_finished:
             self._set_complete(now)
 
