@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-from itertools import starmap
 from collections.abc import Container, Hashable, Iterable, Mapping
+from itertools import starmap
 from typing import Any
 
 from swarmhub.engine.actions import (
@@ -341,16 +341,15 @@ class Swarm:
         ps.last_recv = now
         # Have and Request are most of a swarm's messages: an exact type check first
         # (cheaper than the match's isinstance chain); the same handling as their cases.
-        kind = type(msg)
-        if kind is m.Have:
-            index = msg.index  # type: ignore[attr-defined]
+        if type(msg) is m.Have:
+            index = msg.index
             if not ps.have[index]:
                 ps.have[index] = 1
                 ps.num_have += 1
                 self._on_have(ps, index, now)
             return
-        if kind is m.Request:
-            self._on_request(ps, msg, now)  # type: ignore[arg-type]
+        if type(msg) is m.Request:
+            self._on_request(ps, msg, now)
             return
         match msg:
             case m.Request():

@@ -209,7 +209,7 @@ class Simulation:
         self._handlers: dict[type, Callable[[Node, Any], None]] = {
             Send: self._do_send,
             Broadcast: self._do_broadcast,
-            Serve: lambda _n, a: self._serve_uid(a.peer),
+            Serve: self._do_serve,
             Verify: self._do_verify,
             Close: lambda _n, a: self._close_uid(a.peer),
             Connect: lambda n, a: self._dial(n, a.addr),
@@ -330,8 +330,8 @@ class Simulation:
             if swarm._out:
                 flush(node)
 
-    def _serve_uid(self, uid: int) -> None:
-        end = self.by_uid.get(uid)
+    def _do_serve(self, node: Node, a: Serve) -> None:
+        end = self.by_uid.get(a.peer)  # type: ignore[call-overload]
         if end is not None:
             self.serve(end)
 
