@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Container, Hashable, Iterable, Mapping
+from itertools import starmap
 from typing import Any
 
 from swarmhub.engine.actions import (
@@ -338,6 +339,18 @@ class Swarm:
         if ps is None or ps.closed:
             return
         ps.last_recv = now
+        # Have and Request are most of a swarm's messages: an exact type check first
+        # (cheaper than the match's isinstance chain); the same handling as their cases.
+        if type(msg) is m.Have:
+            index = msg.index
+            if not ps.have[index]:
+                ps.have[index] = 1
+                ps.num_have += 1
+                self._on_have(ps, index, now)
+            return
+        if type(msg) is m.Request:
+            self._on_request(ps, msg, now)
+            return
         match msg:
             case m.Request():
                 self._on_request(ps, msg, now)
@@ -406,7 +419,7 @@ class Swarm:
 
     def _on_have(self, ps: PeerState, index: int, now: float) -> None:
         self.picker.peer_has(ps.handle, index)
-        if ps.is_seed and self.complete:
+        if self.complete and ps.is_seed:  # a leecher's complete is False: one property
             self._close(ps, "both sides are seeds")
             return
         if self._ss is not None and self._ss.peer_has(ps.handle, index):
@@ -450,7 +463,7 @@ class Swarm:
         requested = ps.requested
         for b in blocks:
             requested[b] = now
-        self._send(ps, tuple(m.Request(b.index, b.begin, b.length) for b in blocks), now)
+        self._send(ps, tuple(starmap(m.Request, blocks)), now)  # Block: (index, begin, length)
 
     def _fill_all(self, now: float) -> None:
         for ps in list(self.peers.values()):
@@ -554,13 +567,12 @@ class Swarm:
         self.have[index] = 1
         self.num_have += 1
         self.picker.piece_passed(index)
-        targets = []
-        for h, ps in self.peers.items():
-            if not ps.have[index] and not ps.closed:
+        # A comprehension, then the few it picked: this runs for every piece x peer.
+        told = [ps for ps in self.peers.values() if not ps.have[index] and not ps.closed]
+        if told:
+            for ps in told:
                 ps.last_send = now
-                targets.append(h)
-        if targets:
-            self._out.append(Broadcast(tuple(targets), (m.Have(index),)))
+            self._out.append(Broadcast(tuple([ps.handle for ps in told]), (m.Have(index),)))
         if self.picker.is_finished:
             self._set_complete(now)
 

@@ -60,6 +60,9 @@ SMALL = 2048
 _INF = math.inf
 
 
+_push = heapq.heappush
+
+
 def wire(payload: int) -> int:
     """Bytes on the wire (what htb shapes) for ``payload`` bytes of TCP payload."""
     return payload + -(-payload // MSS) * OVERHEAD
@@ -158,6 +161,7 @@ class Network:
         self.tol = tolerance
         #: solver passes over links (a profile figure)
         self.passes = 0
+        self._done_fn = self._done  # one bound method for the per-item events
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, pipe: Pipe, nbytes: int, payload: Any,
@@ -217,18 +221,20 @@ class Network:
             return
         ev = self.ev
         now = ev.now
-        size, fn, payload = pipe.items.pop(0)
+        items = pipe.items
+        size, fn, payload = items.pop(0)
         pipe.queued -= size
         pipe.up.sent += size
-        heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), fn, payload))
+        heap = ev._heap
+        seq = ev._seq
+        _push(heap, (now + pipe.latency, next(seq), fn, payload))
         if pipe.waiting and pipe.on_drain is not None:
             pipe.on_drain(pipe)
-        if pipe.items:
-            pipe.left = pipe.items[0][0]
+        if items:
+            left = pipe.left = items[0][0]
             pipe.last = now
-            pipe.gen += 1
-            heapq.heappush(ev._heap, (now + pipe.left / pipe.rate, next(ev._seq), self._done,
-                                      (pipe, pipe.gen)))
+            gen = pipe.gen = pipe.gen + 1
+            _push(heap, (now + left / pipe.rate, next(seq), self._done_fn, (pipe, gen)))
         else:
             self._stop(pipe, now)
 

@@ -105,7 +105,8 @@ class End:
             node.useful += length
         if remote is sim.source:
             sim.source_delivered(length)
-        sim.flush(node)
+        if swarm._out:
+            sim.flush(node)
 
     def got_msgs(self, msgs: tuple[m.Message, ...]) -> None:
         """A batch of messages (one ``Send``) arrived."""
@@ -204,10 +205,11 @@ class Simulation:
         self.source_left: float | None = None
         self.services = Services(self)
         self._on_drain = self._drained  # one bound method shared by every pipe
+        self._drain_at = settings.send_buffer_bytes // 4  #: serve again below this
         self._handlers: dict[type, Callable[[Node, Any], None]] = {
             Send: self._do_send,
             Broadcast: self._do_broadcast,
-            Serve: lambda _n, a: self._serve_uid(a.peer),
+            Serve: self._do_serve,
             Verify: self._do_verify,
             Close: lambda _n, a: self._close_uid(a.peer),
             Connect: lambda n, a: self._dial(n, a.addr),
@@ -267,6 +269,8 @@ class Simulation:
         """Carry out the queued actions of ``node``'s core, as the asyncio driver does."""
         swarm = node.swarm
         assert swarm is not None
+        if not swarm._out:
+            return  # nothing queued (most blocks and Haves): no take() call
         handlers = self._handlers
         while actions := swarm.take():
             for a in actions:
@@ -323,10 +327,11 @@ class Simulation:
             uid = end.uid
             for msg in msgs:
                 message(uid, msg, now)
-            flush(node)
+            if swarm._out:
+                flush(node)
 
-    def _serve_uid(self, uid: int) -> None:
-        end = self.by_uid.get(uid)
+    def _do_serve(self, node: Node, a: Serve) -> None:
+        end = self.by_uid.get(a.peer)  # type: ignore[call-overload]
         if end is not None:
             self.serve(end)
 
@@ -418,7 +423,7 @@ class Simulation:
 
     def _drained(self, pipe: Pipe) -> None:
         """Room in ``pipe`` (an End's ``out``): serve more once it is down to a quarter."""
-        if pipe.queued < self.settings.send_buffer_bytes // 4:
+        if pipe.queued < self._drain_at:
             self.serve(pipe.owner)
 
     def source_delivered(self, nbytes: int) -> None:
