@@ -242,8 +242,9 @@ def test_limits_set_while_a_torrent_runs_slow_it_down(
 
         def gained_in(seconds: float) -> int:
             start = d.torrents()[tid]["have_bytes"]
-            t0 = time.monotonic()
-            wait_for(lambda: time.monotonic() - t0 >= seconds, seconds + 5, "the window")
+            # A rate is bytes per wall-clock second in another process: only an upper
+            # bound is asserted, so a slow machine can only make it pass more easily.
+            time.sleep(seconds)
             return int(d.torrents()[tid]["have_bytes"]) - start
 
         d.ok("PUT", f"/api/torrents/{tid}/limits", {"download_limit": limit})

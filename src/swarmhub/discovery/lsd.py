@@ -44,6 +44,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from swarmhub.discovery.keys import public_hashes
+
 __all__ = [
     "GROUP4",
     "MAX_DATAGRAM",
@@ -279,15 +281,6 @@ class LsdState:
 # -- asyncio driver -------------------------------------------------------------------------
 
 
-class _Meta(Protocol):
-    @property
-    def private(self) -> bool: ...
-    @property
-    def info_hash_v1(self) -> bytes | None: ...
-    @property
-    def info_hash_v2(self) -> bytes | None: ...
-
-
 class _Session(Protocol):
     @property
     def torrents(self) -> Mapping[bytes, Any]: ...
@@ -295,12 +288,8 @@ class _Session(Protocol):
     def listen_port(self) -> int: ...
 
 
-def lsd_hashes(meta: _Meta) -> list[bytes]:
-    """The 20-byte hashes a torrent is announced under (v1, truncated v2); none if private."""
-    if meta.private:
-        return []
-    hashes = (meta.info_hash_v1, meta.info_hash_v2[:20] if meta.info_hash_v2 else None)
-    return [h for h in hashes if h is not None]
+#: The 20-byte hashes a torrent is announced under (v1, truncated v2); none if private.
+lsd_hashes = public_hashes
 
 
 def _interfaces(host: str) -> list[tuple[str, int]]:

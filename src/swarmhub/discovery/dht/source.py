@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from swarmhub.discovery.dht.core import Config
 from swarmhub.discovery.dht.node import DhtNode, parse_bootstrap
+from swarmhub.discovery.keys import HashedMeta, public_hashes
 
 __all__ = ["DhtSource", "dht_for", "dht_hashes", "magnet_peers", "run_dht"]
 
@@ -32,18 +33,9 @@ log = logging.getLogger(__name__)
 Addr = tuple[str, int]
 
 
-class _Meta(Protocol):
-    @property
-    def private(self) -> bool: ...
-    @property
-    def info_hash_v1(self) -> bytes | None: ...
-    @property
-    def info_hash_v2(self) -> bytes | None: ...
-
-
 class _Torrent(Protocol):
     @property
-    def meta(self) -> _Meta: ...
+    def meta(self) -> HashedMeta: ...
     def add_peers(self, addrs: list[Addr]) -> None: ...
 
 
@@ -54,16 +46,8 @@ class _Session(Protocol):
     def listen_port(self) -> int: ...
 
 
-def dht_hashes(meta: _Meta) -> list[bytes]:
-    """The 20-byte keys a torrent lives under in the DHT (none when private)."""
-    if meta.private:
-        return []
-    out = []
-    if meta.info_hash_v1 is not None:
-        out.append(meta.info_hash_v1)
-    if meta.info_hash_v2 is not None:
-        out.append(meta.info_hash_v2[:20])
-    return out
+#: The 20-byte keys a torrent lives under in the DHT (none when private).
+dht_hashes = public_hashes
 
 
 class DhtSource:
