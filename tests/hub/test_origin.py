@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from swarmhub.engine.ratelimit import RateLimiter
 from swarmhub.hub.origin import (
     NOSENDFILE_ENV,
     ORIGIN_LIMITER_KEY,
@@ -375,21 +376,45 @@ async def _wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+class _VirtualRate(RateLimiter):
+    """The origin's rate limit on a virtual clock: a wait advances the clock instead of
+    sleeping, and each grant is recorded with the bytes the origin had served by then."""
+
+    def __init__(self, rate: float, owner: OriginLimiter) -> None:
+        self.now = 0.0
+        self.owner = owner
+        self.grants: list[tuple[float, int, int]] = []  # (clock, bytes served before, n)
+        super().__init__(rate, clock=lambda: self.now)
+
+    async def acquire(self, n: int) -> None:
+        self.grants.append((self.now, self.owner.bytes_served, n))
+        self.now += self.charge(n)
+
+
 async def test_rate_cap_is_honoured(tmp_path: Path, sender: Sender) -> None:
-    limiter = OriginLimiter(upload_rate=4_000_000)
+    """Every byte sent was granted first, and the grants pace 2 MB at 4 MB/s (virtual time)."""
+    rate = 4_000_000
+    limiter = OriginLimiter(upload_rate=rate)
+    paced = limiter.rate = _VirtualRate(rate, limiter)
     o = await _start(tmp_path, sender, limiter)
     try:
         big = o.root / "big.bin"
         big.write_bytes(os.urandom(2_000_000))
-        start = time.monotonic()
         resp = await o.client.get(o.url("big.bin"))
         body = await resp.read()
-        elapsed = time.monotonic() - start
         assert body == big.read_bytes()
-        # 2 MB at 4 MB/s minus the 0.1 s burst: about 0.45 s
-        assert 0.3 <= elapsed <= 1.5, elapsed
         await _wait_for(lambda: limiter.transfers_active == 0)  # the handler's last step
         assert limiter.bytes_served == 2_000_000
+        # each grant came after the bytes of the grants before it went, and before its own
+        granted = 0
+        for _, served_before, n in paced.grants:
+            assert served_before == granted
+            assert 0 < n <= limiter.slice_size()
+            granted += n
+        assert granted == 2_000_000
+        # 2 MB at 4 MB/s minus the 0.1 s burst: the last grant at 0.45 clock seconds
+        burst = rate / 10
+        assert paced.now == pytest.approx((2_000_000 - burst) / rate, abs=1e-9)
         o.sender.check()
     finally:
         await o.client.close()
