@@ -299,8 +299,9 @@ def test_version_1_catalog_loses_its_plaintext_passkeys(tmp_path: Path) -> None:
 # -- PostgreSQL: one catalog shared by several hub processes -------------------------------
 
 
-def _until(check: Any, timeout: float = 5.0) -> float:
-    """Poll ``check()`` until true; returns the seconds it took (fails after ``timeout``)."""
+def _until(check: Any, timeout: float = 30.0) -> float:
+    """Poll ``check()`` until true; returns the seconds it took. The deadline only guards
+    against a hang (a change that never arrives): how soon is checked on counts instead."""
     import time
 
     start = time.monotonic()
@@ -327,24 +328,30 @@ def test_postgresql_migrates_once_and_shares_one_secret(postgres: Any) -> None:
         b.close()
 
 
-def test_postgresql_writes_reach_the_other_process_indexes_within_a_second(
-    postgres: Any,
-) -> None:
+def test_postgresql_writes_reach_the_other_process_by_notification(postgres: Any) -> None:
+    """Each write reaches the other process's indexes through a NOTIFY-driven reload (the
+    watcher never reloads on a timer, so without the notification nothing would change);
+    the seconds it took are printed, not asserted."""
     from swarmhub.hub.catalog_pg import PgCatalog
 
     url = postgres.new_database()
     a, b = PgCatalog(url), PgCatalog(url)
     try:
+        r0 = b.reloads
         rec = add(a, "x.bin", 7)
-        assert _until(lambda: b.lookup_info_hash((7).to_bytes(20, "big")) == (rec.id, False),
-                      1.0) < 1.0
+        took = _until(lambda: b.lookup_info_hash((7).to_bytes(20, "big")) == (rec.id, False))
+        _until(lambda: b.reloads > r0)
         _, tok = a.add_token("reader")
-        _until(lambda: b.passkey_is_live(tok.passkey), 1.0)
+        _until(lambda: b.passkey_is_live(tok.passkey))
+        r0 = a.reloads
         b.revoke_token(tok.id)
-        took = _until(lambda: not a.passkey_is_live(tok.passkey), 1.0)
-        assert took < 1.0
+        took = max(took, _until(lambda: not a.passkey_is_live(tok.passkey)))
+        _until(lambda: a.reloads > r0)
+        r0 = a.reloads
         b.delete_file(rec.id)
-        _until(lambda: a.lookup_info_hash((7).to_bytes(20, "big")) is None, 1.0)
+        took = max(took, _until(lambda: a.lookup_info_hash((7).to_bytes(20, "big")) is None))
+        _until(lambda: a.reloads > r0)
+        print(f"\nslowest write to reach the other process: {took * 1000:.0f} ms")
         with pytest.raises(ConflictError):  # the index, not only the table, is shared
             a.add_collection("c", False) and b.add_collection("c", False)
     finally:
@@ -352,17 +359,25 @@ def test_postgresql_writes_reach_the_other_process_indexes_within_a_second(
         b.close()
 
 
-def test_sqlite_shared_by_processes_sees_their_writes_when_polling(tmp_path: Path) -> None:
-    """``hub --workers``: each worker's indexes follow the others' writes."""
+def test_sqlite_shared_by_processes_sees_their_writes_at_the_next_poll(tmp_path: Path) -> None:
+    """``hub --workers``: each worker's indexes follow the others' writes, at the first poll
+    that begins after the write (counted in polls, not in seconds)."""
     path = tmp_path / "c.sqlite3"
     a, b = Catalog(path, poll=0.05), Catalog(path, poll=0.05)
     try:
         _, tok = a.add_token("reader")
-        _until(lambda: b.passkey_is_live(tok.passkey), 1.0)
+        p0 = b.polls  # read after the commit: poll p0 + 1 begins after it
+        _until(lambda: b.passkey_is_live(tok.passkey) and b.reloaded_at_poll >= p0)
+        assert b.reloaded_at_poll <= p0 + 1
         a.revoke_token(tok.id)
-        assert _until(lambda: not b.passkey_is_live(tok.passkey), 1.0) < 1.0
+        p0 = b.polls
+        _until(lambda: not b.passkey_is_live(tok.passkey) and b.reloaded_at_poll >= p0)
+        assert b.reloaded_at_poll <= p0 + 1
         rec = add(b, "y.bin", 8)
-        _until(lambda: a.lookup_info_hash((8).to_bytes(20, "big")) == (rec.id, False), 1.0)
+        p0 = a.polls
+        _until(lambda: a.lookup_info_hash((8).to_bytes(20, "big")) == (rec.id, False)
+               and a.reloaded_at_poll >= p0)
+        assert a.reloaded_at_poll <= p0 + 1
     finally:
         a.close()
         b.close()

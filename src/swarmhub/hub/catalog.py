@@ -853,6 +853,10 @@ class Catalog(CatalogBase):
         self._db.create_function("casefold", 1, _casefold, deterministic=True)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        #: Polls begun, and the poll whose reload last succeeded (counts, for tests: a
+        #: write shows in the first poll that starts after it, whatever the machine's load).
+        self.polls = 0
+        self.reloaded_at_poll = 0
         probe = None
         if poll > 0:
             # The first version is read before the indexes are loaded: a write in between
@@ -876,6 +880,7 @@ class Catalog(CatalogBase):
 
         try:
             while not self._stop.wait(poll):
+                self.polls += 1
                 now = version()
                 if now != seen:
                     try:
@@ -884,6 +889,7 @@ class Catalog(CatalogBase):
                         log.warning("cannot reload the catalog's indexes: %s", exc)
                     else:
                         seen = now
+                        self.reloaded_at_poll = self.polls
         finally:
             probe.close()
 
