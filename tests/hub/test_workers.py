@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -68,11 +67,12 @@ def test_two_workers_share_one_port_catalog_and_swarm(tmp_path: Path, redis_serv
         for _ in range(10):
             status, listing = api(hub, "/api/files?limit=100", None)
             assert status == 200 and listing["total"] == 6
-        # Each worker's catalog index follows the others' writes within a poll (0.25 s).
+        # Each worker's catalog index follows the others' writes at its next poll (counted in
+        # polls by test_catalog; here the deadline only guards against a hang).
         for f in files:
             fih = bytes.fromhex(f["info_hash_v1"])
             wait_for(lambda fih=fih: all(b"peers" in announce(hub, fih, 41013)
-                                         for _ in range(10)), 1.0, "every worker to know it")
+                                         for _ in range(10)), 30, "every worker to know it")
         ih = bytes.fromhex(files[0]["info_hash_v1"])
         for port in range(41000, 41010):
             announce(hub, ih, port)
@@ -83,7 +83,8 @@ def test_two_workers_share_one_port_catalog_and_swarm(tmp_path: Path, redis_serv
             fih = bytes.fromhex(f["info_hash_v1"])
             wait_for(lambda fih=fih: hub.peer_port in ports(announce(hub, fih, 41011)[b"peers"]),
                      30, f"the seeder to seed {f['name']}")
-        # A revoked token is refused by every worker within a second.
+        # A revoked token is refused by every worker (their next catalog poll; the deadline
+        # only guards against a worker that never hears of it).
         assert call(hub, "/api/collections", admin, {"name": "team", "private": True})[0] == 201
         secret = publish(hub, pub["token"], os.urandom(1000), "s.bin", collection="team")
         sih = bytes.fromhex(secret["info_hash_v1"])
@@ -92,10 +93,9 @@ def test_two_workers_share_one_port_catalog_and_swarm(tmp_path: Path, redis_serv
                                                                    reader["passkey"])
                              for _ in range(10)), 5, "every worker to accept the passkey")
         assert call(hub, f"/api/tokens/{reader['id']}/revoke", admin)[0] == 200
-        start = time.monotonic()
-        wait_for(lambda: all(b"failure reason" in announce(hub, sih, 41012, reader["passkey"])
-                             for _ in range(10)), 1.0, "every worker to refuse the passkey")
-        assert time.monotonic() - start < 1.0
+        wait_for(lambda: all(announce(hub, sih, 41012, reader["passkey"]).get(b"failure reason")
+                             == b"unknown or revoked passkey" for _ in range(10)),
+                 30, "every worker to refuse the passkey")
     finally:
         hub.proc.stop()
     assert _workers_of(hub.proc.pid) == []
