@@ -159,6 +159,8 @@ class SilentPeer:
         self.metadata_size = metadata_size
         self.port = 0
         self.connections = 0
+        #: What it read after the BEP 3 handshake (extension handshake, metadata requests).
+        self.heard = bytearray()
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
 
@@ -183,8 +185,8 @@ class SilentPeer:
             writer.write(m.encode(m.Handshake(RESERVED, self.info_hash, HOSTILE_ID)))
             ext = bencode({b"m": {b"ut_metadata": 2}, b"metadata_size": self.metadata_size})
             writer.write(m.encode(m.Extended(0, ext)))
-            while await reader.read(65536):
-                pass  # and never answer
+            while data := await reader.read(65536):
+                self.heard += data  # and never answer
 
 
 class SeederProcess:
