@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import os
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -689,13 +689,28 @@ async def test_a_silent_server_times_out(tmp_path: Path) -> None:
         await srv.gate.wait()
 
     async with RawServer({"/f.bin": data}, stall) as srv, aiohttp.ClientSession() as http:
+        # The server stays silent until the test ends, so only the client's own read timer
+        # can end the fetch; the timer asked of aiohttp is recorded (the outer deadline only
+        # guards against a hang, it measures nothing).
+        read_timeouts: list[float | None] = []
+        get = http.get
+
+        def recording_get(*args: Any, **kwargs: Any) -> Any:
+            read_timeouts.append(kwargs["timeout"].sock_read)
+            return get(*args, **kwargs)
+
+        http.get = recording_get  # type: ignore[method-assign]
         ws = WebSeed(srv.base + "f.bin", meta, http, timeout=0.5)
-        started = time.monotonic()
         got: dict[int, bytearray] = {}
-        with pytest.raises(WebSeedError, match="timed out"):
+
+        async def fetch() -> None:
             async for index, piece in ws.fetch(range(4)):
                 got[index] = piece
-        assert time.monotonic() - started < 5
+
+        with pytest.raises(WebSeedError, match="timed out"):
+            await asyncio.wait_for(fetch(), 30)
+        assert read_timeouts == [0.5]
+        assert not srv.gate.is_set()  # the server never ended the request
         assert sorted(got) == [0, 1, 2]
 
 
@@ -742,17 +757,31 @@ async def test_connection_refused_is_a_web_seed_error(tmp_path: Path) -> None:
     assert ws.failures == 1
 
 
+class _VirtualRate(RateLimiter):
+    """A rate limiter on a virtual clock: a wait advances the clock instead of sleeping."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.now = 0.0
+        self.granted = 0
+        super().__init__(rate, burst=burst, clock=lambda: self.now)
+
+    async def acquire(self, n: int) -> None:
+        self.granted += n
+        self.now += self.charge(n)
+
+
 async def test_rate_limiter_paces_the_download(tmp_path: Path) -> None:
+    """Every byte read is charged to the limiter, and 1 MiB at 2 MiB/s less the burst is
+    then 0.47 clock seconds (virtual time: the machine's load does not enter)."""
     root = make_tree(tmp_path / "www", {"f.bin": 1 * MIB})
     meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=64 * KIB)
-    limiter = RateLimiter(2 * MIB, burst=64 * KIB)
+    limiter = _VirtualRate(2 * MIB, burst=64 * KIB)
     async with static_server(root) as srv, aiohttp.ClientSession() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, rate_limiter=limiter)
-        started = time.monotonic()
         got = await fetch_all(ws, list(range(16)))
-        elapsed = time.monotonic() - started
     assert len(got) == 16
-    assert elapsed >= 0.4  # 1 MiB at 2 MiB/s, less the burst
+    assert limiter.granted == 1 * MIB
+    assert limiter.now == pytest.approx((1 * MIB - 64 * KIB) / (2 * MIB))
 
 
 # -- overlapped: a piece is hashed while the next ones stream in -----------------------------
