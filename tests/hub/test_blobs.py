@@ -5,13 +5,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import time
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from swarmhub.errors import StorageError
+from swarmhub.hub import blobs
 from swarmhub.hub.blobs import BlobStore, UploadTooLarge, UploadTruncated
 
 
@@ -116,20 +117,60 @@ async def test_clean_tmp_removes_leftovers(tmp_path: Path) -> None:
     assert files_under(store.tmp_dir) == []
 
 
-async def test_throughput_of_a_large_upload(tmp_path: Path) -> None:
-    """64 MiB in 64 KiB chunks (aiohttp's usual size): hashed off the loop, bounded time."""
+async def test_a_large_upload_is_hashed_off_the_loop_while_the_next_chunks_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 MiB in 64 KiB chunks (aiohttp's usual size). Every hash step runs in a worker
+    thread, and each waits until the upload has read past the batch it hashes: it returns
+    only if receipt goes on meanwhile (a store that hashed on the loop, or awaited each
+    hash before reading on, would leave it waiting). Checked on state, not on a rate."""
+    real_sha256 = hashlib.sha256  # the store's module is patched below, and so is this one
+    loop_thread = threading.get_ident()
+    cond = threading.Condition()
+    produced = 0  # bytes the source has handed over
+    done = False
+    hashed = 0
+    threads: list[int] = []
+    overlapped: list[bool] = []
+
+    class Sha256:
+        def __init__(self) -> None:
+            self._real = real_sha256()
+
+        def update(self, data: bytes) -> None:
+            nonlocal hashed
+            threads.append(threading.get_ident())
+            hashed += len(data)
+            end = hashed
+            if threading.get_ident() == loop_thread:
+                overlapped.append(False)  # waiting here would stop the very receipt awaited
+            else:  # (the last batch has nothing after it; the deadline guards a hang, once)
+                with cond:
+                    wait = 10.0 if all(overlapped) else 0.0
+                    overlapped.append(cond.wait_for(lambda: produced > end or done, wait))
+            self._real.update(data)
+
+        def hexdigest(self) -> str:
+            return self._real.hexdigest()
+
+    monkeypatch.setattr(blobs.hashlib, "sha256", Sha256)
     store = BlobStore(tmp_path)
     block = os.urandom(1 << 20)
 
     async def gen() -> AsyncIterator[bytes]:
+        nonlocal produced, done
         for _ in range(64):
             for i in range(0, len(block), 65536):
+                with cond:
+                    produced += 65536
+                    cond.notify_all()
                 yield block[i : i + 65536]
+        with cond:
+            done = True
+            cond.notify_all()
 
-    start = time.perf_counter()
     info = await store.store_stream(gen(), max_size=1 << 30)
-    elapsed = time.perf_counter() - start
-    expected = hashlib.sha256(block * 64).hexdigest()
-    assert info.sha256 == expected and info.size == 64 << 20
-    print(f"stored 64 MiB in {elapsed:.3f} s ({64 / elapsed:.0f} MiB/s)")
-    assert elapsed < 20
+    assert info.sha256 == real_sha256(block * 64).hexdigest() and info.size == 64 << 20
+    assert hashed == 64 << 20 and len(threads) > 1
+    assert loop_thread not in threads
+    assert all(overlapped), overlapped
