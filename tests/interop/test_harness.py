@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -184,9 +184,16 @@ def test_proc_timeout_and_stop_kill_the_child(tmp_path: Path) -> None:
         assert read_vmhwm_kib(p.pid) is not None
         with pytest.raises(HarnessTimeout):
             p.wait(0.2)
-        t0 = time.monotonic()
+        sent: list[signal.Signals] = []
+        send = p._signal
+
+        def recording_signal(sig: signal.Signals) -> None:
+            sent.append(sig)
+            send(sig)
+
+        p._signal = recording_signal  # type: ignore[method-assign]
         assert p.stop(grace=0.5) == -9
-        assert time.monotonic() - t0 < 5
+        assert sent == [signal.SIGTERM, signal.SIGKILL]  # SIGTERM ignored: killed
     finally:
         p.stop()
     assert read_vmhwm_kib(p.pid) is None
