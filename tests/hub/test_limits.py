@@ -14,7 +14,7 @@ import pytest
 from test_api import Live, live_hub
 
 from swarmhub.bencode import bdecode
-from swarmhub.hub.limits import AnnounceRate, LoginThrottle, address_key
+from swarmhub.hub.limits import LIMITS_KEY, AnnounceRate, LoginThrottle, address_key
 
 # ------------------------------------------------------------------------ pure policies
 
@@ -116,8 +116,25 @@ def _from(address: str) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
 
 
-async def test_hub_tracker_ignores_ip_and_limits_each_address(live: Live) -> None:
+class _FrozenRate:
+    """The hub's announce allowance seen at one instant: however slowly a loaded machine
+    sends the announces below, no token refills between them."""
+
+    def __init__(self, real: AnnounceRate, at: float) -> None:
+        self.real, self.at = real, at
+        self.rate = real.rate
+
+    def take(self, ip: str, now: float) -> float:
+        return self.real.take(ip, self.at)
+
+
+async def test_hub_tracker_ignores_ip_and_limits_each_address(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ih = await _publish(live)
+    limits = live.app[LIMITS_KEY]
+    frozen = _FrozenRate(limits.announces, asyncio.get_running_loop().time())
+    monkeypatch.setattr(limits, "announces", frozen)
     async with _from("127.0.0.2") as a, _from("127.0.0.3") as b:
         spoofed = await _announce(a, live, ih, 53, ip="8.8.8.8")
         assert b"failure reason" not in spoofed
