@@ -93,6 +93,18 @@ def test_no_full_copy_while_a_receiver_has_not_joined() -> None:
     assert state.full_copy()
 
 
+def test_a_stall_is_called_only_while_pieces_are_missing() -> None:
+    # Late joiners on a loaded machine may make no progress for a while; with every piece
+    # in the live receivers' hands that is slowness, not a swarm that cannot finish.
+    state = _swarm(40, 4, h1="1100", h2="0010")
+    assert not state.can_finish()
+    state.report(2, bitfield=_bits("0001"))
+    assert state.can_finish()
+    state.remove(1)  # the pieces only host 1 held go with it
+    assert not state.can_finish()
+    assert not SwarmProgress(40).can_finish()  # no piece count: the stall rule applies
+
+
 def test_full_copy_ignores_spare_bits_and_older_lines() -> None:
     state = _swarm(90, 9, h1="1111 1111 0", h2="0000 0000 0")
     state.report(2, bitfield=b"\x00\x7f")  # garbage in the 7 spare bits: not piece 8

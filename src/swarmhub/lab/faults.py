@@ -163,6 +163,14 @@ class SwarmProgress:
             union |= self.bitfields.get(h, 0)
         return union.bit_count()
 
+    def can_finish(self) -> bool:
+        """True while the live receivers together hold every piece. After the hub is killed,
+        a pause in progress is then a slow machine (late joiners importing and looking up
+        the DHT at load 30), not a swarm that cannot finish: the run's deadline ends it, and
+        a stall is called only when pieces are missing."""
+        n = self.num_pieces
+        return n is not None and self.pieces_held() == n
+
     def full_copy(self) -> bool:
         """True once the live receivers together hold every piece (without a bitfield, a
         receiver that holds the whole file is the only proof), and every one of them has

@@ -232,7 +232,7 @@ class Runner:
             total = state.delivered()
             if total > moved_sum + 1e-9:
                 moved_sum, moved_at = total, now
-            if pending and self.hub_dead and now - moved_at > STALL_S:
+            if pending and self.hub_dead and now - moved_at > STALL_S and not state.can_finish():
                 held = res.pieces_held_at_fault
                 why = f"stalled for {STALL_S:.0f} s after the hub was killed" + (
                     f" (the swarm held {held}/{res.num_pieces} pieces then)"
