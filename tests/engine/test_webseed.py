@@ -425,6 +425,42 @@ async def test_eight_mib_in_64_kib_pieces_takes_two_4_mib_requests(tmp_path: Pat
     assert ws.requests == 2 and ws.bytes_downloaded == 8 * MIB
 
 
+@pytest.mark.parametrize("version", list(TorrentVersion), ids=lambda v: v.value)
+async def test_runs_hold_adjacent_pieces_in_page_aligned_buffers_pads_zeroed(
+    tmp_path: Path, version: TorrentVersion
+) -> None:
+    """fetch_runs: every wanted piece once, in runs of adjacent pieces of at most
+    run_bytes (a gap ends a run), each buffer page-aligned for a direct write; a recycled
+    buffer carries over no bytes into a run that has pads (they must read as zeros)."""
+    import mmap
+
+    root = tmp_path / "www"
+    make_tree(root, MULTI)
+    meta = create_torrent(root / "odd names", version=version, piece_length=16 * KIB)
+    verifier = PieceVerifier(meta)
+    n = meta.num_pieces
+    wanted = [i for i in range(n) if i != 5]
+    async with static_server(root) as srv, aiohttp.ClientSession() as http:
+        ws = WebSeed(srv.base, meta, http, max_request=4 * MIB)
+        for _ in range(2):  # the second time on recycled buffers
+            runs = []
+            async with contextlib.aclosing(ws.fetch_runs(wanted, 64 * KIB)) as it:
+                async for run in it:
+                    runs.append((run.first, run.pieces))
+                    assert isinstance(run.buf, mmap.mmap) and 1 <= run.pieces <= 4
+                    pl = meta.piece_length
+                    sizes = [meta.piece_size(run.first + k) for k in range(run.pieces)]
+                    assert len(run.buf) == sum(sizes)
+                    view = memoryview(run.buf)
+                    assert all(verifier.check(run.first + k, view[k * pl : k * pl + sizes[k]])
+                               for k in range(run.pieces))
+                    del view
+                    ws.recycle(run.buf)
+            covered = sorted(run[0] + k for run in runs for k in range(run[1]))
+            assert covered == wanted
+            assert not any(f <= 5 < f + c for f, c in runs)  # the gap ends a run
+
+
 async def test_pieces_are_yielded_while_the_response_is_still_streaming(tmp_path: Path) -> None:
     """The first piece arrives although the server holds back the rest of the 4 MiB range."""
     pl = 64 * KIB
