@@ -497,6 +497,61 @@ async def test_pieces_are_yielded_while_the_response_is_still_streaming(tmp_path
     assert b"".join(d for _, d in rest) == data[pl:]
 
 
+async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path: Path) -> None:
+    """Two requests (a gap in the pieces): the second is sent on a second connection while
+    the first body is held back, so its reply waits in the socket (no round trip between
+    requests); a busy reply to that early request is asked again once the first is done,
+    and is no failure."""
+    pl = 64 * KIB
+    data = random.Random(5).randbytes(8 * pl)
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "f.bin").write_bytes(data)
+    meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=pl)
+    busy_once = [True]
+
+    async def held(
+        srv: RawServer,
+        r: asyncio.StreamReader,
+        w: asyncio.StreamWriter,
+        path: str,
+        span: tuple[int, int] | None,
+    ) -> None:
+        assert span is not None
+        if span[0] == 0:
+            whole = srv.partial(path, span)
+            cut = len(whole) - (span[1] - span[0] + 1) + pl  # headers + the first piece
+            w.write(whole[:cut])
+            await w.drain()
+            await srv.gate.wait()
+            w.write(whole[cut:])
+        elif busy_once[0]:
+            busy_once[0] = False
+            body = b'{"error": "one transfer at a time"}'
+            w.write(srv.head("503 Service Unavailable",
+                             {"Retry-After": 30, "Content-Length": len(body)}) + body)
+        else:
+            w.write(srv.partial(path, span))
+
+    async with RawServer({"/f.bin": data}, held) as srv, aiohttp.ClientSession() as http:
+        ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
+        wanted = [0, 1, 2, 3, 5, 6, 7]  # two ranges: 0-3 and 5-7
+        async with contextlib.aclosing(ws.fetch(wanted)) as it:
+            assert (await asyncio.wait_for(anext(it), 5))[0] == 0
+            for _ in range(500):  # the early request reaches the server (bounded wait)
+                if len(srv.log) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert [rng for _, rng in srv.log] == [f"bytes=0-{4 * pl - 1}",
+                                                   f"bytes={5 * pl}-{8 * pl - 1}"]
+            srv.gate.set()
+            rest = [item async for item in it]
+    assert [i for i, _ in rest] == [1, 2, 3, 5, 6, 7]
+    assert all(bytes(d) == data[i * pl:(i + 1) * pl] for i, d in rest)
+    assert len(srv.log) == 3 and srv.log[2] == srv.log[1]  # asked again after the 503
+    assert ws.failures == 0 and ws.requests == 3 and not ws.banned
+
+
 async def test_garbage_fails_verification_and_three_strikes_ban_the_web_seed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

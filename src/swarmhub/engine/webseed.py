@@ -70,6 +70,10 @@ _MAX_RETRY_AFTER = 3600.0
 
 _T = TypeVar("_T")
 
+#: The next range request goes out when the current body should end within this many
+#: seconds (at its rate so far): soon enough to hide a round trip, late enough that a slow
+#: server's second reply does not sit unread for long (a hub drops a stalled transfer).
+_AHEAD_SECONDS = 0.5
 #: Run buffers kept for reuse by :meth:`WebSeed.recycle` (the runs hashing and writing at
 #: once, plus one arriving).
 _SPARE_RUNS = 8
@@ -414,67 +418,123 @@ class WebSeed:
             size = meta.piece_size(a + count - 1) + (count - 1) * meta.piece_length
             yield Run(a, count, new(size, True))
         asm = _Assembler(meta, runs, new)
-        for req in plan:
-            if self.banned:
-                raise WebSeedError(self.url, "disabled after pieces failed their hash check")
-            async with contextlib.aclosing(self._run(req, asm)) as stream:
-                async for item in stream:
-                    yield item
+        ahead: asyncio.Future[tuple[aiohttp.ClientResponse, bool]] | None = None
+        try:
+            for k, req in enumerate(plan):
+                if self.banned:
+                    raise WebSeedError(self.url, "disabled after pieces failed their hash check")
+                reply = None
+                if ahead is not None:
+                    sent, ahead = ahead, None
+                    with contextlib.suppress(WebSeedBusy):  # busy for two: ask on our own
+                        reply = await sent
+                if reply is None:
+                    reply = await self._open(req)
+                nxt = plan[k + 1] if k + 1 < len(plan) else None
 
-    async def _run(self, req: RangeRequest, asm: _Assembler) -> AsyncGenerator[Run, None]:
+                def send_next(nxt: RangeRequest | None = nxt) -> None:
+                    nonlocal ahead
+                    if nxt is not None and not self.banned:
+                        ahead = asyncio.ensure_future(self._open(nxt, ahead=True))
+
+                async with contextlib.aclosing(self._run(req, reply, asm, send_next)) as stream:
+                    async for item in stream:
+                        yield item
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    (await ahead)[0].release()
+
+    async def _open(self, req: RangeRequest, *, ahead: bool = False
+                    ) -> tuple[aiohttp.ClientResponse, bool]:
+        """Send ``req`` and check the reply's status and headers; the body is left to read.
+        ``ahead``: sent while the previous body still streams, so a busy reply (a hub
+        refusing a second transfer at once) is not yet a failure: the caller asks again."""
         self.requests += 1
         headers = {**self.headers, "Range": req.range_header, "Accept-Encoding": "identity"}
         log.debug("web seed GET %s %s", req.url, req.range_header)
         try:
-            async with self.http.get(req.url, headers=headers, timeout=self._timeout) as resp:
-                whole = self._check(req, resp)
-                remaining = req.length
-                segs = req.segments
-                k = 0
-                seg_left = segs[0].length
-                while remaining:
-                    chunk = await resp.content.readany()
-                    if not chunk:
-                        raise WebSeedError(
-                            req.url,
-                            f"body ended after {req.length - remaining} of {req.length} bytes "
-                            f"({req.range_header})",
-                        )
-                    n = len(chunk)
-                    if n > remaining:  # a 200 with the whole file: keep what we asked for
-                        n = remaining
-                    view = memoryview(chunk)[:n]
-                    remaining -= n
-                    self.bytes_downloaded += n
-                    pos = 0
-                    while pos < n:
-                        if seg_left == 0:
-                            k += 1
-                            seg_left = segs[k].length
-                        seg = segs[k]
-                        take = min(seg_left, n - pos)
-                        done = asm.add(
-                            seg.piece, seg.offset + seg.length - seg_left, view[pos : pos + take]
-                        )
-                        pos += take
-                        seg_left -= take
-                        if done is not None:
-                            yield done
-                    if self.rate_limiter is not None:
-                        await self.rate_limiter.acquire(n)
-                if whole:
-                    resp.close()  # drop the rest of the file rather than drain it
+            resp = await self.http.get(req.url, headers=headers, timeout=self._timeout)
+            try:
+                return resp, self._check(req, resp)
+            except BaseException:
+                resp.release()
+                raise
+        except WebSeedError as exc:
+            if not (ahead and isinstance(exc, WebSeedBusy)):
+                self._failed(exc)
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise self._wrap(req, exc) from exc
+
+    def _wrap(self, req: RangeRequest, exc: BaseException) -> WebSeedError:
+        what = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}"
+        detail = str(exc)
+        err = WebSeedError(req.url, f"{what}{': ' + detail if detail else ''} ({req.range_header})")
+        self._failed(err)
+        return err
+
+    async def _run(self, req: RangeRequest, reply: tuple[aiohttp.ClientResponse, bool],
+                   asm: _Assembler, send_next: Callable[[], None]) -> AsyncGenerator[Run, None]:
+        """Stream the body of ``req`` into the assembler, yielding each run it completes.
+        ``send_next`` is called once the rest of this body should arrive within
+        ``_AHEAD_SECONDS``: the next request then goes out on a second connection, and its
+        reply waits in the socket instead of one round trip per request (many, when the
+        peers' pieces cut the web seed's batch into short ranges)."""
+        resp, whole = reply
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        asked_next = False
+        try:
+            remaining = req.length
+            segs = req.segments
+            k = 0
+            seg_left = segs[0].length
+            while remaining:
+                chunk = await resp.content.readany()
+                if not chunk:
+                    raise WebSeedError(
+                        req.url,
+                        f"body ended after {req.length - remaining} of {req.length} bytes "
+                        f"({req.range_header})",
+                    )
+                n = len(chunk)
+                if n > remaining:  # a 200 with the whole file: keep what we asked for
+                    n = remaining
+                view = memoryview(chunk)[:n]
+                remaining -= n
+                self.bytes_downloaded += n
+                if not asked_next:
+                    got = req.length - remaining
+                    if remaining * (loop.time() - started) <= got * _AHEAD_SECONDS:
+                        asked_next = True
+                        send_next()
+                pos = 0
+                while pos < n:
+                    if seg_left == 0:
+                        k += 1
+                        seg_left = segs[k].length
+                    seg = segs[k]
+                    take = min(seg_left, n - pos)
+                    done = asm.add(
+                        seg.piece, seg.offset + seg.length - seg_left, view[pos : pos + take]
+                    )
+                    pos += take
+                    seg_left -= take
+                    if done is not None:
+                        yield done
+                if self.rate_limiter is not None:
+                    await self.rate_limiter.acquire(n)
+            if whole:
+                resp.close()  # drop the rest of the file rather than drain it
         except WebSeedError as exc:
             self._failed(exc)
             raise
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            what = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}"
-            detail = str(exc)
-            err = WebSeedError(
-                req.url, f"{what}{': ' + detail if detail else ''} ({req.range_header})"
-            )
-            self._failed(err)
-            raise err from exc
+            raise self._wrap(req, exc) from exc
+        finally:
+            resp.release()
 
     def _failed(self, exc: WebSeedError) -> None:
         self.failures += 1
