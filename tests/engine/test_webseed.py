@@ -552,6 +552,22 @@ async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path:
     assert ws.failures == 0 and ws.requests == 3 and not ws.banned
 
 
+async def test_stopping_early_lets_a_reply_asked_ahead_go(tmp_path: Path) -> None:
+    """Closing a fetch after its first piece drops the reply already asked for ahead;
+    the next fetch on the same web seed still gets every piece it asks for."""
+    root = make_tree(tmp_path / "www", {"f.bin": 16 * 64 * KIB})
+    meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=64 * KIB)
+    verifier = PieceVerifier(meta)
+    async with static_server(root) as srv, aiohttp.ClientSession() as http:
+        ws = WebSeed(srv.base + "f.bin", meta, http, max_request=2 * 64 * KIB)
+        async with contextlib.aclosing(ws.fetch(range(16))) as it:
+            first = await asyncio.wait_for(anext(it), 5)
+        assert first[0] == 0 and verifier.check(0, first[1])
+        got = await fetch_all(ws, list(range(16)))
+    assert sorted(got) == list(range(16)) and all(verifier.check(i, d) for i, d in got.items())
+    assert ws.failures == 0
+
+
 async def test_garbage_fails_verification_and_three_strikes_ban_the_web_seed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -218,6 +218,13 @@ def plan_requests(
     return out
 
 
+def _release_reply(fut: asyncio.Future[tuple[aiohttp.ClientResponse, bool]]) -> None:
+    """Release a reply that was asked for ahead and not read (its error, if it failed,
+    was recorded by :meth:`WebSeed._open`)."""
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result()[0].release()
+
+
 def _retry_after(value: str | None) -> float:
     """Seconds from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
     if not value:
@@ -441,10 +448,9 @@ class WebSeed:
                     async for item in stream:
                         yield item
         finally:
-            if ahead is not None:
+            if ahead is not None:  # sent early, never read: let its connection go
+                ahead.add_done_callback(_release_reply)
                 ahead.cancel()
-                with contextlib.suppress(BaseException):
-                    (await ahead)[0].release()
 
     async def _open(self, req: RangeRequest, *, ahead: bool = False
                     ) -> tuple[aiohttp.ClientResponse, bool]:
