@@ -71,11 +71,12 @@ class WebSeedDriver:
         while t.state is TorrentState.DOWNLOADING and not t._stopping and not ws.banned:
             batch = t.swarm.webseed_batch(t.clock(), self._ws_reserved, source=url)
             if not batch:
-                # Not ready yet costs nothing to ask again (the tracker's answer is due
-                # within milliseconds on a LAN); else each poll scans the pieces: alone, a
-                # piece a peer gives back must not wait long, in a swarm there is no hurry.
+                # Not ready: the tracker's answer is due (asking again sooner raced the
+                # other leechers' first connections: a swarm's first client took the whole
+                # file over HTTP). Ready, each poll scans the pieces: alone, a piece a peer
+                # gives back must not wait long; in a swarm there is no hurry.
                 sw = t.swarm
-                await self._sleep(0.005 if not sw.webseed_ready(t.clock())
+                await self._sleep(0.02 if not sw.webseed_ready(t.clock())
                                   else 0.05 if sw.webseed_alone() else 0.5)
                 continue
             self._ws_reserved.update(batch)
