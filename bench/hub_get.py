@@ -43,6 +43,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other jobs on the machine skew the times)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _start_hub(work: Path) -> tuple[Proc, str, str]:
     port, peer_port = _free_port(), _free_port()
     env = dict(os.environ, **QUIET, SWARMHUB_STATE_DIR=str(work / "hub-state"))
@@ -68,8 +73,9 @@ def _publish(url: str, token: str, path: Path, work: Path) -> str:
     return m.group(1)
 
 
-def _get(url: str, mode: str | None, work: Path, n: int) -> tuple[float, str]:
-    """Seconds from start to exit 0, and the ``finished`` JSON line."""
+def _get(url: str, mode: str | None, work: Path, n: int) -> tuple[float, float, str]:
+    """Seconds from start to exit 0, the process's CPU seconds (user + system: on a loaded
+    machine they tell more than the wall clock), and the ``finished`` JSON line."""
     dst = work / f"dl-{mode or 'hybrid'}-{n}"
     args = [*SWARMHUB, "get", url, "-o", str(dst), "--json", "--timeout", "300"]
     if mode:
@@ -77,13 +83,13 @@ def _get(url: str, mode: str | None, work: Path, n: int) -> tuple[float, str]:
     env = dict(os.environ, **QUIET, SWARMHUB_STATE_DIR=str(work / f"state-{n}-{mode}"))
     with Proc(args, env=env, name="get", log=work / f"get-{mode}-{n}.log") as p:
         code = p.wait(400)
-        seconds = p.elapsed
+        seconds, cpu = p.elapsed, p.cpu_s or 0.0
         out = p.output()
     if code != 0:
         raise SystemExit(f"get --mode {mode} failed:\n{out[-3000:]}")
     shutil.rmtree(dst, ignore_errors=True)
     finished = [ln for ln in out.splitlines() if ln.startswith('{"event": "finished"')]
-    return seconds, finished[-1] if finished else ""
+    return seconds, cpu, finished[-1] if finished else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="swarmhub-hubget-"))
     times: dict[str, list[float]] = {"cs": [], "hybrid": []}
+    cpus: dict[str, list[float]] = {"cs": [], "hybrid": []}
+    print(f"load average at start: {_load()}", flush=True)
     details: list[dict[str, object]] = []
     try:
         data = make_test_data(work / "src", [args.size * MiB], seed=3)
@@ -103,20 +111,24 @@ def main(argv: list[str] | None = None) -> int:
             for n in range(args.rounds):
                 order = ["cs", "hybrid"] if n % 2 == 0 else ["hybrid", "cs"]
                 for mode in order:
-                    secs, fin = _get(file_url, "cs" if mode == "cs" else None, work, n)
+                    secs, cpu, fin = _get(file_url, "cs" if mode == "cs" else None, work, n)
                     times[mode].append(secs)
+                    cpus[mode].append(cpu)
                     details.append({"mode": mode, "round": n + 1, "seconds": secs,
-                                    "finished": fin})
-                    print(f"  round {n + 1} {mode:6}: {secs:6.2f} s  {fin[:160]}",
-                          flush=True)
+                                    "cpu_s": cpu, "finished": fin})
+                    print(f"  round {n + 1} {mode:6}: {secs:6.2f} s  {cpu:5.2f} CPU-s  "
+                          f"{fin[:160]}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cs, hy = statistics.median(times["cs"]), statistics.median(times["hybrid"])
     print(f"\n{args.size} MiB, medians of {args.rounds}: cs {cs:.2f} s, hybrid {hy:.2f} s, "
           f"hybrid/cs {hy / cs:.2f} (target <= 1.10)")
+    ccs, chy = statistics.median(cpus["cs"]), statistics.median(cpus["hybrid"])
+    print(f"CPU-s of the get process, medians: cs {ccs:.2f}, hybrid {chy:.2f}, "
+          f"hybrid/cs {chy / ccs:.2f}; load average at end: {_load()}")
     if args.json:
         args.json.write_text(json.dumps({"cs": times["cs"], "hybrid": times["hybrid"],
-                                         "runs": details}, indent=1))
+                                         "cpu": cpus, "runs": details}, indent=1))
     return 0
 
 

@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="swarmhub-startup-"))
-    env = dict(os.environ, SWARMHUB_STATE_DIR=str(work / "state"))
+    # The network rule: no DHT bootstrap routers (public hosts) from a benchmark.
+    env = dict(os.environ, SWARMHUB_DHT="0", SWARMHUB_DHT_LOCAL_ONLY="1",
+               SWARMHUB_STATE_DIR=str(work / "state"))
     seed = None
     try:
         data = make_test_data(work / "src", [4 << 20], seed=1)

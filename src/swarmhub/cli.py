@@ -387,7 +387,9 @@ def get(
         help="Hub token for private files (or SWARMHUB_TOKEN).", envvar="SWARMHUB_TOKEN")]
     = None,
     encryption: Annotated[str | None, typer.Option(help=_ENCRYPTION_HELP)] = None,
-    no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT)] = False,
+    no_dht: Annotated[bool, typer.Option("--no-dht", help=_NO_DHT + " A hub URL leaves it "
+        "off unless --dht-bootstrap or --dht-port asks for it (the hub's tracker and web "
+        "seed find the file; joining costs start-up time).")] = False,
     no_pex: Annotated[bool, typer.Option("--no-pex", help=_NO_PEX)] = False,
     no_lsd: Annotated[bool, typer.Option("--no-lsd", help=_NO_LSD)] = False,
     dht_bootstrap: Annotated[str | None, typer.Option(help=_DHT_BOOT)] = None,
@@ -436,6 +438,8 @@ def get(
     if no_pex:
         settings = settings.replace(pex=False)
     peers = [_addr(p) for p in peer or []]
+    if hub_url and dht_bootstrap is None and dht_port is None:
+        no_dht = True  # see --no-dht: the hub's tracker and web seed are enough
     known_trackers = magnet.trackers if magnet else meta.trackers if meta else ()
     if magnet is not None:
         peers += [p for p in magnet.peers if p not in peers]

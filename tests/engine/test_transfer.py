@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -201,6 +202,38 @@ async def test_a_web_seed_faster_than_the_only_peer_takes_over(tmp_path: Path) -
             peer_bytes = t.downloaded - t.webseed_bytes
             assert peer_bytes > 0  # the peer did take part (peers first, for a second)
             assert t.webseed_bytes >= meta.data_length // 2
+    finally:
+        await runner.cleanup()  # type: ignore[attr-defined]
+    assert (tmp_path / "dl" / meta.name).read_bytes() == (src / "file0.bin").read_bytes()
+
+
+async def test_a_bad_piece_in_a_web_seed_run_costs_that_piece_only(tmp_path: Path) -> None:
+    """The web seed's copy has one corrupt piece in the middle of a run (pieces are hashed
+    and written a run at a time): the good pieces around it are kept, only the bad one is
+    struck (three strikes disable the web seed), and a slow honest seed supplies it."""
+    src = make_data(tmp_path / "src", [3_000_000])
+    meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
+                          piece_length=64 * 1024)
+    pl, bad = meta.piece_length, 20
+    data = bytearray((src / "file0.bin").read_bytes())
+    data[bad * pl + 100] ^= 0xFF
+    make_data(tmp_path / "www" / "payload", [])
+    (tmp_path / "www" / "payload" / "file0.bin").write_bytes(data)
+    runner, base = await serve_folder(tmp_path / "www")
+    try:
+        meta = dataclasses.replace(meta, url_list=(base + "payload/file0.bin",))
+        slow, fast = Settings(upload_rate_limit=50_000), Settings().replace(web_seed_grace=0.0)
+        async with Session(slow, state_dir=tmp_path / "s1") as seed, \
+                Session(fast, state_dir=tmp_path / "s2") as leecher:
+            port = await seed.listen("127.0.0.1", 0)
+            await seed.add(meta, src)
+            t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+            t.swarm.tracker_seeds = 1  # alone with a seed: the web seed may take anything
+            await asyncio.wait_for(t.complete.wait(), 60)
+            assert t.error is None and t.hash_failures >= 1
+            # the peer trickles at 50 kB/s: the web seed brought all but a few pieces, so
+            # the good pieces of the corrupt one's run were not thrown away with it
+            assert t.webseed_bytes >= meta.data_length - 6 * pl
     finally:
         await runner.cleanup()  # type: ignore[attr-defined]
     assert (tmp_path / "dl" / meta.name).read_bytes() == (src / "file0.bin").read_bytes()

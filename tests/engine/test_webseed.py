@@ -425,6 +425,42 @@ async def test_eight_mib_in_64_kib_pieces_takes_two_4_mib_requests(tmp_path: Pat
     assert ws.requests == 2 and ws.bytes_downloaded == 8 * MIB
 
 
+@pytest.mark.parametrize("version", list(TorrentVersion), ids=lambda v: v.value)
+async def test_runs_hold_adjacent_pieces_in_page_aligned_buffers_pads_zeroed(
+    tmp_path: Path, version: TorrentVersion
+) -> None:
+    """fetch_runs: every wanted piece once, in runs of adjacent pieces of at most
+    run_bytes (a gap ends a run), each buffer page-aligned for a direct write; a recycled
+    buffer carries over no bytes into a run that has pads (they must read as zeros)."""
+    import mmap
+
+    root = tmp_path / "www"
+    make_tree(root, MULTI)
+    meta = create_torrent(root / "odd names", version=version, piece_length=16 * KIB)
+    verifier = PieceVerifier(meta)
+    n = meta.num_pieces
+    wanted = [i for i in range(n) if i != 5]
+    async with static_server(root) as srv, aiohttp.ClientSession() as http:
+        ws = WebSeed(srv.base, meta, http, max_request=4 * MIB)
+        for _ in range(2):  # the second time on recycled buffers
+            runs = []
+            async with contextlib.aclosing(ws.fetch_runs(wanted, 64 * KIB)) as it:
+                async for run in it:
+                    runs.append((run.first, run.pieces))
+                    assert isinstance(run.buf, mmap.mmap) and 1 <= run.pieces <= 4
+                    pl = meta.piece_length
+                    sizes = [meta.piece_size(run.first + k) for k in range(run.pieces)]
+                    assert len(run.buf) == sum(sizes)
+                    view = memoryview(run.buf)
+                    assert all(verifier.check(run.first + k, view[k * pl : k * pl + sizes[k]])
+                               for k in range(run.pieces))
+                    del view
+                    ws.recycle(run.buf)
+            covered = sorted(run[0] + k for run in runs for k in range(run[1]))
+            assert covered == wanted
+            assert not any(f <= 5 < f + c for f, c in runs)  # the gap ends a run
+
+
 async def test_pieces_are_yielded_while_the_response_is_still_streaming(tmp_path: Path) -> None:
     """The first piece arrives although the server holds back the rest of the 4 MiB range."""
     pl = 64 * KIB
@@ -459,6 +495,77 @@ async def test_pieces_are_yielded_while_the_response_is_still_streaming(tmp_path
             rest = [item async for item in it]
     assert [i for i, _ in rest] == list(range(1, 64))
     assert b"".join(d for _, d in rest) == data[pl:]
+
+
+async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path: Path) -> None:
+    """Two requests (a gap in the pieces): the second is sent on a second connection while
+    the first body is held back, so its reply waits in the socket (no round trip between
+    requests); a busy reply to that early request is asked again once the first is done,
+    and is no failure."""
+    pl = 64 * KIB
+    data = random.Random(5).randbytes(8 * pl)
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "f.bin").write_bytes(data)
+    meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=pl)
+    busy_once = [True]
+
+    async def held(
+        srv: RawServer,
+        r: asyncio.StreamReader,
+        w: asyncio.StreamWriter,
+        path: str,
+        span: tuple[int, int] | None,
+    ) -> None:
+        assert span is not None
+        if span[0] == 0:
+            whole = srv.partial(path, span)
+            cut = len(whole) - (span[1] - span[0] + 1) + pl  # headers + the first piece
+            w.write(whole[:cut])
+            await w.drain()
+            await srv.gate.wait()
+            w.write(whole[cut:])
+        elif busy_once[0]:
+            busy_once[0] = False
+            body = b'{"error": "one transfer at a time"}'
+            w.write(srv.head("503 Service Unavailable",
+                             {"Retry-After": 30, "Content-Length": len(body)}) + body)
+        else:
+            w.write(srv.partial(path, span))
+
+    async with RawServer({"/f.bin": data}, held) as srv, aiohttp.ClientSession() as http:
+        ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
+        wanted = [0, 1, 2, 3, 5, 6, 7]  # two ranges: 0-3 and 5-7
+        async with contextlib.aclosing(ws.fetch(wanted)) as it:
+            assert (await asyncio.wait_for(anext(it), 5))[0] == 0
+            for _ in range(500):  # the early request reaches the server (bounded wait)
+                if len(srv.log) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert [rng for _, rng in srv.log] == [f"bytes=0-{4 * pl - 1}",
+                                                   f"bytes={5 * pl}-{8 * pl - 1}"]
+            srv.gate.set()
+            rest = [item async for item in it]
+    assert [i for i, _ in rest] == [1, 2, 3, 5, 6, 7]
+    assert all(bytes(d) == data[i * pl:(i + 1) * pl] for i, d in rest)
+    assert len(srv.log) == 3 and srv.log[2] == srv.log[1]  # asked again after the 503
+    assert ws.failures == 0 and ws.requests == 3 and not ws.banned
+
+
+async def test_stopping_early_lets_a_reply_asked_ahead_go(tmp_path: Path) -> None:
+    """Closing a fetch after its first piece drops the reply already asked for ahead;
+    the next fetch on the same web seed still gets every piece it asks for."""
+    root = make_tree(tmp_path / "www", {"f.bin": 16 * 64 * KIB})
+    meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=64 * KIB)
+    verifier = PieceVerifier(meta)
+    async with static_server(root) as srv, aiohttp.ClientSession() as http:
+        ws = WebSeed(srv.base + "f.bin", meta, http, max_request=2 * 64 * KIB)
+        async with contextlib.aclosing(ws.fetch(range(16))) as it:
+            first = await asyncio.wait_for(anext(it), 5)
+        assert first[0] == 0 and verifier.check(0, first[1])
+        got = await fetch_all(ws, list(range(16)))
+    assert sorted(got) == list(range(16)) and all(verifier.check(i, d) for i, d in got.items())
+    assert ws.failures == 0
 
 
 async def test_garbage_fails_verification_and_three_strikes_ban_the_web_seed(

@@ -83,6 +83,24 @@ def test_get_from_hub_in_each_mode(hub: Hub, tmp_path: Path, mode: str) -> None:
     assert int(finished(g)["downloaded"]) >= data.stat().st_size  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("asked", [False, True], ids=["default", "dht-bootstrap"])
+def test_a_hub_url_joins_the_dht_only_when_asked(hub: Hub, tmp_path: Path, asked: bool) -> None:
+    """The hub's tracker and web seed find a hub file: the DHT (on by default) is not
+    joined for it, which spares start-up its bootstrap, unless --dht-bootstrap asks."""
+    data = make_test_data(tmp_path / "src", [300_000], seed=23)
+    url = publish(hub, data, tmp_path)
+    extra = ["--dht-bootstrap", f"127.0.0.1:{free_port()}"] if asked else []
+    env = dict(os.environ, SWARMHUB_DHT="1", SWARMHUB_DHT_LOCAL_ONLY="1",
+               SWARMHUB_DHT_BOOTSTRAP=f"127.0.0.1:{free_port()}",  # never the public routers
+               SWARMHUB_STATE_DIR=str(tmp_path / "state"))
+    with Proc([*SWARMHUB, "get", url, "-o", str(tmp_path / "dl"), "--json", "--listen",
+               "127.0.0.1:0", "--timeout", "120", *extra], env=env, name="get",
+              log=tmp_path / "get.log") as g:
+        assert g.wait(150) == 0, g.describe()
+    assert (tmp_path / "dl" / data.name).read_bytes() == data.read_bytes()
+    assert (tmp_path / "state" / "dht.json").exists() == asked  # the node saves its table
+
+
 def test_cs_resumes_a_partial_download(hub: Hub, tmp_path: Path) -> None:
     data = make_test_data(tmp_path / "src", [3_000_000], seed=22)
     url = publish(hub, data, tmp_path)

@@ -2,8 +2,9 @@
 
 Apart from the driver (:mod:`swarmhub.engine.torrent`) and from the HTTP client
 (:mod:`swarmhub.engine.webseed`): the core picks the pieces (peers first), the client
-fetches byte ranges; this loop joins them — batches, hashing overlapped with the stream,
-strikes, back-off after errors and busy replies.
+fetches byte ranges; this loop joins them — batches, hashing overlapped with the stream
+(runs of adjacent pieces per thread-pool call), strikes, back-off after errors and busy
+replies.
 """
 
 from __future__ import annotations
@@ -13,16 +14,25 @@ import contextlib
 import functools
 import logging
 import os
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from swarmhub.engine.pieces import Pieces
 from swarmhub.engine.services import DriverHost
 from swarmhub.engine.status import TorrentState
 from swarmhub.errors import StorageError
 
+if TYPE_CHECKING:
+    import mmap
+
+    from swarmhub.engine.webseed import Run, WebSeed
+
 __all__ = ["WebSeedDriver", "WebSeedHost"]
 
 log = logging.getLogger(__name__)
+
+#: Bytes of adjacent pieces hashed in one thread-pool call and written in one go (at least
+#: a piece): per-piece calls cost more than the hashing with small pieces.
+_RUN_BYTES = 1 << 20
 
 
 class WebSeedHost(DriverHost, Protocol):
@@ -61,15 +71,20 @@ class WebSeedDriver:
         while t.state is TorrentState.DOWNLOADING and not t._stopping and not ws.banned:
             batch = t.swarm.webseed_batch(t.clock(), self._ws_reserved, source=url)
             if not batch:
-                sw = t.swarm  # each poll scans the pieces: not too often
+                # Not ready: the tracker's answer is due (asking again sooner raced the
+                # other leechers' first connections: a swarm's first client took the whole
+                # file over HTTP). Ready, each poll scans the pieces: alone, a piece a peer
+                # gives back must not wait long; in a swarm there is no hurry.
+                sw = t.swarm
                 await self._sleep(0.02 if not sw.webseed_ready(t.clock())
-                                  else 0.25 if sw.webseed_alone() else 0.5)
+                                  else 0.05 if sw.webseed_alone() else 0.5)
                 continue
             self._ws_reserved.update(batch)
             pause = 0.0
             try:
-                async with contextlib.aclosing(ws.fetch(batch)) as pieces:
-                    await overlapped(pieces, functools.partial(self._piece, ws),
+                runs = ws.fetch_runs(batch, _RUN_BYTES)
+                async with contextlib.aclosing(runs) as it:
+                    await overlapped(it, functools.partial(self._run, ws),
                                      (t.settings.hash_threads or os.cpu_count() or 1) + 1)
                 failures, backoff = 0, 5.0
             except WebSeedBusy as exc:
@@ -92,23 +107,56 @@ class WebSeedDriver:
             if pause:
                 await self._sleep(pause)
 
-    async def _piece(self, ws: Any, item: tuple[int, bytearray]) -> None:
-        """Hash and write one piece a web seed delivered (several overlap the stream)."""
+    async def _run(self, ws: WebSeed, run: Run) -> None:
+        """Hash and write a run of adjacent pieces a web seed delivered: one hash-pool call
+        (each piece checked on its own, both hashes for a hybrid torrent) and one write per
+        stretch of good pieces (several runs overlap the stream)."""
         t = self.torrent
-        index, buf = item
-        if t.swarm.have[index] or ws.banned:
+        first, count, buf = run
+        if ws.banned or all(t.swarm.have[first:first + count]):
             return
-        ok, _ = await self.pieces.check_and_write(index, buf, False)
-        if t.swarm.have[index]:
-            return  # a peer's copy passed meanwhile
-        if ok:
-            self.pieces.buffers.pop(index, None)
-            t.swarm.webseed_piece(index, len(buf), t.clock())
-            t._piece_done(index)
-            t._flush()
-        else:
-            t.swarm.hash_failures += 1
-            ws.strike(index)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(t.session.hash_pool, self._check, first, count, buf)
+        if any(ok):
+            await loop.run_in_executor(t.session.disk_pool, self._write, first, ok, buf)
+        ws.recycle(buf)
+        now = t.clock()
+        pl = t.meta.piece_length
+        for k, good in enumerate(ok):
+            index = first + k
+            if t.swarm.have[index]:
+                continue  # a peer's copy passed meanwhile
+            if good:
+                self.pieces.buffers.pop(index, None)
+                t.swarm.webseed_piece(index, min(pl, len(buf) - k * pl), now)
+                t._piece_done(index)
+            else:
+                t.swarm.hash_failures += 1
+                ws.strike(index)
+        t._flush()
+
+    def _check(self, first: int, count: int, buf: bytearray | mmap.mmap) -> list[bool]:
+        """(hash pool) Each piece of a run against its hashes."""
+        view = memoryview(buf)
+        pl = self.torrent.meta.piece_length
+        check = self.pieces.verifier.check
+        return [check(first + k, view[k * pl:(k + 1) * pl]) for k in range(count)]
+
+    def _write(self, first: int, ok: list[bool], buf: bytearray | mmap.mmap) -> None:
+        """(disk pool) The good pieces of a run, one write per stretch of them."""
+        view = memoryview(buf)
+        pl = self.torrent.meta.piece_length
+        write = self.pieces.storage.write
+        k, n = 0, len(ok)
+        while k < n:
+            if not ok[k]:
+                k += 1
+                continue
+            end = k
+            while end < n and ok[end]:
+                end += 1
+            write((first + k) * pl, view[k * pl:end * pl])
+            k = end
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when the torrent stops or completes."""
