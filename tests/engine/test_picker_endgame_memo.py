@@ -1,0 +1,91 @@
+"""The picker remembers peers whose end-game scan found nothing, and forgets in time.
+
+In end-game every block received asks the picker for more; with one peer holding every
+outstanding request the scan finds nothing each time, so it is skipped until something
+could give that peer a block again: another peer requests a block, a request goes back
+to the pool, the peer gets a piece, a priority changes. ``check_invariant`` recomputes
+the claim from scratch after each step.
+"""
+
+from __future__ import annotations
+
+import random
+
+from swarmhub.engine.picker import Block, PiecePicker
+
+BS = 16384
+
+
+def _picker(n: int = 2, blocks: int = 2) -> PiecePicker:
+    return PiecePicker(n, blocks * BS, n * blocks * BS, rng=random.Random(1), random_first=0)
+
+
+def test_a_lone_peer_in_end_game_is_not_rescanned_until_something_changes() -> None:
+    p = _picker()
+    p.peer_has_all("a")
+    got = p.pick("a", 4)
+    assert len(got) == 4 and p.in_endgame
+    assert p.pick("a", 4) == []  # all its own: nothing to duplicate
+    p.check_invariant()
+    p.block_received("a", got[0])  # a block arriving gives it nothing new
+    p.check_invariant()
+    assert p.pick("a", 4) == []
+    p.request_failed("a", got[1])  # back in the pool: picked again at once
+    p.check_invariant()
+    assert p.pick("a", 4) == [got[1]]
+    p.check_invariant()
+
+
+def test_another_peers_requests_become_duplicates_for_a_dry_peer() -> None:
+    p = _picker(n=3)
+    p.peer_has("a", 0)
+    p.peer_has("b", 0)
+    p.peer_has("b", 1)
+    a = p.pick("a", 2)  # piece 0
+    p.peer_has("c", 2)
+    p.pick("c", 2)  # piece 2: only c has it
+    assert p.in_endgame is False  # piece 1 is untouched and b has it
+    assert p.pick("a", 2) == []  # nothing untouched for a, not end-game yet
+    b = p.pick("b", 4)  # piece 1's two blocks, then duplicates of a's piece 0
+    assert {x.index for x in b} == {0, 1} and p.in_endgame
+    p.check_invariant()
+    assert p.pick("a", 4) == []  # a lacks piece 1; piece 0 already has two requesters
+    p.check_invariant()
+    p.peer_has("a", 1)  # now it has piece 1: b's requests there are fair game
+    p.check_invariant()
+    assert {x.index for x in p.pick("a", 4)} == {1}
+    p.check_invariant()
+    assert a
+
+
+def test_a_request_withdrawn_by_another_peer_clears_the_mark() -> None:
+    p = _picker(n=1)
+    p.peer_has_all("a")
+    p.peer_has_all("b")
+    a = p.pick("a", 2)
+    b = p.pick("b", 2)  # end-game duplicates of both
+    assert sorted(b) == sorted(a)
+    assert p.pick("b", 2) == [] and p.pick("a", 2) == []
+    p.check_invariant()
+    p.peer_choked("a")  # a's requests void: b holds both alone, a may duplicate them
+    p.check_invariant()
+    assert sorted(p.pick("a", 2)) == sorted(a)
+    p.check_invariant()
+
+
+def test_a_priority_change_clears_the_mark() -> None:
+    p = _picker()
+    p.peer_has_all("a")
+    p.set_piece_priority(1, 0)
+    got = p.pick("a", 4)
+    assert {x.index for x in got} == {0}
+    p.peer_has_all("b")
+    p.set_piece_priority(1, 1)
+    p.pick("b", 2)  # piece 1, fresh
+    p.set_piece_priority(1, 0)
+    assert p.pick("a", 4) == []  # piece 1 skipped; piece 0 is its own
+    p.check_invariant()
+    p.set_piece_priority(1, 1)
+    p.check_invariant()
+    assert [x for x in p.pick("a", 4) if x.index == 1] == [Block(1, 0, BS), Block(1, BS, BS)]
+    p.check_invariant()
