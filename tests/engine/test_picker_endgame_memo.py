@@ -89,3 +89,44 @@ def test_a_priority_change_clears_the_mark() -> None:
     p.check_invariant()
     assert [x for x in p.pick("a", 4) if x.index == 1] == [Block(1, 0, BS), Block(1, BS, BS)]
     p.check_invariant()
+
+
+def test_random_swarm_events_never_leave_a_stale_mark() -> None:
+    """Picks, arrivals, timeouts, chokes, Haves, priority changes and departures in a
+    random order: after each one the mark must match a scan from scratch."""
+    rng = random.Random(11)
+    for _ in range(40):
+        n = rng.randrange(1, 4)
+        p = _picker(n=n, blocks=rng.randrange(1, 4))
+        peers = ["a", "b", "c"]
+        for _ in range(120):
+            peer = rng.choice(peers)
+            op = rng.randrange(8)
+            if op == 0:
+                p.peer_has(peer, rng.randrange(n))
+            elif op == 1 and rng.random() < 0.3:
+                p.peer_has_all(peer)
+            elif op == 1:
+                p.peer_has_bitfield(peer, bytes(rng.randrange(2) for _ in range(n)))
+            elif op in (2, 3):
+                p.pick(peer, rng.randrange(1, 6))
+            elif op == 4:
+                out = p.outstanding(peer)
+                if out:
+                    block = rng.choice(out)
+                    if p.block_received(peer, block).piece_complete:
+                        if rng.random() < 0.8:
+                            p.piece_passed(block.index)
+                        else:
+                            p.piece_failed(block.index)
+            elif op == 5:
+                out = p.outstanding(peer)
+                if out:
+                    p.request_failed(peer, rng.choice(out))
+            elif op == 6:
+                p.set_piece_priority(rng.randrange(n), rng.choice([0, 1, 2]))
+            elif rng.random() < 0.5:
+                p.peer_choked(peer)
+            else:
+                p.peer_gone(peer)
+            p.check_invariant()
