@@ -276,3 +276,25 @@ async def test_a_bad_request_on_the_fast_path_closes_the_connection() -> None:
     assert len([e for e in torrent.events if e[0] == "msg"]) == 2 + 3
     assert transport.closed
     assert torrent.disconnected and "protocol error" in torrent.disconnected[0]
+
+
+async def test_replies_to_a_run_of_requests_are_corked_only_up_to_the_gates_limit() -> None:
+    """Replies (rejects, say) corked while a run is handled count against the gate: one
+    read of requests never queues more than its limit plus one reply."""
+    torrent = StubTorrent()
+    proto, transport = await connected(torrent)
+    reply = bytes(64 * 1024)
+
+    def answer(peer: Any, msg: m.Message) -> None:
+        torrent.events.append(("msg", msg))
+        if isinstance(msg, m.Request):
+            proto.write(reply)
+
+    torrent.on_message = answer  # type: ignore[method-assign]
+    data, reqs = requests_stream(2000)
+    feed(proto, data, [len(data)])
+    assert [e[1] for e in torrent.events if e[0] == "msg"][2:] == reqs
+    assert proto._gate is not None
+    limit = proto._gate.limit
+    assert sum(map(len, transport.written)) >= len(reqs) * len(reply)
+    assert max(map(len, transport.written)) <= limit + len(reply)

@@ -368,14 +368,16 @@ class PeerProtocol(asyncio.BufferedProtocol):
         if not reqs:
             return pos
         on_message = peer.torrent.on_message
-        self._cork = bytearray()
+        gate = self._gate
+        cork = self._cork = bytearray()
         try:
             for req in reqs:
                 on_message(peer, req)
                 pos += 17
                 if self.transport is None:
                     return end
-                if not self._gate_open():
+                # The replies (rejects) corked so far count: the gate's bound is exact.
+                if gate is not None and (gate.paused(BACKLOG) or gate.over(len(cork))):
                     break
         except SwarmhubError as exc:
             self.close(f"error: {exc}")
