@@ -212,7 +212,8 @@ class PiecePicker:
         #: until a block gets a new requester or loses one, a priority or reservation
         #: changes or the peer gets a piece, ``pick`` skips the scan for them. Without
         #: it, every block received in end-game rescanned every outstanding request
-        #: (quadratic: a sixth of a one-peer download's CPU on the event loop).
+        #: (quadratic in the queue depth: ~1,500 scans of ~335 requests at the end of a
+        #: one-peer 1 GiB download with the default 500-request queue).
         self._eg_dry: dict[Hashable, int] = {}
         self._eg_gen = 0
         self._downloading: dict[int, _Piece] = {}
