@@ -9,8 +9,9 @@ implementation goes first each round so page-cache and thermal effects fall on b
 
 Measured per run: wall time from leecher process start to verified completion (libtorrent: its
 ``finished`` event, every piece hash-checked; ours: ``swarmhub get`` exiting 0), the leecher's own
-peak RSS and CPU seconds (from wait4). After each run the downloaded bytes are compared with the
-source (outside the timing). MB = 10^6 bytes.
+peak RSS and CPU seconds (from wait4), and the seeder's CPU seconds over the same span (from
+/proc: on a 2-core machine the seeder's CPU competes with the leecher's). After each run the
+downloaded bytes are compared with the source (outside the timing). MB = 10^6 bytes.
 """
 
 from __future__ import annotations
@@ -60,7 +61,17 @@ class Run:
     mb_s: float = 0.0
     rss_mib: float = 0.0
     cpu_s: float = 0.0
+    seed_cpu_s: float = 0.0
     error: str = ""
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a running process so far, all its threads (/proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ours_cmd() -> list[str] | None:
@@ -89,8 +100,9 @@ def run_lt(
     timeout: float,
     preset: str = "tuned",
     settings: dict[str, int | bool | str] | None = None,
-) -> tuple[float, Proc]:
-    """libtorrent seeder process -> libtorrent leecher process; returns (seconds, leecher proc)."""
+) -> tuple[float, Proc, float]:
+    """libtorrent seeder process -> libtorrent leecher process; returns (seconds, leecher proc,
+    seeder CPU seconds during the transfer)."""
     seeder = LtPeer(
         torrent,
         content.parent,
@@ -101,6 +113,8 @@ def run_lt(
         settings=settings,
     )
     with seeder:
+        assert seeder.proc is not None
+        seed_cpu0 = _cpu_of(seeder.proc.pid)
         leecher = LtPeer(
             torrent,
             dst,
@@ -113,11 +127,12 @@ def run_lt(
         )
         with leecher:
             seconds = leecher.wait_finished(timeout)
+            seed_cpu = _cpu_of(seeder.proc.pid) - seed_cpu0
             if leecher.hash_fails():
                 raise HarnessError(f"libtorrent leecher saw {leecher.hash_fails()} hash failures")
             leecher.wait_exit(60)
             assert leecher.proc is not None
-            return seconds, leecher.proc
+            return seconds, leecher.proc, seed_cpu
 
 
 def _listening_port(line: str) -> int | None:
@@ -138,8 +153,9 @@ def run_ours(
     logs: Path,
     timeout: float,
     stall: float = 30.0,
-) -> tuple[float, Proc]:
-    """``swarmhub seed`` process -> ``swarmhub get`` process; returns (seconds, get proc).
+) -> tuple[float, Proc, float]:
+    """``swarmhub seed`` process -> ``swarmhub get`` process; returns (seconds, get proc,
+    seeder CPU seconds during the transfer).
 
     The seeder is ready once it prints ``{"event": "listening", "port": P}`` (after checking its
     data); the timing starts when the ``get`` process is started.
@@ -150,12 +166,14 @@ def run_ours(
         port = _listening_port(line)
         get_args = [*cmd, "get", str(torrent), "-o", str(dst), "--peer", f"127.0.0.1:{port}"]
         get_args += ["--listen", "127.0.0.1:0", "--timeout", str(timeout), "--json", "--no-dht"]
+        seed_cpu0 = _cpu_of(seeder.pid)
         with Proc(get_args, log=logs / "ours-get.log", name="swarmhub-get") as getter:
             done_at = _wait_progressing(getter, timeout, stall)
+            seed_cpu = _cpu_of(seeder.pid) - seed_cpu0
             # Same definition as libtorrent's figure: process start -> every piece verified
             # (the "finished" line); the exit that follows (fsync of the data, the tracker's
             # "stopped") is not timed for either client.
-            return done_at - getter.started, getter
+            return done_at - getter.started, getter, seed_cpu
 
 
 def _wait_progressing(getter: Proc, timeout: float, stall: float) -> float:
@@ -215,12 +233,14 @@ def _bench_one(
     os.sync()  # no writeback of earlier runs' (or the data's) dirty pages during the timing
     try:
         if impl == "lt":
-            seconds, proc = run_lt(
+            seconds, proc, seed_cpu = run_lt(
                 torrent, content, dst, logs, args.timeout, args.lt_preset, dict(args.lt_set)
             )
         else:
             data_arg = content if args.ours_data == "content" else content.parent
-            seconds, proc = run_ours(ours, torrent, data_arg, dst, logs, args.timeout, args.stall)
+            seconds, proc, seed_cpu = run_ours(
+                ours, torrent, data_arg, dst, logs, args.timeout, args.stall
+            )
         if args.verify:
             compare_trees(content, dst / content.name)
     except (HarnessError, AssertionError, OSError) as e:
@@ -236,18 +256,20 @@ def _bench_one(
         mb_s=size / 1e6 / seconds,
         rss_mib=(proc.maxrss_kib or 0) / 1024,
         cpu_s=proc.cpu_s or 0.0,
+        seed_cpu_s=seed_cpu,
     )
 
 
-def _fmt(runs: list[Run]) -> tuple[str, str, str, str]:
+def _fmt(runs: list[Run]) -> tuple[str, str, str, str, str]:
     ok = [r for r in runs if r.ok]
     if not ok:
-        return "-", "-", "-", "-"
+        return "-", "-", "-", "-", "-"
     return (
         f"{statistics.median(r.mb_s for r in ok):7.1f}",
         f"{statistics.median(r.seconds for r in ok):6.2f}",
         f"{max(r.rss_mib for r in ok):7.0f}",
         f"{statistics.median(r.cpu_s for r in ok):5.2f}",
+        f"{statistics.median(r.seed_cpu_s for r in ok):5.2f}",
     )
 
 
@@ -255,19 +277,21 @@ def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
     lt_runs = [r for r in runs if r.impl == "lt"]
     our_runs = [r for r in runs if r.impl == "ours"]
     print(f"\n== {version} ==")
-    print(f"{'run':<10}{'impl':<6}{'MB/s':>8}{'s':>8}{'RSS MiB':>9}{'CPU s':>7}  note")
+    print(f"{'run':<10}{'impl':<6}{'MB/s':>8}{'s':>8}{'RSS MiB':>9}{'CPU s':>7}{'seed CPU':>9}"
+          "  note")
     for r in runs:
         if r.ok:
             print(
                 f"r{r.round:<9}{r.impl:<6}{r.mb_s:8.1f}{r.seconds:8.2f}"
-                f"{r.rss_mib:9.0f}{r.cpu_s:7.2f}"
+                f"{r.rss_mib:9.0f}{r.cpu_s:7.2f}{r.seed_cpu_s:9.2f}"
             )
         else:
-            print(f"r{r.round:<9}{r.impl:<6}{'-':>8}{'-':>8}{'-':>9}{'-':>7}  FAILED: {r.error}")
+            print(f"r{r.round:<9}{r.impl:<6}{'-':>8}{'-':>8}{'-':>9}{'-':>7}{'-':>9}"
+                  f"  FAILED: {r.error}")
     for name, rs in (("lt", lt_runs), ("ours", our_runs)):
         if rs:
-            mb, s, rss, cpu = _fmt(rs)
-            print(f"{'median':<10}{name:<6}{mb:>8}{s:>8}{rss:>9}{cpu:>7}  (RSS: max)")
+            mb, s, rss, cpu, seed = _fmt(rs)
+            print(f"{'median':<10}{name:<6}{mb:>8}{s:>8}{rss:>9}{cpu:>7}{seed:>9}  (RSS: max)")
     lt_ok = [r.mb_s for r in lt_runs if r.ok]
     our_ok = [r.mb_s for r in our_runs if r.ok]
     lt_txt = f"libtorrent {statistics.median(lt_ok):.1f} MB/s" if lt_ok else "libtorrent n/a"

@@ -126,6 +126,11 @@ def stream(rng: random.Random) -> tuple[bytes, list[tuple[Any, ...]]]:
                 other = rng.choice([m.Have(index), m.KeepAlive(), m.Choke(), m.Unchoke()])
                 out.append(m.encode(other))
                 want.append(("msg", other))
+            if rng.random() < 0.2:  # a run of requests (we seed to it as well)
+                for _ in range(rng.randrange(1, 40)):
+                    req = m.Request(rng.randrange(NUM_PIECES), BLOCK * rng.randrange(4), BLOCK)
+                    out.append(m.encode(req))
+                    want.append(("msg", req))
     return b"".join(out), want
 
 
@@ -215,3 +220,81 @@ async def test_a_bad_block_on_the_fast_path_closes_the_connection() -> None:
     assert [e[0] for e in torrent.events] == ["connected", "msg", "block"]
     assert transport.closed
     assert torrent.disconnected and "protocol error" in torrent.disconnected[0]
+
+
+def requests_stream(n: int) -> tuple[bytes, list[m.Request]]:
+    head = m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20)) + m.encode(m.HaveNone())
+    reqs = [m.Request(i % NUM_PIECES, BLOCK * (i % 4), BLOCK) for i in range(n)]
+    return head + m.encode(m.Interested()) + b"".join(m.encode(r) for r in reqs), reqs
+
+
+async def test_requests_go_the_fast_way_not_through_the_wire_cores_buffer() -> None:
+    torrent = StubTorrent()
+    proto, _ = await connected(torrent)
+    fed: list[int] = []
+    receive = proto.conn.receive_data
+    proto.conn.receive_data = (  # type: ignore[method-assign]
+        lambda data: (fed.append(len(data)), receive(data))[1]
+    )
+    data, reqs = requests_stream(500)
+    feed(proto, data, [1 << 20])
+    assert [e[1] for e in torrent.events[3:]] == reqs
+    # The handshake, HaveNone and Interested went through the wire core; no Request did.
+    assert sum(fed) == len(data) - 17 * len(reqs)
+
+
+async def test_a_peer_that_leaves_replies_unread_stops_a_run_of_requests() -> None:
+    torrent = StubTorrent()
+    proto, transport = await connected(torrent)
+    data, reqs = requests_stream(100)
+    seen = 0
+    on_message = torrent.on_message
+
+    def count(peer: Any, msg: m.Message) -> None:
+        nonlocal seen
+        on_message(peer, msg)
+        if isinstance(msg, m.Request):
+            seen += 1
+            if seen == 5:
+                transport.buffered = 64 << 20  # the replies pile up unread
+
+    torrent.on_message = count  # type: ignore[method-assign]
+    feed(proto, data, [len(data)])
+    assert seen == 5 and not transport.reading  # the rest waits, unparsed
+    transport.buffered = 0
+    proto.resume_writing()
+    assert [e[1] for e in torrent.events if e[0] == "msg"][2:] == reqs
+    assert transport.reading
+
+
+async def test_a_bad_request_on_the_fast_path_closes_the_connection() -> None:
+    torrent = StubTorrent()
+    proto, transport = await connected(torrent)
+    data, _ = requests_stream(3)
+    bad = m.encode(m.Request(NUM_PIECES, 0, BLOCK))  # no such piece
+    feed(proto, data + bad + m.encode(m.Request(0, 0, BLOCK)), [1 << 20])
+    assert len([e for e in torrent.events if e[0] == "msg"]) == 2 + 3
+    assert transport.closed
+    assert torrent.disconnected and "protocol error" in torrent.disconnected[0]
+
+
+async def test_replies_to_a_run_of_requests_are_corked_only_up_to_the_gates_limit() -> None:
+    """Replies (rejects, say) corked while a run is handled count against the gate: one
+    read of requests never queues more than its limit plus one reply."""
+    torrent = StubTorrent()
+    proto, transport = await connected(torrent)
+    reply = bytes(64 * 1024)
+
+    def answer(peer: Any, msg: m.Message) -> None:
+        torrent.events.append(("msg", msg))
+        if isinstance(msg, m.Request):
+            proto.write(reply)
+
+    torrent.on_message = answer  # type: ignore[method-assign]
+    data, reqs = requests_stream(2000)
+    feed(proto, data, [len(data)])
+    assert [e[1] for e in torrent.events if e[0] == "msg"][2:] == reqs
+    assert proto._gate is not None
+    limit = proto._gate.limit
+    assert sum(map(len, transport.written)) >= len(reqs) * len(reply)
+    assert max(map(len, transport.written)) <= limit + len(reply)

@@ -545,3 +545,44 @@ def test_parse_throughput_of_piece_messages() -> None:
     print(
         f"\nparsed {parsed} Piece messages in {elapsed * 1e3:.1f} ms: {parsed / elapsed:,.0f} msg/s"
     )
+
+
+def test_requests_at_parses_a_run_of_requests_in_the_callers_buffer_with_the_same_rules() -> None:
+    conn = remote()
+    conn.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    run = encode(Request(0, 0, 16384)) + encode(Request(0, 16384, 16384))
+    data = run + encode(Request(2, 0, 100)) + encode(Have(1)) + encode(Request(1, 0, 16384))
+    assert conn.requests_at(data, 0, len(data)) == ([], 0)  # FIRST phase: the core parses it
+    assert feed(conn, encode(Interested())) == [Interested()]
+    view = memoryview(data)
+    reqs, stop = conn.requests_at(view, 0, len(data))
+    assert reqs == [Request(0, 0, 16384), Request(0, 16384, 16384), Request(2, 0, 100)]
+    assert stop == 3 * 17  # the Have ends the run
+    assert conn.requests_at(view, stop, len(data)) == ([], stop)
+    assert conn.requests_at(view, 0, 17 + 16) == ([Request(0, 0, 16384)], 17)  # partial 2nd
+    conn.receive_data(b"\0")  # our own bytes come first
+    assert conn.requests_at(view, 0, len(data)) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("req", "match"),
+    [
+        (Request(3, 0, 16384), "torrent has 3 pieces"),
+        (Request(2, 0, 101), "only 100 bytes"),
+        (Request(0, 16384, 16385), "only 32768 bytes"),
+        (Request(0, 0, 128 * 1024 + 1), "blocks must be"),
+        (Request(0, 0, 0), "blocks must be"),
+    ],
+)
+def test_requests_at_refuses_a_bad_request_like_next_event(req: Request, match: str) -> None:
+    conn = remote()
+    conn.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    feed(conn, encode(Interested()))
+    bad = encode(Request(0, 0, 16384)) + encode(req)
+    assert conn.requests_at(bad, 0, len(bad)) == ([Request(0, 0, 16384)], 17)
+    with pytest.raises(RemoteProtocolError, match=match):
+        conn.requests_at(bad, 17, len(bad))
+    assert conn.their_phase is Phase.ERROR
+    other = remote()
+    other.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    expect_remote_error(other, encode(Interested()) + bad, match)

@@ -187,13 +187,17 @@ _READ_SIZE = 128 * 1024
 _MIN_READ = 32 * 1024
 
 
+_FAST_IDS = (m.MessageId.PIECE, m.MessageId.REQUEST)
+
+
 def _frames_to_next_piece(view: memoryview, pos: int, end: int) -> int:
-    """End of the complete frames from ``pos`` up to the next Piece frame (the first frame
-    counts whatever it is: the fast path declined it); ``pos`` if that one is partial."""
+    """End of the complete frames from ``pos`` up to the next Piece or Request frame (the
+    ones with a fast path; the first frame counts whatever it is: the fast path declined
+    it); ``pos`` if that one is partial."""
     p = pos
     while end - p >= 4:
         length: int = _U32_FROM(view, p)[0]
-        if p + 4 + length > end or (p > pos and length and view[p + 4] == m.MessageId.PIECE):
+        if p + 4 + length > end or (p > pos and length and view[p + 4] in _FAST_IDS):
             break
         p += 4 + length
     return p
@@ -289,6 +293,10 @@ class PeerProtocol(asyncio.BufferedProtocol):
                 if pos == end or self.transport is None:
                     break
                 if self._gate_open():
+                    at, pos = pos, self._requests(peer, view, pos, end)
+                    if pos != at:
+                        continue  # then blocks again, or whatever follows
+                if self._gate_open():
                     stop = _frames_to_next_piece(view, pos, end)
                     if stop > pos:  # not blocks: the wire core parses them
                         conn.receive_data(view[pos:stop])  # copied: our buffer stays ours
@@ -345,6 +353,38 @@ class PeerProtocol(asyncio.BufferedProtocol):
             return end
         finally:
             self._flush()
+        return pos
+
+    def _requests(self, peer: Peer, view: memoryview, pos: int, end: int) -> int:
+        """Hand the run of complete Request frames from ``pos`` on to the torrent (a
+        seeder's hot path: one per block it sends); returns where the run ends, or where
+        the peer's unread replies made us stop (the rest then goes through the wire core
+        when they drain)."""
+        try:
+            reqs, stop = self.conn.requests_at(view, pos, end)
+        except RemoteProtocolError as exc:
+            self.close(f"protocol error: {exc}")
+            return end
+        if not reqs:
+            return pos
+        on_message = peer.torrent.on_message
+        gate = self._gate
+        cork = self._cork = bytearray()
+        try:
+            for req in reqs:
+                on_message(peer, req)
+                pos += 17
+                if self.transport is None:
+                    return end
+                # The replies (rejects) corked so far count: the gate's bound is exact.
+                if gate is not None and (gate.paused(BACKLOG) or gate.over(len(cork))):
+                    break
+        except SwarmhubError as exc:
+            self.close(f"error: {exc}")
+            return end
+        finally:
+            self._flush()
+        assert pos <= stop
         return pos
 
     def _gate_open(self) -> bool:

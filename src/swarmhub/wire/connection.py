@@ -148,6 +148,8 @@ _FAST_IDS = frozenset(
 
 _U32_FROM = struct.Struct(">I").unpack_from
 _II_FROM = struct.Struct(">II").unpack_from
+#: A whole Request frame: length prefix (13), id (6), index, begin, length.
+_REQUEST_FROM = struct.Struct(">IBIII").unpack_from
 _PIECE_HEADER = struct.Struct(">IBII")
 _REQUEST = struct.Struct(">IBIII")
 _KEEPALIVE = KeepAlive()
@@ -448,6 +450,46 @@ class PeerConnection:
             except RemoteProtocolError as exc:
                 raise self._fail(f"{exc} (peer state OPEN)") from None
         return index, begin, pos + 4 + length
+
+    def requests_at(
+        self, data: bytes | bytearray | memoryview, pos: int, end: int
+    ) -> tuple[list[Request], int]:
+        """Parse the run of complete Request frames at ``data[pos:end]`` (bytes the caller
+        read itself, as for :meth:`piece_at`): ``(requests, where the run ends)``.
+
+        Why: a seeder receives one 17-byte Request per 16 KiB block it sends; through
+        :meth:`receive_data` and :meth:`next_event` each was copied, matched against every
+        message type and checked apart. Empty when the first frame is anything else,
+        incomplete, or our own buffer still holds bytes. A Request that breaks a rule ends
+        the run; first in one, it raises :class:`RemoteProtocolError`, as
+        :meth:`next_event` would.
+        """
+        out: list[Request] = []
+        if self.their_phase is not Phase.OPEN or self._pos != len(self._buf):
+            return out, pos
+        unpack = _REQUEST_FROM
+        num = self.num_pieces
+        pl = self._piece_length
+        most = self.max_block_length
+        while end - pos >= 17:
+            length, msg_id, index, begin, n = unpack(data, pos)
+            if length != 13 or msg_id != MessageId.REQUEST:
+                break
+            if (
+                (num is not None and index >= num)
+                or not 0 < n <= most
+                or (pl is not None and begin + n > pl)
+                or (num is not None and index == num - 1 and pl is not None)
+            ):
+                try:
+                    self._check_block("Request", index, begin, n, RemoteProtocolError)
+                except RemoteProtocolError as exc:
+                    if out:
+                        break  # the good ones first; the next call raises
+                    raise self._fail(f"{exc} (peer state OPEN)") from None
+            out.append(Request(index, begin, n))
+            pos += 17
+        return out, pos
 
     def _fail(self, message: str) -> RemoteProtocolError:
         self.their_phase = Phase.ERROR
