@@ -35,6 +35,27 @@ def our_torrent(work: Path, version: str = "hybrid", trackers: list[list[str]] |
     return data, tfile, meta
 
 
+def wait_for_seeders(announce: str, meta: Metainfo, seed: Proc, seconds: float = 60) -> None:
+    """Until the tracker's scrape counts one seeder: the seed's first announce is done."""
+    import urllib.parse
+    import urllib.request
+
+    from swarmhub.bencode import bdecode
+
+    ih = meta.info_hash_v1
+    assert ih is not None
+    url = announce.replace("/announce", "/scrape") + "?info_hash=" + urllib.parse.quote(ih)
+    deadline = time.monotonic() + seconds
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            files = bdecode(r.read()).get(b"files", {})
+        if files.get(ih, {}).get(b"complete", 0) >= 1:
+            return
+        assert seed.poll() is None, f"seed exited\n{seed.describe()}"
+        assert time.monotonic() < deadline, f"the seed never announced\n{seed.describe()}"
+        time.sleep(0.1)
+
+
 def wait_for_text(proc: Proc, text: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while text not in proc.output():
@@ -99,13 +120,17 @@ def test_aria2_downloads_from_our_seed_encrypted_at_first_try(work: Path, crypto
     """aria2 opens every connection encrypted, even by default: we answer it at once (no
     failed attempt and plaintext reconnect)."""
     aria2c = need_tool("aria2c")
-    tracker, url = start_tracker(work)
+    # The seed announces once, before aria2 exists, and not again for 10 min: it never
+    # learns aria2's address, so the one connection is aria2's, incoming (a 2 s interval let
+    # our seed dial aria2 first on a loaded machine, and the test saw no incoming handshake).
+    tracker, url = start_tracker(work, interval=600)
     with tracker:
-        data, tfile, _ = our_torrent(work, "v1", trackers=[[url]])
+        data, tfile, meta = our_torrent(work, "v1", trackers=[[url]])
         seed = ours(["seed", str(tfile), str(data), "--listen", "127.0.0.1:0", "-vv"],
                     work, "seed")
         with seed:
             listening_port(seed)
+            wait_for_seeders(url, meta, seed)
             aria = Proc([aria2c, "--enable-dht=false", "--enable-dht6=false",
                          "--bt-enable-lpd=false", "--enable-peer-exchange=false",
                          *crypto,

@@ -132,12 +132,13 @@ def test_ours_downloads_by_magnet_from_libtorrent(work: Path, version: str) -> N
     compare_trees(data, work / "dl" / data.name)
 
 
-def start_tracker(work: Path) -> tuple[Proc, str]:
+def start_tracker(work: Path, interval: int = 2) -> tuple[Proc, str]:
     from conftest import free_port
 
     port = free_port()
     proc = Proc([str(VENV_PYTHON), "-m", "swarmhub.hub.tracker", "--listen",
-                 f"127.0.0.1:{port}", "--interval", "2", "--min-interval", "1"],
+                 f"127.0.0.1:{port}", "--interval", str(interval), "--min-interval",
+                 str(max(1, interval // 2))],
                 name="tracker", log=work / "tracker.log")
     import socket
     import time
