@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import random
-import time
 
 from swarmhub.engine.actions import Broadcast, Close, Send, Verify
 from swarmhub.engine.swarm import BLOCK_SIZE, Swarm
@@ -143,10 +142,10 @@ def test_a_super_seeded_swarm_completes_and_leechers_trade() -> None:
     assert sum(c.uploaded for n, c in net.nodes.items() if n != "seed") > 0
 
 
-def test_the_core_is_cheap_enough_for_a_simulator() -> None:
-    """A smoke figure for issue 9, not a benchmark: 40 peers x 64 pieces in seconds."""
-    start = time.perf_counter()
+def test_forty_super_seeded_cores_complete() -> None:
+    """40 peers x 64 pieces complete in memory. How fast is bench/simulate.py's to say
+    (a wall-clock limit here failed only on loaded machines, never on a slow core)."""
     net, _ = run_swarm(40, 64, super_seeding=True)
-    elapsed = time.perf_counter() - start
     assert all(core.complete for core in net.nodes.values())
-    assert elapsed < 60, elapsed
+    for core in net.nodes.values():
+        core.picker.check_invariant()
