@@ -40,6 +40,20 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def _cpu_ticks() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)
+
+
+def _idle_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Idle share of all CPUs between two :func:`_cpu_ticks`: whether a lab run was
+    CPU-bound (about 0 %) or the links set its pace."""
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total else 0.0
+
+
 def _run(args: list[str], out: Path, timeout: float) -> list[dict[str, Any]]:
     """One ``swarmhub lab ...`` command; its scenario results (exit 1 with results.json
     written means a scenario did not finish: kept, shown as failed; empty if none ran)."""
@@ -66,22 +80,27 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
 
 def lab(peers: list[int], rounds: int, a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    # a prefix of our own: a lab using the same one would be torn down as a leftover
     common = ["--size", a.size, "--up", a.up, "--down", a.down, "--latency", a.latency,
-              "--prefix", "shbench"]
+              "--prefix", f"shb{os.getpid() % 100000}"]
     for n in peers:
         for k in range(rounds):
             before = _load()
             runs = [("swarmhub", a.modes), ("libtorrent", "p2p")]
             for client, modes in runs:
                 out = work / f"lab-{n}-{client}-{k}"
+                ticks = _cpu_ticks()
                 got = _run(["run", "--peers", str(n), "--modes", modes, "--client", client,
                             *common], out, timeout=1800 + 60 * n)
+                idle = _idle_pct(ticks, _cpu_ticks())  # lab setup included: an upper bound
                 for r in got:
-                    row = _row(r) | {"where": "lab", "round": k, "load": f"{before} -> {_load()}"}
+                    row = _row(r) | {"where": "lab", "round": k, "load": f"{before} -> {_load()}",
+                                     "idle_pct": idle}
                     rows.append(row)
                     print(f"  lab N={n} round {k + 1}: {r['mode']}/{client} "
                           f"{row['ratio'] if row['ratio'] is not None else 'FAILED'} x bound, "
-                          f"source {row['source_x']:.2f} F (load {row['load']})", flush=True)
+                          f"source {row['source_x']:.2f} F (load {row['load']}, CPUs idle "
+                          f"{idle:.0f} %)", flush=True)
     return rows
 
 
@@ -115,25 +134,35 @@ def table(rows: list[dict[str, Any]]) -> None:
         groups.setdefault((r["where"], r["peers"], r["mode"], r["client"]), []).append(r)
     lt = {(w, n): _median([r["ratio"] for r in g])
           for (w, n, mode, client), g in groups.items() if client == "libtorrent"}
+    # same N and mode in the lab (ours): the simulator's fidelity (issue 8: within 10 %)
+    ours_lab = {(n, mode): _median([r["ratio"] for r in g])
+                for (w, n, mode, client), g in groups.items()
+                if w == "lab" and client == "swarmhub"}
     print()
     print(f"{'where':5} {'N':>5} {'mode':7} {'client':10} {'runs':>4} {'measured/bound':>14} "
-          f"{'(min..max)':>13} {'/ libtorrent':>12} {'source F':>8} {'hub http F':>10}")
+          f"{'(min..max)':>13} {'/ libtorrent':>12} {'source F':>8} {'hub http F':>10} "
+          f"{'sim / lab':>9} {'idle %':>6}")
     for (where, n, mode, client), g in sorted(groups.items(),
                                                  key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         ratios = [r["ratio"] for r in g if r["ratio"] is not None]
         med = _median(ratios)
         anchor = lt.get((where, n))
         vs = med / anchor if med is not None and anchor and client != "libtorrent" else None
+        lab_med = ours_lab.get((n, mode)) if where == "sim" else None
+        fid = med / lab_med if med is not None and lab_med else None
+        idle = _median([r.get("idle_pct") for r in g])
         span = f"({min(ratios):.2f}..{max(ratios):.2f})" if ratios else "(failed)"
         fails = sum(1 for r in g if not r["ok"])
         print(f"{where:5} {n:>5} {mode:7} {client:10} {len(g):>4}{'!' if fails else ' '}"
               f"{_fmt(med):>13} {span:>13} {_fmt(vs):>12} "
               f"{_fmt(_median([r['source_x'] for r in g])):>8} "
-              f"{_fmt(_median([r['http_x'] for r in g])):>10}")
+              f"{_fmt(_median([r['http_x'] for r in g])):>10} {_fmt(fid, '.3f'):>9} "
+              f"{_fmt(idle, '.0f'):>6}")
     sims = {(r["peers"], r["mode"]): r for r in rows if r["where"] == "sim"}
     if sims:
         print("\n(! = some runs did not finish; medians are over finished runs; sim rows are "
-              "seeds 1..rounds)")
+              "seeds 1..rounds; sim / lab = the simulator's median over the lab's, same N "
+              "and mode; idle % = the machine's idle CPU during the lab runs)")
 
 
 def main() -> None:
