@@ -16,19 +16,22 @@ N=1,000 within 10 % of the one at N=16.
 
 The lab runs 1 + N real processes on this machine: on 2 cores N=16 and 32 are CPU-bound,
 so the lab rows say as much about the machine as about the policy; the load average
-before and after each lab round is printed with the table (other work on the machine shows
-there).
+before and after each lab round, the machine's idle CPU and the CPU seconds of the lab's
+processes by role (peers, seeder, delay line, tracker; all modes of a client together)
+are printed per run (other work on the machine shows there).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,72 @@ def _idle_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
     CPU-bound (about 0 %) or the links set its pace."""
     total = after[1] - before[1]
     return 100.0 * (after[0] - before[0]) / total if total else 0.0
+
+
+class LabCpu:
+    """CPU seconds of every process in one lab's namespaces, by role, while it runs: where
+    a CPU-bound lab spends the machine (our peers, the seeder, the delay line, the tracker).
+
+    Polls /proc twice a second for processes whose network namespace is one of
+    ``/run/netns/<prefix>-*``; a process's CPU is its own (utime + stime) at its last
+    sighting, so each is undercounted by at most half a second of its last moments, and
+    the kernel's forwarding of the lab's packets is counted where it runs (mostly in the
+    delay line's system calls)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seen: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._hz = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> LabCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @staticmethod
+    def _role(cmd: str) -> str:
+        if "delayline" in cmd:
+            return "delay line"
+        if "hub.tracker" in cmd:
+            return "tracker"
+        if " seed " in cmd or " hub " in cmd or ("ltpeer" in cmd and "--seed" in cmd):
+            return "seeder"
+        return "peers"
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                names = os.listdir("/run/netns")
+            except OSError:
+                continue
+            inodes = set()
+            for name in names:
+                if name.startswith(self.prefix + "-"):
+                    with contextlib.suppress(OSError):
+                        inodes.add(os.stat(f"/run/netns/{name}").st_ino)
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    if os.stat(f"/proc/{pid}/ns/net").st_ino not in inodes:
+                        continue
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                    with open(f"/proc/{pid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                cpu = (int(fields[11]) + int(fields[12])) / self._hz
+                self.seen[pid] = (self._role(cmd), cpu)
+
+    def by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for role, cpu in self.seen.values():
+            out[role] = out.get(role, 0.0) + cpu
+        return out
 
 
 def _run(args: list[str], out: Path, timeout: float) -> list[dict[str, Any]]:
@@ -81,8 +150,9 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
 def lab(peers: list[int], rounds: int, a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     # a prefix of our own: a lab using the same one would be torn down as a leftover
+    prefix = f"shb{os.getpid() % 100000}"
     common = ["--size", a.size, "--up", a.up, "--down", a.down, "--latency", a.latency,
-              "--prefix", f"shb{os.getpid() % 100000}"]
+              "--prefix", prefix]
     for n in peers:
         for k in range(rounds):
             before = _load()
@@ -90,12 +160,17 @@ def lab(peers: list[int], rounds: int, a: argparse.Namespace, work: Path) -> lis
             for client, modes in runs:
                 out = work / f"lab-{n}-{client}-{k}"
                 ticks = _cpu_ticks()
-                got = _run(["run", "--peers", str(n), "--modes", modes, "--client", client,
-                            *common], out, timeout=1800 + 60 * n)
+                with LabCpu(prefix) as cpu:
+                    got = _run(["run", "--peers", str(n), "--modes", modes, "--client",
+                                client, *common], out, timeout=1800 + 60 * n)
                 idle = _idle_pct(ticks, _cpu_ticks())  # lab setup included: an upper bound
+                roles = cpu.by_role()
+                print(f"  lab N={n} round {k + 1}: {client} ({modes}) CPU-s "
+                      + ", ".join(f"{r} {v:.1f}" for r, v in sorted(roles.items()))
+                      + f", all {sum(roles.values()):.1f}", flush=True)
                 for r in got:
                     row = _row(r) | {"where": "lab", "round": k, "load": f"{before} -> {_load()}",
-                                     "idle_pct": idle}
+                                     "idle_pct": idle, "cpu_s": roles}
                     rows.append(row)
                     print(f"  lab N={n} round {k + 1}: {r['mode']}/{client} "
                           f"{row['ratio'] if row['ratio'] is not None else 'FAILED'} x bound, "
