@@ -114,7 +114,9 @@ class LabCpu:
                 except OSError:
                     continue
                 cpu = (int(fields[11]) + int(fields[12])) / self._hz
-                self.seen[pid] = (self._role(cmd), cpu)
+                # a zombie's command line is empty: it keeps the role it was seen with
+                role = self.seen[pid][0] if pid in self.seen and not cmd else self._role(cmd)
+                self.seen[pid] = (role, cpu)
 
     def by_role(self) -> dict[str, float]:
         out: dict[str, float] = {}
