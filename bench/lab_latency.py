@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latencies", default="0,5,10,25", help="one-way ms, comma-separated")
     ap.add_argument("--rate", default="20mbit", help="host 0's shaped upload")
     ap.add_argument("--mib", type=float, default=5.0, help="MiB per throughput run")
+    ap.add_argument("--prefix", default="shlatb", help="namespace prefix (a lab already "
+                    "using it is torn down: pick one no other run uses)")
     args = ap.parse_args(argv)
     ok, why = netns_available()
     if not ok:
@@ -80,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{'goodput Mbit/s':>15} {'/shaped':>8} {'2nd half /shaped':>17}")  # fmt: skip
     for text in args.latencies.split(","):
         latency = float(text)
-        with Lab("shbench", 2, [rate, 10 * rate], [10 * rate, 10 * rate], latency) as lab:
+        with Lab(args.prefix, 2, [rate, 10 * rate], [10 * rate, 10 * rate], latency) as lab:
             assert lab.rtt is not None
             bps, tail = goodput(lab, nbytes)
+        if lab.delayline is not None:  # its counters: packets, wakes, verdict batches
+            print("  delay line:", lab.delayline.tail(1).splitlines()[-1])
         rows.append({"latency_ms": latency, "rtt_min_ms": lab.rtt.min_ms,
                      "rtt_median_ms": lab.rtt.median_ms, "goodput_bps": bps,
                      "tail_bps": tail, "shaped_bps": rate})  # fmt: skip

@@ -16,19 +16,22 @@ N=1,000 within 10 % of the one at N=16.
 
 The lab runs 1 + N real processes on this machine: on 2 cores N=16 and 32 are CPU-bound,
 so the lab rows say as much about the machine as about the policy; the load average
-before and after each lab round is printed with the table (other work on the machine shows
-there).
+before and after each lab round, the machine's idle CPU and the CPU seconds of the lab's
+processes by role (peers, seeder, delay line, tracker; all modes of a client together)
+are printed per run (other work on the machine shows there).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,88 @@ SWARMHUB = [sys.executable, "-m", "swarmhub"]
 
 def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(idle, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)
+
+
+def _idle_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Idle share of all CPUs between two :func:`_cpu_ticks`: whether a lab run was
+    CPU-bound (about 0 %) or the links set its pace."""
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total else 0.0
+
+
+class LabCpu:
+    """CPU seconds of every process in one lab's namespaces, by role, while it runs: where
+    a CPU-bound lab spends the machine (our peers, the seeder, the delay line, the tracker).
+
+    Polls /proc twice a second for processes whose network namespace is one of
+    ``/run/netns/<prefix>-*``; a process's CPU is its own (utime + stime) at its last
+    sighting, so each is undercounted by at most half a second of its last moments, and
+    the kernel's forwarding of the lab's packets is counted where it runs (mostly in the
+    delay line's system calls)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seen: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._hz = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> LabCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @staticmethod
+    def _role(cmd: str) -> str:
+        if "delayline" in cmd:
+            return "delay line"
+        if "hub.tracker" in cmd:
+            return "tracker"
+        if " seed " in cmd or " hub " in cmd or ("ltpeer" in cmd and "--seed" in cmd):
+            return "seeder"
+        return "peers"
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                names = os.listdir("/run/netns")
+            except OSError:
+                continue
+            inodes = set()
+            for name in names:
+                if name.startswith(self.prefix + "-"):
+                    with contextlib.suppress(OSError):
+                        inodes.add(os.stat(f"/run/netns/{name}").st_ino)
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    if os.stat(f"/proc/{pid}/ns/net").st_ino not in inodes:
+                        continue
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                    with open(f"/proc/{pid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                cpu = (int(fields[11]) + int(fields[12])) / self._hz
+                # a zombie's command line is empty: it keeps the role it was seen with
+                role = self.seen[pid][0] if pid in self.seen and not cmd else self._role(cmd)
+                self.seen[pid] = (role, cpu)
+
+    def by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for role, cpu in self.seen.values():
+            out[role] = out.get(role, 0.0) + cpu
+        return out
 
 
 def _run(args: list[str], out: Path, timeout: float) -> list[dict[str, Any]]:
@@ -66,22 +151,33 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
 
 def lab(peers: list[int], rounds: int, a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    # a prefix of our own: a lab using the same one would be torn down as a leftover
+    prefix = f"shb{os.getpid() % 100000}"
     common = ["--size", a.size, "--up", a.up, "--down", a.down, "--latency", a.latency,
-              "--prefix", "shbench"]
+              "--prefix", prefix]
     for n in peers:
         for k in range(rounds):
             before = _load()
             runs = [("swarmhub", a.modes), ("libtorrent", "p2p")]
             for client, modes in runs:
                 out = work / f"lab-{n}-{client}-{k}"
-                got = _run(["run", "--peers", str(n), "--modes", modes, "--client", client,
-                            *common], out, timeout=1800 + 60 * n)
+                ticks = _cpu_ticks()
+                with LabCpu(prefix) as cpu:
+                    got = _run(["run", "--peers", str(n), "--modes", modes, "--client",
+                                client, *common], out, timeout=1800 + 60 * n)
+                idle = _idle_pct(ticks, _cpu_ticks())  # lab setup included: an upper bound
+                roles = cpu.by_role()
+                print(f"  lab N={n} round {k + 1}: {client} ({modes}) CPU-s "
+                      + ", ".join(f"{r} {v:.1f}" for r, v in sorted(roles.items()))
+                      + f", all {sum(roles.values()):.1f}", flush=True)
                 for r in got:
-                    row = _row(r) | {"where": "lab", "round": k, "load": f"{before} -> {_load()}"}
+                    row = _row(r) | {"where": "lab", "round": k, "load": f"{before} -> {_load()}",
+                                     "idle_pct": idle, "cpu_s": roles}
                     rows.append(row)
                     print(f"  lab N={n} round {k + 1}: {r['mode']}/{client} "
                           f"{row['ratio'] if row['ratio'] is not None else 'FAILED'} x bound, "
-                          f"source {row['source_x']:.2f} F (load {row['load']})", flush=True)
+                          f"source {row['source_x']:.2f} F (load {row['load']}, CPUs idle "
+                          f"{idle:.0f} %)", flush=True)
     return rows
 
 
@@ -115,25 +211,35 @@ def table(rows: list[dict[str, Any]]) -> None:
         groups.setdefault((r["where"], r["peers"], r["mode"], r["client"]), []).append(r)
     lt = {(w, n): _median([r["ratio"] for r in g])
           for (w, n, mode, client), g in groups.items() if client == "libtorrent"}
+    # same N and mode in the lab (ours): the simulator's fidelity (issue 8: within 10 %)
+    ours_lab = {(n, mode): _median([r["ratio"] for r in g])
+                for (w, n, mode, client), g in groups.items()
+                if w == "lab" and client == "swarmhub"}
     print()
     print(f"{'where':5} {'N':>5} {'mode':7} {'client':10} {'runs':>4} {'measured/bound':>14} "
-          f"{'(min..max)':>13} {'/ libtorrent':>12} {'source F':>8} {'hub http F':>10}")
+          f"{'(min..max)':>13} {'/ libtorrent':>12} {'source F':>8} {'hub http F':>10} "
+          f"{'sim / lab':>9} {'idle %':>6}")
     for (where, n, mode, client), g in sorted(groups.items(),
                                                  key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         ratios = [r["ratio"] for r in g if r["ratio"] is not None]
         med = _median(ratios)
         anchor = lt.get((where, n))
         vs = med / anchor if med is not None and anchor and client != "libtorrent" else None
+        lab_med = ours_lab.get((n, mode)) if where == "sim" else None
+        fid = med / lab_med if med is not None and lab_med else None
+        idle = _median([r.get("idle_pct") for r in g])
         span = f"({min(ratios):.2f}..{max(ratios):.2f})" if ratios else "(failed)"
         fails = sum(1 for r in g if not r["ok"])
         print(f"{where:5} {n:>5} {mode:7} {client:10} {len(g):>4}{'!' if fails else ' '}"
               f"{_fmt(med):>13} {span:>13} {_fmt(vs):>12} "
               f"{_fmt(_median([r['source_x'] for r in g])):>8} "
-              f"{_fmt(_median([r['http_x'] for r in g])):>10}")
+              f"{_fmt(_median([r['http_x'] for r in g])):>10} {_fmt(fid, '.3f'):>9} "
+              f"{_fmt(idle, '.0f'):>6}")
     sims = {(r["peers"], r["mode"]): r for r in rows if r["where"] == "sim"}
     if sims:
         print("\n(! = some runs did not finish; medians are over finished runs; sim rows are "
-              "seeds 1..rounds)")
+              "seeds 1..rounds; sim / lab = the simulator's median over the lab's, same N "
+              "and mode; idle % = the machine's idle CPU during the lab runs)")
 
 
 def main() -> None:

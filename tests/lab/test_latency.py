@@ -3,6 +3,7 @@ and a clear refusal where it cannot work."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -195,3 +196,39 @@ def test_without_its_delay_line_the_lab_carries_nothing_rather_than_no_latency(
         lab.delayline.kill()
         with pytest.raises(LabError, match="no round trip"):
             lab.measure_rtt(samples=1)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(180)
+def test_the_delay_holds_for_other_hosts_while_a_bulk_flow_crosses_the_bridge(
+    tmp_path: Path,
+) -> None:
+    """The delay line sleeps on its timer while it holds packets and takes arrival times from
+    the kernel's stamps: packets that come in meanwhile must still leave one delay after they
+    arrived, not when it next woke (a busy line was the case that skipped the per-packet
+    wake-ups)."""
+    _need_latency()
+    from lab.test_topology import RECEIVER, SENDER  # type: ignore[import-not-found,unused-ignore]
+
+    # host 1 sends 6 MB at 20 Mbit/s (~2.4 s) to host 2; host 0 probes host 3 meanwhile
+    up = [100e6, 20e6, 100e6, 100e6]
+    with Lab(PREFIX, 4, up, 100e6, latency_ms=10, log_dir=tmp_path) as lab:
+        rx = lab.run(2, [sys.executable, "-c", RECEIVER, lab.addr(2), "5001"], name="rx2")
+        rx.wait_json("listening", 10)
+        tx = lab.run(1, [sys.executable, "-c", SENDER, lab.addr(2), "5001", "6000000"],
+                     name="tx1")  # fmt: skip
+        out = lab.exec(0, [sys.executable, "-I", "-S", "-c", RTT_PROBE, "15", "0.02",
+                           lab.addr(3)])  # fmt: skip
+        assert tx.poll() is None, "the bulk flow ended before the probe: it proves nothing"
+        stats = RttStats.from_samples(parse_probe(out))
+        assert rtt_problem(stats, 10) is None, stats
+        assert stats.min_ms >= 20 * 0.97, stats  # released at most the slack (0.2 ms) early
+        assert tx.wait(60) == 0, tx.tail()
+        assert rx.wait_json("finished", 30)["bytes"] == 6_000_000
+        assert lab.delayline is not None
+    stopped = [ln for ln in lab.delayline.log.read_text().splitlines() if '"stopped"' in ln]
+    counts = json.loads(stopped[-1])
+    assert counts["dropped"] == 0 and counts["packets"] >= 6_000_000 // 65536
+    # This kernel stamps packets (the line then sleeps on its timer while it holds some);
+    # without stamps it would fall back to waking on every arrival.
+    assert counts["kernel_stamps"] is True, counts

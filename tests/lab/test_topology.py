@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from conftest import need  # type: ignore[import-not-found,unused-ignore]
-from swarmhub.lab.topology import Lab, LabError, LoopbackLab, netns_available
+from swarmhub.lab.topology import (
+    TCP_CC,
+    TCP_MIN_TSO_SEGS,
+    Lab,
+    LabError,
+    LoopbackLab,
+    netns_available,
+)
 
 PREFIX = f"t{os.getpid() % 100000}"
 
@@ -77,6 +84,10 @@ def test_hosts_talk_through_bridge_at_shaped_rates_and_leave_nothing(tmp_path: P
         for i in range(3):
             assert lab.addr(i).startswith("198.18.")
             assert "default" not in lab.exec(i, ["ip", "route"])
+        # Every host runs the lab's TCP, whatever this machine's default (BBR here).
+        tcp = lab.exec(2, ["sysctl", "-n", "net.ipv4.tcp_congestion_control",
+                           "net.ipv4.tcp_min_tso_segs"]).split()  # fmt: skip
+        assert tcp == [TCP_CC, str(TCP_MIN_TSO_SEGS)]
         # Upload shaping: host 0 sends at most 8 Mbit/s (2.5 MB takes ~2.5 s).
         rate_up = _measure(lab, 0, 1, 2_500_000)
         assert 0.85 * 8e6 <= rate_up <= 1.1 * 8e6, rate_up

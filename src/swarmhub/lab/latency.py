@@ -8,6 +8,12 @@ with gcc at lab setup into a cache folder) holds each one for the one-way latenc
 accepts it. A packet crosses the bridge once each way, so ``--latency 10ms`` is a 20 ms
 round trip; the htb shapers sit on either side of the bridge and are not touched.
 
+Its cost is wake-ups, not packets: at N=16 it took 10.6 CPU-s of a 25 s run when it woke
+for every packet (443k packets), 4.0 CPU-s now that the kernel stamps each packet's arrival
+(so while it holds packets it sleeps on its timer alone) and each wake releases all that
+fall due within 0.2 ms (66k wakes). Most of what remains is the kernel forwarding the
+released packets, which it does in the delay line's system calls.
+
 What the lab's kernel allows (6.18, checked 2026-11-29 in /proc/config.gz and by trying):
 ``CONFIG_BRIDGE_NETFILTER=y`` (built in: no modprobe needed, ``/proc/sys/net/bridge`` is
 there, ``bridge-nf-call-iptables`` is per namespace and 1 by default),
