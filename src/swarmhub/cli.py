@@ -627,6 +627,9 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
 
         candidates += await magnet_peers(dht, hashes, timeout=_left(deadline))
         console.print(f"DHT: {len(candidates)} peers for the magnet link")
+        # the download dials them at once, not after its own DHT lookup (6 s of no peers
+        # in the lab's late joiners)
+        peers.extend(p for p in candidates if p not in peers)
     return await fetch_metadata(magnet, candidates, session.peer_id, timeout=_left(deadline),
                                 peer_timeout=session.settings.request_timeout,
                                 encryption=session.settings.encryption, stated_timeout=timeout)

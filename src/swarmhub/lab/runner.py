@@ -31,6 +31,9 @@ EventSink = Callable[[dict[str, Any]], None]
 _POLL_S = 0.05
 #: After the hub was killed, receivers whose progress has not moved for this long fail.
 STALL_S = 15.0
+#: What a late joiner's deadline adds for finding the swarm on the DHT alone (queries to
+#: the dead hub and to hosts not up yet time out before the lookup ends).
+LATE_GRACE_S = 30.0
 _NETNS_PORTS = {"tracker": 6969, "seed": 6881, "http": 8080, "peer": 6881, "hubpeer": 6881}
 
 
@@ -115,7 +118,7 @@ class Runner:
         """A peer that joins after the hub died: ``swarmhub get MAGNET`` on the DHT."""
         import sys
 
-        wait = str(int(self.deadline_s) + 5)
+        wait = str(int(self.deadline_s + LATE_GRACE_S) + 5)
         argv = [sys.executable, "-u", "-m", "swarmhub", "get", self.magnet(), "-o",
                 str(self.out_dir(host)), "--json", "--listen",
                 f"{self.lab.addr(host)}:{self.port('peer')}", "--timeout", wait,
@@ -183,6 +186,9 @@ class Runner:
         t_begin = time.monotonic()
         fired_at: float | None = None
         moved_at, moved_sum = t_begin, 0.0
+        # Late joiners get a whole deadline of their own from when they start, plus the
+        # DHT's query timeouts to the dead hub: a hang guard, not a measure of speed.
+        deadline_at = t_begin + self.deadline_s
         next_file_poll = t_begin
         pending = set(clients)
         while pending:
@@ -228,6 +234,7 @@ class Runner:
                         state.add_host(h.host)
                         pending.add(h.host)
                         moved_at = now
+                        deadline_at = max(deadline_at, now + self.deadline_s + LATE_GRACE_S)
                         self.sink({"event": "started", "host": h.host, "late": True})
             total = state.delivered()
             if total > moved_sum + 1e-9:
@@ -251,9 +258,9 @@ class Runner:
                     by_host[host].error = why
                     self.sink({"event": "failed", "host": host, "error": "delay line"})
                 break
-            if pending and now - t_begin > self.deadline_s:
+            if pending and now > deadline_at:
                 for host in pending:
-                    by_host[host].error = f"not done after {self.deadline_s:.0f} s (deadline)"
+                    by_host[host].error = f"not done after {now - t_begin:.0f} s (deadline)"
                     self.sink({"event": "failed", "host": host, "error": "deadline"})
                 break
             if pending:
