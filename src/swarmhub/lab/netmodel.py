@@ -41,6 +41,7 @@ __all__ = [
     "INIT_CWND",
     "MAX_CWND",
     "MSS",
+    "OVERHEAD",
     "EventQueue",
     "Link",
     "Network",
@@ -181,6 +182,15 @@ class Network:
         pipe.queued += size
         if not pipe.active:
             self._start(pipe, now)
+
+    def send_wire(self, pipe: Pipe, size: int, payload: Any,
+                  deliver: Callable[[Any], None]) -> None:
+        """Queue one item of ``size`` wire bytes (overhead already counted: a run of
+        blocks is one item whose size is the sum of each message's :func:`wire`)."""
+        pipe.items.append((size, deliver, payload))
+        pipe.queued += size
+        if not pipe.active:
+            self._start(pipe, self.ev.now)
 
     def close(self, pipe: Pipe) -> None:
         """Drop whatever is queued (the connection is gone)."""
