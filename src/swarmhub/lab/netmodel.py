@@ -64,6 +64,12 @@ _INF = math.inf
 _push = heapq.heappush
 
 
+def _together(items: list[tuple[Callable[[Any], None], Any]]) -> None:
+    """Deliver items that travel as one (in their order)."""
+    for fn, payload in items:
+        fn(payload)
+
+
 def wire(payload: int) -> int:
     """Bytes on the wire (what htb shapes) for ``payload`` bytes of TCP payload."""
     return payload + -(-payload // MSS) * OVERHEAD
@@ -178,8 +184,20 @@ class Network:
             pipe.up.sent += size
             heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), fn, payload))
             return
-        pipe.items.append((size, fn, payload))
+        items = pipe.items
         pipe.queued += size
+        if size <= SMALL and len(items) > 1:
+            # Behind data, a small message rides with the item it follows (as TCP packs
+            # it into that item's last segment): it arrives with it, one event for both,
+            # not two more per Have (the head item, being sent, is never extended).
+            tsize, tfn, tpay = items[-1]
+            if tfn is _together:
+                tpay.append((fn, payload))
+                items[-1] = (tsize + size, tfn, tpay)
+            else:
+                items[-1] = (tsize + size, _together, [(tfn, tpay), (fn, payload)])
+            return
+        items.append((size, fn, payload))
         if not pipe.active:
             self._start(pipe, now)
 
