@@ -117,6 +117,26 @@ def test_an_item_arrives_one_latency_after_its_last_byte() -> None:
     assert times[1] == pytest.approx(6.056 + wire(5) / 1000 + 0.05)
 
 
+def test_a_small_message_behind_queued_data_arrives_with_the_item_it_follows() -> None:
+    ev, net = _net()
+    up, down = Link(1000.0), Link(1e9)
+    got: list[tuple[float, str]] = []
+    pipe = Pipe(up, down, 0.05, lambda p: got.append((ev.now, p)))
+    pipe.cwnd = MAX_CWND
+    net.send(pipe, 1448 * 4, "head")  # being sent: never extended
+    net.send_wire(pipe, 2 * wire(1448), "run", lambda p: got.append((ev.now, p)))
+    net.send(pipe, 9, "have")  # rides with "run"
+    net.send(pipe, 17, "request")  # and so does this, after it
+    assert len(pipe.items) == 2
+    ev.run(100.0)
+    assert [p for _, p in got] == ["head", "run", "have", "request"]
+    end = (6 * 1514 + wire(9) + wire(17)) / 1000 + 0.05
+    assert [t for t, _ in got[1:]] == [pytest.approx(end)] * 3
+    assert got[0][0] == pytest.approx(4 * 1514 / 1000 + 0.05)
+    assert up.sent == 6 * 1514 + wire(9) + wire(17)  # every byte still on the wire
+    assert pipe.queued == 0 and not pipe.active
+
+
 def test_a_small_message_on_an_idle_pipe_takes_the_latency_only() -> None:
     ev, net = _net()
     times: list[float] = []
