@@ -124,9 +124,9 @@ class Link:
 class Pipe:
     """One direction of one connection: a FIFO drained by a TCP flow ``up`` -> ``down``."""
 
-    __slots__ = ("active", "cwnd", "deliver", "down", "gen", "growing", "idle_since",
-                 "items", "last", "latency", "left", "on_drain", "owner", "queued", "rate",
-                 "rtt", "up", "waiting")
+    __slots__ = ("active", "at", "cwnd", "deliver", "down", "due", "gen", "growing",
+                 "idle_since", "items", "last", "latency", "left", "on_drain", "owner",
+                 "queued", "rate", "rtt", "up", "waiting")
 
     def __init__(self, up: Link, down: Link, latency: float,
                  deliver: Callable[[Any], None]) -> None:
@@ -146,6 +146,11 @@ class Pipe:
         self.cwnd = float(INIT_CWND)
         self.active = False
         self.gen = 0  #: bumps invalidate scheduled completions
+        #: when the head item is due to leave, and when the valid completion event for it
+        #: fires (``at`` <= ``due``: a rate that fell leaves the event where it was, and the
+        #: event comes back at ``due``; only a rate that rose schedules a new one)
+        self.due = _INF
+        self.at = _INF
         self.growing = False
         self.idle_since = 0.0
         #: the sender has more to write: ``on_drain(pipe)`` after each item leaves
@@ -230,6 +235,7 @@ class Network:
         pipe.left = pipe.items[0][0]
         pipe.last = now
         pipe.rate = 0.0
+        pipe.at = pipe.due = _INF
         pipe.up.flows[pipe] = None
         pipe.down.flows[pipe] = None
         self.settle((pipe.up, pipe.down))
@@ -249,6 +255,11 @@ class Network:
             return
         ev = self.ev
         now = ev.now
+        due = pipe.due
+        if due > now:  # the rate fell since: not gone yet, come back when it is due
+            pipe.at = due
+            _push(ev._heap, (due, next(ev._seq), self._done_fn, arg))
+            return
         items = pipe.items
         size, fn, payload = items.pop(0)
         pipe.queued -= size
@@ -262,7 +273,8 @@ class Network:
             left = pipe.left = items[0][0]
             pipe.last = now
             gen = pipe.gen = pipe.gen + 1
-            _push(heap, (now + left / pipe.rate, next(seq), self._done_fn, (pipe, gen)))
+            due = pipe.due = pipe.at = now + left / pipe.rate
+            _push(heap, (due, next(seq), self._done_fn, (pipe, gen)))
         else:
             self._stop(pipe, now)
 
@@ -346,8 +358,11 @@ class Network:
                     f.left = 0.0
             f.last = now
             f.rate = rate
-            f.gen += 1
-            self.ev.at(now + f.left / rate, self._done, (f, f.gen))
+            due = f.due = now + f.left / rate
+            if due < f.at:  # sooner than the event in the queue (if any): a new one
+                f.at = due
+                f.gen += 1
+                self.ev.at(due, self._done, (f, f.gen))
         if not f.growing and f.cwnd < MAX_CWND and rate * f.rtt * 2 >= f.cwnd * 0.999:
             f.growing = True
             self.ev.at(now + f.rtt, self._grow, f)
