@@ -198,3 +198,21 @@ def test_the_window_restarts_after_an_idle_spell() -> None:
     ev.run(ev.now + 30 * rto)  # a long idle spell: back to the start
     net.send(pipe, 10**5, "z")
     assert pipe.cwnd == INIT_CWND
+
+
+def test_a_flow_slowed_mid_item_finishes_when_its_bytes_are_sent() -> None:
+    """Its rate fell after its completion was scheduled: the early event must not deliver
+    the item (it comes back when due), and a later speed-up brings it forward again."""
+    ev, net = _net()
+    up = Link(1514.0)
+    got: list[tuple[float, str]] = []
+    a = Pipe(up, Link(1e9), 0.0, lambda p: got.append((ev.now, p)))
+    b = Pipe(up, Link(1e9), 0.0, lambda p: got.append((ev.now, p)))
+    a.cwnd = b.cwnd = MAX_CWND
+    net.send(a, 1448 * 4, "a")  # 4 * 1514 wire bytes: 4 s alone
+    ev.at(1.0, lambda _: net.send(b, 1448 * 2, "b"))  # halves a's rate for 4 s
+    ev.run(100.0)
+    # a: 1 s alone (1 segment), 3 segments at half rate would take 6 s, but b leaves
+    # after sending 2 segments (at 5 s), by when a has sent 1 + 2: the last alone, 1 s
+    assert got == [(pytest.approx(5.0), "b"), (pytest.approx(6.0), "a")]
+    assert a.rate == 0.0 and not a.active
