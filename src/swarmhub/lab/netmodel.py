@@ -23,7 +23,10 @@ The model (what the netns lab has, in a form cheap enough for thousands of hosts
 - An item arrives one-way latency after its last byte left. Small messages on an idle
   pipe (a Have, a batch of requests) skip the fluid model: they take latency plus their
   serialisation time and no share of the link, so control traffic does not churn the
-  rates; behind data they wait in the FIFO (head-of-line blocking, as in TCP).
+  rates; behind data they wait in the FIFO (head-of-line blocking, as in TCP), riding
+  with the item they follow (one event for both; its size grows by theirs).
+- A flow's completion event stays in the queue when its rate falls (it comes back when
+  due); only a rate that rose schedules a new one: fewer stale events, same times.
 
 Everything runs on the caller's :class:`EventQueue`; nothing reads a clock.
 """

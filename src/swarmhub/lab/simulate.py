@@ -12,7 +12,8 @@ run has: a tracker (random ``numwant`` sample, interval, peer expiry), the sourc
 What is modelled as the real driver does it: handshakes (1.5 RTT, then ``can_accept`` on
 both sides and the session's connection cap), the extension handshake's ``reqq``,
 message sizes as on the wire, uploads pulled from the peer's accepted requests into a
-send buffer of ``send_buffer_bytes`` (control messages queue behind data), a tick per
+send buffer of ``send_buffer_bytes`` (control messages queue behind data; up to
+``block_run`` blocks of one piece written back to back travel as one network item), a tick per
 second, hashing as a fixed cost per byte, tracker announces and the hub's seeder dialling
 every announcer. What is not: packet loss, CPU limits, disk, process start-up time.
 """
