@@ -55,6 +55,7 @@ _SIZES: dict[type, int] = {
     m.HaveNone: 5, m.SuggestPiece: 9, m.AllowedFast: 9, m.Port: 7,
 }
 HANDSHAKE = 68
+_BLOCK_WIRE = 16384 + 13 + 12 * 66  #: wire bytes of one 16 KiB Piece message
 EXT_HANDSHAKE = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
 PIECE_HEADER = 13
 
@@ -393,8 +394,12 @@ class Simulation:
         send = self.net.send_wire
         arrive = end.far.got_blocks
         cache = node.cache
-        run_max = self.block_run
         while incoming and pipe.queued < limit:
+            # A run delays its first blocks, and so the peer's next requests: only as
+            # long as a quarter of what it has queued here (its queue of 4 in a swarm's
+            # tail gets single blocks, as the real driver sends them).
+            depth = len(incoming) + pipe.queued // _BLOCK_WIRE
+            run_max = min(self.block_run, max(1, depth // 4))
             served = []
             nbytes = 0
             run: list[m.Request] = []
