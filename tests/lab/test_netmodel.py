@@ -117,6 +117,26 @@ def test_an_item_arrives_one_latency_after_its_last_byte() -> None:
     assert times[1] == pytest.approx(6.056 + wire(5) / 1000 + 0.05)
 
 
+def test_a_small_message_behind_queued_data_arrives_with_the_item_it_follows() -> None:
+    ev, net = _net()
+    up, down = Link(1000.0), Link(1e9)
+    got: list[tuple[float, str]] = []
+    pipe = Pipe(up, down, 0.05, lambda p: got.append((ev.now, p)))
+    pipe.cwnd = MAX_CWND
+    net.send(pipe, 1448 * 4, "head")  # being sent: never extended
+    net.send_wire(pipe, 2 * wire(1448), "run", lambda p: got.append((ev.now, p)))
+    net.send(pipe, 9, "have")  # rides with "run"
+    net.send(pipe, 17, "request")  # and so does this, after it
+    assert len(pipe.items) == 2
+    ev.run(100.0)
+    assert [p for _, p in got] == ["head", "run", "have", "request"]
+    end = (6 * 1514 + wire(9) + wire(17)) / 1000 + 0.05
+    assert [t for t, _ in got[1:]] == [pytest.approx(end)] * 3
+    assert got[0][0] == pytest.approx(4 * 1514 / 1000 + 0.05)
+    assert up.sent == 6 * 1514 + wire(9) + wire(17)  # every byte still on the wire
+    assert pipe.queued == 0 and not pipe.active
+
+
 def test_a_small_message_on_an_idle_pipe_takes_the_latency_only() -> None:
     ev, net = _net()
     times: list[float] = []
@@ -178,3 +198,21 @@ def test_the_window_restarts_after_an_idle_spell() -> None:
     ev.run(ev.now + 30 * rto)  # a long idle spell: back to the start
     net.send(pipe, 10**5, "z")
     assert pipe.cwnd == INIT_CWND
+
+
+def test_a_flow_slowed_mid_item_finishes_when_its_bytes_are_sent() -> None:
+    """Its rate fell after its completion was scheduled: the early event must not deliver
+    the item (it comes back when due), and a later speed-up brings it forward again."""
+    ev, net = _net()
+    up = Link(1514.0)
+    got: list[tuple[float, str]] = []
+    a = Pipe(up, Link(1e9), 0.0, lambda p: got.append((ev.now, p)))
+    b = Pipe(up, Link(1e9), 0.0, lambda p: got.append((ev.now, p)))
+    a.cwnd = b.cwnd = MAX_CWND
+    net.send(a, 1448 * 4, "a")  # 4 * 1514 wire bytes: 4 s alone
+    ev.at(1.0, lambda _: net.send(b, 1448 * 2, "b"))  # halves a's rate for 4 s
+    ev.run(100.0)
+    # a: 1 s alone (1 segment), 3 segments at half rate would take 6 s, but b leaves
+    # after sending 2 segments (at 5 s), by when a has sent 1 + 2: the last alone, 1 s
+    assert got == [(pytest.approx(5.0), "b"), (pytest.approx(6.0), "a")]
+    assert a.rate == 0.0 and not a.active

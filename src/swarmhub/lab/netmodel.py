@@ -23,7 +23,10 @@ The model (what the netns lab has, in a form cheap enough for thousands of hosts
 - An item arrives one-way latency after its last byte left. Small messages on an idle
   pipe (a Have, a batch of requests) skip the fluid model: they take latency plus their
   serialisation time and no share of the link, so control traffic does not churn the
-  rates; behind data they wait in the FIFO (head-of-line blocking, as in TCP).
+  rates; behind data they wait in the FIFO (head-of-line blocking, as in TCP), riding
+  with the item they follow (one event for both; its size grows by theirs).
+- A flow's completion event stays in the queue when its rate falls (it comes back when
+  due); only a rate that rose schedules a new one: fewer stale events, same times.
 
 Everything runs on the caller's :class:`EventQueue`; nothing reads a clock.
 """
@@ -41,6 +44,7 @@ __all__ = [
     "INIT_CWND",
     "MAX_CWND",
     "MSS",
+    "OVERHEAD",
     "EventQueue",
     "Link",
     "Network",
@@ -61,6 +65,12 @@ _INF = math.inf
 
 
 _push = heapq.heappush
+
+
+def _together(items: list[tuple[Callable[[Any], None], Any]]) -> None:
+    """Deliver items that travel as one (in their order)."""
+    for fn, payload in items:
+        fn(payload)
 
 
 def wire(payload: int) -> int:
@@ -117,9 +127,9 @@ class Link:
 class Pipe:
     """One direction of one connection: a FIFO drained by a TCP flow ``up`` -> ``down``."""
 
-    __slots__ = ("active", "cwnd", "deliver", "down", "gen", "growing", "idle_since",
-                 "items", "last", "latency", "left", "on_drain", "owner", "queued", "rate",
-                 "rtt", "up", "waiting")
+    __slots__ = ("active", "at", "cwnd", "deliver", "down", "due", "gen", "growing",
+                 "idle_since", "items", "last", "latency", "left", "on_drain", "owner",
+                 "queued", "rate", "rtt", "up", "waiting")
 
     def __init__(self, up: Link, down: Link, latency: float,
                  deliver: Callable[[Any], None]) -> None:
@@ -139,6 +149,11 @@ class Pipe:
         self.cwnd = float(INIT_CWND)
         self.active = False
         self.gen = 0  #: bumps invalidate scheduled completions
+        #: when the head item is due to leave, and when the valid completion event for it
+        #: fires (``at`` <= ``due``: a rate that fell leaves the event where it was, and the
+        #: event comes back at ``due``; only a rate that rose schedules a new one)
+        self.due = _INF
+        self.at = _INF
         self.growing = False
         self.idle_since = 0.0
         #: the sender has more to write: ``on_drain(pipe)`` after each item leaves
@@ -177,10 +192,31 @@ class Network:
             pipe.up.sent += size
             heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), fn, payload))
             return
-        pipe.items.append((size, fn, payload))
+        items = pipe.items
         pipe.queued += size
+        if size <= SMALL and len(items) > 1:
+            # Behind data, a small message rides with the item it follows (as TCP packs
+            # it into that item's last segment): it arrives with it, one event for both,
+            # not two more per Have (the head item, being sent, is never extended).
+            tsize, tfn, tpay = items[-1]
+            if tfn is _together:
+                tpay.append((fn, payload))
+                items[-1] = (tsize + size, tfn, tpay)
+            else:
+                items[-1] = (tsize + size, _together, [(tfn, tpay), (fn, payload)])
+            return
+        items.append((size, fn, payload))
         if not pipe.active:
             self._start(pipe, now)
+
+    def send_wire(self, pipe: Pipe, size: int, payload: Any,
+                  deliver: Callable[[Any], None]) -> None:
+        """Queue one item of ``size`` wire bytes (overhead already counted: a run of
+        blocks is one item whose size is the sum of each message's :func:`wire`)."""
+        pipe.items.append((size, deliver, payload))
+        pipe.queued += size
+        if not pipe.active:
+            self._start(pipe, self.ev.now)
 
     def close(self, pipe: Pipe) -> None:
         """Drop whatever is queued (the connection is gone)."""
@@ -202,6 +238,7 @@ class Network:
         pipe.left = pipe.items[0][0]
         pipe.last = now
         pipe.rate = 0.0
+        pipe.at = pipe.due = _INF
         pipe.up.flows[pipe] = None
         pipe.down.flows[pipe] = None
         self.settle((pipe.up, pipe.down))
@@ -221,6 +258,11 @@ class Network:
             return
         ev = self.ev
         now = ev.now
+        due = pipe.due
+        if due > now:  # the rate fell since: not gone yet, come back when it is due
+            pipe.at = due
+            _push(ev._heap, (due, next(ev._seq), self._done_fn, arg))
+            return
         items = pipe.items
         size, fn, payload = items.pop(0)
         pipe.queued -= size
@@ -234,7 +276,8 @@ class Network:
             left = pipe.left = items[0][0]
             pipe.last = now
             gen = pipe.gen = pipe.gen + 1
-            _push(heap, (now + left / pipe.rate, next(seq), self._done_fn, (pipe, gen)))
+            due = pipe.due = pipe.at = now + left / pipe.rate
+            _push(heap, (due, next(seq), self._done_fn, (pipe, gen)))
         else:
             self._stop(pipe, now)
 
@@ -318,8 +361,11 @@ class Network:
                     f.left = 0.0
             f.last = now
             f.rate = rate
-            f.gen += 1
-            self.ev.at(now + f.left / rate, self._done, (f, f.gen))
+            due = f.due = now + f.left / rate
+            if due < f.at:  # sooner than the event in the queue (if any): a new one
+                f.at = due
+                f.gen += 1
+                self.ev.at(due, self._done, (f, f.gen))
         if not f.growing and f.cwnd < MAX_CWND and rate * f.rtt * 2 >= f.cwnd * 0.999:
             f.growing = True
             self.ev.at(now + f.rtt, self._grow, f)

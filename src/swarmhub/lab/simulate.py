@@ -12,7 +12,8 @@ run has: a tracker (random ``numwant`` sample, interval, peer expiry), the sourc
 What is modelled as the real driver does it: handshakes (1.5 RTT, then ``can_accept`` on
 both sides and the session's connection cap), the extension handshake's ``reqq``,
 message sizes as on the wire, uploads pulled from the peer's accepted requests into a
-send buffer of ``send_buffer_bytes`` (control messages queue behind data), a tick per
+send buffer of ``send_buffer_bytes`` (control messages queue behind data; up to
+``block_run`` blocks of one piece written back to back travel as one network item), a tick per
 second, hashing as a fixed cost per byte, tracker announces and the hub's seeder dialling
 every announcer. What is not: packet loss, CPU limits, disk, process start-up time.
 """
@@ -40,7 +41,7 @@ from swarmhub.engine.actions import (
     Verify,
 )
 from swarmhub.engine.swarm import Swarm
-from swarmhub.lab.netmodel import SMALL, EventQueue, Link, Network, Pipe, wire
+from swarmhub.lab.netmodel import MSS, OVERHEAD, SMALL, EventQueue, Link, Network, Pipe, wire
 from swarmhub.lab.simhosts import HostSpec, SimTracker
 from swarmhub.lab.simservices import Services
 from swarmhub.settings import Settings
@@ -54,6 +55,7 @@ _SIZES: dict[type, int] = {
     m.HaveNone: 5, m.SuggestPiece: 9, m.AllowedFast: 9, m.Port: 7,
 }
 HANDSHAKE = 68
+_BLOCK_WIRE = 16384 + 13 + 12 * 66  #: wire bytes of one 16 KiB Piece message
 EXT_HANDSHAKE = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
 PIECE_HEADER = 13
 
@@ -89,22 +91,30 @@ class End:
     # What arrives from the other side (the network calls these one latency after the
     # last byte left): one function per kind, not one that dispatches on a tag, since
     # these run for every block and every message batch of the run.
-    def got_block(self, req: m.Request) -> None:
-        """A Piece message for ``req`` arrived."""
+    def got_blocks(self, reqs: list[m.Request]) -> None:
+        """Piece messages for ``reqs`` arrived: a run of blocks of one piece, sent back to
+        back, travels as one network item (see :attr:`Simulation.block_run`)."""
         if not self.open:
             return
         node = self.node
         sim = node.sim
         swarm = node.swarm
         assert swarm is not None  # ends exist only on hosts that run a core
-        length = req.length
-        node.got += length
+        block = swarm.block
+        uid = self.uid
+        now = sim.ev.now
+        got = useful = 0
+        for req in reqs:
+            length = req.length
+            got += length
+            if block(uid, req.index, req.begin, length, now):
+                useful += length
+        node.got += got
+        node.useful += useful
         remote = self.remote
-        remote.gave += length
-        if swarm.block(self.uid, req.index, req.begin, length, sim.ev.now):
-            node.useful += length
+        remote.gave += got
         if remote is sim.source:
-            sim.source_delivered(length)
+            sim.source_delivered(got)
         if swarm._out:
             sim.flush(node)
 
@@ -166,7 +176,7 @@ class Simulation:
                  hash_rate: float = 1.6e9, jitter: float = 0.002,
                  disk_read: float = 0.0002, join_times: list[float] | None = None,
                  lifetimes: list[float | None] | None = None,
-                 seed_leaves_after_copy: bool = False,
+                 seed_leaves_after_copy: bool = False, block_run: int = 4,
                  on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.mode = mode
         self.size = size
@@ -179,6 +189,10 @@ class Simulation:
         self.jitter = jitter
         #: seconds to read a piece for uploading (page cache + the executor's round trip)
         self.disk_read = disk_read
+        #: blocks of one piece sent back to back travel as one network item of at most
+        #: this many (each keeps its own wire size): a quarter of the events per block, at
+        #: the cost of the run's first blocks arriving with its last
+        self.block_run = block_run
         self.ev = EventQueue()
         self.net = Network(self.ev)
         self.nodes = [Node(self, i, spec) for i, spec in enumerate(specs)]
@@ -377,20 +391,39 @@ class Simulation:
         incoming = ps.incoming
         pipe = end.out
         limit = self.settings.send_buffer_bytes
-        send = self.net.send
-        arrive = end.far.got_block
+        send = self.net.send_wire
+        arrive = end.far.got_blocks
         cache = node.cache
         while incoming and pipe.queued < limit:
+            # A run delays its first blocks, and so the peer's next requests: only as
+            # long as a quarter of what it has queued here (its queue of 4 in a swarm's
+            # tail gets single blocks, as the real driver sends them).
+            depth = len(incoming) + pipe.queued // _BLOCK_WIRE
+            run_max = min(self.block_run, max(1, depth // 4))
             served = []
             nbytes = 0
+            run: list[m.Request] = []
+            run_bytes = 0
+            run_index = -1
             while incoming and nbytes < 1 << 20:
                 req = incoming[0]
-                if req.index not in cache:
+                index = req.index
+                if index not in cache:
                     break
                 incoming.popleft()
-                send(pipe, PIECE_HEADER + req.length, req, arrive)
+                if run and (index != run_index or len(run) >= run_max):
+                    send(pipe, run_bytes, run, arrive)
+                    run = []
+                    run_bytes = 0
+                run_index = index
+                run.append(req)
+                length = req.length
+                size = PIECE_HEADER + length
+                run_bytes += size + -(-size // MSS) * OVERHEAD  # wire(size), inlined
                 served.append(req)
-                nbytes += req.length
+                nbytes += length
+            if run:
+                send(pipe, run_bytes, run, arrive)
             if not served:
                 self._read(node, incoming[0].index, end)
                 return
