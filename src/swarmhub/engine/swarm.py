@@ -31,6 +31,7 @@ No sockets, no tasks, no clock reads, no logging: notices (bans, failures) are a
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Container, Hashable, Iterable, Mapping
 from itertools import starmap
@@ -80,6 +81,12 @@ _PEERS_STALLED = 2.0
 #: batches from every client flooded the origin), and the first batch when alone (later
 #: ones follow its measured rate, up to the ``web_seed_batch_bytes`` setting).
 _SWARM_WS_BATCH_BYTES = 1 << 20
+#: Super-seeding: a peer still not interested this many seconds after its latest offer
+#: declined it (it downloads only some files). Without the wait, a tick between an offer
+#: and the peer's Interested (one RTT later) closed the offer and opened another: at N=64
+#: in ``lab simulate`` the seed sent some 20 pieces at once, each at a twentieth of its
+#: rate, and the swarm had nothing new to trade for seconds.
+_DECLINE_AFTER = 2.0
 
 
 def ban_key(addr: tuple[str, int], peer_id: bytes) -> Hashable:
@@ -740,6 +747,7 @@ class Swarm:
             rate = ps.up.rate(now) * 10 * self.settings.super_seed_window
             offers = ss.top_up(ps.handle, ps.have, max(2, int(rate / self.piece_length) + 1))
             if offers:
+                self._offered_at[ps.handle] = now
                 self._send(ps, tuple(m.Have(i) for i in offers), now)
             return
         if not ps.closed and ps.handle in ss:
@@ -888,6 +896,7 @@ class Swarm:
             self._fill(ps, now)
             ss = self._ss
             if ss is not None and not ps.peer_interested and ps.handle in ss \
+                    and now - self._offered_at.get(ps.handle, -math.inf) >= _DECLINE_AFTER \
                     and ss.declined(ps.handle):
                 self._offer(ps, now)  # a selective leecher: show it other pieces
         if now >= self._rechoke_at:
