@@ -87,6 +87,9 @@ _SWARM_WS_BATCH_BYTES = 1 << 20
 #: in ``lab simulate`` the seed sent some 20 pieces at once, each at a twentieth of its
 #: rate, and the swarm had nothing new to trade for seconds.
 _DECLINE_AFTER = 2.0
+#: An unchoked peer that asked us for nothing for this many seconds (since its unchoke or
+#: its latest request) does not count against the unchoke slots (see _reuse_idle_slots).
+_SLOT_IDLE = 0.5
 
 
 def ban_key(addr: tuple[str, int], peer_id: bytes) -> Hashable:
@@ -702,6 +705,7 @@ class Swarm:
                 self._send(ps, (m.RejectRequest(req.index, req.begin, req.length),), now)
             return
         ps.incoming.append(req)
+        ps.slot_used_at = now
         if len(ps.incoming) == 1:
             self._out.append(Serve(ps.handle))
 
@@ -817,6 +821,7 @@ class Swarm:
             if h in unchoke:
                 if ps.am_choking:
                     ps.am_choking = False
+                    ps.slot_used_at = now
                     self._send(ps, _UNCHOKE, now)
             elif not ps.am_choking:
                 ps.am_choking = True
@@ -839,8 +844,56 @@ class Swarm:
         ps.incoming.clear()
         self._send(ps, tuple(msgs), now)
         d = self._choke
-        seeding = self.finished
         turns = dict(d.turns)
+        best = self._best_waiting(now)
+        unchoked = set(d.unchoked)
+        unchoked.discard(ps.handle)
+        optimistic, since = d.optimistic, d.optimistic_since
+        if best is not None:
+            unchoked.add(best.handle)
+            best.am_choking = False
+            best.slot_used_at = now
+            self._send(best, _UNCHOKE, now)
+        if ps.handle == optimistic:  # the newcomer finishes the optimistic turn
+            optimistic = best.handle if best is not None else None
+        elif best is not None:
+            turns[best.handle] = now
+        self._choke = ChokeDecision(frozenset(unchoked), optimistic, since, turns)
+
+    def _reuse_idle_slots(self, now: float) -> None:
+        """Between choke rounds, unchoke more interested peers while some of the unchoked
+        ones leave their slot unused (asked for nothing for ``_SLOT_IDLE`` s): the slots
+        count the peers that download from us, not the peers we let download.
+
+        Why: behind one seed the pieces worth trading are the few it sent last, and a
+        peer we unchoked often has them requested from others already; its slot idled
+        while interested peers waited for the next round (``lab simulate`` N=16/64: an
+        idle uplink had an interested choked peer in about one sample in eight). The
+        idle peers stay unchoked (a new piece of ours may interest them at once); the
+        next round re-ranks everyone as usual."""
+        if self._super_seeding():
+            return  # every interested peer is unchoked already
+        waiting = sum(1 for ps in self.peers.values()
+                      if ps.am_choking and ps.peer_interested and not ps.closed
+                      and not ps.is_seed)
+        if not waiting:
+            return
+        unchoked = idle = 0
+        for ps in self.peers.values():
+            if not ps.am_choking and not ps.closed:
+                unchoked += 1
+                if not ps.incoming and now - ps.slot_used_at >= _SLOT_IDLE:
+                    idle += 1
+        for _ in range(min(waiting, self._slots() + 1 - (unchoked - idle))):
+            if not self._unchoke_best(now):
+                break
+
+    def _best_waiting(self, now: float) -> PeerState | None:
+        """The interested choked peer the choker would rank first: the fastest uploader
+        to us when leeching, the least recently (then least) served when seeding;
+        snubbed peers (when leeching) and seeds never."""
+        seeding = self.finished
+        turns = self._choke.turns
         best: PeerState | None = None
         best_key: tuple[float, float, float] | None = None
         for other in self.peers.values():
@@ -854,18 +907,23 @@ class Swarm:
                 key = (-other.down.rate(now), 0.0, self.rng.random())
             if best_key is None or key < best_key:
                 best, best_key = other, key
-        unchoked = set(d.unchoked)
-        unchoked.discard(ps.handle)
-        optimistic, since = d.optimistic, d.optimistic_since
-        if best is not None:
-            unchoked.add(best.handle)
-            best.am_choking = False
-            self._send(best, _UNCHOKE, now)
-        if ps.handle == optimistic:  # the newcomer finishes the optimistic turn
-            optimistic = best.handle if best is not None else None
-        elif best is not None:
-            turns[best.handle] = now
-        self._choke = ChokeDecision(frozenset(unchoked), optimistic, since, turns)
+        return best
+
+    def _unchoke_best(self, now: float) -> bool:
+        """Unchoke the interested choked peer the choker would rank first (as in
+        :meth:`_hand_over_slot`) on top of the current set; False if there is none."""
+        d = self._choke
+        turns = dict(d.turns)
+        best = self._best_waiting(now)
+        if best is None:
+            return False
+        best.am_choking = False
+        best.slot_used_at = now
+        self._send(best, _UNCHOKE, now)
+        turns[best.handle] = now
+        self._choke = ChokeDecision(d.unchoked | {best.handle}, d.optimistic,
+                                    d.optimistic_since, turns)
+        return True
 
     @property
     def choke_decision(self) -> ChokeDecision:
@@ -901,6 +959,8 @@ class Swarm:
                 self._offer(ps, now)  # a selective leecher: show it other pieces
         if now >= self._rechoke_at:
             self._rechoke(now)
+        else:
+            self._reuse_idle_slots(now)
         self._dial(now)
         tracker = self.tracker
         if tracker is not None and self.active:
