@@ -745,7 +745,7 @@ class Swarm:
         ss = self._ss
         if ss is None:
             return
-        if not self.settings.super_seed_shared:  # a window per peer (the hub's seeder)
+        if not self.settings.super_seed_shared:  # a window per peer
             if ps.closed or ps.is_seed:
                 return
             rate = ps.up.rate(now) * 10 * self.settings.super_seed_window
