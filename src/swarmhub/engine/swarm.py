@@ -74,8 +74,13 @@ _WEBSEED = "web seed"
 #: A web seed's batch holds about this many seconds of its rate (peers do not help with
 #: it, not even in end-game, so a slow web seed must not hold much).
 _WS_BATCH_SECONDS = 2.0
-#: Seconds without a block from any peer after which, with leechers around, the web seed
-#: may fetch any missing piece (the swarm is stuck, not merely slower than HTTP).
+#: Seconds without a block from any peer, and without news of a piece we lack (a Have),
+#: after which, with leechers around, the web seed may fetch any missing piece (the swarm
+#: is stuck, not merely slower than HTTP). Haves count: in a large swarm a client may wait
+#: seconds for its first unchoke while pieces spread around it, and the origin's HTTP is
+#: shared by every client (lab simulate hybrid N=256: 70 clients without a block after
+#: 2 s each fetched 1 MiB from the hub, whose link then served the super-seed a 1/71
+#: share, the swarm starved, more clients stalled, and the hub sent 6.7 F).
 _PEERS_STALLED = 2.0
 #: At most this many bytes per web-seed batch while the swarm can serve (whole-file
 #: batches from every client flooded the origin), and the first batch when alone (later
@@ -147,9 +152,10 @@ class Swarm:
         self.tracker_seeds = 0
         #: leechers the tracker counts, us included (None until it answers with a count)
         self.tracker_leechers: int | None = None
-        #: when the web seed may start at the latest, and when a peer last sent a block
+        #: when the web seed may start at the latest, and when a peer last sent a block or
+        #: announced a piece we lack (the swarm moves: see _PEERS_STALLED)
         self._ws_start = now + settings.web_seed_grace
-        self._peer_block_at = now
+        self._peer_block_at = self._peer_news_at = now
         #: bytes/s the web seed delivered over its last batch (the 5 s meter lags far
         #: behind a loopback origin), and when/at what count the current batch started
         self._ws_rate = 0.0
@@ -435,6 +441,7 @@ class Swarm:
         if self._ss is not None and self._ss.peer_has(ps.handle, index):
             self._offer(ps, now)
         if not self.have[index]:
+            self._peer_news_at = now
             if ps.am_interested:
                 self._fill(ps, now)  # something new to ask for: no wait for the tick
             else:
@@ -630,7 +637,8 @@ class Swarm:
         the swarm grows: it fills what no connected peer has (unless a tracker-counted
         seed may be hiding it: a super-seed hands every piece out in turn, and clients
         would all fetch over HTTP the pieces it has not offered yet), or, when no peer has
-        sent a block for ``_PEERS_STALLED`` seconds, any missing piece; in both cases a
+        sent a block nor announced a piece we lack for ``_PEERS_STALLED`` seconds (the
+        swarm is stuck, not merely busy), any missing piece; in both cases a
         small batch from a random starting point, so that clients spread over the file
         instead of all fetching the same first pieces from the origin.
 
@@ -639,7 +647,7 @@ class Swarm:
         if not self.webseed_ready(now):
             return []
         alone = self.webseed_alone()
-        stalled = now - self._peer_block_at >= _PEERS_STALLED
+        stalled = now - max(self._peer_block_at, self._peer_news_at) >= _PEERS_STALLED
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
         if alone:  # grows with the rate it shows: a slow web seed holds little
             nbytes = max(_SWARM_WS_BATCH_BYTES, int(self._ws_rate * _WS_BATCH_SECONDS))
