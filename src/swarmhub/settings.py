@@ -100,8 +100,8 @@ class Settings:
     )
     super_seed_shared: bool = _f(
         True, "super-seeding: one budget of offers (super_seed_window) across all peers, "
-        "in turns, instead of a window per peer. Off for the hub's seeder: its peer "
-        "connections share the link with web-seed downloads, where few offers starve it"
+        "in turns, instead of a window per peer (which splits the seed's upload N ways, "
+        "so that nothing finishes for seconds)"
     )
     super_seed_window: float = _f(
         0.1, "super-seeding: seconds of our upload rate kept on offer (at least 2 pieces): "

@@ -198,10 +198,25 @@ def test_no_endgame_while_free_blocks_remain() -> None:
     assert len(b) == 4 and picker.in_endgame  # 2 fresh blocks, then 2 duplicates of p0's
 
 
-def test_endgame_ignores_pieces_nobody_has() -> None:
-    picker = make_picker("10")
-    picker.pick("p0", 4)
-    assert picker.in_endgame  # piece 1 has no source: it cannot hold end-game back
+def test_pieces_nobody_has_yet_hold_endgame_back() -> None:
+    """Behind a super-seed (or in a young swarm) most missing pieces have no holder yet:
+    a peer that asked for all it can see is not at the end, and duplicates would waste
+    the uploads of the peers it asks twice."""
+    picker = make_picker("10", blocks_per_piece=2)
+    a = picker.pick("p0", 4)
+    assert len(a) == 2 and not picker.in_endgame  # piece 1 is still to come
+    assert picker.pick("p1", 4) == []  # no duplicates of p0's blocks meanwhile
+
+
+def test_endgame_duplicates_go_only_to_a_peer_with_nothing_outstanding() -> None:
+    picker = make_picker("33", blocks_per_piece=2)
+    a = picker.pick("p0", 2)
+    b = picker.pick("p1", 2)
+    assert len(a) == len(b) == 2 and not set(a) & set(b)
+    assert picker.in_endgame  # every block is requested now
+    assert picker.pick("p1", 4) == []  # p1 still waits for its own blocks: no duplicate
+    c = picker.pick("p2", 4)  # p2 is idle: it races the others for their blocks
+    assert sorted(c) == sorted(a + b)
 
 
 # ------------------------------------------------------------------ peers leaving, failures

@@ -107,6 +107,9 @@ def test_rechoke_waits_for_its_interval_and_the_optimistic_unchoke_rotates() -> 
     s.tick(10.0)
     first = s.choke_decision
     s.take()
+    for p in first.unchoked:  # they use their slots
+        s.message(p, m.Request(0, 0, 16384), 14.9)
+    s.take()
     s.tick(15.0)  # before rechoke_interval (10 s): nothing changes
     assert not unchoked(s.take()) and s.choke_decision is first
     optimistic, since = first.optimistic, first.optimistic_since
@@ -120,6 +123,29 @@ def test_rechoke_waits_for_its_interval_and_the_optimistic_unchoke_rotates() -> 
             assert d.optimistic == optimistic  # held for optimistic_unchoke_interval
         seen.add(d.optimistic)
     assert len(seen) >= 3  # and then it rotates
+
+
+def test_slots_left_unused_go_to_more_interested_peers_between_rounds() -> None:
+    """Unchoked peers that ask for nothing do not hold interested peers back until the
+    next round; peers that use their slot still count."""
+    s = make_swarm(have="*" * 8)
+    for i in range(10):
+        join(s, f"p{i}")
+        s.message(f"p{i}", m.Interested(), 0.0)
+    s.tick(10.0)
+    first = set(s.choke_decision.unchoked)
+    assert len(first) == 5  # 4 slots + the optimistic one
+    s.take()
+    busy = sorted(first)[:3]
+    for p in busy:
+        s.message(p, m.Request(0, 0, 16384), 10.2)
+    s.take()
+    s.tick(11.0)  # two of the five asked for nothing since their unchoke, 1 s ago
+    more = unchoked(s.take())
+    assert len(more) == 2 and not more & first
+    assert s.choke_decision.unchoked == first | more
+    s.tick(11.2)  # the newcomers have not had time to ask: nothing more yet
+    assert not unchoked(s.take())
 
 
 def test_a_new_interested_peer_is_unchoked_at_once_when_a_slot_is_free() -> None:

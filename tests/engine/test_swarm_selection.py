@@ -86,10 +86,12 @@ def test_a_super_seed_offers_other_pieces_to_a_leecher_that_declines() -> None:
     join(s, "a")
     first = indices(s.take(), "a", m.Have)
     assert len(first) == 2
-    s.tick(1.0)  # "a" never said Interested: it does not want those
+    s.tick(0.01)  # its Interested may still be on the way (one RTT): the offers stand
+    assert not sent(s.take(), "a", m.Have)
+    s.tick(2.5)  # "a" never said Interested: it does not want those
     more = indices(s.take(), "a", m.Have)
     assert len(more) == 2 and not more & first
-    s.message("a", m.Interested(), 1.5)
+    s.message("a", m.Interested(), 3.0)
     s.take()
-    s.tick(2.0)  # interested now: its offers stand
+    s.tick(6.0)  # interested now: its offers stand
     assert not sent(s.take(), "a", m.Have)

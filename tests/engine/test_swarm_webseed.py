@@ -58,6 +58,26 @@ def test_a_hidden_seed_keeps_the_web_seed_off_until_the_peers_stall() -> None:
     assert 0 < len(stalled) <= MiB // PIECE
 
 
+def test_news_of_pieces_from_the_peers_keeps_the_web_seed_off_while_the_swarm_moves() -> None:
+    """A client still waiting for its first unchoke in a large swarm sees Haves: the swarm
+    moves, and the origin's HTTP (shared by every client) is left alone. Once neither a
+    block nor a Have came for 2 s, the swarm is stuck and the web seed may fetch."""
+    s = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    _tracker(s, 0.01, seeds=1, leechers=200)
+    join(s, "hub", 0.02)
+    join(s, "b", 0.02)
+    s.take()
+    for k, t in enumerate((1.0, 2.0, 3.0, 4.0)):  # a new piece announced every second
+        s.message("b", m.Have(k), t)
+        s.take()
+        assert s.webseed_batch(t + 0.9, set()) == []  # no block for > 2 s, but news
+    s.message("b", m.Have(0), 5.0)  # a piece it announced already: no news
+    s.take()
+    assert s.webseed_batch(5.9, set()) == []
+    stalled = s.webseed_batch(6.0, set())  # neither a block nor news for 2 s
+    assert 0 < len(stalled) <= MiB // PIECE
+
+
 def test_pieces_the_web_seed_fetches_are_left_to_it_until_released() -> None:
     s = make_swarm(pieces=64, trackers=True)
     _tracker(s, 0.01, seeds=1, leechers=1)

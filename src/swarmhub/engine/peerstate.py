@@ -147,6 +147,7 @@ class PeerState:
         "queue_target",
         "reqq",
         "requested",
+        "slot_used_at",
         "snubbed",
         "target_at",
         "unchoked_us",
@@ -195,6 +196,9 @@ class PeerState:
         self.queue_target = queue_target
         self.target_at = 0.0
         self.snubbed = False
+        #: when we last unchoked it or it last asked us for a block (an unchoke slot
+        #: it leaves unused goes to a peer that will use it)
+        self.slot_used_at = now
         self.am_choking = True
         self.am_interested = False
         self.peer_choking = True

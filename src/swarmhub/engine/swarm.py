@@ -31,6 +31,7 @@ No sockets, no tasks, no clock reads, no logging: notices (bans, failures) are a
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Container, Hashable, Iterable, Mapping
 from itertools import starmap
@@ -73,13 +74,27 @@ _WEBSEED = "web seed"
 #: A web seed's batch holds about this many seconds of its rate (peers do not help with
 #: it, not even in end-game, so a slow web seed must not hold much).
 _WS_BATCH_SECONDS = 2.0
-#: Seconds without a block from any peer after which, with leechers around, the web seed
-#: may fetch any missing piece (the swarm is stuck, not merely slower than HTTP).
+#: Seconds without a block from any peer, and without news of a piece we lack (a Have),
+#: after which, with leechers around, the web seed may fetch any missing piece (the swarm
+#: is stuck, not merely slower than HTTP). Haves count: in a large swarm a client may wait
+#: seconds for its first unchoke while pieces spread around it, and the origin's HTTP is
+#: shared by every client (lab simulate hybrid N=256: 70 clients without a block after
+#: 2 s each fetched 1 MiB from the hub, whose link then served the super-seed a 1/71
+#: share, the swarm starved, more clients stalled, and the hub sent 6.7 F).
 _PEERS_STALLED = 2.0
 #: At most this many bytes per web-seed batch while the swarm can serve (whole-file
 #: batches from every client flooded the origin), and the first batch when alone (later
 #: ones follow its measured rate, up to the ``web_seed_batch_bytes`` setting).
 _SWARM_WS_BATCH_BYTES = 1 << 20
+#: Super-seeding: a peer still not interested this many seconds after its latest offer
+#: declined it (it downloads only some files). Without the wait, a tick between an offer
+#: and the peer's Interested (one RTT later) closed the offer and opened another: at N=64
+#: in ``lab simulate`` the seed sent some 20 pieces at once, each at a twentieth of its
+#: rate, and the swarm had nothing new to trade for seconds.
+_DECLINE_AFTER = 2.0
+#: An unchoked peer that asked us for nothing for this many seconds (since its unchoke or
+#: its latest request) does not count against the unchoke slots (see _reuse_idle_slots).
+_SLOT_IDLE = 0.5
 
 
 def ban_key(addr: tuple[str, int], peer_id: bytes) -> Hashable:
@@ -137,9 +152,10 @@ class Swarm:
         self.tracker_seeds = 0
         #: leechers the tracker counts, us included (None until it answers with a count)
         self.tracker_leechers: int | None = None
-        #: when the web seed may start at the latest, and when a peer last sent a block
+        #: when the web seed may start at the latest, and when a peer last sent a block or
+        #: announced a piece we lack (the swarm moves: see _PEERS_STALLED)
         self._ws_start = now + settings.web_seed_grace
-        self._peer_block_at = now
+        self._peer_block_at = self._peer_news_at = now
         #: bytes/s the web seed delivered over its last batch (the 5 s meter lags far
         #: behind a loopback origin), and when/at what count the current batch started
         self._ws_rate = 0.0
@@ -425,6 +441,7 @@ class Swarm:
         if self._ss is not None and self._ss.peer_has(ps.handle, index):
             self._offer(ps, now)
         if not self.have[index]:
+            self._peer_news_at = now
             if ps.am_interested:
                 self._fill(ps, now)  # something new to ask for: no wait for the tick
             else:
@@ -620,7 +637,8 @@ class Swarm:
         the swarm grows: it fills what no connected peer has (unless a tracker-counted
         seed may be hiding it: a super-seed hands every piece out in turn, and clients
         would all fetch over HTTP the pieces it has not offered yet), or, when no peer has
-        sent a block for ``_PEERS_STALLED`` seconds, any missing piece; in both cases a
+        sent a block nor announced a piece we lack for ``_PEERS_STALLED`` seconds (the
+        swarm is stuck, not merely busy), any missing piece; in both cases a
         small batch from a random starting point, so that clients spread over the file
         instead of all fetching the same first pieces from the origin.
 
@@ -629,7 +647,7 @@ class Swarm:
         if not self.webseed_ready(now):
             return []
         alone = self.webseed_alone()
-        stalled = now - self._peer_block_at >= _PEERS_STALLED
+        stalled = now - max(self._peer_block_at, self._peer_news_at) >= _PEERS_STALLED
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
         if alone:  # grows with the rate it shows: a slow web seed holds little
             nbytes = max(_SWARM_WS_BATCH_BYTES, int(self._ws_rate * _WS_BATCH_SECONDS))
@@ -695,6 +713,7 @@ class Swarm:
                 self._send(ps, (m.RejectRequest(req.index, req.begin, req.length),), now)
             return
         ps.incoming.append(req)
+        ps.slot_used_at = now
         if len(ps.incoming) == 1:
             self._out.append(Serve(ps.handle))
 
@@ -734,12 +753,13 @@ class Swarm:
         ss = self._ss
         if ss is None:
             return
-        if not self.settings.super_seed_shared:  # a window per peer (the hub's seeder)
+        if not self.settings.super_seed_shared:  # a window per peer
             if ps.closed or ps.is_seed:
                 return
             rate = ps.up.rate(now) * 10 * self.settings.super_seed_window
             offers = ss.top_up(ps.handle, ps.have, max(2, int(rate / self.piece_length) + 1))
             if offers:
+                self._offered_at[ps.handle] = now
                 self._send(ps, tuple(m.Have(i) for i in offers), now)
             return
         if not ps.closed and ps.handle in ss:
@@ -809,6 +829,7 @@ class Swarm:
             if h in unchoke:
                 if ps.am_choking:
                     ps.am_choking = False
+                    ps.slot_used_at = now
                     self._send(ps, _UNCHOKE, now)
             elif not ps.am_choking:
                 ps.am_choking = True
@@ -831,8 +852,56 @@ class Swarm:
         ps.incoming.clear()
         self._send(ps, tuple(msgs), now)
         d = self._choke
-        seeding = self.finished
         turns = dict(d.turns)
+        best = self._best_waiting(now)
+        unchoked = set(d.unchoked)
+        unchoked.discard(ps.handle)
+        optimistic, since = d.optimistic, d.optimistic_since
+        if best is not None:
+            unchoked.add(best.handle)
+            best.am_choking = False
+            best.slot_used_at = now
+            self._send(best, _UNCHOKE, now)
+        if ps.handle == optimistic:  # the newcomer finishes the optimistic turn
+            optimistic = best.handle if best is not None else None
+        elif best is not None:
+            turns[best.handle] = now
+        self._choke = ChokeDecision(frozenset(unchoked), optimistic, since, turns)
+
+    def _reuse_idle_slots(self, now: float) -> None:
+        """Between choke rounds, unchoke more interested peers while some of the unchoked
+        ones leave their slot unused (asked for nothing for ``_SLOT_IDLE`` s): the slots
+        count the peers that download from us, not the peers we let download.
+
+        Why: behind one seed the pieces worth trading are the few it sent last, and a
+        peer we unchoked often has them requested from others already; its slot idled
+        while interested peers waited for the next round (``lab simulate`` N=16/64: an
+        idle uplink had an interested choked peer in about one sample in eight). The
+        idle peers stay unchoked (a new piece of ours may interest them at once); the
+        next round re-ranks everyone as usual."""
+        if self._super_seeding():
+            return  # every interested peer is unchoked already
+        waiting = sum(1 for ps in self.peers.values()
+                      if ps.am_choking and ps.peer_interested and not ps.closed
+                      and not ps.is_seed)
+        if not waiting:
+            return
+        unchoked = idle = 0
+        for ps in self.peers.values():
+            if not ps.am_choking and not ps.closed:
+                unchoked += 1
+                if not ps.incoming and now - ps.slot_used_at >= _SLOT_IDLE:
+                    idle += 1
+        for _ in range(min(waiting, self._slots() + 1 - (unchoked - idle))):
+            if not self._unchoke_best(now):
+                break
+
+    def _best_waiting(self, now: float) -> PeerState | None:
+        """The interested choked peer the choker would rank first: the fastest uploader
+        to us when leeching, the least recently (then least) served when seeding;
+        snubbed peers (when leeching) and seeds never."""
+        seeding = self.finished
+        turns = self._choke.turns
         best: PeerState | None = None
         best_key: tuple[float, float, float] | None = None
         for other in self.peers.values():
@@ -846,18 +915,23 @@ class Swarm:
                 key = (-other.down.rate(now), 0.0, self.rng.random())
             if best_key is None or key < best_key:
                 best, best_key = other, key
-        unchoked = set(d.unchoked)
-        unchoked.discard(ps.handle)
-        optimistic, since = d.optimistic, d.optimistic_since
-        if best is not None:
-            unchoked.add(best.handle)
-            best.am_choking = False
-            self._send(best, _UNCHOKE, now)
-        if ps.handle == optimistic:  # the newcomer finishes the optimistic turn
-            optimistic = best.handle if best is not None else None
-        elif best is not None:
-            turns[best.handle] = now
-        self._choke = ChokeDecision(frozenset(unchoked), optimistic, since, turns)
+        return best
+
+    def _unchoke_best(self, now: float) -> bool:
+        """Unchoke the interested choked peer the choker would rank first (as in
+        :meth:`_hand_over_slot`) on top of the current set; False if there is none."""
+        d = self._choke
+        turns = dict(d.turns)
+        best = self._best_waiting(now)
+        if best is None:
+            return False
+        best.am_choking = False
+        best.slot_used_at = now
+        self._send(best, _UNCHOKE, now)
+        turns[best.handle] = now
+        self._choke = ChokeDecision(d.unchoked | {best.handle}, d.optimistic,
+                                    d.optimistic_since, turns)
+        return True
 
     @property
     def choke_decision(self) -> ChokeDecision:
@@ -888,10 +962,13 @@ class Swarm:
             self._fill(ps, now)
             ss = self._ss
             if ss is not None and not ps.peer_interested and ps.handle in ss \
+                    and now - self._offered_at.get(ps.handle, -math.inf) >= _DECLINE_AFTER \
                     and ss.declined(ps.handle):
                 self._offer(ps, now)  # a selective leecher: show it other pieces
         if now >= self._rechoke_at:
             self._rechoke(now)
+        else:
+            self._reuse_idle_slots(now)
         self._dial(now)
         tracker = self.tracker
         if tracker is not None and self.active:

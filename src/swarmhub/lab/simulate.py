@@ -235,10 +235,7 @@ class Simulation:
 
     # -- set-up ----------------------------------------------------------------------------
     def _swarm(self, node: Node, seed: bool, trackers: bool) -> Swarm:
-        settings = self.settings
-        if seed and self.mode == "hybrid":
-            settings = settings.replace(super_seed_shared=False)  # as the hub's seeder
-        s = Swarm(self.num_pieces, self.piece_length, self.size, settings,
+        s = Swarm(self.num_pieces, self.piece_length, self.size, self.settings,
                   rng=random.Random(self.rng.getrandbits(64)), now=self.ev.now,
                   have=b"\x01" * self.num_pieces if seed else None, trackers=trackers)
         s.dialer.own.add(node.addr)
