@@ -135,6 +135,18 @@ def test_alone_the_origins_peer_is_left_idle_while_its_web_seed_serves() -> None
         assert _asked(s, "hub") == set()
 
 
+def test_only_what_the_origins_peer_alone_was_asked_for_is_taken_back() -> None:
+    s = _alone_with_hub()
+    join(s, "far", 0.0, has_all=True)  # a seed with its own uplink, asked too
+    s.message("far", m.Unchoke(), 0.0)
+    hub, far = _asked(s, "hub"), _asked(s, "far")
+    first = set(s.webseed_batch(0.0, set()))
+    actions = s.take()
+    assert not sent(actions, "far", m.Cancel) and not far & first  # its requests stand
+    cancels = {c.index for c in sent(actions, "hub", m.Cancel) if isinstance(c, m.Cancel)}
+    assert cancels == (hub - far) & first and cancels
+
+
 def test_alone_and_preferred_the_web_seeds_batch_grows_past_the_setting() -> None:
     s = _alone_with_hub()
     first = s.webseed_batch(0.0, set())

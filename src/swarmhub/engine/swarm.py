@@ -674,8 +674,10 @@ class Swarm:
         stalled = now - self._peer_block_at >= _PEERS_STALLED
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
         # Alone with the origin's peer: it gets no requests (webseed_preferred), so the
-        # batch may hold more (long ranges) and takes back what it was asked for.
-        prefer = alone and bool(self._ws_origins)
+        # batch may hold more (long ranges) and takes back what it alone was asked for.
+        origins = self._ws_origins
+        prefer = alone and bool(origins) and any(
+            ps.addr[0] in origins and not ps.closed for ps in self.peers.values())
         if alone:  # grows with the rate it shows: a slow web seed holds little
             nbytes = max(_SWARM_WS_BATCH_BYTES, int(self._ws_rate * _WS_BATCH_SECONDS))
             cap = self.settings.web_seed_batch_bytes * (_WS_PREFERRED_GROWTH if prefer else 1)
@@ -687,15 +689,15 @@ class Swarm:
         # Alone and faster than the peers: pieces they were asked for but sent nothing of
         # yet are taken back (Cancel) for the web seed, which would otherwise idle while
         # a slower peer works through its queue (the hub's own peer on loopback).
-        steal = alone and (prefer or
-                           self._ws_rate > self.down.rate(now) - self.webseed_meter.rate(now))
+        steal = alone and self._ws_rate > self.down.rate(now) - self.webseed_meter.rate(now)
         n = self.num_pieces
         first = 0 if alone else self.rng.randrange(n)
         batch: list[int] = []
         for k in range(n):
             i = (first + k) % n
             ok = (not self.have[i]
-                  and (not started(i) or (steal and picker.only_requested(i)))
+                  and (not started(i) or (picker.only_requested(i)
+                                          and (steal or (prefer and self._origin_only(i)))))
                   and i not in self._verifying and i not in reserved and prio(i)
                   and (alone or stalled or (avail(i) == 0 and not hidden_seed)))
             if ok and (alone or not batch or batch[-1] == i - 1):
@@ -706,7 +708,7 @@ class Swarm:
                 break
         self._ws_batch = (now, self.webseed_bytes)
         for i in batch:
-            if steal and started(i):
+            if started(i):  # only requested, by a slower peer or by the origin's alone
                 self._cancel_requests(i, now)
             picker.reserve((_WEBSEED, source), i)
         if batch:
@@ -714,6 +716,12 @@ class Swarm:
             self._ws_seen = now
             self._ws_pref = (math.nan, False)
         return batch
+
+    def _origin_only(self, index: int) -> bool:
+        """Piece ``index`` was asked of the origin's own peer(s) only."""
+        peers, origins = self.peers, self._ws_origins
+        return all(h in peers and peers[h].addr[0] in origins
+                   for h in self.picker.requesters(index))
 
     def _cancel_requests(self, index: int, now: float) -> None:
         """Withdraw every peer's outstanding requests for piece ``index`` (Cancel)."""
