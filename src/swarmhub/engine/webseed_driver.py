@@ -105,7 +105,7 @@ class WebSeedDriver:
             finally:
                 # before any pause: a dead web seed must not hold its pieces from the peers
                 self._ws_reserved.difference_update(batch)
-                t.swarm.webseed_release(t.clock(), source=url, failed=failed)
+                t.swarm.webseed_release(t.clock(), source=url, failed=failed or ws.banned)
                 t._flush()
             if pause:
                 await self._sleep(pause)
