@@ -112,6 +112,115 @@ def test_alone_and_faster_the_web_seed_takes_back_what_a_peer_sent_nothing_of() 
     assert taken <= cancels
 
 
+# -- alone with the origin's own peer: the web seed takes the file ------------------------
+
+HUB_IP = "10.9.9.9"
+
+
+def _alone_with_hub(settings: object = None) -> Swarm:
+    """Alone per the tracker (the hub's seeder and us), the web seed at HUB_IP, and the
+    hub's peer (HaveAll here, for brevity) connected and unchoking us."""
+    s = make_swarm(pieces=64, trackers=True,
+                   settings=QUIET.replace(web_seed_batch_bytes=16 * PIECE))
+    s.webseed_origin([HUB_IP])
+    _tracker(s, 0.0, seeds=1, leechers=1)
+    s.connected("hub", (HUB_IP, 6881), b"-SH0100-hubhubhubhub", fast=True, now=0.0)
+    s.message("hub", m.HaveAll(), 0.0)
+    s.message("hub", m.Unchoke(), 0.0)
+    return s
+
+
+def _asked(s: Swarm, peer: str) -> set[int]:
+    return {r.index for r in sent(s.take(), peer, m.Request) if isinstance(r, m.Request)}
+
+
+def _deliver(s: Swarm, batch: list[int], now: float) -> None:
+    for i in batch:
+        s.webseed_piece(i, PIECE, now)
+
+
+def test_alone_the_origins_peer_is_left_idle_while_its_web_seed_serves() -> None:
+    s = _alone_with_hub()
+    early = _asked(s, "hub")  # before the web seed starts, the peer is asked as usual
+    first = s.webseed_batch(0.0, set())
+    assert early & set(first)  # the first pieces: the peer was asked for some of them
+    cancels = {c.index for c in sent(s.take(), "hub", m.Cancel) if isinstance(c, m.Cancel)}
+    assert cancels == early & set(first)  # taken back: it had sent nothing of them
+    join(s, "other-seed", 0.0, has_all=True)  # a seed elsewhere: another uplink, used
+    s.message("other-seed", m.Unchoke(), 0.0)
+    assert _asked(s, "other-seed")
+    for k in range(1, 6):  # the web seed delivers steadily: the hub's peer stays idle
+        now = 0.1 * k
+        s.tick(now)
+        assert _asked(s, "hub") == set()
+
+
+def test_only_what_the_origins_peer_alone_was_asked_for_is_taken_back() -> None:
+    s = _alone_with_hub()
+    join(s, "far", 0.0, has_all=True)  # a seed with its own uplink, asked too
+    s.message("far", m.Unchoke(), 0.0)
+    hub, far = _asked(s, "hub"), _asked(s, "far")
+    first = set(s.webseed_batch(0.0, set()))
+    actions = s.take()
+    assert not sent(actions, "far", m.Cancel) and not far & first  # its requests stand
+    cancels = {c.index for c in sent(actions, "hub", m.Cancel) if isinstance(c, m.Cancel)}
+    assert cancels == (hub - far) & first and cancels
+
+
+def test_alone_and_preferred_the_web_seeds_batch_grows_past_the_setting() -> None:
+    s = _alone_with_hub()
+    first = s.webseed_batch(0.0, set())
+    _deliver(s, first, 0.01)
+    s.webseed_release(0.01)  # 32 pieces in 10 ms: a fast origin
+    s.take()
+    second = s.webseed_batch(0.01, set())
+    assert len(second) > 16  # more than web_seed_batch_bytes: nobody cuts it short
+    assert second == list(range(second[0], second[0] + len(second)))  # one long range
+
+
+def test_another_leecher_brings_the_origins_peer_back_at_the_next_tick() -> None:
+    s = _alone_with_hub()
+    _deliver(s, s.webseed_batch(0.0, set()), 0.05)
+    s.take()
+    s.tick(0.1)
+    assert _asked(s, "hub") == set()
+    _tracker(s, 0.2, seeds=1, leechers=2)  # someone to trade with: peers first again
+    s.tick(0.3)
+    assert _asked(s, "hub")
+
+
+def test_a_failed_web_seed_gives_the_origins_peer_its_requests_at_once() -> None:
+    s = _alone_with_hub()
+    batch = s.webseed_batch(0.0, set())
+    _deliver(s, batch[:2], 0.05)
+    s.take()
+    s.tick(0.1)
+    assert _asked(s, "hub") == set()
+    s.webseed_release(0.1, failed=True)
+    assert _asked(s, "hub")  # no wait for the tick
+
+
+def test_a_stalled_web_seed_gives_the_origins_peer_its_requests_at_the_next_tick() -> None:
+    s = _alone_with_hub()
+    s.webseed_batch(0.0, set())  # in flight, and then nothing arrives
+    s.take()
+    s.tick(0.5)
+    assert _asked(s, "hub") == set()
+    s.tick(1.5)  # no piece for over a second: the peer is asked for the rest
+    assert _asked(s, "hub")
+
+
+def test_between_batches_the_origins_peer_stays_idle() -> None:
+    s = _alone_with_hub()
+    batch = s.webseed_batch(0.0, set())
+    _deliver(s, batch, 0.05)
+    s.take()
+    s.webseed_release(0.05)  # done: the driver asks for its next batch right away
+    assert _asked(s, "hub") == set()
+    s.tick(2.0)  # but not forever if none comes
+    assert _asked(s, "hub")
+
+
 # -- two peers dial each other at once ------------------------------------------------------
 
 LOW, HIGH = b"-SH0100-" + b"\x00" * 12, b"-SH0100-" + b"\xff" * 12

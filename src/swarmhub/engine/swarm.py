@@ -95,6 +95,12 @@ _DECLINE_AFTER = 2.0
 #: An unchoked peer that asked us for nothing for this many seconds (since its unchoke or
 #: its latest request) does not count against the unchoke slots (see _reuse_idle_slots).
 _SLOT_IDLE = 0.5
+#: Seconds a web seed may go without delivering a piece (or, between batches, without
+#: starting the next) and still keep the origin's own peer idle (see webseed_origin).
+_WS_STALLED = 1.0
+#: While the origin's peer is left idle, a web-seed batch may grow (from its rate) to this
+#: many times ``web_seed_batch_bytes``: nothing cuts its ranges short then.
+_WS_PREFERRED_GROWTH = 16
 
 
 def ban_key(addr: tuple[str, int], peer_id: bytes) -> Hashable:
@@ -160,6 +166,12 @@ class Swarm:
         #: behind a loopback origin), and when/at what count the current batch started
         self._ws_rate = 0.0
         self._ws_batch = (now, 0)
+        #: IPs of our web seeds' hosts (webseed_origin), the sources with a batch in
+        #: flight, when one last showed progress, and when one last ended without failing
+        self._ws_origins: frozenset[str] = frozenset()
+        self._ws_live: set[str] = set()
+        self._ws_seen = self._ws_ok_at = -math.inf
+        self._ws_pref: tuple[float, bool] = (math.nan, False)  # (now, answer) cache
         self.tracker = TrackerSchedule(now) if trackers else None
         self.dialer = Dialer(peers)
         #: False once the driver stops or fails the torrent: no more requests or dials
@@ -468,6 +480,8 @@ class Swarm:
         """Top the peer's request queue up to its target, in batches (fewer writes)."""
         if ps.closed or ps.peer_choking or not ps.am_interested or not self.downloading:
             return
+        if ps.addr[0] in self._ws_origins and self.webseed_preferred(now):
+            return  # the origin's peer and its web seed share an uplink: HTTP only
         target = ps.queue_target
         want = target - len(ps.requested)
         if want <= 0 or (ps.requested and want < max(1, target // 8)):
@@ -572,6 +586,7 @@ class Swarm:
         Peers still asked for its blocks are told to cancel them."""
         self._cancel_requests(index, now)
         self.webseed_bytes += nbytes
+        self._ws_seen = now
         self.downloaded += nbytes
         self.down.add(nbytes, now)
         self.webseed_meter.add(nbytes, now)
@@ -625,6 +640,32 @@ class Swarm:
             return True
         return self.tracker_leechers is not None and self.webseed_alone()
 
+    def webseed_origin(self, hosts: Iterable[str]) -> None:
+        """IPs of a web seed's host (the driver resolves its URL). A peer at one of them is
+        taken for the origin's own seeder (the hub's): see :meth:`webseed_preferred`."""
+        self._ws_origins = self._ws_origins | frozenset(hosts)
+
+    def webseed_preferred(self, now: float) -> bool:
+        """Leave the origin's own peer idle and fetch over HTTP only: we are alone
+        (:meth:`webseed_alone`) and the web seed is healthy (its batch delivered within
+        ``_WS_STALLED`` seconds, or its last batch ended without failing that recently).
+        Alone, the hub's peer and its web seed share one uplink: splitting between them
+        gains nothing, and the peer's pieces (scattered: super-seeding) cut the web seed's
+        ranges short at about twice the CPU per byte. With another leecher, a failed or a
+        stalled web seed, the peer is asked again (at once, or at the next tick)."""
+        if not self._ws_origins:
+            return False
+        at, answer = self._ws_pref
+        if at == now:  # _fill asks once per block received: one scan of the peers per now
+            return answer
+        if self._ws_live:
+            healthy = now - self._ws_seen < _WS_STALLED
+        else:
+            healthy = now - self._ws_ok_at < _WS_STALLED
+        answer = healthy and self.downloading and self.webseed_alone()
+        self._ws_pref = (now, answer)
+        return answer
+
     def webseed_batch(self, now: float, reserved: Container[int], *,
                       source: str = "") -> list[int]:
         """Pieces for a web seed, as runs of adjacent pieces (few large HTTP requests).
@@ -649,9 +690,15 @@ class Swarm:
         alone = self.webseed_alone()
         stalled = now - max(self._peer_block_at, self._peer_news_at) >= _PEERS_STALLED
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
+        # Alone with the origin's peer: it gets no requests (webseed_preferred), so the
+        # batch may hold more (long ranges) and takes back what it alone was asked for.
+        origins = self._ws_origins
+        prefer = alone and bool(origins) and any(
+            ps.addr[0] in origins and not ps.closed for ps in self.peers.values())
         if alone:  # grows with the rate it shows: a slow web seed holds little
             nbytes = max(_SWARM_WS_BATCH_BYTES, int(self._ws_rate * _WS_BATCH_SECONDS))
-            limit = max(1, min(nbytes, self.settings.web_seed_batch_bytes) // self.piece_length)
+            cap = self.settings.web_seed_batch_bytes * (_WS_PREFERRED_GROWTH if prefer else 1)
+            limit = max(1, min(nbytes, cap) // self.piece_length)
         else:
             limit = max(1, _SWARM_WS_BATCH_BYTES // self.piece_length)
         picker = self.picker
@@ -666,7 +713,8 @@ class Swarm:
         for k in range(n):
             i = (first + k) % n
             ok = (not self.have[i]
-                  and (not started(i) or (steal and picker.only_requested(i)))
+                  and (not started(i) or (picker.only_requested(i)
+                                          and (steal or (prefer and self._origin_only(i)))))
                   and i not in self._verifying and i not in reserved and prio(i)
                   and (alone or stalled or (avail(i) == 0 and not hidden_seed)))
             if ok and (alone or not batch or batch[-1] == i - 1):
@@ -677,10 +725,20 @@ class Swarm:
                 break
         self._ws_batch = (now, self.webseed_bytes)
         for i in batch:
-            if steal and started(i):
+            if started(i):  # only requested, by a slower peer or by the origin's alone
                 self._cancel_requests(i, now)
             picker.reserve((_WEBSEED, source), i)
+        if batch:
+            self._ws_live.add(source)
+            self._ws_seen = now
+            self._ws_pref = (math.nan, False)
         return batch
+
+    def _origin_only(self, index: int) -> bool:
+        """Piece ``index`` was asked of the origin's own peer(s) only."""
+        peers, origins = self.peers, self._ws_origins
+        return all(h in peers and peers[h].addr[0] in origins
+                   for h in self.picker.requesters(index))
 
     def _cancel_requests(self, index: int, now: float) -> None:
         """Withdraw every peer's outstanding requests for piece ``index`` (Cancel)."""
@@ -695,12 +753,17 @@ class Swarm:
             if dup and not ps.closed:
                 self._send(ps, tuple(m.Cancel(b.index, b.begin, b.length) for b in dup), now)
 
-    def webseed_release(self, now: float, *, source: str = "") -> None:
-        """The web seed's batch is over (done, failed or stopped): what it did not deliver
-        goes back to the peers' pool."""
+    def webseed_release(self, now: float, *, source: str = "", failed: bool = False) -> None:
+        """The web seed's batch is over (done, ``failed`` or stopped): what it did not
+        deliver goes back to the peers' pool, and after a failure the origin's peer too."""
         at, before = self._ws_batch
         if now > at and self.webseed_bytes > before:
             self._ws_rate = (self.webseed_bytes - before) / (now - at)
+        self._ws_live.discard(source)
+        self._ws_ok_at = -math.inf if failed else now
+        if failed:
+            self._ws_seen = -math.inf
+        self._ws_pref = (math.nan, False)
         self.picker.release((_WEBSEED, source))
         self._fill_all(now)
 

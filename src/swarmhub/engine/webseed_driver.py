@@ -14,6 +14,8 @@ import contextlib
 import functools
 import logging
 import os
+import socket
+import urllib.parse
 from typing import TYPE_CHECKING, Protocol
 
 from swarmhub.engine.pieces import Pieces
@@ -64,6 +66,7 @@ class WebSeedDriver:
         t = self.torrent
         ws = WebSeed(url, t.meta, await t.session.http(),
                      max_request=t.settings.web_seed_request_size)
+        await self._origin(url)
         failures, backoff = 0, 5.0
         # The core picks (Swarm.webseed_batch): nothing during the grace for peers unless
         # the tracker says we are alone; then everything missing at full speed, else only
@@ -80,13 +83,13 @@ class WebSeedDriver:
                                   else 0.05 if sw.webseed_alone() else 0.5)
                 continue
             self._ws_reserved.update(batch)
-            pause = 0.0
+            pause, failed = 0.0, True
             try:
                 runs = ws.fetch_runs(batch, _RUN_BYTES)
                 async with contextlib.aclosing(runs) as it:
                     await overlapped(it, functools.partial(self._run, ws),
                                      (t.settings.hash_threads or os.cpu_count() or 1) + 1)
-                failures, backoff = 0, 5.0
+                failures, backoff, failed = 0, 5.0, False
             except WebSeedBusy as exc:
                 log.info("%s: web seed busy, retrying in %.0f s", t.meta.name, exc.retry_after)
                 pause = min(exc.retry_after, 60.0)
@@ -102,10 +105,25 @@ class WebSeedDriver:
             finally:
                 # before any pause: a dead web seed must not hold its pieces from the peers
                 self._ws_reserved.difference_update(batch)
-                t.swarm.webseed_release(t.clock(), source=url)
+                t.swarm.webseed_release(t.clock(), source=url, failed=failed or ws.banned)
                 t._flush()
             if pause:
                 await self._sleep(pause)
+
+    async def _origin(self, url: str) -> None:
+        """Tell the core the web seed host's IPs: a peer there is the origin's own seeder
+        (the hub's), which a lone downloader leaves idle while HTTP serves it
+        (Swarm.webseed_preferred). Unresolvable: no origin, the plain hybrid policy."""
+        host = urllib.parse.urlsplit(url).hostname
+        if not host:
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            log.debug("web seed %s: no address for its host: %s", url, exc)
+            return
+        self.torrent.swarm.webseed_origin(str(info[4][0]) for info in infos)
 
     async def _run(self, ws: WebSeed, run: Run) -> None:
         """Hash and write a run of adjacent pieces a web seed delivered: one hash-pool call

@@ -76,7 +76,7 @@ class Services:
             if not node.gone and not cs:
                 node.ws_reserved.clear()
                 if node.swarm is not None:
-                    node.swarm.webseed_release(self.sim.ev.now)
+                    node.swarm.webseed_release(self.sim.ev.now, failed=True)
                     self.sim.flush(node)
                 self.sim.ev.at(self.sim.ev.now + 5.0, self.ws_loop, node)
             return
