@@ -503,9 +503,10 @@ class Lab(_Base):
             how = f"latency {self.latency_ms:g} ms one way (delay line on the bridge): "
         self.notes.append(f"{how}{self.rtt}")
 
-    def _wait_links(self, timeout: float = 10.0) -> None:
+    def _wait_links(self, timeout: float = 30.0) -> None:
         """Wait (bounded) until host 0 reaches every other host: a TCP connect to a closed
-        port is refused at once when the path works (no ping on these machines)."""
+        port is refused at once when the path works (no ping on these machines). 30 s: a hang
+        guard only (at load ~49, 10 s was not enough for the bridge and the delay line)."""
         if self.hosts < 2:
             return
         import sys
