@@ -82,6 +82,9 @@ _WS_BATCH_SECONDS = 2.0
 #: 2 s each fetched 1 MiB from the hub, whose link then served the super-seed a 1/71
 #: share, the swarm starved, more clients stalled, and the hub sent 6.7 F).
 _PEERS_STALLED = 2.0
+#: ... and after this many seconds without a block the news no longer counts: peers that
+#: announce pieces but never unchoke us must not keep the web seed off for good.
+_PEERS_STARVED = 10.0
 #: At most this many bytes per web-seed batch while the swarm can serve (whole-file
 #: batches from every client flooded the origin), and the first batch when alone (later
 #: ones follow its measured rate, up to the ``web_seed_batch_bytes`` setting).
@@ -643,7 +646,8 @@ class Swarm:
         seed may be hiding it: a super-seed hands every piece out in turn, and clients
         would all fetch over HTTP the pieces it has not offered yet), or, when no peer has
         sent a block nor announced a piece we lack for ``_PEERS_STALLED`` seconds (the
-        swarm is stuck, not merely busy), any missing piece; in both cases a
+        swarm is stuck, not merely busy) or without a block for ``_PEERS_STARVED``
+        seconds, any missing piece; in both cases a
         small batch from a random starting point, so that clients spread over the file
         instead of all fetching the same first pieces from the origin.
 
@@ -652,7 +656,9 @@ class Swarm:
         if not self.webseed_ready(now):
             return []
         alone = self.webseed_alone()
-        stalled = now - max(self._peer_block_at, self._peer_news_at) >= _PEERS_STALLED
+        quiet = now - self._peer_block_at
+        stalled = quiet >= _PEERS_STARVED or (
+            quiet >= _PEERS_STALLED and now - self._peer_news_at >= _PEERS_STALLED)
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
         if alone:  # grows with the rate it shows: a slow web seed holds little
             nbytes = max(_SWARM_WS_BATCH_BYTES, int(self._ws_rate * _WS_BATCH_SECONDS))
