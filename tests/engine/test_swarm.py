@@ -148,6 +148,22 @@ def test_slots_left_unused_go_to_more_interested_peers_between_rounds() -> None:
     assert not unchoked(s.take())
 
 
+def test_idle_slots_unchoke_at_most_twice_the_slots_between_rounds() -> None:
+    """Idle peers stay unchoked, so without a cap a client with 50 connections ended up
+    unchoking most of them and split each new piece 50 ways (lab simulate p2p N=256)."""
+    s = make_swarm(have="*" * 8)
+    for i in range(20):
+        join(s, f"p{i}")
+        s.message(f"p{i}", m.Interested(), 0.0)
+    s.tick(10.0)
+    assert len(s.choke_decision.unchoked) == 5  # 4 slots + the optimistic one
+    s.take()
+    s.tick(11.0)  # all five idle: five more
+    assert len(unchoked(s.take())) == 5 and len(s.choke_decision.unchoked) == 10
+    s.tick(12.0)  # all ten idle, but ten is twice the slots: nobody else
+    assert not unchoked(s.take()) and len(s.choke_decision.unchoked) == 10
+
+
 def test_a_new_interested_peer_is_unchoked_at_once_when_a_slot_is_free() -> None:
     s = make_swarm(have="*" * 8)
     join(s, "a")

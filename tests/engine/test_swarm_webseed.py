@@ -78,6 +78,20 @@ def test_news_of_pieces_from_the_peers_keeps_the_web_seed_off_while_the_swarm_mo
     assert 0 < len(stalled) <= MiB // PIECE
 
 
+def test_news_without_blocks_keeps_the_web_seed_off_for_10_s_at_most() -> None:
+    """Peers that announce pieces but never unchoke us do not starve us of the web seed."""
+    s = make_swarm(pieces=64, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    _tracker(s, 0.01, seeds=1, leechers=200)
+    join(s, "hub", 0.02)
+    join(s, "b", 0.02)
+    s.take()
+    for k in range(10):  # a new piece announced every second, never a block
+        s.message("b", m.Have(k), 0.5 + k)
+        s.take()
+        assert s.webseed_batch(0.9 + k, set()) == []
+    assert s.webseed_batch(10.1, set())  # 10 s without a block despite the news
+
+
 def test_pieces_the_web_seed_fetches_are_left_to_it_until_released() -> None:
     s = make_swarm(pieces=64, trackers=True)
     _tracker(s, 0.01, seeds=1, leechers=1)
