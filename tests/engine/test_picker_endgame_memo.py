@@ -51,6 +51,10 @@ def test_another_peers_requests_become_duplicates_for_a_dry_peer() -> None:
     p.check_invariant()
     assert p.pick("a", 4) == []  # a lacks piece 1; piece 0 already has two requesters
     p.check_invariant()
+    for blk in a:  # duplicates go only to a peer with nothing outstanding (strict end-game)
+        p.block_received("a", blk)
+    p.check_invariant()
+    assert p.pick("a", 4) == []  # idle now, but still lacks piece 1
     p.peer_has("a", 1)  # now it has piece 1: b's requests there are fair game
     p.check_invariant()
     assert {x.index for x in p.pick("a", 4)} == {1}
@@ -84,6 +88,10 @@ def test_a_priority_change_clears_the_mark() -> None:
     p.pick("b", 2)  # piece 1, fresh
     p.set_piece_priority(1, 0)
     assert p.pick("a", 4) == []  # piece 1 skipped; piece 0 is its own
+    p.check_invariant()
+    for blk in got:  # duplicates go only to a peer with nothing outstanding
+        p.block_received("a", blk)
+    assert p.pick("a", 4) == []  # idle, and piece 1 still skipped
     p.check_invariant()
     p.set_piece_priority(1, 1)
     p.check_invariant()
