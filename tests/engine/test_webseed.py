@@ -349,6 +349,15 @@ class RawServer:
         )
 
 
+def one_file(tmp_path: Path, seed: int, pieces: int, pl: int) -> tuple[bytes, Metainfo]:
+    """www/f.bin of ``pieces`` random pieces and its v1 torrent."""
+    data = random.Random(seed).randbytes(pieces * pl)
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "f.bin").write_bytes(data)
+    return data, create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=pl)
+
+
 def make_tree(root: Path, spec: dict[str, int], seed: int = 7) -> Path:
     rng = random.Random(seed)
     for rel, size in spec.items():
@@ -461,14 +470,21 @@ async def test_runs_hold_adjacent_pieces_in_page_aligned_buffers_pads_zeroed(
             assert not any(f <= 5 < f + c for f, c in runs)  # the gap ends a run
 
 
+async def first_piece_then_gate(srv: RawServer, w: asyncio.StreamWriter, path: str,
+                                span: tuple[int, int], pl: int) -> None:
+    """Reply with the headers and the first piece, the rest once ``srv.gate`` is set."""
+    whole = srv.partial(path, span)
+    cut = len(whole) - (span[1] - span[0] + 1) + pl  # headers + the first piece
+    w.write(whole[:cut])
+    await w.drain()
+    await srv.gate.wait()
+    w.write(whole[cut:])
+
+
 async def test_pieces_are_yielded_while_the_response_is_still_streaming(tmp_path: Path) -> None:
     """The first piece arrives although the server holds back the rest of the 4 MiB range."""
     pl = 64 * KIB
-    data = random.Random(3).randbytes(64 * pl)
-    root = tmp_path / "www"
-    root.mkdir()
-    (root / "f.bin").write_bytes(data)
-    meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=pl)
+    data, meta = one_file(tmp_path, 3, 64, pl)
 
     async def gated(
         srv: RawServer,
@@ -478,12 +494,7 @@ async def test_pieces_are_yielded_while_the_response_is_still_streaming(tmp_path
         span: tuple[int, int] | None,
     ) -> None:
         assert span is not None
-        whole = srv.partial(path, span)
-        cut = len(whole) - (span[1] - span[0] + 1) + pl  # headers + the first piece
-        w.write(whole[:cut])
-        await w.drain()
-        await srv.gate.wait()
-        w.write(whole[cut:])
+        await first_piece_then_gate(srv, w, path, span, pl)
 
     async with RawServer({"/f.bin": data}, gated) as srv, aiohttp.ClientSession() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
@@ -503,11 +514,7 @@ async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path:
     requests); a busy reply to that early request is asked again once the first is done,
     and is no failure."""
     pl = 64 * KIB
-    data = random.Random(5).randbytes(8 * pl)
-    root = tmp_path / "www"
-    root.mkdir()
-    (root / "f.bin").write_bytes(data)
-    meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=pl)
+    data, meta = one_file(tmp_path, 5, 8, pl)
     busy_once = [True]
 
     async def held(
@@ -519,12 +526,7 @@ async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path:
     ) -> None:
         assert span is not None
         if span[0] == 0:
-            whole = srv.partial(path, span)
-            cut = len(whole) - (span[1] - span[0] + 1) + pl  # headers + the first piece
-            w.write(whole[:cut])
-            await w.drain()
-            await srv.gate.wait()
-            w.write(whole[cut:])
+            await first_piece_then_gate(srv, w, path, span, pl)
         elif busy_once[0]:
             busy_once[0] = False
             body = b'{"error": "one transfer at a time"}'
