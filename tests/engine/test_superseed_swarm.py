@@ -30,14 +30,14 @@ PIECE = 64 * KIB
 
 
 @contextlib.asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
+async def serve(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
 
@@ -103,8 +103,11 @@ async def test_a_capped_super_seed_sends_each_piece_about_once(tmp_path: Path) -
 async def test_a_hidden_seed_keeps_clients_off_the_web_seed(tmp_path: Path) -> None:
     data = payload(tmp_path / "www", 32 * PIECE)
     state = TrackerState(interval=10, min_interval=1)
+    # The web server is another host than the seed (127.0.0.2): one on the seed's own
+    # address would be its origin, whose peer a lone client rightly leaves idle
+    # (Swarm.webseed_origin) — the same uplink either way.
     async with (
-        serve(make_static_app(data.parent)) as www,
+        serve(make_static_app(data.parent), "127.0.0.2") as www,
         serve(make_tracker_app(state)) as tracker,
     ):
         meta = create_torrent(
