@@ -222,7 +222,11 @@ class Runner:
                     pending.discard(host)
                     self.sink({"event": "failed", "host": host, "error": h.error})
             fault = self.fault
-            if fault is not None and fired_at is None and pending and should_fire(fault, state):
+            # With late joiners to start, the fault fires even when every receiver finished
+            # between two status lines (the full copy was never seen while one was pending).
+            late_to_start = fired_at is None and any(h.late for h in res.hosts)
+            if fault is not None and fired_at is None and (pending or late_to_start) and \
+                    should_fire(fault, state):
                 fired_at = now
                 res.pieces_reported_at_fault = state.pieces_held()
                 self.inject(clients, pending)
