@@ -516,6 +516,7 @@ async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path:
     pl = 64 * KIB
     data, meta = one_file(tmp_path, 5, 8, pl)
     busy_once = [True]
+    early = asyncio.Event()  # the second range's request reached the server
 
     async def held(
         srv: RawServer,
@@ -529,6 +530,7 @@ async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path:
             await first_piece_then_gate(srv, w, path, span, pl)
         elif busy_once[0]:
             busy_once[0] = False
+            early.set()
             body = b'{"error": "one transfer at a time"}'
             w.write(srv.head("503 Service Unavailable",
                              {"Retry-After": 30, "Content-Length": len(body)}) + body)
@@ -540,10 +542,7 @@ async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path:
         wanted = [0, 1, 2, 3, 5, 6, 7]  # two ranges: 0-3 and 5-7
         async with contextlib.aclosing(ws.fetch(wanted)) as it:
             assert (await asyncio.wait_for(anext(it), 5))[0] == 0
-            for _ in range(500):  # the early request reaches the server (bounded wait)
-                if len(srv.log) == 2:
-                    break
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(early.wait(), 30)  # sent while the first body is held
             assert [rng for _, rng in srv.log] == [f"bytes=0-{4 * pl - 1}",
                                                    f"bytes={5 * pl}-{8 * pl - 1}"]
             srv.gate.set()
