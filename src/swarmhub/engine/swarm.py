@@ -902,9 +902,7 @@ class Swarm:
         for h, ps in list(self.peers.items()):
             if h in unchoke:
                 if ps.am_choking:
-                    ps.am_choking = False
-                    ps.slot_used_at = now
-                    self._send(ps, _UNCHOKE, now)
+                    self._unchoke(ps, now)
             elif not ps.am_choking:
                 ps.am_choking = True
                 msgs: list[m.Message] = [m.Choke()]
@@ -933,14 +931,18 @@ class Swarm:
         optimistic, since = d.optimistic, d.optimistic_since
         if best is not None:
             unchoked.add(best.handle)
-            best.am_choking = False
-            best.slot_used_at = now
-            self._send(best, _UNCHOKE, now)
+            self._unchoke(best, now)
         if ps.handle == optimistic:  # the newcomer finishes the optimistic turn
             optimistic = best.handle if best is not None else None
         elif best is not None:
             turns[best.handle] = now
         self._choke = ChokeDecision(frozenset(unchoked), optimistic, since, turns)
+
+    def _unchoke(self, ps: PeerState, now: float) -> None:
+        """Unchoke ``ps``; its slot counts as used from now (see _reuse_idle_slots)."""
+        ps.am_choking = False
+        ps.slot_used_at = now
+        self._send(ps, _UNCHOKE, now)
 
     def _reuse_idle_slots(self, now: float) -> None:
         """Between choke rounds, unchoke more interested peers while some of the unchoked
@@ -1001,9 +1003,7 @@ class Swarm:
         best = self._best_waiting(now)
         if best is None:
             return False
-        best.am_choking = False
-        best.slot_used_at = now
-        self._send(best, _UNCHOKE, now)
+        self._unchoke(best, now)
         turns[best.handle] = now
         self._choke = ChokeDecision(d.unchoked | {best.handle}, d.optimistic,
                                     d.optimistic_since, turns)
