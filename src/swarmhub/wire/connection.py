@@ -148,10 +148,10 @@ _FAST_IDS = frozenset(
 
 _U32_FROM = struct.Struct(">I").unpack_from
 _II_FROM = struct.Struct(">II").unpack_from
-#: A whole Request frame: length prefix (13), id (6), index, begin, length.
-_REQUEST_FROM = struct.Struct(">IBIII").unpack_from
 _PIECE_HEADER = struct.Struct(">IBII")
+#: A whole Request frame: length prefix (13), id (6), index, begin, length.
 _REQUEST = struct.Struct(">IBIII")
+_REQUEST_FROM = _REQUEST.unpack_from
 _KEEPALIVE = KeepAlive()
 # Compact the receive buffer once this much of its front has been consumed: rarely
 # enough to stay cheap, often enough to keep memory near one message plus one read.
