@@ -139,14 +139,13 @@ class WebSeedDriver:
             await loop.run_in_executor(t.session.disk_pool, self._write, first, ok, buf)
         ws.recycle(buf)
         now = t.clock()
-        pl = t.meta.piece_length
         for k, good in enumerate(ok):
             index = first + k
             if t.swarm.have[index]:
                 continue  # a peer's copy passed meanwhile
             if good:
                 self.pieces.buffers.pop(index, None)
-                t.swarm.webseed_piece(index, min(pl, len(buf) - k * pl), now)
+                t.swarm.webseed_piece(index, t.meta.piece_size(index), now)
                 t._piece_done(index)
             else:
                 t.swarm.hash_failures += 1
