@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from swarmhub.engine.peer import PeerProtocol
+from swarmhub.engine.peer import PIECE_BATCH, PeerProtocol
 from swarmhub.wire import messages as m
 
 INFO_HASH = bytes(range(20))
@@ -72,6 +72,8 @@ class StubTorrent:
         self.on_each_block: Any = None
         self.disconnected: list[str] = []
         self.copied = 0
+        #: blocks per call (on_block: 1)
+        self.batches: list[int] = []
 
     def can_accept(self, addr: tuple[str, int], peer_id: bytes, outgoing: bool) -> str | None:
         return None
@@ -85,8 +87,17 @@ class StubTorrent:
     def on_block(self, peer: Any, msg: m.Piece) -> None:
         self.copied += not isinstance(msg.data, memoryview)  # a bytes object of its own
         self.events.append(("block", msg.index, msg.begin, bytes(msg.data)))
+        self.batches.append(1)
         if self.on_each_block is not None:
             self.on_each_block()
+
+    def on_blocks(self, peer: Any, view: memoryview, blocks: list[Any],
+                  starts: list[int]) -> None:
+        for b, start in zip(blocks, starts, strict=True):
+            self.events.append(("block", b.index, b.begin, bytes(view[start:start + b.length])))
+            if self.on_each_block is not None:
+                self.on_each_block()
+        self.batches.append(len(blocks))
 
     def on_message(self, peer: Any, msg: m.Message) -> None:
         self.events.append(("msg", msg))
@@ -202,7 +213,9 @@ async def test_a_peer_that_leaves_replies_unread_stops_the_batch_until_they_drai
     torrent.on_each_block = count
     feed(proto, data, [len(data)])
     got = [e for e in torrent.events if e[0] == "block"]
-    assert len(got) == 3  # the rest of the read waits, unparsed
+    # The batch with the third block ends, then the rest of the read waits, unparsed.
+    assert len(got) == sum(torrent.batches) and 3 <= len(got) <= 3 + PIECE_BATCH
+    assert len(got) < len([e for e in want if e[0] == "block"])
     assert not transport.reading
     transport.buffered = 0
     proto.resume_writing()
@@ -298,3 +311,18 @@ async def test_replies_to_a_run_of_requests_are_corked_only_up_to_the_gates_limi
     limit = proto._gate.limit
     assert sum(map(len, transport.written)) >= len(reqs) * len(reply)
     assert max(map(len, transport.written)) <= limit + len(reply)
+
+
+async def test_the_blocks_of_one_read_go_over_in_batches() -> None:
+    torrent = StubTorrent()
+    proto, transport = await connected(torrent)
+    head = m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20)) + m.encode(m.HaveAll())
+    n = 2 * PIECE_BATCH + 5
+    blocks = [(i // 4, BLOCK * (i % 4)) for i in range(n)]
+    body = b"".join(m.encode(m.Piece(i, b, block_bytes(i, b))) for i, b in blocks)
+    feed(proto, head + body, [1 << 20])
+    # One call per read buffer's worth (at most PIECE_BATCH), not one per block.
+    assert sum(torrent.batches) == n and max(torrent.batches) <= PIECE_BATCH
+    assert len(torrent.batches) <= n // 4
+    assert [e[1:3] for e in torrent.events if e[0] == "block"] == blocks
+    assert not transport.closed

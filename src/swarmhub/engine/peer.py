@@ -18,6 +18,7 @@ import struct
 from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, reply_limit
 from swarmhub.engine.peerstate import RateMeter  # re-exported: its old home
 from swarmhub.engine.pex import PexPeer
+from swarmhub.engine.picker import Block
 from swarmhub.engine.services import PeerHost, PeerServices
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.wire import messages as m
@@ -43,6 +44,10 @@ EXT_IDS = {"ut_pex": 1, "ut_metadata": 2}
 _UT_METADATA = EXT_IDS["ut_metadata"]
 _UT_PEX = EXT_IDS["ut_pex"]
 _U32_FROM = struct.Struct(">I").unpack_from
+#: Blocks handed to the torrent per call on the receive fast path (a piece of 256 KiB):
+#: large enough that per-call work is small per block, small enough that a peer leaving
+#: our replies unread is noticed within a batch.
+PIECE_BATCH = 16
 
 
 class Peer:
@@ -327,27 +332,40 @@ class PeerProtocol(asyncio.BufferedProtocol):
         """Hand the complete Piece frames from ``pos`` on to the torrent, as views of our
         read buffer; returns where the first other frame (or the partial one) starts.
 
-        The hot path: one call per block, the replies it causes (request refills) corked
-        into one write per read. Stops when the peer leaves our replies unread (the rest
-        then waits in the wire core until it drains)."""
+        The hot path: the blocks of a read go over in batches of at most ``PIECE_BATCH``
+        (one call, so the core's per-peer work runs once per batch), the replies they
+        cause (request refills) corked into one write per read. Stops between batches
+        when the peer leaves our replies unread (the rest then waits in the wire core
+        until it drains)."""
         piece_at = self.conn.piece_at
-        handle = peer.handle
-        Piece = m.Piece
+        on_blocks = peer.torrent.on_blocks
         self._cork = bytearray()
         try:
-            while (got := piece_at(view, pos, end)) is not None:
-                index, begin, stop = got
-                handle(Piece(index, begin, view[pos + 13:stop]))  # type: ignore[arg-type]
-                pos = stop
+            while True:
+                blocks: list[Block] = []
+                starts: list[int] = []
+                error: RemoteProtocolError | None = None
+                try:
+                    while len(blocks) < PIECE_BATCH and (got := piece_at(view, pos, end)):
+                        index, begin, stop = got
+                        blocks.append(Block(index, begin, stop - pos - 13))
+                        starts.append(pos + 13)
+                        pos = stop
+                except RemoteProtocolError as exc:
+                    error = exc  # the blocks before it are good: hand them on first
+                if blocks:
+                    on_blocks(peer, view, blocks, starts)
+                if error is not None:
+                    self.close(f"protocol error: {error}")
+                    return end
                 if self.transport is None:
                     return end
+                if len(blocks) < PIECE_BATCH:
+                    break  # not a Piece next (or not all of it yet)
                 if not self._gate_open():
                     assert self._gate is not None
                     self._gate.pause(BACKLOG)  # resume_writing pumps (and reads) again
                     break
-        except RemoteProtocolError as exc:
-            self.close(f"protocol error: {exc}")
-            return end
         except SwarmhubError as exc:
             self.close(f"error: {exc}")
             return end

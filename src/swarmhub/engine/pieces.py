@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterable
 
+from swarmhub.engine.picker import Block
 from swarmhub.engine.services import TorrentServices
 from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
 from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
@@ -64,6 +66,21 @@ class Pieces:
         if len(buf) == self.meta.piece_length and len(self._spare) < self._spare_cap:
             self._spare.append(buf)  # hashed and written: nothing holds it any more
         return ok, digests
+
+    def store(self, view: memoryview, blocks: Iterable[Block], starts: Iterable[int],
+              keep: Iterable[bool]) -> int:
+        """Copy the blocks the core kept (``keep``) from ``view`` (data of ``blocks[k]`` at
+        ``starts[k]``) into their pieces' buffers; returns the bytes of all of them."""
+        buffers = self.buffers
+        nbytes = 0
+        for (index, begin, n), start, kept in zip(blocks, starts, keep, strict=True):
+            nbytes += n
+            if kept:
+                buf = buffers.get(index)
+                if buf is None:
+                    buf = buffers[index] = self.new_buffer(index)
+                buf[begin:begin + n] = view[start:start + n]
+        return nbytes
 
     def new_buffer(self, index: int) -> PieceBuffer:
         """A buffer for piece ``index``: a spare one when it fits (every byte of it will be

@@ -510,41 +510,66 @@ class Swarm:
 
     def block(self, handle: Hashable, index: int, begin: int, length: int,
               now: float) -> bool:
-        """A Piece message arrived (the hot path: ~15,000 a second at 250 MB/s). True if
-        the driver should store the data (before carrying out the queued actions: one may
-        be the piece's :class:`Verify`)."""
+        """One Piece message arrived: :meth:`blocks_received` for one."""
+        return self.blocks_received(handle, (Block(index, begin, length),), now)[0]
+
+    def blocks_received(self, handle: Hashable, got: Iterable[Block],
+                        now: float) -> list[bool]:
+        """Piece messages arrived from one peer, as (index, begin, length) in wire order
+        (the hot path: ~15,000 blocks a second at 250 MB/s, handed over per read, so the
+        per-peer work — rate meters, pipeline size, the refill — runs once per batch, not
+        per block). For each, True if the driver should store its data (before carrying
+        out the queued actions: one may be the piece's :class:`Verify`)."""
         ps = self.peers.get(handle)
         if ps is None:
-            return False
+            return [False for _ in got]
         ps.last_recv = ps.last_data = now
-        block = Block(index, begin, length)
-        if ps.requested.pop(block, None) is None:
-            return False  # unrequested, cancelled or late duplicate: drop it
-        ps.down.add(length, now)
-        self.down.add(length, now)
-        self.downloaded += length
-        self._peer_block_at = now
-        ps.snubbed = False
-        if now - ps.target_at > 0.25:  # adapt the pipeline to the measured rate
-            ps.target_at = now
-            ps.queue_target = self._queue_target(ps, now)
-        if self.have[index]:
-            return False
-        src = self._src.get(index)
-        if src is None:
-            src = self._src[index] = {}
-        src[begin] = ps.key
-        result = self.picker.block_received(handle, block)
-        for other in result.cancel_peers:
+        requested = ps.requested
+        have = self.have
+        picker = self.picker
+        srcs = self._src
+        key = ps.key
+        out: list[bool] = []
+        nbytes = 0
+        for block in got:
+            if requested.pop(block, None) is None:
+                out.append(False)  # unrequested, cancelled or late duplicate: drop it
+                continue
+            index, begin, length = block
+            nbytes += length
+            if have[index]:
+                out.append(False)
+                continue
+            src = srcs.get(index)
+            if src is None:
+                src = srcs[index] = {}
+            src[begin] = key
+            result = picker.block_received(handle, block)
+            if result.cancel_peers:
+                self._cancel_others(result.cancel_peers, block, now)
+            if result.piece_complete:
+                self._verifying[index] = srcs.pop(index)
+                self._unverified += self.piece_size(index)
+                self._out.append(Verify(index, self.integrity.wants_digests(index)))
+            out.append(True)
+        if nbytes:
+            ps.down.add(nbytes, now)
+            self.down.add(nbytes, now)
+            self.downloaded += nbytes
+            self._peer_block_at = now
+            ps.snubbed = False
+            if now - ps.target_at > 0.25:  # adapt the pipeline to the measured rate
+                ps.target_at = now
+                ps.queue_target = self._queue_target(ps, now)
+            self._fill(ps, now)
+        return out
+
+    def _cancel_others(self, others: Iterable[Hashable], block: Block, now: float) -> None:
+        """End-game: ``block`` came; the other peers asked for it get a Cancel."""
+        for other in others:
             ops = self.peers.get(other)
             if ops is not None and ops.requested.pop(block, None) is not None:
-                self._send(ops, (m.Cancel(index, begin, length),), now)
-        if result.piece_complete:
-            self._verifying[index] = self._src.pop(index)
-            self._unverified += self.piece_size(index)
-            self._out.append(Verify(index, self.integrity.wants_digests(index)))
-        self._fill(ps, now)
-        return True
+                self._send(ops, (m.Cancel(*block),), now)
 
     def piece_verified(self, index: int, ok: bool, now: float,
                        digests: Mapping[int, bytes] | None = None) -> None:

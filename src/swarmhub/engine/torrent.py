@@ -29,6 +29,7 @@ from swarmhub.engine.jobs import Jobs
 from swarmhub.engine.ondisk import OnDisk
 from swarmhub.engine.peer import Peer
 from swarmhub.engine.pex_driver import PexDriver
+from swarmhub.engine.picker import Block
 from swarmhub.engine.pieces import Pieces
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.services import TorrentServices
@@ -271,20 +272,20 @@ class Torrent(TorrentViews):
         self.swarm.set_reqq(peer, reqq)
 
     def on_block(self, peer: Hashable, msg: m.Piece) -> None:
-        """The hot path: store the block if the core wants it, then act."""
+        """A block that came the wire core's way (a frame a read cut in two)."""
+        data = memoryview(msg.data)
+        self.on_blocks(peer, data, [Block(msg.index, msg.begin, len(data))], [0])
+
+    def on_blocks(self, peer: Hashable, view: memoryview, blocks: list[Block],
+                  starts: list[int]) -> None:
+        """The hot path: the blocks of one read; store those the core wants, then act."""
         now = self.clock()
-        data = msg.data
-        n = len(data)
-        index = msg.index
-        if self.swarm.block(peer, index, msg.begin, n, now):
-            buf = self.buffers.get(index)
-            if buf is None:
-                buf = self.buffers[index] = self.pieces.new_buffer(index)
-            buf[msg.begin:msg.begin + n] = data
+        kept = self.swarm.blocks_received(peer, blocks, now)
+        nbytes = self.pieces.store(view, blocks, starts, kept)
         if self.settings.download_rate_limit or self.settings.torrent_download_rate_limit:
-            delay = self.session.charge_download(n, now)
+            delay = self.session.charge_download(nbytes, now)
             if self.settings.torrent_download_rate_limit:
-                delay = max(delay, self._down_bucket.consume(n, now))
+                delay = max(delay, self._down_bucket.consume(nbytes, now))
             if delay > 0:
                 peer.proto.pause_reading(delay)  # type: ignore[attr-defined]
         self._flush()

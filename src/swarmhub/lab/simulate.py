@@ -40,6 +40,7 @@ from swarmhub.engine.actions import (
     Serve,
     Verify,
 )
+from swarmhub.engine.picker import Block
 from swarmhub.engine.swarm import Swarm
 from swarmhub.lab.netmodel import MSS, OVERHEAD, SMALL, EventQueue, Link, Network, Pipe, wire
 from swarmhub.lab.simhosts import HostSpec, SimTracker
@@ -91,26 +92,20 @@ class End:
     # What arrives from the other side (the network calls these one latency after the
     # last byte left): one function per kind, not one that dispatches on a tag, since
     # these run for every block and every message batch of the run.
-    def got_blocks(self, reqs: list[m.Request]) -> None:
-        """Piece messages for ``reqs`` arrived: a run of blocks of one piece, sent back to
-        back, travels as one network item (see :attr:`Simulation.block_run`)."""
+    def got_blocks(self, blocks: list[Block]) -> None:
+        """Piece messages for ``blocks`` arrived: a run of blocks of one piece, sent back
+        to back, travels as one network item (see :attr:`Simulation.block_run`)."""
         if not self.open:
             return
         node = self.node
         sim = node.sim
         swarm = node.swarm
         assert swarm is not None  # ends exist only on hosts that run a core
-        block = swarm.block
-        uid = self.uid
-        now = sim.ev.now
-        got = useful = 0
-        for req in reqs:
-            length = req.length
-            got += length
-            if block(uid, req.index, req.begin, length, now):
-                useful += length
+        got = sum([b.length for b in blocks])
+        stored = swarm.blocks_received(self.uid, blocks, sim.ev.now)
         node.got += got
-        node.useful += useful
+        node.useful += got if all(stored) else sum(
+            [b.length for b, ok in zip(blocks, stored, strict=True) if ok])
         remote = self.remote
         remote.gave += got
         if remote is sim.source:
@@ -400,7 +395,7 @@ class Simulation:
             run_max = min(self.block_run, max(1, depth // 4))
             served = []
             nbytes = 0
-            run: list[m.Request] = []
+            run: list[Block] = []
             run_bytes = 0
             run_index = -1
             while incoming and nbytes < 1 << 20:
@@ -414,8 +409,8 @@ class Simulation:
                     run = []
                     run_bytes = 0
                 run_index = index
-                run.append(req)
                 length = req.length
+                run.append(Block(index, req.begin, length))
                 size = PIECE_HEADER + length
                 run_bytes += size + -(-size // MSS) * OVERHEAD  # wire(size), inlined
                 served.append(req)
