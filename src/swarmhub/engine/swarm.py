@@ -455,7 +455,7 @@ class Swarm:
 
     def _on_have(self, ps: PeerState, index: int, now: float) -> None:
         self.picker.peer_has(ps.handle, index)
-        if self.complete and ps.is_seed:  # a leecher's complete is False: one property
+        if self.num_have == self.num_pieces and ps.is_seed:  # per Have: no property first
             self._close(ps, "both sides are seeds")
             return
         if self._ss is not None and self._ss.peer_has(ps.handle, index):
@@ -488,7 +488,7 @@ class Swarm:
         """Top the peer's request queue up to its target, in batches (fewer writes)."""
         if ps.closed or ps.peer_choking or not ps.am_interested or not self.downloading:
             return
-        if ps.addr[0] in self._ws_origins and self.webseed_preferred(now):
+        if self._ws_origins and ps.addr[0] in self._ws_origins and self.webseed_preferred(now):
             return  # the origin's peer and its web seed share an uplink: HTTP only
         target = ps.queue_target
         want = target - len(ps.requested)
