@@ -23,6 +23,7 @@ from swarmhub.engine.actions import (
     Serve,
     Verify,
 )
+from swarmhub.engine.picker import Block
 from swarmhub.engine.swarm import BLOCK_SIZE, Swarm
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
@@ -315,6 +316,25 @@ def test_a_complete_piece_is_verified_then_announced_with_have() -> None:
     acts = s.take()
     assert any(isinstance(a, Completed) for a in acts)
     assert any(isinstance(a, Close) and a.peer == "a" for a in acts)  # both seeds now
+
+
+def test_a_batch_of_blocks_keeps_what_was_asked_for_and_refills_once() -> None:
+    s = make_swarm(pieces=64)
+    join(s, "a", has_all=True)
+    s.message("a", m.Unchoke(), 0.0)
+    reqs = [r for r in sent(s.take(), "a", m.Request) if isinstance(r, m.Request)]
+    first = [r for r in reqs if r.index == reqs[0].index]  # the blocks of one piece
+    assert len(first) == 2
+    batch = [Block(r.index, r.begin, r.length) for r in first]
+    stray = Block(63 if reqs[0].index != 63 else 62, 0, BLOCK_SIZE)  # never asked for
+    got = s.blocks_received("a", [batch[0], stray, batch[0], batch[1]], 1.0)
+    assert got == [True, False, False, True]  # the duplicate and the stray are dropped
+    acts = s.take()
+    assert [a for a in acts if isinstance(a, Verify)] == [Verify(batch[0].index, False)]
+    refills = [a for a in acts if isinstance(a, Send)
+               and any(isinstance(x, m.Request) for x in a.messages)]
+    assert len(refills) == 1  # one refill for the batch, not one per block
+    assert s.downloaded == 2 * BLOCK_SIZE
 
 
 def test_the_request_queue_grows_with_the_measured_rate() -> None:
