@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from swarmhub import __version__, ui
 from swarmhub.aio import INTERRUPTED, run_cancellable
@@ -31,9 +30,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-# soft_wrap: a line stays one line whatever the width (paths, links, errors in pipes)
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# soft_wrap: a line stays one line whatever the width (paths, links, errors in pipes);
+# lazy: rich is not imported before `get` dials its first peer (see ui.LazyConsole)
+console = ui.LazyConsole(stderr=True, soft_wrap=True)
+out = ui.LazyConsole(soft_wrap=True)
 
 log = logging.getLogger("swarmhub")
 
@@ -643,6 +643,9 @@ def _left(deadline: float | None) -> float | None:
 def _dht(session: Any, host: str, port: int, no_dht: bool, bootstrap: str | None,
          dht_port: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
     """A DHT node for ``get``/``seed`` (or None); its table lives in the state folder."""
+    if no_dht or not (session.settings.dht or bootstrap is not None):
+        # dht_for's own test, made before the DHT package (~30 ms of imports) is loaded
+        return contextlib.nullcontext(None)
     from swarmhub.discovery.dht.commands import state_file
     from swarmhub.discovery.dht.source import dht_for
 
