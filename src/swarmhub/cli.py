@@ -412,7 +412,7 @@ def get(
     """Download a torrent; exits 0 only when every chosen piece is verified. Ctrl-C saves
     resume data."""
     from swarmhub.engine.session import Session
-    from swarmhub.engine.torrent import TorrentState
+    from swarmhub.engine.torrent import Torrent, TorrentState
     from swarmhub.metainfo import parse_magnet, read_torrent
     from swarmhub.progress import DownloadView, Sources
     from swarmhub.wire.messages import bitfield_from_bools
@@ -457,6 +457,18 @@ def get(
         output.mkdir(parents=True, exist_ok=True)
         async with Session(settings) as session, contextlib.AsyncExitStack() as stack:
             actual = await session.listen(host, port)
+
+            async def add(m: Metainfo) -> tuple[Torrent, list[int]]:
+                prios = _file_priorities(m, files or [])
+                return await session.add(
+                    m, output, peers=peers, trackers=[[u] for u in tracker] if tracker
+                    else None, file_priorities=prios,
+                    sequential=sequential or bool(serve)), prios
+
+            # A .torrent's peers and trackers are dialled before the DHT and LSD start: the
+            # DHT resolves its bootstrap routers by DNS first (seconds on a slow resolver),
+            # and both find torrents added before them (they poll session.torrents).
+            added = await add(meta) if meta is not None else None
             dht = await stack.enter_async_context(
                 _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
             lsd = await stack.enter_async_context(_lsd(session, host, no_lsd))
@@ -470,10 +482,7 @@ def get(
                                               cmd_deadline, timeout or None, dht, lsd)
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
-            prios = _file_priorities(meta, files or [])
-            t = await session.add(meta, output, peers=peers,
-                                  trackers=[[u] for u in tracker] if tracker else None,
-                                  file_priorities=prios, sequential=sequential or bool(serve))
+            t, prios = added or await add(meta)
             st = t.status()
             had = st.wanted_have
             deadline = cmd_deadline
