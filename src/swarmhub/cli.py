@@ -319,15 +319,17 @@ def seed(
     async def go() -> int:
         async with Session(settings) as session, contextlib.AsyncExitStack() as stack:
             actual = await session.listen(host, port)
-            dht = await stack.enter_async_context(
-                _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
-            await stack.enter_async_context(_lsd(session, host, no_lsd))
             trackers = [[t] for t in tracker] if tracker else None
             t = await session.add(meta, save, seed_mode=fresh or trust,
                                   peers=[_addr(p) for p in peer or []], trackers=trackers)
             if t.num_have == 0 and meta.num_pieces:
                 raise ui.UserError(f"no piece of {meta.name} in {save} matches the torrent: "
                                    "give the folder that holds the data")
+            # after the torrent, as in get: peers that dial in are served while the DHT
+            # still resolves its bootstrap routers
+            dht = await stack.enter_async_context(
+                _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
+            await stack.enter_async_context(_lsd(session, host, no_lsd))
             if t.num_have < meta.num_pieces:
                 console.print(f"[yellow]warning:[/] only {t.num_have}/{meta.num_pieces} pieces "
                               f"of {meta.name} verified in {save}; seeding what is there")
