@@ -79,7 +79,9 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
 
 def _get(tmp_path: Path, tfile: Path, port: int, before: str,
          *extra: str) -> subprocess.CompletedProcess[str]:
+    # no config file (a user's own would load tomllib): the run is the defaults'
     env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
+               SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
                STARTUP_PROBE_OUT=str(tmp_path / "probe.json"))
     return subprocess.run(
         [str(VENV_PYTHON), "-c", before + _RUN_CLI, "get", str(tfile), "-o",
