@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from swarmhub import __version__, ui
 from swarmhub.aio import INTERRUPTED, run_cancellable
@@ -31,9 +30,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-# soft_wrap: a line stays one line whatever the width (paths, links, errors in pipes)
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# soft_wrap: a line stays one line whatever the width (paths, links, errors in pipes);
+# lazy: rich is not imported before `get` dials its first peer (see ui.LazyConsole)
+console = ui.LazyConsole(stderr=True, soft_wrap=True)
+out = ui.LazyConsole(soft_wrap=True)
 
 log = logging.getLogger("swarmhub")
 
@@ -319,15 +319,17 @@ def seed(
     async def go() -> int:
         async with Session(settings) as session, contextlib.AsyncExitStack() as stack:
             actual = await session.listen(host, port)
-            dht = await stack.enter_async_context(
-                _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
-            await stack.enter_async_context(_lsd(session, host, no_lsd))
             trackers = [[t] for t in tracker] if tracker else None
             t = await session.add(meta, save, seed_mode=fresh or trust,
                                   peers=[_addr(p) for p in peer or []], trackers=trackers)
             if t.num_have == 0 and meta.num_pieces:
                 raise ui.UserError(f"no piece of {meta.name} in {save} matches the torrent: "
                                    "give the folder that holds the data")
+            # after the torrent, as in get: peers that dial in are served while the DHT
+            # still resolves its bootstrap routers
+            dht = await stack.enter_async_context(
+                _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
+            await stack.enter_async_context(_lsd(session, host, no_lsd))
             if t.num_have < meta.num_pieces:
                 console.print(f"[yellow]warning:[/] only {t.num_have}/{meta.num_pieces} pieces "
                               f"of {meta.name} verified in {save}; seeding what is there")
@@ -412,7 +414,7 @@ def get(
     """Download a torrent; exits 0 only when every chosen piece is verified. Ctrl-C saves
     resume data."""
     from swarmhub.engine.session import Session
-    from swarmhub.engine.torrent import TorrentState
+    from swarmhub.engine.torrent import Torrent, TorrentState
     from swarmhub.metainfo import parse_magnet, read_torrent
     from swarmhub.progress import DownloadView, Sources
     from swarmhub.wire.messages import bitfield_from_bools
@@ -457,6 +459,18 @@ def get(
         output.mkdir(parents=True, exist_ok=True)
         async with Session(settings) as session, contextlib.AsyncExitStack() as stack:
             actual = await session.listen(host, port)
+
+            async def add(m: Metainfo) -> tuple[Torrent, list[int]]:
+                prios = _file_priorities(m, files or [])
+                return await session.add(
+                    m, output, peers=peers, trackers=[[u] for u in tracker] if tracker
+                    else None, file_priorities=prios,
+                    sequential=sequential or bool(serve)), prios
+
+            # A .torrent's peers and trackers are dialled before the DHT and LSD start: the
+            # DHT resolves its bootstrap routers by DNS first (seconds on a slow resolver),
+            # and both find torrents added before them (they poll session.torrents).
+            added = await add(meta) if meta is not None else None
             dht = await stack.enter_async_context(
                 _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
             lsd = await stack.enter_async_context(_lsd(session, host, no_lsd))
@@ -470,10 +484,7 @@ def get(
                                               cmd_deadline, timeout or None, dht, lsd)
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
-            prios = _file_priorities(meta, files or [])
-            t = await session.add(meta, output, peers=peers,
-                                  trackers=[[u] for u in tracker] if tracker else None,
-                                  file_priorities=prios, sequential=sequential or bool(serve))
+            t, prios = added or await add(meta)
             st = t.status()
             had = st.wanted_have
             deadline = cmd_deadline
@@ -643,6 +654,9 @@ def _left(deadline: float | None) -> float | None:
 def _dht(session: Any, host: str, port: int, no_dht: bool, bootstrap: str | None,
          dht_port: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
     """A DHT node for ``get``/``seed`` (or None); its table lives in the state folder."""
+    if no_dht or not (session.settings.dht or bootstrap is not None):
+        # dht_for's own test, made before the DHT package (~30 ms of imports) is loaded
+        return contextlib.nullcontext(None)
     from swarmhub.discovery.dht.commands import state_file
     from swarmhub.discovery.dht.source import dht_for
 

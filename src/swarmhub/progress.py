@@ -15,21 +15,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.text import Text
+from swarmhub.ui import LazyConsole, real_console
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.progress import Progress, TaskID
 
 __all__ = [
     "DownloadView",
@@ -89,8 +82,9 @@ class DownloadView:
     """A download's display: a bar on a terminal (stderr), JSON lines with ``--json``."""
 
     def __init__(self, name: str, total: int, *, json_lines: bool,
-                 console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+                 console: Console | LazyConsole | None = None) -> None:
+        # rich is imported only for a bar: --json prints no rich output until the last line
+        self.console = console if console is not None else LazyConsole(stderr=True)
         self.json_lines = json_lines
         self.name = name
         self.total = total
@@ -99,10 +93,21 @@ class DownloadView:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         if not json_lines and self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
                 DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[detail]}"), console=self.console, transient=True)
+                TextColumn("{task.fields[detail]}"), console=real_console(self.console),
+                transient=True)
 
     def __enter__(self) -> DownloadView:
         if self._progress is not None:
@@ -145,14 +150,17 @@ class SeedView:
     """A seeder's status: one live line on a terminal, JSON lines for programs."""
 
     def __init__(self, name: str, size: int, *, json_lines: bool,
-                 console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+                 console: Console | LazyConsole | None = None) -> None:
+        self.console = console if console is not None else LazyConsole(stderr=True)
         self.name = name
         self.size = size
         self.json_lines = json_lines or not sys.stdout.isatty()
         self._live: Live | None = None
         if not json_lines and self.console.is_terminal:
-            self._live = Live(Text(""), console=self.console, transient=True,
+            from rich.live import Live
+            from rich.text import Text
+
+            self._live = Live(Text(""), console=real_console(self.console), transient=True,
                               auto_refresh=False)
         self.start = time.monotonic()
 
@@ -170,6 +178,8 @@ class SeedView:
                num_pieces: int) -> None:
         ratio = uploaded / self.size if self.size else 0.0
         if self._live is not None:
+            from rich.text import Text
+
             have = "" if pieces == num_pieces else f" ({pieces}/{num_pieces} pieces)"
             self._live.update(Text(
                 f"seeding {self.name}{have}: {peers} peer{'' if peers == 1 else 's'}, "

@@ -24,18 +24,20 @@ import ssl
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from swarmhub.errors import SwarmhubError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
     "EXIT_USAGE",
+    "LazyConsole",
     "UserError",
     "boundary",
     "describe",
@@ -51,8 +53,44 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+
+
+class LazyConsole:
+    """A rich ``Console`` made on first use, with the options given here.
+
+    Why: importing ``rich.console`` costs 15-35 ms, and ``swarmhub get`` prints nothing
+    through it before its first peer connection (issue 9: connect within 0.5 s of start).
+    Rich itself (``Live``, ``Progress``, ``with console:``) needs :attr:`real`.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    @property
+    def real(self) -> Console:
+        """The console itself, made (and rich imported) now if not yet."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        """:meth:`rich.console.Console.print`."""
+        self.real.print(*objects, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def real_console(console: Console | LazyConsole) -> Console:
+    """What rich's own classes take: ``console`` itself, made now if lazy."""
+    return console.real if isinstance(console, LazyConsole) else console
+
+
 #: stderr; soft wrap keeps a long message on one line whatever the terminal width.
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+err = LazyConsole(stderr=True, soft_wrap=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,6 +115,8 @@ def print_answer(answer: Any, as_json: bool, lines: list[str]) -> None:
 
 def error(message: str) -> None:
     """Print ``error: message`` as one line on stderr."""
+    from rich.markup import escape
+
     err.print(f"[bold red]error:[/] {escape(message)}")
 
 

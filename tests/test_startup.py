@@ -1,0 +1,128 @@
+"""Start-up of ``swarmhub get`` (issue 9: first peer connection within 0.5 s of process start).
+
+Guarded by what is loaded and what runs first, never by the clock: the time itself is
+bench/startup.py's to measure. Each test runs a real ``get`` process against a real
+``swarmhub seed`` on loopback; a few lines run before the CLI, in the same process, to look
+at ``sys.modules`` (or to slow down one step) at the moment that matters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from interop.harness import VENV_PYTHON, Proc, make_test_data
+
+SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
+
+#: Packages ``get`` of a .torrent must not have imported when it connects to its first peer
+#: (DHT off, --json): other commands' code, and libraries it only needs later or never.
+NOT_BEFORE_FIRST_PEER = (
+    "swarmhub.lab", "swarmhub.hub", "swarmhub.daemon", "swarmhub.config_commands",
+    "swarmhub.discovery.dht", "swarmhub.serve", "rich", "aiohttp", "matplotlib", "tomllib",
+)
+
+#: Run before the CLI in the ``get`` process: on the first "connected <Peer" log record,
+#: write the names of the loaded modules to $STARTUP_PROBE_OUT (the download goes on).
+_PROBE = """
+import json, logging, os, sys
+class Probe(logging.Handler):
+    done = False
+    def emit(self, record):
+        if not Probe.done and "connected <Peer" in record.getMessage():
+            Probe.done = True
+            with open(os.environ["STARTUP_PROBE_OUT"], "w") as fh:
+                json.dump(sorted(sys.modules), fh)
+logging.getLogger("swarmhub.engine.torrent").addHandler(Probe())
+"""
+
+#: Run before the CLI: the DHT's bootstrap resolution (DNS of the public routers, in real
+#: life) does not finish until this process has connected to a peer, or 600 polls of 0.05 s
+#: have passed; $STARTUP_PROBE_OUT says which came first.
+_SLOW_DNS = _PROBE.replace("json.dump(sorted(sys.modules), fh)", "fh.write('[]')") + """
+import asyncio
+from swarmhub.discovery.dht import node
+_resolve = node.DhtNode._resolve
+async def slow_resolve(self, addrs):
+    for _ in range(600):
+        if Probe.done:
+            break
+        await asyncio.sleep(0.05)
+    with open(os.environ["STARTUP_PROBE_OUT"] + ".dht", "w") as fh:
+        fh.write("peer first" if Probe.done else "dht first")
+    return await _resolve(self, addrs)
+node.DhtNode._resolve = slow_resolve
+"""
+
+_RUN_CLI = "\nsys.argv[0] = 'swarmhub'\nfrom swarmhub.cli import main\nmain()\n"
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
+    """A ``swarmhub seed`` of a 1 MiB file on 127.0.0.1: (its .torrent, its port)."""
+    work = tmp_path_factory.mktemp("startup")
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(work / "state"))
+    data = make_test_data(work / "src", [1 << 20], seed=9)
+    tfile = work / "t.torrent"
+    subprocess.run([*SWARMHUB, "create", str(data), "-o", str(tfile), "--v1"], check=True,
+                   env=env, capture_output=True, timeout=120)
+    with Proc([*SWARMHUB, "seed", str(tfile), str(data), "--listen", "127.0.0.1:0", "--json"],
+              env=env, name="seed", log=work / "seed.log") as seed:
+        line = seed.wait_for_line(lambda s: '"event": "listening"' in s, 60)
+        yield tfile, int(json.loads(line)["port"])
+
+
+def _get(tmp_path: Path, tfile: Path, port: int, before: str,
+         *extra: str) -> subprocess.CompletedProcess[str]:
+    # no config file (a user's own would load tomllib): the run is the defaults'
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
+               SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
+               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"))
+    return subprocess.run(
+        [str(VENV_PYTHON), "-c", before + _RUN_CLI, "get", str(tfile), "-o",
+         str(tmp_path / "dl"), "--peer", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0",
+         "--json", "-vv", "--timeout", "120", *extra],
+        capture_output=True, text=True, timeout=180, env=env)
+
+
+def test_get_loads_no_other_command_nor_rich_before_its_first_peer(
+        tmp_path: Path, seeded: tuple[Path, int]) -> None:
+    tfile, port = seeded
+    r = _get(tmp_path, tfile, port, _PROBE)
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = set(json.loads((tmp_path / "probe.json").read_text()))
+    assert "swarmhub.engine.session" in loaded  # the probe saw the real connection
+    early = sorted(m for m in loaded
+                   if any(m == p or m.startswith(p + ".") for p in NOT_BEFORE_FIRST_PEER))
+    assert early == []
+    # ... and they still work once needed: the last line is rich's
+    assert "complete:" in r.stderr
+
+
+def test_get_dials_a_torrents_peers_before_the_dht_has_its_routers(
+        tmp_path: Path, seeded: tuple[Path, int]) -> None:
+    """A slow resolver (the public routers by DNS) does not hold up the given peers."""
+    tfile, port = seeded
+    # the DHT on, with a loopback bootstrap address that nothing answers (network rule)
+    r = _get(tmp_path, tfile, port, _SLOW_DNS, "--dht-bootstrap", "127.0.0.1:9")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "probe.json.dht").read_text() == "peer first"
+
+
+def test_every_command_group_is_still_listed_and_runs(tmp_path: Path) -> None:
+    """The groups left out of ``get``'s start-up are still in --help and still run."""
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"), COLUMNS="200")
+    top = subprocess.run([*SWARMHUB, "--help"], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert top.returncode == 0, top.stderr
+    for group in ("hub", "admin", "publish", "lab", "dht", "config", "daemon", "remote", "get"):
+        assert f"│ {group} " in top.stdout, (group, top.stdout)
+    for group in ("lab", "dht", "config"):
+        sub = subprocess.run([*SWARMHUB, group, "--help"], capture_output=True, text=True,
+                             timeout=120, env=env)
+        assert sub.returncode == 0 and "Usage: swarmhub " + group in sub.stdout, sub.stdout
