@@ -164,6 +164,63 @@ def test_idle_slots_unchoke_at_most_twice_the_slots_between_rounds() -> None:
     assert not unchoked(s.take()) and len(s.choke_decision.unchoked) == 10
 
 
+def test_the_optimistic_unchoke_moves_to_a_peer_with_no_piece_at_the_next_tick() -> None:
+    """A newcomer with nothing to trade starts only through the optimistic unchoke; one
+    held for 30 s by a peer that trades already must not keep it waiting (lab simulate
+    p2p N=256: late joiners found every slot taken and got a first block after 15.9 s)."""
+    s = make_swarm(pieces=16, have="*" * 8 + "." * 8)
+    for i in range(6):  # each has a piece we lack: they trade
+        join(s, f"p{i}")
+        s.message(f"p{i}", m.Have(8 + i), 0.0)
+        s.message(f"p{i}", m.Interested(), 0.0)
+    s.tick(0.4)
+    first = s.choke_decision
+    assert len(first.unchoked) == 5 and first.optimistic is not None
+    s.take()
+
+    def busy(t: float) -> None:  # the unchoked use their slots: none is idle
+        for p in s.choke_decision.unchoked:
+            s.message(p, m.Request(0, 0, 16384), t)
+        s.take()
+
+    join(s, "new", 1.0)
+    s.message("new", m.Interested(), 1.0)
+    busy(1.4)
+    s.tick(1.5)
+    acts = s.take()
+    d = s.choke_decision
+    assert "new" in unchoked(acts) and d.optimistic == "new"
+    assert first.optimistic not in d.unchoked  # choked, its request rejected
+    assert sent(acts, first.optimistic, m.Choke) and sent(acts, first.optimistic, m.RejectRequest)
+    assert d.unchoked == (first.unchoked - {first.optimistic}) | {"new"}
+    join(s, "newer", 2.0)
+    s.message("newer", m.Interested(), 2.0)
+    busy(2.4)
+    s.tick(2.5)  # the newcomer holds the slot while it still has nothing
+    assert not unchoked(s.take()) and s.choke_decision.optimistic == "new"
+    s.message("new", m.Have(15), 3.0)  # it has a piece now: the next newcomer's turn
+    busy(3.4)
+    s.tick(3.5)
+    assert unchoked(s.take()) == {"newer"} and s.choke_decision.optimistic == "newer"
+
+
+def test_the_fifth_interested_peer_gets_the_empty_optimistic_slot_at_once() -> None:
+    """Rounds triggered by the first Interested messages make every peer a regular: the
+    optimistic slot stayed empty until the 10 s round (lab simulate p2p N=256)."""
+    s = make_swarm(have="*" * 8)
+    for i in range(4):
+        join(s, f"p{i}")
+        s.message(f"p{i}", m.Interested(), 0.0)
+    assert len(s.choke_decision.unchoked) == 4 and s.choke_decision.optimistic is None
+    s.take()
+    join(s, "p4")
+    s.message("p4", m.Interested(), 0.1)
+    assert unchoked(s.take()) == {"p4"} and s.choke_decision.optimistic == "p4"
+    join(s, "p5")
+    s.message("p5", m.Interested(), 0.2)  # both slots kinds full: it waits
+    assert not unchoked(s.take())
+
+
 def test_a_new_interested_peer_is_unchoked_at_once_when_a_slot_is_free() -> None:
     s = make_swarm(have="*" * 8)
     join(s, "a")

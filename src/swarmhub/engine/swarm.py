@@ -413,8 +413,12 @@ class Swarm:
                     if not ps.am_choking:
                         self._hand_over_slot(ps, now)
                 elif ps.am_choking:
+                    # A free slot, or a free optimistic slot, is filled at once: the first
+                    # rounds run as the first peers show interest, when every peer is a
+                    # regular (the optimistic slot stayed empty until the 10 s round).
                     unchoked = sum(1 for p in self.peers.values() if not p.am_choking)
-                    if unchoked < self._slots():
+                    if unchoked < self._slots() or (unchoked == self._slots()
+                                                    and self._choke.optimistic is None):
                         self._rechoke(now)
             case m.Bitfield(bits=bits):
                 # OR, not replace: a late Bitfield (aria2) must not forget Have messages.
@@ -972,6 +976,48 @@ class Swarm:
             if not self._unchoke_best(now):
                 break
 
+    def _bootstrap_optimistic(self, now: float) -> None:
+        """Move the optimistic unchoke to an interested choked peer that has no piece yet,
+        unless the optimistic peer itself has none (it is still being started).
+
+        Why: a peer with nothing to trade can only start through an optimistic unchoke,
+        and one held for ``optimistic_unchoke_interval`` (30 s) by a peer that trades
+        already bootstraps nobody. Peers that joined after their neighbours' first round
+        found every slot taken (``lab simulate`` p2p N=256: 16 to 21 peers had no piece
+        from 1 to 5 s, the last one's first block came at 15.9 s). Checked each tick, so
+        each peer starts at most one newcomer a second."""
+        if self._super_seeding() or not self.num_have:
+            return  # a super-seed unchokes every interested peer; we have nothing to give
+        d = self._choke
+        current = self.peers.get(d.optimistic) if d.optimistic is not None else None
+        if current is not None and not current.closed and not current.am_choking \
+                and current.num_have == 0:
+            return
+        empty = [ps for ps in self.peers.values()
+                 if ps.am_choking and ps.peer_interested and ps.num_have == 0
+                 and not ps.closed]
+        if not empty:
+            return
+        new = empty[self.rng.randrange(len(empty))]
+        unchoked = set(d.unchoked)
+        if current is not None and not current.am_choking and d.optimistic in unchoked:
+            unchoked.discard(d.optimistic)
+            self._choke_peer(current, now)
+        new.am_choking = False
+        new.slot_used_at = now
+        self._send(new, _UNCHOKE, now)
+        unchoked.add(new.handle)
+        self._choke = ChokeDecision(frozenset(unchoked), new.handle, now, d.turns)
+
+    def _choke_peer(self, ps: PeerState, now: float) -> None:
+        """Choke ``ps`` and reject what it asked for (BEP 6), or drop it silently."""
+        ps.am_choking = True
+        msgs: list[m.Message] = [m.Choke()]
+        if ps.fast:
+            msgs += [m.RejectRequest(r.index, r.begin, r.length) for r in ps.incoming]
+        ps.incoming.clear()
+        self._send(ps, tuple(msgs), now)
+
     def _best_waiting(self, now: float) -> PeerState | None:
         """The interested choked peer the choker would rank first: the fastest uploader
         to us when leeching, the least recently (then least) served when seeding;
@@ -1044,6 +1090,7 @@ class Swarm:
         if now >= self._rechoke_at:
             self._rechoke(now)
         else:
+            self._bootstrap_optimistic(now)
             self._reuse_idle_slots(now)
         self._dial(now)
         tracker = self.tracker
