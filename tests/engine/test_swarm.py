@@ -375,7 +375,7 @@ def test_a_complete_piece_is_verified_then_announced_with_have() -> None:
 
 
 def test_the_request_queue_grows_with_the_measured_rate() -> None:
-    s = make_swarm(pieces=200, settings=QUIET.replace(min_request_queue=2))
+    s = make_swarm(pieces=200, settings=QUIET.replace(min_request_queue=2, request_queue_time=2.0))
     join(s, "a", has_all=True)
     s.message("a", m.Unchoke(), 0.0)
     assert len(sent(s.take(), "a", m.Request)) == 2
@@ -386,6 +386,62 @@ def test_the_request_queue_grows_with_the_measured_rate() -> None:
             s.block("a", r.index, r.begin, r.length, t)
         s.take()
     assert s.peer("a").queue_target > 100
+
+
+def _pipeline(s: Swarm, rtt: float, blocks_per_s: float, until: float) -> float:
+    """Serve peer "far" over a path of ``rtt`` and ``blocks_per_s``: each request is
+    answered at the earliest rtt after it was sent and 1/blocks_per_s after the previous
+    block. Returns the blocks per second received over the last half."""
+    import heapq
+    pending: list[tuple[float, int, m.Request]] = []
+    last = 0.0
+    seq = 0
+
+    def post(reqs: list[m.Message], t: float) -> None:
+        nonlocal last, seq
+        for r in reqs:
+            assert isinstance(r, m.Request)
+            last = max(t + rtt, last + 1 / blocks_per_s)
+            seq += 1
+            heapq.heappush(pending, (last, seq, r))
+
+    post(sent(s.take(), "far", m.Request), 0.0)
+    got = 0
+    while pending and pending[0][0] < until:
+        t, _, r = heapq.heappop(pending)
+        s.block("far", r.index, r.begin, r.length, t)
+        got += t >= until / 2
+        post(sent(s.take(), "far", m.Request), t)
+    return got / (until / 2)
+
+
+def test_a_peer_far_away_keeps_four_round_trips_of_requests_outstanding() -> None:
+    """A queue shorter than the round trip caps the rate it measures and the next target
+    shrinks with it: request_queue_time (0.25 s) alone would hold a 0.5 s path at 4
+    blocks a round trip; four round trips of its rate fill it."""
+    s = make_swarm(pieces=2000)
+    join(s, "far", has_all=True)
+    s.message("far", m.Unchoke(), 0.0)
+    rate = _pipeline(s, rtt=0.5, blocks_per_s=64, until=20.0)
+    assert rate > 0.9 * 64
+    assert s.peer("far").queue_target >= 0.5 * 64  # at least the path's bandwidth x delay
+
+
+def test_a_near_peer_keeps_only_request_queue_time_of_its_rate_outstanding() -> None:
+    """Every request waits behind the queue at the peer: a new piece's hop costs the
+    queue time, so a near peer's queue stays short (0.25 s of its rate, not 2 s)."""
+    s = make_swarm(pieces=2000)
+    join(s, "near", has_all=True)
+    s.message("near", m.Unchoke(), 0.0)
+    s.take()
+    t = 0.0
+    for _ in range(300):  # 200 blocks/s, 20 ms round trip
+        for r in list(s.peer("near").requested)[:1]:
+            t += 0.005
+            s.block("near", r.index, r.begin, r.length, t + 0.02)
+        s.take()
+    target = s.peer("near").queue_target
+    assert 4 <= target <= 0.3 * 200
 
 
 # -- integrity -----------------------------------------------------------------------------
