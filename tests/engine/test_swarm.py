@@ -164,14 +164,17 @@ def test_idle_slots_unchoke_at_most_twice_the_slots_between_rounds() -> None:
     assert not unchoked(s.take()) and len(s.choke_decision.unchoked) == 10
 
 
-def test_the_optimistic_unchoke_moves_to_a_peer_with_no_piece_at_the_next_tick() -> None:
+def test_the_optimistic_unchoke_moves_to_a_lagging_peer_at_the_next_tick() -> None:
     """A newcomer with nothing to trade starts only through the optimistic unchoke; one
     held for 30 s by a peer that trades already must not keep it waiting (lab simulate
-    p2p N=256: late joiners found every slot taken and got a first block after 15.9 s)."""
+    p2p N=256: late joiners found every slot taken and got a first block after 15.9 s).
+    It keeps the slot until it holds half as many pieces as we do."""
     s = make_swarm(pieces=16, have="*" * 8 + "." * 8)
-    for i in range(6):  # each has a piece we lack: they trade
+    for i in range(6):  # each has 7 pieces, some we lack: they trade
         join(s, f"p{i}")
-        s.message(f"p{i}", m.Have(8 + i), 0.0)
+        for j in range(8, 16):
+            if j != 8 + i:
+                s.message(f"p{i}", m.Have(j), 0.0)
         s.message(f"p{i}", m.Interested(), 0.0)
     s.tick(0.4)
     first = s.choke_decision
@@ -198,7 +201,12 @@ def test_the_optimistic_unchoke_moves_to_a_peer_with_no_piece_at_the_next_tick()
     busy(2.4)
     s.tick(2.5)  # the newcomer holds the slot while it still has nothing
     assert not unchoked(s.take()) and s.choke_decision.optimistic == "new"
-    s.message("new", m.Have(15), 3.0)  # it has a piece now: the next newcomer's turn
+    s.message("new", m.Have(15), 3.0)  # one piece: it still lags (less than half of ours)
+    busy(3.2)
+    s.tick(3.3)
+    assert not unchoked(s.take())
+    for i in (8, 9, 10):  # four pieces, half of our eight: the next newcomer's turn
+        s.message("new", m.Have(i), 3.35)
     busy(3.4)
     s.tick(3.5)
     assert unchoked(s.take()) == {"newer"} and s.choke_decision.optimistic == "newer"
