@@ -212,6 +212,34 @@ def test_the_optimistic_unchoke_moves_to_a_lagging_peer_at_the_next_tick() -> No
     assert unchoked(s.take()) == {"newer"} and s.choke_decision.optimistic == "newer"
 
 
+def test_a_lagging_peer_gets_the_optimistic_slot_for_one_interval_only() -> None:
+    """A peer that never gets a piece (a free rider) must not hold the slot for good:
+    after optimistic_unchoke_interval from its first such turn it is no laggard to us."""
+    s = make_swarm(pieces=16, have="*" * 8 + "." * 8)
+    for i in range(5):
+        join(s, f"p{i}")
+        for j in range(8, 16):
+            if j != 8 + i:
+                s.message(f"p{i}", m.Have(j), 0.0)
+        s.message(f"p{i}", m.Interested(), 0.0)
+    join(s, "rider", 0.0)
+    s.message("rider", m.Interested(), 0.0)
+    s.take()
+    t = 0.5
+    holders = []
+    while t < 40:
+        for p in s.choke_decision.unchoked:  # everyone unchoked asks: no idle slot
+            s.message(p, m.Request(0, 0, 16384), t - 0.1)
+        s.tick(t)
+        s.take()
+        holders.append((t, s.choke_decision.optimistic))
+        t += 1.0
+    rider = [t for t, h in holders if h == "rider"]
+    assert rider and rider[0] <= 1.5  # it lags: it gets the slot at once
+    assert max(rider) - rider[0] < 30  # and for the interval only
+    assert holders[-1][1] != "rider"
+
+
 def test_the_fifth_interested_peer_gets_the_empty_optimistic_slot_at_once() -> None:
     """Rounds triggered by the first Interested messages make every peer a regular: the
     optimistic slot stayed empty until the 10 s round (lab simulate p2p N=256)."""

@@ -193,6 +193,8 @@ class Swarm:
         self._rechoke_at = now
         self._ss: SuperSeeder | None = None
         self._offered_at: dict[Hashable, float] = {}  # super-seeding: latest offer per peer
+        #: when _bootstrap_optimistic first gave each peer the optimistic slot
+        self._lag_given: dict[Hashable, float] = {}
         self._out: list[Action] = []
 
     def load_have(self, have: bytes | bytearray) -> None:
@@ -355,6 +357,7 @@ class Swarm:
         if ps is None:
             return
         ps.closed = True
+        self._lag_given.pop(handle, None)
         self.picker.peer_gone(handle)
         if self._ss is not None:
             self._ss.remove_peer(handle)  # its open offers go to the others
@@ -1008,17 +1011,22 @@ class Swarm:
         one's first block came at 15.9 s; in hybrid N=64 one peer had 2 of its 31 peers
         unchoking it for 15 s, half the file to fetch when the others finished, and
         finished 1 s after them. Checked each tick: a peer starts at most one laggard a
-        second, and every neighbour of a laggard sees it as one."""
+        second, and every neighbour of a laggard sees it as one. A peer gets this for
+        ``optimistic_unchoke_interval`` from its first such turn, no more: one that never
+        gets pieces (a free rider) must not hold the slot for good."""
         if self._super_seeding() or not self.num_have:
             return  # a super-seed unchokes every interested peer; we have nothing to give
         d = self._choke
+        given = self._lag_given
+        limit = now - self.settings.optimistic_unchoke_interval
         current = self.peers.get(d.optimistic) if d.optimistic is not None else None
         if current is not None and not current.closed and not current.am_choking \
-                and current.num_have * 2 < self.num_have:
+                and current.num_have * 2 < self.num_have \
+                and given.get(current.handle, now) > limit:
             return
         lagging = [ps for ps in self.peers.values()
                    if ps.am_choking and ps.peer_interested and ps.num_have * 2 < self.num_have
-                   and not ps.closed]
+                   and not ps.closed and given.get(ps.handle, now) > limit]
         if not lagging:
             return
         fewest = min(ps.num_have for ps in lagging)
@@ -1031,6 +1039,7 @@ class Swarm:
         new.am_choking = False
         new.slot_used_at = now
         self._send(new, _UNCHOKE, now)
+        given.setdefault(new.handle, now)
         unchoked.add(new.handle)
         self._choke = ChokeDecision(frozenset(unchoked), new.handle, now, d.turns)
 
