@@ -119,7 +119,9 @@ class Settings:
     )
     # -- request pipelining
     request_queue_time: float = _f(
-        2.0, "keep this many seconds of a peer's measured rate in requests", lo=0.1
+        0.25, "keep this many seconds of a peer's measured rate in requests, or 4x its "
+        "round-trip time when that is longer (each request waits about this long at the "
+        "peer, so every hop a new piece takes through a swarm costs this much)", lo=0.01
     )
     min_request_queue: int = _f(
         4, "fewest requests outstanding to an unchoked peer (more would only queue: in a "

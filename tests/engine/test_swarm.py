@@ -165,6 +165,99 @@ def test_idle_slots_unchoke_at_most_twice_the_slots_between_rounds() -> None:
     assert not unchoked(s.take()) and len(s.choke_decision.unchoked) == 10
 
 
+def test_the_optimistic_unchoke_moves_to_a_lagging_peer_at_the_next_tick() -> None:
+    """A newcomer with nothing to trade starts only through the optimistic unchoke; one
+    held for 30 s by a peer that trades already must not keep it waiting (lab simulate
+    p2p N=256: late joiners found every slot taken and got a first block after 15.9 s).
+    It keeps the slot until it holds half as many pieces as we do."""
+    s = make_swarm(pieces=16, have="*" * 8 + "." * 8)
+    for i in range(6):  # each has 7 pieces, some we lack: they trade
+        join(s, f"p{i}")
+        for j in range(8, 16):
+            if j != 8 + i:
+                s.message(f"p{i}", m.Have(j), 0.0)
+        s.message(f"p{i}", m.Interested(), 0.0)
+    s.tick(0.4)
+    first = s.choke_decision
+    assert len(first.unchoked) == 5 and first.optimistic is not None
+    s.take()
+
+    def busy(t: float) -> None:  # the unchoked use their slots: none is idle
+        for p in s.choke_decision.unchoked:
+            s.message(p, m.Request(0, 0, 16384), t)
+        s.take()
+
+    join(s, "new", 1.0)
+    s.message("new", m.Interested(), 1.0)
+    busy(1.4)
+    s.tick(1.5)
+    acts = s.take()
+    d = s.choke_decision
+    assert "new" in unchoked(acts) and d.optimistic == "new"
+    assert first.optimistic not in d.unchoked  # choked, its request rejected
+    assert sent(acts, first.optimistic, m.Choke) and sent(acts, first.optimistic, m.RejectRequest)
+    assert d.unchoked == (first.unchoked - {first.optimistic}) | {"new"}
+    join(s, "newer", 2.0)
+    s.message("newer", m.Interested(), 2.0)
+    busy(2.4)
+    s.tick(2.5)  # the newcomer holds the slot while it still has nothing
+    assert not unchoked(s.take()) and s.choke_decision.optimistic == "new"
+    s.message("new", m.Have(15), 3.0)  # one piece: it still lags (less than half of ours)
+    busy(3.2)
+    s.tick(3.3)
+    assert not unchoked(s.take())
+    for i in (8, 9, 10):  # four pieces, half of our eight: the next newcomer's turn
+        s.message("new", m.Have(i), 3.35)
+    busy(3.4)
+    s.tick(3.5)
+    assert unchoked(s.take()) == {"newer"} and s.choke_decision.optimistic == "newer"
+
+
+def test_a_lagging_peer_gets_the_optimistic_slot_for_one_interval_only() -> None:
+    """A peer that never gets a piece (a free rider) must not hold the slot for good:
+    after optimistic_unchoke_interval from its first such turn it is no laggard to us."""
+    s = make_swarm(pieces=16, have="*" * 8 + "." * 8)
+    for i in range(5):
+        join(s, f"p{i}")
+        for j in range(8, 16):
+            if j != 8 + i:
+                s.message(f"p{i}", m.Have(j), 0.0)
+        s.message(f"p{i}", m.Interested(), 0.0)
+    join(s, "rider", 0.0)
+    s.message("rider", m.Interested(), 0.0)
+    s.take()
+    t = 0.5
+    holders = []
+    while t < 40:
+        for p in s.choke_decision.unchoked:  # everyone unchoked asks: no idle slot
+            s.message(p, m.Request(0, 0, 16384), t - 0.1)
+        s.tick(t)
+        s.take()
+        holders.append((t, s.choke_decision.optimistic))
+        t += 1.0
+    rider = [t for t, h in holders if h == "rider"]
+    assert rider and rider[0] <= 1.5  # it lags: it gets the slot at once
+    assert max(rider) - rider[0] < 30  # and for the interval only
+    assert holders[-1][1] != "rider"
+
+
+def test_the_fifth_interested_peer_gets_the_empty_optimistic_slot_at_once() -> None:
+    """Rounds triggered by the first Interested messages make every peer a regular: the
+    optimistic slot stayed empty until the 10 s round (lab simulate p2p N=256)."""
+    s = make_swarm(have="*" * 8)
+    for i in range(4):
+        join(s, f"p{i}")
+        s.message(f"p{i}", m.Interested(), 0.0)
+    assert len(s.choke_decision.unchoked) == 4 and s.choke_decision.optimistic is None
+    s.take()
+    join(s, "p4")
+    s.message("p4", m.Interested(), 0.1)
+    assert unchoked(s.take()) == {"p4"} and s.choke_decision.optimistic == "p4"
+    join(s, "p5")
+    s.message("p5", m.Interested(), 0.2)  # both slots kinds full: it waits
+    assert not unchoked(s.take())
+
+
 def test_a_new_interested_peer_is_unchoked_at_once_when_a_slot_is_free() -> None:
     s = make_swarm(have="*" * 8)
     join(s, "a")
@@ -338,7 +431,7 @@ def test_a_batch_of_blocks_keeps_what_was_asked_for_and_refills_once() -> None:
 
 
 def test_the_request_queue_grows_with_the_measured_rate() -> None:
-    s = make_swarm(pieces=200, settings=QUIET.replace(min_request_queue=2))
+    s = make_swarm(pieces=200, settings=QUIET.replace(min_request_queue=2, request_queue_time=2.0))
     join(s, "a", has_all=True)
     s.message("a", m.Unchoke(), 0.0)
     assert len(sent(s.take(), "a", m.Request)) == 2
@@ -349,6 +442,62 @@ def test_the_request_queue_grows_with_the_measured_rate() -> None:
             s.block("a", r.index, r.begin, r.length, t)
         s.take()
     assert s.peer("a").queue_target > 100
+
+
+def _pipeline(s: Swarm, rtt: float, blocks_per_s: float, until: float) -> float:
+    """Serve peer "far" over a path of ``rtt`` and ``blocks_per_s``: each request is
+    answered at the earliest rtt after it was sent and 1/blocks_per_s after the previous
+    block. Returns the blocks per second received over the last half."""
+    import heapq
+    pending: list[tuple[float, int, m.Request]] = []
+    last = 0.0
+    seq = 0
+
+    def post(reqs: list[m.Message], t: float) -> None:
+        nonlocal last, seq
+        for r in reqs:
+            assert isinstance(r, m.Request)
+            last = max(t + rtt, last + 1 / blocks_per_s)
+            seq += 1
+            heapq.heappush(pending, (last, seq, r))
+
+    post(sent(s.take(), "far", m.Request), 0.0)
+    got = 0
+    while pending and pending[0][0] < until:
+        t, _, r = heapq.heappop(pending)
+        s.block("far", r.index, r.begin, r.length, t)
+        got += t >= until / 2
+        post(sent(s.take(), "far", m.Request), t)
+    return got / (until / 2)
+
+
+def test_a_peer_far_away_keeps_four_round_trips_of_requests_outstanding() -> None:
+    """A queue shorter than the round trip caps the rate it measures and the next target
+    shrinks with it: request_queue_time (0.25 s) alone would hold a 0.5 s path at 4
+    blocks a round trip; four round trips of its rate fill it."""
+    s = make_swarm(pieces=2000)
+    join(s, "far", has_all=True)
+    s.message("far", m.Unchoke(), 0.0)
+    rate = _pipeline(s, rtt=0.5, blocks_per_s=64, until=20.0)
+    assert rate > 0.9 * 64
+    assert s.peer("far").queue_target >= 0.5 * 64  # at least the path's bandwidth x delay
+
+
+def test_a_near_peer_keeps_only_request_queue_time_of_its_rate_outstanding() -> None:
+    """Every request waits behind the queue at the peer: a new piece's hop costs the
+    queue time, so a near peer's queue stays short (0.25 s of its rate, not 2 s)."""
+    s = make_swarm(pieces=2000)
+    join(s, "near", has_all=True)
+    s.message("near", m.Unchoke(), 0.0)
+    s.take()
+    t = 0.0
+    for _ in range(300):  # 200 blocks/s, 20 ms round trip
+        for r in list(s.peer("near").requested)[:1]:
+            t += 0.005
+            s.block("near", r.index, r.begin, r.length, t + 0.02)
+        s.take()
+    target = s.peer("near").queue_target
+    assert 4 <= target <= 0.3 * 200
 
 
 # -- integrity -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Times are the driver's clock values, passed in; nothing here reads a clock.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Hashable, Iterator
 
 from swarmhub.engine.picker import Block
@@ -139,6 +140,7 @@ class PeerState:
         "last_data",
         "last_recv",
         "last_send",
+        "min_delay",
         "num_have",
         "outgoing",
         "peer_choking",
@@ -195,6 +197,9 @@ class PeerState:
         self.reqq = 250
         self.queue_target = queue_target
         self.target_at = 0.0
+        #: the shortest request-to-block time seen: about the round trip, the floor of
+        #: how much of its rate we keep requested (inf until a block arrived)
+        self.min_delay = math.inf
         self.snubbed = False
         #: when we last unchoked it or it last asked us for a block (an unchoke slot
         #: it leaves unused goes to a peer that will use it)
