@@ -958,12 +958,7 @@ class Swarm:
                 if ps.am_choking:
                     self._unchoke(ps, now)
             elif not ps.am_choking:
-                ps.am_choking = True
-                msgs: list[m.Message] = [m.Choke()]
-                if ps.fast:
-                    msgs += [m.RejectRequest(r.index, r.begin, r.length) for r in ps.incoming]
-                ps.incoming.clear()
-                self._send(ps, tuple(msgs), now)
+                self._choke_peer(ps, now)
 
     def _hand_over_slot(self, ps: PeerState, now: float) -> None:
         """An unchoked peer lost interest: choke it and give its slot to the best
@@ -971,12 +966,7 @@ class Swarm:
         on every such event; the next round re-ranks everyone as usual). The best is the
         one the choker would rank first: the fastest uploader to us when leeching, the
         least recently (then least) served when seeding; snubbed peers and seeds never."""
-        ps.am_choking = True
-        msgs: list[m.Message] = [m.Choke()]
-        if ps.fast:
-            msgs += [m.RejectRequest(r.index, r.begin, r.length) for r in ps.incoming]
-        ps.incoming.clear()
-        self._send(ps, tuple(msgs), now)
+        self._choke_peer(ps, now)
         d = self._choke
         turns = dict(d.turns)
         best = self._best_waiting(now)
@@ -1066,9 +1056,7 @@ class Swarm:
         if current is not None and not current.am_choking and d.optimistic in unchoked:
             unchoked.discard(d.optimistic)
             self._choke_peer(current, now)
-        new.am_choking = False
-        new.slot_used_at = now
-        self._send(new, _UNCHOKE, now)
+        self._unchoke(new, now)
         given.setdefault(new.handle, now)
         unchoked.add(new.handle)
         self._choke = ChokeDecision(frozenset(unchoked), new.handle, now, d.turns)
