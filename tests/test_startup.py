@@ -33,26 +33,31 @@ _PROBE = """
 import json, logging, os, sys
 class Probe(logging.Handler):
     done = False
+    event = None  # an asyncio.Event, set on the first connection, for whoever waits on it
     def emit(self, record):
         if not Probe.done and "connected <Peer" in record.getMessage():
             Probe.done = True
+            if Probe.event is not None:
+                Probe.event.set()
             with open(os.environ["STARTUP_PROBE_OUT"], "w") as fh:
                 json.dump(sorted(sys.modules), fh)
 logging.getLogger("swarmhub.engine.torrent").addHandler(Probe())
 """
 
 #: Run before the CLI: the DHT's bootstrap resolution (DNS of the public routers, in real
-#: life) does not finish until this process has connected to a peer, or 600 polls of 0.05 s
-#: have passed; $STARTUP_PROBE_OUT says which came first.
+#: life) does not finish until this process has connected to a peer (an event the probe
+#: sets; 60 s is only a hang guard); $STARTUP_PROBE_OUT says which came first.
 _SLOW_DNS = _PROBE.replace("json.dump(sorted(sys.modules), fh)", "fh.write('[]')") + """
 import asyncio
 from swarmhub.discovery.dht import node
 _resolve = node.DhtNode._resolve
 async def slow_resolve(self, addrs):
-    for _ in range(600):
-        if Probe.done:
-            break
-        await asyncio.sleep(0.05)
+    if not Probe.done:
+        Probe.event = asyncio.Event()
+        try:
+            await asyncio.wait_for(Probe.event.wait(), 60)
+        except TimeoutError:
+            pass
     with open(os.environ["STARTUP_PROBE_OUT"] + ".dht", "w") as fh:
         fh.write("peer first" if Probe.done else "dht first")
     return await _resolve(self, addrs)
