@@ -17,6 +17,7 @@ import typer
 
 from swarmhub import __version__, ui
 from swarmhub.aio import INTERRUPTED, run_cancellable
+from swarmhub.discovery import dht_wanted
 from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo, TorrentVersion
 from swarmhub.settings import Settings
@@ -448,7 +449,7 @@ def get(
     lsd_only = (magnet is not None or (meta is not None and not meta.private)) and \
         settings.lsd and not no_lsd
     if not peers and not tracker and not known_trackers and not hub_url and not lsd_only and (
-            no_dht or not (settings.dht or dht_bootstrap)):
+            not dht_wanted(settings, no_dht=no_dht, bootstrap=dht_bootstrap)):
         raise ui.UserError("no way to find peers: give --peer HOST:PORT or --tracker URL, "
                            "or leave the DHT on", ui.EXIT_USAGE)
 
@@ -654,8 +655,7 @@ def _left(deadline: float | None) -> float | None:
 def _dht(session: Any, host: str, port: int, no_dht: bool, bootstrap: str | None,
          dht_port: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
     """A DHT node for ``get``/``seed`` (or None); its table lives in the state folder."""
-    if no_dht or not (session.settings.dht or bootstrap is not None):
-        # dht_for's own test, made before the DHT package (~30 ms of imports) is loaded
+    if not dht_wanted(session.settings, no_dht=no_dht, bootstrap=bootstrap):
         return contextlib.nullcontext(None)
     from swarmhub.discovery.dht.commands import state_file
     from swarmhub.discovery.dht.source import dht_for

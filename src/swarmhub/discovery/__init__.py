@@ -35,6 +35,15 @@ __all__ = [
     "scrape_url",
 ]
 
+
+
+def dht_wanted(settings: Any, *, no_dht: bool, bootstrap: str | None) -> bool:
+    """Whether ``get``/``seed`` run a DHT node: ``settings.dht`` (``SWARMHUB_DHT``) or an
+    explicit bootstrap list turns it on, ``--no-dht`` off. Kept here, in a module the CLI
+    loads anyway, so the answer costs no import of the DHT package (~30 ms)."""
+    return not no_dht and (bool(settings.dht) or bootstrap is not None)
+
+
 _HOMES = {name: "swarmhub.discovery.tracker" for name in __all__}
 _HOMES["UdpTrackerClient"] = "swarmhub.discovery.udp_tracker"
 

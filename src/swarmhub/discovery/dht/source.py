@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from swarmhub.discovery import dht_wanted
 from swarmhub.discovery.dht.core import Config
 from swarmhub.discovery.dht.node import DhtNode, parse_bootstrap
 from swarmhub.discovery.keys import HashedMeta, public_hashes
@@ -131,7 +132,7 @@ async def dht_for(session: _Session, settings: Any, *, host: str, listen_port: i
     """The CLI's switch: a running DHT (:func:`run_dht`) or None. On when
     ``settings.dht`` (``SWARMHUB_DHT``) or an explicit ``bootstrap`` says so, off with
     ``no_dht``; the UDP port defaults to the listening TCP port, as in libtorrent."""
-    if no_dht or not (settings.dht or bootstrap is not None):
+    if not dht_wanted(settings, no_dht=no_dht, bootstrap=bootstrap):
         yield None
         return
     port = listen_port if dht_port is None else dht_port
