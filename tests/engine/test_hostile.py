@@ -195,9 +195,6 @@ async def test_a_download_nobody_unchokes_says_so(tmp_path: Path) -> None:
     async with scripted_server(meta, never_unchokes) as port, \
             Session(state_dir=tmp_path / "s") as leecher:
         t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
-        for _ in range(200):
-            if t.peers:
-                break
-            await asyncio.sleep(0.02)
+        await poll(lambda: bool(t.peers), 30, "the leecher is connected")
         status = t.status()
         assert status.stalled is not None and "none ever unchoked us" in status.stalled
