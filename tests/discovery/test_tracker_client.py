@@ -367,9 +367,13 @@ async def test_silent_tracker_times_out_at_the_bound(monkeypatch: pytest.MonkeyP
     (the outer deadline only guards against a hang, it measures nothing)."""
     release = asyncio.Event()
     requests = 0
+    handlers: list[asyncio.Task[Any]] = []
 
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal requests
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
         try:
             if await reader.read(65536):
                 requests += 1
@@ -398,7 +402,8 @@ async def test_silent_tracker_times_out_at_the_bound(monkeypatch: pytest.MonkeyP
         release.set()
         server.close()
         await asyncio.wait_for(server.wait_closed(), 5)
-        await asyncio.sleep(0.01)  # let the handler close its writer
+        # the handlers close their writers once released
+        await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
 
 
 async def test_http_errors_and_failure_bodies_with_error_status() -> None:

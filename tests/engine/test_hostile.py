@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from hostile import poll
 from test_transfer import make_data
 
 from swarmhub.engine.session import Session
@@ -125,36 +127,51 @@ async def test_a_banned_liars_blocks_never_get_the_honest_seeder_banned(tmp_path
     assert got.read_bytes() == (src / "file0.bin").read_bytes()
 
 
-async def idler(peer: Scripted) -> None:
-    """Connects, says it has nothing, and sends keep-alives forever."""
-    await peer.handshake()
+async def idler(peer: Scripted, keepalive: asyncio.Event) -> None:
+    """Connects, says it has nothing, and sends a keep-alive each time ``keepalive`` is
+    set (the test sets it once the seeder's clock has passed the idle limit); the
+    handshakes are done."""
     peer.send(m.HaveNone())
+    await peer.writer.drain()
     while True:
+        await keepalive.wait()
+        keepalive.clear()
         peer.send(m.KeepAlive())
         await peer.writer.drain()
-        await asyncio.sleep(0.2)
 
 
 async def test_idle_peers_at_the_cap_make_room_for_a_real_leecher(tmp_path: Path) -> None:
     src = make_data(tmp_path / "src" / "payload", [300_000])
     meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
-    capped = Settings(max_connections_per_torrent=3, peer_idle_evict=0.5)
+    # The seeder's clock is stepped past peer_idle_evict instead of waited out: the
+    # leecher's 30 s wait below cannot reach the 60 s limit in real time.
+    # Plain seeding: super-seeding would hand out a piece at a time on its own clock rules.
+    capped = Settings(max_connections_per_torrent=3, peer_idle_evict=60.0, super_seeding=False)
+    offset = 0.0
+
+    def clock() -> float:
+        return time.monotonic() + offset
+
     async with Session(capped, state_dir=tmp_path / "sa") as seeder, \
             Session(state_dir=tmp_path / "sb") as leecher:
         port = await seeder.listen("127.0.0.1", 0)
-        st = await seeder.add(meta, src.parent)
+        st = await seeder.add(meta, src.parent, clock=clock)
         idlers = []
-        for _ in range(3):
+        kicks = [asyncio.Event() for _ in range(3)]
+        for kick in kicks:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             peer = Scripted(reader, writer, meta)
             await peer.handshake()
-            idlers.append(asyncio.ensure_future(idler(peer)))
-        for _ in range(100):
-            if len(st.peers) == 3:
-                break
-            await asyncio.sleep(0.02)
+            idlers.append(asyncio.ensure_future(idler(peer, kick)))
+        await poll(lambda: len(st.peers) == 3, 30, "the three idlers are connected")
+        offset += st.settings.peer_idle_evict + 1  # idle long enough to be evicted
+        stepped = clock()
+        # Keep-alives after the step: received, yet the peers stay evictable.
+        for kick in kicks:
+            kick.set()
+        await poll(lambda: all(ps.last_recv >= stepped for ps in st.swarm.peers.values()),
+                   30, "each idler's keep-alive after the step was read")
         assert len(st.peers) == 3
-        await asyncio.sleep(0.6)  # idle long enough to be evicted
         t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
         try:
             await asyncio.wait_for(t.complete.wait(), 30)
@@ -178,9 +195,6 @@ async def test_a_download_nobody_unchokes_says_so(tmp_path: Path) -> None:
     async with scripted_server(meta, never_unchokes) as port, \
             Session(state_dir=tmp_path / "s") as leecher:
         t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
-        for _ in range(200):
-            if t.peers:
-                break
-            await asyncio.sleep(0.02)
+        await poll(lambda: bool(t.peers), 30, "the leecher is connected")
         status = t.status()
         assert status.stalled is not None and "none ever unchoked us" in status.stalled

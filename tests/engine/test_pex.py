@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from pathlib import Path
 
 import pytest
-from hostile import HostilePeer
+from hostile import HostilePeer, poll
 
 from swarmhub.bencode import bencode
+from swarmhub.engine.peer import EXT_IDS
 from swarmhub.engine.pex import (
     FIRST_DELAY,
     FLAG_REACHABLE,
@@ -26,7 +26,13 @@ from swarmhub.metainfo import create_torrent
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
-from swarmhub.wire.extensions import PexMessage, decode_pex, encode_pex
+from swarmhub.wire.extensions import (
+    MetadataRequest,
+    PexMessage,
+    decode_pex,
+    encode_metadata_message,
+    encode_pex,
+)
 
 A = ("10.0.0.1", 6881)
 B = ("10.0.0.2", 6882)
@@ -104,50 +110,88 @@ def _connected_to(t: Torrent, peer_id: bytes) -> bool:
     return any(p.remote_id == peer_id for p in t.swarm.peers)  # type: ignore[attr-defined]
 
 
-async def _three(tmp: Path, *, private: bool = False, wait: float = 20.0,
-                 pex: bool = True) -> bool:
-    """Seeder S knows peer B; leecher L is told only S. Does L connect to B in time?"""
-    meta, src = _meta(tmp, private)
-    slow = Settings().replace(upload_rate_limit=50_000, pex=pex)  # L must not finish first
-    async with Session(slow, state_dir=tmp / "ss") as s, \
-            Session(slow, state_dir=tmp / "sb") as b, \
-            Session(Settings().replace(pex=pex), state_dir=tmp / "sl") as lee:
+async def test_leecher_learns_the_other_peer_via_pex(tmp_path: Path) -> None:
+    """Seeder S knows peer B; leecher L is told only S, and connects to B."""
+    meta, src = _meta(tmp_path)
+    slow = Settings().replace(upload_rate_limit=50_000)  # L must not finish first
+    async with Session(slow, state_dir=tmp_path / "ss") as s, \
+            Session(slow, state_dir=tmp_path / "sb") as b, \
+            Session(state_dir=tmp_path / "sl") as lee:
         bport = await b.listen("127.0.0.1", 0)
-        await b.add(meta, tmp / "b")
+        await b.add(meta, tmp_path / "b")
         sport = await s.listen("127.0.0.1", 0)
         st = await s.add(meta, src, peers=[("127.0.0.1", bport)])
         assert st.state is TorrentState.SEEDING
         await lee.listen("127.0.0.1", 0)
-        lt = await lee.add(meta, tmp / "l", peers=[("127.0.0.1", sport)])
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if _connected_to(lt, b.peer_id):
-                assert _connected_to(lt, s.peer_id)
-                return True
-            await asyncio.sleep(0.1)
-        return False
+        lt = await lee.add(meta, tmp_path / "l", peers=[("127.0.0.1", sport)])
+        # a hang guard: S's first PEX message goes FIRST_DELAY after its handshake with L
+        await poll(lambda: _connected_to(lt, b.peer_id), 20 + FIRST_DELAY, "L connects to B")
+        assert _connected_to(lt, s.peer_id)
 
 
-async def test_leecher_learns_the_other_peer_via_pex(tmp_path: Path) -> None:
-    assert await _three(tmp_path)
+@pytest.mark.parametrize("case", ["public", "private", "no-pex"])
+async def test_pex_is_sent_only_for_public_torrents_with_pex_on(tmp_path: Path,
+                                                                case: str) -> None:
+    """Seeder S knows peer B; a peer offering ut_pex connects. S's clock is stepped past
+    the first PEX delay and S ticks; then a metadata request, answered in order after
+    anything that tick sent, shows whether S told the peer about B."""
+    meta, src = _meta(tmp_path, private=case == "private")
+    offset = 0.0
+
+    def clock() -> float:
+        return time.monotonic() + offset
+
+    # B must not finish (and leave S: two seeds part) before S's PEX tick
+    slow = Settings().replace(upload_rate_limit=50_000, pex=case != "no-pex")
+    async with Session(slow, state_dir=tmp_path / "ss") as s, \
+            Session(state_dir=tmp_path / "sb") as b:
+        bport = await b.listen("127.0.0.1", 0)
+        await b.add(meta, tmp_path / "b")
+        sport = await s.listen("127.0.0.1", 0)
+        st = await s.add(meta, src, peers=[("127.0.0.1", bport)], clock=clock)
+        ticks: list[float] = []
+        real_tick = st.swarm.tick
+
+        def spy(now: float) -> None:  # the torrent's PEX tick follows in the same step
+            real_tick(now)
+            ticks.append(now)
+
+        st.swarm.tick = spy  # type: ignore[method-assign]
+        await poll(lambda: _connected_to(st, b.peer_id), 20, "S connects to B")
+        peer = await HostilePeer.open(sport, meta.info_hash)
+        try:
+            peer.send_ext_handshake(
+                bencode({b"m": {b"ut_pex": 7, b"ut_metadata": 3}, b"v": b"hostile"}))
+            await peer.their_ext_handshake()
+            await poll(lambda: any("ut_pex" in p.ext_ids for p in st.peers), 20,
+                       "S read the peer's extension handshake")
+            seen = len(ticks)
+            await poll(lambda: len(ticks) > seen, 20, "S ticked once with the peer")
+            offset += FIRST_DELAY + 1
+            stepped = clock()
+            await poll(lambda: ticks[-1] >= stepped, 20, "S ticked past the first PEX delay")
+            peer.send(m.Extended(EXT_IDS["ut_metadata"],
+                                 encode_metadata_message(MetadataRequest(0))))
+            told: list[tuple[str, int]] = []
+            while not isinstance(msg := await peer.recv(20), m.Extended) or msg.ext_id != 3:
+                if isinstance(msg, m.Extended) and msg.ext_id == 7:
+                    told += decode_pex(msg.payload).added
+        finally:
+            await peer.close()
+        assert _connected_to(st, b.peer_id)
+    assert (("127.0.0.1", bport) in told) is (case == "public"), told
 
 
-@pytest.mark.parametrize("case", ["private", "no-pex"])
-async def test_no_pex_for_private_torrents_or_when_off(tmp_path: Path, case: str) -> None:
-    if case == "private":
-        assert not await _three(tmp_path, private=True, wait=FIRST_DELAY + 4)
-    else:
-        assert not await _three(tmp_path, pex=False, wait=FIRST_DELAY + 4)
-
-
-@pytest.mark.parametrize("private", [False, True], ids=["public", "private"])
-async def test_received_pex_is_bounded_never_us_and_ignored_for_private(
-    tmp_path: Path, private: bool,
+@pytest.mark.parametrize("case", ["public", "private", "no-pex"])
+async def test_received_pex_is_bounded_never_us_and_ignored_unless_public_and_on(
+    tmp_path: Path, case: str,
 ) -> None:
     """A peer's ut_pex message reaches the core's add_peers: at most 50 addresses, never
-    our own; for a private torrent we neither offer ut_pex nor read it."""
-    meta, _ = _meta(tmp_path, private)
-    async with Session(state_dir=tmp_path / "s") as ses:
+    our own; for a private torrent or with PEX off we neither offer ut_pex nor read it."""
+    meta, _ = _meta(tmp_path, private=case == "private")
+    on = case == "public"
+    async with Session(Settings().replace(pex=case != "no-pex"),
+                       state_dir=tmp_path / "s") as ses:
         port = await ses.listen("127.0.0.1", 0)
         t = await ses.add(meta, tmp_path / "dl")
         added: list[tuple[str, int]] = []
@@ -160,18 +204,20 @@ async def test_received_pex_is_bounded_never_us_and_ignored_for_private(
         t.swarm.add_peers = spy  # type: ignore[method-assign]
         peer = await HostilePeer.open(port, meta.info_hash)
         try:
-            peer.send_ext_handshake(bencode({b"m": {b"ut_pex": 7}, b"v": b"hostile"}))
+            peer.send_ext_handshake(
+                bencode({b"m": {b"ut_pex": 7, b"ut_metadata": 3}, b"v": b"hostile"}))
             theirs = await peer.their_ext_handshake()
-            assert ("ut_pex" in theirs) is not private
+            assert ("ut_pex" in theirs) is on
             # closed loopback ports: dials fail at once and never leave the machine
             many = [(f"127.0.{i // 250}.{i % 250 + 2}", 9) for i in range(120)]
             msg = PexMessage(added=[("127.0.0.1", port), *many])
-            peer.send(m.Extended(1, encode_pex(msg)))
-            await asyncio.sleep(1.0)
+            peer.send(m.Extended(EXT_IDS["ut_pex"], encode_pex(msg)))
+            # Messages are read in order: the answer to this request proves the PEX
+            # message was handled, and that the connection survived it.
+            peer.send(m.Extended(EXT_IDS["ut_metadata"],
+                                 encode_metadata_message(MetadataRequest(0))))
+            await peer.expect(lambda ev: isinstance(ev, m.Extended) and ev.ext_id == 3, 20)
             assert ses.peer_count == 1, "the PEX sender is still connected"
         finally:
             await peer.close()
-    if private:
-        assert added == []
-    else:
-        assert added == many[:MAX_ADDED]
+    assert added == (many[:MAX_ADDED] if on else [])

@@ -71,10 +71,8 @@ async def test_remove_and_close_announce_stopped_before_the_http_client_closes(
             await session.listen("127.0.0.1", 0)
             for meta, src in zip(metas, srcs, strict=True):
                 await session.add(meta, src.parent)
-            for _ in range(100):
-                if all(state.stats(meta.info_hash)[0] for meta in metas):
-                    break
-                await asyncio.sleep(0.02)
+            await poll(lambda: all(state.stats(meta.info_hash)[0] for meta in metas), 30,
+                       "both torrents announced")  # a hang guard, not a 2 s margin
             assert all(state.stats(meta.info_hash)[0] == 1 for meta in metas)
             await session.remove(metas[0].info_hash)
             assert state.stats(metas[0].info_hash)[0] == 0  # said "stopped"
@@ -119,10 +117,7 @@ async def test_peer_filter_is_consulted_and_add_peers_dials_out(tmp_path: Path) 
         st = await seeder.add(meta, src.parent)
         lport = await leecher.listen("127.0.0.1", 0)
         t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
-        for _ in range(100):
-            if seen:
-                break
-            await asyncio.sleep(0.02)
+        await poll(lambda: bool(seen), 30, "the filter saw the leecher's dial")
         assert seen == [False] and not st.peers  # its dial was refused
         st.add_peers([("127.0.0.1", lport)])
         await asyncio.wait_for(t.complete.wait(), 30)

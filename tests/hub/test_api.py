@@ -245,12 +245,15 @@ async def test_truncated_upload_leaves_no_entry_blob_or_temp(live: Live) -> None
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
 
-    def send_half() -> None:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(head + body[: len(body) // 2])
-            time.sleep(0.2)  # let the hub start streaming it to disk
-
-    await asyncio.to_thread(send_half)
+    sock = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 10)
+    try:
+        await asyncio.to_thread(sock.sendall, head + body[: len(body) // 2])
+        deadline = time.monotonic() + 30  # a hang guard
+        while not live.stored()[1]:  # the hub receives it into a temp file
+            assert time.monotonic() < deadline, "the hub never streamed the upload to disk"
+            await asyncio.sleep(0.01)
+    finally:
+        sock.close()  # cut off half-way
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if live.stored() == ([], []):

@@ -309,11 +309,10 @@ async def test_libtorrent_downloads_from_the_embedded_seeder(tmp_path: Path, suf
         assert status == 200
         # Wait (bounded) until the seeder has announced itself to the hub's tracker.
         ih = load_torrent(torrent).info_hash
-        for _ in range(100):
-            if (await live.hub.tracker.stats(ih))[0] >= 1:
-                break
+        deadline = time.monotonic() + 60  # a hang guard, not a margin
+        while (await live.hub.tracker.stats(ih))[0] < 1:
+            assert time.monotonic() < deadline, "the embedded seeder never announced"
             await asyncio.sleep(0.1)
-        assert (await live.hub.tracker.stats(ih))[0] >= 1, "the embedded seeder never announced"
         await _lt_download(lt, torrent, tmp_path / "lt", web_seed=False)
         assert (tmp_path / "lt" / "e2e.bin").read_bytes() == data
         async with live.http.get(live.url + "/metrics") as r:
@@ -424,11 +423,10 @@ async def test_seeder_picks_up_catalogued_files_after_restart(tmp_path: Path) ->
         seeder = live.hub.seeder
         assert seeder is not None
         wanted = {bytes.fromhex(f["info_hash_v1"]), bytes.fromhex(f["info_hash_v1_torrent"])}
-        for _ in range(100):
-            if wanted <= set(seeder.session.torrents):  # type: ignore[attr-defined]
-                break
+        deadline = time.monotonic() + 60  # a hang guard, not a margin
+        while not wanted <= set(seeder.session.torrents):  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the seeder never took the files up again"
             await asyncio.sleep(0.05)
-        assert wanted <= set(seeder.session.torrents)  # type: ignore[attr-defined]
         assert (tmp_path / "hub" / "seed" / f["id"] / "again.bin").exists()
 
 

@@ -192,21 +192,26 @@ async def test_seeder_admission_proofs_reach_the_other_process(
         ih = bytes.fromhex(f["info_hash_v1"])
         loop = asyncio.get_running_loop()
 
-        def admitted() -> bool:
-            return any(a.hub.access.allows(f["id"], ("127.0.0.1", 7000), pid, loop.time(),
+        def admitted(now: float) -> bool:
+            return any(a.hub.access.allows(f["id"], ("127.0.0.1", 7000), pid, now,
                                            outgoing=True) for pid in [b"x" * 20])
 
-        assert not admitted()
-        async with asyncio.timeout(5):  # B's catalog index learns of the file first
+        assert not admitted(loop.time())
+        # Hang guards, not margins: each wait ends on the state it waits for.
+        async with asyncio.timeout(30):  # B's catalog index learns of the file first
             while b"failure reason" in await announce_live(
                     b, ih, base=f"{b.url}/announce?passkey={reader['passkey']}"):
                 await asyncio.sleep(0.05)
-        async with asyncio.timeout(1):
-            while not admitted():
+        async with asyncio.timeout(30):
+            while not admitted(loop.time()):
                 await asyncio.sleep(0.01)
+        # Asked at one fixed time from here on, so only the revocation, never the grant's
+        # expiry, can end the admission.
+        at = loop.time()
+        assert admitted(at)
         async with b.http.post(f"{b.url}/api/tokens/{reader['id']}/revoke",
                                headers=b.auth(b.admin)) as r:
             assert r.status == 200
-        async with asyncio.timeout(1):
-            while admitted():
+        async with asyncio.timeout(30):
+            while admitted(at):
                 await asyncio.sleep(0.01)

@@ -23,7 +23,7 @@ import random
 import time
 import urllib.parse
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from swarmhub.discovery.tracker import AnnounceRequest, AnnounceResponse
@@ -115,7 +115,10 @@ class UdpTrackerClient:
         max_retries: int | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[asyncio.Future[Any], float], Awaitable[Any]] = asyncio.wait_for,
     ) -> None:
+        """``wait(future, seconds)``: how one answer is awaited (TimeoutError: lost), so
+        tests can time out on what the tracker did rather than on the clock."""
         self.base_timeout = (
             _env_number(_ENV_TIMEOUT, 15.0) if base_timeout is None else base_timeout
         )
@@ -126,6 +129,7 @@ class UdpTrackerClient:
             raise TrackerError("the UDP tracker timeout must be positive, retries >= 0")
         self._rng = rng or random.Random()
         self._clock = clock
+        self._wait = wait
         self._key = self._rng.getrandbits(32)
         #: (host, port) -> (connection id, when it was received).
         self._ids: dict[tuple[str, int], tuple[int, float]] = {}
@@ -259,7 +263,8 @@ class UdpTrackerClient:
         proto.waiting = (tid, fut)
         transport.sendto(packet)
         try:
-            return await asyncio.wait_for(fut, self.base_timeout * 2**attempt)
+            reply: _Reply = await self._wait(fut, self.base_timeout * 2**attempt)
+            return reply
         except TimeoutError:
             return None
         except UdpPacketError as exc:

@@ -153,13 +153,15 @@ class Session:
                   trackers: list[list[str]] | None = None,
                   file_priorities: Sequence[int] | None = None,
                   sequential: bool = False,
-                  storage: TorrentStorage | None = None) -> Torrent:
+                  storage: TorrentStorage | None = None,
+                  clock: Callable[[], float] = time.monotonic) -> Torrent:
         """Add a torrent, check what is on disk, and start its background jobs.
 
         ``file_priorities``: one per data file (0 skip, 1 normal, up to 7 sooner; see
         :meth:`Torrent.set_file_priorities`); ``sequential``: in order with a read-ahead
         window (:meth:`Torrent.set_sequential`); ``storage``: where the bytes live, when
-        not in files under ``save_path`` (a :class:`TorrentStorage` subclass)."""
+        not in files under ``save_path`` (a :class:`TorrentStorage` subclass); ``clock``:
+        the torrent's time (tests step it to make peers idle without waiting)."""
         if self._tg is None or self._closed:
             raise SwarmhubError("use the Session as 'async with Session() as s'")
         if meta.info_hash in self.torrents:
@@ -167,7 +169,7 @@ class Session:
         torrent = Torrent(self, meta, save_path, seed_mode=seed_mode, peers=peers,
                           trackers=trackers, rng=random.Random(self.rng.random()),
                           file_priorities=file_priorities, sequential=sequential,
-                          storage=storage)
+                          storage=storage, clock=clock)
         await torrent.start()
         self.torrents[meta.info_hash] = torrent
         for h in _wire_hashes(meta):
