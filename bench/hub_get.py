@@ -32,7 +32,7 @@ MiB = 1 << 20
 SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
 #: The network rule: no DHT bootstrap routers (a failing DNS lookup of them also cost both
 #: modes ~0.7 s at start on a loaded machine).
-QUIET = {"SWARMHUB_DHT": "0", "SWARMHUB_DHT_LOCAL_ONLY": "1"}
+QUIET = {"SWARMHUB_DHT": "0", "SWARMHUB_DHT_LOCAL_ONLY": "1", "SWARMHUB_LSD": "0"}
 
 
 def _free_port() -> int:
