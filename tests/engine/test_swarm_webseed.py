@@ -13,7 +13,7 @@ import itertools
 import pytest
 from test_swarm import PIECE, QUIET, join, make_swarm, sent
 
-from swarmhub.engine.actions import Close
+from swarmhub.engine.actions import Action, Close, Completed, Send
 from swarmhub.engine.swarm import Swarm
 from swarmhub.wire import messages as m
 
@@ -233,6 +233,81 @@ def test_between_batches_the_origins_peer_stays_idle() -> None:
     assert _asked(s, "hub") == set()
     s.tick(2.0)  # but not forever if none comes
     assert _asked(s, "hub")
+
+
+def test_alone_the_web_seeds_ranges_grow_with_its_rate_and_shrink_back_with_leechers(
+) -> None:
+    """Alone, a range holds about half a second of the web seed's rate (one long range,
+    not one per ``web_seed_request_size``); with another leecher the setting's size."""
+    s = _alone_with_hub()
+    size = s.settings.web_seed_request_size
+    assert s.webseed_request_bytes() == size  # no rate measured yet
+    first = s.webseed_batch(0.0, set())
+    _deliver(s, first, 0.01)
+    s.webseed_release(0.01)  # len(first) pieces in 10 ms
+    rate = len(first) * PIECE / 0.01
+    assert s.webseed_request_bytes() == max(size, int(rate * 0.5)) > size
+    _tracker(s, 0.02, seeds=1, leechers=2)
+    assert s.webseed_request_bytes() == size
+
+
+def _alone_with_hiding_seeds() -> Swarm:
+    """Alone per the tracker, with two super-seeds that show us no piece: the origin's
+    (at HUB_IP) and one elsewhere; both look like leechers, both lack what we get."""
+    s = make_swarm(pieces=64, trackers=True,
+                   settings=QUIET.replace(web_seed_batch_bytes=16 * PIECE))
+    s.webseed_origin([HUB_IP])
+    _tracker(s, 0.0, seeds=2, leechers=1)
+    s.connected("hub", (HUB_IP, 6881), b"-SH0100-hubhubhubhub", fast=True, now=0.0)
+    join(s, "far", 0.0)
+    s.take()
+    return s
+
+
+def _haves(actions: list[Action], peer: str) -> list[int]:
+    return [h.index for h in sent(actions, peer, m.Have) if isinstance(h, m.Have)]
+
+
+def test_alone_the_origins_idle_peer_gets_its_haves_at_the_next_tick_in_one_batch() -> None:
+    s = _alone_with_hiding_seeds()
+    batch = s.webseed_batch(0.0, set())
+    for k, i in enumerate(batch[:3]):
+        s.webseed_piece(i, PIECE, 0.01 * (k + 1))
+    actions = s.take()
+    assert _haves(actions, "far") == batch[:3]  # another uplink: told at once
+    assert _haves(actions, "hub") == []  # the origin's idle peer: held back
+    s.tick(0.5)
+    held = [a for a in s.take() if isinstance(a, Send) and a.peer == "hub"
+            and any(isinstance(x, m.Have) for x in a.messages)]
+    assert len(held) == 1 and [h.index for h in held[0].messages
+                               if isinstance(h, m.Have)] == batch[:3]
+    s.tick(1.0)
+    assert _haves(s.take(), "hub") == []  # each Have once
+
+
+def test_the_held_haves_go_out_on_completion_and_with_another_leecher_at_once() -> None:
+    s = _alone_with_hiding_seeds()
+    first = s.webseed_batch(0.0, set())
+    _deliver(s, first[:2], 0.01)
+    s.take()
+    _tracker(s, 0.02, seeds=2, leechers=3)  # others to trade with: no longer idle
+    _deliver(s, first[2:4], 0.03)
+    assert _haves(s.take(), "hub") == first[2:4]  # the new ones at once
+    s.tick(0.5)
+    assert _haves(s.take(), "hub") == first[:2]  # the held ones at the tick
+    t = _alone_with_hiding_seeds()
+    now = 0.0
+    while not t.complete:  # the whole file from the web seed, batch by batch
+        batch = t.webseed_batch(now, set())
+        now += 0.01
+        _deliver(t, batch, now)
+        t.webseed_release(now)
+    actions = t.take()
+    to_hub = [a for a in actions if isinstance(a, Send) and a.peer == "hub"]
+    haves = [h.index for a in to_hub for h in a.messages if isinstance(h, m.Have)]
+    assert sorted(haves) == list(range(64))  # every piece told once, before we go
+    done = next(k for k, a in enumerate(actions) if isinstance(a, Completed))
+    assert all(actions.index(a) < done for a in to_hub)
 
 
 # -- two peers dial each other at once ------------------------------------------------------

@@ -199,13 +199,22 @@ class Torrent(TorrentViews):
         Peer handles are our :class:`Peer` objects."""
         swarm = self.swarm
         while actions := swarm.take():
+            # Messages are gathered per peer and written once per batch of actions (a web
+            # seed's run of 16 pieces made 16 Haves, each its own write and, on loopback,
+            # the receiver's work too); any other action writes what is gathered first.
+            out: dict[Peer, list[m.Message]] = {}
             for action in actions:
+                if type(action) is act.Send:
+                    out.setdefault(cast(Peer, action.peer), []).extend(action.messages)
+                    continue
+                if type(action) is act.Broadcast:
+                    for peer in action.peers:
+                        out.setdefault(cast(Peer, peer), []).extend(action.messages)
+                    continue
+                if out:
+                    _write_out(out)
+                    out = {}
                 match action:
-                    case act.Send(peer=peer, messages=msgs):
-                        cast(Peer, peer).send_many(msgs)
-                    case act.Broadcast(peers=peers, messages=msgs):
-                        for peer in peers:
-                            cast(Peer, peer).send_many(msgs)
                     case act.Close(peer=peer, reason=reason):
                         cast(Peer, peer).close(reason)
                     case act.Serve(peer=peer):
@@ -223,6 +232,8 @@ class Torrent(TorrentViews):
                                     self.meta.name, index, sources)
                     case act.Completed():
                         self._set_complete(first=True)
+            if out:
+                _write_out(out)
 
     # -- peers come and go -------------------------------------------------------------------
     def ban_key(self, addr: tuple[str, int], peer_id: bytes) -> Hashable:
@@ -346,3 +357,9 @@ class Torrent(TorrentViews):
     # -- tasks -----------------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[Any]) -> None:
         self.jobs.spawn(coro)
+
+
+def _write_out(out: dict[Peer, list[m.Message]]) -> None:
+    """Each peer's gathered messages in one write."""
+    for peer, msgs in out.items():
+        peer.send_many(tuple(msgs))

@@ -76,7 +76,7 @@ _T = TypeVar("_T")
 _AHEAD_SECONDS = 0.5
 #: Run buffers kept for reuse by :meth:`WebSeed.recycle` (the runs hashing and writing at
 #: once, plus one arriving).
-_SPARE_RUNS = 8
+_SPARE_RUNS = 6
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -497,9 +497,14 @@ class WebSeed:
             segs = req.segments
             k = 0
             seg_left = segs[0].length
+            content = resp.content
             while remaining:
-                chunk = await resp.content.readany()
+                # readchunk: one buffered chunk as it came (readany joined all the buffered
+                # ones into a new bytes first: a copy of most of the body on loopback)
+                chunk, chunk_end = await content.readchunk()
                 if not chunk:
+                    if chunk_end:  # the end of a chunk of a chunked body: more follows
+                        continue
                     raise WebSeedError(
                         req.url,
                         f"body ended after {req.length - remaining} of {req.length} bytes "

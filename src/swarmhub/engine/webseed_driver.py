@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 
 #: Bytes of adjacent pieces hashed in one thread-pool call and written in one go (at least
 #: a piece): per-piece calls cost more than the hashing with small pieces.
-_RUN_BYTES = 1 << 20
+_RUN_BYTES = 4 << 20
+#: Bytes of runs being hashed and written while the stream goes on: enough that a hashing
+#: thread woken late (a busy machine) does not stall the stream, which stops reading once
+#: this much waits (bounded memory).
+_INFLIGHT_BYTES = 16 << 20
 
 
 class WebSeedHost(DriverHost, Protocol):
@@ -68,6 +72,8 @@ class WebSeedDriver:
                      max_request=t.settings.web_seed_request_size)
         await self._origin(url)
         failures, backoff = 0, 5.0
+        threads = t.settings.hash_threads or os.cpu_count() or 1
+        depth = max(threads + 1, _INFLIGHT_BYTES // _RUN_BYTES)
         # The core picks (Swarm.webseed_batch): nothing during the grace for peers unless
         # the tracker says we are alone; then everything missing at full speed, else only
         # small batches of what the swarm lacks or cannot deliver.
@@ -83,12 +89,13 @@ class WebSeedDriver:
                                   else 0.05 if sw.webseed_alone() else 0.5)
                 continue
             self._ws_reserved.update(batch)
+            # Alone: ranges sized from the web seed's rate (one long range, not many).
+            ws.max_request = t.swarm.webseed_request_bytes()
             pause, failed = 0.0, True
             try:
                 runs = ws.fetch_runs(batch, _RUN_BYTES)
                 async with contextlib.aclosing(runs) as it:
-                    await overlapped(it, functools.partial(self._run, ws),
-                                     (t.settings.hash_threads or os.cpu_count() or 1) + 1)
+                    await overlapped(it, functools.partial(self._run, ws), depth)
                 failures, backoff, failed = 0, 5.0, False
             except WebSeedBusy as exc:
                 log.info("%s: web seed busy, retrying in %.0f s", t.meta.name, exc.retry_after)
@@ -134,9 +141,8 @@ class WebSeedDriver:
         if ws.banned or all(t.swarm.have[first:first + count]):
             return
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(t.session.hash_pool, self._check, first, count, buf)
-        if any(ok):
-            await loop.run_in_executor(t.session.disk_pool, self._write, first, ok, buf)
+        ok = await loop.run_in_executor(t.session.hash_pool, self._check_write, first, count,
+                                        buf)
         ws.recycle(buf)
         now = t.clock()
         for k, good in enumerate(ok):
@@ -152,15 +158,20 @@ class WebSeedDriver:
                 ws.strike(index)
         t._flush()
 
-    def _check(self, first: int, count: int, buf: bytearray | mmap.mmap) -> list[bool]:
-        """(hash pool) Each piece of a run against its hashes."""
+    def _check_write(self, first: int, count: int, buf: bytearray | mmap.mmap) -> list[bool]:
+        """(hash pool) Each piece of a run against its hashes, then the good ones written
+        from the same thread: one hand-off per run each way, where a write in the disk
+        pool cost two more wake-ups (each a scheduler's delay on a busy machine)."""
         view = memoryview(buf)
         pl = self.torrent.meta.piece_length
         check = self.pieces.verifier.check
-        return [check(first + k, view[k * pl:(k + 1) * pl]) for k in range(count)]
+        ok = [check(first + k, view[k * pl:(k + 1) * pl]) for k in range(count)]
+        if any(ok):
+            self._write(first, ok, buf)
+        return ok
 
     def _write(self, first: int, ok: list[bool], buf: bytearray | mmap.mmap) -> None:
-        """(disk pool) The good pieces of a run, one write per stretch of them."""
+        """(hash pool) The good pieces of a run, one write per stretch of them."""
         view = memoryview(buf)
         pl = self.torrent.meta.piece_length
         write = self.pieces.storage.write
