@@ -169,6 +169,26 @@ def test_alone_the_origins_peer_is_left_idle_while_its_web_seed_serves() -> None
         assert _asked(s, "hub") == set()
 
 
+def test_a_web_seed_about_to_start_keeps_the_origins_peer_idle_for_a_second_at_most(
+) -> None:
+    """The hub's peer is dialled at the tracker's answer, which also lets the web seed
+    start: registered with ``now`` the web seed counts as healthy until its first batch,
+    so the peer is not asked for the first pieces meanwhile; if no batch comes within a
+    second, the peer is asked at the next tick."""
+    s = make_swarm(pieces=64, trackers=True,
+                   settings=QUIET.replace(web_seed_batch_bytes=16 * PIECE))
+    s.webseed_origin([HUB_IP], 0.0)
+    _tracker(s, 0.01, seeds=1, leechers=1)
+    s.connected("hub", (HUB_IP, 6881), b"-SH0100-hubhubhubhub", fast=True, now=0.02)
+    s.message("hub", m.HaveAll(), 0.02)
+    s.message("hub", m.Unchoke(), 0.02)
+    assert _asked(s, "hub") == set()
+    s.tick(0.5)
+    assert _asked(s, "hub") == set()
+    s.tick(1.5)  # no batch came: the peer is asked
+    assert _asked(s, "hub")
+
+
 def test_only_what_the_origins_peer_alone_was_asked_for_is_taken_back() -> None:
     s = _alone_with_hub()
     join(s, "far", 0.0, has_all=True)  # a seed with its own uplink, asked too

@@ -730,10 +730,17 @@ class Swarm:
             return True
         return self.tracker_leechers is not None and self.webseed_alone()
 
-    def webseed_origin(self, hosts: Iterable[str]) -> None:
+    def webseed_origin(self, hosts: Iterable[str], now: float | None = None) -> None:
         """IPs of a web seed's host (the driver resolves its URL). A peer at one of them is
-        taken for the origin's own seeder (the hub's): see :meth:`webseed_preferred`."""
+        taken for the origin's own seeder (the hub's): see :meth:`webseed_preferred`.
+        ``now``: the web seed is about to start, and counts as healthy for
+        ``_WS_STALLED`` seconds before its first batch (the hub's peer, dialled at the
+        tracker's answer, was otherwise asked for the first pieces in the ~20 ms before
+        it, which then cut the web seed's ranges short)."""
         self._ws_origins = self._ws_origins | frozenset(hosts)
+        if now is not None:
+            self._ws_ok_at = max(self._ws_ok_at, now)
+            self._ws_pref = (math.nan, False)
 
     def webseed_preferred(self, now: float) -> bool:
         """Leave the origin's own peer idle and fetch over HTTP only: we are alone

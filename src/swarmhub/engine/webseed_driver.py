@@ -130,7 +130,8 @@ class WebSeedDriver:
         except (OSError, UnicodeError) as exc:
             log.debug("web seed %s: no address for its host: %s", url, exc)
             return
-        self.torrent.swarm.webseed_origin(str(info[4][0]) for info in infos)
+        t = self.torrent
+        t.swarm.webseed_origin((str(info[4][0]) for info in infos), t.clock())
 
     async def _run(self, ws: WebSeed, run: Run) -> None:
         """Hash and write a run of adjacent pieces a web seed delivered: one hash-pool call
