@@ -27,6 +27,7 @@ from swarmhub.engine import actions as act
 from swarmhub.engine import admission
 from swarmhub.engine.jobs import Jobs
 from swarmhub.engine.ondisk import OnDisk
+from swarmhub.engine.outbox import other_actions
 from swarmhub.engine.peer import Peer
 from swarmhub.engine.pex_driver import PexDriver
 from swarmhub.engine.picker import Block
@@ -199,21 +200,7 @@ class Torrent(TorrentViews):
         Peer handles are our :class:`Peer` objects."""
         swarm = self.swarm
         while actions := swarm.take():
-            # Messages are gathered per peer and written once per batch of actions (a web
-            # seed's run of 16 pieces made 16 Haves, each its own write and, on loopback,
-            # the receiver's work too); any other action writes what is gathered first.
-            out: dict[Peer, list[m.Message]] = {}
-            for action in actions:
-                if type(action) is act.Send:
-                    out.setdefault(cast(Peer, action.peer), []).extend(action.messages)
-                    continue
-                if type(action) is act.Broadcast:
-                    for peer in action.peers:
-                        out.setdefault(cast(Peer, peer), []).extend(action.messages)
-                    continue
-                if out:
-                    _write_out(out)
-                    out = {}
+            for action in other_actions(actions):  # messages: one write per peer
                 match action:
                     case act.Close(peer=peer, reason=reason):
                         cast(Peer, peer).close(reason)
@@ -232,8 +219,6 @@ class Torrent(TorrentViews):
                                     self.meta.name, index, sources)
                     case act.Completed():
                         self._set_complete(first=True)
-            if out:
-                _write_out(out)
 
     # -- peers come and go -------------------------------------------------------------------
     def ban_key(self, addr: tuple[str, int], peer_id: bytes) -> Hashable:
@@ -358,8 +343,3 @@ class Torrent(TorrentViews):
     def _spawn(self, coro: Awaitable[Any]) -> None:
         self.jobs.spawn(coro)
 
-
-def _write_out(out: dict[Peer, list[m.Message]]) -> None:
-    """Each peer's gathered messages in one write."""
-    for peer, msgs in out.items():
-        peer.send_many(tuple(msgs))
