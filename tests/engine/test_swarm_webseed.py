@@ -189,6 +189,25 @@ def test_a_web_seed_about_to_start_keeps_the_origins_peer_idle_for_a_second_at_m
     assert _asked(s, "hub")
 
 
+def test_a_tracker_answer_listing_only_the_origins_peer_lets_the_web_seed_start_at_once(
+) -> None:
+    """Alone with the origin's own peer there is nobody to wait for; with a peer elsewhere
+    (another leecher may be about to connect) the driver keeps its pause."""
+    s = make_swarm(pieces=8, trackers=True, settings=QUIET.replace(web_seed_grace=5.0))
+    s.webseed_origin([HUB_IP], 0.0)
+    assert not s.webseed_origin_only(0.0)  # no answer yet
+    s.tracker_response(0.01, interval=1800, peers=[(HUB_IP, 6881)], seeds=1, leechers=1)
+    assert s.webseed_origin_only(0.01)
+    s.tracker_response(0.02, interval=1800, peers=[(HUB_IP, 6881), ("10.1.1.1", 6881)],
+                       seeds=1, leechers=1)
+    assert not s.webseed_origin_only(0.02)  # a seed elsewhere too
+    s.tracker_response(0.03, interval=1800, peers=[(HUB_IP, 6881)], seeds=1, leechers=3)
+    assert not s.webseed_origin_only(0.03)  # not alone: the grace for peers holds
+    t = make_swarm(pieces=8, trackers=True, settings=QUIET.replace(web_seed_grace=5.0))
+    t.tracker_response(0.01, interval=1800, peers=[(HUB_IP, 6881)], seeds=1, leechers=1)
+    assert not t.webseed_origin_only(0.01)  # no web seed at that host
+
+
 def test_only_what_the_origins_peer_alone_was_asked_for_is_taken_back() -> None:
     s = _alone_with_hub()
     join(s, "far", 0.0, has_all=True)  # a seed with its own uplink, asked too

@@ -190,6 +190,8 @@ class Swarm:
         #: Haves for the origin's own peer while it is left idle (webseed_preferred): sent
         #: at the next tick or on completion, in one message batch (see _passed)
         self._held_haves: dict[Hashable, list[int]] = {}
+        #: the tracker's latest answer listed only peers at a web seed's host
+        self._tracker_origin_only = False
         self.tracker = TrackerSchedule(now) if trackers else None
         self.dialer = Dialer(peers)
         #: False once the driver stops or fails the torrent: no more requests or dials
@@ -730,6 +732,13 @@ class Swarm:
             return True
         return self.tracker_leechers is not None and self.webseed_alone()
 
+    def webseed_origin_only(self, now: float) -> bool:
+        """The web seed may start at once (:meth:`webseed_ready`), and the tracker listed
+        only the origin's own peer(s): no other peer to wait for, so a driver need not
+        give other leechers' first connections time to arrive before its first batch
+        (see ``WebSeedDriver.loop``)."""
+        return self._tracker_origin_only and self.webseed_ready(now)
+
     def webseed_origin(self, hosts: Iterable[str], now: float | None = None) -> None:
         """IPs of a web seed's host (the driver resolves its URL). A peer at one of them is
         taken for the origin's own seeder (the hub's): see :meth:`webseed_preferred`.
@@ -1222,10 +1231,13 @@ class Swarm:
                          leechers: int | None = None) -> None:
         if self.tracker is not None:
             self.tracker.succeeded(now, interval)
+        peers = list(peers)
         if self.downloading:
             self.tracker_seeds = seeds or 0
             if leechers is not None:
                 self.tracker_leechers = leechers
+        self._tracker_origin_only = bool(peers) and all(
+            ip in self._ws_origins for ip, _ in peers)
         self.add_peers(peers, now)
 
     def tracker_failed(self, now: float, why: str) -> None:

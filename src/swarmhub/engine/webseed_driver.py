@@ -26,6 +26,7 @@ from swarmhub.errors import StorageError
 if TYPE_CHECKING:
     import mmap
 
+    from swarmhub.engine.tracker_driver import TrackerDriver
     from swarmhub.engine.webseed import Run, WebSeed
 
 __all__ = ["WebSeedDriver", "WebSeedHost"]
@@ -43,6 +44,9 @@ _INFLIGHT_BYTES = 16 << 20
 
 class WebSeedHost(DriverHost, Protocol):
     """What the web-seed loops need from their torrent besides the :class:`DriverHost`."""
+
+    #: its announces (the loop wakes at an answer)
+    tracker: TrackerDriver
 
     def _piece_done(self, index: int) -> None:
         """Wake whoever waits for piece ``index`` (verified and written)."""
@@ -78,15 +82,19 @@ class WebSeedDriver:
         # the tracker says we are alone; then everything missing at full speed, else only
         # small batches of what the swarm lacks or cannot deliver.
         while t.state is TorrentState.DOWNLOADING and not t._stopping and not ws.banned:
+            t.tracker.answered.clear()
             batch = t.swarm.webseed_batch(t.clock(), self._ws_reserved, source=url)
             if not batch:
                 # Not ready: the tracker's answer is due (asking again sooner raced the
                 # other leechers' first connections: a swarm's first client took the whole
-                # file over HTTP). Ready, each poll scans the pieces: alone, a piece a peer
-                # gives back must not wait long; in a swarm there is no hurry.
+                # file over HTTP), unless it lists only the origin's own peer (then at
+                # once). Ready, each poll scans the pieces: alone, a piece a peer gives
+                # back must not wait long; in a swarm there is no hurry.
                 sw = t.swarm
-                await self._sleep(0.02 if not sw.webseed_ready(t.clock())
-                                  else 0.05 if sw.webseed_alone() else 0.5)
+                if not sw.webseed_ready(t.clock()):
+                    await self._await_answer(0.02)
+                else:
+                    await self._sleep(0.05 if sw.webseed_alone() else 0.5)
                 continue
             self._ws_reserved.update(batch)
             # Alone: ranges sized from the web seed's rate (one long range, not many).
@@ -186,6 +194,17 @@ class WebSeedDriver:
                 end += 1
             write((first + k) * pl, view[k * pl:end * pl])
             k = end
+
+    async def _await_answer(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when the tracker's answer lists only the origin's
+        own peer (Swarm.webseed_origin_only): the lone downloader of a hub file starts
+        at the answer, not at the next look."""
+        t = self.torrent
+        end = t.clock() + seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(t.tracker.answered.wait(), seconds)
+        if not t.swarm.webseed_origin_only(t.clock()):
+            await self._sleep(end - t.clock())
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when the torrent stops or completes."""
