@@ -188,7 +188,8 @@ class Swarm:
         self._ws_seen = self._ws_ok_at = -math.inf
         self._ws_pref: tuple[float, bool] = (math.nan, False)  # (now, answer) cache
         #: Haves for the origin's own peer while it is left idle (webseed_preferred): sent
-        #: at the next tick or on completion, in one message batch (see _passed)
+        #: at the next tick in one message batch (see _passed); not on completion, where
+        #: a thousand Haves kept the hub busy while our announces waited for it
         self._held_haves: dict[Hashable, list[int]] = {}
         #: the tracker's latest answer listed only peers at a web seed's host
         self._tracker_origin_only = False
@@ -677,7 +678,8 @@ class Swarm:
         if told and self._ws_origins and self.webseed_preferred(now):
             # The origin's peer, left idle while its web seed serves us, gets its Haves at
             # the next tick: a write per run of pieces woke the hub (on loopback the woken
-            # hub took the CPU from us each time: ~60 ms of a 64 MiB fetch).
+            # hub took the CPU from us each time: ~60 ms of a 64 MiB fetch). A `get` that
+            # ends before then never sends them: that peer is a seed, it needs none.
             origins = self._ws_origins
             held = self._held_haves
             for ps in told:
@@ -695,7 +697,6 @@ class Swarm:
         """Every wanted piece is in: lose interest; seeds are closed (and the tracker
         told ``completed``) only when we hold every piece ourselves."""
         complete = self.complete
-        self._send_held_haves(now)
         for ps in list(self.peers.values()):
             if ps.is_seed and complete:
                 self._close(ps, "both sides are seeds")

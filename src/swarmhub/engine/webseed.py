@@ -75,8 +75,8 @@ _T = TypeVar("_T")
 #: server's second reply does not sit unread for long (a hub drops a stalled transfer).
 _AHEAD_SECONDS = 0.5
 #: Run buffers kept for reuse by :meth:`WebSeed.recycle` (the runs hashing and writing at
-#: once, plus one arriving: the web seed driver keeps 16 MiB of 4 MiB runs in flight).
-_SPARE_RUNS = 6
+#: once, plus one arriving: the web seed driver keeps 8 MiB of 1 MiB runs in flight).
+_SPARE_RUNS = 10
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
