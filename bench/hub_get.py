@@ -1,12 +1,15 @@
 """One downloader from a hub: ``swarmhub get http://hub/f/ID`` in hybrid (default) vs cs mode.
 
     .venv/bin/python bench/hub_get.py [--size 64] [--rounds 3] [--json OUT]
+                                      [--baseline OTHER/src]
 
 Why: hybrid must never be the slow choice (issue 9: at most 1.1x the cs time). One hub
 process (with its embedded seeding peer) serves one published file over loopback; each
 round times a fresh ``get`` process, start to exit 0, in each mode (alternating which goes
 first), and reports where the hybrid download's bytes came from (web seed vs peers, from
-its ``--json`` finished line). Start-up alone is bench/startup.py.
+its ``--json`` finished line). Start-up alone is bench/startup.py. ``--baseline SRC``
+adds both modes run with another source tree (``PYTHONPATH=SRC``, e.g. main's) in the same
+rounds against the same hub, so a change is measured against its base under the same load.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ MiB = 1 << 20
 SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
 #: The network rule: no DHT bootstrap routers (a failing DNS lookup of them also cost both
 #: modes ~0.7 s at start on a loaded machine).
-QUIET = {"SWARMHUB_DHT": "0", "SWARMHUB_DHT_LOCAL_ONLY": "1"}
+QUIET = {"SWARMHUB_DHT": "0", "SWARMHUB_DHT_LOCAL_ONLY": "1", "SWARMHUB_LSD": "0"}
 
 
 def _free_port() -> int:
@@ -73,14 +76,18 @@ def _publish(url: str, token: str, path: Path, work: Path) -> str:
     return m.group(1)
 
 
-def _get(url: str, mode: str | None, work: Path, n: int) -> tuple[float, float, str]:
+def _get(url: str, mode: str | None, work: Path, n: int, src: str | None = None
+         ) -> tuple[float, float, str]:
     """Seconds from start to exit 0, the process's CPU seconds (user + system: on a loaded
-    machine they tell more than the wall clock), and the ``finished`` JSON line."""
+    machine they tell more than the wall clock), and the ``finished`` JSON line. ``src``:
+    run that source tree's swarmhub (PYTHONPATH) instead of this one's."""
     dst = work / f"dl-{mode or 'hybrid'}-{n}"
     args = [*SWARMHUB, "get", url, "-o", str(dst), "--json", "--timeout", "300"]
     if mode:
         args += ["--mode", mode]
-    env = dict(os.environ, **QUIET, SWARMHUB_STATE_DIR=str(work / f"state-{n}-{mode}"))
+    env = dict(os.environ, **QUIET, SWARMHUB_STATE_DIR=str(work / f"state-{n}-{mode}-{src}"))
+    if src:
+        env["PYTHONPATH"] = src
     with Proc(args, env=env, name="get", log=work / f"get-{mode}-{n}.log") as p:
         code = p.wait(400)
         seconds, cpu = p.elapsed, p.cpu_s or 0.0
@@ -97,10 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="MiB (default 64)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--baseline", default=None, metavar="SRC",
+                   help="also run both modes with this source tree (e.g. ../main/src)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="swarmhub-hubget-"))
-    times: dict[str, list[float]] = {"cs": [], "hybrid": []}
-    cpus: dict[str, list[float]] = {"cs": [], "hybrid": []}
+    series = ["cs", "hybrid"] + (["base-cs", "base-hybrid"] if args.baseline else [])
+    times: dict[str, list[float]] = {k: [] for k in series}
+    cpus: dict[str, list[float]] = {k: [] for k in series}
     print(f"load average at start: {_load()}", flush=True)
     details: list[dict[str, object]] = []
     try:
@@ -109,14 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         with hub:
             file_url = _publish(url, token, data, work)
             for n in range(args.rounds):
-                order = ["cs", "hybrid"] if n % 2 == 0 else ["hybrid", "cs"]
+                order = series if n % 2 == 0 else series[::-1]
                 for mode in order:
-                    secs, cpu, fin = _get(file_url, "cs" if mode == "cs" else None, work, n)
+                    src = args.baseline if mode.startswith("base-") else None
+                    secs, cpu, fin = _get(file_url, "cs" if mode.endswith("cs") else None,
+                                          work, n, src)
                     times[mode].append(secs)
                     cpus[mode].append(cpu)
                     details.append({"mode": mode, "round": n + 1, "seconds": secs,
                                     "cpu_s": cpu, "finished": fin})
-                    print(f"  round {n + 1} {mode:6}: {secs:6.2f} s  {cpu:5.2f} CPU-s  "
+                    print(f"  round {n + 1} {mode:11}: {secs:6.2f} s  {cpu:5.2f} CPU-s  "
                           f"{fin[:160]}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -125,10 +137,16 @@ def main(argv: list[str] | None = None) -> int:
           f"hybrid/cs {hy / cs:.2f} (target <= 1.10)")
     ccs, chy = statistics.median(cpus["cs"]), statistics.median(cpus["hybrid"])
     print(f"CPU-s of the get process, medians: cs {ccs:.2f}, hybrid {chy:.2f}, "
-          f"hybrid/cs {chy / ccs:.2f}; load average at end: {_load()}")
+          f"hybrid/cs {chy / ccs:.2f}")
+    if args.baseline:
+        bcs, bhy = statistics.median(times["base-cs"]), statistics.median(times["base-hybrid"])
+        bccs, bchy = statistics.median(cpus["base-cs"]), statistics.median(cpus["base-hybrid"])
+        print(f"baseline {args.baseline}: cs {bcs:.2f} s, hybrid {bhy:.2f} s, hybrid/cs "
+              f"{bhy / bcs:.2f}; CPU-s cs {bccs:.2f}, hybrid {bchy:.2f}; this tree's "
+              f"hybrid / the baseline's: {hy / bhy:.2f} (CPU-s {chy / bchy:.2f})")
+    print(f"load average at end: {_load()}")
     if args.json:
-        args.json.write_text(json.dumps({"cs": times["cs"], "hybrid": times["hybrid"],
-                                         "cpu": cpus, "runs": details}, indent=1))
+        args.json.write_text(json.dumps({**times, "cpu": cpus, "runs": details}, indent=1))
     return 0
 
 

@@ -416,4 +416,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # The network rule: no LSD multicast or DHT routers from the processes this bench starts.
+    os.environ.update(SWARMHUB_LSD="0", SWARMHUB_DHT="0", SWARMHUB_DHT_LOCAL_ONLY="1")
     sys.exit(main())

@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     srcs = [s.resolve() for s in args.src or [OWN_SRC]]
     work = Path(tempfile.mkdtemp(prefix="swarmhub-startup-"))
-    # The network rule: no DHT bootstrap routers (public hosts) from a benchmark.
+    # The network rule: no DHT bootstrap routers (public hosts), no LSD multicast.
     base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    base.update(SWARMHUB_DHT="0", SWARMHUB_DHT_LOCAL_ONLY="1",
+    base.update(SWARMHUB_DHT="0", SWARMHUB_DHT_LOCAL_ONLY="1", SWARMHUB_LSD="0",
                 SWARMHUB_STATE_DIR=str(work / "state"))
     envs = {src: dict(base, PYTHONPATH=str(src), PYTHONPYCACHEPREFIX=str(work / f"pyc{i}"))
             for i, src in enumerate(srcs)}

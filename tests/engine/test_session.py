@@ -190,3 +190,19 @@ async def test_rate_limits_change_while_torrents_run(tmp_path: Path) -> None:
         assert session.settings.torrent_upload_rate_limit == 0, "the session's stay as they were"
         session.set_rate_limits(0, 0)
         assert t.settings.upload_rate_limit == 0 and t.settings.torrent_upload_rate_limit == 400
+
+
+async def test_resume_data_unchanged_since_the_last_save_is_not_written_again(
+        tmp_path: Path) -> None:
+    src = make_data(tmp_path / "src" / "payload", [100_000])
+    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
+    async with Session(state_dir=tmp_path / "s") as session:
+        torrent = await session.add(meta, src.parent, seed_mode=True)
+        resume = torrent.resume_file
+        await torrent.save_resume()
+        first = resume.stat().st_mtime_ns, resume.stat().st_ino
+        await torrent.save_resume()  # nothing changed: the same file, not a new one
+        assert (resume.stat().st_mtime_ns, resume.stat().st_ino) == first
+        torrent.have[0] = 0  # a change is written (atomically: a new file)
+        await torrent.save_resume()
+        assert resume.stat().st_ino != first[1]

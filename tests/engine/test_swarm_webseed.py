@@ -13,7 +13,7 @@ import itertools
 import pytest
 from test_swarm import PIECE, QUIET, join, make_swarm, sent
 
-from swarmhub.engine.actions import Close
+from swarmhub.engine.actions import Action, Close, Send
 from swarmhub.engine.swarm import Swarm
 from swarmhub.wire import messages as m
 
@@ -169,6 +169,45 @@ def test_alone_the_origins_peer_is_left_idle_while_its_web_seed_serves() -> None
         assert _asked(s, "hub") == set()
 
 
+def test_a_web_seed_about_to_start_keeps_the_origins_peer_idle_for_a_second_at_most(
+) -> None:
+    """The hub's peer is dialled at the tracker's answer, which also lets the web seed
+    start: registered with ``now`` the web seed counts as healthy until its first batch,
+    so the peer is not asked for the first pieces meanwhile; if no batch comes within a
+    second, the peer is asked at the next tick."""
+    s = make_swarm(pieces=64, trackers=True,
+                   settings=QUIET.replace(web_seed_batch_bytes=16 * PIECE))
+    s.webseed_origin([HUB_IP], 0.0)
+    _tracker(s, 0.01, seeds=1, leechers=1)
+    s.connected("hub", (HUB_IP, 6881), b"-SH0100-hubhubhubhub", fast=True, now=0.02)
+    s.message("hub", m.HaveAll(), 0.02)
+    s.message("hub", m.Unchoke(), 0.02)
+    assert _asked(s, "hub") == set()
+    s.tick(0.5)
+    assert _asked(s, "hub") == set()
+    s.tick(1.5)  # no batch came: the peer is asked
+    assert _asked(s, "hub")
+
+
+def test_a_tracker_answer_listing_only_the_origins_peer_lets_the_web_seed_start_at_once(
+) -> None:
+    """Alone with the origin's own peer there is nobody to wait for; with a peer elsewhere
+    (another leecher may be about to connect) the driver keeps its pause."""
+    s = make_swarm(pieces=8, trackers=True, settings=QUIET.replace(web_seed_grace=5.0))
+    s.webseed_origin([HUB_IP], 0.0)
+    assert not s.webseed_origin_only(0.0)  # no answer yet
+    s.tracker_response(0.01, interval=1800, peers=[(HUB_IP, 6881)], seeds=1, leechers=1)
+    assert s.webseed_origin_only(0.01)
+    s.tracker_response(0.02, interval=1800, peers=[(HUB_IP, 6881), ("10.1.1.1", 6881)],
+                       seeds=1, leechers=1)
+    assert not s.webseed_origin_only(0.02)  # a seed elsewhere too
+    s.tracker_response(0.03, interval=1800, peers=[(HUB_IP, 6881)], seeds=1, leechers=3)
+    assert not s.webseed_origin_only(0.03)  # not alone: the grace for peers holds
+    t = make_swarm(pieces=8, trackers=True, settings=QUIET.replace(web_seed_grace=5.0))
+    t.tracker_response(0.01, interval=1800, peers=[(HUB_IP, 6881)], seeds=1, leechers=1)
+    assert not t.webseed_origin_only(0.01)  # no web seed at that host
+
+
 def test_only_what_the_origins_peer_alone_was_asked_for_is_taken_back() -> None:
     s = _alone_with_hub()
     join(s, "far", 0.0, has_all=True)  # a seed with its own uplink, asked too
@@ -233,6 +272,83 @@ def test_between_batches_the_origins_peer_stays_idle() -> None:
     assert _asked(s, "hub") == set()
     s.tick(2.0)  # but not forever if none comes
     assert _asked(s, "hub")
+
+
+def test_alone_the_web_seeds_ranges_grow_with_its_rate_and_shrink_back_with_leechers(
+) -> None:
+    """Alone, a range holds about half a second of the web seed's rate (one long range,
+    not one per ``web_seed_request_size``); with another leecher the setting's size."""
+    s = _alone_with_hub()
+    size = s.settings.web_seed_request_size
+    assert s.webseed_request_bytes() == size  # no rate measured yet
+    first = s.webseed_batch(0.0, set())
+    _deliver(s, first, 0.01)
+    s.webseed_release(0.01)  # len(first) pieces in 10 ms
+    rate = len(first) * PIECE / 0.01
+    assert s.webseed_request_bytes() == max(size, int(rate * 0.5)) > size
+    _tracker(s, 0.02, seeds=1, leechers=2)
+    assert s.webseed_request_bytes() == size
+
+
+def _alone_with_hiding_seeds() -> Swarm:
+    """Alone per the tracker, with two super-seeds that show us no piece: the origin's
+    (at HUB_IP) and one elsewhere; both look like leechers, both lack what we get."""
+    s = make_swarm(pieces=64, trackers=True,
+                   settings=QUIET.replace(web_seed_batch_bytes=16 * PIECE))
+    s.webseed_origin([HUB_IP])
+    _tracker(s, 0.0, seeds=2, leechers=1)
+    s.connected("hub", (HUB_IP, 6881), b"-SH0100-hubhubhubhub", fast=True, now=0.0)
+    join(s, "far", 0.0)
+    s.take()
+    return s
+
+
+def _haves(actions: list[Action], peer: str) -> list[int]:
+    return [h.index for h in sent(actions, peer, m.Have) if isinstance(h, m.Have)]
+
+
+def test_alone_the_origins_idle_peer_gets_its_haves_at_the_next_tick_in_one_batch() -> None:
+    s = _alone_with_hiding_seeds()
+    batch = s.webseed_batch(0.0, set())
+    for k, i in enumerate(batch[:3]):
+        s.webseed_piece(i, PIECE, 0.01 * (k + 1))
+    actions = s.take()
+    assert _haves(actions, "far") == batch[:3]  # another uplink: told at once
+    assert _haves(actions, "hub") == []  # the origin's idle peer: held back
+    s.tick(0.5)
+    held = [a for a in s.take() if isinstance(a, Send) and a.peer == "hub"
+            and any(isinstance(x, m.Have) for x in a.messages)]
+    assert len(held) == 1 and [h.index for h in held[0].messages
+                               if isinstance(h, m.Have)] == batch[:3]
+    s.tick(1.0)
+    assert _haves(s.take(), "hub") == []  # each Have once
+
+
+def test_with_another_leecher_new_haves_go_at_once_and_the_held_ones_at_the_tick() -> None:
+    s = _alone_with_hiding_seeds()
+    first = s.webseed_batch(0.0, set())
+    _deliver(s, first[:2], 0.01)
+    s.take()
+    _tracker(s, 0.02, seeds=2, leechers=3)  # others to trade with: no longer idle
+    _deliver(s, first[2:4], 0.03)
+    assert _haves(s.take(), "hub") == first[2:4]  # the new ones at once
+    s.tick(0.5)
+    assert _haves(s.take(), "hub") == first[:2]  # the held ones at the tick
+
+
+def test_completion_leaves_the_held_haves_to_the_next_tick() -> None:
+    """A thousand Haves at the very end kept the hub busy while the client's last
+    announces waited for it; a client that stays (seeds) sends them at its next tick."""
+    s = _alone_with_hiding_seeds()
+    now = 0.0
+    while not s.complete:  # the whole file from the web seed, batch by batch
+        batch = s.webseed_batch(now, set())
+        now += 0.01
+        _deliver(s, batch, now)
+        s.webseed_release(now)
+    assert _haves(s.take(), "hub") == []
+    s.tick(now + 0.5)
+    assert sorted(_haves(s.take(), "hub")) == list(range(64))  # each piece once
 
 
 # -- two peers dial each other at once ------------------------------------------------------

@@ -19,6 +19,7 @@ from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.storage.files import TorrentStorage
 from swarmhub.storage.resume import (
+    ResumeData,
     load_resume,
     make_resume,
     resume_path,
@@ -45,6 +46,8 @@ class OnDisk:
         folder = hashlib.sha1(str(save_path.resolve()).encode()).hexdigest()[:12]
         base = resume_path(session.state_dir, meta.info_hash)
         self.resume_file = base.with_name(f"{base.stem}-{folder}{base.suffix}")
+        #: what the resume file holds since our last save (None: not saved yet)
+        self._saved: ResumeData | None = None
 
     async def open(self, seed_mode: bool, wanted: list[bool],
                    prio: Callable[[int], int]) -> bytearray:
@@ -73,11 +76,17 @@ class OnDisk:
         return have
 
     async def save(self, have: bytearray) -> None:
-        """Save the resume data (a failure is logged: the next start rechecks)."""
+        """Save the resume data (a failure is logged: the next start rechecks). Data equal
+        to what our last save wrote is not written again: a ``get`` that stops right
+        after completing saved at completion, and the second atomic write (two fsyncs)
+        cost 9-20 ms of its exit on a busy machine."""
         loop = asyncio.get_running_loop()
 
         def work() -> None:
-            save_resume(self.resume_file, make_resume(self.meta, self.storage, have))
+            data = make_resume(self.meta, self.storage, have)  # syncs the files first
+            if data != self._saved:
+                save_resume(self.resume_file, data)
+                self._saved = data
 
         try:
             await loop.run_in_executor(self.session.disk_pool, work)

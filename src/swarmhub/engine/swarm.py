@@ -104,6 +104,11 @@ _WS_STALLED = 1.0
 #: While the origin's peer is left idle, a web-seed batch may grow (from its rate) to this
 #: many times ``web_seed_batch_bytes``: nothing cuts its ranges short then.
 _WS_PREFERRED_GROWTH = 16
+#: Alone, a web seed's range requests hold about this many seconds of its measured rate
+#: (at least ``web_seed_request_size``): each request costs the origin a lookup and the
+#: client a round trip, and nobody cuts a lone downloader's ranges short (64 MiB from a
+#: loopback hub: 16 requests of 4 MiB, or one).
+_WS_RANGE_SECONDS = 0.5
 #: ... but at most this many times the slots (plus the optimistic one) are unchoked at
 #: once: idle peers stay unchoked, and without a cap a client with 50 connections
 #: unchoked most of them; a new piece then went to all at a fiftieth of the uplink each
@@ -182,6 +187,12 @@ class Swarm:
         self._ws_live: set[str] = set()
         self._ws_seen = self._ws_ok_at = -math.inf
         self._ws_pref: tuple[float, bool] = (math.nan, False)  # (now, answer) cache
+        #: Haves for the origin's own peer while it is left idle (webseed_preferred): sent
+        #: at the next tick in one message batch (see _passed); not on completion, where
+        #: a thousand Haves kept the hub busy while our announces waited for it
+        self._held_haves: dict[Hashable, list[int]] = {}
+        #: the tracker's latest answer listed only peers at a web seed's host
+        self._tracker_origin_only = False
         self.tracker = TrackerSchedule(now) if trackers else None
         self.dialer = Dialer(peers)
         #: False once the driver stops or fails the torrent: no more requests or dials
@@ -358,6 +369,7 @@ class Swarm:
             return
         ps.closed = True
         self._lag_given.pop(handle, None)
+        self._held_haves.pop(handle, None)
         self.picker.peer_gone(handle)
         if self._ss is not None:
             self._ss.remove_peer(handle)  # its open offers go to the others
@@ -663,6 +675,17 @@ class Swarm:
         self.picker.piece_passed(index)
         # A comprehension, then the few it picked: this runs for every piece x peer.
         told = [ps for ps in self.peers.values() if not ps.have[index] and not ps.closed]
+        if told and self._ws_origins and self.webseed_preferred(now):
+            # The origin's peer, left idle while its web seed serves us, gets its Haves at
+            # the next tick: a write per run of pieces woke the hub (on loopback the woken
+            # hub took the CPU from us each time: ~60 ms of a 64 MiB fetch). A `get` that
+            # ends before then never sends them: that peer is a seed, it needs none.
+            origins = self._ws_origins
+            held = self._held_haves
+            for ps in told:
+                if ps.addr[0] in origins:
+                    held.setdefault(ps.handle, []).append(index)
+            told = [ps for ps in told if ps.addr[0] not in origins]
         if told:
             for ps in told:
                 ps.last_send = now
@@ -684,6 +707,14 @@ class Swarm:
             self._out.append(Announce("completed"))
         self._out.append(Completed())
 
+    def _send_held_haves(self, now: float) -> None:
+        """The Haves held back for the origin's peer (see :meth:`_passed`), in one batch."""
+        held, self._held_haves = self._held_haves, {}
+        for handle, pieces in held.items():
+            ps = self.peers.get(handle)
+            if ps is not None:
+                self._send(ps, tuple(m.Have(i) for i in pieces), now)
+
     def webseed_alone(self) -> bool:
         """Nobody to trade with: no other leecher in the tracker's count (when it gave one)
         and no connected leecher beyond the seeds the tracker counts (a super-seeding seed,
@@ -702,10 +733,24 @@ class Swarm:
             return True
         return self.tracker_leechers is not None and self.webseed_alone()
 
-    def webseed_origin(self, hosts: Iterable[str]) -> None:
+    def webseed_origin_only(self, now: float) -> bool:
+        """The web seed may start at once (:meth:`webseed_ready`), and the tracker listed
+        only the origin's own peer(s): no other peer to wait for, so a driver need not
+        give other leechers' first connections time to arrive before its first batch
+        (see ``WebSeedDriver.loop``)."""
+        return self._tracker_origin_only and self.webseed_ready(now)
+
+    def webseed_origin(self, hosts: Iterable[str], now: float | None = None) -> None:
         """IPs of a web seed's host (the driver resolves its URL). A peer at one of them is
-        taken for the origin's own seeder (the hub's): see :meth:`webseed_preferred`."""
+        taken for the origin's own seeder (the hub's): see :meth:`webseed_preferred`.
+        ``now``: the web seed is about to start, and counts as healthy for
+        ``_WS_STALLED`` seconds before its first batch (the hub's peer, dialled at the
+        tracker's answer, was otherwise asked for the first pieces in the ~20 ms before
+        it, which then cut the web seed's ranges short)."""
         self._ws_origins = self._ws_origins | frozenset(hosts)
+        if now is not None:
+            self._ws_ok_at = max(self._ws_ok_at, now)
+            self._ws_pref = (math.nan, False)
 
     def webseed_preferred(self, now: float) -> bool:
         """Leave the origin's own peer idle and fetch over HTTP only: we are alone
@@ -798,6 +843,15 @@ class Swarm:
             self._ws_seen = now
             self._ws_pref = (math.nan, False)
         return batch
+
+    def webseed_request_bytes(self) -> int:
+        """Bytes per HTTP range request for the web seed's next batch: alone, about
+        ``_WS_RANGE_SECONDS`` of its last batch's rate (one long range where the setting's
+        size made many); with leechers around, ``web_seed_request_size``."""
+        size = self.settings.web_seed_request_size
+        if not self.webseed_alone():
+            return size
+        return max(size, int(self._ws_rate * _WS_RANGE_SECONDS))
 
     def _origin_only(self, index: int) -> bool:
         """Piece ``index`` was asked of the origin's own peer(s) only."""
@@ -1114,6 +1168,8 @@ class Swarm:
         """Housekeeping, about once a second: timeouts, snubs, keep-alives, queue sizes,
         the choke round when due, dials and announces."""
         s = self.settings
+        if self._held_haves:
+            self._send_held_haves(now)
         for ps in list(self.peers.values()):
             if ps.closed:
                 continue
@@ -1176,10 +1232,13 @@ class Swarm:
                          leechers: int | None = None) -> None:
         if self.tracker is not None:
             self.tracker.succeeded(now, interval)
+        peers = list(peers)
         if self.downloading:
             self.tracker_seeds = seeds or 0
             if leechers is not None:
                 self.tracker_leechers = leechers
+        self._tracker_origin_only = bool(peers) and all(
+            ip in self._ws_origins for ip, _ in peers)
         self.add_peers(peers, now)
 
     def tracker_failed(self, now: float, why: str) -> None:

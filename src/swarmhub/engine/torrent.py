@@ -27,6 +27,7 @@ from swarmhub.engine import actions as act
 from swarmhub.engine import admission
 from swarmhub.engine.jobs import Jobs
 from swarmhub.engine.ondisk import OnDisk
+from swarmhub.engine.outbox import other_actions
 from swarmhub.engine.peer import Peer
 from swarmhub.engine.pex_driver import PexDriver
 from swarmhub.engine.picker import Block
@@ -199,13 +200,8 @@ class Torrent(TorrentViews):
         Peer handles are our :class:`Peer` objects."""
         swarm = self.swarm
         while actions := swarm.take():
-            for action in actions:
+            for action in other_actions(actions):  # messages: one write per peer
                 match action:
-                    case act.Send(peer=peer, messages=msgs):
-                        cast(Peer, peer).send_many(msgs)
-                    case act.Broadcast(peers=peers, messages=msgs):
-                        for peer in peers:
-                            cast(Peer, peer).send_many(msgs)
                     case act.Close(peer=peer, reason=reason):
                         cast(Peer, peer).close(reason)
                     case act.Serve(peer=peer):
@@ -346,3 +342,4 @@ class Torrent(TorrentViews):
     # -- tasks -----------------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[Any]) -> None:
         self.jobs.spawn(coro)
+

@@ -35,6 +35,8 @@ class TrackerDriver:
 
     def __init__(self, torrent: TrackerHost) -> None:
         self.torrent = torrent
+        #: set at every answer (or failure) the core was told of; waiters clear it
+        self.answered = asyncio.Event()
 
     async def stopped(self) -> None:
         """Tell the tracker we leave (at most 5 s), if we ever announced."""
@@ -67,8 +69,10 @@ class TrackerDriver:
         except SwarmhubError as exc:  # TrackerError, or the session closing under us
             log.warning("%s: tracker: %s", t.meta.name, exc)
             t.swarm.tracker_failed(t.clock(), str(exc))
+            self.answered.set()
             return
         t.swarm.tracker_response(
             t.clock(), interval=max(resp.min_interval or 0, resp.interval),
             peers=resp.peers, seeds=resp.complete, leechers=resp.incomplete)
+        self.answered.set()
         t._flush()

@@ -261,7 +261,7 @@ class Simulation:
         node.swarm = self._swarm(node, False, trackers=True)
         self._tick(node)
         if self.mode == "hybrid":
-            node.swarm.webseed_origin([self.source.addr[0]])  # as the driver resolves it
+            node.swarm.webseed_origin([self.source.addr[0]], now)  # as the driver does
             self.ev.at(now, self.services.ws_loop, node)
 
     def _tick(self, node: Node) -> None:

@@ -1,0 +1,46 @@
+"""One write per peer per batch of core actions, in order, flushed before other actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from swarmhub.engine.actions import Action, Broadcast, Close, Completed, Send
+from swarmhub.engine.outbox import other_actions
+from swarmhub.wire import messages as m
+
+
+class FakePeer:
+    def __init__(self, name: str, log: list[Any]) -> None:
+        self.name, self.log = name, log
+
+    def send_many(self, msgs: tuple[m.Message, ...]) -> None:
+        self.log.append((self.name, msgs))
+
+
+def test_each_peers_messages_go_in_one_write_before_the_next_other_action() -> None:
+    log: list[Any] = []
+    a, b = FakePeer("a", log), FakePeer("b", log)
+    actions: list[Action] = [
+        Send(a, (m.Interested(),)),
+        Broadcast((a, b), (m.Have(1),)),
+        Broadcast((a, b), (m.Have(2),)),
+        Close(a, "bye"),
+        Send(b, (m.Have(3),)),
+        Completed(),
+    ]
+    for action in other_actions(actions):
+        log.append(type(action).__name__)
+    assert log == [
+        ("a", (m.Interested(), m.Have(1), m.Have(2))),
+        ("b", (m.Have(1), m.Have(2))),
+        "Close",
+        ("b", (m.Have(3),)),
+        "Completed",
+    ]
+
+
+def test_messages_after_the_last_other_action_are_written_at_the_end() -> None:
+    log: list[Any] = []
+    a = FakePeer("a", log)
+    assert list(other_actions([Send(a, (m.Have(0),)), Send(a, (m.Have(5),))])) == []
+    assert log == [("a", (m.Have(0), m.Have(5)))]
