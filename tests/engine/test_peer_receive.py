@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from swarmhub.engine.peer import PIECE_BATCH, PeerProtocol
+from swarmhub.engine.peer import _READ_MAX, _READ_SIZE, PIECE_BATCH, PeerProtocol
 from swarmhub.wire import messages as m
 
 INFO_HASH = bytes(range(20))
@@ -318,7 +318,7 @@ async def test_the_blocks_of_one_read_go_over_in_batches() -> None:
     proto, transport = await connected(torrent)
     head = m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20)) + m.encode(m.HaveAll())
     n = 2 * PIECE_BATCH + 5
-    blocks = [(i // 4, BLOCK * (i % 4)) for i in range(n)]
+    blocks = [((i // 4) % NUM_PIECES, BLOCK * (i % 4)) for i in range(n)]
     body = b"".join(m.encode(m.Piece(i, b, block_bytes(i, b))) for i, b in blocks)
     feed(proto, head + body, [1 << 20])
     # One call per read buffer's worth (at most PIECE_BATCH), not one per block.
@@ -326,3 +326,34 @@ async def test_the_blocks_of_one_read_go_over_in_batches() -> None:
     assert len(torrent.batches) <= n // 4
     assert [e[1:3] for e in torrent.events if e[0] == "block"] == blocks
     assert not transport.closed
+
+
+async def test_reads_that_fill_the_buffer_grow_it_keeping_the_partial_frame() -> None:
+    """Each read fills what it is offered and ends mid-frame: the buffer doubles up to its
+    cap, the partial frame moving along, and every event still arrives once, in order."""
+    rng = random.Random(11)
+    data, want = stream(rng)
+    torrent = StubTorrent()
+    proto, _ = await connected(torrent)
+    sizes: list[int] = []
+    pos = 0
+    while pos < len(data) and proto.transport is not None:
+        buf = proto.get_buffer(-1)
+        n = min(len(buf), len(data) - pos)  # all it offers
+        sizes.append(len(proto._read_view or b""))
+        buf[:n] = data[pos : pos + n]
+        proto.buffer_updated(n)
+        pos += n
+    assert torrent.events == want and torrent.copied == 0
+    assert sizes[0] == _READ_SIZE and max(sizes) == _READ_MAX  # grew, then no further
+    assert proto.conn.buffered == 0 and proto._read_start == proto._read_end
+
+
+async def test_reads_that_never_fill_the_buffer_keep_it_small() -> None:
+    rng = random.Random(12)
+    data, want = stream(rng)
+    torrent = StubTorrent()
+    proto, _ = await connected(torrent)
+    feed(proto, data, [4096, 20_000])
+    assert torrent.events == want
+    assert proto._read_view is not None and len(proto._read_view) == _READ_SIZE

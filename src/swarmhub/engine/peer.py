@@ -44,10 +44,10 @@ EXT_IDS = {"ut_pex": 1, "ut_metadata": 2}
 _UT_METADATA = EXT_IDS["ut_metadata"]
 _UT_PEX = EXT_IDS["ut_pex"]
 _U32_FROM = struct.Struct(">I").unpack_from
-#: Blocks handed to the torrent per call on the receive fast path (a piece of 256 KiB):
+#: Blocks handed to the torrent per call on the receive fast path (512 KiB):
 #: large enough that per-call work is small per block, small enough that a peer leaving
 #: our replies unread is noticed within a batch.
-PIECE_BATCH = 16
+PIECE_BATCH = 32
 
 
 class Peer:
@@ -188,6 +188,11 @@ def _ip_bytes(host: str) -> bytes | None:
 
 #: Bytes read from the socket at a time, into one buffer per connection (eight blocks).
 _READ_SIZE = 128 * 1024
+#: What that buffer grows to (doubling) while reads fill it: a fast peer's blocks then
+#: come in fewer, larger reads (1 GiB on loopback: 11 k reads of 94 KiB on average with
+#: 128 KiB; each read costs a callback, a batch through the core and a request refill:
+#: 0.12-0.15 leecher CPU-s per GiB less with 512 KiB). Slow peers never fill 128 KiB.
+_READ_MAX = 512 * 1024
 #: Least free space a read gets: a partial frame is moved to the front to make room.
 _MIN_READ = 32 * 1024
 
@@ -242,6 +247,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._read_view: memoryview | None = None  # made on first read (not for MSE)
         self._read_start = 0  # bytes of _read_view not handled yet: [start:end]
         self._read_end = 0
+        self._offered = 0  # bytes the last get_buffer offered
+        self._grow = False  # the last read filled them: a larger buffer next time
 
     # -- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -272,20 +279,36 @@ class PeerProtocol(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         view = self._read_view
-        if view is None:
-            view = self._read_view = memoryview(bytearray(_READ_SIZE))
         start, end = self._read_start, self._read_end
+        if view is None or self._grow:
+            # First read, or the last one filled what it was offered: (double) the buffer,
+            # keeping the partial frame at its front.
+            self._grow = False
+            size = _READ_SIZE if view is None else min(_READ_MAX, 2 * len(view))
+            new = memoryview(bytearray(size))
+            n = end - start
+            if n:
+                assert view is not None
+                new[:n] = view[start:end]
+            view = self._read_view = new
+            start, end = self._read_start, self._read_end = 0, n
         if start == end:
             self._read_start = self._read_end = 0
+            self._offered = len(view)
             return view
         if len(view) - end < _MIN_READ:  # move the partial frame to the front
             n = end - start
             view[:n] = view[start:end]
             self._read_start, self._read_end = 0, n
+            self._offered = len(view) - n
             return view[n:]
+        self._offered = len(view) - end
         return view[end:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if nbytes == self._offered and self._read_view is not None \
+                and len(self._read_view) < _READ_MAX:
+            self._grow = True
         self._read_end += nbytes
         view = self._read_view
         assert view is not None
