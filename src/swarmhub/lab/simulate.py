@@ -197,8 +197,10 @@ class Simulation:
         self.source = self.nodes[0]
         self.clients = self.nodes[1:]
         self.by_addr = {n.addr: n for n in self.nodes}
-        interval = 2 if mode == "p2p" else 10  # what the lab's tracker and hub hand out
-        self.tracker = SimTracker(interval=interval, min_interval=1 if mode == "p2p" else 60,
+        # What the lab's tracker (--interval 2 --min-interval 1) and hub (--tracker-interval
+        # 10, so its min interval is min(60, 10)) hand out.
+        interval = 2 if mode == "p2p" else 10
+        self.tracker = SimTracker(interval=interval, min_interval=1 if mode == "p2p" else 10,
                                   rng=random.Random(rng.getrandbits(64)))
         self.join_times = join_times or [0.0] * len(self.clients)
         self.lifetimes = lifetimes or [None] * len(self.clients)
