@@ -11,9 +11,10 @@ import typer
 from typer.testing import CliRunner
 
 from swarmhub.lab.commands import register
-from swarmhub.lab.simhosts import SimTracker, assign, churn_schedule, parse_classes
+from swarmhub.lab.simhosts import HostSpec, SimTracker, assign, churn_schedule, parse_classes
 from swarmhub.lab.simrun import SimOptions, simulate
 from swarmhub.lab.simulate import Simulation
+from swarmhub.settings import Settings
 
 MIB = 1 << 20
 
@@ -155,6 +156,29 @@ def test_the_tracker_hands_out_live_peers_but_never_the_asker() -> None:
     assert ("10.0.0.0", 6881) not in tr.pick(("10.0.0.0", 6881), True, 200, 1.0)
     tr.register(("10.0.0.1", 6881), seeder=False, now=10.0)  # the others expire (ttl 4 s)
     assert tr.pick(("10.0.0.9", 6881), False, 50, 10.0) == [("10.0.0.1", 6881)]
+
+
+def _connections_at(until: float, *, pex: bool) -> list[int]:
+    """Connections per client at ``until`` in a p2p swarm of 12 whose tracker hands out
+    one peer per announce (the next announce is due at 5 s)."""
+    specs = [HostSpec(20e6, 100e6, 0.01) for _ in range(13)]
+    sim = Simulation("p2p", specs, 32 * MIB, 32 * 1024, Settings(pex=pex),
+                     rng=random.Random(1))
+    sim.tracker.max_numwant = 1
+    sim.run(until)
+    return [len(n.ends) for n in sim.clients]
+
+
+def test_peers_learn_more_peers_through_pex() -> None:
+    """BEP 11 in the simulation, with the engine's PexPeer timing: nothing at first (the
+    first message goes 2 s after the handshake), then each client dials the peers its
+    neighbours report, as the real driver does."""
+    early = _connections_at(1.5, pex=True)
+    assert early == _connections_at(1.5, pex=False)  # no message before 2 s
+    without = _connections_at(4.0, pex=False)
+    with_pex = _connections_at(4.0, pex=True)
+    assert sum(with_pex) > 2 * sum(without)
+    assert all(a > b for a, b in zip(with_pex, without, strict=True))  # each learns some
 
 
 # Recorded on this machine kind (2 cores) with the netns lab and its NFQUEUE delay line:

@@ -1,9 +1,10 @@
-"""The services a simulated lab run has besides its peers: the tracker and the hub's HTTP
-(web seed ranges in hybrid mode, whole-file downloads in cs mode).
+"""The services a simulated lab run has besides its peers: the tracker, the hub's HTTP
+(web seed ranges in hybrid mode, whole-file downloads in cs mode) and the driver's BEP 11
+peer exchange.
 
 Why apart from :mod:`swarmhub.lab.simulate`: peers are the engine's business, these are
 stand-ins for other programs (``swarmhub.hub.tracker``, the hub's origin, the web-seed
-client loop of ``WebSeedDriver.loop``), each modelled as the lab runs it: announces
+client loop of ``WebSeedDriver.loop``, ``PexDriver``), each modelled as the lab runs it: announces
 cost a round trip to host 0, the hub's seeder dials every announcer, HTTP responses share
 host 0's uplink with its peer connections.
 """
@@ -13,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from swarmhub.engine.pex import FLAG_REACHABLE, PexPeer
 from swarmhub.lab.netmodel import Pipe
+from swarmhub.wire.extensions import PexMessage, encode_pex
 
 if TYPE_CHECKING:
-    from swarmhub.lab.simulate import Node, Simulation
+    from swarmhub.lab.simulate import End, Node, Simulation
 
 __all__ = ["HTTP_HEADERS", "Services"]
 
@@ -64,6 +67,46 @@ class Services:
         node.swarm.tracker_response(self.sim.ev.now, interval=max(tr.min_interval, tr.interval),
                                     peers=peers, seeds=seeds, leechers=leechers)
         self.sim.flush(node)
+
+    # -- BEP 11 peer exchange, as PexDriver does it with the same PexPeer books -------------
+    def pex_tick(self, node: Node) -> None:
+        """Send each peer the changes in ``node``'s peer list when its PexPeer says so
+        (first about 2 s after the handshake, then once a minute): ``PexDriver.tick``."""
+        swarm = node.swarm
+        if node.gone or swarm is None:
+            return
+        now = self.sim.ev.now
+        current: dict[tuple[str, int], int] | None = None
+        for end in list(node.ends):
+            pex = end.pex
+            if pex is None:
+                pex = end.pex = PexPeer(now)
+            if now < pex.due:
+                continue
+            if current is None:  # built only when some peer is due: once a minute
+                current = {}
+                for e in node.ends:
+                    ps = swarm.peers.get(e.uid)
+                    if ps is not None:  # every simulated host listens on its address
+                        current[e.remote.addr] = FLAG_REACHABLE if ps.outgoing else 0
+            msg = pex.poll(now, current, exclude=(end.remote.addr,))
+            if msg is not None:
+                size = 6 + len(encode_pex(msg))  # length, type, extension id, payload
+                self.sim.net.send(end.out, size, (end.far, msg), self._pex_arrived)
+
+    def _pex_arrived(self, arg: tuple[End, PexMessage]) -> None:
+        """A ut_pex message reached ``end``'s host: ``PexDriver.received``."""
+        end, msg = arg
+        node = end.node
+        if not end.open or node.gone or node.swarm is None:
+            return
+        now = self.sim.ev.now
+        if end.pex is None:
+            end.pex = PexPeer(now)
+        addrs = end.pex.received(now, msg, own=node.swarm.dialer.own)
+        if addrs:
+            node.swarm.add_peers(addrs, now)
+            self.sim.flush(node)
 
     def http_get(self, node: Node, ranges: list[tuple[int, int]], *, cs: bool = False) -> None:
         """Ask the hub for byte ranges; pieces (or the whole file) stream back."""

@@ -15,7 +15,8 @@ message sizes as on the wire, uploads pulled from the peer's accepted requests i
 send buffer of ``send_buffer_bytes`` (control messages queue behind data; up to
 ``block_run`` blocks of one piece written back to back travel as one network item), a tick per
 second, hashing as a fixed cost per byte, tracker announces and the hub's seeder dialling
-every announcer. What is not: packet loss, CPU limits, disk, process start-up time.
+every announcer, BEP 11 peer exchange (the engine's own :class:`~swarmhub.engine.pex.PexPeer`
+books, on the driver's tick). What is not: packet loss, CPU limits, disk, process start-up time.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from swarmhub.engine.actions import (
     Serve,
     Verify,
 )
+from swarmhub.engine.pex import PexPeer
 from swarmhub.engine.picker import Block
 from swarmhub.engine.swarm import Swarm
 from swarmhub.lab.netmodel import MSS, OVERHEAD, SMALL, EventQueue, Link, Network, Pipe, wire
@@ -77,12 +79,13 @@ class End:
     """Our side of one connection. The core knows it by ``uid``, an int: cheap to hash,
     and deterministic (set order inside the core must not vary from run to run)."""
 
-    __slots__ = ("far", "node", "open", "out", "remote", "uid")
+    __slots__ = ("far", "node", "open", "out", "pex", "remote", "uid")
 
     def __init__(self, node: Node, remote: Node, uid: int) -> None:
         self.node, self.remote = node, remote
         self.uid = uid
         self.open = True
+        self.pex: PexPeer | None = None  #: BEP 11 books with the remote (all peers offer it)
         self.out: Pipe  # set by the simulation
         self.far: End  #: the other side's End
 
@@ -194,8 +197,10 @@ class Simulation:
         self.source = self.nodes[0]
         self.clients = self.nodes[1:]
         self.by_addr = {n.addr: n for n in self.nodes}
-        interval = 2 if mode == "p2p" else 10  # what the lab's tracker and hub hand out
-        self.tracker = SimTracker(interval=interval, min_interval=1 if mode == "p2p" else 60,
+        # What the lab's tracker (--interval 2 --min-interval 1) and hub (--tracker-interval
+        # 10, so its min interval is min(60, 10)) hand out.
+        interval = 2 if mode == "p2p" else 10
+        self.tracker = SimTracker(interval=interval, min_interval=1 if mode == "p2p" else 10,
                                   rng=random.Random(rng.getrandbits(64)))
         self.join_times = join_times or [0.0] * len(self.clients)
         self.lifetimes = lifetimes or [None] * len(self.clients)
@@ -269,6 +274,8 @@ class Simulation:
             return
         node.swarm.tick(self.ev.now)
         self.flush(node)
+        if self.settings.pex:  # after the core's tick, as the driver's tick loop
+            self.services.pex_tick(node)
         self.ev.at(self.ev.now + 1.0, self._tick, node)
 
     # -- carrying out the core's actions -----------------------------------------------------
