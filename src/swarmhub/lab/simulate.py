@@ -188,7 +188,8 @@ class Simulation:
         #: this many (each keeps its own wire size): a quarter of the events per block, at
         #: the cost of the run's first blocks arriving with its last
         self.block_run = block_run
-        self.ev = EventQueue()
+        #: arrivals (one latency after leaving) take the event queue's FIFO lane
+        self.ev = EventQueue(lane_delay=specs[0].latency)
         self.net = Network(self.ev)
         self.nodes = [Node(self, i, spec) for i, spec in enumerate(specs)]
         self.source = self.nodes[0]
@@ -316,7 +317,7 @@ class Simulation:
             now = self.ev.now
             for lat, ends in groups.items():
                 node.up.sent += nbytes * len(ends)
-                self.ev.at(now + lat, self._deliver_many, (ends, msgs))
+                self.ev.after(lat, self._deliver_many, (ends, msgs))
 
     def _deliver_many(self, arg: tuple[list[End], tuple[m.Message, ...]]) -> None:
         """One broadcast reached several peers at once (End.got_msgs for each, inlined:
@@ -509,8 +510,7 @@ class Simulation:
         """The dialler's handshake reached ``target``: admit it, reply, tell the core."""
         node, target = arg
         if target.gone or target.swarm is None or self._admit(target, node, False) is not None:
-            self.ev.at(self.ev.now + self._lat(node, target), self._dial_failed,
-                       (node, target.addr))
+            self.ev.after(self._lat(node, target), self._dial_failed, (node, target.addr))
             return
         self._uid += 2
         mine, theirs = End(target, node, self._uid), End(node, target, self._uid + 1)
@@ -560,7 +560,7 @@ class Simulation:
         end.node.ends.pop(end, None)
         self.by_uid.pop(end.uid, None)
         self.net.close(end.out)
-        self.ev.at(self.ev.now + end.out.latency, self._remote_closed, end.far)
+        self.ev.after(end.out.latency, self._remote_closed, end.far)
 
     def _remote_closed(self, end: End) -> None:
         if end.open:
@@ -594,12 +594,23 @@ class Simulation:
         self.start()
         ev = self.ev
         heap = ev._heap
+        lane = ev._lane
         pop = heapq.heappop
+        popleft = lane.popleft
         enabled = gc.isenabled()
         gc.disable()
         try:
-            while heap and heap[0][0] <= until and self.pending > 0:
-                when, _, fn, arg = pop(heap)
+            # EventQueue.run inlined (the heap's and the lane's heads merged): this loop
+            # runs once per event of the run.
+            while self.pending > 0:
+                if heap and (not lane or heap[0] < lane[0]):
+                    if heap[0][0] > until:
+                        break
+                    when, _, fn, arg = pop(heap)
+                elif lane and lane[0][0] <= until:
+                    when, _, fn, arg = popleft()
+                else:
+                    break
                 ev.now = when
                 fn(arg)
         finally:
