@@ -314,7 +314,6 @@ class Simulation:
                 send(pipe, size, msgs, end.far.got_msgs)
         if groups:
             nbytes = wire(size)
-            now = self.ev.now
             for lat, ends in groups.items():
                 node.up.sent += nbytes * len(ends)
                 self.ev.after(lat, self._deliver_many, (ends, msgs))
