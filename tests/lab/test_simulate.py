@@ -157,6 +157,21 @@ def test_the_tracker_hands_out_live_peers_but_never_the_asker() -> None:
     assert tr.pick(("10.0.0.9", 6881), False, 50, 10.0) == [("10.0.0.1", 6881)]
 
 
+def test_the_tracker_counts_seeders_and_leechers_as_they_change() -> None:
+    tr = SimTracker(interval=2, min_interval=1, rng=random.Random(1))
+    for i in range(10):
+        tr.register((f"10.0.0.{i}", 6881), seeder=i < 3, now=0.0)
+    assert (tr.seeders, tr.leechers) == (3, 7)
+    tr.register(("10.0.0.5", 6881), seeder=True, now=1.0)  # completed
+    tr.register(("10.0.0.0", 6881), seeder=True, now=1.0)  # announced again
+    tr.remove(("10.0.0.1", 6881))  # stopped
+    tr.remove(("10.0.0.1", 6881))
+    assert (tr.seeders, tr.leechers) == (3, 6)
+    # ttl 4 s: each expired entry goes as the pick looks at it (the asker is not looked at)
+    assert tr.pick(("10.0.0.0", 6881), False, 50, 10.0) == []
+    assert (tr.seeders, tr.leechers) == (1, 0)
+
+
 # Recorded on this machine kind (2 cores) with the netns lab and its NFQUEUE delay line:
 # `swarmhub lab run --peers N --size 32MiB --up 20mbit --down 100mbit --latency 10ms
 # --modes p2p`, re-recorded (median of 3) with the core that hands a not-interested
