@@ -54,6 +54,28 @@ def test_a_small_p2p_swarm_completes_and_conserves_bytes() -> None:
     assert res.source_upload >= res.size  # link bytes include headers
 
 
+def test_closed_connections_are_freed_during_the_run() -> None:
+    # The collector is off during a run: a closed connection must not be kept alive by
+    # its own reference cycles (End.far, Pipe.owner, Pipe.deliver) until the run ends.
+    import gc
+
+    from swarmhub.lab.simulate import End
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        # 60 peers dialling 50 each: many connections close as handshakes cross
+        res = simulate("p2p", _opts(60, size=MIB, seed=3, piece_length=64 << 10))
+        ends = [o for o in gc.get_objects() if isinstance(o, End)]
+    finally:
+        if enabled:
+            gc.enable()
+    assert res.ok
+    closed = [e for e in ends if not e.open]
+    assert ends and not closed  # open ones stay (the run is uncollected), closed ones went
+
+
 def test_the_same_seed_gives_the_same_run_and_another_seed_another() -> None:
     a = simulate("p2p", _opts(6, seed=7))
     b = simulate("p2p", _opts(6, seed=7))
