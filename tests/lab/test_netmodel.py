@@ -216,3 +216,35 @@ def test_a_flow_slowed_mid_item_finishes_when_its_bytes_are_sent() -> None:
     # after sending 2 segments (at 5 s), by when a has sent 1 + 2: the last alone, 1 s
     assert got == [(pytest.approx(5.0), "b"), (pytest.approx(6.0), "a")]
     assert a.rate == 0.0 and not a.active
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_latency_lane_runs_events_in_the_order_one_heap_would(seed: int) -> None:
+    # Events chain more events (some at the lane's delay, some at others, ties included);
+    # the lane must not reorder anything against a queue without it.
+    def trace(lane_delay: float | None) -> list[tuple[float, int]]:
+        rng = random.Random(seed)
+        ev = EventQueue(lane_delay=lane_delay)
+        out: list[tuple[float, int]] = []
+        budget = [3000]
+
+        def fire(tag: int) -> None:
+            out.append((ev.now, tag))
+            for _ in range(rng.choice((0, 1, 2, 2))):
+                if budget[0] <= 0:
+                    return
+                budget[0] -= 1
+                delay = rng.choice((0.01, 0.01, 0.01, 0.0, 0.005, 0.02, 1.0))
+                if rng.random() < 0.5:
+                    ev.after(delay, fire, budget[0])
+                else:
+                    ev.at(ev.now + delay, fire, budget[0])
+
+        for i in range(20):
+            ev.at(rng.random() * 0.05, fire, -i)
+        ev.run(50.0)
+        return out
+
+    plain = trace(None)
+    assert len(plain) > 1000
+    assert trace(0.01) == plain

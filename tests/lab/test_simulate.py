@@ -55,6 +55,28 @@ def test_a_small_p2p_swarm_completes_and_conserves_bytes() -> None:
     assert res.source_upload >= res.size  # link bytes include headers
 
 
+def test_closed_connections_are_freed_during_the_run() -> None:
+    # The collector is off during a run: a closed connection must not be kept alive by
+    # its own reference cycles (End.far, Pipe.owner, Pipe.deliver) until the run ends.
+    import gc
+
+    from swarmhub.lab.simulate import End
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        # 60 peers dialling 50 each: many connections close as handshakes cross
+        res = simulate("p2p", _opts(60, size=MIB, seed=3, piece_length=64 << 10))
+        ends = [o for o in gc.get_objects() if isinstance(o, End)]
+    finally:
+        if enabled:
+            gc.enable()
+    assert res.ok
+    closed = [e for e in ends if not e.open]
+    assert ends and not closed  # open ones stay (the run is uncollected), closed ones went
+
+
 def test_the_same_seed_gives_the_same_run_and_another_seed_another() -> None:
     a = simulate("p2p", _opts(6, seed=7))
     b = simulate("p2p", _opts(6, seed=7))
@@ -179,6 +201,21 @@ def test_peers_learn_more_peers_through_pex() -> None:
     with_pex = _connections_at(4.0, pex=True)
     assert sum(with_pex) > 2 * sum(without)
     assert all(a > b for a, b in zip(with_pex, without, strict=True))  # each learns some
+
+
+def test_the_tracker_counts_seeders_and_leechers_as_they_change() -> None:
+    tr = SimTracker(interval=2, min_interval=1, rng=random.Random(1))
+    for i in range(10):
+        tr.register((f"10.0.0.{i}", 6881), seeder=i < 3, now=0.0)
+    assert (tr.seeders, tr.leechers) == (3, 7)
+    tr.register(("10.0.0.5", 6881), seeder=True, now=1.0)  # completed
+    tr.register(("10.0.0.0", 6881), seeder=True, now=1.0)  # announced again
+    tr.remove(("10.0.0.1", 6881))  # stopped
+    tr.remove(("10.0.0.1", 6881))
+    assert (tr.seeders, tr.leechers) == (3, 6)
+    # ttl 4 s: each expired entry goes as the pick looks at it (the asker is not looked at)
+    assert tr.pick(("10.0.0.0", 6881), False, 50, 10.0) == []
+    assert (tr.seeders, tr.leechers) == (1, 0)
 
 
 # Recorded on this machine kind (2 cores) with the netns lab and its NFQUEUE delay line:

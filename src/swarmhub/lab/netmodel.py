@@ -79,25 +79,50 @@ def wire(payload: int) -> int:
 
 
 class EventQueue:
-    """A discrete-event loop in virtual time: callbacks ordered by (time, insertion)."""
+    """A discrete-event loop in virtual time: callbacks ordered by (time, insertion).
 
-    __slots__ = ("_heap", "_seq", "now")
+    Events due a fixed ``lane_delay`` from now (the one-way latency: every arrival of the
+    run) go to a FIFO *lane* instead of the heap: they are pushed in (time, insertion)
+    order already, so the loop merges the lane's head with the heap's and runs events in
+    exactly the order one heap would, at O(1) instead of O(log n) with half the heap
+    (at N=1,000 the heap pops alone were 12% of a run, and their share grew with N).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_heap", "_lane", "_seq", "lane_delay", "now")
+
+    def __init__(self, lane_delay: float | None = None) -> None:
         self.now = 0.0
         self._heap: list[tuple[float, int, Callable[..., None], Any]] = []
         self._seq = itertools.count()
+        self._lane: deque[tuple[float, int, Callable[..., None], Any]] = deque()
+        #: the delay whose events take the lane (None: none do)
+        self.lane_delay = lane_delay
 
     def at(self, when: float, fn: Callable[..., None], arg: Any = None) -> None:
         heapq.heappush(self._heap, (when, next(self._seq), fn, arg))
 
+    def after(self, delay: float, fn: Callable[..., None], arg: Any = None) -> None:
+        """``fn(arg)`` at ``now + delay`` (in the lane when ``delay`` is its delay)."""
+        if delay == self.lane_delay:
+            self._lane.append((self.now + delay, next(self._seq), fn, arg))
+        else:
+            heapq.heappush(self._heap, (self.now + delay, next(self._seq), fn, arg))
+
+    def pop(self, until: float) -> tuple[float, int, Callable[..., None], Any] | None:
+        """The next event due at or before ``until`` (removed), or None."""
+        heap, lane = self._heap, self._lane
+        if heap and (not lane or heap[0] < lane[0]):
+            return heapq.heappop(heap) if heap[0][0] <= until else None
+        if lane and lane[0][0] <= until:
+            return lane.popleft()
+        return None
+
     def run(self, until: float, stop: Callable[[], bool] | None = None) -> None:
         """Run events up to virtual time ``until`` (or until ``stop()`` turns true,
         checked after each event)."""
-        heap = self._heap
-        pop = heapq.heappop
-        while heap and heap[0][0] <= until:
-            when, _, fn, arg = pop(heap)
+        pop = self.pop
+        while (event := pop(until)) is not None:
+            when, _, fn, arg = event
             self.now = when
             fn(arg)
             if stop is not None and stop():
@@ -105,7 +130,7 @@ class EventQueue:
         self.now = max(self.now, until)
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._heap) + len(self._lane)
 
 
 class Link:
@@ -190,7 +215,11 @@ class Network:
         if not pipe.active and size <= SMALL:
             # Serialisation time (microseconds) is left out: arrivals stay in FIFO order.
             pipe.up.sent += size
-            heapq.heappush(ev._heap, (now + pipe.latency, next(ev._seq), fn, payload))
+            lat = pipe.latency
+            if lat == ev.lane_delay:
+                ev._lane.append((now + lat, next(ev._seq), fn, payload))
+            else:
+                heapq.heappush(ev._heap, (now + lat, next(ev._seq), fn, payload))
             return
         items = pipe.items
         pipe.queued += size
@@ -269,7 +298,11 @@ class Network:
         pipe.up.sent += size
         heap = ev._heap
         seq = ev._seq
-        _push(heap, (now + pipe.latency, next(seq), fn, payload))
+        lat = pipe.latency
+        if lat == ev.lane_delay:
+            ev._lane.append((now + lat, next(seq), fn, payload))
+        else:
+            _push(heap, (now + lat, next(seq), fn, payload))
         if pipe.waiting and pipe.on_drain is not None:
             pipe.on_drain(pipe)
         if items:

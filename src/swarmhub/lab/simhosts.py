@@ -93,13 +93,15 @@ class SimTracker:
         self._pos: dict[Addr, int] = {}
         self._seen: dict[Addr, float] = {}
         self._seeder: dict[Addr, bool] = {}
+        #: seeders in ``_seeder``, kept as it changes (a sum per announce is O(N^2) a run)
+        self._nseeds = 0
         self._permanent: set[Addr] = set()
 
     @property
     def seeders(self) -> int:
         """Seeders listed (expired entries count until they are picked over, as with the
         lab's tracker between purges)."""
-        return sum(self._seeder.values())
+        return self._nseeds
 
     @property
     def leechers(self) -> int:
@@ -111,6 +113,7 @@ class SimTracker:
             self._pos[addr] = len(self._addrs)
             self._addrs.append(addr)
         self._seen[addr] = now
+        self._nseeds += seeder - self._seeder.get(addr, False)
         self._seeder[addr] = seeder
         if permanent:
             self._permanent.add(addr)
@@ -124,7 +127,7 @@ class SimTracker:
             self._addrs[pos] = last
             self._pos[last] = pos
         self._seen.pop(addr, None)
-        self._seeder.pop(addr, None)
+        self._nseeds -= self._seeder.pop(addr, False)
 
     def _live(self, addr: Addr, now: float) -> bool:
         if now - self._seen[addr] <= self.ttl or addr in self._permanent:

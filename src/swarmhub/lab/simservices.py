@@ -35,7 +35,7 @@ class Services:
 
     def announce(self, node: Node, event: str | None) -> None:
         lat = self.sim._lat(node, self.sim.source)
-        self.sim.ev.at(self.sim.ev.now + lat, self._at_tracker, (node, event))
+        self.sim.ev.after(lat, self._at_tracker, (node, event))
 
     def _at_tracker(self, arg: tuple[Node, str | None]) -> None:
         node, event = arg
@@ -56,8 +56,8 @@ class Services:
             assert src is not None
             src.add_peers([node.addr], now)  # the hub's seeder dials every announcer
             self.sim.flush(self.sim.source)
-        self.sim.ev.at(now + self.sim._lat(node, self.sim.source), self._tracker_answer,
-                   (node, peers, seeds, leechers))
+        self.sim.ev.after(self.sim._lat(node, self.sim.source), self._tracker_answer,
+                          (node, peers, seeds, leechers))
 
     def _tracker_answer(self, arg: tuple[Node, list[tuple[str, int]], int, int]) -> None:
         node, peers, seeds, leechers = arg
@@ -111,7 +111,7 @@ class Services:
     def http_get(self, node: Node, ranges: list[tuple[int, int]], *, cs: bool = False) -> None:
         """Ask the hub for byte ranges; pieces (or the whole file) stream back."""
         lat = self.sim._lat(node, self.sim.source)
-        self.sim.ev.at(self.sim.ev.now + lat, self._http_serve, (node, ranges, cs))
+        self.sim.ev.after(lat, self._http_serve, (node, ranges, cs))
 
     def _http_serve(self, arg: tuple[Node, list[tuple[int, int]], bool]) -> None:
         node, ranges, cs = arg
