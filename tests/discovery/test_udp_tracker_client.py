@@ -37,6 +37,7 @@ class Scripted(asyncio.DatagramProtocol):
         self.script = script
         self.seen: list[tuple[float, u.Connect | u.Announce | u.Scrape]] = []
         self.transport: Any = None
+        self.arrived = asyncio.Event()  #: set at each datagram (tests clear it to wait)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -44,6 +45,7 @@ class Scripted(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         req = u.parse_request(data)
         self.seen.append((asyncio.get_running_loop().time(), req))
+        self.arrived.set()
         for reply in self.script(req, len(self.seen)):
             self.transport.sendto(reply, addr)
 
@@ -99,11 +101,12 @@ async def test_lost_datagrams_are_resent_with_doubling_timeouts(scripted: Any) -
         asked.append(seconds)
         n = len(asked)  # each wait follows one datagram sent
         async with asyncio.timeout(30):  # a hang guard
-            while not fut.done():
-                if n in lost and len(proto.seen) >= n:
-                    raise TimeoutError
-                await asyncio.sleep(0.001)
-        return fut.result()
+            if n not in lost:
+                return await fut
+            while len(proto.seen) < n:  # the tracker drops datagram n once it has it
+                proto.arrived.clear()
+                await proto.arrived.wait()
+            raise TimeoutError
 
     client = UdpTrackerClient(base_timeout=15, max_retries=4, wait=wait)  # BEP 15's 15 s
     resp = await client.announce(url, REQ)
