@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,6 +29,17 @@ def need_tool(name: str) -> str:
     need(path is not None, f"{name} is not installed (make setup installs it)")
     assert path is not None
     return path
+
+
+async def until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``cond`` on the event loop until it holds; ``timeout`` is a hang guard, not a
+    margin (the loop keeps running, so an in-process hub or session makes progress)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +23,13 @@ import pytest
 from test_api import Live, live_hub
 from test_app import announce, fetch, publish
 
-from conftest import need
+from conftest import need, until
 from interop.harness import VENV_PYTHON, LtPeer, Proc
 from swarmhub.bencode import bdecode, bencode
 from swarmhub.hub.access import SwarmAccess, normalize_ip
 from swarmhub.hub.tracker import AnnounceParams, TrackerState
 
 pytestmark = pytest.mark.timeout(240)
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll ``cond`` (bounded) without blocking the in-process hub."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

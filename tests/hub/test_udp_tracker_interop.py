@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +24,11 @@ import pytest
 from test_api import live_hub
 from test_app import publish
 
-from conftest import free_port, need, need_tool
+from conftest import free_port, need, need_tool, until
 from interop.harness import VENV_PYTHON, LtPeer, Proc
 from swarmhub.bencode import bdecode, bencode
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
