@@ -6,11 +6,13 @@ import asyncio
 import dataclasses
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import until
 from swarmhub.engine.session import Session
 from swarmhub.engine.torrent import TorrentState
 from swarmhub.metainfo import create_torrent
@@ -189,26 +191,39 @@ async def test_peers_come_first_and_the_web_seed_fills_what_the_swarm_lacks(
 
 async def test_a_web_seed_faster_than_the_only_peer_takes_over(tmp_path: Path) -> None:
     """The only peer is a seed capped at 100 kB/s, counted by the tracker (like a hub's own
-    peer): after its first request the web seed is found faster and takes any missing
+    peer): once the web seed's grace is over it is found faster and takes any missing
     piece, not just those the swarm lacks (it used to sit unused while the peer trickled:
-    0 bytes from the web seed, the 3 MB over 30 s from the peer)."""
+    0 bytes from the web seed, the 3 MB over 30 s from the peer).
+
+    The grace is passed by stepping the leecher's clock once the peer has delivered a
+    piece, not waited out: on a loaded machine the peer could miss a real 2 s window."""
     src = make_data(tmp_path / "www" / "payload", [3_000_000])
     runner, base = await serve_folder(tmp_path / "www")
+    offset = 0.0
+
+    def clock() -> float:
+        return time.monotonic() + offset
+
     try:
         meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
                               piece_length=64 * 1024, url_list=[base + "payload/file0.bin"])
         slow = Settings(upload_rate_limit=100_000)
+        grace = 3600.0
         async with Session(slow, state_dir=tmp_path / "s1") as seed, \
-                Session(Settings().replace(web_seed_grace=2.0, web_seed_request_size=256 * 1024),
+                Session(Settings().replace(web_seed_grace=grace,
+                                           web_seed_request_size=256 * 1024),
                         state_dir=tmp_path / "s2") as leecher:
             port = await seed.listen("127.0.0.1", 0)
             await seed.add(meta, src)
-            t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+            t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)],
+                                  clock=clock)
             t.swarm.tracker_seeds = 1  # as a hub's tracker would count its own peer
+            await until(lambda: t.downloaded > 0, "the peer delivered a piece")
+            assert t.webseed_bytes == 0  # peers first, during the grace
+            offset += grace + 1
             await asyncio.wait_for(t.complete.wait(), 60)
             assert t.error is None
-            peer_bytes = t.downloaded - t.webseed_bytes
-            assert peer_bytes > 0  # the peer did take part (peers first, for a second)
+            assert t.downloaded - t.webseed_bytes > 0
             assert t.webseed_bytes >= meta.data_length // 2
     finally:
         await runner.cleanup()  # type: ignore[attr-defined]
