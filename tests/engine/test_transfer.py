@@ -159,8 +159,15 @@ async def test_web_seed_alone_completes_a_download(tmp_path: Path,
 
 async def test_peers_come_first_and_the_web_seed_fills_what_the_swarm_lacks(
         tmp_path: Path) -> None:
+    """The web seed's grace is passed by stepping the leecher's clock once the partial seed
+    has delivered a block (so its bitfield is known), not waited out in real time."""
     src = make_data(tmp_path / "www" / "payload", [3_000_000])
     runner, base = await serve_folder(tmp_path / "www")
+    offset = 0.0
+
+    def clock() -> float:
+        return time.monotonic() + offset
+
     try:
         meta = create_torrent(src / "file0.bin", version=TorrentVersion.V1,
                               piece_length=64 * 1024, url_list=[base + "payload/file0.bin"])
@@ -172,13 +179,17 @@ async def test_peers_come_first_and_the_web_seed_fills_what_the_swarm_lacks(
         data = (src / "file0.bin").read_bytes()
         (part / meta.name).write_bytes(data[:half * meta.piece_length])
         async with Session(state_dir=tmp_path / "s1") as partial, \
-                Session(Settings().replace(web_seed_grace=1.0),
+                Session(Settings().replace(web_seed_grace=3600.0),
                         state_dir=tmp_path / "s2") as leecher:
             port = await partial.listen("127.0.0.1", 0)
             p = await partial.add(meta, part)
             assert p.num_have == half
             await leecher.listen("127.0.0.1", 0)
-            t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
+            t = await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)],
+                                  clock=clock)
+            await until(lambda: t.downloaded > 0, "the partial seed delivered a block")
+            assert t.webseed_bytes == 0  # peers first, during the grace
+            offset += 3600.0 + 1
             await asyncio.wait_for(t.complete.wait(), 60)
             assert t.error is None
             peer_bytes = t.downloaded - t.webseed_bytes
