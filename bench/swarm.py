@@ -4,7 +4,9 @@
         [--rounds 3] [--size 32MiB] [--latency 10ms] [--modes p2p,hybrid]
         [--piece-size 256KiB] [--no-lab] [--no-sim] [--json OUT]
 
-Lab (root; network namespaces, htb shaping, the NFQUEUE delay line): for each N, each round
+Lab (root; network namespaces, htb shaping, the NFQUEUE delay line; every client waits
+at the lab's start gate until all are up, ours and libtorrent alike, and times count from
+its opening, so 1 + N interpreters starting at once are not timed): for each N, each round
 runs ``swarmhub lab run`` for ours (p2p, hybrid) and for libtorrent (p2p, the reference
 swarm, same hosts and links), one after the other in the same round, so the anchor saw the
 same machine. Simulator: ``lab simulate`` (the unchanged swarm core in virtual time) for the
@@ -141,8 +143,17 @@ def _run(args: list[str], out: Path, timeout: float) -> list[dict[str, Any]]:
     return data
 
 
+def _peer_cpu(r: dict[str, Any], key: str) -> float | None:
+    """The median client's CPU seconds (``cpu_s``: the whole run; ``cpu_start_s``: before
+    the start gate, i.e. interpreter start-up and imports), from the lab's own /proc reads."""
+    vals = [h[key] for h in r.get("hosts", []) if h.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
 def _row(r: dict[str, Any]) -> dict[str, Any]:
-    return {"mode": r["mode"], "client": r["client"], "peers": r["peers"],
+    return {"peer_cpu": _peer_cpu(r, "cpu_s"), "peer_cpu_start": _peer_cpu(r, "cpu_start_s"),
+            "gated": r.get("gated", False),
+            "mode": r["mode"], "client": r["client"], "peers": r["peers"],
             "ratio": r["ratio"], "last_s": r["last_completion_s"], "bound_s": r["bound_s"],
             "source_x": r["source_upload"] / r["size"],
             "http_x": (r["hub_http_bytes"] or 0) / r["size"] if r.get("hub_http_bytes")
@@ -176,7 +187,9 @@ def lab(peers: list[int], rounds: int, a: argparse.Namespace, work: Path) -> lis
                     rows.append(row)
                     print(f"  lab N={n} round {k + 1}: {r['mode']}/{client} "
                           f"{row['ratio'] if row['ratio'] is not None else 'FAILED'} x bound, "
-                          f"source {row['source_x']:.2f} F (load {row['load']}, CPUs idle "
+                          f"source {row['source_x']:.2f} F, median peer CPU-s "
+                          f"{_fmt(row['peer_cpu'])} of which start-up "
+                          f"{_fmt(row['peer_cpu_start'])} (load {row['load']}, CPUs idle "
                           f"{idle:.0f} %)", flush=True)
     return rows
 
@@ -218,7 +231,7 @@ def table(rows: list[dict[str, Any]]) -> None:
     print()
     print(f"{'where':5} {'N':>5} {'mode':7} {'client':10} {'runs':>4} {'measured/bound':>14} "
           f"{'(min..max)':>13} {'/ libtorrent':>12} {'source F':>8} {'hub http F':>10} "
-          f"{'sim / lab':>9} {'idle %':>6}")
+          f"{'sim / lab':>9} {'idle %':>6} {'peer CPU-s (start)':>18}")
     for (where, n, mode, client), g in sorted(groups.items(),
                                                  key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         ratios = [r["ratio"] for r in g if r["ratio"] is not None]
@@ -234,12 +247,16 @@ def table(rows: list[dict[str, Any]]) -> None:
               f"{_fmt(med):>13} {span:>13} {_fmt(vs):>12} "
               f"{_fmt(_median([r['source_x'] for r in g])):>8} "
               f"{_fmt(_median([r['http_x'] for r in g])):>10} {_fmt(fid, '.3f'):>9} "
-              f"{_fmt(idle, '.0f'):>6}")
+              f"{_fmt(idle, '.0f'):>6} "
+              f"{_fmt(_median([r.get('peer_cpu') for r in g])):>11} "
+              f"({_fmt(_median([r.get('peer_cpu_start') for r in g]))})")
     sims = {(r["peers"], r["mode"]): r for r in rows if r["where"] == "sim"}
     if sims:
         print("\n(! = some runs did not finish; medians are over finished runs; sim rows are "
               "seeds 1..rounds; sim / lab = the simulator's median over the lab's, same N "
               "and mode; idle % = the machine's idle CPU during the lab runs)")
+    print("(lab times count from the start gate's opening, once every client is up; peer "
+          "CPU-s = the median client's, start-up = before the gate)")
 
 
 def main() -> None:
@@ -252,8 +269,9 @@ def main() -> None:
     p.add_argument("--down", default="100mbit")
     p.add_argument("--latency", default="10ms")
     p.add_argument("--modes", default="p2p,hybrid")
-    p.add_argument("--piece-size", default="256KiB", help="for the simulator (the lab's "
-                   "torrents use what `swarmhub create` picks: 256 KiB for 32 MiB)")
+    p.add_argument("--piece-size", default="256KiB", help="for the simulator only: the "
+                   "lab's torrents use what `swarmhub create` picks (32 KiB for 32 MiB), so "
+                   "the sim / lab column compares like with like only at that size")
     p.add_argument("--no-lab", action="store_true")
     p.add_argument("--no-sim", action="store_true")
     p.add_argument("--json", type=Path)

@@ -38,6 +38,7 @@ OTHER_ENV = frozenset({
     "STATE_DIR", "TOKEN", "STRICT", "NOSENDFILE", "HUB", "TRACEBACK", "TEST_PAUSE_AT", "CONFIG",
     "DHT_LOCAL_ONLY", "UDP_TRACKER_RETRIES", "UDP_TRACKER_TIMEOUT", "DB", "SWARM_STATE", "STORE",
     "DAEMON", "DAEMON_TOKEN", "DAEMON_STATE",  # swarmhub daemon / remote
+    "LAB_GATE",  # swarmhub.lab.gate: a lab client waits for the run to start
 })
 
 

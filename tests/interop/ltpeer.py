@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -372,9 +373,24 @@ class _Peer:
         del self.ses
 
 
+def _wait_gate(timeout: float) -> None:
+    """In a gated lab run (``SWARMHUB_LAB_GATE``, see ``swarmhub.lab.gate``): say so, wait until
+    the runner creates the gate file, and count "t" and "elapsed" from then, as our peers do."""
+    global _T0
+    gate = os.environ.get("SWARMHUB_LAB_GATE")
+    if not gate:
+        return
+    _emit({"event": "gate"})
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    _T0 = time.monotonic()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    _wait_gate(args.timeout or 600.0)
     peer = _Peer(args)
     try:
         return peer.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -80,8 +81,37 @@ def test_small_scenario(mode: str, tmp_path: Path) -> None:
         assert res.hub_upload is not None
         assert 4 * MIB <= res.hub_upload < 3 * 4 * MIB
     assert any(e.get("event") == "finished" for e in events)
+    # Every client waited at the start gate (times count from its opening) and its CPU
+    # seconds were read at the gate and at the end.
+    assert res.gated
+    for h in res.hosts:
+        assert h.cpu_start_s is not None and h.cpu_s is not None
+        assert 0 < h.cpu_start_s <= h.cpu_s
     assert _leftovers() == []
     assert _lab_processes(tmp_path) == []
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(240)
+def test_the_libtorrent_swarm_starts_at_the_same_gate(tmp_path: Path) -> None:
+    """The reference swarm is timed the same way as ours: from the gate's opening, with
+    each client's start-up (interpreter, imports) before it."""
+    need(netns_available()[0], netns_available()[1])
+    need(importlib.util.find_spec("libtorrent") is not None, "libtorrent is not installed")
+    res = run_scenario("p2p", 2, 4 * MIB, 8e6, 100e6, client="libtorrent", workdir=tmp_path,
+                       prefix=PREFIX)
+    assert res.ok, [h.error for h in res.hosts]
+    assert res.gated
+    assert res.last_completion_s is not None
+    assert res.last_completion_s >= 0.9 * res.bound_s
+    for h in res.hosts:
+        assert h.cpu_start_s is not None and h.cpu_s is not None
+        assert 0 < h.cpu_start_s <= h.cpu_s
+        log = (tmp_path / "logs" / f"h{h.host}-lt.log")
+        lines = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
+        events = [ln.get("event") for ln in lines]
+        assert events.index("gate") < events.index("finished")
+    assert _leftovers() == []
 
 
 @pytest.mark.netns

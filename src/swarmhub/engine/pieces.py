@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from swarmhub.engine.picker import Block
 from swarmhub.engine.services import TorrentServices
@@ -48,6 +48,8 @@ class Pieces:
                            + session.settings.max_unverified_bytes // meta.piece_length)
         #: Pieces being assembled from peers' blocks (the core decides what is kept).
         self.buffers: dict[int, PieceBuffer] = {}
+        #: Called with each piece that passed and was written, before its buffer is reused.
+        self.on_written: Callable[[int, PieceBuffer], None] | None = None
         self._hash_trees: dict[bytes, list[list[bytes]]] = {}
 
     def clear(self) -> None:
@@ -63,6 +65,8 @@ class Pieces:
         if buf is None:
             buf = bytearray(self.meta.piece_size(index))  # nothing kept: fails, blames none
         ok, digests = await self.check_and_write(index, buf, want_digests)
+        if ok and self.on_written is not None:
+            self.on_written(index, buf)
         if len(buf) == self.meta.piece_length and len(self._spare) < self._spare_cap:
             self._spare.append(buf)  # hashed and written: nothing holds it any more
         return ok, digests

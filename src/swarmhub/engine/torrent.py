@@ -104,6 +104,7 @@ class Torrent(TorrentViews):
         self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
         self.uploads = Uploader(self, self._up_limiter)
+        self.pieces.on_written = self.uploads.keep_written
         self.pex = PexDriver(self)
         self.tracker = TrackerDriver(self)
         #: The task running :meth:`run` (set by the session; stop() cancels it first).

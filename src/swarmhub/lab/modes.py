@@ -170,11 +170,14 @@ class CSHub(_HubSource):
         return None  # no swarm: nothing can finish without the hub
 
     def start_client(self, host: int) -> LabProc:
-        return self.lab.run(host, self.get_argv(host, "cs"), name=f"h{host}-get")
+        return self.lab.run(host, self.get_argv(host, "cs"), name=f"h{host}-get",
+                            env=self.client_env())
 
 
 class CSCurl(CSHub):
     """Client-server with curl as the client (the hub's origin, any HTTP client)."""
+
+    gated = False  # curl cannot wait at the start gate: timed from its own start
 
     def start_client(self, host: int) -> LabProc:
         out = self.out_dir(host) / self.data.name
@@ -205,7 +208,8 @@ class Hybrid(_HubSource):
     """The hub as tracker + web seed + first seeder; clients in hybrid mode."""
 
     def start_client(self, host: int) -> LabProc:
-        return self.lab.run(host, self.get_argv(host, "hybrid"), name=f"h{host}-get")
+        return self.lab.run(host, self.get_argv(host, "hybrid"), name=f"h{host}-get",
+                            env=self.client_env())
 
 
 class P2P(Runner):
@@ -289,7 +293,8 @@ class P2P(Runner):
         ]
         if not self.netns:
             argv += ["--upload-limit", _kib(res.up_bps), "--download-limit", _kib(res.down_bps)]
-        return lab.run(host, argv, name=f"h{host}-get")
+        return lab.run(host, argv, name=f"h{host}-get",
+                            env=self.client_env())
 
     def app_source_upload(self) -> int:
         hosts = self.result.hosts
@@ -353,7 +358,8 @@ class LtP2P(P2P):
         self.seeder.wait_json("ready", _START_TIMEOUT)
 
     def start_client(self, host: int) -> LabProc:
-        return self.lab.run(host, self._lt(host, self.out_dir(host)), name=f"h{host}-lt")
+        return self.lab.run(host, self._lt(host, self.out_dir(host)), name=f"h{host}-lt",
+                            env=self.client_env())
 
     def app_source_upload(self) -> int:
         uploaded = 0

@@ -48,6 +48,7 @@ def results_table(results: Sequence[ScenarioResult]) -> Table:
         "measured/bound",
         "source up (xF)",
         "hub http+peer (xF)",
+        "client CPU-s (start-up)",
         "fault",
         "result",
     ):
@@ -70,10 +71,22 @@ def results_table(results: Sequence[ScenarioResult]) -> Table:
             "-" if r.ratio is None else f"{r.ratio:.2f}",
             f"{r.source_upload / r.size:.2f}",
             _hub_x(r),
+            _cpu(r),
             _fault(r),
             verdict,
         )
     return table
+
+
+def _cpu(r: ScenarioResult) -> str:
+    """The median client's CPU seconds over the run, with those spent before the start
+    gate (interpreter and imports) in brackets: on a CPU-bound lab, what each peer costs."""
+    total = sorted(h.cpu_s for h in r.hosts if h.cpu_s is not None)
+    start = sorted(h.cpu_start_s for h in r.hosts if h.cpu_start_s is not None)
+    if not total:
+        return "-"
+    out = f"{total[len(total) // 2]:.2f}"
+    return out + (f" ({start[len(start) // 2]:.2f})" if start else "")
 
 
 def _rtt(r: ScenarioResult) -> str:
@@ -244,18 +257,23 @@ def _html_table(results: Sequence[ScenarioResult]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _fmt_cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _hosts_table(r: ScenarioResult) -> str:
     rows = "".join(
         f"<tr><td>{h.host}</td><td class=l>{h.addr}</td><td>{_fmt_s(h.completion_s)}</td>"
         f"<td>{format_size(h.bytes_down)}</td><td>{format_size(h.bytes_up)}</td>"
-        f"<td>{format_size(h.webseed_bytes)}</td>"
+        f"<td>{format_size(h.webseed_bytes)}</td><td>{_fmt_cpu(h.cpu_s)}</td>"
+        f"<td>{_fmt_cpu(h.cpu_start_s)}</td>"
         f"<td class=l>{'ok' if h.ok else html.escape(h.error)}</td></tr>"
         for h in r.hosts
     )
     return (
         f"<details><summary>{r.mode}, N={r.peers}: per host</summary><table><tr><th>host"
         "</th><th>address</th><th>done s</th><th>down</th><th>up</th><th>web seed</th>"
-        "<th>result</th></tr>"
+        "<th>CPU s</th><th>of which start-up</th><th>result</th></tr>"
         f"{rows}</table></details>"
     )
 

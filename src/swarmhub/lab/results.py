@@ -33,6 +33,10 @@ class HostResult:
     webseed_bytes: int = 0
     #: Started only after the fault struck (``late``): it knew a magnet link, no live hub.
     late: bool = False
+    #: The client process's CPU seconds when it reached the start gate (interpreter start-up
+    #: and imports) and at the end of the run (everything), from /proc; None when unknown.
+    cpu_start_s: float | None = None
+    cpu_s: float | None = None
 
 
 @dataclass
@@ -71,6 +75,9 @@ class ScenarioResult:
     pieces_reported_at_fault: int | None = None
     rtt_min_ms: float | None = None
     rtt_median_ms: float | None = None
+    #: Whether the clients started behind the start gate (:mod:`swarmhub.lab.gate`): times
+    #: then count from the gate's opening, not from the first client's start.
+    gated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from swarmhub.lab.faults import Fault, SwarmProgress, should_fire, swarm_pieces
+from swarmhub.lab.gate import GATE_ENV, GATE_EVENT
 from swarmhub.lab.results import HostResult, ScenarioResult
 from swarmhub.lab.topology import Lab, LabError, LabProc, LoopbackLab, _json_line, free_port
 from swarmhub.metainfo.model import Metainfo
 
-__all__ = ["STALL_S", "EventSink", "Runner", "report_line", "wait_text"]
+__all__ = ["GATE_TIMEOUT_S", "STALL_S", "EventSink", "Runner", "proc_cpu_s", "report_line",
+           "wait_text"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,9 @@ EventSink = Callable[[dict[str, Any]], None]
 _POLL_S = 0.05
 #: After the hub was killed, receivers whose progress has not moved for this long fail.
 STALL_S = 15.0
+#: How long the clients may take to reach the start gate (16-32 interpreters importing at
+#: once on two cores take a few seconds; a hang guard only).
+GATE_TIMEOUT_S = 120.0
 #: What a late joiner's deadline adds for finding the swarm on the DHT alone (queries to
 #: the dead hub and to hosts not up yet time out before the lookup ends).
 LATE_GRACE_S = 30.0
@@ -42,6 +48,8 @@ class Runner:
 
     #: Whether clients report progress in JSON lines (else it is read from file sizes).
     json_progress = True
+    #: Whether clients wait at the start gate (:mod:`swarmhub.lab.gate`; curl cannot).
+    gated = True
 
     def __init__(
         self,
@@ -126,6 +134,36 @@ class Runner:
         return self.lab.run(host, argv, name=f"h{host}-late")
 
     # -- helpers -------------------------------------------------------------------------------
+    def gate_file(self) -> Path:
+        return self.workdir / "start-gate"
+
+    def client_env(self) -> dict[str, str] | None:
+        """The environment of a client that waits at the start gate (None: inherit)."""
+        if not self.gated:
+            return None
+        return {**os.environ, GATE_ENV: str(self.gate_file())}
+
+    def open_gate(self, clients: dict[int, LabProc]) -> float:
+        """Wait (bounded) until every client printed the gate line or exited, note each
+        one's start-up CPU, then open the gate: the run's time zero, returned."""
+        by_host = {h.host: h for h in self.result.hosts}
+        waiting = set(clients)
+        deadline = time.monotonic() + GATE_TIMEOUT_S
+        while waiting and time.monotonic() < deadline:
+            for host in sorted(waiting):
+                proc = clients[host]
+                if proc.poll() is not None or _at_gate(proc):
+                    by_host[host].cpu_start_s = proc_cpu_s(proc.pid)
+                    waiting.discard(host)
+            if waiting:
+                time.sleep(_POLL_S)
+        if waiting:
+            log.warning("hosts %s did not reach the start gate in %.0f s", sorted(waiting),
+                        GATE_TIMEOUT_S)
+        self.gate_file().touch()
+        self.result.gated = True
+        return time.monotonic()
+
     def port(self, kind: str) -> int:
         return _NETNS_PORTS[kind] if self.netns else free_port()
 
@@ -155,11 +193,16 @@ class Runner:
         for h in res.hosts:  # a fresh folder: no part file or data of an earlier run
             shutil.rmtree(self.out_dir(h.host), ignore_errors=True)
             self.out_dir(h.host).mkdir(parents=True)
+        self.gate_file().unlink(missing_ok=True)
         self.start_source()
-        before = self.link_totals()
         clients = {h.host: self.start_client(h.host) for h in res.hosts if not h.late}
+        t_go = self.open_gate(clients) if self.gated else None
+        before = self.link_totals()
         self.sink({"event": "started", "mode": res.mode, "hosts": len(clients)})
-        self.follow(clients)
+        self.follow(clients, t_go)
+        by_host = {h.host: h for h in res.hosts}
+        for host, proc in clients.items():
+            by_host[host].cpu_s = proc_cpu_s(proc.pid)
         if not self.hub_dead:
             self.read_hub_counters()
         after = self.link_totals()
@@ -173,8 +216,11 @@ class Runner:
             res.source_upload = self.app_source_upload()
             res.notes.append("bytes are application-level counters")
 
-    def follow(self, clients: dict[int, LabProc]) -> None:
-        """Poll every client until all finished, failed, were killed or the deadline passed."""
+    def follow(self, clients: dict[int, LabProc], t_go: float | None = None) -> None:
+        """Poll every client until all finished, failed, were killed or the deadline passed.
+
+        Times count from ``t_go`` (the start gate's opening) when given, else from the
+        first client's own start (its reported ``elapsed`` before its finish)."""
         res = self.result
         by_host = {h.host: h for h in res.hosts}
         meta = self.torrent_meta() if self.fault is not None else None
@@ -269,7 +315,7 @@ class Runner:
                 break
             if pending:
                 time.sleep(_POLL_S)
-        t0 = min(starts.values()) if starts else t_begin
+        t0 = t_go if t_go is not None else min(starts.values()) if starts else t_begin
         for host, end in ends.items():
             by_host[host].completion_s = round(end - t0, 3)
         if fired_at is not None:
@@ -338,6 +384,29 @@ def report_line(state: SwarmProgress, host: int, obj: dict[str, Any], size: int)
         except (binascii.Error, ValueError):
             log.warning("host %d sent an unreadable bitfield", host)
     state.report(host, have_bytes=have_bytes, bitfield=bitfield)
+
+
+def _at_gate(proc: LabProc) -> bool:
+    """Whether ``proc`` printed the start gate's line (read from its log, not consumed)."""
+    try:
+        text = proc.log.read_text("utf-8", "replace")
+    except FileNotFoundError:
+        return False
+    if GATE_EVENT not in text:
+        return False
+    return any((obj := _json_line(ln)) is not None and obj.get("event") == GATE_EVENT
+               for ln in text.splitlines())
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a live process has used so far, from /proc; None when
+    it is gone or there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _last_words(proc: LabProc) -> str:
