@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from pathlib import Path
@@ -206,3 +207,73 @@ async def test_resume_data_unchanged_since_the_last_save_is_not_written_again(
         torrent.have[0] = 0  # a change is written (atomically: a new file)
         await torrent.save_resume()
         assert resume.stat().st_ino != first[1]
+
+
+async def test_a_resave_of_the_same_pieces_touches_no_file(tmp_path: Path) -> None:
+    """The exit's save after the completion's: no sync, no stat, no thread hop (it
+    waited behind the completion's save on a busy machine)."""
+    src = make_data(tmp_path / "src" / "payload", [100_000])
+    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
+    async with Session(state_dir=tmp_path / "s") as session:
+        torrent = await session.add(meta, src.parent, seed_mode=True)
+        syncs: list[int] = []
+        real_sync = torrent.storage.sync
+
+        def counted_sync() -> None:
+            syncs.append(1)
+            real_sync()
+
+        torrent.storage.sync = counted_sync  # type: ignore[method-assign]
+        await asyncio.gather(torrent.save_resume(), torrent.save_resume())  # one at a time
+        assert len(syncs) == 1 and torrent.resume_file.exists()
+        await torrent.save_resume()
+        assert len(syncs) == 1  # the same pieces: nothing to do
+        torrent.have[0] = 0
+        await torrent.save_resume()
+        assert len(syncs) == 2
+
+
+async def test_stop_saves_and_closes_without_waiting_for_the_trackers_stopped_reply(
+        tmp_path: Path) -> None:
+    """``stopped`` goes out at once but its reply is awaited last: the resume data is
+    saved while the tracker still holds the request (its round trip to a busy hub came
+    first and lengthened every ``get``'s exit)."""
+    from aiohttp import web
+
+    from conftest import until
+    from swarmhub.bencode import bencode
+
+    src = make_data(tmp_path / "src" / "payload", [100_000])
+    seen: list[bool] = []
+    resume: list[Path] = []
+
+    async def announce(request: web.Request) -> web.Response:
+        if request.query.get("event") == "stopped":
+            # hold the reply until the torrent saved (a hang guard, not a margin)
+            with contextlib.suppress(AssertionError):
+                await until(lambda: resume[0].exists(), "the resume save", timeout=10)
+            seen.append(resume[0].exists())
+        return web.Response(body=bencode({b"interval": 60, b"peers": b""}))
+
+    app = web.Application()
+    app.router.add_get("/announce", announce)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
+                          trackers=[[f"http://127.0.0.1:{port}/announce"]])
+    try:
+        async with Session(state_dir=tmp_path / "s") as session:
+            await session.listen("127.0.0.1", 0)
+            torrent = await session.add(meta, src.parent, seed_mode=True)
+            resume.append(torrent.resume_file)
+            tracker = torrent.swarm.tracker
+            assert tracker is not None
+            await until(lambda: tracker.announced, "the first announce")
+            assert not torrent.resume_file.exists()
+            await torrent.stop()
+        assert seen == [True]
+    finally:
+        await runner.cleanup()

@@ -391,3 +391,30 @@ def test_without_a_direction_a_second_connection_is_refused_as_before() -> None:
     join(s, "a")
     assert s.can_accept(("10.0.1.99", 1), b"a".ljust(20, b"-"), 0.0) is not None
 
+
+
+async def test_a_web_seed_url_with_an_address_needs_no_resolver(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub URL often names its host by address: the origin is known at once, with no
+    hop to the resolver's thread before the first batch (a hostname still resolves)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from swarmhub.engine.webseed_driver import WebSeedDriver
+
+    s = make_swarm(pieces=8, trackers=True)
+    host = SimpleNamespace(swarm=s, clock=lambda: 0.0)
+    driver = WebSeedDriver(host, None)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    looked_up: list[str] = []
+
+    async def getaddrinfo(name: str, *args: object, **kw: object) -> list[tuple[object, ...]]:
+        looked_up.append(name)
+        return [(0, 0, 0, "", ("10.0.0.7", 0))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    await driver._origin("http://127.0.0.1:8080/f/abc/file.bin")
+    await driver._origin("http://[::1]:8080/f/abc/file.bin")
+    assert looked_up == [] and s._ws_origins == {"127.0.0.1", "::1"}
+    await driver._origin("http://hub.example:8080/f/abc/file.bin")
+    assert looked_up == ["hub.example"] and "10.0.0.7" in s._ws_origins

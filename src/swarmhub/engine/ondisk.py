@@ -48,6 +48,9 @@ class OnDisk:
         self.resume_file = base.with_name(f"{base.stem}-{folder}{base.suffix}")
         #: what the resume file holds since our last save (None: not saved yet)
         self._saved: ResumeData | None = None
+        #: the pieces of our last successful save, and the lock that orders saves
+        self._saved_have: bytes | None = None
+        self._saving = asyncio.Lock()
 
     async def open(self, seed_mode: bool, wanted: list[bool],
                    prio: Callable[[int], int]) -> bytearray:
@@ -55,9 +58,7 @@ class OnDisk:
         (all in seed mode); pieces whose ``prio`` is 0 are not worth hashing."""
         loop = asyncio.get_running_loop()
         pool = self.session.disk_pool
-        existed = await loop.run_in_executor(pool, self.storage.exists)
-        await loop.run_in_executor(pool, self.storage.set_selection, wanted)
-        await loop.run_in_executor(pool, self.storage.open, not seed_mode)
+        existed = await loop.run_in_executor(pool, self._open_files, wanted, seed_mode)
         n = self.meta.num_pieces
         have = bytearray(b"\x01" * n) if seed_mode else bytearray(n)
         if existed and not seed_mode:
@@ -75,20 +76,38 @@ class OnDisk:
                         have[i] = 1
         return have
 
+    def _open_files(self, wanted: list[bool], seed_mode: bool) -> bool:
+        """(disk pool) Open the files; True if any existed before. One hand-off, not
+        three: each cost a thread wake-up on the path to a download's first request."""
+        existed = self.storage.exists()
+        self.storage.set_selection(wanted)
+        self.storage.open(not seed_mode)
+        return existed
+
     async def save(self, have: bytearray) -> None:
         """Save the resume data (a failure is logged: the next start rechecks). Data equal
         to what our last save wrote is not written again: a ``get`` that stops right
         after completing saved at completion, and the second atomic write (two fsyncs)
-        cost 9-20 ms of its exit on a busy machine."""
+        cost 9-20 ms of its exit on a busy machine. Saves run one at a time, and one
+        whose pieces are those the last save wrote does nothing at all: its sync, stats
+        and thread hop waited behind the completion's save (up to 50 ms of a ``get``'s
+        exit on a busy machine); only other processes could have changed the files since,
+        and the mtimes saved then make the next start recheck those."""
         loop = asyncio.get_running_loop()
+        snapshot = bytes(have)
 
         def work() -> None:
-            data = make_resume(self.meta, self.storage, have)  # syncs the files first
+            data = make_resume(self.meta, self.storage, snapshot)  # syncs the files first
             if data != self._saved:
                 save_resume(self.resume_file, data)
                 self._saved = data
 
-        try:
-            await loop.run_in_executor(self.session.disk_pool, work)
-        except (OSError, SwarmhubError) as exc:
-            log.warning("%s: could not save resume data: %s", self.meta.name, exc)
+        async with self._saving:
+            if snapshot == self._saved_have:
+                return
+            try:
+                await loop.run_in_executor(self.session.disk_pool, work)
+            except (OSError, SwarmhubError) as exc:
+                log.warning("%s: could not save resume data: %s", self.meta.name, exc)
+            else:
+                self._saved_have = snapshot

@@ -615,9 +615,9 @@ class PiecePicker:
         self._check_index(index)
         self._eg_gen += 1
         piece = self._downloading.pop(index, None)
-        self._reserved.pop(index, None)
         if piece is None or self._have[index]:
-            return set()
+            return set()  # (a piece held whole stays with its source)
+        self._reserved.pop(index, None)
         self._partial.pop(index, None)
         self._drop_requests(index, piece)
         self._bucket_add(index)
@@ -922,17 +922,39 @@ class PiecePicker:
             self._partial[index] = None
 
     def reserve(self, owner: Hashable, index: int) -> bool:
-        """Another source fetches piece ``index`` whole (a web seed): every free block is
-        marked requested from ``owner``, so peers pick other pieces (in end-game too) and
-        the two sources do not fetch the same bytes. False if the piece is had or already
-        in progress. :meth:`release` gives back what ``owner`` did not deliver."""
+        """Another source fetches piece ``index`` whole (a web seed): it leaves the pool,
+        so peers pick other pieces (in end-game too) and the two sources do not fetch the
+        same bytes. False if the piece is had, in progress or held. :meth:`release`
+        gives back what ``owner`` did not deliver.
+
+        The piece is held whole, with no per-block state (a fourth state beside had, in
+        progress and untouched): a lone downloader's web seed reserves every piece, and
+        per-block requests made and dropped again cost ~30 us a piece on the event loop
+        (1,024 pieces for 64 MiB). A block a peer sends for it anyway turns the rest into
+        per-block requests of ``owner`` (see :meth:`block_received`)."""
         self._check_index(index)
-        if self._have[index] or index in self._downloading:
+        if self._have[index] or index in self._downloading or index in self._reserved:
             return False
-        piece = self._start(index)
-        self._take(owner, index, piece, piece.num_free, [], self._reqs.setdefault(owner, {}))
+        if self._pos[index] >= 0:
+            self._bucket_remove(index)
         self._reserved[index] = owner
         return True
+
+    def _reserved_whole(self, index: int) -> bool:
+        """Piece ``index`` is held whole by another source (see :meth:`reserve`)."""
+        return (index in self._reserved and index not in self._downloading
+                and not self._have[index])
+
+    def _reserve_blocks(self, index: int) -> _Piece:
+        """A piece held whole becomes a piece in progress whose free blocks are all
+        requested from its owner (a peer's block for it arrived)."""
+        owner = self._reserved[index]
+        piece = _Piece(self.num_blocks(index), self._pad.get(index, frozenset()))
+        self._downloading[index] = piece
+        self._take(owner, index, piece, piece.num_free, [], self._reqs.setdefault(owner, {}))
+        if piece.num_free:
+            self._partial[index] = None
+        return piece
 
     def requesters(self, index: int) -> set[Hashable]:
         """Who has live requests for blocks of piece ``index`` (end-game duplicates too)."""
@@ -942,8 +964,9 @@ class PiecePicker:
         return {p for peers in piece.requesters.values() for p in peers}
 
     def in_progress(self, index: int) -> bool:
-        """Some block of piece ``index`` is requested or received (and it is not had)."""
-        return index in self._downloading
+        """Some block of piece ``index`` is requested or received, or another source holds
+        it whole (and it is not had)."""
+        return index in self._downloading or index in self._reserved
 
     def only_requested(self, index: int) -> bool:
         """Piece ``index`` is in progress with requests out but no block received yet, and
@@ -954,10 +977,14 @@ class PiecePicker:
 
     def release(self, owner: Hashable) -> None:
         """Every block still reserved by ``owner`` goes back to the pool."""
+        mine = [i for i, o in self._reserved.items() if o == owner]
+        whole = [i for i in mine if self._reserved_whole(i)]
+        for index in mine:
+            del self._reserved[index]
         for block in self._reqs.pop(owner, {}):
             self._unrequest(owner, block)
-        for index in [i for i, o in self._reserved.items() if o == owner]:
-            del self._reserved[index]
+        for index in whole:
+            self._bucket_add(index)
         self._eg_gen += 1
 
     def request_failed(self, peer: Hashable, block: Block) -> None:
@@ -1005,7 +1032,8 @@ class PiecePicker:
             return _NOTHING
         piece = self._downloading.get(index)
         if piece is None:
-            piece = self._start(index)
+            piece = self._reserve_blocks(index) if index in self._reserved else \
+                self._start(index)
         state = piece.blocks[j]
         if state == _RECEIVED:
             return _NOTHING
@@ -1054,8 +1082,10 @@ class PiecePicker:
             untouched += len(bucket)
         check(untouched == self._untouched, "untouched count")
         for i in range(n):
-            states = (bool(self._have[i]), i in self._downloading, self._pos[i] >= 0)
-            check(sum(states) == 1, f"piece {i} is in {states} (have, downloading, bucket)")
+            states = (bool(self._have[i]), i in self._downloading, self._pos[i] >= 0,
+                      self._reserved_whole(i))
+            check(sum(states) == 1,
+                  f"piece {i} is in {states} (have, downloading, bucket, reserved whole)")
         live: set[tuple[Hashable, Block]] = set()
         for i, piece in self._downloading.items():
             b = piece.blocks

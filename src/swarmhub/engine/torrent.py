@@ -142,14 +142,19 @@ class Torrent(TorrentViews):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(task), 10)
-        await self.tracker.stopped()
-        for peer in list(self.peers):
-            peer.close("torrent stopped")
-        await self.jobs.drain(10)
-        self.wanted.fail_waiters("the torrent stopped")
-        await self.save_resume()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.session.disk_pool, self.storage.close)
+        # The tracker's reply to "stopped" is awaited last, not first: nothing below
+        # needs it, and its round trip to a busy tracker lengthened every `get`'s exit.
+        stopped = asyncio.ensure_future(self.tracker.stopped())
+        try:
+            for peer in list(self.peers):
+                peer.close("torrent stopped")
+            await self.jobs.drain(10)
+            self.wanted.fail_waiters("the torrent stopped")
+            await self.save_resume()
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.session.disk_pool, self.storage.close)
+        finally:
+            await stopped
         if self.state is not TorrentState.ERROR:
             self.state = TorrentState.STOPPED
 

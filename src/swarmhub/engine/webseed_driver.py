@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import os
 import socket
@@ -135,14 +136,18 @@ class WebSeedDriver:
         host = urllib.parse.urlsplit(url).hostname
         if not host:
             return
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, None, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as exc:
-            log.debug("web seed %s: no address for its host: %s", url, exc)
-            return
+        try:  # an address already (a hub URL often is): no resolver thread to wait for
+            addrs = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, None, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as exc:
+                log.debug("web seed %s: no address for its host: %s", url, exc)
+                return
+            addrs = [str(info[4][0]) for info in infos]
         t = self.torrent
-        t.swarm.webseed_origin((str(info[4][0]) for info in infos), t.clock())
+        t.swarm.webseed_origin(addrs, t.clock())
 
     async def _run(self, ws: WebSeed, run: Run) -> None:
         """Hash and write a run of adjacent pieces a web seed delivered: one hash-pool call
