@@ -1,11 +1,13 @@
 """A seeder's receive path in-process: 65,536 Requests (what 1 GiB of 16 KiB blocks costs the
 seeder to read) through ``PeerProtocol.buffer_updated`` in 128 KiB reads, against the wire
-core's generic path (``receive_data`` + ``next_event``) on the same bytes in the same run.
+core's generic path (``receive_data`` + ``next_event``) on the same bytes in the same run;
+then a leecher's: 65,536 Piece frames (1 GiB) in 512 KiB reads, the same two ways.
 
     PYTHONPATH=src .venv/bin/python bench/receive_path.py [--rounds 5]
 
 CPU seconds (process time), medians of ``--rounds``; the torrent is a stub that only counts,
-so the figures are the parsing and dispatch alone (no sockets, no swarm core).
+so the figures are the parsing and dispatch alone (no sockets, no swarm core, no copy of the
+blocks into piece buffers).
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engine"))
 
-from test_peer_receive import BLOCK, INFO_HASH, NUM_PIECES, StubTorrent, connected
+from test_peer_receive import (
+    BLOCK,
+    INFO_HASH,
+    NUM_PIECES,
+    PIECE_LENGTH,
+    StubTorrent,
+    connected,
+)
 
 from swarmhub.wire import messages as m
 from swarmhub.wire.connection import NEED_DATA, PeerConnection
 
 READ = 128 * 1024
+#: a fast peer's reads (PeerProtocol grows its buffer to this while reads fill it)
+PIECE_READ = 512 * 1024
 N = 65536
 
 
@@ -38,6 +49,10 @@ class CountingTorrent(StubTorrent):
 
     def on_message(self, peer: Any, msg: m.Message) -> None:
         self.count += 1
+
+    def on_blocks(self, peer: Any, view: memoryview, blocks: list[Any],
+                  starts: list[int]) -> None:
+        self.count += len(blocks)
 
 
 def _requests() -> bytes:
@@ -92,6 +107,68 @@ def _generic(reqs: bytes) -> float:
     return spent
 
 
+def _pieces() -> bytes:
+    per = PIECE_LENGTH // BLOCK
+    return b"".join(m.encode(m.Piece(i // per % NUM_PIECES, BLOCK * (i % per), bytes(BLOCK)))
+                    for i in range(256))
+
+
+async def _fast_pieces(frames: bytes) -> float:
+    torrent = CountingTorrent()
+    proto, _ = await connected(torrent)
+    head = (m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))
+            + m.encode(m.HaveAll()) + m.encode(m.Unchoke()))
+
+    def feed(data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            buf = proto.get_buffer(-1)
+            n = min(len(buf), len(data) - pos, PIECE_READ)
+            buf[:n] = data[pos : pos + n]
+            proto.buffer_updated(n)
+            pos += n
+
+    feed(head)
+    t0 = time.process_time()
+    for _ in range(N // 256):
+        feed(frames)
+    spent = time.process_time() - t0
+    if torrent.count != 2 + N:
+        raise SystemExit(f"fast path handed on {torrent.count - 2} of {N} blocks")
+    proto.close("done")
+    return spent
+
+
+def _generic_pieces(frames: bytes) -> float:
+    conn = PeerConnection(our_reserved=m.make_reserved())
+    conn.receive_data(m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))
+                      + m.encode(m.HaveAll()) + m.encode(m.Unchoke()))
+    conn.set_num_pieces(NUM_PIECES, piece_length=PIECE_LENGTH,
+                        total_length=NUM_PIECES * PIECE_LENGTH)
+    while conn.next_event() is not NEED_DATA:
+        pass
+    got = 0
+    view = memoryview(frames)
+    t0 = time.process_time()
+    for _ in range(N // 256):
+        for pos in range(0, len(frames), PIECE_READ):
+            conn.receive_data(view[pos : pos + PIECE_READ])
+            while (ev := conn.next_event()) is not NEED_DATA:
+                got += type(ev) is m.Piece
+    spent = time.process_time() - t0
+    if got != N:
+        raise SystemExit(f"generic path parsed {got} of {N} blocks")
+    return spent
+
+
+def _table(what: str, rounds: int, fast: list[float], generic: list[float]) -> None:
+    f, g = statistics.median(fast), statistics.median(generic)
+    print(f"{N} {what}, {rounds} rounds, medians of CPU seconds")
+    print(f"  PeerProtocol fast path : {f:.3f} s ({f / N * 1e6:.2f} us each)")
+    print(f"  wire core generic path : {g:.3f} s ({g / N * 1e6:.2f} us each)")
+    print(f"  ratio fast / generic   : {f / g:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -99,12 +176,11 @@ def main() -> None:
     reqs = _requests()
     fast = [asyncio.run(_fast(reqs)) for _ in range(args.rounds)]
     generic = [_generic(reqs) for _ in range(args.rounds)]
-    f, g = statistics.median(fast), statistics.median(generic)
-    print(f"{N} requests, {args.rounds} rounds, medians of CPU seconds")
-    print(f"  PeerProtocol fast path : {f:.3f} s ({f / N * 1e6:.2f} us each)")
-    print(f"  wire core generic path : {g:.3f} s ({g / N * 1e6:.2f} us each)")
-    print(f"  ratio fast / generic   : {f / g:.2f}")
-
+    _table("requests (seeder)", args.rounds, fast, generic)
+    frames = _pieces()
+    fast = [asyncio.run(_fast_pieces(frames)) for _ in range(args.rounds)]
+    generic = [_generic_pieces(frames) for _ in range(args.rounds)]
+    _table("16 KiB blocks (leecher)", args.rounds, fast, generic)
 
 if __name__ == "__main__":
     main()

@@ -389,6 +389,31 @@ def test_piece_at_parses_a_block_in_the_callers_buffer_with_the_same_rules() -> 
     assert conn.their_phase is Phase.ERROR
 
 
+def test_pieces_at_parses_a_run_of_blocks_with_the_same_rules_as_piece_at() -> None:
+    conn = remote()
+    conn.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    blocks = [Piece(0, 0, b"a" * 16384), Piece(0, 16384, b"b" * 16384),
+              Piece(2, 0, b"c" * 100)]  # the short last piece: checked in full
+    data = b"".join(encode(p) for p in blocks) + encode(Have(1))
+    assert conn.pieces_at(data, 0, len(data), 8, tuple) == ([], [], 0, None)  # FIRST
+    assert feed(conn, encode(Unchoke())) == [Unchoke()]
+    view = memoryview(data)
+    got, starts, pos, error = conn.pieces_at(view, 0, len(data), 8, tuple)
+    assert got == [(0, 0, 16384), (0, 16384, 16384), (2, 0, 100)] and error is None
+    assert [bytes(view[s:s + b[2]]) for s, b in zip(starts, got, strict=True)] == [
+        p.data for p in blocks]
+    assert pos == len(data) - len(encode(Have(1)))  # stops at the Have
+    assert conn.pieces_at(view, 0, len(data), 2, tuple)[2] == 2 * (16384 + 13)  # at most 2
+    assert conn.pieces_at(view, 0, 16384 + 13 + 20, 8, tuple)[:3] == (
+        [(0, 0, 16384)], [13], 16384 + 13)  # the second is incomplete
+    # a bad Piece after good ones: they come back with the error, which breaks the conn
+    bad = encode(blocks[0]) + encode(Piece(2, 0, bytes(101)))
+    got, starts, pos, error = conn.pieces_at(bad, 0, len(bad), 8, tuple)
+    assert got == [(0, 0, 16384)] and pos == 16384 + 13
+    assert isinstance(error, RemoteProtocolError) and "only 100 bytes" in str(error)
+    assert conn.their_phase is Phase.ERROR
+
+
 def test_missing_counts_the_bytes_to_the_next_frame_boundary() -> None:
     conn = PeerConnection(our_reserved=make_reserved())
     assert conn.missing() == HANDSHAKE_LENGTH

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import struct
+from collections.abc import Callable
 
 from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, reply_limit
 from swarmhub.engine.peerstate import RateMeter  # re-exported: its old home
@@ -198,6 +200,8 @@ _MIN_READ = 32 * 1024
 
 
 _FAST_IDS = (m.MessageId.PIECE, m.MessageId.REQUEST)
+#: ``Block`` from a tuple without the Python-level ``__new__`` of a named tuple.
+_block: Callable[[tuple[int, int, int]], Block] = functools.partial(tuple.__new__, Block)
 
 
 def _frames_to_next_piece(view: memoryview, pos: int, end: int) -> int:
@@ -360,22 +364,12 @@ class PeerProtocol(asyncio.BufferedProtocol):
         cause (request refills) corked into one write per read. Stops between batches
         when the peer leaves our replies unread (the rest then waits in the wire core
         until it drains)."""
-        piece_at = self.conn.piece_at
+        pieces_at = self.conn.pieces_at
         on_blocks = peer.torrent.on_blocks
         self._cork = bytearray()
         try:
             while True:
-                blocks: list[Block] = []
-                starts: list[int] = []
-                error: RemoteProtocolError | None = None
-                try:
-                    while len(blocks) < PIECE_BATCH and (got := piece_at(view, pos, end)):
-                        index, begin, stop = got
-                        blocks.append(Block(index, begin, stop - pos - 13))
-                        starts.append(pos + 13)
-                        pos = stop
-                except RemoteProtocolError as exc:
-                    error = exc  # the blocks before it are good: hand them on first
+                blocks, starts, pos, error = pieces_at(view, pos, end, PIECE_BATCH, _block)
                 if blocks:
                     on_blocks(peer, view, blocks, starts)
                 if error is not None:
