@@ -100,6 +100,26 @@ def test_choke_round_unchokes_the_fastest_uploaders_plus_one_optimistic() -> Non
     assert unchoked(acts) <= decision.unchoked
 
 
+@pytest.mark.parametrize(("piece_length", "slots"), [(PIECE, 7), (8 * PIECE, 4)])
+def test_a_leecher_unchokes_as_many_peers_as_its_uplink_sends_a_piece_in_0_1_s(
+        piece_length: int, slots: int) -> None:
+    """A piece is passed on only once whole: an uplink of 2.5 MB/s sends a 32 KiB piece to
+    each of seven peers within 0.1 s (so it unchokes seven, plus the optimistic one), but a
+    256 KiB piece takes 0.1 s alone (four, the setting)."""
+    s = make_swarm(pieces=64, have="*" * 32 + "-" * 32, piece_length=piece_length)
+    names = [join(s, f"p{i}") for i in range(12)]
+    for name in names:
+        s.message(name, m.Interested(), 0.0)
+    s.take()
+    up = names[0]
+    for k in range(250):  # 2.5 MB/s measured over 5 s
+        s.blocks_sent(up, [m.Request(0, 0, BLOCK_SIZE)], 50_000, 5.0 + k * 0.02)
+    s.tick(10.0)
+    decision = s.choke_decision
+    assert len(decision.unchoked - {decision.optimistic}) == slots
+    assert decision.optimistic is not None
+
+
 def test_rechoke_waits_for_its_interval_and_the_optimistic_unchoke_rotates() -> None:
     s = make_swarm(have="*" * 8)  # seeding, round-robin, no super-seeding
     for i in range(10):
