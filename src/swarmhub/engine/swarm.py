@@ -125,8 +125,8 @@ _SS_MIN_OFFERS = 3
 #: only once it is whole, so the time it takes to reach a peer is a hop of its way through
 #: the swarm; with small pieces four slots leave every hop shorter than the round trips
 #: around it, and eight peers fetching at once keep the uplink busy while the newest
-#: pieces are requested (``lab simulate`` p2p, 32 KiB pieces, seed 1, with 0.1 s request
-#: queues: N=64 1.17 -> 1.15x the bound, N=256 1.23 -> 1.21); with 256 KiB pieces the
+#: pieces are requested (``lab simulate`` p2p, 32 KiB pieces, medians of seeds 1-3:
+#: N=64 1.20 -> 1.16x the bound; seed 1 N=256 1.23 -> 1.22); with 256 KiB pieces the
 #: slots stay four (eight cost N=64 1.25 -> 1.28).
 _SLOT_PIECE_TIME = 0.1
 #: A peer's request queue holds at least this many of its round trips of its rate.
