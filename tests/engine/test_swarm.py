@@ -100,6 +100,26 @@ def test_choke_round_unchokes_the_fastest_uploaders_plus_one_optimistic() -> Non
     assert unchoked(acts) <= decision.unchoked
 
 
+@pytest.mark.parametrize(("piece_length", "slots"), [(PIECE, 7), (8 * PIECE, 4)])
+def test_a_leecher_unchokes_as_many_peers_as_its_uplink_sends_a_piece_in_0_1_s(
+        piece_length: int, slots: int) -> None:
+    """A piece is passed on only once whole: an uplink of 2.5 MB/s sends a 32 KiB piece to
+    each of seven peers within 0.1 s (so it unchokes seven, plus the optimistic one), but a
+    256 KiB piece takes 0.1 s alone (four, the setting)."""
+    s = make_swarm(pieces=64, have="*" * 32 + "-" * 32, piece_length=piece_length)
+    names = [join(s, f"p{i}") for i in range(12)]
+    for name in names:
+        s.message(name, m.Interested(), 0.0)
+    s.take()
+    up = names[0]
+    for k in range(250):  # 2.5 MB/s measured over 5 s
+        s.blocks_sent(up, [m.Request(0, 0, BLOCK_SIZE)], 50_000, 5.0 + k * 0.02)
+    s.tick(10.0)
+    decision = s.choke_decision
+    assert len(decision.unchoked - {decision.optimistic}) == slots
+    assert decision.optimistic is not None
+
+
 def test_rechoke_waits_for_its_interval_and_the_optimistic_unchoke_rotates() -> None:
     s = make_swarm(have="*" * 8)  # seeding, round-robin, no super-seeding
     for i in range(10):
@@ -659,7 +679,7 @@ def test_super_seeding_offers_each_piece_to_one_peer_first() -> None:
     acts = s.take()
     a_offers, b_offers = _offers(acts, "a"), _offers(acts, "b")
     assert sent(acts, "a", m.HaveNone) and not sent(acts, "a", m.HaveAll)
-    assert len(a_offers) == 2 and not b_offers  # "a" was alone: the budget of 2 is its
+    assert len(a_offers) == 3 and not b_offers  # "a" was alone: the budget of 3 is its
     # Serving a whole offer opens the next one, to "b" (its turn), a piece nobody was shown.
     acts = _serve_offer(s, "a", min(a_offers), 1.0)
     new = _offers(acts, "b")
@@ -668,14 +688,14 @@ def test_super_seeding_offers_each_piece_to_one_peer_first() -> None:
 
 def test_super_seeding_keeps_a_few_pieces_on_offer_in_turns_across_the_peers() -> None:
     """The seed's upload is not split N ways: a budget of about ``super_seed_window`` of
-    our rate (at least 2 pieces) is on offer across all peers, and each completed offer
+    our rate (at least 3 pieces) is on offer across all peers, and each completed offer
     opens one for the peer that waited longest, so every piece leaves us quickly."""
     s = make_swarm(pieces=32, have="*" * 32, settings=Settings(super_seeding=True))
     peers = [join(s, f"p{i}") for i in range(8)]
     acts = s.take()
     first = {p: _offers(acts, p) for p in peers}
     holders = [p for p in peers if first[p]]
-    assert sum(len(o) for o in first.values()) == 2  # not 2 each: 16 (the whole torrent)
+    assert sum(len(o) for o in first.values()) == 3  # not 2 each: 16 (the whole torrent)
     shown = set().union(*first.values())
     t = 1.0
     served: list[str] = []
@@ -693,7 +713,35 @@ def test_super_seeding_keeps_a_few_pieces_on_offer_in_turns_across_the_peers() -
         shown.add(piece_new)
         holders.append(got[0])
         t += 0.2
-    assert s._ss is not None and s._ss.open_count() == 2
+    assert s._ss is not None and s._ss.open_count() == 3
+
+
+def test_a_super_seed_with_big_pieces_keeps_a_third_offer_open_for_the_round_trip() -> None:
+    """Two 256 KiB offers are more than ``super_seed_window`` of a 2.5 MB/s uplink, but
+    when one completes the next one's requests are a round trip away: a third open offer
+    keeps the uplink busy meanwhile (with two, ``lab simulate`` N=64 idled the seed's
+    uplink 10-20% of the time)."""
+    big = 16 * BLOCK_SIZE
+    s = make_swarm(pieces=16, have="*" * 16, settings=Settings(super_seeding=True),
+                   piece_length=big)
+    peers = [join(s, f"p{i}") for i in range(6)]
+    s.take()
+    t = 0.0
+    for _ in range(12):  # a measured 2.5 MB/s: one 256 KiB piece per 0.105 s
+        assert s._ss is not None
+        p = next(p for p in peers if s._ss.open_offers(p))
+        piece = s._ss.open_offers(p)[0]
+        s.message(p, m.Interested(), t)
+        reqs = [m.Request(piece, b, BLOCK_SIZE) for b in range(0, big, BLOCK_SIZE)]
+        for r in reqs:
+            s.message(p, r, t)
+        s.take()
+        s.peer(p).incoming.clear()
+        t += big / 2.5e6
+        s.blocks_sent(p, reqs, big, t)
+        s.take()
+        assert s.up.rate(t) * s.settings.super_seed_window < 2 * big  # 2 would "cover" it
+        assert s._ss.open_count() == 3
 
 
 # -- trackers and dials --------------------------------------------------------------------
