@@ -1083,7 +1083,8 @@ class PiecePicker:
         check(self._num_skip == prio.count(0), "skip count")
         check(self._skip_untouched == sum(1 for b in self._buckets for i in b if not prio[i]),
               "skipped untouched count")
-        missing = [not self._have[i] and bool(prio[i]) for i in range(n)]  # (mypyc: no enumerate(bytearray))
+        # range, not enumerate: mypyc (make sim-fast) cannot compile enumerate(bytearray)
+        missing = [not self._have[i] and bool(prio[i]) for i in range(n)]
         check(self._wanted_missing == sum(missing), "wanted missing count")
         check(set(self._boosted) == {i for i in range(n) if prio[i] > 1 and not self._have[i]},
               "boosted pieces")
