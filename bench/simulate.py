@@ -1,14 +1,13 @@
 """``lab simulate``: its speed (wall time, peak memory) and its fidelity to the netns lab.
 
     .venv/bin/python bench/simulate.py [--speed 1000,10000] [--fidelity 4,8,16]
-        [--rounds 1] [--lab-runs] [--piece-kib 256] [--json OUT] [--src build/sim-fast]
+        [--rounds 1] [--lab-runs] [--piece-kib 256] [--json OUT]
 
 Speed: one simulated p2p run per N (32 MiB, 256 KiB pieces, 20 mbit up, 100 mbit down,
 10 ms one way), each in a fresh process so its peak RSS is its own; wall and CPU time
 (on a shared machine CPU time is the fairer figure; the load average is printed before
 and after); with ``--rounds R`` the median of R runs. Targets: N=1,000 in under 60 s,
-N=10,000 in under 10 minutes, under 4 GiB. ``--src build/sim-fast`` times the opt-in
-mypyc build (``make sim-fast``: same results, about 1.5x less CPU at N=200-300).
+N=10,000 in under 10 minutes, under 4 GiB.
 
 Fidelity: the simulated last completion for each N (32 MiB, the piece length
 `swarmhub create` picks, 20/100 mbit, 10 ms) against the netns lab on the same settings:
@@ -55,10 +54,8 @@ print(json.dumps({"n": n, "wall_s": wall, "cpu_s": cpu, "rss": rss, "ratio": r.r
 """
 
 
-def speed(n: int, piece_kib: int, src: str | None = None) -> dict[str, float]:
-    """One run in a fresh process, importing swarmhub from ``src`` (default: src/;
-    ``build/sim-fast`` runs the mypyc build of ``make sim-fast``)."""
-    src = src or str(Path(__file__).resolve().parents[1] / "src")
+def speed(n: int, piece_kib: int) -> dict[str, float]:
+    src = str(Path(__file__).resolve().parents[1] / "src")
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, str(n), str(piece_kib * 1024)],
         capture_output=True, text=True, timeout=1800, check=True,
@@ -92,8 +89,6 @@ def main() -> None:
     ap.add_argument("--piece-kib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=1, help="speed runs per N (median)")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--src", help="import swarmhub from here in speed runs "
-                    "(build/sim-fast: the `make sim-fast` build)")
     args = ap.parse_args()
     from swarmhub.lab.simrun import SimOptions, simulate
 
@@ -120,7 +115,7 @@ def main() -> None:
         print(f"{'N':>6} {'wall s':>8} {'CPU s':>8} {'peak RSS':>10} {'virtual s':>10} "
               f"{'ratio':>6}")
     for n in sizes:
-        runs = [speed(n, args.piece_kib, args.src) for _ in range(max(1, args.rounds))]
+        runs = [speed(n, args.piece_kib) for _ in range(max(1, args.rounds))]
         r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
         print(f"{n:>6} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['rss'] / 2**20:>7.0f} MiB "
               f"{r['virtual_s']:>10.1f} {r['ratio']:>6.2f}   (load average {_load()})")

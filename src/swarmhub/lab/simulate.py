@@ -84,7 +84,6 @@ class End:
     and deterministic (set order inside the core must not vary from run to run)."""
 
     __slots__ = ("far", "node", "open", "out", "pex", "remote", "uid")
-    __deletable__ = ("far",)  # ``del end.far`` under mypyc (``make sim-fast``), see close_end
 
     def __init__(self, node: Node, remote: Node, uid: int) -> None:
         self.node, self.remote = node, remote
