@@ -221,3 +221,28 @@ async def test_received_pex_is_bounded_never_us_and_ignored_unless_public_and_on
         finally:
             await peer.close()
     assert added == (many[:MAX_ADDED] if on else [])
+
+
+def test_what_was_told_is_dropped_oldest_first_and_never_told_twice() -> None:
+    """Against a plain model of the books (an insertion-ordered dict, as BEP 11 asks:
+    tell each address once, drop what left, at most 50 of each per message)."""
+    rng = random.Random(7)
+    addrs = [(f"10.0.{i // 250}.{i % 250}", 6881) for i in range(300)]
+    pex = PexPeer(0.0, first_delay=0.0, interval=1.0)
+    model: dict[tuple[str, int], None] = {}
+    now = 0.0
+    for _ in range(40):
+        current = {a: 0 for a in rng.sample(addrs, rng.randrange(0, 200))}
+        msg = pex.poll(now, current)
+        added = [a for a in current if a not in model][:MAX_ADDED]
+        dropped = [a for a in model if a not in current][:MAX_DROPPED]
+        if not added and not dropped:
+            assert msg is None
+        else:
+            assert msg is not None
+            assert (msg.added, msg.dropped) == (added, dropped)
+            for a in dropped:
+                del model[a]
+            model.update(dict.fromkeys(added))
+        assert list(pex.sent) == list(model)
+        now += 1.0

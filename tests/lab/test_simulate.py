@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 from swarmhub.lab.commands import register
 from swarmhub.lab.simhosts import HostSpec, SimTracker, assign, churn_schedule, parse_classes
 from swarmhub.lab.simrun import SimOptions, simulate
+from swarmhub.lab.simservices import pex_wire_size
 from swarmhub.lab.simulate import Simulation
 from swarmhub.settings import Settings
+from swarmhub.wire.extensions import PexMessage, encode_pex
 
 MIB = 1 << 20
 
@@ -256,3 +258,23 @@ def test_cli_simulate_writes_the_lab_report(tmp_path: Path) -> None:
     assert "simulation" in html and "data:image/png;base64" in html
     bad = CliRunner().invoke(app, ["lab", "simulate", "--peers", "20000", "--out", str(out)])
     assert bad.exit_code != 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_pex_size_is_counted_as_the_encoder_would_write_it(seed: int) -> None:
+    """The simulator counts a ut_pex message's bytes without encoding it: the count must
+    be the encoder's, for IPv4 peers (counted) and with an IPv6 one (encoded)."""
+    rng = random.Random(seed)
+
+    def addrs(n: int) -> list[tuple[str, int]]:
+        return [(f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
+                 rng.randrange(1, 65536)) for _ in range(n)]
+
+    for _ in range(300):
+        added = addrs(rng.choice([0, 1, 2, 16, 17, 50, rng.randrange(200)]))
+        dropped = addrs(rng.choice([0, 1, 2, 16, 17, 50, rng.randrange(200)]))
+        flags = [rng.randrange(256) for _ in added] if rng.random() < 0.9 else []
+        msg = PexMessage(added=added, dropped=dropped, added_flags=flags)
+        assert pex_wire_size(msg) == 6 + len(encode_pex(msg))
+    msg = PexMessage(added=[("2001:db8::1", 6881), ("10.0.0.1", 1)], added_flags=[0, 16])
+    assert pex_wire_size(msg) == 6 + len(encode_pex(msg))

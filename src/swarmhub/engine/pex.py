@@ -8,6 +8,7 @@ Private torrents (BEP 27) never get here: the driver neither advertises ut_pex n
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Collection, Mapping
 
@@ -25,14 +26,31 @@ INTERVAL = 60.0  # then about once a minute
 MIN_RECEIVE_GAP = 20.0  # messages from one peer closer than this are ignored (BEP 11: 1/min)
 
 
+@functools.lru_cache(maxsize=4096)
+def _dialable(host: str) -> bool:
+    """Whether ``host`` (an IP address as text) may be dialled. Cached: parsing it was
+    most of :meth:`PexPeer.received`, and a swarm keeps telling us about the same peers
+    (``lab simulate`` at N=1,000: 4% of the run). An invalid address raises ValueError
+    (not cached)."""
+    ip = ipaddress.ip_address(host)
+    return not (ip.is_unspecified or ip.is_multicast)
+
+
 class PexPeer:
-    """PEX with one peer: the addresses we have told it about, and when it last told us."""
+    """PEX with one peer: the addresses we have told it about, and when it last told us.
+
+    Slotted, and what we told it is a tuple rebuilt on each message (about once a
+    minute): a connection keeps one of these for its life, and ``lab simulate`` keeps
+    one per connection end (500,000 at N=10,000), where a dict of 50 addresses cost
+    ~2.5 KB against the tuple's ~0.45 KB (PEX was a third of the run's memory)."""
+
+    __slots__ = ("due", "interval", "last_received", "sent")
 
     def __init__(self, now: float, *, first_delay: float = FIRST_DELAY,
                  interval: float = INTERVAL) -> None:
         self.interval = interval
         self.due = now + first_delay
-        self.sent: dict[Addr, None] = {}  # in the order we told it (insertion order)
+        self.sent: tuple[Addr, ...] = ()  # in the order we told it
         self.last_received: float | None = None
 
     def poll(self, now: float, current: Mapping[Addr, int], *,
@@ -47,14 +65,16 @@ class PexPeer:
         if now < self.due:
             return None
         self.due = now + self.interval
-        added = [a for a in current if a not in self.sent and a not in exclude][:MAX_ADDED]
-        dropped = [a for a in self.sent if a not in current or a in exclude][:MAX_DROPPED]
+        sent = self.sent
+        told = set(sent)
+        added = [a for a in current if a not in told and a not in exclude][:MAX_ADDED]
+        dropped = [a for a in sent if a not in current or a in exclude][:MAX_DROPPED]
         if not added and not dropped:
             return None
-        for a in dropped:
-            del self.sent[a]
-        for a in added:
-            self.sent[a] = None
+        if dropped:
+            gone = set(dropped)
+            sent = tuple([a for a in sent if a not in gone])
+        self.sent = sent + tuple(added)
         return PexMessage(added=added, dropped=dropped,
                           added_flags=[current[a] & 0xFF for a in added])
 
@@ -71,8 +91,7 @@ class PexPeer:
                 break
             if not 0 < port < 65536 or (host, port) in own:
                 continue
-            ip = ipaddress.ip_address(host)
-            if ip.is_unspecified or ip.is_multicast:
+            if not _dialable(host):
                 continue
             out.append((host, port))
         return out

@@ -202,6 +202,7 @@ class Network:
         #: solver passes over links (a profile figure)
         self.passes = 0
         self._done_fn = self._done  # one bound method for the per-item events
+        self._grow_fn = self._grow
 
     # -- sending ---------------------------------------------------------------------------
     def send(self, pipe: Pipe, nbytes: int, payload: Any,
@@ -371,13 +372,45 @@ class Network:
                     queued.add(other)
                     touched[other] = None
                     work.append(other)
-        now = self.ev.now
-        seen: dict[Pipe, None] = {}
+        ev = self.ev
+        now = ev.now
+        heap = ev._heap
+        seq = ev._seq
+        done = self._done_fn
+        grow = self._grow_fn
+        seen: set[Pipe] = set()
+        add = seen.add
         for link in touched:
             for f in link.flows:
-                if f not in seen:
-                    seen[f] = None
-                    self._rerate(f, now)
+                if f in seen:
+                    continue
+                add(f)
+                # _rerate(f, now), inlined: this runs ~19 times per settle, for every
+                # item that starts or ends a flow (the same arithmetic, in the same order)
+                rtt = f.rtt
+                cwnd = f.cwnd
+                c = cwnd / rtt
+                rate = f.up.level
+                if c < rate:
+                    rate = c
+                b = f.down.level
+                if b < rate:
+                    rate = b
+                old_rate = f.rate
+                if rate != old_rate:
+                    if old_rate:
+                        left = f.left - old_rate * (now - f.last)
+                        f.left = left if left >= 0.0 else 0.0
+                    f.last = now
+                    f.rate = rate
+                    due = f.due = now + f.left / rate
+                    if due < f.at:  # sooner than the event in the queue (if any): a new one
+                        f.at = due
+                        gen = f.gen = f.gen + 1
+                        _push(heap, (due, next(seq), done, (f, gen)))
+                if not f.growing and cwnd < MAX_CWND and rate * rtt * 2 >= cwnd * 0.999:
+                    f.growing = True
+                    _push(heap, (now + rtt, next(seq), grow, f))
         if grown is not None and grown not in seen and grown.active:
             self._rerate(grown, now)
 

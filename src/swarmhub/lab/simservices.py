@@ -21,10 +21,25 @@ from swarmhub.wire.extensions import PexMessage, encode_pex
 if TYPE_CHECKING:
     from swarmhub.lab.simulate import End, Node, Simulation
 
-__all__ = ["HTTP_HEADERS", "Services"]
+__all__ = ["HTTP_HEADERS", "Services", "pex_wire_size"]
 
 HTTP_HEADERS = 350  #: a range request or response's headers, about
 _WS, _CS = "ws", "cs"
+
+
+def pex_wire_size(msg: PexMessage) -> int:
+    """Bytes of ``msg`` as a ut_pex message: length prefix, type, extension id and the
+    bencoded payload. Counted, not encoded, when every peer is IPv4 (every simulated
+    host is): a 6-byte compact entry and a flag byte per added peer, 6 bytes per dropped
+    one (encoding it only to take its length was 1.2% of a run at N=1,000)."""
+    if any(":" in host for host, _ in msg.added) or any(":" in host for host, _ in msg.dropped):
+        return 6 + len(encode_pex(msg))
+    added, nflags, dropped = 6 * len(msg.added), len(msg.added_flags), 6 * len(msg.dropped)
+    size = 2 + len("5:added") + len(str(added)) + 1 + added  # d ... e, then each entry
+    if nflags:
+        size += len("7:added.f") + len(str(nflags)) + 1 + nflags
+    size += len("7:dropped") + len(str(dropped)) + 1 + dropped
+    return 6 + size
 
 
 class Services:
@@ -91,7 +106,7 @@ class Services:
                         current[e.remote.addr] = FLAG_REACHABLE if ps.outgoing else 0
             msg = pex.poll(now, current, exclude=(end.remote.addr,))
             if msg is not None:
-                size = 6 + len(encode_pex(msg))  # length, type, extension id, payload
+                size = pex_wire_size(msg)
                 self.sim.net.send(end.out, size, (end.far, msg), self._pex_arrived)
 
     def _pex_arrived(self, arg: tuple[End, PexMessage]) -> None:
