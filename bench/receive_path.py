@@ -60,50 +60,56 @@ def _requests() -> bytes:
                     for i in range(4096))
 
 
-async def _fast(reqs: bytes) -> float:
+async def _fast(stream: bytes, frames: int, head: tuple[m.Message, ...], read: int,
+                what: str) -> float:
+    """CPU seconds for PeerProtocol to take N frames (``stream`` holds ``frames`` of
+    them, fed ``read`` bytes per read) after a handshake and ``head``."""
     torrent = CountingTorrent()
     proto, _ = await connected(torrent)
-    head = (m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))
-            + m.encode(m.HaveNone()) + m.encode(m.Interested()))
 
     def feed(data: bytes) -> None:
         pos = 0
         while pos < len(data):
             buf = proto.get_buffer(-1)
-            n = min(len(buf), len(data) - pos, READ)
+            n = min(len(buf), len(data) - pos, read)
             buf[:n] = data[pos : pos + n]
             proto.buffer_updated(n)
             pos += n
 
-    feed(head)
+    feed(m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))
+         + b"".join(m.encode(msg) for msg in head))
+    per = torrent.count
     t0 = time.process_time()
-    for _ in range(N // 4096):
-        feed(reqs)
+    for _ in range(N // frames):
+        feed(stream)
     spent = time.process_time() - t0
-    if torrent.count != 2 + N:
-        raise SystemExit(f"fast path handed on {torrent.count - 2} of {N} requests")
+    if torrent.count != per + N:
+        raise SystemExit(f"fast path handed on {torrent.count - per} of {N} {what}")
     proto.close("done")
     return spent
 
 
-def _generic(reqs: bytes) -> float:
+def _generic(stream: bytes, frames: int, head: tuple[m.Message, ...], read: int,
+             kind: type, piece_length: int, what: str) -> float:
+    """The same through the wire core's generic ``receive_data``/``next_event`` path."""
     conn = PeerConnection(our_reserved=m.make_reserved())
     conn.receive_data(m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))
-                      + m.encode(m.HaveNone()) + m.encode(m.Interested()))
-    conn.set_num_pieces(NUM_PIECES, piece_length=4 * BLOCK, total_length=NUM_PIECES * 4 * BLOCK)
+                      + b"".join(m.encode(msg) for msg in head))
+    conn.set_num_pieces(NUM_PIECES, piece_length=piece_length,
+                        total_length=NUM_PIECES * piece_length)
     while conn.next_event() is not NEED_DATA:
         pass
     got = 0
-    view = memoryview(reqs)
+    view = memoryview(stream)
     t0 = time.process_time()
-    for _ in range(N // 4096):
-        for pos in range(0, len(reqs), READ):
-            conn.receive_data(view[pos : pos + READ])
+    for _ in range(N // frames):
+        for pos in range(0, len(stream), read):
+            conn.receive_data(view[pos : pos + read])
             while (ev := conn.next_event()) is not NEED_DATA:
-                got += type(ev) is m.Request
+                got += type(ev) is kind
     spent = time.process_time() - t0
     if got != N:
-        raise SystemExit(f"generic path parsed {got} of {N} requests")
+        raise SystemExit(f"generic path parsed {got} of {N} {what}")
     return spent
 
 
@@ -111,54 +117,6 @@ def _pieces() -> bytes:
     per = PIECE_LENGTH // BLOCK
     return b"".join(m.encode(m.Piece(i // per % NUM_PIECES, BLOCK * (i % per), bytes(BLOCK)))
                     for i in range(256))
-
-
-async def _fast_pieces(frames: bytes) -> float:
-    torrent = CountingTorrent()
-    proto, _ = await connected(torrent)
-    head = (m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))
-            + m.encode(m.HaveAll()) + m.encode(m.Unchoke()))
-
-    def feed(data: bytes) -> None:
-        pos = 0
-        while pos < len(data):
-            buf = proto.get_buffer(-1)
-            n = min(len(buf), len(data) - pos, PIECE_READ)
-            buf[:n] = data[pos : pos + n]
-            proto.buffer_updated(n)
-            pos += n
-
-    feed(head)
-    t0 = time.process_time()
-    for _ in range(N // 256):
-        feed(frames)
-    spent = time.process_time() - t0
-    if torrent.count != 2 + N:
-        raise SystemExit(f"fast path handed on {torrent.count - 2} of {N} blocks")
-    proto.close("done")
-    return spent
-
-
-def _generic_pieces(frames: bytes) -> float:
-    conn = PeerConnection(our_reserved=m.make_reserved())
-    conn.receive_data(m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))
-                      + m.encode(m.HaveAll()) + m.encode(m.Unchoke()))
-    conn.set_num_pieces(NUM_PIECES, piece_length=PIECE_LENGTH,
-                        total_length=NUM_PIECES * PIECE_LENGTH)
-    while conn.next_event() is not NEED_DATA:
-        pass
-    got = 0
-    view = memoryview(frames)
-    t0 = time.process_time()
-    for _ in range(N // 256):
-        for pos in range(0, len(frames), PIECE_READ):
-            conn.receive_data(view[pos : pos + PIECE_READ])
-            while (ev := conn.next_event()) is not NEED_DATA:
-                got += type(ev) is m.Piece
-    spent = time.process_time() - t0
-    if got != N:
-        raise SystemExit(f"generic path parsed {got} of {N} blocks")
-    return spent
 
 
 def _table(what: str, rounds: int, fast: list[float], generic: list[float]) -> None:
@@ -173,14 +131,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
-    reqs = _requests()
-    fast = [asyncio.run(_fast(reqs)) for _ in range(args.rounds)]
-    generic = [_generic(reqs) for _ in range(args.rounds)]
+    reqs, seeder = _requests(), (m.HaveNone(), m.Interested())
+    fast = [asyncio.run(_fast(reqs, 4096, seeder, READ, "requests")) for _ in range(args.rounds)]
+    generic = [_generic(reqs, 4096, seeder, READ, m.Request, 4 * BLOCK, "requests")
+               for _ in range(args.rounds)]
     _table("requests (seeder)", args.rounds, fast, generic)
-    frames = _pieces()
-    fast = [asyncio.run(_fast_pieces(frames)) for _ in range(args.rounds)]
-    generic = [_generic_pieces(frames) for _ in range(args.rounds)]
+    frames, leecher = _pieces(), (m.HaveAll(), m.Unchoke())
+    fast = [asyncio.run(_fast(frames, 256, leecher, PIECE_READ, "blocks"))
+            for _ in range(args.rounds)]
+    generic = [_generic(frames, 256, leecher, PIECE_READ, m.Piece, PIECE_LENGTH, "blocks")
+               for _ in range(args.rounds)]
     _table("16 KiB blocks (leecher)", args.rounds, fast, generic)
+
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,12 @@ PIECE = 64 * 1024
 BLOCK = 16 * 1024
 
 
+def _close(storage: TorrentStorage, session: SimpleNamespace) -> None:
+    storage.close()
+    session.hash_pool.shutdown()
+    session.disk_pool.shutdown()
+
+
 def _setup(tmp_path: Path, version: TorrentVersion) -> tuple[Metainfo, bytes, TorrentStorage,
                                                              SimpleNamespace]:
     data = os.urandom(3 * PIECE)
@@ -60,9 +66,7 @@ async def test_good_piece_is_written_before_verify_returns(
             b: hashlib.sha1(data[2 * PIECE + b:2 * PIECE + b + BLOCK]).digest()
             for b in range(0, PIECE, BLOCK)}
     finally:
-        storage.close()
-        session.hash_pool.shutdown()
-        session.disk_pool.shutdown()
+        _close(storage, session)
 
 
 @pytest.mark.parametrize("version", [TorrentVersion.V1, TorrentVersion.HYBRID])
@@ -80,9 +84,7 @@ async def test_bad_piece_is_not_written_and_names_its_blocks(
         assert digests[0] == hashlib.sha1(data[:BLOCK]).digest()
         assert _on_disk(tmp_path)[:PIECE] == bytes(PIECE)  # never written
     finally:
-        storage.close()
-        session.hash_pool.shutdown()
-        session.disk_pool.shutdown()
+        _close(storage, session)
 
 
 async def test_a_write_error_reaches_the_verify(tmp_path: Path) -> None:
@@ -98,9 +100,7 @@ async def test_a_write_error_reaches_the_verify(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="No space"):
             await pieces.verify(0, want_digests=False)
     finally:
-        storage.close()
-        session.hash_pool.shutdown()
-        session.disk_pool.shutdown()
+        _close(storage, session)
 
 
 async def test_a_verify_given_up_before_its_hash_writes_nothing(tmp_path: Path) -> None:
