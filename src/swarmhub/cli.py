@@ -416,7 +416,6 @@ def get(
     resume data."""
     from swarmhub.engine.session import Session
     from swarmhub.engine.torrent import Torrent, TorrentState
-    from swarmhub.lab.gate import gate_path, wait_gate
     from swarmhub.metainfo import parse_magnet, read_torrent
     from swarmhub.progress import DownloadView, Sources
     from swarmhub.wire.messages import bitfield_from_bools
@@ -456,10 +455,12 @@ def get(
 
     async def go() -> int:
         nonlocal meta
-        gate = gate_path()
-        if gate is not None:  # a lab run: start when every peer is up (swarmhub.lab.gate)
+        # A lab run (swarmhub.lab.gate.GATE_ENV): wait until every peer is up.
+        if gate := os.environ.get("SWARMHUB_LAB_GATE"):
+            from swarmhub.lab.gate import wait_gate  # imported only then (start-up cost)
+
             warm = ["swarmhub.discovery.tracker", "rich.console"]
-            await wait_gate(gate, timeout or 600.0, [*warm, "swarmhub.client"] if hub_url
+            await wait_gate(Path(gate), timeout or 600.0, [*warm, "swarmhub.client"] if hub_url
                             else warm)
         # --timeout covers the whole command, fetching a magnet's metadata included.
         cmd_deadline = time.monotonic() + timeout if timeout else None
