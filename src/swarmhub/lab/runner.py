@@ -195,9 +195,11 @@ class Runner:
             self.out_dir(h.host).mkdir(parents=True)
         self.gate_file().unlink(missing_ok=True)
         self.start_source()
+        # Link counters from before any client starts: an ungated client (curl) starts
+        # downloading at once, and a gated one sends nothing before the gate anyway.
+        before = self.link_totals()
         clients = {h.host: self.start_client(h.host) for h in res.hosts if not h.late}
         t_go = self.open_gate(clients) if self.gated else None
-        before = self.link_totals()
         self.sink({"event": "started", "mode": res.mode, "hosts": len(clients)})
         self.follow(clients, t_go)
         by_host = {h.host: h for h in res.hosts}
