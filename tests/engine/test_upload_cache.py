@@ -20,8 +20,10 @@ def _uploader(peers: list[SimpleNamespace], settings: Settings | None = None) ->
     return Uploader(torrent, RateLimiter(0))  # type: ignore[arg-type]
 
 
-def _peer(have: set[int], *, closed: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(have=[int(i in have) for i in range(8)], closed=closed)
+def _peer(have: set[int], *, closed: bool = False, interested: bool = True
+          ) -> SimpleNamespace:
+    return SimpleNamespace(have=[int(i in have) for i in range(8)], closed=closed,
+                           peer_interested=interested)
 
 
 def test_a_piece_a_peer_lacks_is_cached_as_a_copy() -> None:
@@ -40,6 +42,10 @@ def test_nothing_is_cached_for_seeds_closed_peers_or_without_a_cache() -> None:
     seeds_only = _uploader([_peer(set(range(8))), _peer({3}, closed=True)])
     seeds_only.keep_written(2, buf)  # the seed has it; the peer lacking it is closed
     assert not seeds_only._cache
+    # A super-seeding seed shows no pieces but is not interested in ours: no copy.
+    super_seed = _uploader([_peer(set(), interested=False)])
+    super_seed.keep_written(2, buf)
+    assert not super_seed._cache
     no_cache = _uploader([_peer(set())], Settings(read_cache_bytes=0))
     no_cache.keep_written(0, buf)
     assert not no_cache._cache

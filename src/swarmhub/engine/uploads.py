@@ -54,10 +54,13 @@ class Uploader:
         Direct writes leave no copy in the page cache, so each upload of a fresh piece
         was a disk read on the disk pool (netns lab, N=16, 32 KiB pieces: ~1,000 per
         peer, each a thread hand-off and a wait on the disk). A lone downloader copies
-        nothing: its only peers are seeds."""
+        nothing: its only peers are seeds. Only a peer interested in us counts: a
+        super-seeding seed (our default) hides its pieces and looked like a leecher
+        lacking every one, so a lone download copied each piece it verified."""
         t = self.torrent
         if t.settings.read_cache_bytes and any(
-                not ps.have[index] and not ps.closed for ps in t.swarm.peers.values()):
+                not ps.have[index] and ps.peer_interested and not ps.closed
+                for ps in t.swarm.peers.values()):
             self._cache[index] = bytes(buf)
             self._cache.move_to_end(index)
             self._trim()
