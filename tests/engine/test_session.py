@@ -13,7 +13,7 @@ import pytest
 from hostile import poll
 from test_transfer import make_data
 
-from conftest import free_port
+from conftest import free_port, until
 from swarmhub.engine.session import Session
 from swarmhub.engine.torrent import TorrentState
 from swarmhub.errors import SwarmhubError
@@ -161,12 +161,12 @@ async def test_a_local_protocol_error_is_logged_as_an_error(
         port = await seeder.listen("127.0.0.1", 0)
         st = await seeder.add(meta, src.parent)
         await leecher.add(meta, tmp_path / "dl", peers=[("127.0.0.1", port)])
-        for _ in range(500):  # a connection whose first message (the bitfield) is out
-            ready = [p for p in st.peers if p.conn.our_phase is Phase.OPEN and not p.closed]
-            if ready:
-                break
-            await asyncio.sleep(0.01)
-        peer: Any = ready[0]
+
+        def ready() -> list[Any]:  # connections whose first message (the bitfield) is out
+            return [p for p in st.peers if p.conn.our_phase is Phase.OPEN and not p.closed]
+
+        await until(lambda: bool(ready()), "a connection past its first message")
+        peer: Any = ready()[0]
         with caplog.at_level(logging.ERROR):
             peer.send(m.Bitfield(b"\xff"))  # Bitfield after the first message: refused
         assert any(r.levelno == logging.ERROR and "Bitfield" in r.getMessage()

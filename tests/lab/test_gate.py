@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import until
 from swarmhub.lab.gate import GATE_ENV, gate_path, wait_gate
 
 
@@ -20,24 +21,34 @@ def test_gate_path_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_a_client_says_so_then_waits_until_the_file_exists(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     gate = tmp_path / "go"
+
+    polls = 0
+    exists = Path.exists
+
+    def counted(self: Path) -> bool:
+        nonlocal polls
+        polls += self == gate
+        return exists(self)
 
     async def main() -> None:
         task = asyncio.create_task(wait_gate(gate, 60.0, ["json"]))
-        out = ""
-        for _ in range(200):  # bounded: the line comes at the task's first step
-            await asyncio.sleep(0.01)
-            out += capsys.readouterr().out
-            if out:
-                break
-        assert [json.loads(ln) for ln in out.splitlines()] == [{"event": "gate"}]
-        for _ in range(5):  # several polls of the file later: still waiting
-            await asyncio.sleep(0.01)
-        assert not task.done()
+        out: list[str] = []
+
+        def said() -> bool:
+            out.append(capsys.readouterr().out)
+            return bool("".join(out))
+
+        await until(said, "the gate line")  # it comes at the task's first step
+        assert [json.loads(ln) for ln in "".join(out).splitlines()] == [{"event": "gate"}]
+        await until(lambda: polls >= 5, "several polls of the missing file")
+        assert not task.done()  # still waiting
         gate.touch()
         await asyncio.wait_for(task, 60)
 
+    monkeypatch.setattr(Path, "exists", counted)
     asyncio.run(main())
 
 
