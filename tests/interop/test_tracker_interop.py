@@ -131,6 +131,16 @@ def alerts_text(session: Any, log: list[str]) -> list[str]:
     return log
 
 
+def got_reply(session: Any, log: list[str]) -> bool:
+    """Whether libtorrent has read a tracker's answer (a ``tracker_reply`` alert).
+
+    Why: our tracker counts an announce when the request arrives, but libtorrent marks
+    "started" as sent only once it has read the reply, and never sends "stopped" for an
+    announce it does not know was answered. A session paused in between (a loaded machine)
+    leaves the tracker's entry in place until it expires."""
+    return any(m.startswith("tracker_reply") for m in alerts_text(session, log))
+
+
 @dataclass
 class Seeder:
     session: Any
@@ -150,6 +160,8 @@ async def start_seeder(tracker: Tracker, tmp_path: Path, size: int) -> Seeder:
     log: list[str] = []
     try:
         await wait_for(lambda: tracker.state.stats(info_hash)[0] == 1, 20, "the seeder's announce")
+        # Its "stopped" when the test pauses it needs the answer read (got_reply).
+        await wait_for(lambda: got_reply(session, log), 20, "the seeder to read the answer")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; libtorrent said: {alerts_text(session, log)[-10:]}") from None
     assert handle.status().is_seeding
@@ -272,6 +284,8 @@ async def test_libtorrent_ssrf_mitigation_blocks_a_prefixed_loopback_tracker(
             assert any("SSRF" in m for m in log)
         else:
             assert t.state.stats(ih) == (1, 0, 0)
+            # Paused before it read the answer, libtorrent would send no "stopped".
+            await wait_for(lambda: got_reply(session, log), 20, "libtorrent to read the answer")
             session.pause()
             await wait_for(lambda: t.state.stats(ih) == (0, 0, 0), 10, "the stopped announce")
     finally:
