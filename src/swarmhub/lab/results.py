@@ -73,6 +73,9 @@ class ScenarioResult:
     num_pieces: int | None = None
     #: The union of the pieces the receivers had reported when the fault's trigger fired.
     pieces_reported_at_fault: int | None = None
+    #: The receivers still downloading when the fault struck (none had printed its
+    #: "finished" line): empty when it struck too late to test anything.
+    downloading_at_fault: list[int] | None = None
     rtt_min_ms: float | None = None
     rtt_median_ms: float | None = None
     #: Whether the clients started behind the start gate (:mod:`swarmhub.lab.gate`): times

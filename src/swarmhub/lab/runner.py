@@ -86,6 +86,8 @@ class Runner:
         #: Every process on host 0: what ``kill-hub`` kills.
         self.source_procs: list[LabProc] = []
         self.hub_dead = False
+        #: Output lines read when the fault struck, not yet taken by :meth:`follow`.
+        self._unread: dict[int, list[str]] = {}
 
     # -- what a mode provides ---------------------------------------------------------------
     def start_source(self) -> None:
@@ -248,14 +250,19 @@ class Runner:
                 proc, h = clients[host], by_host[host]
                 if file_poll:
                     state.report(host, have_bytes=int(self.file_progress(host) * res.size))
-                for line in proc.new_lines():
+                early = self._unread.pop(host, [])  # read as the fault struck
+                for i, line in enumerate(early + proc.new_lines()):
                     obj = _json_line(line)
                     if obj is None:
                         continue
                     self.on_line(h, obj)
                     if obj.get("event") == "finished":
-                        ends[host] = now
-                        starts[host] = now - float(obj.get("elapsed", now - proc.started))
+                        # a finish read as the fault struck was written before it struck
+                        end = now
+                        if i < len(early) and fired_at is not None:
+                            end = min(now, fired_at)
+                        ends[host] = end
+                        starts[host] = end - float(obj.get("elapsed", end - proc.started))
                         h.ok = True
                         state.report(host, complete=True)
                         pending.discard(host)
@@ -275,9 +282,8 @@ class Runner:
             late_to_start = fired_at is None and any(h.late for h in res.hosts)
             if fault is not None and fired_at is None and (pending or late_to_start) and \
                     should_fire(fault, state):
-                fired_at = now
                 res.pieces_reported_at_fault = state.pieces_held()
-                self.inject(clients, pending)
+                fired_at = self.inject(clients, pending)
                 for host in fault.victims(sorted(clients)):
                     state.remove(host)
                 for h in res.hosts:
@@ -322,6 +328,14 @@ class Runner:
             by_host[host].completion_s = round(end - t0, 3)
         if fired_at is not None:
             res.fault_at_s = round(fired_at - t0, 3)
+            if not res.downloading_at_fault and not any(h.late for h in res.hosts):
+                res.notes.append(
+                    f"{self.fault} struck after every receiver had finished: it tested nothing")
+        elif self.fault is not None:
+            res.notes.append(f"{self.fault} never struck" + (
+                ": every receiver had finished by the time the runner saw its trigger hold "
+                "(clients report once a second and as they finish)"
+                if all(h.ok for h in res.hosts) else ""))
 
     def on_line(self, h: HostResult, obj: dict[str, Any]) -> None:
         if "downloaded" in obj:
@@ -332,13 +346,17 @@ class Runner:
             h.webseed_bytes = int(obj["webseed"])
 
     # -- faults ------------------------------------------------------------------------------------
-    def inject(self, clients: dict[int, LabProc], pending: set[int]) -> None:
+    def inject(self, clients: dict[int, LabProc], pending: set[int]) -> float:
+        """Strike: return the moment the kills were done (the fault's time, after the
+        hub's counters were read: on a loaded machine that read is not instant)."""
         fault, res = self.fault, self.result
         assert fault is not None
         if fault.kind == "kill-hub":
             self.read_hub_counters()
             for proc in self.source_procs:
                 proc.kill()
+            struck = time.monotonic()
+            self.note_downloading(clients, pending)
             self.hub_dead = True
             self.sink({"event": "fault", "fault": str(fault)})
             meta = self.torrent_meta()
@@ -361,7 +379,7 @@ class Runner:
                     f"{fault}: host 0 killed while the swarm held only {held}/{total} "
                     "pieces: no one can finish without it"
                 )
-            return
+            return struck
         victims = fault.victims(sorted(clients))
         by_host = {h.host: h for h in res.hosts}
         for host in victims:
@@ -371,7 +389,27 @@ class Runner:
             h.error = f"killed by the fault {fault}"
             pending.discard(host)
             self.sink({"event": "failed", "host": host, "error": "killed"})
+        struck = time.monotonic()
+        self.note_downloading(clients, pending)
         res.notes.append(f"{fault}: killed hosts {', '.join(map(str, victims))}")
+        return struck
+
+    def note_downloading(self, clients: dict[int, LabProc], pending: set[int]) -> None:
+        """Record the receivers still downloading when the fault struck: read at once what
+        each one not yet seen to finish has written (kept for :meth:`follow`); a "finished"
+        line there was written before the kill.
+
+        Why: the runner sees a client's state only through its status lines (one a second,
+        and one as it finishes), and on a loaded machine it may read them late. A fault
+        that fires after every receiver finished proves nothing; this says so, instead of
+        counting those finishes as after the fault."""
+        downloading = []
+        for host in sorted(pending):
+            lines = self._unread.setdefault(host, [])
+            lines.extend(clients[host].new_lines())
+            if not any(_is_finished(ln) for ln in lines):
+                downloading.append(host)
+        self.result.downloading_at_fault = downloading
 
 
 def report_line(state: SwarmProgress, host: int, obj: dict[str, Any], size: int) -> None:
@@ -386,6 +424,11 @@ def report_line(state: SwarmProgress, host: int, obj: dict[str, Any], size: int)
         except (binascii.Error, ValueError):
             log.warning("host %d sent an unreadable bitfield", host)
     state.report(host, have_bytes=have_bytes, bitfield=bitfield)
+
+
+def _is_finished(line: str) -> bool:
+    obj = _json_line(line)
+    return obj is not None and obj.get("event") == "finished"
 
 
 def _at_gate(proc: LabProc) -> bool:
