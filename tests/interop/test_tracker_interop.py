@@ -13,13 +13,11 @@ libtorrent settings that matter for a loopback tracker (libtorrent 2.1.1):
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import importlib.util
 import os
 import subprocess
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from conftest import free_port, need, need_tool
+from conftest import free_port, need, need_tool, until
 from swarmhub.discovery.tracker import AnnounceRequest, announce, scrape
 from swarmhub.hub.tracker import TrackerState, make_tracker_app, parse_announce_query
 
@@ -117,15 +115,6 @@ def add(session: Any, torrent: bytes, save: Path) -> tuple[Any, bytes]:
     return handle, atp.ti.info_hashes().v1.to_bytes()
 
 
-async def wait_for(cond: Callable[[], Any], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
-
-
 def alerts_text(session: Any, log: list[str]) -> list[str]:
     log.extend(f"{a.what()}: {a.message()}" for a in session.pop_alerts())
     return log
@@ -159,9 +148,9 @@ async def start_seeder(tracker: Tracker, tmp_path: Path, size: int) -> Seeder:
     handle, info_hash = add(session, torrent, tmp_path / "seed")
     log: list[str] = []
     try:
-        await wait_for(lambda: tracker.state.stats(info_hash)[0] == 1, 20, "the seeder's announce")
+        await until(lambda: tracker.state.stats(info_hash)[0] == 1, "the seeder's announce")
         # Its "stopped" when the test pauses it needs the answer read (got_reply).
-        await wait_for(lambda: got_reply(session, log), 20, "the seeder to read the answer")
+        await until(lambda: got_reply(session, log), "the seeder to read the answer")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; libtorrent said: {alerts_text(session, log)[-10:]}") from None
     assert handle.status().is_seeding
@@ -189,16 +178,16 @@ async def test_libtorrent_seeder_and_leecher_meet_through_our_tracker(
     handle, _ = add(leecher, seeder.torrent, tmp_path / "leech")
     log: list[str] = []
     try:
-        await wait_for(lambda: handle.status().is_seeding, 30, "the libtorrent leecher")
+        await until(lambda: handle.status().is_seeding, "the libtorrent leecher")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; libtorrent said: {alerts_text(leecher, log)[-10:]}") from None
     assert (tmp_path / "leech" / "payload.bin").read_bytes() == seeder.payload
     # The leecher's "completed" announce is counted and it now counts as a seeder.
-    await wait_for(lambda: tracker.state.stats(ih) == (2, 1, 0), 10, "the completed announce")
+    await until(lambda: tracker.state.stats(ih) == (2, 1, 0), "the completed announce")
     # Pausing a session sends "stopped": both leave the swarm, the download count stays.
     seeder.session.pause()
     leecher.pause()
-    await wait_for(lambda: tracker.state.stats(ih) == (0, 1, 0), 10, "the stopped announces")
+    await until(lambda: tracker.state.stats(ih) == (0, 1, 0), "the stopped announces")
 
 
 async def test_aria2_downloads_from_a_seeder_it_found_only_through_our_tracker(
@@ -232,7 +221,7 @@ async def test_aria2_downloads_from_a_seeder_it_found_only_through_our_tracker(
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        await wait_for(lambda: proc.poll() is not None, 60, "aria2c to finish")
+        await until(lambda: proc.poll() is not None, "aria2c to finish")
         output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
         assert proc.returncode == 0, f"aria2c exit {proc.returncode}: {output[-2000:]}"
     finally:
@@ -256,7 +245,7 @@ async def test_aria2_downloads_from_a_seeder_it_found_only_through_our_tracker(
     # It stopped with nothing left: one finished download, and it is gone from the swarm.
     assert tracker.state.stats(seeder.info_hash) == (1, 1, 0)
     seeder.session.pause()
-    await wait_for(lambda: tracker.state.stats(seeder.info_hash)[0] == 0, 10, "seeder's stop")
+    await until(lambda: tracker.state.stats(seeder.info_hash)[0] == 0, "seeder's stop")
 
 
 @pytest.mark.parametrize("ssrf_mitigation", [True, False])
@@ -278,15 +267,15 @@ async def test_libtorrent_ssrf_mitigation_blocks_a_prefixed_loopback_tracker(
         def settled() -> bool:
             return t.state.stats(ih)[0] == 1 or any("SSRF" in m for m in alerts_text(session, log))
 
-        await wait_for(settled, 20, "libtorrent's announce or its SSRF refusal")
+        await until(settled, "libtorrent's announce or its SSRF refusal")
         if ssrf_mitigation:
             assert t.state.stats(ih) == (0, 0, 0)
             assert any("SSRF" in m for m in log)
         else:
             assert t.state.stats(ih) == (1, 0, 0)
             # Paused before it read the answer, libtorrent would send no "stopped".
-            await wait_for(lambda: got_reply(session, log), 20, "libtorrent to read the answer")
+            await until(lambda: got_reply(session, log), "libtorrent to read the answer")
             session.pause()
-            await wait_for(lambda: t.state.stats(ih) == (0, 0, 0), 10, "the stopped announce")
+            await until(lambda: t.state.stats(ih) == (0, 0, 0), "the stopped announce")
     finally:
         await runner.cleanup()
