@@ -129,7 +129,7 @@ def test_two_hubs_are_one_hub(two_hubs: tuple[HubProc, HubProc]) -> None:
     status, reader = call(b, "/api/tokens", admin, {"role": "reader"})
     assert status == 201
     sih = bytes.fromhex(secret["info_hash_v1"])
-    wait_for(lambda: b"failure reason" not in announce(a, sih, 40003, reader["passkey"]), 5,
+    wait_for(lambda: b"failure reason" not in announce(a, sih, 40003, reader["passkey"]), 30,
              "A to accept the reader's passkey made on B")
     assert call(b, f"/api/tokens/{reader['id']}/revoke", admin)[0] == 200
     wait_for(lambda: b"failure reason" in announce(a, sih, 40003, reader["passkey"]), 30,
