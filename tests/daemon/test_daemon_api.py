@@ -107,7 +107,7 @@ def test_queue_pause_resume_remove_events_and_watch_folder(
         t = d.ok("POST", f"/api/torrents/{ids[2]}/resume")
         assert t["state"] in ("queued", "checking", "downloading", "seeding")
         wait_for(lambda: all(d.torrents()[i]["complete"] for i in ids), 90, "all three")
-        wait_for(lambda: all("completed" in events.kinds(i) for i in ids), 10,
+        wait_for(lambda: all("completed" in events.kinds(i) for i in ids), 60,
                  "a completed event for each")
         assert events.kinds(ids[2])[:1] == ["added"]
         assert {"paused", "resumed"} <= set(events.kinds(ids[2]))
@@ -133,7 +133,7 @@ def test_queue_pause_resume_remove_events_and_watch_folder(
         assert not gone.exists()
         assert sorted(d.torrents()) == [ids[2]]
         assert d.api("GET", f"/api/torrents/{ids[0]}")[0] == 404
-        wait_for(lambda: "removed" in events.kinds(ids[1]), 10, "a removed event")
+        wait_for(lambda: "removed" in events.kinds(ids[1]), 60, "a removed event")
 
         # Watch folder: a .torrent dropped there is added, then renamed .added.
         tmp = watch / ".incoming"
@@ -277,7 +277,7 @@ def test_a_torrent_that_cannot_start_is_an_error_event_until_fixed(tmp_path: Pat
         tid = d.add(torrent, ["127.0.0.1:9"], save_path=str(blocker))["id"]
         wait_for(lambda: d.torrents()[tid]["state"] == "error", 30, "the error state")
         assert d.torrents()[tid]["error"]
-        wait_for(lambda: "error" in events.kinds(tid), 10, "an error event")
+        wait_for(lambda: "error" in events.kinds(tid), 60, "an error event")
         blocker.unlink()
         t = d.ok("POST", f"/api/torrents/{tid}/resume")
         assert t["error"] is None
