@@ -197,6 +197,15 @@ _READ_SIZE = 128 * 1024
 _READ_MAX = 512 * 1024
 #: Least free space a read gets: a partial frame is moved to the front to make room.
 _MIN_READ = 32 * 1024
+#: ``SO_RCVLOWAT`` while a frame is incomplete: the kernel wakes us once the rest of it is
+#: in (a shaped link delivers a 16 KiB block in ~11 segments, each a wake-up, a read and a
+#: pass through our parser otherwise). Only when more than one segment is missing (below
+#: that the next segment wakes us anyway: a setting would cost more than it saves), and
+#: at most ``_LOWAT_MAX``: Linux grows the receive buffer, and clamps the window, for a
+#: mark its buffer cannot hold twice over. A frame in progress is one the peer must
+#: finish; an EOF, an error or a full receive window wake us regardless.
+_LOWAT_MIN = 4 * 1024
+_LOWAT_MAX = 32 * 1024
 
 
 _FAST_IDS = (m.MessageId.PIECE, m.MessageId.REQUEST)
@@ -253,6 +262,9 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._read_end = 0
         self._offered = 0  # bytes the last get_buffer offered
         self._grow = False  # the last read filled them: a larger buffer next time
+        self._setsockopt: Callable[[int, int, int], None] | None = None
+        self._lowat = 1  # our socket's SO_RCVLOWAT
+        self._frame_rest = 0  # bytes still missing from the partial frame we hold
 
     # -- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -266,6 +278,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    self._setsockopt = sock.setsockopt
         high = self.session.settings.send_buffer_bytes
         tr.set_write_buffer_limits(high=high, low=high // 4)
         self._gate = ReadGate(tr, reply_limit(high))
@@ -314,6 +328,9 @@ class PeerProtocol(asyncio.BufferedProtocol):
                 and len(self._read_view) < _READ_MAX:
             self._grow = True
         self._read_end += nbytes
+        self._frame_rest -= nbytes
+        if self._frame_rest > 0:
+            return  # the partial frame is still partial: nothing to parse
         view = self._read_view
         assert view is not None
         pos, end = self._read_start, self._read_end
@@ -353,7 +370,34 @@ class PeerProtocol(asyncio.BufferedProtocol):
             self._pump()
         self._read_start = pos
         if pos >= end or self.transport is None:
-            self._read_start = self._read_end = 0
+            self._read_start = self._read_end = self._frame_rest = 0
+            if self._lowat != 1:
+                self._set_lowat(1)
+        else:
+            self._wait_for_frame(view, pos, end)
+
+    def _wait_for_frame(self, view: memoryview, pos: int, end: int) -> None:
+        """``view[pos:end]`` starts a frame: skip reads until it is whole, and ask the
+        kernel to wake us only then (``_LOWAT_MIN``)."""
+        if end - pos < 4:
+            self._frame_rest = 0
+            want = 1
+        else:
+            rest = self._frame_rest = pos + 4 + _U32_FROM(view, pos)[0] - end
+            want = min(rest, _LOWAT_MAX) if rest > _LOWAT_MIN else 1
+        if want != self._lowat:
+            self._set_lowat(want)
+
+    def _set_lowat(self, want: int) -> None:
+        setsockopt = self._setsockopt
+        if setsockopt is None or self.transport is None:
+            return
+        try:
+            setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+        except OSError:
+            self._setsockopt = None  # not for this socket: wake per read, as before
+            return
+        self._lowat = want
 
     def _pieces(self, peer: Peer, view: memoryview, pos: int, end: int) -> int:
         """Hand the complete Piece frames from ``pos`` on to the torrent, as views of our
