@@ -225,10 +225,12 @@ _LOWAT_MAX = 32 * 1024
 #: Longest an announcement (:meth:`Peer.announce`) waits for other bytes to the same peer.
 #: Why: a leecher tells each of its N peers about every piece it gets, one 9-byte Have at
 #: a time: with 32 KiB pieces at N=32 that was ~32 k writes, and as many wake-ups of the
-#: receivers, per peer and 32 MiB; most now ride with a request or a block, the rest go
-#: out together. 20 ms is about the time a 32 KiB piece takes on a 20 mbit link: peers
-#: learn of a piece a little later, never later than they could have fetched it.
-ANNOUNCE_DELAY = 0.02
+#: receivers (and packets through the lab's delay line), per peer and 32 MiB; most now
+#: ride with a request or a block, the rest go out a few at a time. At 20 ms a lab peer
+#: (a piece every ~25 ms) still wrote most Haves alone; 100 ms cut its CPU a further ~5 %
+#: (netns lab, N=32). Peers learn of a piece up to 0.1 s later: the time a 256 KiB piece
+#: takes on a 20 mbit link.
+ANNOUNCE_DELAY = 0.1
 #: Per event loop: the protocols with announcements held, flushed by one timer.
 _HELD: dict[asyncio.AbstractEventLoop, list[PeerProtocol]] = {}
 
