@@ -16,6 +16,9 @@ class FakePeer:
     def send_many(self, msgs: tuple[m.Message, ...]) -> None:
         self.log.append((self.name, msgs))
 
+    def announce(self, msgs: tuple[m.Message, ...]) -> None:
+        self.log.append((self.name, "announce", msgs))
+
 
 def test_each_peers_messages_go_in_one_write_before_the_next_other_action() -> None:
     log: list[Any] = []
@@ -32,7 +35,7 @@ def test_each_peers_messages_go_in_one_write_before_the_next_other_action() -> N
         log.append(type(action).__name__)
     assert log == [
         ("a", (m.Interested(), m.Have(1), m.Have(2))),
-        ("b", (m.Have(1), m.Have(2))),
+        ("b", "announce", (m.Have(1), m.Have(2))),
         "Close",
         ("b", (m.Have(3),)),
         "Completed",

@@ -5,6 +5,9 @@ a web seed's run of 16 pieces made 16 Haves, each its own socket write and, on l
 the receiver woken each time (which then took the CPU from us). :func:`other_actions`
 gathers each peer's messages, in order, and writes them in one go before any other
 action (a Close must follow the messages queued before it) and at the end of the batch.
+A peer whose messages all came from Broadcasts (the Haves of pieces we just got) is told
+with :meth:`~swarmhub.engine.peer.Peer.announce`: they may wait a little for other bytes
+to that peer (each alone woke the receiver).
 """
 
 from __future__ import annotations
@@ -25,24 +28,30 @@ def other_actions(actions: Iterable[Action]) -> Iterator[Action]:
     """The actions other than Send and Broadcast, in order; the messages those carried are
     written (one write per peer) before each action yielded, and at the end."""
     out: dict[Peer, list[Message]] = {}
+    direct: set[Peer] = set()  # peers with a Send in ``out``: written at once
     for action in actions:
         kind = type(action)
         if kind is Send:
             send = cast(Send, action)
-            out.setdefault(cast("Peer", send.peer), []).extend(send.messages)
+            peer = cast("Peer", send.peer)
+            out.setdefault(peer, []).extend(send.messages)
+            direct.add(peer)
         elif kind is Broadcast:
             many = cast(Broadcast, action)
-            for peer in many.peers:
-                out.setdefault(cast("Peer", peer), []).extend(many.messages)
+            for handle in many.peers:
+                out.setdefault(cast("Peer", handle), []).extend(many.messages)
         else:
             if out:
-                _write(out)
-                out = {}
+                _write(out, direct)
+                out, direct = {}, set()
             yield action
     if out:
-        _write(out)
+        _write(out, direct)
 
 
-def _write(out: dict[Peer, list[Message]]) -> None:
+def _write(out: dict[Peer, list[Message]], direct: set[Peer]) -> None:
     for peer, msgs in out.items():
-        peer.send_many(tuple(msgs))
+        if peer in direct:
+            peer.send_many(tuple(msgs))
+        else:
+            peer.announce(tuple(msgs))

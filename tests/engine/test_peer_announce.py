@@ -1,0 +1,95 @@
+"""Announcements (the Haves of a piece we just got, :meth:`Peer.announce`) wait for the next
+bytes we send that peer, or the shared timer, and never overtake or fall behind other
+writes: the peer sees every message once, in the order we queued them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from test_peer_receive import INFO_HASH, StubTorrent, StubTransport, feed, stub_session
+
+from swarmhub.engine import peer as peer_mod
+from swarmhub.engine.peer import Peer, PeerProtocol
+from swarmhub.wire import messages as m
+from swarmhub.wire.connection import NEED_DATA, PeerConnection
+
+
+class LinesTransport(StubTransport):
+    def writelines(self, parts: list[Any]) -> None:
+        self.written.append(b"".join(bytes(p) for p in parts))
+
+
+async def _peer() -> tuple[PeerProtocol, Peer, LinesTransport, StubTorrent]:
+    torrent = StubTorrent()
+    proto = PeerProtocol(stub_session(torrent), torrent)  # type: ignore[arg-type]
+    transport = LinesTransport()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    hs = m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20)) + m.encode(m.HaveAll())
+    feed(proto, hs, [len(hs)])
+    assert proto.peer is not None
+    transport.written.clear()
+    return proto, proto.peer, transport, torrent
+
+
+def _decode(written: list[bytes]) -> list[m.Message]:
+    """What the remote would parse from our writes."""
+    conn = PeerConnection(our_reserved=m.make_reserved())
+    conn.receive_data(m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"L" * 20)))
+    conn.send(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))
+    out: list[m.Message] = []
+    conn.receive_data(b"".join(written))
+    while (ev := conn.next_event()) is not NEED_DATA:
+        if not isinstance(ev, m.Handshake):
+            out.append(ev)  # type: ignore[arg-type]
+    return out
+
+
+async def test_announcements_ride_with_the_next_write_in_order() -> None:
+    proto, peer, transport, _ = await _peer()
+    peer.announce((m.Have(1),))
+    peer.announce((m.Have(2),))
+    assert transport.written == []  # held
+    peer.send(m.Interested())
+    assert len(transport.written) == 1  # one write: the Haves first, then ours
+    proto.writelines([m.encode(m.Have(3))])
+    assert _decode(transport.written) == [m.Have(1), m.Have(2), m.Interested(), m.Have(3)]
+    proto.close("done")
+
+
+async def test_announcements_alone_go_out_on_the_timer() -> None:
+    proto, peer, transport, _ = await _peer()
+    peer.announce((m.Have(4), m.Have(5)))
+    assert transport.written == []
+    deadline = time.monotonic() + 10 + peer_mod.ANNOUNCE_DELAY
+    while not transport.written:
+        assert time.monotonic() < deadline, "the held Haves never went out"
+        await asyncio.sleep(peer_mod.ANNOUNCE_DELAY / 2)
+    assert _decode(transport.written) == [m.Have(4), m.Have(5)]
+    proto.close("done")
+
+
+async def test_replies_corked_during_a_read_follow_older_announcements() -> None:
+    proto, peer, transport, torrent = await _peer()
+    peer.announce((m.Have(6),))
+
+    def reply() -> None:  # a block makes the torrent answer (a request refill, say)
+        peer.announce((m.Have(7),))
+        peer.send(m.Request(0, 0, 16384))
+
+    torrent.on_each_block = reply
+    frame = m.encode(m.Piece(0, 0, bytes(16384)))
+    feed(proto, frame, [len(frame)])
+    assert len(transport.written) == 1  # the read's one corked write
+    assert _decode(transport.written) == [m.Have(6), m.Have(7), m.Request(0, 0, 16384)]
+    proto.close("done")
+
+
+async def test_closing_sends_what_was_held() -> None:
+    proto, peer, transport, _ = await _peer()
+    peer.announce((m.Have(9),))
+    proto.close("done")
+    assert _decode(transport.written) == [m.Have(9)]
+    peer.announce((m.Have(10),))  # after the close: dropped, as any write
+    assert _decode(transport.written) == [m.Have(9)]
