@@ -62,6 +62,9 @@ class Run:
     rss_mib: float = 0.0
     cpu_s: float = 0.0
     seed_cpu_s: float = 0.0
+    #: 1-minute load average when the run started (other work on the machine)
+    load: float = 0.0
+    gib: float = 1.0
     error: str = ""
 
 
@@ -230,6 +233,7 @@ def _bench_one(
     dst.mkdir(parents=True)
     logs.mkdir(parents=True, exist_ok=True)
     size = args.size * MiB
+    load = os.getloadavg()[0]
     os.sync()  # no writeback of earlier runs' (or the data's) dirty pages during the timing
     try:
         if impl == "lt":
@@ -257,6 +261,8 @@ def _bench_one(
         rss_mib=(proc.maxrss_kib or 0) / 1024,
         cpu_s=proc.cpu_s or 0.0,
         seed_cpu_s=seed_cpu,
+        load=load,
+        gib=size / (1 << 30),
     )
 
 
@@ -283,7 +289,7 @@ def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
         if r.ok:
             print(
                 f"r{r.round:<9}{r.impl:<6}{r.mb_s:8.1f}{r.seconds:8.2f}"
-                f"{r.rss_mib:9.0f}{r.cpu_s:7.2f}{r.seed_cpu_s:9.2f}"
+                f"{r.rss_mib:9.0f}{r.cpu_s:7.2f}{r.seed_cpu_s:9.2f}  load {r.load:.1f}"
             )
         else:
             print(f"r{r.round:<9}{r.impl:<6}{'-':>8}{'-':>8}{'-':>9}{'-':>7}{'-':>9}"
@@ -308,7 +314,15 @@ def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
         if lt_ok and our_ok
         else "ratio n/a"
     )
-    return f"{version}: {lt_txt}; {ours_txt}; {ratio}"
+    cpu = "; ".join(
+        f"{name} CPU-s/GiB leecher {statistics.median(r.cpu_s / r.gib for r in ok):.2f}"
+        f" seeder {statistics.median(r.seed_cpu_s / r.gib for r in ok):.2f}"
+        for name, rs in (("lt", lt_runs), ("ours", our_runs))
+        if (ok := [r for r in rs if r.ok])
+    )
+    loads = [r.load for r in runs]
+    load = f"load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    return f"{version}: {lt_txt}; {ours_txt}; {ratio}\n  {cpu}; {load}"
 
 
 def _setting(text: str) -> tuple[str, str]:

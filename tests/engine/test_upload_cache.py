@@ -3,11 +3,14 @@ with direct writes the page cache holds no copy, so serving them was a disk read
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from types import SimpleNamespace
 
 from swarmhub.engine.ratelimit import RateLimiter
 from swarmhub.engine.uploads import Uploader
 from swarmhub.settings import Settings
+from swarmhub.wire import messages as m
 
 PIECE = 32 * 1024
 
@@ -56,3 +59,30 @@ def test_the_cache_stays_within_its_bytes() -> None:
     for i in range(8):
         up.keep_written(i, bytearray(PIECE))
     assert list(up._cache) == [4, 5, 6, 7]  # the most recent pieces, oldest dropped first
+
+
+async def test_reads_ahead_the_next_pieces_a_deep_queue_asks_for() -> None:
+    """A deep queue spanning pieces: the next ones are read while the first is sent, at
+    most ``disk_threads`` beyond it, each once, none already cached."""
+    read: list[int] = []
+
+    def read_piece(index: int) -> bytes:
+        read.append(index)
+        return bytes([index]) * PIECE
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        up = _uploader([_peer(set())], Settings(disk_threads=2, read_cache_bytes=16 * PIECE))
+        up.torrent.session = SimpleNamespace(disk_pool=pool)  # type: ignore[attr-defined]
+        up.torrent.storage = SimpleNamespace(read_piece=read_piece)  # type: ignore[attr-defined]
+        up._cache[1] = b"c" * PIECE
+        queue = [m.Request(i, b * 16384, 16384) for i in (0, 1, 2, 3, 4) for b in (0, 1)]
+        up.read_ahead(queue)
+        up.read_ahead(queue)  # reads under way are not started again
+        assert sorted(up._reads) == [0, 2]  # 1 is cached; 3 and 4 lie beyond the depth
+        await asyncio.gather(*up._reads.values())
+        await asyncio.sleep(0)  # the done callbacks
+        assert sorted(read) == [0, 2]
+        assert up._cache[2] == bytes([2]) * PIECE and not up._reads
+        small = _uploader([_peer(set())], Settings(disk_threads=2, read_cache_bytes=4 * PIECE))
+        small.read_ahead(queue)  # a cache this small keeps no reads ahead
+        assert not small._reads

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+from collections.abc import Iterable
 
 from swarmhub.engine.peer import Peer
 from swarmhub.engine.ratelimit import RateLimiter
@@ -37,6 +38,10 @@ class Uploader:
         if cached is not None:
             self._cache.move_to_end(index)
             return cached
+        return await asyncio.shield(self._start_read(index))
+
+    def _start_read(self, index: int) -> asyncio.Future[bytes]:
+        """The disk read of piece ``index`` under way, started now if it was not."""
         fut = self._reads.get(index)
         if fut is None:
             loop = asyncio.get_running_loop()
@@ -45,7 +50,33 @@ class Uploader:
             self._reads[index] = fut
             # Cache before any waiter resumes: the callback is scheduled first.
             fut.add_done_callback(functools.partial(self._read_done, index))
-        return await asyncio.shield(fut)
+        return fut
+
+    def read_ahead(self, incoming: Iterable[m.Request]) -> None:
+        """Start disk reads of the next pieces a peer's queue asks for, beyond the first.
+
+        A deep queue (a tuned libtorrent asks for hundreds of blocks) spans several
+        pieces: reading only when the first uncached one reached the queue's head left the
+        socket idle for each piece's read and thread hand-off. Up to ``disk_threads``
+        pieces are read while the current one is sent; the cache keeps them for the
+        rounds that follow (it holds far more than that)."""
+        t = self.torrent
+        depth = 1 + t.settings.disk_threads
+        if t.settings.read_cache_bytes < (depth + 2) * t.meta.piece_length:
+            return  # a read ahead would push out the piece being sent
+        cache, reads = self._cache, self._reads
+        last = -1
+        seen = 0
+        for req in incoming:
+            index = req.index
+            if index == last:
+                continue
+            last = index
+            seen += 1
+            if seen > depth:
+                return
+            if index not in cache and index not in reads:
+                self._start_read(index)
 
     def keep_written(self, index: int, buf: PieceBuffer) -> None:
         """A piece just verified and written, while its bytes are still in memory: into
@@ -98,6 +129,8 @@ class Uploader:
             req = incoming[0]
             # Read each round: limits may change while the torrent runs (set_rate_limits).
             limited = bool(t.settings.upload_rate_limit) or not self._up_limiter.unlimited
+            if not limited:
+                self.read_ahead(incoming)
             if req.index not in self._cache:
                 try:
                     await self.read_piece(req.index)
