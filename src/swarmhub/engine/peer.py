@@ -95,13 +95,9 @@ class Peer:
         if len(msgs) == 1:
             self.send(msgs[0])
             return
-        send = self.conn.send
-        try:
-            data = b"".join([send(msg) for msg in msgs])
-        except LocalProtocolError as exc:
-            log.error("peer %s: not sending a batch of %d: %s", self.addr, len(msgs), exc)
-            return
-        self.proto.write(data)
+        data = self._encode(msgs, "sending a batch of")
+        if data is not None:
+            self.proto.write(data)
 
     def announce(self, msgs: tuple[m.Message, ...]) -> None:
         """Messages that may wait a little (the Haves of a piece we just got, told to
@@ -109,13 +105,18 @@ class Peer:
         within ``ANNOUNCE_DELAY`` (see :meth:`PeerProtocol.write_later`)."""
         if self.closed:
             return
+        data = self._encode(msgs, "announcing")
+        if data is not None:
+            self.proto.write_later(data)
+
+    def _encode(self, msgs: tuple[m.Message, ...], what: str) -> bytes | None:
+        """The wire bytes of ``msgs``, or None (logged as our bug) if one is invalid."""
         send = self.conn.send
         try:
-            data = b"".join([send(msg) for msg in msgs])
+            return b"".join([send(msg) for msg in msgs])
         except LocalProtocolError as exc:
-            log.error("peer %s: not announcing %d: %s", self.addr, len(msgs), exc)
-            return
-        self.proto.write_later(data)
+            log.error("peer %s: not %s %d: %s", self.addr, what, len(msgs), exc)
+            return None
 
     @property
     def fast(self) -> bool:
