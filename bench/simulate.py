@@ -1,13 +1,15 @@
 """``lab simulate``: its speed (wall time, peak memory) and its fidelity to the netns lab.
 
     .venv/bin/python bench/simulate.py [--speed 1000,10000] [--fidelity 4,8,16]
-        [--rounds 1] [--lab-runs] [--piece-kib 256] [--json OUT]
+        [--rounds 1] [--timeout 1800] [--lab-runs] [--piece-kib 256] [--json OUT]
 
 Speed: one simulated p2p run per N (32 MiB, 256 KiB pieces, 20 mbit up, 100 mbit down,
 10 ms one way), each in a fresh process so its peak RSS is its own; wall and CPU time
 (on a shared machine CPU time is the fairer figure; the load average is printed before
-and after); with ``--rounds R`` the median of R runs. Targets: N=1,000 in under 60 s,
-N=10,000 in under 10 minutes, under 4 GiB.
+and after); with ``--rounds R`` the median of R runs. A run still going after
+``--timeout`` wall seconds is stopped and says how far it got (clients done, the last
+one's virtual time, CPU, RSS): on a shared machine N=10,000 can take hours. Targets:
+N=1,000 in under 60 s, N=10,000 in under 10 minutes, under 4 GiB.
 
 Fidelity: the simulated last completion for each N (32 MiB, the piece length
 `swarmhub create` picks, 20/100 mbit, 10 ms) against the netns lab on the same settings:
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -39,29 +42,52 @@ MIB = 1 << 20
 RECORDED = {4: (14.9, 1.02), 8: (15.6, 1.03)}
 
 _CHILD = r"""
-import json, resource, sys, time
+import gc, json, resource, signal, sys, time
 from swarmhub.lab.simrun import SimOptions, simulate
+from swarmhub.lab.simulate import Simulation
 n, pl = int(sys.argv[1]), int(sys.argv[2])
 o = SimOptions(peers=n, size=32 << 20, up=[(20e6, 1.0)], down=[(100e6, 1.0)],
                latency_s=0.01, piece_length=pl)
+done = [0, 0.0]  # clients finished, the last one's virtual time
+def on_event(e):
+    if e["event"] == "finished":
+        done[0] += 1
+        done[1] = e["at"]
+def usage():
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return {"n": n, "cpu_s": use.ru_utime + use.ru_stime, "rss": use.ru_maxrss * 1024}
+def stopped(_sig, _frame):
+    # the bench's time bound: say how far the run got (N=10,000 may take hours here)
+    now = max([s.ev.now for s in gc.get_objects() if isinstance(s, Simulation)], default=0.0)
+    print(json.dumps({**usage(), "partial": True, "wall_s": time.perf_counter() - t,
+                      "done": done[0], "last_done_s": done[1], "virtual_now": now}),
+          flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, stopped)
 t = time.perf_counter()
-r = simulate("p2p", o)
-wall = time.perf_counter() - t
-use = resource.getrusage(resource.RUSAGE_SELF)
-rss, cpu = use.ru_maxrss * 1024, use.ru_utime + use.ru_stime
-print(json.dumps({"n": n, "wall_s": wall, "cpu_s": cpu, "rss": rss, "ratio": r.ratio,
+r = simulate("p2p", o, on_event=on_event)
+print(json.dumps({**usage(), "wall_s": time.perf_counter() - t, "ratio": r.ratio,
                   "virtual_s": r.last_completion_s, "source_x": r.source_upload / r.size}))
 """
 
 
-def speed(n: int, piece_kib: int) -> dict[str, float]:
+def speed(n: int, piece_kib: int, timeout: float) -> dict[str, Any]:
+    """One run in a fresh process. Past ``timeout`` wall seconds it is stopped and says
+    how far it got (``partial``: clients done, the last one's virtual time, CPU, RSS)."""
     src = str(Path(__file__).resolve().parents[1] / "src")
-    out = subprocess.run(
+    with subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(n), str(piece_kib * 1024)],
-        capture_output=True, text=True, timeout=1800, check=True,
-        env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
-    ).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+        stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+    ) as child:
+        try:
+            out, _ = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            out, _ = child.communicate(timeout=60)
+    lines = out.strip().splitlines()
+    if not lines:
+        raise SystemExit(f"the speed run at N={n} failed (exit {child.returncode})")
+    result: dict[str, Any] = json.loads(lines[-1])
     return result
 
 
@@ -88,6 +114,8 @@ def main() -> None:
     ap.add_argument("--lab-runs", action="store_true")
     ap.add_argument("--piece-kib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=1, help="speed runs per N (median)")
+    ap.add_argument("--timeout", type=float, default=1800,
+                    help="wall seconds per speed run before it is stopped (partial figures)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from swarmhub.lab.simrun import SimOptions, simulate
@@ -115,7 +143,17 @@ def main() -> None:
         print(f"{'N':>6} {'wall s':>8} {'CPU s':>8} {'peak RSS':>10} {'virtual s':>10} "
               f"{'ratio':>6}")
     for n in sizes:
-        runs = [speed(n, args.piece_kib) for _ in range(max(1, args.rounds))]
+        runs = [speed(n, args.piece_kib, args.timeout) for _ in range(max(1, args.rounds))]
+        stopped = [run for run in runs if run.get("partial")]
+        if stopped:
+            for run in stopped:
+                print(f"{n:>6} stopped after {run['wall_s']:.0f} s wall: {run['cpu_s']:.0f} "
+                      f"CPU s, peak RSS {run['rss'] / 2**20:.0f} MiB, {run['done']} of {n} "
+                      f"done (the last at {run['last_done_s']:.1f} virtual s) at "
+                      f"{run['virtual_now']:.1f} virtual s   "
+                      f"(load average {_load()})")
+            report["speed"].append({"stopped": stopped, "runs": runs})
+            continue
         r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
         print(f"{n:>6} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['rss'] / 2**20:>7.0f} MiB "
               f"{r['virtual_s']:>10.1f} {r['ratio']:>6.2f}   (load average {_load()})")

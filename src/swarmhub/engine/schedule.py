@@ -69,7 +69,17 @@ class TrackerSchedule:
 
 
 class Dialer:
-    """Candidate addresses and the dials in progress."""
+    """Candidate addresses and the dials in progress.
+
+    The candidates are bounded (:attr:`MAX_CANDIDATES`, the newest kept): a peer at its
+    connection cap dials nobody, while trackers and PEX keep telling it addresses, so in
+    a swarm of N peers every peer queued up to N of them (O(N^2): at N=10,000 in ``lab
+    simulate`` most of the run's memory). libtorrent bounds its peer list the same way
+    (``max_peerlist_size``, 3,000)."""
+
+    #: the most addresses waiting to be dialled; the oldest go first (the freshest tell
+    #: most likely of a live peer)
+    MAX_CANDIDATES = 1000
 
     def __init__(self, direct: Iterable[Addr], retry: float = 5.0) -> None:
         self.direct = list(direct)
@@ -82,10 +92,13 @@ class Dialer:
         self.own: set[Addr] = set()
 
     def add(self, addrs: Iterable[Addr]) -> None:
+        queued, candidates = self._queued, self.candidates
         for addr in addrs:
-            if addr not in self._queued and addr not in self.own:
-                self._queued.add(addr)
-                self.candidates.append(addr)
+            if addr not in queued and addr not in self.own:
+                if len(candidates) >= self.MAX_CANDIDATES:
+                    queued.discard(candidates.popleft())
+                queued.add(addr)
+                candidates.append(addr)
 
     def requeue_direct(self, now: float, connected: set[Addr]) -> None:
         for addr in self.direct:
