@@ -4,13 +4,11 @@ writes: the peer sees every message once, in the order we queued them."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 from test_peer_receive import INFO_HASH, StubTorrent, StubTransport, feed, stub_session
 
-from swarmhub.engine import peer as peer_mod
+from conftest import until
 from swarmhub.engine.peer import Peer, PeerProtocol
 from swarmhub.wire import messages as m
 from swarmhub.wire.connection import NEED_DATA, PeerConnection
@@ -62,10 +60,7 @@ async def test_announcements_alone_go_out_on_the_timer() -> None:
     proto, peer, transport, _ = await _peer()
     peer.announce((m.Have(4), m.Have(5)))
     assert transport.written == []
-    deadline = time.monotonic() + 10 + peer_mod.ANNOUNCE_DELAY
-    while not transport.written:
-        assert time.monotonic() < deadline, "the held Haves never went out"
-        await asyncio.sleep(peer_mod.ANNOUNCE_DELAY / 2)
+    await until(lambda: bool(transport.written), "the held Haves on the shared timer")
     assert _decode(transport.written) == [m.Have(4), m.Have(5)]
     proto.close("done")
 

@@ -10,22 +10,17 @@ import asyncio
 import fcntl
 import socket
 import termios
-import time
-from collections.abc import Callable
 from typing import Any
 
 from test_peer_receive import BLOCK, INFO_HASH, StubTorrent, block_bytes, stub_session
 
+from conftest import until
 from swarmhub.engine.peer import _LOWAT_MAX, _LOWAT_MIN, PeerProtocol
 from swarmhub.wire import messages as m
 
-
-async def _until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll state until ``cond`` holds (bounded: a loaded machine gets the whole timeout)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
+#: Event-loop turns in which a readable socket would have been read (each turn polls the
+#: selector): counted, not timed.
+_TURNS = 20
 
 
 def _lowat(proto: PeerProtocol) -> int:
@@ -61,7 +56,7 @@ async def _pair() -> tuple[PeerProtocol, StubTorrent, asyncio.StreamWriter, asyn
     remote = await asyncio.wait_for(accepted.get(), 10)
     remote.write(m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20))
                  + m.encode(m.HaveAll()))
-    await _until(lambda: len(torrent.events) >= 2, "the handshake and HaveAll")
+    await until(lambda: len(torrent.events) >= 2, "the handshake and HaveAll")
     return proto, torrent, remote, server
 
 
@@ -76,28 +71,29 @@ async def test_a_partial_block_sets_the_low_water_mark_to_its_rest_then_back_to_
         frame = m.encode(m.Piece(3, BLOCK, block_bytes(3, BLOCK)))
         head = 2000
         remote.write(frame[:head])
-        await _until(lambda: proto._frame_rest > 0, "the partial frame")
+        await until(lambda: proto._frame_rest > 0, "the partial frame")
         rest = len(frame) - head
         assert proto._frame_rest == rest
         assert _lowat(proto) == min(rest, _LOWAT_MAX)
         # More of it, still below the mark: the kernel holds it and does not wake us.
         remote.write(frame[head:head + 3000])
-        await _until(lambda: _unread(proto) == 3000, "the second part in our socket")
-        await asyncio.sleep(0.05)  # loop iterations in which a readable socket is read
+        await until(lambda: _unread(proto) == 3000, "the second part in our socket")
+        for _ in range(_TURNS):  # loop turns in which a readable socket would be read
+            await asyncio.sleep(0)
         assert _unread(proto) == 3000 and proto._frame_rest == rest
         assert _blocks(torrent) == []
         remote.write(frame[head + 3000:])
-        await _until(lambda: len(_blocks(torrent)) == 1, "the block")
+        await until(lambda: len(_blocks(torrent)) == 1, "the block")
         assert _blocks(torrent) == [("block", 3, BLOCK, block_bytes(3, BLOCK))]
         assert _lowat(proto) == 1 and proto._frame_rest == 0
         # The next frame's last few KB only: one segment wakes us anyway, no setting.
         frame2 = m.encode(m.Piece(4, 0, block_bytes(4, 0)))
         cut = len(frame2) - _LOWAT_MIN
         remote.write(frame2[:cut])
-        await _until(lambda: proto._frame_rest == _LOWAT_MIN, "the second partial frame")
+        await until(lambda: proto._frame_rest == _LOWAT_MIN, "the second partial frame")
         assert _lowat(proto) == 1
         remote.write(frame2[cut:])
-        await _until(lambda: len(_blocks(torrent)) == 2, "the second block")
+        await until(lambda: len(_blocks(torrent)) == 2, "the second block")
         assert proto.transport is not None and torrent.disconnected == []
     finally:
         proto.close("done")
@@ -111,9 +107,9 @@ async def test_a_peer_that_closes_mid_frame_is_noticed_despite_the_mark() -> Non
     try:
         frame = m.encode(m.Piece(1, 0, block_bytes(1, 0)))
         remote.write(frame[:1000])
-        await _until(lambda: _lowat(proto) > 1, "the low-water mark")
+        await until(lambda: _lowat(proto) > 1, "the low-water mark")
         remote.close()
-        await _until(lambda: bool(torrent.disconnected), "the disconnect")
+        await until(lambda: bool(torrent.disconnected), "the disconnect")
         assert _blocks(torrent) == []
     finally:
         proto.close("done")
