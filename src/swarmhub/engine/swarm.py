@@ -550,9 +550,7 @@ class Swarm:
         blocks = self.picker.pick(ps.handle, want)
         if not blocks:
             return
-        requested = ps.requested
-        for b in blocks:
-            requested[b] = now
+        ps.requested.update(dict.fromkeys(blocks, now))
         self._send(ps, tuple(starmap(m.Request, blocks)), now)  # Block: (index, begin, length)
 
     def _fill_all(self, now: float) -> None:
@@ -577,10 +575,10 @@ class Swarm:
         ps.last_recv = ps.last_data = now
         requested = ps.requested
         have = self.have
-        picker = self.picker
         srcs = self._src
         key = ps.key
         out: list[bool] = []
+        kept: list[Block] = []  # for the picker, in one call
         nbytes = 0
         latest = -math.inf  # when the newest of these blocks was asked for
         for block in got:
@@ -599,14 +597,17 @@ class Swarm:
             if src is None:
                 src = srcs[index] = {}
             src[begin] = key
-            result = picker.block_received(handle, block)
-            if result.cancel_peers:
-                self._cancel_others(result.cancel_peers, block, now)
-            if result.piece_complete:
-                self._verifying[index] = srcs.pop(index)
-                self._unverified += self.piece_size(index)
-                self._out.append(Verify(index, self.integrity.wants_digests(index)))
+            kept.append(block)
             out.append(True)
+        if kept:
+            for block, result in self.picker.blocks_received(handle, kept):
+                if result.cancel_peers:
+                    self._cancel_others(result.cancel_peers, block, now)
+                if result.piece_complete:
+                    index = block[0]
+                    self._verifying[index] = srcs.pop(index)
+                    self._unverified += self.piece_size(index)
+                    self._out.append(Verify(index, self.integrity.wants_digests(index)))
         if nbytes:
             if now - latest < ps.min_delay:
                 ps.min_delay = now - latest
