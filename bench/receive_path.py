@@ -164,7 +164,9 @@ def _core(count_calls: bool = False) -> tuple[float, float]:
     swarm.message(peer, m.Unchoke(), now)
     asked: list[Block] = []  # the seeder's queue: requests it has not answered yet
     sent = 0
-    send = conn.send
+    send_all = getattr(conn, "send_all", None)  # older trees (A/B): one send() each
+    if send_all is None:
+        send_all = lambda msgs: b"".join([conn.send(msg) for msg in msgs])  # noqa: E731
 
     def drain() -> None:
         nonlocal sent
@@ -172,7 +174,7 @@ def _core(count_calls: bool = False) -> tuple[float, float]:
             kind = type(a)
             if kind is act.Send:
                 msgs = a.messages  # type: ignore[attr-defined]
-                sent += len(b"".join([send(msg) for msg in msgs]))
+                sent += len(send_all(msgs))  # as Peer.send_many encodes them
                 asked.extend(Block(r.index, r.begin, r.length) for r in msgs
                              if type(r) is m.Request)
             elif kind is act.Verify:

@@ -111,9 +111,8 @@ class Peer:
 
     def _encode(self, msgs: tuple[m.Message, ...], what: str) -> bytes | None:
         """The wire bytes of ``msgs``, or None (logged as our bug) if one is invalid."""
-        send = self.conn.send
         try:
-            return b"".join([send(msg) for msg in msgs])
+            return self.conn.send_all(msgs)
         except LocalProtocolError as exc:
             log.error("peer %s: not %s %d: %s", self.addr, what, len(msgs), exc)
             return None

@@ -297,6 +297,38 @@ class PeerConnection:
 
     # ------------------------------------------------------------------ sending
 
+    def send_all(self, msgs: tuple[Message, ...] | list[Message]) -> bytes:
+        """The bytes of several messages (:meth:`send` for each, same checks, same errors).
+
+        Why: a leecher's request refills (a run of up to hundreds of Requests, ~65,000 a
+        GiB) are checked and packed here inline, one call per run instead of three per
+        Request; anything else goes through :meth:`send`.
+        """
+        if self.our_phase is not Phase.OPEN:
+            return b"".join([self.send(msg) for msg in msgs])
+        n, pl, total = self.num_pieces, self._piece_length, self._total_length
+        top = self.max_block_length
+        pack = _REQUEST.pack
+        req_id = MessageId.REQUEST
+        parts: list[bytes] = []
+        for msg in msgs:
+            if type(msg) is Request:
+                index, begin, length = msg.index, msg.begin, msg.length
+                # send()'s checks; a negative field fails the pack (as in send())
+                if (
+                    0 < length <= top
+                    and (n is None or index < n)
+                    and (pl is None or total is None
+                         or begin + length <= min(pl, total - index * pl))
+                ):
+                    try:
+                        parts.append(pack(13, req_id, index, begin, length))
+                        continue
+                    except struct.error:
+                        pass
+            parts.append(self.send(msg))  # raises the LocalProtocolError that explains why
+        return b"".join(parts)
+
     def send(self, msg: Message) -> bytes:
         """The bytes to write for ``msg``, after checking that our state allows it.
 

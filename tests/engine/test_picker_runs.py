@@ -1,0 +1,65 @@
+"""The picker's run-at-a-time paths: ``pick`` takes runs of free blocks (slices, not a
+search per block) and ``blocks_received`` handles a read's blocks in one call. Both must
+give exactly what the block-at-a-time rules give: free blocks only, in order, the last
+block of a short piece short, and the same news (piece complete, peers to cancel)."""
+
+from __future__ import annotations
+
+import random
+
+from swarmhub.engine.picker import Block, PiecePicker
+
+BS = 16384
+
+
+def picker(pads: list[tuple[int, int]] | None = None) -> PiecePicker:
+    # 3 pieces of 8 blocks, the last one 2.5 blocks long
+    p = PiecePicker(3, 8 * BS, 16 * BS + 2 * BS + 100, rng=random.Random(1),
+                    pad_blocks=pads or [], random_first=0)
+    p.peer_has_all("a")
+    p.peer_has_all("b")
+    return p
+
+
+def test_a_pick_skips_pads_requested_and_received_blocks_and_keeps_order() -> None:
+    p = picker(pads=[(0, 3 * BS)])
+    p.set_sequential(True)
+    first = p.pick("a", 2)
+    assert first == [Block(0, 0, BS), Block(0, BS, BS)]
+    assert p.block_received("b", Block(0, 5 * BS, BS)).piece_complete is False  # unasked
+    p.request_failed("a", first[1])  # back to free, in the middle
+    got = p.pick("b", 16)  # every free block (more would be end-game duplicates)
+    want_0 = [Block(0, b * BS, BS) for b in (1, 2, 4, 6, 7)]
+    assert got[:5] == want_0
+    assert got[5:13] == [Block(1, b * BS, BS) for b in range(8)]
+    assert got[13:] == [Block(2, 0, BS), Block(2, BS, BS), Block(2, 2 * BS, 100)]
+    assert set(p.outstanding("b")) == set(got)
+    p.check_invariant()
+
+
+def test_a_run_of_received_blocks_gives_the_news_one_at_a_time_gives() -> None:
+    rng = random.Random(7)
+    for _ in range(20):
+        one, run = picker(), picker()
+        for q in (one, run):
+            q.set_sequential(True)
+        asked = one.pick("a", 30)
+        assert run.pick("a", 30) == asked
+        # end-game-like duplicates: "b" asked for some of the same blocks
+        dup = rng.sample(asked, 5)
+        for q in (one, run):
+            reqs = q._reqs.setdefault("b", {})
+            for blk in dup:
+                j = blk.begin // BS
+                q._downloading[blk.index].requesters[j].append("b")
+                reqs[blk] = None
+        got = asked[:]
+        rng.shuffle(got)
+        got += [Block(0, 0, BS), Block(9, 0, BS), Block(0, 3, BS)]  # a repeat, bad geometry
+        singles = [(b, r) for b in got
+                   if (r := one.block_received("a", b)).piece_complete or r.cancel_peers]
+        assert run.blocks_received("a", got) == singles
+        assert [run.have(i) for i in range(3)] == [one.have(i) for i in range(3)]
+        assert run.outstanding("b") == one.outstanding("b")
+        run.check_invariant()
+        one.check_invariant()
