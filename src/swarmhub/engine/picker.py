@@ -1056,23 +1056,30 @@ class PiecePicker:
         have = self._have
         downloading = self._downloading
         news: list[tuple[Block, BlockResult]] = []
+        at = -1  # the piece of the previous block (a read's blocks are mostly one piece's)
+        piece: _Piece | None = None
+        credited: _Piece | None = None  # the piece ``peer`` was last added to contributors of
         for block in blocks:
             index, begin, length = block  # the geometry check of _block_no, inlined
-            if begin % bs or not 0 <= index < n:
-                continue
-            size = last_len if index == last else pl
-            if not 0 <= begin < size or length != min(bs, size - begin):
+            if index != at:
+                if not 0 <= index < n:
+                    continue
+                at, piece = index, None
+                size = last_len if index == last else pl
+            if begin % bs or not 0 <= begin < size or \
+                    length != (bs if begin + bs <= size else size - begin):
                 continue
             if reqs is not None:
                 reqs.pop(block, None)
             if have[index]:
                 continue
-            piece = downloading.get(index)
             if piece is None:
-                piece = self._reserve_blocks(index) if index in self._reserved else \
-                    self._start(index)
-                if reqs is None:  # a reservation's owner may be this peer (made just now)
-                    reqs = self._reqs.get(peer)
+                piece = downloading.get(index)
+                if piece is None:
+                    piece = self._reserve_blocks(index) if index in self._reserved else \
+                        self._start(index)
+                    if reqs is None:  # a reservation's owner may be this peer (just made)
+                        reqs = self._reqs.get(peer)
             j = begin // bs
             states = piece.blocks
             state = states[j]
@@ -1094,7 +1101,9 @@ class PiecePicker:
                     self._partial.pop(index, None)
             states[j] = _RECEIVED
             piece.num_received += 1
-            piece.contributors.add(peer)
+            if piece is not credited:
+                piece.contributors.add(peer)
+                credited = piece
             if piece.num_received == len(states):
                 news.append((block, BlockResult(others, True) if others else _COMPLETE))
             elif others:

@@ -581,6 +581,8 @@ class Swarm:
         kept: list[Block] = []  # for the picker, in one call
         nbytes = 0
         latest = -math.inf  # when the newest of these blocks was asked for
+        at = -1  # the piece of the previous block kept, and its sources (``src``)
+        src: dict[int, Hashable] = {}
         for block in got:
             asked = requested.pop(block, None)
             if asked is None:
@@ -590,12 +592,15 @@ class Swarm:
                 latest = asked
             index, begin, length = block
             nbytes += length
-            if have[index]:
-                out.append(False)
-                continue
-            src = srcs.get(index)
-            if src is None:
-                src = srcs[index] = {}
+            if index != at:
+                if have[index]:
+                    out.append(False)
+                    continue
+                at = index
+                known = srcs.get(index)
+                if known is None:
+                    known = srcs[index] = {}
+                src = known
             src[begin] = key
             kept.append(block)
             out.append(True)
