@@ -63,3 +63,26 @@ def test_a_run_of_received_blocks_gives_the_news_one_at_a_time_gives() -> None:
         assert run.outstanding("b") == one.outstanding("b")
         run.check_invariant()
         one.check_invariant()
+
+
+def test_requester_lists_shared_by_a_pick_are_never_changed_for_other_blocks() -> None:
+    """``_take`` gives the blocks of one run the same requester list; end-game duplicates
+    and withdrawn requests must change only their own block's requesters."""
+    p = PiecePicker(1, 4 * BS, 4 * BS, rng=random.Random(1), random_first=0)
+    p.peer_has_all("a")
+    p.peer_has_all("b")
+    mine = p.pick("a", 4)
+    assert len(mine) == 4 and p.in_endgame
+    dup = p.pick("b", 1)  # end-game: "b" asks for one of "a"'s blocks too
+    assert len(dup) == 1 and dup[0] in mine
+    assert p.requesters(0) == {"a", "b"}
+    p.check_invariant()
+    p.request_failed("a", mine[-1] if mine[-1] != dup[0] else mine[-2])
+    p.peer_choked("b")  # "b"'s duplicate is withdrawn, "a" still has it
+    p.check_invariant()
+    assert set(p.outstanding("a")) == set(mine) - {mine[-1] if mine[-1] != dup[0] else mine[-2]}
+    assert p.outstanding("b") == []
+    assert p.requesters(0) == {"a"}
+    for blk in p.outstanding("a"):
+        assert p.block_received("a", blk).cancel_peers == ()
+    p.check_invariant()

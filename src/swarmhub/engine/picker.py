@@ -118,7 +118,8 @@ class _Piece:
         self.num_received = len(pad)
         self.num_requested = 0
         self.num_free = num_blocks - len(pad)
-        #: block number -> peers that requested it (1, or 2 in end-game)
+        #: block number -> peers that requested it (1, or 2 in end-game); the lists are
+        #: shared between blocks (see _take): replaced, never changed in place
         self.requesters: dict[int, list[Hashable]] = {}
         self.contributors: set[Hashable] = set()
 
@@ -722,7 +723,8 @@ class PiecePicker:
         size = self.piece_size(index)
         n = len(blocks)
         requesters = piece.requesters
-        taken = 0
+        mine = [peer]  # one list for the blocks taken here: requester lists are never
+        taken = 0      # changed in place (end-game and _unrequest replace them)
         j = blocks.find(_FREE)
         while j != -1 and taken < need:
             k = min(j + need - taken, n)
@@ -734,7 +736,7 @@ class PiecePicker:
                 k = stop
             blocks[j:k] = _ALL_REQUESTED[: k - j] if k - j <= len(_ALL_REQUESTED) \
                 else bytes([_REQUESTED]) * (k - j)
-            requesters.update({b: [peer] for b in range(j, k)})
+            requesters.update(dict.fromkeys(range(j, k), mine))
             new = [_block((index, begin, bs)) for begin in range(j * bs, k * bs, bs)]
             if k == n and size % bs:
                 new[-1] = _block((index, (n - 1) * bs, size - (n - 1) * bs))
@@ -905,7 +907,7 @@ class PiecePicker:
             for j, peers in piece.requesters.items():
                 if len(peers) >= 2 or peer in peers:
                     continue
-                peers.append(peer)
+                piece.requesters[j] = [*peers, peer]  # a new list: _take shares them
                 block = Block(index, j * bs, min(bs, size - j * bs))
                 out.append(block)
                 reqs[block] = None
@@ -925,9 +927,9 @@ class PiecePicker:
         peers = piece.requesters.get(j)
         if peers is None or peer not in peers:
             return
-        peers.remove(peer)
         self._eg_gen += 1
-        if peers:
+        if len(peers) > 1:  # a new list: _take shares them between blocks
+            piece.requesters[j] = [p for p in peers if p != peer]
             return
         del piece.requesters[j]
         piece.blocks[j] = _FREE
