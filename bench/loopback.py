@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/loopback.py [--size 512] [--rounds 3] [--versions v1,hybrid]
                                        [--only lt|ours] [--workdir DIR] [--json OUT]
+                                       [--other-src TREE]   # A/B: another checkout too
 
 Why this shape: both sides run as separate processes (seeder and leecher each), on the same
 data and the same .torrent (made by libtorrent, the reference encoder), alternating which
@@ -45,7 +46,7 @@ from tests.interop.harness import (
 __all__ = ["Run", "main"]
 
 MiB = 1 << 20
-Impl = Literal["lt", "ours"]
+Impl = Literal["lt", "ours", "other"]
 Version = Literal["v1", "v2", "hybrid"]
 
 
@@ -156,21 +157,22 @@ def run_ours(
     logs: Path,
     timeout: float,
     stall: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> tuple[float, Proc, float]:
     """``swarmhub seed`` process -> ``swarmhub get`` process; returns (seconds, get proc,
-    seeder CPU seconds during the transfer).
+    seeder CPU seconds during the transfer); ``env``: the processes' environment.
 
     The seeder is ready once it prints ``{"event": "listening", "port": P}`` (after checking its
     data); the timing starts when the ``get`` process is started.
     """
     seed_args = [*cmd, "seed", str(torrent), str(data_arg), "--listen", "127.0.0.1:0", "--no-dht"]
-    with Proc(seed_args, log=logs / "ours-seed.log", name="swarmhub-seed") as seeder:
+    with Proc(seed_args, log=logs / "ours-seed.log", name="swarmhub-seed", env=env) as seeder:
         line = seeder.wait_for_line(lambda ln: _listening_port(ln) is not None, 120)
         port = _listening_port(line)
         get_args = [*cmd, "get", str(torrent), "-o", str(dst), "--peer", f"127.0.0.1:{port}"]
         get_args += ["--listen", "127.0.0.1:0", "--timeout", str(timeout), "--json", "--no-dht"]
         seed_cpu0 = _cpu_of(seeder.pid)
-        with Proc(get_args, log=logs / "ours-get.log", name="swarmhub-get") as getter:
+        with Proc(get_args, log=logs / "ours-get.log", name="swarmhub-get", env=env) as getter:
             done_at = _wait_progressing(getter, timeout, stall)
             seed_cpu = _cpu_of(seeder.pid) - seed_cpu0
             # Same definition as libtorrent's figure: process start -> every piece verified
@@ -242,8 +244,11 @@ def _bench_one(
             )
         else:
             data_arg = content if args.ours_data == "content" else content.parent
+            env = None
+            if impl == "other":  # the same command on another tree's code (A/B)
+                env = dict(os.environ, PYTHONPATH=str(args.other_src.resolve() / "src"))
             seconds, proc, seed_cpu = run_ours(
-                ours, torrent, data_arg, dst, logs, args.timeout, args.stall
+                ours, torrent, data_arg, dst, logs, args.timeout, args.stall, env
             )
         if args.verify:
             compare_trees(content, dst / content.name)
@@ -282,6 +287,7 @@ def _fmt(runs: list[Run]) -> tuple[str, str, str, str, str]:
 def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
     lt_runs = [r for r in runs if r.impl == "lt"]
     our_runs = [r for r in runs if r.impl == "ours"]
+    other_runs = [r for r in runs if r.impl == "other"]
     print(f"\n== {version} ==")
     print(f"{'run':<10}{'impl':<6}{'MB/s':>8}{'s':>8}{'RSS MiB':>9}{'CPU s':>7}{'seed CPU':>9}"
           "  note")
@@ -294,7 +300,7 @@ def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
         else:
             print(f"r{r.round:<9}{r.impl:<6}{'-':>8}{'-':>8}{'-':>9}{'-':>7}{'-':>9}"
                   f"  FAILED: {r.error}")
-    for name, rs in (("lt", lt_runs), ("ours", our_runs)):
+    for name, rs in (("lt", lt_runs), ("ours", our_runs), ("other", other_runs)):
         if rs:
             mb, s, rss, cpu, seed = _fmt(rs)
             print(f"{'median':<10}{name:<6}{mb:>8}{s:>8}{rss:>9}{cpu:>7}{seed:>9}  (RSS: max)")
@@ -317,9 +323,15 @@ def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
     cpu = "; ".join(
         f"{name} CPU-s/GiB leecher {statistics.median(r.cpu_s / r.gib for r in ok):.2f}"
         f" seeder {statistics.median(r.seed_cpu_s / r.gib for r in ok):.2f}"
-        for name, rs in (("lt", lt_runs), ("ours", our_runs))
+        for name, rs in (("lt", lt_runs), ("ours", our_runs), ("other", other_runs))
         if (ok := [r for r in rs if r.ok])
     )
+    other_ok = [r.mb_s for r in other_runs if r.ok]
+    if other_ok and lt_ok:
+        ratio += (f"; other {statistics.median(other_ok):.1f} MB/s, ratio other/libtorrent "
+                  f"{statistics.median(other_ok) / statistics.median(lt_ok):.2f}")
+    if other_ok and our_ok:
+        ratio += f"; ours/other {statistics.median(our_ok) / statistics.median(other_ok):.2f}"
     loads = [r.load for r in runs]
     load = f"load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
     return f"{version}: {lt_txt}; {ours_txt}; {ratio}\n  {cpu}; {load}"
@@ -363,6 +375,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="override one libtorrent setting on both libtorrent peers (repeatable)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write all runs as JSON")
+    p.add_argument(
+        "--other-src",
+        type=Path,
+        default=None,
+        metavar="TREE",
+        help="also run our client from another checkout (PYTHONPATH=TREE/src) in every round, "
+        "as impl 'other': an A/B of two versions against the same libtorrent runs",
+    )
     args = p.parse_args(argv)
     args.versions = [v.strip() for v in args.versions.split(",") if v.strip()]
     for v in args.versions:
@@ -374,6 +394,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     impls: list[Impl] = ["lt", "ours"] if args.only is None else [args.only]
+    if args.other_src is not None:
+        impls.append("other")
     ours = _ours_cmd()
     ours_reason: str | None = None
     if "ours" in impls and ours is None:
@@ -396,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(1, args.rounds + 1):
                 order = impls if rnd % 2 == 1 else impls[::-1]
                 for impl in order:
-                    if impl == "ours" and (disabled is not None or ours is None):
+                    if impl != "lt" and (disabled is not None or ours is None):
                         continue
                     run = _bench_one(impl, version, rnd, torrent, content, work, args, ours or [])
                     runs.append(run)
