@@ -73,3 +73,29 @@ async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
         release.set()
         await runner.cleanup()  # type: ignore[attr-defined]
     assert (tmp_path / "dl" / meta.name).read_bytes() == data
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["not-started", "hashed"])
+def test_a_run_dropped_by_a_closing_pool_does_not_leave_its_waiter_hanging(
+        started: bool) -> None:
+    """The session shuts its pools down with ``cancel_futures``: a run's hashing (or, once
+    hashed, its write) still queued is dropped, and the run's waiter hears of it."""
+    import concurrent.futures
+
+    from swarmhub.engine.webseed_driver import _dropped
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    busy = threading.Event()
+    pool.submit(busy.wait, 60)  # the only thread is taken: the next item stays queued
+    done: concurrent.futures.Future[list[bool]] = concurrent.futures.Future()
+    if started:  # hashed already: the hash thread marked it running, the write is queued
+        assert done.set_running_or_notify_cancel()
+    work = pool.submit(lambda: None)
+    work.add_done_callback(lambda w: _dropped(done, w))
+    pool.shutdown(wait=False, cancel_futures=True)
+    busy.set()
+    assert work.cancelled()
+    if started:
+        assert isinstance(done.exception(timeout=0), concurrent.futures.CancelledError)
+    else:
+        assert done.cancelled()

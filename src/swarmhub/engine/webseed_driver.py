@@ -47,6 +47,15 @@ _RUN_BYTES = 1 << 20
 _INFLIGHT_BYTES = 8 << 20
 
 
+def _dropped(done: concurrent.futures.Future[list[bool]],
+             work: concurrent.futures.Future[None]) -> None:
+    """A pool shutting down dropped ``work`` before it ran: whoever waits on ``done``
+    (which that work was to settle) is told so instead of waiting for ever."""
+    if work.cancelled() and not done.cancel():
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            done.set_exception(concurrent.futures.CancelledError())
+
+
 class WebSeedHost(DriverHost, Protocol):
     """What the web-seed loops need from their torrent besides the :class:`DriverHost`."""
 
@@ -159,7 +168,8 @@ class WebSeedDriver:
         if ws.banned or all(t.swarm.have[first:first + count]):
             return
         done: concurrent.futures.Future[list[bool]] = concurrent.futures.Future()
-        t.session.hash_pool.submit(self._check_write, first, count, buf, done)
+        work = t.session.hash_pool.submit(self._check_write, first, count, buf, done)
+        work.add_done_callback(functools.partial(_dropped, done))
         ok = await asyncio.wrap_future(done)
         ws.recycle(buf)
         now = t.clock()
@@ -194,7 +204,9 @@ class WebSeedDriver:
             if not any(ok):
                 done.set_result(ok)
                 return
-            self.torrent.session.disk_pool.submit(self._write_settle, first, ok, buf, done)
+            work = self.torrent.session.disk_pool.submit(self._write_settle, first, ok, buf,
+                                                         done)
+            work.add_done_callback(functools.partial(_dropped, done))
         except BaseException as exc:  # the pool shut down (closing): the waiter hears it
             done.set_exception(exc)
 
