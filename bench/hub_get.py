@@ -10,6 +10,11 @@ first), and reports where the hybrid download's bytes came from (web seed vs pee
 its ``--json`` finished line). Start-up alone is bench/startup.py. ``--baseline SRC``
 adds both modes run with another source tree (``PYTHONPATH=SRC``, e.g. main's) in the same
 rounds against the same hub, so a change is measured against its base under the same load.
+
+Bytecode: the ``get`` children cache it under a temporary PYTHONPYCACHEPREFIX (even where
+PYTHONDONTWRITEBYTECODE is set), after one untimed warm-up ``get`` per series, as an
+installed package has it; otherwise a tree without ``__pycache__`` (a fresh worktree)
+compiled its modules in every ``get`` and lost to one that had them.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ def _publish(url: str, token: str, path: Path, work: Path) -> str:
 
 def _get(url: str, mode: str | None, work: Path, n: int, src: str | None = None
          ) -> tuple[float, float, str]:
+    # (n < 0: the untimed warm-up)
     """Seconds from start to exit 0, the process's CPU seconds (user + system: on a loaded
     machine they tell more than the wall clock), and the ``finished`` JSON line. ``src``:
     run that source tree's swarmhub (PYTHONPATH) instead of this one's."""
@@ -85,7 +91,9 @@ def _get(url: str, mode: str | None, work: Path, n: int, src: str | None = None
     args = [*SWARMHUB, "get", url, "-o", str(dst), "--json", "--timeout", "300"]
     if mode:
         args += ["--mode", mode]
-    env = dict(os.environ, **QUIET, SWARMHUB_STATE_DIR=str(work / f"state-{n}-{mode}-{src}"))
+    env = dict(os.environ, **QUIET, SWARMHUB_STATE_DIR=str(work / f"state-{n}-{mode}-{src}"),
+               PYTHONPYCACHEPREFIX=str(work / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if src:
         env["PYTHONPATH"] = src
     with Proc(args, env=env, name="get", log=work / f"get-{mode}-{n}.log") as p:
@@ -118,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         hub, url, token = _start_hub(work)
         with hub:
             file_url = _publish(url, token, data, work)
+            for mode in series:  # untimed: compiles each tree's bytecode once
+                _get(file_url, "cs" if mode.endswith("cs") else None, work, -1,
+                     args.baseline if mode.startswith("base-") else None)
             for n in range(args.rounds):
                 order = series if n % 2 == 0 else series[::-1]
                 for mode in order:

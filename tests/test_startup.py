@@ -131,3 +131,51 @@ def test_every_command_group_is_still_listed_and_runs(tmp_path: Path) -> None:
         sub = subprocess.run([*SWARMHUB, group, "--help"], capture_output=True, text=True,
                              timeout=120, env=env)
         assert sub.returncode == 0 and "Usage: swarmhub " + group in sub.stdout, sub.stdout
+
+
+#: Run before the CLI (after importing it): note each collection with how many objects were
+#: frozen then, the collector's state at the first peer connection, and at exit.
+_GC_PROBE = """
+import atexit, gc, json, logging, os, sys
+sys.argv[0] = 'swarmhub'
+from swarmhub.cli import main
+seen = {"collections": [], "at_peer": None, "at_exit": None}
+def on_gc(phase, info):
+    if phase == "start":
+        seen["collections"].append(gc.get_freeze_count())
+gc.callbacks.append(on_gc)
+class Probe(logging.Handler):
+    def emit(self, record):
+        if seen["at_peer"] is None and "connected <Peer" in record.getMessage():
+            seen["at_peer"] = [gc.isenabled(), gc.get_freeze_count()]
+logging.getLogger("swarmhub.engine.torrent").addHandler(Probe())
+def at_exit():
+    seen["at_exit"] = [gc.isenabled(), gc.get_freeze_count()]
+    with open(os.environ["STARTUP_PROBE_OUT"], "w") as fh:
+        json.dump(seen, fh)
+atexit.register(at_exit)
+main()
+"""
+
+
+def test_get_collects_nothing_during_start_up_and_nothing_at_exit(
+        tmp_path: Path, seeded: tuple[Path, int]) -> None:
+    """Start-up's objects are frozen (no collection walks them) before the first peer;
+    collecting resumes for the download; at exit the collector is off and everything
+    frozen, so the interpreter's last collection has nothing to walk."""
+    tfile, port = seeded
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
+               SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
+               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"))
+    r = subprocess.run(
+        [str(VENV_PYTHON), "-c", _GC_PROBE, "get", str(tfile), "-o", str(tmp_path / "dl"),
+         "--peer", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0", "--json", "-vv",
+         "--timeout", "120"], capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads((tmp_path / "probe.json").read_text())
+    assert seen["at_peer"] is not None  # the probe saw the real connection
+    enabled, frozen = seen["at_peer"]
+    assert enabled and frozen > 10_000
+    assert all(n > 0 for n in seen["collections"]), seen["collections"]
+    enabled, frozen = seen["at_exit"]
+    assert not enabled and frozen >= seen["at_peer"][1]

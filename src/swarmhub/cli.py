@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -37,6 +38,24 @@ console = ui.LazyConsole(stderr=True, soft_wrap=True)
 out = ui.LazyConsole(soft_wrap=True)
 
 log = logging.getLogger("swarmhub")
+
+#: ``main`` paused the garbage collector for ``get``'s start-up (see :func:`_startup_done`).
+_gc_paused = False
+
+
+def _startup_done() -> None:
+    """``get`` has imported what it needs: resume collecting (``main`` paused it), with
+    what the imports made moved out of the collector's sight (``gc.freeze``).
+
+    Why: start-up makes a few hundred thousand objects that live until exit and are
+    never garbage; collecting while importing them cost a ``get`` ~45 ms of CPU (64 MiB
+    from a loopback hub: 0.39 -> 0.34 CPU-s, 8 alternating rounds at load 11-14), and
+    every later full collection would walk them again."""
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
+        gc.freeze()
+        gc.enable()
 
 
 def _setup_logging(verbose: int) -> None:
@@ -483,6 +502,9 @@ def get(
                 _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
             lsd = await stack.enter_async_context(_lsd(session, host, no_lsd))
             if hub_url:
+                import swarmhub.client  # noqa: F401  (aiohttp: the last big import)
+            _startup_done()
+            if hub_url:
                 meta = await _from_hub(session, torrent, mode, output, token, json_progress,
                                        settings.download_rate_limit)
                 if meta is None:
@@ -746,11 +768,16 @@ def version() -> None:
     out.print(f"swarmhub {__version__}")
 
 
+def _command_name(argv: list[str]) -> str | None:
+    """The command a command line names (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def _register_subcommands(argv: list[str]) -> None:
     """Add the hub, lab and config command groups, unless the command line names one of
     this module's commands: then only that one runs, and ``swarmhub get`` need not import
     the lab and hub modules (and what they pull in) before it dials its first peer."""
-    first = next((a for a in argv if not a.startswith("-")), None)
+    first = _command_name(argv)
     ours = {(c.name or c.callback.__name__).replace("_", "-")
             for c in app.registered_commands if c.callback is not None}
     if first in ours and not any(a.startswith("--show-completion") or a == "--help"
@@ -793,5 +820,17 @@ ui.install(app)
 
 
 def main() -> None:
-    """The ``swarmhub`` console script: exit status as documented in :mod:`swarmhub.ui`."""
-    sys.exit(ui.run(app))
+    """The ``swarmhub`` console script: exit status as documented in :mod:`swarmhub.ui`.
+
+    ``get`` starts with the garbage collector paused (see :func:`_startup_done`). Once
+    the command has returned (files closed, resume data saved, output flushed by then),
+    nothing it made needs collecting: the interpreter's exit would walk every object
+    in one last collection (~90 ms of a ``get``'s CPU), so they are frozen first."""
+    global _gc_paused
+    if _command_name(sys.argv[1:]) == "get":
+        gc.disable()
+        _gc_paused = True
+    code = ui.run(app)
+    gc.disable()
+    gc.freeze()
+    sys.exit(code)

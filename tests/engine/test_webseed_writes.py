@@ -1,0 +1,101 @@
+"""A web seed's runs: hashing goes on while a run's write waits for the disk.
+
+Real loopback HTTP (the hub's static origin app) and a real session; the disk is made
+slow by holding the first write until the test has seen what it looks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import until
+from swarmhub.engine.session import Session
+from swarmhub.metainfo import create_torrent
+from swarmhub.metainfo.model import TorrentVersion
+from swarmhub.settings import Settings
+from swarmhub.storage.files import TorrentStorage
+from swarmhub.storage.verify import PieceVerifier
+
+PIECE = 64 * 1024
+RUN_PIECES = 16  # webseed_driver._RUN_BYTES (1 MiB) of 64 KiB pieces
+
+
+async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one hashing thread, the write of the first run of the second batch is held (a
+    device that has not answered yet; the first batch, 1 MiB until the web seed's rate
+    is known, is one run): the later runs of that batch are still checked meanwhile, and
+    once the write goes through the download completes with every byte right."""
+    src = tmp_path / "www" / "payload"
+    src.mkdir(parents=True)
+    data = random.Random(5).randbytes(6 << 20)
+    (src / "file0.bin").write_bytes(data)
+    from test_transfer import serve_folder
+
+    runner, base = await serve_folder(tmp_path / "www")
+    held, release = threading.Event(), threading.Event()
+    checked: list[int] = []
+    real_write, real_check = TorrentStorage.write, PieceVerifier.check
+
+    def slow_first_write(self: TorrentStorage, offset: int, buf: object) -> None:
+        if offset >= RUN_PIECES * PIECE and not held.is_set():
+            held.set()
+            release.wait(60)  # hang guard: the test releases it
+        real_write(self, offset, buf)  # type: ignore[arg-type]
+
+    def noting_check(self: PieceVerifier, index: int, view: object) -> bool:
+        checked.append(index)
+        return real_check(self, index, view)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(TorrentStorage, "write", slow_first_write)
+    monkeypatch.setattr(PieceVerifier, "check", noting_check)
+    try:
+        meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
+                              piece_length=PIECE, url_list=[base + "payload/file0.bin"])
+        settings = Settings().replace(web_seed_grace=0.0, hash_threads=1, disk_threads=2)
+        async with Session(settings, state_dir=tmp_path / "s") as leecher:
+            t = await leecher.add(meta, tmp_path / "dl")
+            try:
+                await until(held.is_set, "the second batch's first write")
+                await until(lambda: any(i >= 2 * RUN_PIECES for i in checked),
+                            "a later run hashed while the first write waits", timeout=30)
+            finally:
+                release.set()
+            await asyncio.wait_for(t.complete.wait(), 60)
+            assert t.error is None
+            assert t.webseed_bytes >= meta.data_length
+    finally:
+        release.set()
+        await runner.cleanup()  # type: ignore[attr-defined]
+    assert (tmp_path / "dl" / meta.name).read_bytes() == data
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["not-started", "hashed"])
+def test_a_run_dropped_by_a_closing_pool_does_not_leave_its_waiter_hanging(
+        started: bool) -> None:
+    """The session shuts its pools down with ``cancel_futures``: a run's hashing (or, once
+    hashed, its write) still queued is dropped, and the run's waiter hears of it."""
+    import concurrent.futures
+
+    from swarmhub.engine.webseed_driver import _dropped
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    busy = threading.Event()
+    pool.submit(busy.wait, 60)  # the only thread is taken: the next item stays queued
+    done: concurrent.futures.Future[list[bool]] = concurrent.futures.Future()
+    if started:  # hashed already: the hash thread marked it running, the write is queued
+        assert done.set_running_or_notify_cancel()
+    work = pool.submit(lambda: None)
+    work.add_done_callback(lambda w: _dropped(done, w))
+    pool.shutdown(wait=False, cancel_futures=True)
+    busy.set()
+    assert work.cancelled()
+    if started:
+        assert isinstance(done.exception(timeout=0), concurrent.futures.CancelledError)
+    else:
+        assert done.cancelled()
