@@ -263,3 +263,54 @@ async def test_large_pieces_skip_the_batch_queue(tmp_path: Path) -> None:
         assert _on_disk(tmp_path)[PIECE:2 * PIECE] == data[PIECE:2 * PIECE]
     finally:
         _close(storage, session)
+
+
+# -- large hybrid pieces: SHA-1 and SHA-256 on two threads when both are free ----------------
+
+def _large(pieces: Pieces) -> Pieces:
+    pieces.batch_below = PIECE  # 64 KiB counts as large here
+    return pieces
+
+
+async def test_a_large_hybrid_piece_hashes_its_two_kinds_on_two_free_threads(
+        tmp_path: Path) -> None:
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
+    pieces = _large(Pieces(meta, storage, session))  # type: ignore[arg-type]
+    jobs = _count_calls(session.hash_pool, "submit")
+    try:
+        pieces.buffers[1] = bytearray(data[PIECE:2 * PIECE])
+        assert await pieces.verify(1, want_digests=False) == (True, None)
+        assert len(jobs) == 2
+        assert _on_disk(tmp_path)[PIECE:2 * PIECE] == data[PIECE:2 * PIECE]
+        # with a hash thread taken by another piece: one job, both kinds in it
+        pieces._hashing = 1
+        pieces.buffers[2] = bytearray(data[2 * PIECE:])
+        assert await pieces.verify(2, want_digests=False) == (True, None)
+        assert len(jobs) == 3
+        assert pieces._hashing == 1
+    finally:
+        _close(storage, session)
+
+
+@pytest.mark.parametrize("broken", ["v1", "v2"])
+async def test_a_large_hybrid_piece_failing_either_kind_is_rejected(
+        tmp_path: Path, broken: str) -> None:
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
+    pieces = _large(Pieces(meta, storage, session))  # type: ignore[arg-type]
+    jobs = _count_calls(session.hash_pool, "submit")
+    if broken == "v1":  # the torrent's SHA-1 of piece 0 no longer matches the data
+        v1 = pieces.verifier._v1
+        assert v1 is not None
+        pieces.verifier._v1 = bytes(20) + v1[20:]
+    else:  # the torrent's piece layer no longer matches the data's SHA-256 tree
+        (root, layer), = meta.piece_layers.items()
+        meta.piece_layers[root] = bytes(32) + layer[32:]
+    try:
+        pieces.buffers[0] = bytearray(data[:PIECE])
+        ok, digests = await pieces.verify(0, want_digests=False)
+        assert not ok and digests is not None
+        assert len(jobs) == 2  # checked apart, rejected together
+        assert _on_disk(tmp_path)[:PIECE] == bytes(PIECE)
+        assert pieces._hashing == 0
+    finally:
+        _close(storage, session)

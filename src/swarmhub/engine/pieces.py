@@ -64,6 +64,7 @@ class Pieces:
         self._lock = threading.Lock()
         self._jobs = 0  # hash jobs submitted and not ended
         self._unstarted = 0  # of those, jobs that have not yet taken a batch
+        self._hashing = 0  # large pieces' hash jobs submitted and not ended
         #: Batches the hash jobs took (one thread hand-off and loop wake-up each).
         self.batches = 0
 
@@ -136,21 +137,74 @@ class Pieces:
             else:
                 _settle(done, (True, digests))
 
+        def finish(ok: bool) -> None:
+            digests = _block_digests(buf) if want_digests or not ok else None
+            if ok:
+                session.disk_pool.submit(write, digests)
+            else:
+                _settle(done, (False, digests))
+
         def check() -> None:
-            if done.cancelled():
-                return
             try:
-                ok = self.verifier.check(index, view)
-                digests = _block_digests(buf) if want_digests or not ok else None
-                if ok:
-                    session.disk_pool.submit(write, digests)
-                else:
-                    _settle(done, (False, digests))
+                try:
+                    ok = not done.cancelled() and self.verifier.check(index, view)
+                finally:
+                    self._end_hash_jobs(1)  # the thread is free before anyone hears back
+                if not done.cancelled():
+                    finish(ok)
             except BaseException as exc:  # a shut-down pool, a bug
                 _settle(done, exc)
 
-        session.hash_pool.submit(check)
+        # A hybrid piece's SHA-1 and SHA-256 tree as two jobs when two hash threads are
+        # free: a lone large piece (a download's last, a single downloader's stream) is then
+        # hashed in about half the time. With the threads busy, one job: no gain, one
+        # hand-off more.
+        halves = self.verifier.hybrid and self._start_hash_jobs(2)
+        if not halves:
+            self._start_hash_jobs(1, force=True)
+            self._submit_hash_jobs([(check, ())])
+            return await asyncio.wrap_future(done)
+        verdicts: list[bool] = []
+        lock = threading.Lock()
+
+        def half(only: str) -> None:
+            try:
+                try:
+                    ok = not done.cancelled() and self.verifier.check(index, view, only=only)
+                finally:
+                    self._end_hash_jobs(1)
+                with lock:
+                    verdicts.append(ok)
+                    last = len(verdicts) == 2
+                if last and not done.cancelled():
+                    finish(all(verdicts))
+            except BaseException as exc:  # a shut-down pool, a bug
+                _settle(done, exc)
+
+        self._submit_hash_jobs([(half, ("v2",)), (half, ("v1",))])  # the slower one first
         return await asyncio.wrap_future(done)
+
+    def _submit_hash_jobs(self, jobs: list[tuple[Callable[..., None], tuple[str, ...]]]
+                          ) -> None:
+        for k, (fn, args) in enumerate(jobs):
+            try:
+                self.session.hash_pool.submit(fn, *args)
+            except BaseException:  # a shut-down pool: those not submitted never end
+                self._end_hash_jobs(len(jobs) - k)
+                raise
+
+    def _start_hash_jobs(self, n: int, force: bool = False) -> bool:
+        """Count ``n`` large-piece hash jobs in; unless ``force``, only if a thread is
+        free for each (else False, nothing counted)."""
+        with self._lock:
+            if not force and self._hashing + n > self.session.hash_threads:
+                return False
+            self._hashing += n
+            return True
+
+    def _end_hash_jobs(self, n: int) -> None:
+        with self._lock:
+            self._hashing -= n
 
     # -- small pieces: hashed and written in batches ----------------------------------------
     # Why: a 32 KiB piece hashes in ~30 us, but its two thread hand-offs (hash pool, disk
