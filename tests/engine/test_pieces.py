@@ -314,3 +314,22 @@ async def test_a_large_hybrid_piece_failing_either_kind_is_rejected(
         assert pieces._hashing == 0
     finally:
         _close(storage, session)
+
+
+async def test_small_pieces_completed_in_one_loop_iteration_share_one_batch(
+        tmp_path: Path) -> None:
+    """An idle pool: the pieces one loop iteration completes (one busy read of many
+    sockets) still go in one job, submitted when that iteration ends."""
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.V1)
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    jobs = _count_calls(session.hash_pool, "submit")
+    try:
+        for i in range(3):
+            pieces.buffers[i] = bytearray(data[i * PIECE:(i + 1) * PIECE])
+        verdicts = await asyncio.gather(*(pieces.verify(i, want_digests=False)
+                                          for i in range(3)))
+        assert verdicts == [(True, None)] * 3
+        assert len(jobs) == 1 and pieces.batches == 1
+        assert _on_disk(tmp_path) == data
+    finally:
+        _close(storage, session)

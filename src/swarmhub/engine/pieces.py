@@ -211,8 +211,9 @@ class Pieces:
     # pool) and its loop wake-up cost far more GIL time than that: a quarter of a lab peer's
     # Python time at N=32 (1,024 pieces). So small pieces queue here, and a hash job takes
     # *everything* queued when it starts (natural batching: no timer, a piece never waits
-    # for a batch to fill), hashes each, hands the good ones to the disk pool in one job,
-    # and the batch's verdicts reach the loop in one call_soon_threadsafe.
+    # for a batch to fill; the job is submitted at the end of the loop iteration that
+    # queued the first piece), hashes each, hands the good ones to the disk pool in one
+    # job, and the batch's verdicts reach the loop in one call_soon_threadsafe.
 
     async def _queue_check(self, index: int, buf: PieceBuffer, want_digests: bool
                            ) -> _Verdict:
@@ -227,15 +228,22 @@ class Pieces:
                 self._jobs += 1
                 self._unstarted += 1
         if start:
-            try:
-                self.session.hash_pool.submit(self._hash_jobs, loop)
-            except BaseException:  # a shut-down pool: nothing will take the queue
-                with self._lock:
-                    self._jobs -= 1
-                    self._unstarted -= 1
-                    self._queue.remove(item)
-                raise
+            # Submitted at the end of this loop iteration: the other pieces this iteration
+            # completes (a busy process reads many sockets per iteration) join the batch.
+            loop.call_soon(self._submit_batch_job, loop)
         return await item.fut
+
+    def _submit_batch_job(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self.session.hash_pool.submit(self._hash_jobs, loop)
+        except BaseException as exc:  # a shut-down pool: nothing will take the queue
+            with self._lock:
+                self._jobs -= 1
+                self._unstarted -= 1
+                batch, self._queue = self._queue, []
+            for item in batch:
+                item.verdict = exc
+            _settle_batch(batch)
 
     def _hash_jobs(self, loop: asyncio.AbstractEventLoop) -> None:
         """(hash pool) Take the whole queue, hash it, hand it on; again until it is empty."""
