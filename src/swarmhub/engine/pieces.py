@@ -208,12 +208,14 @@ class Pieces:
 
     # -- small pieces: hashed and written in batches ----------------------------------------
     # Why: a 32 KiB piece hashes in ~30 us, but its two thread hand-offs (hash pool, disk
-    # pool) and its loop wake-up cost far more GIL time than that: a quarter of a lab peer's
-    # Python time at N=32 (1,024 pieces). So small pieces queue here, and a hash job takes
-    # *everything* queued when it starts (natural batching: no timer, a piece never waits
-    # for a batch to fill; the job is submitted at the end of the loop iteration that
-    # queued the first piece), hashes each, hands the good ones to the disk pool in one
-    # job, and the batch's verdicts reach the loop in one call_soon_threadsafe.
+    # pool) and its loop wake-up cost far more: ~300-430 us of CPU and ~12 context
+    # switches per piece, paced as in the lab (bench/verify_cpu.py); a lab peer at N=32
+    # has 1,024 of them. So small pieces queue here, and a hash job takes *everything*
+    # queued when it starts (natural batching: no timer, a piece never waits for a batch
+    # to fill; the job is submitted at the end of the loop iteration that queued the first
+    # piece), hashes each, writes the good ones itself (a disk-pool hop cost one more
+    # wake-up per batch, as in the web seed's runs), and the batch's verdicts reach the
+    # loop in one call_soon_threadsafe.
 
     async def _queue_check(self, index: int, buf: PieceBuffer, want_digests: bool
                            ) -> _Verdict:
@@ -268,27 +270,15 @@ class Pieces:
                         good.append(item)
                 except BaseException as exc:  # a bug: handed to the awaiting task
                     item.verdict = exc
-            if good:
+            pl = self.meta.piece_length
+            for item in good:
+                if item.fut.done():
+                    continue  # given up meanwhile: not wanted
                 try:
-                    self.session.disk_pool.submit(self._write_batch, loop, batch, good)
-                    continue
-                except BaseException as exc:  # a shut-down pool
-                    for item in good:
-                        item.verdict = exc
+                    self.storage.write(item.index * pl, item.view)
+                except BaseException as exc:  # handed to the awaiting task
+                    item.verdict = exc
             _post(loop, batch)
-
-    def _write_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Queued],
-                     good: list[_Queued]) -> None:
-        """(disk pool) Write the batch's good pieces, then report the whole batch."""
-        pl = self.meta.piece_length
-        for item in good:
-            if item.fut.done():
-                continue  # given up meanwhile: not wanted
-            try:
-                self.storage.write(item.index * pl, item.view)
-            except BaseException as exc:  # handed to the awaiting task
-                item.verdict = exc
-        _post(loop, batch)
 
     def hashes_for(self, req: m.HashRequest) -> bytes | None:
         """Answer a BEP 52 hash request from the piece layers (base layer = piece layer)."""
