@@ -1,7 +1,8 @@
 """Pieces: hash-then-write of an assembled piece, with the write handed from the hash pool
-to the disk pool (one event-loop wake-up per piece). A good piece is on disk when its
-verify returns; a bad one is never written and brings its block digests; a verify given
-up before its hash ran writes nothing. Real thread pools and files; no peers."""
+to the disk pool. A good piece is on disk when its verify returns; a bad one is never
+written and brings its block digests; a verify given up before its hash ran writes nothing.
+Small pieces completed while the hash pool is busy share one hash job (that writes them) and
+one loop wake-up, and each still gets its own verdict. Real thread pools and files; no peers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import until
 from swarmhub.engine.pieces import Pieces
 from swarmhub.metainfo.create import create_torrent
 from swarmhub.metainfo.model import Metainfo, TorrentVersion
@@ -41,7 +43,8 @@ def _setup(tmp_path: Path, version: TorrentVersion) -> tuple[Metainfo, bytes, To
     storage = TorrentStorage(meta, tmp_path / "dst")
     storage.open()
     session = SimpleNamespace(
-        settings=Settings(), hash_pool=ThreadPoolExecutor(2), disk_pool=ThreadPoolExecutor(1))
+        settings=Settings(), hash_pool=ThreadPoolExecutor(2), disk_pool=ThreadPoolExecutor(1),
+        hash_threads=2)
     return meta, data, storage, session
 
 
@@ -106,7 +109,7 @@ async def test_a_write_error_reaches_the_verify(tmp_path: Path) -> None:
 async def test_a_verify_given_up_before_its_hash_writes_nothing(tmp_path: Path) -> None:
     meta, data, storage, session = _setup(tmp_path, TorrentVersion.V1)
     session.hash_pool.shutdown()
-    session.hash_pool = ThreadPoolExecutor(1)
+    session.hash_pool, session.hash_threads = ThreadPoolExecutor(1), 1
     gate = threading.Event()
     session.hash_pool.submit(gate.wait, 30)  # the only hash thread is busy
     pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
@@ -124,3 +127,209 @@ async def test_a_verify_given_up_before_its_hash_writes_nothing(tmp_path: Path) 
     finally:
         gate.set()
         storage.close()
+
+
+# -- small pieces: batched hand-offs ----------------------------------------------------------
+
+def _busy_hash_pool(session: SimpleNamespace) -> threading.Event:
+    """One hash thread, held busy until the returned gate is set."""
+    session.hash_pool.shutdown()
+    session.hash_pool, session.hash_threads = ThreadPoolExecutor(1), 1
+    gate = threading.Event()
+    session.hash_pool.submit(gate.wait, 60)
+    return gate
+
+
+def _count_calls(obj: object, name: str) -> list[object]:
+    """Record the first argument of each call of ``obj.name`` (still calling it)."""
+    calls: list[object] = []
+    real = getattr(obj, name)
+
+    def wrapper(*args: object, **kw: object) -> object:
+        calls.append(args[0])
+        return real(*args, **kw)
+
+    setattr(obj, name, wrapper)
+    return calls
+
+
+async def _verify_while_busy(pieces: Pieces, session: SimpleNamespace, gate: threading.Event,
+                             chunks: dict[int, bytes]) -> list[tuple[bool, object]]:
+    """Complete ``chunks`` while the hash thread is busy, then free it: the verdicts."""
+    tasks = []
+    for index, chunk in chunks.items():
+        pieces.buffers[index] = bytearray(chunk)
+        tasks.append(asyncio.ensure_future(pieces.verify(index, want_digests=False)))
+    await until(lambda: len(pieces._queue) == len(chunks), "every piece queued")
+    gate.set()
+    return list(await asyncio.gather(*tasks))
+
+
+@pytest.mark.parametrize("version", [TorrentVersion.V1, TorrentVersion.HYBRID])
+async def test_small_pieces_queued_while_the_pool_is_busy_share_one_batch(
+        tmp_path: Path, version: TorrentVersion) -> None:
+    meta, data, storage, session = _setup(tmp_path, version)
+    gate = _busy_hash_pool(session)
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    writes = _count_calls(session.disk_pool, "submit")
+    wakeups = _count_calls(asyncio.get_running_loop(), "call_soon_threadsafe")
+    try:
+        chunks = {i: data[i * PIECE:(i + 1) * PIECE] for i in range(3)}
+        verdicts = await _verify_while_busy(pieces, session, gate, chunks)
+        assert verdicts == [(True, None)] * 3
+        assert _on_disk(tmp_path) == data
+        # three pieces: one hash job (that writes them too), one loop wake-up
+        assert pieces.batches == 1
+        assert writes == []
+        assert len(wakeups) == 1
+    finally:
+        gate.set()
+        _close(storage, session)
+
+
+async def test_a_bad_piece_in_a_batch_is_rejected_alone(tmp_path: Path) -> None:
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
+    gate = _busy_hash_pool(session)
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    try:
+        bad = bytearray(data[PIECE:2 * PIECE])
+        bad[3 * BLOCK] ^= 1
+        chunks = {0: data[:PIECE], 1: bytes(bad), 2: data[2 * PIECE:]}
+        verdicts = await _verify_while_busy(pieces, session, gate, chunks)
+        assert pieces.batches == 1
+        assert [ok for ok, _ in verdicts] == [True, False, True]
+        digests = verdicts[1][1]
+        assert isinstance(digests, dict)
+        assert [b for b in digests if digests[b] != hashlib.sha1(
+            data[PIECE + b:PIECE + b + BLOCK]).digest()] == [3 * BLOCK]
+        disk = _on_disk(tmp_path)
+        assert disk[:PIECE] == data[:PIECE] and disk[2 * PIECE:] == data[2 * PIECE:]
+        assert disk[PIECE:2 * PIECE] == bytes(PIECE)  # never written
+    finally:
+        gate.set()
+        _close(storage, session)
+
+
+async def test_a_write_error_in_a_batch_reaches_its_piece_alone(tmp_path: Path) -> None:
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.V1)
+    gate = _busy_hash_pool(session)
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    real = storage.write
+
+    def write(offset: int, view: memoryview) -> None:
+        if offset == PIECE:
+            raise OSError(28, "No space left on device")
+        real(offset, view)
+
+    storage.write = write  # type: ignore[method-assign]
+    try:
+        tasks = []
+        for i in range(3):
+            pieces.buffers[i] = bytearray(data[i * PIECE:(i + 1) * PIECE])
+            tasks.append(asyncio.ensure_future(pieces.verify(i, want_digests=False)))
+        await until(lambda: len(pieces._queue) == 3, "every piece queued")
+        gate.set()
+        got = await asyncio.gather(*tasks, return_exceptions=True)
+        assert pieces.batches == 1
+        assert got[0] == (True, None) and got[2] == (True, None)
+        assert isinstance(got[1], OSError)
+    finally:
+        gate.set()
+        _close(storage, session)
+
+
+async def test_a_lone_small_piece_does_not_wait_for_company(tmp_path: Path) -> None:
+    """An idle pool takes a piece at once: its verify returns with no other piece coming."""
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.V1)
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    try:
+        for i in range(3):
+            pieces.buffers[i] = bytearray(data[i * PIECE:(i + 1) * PIECE])
+            assert await pieces.verify(i, want_digests=False) == (True, None)
+        assert pieces.batches == 3
+        assert _on_disk(tmp_path) == data
+    finally:
+        _close(storage, session)
+
+
+async def test_large_pieces_skip_the_batch_queue(tmp_path: Path) -> None:
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    pieces.batch_below = PIECE  # 64 KiB counts as large here
+    try:
+        pieces.buffers[1] = bytearray(data[PIECE:2 * PIECE])
+        assert await pieces.verify(1, want_digests=False) == (True, None)
+        assert pieces.batches == 0
+        assert _on_disk(tmp_path)[PIECE:2 * PIECE] == data[PIECE:2 * PIECE]
+    finally:
+        _close(storage, session)
+
+
+# -- large hybrid pieces: SHA-1 and SHA-256 on two threads when both are free ----------------
+
+def _large(pieces: Pieces) -> Pieces:
+    pieces.batch_below = PIECE  # 64 KiB counts as large here
+    return pieces
+
+
+async def test_a_large_hybrid_piece_hashes_its_two_kinds_on_two_free_threads(
+        tmp_path: Path) -> None:
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
+    pieces = _large(Pieces(meta, storage, session))  # type: ignore[arg-type]
+    jobs = _count_calls(session.hash_pool, "submit")
+    try:
+        pieces.buffers[1] = bytearray(data[PIECE:2 * PIECE])
+        assert await pieces.verify(1, want_digests=False) == (True, None)
+        assert len(jobs) == 2
+        assert _on_disk(tmp_path)[PIECE:2 * PIECE] == data[PIECE:2 * PIECE]
+        # with a hash thread taken by another piece: one job, both kinds in it
+        pieces._hashing = 1
+        pieces.buffers[2] = bytearray(data[2 * PIECE:])
+        assert await pieces.verify(2, want_digests=False) == (True, None)
+        assert len(jobs) == 3
+        assert pieces._hashing == 1
+    finally:
+        _close(storage, session)
+
+
+@pytest.mark.parametrize("broken", ["v1", "v2"])
+async def test_a_large_hybrid_piece_failing_either_kind_is_rejected(
+        tmp_path: Path, broken: str) -> None:
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
+    pieces = _large(Pieces(meta, storage, session))  # type: ignore[arg-type]
+    jobs = _count_calls(session.hash_pool, "submit")
+    if broken == "v1":  # the torrent's SHA-1 of piece 0 no longer matches the data
+        v1 = pieces.verifier._v1
+        assert v1 is not None
+        pieces.verifier._v1 = bytes(20) + v1[20:]
+    else:  # the torrent's piece layer no longer matches the data's SHA-256 tree
+        (root, layer), = meta.piece_layers.items()
+        meta.piece_layers[root] = bytes(32) + layer[32:]
+    try:
+        pieces.buffers[0] = bytearray(data[:PIECE])
+        ok, digests = await pieces.verify(0, want_digests=False)
+        assert not ok and digests is not None
+        assert len(jobs) == 2  # checked apart, rejected together
+        assert _on_disk(tmp_path)[:PIECE] == bytes(PIECE)
+        assert pieces._hashing == 0
+    finally:
+        _close(storage, session)
+
+
+async def test_small_pieces_completed_in_one_loop_iteration_share_one_batch(
+        tmp_path: Path) -> None:
+    """An idle pool: the pieces one loop iteration completes (one busy read of many
+    sockets) still go in one job, submitted when that iteration ends."""
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.V1)
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    jobs = _count_calls(session.hash_pool, "submit")
+    try:
+        for i in range(3):
+            pieces.buffers[i] = bytearray(data[i * PIECE:(i + 1) * PIECE])
+        verdicts = await asyncio.gather(*(pieces.verify(i, want_digests=False)
+                                          for i in range(3)))
+        assert verdicts == [(True, None)] * 3
+        assert len(jobs) == 1 and pieces.batches == 1
+        assert _on_disk(tmp_path) == data
+    finally:
+        _close(storage, session)

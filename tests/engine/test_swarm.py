@@ -858,3 +858,25 @@ def test_choke_without_fast_returns_requests_and_with_fast_keeps_them(fast: bool
     s.message("a", m.Choke(), 1.0)
     assert len(s.peer("a").requested) == (n if fast else 0)
     s.picker.check_invariant()
+
+
+def test_a_peer_that_dialled_us_is_not_redialled_at_each_tracker_answer() -> None:
+    """Its listening address (from the tracker) differs from the one it came from: one
+    dial finds the duplicate, and no more dials follow while that connection lives (at
+    N=32 in the lab each pair churned ~15 connections a run, each an MSE handshake)."""
+    s = make_swarm()
+    pid = b"b" * 20
+    s.connected("b", ("10.7.7.7", 50123), pid, fast=True, now=0.0)  # it dialled us
+    s.take()
+    listen = ("10.7.7.7", 6881)
+    s.tracker_response(1.0, interval=5, peers=[listen], seeds=0)
+    assert Connect(listen) in s.take()  # we cannot know yet that it is "b"
+    assert s.can_accept(listen, pid, 1.1, outgoing=True, local_id=b"\xff" * 20) is not None
+    s.connect_done(listen)
+    for now in (6.0, 11.0, 16.0):
+        s.tracker_response(now, interval=5, peers=[listen], seeds=0)
+        s.tick(now)
+        assert Connect(listen) not in s.take()
+    s.disconnected("b", 17.0)
+    s.tracker_response(21.0, interval=5, peers=[listen], seeds=0)
+    assert Connect(listen) in s.take()  # gone: dialled again

@@ -49,11 +49,19 @@ class PieceVerifier:
         self._files = files
         self._starts = [f.offset for f in files]
 
-    def check(self, index: int, data: bytes | bytearray | memoryview) -> bool:
+    @property
+    def hybrid(self) -> bool:
+        """Both hash kinds to check (:meth:`check` can run them apart, ``only=``)."""
+        return self._v1 is not None and self._v2
+
+    def check(self, index: int, data: bytes | bytearray | memoryview,
+              only: str | None = None) -> bool:
         """True when ``data`` is exactly piece ``index`` (False for a bad index or size).
 
         For a hybrid torrent whose piece layers are not known yet (a magnet still fetching
         them), the v1 hash alone decides; a v2-only torrent without them cannot verify.
+        ``only="v1"`` or ``"v2"`` checks one kind of a hybrid's hashes (two threads may
+        then hash one piece); a piece is good when both pass.
         """
         meta = self.meta
         if not 0 <= index < meta.num_pieces:
@@ -65,11 +73,13 @@ class PieceVerifier:
             return False
         if self._v1 is None and not self._v2:
             return False
-        if self._v1 is not None:
+        if not self.hybrid:
+            only = None  # one kind of hash: it always decides
+        if self._v1 is not None and only != "v2":
             expected = self._v1[index * 20 : index * 20 + 20]
             if hashlib.sha1(view).digest() != expected:
                 return False
-        return self._check_v2(index, view) if self._v2 else True
+        return self._check_v2(index, view) if self._v2 and only != "v1" else True
 
     def _check_v2(self, index: int, view: memoryview) -> bool:
         pl = self.meta.piece_length

@@ -1,0 +1,128 @@
+"""CPU cost of handing finished pieces to the hash and disk pools: per piece, batched or not.
+
+    .venv/bin/python bench/verify_cpu.py [--pieces 1024] [--piece-kib 32] [--rounds 3]
+
+Why: at N=32 in the netns lab a peer verifies 1,024 pieces of 32 KiB, and the thread
+hand-offs around each (hash pool, disk pool, loop wake-up) cost more than the hashing. This
+feeds :class:`~swarmhub.engine.pieces.Pieces` real pieces (real thread pools, real files in a
+temporary folder, one task per verify as the torrent spawns) at a paced rate, and measures
+the process's CPU time (all threads) and context switches per piece, for ``per-piece``
+(every piece on its own, the path large pieces take) against ``batched`` (small pieces
+share a hash job that writes them too, and one loop wake-up), and a ``control`` (the same
+loop turns with no pieces: the loop's own cost). uvloop when installed, as the peers run.
+Paces: ``steady`` (one piece every 2 ms: the pool is idle when each arrives) and ``bursts``
+(8 pieces per loop turn every 16 ms: one busy read of many sockets). Prints medians of
+``--rounds`` runs and batched / per-piece. CPU time is steadier than wall time on a shared
+machine; the load average is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from swarmhub.engine.pieces import Pieces
+from swarmhub.metainfo.create import create_torrent
+from swarmhub.metainfo.model import TorrentVersion
+from swarmhub.settings import Settings
+from swarmhub.storage import TorrentStorage
+
+try:  # as the peers run (swarmhub.aio)
+    import uvloop
+except ImportError:
+    uvloop = None  # type: ignore[assignment]
+
+PACES = {"steady": (1, 0.002), "bursts": (8, 0.016)}
+
+
+async def _feed(pieces: Pieces | None, data: bytes, pl: int, n: int, burst: int, gap: float
+                ) -> None:
+    tasks = []
+    for i in range(n):
+        if pieces is None:  # the control: the same loop turns, no pieces
+            if (i + 1) % burst == 0:
+                await asyncio.sleep(gap)
+            continue
+        pieces.buffers[i] = pieces.new_buffer(i)
+        pieces.buffers[i][:] = data[i * pl:(i + 1) * pl]
+        tasks.append(asyncio.ensure_future(pieces.verify(i, want_digests=False)))
+        if (i + 1) % burst == 0:
+            await asyncio.sleep(gap)
+    verdicts = await asyncio.gather(*tasks)
+    assert all(ok for ok, _ in verdicts)
+
+
+def one(meta_dir: Path, torrent_data: bytes, meta: object, pl: int, n: int,
+        batched: bool | None, pace: str) -> tuple[float, float, int]:
+    """(CPU us/piece, context switches/piece, batches) of one run."""
+    with tempfile.TemporaryDirectory(dir=meta_dir) as d:
+        storage = TorrentStorage(meta, Path(d))  # type: ignore[arg-type]
+        storage.open()
+        session = SimpleNamespace(settings=Settings(), hash_threads=2,
+                                  hash_pool=ThreadPoolExecutor(2), disk_pool=ThreadPoolExecutor(2))
+        pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+        if not batched:
+            pieces.batch_below = 0
+        burst, gap = PACES[pace]
+        r0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
+        run = uvloop.run if uvloop is not None else asyncio.run
+        run(_feed(None if batched is None else pieces, torrent_data, pl, n, burst, gap))
+        c1, r1 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+        session.hash_pool.shutdown()
+        session.disk_pool.shutdown()
+        storage.close()
+    switches = (r1.ru_nvcsw - r0.ru_nvcsw) + (r1.ru_nivcsw - r0.ru_nivcsw)
+    return (c1 - c0) / n * 1e6, switches / n, pieces.batches
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pieces", type=int, default=1024)
+    ap.add_argument("--piece-kib", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dir", default=None, help="where the files go (default: a temp dir)")
+    a = ap.parse_args()
+    pl = a.piece_kib * 1024
+    print(f"bench/verify_cpu.py: {a.pieces} pieces of {a.piece_kib} KiB, v1; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
+          f"{os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(dir=a.dir) as root:
+        src = Path(root) / "src" / "payload"
+        src.parent.mkdir()
+        data = os.urandom(a.pieces * pl)
+        src.write_bytes(data)
+        meta = create_torrent(src, version=TorrentVersion.V1, piece_length=pl)
+        for pace in PACES:
+            res: dict[bool | None, list[tuple[float, float, int]]] = {
+                None: [], False: [], True: []}
+            for _ in range(a.rounds):
+                for batched in (None, False, True):  # alternate within each round
+                    res[batched].append(one(Path(root), data, meta, pl, a.pieces, batched,
+                                            pace))
+            med = {b: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs),
+                       statistics.median(r[2] for r in rs)) for b, rs in res.items()}
+            for b in (None, False, True):
+                cpu, sw, nb = med[b]
+                name = "control" if b is None else "batched" if b else "per-piece"
+                print(f"  {pace:6} {name:9} CPU {cpu:7.1f} us/piece "
+                      f"(runs {', '.join(f'{r[0]:.0f}' for r in res[b])}), "
+                      f"{sw:5.2f} context switches/piece, {nb} batches")
+            c = med[None][0]
+            print(f"  {pace:6} batched / per-piece CPU: {med[True][0] / med[False][0]:.2f}, "
+                  f"above the control: {(med[True][0] - c) / (med[False][0] - c):.2f}")
+    print(f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
