@@ -224,6 +224,9 @@ class Swarm:
         self._offered_at: dict[Hashable, float] = {}  # super-seeding: latest offer per peer
         #: peers with requests to serve, in turn order (see :meth:`upload_grants`)
         self.upload_order: dict[Hashable, None] = {}
+        #: peers out of turns whose last piece may still be leaving: counted in the
+        #: budget until the driver reads nothing queued to them
+        self._upload_tail: dict[Hashable, None] = {}
         #: when _bootstrap_optimistic first gave each peer the optimistic slot
         self._lag_given: dict[Hashable, float] = {}
         self._out: list[Action] = []
@@ -398,6 +401,7 @@ class Swarm:
         ps.requested.clear()
         ps.incoming.clear()
         self.upload_order.pop(handle, None)
+        self._upload_tail.pop(handle, None)
         self._fill_all(now)
 
     def set_reqq(self, handle: Hashable, reqq: int) -> None:
@@ -959,6 +963,7 @@ class Swarm:
                 order[handle] = None
         elif last.begin + last.length >= self.piece_size(last.index):
             del order[handle]
+            self._upload_tail[handle] = None
 
     def upload_budget(self, now: float) -> int:
         """Bytes to keep written ahead across all peers: ``upload_ahead`` seconds of our
@@ -996,6 +1001,13 @@ class Swarm:
             return out
         sizes = [queued(h) for h in self.upload_order]
         total = sum(sizes)
+        tail = self._upload_tail
+        for h in list(tail):
+            left = queued(h) if h not in self.upload_order else 0
+            if left:
+                total += left
+            else:
+                del tail[h]
         for h, own in zip(self.upload_order, sizes, strict=True):
             ps = peers.get(h)
             if ps is None or not ps.incoming:
@@ -1229,7 +1241,9 @@ class Swarm:
         if ps.fast:
             msgs += [m.RejectRequest(r.index, r.begin, r.length) for r in ps.incoming]
         ps.incoming.clear()
-        self.upload_order.pop(ps.handle, None)
+        if ps.handle in self.upload_order:
+            del self.upload_order[ps.handle]
+            self._upload_tail[ps.handle] = None
         self._send(ps, tuple(msgs), now)
 
     def _best_waiting(self, now: float) -> PeerState | None:
