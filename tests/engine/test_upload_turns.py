@@ -145,3 +145,43 @@ def test_choked_and_gone_peers_leave_the_turns() -> None:
     s._choke_peer(s.peer("b"), 0.2)
     assert not s.upload_order
     assert s.upload_grants(lambda _p: 0, 0.3) == []
+
+
+# -- super-seeding: the offers after the first copy ----------------------------------------
+
+
+def test_a_super_seed_keeps_one_offer_open_once_every_piece_was_offered() -> None:
+    """Three offers while pieces are fresh; one once all were offered (the leechers trade
+    the first copy among themselves; more open offers only send it a second time)."""
+    pieces = 8
+    s = Swarm(pieces, PIECE, pieces * PIECE, Settings(super_seeding=True),
+              rng=random.Random(5), now=0.0, have=b"\x01" * pieces)
+    peers = [f"p{i}" for i in range(4)]
+    for i, p in enumerate(peers):
+        s.connected(p, (f"10.0.1.{i + 1}", 6881), p.encode().ljust(20, b"-"), fast=True,
+                    now=0.0)
+        s.message(p, m.Interested(), 0.0)
+    s.take()
+    ss = s._ss
+    assert ss is not None
+    t = 0.0
+    opens: list[tuple[int, int]] = []  # (fresh pieces left, open offers) after each send
+    for _ in range(12):
+        p = next((p for p in peers if ss.open_offers(p)), None)
+        if p is None:
+            break
+        piece = ss.open_offers(p)[0]
+        reqs = [m.Request(piece, b, BLOCK_SIZE) for b in range(0, PIECE, BLOCK_SIZE)]
+        for r in reqs:
+            s.message(p, r, t)
+        s.take()
+        s.peer(p).incoming.clear()
+        t += 0.05
+        s.blocks_sent(p, reqs, PIECE, t)
+        s.take()
+        opens.append((ss.fresh_left, ss.open_count()))
+    assert opens[0] == (pieces - 4, 3)  # fresh pieces: three on offer
+    after = [n for fresh, n in opens if not fresh]
+    # The open ones finish, no new one opens until one is left, then one at a time.
+    assert after == sorted(after, reverse=True)
+    assert after.count(1) >= 3, opens
