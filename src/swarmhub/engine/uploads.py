@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import fcntl
 import functools
-from collections.abc import Iterable
+import struct
+from collections.abc import Hashable, Iterable
 
 from swarmhub.engine.peer import Peer
+from swarmhub.engine.peerstate import RequestQueue
 from swarmhub.engine.ratelimit import RateLimiter
 from swarmhub.engine.services import DriverHost
 from swarmhub.errors import StorageError
@@ -20,6 +24,12 @@ from swarmhub.storage.files import PieceBuffer
 from swarmhub.wire import messages as m
 
 __all__ = ["Uploader"]
+
+#: Linux ioctl: bytes in a TCP socket's send queue not sent yet (``SIOCOUTQNSD``)
+_SIOCOUTQNSD = 0x894B
+#: while a peer waits its turn, look again this often (s) at most: the kernel drains
+#: the other peers' send queues without telling us
+_TURN_POLL = 0.005
 
 
 class Uploader:
@@ -31,6 +41,47 @@ class Uploader:
         self._up_limiter = limiter
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
         self._reads: dict[int, asyncio.Future[bytes]] = {}
+        #: set when bytes went out or turns moved: peers waiting their turn look again
+        self._turn = asyncio.Event()
+        self._fds: dict[Hashable, int] = {}  # socket descriptors by peer, for _queued
+
+    def _queued(self, handle: Hashable) -> int:
+        """Bytes written to ``handle`` and not sent yet: the transport's buffer plus the
+        kernel's unsent queue (where most of it sits: the transport writes straight
+        through until the socket is full)."""
+        proto = getattr(handle, "proto", None)
+        tr = proto.transport if proto is not None else None
+        if tr is None:
+            return 0
+        n = int(tr.get_write_buffer_size())
+        fd = self._fds.get(handle)
+        if fd is None:
+            sock = tr.get_extra_info("socket")
+            fd = self._fds[handle] = sock.fileno() if sock is not None else -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                n += struct.unpack("i", fcntl.ioctl(fd, _SIOCOUTQNSD, b"\0\0\0\0"))[0]
+        return n
+
+    def _grant(self, peer: Peer) -> int:
+        """Bytes ``peer`` may write now in the core's upload turns (0: wait)."""
+        t = self.torrent
+        if not t.settings.upload_ahead:
+            return 1 << 20
+        for handle, grant in t.swarm.upload_grants(self._queued, t.clock()):
+            if handle is peer:
+                return grant
+        return 0
+
+    async def _wait_turn(self) -> None:
+        """Until another peer wrote or a poll interval passed (see ``_TURN_POLL``)."""
+        turn = self._turn
+        turn.clear()
+        timer = asyncio.get_running_loop().call_later(_TURN_POLL, turn.set)
+        try:
+            await turn.wait()
+        finally:
+            timer.cancel()
 
     async def read_piece(self, index: int) -> bytes:
         """A piece for uploading, from the read cache or one shared disk read."""
@@ -119,12 +170,22 @@ class Uploader:
         ps = t.swarm.peers.get(peer)
         if ps is None:
             return  # it left before this task ran
-        incoming = ps.incoming
+        try:
+            await self._serve(peer, ps.incoming)
+        finally:
+            self._fds.pop(peer, None)
+
+    async def _serve(self, peer: Peer, incoming: RequestQueue) -> None:
+        t = self.torrent
         send_piece = peer.conn.send_piece
         while not peer.closed:
             if not incoming:
                 peer.upload_wakeup.clear()
                 await peer.upload_wakeup.wait()
+                continue
+            grant = self._grant(peer)
+            if not grant:
+                await self._wait_turn()  # other peers' pieces first
                 continue
             req = incoming[0]
             # Read each round: limits may change while the torrent runs (set_rate_limits).
@@ -148,7 +209,8 @@ class Uploader:
             served: list[m.Request] = []
             size = 0
             cache = self._cache
-            while incoming and size < (1 << 20):
+            batch = min(grant, 1 << 20)
+            while incoming and size < batch:
                 req = incoming[0]
                 data = cache.get(req.index)
                 if data is None:
@@ -166,5 +228,6 @@ class Uploader:
                 continue
             peer.proto.writelines(parts)
             t.swarm.blocks_sent(peer, served, size, t.clock())
+            self._turn.set()
             t._flush()
             await asyncio.sleep(0)  # let other peers and the network in

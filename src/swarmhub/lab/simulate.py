@@ -380,11 +380,37 @@ class Simulation:
             self.on_event({"event": "finished", "host": node.host, "at": node.done})
 
     def serve(self, end: End) -> None:
+        """Serve ``end``'s node: with ``upload_ahead`` the core's grants (one shared
+        budget written ahead, in the core's turn order), else ``end`` alone up to its send
+        buffer."""
+        if self.settings.upload_ahead:
+            self.serve_node(end.node)
+        else:
+            self._serve(end, None)
+
+    def serve_node(self, node: Node) -> None:
+        """Write to the peers the core grants a share of the budget, as the upload loop."""
+        swarm = node.swarm
+        if swarm is None or node.gone or not swarm.upload_order:
+            return
+        by_uid = self.by_uid
+
+        def queued(uid: Any) -> int:
+            end = by_uid.get(uid)
+            return end.out.queued if end is not None else 0
+
+        for uid, grant in swarm.upload_grants(queued, self.ev.now):
+            end = by_uid.get(uid)  # type: ignore[call-overload]
+            if end is not None and end.node is node:
+                self._serve(end, grant)
+
+    def _serve(self, end: End, grant: int | None) -> None:
         """Write accepted requests into the send buffer as the upload loop does: a batch
-        (at most 1 MiB) of blocks whose pieces are in the read cache, ``blocks_sent``,
-        then the next; a piece not cached is read from disk first (``disk_read`` s).
-        Batching matters: a super-seed's next offer (a Have) goes out between batches,
-        ahead of the blocks still to come, and the peer requests it on its next block."""
+        (at most 1 MiB, or ``grant`` bytes then stop) of blocks whose pieces are in the
+        read cache, ``blocks_sent``, then the next; a piece not cached is read from disk
+        first (``disk_read`` s). Batching matters: a super-seed's next offer (a Have)
+        goes out between batches, ahead of the blocks still to come, and the peer
+        requests it on its next block."""
         node = end.node
         swarm = node.swarm
         if not end.open or swarm is None:
@@ -395,6 +421,7 @@ class Simulation:
         incoming = ps.incoming
         pipe = end.out
         limit = self.settings.send_buffer_bytes
+        batch = 1 << 20 if grant is None else min(grant, 1 << 20)
         send = self.net.send_wire
         arrive = end.far.got_blocks
         cache = node.cache
@@ -409,7 +436,7 @@ class Simulation:
             run: list[Block] = []
             run_bytes = 0
             run_index = -1
-            while incoming and nbytes < 1 << 20:
+            while incoming and nbytes < batch:
                 req = incoming[0]
                 index = req.index
                 if index not in cache:
@@ -436,6 +463,9 @@ class Simulation:
             self.flush(node)
             if not end.open:
                 return
+            if grant is not None:
+                pipe.waiting = True  # each item that leaves may let the next peer in
+                return
         pipe.waiting = bool(incoming)
 
     def _read(self, node: Node, index: int, end: End) -> None:
@@ -460,7 +490,9 @@ class Simulation:
 
     def _drained(self, pipe: Pipe) -> None:
         """Room in ``pipe`` (an End's ``out``): serve more once it is down to a quarter."""
-        if pipe.queued < self._drain_at:
+        if self.settings.upload_ahead:
+            self.serve_node(pipe.owner.node)
+        elif pipe.queued < self._drain_at:
             self.serve(pipe.owner)
 
     def source_delivered(self, nbytes: int) -> None:

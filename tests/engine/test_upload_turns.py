@@ -1,0 +1,187 @@
+"""Upload turns (``upload_ahead``): the core tells the driver which peers to write to, a
+piece at a time in turn order, within one budget written ahead for the whole uplink.
+
+Stepped clock, no sockets: a toy uplink in the test sends one block per step, shared
+round-robin by the connections with data queued (as the kernel and the simulator share
+a link); the test plays the driver, writing what the core grants.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Hashable
+
+from swarmhub.engine.swarm import BLOCK_SIZE, Swarm
+from swarmhub.settings import Settings
+from swarmhub.wire import messages as m
+
+PIECE = 4 * BLOCK_SIZE
+TURNS = Settings(super_seeding=False, upload_ahead=0.02)  # 64 KiB: one piece ahead
+SHARED = Settings(super_seeding=False, upload_ahead=0.0)  # each peer its own buffer
+
+
+def seed(settings: Settings, peers: list[str], pieces: int = 8) -> Swarm:
+    """A seed whose ``peers`` are interested and unchoked (a first tick decides)."""
+    s = Swarm(pieces, PIECE, pieces * PIECE, settings, rng=random.Random(3), now=0.0,
+              have=b"\x01" * pieces)
+    for i, name in enumerate(peers):
+        s.connected(name, (f"10.0.0.{i + 1}", 6881), name.encode().ljust(20, b"-"),
+                    fast=True, now=0.0)
+        s.message(name, m.Interested(), 0.0)
+    s.tick(0.0)
+    s.take()
+    assert all(not s.peer(p).am_choking for p in peers)
+    return s
+
+
+def ask(s: Swarm, peer: str, index: int, now: float) -> None:
+    for begin in range(0, PIECE, BLOCK_SIZE):
+        s.message(peer, m.Request(index, begin, BLOCK_SIZE), now)
+
+
+class Uplink:
+    """Queued blocks per peer; ``step`` sends one block from each queue in turn."""
+
+    def __init__(self) -> None:
+        self.queues: dict[Hashable, deque[m.Request]] = {}
+        self.got: dict[Hashable, int] = {}
+        self._rr: deque[Hashable] = deque()
+
+    def queued(self, peer: Hashable) -> int:
+        return sum(r.length for r in self.queues.get(peer, ()))
+
+    def write(self, s: Swarm, now: float) -> None:
+        """The driver's round: write what the core grants, tell it what was sent."""
+        for peer, grant in s.upload_grants(self.queued, now):
+            incoming = s.peer(peer).incoming
+            served: list[m.Request] = []
+            size = 0
+            while incoming and size < grant:
+                req = incoming.popleft()
+                served.append(req)
+                size += req.length
+            self.queues.setdefault(peer, deque()).extend(served)
+            if peer not in self._rr:
+                self._rr.append(peer)
+            s.blocks_sent(peer, served, size, now)
+
+    def step(self) -> None:
+        for _ in range(len(self._rr)):
+            peer = self._rr[0]
+            self._rr.rotate(-1)
+            if self.queues[peer]:
+                self.queues[peer].popleft()
+                self.got[peer] = self.got.get(peer, 0) + BLOCK_SIZE
+                return
+
+
+def first_whole_piece(settings: Settings) -> tuple[int, Hashable]:
+    """Steps until some peer of three holds a whole piece, and which peer it is."""
+    s = seed(settings, ["a", "b", "c"])
+    for i, p in enumerate(["a", "b", "c"]):
+        ask(s, p, i, 0.0)
+    link = Uplink()
+    for n in range(1, 100):
+        link.write(s, n * 0.01)
+        link.step()
+        done = [p for p, got in link.got.items() if got >= PIECE]
+        if done:
+            return n, done[0]
+    raise AssertionError("no piece was delivered")
+
+
+def test_turns_deliver_one_whole_piece_first_not_three_slices() -> None:
+    turns, who = first_whole_piece(TURNS)
+    # The peer that asked first, after its 4 block-times and 2 shared with the next
+    # peer, let in once a's queue fell under the budget (the uplink never runs dry).
+    assert (turns, who) == (6, "a")
+    shared, _ = first_whole_piece(SHARED)
+    assert shared >= 10  # three queues sharing the uplink: every piece near the end
+
+
+def test_a_peer_asking_for_its_next_piece_waits_behind_the_others() -> None:
+    s = seed(TURNS, ["a", "b"])
+    ask(s, "a", 0, 0.0)
+    ask(s, "a", 1, 0.0)
+    ask(s, "b", 2, 0.0)
+    grants = s.upload_grants(lambda _p: 0, 0.0)
+    assert grants[0] == ("a", PIECE)  # a's first piece whole: it asked first
+    assert list(s.upload_order) == ["a", "b"]
+    reqs = [s.peer("a").incoming.popleft() for _ in range(PIECE // BLOCK_SIZE)]
+    s.blocks_sent("a", reqs, PIECE, 0.01)
+    assert list(s.upload_order) == ["b", "a"]  # b's piece before a's second one
+    # a's first piece is still queued (a full budget): b waits until it drains.
+    assert s.upload_grants(lambda p: PIECE if p == "a" else 0, 0.02) == []
+    assert s.upload_grants(lambda p: BLOCK_SIZE if p == "a" else 0, 0.03)[0] == ("b", PIECE)
+
+
+def test_a_finished_piece_still_leaving_holds_the_budget() -> None:
+    s = seed(TURNS, ["a", "b"])
+    ask(s, "a", 0, 0.0)
+    ask(s, "b", 1, 0.0)
+    reqs = [s.peer("a").incoming.popleft() for _ in range(PIECE // BLOCK_SIZE)]
+    s.blocks_sent("a", reqs, PIECE, 0.01)
+    assert "a" not in s.upload_order  # nothing more asked: out of turns
+    assert s.upload_grants(lambda p: PIECE if p == "a" else 0, 0.02) == []
+    assert s.upload_grants(lambda _p: 0, 0.03) == [("b", PIECE)]
+
+
+def test_a_lone_peer_gets_its_piece_whatever_is_queued_to_it() -> None:
+    """Throughput: one downloader is never held below a piece written ahead (its own
+    send buffer is the limit there), however full its socket is."""
+    s = seed(TURNS, ["a"])
+    ask(s, "a", 0, 0.0)
+    ask(s, "a", 1, 0.0)
+    assert s.upload_grants(lambda _p: 8 << 20, 0.0) == [("a", PIECE)]
+
+
+def test_choked_and_gone_peers_leave_the_turns() -> None:
+    s = seed(TURNS, ["a", "b"])
+    ask(s, "a", 0, 0.0)
+    ask(s, "b", 1, 0.0)
+    s.disconnected("a", 0.1)
+    assert list(s.upload_order) == ["b"]
+    s._choke_peer(s.peer("b"), 0.2)
+    assert not s.upload_order
+    assert s.upload_grants(lambda _p: 0, 0.3) == []
+
+
+# -- super-seeding: the offers after the first copy ----------------------------------------
+
+
+def test_a_super_seed_keeps_one_offer_open_once_every_piece_was_offered() -> None:
+    """Three offers while pieces are fresh; one once all were offered (the leechers trade
+    the first copy among themselves; more open offers only send it a second time)."""
+    pieces = 8
+    s = Swarm(pieces, PIECE, pieces * PIECE, Settings(super_seeding=True),
+              rng=random.Random(5), now=0.0, have=b"\x01" * pieces)
+    peers = [f"p{i}" for i in range(4)]
+    for i, p in enumerate(peers):
+        s.connected(p, (f"10.0.1.{i + 1}", 6881), p.encode().ljust(20, b"-"), fast=True,
+                    now=0.0)
+        s.message(p, m.Interested(), 0.0)
+    s.take()
+    ss = s._ss
+    assert ss is not None
+    t = 0.0
+    opens: list[tuple[int, int]] = []  # (fresh pieces left, open offers) after each send
+    for _ in range(12):
+        p = next((p for p in peers if ss.open_offers(p)), None)
+        if p is None:
+            break
+        piece = ss.open_offers(p)[0]
+        reqs = [m.Request(piece, b, BLOCK_SIZE) for b in range(0, PIECE, BLOCK_SIZE)]
+        for r in reqs:
+            s.message(p, r, t)
+        s.take()
+        s.peer(p).incoming.clear()
+        t += 0.05
+        s.blocks_sent(p, reqs, PIECE, t)
+        s.take()
+        opens.append((ss.fresh_left, ss.open_count()))
+    assert opens[0] == (pieces - 4, 3)  # fresh pieces: three on offer
+    after = [n for fresh, n in opens if not fresh]
+    # The open ones finish, no new one opens until one is left, then one at a time.
+    assert after == sorted(after, reverse=True)
+    assert after.count(1) >= 3, opens
