@@ -1,7 +1,7 @@
 """``lab simulate``: its speed (wall time, peak memory) and its fidelity to the netns lab.
 
     .venv/bin/python bench/simulate.py [--speed 1000,10000] [--fidelity 4,8,16]
-        [--rounds 1] [--timeout 1800] [--lab-runs] [--piece-kib 256] [--json OUT]
+        [--rounds 1] [--timeout 1800] [--lab-runs] [--piece-kib 256] [--pure] [--json OUT]
 
 Speed: one simulated p2p run per N (32 MiB, 256 KiB pieces, 20 mbit up, 100 mbit down,
 10 ms one way), each in a fresh process so its peak RSS is its own; wall and CPU time
@@ -10,6 +10,10 @@ and after); with ``--rounds R`` the median of R runs. A run still going after
 ``--timeout`` wall seconds is stopped and says how far it got (clients done, the last
 one's virtual time, CPU, RSS): on a shared machine N=10,000 can take hours. Targets:
 N=1,000 in under 60 s, N=10,000 in under 10 minutes, under 4 GiB.
+
+The runs use the mypyc-compiled core when ``make setup`` built it (scripts/build-compiled.py;
+the header line says which core ran); ``--pure`` forces the pure-Python modules, for the
+compiled/pure ratio.
 
 Fidelity: the simulated last completion for each N (32 MiB, the piece length
 `swarmhub create` picks, 20/100 mbit, 10 ms) against the netns lab on the same settings:
