@@ -28,7 +28,7 @@ sys.path.insert(0, str(SRC))
 
 from swarmhub._compiled import MANIFEST, MODULES, source_hash, stale  # noqa: E402
 
-OUT = MANIFEST.parent
+OUT = Path(MANIFEST).parent
 
 
 def module_file(name: str) -> Path | None:
@@ -65,7 +65,7 @@ def dependencies(names: tuple[str, ...]) -> list[Path]:
 
 def up_to_date() -> bool:
     try:
-        manifest = json.loads(MANIFEST.read_text())
+        manifest = json.loads(Path(MANIFEST).read_text())
     except (OSError, ValueError):
         return False
     return (
@@ -105,7 +105,7 @@ def build() -> None:
         "extensions": extensions,
         "sources": {str(p.relative_to(SRC)): source_hash(p) for p in dependencies(MODULES)},
     }
-    MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
+    Path(MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def main() -> None:

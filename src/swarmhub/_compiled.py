@@ -13,17 +13,18 @@ forces them (the equivalence test compares both).
 
 from __future__ import annotations
 
-import hashlib
-import importlib.abc
 import importlib.machinery
-import importlib.util
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# pathlib, hashlib, json and importlib.util are imported only when a build exists:
+# `import swarmhub` stays cheap for the CLI
 
 __all__ = ["MODULES", "PURE_ENV", "install", "status", "uses_compiled"]
 
@@ -39,12 +40,15 @@ MODULES = (
     "swarmhub.lab.simulate",
 )
 PURE_ENV = "SWARMHUB_PURE"
-DIR = Path(__file__).with_name("_mypyc")
-MANIFEST = DIR / "manifest.json"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding swarmhub/
+#: the build: extensions and manifest.json (paths as str: see the imports)
+DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_mypyc")
+MANIFEST = os.path.join(DIR, "manifest.json")
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds swarmhub/
 
 
 def source_hash(path: Path) -> str:
+    import hashlib
+
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -57,7 +61,7 @@ def stale(sources: Mapping[str, str], root: Path) -> str | None:
     return None
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
     """Finds the compiled modules of one manifest; decides fresh-or-not once."""
 
     def __init__(self, manifest: Mapping[str, Any], directory: Path, root: Path) -> None:
@@ -86,6 +90,8 @@ class _Finder(importlib.abc.MetaPathFinder):
         so = self._files.get(fullname)
         if so is None or not self.fresh():
             return None
+        import importlib.util
+
         loader = importlib.machinery.ExtensionFileLoader(fullname, str(so))
         return importlib.util.spec_from_file_location(fullname, so, loader=loader)
 
@@ -97,20 +103,23 @@ _why_not = "not built (`make setup` builds it)"
 def install() -> None:
     """Put the finder first on ``sys.meta_path`` if a build for this Python exists."""
     global _finder, _why_not
-    if _finder is not None or not MANIFEST.is_file():
+    if _finder is not None or not os.path.isfile(MANIFEST):
         return
     if os.environ.get(PURE_ENV):
         _why_not = f"{PURE_ENV} is set"
         return
+    import json
+    from pathlib import Path
+
     try:
-        manifest = json.loads(MANIFEST.read_text())
+        manifest = json.loads(Path(MANIFEST).read_text())
     except (OSError, ValueError):
         _why_not = f"{MANIFEST} is unreadable"
         return
     if manifest.get("ext_suffix") != importlib.machinery.EXTENSION_SUFFIXES[0]:
         _why_not = f"built for another Python ({manifest.get('ext_suffix')})"
         return
-    _finder = _Finder(manifest, DIR, PACKAGE_ROOT)
+    _finder = _Finder(manifest, Path(DIR), Path(PACKAGE_ROOT))
     sys.meta_path.insert(0, _finder)
 
 
