@@ -1,7 +1,7 @@
 """``lab simulate``: its speed (wall time, peak memory) and its fidelity to the netns lab.
 
     .venv/bin/python bench/simulate.py [--speed 1000,10000] [--fidelity 4,8,16]
-        [--rounds 1] [--timeout 1800] [--lab-runs] [--piece-kib 256] [--json OUT]
+        [--rounds 1] [--timeout 1800] [--lab-runs] [--piece-kib 256] [--pure] [--json OUT]
 
 Speed: one simulated p2p run per N (32 MiB, 256 KiB pieces, 20 mbit up, 100 mbit down,
 10 ms one way), each in a fresh process so its peak RSS is its own; wall and CPU time
@@ -10,6 +10,10 @@ and after); with ``--rounds R`` the median of R runs. A run still going after
 ``--timeout`` wall seconds is stopped and says how far it got (clients done, the last
 one's virtual time, CPU, RSS): on a shared machine N=10,000 can take hours. Targets:
 N=1,000 in under 60 s, N=10,000 in under 10 minutes, under 4 GiB.
+
+The runs use the mypyc-compiled core when ``make setup`` built it (scripts/build-compiled.py;
+the header line says which core ran); ``--pure`` forces the pure-Python modules, for the
+compiled/pure ratio.
 
 Fidelity: the simulated last completion for each N (32 MiB, the piece length
 `swarmhub create` picks, 20/100 mbit, 10 ms) against the netns lab on the same settings:
@@ -45,6 +49,7 @@ _CHILD = r"""
 import gc, json, resource, signal, sys, time
 from swarmhub.lab.simrun import SimOptions, simulate
 from swarmhub.lab.simulate import Simulation
+from swarmhub import _compiled
 n, pl = int(sys.argv[1]), int(sys.argv[2])
 o = SimOptions(peers=n, size=32 << 20, up=[(20e6, 1.0)], down=[(100e6, 1.0)],
                latency_s=0.01, piece_length=pl)
@@ -55,7 +60,8 @@ def on_event(e):
         done[1] = e["at"]
 def usage():
     use = resource.getrusage(resource.RUSAGE_SELF)
-    return {"n": n, "cpu_s": use.ru_utime + use.ru_stime, "rss": use.ru_maxrss * 1024}
+    return {"n": n, "cpu_s": use.ru_utime + use.ru_stime, "rss": use.ru_maxrss * 1024,
+            "compiled": int(_compiled.uses_compiled())}
 def stopped(_sig, _frame):
     # the bench's time bound: say how far the run got (N=10,000 may take hours here)
     now = max([s.ev.now for s in gc.get_objects() if isinstance(s, Simulation)], default=0.0)
@@ -71,13 +77,16 @@ print(json.dumps({**usage(), "wall_s": time.perf_counter() - t, "ratio": r.ratio
 """
 
 
-def speed(n: int, piece_kib: int, timeout: float) -> dict[str, Any]:
+def speed(n: int, piece_kib: int, timeout: float, pure: bool = False) -> dict[str, Any]:
     """One run in a fresh process. Past ``timeout`` wall seconds it is stopped and says
     how far it got (``partial``: clients done, the last one's virtual time, CPU, RSS)."""
     src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {"PYTHONPATH": src, "PATH": "/usr/bin:/bin"}
+    if pure:
+        env["SWARMHUB_PURE"] = "1"
     with subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(n), str(piece_kib * 1024)],
-        stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE, text=True, env=env,
     ) as child:
         try:
             out, _ = child.communicate(timeout=timeout)
@@ -116,6 +125,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="speed runs per N (median)")
     ap.add_argument("--timeout", type=float, default=1800,
                     help="wall seconds per speed run before it is stopped (partial figures)")
+    ap.add_argument("--pure", action="store_true",
+                    help="speed runs on the pure-Python core even if the compiled one is built")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from swarmhub.lab.simrun import SimOptions, simulate
@@ -138,12 +149,16 @@ def main() -> None:
         report["fidelity"].append({"n": n, "sim_s": sim_s, "lab": lab})
     sizes = [int(x) for x in args.speed.split(",") if x]
     if sizes:
+        from swarmhub import _compiled
+
+        core = "pure-Python core (--pure)" if args.pure else _compiled.status()
         print(f"\nspeed: p2p, 32 MiB, {args.piece_kib} KiB pieces, 20/100 mbit, 10 ms; "
-              f"median of {args.rounds}; load average before: {_load()}")
+              f"median of {args.rounds}; {core}; load average before: {_load()}")
         print(f"{'N':>6} {'wall s':>8} {'CPU s':>8} {'peak RSS':>10} {'virtual s':>10} "
               f"{'ratio':>6}")
     for n in sizes:
-        runs = [speed(n, args.piece_kib, args.timeout) for _ in range(max(1, args.rounds))]
+        runs = [speed(n, args.piece_kib, args.timeout, args.pure)
+                for _ in range(max(1, args.rounds))]
         stopped = [run for run in runs if run.get("partial")]
         if stopped:
             for run in stopped:

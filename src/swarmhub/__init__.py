@@ -17,7 +17,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from swarmhub import _compiled
+
 __version__ = "0.1.0"
+
+_compiled.install()  # the mypyc-built hot modules, if `make setup` built them (else pure)
 
 if TYPE_CHECKING:
     from swarmhub.downloads import DownloadResult, Progress, download, fetch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from swarmhub.engine.pex import (
     PexPeer,
 )
 from swarmhub.engine.session import Session
+from swarmhub.engine.swarm import Swarm
 from swarmhub.engine.torrent import Torrent, TorrentState
 from swarmhub.metainfo import create_torrent
 from swarmhub.metainfo.model import Metainfo
@@ -130,8 +132,8 @@ async def test_leecher_learns_the_other_peer_via_pex(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["public", "private", "no-pex"])
-async def test_pex_is_sent_only_for_public_torrents_with_pex_on(tmp_path: Path,
-                                                                case: str) -> None:
+async def test_pex_is_sent_only_for_public_torrents_with_pex_on(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str) -> None:
     """Seeder S knows peer B; a peer offering ut_pex connects. S's clock is stepped past
     the first PEX delay and S ticks; then a metadata request, answered in order after
     anything that tick sent, shows whether S told the peer about B."""
@@ -150,13 +152,15 @@ async def test_pex_is_sent_only_for_public_torrents_with_pex_on(tmp_path: Path,
         sport = await s.listen("127.0.0.1", 0)
         st = await s.add(meta, src, peers=[("127.0.0.1", bport)], clock=clock)
         ticks: list[float] = []
-        real_tick = st.swarm.tick
+        real_tick = Swarm.tick
 
-        def spy(now: float) -> None:  # the torrent's PEX tick follows in the same step
-            real_tick(now)
-            ticks.append(now)
+        def spy(swarm: Swarm, now: float) -> None:  # the torrent's PEX tick follows
+            real_tick(swarm, now)
+            if swarm is st.swarm:
+                ticks.append(now)
 
-        st.swarm.tick = spy  # type: ignore[method-assign]
+        # on the class: a mypyc-compiled Swarm (`make setup`) has no per-instance methods
+        monkeypatch.setattr(Swarm, "tick", spy)
         await poll(lambda: _connected_to(st, b.peer_id), 20, "S connects to B")
         peer = await HostilePeer.open(sport, meta.info_hash)
         try:
@@ -184,7 +188,7 @@ async def test_pex_is_sent_only_for_public_torrents_with_pex_on(tmp_path: Path,
 
 @pytest.mark.parametrize("case", ["public", "private", "no-pex"])
 async def test_received_pex_is_bounded_never_us_and_ignored_unless_public_and_on(
-    tmp_path: Path, case: str,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str,
 ) -> None:
     """A peer's ut_pex message reaches the core's add_peers: at most 50 addresses, never
     our own; for a private torrent or with PEX off we neither offer ut_pex nor read it."""
@@ -195,13 +199,15 @@ async def test_received_pex_is_bounded_never_us_and_ignored_unless_public_and_on
         port = await ses.listen("127.0.0.1", 0)
         t = await ses.add(meta, tmp_path / "dl")
         added: list[tuple[str, int]] = []
-        real_add = t.swarm.add_peers
+        real_add = Swarm.add_peers
 
-        def spy(addrs: object, now: float) -> None:
-            added.extend(addrs)  # type: ignore[call-overload]
-            real_add(addrs, now)  # type: ignore[arg-type]
+        def spy(swarm: Swarm, addrs: Iterable[tuple[str, int]], now: float) -> None:
+            addrs = list(addrs)
+            if swarm is t.swarm:
+                added.extend(addrs)
+            real_add(swarm, addrs, now)
 
-        t.swarm.add_peers = spy  # type: ignore[method-assign]
+        monkeypatch.setattr(Swarm, "add_peers", spy)  # on the class: see above
         peer = await HostilePeer.open(port, meta.info_hash)
         try:
             peer.send_ext_handshake(

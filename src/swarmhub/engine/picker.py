@@ -1146,7 +1146,7 @@ class PiecePicker:
             check(piece.num_requested == b.count(_REQUESTED), f"requested count of {i}")
             check(piece.num_received == b.count(_RECEIVED), f"received count of {i}")
             check(
-                set(piece.requesters) == {j for j, s in enumerate(b) if s == _REQUESTED},
+                set(piece.requesters) == {j for j in range(len(b)) if b[j] == _REQUESTED},
                 f"requesters of {i}",
             )
             check((i in self._partial) == (piece.num_free > 0), f"partial of {i}")
@@ -1166,7 +1166,7 @@ class PiecePicker:
         check(self._num_skip == prio.count(0), "skip count")
         check(self._skip_untouched == sum(1 for b in self._buckets for i in b if not prio[i]),
               "skipped untouched count")
-        missing = [not h and bool(prio[i]) for i, h in enumerate(self._have)]
+        missing = [not self._have[i] and bool(prio[i]) for i in range(n)]
         check(self._wanted_missing == sum(missing), "wanted missing count")
         check(set(self._boosted) == {i for i in range(n) if prio[i] > 1 and not self._have[i]},
               "boosted pieces")

@@ -374,6 +374,10 @@ def simulate_cmd(
     )
     if opts.join_rate < 0 or opts.leave_rate < 0:
         raise typer.BadParameter("rates must be >= 0", param_hint="--join-rate/--leave-rate")
+    from swarmhub import _compiled
+
+    if not _compiled.uses_compiled():
+        console.print(f"note: {_compiled.status()}")
     results: list[ScenarioResult] = []
     with Progress(
         TextColumn("[bold]{task.description}"),

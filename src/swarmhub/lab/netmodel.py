@@ -265,7 +265,7 @@ class Network:
                 idle -= rto
             pipe.cwnd = max(float(INIT_CWND), min(cwnd, pipe.cwnd))
         pipe.active = True
-        pipe.left = pipe.items[0][0]
+        pipe.left = float(pipe.items[0][0])
         pipe.last = now
         pipe.rate = 0.0
         pipe.at = pipe.due = _INF
@@ -307,7 +307,7 @@ class Network:
         if pipe.waiting and pipe.on_drain is not None:
             pipe.on_drain(pipe)
         if items:
-            left = pipe.left = items[0][0]
+            left = pipe.left = float(items[0][0])
             pipe.last = now
             gen = pipe.gen = pipe.gen + 1
             due = pipe.due = pipe.at = now + left / pipe.rate

@@ -84,6 +84,7 @@ class End:
     and deterministic (set order inside the core must not vary from run to run)."""
 
     __slots__ = ("far", "node", "open", "out", "pex", "remote", "uid")
+    __deletable__ = ("far",)  # mypyc: a closed End drops its far side (see _close)
 
     def __init__(self, node: Node, remote: Node, uid: int) -> None:
         self.node, self.remote = node, remote
