@@ -56,8 +56,10 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _start_hub(work: Path) -> tuple[Proc, str, str]:
-    port, peer_port = _free_port(), _free_port()
+def _start_hub(work: Path, peer_port: int | None = None) -> tuple[Proc, str, str]:
+    """A hub on loopback (its BitTorrent peer on ``peer_port``, default any free port):
+    (process, base URL, admin token)."""
+    port, peer_port = _free_port(), peer_port or _free_port()
     env = dict(os.environ, **QUIET, SWARMHUB_STATE_DIR=str(work / "hub-state"))
     proc = Proc([*SWARMHUB, "hub", "--data", str(work / "hubdata"), "--listen",
                  f"127.0.0.1:{port}", "--peer-listen", f"127.0.0.1:{peer_port}"],

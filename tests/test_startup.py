@@ -20,28 +20,34 @@ from interop.harness import VENV_PYTHON, Proc, make_test_data
 
 SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
 
-#: Packages ``get`` of a .torrent must not have imported when it connects to its first peer
-#: (DHT off, --json): other commands' code, and libraries it only needs later or never.
+#: Packages ``get`` of a .torrent or of a magnet link (without trackers) must not have
+#: imported when it connects to its first peer (DHT off, --json): other commands' code, and
+#: libraries it only needs later or never (pydantic: Typer checks option values with it,
+#: unless swarmhub.plainparams decides them; the tracker client: aiohttp).
 NOT_BEFORE_FIRST_PEER = (
     "swarmhub.lab", "swarmhub.hub", "swarmhub.daemon", "swarmhub.config_commands",
-    "swarmhub.discovery.dht", "swarmhub.serve", "rich", "aiohttp", "matplotlib", "tomllib",
+    "swarmhub.discovery.dht", "swarmhub.discovery.tracker", "swarmhub.serve", "rich",
+    "aiohttp", "matplotlib", "tomllib", "pydantic", "typer._adapters",
 )
 
-#: Run before the CLI in the ``get`` process: on the first "connected <Peer" log record,
-#: write the names of the loaded modules to $STARTUP_PROBE_OUT (the download goes on).
+#: Run before the CLI in the ``get`` process: on the first peer connection (its encrypted
+#: handshake done, or the BitTorrent one: a magnet's metadata connection has only the
+#: first), write the names of the loaded modules to $STARTUP_PROBE_OUT (the download goes
+#: on).
 _PROBE = """
 import json, logging, os, sys
 class Probe(logging.Handler):
     done = False
     event = None  # an asyncio.Event, set on the first connection, for whoever waits on it
     def emit(self, record):
-        if not Probe.done and "connected <Peer" in record.getMessage():
+        text = record.getMessage()
+        if not Probe.done and ("connected <Peer" in text or "handshake done" in text):
             Probe.done = True
             if Probe.event is not None:
                 Probe.event.set()
             with open(os.environ["STARTUP_PROBE_OUT"], "w") as fh:
                 json.dump(sorted(sys.modules), fh)
-logging.getLogger("swarmhub.engine.torrent").addHandler(Probe())
+logging.getLogger("swarmhub.engine").addHandler(Probe())
 """
 
 #: Run before the CLI: the DHT's bootstrap resolution (DNS of the public routers, in real
@@ -69,7 +75,8 @@ _RUN_CLI = "\nsys.argv[0] = 'swarmhub'\nfrom swarmhub.cli import main\nmain()\n"
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
-    """A ``swarmhub seed`` of a 1 MiB file on 127.0.0.1: (its .torrent, its port)."""
+    """A ``swarmhub seed`` of a 1 MiB file on 127.0.0.1 (encryption: the default, prefer):
+    (its .torrent, its port)."""
     work = tmp_path_factory.mktemp("startup")
     env = dict(os.environ, SWARMHUB_STATE_DIR=str(work / "state"))
     data = make_test_data(work / "src", [1 << 20], seed=9)
@@ -82,31 +89,48 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int
         yield tfile, int(json.loads(line)["port"])
 
 
-def _get(tmp_path: Path, tfile: Path, port: int, before: str,
+def _get(tmp_path: Path, tfile: Path | str, port: int | None, before: str,
          *extra: str) -> subprocess.CompletedProcess[str]:
+    """``get tfile`` (a .torrent, or a magnet link with ``port=None``) of the seed."""
     # no config file (a user's own would load tomllib): the run is the defaults'
     env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
                SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
                STARTUP_PROBE_OUT=str(tmp_path / "probe.json"))
+    peer = ["--peer", f"127.0.0.1:{port}"] if port is not None else []
     return subprocess.run(
         [str(VENV_PYTHON), "-c", before + _RUN_CLI, "get", str(tfile), "-o",
-         str(tmp_path / "dl"), "--peer", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0",
-         "--json", "-vv", "--timeout", "120", *extra],
+         str(tmp_path / "dl"), *peer, "--listen", "127.0.0.1:0", "--json", "-vv",
+         "--timeout", "120", *extra],
         capture_output=True, text=True, timeout=180, env=env)
+
+
+def _early(tmp_path: Path, r: subprocess.CompletedProcess[str]) -> list[str]:
+    """What of NOT_BEFORE_FIRST_PEER the probe saw loaded at the first peer connection."""
+    assert r.returncode == 0, r.stderr[-3000:]
+    loaded = set(json.loads((tmp_path / "probe.json").read_text()))
+    assert "swarmhub.engine.mse_transport" in loaded  # the probe saw the real connection
+    # ... and what came later still works once needed: the last line is rich's
+    assert "complete:" in r.stderr
+    return sorted(m for m in loaded
+                  if any(m == p or m.startswith(p + ".") for p in NOT_BEFORE_FIRST_PEER))
 
 
 def test_get_loads_no_other_command_nor_rich_before_its_first_peer(
         tmp_path: Path, seeded: tuple[Path, int]) -> None:
     tfile, port = seeded
-    r = _get(tmp_path, tfile, port, _PROBE)
-    assert r.returncode == 0, r.stderr[-3000:]
-    loaded = set(json.loads((tmp_path / "probe.json").read_text()))
-    assert "swarmhub.engine.session" in loaded  # the probe saw the real connection
-    early = sorted(m for m in loaded
-                   if any(m == p or m.startswith(p + ".") for p in NOT_BEFORE_FIRST_PEER))
-    assert early == []
-    # ... and they still work once needed: the last line is rich's
-    assert "complete:" in r.stderr
+    assert _early(tmp_path, _get(tmp_path, tfile, port, _PROBE)) == []
+
+
+def test_get_of_a_magnet_loads_no_tracker_client_before_its_first_peer(
+        tmp_path: Path, seeded: tuple[Path, int]) -> None:
+    """A magnet link whose peer is in it (x.pe) and that names no tracker: the metadata
+    connection comes before aiohttp (the tracker client), rich and pydantic."""
+    from swarmhub.metainfo import make_magnet, read_torrent
+
+    tfile, port = seeded
+    magnet = make_magnet(read_torrent(tfile), peers=[("127.0.0.1", port)])
+    assert "tr=" not in magnet
+    assert _early(tmp_path, _get(tmp_path, magnet, None, _PROBE)) == []
 
 
 def test_get_dials_a_torrents_peers_before_the_dht_has_its_routers(

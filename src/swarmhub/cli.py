@@ -630,7 +630,6 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
     all before ``deadline`` (time.monotonic(); None: each peer still gets its own progress
     timeout). ``timeout`` is the command's --timeout, named when it expires: what is left of
     it here is less, by however long start-up took on a busy machine."""
-    from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
     from swarmhub.engine.metadata import fetch_metadata
     from swarmhub.engine.session import Session
     from swarmhub.errors import TrackerError
@@ -640,6 +639,9 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
     candidates = list(peers)
     urls = trackers or list(magnet.trackers)
     if urls:
+        # only then: the tracker client imports aiohttp (~0.1 s before the first peer)
+        from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
+
         req = AnnounceRequest(info_hash=magnet.info_hash, peer_id=session.peer_id,
                               port=session.listen_port, uploaded=0, downloaded=0, left=1,
                               event="started")

@@ -315,6 +315,9 @@ def run(app: typer.Typer, args: list[str] | None = None) -> int:
     """Run the CLI and return its exit status; usage errors become one line too (exit 2)."""
     from typer import _click  # typer vendors click: its exception types live here
 
+    from swarmhub import plainparams
+
+    plainparams.install()  # no pydantic for plain values (start-up time)
     command = typer.main.get_command(app)
     tidy_help(command)
     try:
