@@ -109,6 +109,14 @@ def test_from_env_refuses_unknown_variables_with_a_suggestion() -> None:
         Settings.from_env(environ={"SWARMHUB_ZZZZZZ": "1"})
 
 
+def test_from_env_accepts_the_variables_of_other_parts() -> None:
+    """SWARMHUB_PURE (swarmhub._compiled) is no setting, yet no error either: every
+    command that loads settings (get, seed) ran into it."""
+    from swarmhub._compiled import PURE_ENV
+
+    assert Settings.from_env(environ={PURE_ENV: "1", "SWARMHUB_LAB_GATE": "/x"}) == Settings()
+
+
 def test_from_env_uses_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWARMHUB_DISK_THREADS", "4")
     assert Settings.from_env().disk_threads == 4
