@@ -778,12 +778,17 @@ def _command_name(argv: list[str]) -> str | None:
 def _register_subcommands(argv: list[str]) -> None:
     """Add the hub, lab and config command groups, unless the command line names one of
     this module's commands: then only that one runs, and ``swarmhub get`` need not import
-    the lab and hub modules (and what they pull in) before it dials its first peer."""
+    the lab and hub modules (and what they pull in) before it dials its first peer, nor
+    have Typer read the signatures of the other commands (~6 ms)."""
     first = _command_name(argv)
-    ours = {(c.name or c.callback.__name__).replace("_", "-")
-            for c in app.registered_commands if c.callback is not None}
-    if first in ours and not any(a.startswith("--show-completion") or a == "--help"
-                                 for a in argv[:argv.index(first)]):
+
+    def name(c: Any) -> str:
+        return str(c.name or c.callback.__name__).replace("_", "-")
+
+    if first in {name(c) for c in app.registered_commands if c.callback is not None} and \
+            not any(a.startswith("--show-completion") or a == "--help"
+                    for a in argv[:argv.index(first)]):
+        app.registered_commands[:] = [c for c in app.registered_commands if name(c) == first]
         return
     from swarmhub.config_commands import register as register_config
     from swarmhub.daemon.commands import register as register_daemon
