@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ _INPUTS: dict[Any, list[Any]] = {
     float: ["1", "1.5", ".5", "5.", "-2.5", "+1", "1e3", "nan", "inf", " 1 ", "1_0", "x",
             "", 0.0, 3],
     str: ["", "a b", "-", "ü", b"bytes", 5],
-    Path: ["", ".", "a/b", "~/x", Path("p")],
+    Path: ["", ".", "a/b", "~/x", Path("p"), PurePosixPath("p")],
     bool: [True, False, "true", "0"],
 }
 
@@ -98,6 +98,14 @@ def test_get_parses_every_option_without_pydantic(tmp_path: Path) -> None:
     c = got["create"]
     assert c["path"] == ["PosixPath", str(tmp_path)]
     assert c["piece_size"] == ["int", 64] and c["tracker"] == ["list", ["http://t/a"]]
+
+
+def test_defaults_need_no_pydantic_either(tmp_path: Path) -> None:
+    """Typer checks the defaults too (``-o`` is Path("."), a PosixPath)."""
+    got = _parse(tmp_path, get=["x.torrent"], seed=[str(tmp_path)])
+    assert got["pydantic"] is False
+    assert got["get"]["output"] == ["PosixPath", "."]
+    assert got["get"]["timeout"] == ["float", 0.0] and got["get"]["verbose"] == ["int", 0]
 
 
 def test_an_odd_value_gets_typers_own_check_and_message(tmp_path: Path) -> None:

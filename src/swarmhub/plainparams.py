@@ -32,8 +32,8 @@ _NO_ANSWER = object()  # plain_value: not a case it decides
 def plain_value(annotation: Any, value: Any) -> Any:
     """``value`` as ``annotation`` where the answer is the one pydantic's lax mode gives,
     else ``_NO_ANSWER`` (the caller asks Typer's own checker)."""
-    if type(value) is annotation:
-        return value
+    if type(value) is annotation or (annotation is Path and isinstance(value, Path)):
+        return value  # a default, or a value Typer has made already (PosixPath for Path)
     if not isinstance(value, str):
         return _NO_ANSWER
     if annotation is str:
