@@ -16,10 +16,10 @@ from swarmhub.plainparams import _NO_ANSWER, plain_value
 
 #: Inputs a user may type, for each plain type (the odd ones go to pydantic).
 _INPUTS: dict[Any, list[Any]] = {
-    int: ["12", "+5", "-3", "007", " 12 ", "1_000", "1.0", "0x10", "١٢", "", "abc", 7, True,
-          2.0],
-    float: ["1", "1.5", ".5", "5.", "-2.5", "+1", "1e3", "nan", "inf", " 1 ", "1_0", "x",
-            "", 0.0, 3],
+    int: ["12", "+5", "-3", "-0", "007", "9" * 30, " 12 ", "1_000", "1.0", "0x10", "١٢", "",
+          "abc", 7, True, 2.0],
+    float: ["1", "1.5", ".5", "5.", "-2.5", "-0", "+1", "1" * 400, "1e3", "nan", "inf", " 1 ",
+            "1_0", "x", "", 0.0, 3],
     str: ["", "a b", "-", "ü", b"bytes", 5],
     Path: ["", ".", "a/b", "~/x", Path("p"), PurePosixPath("p")],
     bool: [True, False, "true", "0"],
