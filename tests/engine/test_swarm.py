@@ -431,6 +431,36 @@ def test_a_complete_piece_is_verified_then_announced_with_have() -> None:
     assert any(isinstance(a, Close) and a.peer == "a" for a in acts)  # both seeds now
 
 
+def test_a_piece_got_elsewhere_is_announced_to_a_super_seed_that_offered_it() -> None:
+    """A super-seed (HaveNone, then a Have per offer) keeps an offer open until it is
+    served or the peer reports the piece. Got from another peer, the piece must still be
+    announced to it although it "has" it: a suppressed Have left the offer open (the seed's
+    whole tail budget, one offer) until the 2 s decline rule, and in the netns lab at N=16
+    all peers waited ~3 s for the last four pieces the seed had not shown anyone yet."""
+    s = make_swarm(pieces=4)
+    join(s, "seed")
+    s.message("seed", m.HaveNone(), 0.0)
+    s.message("seed", m.Have(0), 0.0)  # the offer (it stays choking us: "b" serves)
+    join(s, "b")
+    s.message("b", m.Have(0), 0.0)
+    s.message("b", m.Unchoke(), 0.0)
+    reqs = [r for r in sent(s.take(), "b", m.Request) if isinstance(r, m.Request)]
+    assert {r.index for r in reqs} == {0}
+    for r in reqs:
+        deliver(s, "b", r, 1.0)
+    s.piece_verified(0, True, 1.5)
+    acts = s.take()
+    assert m.Have(0) in sent(acts, "seed", m.Have)
+    join(s, "full", 2.0, has_all=True)  # a real seed needs no Haves
+    s.take()
+    s.message("b", m.Have(1), 2.0)
+    for r in [r for r in sent(s.take(), "b", m.Request) if isinstance(r, m.Request)]:
+        deliver(s, "b", r, 2.5)
+    s.piece_verified(1, True, 3.0)
+    acts = s.take()
+    assert m.Have(1) in sent(acts, "seed", m.Have) and not sent(acts, "full", m.Have)
+
+
 def test_a_batch_of_blocks_keeps_what_was_asked_for_and_refills_once() -> None:
     s = make_swarm(pieces=64)
     join(s, "a", has_all=True)

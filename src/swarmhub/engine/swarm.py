@@ -722,7 +722,13 @@ class Swarm:
         self.num_have += 1
         self.picker.piece_passed(index)
         # A comprehension, then the few it picked: this runs for every piece x peer.
-        told = [ps for ps in self.peers.values() if not ps.have[index] and not ps.closed]
+        # Peers that lack it, and peers that hold it but want nothing from us and are no
+        # seed: a super-seed shows its pieces one Have at a time and keeps each offer open
+        # until it is served or the peer reports the piece, so a Have withheld because
+        # "it has it" held the offer (in the tail the seed's only one) until the 2 s
+        # decline rule (netns lab N=16: every peer waited ~3 s for the last pieces).
+        told = [ps for ps in self.peers.values() if not ps.closed and (
+            not ps.have[index] or not (ps.peer_interested or ps.is_seed))]
         if told and self._ws_origins and self.webseed_preferred(now):
             # The origin's peer, left idle while its web seed serves us, gets its Haves at
             # the next tick: a write per run of pieces woke the hub (on loopback the woken
