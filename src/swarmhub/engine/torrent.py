@@ -269,8 +269,9 @@ class Torrent(TorrentViews):
         self.swarm.message(peer, msg, self.clock())
         self._flush()
 
-    def on_reqq(self, peer: Hashable, reqq: int) -> None:
-        self.swarm.set_reqq(peer, reqq)
+    def on_ext_handshake(self, peer: Hashable, *, reqq: int | None,
+                         listen_port: int | None) -> None:
+        self.swarm.extension_handshake(peer, reqq=reqq, listen_port=listen_port)
 
     def on_block(self, peer: Hashable, msg: m.Piece) -> None:
         """A block that came the wire core's way (a frame a read cut in two)."""
