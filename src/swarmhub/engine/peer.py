@@ -137,7 +137,7 @@ class Peer:
             case m.Extended(ext_id=0, payload=payload):
                 hs = decode_ext_handshake(payload)
                 self.ext_ids = dict(hs.m)
-                t.on_ext_handshake(self, reqq=hs.reqq, listen_port=hs.p)
+                t.on_ext_handshake(self, hs)
                 if hs.v:
                     self.client = hs.v
                 t.on_message(self, ev)
