@@ -158,7 +158,7 @@ def _core(count_calls: bool = False) -> tuple[float, float]:
     conn.set_num_pieces(CORE_PIECES, piece_length=CORE_PIECE,
                         total_length=CORE_PIECES * CORE_PIECE)
     swarm.connected(peer, ("127.0.0.1", 1), b"R" * 20, fast=True, now=0.0)
-    swarm.set_reqq(peer, 500)
+    swarm.extension_handshake(peer, reqq=500)
     now = 0.0
     swarm.message(peer, m.HaveAll(), now)
     swarm.message(peer, m.Unchoke(), now)

@@ -31,6 +31,7 @@ from swarmhub.wire import messages as m
 from swarmhub.wire.extensions import (
     MetadataRequest,
     PexMessage,
+    decode_ext_handshake,
     decode_pex,
     encode_metadata_message,
     encode_pex,
@@ -131,6 +132,50 @@ async def test_leecher_learns_the_other_peer_via_pex(tmp_path: Path) -> None:
         assert _connected_to(lt, s.peer_id)
 
 
+class _SteppedClock:
+    """A torrent's clock that a test moves forward (``offset``) instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def _spy_ticks(monkeypatch: pytest.MonkeyPatch, t: Torrent) -> list[float]:
+    """The times ``t``'s core ticks from now on (the torrent's PEX tick follows each)."""
+    ticks: list[float] = []
+    real_tick = Swarm.tick
+
+    def spy(swarm: Swarm, now: float) -> None:
+        real_tick(swarm, now)
+        if swarm is t.swarm:
+            ticks.append(now)
+
+    # on the class: a mypyc-compiled Swarm (`make setup`) has no per-instance methods
+    monkeypatch.setattr(Swarm, "tick", spy)
+    return ticks
+
+
+async def _told_after_first_delay(peer: HostilePeer, clock: _SteppedClock,
+                                  ticks: list[float]) -> list[tuple[str, int]]:
+    """Step the torrent's clock past the first PEX delay and wait for its tick; then a
+    metadata request, answered in order after anything that tick sent, collects the
+    addresses the torrent's ut_pex messages told ``peer`` (which offered ut_pex as 7
+    and ut_metadata as 3)."""
+    seen = len(ticks)
+    await poll(lambda: len(ticks) > seen, 20, "the torrent ticked once with the peer")
+    clock.offset += FIRST_DELAY + 1
+    stepped = clock()
+    await poll(lambda: ticks[-1] >= stepped, 20, "the torrent ticked past the first PEX delay")
+    peer.send(m.Extended(EXT_IDS["ut_metadata"], encode_metadata_message(MetadataRequest(0))))
+    told: list[tuple[str, int]] = []
+    while not isinstance(msg := await peer.recv(20), m.Extended) or msg.ext_id != 3:
+        if isinstance(msg, m.Extended) and msg.ext_id == 7:
+            told += decode_pex(msg.payload).added
+    return told
+
+
 @pytest.mark.parametrize("case", ["public", "private", "no-pex"])
 async def test_pex_is_sent_only_for_public_torrents_with_pex_on(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str) -> None:
@@ -138,11 +183,7 @@ async def test_pex_is_sent_only_for_public_torrents_with_pex_on(
     the first PEX delay and S ticks; then a metadata request, answered in order after
     anything that tick sent, shows whether S told the peer about B."""
     meta, src = _meta(tmp_path, private=case == "private")
-    offset = 0.0
-
-    def clock() -> float:
-        return time.monotonic() + offset
-
+    clock = _SteppedClock()
     # B must not finish (and leave S: two seeds part) before S's PEX tick
     slow = Settings().replace(upload_rate_limit=50_000, pex=case != "no-pex")
     async with Session(slow, state_dir=tmp_path / "ss") as s, \
@@ -151,16 +192,7 @@ async def test_pex_is_sent_only_for_public_torrents_with_pex_on(
         await b.add(meta, tmp_path / "b")
         sport = await s.listen("127.0.0.1", 0)
         st = await s.add(meta, src, peers=[("127.0.0.1", bport)], clock=clock)
-        ticks: list[float] = []
-        real_tick = Swarm.tick
-
-        def spy(swarm: Swarm, now: float) -> None:  # the torrent's PEX tick follows
-            real_tick(swarm, now)
-            if swarm is st.swarm:
-                ticks.append(now)
-
-        # on the class: a mypyc-compiled Swarm (`make setup`) has no per-instance methods
-        monkeypatch.setattr(Swarm, "tick", spy)
+        ticks = _spy_ticks(monkeypatch, st)
         await poll(lambda: _connected_to(st, b.peer_id), 20, "S connects to B")
         peer = await HostilePeer.open(sport, meta.info_hash)
         try:
@@ -169,21 +201,47 @@ async def test_pex_is_sent_only_for_public_torrents_with_pex_on(
             await peer.their_ext_handshake()
             await poll(lambda: any("ut_pex" in p.ext_ids for p in st.peers), 20,
                        "S read the peer's extension handshake")
-            seen = len(ticks)
-            await poll(lambda: len(ticks) > seen, 20, "S ticked once with the peer")
-            offset += FIRST_DELAY + 1
-            stepped = clock()
-            await poll(lambda: ticks[-1] >= stepped, 20, "S ticked past the first PEX delay")
-            peer.send(m.Extended(EXT_IDS["ut_metadata"],
-                                 encode_metadata_message(MetadataRequest(0))))
-            told: list[tuple[str, int]] = []
-            while not isinstance(msg := await peer.recv(20), m.Extended) or msg.ext_id != 3:
-                if isinstance(msg, m.Extended) and msg.ext_id == 7:
-                    told += decode_pex(msg.payload).added
+            told = await _told_after_first_delay(peer, clock, ticks)
         finally:
             await peer.close()
         assert _connected_to(st, b.peer_id)
     assert (("127.0.0.1", bport) in told) is (case == "public"), told
+
+
+async def test_a_peer_that_dialled_us_is_known_and_told_by_its_listen_port(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """BEP 10 ``p`` both ways, with the real driver: our extension handshake says where we
+    listen; a peer that dialled us (from an ephemeral port) and sent ``p`` is not dialled
+    at that address when a tracker or PEX lists it, and PEX tells other peers that
+    address, never the port it came from."""
+    meta, src = _meta(tmp_path)
+    clock = _SteppedClock()
+    listen = ("127.0.0.1", 4321)  # never dialled: the test fails before a dial could go
+    async with Session(state_dir=tmp_path / "ss") as s:
+        sport = await s.listen("127.0.0.1", 0)
+        st = await s.add(meta, src, clock=clock)
+        ticks = _spy_ticks(monkeypatch, st)
+        one = await HostilePeer.open(sport, meta.info_hash, peer_id=b"-HO0001-listen-one-1")
+        two = await HostilePeer.open(sport, meta.info_hash, peer_id=b"-HO0001-listen-two-2")
+        try:
+            source = one.writer.get_extra_info("sockname")[:2]
+            one.send_ext_handshake(bencode({b"m": {b"ut_pex": 7}, b"p": listen[1]}))
+            ours = await one.expect(lambda e: isinstance(e, m.Extended) and e.ext_id == 0, 20)
+            assert isinstance(ours, m.Extended)
+            assert decode_ext_handshake(ours.payload).p == sport
+            await poll(lambda: any(ps.listen_addr == listen for ps in st.swarm.peers.values()),
+                       20, "S read the extension handshake's p")
+            st.add_peers([listen, listen])  # a tracker answer and a PEX message
+            assert listen not in st.swarm.dialer.connecting
+            two.send_ext_handshake(bencode({b"m": {b"ut_pex": 7, b"ut_metadata": 3}}))
+            await two.their_ext_handshake()
+            await poll(lambda: sum("ut_pex" in p.ext_ids for p in st.peers) == 2, 20,
+                       "S read both extension handshakes")
+            told = await _told_after_first_delay(two, clock, ticks)
+        finally:
+            await one.close()
+            await two.close()
+    assert listen in told and tuple(source) not in told, (told, source)
 
 
 @pytest.mark.parametrize("case", ["public", "private", "no-pex"])

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +51,28 @@ async def test_close_with_a_tracker_leaves_no_unclosed_http_client(tmp_path: Pat
     assert not [c for c in complaints if "Unclosed" in c], complaints
 
 
-async def test_remove_and_close_announce_stopped_before_the_http_client_closes(
-        tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _served(app: Any) -> AsyncIterator[str]:
+    """An aiohttp tracker ``app`` on a loopback port while the block runs: its announce URL."""
     from aiohttp import web
 
-    from swarmhub.hub.tracker import TrackerState, make_tracker_app
-
-    state = TrackerState(interval=60, min_interval=5)
-    runner = web.AppRunner(make_tracker_app(state))
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    url = f"http://127.0.0.1:{port}/announce"
     try:
+        yield f"http://127.0.0.1:{port}/announce"
+    finally:
+        await runner.cleanup()
+
+
+async def test_remove_and_close_announce_stopped_before_the_http_client_closes(
+        tmp_path: Path) -> None:
+    from swarmhub.hub.tracker import TrackerState, make_tracker_app
+
+    state = TrackerState(interval=60, min_interval=5)
+    async with _served(make_tracker_app(state)) as url:
         srcs = [make_data(tmp_path / c / "payload", [100_000], seed=i)
                 for i, c in enumerate("ab")]
         metas = [create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
@@ -78,8 +87,6 @@ async def test_remove_and_close_announce_stopped_before_the_http_client_closes(
             await session.remove(metas[0].info_hash)
             assert state.stats(metas[0].info_hash)[0] == 0  # said "stopped"
         assert state.stats(metas[1].info_hash)[0] == 0  # so did the one closed on exit
-    finally:
-        await runner.cleanup()
 
 
 async def test_remove_forgets_the_torrent_and_it_can_be_added_again(tmp_path: Path) -> None:
@@ -257,14 +264,9 @@ async def test_stop_saves_and_closes_without_waiting_for_the_trackers_stopped_re
 
     app = web.Application()
     app.router.add_get("/announce", announce)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
-                          trackers=[[f"http://127.0.0.1:{port}/announce"]])
-    try:
+    async with _served(app) as url:
+        meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
+                              trackers=[[url]])
         async with Session(state_dir=tmp_path / "s") as session:
             await session.listen("127.0.0.1", 0)
             torrent = await session.add(meta, src.parent, seed_mode=True)
@@ -275,5 +277,44 @@ async def test_stop_saves_and_closes_without_waiting_for_the_trackers_stopped_re
             assert not torrent.resume_file.exists()
             await torrent.stop()
         assert seen == [True]
-    finally:
-        await runner.cleanup()
+
+
+async def test_stop_waits_for_a_silent_trackers_stopped_reply_only_so_long(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Issue 9's tracker hygiene: ``stopped`` goes out on exit, but a tracker that never
+    answers it must not hold the exit: the wait is :data:`STOPPED_WAIT` (shortened here),
+    whatever the tracker client's own timeout."""
+    from swarmhub.engine import tracker_driver
+    from swarmhub.engine.tracker_driver import TrackerDriver
+    from swarmhub.hub.tracker import TrackerState, make_tracker_app
+
+    monkeypatch.setattr(tracker_driver, "STOPPED_WAIT", 0.05)
+    stopped: list[str] = []
+    real = TrackerDriver.announce_once
+
+    async def stuck_on_stopped(self: TrackerDriver, event: str | None) -> Any:
+        if event != "stopped":
+            return await real(self, event)
+        stopped.append("sent")
+        try:
+            await asyncio.Event().wait()  # a tracker that never answers
+        finally:
+            stopped.append("given up")
+
+    monkeypatch.setattr(TrackerDriver, "announce_once", stuck_on_stopped)
+    src = make_data(tmp_path / "src" / "payload", [100_000])
+    state = TrackerState(interval=60, min_interval=5)
+    async with _served(make_tracker_app(state)) as url:
+        meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
+                              trackers=[[url]])
+        async with Session(state_dir=tmp_path / "s") as session:
+            await session.listen("127.0.0.1", 0)
+            torrent = await session.add(meta, src.parent, seed_mode=True)
+            await until(lambda: state.stats(meta.info_hash)[0] == 1, "the first announce")
+            stop = asyncio.ensure_future(torrent.stop())
+            await asyncio.wait([stop], timeout=60)  # a hang guard: without the bound, forever
+            if not stop.done():
+                stop.cancel()
+                pytest.fail("stop() still waits for the tracker's answer to 'stopped'")
+            assert stopped == ["sent", "given up"]
+            assert torrent.state is TorrentState.STOPPED

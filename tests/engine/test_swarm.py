@@ -23,6 +23,7 @@ from swarmhub.engine.actions import (
     Serve,
     Verify,
 )
+from swarmhub.engine.pex import FLAG_REACHABLE, listen_addrs
 from swarmhub.engine.picker import Block
 from swarmhub.engine.swarm import BLOCK_SIZE, Swarm
 from swarmhub.settings import Settings
@@ -891,9 +892,10 @@ def test_choke_without_fast_returns_requests_and_with_fast_keeps_them(fast: bool
 
 
 def test_a_peer_that_dialled_us_is_not_redialled_at_each_tracker_answer() -> None:
-    """Its listening address (from the tracker) differs from the one it came from: one
-    dial finds the duplicate, and no more dials follow while that connection lives (at
-    N=32 in the lab each pair churned ~15 connections a run, each an MSE handshake)."""
+    """Without a BEP 10 ``p`` its listening address (from the tracker) is unknown: one
+    dial finds the duplicate, which tells the address, and no more dials follow while
+    that connection lives (at N=32 in the lab each pair churned ~15 connections a run,
+    each an MSE handshake)."""
     s = make_swarm()
     pid = b"b" * 20
     s.connected("b", ("10.7.7.7", 50123), pid, fast=True, now=0.0)  # it dialled us
@@ -910,3 +912,51 @@ def test_a_peer_that_dialled_us_is_not_redialled_at_each_tracker_answer() -> Non
     s.disconnected("b", 17.0)
     s.tracker_response(21.0, interval=5, peers=[listen], seeds=0)
     assert Connect(listen) in s.take()  # gone: dialled again
+
+
+def test_a_peer_that_dialled_us_and_sent_p_is_never_dialled_while_connected() -> None:
+    """BEP 10 ``p``: the listen address of a peer known by its ephemeral source port
+    counts as connected for every source of addresses (tracker answers, PEX), from its
+    extension handshake on; once it leaves, the address is dialled again."""
+    s = make_swarm(trackers=True)
+    s.tick(0.0)
+    s.take()
+    s.connected("b", ("10.7.7.7", 50123), b"b" * 20, fast=True, now=0.0)  # it dialled us
+    assert s.peer("b").listen_addr is None
+    s.extension_handshake("b", reqq=100, listen_port=6881)
+    listen = ("10.7.7.7", 6881)
+    assert (s.peer("b").listen_addr, s.peer("b").reqq) == (listen, 100)
+    s.take()
+    for now in (1.0, 6.0):
+        s.tracker_response(now, interval=5, peers=[listen], seeds=0)
+        s.add_peers([listen], now)  # as a PEX message does
+        s.tick(now)
+        assert Connect(listen) not in s.take()
+    s.disconnected("b", 7.0)
+    s.tracker_response(11.0, interval=5, peers=[listen], seeds=0)
+    assert Connect(listen) in s.take()  # gone: its address is fair game again
+
+
+def test_the_address_we_dialled_is_the_listen_address_whatever_p_says() -> None:
+    s = make_swarm()
+    s.connected("c", ("10.7.7.8", 7000), b"c" * 20, fast=True, now=0.0, outgoing=True)
+    s.extension_handshake("c", listen_port=9999)  # behind a NAT, say: we know better
+    assert s.peer("c").listen_addr == ("10.7.7.8", 7000)
+    s.connected("d", ("10.7.7.9", 50000), b"d" * 20, fast=True, now=0.0)
+    s.extension_handshake("d", listen_port=0)  # 0 says nothing
+    assert s.peer("d").listen_addr is None
+
+
+def test_pex_tells_peers_by_their_listen_address_only() -> None:
+    """BEP 11's added peers are listen addresses: an incoming peer is told by its ``p``
+    (not its source port), one without ``p`` not at all; a peer we dialled is flagged
+    reachable; a peer being closed is no longer told."""
+    s = make_swarm()
+    s.connected("in", ("10.7.7.7", 50123), b"i" * 20, fast=True, now=0.0)
+    s.extension_handshake("in", listen_port=6881)
+    s.connected("mute", ("10.7.7.8", 50124), b"m" * 20, fast=True, now=0.0)
+    s.connected("out", ("10.7.7.9", 7000), b"o" * 20, fast=True, now=0.0, outgoing=True)
+    s.connected("gone", ("10.7.7.10", 7000), b"g" * 20, fast=True, now=0.0, outgoing=True)
+    s.peer("gone").closed = True
+    assert listen_addrs(s.peers.values()) == {
+        ("10.7.7.7", 6881): 0, ("10.7.7.9", 7000): FLAG_REACHABLE}

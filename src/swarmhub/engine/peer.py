@@ -68,8 +68,6 @@ class Peer:
         self.conn = proto.conn
         self.ext_ids: dict[str, int] = {}
         self.client = ""
-        #: the listen port from the peer's extension handshake (``p``), if it gave one
-        self.listen_port: int | None = None
         #: we dialled it (so ``addr`` is where it listens)
         self.outgoing = False
         #: BEP 11 state with this peer (the torrent makes it once the peer offers ut_pex)
@@ -139,11 +137,9 @@ class Peer:
             case m.Extended(ext_id=0, payload=payload):
                 hs = decode_ext_handshake(payload)
                 self.ext_ids = dict(hs.m)
-                if hs.reqq:
-                    t.on_reqq(self, hs.reqq)
+                t.on_ext_handshake(self, hs)
                 if hs.v:
                     self.client = hs.v
-                self.listen_port = hs.p
                 t.on_message(self, ev)
             case m.Extended(ext_id=ext_id, payload=payload) if ext_id == _UT_METADATA:
                 self._on_metadata(payload)

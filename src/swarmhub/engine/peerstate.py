@@ -140,6 +140,7 @@ class PeerState:
         "last_data",
         "last_recv",
         "last_send",
+        "listen_addr",
         "min_delay",
         "num_have",
         "outgoing",
@@ -174,6 +175,12 @@ class PeerState:
         self.peer_id = peer_id
         #: we dialled it (two peers that dial each other keep one connection by this)
         self.outgoing = outgoing
+        #: where it accepts connections (BEP 11's address for it): the address we dialled,
+        #: or for a peer that dialled us (from an ephemeral port) its IP with the BEP 10
+        #: ``p`` it sent, or an address whose dial turned out to reach it; None while
+        #: unknown. The dialer counts it as connected, so no tracker answer or PEX message
+        #: has us dial a peer we are already talking to.
+        self.listen_addr: tuple[str, int] | None = addr if outgoing else None
         #: what bans apply to (the IP, or IP + peer id on loopback)
         self.key = key
         #: BEP 6 negotiated: rejects instead of silent drops, HaveAll/HaveNone

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
+from swarmhub.engine.peerstate import PeerState
 from swarmhub.wire.extensions import PexMessage
 
-__all__ = ["FLAG_REACHABLE", "MAX_ADDED", "MAX_DROPPED", "PexPeer"]
+__all__ = ["FLAG_REACHABLE", "MAX_ADDED", "MAX_DROPPED", "PexPeer", "listen_addrs"]
 
 Addr = tuple[str, int]
 
@@ -34,6 +35,18 @@ def _dialable(host: str) -> bool:
     (not cached)."""
     ip = ipaddress.ip_address(host)
     return not (ip.is_unspecified or ip.is_multicast)
+
+
+def listen_addrs(peers: Iterable[PeerState]) -> dict[Addr, int]:
+    """What :meth:`PexPeer.poll` tells about our connected peers: each one's listen
+    address with its BEP 11 flags (reachable when we dialled it). BEP 11's added peers
+    are where a peer accepts connections, never the ephemeral port one dialled us from:
+    a peer whose listen address we do not know is left out."""
+    out: dict[Addr, int] = {}
+    for ps in peers:
+        if ps.listen_addr is not None and not ps.closed:
+            out[ps.listen_addr] = FLAG_REACHABLE if ps.outgoing else 0
+    return out
 
 
 class PexPeer:

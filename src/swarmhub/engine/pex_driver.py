@@ -12,7 +12,7 @@ import logging
 from typing import cast
 
 from swarmhub.engine.peer import Peer
-from swarmhub.engine.pex import FLAG_REACHABLE, PexPeer
+from swarmhub.engine.pex import PexPeer, listen_addrs
 from swarmhub.engine.services import DriverHost
 from swarmhub.wire import messages as m
 from swarmhub.wire.extensions import PexMessage, encode_pex
@@ -51,20 +51,16 @@ class PexDriver:
 
     def tick(self, now: float) -> None:
         """Send each ut_pex peer the changes in our peer list, about once a minute."""
-        current: dict[tuple[str, int], int] = {}
-        peers = cast("list[Peer]", list(self.torrent.swarm.peers))
-        for peer in peers:
-            if peer.outgoing:
-                current[peer.addr] = FLAG_REACHABLE
-            elif peer.listen_port:
-                current[(peer.addr[0], peer.listen_port)] = 0
-        for peer in peers:
+        states = self.torrent.swarm.peers
+        current = listen_addrs(states.values())
+        for handle, ps in list(states.items()):
+            peer = cast("Peer", handle)
             their_id = peer.ext_ids.get("ut_pex")
             if not their_id:
                 continue
             if peer.pex is None:
                 peer.pex = PexPeer(now)
-            them = {peer.addr} if peer.outgoing else {(peer.addr[0], peer.listen_port or 0)}
+            them = () if ps.listen_addr is None else (ps.listen_addr,)
             msg = peer.pex.poll(now, current, exclude=them)
             if msg is not None:
                 peer.send(m.Extended(their_id, encode_pex(msg)))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
-from swarmhub.wire.extensions import PexMessage
+from swarmhub.wire.extensions import ExtensionHandshake, PexMessage
 
 if TYPE_CHECKING:
     import aiohttp
@@ -52,7 +52,9 @@ class PeerHost(Protocol):
                   starts: list[int]) -> None:
         """Blocks whose data is ``view[starts[k]:starts[k] + blocks[k].length]``."""
         ...
-    def on_reqq(self, peer: Hashable, reqq: int) -> None: ...
+    def on_ext_handshake(self, peer: Hashable, hs: ExtensionHandshake) -> None:
+        """The peer's BEP 10 handshake (``reqq``, its listen port ``p``) for the core."""
+        ...
     def hashes_for(self, req: m.HashRequest) -> bytes | None: ...
     def on_pex(self, peer: Any, msg: PexMessage) -> None: ...
 

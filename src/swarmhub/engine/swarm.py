@@ -219,12 +219,6 @@ class Swarm:
         self._tracker_origin_only = False
         self.tracker = TrackerSchedule(now) if trackers else None
         self.dialer = Dialer(peers)
-        #: Addresses we dialled that turned out to be a peer already connected (it dialled
-        #: us, from an ephemeral port): an incoming peer's own address is otherwise unknown,
-        #: and each tracker answer had us dial it again, and drop the duplicate: at N=32
-        #: in the netns lab ~15 connections per peer pair and run, each an encrypted
-        #: handshake (two 768-bit modexps, ~1 ms) with MSE on: ~0.6 CPU-s per peer.
-        self._dialled_dups: dict[tuple[str, int], bytes] = {}
         #: False once the driver stops or fails the torrent: no more requests or dials
         self.active = True
         self._src: dict[int, dict[int, Hashable]] = {}  # unfinished piece -> begin -> key
@@ -359,9 +353,11 @@ class Swarm:
         dups = [ps for ps in self.peers.values() if ps.peer_id == peer_id and not ps.closed]
         if dups:
             if outgoing:
-                # The address we dialled is this peer's: while it stays connected (it
-                # dialled us, from another port), do not dial it again at each announce.
-                self._dialled_dups[addr] = peer_id
+                # The address we dialled is this peer's (it dialled us and sent no BEP 10
+                # ``p``, or listens on more than one): while it stays connected, do not
+                # dial it again at each announce.
+                for ps in dups:
+                    ps.listen_addr = addr
             if outgoing is None or all(ps.outgoing == outgoing for ps in dups):
                 return "already connected to this peer"
             if (local_id < peer_id) != outgoing:
@@ -420,11 +416,21 @@ class Swarm:
         self._upload_tail.pop(handle, None)
         self._fill_all(now)
 
-    def set_reqq(self, handle: Hashable, reqq: int) -> None:
-        """The peer's BEP 10 handshake said how many requests it queues."""
+    def extension_handshake(self, handle: Hashable, *, reqq: int | None = None,
+                            listen_port: int | None = None) -> None:
+        """The peer's BEP 10 handshake: how many requests it queues (``reqq``), and the
+        port it listens on (``p``). A peer that dialled us is known by its ephemeral
+        source port; without ``p`` each tracker answer or PEX message that lists its
+        listening address had us dial it again and drop the duplicate (at N=32 in the
+        netns lab ~15 connections per peer pair and run, each an encrypted handshake
+        with MSE on: ~0.6 CPU-s per peer). An address we dialled stays what it is."""
         ps = self.peers.get(handle)
-        if ps is not None and reqq:
+        if ps is None:
+            return
+        if reqq:
             ps.reqq = max(2, reqq)
+        if listen_port and 0 < listen_port < 65536 and not ps.outgoing:
+            ps.listen_addr = (ps.addr[0], listen_port)
 
     # -- messages --------------------------------------------------------------------------
     def message(self, handle: Hashable, msg: m.Message, now: float) -> None:
@@ -1364,13 +1370,9 @@ class Swarm:
             return
         dialer = self.dialer
         connected = {ps.addr for ps in self.peers.values()}
-        if self._dialled_dups:
-            ids = {ps.peer_id for ps in self.peers.values() if not ps.closed}
-            for addr, pid in list(self._dialled_dups.items()):
-                if pid in ids:
-                    connected.add(addr)
-                else:  # that connection is gone: the address is fair game again
-                    del self._dialled_dups[addr]
+        for ps in self.peers.values():
+            if ps.listen_addr is not None:
+                connected.add(ps.listen_addr)
         if self.downloading:
             dialer.requeue_direct(now, connected)
         room = (self.settings.max_connections_per_torrent - len(self.peers)

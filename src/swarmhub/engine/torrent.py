@@ -44,7 +44,7 @@ from swarmhub.errors import StorageError
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.storage.files import TorrentStorage
 from swarmhub.wire import messages as m
-from swarmhub.wire.extensions import PexMessage
+from swarmhub.wire.extensions import ExtensionHandshake, PexMessage
 
 __all__ = ["Torrent", "TorrentState", "TorrentStatus"]
 
@@ -269,8 +269,8 @@ class Torrent(TorrentViews):
         self.swarm.message(peer, msg, self.clock())
         self._flush()
 
-    def on_reqq(self, peer: Hashable, reqq: int) -> None:
-        self.swarm.set_reqq(peer, reqq)
+    def on_ext_handshake(self, peer: Hashable, hs: ExtensionHandshake) -> None:
+        self.swarm.extension_handshake(peer, reqq=hs.reqq, listen_port=hs.p)
 
     def on_block(self, peer: Hashable, msg: m.Piece) -> None:
         """A block that came the wire core's way (a frame a read cut in two)."""

@@ -22,6 +22,10 @@ __all__ = ["TrackerDriver", "TrackerHost"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds a stopping torrent waits for the tracker's answer to ``stopped``: an exit must
+#: not hang on a tracker that is gone or stuck (the peer then expires there by its TTL).
+STOPPED_WAIT = 5.0
+
 
 class TrackerHost(DriverHost, Protocol):
     """What announces need from their torrent besides the :class:`DriverHost`."""
@@ -39,11 +43,11 @@ class TrackerDriver:
         self.answered = asyncio.Event()
 
     async def stopped(self) -> None:
-        """Tell the tracker we leave (at most 5 s), if we ever announced."""
+        """Tell the tracker we leave (at most :data:`STOPPED_WAIT`), if we ever announced."""
         tracker = self.torrent.swarm.tracker
         if tracker is not None and tracker.announced:
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self.announce_once("stopped"), 5)
+                await asyncio.wait_for(self.announce_once("stopped"), STOPPED_WAIT)
 
     async def announce_once(self, event: str | None) -> AnnounceResponse:
         """One announce with ``event``; raises :class:`SwarmhubError` when every tier fails."""

@@ -110,6 +110,8 @@ def simulate(mode: str, opts: SimOptions,
     if opts.join_rate or opts.leave_rate:
         res.notes.append(f"churn: joins {opts.join_rate:g}/s, each peer leaves at rate "
                          f"{opts.leave_rate:g}/s; the bound assumes everyone from the start")
+    res.notes.append(f"{res.mode} N={n}: {sim.connections} connections opened, "
+                     f"{2 * sim.connections / len(sim.nodes):.1f} per host")
     if sim.refusals:
         res.notes.append(f"{res.mode} N={n}: handshakes refused: " + ", ".join(
             f"{why} {count}" for why, count in sim.refusals.most_common()))

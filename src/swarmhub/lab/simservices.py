@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from swarmhub.engine.pex import FLAG_REACHABLE, PexPeer
+from swarmhub.engine.pex import PexPeer, listen_addrs
 from swarmhub.lab.netmodel import Pipe
 from swarmhub.wire.extensions import PexMessage, encode_pex
 
@@ -99,12 +99,10 @@ class Services:
             if now < pex.due:
                 continue
             if current is None:  # built only when some peer is due: once a minute
-                current = {}
-                for e in node.ends:
-                    ps = swarm.peers.get(e.uid)
-                    if ps is not None:  # every simulated host listens on its address
-                        current[e.remote.addr] = FLAG_REACHABLE if ps.outgoing else 0
-            msg = pex.poll(now, current, exclude=(end.remote.addr,))
+                current = listen_addrs(swarm.peers.values())
+            ps = swarm.peers.get(end.uid)
+            them = () if ps is None or ps.listen_addr is None else (ps.listen_addr,)
+            msg = pex.poll(now, current, exclude=them)
             if msg is not None:
                 size = pex_wire_size(msg)
                 self.sim.net.send(end.out, size, (end.far, msg), self._pex_arrived)

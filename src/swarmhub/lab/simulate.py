@@ -61,6 +61,9 @@ HANDSHAKE = 68
 _BLOCK_WIRE = 16384 + 13 + 12 * 66  #: wire bytes of one 16 KiB Piece message
 EXT_HANDSHAKE = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
 PIECE_HEADER = 13
+#: source ports of dialled connections (Linux's ip_local_port_range): a peer that dialled
+#: us is known by one of these until its extension handshake's ``p`` says where it listens
+_EPHEMERAL = (32768, 60999)
 
 
 def msg_size(msg: m.Message) -> int:
@@ -212,7 +215,7 @@ class Simulation:
         self.lifetimes = lifetimes or [None] * len(self.clients)
         self.seed_leaves_after_copy = seed_leaves_after_copy
         self.on_event = on_event or (lambda _e: None)
-        self._uid = 0
+        self._uid = 0  #: the last connection end's uid (two per connection accepted)
         #: open connection ends by the handle their core knows them by
         self.by_uid: dict[int, End] = {}
         #: handshakes refused, by reason (the swarm's connectivity, for the report)
@@ -529,13 +532,26 @@ class Simulation:
             node.swarm.connect_done(addr)
             self.flush(node)
 
-    def _admit(self, node: Node, other: Node, outgoing: bool) -> str | None:
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far (each a handshake both ends paid for)."""
+        return self._uid // 2
+
+    @staticmethod
+    def _from_addr(dialler: Node, uid: int) -> tuple[str, int]:
+        """The address a connection that ``dialler`` opened comes from (a port per
+        connection, from its uid: no rng draw, so runs stay as they were)."""
+        low, high = _EPHEMERAL
+        return dialler.addr[0], low + (uid >> 1) % (high - low + 1)
+
+    def _admit(self, node: Node, other: Node, addr: tuple[str, int],
+               outgoing: bool) -> str | None:
         swarm = node.swarm
         assert swarm is not None
         if len(node.ends) >= self.settings.max_connections:  # ends holds open ones only
             reason: str | None = "too many connections in this session"
         else:
-            reason = swarm.can_accept(other.addr, other.peer_id, self.ev.now,
+            reason = swarm.can_accept(addr, other.peer_id, self.ev.now,
                                       outgoing=outgoing, local_id=node.peer_id)
             self.flush(node)
         if reason is not None:
@@ -552,11 +568,13 @@ class Simulation:
     def _accept(self, arg: tuple[Node, Node]) -> None:
         """The dialler's handshake reached ``target``: admit it, reply, tell the core."""
         node, target = arg
-        if target.gone or target.swarm is None or self._admit(target, node, False) is not None:
+        uid = self._uid + 2
+        if target.gone or target.swarm is None \
+                or self._admit(target, node, self._from_addr(node, uid), False) is not None:
             self.ev.after(self._lat(node, target), self._dial_failed, (node, target.addr))
             return
-        self._uid += 2
-        mine, theirs = End(target, node, self._uid), End(node, target, self._uid + 1)
+        self._uid = uid
+        mine, theirs = End(target, node, uid), End(node, target, uid + 1)
         mine.out, theirs.out = self._pipe(mine, theirs), self._pipe(theirs, mine)
         mine.far, theirs.far = theirs, mine
         self.by_uid[mine.uid], self.by_uid[theirs.uid] = mine, theirs
@@ -569,9 +587,12 @@ class Simulation:
         swarm = node.swarm
         assert swarm is not None
         remote = end.remote
-        swarm.connected(end.uid, remote.addr, remote.peer_id, fast=True, now=self.ev.now,
+        addr = remote.addr if outgoing else self._from_addr(remote, end.uid)
+        swarm.connected(end.uid, addr, remote.peer_id, fast=True, now=self.ev.now,
                         outgoing=outgoing)
-        swarm.set_reqq(end.uid, self.settings.max_outstanding_incoming_requests)
+        # its extension handshake came with its handshake; every host listens on its addr
+        swarm.extension_handshake(end.uid, reqq=self.settings.max_outstanding_incoming_requests,
+                                  listen_port=remote.addr[1])
         self.flush(node)
 
     def handshake_reply(self, end: End) -> None:
@@ -581,7 +602,7 @@ class Simulation:
             self.close_end(end)
             return
         node.swarm.connect_done(end.remote.addr)
-        if self._admit(node, end.remote, True) is not None:
+        if self._admit(node, end.remote, end.remote.addr, True) is not None:
             self.close_end(end)
             self.flush(node)
             return
