@@ -660,24 +660,14 @@ class Simulation:
             # EventQueue.run inlined (the heap's and the lane's heads merged): this loop
             # runs once per event of the run.
             while self.pending > 0:
-                # The heads compared field by field, not as tuples: compiled, a tuple
-                # comparison is two generic rich comparisons per event.
-                if heap:
-                    h = heap[0]
-                    from_heap = True
-                    if lane:
-                        ln = lane[0]
-                        if ln[0] < h[0] or (ln[0] == h[0] and ln[1] < h[1]):
-                            h = ln
-                            from_heap = False
-                elif lane:
-                    h = lane[0]
-                    from_heap = False
+                if heap and (not lane or heap[0] < lane[0]):
+                    if heap[0][0] > until:
+                        break
+                    when, _, fn, arg = pop(heap)
+                elif lane and lane[0][0] <= until:
+                    when, _, fn, arg = popleft()
                 else:
                     break
-                if h[0] > until:
-                    break
-                when, _, fn, arg = pop(heap) if from_heap else popleft()
                 ev.now = when
                 fn(arg)
         finally:
