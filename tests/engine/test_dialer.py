@@ -29,3 +29,20 @@ def test_the_default_bound_holds_a_thousand_peer_swarm() -> None:
     d.add([_addr(i) for i in range(1000, 10_000)])
     assert len(d.candidates) == Dialer.MAX_CANDIDATES
     assert d.candidates[-1] == _addr(9999)
+
+
+def test_retry_times_are_kept_for_direct_peers_only() -> None:
+    """A long session dials many tracker/PEX peers: the retry book must not keep one
+    entry per address ever dialled (only direct peers are ever requeued)."""
+    direct = ("192.0.2.1", 6881)
+    d = Dialer([direct])
+    d.add([_addr(i) for i in range(500)])
+    dialled = d.next(0.0, set(), room=1000)
+    assert len(dialled) == 501 and dialled[0] == direct
+    assert len(d._retry_at) == 1
+    for addr in dialled:
+        d.done(addr)
+    d.requeue_direct(1.0, set())  # within the retry time: not yet
+    assert not d.candidates
+    d.requeue_direct(5.0, set())
+    assert list(d.candidates) == [direct]

@@ -83,10 +83,13 @@ class Dialer:
 
     def __init__(self, direct: Iterable[Addr], retry: float = 5.0) -> None:
         self.direct = list(direct)
+        self._direct = frozenset(self.direct)
         self.candidates: collections.deque[Addr] = collections.deque(self.direct)
         self._queued = set(self.direct)
         self.connecting: set[Addr] = set()
         self.retry = retry
+        #: when each direct peer may be queued again (direct peers only: kept for every
+        #: address dialled, it grew with each peer a long session ever dialled)
         self._retry_at: dict[Addr, float] = {}
         #: addresses that are us (never dialled)
         self.own: set[Addr] = set()
@@ -115,7 +118,8 @@ class Dialer:
             self._queued.discard(addr)
             if addr in connected or addr in self.connecting or addr in self.own:
                 continue
-            self._retry_at[addr] = now + self.retry
+            if addr in self._direct:
+                self._retry_at[addr] = now + self.retry
             self.connecting.add(addr)
             out.append(addr)
         return out
