@@ -48,9 +48,10 @@ async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
             release.wait(60)  # hang guard: the test releases it
         real_write(self, offset, buf)  # type: ignore[arg-type]
 
-    def noting_check(self: PieceVerifier, index: int, view: object) -> bool:
+    def noting_check(self: PieceVerifier, index: int, view: object,
+                     only: str | None = None) -> bool:
         checked.append(index)
-        return real_check(self, index, view)  # type: ignore[arg-type]
+        return real_check(self, index, view, only)  # type: ignore[arg-type]
 
     monkeypatch.setattr(TorrentStorage, "write", slow_first_write)
     monkeypatch.setattr(PieceVerifier, "check", noting_check)
@@ -82,7 +83,7 @@ def test_a_run_dropped_by_a_closing_pool_does_not_leave_its_waiter_hanging(
     hashed, its write) still queued is dropped, and the run's waiter hears of it."""
     import concurrent.futures
 
-    from swarmhub.engine.webseed_driver import _dropped
+    from swarmhub.engine.pieces import _dropped
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     busy = threading.Event()
