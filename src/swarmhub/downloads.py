@@ -162,13 +162,23 @@ async def _fetch(session: Session, src: str, dest: Path, peers: list[tuple[str, 
 async def _from_hub(session: Session, url: str, dest: Path, mode: Mode, token: str | None,
                     on_progress: Callable[[Progress], None] | None,
                     start: float) -> DownloadResult | Metainfo:
-    from swarmhub.client import HubBusy, http_download, hub_file, hub_torrent, parse_hub_url
+    from swarmhub.client import (
+        HubBusy,
+        http_download,
+        hub_file,
+        hub_file_torrent,
+        hub_torrent,
+        parse_hub_url,
+    )
     from swarmhub.metainfo import load_torrent
 
     http = await session.http()
     base, file_id = parse_hub_url(url)
-    info = await hub_file(http, base, file_id, token)
-    if mode == "cs":
+    if mode != "cs":
+        _, torrent = await hub_file_torrent(http, base, file_id, token)
+    else:
+        info = await hub_file(http, base, file_id, token)
+
         def progress(have: int) -> None:
             if on_progress is not None:
                 on_progress(Progress(have, info.size, 0.0, 0))
@@ -181,7 +191,8 @@ async def _from_hub(session: Session, url: str, dest: Path, mode: Mode, token: s
         else:
             return DownloadResult(dest / info.name, info.name, info.size,
                                   time.monotonic() - start, fetched, fetched, "cs")
-    meta = load_torrent(await hub_torrent(http, info.torrent_url, token))
+        torrent = await hub_torrent(http, info.torrent_url, token)
+    meta = load_torrent(torrent)
     if mode == "p2p":
         meta = dataclasses.replace(meta, url_list=())
     return meta
