@@ -581,7 +581,14 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
     """
     import dataclasses
 
-    from swarmhub.client import HubBusy, http_download, hub_file, hub_torrent, parse_hub_url
+    from swarmhub.client import (
+        HubBusy,
+        http_download,
+        hub_file,
+        hub_file_torrent,
+        hub_torrent,
+        parse_hub_url,
+    )
     from swarmhub.engine.session import Session
     from swarmhub.metainfo import load_torrent
     from swarmhub.progress import DownloadView, Sources
@@ -589,8 +596,10 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
     assert isinstance(session, Session)
     http = await session.http()
     base, file_id = parse_hub_url(url)
-    info = await hub_file(http, base, file_id, token)
-    if mode == "cs":
+    if mode != "cs":
+        _, torrent = await hub_file_torrent(http, base, file_id, token)
+    else:
+        info = await hub_file(http, base, file_id, token)
         with DownloadView(info.name, info.size, json_lines=json_progress,
                           console=console) as view:
             first: list[int] = []
@@ -616,7 +625,8 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
                 view.finished(f"{info.name} over HTTP, SHA-256 verified", info.size, sources,
                               json_fields={"downloaded": fetched, "mode": "cs"})
                 return None
-    meta = load_torrent(await hub_torrent(http, info.torrent_url, token))
+        torrent = await hub_torrent(http, info.torrent_url, token)
+    meta = load_torrent(torrent)
     if mode == "p2p":
         meta = dataclasses.replace(meta, url_list=())
     return meta

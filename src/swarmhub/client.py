@@ -23,7 +23,8 @@ import aiohttp
 from swarmhub.errors import AuthError, SwarmhubError
 from swarmhub.metainfo.paths import safe_components
 
-__all__ = ["HubBusy", "HubFile", "http_download", "hub_file", "hub_torrent", "parse_hub_url"]
+__all__ = ["HubBusy", "HubFile", "http_download", "hub_file", "hub_file_torrent", "hub_torrent",
+           "parse_hub_url"]
 
 _FILE_PATH = re.compile(r"^/(?:f|t|m)/([A-Za-z0-9_-]{1,64})(?:[/.].*)?$")
 CHUNK = 1 << 20
@@ -99,6 +100,29 @@ async def hub_torrent(http: aiohttp.ClientSession, torrent_url: str,
         if resp.status != 200:
             raise SwarmhubError(f"could not get {torrent_url}: HTTP {resp.status}")
         return await resp.read()
+
+
+async def hub_file_torrent(http: aiohttp.ClientSession, base: str, file_id: str,
+                           token: str | None) -> tuple[HubFile, bytes]:
+    """The catalog entry of ``file_id`` and its .torrent, asked for at once.
+
+    Why: a swarm or hybrid download needs the .torrent before anything else, and asking
+    for it only once the entry (its ``torrent_url``) is here cost a round trip more than a
+    cs download waits. The hub serves every file's torrent at ``/t/<id>.torrent`` too, so
+    that goes out beside the entry request; should it fail (a proxy that maps only some
+    paths, say), the entry's own ``torrent_url`` is fetched as before, and its error is
+    the one raised."""
+    early = asyncio.ensure_future(hub_torrent(http, f"{base}/t/{file_id}.torrent", token))
+    try:
+        info = await hub_file(http, base, file_id, token)
+    except BaseException:
+        early.cancel()
+        await asyncio.gather(early, return_exceptions=True)
+        raise
+    try:
+        return info, await early
+    except (SwarmhubError, aiohttp.ClientError, TimeoutError):
+        return info, await hub_torrent(http, info.torrent_url, token)
 
 
 def _link_torrent(resp: aiohttp.ClientResponse) -> str | None:

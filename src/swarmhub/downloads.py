@@ -162,26 +162,31 @@ async def _fetch(session: Session, src: str, dest: Path, peers: list[tuple[str, 
 async def _from_hub(session: Session, url: str, dest: Path, mode: Mode, token: str | None,
                     on_progress: Callable[[Progress], None] | None,
                     start: float) -> DownloadResult | Metainfo:
-    from swarmhub.client import HubBusy, http_download, hub_file, hub_torrent, parse_hub_url
+    from swarmhub import client
     from swarmhub.metainfo import load_torrent
 
     http = await session.http()
-    base, file_id = parse_hub_url(url)
-    info = await hub_file(http, base, file_id, token)
-    if mode == "cs":
+    base, file_id = client.parse_hub_url(url)
+    if mode != "cs":
+        _, torrent = await client.hub_file_torrent(http, base, file_id, token)
+    else:
+        info = await client.hub_file(http, base, file_id, token)
+
         def progress(have: int) -> None:
             if on_progress is not None:
                 on_progress(Progress(have, info.size, 0.0, 0))
 
         try:
-            fetched = await http_download(http, info, dest, token=token, progress=progress,
-                                          rate_limit=session.settings.download_rate_limit)
-        except HubBusy as busy:
+            fetched = await client.http_download(
+                http, info, dest, token=token, progress=progress,
+                rate_limit=session.settings.download_rate_limit)
+        except client.HubBusy as busy:
             log.warning("%s: continuing from the swarm", busy)
         else:
             return DownloadResult(dest / info.name, info.name, info.size,
                                   time.monotonic() - start, fetched, fetched, "cs")
-    meta = load_torrent(await hub_torrent(http, info.torrent_url, token))
+        torrent = await client.hub_torrent(http, info.torrent_url, token)
+    meta = load_torrent(torrent)
     if mode == "p2p":
         meta = dataclasses.replace(meta, url_list=())
     return meta

@@ -316,6 +316,31 @@ async def test_a_large_hybrid_piece_failing_either_kind_is_rejected(
         _close(storage, session)
 
 
+async def test_a_hash_job_dropped_by_a_closing_pool_frees_its_thread_and_waiter(
+        tmp_path: Path) -> None:
+    """The session shuts its pools down with ``cancel_futures``: a piece's hash jobs still
+    queued never run; their waiter hears it and the free-thread count is not left taken
+    (else no later piece would ever be split)."""
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
+    pieces = _large(Pieces(meta, storage, session))  # type: ignore[arg-type]
+    busy = threading.Event()
+    try:
+        for _ in range(2):  # both hash threads taken: the piece's job stays queued
+            session.hash_pool.submit(busy.wait, 60)
+        pieces.buffers[1] = bytearray(data[PIECE:2 * PIECE])
+        verify = asyncio.ensure_future(pieces.verify(1, want_digests=False))
+        await until(lambda: pieces._hashing > 0, "the piece's hash jobs queued")
+        session.hash_pool.shutdown(wait=False, cancel_futures=True)
+        busy.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(verify, 30)
+        assert pieces._hashing == 0
+        assert _on_disk(tmp_path)[PIECE:2 * PIECE] == bytes(PIECE)
+    finally:
+        busy.set()
+        _close(storage, session)
+
+
 async def test_small_pieces_completed_in_one_loop_iteration_share_one_batch(
         tmp_path: Path) -> None:
     """An idle pool: the pieces one loop iteration completes (one busy read of many

@@ -7,6 +7,7 @@ slow by holding the first write until the test has seen what it looks for.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import threading
 from pathlib import Path
@@ -48,9 +49,10 @@ async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
             release.wait(60)  # hang guard: the test releases it
         real_write(self, offset, buf)  # type: ignore[arg-type]
 
-    def noting_check(self: PieceVerifier, index: int, view: object) -> bool:
+    def noting_check(self: PieceVerifier, index: int, view: object,
+                     only: str | None = None) -> bool:
         checked.append(index)
-        return real_check(self, index, view)  # type: ignore[arg-type]
+        return real_check(self, index, view, only)  # type: ignore[arg-type]
 
     monkeypatch.setattr(TorrentStorage, "write", slow_first_write)
     monkeypatch.setattr(PieceVerifier, "check", noting_check)
@@ -82,7 +84,7 @@ def test_a_run_dropped_by_a_closing_pool_does_not_leave_its_waiter_hanging(
     hashed, its write) still queued is dropped, and the run's waiter hears of it."""
     import concurrent.futures
 
-    from swarmhub.engine.webseed_driver import _dropped
+    from swarmhub.engine.pieces import _dropped
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     busy = threading.Event()
@@ -99,3 +101,59 @@ def test_a_run_dropped_by_a_closing_pool_does_not_leave_its_waiter_hanging(
         assert isinstance(done.exception(timeout=0), concurrent.futures.CancelledError)
     else:
         assert done.cancelled()
+
+
+@pytest.mark.parametrize("broken", [None, "v1", "v2"], ids=["good", "bad-sha1", "bad-sha256"])
+async def test_a_hybrid_run_hashes_its_two_kinds_apart_and_fails_on_either(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str | None) -> None:
+    """With two hash threads free (the web seed's first run: nothing else is hashing), a
+    hybrid torrent's run is checked as two jobs, SHA-1 and SHA-256 tree; a piece whose
+    torrent hash of either kind does not match is not written and counts as a failure,
+    while the rest of its run is kept."""
+    src = tmp_path / "www" / "payload"
+    src.mkdir(parents=True)
+    data = random.Random(7).randbytes(2 << 20)
+    (src / "file0.bin").write_bytes(data)
+    from test_transfer import serve_folder
+
+    runner, base = await serve_folder(tmp_path / "www")
+    kinds: dict[int, set[str | None]] = {}
+    real_check = PieceVerifier.check
+
+    def noting_check(self: PieceVerifier, index: int, view: object,
+                     only: str | None = None) -> bool:
+        kinds.setdefault(index, set()).add(only)
+        return real_check(self, index, view, only)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PieceVerifier, "check", noting_check)
+    bad = 3
+    try:
+        meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
+                              piece_length=PIECE, url_list=[base + "payload/file0.bin"])
+        if broken == "v1":  # the torrent's SHA-1 of one piece no longer matches the data
+            v1 = meta.pieces_v1
+            assert v1 is not None
+            meta = dataclasses.replace(
+                meta, pieces_v1=v1[:bad * 20] + bytes(20) + v1[(bad + 1) * 20:])
+        elif broken == "v2":  # its SHA-256 piece layer entry no longer does
+            (root, layer), = meta.piece_layers.items()
+            meta = dataclasses.replace(meta, piece_layers={
+                root: layer[:bad * 32] + bytes(32) + layer[(bad + 1) * 32:]})
+        settings = Settings().replace(web_seed_grace=0.0, hash_threads=2)
+        async with Session(settings, state_dir=tmp_path / "s") as leecher:
+            t = await leecher.add(meta, tmp_path / "dl")
+            if broken is None:
+                await asyncio.wait_for(t.complete.wait(), 60)
+                assert t.error is None
+                assert (tmp_path / "dl" / meta.name).read_bytes() == data
+            else:
+                await until(lambda: t.swarm.hash_failures >= 1, "the bad piece's check")
+                have = t.swarm.have
+                assert not have[bad]
+                assert all(have[i] for i in range(RUN_PIECES) if i != bad)
+                on_disk = (tmp_path / "dl" / meta.name).read_bytes()
+                assert not any(on_disk[bad * PIECE:(bad + 1) * PIECE])
+        assert kinds[0] >= {"v1", "v2"}  # the first run: two jobs, one kind each
+        assert kinds[bad] >= {"v1", "v2"}
+    finally:
+        await runner.cleanup()  # type: ignore[attr-defined]

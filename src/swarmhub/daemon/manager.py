@@ -246,7 +246,7 @@ class Manager:
     async def _hub_torrent(self, url: str, token: str | None) -> bytes:
         import aiohttp
 
-        from swarmhub.client import hub_file, hub_torrent, parse_hub_url
+        from swarmhub.client import hub_file_torrent, parse_hub_url
 
         try:
             base, file_id = parse_hub_url(url)
@@ -254,8 +254,7 @@ class Manager:
             raise BadRequest(str(exc)) from None
         try:
             http = await self.session.http()
-            info = await hub_file(http, base, file_id, token)
-            return await hub_torrent(http, info.torrent_url, token)
+            return (await hub_file_torrent(http, base, file_id, token))[1]
         except (AuthError, aiohttp.ClientError, TimeoutError) as exc:
             raise Upstream(f"the hub at {base}: {exc or type(exc).__name__}") from None
         except SwarmhubError as exc:

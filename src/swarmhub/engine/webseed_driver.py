@@ -26,8 +26,6 @@ from swarmhub.engine.status import TorrentState
 from swarmhub.errors import StorageError
 
 if TYPE_CHECKING:
-    import mmap
-
     from swarmhub.engine.tracker_driver import TrackerDriver
     from swarmhub.engine.webseed import Run, WebSeed
 
@@ -45,15 +43,6 @@ _RUN_BYTES = 1 << 20
 #: thread woken late (a busy machine) does not stall the stream, which stops reading once
 #: this much waits (bounded memory).
 _INFLIGHT_BYTES = 8 << 20
-
-
-def _dropped(done: concurrent.futures.Future[list[bool]],
-             work: concurrent.futures.Future[None]) -> None:
-    """A pool shutting down dropped ``work`` before it ran: whoever waits on ``done``
-    (which that work was to settle) is told so instead of waiting for ever."""
-    if work.cancelled() and not done.cancel():
-        with contextlib.suppress(concurrent.futures.InvalidStateError):
-            done.set_exception(concurrent.futures.CancelledError())
 
 
 class WebSeedHost(DriverHost, Protocol):
@@ -160,16 +149,16 @@ class WebSeedDriver:
         t.swarm.webseed_origin(addrs, t.clock())
 
     async def _run(self, ws: WebSeed, run: Run) -> None:
-        """Hash and write a run of adjacent pieces a web seed delivered: one hash-pool call
-        (each piece checked on its own, both hashes for a hybrid torrent), then one write
-        per stretch of good pieces from the disk pool (several runs overlap the stream)."""
+        """Hash and write a run of adjacent pieces a web seed delivered (Pieces.check_write:
+        each piece checked on its own, both hashes for a hybrid torrent, split over two free
+        hash threads; one write per stretch of good pieces; several runs overlap the
+        stream)."""
         t = self.torrent
         first, count, buf = run
         if ws.banned or all(t.swarm.have[first:first + count]):
             return
         done: concurrent.futures.Future[list[bool]] = concurrent.futures.Future()
-        work = t.session.hash_pool.submit(self._check_write, first, count, buf, done)
-        work.add_done_callback(functools.partial(_dropped, done))
+        self.pieces.check_write(first, count, buf, done, list)
         ok = await asyncio.wrap_future(done)
         ws.recycle(buf)
         now = t.clock()
@@ -185,56 +174,6 @@ class WebSeedDriver:
                 t.swarm.hash_failures += 1
                 ws.strike(index)
         t._flush()
-
-    def _check_write(self, first: int, count: int, buf: bytearray | mmap.mmap,
-                     done: concurrent.futures.Future[list[bool]]) -> None:
-        """(hash pool) Each piece of a run against its hashes; then the good ones are
-        written from the disk pool, which settles ``done`` (one wake-up of the event loop
-        per run, as when one thread did both). Why not write here: a direct write waits
-        for the device (1-3 ms per MiB on this 2-core machine, as long as both hashes of
-        the run), and a hashing thread blocked on it left the next runs waiting: 64 MiB
-        from a loopback hub spent ~8 ms per run waiting for a hashing thread."""
-        if not done.set_running_or_notify_cancel():
-            return
-        try:
-            view = memoryview(buf)
-            pl = self.torrent.meta.piece_length
-            check = self.pieces.verifier.check
-            ok = [check(first + k, view[k * pl:(k + 1) * pl]) for k in range(count)]
-            if not any(ok):
-                done.set_result(ok)
-                return
-            work = self.torrent.session.disk_pool.submit(self._write_settle, first, ok, buf,
-                                                         done)
-            work.add_done_callback(functools.partial(_dropped, done))
-        except BaseException as exc:  # the pool shut down (closing): the waiter hears it
-            done.set_exception(exc)
-
-    def _write_settle(self, first: int, ok: list[bool], buf: bytearray | mmap.mmap,
-                      done: concurrent.futures.Future[list[bool]]) -> None:
-        """(disk pool) Write the good pieces of a run, then settle ``done``."""
-        try:
-            self._write(first, ok, buf)
-        except BaseException as exc:
-            done.set_exception(exc)
-        else:
-            done.set_result(ok)
-
-    def _write(self, first: int, ok: list[bool], buf: bytearray | mmap.mmap) -> None:
-        """(disk pool) The good pieces of a run, one write per stretch of them."""
-        view = memoryview(buf)
-        pl = self.torrent.meta.piece_length
-        write = self.pieces.storage.write
-        k, n = 0, len(ok)
-        while k < n:
-            if not ok[k]:
-                k += 1
-                continue
-            end = k
-            while end < n and ok[end]:
-                end += 1
-            write((first + k) * pl, view[k * pl:end * pl])
-            k = end
 
     async def _await_answer(self, seconds: float) -> None:
         """Sleep ``seconds``, or less when the tracker's answer lists only the origin's

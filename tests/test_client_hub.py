@@ -1,0 +1,90 @@
+"""Asking a hub for a file's catalog entry and its .torrent at once (client.hub_file_torrent).
+
+A stand-in hub over loopback: its entry handler answers only once the torrent request has
+arrived (so the two are in flight together: a round trip less before a hybrid download),
+and its entry points ``torrent_url`` at another path, used when ``/t/<id>.torrent`` fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from swarmhub.client import hub_file_torrent
+from swarmhub.errors import AuthError
+
+
+@dataclass
+class Hub:
+    base: str
+    #: paths asked for, in order
+    asked: list[str] = field(default_factory=list)
+    #: /t/<id>.torrent answers 404 (a proxy mapping only some paths)
+    short_path_missing: bool = False
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[Hub]:
+    torrent_seen = asyncio.Event()
+    state = Hub("")
+
+    async def entry(request: web.Request) -> web.Response:
+        state.asked.append(request.path)
+        if request.match_info["id"] != "abc":
+            return web.json_response({"error": "no such file"}, status=404)
+        if not state.short_path_missing:  # hang guard only: the request is already out
+            await asyncio.wait_for(torrent_seen.wait(), 30)
+        return web.json_response({
+            "id": "abc", "name": "f.bin", "size": 3, "sha256": "00", "url": f"{state.base}/f/abc",
+            "torrent_url": f"{state.base}/elsewhere/abc.torrent"})
+
+    async def short(request: web.Request) -> web.Response:
+        state.asked.append(request.path)
+        torrent_seen.set()
+        if state.short_path_missing:
+            return web.Response(status=404)
+        return web.Response(body=b"short-path torrent")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        state.asked.append(request.path)
+        return web.Response(body=b"entry-path torrent")
+
+    app = web.Application()
+    app.router.add_get("/api/files/{id}", entry)
+    app.router.add_get("/t/abc.torrent", short)
+    app.router.add_get("/elsewhere/abc.torrent", elsewhere)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    state.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_torrent_is_asked_for_beside_the_entry(hub: Hub) -> None:
+    async with aiohttp.ClientSession() as http:
+        info, torrent = await hub_file_torrent(http, hub.base, "abc", None)
+    assert info.name == "f.bin"
+    assert torrent == b"short-path torrent"
+    assert "/elsewhere/abc.torrent" not in hub.asked
+
+
+async def test_the_entrys_torrent_url_is_the_fallback(hub: Hub) -> None:
+    hub.short_path_missing = True
+    async with aiohttp.ClientSession() as http:
+        _, torrent = await hub_file_torrent(http, hub.base, "abc", None)
+    assert torrent == b"entry-path torrent"
+    assert hub.asked[-1] == "/elsewhere/abc.torrent"
+
+
+async def test_the_entrys_error_is_the_one_raised(hub: Hub) -> None:
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(AuthError, match="no such file"):
+            await hub_file_torrent(http, hub.base, "nope", None)
