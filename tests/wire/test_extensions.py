@@ -79,8 +79,6 @@ def test_ext_handshake_minimal_and_tolerant() -> None:
         bencode({b"m": {b"ut_pex": b"1"}}),
         bencode({b"m": {b"ut_pex": 256}}),
         bencode({b"m": {b"\xff": 1}}),
-        bencode({b"p": b"6881"}),
-        bencode({b"p": 70000}),
         bencode({b"reqq": -1}),
         bencode({b"metadata_size": b"big"}),
         bencode({b"v": 1}),
@@ -93,6 +91,14 @@ def test_ext_handshake_minimal_and_tolerant() -> None:
 def test_ext_handshake_junk_raises_remote_error(payload: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         decode_ext_handshake(payload)
+
+
+@pytest.mark.parametrize("p", [b"6881", 70000, -1, 0, [6881]])
+def test_ext_handshake_ignores_a_wrong_listen_port(p: object) -> None:
+    # 'p' is advisory: a bad one costs the listen address, not the connection.
+    hs = decode_ext_handshake(bencode({b"m": {b"ut_pex": 1}, b"p": p, b"reqq": 250}))
+    assert hs.p is None
+    assert hs.m == {"ut_pex": 1} and hs.reqq == 250
 
 
 def test_ext_handshake_accepts_non_canonical_bencode() -> None:

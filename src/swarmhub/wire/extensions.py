@@ -204,6 +204,15 @@ def encode_ext_handshake(
     return bencode(out)
 
 
+def _listen_port(value: object) -> int | None:
+    """BEP 10 ``p``: advisory like ``yourip``, so a wrong one is ignored, not fatal.
+
+    Mainstream clients read it as "a port if it is one" and keep the connection; 0 says
+    nothing either (no listen port).
+    """
+    return value if isinstance(value, int) and 0 < value < 65536 else None
+
+
 def decode_ext_handshake(payload: bytes) -> ExtensionHandshake:
     """Decode an extension handshake payload; RemoteProtocolError if it is junk."""
     what = "extension handshake"
@@ -230,7 +239,7 @@ def decode_ext_handshake(payload: bytes) -> ExtensionHandshake:
         m=m,
         # Client names are for display only; some clients send Latin-1.
         v=None if raw_v is None else raw_v.decode("utf-8", "replace"),
-        p=_int(d, b"p", what, 0, 65535) or None,  # 0 says nothing: no listen port
+        p=_listen_port(d.get(b"p")),
         reqq=_int(d, b"reqq", what, 0, None),
         # A wrong-sized address is ignored, not fatal: it is advisory.
         yourip=raw_ip if raw_ip is not None and len(raw_ip) in (4, 16) else None,
