@@ -1,14 +1,18 @@
-"""Running a command's coroutine: Ctrl-C and SIGTERM cancel it so cleanup code runs."""
+"""Running a command's coroutine: Ctrl-C and SIGTERM cancel it so cleanup code runs.
+
+Cleanup code then waits for what it stopped (:func:`settle`) without eating that
+cancellation itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
-__all__ = ["INTERRUPTED", "run_cancellable"]
+__all__ = ["INTERRUPTED", "run_cancellable", "settle"]
 
 #: Exit status of a command stopped by Ctrl-C or SIGTERM (after its cleanup ran).
 INTERRUPTED = 130
@@ -43,3 +47,21 @@ def run_cancellable(coro: Coroutine[Any, Any, int], *, use_uvloop: bool = True) 
         else:
             return uvloop.run(wrapper())
     return asyncio.run(wrapper())
+
+
+async def settle(aw: Awaitable[Any], timeout: float | None = None) -> None:
+    """Wait (at most ``timeout`` s) for ``aw`` to end, whatever its outcome.
+
+    Shutdown waits for tasks it cancelled or that may fail, and their errors are not its
+    business. A cancellation aimed at the waiter itself (Ctrl-C while a torrent stops) is,
+    and is re-raised: a plain ``suppress(BaseException)`` swallowed it, and the cancelled
+    caller ran on. Wrap ``aw`` in :func:`asyncio.shield` to keep it running on timeout.
+    """
+    try:
+        await asyncio.wait_for(aw, timeout)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception:
+        pass

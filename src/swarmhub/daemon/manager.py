@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swarmhub.aio import settle
 from swarmhub.daemon.events import EventBus
 from swarmhub.daemon.queue import Slot, to_start
 from swarmhub.daemon.state import StateDir, TorrentRecord
@@ -141,8 +142,7 @@ class Manager:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+            await settle(task)
         for entry in self.entries.values():
             if entry.fetch is not None:
                 entry.fetch.cancel()

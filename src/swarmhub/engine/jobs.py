@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from swarmhub.aio import settle
+
 __all__ = ["Jobs"]
 
 log = logging.getLogger(__name__)
@@ -48,5 +50,4 @@ class Jobs:
     async def drain(self, timeout: float) -> None:
         """Wait for the spawned tasks (each at most ``timeout`` seconds)."""
         for t in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(t), timeout)
+            await settle(asyncio.shield(t), timeout)

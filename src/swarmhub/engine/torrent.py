@@ -14,7 +14,6 @@ hashing and writing (:mod:`.pieces`), uploads (:mod:`.uploads`), web seeds
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -23,6 +22,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from swarmhub.aio import settle
 from swarmhub.engine import actions as act
 from swarmhub.engine import admission
 from swarmhub.engine.jobs import Jobs
@@ -140,8 +140,7 @@ class Torrent(TorrentViews):
         task = self.run_task
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(task), 10)
+            await settle(asyncio.shield(task), 10)
         # "stopped"'s reply is awaited last: nothing below needs it (shorter `get` exits).
         stopped = asyncio.ensure_future(self.tracker.stopped())
         try:

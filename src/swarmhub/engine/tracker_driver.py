@@ -8,10 +8,10 @@ use of the tracker client (:mod:`swarmhub.discovery.tracker`, imported late: aio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Protocol
 
+from swarmhub.aio import settle
 from swarmhub.engine.services import DriverHost
 from swarmhub.errors import SwarmhubError
 
@@ -46,8 +46,7 @@ class TrackerDriver:
         """Tell the tracker we leave (at most :data:`STOPPED_WAIT`), if we ever announced."""
         tracker = self.torrent.swarm.tracker
         if tracker is not None and tracker.announced:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self.announce_once("stopped"), STOPPED_WAIT)
+            await settle(self.announce_once("stopped"), STOPPED_WAIT)
 
     async def announce_once(self, event: str | None) -> AnnounceResponse:
         """One announce with ``event``; raises :class:`SwarmhubError` when every tier fails."""
