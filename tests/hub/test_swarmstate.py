@@ -134,3 +134,10 @@ async def test_two_processes_states_see_one_swarm(make: Factory, clock: Clock) -
     view = await announce(b, params(2), clock)
     assert ports(view[b"peers"]) == {1001}
     assert await a.stats(IH) == await b.stats(IH) == (0, 0, 2)
+
+
+def test_redis_and_memory_keep_a_silent_peer_equally_long_by_default() -> None:
+    """Redis had its own default TTL (twice the interval, no grace): with the same
+    settings a hub on Redis dropped a late re-announcer that one in memory kept."""
+    redis_state = RedisSwarmState("redis://127.0.0.1:9/0", interval=100)  # never connects
+    assert redis_state.peer_ttl == TrackerState(interval=100).peer_ttl == 260

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from swarmhub.bencode import bencode
 from swarmhub.hub.limits import address_key
-from swarmhub.hub.tracker import AnnounceParams, TrackerState, failure_body
+from swarmhub.hub.tracker import AnnounceParams, TrackerState, default_peer_ttl, failure_body
 
 __all__ = ["LocalSwarmState", "RedisSwarmState", "SwarmState", "open_swarm_state"]
 
@@ -208,7 +208,7 @@ class RedisSwarmState:
 
         self.interval = interval
         self.min_interval = min_interval
-        self.peer_ttl = 2.0 * interval if peer_ttl is None else peer_ttl
+        self.peer_ttl = default_peer_ttl(interval) if peer_ttl is None else peer_ttl
         self.max_numwant = max_numwant
         self.allowed = allowed
         self.max_peers_per_ip = max_peers_per_ip

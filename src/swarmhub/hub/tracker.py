@@ -30,9 +30,11 @@ from swarmhub.errors import TrackerError
 from swarmhub.hub.limits import address_key
 
 __all__ = [
+    "GRACE",
     "TRACKER_STATE_KEY",
     "AnnounceParams",
     "TrackerState",
+    "default_peer_ttl",
     "failure_body",
     "main",
     "make_tracker_app",
@@ -218,14 +220,25 @@ class _Swarm:
             self.remove(next(iter(mine)))
 
 
+#: Seconds past twice the interval before a silent peer is dropped (see :func:`default_peer_ttl`).
+GRACE = 60.0
+
+
+def default_peer_ttl(interval: float, grace: float = GRACE) -> float:
+    """How long a peer that stopped announcing stays listed: two intervals plus ``grace``.
+
+    One late re-announce, or one lost announce, keeps the entry; a client that left
+    without ``stopped`` goes. Every swarm store (memory, Redis) uses this one default.
+    """
+    return 2.0 * interval + grace
+
+
 class TrackerState:
     """Swarms of a tracker, sans-IO: ``announce``/``scrape`` take params and the time.
 
     ``allowed`` is the hub's whitelist hook: when given, an info hash it rejects gets
     "unregistered torrent". Peers that have not announced for ``peer_ttl`` seconds are
-    dropped by :meth:`purge`: by default twice the interval plus ``grace`` (a client
-    re-announcing a little late, or one lost announce, keeps its entry; a client that left
-    without ``stopped`` goes).
+    dropped by :meth:`purge`: by default :func:`default_peer_ttl` of the interval.
 
     ``max_peers_per_ip`` (0 = no cap) bounds the entries one source address (IPv6: one
     /64) holds in a swarm; a new entry past the cap replaces that address's least
@@ -240,7 +253,7 @@ class TrackerState:
         interval: int = 1800,
         min_interval: int = 60,
         peer_ttl: float | None = None,
-        grace: float = 60.0,
+        grace: float = GRACE,
         max_numwant: int = 200,
         allowed: Callable[[bytes], bool] | None = None,
         rng: random.Random | None = None,
@@ -254,7 +267,7 @@ class TrackerState:
         self.max_peers_per_ip = max_peers_per_ip
         self.interval = interval
         self.min_interval = min_interval
-        self.peer_ttl = 2.0 * interval + grace if peer_ttl is None else peer_ttl
+        self.peer_ttl = default_peer_ttl(interval, grace) if peer_ttl is None else peer_ttl
         self.max_numwant = max_numwant
         self.allowed = allowed
         self._rng = rng or random.Random()
