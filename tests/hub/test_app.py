@@ -448,3 +448,27 @@ async def test_deleted_then_republished_file_is_seeded_again(tmp_path: Path) -> 
         assert g["info_hash_v1"] == f["info_hash_v1"]
         torrent = seeder.session.torrents.get(ih)  # type: ignore[attr-defined]
         assert torrent is not None and torrent.status().progress == 1.0
+
+
+
+async def test_a_failed_tracker_purge_does_not_end_the_purging(tmp_path: Path) -> None:
+    """A purge round that fails (Redis away for a moment) used to end the loop for good:
+    peers were never dropped again, and stopping the hub raised the old error."""
+    from conftest import until
+
+    hub = live_hub(tmp_path, tracker_interval=1, tracker_min_interval=1)
+    live = await anext(hub)
+    rounds: list[float] = []
+    real = live.hub.tracker.purge
+
+    async def flaky(now: float) -> int:
+        rounds.append(now)
+        if len(rounds) == 1:
+            raise ConnectionError("the swarm state went away")
+        return await real(now)
+
+    try:
+        live.hub.tracker.purge = flaky  # type: ignore[method-assign]
+        await until(lambda: len(rounds) >= 2, "a purge round after the failed one")
+    finally:
+        await hub.aclose()

@@ -972,10 +972,16 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         log.info("embedded seeder listening on %s:%d", hub.config.peer_listen[0], seeder.port)
 
     async def purge() -> None:
+        """Every ``min_interval``: drop silent peers; one failed round (Redis away for a
+        moment) is logged and the next round tries again, instead of ending the loop."""
         clock = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(hub.tracker.min_interval)
-            await hub.tracker.purge(clock.time())
+            try:
+                await hub.tracker.purge(clock.time())
+            except Exception as exc:  # redis.exceptions.ConnectionError is not an OSError
+                log.warning("tracker purge failed (next try in %d s): %s",
+                            hub.tracker.min_interval, exc or type(exc).__name__)
             # Peers that stopped announcing lose their proof, and then their connections.
             if hub.access.expire(clock.time()) and hub.seeder is not None:
                 hub.seeder.enforce()
