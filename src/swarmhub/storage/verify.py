@@ -46,9 +46,9 @@ V1_STRIDE = 16
 class PieceVerifier:
     """Checks a piece's bytes against the torrent's hashes (pure; thread-safe).
 
-    A hybrid (v1 + v2) torrent's piece is decided by its v2 hash alone (the SHA-256 tree:
-    the stronger hash, and the one that names a bad 16 KiB block): hashing SHA-1 too
-    doubled the CPU of a download, which on two cores set its pace. Its SHA-1 is checked
+    A hybrid (v1 + v2) torrent's piece is decided by its v2 hash alone (the SHA-256 tree
+    over 16 KiB blocks: the stronger hash): hashing SHA-1 too doubled the hashing CPU of a
+    download, which on two cores set its pace. Its SHA-1 is checked
     as well on a bounded sample (pieces ``0, k, 2k, ...`` for ``k = v1_stride``, and the
     last one: a wrong layout or a torrent made from other data shows there), and for every
     piece that fails its v2 hash. Hashes that disagree (one passes, the other fails: the
