@@ -6,6 +6,7 @@ what went wrong and what to do::
     SwarmhubError
     ├── BencodeError          malformed bencoded bytes
     ├── MetainfoError         a .torrent / magnet that is not valid (incl. unsafe paths)
+    │   └── InconsistentHashesError   a hybrid's v1 and v2 hashes describe different data
     ├── ProtocolError         the peer wire protocol was broken
     │   ├── LocalProtocolError    we misused the API (a bug on our side)
     │   └── RemoteProtocolError   the peer sent something illegal: close that connection
@@ -22,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "AuthError",
     "BencodeError",
+    "InconsistentHashesError",
     "LocalProtocolError",
     "MetainfoError",
     "ProtocolError",
@@ -42,6 +44,11 @@ class BencodeError(SwarmhubError):
 
 class MetainfoError(SwarmhubError):
     """A torrent or magnet link that cannot be used as it is."""
+
+
+class InconsistentHashesError(MetainfoError):
+    """A hybrid torrent whose v1 and v2 hashes describe different data (libtorrent:
+    "torrent_inconsistent_hashes"): no piece can be served to both kinds of peers."""
 
 
 class ProtocolError(SwarmhubError):

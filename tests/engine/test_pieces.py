@@ -18,6 +18,7 @@ import pytest
 
 from conftest import until
 from swarmhub.engine.pieces import Pieces
+from swarmhub.errors import InconsistentHashesError
 from swarmhub.metainfo.create import create_torrent
 from swarmhub.metainfo.model import Metainfo, TorrentVersion
 from swarmhub.settings import Settings
@@ -265,76 +266,78 @@ async def test_large_pieces_skip_the_batch_queue(tmp_path: Path) -> None:
         _close(storage, session)
 
 
-# -- large hybrid pieces: SHA-1 and SHA-256 on two threads when both are free ----------------
+# -- large hybrid pieces: one hash job, decided by v2 -----------------------------------------
 
 def _large(pieces: Pieces) -> Pieces:
     pieces.batch_below = PIECE  # 64 KiB counts as large here
     return pieces
 
 
-async def test_a_large_hybrid_piece_hashes_its_two_kinds_on_two_free_threads(
-        tmp_path: Path) -> None:
+async def test_a_large_hybrid_piece_is_one_hash_job(tmp_path: Path) -> None:
     meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
     pieces = _large(Pieces(meta, storage, session))  # type: ignore[arg-type]
     jobs = _count_calls(session.hash_pool, "submit")
     try:
         pieces.buffers[1] = bytearray(data[PIECE:2 * PIECE])
         assert await pieces.verify(1, want_digests=False) == (True, None)
-        assert len(jobs) == 2
+        assert len(jobs) == 1
         assert _on_disk(tmp_path)[PIECE:2 * PIECE] == data[PIECE:2 * PIECE]
-        # with a hash thread taken by another piece: one job, both kinds in it
-        pieces._hashing = 1
-        pieces.buffers[2] = bytearray(data[2 * PIECE:])
-        assert await pieces.verify(2, want_digests=False) == (True, None)
-        assert len(jobs) == 3
-        assert pieces._hashing == 1
     finally:
         _close(storage, session)
 
 
-@pytest.mark.parametrize("broken", ["v1", "v2"])
-async def test_a_large_hybrid_piece_failing_either_kind_is_rejected(
-        tmp_path: Path, broken: str) -> None:
+async def test_a_large_hybrid_piece_with_bad_data_is_rejected(tmp_path: Path) -> None:
     meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
     pieces = _large(Pieces(meta, storage, session))  # type: ignore[arg-type]
-    jobs = _count_calls(session.hash_pool, "submit")
-    if broken == "v1":  # the torrent's SHA-1 of piece 0 no longer matches the data
-        v1 = pieces.verifier._v1
-        assert v1 is not None
-        pieces.verifier._v1 = bytes(20) + v1[20:]
-    else:  # the torrent's piece layer no longer matches the data's SHA-256 tree
-        (root, layer), = meta.piece_layers.items()
-        meta.piece_layers[root] = bytes(32) + layer[32:]
     try:
-        pieces.buffers[0] = bytearray(data[:PIECE])
-        ok, digests = await pieces.verify(0, want_digests=False)
+        bad = bytearray(data[PIECE:2 * PIECE])
+        bad[BLOCK + 5] ^= 1
+        pieces.buffers[1] = bad
+        ok, digests = await pieces.verify(1, want_digests=False)
         assert not ok and digests is not None
-        assert len(jobs) == 2  # checked apart, rejected together
-        assert _on_disk(tmp_path)[:PIECE] == bytes(PIECE)
-        assert pieces._hashing == 0
+        assert _on_disk(tmp_path)[PIECE:2 * PIECE] == bytes(PIECE)
     finally:
         _close(storage, session)
 
 
-async def test_a_hash_job_dropped_by_a_closing_pool_frees_its_thread_and_waiter(
-        tmp_path: Path) -> None:
-    """The session shuts its pools down with ``cancel_futures``: a piece's hash jobs still
-    queued never run; their waiter hears it and the free-thread count is not left taken
-    (else no later piece would ever be split)."""
+@pytest.mark.parametrize("large", [False, True], ids=["batched", "large"])
+async def test_a_hybrid_piece_whose_hashes_disagree_raises_and_is_not_written(
+        tmp_path: Path, large: bool) -> None:
+    """Piece 0 (in the SHA-1 sample) matches its v2 hash, not the torrent's SHA-1: the
+    verify raises InconsistentHashesError (the driver fails the torrent with it)."""
+    meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    if large:
+        _large(pieces)
+    v1 = pieces.verifier._v1
+    assert v1 is not None
+    pieces.verifier._v1 = bytes(20) + v1[20:]
+    try:
+        pieces.buffers[0] = bytearray(data[:PIECE])
+        with pytest.raises(InconsistentHashesError, match="piece 0"):
+            await pieces.verify(0, want_digests=False)
+        assert _on_disk(tmp_path)[:PIECE] == bytes(PIECE)
+    finally:
+        _close(storage, session)
+
+
+async def test_a_hash_job_dropped_by_a_closing_pool_frees_its_waiter(tmp_path: Path) -> None:
+    """The session shuts its pools down with ``cancel_futures``: a piece's hash job still
+    queued never runs; its waiter hears it, and nothing is written."""
     meta, data, storage, session = _setup(tmp_path, TorrentVersion.HYBRID)
     pieces = _large(Pieces(meta, storage, session))  # type: ignore[arg-type]
     busy = threading.Event()
     try:
         for _ in range(2):  # both hash threads taken: the piece's job stays queued
             session.hash_pool.submit(busy.wait, 60)
+        jobs = _count_calls(session.hash_pool, "submit")
         pieces.buffers[1] = bytearray(data[PIECE:2 * PIECE])
         verify = asyncio.ensure_future(pieces.verify(1, want_digests=False))
-        await until(lambda: pieces._hashing > 0, "the piece's hash jobs queued")
+        await until(lambda: len(jobs) > 0, "the piece's hash job queued")
         session.hash_pool.shutdown(wait=False, cancel_futures=True)
         busy.set()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(verify, 30)
-        assert pieces._hashing == 0
         assert _on_disk(tmp_path)[PIECE:2 * PIECE] == bytes(PIECE)
     finally:
         busy.set()

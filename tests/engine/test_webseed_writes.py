@@ -10,12 +10,14 @@ import asyncio
 import dataclasses
 import random
 import threading
+import types
 from pathlib import Path
 
 import pytest
 
 from conftest import until
 from swarmhub.engine.session import Session
+from swarmhub.engine.status import TorrentState
 from swarmhub.metainfo import create_torrent
 from swarmhub.metainfo.model import TorrentVersion
 from swarmhub.settings import Settings
@@ -49,10 +51,9 @@ async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
             release.wait(60)  # hang guard: the test releases it
         real_write(self, offset, buf)  # type: ignore[arg-type]
 
-    def noting_check(self: PieceVerifier, index: int, view: object,
-                     only: str | None = None) -> bool:
+    def noting_check(self: PieceVerifier, index: int, view: object) -> bool:
         checked.append(index)
-        return real_check(self, index, view, only)  # type: ignore[arg-type]
+        return real_check(self, index, view)  # type: ignore[arg-type]
 
     monkeypatch.setattr(TorrentStorage, "write", slow_first_write)
     monkeypatch.setattr(PieceVerifier, "check", noting_check)
@@ -103,13 +104,16 @@ def test_a_run_dropped_by_a_closing_pool_does_not_leave_its_waiter_hanging(
         assert done.cancelled()
 
 
-@pytest.mark.parametrize("broken", [None, "v1", "v2"], ids=["good", "bad-sha1", "bad-sha256"])
-async def test_a_hybrid_run_hashes_its_two_kinds_apart_and_fails_on_either(
+@pytest.mark.parametrize("broken", [None, "data", "sha1"],
+                         ids=["good", "bad-data", "inconsistent-torrent"])
+async def test_a_hybrid_run_is_checked_by_v2_and_an_inconsistent_torrent_fails(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str | None) -> None:
-    """With two hash threads free (the web seed's first run: nothing else is hashing), a
-    hybrid torrent's run is checked as two jobs, SHA-1 and SHA-256 tree; a piece whose
-    torrent hash of either kind does not match is not written and counts as a failure,
-    while the rest of its run is kept."""
+    """A hybrid torrent's web-seed runs are checked by one hash (v2), SHA-1 only on the
+    sample (PieceVerifier); a piece whose data is wrong is not written and counts as a
+    failure while the rest of its run is kept; a torrent whose SHA-1 of a sampled piece
+    disagrees with its v2 hash stops with an error that says so, the piece not written."""
+    import swarmhub.storage.verify as verify
+
     src = tmp_path / "www" / "payload"
     src.mkdir(parents=True)
     data = random.Random(7).randbytes(2 << 20)
@@ -117,43 +121,96 @@ async def test_a_hybrid_run_hashes_its_two_kinds_apart_and_fails_on_either(
     from test_transfer import serve_folder
 
     runner, base = await serve_folder(tmp_path / "www")
-    kinds: dict[int, set[str | None]] = {}
-    real_check = PieceVerifier.check
+    sha1_calls: list[int] = []
+    real_sha1 = verify.hashlib.sha1
 
-    def noting_check(self: PieceVerifier, index: int, view: object,
-                     only: str | None = None) -> bool:
-        kinds.setdefault(index, set()).add(only)
-        return real_check(self, index, view, only)  # type: ignore[arg-type]
+    def counting(view: memoryview) -> object:
+        sha1_calls.append(len(view))
+        return real_sha1(view)
 
-    monkeypatch.setattr(PieceVerifier, "check", noting_check)
-    bad = 3
+    monkeypatch.setattr(verify, "hashlib", types.SimpleNamespace(sha1=counting))
+    bad = 3  # outside the SHA-1 sample
     try:
         meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
                               piece_length=PIECE, url_list=[base + "payload/file0.bin"])
-        if broken == "v1":  # the torrent's SHA-1 of one piece no longer matches the data
+        if broken == "data":  # the web seed serves one wrong byte in piece ``bad``
+            wrong = bytearray(data)
+            wrong[bad * PIECE + 5] ^= 1
+            (src / "file0.bin").write_bytes(wrong)
+        elif broken == "sha1":  # the torrent's SHA-1 of piece 0 does not match its v2
             v1 = meta.pieces_v1
             assert v1 is not None
-            meta = dataclasses.replace(
-                meta, pieces_v1=v1[:bad * 20] + bytes(20) + v1[(bad + 1) * 20:])
-        elif broken == "v2":  # its SHA-256 piece layer entry no longer does
-            (root, layer), = meta.piece_layers.items()
-            meta = dataclasses.replace(meta, piece_layers={
-                root: layer[:bad * 32] + bytes(32) + layer[(bad + 1) * 32:]})
+            meta = dataclasses.replace(meta, pieces_v1=bytes(20) + v1[20:])
         settings = Settings().replace(web_seed_grace=0.0, hash_threads=2)
         async with Session(settings, state_dir=tmp_path / "s") as leecher:
             t = await leecher.add(meta, tmp_path / "dl")
+            on_disk = tmp_path / "dl" / meta.name
             if broken is None:
                 await asyncio.wait_for(t.complete.wait(), 60)
                 assert t.error is None
-                assert (tmp_path / "dl" / meta.name).read_bytes() == data
-            else:
+                assert on_disk.read_bytes() == data
+                due = [i for i in range(meta.num_pieces) if t.pieces.verifier.v1_due(i)]
+                assert due == [0, 16, 31]
+                assert len(sha1_calls) == len(due)  # one hash for the others
+            elif broken == "data":
                 await until(lambda: t.swarm.hash_failures >= 1, "the bad piece's check")
                 have = t.swarm.have
                 assert not have[bad]
                 assert all(have[i] for i in range(RUN_PIECES) if i != bad)
-                on_disk = (tmp_path / "dl" / meta.name).read_bytes()
-                assert not any(on_disk[bad * PIECE:(bad + 1) * PIECE])
-        assert kinds[0] >= {"v1", "v2"}  # the first run: two jobs, one kind each
-        assert kinds[bad] >= {"v1", "v2"}
+                assert not any(on_disk.read_bytes()[bad * PIECE:(bad + 1) * PIECE])
+                assert t.error is None
+            else:
+                await asyncio.wait_for(t.complete.wait(), 60)
+                assert t.state is TorrentState.ERROR
+                assert t.error is not None and "inconsistent torrent: piece 0" in t.error
+                assert not t.swarm.have[0]
+                assert not any(on_disk.read_bytes()[:PIECE])
     finally:
+        await runner.cleanup()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "another-leecher"])
+async def test_swarm_counts_given_before_the_add_start_the_web_seed_without_the_tracker(
+        tmp_path: Path, alone: bool) -> None:
+    """A hub's file info counts the swarm (Session.expect_swarm): alone, the web seed
+    fetches everything while the tracker has not answered (it never does here); with
+    another leecher counted, it waits for the tracker or the grace as before."""
+    src = tmp_path / "www" / "payload"
+    src.mkdir(parents=True)
+    data = random.Random(9).randbytes(1 << 20)
+    (src / "file0.bin").write_bytes(data)
+    from test_transfer import serve_folder
+
+    runner, base = await serve_folder(tmp_path / "www")
+    asked = asyncio.Event()
+    release = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.set()
+        await release.wait()  # an announce that is never answered
+        writer.close()
+
+    tracker = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = tracker.sockets[0].getsockname()[1]
+    try:
+        meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
+                              piece_length=PIECE, url_list=[base + "payload/file0.bin"],
+                              trackers=[[f"http://127.0.0.1:{port}/announce"]])
+        settings = Settings().replace(web_seed_grace=600.0)
+        async with Session(settings, state_dir=tmp_path / "s") as leecher:
+            leecher.expect_swarm(meta.info_hash, 1, 0 if alone else 1)
+            t = await leecher.add(meta, tmp_path / "dl")
+            if alone:
+                await asyncio.wait_for(t.complete.wait(), 60)
+                assert t.error is None and t.webseed_bytes >= meta.data_length
+                assert (tmp_path / "dl" / meta.name).read_bytes() == data
+            else:
+                await asyncio.wait_for(asked.wait(), 30)
+                for _ in range(20):  # the loop's turns: nothing starts the web seed
+                    await asyncio.sleep(0)
+                assert t.webseed_bytes == 0 and not t.complete.is_set()
+            release.set()
+    finally:
+        release.set()
+        tracker.close()
         await runner.cleanup()  # type: ignore[attr-defined]

@@ -5,10 +5,12 @@ import os
 import threading
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import PIECE, Torrent, file_path, make_torrent
 
+from swarmhub.errors import InconsistentHashesError
 from swarmhub.metainfo.model import BLOCK_SIZE, TorrentVersion
 from swarmhub.storage import PieceVerifier, TorrentStorage, recheck
 
@@ -83,29 +85,104 @@ def test_v2_without_piece_layers_cannot_verify_large_files() -> None:
     assert not PieceVerifier(meta).check(0, piece(t, 0))
 
 
-def test_hybrid_needs_both_hashes_to_pass() -> None:
-    t = make_torrent([("big", 3 * PIECE), ("small", 100)], version=TorrentVersion.HYBRID)
+def _sha1_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the verifier's SHA-1 computations (one entry per call)."""
+    import swarmhub.storage.verify as verify
+
+    calls: list[int] = []
+    real = hashlib.sha1
+
+    def counting(data: bytes | memoryview = b"") -> hashlib._Hash:
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(verify, "hashlib", SimpleNamespace(sha1=counting))
+    return calls
+
+
+def test_hybrid_pieces_are_decided_by_v2_with_sha1_on_a_sample(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single-hash path is what runs: SHA-1 only for pieces 0, k, 2k... and the last."""
+    t = make_torrent([("big", 40 * PIECE + 5), ("small", 100)], version=TorrentVersion.HYBRID)
+    n = t.meta.num_pieces
+    v = PieceVerifier(t.meta, v1_stride=16)
+    calls = _sha1_calls(monkeypatch)
+    assert all(v.check(i, piece(t, i)) for i in range(n))
+    assert len(calls) == len({0, 16, 32, n - 1})
+    assert [i for i in range(n) if v.v1_due(i)] == [0, 16, 32, n - 1]
+    calls.clear()
+    assert all(PieceVerifier(t.meta, v1_stride=1).check(i, piece(t, i)) for i in range(n))
+    assert len(calls) == n
+
+
+def test_hybrid_rejects_bad_data_whatever_the_sample() -> None:
+    t = make_torrent([("big", 20 * PIECE)], version=TorrentVersion.HYBRID)
+    v = PieceVerifier(t.meta)
+    for index in (0, 1, 19):  # sampled, not sampled, last
+        good = piece(t, index)
+        assert v.check(index, good)
+        assert not v.check(index, flip(good, len(good) // 2))
+
+
+def test_hybrid_whose_v1_and_v2_hashes_disagree_is_reported() -> None:
+    """A torrent describing two contents (libtorrent: torrent_inconsistent_hashes) raises,
+    whichever hash is the wrong one, on a piece the SHA-1 sample covers; a piece failing
+    v2 is always checked against SHA-1 too."""
+    t = make_torrent([("big", 20 * PIECE), ("small", 100)], version=TorrentVersion.HYBRID)
     big_root = t.meta.data_files[0].pieces_root
     assert big_root is not None and t.meta.pieces_v1 is not None
+    v1 = t.meta.pieces_v1
+
+    def bad_sha1(i: int) -> PieceVerifier:
+        return PieceVerifier(replace(t.meta, pieces_v1=v1[:i * 20] + bytes(20) + v1[i * 20 + 20:]))
+
+    with pytest.raises(InconsistentHashesError, match="piece 0 matches its v2"):
+        bad_sha1(0).check(0, piece(t, 0))
+    assert bad_sha1(1).check(1, piece(t, 1))  # outside the sample: v2 decides alone
+    with pytest.raises(InconsistentHashesError):
+        PieceVerifier(bad_sha1(1).meta, v1_stride=1).check(1, piece(t, 1))
     layer = t.meta.piece_layers[big_root]
     bad_layer = replace(t.meta, piece_layers={big_root: layer[:32] + bytes(32) + layer[64:]})
-    assert not PieceVerifier(bad_layer).check(1, piece(t, 1))  # SHA-1 right, v2 wrong
+    with pytest.raises(InconsistentHashesError, match="piece 1 fails its v2"):
+        PieceVerifier(bad_layer).check(1, piece(t, 1))  # SHA-1 right, v2 wrong
     assert PieceVerifier(bad_layer).check(0, piece(t, 0))
-    bad_v1 = replace(t.meta, pieces_v1=t.meta.pieces_v1[:20] + bytes(20) + t.meta.pieces_v1[40:])
-    assert not PieceVerifier(bad_v1).check(1, piece(t, 1))  # v2 right, SHA-1 wrong
+    assert not PieceVerifier(bad_layer).check(1, flip(piece(t, 1), 9))  # both wrong: bad data
     # Piece layers not fetched yet (magnet): v1 alone decides for a hybrid torrent.
     no_layers = replace(t.meta, piece_layers={})
     assert PieceVerifier(no_layers).check(1, piece(t, 1))
     assert not PieceVerifier(no_layers).check(1, flip(piece(t, 1), 7))
 
 
+def test_recheck_reports_a_hybrid_whose_hashes_disagree(tmp_path: Path) -> None:
+    """A recheck (what a seeder serves) checks both hashes of every piece."""
+    t = make_torrent([("big", 3 * PIECE)], version=TorrentVersion.HYBRID)
+    st = TorrentStorage(t.meta, tmp_path)
+    st.open()
+    for i in range(t.meta.num_pieces):
+        st.write(i * PIECE, piece(t, i))
+    st.close()
+    assert t.meta.pieces_v1 is not None
+    v1 = t.meta.pieces_v1
+    meta = replace(t.meta, pieces_v1=v1[:20] + bytes(20) + v1[40:])
+    st = TorrentStorage(meta, tmp_path)
+    st.open()
+    try:
+        assert recheck(t.meta, st) == bytearray(b"\1\1\1")
+        with pytest.raises(InconsistentHashesError):
+            recheck(meta, st)
+    finally:
+        st.close()
+
+
 def test_hybrid_rejects_nonzero_pad_even_for_v2_root() -> None:
     t = make_torrent([("a", 1000), ("b", 10)], version=TorrentVersion.HYBRID)
     forged = t.contents[0] + b"\1" + bytes(PIECE - 1001)
-    # Make SHA-1 agree with the forged pad: only the v2 check can notice now.
+    # Make SHA-1 agree with the forged pad: only the v2 check can notice now, and the
+    # two hashes disagreeing is an inconsistent torrent, never a good piece.
     assert t.meta.pieces_v1 is not None
     meta = replace(t.meta, pieces_v1=hashlib.sha1(forged).digest() + t.meta.pieces_v1[20:])
-    assert not PieceVerifier(meta).check(0, forged)
+    with pytest.raises(InconsistentHashesError):
+        PieceVerifier(meta).check(0, forged)
     assert PieceVerifier(meta).check(1, piece(t, 1))
 
 

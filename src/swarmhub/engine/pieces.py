@@ -68,7 +68,6 @@ class Pieces:
         self._lock = threading.Lock()
         self._jobs = 0  # hash jobs submitted and not ended
         self._unstarted = 0  # of those, jobs that have not yet taken a batch
-        self._hashing = 0  # large pieces' hash jobs submitted and not ended
         #: Batches the hash jobs took (one thread hand-off and loop wake-up each).
         self.batches = 0
 
@@ -142,22 +141,14 @@ class Pieces:
         The hash job hands the good pieces to the disk pool itself, so the event loop hears
         once (when written or failed), not twice; the hash thread does not wait for the
         write either (a direct write waits for the device, 1-3 ms per MiB here, and a hash
-        thread blocked on it left the next pieces waiting). A hybrid torrent's SHA-1 and
-        SHA-256 tree go as two jobs when two hash threads are free and ``buf`` is large:
-        a lone piece or run (a download's last, a single downloader's stream) is then
-        hashed in about half the time. With the threads busy, one job: no gain, one
-        hand-off more. A pool shutting down that drops a job settles ``done`` too."""
+        thread blocked on it left the next pieces waiting). One job per call: a hybrid
+        torrent's piece is one hash (PieceVerifier), and splitting its two hashes over two
+        threads gained nothing on two cores. A pool shutting down that drops the job
+        settles ``done`` too; an error of the check (a torrent whose hashes disagree)
+        settles it with that error, nothing written."""
         view = memoryview(buf)
         pl = self.meta.piece_length
         check = self.verifier.check
-        kinds: list[str | None] = ["v2", "v1"]  # the slower one first
-        if not (self.verifier.hybrid and len(view) >= self.batch_below
-                and self._start_hash_jobs(2)):
-            self._start_hash_jobs(1, force=True)
-            kinds = [None]
-        verdicts = [True] * count
-        left = [len(kinds)]
-        lock = threading.Lock()
 
         def write(ok: list[bool], value: _T) -> None:
             if done.cancelled():
@@ -169,29 +160,22 @@ class Pieces:
             else:
                 _settle(done, value)
 
-        def hash_kind(only: str | None) -> None:
+        def hash_job() -> None:
             try:
-                try:
-                    ok = [] if done.cancelled() else [
-                        check(first + k, view[k * pl:(k + 1) * pl], only) for k in range(count)]
-                finally:
-                    self._end_hash_jobs(1)  # the thread is free before anyone hears back
-                with lock:
-                    for k, good in enumerate(ok):
-                        verdicts[k] = verdicts[k] and good
-                    left[0] -= 1
-                    if left[0] or done.cancelled():
-                        return  # the other kind's job hands on
-                value = result(verdicts)
-                if any(verdicts):
-                    work = self.session.disk_pool.submit(write, verdicts, value)
+                if done.cancelled():
+                    return
+                ok = [check(first + k, view[k * pl:(k + 1) * pl]) for k in range(count)]
+                value = result(ok)
+                if any(ok):
+                    work = self.session.disk_pool.submit(write, ok, value)
                     work.add_done_callback(functools.partial(_dropped, done))
                 else:
                     _settle(done, value)
-            except BaseException as exc:  # a shut-down pool, a bug
+            except BaseException as exc:  # inconsistent hashes, a shut-down pool, a bug
                 _settle(done, exc)
 
-        self._submit_hash_jobs([(hash_kind, (only,)) for only in kinds], done)
+        work = self.session.hash_pool.submit(hash_job)
+        work.add_done_callback(functools.partial(_dropped, done))
 
     def _write_good(self, first: int, ok: list[bool], view: memoryview) -> None:
         """(disk pool) The good pieces of ``view`` (piece ``first`` on), one write per
@@ -207,36 +191,6 @@ class Pieces:
                 end += 1
             self.storage.write((first + k) * pl, view[k * pl:end * pl])
             k = end
-
-    def _submit_hash_jobs(self, jobs: list[tuple[Callable[..., None], tuple[str | None]]],
-                          done: concurrent.futures.Future[Any]) -> None:
-        """Submit counted hash jobs; one a closing pool drops (or refuses) ends uncounted,
-        and whoever waits on ``done`` hears of it."""
-        def dropped(work: concurrent.futures.Future[None]) -> None:
-            if work.cancelled():
-                self._end_hash_jobs(1)
-                _dropped(done, work)
-
-        for k, (fn, args) in enumerate(jobs):
-            try:
-                work = self.session.hash_pool.submit(fn, *args)
-            except BaseException:  # a shut-down pool: those not submitted never end
-                self._end_hash_jobs(len(jobs) - k)
-                raise
-            work.add_done_callback(dropped)
-
-    def _start_hash_jobs(self, n: int, force: bool = False) -> bool:
-        """Count ``n`` large-piece hash jobs in; unless ``force``, only if a thread is
-        free for each (else False, nothing counted)."""
-        with self._lock:
-            if not force and self._hashing + n > self.session.hash_threads:
-                return False
-            self._hashing += n
-            return True
-
-    def _end_hash_jobs(self, n: int) -> None:
-        with self._lock:
-            self._hashing -= n
 
     # -- small pieces: hashed and written in batches ----------------------------------------
     # Why: a 32 KiB piece hashes in ~30 us, but its two thread hand-offs (hash pool, disk

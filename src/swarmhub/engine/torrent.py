@@ -40,7 +40,7 @@ from swarmhub.engine.tracker_driver import TrackerDriver
 from swarmhub.engine.uploads import Uploader
 from swarmhub.engine.wanted import Wanted
 from swarmhub.engine.webseed_driver import WebSeedDriver
-from swarmhub.errors import StorageError
+from swarmhub.errors import InconsistentHashesError, StorageError
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.storage.files import TorrentStorage
 from swarmhub.wire import messages as m
@@ -294,7 +294,7 @@ class Torrent(TorrentViews):
     async def _verify(self, index: int, want_digests: bool) -> None:
         try:
             ok, digests = await self.pieces.verify(index, want_digests)
-        except StorageError as exc:
+        except (StorageError, InconsistentHashesError) as exc:
             self._fail(str(exc))
             return
         self.swarm.piece_verified(index, ok, self.clock(), digests)

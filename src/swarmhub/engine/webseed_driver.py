@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from swarmhub.engine.pieces import Pieces
 from swarmhub.engine.services import DriverHost
 from swarmhub.engine.status import TorrentState
-from swarmhub.errors import StorageError
+from swarmhub.errors import InconsistentHashesError, StorageError
 
 if TYPE_CHECKING:
     from swarmhub.engine.tracker_driver import TrackerDriver
@@ -117,7 +117,7 @@ class WebSeedDriver:
                 if failures >= 10:
                     return
                 pause, backoff = backoff, min(backoff * 2, 300.0)
-            except StorageError as exc:
+            except (StorageError, InconsistentHashesError) as exc:
                 t._fail(str(exc))
                 return
             finally:
@@ -150,9 +150,8 @@ class WebSeedDriver:
 
     async def _run(self, ws: WebSeed, run: Run) -> None:
         """Hash and write a run of adjacent pieces a web seed delivered (Pieces.check_write:
-        each piece checked on its own, both hashes for a hybrid torrent, split over two free
-        hash threads; one write per stretch of good pieces; several runs overlap the
-        stream)."""
+        each piece checked on its own, by one hash (PieceVerifier); one write per stretch
+        of good pieces; several runs overlap the stream)."""
         t = self.torrent
         first, count, buf = run
         if ws.banned or all(t.swarm.have[first:first + count]):

@@ -1,10 +1,12 @@
-"""Piece verification: v1 SHA-1, v2 merkle (BEP 52), hybrid both; and a full recheck.
+"""Piece verification: v1 SHA-1, v2 merkle (BEP 52), hybrid by v2 (SHA-1 sampled); and
+a full recheck.
 
 A v1 piece hash covers the whole piece of the piece space, pads included as zeros. A v2
 piece lies inside one file (BEP 52 aligns every file to a piece boundary) followed by pad;
 it is checked against that file's piece layer, or against the file's ``pieces root`` when
-the file is no larger than one piece. A hybrid torrent must pass both, so a peer cannot
-feed data that only satisfies the weaker SHA-1.
+the file is no larger than one piece. A hybrid torrent's piece must pass its v2 hash, so a
+peer cannot feed data that only satisfies the weaker SHA-1; see :class:`PieceVerifier` for
+when its SHA-1 is checked too.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from swarmhub.errors import StorageError
+from swarmhub.errors import InconsistentHashesError, StorageError
 from swarmhub.metainfo import merkle
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.storage.files import TorrentStorage
 
-__all__ = ["PieceVerifier", "recheck"]
+__all__ = ["V1_STRIDE", "PieceVerifier", "recheck"]
 
 
 _ZEROS = bytes(1 << 20)
@@ -36,32 +38,48 @@ def _is_zero(view: memoryview) -> bool:
     )
 
 
-class PieceVerifier:
-    """Checks a piece's bytes against the torrent's hashes (pure; thread-safe)."""
+#: A hybrid torrent's pieces are also checked against their SHA-1 when their index is a
+#: multiple of this (and the last piece): see :class:`PieceVerifier`.
+V1_STRIDE = 16
 
-    def __init__(self, meta: Metainfo) -> None:
+
+class PieceVerifier:
+    """Checks a piece's bytes against the torrent's hashes (pure; thread-safe).
+
+    A hybrid (v1 + v2) torrent's piece is decided by its v2 hash alone (the SHA-256 tree
+    over 16 KiB blocks: the stronger hash): hashing SHA-1 too doubled the hashing CPU of a
+    download, which on two cores set its pace. Its SHA-1 is checked
+    as well on a bounded sample (pieces ``0, k, 2k, ...`` for ``k = v1_stride``, and the
+    last one: a wrong layout or a torrent made from other data shows there), and for every
+    piece that fails its v2 hash. Hashes that disagree (one passes, the other fails: the
+    torrent describes two contents, libtorrent's "torrent_inconsistent_hashes") raise
+    :class:`~swarmhub.errors.InconsistentHashesError`: the torrent is stopped with that
+    error rather than serving v1 peers data their SHA-1 rejects. ``v1_stride=1`` checks
+    every piece both ways (a recheck of data on disk: it is what a seeder serves).
+    """
+
+    def __init__(self, meta: Metainfo, v1_stride: int = V1_STRIDE) -> None:
         self.meta = meta
         self._v1 = meta.pieces_v1
         self._v2 = meta.info_hash_v2 is not None
+        self.v1_stride = max(1, v1_stride)
         files = sorted(
             (f for f in meta.files if not f.pad and f.length > 0), key=lambda f: f.offset
         )
         self._files = files
         self._starts = [f.offset for f in files]
 
-    @property
-    def hybrid(self) -> bool:
-        """Both hash kinds to check (:meth:`check` can run them apart, ``only=``)."""
-        return self._v1 is not None and self._v2
+    def v1_due(self, index: int) -> bool:
+        """Is piece ``index`` of a hybrid torrent in the SHA-1 sample?"""
+        return index % self.v1_stride == 0 or index == self.meta.num_pieces - 1
 
-    def check(self, index: int, data: bytes | bytearray | memoryview,
-              only: str | None = None) -> bool:
+    def check(self, index: int, data: bytes | bytearray | memoryview) -> bool:
         """True when ``data`` is exactly piece ``index`` (False for a bad index or size).
 
         For a hybrid torrent whose piece layers are not known yet (a magnet still fetching
         them), the v1 hash alone decides; a v2-only torrent without them cannot verify.
-        ``only="v1"`` or ``"v2"`` checks one kind of a hybrid's hashes (two threads may
-        then hash one piece); a piece is good when both pass.
+        Raises :class:`~swarmhub.errors.InconsistentHashesError` when a hybrid torrent's
+        two hashes of the piece disagree (see the class).
         """
         meta = self.meta
         if not 0 <= index < meta.num_pieces:
@@ -71,17 +89,22 @@ class PieceVerifier:
             view = view.cast("B")
         if len(view) != meta.piece_size(index):
             return False
-        if self._v1 is None and not self._v2:
-            return False
-        if not self.hybrid:
-            only = None  # one kind of hash: it always decides
-        if self._v1 is not None and only != "v2":
-            expected = self._v1[index * 20 : index * 20 + 20]
-            if hashlib.sha1(view).digest() != expected:
-                return False
-        return self._check_v2(index, view) if self._v2 and only != "v1" else True
+        v2 = self._check_v2(index, view) if self._v2 else None
+        if self._v1 is None:
+            return bool(v2)
+        if v2 is True and not self.v1_due(index):
+            return True  # the stronger hash decides; SHA-1 only on the sample
+        expected = self._v1[index * 20 : index * 20 + 20]
+        v1 = hashlib.sha1(view).digest() == expected
+        if v2 is not None and v1 != v2:
+            raise InconsistentHashesError(
+                f"inconsistent torrent: piece {index} {'matches' if v2 else 'fails'} its v2 "
+                f"(SHA-256) hash but {'fails' if v2 else 'matches'} its v1 (SHA-1) hash: "
+                "the torrent describes two different contents")
+        return v1
 
-    def _check_v2(self, index: int, view: memoryview) -> bool:
+    def _check_v2(self, index: int, view: memoryview) -> bool | None:
+        """The v2 verdict, or None when the file's piece layer is not known yet."""
         pl = self.meta.piece_length
         start = index * pl
         k = bisect.bisect_right(self._starts, start) - 1
@@ -95,7 +118,7 @@ class PieceVerifier:
         if entry.length > pl:
             layer = self.meta.piece_layers.get(entry.pieces_root)
             if layer is None:
-                return self._v1 is not None
+                return None
             j = (start - entry.offset) // pl
             expected = layer[j * 32 : j * 32 + 32]
             if len(expected) != 32 or merkle.piece_root(part, pl) != expected:
@@ -143,7 +166,7 @@ def recheck(
         progress(done)
     if not todo:
         return result
-    verifier = PieceVerifier(meta)
+    verifier = PieceVerifier(meta, v1_stride=1)  # what we will seed: both hashes
     workers = max(1, threads or os.cpu_count() or 1)
     local = threading.local()
     pl = meta.piece_length
