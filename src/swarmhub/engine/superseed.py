@@ -24,10 +24,16 @@ Peers are opaque hashable handles; bitfields are one 0/1 byte per piece. No I/O.
 
 from __future__ import annotations
 
+import collections
 import random
 from collections.abc import Callable, Hashable
 
 __all__ = ["SuperSeeder"]
+
+#: Seconds of offer turnarounds :meth:`SuperSeeder.turnaround` keeps its minimum over:
+#: long enough to hold a few quick offers when some peers answer late, short enough to
+#: follow a change of the path (a busy machine, a new round-trip time).
+TURNAROUND_WINDOW = 2.0
 
 
 class SuperSeeder:
@@ -55,6 +61,11 @@ class SuperSeeder:
         #: Per peer: open offers (piece -> bytes sent of it) and every piece shown to it.
         self._offers: dict[Hashable, dict[int, int]] = {}
         self._shown: dict[Hashable, bytearray] = {}
+        #: When each open offer was made, by (peer, piece).
+        self._since: dict[tuple[Hashable, int], float] = {}
+        #: (completed at, turnaround) of recent offers, turnarounds increasing: the
+        #: windowed minimum is the first entry (a monotonic queue, O(1) amortised).
+        self._turns: collections.deque[tuple[float, float]] = collections.deque()
 
     # -- peers -----------------------------------------------------------------------------
     def add_peer(self, peer: Hashable) -> None:
@@ -66,6 +77,7 @@ class SuperSeeder:
         """The peer left: its open offers go back to the pool of pieces to give."""
         for index in self._offers.pop(peer, {}):
             self._offered[index] -= 1
+            self._since.pop((peer, index), None)
         self._shown.pop(peer, None)
 
     def __contains__(self, peer: object) -> bool:
@@ -98,6 +110,7 @@ class SuperSeeder:
             return False
         del offers[index]
         self._offered[index] -= 1
+        self._since.pop((peer, index), None)
         return True
 
     def declined(self, peer: Hashable) -> bool:
@@ -109,12 +122,14 @@ class SuperSeeder:
             return False
         for index in offers:
             self._offered[index] -= 1
+            self._since.pop((peer, index), None)
         offers.clear()
         return True
 
-    def uploaded(self, peer: Hashable, index: int, nbytes: int) -> bool:
+    def uploaded(self, peer: Hashable, index: int, nbytes: int, now: float = 0.0) -> bool:
         """We sent ``nbytes`` of piece ``index`` to ``peer``: True when that completed an
-        offer (the caller should then :meth:`top_up`)."""
+        offer (the caller should then :meth:`top_up`); its time from the offer counts
+        towards :meth:`turnaround`."""
         offers = self._offers.get(peer)
         if offers is None or index not in offers:
             return False
@@ -125,9 +140,28 @@ class SuperSeeder:
         del offers[index]
         self._offered[index] -= 1
         self._sent[index] += 1
+        since = self._since.pop((peer, index), None)
+        if since is not None:
+            turns = self._turns
+            took = now - since
+            while turns and turns[-1][1] >= took:
+                turns.pop()
+            turns.append((now, took))
         return True
 
-    def top_up(self, peer: Hashable, have: bytes | bytearray, window: int) -> list[int]:
+    def turnaround(self, now: float) -> float:
+        """The quickest recent offer's time from its Have to its last block leaving us
+        (over ``TURNAROUND_WINDOW`` s; 0 before any): the least time a piece on offer is
+        out of reach of our upload. Why the minimum: a peer that answers late, or a
+        queue of our own in front of its Have, must not widen the budget (that only
+        queues more), but a busy machine that makes every answer late must."""
+        turns = self._turns
+        while len(turns) > 1 and turns[0][0] < now - TURNAROUND_WINDOW:
+            turns.popleft()
+        return turns[0][1] if turns else 0.0
+
+    def top_up(self, peer: Hashable, have: bytes | bytearray, window: int,
+               now: float = 0.0) -> list[int]:
         """Pieces to show ``peer`` now (send a Have for each) so it holds ``window`` open
         offers; ``have`` is its bitfield. Empty when it has been shown all it lacks."""
         offers = self._offers.get(peer)
@@ -142,6 +176,7 @@ class SuperSeeder:
             if picked is None:
                 break
             offers[picked] = 0
+            self._since[(peer, picked)] = now
             self._offered[picked] += 1
             shown[picked] = 1
             out.append(picked)
