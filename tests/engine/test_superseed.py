@@ -121,9 +121,9 @@ def test_one_fast_leecher_gets_its_whole_window() -> None:
     assert len(shown) == 1000 and sum(have) == 1000
 
 
-def test_turnaround_is_the_quickest_recent_offer_from_have_to_last_block() -> None:
-    """The budget's turnaround: the windowed minimum of offer-to-last-block times (a
-    quick peer sets it; an old quick one stops counting after ``TURNAROUND_WINDOW``)."""
+def test_turnaround_is_the_mean_of_recent_offers_from_have_to_first_block() -> None:
+    """The budget's turnaround: the mean time from an offer to its first block sent over
+    the last ``TURNAROUND_WINDOW`` seconds (the latest offer at least)."""
     ss, swarm = make(10)
     for p in ("a", "b"):
         ss.add_peer(p)
@@ -131,11 +131,11 @@ def test_turnaround_is_the_quickest_recent_offer_from_have_to_last_block() -> No
     assert ss.turnaround(0.0) == 0.0  # nothing measured yet
     (a1,) = ss.top_up("a", swarm.have["a"], window=1, now=0.0)
     (b1,) = ss.top_up("b", swarm.have["b"], window=1, now=0.0)
-    assert not ss.uploaded("a", a1, PIECE // 2, now=0.05)  # half of it: still open
-    assert ss.uploaded("b", b1, PIECE, now=0.05)
-    assert ss.uploaded("a", a1, PIECE // 2, now=0.2)
-    assert ss.turnaround(0.2) == 0.05  # b's 0.05 s, not a's 0.2 s
-    (a2,) = ss.top_up("a", swarm.have["a"], window=1, now=1.0)
-    assert ss.uploaded("a", a2, PIECE, now=1.3)
-    assert ss.turnaround(1.3) == 0.05
-    assert abs(ss.turnaround(2.2) - 0.3) < 1e-9  # b's answer is older than the window
+    assert not ss.uploaded("a", a1, PIECE // 2, now=0.3)  # a answered in 0.3 s
+    assert ss.uploaded("b", b1, PIECE, now=0.4)  # b in 0.4 s
+    assert ss.uploaded("a", a1, PIECE // 2, now=0.9)  # a's second half: not an answer
+    assert abs(ss.turnaround(0.9) - 0.35) < 1e-9
+    (a2,) = ss.top_up("a", swarm.have["a"], window=1, now=2.0)
+    assert ss.uploaded("a", a2, PIECE, now=2.2)
+    assert abs(ss.turnaround(2.35) - 0.3) < 1e-9  # (0.4 + 0.2) / 2: a's first is old
+    assert abs(ss.turnaround(9.0) - 0.2) < 1e-9  # the latest stays
