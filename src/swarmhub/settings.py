@@ -106,7 +106,8 @@ class Settings:
         "so that nothing finishes for seconds)"
     )
     super_seed_window: float = _f(
-        0.1, "super-seeding: seconds of our upload rate kept on offer (at least 3 pieces): "
+        0.1, "super-seeding: seconds of our upload rate kept on offer (at least 3 pieces; "
+        "plus our rate times the offers' measured answer time, up to 4x the window): "
         "across all peers, in turns, so each piece leaves us fast and is traded while we "
         "send the next; per peer (x10) when super_seed_shared is off", lo=0.0,
     )

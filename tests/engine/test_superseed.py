@@ -119,3 +119,23 @@ def test_one_fast_leecher_gets_its_whole_window() -> None:
             ss.uploaded("solo", i, PIECE)
             have[i] = 1
     assert len(shown) == 1000 and sum(have) == 1000
+
+
+def test_turnaround_is_the_mean_of_recent_offers_from_have_to_first_block() -> None:
+    """The budget's turnaround: the mean time from an offer to its first block sent over
+    the last ``TURNAROUND_WINDOW`` seconds (the latest offer at least)."""
+    ss, swarm = make(10)
+    for p in ("a", "b"):
+        ss.add_peer(p)
+        swarm.add(p)
+    assert ss.turnaround(0.0) == 0.0  # nothing measured yet
+    (a1,) = ss.top_up("a", swarm.have["a"], window=1, now=0.0)
+    (b1,) = ss.top_up("b", swarm.have["b"], window=1, now=0.0)
+    assert not ss.uploaded("a", a1, PIECE // 2, now=0.3)  # a answered in 0.3 s
+    assert ss.uploaded("b", b1, PIECE, now=0.4)  # b in 0.4 s
+    assert ss.uploaded("a", a1, PIECE // 2, now=0.9)  # a's second half: not an answer
+    assert abs(ss.turnaround(0.9) - 0.35) < 1e-9
+    (a2,) = ss.top_up("a", swarm.have["a"], window=1, now=2.0)
+    assert ss.uploaded("a", a2, PIECE, now=2.2)
+    assert abs(ss.turnaround(2.35) - 0.3) < 1e-9  # (0.4 + 0.2) / 2: a's first is old
+    assert abs(ss.turnaround(9.0) - 0.2) < 1e-9  # the latest stays

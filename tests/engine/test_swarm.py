@@ -728,7 +728,7 @@ def test_super_seeding_keeps_a_few_pieces_on_offer_in_turns_across_the_peers() -
     holders = [p for p in peers if first[p]]
     assert sum(len(o) for o in first.values()) == 3  # not 2 each: 16 (the whole torrent)
     shown = set().union(*first.values())
-    t = 1.0
+    t = 0.0  # peers answer at once (slow answers widen the budget: see the next tests)
     served: list[str] = []
     for _ in range(6):  # serve whichever offer is open, six times over
         p = next(p for p in peers if s._ss is not None and s._ss.open_offers(p))
@@ -743,7 +743,7 @@ def test_super_seeding_keeps_a_few_pieces_on_offer_in_turns_across_the_peers() -
         assert piece_new not in shown  # still each piece once
         shown.add(piece_new)
         holders.append(got[0])
-        t += 0.2
+        t += 0.1
     assert s._ss is not None and s._ss.open_count() == 3
 
 
@@ -772,7 +772,57 @@ def test_a_super_seed_with_big_pieces_keeps_a_third_offer_open_for_the_round_tri
         s.blocks_sent(p, reqs, big, t)
         s.take()
         assert s.up.rate(t) * s.settings.super_seed_window < 2 * big  # 2 would "cover" it
-        assert s._ss.open_count() == 3
+        # A fourth at most: each offer here waits for the ones before it on our link, and
+        # that turnaround widens the budget only up to its cap.
+        assert 3 <= s._ss.open_count() <= 4
+
+
+def _super_seed_uplink_use(quick: float, slow: float, since: float, until: float) -> float:
+    """Share of a 2.5 MB/s uplink a super-seed keeps busy from ``since`` to ``until`` s
+    when half its 16 peers ask for an offered piece ``quick`` s after its Have and the
+    other half ``slow`` s after (a round trip plus a busy machine's scheduling delays),
+    in a stepped clock; the link sends the requested blocks one at a time, in order."""
+    rate, step = 2.5e6, 0.002
+    s = make_swarm(pieces=2048, have="*" * 2048, settings=Settings(super_seeding=True))
+    peers = [join(s, f"p{i}") for i in range(16)]
+    delay = {p: quick if k % 2 else slow for k, p in enumerate(peers)}
+    asks: list[tuple[float, str, int]] = []  # (when the requests arrive, peer, piece)
+    link: list[tuple[float, str, m.Request]] = []  # (asked at, peer, request), in order
+    busy_until = sent = 0.0
+    t = 0.0
+    while t < until:
+        acts = s.take()
+        for p in peers:
+            asks += [(t + delay[p], p, i) for i in _offers(acts, p)]
+        for when, p, i in [a for a in asks if a[0] <= t]:
+            asks.remove((when, p, i))
+            s.message(p, m.Interested(), t)
+            for b in (0, BLOCK_SIZE):
+                s.message(p, m.Request(i, b, BLOCK_SIZE), t)
+                link.append((t, p, m.Request(i, b, BLOCK_SIZE)))
+        while link and busy_until <= t:  # the link sends the head block, then the next
+            asked, p, req = link.pop(0)
+            s.peer(p).incoming.remove(req)
+            busy_until = max(busy_until, asked) + req.length / rate
+            s.blocks_sent(p, [req], req.length, t)
+            if busy_until > since:
+                sent += req.length
+        t += step
+    return sent / ((until - since) * rate)
+
+
+@pytest.mark.parametrize(("quick", "slow"), [(0.05, 0.15), (0.03, 0.3)])
+def test_a_super_seed_keeps_its_uplink_busy_when_peers_answer_offers_late(
+        quick: float, slow: float) -> None:
+    """The offer budget also covers the offers' mean turnaround (Have to last block
+    sent), not only ``super_seed_window`` of the measured rate. Why: when answers take
+    longer on average than the window, a budget that follows the rate alone caps the
+    rate at what it carries per turnaround, and that rate sets the budget: the netns
+    lab's seed (N=16, 10 ms, two busy cores; offers answered in 0.04-0.12 s) sent 2.1-2.2
+    MB/s of its 2.4 while the first copy left it. The mean, not the quickest answer:
+    with quick answers in 0.05 s and a mean of 0.17 s the hub's peer in hybrid N=32 sent
+    0.7-0.9 MB/s (here: 0.65 of the uplink with the quickest)."""
+    assert _super_seed_uplink_use(quick=quick, slow=slow, since=4.0, until=8.0) > 0.95
 
 
 # -- trackers and dials --------------------------------------------------------------------

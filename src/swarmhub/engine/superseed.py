@@ -24,10 +24,16 @@ Peers are opaque hashable handles; bitfields are one 0/1 byte per piece. No I/O.
 
 from __future__ import annotations
 
+import collections
 import random
 from collections.abc import Callable, Hashable
 
 __all__ = ["SuperSeeder"]
+
+#: Seconds of offer turnarounds :meth:`SuperSeeder.turnaround` averages: long enough to
+#: hold a few dozen offers, short enough to follow a change (a busy machine, a new
+#: round-trip time).
+TURNAROUND_WINDOW = 2.0
 
 
 class SuperSeeder:
@@ -55,6 +61,11 @@ class SuperSeeder:
         #: Per peer: open offers (piece -> bytes sent of it) and every piece shown to it.
         self._offers: dict[Hashable, dict[int, int]] = {}
         self._shown: dict[Hashable, bytearray] = {}
+        #: When each open offer was made, by (peer, piece).
+        self._since: dict[tuple[Hashable, int], float] = {}
+        #: (completed at, turnaround) of recent offers, oldest first, and their sum.
+        self._turns: collections.deque[tuple[float, float]] = collections.deque()
+        self._turns_sum = 0.0
 
     # -- peers -----------------------------------------------------------------------------
     def add_peer(self, peer: Hashable) -> None:
@@ -66,6 +77,7 @@ class SuperSeeder:
         """The peer left: its open offers go back to the pool of pieces to give."""
         for index in self._offers.pop(peer, {}):
             self._offered[index] -= 1
+            self._since.pop((peer, index), None)
         self._shown.pop(peer, None)
 
     def __contains__(self, peer: object) -> bool:
@@ -98,6 +110,7 @@ class SuperSeeder:
             return False
         del offers[index]
         self._offered[index] -= 1
+        self._since.pop((peer, index), None)
         return True
 
     def declined(self, peer: Hashable) -> bool:
@@ -109,15 +122,22 @@ class SuperSeeder:
             return False
         for index in offers:
             self._offered[index] -= 1
+            self._since.pop((peer, index), None)
         offers.clear()
         return True
 
-    def uploaded(self, peer: Hashable, index: int, nbytes: int) -> bool:
+    def uploaded(self, peer: Hashable, index: int, nbytes: int, now: float = 0.0) -> bool:
         """We sent ``nbytes`` of piece ``index`` to ``peer``: True when that completed an
-        offer (the caller should then :meth:`top_up`)."""
+        offer (the caller should then :meth:`top_up`). The first bytes of an offer time
+        its answer (see :meth:`turnaround`)."""
         offers = self._offers.get(peer)
         if offers is None or index not in offers:
             return False
+        since = self._since.pop((peer, index), None)
+        if since is not None:  # its first bytes: the peer answered the offer
+            took = now - since
+            self._turns.append((now, took))
+            self._turns_sum += took
         done = offers[index] + nbytes
         if done < self._piece_size(index):
             offers[index] = done
@@ -127,7 +147,22 @@ class SuperSeeder:
         self._sent[index] += 1
         return True
 
-    def top_up(self, peer: Hashable, have: bytes | bytearray, window: int) -> list[int]:
+    def turnaround(self, now: float) -> float:
+        """Recent offers' mean time from the Have to their first block leaving us (over
+        ``TURNAROUND_WINDOW`` s, at least the latest offer; 0 before any): how long an
+        offer holds a share of the budget before it uses our uplink. To the first block,
+        not the last: the rest is our own sending, which grows with the budget (timed to
+        the last block, a budget sized on it grew until its cap). The mean, not the
+        minimum: on a busy machine the quickest answers came in 0.05 s and the mean in
+        0.17 s (netns lab hybrid N=32); a budget sized on the quickest kept the hub's
+        uplink a third busy."""
+        turns = self._turns
+        while len(turns) > 1 and turns[0][0] < now - TURNAROUND_WINDOW:
+            self._turns_sum -= turns.popleft()[1]
+        return self._turns_sum / len(turns) if turns else 0.0
+
+    def top_up(self, peer: Hashable, have: bytes | bytearray, window: int,
+               now: float = 0.0) -> list[int]:
         """Pieces to show ``peer`` now (send a Have for each) so it holds ``window`` open
         offers; ``have`` is its bitfield. Empty when it has been shown all it lacks."""
         offers = self._offers.get(peer)
@@ -142,6 +177,7 @@ class SuperSeeder:
             if picked is None:
                 break
             offers[picked] = 0
+            self._since[(peer, picked)] = now
             self._offered[picked] += 1
             shown[picked] = 1
             out.append(picked)
