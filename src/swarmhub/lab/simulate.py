@@ -430,35 +430,42 @@ class Simulation:
         arrive = end.far.got_blocks
         cache = node.cache
         while incoming and pipe.queued < limit:
-            # A run delays its first blocks, and so the peer's next requests: only as
-            # long as a quarter of what it has queued here (its queue of 4 in a swarm's
-            # tail gets single blocks, as the real driver sends them).
+            # A run delays its first blocks, and so the peer's refill requests for them:
+            # at most half of what it has queued here, so that the other half still keeps
+            # this uplink busy while those requests travel (a queue of 2 or 3 in a swarm's
+            # tail gets single blocks, as the real driver sends them). Measured: half, a
+            # quarter or no bound moved the last completion by < 1% (N=4, 8, 100, seeds
+            # 1-3), while half carries 1.8 blocks per item at N=100, a quarter 1.05.
             depth = len(incoming) + pipe.queued // _BLOCK_WIRE
-            run_max = min(self.block_run, max(1, depth // 4))
+            run_max = min(self.block_run, max(1, depth // 2))
             served = []
             nbytes = 0
-            run: list[Block] = []
-            run_bytes = 0
-            run_index = -1
+            items = pipe.items
             while incoming and nbytes < batch:
                 req = incoming[0]
                 index = req.index
                 if index not in cache:
                     break
                 incoming.popleft()
-                if run and (index != run_index or len(run) >= run_max):
-                    send(pipe, run_bytes, run, arrive)
-                    run = []
-                    run_bytes = 0
-                run_index = index
                 length = req.length
-                run.append(Block(index, req.begin, length))
                 size = PIECE_HEADER + length
-                run_bytes += size + -(-size // MSS) * OVERHEAD  # wire(size), inlined
+                size += -(-size // MSS) * OVERHEAD  # wire(size), inlined
+                block = Block(index, req.begin, length)
+                # The queue's last item (never the head, which is leaving) takes the block
+                # if it is a run of the same piece with room: a run grows across serves,
+                # as blocks written back to back merge in the peer's socket buffer.
+                if len(items) > 1:
+                    tsize, tfn, run = items[-1]
+                    if tfn == arrive and run[0].index == index and len(run) < run_max:
+                        run.append(block)
+                        items[-1] = (tsize + size, tfn, run)
+                        pipe.queued += size
+                        served.append(req)
+                        nbytes += length
+                        continue
+                send(pipe, size, [block], arrive)
                 served.append(req)
                 nbytes += length
-            if run:
-                send(pipe, run_bytes, run, arrive)
             if not served:
                 self._read(node, incoming[0].index, end)
                 return
