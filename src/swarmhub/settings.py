@@ -149,11 +149,12 @@ class Settings:
         lo=64 * KiB
     )
     upload_ahead: float = _f(
-        0.02, "seconds of our measured upload rate (at least 64 KiB) written ahead across all "
+        0.0, "seconds of our measured upload rate (at least 64 KiB) written ahead across all "
         "peers: the peer asking longest gets its piece whole first, instead of every peer "
-        "a slice at once (a piece done in 0.1 s, not 0.6 s, is shareable sooner; `lab "
-        "simulate` p2p seed 1: N=64 1.26 -> 1.22x the bound, N=256 1.36 -> 1.29); 0 = each "
-        "peer fills its own send buffer", lo=0.0
+        "a slice at once (a piece done in 0.1 s, not 0.6 s, is shareable sooner); 0 = each "
+        "peer fills its own send buffer. Off by default: 0.02 helps in `lab simulate` (p2p "
+        "N=64 1.26 -> 1.22x the bound, N=256 1.36 -> 1.29), but real peers in the netns lab "
+        "were slower with it (N=16, 10 ms: 1.23-1.49x against 1.14-1.21x off)", lo=0.0
     )
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)

@@ -190,13 +190,6 @@ def test_a_super_seed_keeps_one_offer_open_once_every_piece_was_offered() -> Non
     assert after.count(1) >= 3, opens
 
 
-def test_turns_are_on_by_default() -> None:
-    """The defaults send one whole piece first: every hop a piece takes through a swarm
-    is a piece-time, not a piece-time per peer served at once (``lab simulate`` p2p:
-    N=64 1.26 -> 1.22x the bound, N=256 1.36 -> 1.29)."""
-    assert first_whole_piece(Settings(super_seeding=False)) == (6, "a")
-
-
 def test_a_peer_waiting_its_turn_sleeps_until_the_bytes_ahead_left() -> None:
     """The driver's wait for a turn follows the bytes queued beyond the budget at our
     upload rate, within [5 ms, 50 ms]: not a 5 ms poll while a piece leaves."""
