@@ -279,6 +279,23 @@ async def test_stop_saves_and_closes_without_waiting_for_the_trackers_stopped_re
         assert seen == [True]
 
 
+@contextlib.asynccontextmanager
+async def _seeding_behind_a_tracker(tmp_path: Path) -> AsyncIterator[Any]:
+    """A seeding torrent that has announced once to a real loopback tracker."""
+    from swarmhub.hub.tracker import TrackerState, make_tracker_app
+
+    src = make_data(tmp_path / "src" / "payload", [100_000])
+    state = TrackerState(interval=60, min_interval=5)
+    async with _served(make_tracker_app(state)) as url:
+        meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
+                              trackers=[[url]])
+        async with Session(state_dir=tmp_path / "s") as session:
+            await session.listen("127.0.0.1", 0)
+            torrent = await session.add(meta, src.parent, seed_mode=True)
+            await until(lambda: state.stats(meta.info_hash)[0] == 1, "the first announce")
+            yield torrent
+
+
 async def test_stop_waits_for_a_silent_trackers_stopped_reply_only_so_long(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Issue 9's tracker hygiene: ``stopped`` goes out on exit, but a tracker that never
@@ -286,7 +303,6 @@ async def test_stop_waits_for_a_silent_trackers_stopped_reply_only_so_long(
     whatever the tracker client's own timeout."""
     from swarmhub.engine import tracker_driver
     from swarmhub.engine.tracker_driver import TrackerDriver
-    from swarmhub.hub.tracker import TrackerState, make_tracker_app
 
     monkeypatch.setattr(tracker_driver, "STOPPED_WAIT", 0.05)
     stopped: list[str] = []
@@ -302,32 +318,21 @@ async def test_stop_waits_for_a_silent_trackers_stopped_reply_only_so_long(
             stopped.append("given up")
 
     monkeypatch.setattr(TrackerDriver, "announce_once", stuck_on_stopped)
-    src = make_data(tmp_path / "src" / "payload", [100_000])
-    state = TrackerState(interval=60, min_interval=5)
-    async with _served(make_tracker_app(state)) as url:
-        meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
-                              trackers=[[url]])
-        async with Session(state_dir=tmp_path / "s") as session:
-            await session.listen("127.0.0.1", 0)
-            torrent = await session.add(meta, src.parent, seed_mode=True)
-            await until(lambda: state.stats(meta.info_hash)[0] == 1, "the first announce")
-            stop = asyncio.ensure_future(torrent.stop())
-            await asyncio.wait([stop], timeout=60)  # a hang guard: without the bound, forever
-            if not stop.done():
-                stop.cancel()
-                pytest.fail("stop() still waits for the tracker's answer to 'stopped'")
-            assert stopped == ["sent", "given up"]
-            assert torrent.state is TorrentState.STOPPED
-
+    async with _seeding_behind_a_tracker(tmp_path) as torrent:
+        stop = asyncio.ensure_future(torrent.stop())
+        await asyncio.wait([stop], timeout=60)  # a hang guard: without the bound, forever
+        if not stop.done():
+            stop.cancel()
+            pytest.fail("stop() still waits for the tracker's answer to 'stopped'")
+        assert stopped == ["sent", "given up"]
+        assert torrent.state is TorrentState.STOPPED
 
 
 async def test_a_stopped_announce_cancelled_while_the_tracker_holds_it_is_cancelled(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Ctrl-C during the wait for ``stopped``'s reply cancels that wait (and so
     ``stop()``): it used to swallow every exception, the cancellation included."""
-    from conftest import until
     from swarmhub.engine.tracker_driver import TrackerDriver
-    from swarmhub.hub.tracker import TrackerState, make_tracker_app
 
     sent = asyncio.Event()
     real = TrackerDriver.announce_once
@@ -339,17 +344,9 @@ async def test_a_stopped_announce_cancelled_while_the_tracker_holds_it_is_cancel
         await asyncio.Event().wait()  # a tracker that never answers
 
     monkeypatch.setattr(TrackerDriver, "announce_once", stuck_on_first_stopped)
-    src = make_data(tmp_path / "src" / "payload", [100_000])
-    state = TrackerState(interval=60, min_interval=5)
-    async with _served(make_tracker_app(state)) as url:
-        meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
-                              trackers=[[url]])
-        async with Session(state_dir=tmp_path / "s") as session:
-            await session.listen("127.0.0.1", 0)
-            torrent = await session.add(meta, src.parent, seed_mode=True)
-            await until(lambda: state.stats(meta.info_hash)[0] == 1, "the first announce")
-            wait = asyncio.ensure_future(torrent.tracker.stopped())
-            await asyncio.wait_for(sent.wait(), 60)
-            wait.cancel()
-            await asyncio.wait([wait], timeout=60)  # a hang guard
-            assert wait.cancelled()
+    async with _seeding_behind_a_tracker(tmp_path) as torrent:
+        wait = asyncio.ensure_future(torrent.tracker.stopped())
+        await asyncio.wait_for(sent.wait(), 60)
+        wait.cancel()
+        await asyncio.wait([wait], timeout=60)  # a hang guard
+        assert wait.cancelled()
