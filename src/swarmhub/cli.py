@@ -597,7 +597,7 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
     http = await session.http()
     base, file_id = parse_hub_url(url)
     if mode != "cs":
-        info, torrent = await hub_file_torrent(http, base, file_id, token)
+        _, torrent = await hub_file_torrent(http, base, file_id, token)
     else:
         info = await hub_file(http, base, file_id, token)
         with DownloadView(info.name, info.size, json_lines=json_progress,
@@ -627,8 +627,6 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
                 return None
         torrent = await hub_torrent(http, info.torrent_url, token)
     meta = load_torrent(torrent)
-    if info.swarm is not None:  # the web seed need not wait for our announce's answer
-        session.expect_swarm(meta.info_hash, *info.swarm)
     if mode == "p2p":
         meta = dataclasses.replace(meta, url_list=())
     return meta

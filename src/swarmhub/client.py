@@ -50,9 +50,6 @@ class HubFile:
     sha256: str
     url: str
     torrent_url: str
-    #: the tracker's seeders and leechers of the file when the hub answered (None: the
-    #: hub did not say); a download may start before its own announce is answered
-    swarm: tuple[int, int] | None = None
 
 
 def parse_hub_url(url: str) -> tuple[str, str]:
@@ -90,11 +87,8 @@ async def hub_file(http: aiohttp.ClientSession, base: str, file_id: str,
             raise SwarmhubError(f"the hub answered {resp.status}: {await _json_error(resp)}")
         d: dict[str, Any] = await resp.json()
     name = safe_components([str(d["name"])], what="file name from the hub")[0]
-    seeders, leechers = d.get("seeders"), d.get("leechers")
-    swarm = ((seeders, leechers) if isinstance(seeders, int) and isinstance(leechers, int)
-             else None)
     return HubFile(str(d["id"]), name, int(d["size"]), str(d["sha256"]), str(d["url"]),
-                   str(d["torrent_url"]), swarm)
+                   str(d["torrent_url"]))
 
 
 async def hub_torrent(http: aiohttp.ClientSession, torrent_url: str,

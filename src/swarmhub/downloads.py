@@ -168,7 +168,7 @@ async def _from_hub(session: Session, url: str, dest: Path, mode: Mode, token: s
     http = await session.http()
     base, file_id = client.parse_hub_url(url)
     if mode != "cs":
-        info, torrent = await client.hub_file_torrent(http, base, file_id, token)
+        _, torrent = await client.hub_file_torrent(http, base, file_id, token)
     else:
         info = await client.hub_file(http, base, file_id, token)
 
@@ -187,8 +187,6 @@ async def _from_hub(session: Session, url: str, dest: Path, mode: Mode, token: s
                                   time.monotonic() - start, fetched, fetched, "cs")
         torrent = await client.hub_torrent(http, info.torrent_url, token)
     meta = load_torrent(torrent)
-    if info.swarm is not None:  # the web seed need not wait for our announce's answer
-        session.expect_swarm(meta.info_hash, *info.swarm)
     if mode == "p2p":
         meta = dataclasses.replace(meta, url_list=())
     return meta

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -123,27 +122,6 @@ async def test_tracker_through_the_app(live: Live) -> None:
     async with live.http.get(f"{live.url}/scrape") as r:
         everything = bdecode(await r.read())
     assert ih in everything[b"files"]
-
-
-async def test_a_files_info_counts_its_swarm_as_the_tracker_does(live: Live) -> None:
-    """GET /api/files/{id} says who is in the swarm: a downloader that reads it alone
-    starts its web seed without waiting for its own announce's answer."""
-    f = await publish(live, os.urandom(40_000), "c.bin")
-
-    async def counts() -> tuple[int, int]:
-        status, body, _ = await fetch(live, f"/api/files/{f['id']}")
-        assert status == 200
-        one = json.loads(body)
-        check_schema("/api/files/{id}", "get", 200, one)
-        return one["seeders"], one["leechers"]
-
-    seeders, leechers = await counts()
-    assert leechers == 0
-    ih = bytes.fromhex(f["info_hash_v1"])
-    await announce(live, ih, port=7011, event="started")
-    assert await counts() == (seeders, 1)
-    await announce(live, ih, port=7012, event="started", left=0)
-    assert await counts() == (seeders + 1, 1)
 
 
 async def test_private_collection(live: Live) -> None:

@@ -579,9 +579,6 @@ async def get_file(request: web.Request) -> web.Response:
     if not record.private or token is not None:
         _, meta = await hub.torrent_for(record, "hybrid", token.passkey if token else None)
         body["magnet"] = hub.magnet_for(meta)
-    # what the tracker would answer: a lone downloader need not wait for its announce
-    body["seeders"], body["leechers"] = peer_counts(
-        await swarm_stats(hub.tracker, [record]), record)
     return web.json_response(body)
 
 
