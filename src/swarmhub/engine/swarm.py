@@ -436,7 +436,7 @@ class Swarm:
             return
         if reqq:
             ps.reqq = max(2, reqq)
-        if listen_port and 0 < listen_port < 65536 and not ps.outgoing:
+        if listen_port and not ps.outgoing:  # the wire decoder drops one outside 1..65535
             ps.listen_addr = (ps.addr[0], listen_port)
 
     # -- messages --------------------------------------------------------------------------
