@@ -103,7 +103,8 @@ class Torrent(TorrentViews):
         self.resume_file = self.disk.resume_file
         self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
-        self.uploads = Uploader(self, self._up_limiter)
+        self.uploads = Uploader(self, self._up_limiter,
+                                None if seed_mode else self.pieces.verifier)
         self.pieces.on_written = self.uploads.keep_written
         self.pex = PexDriver(self)
         self.tracker = TrackerDriver(self)

@@ -19,8 +19,9 @@ from swarmhub.engine.peer import Peer
 from swarmhub.engine.peerstate import RequestQueue
 from swarmhub.engine.ratelimit import RateLimiter
 from swarmhub.engine.services import DriverHost
-from swarmhub.errors import StorageError
+from swarmhub.errors import InconsistentHashesError, StorageError
 from swarmhub.storage.files import PieceBuffer
+from swarmhub.storage.verify import PieceVerifier
 from swarmhub.wire import messages as m
 
 __all__ = ["Uploader", "turn_wait"]
@@ -32,6 +33,11 @@ _SIOCOUTQNSD = 0x894B
 #: the kernel drains the other peers' send queues without telling us
 _TURN_POLL = 0.005
 _TURN_POLL_MAX = 0.05
+
+
+def _hybrid(torrent: DriverHost) -> bool:
+    meta = torrent.meta
+    return meta.pieces_v1 is not None and meta.info_hash_v2 is not None
 
 
 def turn_wait(excess: int, rate: float) -> float:
@@ -49,8 +55,19 @@ def turn_wait(excess: int, rate: float) -> float:
 class Uploader:
     """One torrent's uploads: a task per peer (:meth:`serve`) over one piece read cache."""
 
-    def __init__(self, torrent: DriverHost, limiter: RateLimiter) -> None:
+    def __init__(self, torrent: DriverHost, limiter: RateLimiter,
+                 verifier: PieceVerifier | None = None) -> None:
         self.torrent = torrent
+        #: a hybrid torrent's verifier: pieces outside its SHA-1 sample are SHA-1 checked
+        #: before their first upload to a peer that speaks v1 (None: nothing to check;
+        #: seed mode passes None: its data is trusted as it is)
+        self._verifier = verifier if verifier is not None and _hybrid(torrent) else None
+        #: 1 for each piece whose SHA-1 is known good: the sample was checked when the
+        #: piece was verified, the others are checked on their first upload
+        v = self._verifier
+        self._v1_ok = bytearray(
+            v.v1_due(i) for i in range(torrent.meta.num_pieces)) if v else bytearray()
+        self._v1_checks: dict[int, asyncio.Future[None]] = {}
         #: the torrent's own upload limit (its driver changes the rate in place)
         self._up_limiter = limiter
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
@@ -130,6 +147,32 @@ class Uploader:
             fut.add_done_callback(functools.partial(self._read_done, index))
         return fut
 
+    def _speaks_v1(self, peer: Peer) -> bool:
+        """Might ``peer`` check our pieces by SHA-1? (a hybrid torrent's peer that chose
+        its v1 info hash and did not set the BEP 52 upgrade bit)"""
+        v2 = self.torrent.meta.info_hash_v2
+        hs = peer.conn.their_handshake
+        return not peer.conn.v2_upgrade and (
+            v2 is None or hs is None or hs.info_hash != v2[:20])
+
+    async def _check_v1(self, index: int, data: bytes) -> None:
+        """SHA-1 check of piece ``index`` on the hash pool, once however many peers wait;
+        raises InconsistentHashesError when it fails."""
+        fut = self._v1_checks.get(index)
+        if fut is None:
+            verifier = self._verifier
+            assert verifier is not None
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self.torrent.session.hash_pool,
+                                       verifier.check_v1, index, data)
+            self._v1_checks[index] = fut
+        try:
+            await asyncio.shield(fut)
+        finally:
+            if fut.done():
+                self._v1_checks.pop(index, None)
+        self._v1_ok[index] = 1
+
     def read_ahead(self, incoming: Iterable[m.Request]) -> None:
         """Start disk reads of the next pieces a peer's queue asks for, beyond the first.
 
@@ -205,6 +248,7 @@ class Uploader:
     async def _serve(self, peer: Peer, incoming: RequestQueue) -> None:
         t = self.torrent
         send_piece = peer.conn.send_piece
+        v1_ok = self._v1_ok if self._verifier is not None and self._speaks_v1(peer) else None
         while not peer.closed:
             if not incoming:
                 peer.upload_wakeup.clear()
@@ -225,6 +269,14 @@ class Uploader:
                 except StorageError as exc:
                     t._fail(str(exc))
                     return
+            if v1_ok is not None and not v1_ok[req.index]:
+                try:
+                    await self._check_v1(req.index, await self.read_piece(req.index))
+                except (StorageError, InconsistentHashesError) as exc:
+                    if not peer.closed:  # the first to hear it stops the torrent
+                        t._fail(str(exc))
+                    return
+                continue  # the queue may have changed while it hashed
             if limited:
                 await t.session.charge_upload(req.length)
                 if not self._up_limiter.unlimited:
@@ -240,8 +292,8 @@ class Uploader:
             while incoming and size < batch:
                 req = incoming[0]
                 data = cache.get(req.index)
-                if data is None:
-                    break  # read it on the next round
+                if data is None or (v1_ok is not None and not v1_ok[req.index]):
+                    break  # read it (or check its SHA-1) on the next round
                 incoming.popleft()
                 head, body = send_piece(req.index, req.begin,
                                         memoryview(data)[req.begin:req.begin + req.length])

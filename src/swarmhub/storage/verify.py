@@ -94,14 +94,18 @@ class PieceVerifier:
             return bool(v2)
         if v2 is True and not self.v1_due(index):
             return True  # the stronger hash decides; SHA-1 only on the sample
-        expected = self._v1[index * 20 : index * 20 + 20]
-        v1 = hashlib.sha1(view).digest() == expected
+        v1 = _sha1_ok(self._v1, index, view)
         if v2 is not None and v1 != v2:
-            raise InconsistentHashesError(
-                f"inconsistent torrent: piece {index} {'matches' if v2 else 'fails'} its v2 "
-                f"(SHA-256) hash but {'fails' if v2 else 'matches'} its v1 (SHA-1) hash: "
-                "the torrent describes two different contents")
+            raise _inconsistent(index, v2)
         return v1
+
+    def check_v1(self, index: int, data: bytes | bytearray | memoryview) -> None:
+        """Check the SHA-1 of a hybrid torrent's piece we hold (it passed its v2 hash, or
+        was seeded as is) before a peer that checks SHA-1 gets it: outside the sample, a
+        torrent whose hashes disagree would otherwise reach v1 peers that reject it.
+        Raises :class:`~swarmhub.errors.InconsistentHashesError` when it fails."""
+        if self._v1 is not None and self._v2 and not _sha1_ok(self._v1, index, data):
+            raise _inconsistent(index, True)
 
     def _check_v2(self, index: int, view: memoryview) -> bool | None:
         """The v2 verdict, or None when the file's piece layer is not known yet."""
@@ -126,6 +130,18 @@ class PieceVerifier:
         elif merkle.file_root(part) != entry.pieces_root:
             return False
         return n == len(view) or _is_zero(view[n:])
+
+
+def _sha1_ok(pieces_v1: bytes, index: int, data: bytes | bytearray | memoryview) -> bool:
+    return hashlib.sha1(data).digest() == pieces_v1[index * 20 : index * 20 + 20]
+
+
+def _inconsistent(index: int, v2: bool) -> InconsistentHashesError:
+    """The error of a hybrid piece whose v2 verdict (``v2``) and SHA-1 verdict differ."""
+    return InconsistentHashesError(
+        f"inconsistent torrent: piece {index} {'matches' if v2 else 'fails'} its v2 "
+        f"(SHA-256) hash but {'fails' if v2 else 'matches'} its v1 (SHA-1) hash: "
+        "the torrent describes two different contents")
 
 
 def _unreadable(meta: Metainfo, storage: TorrentStorage) -> bytearray:
