@@ -574,32 +574,21 @@ def get(
 
 async def _from_hub(session: object, url: str, mode: str, output: Path, token: str | None,
                     json_progress: bool, rate_limit: int) -> Metainfo | None:
-    """A hub file URL: download it over HTTP (cs), or return its torrent (p2p, hybrid).
+    """A hub file URL: download it over HTTP (cs), or return its torrent (p2p, hybrid);
+    :func:`swarmhub.downloads.hub_meta` with the CLI's progress view.
 
     In cs mode a hub under load answers 503 with a link to the torrent: we then carry on
     from the swarm (hybrid) instead of failing.
     """
-    import dataclasses
-
-    from swarmhub.client import (
-        HubBusy,
-        http_download,
-        hub_file,
-        hub_file_torrent,
-        hub_torrent,
-        parse_hub_url,
-    )
+    from swarmhub.client import HubBusy, HubFile, http_download
+    from swarmhub.downloads import hub_meta
     from swarmhub.engine.session import Session
-    from swarmhub.metainfo import load_torrent
     from swarmhub.progress import DownloadView, Sources
 
     assert isinstance(session, Session)
-    http = await session.http()
-    base, file_id = parse_hub_url(url)
-    if mode != "cs":
-        _, torrent = await hub_file_torrent(http, base, file_id, token)
-    else:
-        info = await hub_file(http, base, file_id, token)
+
+    async def over_http(info: HubFile) -> bool:
+        http = await session.http()
         with DownloadView(info.name, info.size, json_lines=json_progress,
                           console=console) as view:
             first: list[int] = []
@@ -619,17 +608,13 @@ async def _from_hub(session: object, url: str, mode: str, output: Path, token: s
                                               progress=progress, rate_limit=rate_limit)
             except HubBusy as busy:
                 console.print(f"[yellow]{busy}[/]: continuing from the swarm")
-                mode = "hybrid"
-            else:
-                sources = Sources(http_bytes=fetched, already_had=first[0] if first else 0)
-                view.finished(f"{info.name} over HTTP, SHA-256 verified", info.size, sources,
-                              json_fields={"downloaded": fetched, "mode": "cs"})
-                return None
-        torrent = await hub_torrent(http, info.torrent_url, token)
-    meta = load_torrent(torrent)
-    if mode == "p2p":
-        meta = dataclasses.replace(meta, url_list=())
-    return meta
+                return False
+            sources = Sources(http_bytes=fetched, already_had=first[0] if first else 0)
+            view.finished(f"{info.name} over HTTP, SHA-256 verified", info.size, sources,
+                          json_fields={"downloaded": fetched, "mode": "cs"})
+            return True
+
+    return await hub_meta(session, url, mode, token, over_http)
 
 
 async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[str, int]],

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -26,6 +26,7 @@ from swarmhub.errors import SwarmhubError, TrackerError
 from swarmhub.settings import Settings
 
 if TYPE_CHECKING:
+    from swarmhub.client import HubFile
     from swarmhub.engine.session import Session
     from swarmhub.metainfo import Magnet, Metainfo
 
@@ -163,6 +164,40 @@ async def _from_hub(session: Session, url: str, dest: Path, mode: Mode, token: s
                     on_progress: Callable[[Progress], None] | None,
                     start: float) -> DownloadResult | Metainfo:
     from swarmhub import client
+
+    done: list[DownloadResult] = []
+
+    async def over_http(info: client.HubFile) -> bool:
+        def progress(have: int) -> None:
+            if on_progress is not None:
+                on_progress(Progress(have, info.size, 0.0, 0))
+
+        http = await session.http()
+        try:
+            fetched = await client.http_download(
+                http, info, dest, token=token, progress=progress,
+                rate_limit=session.settings.download_rate_limit)
+        except client.HubBusy as busy:
+            log.warning("%s: continuing from the swarm", busy)
+            return False
+        done.append(DownloadResult(dest / info.name, info.name, info.size,
+                                   time.monotonic() - start, fetched, fetched, "cs"))
+        return True
+
+    meta = await hub_meta(session, url, mode, token, over_http)
+    return meta if meta is not None else done[0]
+
+
+async def hub_meta(session: Session, url: str, mode: str, token: str | None,
+                   over_http: Callable[[HubFile], Awaitable[bool]]) -> Metainfo | None:
+    """A hub file URL's torrent (p2p: without its web seed), or None once ``over_http``
+    fetched the file (cs mode). The one path of ``swarmhub get`` and :func:`fetch`.
+
+    ``over_http(info)`` downloads the file over HTTP, showing it its own way (the CLI's
+    view, a script's callback); False when the hub was busy (503): the download then
+    carries on from the swarm (hybrid) instead of failing.
+    """
+    from swarmhub import client
     from swarmhub.metainfo import load_torrent
 
     http = await session.http()
@@ -171,20 +206,8 @@ async def _from_hub(session: Session, url: str, dest: Path, mode: Mode, token: s
         _, torrent = await client.hub_file_torrent(http, base, file_id, token)
     else:
         info = await client.hub_file(http, base, file_id, token)
-
-        def progress(have: int) -> None:
-            if on_progress is not None:
-                on_progress(Progress(have, info.size, 0.0, 0))
-
-        try:
-            fetched = await client.http_download(
-                http, info, dest, token=token, progress=progress,
-                rate_limit=session.settings.download_rate_limit)
-        except client.HubBusy as busy:
-            log.warning("%s: continuing from the swarm", busy)
-        else:
-            return DownloadResult(dest / info.name, info.name, info.size,
-                                  time.monotonic() - start, fetched, fetched, "cs")
+        if await over_http(info):
+            return None
         torrent = await client.hub_torrent(http, info.torrent_url, token)
     meta = load_torrent(torrent)
     if mode == "p2p":
