@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 
 from conftest import need  # type: ignore[import-not-found,unused-ignore]
+from swarmhub.lab import topology
 from swarmhub.lab.topology import (
+    RUN_PREFIX,
     TCP_CC,
     TCP_MIN_TSO_SEGS,
     Lab,
     LabError,
     LoopbackLab,
     netns_available,
+    run_prefix,
 )
 
 PREFIX = f"t{os.getpid() % 100000}"
@@ -157,3 +160,32 @@ def test_loopback_lab_runs_and_stops_processes(
     with pytest.raises(LabError, match="--latency needs the namespace lab"):
         LoopbackLab(2, 1e6, 1e6, latency_ms=10)
     assert list((tmp_path / "tmp").iterdir()) == []  # refused before its log folder exists
+
+
+def test_a_run_without_a_prefix_gets_its_own_and_cleans_only_dead_owners(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two labs started at once must not delete each other's namespaces: a run that names
+    no prefix gets one with its PID, and only namespaces whose owner is gone are removed
+    as leftovers (no root needed: the ip commands are recorded, not run)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the labs' log folders
+    mine = run_prefix()
+    assert mine == run_prefix(os.getpid()) and mine.startswith(RUN_PREFIX)
+    assert run_prefix(1234) != run_prefix(1235)
+    Lab(mine, 2, 1e6, 1e6)  # a valid prefix, as long as the longest PID
+    Lab(run_prefix(4_194_304), 2, 1e6, 1e6)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its PID names no process (until reused, which keeps it: safe)
+    names = [f"{mine}-br", f"{mine}-h0", f"{run_prefix(dead.pid)}-br",
+             f"{run_prefix(dead.pid)}-h3", "shlab-h0", f"{RUN_PREFIX}zz-h0"]
+    ran: list[list[str]] = []
+
+    def fake_cmd(args: list[str], **_: object) -> str:
+        ran.append(list(args))
+        return "\n".join(f"{n} (id: {i})" for i, n in enumerate(names)) \
+            if args[:3] == ["ip", "netns", "list"] else ""
+
+    monkeypatch.setattr(topology, "_cmd", fake_cmd)
+    removed = Lab.cleanup_orphans()
+    assert removed == [f"{run_prefix(dead.pid)}-br", f"{run_prefix(dead.pid)}-h3"]
+    deleted = [a[3] for a in ran if a[:3] == ["ip", "netns", "del"]]
+    assert deleted == removed  # the live run's and other prefixes' namespaces are kept

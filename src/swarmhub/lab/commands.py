@@ -110,7 +110,7 @@ def _run_all(
     client: str,
     fault: str | None,
     out: Path,
-    prefix: str,
+    prefix: str | None,
     loopback: bool,
     timeout: float | None,
     dht: bool = False,
@@ -222,7 +222,9 @@ _Fault = Annotated[
     ),
 ]
 _Out = Annotated[Path, typer.Option(help="Folder for report.html, PNGs and results.json.")]
-_Prefix = Annotated[str, typer.Option(help="Namespace name prefix (leftovers are removed).")]
+_Prefix = Annotated[str | None, typer.Option(
+    help="Namespace name prefix; its leftovers are removed at start. Default: one per run "
+    "(shrun<PID>), so labs started at once never touch each other's namespaces.")]
 _Loopback = Annotated[bool, typer.Option(help="Force loopback mode even as root.")]
 _Keep = Annotated[bool, typer.Option(help="Keep the downloaded data and logs under OUT/work.")]
 _Timeout = Annotated[
@@ -242,7 +244,7 @@ def run(
     client: _Client = "swarmhub",
     fault: _Fault = None,
     out: _Out = Path("lab-report"),
-    prefix: _Prefix = "shlab",
+    prefix: _Prefix = None,
     loopback: _Loopback = False,
     keep: _Keep = False,
     timeout: _Timeout = None,
@@ -288,7 +290,7 @@ def sweep(
     client: _Client = "swarmhub",
     fault: _Fault = None,
     out: _Out = Path("lab-report"),
-    prefix: _Prefix = "shlab",
+    prefix: _Prefix = None,
     loopback: _Loopback = False,
     keep: _Keep = False,
     timeout: _Timeout = None,

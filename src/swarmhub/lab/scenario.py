@@ -23,7 +23,7 @@ from swarmhub.lab.latency import latency_support
 from swarmhub.lab.modes import CLIENTS, runner_for
 from swarmhub.lab.results import HostResult, ScenarioResult, bound_for
 from swarmhub.lab.runner import EventSink
-from swarmhub.lab.topology import Lab, LabError, LoopbackLab, netns_available
+from swarmhub.lab.topology import Lab, LabError, LoopbackLab, netns_available, run_prefix
 
 __all__ = [
     "MODES",
@@ -75,7 +75,7 @@ def run_scenario(
     workdir: Path | None = None,
     on_event: EventSink | None = None,
     *,
-    prefix: str = "shlab",
+    prefix: str | None = None,
     use_netns: bool | None = None,
     timeout: float | None = None,
     dht: bool = False,
@@ -140,7 +140,8 @@ def run_scenario(
     downs = [float(down_bps)] * hosts
     lab: Lab | LoopbackLab
     if use_netns:
-        lab = Lab(prefix, hosts, ups, downs, latency_ms, log_dir=workdir / "logs")
+        lab = Lab(prefix or run_prefix(), hosts, ups, downs, latency_ms,
+                  log_dir=workdir / "logs")
     else:
         why = netns_available()[1]
         lab = LoopbackLab(hosts, ups, downs, latency_ms, log_dir=workdir / "logs")

@@ -62,12 +62,14 @@ from swarmhub.lab.shell import CMD_TIMEOUT, LabError, run_cmd
 __all__ = [
     "CMD_TIMEOUT",
     "HOST_NET",
+    "RUN_PREFIX",
     "Lab",
     "LabError",
     "LabProc",
     "LoopbackLab",
     "link_bytes",
     "netns_available",
+    "run_prefix",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,10 @@ log = logging.getLogger(__name__)
 #: The hosts' subnet: inside 198.18.0.0/15 (RFC 2544 benchmarking range), never routed.
 HOST_NET = "198.18.0"
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
+#: A run's own prefix when none is given: this, then the owner process's PID in hex
+#: (see :func:`run_prefix`); no other prefix is ever cleaned up unasked.
+RUN_PREFIX = "shrun"
+_RUN_NS_RE = re.compile(re.escape(RUN_PREFIX) + r"([0-9a-f]{1,7})-(br|h[0-9]+)")
 _MAX_HOSTS = 250
 #: The hosts' TCP congestion control (see the module docstring). Reno is built in and
 #: always allowed in a namespace (cubic may not be: only ``tcp_allowed_congestion_control``
@@ -401,7 +407,8 @@ class Lab(_Base):
             raise LabError(why)
         self._install_signals()
         try:
-            self.cleanup_leftovers(self.prefix)
+            self.cleanup_orphans()
+            self.cleanup_leftovers(self.prefix)  # a prefix given by name, or a dead PID's
             self._build()
         except BaseException:
             self.close()
@@ -563,6 +570,43 @@ class Lab(_Base):
         if removed:
             log.warning("removed leftovers of an earlier lab run: %s", ", ".join(removed))
         return removed
+
+    @staticmethod
+    def cleanup_orphans() -> list[str]:
+        """Delete the namespaces of per-run prefixes (:func:`run_prefix`) whose owner
+        process is gone (killing what still runs inside them); a live run's are kept.
+        Return the names."""
+        removed = []
+        for line in _cmd(["ip", "netns", "list"]).splitlines():
+            name = line.split()[0] if line.split() else ""
+            m = _RUN_NS_RE.fullmatch(name)
+            if m and not _alive(int(m.group(1), 16)):
+                _kill_ns_pids(name)
+                _cmd(["ip", "netns", "del", name], check=False)
+                removed.append(name)
+        if removed:
+            log.warning("removed leftovers of ended lab runs: %s", ", ".join(removed))
+        return removed
+
+
+def run_prefix(pid: int | None = None) -> str:
+    """The namespace prefix of a lab run that names none: ``shrun<PID in hex>``.
+
+    Why: one fixed default (``shlab``) made two labs started at once delete each other's
+    namespaces as "leftovers"; a prefix per process cannot collide with a live run, and
+    names its owner, so leftovers are removed only once that process is gone
+    (:meth:`Lab.cleanup_orphans`)."""
+    return f"{RUN_PREFIX}{os.getpid() if pid is None else pid:x}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _kill_ns_pids(ns: str) -> None:
