@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from hostile import poll
@@ -51,21 +52,28 @@ async def _piece(peer: Scripted, index: int) -> m.Message:
             return msg
 
 
-async def test_a_v1_peer_never_gets_a_piece_whose_sha1_is_wrong(tmp_path: Path) -> None:
-    src = make_data(tmp_path / "src" / "payload", [4 * PIECE])
-    meta = _inconsistent(src)
-    data = (src / "file0.bin").read_bytes()
-
+def _honest(data: bytes, go: asyncio.Event | None = None) -> Callable[[Scripted],
+                                                                     Awaitable[None]]:
+    """A seed that serves ``data`` (once ``go`` is set)."""
     async def honest(peer: Scripted) -> None:
         await peer.handshake()
+        if go is not None:
+            await go.wait()
         peer.send(m.HaveAll(), m.Unchoke())
         while True:
             msg = await peer.next()
             if isinstance(msg, m.Request):
                 start = msg.index * PIECE + msg.begin
                 peer.send(m.Piece(msg.index, msg.begin, data[start:start + msg.length]))
+    return honest
 
-    async with scripted_server(meta, honest) as seed_port, \
+
+async def test_a_v1_peer_never_gets_a_piece_whose_sha1_is_wrong(tmp_path: Path) -> None:
+    """Downloaded while no v1 peer wanted it: checked before its first upload to one."""
+    src = make_data(tmp_path / "src" / "payload", [4 * PIECE])
+    meta = _inconsistent(src)
+    data = (src / "file0.bin").read_bytes()
+    async with scripted_server(meta, _honest(data)) as seed_port, \
             Session(Settings(super_seeding=False), state_dir=tmp_path / "s") as session:
         port = await session.listen("127.0.0.1", 0)
         t = await session.add(meta, tmp_path / "dl", peers=[("127.0.0.1", seed_port)])
@@ -87,3 +95,28 @@ async def test_a_v1_peer_never_gets_a_piece_whose_sha1_is_wrong(tmp_path: Path) 
             raise AssertionError(f"piece 1 reached a v1 peer: {type(got).__name__}")
         await poll(lambda: t.error is not None, 30, "the torrent stopped")
         assert t.error is not None and "inconsistent torrent: piece 1" in t.error
+
+
+async def test_a_piece_a_v1_peer_waits_for_has_its_sha1_checked_when_verified(
+        tmp_path: Path) -> None:
+    """A v1 peer interested in us while we download: the pieces it lacks get their SHA-1
+    checked in the verification itself (no hop of their own at the upload), and the
+    inconsistent piece stops the torrent before anyone asked for it."""
+    src = make_data(tmp_path / "src" / "payload", [4 * PIECE])
+    meta = _inconsistent(src)
+    data = (src / "file0.bin").read_bytes()
+    go = asyncio.Event()
+    async with scripted_server(meta, _honest(data, go)) as seed_port, \
+            Session(Settings(super_seeding=False), state_dir=tmp_path / "s") as session:
+        port = await session.listen("127.0.0.1", 0)
+        t = await session.add(meta, tmp_path / "dl", peers=[("127.0.0.1", seed_port)])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        v1_peer = Scripted(reader, writer, meta)
+        await v1_peer.handshake()
+        v1_peer.send(m.HaveNone(), m.Interested())
+        await poll(lambda: sum(ps.peer_interested for ps in t.swarm.peers.values()) == 1,
+                   30, "the v1 peer is interested in us")
+        go.set()  # now the seed serves
+        await poll(lambda: t.error is not None, 30, "the torrent stopped")
+        assert "inconsistent torrent: piece 1" in (t.error or "")
+        assert not t.uploads._v1_checks  # found by the verification, not at an upload

@@ -76,17 +76,18 @@ class Pieces:
         self.buffers.clear()
         self._spare.clear()
 
-    async def verify(self, index: int, want_digests: bool
+    async def verify(self, index: int, want_digests: bool, v1: bool = False
                      ) -> tuple[bool, dict[int, bytes] | None]:
-        """Hash and write the assembled piece ``index`` (see :meth:`check_and_write`);
-        raises :class:`~swarmhub.errors.StorageError` when the write fails."""
+        """Hash and write the assembled piece ``index`` (see :meth:`check_and_write`;
+        ``v1``: see :meth:`PieceVerifier.check`); raises
+        :class:`~swarmhub.errors.StorageError` when the write fails."""
         buf: PieceBuffer | None = self.buffers.pop(index, None)
         if buf is None:
             buf = bytearray(self.meta.piece_size(index))  # nothing kept: fails, blames none
         if self.meta.piece_length < self.batch_below:
-            ok, digests = await self._queue_check(index, buf, want_digests)
+            ok, digests = await self._queue_check(index, buf, want_digests, v1)
         else:
-            ok, digests = await self.check_and_write(index, buf, want_digests)
+            ok, digests = await self.check_and_write(index, buf, want_digests, v1)
         if ok and self.on_written is not None:
             self.on_written(index, buf)
         if len(buf) == self.meta.piece_length and len(self._spare) < self._spare_cap:
@@ -117,7 +118,7 @@ class Pieces:
         return piece_buffer(size)  # page-aligned: written with O_DIRECT as it is
 
     async def check_and_write(
-        self, index: int, buf: PieceBuffer, want_digests: bool
+        self, index: int, buf: PieceBuffer, want_digests: bool, v1: bool = False
     ) -> tuple[bool, dict[int, bytes] | None]:
         """Hash on the hash pool (all cores), then write on the disk pool (see
         :meth:`check_write`). Block digests come back when asked for, and always for a
@@ -127,12 +128,12 @@ class Pieces:
         def verdict(ok: list[bool]) -> _Verdict:
             return ok[0], _block_digests(buf) if want_digests or not ok[0] else None
 
-        self.check_write(index, 1, buf, done, verdict)
+        self.check_write(index, 1, buf, done, verdict, v1)
         return await asyncio.wrap_future(done)
 
     def check_write(self, first: int, count: int, buf: PieceBuffer,
                     done: concurrent.futures.Future[_T],
-                    result: Callable[[list[bool]], _T]) -> None:
+                    result: Callable[[list[bool]], _T], v1: bool = False) -> None:
         """Check pieces ``first .. first + count - 1`` (back to back in ``buf``) on the hash
         pool and write the good ones from the disk pool (one write per stretch of them);
         then ``done`` is settled with ``result(verdicts)``, computed in the hash thread.
@@ -164,7 +165,7 @@ class Pieces:
             try:
                 if done.cancelled():
                     return
-                ok = [check(first + k, view[k * pl:(k + 1) * pl]) for k in range(count)]
+                ok = [check(first + k, view[k * pl:(k + 1) * pl], v1) for k in range(count)]
                 value = result(ok)
                 if any(ok):
                     work = self.session.disk_pool.submit(write, ok, value)
@@ -203,10 +204,10 @@ class Pieces:
     # wake-up per batch, as in the web seed's runs), and the batch's verdicts reach the
     # loop in one call_soon_threadsafe.
 
-    async def _queue_check(self, index: int, buf: PieceBuffer, want_digests: bool
-                           ) -> _Verdict:
+    async def _queue_check(self, index: int, buf: PieceBuffer, want_digests: bool,
+                           v1: bool = False) -> _Verdict:
         loop = asyncio.get_running_loop()
-        item = _Queued(index, buf, memoryview(buf), want_digests, loop.create_future())
+        item = _Queued(index, buf, memoryview(buf), want_digests, loop.create_future(), v1)
         with self._lock:
             self._queue.append(item)
             # A job that has not started will take this piece too; else start one while
@@ -249,7 +250,7 @@ class Pieces:
                 if item.fut.done():
                     continue  # the verify was given up (the torrent is stopping)
                 try:
-                    ok = self.verifier.check(item.index, item.view)
+                    ok = self.verifier.check(item.index, item.view, item.v1)
                     item.verdict = (ok, _block_digests(item.buf)
                                     if item.want_digests or not ok else None)
                     if ok:
@@ -312,6 +313,8 @@ class _Queued:
     view: memoryview
     want_digests: bool
     fut: asyncio.Future[_Verdict]
+    #: check its SHA-1 too (see PieceVerifier.check)
+    v1: bool = False
     verdict: _Verdict | BaseException | None = None
 
 

@@ -293,13 +293,16 @@ class Torrent(TorrentViews):
 
     # -- pieces: verify, write, finish -----------------------------------------------------------
     async def _verify(self, index: int, want_digests: bool) -> None:
+        v1 = self.uploads.wants_v1(index)  # SHA-1 now, in the same hash job: no extra hop
         try:
-            ok, digests = await self.pieces.verify(index, want_digests)
+            ok, digests = await self.pieces.verify(index, want_digests, v1)
         except (StorageError, InconsistentHashesError) as exc:
             self._fail(str(exc))
             return
         self.swarm.piece_verified(index, ok, self.clock(), digests)
         if ok:
+            if v1:
+                self.uploads.v1_checked(index)
             self._piece_done(index)
         self._flush()
 

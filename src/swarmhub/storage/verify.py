@@ -73,8 +73,11 @@ class PieceVerifier:
         """Is piece ``index`` of a hybrid torrent in the SHA-1 sample?"""
         return index % self.v1_stride == 0 or index == self.meta.num_pieces - 1
 
-    def check(self, index: int, data: bytes | bytearray | memoryview) -> bool:
-        """True when ``data`` is exactly piece ``index`` (False for a bad index or size).
+    def check(self, index: int, data: bytes | bytearray | memoryview,
+              v1: bool = False) -> bool:
+        """True when ``data`` is exactly piece ``index`` (False for a bad index or size);
+        ``v1``: check a hybrid piece's SHA-1 too, in the sample or not (one we will upload
+        to a peer that checks SHA-1).
 
         For a hybrid torrent whose piece layers are not known yet (a magnet still fetching
         them), the v1 hash alone decides; a v2-only torrent without them cannot verify.
@@ -92,7 +95,7 @@ class PieceVerifier:
         v2 = self._check_v2(index, view) if self._v2 else None
         if self._v1 is None:
             return bool(v2)
-        if v2 is True and not self.v1_due(index):
+        if v2 is True and not v1 and not self.v1_due(index):
             return True  # the stronger hash decides; SHA-1 only on the sample
         v1 = _sha1_ok(self._v1, index, view)
         if v2 is not None and v1 != v2:
