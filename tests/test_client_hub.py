@@ -26,6 +26,8 @@ class Hub:
     asked: list[str] = field(default_factory=list)
     #: /t/<id>.torrent answers 404 (a proxy mapping only some paths)
     short_path_missing: bool = False
+    #: the ``peer_id`` of each entry request that gave one
+    peer_ids: list[str] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -39,9 +41,13 @@ async def hub() -> AsyncIterator[Hub]:
             return web.json_response({"error": "no such file"}, status=404)
         if not state.short_path_missing:  # hang guard only: the request is already out
             await asyncio.wait_for(torrent_seen.wait(), 30)
-        return web.json_response({
+        body = {
             "id": "abc", "name": "f.bin", "size": 3, "sha256": "00", "url": f"{state.base}/f/abc",
-            "torrent_url": f"{state.base}/elsewhere/abc.torrent"})
+            "torrent_url": f"{state.base}/elsewhere/abc.torrent"}
+        if "peer_id" in request.query:  # as the hub: the swarm, and gets about to join
+            state.peer_ids.append(request.query["peer_id"])
+            body |= {"seeders": 1, "leechers": 2, "pending": 3}
+        return web.json_response(body)
 
     async def short(request: web.Request) -> web.Response:
         state.asked.append(request.path)
@@ -88,3 +94,16 @@ async def test_the_entrys_error_is_the_one_raised(hub: Hub) -> None:
     async with aiohttp.ClientSession() as http:
         with pytest.raises(AuthError, match="no such file"):
             await hub_file_torrent(http, hub.base, "nope", None)
+
+
+async def test_a_swarm_download_says_its_peer_id_and_hears_who_else_is_coming(
+        hub: Hub) -> None:
+    """The hub counts a get as about to join until it announces: the entry request says
+    the peer id it will announce with, and the gets still on their way count as leechers
+    (a crowd starting at once must not all read "alone" and go to HTTP early)."""
+    async with aiohttp.ClientSession() as http:
+        info, _ = await hub_file_torrent(http, hub.base, "abc", None, b"\x01" * 20)
+        plain, _ = await hub_file_torrent(http, hub.base, "abc", None)
+    assert hub.peer_ids == ["01" * 20]
+    assert info.swarm == (1, 2 + 3)
+    assert plain.swarm is None

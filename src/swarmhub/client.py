@@ -50,6 +50,10 @@ class HubFile:
     sha256: str
     url: str
     torrent_url: str
+    #: asked with our peer id: the tracker's seeders, and its leechers plus the other
+    #: downloads about to announce (None: not asked, or the hub did not say); a download
+    #: alone may start before its own announce is answered
+    swarm: tuple[int, int] | None = None
 
 
 def parse_hub_url(url: str) -> tuple[str, str]:
@@ -74,9 +78,13 @@ async def _json_error(resp: aiohttp.ClientResponse) -> str:
 
 
 async def hub_file(http: aiohttp.ClientSession, base: str, file_id: str,
-                   token: str | None) -> HubFile:
-    """The catalog entry of ``file_id`` (GET /api/files/<id>)."""
-    async with http.get(f"{base}/api/files/{file_id}", headers=_headers(token)) as resp:
+                   token: str | None, peer_id: bytes | None = None) -> HubFile:
+    """The catalog entry of ``file_id`` (GET /api/files/<id>); with the ``peer_id`` we
+    will announce with, also who is in its swarm or about to be (:attr:`HubFile.swarm`),
+    and we count as about to be until that announce."""
+    query = "" if peer_id is None else f"?peer_id={peer_id.hex()}"
+    async with http.get(f"{base}/api/files/{file_id}{query}",
+                        headers=_headers(token)) as resp:
         if resp.status in (401, 403):
             raise AuthError(f"the hub refused access ({resp.status}): {await _json_error(resp)}"
                             "; give --token")
@@ -87,8 +95,11 @@ async def hub_file(http: aiohttp.ClientSession, base: str, file_id: str,
             raise SwarmhubError(f"the hub answered {resp.status}: {await _json_error(resp)}")
         d: dict[str, Any] = await resp.json()
     name = safe_components([str(d["name"])], what="file name from the hub")[0]
+    seeders, leechers, pending = (d.get(k) for k in ("seeders", "leechers", "pending"))
+    swarm = ((seeders, leechers + pending) if isinstance(seeders, int)
+             and isinstance(leechers, int) and isinstance(pending, int) else None)
     return HubFile(str(d["id"]), name, int(d["size"]), str(d["sha256"]), str(d["url"]),
-                   str(d["torrent_url"]))
+                   str(d["torrent_url"]), swarm)
 
 
 async def hub_torrent(http: aiohttp.ClientSession, torrent_url: str,
@@ -103,8 +114,10 @@ async def hub_torrent(http: aiohttp.ClientSession, torrent_url: str,
 
 
 async def hub_file_torrent(http: aiohttp.ClientSession, base: str, file_id: str,
-                           token: str | None) -> tuple[HubFile, bytes]:
-    """The catalog entry of ``file_id`` and its .torrent, asked for at once.
+                           token: str | None, peer_id: bytes | None = None
+                           ) -> tuple[HubFile, bytes]:
+    """The catalog entry of ``file_id`` (see :func:`hub_file`) and its .torrent, asked
+    for at once.
 
     Why: a swarm or hybrid download needs the .torrent before anything else, and asking
     for it only once the entry (its ``torrent_url``) is here cost a round trip more than a
@@ -114,7 +127,7 @@ async def hub_file_torrent(http: aiohttp.ClientSession, base: str, file_id: str,
     the one raised."""
     early = asyncio.ensure_future(hub_torrent(http, f"{base}/t/{file_id}.torrent", token))
     try:
-        info = await hub_file(http, base, file_id, token)
+        info = await hub_file(http, base, file_id, token, peer_id)
     except BaseException:
         early.cancel()
         await asyncio.gather(early, return_exceptions=True)

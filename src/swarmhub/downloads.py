@@ -193,6 +193,12 @@ async def hub_meta(session: Session, url: str, mode: str, token: str | None,
     """A hub file URL's torrent (p2p: without its web seed), or None once ``over_http``
     fetched the file (cs mode). The one path of ``swarmhub get`` and :func:`fetch`.
 
+    A swarm download sends the hub its peer id with the file info request: the hub
+    counts it as about to join until it announces, and answers who is in the swarm or
+    about to be; with nobody, the web seed starts without waiting for our announce's
+    answer (:meth:`Session.expect_swarm`), and a crowd starting at once does not all
+    take that shortcut to HTTP.
+
     ``over_http(info)`` downloads the file over HTTP, showing it its own way (the CLI's
     view, a script's callback); False when the hub was busy (503): the download then
     carries on from the swarm (hybrid) instead of failing.
@@ -203,13 +209,16 @@ async def hub_meta(session: Session, url: str, mode: str, token: str | None,
     http = await session.http()
     base, file_id = client.parse_hub_url(url)
     if mode != "cs":
-        _, torrent = await client.hub_file_torrent(http, base, file_id, token)
+        info, torrent = await client.hub_file_torrent(http, base, file_id, token,
+                                                      session.peer_id)
     else:
         info = await client.hub_file(http, base, file_id, token)
         if await over_http(info):
             return None
         torrent = await client.hub_torrent(http, info.torrent_url, token)
     meta = load_torrent(torrent)
+    if info.swarm is not None:  # alone: the web seed need not wait for our announce
+        session.expect_swarm(meta.info_hash, *info.swarm)
     if mode == "p2p":
         meta = dataclasses.replace(meta, url_list=())
     return meta

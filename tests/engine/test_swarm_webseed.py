@@ -33,6 +33,23 @@ def test_alone_per_the_tracker_the_web_seed_starts_before_the_grace_and_takes_an
     assert s.webseed_batch(0.01, set()) == list(range(8))
 
 
+def test_the_hubs_counts_before_our_announce_start_a_lone_web_seed_at_once() -> None:
+    """A hub's file info says who is in the swarm before our announce is answered: alone,
+    the web seed starts without waiting for the answer; with another leecher it waits as
+    before; the tracker's own answer, once here, decides."""
+    s = make_swarm(pieces=8, trackers=True, settings=QUIET.replace(web_seed_grace=5.0))
+    s.tracker_counts(1, 0)  # the hub's seeder, no other leecher
+    assert s.webseed_ready(0.0)
+    assert s.webseed_batch(0.0, set()) == list(range(8))
+    crowded = make_swarm(pieces=8, trackers=True, settings=QUIET.replace(web_seed_grace=5.0))
+    crowded.tracker_counts(1, 1)
+    assert not crowded.webseed_ready(0.0) and crowded.webseed_batch(0.0, set()) == []
+    _tracker(crowded, 0.01, seeds=1, leechers=1)  # the other one left: the answer decides
+    assert crowded.webseed_ready(0.01)
+    crowded.tracker_counts(1, 3)  # later counts do not override the tracker's answer
+    assert crowded.webseed_ready(0.01)
+
+
 def test_with_other_leechers_the_web_seed_waits_then_fills_what_the_swarm_lacks() -> None:
     s = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
     _tracker(s, 0.01, seeds=0, leechers=5)

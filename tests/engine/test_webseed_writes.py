@@ -167,3 +167,50 @@ async def test_a_hybrid_run_is_checked_by_v2_and_an_inconsistent_torrent_fails(
                 assert not any(on_disk.read_bytes()[:PIECE])
     finally:
         await runner.cleanup()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["alone", "another-leecher"])
+async def test_swarm_counts_given_before_the_add_start_the_web_seed_without_the_tracker(
+        tmp_path: Path, alone: bool) -> None:
+    """A hub's file info counts the swarm (Session.expect_swarm): alone, the web seed
+    fetches everything while the tracker has not answered (it never does here); with
+    another leecher counted, it waits for the tracker or the grace as before."""
+    src = tmp_path / "www" / "payload"
+    src.mkdir(parents=True)
+    data = random.Random(9).randbytes(1 << 20)
+    (src / "file0.bin").write_bytes(data)
+    from test_transfer import serve_folder
+
+    runner, base = await serve_folder(tmp_path / "www")
+    asked = asyncio.Event()
+    release = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.set()
+        await release.wait()  # an announce that is never answered
+        writer.close()
+
+    tracker = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = tracker.sockets[0].getsockname()[1]
+    try:
+        meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
+                              piece_length=PIECE, url_list=[base + "payload/file0.bin"],
+                              trackers=[[f"http://127.0.0.1:{port}/announce"]])
+        settings = Settings().replace(web_seed_grace=600.0)
+        async with Session(settings, state_dir=tmp_path / "s") as leecher:
+            leecher.expect_swarm(meta.info_hash, 1, 0 if alone else 1)
+            t = await leecher.add(meta, tmp_path / "dl")
+            if alone:
+                await asyncio.wait_for(t.complete.wait(), 60)
+                assert t.error is None and t.webseed_bytes >= meta.data_length
+                assert (tmp_path / "dl" / meta.name).read_bytes() == data
+            else:
+                await asyncio.wait_for(asked.wait(), 30)
+                for _ in range(20):  # the loop's turns: nothing starts the web seed
+                    await asyncio.sleep(0)
+                assert t.webseed_bytes == 0 and not t.complete.is_set()
+            release.set()
+    finally:
+        release.set()
+        tracker.close()
+        await runner.cleanup()  # type: ignore[attr-defined]

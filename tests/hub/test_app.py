@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -46,7 +47,7 @@ async def announce(
 ) -> dict[bytes, Any]:
     req = AnnounceRequest(
         info_hash=info_hash,
-        peer_id=b"-TS0001-" + os.urandom(6).hex().encode()[:12],
+        peer_id=kw.pop("peer_id", None) or b"-TS0001-" + os.urandom(6).hex().encode()[:12],
         port=port,
         uploaded=0,
         downloaded=0,
@@ -122,6 +123,35 @@ async def test_tracker_through_the_app(live: Live) -> None:
     async with live.http.get(f"{live.url}/scrape") as r:
         everything = bdecode(await r.read())
     assert ih in everything[b"files"]
+
+
+async def test_a_files_info_counts_its_swarm_and_the_gets_about_to_join(live: Live) -> None:
+    """GET /api/files/{id}?peer_id= says who is in the swarm and who is about to be: a
+    get that read it counts as pending until it announces (so 16 gets starting at once
+    do not all read "nobody here" and start their web seeds early)."""
+    f = await publish(live, os.urandom(40_000), "c.bin")
+    first, second = b"-SH0100-" + b"a" * 12, b"-SH0100-" + b"b" * 12
+
+    async def counts(peer_id: bytes | None) -> tuple[int, int, int] | None:
+        query = "" if peer_id is None else f"?peer_id={peer_id.hex()}"
+        status, body, _ = await fetch(live, f"/api/files/{f['id']}{query}")
+        assert status == 200
+        one = json.loads(body)
+        check_schema("/api/files/{id}", "get", 200, one)
+        if "pending" not in one:
+            return None
+        return one["seeders"], one["leechers"], one["pending"]
+
+    assert await counts(None) is None  # a plain catalog read counts nobody
+    seeders, leechers, pending = await counts(first) or (0, -1, -1)
+    assert (leechers, pending) == (0, 0)  # alone: this get may start at once
+    assert await counts(second) == (seeders, 0, 1)  # the first one is on its way
+    assert await counts(first) == (seeders, 0, 1)  # asking again: still one other
+    ih = bytes.fromhex(f["info_hash_v1"])
+    await announce(live, ih, port=7011, event="started", peer_id=first)
+    assert await counts(second) == (seeders, 1, 0)  # now the tracker counts it
+    status, _, _ = await fetch(live, f"/api/files/{f['id']}?peer_id=zz")
+    assert status == 400
 
 
 async def test_private_collection(live: Live) -> None:

@@ -93,6 +93,8 @@ class Session:
             max_workers=self.hash_threads, thread_name_prefix="swarmhub-hash")
         self.torrents: dict[bytes, Torrent] = {}
         self._by_hash: dict[bytes, Torrent] = {}
+        #: swarm counts given before a torrent is added (see expect_swarm)
+        self._expected: dict[bytes, tuple[int, int]] = {}
         self._tiers: dict[bytes, TrackerTiers] = {}
         self._servers: list[asyncio.Server] = []
         #: Connections still in their handshake (closed on shutdown; torrents own the rest).
@@ -171,11 +173,19 @@ class Session:
                           file_priorities=file_priorities, sequential=sequential,
                           storage=storage, clock=clock)
         await torrent.start()
+        counts = self._expected.pop(meta.info_hash, None)
+        if counts is not None:
+            torrent.swarm.tracker_counts(*counts)
         self.torrents[meta.info_hash] = torrent
         for h in _wire_hashes(meta):
             self._by_hash[h] = torrent
         torrent.run_task = self._tg.create_task(torrent.run())
         return torrent
+
+    def expect_swarm(self, info_hash: bytes, seeds: int, leechers: int) -> None:
+        """The swarm of a torrent about to be added, as its tracker's host counted it
+        (a hub's file info): see :meth:`Swarm.tracker_counts`."""
+        self._expected[info_hash] = (seeds, leechers)
 
     async def remove(self, info_hash: bytes) -> bool:
         """Stop a torrent (peers closed, resume data saved, ``stopped`` announced) and

@@ -1422,6 +1422,16 @@ class Swarm:
             ip in self._ws_origins for ip, _ in peers)
         self.add_peers(peers, now)
 
+    def tracker_counts(self, seeds: int, others: int) -> None:
+        """Counts the tracker's own host gave before our first announce (a hub's file
+        info: ``seeds``, and ``others`` leechers, us not among them). They stand for the
+        tracker's answer until it comes, so a lone downloader's web seed starts without
+        waiting for the announce's round trip (:meth:`webseed_ready`); a swarm's client
+        waits as before. Ignored once the tracker answered."""
+        if self.downloading and self.tracker_leechers is None:
+            self.tracker_seeds = seeds
+            self.tracker_leechers = others + 1  # as the tracker counts: us included
+
     def tracker_failed(self, now: float, why: str) -> None:
         if self.tracker is not None:
             self.tracker.failed(now, why)

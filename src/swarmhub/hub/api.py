@@ -49,6 +49,7 @@ from swarmhub.hub.catalog import (
     validate_collection_name,
     validate_file_name,
 )
+from swarmhub.hub.pending import PendingGets
 from swarmhub.hub.swarmstate import SwarmState
 from swarmhub.hub.testhooks import pause_point
 from swarmhub.metainfo import Metainfo, create_torrent, load_torrent, make_magnet, torrent_bytes
@@ -192,6 +193,8 @@ class Hub:
     missing_blobs: set[str] = field(default_factory=set)
     #: The running UDP tracker when ``config.udp_tracker`` is set.
     udp_tracker: UdpTrackerServer | None = None
+    #: gets between their file info and their announce (this worker's)
+    pending_gets: PendingGets = field(default_factory=PendingGets)
 
     def pin_holder(self) -> str:
         """A holder name for one publish's blob pin (``CatalogBase.pin_blob``)."""
@@ -579,7 +582,27 @@ async def get_file(request: web.Request) -> web.Response:
     if not record.private or token is not None:
         _, meta = await hub.torrent_for(record, "hybrid", token.passkey if token else None)
         body["magnet"] = hub.magnet_for(meta)
+    peer_id = _peer_id_param(request)
+    if peer_id is not None:  # a get about to join the swarm: who else is in or coming
+        now = asyncio.get_running_loop().time()
+        body["pending"] = hub.pending_gets.arrive(record.id, peer_id, now)
+        body["seeders"], body["leechers"] = peer_counts(
+            await swarm_stats(hub.tracker, [record]), record)
     return web.json_response(body)
+
+
+def _peer_id_param(request: web.Request) -> bytes | None:
+    """``?peer_id=`` (40 hex digits): the BitTorrent peer id a get will announce with."""
+    text = request.query.get("peer_id")
+    if text is None:
+        return None
+    try:
+        peer_id = bytes.fromhex(text)
+    except ValueError:
+        peer_id = b""
+    if len(peer_id) != 20:
+        raise InvalidError("peer_id must be 40 hex digits")
+    return peer_id
 
 
 async def delete_file(request: web.Request) -> web.Response:

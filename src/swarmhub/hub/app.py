@@ -665,6 +665,7 @@ async def announce(request: web.Request) -> web.Response:
             return _bencoded(failure_body("unknown or revoked passkey"))
     hub.announces += 1
     body = await hub.tracker.announce(params, now)
+    hub.pending_gets.announced(entry[0], params.peer_id)
     if owner is not None and params.event != "stopped":
         # The proof the seeder admits private peers by: this peer id, from this address
         # (the connection's, or a trusted proxy's word; never a claimed ip=), holds a live
