@@ -41,7 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
@@ -560,33 +560,35 @@ class Lab(_Base):
         if not _PREFIX_RE.fullmatch(prefix):
             raise LabError(f"lab prefix must match {_PREFIX_RE.pattern}, got {prefix!r}")
         mine = re.compile(re.escape(prefix) + r"-(br|h[0-9]+)")
-        removed = []
-        for line in _cmd(["ip", "netns", "list"]).splitlines():
-            name = line.split()[0] if line.split() else ""
-            if mine.fullmatch(name):
-                _kill_ns_pids(name)
-                _cmd(["ip", "netns", "del", name], check=False)
-                removed.append(name)
-        if removed:
-            log.warning("removed leftovers of an earlier lab run: %s", ", ".join(removed))
-        return removed
+        return _delete_namespaces(lambda name: bool(mine.fullmatch(name)),
+                                  "leftovers of an earlier lab run")
 
     @staticmethod
     def cleanup_orphans() -> list[str]:
         """Delete the namespaces of per-run prefixes (:func:`run_prefix`) whose owner
         process is gone (killing what still runs inside them); a live run's are kept.
         Return the names."""
-        removed = []
-        for line in _cmd(["ip", "netns", "list"]).splitlines():
-            name = line.split()[0] if line.split() else ""
+
+        def orphan(name: str) -> bool:
             m = _RUN_NS_RE.fullmatch(name)
-            if m and not _alive(int(m.group(1), 16)):
-                _kill_ns_pids(name)
-                _cmd(["ip", "netns", "del", name], check=False)
-                removed.append(name)
-        if removed:
-            log.warning("removed leftovers of ended lab runs: %s", ", ".join(removed))
-        return removed
+            return m is not None and not _alive(int(m.group(1), 16))
+
+        return _delete_namespaces(orphan, "leftovers of ended lab runs")
+
+
+def _delete_namespaces(chosen: Callable[[str], bool], what: str) -> list[str]:
+    """Delete the namespaces ``chosen`` picks, killing the processes inside them first;
+    return their names."""
+    removed = []
+    for line in _cmd(["ip", "netns", "list"]).splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name and chosen(name):
+            _kill_ns_pids(name)
+            _cmd(["ip", "netns", "del", name], check=False)
+            removed.append(name)
+    if removed:
+        log.warning("removed %s: %s", what, ", ".join(removed))
+    return removed
 
 
 def run_prefix(pid: int | None = None) -> str:
