@@ -149,7 +149,7 @@ class Pieces:
         settles it with that error, nothing written."""
         view = memoryview(buf)
         pl = self.meta.piece_length
-        check = self.verifier.check
+        check = functools.partial(self.verifier.check, v1=True) if v1 else self.verifier.check
 
         def write(ok: list[bool], value: _T) -> None:
             if done.cancelled():
@@ -165,7 +165,7 @@ class Pieces:
             try:
                 if done.cancelled():
                     return
-                ok = [check(first + k, view[k * pl:(k + 1) * pl], v1) for k in range(count)]
+                ok = [check(first + k, view[k * pl:(k + 1) * pl]) for k in range(count)]
                 value = result(ok)
                 if any(ok):
                     work = self.session.disk_pool.submit(write, ok, value)
@@ -250,7 +250,8 @@ class Pieces:
                 if item.fut.done():
                     continue  # the verify was given up (the torrent is stopping)
                 try:
-                    ok = self.verifier.check(item.index, item.view, item.v1)
+                    ok = (self.verifier.check(item.index, item.view, v1=True) if item.v1
+                          else self.verifier.check(item.index, item.view))
                     item.verdict = (ok, _block_digests(item.buf)
                                     if item.want_digests or not ok else None)
                     if ok:

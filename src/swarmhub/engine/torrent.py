@@ -103,8 +103,7 @@ class Torrent(TorrentViews):
         self.resume_file = self.disk.resume_file
         self._down_bucket = TokenBucket(self.settings.torrent_download_rate_limit, None)
         self._up_limiter = RateLimiter(self.settings.torrent_upload_rate_limit)
-        self.uploads = Uploader(self, self._up_limiter,
-                                None if seed_mode else self.pieces.verifier)
+        self.uploads = Uploader(self, self._up_limiter, None if seed_mode else self.pieces.verifier)
         self.pieces.on_written = self.uploads.keep_written
         self.pex = PexDriver(self)
         self.tracker = TrackerDriver(self)
@@ -301,8 +300,6 @@ class Torrent(TorrentViews):
             return
         self.swarm.piece_verified(index, ok, self.clock(), digests)
         if ok:
-            if v1:
-                self.uploads.v1_checked(index)
             self._piece_done(index)
         self._flush()
 

@@ -69,6 +69,8 @@ class Uploader:
         self._v1_ok = bytearray(
             v.v1_due(i) for i in range(torrent.meta.num_pieces)) if v else bytearray()
         self._v1_checks: dict[int, asyncio.Future[None]] = {}
+        #: pieces being verified with their SHA-1 too (see wants_v1)
+        self._v1_asked: set[int] = set()
         #: the torrent's own upload limit (its driver changes the rate in place)
         self._up_limiter = limiter
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
@@ -162,12 +164,11 @@ class Uploader:
         ~1 us per KiB, where a check of its own at the first upload costs a thread hop
         (~0.4 ms CPU a piece: +0.46 CPU-s a peer in the netns lab N=16). A lone download
         (its only peer a seed) hashes nothing more."""
-        return (self._verifier is not None and not self._v1_ok[index]
-                and self._lacking(index, v1_only=True))
-
-    def v1_checked(self, index: int) -> None:
-        """Piece ``index``'s SHA-1 was checked (and matched) when it was verified."""
-        self._v1_ok[index] = 1
+        wanted = (self._verifier is not None and not self._v1_ok[index]
+                  and self._lacking(index, v1_only=True))
+        if wanted:
+            self._v1_asked.add(index)  # passed once keep_written hears of it
+        return wanted
 
     def _speaks_v1(self, peer: Peer) -> bool:
         """Might ``peer`` check our pieces by SHA-1? (a hybrid torrent's peer that chose
@@ -224,7 +225,8 @@ class Uploader:
 
     def keep_written(self, index: int, buf: PieceBuffer) -> None:
         """A piece just verified and written, while its bytes are still in memory: into
-        the read cache when a connected peer lacks it (it asks once our Have is out).
+        the read cache when a connected peer lacks it (it asks once our Have is out). One
+        verified with its SHA-1 too (:meth:`wants_v1`) needs no check before its uploads.
 
         Direct writes leave no copy in the page cache, so each upload of a fresh piece
         was a disk read on the disk pool (netns lab, N=16, 32 KiB pieces: ~1,000 per
@@ -232,6 +234,9 @@ class Uploader:
         nothing: its only peers are seeds. Only a peer interested in us counts: a
         super-seeding seed (our default) hides its pieces and looked like a leecher
         lacking every one, so a lone download copied each piece it verified."""
+        if index in self._v1_asked:  # its SHA-1 was checked as well, and matched
+            self._v1_asked.discard(index)
+            self._v1_ok[index] = 1
         t = self.torrent
         if t.settings.read_cache_bytes and self._lacking(index, v1_only=False):
             self._cache[index] = bytes(buf)
