@@ -245,13 +245,13 @@ def _flush_held(loop: asyncio.AbstractEventLoop) -> None:
         proto.flush_later()
 
 
-_FAST_IDS = (m.MessageId.PIECE, m.MessageId.REQUEST)
+_FAST_IDS = (m.MessageId.PIECE, m.MessageId.REQUEST, m.MessageId.HAVE)
 #: ``Block`` from a tuple without the Python-level ``__new__`` of a named tuple.
 _block: Callable[[tuple[int, int, int]], Block] = functools.partial(tuple.__new__, Block)
 
 
 def _frames_to_next_piece(view: memoryview, pos: int, end: int) -> int:
-    """End of the complete frames from ``pos`` up to the next Piece or Request frame (the
+    """End of the complete frames from ``pos`` up to the next Piece, Request or Have frame (the
     ones with a fast path; the first frame counts whatever it is: the fast path declined
     it); ``pos`` if that one is partial."""
     p = pos
@@ -381,6 +381,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
                     break
                 if self._gate_open():
                     at, pos = pos, self._requests(peer, view, pos, end)
+                    if pos == at:
+                        pos = self._haves(peer, view, pos, end)
                     if pos != at:
                         continue  # then blocks again, or whatever follows
                 if self._gate_open():
@@ -503,6 +505,23 @@ class PeerProtocol(asyncio.BufferedProtocol):
             self._flush()
         assert pos <= stop
         return pos
+
+    def _haves(self, peer: Peer, view: memoryview, pos: int, end: int) -> int:
+        """Hand the run of complete Have frames from ``pos`` on to the torrent in one call
+        (the Haves of every peer's pieces: most of a swarm's messages); returns where the
+        run ends. Their replies (Interested, requests) are corked into one write."""
+        indices, stop = self.conn.haves_at(view, pos, end)
+        if not indices:
+            return pos
+        self._cork = bytearray()
+        try:
+            peer.torrent.on_haves(peer, indices)
+        except SwarmhubError as exc:
+            self.close(f"error: {exc}")
+            return end
+        finally:
+            self._flush()
+        return end if self.transport is None else stop
 
     def _gate_open(self) -> bool:
         gate = self._gate

@@ -268,6 +268,10 @@ class Torrent(TorrentViews):
         self.swarm.message(peer, msg, self.clock())
         self._flush()
 
+    def on_haves(self, peer: Hashable, indices: list[int]) -> None:
+        self.swarm.haves(peer, indices, self.clock())
+        self._flush()
+
     def on_ext_handshake(self, peer: Hashable, hs: ExtensionHandshake) -> None:
         self.swarm.extension_handshake(peer, reqq=hs.reqq, listen_port=hs.p)
 
