@@ -247,14 +247,20 @@ def requests_stream(n: int) -> tuple[bytes, list[m.Request]]:
     return head + m.encode(m.Interested()) + b"".join(m.encode(r) for r in reqs), reqs
 
 
-async def test_requests_go_the_fast_way_not_through_the_wire_cores_buffer() -> None:
-    torrent = StubTorrent()
-    proto, _ = await connected(torrent)
+def count_core_bytes(proto: PeerProtocol) -> list[int]:
+    """The sizes of what ``proto`` hands its wire core from now on (the slow path)."""
     fed: list[int] = []
     receive = proto.conn.receive_data
     proto.conn.receive_data = (  # type: ignore[method-assign]
         lambda data: (fed.append(len(data)), receive(data))[1]
     )
+    return fed
+
+
+async def test_requests_go_the_fast_way_not_through_the_wire_cores_buffer() -> None:
+    torrent = StubTorrent()
+    proto, _ = await connected(torrent)
+    fed = count_core_bytes(proto)
     data, reqs = requests_stream(500)
     feed(proto, data, [1 << 20])
     assert [e[1] for e in torrent.events[3:]] == reqs
@@ -265,11 +271,7 @@ async def test_requests_go_the_fast_way_not_through_the_wire_cores_buffer() -> N
 async def test_a_run_of_haves_goes_over_in_one_call_not_through_the_wire_core() -> None:
     torrent = StubTorrent()
     proto, transport = await connected(torrent)
-    fed: list[int] = []
-    receive = proto.conn.receive_data
-    proto.conn.receive_data = (  # type: ignore[method-assign]
-        lambda data: (fed.append(len(data)), receive(data))[1]
-    )
+    fed = count_core_bytes(proto)
     head = m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20)) + m.encode(m.HaveNone())
     haves = [m.Have(i) for i in range(NUM_PIECES)]
     tail = [m.Unchoke(), m.Have(3)]

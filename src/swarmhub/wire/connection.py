@@ -457,6 +457,11 @@ class PeerConnection:
             p += 4 + length
         return p - n if p >= n else 4 - (n - p)
 
+    def _caller_bytes_next(self) -> bool:
+        """The fast paths (frames parsed in the caller's own buffer) may run: the peer is
+        past its first message and our buffer is empty (bytes in it come first)."""
+        return self.their_phase is Phase.OPEN and self._pos == len(self._buf)
+
     def piece_at(
         self, data: bytes | bytearray | memoryview, pos: int, end: int
     ) -> tuple[int, int, int] | None:
@@ -470,7 +475,7 @@ class PeerConnection:
         then feeds the bytes to :meth:`receive_data`. A Piece that breaks a rule raises
         :class:`RemoteProtocolError`, as :meth:`next_event` would.
         """
-        if self.their_phase is not Phase.OPEN or self._pos != len(self._buf):
+        if not self._caller_bytes_next():
             return None
         if end - pos < 13 or data[pos + 4] != MessageId.PIECE:
             return None
@@ -510,7 +515,7 @@ class PeerConnection:
         """
         blocks: list[_B] = []
         starts: list[int] = []
-        if self.their_phase is not Phase.OPEN or self._pos != len(self._buf):
+        if not self._caller_bytes_next():
             return blocks, starts, pos, None
         head = _PIECE_HEAD_FROM
         piece_id = MessageId.PIECE
@@ -553,7 +558,7 @@ class PeerConnection:
         :meth:`next_event` would.
         """
         out: list[Request] = []
-        if self.their_phase is not Phase.OPEN or self._pos != len(self._buf):
+        if not self._caller_bytes_next():
             return out, pos
         unpack = _REQUEST_FROM
         num = self.num_pieces
@@ -594,7 +599,7 @@ class PeerConnection:
         lacks ends the run (the wire core then raises for it, as :meth:`next_event` does).
         """
         out: list[int] = []
-        if self.their_phase is not Phase.OPEN or self._pos != len(self._buf):
+        if not self._caller_bytes_next():
             return out, pos
         unpack = _HAVE_FROM
         num = self.num_pieces
