@@ -224,9 +224,12 @@ _LOWAT_MAX = 32 * 1024
 #: receivers (and packets through the lab's delay line), per peer and 32 MiB; most now
 #: ride with a request or a block, the rest go out a few at a time. At 20 ms a lab peer
 #: (a piece every ~25 ms) still wrote most Haves alone; 100 ms cut its CPU a further ~5 %
-#: (netns lab, N=32). Peers learn of a piece up to 0.1 s later: the time a 256 KiB piece
-#: takes on a 20 mbit link.
-ANNOUNCE_DELAY = 0.1
+#: (netns lab, N=32). At 100 ms each peer still made ~7,800 such writes per 32 MiB at
+#: N=32 (every flush writes to each peer holding some, and wakes each of them for a read);
+#: 250 ms: median peer CPU after the start gate 1.29 -> 1.12 s and 2.13 -> 1.81x the bound
+#: (N=32, 3 alternating runs each, load 25-40), N=16 unchanged (1.15 / 1.16x). Peers learn
+#: of a piece up to 0.25 s later: the time a 512 KiB piece takes on a 20 mbit link.
+ANNOUNCE_DELAY = 0.25
 #: Per event loop: the protocols with announcements held, flushed by one timer.
 _HELD: dict[asyncio.AbstractEventLoop, list[PeerProtocol]] = {}
 
