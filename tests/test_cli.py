@@ -36,6 +36,23 @@ def test_create_then_info_shows_hashes_and_magnet(tmp_path: Path) -> None:
     assert "magnet:?xt=urn:btih:" in result.output
 
 
+def test_swarmhub_profile_writes_a_cpu_profile_per_process(tmp_path: Path) -> None:
+    """SWARMHUB_PROFILE (how a lab peer is profiled): a dump named by the process's pid,
+    holding the command's own functions."""
+    import pstats
+
+    data = make_test_data(tmp_path / "src", [20_000], seed=4)
+    out = tmp_path / "t.torrent"
+    env = {**os.environ, "SWARMHUB_PROFILE": str(tmp_path / "p-{pid}.prof")}
+    proc = subprocess.run([*SWARMHUB, "create", str(data), "-o", str(out)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    dumps = list(tmp_path.glob("p-*.prof"))
+    assert len(dumps) == 1 and dumps[0].stem[2:].isdigit()
+    funcs = pstats.Stats(str(dumps[0])).stats  # type: ignore[attr-defined]
+    assert any(name == "create" and path.endswith("cli.py") for path, _, name in funcs)
+
+
 def test_create_v1_has_no_pad_files(tmp_path: Path) -> None:
     data = make_test_data(tmp_path / "src", [100_000, 2_000, 5], seed=2)
     out = tmp_path / "t.torrent"

@@ -40,6 +40,7 @@ OTHER_ENV = frozenset({
     "DAEMON", "DAEMON_TOKEN", "DAEMON_STATE",  # swarmhub daemon / remote
     "LAB_GATE",  # swarmhub.lab.gate: a lab client waits for the run to start
     "PURE",  # swarmhub._compiled: the pure-Python core even where a compiled one is built
+    "PROFILE",  # swarmhub.cli: a cProfile dump of the command at exit
 })
 
 

@@ -74,6 +74,8 @@ class StubTorrent:
         self.copied = 0
         #: blocks per call (on_block: 1)
         self.batches: list[int] = []
+        #: Haves per on_haves call
+        self.have_runs: list[int] = []
 
     def can_accept(self, addr: tuple[str, int], peer_id: bytes, outgoing: bool) -> str | None:
         return None
@@ -101,6 +103,10 @@ class StubTorrent:
 
     def on_message(self, peer: Any, msg: m.Message) -> None:
         self.events.append(("msg", msg))
+
+    def on_haves(self, peer: Any, indices: list[int]) -> None:
+        self.events.extend(("msg", m.Have(i)) for i in indices)
+        self.have_runs.append(len(indices))
 
 
 def stub_session(torrent: StubTorrent) -> Any:
@@ -241,19 +247,44 @@ def requests_stream(n: int) -> tuple[bytes, list[m.Request]]:
     return head + m.encode(m.Interested()) + b"".join(m.encode(r) for r in reqs), reqs
 
 
-async def test_requests_go_the_fast_way_not_through_the_wire_cores_buffer() -> None:
-    torrent = StubTorrent()
-    proto, _ = await connected(torrent)
+def count_core_bytes(proto: PeerProtocol) -> list[int]:
+    """The sizes of what ``proto`` hands its wire core from now on (the slow path)."""
     fed: list[int] = []
     receive = proto.conn.receive_data
     proto.conn.receive_data = (  # type: ignore[method-assign]
         lambda data: (fed.append(len(data)), receive(data))[1]
     )
+    return fed
+
+
+async def test_requests_go_the_fast_way_not_through_the_wire_cores_buffer() -> None:
+    torrent = StubTorrent()
+    proto, _ = await connected(torrent)
+    fed = count_core_bytes(proto)
     data, reqs = requests_stream(500)
     feed(proto, data, [1 << 20])
     assert [e[1] for e in torrent.events[3:]] == reqs
     # The handshake, HaveNone and Interested went through the wire core; no Request did.
     assert sum(fed) == len(data) - 17 * len(reqs)
+
+
+async def test_a_run_of_haves_goes_over_in_one_call_not_through_the_wire_core() -> None:
+    torrent = StubTorrent()
+    proto, transport = await connected(torrent)
+    fed = count_core_bytes(proto)
+    head = m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20)) + m.encode(m.HaveNone())
+    haves = [m.Have(i) for i in range(NUM_PIECES)]
+    tail = [m.Unchoke(), m.Have(3)]
+    data = head + b"".join(m.encode(x) for x in haves + tail)
+    feed(proto, data, [1 << 20])
+    assert [e[1] for e in torrent.events[1:]] == [m.HaveNone(), *haves, *tail]
+    assert torrent.have_runs == [NUM_PIECES, 1]
+    # The handshake, HaveNone and Unchoke went through the wire core; no Have did.
+    assert sum(fed) == len(head) + 5
+    bad = m.encode(m.Have(NUM_PIECES)) + m.encode(m.Have(0))  # no such piece
+    feed(proto, bad, [1 << 20])
+    assert transport.closed and torrent.events[-1] == ("msg", m.Have(3))
+    assert torrent.disconnected and "protocol error" in torrent.disconnected[0]
 
 
 async def test_a_peer_that_leaves_replies_unread_stops_a_run_of_requests() -> None:

@@ -347,6 +347,24 @@ def test_a_have_that_gives_us_something_to_request_requests_it_at_once() -> None
     assert reqs and {r.index for r in reqs if isinstance(r, m.Request)} == {5}
 
 
+def test_a_run_of_haves_acts_as_one_have_message_each() -> None:
+    """``haves`` (the driver's receive fast path) must decide as ``message`` per Have."""
+    runs = ([0], [3, 0, 5], [7, 7], [1, 2, 4, 6])
+    one, batched = make_swarm(pieces=8), make_swarm(pieces=8)
+    for s in (one, batched):
+        join(s, "a")
+        s.message("a", m.Unchoke(), 0.0)
+        join(s, "b", has_all=True)
+    for k, run in enumerate(runs):
+        for i in run:
+            one.message("a", m.Have(i), float(k))
+        batched.haves("a", run, float(k))
+        assert batched.take() == one.take()
+        assert batched.peer("a").have == one.peer("a").have
+        assert batched.peer("a").last_recv == one.peer("a").last_recv == float(k)
+    assert batched.peer("a").num_have == 8  # every piece: a seed now
+
+
 def test_requests_while_choked_are_rejected_and_accepted_ones_are_served() -> None:
     s = make_swarm(have="*" * 8)
     join(s, "a")

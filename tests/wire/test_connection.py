@@ -450,6 +450,21 @@ def test_request_fast_path_sends_what_encode_would_and_refuses_the_same() -> Non
     assert conn.send(Have(1)) == encode(Have(1))  # a refused send changed nothing
 
 
+def test_send_all_packs_haves_inline_and_refuses_the_same_as_send() -> None:
+    conn = remote(num_pieces=4)
+    assert conn.send(Unchoke()) == encode(Unchoke())  # OPEN: send_all's inline paths
+    msgs = (Have(0), Request(1, 0, 16384), Have(3), Interested())
+    assert conn.send_all(msgs) == b"".join(encode(x) for x in msgs)
+    for bad in (Have(4), Have(-1)):
+        with pytest.raises(LocalProtocolError):
+            conn.send_all((Have(1), bad))
+    unknown = remote()  # no piece count yet: any u32
+    unknown.send(Unchoke())
+    assert unknown.send_all((Have(2**32 - 1),)) == encode(Have(2**32 - 1))
+    with pytest.raises(LocalProtocolError):
+        unknown.send_all((Have(2**32),))
+
+
 def test_send_piece_returns_header_and_the_same_buffer() -> None:
     pair = open_pair(num_pieces=None)
     pair.a.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
@@ -587,6 +602,24 @@ def test_requests_at_parses_a_run_of_requests_in_the_callers_buffer_with_the_sam
     assert conn.requests_at(view, 0, 17 + 16) == ([Request(0, 0, 16384)], 17)  # partial 2nd
     conn.receive_data(b"\0")  # our own bytes come first
     assert conn.requests_at(view, 0, len(data)) == ([], 0)
+
+
+def test_haves_at_parses_a_run_of_haves_and_leaves_a_bad_one_to_next_event() -> None:
+    conn = remote()
+    conn.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    data = encode(Have(0)) + encode(Have(2)) + encode(Request(1, 0, 16384)) + encode(Have(1))
+    assert conn.haves_at(data, 0, len(data)) == ([], 0)  # FIRST phase: the core parses it
+    assert feed(conn, encode(Interested())) == [Interested()]
+    view = memoryview(data)
+    assert conn.haves_at(view, 0, len(data)) == ([0, 2], 18)  # the Request ends the run
+    assert conn.haves_at(view, 18, len(data)) == ([], 18)
+    assert conn.haves_at(view, 35, len(data)) == ([1], len(data))
+    assert conn.haves_at(view, 0, 9 + 8) == ([0], 9)  # partial 2nd
+    bad = encode(Have(1)) + encode(Have(3)) + encode(Have(0))
+    assert conn.haves_at(bad, 0, len(bad)) == ([1], 9)  # no such piece: ends the run
+    assert conn.haves_at(bad, 9, len(bad)) == ([], 9)
+    expect_remote_error(conn, bad[9:], "torrent has 3 pieces")  # the core refuses it
+    assert conn.haves_at(bad, 18, len(bad)) == ([], 18)  # nor after an error
 
 
 @pytest.mark.parametrize(

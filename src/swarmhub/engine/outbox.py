@@ -38,8 +38,11 @@ def other_actions(actions: Iterable[Action]) -> Iterator[Action]:
             direct.add(peer)
         elif kind is Broadcast:
             many = cast(Broadcast, action)
-            for handle in many.peers:
-                out.setdefault(cast("Peer", handle), []).extend(many.messages)
+            # the driver's handles are Peers; no cast() per peer (a call each: this runs
+            # for every piece we get x every peer told)
+            peers: tuple[Peer, ...] = many.peers  # type: ignore[assignment]
+            for peer in peers:
+                out.setdefault(peer, []).extend(many.messages)
         else:
             if out:
                 _write(out, direct)

@@ -449,11 +449,7 @@ class Swarm:
         # Have and Request are most of a swarm's messages: an exact type check first
         # (cheaper than the match's isinstance chain); the same handling as their cases.
         if type(msg) is m.Have:
-            index = msg.index
-            if not ps.have[index]:
-                ps.have[index] = 1
-                ps.num_have += 1
-                self._on_have(ps, index, now)
+            self._got_have(ps, msg.index, now)
             return
         if type(msg) is m.Request:
             self._on_request(ps, msg, now)
@@ -462,10 +458,7 @@ class Swarm:
             case m.Request():
                 self._on_request(ps, msg, now)
             case m.Have(index=index):
-                if not ps.have[index]:
-                    ps.have[index] = 1
-                    ps.num_have += 1
-                    self._on_have(ps, index, now)
+                self._got_have(ps, index, now)
             case m.Unchoke():
                 ps.peer_choking = False
                 ps.unchoked_us = True
@@ -528,6 +521,24 @@ class Swarm:
         if self._ss is not None and ps.handle in self._ss:
             self._offer(ps, now)  # drops offers of pieces it turned out to have
         self._update_interest(ps, now)
+
+    def haves(self, handle: Hashable, indices: list[int], now: float) -> None:
+        """A run of Haves from one peer: :meth:`message` for each, in one call (the
+        driver's receive fast path; most of a swarm's messages)."""
+        ps = self.peers.get(handle)
+        if ps is None or ps.closed:
+            return
+        ps.last_recv = now
+        for index in indices:
+            self._got_have(ps, index, now)
+            if ps.closed:
+                return
+
+    def _got_have(self, ps: PeerState, index: int, now: float) -> None:
+        if not ps.have[index]:
+            ps.have[index] = 1
+            ps.num_have += 1
+            self._on_have(ps, index, now)
 
     def _on_have(self, ps: PeerState, index: int, now: float) -> None:
         self.picker.peer_has(ps.handle, index)

@@ -35,7 +35,7 @@ from swarmhub.engine.pieces import Pieces
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.services import TorrentServices
 from swarmhub.engine.status import TorrentState, TorrentStatus, TorrentViews
-from swarmhub.engine.swarm import Swarm, ban_key
+from swarmhub.engine.swarm import Swarm
 from swarmhub.engine.tracker_driver import TrackerDriver
 from swarmhub.engine.uploads import Uploader
 from swarmhub.engine.wanted import Wanted
@@ -225,9 +225,6 @@ class Torrent(TorrentViews):
                         self._set_complete(first=True)
 
     # -- peers come and go -------------------------------------------------------------------
-    def ban_key(self, addr: tuple[str, int], peer_id: bytes) -> Hashable:
-        return ban_key(addr, peer_id)
-
     def can_accept(self, addr: tuple[str, int], peer_id: bytes,
                    outgoing: bool = False) -> str | None:
         """See :func:`admission.can_accept`."""
@@ -266,6 +263,10 @@ class Torrent(TorrentViews):
 
     def on_message(self, peer: Hashable, msg: m.Message) -> None:
         self.swarm.message(peer, msg, self.clock())
+        self._flush()
+
+    def on_haves(self, peer: Hashable, indices: list[int]) -> None:
+        self.swarm.haves(peer, indices, self.clock())
         self._flush()
 
     def on_ext_handshake(self, peer: Hashable, hs: ExtensionHandshake) -> None:

@@ -156,6 +156,8 @@ _PIECE_HEADER = struct.Struct(">IBII")
 #: A whole Request frame: length prefix (13), id (6), index, begin, length.
 _REQUEST = struct.Struct(">IBIII")
 _REQUEST_FROM = _REQUEST.unpack_from
+_HAVE = struct.Struct(">IBI")
+_HAVE_FROM = _HAVE.unpack_from
 _KEEPALIVE = KeepAlive()
 # Compact the receive buffer once this much of its front has been consumed: rarely
 # enough to stay cheap, often enough to keep memory near one message plus one read.
@@ -302,7 +304,8 @@ class PeerConnection:
 
         Why: a leecher's request refills (a run of up to hundreds of Requests, ~65,000 a
         GiB) are checked and packed here inline, one call per run instead of three per
-        Request; anything else goes through :meth:`send`.
+        Request; so are Haves (the pieces we got, told to every peer); anything else goes
+        through :meth:`send`.
         """
         if self.our_phase is not Phase.OPEN:
             return b"".join([self.send(msg) for msg in msgs])
@@ -310,6 +313,7 @@ class PeerConnection:
         top = self.max_block_length
         pack = _REQUEST.pack
         req_id = MessageId.REQUEST
+        have, have_id = _HAVE.pack, MessageId.HAVE
         parts: list[bytes] = []
         for msg in msgs:
             if type(msg) is Request:
@@ -326,6 +330,10 @@ class PeerConnection:
                         continue
                     except struct.error:
                         pass
+            elif type(msg) is Have and 0 <= msg.index < (1 << 32 if n is None else n):
+                # a piece we got, told to each peer (~30,000 a peer at N=32, 32 KiB pieces)
+                parts.append(have(5, have_id, msg.index))
+                continue
             parts.append(self.send(msg))  # raises the LocalProtocolError that explains why
         return b"".join(parts)
 
@@ -449,6 +457,11 @@ class PeerConnection:
             p += 4 + length
         return p - n if p >= n else 4 - (n - p)
 
+    def _caller_bytes_next(self) -> bool:
+        """The fast paths (frames parsed in the caller's own buffer) may run: the peer is
+        past its first message and our buffer is empty (bytes in it come first)."""
+        return self.their_phase is Phase.OPEN and self._pos == len(self._buf)
+
     def piece_at(
         self, data: bytes | bytearray | memoryview, pos: int, end: int
     ) -> tuple[int, int, int] | None:
@@ -462,7 +475,7 @@ class PeerConnection:
         then feeds the bytes to :meth:`receive_data`. A Piece that breaks a rule raises
         :class:`RemoteProtocolError`, as :meth:`next_event` would.
         """
-        if self.their_phase is not Phase.OPEN or self._pos != len(self._buf):
+        if not self._caller_bytes_next():
             return None
         if end - pos < 13 or data[pos + 4] != MessageId.PIECE:
             return None
@@ -502,7 +515,7 @@ class PeerConnection:
         """
         blocks: list[_B] = []
         starts: list[int] = []
-        if self.their_phase is not Phase.OPEN or self._pos != len(self._buf):
+        if not self._caller_bytes_next():
             return blocks, starts, pos, None
         head = _PIECE_HEAD_FROM
         piece_id = MessageId.PIECE
@@ -545,7 +558,7 @@ class PeerConnection:
         :meth:`next_event` would.
         """
         out: list[Request] = []
-        if self.their_phase is not Phase.OPEN or self._pos != len(self._buf):
+        if not self._caller_bytes_next():
             return out, pos
         unpack = _REQUEST_FROM
         num = self.num_pieces
@@ -569,6 +582,34 @@ class PeerConnection:
                     raise self._fail(f"{exc} (peer state OPEN)") from None
             out.append(Request(index, begin, n))
             pos += 17
+        return out, pos
+
+    def haves_at(
+        self, data: bytes | bytearray | memoryview, pos: int, end: int
+    ) -> tuple[list[int], int]:
+        """Parse the run of complete, valid Have frames at ``data[pos:end]`` (bytes the
+        caller read itself, as for :meth:`requests_at`): ``(piece indices, where the run
+        ends)``.
+
+        Why: in a swarm every peer tells every other of each piece it gets; at N=32 with
+        32 KiB pieces that is ~30,000 9-byte Haves per peer and 32 MiB, mostly in runs (see
+        :data:`swarmhub.engine.peer.ANNOUNCE_DELAY`), each copied, matched and dispatched
+        apart through :meth:`next_event`. Empty when the first frame is anything else,
+        incomplete, or our own buffer still holds bytes; a Have for a piece the torrent
+        lacks ends the run (the wire core then raises for it, as :meth:`next_event` does).
+        """
+        out: list[int] = []
+        if not self._caller_bytes_next():
+            return out, pos
+        unpack = _HAVE_FROM
+        num = self.num_pieces
+        have_id = MessageId.HAVE
+        while end - pos >= 9:
+            length, msg_id, index = unpack(data, pos)
+            if length != 5 or msg_id != have_id or (num is not None and index >= num):
+                break
+            out.append(index)
+            pos += 9
         return out, pos
 
     def _fail(self, message: str) -> RemoteProtocolError:
