@@ -99,7 +99,13 @@ class Services:
             if now < pex.due:
                 continue
             if current is None:  # built only when some peer is due: once a minute
-                current = listen_addrs(swarm.peers.values())
+                # Each host's own address tuple, not the core's copy (a peer that
+                # dialled us is known by a tuple of its own per connection): what PEX
+                # spreads ends up in up to 1,000 dialer entries per host, and at
+                # N=10,000 a tuple per entry was ~1 GB.
+                by_addr = self.sim.by_addr
+                current = {by_addr[a].addr if a in by_addr else a: flags
+                           for a, flags in listen_addrs(swarm.peers.values()).items()}
             ps = swarm.peers.get(end.uid)
             them = () if ps is None or ps.listen_addr is None else (ps.listen_addr,)
             msg = pex.poll(now, current, exclude=them)
