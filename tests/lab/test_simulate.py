@@ -218,19 +218,6 @@ def test_peers_learn_more_peers_through_pex() -> None:
     assert all(a > b for a, b in zip(with_pex, without, strict=True))  # each learns some
 
 
-def test_pex_addresses_reach_the_dialer_as_each_host_s_own_tuple() -> None:
-    """What PEX tells lands in up to 1,000 dialer entries per host: each must be the
-    host's shared address tuple, not the copy PexPeer.received builds per message."""
-    specs = [HostSpec(20e6, 100e6, 0.01) for _ in range(13)]
-    sim = Simulation("p2p", specs, 32 * MIB, 32 * 1024, Settings(max_connections_per_torrent=2),
-                     rng=random.Random(1))
-    sim.tracker.max_numwant = 1  # the rest comes by PEX
-    sim.run(4.0)
-    queued = [a for n in sim.nodes if n.swarm is not None for a in n.swarm.dialer.candidates]
-    assert queued
-    assert all(a is sim.by_addr[a].addr for a in queued)
-
-
 def _small_swarm(until: float) -> Simulation:
     specs = [HostSpec(20e6, 100e6, 0.01) for _ in range(9)]
     sim = Simulation("p2p", specs, 4 * MIB, 32 * 1024, Settings(), rng=random.Random(1))

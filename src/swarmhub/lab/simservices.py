@@ -118,10 +118,6 @@ class Services:
             end.pex = PexPeer(now)
         addrs = end.pex.received(now, msg, own=node.swarm.dialer.own)
         if addrs:
-            # Each host's own address tuple, not the copy PexPeer.received builds: the
-            # dialer keeps up to 1,000 of them per host (N=200: 77,000 copies, 64 B each)
-            by_addr = self.sim.by_addr
-            addrs = [by_addr[a].addr if a in by_addr else a for a in addrs]
             node.swarm.add_peers(addrs, now)
             self.sim.flush(node)
 
