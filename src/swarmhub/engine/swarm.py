@@ -1077,7 +1077,7 @@ class Swarm:
     # -- choking and super-seeding ---------------------------------------------------------
     def _super_seeding(self) -> bool:
         """Whether peers connecting now are super-seeded (we seed, and the setting is on)."""
-        if not self.settings.super_seeding or not self.complete:
+        if not self.settings.super_seeding or not self.complete or self.downloaded:
             return False
         if self._ss is None:
             # An offer is served once every block a peer requests is sent: pads are not.
