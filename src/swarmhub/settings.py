@@ -97,7 +97,8 @@ class Settings:
     )
     rechoke_interval: float = _f(10.0, "seconds between choke/unchoke decisions", lo=1.0)
     super_seeding: bool = _f(
-        True, "as a seed, show each peer a few pieces at a time, the ones the swarm lacks "
+        True, "as an initial seed (nothing downloaded this session: a finished download "
+        "seeds openly), show each peer a few pieces at a time, the ones the swarm lacks "
         "most, so each piece leaves us about once (BEP 16 style; unchokes every interested "
         "peer). For an initial seed facing many leechers"
     )

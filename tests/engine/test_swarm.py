@@ -1028,3 +1028,32 @@ def test_pex_tells_peers_by_their_listen_address_only() -> None:
     s.peer("gone").closed = True
     assert listen_addrs(s.peers.values()) == {
         ("10.7.7.7", 6881): 0, ("10.7.7.9", 7000): FLAG_REACHABLE}
+
+
+def test_a_leecher_that_finished_seeds_openly_not_as_a_super_seed() -> None:
+    """Super-seeding is for an initial seed: a finished leecher's pieces are in the swarm
+    already. A newcomer gets HaveAll (no hidden pieces, no offers) and the seeding choker
+    keeps its slots (a super-seed unchokes every interested peer at once)."""
+    s = make_swarm(pieces=2, settings=Settings(super_seeding=True, unchoke_slots=2))
+    join(s, "a", has_all=True)
+    s.message("a", m.Unchoke(), 0.0)
+    reqs = [r for r in sent(s.take(), "a", m.Request) if isinstance(r, m.Request)]
+    for r in reqs:
+        s.block("a", r.index, r.begin, r.length, 1.0)
+    s.take()
+    for i in range(2):
+        s.piece_verified(i, True, 1.5)
+    assert s.complete and any(isinstance(a, Completed) for a in s.take())
+    names = [join(s, f"p{i}", 2.0) for i in range(6)]
+    acts = s.take()
+    for name in names:
+        assert sent(acts, name, m.HaveAll) and not sent(acts, name, m.Have)
+        s.message(name, m.Interested(), 2.0)
+    s.tick(12.0)  # the choke round
+    s.take()
+    open_to = [n for n in names if not s.peer(n).am_choking]
+    assert len(open_to) == 3  # two slots and the optimistic unchoke
+    # An initial seed (nothing downloaded) still super-seeds.
+    seed = make_swarm(pieces=2, have="**", settings=Settings(super_seeding=True))
+    join(seed, "x")
+    assert sent(seed.take(), "x", m.HaveNone)

@@ -1087,8 +1087,16 @@ class Swarm:
 
     # -- choking and super-seeding ---------------------------------------------------------
     def _super_seeding(self) -> bool:
-        """Whether peers connecting now are super-seeded (we seed, and the setting is on)."""
-        if not self.settings.super_seeding or not self.complete:
+        """Whether peers connecting now are super-seeded: the setting is on and we seed
+        what we did not download in this session (an initial seed).
+
+        Why not a leecher that finished: its pieces are out in the swarm already (its
+        peers saw every Have), so hiding them only holds newcomers back, and a super-seed
+        unchokes every interested peer, which split a finished peer's uplink across all
+        of them while the rest waited for their last pieces (``lab simulate`` 256 KiB
+        pieces, seeds 1-3: N=256 p2p 1.35-1.38 -> 1.32-1.33x the bound, hybrid
+        1.35-1.37 -> 1.32-1.33; hybrid N=64 1.27-1.29 -> 1.25-1.27)."""
+        if not self.settings.super_seeding or not self.complete or self.downloaded:
             return False
         if self._ss is None:
             # An offer is served once every block a peer requests is sent: pads are not.
