@@ -293,13 +293,12 @@ class Torrent(TorrentViews):
 
     # -- pieces: verify, write, finish -----------------------------------------------------------
     async def _verify(self, index: int, want_digests: bool) -> None:
-        v1 = self.uploads.wants_v1(index)  # SHA-1 now, in the same hash job: no extra hop
-        try:
-            ok, digests = await self.pieces.verify(index, want_digests, v1)
+        try:  # a v1 peer waiting for it: SHA-1 now, in the same hash job (no extra hop)
+            ok, hashes = await self.pieces.verify(index, want_digests, self.uploads.wants_v1(index))
         except (StorageError, InconsistentHashesError) as exc:
             self._fail(str(exc))
             return
-        self.swarm.piece_verified(index, ok, self.clock(), digests)
+        self.swarm.piece_verified(index, ok, self.clock(), hashes)
         if ok:
             self._piece_done(index)
         self._flush()
