@@ -51,9 +51,9 @@ async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
             release.wait(60)  # hang guard: the test releases it
         real_write(self, offset, buf)  # type: ignore[arg-type]
 
-    def noting_check(self: PieceVerifier, index: int, view: object) -> bool:
+    def noting_check(self: PieceVerifier, index: int, view: object, v1: bool = False) -> bool:
         checked.append(index)
-        return real_check(self, index, view)  # type: ignore[arg-type]
+        return real_check(self, index, view, v1)  # type: ignore[arg-type]
 
     monkeypatch.setattr(TorrentStorage, "write", slow_first_write)
     monkeypatch.setattr(PieceVerifier, "check", noting_check)

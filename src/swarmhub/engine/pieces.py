@@ -149,7 +149,7 @@ class Pieces:
         settles it with that error, nothing written."""
         view = memoryview(buf)
         pl = self.meta.piece_length
-        check = functools.partial(self.verifier.check, v1=True) if v1 else self.verifier.check
+        check = functools.partial(self.verifier.check, v1=v1)
 
         def write(ok: list[bool], value: _T) -> None:
             if done.cancelled():
@@ -250,8 +250,7 @@ class Pieces:
                 if item.fut.done():
                     continue  # the verify was given up (the torrent is stopping)
                 try:
-                    ok = (self.verifier.check(item.index, item.view, v1=True) if item.v1
-                          else self.verifier.check(item.index, item.view))
+                    ok = self.verifier.check(item.index, item.view, v1=item.v1)
                     item.verdict = (ok, _block_digests(item.buf)
                                     if item.want_digests or not ok else None)
                     if ok:
