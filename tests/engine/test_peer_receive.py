@@ -117,7 +117,7 @@ def stub_session(torrent: StubTorrent) -> Any:
         reserved=reserved,
         peer_id=b"L" * 20,
         torrent_for_hash=lambda h: torrent if h == INFO_HASH else None,
-        handshake_for=lambda t: m.Handshake(reserved, INFO_HASH, b"L" * 20),
+        handshake_for=lambda t, theirs=None: m.Handshake(reserved, INFO_HASH, b"L" * 20),
     )
 
 

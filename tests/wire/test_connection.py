@@ -136,6 +136,21 @@ def test_handshake_negotiates_the_bits_both_sides_set() -> None:
     assert both_v2.a.v2_upgrade and both_v2.b.v2_upgrade and both_v2.a.fast
 
 
+def test_a_responder_sets_its_bits_after_the_peer_handshake_and_not_after_its_own() -> None:
+    """An incoming connection learns its torrent (v2 or not) from the peer's handshake."""
+    c = PeerConnection(our_reserved=make_reserved())
+    c.receive_data(encode(Handshake(make_reserved(v2=True), INFO_HASH, b"B" * 20)))
+    assert isinstance(c.next_event(), Handshake) and not c.v2_upgrade
+    c.set_our_reserved(make_reserved(v2=True))
+    assert c.v2_upgrade  # negotiated again with the new bits
+    with pytest.raises(LocalProtocolError, match="8 bytes"):
+        c.set_our_reserved(b"\0")
+    c.send(Handshake(make_reserved(v2=True), INFO_HASH, b"A" * 20))
+    with pytest.raises(LocalProtocolError, match="fixed"):
+        c.set_our_reserved(make_reserved())
+    assert c.v2_upgrade and c.our_reserved == make_reserved(v2=True)
+
+
 def test_initial_choke_and_interest_state() -> None:
     c = PeerConnection(our_reserved=make_reserved())
     assert (c.am_choking, c.am_interested, c.peer_choking, c.peer_interested) == (

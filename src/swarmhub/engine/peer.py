@@ -330,7 +330,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
             self.session.settings.handshake_timeout, self.close, "handshake timed out"
         )
         if self.torrent is not None:
-            self.write(self.conn.send(self.session.handshake_for(self.torrent)))
+            self._send_handshake(self.session.handshake_for(self.torrent))
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -669,10 +669,9 @@ class PeerProtocol(asyncio.BufferedProtocol):
         if torrent is None:
             self.close("handshake for a torrent we do not have")
             return
-        if self.torrent is None:  # incoming: answer with the hash the peer used
+        if self.torrent is None:  # incoming: answer the hash the peer used (or upgrade)
             self.torrent = torrent
-            self.write(self.conn.send(m.Handshake(session.reserved, hs.info_hash,
-                                                  session.peer_id)))
+            self._send_handshake(session.handshake_for(torrent, hs))
         elif torrent is not self.torrent:
             self.close("peer answered for another torrent")
             return
@@ -694,6 +693,10 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self.peer = Peer(self, torrent, hs.peer_id)
         self.peer.outgoing = outgoing
         torrent.on_peer_connected(self.peer)
+
+    def _send_handshake(self, hs: m.Handshake) -> None:
+        self.conn.set_our_reserved(hs.reserved)  # per torrent: the BEP 52 upgrade bit
+        self.write(self.conn.send(hs))
 
     def close(self, reason: str) -> None:
         self.session.pending.discard(self)

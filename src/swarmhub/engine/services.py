@@ -72,7 +72,8 @@ class PeerServices(Protocol):
     pending: set[Any]
 
     def torrent_for_hash(self, info_hash: bytes) -> PeerHost | None: ...
-    def handshake_for(self, torrent: PeerHost) -> m.Handshake: ...
+    def handshake_for(self, torrent: PeerHost,
+                      theirs: m.Handshake | None = None) -> m.Handshake: ...
 
 
 class ListenerServices(PeerServices, Protocol):

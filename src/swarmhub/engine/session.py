@@ -84,7 +84,9 @@ class Session:
         self.rng = rng or random.Random()
         self.state_dir = state_dir or default_state_dir()
         self.peer_id = make_peer_id(self.settings.peer_id_prefix)
+        #: our handshake's reserved bytes before its torrent is known (see handshake_for)
         self.reserved = m.make_reserved(extension=True, fast=True)
+        self._reserved_v2 = m.make_reserved(extension=True, fast=True, v2=True)
         self.disk_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, self.settings.disk_threads), thread_name_prefix="swarmhub-disk")
         #: Hashing (piece checks, rechecks) runs apart from disk I/O, on every core by default.
@@ -213,8 +215,23 @@ class Session:
     def torrent_for_hash(self, info_hash: bytes) -> Torrent | None:
         return self._by_hash.get(info_hash)
 
-    def handshake_for(self, torrent: PeerHost) -> m.Handshake:
-        return m.Handshake(self.reserved, torrent.meta.info_hash, self.peer_id)
+    def handshake_for(self, torrent: PeerHost, theirs: m.Handshake | None = None) -> m.Handshake:
+        """Our handshake for ``torrent``: to open a connection, or to answer ``theirs``.
+
+        A torrent with a v2 info hash (hybrid, v2-only) sets the BEP 52 upgrade bit: we
+        check pieces by SHA-256, so a peer that sets it too needs no SHA-1 check of what
+        we upload (see Uploader). A peer that sets it on the v1 hash of a hybrid torrent
+        gets the truncated v2 hash back: the upgrade BEP 52 describes, and libtorrent's
+        answer (it then counts the connection as v2 on its side too).
+        """
+        meta = torrent.meta
+        info_hash = meta.info_hash if theirs is None else theirs.info_hash
+        v2 = meta.info_hash_v2
+        if v2 is None:
+            return m.Handshake(self.reserved, info_hash, self.peer_id)
+        if theirs is not None and m.has_bit(theirs.reserved, m.RESERVED_V2_UPGRADE):
+            info_hash = v2[:20]
+        return m.Handshake(self._reserved_v2, info_hash, self.peer_id)
 
     def charge_download(self, n: int, now: float) -> float:
         """Seconds the connection should stop reading to honour the download limit."""

@@ -284,8 +284,19 @@ class PeerConnection:
         if n is not None and index >= n:
             raise error(f"{name} for piece {index}, but the torrent has {n} pieces")
 
+    def set_our_reserved(self, reserved: bytes) -> None:
+        """Change the 8 bytes our handshake will carry, until it is sent: an incoming
+        connection learns its torrent, and so whether to set the BEP 52 upgrade bit, from
+        the peer's handshake."""
+        if self.our_phase is not Phase.HANDSHAKE:
+            raise LocalProtocolError("our handshake is sent: its reserved bytes are fixed")
+        if len(reserved) != 8:
+            raise LocalProtocolError(f"our_reserved must be 8 bytes, not {len(reserved)}")
+        self.our_reserved = bytes(reserved)
+        self._negotiate()
+
     def _negotiate(self) -> None:
-        # Our bits are fixed at construction (send() insists the handshake carries them),
+        # Our bits are fixed once our handshake is sent (send() insists it carries them),
         # so the outcome is known as soon as the peer's handshake is in.
         hs = self.their_handshake
         if hs is None:
