@@ -71,6 +71,10 @@ class Uploader:
         self._v1_checks: dict[int, asyncio.Future[None]] = {}
         #: pieces being verified with their SHA-1 too (see wants_v1)
         self._v1_asked: set[int] = set()
+        #: peers served that may check our pieces by SHA-1 (see _speaks_v1): while there
+        #: are none, wants_v1 scans no peers (a hybrid swarm of peers that set the BEP 52
+        #: bit scanned them all for each piece it verified: ~9,000 calls a peer at N=16)
+        self._v1_peers = 0
         #: the torrent's own upload limit (its driver changes the rate in place)
         self._up_limiter = limiter
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
@@ -164,7 +168,7 @@ class Uploader:
         ~1 us per KiB, where a check of its own at the first upload costs a thread hop
         (~0.4 ms CPU a piece: +0.46 CPU-s a peer in the netns lab N=16). A lone download
         (its only peer a seed) hashes nothing more."""
-        wanted = (self._verifier is not None and not self._v1_ok[index]
+        wanted = (self._v1_peers > 0 and not self._v1_ok[index]
                   and self._lacking(index, v1_only=True))
         if wanted:
             self._v1_asked.add(index)  # passed once keep_written hears of it
@@ -266,15 +270,18 @@ class Uploader:
         ps = t.swarm.peers.get(peer)
         if ps is None:
             return  # it left before this task ran
+        v1 = self._verifier is not None and self._speaks_v1(peer)
+        self._v1_peers += v1
         try:
-            await self._serve(peer, ps.incoming)
+            await self._serve(peer, ps.incoming, v1)
         finally:
+            self._v1_peers -= v1
             self._fds.pop(peer, None)
 
-    async def _serve(self, peer: Peer, incoming: RequestQueue) -> None:
+    async def _serve(self, peer: Peer, incoming: RequestQueue, v1: bool) -> None:
         t = self.torrent
         send_piece = peer.conn.send_piece
-        v1_ok = self._v1_ok if self._verifier is not None and self._speaks_v1(peer) else None
+        v1_ok = self._v1_ok if v1 else None
         while not peer.closed:
             if not incoming:
                 peer.upload_wakeup.clear()
