@@ -499,15 +499,16 @@ class PiecePicker:
         """A Have message: ``peer`` now has piece ``index``."""
         if not 0 <= index < self._n:
             self._check_index(index)
-        if peer in self._seeds:
-            return
         bits = self._peers.get(peer)
         if bits is None:
+            if peer in self._seeds:
+                return
             bits = self._peer_bits(peer)
         if bits[index]:
             return
         bits[index] = 1
-        self._eg_dry.pop(peer, None)
+        if self._eg_dry:  # (empty until end-game: no lookup per Have before it)
+            self._eg_dry.pop(peer, None)
         avail = self._avail
         a = avail[index]
         avail[index] = a + 1
@@ -671,10 +672,12 @@ class PiecePicker:
         """
         if count <= 0 or self._wanted_missing == 0:
             return []
-        bits = None if peer in self._seeds else self._peers.get(peer)
+        bits = self._peers.get(peer)  # (a seed has no bits: never in both)
         if bits is None and peer not in self._seeds:
             return []
-        reqs = self._reqs.setdefault(peer, {})
+        reqs = self._reqs.get(peer)
+        if reqs is None:  # (not setdefault: that builds an empty dict per call)
+            reqs = self._reqs[peer] = {}
         idle = not reqs  # end-game duplicates go only to a peer with nothing outstanding
         out: list[Block] = []
         if self._partial:
