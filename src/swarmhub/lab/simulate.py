@@ -43,7 +43,7 @@ from swarmhub.engine.actions import (
 )
 from swarmhub.engine.peerstate import PeerState
 from swarmhub.engine.pex import PexPeer
-from swarmhub.engine.picker import Block
+from swarmhub.engine.picker import Block, make_block
 from swarmhub.engine.swarm import Swarm
 from swarmhub.lab.netmodel import MSS, OVERHEAD, SMALL, EventQueue, Link, Network, Pipe, wire
 from swarmhub.lab.simhosts import HostSpec, SimTracker
@@ -458,7 +458,7 @@ class Simulation:
                 length = req.length
                 size = PIECE_HEADER + length
                 size += -(-size // MSS) * OVERHEAD  # wire(size), inlined
-                block = Block(index, req.begin, length)
+                block = make_block((index, req.begin, length))
                 # The queue's last item (never the head, which is leaving) takes the block
                 # if it is a run of the same piece with room: a run grows across serves,
                 # as blocks written back to back merge in the peer's socket buffer.
