@@ -218,6 +218,23 @@ def test_peers_learn_more_peers_through_pex() -> None:
     assert all(a > b for a, b in zip(with_pex, without, strict=True))  # each learns some
 
 
+def test_peers_queue_one_shared_tuple_per_address_learnt_through_pex() -> None:
+    """Every peer's dialer may hold a thousand addresses, most learnt through PEX: equal
+    addresses are one object across the run (at N=10,000 a tuple per message was
+    ~60 KB per peer)."""
+    specs = [HostSpec(20e6, 100e6, 0.01) for _ in range(41)]
+    settings = Settings(pex=True, max_connections_per_torrent=6)  # full: candidates wait
+    sim = Simulation("p2p", specs, 32 * MIB, 32 * 1024, settings, rng=random.Random(1))
+    sim.tracker.max_numwant = 1
+    sim.run(4.0)
+    queued = [a for n in sim.clients if n.swarm is not None for a in n.swarm.dialer.candidates]
+    by_addr: dict[tuple[str, int], set[int]] = {}
+    for addr in queued:
+        by_addr.setdefault(addr, set()).add(id(addr))
+    assert len(queued) > len(by_addr)  # some address is queued by several peers
+    assert all(len(ids) == 1 for ids in by_addr.values())
+
+
 def _small_swarm(until: float) -> Simulation:
     specs = [HostSpec(20e6, 100e6, 0.01) for _ in range(9)]
     sim = Simulation("p2p", specs, 4 * MIB, 32 * 1024, Settings(), rng=random.Random(1))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 import struct
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from swarmhub.engine.flow import BACKLOG, RATE, ReadGate, reply_limit
 from swarmhub.engine.peerstate import RateMeter  # re-exported: its old home
 from swarmhub.engine.pex import PexPeer
-from swarmhub.engine.picker import Block
+from swarmhub.engine.picker import make_block
 from swarmhub.engine.services import PeerHost, PeerServices
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.wire import messages as m
@@ -249,8 +248,6 @@ def _flush_held(loop: asyncio.AbstractEventLoop) -> None:
 
 
 _FAST_IDS = (m.MessageId.PIECE, m.MessageId.REQUEST, m.MessageId.HAVE)
-#: ``Block`` from a tuple without the Python-level ``__new__`` of a named tuple.
-_block: Callable[[tuple[int, int, int]], Block] = functools.partial(tuple.__new__, Block)
 
 
 def _frames_to_next_piece(view: memoryview, pos: int, end: int) -> int:
@@ -456,7 +453,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._cork = bytearray()
         try:
             while True:
-                blocks, starts, pos, error = pieces_at(view, pos, end, PIECE_BATCH, _block)
+                blocks, starts, pos, error = pieces_at(view, pos, end, PIECE_BATCH, make_block)
                 if blocks:
                     on_blocks(peer, view, blocks, starts)
                 if error is not None:

@@ -34,12 +34,14 @@ class RateMeter:
     two empty arrays are 128 bytes per meter.
     """
 
-    __slots__ = ("_bytes", "_starts", "_sum", "_window", "total")
+    __slots__ = ("_bytes", "_last", "_starts", "_sum", "_window", "total")
 
     def __init__(self, window: float = 5.0) -> None:
         self._window = window
         self._starts: array[float] | None = None
         self._bytes: array[int] | None = None
+        #: ``_starts[-1]`` while there are samples (no array read per add)
+        self._last = 0.0
         self._sum = 0
         self.total = 0
 
@@ -51,11 +53,13 @@ class RateMeter:
         if starts is None or counts is None:
             self._starts = array("d", (now,))
             self._bytes = array("q", (n,))
-        elif now - starts[-1] < 0.1:
+            self._last = now
+        elif now - self._last < 0.1:
             counts[-1] += n
         else:
             starts.append(now)
             counts.append(n)
+            self._last = now
 
     def rate(self, now: float) -> float:
         starts = self._starts

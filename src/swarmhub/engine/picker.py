@@ -53,7 +53,7 @@ from typing import NamedTuple
 
 from swarmhub.errors import LocalProtocolError
 
-__all__ = ["MAX_PRIORITY", "Block", "BlockResult", "PiecePicker", "pad_blocks_for"]
+__all__ = ["MAX_PRIORITY", "Block", "BlockResult", "PiecePicker", "make_block", "pad_blocks_for"]
 
 #: Highest piece priority (libtorrent's top_priority).
 MAX_PRIORITY = 7
@@ -88,8 +88,9 @@ class BlockResult(NamedTuple):
         return self.cancel_peers
 
 
-#: ``Block`` from a tuple without the Python-level ``__new__`` of a named tuple (per block).
-_block: Callable[[tuple[int, int, int]], Block] = functools.partial(tuple.__new__, Block)
+#: ``Block`` from a tuple without the Python-level ``__new__`` of a named tuple (per block:
+#: here, in the peer's receive path and in the simulator's upload loop).
+make_block: Callable[[tuple[int, int, int]], Block] = functools.partial(tuple.__new__, Block)
 #: Block states of a piece whose every block is requested (a prefix of it: most pieces).
 _ALL_REQUESTED = bytes([_REQUESTED]) * 1024
 
@@ -499,15 +500,16 @@ class PiecePicker:
         """A Have message: ``peer`` now has piece ``index``."""
         if not 0 <= index < self._n:
             self._check_index(index)
-        if peer in self._seeds:
-            return
         bits = self._peers.get(peer)
         if bits is None:
+            if peer in self._seeds:
+                return
             bits = self._peer_bits(peer)
         if bits[index]:
             return
         bits[index] = 1
-        self._eg_dry.pop(peer, None)
+        if self._eg_dry:  # (empty until end-game: no lookup per Have before it)
+            self._eg_dry.pop(peer, None)
         avail = self._avail
         a = avail[index]
         avail[index] = a + 1
@@ -671,10 +673,12 @@ class PiecePicker:
         """
         if count <= 0 or self._wanted_missing == 0:
             return []
-        bits = None if peer in self._seeds else self._peers.get(peer)
+        bits = self._peers.get(peer)  # (a seed has no bits: never in both)
         if bits is None and peer not in self._seeds:
             return []
-        reqs = self._reqs.setdefault(peer, {})
+        reqs = self._reqs.get(peer)
+        if reqs is None:  # (not setdefault: that builds an empty dict per call)
+            reqs = self._reqs[peer] = {}
         idle = not reqs  # end-game duplicates go only to a peer with nothing outstanding
         out: list[Block] = []
         if self._partial:
@@ -737,9 +741,9 @@ class PiecePicker:
             blocks[j:k] = _ALL_REQUESTED[: k - j] if k - j <= len(_ALL_REQUESTED) \
                 else bytes([_REQUESTED]) * (k - j)
             requesters.update(dict.fromkeys(range(j, k), mine))
-            new = [_block((index, begin, bs)) for begin in range(j * bs, k * bs, bs)]
+            new = [make_block((index, begin, bs)) for begin in range(j * bs, k * bs, bs)]
             if k == n and size % bs:
-                new[-1] = _block((index, (n - 1) * bs, size - (n - 1) * bs))
+                new[-1] = make_block((index, (n - 1) * bs, size - (n - 1) * bs))
             out += new
             reqs.update(dict.fromkeys(new))
             taken += k - j

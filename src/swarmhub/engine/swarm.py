@@ -443,7 +443,14 @@ class Swarm:
     def message(self, handle: Hashable, msg: m.Message, now: float) -> None:
         """Any message but Piece (see :meth:`block`), already checked by the wire core."""
         ps = self.peers.get(handle)
-        if ps is None or ps.closed:
+        if ps is not None:
+            self.receive(ps, msg, now)
+
+    def receive(self, ps: PeerState, msg: m.Message, now: float) -> None:
+        """:meth:`message` from the peer whose state :meth:`connected` returned, until
+        :meth:`disconnected` (a driver that keeps it skips the lookup by handle: the
+        simulator, for every message of the run)."""
+        if ps.closed:
             return
         ps.last_recv = now
         # Have and Request are most of a swarm's messages: an exact type check first
@@ -454,6 +461,7 @@ class Swarm:
         if type(msg) is m.Request:
             self._on_request(ps, msg, now)
             return
+        handle = ps.handle
         match msg:
             case m.Request():
                 self._on_request(ps, msg, now)
@@ -622,6 +630,12 @@ class Swarm:
         ps = self.peers.get(handle)
         if ps is None:
             return [False for _ in got]
+        return self.blocks_from(ps, got, now)
+
+    def blocks_from(self, ps: PeerState, got: Iterable[Block], now: float) -> list[bool]:
+        """:meth:`blocks_received` from the peer whose state :meth:`connected` returned,
+        until :meth:`disconnected` (see :meth:`receive`)."""
+        handle = ps.handle
         ps.last_recv = ps.last_data = now
         requested = ps.requested
         have = self.have
@@ -1407,14 +1421,18 @@ class Swarm:
         if not self.active:
             return
         dialer = self.dialer
+        room = (self.settings.max_connections_per_torrent - len(self.peers)
+                - len(dialer.connecting))
+        if room <= 0 and not (dialer.direct and self.downloading):
+            # Nothing to dial and nobody to requeue: skip the address set (every tick
+            # of every peer at its cap; each address is a new tuple in compiled code).
+            return
         connected = {ps.addr for ps in self.peers.values()}
         for ps in self.peers.values():
             if ps.listen_addr is not None:
                 connected.add(ps.listen_addr)
         if self.downloading:
             dialer.requeue_direct(now, connected)
-        room = (self.settings.max_connections_per_torrent - len(self.peers)
-                - len(dialer.connecting))
         for addr in dialer.next(now, connected, room):
             self._out.append(Connect(addr))
 

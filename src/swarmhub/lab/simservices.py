@@ -47,6 +47,10 @@ class Services:
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
+        #: one tuple per address: PEX hands every peer new ``(host, port)`` tuples, and
+        #: each peer's dialer keeps up to ``Dialer.MAX_CANDIDATES`` of them (a new tuple
+        #: each was ~60 KB per peer at N=10,000); shared ones cost a reference
+        self._addrs: dict[tuple[str, int], tuple[str, int]] = {}
 
     def announce(self, node: Node, event: str | None) -> None:
         lat = self.sim._lat(node, self.sim.source)
@@ -118,7 +122,8 @@ class Services:
             end.pex = PexPeer(now)
         addrs = end.pex.received(now, msg, own=node.swarm.dialer.own)
         if addrs:
-            node.swarm.add_peers(addrs, now)
+            canon = self._addrs.setdefault
+            node.swarm.add_peers([canon(a, a) for a in addrs], now)
             self.sim.flush(node)
 
     def http_get(self, node: Node, ranges: list[tuple[int, int]], *, cs: bool = False) -> None:

@@ -26,7 +26,7 @@ import heapq
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from swarmhub.engine.actions import (
     Action,
@@ -41,8 +41,9 @@ from swarmhub.engine.actions import (
     Serve,
     Verify,
 )
+from swarmhub.engine.peerstate import PeerState
 from swarmhub.engine.pex import PexPeer
-from swarmhub.engine.picker import Block
+from swarmhub.engine.picker import Block, make_block
 from swarmhub.engine.swarm import Swarm
 from swarmhub.lab.netmodel import MSS, OVERHEAD, SMALL, EventQueue, Link, Network, Pipe, wire
 from swarmhub.lab.simhosts import HostSpec, SimTracker
@@ -86,7 +87,7 @@ class End:
     """Our side of one connection. The core knows it by ``uid``, an int: cheap to hash,
     and deterministic (set order inside the core must not vary from run to run)."""
 
-    __slots__ = ("far", "node", "open", "out", "pex", "remote", "uid")
+    __slots__ = ("far", "node", "open", "out", "pex", "ps", "remote", "uid")
     __deletable__ = ("far",)  # mypyc: a closed End drops its far side (see _close)
 
     def __init__(self, node: Node, remote: Node, uid: int) -> None:
@@ -94,6 +95,9 @@ class End:
         self.uid = uid
         self.open = True
         self.pex: PexPeer | None = None  #: BEP 11 books with the remote (all peers offer it)
+        #: what the core's ``connected`` returned (None before): while the End is open the
+        #: core has not been told ``disconnected``, so it stands for the uid (no lookup)
+        self.ps: PeerState | None = None
         self.out: Pipe  # set by the simulation
         self.far: End  #: the other side's End
 
@@ -113,7 +117,9 @@ class End:
         swarm = node.swarm
         assert swarm is not None  # ends exist only on hosts that run a core
         got = sum([b.length for b in blocks])
-        stored = swarm.blocks_received(self.uid, blocks, sim.ev.now)
+        ps = self.ps
+        stored = swarm.blocks_from(ps, blocks, sim.ev.now) if ps is not None else [
+            False for _ in blocks]
         node.got += got
         node.useful += got if all(stored) else sum(
             [b.length for b, ok in zip(blocks, stored, strict=True) if ok])
@@ -131,11 +137,12 @@ class End:
         node = self.node
         swarm = node.swarm
         assert swarm is not None
-        message = swarm.message
-        uid = self.uid
-        now = node.sim.ev.now
-        for msg in msgs:
-            message(uid, msg, now)
+        ps = self.ps
+        if ps is not None:
+            receive = swarm.receive
+            now = node.sim.ev.now
+            for msg in msgs:
+                receive(ps, msg, now)
         node.sim.flush(node)
 
     def got_handshake(self, _payload: object) -> None:
@@ -216,8 +223,10 @@ class Simulation:
         self.seed_leaves_after_copy = seed_leaves_after_copy
         self.on_event = on_event or (lambda _e: None)
         self._uid = 0  #: the last connection end's uid (two per connection accepted)
-        #: open connection ends by the handle their core knows them by
-        self.by_uid: dict[int, End] = {}
+        #: open connection ends by the handle their core knows them by (a list indexed
+        #: by uid, None once closed: uids count up from 2, and a list index is cheaper
+        #: than a dict lookup on the per-message paths)
+        self.by_uid: list[End | None] = [None, None]
         #: handshakes refused, by reason (the swarm's connectivity, for the report)
         self.refusals: Counter[str] = Counter()
         self._source_sent = 0
@@ -300,7 +309,7 @@ class Simulation:
                 handlers[type(a)](node, a)
 
     def _do_send(self, node: Node, a: Send) -> None:
-        end = self.by_uid.get(a.peer)  # type: ignore[call-overload]
+        end = self.by_uid[cast(int, a.peer)]
         if end is not None and end.open:
             msgs = a.messages
             self.net.send(end.out, sum(map(msg_size, msgs)), msgs, end.far.got_msgs)
@@ -316,7 +325,7 @@ class Simulation:
         small = wire(size) <= SMALL
         groups: dict[float, list[End]] = {}
         for uid in a.peers:
-            end = by_uid.get(uid)  # type: ignore[call-overload]
+            end = by_uid[cast(int, uid)]
             if end is None or not end.open:
                 continue
             pipe = end.out
@@ -340,25 +349,24 @@ class Simulation:
         now = self.ev.now
         flush = self.flush
         for end in ends:
-            if not end.open:
+            ps = end.ps
+            if not end.open or ps is None:
                 continue
             node = end.node
             swarm = node.swarm
             assert swarm is not None
-            message = swarm.message
-            uid = end.uid
             for msg in msgs:
-                message(uid, msg, now)
+                swarm.receive(ps, msg, now)
             if swarm._out:
                 flush(node)
 
     def _do_serve(self, node: Node, a: Serve) -> None:
-        end = self.by_uid.get(a.peer)  # type: ignore[call-overload]
+        end = self.by_uid[cast(int, a.peer)]
         if end is not None:
             self.serve(end)
 
     def _close_uid(self, uid: int) -> None:
-        end = self.by_uid.get(uid)
+        end = self.by_uid[uid]
         if end is not None:
             self.close(end)
 
@@ -400,11 +408,11 @@ class Simulation:
         by_uid = self.by_uid
 
         def queued(uid: Any) -> int:
-            end = by_uid.get(uid)
+            end = by_uid[uid]
             return end.out.queued if end is not None else 0
 
         for uid, grant in swarm.upload_grants(queued, self.ev.now):
-            end = by_uid.get(uid)  # type: ignore[call-overload]
+            end = by_uid[cast(int, uid)]
             if end is not None and end.node is node:
                 self._serve(end, grant)
 
@@ -419,7 +427,7 @@ class Simulation:
         swarm = node.swarm
         if not end.open or swarm is None:
             return
-        ps = swarm.peers.get(end.uid)
+        ps = end.ps
         if ps is None:
             return
         incoming = ps.incoming
@@ -450,7 +458,7 @@ class Simulation:
                 length = req.length
                 size = PIECE_HEADER + length
                 size += -(-size // MSS) * OVERHEAD  # wire(size), inlined
-                block = Block(index, req.begin, length)
+                block = make_block((index, req.begin, length))
                 # The queue's last item (never the head, which is leaving) takes the block
                 # if it is a run of the same piece with room: a run grows across serves,
                 # as blocks written back to back merge in the peer's socket buffer.
@@ -584,7 +592,7 @@ class Simulation:
         mine, theirs = End(target, node, uid), End(node, target, uid + 1)
         mine.out, theirs.out = self._pipe(mine, theirs), self._pipe(theirs, mine)
         mine.far, theirs.far = theirs, mine
-        self.by_uid[mine.uid], self.by_uid[theirs.uid] = mine, theirs
+        self.by_uid += (mine, theirs)  # at indices uid and uid + 1
         target.ends[mine] = None
         self.net.send(mine.out, HANDSHAKE + EXT_HANDSHAKE, None, theirs.got_handshake)
         self._connected(mine, False)
@@ -595,8 +603,8 @@ class Simulation:
         assert swarm is not None
         remote = end.remote
         addr = remote.addr if outgoing else self._from_addr(remote, end.uid)
-        swarm.connected(end.uid, addr, remote.peer_id, fast=True, now=self.ev.now,
-                        outgoing=outgoing)
+        end.ps = swarm.connected(end.uid, addr, remote.peer_id, fast=True, now=self.ev.now,
+                                 outgoing=outgoing)
         # its extension handshake came with its handshake; every host listens on its addr
         swarm.extension_handshake(end.uid, reqq=self.settings.max_outstanding_incoming_requests,
                                   listen_port=remote.addr[1])
@@ -629,7 +637,7 @@ class Simulation:
     def close_end(self, end: End) -> None:
         end.open = False
         end.node.ends.pop(end, None)
-        self.by_uid.pop(end.uid, None)
+        self.by_uid[end.uid] = None
         self.net.close(end.out)
         far = end.far
         self.ev.after(end.out.latency, self._remote_closed, far)
