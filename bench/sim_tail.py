@@ -17,7 +17,10 @@ Each run (32 MiB, 20 mbit up, 100 mbit down, as ``lab simulate``'s issue 9 runs)
 - ``idle``: every 0.1 s, each unfinished client whose uplink has nothing queued, by why:
   nothing it has is lacked by a neighbour / only choked neighbours lack it / the
   unchoked ones that lack it are not interested / they are, yet ask it for nothing
-  (their requests for those pieces sit at other peers).
+  (as the idle client sees its neighbours: a peer does not announce a piece to a peer
+  that has it and is interested in it, so "lack" can be stale; before 7ac4657 most of
+  the last kind were peers that had everything the client could give them and stayed
+  "interested" until their next tick).
 
 Why these: the p2p bound here is ``F/u_s`` and the clients must upload (N-1)/N of what
 the source sends, so their uplinks have no slack; an uplink that idles is made up only
