@@ -450,6 +450,29 @@ def test_a_complete_piece_is_verified_then_announced_with_have() -> None:
     assert any(isinstance(a, Close) and a.peer == "a" for a in acts)  # both seeds now
 
 
+def test_a_verified_piece_that_was_all_a_peer_had_for_us_ends_our_interest_at_once() -> None:
+    """Peer "a" has only piece 0 and "b" has pieces 0 and 1: once piece 0 is verified
+    we want nothing from "a", and say so at once (its unchoke slot goes to someone else),
+    not at the next tick; "b" still has piece 1 for us and is not told."""
+    s = make_swarm(pieces=4)
+    join(s, "a")
+    s.message("a", m.Have(0), 0.0)
+    join(s, "b")
+    s.message("b", m.Have(0), 0.0)
+    s.message("b", m.Have(1), 0.0)
+    s.message("a", m.Unchoke(), 0.0)
+    acts = s.take()
+    assert sent(acts, "a", m.Interested) and sent(acts, "b", m.Interested)
+    for r in sent(acts, "a", m.Request):
+        assert isinstance(r, m.Request) and r.index == 0
+        deliver(s, "a", r, 0.5)
+    s.piece_verified(0, True, 0.6)  # no tick in between
+    acts = s.take()
+    assert sent(acts, "a", m.NotInterested) == [m.NotInterested()]
+    assert not s.peer("a").am_interested
+    assert not sent(acts, "b", m.NotInterested) and s.peer("b").am_interested
+
+
 def test_a_piece_got_elsewhere_is_announced_to_a_super_seed_that_offered_it() -> None:
     """A super-seed (HaveNone, then a Have per offer) keeps an offer open until it is
     served or the peer reports the piece. Got from another peer, the piece must still be

@@ -1,0 +1,198 @@
+"""Where a simulated swarm's tail comes from: ``lab simulate`` runs taken apart.
+
+    SWARMHUB_PURE=1 .venv/bin/python bench/sim_tail.py [--peers 16,64,256] [--modes p2p]
+        [--seeds 1] [--piece-kib 256] [--latency-ms 10] [--set NAME=VALUE ...] [--json OUT]
+
+Each run (32 MiB, 20 mbit up, 100 mbit down, as ``lab simulate``'s issue 9 runs) prints:
+
+- ``ratio``, the source's upload (link level, and payload only) in F;
+- ``first copies out``: when every piece had reached some client once (from the source,
+  or the web seed in hybrid), and ``tail``: the last completion after that;
+- the completion CDF (min, p10, median, p90, max);
+- ``copies``: for the first, middle and last pieces to appear (10 each), the median time
+  from a piece's first copy to its 2nd, 4th, 8th ... and last copy (how fast a piece
+  spreads, hop by hop);
+- ``uplinks``: the clients' useful upload (payload that a receiver kept) per 0.5 s, as a
+  share of their payload capacity: the ramp at the start, the plateau, the end;
+- ``idle``: every 0.1 s, each unfinished client whose uplink has nothing queued, by why:
+  nothing it has is lacked by a neighbour / only choked neighbours lack it / the
+  unchoked ones that lack it are not interested / they are, yet ask it for nothing
+  (as the idle client sees its neighbours: a peer does not announce a piece to a peer
+  that has it and is interested in it, so "lack" can be stale; before 7ac4657 most of
+  the last kind were peers that had everything the client could give them and stayed
+  "interested" until their next tick).
+
+Why these: the p2p bound here is ``F/u_s`` and the clients must upload (N-1)/N of what
+the source sends, so their uplinks have no slack; an uplink that idles is made up only
+after the source is done, and the tail is about the clients' mean idle time.
+
+It observes by wrapping the simulator's methods, so it needs the pure-Python modules
+(``SWARMHUB_PURE=1``, set here when missing; about 1.7x slower than compiled). Virtual
+time: the figures do not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("SWARMHUB_PURE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from swarmhub import _compiled
+from swarmhub.lab import simulate as sim_mod
+from swarmhub.lab.netmodel import MSS, OVERHEAD
+from swarmhub.lab.simrun import SimOptions, simulate
+from swarmhub.settings import Settings
+
+__all__ = ["main", "run"]
+
+SIZE = 32 << 20
+UP, DOWN = 20e6, 100e6
+
+
+def _q(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+
+def run(mode: str, n: int, seed: int, piece: int, latency: float,
+        settings: Settings) -> dict[str, Any]:
+    """One run, observed; the figures described in the module docstring."""
+    Sim, End = sim_mod.Simulation, sim_mod.End
+    if _compiled.uses_compiled():
+        raise SystemExit("sim_tail needs the pure modules: run with SWARMHUB_PURE=1")
+    copies: dict[int, list[float]] = {}  # piece -> when each client verified it
+    useful: Counter[int] = Counter()  # 0.5 s bucket -> client-to-client payload kept
+    idle: dict[str, Counter[str]] = {"ramp": Counter(), "plateau": Counter(), "end": Counter()}
+    orig_verified, orig_blocks, orig_start = Sim._verified, End.got_blocks, Sim.start
+
+    def verified(self: Any, arg: tuple[Any, int]) -> None:
+        node, index = arg
+        if not node.gone and node.swarm is not None:
+            copies.setdefault(index, []).append(self.ev.now)
+        orig_verified(self, arg)
+
+    def got_blocks(self: Any, blocks: list[Any]) -> None:
+        sim = self.node.sim
+        if self.open and self.remote is not sim.source:
+            before = self.node.useful
+            orig_blocks(self, blocks)
+            useful[int(sim.ev.now * 2)] += self.node.useful - before
+            return
+        orig_blocks(self, blocks)
+
+    def start(self: Any) -> None:
+        orig_start(self)
+        first_copies_at = [float("inf")]
+
+        def sample(_arg: object) -> None:
+            now = self.ev.now
+            if len(copies) == self.num_pieces and first_copies_at[0] == float("inf"):
+                first_copies_at[0] = now
+            phase = "ramp" if now < 3.0 else "plateau" if now < first_copies_at[0] else "end"
+            for node in self.clients:
+                swarm = node.swarm
+                if swarm is None or node.done is not None or node.gone:
+                    continue
+                if any(e.out.queued for e in node.ends):
+                    idle[phase]["busy"] += 1
+                    continue
+                have = swarm.have
+                lack = [ps for ps in swarm.peers.values() if not ps.closed and any(
+                    h and not p for h, p in zip(have, ps.have, strict=True))]
+                unchoked = [ps for ps in lack if not ps.am_choking]
+                why = ("nothing a neighbour lacks" if not lack
+                       else "only choked neighbours lack it" if not unchoked
+                       else "unchoked ones not interested"
+                       if not any(ps.peer_interested for ps in unchoked)
+                       else "interested, no requests")
+                idle[phase][why] += 1
+            if self.pending:
+                self.ev.at(now + 0.1, sample, None)
+
+        self.ev.at(0.05, sample, None)
+
+    Sim._verified, End.got_blocks, Sim.start = verified, got_blocks, start  # type: ignore[method-assign]
+    try:
+        res = simulate(mode, SimOptions(
+            peers=n, size=SIZE, up=[(UP, 1.0)], down=[(DOWN, 1.0)], latency_s=latency,
+            piece_length=piece, seed=seed, settings=settings))
+    finally:
+        Sim._verified, End.got_blocks, Sim.start = orig_verified, orig_blocks, orig_start  # type: ignore[method-assign]
+    done = [h.completion_s for h in res.hosts if h.completion_s is not None]
+    first = {i: min(ts) for i, ts in copies.items()}
+    order = sorted(first, key=lambda i: first[i])
+    out_at = max(first.values())
+
+    def growth(pieces: list[int]) -> list[float]:
+        row, k = [], 2
+        while k <= n:
+            row.append(statistics.median(sorted(copies[i])[k - 1] - first[i] for i in pieces))
+            k *= 2
+        row.append(statistics.median(max(copies[i]) - first[i] for i in pieces))
+        return [round(x, 2) for x in row]
+
+    mid = len(order) // 2
+    capacity = n * UP / 8 * MSS / (MSS + OVERHEAD) * 0.5
+    end = max(done) if done else 0.0
+    return {
+        "mode": mode, "n": n, "seed": seed, "ratio": res.ratio, "bound_s": res.bound_s,
+        "source_xF": res.source_upload / SIZE,
+        "first_copies_out_s": out_at, "tail_s": end - out_at if done else None,
+        "cdf_s": [_q(done, p) for p in (0.0, 0.1, 0.5, 0.9, 1.0)] if done else [],
+        "copies_early": growth(order[:10]), "copies_mid": growth(order[mid - 5:mid + 5]),
+        "copies_late": growth(order[-10:]),
+        "uplinks": [round(useful[k] / capacity, 2) for k in range(int(end * 2) + 1)],
+        "idle": {ph: {k: round(v / max(1, sum(c.values())), 3) for k, v in c.most_common()}
+                 for ph, c in idle.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--peers", default="16,64,256")
+    ap.add_argument("--modes", default="p2p")
+    ap.add_argument("--seeds", default="1")
+    ap.add_argument("--piece-kib", type=int, default=256)
+    ap.add_argument("--latency-ms", type=float, default=10.0)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a Settings field for every peer, e.g. unchoke_slots=2")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    base = Settings()
+    for item in args.set:
+        name, _, value = item.partition("=")
+        cur = getattr(base, name)
+        overrides[name] = (value.lower() in ("1", "true", "yes")) if isinstance(cur, bool) \
+            else type(cur)(value)
+    settings = Settings(**overrides)
+    rows = []
+    for mode in args.modes.split(","):
+        for n in (int(x) for x in args.peers.split(",")):
+            for seed in (int(x) for x in args.seeds.split(",")):
+                r = run(mode, n, seed, args.piece_kib * 1024, args.latency_ms / 1000, settings)
+                rows.append(r)
+                print(f"{mode} N={n} seed {seed}: {r['ratio']:.3f}x the bound "
+                      f"({r['bound_s']:.2f} s), source {r['source_xF']:.3f} F; first copies "
+                      f"out {r['first_copies_out_s']:.2f} s, tail {r['tail_s']:.2f} s; "
+                      f"CDF {' '.join(f'{x:.2f}' for x in r['cdf_s'])}")
+                for k in ("copies_early", "copies_mid", "copies_late"):
+                    print(f"  {k:13} (2,4,8..,last) {' '.join(f'{x:.2f}' for x in r[k])}")
+                print(f"  uplinks /0.5 s {' '.join(f'{x:.2f}' for x in r['uplinks'])}")
+                for ph, shares in r["idle"].items():
+                    print(f"  {ph:8} {', '.join(f'{k} {v:.3f}' for k, v in shares.items())}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
