@@ -88,3 +88,30 @@ async def test_closing_sends_what_was_held() -> None:
     assert _decode(transport.written) == [m.Have(9)]
     peer.announce((m.Have(10),))  # after the close: dropped, as any write
     assert _decode(transport.written) == [m.Have(9)]
+
+
+async def test_bytes_packed_by_another_open_connection_are_sent_as_they_are() -> None:
+    proto, peer, transport, _ = await _peer()
+    peer.send(m.Interested())  # our first message out: the connection is open
+    packed = peer.announce((m.Have(11),))
+    assert packed == m.encode(m.Have(11))  # ours is open: the next peer may use them
+    other = m.encode(m.Have(12))  # what another connection of the torrent packed
+    assert peer.announce((m.Have(12),), other) is other
+    proto.close("done")
+    assert _decode(transport.written) == [m.Interested(), m.Have(11), m.Have(12)]
+
+
+async def test_a_connection_not_open_yet_packs_its_own_and_hands_the_bytes_on() -> None:
+    torrent = StubTorrent()
+    proto = PeerProtocol(stub_session(torrent), torrent)  # type: ignore[arg-type]
+    transport = LinesTransport()
+    proto.connection_made(transport)  # our handshake is out, theirs is not in
+    peer = Peer(proto, torrent, b"R" * 20)  # type: ignore[arg-type]
+    wrong = m.encode(m.Have(99))
+    # not open: our first message after the handshake may be a bitfield, so the bytes
+    # an open connection packed are not used as they are (send() decides)
+    assert peer.announce((m.Have(1),), wrong) is wrong  # handed on untouched
+    proto.close("done")
+    written = b"".join(transport.written)
+    assert m.encode(m.Have(1)) in written
+    assert m.encode(m.Have(99)) not in written

@@ -24,7 +24,7 @@ from swarmhub.engine.picker import Block
 from swarmhub.engine.services import PeerHost, PeerServices
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.wire import messages as m
-from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection
+from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection, Phase
 from swarmhub.wire.extensions import (
     METADATA_PIECE_SIZE,
     MetadataData,
@@ -97,15 +97,28 @@ class Peer:
         if data is not None:
             self.proto.write(data)
 
-    def announce(self, msgs: tuple[m.Message, ...]) -> None:
+    def announce(self, msgs: tuple[m.Message, ...], data: bytes | None = None) -> bytes | None:
         """Messages that may wait a little (the Haves of a piece we just got, told to
         every peer): they ride along with the next bytes we send this peer, or go out
-        within ``ANNOUNCE_DELAY`` (see :meth:`PeerProtocol.write_later`)."""
+        within ``ANNOUNCE_DELAY`` (see :meth:`PeerProtocol.write_later`).
+
+        ``data``: their bytes as another open connection of this torrent packed them
+        (the same for every such connection: same messages, same piece count), used as
+        they are when ours is open too. Returns the bytes for the next peer (None until
+        an open connection packed them)."""
         if self.closed:
-            return
-        data = self._encode(msgs, "announcing")
-        if data is not None:
-            self.proto.write_later(data)
+            return data
+        if self.conn.our_phase is not Phase.OPEN:  # send() decides (a first message...)
+            packed = self._encode(msgs, "announcing")
+            if packed is not None:
+                self.proto.write_later(packed)
+            return data
+        if data is None:
+            data = self._encode(msgs, "announcing")
+            if data is None:
+                return None
+        self.proto.write_later(data)
+        return data
 
     def _encode(self, msgs: tuple[m.Message, ...], what: str) -> bytes | None:
         """The wire bytes of ``msgs``, or None (logged as our bug) if one is invalid."""
