@@ -16,9 +16,10 @@ class FakePeer:
     def send_many(self, msgs: tuple[m.Message, ...]) -> None:
         self.log.append((self.name, msgs))
 
-    def announce(self, msgs: tuple[m.Message, ...], data: bytes | None = None) -> bytes:
+    def announce(self, msgs: tuple[m.Message, ...], data: bytes | None = None,
+                 choked: bool = False) -> bytes:
         """Like Peer.announce: returns the bytes for the next peer (packed by the first)."""
-        self.log.append((self.name, "announce", msgs, data))
+        self.log.append((self.name, "announce", msgs, data) + (("choked",) if choked else ()))
         return data if data is not None else b"packed by " + self.name.encode()
 
 
@@ -62,3 +63,18 @@ def test_a_broadcast_is_packed_once_for_all_its_peers() -> None:
     assert log == [("a", "announce", (m.Have(7),), None),
                    ("b", "announce", (m.Have(7),), b"packed by a"),
                    ("c", "announce", (m.Have(7),), b"packed by a")]
+
+
+class State:
+    def __init__(self, am_choking: bool) -> None:
+        self.am_choking = am_choking
+
+
+def test_peers_we_choke_are_told_they_may_wait_longer() -> None:
+    log: list[Any] = []
+    a, b, c = FakePeer("a", log), FakePeer("b", log), FakePeer("c", log)
+    states: dict[Any, Any] = {a: State(am_choking=True), b: State(am_choking=False)}
+    assert list(other_actions([Broadcast((a, b, c), (m.Have(3),))], states)) == []
+    assert log == [("a", "announce", (m.Have(3),), None, "choked"),
+                   ("b", "announce", (m.Have(3),), b"packed by a"),
+                   ("c", "announce", (m.Have(3),), b"packed by a")]  # gone: no state

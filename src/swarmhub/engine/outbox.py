@@ -17,21 +17,24 @@ batch and encoding them per peer was ~8 % of a lab peer's profile.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, cast
 
 from swarmhub.engine.actions import Action, Broadcast, Send
 
 if TYPE_CHECKING:
     from swarmhub.engine.peer import Peer
+    from swarmhub.engine.peerstate import PeerState
     from swarmhub.wire.messages import Message
 
 __all__ = ["other_actions"]
 
 
-def other_actions(actions: Iterable[Action]) -> Iterator[Action]:
+def other_actions(actions: Iterable[Action],
+                  states: Mapping[Hashable, PeerState] | None = None) -> Iterator[Action]:
     """The actions other than Send and Broadcast, in order; the messages those carried are
-    written (one write per peer) before each action yielded, and at the end."""
+    written (one write per peer) before each action yielded, and at the end. ``states``
+    (the core's peers) tells which peers we choke: their announcements may wait longer."""
     out: dict[Peer, list[Message]] = {}  # peers with a Send in this batch: written at once
     for action in actions:
         kind = type(action)
@@ -49,7 +52,8 @@ def other_actions(actions: Iterable[Action]) -> Iterator[Action]:
             for peer in peers:
                 queued = out.get(peer)
                 if queued is None:
-                    data = peer.announce(msgs, data)
+                    ps = states.get(peer) if states is not None else None
+                    data = peer.announce(msgs, data, ps is not None and ps.am_choking)
                 else:
                     queued.extend(msgs)  # after what we queued for it: in order
         else:
