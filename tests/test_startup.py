@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from interop.harness import VENV_PYTHON, Proc, make_test_data
 
 SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
@@ -131,6 +132,34 @@ def test_get_of_a_magnet_loads_no_tracker_client_before_its_first_peer(
     magnet = make_magnet(read_torrent(tfile), peers=[("127.0.0.1", port)])
     assert "tr=" not in magnet
     assert _early(tmp_path, _get(tmp_path, magnet, None, _PROBE)) == []
+
+
+#: Run before the CLI: at exit, write the names of the loaded modules to $STARTUP_PROBE_OUT.
+_AT_EXIT = """
+import atexit, json, os, sys
+def _dump():
+    with open(os.environ["STARTUP_PROBE_OUT"], "w") as fh:
+        json.dump(sorted(sys.modules), fh)
+atexit.register(_dump)
+"""
+
+#: What a lab peer's ``get`` (a .torrent, an HTTP tracker, --json, --encryption off) never
+#: loads, start-up or download: aiohttp (an announce is one small GET: ~0.1 CPU-s of import
+#: saved), rich (nothing is drawn with --json), cryptography (no MSE stream to make).
+NEVER_IN_A_PLAIN_JSON_GET = ("aiohttp", "rich", "cryptography", "yarl", "multidict")
+
+
+def test_a_json_get_announcing_over_http_never_loads_aiohttp_rich_nor_cryptography(
+        tmp_path: Path, seeded: tuple[Path, int]) -> None:
+    tfile, port = seeded
+    no_tracker = f"http://127.0.0.1:{free_port()}/announce"  # refused: the announce fails
+    r = _get(tmp_path, tfile, port, _AT_EXIT, "--tracker", no_tracker, "--encryption", "off",
+             "--no-dht", "--no-lsd")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "complete:" in r.stderr  # the last line, plain
+    loaded = set(json.loads((tmp_path / "probe.json").read_text()))
+    assert "swarmhub.discovery.httpget" in loaded  # the announce was sent
+    assert sorted(m for m in loaded if m.split(".")[0] in NEVER_IN_A_PLAIN_JSON_GET) == []
 
 
 def test_get_dials_a_torrents_peers_before_the_dht_has_its_routers(

@@ -8,7 +8,6 @@ import gc
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -478,9 +477,10 @@ def get(
         if gate := os.environ.get("SWARMHUB_LAB_GATE"):
             from swarmhub.lab.gate import wait_gate  # imported only then (start-up cost)
 
-            warm = ["swarmhub.discovery.tracker", "rich.console"]
-            await wait_gate(Path(gate), timeout or 600.0, [*warm, "swarmhub.client"] if hub_url
-                            else warm)
+            # (rich only for a bar: with --json nothing imports it)
+            warm = ["swarmhub.discovery.tracker", *([] if json_progress else ["rich.console"]),
+                    *(["swarmhub.client"] if hub_url else [])]
+            await wait_gate(Path(gate), timeout or 600.0, warm)
         # --timeout covers the whole command, fetching a magnet's metadata included.
         cmd_deadline = time.monotonic() + timeout if timeout else None
         output.mkdir(parents=True, exist_ok=True)
@@ -634,7 +634,6 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
     candidates = list(peers)
     urls = trackers or list(magnet.trackers)
     if urls:
-        # only then: the tracker client imports aiohttp (~0.1 s before the first peer)
         from swarmhub.discovery.tracker import AnnounceRequest, TrackerTiers
 
         req = AnnounceRequest(info_hash=magnet.info_hash, peer_id=session.peer_id,
@@ -642,8 +641,8 @@ async def _magnet_metadata(session: object, magnet: object, peers: list[tuple[st
                               event="started")
         try:
             async with asyncio.timeout(_left(deadline)):
-                resp = await TrackerTiers([[u] for u in urls], rng=session.rng).announce(
-                    await session.http(), req)
+                resp = await TrackerTiers([[u] for u in urls], rng=session.rng,
+                                          user_agent=session.settings.user_agent).announce(req)
             candidates += [p for p in resp.peers if p not in candidates]
         except TrackerError as exc:
             console.print(f"[yellow]tracker:[/] {exc}")
@@ -754,6 +753,8 @@ def demo(
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         raise typer.Exit(_run(go(workdir)))
+    import tempfile  # here: it imports shutil, and shutil bz2 and lzma (~6 ms for `get`)
+
     with tempfile.TemporaryDirectory(prefix="swarmhub-demo-") as tmp:
         code = _run(go(Path(tmp)))
     raise typer.Exit(code)

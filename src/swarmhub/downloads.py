@@ -237,8 +237,8 @@ async def _magnet_metadata(session: Session, magnet: Magnet, peers: list[tuple[s
                               port=session.listen_port, uploaded=0, downloaded=0, left=1,
                               event="started")
         try:
-            resp = await TrackerTiers([[u] for u in urls], rng=session.rng).announce(
-                await session.http(), req)
+            resp = await TrackerTiers([[u] for u in urls], rng=session.rng,
+                                      user_agent=session.settings.user_agent).announce(req)
             candidates += [p for p in resp.peers if p not in candidates]
         except TrackerError as exc:
             log.warning("tracker: %s", exc)

@@ -24,12 +24,14 @@ from typing import Any
 
 from swarmhub.errors import SwarmhubError
 
-__all__ = ["ENCRYPTION_MODES", "OTHER_ENV", "ConfigError", "Settings"]
+__all__ = ["ENCRYPTION_MODES", "OTHER_ENV", "USER_AGENT", "ConfigError", "Settings"]
 
 KiB = 1024
 MiB = 1024 * KiB
 #: Values of ``Settings.encryption``.
 ENCRYPTION_MODES = ("prefer", "require", "off")
+#: The default ``Settings.user_agent`` (also what a bare tracker announce sends).
+USER_AGENT = "swarmhub/0.1"
 
 
 #: ``SWARMHUB_*`` variables that are not settings: other parts of swarmhub (and its tests)
@@ -204,7 +206,7 @@ class Settings:
                    "torrents (--no-lsd)")
     # -- identity
     peer_id_prefix: str = _f("-SH0100-", "start of our 20-byte peer id (Azureus style)")
-    user_agent: str = _f("swarmhub/0.1", "User-Agent for trackers and web seeds")
+    user_agent: str = _f(USER_AGENT, "User-Agent for trackers and web seeds")
     # -- web seeds
     web_seed_request_size: int = _f(
         4 * MiB, "bytes per HTTP range request to a web seed", lo=16 * KiB

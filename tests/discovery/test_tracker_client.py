@@ -8,7 +8,6 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import given, settings
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from conftest import free_port
 from swarmhub import discovery
 from swarmhub.bencode import bencode
+from swarmhub.discovery import httpget
 from swarmhub.discovery.tracker import (
     AnnounceRequest,
     AnnounceResponse,
@@ -257,9 +257,7 @@ class FakeAnnouncer:
         self.working = working
         self.calls: list[tuple[str, bytes | None]] = []
 
-    async def __call__(
-        self, session: aiohttp.ClientSession, url: str, req: AnnounceRequest
-    ) -> AnnounceResponse:
+    async def __call__(self, url: str, req: AnnounceRequest) -> AnnounceResponse:
         self.calls.append((url, req.tracker_id))
         if url not in self.working:
             raise TrackerError(f"{url}: connection refused")
@@ -274,15 +272,14 @@ async def test_tiers_shuffle_once_then_promote_the_working_tracker() -> None:
     tt = TrackerTiers(tiers, random.Random(7), announcer=fake)
     assert tt.tiers[0] == expected  # shuffled within the tier, with the given rng
 
-    session: aiohttp.ClientSession = None  # type: ignore[assignment]  # fake never uses it
-    resp = await tt.announce(session, make_req())
+    resp = await tt.announce(make_req())
     assert [u for u, _ in fake.calls] == expected  # tried in order, stopped at the first hit
     assert resp.peers == [("10.0.0.1", 1)]
     assert tt.tiers[0] == [expected[2], expected[0], expected[1]]  # promoted to the front
     assert tt.tiers[1] == ["http://d/x"]
 
     fake.calls.clear()
-    await tt.announce(session, make_req(event=None))
+    await tt.announce(make_req(event=None))
     # Straight to the promoted tracker, now with the tracker id it handed out.
     assert fake.calls == [(expected[2], b"id-" + expected[2].encode())]
 
@@ -294,24 +291,22 @@ async def test_tiers_fall_through_to_the_next_tier_and_report_all_failures() -> 
         random.Random(1),
         announcer=fake,
     )
-    session: aiohttp.ClientSession = None  # type: ignore[assignment]
-    await tt.announce(session, make_req())
+    await tt.announce(make_req())
     assert fake.calls[-1][0] == "http://second/announce" and len(fake.calls) == 3
 
     fake.working.clear()
     with pytest.raises(TrackerError, match="every tracker failed") as info:
-        await tt.announce(session, make_req())
+        await tt.announce(make_req())
     assert "http://dead/announce" in str(info.value) and "http://second" in str(info.value)
 
     with pytest.raises(TrackerError, match="no trackers"):
-        await TrackerTiers([[], []], random.Random(1), announcer=fake).announce(session, make_req())
+        await TrackerTiers([[], []], random.Random(1), announcer=fake).announce(make_req())
 
 
 async def test_real_tiers_skip_udp_and_dead_trackers(tracker_url: str) -> None:
     dead = f"http://127.0.0.1:{free_port()}/announce"
     tt = TrackerTiers([["udp://127.0.0.1:1/announce"], [dead], [tracker_url]], random.Random(0))
-    async with aiohttp.ClientSession() as session:
-        resp = await tt.announce(session, make_req(left=0))
+    resp = await tt.announce(make_req(left=0))
     assert resp.complete == 1
 
 
@@ -333,38 +328,35 @@ async def tracker_url() -> AsyncIterator[str]:
 
 async def test_announce_and_scrape_against_our_tracker(tracker_url: str) -> None:
     peer_a, peer_b = b"A" * 20, b"B" * 20
-    async with aiohttp.ClientSession() as session:
-        first = await announce(session, tracker_url, make_req(peer_id=peer_a, port=1111, left=0))
-        assert first.interval == 900 and first.min_interval == 30
-        assert first.peers == [] and first.complete == 1 and first.incomplete == 0
-        second = await announce(session, tracker_url, make_req(peer_id=peer_b, port=2222))
-        assert second.peers == [("127.0.0.1", 1111)]
-        assert (second.complete, second.incomplete) == (1, 1)
-        dict_form = await announce(
-            session, tracker_url, make_req(peer_id=peer_b, port=2222, compact=False, event=None)
-        )
-        assert dict_form.peers == [("127.0.0.1", 1111)]
-        stats = await scrape(session, tracker_url, [BEP3_HASH, b"\x00" * 20])
+    first = await announce(tracker_url, make_req(peer_id=peer_a, port=1111, left=0))
+    assert first.interval == 900 and first.min_interval == 30
+    assert first.peers == [] and first.complete == 1 and first.incomplete == 0
+    second = await announce(tracker_url, make_req(peer_id=peer_b, port=2222))
+    assert second.peers == [("127.0.0.1", 1111)]
+    assert (second.complete, second.incomplete) == (1, 1)
+    dict_form = await announce(
+        tracker_url, make_req(peer_id=peer_b, port=2222, compact=False, event=None)
+    )
+    assert dict_form.peers == [("127.0.0.1", 1111)]
+    stats = await scrape(tracker_url, [BEP3_HASH, b"\x00" * 20])
     assert stats == {BEP3_HASH: (1, 0, 1), b"\x00" * 20: (0, 0, 0)}
 
 
 async def test_connection_refused_names_the_url() -> None:
     url = f"http://127.0.0.1:{free_port()}/announce"
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(TrackerError, match=f"127.0.0.1:{url.split(':')[2]}"):
-            await announce(session, url, make_req(), timeout=2)
+    with pytest.raises(TrackerError, match=f"127.0.0.1:{url.split(':')[2]}"):
+        await announce(url, make_req(), timeout=2)
 
 
 async def test_udp_url_without_a_port_is_refused() -> None:
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(TrackerError, match="needs a host and a port"):
-            await announce(session, "udp://127.0.0.1/announce", make_req())
+    with pytest.raises(TrackerError, match="needs a host and a port"):
+        await announce("udp://127.0.0.1/announce", make_req())
 
 
 async def test_silent_tracker_times_out_at_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     """The client gives up on its own timer, set to the bound asked for: the tracker holds
-    the request open until the test ends, and the bound handed to aiohttp is recorded
-    (the outer deadline only guards against a hang, it measures nothing)."""
+    the request open until the test ends, and the bound handed to the HTTP client is
+    recorded (the outer deadline only guards against a hang, it measures nothing)."""
     release = asyncio.Event()
     requests = 0
     handlers: list[asyncio.Task[Any]] = []
@@ -385,19 +377,18 @@ async def test_silent_tracker_times_out_at_the_bound(monkeypatch: pytest.MonkeyP
     port = server.sockets[0].getsockname()[1]
     url = f"http://127.0.0.1:{port}/announce"
     try:
-        async with aiohttp.ClientSession() as session:
-            bounds: list[float | None] = []
-            get = session.get
+        bounds: list[float] = []
+        get = httpget.get
 
-            def recording_get(*args: Any, **kwargs: Any) -> Any:
-                bounds.append(kwargs["timeout"].total)
-                return get(*args, **kwargs)
+        def recording_get(*args: Any, **kwargs: Any) -> Any:
+            bounds.append(kwargs["timeout"])
+            return get(*args, **kwargs)
 
-            monkeypatch.setattr(session, "get", recording_get)
-            with pytest.raises(TrackerError, match=f"{url}: tracker did not answer within 0.5 s"):
-                await asyncio.wait_for(announce(session, url, make_req(), timeout=0.5), 30)
-            assert bounds == [0.5]
-            assert requests == 1 and not release.is_set()  # asked, and never answered
+        monkeypatch.setattr(httpget, "get", recording_get)
+        with pytest.raises(TrackerError, match=f"{url}: tracker did not answer within 0.5 s"):
+            await asyncio.wait_for(announce(url, make_req(), timeout=0.5), 30)
+        assert bounds == [0.5]
+        assert requests == 1 and not release.is_set()  # asked, and never answered
     finally:
         release.set()
         server.close()
@@ -421,13 +412,12 @@ async def test_http_errors_and_failure_bodies_with_error_status() -> None:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     try:
-        async with aiohttp.ClientSession() as session:
-            with pytest.raises(TrackerError, match="bad passkey"):
-                await announce(session, f"{base}/bad/announce", make_req())
-            with pytest.raises(TrackerError, match="HTTP 500"):
-                await announce(session, f"{base}/err/announce", make_req())
-            with pytest.raises(TrackerError, match=f"{base}/junk/announce: .*not bencode"):
-                await announce(session, f"{base}/junk/announce", make_req())
+        with pytest.raises(TrackerError, match="bad passkey"):
+            await announce(f"{base}/bad/announce", make_req())
+        with pytest.raises(TrackerError, match="HTTP 500"):
+            await announce(f"{base}/err/announce", make_req())
+        with pytest.raises(TrackerError, match=f"{base}/junk/announce: .*not bencode"):
+            await announce(f"{base}/junk/announce", make_req())
     finally:
         await runner.cleanup()
 

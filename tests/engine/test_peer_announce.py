@@ -88,3 +88,66 @@ async def test_closing_sends_what_was_held() -> None:
     assert _decode(transport.written) == [m.Have(9)]
     peer.announce((m.Have(10),))  # after the close: dropped, as any write
     assert _decode(transport.written) == [m.Have(9)]
+
+
+async def test_bytes_packed_by_another_open_connection_are_sent_as_they_are() -> None:
+    proto, peer, transport, _ = await _peer()
+    peer.send(m.Interested())  # our first message out: the connection is open
+    packed = peer.announce((m.Have(11),))
+    assert packed == m.encode(m.Have(11))  # ours is open: the next peer may use them
+    other = m.encode(m.Have(12))  # what another connection of the torrent packed
+    assert peer.announce((m.Have(12),), other) is other
+    proto.close("done")
+    assert _decode(transport.written) == [m.Interested(), m.Have(11), m.Have(12)]
+
+
+async def test_a_connection_not_open_yet_packs_its_own_and_hands_the_bytes_on() -> None:
+    torrent = StubTorrent()
+    proto = PeerProtocol(stub_session(torrent), torrent)  # type: ignore[arg-type]
+    transport = LinesTransport()
+    proto.connection_made(transport)  # our handshake is out, theirs is not in
+    peer = Peer(proto, torrent, b"R" * 20)  # type: ignore[arg-type]
+    wrong = m.encode(m.Have(99))
+    # not open: our first message after the handshake may be a bitfield, so the bytes
+    # an open connection packed are not used as they are (send() decides)
+    assert peer.announce((m.Have(1),), wrong) is wrong  # handed on untouched
+    proto.close("done")
+    written = b"".join(transport.written)
+    assert m.encode(m.Have(1)) in written
+    assert m.encode(m.Have(99)) not in written
+
+
+async def test_announcements_to_a_peer_we_choke_wait_for_the_longer_timer() -> None:
+    fast_proto, fast, fast_out, _ = await _peer()
+    slow_proto, slow, slow_out, _ = await _peer()
+    for p in (fast, slow):
+        p.send(m.Interested())  # open
+    fast_out.written.clear()
+    slow_out.written.clear()
+    slow.announce((m.Have(11),), choked=True)
+    fast.announce((m.Have(12),))
+    await until(lambda: bool(fast_out.written), "the unchoked peer's Haves on the short timer")
+    assert slow_out.written == []  # still held: the longer timer fires later
+    fast.announce((m.Have(13),), choked=True)  # a peer held on both timers is fine
+    await until(lambda: bool(slow_out.written), "the choked peer's Haves on the long timer")
+    assert _decode(slow_out.written) == [m.Have(11)]
+    await until(lambda: len(fast_out.written) == 2, "the second, choked, Have")
+    assert _decode(fast_out.written) == [m.Have(12), m.Have(13)]
+    for proto in (fast_proto, slow_proto):
+        proto.close("done")
+
+
+async def test_a_shorter_delay_moves_held_announcements_forward() -> None:
+    proto, peer, transport, _ = await _peer()
+    other_proto, other, other_out, _ = await _peer()
+    for p in (peer, other):
+        p.send(m.Interested())
+    transport.written.clear()
+    other_out.written.clear()
+    peer.announce((m.Have(14),), choked=True)
+    peer.announce((m.Have(15),))  # now unchoked: both go on the short timer
+    other.announce((m.Have(10),))  # on the same short timer, listed after
+    await until(lambda: bool(other_out.written), "the short timer")
+    assert _decode(transport.written) == [m.Have(14), m.Have(15)]
+    for p in (proto, other_proto):
+        p.close("done")

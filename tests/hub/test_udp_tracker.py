@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import pytest
 from hubproc import catalog_rows, cli
 from hypothesis import given
@@ -323,8 +322,7 @@ async def test_hostile_datagrams_leave_the_hub_healthy(
     # Meanwhile everyone else is served.
     tiers = TrackerTiers([[udp_url(live)]], random.Random(0),
                          udp=UdpTrackerClient(base_timeout=2, max_retries=1))
-    async with aiohttp.ClientSession() as http:
-        answer = await tiers.announce(http, request(ih))
+    answer = await tiers.announce(request(ih))
     assert answer.incomplete == 1
     assert counts["internal_error"] == 0
     async with live.http.get(f"{live.url}/metrics") as r:
@@ -373,10 +371,9 @@ async def test_standalone_tracker_speaks_udp_too(tmp_path: Path) -> None:
         first = await until_it_answers(
             lambda: client.announce(url, request(IH, port=7001, left=0)), "over UDP")
         assert first.complete == 1
-        async with aiohttp.ClientSession() as http:
-            over_http = await until_it_answers(
-                lambda: http_announce(http, f"http://127.0.0.1:{port}/announce", request(IH)),
-                "over HTTP")
+        over_http = await until_it_answers(
+            lambda: http_announce(f"http://127.0.0.1:{port}/announce", request(IH)),
+            "over HTTP")
         assert over_http.peers == [("127.0.0.1", 7001)]
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -164,14 +163,13 @@ async def test_libtorrent_seeder_and_leecher_meet_through_our_tracker(
 
     seeder = await start_seeder(tracker, tmp_path, 700_000)
     ih = seeder.info_hash
-    async with aiohttp.ClientSession() as http:
-        # Over HTTP with our client: scrape shows one seeder under libtorrent's info hash,
-        # and a leecher's announce is handed the seeder's real listen address.
-        assert await scrape(http, tracker.url, [ih]) == {ih: (1, 0, 0)}
-        probe = AnnounceRequest(ih, b"-SH0000-probe-probe-", 9, 0, 0, 1, "started")
-        answer = await announce(http, tracker.url, probe)
-        assert answer.peers == [("127.0.0.1", seeder.port)]
-        await announce(http, tracker.url, dataclasses.replace(probe, event="stopped"))
+    # Over HTTP with our client: scrape shows one seeder under libtorrent's info hash,
+    # and a leecher's announce is handed the seeder's real listen address.
+    assert await scrape(tracker.url, [ih]) == {ih: (1, 0, 0)}
+    probe = AnnounceRequest(ih, b"-SH0000-probe-probe-", 9, 0, 0, 1, "started")
+    answer = await announce(tracker.url, probe)
+    assert answer.peers == [("127.0.0.1", seeder.port)]
+    await announce(tracker.url, dataclasses.replace(probe, event="stopped"))
     assert tracker.state.stats(ih) == (1, 0, 0)
 
     leecher = lt.session(lt_settings())

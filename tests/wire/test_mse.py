@@ -186,9 +186,8 @@ def test_api_misuse_is_a_local_error() -> None:
 
 
 def test_rc4_discards_the_first_kilobyte() -> None:
+    from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
     from cryptography.hazmat.primitives.ciphers import Cipher
-
-    from swarmhub.wire.mse import ARC4
 
     full = Cipher(ARC4(b"k" * 20), mode=None).encryptor().update(bytes(1024 + 16))
     assert rc4(b"k" * 20).update(bytes(16)) == full[1024:]

@@ -1,8 +1,7 @@
 """Finding peers: HTTP and UDP trackers, the DHT, PEX.
 
-The names below load on first use (PEP 562): the tracker client pulls in aiohttp, which
-costs a quarter of a second of start-up CPU that ``get --peer`` or a DHT-only command
-never needs.
+The names below load on first use (PEP 562): a command that finds its peers another way
+(``get --peer``, the DHT) never imports the tracker client.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 The pure half (:func:`build_announce_url`, :func:`parse_announce_response`,
 :func:`scrape_url`, :func:`parse_scrape_response`) never touches the network, so every
 quirk of real trackers is a plain unit test. The async half (:func:`announce`,
-:func:`scrape`, :class:`TrackerTiers`) only moves bytes over aiohttp and turns every
-failure — HTTP status, timeout, refused connection, junk body — into a
-:class:`~swarmhub.errors.TrackerError` naming the tracker, so a session can log it and
-try the next tracker instead of crashing.
+:func:`scrape`, :class:`TrackerTiers`) only moves bytes (one GET each, with
+:mod:`swarmhub.discovery.httpget`: no aiohttp, whose import cost a ``get`` ~0.1 CPU-s
+before its first peer) and turns every failure — HTTP status, timeout, refused
+connection, junk body — into a :class:`~swarmhub.errors.TrackerError` naming the
+tracker, so a session can log it and try the next tracker instead of crashing.
 
 ``udp://`` URLs (BEP 15) go to :class:`~swarmhub.discovery.udp_tracker.UdpTrackerClient`:
 :func:`announce` and :func:`scrape` dispatch on the scheme, and each :class:`TrackerTiers`
@@ -25,11 +26,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import yarl
-
 from swarmhub.bencode import bdecode
+from swarmhub.discovery import httpget
 from swarmhub.errors import BencodeError, TrackerError
+from swarmhub.settings import USER_AGENT
 
 if TYPE_CHECKING:
     from swarmhub.discovery.udp_tracker import UdpTrackerClient
@@ -320,38 +320,35 @@ def _udp_client(url: str, udp: UdpTrackerClient | None) -> UdpTrackerClient | No
     return UdpTrackerClient()
 
 
-async def _get(session: aiohttp.ClientSession, url: str, full_url: str, timeout: float) -> bytes:
+async def _get(url: str, full_url: str, timeout: float, user_agent: str) -> bytes:
     """GET ``full_url`` and return the body; every failure is a ``TrackerError`` on ``url``."""
     try:
-        # encoded=True: our percent-encoding of binary hashes must reach the wire untouched.
-        async with session.get(
-            yarl.URL(full_url, encoded=True),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            allow_redirects=True,
-        ) as resp:
-            body = await resp.content.read(MAX_BODY + 1)
-            if len(body) > MAX_BODY:
-                raise TrackerError(f"{url}: tracker answer is larger than {MAX_BODY} bytes")
-            if resp.status != 200:
-                # Some trackers send their failure reason with a 4xx; prefer that text.
-                reason = _failure_reason(body)
-                if reason is not None:
-                    raise TrackerError(f"{url}: tracker refused the request: {reason}")
-                raise TrackerError(f"{url}: tracker answered HTTP {resp.status} {resp.reason}")
-            return body
+        # full_url is sent as it is: our percent-encoding of binary hashes stays untouched
+        resp = await httpget.get(full_url, timeout=timeout, user_agent=user_agent,
+                                 max_body=MAX_BODY)
     except TimeoutError:
         raise TrackerError(f"{url}: tracker did not answer within {timeout:g} s") from None
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
+        if "larger than" in str(exc):
+            raise TrackerError(f"{url}: tracker answer is larger than {MAX_BODY} bytes") from None
         raise TrackerError(f"{url}: cannot reach tracker ({exc or type(exc).__name__})") from None
+    body = resp.body
+    if resp.status != 200:
+        # Some trackers send their failure reason with a 4xx; prefer that text.
+        reason = _failure_reason(body)
+        if reason is not None:
+            raise TrackerError(f"{url}: tracker refused the request: {reason}")
+        raise TrackerError(f"{url}: tracker answered HTTP {resp.status} {resp.reason}")
+    return body
 
 
 async def announce(
-    session: aiohttp.ClientSession,
     url: str,
     req: AnnounceRequest,
     *,
     timeout: float = 15.0,
     udp: UdpTrackerClient | None = None,
+    user_agent: str = USER_AGENT,
 ) -> AnnounceResponse:
     """Announce ``req`` to the tracker at ``url``; raise ``TrackerError`` naming ``url``.
 
@@ -362,7 +359,7 @@ async def announce(
     if client is not None:
         return await client.announce(url, req)
     _check_scheme(url)
-    body = await _get(session, url, build_announce_url(url, req), timeout)
+    body = await _get(url, build_announce_url(url, req), timeout, user_agent)
     try:
         return parse_announce_response(body)
     except TrackerError as exc:
@@ -370,12 +367,12 @@ async def announce(
 
 
 async def scrape(
-    session: aiohttp.ClientSession,
     url: str,
     info_hashes: Sequence[bytes],
     *,
     timeout: float = 15.0,
     udp: UdpTrackerClient | None = None,
+    user_agent: str = USER_AGENT,
 ) -> dict[bytes, tuple[int, int, int]]:
     """Scrape ``info_hashes`` -> ``{info_hash: (complete, downloaded, incomplete)}``.
 
@@ -394,14 +391,14 @@ async def scrape(
         if converted is None:  # pragma: no cover - startswith("announce") always converts
             raise TrackerError(f"{url}: tracker has no scrape URL")
         base = converted
-    body = await _get(session, url, build_scrape_url(base, info_hashes), timeout)
+    body = await _get(url, build_scrape_url(base, info_hashes), timeout, user_agent)
     try:
         return parse_scrape_response(body)
     except TrackerError as exc:
         raise TrackerError(f"{url}: {exc}") from None
 
 
-Announcer = Callable[[aiohttp.ClientSession, str, AnnounceRequest], Awaitable[AnnounceResponse]]
+Announcer = Callable[[str, AnnounceRequest], Awaitable[AnnounceResponse]]
 
 
 class TrackerTiers:
@@ -421,7 +418,9 @@ class TrackerTiers:
         announcer: Announcer | None = None,
         timeout: float = 15.0,
         udp: UdpTrackerClient | None = None,
+        user_agent: str = USER_AGENT,
     ) -> None:
+        self._user_agent = user_agent
         self._tiers: list[list[str]] = []
         for tier in tiers:
             urls = list(dict.fromkeys(tier))  # drop duplicates, keep order
@@ -433,21 +432,18 @@ class TrackerTiers:
         self._tracker_ids: dict[str, bytes] = {}
         self._udp = udp
 
-    async def _default_announcer(
-        self, session: aiohttp.ClientSession, url: str, req: AnnounceRequest
-    ) -> AnnounceResponse:
+    async def _default_announcer(self, url: str, req: AnnounceRequest) -> AnnounceResponse:
         if self._udp is None and urllib.parse.urlsplit(url).scheme.lower() == "udp":
             self._udp = _udp_client(url, None)  # one per tiers: its connection ids persist
-        return await announce(session, url, req, timeout=self._timeout, udp=self._udp)
+        return await announce(url, req, timeout=self._timeout, udp=self._udp,
+                              user_agent=self._user_agent)
 
     @property
     def tiers(self) -> list[list[str]]:
         """The current order (a copy): shuffled, with working trackers promoted."""
         return [list(t) for t in self._tiers]
 
-    async def announce(
-        self, session: aiohttp.ClientSession, req: AnnounceRequest
-    ) -> AnnounceResponse:
+    async def announce(self, req: AnnounceRequest) -> AnnounceResponse:
         """Announce to the first tracker that works; ``TrackerError`` lists every failure."""
         errors: list[str] = []
         for tier in self._tiers:
@@ -457,7 +453,7 @@ class TrackerTiers:
                 if req.tracker_id is None and tid is not None:
                     this_req = dataclasses.replace(req, tracker_id=tid)
                 try:
-                    resp = await self._announcer(session, url, this_req)
+                    resp = await self._announcer(url, this_req)
                 except TrackerError as exc:
                     log.debug("tracker %s failed: %s", url, exc)
                     errors.append(str(exc) if url in str(exc) else f"{url}: {exc}")

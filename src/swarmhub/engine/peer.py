@@ -23,7 +23,7 @@ from swarmhub.engine.picker import make_block
 from swarmhub.engine.services import PeerHost, PeerServices
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError, SwarmhubError
 from swarmhub.wire import messages as m
-from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection
+from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection, Phase
 from swarmhub.wire.extensions import (
     METADATA_PIECE_SIZE,
     MetadataData,
@@ -96,15 +96,31 @@ class Peer:
         if data is not None:
             self.proto.write(data)
 
-    def announce(self, msgs: tuple[m.Message, ...]) -> None:
+    def announce(self, msgs: tuple[m.Message, ...], data: bytes | None = None,
+                 choked: bool = False) -> bytes | None:
         """Messages that may wait a little (the Haves of a piece we just got, told to
         every peer): they ride along with the next bytes we send this peer, or go out
-        within ``ANNOUNCE_DELAY`` (see :meth:`PeerProtocol.write_later`)."""
+        within ``ANNOUNCE_DELAY`` (``CHOKED_ANNOUNCE_DELAY`` for a peer we choke: it
+        cannot ask us for them yet; see :meth:`PeerProtocol.write_later`).
+
+        ``data``: their bytes as another open connection of this torrent packed them
+        (the same for every such connection: same messages, same piece count), used as
+        they are when ours is open too. Returns the bytes for the next peer (None until
+        an open connection packed them)."""
         if self.closed:
-            return
-        data = self._encode(msgs, "announcing")
-        if data is not None:
-            self.proto.write_later(data)
+            return data
+        delay = CHOKED_ANNOUNCE_DELAY if choked else ANNOUNCE_DELAY
+        if self.conn.our_phase is not Phase.OPEN:  # send() decides (a first message...)
+            packed = self._encode(msgs, "announcing")
+            if packed is not None:
+                self.proto.write_later(packed, delay)
+            return data
+        if data is None:
+            data = self._encode(msgs, "announcing")
+            if data is None:
+                return None
+        self.proto.write_later(data, delay)
+        return data
 
     def _encode(self, msgs: tuple[m.Message, ...], what: str) -> bytes | None:
         """The wire bytes of ``msgs``, or None (logged as our bug) if one is invalid."""
@@ -229,21 +245,27 @@ _LOWAT_MAX = 32 * 1024
 #: (N=32, 3 alternating runs each, load 25-40), N=16 unchanged (1.15 / 1.16x). Peers learn
 #: of a piece up to 0.25 s later: the time a 512 KiB piece takes on a 20 mbit link.
 ANNOUNCE_DELAY = 0.25
-#: Per event loop: the protocols with announcements held, flushed by one timer.
-_HELD: dict[asyncio.AbstractEventLoop, list[PeerProtocol]] = {}
+#: The same for a peer we choke: it cannot ask us for the piece until we unchoke it, and
+#: our Unchoke carries whatever is held (each write takes the held bytes first). Why: at
+#: N=32 a peer unchokes ~4 of its ~31 peers, and every 0.25 s flush woke each of the
+#: others for a read of a few Haves.
+CHOKED_ANNOUNCE_DELAY = 1.0
+#: Per event loop and delay: the protocols with announcements held, flushed by one timer.
+_HELD: dict[tuple[asyncio.AbstractEventLoop, float], list[PeerProtocol]] = {}
 
 
-def _hold(proto: PeerProtocol) -> None:
+def _hold(proto: PeerProtocol, delay: float) -> None:
     loop = asyncio.get_running_loop()
-    held = _HELD.get(loop)
+    key = (loop, delay)
+    held = _HELD.get(key)
     if held is None:
-        held = _HELD[loop] = []
-        loop.call_later(ANNOUNCE_DELAY, _flush_held, loop)
+        held = _HELD[key] = []
+        loop.call_later(delay, _flush_held, key)
     held.append(proto)
 
 
-def _flush_held(loop: asyncio.AbstractEventLoop) -> None:
-    for proto in _HELD.pop(loop, ()):
+def _flush_held(key: tuple[asyncio.AbstractEventLoop, float]) -> None:
+    for proto in _HELD.pop(key, ()):
         proto.flush_later()
 
 
@@ -292,6 +314,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._gate: ReadGate | None = None
         self._cork: bytearray | None = None  # writes held while handling received messages
         self._later = bytearray()  # announcements waiting for other bytes or the timer
+        self._held = 0.0  # the soonest timer _later is listed under (while it holds bytes)
         self._writable = asyncio.Event()
         self._writable.set()
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -629,15 +652,16 @@ class PeerProtocol(asyncio.BufferedProtocol):
                 parts = [later, *parts]
             self.transport.writelines(parts)
 
-    def write_later(self, data: bytes) -> None:
-        """Send ``data`` with the next write to this peer, or within ``ANNOUNCE_DELAY``."""
+    def write_later(self, data: bytes, delay: float = ANNOUNCE_DELAY) -> None:
+        """Send ``data`` with the next write to this peer, or within ``delay`` seconds."""
         if self.transport is None or not data:
             return
         if self._cork is not None:  # the cork goes out at the end of this callback
             self._cork += data
             return
-        if not self._later:
-            _hold(self)
+        if not self._later or delay < self._held:
+            _hold(self, delay)  # (still listed under a later timer: a no-op flush then)
+            self._held = delay
         self._later += data
 
     def flush_later(self) -> None:

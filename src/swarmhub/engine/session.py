@@ -249,7 +249,7 @@ class Session:
 
         tiers = self._tiers.get(info_hash)
         if tiers is None:
-            tiers = TrackerTiers(urls, rng=self.rng)
+            tiers = TrackerTiers(urls, rng=self.rng, user_agent=self.settings.user_agent)
             self._tiers[info_hash] = tiers
         return tiers
 

@@ -62,15 +62,21 @@ def snapshot(s: Swarm, state: TorrentState, error: str | None, total: int,
              now: float) -> TorrentStatus:
     """The status of a torrent whose swarm core is ``s`` (``total``: its length)."""
     n = s.num_pieces
-    prio, size = s.picker.priority, s.piece_size
-    wanted = [i for i in range(n) if prio(i)]
-    wanted_bytes = sum(map(size, wanted))
-    wanted_have = sum(size(i) for i in wanted if s.have[i])
+    have_bytes = s.bytes_have()
+    if 0 not in s.picker.priorities():
+        # every piece wanted (a whole download): no walk over the pieces (a lab peer
+        # reports its status every second; the walk was ~3 % of its CPU at 1,024 pieces)
+        wanted_bytes, wanted_have = s.total_length, have_bytes
+    else:
+        prio, size = s.picker.priority, s.piece_size
+        wanted = [i for i in range(n) if prio(i)]
+        wanted_bytes = sum(map(size, wanted))
+        wanted_have = sum(size(i) for i in wanted if s.have[i])
     return TorrentStatus(
         wanted_bytes=wanted_bytes, wanted_have=wanted_have,
         state=state, pieces_have=s.num_have,
         progress=wanted_have / wanted_bytes if wanted_bytes else 1.0,
-        num_pieces=n, bytes_have=s.bytes_have(), total_bytes=total,
+        num_pieces=n, bytes_have=have_bytes, total_bytes=total,
         download_rate=s.down.rate(now), upload_rate=s.up.rate(now),
         downloaded=s.downloaded, uploaded=s.uploaded, peers=len(s.peers),
         error=error, banned=len(s.banned), hash_failures=s.hash_failures,

@@ -204,7 +204,7 @@ class Torrent(TorrentViews):
         Peer handles are our :class:`Peer` objects."""
         swarm = self.swarm
         while actions := swarm.take():
-            for action in other_actions(actions):  # messages: one write per peer
+            for action in other_actions(actions, swarm.peers):  # one write per peer
                 match action:
                     case act.Close(peer=peer, reason=reason):
                         cast(Peer, peer).close(reason)

@@ -2,7 +2,7 @@
 part sends them through the session's tracker tiers and reports the answer back.
 
 Apart from the driver (:mod:`swarmhub.engine.torrent`) because it is the torrent's only
-use of the tracker client (:mod:`swarmhub.discovery.tracker`, imported late: aiohttp).
+use of the tracker client (:mod:`swarmhub.discovery.tracker`, imported late).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class TrackerDriver:
             left=max(0, left), event=event, numwant=50, compact=True, key=None,
             tracker_id=None, ip=None,
         )
-        return await tiers.announce(await t.session.http(), req)
+        return await tiers.announce(req)
 
     async def announce(self, event: str | None) -> None:
         """One announce the core asked for; its answer (or failure) goes back to the core."""

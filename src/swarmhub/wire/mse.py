@@ -33,13 +33,13 @@ import hashlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
-
-from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4  # cryptography >= 43
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
+from typing import TYPE_CHECKING, Final
 
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError
 from swarmhub.wire.connection import NEED_DATA, Sentinel  # the wire's one "need more"
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import CipherContext
 
 __all__ = [
     "CRYPTO_PLAINTEXT",
@@ -114,6 +114,10 @@ class Established:
 
 def rc4(key: bytes) -> CipherContext:
     """An RC4 keystream with its first 1024 bytes already discarded (as MSE requires)."""
+    # imported here: cryptography costs ~15 ms of start-up that a plaintext peer never needs
+    from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4  # cryptography >= 43
+    from cryptography.hazmat.primitives.ciphers import Cipher
+
     ctx = Cipher(ARC4(key), mode=None).encryptor()
     ctx.update(_DISCARD)
     return ctx
