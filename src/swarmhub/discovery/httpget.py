@@ -3,15 +3,15 @@
 Why not aiohttp here: importing it (with the SSL contexts it makes at import) cost a
 ``swarmhub get`` ~0.08-0.12 CPU-s before its first peer, for one GET of a few hundred
 bytes every few minutes. Web seeds and the hub client keep aiohttp (large bodies, keep-alive,
-resume).
+resume). The HTTP/1.1 framing is h11's (the sans-IO reference implementation, ~0.02 s to
+import): this module only moves its bytes.
 
-The pure half (:func:`request_bytes`, :func:`parse_response`) never touches the network. The
-request says ``Connection: close``, so the answer ends at EOF: :func:`get` reads it whole
-(bounded), then parses it at once. Bodies come as sent with ``Content-Length``, chunked
-(RFC 9112 §7.1) or up to EOF; redirects (301, 302, 303, 307, 308) are followed up to
-:data:`MAX_REDIRECTS`. ``https`` URLs get one default TLS context per process (system CAs),
-made on first use. Malformed answers raise ``ValueError``; network failures ``OSError``;
-the deadline ``TimeoutError``.
+The pure half (:func:`request_bytes`, :func:`parse_response`, :class:`_Answer`) never touches
+the network. The request says ``Connection: close``; bodies come with ``Content-Length``,
+chunked or up to EOF (all three framed by h11); redirects (301, 302, 303, 307, 308) are
+followed up to :data:`MAX_REDIRECTS`. ``https`` URLs get one default TLS context per process
+(system CAs), made on first use. Malformed answers raise ``ValueError``; network failures
+``OSError``; the deadline ``TimeoutError``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import asyncio
 import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import h11
 
 if TYPE_CHECKING:
     import ssl
@@ -31,6 +33,7 @@ MAX_REDIRECTS = 5
 #: Largest status line + headers accepted.
 MAX_HEAD = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_READ = 64 * 1024
 _tls: ssl.SSLContext | None = None
 
 
@@ -62,73 +65,82 @@ def _split(url: str) -> tuple[str, str, int, str, str]:
     return scheme, host, port, parts.netloc.rpartition("@")[2], target
 
 
-def request_bytes(url: str, user_agent: str) -> bytes:
-    """The GET request for ``url`` (``Connection: close``: the answer ends at EOF)."""
+def _client() -> h11.Connection:
+    return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+
+
+def _send_request(conn: h11.Connection, url: str, user_agent: str) -> bytes:
     _, _, _, host_header, target = _split(url)
-    return (f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {user_agent}\r\n"
-            "Accept-Encoding: identity\r\nConnection: close\r\n\r\n").encode("latin-1")
+    request = h11.Request(method="GET", target=target.encode("latin-1"), headers=[
+        ("Host", host_header), ("User-Agent", user_agent),
+        ("Accept-Encoding", "identity"), ("Connection", "close")])
+    try:
+        return (conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+    except h11.LocalProtocolError as exc:
+        raise ValueError(f"cannot send a GET for {url!r}: {exc}") from None
 
 
-def _dechunk(data: bytes, max_body: int) -> bytes:
-    out = bytearray()
-    pos = 0
-    while True:
-        eol = data.find(b"\r\n", pos)
-        if eol < 0:
-            raise ValueError("chunked body ends inside a chunk size line")
-        size_text = data[pos:eol].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ValueError(f"bad chunk size {size_text[:20]!r}") from None
-        if size < 0:
-            raise ValueError("negative chunk size")
-        if size == 0:
-            return bytes(out)  # trailers (if any) are ignored
-        start = eol + 2
-        if start + size > len(data):
-            raise ValueError("chunked body ends inside a chunk")
-        out += data[start:start + size]
-        if len(out) > max_body:
-            raise ValueError(f"body larger than {max_body} bytes")
-        pos = start + size + 2
+def request_bytes(url: str, user_agent: str) -> bytes:
+    """The GET request for ``url`` (``Connection: close``: one answer per connection)."""
+    return _send_request(_client(), url, user_agent)
+
+
+class _Answer:
+    """Collects one answer from the bytes a server sends (``b""`` = EOF), refusing a body
+    past ``max_body`` bytes as soon as it passes."""
+
+    def __init__(self, conn: h11.Connection, max_body: int) -> None:
+        self._conn = conn
+        self._max_body = max_body
+        self._head: h11.Response | None = None
+        self._body = bytearray()
+
+    def feed(self, data: bytes) -> HttpAnswer | None:
+        """The answer once complete, else None (send more bytes)."""
+        conn = self._conn
+        conn.receive_data(data)
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ValueError(f"malformed HTTP answer: {exc}") from None
+            if event is h11.NEED_DATA:
+                if not data:  # EOF and h11 still waits: cannot happen, but never spin
+                    raise ValueError("the answer ends early")
+                return None
+            if isinstance(event, h11.Response):
+                self._head = event
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+                if len(self._body) > self._max_body:
+                    raise ValueError(f"body larger than {self._max_body} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                return self._answer()
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ValueError("the server closed the connection without an answer")
+            # InformationalResponse (1xx): wait for the final one
+
+    def _answer(self) -> HttpAnswer:
+        assert self._head is not None  # h11 gives EndOfMessage only after a Response
+        headers = {name.decode("latin-1"): value.decode("latin-1")
+                   for name, value in self._head.headers}
+        return HttpAnswer(self._head.status_code, self._head.reason.decode("latin-1"),
+                          headers, bytes(self._body))
 
 
 def parse_response(raw: bytes, max_body: int) -> HttpAnswer:
     """The answer in ``raw`` (everything the server sent before closing); ``ValueError``
     when it is not a complete HTTP/1.x answer or its body passes ``max_body`` bytes."""
-    end = raw.find(b"\r\n\r\n")
-    if end < 0:
-        raise ValueError("the answer ends before its headers do")
-    lines = raw[:end].decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise ValueError(f"bad header line {line[:80]!r}")
-        headers[name.lower()] = value.strip()
-    data = raw[end + 4:]
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = _dechunk(data, max_body)
-    elif "content-length" in headers:
-        text = headers["content-length"]
-        if not text.isdigit():
-            raise ValueError(f"bad Content-Length {text[:20]!r}")
-        length = int(text)
-        if length > max_body:
-            raise ValueError(f"body larger than {max_body} bytes")
-        if len(data) < length:
-            raise ValueError(f"body ends after {len(data)} of {length} bytes")
-        body = data[:length]
-    else:
-        body = data
-    if len(body) > max_body:
-        raise ValueError(f"body larger than {max_body} bytes")
-    return HttpAnswer(int(code), reason, headers, body)
+    conn = _client()
+    _send_request(conn, "http://localhost/", "swarmhub")
+    answer = _Answer(conn, max_body)
+    return answer.feed(raw) or _must(answer.feed(b""))
+
+
+def _must(answer: HttpAnswer | None) -> HttpAnswer:
+    if answer is None:
+        raise ValueError("the answer ends early")
+    return answer
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -143,17 +155,21 @@ def _tls_context() -> ssl.SSLContext:
 async def _fetch(url: str, user_agent: str, max_body: int) -> HttpAnswer:
     scheme, host, port, _, _ = _split(url)
     tls: Any = _tls_context() if scheme == "https" else None
-    reader, writer = await asyncio.open_connection(host, port, ssl=tls, limit=MAX_HEAD)
-    bound = MAX_HEAD + max_body  # read one byte past it: parse_response then refuses
-    raw = bytearray()
+    conn = _client()
+    request = _send_request(conn, url, user_agent)
+    answer = _Answer(conn, max_body)
+    reader, writer = await asyncio.open_connection(host, port, ssl=tls)
     try:
-        writer.write(request_bytes(url, user_agent))
+        writer.write(request)
         await writer.drain()
-        while len(raw) <= bound and (more := await reader.read(bound + 1 - len(raw))):
-            raw += more
+        while True:  # bounded: each read is data (body capped) or EOF (then it ends)
+            data = await reader.read(_READ)
+            if (done := answer.feed(data)) is not None:
+                return done
+            if not data:
+                raise ValueError("the answer ends early")
     finally:
         writer.close()
-    return parse_response(bytes(raw), max_body)
 
 
 async def get(url: str, *, timeout: float, user_agent: str, max_body: int) -> HttpAnswer:
