@@ -40,12 +40,13 @@ KINDS = ("pg", "redis", "s3")
 
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat),
-    which tells a server from a later process that reuses its PID; None if it is gone."""
+    which tells a server from a later process that reuses its PID; None if it is gone
+    (or a zombie)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return None if fields[0] == "Z" else fields[19]
 
 
 def _alive(pid: int) -> bool:
