@@ -87,7 +87,7 @@ class _Exchange:
         self.writer.write(self.conn.send(msg))
 
     async def run(self, magnet: Magnet) -> Metainfo:
-        self.send(m.Handshake(self.conn_reserved(), magnet.info_hash, self.peer_id))
+        self.send(m.Handshake(self.conn.our_reserved, magnet.info_hash, self.peer_id))
         hs = await self.next()
         if not isinstance(hs, m.Handshake) or hs.info_hash != magnet.info_hash:
             raise RemoteProtocolError("peer answered for another torrent")
@@ -137,9 +137,6 @@ class _Exchange:
             outer[b"piece layers"] = layers
             meta = load_torrent(bencode(outer))
         return meta
-
-    def conn_reserved(self) -> bytes:
-        return m.make_reserved(extension=True, fast=True)
 
     async def _piece_layers(self, meta: Metainfo) -> dict[bytes, bytes]:
         """BEP 52: ask for the piece layer of every file larger than one piece."""
