@@ -12,6 +12,13 @@ Each run (32 MiB, 20 mbit up, 100 mbit down, as ``lab simulate``'s issue 9 runs)
 - ``copies``: for the first, middle and last pieces to appear (10 each), the median time
   from a piece's first copy to its 2nd, 4th, 8th ... and last copy (how fast a piece
   spreads, hop by hop);
+- ``hops``: where a piece's hop from one client to the next goes, for the 2nd to 8th
+  copies of the 12 pieces out first (the ramp): from the first copy to the Have reaching
+  the next client, from that Have to its first request of the piece, and from the
+  request to the piece verified (the transfer, and any wait behind other pieces or
+  peers at the holder); then, per phase, the median wait from a client's first Have of a
+  piece to its first request of it, and for the waits over 0.5 s what the announcing
+  peer's state was at that Have (choking us or not, our queue to it full or not);
 - ``uplinks``: the clients' useful upload (payload that a receiver kept) per 0.5 s, as a
   share of their payload capacity: the ramp at the start, the plateau, the end;
 - ``idle``: every 0.1 s, each unfinished client whose uplink has nothing queued, by why:
@@ -46,10 +53,12 @@ os.environ.setdefault("SWARMHUB_PURE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from swarmhub import _compiled
+from swarmhub.engine import swarm as swarm_mod
 from swarmhub.lab import simulate as sim_mod
 from swarmhub.lab.netmodel import MSS, OVERHEAD
 from swarmhub.lab.simrun import SimOptions, simulate
 from swarmhub.settings import Settings
+from swarmhub.wire import messages as m
 
 __all__ = ["main", "run"]
 
@@ -72,12 +81,33 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
     useful: Counter[int] = Counter()  # 0.5 s bucket -> client-to-client payload kept
     idle: dict[str, Counter[str]] = {"ramp": Counter(), "plateau": Counter(), "end": Counter()}
     orig_verified, orig_blocks, orig_start = Sim._verified, End.got_blocks, Sim.start
+    Swarm = swarm_mod.Swarm
+    orig_have, orig_send = Swarm._got_have, Swarm._send
+    # (client swarm id, piece) -> first Have: (when, announcer choking us, our queue to it
+    # full); -> first request; -> verified
+    learnt: dict[tuple[int, int], tuple[float, bool, bool]] = {}
+    asked: dict[tuple[int, int], float] = {}
+    got: dict[tuple[int, int], float] = {}
 
     def verified(self: Any, arg: tuple[Any, int]) -> None:
         node, index = arg
         if not node.gone and node.swarm is not None:
             copies.setdefault(index, []).append(self.ev.now)
+            if node is not self.source:
+                got[(id(node.swarm), index)] = self.ev.now
         orig_verified(self, arg)
+
+    def got_have(self: Any, ps: Any, index: int, now: float) -> None:
+        key = (id(self), index)
+        if key not in learnt and not self.have[index]:
+            learnt[key] = (now, ps.peer_choking, len(ps.requested) >= ps.queue_target)
+        orig_have(self, ps, index, now)
+
+    def send(self: Any, ps: Any, msgs: tuple[Any, ...], now: float) -> None:
+        for msg in msgs:
+            if type(msg) is m.Request:
+                asked.setdefault((id(self), msg.index), now)
+        orig_send(self, ps, msgs, now)
 
     def got_blocks(self: Any, blocks: list[Any]) -> None:
         sim = self.node.sim
@@ -120,12 +150,14 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
         self.ev.at(0.05, sample, None)
 
     Sim._verified, End.got_blocks, Sim.start = verified, got_blocks, start  # type: ignore[method-assign]
+    Swarm._got_have, Swarm._send = got_have, send  # type: ignore[method-assign]
     try:
         res = simulate(mode, SimOptions(
             peers=n, size=SIZE, up=[(UP, 1.0)], down=[(DOWN, 1.0)], latency_s=latency,
             piece_length=piece, seed=seed, settings=settings))
     finally:
         Sim._verified, End.got_blocks, Sim.start = orig_verified, orig_blocks, orig_start  # type: ignore[method-assign]
+        Swarm._got_have, Swarm._send = orig_have, orig_send  # type: ignore[method-assign]
     done = [h.completion_s for h in res.hosts if h.completion_s is not None]
     first = {i: min(ts) for i, ts in copies.items()}
     order = sorted(first, key=lambda i: first[i])
@@ -139,6 +171,26 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
         row.append(statistics.median(max(copies[i]) - first[i] for i in pieces))
         return [round(x, 2) for x in row]
 
+    def med(xs: list[float]) -> float:
+        return round(statistics.median(xs), 3) if xs else float("nan")
+
+    by_piece: dict[int, list[tuple[float, int]]] = {}
+    for (sw, index), at in got.items():
+        by_piece.setdefault(index, []).append((at, sw))
+    hop: list[tuple[float, float, float]] = []  # (Have after copy 1, request - Have, got - request)
+    for index in order[:12]:
+        for at, sw in sorted(by_piece.get(index, []))[1:8]:
+            seen, req = learnt.get((sw, index)), asked.get((sw, index))
+            if seen is not None and req is not None:
+                hop.append((seen[0] - first[index], req - seen[0], at - req))
+    waits: dict[str, dict[str, Any]] = {}
+    for phase, lo, hi in (("ramp", 0.0, 3.0), ("plateau", 3.0, out_at), ("end", out_at, 1e9)):
+        rows = [(asked[k] - v[0], v) for k, v in learnt.items() if k in asked and lo <= v[0] < hi]
+        slow = Counter(("choked" if v[1] else "unchoked") + (", queue full" if v[2] else "")
+                       for w, v in rows if w > 0.5)
+        waits[phase] = {"median": med([w for w, _ in rows]), "n": len(rows),
+                        "over_0.5s": {k: round(c / max(1, len(rows)), 3)
+                                      for k, c in slow.most_common()}}
     mid = len(order) // 2
     capacity = n * UP / 8 * MSS / (MSS + OVERHEAD) * 0.5
     end = max(done) if done else 0.0
@@ -149,6 +201,8 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
         "cdf_s": [_q(done, p) for p in (0.0, 0.1, 0.5, 0.9, 1.0)] if done else [],
         "copies_early": growth(order[:10]), "copies_mid": growth(order[mid - 5:mid + 5]),
         "copies_late": growth(order[-10:]),
+        "hops": [med([h[i] for h in hop]) for i in range(3)],
+        "learn_to_request": waits,
         "uplinks": [round(useful[k] / capacity, 2) for k in range(int(end * 2) + 1)],
         "idle": {ph: {k: round(v / max(1, sum(c.values())), 3) for k, v in c.most_common()}
                  for ph, c in idle.items()},
@@ -186,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"CDF {' '.join(f'{x:.2f}' for x in r['cdf_s'])}")
                 for k in ("copies_early", "copies_mid", "copies_late"):
                     print(f"  {k:13} (2,4,8..,last) {' '.join(f'{x:.2f}' for x in r[k])}")
+                have, ask, fetch = r["hops"]
+                print(f"  hops (copies 2-8, first 12 pieces) Have after copy 1 {have:.3f} s, "
+                      f"request after Have {ask:.3f} s, verified after request {fetch:.3f} s")
+                for ph, w in r["learn_to_request"].items():
+                    slow = ", ".join(f"{k} {v:.3f}" for k, v in w["over_0.5s"].items())
+                    print(f"  {ph:8} Have -> request median {w['median']:.3f} s "
+                          f"(n={w['n']}); > 0.5 s: {slow}")
                 print(f"  uplinks /0.5 s {' '.join(f'{x:.2f}' for x in r['uplinks'])}")
                 for ph, shares in r["idle"].items():
                     print(f"  {ph:8} {', '.join(f'{k} {v:.3f}' for k, v in shares.items())}")
