@@ -41,6 +41,7 @@ OTHER_ENV = frozenset({
     "DHT_LOCAL_ONLY", "UDP_TRACKER_RETRIES", "UDP_TRACKER_TIMEOUT", "DB", "SWARM_STATE", "STORE",
     "DAEMON", "DAEMON_TOKEN", "DAEMON_STATE",  # swarmhub daemon / remote
     "LAB_GATE",  # swarmhub.lab.gate: a lab client waits for the run to start
+    "LAB_TRACE",  # swarmhub.lab.runner: the clients' status lines to trace.jsonl
     "PURE",  # swarmhub._compiled: the pure-Python core even where a compiled one is built
     "PROFILE",  # swarmhub.cli: a cProfile dump of the command at exit
 })

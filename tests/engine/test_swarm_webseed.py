@@ -95,6 +95,32 @@ def test_news_of_pieces_from_the_peers_keeps_the_web_seed_off_while_the_swarm_mo
     assert 0 < len(stalled) <= MiB // PIECE
 
 
+def test_with_the_origins_peer_connected_a_quiet_swarm_waits_for_it_not_for_http() -> None:
+    """The hub's own peer and its web seed share one uplink: while that peer is connected
+    (it super-seeds, and hands us pieces when its turn comes), a swarm that is merely quiet
+    (no block, no news for 2 s: the start of a crowd's download) takes nothing over HTTP,
+    which would only take the place of that peer's first copies. Starved (10 s without a
+    block) it does; and without the origin's peer the 2 s rule holds as before."""
+    s = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    s.webseed_origin([HUB_IP])
+    _tracker(s, 0.01, seeds=1, leechers=32)
+    s.connected("hub", (HUB_IP, 6881), b"-SH0100-hubhubhubhub", fast=True, now=0.02)
+    join(s, "b", 0.02)
+    s.take()
+    for t in (2.5, 5.0, 9.9):  # quiet for more than 2 s: still the hub's peer's turn
+        assert s.webseed_batch(t, set()) == []
+    starved = s.webseed_batch(10.1, set())  # 10 s without a block from anyone
+    assert 0 < len(starved) <= MiB // PIECE
+    gone = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    gone.webseed_origin([HUB_IP])
+    _tracker(gone, 0.01, seeds=1, leechers=32)
+    gone.connected("hub", (HUB_IP, 6881), b"-SH0100-hubhubhubhub", fast=True, now=0.02)
+    join(gone, "b", 0.02)
+    gone.disconnected("hub", 0.03)
+    gone.take()
+    assert 0 < len(gone.webseed_batch(2.5, set())) <= MiB // PIECE  # no origin peer: 2 s
+
+
 def test_news_without_blocks_keeps_the_web_seed_off_for_10_s_at_most() -> None:
     """Peers that announce pieces but never unchoke us do not starve us of the web seed."""
     s = make_swarm(pieces=64, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))

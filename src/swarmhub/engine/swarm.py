@@ -909,15 +909,21 @@ class Swarm:
         if not self.webseed_ready(now):
             return []
         alone = self.webseed_alone()
+        origins = self._ws_origins
+        origin_peer = bool(origins) and any(
+            ps.addr[0] in origins and not ps.closed for ps in self.peers.values())
         quiet = now - self._peer_block_at
+        # With the origin's own peer connected, a quiet swarm is no reason for HTTP before
+        # _PEERS_STARVED: that peer and the web seed share the origin's uplink, so a range
+        # we fetch is a piece its peer does not hand out meanwhile (a copy for one client
+        # instead of a first copy into the swarm). The hub's peer serves as a p2p seed does.
         stalled = quiet >= _PEERS_STARVED or (
-            quiet >= _PEERS_STALLED and now - self._peer_news_at >= _PEERS_STALLED)
+            quiet >= _PEERS_STALLED and now - self._peer_news_at >= _PEERS_STALLED
+            and not origin_peer)
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
         # Alone with the origin's peer: it gets no requests (webseed_preferred), so the
         # batch may hold more (long ranges) and takes back what it alone was asked for.
-        origins = self._ws_origins
-        prefer = alone and bool(origins) and any(
-            ps.addr[0] in origins and not ps.closed for ps in self.peers.values())
+        prefer = alone and origin_peer
         if alone:  # grows with the rate it shows: a slow web seed holds little
             nbytes = max(_SWARM_WS_BATCH_BYTES, int(self._ws_rate * _WS_BATCH_SECONDS))
             cap = self.settings.web_seed_batch_bytes * (_WS_PREFERRED_GROWTH if prefer else 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -24,8 +25,8 @@ from swarmhub.lab.results import HostResult, ScenarioResult
 from swarmhub.lab.topology import Lab, LabError, LabProc, LoopbackLab, _json_line, free_port
 from swarmhub.metainfo.model import Metainfo
 
-__all__ = ["GATE_TIMEOUT_S", "STALL_S", "EventSink", "Runner", "proc_cpu_s", "report_line",
-           "wait_text"]
+__all__ = ["GATE_TIMEOUT_S", "STALL_S", "TRACE_ENV", "EventSink", "Runner", "proc_cpu_s",
+           "report_line", "wait_text"]
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,7 @@ class Runner:
         deadline_at = t_begin + self.deadline_s
         next_file_poll = t_begin
         pending = set(clients)
+        trace = _Trace(self.workdir / "trace.jsonl", t_go if t_go is not None else t_begin)
         while pending:
             now = time.monotonic()
             file_poll = not self.json_progress and now >= next_file_poll
@@ -255,6 +257,7 @@ class Runner:
                     obj = _json_line(line)
                     if obj is None:
                         continue
+                    trace.line(now, host, obj)
                     self.on_line(h, obj)
                     if obj.get("event") == "finished":
                         # a finish read as the fault struck was written before it struck
@@ -323,6 +326,7 @@ class Runner:
                 break
             if pending:
                 time.sleep(_POLL_S)
+        trace.close()
         t0 = t_go if t_go is not None else min(starts.values()) if starts else t_begin
         for host, end in ends.items():
             by_host[host].completion_s = round(end - t0, 3)
@@ -410,6 +414,30 @@ class Runner:
             if not any(_is_finished(ln) for ln in lines):
                 downloading.append(host)
         self.result.downloading_at_fault = downloading
+
+
+#: Set (to anything) to write every client status line, with the seconds since the start
+#: gate and the host, to ``<workdir>/trace.jsonl`` (``lab run --keep`` keeps it): a run's
+#: progress per host over time, the web seed's share included.
+TRACE_ENV = "SWARMHUB_LAB_TRACE"
+
+
+class _Trace:
+    """The status lines of one run as JSON lines (only with :data:`TRACE_ENV` set)."""
+
+    def __init__(self, path: Path, t0: float) -> None:
+        self._t0 = t0
+        self._file = open(path, "w") if os.environ.get(TRACE_ENV) else None  # noqa: SIM115
+
+    def line(self, now: float, host: int, obj: dict[str, Any]) -> None:
+        if self._file is not None:
+            obj = {k: v for k, v in obj.items() if k != "bitfield"}
+            self._file.write(json.dumps({"t": round(now - self._t0, 3), "host": host, **obj})
+                             + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def report_line(state: SwarmProgress, host: int, obj: dict[str, Any], size: int) -> None:
