@@ -158,4 +158,14 @@ async def test_a_deferred_write_goes_with_the_corked_replies_first_and_uncopied(
     assert calls == [1]
     assert transport.writes == [[b"reply1reply2", b"head", bytes(block)]]
     assert not proto.run_uncorked(deferred)  # not corked: the caller writes itself
+    # Asked again by what the deferred call did (its core actions): still before the end.
+    again: list[int] = []
+
+    def first() -> None:
+        proto.run_uncorked(lambda: again.append(1))
+
+    proto._cork = bytearray()
+    proto.run_uncorked(first)
+    proto._flush()
+    assert again == [1]
     proto.close("done")

@@ -618,9 +618,10 @@ class PeerProtocol(asyncio.BufferedProtocol):
         return True
 
     def _flush(self) -> None:
-        fn, self._uncorking = self._uncorking, None
-        if fn is not None and self.transport is not None:
-            fn()
+        while (fn := self._uncorking) is not None:  # (what fn does may ask again)
+            self._uncorking = None
+            if self.transport is not None:
+                fn()
         cork, self._cork = self._cork, None
         if cork and self.transport is not None:
             if self._later:
