@@ -313,6 +313,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self.closed = asyncio.get_running_loop().create_future()
         self._gate: ReadGate | None = None
         self._cork: bytearray | None = None  # writes held while handling received messages
+        self._uncorking: Callable[[], None] | None = None  # see run_uncorked
         self._later = bytearray()  # announcements waiting for other bytes or the timer
         self._held = 0.0  # the soonest timer _later is listed under (while it holds bytes)
         self._writable = asyncio.Event()
@@ -511,15 +512,17 @@ class PeerProtocol(asyncio.BufferedProtocol):
             return pos
         on_message = peer.torrent.on_message
         gate = self._gate
-        cork = self._cork = bytearray()
+        self._cork = bytearray()
         try:
             for req in reqs:
                 on_message(peer, req)
                 pos += 17
                 if self.transport is None:
                     return end
-                # The replies (rejects) corked so far count: the gate's bound is exact.
-                if gate is not None and (gate.paused(BACKLOG) or gate.over(len(cork))):
+                # The replies (rejects) corked so far count: the gate's bound is exact
+                # (blocks sent at once were written, not corked: the transport counts them).
+                if gate is not None and (gate.paused(BACKLOG)
+                                         or gate.over(len(self._cork or b""))):
                     break
         except SwarmhubError as exc:
             self.close(f"error: {exc}")
@@ -604,7 +607,21 @@ class PeerProtocol(asyncio.BufferedProtocol):
             self._flush()
         return False
 
+    def run_uncorked(self, fn: Callable[[], None]) -> bool:
+        """While our writes are corked (a receive callback): call ``fn`` (once, however
+        often asked) just before the cork is written, so that what it writes goes in the
+        same write; False when not corked (``fn`` not called)."""
+        if self._cork is None:
+            return False
+        if self._uncorking is None:
+            self._uncorking = fn
+        return True
+
     def _flush(self) -> None:
+        while (fn := self._uncorking) is not None:  # (what fn does may ask again)
+            self._uncorking = None
+            if self.transport is not None:
+                fn()
         cork, self._cork = self._cork, None
         if cork and self.transport is not None:
             if self._later:
@@ -642,15 +659,29 @@ class PeerProtocol(asyncio.BufferedProtocol):
             else:
                 self.transport.write(data)
 
+    @property
+    def writable(self) -> bool:
+        """The transport takes writes (it has not asked us to pause)."""
+        return self._writable.is_set()
+
     def writelines(self, parts: list[bytes | memoryview | bytearray]) -> None:
-        if self._cork is not None:
-            for part in parts:
-                self._cork += part
-        elif self.transport is not None:
+        """Write ``parts`` (blocks: views of cached pieces) without copying them: while
+        corked, what the cork holds goes first in the same writev and the cork starts
+        anew (the transport may keep the old one: it is never touched again)."""
+        if self.transport is None:
+            return
+        cork = self._cork
+        if cork is not None:
             if self._later:
-                later, self._later = self._later, bytearray()
-                parts = [later, *parts]
-            self.transport.writelines(parts)
+                cork[:0] = self._later
+                self._later.clear()
+            if cork:
+                self._cork = bytearray()
+                parts = [cork, *parts]
+        elif self._later:
+            later, self._later = self._later, bytearray()
+            parts = [later, *parts]
+        self.transport.writelines(parts)
 
     def write_later(self, data: bytes, delay: float = ANNOUNCE_DELAY) -> None:
         """Send ``data`` with the next write to this peer, or within ``delay`` seconds."""
@@ -721,6 +752,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
 
     def close(self, reason: str) -> None:
         self.session.pending.discard(self)
+        self._uncorking = None
         if self._cork is not None:
             self._flush()  # what we said before closing still goes out (or is aborted)
         self.flush_later()

@@ -209,7 +209,7 @@ class Torrent(TorrentViews):
                     case act.Close(peer=peer, reason=reason):
                         cast(Peer, peer).close(reason)
                     case act.Serve(peer=peer):
-                        cast(Peer, peer).upload_wakeup.set()
+                        self.uploads.wake(cast(Peer, peer))
                     case act.Verify(index=index, want_digests=want):
                         self._spawn(self._verify(index, want))
                     case act.Connect(addr=addr):
