@@ -48,6 +48,19 @@ class PeerStats:
     #: when the connection was made (the engine's clock)
     connected_at: float
 
+    # Spelt out: the dataclass keeps it, and mypyc compiles it (the generated one stays
+    # interpreted; one snapshot per peer per rechoke). See swarmhub.engine.actions.
+    def __init__(self, peer: Hashable, interested: bool, download_rate: float,
+                 upload_rate: float, is_seed: bool, snubbed: bool,
+                 connected_at: float) -> None:
+        object.__setattr__(self, "peer", peer)
+        object.__setattr__(self, "interested", interested)
+        object.__setattr__(self, "download_rate", download_rate)
+        object.__setattr__(self, "upload_rate", upload_rate)
+        object.__setattr__(self, "is_seed", is_seed)
+        object.__setattr__(self, "snubbed", snubbed)
+        object.__setattr__(self, "connected_at", connected_at)
+
 
 @dataclass(frozen=True, slots=True)
 class ChokerSettings:
