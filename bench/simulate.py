@@ -91,13 +91,31 @@ def speed(n: int, piece_kib: int, timeout: float, pure: bool = False) -> dict[st
         try:
             out, _ = child.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            seen = _proc_usage(child.pid, n)
             child.terminate()
-            out, _ = child.communicate(timeout=60)
+            try:
+                out, _ = child.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                # The compiled run loop seldom returns to the interpreter, where the
+                # child's SIGTERM handler would run: report what /proc saw and kill it.
+                child.kill()
+                child.communicate(timeout=60)
+                return {**seen, "partial": True, "wall_s": timeout, "done": None}
     lines = out.strip().splitlines()
     if not lines:
         raise SystemExit(f"the speed run at N={n} failed (exit {child.returncode})")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
+
+
+def _proc_usage(pid: int, n: int) -> dict[str, Any]:
+    """CPU seconds and peak RSS of a running child, read from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    hwm = next((int(line.split()[1]) for line in
+                Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:")), 0)
+    return {"n": n, "cpu_s": (int(stat[11]) + int(stat[12])) / ticks, "rss": hwm * 1024}
 
 
 def _load() -> str:
@@ -162,10 +180,11 @@ def main() -> None:
         stopped = [run for run in runs if run.get("partial")]
         if stopped:
             for run in stopped:
+                got = ("(it could not say how far it got)" if run["done"] is None else
+                       f"{run['done']} of {n} done (the last at {run['last_done_s']:.1f} "
+                       f"virtual s) at {run['virtual_now']:.1f} virtual s")
                 print(f"{n:>6} stopped after {run['wall_s']:.0f} s wall: {run['cpu_s']:.0f} "
-                      f"CPU s, peak RSS {run['rss'] / 2**20:.0f} MiB, {run['done']} of {n} "
-                      f"done (the last at {run['last_done_s']:.1f} virtual s) at "
-                      f"{run['virtual_now']:.1f} virtual s   "
+                      f"CPU s, peak RSS {run['rss'] / 2**20:.0f} MiB, {got}   "
                       f"(load average {_load()})")
             report["speed"].append({"stopped": stopped, "runs": runs})
             continue
