@@ -200,3 +200,13 @@ async def test_a_peer_whose_queue_fills_while_the_uplink_is_free_goes_at_once() 
     assert rig.log[1:] == [("a", PIECE)]
     assert not rig.up._waiters
     await rig.close()
+
+
+async def test_a_peer_granted_a_turn_is_sent_to_from_its_receive_callback() -> None:
+    rig = Rig(["a", "b"])  # no serving tasks: only what the callbacks send
+    rig.ask("a", 0)
+    assert rig.log == [("a", PIECE)]
+    assert not rig.peers["a"].upload_wakeup.is_set()
+    rig.ask("b", 1)  # a's piece holds the budget: b's task waits its turn
+    assert rig.log == [("a", PIECE)]
+    assert rig.peers["b"].upload_wakeup.is_set()

@@ -333,15 +333,17 @@ class Uploader:
         ps = t.swarm.peers.get(peer)
         if ps is None or peer.closed:
             return
-        if (peer.proto.writable and not t.settings.upload_ahead
+        if t.settings.upload_ahead:
+            self._turns_moved()  # it may come first in turn now
+        if (peer.proto.writable
                 and not t.settings.upload_rate_limit and self._up_limiter.unlimited
                 and (self._verifier is None or not self._speaks_v1(peer))):
-            if self._send_cached(peer, ps.incoming, None, 1 << 20, False):
+            grant = self._grant(peer)  # its turn's bytes (1 MiB without turns)
+            if grant and self._send_cached(peer, ps.incoming, None, min(grant, 1 << 20),
+                                           False):
                 t._flush()
             if not ps.incoming:
                 return
-        if t.settings.upload_ahead:
-            self._turns_moved()  # it may come first in turn now
         peer.upload_wakeup.set()
 
     def _send_cached(self, peer: Peer, incoming: RequestQueue, v1_ok: bytearray | None,
