@@ -98,9 +98,8 @@ def test_the_task_is_woken_for_what_cannot_go_at_once() -> None:
     up.wake(peer)
     assert len(peer.proto.writes) == 1 and list(incoming) == [m.Request(1, 0, BLOCK)]
     assert peer.upload_wakeup.is_set()
-    # A full socket, a rate limit, upload turns: all for the task.
-    for settings, writable in ((Settings(), False), (Settings(upload_rate_limit=100_000), True),
-                               (Settings(upload_ahead=0.5), True)):
+    # A full socket, a rate limit: for the task (upload turns: test_upload_turn_waits).
+    for settings, writable in ((Settings(), False), (Settings(upload_rate_limit=100_000), True)):
         up, peer, incoming, sent = setup(settings)
         peer.proto.writable = writable
         incoming.append(m.Request(0, 0, BLOCK))

@@ -323,6 +323,27 @@ def test_cli_simulate_writes_the_lab_report(tmp_path: Path) -> None:
     assert bad.exit_code != 0
 
 
+def test_cli_simulate_takes_the_engine_settings_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the peers of ``lab run`` do: ``SWARMHUB_UPLOAD_AHEAD=0.02 lab simulate`` ran
+    with the defaults."""
+    import swarmhub.lab.simrun as simrun
+
+    seen: list[Settings] = []
+
+    def capture(mode: str, opts: SimOptions, *args: object, **kw: object) -> None:
+        seen.append(opts.settings)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(simrun, "simulate", capture)
+    monkeypatch.setenv("SWARMHUB_UPLOAD_AHEAD", "0.02")
+    app = typer.Typer()
+    register(app)
+    CliRunner().invoke(app, ["lab", "simulate", "--peers", "3", "--size", "1MiB",
+                             "--modes", "p2p", "--out", str(tmp_path / "r")])
+    assert seen and seen[0].upload_ahead == 0.02
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_pex_size_is_counted_as_the_encoder_would_write_it(seed: int) -> None:
     """The simulator counts a ut_pex message's bytes without encoding it: the count must

@@ -355,6 +355,7 @@ def simulate_cmd(
     """Run the swarm core for N peers in virtual time (one process, a fluid network with
     max-min shared links, latency and slow start); same table and report as ``lab run``."""
     from swarmhub.lab.simrun import SimOptions, simulate
+    from swarmhub.settings import Settings
 
     ns = _peers(peers)
     if max(ns) > 10_000:
@@ -373,6 +374,8 @@ def simulate_cmd(
         seed_leaves_after_copy=seed_leaves_after_copy,
         seed=seed,
         timeout=timeout,
+        # SWARMHUB_* as for the peers of `lab run` (SWARMHUB_UPLOAD_AHEAD=0.02 was ignored)
+        settings=Settings.from_env(),
     )
     if opts.join_rate < 0 or opts.leave_rate < 0:
         raise typer.BadParameter("rates must be >= 0", param_hint="--join-rate/--leave-rate")
