@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import free_port, need
+from swarmhub.procs import pid_alive
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PID_FILE = "server.pid"
@@ -47,16 +48,6 @@ def _start_time(pid: int) -> str | None:
     except OSError:
         return None
     return None if fields[0] == "Z" else fields[19]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _folder(kind: str) -> Path:
@@ -79,7 +70,7 @@ def reap_orphans(tmp: Path | None = None) -> list[Path]:
         f"swarmhub-{kind}-*-*"))
     for folder in sorted(folders):
         owner = folder.name.split("-")[2]
-        if not owner.isdigit() or _alive(int(owner)) or not folder.is_dir():
+        if not owner.isdigit() or pid_alive(int(owner)) or not folder.is_dir():
             continue
         with contextlib.suppress(OSError, ValueError):
             pid, start, sig = (folder / PID_FILE).read_text().split()

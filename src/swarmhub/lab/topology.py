@@ -58,6 +58,7 @@ from swarmhub.lab.latency import (
     rtt_problem,
 )
 from swarmhub.lab.shell import CMD_TIMEOUT, LabError, run_cmd
+from swarmhub.procs import pid_alive
 
 __all__ = [
     "CMD_TIMEOUT",
@@ -571,7 +572,7 @@ class Lab(_Base):
 
         def orphan(name: str) -> bool:
             m = _RUN_NS_RE.fullmatch(name)
-            return m is not None and not _alive(int(m.group(1), 16))
+            return m is not None and not pid_alive(int(m.group(1), 16))
 
         return _delete_namespaces(orphan, "leftovers of ended lab runs")
 
@@ -601,14 +602,6 @@ def run_prefix(pid: int | None = None) -> str:
     return f"{RUN_PREFIX}{os.getpid() if pid is None else pid:x}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _kill_ns_pids(ns: str) -> None:

@@ -10,7 +10,6 @@ when it exits); those are shown too.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,23 +18,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from swarmhub.procs import pid_alive
+
 __all__ = ["register", "state_file"]
 
 
 def state_file(state_dir: Path) -> Path:
     return state_dir / "dht.json"
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def register(app: typer.Typer) -> None:
@@ -77,7 +66,7 @@ def register(app: typer.Typer) -> None:
 def _show(out: Console, data: Any) -> None:
     """One node's snapshot as two tables: the summary, then the buckets."""
     age = time.time() - float(data.get("saved_at", 0))
-    running = _alive(data.get("pid"))
+    running = pid_alive(data.get("pid"))
     t = Table(show_header=False, box=None)
     t.add_row("node id", str(data.get("node_id")))
     t.add_row("address", f"{data.get('address')} (UDP)")
