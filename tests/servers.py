@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import os
 import pwd
+import select
 import shutil
 import signal
 import socket
@@ -62,6 +63,20 @@ def _record(folder: Path, pid: int, sig: signal.Signals) -> None:
         (folder / PID_FILE).write_text(f"{pid} {start} {int(sig)}\n")
 
 
+def _stop(pid: int, start: str, sig: signal.Signals) -> None:
+    """Signal ``pid`` if it is still the process recorded (same start time) and wait, up
+    to 10 s, until it has exited. A pidfd names that one process, so a PID reused
+    between the check and the signal is never hit, and its exit wakes the wait."""
+    fd = os.pidfd_open(pid)
+    try:
+        if _start_time(pid) != start:
+            return
+        signal.pidfd_send_signal(fd, sig)
+        select.select([fd], [], [], 10.0)  # readable once the process has exited
+    finally:
+        os.close(fd)
+
+
 def reap_orphans(tmp: Path | None = None) -> list[Path]:
     """Stop the servers of earlier test runs whose owning process has died, and remove
     their folders. Only a PID whose start time still matches the record is signalled."""
@@ -74,12 +89,7 @@ def reap_orphans(tmp: Path | None = None) -> list[Path]:
             continue
         with contextlib.suppress(OSError, ValueError):
             pid, start, sig = (folder / PID_FILE).read_text().split()
-            if _start_time(int(pid)) == start:
-                os.kill(int(pid), int(sig))
-                for _ in range(100):  # up to 10 s for it to go before its folder does
-                    if _start_time(int(pid)) != start:
-                        break
-                    time.sleep(0.1)
+            _stop(int(pid), start, signal.Signals(int(sig)))
         shutil.rmtree(folder, ignore_errors=True)
         reaped.append(folder)
     return reaped
