@@ -158,9 +158,9 @@ class Settings:
         "peers: the peer asking longest gets its piece whole first, instead of every peer "
         "a slice at once (a piece done in 0.1 s, not 0.6 s, is shareable sooner); 0 = each "
         "peer fills its own send buffer. Off by default: 0.02 helps in `lab simulate` (p2p "
-        "seed 1, 32 MiB: N=64 1.14 -> 1.11x the bound, N=256 1.19 -> 1.15), but real peers in the netns lab "
-        "are slower with it (N=32 p2p 1.92x the bound against 1.50x off); 0.1 is only as "
-        "good as off there (1.43x), with more peer CPU at N=16", lo=0.0
+        "seed 1, 32 MiB: N=64 1.14 -> 1.11x the bound, N=256 1.19 -> 1.15), but real peers "
+        "in the netns lab are slower with it (N=32 p2p 1.92x the bound against 1.50x off); "
+        "0.1 is only as good as off there (1.43x), with more peer CPU at N=16", lo=0.0
     )
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)
