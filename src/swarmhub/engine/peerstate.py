@@ -34,14 +34,18 @@ class RateMeter:
     two empty arrays are 128 bytes per meter.
     """
 
-    __slots__ = ("_bytes", "_last", "_starts", "_sum", "_window", "total")
+    __slots__ = ("_bytes", "_last", "_last_bytes", "_starts", "_sum", "_window", "total")
 
     def __init__(self, window: float = 5.0) -> None:
         self._window = window
         self._starts: array[float] | None = None
+        #: bytes per bucket; the newest bucket's count lives in ``_last_bytes`` until the
+        #: next bucket starts (``rate`` never reads the newest one: it drops buckets
+        #: before it, or all of them), so ``add`` touches no array within a bucket
         self._bytes: array[int] | None = None
         #: ``_starts[-1]`` while there are samples (no array read per add)
         self._last = 0.0
+        self._last_bytes = 0
         self._sum = 0
         self.total = 0
 
@@ -52,14 +56,17 @@ class RateMeter:
         counts = self._bytes
         if starts is None or counts is None:
             self._starts = array("d", (now,))
-            self._bytes = array("q", (n,))
+            self._bytes = array("q", (0,))
             self._last = now
+            self._last_bytes = n
         elif now - self._last < 0.1:
-            counts[-1] += n
+            self._last_bytes += n
         else:
+            counts[-1] = self._last_bytes
             starts.append(now)
-            counts.append(n)
+            counts.append(0)
             self._last = now
+            self._last_bytes = n
 
     def rate(self, now: float) -> float:
         starts = self._starts
