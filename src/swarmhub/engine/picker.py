@@ -49,7 +49,7 @@ import itertools
 import operator
 import random
 from collections.abc import Callable, Hashable, Iterable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from swarmhub.errors import LocalProtocolError
 
@@ -58,7 +58,10 @@ __all__ = ["MAX_PRIORITY", "Block", "BlockResult", "PiecePicker", "make_block", 
 #: Highest piece priority (libtorrent's top_priority).
 MAX_PRIORITY = 7
 
-_FREE, _REQUESTED, _RECEIVED = 0, 1, 2
+# Final: constants mypyc inlines (a plain module global is a dict lookup per use)
+_FREE: Final = 0
+_REQUESTED: Final = 1
+_RECEIVED: Final = 2
 _NOT_BITS = bytes.maketrans(b"\x00\x01", b"\x01\x00")
 _NONZERO = bytes([0] + [1] * 255)
 
@@ -90,12 +93,12 @@ class BlockResult(NamedTuple):
 
 #: ``Block`` from a tuple without the Python-level ``__new__`` of a named tuple (per block:
 #: here, in the peer's receive path and in the simulator's upload loop).
-make_block: Callable[[tuple[int, int, int]], Block] = functools.partial(tuple.__new__, Block)
+make_block: Final[Callable[[tuple[int, int, int]], Block]] = functools.partial(tuple.__new__, Block)
 #: Block states of a piece whose every block is requested (a prefix of it: most pieces).
-_ALL_REQUESTED = bytes([_REQUESTED]) * 1024
+_ALL_REQUESTED: Final = bytes([_REQUESTED]) * 1024
 
-_NOTHING = BlockResult((), False)
-_COMPLETE = BlockResult((), True)
+_NOTHING: Final = BlockResult((), False)
+_COMPLETE: Final = BlockResult((), True)
 
 
 class _Piece:

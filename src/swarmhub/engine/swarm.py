@@ -35,7 +35,7 @@ import math
 import random
 from collections.abc import Callable, Container, Hashable, Iterable, Mapping, Sequence
 from itertools import starmap
-from typing import Any
+from typing import Any, Final, cast
 
 from swarmhub.engine.actions import (
     Action,
@@ -61,10 +61,14 @@ from swarmhub.wire import messages as m
 
 __all__ = ["BLOCK_SIZE", "Swarm", "ban_key"]
 
-BLOCK_SIZE = 16 * 1024
+BLOCK_SIZE: Final = 16 * 1024
 _KEEPALIVE = (m.KeepAlive(),)
 _INTERESTED = (m.Interested(),)
-_NOT_INTERESTED = (m.NotInterested(),)
+_NOT_INTERESTED: Final = (m.NotInterested(),)
+#: the two commonest messages' types, for the exact type checks of ``receive`` (Final:
+#: a C static, where ``m.Have`` is a module-global lookup and an attribute lookup)
+_HAVE: Final = m.Have
+_REQUEST: Final = m.Request
 _CHOKE = (m.Choke(),)
 _UNCHOKE = (m.Unchoke(),)
 
@@ -146,7 +150,7 @@ _SS_TURNAROUND_CAP = 4.0
 #: slots stay four (eight cost N=64 1.25 -> 1.28).
 _SLOT_PIECE_TIME = 0.1
 #: A peer's request queue holds at least this many of its round trips of its rate.
-_RTT_QUEUE = 4.0
+_RTT_QUEUE: Final = 4.0
 
 
 def ban_key(addr: tuple[str, int], peer_id: bytes) -> Hashable:
@@ -463,11 +467,12 @@ class Swarm:
         ps.last_recv = now
         # Have and Request are most of a swarm's messages: an exact type check first
         # (cheaper than the match's isinstance chain); the same handling as their cases.
-        if type(msg) is m.Have:
-            self._got_have(ps, msg.index, now)
+        kind = type(msg)
+        if kind is _HAVE:
+            self._got_have(ps, cast(m.Have, msg).index, now)
             return
-        if type(msg) is m.Request:
-            self._on_request(ps, msg, now)
+        if kind is _REQUEST:
+            self._on_request(ps, cast(m.Request, msg), now)
             return
         handle = ps.handle
         match msg:
@@ -617,7 +622,7 @@ class Swarm:
         if not blocks:
             return
         ps.requested.update(dict.fromkeys(blocks, now))
-        self._send(ps, tuple(starmap(m.Request, blocks)), now)  # Block: (index, begin, length)
+        self._send(ps, tuple(starmap(_REQUEST, blocks)), now)  # Block: (index, begin, length)
 
     def _fill_all(self, now: float) -> None:
         for ps in list(self.peers.values()):
@@ -1377,18 +1382,21 @@ class Swarm:
         seeding = self.finished
         turns = self._choke.turns
         best: PeerState | None = None
-        best_key: tuple[float, float, float] | None = None
+        b0 = b1 = b2 = 0.0  # best's key (k0, k1, a random tie-break), compared in order
         for other in self.peers.values():
             if (other.closed or not other.am_choking or not other.peer_interested
                     or other.is_seed or (other.snubbed and not seeding)):
                 continue
             if seeding:
-                key = (turns.get(other.handle, -float("inf")), other.up.rate(now),
-                       self.rng.random())
+                k0 = turns.get(other.handle, -math.inf)
+                k1 = other.up.rate(now)
             else:
-                key = (-other.down.rate(now), 0.0, self.rng.random())
-            if best_key is None or key < best_key:
-                best, best_key = other, key
+                k0 = -other.down.rate(now)
+                k1 = 0.0
+            k2 = self.rng.random()
+            # (k0, k1, k2) < best's, without a tuple per candidate
+            if best is None or k0 < b0 or (k0 == b0 and (k1 < b1 or (k1 == b1 and k2 < b2))):
+                best, b0, b1, b2 = other, k0, k1, k2
         return best
 
     def _unchoke_best(self, now: float) -> bool:

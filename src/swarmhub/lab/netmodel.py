@@ -34,11 +34,10 @@ Everything runs on the caller's :class:`EventQueue`; nothing reads a clock.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "INIT_CWND",
@@ -53,18 +52,20 @@ __all__ = [
     "wire",
 ]
 
-MSS = 1448
+# Final: mypyc inlines or keeps these in C statics (a plain module global is a dict
+# lookup by name at every use, and they are read per item, per flow and per event).
+MSS: Final = 1448
 #: Ethernet + IPv4 + TCP + timestamp option bytes per segment (what htb counts).
-OVERHEAD = 66
-INIT_CWND = 10 * (MSS + OVERHEAD)
-MAX_CWND = 4 * 1024 * 1024
-MIN_RTO = 0.2
+OVERHEAD: Final = 66
+INIT_CWND: Final = 10 * (MSS + OVERHEAD)
+MAX_CWND: Final = 4 * 1024 * 1024
+MIN_RTO: Final = 0.2
 #: Items at most this big skip the fluid model when their pipe is idle.
-SMALL = 2048
-_INF = math.inf
+SMALL: Final = 2048
+_INF: Final = math.inf
 
 
-_push = heapq.heappush
+_push: Final = heapq.heappush
 
 
 def _together(items: list[tuple[Callable[[Any], None], Any]]) -> None:
@@ -93,20 +94,26 @@ class EventQueue:
     def __init__(self, lane_delay: float | None = None) -> None:
         self.now = 0.0
         self._heap: list[tuple[float, int, Callable[..., None], Any]] = []
-        self._seq = itertools.count()
+        #: the next event's insertion number (ties in time run in insertion order); an
+        #: int, not itertools.count: next() is a builtin looked up by name per event
+        self._seq = 0
         self._lane: deque[tuple[float, int, Callable[..., None], Any]] = deque()
         #: the delay whose events take the lane (None: none do)
         self.lane_delay = lane_delay
 
     def at(self, when: float, fn: Callable[..., None], arg: Any = None) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), fn, arg))
+        seq = self._seq
+        self._seq = seq + 1
+        heapq.heappush(self._heap, (when, seq, fn, arg))
 
     def after(self, delay: float, fn: Callable[..., None], arg: Any = None) -> None:
         """``fn(arg)`` at ``now + delay`` (in the lane when ``delay`` is its delay)."""
+        seq = self._seq
+        self._seq = seq + 1
         if delay == self.lane_delay:
-            self._lane.append((self.now + delay, next(self._seq), fn, arg))
+            self._lane.append((self.now + delay, seq, fn, arg))
         else:
-            heapq.heappush(self._heap, (self.now + delay, next(self._seq), fn, arg))
+            heapq.heappush(self._heap, (self.now + delay, seq, fn, arg))
 
     def pop(self, until: float) -> tuple[float, int, Callable[..., None], Any] | None:
         """The next event due at or before ``until`` (removed), or None."""
@@ -217,10 +224,12 @@ class Network:
             # Serialisation time (microseconds) is left out: arrivals stay in FIFO order.
             pipe.up.sent += size
             lat = pipe.latency
+            seq = ev._seq
+            ev._seq = seq + 1
             if lat == ev.lane_delay:
-                ev._lane.append((now + lat, next(ev._seq), fn, payload))
+                ev._lane.append((now + lat, seq, fn, payload))
             else:
-                heapq.heappush(ev._heap, (now + lat, next(ev._seq), fn, payload))
+                heapq.heappush(ev._heap, (now + lat, seq, fn, payload))
             return
         items = pipe.items
         pipe.queued += size
@@ -291,7 +300,9 @@ class Network:
         due = pipe.due
         if due > now:  # the rate fell since: not gone yet, come back when it is due
             pipe.at = due
-            _push(ev._heap, (due, next(ev._seq), self._done_fn, arg))
+            seq = ev._seq
+            ev._seq = seq + 1
+            _push(ev._heap, (due, seq, self._done_fn, arg))
             return
         items = pipe.items
         size, fn, payload = items.pop(0)
@@ -299,11 +310,12 @@ class Network:
         pipe.up.sent += size
         heap = ev._heap
         seq = ev._seq
+        ev._seq = seq + 1
         lat = pipe.latency
         if lat == ev.lane_delay:
-            ev._lane.append((now + lat, next(seq), fn, payload))
+            ev._lane.append((now + lat, seq, fn, payload))
         else:
-            _push(heap, (now + lat, next(seq), fn, payload))
+            _push(heap, (now + lat, seq, fn, payload))
         if pipe.waiting and pipe.on_drain is not None:
             pipe.on_drain(pipe)
         if items:
@@ -311,7 +323,9 @@ class Network:
             pipe.last = now
             gen = pipe.gen = pipe.gen + 1
             due = pipe.due = pipe.at = now + left / pipe.rate
-            _push(heap, (due, next(seq), self._done_fn, (pipe, gen)))
+            seq = ev._seq
+            ev._seq = seq + 1
+            _push(heap, (due, seq, self._done_fn, (pipe, gen)))
         else:
             self._stop(pipe, now)
 
@@ -407,10 +421,13 @@ class Network:
                     if due < f.at:  # sooner than the event in the queue (if any): a new one
                         f.at = due
                         gen = f.gen = f.gen + 1
-                        _push(heap, (due, next(seq), done, (f, gen)))
+                        _push(heap, (due, seq, done, (f, gen)))
+                        seq += 1
                 if not f.growing and cwnd < MAX_CWND and rate * rtt * 2 >= cwnd * 0.999:
                     f.growing = True
-                    _push(heap, (now + rtt, next(seq), grow, f))
+                    _push(heap, (now + rtt, seq, grow, f))
+                    seq += 1
+        ev._seq = seq
         if grown is not None and grown not in seen and grown.active:
             self._rerate(grown, now)
 

@@ -26,7 +26,7 @@ import heapq
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from swarmhub.engine.actions import (
     Action,
@@ -53,15 +53,15 @@ from swarmhub.wire import messages as m
 
 __all__ = ["End", "Node", "Simulation"]
 
-_SIZES: dict[type, int] = {
+_SIZES: Final[dict[type, int]] = {
     m.KeepAlive: 4, m.Choke: 5, m.Unchoke: 5, m.Interested: 5, m.NotInterested: 5,
     m.Have: 9, m.Request: 17, m.Cancel: 17, m.RejectRequest: 17, m.HaveAll: 5,
     m.HaveNone: 5, m.SuggestPiece: 9, m.AllowedFast: 9, m.Port: 7,
 }
-HANDSHAKE = 68
-_BLOCK_WIRE = 16384 + 13 + 12 * 66  #: wire bytes of one 16 KiB Piece message
-EXT_HANDSHAKE = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
-PIECE_HEADER = 13
+HANDSHAKE: Final = 68
+_BLOCK_WIRE: Final = 16384 + 13 + 12 * 66  #: wire bytes of one 16 KiB Piece message
+EXT_HANDSHAKE: Final = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
+PIECE_HEADER: Final = 13
 #: source ports of dialled connections (Linux's ip_local_port_range): a peer that dialled
 #: us is known by one of these until its extension handshake's ``p`` says where it listens
 _EPHEMERAL = (32768, 60999)
@@ -116,13 +116,18 @@ class End:
         sim = node.sim
         swarm = node.swarm
         assert swarm is not None  # ends exist only on hosts that run a core
-        got = sum([b.length for b in blocks])
+        got = 0  # (loops, not sum/all/zip: builtins are looked up by name, per call)
+        for b in blocks:
+            got += b.length
         ps = self.ps
         stored = swarm.blocks_from(ps, blocks, sim.ev.now) if ps is not None else [
             False for _ in blocks]
         node.got += got
-        node.useful += got if all(stored) else sum(
-            [b.length for b, ok in zip(blocks, stored, strict=True) if ok])
+        useful = 0
+        for i, b in enumerate(blocks):
+            if stored[i]:
+                useful += b.length
+        node.useful += useful
         remote = self.remote
         remote.gave += got
         if remote is sim.source:
@@ -312,14 +317,19 @@ class Simulation:
         end = self.by_uid[cast(int, a.peer)]
         if end is not None and end.open:
             msgs = a.messages
-            self.net.send(end.out, sum(map(msg_size, msgs)), msgs, end.far.got_msgs)
+            size = 0
+            for msg in msgs:
+                size += msg_size(msg)
+            self.net.send(end.out, size, msgs, end.far.got_msgs)
 
     def _do_broadcast(self, node: Node, a: Broadcast) -> None:
         """Send to each peer; those whose pipe is idle (the message skips the fluid model)
         and that share a latency get one event between them: a Have to 50 peers is one
         heap entry, not 50 (the largest cost of a simulated swarm is its Haves)."""
         msgs = a.messages
-        size = sum(map(msg_size, msgs))
+        size = 0
+        for msg in msgs:
+            size += msg_size(msg)
         send = self.net.send
         by_uid = self.by_uid
         small = wire(size) <= SMALL
