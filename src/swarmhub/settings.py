@@ -157,12 +157,9 @@ class Settings:
         0.0, "seconds of our measured upload rate (at least 64 KiB) written ahead across all "
         "peers: the peer asking longest gets its piece whole first, instead of every peer "
         "a slice at once (a piece done in 0.1 s, not 0.6 s, is shareable sooner); 0 = each "
-        "peer fills its own send buffer. Off by default: the smaller the value, the better "
-        "`lab simulate` does and the worse the netns lab (256 KiB pieces, seeds 1-3, "
-        "medians, N=256 p2p: off 1.279x the bound, 0.2 1.275, 0.1 1.274, 0.05 1.256; lab "
-        "N=32 p2p, medians of 3: off 1.36-1.47, 0.1 1.39, 0.05 1.57 with peer CPU 1.09 -> "
-        "1.25 s; 0.02 1.92). Slow runs (0.1: 1 in 7 at 1.94x, 0.05: 2.10x) are all peers "
-        "slow and busy, as when every peer is starved of CPU", lo=0.0
+        "peer fills its own send buffer. Off by default: in `lab simulate` it gains at most "
+        "0.02x the bound (N=256, 0.05), in the netns lab it costs peer CPU and some runs "
+        "(N=32 p2p: 0.05 1.57x vs off 1.36x)", lo=0.0
     )
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)
