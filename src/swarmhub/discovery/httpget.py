@@ -501,14 +501,19 @@ class HttpClient:
 
     @staticmethod
     async def _head(conn: _Conn, parser: h11.Connection, timeout: float | None) -> h11.Response:
-        got = False
-        while True:  # bounded: h11 refuses a head past MAX_HEAD; EOF ends it
+        fed = 0
+        while True:  # bounded: at most MAX_HEAD bytes are fed before the head ends; EOF
             event = _next(parser)
             if event is h11.NEED_DATA:
+                if fed >= MAX_HEAD:
+                    raise HttpError(f"malformed HTTP answer: head larger than {MAX_HEAD} bytes")
                 data = await conn.recv(timeout)
-                if not data and not got:
+                if not data and not fed:
                     raise NoAnswer("the server closed the connection without an answer")
-                got = True
+                if fed + len(data) > MAX_HEAD:  # the rest waits: body bytes, or too much
+                    conn.unread(data[MAX_HEAD - fed:])
+                    data = data[:MAX_HEAD - fed]
+                fed += len(data)
                 parser.receive_data(data)
             elif isinstance(event, h11.Response):
                 return event
