@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from swarmhub.discovery.httpget import HttpClient, HttpError, Response
+from swarmhub.discovery.httpget import ConnectError, HttpClient, HttpError, Response
 from swarmhub.errors import AuthError, SwarmhubError
 from swarmhub.metainfo.paths import safe_components
 
@@ -182,7 +182,7 @@ async def http_download(http: HttpClient, info: HubFile, dest_dir: Path, *,
     try:
         return await _fetch(http, info, part, final, headers, hasher, have, progress,
                             rate_limit)
-    except (HttpError, OSError, TimeoutError) as exc:
+    except (HttpError, ConnectionError, ConnectError, TimeoutError) as exc:
         raise SwarmhubError(f"cannot download {info.url}: {type(exc).__name__}: {exc}; "
                             "run again to resume") from None
 
@@ -230,7 +230,7 @@ async def _fetch(http: HttpClient, info: HubFile, part: Path, final: Path,
                     ahead = fetched / rate_limit - (loop.time() - started)
                     if ahead > 0:
                         await asyncio.sleep(ahead)
-        except (HttpError, OSError, TimeoutError) as exc:
+        except (HttpError, ConnectionError, ConnectError, TimeoutError) as exc:
             raise SwarmhubError(f"download interrupted after {have + fetched:,} bytes "
                                 f"({type(exc).__name__}: {exc}); the part file is kept, run "
                                 "again to resume") from None
