@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,3 +238,69 @@ async def test_a_200_to_the_resume_range_starts_over_from_the_first_byte(
     assert header(srv.seen[0], b"range") == b"bytes=5000-"
     assert fetched == len(DATA)
     assert (tmp_path / "f.bin").read_bytes() == DATA
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+async def test_https_bodies_are_read_into_the_buffer_and_the_connection_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS under the BufferedProtocol (asyncio's SSL transport fills the caller's buffer);
+    the certificate is checked: trusted here only because the test's CA is the context's."""
+    import ssl
+
+    from swarmhub.discovery import httpget
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    data = os.urandom(3 << 20)
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            for _ in range(10):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(answer(data))
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(one, "127.0.0.1", 0, ssl=server_ctx)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/f"
+    try:
+        async with HttpClient() as http:  # the system CAs: this certificate is refused
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await http.get(url)
+        monkeypatch.setattr(httpget, "_tls", ssl.create_default_context(cafile=str(cert)))
+        async with HttpClient() as http:
+            for _ in range(2):
+                assert await (await http.get(url)).read() == data
+            assert http.connections_made == 1
+    finally:
+        server.close()
+        await server.wait_closed()
