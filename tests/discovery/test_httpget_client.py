@@ -304,3 +304,32 @@ async def test_https_bodies_are_read_into_the_buffer_and_the_connection_kept(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_body_nobody_reads_yet_is_held_bounded_and_arrives_intact(raw: Callable[
+        [Handler], asyncio.Future[Raw]]) -> None:
+    """Bytes arriving while no read waits go to the connection's receive buffer, which
+    stops reading the socket once it holds ``_HIGH`` bytes (TCP then slows the server);
+    reads in odd sizes then take them in order, moving the rest to the buffer's front."""
+    from swarmhub.discovery import httpget
+
+    data = os.urandom(6 << 20)
+    srv = await raw(lambda head, c, k: (answer(data), False))
+    async with HttpClient() as http:
+        resp = await http.get(f"{srv.base}/")
+        conn = resp._conn
+        assert conn is not None
+        for _ in range(100_000):  # bounded; ends on the state, not the clock
+            if conn._paused:
+                break
+            await asyncio.sleep(0)
+        held = conn._w - conn._r
+        assert conn._paused and httpget._HIGH < held <= httpget._BUFFER
+        for _ in range(1000):  # the server goes on writing: nothing more is read
+            await asyncio.sleep(0)
+        assert conn._w - conn._r == held
+        got = bytearray()
+        buf = memoryview(bytearray(99_991))
+        while n := await resp.readinto(buf):
+            got += buf[:n]
+        assert got == data
