@@ -49,13 +49,10 @@ MAX_REDIRECTS = 5
 #: Largest status line + headers accepted.
 MAX_HEAD = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-#: The receive buffer of a connection, for what arrives while no body is read into a
-#: caller's buffer (a busy loop: the reader was not waiting); read from in place.
-_BUFFER = 1 << 20
+#: The receive buffer of a connection while no body is read into a caller's buffer.
+_SCRATCH = 256 * 1024
 #: Received bytes nobody asked for yet, past which the connection stops reading.
-_HIGH = _BUFFER * 3 // 4
-#: Least room a read into the receive buffer gets (else what waits moves to its front).
-_MIN_READ = 64 * 1024
+_HIGH = 1 << 20
 #: A redirect's or refused reply's body up to this is read to keep the connection.
 _DRAIN = 64 * 1024
 _NO_BODY = frozenset({204, 304})
@@ -187,11 +184,8 @@ class _Conn(asyncio.BufferedProtocol):
     def __init__(self, origin: tuple[str, str, int]) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
-        # received bytes wait in _buf[_r:_w] (after _front: bytes put back), read in place
-        self._buf = bytearray(_BUFFER)
-        self._view = memoryview(self._buf)
-        self._r = self._w = 0
-        self._front = b""
+        self._scratch = memoryview(bytearray(_SCRATCH))
+        self._data = bytearray()  # received, not yet taken
         self._target: memoryview | None = None
         self._filled = 0
         self.eof = False
@@ -209,21 +203,15 @@ class _Conn(asyncio.BufferedProtocol):
         target = self._target
         if target is not None and self._filled < len(target):
             return target[self._filled:]
-        if self._r == self._w:
-            self._r = self._w = 0
-        elif len(self._buf) - self._w < _MIN_READ:  # room at the front: move the rest there
-            kept = self._w - self._r
-            self._buf[:kept] = self._view[self._r:self._w]
-            self._r, self._w = 0, kept
-        return self._view[self._w:]
+        return self._scratch
 
     def buffer_updated(self, nbytes: int) -> None:
         target = self._target
         if target is not None and self._filled < len(target):
             self._filled += nbytes
         else:
-            self._w += nbytes
-            if self._w - self._r > _HIGH and not self._paused and self.transport is not None:
+            self._data += self._scratch[:nbytes]
+            if len(self._data) > _HIGH and not self._paused and self.transport is not None:
                 self._paused = True
                 self.transport.pause_reading()
         self._wake()
@@ -251,14 +239,13 @@ class _Conn(asyncio.BufferedProtocol):
         finally:
             self._waiter = None
 
-    @property
-    def _pending(self) -> int:
-        return len(self._front) + self._w - self._r
-
-    def _consumed(self) -> None:
-        if self._paused and self._w - self._r <= _HIGH // 2 and self.transport is not None:
+    def _take(self) -> bytes:
+        data = bytes(self._data)
+        self._data.clear()
+        if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+        return data
 
     def _ended(self) -> bytes:
         if self._exc is not None:
@@ -267,32 +254,23 @@ class _Conn(asyncio.BufferedProtocol):
 
     async def recv(self, timeout: float | None) -> bytes:
         """The bytes received so far, waiting for some; ``b""`` at EOF."""
-        while not self._pending and not self.eof:
+        while not self._data and not self.eof:
             await self._wait(timeout)
-        if not self._pending:
-            return self._ended()
-        data = self._front + self._view[self._r:self._w]
-        self._front = b""
-        self._r = self._w = 0
-        self._consumed()
-        return data
+        return self._take() if self._data else self._ended()
 
     def unread(self, data: bytes) -> None:
         """Put back bytes received past the answer's head (the body's first bytes)."""
-        self._front = data + self._front
+        self._data[:0] = data
 
     async def recv_into(self, view: memoryview, timeout: float | None) -> int:
         """Receive into ``view``: as many bytes as arrived (at least one), 0 at EOF."""
-        if self._front:
-            n = min(len(view), len(self._front))
-            view[:n] = self._front[:n]
-            self._front = self._front[n:]
-            return n
-        if self._r < self._w:
-            n = min(len(view), self._w - self._r)
-            view[:n] = self._view[self._r:self._r + n]
-            self._r += n
-            self._consumed()
+        if self._data:
+            n = min(len(view), len(self._data))
+            view[:n] = self._data[:n]
+            del self._data[:n]
+            if self._paused and len(self._data) < _HIGH // 2 and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
             return n
         if self.eof:
             self._ended()
