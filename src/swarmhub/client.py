@@ -197,7 +197,7 @@ async def _fetch(http: HttpClient, info: HubFile, part: Path, final: Path,
     started = loop.time()
     async with await http.get(info.url, headers=headers) as resp:
         if resp.status == 503:
-            retry = float(resp.headers.get("Retry-After", "10") or 10)
+            retry = float(resp.headers.get("retry-after", "10") or 10)
             raise HubBusy(retry, _link_torrent(resp) or info.torrent_url)
         if resp.status in (401, 403):
             raise AuthError(f"the hub refused the download ({resp.status}); give --token")

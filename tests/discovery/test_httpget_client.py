@@ -333,3 +333,18 @@ async def test_a_body_nobody_reads_yet_is_held_bounded_and_arrives_intact(raw: C
         while n := await resp.readinto(buf):
             got += buf[:n]
         assert got == data
+
+
+async def test_a_busy_hub_says_when_to_retry_and_where_the_torrent_is(
+        raw: Callable[[Handler], asyncio.Future[Raw]], tmp_path: Path) -> None:
+    from swarmhub.client import HubBusy
+
+    srv = await raw(lambda head, c, k: (answer(
+        b'{"error": "busy"}', "503 Service Unavailable", Retry_After=7,
+        Link='<http://elsewhere/t/abc.torrent>; rel="alternate"; type="application/x-bittorrent"'),
+        False))
+    async with HttpClient() as http:
+        with pytest.raises(HubBusy) as busy:
+            await http_download(http, _info(srv.base), tmp_path)
+    assert busy.value.retry_after == 7.0
+    assert busy.value.torrent_url == "http://elsewhere/t/abc.torrent"
