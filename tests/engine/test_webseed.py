@@ -290,8 +290,6 @@ class RawServer:
         #: headers of the latest request, names lower-cased
         self.last_headers: dict[str, str] = {}
         self.gate = asyncio.Event()
-        #: connections accepted
-        self.connections = 0
         self._server: asyncio.Server | None = None
         self.base = ""
 
@@ -308,7 +306,6 @@ class RawServer:
             await asyncio.wait_for(self._server.wait_closed(), 5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
         try:
             while True:
                 try:
@@ -660,27 +657,13 @@ async def test_overloaded_hub_origin_makes_the_web_seed_busy_not_banned(tmp_path
 async def test_many_ranges_share_keep_alive_connections(tmp_path: Path) -> None:
     """One range per piece: the requests reuse their connections (one streaming, one
     asked ahead), not one connection per range."""
-    pl = 16 * KIB
-    root = make_tree(tmp_path / "www", {"f.bin": 12 * pl})
-    meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=pl)
-    data = (root / "f.bin").read_bytes()
-
-    async def ranged(
-        srv: RawServer,
-        r: asyncio.StreamReader,
-        w: asyncio.StreamWriter,
-        path: str,
-        span: tuple[int, int] | None,
-    ) -> None:
-        assert span is not None
-        w.write(srv.partial(path, span))
-
-    async with RawServer({"/f.bin": data}, ranged) as srv, HttpClient() as http:
-        ws = WebSeed(srv.base + "f.bin", meta, http, max_request=pl)
+    root = make_tree(tmp_path / "www", {"f.bin": 12 * 16 * KIB})
+    meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=16 * KIB)
+    async with static_server(root) as srv, HttpClient() as http:
+        ws = WebSeed(srv.base + "f.bin", meta, http, max_request=16 * KIB)
         got = await fetch_all(ws, range(12))
-        assert b"".join(got[i] for i in range(12)) == data
-        assert len(srv.log) == 12 and ws.requests == 12
-        assert srv.connections <= 2 and http.connections_made == srv.connections
+        assert b"".join(got[i] for i in range(12)) == (root / "f.bin").read_bytes()
+        assert ws.requests == 12 and 1 <= http.connections_made <= 2
 
 
 async def test_connection_dropped_mid_body_raises_after_intact_pieces(tmp_path: Path) -> None:
