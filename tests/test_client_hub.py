@@ -11,11 +11,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from swarmhub.client import hub_file_torrent
+from swarmhub.discovery.httpget import HttpClient
 from swarmhub.errors import AuthError
 
 
@@ -75,7 +75,7 @@ async def hub() -> AsyncIterator[Hub]:
 
 
 async def test_the_torrent_is_asked_for_beside_the_entry(hub: Hub) -> None:
-    async with aiohttp.ClientSession() as http:
+    async with HttpClient() as http:
         info, torrent = await hub_file_torrent(http, hub.base, "abc", None)
     assert info.name == "f.bin"
     assert torrent == b"short-path torrent"
@@ -84,14 +84,14 @@ async def test_the_torrent_is_asked_for_beside_the_entry(hub: Hub) -> None:
 
 async def test_the_entrys_torrent_url_is_the_fallback(hub: Hub) -> None:
     hub.short_path_missing = True
-    async with aiohttp.ClientSession() as http:
+    async with HttpClient() as http:
         _, torrent = await hub_file_torrent(http, hub.base, "abc", None)
     assert torrent == b"entry-path torrent"
     assert hub.asked[-1] == "/elsewhere/abc.torrent"
 
 
 async def test_the_entrys_error_is_the_one_raised(hub: Hub) -> None:
-    async with aiohttp.ClientSession() as http:
+    async with HttpClient() as http:
         with pytest.raises(AuthError, match="no such file"):
             await hub_file_torrent(http, hub.base, "nope", None)
 
@@ -101,7 +101,7 @@ async def test_a_swarm_download_says_its_peer_id_and_hears_who_else_is_coming(
     """The hub counts a get as about to join until it announces: the entry request says
     the peer id it will announce with, and the gets still on their way count as leechers
     (a crowd starting at once must not all read "alone" and go to HTTP early)."""
-    async with aiohttp.ClientSession() as http:
+    async with HttpClient() as http:
         info, _ = await hub_file_torrent(http, hub.base, "abc", None, b"\x01" * 20)
         plain, _ = await hub_file_torrent(http, hub.base, "abc", None)
     assert hub.peer_ids == ["01" * 20]

@@ -162,6 +162,41 @@ def test_a_json_get_announcing_over_http_never_loads_aiohttp_rich_nor_cryptograp
     assert sorted(m for m in loaded if m.split(".")[0] in NEVER_IN_A_PLAIN_JSON_GET) == []
 
 
+#: What ``get http://hub/f/ID`` never loads (cs or hybrid, --json): aiohttp and its parts
+#: (its import and SSL contexts cost ~0.1 CPU-s; the hub API, the HTTP download and the web
+#: seed all go through swarmhub.discovery.httpget), rich, cryptography.
+NEVER_IN_A_HUB_GET = ("aiohttp", "yarl", "multidict", "aiohappyeyeballs", "rich")
+
+
+@pytest.fixture(scope="module")
+def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A hub process with one published 1 MiB file: its /f/ URL."""
+    from cli_helpers import published_file
+
+    with published_file(tmp_path_factory.mktemp("hub"), 1 << 20, seed=12) as (_, url):
+        yield url
+
+
+@pytest.mark.parametrize("mode", ["cs", "hybrid"])
+def test_a_get_from_a_hub_never_loads_aiohttp(tmp_path: Path, hub_url: str, mode: str) -> None:
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
+               SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
+               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"))
+    r = subprocess.run(
+        [str(VENV_PYTHON), "-c", _AT_EXIT + _RUN_CLI, "get", hub_url, "--mode", mode, "-o",
+         str(tmp_path / "dl"), "--listen", "127.0.0.1:0", "--json", "--no-dht", "--no-lsd",
+         "--encryption", "off", "--timeout", "120"],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = json.loads(r.stdout.strip().splitlines()[-1])
+    assert done.get("event") == "finished", done
+    loaded = set(json.loads((tmp_path / "probe.json").read_text()))
+    assert "swarmhub.discovery.httpget" in loaded  # the hub was asked with it
+    if mode == "hybrid":
+        assert "swarmhub.engine.webseed" in loaded
+    assert sorted(m for m in loaded if m.split(".")[0] in NEVER_IN_A_HUB_GET) == []
+
+
 def test_get_dials_a_torrents_peers_before_the_dht_has_its_routers(
         tmp_path: Path, seeded: tuple[Path, int]) -> None:
     """A slow resolver (the public routers by DNS) does not hold up the given peers."""

@@ -502,7 +502,7 @@ def get(
                 _dht(session, host, actual, no_dht, dht_bootstrap, dht_port))
             lsd = await stack.enter_async_context(_lsd(session, host, no_lsd))
             if hub_url:
-                import swarmhub.client  # noqa: F401  (aiohttp: the last big import)
+                import swarmhub.client  # noqa: F401  (imported before start-up ends)
             _startup_done()
             if hub_url:
                 meta = await _from_hub(session, torrent, mode, output, token, json_progress,

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
+from swarmhub.discovery.httpget import ConnectError, HttpClient, HttpError, Response
 from swarmhub.errors import AuthError, SwarmhubError
 from swarmhub.metainfo.paths import safe_components
 
@@ -28,6 +27,8 @@ __all__ = ["HubBusy", "HubFile", "http_download", "hub_file", "hub_file_torrent"
 
 _FILE_PATH = re.compile(r"^/(?:f|t|m)/([A-Za-z0-9_-]{1,64})(?:[/.].*)?$")
 CHUNK = 1 << 20
+#: Largest error body read for its message.
+_ERROR_BODY = 64 * 1024
 
 
 class HubBusy(SwarmhubError):
@@ -69,22 +70,22 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-async def _json_error(resp: aiohttp.ClientResponse) -> str:
+async def _json_error(resp: Response) -> str:
     try:
-        body = await resp.json(content_type=None)
+        body = await resp.json(_ERROR_BODY)
         return str(body.get("error", body))
-    except (ValueError, aiohttp.ContentTypeError):
+    except (ValueError, AttributeError, OSError, TimeoutError):
         return resp.reason or str(resp.status)
 
 
-async def hub_file(http: aiohttp.ClientSession, base: str, file_id: str,
+async def hub_file(http: HttpClient, base: str, file_id: str,
                    token: str | None, peer_id: bytes | None = None) -> HubFile:
     """The catalog entry of ``file_id`` (GET /api/files/<id>); with the ``peer_id`` we
     will announce with, also who is in its swarm or about to be (:attr:`HubFile.swarm`),
     and we count as about to be until that announce."""
     query = "" if peer_id is None else f"?peer_id={peer_id.hex()}"
-    async with http.get(f"{base}/api/files/{file_id}{query}",
-                        headers=_headers(token)) as resp:
+    async with await http.get(f"{base}/api/files/{file_id}{query}",
+                              headers=_headers(token)) as resp:
         if resp.status in (401, 403):
             raise AuthError(f"the hub refused access ({resp.status}): {await _json_error(resp)}"
                             "; give --token")
@@ -102,10 +103,10 @@ async def hub_file(http: aiohttp.ClientSession, base: str, file_id: str,
                    str(d["torrent_url"]), swarm)
 
 
-async def hub_torrent(http: aiohttp.ClientSession, torrent_url: str,
+async def hub_torrent(http: HttpClient, torrent_url: str,
                       token: str | None) -> bytes:
     """The .torrent bytes from the hub."""
-    async with http.get(torrent_url, headers=_headers(token)) as resp:
+    async with await http.get(torrent_url, headers=_headers(token)) as resp:
         if resp.status in (401, 403):
             raise AuthError(f"the hub refused the torrent ({resp.status}); give --token")
         if resp.status != 200:
@@ -113,7 +114,7 @@ async def hub_torrent(http: aiohttp.ClientSession, torrent_url: str,
         return await resp.read()
 
 
-async def hub_file_torrent(http: aiohttp.ClientSession, base: str, file_id: str,
+async def hub_file_torrent(http: HttpClient, base: str, file_id: str,
                            token: str | None, peer_id: bytes | None = None
                            ) -> tuple[HubFile, bytes]:
     """The catalog entry of ``file_id`` (see :func:`hub_file`) and its .torrent, asked
@@ -134,12 +135,12 @@ async def hub_file_torrent(http: aiohttp.ClientSession, base: str, file_id: str,
         raise
     try:
         return info, await early
-    except (SwarmhubError, aiohttp.ClientError, TimeoutError):
+    except (SwarmhubError, HttpError, OSError, TimeoutError):
         return info, await hub_torrent(http, info.torrent_url, token)
 
 
-def _link_torrent(resp: aiohttp.ClientResponse) -> str | None:
-    for link in resp.headers.getall("Link", []):
+def _link_torrent(resp: Response) -> str | None:
+    for link in resp.getall("Link"):
         m = re.match(r"\s*<([^>]+)>", link)
         if m and "bittorrent" in link:
             return m.group(1)
@@ -156,7 +157,7 @@ def _hash_file(path: Path) -> tuple[Any, int]:
     return h, n
 
 
-async def http_download(http: aiohttp.ClientSession, info: HubFile, dest_dir: Path, *,
+async def http_download(http: HttpClient, info: HubFile, dest_dir: Path, *,
                         token: str | None = None,
                         progress: Callable[[int], None] | None = None,
                         rate_limit: int = 0) -> int:
@@ -181,12 +182,12 @@ async def http_download(http: aiohttp.ClientSession, info: HubFile, dest_dir: Pa
     try:
         return await _fetch(http, info, part, final, headers, hasher, have, progress,
                             rate_limit)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (HttpError, ConnectionError, ConnectError, TimeoutError) as exc:
         raise SwarmhubError(f"cannot download {info.url}: {type(exc).__name__}: {exc}; "
                             "run again to resume") from None
 
 
-async def _fetch(http: aiohttp.ClientSession, info: HubFile, part: Path, final: Path,
+async def _fetch(http: HttpClient, info: HubFile, part: Path, final: Path,
                  headers: dict[str, str], hasher: Any, have: int,
                  progress: Callable[[int], None] | None, rate_limit: int = 0) -> int:
     fetched = 0
@@ -194,9 +195,9 @@ async def _fetch(http: aiohttp.ClientSession, info: HubFile, part: Path, final: 
     chunk_size = min(CHUNK, max(16 * 1024, rate_limit // 8)) if rate_limit else CHUNK
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with http.get(info.url, headers=headers) as resp:
+    async with await http.get(info.url, headers=headers) as resp:
         if resp.status == 503:
-            retry = float(resp.headers.get("Retry-After", "10") or 10)
+            retry = float(resp.headers.get("retry-after", "10") or 10)
             raise HubBusy(retry, _link_torrent(resp) or info.torrent_url)
         if resp.status in (401, 403):
             raise AuthError(f"the hub refused the download ({resp.status}); give --token")
@@ -208,25 +209,28 @@ async def _fetch(http: aiohttp.ClientSession, info: HubFile, part: Path, final: 
         if progress is not None:
             progress(have)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+        buf = memoryview(bytearray(chunk_size))
         try:
             os.ftruncate(fd, have)
             offset = have
-            async for chunk in resp.content.iter_chunked(chunk_size):
+            # bounded: each read fills some of buf from the body, or the body ends (0)
+            while n := await resp.readinto(buf):
+                chunk = buf[:n]
                 hasher.update(chunk)
                 try:
                     os.pwrite(fd, chunk, offset)
                 except OSError as exc:
                     raise SwarmhubError(f"cannot write {part}: {exc.strerror}; the part file "
                                         "is kept and the next run resumes it") from None
-                offset += len(chunk)
-                fetched += len(chunk)
+                offset += n
+                fetched += n
                 if progress is not None:
                     progress(offset)
                 if rate_limit:
                     ahead = fetched / rate_limit - (loop.time() - started)
                     if ahead > 0:
                         await asyncio.sleep(ahead)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HttpError, ConnectionError, ConnectError, TimeoutError) as exc:
             raise SwarmhubError(f"download interrupted after {have + fetched:,} bytes "
                                 f"({type(exc).__name__}: {exc}); the part file is kept, run "
                                 "again to resume") from None

@@ -177,8 +177,29 @@ def _os_error(exc: OSError) -> str:
     return f"{exc.strerror or exc}" + (f": {name}" if name else "")
 
 
+def _http_error(exc: BaseException) -> str | None:
+    """Errors of swarmhub's HTTP client (:mod:`swarmhub.discovery.httpget`) in words."""
+    if "swarmhub.discovery.httpget" not in sys.modules:
+        return None
+    from swarmhub.discovery.httpget import ConnectError, HttpError, NoAnswer
+
+    if isinstance(exc, ConnectError):
+        why = ("connection refused" if isinstance(exc.os_error, ConnectionRefusedError)
+               else exc.os_error.strerror or _first_line(exc.os_error))
+        return (f"cannot connect to {exc.host}:{exc.port} ({why}): is the hub running and "
+                "the URL right?")
+    if isinstance(exc, NoAnswer):
+        return ("the server closed the connection without answering: is the URL's scheme "
+                "right (http:// vs https://) and the server a swarmhub hub?")
+    if isinstance(exc, HttpError):
+        return f"HTTP request failed: {_first_line(exc)}"
+    return None
+
+
 def _client_error(exc: BaseException) -> str | None:
     """aiohttp errors in words (imported lazily: aiohttp is heavy)."""
+    if (words := _http_error(exc)) is not None:
+        return words
     if "aiohttp" not in sys.modules:
         return None
     import aiohttp

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swarmhub.discovery.httpget import HttpClient
 from swarmhub.engine.ratelimit import RateLimiter
 from swarmhub.engine.webseed import (
     RangeRequest,
@@ -401,7 +401,7 @@ async def test_fetch_yields_verified_pieces_for_every_torrent_kind(
     if version is not TorrentVersion.V1 and multi:
         assert any(f.pad for f in meta.files)  # pads are exercised
     verifier = PieceVerifier(meta)
-    async with static_server(root, hub=hub) as srv, aiohttp.ClientSession() as http:
+    async with static_server(root, hub=hub) as srv, HttpClient() as http:
         ws = WebSeed(srv.base, meta, http, max_request=4 * MIB)
         got = await fetch_all(ws, list(range(meta.num_pieces)))
         assert sorted(got) == list(range(meta.num_pieces))
@@ -423,7 +423,7 @@ async def test_eight_mib_in_64_kib_pieces_takes_two_4_mib_requests(tmp_path: Pat
     root = make_tree(tmp_path / "www", {"big.bin": 8 * MIB})
     meta = create_torrent(root / "big.bin", version=TorrentVersion.V1, piece_length=64 * KIB)
     verifier = PieceVerifier(meta)
-    async with static_server(root) as srv, aiohttp.ClientSession() as http:
+    async with static_server(root) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "big.bin", meta, http, max_request=4 * MIB)
         got = await fetch_all(ws, list(range(meta.num_pieces)))
     assert len(got) == 128 and all(verifier.check(i, d) for i, d in got.items())
@@ -449,7 +449,7 @@ async def test_runs_hold_adjacent_pieces_in_page_aligned_buffers_pads_zeroed(
     verifier = PieceVerifier(meta)
     n = meta.num_pieces
     wanted = [i for i in range(n) if i != 5]
-    async with static_server(root) as srv, aiohttp.ClientSession() as http:
+    async with static_server(root) as srv, HttpClient() as http:
         ws = WebSeed(srv.base, meta, http, max_request=4 * MIB)
         for _ in range(2):  # the second time on recycled buffers
             runs = []
@@ -496,7 +496,7 @@ async def test_pieces_are_yielded_while_the_response_is_still_streaming(tmp_path
         assert span is not None
         await first_piece_then_gate(srv, w, path, span, pl)
 
-    async with RawServer({"/f.bin": data}, gated) as srv, aiohttp.ClientSession() as http:
+    async with RawServer({"/f.bin": data}, gated) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
         async with contextlib.aclosing(ws.fetch(range(64))) as it:
             first = await asyncio.wait_for(anext(it), 5)
@@ -537,7 +537,7 @@ async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path:
         else:
             w.write(srv.partial(path, span))
 
-    async with RawServer({"/f.bin": data}, held) as srv, aiohttp.ClientSession() as http:
+    async with RawServer({"/f.bin": data}, held) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
         wanted = [0, 1, 2, 3, 5, 6, 7]  # two ranges: 0-3 and 5-7
         async with contextlib.aclosing(ws.fetch(wanted)) as it:
@@ -559,7 +559,7 @@ async def test_stopping_early_lets_a_reply_asked_ahead_go(tmp_path: Path) -> Non
     root = make_tree(tmp_path / "www", {"f.bin": 16 * 64 * KIB})
     meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=64 * KIB)
     verifier = PieceVerifier(meta)
-    async with static_server(root) as srv, aiohttp.ClientSession() as http:
+    async with static_server(root) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, max_request=2 * 64 * KIB)
         async with contextlib.aclosing(ws.fetch(range(16))) as it:
             first = await asyncio.wait_for(anext(it), 5)
@@ -587,7 +587,7 @@ async def test_garbage_fails_verification_and_three_strikes_ban_the_web_seed(
         w.write(srv.partial(path, span, os.urandom(span[1] - span[0] + 1)))
 
     verifier = PieceVerifier(meta)
-    async with RawServer({"/f.bin": data}, garbage) as srv, aiohttp.ClientSession() as http:
+    async with RawServer({"/f.bin": data}, garbage) as srv, HttpClient() as http:
         url = srv.base + "f.bin"
         ws = WebSeed(url, meta, http, max_request=16 * KIB)  # one request per piece
         checked = []
@@ -624,7 +624,7 @@ async def test_503_with_retry_after_raises_busy_with_the_delay(tmp_path: Path) -
             + body
         )
 
-    async with RawServer({}, busy) as srv, aiohttp.ClientSession() as http:
+    async with RawServer({}, busy) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http)
         with pytest.raises(WebSeedBusy) as info:
             await fetch_all(ws, [0, 1])
@@ -640,7 +640,7 @@ async def test_overloaded_hub_origin_makes_the_web_seed_busy_not_banned(tmp_path
     limiter = OriginLimiter(max_transfers=1, retry_after=12, range_overflow=1)
     async with (
         static_server(root, hub=True, limiter=limiter) as srv,
-        aiohttp.ClientSession() as http,
+        HttpClient() as http,
     ):
         ws = WebSeed(srv.base + "f.bin", meta, http)
         assert limiter.admit(whole_file=True)  # someone else holds the only slot
@@ -652,6 +652,18 @@ async def test_overloaded_hub_origin_makes_the_web_seed_busy_not_banned(tmp_path
     verifier = PieceVerifier(meta)
     assert sorted(got) == [0, 1, 2, 3] and all(verifier.check(i, d) for i, d in got.items())
     assert limiter.rejected_total == 1 and ws.requests == 2
+
+
+async def test_many_ranges_share_keep_alive_connections(tmp_path: Path) -> None:
+    """One range per piece: the requests reuse their connections (one streaming, one
+    asked ahead), not one connection per range."""
+    root = make_tree(tmp_path / "www", {"f.bin": 12 * 16 * KIB})
+    meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=16 * KIB)
+    async with static_server(root) as srv, HttpClient() as http:
+        ws = WebSeed(srv.base + "f.bin", meta, http, max_request=16 * KIB)
+        got = await fetch_all(ws, range(12))
+        assert b"".join(got[i] for i in range(12)) == (root / "f.bin").read_bytes()
+        assert ws.requests == 12 and 1 <= http.connections_made <= 2
 
 
 async def test_connection_dropped_mid_body_raises_after_intact_pieces(tmp_path: Path) -> None:
@@ -674,7 +686,7 @@ async def test_connection_dropped_mid_body_raises_after_intact_pieces(tmp_path: 
         w.close()
 
     verifier = PieceVerifier(meta)
-    async with RawServer({"/f.bin": data}, drop) as srv, aiohttp.ClientSession() as http:
+    async with RawServer({"/f.bin": data}, drop) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http)
         got: dict[int, bytearray] = {}
         with pytest.raises(WebSeedError) as info:
@@ -701,7 +713,7 @@ async def test_server_ignoring_range_is_used_from_offset_zero_only(tmp_path: Pat
         w.write(srv.head("200 OK", {"Content-Length": len(data)}) + data)
 
     verifier = PieceVerifier(meta)
-    async with RawServer({"/f.bin": data}, whole) as srv, aiohttp.ClientSession() as http:
+    async with RawServer({"/f.bin": data}, whole) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * pl)
         got: dict[int, bytearray] = {}
         with pytest.raises(WebSeedError, match="ignores Range"):
@@ -768,7 +780,7 @@ async def test_wrong_content_range_and_other_file_size_are_errors(tmp_path: Path
         (other_size, "different version"),
         (missing, "HTTP 404"),
     ]
-    async with aiohttp.ClientSession() as http:
+    async with HttpClient() as http:
         for behaviour, message in cases:
             async with RawServer({"/f.bin": data}, behaviour) as srv:
                 ws = WebSeed(srv.base + "f.bin", meta, http)
@@ -796,15 +808,15 @@ async def test_a_silent_server_times_out(tmp_path: Path) -> None:
         await w.drain()
         await srv.gate.wait()
 
-    async with RawServer({"/f.bin": data}, stall) as srv, aiohttp.ClientSession() as http:
+    async with RawServer({"/f.bin": data}, stall) as srv, HttpClient() as http:
         # The server stays silent until the test ends, so only the client's own read timer
-        # can end the fetch; the timer asked of aiohttp is recorded (the outer deadline only
-        # guards against a hang, it measures nothing).
+        # can end the fetch; the timer asked of the client is recorded (the outer deadline
+        # only guards against a hang, it measures nothing).
         read_timeouts: list[float | None] = []
         get = http.get
 
         def recording_get(*args: Any, **kwargs: Any) -> Any:
-            read_timeouts.append(kwargs["timeout"].sock_read)
+            read_timeouts.append(kwargs["timeout"])
             return get(*args, **kwargs)
 
         http.get = recording_get  # type: ignore[method-assign]
@@ -842,7 +854,7 @@ async def test_extra_headers_reach_the_server_for_private_collections(tmp_path: 
         else:
             w.write(srv.partial(path, span))
 
-    async with RawServer({"/f.bin": data}, auth) as srv, aiohttp.ClientSession() as http:
+    async with RawServer({"/f.bin": data}, auth) as srv, HttpClient() as http:
         with pytest.raises(WebSeedError, match="HTTP 401"):
             await fetch_all(WebSeed(srv.base + "f.bin", meta, http), [0])
         ws = WebSeed(srv.base + "f.bin", meta, http, headers={"Authorization": "Bearer T"})
@@ -858,7 +870,7 @@ async def test_connection_refused_is_a_web_seed_error(tmp_path: Path) -> None:
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    async with aiohttp.ClientSession() as http:
+    async with HttpClient() as http:
         ws = WebSeed(f"http://127.0.0.1:{port}/f.bin", meta, http, timeout=2)
         with pytest.raises(WebSeedError, match=f"127.0.0.1:{port}"):
             await fetch_all(ws, [0])
@@ -884,7 +896,7 @@ async def test_rate_limiter_paces_the_download(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "www", {"f.bin": 1 * MIB})
     meta = create_torrent(root / "f.bin", version=TorrentVersion.V1, piece_length=64 * KIB)
     limiter = _VirtualRate(2 * MIB, burst=64 * KIB)
-    async with static_server(root) as srv, aiohttp.ClientSession() as http:
+    async with static_server(root) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, rate_limiter=limiter)
         got = await fetch_all(ws, list(range(16)))
     assert len(got) == 16

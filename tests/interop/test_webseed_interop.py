@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from conftest import free_port, need, need_tool
+from swarmhub.discovery.httpget import HttpClient
 from swarmhub.engine.webseed import WebSeed
 from swarmhub.metainfo import create_torrent, torrent_bytes
 from swarmhub.metainfo.model import Metainfo, TorrentVersion
@@ -100,7 +100,7 @@ async def wait_until(cond: Callable[[], bool], seconds: float, what: str) -> Non
 
 async def our_client_agrees(meta: Metainfo, url: str) -> None:
     verifier = PieceVerifier(meta)
-    async with aiohttp.ClientSession() as http:
+    async with HttpClient() as http:
         ws = WebSeed(url, meta, http)
         seen = 0
         async for index, data in ws.fetch(range(meta.num_pieces)):

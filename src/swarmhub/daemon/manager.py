@@ -244,9 +244,8 @@ class Manager:
         return (path if path.is_absolute() else self.download_dir / path).resolve()
 
     async def _hub_torrent(self, url: str, token: str | None) -> bytes:
-        import aiohttp
-
         from swarmhub.client import hub_file_torrent, parse_hub_url
+        from swarmhub.discovery.httpget import HttpError
 
         try:
             base, file_id = parse_hub_url(url)
@@ -255,7 +254,7 @@ class Manager:
         try:
             http = await self.session.http()
             return (await hub_file_torrent(http, base, file_id, token))[1]
-        except (AuthError, aiohttp.ClientError, TimeoutError) as exc:
+        except (AuthError, HttpError, OSError, TimeoutError) as exc:
             raise Upstream(f"the hub at {base}: {exc or type(exc).__name__}") from None
         except SwarmhubError as exc:
             raise Upstream(str(exc)) from None

@@ -21,8 +21,7 @@ from swarmhub.wire import messages as m
 from swarmhub.wire.extensions import ExtensionHandshake, PexMessage
 
 if TYPE_CHECKING:
-    import aiohttp
-
+    from swarmhub.discovery.httpget import HttpClient
     from swarmhub.discovery.tracker import TrackerTiers
     from swarmhub.engine.picker import Block
     from swarmhub.engine.status import TorrentState
@@ -96,7 +95,7 @@ class TorrentServices(PeerServices, Protocol):
     #: ``(info_hash, addr, peer_id, outgoing) -> refusal or None`` (None: admit all)
     peer_filter: Callable[[bytes, tuple[str, int], bytes, bool], str | None] | None
 
-    async def http(self) -> aiohttp.ClientSession: ...
+    async def http(self) -> HttpClient: ...
     def tracker_tiers(self, info_hash: bytes, tiers: list[list[str]]) -> TrackerTiers: ...
     def charge_download(self, n: int, now: float) -> float: ...
     async def charge_upload(self, n: int) -> None: ...

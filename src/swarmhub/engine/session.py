@@ -34,8 +34,7 @@ from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
 
 if TYPE_CHECKING:
-    import aiohttp
-
+    from swarmhub.discovery.httpget import HttpClient
     from swarmhub.discovery.tracker import TrackerTiers
     from swarmhub.storage.files import TorrentStorage
 
@@ -107,7 +106,7 @@ class Session:
         self.peer_count = 0
         self._down = TokenBucket(self.settings.download_rate_limit, None)
         self._up = RateLimiter(self.settings.upload_rate_limit)
-        self._http: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._tg: asyncio.TaskGroup | None = None
 
     async def __aenter__(self) -> Session:
@@ -253,19 +252,19 @@ class Session:
             self._tiers[info_hash] = tiers
         return tiers
 
-    async def http(self) -> aiohttp.ClientSession:
-        """The shared HTTP client (trackers, web seeds); refused once the session closes,
-        so a task cancelled during shutdown cannot leave an unclosed client behind."""
-        import aiohttp
+    async def http(self) -> HttpClient:
+        """The shared HTTP client (hub API, HTTP downloads, web seeds); refused once the
+        session closes, so a task cancelled during shutdown cannot leave an unclosed client
+        behind."""
+        from swarmhub.discovery.httpget import HttpClient
 
         if self._closed:
             raise SwarmhubError("the session is closed")
         if self._http is None:
             # No total timeout: a large HTTP download may take hours; a stalled one is
             # caught by the connect and per-read timeouts instead.
-            self._http = aiohttp.ClientSession(
-                headers={"User-Agent": self.settings.user_agent},
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60))
+            self._http = HttpClient(headers={"User-Agent": self.settings.user_agent},
+                                    connect_timeout=15, read_timeout=60)
         return self._http
 
     async def close(self) -> None:

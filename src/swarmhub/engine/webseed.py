@@ -11,7 +11,8 @@ of other clients complain), so :func:`plan_requests` joins runs of adjacent piec
 few large ``Range: bytes=a-b`` requests of at most ``max_request`` bytes, one per file a
 run touches. :class:`WebSeed` streams each response and yields every piece (or every run
 of adjacent pieces, :meth:`WebSeed.fetch_runs`) as soon as its last byte arrived; memory
-stays at about one piece (one run) plus aiohttp's buffers.
+stays at about one piece (one run); a body is read from the socket straight into the
+run's buffer (:meth:`~swarmhub.discovery.httpget.Response.readinto`).
 
 The web seed does not verify pieces: the caller hashes each yielded piece (with
 :class:`~swarmhub.storage.verify.PieceVerifier`, in a thread) and calls
@@ -42,8 +43,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 from urllib.parse import quote
 
-import aiohttp
-
+from swarmhub.discovery.httpget import HttpClient, HttpError, Response
 from swarmhub.engine.ratelimit import RateLimiter
 from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import FileEntry, Metainfo
@@ -218,11 +218,11 @@ def plan_requests(
     return out
 
 
-def _release_reply(fut: asyncio.Future[tuple[aiohttp.ClientResponse, bool]]) -> None:
-    """Release a reply that was asked for ahead and not read (its error, if it failed,
+def _release_reply(fut: asyncio.Future[tuple[Response, bool]]) -> None:
+    """Drop a reply that was asked for ahead and not read (its error, if it failed,
     was recorded by :meth:`WebSeed._open`)."""
     if not fut.cancelled() and fut.exception() is None:
-        fut.result()[0].release()
+        fut.result()[0].close()
 
 
 def _retry_after(value: str | None) -> float:
@@ -252,15 +252,15 @@ class Run(NamedTuple):
 
 
 class _Assembler:
-    """Copies each network chunk into the buffer of the run of pieces it belongs to.
+    """Hands out the buffer of the run of pieces the next body bytes belong to, for the
+    socket to be read into (:meth:`window`, then :meth:`filled`).
 
     Requests run in piece-space order, so the bytes of a run arrive in order and a run is
     complete when it has received all the bytes the plan assigned to its pieces; pad ranges
     are simply never written, so they stay zero (a recycled buffer is only handed to a run
-    without pads). Copying each network chunk into place at once (rather than keeping the
-    chunks and joining them) lets aiohttp's chunks be freed while still in cache: one copy
-    per byte, ~15 % faster on loopback. A run is a window of piece space (its pieces back
-    to back), so a chunk takes one copy per run it touches, not one per piece.
+    without pads). A run is a window of piece space (its pieces back to back), so a body
+    is read in one go per run it touches (an aiohttp client copied each network chunk into
+    place: one more copy per byte).
     """
 
     __slots__ = ("_buf", "_end", "_first", "_got", "_meta", "_new", "_pl", "_run", "_runs")
@@ -277,31 +277,30 @@ class _Assembler:
         self._buf: bytearray | mmap.mmap = bytearray()
         self._got = 0
 
-    def add(self, pos: int, data: memoryview) -> list[Run]:
-        """Bytes at piece-space offset ``pos`` (all inside pieces the plan fills); returns
-        the runs they complete."""
-        done: list[Run] = []
-        n = len(data)
-        at = 0
-        pl = self._pl
-        while at < n:
-            run = self._run
-            if run is None or not self._first <= pos < self._end:
-                run = self._runs[pos // pl]
-                first, count, need = run
-                size = self._meta.piece_size(first + count - 1) + (count - 1) * pl
-                self._run, self._got = run, 0
-                self._first, self._end = first * pl, first * pl + size
-                self._buf = self._new(size, need < size)
-            take = min(n - at, self._end - pos)
-            off = pos - self._first
-            self._buf[off : off + take] = data[at : at + take]
-            self._got += take
-            at += take
-            pos += take
-            if self._got >= run[2]:
-                done.append(Run(run[0], run[1], self._buf))
-                self._run, self._buf, self._first, self._end = None, bytearray(), -1, -1
+    def window(self, pos: int) -> memoryview:
+        """Where the bytes from piece-space offset ``pos`` on go (``pos`` inside pieces the
+        plan fills): the buffer of its run, from there to the run's end."""
+        run = self._run
+        if run is None or not self._first <= pos < self._end:
+            pl = self._pl
+            run = self._runs[pos // pl]
+            first, count, need = run
+            size = self._meta.piece_size(first + count - 1) + (count - 1) * pl
+            self._run, self._got = run, 0
+            self._first, self._end = first * pl, first * pl + size
+            self._buf = self._new(size, need < size)
+        return memoryview(self._buf)[pos - self._first:]
+
+    def filled(self, n: int) -> Run | None:
+        """``n`` bytes were written at the start of the last :meth:`window`; the run they
+        complete, if they do."""
+        run = self._run
+        assert run is not None
+        self._got += n
+        if self._got < run[2]:
+            return None
+        done = Run(run[0], run[1], self._buf)
+        self._run, self._buf, self._first, self._end = None, bytearray(), -1, -1
         return done
 
 
@@ -318,7 +317,7 @@ class WebSeed:
         self,
         url: str,
         meta: Metainfo,
-        http: aiohttp.ClientSession,
+        http: HttpClient,
         *,
         max_request: int = 4 << 20,
         timeout: float = 30.0,
@@ -336,7 +335,7 @@ class WebSeed:
         self.max_strikes = max_strikes
         #: Extra request headers, e.g. ``Authorization`` for a private hub collection.
         self.headers = dict(headers or {})
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        self._timeout = timeout
         #: Payload bytes received (pads excluded; bytes of failed requests included).
         self.bytes_downloaded = 0
         #: HTTP requests sent.
@@ -437,7 +436,7 @@ class WebSeed:
             size = meta.piece_size(a + count - 1) + (count - 1) * meta.piece_length
             yield Run(a, count, new(size, True))
         asm = _Assembler(meta, runs, new)
-        ahead: asyncio.Future[tuple[aiohttp.ClientResponse, bool]] | None = None
+        ahead: asyncio.Future[tuple[Response, bool]] | None = None
         try:
             for k, req in enumerate(plan):
                 if self.banned:
@@ -465,7 +464,7 @@ class WebSeed:
                 ahead.cancel()
 
     async def _open(self, req: RangeRequest, *, ahead: bool = False
-                    ) -> tuple[aiohttp.ClientResponse, bool]:
+                    ) -> tuple[Response, bool]:
         """Send ``req`` and check the reply's status and headers; the body is left to read.
         ``ahead``: sent while the previous body still streams, so a busy reply (a hub
         refusing a second transfer at once) is not yet a failure: the caller asks again."""
@@ -477,13 +476,13 @@ class WebSeed:
             try:
                 return resp, self._check(req, resp)
             except BaseException:
-                resp.release()
+                resp.close()
                 raise
         except WebSeedError as exc:
             if not (ahead and isinstance(exc, WebSeedBusy)):
                 self._failed(exc)
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (HttpError, TimeoutError, OSError) as exc:
             raise self._wrap(req, exc) from exc
 
     def _wrap(self, req: RangeRequest, exc: BaseException) -> WebSeedError:
@@ -493,7 +492,7 @@ class WebSeed:
         self._failed(err)
         return err
 
-    async def _run(self, req: RangeRequest, reply: tuple[aiohttp.ClientResponse, bool],
+    async def _run(self, req: RangeRequest, reply: tuple[Response, bool],
                    asm: _Assembler, send_next: Callable[[], None]) -> AsyncGenerator[Run, None]:
         """Stream the body of ``req`` into the assembler, yielding each run it completes.
         ``send_next`` is called once the rest of this body should arrive within
@@ -509,33 +508,27 @@ class WebSeed:
             # the request's bytes are one stretch of piece space, from its first segment on
             seg = req.segments[0]
             pos = seg.piece * self.meta.piece_length + seg.offset
-            content = resp.content
-            while remaining:
-                # readchunk: one buffered chunk as it came (readany joined all the buffered
-                # ones into a new bytes first: a copy of most of the body on loopback)
-                chunk, chunk_end = await content.readchunk()
-                if not chunk:
-                    if chunk_end:  # the end of a chunk of a chunked body: more follows
-                        continue
+            while remaining:  # bounded: each read fills some of a run, or the body ends
+                # straight from the socket into the run's buffer; never past what we asked
+                # for (a 200 with the whole file: the rest is dropped, not drained)
+                with asm.window(pos) as into:
+                    n = await resp.readinto(into[:remaining])
+                if n == 0:
                     raise WebSeedError(
                         req.url,
                         f"body ended after {req.length - remaining} of {req.length} bytes "
                         f"({req.range_header})",
                     )
-                n = len(chunk)
-                if n > remaining:  # a 200 with the whole file: keep what we asked for
-                    n = remaining
-                view = memoryview(chunk)[:n]
                 remaining -= n
                 self.bytes_downloaded += n
+                pos += n
                 if not asked_next:
                     got = req.length - remaining
                     if remaining * (loop.time() - started) <= got * _AHEAD_SECONDS:
                         asked_next = True
                         send_next()
-                for done in asm.add(pos, view):
+                if (done := asm.filled(n)) is not None:
                     yield done
-                pos += n
                 if self.rate_limiter is not None:
                     await self.rate_limiter.acquire(n)
             if whole:
@@ -543,7 +536,7 @@ class WebSeed:
         except WebSeedError as exc:
             self._failed(exc)
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (HttpError, TimeoutError, OSError) as exc:
             raise self._wrap(req, exc) from exc
         finally:
             resp.release()
@@ -553,23 +546,23 @@ class WebSeed:
         self.last_error = str(exc)
         log.debug("%s", exc)
 
-    def _check(self, req: RangeRequest, resp: aiohttp.ClientResponse) -> bool:
+    def _check(self, req: RangeRequest, resp: Response) -> bool:
         """Validate status and headers; True when the body is the whole file (a 200)."""
         status = resp.status
         if status in (503, 429):
-            retry = _retry_after(resp.headers.get("Retry-After"))
+            retry = _retry_after(resp.headers.get("retry-after"))
             raise WebSeedBusy(req.url, f"busy (HTTP {status}), retry after {retry:g} s", retry)
-        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             raise WebSeedError(req.url, f"unexpected Content-Encoding {encoding!r}")
         length = resp.content_length
         if status == 206:
-            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            m = _CONTENT_RANGE.match(resp.headers.get("content-range", ""))
             if m is None:
                 raise WebSeedError(
                     req.url,
                     f"206 without a usable Content-Range "
-                    f"({resp.headers.get('Content-Range')!r}) for {req.range_header}",
+                    f"({resp.headers.get('content-range')!r}) for {req.range_header}",
                 )
             start, end, total = int(m[1]), int(m[2]), m[3]
             if total != "*" and int(total) != req.file_length:

@@ -67,7 +67,7 @@ class WebSeedDriver:
 
     async def loop(self, url: str) -> None:
         """Fetch what the core picks (Swarm.webseed_batch) from one web seed."""
-        from swarmhub.engine.webseed import (  # aiohttp: late
+        from swarmhub.engine.webseed import (  # late: only a torrent with web seeds
             WebSeed,
             WebSeedBusy,
             WebSeedError,
