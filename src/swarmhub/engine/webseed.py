@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import email.utils
 import logging
 import mmap
 import re
@@ -232,6 +231,10 @@ def _retry_after(value: str | None) -> float:
     value = value.strip()
     if value.isdigit():
         return min(float(value), _MAX_RETRY_AFTER)
+    # imported here: the email package cost ~10 ms of every hybrid get's start-up (the
+    # web seed's module is loaded by each one), for a header a busy server rarely sends
+    import email.utils
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
