@@ -21,6 +21,9 @@ Each run (32 MiB, 20 mbit up, 100 mbit down, as ``lab simulate``'s issue 9 runs)
   peer's state was at that Have (choking us or not, our queue to it full or not);
 - ``uplinks``: the clients' useful upload (payload that a receiver kept) per 0.5 s, as a
   share of their payload capacity: the ramp at the start, the plateau, the end;
+- ``sent``: the messages every core sent (Haves, broadcast, aside), per client per
+  piece, and how soon a peer we told NotInterested heard Interested again (p10/p50/p90;
+  the interest/choke churn of issue 9);
 - ``idle``: every 0.1 s, each unfinished client whose uplink has nothing queued, by why:
   nothing it has is lacked by a neighbour / only choked neighbours lack it / the
   unchoked ones that lack it are not interested / they are, yet ask it for nothing
@@ -88,6 +91,10 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
     learnt: dict[tuple[int, int], tuple[float, bool, bool]] = {}
     asked: dict[tuple[int, int], float] = {}
     got: dict[tuple[int, int], float] = {}
+    sent: Counter[str] = Counter()  # message type -> how many the cores sent (not Haves)
+    # (core, peer) -> when we last sent it NotInterested; the gaps until the next Interested
+    lost_at: dict[tuple[int, object], float] = {}
+    regained: list[float] = []
 
     def verified(self: Any, arg: tuple[Any, int]) -> None:
         node, index = arg
@@ -105,8 +112,16 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
 
     def send(self: Any, ps: Any, msgs: tuple[Any, ...], now: float) -> None:
         for msg in msgs:
-            if type(msg) is m.Request:
+            kind = type(msg)
+            sent[kind.__name__] += 1
+            if kind is m.Request:
                 asked.setdefault((id(self), msg.index), now)
+            elif kind is m.NotInterested:
+                lost_at[(id(self), ps.handle)] = now
+            elif kind is m.Interested:
+                was = lost_at.pop((id(self), ps.handle), None)
+                if was is not None:
+                    regained.append(now - was)
         orig_send(self, ps, msgs, now)
 
     def got_blocks(self: Any, blocks: list[Any]) -> None:
@@ -206,6 +221,11 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
         "uplinks": [round(useful[k] / capacity, 2) for k in range(int(end * 2) + 1)],
         "idle": {ph: {k: round(v / max(1, sum(c.values())), 3) for k, v in c.most_common()}
                  for ph, c in idle.items()},
+        # per client per piece, every core's sends (Requests included; Haves are broadcast)
+        "sent_per_client_piece": {k: round(v / (n * len(first)), 3)
+                                  for k, v in sent.most_common()},
+        "interest_regained_s": [_q(regained, p) for p in (0.1, 0.5, 0.9)] if regained else [],
+        "interest_regained_n": len(regained),
     }
 
 
@@ -250,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  uplinks /0.5 s {' '.join(f'{x:.2f}' for x in r['uplinks'])}")
                 for ph, shares in r["idle"].items():
                     print(f"  {ph:8} {', '.join(f'{k} {v:.3f}' for k, v in shares.items())}")
+                print("  sent per client per piece: " + ", ".join(
+                    f"{k} {v}" for k, v in r["sent_per_client_piece"].items()))
+                gaps = " ".join(f"{x:.3f}" for x in r["interest_regained_s"])
+                print(f"  NotInterested -> Interested again (p10 p50 p90 s): {gaps} "
+                      f"(n={r['interest_regained_n']})")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

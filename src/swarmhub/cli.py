@@ -559,7 +559,8 @@ def get(
             view.finished(f"{meta.name}, {what} verified", chosen, sources,
                           json_fields={"downloaded": st.downloaded,
                                        "hash_fails": st.hash_failures, "banned": st.banned,
-                                       "webseed": st.webseed_bytes})
+                                       "webseed": st.webseed_bytes,
+                                       "churn": t.swarm.churn()})
             if server is not None and not seed_after:
                 console.print(f"still serving at {server.url} (Ctrl-C to stop)")
                 await asyncio.Event().wait()

@@ -473,6 +473,67 @@ def test_a_verified_piece_that_was_all_a_peer_had_for_us_ends_our_interest_at_on
     assert not sent(acts, "b", m.NotInterested) and s.peer("b").am_interested
 
 
+def test_a_choking_peer_keeps_our_interest_until_the_tick_so_its_next_have_sends_nothing(
+) -> None:
+    """Issue 9's churn: "c" chokes us and had only piece 0, which "a" sent us. Telling
+    "c" NotInterested at once gains nothing (it gives us no slot to free) and its next
+    Have, a round trip later in a swarm moving in lockstep, would cost an Interested
+    back: we stay interested until the tick, and then only if it still has nothing."""
+    s = make_swarm(pieces=4)
+    join(s, "a")
+    join(s, "c")
+    s.message("a", m.Have(0), 0.0)
+    s.message("c", m.Have(0), 0.0)
+    s.message("a", m.Unchoke(), 0.0)
+    acts = s.take()
+    assert sent(acts, "c", m.Interested) and not sent(acts, "c", m.Request)
+    for r in sent(acts, "a", m.Request):
+        assert isinstance(r, m.Request) and r.index == 0
+        deliver(s, "a", r, 0.1)
+    s.piece_verified(0, True, 0.2)
+    acts = s.take()
+    assert sent(acts, "a", m.NotInterested)  # "a" unchokes us: its slot is freed at once
+    assert not sent(acts, "c", m.NotInterested) and s.peer("c").am_interested
+    s.message("c", m.Have(1), 0.3)  # news from "c": no message, we are interested still
+    assert not sent(s.take(), "c")
+    s.piece_verified(1, True, 0.5)  # got elsewhere (say): "c" has nothing for us again
+    s.take()
+    s.tick(1.0)
+    assert sent(s.take(), "c", m.NotInterested) == [m.NotInterested()]
+
+
+def test_an_unchoke_from_a_peer_we_want_nothing_from_is_answered_with_not_interested(
+) -> None:
+    """Interest kept lazily (above) must not hold an unchoke slot: the peer's Unchoke is
+    answered with NotInterested at once (it hands the slot to another), not at the tick."""
+    s = make_swarm(pieces=4)
+    join(s, "a")
+    join(s, "c")
+    s.message("a", m.Have(0), 0.0)
+    s.message("c", m.Have(0), 0.0)
+    s.message("a", m.Unchoke(), 0.0)
+    for r in sent(s.take(), "a", m.Request):
+        assert isinstance(r, m.Request)
+        deliver(s, "a", r, 0.1)
+    s.piece_verified(0, True, 0.2)
+    s.take()
+    assert s.peer("c").am_interested
+    s.message("c", m.Unchoke(), 0.3)
+    acts = s.take()
+    assert sent(acts, "c", m.NotInterested) == [m.NotInterested()]
+    assert not sent(acts, "c", m.Request) and not s.peer("c").am_interested
+
+
+def test_churn_counts_the_interest_and_choke_messages_sent() -> None:
+    s = make_swarm(have="*" * 8)
+    join(s, "a")
+    s.message("a", m.Interested(), 0.0)  # a free slot: unchoked at once
+    s.message("a", m.NotInterested(), 1.0)  # its slot is handed over: choked
+    s.message("a", m.Request(0, 0, BLOCK_SIZE), 1.1)  # choked: rejected (fast extension)
+    assert s.churn() == {"interested": 0, "not_interested": 0, "choke": 1, "unchoke": 1,
+                         "reject": 1}
+
+
 def test_a_piece_got_elsewhere_is_announced_to_a_super_seed_that_offered_it() -> None:
     """A super-seed (HaveNone, then a Have per offer) keeps an offer open until it is
     served or the peer reports the piece. Got from another peer, the piece must still be

@@ -204,6 +204,10 @@ class Swarm:
         self.hash_failures = 0
         self.down, self.up, self.webseed_meter = RateMeter(), RateMeter(), RateMeter()
         self.downloaded = self.uploaded = self.webseed_bytes = 0
+        #: The interest/choke traffic we sent (issue 9's churn: a swarm in lockstep sent
+        #: ten times a calm one's); :meth:`churn` reports it.
+        self.interested_sent = self.not_interested_sent = 0
+        self.chokes_sent = self.unchokes_sent = self.rejects_sent = 0
         #: seeds the tracker counts (a super-seeding seed shows us only part of what it has)
         self.tracker_seeds = 0
         #: leechers the tracker counts, us included (None until it answers with a count)
@@ -484,6 +488,7 @@ class Swarm:
                 ps.peer_choking = False
                 ps.unchoked_us = True
                 ps.queue_target = self._queue_target(ps, now)
+                self._update_interest(ps, now)  # wanting nothing now: hand the slot back
                 self._fill(ps, now)
             case m.Choke():
                 ps.peer_choking = True
@@ -579,10 +584,12 @@ class Swarm:
         want = self.downloading and self.picker.interesting(ps.handle)
         if want and not ps.am_interested:
             ps.am_interested = True
+            self.interested_sent += 1
             self._send(ps, _INTERESTED, now)
             self._fill(ps, now)
         elif not want and ps.am_interested:
             ps.am_interested = False
+            self.not_interested_sent += 1
             self._send(ps, _NOT_INTERESTED, now)
 
     # -- downloading -----------------------------------------------------------------------
@@ -811,12 +818,20 @@ class Swarm:
         "interested" peer that had every piece they could give it). Its NotInterested
         hands the slot over at once (:meth:`_hand_over_slot`). ``lab simulate`` 256 KiB
         pieces, seeds 1-3, p2p / hybrid: N=16 1.16-1.17 -> 1.14-1.15x the bound, N=64
-        1.25-1.27 -> 1.21-1.22, N=256 1.32-1.33 -> 1.27-1.28."""
+        1.25-1.27 -> 1.21-1.22, N=256 1.32-1.33 -> 1.27-1.28.
+
+        Peers that choke us are not told (the tick does, if they still have nothing for
+        us; an Unchoke from one is answered at once, see :meth:`receive`): we hold no
+        slot of theirs, and in a swarm moving in lockstep their next Have, a round trip
+        or two later, made us Interested again. Told at once, 2.4 of 3.3 NotInterested
+        per client per piece went to peers choking us, each paired with an Interested
+        (``lab simulate`` p2p N=64 seed 1; issue 9's churn in the netns lab)."""
         interesting = self.picker.interesting
         for ps in self.peers.values():
-            if ps.am_interested and ps.have[index] and not ps.closed \
-                    and not interesting(ps.handle):
+            if ps.am_interested and not ps.peer_choking and ps.have[index] \
+                    and not ps.closed and not interesting(ps.handle):
                 ps.am_interested = False
+                self.not_interested_sent += 1
                 self._send(ps, _NOT_INTERESTED, now)
 
     def _set_complete(self, now: float) -> None:
@@ -828,6 +843,7 @@ class Swarm:
                 self._close(ps, "both sides are seeds")
             elif ps.am_interested:
                 ps.am_interested = False
+                self.not_interested_sent += 1
                 self._send(ps, _NOT_INTERESTED, now)
         if self.tracker is not None and self.downloaded and complete:
             self._out.append(Announce("completed"))
@@ -1024,6 +1040,7 @@ class Swarm:
                 or len(ps.incoming) >= self.settings.max_outstanding_incoming_requests
                 or not ps.incoming.fits(req.length, self.settings.max_incoming_request_bytes)):
             if ps.fast:
+                self.rejects_sent += 1
                 self._send(ps, (m.RejectRequest(req.index, req.begin, req.length),), now)
             return
         ps.incoming.append(req)
@@ -1288,6 +1305,7 @@ class Swarm:
         """Unchoke ``ps``; its slot counts as used from now (see _reuse_idle_slots)."""
         ps.am_choking = False
         ps.slot_used_at = now
+        self.unchokes_sent += 1
         self._send(ps, _UNCHOKE, now)
 
     def _reuse_idle_slots(self, now: float) -> None:
@@ -1367,8 +1385,10 @@ class Swarm:
         """Choke ``ps`` and reject what it asked for (BEP 6), or drop it silently."""
         ps.am_choking = True
         msgs: list[m.Message] = [m.Choke()]
+        self.chokes_sent += 1
         if ps.fast:
             msgs += [m.RejectRequest(r.index, r.begin, r.length) for r in ps.incoming]
+            self.rejects_sent += len(ps.incoming)
         ps.incoming.clear()
         if ps.handle in self.upload_order:
             del self.upload_order[ps.handle]
@@ -1416,6 +1436,12 @@ class Swarm:
     @property
     def choke_decision(self) -> ChokeDecision:
         return self._choke
+
+    def churn(self) -> dict[str, int]:
+        """The interest/choke messages we sent so far, by kind."""
+        return {"interested": self.interested_sent, "not_interested": self.not_interested_sent,
+                "choke": self.chokes_sent, "unchoke": self.unchokes_sent,
+                "reject": self.rejects_sent}
 
     # -- time ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
