@@ -342,7 +342,8 @@ def test_a_have_that_gives_us_something_to_request_requests_it_at_once() -> None
     s.piece_verified(0, True, 0.6)
     s.take()
     assert not s.peer("a").requested
-    s.message("a", m.Have(5), 1.0)  # still interested (no tick yet): ask for it now
+    # It did not choke us for our NotInterested (two round trips: 1.6 s): ask at once.
+    s.message("a", m.Have(5), 1.7)
     reqs = sent(s.take(), "a", m.Request)
     assert reqs and {r.index for r in reqs if isinstance(r, m.Request)} == {5}
 
@@ -522,6 +523,49 @@ def test_an_unchoke_from_a_peer_we_want_nothing_from_is_answered_with_not_intere
     acts = s.take()
     assert sent(acts, "c", m.NotInterested) == [m.NotInterested()]
     assert not sent(acts, "c", m.Request) and not s.peer("c").am_interested
+
+
+def test_no_requests_cross_the_choke_that_answers_our_not_interested() -> None:
+    """We tell "a", which unchokes us, NotInterested; it chokes us in return. Its Have
+    sent before that makes us interested again, but requests now would cross its Choke
+    and come back rejected: they wait for its Choke and next Unchoke (or, from a peer
+    that does not choke, two round trips)."""
+    s = make_swarm(pieces=4)
+    join(s, "a")
+    s.message("a", m.Have(0), 0.0)
+    s.message("a", m.Unchoke(), 0.0)
+    for r in sent(s.take(), "a", m.Request):
+        assert isinstance(r, m.Request)
+        deliver(s, "a", r, 0.1)  # its round trip: 0.1 s
+    s.piece_verified(0, True, 0.2)
+    assert sent(s.take(), "a", m.NotInterested)
+    s.message("a", m.Have(1), 0.25)
+    acts = s.take()
+    assert sent(acts, "a", m.Interested) and not sent(acts, "a", m.Request)
+    s.message("a", m.Choke(), 0.3)
+    s.message("a", m.Unchoke(), 0.35)
+    assert {r.index for r in sent(s.take(), "a", m.Request) if isinstance(r, m.Request)} == {1}
+
+    s.message("a", m.Have(2), 0.4)  # piece 1 asked for: piece 2 too, nothing held
+    assert {r.index for r in sent(s.take(), "a", m.Request) if isinstance(r, m.Request)} == {2}
+
+
+def test_a_peer_that_does_not_choke_on_not_interested_is_asked_again_after_two_round_trips(
+) -> None:
+    s = make_swarm(pieces=4)
+    join(s, "a")
+    s.message("a", m.Have(0), 0.0)
+    s.message("a", m.Unchoke(), 0.0)
+    for r in sent(s.take(), "a", m.Request):
+        assert isinstance(r, m.Request)
+        deliver(s, "a", r, 0.1)
+    s.piece_verified(0, True, 0.2)
+    s.take()
+    s.message("a", m.Have(1), 0.25)  # no Choke comes (BEP 3 lets it keep us unchoked)
+    assert not sent(s.take(), "a", m.Request)
+    s.message("a", m.Have(2), 0.45)  # two round trips after our NotInterested
+    assert {r.index for r in sent(s.take(), "a", m.Request) if isinstance(r, m.Request)} \
+        == {1, 2}
 
 
 def test_churn_counts_the_interest_and_choke_messages_sent() -> None:

@@ -183,6 +183,7 @@ class PeerState:
         "addr",
         "am_choking",
         "am_interested",
+        "choke_due_until",
         "closed",
         "connected_at",
         "down",
@@ -272,6 +273,9 @@ class PeerState:
         self.peer_interested = False
         #: the peer unchoked us at least once (a stalled download says why)
         self.unchoked_us = False
+        #: we told it NotInterested while it unchoked us: until then its Choke may be on
+        #: its way, and requests would only be rejected (see Swarm._lost_interest)
+        self.choke_due_until = -math.inf
         self.closed = False
 
     @property
