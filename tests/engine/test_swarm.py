@@ -474,6 +474,24 @@ def test_a_verified_piece_that_was_all_a_peer_had_for_us_ends_our_interest_at_on
     assert not sent(acts, "b", m.NotInterested) and s.peer("b").am_interested
 
 
+def requested(actions: list[Action], peer: Hashable) -> set[int]:
+    return {r.index for r in sent(actions, peer, m.Request) if isinstance(r, m.Request)}
+
+
+def fetch_piece_0_from_a(s: Swarm) -> list[Action]:
+    """"a" has piece 0 and unchokes us; its blocks come 0.1 s after our requests (its
+    round trip), the piece is verified at 0.2 s: the actions then."""
+    s.message("a", m.Have(0), 0.0)
+    s.message("a", m.Unchoke(), 0.0)
+    acts = s.take()
+    assert requested(acts, "a") == {0}
+    for r in sent(acts, "a", m.Request):
+        assert isinstance(r, m.Request)
+        deliver(s, "a", r, 0.1)
+    s.piece_verified(0, True, 0.2)
+    return s.take()
+
+
 def test_a_choking_peer_keeps_our_interest_until_the_tick_so_its_next_have_sends_nothing(
 ) -> None:
     """Issue 9's churn: "c" chokes us and had only piece 0, which "a" sent us. Telling
@@ -483,16 +501,9 @@ def test_a_choking_peer_keeps_our_interest_until_the_tick_so_its_next_have_sends
     s = make_swarm(pieces=4)
     join(s, "a")
     join(s, "c")
-    s.message("a", m.Have(0), 0.0)
     s.message("c", m.Have(0), 0.0)
-    s.message("a", m.Unchoke(), 0.0)
-    acts = s.take()
-    assert sent(acts, "c", m.Interested) and not sent(acts, "c", m.Request)
-    for r in sent(acts, "a", m.Request):
-        assert isinstance(r, m.Request) and r.index == 0
-        deliver(s, "a", r, 0.1)
-    s.piece_verified(0, True, 0.2)
-    acts = s.take()
+    assert sent(s.take(), "c", m.Interested)
+    acts = fetch_piece_0_from_a(s)
     assert sent(acts, "a", m.NotInterested)  # "a" unchokes us: its slot is freed at once
     assert not sent(acts, "c", m.NotInterested) and s.peer("c").am_interested
     s.message("c", m.Have(1), 0.3)  # news from "c": no message, we are interested still
@@ -510,14 +521,8 @@ def test_an_unchoke_from_a_peer_we_want_nothing_from_is_answered_with_not_intere
     s = make_swarm(pieces=4)
     join(s, "a")
     join(s, "c")
-    s.message("a", m.Have(0), 0.0)
     s.message("c", m.Have(0), 0.0)
-    s.message("a", m.Unchoke(), 0.0)
-    for r in sent(s.take(), "a", m.Request):
-        assert isinstance(r, m.Request)
-        deliver(s, "a", r, 0.1)
-    s.piece_verified(0, True, 0.2)
-    s.take()
+    fetch_piece_0_from_a(s)
     assert s.peer("c").am_interested
     s.message("c", m.Unchoke(), 0.3)
     acts = s.take()
@@ -532,40 +537,26 @@ def test_no_requests_cross_the_choke_that_answers_our_not_interested() -> None:
     that does not choke, two round trips)."""
     s = make_swarm(pieces=4)
     join(s, "a")
-    s.message("a", m.Have(0), 0.0)
-    s.message("a", m.Unchoke(), 0.0)
-    for r in sent(s.take(), "a", m.Request):
-        assert isinstance(r, m.Request)
-        deliver(s, "a", r, 0.1)  # its round trip: 0.1 s
-    s.piece_verified(0, True, 0.2)
-    assert sent(s.take(), "a", m.NotInterested)
+    assert sent(fetch_piece_0_from_a(s), "a", m.NotInterested)
     s.message("a", m.Have(1), 0.25)
     acts = s.take()
-    assert sent(acts, "a", m.Interested) and not sent(acts, "a", m.Request)
+    assert sent(acts, "a", m.Interested) and not requested(acts, "a")
     s.message("a", m.Choke(), 0.3)
     s.message("a", m.Unchoke(), 0.35)
-    assert {r.index for r in sent(s.take(), "a", m.Request) if isinstance(r, m.Request)} == {1}
-
+    assert requested(s.take(), "a") == {1}
     s.message("a", m.Have(2), 0.4)  # piece 1 asked for: piece 2 too, nothing held
-    assert {r.index for r in sent(s.take(), "a", m.Request) if isinstance(r, m.Request)} == {2}
+    assert requested(s.take(), "a") == {2}
 
 
 def test_a_peer_that_does_not_choke_on_not_interested_is_asked_again_after_two_round_trips(
 ) -> None:
     s = make_swarm(pieces=4)
     join(s, "a")
-    s.message("a", m.Have(0), 0.0)
-    s.message("a", m.Unchoke(), 0.0)
-    for r in sent(s.take(), "a", m.Request):
-        assert isinstance(r, m.Request)
-        deliver(s, "a", r, 0.1)
-    s.piece_verified(0, True, 0.2)
-    s.take()
+    fetch_piece_0_from_a(s)
     s.message("a", m.Have(1), 0.25)  # no Choke comes (BEP 3 lets it keep us unchoked)
-    assert not sent(s.take(), "a", m.Request)
+    assert not requested(s.take(), "a")
     s.message("a", m.Have(2), 0.45)  # two round trips after our NotInterested
-    assert {r.index for r in sent(s.take(), "a", m.Request) if isinstance(r, m.Request)} \
-        == {1, 2}
+    assert requested(s.take(), "a") == {1, 2}
 
 
 def test_churn_counts_the_interest_and_choke_messages_sent() -> None:
