@@ -181,7 +181,9 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
     def growth(pieces: list[int]) -> list[float]:
         row, k = [], 2
         while k <= n:
-            row.append(statistics.median(sorted(copies[i])[k - 1] - first[i] for i in pieces))
+            # hybrid: the web seed's copies of a piece are not the clients' (fewer than n)
+            gaps = [sorted(copies[i])[k - 1] - first[i] for i in pieces if len(copies[i]) >= k]
+            row.append(statistics.median(gaps) if gaps else float("nan"))
             k *= 2
         row.append(statistics.median(max(copies[i]) - first[i] for i in pieces))
         return [round(x, 2) for x in row]
