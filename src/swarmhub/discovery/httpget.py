@@ -381,22 +381,14 @@ class Response:
         size = self.content_length
         if size is not None and size > max_body:
             raise HttpError(f"body larger than {max_body} bytes")
-        buf = bytearray(size if size is not None else 64 * 1024)
-        got = 0
-        with memoryview(buf) as view:
-            while got < len(view) and (n := await self.readinto(view[got:])):  # bounded
-                got += n
-        if size is None:  # up to the end of a chunked or read-to-EOF body
-            body = buf[:got]
-            while n := await self.readinto(memoryview(buf)):  # bounded by max_body
-                body += buf[:n]
-                if len(body) > max_body:
-                    raise HttpError(f"body larger than {max_body} bytes")
-            buf = body
-        elif got < size:
-            raise HttpError(f"the body ended after {got} of {size} bytes")
-        if len(buf) > max_body:
-            raise HttpError(f"body larger than {max_body} bytes")
+        buf = bytearray()
+        chunk = memoryview(bytearray(min(size or 64 * 1024, 1 << 20)))
+        # bounded: each read adds body bytes (at most max_body) or the body ends (0);
+        # a Content-Length body cut short raises in readinto
+        while n := await self.readinto(chunk):
+            buf += chunk[:n]
+            if len(buf) > max_body:
+                raise HttpError(f"body larger than {max_body} bytes")
         self.release()
         return bytes(buf)
 
