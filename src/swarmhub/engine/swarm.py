@@ -855,9 +855,7 @@ class Swarm:
             if ps.is_seed and complete:
                 self._close(ps, "both sides are seeds")
             elif ps.am_interested:
-                ps.am_interested = False
-                self.not_interested_sent += 1
-                self._send(ps, _NOT_INTERESTED, now)
+                self._lost_interest(ps, now)
         if self.tracker is not None and self.downloaded and complete:
             self._out.append(Announce("completed"))
         self._out.append(Completed())
