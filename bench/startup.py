@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(firsts[case, src])
         print(f"  {case:8} {src}: {med:.3f} s, {med / floor:.1f}x the floor, "
               f"{statistics.median(cpus[case, src]):.3f} CPU-s")
-    for src in srcs:
+    help_runs = args.help_runs > 0  # --help-runs 0 skips them: no median of nothing
+    for src in srcs if help_runs else ():
         print(f"`get --help` CPU, median of {args.help_runs}, {src}: "
               f"{statistics.median(cpu[src]):.3f} s")
     if len(srcs) > 1:
@@ -282,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             print(f"{case}: {b} / {a}: first connection {ratio(firsts, case):.2f} (wall), "
                   f"{ratio(cpus, case):.2f} (CPU)")
-        print(f"get --help CPU {b} / {a}: "
-              f"{statistics.median(cpu[b]) / statistics.median(cpu[a]):.2f}")
+        if help_runs:
+            print(f"get --help CPU {b} / {a}: "
+                  f"{statistics.median(cpu[b]) / statistics.median(cpu[a]):.2f}")
     print(f"load average at end: {_load()}")
     return 0
 
