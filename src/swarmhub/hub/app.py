@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import importlib.resources
 import ipaddress
@@ -73,7 +74,7 @@ from swarmhub.hub.tracker import (
     parse_announce_query,
     parse_scrape_query,
 )
-from swarmhub.metainfo import Metainfo, load_torrent
+from swarmhub.metainfo import Metainfo, load_torrent, torrent_bytes
 
 __all__ = [
     "HubConfig",
@@ -563,7 +564,13 @@ async def get_torrent(request: web.Request) -> web.Response:
     record = await _file_or_404(hub, request.match_info["id"], None)
     version = "v1" if request.path.endswith(".v1.torrent") else "hybrid"
     passkey = await _torrent_passkey(request, hub, record)
-    data, _ = await hub.torrent_for(record, version, passkey)
+    data, meta = await hub.torrent_for(record, version, passkey)
+    if request.query.get("piece_layers") == "0" and meta.piece_layers:
+        # Asked by our own client only (swarmhub.client.hub_file_torrent): the same info
+        # dict, so the same swarm, without the piece layers (32 bytes a piece: 60% of a
+        # 32 MiB file's torrent, sent to every client at once as a swarm starts). It checks
+        # pieces by SHA-1 and derives a layer from the data when a peer asks for it.
+        data = torrent_bytes(dataclasses.replace(meta, piece_layers={}))
     suffix = ".v1.torrent" if version == "v1" else ".torrent"
     disposition = "attachment; filename*=UTF-8''" + urllib.parse.quote(record.name + suffix)
     return web.Response(
