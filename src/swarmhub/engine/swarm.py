@@ -214,6 +214,8 @@ class Swarm:
         self.tracker_seeds = 0
         #: leechers the tracker counts, us included (None until it answers with a count)
         self.tracker_leechers: int | None = None
+        #: why the last web seed batch was taken (:meth:`webseed_batch`; for the log)
+        self.webseed_why = ""
         #: when the web seed may start at the latest, and when a peer last sent a block or
         #: announced a piece we lack (the swarm moves: see _PEERS_STALLED)
         self._ws_start = now + settings.web_seed_grace
@@ -1001,6 +1003,10 @@ class Swarm:
             self._ws_live.add(source)
             self._ws_seen = now
             self._ws_pref = (math.nan, False)
+            self.webseed_why = (
+                "alone" if alone else
+                f"no block from peers for {quiet:.1f} s" if stalled else
+                f"no connected peer has them (the tracker counts {self.tracker_seeds} seeds)")
         return batch
 
     def webseed_request_bytes(self) -> int:
