@@ -168,8 +168,12 @@ async def test_a_files_info_counts_its_swarm_and_the_gets_about_to_join(live: Li
     assert await counts(second) == (seeders, 0, 1)  # the first one is on its way
     assert await counts(first) == (seeders, 0, 1)  # asking again: still one other
     ih = bytes.fromhex(f["info_hash_v1"])
-    await announce(live, ih, port=7011, event="started", peer_id=first)
+    answer = await announce(live, ih, port=7011, event="started", peer_id=first)
+    # the tracker's answer counts the get on its way too (not "only you": no early HTTP)
+    assert answer[b"incomplete"] == 2
     assert await counts(second) == (seeders, 1, 0)  # now the tracker counts it
+    answer = await announce(live, ih, port=7012, event="started", peer_id=second)
+    assert answer[b"incomplete"] == 2  # announced: counted once, by the tracker
     status, _, _ = await fetch(live, f"/api/files/{f['id']}?peer_id=zz")
     assert status == 400
 
