@@ -6,6 +6,7 @@ pieces root gives no layer: requests stay rejected. Real thread pools and files.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -95,3 +96,44 @@ async def test_data_that_is_not_the_files_gives_no_layer(
         await until(lambda: "does not hash to its v2 pieces root" in caplog.text,
                     "the derivation's verdict")
     assert pieces.hashes_for(req, have) is None
+
+
+async def test_a_seeding_session_without_layers_answers_a_peers_hash_requests(
+        tmp_path: Path) -> None:
+    """Over the wire: a session seeding the short form rejects the first hash request
+    (the derivation starts), then answers with the layer a full torrent has."""
+    from hostile import HostilePeer
+
+    from swarmhub.engine.session import Session
+
+    data = tmp_path / "payload.bin"
+    data.write_bytes(os.urandom(NUM_PIECES * PIECE - 1000))
+    full = create_torrent(data, version=TorrentVersion.HYBRID, piece_length=PIECE)
+    req = _request(full)
+    async with Session(state_dir=tmp_path / "state") as session:
+        port = await session.listen("127.0.0.1", 0)
+        await session.add(full, tmp_path, seed_mode=True)
+        peer = await HostilePeer.open(port, full.info_hash)
+        try:
+            peer.send(req)
+            expected = await peer.expect(lambda ev: isinstance(ev, m.Hashes), 10)
+        finally:
+            await peer.close()
+        await session.remove(full.info_hash)
+        await session.add(_short(full), tmp_path, seed_mode=True)
+        peer = await HostilePeer.open(port, full.info_hash)
+        try:
+            peer.send(req)
+            first = await peer.expect(lambda ev: isinstance(ev, m.Hashes | m.HashReject), 10)
+            assert first == m.HashReject(req.pieces_root, req.base_layer, req.index,
+                                         req.length, req.proof_layers)
+            for _ in range(600):  # hang guard (30 s): the derivation is one 320 KB hash job
+                peer.send(req)
+                answer = await peer.expect(
+                    lambda ev: isinstance(ev, m.Hashes | m.HashReject), 10)
+                if isinstance(answer, m.Hashes):
+                    break
+                await asyncio.sleep(0.05)  # polling, as conftest.until
+            assert answer == expected
+        finally:
+            await peer.close()
