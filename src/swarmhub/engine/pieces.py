@@ -303,7 +303,6 @@ class Pieces:
             self._hash_trees[req.pieces_root] = tree
         return hashes_with_proof(tree, req.index, req.length, req.proof_layers)
 
-
     def _derive_layer(self, entry: FileEntry, have: bytes | bytearray) -> None:
         """Derive ``entry``'s missing piece layer on the hash pool, once, when we hold all
         of the file (see :meth:`hashes_for`)."""
