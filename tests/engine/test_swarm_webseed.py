@@ -64,6 +64,24 @@ def test_with_other_leechers_the_web_seed_waits_then_fills_what_the_swarm_lacks(
     assert s.webseed_why == "no connected peer has them (the tracker counts 0 seeds)"
 
 
+def test_with_leechers_and_no_peer_connected_yet_the_web_seed_waits_for_a_stall() -> None:
+    """A crowd's client that has not connected to anyone yet (its announce answered, its
+    dials under way) has no "what the swarm lacks": it takes nothing over HTTP before
+    the stall rule (2 s), and the ordinary rule once a peer is connected."""
+    s = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    _tracker(s, 0.01, seeds=0, leechers=31)
+    assert s.webseed_batch(1.0, set()) == []  # past the grace, nobody connected
+    join(s, "a", 1.5)
+    s.message("a", m.Bitfield(m.bitfield_from_bools([i < 8 for i in range(16)])), 1.5)
+    s.take()
+    batch = s.webseed_batch(1.6, set())
+    assert batch and set(batch) <= set(range(8, 16))
+    nobody = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    _tracker(nobody, 0.01, seeds=0, leechers=31)
+    stalled = nobody.webseed_batch(2.5, set())  # nobody for 2 s: the stall rule
+    assert 0 < len(stalled) <= MiB // PIECE
+
+
 def test_a_hidden_seed_keeps_the_web_seed_off_until_the_peers_stall() -> None:
     """The hub's super-seeding peer shows pieces one by one: a piece no peer shows may
     still come from it, so with leechers around the web seed waits for a stall."""

@@ -963,6 +963,11 @@ class Swarm:
             quiet >= _PEERS_STALLED and now - self._peer_news_at >= _PEERS_STALLED
             and not origin_peer)
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
+        # "What no connected peer has" needs a connected peer: with none yet (a crowd's
+        # client dials 30 peers after its announce, slower on a loaded host) every piece
+        # looks missing, and a batch taken then is a first copy the hub's own peer would
+        # have handed into the swarm anyway. Unconnected, the stall rule decides (2 s).
+        lacks = bool(self.peers) and not hidden_seed
         # Alone with the origin's peer: it gets no requests (webseed_preferred), so the
         # batch may hold more (long ranges) and takes back what it alone was asked for.
         prefer = alone and origin_peer
@@ -987,7 +992,7 @@ class Swarm:
                   and (not started(i) or (picker.only_requested(i)
                                           and (steal or (prefer and self._origin_only(i)))))
                   and i not in self._verifying and i not in reserved and prio(i)
-                  and (alone or stalled or (avail(i) == 0 and not hidden_seed)))
+                  and (alone or stalled or (lacks and avail(i) == 0)))
             if ok and (alone or not batch or batch[-1] == i - 1):
                 batch.append(i)
                 if len(batch) >= limit:
