@@ -8,15 +8,20 @@ and its entry points ``torrent_url`` at another path, used when ``/t/<id>.torren
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
 
 from swarmhub.client import hub_file_torrent
 from swarmhub.discovery.httpget import HttpClient
+from swarmhub.downloads import hub_meta
 from swarmhub.errors import AuthError
+from swarmhub.metainfo import create_torrent, torrent_bytes
 
 
 @dataclass
@@ -28,6 +33,9 @@ class Hub:
     short_path_missing: bool = False
     #: the ``peer_id`` of each entry request that gave one
     peer_ids: list[str] = field(default_factory=list)
+    #: the query string of each /t/<id>.torrent request, and what it answers
+    torrent_queries: list[str] = field(default_factory=list)
+    torrent: bytes = b"short-path torrent"
 
 
 @pytest.fixture
@@ -51,10 +59,11 @@ async def hub() -> AsyncIterator[Hub]:
 
     async def short(request: web.Request) -> web.Response:
         state.asked.append(request.path)
+        state.torrent_queries.append(request.query_string)
         torrent_seen.set()
         if state.short_path_missing:
             return web.Response(status=404)
-        return web.Response(body=b"short-path torrent")
+        return web.Response(body=state.torrent)
 
     async def elsewhere(request: web.Request) -> web.Response:
         state.asked.append(request.path)
@@ -107,3 +116,31 @@ async def test_a_swarm_download_says_its_peer_id_and_hears_who_else_is_coming(
     assert hub.peer_ids == ["01" * 20]
     assert info.swarm == (1, 2 + 3)
     assert plain.swarm is None
+
+
+async def test_a_swarm_get_asks_for_the_torrent_without_piece_layers(
+        hub: Hub, tmp_path: Path) -> None:
+    """``swarmhub get`` (hub_meta) takes the short form, a third of a hybrid torrent's
+    bytes (the hub sends one to every client of a crowd at once), and parses it without
+    layers; other callers (the daemon) still ask for the whole torrent."""
+    (tmp_path / "f.bin").write_bytes(bytes(range(256)) * 1024)
+    full = create_torrent(tmp_path / "f.bin", piece_length=16384)
+    assert full.piece_layers
+    hub.torrent = torrent_bytes(dataclasses.replace(full, piece_layers={}))
+    async with HttpClient() as http:
+
+        async def session_http() -> HttpClient:
+            return http
+
+        session = SimpleNamespace(http=session_http, peer_id=b"\x01" * 20,
+                                  expect_swarm=lambda *swarm: None)
+
+        async def no_http(info: object) -> bool:
+            raise AssertionError("a hybrid get does not start over HTTP")
+
+        meta = await hub_meta(session, f"{hub.base}/f/abc", "hybrid", None,  # type: ignore[arg-type]
+                              no_http)
+        await hub_file_torrent(http, hub.base, "abc", None)
+    assert hub.torrent_queries == ["piece_layers=0", ""]
+    assert meta is not None and not meta.piece_layers
+    assert meta.info_hash == full.info_hash and meta.url_list == full.url_list

@@ -115,8 +115,8 @@ async def hub_torrent(http: HttpClient, torrent_url: str,
 
 
 async def hub_file_torrent(http: HttpClient, base: str, file_id: str,
-                           token: str | None, peer_id: bytes | None = None
-                           ) -> tuple[HubFile, bytes]:
+                           token: str | None, peer_id: bytes | None = None,
+                           piece_layers: bool = True) -> tuple[HubFile, bytes]:
     """The catalog entry of ``file_id`` (see :func:`hub_file`) and its .torrent, asked
     for at once.
 
@@ -125,8 +125,15 @@ async def hub_file_torrent(http: HttpClient, base: str, file_id: str,
     cs download waits. The hub serves every file's torrent at ``/t/<id>.torrent`` too, so
     that goes out beside the entry request; should it fail (a proxy that maps only some
     paths, say), the entry's own ``torrent_url`` is fetched as before, and its error is
-    the one raised."""
-    early = asyncio.ensure_future(hub_torrent(http, f"{base}/t/{file_id}.torrent", token))
+    the one raised.
+
+    ``piece_layers=False`` asks this hub for its short form (the same info dict, without
+    the v2 piece layers: a third of the bytes for a hybrid torrent); parse it with
+    ``load_torrent(..., require_piece_layers=False)``. A hub that does not know the
+    question sends the whole torrent, as does the fallback."""
+    query = "" if piece_layers else "?piece_layers=0"
+    early = asyncio.ensure_future(hub_torrent(http, f"{base}/t/{file_id}.torrent{query}",
+                                              token))
     try:
         info = await hub_file(http, base, file_id, token, peer_id)
     except BaseException:

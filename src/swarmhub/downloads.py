@@ -197,7 +197,9 @@ async def hub_meta(session: Session, url: str, mode: str, token: str | None,
     counts it as about to join until it announces, and answers who is in the swarm or
     about to be; with nobody, the web seed starts without waiting for our announce's
     answer (:meth:`Session.expect_swarm`), and a crowd starting at once does not all
-    take that shortcut to HTTP.
+    take that shortcut to HTTP. It takes the hub's short torrent (no piece layers: a
+    third of the bytes, and a crowd starting at once waits for them on the hub's uplink)
+    and checks pieces by SHA-1; see :meth:`swarmhub.engine.pieces.Pieces.hashes_for`.
 
     ``over_http(info)`` downloads the file over HTTP, showing it its own way (the CLI's
     view, a script's callback); False when the hub was busy (503): the download then
@@ -210,13 +212,13 @@ async def hub_meta(session: Session, url: str, mode: str, token: str | None,
     base, file_id = client.parse_hub_url(url)
     if mode != "cs":
         info, torrent = await client.hub_file_torrent(http, base, file_id, token,
-                                                      session.peer_id)
+                                                      session.peer_id, piece_layers=False)
     else:
         info = await client.hub_file(http, base, file_id, token)
         if await over_http(info):
             return None
         torrent = await client.hub_torrent(http, info.torrent_url, token)
-    meta = load_torrent(torrent)
+    meta = load_torrent(torrent, require_piece_layers=False)
     if info.swarm is not None:  # alone: the web seed need not wait for our announce
         session.expect_swarm(meta.info_hash, *info.swarm)
     if mode == "p2p":

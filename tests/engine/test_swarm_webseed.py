@@ -31,6 +31,7 @@ def test_alone_per_the_tracker_the_web_seed_starts_before_the_grace_and_takes_an
     _tracker(s, 0.01, seeds=1, leechers=1)  # the hub's seeder, and us
     assert s.webseed_ready(0.01)
     assert s.webseed_batch(0.01, set()) == list(range(8))
+    assert s.webseed_why == "alone"  # for the driver's log
 
 
 def test_the_hubs_counts_before_our_announce_start_a_lone_web_seed_at_once() -> None:
@@ -60,6 +61,25 @@ def test_with_other_leechers_the_web_seed_waits_then_fills_what_the_swarm_lacks(
     batch = s.webseed_batch(1.0, set())  # past the grace; peers not stalled (< 2 s)
     assert batch and set(batch) <= set(range(8, 16))  # only what no peer has
     assert batch == list(range(batch[0], batch[0] + len(batch)))  # one run: few ranges
+    assert s.webseed_why == "no connected peer has them (the tracker counts 0 seeds)"
+
+
+def test_with_leechers_and_no_peer_connected_yet_the_web_seed_waits_for_a_stall() -> None:
+    """A crowd's client that has not connected to anyone yet (its announce answered, its
+    dials under way) has no "what the swarm lacks": it takes nothing over HTTP before
+    the stall rule (2 s), and the ordinary rule once a peer is connected."""
+    s = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    _tracker(s, 0.01, seeds=0, leechers=31)
+    assert s.webseed_batch(1.0, set()) == []  # past the grace, nobody connected
+    join(s, "a", 1.5)
+    s.message("a", m.Bitfield(m.bitfield_from_bools([i < 8 for i in range(16)])), 1.5)
+    s.take()
+    batch = s.webseed_batch(1.6, set())
+    assert batch and set(batch) <= set(range(8, 16))
+    nobody = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    _tracker(nobody, 0.01, seeds=0, leechers=31)
+    stalled = nobody.webseed_batch(2.5, set())  # nobody for 2 s: the stall rule
+    assert 0 < len(stalled) <= MiB // PIECE
 
 
 def test_a_hidden_seed_keeps_the_web_seed_off_until_the_peers_stall() -> None:
@@ -73,6 +93,7 @@ def test_a_hidden_seed_keeps_the_web_seed_off_until_the_peers_stall() -> None:
     assert s.webseed_batch(1.0, set()) == []
     stalled = s.webseed_batch(2.5, set())  # no block from any peer for 2 s
     assert 0 < len(stalled) <= MiB // PIECE
+    assert s.webseed_why == "no block from peers for 2.5 s"
 
 
 def test_news_of_pieces_from_the_peers_keeps_the_web_seed_off_while_the_swarm_moves() -> None:

@@ -25,6 +25,7 @@ from test_api import Live, check_schema, live_hub
 from conftest import free_port, need
 from swarmhub.bencode import bdecode, bencode
 from swarmhub.discovery.tracker import AnnounceRequest, build_announce_url
+from swarmhub.errors import MetainfoError
 from swarmhub.metainfo import TorrentVersion, create_torrent, load_torrent, parse_magnet
 
 HAS_ORIGIN = importlib.util.find_spec("swarmhub.hub.origin") is not None
@@ -66,6 +67,25 @@ async def publish(live: Live, data: bytes, name: str, **kw: Any) -> dict[str, An
     status, body = await live.publish(data, name, pub, **kw)
     assert status == 201, body
     return dict(body)
+
+
+async def test_only_a_client_that_asks_gets_the_torrent_without_piece_layers(
+        live: Live) -> None:
+    """Our get asks for ``?piece_layers=0``: the same info dict (same swarm, same hashes),
+    trackers and web seed, minus the layers. Without the question (libtorrent, aria2, a
+    browser) the torrent is whole."""
+    f = await publish(live, os.urandom(300_000), "a.bin")
+    status, whole, _ = await fetch(live, f"/t/{f['id']}.torrent")
+    assert status == 200
+    status, short, headers = await fetch(live, f"/t/{f['id']}.torrent?piece_layers=0")
+    assert status == 200 and headers["Content-Type"] == "application/x-bittorrent"
+    full, meta = load_torrent(whole), load_torrent(short, require_piece_layers=False)
+    assert full.piece_layers and not meta.piece_layers
+    assert meta.info_bytes == full.info_bytes
+    assert (meta.trackers, meta.url_list) == (full.trackers, full.url_list)
+    assert len(short) < len(whole) - sum(len(x) for x in full.piece_layers.values())
+    with pytest.raises(MetainfoError, match="piece layer is missing"):
+        load_torrent(short)
 
 
 async def test_torrents_point_at_hub_tracker_and_web_seed(live: Live, tmp_path: Path) -> None:
@@ -148,8 +168,12 @@ async def test_a_files_info_counts_its_swarm_and_the_gets_about_to_join(live: Li
     assert await counts(second) == (seeders, 0, 1)  # the first one is on its way
     assert await counts(first) == (seeders, 0, 1)  # asking again: still one other
     ih = bytes.fromhex(f["info_hash_v1"])
-    await announce(live, ih, port=7011, event="started", peer_id=first)
+    answer = await announce(live, ih, port=7011, event="started", peer_id=first)
+    # the tracker's answer counts the get on its way too (not "only you": no early HTTP)
+    assert answer[b"incomplete"] == 2
     assert await counts(second) == (seeders, 1, 0)  # now the tracker counts it
+    answer = await announce(live, ih, port=7012, event="started", peer_id=second)
+    assert answer[b"incomplete"] == 2  # announced: counted once, by the tracker
     status, _, _ = await fetch(live, f"/api/files/{f['id']}?peer_id=zz")
     assert status == 400
 

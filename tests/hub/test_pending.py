@@ -33,3 +33,15 @@ def test_the_count_per_file_is_capped() -> None:
     for i in range(5):
         p.arrive("f", bytes([i]) * 20, 0.0)
     assert p.arrive("f", A, 0.0) == 2  # crowded either way: no more kept
+
+
+def test_others_counts_without_joining() -> None:
+    """What an announce adds to the tracker's leechers: the other gets on their way."""
+    p = PendingGets(ttl=5.0)
+    assert p.others("f", A, 0.0) == 0
+    p.arrive("f", A, 0.0)
+    p.arrive("f", B, 0.1)
+    assert p.others("f", A, 0.2) == 1  # B; A is the one asking
+    assert p.others("f", C, 0.2) == 2  # not pending itself: both
+    assert p.others("f", C, 5.05) == 1  # A expired
+    assert p.arrive("f", C, 5.06) == 1  # B: asking did not make C pending

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from interop.harness import VENV_PYTHON, Proc, make_test_data, wait_listening
+from interop.harness import (
+    VENV_PYTHON,
+    LtPeer,
+    Proc,
+    compare_trees,
+    make_test_data,
+    wait_listening,
+)
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(240)]
 
@@ -71,6 +80,32 @@ def finished(proc: Proc) -> dict[str, object]:
             result: dict[str, object] = json.loads(line)
             return result
     raise AssertionError(proc.describe())
+
+
+def test_libtorrent_by_magnet_gets_the_piece_layers_from_a_hybrid_get(
+        hub: Hub, tmp_path: Path) -> None:
+    """A hybrid get takes the hub's torrent without its piece layers; seeding afterwards,
+    it alone serves a libtorrent magnet download (no tracker, no web seed): its BEP 52
+    hash rejects (until it has derived a layer from its data) neither stall nor ban
+    libtorrent. (libtorrent 2.1 finishes a hybrid magnet by SHA-1 even when every hash
+    request is rejected; the answers themselves: tests/engine/test_derived_layers.py.)"""
+    from swarmhub.metainfo import load_torrent, make_magnet
+
+    data = make_test_data(tmp_path / "src", [3_000_017], seed=25)
+    url = publish(hub, data, tmp_path)
+    file_id = url.split("/f/")[1].split("/")[0]
+    with urllib.request.urlopen(f"{hub.url}/t/{file_id}.torrent", timeout=30) as r:
+        meta = load_torrent(r.read())
+    magnet = make_magnet(dataclasses.replace(meta, trackers=(), url_list=()))
+    port = free_port()  # the last --listen counts
+    with get(url, "hybrid", tmp_path / "dl", tmp_path, "get-seed", "--seed-after", "150",
+             "--listen", f"127.0.0.1:{port}") as g:
+        g.wait_for_line(lambda s: s.startswith('{"event": "finished"'), 150)
+        with LtPeer(magnet, tmp_path / "lt", peers=[("127.0.0.1", port)], log_dir=tmp_path,
+                    name="lt-magnet") as leech:
+            leech.wait_finished(120)
+            assert leech.hash_fails() == 0
+    compare_trees(data, tmp_path / "lt" / data.name)
 
 
 @pytest.mark.parametrize("mode", ["cs", "p2p", "hybrid"])

@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import functools
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from typing import Any, TypeVar
 from swarmhub.engine.picker import Block
 from swarmhub.engine.services import TorrentServices
 from swarmhub.metainfo.merkle import hashes_with_proof, next_pow2, tree_layers, zero_root
-from swarmhub.metainfo.model import BLOCK_SIZE, Metainfo
+from swarmhub.metainfo.model import BLOCK_SIZE, FileEntry, Metainfo
 from swarmhub.storage.files import PieceBuffer, TorrentStorage, piece_buffer
-from swarmhub.storage.verify import PieceVerifier
+from swarmhub.storage.verify import PieceVerifier, derive_piece_layer
 from swarmhub.wire import messages as m
 
 __all__ = ["Pieces"]
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -61,6 +64,10 @@ class Pieces:
         #: Called with each piece that passed and was written, before its buffer is reused.
         self.on_written: Callable[[int, PieceBuffer], None] | None = None
         self._hash_trees: dict[bytes, list[list[bytes]]] = {}
+        #: piece layers derived from the data (a torrent without them), by pieces root,
+        #: and the roots whose derivation was started (see :meth:`hashes_for`)
+        self._derived: dict[bytes, bytes] = {}
+        self._deriving: set[bytes] = set()
         #: Pieces shorter than this go through the batch queue (tests lower it).
         self.batch_below = BATCH_BELOW
         #: Small pieces waiting for a hash job, and the jobs that take them (see _hash_jobs).
@@ -267,23 +274,61 @@ class Pieces:
                     item.verdict = exc
             _post(loop, batch)
 
-    def hashes_for(self, req: m.HashRequest) -> bytes | None:
-        """Answer a BEP 52 hash request from the piece layers (base layer = piece layer)."""
+    def hashes_for(self, req: m.HashRequest, have: bytes | bytearray) -> bytes | None:
+        """Answer a BEP 52 hash request from the piece layers (base layer = piece layer);
+        None: reject it.
+
+        A torrent taken without its layers (the hub's short form, see
+        :func:`swarmhub.downloads.hub_meta`) rejects requests for a file's layer until it
+        holds all of the file (``have``: 1 per piece we hold); the first request after
+        that derives the layer from the data on a hash thread, and later ones are answered
+        once it is there (a requester asks another peer, or again, after a reject)."""
         meta = self.meta
-        layer_hashes = meta.piece_layers.get(req.pieces_root)
         leaves_per_piece = meta.piece_length // BLOCK_SIZE
-        if layer_hashes is None or req.base_layer != leaves_per_piece.bit_length() - 1:
+        if req.base_layer != leaves_per_piece.bit_length() - 1:
             return None
         tree = self._hash_trees.get(req.pieces_root)
         if tree is None:
             entry = next((f for f in meta.files if f.pieces_root == req.pieces_root), None)
             if entry is None:
                 return None
+            layer_hashes = meta.piece_layers.get(req.pieces_root) \
+                or self._derived.get(req.pieces_root)
+            if layer_hashes is None:
+                self._derive_layer(entry, have)
+                return None
             hashes = [layer_hashes[i:i + 32] for i in range(0, len(layer_hashes), 32)]
             width = max(1, next_pow2(-(-entry.length // BLOCK_SIZE)) // leaves_per_piece)
             tree = tree_layers(hashes, max(width, len(hashes)), zero_root(leaves_per_piece))
             self._hash_trees[req.pieces_root] = tree
         return hashes_with_proof(tree, req.index, req.length, req.proof_layers)
+
+    def _derive_layer(self, entry: FileEntry, have: bytes | bytearray) -> None:
+        """Derive ``entry``'s missing piece layer on the hash pool, once, when we hold all
+        of the file (see :meth:`hashes_for`)."""
+        root, pl = entry.pieces_root, self.meta.piece_length
+        if root is None or root in self._deriving or entry.length <= pl:
+            return  # in hand, or not a file with a piece layer
+        if not all(have[entry.offset // pl:(entry.end - 1) // pl + 1]):
+            return
+        self._deriving.add(root)  # one try: a failure is logged, not repeated
+
+        def job() -> None:
+            try:
+                layer = derive_piece_layer(self.meta, self.storage, entry)
+            except Exception as exc:  # a failed read: no layer, the requests stay rejected
+                log.warning("%s: cannot derive the piece layer of %s: %s", self.meta.name,
+                            "/".join(entry.path), exc)
+                return
+            if layer is None:
+                log.warning("%s: the data of %s does not hash to its v2 pieces root (the "
+                            "torrent's v1 and v2 hashes disagree); its hash requests stay "
+                            "rejected", self.meta.name, "/".join(entry.path))
+            else:
+                self._derived[root] = layer
+
+        with contextlib.suppress(RuntimeError):  # a shut-down pool: the torrent is stopping
+            self.session.hash_pool.submit(job)
 
 
 def _pad_blocks(meta: Metainfo) -> list[tuple[int, int]]:

@@ -214,6 +214,8 @@ class Swarm:
         self.tracker_seeds = 0
         #: leechers the tracker counts, us included (None until it answers with a count)
         self.tracker_leechers: int | None = None
+        #: why the last web seed batch was taken (:meth:`webseed_batch`; for the log)
+        self.webseed_why = ""
         #: when the web seed may start at the latest, and when a peer last sent a block or
         #: announced a piece we lack (the swarm moves: see _PEERS_STALLED)
         self._ws_start = now + settings.web_seed_grace
@@ -961,6 +963,11 @@ class Swarm:
             quiet >= _PEERS_STALLED and now - self._peer_news_at >= _PEERS_STALLED
             and not origin_peer)
         hidden_seed = self.tracker_seeds > 0 and bool(self.peers)
+        # "What no connected peer has" needs a connected peer: with none yet (a crowd's
+        # client dials 30 peers after its announce, slower on a loaded host) every piece
+        # looks missing, and a batch taken then is a first copy the hub's own peer would
+        # have handed into the swarm anyway. Unconnected, the stall rule decides (2 s).
+        lacks = bool(self.peers) and not hidden_seed
         # Alone with the origin's peer: it gets no requests (webseed_preferred), so the
         # batch may hold more (long ranges) and takes back what it alone was asked for.
         prefer = alone and origin_peer
@@ -985,7 +992,7 @@ class Swarm:
                   and (not started(i) or (picker.only_requested(i)
                                           and (steal or (prefer and self._origin_only(i)))))
                   and i not in self._verifying and i not in reserved and prio(i)
-                  and (alone or stalled or (avail(i) == 0 and not hidden_seed)))
+                  and (alone or stalled or (lacks and avail(i) == 0)))
             if ok and (alone or not batch or batch[-1] == i - 1):
                 batch.append(i)
                 if len(batch) >= limit:
@@ -1001,6 +1008,10 @@ class Swarm:
             self._ws_live.add(source)
             self._ws_seen = now
             self._ws_pref = (math.nan, False)
+            self.webseed_why = (
+                "alone" if alone else
+                f"no block from peers for {quiet:.1f} s" if stalled else
+                f"no connected peer has them (the tracker counts {self.tracker_seeds} seeds)")
         return batch
 
     def webseed_request_bytes(self) -> int:

@@ -324,7 +324,7 @@ class Torrent(TorrentViews):
             peer.close("torrent error")
 
     def hashes_for(self, req: m.HashRequest) -> bytes | None:
-        return self.pieces.hashes_for(req)
+        return self.pieces.hashes_for(req, self.have)
 
     # -- time, trackers, resume ------------------------------------------------------------------
     async def _tick_loop(self) -> None:

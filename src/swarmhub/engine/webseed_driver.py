@@ -99,6 +99,9 @@ class WebSeedDriver:
                 else:
                     await self._sleep(0.05 if sw.webseed_alone() else 0.5)
                 continue
+            log.info("%s: web seed: %d pieces from piece %d (%s; %d peers, %s tracker "
+                     "leechers)", t.meta.name, len(batch), batch[0], t.swarm.webseed_why,
+                     len(t.swarm.peers), t.swarm.tracker_leechers)
             self._ws_reserved.update(batch)
             # Alone: ranges sized from the web seed's rate (one long range, not many).
             ws.max_request = t.swarm.webseed_request_bytes()

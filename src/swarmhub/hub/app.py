@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import importlib.resources
 import ipaddress
@@ -34,7 +35,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from swarmhub.bencode import bencode
+from swarmhub.bencode import bdecode, bencode
 from swarmhub.discovery.tracker import parse_announce_response
 from swarmhub.errors import AuthError, StorageError, SwarmhubError, TrackerError
 from swarmhub.hub.access import SwarmAccess, normalize_ip
@@ -73,7 +74,7 @@ from swarmhub.hub.tracker import (
     parse_announce_query,
     parse_scrape_query,
 )
-from swarmhub.metainfo import Metainfo, load_torrent
+from swarmhub.metainfo import Metainfo, load_torrent, torrent_bytes
 
 __all__ = [
     "HubConfig",
@@ -563,7 +564,13 @@ async def get_torrent(request: web.Request) -> web.Response:
     record = await _file_or_404(hub, request.match_info["id"], None)
     version = "v1" if request.path.endswith(".v1.torrent") else "hybrid"
     passkey = await _torrent_passkey(request, hub, record)
-    data, _ = await hub.torrent_for(record, version, passkey)
+    data, meta = await hub.torrent_for(record, version, passkey)
+    if request.query.get("piece_layers") == "0" and meta.piece_layers:
+        # Asked by our own client only (swarmhub.client.hub_file_torrent): the same info
+        # dict, so the same swarm, without the piece layers (32 bytes a piece: 60% of a
+        # 32 MiB file's torrent, sent to every client at once as a swarm starts). It checks
+        # pieces by SHA-1 and derives a layer from the data when a peer asks for it.
+        data = torrent_bytes(dataclasses.replace(meta, piece_layers={}))
     suffix = ".v1.torrent" if version == "v1" else ".torrent"
     disposition = "attachment; filename*=UTF-8''" + urllib.parse.quote(record.name + suffix)
     return web.Response(
@@ -664,8 +671,12 @@ async def announce(request: web.Request) -> web.Response:
             hub.announce_failures += 1
             return _bencoded(failure_body("unknown or revoked passkey"))
     hub.announces += 1
+    pending = 0 if params.event == "stopped" else hub.pending_gets.others(
+        entry[0], params.peer_id, now)
     body = await hub.tracker.announce(params, now)
     hub.pending_gets.announced(entry[0], params.peer_id)
+    if pending:
+        body = _with_pending(body, pending)
     if owner is not None and params.event != "stopped":
         # The proof the seeder admits private peers by: this peer id, from this address
         # (the connection's, or a trusted proxy's word; never a claimed ip=), holds a live
@@ -684,6 +695,18 @@ async def announce(request: web.Request) -> web.Response:
         if isinstance(hub.seeder, Seeder):
             hub.seeder.dial(params.info_hash, (remote, params.port))
     return _bencoded(body)
+
+
+def _with_pending(body: bytes, pending: int) -> bytes:
+    """An announce answer whose leechers (``incomplete``) include ``pending`` gets that
+    read the file's info and have not announced yet (hub.pending): a crowd starting at
+    once counts as one from the first answer on, so its first announcer does not take
+    itself for the only leecher and fetch over HTTP what the crowd will trade."""
+    answer = bdecode(body)
+    if not isinstance(answer, dict) or not isinstance(answer.get(b"incomplete"), int):
+        return body  # a failure, or no count to add to
+    answer[b"incomplete"] += pending
+    return bencode(answer)
 
 
 async def scrape(request: web.Request) -> web.Response:

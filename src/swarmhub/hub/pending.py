@@ -31,14 +31,26 @@ class PendingGets:
 
     def arrive(self, file_id: str, peer_id: bytes, now: float) -> int:
         """A get with ``peer_id`` read the file's info: how many *other* gets are pending
-        for it (expired entries dropped first); this one now counts for the next."""
+        for it (see :meth:`others`); this one now counts for the next."""
+        others = self.others(file_id, peer_id, now)
         gets = self._files.setdefault(file_id, {})
-        for pid in [p for p, end in gets.items() if end <= now]:
-            del gets[pid]
-        others = len(gets) - (peer_id in gets)
         if peer_id in gets or len(gets) < self.cap:
             gets[peer_id] = now + self.ttl
         return others
+
+    def others(self, file_id: str, peer_id: bytes, now: float) -> int:
+        """How many gets other than ``peer_id`` are pending for the file (expired entries
+        dropped first). The tracker adds them to an announce's leechers: the first of a
+        crowd to announce would otherwise read "only you" and fetch over HTTP at once."""
+        gets = self._files.get(file_id)
+        if gets is None:
+            return 0
+        for pid in [p for p, end in gets.items() if end <= now]:
+            del gets[pid]
+        if not gets:
+            del self._files[file_id]
+            return 0
+        return len(gets) - (peer_id in gets)
 
     def announced(self, file_id: str, peer_id: bytes) -> None:
         """The get announced: the tracker counts it from now on."""

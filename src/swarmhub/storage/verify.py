@@ -20,10 +20,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from swarmhub.errors import InconsistentHashesError, StorageError
 from swarmhub.metainfo import merkle
-from swarmhub.metainfo.model import Metainfo
+from swarmhub.metainfo.model import FileEntry, Metainfo
 from swarmhub.storage.files import TorrentStorage
 
-__all__ = ["V1_STRIDE", "PieceVerifier", "recheck"]
+__all__ = ["V1_STRIDE", "PieceVerifier", "derive_piece_layer", "recheck"]
 
 
 _ZEROS = bytes(1 << 20)
@@ -156,6 +156,28 @@ def _unreadable(meta: Metainfo, storage: TorrentStorage) -> bytearray:
             first, last = (entry.offset + max(size, 0)) // pl, (entry.end - 1) // pl
             bad[first : last + 1] = b"\1" * (last + 1 - first)
     return bad
+
+
+def derive_piece_layer(meta: Metainfo, storage: TorrentStorage, entry: FileEntry) -> bytes | None:
+    """The v2 piece layer of ``entry`` (a file larger than one piece) hashed from its data
+    on disk, or None when that does not hash to the file's ``pieces root`` (the data is
+    not that file's, or the torrent's v1 and v2 hashes describe two contents).
+
+    For a hybrid torrent taken without its piece layers (the hub's short form, whose
+    pieces were checked by SHA-1): a seeder derives a layer once it holds the file, to
+    answer BEP 52 hash requests. Blocking (reads and hashes the whole file): run it on a
+    worker thread; raises :class:`~swarmhub.errors.StorageError` when a read fails."""
+    pl = meta.piece_length
+    if entry.pieces_root is None or entry.length <= pl:
+        return None
+    step = max(pl, (1 << 20) // pl * pl)  # read a megabyte (whole pieces) at a time
+    hashes: list[bytes] = []
+    for start in range(entry.offset, entry.end, step):
+        data = memoryview(storage.read(start, min(step, entry.end - start)))
+        hashes += (merkle.piece_root(data[k:k + pl], pl) for k in range(0, len(data), pl))
+    if merkle.root_from_layer(hashes, pl, entry.length) != entry.pieces_root:
+        return None
+    return b"".join(hashes)
 
 
 def recheck(
