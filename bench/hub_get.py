@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     series = ["cs", "hybrid"] + (["base-cs", "base-hybrid"] if args.baseline else [])
     times: dict[str, list[float]] = {k: [] for k in series}
     cpus: dict[str, list[float]] = {k: [] for k in series}
+    #: the finished line's "elapsed": the download alone (from the URL to the last piece),
+    #: without the interpreter's start-up and exit, which a loaded machine makes noisy
+    inner: dict[str, list[float]] = {k: [] for k in series}
     print(f"load average at start: {_load()}", flush=True)
     details: list[dict[str, object]] = []
     try:
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                                           work, n, src)
                     times[mode].append(secs)
                     cpus[mode].append(cpu)
+                    if fin:
+                        inner[mode].append(float(json.loads(fin)["elapsed"]))
                     details.append({"mode": mode, "round": n + 1, "seconds": secs,
                                     "cpu_s": cpu, "finished": fin})
                     print(f"  round {n + 1} {mode:11}: {secs:6.2f} s  {cpu:5.2f} CPU-s  "
@@ -151,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     ccs, chy = statistics.median(cpus["cs"]), statistics.median(cpus["hybrid"])
     print(f"CPU-s of the get process, medians: cs {ccs:.2f}, hybrid {chy:.2f}, "
           f"hybrid/cs {chy / ccs:.2f}")
+    if all(inner.values()):
+        med = {k: statistics.median(v) for k, v in inner.items()}
+        print("download alone (finished line's elapsed), medians: " + ", ".join(
+            f"{k} {v:.3f} s" for k, v in med.items()) + f"; hybrid/cs "
+            f"{med['hybrid'] / med['cs']:.2f}" + (
+                f", baseline's {med['base-hybrid'] / med['base-cs']:.2f}"
+                if args.baseline else ""))
     if args.baseline:
         bcs, bhy = statistics.median(times["base-cs"]), statistics.median(times["base-hybrid"])
         bccs, bchy = statistics.median(cpus["base-cs"]), statistics.median(cpus["base-hybrid"])
@@ -159,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
               f"hybrid / the baseline's: {hy / bhy:.2f} (CPU-s {chy / bchy:.2f})")
     print(f"load average at end: {_load()}")
     if args.json:
-        args.json.write_text(json.dumps({**times, "cpu": cpus, "runs": details}, indent=1))
+        args.json.write_text(json.dumps({**times, "cpu": cpus, "elapsed": inner,
+                                         "runs": details}, indent=1))
     return 0
 
 

@@ -239,7 +239,7 @@ class Probe(logging.Handler):
             seen["at_peer"] = [gc.isenabled(), gc.get_freeze_count()]
 logging.getLogger("swarmhub.engine.torrent").addHandler(Probe())
 def at_exit():
-    seen["at_exit"] = [gc.isenabled(), gc.get_freeze_count()]
+    seen["at_exit"] = [gc.isenabled(), gc.get_freeze_count(), len(gc.get_objects())]
     with open(os.environ["STARTUP_PROBE_OUT"], "w") as fh:
         json.dump(seen, fh)
 atexit.register(at_exit)
@@ -266,5 +266,8 @@ def test_get_collects_nothing_during_start_up_and_nothing_at_exit(
     enabled, frozen = seen["at_peer"]
     assert enabled and frozen > 10_000
     assert all(n > 0 for n in seen["collections"]), seen["collections"]
-    enabled, frozen = seen["at_exit"]
-    assert not enabled and frozen >= seen["at_peer"][1]
+    enabled, frozen, walked = seen["at_exit"]
+    # what a last collection would walk: nothing (measured 0; ~100 without the freeze at
+    # exit). Not the frozen count against the one at the peer: objects frozen at start-up
+    # may be freed by then (a first connection set up before the freeze and closed at exit)
+    assert not enabled and frozen > 10_000 and walked < 50, seen["at_exit"]

@@ -295,6 +295,52 @@ def test_alone_and_preferred_the_web_seeds_batch_grows_past_the_setting() -> Non
     assert second == list(range(second[0], second[0] + len(second)))  # one long range
 
 
+def test_a_tracker_answer_listing_only_the_origin_lets_the_batch_grow_before_its_dial(
+) -> None:
+    """The second batch is asked for at the first one's last byte, often before the dial
+    of the origin's peer (listed by the tracker) completed: it grows as with that peer
+    connected; a peer elsewhere in the answer keeps it at the setting."""
+    def second_batch(peers: list[tuple[str, int]]) -> list[int]:
+        s = make_swarm(pieces=64, trackers=True,
+                       settings=QUIET.replace(web_seed_batch_bytes=16 * PIECE))
+        s.webseed_origin([HUB_IP], 0.0)
+        s.tracker_response(0.0, interval=1800, peers=peers, seeds=1, leechers=1)
+        s.take()
+        first = s.webseed_batch(0.0, set(), source="a")
+        s.webseed_arrived(0.01, len(first) * PIECE, source="a")  # 16 pieces in 10 ms
+        return s.webseed_batch(0.01, set(first), source="b")
+
+    assert len(second_batch([(HUB_IP, 6881)])) > 16
+    assert len(second_batch([(HUB_IP, 6881), ("10.1.1.1", 6881)])) == 16
+
+
+def test_a_batch_that_arrived_sets_the_rate_and_stays_reserved_until_released() -> None:
+    """The driver asks for the next batch once the bodies of the last one arrived, before
+    they are hashed: the rate counts their arrival (our hashing is not the web seed's
+    speed), and their pieces stay the web seed's until that batch is released."""
+    s = _alone_with_hub()
+    size = s.settings.web_seed_request_size
+    first = s.webseed_batch(0.0, set(), source="a")
+    s.webseed_arrived(0.01, len(first) * PIECE, source="a")
+    rate = len(first) * PIECE / 0.01
+    assert s.webseed_request_bytes() == max(size, int(rate * 0.5)) > size
+    second = s.webseed_batch(0.01, set(first), source="b")
+    assert second and not set(first) & set(second)
+    s.message("hub", m.Choke(), 0.02)
+    s.message("hub", m.Unchoke(), 0.02)
+    _tracker(s, 0.02, seeds=1, leechers=2)  # not alone: the hub's peer is asked again
+    s.tick(0.03)
+    assert not _asked(s, "hub") & (set(first) | set(second))  # both batches still held
+    _deliver(s, first[:-1], 0.04)  # the last piece of the first batch failed its check
+    s.webseed_release(0.04, source="a")
+    assert s._ws_rate == rate  # measured at the arrival, not again at the release
+    assert s.webseed_request_bytes() == size  # not alone any more
+    s.tick(0.05)
+    assert first[-1] in _asked(s, "hub") and not _asked(s, "hub") & set(second)
+    s.webseed_release(0.05, source="b")
+    assert s._ws_batch == {}  # nothing kept per batch
+
+
 def test_another_leecher_brings_the_origins_peer_back_at_the_next_tick() -> None:
     s = _alone_with_hub()
     _deliver(s, s.webseed_batch(0.0, set()), 0.05)

@@ -26,7 +26,6 @@ from swarmhub.engine.webseed import (
     WebSeedBusy,
     WebSeedError,
     file_url,
-    overlapped,
     plan_requests,
 )
 from swarmhub.hub.origin import OriginLimiter, make_static_app
@@ -902,52 +901,3 @@ async def test_rate_limiter_paces_the_download(tmp_path: Path) -> None:
     assert len(got) == 16
     assert limiter.granted == 1 * MIB
     assert limiter.now == pytest.approx((1 * MIB - 64 * KIB) / (2 * MIB))
-
-
-# -- overlapped: a piece is hashed while the next ones stream in -----------------------------
-
-
-async def test_overlapped_runs_up_to_depth_at_once_while_items_keep_coming() -> None:
-    gate = asyncio.Event()
-    running: list[int] = []
-    most = 0
-    pulled: list[int] = []
-
-    async def items() -> AsyncIterator[int]:
-        for i in range(6):
-            pulled.append(i)
-            yield i
-
-    async def work(i: int) -> None:
-        nonlocal most
-        running.append(i)
-        most = max(most, len(running))
-        await gate.wait()  # held until the stream is as far as depth allows
-        running.remove(i)
-
-    task = asyncio.ensure_future(overlapped(items(), work, 3))
-    while len(running) < 3:
-        await asyncio.sleep(0)
-    assert pulled == [0, 1, 2, 3]  # the 4th item arrived while three were at work
-    gate.set()
-    await asyncio.wait_for(task, 10)
-    assert most == 3 and not running
-
-
-async def test_overlapped_raises_the_first_error_after_the_started_work_finished() -> None:
-    finished: list[int] = []
-
-    async def items() -> AsyncIterator[int]:
-        for i in range(3):
-            yield i
-
-    async def work(i: int) -> None:
-        await asyncio.sleep(0)
-        if i == 0:
-            raise OSError("disk full")
-        await asyncio.sleep(0)
-        finished.append(i)
-
-    with pytest.raises(OSError, match="disk full"):
-        await overlapped(items(), work, 4)
-    assert finished == [1, 2]  # nothing left half-handled

@@ -28,12 +28,18 @@ PIECE = 64 * 1024
 RUN_PIECES = 16  # webseed_driver._RUN_BYTES (1 MiB) of 64 KiB pieces
 
 
-async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With one hashing thread, the write of the first run of the second batch is held (a
-    device that has not answered yet; the first batch, 1 MiB until the web seed's rate
-    is known, is one run): the later runs of that batch are still checked meanwhile, and
-    once the write goes through the download completes with every byte right."""
+@pytest.mark.parametrize("held_run", [1, 0], ids=["second-batch", "first-batch"])
+async def test_a_held_write_stops_neither_the_stream_nor_the_hashing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_run: int) -> None:
+    """With one hashing thread, a run's write is held (a device that has not answered
+    yet), and the later runs are still fetched and checked meanwhile; once the write goes
+    through the download completes with every byte right, each piece fetched once.
+
+    ``second-batch``: the first run of the second batch (the first batch, 1 MiB until the
+    web seed's rate is known, is one run): the rest of its batch streams on.
+    ``first-batch``: that one run: the next batch is asked for at its last byte, not once
+    it is written (in turn, every batch waited for hash thread -> disk thread -> event
+    loop before its request went out)."""
     src = tmp_path / "www" / "payload"
     src.mkdir(parents=True)
     data = random.Random(5).randbytes(6 << 20)
@@ -45,8 +51,8 @@ async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
     checked: list[int] = []
     real_write, real_check = TorrentStorage.write, PieceVerifier.check
 
-    def slow_first_write(self: TorrentStorage, offset: int, buf: object) -> None:
-        if offset >= RUN_PIECES * PIECE and not held.is_set():
+    def slow_write(self: TorrentStorage, offset: int, buf: object) -> None:
+        if offset == held_run * RUN_PIECES * PIECE and not held.is_set():
             held.set()
             release.wait(60)  # hang guard: the test releases it
         real_write(self, offset, buf)  # type: ignore[arg-type]
@@ -55,7 +61,7 @@ async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
         checked.append(index)
         return real_check(self, index, view, v1)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(TorrentStorage, "write", slow_first_write)
+    monkeypatch.setattr(TorrentStorage, "write", slow_write)
     monkeypatch.setattr(PieceVerifier, "check", noting_check)
     try:
         meta = create_torrent(src / "file0.bin", version=TorrentVersion.HYBRID,
@@ -64,14 +70,16 @@ async def test_a_slow_write_does_not_stop_the_next_runs_hashing(
         async with Session(settings, state_dir=tmp_path / "s") as leecher:
             t = await leecher.add(meta, tmp_path / "dl")
             try:
-                await until(held.is_set, "the second batch's first write")
-                await until(lambda: any(i >= 2 * RUN_PIECES for i in checked),
-                            "a later run hashed while the first write waits", timeout=30)
+                await until(held.is_set, "the held write")
+                later = (held_run + 1) * RUN_PIECES
+                await until(lambda: any(i >= later for i in checked),
+                            "a later run hashed while the write waits", timeout=30)
+                assert not t.complete.is_set() and not t.have[held_run * RUN_PIECES]
             finally:
                 release.set()
             await asyncio.wait_for(t.complete.wait(), 60)
             assert t.error is None
-            assert t.webseed_bytes >= meta.data_length
+            assert t.webseed_bytes == meta.data_length
     finally:
         release.set()
         await runner.cleanup()  # type: ignore[attr-defined]

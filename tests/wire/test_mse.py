@@ -193,6 +193,49 @@ def test_rc4_discards_the_first_kilobyte() -> None:
     assert rc4(b"k" * 20).update(bytes(16)) == full[1024:]
 
 
+def test_the_python_keystream_is_rc4_and_carries_on_in_cryptographys() -> None:
+    """Short inputs run in Python; :meth:`Rc4.fast` and a long input (an initiator's IA
+    may be 64 KiB) carry the same keystream on in cryptography's ARC4."""
+    from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
+    from cryptography.hazmat.primitives.ciphers import Cipher
+
+    key = bytes(range(20))
+    full = Cipher(ARC4(key), mode=None).encryptor().update(bytes(1024 + 30_000))[1024:]
+    data = random.Random(2).randbytes(30_000)
+    want = bytes(x ^ y for x, y in zip(data, full, strict=True))
+    one = rc4(key)
+    assert one.update(data[:100]) + one.update(b"") + one.update(data[100:300]) == want[:300]
+    assert one.fast().update(data[300:1000]) == want[300:1000]
+    assert one.update(data[1000:1100]) == want[1000:1100]  # through cryptography's now
+    two = rc4(key)
+    assert two.update(data[:50]) + two.update(data[50:20_000]) == want[:20_000]  # long
+    assert two.update(data[20_000:20_010]) == want[20_000:20_010]
+
+
+def test_a_handshake_that_selects_plaintext_never_loads_cryptography() -> None:
+    """The default (``prefer_rc4`` off): both sides' RC4 for the handshake runs in Python
+    (importing cryptography's ARC4 cost 6-12 ms of every hybrid get that dialled the hub's
+    peer); an RC4 payload stream still gets cryptography's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """if True:
+        import sys
+        from test_mse import pair, run
+        from swarmhub.wire.mse import CRYPTO_PLAINTEXT, CRYPTO_RC4
+        a_done, b_done = run(*pair(crypto_b=CRYPTO_PLAINTEXT))
+        assert a_done.crypto == b_done.crypto == CRYPTO_PLAINTEXT, a_done
+        assert not [m for m in sys.modules if m.startswith("cryptography")]
+        a_done, b_done = run(*pair(crypto_b=CRYPTO_RC4))
+        assert a_done.encrypt is not None and "cryptography" in sys.modules
+        assert b_done.decrypt.update(a_done.encrypt.update(b"payload")) == b"payload"
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=Path(__file__).parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_plaintext_detection_needs_at_most_twenty_bytes() -> None:
     assert is_plaintext_handshake(b"") is None
     assert is_plaintext_handshake(b"\x13Bit") is None

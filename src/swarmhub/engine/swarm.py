@@ -221,9 +221,9 @@ class Swarm:
         self._ws_start = now + settings.web_seed_grace
         self._peer_block_at = self._peer_news_at = now
         #: bytes/s the web seed delivered over its last batch (the 5 s meter lags far
-        #: behind a loopback origin), and when/at what count the current batch started
+        #: behind a loopback origin), and per source when/at what count its batch started
         self._ws_rate = 0.0
-        self._ws_batch = (now, 0)
+        self._ws_batch: dict[str, tuple[float, int]] = {}
         #: IPs of our web seeds' hosts (webseed_origin), the sources with a batch in
         #: flight, when one last showed progress, and when one last ended without failing
         self._ws_origins: frozenset[str] = frozenset()
@@ -970,7 +970,9 @@ class Swarm:
         lacks = bool(self.peers) and not hidden_seed
         # Alone with the origin's peer: it gets no requests (webseed_preferred), so the
         # batch may hold more (long ranges) and takes back what it alone was asked for.
-        prefer = alone and origin_peer
+        # So too when the tracker listed only that peer, not dialled yet: the second batch
+        # goes out at the first one's last byte, which is often before that dial.
+        prefer = alone and (origin_peer or self._tracker_origin_only)
         if alone:  # grows with the rate it shows: a slow web seed holds little
             nbytes = max(_SWARM_WS_BATCH_BYTES, int(self._ws_rate * _WS_BATCH_SECONDS))
             cap = self.settings.web_seed_batch_bytes * (_WS_PREFERRED_GROWTH if prefer else 1)
@@ -999,7 +1001,7 @@ class Swarm:
                     break
             elif batch and not alone:
                 break
-        self._ws_batch = (now, self.webseed_bytes)
+        self._ws_batch[source] = (now, self.webseed_bytes)
         for i in batch:
             if started(i):  # only requested, by a slower peer or by the origin's alone
                 self._cancel_requests(i, now)
@@ -1042,10 +1044,20 @@ class Swarm:
             if dup and not ps.closed:
                 self._send(ps, tuple(m.Cancel(b.index, b.begin, b.length) for b in dup), now)
 
+    def webseed_arrived(self, now: float, nbytes: int, *, source: str = "") -> None:
+        """The bodies of ``source``'s batch arrived whole (``nbytes``), its pieces not yet
+        verified: the web seed's rate is measured now, without our hashing and writing
+        (the driver asks for its next batch at once, under another ``source``, while
+        these pieces are checked; they stay reserved until :meth:`webseed_release`)."""
+        at, _ = self._ws_batch.pop(source, (now, 0))
+        if now > at and nbytes > 0:
+            self._ws_rate = nbytes / (now - at)
+
     def webseed_release(self, now: float, *, source: str = "", failed: bool = False) -> None:
         """The web seed's batch is over (done, ``failed`` or stopped): what it did not
-        deliver goes back to the peers' pool, and after a failure the origin's peer too."""
-        at, before = self._ws_batch
+        deliver goes back to the peers' pool, and after a failure the origin's peer too.
+        Without :meth:`webseed_arrived` the rate is measured here, over the verified bytes."""
+        at, before = self._ws_batch.pop(source, (now, self.webseed_bytes))
         if now > at and self.webseed_bytes > before:
             self._ws_rate = (self.webseed_bytes - before) / (now - at)
         self._ws_live.discard(source)

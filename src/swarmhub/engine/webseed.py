@@ -31,15 +31,13 @@ import re
 import time
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
     Callable,
     Iterator,
     Mapping,
     Sequence,
 )
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 from urllib.parse import quote
 
 from swarmhub.discovery.httpget import HttpClient, HttpError, Response
@@ -56,7 +54,6 @@ __all__ = [
     "WebSeedBusy",
     "WebSeedError",
     "file_url",
-    "overlapped",
     "plan_requests",
 ]
 
@@ -66,8 +63,6 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY_AFTER = 30.0
 #: Retry-After values above this are clamped (a broken header must not park us for days).
 _MAX_RETRY_AFTER = 3600.0
-
-_T = TypeVar("_T")
 
 #: The next range request goes out when the current body should end within this many
 #: seconds (at its rate so far): soon enough to hide a round trip, late enough that a slow
@@ -597,28 +592,3 @@ class WebSeed:
             return True
         reason = resp.reason or ""
         raise WebSeedError(req.url, f"HTTP {status} {reason}".rstrip() + f" for {req.range_header}")
-
-
-async def overlapped(items: AsyncIterator[_T], work: Callable[[_T], Awaitable[None]],
-                     depth: int) -> None:
-    """Run ``work`` on each item as it arrives, up to ``depth`` at once, while the next
-    items stream in: a web seed's next piece is received while the last ones are hashed
-    and written (in turn, the stream stalled for every piece's hash: the HTTP origin is
-    faster than one core hashes on loopback). The first error is raised once the work
-    already started has finished; on an error or cancellation that work is awaited too,
-    so no piece is left half-handled."""
-    running: set[asyncio.Future[None]] = set()
-    try:
-        async for item in items:
-            while len(running) >= max(1, depth):
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for fut in done:
-                    fut.result()
-            running.add(asyncio.ensure_future(work(item)))
-        while running:
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for fut in done:
-                fut.result()
-    finally:
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)

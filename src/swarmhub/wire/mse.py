@@ -49,6 +49,7 @@ __all__ = [
     "EncryptionError",
     "Established",
     "MSEHandshake",
+    "Rc4",
     "Role",
     "is_plaintext_handshake",
     "rc4",
@@ -112,15 +113,71 @@ class Established:
     skey: bytes
 
 
-def rc4(key: bytes) -> CipherContext:
-    """An RC4 keystream with its first 1024 bytes already discarded (as MSE requires)."""
-    # imported here: cryptography costs ~15 ms of start-up that a plaintext peer never needs
-    from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4  # cryptography >= 43
-    from cryptography.hazmat.primitives.ciphers import Cipher
+#: Bytes one :meth:`Rc4.update` takes in Python; a longer input (an initiator's IA may
+#: be 64 KiB) moves the keystream to cryptography's ARC4 first.
+_PY_RC4_MAX: Final = 4096
 
-    ctx = Cipher(ARC4(key), mode=None).encryptor()
-    ctx.update(_DISCARD)
-    return ctx
+
+class Rc4:
+    """An RC4 keystream with its first 1024 bytes already discarded (as MSE requires).
+
+    In Python while the input is short: a handshake runs a few hundred bytes through it
+    (~1 ms), where importing cryptography's ARC4 cost 6-12 ms of each process whose
+    connections then select plaintext (the default: ``prefer_rc4`` is off). A long input,
+    or :meth:`fast` for an RC4 payload stream, carries the same keystream on in
+    cryptography's."""
+
+    __slots__ = ("_ctx", "_i", "_j", "_key", "_pos", "_s")
+
+    def __init__(self, key: bytes) -> None:
+        s = list(range(256))
+        j, n = 0, len(key)
+        for i in range(256):  # the key schedule
+            j = (j + s[i] + key[i % n]) & 255
+            s[i], s[j] = s[j], s[i]
+        self._key, self._s, self._i, self._j, self._pos = key, s, 0, 0, 0
+        self._ctx: CipherContext | None = None
+        self._stream(len(_DISCARD))
+
+    def _stream(self, n: int) -> bytes:
+        s, i, j = self._s, self._i, self._j
+        out = bytearray(n)
+        for k in range(n):
+            i = (i + 1) & 255
+            si = s[i]
+            j = (j + si) & 255
+            sj = s[j]
+            s[i], s[j] = sj, si
+            out[k] = s[(si + sj) & 255]
+        self._i, self._j = i, j
+        self._pos += n
+        return bytes(out)
+
+    def update(self, data: bytes) -> bytes:
+        """``data`` XOR the next ``len(data)`` keystream bytes."""
+        if self._ctx is None and len(data) > _PY_RC4_MAX:
+            self._ctx = self.fast()
+        if self._ctx is not None:
+            return self._ctx.update(data)
+        return _xor(data, self._stream(len(data))) if data else b""
+
+    def fast(self) -> CipherContext:
+        """cryptography's ARC4 at the same point of the keystream (this one's later
+        updates go through it too)."""
+        if self._ctx is not None:
+            return self._ctx
+        # imported here: cryptography costs 6-12 ms that a plaintext stream never needs
+        from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4  # cryptography >= 43
+        from cryptography.hazmat.primitives.ciphers import Cipher
+
+        ctx = self._ctx = Cipher(ARC4(self._key), mode=None).encryptor()
+        ctx.update(bytes(self._pos))
+        return ctx
+
+
+def rc4(key: bytes) -> Rc4:
+    """An RC4 keystream with its first 1024 bytes already discarded (as MSE requires)."""
+    return Rc4(key)
 
 
 def _sha1(*parts: bytes) -> bytes:
@@ -180,8 +237,8 @@ class MSEHandshake:
         self._error = ""
         self._secret = b""
         self._sync = b""  # the pattern SYNC searches for
-        self._enc: CipherContext | None = None
-        self._dec: CipherContext | None = None
+        self._enc: Rc4 | None = None
+        self._dec: Rc4 | None = None
         self._provide = 0
         self._pad = 0
         self._ia_len = 0
@@ -289,7 +346,7 @@ class MSEHandshake:
         del self._buf[:i + len(self._sync)]
         return True
 
-    def _keys(self, skey: bytes) -> tuple[CipherContext, CipherContext]:
+    def _keys(self, skey: bytes) -> tuple[Rc4, Rc4]:
         a = rc4(_sha1(b"keyA", self._secret, skey))
         b = rc4(_sha1(b"keyB", self._secret, skey))
         return (a, b) if self.role is Role.INITIATOR else (b, a)
@@ -297,8 +354,11 @@ class MSEHandshake:
     def _finish(self) -> Established:
         assert self._dec is not None and self.skey is not None
         rest = self._take(len(self._buf))
+        enc: CipherContext | None
+        dec: CipherContext | None
         if self._select == CRYPTO_RC4:
-            enc, dec = self._enc, self._dec
+            assert self._enc is not None
+            enc, dec = self._enc.fast(), self._dec.fast()
             payload = self._ia + (dec.update(rest) if rest else b"")
         else:
             enc = dec = None
