@@ -19,6 +19,7 @@ from swarmhub.wire.mse import (
     EncryptionError,
     Established,
     MSEHandshake,
+    Rc4,
     is_plaintext_handshake,
     rc4,
     skey_lookup,
@@ -203,13 +204,28 @@ def test_the_python_keystream_is_rc4_and_carries_on_in_cryptographys() -> None:
     full = Cipher(ARC4(key), mode=None).encryptor().update(bytes(1024 + 30_000))[1024:]
     data = random.Random(2).randbytes(30_000)
     want = bytes(x ^ y for x, y in zip(data, full, strict=True))
-    one = rc4(key)
+    one = Rc4(key)
+    assert one._ctx is None  # Python's
     assert one.update(data[:100]) + one.update(b"") + one.update(data[100:300]) == want[:300]
     assert one.fast().update(data[300:1000]) == want[300:1000]
     assert one.update(data[1000:1100]) == want[1000:1100]  # through cryptography's now
-    two = rc4(key)
+    two = Rc4(key)
     assert two.update(data[:50]) + two.update(data[50:20_000]) == want[:20_000]  # long
     assert two.update(data[20_000:20_010]) == want[20_000:20_010]
+
+
+def test_after_a_few_keystreams_in_python_every_later_one_is_cryptographys(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A swarm's peer makes two keystreams per encrypted connection: only the first few
+    are worth ~0.5 ms of Python each instead of cryptography's one-off import."""
+    from swarmhub.wire import mse
+
+    monkeypatch.setattr(mse, "_PY_KEYSTREAMS", [2])
+    key = bytes(range(20))
+    made = [rc4(key) for _ in range(4)]
+    assert [k._ctx is None for k in made] == [True, True, False, False]
+    data = random.Random(3).randbytes(500)
+    assert len({k.update(data) for k in made}) == 1  # one keystream, either way
 
 
 def test_a_handshake_that_selects_plaintext_never_loads_cryptography() -> None:

@@ -129,14 +129,19 @@ class Rc4:
 
     __slots__ = ("_ctx", "_i", "_j", "_key", "_pos", "_s")
 
-    def __init__(self, key: bytes) -> None:
-        s = list(range(256))
+    def __init__(self, key: bytes, *, python: bool = True) -> None:
+        self._key, self._i, self._j, self._pos = key, 0, 0, 0
+        self._ctx: CipherContext | None = None
+        if not python:  # cryptography's from the start
+            self._s: list[int] = []
+            self._pos = len(_DISCARD)
+            self.fast()
+            return
+        s = self._s = list(range(256))
         j, n = 0, len(key)
         for i in range(256):  # the key schedule
             j = (j + s[i] + key[i % n]) & 255
             s[i], s[j] = s[j], s[i]
-        self._key, self._s, self._i, self._j, self._pos = key, s, 0, 0, 0
-        self._ctx: CipherContext | None = None
         self._stream(len(_DISCARD))
 
     def _stream(self, n: int) -> bytes:
@@ -175,8 +180,19 @@ class Rc4:
         return ctx
 
 
+#: Keystreams made in Python before cryptography's take over for good (~0.5 ms each,
+#: cryptography's import 6-12 ms once): a get that dials one peer (both sides of one
+#: handshake in a test) never imports it; a swarm's peer with 50 connections would pay
+#: ~50 ms in Python.
+_PY_KEYSTREAMS = [4]
+
+
 def rc4(key: bytes) -> Rc4:
     """An RC4 keystream with its first 1024 bytes already discarded (as MSE requires)."""
+    left = _PY_KEYSTREAMS
+    if left[0] <= 0:
+        return Rc4(key, python=False)
+    left[0] -= 1
     return Rc4(key)
 
 
