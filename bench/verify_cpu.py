@@ -1,6 +1,7 @@
-"""CPU cost of handing finished pieces to the hash and disk pools: per piece, batched or not.
+"""CPU cost of handing finished pieces to the hash and disk pools: per piece, batched or not,
+against checking and writing them on the loop.
 
-    .venv/bin/python bench/verify_cpu.py [--pieces 1024] [--piece-kib 32] [--rounds 3]
+    .venv/bin/python bench/verify_cpu.py [--pieces 1024] [--piece-kib 32] [--rounds 3] [--no-direct]
 
 Why: at N=32 in the netns lab a peer verifies 1,024 pieces of 32 KiB, and the thread
 hand-offs around each (hash pool, disk pool, loop wake-up) cost more than the hashing. This
@@ -8,8 +9,11 @@ feeds :class:`~swarmhub.engine.pieces.Pieces` real pieces (real thread pools, re
 temporary folder, one task per verify as the torrent spawns) at a paced rate, and measures
 the process's CPU time (all threads) and context switches per piece, for ``per-piece``
 (every piece on its own, the path large pieces take) against ``batched`` (small pieces
-share a hash job that writes them too, and one loop wake-up), and a ``control`` (the same
-loop turns with no pieces: the loop's own cost). uvloop when installed, as the peers run.
+share a hash job that writes them too, and one loop wake-up), ``inline`` (hashed and written
+through the page cache on the loop: the path of pieces under ``INLINE_BELOW``) and a
+``control`` (the same loop turns with no pieces: the loop's own cost). Writes use O_DIRECT
+where the folder allows it, as the peers' do (``--no-direct``: the page cache).
+uvloop when installed, as the peers run.
 Paces: ``steady`` (one piece every 2 ms: the pool is idle when each arrives) and ``bursts``
 (8 pieces per loop turn every 16 ms: one busy read of many sockets). Prints medians of
 ``--rounds`` runs and batched / per-piece. CPU time is steadier than wall time on a shared
@@ -44,6 +48,9 @@ except ImportError:
     uvloop = None  # type: ignore[assignment]
 
 PACES = {"steady": (1, 0.002), "bursts": (8, 0.016)}
+#: mode -> (Pieces.batch_below, Pieces.inline_below); None: the control (no pieces)
+MODES: dict[str, tuple[int, int] | None] = {
+    "control": None, "per-piece": (0, 0), "batched": (1 << 30, 0), "inline": (0, 1 << 30)}
 
 
 async def _feed(pieces: Pieces | None, data: bytes, pl: int, n: int, burst: int, gap: float
@@ -64,20 +71,21 @@ async def _feed(pieces: Pieces | None, data: bytes, pl: int, n: int, burst: int,
 
 
 def one(meta_dir: Path, torrent_data: bytes, meta: object, pl: int, n: int,
-        batched: bool | None, pace: str) -> tuple[float, float, int]:
+        mode: str, pace: str, direct: bool) -> tuple[float, float, int]:
     """(CPU us/piece, context switches/piece, batches) of one run."""
     with tempfile.TemporaryDirectory(dir=meta_dir) as d:
-        storage = TorrentStorage(meta, Path(d))  # type: ignore[arg-type]
+        storage = TorrentStorage(meta, Path(d), direct_writes=direct)  # type: ignore[arg-type]
         storage.open()
         session = SimpleNamespace(settings=Settings(), hash_threads=2,
                                   hash_pool=ThreadPoolExecutor(2), disk_pool=ThreadPoolExecutor(2))
         pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
-        if not batched:
-            pieces.batch_below = 0
+        below = MODES[mode]
+        if below is not None:
+            pieces.batch_below, pieces.inline_below = below
         burst, gap = PACES[pace]
         r0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
         run = uvloop.run if uvloop is not None else asyncio.run
-        run(_feed(None if batched is None else pieces, torrent_data, pl, n, burst, gap))
+        run(_feed(None if below is None else pieces, torrent_data, pl, n, burst, gap))
         c1, r1 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
         session.hash_pool.shutdown()
         session.disk_pool.shutdown()
@@ -92,11 +100,13 @@ def main() -> None:
     ap.add_argument("--piece-kib", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dir", default=None, help="where the files go (default: a temp dir)")
+    ap.add_argument("--direct", action=argparse.BooleanOptionalAction, default=True,
+                    help="O_DIRECT writes where the folder allows them (the peers' default)")
     a = ap.parse_args()
     pl = a.piece_kib * 1024
     print(f"bench/verify_cpu.py: {a.pieces} pieces of {a.piece_kib} KiB, v1; "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, {'O_DIRECT' if a.direct else 'page-cache'} writes")
     with tempfile.TemporaryDirectory(dir=a.dir) as root:
         src = Path(root) / "src" / "payload"
         src.parent.mkdir()
@@ -104,23 +114,23 @@ def main() -> None:
         src.write_bytes(data)
         meta = create_torrent(src, version=TorrentVersion.V1, piece_length=pl)
         for pace in PACES:
-            res: dict[bool | None, list[tuple[float, float, int]]] = {
-                None: [], False: [], True: []}
+            res: dict[str, list[tuple[float, float, int]]] = {mode: [] for mode in MODES}
             for _ in range(a.rounds):
-                for batched in (None, False, True):  # alternate within each round
-                    res[batched].append(one(Path(root), data, meta, pl, a.pieces, batched,
-                                            pace))
+                for mode in MODES:  # alternate within each round
+                    res[mode].append(one(Path(root), data, meta, pl, a.pieces, mode, pace,
+                                         a.direct))
             med = {b: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs),
                        statistics.median(r[2] for r in rs)) for b, rs in res.items()}
-            for b in (None, False, True):
-                cpu, sw, nb = med[b]
-                name = "control" if b is None else "batched" if b else "per-piece"
-                print(f"  {pace:6} {name:9} CPU {cpu:7.1f} us/piece "
-                      f"(runs {', '.join(f'{r[0]:.0f}' for r in res[b])}), "
+            for mode in MODES:
+                cpu, sw, nb = med[mode]
+                print(f"  {pace:6} {mode:9} CPU {cpu:7.1f} us/piece "
+                      f"(runs {', '.join(f'{r[0]:.0f}' for r in res[mode])}), "
                       f"{sw:5.2f} context switches/piece, {nb} batches")
-            c = med[None][0]
-            print(f"  {pace:6} batched / per-piece CPU: {med[True][0] / med[False][0]:.2f}, "
-                  f"above the control: {(med[True][0] - c) / (med[False][0] - c):.2f}")
+            c = med["control"][0]
+            base = med["per-piece"][0]
+            for mode in ("batched", "inline"):
+                print(f"  {pace:6} {mode} / per-piece CPU: {med[mode][0] / base:.2f}, "
+                      f"above the control: {(med[mode][0] - c) / (base - c):.2f}")
     print(f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

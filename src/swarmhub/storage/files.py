@@ -121,6 +121,21 @@ class _SharedLock:
                 if not self._shared:
                     self._cond.notify_all()
 
+    def try_shared(self) -> bool:
+        """Take a shared hold unless a selection change holds the lock (never waits);
+        True when taken (then :meth:`release_shared`)."""
+        with self._cond:
+            if self._exclusive:
+                return False
+            self._shared += 1
+            return True
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._shared -= 1
+            if not self._shared:
+                self._cond.notify_all()
+
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._cond:
@@ -488,14 +503,30 @@ class TorrentStorage:
         with self._selection_lock.shared():
             self._write(offset, data)
 
-    def _write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+    def write_now(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """:meth:`write` through the page cache (no ``O_DIRECT``, which waits for the
+        device), for a caller that must not wait (the event loop, a small piece): False,
+        nothing written, while a selection change holds the files (then use :meth:`write`
+        from a pool)."""
+        lock = self._selection_lock
+        if not lock.try_shared():
+            return False
+        try:
+            self._write(offset, data, direct=False)
+        finally:
+            lock.release_shared()
+        return True
+
+    def _write(self, offset: int, data: bytes | bytearray | memoryview,
+               direct: bool = True) -> None:
         view = _as_bytes_view(data)
+        direct = direct and self.direct_writes
         for index, file_offset, at, n in self._segments(offset, len(view)):
             handle = self._acquire(index, write=True)
             path = self.save_path.joinpath(*self._components[index])
             try:
                 done = 0
-                if self.direct_writes and n >= DIRECT_ALIGN and index != self._parts_index:
+                if direct and n >= DIRECT_ALIGN and index != self._parts_index:
                     done = self._write_direct(handle, view[at : at + n], file_offset)
                 while done < n:
                     wrote = os.pwrite(handle.fd, view[at + done : at + n], file_offset + done)
