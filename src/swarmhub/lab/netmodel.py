@@ -346,12 +346,15 @@ class Network:
         if not flows:
             return _INF
         demands = []
+        total = 0.0  # sum(demands), in the same order (no builtin looked up per call)
         for f in flows:
             other = f.down if f.up is link else f.up
             c = f.cwnd / f.rtt
             lv = other.level
-            demands.append(c if c < lv else lv)
-        if sum(demands) <= cap:
+            d = c if c < lv else lv
+            demands.append(d)
+            total += d
+        if total <= cap:
             return _INF
         demands.sort()
         n = len(demands)

@@ -716,7 +716,10 @@ class Simulation:
             # EventQueue.run inlined (the heap's and the lane's heads merged): this loop
             # runs once per event of the run.
             while self.pending > 0:
-                if heap and (not lane or heap[0] < lane[0]):
+                # heap[0] < lane[0] as the tuples compare (insertion numbers are unique),
+                # on the unboxed fields: no tuple comparison per event
+                if heap and (not lane or (h := heap[0])[0] < (ln := lane[0])[0]
+                             or (h[0] == ln[0] and h[1] < ln[1])):
                     if heap[0][0] > until:
                         break
                     when, _, fn, arg = pop(heap)
