@@ -92,26 +92,6 @@ def test_closed_connections_are_freed_during_the_run() -> None:
     assert ends and not closed  # open ones stay (the run is uncollected), closed ones went
 
 
-def test_a_run_leaves_nothing_for_the_young_collections() -> None:
-    # The collector is off during a run, so everything the run made is counted young;
-    # the run hands it to the oldest generation (no walk), or the first collections
-    # after it walk the whole swarm twice.
-    import gc
-
-    specs = [HostSpec(20e6, 100e6, 0.01) for _ in range(9)]
-    sim = Simulation("p2p", specs, MIB, 64 << 10, Settings(), rng=random.Random(1))
-    enabled = gc.isenabled()
-    gc.enable()
-    try:
-        sim.run(60.0)
-        young = gc.get_count()[0]
-    finally:
-        if not enabled:
-            gc.disable()
-    assert sim.pending == 0
-    assert young < 50
-
-
 def test_the_same_seed_gives_the_same_run_and_another_seed_another() -> None:
     a = simulate("p2p", _opts(6, seed=7))
     b = simulate("p2p", _opts(6, seed=7))

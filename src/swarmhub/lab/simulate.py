@@ -703,7 +703,7 @@ class Simulation:
         The cyclic garbage collector is off meanwhile: a swarm keeps millions of objects
         alive, and each full collection walks them all (at N=10,000 the connection storm
         of the first 0.1 s took minutes of collections). Cycles (a closed connection's
-        two ends) wait for the next full collection."""
+        two ends) wait for the collection at the end."""
         self.start()
         ev = self.ev
         heap = ev._heap
@@ -731,12 +731,6 @@ class Simulation:
                 fn(arg)
         finally:
             if enabled:
-                # What the run made (millions of objects, all still in the youngest
-                # generation: the collector was off) goes to the oldest without a walk,
-                # not walked by the next young collection and then again by the middle
-                # one (~1.5 % of a run at N=1,000); a full collection still frees it.
-                gc.freeze()
-                gc.unfreeze()
                 gc.enable()
         if self.pending > 0:
             ev.now = max(ev.now, until)
