@@ -199,6 +199,7 @@ class PeerState:
         "listen_addr",
         "min_delay",
         "num_have",
+        "num_pieces",
         "outgoing",
         "peer_choking",
         "peer_id",
@@ -249,6 +250,9 @@ class PeerState:
         self.has_all = False
         self.num_have = 0
         self.have = bytearray(num_pieces)
+        #: len(have), kept: is_seed runs per piece passed x peer (len of a bytearray is
+        #: a generic call from compiled code)
+        self.num_pieces = num_pieces
         #: blocks we asked this peer for -> when we asked
         self.requested: dict[Block, float] = {}
         #: requests the peer made that we accepted, in order (the driver serves them)
@@ -280,7 +284,7 @@ class PeerState:
 
     @property
     def is_seed(self) -> bool:
-        return self.has_all or self.num_have == len(self.have)
+        return self.has_all or self.num_have == self.num_pieces
 
     def __repr__(self) -> str:
         return f"<PeerState {self.addr[0]}:{self.addr[1]} have={self.num_have}>"

@@ -183,6 +183,14 @@ class Swarm:
         self.piece_length = piece_length
         self.total_length = total_length
         self.settings = settings
+        # Settings read per message or per block, kept here (Settings is not compiled:
+        # each read is a Python attribute lookup; it is frozen, so they cannot change)
+        self._max_unverified = settings.max_unverified_bytes
+        self._max_incoming = settings.max_outstanding_incoming_requests
+        self._max_incoming_bytes = settings.max_incoming_request_bytes
+        self._queue_time = settings.request_queue_time
+        self._min_queue = settings.min_request_queue
+        self._max_queue = settings.max_request_queue
         self.rng = rng
         pads = list(pad_blocks)
         self.picker = PiecePicker(num_pieces, piece_length, total_length, rng=rng,
@@ -565,6 +573,13 @@ class Swarm:
             if ps.closed:
                 return
 
+    def have_from(self, ps: PeerState, index: int, now: float) -> None:
+        """:meth:`receive` of ``Have(index)`` (a driver that broadcast one Have to many
+        peers reads its index once: the simulator, for every Have of the run)."""
+        if not ps.closed:
+            ps.last_recv = now
+            self._got_have(ps, index, now)
+
     def _got_have(self, ps: PeerState, index: int, now: float) -> None:
         if not ps.have[index]:
             ps.have[index] = 1
@@ -621,12 +636,11 @@ class Swarm:
         the time; with 0.25 s: 0.17/0.26 s, 13 pieces, 1.26 -> 1.22x the bound). Why the
         round-trip floor: a queue shorter than a round trip caps the rate it measures,
         and the next target shrinks with it, down to ``min_request_queue``."""
-        s = self.settings
-        qtime = s.request_queue_time
+        qtime = self._queue_time
         if ps.min_delay < math.inf:
             qtime = max(qtime, _RTT_QUEUE * ps.min_delay)
         target = int(ps.down.rate(now) * qtime / BLOCK_SIZE)
-        target = max(s.min_request_queue, min(s.max_request_queue, target))
+        target = max(self._min_queue, min(self._max_queue, target))
         return max(1, min(target, ps.reqq - 1))
 
     def _fill(self, ps: PeerState, now: float) -> None:
@@ -640,7 +654,7 @@ class Swarm:
         want = target - len(ps.requested)
         if want <= 0 or (ps.requested and want < max(1, target // 8)):
             return
-        if self._unverified > self.settings.max_unverified_bytes:
+        if self._unverified > self._max_unverified:
             return  # hashing/disk is behind: let it catch up (bounded memory)
         blocks = self.picker.pick(ps.handle, want)
         if not blocks:
@@ -1071,8 +1085,8 @@ class Swarm:
     # -- uploading -------------------------------------------------------------------------
     def _on_request(self, ps: PeerState, req: m.Request, now: float) -> None:
         if (ps.am_choking or not self.have[req.index]
-                or len(ps.incoming) >= self.settings.max_outstanding_incoming_requests
-                or not ps.incoming.fits(req.length, self.settings.max_incoming_request_bytes)):
+                or len(ps.incoming) >= self._max_incoming
+                or not ps.incoming.fits(req.length, self._max_incoming_bytes)):
             if ps.fast:
                 self.rejects_sent += 1
                 self._send(ps, (m.RejectRequest(req.index, req.begin, req.length),), now)

@@ -104,7 +104,7 @@ class EventQueue:
     def at(self, when: float, fn: Callable[..., None], arg: Any = None) -> None:
         seq = self._seq
         self._seq = seq + 1
-        heapq.heappush(self._heap, (when, seq, fn, arg))
+        _push(self._heap, (when, seq, fn, arg))
 
     def after(self, delay: float, fn: Callable[..., None], arg: Any = None) -> None:
         """``fn(arg)`` at ``now + delay`` (in the lane when ``delay`` is its delay)."""
@@ -113,7 +113,7 @@ class EventQueue:
         if delay == self.lane_delay:
             self._lane.append((self.now + delay, seq, fn, arg))
         else:
-            heapq.heappush(self._heap, (self.now + delay, seq, fn, arg))
+            _push(self._heap, (self.now + delay, seq, fn, arg))
 
     def pop(self, until: float) -> tuple[float, int, Callable[..., None], Any] | None:
         """The next event due at or before ``until`` (removed), or None."""
@@ -229,7 +229,7 @@ class Network:
             if lat == ev.lane_delay:
                 ev._lane.append((now + lat, seq, fn, payload))
             else:
-                heapq.heappush(ev._heap, (now + lat, seq, fn, payload))
+                _push(ev._heap, (now + lat, seq, fn, payload))
             return
         items = pipe.items
         pipe.queued += size
@@ -346,12 +346,15 @@ class Network:
         if not flows:
             return _INF
         demands = []
+        total = 0.0  # sum(demands), in the same order (no builtin looked up per call)
         for f in flows:
             other = f.down if f.up is link else f.up
             c = f.cwnd / f.rtt
             lv = other.level
-            demands.append(c if c < lv else lv)
-        if sum(demands) <= cap:
+            d = c if c < lv else lv
+            demands.append(d)
+            total += d
+        if total <= cap:
             return _INF
         demands.sort()
         n = len(demands)

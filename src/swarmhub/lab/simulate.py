@@ -59,6 +59,7 @@ _SIZES: Final[dict[type, int]] = {
     m.HaveNone: 5, m.SuggestPiece: 9, m.AllowedFast: 9, m.Port: 7,
 }
 HANDSHAKE: Final = 68
+_HAVE: Final = m.Have
 _BLOCK_WIRE: Final = 16384 + 13 + 12 * 66  #: wire bytes of one 16 KiB Piece message
 EXT_HANDSHAKE: Final = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
 PIECE_HEADER: Final = 13
@@ -243,6 +244,10 @@ class Simulation:
         self.services = Services(self)
         self._on_drain = self._drained  # one bound method shared by every pipe
         self._drain_at = settings.send_buffer_bytes // 4  #: serve again below this
+        # Settings read per item and per serve, kept here: Settings is not compiled, so
+        # each ``self.settings.x`` is a Python attribute lookup (it is frozen: no change)
+        self._upload_ahead = settings.upload_ahead
+        self._send_buffer = settings.send_buffer_bytes
         self._handlers: dict[type, Callable[[Node, Any], None]] = {
             Send: self._do_send,
             Broadcast: self._do_broadcast,
@@ -320,7 +325,7 @@ class Simulation:
             size = 0
             for msg in msgs:
                 size += msg_size(msg)
-            self.net.send(end.out, size, msgs, end.far.got_msgs)
+            self.net.send(end.out, size, msgs)  # the pipe's deliver: end.far.got_msgs
 
     def _do_broadcast(self, node: Node, a: Broadcast) -> None:
         """Send to each peer; those whose pipe is idle (the message skips the fluid model)
@@ -345,7 +350,7 @@ class Simulation:
                     group = groups[pipe.latency] = []
                 group.append(end.far)
             else:
-                send(pipe, size, msgs, end.far.got_msgs)
+                send(pipe, size, msgs)  # the pipe's deliver: end.far.got_msgs
         if groups:
             nbytes = wire(size)
             for lat, ends in groups.items():
@@ -358,6 +363,8 @@ class Simulation:
         ends, msgs = arg
         now = self.ev.now
         flush = self.flush
+        # one Have (every broadcast of a piece passed): its index read once, not per peer
+        have = msgs[0].index if len(msgs) == 1 and type(msgs[0]) is _HAVE else -1
         for end in ends:
             ps = end.ps
             if not end.open or ps is None:
@@ -365,8 +372,11 @@ class Simulation:
             node = end.node
             swarm = node.swarm
             assert swarm is not None
-            for msg in msgs:
-                swarm.receive(ps, msg, now)
+            if have >= 0:
+                swarm.have_from(ps, have, now)
+            else:
+                for msg in msgs:
+                    swarm.receive(ps, msg, now)
             if swarm._out:
                 flush(node)
 
@@ -405,7 +415,7 @@ class Simulation:
         """Serve ``end``'s node: with ``upload_ahead`` the core's grants (one shared
         budget written ahead, in the core's turn order), else ``end`` alone up to its send
         buffer."""
-        if self.settings.upload_ahead:
+        if self._upload_ahead:
             self.serve_node(end.node)
         else:
             self._serve(end, None)
@@ -442,7 +452,7 @@ class Simulation:
             return
         incoming = ps.incoming
         pipe = end.out
-        limit = self.settings.send_buffer_bytes
+        limit = self._send_buffer
         batch = 1 << 20 if grant is None else min(grant, 1 << 20)
         send = self.net.send_wire
         arrive = end.far.got_blocks
@@ -519,7 +529,7 @@ class Simulation:
 
     def _drained(self, pipe: Pipe) -> None:
         """Room in ``pipe`` (an End's ``out``): serve more once it is down to a quarter."""
-        if self.settings.upload_ahead:
+        if self._upload_ahead:
             self.serve_node(pipe.owner.node)
         elif pipe.queued < self._drain_at:
             self.serve(pipe.owner)
@@ -706,7 +716,10 @@ class Simulation:
             # EventQueue.run inlined (the heap's and the lane's heads merged): this loop
             # runs once per event of the run.
             while self.pending > 0:
-                if heap and (not lane or heap[0] < lane[0]):
+                # heap[0] < lane[0] as the tuples compare (insertion numbers are unique),
+                # on the unboxed fields: no tuple comparison per event
+                if heap and (not lane or (h := heap[0])[0] < (ln := lane[0])[0]
+                             or (h[0] == ln[0] and h[1] < ln[1])):
                     if heap[0][0] > until:
                         break
                     when, _, fn, arg = pop(heap)
