@@ -20,7 +20,11 @@ Each run (32 MiB, 20 mbit up, 100 mbit down, as ``lab simulate``'s issue 9 runs)
   piece to its first request of it, and for the waits over 0.5 s what the announcing
   peer's state was at that Have (choking us or not, our queue to it full or not);
 - ``uplinks``: the clients' useful upload (payload that a receiver kept) per 0.5 s, as a
-  share of their payload capacity: the ramp at the start, the plateau, the end;
+  share of their payload capacity: the ramp at the start, the plateau, the end; and the
+  seconds of a client's uplink lost (idle share x time) in the ramp (until the first
+  0.5 s at >= 90 % busy), the plateau (until the first copies are out) and the end. The
+  clients must upload about (N - source copies) F in all, so these seconds are what the
+  last completion loses to the bound (the whole completion time, not only the tail);
 - ``sent``: the messages every core sent (Haves, broadcast, aside), per client per
   piece, and how soon a peer we told NotInterested heard Interested again (p10/p50/p90;
   the interest/choke churn of issue 9);
@@ -211,6 +215,12 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
     mid = len(order) // 2
     capacity = n * UP / 8 * MSS / (MSS + OVERHEAD) * 0.5
     end = max(done) if done else 0.0
+    uplinks = [useful[k] / capacity for k in range(int(end * 2) + 1)]
+    busy_at = next((k / 2 for k, u in enumerate(uplinks) if u >= 0.9), end)
+    lost = {"ramp": 0.0, "plateau": 0.0, "end": 0.0}
+    for k, u in enumerate(uplinks[:-1]):  # the last bucket is cut short by the end
+        t = k / 2
+        lost["ramp" if t < busy_at else "plateau" if t < out_at else "end"] += (1 - u) / 2
     return {
         "mode": mode, "n": n, "seed": seed, "ratio": res.ratio, "bound_s": res.bound_s,
         "source_xF": res.source_upload / SIZE,
@@ -220,7 +230,9 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
         "copies_late": growth(order[-10:]),
         "hops": [med([h[i] for h in hop]) for i in range(3)],
         "learn_to_request": waits,
-        "uplinks": [round(useful[k] / capacity, 2) for k in range(int(end * 2) + 1)],
+        "uplinks": [round(u, 2) for u in uplinks],
+        "uplinks_busy_at_s": busy_at,
+        "uplink_s_lost": {k: round(v, 2) for k, v in lost.items()},
         "idle": {ph: {k: round(v / max(1, sum(c.values())), 3) for k, v in c.most_common()}
                  for ph, c in idle.items()},
         # per client per piece, every core's sends (Requests included; Haves are broadcast)
@@ -270,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {ph:8} Have -> request median {w['median']:.3f} s "
                           f"(n={w['n']}); > 0.5 s: {slow}")
                 print(f"  uplinks /0.5 s {' '.join(f'{x:.2f}' for x in r['uplinks'])}")
+                lost = r["uplink_s_lost"]
+                print(f"  uplink s lost per client: ramp (until 0.9 busy at "
+                      f"{r['uplinks_busy_at_s']:.1f} s) {lost['ramp']:.2f}, plateau "
+                      f"{lost['plateau']:.2f}, end {lost['end']:.2f}")
                 for ph, shares in r["idle"].items():
                     print(f"  {ph:8} {', '.join(f'{k} {v:.3f}' for k, v in shares.items())}")
                 print("  sent per client per piece: " + ", ".join(
