@@ -6,7 +6,6 @@ pieces root gives no layer: requests stay rejected. Real thread pools and files.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -127,13 +126,14 @@ async def test_a_seeding_session_without_layers_answers_a_peers_hash_requests(
             first = await peer.expect(lambda ev: isinstance(ev, m.Hashes | m.HashReject), 10)
             assert first == m.HashReject(req.pieces_root, req.base_layer, req.index,
                                          req.length, req.proof_layers)
-            for _ in range(600):  # hang guard (30 s): the derivation is one 320 KB hash job
-                peer.send(req)
-                answer = await peer.expect(
-                    lambda ev: isinstance(ev, m.Hashes | m.HashReject), 10)
-                if isinstance(answer, m.Hashes):
-                    break
-                await asyncio.sleep(0.05)  # polling, as conftest.until
+            torrent = session.torrent_for_hash(full.info_hash)
+            assert torrent is not None
+            # triggered on state: the reject started the derivation; once its layer is in
+            # hand, the same request is answered
+            await until(lambda: req.pieces_root in torrent.pieces._derived,
+                        "the derived piece layer")
+            peer.send(req)
+            answer = await peer.expect(lambda ev: isinstance(ev, m.Hashes | m.HashReject), 10)
             assert answer == expected
         finally:
             await peer.close()
