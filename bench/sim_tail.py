@@ -12,6 +12,9 @@ Each run (32 MiB, 20 mbit up, 100 mbit down, as ``lab simulate``'s issue 9 runs)
 - ``copies``: for the first, middle and last pieces to appear (10 each), the median time
   from a piece's first copy to its 2nd, 4th, 8th ... and last copy (how fast a piece
   spreads, hop by hop);
+- ``source's first 12 offers``: the initial seed's first super-seeding Haves: to how
+  many distinct clients (and at most how many to one), when, with how many peers the
+  seed had then, and when each offered piece was first verified by a client;
 - ``hops``: where a piece's hop from one client to the next goes, for the 2nd to 8th
   copies of the 12 pieces out first (the ramp): from the first copy to the Have reaching
   the next client, from that Have to its first request of the piece, and from the
@@ -70,6 +73,8 @@ from swarmhub.wire import messages as m
 __all__ = ["main", "run"]
 
 SIZE = 32 << 20
+#: the initial seed's offers recorded (the ramp's first pieces)
+_OFFERS = 12
 UP, DOWN = 20e6, 100e6
 
 
@@ -98,6 +103,9 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
     sent: Counter[str] = Counter()  # message type -> how many the cores sent (not Haves)
     # (core, peer) -> when we last sent it NotInterested; the gaps until the next Interested
     lost_at: dict[tuple[int, object], float] = {}
+    # the initial seed's first offers (super-seeding Haves): (when, to whom, piece, how
+    # many peers it had then)
+    offers: list[tuple[float, object, int, int]] = []
     regained: list[float] = []
 
     def verified(self: Any, arg: tuple[Any, int]) -> None:
@@ -126,6 +134,9 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
                 was = lost_at.pop((id(self), ps.handle), None)
                 if was is not None:
                     regained.append(now - was)
+            elif kind is m.Have and len(offers) < _OFFERS and self.complete \
+                    and not self.downloaded:
+                offers.append((now, ps.handle, msg.index, len(self.peers)))
         orig_send(self, ps, msgs, now)
 
     def got_blocks(self: Any, blocks: list[Any]) -> None:
@@ -212,6 +223,15 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
         waits[phase] = {"median": med([w for w, _ in rows]), "n": len(rows),
                         "over_0.5s": {k: round(c / max(1, len(rows)), 3)
                                       for k, c in slow.most_common()}}
+    takers = Counter(h for _, h, _, _ in offers)
+    offered = {
+        "distinct_clients": len(takers),
+        "most_to_one": max(takers.values()) if takers else 0,
+        "source_peers_at": [k for _, _, _, k in offers],
+        "at_s": [round(t, 3) for t, _, _, _ in offers],
+        # when the offered piece was first verified by a client (the first copy)
+        "first_copy_s": [round(first[i], 3) if i in first else None for _, _, i, _ in offers],
+    }
     mid = len(order) // 2
     capacity = n * UP / 8 * MSS / (MSS + OVERHEAD) * 0.5
     end = max(done) if done else 0.0
@@ -229,6 +249,7 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float,
         "copies_early": growth(order[:10]), "copies_mid": growth(order[mid - 5:mid + 5]),
         "copies_late": growth(order[-10:]),
         "hops": [med([h[i] for h in hop]) for i in range(3)],
+        "source_offers": offered,
         "learn_to_request": waits,
         "uplinks": [round(u, 2) for u in uplinks],
         "uplinks_busy_at_s": busy_at,
@@ -277,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
                 have, ask, fetch = r["hops"]
                 print(f"  hops (copies 2-8, first 12 pieces) Have after copy 1 {have:.3f} s, "
                       f"request after Have {ask:.3f} s, verified after request {fetch:.3f} s")
+                so = r["source_offers"]
+                copy1 = " ".join("-" if x is None else f"{x:.2f}" for x in so["first_copy_s"])
+                if so["at_s"]:
+                    print(f"  source's first {len(so['at_s'])} offers: "
+                          f"{so['distinct_clients']} clients (at most {so['most_to_one']} to "
+                          f"one), at {' '.join(f'{x:.2f}' for x in so['at_s'])} s with "
+                          f"{' '.join(map(str, so['source_peers_at']))} peers; first copies "
+                          f"{copy1} s")
                 for ph, w in r["learn_to_request"].items():
                     slow = ", ".join(f"{k} {v:.3f}" for k, v in w["over_0.5s"].items())
                     print(f"  {ph:8} Have -> request median {w['median']:.3f} s "
