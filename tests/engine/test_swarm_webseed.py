@@ -314,6 +314,24 @@ def test_a_tracker_answer_listing_only_the_origin_lets_the_batch_grow_before_its
     assert len(second_batch([(HUB_IP, 6881), ("10.1.1.1", 6881)])) == 16
 
 
+def test_the_hubs_counts_of_nobody_else_let_the_second_batch_grow_before_the_answer(
+) -> None:
+    """The hub's file info (no other leecher, its own seeder) stands for a tracker answer
+    listing only the origin's peer until the answer comes: the second batch grows at
+    once; another seed counted keeps it at the setting."""
+    def second_batch(seeds: int) -> list[int]:
+        s = make_swarm(pieces=64, trackers=True,
+                       settings=QUIET.replace(web_seed_batch_bytes=16 * PIECE))
+        s.tracker_counts(seeds, 0)
+        s.webseed_origin([HUB_IP], 0.0)
+        first = s.webseed_batch(0.0, set(), source="a")
+        s.webseed_arrived(0.01, len(first) * PIECE, source="a")  # 16 pieces in 10 ms
+        return s.webseed_batch(0.01, set(first), source="b")
+
+    assert len(second_batch(1)) > 16
+    assert len(second_batch(2)) == 16
+
+
 def test_a_batch_that_arrived_sets_the_rate_and_stays_reserved_until_released() -> None:
     """The driver asks for the next batch once the bodies of the last one arrived, before
     they are hashed: the rate counts their arrival (our hashing is not the web seed's

@@ -178,6 +178,34 @@ async def test_a_files_info_counts_its_swarm_and_the_gets_about_to_join(live: Li
     assert status == 400
 
 
+async def test_a_peer_in_several_swarms_of_a_file_counts_once(live: Live) -> None:
+    """A file has up to three swarms (hybrid v1 hash, truncated v2 hash, the v1-only
+    torrent): a peer announcing in several (a hybrid client; the hub's own seeder sits in
+    the hybrid and the v1 swarm) counts once, in the file info, the admin numbers and the
+    HTTP announce's complete/incomplete; a seeder in any swarm is a seeder."""
+    f = await publish(live, os.urandom(40_000), "once.bin")
+    v1, v2 = bytes.fromhex(f["info_hash_v1"]), bytes.fromhex(f["info_hash_v2"])[:20]
+    v1_only = bytes.fromhex(f["info_hash_v1_torrent"])
+    hub_like = b"-SH0100-" + b"h" * 12
+    for ih in (v1, v1_only):  # as the hub's seeder: the hybrid and the v1 swarm
+        await announce(live, ih, port=7021, left=0, event="started", peer_id=hub_like)
+    hybrid = b"-LT2010-" + b"l" * 12  # libtorrent: both hashes of the hybrid torrent
+    for ih in (v1, v2):
+        await announce(live, ih, port=7022, left=0, event="completed", peer_id=hybrid)
+    await announce(live, v1_only, port=7024, left=0, event="started")  # aria2: v1 only
+    status, body, _ = await fetch(live, f"/api/files/{f['id']}?peer_id={'ab' * 20}")
+    assert status == 200
+    one = json.loads(body)
+    assert (one["seeders"], one["leechers"]) == (3, 0)  # per-swarm sums say 4 or 5
+    status, body, _ = await fetch(live, "/api/live", live.admin)
+    entry = next(x for x in json.loads(body)["files"] if x["id"] == f["id"])
+    assert (entry["seeders"], entry["leechers"]) == (3, 0)
+    # A new leecher in the hybrid swarm hears of the file's three seeders (its swarm
+    # alone lists two), and of itself as the one leecher.
+    answer = await announce(live, v1, port=7023, event="started", peer_id=b"\xab" * 20)
+    assert (answer[b"complete"], answer[b"incomplete"]) == (3, 1)
+
+
 async def test_private_collection(live: Live) -> None:
     admin = live.auth(live.admin)
     async with live.http.post(

@@ -311,6 +311,26 @@ def test_file_stats_count_a_hybrid_client_once() -> None:
     assert state.file_stats([b"\x07" * 20]) == (0, 0)
 
 
+IH3 = b"\x00" * 19 + b"\x03"
+
+
+@given(st.lists(st.tuples(st.integers(0, 7), st.sampled_from([IH, IH2, IH3]), st.booleans()),
+                max_size=40))
+def test_file_stats_match_a_plain_union_of_the_swarms(
+        announces: list[tuple[int, bytes, bool]]) -> None:
+    """The largest swarm counts by its totals, the others peer by peer: the same numbers
+    as the union of every swarm's peers (one per address, a seeder if one anywhere)."""
+    state = TrackerState()
+    for n, ih, seeding in announces:
+        announce(state, params(n, info_hash=ih, left=0 if seeding else 10))
+    union: dict[tuple[str, int], bool] = {}
+    for ih in (IH, IH2, IH3):
+        for addr, peer in state._swarms[ih].peers.items() if ih in state._swarms else ():
+            union[addr] = union.get(addr, False) or peer.seeder
+    seeders = sum(union.values())
+    assert state.file_stats([IH, IH2, IH3, IH]) == (seeders, len(union) - seeders)
+
+
 def test_numwant_is_capped_and_a_random_subset() -> None:
     state = TrackerState(max_numwant=5, rng=random.Random(3))
     for n in range(1, 31):

@@ -9,6 +9,7 @@ served; the hub's whitelist and passkeys apply over UDP as over HTTP.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import socket
@@ -245,6 +246,28 @@ async def test_public_announce_and_scrape_over_udp(live: Live) -> None:
     with pytest.raises(TrackerError, match="unregistered torrent"):
         await client.announce(url, request(b"\x01" * 20))
     assert counts["connect"] == 2 and counts["refused"] == 2
+
+
+async def test_a_udp_announce_ends_a_pending_get_as_an_http_one_does(live: Live) -> None:
+    """A get that read the file's info (``?peer_id=``) counts as pending until it
+    announces, over UDP as over HTTP; the gets still on their way count as leechers in
+    the UDP answer too (hub.pending)."""
+    f = await publish(live, os.urandom(50_000), "pending.bin")
+    first, second = b"-SH0100-" + b"a" * 12, b"-SH0100-" + b"b" * 12
+
+    async def pending(peer_id: bytes) -> tuple[int, int]:
+        status, body, _ = await fetch(live, f"/api/files/{f['id']}?peer_id={peer_id.hex()}")
+        assert status == 200
+        one = json.loads(body)
+        return one["leechers"], one["pending"]
+
+    assert await pending(first) == (0, 0)
+    assert await pending(second) == (0, 1)
+    client = UdpTrackerClient(base_timeout=2, max_retries=1)
+    ih = bytes.fromhex(f["info_hash_v1"])
+    answer = await client.announce(udp_url(live), request(ih, port=7031, peer_id=first))
+    assert answer.incomplete == 2  # itself, and the second get on its way
+    assert await pending(second) == (1, 0)  # the first is the tracker's now, not pending
 
 
 async def test_private_torrent_over_udp_needs_a_live_passkey(live: Live) -> None:

@@ -1581,10 +1581,17 @@ class Swarm:
         info: ``seeds``, and ``others`` leechers, us not among them). They stand for the
         tracker's answer until it comes, so a lone downloader's web seed starts without
         waiting for the announce's round trip (:meth:`webseed_ready`); a swarm's client
-        waits as before. Ignored once the tracker answered."""
+        waits as before. Ignored once the tracker answered.
+
+        No other leecher and at most one seed (the hub counts its own peer once) stand for
+        an answer listing only the origin's peer: the web seed's second batch grows then
+        (:meth:`webseed_batch`), not a third one once the answer is here (64 MiB from a
+        loopback hub: the answer came ~7 ms after the second batch had started, capped at
+        ``web_seed_batch_bytes``, and the third batch cost a request's round trip)."""
         if self.downloading and self.tracker_leechers is None:
             self.tracker_seeds = seeds
             self.tracker_leechers = others + 1  # as the tracker counts: us included
+            self._tracker_origin_only = others == 0 and seeds <= 1
 
     def tracker_failed(self, now: float, why: str) -> None:
         if self.tracker is not None:

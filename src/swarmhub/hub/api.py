@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -586,8 +587,7 @@ async def get_file(request: web.Request) -> web.Response:
     if peer_id is not None:  # a get about to join the swarm: who else is in or coming
         now = asyncio.get_running_loop().time()
         body["pending"] = hub.pending_gets.arrive(record.id, peer_id, now)
-        body["seeders"], body["leechers"] = peer_counts(
-            await swarm_stats(hub.tracker, [record]), record)
+        (body["seeders"], body["leechers"]), = await peer_counts(hub.tracker, [record])
     return web.json_response(body)
 
 
@@ -725,30 +725,14 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(stats)
 
 
-async def swarm_stats(
-    tracker: SwarmState, records: list[FileRecord]
-) -> dict[bytes, tuple[int, int, int]]:
-    """Tracker stats of every swarm of ``records``, fetched at once (one Redis round trip)."""
-    hashes = list(dict.fromkeys(h for r in records for h in r.swarm_hashes))
-    return dict(zip(hashes, await tracker.stats_many(hashes), strict=True))
-
-
-def peer_counts(
-    stats: dict[bytes, tuple[int, int, int]], record: FileRecord
-) -> tuple[int, int]:
-    """Seeders and leechers of a file's hybrid swarm plus its v1-only swarm.
-
-    A hybrid client announces under both the v1 and the truncated v2 hash, so the hybrid
-    swarm counts the larger of the two rather than their sum (which would count it twice).
-    """
-    zero = (0, 0, 0)
-    hybrid = [stats.get(h[:20], zero) for h in (record.info_hash_v1, record.info_hash_v2) if h]
-    seeders = max((c for c, _, _ in hybrid), default=0)
-    leechers = max((i for _, _, i in hybrid), default=0)
-    if record.info_hash_v1_torrent is not None:
-        complete, _, incomplete = stats.get(record.info_hash_v1_torrent[:20], zero)
-        seeders, leechers = seeders + complete, leechers + incomplete
-    return seeders, leechers
+async def peer_counts(
+    tracker: SwarmState, records: Sequence[FileRecord]
+) -> list[tuple[int, int]]:
+    """Seeders and leechers of each file over its swarms (hybrid v1, v2 truncated, v1-only),
+    each peer counted once (:meth:`SwarmState.file_stats_many`): a hybrid client announces
+    under two hashes, and the hub's own seeder sits in the hybrid and the v1 swarm. All
+    files at once (one Redis round trip)."""
+    return await tracker.file_stats_many([r.swarm_hashes for r in records])
 
 
 async def get_live(request: web.Request) -> web.Response:
@@ -761,10 +745,9 @@ async def get_live(request: web.Request) -> web.Response:
     await require(request, hub.catalog, Role.READER)
     records = await hub.catalog.run(hub.catalog.all_files)
     swarms = hub.seeder.upload_stats() if hub.seeder is not None else {}
-    stats = await swarm_stats(hub.tracker, records)
     files = []
-    for record in records:
-        seeders, leechers = peer_counts(stats, record)
+    for record, (seeders, leechers) in zip(
+            records, await peer_counts(hub.tracker, records), strict=True):
         uploaded, rate = 0, 0.0
         for ih in record.swarm_hashes:
             up, up_rate = swarms.get(ih, (0, 0.0))

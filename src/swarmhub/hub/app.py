@@ -48,7 +48,6 @@ from swarmhub.hub.api import (
     json_error,
     link_into_seed_dir,
     peer_counts,
-    swarm_stats,
 )
 from swarmhub.hub.auth import Role, Unauthorized, authenticate, ensure_admin_token, has_role
 from swarmhub.hub.backends import open_blob_store, open_catalog
@@ -675,8 +674,12 @@ async def announce(request: web.Request) -> web.Response:
         entry[0], params.peer_id, now)
     body = await hub.tracker.announce(params, now)
     hub.pending_gets.announced(entry[0], params.peer_id)
-    if pending:
-        body = _with_pending(body, pending)
+    swarms = hub.catalog.swarms_of(params.info_hash)
+    counts = None
+    if len(swarms) > 1 and params.event != "stopped":
+        counts = (await hub.tracker.file_stats_many([swarms]))[0]
+    if counts is not None or pending:
+        body = _with_counts(body, counts, pending)
     if owner is not None and params.event != "stopped":
         # The proof the seeder admits private peers by: this peer id, from this address
         # (the connection's, or a trusted proxy's word; never a claimed ip=), holds a live
@@ -697,15 +700,22 @@ async def announce(request: web.Request) -> web.Response:
     return _bencoded(body)
 
 
-def _with_pending(body: bytes, pending: int) -> bytes:
-    """An announce answer whose leechers (``incomplete``) include ``pending`` gets that
-    read the file's info and have not announced yet (hub.pending): a crowd starting at
-    once counts as one from the first answer on, so its first announcer does not take
-    itself for the only leecher and fetch over HTTP what the crowd will trade."""
+def _with_counts(body: bytes, counts: tuple[int, int] | None, pending: int) -> bytes:
+    """An announce answer that counts the file: ``counts`` (seeders, leechers) are its
+    peers over all of its swarms, each once (a hybrid client announces two hashes; the
+    hub's seeder sits in the hybrid and the v1 swarm; None: the answer's own), and the
+    leechers include ``pending`` gets that read the file's info and have not announced
+    yet (hub.pending): a crowd starting at once counts as one from the first answer on,
+    so its first announcer does not take itself for the only leecher and fetch over HTTP
+    what the crowd will trade."""
     answer = bdecode(body)
     if not isinstance(answer, dict) or not isinstance(answer.get(b"incomplete"), int):
-        return body  # a failure, or no count to add to
-    answer[b"incomplete"] += pending
+        return body  # a failure, or no count to change
+    seeders, leechers = counts or (answer.get(b"complete", 0), answer[b"incomplete"])
+    fresh = {b"complete": seeders, b"incomplete": leechers + pending}
+    if all(answer.get(k) == v for k, v in fresh.items()):
+        return body
+    answer.update(fresh)
     return bencode(answer)
 
 
@@ -790,10 +800,9 @@ async def metrics(request: web.Request) -> web.Response:
     leechers = MetricFamily(
         "swarmhub_torrent_leechers", "gauge", "Leechers per public file (tracker).")
     private_seeders = private_leechers = 0
-    swarms = await swarm_stats(hub.tracker, records)
-    for record in records:
-        # Peers of the hybrid and the v1 swarm; a hybrid client (v1 and v2 hashes) once.
-        complete, incomplete = peer_counts(swarms, record)
+    for record, (complete, incomplete) in zip(
+            records, await peer_counts(hub.tracker, records), strict=True):
+        # Peers of the hybrid and the v1 swarm, each once (a hybrid client, the hub's seeder)
         if record.private:  # /metrics is public: no id, name or hash of a private file
             private_seeders += complete
             private_leechers += incomplete

@@ -250,6 +250,11 @@ class FileRecord:
         return tuple(h[:20] for h in found if h is not None)
 
 
+#: The tracker's index entry of one swarm hash: file id, private, and every swarm hash of
+#: that file.
+_HashEntry = tuple[str, bool, tuple[bytes, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class CollectionRecord:
     name: str
@@ -325,7 +330,7 @@ class CatalogBase:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
         #: 20-byte info hash (v1, or v2 truncated) -> (file id, private) for the tracker.
-        self._hashes: dict[bytes, tuple[str, bool]] = {}
+        self._hashes: dict[bytes, _HashEntry] = {}
         #: SHA-256 (hex) of each live passkey -> token id, for private announces.
         self._passkeys: dict[str, str] = {}
 
@@ -443,18 +448,19 @@ class CatalogBase:
     @staticmethod
     def _indexes_from(
         file_rows: Iterable[Sequence[Any]], token_rows: Iterable[Sequence[Any]]
-    ) -> tuple[dict[bytes, tuple[str, bool]], dict[str, str]]:
-        hashes: dict[bytes, tuple[str, bool]] = {}
+    ) -> tuple[dict[bytes, _HashEntry], dict[str, str]]:
+        hashes: dict[bytes, _HashEntry] = {}
         for row in file_rows:
             record = _file(row)
-            for h in record.swarm_hashes:
-                hashes[h] = (record.id, record.private)
+            group = record.swarm_hashes
+            for h in group:
+                hashes[h] = (record.id, record.private, group)
         passkeys = {str(digest): str(token_id) for token_id, digest in token_rows}
         return hashes, passkeys
 
     def _read_indexes(
         self, db: Conn
-    ) -> tuple[dict[bytes, tuple[str, bool]], dict[str, str]]:
+    ) -> tuple[dict[bytes, _HashEntry], dict[str, str]]:
         files_sql, tokens_sql = self.INDEX_QUERIES
         return self._indexes_from(db.all(files_sql), db.all(tokens_sql))
 
@@ -465,23 +471,32 @@ class CatalogBase:
             self._hashes, self._passkeys = self._read_indexes(db)
 
     def _index_file(self, record: FileRecord) -> None:
-        for h in record.swarm_hashes:
-            self._hashes[h] = (record.id, record.private)
+        group = record.swarm_hashes
+        for h in group:
+            self._hashes[h] = (record.id, record.private, group)
 
     # -- tracker hot path (no SQL, no lock: dict reads are atomic) -------------------------
 
     def lookup_info_hash(self, info_hash: bytes) -> tuple[str, bool] | None:
         """``(file id, private)`` of a catalogued torrent, or None."""
-        return self._hashes.get(info_hash)
+        entry = self._hashes.get(info_hash)
+        return None if entry is None else entry[:2]
+
+    def swarms_of(self, info_hash: bytes) -> tuple[bytes, ...]:
+        """Every swarm of the file whose swarm ``info_hash`` is (its
+        :attr:`FileRecord.swarm_hashes`; just ``info_hash`` when not catalogued): a peer is
+        counted once across them (the tracker's ``file_stats``)."""
+        entry = self._hashes.get(info_hash)
+        return (info_hash,) if entry is None else entry[2]
 
     def info_hashes(self, *, include_private: bool) -> list[bytes]:
         """Every catalogued 20-byte info hash (for a full scrape)."""
         items = list(self._hashes.items())
-        return [h for h, (_, private) in items if include_private or not private]
+        return [h for h, (_, private, _) in items if include_private or not private]
 
     def file_ids(self) -> set[str]:
         """Ids of every catalogued file (from the index: what the seeder syncs against)."""
-        return {file_id for file_id, _ in list(self._hashes.values())}
+        return {file_id for file_id, _, _ in list(self._hashes.values())}
 
     def passkey_is_live(self, passkey: str) -> bool:
         return self.passkey_owner(passkey) is not None

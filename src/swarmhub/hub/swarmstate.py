@@ -62,6 +62,15 @@ class SwarmState(Protocol):
         """:meth:`stats` of many torrents at once (one round trip for a shared store)."""
         ...
 
+    async def file_stats_many(
+        self, files: Sequence[Sequence[bytes]]
+    ) -> list[tuple[int, int]]:
+        """``(seeders, leechers)`` of each file, given as the info hashes of its swarms:
+        a peer (its address) counts once across them, and as a seeder if it is one in any
+        (a hybrid client announces under two hashes; the hub's seeder sits in the v1-only
+        swarm too). One round trip for a shared store."""
+        ...
+
     async def purge(self, now: float) -> int:
         """Drop peers silent for longer than the peer TTL; how many went."""
         ...
@@ -98,6 +107,11 @@ class LocalSwarmState:
 
     async def stats_many(self, info_hashes: Sequence[bytes]) -> list[tuple[int, int, int]]:
         return [self.state.stats(h) for h in info_hashes]
+
+    async def file_stats_many(
+        self, files: Sequence[Sequence[bytes]]
+    ) -> list[tuple[int, int]]:
+        return [self.state.file_stats(hashes) for hashes in files]
 
     async def purge(self, now: float) -> int:
         return self.state.purge(now)
@@ -184,6 +198,25 @@ return 1
 """
 
 
+# KEYS: the seen sets of a file's swarms, then their seeds sets. ARGV: the deadline (peers
+# seen at or before it have expired). Returns {seeders, leechers}, each address once.
+_FILE_STATS = """
+local n = #KEYS / 2
+local live, total, seeders = {}, 0, 0
+for i = 1, n do
+  for _, a in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], '(' .. ARGV[1], '+inf')) do
+    if not live[a] then live[a] = 1; total = total + 1 end
+  end
+end
+for i = n + 1, #KEYS do
+  for _, a in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+    if live[a] == 1 then live[a] = 2; seeders = seeders + 1 end
+  end
+end
+return {seeders, total - seeders}
+"""
+
+
 def _compact(ip: str, port: int) -> bytes:
     return ipaddress.ip_address(ip).packed + port.to_bytes(2, "big")
 
@@ -218,6 +251,7 @@ class RedisSwarmState:
             url, socket_timeout=10, socket_connect_timeout=10)
         self._announce = self._redis.register_script(_ANNOUNCE)
         self._drop = self._redis.register_script(_DROP)
+        self._file_stats = self._redis.register_script(_FILE_STATS)
         #: This process, so that it skips its own access events.
         self._origin = secrets.token_hex(8)
         self._access_channel = prefix + "access"
@@ -289,6 +323,21 @@ class RedisSwarmState:
             seeds = min(int(seeds), int(live))
             result.append((seeds, int(dl or 0), int(live) - seeds))
         return result
+
+    async def file_stats_many(
+        self, files: Sequence[Sequence[bytes]]
+    ) -> list[tuple[int, int]]:
+        """Counted in Redis (addresses never leave it), one script call per file, all
+        in one pipeline."""
+        deadline = self._clock() - self.peer_ttl
+        pipe = self._redis.pipeline(transaction=False)
+        for hashes in files:
+            keys = [self._key(h) for h in hashes]
+            await self._file_stats(
+                keys=[f"{k}:seen" for k in keys] + [f"{k}:seeds" for k in keys],
+                args=[deadline], client=pipe)
+        out = await pipe.execute()
+        return [(int(s), int(leechers)) for s, leechers in out]
 
     async def purge(self, now: float) -> int:
         """Drop expired entries of every swarm (announces do it per swarm, too)."""

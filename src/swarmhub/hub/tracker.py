@@ -284,16 +284,31 @@ class TrackerState:
         """``(seeders, leechers)`` over several swarms of one file, each peer counted once:
         a hybrid client announces under both its v1 and its truncated v2 hash (and the hub's
         own seeder sits in the v1-only swarm too). A peer is its address; it counts as a
-        seeder if it is one in any of the swarms."""
-        seen: dict[tuple[str, int], bool] = {}
-        for ih in info_hashes:
-            swarm = self._swarms.get(ih)
-            if swarm is None:
+        seeder if it is one in any of the swarms.
+
+        The largest swarm counts by its totals; only the others' peers are looked at (the
+        hub's HTTP announce asks this of every announce, and its clients announce the v1
+        hash only: the other swarms hold the hub's seeder and the odd v1-only client)."""
+        swarms = [sw for ih in dict.fromkeys(info_hashes) if (sw := self._swarms.get(ih))]
+        if not swarms:
+            return 0, 0
+        base = max(swarms, key=lambda sw: len(sw.peers))
+        seeders, total = base.seeders, len(base.peers)
+        # addresses past base's, and base's leechers found seeding elsewhere: seeder or not
+        more: dict[tuple[str, int], bool] = {}
+        for swarm in swarms:
+            if swarm is base:
                 continue
             for addr, peer in swarm.peers.items():
-                seen[addr] = seen.get(addr, False) or peer.seeder
-        seeders = sum(seen.values())
-        return seeders, len(seen) - seeders
+                known = base.peers.get(addr)
+                if known is None and addr not in more:
+                    more[addr] = peer.seeder
+                    total += 1
+                    seeders += peer.seeder
+                elif peer.seeder and not more.get(addr, False) and not (known and known.seeder):
+                    more[addr] = True
+                    seeders += 1
+        return seeders, total - seeders
 
     def announce(self, params: AnnounceParams, now: float) -> bytes:
         """Record one announce and return the bencoded answer (with peers to dial)."""

@@ -138,8 +138,9 @@ class UdpPolicy(Protocol):
     def admit(self, params: AnnounceParams, url_data: bytes | None, now: float) -> str | None:
         """``None`` to record the announce, else the error message to answer with."""
 
-    def announced(self, params: AnnounceParams, url_data: bytes | None, now: float) -> None:
-        """After an admitted announce was recorded (counters, access proofs)."""
+    def announced(self, params: AnnounceParams, url_data: bytes | None, now: float) -> int:
+        """After an admitted announce was recorded (counters, access proofs): how many
+        leechers to add to the answer's count (peers on their way, not announced yet)."""
 
     def scrape_visible(self, info_hash: bytes) -> bool:
         """Whether a scrape may show this torrent's counts (zeros otherwise)."""
@@ -233,11 +234,11 @@ class UdpTrackerCore:
         if result is None:
             self.counts["refused"] += 1
             return self._error(tid, "unregistered torrent", size)
-        if policy is not None:
-            policy.announced(params, req.url_data, now)
+        pending = 0 if policy is None else policy.announced(params, req.url_data, now)
         self.counts["announce"] += 1
         peers, seeders, leechers = result
-        return encode_announce_reply(tid, self.state.interval, leechers, seeders, peers)
+        return encode_announce_reply(tid, self.state.interval, leechers + pending, seeders,
+                                     peers)
 
     def _error(self, transaction_id: int, message: str, request_size: int) -> bytes:
         # Never larger than the request: an error can go to a spoofed source.
@@ -285,14 +286,14 @@ class SharedUdpTrackerCore(UdpTrackerCore):
             self.counts["refused"] += 1
             why = body.get(b"failure reason", b"refused") if isinstance(body, dict) else b""
             return self._error(tid, bytes(why).decode("utf-8", "replace"), size)
-        if self.policy is not None:
-            self.policy.announced(params, req.url_data, now)
+        pending = 0 if self.policy is None else self.policy.announced(params, req.url_data, now)
         self.counts["announce"] += 1
         peers = body.get(b"peers6" if width == 18 else b"peers", b"")
         if not isinstance(peers, bytes):
             peers = b""
         peers = peers[: len(peers) - len(peers) % width]
-        return encode_announce_reply(tid, self.swarms.interval, int(body.get(b"incomplete", 0)),
+        return encode_announce_reply(tid, self.swarms.interval,
+                                     int(body.get(b"incomplete", 0)) + pending,
                                      int(body.get(b"complete", 0)), peers)
 
 
@@ -444,16 +445,23 @@ class HubUdpPolicy:
             hub.announce_failures += 1
         return refusal
 
-    def announced(self, params: AnnounceParams, url_data: bytes | None, now: float) -> None:
+    def announced(self, params: AnnounceParams, url_data: bytes | None, now: float) -> int:
+        """As the HTTP handler: the announce ends the peer's pending get (hub.pending),
+        and the gets still on their way count as leechers in the answer."""
         hub = self.hub
         hub.announces += 1
         entry = hub.catalog.lookup_info_hash(params.info_hash)
-        if entry is None or not entry[1] or params.event == "stopped":
-            return
+        if entry is None:
+            return 0
+        pending = 0 if params.event == "stopped" else hub.pending_gets.others(
+            entry[0], params.peer_id, now)
+        hub.pending_gets.announced(entry[0], params.peer_id)
+        if not entry[1] or params.event == "stopped":
+            return pending
         passkey = passkey_of(url_data)
         owner = None if passkey is None else hub.catalog.passkey_owner(passkey)
         if owner is None:
-            return
+            return pending
         hub.access.record(
             file_id=entry[0], ip=params.ip, port=params.port, peer_id=params.peer_id,
             token_id=owner, entry=(params.info_hash, params.ip, params.port, params.peer_id),
@@ -462,6 +470,7 @@ class HubUdpPolicy:
         dial = getattr(hub.seeder, "dial", None)
         if dial is not None:
             dial(params.info_hash, (params.ip, params.port))
+        return pending
 
     def scrape_visible(self, info_hash: bytes) -> bool:
         entry = self.hub.catalog.lookup_info_hash(info_hash)
