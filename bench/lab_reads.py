@@ -24,27 +24,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engine"))
 
-from test_peer_receive import BLOCK, INFO_HASH, NUM_PIECES, PIECE_LENGTH, StubTorrent, connected
+from test_peer_receive import BLOCK, INFO_HASH, NUM_PIECES, PIECE_LENGTH, connected
 
+import receive_path  # this folder: the script's own (sys.path[0])
 from swarmhub.wire import messages as m
 
 
-class CountingTorrent(StubTorrent):
-    """Counts what it is handed (no list of events: the bench measures the peer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def on_message(self, peer: Any, msg: m.Message) -> None:
-        self.count += 1
+class CountingTorrent(receive_path.CountingTorrent):
+    """Counts Haves too (the stub's own list of them would grow with every round)."""
 
     def on_haves(self, peer: Any, indices: list[int]) -> None:
         self.count += len(indices)
-
-    def on_blocks(self, peer: Any, view: memoryview, blocks: list[Any],
-                  starts: list[int]) -> None:
-        self.count += len(blocks)
 
 
 def _haves(rng: random.Random, k: int) -> list[bytes]:
