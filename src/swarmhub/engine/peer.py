@@ -248,7 +248,11 @@ ANNOUNCE_DELAY = 0.25
 #: The same for a peer we choke: it cannot ask us for the piece until we unchoke it, and
 #: our Unchoke carries whatever is held (each write takes the held bytes first). Why: at
 #: N=32 a peer unchokes ~4 of its ~31 peers, and every 0.25 s flush woke each of the
-#: others for a read of a few Haves.
+#: others for a read of a few Haves. 2.0 s was tried (peercpu-22; netns lab, 10 ms, median
+#: peer CPU-s after the gate / x the bound, alternating runs): N=32 p2p 1.00 -> 0.94 /
+#: 1.66 -> 1.58, hybrid 0.99 -> 0.94 / 1.68 -> 1.59 (5 runs each, load 9-21), but N=16
+#: p2p 1.20, 1.14 -> 1.31, 1.30x and hybrid 1.17, 1.18 -> 1.32, 1.27x (2 runs each; likely a
+#: choked peer learns late that it wants our pieces, and the choker unchokes the interested).
 CHOKED_ANNOUNCE_DELAY = 1.0
 #: Per event loop and delay: the protocols with announcements held, flushed by one timer.
 _HELD: dict[tuple[asyncio.AbstractEventLoop, float], list[PeerProtocol]] = {}
