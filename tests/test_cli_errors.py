@@ -241,6 +241,23 @@ def test_interrupt_exits_130_with_one_line(torrent: tuple[Path, Path], tmp_path:
     assert stderr.splitlines() == ["interrupted; resume data saved"], stderr
 
 
+def test_the_interrupt_line_does_not_load_rich() -> None:
+    """The lab interrupts all its peers at once after a run: rich's console (and its
+    highlighter's regexes) made in each only to print one line cost real CPU."""
+    probe = ("import asyncio, sys\n"
+             "from swarmhub import cli\n"
+             "async def cancelled() -> int:\n"
+             "    raise asyncio.CancelledError\n"
+             "before = set(sys.modules)\n"
+             "assert cli._run(cancelled()) == 130\n"
+             "print(sorted(m for m in set(sys.modules) - before if m.startswith('rich')))\n")
+    r = subprocess.run([str(VENV_PYTHON), "-c", probe], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+    assert r.stderr.splitlines() == ["interrupted; resume data saved"], r.stderr
+
+
 def test_seed_a_torrent_with_an_empty_folder_creates_nothing(torrent: tuple[Path, Path],
                                                              tmp_path: Path) -> None:
     t, _ = torrent
