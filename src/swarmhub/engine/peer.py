@@ -499,10 +499,11 @@ class PeerProtocol(asyncio.BufferedProtocol):
         return pos
 
     def _requests(self, peer: Peer, view: memoryview, pos: int, end: int) -> int:
-        """Hand the run of complete Request frames from ``pos`` on to the torrent (a
-        seeder's hot path: one per block it sends); returns where the run ends, or where
-        the peer's unread replies made us stop (the rest then goes through the wire core
-        when they drain)."""
+        """Hand the run of complete Request frames from ``pos`` on to the torrent in one
+        call (a seeder's hot path: one per block it sends; it was a core dispatch and an
+        action flush each), in parts when the read gate has less room than a reject for
+        each; returns where the run ends, or where the peer's unread replies made us stop
+        (the rest then goes through the wire core when they drain)."""
         try:
             reqs, stop = self.conn.requests_at(view, pos, end)
         except RemoteProtocolError as exc:
