@@ -46,7 +46,8 @@ from tests.interop.harness import (
 __all__ = ["Run", "main"]
 
 MiB = 1 << 20
-Impl = Literal["lt", "ours", "other"]
+#: "lt-ours": a libtorrent seeder -> our leecher; "ours-lt": our seeder -> a libtorrent leecher
+Impl = Literal["lt", "ours", "other", "lt-ours", "ours-lt"]
 Version = Literal["v1", "v2", "hybrid"]
 
 
@@ -181,6 +182,47 @@ def run_ours(
             return done_at - getter.started, getter, seed_cpu
 
 
+def run_mixed(
+    impl: Impl,
+    cmd: list[str],
+    torrent: Path,
+    content: Path,
+    data_arg: Path,
+    dst: Path,
+    logs: Path,
+    args: argparse.Namespace,
+) -> tuple[float, Proc, float]:
+    """One side ours, the other libtorrent (``impl`` "lt-ours" or "ours-lt"), timed as in
+    :func:`run_lt` / :func:`run_ours`: which side sets the pace?"""
+    timeout = args.timeout
+    if impl == "lt-ours":
+        lt_seed = LtPeer(torrent, content.parent, seed=True, timeout=timeout + 60, log_dir=logs,
+                         preset=args.lt_preset, settings=dict(args.lt_set))
+        with lt_seed:
+            assert lt_seed.proc is not None
+            seed_cpu0 = _cpu_of(lt_seed.proc.pid)
+            get_args = [*cmd, "get", str(torrent), "-o", str(dst), "--peer",
+                        f"127.0.0.1:{lt_seed.port}", "--listen", "127.0.0.1:0",
+                        "--timeout", str(timeout), "--json", "--no-dht"]
+            with Proc(get_args, log=logs / "ours-get.log", name="swarmhub-get") as getter:
+                done_at = _wait_progressing(getter, timeout, args.stall)
+                return done_at - getter.started, getter, _cpu_of(lt_seed.proc.pid) - seed_cpu0
+    seed_args = [*cmd, "seed", str(torrent), str(data_arg), "--listen", "127.0.0.1:0", "--no-dht"]
+    with Proc(seed_args, log=logs / "ours-seed.log", name="swarmhub-seed") as seeder:
+        line = seeder.wait_for_line(lambda ln: _listening_port(ln) is not None, 120)
+        port = _listening_port(line) or 0
+        seed_cpu0 = _cpu_of(seeder.pid)
+        leecher = LtPeer(torrent, dst, peers=[("127.0.0.1", port)], timeout=timeout,
+                         stop_when_done=True, log_dir=logs, preset=args.lt_preset,
+                         settings=dict(args.lt_set))
+        with leecher:
+            seconds = leecher.wait_finished(timeout)
+            seed_cpu = _cpu_of(seeder.pid) - seed_cpu0
+            leecher.wait_exit(60)
+            assert leecher.proc is not None
+            return seconds, leecher.proc, seed_cpu
+
+
 def _wait_progressing(getter: Proc, timeout: float, stall: float) -> float:
     """Wait for ``get`` to exit 0 and return when (monotonic) its ``finished`` line appeared;
     give up early when its JSON status lines show no progress for ``stall`` seconds (a broken
@@ -242,6 +284,10 @@ def _bench_one(
             seconds, proc, seed_cpu = run_lt(
                 torrent, content, dst, logs, args.timeout, args.lt_preset, dict(args.lt_set)
             )
+        elif impl in ("lt-ours", "ours-lt"):
+            data_arg = content if args.ours_data == "content" else content.parent
+            seconds, proc, seed_cpu = run_mixed(
+                impl, ours, torrent, content, data_arg, dst, logs, args)
         else:
             data_arg = content if args.ours_data == "content" else content.parent
             env = None
@@ -289,21 +335,22 @@ def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
     our_runs = [r for r in runs if r.impl == "ours"]
     other_runs = [r for r in runs if r.impl == "other"]
     print(f"\n== {version} ==")
-    print(f"{'run':<10}{'impl':<6}{'MB/s':>8}{'s':>8}{'RSS MiB':>9}{'CPU s':>7}{'seed CPU':>9}"
+    print(f"{'run':<10}{'impl':<8}{'MB/s':>8}{'s':>8}{'RSS MiB':>9}{'CPU s':>7}{'seed CPU':>9}"
           "  note")
     for r in runs:
         if r.ok:
             print(
-                f"r{r.round:<9}{r.impl:<6}{r.mb_s:8.1f}{r.seconds:8.2f}"
+                f"r{r.round:<9}{r.impl:<8}{r.mb_s:8.1f}{r.seconds:8.2f}"
                 f"{r.rss_mib:9.0f}{r.cpu_s:7.2f}{r.seed_cpu_s:9.2f}  load {r.load:.1f}"
             )
         else:
-            print(f"r{r.round:<9}{r.impl:<6}{'-':>8}{'-':>8}{'-':>9}{'-':>7}{'-':>9}"
+            print(f"r{r.round:<9}{r.impl:<8}{'-':>8}{'-':>8}{'-':>9}{'-':>7}{'-':>9}"
                   f"  FAILED: {r.error}")
-    for name, rs in (("lt", lt_runs), ("ours", our_runs), ("other", other_runs)):
+    mixed = [(name, [r for r in runs if r.impl == name]) for name in ("lt-ours", "ours-lt")]
+    for name, rs in (("lt", lt_runs), ("ours", our_runs), ("other", other_runs), *mixed):
         if rs:
             mb, s, rss, cpu, seed = _fmt(rs)
-            print(f"{'median':<10}{name:<6}{mb:>8}{s:>8}{rss:>9}{cpu:>7}{seed:>9}  (RSS: max)")
+            print(f"{'median':<10}{name:<8}{mb:>8}{s:>8}{rss:>9}{cpu:>7}{seed:>9}  (RSS: max)")
     lt_ok = [r.mb_s for r in lt_runs if r.ok]
     our_ok = [r.mb_s for r in our_runs if r.ok]
     lt_txt = f"libtorrent {statistics.median(lt_ok):.1f} MB/s" if lt_ok else "libtorrent n/a"
@@ -323,7 +370,7 @@ def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
     cpu = "; ".join(
         f"{name} CPU-s/GiB leecher {statistics.median(r.cpu_s / r.gib for r in ok):.2f}"
         f" seeder {statistics.median(r.seed_cpu_s / r.gib for r in ok):.2f}"
-        for name, rs in (("lt", lt_runs), ("ours", our_runs), ("other", other_runs))
+        for name, rs in (("lt", lt_runs), ("ours", our_runs), ("other", other_runs), *mixed)
         if (ok := [r for r in rs if r.ok])
     )
     other_ok = [r.mb_s for r in other_runs if r.ok]
@@ -383,6 +430,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="also run our client from another checkout (PYTHONPATH=TREE/src) in every round, "
         "as impl 'other': an A/B of two versions against the same libtorrent runs",
     )
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="also run a libtorrent seeder -> our leecher ('lt-ours') and our seeder -> a "
+        "libtorrent leecher ('ours-lt') in every round: which side sets the pace",
+    )
     args = p.parse_args(argv)
     args.versions = [v.strip() for v in args.versions.split(",") if v.strip()]
     for v in args.versions:
@@ -396,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     impls: list[Impl] = ["lt", "ours"] if args.only is None else [args.only]
     if args.other_src is not None:
         impls.append("other")
+    if args.mixed:
+        impls += ["lt-ours", "ours-lt"]
     ours = _ours_cmd()
     ours_reason: str | None = None
     if "ours" in impls and ours is None:

@@ -59,6 +59,9 @@ class CountingTorrent(StubTorrent):
     def on_message(self, peer: Any, msg: m.Message) -> None:
         self.count += 1
 
+    def on_requests(self, peer: Any, reqs: list[m.Request]) -> None:
+        self.count += len(reqs)
+
     def on_blocks(self, peer: Any, view: memoryview, blocks: list[Any],
                   starts: list[int]) -> None:
         self.count += len(blocks)

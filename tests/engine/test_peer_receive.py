@@ -76,6 +76,8 @@ class StubTorrent:
         self.batches: list[int] = []
         #: Haves per on_haves call
         self.have_runs: list[int] = []
+        #: Requests per on_requests call
+        self.request_runs: list[int] = []
 
     def can_accept(self, addr: tuple[str, int], peer_id: bytes, outgoing: bool) -> str | None:
         return None
@@ -107,6 +109,11 @@ class StubTorrent:
     def on_haves(self, peer: Any, indices: list[int]) -> None:
         self.events.extend(("msg", m.Have(i)) for i in indices)
         self.have_runs.append(len(indices))
+
+    def on_requests(self, peer: Any, reqs: list[m.Request]) -> None:
+        self.request_runs.append(len(reqs))
+        for req in reqs:
+            self.on_message(peer, req)
 
 
 def stub_session(torrent: StubTorrent) -> Any:
@@ -287,9 +294,21 @@ async def test_a_run_of_haves_goes_over_in_one_call_not_through_the_wire_core() 
     assert torrent.disconnected and "protocol error" in torrent.disconnected[0]
 
 
+async def test_a_run_of_requests_goes_to_the_torrent_in_one_call() -> None:
+    torrent = StubTorrent()
+    proto, _ = await connected(torrent)
+    data, reqs = requests_stream(100)
+    feed(proto, data, [len(data)])
+    assert torrent.request_runs == [100]
+    assert [e[1] for e in torrent.events if e[0] == "msg"][2:] == reqs
+
+
 async def test_a_peer_that_leaves_replies_unread_stops_a_run_of_requests() -> None:
+    """The run goes over in parts the gate has room for (17 bytes a reject each); once
+    the peer leaves replies unread, the rest waits unparsed until they drain."""
     torrent = StubTorrent()
     proto, transport = await connected(torrent)
+    assert proto._gate is not None
     data, reqs = requests_stream(100)
     seen = 0
     on_message = torrent.on_message
@@ -303,12 +322,14 @@ async def test_a_peer_that_leaves_replies_unread_stops_a_run_of_requests() -> No
                 transport.buffered = 64 << 20  # the replies pile up unread
 
     torrent.on_message = count  # type: ignore[method-assign]
+    transport.buffered = proto._gate.limit - 5 * 17 - 3  # room for 5 rejects
     feed(proto, data, [len(data)])
-    assert seen == 5 and not transport.reading  # the rest waits, unparsed
+    assert seen == 5 and torrent.request_runs == [5]
+    assert not transport.reading  # the rest waits, unparsed
     transport.buffered = 0
     proto.resume_writing()
     assert [e[1] for e in torrent.events if e[0] == "msg"][2:] == reqs
-    assert transport.reading
+    assert torrent.request_runs == [5] and transport.reading  # the rest: the wire core's
 
 
 async def test_a_bad_request_on_the_fast_path_closes_the_connection() -> None:
@@ -323,25 +344,37 @@ async def test_a_bad_request_on_the_fast_path_closes_the_connection() -> None:
 
 
 async def test_replies_to_a_run_of_requests_are_corked_only_up_to_the_gates_limit() -> None:
-    """Replies (rejects, say) corked while a run is handled count against the gate: one
-    read of requests never queues more than its limit plus one reply."""
+    """Replies (a 17-byte reject each at most) corked while a run is handled count
+    against the gate: one read of requests never queues more than its limit."""
     torrent = StubTorrent()
     proto, transport = await connected(torrent)
-    reply = bytes(64 * 1024)
+    assert proto._gate is not None
+    limit = proto._gate.limit
+    reject = m.encode(m.RejectRequest(0, 0, BLOCK))
+    assert len(reject) == 17
 
     def answer(peer: Any, msg: m.Message) -> None:
         torrent.events.append(("msg", msg))
         if isinstance(msg, m.Request):
-            proto.write(reply)
+            proto.write(reject)
+
+    def unread(data: bytes) -> None:  # the peer reads nothing: every write stays queued
+        transport.written.append(bytes(data))
+        transport.buffered += len(data)
 
     torrent.on_message = answer  # type: ignore[method-assign]
+    transport.write = unread  # type: ignore[method-assign]
+    ours = len(transport.written)  # our handshake
     data, reqs = requests_stream(2000)
+    transport.buffered = limit - 40 * 17  # room for 40 rejects
     feed(proto, data, [len(data)])
+    # 40 fill the room exactly; the one after them goes over it, and the rest wait.
+    assert torrent.request_runs == [40, 1] and not transport.reading
+    assert transport.buffered == limit + len(reject)
+    transport.buffered = 0
+    proto.resume_writing()
     assert [e[1] for e in torrent.events if e[0] == "msg"][2:] == reqs
-    assert proto._gate is not None
-    limit = proto._gate.limit
-    assert sum(map(len, transport.written)) >= len(reqs) * len(reply)
-    assert max(map(len, transport.written)) <= limit + len(reply)
+    assert sum(map(len, transport.written[ours:])) == len(reqs) * len(reject)
 
 
 async def test_the_blocks_of_one_read_go_over_in_batches() -> None:

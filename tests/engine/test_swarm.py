@@ -1176,3 +1176,55 @@ def test_a_leecher_that_finished_seeds_openly_not_as_a_super_seed() -> None:
     seed = make_swarm(pieces=2, have="**", settings=Settings(super_seeding=True))
     join(seed, "x")
     assert sent(seed.take(), "x", m.HaveNone)
+
+
+def test_a_run_of_requests_is_handled_as_the_same_requests_one_by_one() -> None:
+    """``requests`` (a seeder's receive fast path) queues and rejects exactly what
+    ``message`` does for each of them in turn."""
+    def setup() -> Swarm:
+        s = make_swarm(pieces=8, have="****----")
+        join(s, "a")
+        s.message("a", m.Interested(), 0.0)
+        s.tick(1.0)  # the choker unchokes it
+        s.take()
+        return s
+
+    reqs = [m.Request(i % 8, b, BLOCK_SIZE) for i in range(6) for b in (0, BLOCK_SIZE)]
+    one, run = setup(), setup()
+    for r in reqs:
+        one.message("a", r, 2.0)
+    run.requests("a", reqs, 2.0)
+    acts = one.take()
+    assert run.take() == acts
+    assert list(run.peer("a").incoming) == list(one.peer("a").incoming) == reqs[:8]
+    assert len(sent(acts, "a", m.RejectRequest)) == 4  # pieces 4 and 5: not ours
+
+
+def test_blocks_sent_in_one_call_settle_super_seed_offers_as_block_by_block() -> None:
+    """A batch of blocks spanning a whole offered piece and part of another completes the
+    first offer (and opens the next) exactly as the same blocks reported one at a time."""
+    def setup() -> tuple[Swarm, list[m.Request]]:
+        s = make_swarm(pieces=8, have="*" * 8, settings=Settings(super_seeding=True))
+        join(s, "a")
+        join(s, "b")
+        offers = sorted(_offers(s.take(), "a"))
+        s.message("a", m.Interested(), 0.5)
+        s.take()
+        reqs = [m.Request(i, b, BLOCK_SIZE) for i in offers[:2] for b in (0, BLOCK_SIZE)][:3]
+        for r in reqs:
+            s.message("a", r, 0.5)
+        s.take()
+        s.peer("a").incoming.clear()
+        return s, reqs
+
+    one, reqs = setup()
+    for r in reqs:
+        one.blocks_sent("a", [r], r.length, 1.0)
+    batch, _ = setup()
+    batch.blocks_sent("a", reqs, sum(r.length for r in reqs), 1.0)
+    acts = one.take()
+    assert batch.take() == acts and _offers(acts, "b")  # the completed offer opened b's
+    assert one._ss is not None and batch._ss is not None
+    left = one._ss.open_offers("a")
+    assert batch._ss.open_offers("a") == left
+    assert reqs[2].index in left and reqs[0].index not in left

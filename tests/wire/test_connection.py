@@ -497,6 +497,30 @@ def test_send_piece_returns_header_and_the_same_buffer() -> None:
         fresh.send_piece(0, 0, b"x")
 
 
+def test_send_pieces_gives_each_blocks_header_and_a_view_of_its_piece() -> None:
+    pair = open_pair(num_pieces=None)
+    pair.a.set_num_pieces(3, piece_length=32768, total_length=32768 * 2 + 100)
+    pieces = {0: bytes(range(256)) * 128, 1: bytearray(b"x" * 32768), 2: b"y" * 100}
+    blocks = [Request(0, 16384, 16384), Request(1, 0, 16384), Request(1, 16384, 16384),
+              Request(2, 0, 100)]
+    parts = pair.a.send_pieces(blocks, pieces)
+    want = [Piece(r.index, r.begin, bytes(pieces[r.index][r.begin:r.begin + r.length]))
+            for r in blocks]
+    assert b"".join(parts) == b"".join(encode(p) for p in want)
+    bodies = parts[1::2]
+    assert all(isinstance(b, memoryview) and b.obj is pieces[r.index]  # no copy
+               for b, r in zip(bodies, blocks, strict=True))
+    pair.b.receive_data(b"".join(parts))
+    assert [pair.b.next_event() for _ in want] == want
+    with pytest.raises(LocalProtocolError, match="only 100 bytes"):
+        pair.a.send_pieces([Request(1, 0, 16384), Request(2, 0, 16384)], pieces)
+    with pytest.raises(LocalProtocolError, match="3 pieces"):
+        pair.a.send_pieces([Request(3, 0, 16384)], pieces)
+    fresh = PeerConnection(our_reserved=make_reserved())
+    with pytest.raises(LocalProtocolError, match="HANDSHAKE"):
+        fresh.send_pieces([Request(0, 0, 1)], pieces)
+
+
 def test_set_num_pieces_rejects_inconsistent_geometry() -> None:
     conn = PeerConnection(our_reserved=make_reserved())
     with pytest.raises(LocalProtocolError):

@@ -53,6 +53,10 @@ class ReadGate:
         the transport included): then stop handling the peer's messages."""
         return self._transport.get_write_buffer_size() + pending > self.limit
 
+    def room(self, pending: int = 0) -> int:
+        """Bytes that may still be queued before :meth:`over` (negative: over by that)."""
+        return self.limit - self._transport.get_write_buffer_size() - pending
+
     def paused(self, reason: str) -> bool:
         return reason in self._reasons
 

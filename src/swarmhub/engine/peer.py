@@ -503,10 +503,11 @@ class PeerProtocol(asyncio.BufferedProtocol):
         return pos
 
     def _requests(self, peer: Peer, view: memoryview, pos: int, end: int) -> int:
-        """Hand the run of complete Request frames from ``pos`` on to the torrent (a
-        seeder's hot path: one per block it sends); returns where the run ends, or where
-        the peer's unread replies made us stop (the rest then goes through the wire core
-        when they drain)."""
+        """Hand the run of complete Request frames from ``pos`` on to the torrent in one
+        call (a seeder's hot path: one per block it sends; it was a core dispatch and an
+        action flush each), in parts when the read gate has less room than a reject for
+        each; returns where the run ends, or where the peer's unread replies made us stop
+        (the rest then goes through the wire core when they drain)."""
         try:
             reqs, stop = self.conn.requests_at(view, pos, end)
         except RemoteProtocolError as exc:
@@ -514,17 +515,21 @@ class PeerProtocol(asyncio.BufferedProtocol):
             return end
         if not reqs:
             return pos
-        on_message = peer.torrent.on_message
+        on_requests = peer.torrent.on_requests
         gate = self._gate
         self._cork = bytearray()
         try:
-            for req in reqs:
-                on_message(peer, req)
-                pos += 17
+            done, count = 0, len(reqs)
+            while done < count:
+                # As many as the gate has room for: each may cork one 17-byte reject, so
+                # its bound stays exact (their blocks go out after the run: run_uncorked).
+                room = count if gate is None else gate.room(len(self._cork or b"")) // 17
+                run = reqs if not done and room >= count else reqs[done:done + max(1, room)]
+                on_requests(peer, run)
+                done += len(run)
+                pos += 17 * len(run)
                 if self.transport is None:
                     return end
-                # The replies (rejects) corked so far count: the gate's bound is exact
-                # (blocks sent at once were written, not corked: the transport counts them).
                 if gate is not None and (gate.paused(BACKLOG)
                                          or gate.over(len(self._cork or b""))):
                     break

@@ -50,6 +50,10 @@ class PeerHost(Protocol):
     def on_haves(self, peer: Hashable, indices: list[int]) -> None:
         """A run of Have messages (their indices checked by the wire core)."""
         ...
+    def on_requests(self, peer: Hashable, reqs: list[m.Request]) -> None:
+        """A run of Request messages (checked by the wire core); each may be answered
+        with at most one RejectRequest (17 bytes, corked)."""
+        ...
     def on_blocks(self, peer: Hashable, view: memoryview, blocks: list[Block],
                   starts: list[int]) -> None:
         """Blocks whose data is ``view[starts[k]:starts[k] + blocks[k].length]``."""

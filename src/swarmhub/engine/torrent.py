@@ -91,7 +91,6 @@ class Torrent(TorrentViews):
         self.state = TorrentState.CHECKING
         self.error: str | None = None
         self.complete = asyncio.Event()
-        #: Pieces being assembled from peers' blocks (the core decides what is kept).
         self.buffers = self.pieces.buffers
         self.jobs = Jobs(meta.name)
         self._stopping = False
@@ -168,7 +167,6 @@ class Torrent(TorrentViews):
 
     # -- chosen files, sequential, streaming (the daemon's and --serve's API) ----------------
     async def set_file_priorities(self, priorities: Sequence[int]) -> None:
-        """See :meth:`Wanted.set_file_priorities`."""
         await self.wanted.set_file_priorities(priorities)
 
     def set_sequential(self, on: bool) -> None:
@@ -176,14 +174,12 @@ class Torrent(TorrentViews):
         self.swarm.set_sequential(on)
 
     def prioritize_range(self, offset: int, length: int, priority: int = 7) -> list[int]:
-        """See :meth:`Wanted.prioritize_range`."""
         return self.wanted.prioritize_range(offset, length, priority)
 
     def restore_priorities(self, indices: Iterable[int]) -> None:
         self.wanted.restore_priorities(indices)
 
     async def wait_pieces(self, indices: Iterable[int]) -> None:
-        """See :meth:`Wanted.wait_pieces`."""
         await self.wanted.wait_pieces(indices)
 
     def _piece_done(self, index: int) -> None:
@@ -267,6 +263,10 @@ class Torrent(TorrentViews):
 
     def on_haves(self, peer: Hashable, indices: list[int]) -> None:
         self.swarm.haves(peer, indices, self.clock())
+        self._flush()
+
+    def on_requests(self, peer: Hashable, reqs: list[m.Request]) -> None:
+        self.swarm.requests(peer, reqs, self.clock())
         self._flush()
 
     def on_ext_handshake(self, peer: Hashable, hs: ExtensionHandshake) -> None:

@@ -353,27 +353,21 @@ class Uploader:
         ``one``), in one ``writelines`` (one writev) of header + memoryview pairs from
         the wire core; tell the core. False if the head block was not ready."""
         t = self.torrent
-        send_piece = peer.conn.send_piece
-        parts: list[bytes | memoryview | bytearray] = []
         served: list[m.Request] = []
         size = 0
         cache = self._cache
         while incoming and size < batch:
             req = incoming[0]
-            data = cache.get(req.index)
-            if data is None or (v1_ok is not None and not v1_ok[req.index]):
+            if req.index not in cache or (v1_ok is not None and not v1_ok[req.index]):
                 break  # read it (or check its SHA-1) on the next round
             incoming.popleft()
-            head, body = send_piece(req.index, req.begin,
-                                    memoryview(data)[req.begin:req.begin + req.length])
-            parts += (head, body)
             served.append(req)
             size += req.length
             if one:
                 break  # one block per token-bucket charge
-        if not parts:
+        if not served:
             return False
-        peer.proto.writelines(parts)
+        peer.proto.writelines(peer.conn.send_pieces(served, cache))
         t.swarm.blocks_sent(peer, served, size, t.clock())
         if t.settings.upload_ahead:
             self._turns_moved()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, TypeAlias, TypeVar, cast
 
 from swarmhub.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -424,6 +424,37 @@ class PeerConnection:
         self._check_block("Piece", index, begin, length, LocalProtocolError)
         self.our_phase = Phase.OPEN
         return _PIECE_HEADER.pack(9 + length, MessageId.PIECE, index, begin), data
+
+    def send_pieces(
+        self, blocks: Sequence[Request],
+        pieces: Mapping[int, bytes | bytearray | memoryview],
+    ) -> list[bytes | bytearray | memoryview]:
+        """:meth:`send_piece` for each of ``blocks`` (the requests we answer), each block
+        a view of its whole piece ``pieces[index]``: the ``writelines`` parts, a header
+        and a block each. Checked like :meth:`send`; nothing is sent when one fails.
+
+        Why: an upload is 64 of these per MiB; one call per batch (the checks inline, one
+        view per piece) instead of three calls and a slice per block."""
+        phase = self.our_phase
+        if phase is not Phase.OPEN and phase is not Phase.FIRST:
+            raise LocalProtocolError(f"cannot send Piece in state {phase.name}")
+        parts: list[bytes | bytearray | memoryview] = []
+        pack = _PIECE_HEADER.pack
+        piece_id = MessageId.PIECE
+        num, pl, top = self.num_pieces, self._piece_length, self.max_block_length
+        last = -1 if num is None or pl is None else num - 1  # its size needs the full check
+        at = -1
+        view = memoryview(b"")
+        for req in blocks:
+            index, begin, length = req.index, req.begin, req.length
+            if (not 0 < length <= top or index == last or (num is not None and index >= num)
+                    or (pl is not None and begin + length > pl)):
+                self._check_block("Piece", index, begin, length, LocalProtocolError)
+            if index != at:
+                at, view = index, memoryview(pieces[index])
+            parts += (pack(9 + length, piece_id, index, begin), view[begin:begin + length])
+        self.our_phase = Phase.OPEN
+        return parts
 
     # ------------------------------------------------------------------ receiving
 
