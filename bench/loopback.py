@@ -5,8 +5,8 @@
                                        [--other-src TREE]   # A/B: another checkout too
 
 Why this shape: both sides run as separate processes (seeder and leecher each), on the same
-data and the same .torrent (made by libtorrent, the reference encoder), alternating which
-implementation goes first each round so page-cache and thermal effects fall on both.
+data and the same .torrent (made by libtorrent, the reference encoder), the order rotated each
+round so every implementation runs in every slot and page-cache and load effects fall on all.
 
 Measured per run: wall time from leecher process start to verified completion (libtorrent: its
 ``finished`` event, every piece hash-checked; ours: ``swarmhub get`` exiting 0), the leecher's own
@@ -471,7 +471,11 @@ def main(argv: list[str] | None = None) -> int:
             runs: list[Run] = []
             disabled = ours_reason
             for rnd in range(1, args.rounds + 1):
-                order = impls if rnd % 2 == 1 else impls[::-1]
+                # Rotated, not reversed: with three or more implementations a reversal
+                # keeps the middle one in the middle slot every round (dpath-22's A/A
+                # lost 2 of 3 rounds there); rotation gives each slot to each in turn.
+                k = (rnd - 1) % len(impls)
+                order = impls[k:] + impls[:k]
                 for impl in order:
                     if impl != "lt" and (disabled is not None or ours is None):
                         continue
