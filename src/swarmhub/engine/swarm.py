@@ -564,10 +564,9 @@ class Swarm:
     def haves(self, handle: Hashable, indices: list[int], now: float) -> None:
         """A run of Haves from one peer: :meth:`message` for each, in one call (the
         driver's receive fast path; most of a swarm's messages)."""
-        ps = self.peers.get(handle)
-        if ps is None or ps.closed:
+        ps = self._heard(handle, now)
+        if ps is None:
             return
-        ps.last_recv = now
         for index in indices:
             self._got_have(ps, index, now)
             if ps.closed:
@@ -577,12 +576,19 @@ class Swarm:
         """A run of Requests from one peer: :meth:`message` for each, in one call (a
         seeder's receive fast path: one Request per 16 KiB block it sends). Each may
         queue one reply, a RejectRequest."""
+        ps = self._heard(handle, now)
+        if ps is not None:
+            for req in reqs:
+                self._on_request(ps, req, now)
+
+    def _heard(self, handle: Hashable, now: float) -> PeerState | None:
+        """The open peer a run of messages came from, its last_recv now (the run fast
+        paths' shared start); None if it is gone or closed."""
         ps = self.peers.get(handle)
         if ps is None or ps.closed:
-            return
+            return None
         ps.last_recv = now
-        for req in reqs:
-            self._on_request(ps, req, now)
+        return ps
 
     def have_from(self, ps: PeerState, index: int, now: float) -> None:
         """:meth:`receive` of ``Have(index)`` (a driver that broadcast one Have to many
