@@ -350,3 +350,34 @@ async def test_a_stopped_announce_cancelled_while_the_tracker_holds_it_is_cancel
         wait.cancel()
         await asyncio.wait([wait], timeout=60)  # a hang guard
         assert wait.cancelled()
+
+
+async def test_stopped_waits_for_an_announce_still_on_its_way(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A ``completed`` still on its way when the torrent stops goes first: ``stopped`` sent
+    beside it could be handled first, and the tracker kept a ghost seeder until its TTL."""
+    from swarmhub.engine.tracker_driver import TrackerDriver
+
+    events: list[str | None] = []
+    held = asyncio.get_running_loop().create_future()
+    real = TrackerDriver.announce_once
+
+    async def holding_completed(self: TrackerDriver, event: str | None) -> Any:
+        events.append(event)
+        if event == "completed":
+            await held  # the tracker holds its answer until the test lets it go
+        return await real(self, event)
+
+    monkeypatch.setattr(TrackerDriver, "announce_once", holding_completed)
+    async with _seeding_behind_a_tracker(tmp_path) as torrent:
+        events.clear()
+        completed = asyncio.ensure_future(torrent.tracker.announce("completed"))
+        await until(lambda: events == ["completed"], "the completed announce")
+        stop = asyncio.ensure_future(torrent.stop())
+        # the stop gets on (resume data saved) while the completed announce is held
+        await until(lambda: torrent.resume_file.exists(), "the resume save")
+        assert events == ["completed"]
+        held.set_result(None)
+        await asyncio.wait([stop, completed], timeout=60)  # a hang guard
+        assert stop.done() and completed.done()
+        assert events == ["completed", "stopped"]

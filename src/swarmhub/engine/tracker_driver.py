@@ -41,12 +41,22 @@ class TrackerDriver:
         self.torrent = torrent
         #: set at every answer (or failure) the core was told of; waiters clear it
         self.answered = asyncio.Event()
+        #: announces the core asked for and not yet answered; ``stopped`` waits for them
+        self._in_flight = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     async def stopped(self) -> None:
         """Tell the tracker we leave (at most :data:`STOPPED_WAIT`), if we ever announced."""
         tracker = self.torrent.swarm.tracker
         if tracker is not None and tracker.announced:
-            await settle(self.announce_once("stopped"), STOPPED_WAIT)
+            await settle(self._last_word(), STOPPED_WAIT)
+
+    async def _last_word(self) -> None:
+        """``stopped`` after the announces still on their way: sent side by side, a tracker
+        that handled a ``completed`` after the ``stopped`` kept a ghost seeder until its TTL."""
+        await self._quiet.wait()
+        await self.announce_once("stopped")
 
     async def announce_once(self, event: str | None) -> AnnounceResponse:
         """One announce with ``event``; raises :class:`SwarmhubError` when every tier fails."""
@@ -67,6 +77,8 @@ class TrackerDriver:
     async def announce(self, event: str | None) -> None:
         """One announce the core asked for; its answer (or failure) goes back to the core."""
         t = self.torrent
+        self._in_flight += 1
+        self._quiet.clear()
         try:
             resp = await self.announce_once(event)
         except SwarmhubError as exc:  # TrackerError, or the session closing under us
@@ -74,6 +86,10 @@ class TrackerDriver:
             t.swarm.tracker_failed(t.clock(), str(exc))
             self.answered.set()
             return
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._quiet.set()
         t.swarm.tracker_response(
             t.clock(), interval=max(resp.min_interval or 0, resp.interval),
             peers=resp.peers, seeds=resp.complete, leechers=resp.incomplete)
