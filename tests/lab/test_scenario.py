@@ -178,7 +178,20 @@ def test_unsupported_combinations_say_so(tmp_path: Path) -> None:
         run_scenario("hybrid", 2, MIB, 8e6, 8e6, client="libtorrent", workdir=tmp_path)
     with pytest.raises(LabError, match="kill-hub@full-copy"):
         run_scenario("p2p", 2, MIB, 8e6, 8e6, fault="kill-everything", workdir=tmp_path)
+    with pytest.raises(LabError, match="p2p only"):
+        run_scenario("hybrid", 2, MIB, 8e6, 8e6, workdir=tmp_path, piece_length=64 * 1024)
     assert not (tmp_path / "source").exists()  # refused before any work
+
+
+@pytest.mark.timeout(90)
+def test_p2p_runs_with_the_piece_length_asked(tmp_path: Path) -> None:
+    from swarmhub.metainfo import read_torrent
+
+    res = run_scenario("p2p", 2, 2 * MIB, 8e6, 100e6, workdir=tmp_path, use_netns=False,
+                       piece_length=256 * 1024)
+    assert res.ok, [h.error for h in res.hosts]
+    assert "pieces of 256 KiB" in res.notes
+    assert read_torrent(tmp_path / "payload.torrent").piece_length == 256 * 1024
 
 
 @pytest.mark.timeout(90)
