@@ -61,16 +61,17 @@ def _role(cmd: str) -> str:
     return "peers"
 
 
-def _sched(pid: int) -> tuple[float, float]:
-    """(CPU s, run-queue wait s) of every thread of ``pid``."""
-    run = wait = 0
+def _sched(pid: int) -> tuple[float, float, int]:
+    """(CPU s, run-queue wait s, times it ran) of every thread of ``pid``."""
+    run = wait = slices = 0
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                a, b, _ = f.read().split()
+                a, b, c = f.read().split()
                 run += int(a)
                 wait += int(b)
-    return run / 1e9, wait / 1e9
+                slices += int(c)
+    return run / 1e9, wait / 1e9, slices
 
 
 class Sampler:
@@ -80,6 +81,10 @@ class Sampler:
         self.procs: dict[int, tuple[str, int]] = {}  # pid -> (role, host)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def watch(self, pid: int, role: str) -> None:
+        """Sample ``pid`` too (outside the lab's namespaces: the runner itself)."""
+        self.procs[pid] = (role, -3)
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -159,10 +164,13 @@ def analyse(s: Sampler, gate: float, result: dict[str, Any], up_bps: float) -> d
                                                             - first["machine"][1])
     cores = os.cpu_count() or 1
     by_role: dict[str, list[tuple[float, float]]] = {}
+    per_slice: list[float] = []  # a peer's mean wait for a core each time it became ready
     for pid, (role, _host) in s.procs.items():
         if pid in first["procs"] and pid in last["procs"]:
             a, b = first["procs"][pid], last["procs"][pid]
             by_role.setdefault(role, []).append((b[0] - a[0], b[1] - a[1]))
+            if role == "peers" and b[2] > a[2]:
+                per_slice.append((b[1] - a[1]) / (b[2] - a[2]))
     peers = by_role.get("peers", [])
     rows = []
     for i in range(1, len(win)):
@@ -190,6 +198,7 @@ def analyse(s: Sampler, gate: float, result: dict[str, Any], up_bps: float) -> d
         "cores": cores,
         "median_peer_cpu_s": statistics.median(c for c, _ in peers) if peers else None,
         "median_peer_wait_s": statistics.median(w for _, w in peers) if peers else None,
+        "median_wait_per_run_ms": 1000 * statistics.median(per_slice) if per_slice else None,
         "roles": {r: {"cpu_s": sum(c for c, _ in v), "wait_s": sum(w for _, w in v), "n": len(v)}
                   for r, v in by_role.items()},
         "client_uplink_use": sent / (up_bps / 8) / max(1e-9, len(hosts) * span),
@@ -204,7 +213,8 @@ def _print(a: dict[str, Any], bin_s: float) -> None:
     print(f"{a['mode']} N={a['peers']}: {a['ratio']:.2f} x bound, last {a['last_s']:.1f} s; "
           f"window {a['window_s']:.1f} s: machine busy {100 * a['machine_busy']:.0f} % of "
           f"{a['cores']} cores; median peer CPU {a['median_peer_cpu_s']:.2f} s, run-queue wait "
-          f"{a['median_peer_wait_s']:.2f} s; clients' uplinks used "
+          f"{a['median_peer_wait_s']:.2f} s ({a['median_wait_per_run_ms']:.1f} ms each time "
+          f"it became ready); clients' uplinks used "
           f"{100 * a['client_uplink_use']:.0f} % ({a['client_uplink_idle_s']:.0f} "
           f"uplink-s idle)")
     for role, v in sorted(a["roles"].items()):
@@ -245,9 +255,11 @@ def main() -> int:
            a.prefix, "--out", str(a.out), "--keep", *a.extra]
     print(f"load average {os.getloadavg()}; {' '.join(cmd)}", flush=True)
     with Sampler(a.prefix, a.interval) as s:
-        done = subprocess.run(cmd, env=os.environ | {"SWARMHUB_LAB_TRACE": "1"},
-                              capture_output=True, text=True, timeout=1800)
-    print(done.stdout[-3000:], done.stderr[-2000:], sep="\n", flush=True)
+        proc = subprocess.Popen(cmd, env=os.environ | {"SWARMHUB_LAB_TRACE": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        s.watch(proc.pid, "runner")
+        stdout, stderr = proc.communicate(timeout=1800)
+    print(stdout[-3000:], stderr[-2000:], sep="\n", flush=True)
     results = json.loads((a.out / "results.json").read_text())
     gate = _gate_time(a.out)
     if gate is None:
