@@ -75,8 +75,10 @@ def _sched(pid: int) -> tuple[float, float, int]:
 
 
 class Sampler:
-    def __init__(self, prefix: str, interval: float) -> None:
+    def __init__(self, prefix: str, interval: float, source_nice: int | None = None) -> None:
         self.prefix, self.interval = prefix, interval
+        #: an experiment: the source host's processes at this nice value once seen
+        self.source_nice = source_nice
         self.samples: list[dict[str, Any]] = []
         self.procs: dict[int, tuple[str, int]] = {}  # pid -> (role, host)
         self._stop = threading.Event()
@@ -142,6 +144,10 @@ class Sampler:
                         continue
                     if cmd:
                         self.procs[pid] = (_role(cmd), host)
+                        if host == 0 and self.source_nice is not None:
+                            for tid in os.listdir(f"/proc/{pid}/task"):
+                                with contextlib.suppress(OSError):
+                                    os.setpriority(os.PRIO_PROCESS, int(tid), self.source_nice)
             sample = {"wall": time.time(), "machine": _machine(), "links": self._links(),
                       "procs": {pid: _sched(pid) for pid in self.procs}}
             self.samples.append(sample)
@@ -247,6 +253,8 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=0.2)
     p.add_argument("--bin", type=float, default=1.0, help="seconds per printed row")
     p.add_argument("--json", type=Path)
+    p.add_argument("--source-nice", type=int, help="experiment: renice host 0's processes "
+                   "(seeder, tracker; threads started later inherit it)")
     p.add_argument("--swarmhub", default=str(Path(sys.executable).parent / "swarmhub"))
     p.add_argument("extra", nargs="*", help="more `lab run` arguments (after --)")
     a = p.parse_args()
@@ -254,7 +262,7 @@ def main() -> int:
            a.size, "--up", a.up, "--down", a.down, "--latency", a.latency, "--prefix",
            a.prefix, "--out", str(a.out), "--keep", *a.extra]
     print(f"load average {os.getloadavg()}; {' '.join(cmd)}", flush=True)
-    with Sampler(a.prefix, a.interval) as s:
+    with Sampler(a.prefix, a.interval, a.source_nice) as s:
         proc = subprocess.Popen(cmd, env=os.environ | {"SWARMHUB_LAB_TRACE": "1"},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         s.watch(proc.pid, "runner")
