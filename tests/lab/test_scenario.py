@@ -184,12 +184,17 @@ def test_unsupported_combinations_say_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_p2p_runs_with_the_piece_length_asked(tmp_path: Path) -> None:
+def test_p2p_runs_with_the_piece_length_asked_and_notes_its_gate(tmp_path: Path) -> None:
     from swarmhub.metainfo import read_torrent
 
+    import time
+
+    before = time.time()
     res = run_scenario("p2p", 2, 2 * MIB, 8e6, 100e6, workdir=tmp_path, use_netns=False,
                        piece_length=256 * 1024)
     assert res.ok, [h.error for h in res.hosts]
+    # the gate's opening, as Unix time, lines the run up with outside samples
+    assert res.gated and res.gate_unix_s is not None and before < res.gate_unix_s < time.time()
     assert "pieces of 256 KiB" in res.notes
     assert read_torrent(tmp_path / "payload.torrent").piece_length == 256 * 1024
 

@@ -167,6 +167,7 @@ class Runner:
                         GATE_TIMEOUT_S)
         self.gate_file().touch()
         self.result.gated = True
+        self.result.gate_unix_s = round(time.time(), 3)
         return time.monotonic()
 
     def port(self, kind: str) -> int:
