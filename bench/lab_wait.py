@@ -61,6 +61,26 @@ def _role(cmd: str) -> str:
     return "peers"
 
 
+def _everyone() -> dict[str, float]:
+    """CPU seconds so far of every process on the machine, summed by kind: kernel
+    threads by name (ksoftirqd: network receive work deferred under load; kworker: disk
+    writeback among others), the rest as "other processes"."""
+    hz = os.sysconf("SC_CLK_TCK")
+    got: dict[str, float] = {}
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        kind = next((k for k in ("ksoftirqd", "kworker", "jbd2") if comm.startswith(k)),
+                    f"pid {pid}")
+        got[kind] = got.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / hz
+    return got
+
+
 def _sched(pid: int) -> tuple[float, float, int]:
     """(CPU s, run-queue wait s, times it ran) of every thread of ``pid``."""
     run = wait = slices = 0
@@ -150,6 +170,8 @@ class Sampler:
                                     os.setpriority(os.PRIO_PROCESS, int(tid), self.source_nice)
             sample = {"wall": time.time(), "machine": _machine(), "links": self._links(),
                       "procs": {pid: _sched(pid) for pid in self.procs}}
+            if n % 5 == 1:
+                sample["everyone"] = _everyone()
             self.samples.append(sample)
 
 
@@ -195,6 +217,17 @@ def analyse(s: Sampler, gate: float, result: dict[str, Any], up_bps: float) -> d
                      "peer_wait": wait / dt,
                      "uplink": sent / (up_bps / 8 * dt * max(1, len(hosts))),
                      "source": src})
+    # the whole machine's CPU by kind (whole-second snapshots nearest the window's edges)
+    snaps = [x for x in win if "everyone" in x]
+    kinds: dict[str, float] = {}
+    if len(snaps) >= 2:
+        a0, a1 = snaps[0]["everyone"], snaps[-1]["everyone"]
+        lab_pids = {f"pid {pid}" for pid in s.procs}
+        for k, v in a1.items():
+            d = v - a0.get(k, 0.0)
+            kind = k if not k.startswith("pid ") else "lab" if k in lab_pids else "others"
+            kinds[kind] = kinds.get(kind, 0.0) + d
+        kinds["span_s"] = snaps[-1]["wall"] - snaps[0]["wall"]
     hosts = [h for h in last["links"] if h > 0 and h in first["links"]]
     sent = sum(last["links"][h] - first["links"][h] for h in hosts)
     idle_up = len(hosts) * span - sent / (up_bps / 8)
@@ -208,7 +241,7 @@ def analyse(s: Sampler, gate: float, result: dict[str, Any], up_bps: float) -> d
         "roles": {r: {"cpu_s": sum(c for c, _ in v), "wait_s": sum(w for _, w in v), "n": len(v)}
                   for r, v in by_role.items()},
         "client_uplink_use": sent / (up_bps / 8) / max(1e-9, len(hosts) * span),
-        "client_uplink_idle_s": idle_up, "rows": rows,
+        "client_uplink_idle_s": idle_up, "machine_by_kind": kinds, "rows": rows,
     }
 
 
@@ -223,6 +256,11 @@ def _print(a: dict[str, Any], bin_s: float) -> None:
           f"it became ready); clients' uplinks used "
           f"{100 * a['client_uplink_use']:.0f} % ({a['client_uplink_idle_s']:.0f} "
           f"uplink-s idle)")
+    kinds = a.get("machine_by_kind") or {}
+    if kinds:
+        print(f"  the machine's CPU-s over {kinds['span_s']:.1f} s: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])
+            if k != "span_s"))
     for role, v in sorted(a["roles"].items()):
         print(f"  {role:10} n={v['n']:3} CPU {v['cpu_s']:6.1f} s  "
               f"run-queue wait {v['wait_s']:6.1f} s")
