@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from swarm import LabCpu  # bench/ is the script's folder: its roles of lab processes
+
 UNITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bit": 1.0}
 
 
@@ -49,16 +51,6 @@ def _machine() -> tuple[int, int]:
     idle = vals[3] + vals[4]
     total = sum(vals[:8])
     return total - idle, total
-
-
-def _role(cmd: str) -> str:
-    if "delayline" in cmd:
-        return "delay line"
-    if "hub.tracker" in cmd:
-        return "tracker"
-    if " seed " in cmd or " hub " in cmd or ("ltpeer" in cmd and "--seed" in cmd):
-        return "seeder"
-    return "peers"
 
 
 def _everyone() -> dict[str, float]:
@@ -163,7 +155,7 @@ class Sampler:
                     except OSError:
                         continue
                     if cmd:
-                        self.procs[pid] = (_role(cmd), host)
+                        self.procs[pid] = (LabCpu._role(cmd), host)
                         if host == 0 and self.source_nice is not None:
                             for tid in os.listdir(f"/proc/{pid}/task"):
                                 with contextlib.suppress(OSError):
