@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from swarmhub.lab.commands import register
 from swarmhub.lab.report import plot_pngs, write_report
 from swarmhub.lab.scenario import HostResult, ScenarioResult, run_scenario
 from swarmhub.lab.topology import LabError, netns_available
+from swarmhub.metainfo import read_torrent
 
 PREFIX = f"s{os.getpid() % 100000}"
 MIB = 1 << 20
@@ -185,10 +187,6 @@ def test_unsupported_combinations_say_so(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 def test_p2p_runs_with_the_piece_length_asked_and_notes_its_gate(tmp_path: Path) -> None:
-    from swarmhub.metainfo import read_torrent
-
-    import time
-
     before = time.time()
     res = run_scenario("p2p", 2, 2 * MIB, 8e6, 100e6, workdir=tmp_path, use_netns=False,
                        piece_length=256 * 1024)
