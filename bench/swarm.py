@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ class LabCpu:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.seen: dict[int, tuple[str, float]] = {}
+        #: (Unix time, (idle, total) jiffies) at every poll: the machine's idle CPU within
+        #: one run's window (:meth:`idle_within`)
+        self.ticks: list[tuple[float, tuple[int, int]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._hz = os.sysconf("SC_CLK_TCK")
@@ -83,6 +87,14 @@ class LabCpu:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+    def idle_within(self, t0: float, t1: float) -> float | None:
+        """The machine's idle CPU % between the polls nearest inside [t0, t1] (None when
+        fewer than two fell there). Why: the idle share over the whole lab command counts
+        its set-up and teardown (namespaces, interpreters starting, the report), when the
+        CPUs idle; the run itself, from the gate to the last completion, may have none."""
+        inside = [tk for t, tk in self.ticks if t0 <= t <= t1]
+        return _idle_pct(inside[0], inside[-1]) if len(inside) >= 2 else None
 
     @staticmethod
     def _role(cmd: str) -> str:
@@ -96,6 +108,7 @@ class LabCpu:
 
     def _poll(self) -> None:
         while not self._stop.wait(0.5):
+            self.ticks.append((time.time(), _cpu_ticks()))
             try:
                 names = os.listdir("/run/netns")
             except OSError:
@@ -182,15 +195,19 @@ def lab(peers: list[int], rounds: int, a: argparse.Namespace, work: Path) -> lis
                       + ", ".join(f"{r} {v:.1f}" for r, v in sorted(roles.items()))
                       + f", all {sum(roles.values()):.1f}", flush=True)
                 for r in got:
+                    gate, last = r.get("gate_unix_s"), r.get("last_completion_s")
+                    in_run = cpu.idle_within(gate, gate + last) if gate and last else None
                     row = _row(r) | {"where": "lab", "round": k, "load": f"{before} -> {_load()}",
-                                     "idle_pct": idle, "cpu_s": roles}
+                                     "idle_pct": idle, "run_idle_pct": in_run, "cpu_s": roles}
                     rows.append(row)
                     print(f"  lab N={n} round {k + 1}: {r['mode']}/{client} "
                           f"{row['ratio'] if row['ratio'] is not None else 'FAILED'} x bound, "
                           f"source {row['source_x']:.2f} F, median peer CPU-s "
                           f"{_fmt(row['peer_cpu'])} of which start-up "
                           f"{_fmt(row['peer_cpu_start'])} (load {row['load']}, CPUs idle "
-                          f"{idle:.0f} %)", flush=True)
+                          f"{idle:.0f} % over the lab command, "
+                          f"{_fmt(in_run, '.0f')} % from the gate to the last completion)",
+                          flush=True)
     return rows
 
 
@@ -231,7 +248,7 @@ def table(rows: list[dict[str, Any]]) -> None:
     print()
     print(f"{'where':5} {'N':>5} {'mode':7} {'client':10} {'runs':>4} {'measured/bound':>14} "
           f"{'(min..max)':>13} {'/ libtorrent':>12} {'source F':>8} {'hub http F':>10} "
-          f"{'sim / lab':>9} {'idle %':>6} {'peer CPU-s (start)':>18}")
+          f"{'sim / lab':>9} {'idle %':>6} {'in run':>6} {'peer CPU-s (start)':>18}")
     for (where, n, mode, client), g in sorted(groups.items(),
                                                  key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
         ratios = [r["ratio"] for r in g if r["ratio"] is not None]
@@ -241,20 +258,22 @@ def table(rows: list[dict[str, Any]]) -> None:
         lab_med = ours_lab.get((n, mode)) if where == "sim" else None
         fid = med / lab_med if med is not None and lab_med else None
         idle = _median([r.get("idle_pct") for r in g])
+        run_idle = _median([r.get("run_idle_pct") for r in g])
         span = f"({min(ratios):.2f}..{max(ratios):.2f})" if ratios else "(failed)"
         fails = sum(1 for r in g if not r["ok"])
         print(f"{where:5} {n:>5} {mode:7} {client:10} {len(g):>4}{'!' if fails else ' '}"
               f"{_fmt(med):>13} {span:>13} {_fmt(vs):>12} "
               f"{_fmt(_median([r['source_x'] for r in g])):>8} "
               f"{_fmt(_median([r['http_x'] for r in g])):>10} {_fmt(fid, '.3f'):>9} "
-              f"{_fmt(idle, '.0f'):>6} "
+              f"{_fmt(idle, '.0f'):>6} {_fmt(run_idle, '.0f'):>6} "
               f"{_fmt(_median([r.get('peer_cpu') for r in g])):>11} "
               f"({_fmt(_median([r.get('peer_cpu_start') for r in g]))})")
     sims = {(r["peers"], r["mode"]): r for r in rows if r["where"] == "sim"}
     if sims:
         print("\n(! = some runs did not finish; medians are over finished runs; sim rows are "
               "seeds 1..rounds; sim / lab = the simulator's median over the lab's, same N "
-              "and mode; idle % = the machine's idle CPU during the lab runs)")
+              "and mode; idle % = the machine's idle CPU during the lab command, set-up and "
+              "teardown included; in run = from the gate to the last completion)")
     print("(lab times count from the start gate's opening, once every client is up; peer "
           "CPU-s = the median client's, start-up = before the gate)")
 

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from swarmhub.lab.commands import register
 from swarmhub.lab.report import plot_pngs, write_report
 from swarmhub.lab.scenario import HostResult, ScenarioResult, run_scenario
 from swarmhub.lab.topology import LabError, netns_available
+from swarmhub.metainfo import read_torrent
 
 PREFIX = f"s{os.getpid() % 100000}"
 MIB = 1 << 20
@@ -178,7 +180,21 @@ def test_unsupported_combinations_say_so(tmp_path: Path) -> None:
         run_scenario("hybrid", 2, MIB, 8e6, 8e6, client="libtorrent", workdir=tmp_path)
     with pytest.raises(LabError, match="kill-hub@full-copy"):
         run_scenario("p2p", 2, MIB, 8e6, 8e6, fault="kill-everything", workdir=tmp_path)
+    with pytest.raises(LabError, match="p2p only"):
+        run_scenario("hybrid", 2, MIB, 8e6, 8e6, workdir=tmp_path, piece_length=64 * 1024)
     assert not (tmp_path / "source").exists()  # refused before any work
+
+
+@pytest.mark.timeout(90)
+def test_p2p_runs_with_the_piece_length_asked_and_notes_its_gate(tmp_path: Path) -> None:
+    before = time.time()
+    res = run_scenario("p2p", 2, 2 * MIB, 8e6, 100e6, workdir=tmp_path, use_netns=False,
+                       piece_length=256 * 1024)
+    assert res.ok, [h.error for h in res.hosts]
+    # the gate's opening, as Unix time, lines the run up with outside samples
+    assert res.gated and res.gate_unix_s is not None and before < res.gate_unix_s < time.time()
+    assert "pieces of 256 KiB" in res.notes
+    assert read_torrent(tmp_path / "payload.torrent").piece_length == 256 * 1024
 
 
 @pytest.mark.timeout(90)

@@ -115,9 +115,11 @@ def _run_all(
     timeout: float | None,
     dht: bool = False,
     late: int = 0,
+    piece_size: str | None = None,
 ) -> list[ScenarioResult]:
     require_plotting()
     size_b = _parse("--size", size, parse_size)
+    piece_length = _parse("--piece-size", piece_size, parse_size) if piece_size else None
     up_bps = _parse("--up", up, parse_rate)
     down_bps = _parse("--down", down, parse_rate)
     src_bps = _parse("--source-up", source_up, parse_rate) if source_up else up_bps
@@ -169,6 +171,7 @@ def _run_all(
                         timeout=timeout,
                         dht=dht,
                         late=late,
+                        piece_length=piece_length,
                     )
                 except LabError as exc:
                     progress.console.print(f"[yellow]{mode} N={n}: skipped:[/] {exc}")
@@ -254,6 +257,10 @@ def run(
     late: Annotated[int, typer.Option(
         help="With --dht and a kill-hub fault: this many more hosts start once the hub "
         "died, from a magnet link, and must still find the swarm.")] = 0,
+    piece_size: Annotated[str | None, typer.Option(
+        help="p2p only: the torrent's piece length (default: what `swarmhub create` picks "
+        "for --size, 32 KiB for 32 MiB); `lab simulate --piece-size` compares like with "
+        "like.")] = None,
 ) -> None:
     """Run each mode once with N receiving hosts; print a table and write OUT/report.html."""
     if peers < 1:
@@ -274,6 +281,7 @@ def run(
         timeout,
         dht=dht,
         late=late,
+        piece_size=piece_size,
     )
     _finish(results, out, keep)
 

@@ -229,7 +229,7 @@ class P2P(Runner):
 
         lab = self.lab
         if self.dht:  # no tracker at all: a magnet link and the DHT
-            self.meta = create_torrent(self.data)
+            self.meta = create_torrent(self.data, piece_length=self.piece_length)
             self.torrent = self.workdir / "payload.torrent"
             self.torrent.write_bytes(torrent_bytes(self.meta))
             return
@@ -254,7 +254,9 @@ class P2P(Runner):
         self.source_procs.append(tracker)
         # The seeder's first announce must find the tracker up: a failed one backs off.
         wait_text(tracker, "Running on", _START_TIMEOUT)
-        self.meta = create_torrent(self.data, trackers=[[self.announce]])
+        self.meta = create_torrent(self.data, trackers=[[self.announce]],
+                                   piece_length=self.piece_length)
+        self.result.notes.append(f"pieces of {self.meta.piece_length // 1024} KiB")
         self.torrent = self.workdir / "payload.torrent"
         self.torrent.write_bytes(torrent_bytes(self.meta))
 

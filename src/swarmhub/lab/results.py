@@ -81,6 +81,9 @@ class ScenarioResult:
     #: Whether the clients started behind the start gate (:mod:`swarmhub.lab.gate`): times
     #: then count from the gate's opening, not from the first client's start.
     gated: bool = False
+    #: The gate's opening as Unix time (None when ungated): to line the run's window up
+    #: with outside samples (``bench/swarm.py`` measures the machine's idle CPU within it).
+    gate_unix_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -84,6 +84,8 @@ class Runner:
                            "loopback every node shares one address and unknown ports")
         if late and (fault is None or fault.kind != "kill-hub" or not dht):
             raise LabError("late joiners need --dht and a kill-hub fault to join after")
+        #: The torrent's piece length (None: what ``swarmhub create`` picks); p2p only.
+        self.piece_length: int | None = None
         #: Every process on host 0: what ``kill-hub`` kills.
         self.source_procs: list[LabProc] = []
         self.hub_dead = False
@@ -165,6 +167,7 @@ class Runner:
                         GATE_TIMEOUT_S)
         self.gate_file().touch()
         self.result.gated = True
+        self.result.gate_unix_s = round(time.time(), 3)
         return time.monotonic()
 
     def port(self, kind: str) -> int:

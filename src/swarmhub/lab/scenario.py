@@ -20,7 +20,7 @@ from pathlib import Path
 
 from swarmhub.lab.faults import parse_fault
 from swarmhub.lab.latency import latency_support
-from swarmhub.lab.modes import CLIENTS, runner_for
+from swarmhub.lab.modes import CLIENTS, P2P, runner_for
 from swarmhub.lab.results import HostResult, ScenarioResult, bound_for
 from swarmhub.lab.runner import EventSink
 from swarmhub.lab.topology import Lab, LabError, LoopbackLab, netns_available, run_prefix
@@ -80,14 +80,18 @@ def run_scenario(
     timeout: float | None = None,
     dht: bool = False,
     late: int = 0,
+    piece_length: int | None = None,
 ) -> ScenarioResult:
     """Run one scenario and return its result (``ok`` False with an error per failed host
     rather than raising; :class:`LabError` only when the lab itself cannot run).
 
     ``dht``: peers also find each other on a DHT of the lab's hosts (p2p: no tracker, the
     clients start from a magnet link); ``late``: that many more hosts start once a
-    ``kill-hub`` fault struck, from a magnet link, and must still find the swarm."""
+    ``kill-hub`` fault struck, from a magnet link, and must still find the swarm;
+    ``piece_length``: the torrent's (p2p only: the hub makes its own torrents)."""
     runner_cls = runner_for(mode, client)
+    if piece_length is not None and not issubclass(runner_cls, P2P):
+        raise LabError(f"--piece-size applies to p2p only, not {mode} (the hub picks its own)")
     try:
         parsed_fault = parse_fault(fault) if fault else None
     except ValueError as exc:
@@ -151,8 +155,10 @@ def run_scenario(
     with lab:
         if isinstance(lab, Lab) and lab.rtt is not None:
             result.rtt_min_ms, result.rtt_median_ms = lab.rtt.min_ms, lab.rtt.median_ms
-        runner_cls(lab, result, data, workdir, deadline_s, sink, parsed_fault, dht=dht,
-                   late=late).run()
+        runner = runner_cls(lab, result, data, workdir, deadline_s, sink, parsed_fault,
+                            dht=dht, late=late)
+        runner.piece_length = piece_length
+        runner.run()
         if dht:
             result.notes.append("peers also found each other on a DHT of the lab's hosts")
         result.notes.extend(lab.notes)
