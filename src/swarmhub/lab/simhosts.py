@@ -179,9 +179,13 @@ class SimTracker:
                 # its look at every entry (O(N) per announce, O(N^2) a run: ~100 CPU-s at
                 # N=10,000). Every entry is live, so the scan would keep the leechers in
                 # list order: the same list, hence the same shuffle and the same peers.
-                pos = self._pos
-                rest = [a for a in sorted(self._leechers, key=pos.__getitem__)
-                        if a not in taken and a != asker]
+                leechers = self._leechers
+                if 4 * len(leechers) > len(self._addrs):  # many: a pass without sorting
+                    rest = [a for a in self._addrs
+                            if a in leechers and a not in taken and a != asker]
+                else:
+                    rest = [a for a in sorted(leechers, key=self._pos.__getitem__)
+                            if a not in taken and a != asker]
             else:
                 rest = [a for a in list(self._addrs) if a not in taken and a != asker
                         and a in self._pos and self._live(a, now)
