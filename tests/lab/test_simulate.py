@@ -195,6 +195,71 @@ def test_the_tracker_hands_out_live_peers_but_never_the_asker() -> None:
     assert tr.pick(("10.0.0.9", 6881), False, 50, 10.0) == [("10.0.0.1", 6881)]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_seeders_announce_hands_out_what_the_full_scan_did(seed: int) -> None:
+    """The seeder shortcut (leechers in list order, no look at every entry) picks the
+    same peers, draws the same numbers and purges the same entries as the scan, through
+    completions, stops, expiry and a permanent entry."""
+    ops = random.Random(seed)
+    fast = SimTracker(interval=2, min_interval=1, rng=random.Random(seed))
+    slow = SimTracker(interval=2, min_interval=1, rng=random.Random(seed))
+    slow._all_live = lambda _now: False  # type: ignore[method-assign]  # always the scan
+    for tr in (fast, slow):
+        tr.register(("10.0.0.0", 6881), True, 0.0, permanent=True)
+    shortcuts = 0
+    all_live = fast._all_live
+
+    def counting(now: float) -> bool:
+        nonlocal shortcuts
+        live = all_live(now)
+        shortcuts += live
+        return live
+
+    fast._all_live = counting  # type: ignore[method-assign]
+    now = 0.0
+    picks = 0
+    for _ in range(600):
+        now += 2.5 if ops.random() < 0.01 else ops.choice((0.0, 0.001))
+        addr = (f"10.0.{ops.randrange(3)}.{ops.randrange(1, 120)}", 6881)
+        roll = ops.random()
+        if roll < 0.05:
+            for tr in (fast, slow):
+                tr.remove(addr)
+            continue
+        # most entries seeders, so the sample falls short: over a quarter leechers (a
+        # pass over the list) or fewer (the leechers sorted by position)
+        seeder = roll < (0.6 if seed % 2 else 0.95)
+        for tr in (fast, slow):
+            tr.register(addr, seeder, now)
+        numwant = ops.choice((5, 50))
+        got = fast.pick(addr, seeder, numwant, now)
+        assert got == slow.pick(addr, seeder, numwant, now)
+        picks += bool(got)
+        assert fast._addrs == slow._addrs and fast.seeders == slow.seeders
+        assert fast.rng.random() == slow.rng.random()
+    assert picks > 300 and shortcuts > 10
+
+
+def test_a_seeders_announce_looks_at_a_sample_not_every_entry() -> None:
+    """Late in a run most entries are seeders: a seeder's announce finds too few leechers
+    in its sample, and must not then look at all N entries (O(N^2) a run)."""
+    tr = SimTracker(interval=2, min_interval=1, rng=random.Random(1))
+    for i in range(2000):
+        tr.register((f"10.0.{i >> 8}.{i & 255}", 6881), i >= 10, 0.0)
+    looked = 0
+    live = tr._live
+
+    def counting(addr: tuple[str, int], now: float) -> bool:
+        nonlocal looked
+        looked += 1
+        return live(addr, now)
+
+    tr._live = counting  # type: ignore[method-assign]
+    got = tr.pick(("10.0.0.20", 6881), True, 50, 1.0)
+    assert sorted(got) == sorted((f"10.0.0.{i}", 6881) for i in range(10))
+    assert looked <= 2 * 50 + 8
+
+
 def _connections_at(until: float, *, pex: bool) -> list[int]:
     """Connections per client at ``until`` in a p2p swarm of 12 whose tracker hands out
     one peer per announce (the next announce is due at 5 s)."""
