@@ -134,6 +134,7 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
     # 0.5 s bucket -> (clients' used, clients' capacity) wire bytes
     use: dict[int, list[float]] = {}
     last_missing: list[dict[str, Any]] = []
+    first_piece: dict[int, float] = {}  # client host -> first sample holding a piece
     tail_k = max(1, math.floor(n * tail_share))
     made: list[Any] = []
     patched: Any = simrun  # the run's Simulation is made by this factory
@@ -171,6 +172,10 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
                              else "ramp" if not swarm.num_have else "middle")
                     cause = _cause(node, num)
                 idle[(phase, cause)] += free * dt
+            for node in sim.clients:
+                if node.host not in first_piece and node.swarm is not None \
+                        and node.swarm.num_have:
+                    first_piece[node.host] = now
             if tail:
                 holders = [0] * num
                 for node in sim.nodes:
@@ -239,6 +244,12 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
     # optimal broadcast with equal uplinks: k + ceil(log2(N+1)) - 1 piece times, over the
     # bound's k piece times (the source's F/u_s), with the framing on top
     floor = (k + math.ceil(math.log2(n + 1)) - 1) / k * BLOCK_WIRE / BLOCK
+    # that schedule's ramp: in round r the clients holding nothing yet idle (one piece
+    # time each), while the holders double
+    ramp_floor = sum(n - min(n, 2 ** (r - 1) - 1) for r in range(1, math.ceil(
+        math.log2(n + 1)) + 1)) / (n * k)
+    piece_time = sim.piece_length / BLOCK * BLOCK_WIRE / (UP / 8)
+    firsts = sorted(first_piece.values())
     uplinks = [round(use[b][0] / use[b][1], 2) for b in sorted(use) if use[b][1]]
     return {
         "mode": mode, "n": n, "seed": seed, "ratio": res.ratio, "bound_s": res.bound_s,
@@ -250,7 +261,14 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
         "idle_by_phase_cause": {f"{p} / {c}": round(v * scale / need, 4)
                                 for (p, c), v in _desc(idle) if v * scale / need
                                 >= 0.001},
-        "floor": round(floor, 4), "uplinks": uplinks, "tail_left": last_missing,
+        "floor": round(floor, 4), "ramp_floor": round(ramp_floor, 4),
+        "piece_time_s": round(piece_time, 4),
+        # when clients first held a verified piece: p10, p50, p90, max (s, sampled), and
+        # the optimal schedule's last (ceil(log2(N+1)) piece times)
+        "first_piece_s": [round(firsts[min(len(firsts) - 1, int(q * len(firsts)))], 3)
+                          for q in (0.1, 0.5, 0.9, 1.0)] if firsts else [],
+        "first_piece_ideal_s": round(math.ceil(math.log2(n + 1)) * piece_time, 3),
+        "uplinks": uplinks, "tail_left": last_missing,
     }
 
 
@@ -288,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"({r['bound_s']:.2f} s, last {r['last_s']:.2f} s); rows (x bound, sum "
                       f"{r['sum']:.3f}): {rows}; structural floor {r['floor']:.3f} "
                       f"(sampled/exact idle {r['sampled_vs_exact_idle']})")
+                print(f"  ramp floor {r['ramp_floor']:.3f} (piece time {r['piece_time_s']} s); "
+                      f"first piece held p10/p50/p90/max {r['first_piece_s']} s, optimal "
+                      f"schedule's last {r['first_piece_ideal_s']} s")
                 print("  idle by phase: " + ", ".join(
                     f"{k} {v:.3f}" for k, v in r["idle_by_phase"].items()))
                 print("  idle by cause: " + ", ".join(
