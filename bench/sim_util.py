@@ -127,7 +127,7 @@ def _cause(node: Any, num: int) -> str:
 
 
 def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Settings,
-        dt: float = 0.01, tail_share: float = 0.1) -> dict[str, Any]:
+        dt: float = 0.01, tail_share: float = 0.1, size: int = SIZE) -> dict[str, Any]:
     """One run, sampled; the figures described in the module docstring."""
     #: (phase, cause) -> wire bytes idle
     idle: defaultdict[tuple[str, str], float] = defaultdict(float)
@@ -209,7 +209,7 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
     patched.Simulation = factory
     try:
         res = simulate(mode, SimOptions(
-            peers=n, size=SIZE, up=[(UP, 1.0)], down=[(DOWN, 1.0)], latency_s=latency,
+            peers=n, size=size, up=[(UP, 1.0)], down=[(DOWN, 1.0)], latency_s=latency,
             piece_length=piece, seed=seed, settings=settings))
     finally:
         patched.Simulation = real
