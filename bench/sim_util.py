@@ -135,6 +135,8 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
     use: dict[int, list[float]] = {}
     last_missing: list[dict[str, Any]] = []
     first_piece: dict[int, float] = {}  # client host -> first sample holding a piece
+    first_copy: dict[int, float] = {}  # piece -> first sample a client held it
+    seen_have: dict[int, int] = {}  # client host -> its num_have at the last sample
     tail_k = max(1, math.floor(n * tail_share))
     made: list[Any] = []
     patched: Any = simrun  # the run's Simulation is made by this factory
@@ -173,9 +175,16 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
                     cause = _cause(node, num)
                 idle[(phase, cause)] += free * dt
             for node in sim.clients:
-                if node.host not in first_piece and node.swarm is not None \
-                        and node.swarm.num_have:
-                    first_piece[node.host] = now
+                sw = node.swarm
+                if sw is None or sw.num_have == seen_have.get(node.host, 0):
+                    continue
+                seen_have[node.host] = sw.num_have
+                first_piece.setdefault(node.host, now)
+                if len(first_copy) < num:
+                    have = sw.have
+                    for i in range(num):
+                        if have[i] and i not in first_copy:
+                            first_copy[i] = now
             if tail:
                 holders = [0] * num
                 for node in sim.nodes:
@@ -261,6 +270,11 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
         "idle_by_phase_cause": {f"{p} / {c}": round(v * scale / need, 4)
                                 for (p, c), v in _desc(idle) if v * scale / need
                                 >= 0.001},
+        # the source's payload that arrived, in F (above 1: pieces it sent twice, each
+        # of which delays its last new piece), and when the last piece first reached a
+        # client (the source's F/u_s is the bound): the tail is what follows it
+        "source_payload_xF": round(sim.source.gave / size, 4),
+        "last_first_copy_s": round(max(first_copy.values()), 3) if first_copy else None,
         "floor": round(floor, 4), "ramp_floor": round(ramp_floor, 4),
         "piece_time_s": round(piece_time, 4),
         # when clients first held a verified piece: p10, p50, p90, max (s, sampled), and
@@ -306,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"({r['bound_s']:.2f} s, last {r['last_s']:.2f} s); rows (x bound, sum "
                       f"{r['sum']:.3f}): {rows}; structural floor {r['floor']:.3f} "
                       f"(sampled/exact idle {r['sampled_vs_exact_idle']})")
+                print(f"  source payload {r['source_payload_xF']} F; last piece first out "
+                      f"{r['last_first_copy_s']} s, tail after it "
+                      f"{r['last_s'] - (r['last_first_copy_s'] or 0):.2f} s")
                 print(f"  ramp floor {r['ramp_floor']:.3f} (piece time {r['piece_time_s']} s); "
                       f"first piece held p10/p50/p90/max {r['first_piece_s']} s, optimal "
                       f"schedule's last {r['first_piece_ideal_s']} s")
