@@ -300,14 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a Settings field for every peer, e.g. unchoke_slots=2")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    base = Settings()
-    for item in args.set:
-        name, _, value = item.partition("=")
-        cur = getattr(base, name)
-        overrides[name] = (value.lower() in ("1", "true", "yes")) if isinstance(cur, bool) \
-            else type(cur)(value)
-    settings = Settings(**overrides)
+    settings = Settings.from_mapping(dict(item.partition("=")[::2] for item in args.set))
     out = []
     for mode in args.modes.split(","):
         for n in (int(x) for x in args.peers.split(",")):
