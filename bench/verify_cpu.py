@@ -10,9 +10,10 @@ temporary folder, one task per verify as the torrent spawns) at a paced rate, an
 the process's CPU time (all threads) and context switches per piece, for ``per-piece``
 (every piece on its own, the path large pieces take) against ``batched`` (small pieces
 share a hash job that writes them too, and one loop wake-up), ``inline`` (hashed and written
-through the page cache on the loop: the path of pieces under ``INLINE_BELOW``) and a
-``control`` (the same loop turns with no pieces: the loop's own cost). Writes use O_DIRECT
-where the folder allows it, as the peers' do (``--no-direct``: the page cache).
+through the page cache on the loop: the path of pieces under ``INLINE_BELOW``, in a task each as
+before peercpu-23), ``now`` (the same through ``Pieces.start_verify``, as the torrent does now:
+no task) and a ``control`` (the same loop turns with no pieces: the loop's own cost). Writes
+use O_DIRECT where the folder allows it, as the peers' do (``--no-direct``: the page cache).
 uvloop when installed, as the peers run.
 Paces: ``steady`` (one piece every 2 ms: the pool is idle when each arrives) and ``bursts``
 (8 pieces per loop turn every 16 ms: one busy read of many sockets). Prints medians of
@@ -30,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,12 +52,20 @@ except ImportError:
 PACES = {"steady": (1, 0.002), "bursts": (8, 0.016)}
 #: mode -> (Pieces.batch_below, Pieces.inline_below); None: the control (no pieces)
 MODES: dict[str, tuple[int, int] | None] = {
-    "control": None, "per-piece": (0, 0), "batched": (1 << 30, 0), "inline": (0, 1 << 30)}
+    "control": None, "per-piece": (0, 0), "batched": (1 << 30, 0), "inline": (0, 1 << 30),
+    "now": (0, 1 << 30)}
 
 
-async def _feed(pieces: Pieces | None, data: bytes, pl: int, n: int, burst: int, gap: float
-                ) -> None:
-    tasks = []
+async def _feed(pieces: Pieces | None, data: bytes, pl: int, n: int, burst: int, gap: float,
+                now: bool = False) -> None:
+    tasks: list[asyncio.Future[tuple[bool, object]]] = []
+    settled: list[bool] = []
+
+    def done(index: int, verdict: object, later: bool) -> None:
+        settled.append(isinstance(verdict, tuple) and verdict[0])
+
+    def spawn(coro: Awaitable[None]) -> None:
+        raise AssertionError("a small piece was given a task")
     for i in range(n):
         if pieces is None:  # the control: the same loop turns, no pieces
             if (i + 1) % burst == 0:
@@ -63,11 +73,15 @@ async def _feed(pieces: Pieces | None, data: bytes, pl: int, n: int, burst: int,
             continue
         pieces.buffers[i] = pieces.new_buffer(i)
         pieces.buffers[i][:] = data[i * pl:(i + 1) * pl]
-        tasks.append(asyncio.ensure_future(pieces.verify(i, want_digests=False)))
+        if now:
+            pieces.start_verify(i, False, False, done, spawn)
+        else:
+            tasks.append(asyncio.ensure_future(pieces.verify(i, want_digests=False)))
         if (i + 1) % burst == 0:
             await asyncio.sleep(gap)
     verdicts = await asyncio.gather(*tasks)
     assert all(ok for ok, _ in verdicts)
+    assert len(settled) == (n if now else 0) and all(settled)
 
 
 def one(meta_dir: Path, torrent_data: bytes, meta: object, pl: int, n: int,
@@ -85,7 +99,8 @@ def one(meta_dir: Path, torrent_data: bytes, meta: object, pl: int, n: int,
         burst, gap = PACES[pace]
         r0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
         run = uvloop.run if uvloop is not None else asyncio.run
-        run(_feed(None if below is None else pieces, torrent_data, pl, n, burst, gap))
+        run(_feed(None if below is None else pieces, torrent_data, pl, n, burst, gap,
+                  mode == "now"))
         c1, r1 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
         session.hash_pool.shutdown()
         session.disk_pool.shutdown()
@@ -128,7 +143,7 @@ def main() -> None:
                       f"{sw:5.2f} context switches/piece, {nb} batches")
             c = med["control"][0]
             base = med["per-piece"][0]
-            for mode in ("batched", "inline"):
+            for mode in ("batched", "inline", "now"):
                 print(f"  {pace:6} {mode} / per-piece CPU: {med[mode][0] / base:.2f}, "
                       f"above the control: {(med[mode][0] - c) / (base - c):.2f}")
     print(f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -132,3 +132,66 @@ async def test_a_small_piece_waits_for_a_selection_change_on_the_disk_pool(
         changer.join()
         pool.shutdown()
         storage.close()
+
+
+Done = tuple[int, object, bool]
+
+
+@pytest.mark.parametrize("version", [TorrentVersion.V1, TorrentVersion.HYBRID])
+def test_start_verify_settles_a_small_piece_at_once_without_a_task(
+        tmp_path: Path, version: TorrentVersion) -> None:
+    """No task per small piece: ``done`` is called before ``start_verify`` returns (not
+    ``later``), the piece is on disk and its buffer released; a bad one too, with its
+    digests; nothing is spawned."""
+    meta, data, storage, session = _setup(tmp_path, version)
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    done: list[Done] = []
+    spawned: list[object] = []
+    try:
+        pieces.buffers[1] = bytearray(data[PIECE:2 * PIECE])
+        pieces.start_verify(1, False, False, lambda *a: done.append(a), spawned.append)
+        assert done == [(1, (True, None), False)]
+        assert _on_disk(tmp_path)[PIECE:2 * PIECE] == data[PIECE:2 * PIECE]
+        assert 1 not in pieces.buffers
+        wrong = bytearray(data[:PIECE])
+        wrong[5] ^= 0xFF
+        pieces.buffers[0] = wrong
+        pieces.start_verify(0, False, False, lambda *a: done.append(a), spawned.append)
+        index, (ok, named), later = done[1]  # type: ignore[misc]
+        assert (index, ok, later) == (0, False, False) and named is not None
+        assert named[0] != hashlib.sha1(data[:BLOCK]).digest()
+        assert _on_disk(tmp_path)[:PIECE] == bytes(PIECE)
+        assert spawned == []
+    finally:
+        storage.close()
+
+
+async def test_start_verify_uses_a_task_for_larger_pieces_and_held_files(
+        tmp_path: Path) -> None:
+    """A piece not under ``inline_below``, and a small one while a selection change holds
+    the files, are verified in a spawned task (``later``)."""
+    meta, data, storage, session = _setup(tmp_path)
+    session.disk_pool = pool = _Pool()
+    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
+    done: list[Done] = []
+    spawned: list[Any] = []
+    try:
+        pieces.inline_below = PIECE  # 32 KiB pieces are not "small" now
+        pieces.batch_below = 0
+        pieces.buffers[2] = bytearray(data[2 * PIECE:])
+        session.hash_pool = pool
+        pieces.start_verify(2, False, False, lambda *a: done.append(a), spawned.append)
+        assert done == [] and len(spawned) == 1
+        await spawned.pop()
+        assert done == [(2, (True, None), True)]
+        pieces.inline_below = INLINE_BELOW
+        with storage._selection_lock.exclusive():
+            pieces.buffers[0] = bytearray(data[:PIECE])
+            pieces.start_verify(0, False, False, lambda *a: done.append(a), spawned.append)
+            assert len(done) == 1 and len(spawned) == 1 and 0 in pieces.buffers
+        await spawned.pop()
+        assert done[1] == (0, (True, None), True)
+        assert _on_disk(tmp_path) == data[:PIECE] + bytes(PIECE) + data[2 * PIECE:]
+    finally:
+        pool.shutdown()
+        storage.close()

@@ -31,7 +31,7 @@ from swarmhub.engine.outbox import other_actions
 from swarmhub.engine.peer import Peer
 from swarmhub.engine.pex_driver import PexDriver
 from swarmhub.engine.picker import Block
-from swarmhub.engine.pieces import Pieces
+from swarmhub.engine.pieces import Pieces, Verdict
 from swarmhub.engine.ratelimit import RateLimiter, TokenBucket
 from swarmhub.engine.services import TorrentServices
 from swarmhub.engine.status import TorrentState, TorrentStatus, TorrentViews
@@ -40,7 +40,7 @@ from swarmhub.engine.tracker_driver import TrackerDriver
 from swarmhub.engine.uploads import Uploader
 from swarmhub.engine.wanted import Wanted
 from swarmhub.engine.webseed_driver import WebSeedDriver
-from swarmhub.errors import InconsistentHashesError, StorageError
+from swarmhub.errors import SwarmhubError
 from swarmhub.metainfo.model import Metainfo
 from swarmhub.storage.files import TorrentStorage
 from swarmhub.wire import messages as m
@@ -206,8 +206,9 @@ class Torrent(TorrentViews):
                         cast(Peer, peer).close(reason)
                     case act.Serve(peer=peer):
                         self.uploads.wake(cast(Peer, peer))
-                    case act.Verify(index=index, want_digests=want):
-                        self._spawn(self._verify(index, want))
+                    case act.Verify(index=index, want_digests=want):  # small: _verified now
+                        self.pieces.start_verify(index, want, self.uploads.wants_v1(index),
+                                                 self._verified, self._spawn)
                     case act.Connect(addr=addr):
                         self._spawn(admission.dial(self, addr))
                     case act.Announce(event=event):
@@ -292,16 +293,15 @@ class Torrent(TorrentViews):
         self._flush()
 
     # -- pieces: verify, write, finish -----------------------------------------------------------
-    async def _verify(self, index: int, want_digests: bool) -> None:
-        try:  # a v1 peer waiting for it: SHA-1 now, in the same hash job (no extra hop)
-            ok, hashes = await self.pieces.verify(index, want_digests, self.uploads.wants_v1(index))
-        except (StorageError, InconsistentHashesError) as exc:
-            self._fail(str(exc))
+    def _verified(self, index: int, verdict: Verdict | SwarmhubError, later: bool) -> None:
+        if isinstance(verdict, SwarmhubError):
+            self._fail(str(verdict))
             return
-        self.swarm.piece_verified(index, ok, self.clock(), hashes)
-        if ok:
+        self.swarm.piece_verified(index, verdict[0], self.clock(), verdict[1])
+        if verdict[0]:
             self._piece_done(index)
-        self._flush()
+        if later:  # (else the flush that asked carries out what the core says now)
+            self._flush()
 
     def _set_complete(self, *, first: bool) -> None:
         was = self.state
