@@ -8,9 +8,13 @@ a fresh ``get`` per mode and per ``--src`` tree (alternating the order) with a p
 runs before the CLI, in the same process: it wraps a few functions (found by name when
 their module loads, so nothing is imported earlier than the command itself would) and
 notes, at each phase, the wall time since the parent started the process and the CPU
-seconds the process has used (``time.process_time``, all threads). Written at ``atexit``;
-"process exit" is the parent's own wall clock, so the gap after "atexit" is the
-interpreter's teardown. "gc" is the time spent in collections before exit.
+seconds the process has used (``time.process_time``, all threads) and, for phases marked
+on the main thread, its own (``time.thread_time``: what hashing and writing on the pools
+leave to the event loop). Written at ``atexit``; "process exit" is the parent's own wall
+clock, so the gap after "atexit" is the interpreter's teardown. "gc" is the time spent in
+collections before exit; "CPU s of thread main" / "of threads swarmhub-hash" (-disk) the
+CPU of the main thread and of each pool's threads (hybrid: SHA-1 and direct writes off the
+loop; cs does both on it).
 
 The wrapped functions are internal: a renamed one only drops its rows from the table.
 """
@@ -38,12 +42,14 @@ from hub_get import QUIET, _publish, _start_hub
 __all__ = ["main"]
 
 _PROBE = r'''
-import atexit, gc, importlib.abc, inspect, json, os, sys, time
+import atexit, gc, importlib.abc, inspect, json, os, sys, threading, time
 T0 = float(os.environ["PHASE_T0"])
 marks = {}
 def mark(name, last=False):
     if last or name not in marks:
-        marks[name] = (time.time() - T0, time.process_time())
+        main = threading.current_thread() is threading.main_thread()
+        marks[name] = (time.time() - T0, time.process_time(),
+                       time.thread_time() if main else float("nan"))
 mark("interpreter up")
 gct = [0.0, None]
 def on_gc(phase, info):
@@ -52,9 +58,21 @@ def on_gc(phase, info):
     elif gct[1] is not None:
         gct[0] += time.perf_counter() - gct[1]
 gc.callbacks.append(on_gc)
+THREADS = {}
+_thread_run = threading.Thread.run
+def _counted_run(self):
+    try:
+        _thread_run(self)
+    finally:
+        pool = self.name.rsplit("_", 1)[0]
+        THREADS[pool] = THREADS.get(pool, 0.0) + time.thread_time()
+threading.Thread.run = _counted_run
 def dump():
     mark("atexit")
-    marks["gc (s, not CPU)"] = (gct[0], 0.0)
+    marks["gc (s, not CPU)"] = (gct[0], 0.0, 0.0)
+    marks["CPU s of thread main"] = (time.thread_time(), 0.0, 0.0)
+    for pool, cpu in THREADS.items():
+        marks["CPU s of threads " + pool] = (cpu, 0.0, 0.0)
     with open(os.environ["PHASE_OUT"], "w") as fh:
         json.dump(marks, fh)
 atexit.register(dump)
@@ -71,7 +89,9 @@ def wrap(obj, attr, before=None, after=None, last=False):
     elif inspect.isasyncgenfunction(f):
         async def w(*a, **k):
             async for x in f(*a, **k):
-                if before: mark(before)
+                if before:
+                    mark(before)
+                    mark(before.replace("first", "last"), True)
                 yield x
     else:
         def w(*a, **k):
@@ -97,6 +117,9 @@ def patch(name, mod):
     elif name == "swarmhub.engine.webseed":
         wrap(mod.WebSeed, "_open", before="web seed: first range asked")
         wrap(mod.WebSeed, "fetch_runs", before="web seed: first run received")
+    elif name == "swarmhub.engine.ondisk":
+        wrap(mod.OnDisk, "save", before="resume save starts", after="resume save ends",
+             last=True)
     elif name == "swarmhub.engine.torrent":
         wrap(mod.Torrent, "on_peer_connected", before="first peer connected")
         wrap(mod.Torrent, "_set_complete", before="hybrid: last piece verified+written")
@@ -110,7 +133,7 @@ def pwrite(*a):
     mark("last write", True)
     return r
 os.pwrite = pwrite
-WANT = {"swarmhub.cli", "swarmhub.engine.session", "swarmhub.client",
+WANT = {"swarmhub.engine.ondisk", "swarmhub.cli", "swarmhub.engine.session", "swarmhub.client",
         "swarmhub.engine.tracker_driver", "swarmhub.engine.webseed", "swarmhub.engine.torrent",
         "swarmhub.progress"}
 class Finder(importlib.abc.MetaPathFinder):
@@ -137,7 +160,7 @@ main()
 '''
 
 
-def _one(url: str, mode: str, src: str, work: Path, n: int) -> dict[str, tuple[float, float]]:
+def _one(url: str, mode: str, src: str, work: Path, n: int) -> dict[str, tuple[float, ...]]:
     out, dst = work / f"phases-{n}.json", work / f"dl-{n}"
     env = dict(os.environ, **QUIET, SWARMHUB_STATE_DIR=str(work / f"state-{n}"),
                PYTHONPATH=src, PHASE_OUT=str(out), PYTHONPYCACHEPREFIX=str(work / "pycache"))
@@ -151,9 +174,9 @@ def _one(url: str, mode: str, src: str, work: Path, n: int) -> dict[str, tuple[f
     if proc.returncode != 0:
         raise SystemExit(f"get --mode {mode} failed:\n{proc.stderr[-3000:]}")
     shutil.rmtree(dst, ignore_errors=True)
-    rows: dict[str, tuple[float, float]] = {k: tuple(v)  # type: ignore[misc]
-                                            for k, v in json.loads(out.read_text()).items()}
-    rows["process exit (parent)"] = (wall, float("nan"))
+    rows: dict[str, tuple[float, ...]] = {
+        k: tuple(v) for k, v in json.loads(out.read_text()).items()}
+    rows["process exit (parent)"] = (wall, float("nan"), float("nan"))
     return rows
 
 
@@ -167,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     srcs = args.src or [str(Path(__file__).resolve().parents[1] / "src")]
     work = Path(tempfile.mkdtemp(prefix="swarmhub-phases-"))
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    runs: dict[tuple[str, str], list[dict[str, tuple[float, float]]]] = {}
+    runs: dict[tuple[str, str], list[dict[str, tuple[float, ...]]]] = {}
     try:
         data = make_test_data(work / "data", [args.size << 20], seed=3)
         hub, url, token = _start_hub(work)
@@ -185,12 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for (src, mode), rs in runs.items():
-        print(f"\n{mode} ({src}), medians of {len(rs)}: wall s since start, CPU s so far")
+        print(f"\n{mode} ({src}), medians of {len(rs)}: wall s since start, CPU s so far "
+              "(all threads, main thread)")
         names = {k for r in rs for k in r}
-        table = {k: (statistics.median(r[k][0] for r in rs if k in r),
-                     statistics.median(r[k][1] for r in rs if k in r)) for k in names}
-        for k in sorted(names, key=lambda k: (k.startswith("gc"), table[k][0])):
-            print(f"  {k:40s} {table[k][0]:7.3f}  {table[k][1]:7.3f}")
+        table = {k: [statistics.median(r[k][i] for r in rs if k in r) for i in range(3)]
+                 for k in names}
+        for k in sorted(names, key=lambda k: (k.startswith(("gc", "CPU")), table[k][0])):
+            print(f"  {k:40s} {table[k][0]:7.3f}  {table[k][1]:7.3f}  {table[k][2]:7.3f}")
     return 0
 
 

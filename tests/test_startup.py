@@ -271,3 +271,39 @@ def test_get_collects_nothing_during_start_up_and_nothing_at_exit(
     # exit). Not the frozen count against the one at the peer: objects frozen at start-up
     # may be freed by then (a first connection set up before the freeze and closed at exit)
     assert not enabled and frozen > 10_000 and walked < 50, seen["at_exit"]
+
+
+#: Run before the CLI: the hub's file info answer is held until the tracker client and the
+#: web seed are imported (30 s: only a hang guard), then $STARTUP_PROBE_OUT says whether
+#: they were, so while the hub answered.
+_HOLD_FILE_INFO = """
+import asyncio, json, os, sys
+import swarmhub.client as client
+_hub_file = client.hub_file
+WANT = ("swarmhub.discovery.tracker", "swarmhub.engine.webseed")
+async def held(*a, **k):
+    for _ in range(6000):
+        if all(m in sys.modules for m in WANT):
+            break
+        await asyncio.sleep(0.005)
+    with open(os.environ["STARTUP_PROBE_OUT"], "w") as fh:
+        json.dump([m for m in WANT if m in sys.modules], fh)
+    return await _hub_file(*a, **k)
+client.hub_file = held
+"""
+
+
+def test_a_hybrid_hub_get_imports_its_tracker_client_and_web_seed_while_the_hub_answers(
+        tmp_path: Path, hub_url: str) -> None:
+    """Not after the answer, on the way from it to the first range (~8 ms at load)."""
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
+               SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
+               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"))
+    r = subprocess.run(
+        [str(VENV_PYTHON), "-c", _HOLD_FILE_INFO + _RUN_CLI, "get", hub_url, "-o",
+         str(tmp_path / "dl"), "--listen", "127.0.0.1:0", "--json", "--no-lsd",
+         "--encryption", "off", "--timeout", "120"],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "probe.json").read_text()) == [
+        "swarmhub.discovery.tracker", "swarmhub.engine.webseed"]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from test_transfer import make_data
 from conftest import free_port, until
 from swarmhub.engine.session import Session
 from swarmhub.engine.torrent import TorrentState
-from swarmhub.errors import SwarmhubError
+from swarmhub.errors import StorageError, SwarmhubError
 from swarmhub.metainfo import create_torrent
 from swarmhub.metainfo.model import TorrentVersion
 from swarmhub.settings import Settings
@@ -238,6 +239,61 @@ async def test_a_resave_of_the_same_pieces_touches_no_file(tmp_path: Path) -> No
         torrent.have[0] = 0
         await torrent.save_resume()
         assert len(syncs) == 2
+
+
+async def test_a_save_syncs_the_files_while_the_record_is_written_and_renames_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files' sync overlaps the record's own write and fsync (one journal commit at a
+    completing get's exit, not two in a row), and the record takes its place only once
+    the files are durable."""
+    import swarmhub.storage.resume as resume_mod
+
+    src = make_data(tmp_path / "src" / "payload", [100_000])
+    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
+    async with Session(state_dir=tmp_path / "s") as session:
+        assert session.settings.disk_threads >= 2
+        torrent = await session.add(meta, src.parent, seed_mode=True)
+        record_synced = threading.Event()
+        seen: list[tuple[bool, bool]] = []
+        real_fsync, real_sync = resume_mod.os.fsync, torrent.storage.sync
+
+        def fsync(fd: int) -> None:
+            real_fsync(fd)
+            record_synced.set()
+
+        def sync() -> None:  # bounded: reverted, the record waits for this sync instead
+            seen.append((record_synced.wait(10), torrent.resume_file.exists()))
+            real_sync()
+
+        monkeypatch.setattr(resume_mod.os, "fsync", fsync)
+        torrent.storage.sync = sync  # type: ignore[method-assign]
+        await torrent.save_resume()
+        assert seen == [(True, False)], "the record was synced during the files' sync, " \
+            "and not yet in place"
+        assert torrent.resume_file.exists()
+
+
+async def test_a_failed_sync_leaves_no_record_claiming_the_pieces(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = make_data(tmp_path / "src" / "payload", [100_000])
+    meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024)
+    async with Session(state_dir=tmp_path / "s") as session:
+        torrent = await session.add(meta, src.parent, seed_mode=True)
+        torrent.have[0] = 0
+        await torrent.save_resume()
+        before = torrent.resume_file.read_bytes()
+
+        def broken() -> None:
+            raise StorageError("cannot fsync payload: Input/output error")
+
+        torrent.storage.sync = broken  # type: ignore[method-assign]
+        torrent.have[0] = 1
+        with caplog.at_level(logging.WARNING, logger="swarmhub.engine.ondisk"):
+            await torrent.save_resume()
+        assert "could not save resume data" in caplog.text
+        assert torrent.resume_file.read_bytes() == before
+        assert sorted(p.name for p in torrent.resume_file.parent.iterdir()) == \
+            [torrent.resume_file.name], "no temp file left"
 
 
 async def test_stop_saves_and_closes_without_waiting_for_the_trackers_stopped_reply(

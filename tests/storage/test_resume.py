@@ -159,6 +159,35 @@ def test_save_fsyncs_file_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert kinds == [False, True]
 
 
+def test_before_replace_runs_once_the_record_is_durable_and_can_stop_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.resume"
+    old = sample(generation=1)
+    save_resume(path, old)
+    calls: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        calls.append("fsync-dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync")
+        real(fd)
+
+    def data_not_durable() -> None:
+        calls.append("before_replace")
+        raise StorageError("cannot fsync payload: Input/output error")
+
+    monkeypatch.setattr(resume_mod.os, "fsync", spy)
+    with pytest.raises(StorageError, match="cannot fsync payload"):
+        save_resume(path, sample(generation=2), before_replace=data_not_durable)
+    assert calls == ["fsync", "before_replace"]
+    assert load_resume(path) == old
+    assert [p.name for p in tmp_path.iterdir()] == ["t.resume"]
+    calls.clear()
+    save_resume(path, sample(generation=2), before_replace=lambda: calls.append("ok"),
+                sync_folder=False)
+    assert calls == ["fsync", "ok"], "no folder fsync"
+    assert load_resume(path) == sample(generation=2)
+
+
 FILES = [("a", 3 * PIECE), ("b", 100), ("c", PIECE + 7), ("d", 2 * PIECE)]
 
 
