@@ -38,6 +38,9 @@ __all__ = ["main"]
 
 MiB = 1 << 20
 SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
+#: This tree's sources, run by PYTHONPATH as a ``--baseline`` is, not through the editable
+#: install's import hook: the two series then differ only in their code.
+HERE_SRC = str(Path(__file__).resolve().parents[1] / "src")
 #: The network rule: no DHT bootstrap routers (a failing DNS lookup of them also cost both
 #: modes ~0.7 s at start on a loaded machine).
 QUIET = {"SWARMHUB_DHT": "0", "SWARMHUB_DHT_LOCAL_ONLY": "1", "SWARMHUB_LSD": "0"}
@@ -88,7 +91,7 @@ def _get(url: str, mode: str | None, work: Path, n: int, src: str | None = None
     # (n < 0: the untimed warm-up)
     """Seconds from start to exit 0, the process's CPU seconds (user + system: on a loaded
     machine they tell more than the wall clock), and the ``finished`` JSON line. ``src``:
-    run that source tree's swarmhub (PYTHONPATH) instead of this one's."""
+    run that source tree's swarmhub (PYTHONPATH; the default is the installed one)."""
     dst = work / f"dl-{mode or 'hybrid'}-{n}"
     args = [*SWARMHUB, "get", url, "-o", str(dst), "--json", "--timeout", "300"]
     if mode:
@@ -133,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             file_url = _publish(url, token, data, work)
             for mode in series:  # untimed: compiles each tree's bytecode once
                 _get(file_url, "cs" if mode.endswith("cs") else None, work, -1,
-                     args.baseline if mode.startswith("base-") else None)
+                     args.baseline if mode.startswith("base-") else HERE_SRC)
             for n in range(args.rounds):
-                order = series if n % 2 == 0 else series[::-1]
-                for mode in order:
-                    src = args.baseline if mode.startswith("base-") else None
+                # Rotated, not reversed: a reversal of four series kept each in the same two
+                # slots every round (hubget-23: main's cs 0.47 s vs the same cs code here
+                # 0.56 s); rotation gives each slot to each in turn.
+                k = n % len(series)
+                for mode in series[k:] + series[:k]:
+                    src = args.baseline if mode.startswith("base-") else HERE_SRC
                     secs, cpu, fin = _get(file_url, "cs" if mode.endswith("cs") else None,
                                           work, n, src)
                     times[mode].append(secs)
