@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/swarm.py [--lab-peers 16,32] [--sim-peers 64,256,1000]
         [--rounds 3] [--size 32MiB] [--latency 10ms] [--modes p2p,hybrid]
-        [--piece-size 256KiB] [--no-lab] [--no-sim] [--json OUT]
+        [--piece-size SIZE] [--no-lab] [--no-sim] [--json OUT]
 
 Lab (root; network namespaces, htb shaping, the NFQUEUE delay line; every client waits
 at the lab's start gate until all are up, ours and libtorrent alike, and times count from
@@ -216,9 +216,10 @@ def sim(peers: list[int], rounds: int, a: argparse.Namespace, work: Path) -> lis
     for n in peers:
         for seed in range(1, rounds + 1):
             out = work / f"sim-{n}-{seed}"
+            pieces = ["--piece-size", a.piece_size] if a.piece_size else []
             got = _run(["simulate", "--peers", str(n), "--size", a.size, "--up", a.up,
                         "--down", a.down, "--latency", a.latency, "--modes", a.modes,
-                        "--piece-size", a.piece_size, "--seed", str(seed)], out, timeout=7200)
+                        *pieces, "--seed", str(seed)], out, timeout=7200)
             for r in got:
                 rows.append(_row(r) | {"where": "sim", "round": seed})
                 print(f"  sim N={n} seed {seed}: {r['mode']} {r['ratio']} x bound, source "
@@ -288,9 +289,10 @@ def main() -> None:
     p.add_argument("--down", default="100mbit")
     p.add_argument("--latency", default="10ms")
     p.add_argument("--modes", default="p2p,hybrid")
-    p.add_argument("--piece-size", default="256KiB", help="for the simulator only: the "
-                   "lab's torrents use what `swarmhub create` picks (32 KiB for 32 MiB), so "
-                   "the sim / lab column compares like with like only at that size")
+    p.add_argument("--piece-size", default="", help="for the simulator only; default: "
+                   "what `swarmhub create` picks (32 KiB for 32 MiB), as the lab's torrents "
+                   "do, so the lab and sim rows share their settings (256KiB: issue 8's "
+                   "speed setting, where the ramp's piece times are 8x longer)")
     p.add_argument("--no-lab", action="store_true")
     p.add_argument("--no-sim", action="store_true")
     p.add_argument("--json", type=Path)
