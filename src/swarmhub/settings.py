@@ -158,8 +158,8 @@ class Settings:
         "peers: the peer asking longest gets its piece whole first, instead of every peer "
         "a slice at once (a piece done in 0.1 s, not 0.6 s, is shareable sooner); 0 = each "
         "peer fills its own send buffer. Off by default: in `lab simulate` it gains at most "
-        "0.02x the bound (N=256, 0.05), in the netns lab it costs peer CPU and some runs "
-        "(N=32 p2p: 0.05 1.57x vs off 1.36x)", lo=0.0
+        "0.025x the bound (N=256, 0.01), in the netns lab it costs peer CPU and time "
+        "(N=32 p2p: 0.05 1.57x vs off 1.36x; 0.01 1.33-1.58x vs 1.25-1.28x)", lo=0.0
     )
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)

@@ -125,15 +125,20 @@ class Pieces:
         Why: a lab peer (32 KiB pieces) verifies ~1,000 pieces per 32 MiB, each hashed and
         written on the loop without waiting for anything, yet each made a task (created,
         scheduled, its coroutine run, its done callbacks) only to await nothing."""
-        if self.meta.piece_length < self.inline_below:
+        if self.meta.piece_length < self.inline_below and (
+                buf := self.buffers.get(index)) is not None:
             try:
-                verdict = self._verify_here(index, want_digests, v1)
+                verdict, written = self._check_now(index, buf, want_digests, v1)
             except (StorageError, InconsistentHashesError) as exc:
                 done(index, exc, False)
                 return
-            if verdict is not None:
+            if written or not verdict[0]:
+                del self.buffers[index]
+                self._release(index, buf, verdict[0])
                 done(index, verdict, False)
-                return
+            else:  # a selection change holds the files: the write waits, not the hash again
+                spawn(self._write_later(index, buf, verdict, done))
+            return
         spawn(self._verify_later(index, want_digests, v1, done))
 
     async def _verify_later(self, index: int, want_digests: bool, v1: bool,
@@ -146,21 +151,17 @@ class Pieces:
             verdict = exc
         done(index, verdict, True)
 
-    def _verify_here(self, index: int, want_digests: bool, v1: bool) -> Verdict | None:
-        """:meth:`_check_here` without awaiting: None when that needs a pool (nothing
-        kept of the piece, or a selection change holds the files; :meth:`verify` then
-        does it all, the hash again included)."""
-        buf = self.buffers.get(index)
-        if buf is None:
-            return None
-        view = memoryview(buf)
-        ok = self.verifier.check(index, view, v1=v1)
-        if ok and not self.storage.write_now(index * self.meta.piece_length, view):
-            return None
-        del self.buffers[index]
-        verdict = ok, _block_digests(buf) if want_digests or not ok else None
-        self._release(index, buf, ok)
-        return verdict
+    async def _write_later(self, index: int, buf: PieceBuffer, verdict: Verdict,
+                           done: Callable[[int, Verdict | SwarmhubError, bool], None]
+                           ) -> None:
+        try:
+            await self._write(index, buf)
+        except StorageError as exc:
+            done(index, exc, True)
+            return
+        self.buffers.pop(index, None)  # (it stayed there while the write waited)
+        self._release(index, buf, True)
+        done(index, verdict, True)
 
     def store(self, view: memoryview, blocks: Iterable[Block], starts: Iterable[int],
               keep: Iterable[bool]) -> int:
@@ -273,15 +274,26 @@ class Pieces:
 
     async def _check_here(self, index: int, buf: PieceBuffer, want_digests: bool,
                           v1: bool = False) -> Verdict:
+        verdict, written = self._check_now(index, buf, want_digests, v1)
+        if verdict[0] and not written:
+            await self._write(index, buf)
+        return verdict
+
+    def _check_now(self, index: int, buf: PieceBuffer, want_digests: bool, v1: bool
+                   ) -> tuple[Verdict, bool]:
+        """Hash piece ``index`` here, and write it here when good and the files allow
+        (``write_now``): the verdict, and whether it was written."""
         view = memoryview(buf)
         ok = self.verifier.check(index, view, v1=v1)
         digests = _block_digests(buf) if want_digests or not ok else None
-        if ok:
-            offset = index * self.meta.piece_length
-            if not self.storage.write_now(offset, view):
-                await asyncio.get_running_loop().run_in_executor(
-                    self.session.disk_pool, self.storage.write, offset, view)
-        return ok, digests
+        return (ok, digests), ok and self.storage.write_now(index * self.meta.piece_length,
+                                                            view)
+
+    async def _write(self, index: int, buf: PieceBuffer) -> None:
+        """Write good piece ``index`` on the disk pool (``write_now`` could not)."""
+        await asyncio.get_running_loop().run_in_executor(
+            self.session.disk_pool, self.storage.write, index * self.meta.piece_length,
+            memoryview(buf))
 
     # -- small pieces: hashed and written in batches ----------------------------------------
     # Why: a 32 KiB piece hashes in ~30 us, but its two thread hand-offs (hash pool, disk
