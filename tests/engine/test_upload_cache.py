@@ -8,7 +8,7 @@ import concurrent.futures
 from types import SimpleNamespace
 
 from swarmhub.engine.ratelimit import RateLimiter
-from swarmhub.engine.uploads import Uploader
+from swarmhub.engine.uploads import KEEP_WRITTEN_PIECES, Uploader
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
 
@@ -23,9 +23,9 @@ def _uploader(peers: list[SimpleNamespace], settings: Settings | None = None) ->
     return Uploader(torrent, RateLimiter(0))  # type: ignore[arg-type]
 
 
-def _peer(have: set[int], *, closed: bool = False, interested: bool = True
-          ) -> SimpleNamespace:
-    return SimpleNamespace(have=[int(i in have) for i in range(8)], closed=closed,
+def _peer(have: set[int], *, closed: bool = False, interested: bool = True,
+          pieces: int = 8) -> SimpleNamespace:
+    return SimpleNamespace(have=[int(i in have) for i in range(pieces)], closed=closed,
                            peer_interested=interested)
 
 
@@ -59,6 +59,18 @@ def test_the_cache_stays_within_its_bytes() -> None:
     for i in range(8):
         up.keep_written(i, bytearray(PIECE))
     assert list(up._cache) == [4, 5, 6, 7]  # the most recent pieces, oldest dropped first
+
+
+def test_pieces_kept_as_written_are_a_bounded_ring_within_a_larger_cache() -> None:
+    """A cache larger than the torrent still keeps at most KEEP_WRITTEN_PIECES of the
+    pieces we verified, the newest (their memory is reused, not fresh pages each); a
+    piece read from disk does not count against them."""
+    n = KEEP_WRITTEN_PIECES + 10
+    up = _uploader([_peer(set(), pieces=n + 1)], Settings(read_cache_bytes=4 * n * PIECE))
+    up._cache[n] = b"r" * PIECE  # a disk read, cached before the written pieces
+    for i in range(n):
+        up.keep_written(i, bytearray(PIECE))
+    assert list(up._cache) == [n, *range(10, n)]
 
 
 async def test_reads_ahead_the_next_pieces_a_deep_queue_asks_for() -> None:

@@ -523,7 +523,6 @@ class TorrentStorage:
         direct = direct and self.direct_writes
         for index, file_offset, at, n in self._segments(offset, len(view)):
             handle = self._acquire(index, write=True)
-            path = self.save_path.joinpath(*self._components[index])
             try:
                 done = 0
                 if direct and n >= DIRECT_ALIGN and index != self._parts_index:
@@ -533,7 +532,9 @@ class TorrentStorage:
                     if wrote <= 0:
                         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                     done += wrote
-            except OSError as exc:
+            except OSError as exc:  # (the path only then: a pathlib join per piece was
+                # ~1.6 % of a lab peer's cProfile, one write per 32 KiB piece)
+                path = self.save_path.joinpath(*self._components[index])
                 raise self._error("write", path, exc) from None
             finally:
                 with self._lock:
