@@ -75,6 +75,14 @@ def _start_hub(work: Path, peer_port: int | None = None) -> tuple[Proc, str, str
     return proc, f"http://127.0.0.1:{port}", token.group(1)
 
 
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far (/proc, 10 ms
+    ticks): the hub's share of each get, read before and after it."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _publish(url: str, token: str, path: Path, work: Path) -> str:
     with Proc([*SWARMHUB, "publish", str(path), "--hub", url, "--token", token],
               name="publish", log=work / "publish.log") as p:
@@ -127,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     #: the finished line's "elapsed": the download alone (from the URL to the last piece),
     #: without the interpreter's start-up and exit, which a loaded machine makes noisy
     inner: dict[str, list[float]] = {k: [] for k in series}
+    #: the hub process's CPU seconds during each get (HTTP, tracker and its own peer)
+    hub_cpus: dict[str, list[float]] = {k: [] for k in series}
     print(f"load average at start: {_load()}", flush=True)
     details: list[dict[str, object]] = []
     try:
@@ -144,15 +154,19 @@ def main(argv: list[str] | None = None) -> int:
                 k = n % len(series)
                 for mode in series[k:] + series[:k]:
                     src = args.baseline if mode.startswith("base-") else HERE_SRC
+                    hub_before = _cpu_of(hub.pid)
                     secs, cpu, fin = _get(file_url, "cs" if mode.endswith("cs") else None,
                                           work, n, src)
+                    hub_cpus[mode].append(_cpu_of(hub.pid) - hub_before)
                     times[mode].append(secs)
                     cpus[mode].append(cpu)
                     if fin:
                         inner[mode].append(float(json.loads(fin)["elapsed"]))
                     details.append({"mode": mode, "round": n + 1, "seconds": secs,
-                                    "cpu_s": cpu, "finished": fin})
+                                    "cpu_s": cpu, "hub_cpu_s": hub_cpus[mode][-1],
+                                    "finished": fin})
                     print(f"  round {n + 1} {mode:11}: {secs:6.2f} s  {cpu:5.2f} CPU-s  "
+                          f"hub {hub_cpus[mode][-1]:4.2f} CPU-s  "
                           f"{fin[:160]}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -162,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ccs, chy = statistics.median(cpus["cs"]), statistics.median(cpus["hybrid"])
     print(f"CPU-s of the get process, medians: cs {ccs:.2f}, hybrid {chy:.2f}, "
           f"hybrid/cs {chy / ccs:.2f}")
+    print("CPU-s of the hub during a get, medians: " + ", ".join(
+        f"{k} {statistics.median(v):.3f}" for k, v in hub_cpus.items()))
     if all(inner.values()):
         med = {k: statistics.median(v) for k, v in inner.items()}
         print("download alone (finished line's elapsed), medians: " + ", ".join(
@@ -178,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at end: {_load()}")
     if args.json:
         args.json.write_text(json.dumps({**times, "cpu": cpus, "elapsed": inner,
+                                         "hub_cpu": hub_cpus,
                                          "runs": details}, indent=1))
     return 0
 

@@ -46,3 +46,15 @@ def test_retry_times_are_kept_for_direct_peers_only() -> None:
     assert not d.candidates
     d.requeue_direct(5.0, set())
     assert list(d.candidates) == [direct]
+
+
+def test_held_hosts_stay_queued_in_order_until_a_call_without_them() -> None:
+    d = Dialer([])
+    hub = ("10.9.9.9", 6881)
+    d.add([hub, _addr(1), ("10.9.9.9", 7000), _addr(2)])
+    assert d.next(0.0, set(), room=10, hold=frozenset({"10.9.9.9"})) == [_addr(1), _addr(2)]
+    assert list(d.candidates) == [hub, ("10.9.9.9", 7000)]
+    d.add([hub])  # already queued: not twice
+    assert d.next(0.1, set(), room=10, hold=frozenset({"10.9.9.9"})) == []
+    assert d.next(0.2, set(), room=1) == [hub]
+    assert list(d.candidates) == [("10.9.9.9", 7000)]

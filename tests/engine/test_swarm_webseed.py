@@ -13,7 +13,7 @@ import itertools
 import pytest
 from test_swarm import PIECE, QUIET, join, make_swarm, sent
 
-from swarmhub.engine.actions import Action, Close, Send
+from swarmhub.engine.actions import Action, Close, Connect, Send
 from swarmhub.engine.swarm import Swarm
 from swarmhub.wire import messages as m
 
@@ -270,6 +270,76 @@ def test_a_tracker_answer_listing_only_the_origins_peer_lets_the_web_seed_start_
     t = make_swarm(pieces=8, trackers=True, settings=QUIET.replace(web_seed_grace=5.0))
     t.tracker_response(0.01, interval=1800, peers=[(HUB_IP, 6881)], seeds=1, leechers=1)
     assert not t.webseed_origin_only(0.01)  # no web seed at that host
+
+
+def _dials(s: Swarm) -> list[tuple[str, int]]:
+    return [a.addr for a in s.take() if isinstance(a, Connect)]
+
+
+HUB_PEER = (HUB_IP, 6881)
+
+
+def _alone_origin_listed(now: float = 0.01) -> Swarm:
+    """Alone per the tracker, whose answer lists only the origin's own peer, with the web
+    seed about to start (registered at 0.0): the case of one ``get`` from a hub."""
+    s = make_swarm(pieces=64, trackers=True,
+                   settings=QUIET.replace(web_seed_batch_bytes=16 * PIECE))
+    s.webseed_origin([HUB_IP], 0.0)
+    s.tracker_response(now, interval=1800, peers=[HUB_PEER], seeds=1, leechers=1)
+    return s
+
+
+def test_alone_the_origins_peer_is_not_even_dialled_while_its_web_seed_serves() -> None:
+    """A lone downloader leaves the origin's peer idle (above); dialling it cost both
+    sides a handshake, bitfields and bookkeeping for nothing. It stays queued: another
+    leecher in the tracker's answer brings the dial at the next tick."""
+    s = _alone_origin_listed()
+    assert _dials(s) == []
+    for k in range(1, 6):  # the web seed delivers steadily: still not dialled
+        now = 0.1 * k
+        _deliver(s, s.webseed_batch(now, set())[:4], now)
+        s.tick(now)
+        assert _dials(s) == []
+    s.tracker_counts(1, 1)  # ignored: the tracker answered
+    s.tick(0.6)
+    assert _dials(s) == []
+    s.tracker_response(0.7, interval=1800, peers=[], seeds=1, leechers=2)
+    assert _dials(s) == [HUB_PEER]  # someone to trade with: the swarm as usual
+
+
+def test_a_leecher_connecting_to_a_lone_downloader_has_the_origins_peer_dialled() -> None:
+    s = _alone_origin_listed()
+    assert _dials(s) == []
+    join(s, "newcomer", 0.1)  # dialled us before the tracker told us of it
+    s.tick(0.2)
+    assert _dials(s) == [HUB_PEER]
+
+
+def test_a_peer_elsewhere_is_dialled_at_once_and_the_origins_when_the_web_seed_fails(
+) -> None:
+    s = _alone_origin_listed()
+    assert _dials(s) == []
+    s.add_peers([("10.1.1.1", 6881)], 0.02)  # another host: another uplink, dialled
+    assert _dials(s) == [("10.1.1.1", 6881)]
+    s.webseed_batch(0.03, set(), source="a")
+    s.take()
+    s.webseed_release(0.05, source="a", failed=True)  # a dead (or lying, banned) web seed
+    assert _dials(s) == [HUB_PEER]  # at once, not at the next tick
+
+
+def test_a_stalled_web_seed_has_the_origins_peer_dialled_at_the_next_tick() -> None:
+    s = _alone_origin_listed()
+    s.webseed_batch(0.02, set())  # in flight, and then nothing arrives
+    s.tick(0.5)
+    assert _dials(s) == []
+    s.tick(1.5)  # no piece for over a second
+    assert _dials(s) == [HUB_PEER]
+
+
+def test_without_a_web_seed_at_its_host_the_only_listed_peer_is_dialled_at_once() -> None:
+    s = make_swarm(pieces=8, trackers=True)
+    s.tracker_response(0.01, interval=1800, peers=[HUB_PEER], seeds=1, leechers=1)
+    assert _dials(s) == [HUB_PEER]
 
 
 def test_only_what_the_origins_peer_alone_was_asked_for_is_taken_back() -> None:

@@ -110,11 +110,17 @@ class Dialer:
                 self._queued.add(addr)
                 self.candidates.append(addr)
 
-    def next(self, now: float, connected: set[Addr], room: int) -> list[Addr]:
-        """Addresses to dial now, at most ``room``."""
+    def next(self, now: float, connected: set[Addr], room: int,
+             hold: frozenset[str] = frozenset()) -> list[Addr]:
+        """Addresses to dial now, at most ``room``. An address at an IP in ``hold`` stays
+        queued, undialled (a later call without it dials it)."""
         out: list[Addr] = []
+        held: list[Addr] = []
         while self.candidates and len(out) < room:
             addr = self.candidates.popleft()
+            if hold and addr[0] in hold:
+                held.append(addr)
+                continue
             self._queued.discard(addr)
             if addr in connected or addr in self.connecting or addr in self.own:
                 continue
@@ -122,6 +128,7 @@ class Dialer:
                 self._retry_at[addr] = now + self.retry
             self.connecting.add(addr)
             out.append(addr)
+        self.candidates.extend(held)
         return out
 
     def done(self, addr: Addr) -> None:

@@ -244,6 +244,9 @@ class Swarm:
         self._held_haves: dict[Hashable, list[int]] = {}
         #: the tracker's latest answer listed only peers at a web seed's host
         self._tracker_origin_only = False
+        #: the origin's own peer waits in the dialer, undialled (see _dial): the tracker
+        #: counts it as a seed that no connected leecher can be (webseed_alone)
+        self._origin_held = False
         self.tracker = TrackerSchedule(now) if trackers else None
         self.dialer = Dialer(peers)
         #: False once the driver stops or fails the torrent: no more requests or dials
@@ -910,7 +913,11 @@ class Swarm:
         if self.tracker_leechers is not None and self.tracker_leechers > 1:
             return False  # the tracker counts us as a leecher too
         leechers = sum(1 for ps in self.peers.values() if not ps.is_seed and not ps.closed)
-        return leechers <= self.tracker_seeds
+        # The origin's peer, held back undialled, hides among no connected leecher: one
+        # that connects to us is someone to trade with (the hub's peer, connected, made
+        # two leechers for the tracker's one seed).
+        seeds = self.tracker_seeds
+        return leechers <= (seeds - 1 if self._origin_held and seeds > 0 else seeds)
 
     def webseed_ready(self, now: float) -> bool:
         """The web seed may start: the grace for peers is over, or the tracker already
@@ -1098,6 +1105,8 @@ class Swarm:
         self._ws_pref = (math.nan, False)
         self.picker.release((_WEBSEED, source))
         self._fill_all(now)
+        if failed:
+            self._dial(now)  # the origin's peer, held back while its web seed served
 
     # -- uploading -------------------------------------------------------------------------
     def _on_request(self, ps: PeerState, req: m.Request, now: float) -> None:
@@ -1576,8 +1585,17 @@ class Swarm:
                 connected.add(ps.listen_addr)
         if self.downloading:
             dialer.requeue_direct(now, connected)
-        for addr in dialer.next(now, connected, room):
+        # Alone, with the web seed serving (webseed_preferred), the origin's own peer would
+        # get no request: it is not dialled either (each side paid a handshake, bitfields
+        # and its bookkeeping for nothing). It stays queued for the tick that needs it:
+        # another leecher, a failed or stalled web seed.
+        hold = self._ws_origins if self._ws_origins and self.webseed_preferred(now) \
+            else frozenset()
+        for addr in dialer.next(now, connected, room, hold):
             self._out.append(Connect(addr))
+        held = bool(hold) and any(a[0] in hold for a in dialer.candidates)
+        if held != self._origin_held:  # webseed_alone's answer may change with it
+            self._origin_held, self._ws_pref = held, (math.nan, False)
 
     def connect_done(self, addr: tuple[str, int]) -> None:
         """A dial finished, connected or not (a connection reports ``connected`` too)."""
