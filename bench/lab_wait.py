@@ -10,9 +10,19 @@ where `lab simulate` says ~1.2): runs one `swarmhub lab run` (one mode) and samp
 - per host its uplink's bytes (the bridge side's counters of its veth), as a share of its
   shaped rate: what the bound assumes is 100 % from the gate to the end.
 
+- about once a second, every process on the machine (/proc/PID/stat, user and system) and
+  /proc/stat's columns: the window's CPU by owner (issue 9: every CPU-second in the window
+  that is not a client peer's is taken from the swarm) -- the client peers, the source
+  (p2p's seeder, hybrid's hub), the tracker, the delay line, the lab controller (the
+  `lab run` process), this sampler (with its `ip` children), kernel threads (ksoftirqd,
+  kworker), every other process on the machine, steal, idle, and how much of it all ran
+  in softirqs (charged to the task each interrupted: a part of the rows, not an owner).
+
 Prints per 1 s of the run the machine's busy share, the peers' summed wait and CPU per
-second, and the clients' uplink use; then the totals: the median peer's CPU-s and wait-s
-in the window, and the uplink-seconds the clients left idle. Needs root (the lab does)::
+second, and the clients' uplink use; then the totals: the owner table, the median peer's
+CPU-s and wait-s in the window, and the uplink-seconds the clients left idle. Several
+modes (``--mode p2p,hybrid``) run in one `lab run`, each analysed in its own window. Needs
+root (the lab does)::
 
     flock /work/notes/lab.lock .venv/bin/python bench/lab_wait.py --peers 32 --mode p2p \\
         --prefix lg23 --out /tmp/lw [--interval 0.2] [--json OUT] [-- extra lab run args]
@@ -215,8 +225,8 @@ def owners(s: Sampler, a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[f
     the delay line's verdicts and the peers' sends) to the task they interrupted as well
     as to /proc/stat's ``softirq`` column: the ``softirq+irq`` row is a part of the task
     rows, not an owner (measured: without it the rows summed to the busy time exactly).
-    ``unaccounted``: busy time no owner explains (processes that started or ended between
-    the snapshots, rounding)."""
+    ``unaccounted``: busy time no owner explains (processes that started and ended between
+    the snapshots, such as another user's compiler runs; rounding)."""
     hz = os.sysconf("SC_CLK_TCK")
     got: dict[str, list[float]] = {}
 

@@ -224,5 +224,12 @@ def test_the_labs_processes_and_its_runner_run_at_its_niceness(
         p = lab.run(0, [sys.executable, "-c", PRIORITY], name="prio")
         assert p.wait(20) == 0
         assert p.tail().strip().splitlines()[-1] == str(want)
+        # its session's scheduling group too: there a process's own niceness weighs only
+        # against the group's other processes
+        q = lab.run(1, [sys.executable, "-c", "import time; time.sleep(30)"], name="group")
+        group = Path(f"/proc/{q.pid}/autogroup")
+        if group.exists():
+            assert group.read_text().split()[-1] == str(int(nice))
+        q.stop()
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
     assert _leftovers(f"{PREFIX}n") == []

@@ -25,10 +25,13 @@ the two shapers; every lab measures the hosts' round-trip time before it is used
 
 The lab's processes (every host's, and the runner's own thread while the lab is up) run at
 niceness :data:`LAB_NICE` (-5; ``SWARMHUB_LAB_NICE`` sets another, 0 turns it off): from
-the start gate to the last completion a lab at N=32 keeps both cores busy, and whatever
-else runs on the machine at the default niceness took ~14 % of them (bench/lab_wait.py's
-owner table), time the swarm's peers waited for. Relative to each other the lab's
-processes keep equal weights, so on a machine with nothing else to run it changes nothing.
+the start gate to the last completion a lab at N=32 keeps both cores busy, and the rest of
+the machine's work took 11-19 % of them (bench/lab_wait.py's owner table), time the
+swarm's peers waited for. Each lab process leads a session of its own, hence (with the
+kernel's autogroup scheduling, on here) a scheduling group of its own, and a niceness
+weighs only within a group: so the nice value goes on each process *and* on its group
+(``/proc/PID/autogroup``). Relative to each other the lab's processes keep equal weights,
+so on a machine with nothing else to run it changes nothing.
 
 Teardown (namespaces, hence their veths, and every process started with :meth:`Lab.run`,
 killed by PID) runs on normal exit, on exceptions, on Ctrl-C and on SIGTERM.
@@ -433,6 +436,20 @@ class Lab(_Base):
         step = self.nice - os.getpriority(os.PRIO_PROCESS, 0) if self.nice else 0
         nice = ["nice", "-n", str(step)] if step else []
         return ["ip", "netns", "exec", self.ns(host), *nice, *argv]
+
+    def _start(
+        self,
+        argv: Sequence[str],
+        name: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> LabProc:
+        proc = super()._start(argv, name, env=env, cwd=cwd)
+        if self.nice:  # its own session's scheduling group (see the module docstring)
+            with contextlib.suppress(OSError), open(f"/proc/{proc.pid}/autogroup", "w") as f:
+                f.write(str(self.nice))
+        return proc
 
     def _set_own_nice(self) -> None:
         """This thread (the runner's, which times the completions) at the hosts' niceness
