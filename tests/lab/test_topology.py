@@ -218,8 +218,12 @@ def test_the_labs_processes_and_its_runner_run_at_its_niceness(
     monkeypatch.setenv(LAB_NICE_ENV, nice)
     before = os.getpriority(os.PRIO_PROCESS, 0)
     want = int(nice) if int(nice) else before
+    own_group = Path("/proc/self/autogroup")
+    group_before = own_group.read_text() if own_group.exists() else None
     with Lab(f"{PREFIX}n", 2, 10e6, 10e6, log_dir=tmp_path / "logs") as lab:
         assert os.getpriority(os.PRIO_PROCESS, 0) == want
+        if group_before is not None and int(nice):
+            assert own_group.read_text().split()[-1] == nice
         assert lab.exec(1, [sys.executable, "-c", PRIORITY]).strip() == str(want)
         p = lab.run(0, [sys.executable, "-c", PRIORITY], name="prio")
         assert p.wait(20) == 0
@@ -232,4 +236,6 @@ def test_the_labs_processes_and_its_runner_run_at_its_niceness(
             assert group.read_text().split()[-1] == str(int(nice))
         q.stop()
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    if group_before is not None:
+        assert own_group.read_text() == group_before
     assert _leftovers(f"{PREFIX}n") == []

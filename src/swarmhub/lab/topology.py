@@ -108,6 +108,21 @@ LAB_NICE_ENV = "SWARMHUB_LAB_NICE"
 _cmd = run_cmd
 
 
+def _group_nice(pid: int) -> int | None:
+    """The niceness of ``pid``'s autogroup (None: no autogroup scheduling here)."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _set_group_nice(pid: int, nice: int) -> None:
+    """Set the niceness of ``pid``'s autogroup (its session's); a no-op without one."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/autogroup", "w") as f:
+        f.write(str(nice))
+
+
 def lab_nice(env: Mapping[str, str] = os.environ) -> int:
     """The niceness the lab's processes run at: ``SWARMHUB_LAB_NICE`` or :data:`LAB_NICE`."""
     text = env.get(LAB_NICE_ENV, "").strip()
@@ -424,6 +439,7 @@ class Lab(_Base):
         #: The hosts' processes' niceness, and this thread's while the lab is up.
         self.nice = lab_nice()
         self._own_nice: int | None = None
+        self._own_group_nice: int | None = None
 
     def ns(self, host: int) -> str:
         return f"{self.prefix}-h{host}"
@@ -447,16 +463,18 @@ class Lab(_Base):
     ) -> LabProc:
         proc = super()._start(argv, name, env=env, cwd=cwd)
         if self.nice:  # its own session's scheduling group (see the module docstring)
-            with contextlib.suppress(OSError), open(f"/proc/{proc.pid}/autogroup", "w") as f:
-                f.write(str(self.nice))
+            _set_group_nice(proc.pid, self.nice)
         return proc
 
     def _set_own_nice(self) -> None:
-        """This thread (the runner's, which times the completions) at the hosts' niceness
-        while the lab is up; :meth:`close` restores it."""
+        """This thread (the runner's, which times the completions) and its session's
+        scheduling group at the hosts' niceness while the lab is up; :meth:`close`
+        restores both."""
         if self.nice and self._own_nice is None:
             self._own_nice = os.getpriority(os.PRIO_PROCESS, 0)
+            self._own_group_nice = _group_nice(os.getpid())
             os.setpriority(os.PRIO_PROCESS, 0, self.nice)
+            _set_group_nice(os.getpid(), self.nice)
 
     # -- build / teardown ---------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -608,6 +626,8 @@ class Lab(_Base):
             self.created.clear()
             if self._own_nice is not None:
                 os.setpriority(os.PRIO_PROCESS, 0, self._own_nice)
+                if self._own_group_nice is not None:
+                    _set_group_nice(os.getpid(), self._own_group_nice)
                 self._own_nice = None
             self._restore_signals()
 
