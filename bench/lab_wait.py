@@ -72,13 +72,14 @@ def _machine() -> tuple[int, int]:
     return total - idle, total
 
 
-def _everyone() -> dict[str, tuple[float, float]]:
-    """(user, system) CPU seconds so far of every process on the machine: kernel threads
-    summed by name (ksoftirqd: network receive work deferred under load; kworker: disk
-    writeback among others), the rest by ``pid N``. Dead children's times are not in a
-    process's own (the caller adds this process's children: ``os.times()``)."""
+def _everyone() -> dict[str, tuple[str, float, float]]:
+    """``pid N`` -> (kind, user CPU s, system CPU s) so far of every process on the machine;
+    the kind of a kernel thread is its name's stem (ksoftirqd: network receive work
+    deferred under load; kworker: disk writeback among others), else ``pid``. Dead
+    children's times are not in a process's own (the caller adds this process's children:
+    ``os.times()``)."""
     hz = os.sysconf("SC_CLK_TCK")
-    got: dict[str, tuple[float, float]] = {}
+    got: dict[str, tuple[str, float, float]] = {}
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -87,10 +88,8 @@ def _everyone() -> dict[str, tuple[float, float]]:
             continue
         comm = text[text.index("(") + 1:text.rindex(")")]
         fields = text.rsplit(")", 1)[1].split()
-        kind = next((k for k in ("ksoftirqd", "kworker", "jbd2") if comm.startswith(k)),
-                    f"pid {pid}")
-        u, s = got.get(kind, (0.0, 0.0))
-        got[kind] = (u + int(fields[11]) / hz, s + int(fields[12]) / hz)
+        kind = next((k for k in ("ksoftirqd", "kworker", "jbd2") if comm.startswith(k)), "pid")
+        got[f"pid {pid}"] = (kind, int(fields[11]) / hz, int(fields[12]) / hz)
     return got
 
 
@@ -237,12 +236,12 @@ def owners(s: Sampler, a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[f
 
     names = {"peers": "client peers", "runner": "lab controller"}
     me = f"pid {os.getpid()}"
-    for k, (u1, s1) in b["everyone"].items():
-        u0, s0 = a["everyone"].get(k, (0.0, 0.0))
+    for k, (kind, u1, s1) in b["everyone"].items():
+        _, u0, s0 = a["everyone"].get(k, (kind, 0.0, 0.0))  # born in between: from zero
         if k == me:
             owner = "this sampler"
-        elif not k.startswith("pid "):
-            owner = k
+        elif kind != "pid":
+            owner = kind
         else:
             pid = int(k[4:])
             role = s.procs[pid][0] if pid in s.procs else None
