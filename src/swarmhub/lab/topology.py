@@ -383,8 +383,12 @@ class _Base:
             dht_nets=self.dht_nets,
         )
         self.procs.append(proc)
+        self._started(proc)
         log.debug("started %s (pid %d): %s", name, proc.pid, argv)
         return proc
+
+    def _started(self, proc: LabProc) -> None:
+        """Called for every process the lab started (a subclass's hook)."""
 
     def exec(self, host: int, argv: Sequence[str], timeout: float = CMD_TIMEOUT) -> str:
         """Run a short command on a host and return its stdout (bounded, checked)."""
@@ -453,18 +457,9 @@ class Lab(_Base):
         nice = ["nice", "-n", str(step)] if step else []
         return ["ip", "netns", "exec", self.ns(host), *nice, *argv]
 
-    def _start(
-        self,
-        argv: Sequence[str],
-        name: str,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-    ) -> LabProc:
-        proc = super()._start(argv, name, env=env, cwd=cwd)
+    def _started(self, proc: LabProc) -> None:
         if self.nice:  # its own session's scheduling group (see the module docstring)
             _set_group_nice(proc.pid, self.nice)
-        return proc
 
     def _set_own_nice(self) -> None:
         """This thread (the runner's, which times the completions) and its session's
