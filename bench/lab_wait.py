@@ -10,9 +10,19 @@ where `lab simulate` says ~1.2): runs one `swarmhub lab run` (one mode) and samp
 - per host its uplink's bytes (the bridge side's counters of its veth), as a share of its
   shaped rate: what the bound assumes is 100 % from the gate to the end.
 
+- about once a second, every process on the machine (/proc/PID/stat, user and system) and
+  /proc/stat's columns: the window's CPU by owner (issue 9: every CPU-second in the window
+  that is not a client peer's is taken from the swarm) -- the client peers, the source
+  (p2p's seeder, hybrid's hub), the tracker, the delay line, the lab controller (the
+  `lab run` process), this sampler (with its `ip` children), kernel threads (ksoftirqd,
+  kworker), every other process on the machine, steal, idle, and how much of it all ran
+  in softirqs (charged to the task each interrupted: a part of the rows, not an owner).
+
 Prints per 1 s of the run the machine's busy share, the peers' summed wait and CPU per
-second, and the clients' uplink use; then the totals: the median peer's CPU-s and wait-s
-in the window, and the uplink-seconds the clients left idle. Needs root (the lab does)::
+second, and the clients' uplink use; then the totals: the owner table, the median peer's
+CPU-s and wait-s in the window, and the uplink-seconds the clients left idle. Several
+modes (``--mode p2p,hybrid``) run in one `lab run`, each analysed in its own window. Needs
+root (the lab does)::
 
     flock /work/notes/lab.lock .venv/bin/python bench/lab_wait.py --peers 32 --mode p2p \\
         --prefix lg23 --out /tmp/lw [--interval 0.2] [--json OUT] [-- extra lab run args]
@@ -44,21 +54,32 @@ def _rate(text: str) -> float:
     return float(text)
 
 
+#: /proc/stat's first eight columns of the "cpu" line (jiffies)
+STAT_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def _stat() -> list[int]:
+    """The machine's jiffies by /proc/stat column (:data:`STAT_COLUMNS`)."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
 def _machine() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine."""
-    with open("/proc/stat") as f:
-        vals = [int(x) for x in f.readline().split()[1:]]
+    vals = _stat()
     idle = vals[3] + vals[4]
     total = sum(vals[:8])
     return total - idle, total
 
 
-def _everyone() -> dict[str, float]:
-    """CPU seconds so far of every process on the machine, summed by kind: kernel
-    threads by name (ksoftirqd: network receive work deferred under load; kworker: disk
-    writeback among others), the rest as "other processes"."""
+def _everyone() -> dict[str, tuple[str, float, float]]:
+    """``pid N`` -> (kind, user CPU s, system CPU s) so far of every process on the machine;
+    the kind of a kernel thread is its name's stem (ksoftirqd: network receive work
+    deferred under load; kworker: disk writeback among others), else ``pid``. Dead
+    children's times are not in a process's own (the caller adds this process's children:
+    ``os.times()``)."""
     hz = os.sysconf("SC_CLK_TCK")
-    got: dict[str, float] = {}
+    got: dict[str, tuple[str, float, float]] = {}
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -67,9 +88,8 @@ def _everyone() -> dict[str, float]:
             continue
         comm = text[text.index("(") + 1:text.rindex(")")]
         fields = text.rsplit(")", 1)[1].split()
-        kind = next((k for k in ("ksoftirqd", "kworker", "jbd2") if comm.startswith(k)),
-                    f"pid {pid}")
-        got[kind] = got.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / hz
+        kind = next((k for k in ("ksoftirqd", "kworker", "jbd2") if comm.startswith(k)), "pid")
+        got[f"pid {pid}"] = (kind, int(fields[11]) / hz, int(fields[12]) / hz)
     return got
 
 
@@ -93,6 +113,7 @@ class Sampler:
         self.source_nice = source_nice
         self.samples: list[dict[str, Any]] = []
         self.procs: dict[int, tuple[str, int]] = {}  # pid -> (role, host)
+        self.cmds: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -137,12 +158,13 @@ class Sampler:
 
     def _loop(self) -> None:
         n = 0
+        every = max(1, round(1 / self.interval))  # whole-machine looks: about once a second
         while not self._stop.wait(self.interval):
             n += 1
             nss = self._namespaces()
             if not nss:
                 continue
-            if n % 5 == 1:  # new processes: look every fifth sample
+            if n % every == 1 % every:  # new processes
                 for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
                     if pid in self.procs:
                         continue
@@ -155,22 +177,87 @@ class Sampler:
                     except OSError:
                         continue
                     if cmd:
-                        self.procs[pid] = (LabCpu._role(cmd), host)
+                        self.procs[pid] = (_role(cmd), host)
+                        self.cmds[pid] = cmd
                         if host == 0 and self.source_nice is not None:
                             for tid in os.listdir(f"/proc/{pid}/task"):
                                 with contextlib.suppress(OSError):
                                     os.setpriority(os.PRIO_PROCESS, int(tid), self.source_nice)
             sample = {"wall": time.time(), "machine": _machine(), "links": self._links(),
                       "procs": {pid: _sched(pid) for pid in self.procs}}
-            if n % 5 == 1:
+            if n % every == 1 % every:
                 sample["everyone"] = _everyone()
+                sample["stat"] = _stat()
+                sample["self"] = os.times()[:4]  # this sampler and its `ip` children
             self.samples.append(sample)
 
 
-def _gate_time(out: Path) -> float | None:
+def _role(cmd: str) -> str:
+    """A lab process's owner: swarm.py's roles, with the hub (hybrid's source: its web
+    seed, tracker and seeder in one process) apart from p2p's seeder."""
+    return "hub" if " hub " in cmd else LabCpu._role(cmd)
+
+
+def _gate_time(out: Path, result: dict[str, Any]) -> float | None:
+    """The run's gate (Unix s): the runner's own stamp, else the gate file's mtime."""
+    if result.get("gate_unix_s"):
+        return float(result["gate_unix_s"])
     for path in out.rglob("start-gate"):
         return path.stat().st_mtime
     return None
+
+
+#: the owners' order in the table: the swarm's own processes, then what takes from them
+OWNERS = ("client peers", "seeder", "hub", "tracker", "delay line", "lab controller",
+          "this sampler", "ksoftirqd", "kworker", "jbd2", "other processes", "steal",
+          "unaccounted", "idle", "softirq+irq")
+#: rows that are a part of the task rows above them, not an owner of their own
+WITHIN = ("softirq+irq",)
+
+
+def owners(s: Sampler, a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[float]]:
+    """CPU-s by owner between two whole-machine snapshots ``a`` and ``b``: owner ->
+    [user, system] (steal and idle in the second).
+
+    This kernel charges the ticks spent in softirqs (the bridge, veth, htb and the
+    receiving TCP stacks: packet work runs in whichever task's context raised it, mostly
+    the delay line's verdicts and the peers' sends) to the task they interrupted as well
+    as to /proc/stat's ``softirq`` column: the ``softirq+irq`` row is a part of the task
+    rows, not an owner (measured: without it the rows summed to the busy time exactly).
+    ``unaccounted``: busy time no owner explains (processes that started and ended between
+    the snapshots, such as another user's compiler runs; rounding)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    got: dict[str, list[float]] = {}
+
+    def add(owner: str, user: float, system: float) -> None:
+        row = got.setdefault(owner, [0.0, 0.0])
+        row[0] += user
+        row[1] += system
+
+    names = {"peers": "client peers", "runner": "lab controller"}
+    me = f"pid {os.getpid()}"
+    for k, (kind, u1, s1) in b["everyone"].items():
+        _, u0, s0 = a["everyone"].get(k, (kind, 0.0, 0.0))  # born in between: from zero
+        if k == me:
+            owner = "this sampler"
+        elif kind != "pid":
+            owner = kind
+        else:
+            pid = int(k[4:])
+            role = s.procs[pid][0] if pid in s.procs else None
+            owner = names.get(role, role) if role else "other processes"
+        add(owner, u1 - u0, s1 - s0)
+    ta, tb = a["self"], b["self"]  # the sampler's children (`ip`), once reaped
+    add("this sampler", tb[2] - ta[2], tb[3] - ta[3])
+    d = [(y - x) / hz for x, y in zip(a["stat"], b["stat"], strict=True)]
+    st = dict(zip(STAT_COLUMNS, d, strict=True))
+    busy = st["user"] + st["nice"] + st["system"] + st["irq"] + st["softirq"]
+    tasks = sum(u + v for u, v in got.values())
+    add("unaccounted", 0.0, busy - tasks)
+    add("steal", 0.0, st["steal"])
+    add("idle", 0.0, st["idle"] + st["iowait"])
+    add("softirq+irq", 0.0, st["softirq"] + st["irq"])
+    return got
 
 
 def analyse(s: Sampler, gate: float, result: dict[str, Any], up_bps: float) -> dict[str, Any]:
@@ -186,7 +273,8 @@ def analyse(s: Sampler, gate: float, result: dict[str, Any], up_bps: float) -> d
     by_role: dict[str, list[tuple[float, float]]] = {}
     per_slice: list[float] = []  # a peer's mean wait for a core each time it became ready
     for pid, (role, _host) in s.procs.items():
-        if pid in first["procs"] and pid in last["procs"]:
+        # alive at both edges (an earlier mode's dead processes read as zeros)
+        if pid in first["procs"] and pid in last["procs"] and last["procs"][pid][2] > 0:
             a, b = first["procs"][pid], last["procs"][pid]
             by_role.setdefault(role, []).append((b[0] - a[0], b[1] - a[1]))
             if role == "peers" and b[2] > a[2]:
@@ -209,17 +297,13 @@ def analyse(s: Sampler, gate: float, result: dict[str, Any], up_bps: float) -> d
                      "peer_wait": wait / dt,
                      "uplink": sent / (up_bps / 8 * dt * max(1, len(hosts))),
                      "source": src})
-    # the whole machine's CPU by kind (whole-second snapshots nearest the window's edges)
+    # the whole machine's CPU by owner (whole-machine snapshots nearest the window's edges)
     snaps = [x for x in win if "everyone" in x]
-    kinds: dict[str, float] = {}
+    by_owner: dict[str, list[float]] = {}
+    snap_span = 0.0
     if len(snaps) >= 2:
-        a0, a1 = snaps[0]["everyone"], snaps[-1]["everyone"]
-        lab_pids = {f"pid {pid}" for pid in s.procs}
-        for k, v in a1.items():
-            d = v - a0.get(k, 0.0)
-            kind = k if not k.startswith("pid ") else "lab" if k in lab_pids else "others"
-            kinds[kind] = kinds.get(kind, 0.0) + d
-        kinds["span_s"] = snaps[-1]["wall"] - snaps[0]["wall"]
+        by_owner = owners(s, snaps[0], snaps[-1])
+        snap_span = snaps[-1]["wall"] - snaps[0]["wall"]
     hosts = [h for h in last["links"] if h > 0 and h in first["links"]]
     sent = sum(last["links"][h] - first["links"][h] for h in hosts)
     idle_up = len(hosts) * span - sent / (up_bps / 8)
@@ -233,7 +317,8 @@ def analyse(s: Sampler, gate: float, result: dict[str, Any], up_bps: float) -> d
         "roles": {r: {"cpu_s": sum(c for c, _ in v), "wait_s": sum(w for _, w in v), "n": len(v)}
                   for r, v in by_role.items()},
         "client_uplink_use": sent / (up_bps / 8) / max(1e-9, len(hosts) * span),
-        "client_uplink_idle_s": idle_up, "machine_by_kind": kinds, "rows": rows,
+        "client_uplink_idle_s": idle_up, "owners": by_owner, "owners_span_s": snap_span,
+        "rows": rows,
     }
 
 
@@ -248,11 +333,7 @@ def _print(a: dict[str, Any], bin_s: float) -> None:
           f"it became ready); clients' uplinks used "
           f"{100 * a['client_uplink_use']:.0f} % ({a['client_uplink_idle_s']:.0f} "
           f"uplink-s idle)")
-    kinds = a.get("machine_by_kind") or {}
-    if kinds:
-        print(f"  the machine's CPU-s over {kinds['span_s']:.1f} s: " + ", ".join(
-            f"{k} {v:.1f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])
-            if k != "span_s"))
+    _print_owners(a)
     for role, v in sorted(a["roles"].items()):
         print(f"  {role:10} n={v['n']:3} CPU {v['cpu_s']:6.1f} s  "
               f"run-queue wait {v['wait_s']:6.1f} s")
@@ -270,10 +351,24 @@ def _print(a: dict[str, Any], bin_s: float) -> None:
             acc = []
 
 
+def _print_owners(a: dict[str, Any]) -> None:
+    got, span = a.get("owners") or {}, a.get("owners_span_s") or 0.0
+    if not got or span <= 0:
+        return
+    cap = span * a["cores"]
+    print(f"  the machine's CPU by owner, {span:.1f} s x {a['cores']} cores = {cap:.1f} CPU-s:")
+    print(f"    {'owner':18} {'CPU-s':>6} {'% cores':>7} {'user':>6} {'system':>6}")
+    for owner in sorted(got, key=lambda o: OWNERS.index(o) if o in OWNERS else 99):
+        u, v = got[owner]
+        note = " (within the rows above)" if owner in WITHIN else ""
+        print(f"    {owner:18} {u + v:6.1f} {100 * (u + v) / cap:7.1f} {u:6.1f} {v:6.1f}{note}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--peers", type=int, default=32)
-    p.add_argument("--mode", default="p2p")
+    p.add_argument("--mode", default="p2p", help="one mode or several: p2p,hybrid (one lab "
+                   "run, each mode's window apart)")
     p.add_argument("--size", default="32MiB")
     p.add_argument("--up", default="20mbit")
     p.add_argument("--down", default="100mbit")
@@ -299,11 +394,13 @@ def main() -> int:
         stdout, stderr = proc.communicate(timeout=1800)
     print(stdout[-3000:], stderr[-2000:], sep="\n", flush=True)
     results = json.loads((a.out / "results.json").read_text())
-    gate = _gate_time(a.out)
-    if gate is None:
-        print("no start gate found under --out")
-        return 1
-    got = [analyse(s, gate, r, _rate(a.up)) for r in results]
+    got = []
+    for r in results:
+        gate = _gate_time(a.out, r)
+        if gate is None:
+            print(f"{r['mode']}: no start gate found under --out")
+            return 1
+        got.append(analyse(s, gate, r, _rate(a.up)))
     for g in got:
         _print(g, a.bin)
     print(f"load average {os.getloadavg()}")

@@ -14,12 +14,15 @@ import pytest
 from conftest import need  # type: ignore[import-not-found,unused-ignore]
 from swarmhub.lab import topology
 from swarmhub.lab.topology import (
+    LAB_NICE,
+    LAB_NICE_ENV,
     RUN_PREFIX,
     TCP_CC,
     TCP_MIN_TSO_SEGS,
     Lab,
     LabError,
     LoopbackLab,
+    lab_nice,
     netns_available,
     run_prefix,
 )
@@ -189,3 +192,50 @@ def test_a_run_without_a_prefix_gets_its_own_and_cleans_only_dead_owners(
     assert removed == [f"{run_prefix(dead.pid)}-br", f"{run_prefix(dead.pid)}-h3"]
     deleted = [a[3] for a in ran if a[:3] == ["ip", "netns", "del"]]
     assert deleted == removed  # the live run's and other prefixes' namespaces are kept
+
+
+def test_lab_nice_reads_its_variable_and_refuses_bad_values() -> None:
+    assert LAB_NICE < 0  # ahead of the machine's default, or the lab shares its cores
+    assert lab_nice({}) == LAB_NICE
+    assert lab_nice({LAB_NICE_ENV: "0"}) == 0
+    assert lab_nice({LAB_NICE_ENV: " -3 "}) == -3
+    for bad in ("x", "-21", "20"):
+        with pytest.raises(LabError, match=LAB_NICE_ENV):
+            lab_nice({LAB_NICE_ENV: bad})
+
+
+PRIORITY = "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("nice", ["-4", "0"])
+def test_the_labs_processes_and_its_runner_run_at_its_niceness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nice: str
+) -> None:
+    """Every host's process (and the thread that times them, while the lab is up) runs at
+    the lab's niceness, ahead of the machine's other work; 0 leaves everything as it was."""
+    need(netns_available()[0], netns_available()[1])
+    monkeypatch.setenv(LAB_NICE_ENV, nice)
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    want = int(nice) if int(nice) else before
+    own_group = Path("/proc/self/autogroup")
+    group_before = own_group.read_text() if own_group.exists() else None
+    with Lab(f"{PREFIX}n", 2, 10e6, 10e6, log_dir=tmp_path / "logs") as lab:
+        assert os.getpriority(os.PRIO_PROCESS, 0) == want
+        if group_before is not None and int(nice):
+            assert own_group.read_text().split()[-1] == nice
+        assert lab.exec(1, [sys.executable, "-c", PRIORITY]).strip() == str(want)
+        p = lab.run(0, [sys.executable, "-c", PRIORITY], name="prio")
+        assert p.wait(20) == 0
+        assert p.tail().strip().splitlines()[-1] == str(want)
+        # its session's scheduling group too: there a process's own niceness weighs only
+        # against the group's other processes
+        q = lab.run(1, [sys.executable, "-c", "import time; time.sleep(30)"], name="group")
+        group = Path(f"/proc/{q.pid}/autogroup")
+        if group.exists():
+            assert group.read_text().split()[-1] == str(int(nice))
+        q.stop()
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    if group_before is not None:
+        assert own_group.read_text() == group_before
+    assert _leftovers(f"{PREFIX}n") == []
