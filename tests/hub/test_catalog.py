@@ -398,3 +398,26 @@ def test_the_same_torrent_published_through_two_processes_is_a_conflict(postgres
     finally:
         a.close()
         b.close()
+
+
+def test_postgresql_reload_keeps_what_an_open_write_of_ours_added(postgres: Any) -> None:
+    """A reload that reads the rows while one of this process's index-changing writes is
+    open (its row not yet committed, its entry already in the indexes) must not replace
+    the indexes: it dropped a just-made token's passkey until the next notification (seen
+    once under load: ``passkey_is_live`` False right after ``add_token``)."""
+    from swarmhub.hub.catalog_pg import PgCatalog
+
+    a = PgCatalog(postgres.new_database())
+    try:
+        _, before = a.add_token("reader")
+        with a._tx() as db:
+            a._changed(db)
+            a._passkeys["pending"] = "t-open"  # as add_token does before its commit
+            assert a._call(a._reload()) is False
+            assert a._passkeys["pending"] == "t-open"
+        r0 = a.reloads
+        assert a._call(a._reload()) is True  # nothing open: the database's indexes apply
+        assert a.reloads == r0 + 1
+        assert "pending" not in a._passkeys and a.passkey_is_live(before.passkey)
+    finally:
+        a.close()

@@ -66,6 +66,8 @@ class _PgConn:
     def __init__(self, catalog: PgCatalog, conn: Any) -> None:
         self._catalog = catalog
         self._conn = conn
+        #: Set by ``_changed``: this transaction also writes this process's indexes.
+        self.changes_indexes = False
 
     def one(self, sql: str, *args: Any) -> Sequence[Any] | None:
         row: Sequence[Any] | None = self._catalog._call(
@@ -101,6 +103,12 @@ class PgCatalog(CatalogBase):
         self._dirty: asyncio.Event | None = None
         #: Index reloads done because of a notification (for tests and /metrics).
         self.reloads = 0
+        # This process's index-changing writes: started (a version) and still open. A
+        # reload whose rows were read while one was open, or that one began or ended
+        # during, may miss what it wrote to the indexes itself: it is not applied.
+        self._writes = threading.Lock()
+        self._write_version = 0
+        self._writing = 0
         try:
             try:
                 self._pool = self._call(self._make_pool(pool_size))
@@ -133,16 +141,21 @@ class PgCatalog(CatalogBase):
     @contextmanager
     def _tx(self) -> Iterator[Conn]:
         conn = self._call(self._pool.acquire())
+        db = _PgConn(self, conn)
         try:
             tx = conn.transaction()
             self._call(tx.start())
             try:
-                yield _PgConn(self, conn)
+                yield db
             except BaseException:
                 self._call(tx.rollback())
                 raise
             self._call(tx.commit())
         finally:
+            if db.changes_indexes:
+                with self._writes:
+                    self._writing -= 1
+                    self._write_version += 1
             self._call(self._pool.release(conn))
 
     def _shared_secret(self) -> bytes:
@@ -175,6 +188,12 @@ class PgCatalog(CatalogBase):
         return _TYPES_RE.sub(lambda m: _TYPES[m.group(1)], script)
 
     def _changed(self, db: Conn) -> None:
+        assert isinstance(db, _PgConn)
+        if not db.changes_indexes:
+            db.changes_indexes = True
+            with self._writes:
+                self._writing += 1
+                self._write_version += 1
         db.exec(f"NOTIFY {CHANNEL}")
 
     def _name_contains(self, query: str) -> tuple[str, str]:
@@ -209,7 +228,8 @@ class PgCatalog(CatalogBase):
                     except TimeoutError:
                         continue
                     self._dirty.clear()
-                    await self._reload()
+                    if not await self._reload():
+                        await asyncio.sleep(0.01)  # one of our writes is open: let it end
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
                     TimeoutError) as exc:
                 log.warning("catalog change feed lost (%s); reconnecting", exc)
@@ -222,13 +242,25 @@ class PgCatalog(CatalogBase):
         if self._dirty is not None:
             self._dirty.set()
 
-    async def _reload(self) -> None:
+    async def _reload(self) -> bool:
+        """Replace the indexes with the database's; False (and another reload due) when
+        one of this process's own writes overlapped the read: its rows may be missing from
+        what was read while its entries are already in the indexes, and replacing them
+        would drop a token or file this process just added (until the next notification)."""
         files_sql, tokens_sql = self.INDEX_QUERIES
+        with self._writes:
+            version, writing = self._write_version, self._writing
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             file_rows = await conn.fetch(files_sql)
             token_rows = await conn.fetch(tokens_sql)
-        self._hashes, self._passkeys = self._indexes_from(file_rows, token_rows)
+        with self._writes:
+            if writing or self._write_version != version:
+                if self._dirty is not None:
+                    self._dirty.set()
+                return False
+            self._hashes, self._passkeys = self._indexes_from(file_rows, token_rows)
         self.reloads += 1
+        return True
 
     def close(self) -> None:
         """Stop listening, close the pool and the loop (idempotent)."""
