@@ -73,6 +73,25 @@ def test_pieces_kept_as_written_are_a_bounded_ring_within_a_larger_cache() -> No
     assert list(up._cache) == [n, *range(10, n)]
 
 
+async def test_a_piece_read_back_after_the_cache_dropped_its_written_copy_is_not_the_rings(
+) -> None:
+    """A written piece that the byte limit dropped and a read put back is a read piece:
+    when the ring of written pieces overflows, it stays."""
+    up = _uploader([_peer(set(), pieces=200)], Settings(read_cache_bytes=4 * PIECE))
+    for i in range(4):
+        up.keep_written(i, bytearray(PIECE))
+    up.keep_written(4, bytearray(PIECE))  # the byte limit drops piece 0; the ring holds it
+    assert 0 not in up._cache
+    fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    fut.set_result(b"r" * PIECE)
+    up._read_done(0, fut)  # read back from disk
+    assert up._cache[0] == b"r" * PIECE
+    for i in range(5, 5 + KEEP_WRITTEN_PIECES):
+        up.keep_written(i, bytearray(PIECE))
+        up._cache.move_to_end(0)  # asked for again and again: the newest use
+    assert up._cache[0] == b"r" * PIECE
+
+
 async def test_reads_ahead_the_next_pieces_a_deep_queue_asks_for() -> None:
     """A deep queue spanning pieces: the next ones are read while the first is sent, at
     most ``disk_threads`` beyond it, each once, none already cached."""

@@ -313,6 +313,7 @@ class Uploader:
             cache[index] = bytes(buf)
             cache.move_to_end(index)
             kept[index] = None
+            kept.move_to_end(index)
             while len(kept) > KEEP_WRITTEN_PIECES:
                 cache.pop(kept.popitem(last=False)[0], None)
             self._trim()
@@ -322,6 +323,8 @@ class Uploader:
         if fut.cancelled() or fut.exception() is not None:
             return
         self._cache[index] = fut.result()
+        self._kept.pop(index, None)  # read, not kept: the ring must not drop it (its
+        # written copy may have left the cache by _trim while its index stayed in the ring)
         self._trim()
 
     def _trim(self) -> None:
