@@ -230,7 +230,8 @@ def test_the_labs_processes_and_its_runner_run_at_its_niceness(
         assert p.tail().strip().splitlines()[-1] == str(want)
         # its session's scheduling group too: there a process's own niceness weighs only
         # against the group's other processes
-        q = lab.run(1, [sys.executable, "-c", "import time; time.sleep(30)"], name="group")
+        # alive until stopped (a signal), whatever the clock says
+        q = lab.run(1, [sys.executable, "-c", "import signal; signal.pause()"], name="group")
         group = Path(f"/proc/{q.pid}/autogroup")
         if group.exists():
             assert group.read_text().split()[-1] == str(int(nice))
