@@ -108,8 +108,9 @@ LAB_NICE_ENV = "SWARMHUB_LAB_NICE"
 _cmd = run_cmd
 
 
-def _group_nice(pid: int) -> int | None:
-    """The niceness of ``pid``'s autogroup (None: no autogroup scheduling here)."""
+def group_nice(pid: int) -> int | None:
+    """The niceness of ``pid``'s autogroup (None: none here, or the process is scheduled
+    by a cgroup of its own, which leaves the file empty)."""
     try:
         with open(f"/proc/{pid}/autogroup") as f:
             return int(f.read().split()[-1])
@@ -467,9 +468,10 @@ class Lab(_Base):
         restores both."""
         if self.nice and self._own_nice is None:
             self._own_nice = os.getpriority(os.PRIO_PROCESS, 0)
-            self._own_group_nice = _group_nice(os.getpid())
+            self._own_group_nice = group_nice(os.getpid())
             os.setpriority(os.PRIO_PROCESS, 0, self.nice)
-            _set_group_nice(os.getpid(), self.nice)
+            if self._own_group_nice is not None:  # None: in no session group of its own
+                _set_group_nice(os.getpid(), self.nice)
 
     # -- build / teardown ---------------------------------------------------------------------
     def __enter__(self) -> Self:
