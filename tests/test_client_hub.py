@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import http.server
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,3 +147,67 @@ async def test_a_swarm_get_asks_for_the_torrent_without_piece_layers(
     assert hub.torrent_queries == ["piece_layers=0", ""]
     assert meta is not None and not meta.piece_layers
     assert meta.info_hash == full.info_hash and meta.url_list == full.url_list
+
+
+
+async def test_a_failed_entry_waits_for_the_torrent_request_rather_than_cancelling_it() -> None:
+    """The entry's error is raised once the torrent request (to the same server) has ended
+    too; that request is not cancelled (see the uvloop test below for why)."""
+    loop = asyncio.get_running_loop()
+    answers: dict[str, asyncio.Future[None]] = {}
+
+    class FailingHttp:
+        async def get(self, url: str, headers: object = None) -> None:
+            answers[url] = fut = loop.create_future()
+            await fut
+
+    call = asyncio.ensure_future(
+        hub_file_torrent(FailingHttp(), "https://hub", "abc", None))  # type: ignore[arg-type]
+    for _ in range(100):  # bounded: both requests are out within a few turns
+        if len(answers) == 2:
+            break
+        await asyncio.sleep(0)
+    entry = next(fut for url, fut in answers.items() if "/api/files/" in url)
+    torrent = next(fut for url, fut in answers.items() if url.endswith(".torrent"))
+    entry.set_exception(ConnectionResetError("entry"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not torrent.cancelled() and not call.done()
+    torrent.set_exception(ConnectionResetError("torrent"))
+    with pytest.raises(ConnectionResetError, match="entry"):
+        await call
+
+
+def test_https_to_plain_http_leaves_no_unread_tls_failure_under_uvloop() -> None:
+    """`get https://` to a plain-HTTP hub: both requests fail their TLS handshakes at
+    about the same time. Cancelling the torrent request's uvloop TLS connect mid-handshake
+    left its failure in a future nobody read: "Future exception was never retrieved" and a
+    traceback above the CLI's one-line error (about 1 in 3 tries on loopback before)."""
+    uvloop = pytest.importorskip("uvloop")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    reports: list[object] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: reports.append(context["message"]))
+        for _ in range(40):
+            async with HttpClient() as client:
+                with pytest.raises(OSError):
+                    await hub_file_torrent(client, f"https://127.0.0.1:{server.server_port}",
+                                           "abc", None)
+        await asyncio.sleep(0)
+        gc.collect()
+
+    try:
+        uvloop.run(main())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reports == []
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass

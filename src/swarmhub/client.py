@@ -136,8 +136,15 @@ async def hub_file_torrent(http: HttpClient, base: str, file_id: str,
                                               token))
     try:
         info = await hub_file(http, base, file_id, token, peer_id)
-    except BaseException:
+    except asyncio.CancelledError:
         early.cancel()
+        await asyncio.gather(early, return_exceptions=True)
+        raise
+    except BaseException:
+        # the entry's error is the one raised, once the torrent request (to the same server,
+        # bounded by the same timeouts) has ended too. Not cancelled: uvloop's TLS connect,
+        # cancelled while its handshake is under way, leaves the handshake's failure in a
+        # future nobody reads, and the user saw a traceback above the one-line error.
         await asyncio.gather(early, return_exceptions=True)
         raise
     try:
