@@ -21,6 +21,7 @@ from swarmhub.lab.topology import (
     TCP_MIN_TSO_SEGS,
     Lab,
     LabError,
+    LabProc,
     LoopbackLab,
     group_nice,
     lab_nice,
@@ -241,3 +242,32 @@ def test_the_labs_processes_and_its_runner_run_at_its_niceness(
     if group_before is not None:
         assert group_nice(os.getpid()) == group_before
     assert _leftovers(f"{PREFIX}n") == []
+
+
+def test_wait_json_reads_what_a_process_wrote_just_before_it_exited(tmp_path: Path) -> None:
+    """The line a process prints as it exits is found, not an "exited before" error: the
+    process here writes and exits between the waiter's read of its output and its check
+    for an exit (seen under load in a lab test: "rx2 exited (0) before 'finished'" above
+    that very line)."""
+    go = tmp_path / "go"
+    child = (
+        "import json, os, sys, time\n"
+        "for _ in range(3000):  # bounded: the test creates the file at once\n"
+        "    if os.path.exists(sys.argv[1]): break\n"
+        "    time.sleep(0.01)\n"
+        "print(json.dumps({'event': 'finished'}), flush=True)\n"
+    )
+    proc = LabProc([sys.executable, "-c", child, str(go)], log_path=tmp_path / "out.log",
+                   name="late")
+    plain_poll = proc.poll
+
+    def poll_after_the_last_line() -> int | None:
+        go.touch()  # the process writes its line and exits now, after the read
+        proc._popen.wait(30)
+        return plain_poll()
+
+    proc.poll = poll_after_the_last_line  # type: ignore[method-assign]
+    try:
+        assert proc.wait_json("finished", 30) == {"event": "finished"}
+    finally:
+        proc.stop()

@@ -943,8 +943,10 @@ def _data_version(db: sqlite3.Connection) -> int:
 
 
 def new_file_id() -> str:
-    """A short URL-safe random id (72 bits)."""
-    return secrets.token_urlsafe(9)
+    """A short URL-safe random id (72 bits), never starting with ``-``: one in 64 did, and
+    ``swarmhub admin files delete -Xy...`` then read it as an option (a usage error)."""
+    file_id = secrets.token_urlsafe(9)
+    return "_" + file_id[1:] if file_id.startswith("-") else file_id
 
 
 def _casefold(text: str | None) -> str | None:

@@ -283,11 +283,13 @@ class LabProc:
         """First JSON line with ``"event": event`` (bounded); fails early if the process exits."""
         deadline = time.monotonic() + timeout
         while True:
+            # polled before reading: what a process wrote before it exited is then all read
+            exited = self.poll() is not None
             for line in self.new_lines():
                 obj = _json_line(line)
                 if obj is not None and obj.get("event") == event:
                     return obj
-            if self.poll() is not None:
+            if exited:
                 raise LabError(
                     f"{self.name} exited ({self.returncode}) before '{event}'\n{self.tail()}"
                 )
