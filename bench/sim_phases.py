@@ -36,6 +36,18 @@ def _rss_mib() -> float:
         return float("nan")
 
 
+def _huge_mib() -> float:
+    """Anonymous memory in transparent huge pages (MiB; nan without /proc)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def one(n: int, mode: str, piece_kib: int, dt: float, seed: int,
         kinds: dict[str, int] | None = None, until: float | None = None) -> list[dict[str, Any]]:
     from swarmhub.lab import simulate as sim_mod
@@ -105,7 +117,7 @@ def main() -> None:
         print(f"N={n} {args.mode}: {total:.1f} CPU-s, {rows[-1]['seq'] / n:,.0f} events per "
               f"peer, {total / rows[-1]['seq'] * 1e6:.1f} us per event, peak RSS "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB "
-              "(this process so far)")
+              f"(this process so far), {_huge_mib():.0f} MiB of it in huge pages")
         print("      t   CPU-s  ev/peer  us/ev  heap/peer  RSS MiB   done  conns/peer"
               "  passes/ev")
         prev = {"cpu": end["start"], "seq": 0, "passes": 0}
