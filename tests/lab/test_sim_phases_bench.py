@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 from types import ModuleType
 
@@ -29,7 +30,8 @@ def test_the_samples_cover_the_run_and_the_override_is_undone() -> None:
     # one at t=0, one per --dt of virtual time, one when the run ended (all 6 done)
     assert samples[0]["t"] == 0.0 and samples[-1]["done"] == 6
     assert [r["t"] for r in samples[:3]] == [0.0, 2.0, 4.0]
-    assert all(a["seq"] <= b["seq"] and a["cpu"] <= b["cpu"] for a, b in zip(samples, samples[1:]))
+    assert all(a["seq"] <= b["seq"] and a["cpu"] <= b["cpu"]
+               for a, b in itertools.pairwise(samples))
     assert samples[-1]["seq"] > 1000 * 6 and samples[-1]["conns"] > 0
     assert end["cpu"] >= samples[-1]["cpu"] >= end["start"]
     # the heap held each host's tick and the flows' completions while the run went on
