@@ -70,6 +70,7 @@ def test_closed_connections_are_freed_during_the_run() -> None:
         gc.collect()
         # 60 peers dialling 50 each: many connections close as handshakes cross
         res = simulate("p2p", _opts(60, size=MIB, seed=3, piece_length=64 << 10))
+        gc.unfreeze()  # the run froze what it made (get_objects leaves frozen ones out)
         ends = [o for o in gc.get_objects() if isinstance(o, End)]
     finally:
         if enabled:
@@ -427,3 +428,34 @@ def test_pex_size_is_counted_as_the_encoder_would_write_it(seed: int) -> None:
         assert pex_wire_size(msg) == 6 + len(encode_pex(msg))
     msg = PexMessage(added=[("2001:db8::1", 6881), ("10.0.0.1", 1)], added_flags=[0, 16])
     assert pex_wire_size(msg) == 6 + len(encode_pex(msg))
+
+
+def test_a_run_freezes_what_it_made_and_the_next_run_unfreezes_it() -> None:
+    # After a run the collector resumes with the run's objects frozen (no collection
+    # walks them); the next run hands them back to the collector as it starts.
+    import gc
+
+    from swarmhub.lab.simulate import End
+
+    enabled = gc.isenabled()
+    try:
+        gc.enable()
+        res = simulate("p2p", _opts(8, size=MIB, seed=1, piece_length=64 << 10))
+        assert res.ok and gc.isenabled()  # the collector is back on, as it was
+        assert gc.get_freeze_count() > 0
+        # the run's connection ends are out of the collector's sight
+        assert not any(isinstance(o, End) for o in gc.get_objects())
+        gc.disable()
+        during: list[int] = []
+        res2 = simulate("p2p", _opts(8, size=MIB, seed=2, piece_length=64 << 10),
+                        lambda _e: during.append(gc.get_freeze_count()))
+        assert res2.ok and not gc.isenabled()  # left off, as it was
+        # while the second run ran, nothing was frozen: it unfroze the first's objects
+        assert len(during) == 8 and set(during) == {0}
+        assert gc.get_freeze_count() > 0  # and froze its own at its end
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+        else:
+            gc.disable()
