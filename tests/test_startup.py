@@ -307,3 +307,43 @@ def test_a_hybrid_hub_get_imports_its_tracker_client_and_web_seed_while_the_hub_
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "probe.json").read_text()) == [
         "swarmhub.discovery.tracker", "swarmhub.engine.webseed"]
+
+
+#: Run before the CLI: once the lab's start gate (:mod:`swarmhub.lab.gate`) let this process
+#: through, note the loaded modules; at exit, write the swarmhub ones loaded since.
+_AFTER_GATE = """
+import atexit, json, os, sys
+import swarmhub.lab.gate as gate
+_wait, _at_gate = gate.wait_gate, []
+async def noted(*a, **k):
+    await _wait(*a, **k)
+    _at_gate.append(set(sys.modules))
+gate.wait_gate = noted
+def _dump():
+    with open(os.environ["STARTUP_PROBE_OUT"], "w") as fh:
+        json.dump({"gated": bool(_at_gate), "after": sorted(
+            m for m in set(sys.modules) - (_at_gate or [set()])[0]
+            if m.split(".")[0] == "swarmhub")}, fh)
+atexit.register(_dump)
+"""
+
+
+@pytest.mark.parametrize("mode", ["p2p", "hybrid"])
+def test_a_lab_peer_imports_none_of_its_modules_after_the_start_gate(
+        tmp_path: Path, hub_url: str, mode: str) -> None:
+    """A lab run times its peers from the gate's opening: what they import after it (and,
+    in a checkout without bytecode, compile) is CPU inside the timed run on a CPU-bound
+    lab; the gate imports what the run will need (``warm``) before it says ready."""
+    (tmp_path / "gate").touch()  # open: the get goes through at once
+    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
+               SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
+               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"),
+               SWARMHUB_LAB_GATE=str(tmp_path / "gate"))
+    r = subprocess.run(
+        [str(VENV_PYTHON), "-c", _AFTER_GATE + _RUN_CLI, "get", hub_url, "--mode", mode, "-o",
+         str(tmp_path / "dl"), "--listen", "127.0.0.1:0", "--json", "--no-dht", "--no-lsd",
+         "--encryption", "off", "--timeout", "120"],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]).get("event") == "finished"
+    assert json.loads((tmp_path / "probe.json").read_text()) == {"gated": True, "after": []}
