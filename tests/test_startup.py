@@ -178,19 +178,26 @@ def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.mark.parametrize("mode", ["cs", "hybrid"])
-def test_a_get_from_a_hub_never_loads_aiohttp(tmp_path: Path, hub_url: str, mode: str) -> None:
+def _hub_get(tmp_path: Path, hub_url: str, mode: str, before: str,
+             **more_env: str) -> None:
+    """``get hub_url --mode mode --json`` (DHT, LSD and encryption off), ``before`` run
+    before the CLI in its process; it must finish."""
     env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
                SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
-               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"))
+               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"), **more_env)
     r = subprocess.run(
-        [str(VENV_PYTHON), "-c", _AT_EXIT + _RUN_CLI, "get", hub_url, "--mode", mode, "-o",
+        [str(VENV_PYTHON), "-c", before + _RUN_CLI, "get", hub_url, "--mode", mode, "-o",
          str(tmp_path / "dl"), "--listen", "127.0.0.1:0", "--json", "--no-dht", "--no-lsd",
          "--encryption", "off", "--timeout", "120"],
         capture_output=True, text=True, timeout=180, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     done = json.loads(r.stdout.strip().splitlines()[-1])
     assert done.get("event") == "finished", done
+
+
+@pytest.mark.parametrize("mode", ["cs", "hybrid"])
+def test_a_get_from_a_hub_never_loads_aiohttp(tmp_path: Path, hub_url: str, mode: str) -> None:
+    _hub_get(tmp_path, hub_url, mode, _AT_EXIT)
     loaded = set(json.loads((tmp_path / "probe.json").read_text()))
     assert "swarmhub.discovery.httpget" in loaded  # the hub was asked with it
     if mode == "hybrid":
@@ -335,15 +342,5 @@ def test_a_lab_peer_imports_none_of_its_modules_after_the_start_gate(
     in a checkout without bytecode, compile) is CPU inside the timed run on a CPU-bound
     lab; the gate imports what the run will need (``warm``) before it says ready."""
     (tmp_path / "gate").touch()  # open: the get goes through at once
-    env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
-               SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
-               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"),
-               SWARMHUB_LAB_GATE=str(tmp_path / "gate"))
-    r = subprocess.run(
-        [str(VENV_PYTHON), "-c", _AFTER_GATE + _RUN_CLI, "get", hub_url, "--mode", mode, "-o",
-         str(tmp_path / "dl"), "--listen", "127.0.0.1:0", "--json", "--no-dht", "--no-lsd",
-         "--encryption", "off", "--timeout", "120"],
-        capture_output=True, text=True, timeout=180, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout.strip().splitlines()[-1]).get("event") == "finished"
+    _hub_get(tmp_path, hub_url, mode, _AFTER_GATE, SWARMHUB_LAB_GATE=str(tmp_path / "gate"))
     assert json.loads((tmp_path / "probe.json").read_text()) == {"gated": True, "after": []}
