@@ -178,19 +178,26 @@ def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.mark.parametrize("mode", ["cs", "hybrid"])
-def test_a_get_from_a_hub_never_loads_aiohttp(tmp_path: Path, hub_url: str, mode: str) -> None:
+def _hub_get(tmp_path: Path, hub_url: str, mode: str, before: str,
+             **more_env: str) -> None:
+    """``get hub_url --mode mode --json`` (DHT, LSD and encryption off), ``before`` run
+    before the CLI in its process; it must finish."""
     env = dict(os.environ, SWARMHUB_STATE_DIR=str(tmp_path / "state"),
                SWARMHUB_CONFIG=str(tmp_path / "no-config.toml"),
-               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"))
+               STARTUP_PROBE_OUT=str(tmp_path / "probe.json"), **more_env)
     r = subprocess.run(
-        [str(VENV_PYTHON), "-c", _AT_EXIT + _RUN_CLI, "get", hub_url, "--mode", mode, "-o",
+        [str(VENV_PYTHON), "-c", before + _RUN_CLI, "get", hub_url, "--mode", mode, "-o",
          str(tmp_path / "dl"), "--listen", "127.0.0.1:0", "--json", "--no-dht", "--no-lsd",
          "--encryption", "off", "--timeout", "120"],
         capture_output=True, text=True, timeout=180, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     done = json.loads(r.stdout.strip().splitlines()[-1])
     assert done.get("event") == "finished", done
+
+
+@pytest.mark.parametrize("mode", ["cs", "hybrid"])
+def test_a_get_from_a_hub_never_loads_aiohttp(tmp_path: Path, hub_url: str, mode: str) -> None:
+    _hub_get(tmp_path, hub_url, mode, _AT_EXIT)
     loaded = set(json.loads((tmp_path / "probe.json").read_text()))
     assert "swarmhub.discovery.httpget" in loaded  # the hub was asked with it
     if mode == "hybrid":
@@ -307,3 +314,33 @@ def test_a_hybrid_hub_get_imports_its_tracker_client_and_web_seed_while_the_hub_
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "probe.json").read_text()) == [
         "swarmhub.discovery.tracker", "swarmhub.engine.webseed"]
+
+
+#: Run before the CLI: once the lab's start gate (:mod:`swarmhub.lab.gate`) let this process
+#: through, note the loaded modules; at exit, write the swarmhub ones loaded since.
+_AFTER_GATE = """
+import atexit, json, os, sys
+import swarmhub.lab.gate as gate
+_wait, _at_gate = gate.wait_gate, []
+async def noted(*a, **k):
+    await _wait(*a, **k)
+    _at_gate.append(set(sys.modules))
+gate.wait_gate = noted
+def _dump():
+    with open(os.environ["STARTUP_PROBE_OUT"], "w") as fh:
+        json.dump({"gated": bool(_at_gate), "after": sorted(
+            m for m in set(sys.modules) - (_at_gate or [set()])[0]
+            if m.split(".")[0] == "swarmhub")}, fh)
+atexit.register(_dump)
+"""
+
+
+@pytest.mark.parametrize("mode", ["p2p", "hybrid"])
+def test_a_lab_peer_imports_none_of_its_modules_after_the_start_gate(
+        tmp_path: Path, hub_url: str, mode: str) -> None:
+    """A lab run times its peers from the gate's opening: what they import after it (and,
+    in a checkout without bytecode, compile) is CPU inside the timed run on a CPU-bound
+    lab; the gate imports what the run will need (``warm``) before it says ready."""
+    (tmp_path / "gate").touch()  # open: the get goes through at once
+    _hub_get(tmp_path, hub_url, mode, _AFTER_GATE, SWARMHUB_LAB_GATE=str(tmp_path / "gate"))
+    assert json.loads((tmp_path / "probe.json").read_text()) == {"gated": True, "after": []}

@@ -481,9 +481,12 @@ def get(
         if gate := os.environ.get("SWARMHUB_LAB_GATE"):
             from swarmhub.lab.gate import wait_gate  # imported only then (start-up cost)
 
-            # (rich only for a bar: with --json nothing imports it)
-            warm = ["swarmhub.discovery.tracker", *([] if json_progress else ["rich.console"]),
-                    *(["swarmhub.client"] if hub_url else [])]
+            # What the run imports after the gate (listed by a lab peer's sys.modules; rich
+            # only for a bar: with --json nothing imports it; idna: the first dial's name)
+            warm = ["swarmhub.discovery.tracker", "swarmhub.discovery.lsd", "encodings.idna",
+                    *([] if json_progress else ["rich.console"]),
+                    *(["swarmhub.client", "swarmhub.downloads"] if hub_url else []),
+                    *(["swarmhub.engine.webseed"] if hub_url and mode == "hybrid" else [])]
             await wait_gate(Path(gate), timeout or 600.0, warm)
         # --timeout covers the whole command, fetching a magnet's metadata included.
         cmd_deadline = time.monotonic() + timeout if timeout else None

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from swarmhub.lab.bytecode import compile_package
 from swarmhub.lab.faults import Fault, SwarmProgress, should_fire, swarm_pieces
 from swarmhub.lab.gate import GATE_ENV, GATE_EVENT
 from swarmhub.lab.results import HostResult, ScenarioResult
@@ -200,6 +201,7 @@ class Runner:
             shutil.rmtree(self.out_dir(h.host), ignore_errors=True)
             self.out_dir(h.host).mkdir(parents=True)
         self.gate_file().unlink(missing_ok=True)
+        compile_package()  # its processes read .pyc files, as an installed swarmhub's do
         self.start_source()
         # Link counters from before any client starts: an ungated client (curl) starts
         # downloading at once, and a gated one sends nothing before the gate anyway.
