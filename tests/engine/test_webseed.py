@@ -552,6 +552,45 @@ async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path:
     assert ws.failures == 0 and ws.requests == 3 and not ws.banned
 
 
+async def test_a_stopped_fetch_ends_with_the_whole_pieces_it_holds_and_drops_the_rest(
+        tmp_path: Path) -> None:
+    """``stop`` is asked after every read: once True, the fetch yields the whole pieces of
+    the run under way (a shorter run, here 2 of 16) and ends without an error, its
+    connection dropped: the server never has to send the rest (here it holds it back for
+    good, so a fetch that did not stop would wait for it until the timeout)."""
+    pl = 64 * KIB
+    data, meta = one_file(tmp_path, 4, 16, pl)
+    part = 2 * pl + pl // 2
+
+    async def held(
+        srv: RawServer,
+        r: asyncio.StreamReader,
+        w: asyncio.StreamWriter,
+        path: str,
+        span: tuple[int, int] | None,
+    ) -> None:
+        assert span is not None
+        whole = srv.partial(path, span)
+        w.write(whole[:len(whole) - (span[1] - span[0] + 1) + part])  # head + 2.5 pieces
+        await w.drain()
+        await srv.gate.wait()
+
+    async with RawServer({"/f.bin": data}, held) as srv, HttpClient() as http:
+        ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
+
+        async def runs() -> list[tuple[int, int, bytes]]:
+            out = []
+            async with contextlib.aclosing(ws.fetch_runs(
+                    range(16), 16 * pl, lambda: ws.bytes_downloaded >= part)) as it:
+                async for run in it:
+                    out.append((run.first, run.pieces, bytes(run.buf[:run.pieces * pl])))
+            return out
+
+        got = await asyncio.wait_for(runs(), 10)
+    assert got == [(0, 2, data[:2 * pl])]
+    assert ws.failures == 0 and ws.requests == 1 and not ws.banned
+
+
 async def test_stopping_early_lets_a_reply_asked_ahead_go(tmp_path: Path) -> None:
     """Closing a fetch after its first piece drops the reply already asked for ahead;
     the next fetch on the same web seed still gets every piece it asks for."""
