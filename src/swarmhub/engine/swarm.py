@@ -1071,8 +1071,23 @@ class Swarm:
         client fetched 1 MiB over HTTP in each run; the swarm held 0.3-0.5 F less than
         p2p's at 2 s). In a swarm, the origin's uplink is for first copies spread over
         the peers: a batch taken alone, grown to the whole file, would otherwise go on
-        feeding one client while every new leecher waits on the origin's peer."""
-        return source in self._ws_alone and not self.webseed_alone()
+        feeding one client while every new leecher waits on the origin's peer.
+
+        Unlike :meth:`webseed_alone`, a peer at the web seed's host is never the other
+        leecher: the hub's own peer dialling us (it dials its leechers at each of its
+        tracker rounds) read as one until our next dial round, and a lone download's
+        batch must not stop for it."""
+        if source not in self._ws_alone:
+            return False
+        if self.tracker_leechers is not None and self.tracker_leechers > 1:
+            return True  # the tracker counts us as a leecher too
+        origins = self._ws_origins
+        leechers = sum(1 for ps in self.peers.values()
+                       if not ps.is_seed and not ps.closed and ps.addr[0] not in origins)
+        # a seed the tracker counts may hide among them (a super-seed looks like a
+        # leecher), except the origin's own, which we just left out
+        seeds = self.tracker_seeds - (1 if origins and self.tracker_seeds > 0 else 0)
+        return leechers > seeds
 
     def webseed_request_bytes(self) -> int:
         """Bytes per HTTP range request for the web seed's next batch: alone, about
