@@ -471,7 +471,8 @@ async def test_runs_hold_adjacent_pieces_in_page_aligned_buffers_pads_zeroed(
 
 async def first_piece_then_gate(srv: RawServer, w: asyncio.StreamWriter, path: str,
                                 span: tuple[int, int], pl: int) -> None:
-    """Reply with the headers and the first piece, the rest once ``srv.gate`` is set."""
+    """Reply with the headers and the first ``pl`` bytes of the body (its first piece),
+    the rest once ``srv.gate`` is set."""
     whole = srv.partial(path, span)
     cut = len(whole) - (span[1] - span[0] + 1) + pl  # headers + the first piece
     w.write(whole[:cut])
@@ -480,22 +481,20 @@ async def first_piece_then_gate(srv: RawServer, w: asyncio.StreamWriter, path: s
     w.write(whole[cut:])
 
 
+def gated_after(nbytes: int) -> Behaviour:
+    """A server behaviour: every reply sends ``nbytes`` of its body, the rest at the gate."""
+    async def gated(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                    path: str, span: tuple[int, int] | None) -> None:
+        assert span is not None
+        await first_piece_then_gate(srv, w, path, span, nbytes)
+    return gated
+
+
 async def test_pieces_are_yielded_while_the_response_is_still_streaming(tmp_path: Path) -> None:
     """The first piece arrives although the server holds back the rest of the 4 MiB range."""
     pl = 64 * KIB
     data, meta = one_file(tmp_path, 3, 64, pl)
-
-    async def gated(
-        srv: RawServer,
-        r: asyncio.StreamReader,
-        w: asyncio.StreamWriter,
-        path: str,
-        span: tuple[int, int] | None,
-    ) -> None:
-        assert span is not None
-        await first_piece_then_gate(srv, w, path, span, pl)
-
-    async with RawServer({"/f.bin": data}, gated) as srv, HttpClient() as http:
+    async with RawServer({"/f.bin": data}, gated_after(pl)) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
         async with contextlib.aclosing(ws.fetch(range(64))) as it:
             first = await asyncio.wait_for(anext(it), 5)
@@ -560,22 +559,8 @@ async def test_a_stopped_fetch_ends_with_the_whole_pieces_it_holds_and_drops_the
     good, so a fetch that did not stop would wait for it until the timeout)."""
     pl = 64 * KIB
     data, meta = one_file(tmp_path, 4, 16, pl)
-    part = 2 * pl + pl // 2
-
-    async def held(
-        srv: RawServer,
-        r: asyncio.StreamReader,
-        w: asyncio.StreamWriter,
-        path: str,
-        span: tuple[int, int] | None,
-    ) -> None:
-        assert span is not None
-        whole = srv.partial(path, span)
-        w.write(whole[:len(whole) - (span[1] - span[0] + 1) + part])  # head + 2.5 pieces
-        await w.drain()
-        await srv.gate.wait()
-
-    async with RawServer({"/f.bin": data}, held) as srv, HttpClient() as http:
+    part = 2 * pl + pl // 2  # 2.5 pieces, then nothing until the gate (never set)
+    async with RawServer({"/f.bin": data}, gated_after(part)) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
 
         async def runs() -> list[tuple[int, int, bytes]]:
