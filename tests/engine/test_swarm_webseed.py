@@ -217,6 +217,41 @@ def _deliver(s: Swarm, batch: list[int], now: float) -> None:
         s.webseed_piece(i, PIECE, now)
 
 
+def test_a_batch_taken_alone_is_cut_once_we_are_not_and_only_such_a_batch() -> None:
+    """The first of a crowd reads "alone" in the hub's file info and starts its web seed
+    at once; when the tracker's answer counts the others (or one connects), the batch is
+    cut (its rest goes back to the peers): the origin's uplink is for the swarm's first
+    copies. A batch taken with leechers around (what they lack) is never cut."""
+    s = make_swarm(pieces=64, trackers=True)
+    s.tracker_counts(1, 0)  # the hub's file info: its seeder, nobody else yet
+    assert s.webseed_batch(0.0, set(), source="a")
+    assert not s.webseed_cut("a")  # alone: it runs on
+    _tracker(s, 0.05, seeds=1, leechers=6)  # our announce's answer: five others coming
+    assert s.webseed_cut("a")
+    s.webseed_release(0.06, source="a")
+    assert not s.webseed_cut("a")  # released: nothing left to cut
+    joined = make_swarm(pieces=64, trackers=True)
+    joined.webseed_origin([HUB_IP], 0.0)
+    joined.tracker_response(0.0, interval=1800, peers=[(HUB_IP, 6881)], seeds=1, leechers=1)
+    joined.take()
+    assert joined.webseed_batch(0.0, set(), source="a")
+    joined.tick(0.05)  # the hub's peer is held undialled while its web seed serves us
+    # the hub's peer dials us (its tracker round): a super-seed looks like a leecher, but
+    # one at the web seed's host is the origin's own: still alone
+    joined.connected("hub", (HUB_IP, 40000), b"-SH0100-hubhubhubhub", fast=True, now=0.1)
+    joined.message("hub", m.HaveNone(), 0.1)
+    assert not joined.webseed_cut("a")
+    join(joined, "leecher", 0.2)  # no tracker news, but another leecher connected
+    assert joined.webseed_cut("a")
+    crowd = make_swarm(pieces=16, trackers=True, settings=QUIET.replace(web_seed_grace=0.5))
+    _tracker(crowd, 0.0, seeds=0, leechers=5)
+    join(crowd, "a", 0.0)
+    crowd.message("a", m.Bitfield(m.bitfield_from_bools([i < 8 for i in range(16)])), 0.0)
+    crowd.take()
+    assert crowd.webseed_batch(1.0, set(), source="b")  # what no peer has, past the grace
+    assert not crowd.webseed_cut("b")
+
+
 def test_alone_the_origins_peer_is_left_idle_while_its_web_seed_serves() -> None:
     s = _alone_with_hub()
     early = _asked(s, "hub")  # before the web seed starts, the peer is asked as usual

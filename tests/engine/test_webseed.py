@@ -471,7 +471,8 @@ async def test_runs_hold_adjacent_pieces_in_page_aligned_buffers_pads_zeroed(
 
 async def first_piece_then_gate(srv: RawServer, w: asyncio.StreamWriter, path: str,
                                 span: tuple[int, int], pl: int) -> None:
-    """Reply with the headers and the first piece, the rest once ``srv.gate`` is set."""
+    """Reply with the headers and the first ``pl`` bytes of the body (its first piece),
+    the rest once ``srv.gate`` is set."""
     whole = srv.partial(path, span)
     cut = len(whole) - (span[1] - span[0] + 1) + pl  # headers + the first piece
     w.write(whole[:cut])
@@ -480,22 +481,20 @@ async def first_piece_then_gate(srv: RawServer, w: asyncio.StreamWriter, path: s
     w.write(whole[cut:])
 
 
+def gated_after(nbytes: int) -> Behaviour:
+    """A server behaviour: every reply sends ``nbytes`` of its body, the rest at the gate."""
+    async def gated(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                    path: str, span: tuple[int, int] | None) -> None:
+        assert span is not None
+        await first_piece_then_gate(srv, w, path, span, nbytes)
+    return gated
+
+
 async def test_pieces_are_yielded_while_the_response_is_still_streaming(tmp_path: Path) -> None:
     """The first piece arrives although the server holds back the rest of the 4 MiB range."""
     pl = 64 * KIB
     data, meta = one_file(tmp_path, 3, 64, pl)
-
-    async def gated(
-        srv: RawServer,
-        r: asyncio.StreamReader,
-        w: asyncio.StreamWriter,
-        path: str,
-        span: tuple[int, int] | None,
-    ) -> None:
-        assert span is not None
-        await first_piece_then_gate(srv, w, path, span, pl)
-
-    async with RawServer({"/f.bin": data}, gated) as srv, HttpClient() as http:
+    async with RawServer({"/f.bin": data}, gated_after(pl)) as srv, HttpClient() as http:
         ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
         async with contextlib.aclosing(ws.fetch(range(64))) as it:
             first = await asyncio.wait_for(anext(it), 5)
@@ -550,6 +549,31 @@ async def test_the_next_range_goes_out_while_the_previous_body_streams(tmp_path:
     assert all(bytes(d) == data[i * pl:(i + 1) * pl] for i, d in rest)
     assert len(srv.log) == 3 and srv.log[2] == srv.log[1]  # asked again after the 503
     assert ws.failures == 0 and ws.requests == 3 and not ws.banned
+
+
+async def test_a_stopped_fetch_ends_with_the_whole_pieces_it_holds_and_drops_the_rest(
+        tmp_path: Path) -> None:
+    """``stop`` is asked after every read: once True, the fetch yields the whole pieces of
+    the run under way (a shorter run, here 2 of 16) and ends without an error, its
+    connection dropped: the server never has to send the rest (here it holds it back for
+    good, so a fetch that did not stop would wait for it until the timeout)."""
+    pl = 64 * KIB
+    data, meta = one_file(tmp_path, 4, 16, pl)
+    part = 2 * pl + pl // 2  # 2.5 pieces, then nothing until the gate (never set)
+    async with RawServer({"/f.bin": data}, gated_after(part)) as srv, HttpClient() as http:
+        ws = WebSeed(srv.base + "f.bin", meta, http, max_request=4 * MIB)
+
+        async def runs() -> list[tuple[int, int, bytes]]:
+            out = []
+            async with contextlib.aclosing(ws.fetch_runs(
+                    range(16), 16 * pl, lambda: ws.bytes_downloaded >= part)) as it:
+                async for run in it:
+                    out.append((run.first, run.pieces, bytes(run.buf[:run.pieces * pl])))
+            return out
+
+        got = await asyncio.wait_for(runs(), 10)
+    assert got == [(0, 2, data[:2 * pl])]
+    assert ws.failures == 0 and ws.requests == 1 and not ws.banned
 
 
 async def test_stopping_early_lets_a_reply_asked_ahead_go(tmp_path: Path) -> None:

@@ -301,6 +301,21 @@ class _Assembler:
         self._run, self._buf, self._first, self._end = None, bytearray(), -1, -1
         return done
 
+    def cut(self) -> Run | None:
+        """The whole pieces the current run holds so far, as a shorter run (its buffer),
+        when the rest will not come (:meth:`WebSeed.fetch_runs` ``stop``). Bytes arrive in
+        order, so these are its first pieces; a run with pads is given up whole (its
+        pieces' bytes are not where the count says)."""
+        run, got = self._run, self._got
+        self._run, self._first, self._end = None, -1, -1
+        if run is None:
+            return None
+        first, count, need = run
+        size = self._meta.piece_size(first + count - 1) + (count - 1) * self._pl
+        whole = min(count, got // self._pl) if need == size else 0
+        buf, self._buf = self._buf, bytearray()
+        return Run(first, whole, buf) if whole else None
+
 
 class WebSeed:
     """An HTTP web seed (BEP 19) for one torrent: fetches pieces with few large ranges.
@@ -384,15 +399,21 @@ class WebSeed:
                 assert isinstance(run.buf, bytearray)
                 yield run.first, run.buf
 
-    async def fetch_runs(self, pieces: Sequence[int], run_bytes: int
+    async def fetch_runs(self, pieces: Sequence[int], run_bytes: int,
+                         stop: Callable[[], bool] | None = None
                          ) -> AsyncGenerator[Run, None]:
         """Like :meth:`fetch`, in :class:`Run` s of up to ``run_bytes`` (at least one piece)
         of adjacent pieces in one page-aligned buffer: the caller hashes a run in one
         thread-pool call and writes it in one direct write, where one call per piece cost
         more than the hashing itself with small pieces (1,024 hops each way for 64 MiB in
-        64 KiB pieces). Hand a run's buffer back with :meth:`recycle` once written."""
+        64 KiB pieces). Hand a run's buffer back with :meth:`recycle` once written.
+
+        ``stop`` is asked after every read of a body: once it says True, the whole pieces
+        of the run under way are yielded (a shorter run) and the fetch ends there, its
+        connection dropped (the server stops sending), without an error."""
         per_run = max(1, run_bytes // self.meta.piece_length)
-        async with contextlib.aclosing(self._fetch(pieces, per_run, self._run_buffer)) as runs:
+        async with contextlib.aclosing(
+                self._fetch(pieces, per_run, self._run_buffer, stop)) as runs:
             async for run in runs:
                 yield run
 
@@ -410,7 +431,8 @@ class WebSeed:
         return mmap.mmap(-1, size)
 
     async def _fetch(self, pieces: Sequence[int], per_run: int,
-                     new: Callable[[int, bool], bytearray | mmap.mmap]
+                     new: Callable[[int, bool], bytearray | mmap.mmap],
+                     stop: Callable[[], bool] | None = None
                      ) -> AsyncGenerator[Run, None]:
         if self.banned:
             raise WebSeedError(self.url, "disabled after pieces failed their hash check")
@@ -453,9 +475,12 @@ class WebSeed:
                     if nxt is not None and not self.banned:
                         ahead = asyncio.ensure_future(self._open(nxt, ahead=True))
 
-                async with contextlib.aclosing(self._run(req, reply, asm, send_next)) as stream:
+                async with contextlib.aclosing(
+                        self._run(req, reply, asm, send_next, stop)) as stream:
                     async for item in stream:
                         yield item
+                if stop is not None and stop():
+                    return  # _run cut the body short (or it had just ended): no more
         finally:
             if ahead is not None:  # sent early, never read: let its connection go
                 ahead.add_done_callback(_release_reply)
@@ -491,7 +516,8 @@ class WebSeed:
         return err
 
     async def _run(self, req: RangeRequest, reply: tuple[Response, bool],
-                   asm: _Assembler, send_next: Callable[[], None]) -> AsyncGenerator[Run, None]:
+                   asm: _Assembler, send_next: Callable[[], None],
+                   stop: Callable[[], bool] | None = None) -> AsyncGenerator[Run, None]:
         """Stream the body of ``req`` into the assembler, yielding each run it completes.
         ``send_next`` is called once the rest of this body should arrive within
         ``_AHEAD_SECONDS``: the next request then goes out on a second connection, and its
@@ -527,6 +553,10 @@ class WebSeed:
                         send_next()
                 if (done := asm.filled(n)) is not None:
                     yield done
+                if remaining and stop is not None and stop():
+                    if (part := asm.cut()) is not None:
+                        yield part
+                    return  # the connection is dropped below: the rest is not wanted
                 if self.rate_limiter is not None:
                     await self.rate_limiter.acquire(n)
             if whole:

@@ -130,8 +130,13 @@ class WebSeedDriver:
                 pause, failed = 0.0, True
                 mine: list[asyncio.Future[None]] = []
                 before = ws.bytes_downloaded
+                # Taken alone, the batch ends where its body stands once we are not
+                # (Swarm.webseed_cut): the rest goes back to the peers.
+                def cut(source: str = source) -> bool:
+                    return t.swarm.webseed_cut(source)
+
                 try:
-                    async with contextlib.aclosing(ws.fetch_runs(batch, _RUN_BYTES)) as it:
+                    async with contextlib.aclosing(ws.fetch_runs(batch, _RUN_BYTES, cut)) as it:
                         async for run in it:
                             while len(runs) >= depth:
                                 await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
