@@ -166,7 +166,8 @@ class Settings:
     upload_turn_piece_time: float = _f(
         0.05, "upload turns apply while one piece takes at least this many seconds to send "
         "at our measured upload rate (no rate yet counts as long): 256 KiB pieces over "
-        "20 mbit take 0.1 s, 32 KiB 13 ms; 0 = always (with upload_ahead)", lo=0.0
+        "20 mbit take 0.1 s, 32 KiB 13 ms; 0 = always (with upload_ahead). Pieces "
+        "under 64 KiB never go in turns (the least budget holds two whole)", lo=0.0
     )
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)

@@ -157,6 +157,25 @@ def test_turns_only_while_a_piece_takes_long_at_our_upload_rate() -> None:
     assert [h for h, _ in s.upload_grants(lambda _p: 0, 0.6)] == ["a", "b", "c"]
 
 
+def test_pieces_smaller_than_the_least_budget_never_go_in_turns() -> None:
+    """32 KiB pieces (the lab's): two fit in the least budget written ahead, so turns
+    would not change what leaves first; every peer gets its requests at once, even
+    before any rate is measured (when longer pieces go in turns)."""
+    small = 2 * BLOCK_SIZE
+    s = Swarm(8, small, 8 * small, Settings(super_seeding=False, upload_ahead=0.02),
+              rng=random.Random(3), now=0.0, have=b"\x01" * 8)
+    for i, name in enumerate(["a", "b"]):
+        s.connected(name, (f"10.0.0.{i + 1}", 6881), name.encode().ljust(20, b"-"),
+                    fast=True, now=0.0)
+        s.message(name, m.Interested(), 0.0)
+    s.tick(0.0)
+    for i, p in enumerate(["a", "b"]):
+        for begin in range(0, small, BLOCK_SIZE):
+            s.message(p, m.Request(i, begin, BLOCK_SIZE), 0.0)
+    assert s.upload_budget(0.0) == 0
+    assert [h for h, _ in s.upload_grants(lambda _p: 0, 0.0)] == ["a", "b"]
+
+
 def test_choked_and_gone_peers_leave_the_turns() -> None:
     s = seed(TURNS, ["a", "b"])
     ask(s, "a", 0, 0.0)

@@ -1175,15 +1175,16 @@ class Swarm:
         """Bytes to keep written ahead across all peers: ``upload_ahead`` seconds of our
         measured upload rate, at least ``_AHEAD_MIN``; 0 when the turns are off: the
         setting is 0, or a piece leaves in less than ``upload_turn_piece_time`` at that
-        rate.
+        rate, or a piece is smaller than ``_AHEAD_MIN`` (the lab's 32 KiB: two pieces fit
+        in the least budget, so turns would only cost the driver's wake-ups).
 
         Why the piece time: a turn gains what a hop of a fresh piece waits behind the
         other peers' slices (with 5 peers served at once, 4 piece times): 0.4 s at 256 KiB
         over 20 mbit, 50 ms at 32 KiB, where the driver's turn waits cost more peer CPU
         than the hop gains (netns lab N=32, see the setting's help)."""
         ahead = self.settings.upload_ahead
-        if not ahead:
-            return 0
+        if not ahead or self.piece_length < _AHEAD_MIN:
+            return 0  # off, or pieces fit in the least budget: turns cannot order them
         rate = self.up.rate(now)
         if rate * self.settings.upload_turn_piece_time > self.piece_length:
             return 0
