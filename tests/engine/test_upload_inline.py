@@ -53,6 +53,7 @@ def setup(settings: Settings | None = None) -> tuple[Uploader, Any, RequestQueue
     sent: list[Any] = []
     swarm = SimpleNamespace(
         peers={peer: SimpleNamespace(incoming=incoming)},
+        upload_budget=lambda now: 0,  # pieces leave fast: no upload turns
         blocks_sent=lambda handle, served, size, now: sent.append((handle, list(served), size)))
     torrent = SimpleNamespace(settings=settings or Settings(), swarm=swarm,
                               meta=SimpleNamespace(piece_length=PIECE), clock=lambda: 1.0,

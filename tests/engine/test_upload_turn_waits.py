@@ -23,7 +23,8 @@ from swarmhub.wire.connection import PeerConnection
 
 PIECE = 4 * BLOCK_SIZE
 PIECES = 8
-TURNS = Settings(super_seeding=False, upload_ahead=0.02)  # 64 KiB: one piece ahead
+TURNS = Settings(super_seeding=False, upload_ahead=0.02,  # 64 KiB: one piece ahead,
+                 upload_turn_piece_time=0.0)  # whatever a piece takes to send
 
 
 class Transport:

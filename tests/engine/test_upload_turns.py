@@ -20,7 +20,8 @@ from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
 
 PIECE = 4 * BLOCK_SIZE
-TURNS = Settings(super_seeding=False, upload_ahead=0.02)  # 64 KiB: one piece ahead
+#: 64 KiB: one piece ahead, whatever a piece's send time (the gate has a test of its own)
+TURNS = Settings(super_seeding=False, upload_ahead=0.02, upload_turn_piece_time=0.0)
 SHARED = Settings(super_seeding=False, upload_ahead=0.0)  # each peer its own buffer
 
 
@@ -137,6 +138,42 @@ def test_a_lone_peer_gets_its_piece_whatever_is_queued_to_it() -> None:
     ask(s, "a", 0, 0.0)
     ask(s, "a", 1, 0.0)
     assert s.upload_grants(lambda _p: 8 << 20, 0.0) == [("a", PIECE)]
+
+
+def test_turns_only_while_a_piece_takes_long_at_our_upload_rate() -> None:
+    """``upload_turn_piece_time``: with no rate yet, or a rate that needs longer for a
+    piece, one piece at a time; at a rate that sends a piece sooner, every peer gets its
+    requests at once (no turns, no budget), as with ``upload_ahead`` 0."""
+    s = seed(Settings(super_seeding=False, upload_ahead=0.02, upload_turn_piece_time=0.05),
+             ["a", "b", "c"])
+    for i, p in enumerate(["a", "b", "c"]):
+        ask(s, p, i, 0.0)
+    assert s.upload_budget(0.0) == 4 * BLOCK_SIZE
+    assert s.upload_grants(lambda _p: 0, 0.0) == [("a", PIECE)]  # turns: a's piece alone
+    s.up.add(PIECE, 0.1)  # 64 KiB/s: a piece takes 1 s
+    assert [h for h, _ in s.upload_grants(lambda _p: 0, 0.2)] == ["a"]
+    s.up.add(32 * PIECE, 0.5)  # 2 MiB in the last second: a piece takes ~30 ms
+    assert s.upload_budget(0.6) == 0
+    assert [h for h, _ in s.upload_grants(lambda _p: 0, 0.6)] == ["a", "b", "c"]
+
+
+def test_pieces_smaller_than_the_least_budget_never_go_in_turns() -> None:
+    """32 KiB pieces (the lab's): two fit in the least budget written ahead, so turns
+    would not change what leaves first; every peer gets its requests at once, even
+    before any rate is measured (when longer pieces go in turns)."""
+    small = 2 * BLOCK_SIZE
+    s = Swarm(8, small, 8 * small, Settings(super_seeding=False, upload_ahead=0.02),
+              rng=random.Random(3), now=0.0, have=b"\x01" * 8)
+    for i, name in enumerate(["a", "b"]):
+        s.connected(name, (f"10.0.0.{i + 1}", 6881), name.encode().ljust(20, b"-"),
+                    fast=True, now=0.0)
+        s.message(name, m.Interested(), 0.0)
+    s.tick(0.0)
+    for i, p in enumerate(["a", "b"]):
+        for begin in range(0, small, BLOCK_SIZE):
+            s.message(p, m.Request(i, begin, BLOCK_SIZE), 0.0)
+    assert s.upload_budget(0.0) == 0
+    assert [h for h, _ in s.upload_grants(lambda _p: 0, 0.0)] == ["a", "b"]
 
 
 def test_choked_and_gone_peers_leave_the_turns() -> None:

@@ -391,7 +391,7 @@ def test_cli_simulate_writes_the_lab_report(tmp_path: Path) -> None:
 
 def test_cli_simulate_takes_the_engine_settings_from_the_environment(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """As the peers of ``lab run`` do: ``SWARMHUB_UPLOAD_AHEAD=0.02 lab simulate`` ran
+    """As the peers of ``lab run`` do: ``SWARMHUB_UPLOAD_AHEAD=0.05 lab simulate`` ran
     with the defaults."""
     import swarmhub.lab.simrun as simrun
 
@@ -402,12 +402,12 @@ def test_cli_simulate_takes_the_engine_settings_from_the_environment(
         raise RuntimeError("captured")
 
     monkeypatch.setattr(simrun, "simulate", capture)
-    monkeypatch.setenv("SWARMHUB_UPLOAD_AHEAD", "0.02")
+    monkeypatch.setenv("SWARMHUB_UPLOAD_AHEAD", "0.05")
     app = typer.Typer()
     register(app)
     CliRunner().invoke(app, ["lab", "simulate", "--peers", "3", "--size", "1MiB",
                              "--modes", "p2p", "--out", str(tmp_path / "r")])
-    assert seen and seen[0].upload_ahead == 0.02
+    assert seen and seen[0].upload_ahead == 0.05
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -1211,11 +1211,22 @@ class Swarm:
 
     def upload_budget(self, now: float) -> int:
         """Bytes to keep written ahead across all peers: ``upload_ahead`` seconds of our
-        measured upload rate, at least ``_AHEAD_MIN``; 0 when the setting is off."""
+        measured upload rate, at least ``_AHEAD_MIN``; 0 when the turns are off: the
+        setting is 0, or a piece leaves in less than ``upload_turn_piece_time`` at that
+        rate, or a piece is smaller than ``_AHEAD_MIN`` (the lab's 32 KiB: two pieces fit
+        in the least budget, so turns would only cost the driver's wake-ups).
+
+        Why the piece time: a turn gains what a hop of a fresh piece waits behind the
+        other peers' slices (with 5 peers served at once, 4 piece times): 0.4 s at 256 KiB
+        over 20 mbit, 50 ms at 32 KiB, where the driver's turn waits cost more peer CPU
+        than the hop gains (netns lab N=32, see the setting's help)."""
         ahead = self.settings.upload_ahead
-        if not ahead:
+        if not ahead or self.piece_length < _AHEAD_MIN:
+            return 0  # off, or pieces fit in the least budget: turns cannot order them
+        rate = self.up.rate(now)
+        if rate * self.settings.upload_turn_piece_time > self.piece_length:
             return 0
-        return max(_AHEAD_MIN, int(self.up.rate(now) * ahead))
+        return max(_AHEAD_MIN, int(rate * ahead))
 
     def upload_grants(self, queued: Callable[[Hashable], int],
                       now: float) -> list[tuple[Hashable, int]]:

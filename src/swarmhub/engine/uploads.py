@@ -123,8 +123,9 @@ class Uploader:
 
     def _grant(self, peer: Peer) -> int:
         """Bytes ``peer`` may write now in the core's upload turns (0: wait)."""
-        if not self.torrent.settings.upload_ahead:
-            return 1 << 20
+        t = self.torrent
+        if not t.settings.upload_ahead or not t.swarm.upload_budget(t.clock()):
+            return 1 << 20  # no turns (or a piece leaves fast): each its own buffer
         grants = self._grants
         if grants is None:
             grants = self._grants_now()

@@ -186,6 +186,8 @@ class Node:
         self.cache: OrderedDict[int, None] = OrderedDict()
         self.cache_pieces = max(2, sim.settings.read_cache_bytes // sim.piece_length)
         self.reads: dict[int, list[End]] = {}
+        #: uploading in turns (see Simulation._turns)
+        self.turns = False
 
 
 class Simulation:
@@ -428,10 +430,22 @@ class Simulation:
         """Serve ``end``'s node: with ``upload_ahead`` the core's grants (one shared
         budget written ahead, in the core's turn order), else ``end`` alone up to its send
         buffer."""
-        if self._upload_ahead:
+        if self._turns(end.node):
             self.serve_node(end.node)
         else:
             self._serve(end, None)
+
+    def _turns(self, node: Node) -> bool:
+        """Whether ``node`` uploads in turns now (the core's budget: a piece leaves
+        slowly); when they just ended, every peer waiting a turn is served first."""
+        swarm = node.swarm
+        on = bool(self._upload_ahead and swarm is not None
+                  and swarm.upload_budget(self.ev.now))
+        if node.turns and not on:
+            node.turns = False
+            self.serve_node(node)  # no budget: every peer with requests, unlimited
+        node.turns = on
+        return on
 
     def serve_node(self, node: Node) -> None:
         """Write to the peers the core grants a share of the budget, as the upload loop."""
@@ -542,7 +556,7 @@ class Simulation:
 
     def _drained(self, pipe: Pipe) -> None:
         """Room in ``pipe`` (an End's ``out``): serve more once it is down to a quarter."""
-        if self._upload_ahead:
+        if self._turns(pipe.owner.node):
             self.serve_node(pipe.owner.node)
         elif pipe.queued < self._drain_at:
             self.serve(pipe.owner)
