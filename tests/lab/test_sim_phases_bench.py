@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-from pathlib import Path
 from types import ModuleType
 
+from conftest import load_bench  # type: ignore[import-not-found,unused-ignore]
 from swarmhub.lab import simulate as sim_mod
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "sim_phases.py"
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sim_phases_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("sim_phases")  # type: ignore[no-any-return,unused-ignore]
 
 
 def test_the_samples_cover_the_run_and_the_override_is_undone() -> None:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
+from conftest import load_bench  # type: ignore[import-not-found,unused-ignore]
 from swarmhub.settings import Settings
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "sim_util.py"
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("sim_util_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("sim_util")  # type: ignore[no-any-return,unused-ignore]
 
 
 def test_the_capacity_rows_sum_to_the_ratio_and_the_idle_samples_match_the_links() -> None:
