@@ -250,11 +250,11 @@ def test_wait_json_reads_what_a_process_wrote_just_before_it_exited(tmp_path: Pa
     for an exit (seen under load in a lab test: "rx2 exited (0) before 'finished'" above
     that very line)."""
     go = tmp_path / "go"
+    os.mkfifo(go)
+    # the child blocks on the pipe until the test writes to it: state, not the clock
     child = (
-        "import json, os, sys, time\n"
-        "for _ in range(3000):  # bounded: the test creates the file at once\n"
-        "    if os.path.exists(sys.argv[1]): break\n"
-        "    time.sleep(0.01)\n"
+        "import json, sys\n"
+        "open(sys.argv[1]).read()\n"
         "print(json.dumps({'event': 'finished'}), flush=True)\n"
     )
     proc = LabProc([sys.executable, "-c", child, str(go)], log_path=tmp_path / "out.log",
@@ -262,7 +262,9 @@ def test_wait_json_reads_what_a_process_wrote_just_before_it_exited(tmp_path: Pa
     plain_poll = proc.poll
 
     def poll_after_the_last_line() -> int | None:
-        go.touch()  # the process writes its line and exits now, after the read
+        proc.poll = plain_poll  # type: ignore[method-assign]  # once (stop() polls too)
+        with open(go, "w") as fifo:  # the process writes its line and exits now,
+            fifo.write("go")  # after the waiter's read
         proc._popen.wait(30)
         return plain_poll()
 
