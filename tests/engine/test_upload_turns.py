@@ -235,31 +235,3 @@ def test_a_peer_waiting_its_turn_sleeps_until_the_bytes_ahead_left() -> None:
     assert turn_wait(1_000, 2_000_000) == pytest.approx(0.005)  # at least 5 ms
     assert turn_wait(50_000, 0.0) == pytest.approx(0.005)  # no rate yet: poll
     assert turn_wait(0, 2_000_000) == pytest.approx(0.005)
-
-
-def test_a_slot_whose_piece_is_served_goes_to_a_waiting_peer_at_once() -> None:
-    """Under turns, a peer that received the whole piece it asked for and asks nothing
-    more leaves its slot free at once, not at the next tick after ``_SLOT_IDLE`` s: a
-    waiting peer is unchoked when the piece's last block is written (the ramp's Have ->
-    request wait on a choking holder, ``bench/sim_tail.py``). Without turns (each peer
-    its own share of the uplink) nobody more is unchoked before the tick."""
-    for settings, more in ((TURNS, 1), (SHARED, 0)):
-        s = Swarm(8, PIECE, 8 * PIECE, settings, rng=random.Random(3), now=0.0,
-                  have=b"\x01" * 8)
-        for i in range(8):
-            name = f"p{i}"
-            s.connected(name, (f"10.0.0.{i + 1}", 6881), name.encode().ljust(20, b"-"),
-                        fast=True, now=0.0)
-            s.message(name, m.Interested(), 0.0)
-        s.tick(0.0)
-        first = set(s.choke_decision.unchoked)
-        assert len(first) == 5  # 4 slots + the optimistic one
-        s.take()
-        taker = sorted(first)[0]
-        ask(s, taker, 0, 0.05)
-        up = Uplink()
-        up.write(s, 0.1)  # the whole piece is written: its requests are all served
-        assert not s.peer(taker).incoming
-        now = s.choke_decision.unchoked - first
-        assert len(now) == more and taker in s.choke_decision.unchoked
-        assert all(s.peer(p).peer_interested for p in now)

@@ -1189,9 +1189,9 @@ class Swarm:
             if done:
                 self._offer(ps, now)
         if served:
-            self._turn_over(ps, served[-1], now)
+            self._turn_over(ps, served[-1])
 
-    def _turn_over(self, ps: PeerState, last: m.Request, now: float) -> None:
+    def _turn_over(self, ps: PeerState, last: m.Request) -> None:
         """After blocks to ``ps``: its turn ends with its piece. The next piece it asked
         for waits behind the other peers' (one piece per turn); with nothing left of the
         piece it leaves the order; a piece cut short (its next requests are an RTT away)
@@ -1208,27 +1208,6 @@ class Swarm:
         elif last.begin + last.length >= self.piece_size(last.index):
             del order[handle]
             self._upload_tail[handle] = None
-            self._piece_served(ps, now)
-
-    def _piece_served(self, ps: PeerState, now: float) -> None:
-        """``ps`` has the whole piece it asked us for and asks for nothing more: under
-        upload turns its slot counts as idle now, not ``_SLOT_IDLE`` s later at a tick,
-        and a waiting peer is unchoked at once (see _reuse_idle_slots).
-
-        Why: in the ramp a new holder's peers each come for its newest piece; once one
-        has it, it asks its next pieces from others, and its slot idled until the next
-        tick (up to a second, ~10 piece times at 256 KiB over 20 mbit) while the peers
-        that saw our Have waited choked (``bench/sim_tail.py``: ~0.8 s from a Have to
-        its request, the announcer choking). Only under turns: they send one piece at a
-        time, so a peer more unchoked does not split the uplink (without turns, at
-        32 KiB, it would)."""
-        if self._super_seeding() or not self.upload_budget(now):
-            return
-        peers = self.peers
-        if any(peers[h].incoming for h in self.upload_order if h in peers):
-            return  # the uplink is still busy: the next turns are queued already
-        ps.slot_used_at = min(ps.slot_used_at, now - _SLOT_IDLE)
-        self._reuse_idle_slots(now)
 
     def upload_budget(self, now: float) -> int:
         """Bytes to keep written ahead across all peers: ``upload_ahead`` seconds of our
