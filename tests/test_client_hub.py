@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
-import http.server
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from aiohttp import web
 
+from conftest import unread_failures_under_uvloop
 from swarmhub.client import hub_file_torrent
 from swarmhub.discovery.httpget import HttpClient
 from swarmhub.downloads import hub_meta
@@ -183,31 +181,11 @@ def test_https_to_plain_http_leaves_no_unread_tls_failure_under_uvloop() -> None
     about the same time. Cancelling the torrent request's uvloop TLS connect mid-handshake
     left its failure in a future nobody read: "Future exception was never retrieved" and a
     traceback above the CLI's one-line error (about 1 in 3 tries on loopback before)."""
-    uvloop = pytest.importorskip("uvloop")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    reports: list[object] = []
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(lambda _loop, context: reports.append(context["message"]))
+    async def tries(base: str) -> None:
         for _ in range(40):
             async with HttpClient() as client:
                 with pytest.raises(OSError):
-                    await hub_file_torrent(client, f"https://127.0.0.1:{server.server_port}",
-                                           "abc", None)
-        await asyncio.sleep(0)
-        gc.collect()
+                    await hub_file_torrent(client, base, "abc", None)
 
-    try:
-        uvloop.run(main())
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert reports == []
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+    assert unread_failures_under_uvloop(tries) == []

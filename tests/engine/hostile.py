@@ -29,7 +29,8 @@ from swarmhub.bencode import bencode
 from swarmhub.wire import messages as m
 from swarmhub.wire.connection import CLOSED, NEED_DATA, PeerConnection
 
-__all__ = ["HostilePeer", "SeederProcess", "SilentPeer", "poll", "proc_status_kib"]
+__all__ = ["HostilePeer", "SeederProcess", "SilentPeer", "poll", "proc_status_kib",
+           "seeder_env"]
 
 HOSTILE_ID = b"-HO0001-hostile-peer"
 RESERVED = m.make_reserved(extension=True, fast=True)
@@ -189,6 +190,19 @@ class SilentPeer:
                 self.heard += data  # and never answer
 
 
+def seeder_env(state_dir: Path, outlast: float = 0.0) -> dict[str, str]:
+    """The environment :class:`SeederProcess` runs ``swarmhub seed`` in: ours, its state
+    folder, and for ``outlast`` > 0 the clock-driven closes at 10x ``outlast`` seconds
+    (overriding the caller's environment; keep-alives stay below the peer timeout)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT / "src")
+    env["SWARMHUB_STATE_DIR"] = str(state_dir)
+    if outlast:
+        far = f"{10 * outlast:.0f}"
+        env["SWARMHUB_PEER_TIMEOUT"] = env["SWARMHUB_HANDSHAKE_TIMEOUT"] = far
+    return env
+
+
 class SeederProcess:
     """``swarmhub seed TORRENT DATA`` on 127.0.0.1 in its own process, with debug logging.
 
@@ -196,10 +210,13 @@ class SeederProcess:
     """
 
     def __init__(self, torrent: Path, data: Path, state_dir: Path,
-                 extra: tuple[str, ...] = ()) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO_ROOT / "src")
-        env["SWARMHUB_STATE_DIR"] = str(state_dir)
+                 extra: tuple[str, ...] = (), outlast: float = 0.0) -> None:
+        """``outlast``: the test's own bounds in seconds, summed; the seeder's clock-driven
+        closes (``handshake_timeout``, ``peer_timeout``: a peer it holds unread bytes of
+        counts as silent) are set far above it, so that only the test's state decides
+        (0: the defaults). On a loaded machine a flood took over 120 s to drain and the
+        seeder closed the connection mid-reply ("peer timed out")."""
+        env = seeder_env(state_dir, outlast)
         state_dir.mkdir(parents=True, exist_ok=True)  # its log lives there, not in /tmp
         self.proc = Proc(
             [VENV_PYTHON, "-m", "swarmhub", "seed", torrent, data, "--listen", "127.0.0.1:0",

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hostile import HostilePeer, SeederProcess, poll
+from hostile import HostilePeer, SeederProcess, poll, seeder_env
 
 from swarmhub.metainfo import create_torrent, torrent_bytes
 from swarmhub.metainfo.model import Metainfo, TorrentVersion
+from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
 from swarmhub.wire.extensions import (
     MetadataData,
@@ -32,6 +33,11 @@ from swarmhub.wire.extensions import (
 
 MiB_KIB = 1024
 GROWTH_LIMIT_KIB = 64 * MiB_KIB
+#: The test's own liveness bounds (s): the seeder pauses, answers everything, notices the
+#: close. Each is what a loaded 2-core machine may need, not an expected duration.
+PAUSE_S, DRAIN_S, CLOSE_S = 60, 360, 30
+#: and the seeder's clock-driven closes lie far above their sum (see SeederProcess)
+OUTLAST_S = PAUSE_S + DRAIN_S + CLOSE_S
 PAUSED = "not reading from it until they drain"
 
 
@@ -112,7 +118,7 @@ FLOODS = {
 async def test_unread_replies_keep_seeder_memory_bounded(tmp_path: Path, kind: str) -> None:
     meta, torrent, data = make_seed(tmp_path)
     make_flood, n = FLOODS[kind]
-    with SeederProcess(torrent, data, tmp_path / "state") as seeder:
+    with SeederProcess(torrent, data, tmp_path / "state", outlast=OUTLAST_S) as seeder:
         port = await seeder.start()
         base = seeder.kib("VmRSS")
         peer = await HostilePeer.open(port, meta.info_hash)
@@ -126,16 +132,16 @@ async def test_unread_replies_keep_seeder_memory_bounded(tmp_path: Path, kind: s
             assert grown < GROWTH_LIMIT_KIB, f"seeder grew {grown} KiB under the {kind} flood"
             return seeder.logged(PAUSED) > 0
 
-        await poll(paused_or_too_big, 60, "the seeder stops reading from the flooding peer")
+        await poll(paused_or_too_big, PAUSE_S, "the seeder stops reading from the flooding peer")
         paused_kib = seeder.kib("VmRSS") - base
         # Now read: the seeder must resume and answer everything, the last request included.
         # (a liveness bound: 1,000,000 answers take the seeder ~10 CPU-s, minutes on a
         # 2-core machine with a load of 40)
-        replies, _ = await peer.count_until(flood.is_marker, 360, counted=flood.is_reply)
+        replies, _ = await peer.count_until(flood.is_marker, DRAIN_S, counted=flood.is_reply)
         drained_s = time.monotonic() - started
         peak_kib = seeder.kib("VmHWM") - base
         await peer.close()
-        await poll(lambda: seeder.logged(f"closing ('127.0.0.1', {our_port})") > 0, 30,
+        await poll(lambda: seeder.logged(f"closing ('127.0.0.1', {our_port})") > 0, CLOSE_S,
                    "the seeder notices the closed connection")
         after_kib = seeder.kib("VmRSS") - base
     print(f"\n{kind}: {n} requests; seeder base {base} KiB, +{paused_kib} KiB when it paused, "
@@ -145,3 +151,18 @@ async def test_unread_replies_keep_seeder_memory_bounded(tmp_path: Path, kind: s
     assert after_kib < GROWTH_LIMIT_KIB
     # Requests queued before the peer read are answered; rejects may overtake queued pieces.
     assert replies >= n - 500 if kind == "requests" else replies == n
+
+
+def test_the_seeders_timeouts_outlast_the_tests_bounds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flake (nice 19, load 25+): while the seeder held the flood unread, the peer
+    counted as silent, and after 120 s of wall clock ``peer_timeout`` closed it mid-reply
+    ("peer closed the connection in the middle of a message"); reproduced every time with
+    SWARMHUB_PEER_TIMEOUT=2. Whatever the environment says, the seeder here must not close
+    the peer for time before the test's own bounds have run out."""
+    monkeypatch.setenv("SWARMHUB_PEER_TIMEOUT", "2")
+    monkeypatch.setenv("SWARMHUB_KEEPALIVE_INTERVAL", "1")
+    settings = Settings.from_env(environ=seeder_env(tmp_path, OUTLAST_S))
+    assert settings.peer_timeout > OUTLAST_S
+    assert settings.handshake_timeout > OUTLAST_S
+    assert settings.keepalive_interval < settings.peer_timeout

@@ -107,6 +107,39 @@ def test_a_leaving_peer_returns_its_offers() -> None:
     assert len(ss.top_up("b", b, window=3)) == 2
 
 
+def test_a_departed_peers_open_offers_are_the_next_fresh_pieces_oldest_first() -> None:
+    """The source's first connection leaves at once: the pieces it was offered (and never
+    got) are the next ones the seed gives, in the order they were offered, before the
+    rest of the fresh pool; a piece it was sent in full or another peer holds is not."""
+    ss, swarm = make(40)
+    now = 0.0
+    ss.add_peer("early")
+    early = swarm.add("early")
+    shown_early = ss.top_up("early", early, window=4, now=now)
+    assert len(shown_early) == 4
+    now += 0.05  # the first block of one offer leaves, then the whole of another
+    assert not ss.uploaded("early", shown_early[0], PIECE // 4, now)
+    assert ss.uploaded("early", shown_early[1], PIECE, now)
+    now += 0.05
+    ss.add_peer("b")
+    b = swarm.add("b")
+    before = ss.top_up("b", b, window=2, now=now)
+    assert not set(before) & set(shown_early)
+    b[before[0]] = 1
+    ss.peer_has("b", before[0])
+    now += 0.05
+    ss.remove_peer("early")
+    del swarm.have["early"]
+    ss.add_peer("c")
+    c = swarm.add("c")
+    # offers 0 (partly sent), 2 and 3 come back in that order; 1 was sent in full
+    assert ss.top_up("c", c, window=3, now=now) == [shown_early[0], *shown_early[2:]]
+    # then the fresh pool goes on where it was (not with b's open offer)
+    now += 0.05
+    nxt = ss.top_up("c", c, window=4, now=now)
+    assert len(nxt) == 1 and nxt[0] not in (*shown_early, *before)
+
+
 def test_one_fast_leecher_gets_its_whole_window() -> None:
     ss, swarm = make(1000)
     ss.add_peer("solo")

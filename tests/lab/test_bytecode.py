@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import py_compile
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -56,6 +59,68 @@ def test_a_process_that_may_not_write_bytecode_reads_the_compiled_files(
                          capture_output=True, text=True, timeout=60, check=True)
     # -v names the file each module's code came from
     assert f"code object from '{_pyc(files[3])}'" in out.stderr
+
+
+#: Not root's: who the checkout belongs to in the root-owned-bytecode test (nobody).
+_OWNER = 65534
+
+
+def _as_owner(action: str, pkg: Path) -> int:
+    """Run ``action`` on ``pkg`` in a forked child that is :data:`_OWNER` (no exec: the
+    interpreter may live where that user cannot read); its exit status, 0 when done."""
+    pid = os.fork()
+    if pid == 0:  # the child: only os._exit leaves it
+        status = 3
+        try:
+            os.setgroups([])
+            os.setgid(_OWNER)
+            os.setuid(_OWNER)
+            if action == "recompile":
+                source = pkg / "mod.py"
+                py_compile.compile(str(source), cfile=str(_pyc(source)), doraise=True)
+            else:
+                shutil.rmtree(pkg)
+            status = 0
+        except OSError:
+            status = 1
+        finally:
+            os._exit(status)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="needs root: the lab's case (root compiles a tree another user owns)")
+def test_bytecode_the_lab_writes_as_root_stays_replaceable_by_the_checkouts_owner() -> None:
+    """As root, on a tree another user owns: every __pycache__ and .pyc is that user's,
+    so they can rewrite a stale .pyc and remove their checkout (both failed with
+    "Permission denied" when root kept them)."""
+    # pytest's own folders are root's alone (0700): the owner's tree goes where it can reach
+    home = Path(tempfile.mkdtemp(prefix="swarmhub-bytecode-"))
+    try:
+        os.chown(home, _OWNER, _OWNER)
+        files = _package(home)
+        pkg = home / "labpkg"
+        for path in pkg.rglob("*"):
+            os.chown(path, _OWNER, _OWNER)
+        os.chown(pkg, _OWNER, _OWNER)
+        assert bytecode.compile_package(pkg)
+        for f in files:
+            for path in (_pyc(f), _pyc(f).parent):
+                st = path.stat()
+                assert (st.st_uid, st.st_gid) == (_OWNER, _OWNER), path
+        assert _as_owner("recompile", pkg) == 0
+        assert _as_owner("remove", pkg) == 0
+        assert not pkg.exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_caches_take_the_owner_of_their_source_folder_only_where_they_differ(
+        tmp_path: Path) -> None:
+    """Without root, nothing to change: the caller owns both (the function is a no-op)."""
+    _package(tmp_path)
+    assert bytecode.compile_package(tmp_path / "labpkg")
+    assert bytecode.give_caches_to_source_owners(tmp_path / "labpkg") == 0
 
 
 class _Started(Exception):

@@ -9,7 +9,8 @@ the lab at N=8: the seed sent 1.25 F, a quarter of it duplicates).
 Like BEP 16, the seed advertises no pieces at first (``HaveNone``) and then *offers*
 pieces to each peer with ``Have`` messages, so it alone decides what leaves it:
 
-1. first every piece once, in random order, each to one peer only (the *fresh* pool);
+1. first every piece once, in random order, each to one peer only (the *fresh* pool; the
+   open offers of a peer that leaves go back to its head);
 2. then, when the fresh pool is empty, the pieces with the fewest copies (peers that have
    it, sends we completed, open offers), so the tail still goes where it is scarce.
 
@@ -74,11 +75,22 @@ class SuperSeeder:
         self._shown.setdefault(peer, bytearray(self._n))
 
     def remove_peer(self, peer: Hashable) -> None:
-        """The peer left: its open offers go back to the pool of pieces to give."""
+        """The peer left: its open offers go back to the pool of pieces to give. A piece
+        no one else was sent in full or is offered goes to the head of the fresh pool,
+        oldest offer first: otherwise the pieces offered to a short-lived
+        connection (the source's first, at t=0.05 s in ``lab simulate``) left the seed
+        only when the fresh pool ran dry (at 14 s instead of 0.4 s, as the last first
+        copies)."""
+        back: list[int] = []
         for index in self._offers.pop(peer, {}):
             self._offered[index] -= 1
             self._since.pop((peer, index), None)
+            if not self._offered[index] and not self._sent[index]:
+                back.append(index)
         self._shown.pop(peer, None)
+        # popped from the end: the oldest offer is the next piece given (the pool checks
+        # the piece's availability again when it pops it).
+        self._fresh.extend(reversed(back))
 
     def __contains__(self, peer: object) -> bool:
         return peer in self._offers

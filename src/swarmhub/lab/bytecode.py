@@ -9,17 +9,24 @@ every swarmhub module it imported, ~0.07 CPU-s of its start-up (a get's imports:
 compiles the package once before it starts its processes; ``compileall`` writes the files
 whatever ``sys.dont_write_bytecode`` says, and the interpreter reads them either way (it
 checks each against its source's size and modification time, so an edit recompiles).
+
+The lab runs as root (network namespaces), usually on a checkout a user owns: root's
+``__pycache__`` folders would be root's too, and then their owner could neither replace a
+stale file (an edit recompiled at every start, ``compileall`` failed) nor remove them
+(``git clean -fdx``, ``rm -rf`` of the checkout: "Permission denied"). So each
+``__pycache__`` folder and the files in it get the owner of the source folder holding it.
 """
 
 from __future__ import annotations
 
 import compileall
 import logging
+import os
 from pathlib import Path
 
 import swarmhub
 
-__all__ = ["PACKAGE", "compile_package"]
+__all__ = ["PACKAGE", "compile_package", "give_caches_to_source_owners"]
 
 log = logging.getLogger(__name__)
 
@@ -36,4 +43,29 @@ def compile_package(root: Path | None = None) -> bool:
     if not ok:
         log.warning("could not write the bytecode of %s: the lab's processes compile "
                     "their modules at each start", root)
+    if os.geteuid() == 0:
+        give_caches_to_source_owners(root)
     return ok
+
+
+def give_caches_to_source_owners(root: Path) -> int:
+    """Give every ``__pycache__`` folder under ``root`` and its entries the owner (user and
+    group) of the folder holding it, where they differ; return how many were changed. For
+    root, after writing bytecode into a tree someone else owns (see the module docstring);
+    a file it may not change is logged and left (the lab still runs)."""
+    changed = 0
+    for folder, dirs, _files in os.walk(root):
+        if "__pycache__" not in dirs:
+            continue
+        dirs.remove("__pycache__")  # nothing below it to walk
+        source = os.stat(folder)
+        cache = os.path.join(folder, "__pycache__")
+        for path in [cache, *(e.path for e in os.scandir(cache))]:
+            try:
+                st = os.lstat(path)
+                if (st.st_uid, st.st_gid) != (source.st_uid, source.st_gid):
+                    os.lchown(path, source.st_uid, source.st_gid)
+                    changed += 1
+            except OSError as exc:
+                log.warning("could not give %s to the owner of %s: %s", path, folder, exc)
+    return changed
