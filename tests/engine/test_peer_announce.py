@@ -151,3 +151,52 @@ async def test_a_shorter_delay_moves_held_announcements_forward() -> None:
     assert _decode(transport.written) == [m.Have(14), m.Have(15)]
     for p in (proto, other_proto):
         p.close("done")
+
+
+async def test_the_replies_to_one_read_leave_in_one_write() -> None:
+    """Blocks, Haves, blocks and an Interested in one read: the refills each run of blocks
+    causes, and the reply to the Interested, are one write (each run was a write, a segment
+    and a wake-up of the peer of its own), in the order they were made."""
+    proto, peer, transport, torrent = await _peer()
+    asked = iter(range(100))
+
+    def refill() -> None:  # each block makes the torrent ask for another
+        peer.send(m.Request(next(asked) % 16, 0, 16384))
+
+    torrent.on_each_block = refill
+    data = (m.encode(m.Piece(0, 0, bytes(16384))) + m.encode(m.Have(3))
+            + m.encode(m.Piece(0, 16384, bytes(16384))) + m.encode(m.Have(4))
+            + m.encode(m.Piece(0, 32768, bytes(16384))))
+    feed(proto, data, [len(data)])
+    assert torrent.have_runs == [1, 1]  # the runs were handled apart, as before
+    assert len(transport.written) == 1
+    assert _decode(transport.written) == [m.Request(i, 0, 16384) for i in range(3)]
+    peer.send(m.Request(9, 0, 16384))  # outside a read: written at once
+    assert len(transport.written) == 2
+    proto.close("done")
+
+
+async def test_replies_past_the_read_gate_are_written_mid_read() -> None:
+    """A read's replies are held for its end only while the read gate has room for them:
+    past it they are written at once (the gate then sees them and stops the read)."""
+    proto, peer, transport, torrent = await _peer()
+    assert proto._gate is not None
+    limit = proto._gate.limit
+    big = m.Extended(7, bytes(limit))  # one reply larger than the gate's limit
+
+    def reply() -> None:
+        peer.send(big)
+
+    torrent.on_each_block = reply
+    data = m.encode(m.Piece(0, 0, bytes(16384))) + m.encode(m.Have(3))
+    written_during: list[int] = []
+    real_on_haves = torrent.on_haves
+
+    def on_haves(p: Any, indices: list[int]) -> None:  # the Haves come after the block
+        written_during.append(len(transport.written))
+        real_on_haves(p, indices)
+
+    torrent.on_haves = on_haves  # type: ignore[method-assign]
+    feed(proto, data, [len(data)])
+    assert written_during == [1]  # the block's reply went out before the Haves' run
+    proto.close("done")

@@ -317,6 +317,9 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self.closed = asyncio.get_running_loop().create_future()
         self._gate: ReadGate | None = None
         self._cork: bytearray | None = None  # writes held while handling received messages
+        #: inside buffer_updated: the corks of its runs (blocks, Haves, Requests, others)
+        #: are written once, at its end (see _flush)
+        self._reading = False
         self._uncorking: Callable[[], None] | None = None  # see run_uncorked
         self._later = bytearray()  # announcements waiting for other bytes or the timer
         self._held = 0.0  # the soonest timer _later is listed under (while it holds bytes)
@@ -397,6 +400,16 @@ class PeerProtocol(asyncio.BufferedProtocol):
         self._frame_rest -= nbytes
         if self._frame_rest > 0:
             return  # the partial frame is still partial: nothing to parse
+        self._reading = True
+        try:
+            self._read_frames()
+        finally:
+            self._reading = False
+            if self._cork is not None:
+                self._flush()
+
+    def _read_frames(self) -> None:
+        """Hand the complete frames of our read buffer on, the fast ways where we can."""
         view = self._read_view
         assert view is not None
         pos, end = self._read_start, self._read_end
@@ -478,7 +491,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
         until it drains)."""
         pieces_at = self.conn.pieces_at
         on_blocks = peer.torrent.on_blocks
-        self._cork = bytearray()
+        if self._cork is None:
+            self._cork = bytearray()
         try:
             while True:
                 blocks, starts, pos, error = pieces_at(view, pos, end, PIECE_BATCH, make_block)
@@ -517,7 +531,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
             return pos
         on_requests = peer.torrent.on_requests
         gate = self._gate
-        self._cork = bytearray()
+        if self._cork is None:
+            self._cork = bytearray()
         try:
             done, count = 0, len(reqs)
             while done < count:
@@ -548,7 +563,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
         indices, stop = self.conn.haves_at(view, pos, end)
         if not indices:
             return pos
-        self._cork = bytearray()
+        if self._cork is None:
+            self._cork = bytearray()
         try:
             peer.torrent.on_haves(peer, indices)
         except SwarmhubError as exc:
@@ -590,7 +606,8 @@ class PeerProtocol(asyncio.BufferedProtocol):
         (and syscalls) than their bytes."""
         conn = self.conn
         gate = self._gate
-        self._cork = bytearray()
+        if self._cork is None:
+            self._cork = bytearray()
         try:
             while True:
                 if gate is not None and gate.over(len(self._cork or b"")):
@@ -627,11 +644,20 @@ class PeerProtocol(asyncio.BufferedProtocol):
         return True
 
     def _flush(self) -> None:
+        """Write the cork (after what ``run_uncorked`` asked for). Inside a read it stays
+        corked for the next run of the same read while the read gate has room for it: a
+        read of blocks, Haves and blocks again made a write of requests per run of blocks,
+        each a segment of its own (and a wake-up of the peer)."""
         while (fn := self._uncorking) is not None:  # (what fn does may ask again)
             self._uncorking = None
             if self.transport is not None:
                 fn()
-        cork, self._cork = self._cork, None
+        cork = self._cork
+        if self._reading and cork is not None and self.transport is not None:
+            gate = self._gate
+            if gate is None or not gate.over(len(cork)):
+                return
+        self._cork = None
         if cork and self.transport is not None:
             if self._later:
                 cork[:0] = self._later
@@ -762,6 +788,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
     def close(self, reason: str) -> None:
         self.session.pending.discard(self)
         self._uncorking = None
+        self._reading = False
         if self._cork is not None:
             self._flush()  # what we said before closing still goes out (or is aborted)
         self.flush_later()
