@@ -93,7 +93,8 @@ class Settings:
     )
     # -- choking
     unchoke_slots: int = _f(
-        4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke", lo=0
+        4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke; 0 = "
+        "none at all (only BEP 6 allowed-fast pieces leave us)", lo=0
     )
     optimistic_unchoke_interval: float = _f(
         30.0, "seconds before the optimistic unchoke moves to another peer", lo=1.0

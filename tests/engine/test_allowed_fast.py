@@ -190,3 +190,17 @@ def test_the_setting_is_documented_and_checked() -> None:
     assert any(row[0] == "allowed_fast_set_size" for row in Settings.describe())
     with pytest.raises(ConfigError):
         Settings.from_mapping({"allowed_fast_set_size": -1})
+
+
+def test_no_unchoke_slots_means_nobody_is_unchoked_not_even_a_laggard() -> None:
+    """``unchoke_slots=0``: only allowed-fast pieces leave us (no optimistic unchoke, no
+    laggard bootstrap, no idle-slot reuse), the seeder the interop tests need."""
+    s = seeder()
+    join(s, "new")
+    s.message("new", m.HaveNone(), 0.0)
+    s.message("new", m.Interested(), 0.0)
+    acts = s.take()
+    for t in range(1, 40):
+        s.tick(float(t))
+        acts += s.take()
+    assert not sent(acts, "new", m.Unchoke)

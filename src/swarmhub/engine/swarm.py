@@ -1518,8 +1518,8 @@ class Swarm:
         idle uplink had an interested choked peer in about one sample in eight). The
         idle peers stay unchoked (a new piece of ours may interest them at once); the
         next round re-ranks everyone as usual."""
-        if self._super_seeding():
-            return  # every interested peer is unchoked already
+        if self._super_seeding() or not self.settings.unchoke_slots:
+            return  # every interested peer is unchoked already; or no slots to reuse
         waiting = sum(1 for ps in self.peers.values()
                       if ps.am_choking and ps.peer_interested and not ps.closed
                       and not ps.is_seed)
@@ -1553,8 +1553,9 @@ class Swarm:
         second, and every neighbour of a laggard sees it as one. A peer gets this for
         ``optimistic_unchoke_interval`` from its first such turn, no more: one that never
         gets pieces (a free rider) must not hold the slot for good."""
-        if self._super_seeding() or not self.num_have:
-            return  # a super-seed unchokes every interested peer; we have nothing to give
+        if self._super_seeding() or not self.num_have or not self.settings.unchoke_slots:
+            return  # a super-seed unchokes every interested peer; we have nothing to give;
+            # no slots, no optimistic one either (as choose_unchoked: 0 = upload to nobody)
         d = self._choke
         given = self._lag_given
         limit = now - self.settings.optimistic_unchoke_interval
