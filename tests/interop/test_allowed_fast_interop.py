@@ -1,10 +1,11 @@
 """BEP 6 Allowed Fast against real libtorrent, both directions, over loopback.
 
-Each side chokes the other for good (libtorrent ``unchoke_slots_limit=0``, with loopback
-peers out of its "local" class that ignores the slots, and ``allowed_fast_set_size=5``,
-its default, which ltpeer's tuned preset turns off; ours ``unchoke_slots=0``), so every piece that moves is one of the allowed-fast set: without
-the feature nothing moves and the bounded wait fails. DHT, LSD, UPnP, NAT-PMP are off on
-both sides (``ltpeer.py``; ours dials only ``--peer`` and listens on 127.0.0.1).
+Each side chokes the other for good, so every piece that moves is one of the allowed-fast
+set: without the feature nothing moves and the bounded wait fails. libtorrent gets
+``unchoke_slots_limit=0`` (ltpeer.py then moves loopback peers out of its "local" class,
+which ignores unchoke slots) and ``allowed_fast_set_size=5`` (its default; ltpeer's tuned
+preset turns it off); ours ``unchoke_slots=0``. DHT, LSD, UPnP, NAT-PMP are off on both
+sides (ltpeer.py; ours dials only ``--peer`` and listens on 127.0.0.1).
 """
 
 from __future__ import annotations
