@@ -4,8 +4,9 @@ Each side chokes the other for good, so every piece that moves is one of the all
 set: without the feature nothing moves and the bounded wait fails. libtorrent gets
 ``unchoke_slots_limit=0`` (ltpeer.py then moves loopback peers out of its "local" class,
 which ignores unchoke slots) and ``allowed_fast_set_size=5`` (its default; ltpeer's tuned
-preset turns it off); ours ``unchoke_slots=0``. DHT, LSD, UPnP, NAT-PMP are off on both
-sides (ltpeer.py; ours dials only ``--peer`` and listens on 127.0.0.1).
+preset turns it off); ours ``unchoke_slots=0`` and ``allowed_fast_set_size=5`` (off by
+default). DHT, LSD, UPnP, NAT-PMP are off on both sides (ltpeer.py; ours dials only
+``--peer`` and listens on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(180)]
 SWARMHUB = [str(VENV_PYTHON), "-m", "swarmhub"]
 PIECE = 32 * 1024
 PIECES = 40
-K = 5  # libtorrent's allowed_fast_set_size default, and ours
+K = 5  # libtorrent's allowed_fast_set_size default (ours is 0: set here)
 
 
 def ours(args: list[str], tmp: Path, name: str, **settings: str) -> Proc:
