@@ -93,12 +93,21 @@ class Settings:
     )
     # -- choking
     unchoke_slots: int = _f(
-        4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke", lo=0
+        4, "peers we upload to at once (tit-for-tat), plus one optimistic unchoke; 0 = "
+        "none at all (only BEP 6 allowed-fast pieces leave us)", lo=0
     )
     optimistic_unchoke_interval: float = _f(
         30.0, "seconds before the optimistic unchoke moves to another peer", lo=1.0
     )
     rechoke_interval: float = _f(10.0, "seconds between choke/unchoke decisions", lo=1.0)
+    allowed_fast_set_size: int = _f(
+        0, "BEP 6 Allowed Fast: pieces a starting peer (one holding fewer than this many) "
+        "may fetch from us while we choke it, one piece's bytes each, sent once on its "
+        "first Interested (the canonical set of its /24 and the info hash); 0 = send none "
+        "(the default: in `lab simulate` 5, libtorrent's default, was 0.1-1.5% slower). "
+        "Sets other peers grant us are used either way",
+        lo=0, hi=64,
+    )
     super_seeding: bool = _f(
         True, "as an initial seed (nothing downloaded this session: a finished download "
         "seeds openly), show each peer a few pieces at a time, the ones the swarm lacks "

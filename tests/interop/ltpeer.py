@@ -224,9 +224,10 @@ class _Peer:
             # torrents that are not auto-managed never announce otherwise.
             self.ses.apply_settings({"dht_announce_interval": settings.get(
                 "dht_announce_interval", 15 * 60)})
-        # By default loopback peers sit in the "local" peer class, which no rate limit touches;
-        # put every address in the global class so --upload/--download-limit really apply.
-        if args.upload_limit or args.download_limit:
+        # By default loopback peers sit in the "local" peer class, which no rate limit touches
+        # and which ignores unchoke slots; put every address in the global class so
+        # --upload/--download-limit and --set unchoke_slots_limit=N really apply.
+        if args.upload_limit or args.download_limit or "unchoke_slots_limit" in overrides:
             f = lt.ip_filter()
             f.add_rule("0.0.0.0", "255.255.255.255", 1 << self.ses.global_peer_class_id)
             f.add_rule(

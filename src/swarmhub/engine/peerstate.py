@@ -183,6 +183,8 @@ class PeerState:
 
     __slots__ = (
         "addr",
+        "allowed_in",
+        "allowed_out",
         "am_choking",
         "am_interested",
         "choke_due_until",
@@ -283,6 +285,12 @@ class PeerState:
         #: its way, and requests would only be rejected (see Swarm._lost_interest)
         self.choke_due_until = -math.inf
         self.closed = False
+        #: BEP 6: pieces it allows us to fetch while it chokes us (AllowedFast); None
+        #: until it sent one (most peers never do: no set per connection)
+        self.allowed_in: set[int] | None = None
+        #: BEP 6: pieces we allowed it -> bytes of each we still serve while choking it;
+        #: None until we decided (on its first Interested), then maybe empty
+        self.allowed_out: dict[int, int] | None = None
 
     @property
     def is_seed(self) -> bool:

@@ -717,6 +717,35 @@ class PiecePicker:
             self._endgame(peer, bits, count, out, reqs)
         return out
 
+    def pick_allowed(self, peer: Hashable, count: int, pieces: Iterable[int]) -> list[Block]:
+        """:meth:`pick` limited to ``pieces``: what a peer that chokes us lets us fetch
+        anyway (BEP 6 Allowed Fast). Free blocks of those of them that it has and we
+        want, in progress or untouched (not one another source holds whole); no end-game
+        duplicates."""
+        out: list[Block] = []
+        if count <= 0 or self._wanted_missing == 0:
+            return out
+        rec = self._peers.get(peer)
+        if rec is None and peer not in self._seeds:
+            return out
+        reqs = self._reqs.get(peer)
+        if reqs is None:
+            reqs = self._reqs[peer] = {}
+        for index in sorted(pieces):
+            if not 0 <= index < self._n or self._have[index] or not self._prio[index] \
+                    or (rec is not None and not rec.bits[index]):
+                continue
+            piece = self._downloading.get(index)
+            if piece is None:
+                if self._pos[index] < 0:
+                    continue  # held whole by another source (a web seed)
+                piece = self._start(index)
+            if piece.num_free:
+                self._take(peer, index, piece, count - len(out), out, reqs)
+                if len(out) >= count:
+                    break
+        return out
+
     def _start(self, index: int) -> _Piece:
         self._bucket_remove(index)
         piece = _Piece(self.num_blocks(index), self._pad.get(index, frozenset()))

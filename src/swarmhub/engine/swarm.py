@@ -50,6 +50,7 @@ from swarmhub.engine.actions import (
     Serve,
     Verify,
 )
+from swarmhub.engine.allowedfast import grant
 from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, choose_unchoked
 from swarmhub.engine.integrity import Integrity
 from swarmhub.engine.peerstate import PeerState, RateMeter
@@ -178,8 +179,11 @@ class Swarm:
         have: bytes | bytearray | None = None,
         peers: Iterable[tuple[str, int]] = (),
         trackers: bool = False,
+        info_hash: bytes = b"",
     ) -> None:
         self.num_pieces = num_pieces
+        #: the handshake's info hash: BEP 6 allowed-fast sets are computed over it
+        self.info_hash = info_hash
         self.piece_length = piece_length
         self.total_length = total_length
         self.settings = settings
@@ -191,6 +195,7 @@ class Swarm:
         self._queue_time = settings.request_queue_time
         self._min_queue = settings.min_request_queue
         self._max_queue = settings.max_request_queue
+        self._fast_k = settings.allowed_fast_set_size
         self.rng = rng
         pads = list(pad_blocks)
         self.picker = PiecePicker(num_pieces, piece_length, total_length, rng=rng,
@@ -218,6 +223,7 @@ class Swarm:
         #: ten times a calm one's); :meth:`churn` reports it.
         self.interested_sent = self.not_interested_sent = 0
         self.chokes_sent = self.unchokes_sent = self.rejects_sent = 0
+        self.allowed_fast_sent = 0  # AllowedFast messages (BEP 6)
         #: seeds the tracker counts (a super-seeding seed shows us only part of what it has)
         self.tracker_seeds = 0
         #: leechers the tracker counts, us included (None until it answers with a count)
@@ -517,6 +523,8 @@ class Swarm:
                     self._fill_all(now)
             case m.Interested() | m.NotInterested():
                 ps.peer_interested = type(msg) is m.Interested
+                if ps.allowed_out is None and ps.peer_interested:
+                    self._grant_allowed(ps, now)
                 if not ps.peer_interested:
                     if not ps.am_choking:
                         self._hand_over_slot(ps, now)
@@ -551,8 +559,18 @@ class Swarm:
                 block = Block(index, begin, length)
                 if ps.requested.pop(block, None) is not None:
                     self.picker.request_failed(handle, block)
+                    if ps.peer_choking and ps.allowed_in:
+                        ps.allowed_in.discard(index)  # not honoured: ask no more (BEP 6)
+            case m.AllowedFast(index=index):
+                if ps.fast and 0 <= index < self.num_pieces and not self.have[index]:
+                    if ps.allowed_in is None:
+                        ps.allowed_in = set()
+                    ps.allowed_in.add(index)
+                    if ps.peer_choking:
+                        self._update_interest(ps, now)
+                        self._fill(ps, now)
             case _:
-                pass  # KeepAlive, Port, Suggest, AllowedFast, Extended: the driver's
+                pass  # KeepAlive, Port, Suggest, Extended: the driver's
 
     def _on_bitfield(self, ps: PeerState, now: float) -> None:
         if ps.has_all:
@@ -666,9 +684,14 @@ class Swarm:
         return max(1, min(target, ps.reqq - 1))
 
     def _fill(self, ps: PeerState, now: float) -> None:
-        """Top the peer's request queue up to its target, in batches (fewer writes)."""
-        if ps.closed or ps.peer_choking or not ps.am_interested or not self.downloading \
+        """Top the peer's request queue up to its target, in batches (fewer writes); from
+        a peer that chokes us, blocks of the pieces it allows us (BEP 6 Allowed Fast)."""
+        if ps.closed or not ps.am_interested or not self.downloading \
                 or now < ps.choke_due_until:
+            return
+        if ps.peer_choking:
+            if ps.allowed_in:
+                self._fill_allowed(ps, now)
             return
         if self._ws_origins and ps.addr[0] in self._ws_origins and self.webseed_preferred(now):
             return  # the origin's peer and its web seed share an uplink: HTTP only
@@ -683,6 +706,22 @@ class Swarm:
             return
         ps.requested.update(dict.fromkeys(blocks, now))
         self._send(ps, tuple(starmap(_REQUEST, blocks)), now)  # Block: (index, begin, length)
+
+    def _fill_allowed(self, ps: PeerState, now: float) -> None:
+        """:meth:`_fill` from a peer that chokes us: its allowed-fast pieces only, at the
+        normal queue depth; pieces we have leave the set."""
+        allowed = ps.allowed_in
+        assert allowed is not None
+        have = self.have
+        for index in [i for i in allowed if have[i]]:
+            allowed.discard(index)
+        want = ps.queue_target - len(ps.requested)
+        if want <= 0 or not allowed or self._unverified > self._max_unverified:
+            return
+        blocks = self.picker.pick_allowed(ps.handle, want, allowed)
+        if blocks:
+            ps.requested.update(dict.fromkeys(blocks, now))
+            self._send(ps, tuple(starmap(_REQUEST, blocks)), now)
 
     def _fill_all(self, now: float) -> None:
         for ps in list(self.peers.values()):
@@ -1148,9 +1187,10 @@ class Swarm:
 
     # -- uploading -------------------------------------------------------------------------
     def _on_request(self, ps: PeerState, req: m.Request, now: float) -> None:
-        if (ps.am_choking or not self.have[req.index]
+        if (not self.have[req.index]
                 or len(ps.incoming) >= self._max_incoming
-                or not ps.incoming.fits(req.length, self._max_incoming_bytes)):
+                or not ps.incoming.fits(req.length, self._max_incoming_bytes)
+                or (ps.am_choking and not self._charge_allowed(ps, req))):
             if ps.fast:
                 self.rejects_sent += 1
                 self._send(ps, (m.RejectRequest(req.index, req.begin, req.length),), now)
@@ -1161,6 +1201,33 @@ class Swarm:
             self.upload_order[ps.handle] = None
         if len(ps.incoming) == 1:
             self._out.append(Serve(ps.handle))
+
+    def _charge_allowed(self, ps: PeerState, req: m.Request) -> bool:
+        """A request from a peer we choke: True (and its bytes charged) when its piece is
+        in the allowed-fast set we sent it and that piece's budget still covers it."""
+        budget = ps.allowed_out
+        if not budget:
+            return False
+        left = budget.get(req.index, 0)
+        if left < req.length:
+            return False
+        budget[req.index] = left - req.length
+        return True
+
+    def _grant_allowed(self, ps: PeerState, now: float) -> None:
+        """BEP 6: on a fast peer's first Interested, if it is a starting peer (fewer than
+        ``allowed_fast_set_size`` pieces), send it the canonical allowed-fast set of its
+        address, less the pieces it has; we serve those while choking it, one piece's
+        bytes each (:meth:`_charge_allowed`). Once per connection."""
+        k = self._fast_k
+        if not ps.fast or k <= 0 or ps.num_have >= k or ps.is_seed or self._ss is not None:
+            ps.allowed_out = {}
+            return
+        ps.allowed_out = grant(ps.addr[0], self.info_hash, self.num_pieces, k, ps.have,
+                               self.piece_length)
+        if ps.allowed_out:
+            self.allowed_fast_sent += len(ps.allowed_out)
+            self._send(ps, tuple(map(m.AllowedFast, ps.allowed_out)), now)
 
     def blocks_sent(self, handle: Hashable, served: Sequence[m.Request], nbytes: int,
                     now: float) -> None:
@@ -1451,8 +1518,8 @@ class Swarm:
         idle uplink had an interested choked peer in about one sample in eight). The
         idle peers stay unchoked (a new piece of ours may interest them at once); the
         next round re-ranks everyone as usual."""
-        if self._super_seeding():
-            return  # every interested peer is unchoked already
+        if self._super_seeding() or not self.settings.unchoke_slots:
+            return  # every interested peer is unchoked already; or no slots to reuse
         waiting = sum(1 for ps in self.peers.values()
                       if ps.am_choking and ps.peer_interested and not ps.closed
                       and not ps.is_seed)
@@ -1486,8 +1553,9 @@ class Swarm:
         second, and every neighbour of a laggard sees it as one. A peer gets this for
         ``optimistic_unchoke_interval`` from its first such turn, no more: one that never
         gets pieces (a free rider) must not hold the slot for good."""
-        if self._super_seeding() or not self.num_have:
-            return  # a super-seed unchokes every interested peer; we have nothing to give
+        if self._super_seeding() or not self.num_have or not self.settings.unchoke_slots:
+            return  # a super-seed unchokes every interested peer; we have nothing to give;
+            # no slots, no optimistic one either (as choose_unchoked: 0 = upload to nobody)
         d = self._choke
         given = self._lag_given
         limit = now - self.settings.optimistic_unchoke_interval
@@ -1518,11 +1586,18 @@ class Swarm:
         ps.am_choking = True
         msgs: list[m.Message] = [m.Choke()]
         self.chokes_sent += 1
+        kept: list[m.Request] = []  # BEP 6: requests for allowed-fast pieces stay
         if ps.fast:
-            msgs += [m.RejectRequest(r.index, r.begin, r.length) for r in ps.incoming]
-            self.rejects_sent += len(ps.incoming)
+            for r in ps.incoming:
+                if self._charge_allowed(ps, r):
+                    kept.append(r)
+                else:
+                    msgs.append(m.RejectRequest(r.index, r.begin, r.length))
+            self.rejects_sent += len(msgs) - 1
         ps.incoming.clear()
-        if ps.handle in self.upload_order:
+        for r in kept:
+            ps.incoming.append(r)
+        if not kept and ps.handle in self.upload_order:
             del self.upload_order[ps.handle]
             self._upload_tail[ps.handle] = None
         self._send(ps, tuple(msgs), now)

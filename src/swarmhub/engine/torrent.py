@@ -86,7 +86,7 @@ class Torrent(TorrentViews):
         self.swarm = Swarm(
             meta.num_pieces, meta.piece_length, meta.total_length, self.settings,
             rng=self.rng, now=clock(), pad_blocks=pads, peers=peers or (),
-            trackers=bool(self.tracker_tiers))
+            trackers=bool(self.tracker_tiers), info_hash=meta.info_hash)
         self.wanted = Wanted(self, file_priorities, sequential)
         self.state = TorrentState.CHECKING
         self.error: str | None = None
