@@ -14,6 +14,7 @@ from collections.abc import Hashable
 
 import pytest
 
+from swarmhub.engine.peerstate import RequestQueue
 from swarmhub.engine.swarm import BLOCK_SIZE, Swarm
 from swarmhub.engine.uploads import turn_wait
 from swarmhub.settings import Settings
@@ -174,6 +175,56 @@ def test_pieces_smaller_than_the_least_budget_never_go_in_turns() -> None:
             s.message(p, m.Request(i, begin, BLOCK_SIZE), 0.0)
     assert s.upload_budget(0.0) == 0
     assert [h for h, _ in s.upload_grants(lambda _p: 0, 0.0)] == ["a", "b"]
+
+
+def test_the_budget_kept_per_instant_follows_every_byte_sent() -> None:
+    """upload_budget keeps its answer per (time, meter total): after bytes sent at the
+    same instant (blocks_sent, or the meter fed directly) it must equal the formula on
+    the meter, as the uncached scan did; a stale cache fails here."""
+    ahead, piece_time = 0.5, 0.05
+    s = seed(Settings(super_seeding=False, upload_ahead=ahead,
+                      upload_turn_piece_time=piece_time), ["a"])
+
+    def formula(now: float) -> int:
+        rate = s.up.rate(now)  # idempotent at one instant
+        return 0 if rate * piece_time > PIECE else max(4 * BLOCK_SIZE, int(rate * ahead))
+
+    before = s.upload_budget(0.0)
+    s.blocks_sent("a", [], 4 * PIECE, 0.0)
+    assert s.upload_budget(0.0) == formula(0.0) != before  # same instant, new bytes
+    rng = random.Random(11)
+    now = 0.0
+    seen = set()
+    for _ in range(400):
+        now += rng.choice((0.0, 0.0, 0.01, 0.3, 2.0))
+        n = rng.choice((1, BLOCK_SIZE, PIECE, 8 * PIECE))
+        if rng.random() < 0.5:
+            s.blocks_sent("a", [], n, now)
+        elif rng.random() < 0.5:
+            s.up.add(n, now)
+        got = s.upload_budget(now)
+        assert got == s.upload_budget(now) == formula(now)
+        seen.add(got == 0)
+    assert seen == {True, False}  # both sides of the piece-time gate were crossed
+
+
+def test_head_piece_bytes_is_the_scan_of_the_head_run() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        q = RequestQueue()
+        reqs = [m.Request(rng.randrange(3), BLOCK_SIZE * i, rng.choice((BLOCK_SIZE, 100)))
+                for i in range(rng.randrange(0, 12))]
+        for r in reqs:
+            q.append(r)
+        for _ in range(rng.randrange(0, len(reqs) + 1)):
+            q.popleft()
+        head = list(q)
+        want = 0
+        for r in head:
+            if r.index != head[0].index:
+                break
+            want += r.length
+        assert q.head_piece_bytes() == want
 
 
 def test_choked_and_gone_peers_leave_the_turns() -> None:

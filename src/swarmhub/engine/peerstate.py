@@ -138,6 +138,22 @@ class RequestQueue:
         self.bytes -= req.length
         return req
 
+    def head_piece_bytes(self) -> int:
+        """Bytes asked by the requests at the head that are of the head's piece (0 when
+        empty): an upload turn's rest of the piece, without an iterator per call."""
+        q = self._q
+        if q is None:
+            return 0
+        head = self._head
+        index = q[head].index
+        n = 0
+        for i in range(head, len(q)):
+            req = q[i]
+            if req.index != index:
+                break
+            n += req.length
+        return n
+
     def remove(self, req: m.Request) -> None:
         """Remove the first equal request; ValueError if there is none (like ``deque``)."""
         q = self._q

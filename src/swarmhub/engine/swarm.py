@@ -271,6 +271,12 @@ class Swarm:
         #: peers out of turns whose last piece may still be leaving: counted in the
         #: budget until the driver reads nothing queued to them
         self._upload_tail: dict[Hashable, None] = {}
+        #: upload_budget's latest answer, for the time and the upload meter's total it
+        #: was computed at: the driver asks per item that leaves and again for the grants
+        #: at the same instant (blocks_sent, the meter's one writer, clears the time)
+        self._budget_at = math.nan
+        self._budget_total = 0
+        self._budget = 0
         #: when _bootstrap_optimistic first gave each peer the optimistic slot
         self._lag_given: dict[Hashable, float] = {}
         self._out: list[Action] = []
@@ -1238,6 +1244,7 @@ class Swarm:
         ps.last_send = ps.last_data = now
         ps.up.add(nbytes, now)
         self.up.add(nbytes, now)
+        self._budget_at = math.nan  # the meter moved (see upload_budget)
         self.uploaded += nbytes
         ss = self._ss
         if ss is not None and handle in ss:
@@ -1290,10 +1297,18 @@ class Swarm:
         ahead = self.settings.upload_ahead
         if not ahead or self.piece_length < _AHEAD_MIN:
             return 0  # off, or pieces fit in the least budget: turns cannot order them
-        rate = self.up.rate(now)
+        up = self.up
+        if now == self._budget_at and up.total == self._budget_total:
+            return self._budget  # the same meter at the same time: the same rate
+        rate = up.rate(now)
         if rate * self.settings.upload_turn_piece_time > self.piece_length:
-            return 0
-        return max(_AHEAD_MIN, int(rate * ahead))
+            budget = 0
+        else:
+            budget = max(_AHEAD_MIN, int(rate * ahead))
+        self._budget_at = now
+        self._budget_total = up.total
+        self._budget = budget
+        return budget
 
     def upload_grants(self, queued: Callable[[Hashable], int],
                       now: float) -> list[tuple[Hashable, int]]:
@@ -1314,38 +1329,38 @@ class Swarm:
         gets an unlimited grant."""
         budget = self.upload_budget(now)
         peers = self.peers
+        order = self.upload_order
         out: list[tuple[Hashable, int]] = []
         if not budget:
-            for h in self.upload_order:
+            for h in order:
                 ps = peers.get(h)
                 if ps is not None and ps.incoming:
                     out.append((h, 1 << 62))
             return out
-        sizes = [queued(h) for h in self.upload_order]
-        total = sum(sizes)
+        sizes = [queued(h) for h in order]
+        total = 0
+        for own in sizes:
+            total += own
         tail = self._upload_tail
-        for h in list(tail):
-            left = queued(h) if h not in self.upload_order else 0
-            if left:
-                total += left
-            else:
-                del tail[h]
-        for h, own in zip(self.upload_order, sizes, strict=True):
+        if tail:
+            for h in list(tail):
+                left = queued(h) if h not in order else 0
+                if left:
+                    total += left
+                else:
+                    del tail[h]
+        i = -1
+        for h in order:
+            i += 1
             ps = peers.get(h)
             if ps is None or not ps.incoming:
                 continue
+            own = sizes[i]
             if not out:
                 if total - own >= budget:
                     break  # the peers before it still hold the budget
                 # The first in turn: the rest of its piece, whatever its own queue.
-                incoming = ps.incoming
-                index = incoming[0].index
-                piece = 0
-                for req in incoming:
-                    if req.index != index:
-                        break
-                    piece += req.length
-                grant = max(piece, budget - total)
+                grant = max(ps.incoming.head_piece_bytes(), budget - total)
             elif total >= budget:
                 break
             else:
