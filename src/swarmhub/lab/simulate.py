@@ -250,6 +250,7 @@ class Simulation:
         self.source_left: float | None = None
         self.services = Services(self)
         self._on_drain = self._drained  # one bound method shared by every pipe
+        self._queued_fn = self._queued
         self._drain_at = settings.send_buffer_bytes // 4  #: serve again below this
         # Settings read per item and per serve, kept here: Settings is not compiled, so
         # each ``self.settings.x`` is a Python attribute lookup (it is frozen: no change)
@@ -453,15 +454,21 @@ class Simulation:
         if swarm is None or node.gone or not swarm.upload_order:
             return
         by_uid = self.by_uid
-
-        def queued(uid: Any) -> int:
-            end = by_uid[uid]
-            return end.out.queued if end is not None else 0
-
-        for uid, grant in swarm.upload_grants(queued, self.ev.now):
+        for uid, grant in swarm.upload_grants(self._queued_fn, self.ev.now):
             end = by_uid[cast(int, uid)]
             if end is not None and end.node is node:
                 self._serve(end, grant)
+
+    def _queued(self, uid: Any) -> int:
+        """Wire bytes written to connection ``uid`` and not yet sent (``upload_grants``'
+        count): a method bound once (``_queued_fn``), not a closure made per call whose
+        ``end.out.queued`` mypyc reads as generic attributes (1.7 % of an N=300 run).
+        The cast matters: a list indexed by ``Any`` is ``Any`` to mypy (its ``__getitem__``
+        overloads both match), and mypyc then looks every attribute up by name."""
+        end = self.by_uid[cast(int, uid)]
+        if end is None:
+            return 0
+        return end.out.queued
 
     def _serve(self, end: End, grant: int | None) -> None:
         """Write accepted requests into the send buffer as the upload loop does: a batch
