@@ -18,7 +18,7 @@ is CPU-bound, and every packet costs the delay line, softirq and a wake-up): run
 The hosts' downloaded data are deleted after the run (the logs stay). Needs root (the lab
 does)::
 
-    flock /work/notes/lab.lock .venv/bin/python bench/lab_packets.py --peers 32 \\
+    sudo .venv/bin/python bench/lab_packets.py --peers 32 \\
         --modes p2p,hybrid --prefix lpk --out /tmp/lpk [--ports 1,2] [-- extra lab run args]
 """
 

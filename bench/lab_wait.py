@@ -24,7 +24,7 @@ CPU-s and wait-s in the window, and the uplink-seconds the clients left idle. Se
 modes (``--mode p2p,hybrid``) run in one `lab run`, each analysed in its own window. Needs
 root (the lab does)::
 
-    flock /work/notes/lab.lock .venv/bin/python bench/lab_wait.py --peers 32 --mode p2p \\
+    sudo .venv/bin/python bench/lab_wait.py --peers 32 --mode p2p \\
         --prefix lg23 --out /tmp/lw [--interval 0.2] [--json OUT] [-- extra lab run args]
 """
 
