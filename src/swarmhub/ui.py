@@ -196,35 +196,6 @@ def _http_error(exc: BaseException) -> str | None:
     return None
 
 
-def _client_error(exc: BaseException) -> str | None:
-    """aiohttp errors in words (imported lazily: aiohttp is heavy)."""
-    if (words := _http_error(exc)) is not None:
-        return words
-    if "aiohttp" not in sys.modules:
-        return None
-    import aiohttp
-
-    if isinstance(exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError) or (
-            isinstance(exc, aiohttp.ClientOSError) and isinstance(exc.__cause__, ssl.SSLError)):
-        return ("TLS handshake failed: is the server plain HTTP? use an http:// URL "
-                f"({_first_line(exc)})")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        why = ("connection refused" if isinstance(exc.os_error, ConnectionRefusedError)
-               else exc.os_error.strerror or _first_line(exc.os_error))
-        return (f"cannot connect to {exc.host}:{exc.port} ({why}): is the hub running and "
-                "the URL right?")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return ("the server closed the connection without answering: is the URL's scheme "
-                "right (http:// vs https://) and the server a swarmhub hub?")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ServerTimeoutError):
-        return f"no answer in time ({_first_line(exc)}): is the address right and reachable?"
-    if isinstance(exc, aiohttp.InvalidURL):
-        return f"not a valid URL: {exc}"
-    if isinstance(exc, aiohttp.ClientError):
-        return f"HTTP request failed: {type(exc).__name__}: {_first_line(exc)}"
-    return None
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -235,7 +206,7 @@ def describe(exc: BaseException) -> str:
     exc = root_cause(exc)
     if isinstance(exc, SwarmhubError):
         return " ".join(str(exc).split()) or type(exc).__name__
-    client = _client_error(exc)
+    client = _http_error(exc)
     if client is not None:
         return client
     if isinstance(exc, ssl.SSLError):

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import pytest
 
 from conftest import unread_failures_under_uvloop
 from swarmhub.client import HubFile, http_download
-from swarmhub.discovery.httpget import MAX_HEAD, HttpClient, HttpError, Response
+from swarmhub.discovery.httpget import MAX_HEAD, HttpClient, HttpError, Response, Upload
 from swarmhub.errors import SwarmhubError
 
 #: (request head, connection number, request number on it) -> (bytes to write, then close?)
@@ -411,3 +411,74 @@ def test_cancelling_https_connects_leaves_no_unread_tls_failure_under_uvloop() -
                 outcomes[name] = outcomes.get(name, 0) + 1
 
     assert unread_failures_under_uvloop(tries) == [], outcomes
+
+
+def _upload(size: int, chunk: int, sent: list[int]) -> Upload:
+    """``size`` bytes in chunks of ``chunk`` (bytes ``i % 251``), made as they are asked
+    for; ``sent`` counts the chunks handed out."""
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        for start in range(0, size, chunk):
+            sent.append(start)
+            yield bytes(i % 251 for i in range(start, min(size, start + chunk)))
+    return Upload(size, chunks)
+
+
+async def _body_server(answer_early: bool) -> tuple[asyncio.Server, list[bytes]]:
+    """Reads each request's head and (unless ``answer_early``: then it answers 403 and
+    closes at once) its Content-Length body, and answers with the body's SHA-1."""
+    bodies: list[bytes] = []
+
+    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for _ in range(10):  # bounded: a test sends a few requests
+                head = await reader.readuntil(b"\r\n\r\n")
+                if answer_early:
+                    writer.write(answer(b'{"error": "no"}', "403 Forbidden", Connection="close"))
+                    await writer.drain()
+                    return
+                body = await reader.readexactly(int(header(head, b"content-length") or 0))
+                bodies.append(body)
+                writer.write(answer(hashlib.sha1(body).hexdigest().encode()))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(one, "127.0.0.1", 0), bodies
+
+
+async def test_a_post_body_goes_whole_and_the_connection_is_kept() -> None:
+    server, bodies = await _body_server(answer_early=False)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    sent: list[int] = []
+    try:
+        async with HttpClient() as http:
+            async with await http.post(f"{base}/up", _upload(3_000_001, 1 << 20, sent)) as r:
+                digest = (await r.read()).decode()
+            async with await http.post(f"{base}/up", _upload(10, 4, [])) as r:
+                await r.read()
+            assert http.connections_made == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(sent) == 3 and len(bodies[0]) == 3_000_001
+    assert bodies[0] == bytes(i % 251 for i in range(3_000_001))
+    assert digest == hashlib.sha1(bodies[0]).hexdigest()
+
+
+async def test_an_answer_before_the_body_is_sent_ends_the_sending_and_is_the_answer() -> None:
+    """A server refusing a request from its head alone (a bad token) and closing: the
+    client stops writing and reads the refusal (writing on got a broken connection)."""
+    server, _ = await _body_server(answer_early=True)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    sent: list[int] = []
+    try:
+        async with HttpClient() as http, \
+                await http.post(f"{base}/up", _upload(256 << 20, 256 << 10, sent)) as r:
+            assert r.status == 403
+            assert await r.read() == b'{"error": "no"}'
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(sent) < 1024  # not the whole 256 MiB

@@ -1,5 +1,5 @@
-"""swarmhub's HTTP/1.1 client: tracker announces, the hub API, whole-file downloads and web
-seed ranges, over asyncio with h11's framing.
+"""swarmhub's HTTP/1.1 client: tracker announces, the hub API, whole-file downloads, web
+seed ranges and uploads to a hub (``swarmhub publish``), over asyncio with h11's framing.
 
 Why not aiohttp: importing it (with the SSL contexts it makes at import) cost a
 ``swarmhub get`` ~0.08-0.12 CPU-s before its first peer, and its body stream hands out a
@@ -16,7 +16,11 @@ this module moves the bytes.
   transport's ``recv_into`` fills the caller's memory (:class:`_Conn` is a
   ``BufferedProtocol``), no bytes object per chunk. Chunked and read-to-EOF bodies go
   through h11 (one copy).
-- Redirects (301, 302, 303, 307, 308) are followed up to :data:`MAX_REDIRECTS`; the
+- A request body (:class:`Upload`, :meth:`HttpClient.post`) is written chunk by chunk,
+  each once the transport has room (a file of any size in bounded memory); an answer
+  that comes before the body is sent whole (a refused token) ends the sending and is
+  the answer.
+- Redirects (301, 302, 303, 307, 308) of a GET are followed up to :data:`MAX_REDIRECTS`; the
   ``Authorization`` header is dropped when one leads to another origin. ``https`` uses one
   default TLS context per process (system CAs), made on first use. Heads are bounded by
   :data:`MAX_HEAD`. ``connect_timeout`` bounds a connect, ``read_timeout`` every wait for
@@ -30,6 +34,7 @@ made), stalls and deadlines ``TimeoutError``. :func:`get` is the one-shot GET of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.parse
 from dataclasses import dataclass
@@ -39,10 +44,10 @@ import h11
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import AsyncGenerator, Callable, Mapping
 
 __all__ = ["MAX_HEAD", "MAX_REDIRECTS", "ConnectError", "HttpAnswer", "HttpClient", "HttpError",
-           "NoAnswer", "Response", "get", "parse_response", "request_bytes"]
+           "NoAnswer", "Response", "Upload", "get", "parse_response", "request_bytes"]
 
 #: Redirects followed before giving up (aiohttp allows 10; trackers rarely use any).
 MAX_REDIRECTS = 5
@@ -96,6 +101,15 @@ class HttpAnswer:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A request body: ``length`` bytes that ``chunks()`` yields, in order (called again
+    when the request is sent anew on a fresh connection)."""
+
+    length: int
+    chunks: Callable[[], AsyncGenerator[bytes, None]]
+
+
 def _split(url: str) -> tuple[str, str, int, str, str]:
     """``(scheme, host, port, Host header, request target)``; the query stays as given
     (percent-encoded binary hashes must reach the tracker byte for byte)."""
@@ -117,18 +131,23 @@ def _client() -> h11.Connection:
     return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
 
-def _request(conn: h11.Connection, url: str, headers: Mapping[str, str]) -> bytes:
+def _request(conn: h11.Connection, url: str, headers: Mapping[str, str], method: str = "GET",
+             length: int | None = None) -> bytes:
+    """The request's head, and its end unless a body of ``length`` bytes follows."""
     _, _, _, host_header, target = _split(url)
     fields = [("Host", host_header)]
     fields += [(k, v) for k, v in headers.items() if k.lower() != "connection"]
     if not any(k.lower() == "accept-encoding" for k in headers):
         fields.append(("Accept-Encoding", "identity"))
+    if length is not None:
+        fields.append(("Content-Length", str(length)))
     fields += [(k, v) for k, v in headers.items() if k.lower() == "connection"]
-    request = h11.Request(method="GET", target=target.encode("latin-1"), headers=fields)
+    request = h11.Request(method=method, target=target.encode("latin-1"), headers=fields)
     try:
-        return (conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        head = conn.send(request) or b""
+        return head if length is not None else head + (conn.send(h11.EndOfMessage()) or b"")
     except h11.LocalProtocolError as exc:
-        raise HttpError(f"cannot send a GET for {url!r}: {exc}") from None
+        raise HttpError(f"cannot send a {method} for {url!r}: {exc}") from None
 
 
 def request_bytes(url: str, user_agent: str) -> bytes:
@@ -198,6 +217,7 @@ class _Conn(asyncio.BufferedProtocol):
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
+        self._full = False  # the transport's write buffer is past its high-water mark
         #: answers read on this connection (0: fresh, not yet known to work)
         self.used = 0
 
@@ -232,6 +252,13 @@ class _Conn(asyncio.BufferedProtocol):
         self.eof = True
         self._wake()
         return False
+
+    def pause_writing(self) -> None:
+        self._full = True
+
+    def resume_writing(self) -> None:
+        self._full = False
+        self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
@@ -309,6 +336,17 @@ class _Conn(asyncio.BufferedProtocol):
         self.transport.write(data)
 
     @property
+    def answered(self) -> bool:
+        """Bytes of an answer (or the end of the connection) arrived."""
+        return bool(self._data) or self.eof
+
+    async def drain(self, timeout: float | None) -> None:
+        """Wait until the transport has room for more (``timeout``: a stall), or until an
+        answer (or the end) arrived: then the caller stops writing."""
+        while self._full and not self.answered:
+            await self._wait(timeout)
+
+    @property
     def alive(self) -> bool:
         return not self.eof and self.transport is not None and not self.transport.is_closing()
 
@@ -336,8 +374,9 @@ class Response:
         self.raw_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers]
         #: header names lowercased; the last of repeated ones (:meth:`getall` has all)
         self.headers = dict(self.raw_headers)
-        self._keep = head.http_version == b"1.1" and "close" not in \
-            self.headers.get("connection", "").lower()
+        # (a request body cut short by an early answer leaves our side mid-message)
+        self._keep = head.http_version == b"1.1" and parser.our_state is h11.DONE and \
+            "close" not in self.headers.get("connection", "").lower()
         length = self.headers.get("content-length")
         #: body bytes still to come when the length is known (None: chunked or to EOF)
         self._left: int | None = None
@@ -467,7 +506,7 @@ class HttpClient:
         extra = dict(headers or {})
         first = _split(url)[:3]
         for _ in range(MAX_REDIRECTS + 1):
-            resp = await self._once(url, extra, timeout)
+            resp = await self._once("GET", url, extra, timeout, None)
             location = resp.headers.get("location")
             if not follow_redirects or resp.status not in _REDIRECTS or not location:
                 return resp
@@ -476,6 +515,12 @@ class HttpClient:
             if _split(url)[:3] != first:  # credentials stay with their origin
                 extra = {k: v for k, v in extra.items() if k.lower() != "authorization"}
         raise HttpError(f"more than {MAX_REDIRECTS} redirects")
+
+    async def post(self, url: str, body: Upload, headers: Mapping[str, str] | None = None, *,
+                   timeout: float | None = None) -> Response:
+        """Send a POST of ``body`` to ``url`` and read the answer's head (a redirect is
+        returned, not followed: the body would have to go again)."""
+        return await self._once("POST", url, dict(headers or {}), timeout, body)
 
     async def _discard(self, resp: Response) -> None:
         if resp.content_length is not None and resp.content_length <= _DRAIN:
@@ -486,7 +531,8 @@ class HttpClient:
                 pass
         resp.close()
 
-    async def _once(self, url: str, extra: dict[str, str], timeout: float | None) -> Response:
+    async def _once(self, method: str, url: str, extra: dict[str, str], timeout: float | None,
+                    body: Upload | None) -> Response:
         scheme, host, port, _, _ = _split(url)
         origin = (scheme, host, port)
         headers = {**self.headers, **extra}
@@ -496,8 +542,11 @@ class HttpClient:
         for _ in range(2):  # a reused connection the server had closed: once more, fresh
             conn = self._idle_conn(origin) or await self._connect(origin, timeout)
             parser = _client()
-            conn.send(_request(parser, url, headers))
+            length = None if body is None else body.length
+            conn.send(_request(parser, url, headers, method, length))
             try:
+                if body is not None:
+                    await self._send_body(conn, parser, body, read_timeout)
                 head = await self._head(conn, parser, read_timeout)
             except (NoAnswer, ConnectionError):
                 self._drop(conn)
@@ -509,6 +558,24 @@ class HttpClient:
                 raise
             return Response(self, conn, parser, head, url, read_timeout)
         raise HttpError(f"{url}: the server closed the connection without an answer")
+
+    @staticmethod
+    async def _send_body(conn: _Conn, parser: h11.Connection, body: Upload,
+                         timeout: float | None) -> None:
+        """Write the body; stop early when an answer (or the end) arrives first."""
+        try:
+            async with contextlib.aclosing(body.chunks()) as chunks:  # (a file to close)
+                async for chunk in chunks:
+                    if conn.answered:
+                        return
+                    # to the transport as it is (h11 counts it, copies nothing)
+                    for data in parser.send_with_data_passthrough(h11.Data(data=chunk)) or ():
+                        conn.send(data)
+                    await conn.drain(timeout)
+            if not conn.answered:
+                conn.send(parser.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError as exc:  # more or fewer bytes than body.length
+            raise HttpError(f"the request body does not match its length: {exc}") from None
 
     @staticmethod
     async def _head(conn: _Conn, parser: h11.Connection, timeout: float | None) -> h11.Response:

@@ -11,9 +11,9 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.markup import escape
 
 from swarmhub.aio import run_cancellable
 from swarmhub.errors import SwarmhubError
+
+if TYPE_CHECKING:
+    from swarmhub.discovery.httpget import Response, Upload
 
 __all__ = ["default_data_dir", "hub_app", "publish_file", "register", "run_hub"]
 
@@ -361,32 +364,73 @@ def hub_migrate(
 # ------------------------------------------------------------------------------ publish
 
 
+#: File bytes read (in a worker thread) and written per step of an upload.
+_UPLOAD_CHUNK = 1 << 20
+
+
 async def publish_file(
     path: Path, hub_url: str, token: str, *, collection: str | None = None, name: str | None = None
 ) -> dict[str, Any]:
-    """Stream ``path`` to a hub; returns the file's JSON (with its magnet link)."""
-    import aiohttp
+    """Stream ``path`` to a hub; returns the file's JSON (with its magnet link).
+
+    Through swarmhub's own HTTP client (:mod:`swarmhub.discovery.httpget`, as ``get``
+    and trackers): one connect for every client, TCP then TLS, which a cancel cannot
+    leave with an unread handshake failure (uvloop's ``create_connection(ssl=...)`` can).
+    """
+    from swarmhub.discovery.httpget import HttpClient
 
     base = hub_url.rstrip("/")
-    headers = {"Authorization": f"Bearer {token}"}
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
-        with open(path, "rb") as fh:  # aiohttp streams file objects in chunks
-            form = aiohttp.FormData()
-            if collection:
-                form.add_field("collection", collection)
-            form.add_field("name", name or path.name)  # exact bytes, no filename quoting
-            form.add_field("file", fh, filename=path.name, content_type="application/octet-stream")
-            async with http.post(f"{base}/api/files", data=form) as r:
-                body = await _json(r)
-        async with http.get(f"{base}/api/files/{body['id']}") as r:
-            full = await _json(r)
-    return full
+    headers = {"Authorization": f"Bearer {token}", "User-Agent": "swarmhub-publish"}
+    body, content_type = _form(path, collection, name or path.name)
+    async with HttpClient(headers=headers, connect_timeout=30, read_timeout=300) as http:
+        async with await http.post(f"{base}/api/files", body,
+                                   {"Content-Type": content_type}) as r:
+            entry = await _json(r)
+        async with await http.get(f"{base}/api/files/{entry['id']}") as r:
+            return await _json(r)
 
 
-async def _json(response: Any) -> dict[str, Any]:
+def _form(path: Path, collection: str | None, name: str) -> tuple[Upload, str]:
+    """``multipart/form-data`` with the fields the hub reads (``collection``, ``name``,
+    then ``file``), as an :class:`~swarmhub.discovery.httpget.Upload` whose file part is
+    read as it is sent; and its Content-Type."""
+    import secrets
+    import urllib.parse
+
+    from swarmhub.discovery.httpget import Upload
+
+    boundary = f"swarmhub-{secrets.token_hex(16)}"
+    fields = ([("collection", collection)] if collection else []) + [("name", name)]
+    head = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'
+                    .encode() + value.encode() + b"\r\n" for key, value in fields)
+    # the hub takes the published name from the 'name' field (exact bytes); the part's
+    # filename is only a fallback, percent-encoded as aiohttp and browsers send it
+    filename = urllib.parse.quote(path.name)
+    head += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+             f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n').encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    size = path.stat().st_size
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield head
+        loop = asyncio.get_running_loop()
+        with open(path, "rb") as fh:
+            left = size
+            while left > 0:  # bounded: each step reads up to left bytes, or ends
+                data = await loop.run_in_executor(None, fh.read, min(_UPLOAD_CHUNK, left))
+                if not data:
+                    break  # the file shrank: the length check refuses the request
+                left -= len(data)
+                yield data
+        yield tail
+
+    return Upload(len(head) + size + len(tail), chunks), \
+        f"multipart/form-data; boundary={boundary}"
+
+
+async def _json(response: Response) -> dict[str, Any]:
     try:
-        body = await response.json(content_type=None)
+        body = await response.json()
     except ValueError:
         body = None
     if response.status >= 400 or not isinstance(body, dict):
@@ -405,7 +449,7 @@ def publish(
     name: Annotated[str | None, typer.Option(help="Published name (default: file name).")] = None,
 ) -> None:
     """Upload a file to a hub; print its HTTP URL, .torrent URL and magnet link."""
-    # A hub that is down or a wrong URL (aiohttp, OSError) is put in words by the CLI's
+    # A hub that is down or a wrong URL (OSError, HttpError) is put in words by the CLI's
     # error boundary (swarmhub.ui); RuntimeError carries the hub's own refusal.
     try:
         info = _run_plain(publish_file(file, hub_url, token, collection=collection, name=name))
