@@ -14,7 +14,8 @@ The lab runs as root (network namespaces), usually on a checkout a user owns: ro
 ``__pycache__`` folders would be root's too, and then their owner could neither replace a
 stale file (an edit recompiled at every start, ``compileall`` failed) nor remove them
 (``git clean -fdx``, ``rm -rf`` of the checkout: "Permission denied"). So each
-``__pycache__`` folder and the files in it get the owner of the source folder holding it.
+``__pycache__`` folder and the files in it get the owner of the source folder holding it
+(:mod:`swarmhub.lab.owners`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 from pathlib import Path
 
 import swarmhub
+from swarmhub.lab.owners import give_to_owner_of, tree
 
 __all__ = ["PACKAGE", "compile_package", "give_caches_to_source_owners"]
 
@@ -51,21 +53,11 @@ def compile_package(root: Path | None = None) -> bool:
 def give_caches_to_source_owners(root: Path) -> int:
     """Give every ``__pycache__`` folder under ``root`` and its entries the owner (user and
     group) of the folder holding it, where they differ; return how many were changed. For
-    root, after writing bytecode into a tree someone else owns (see the module docstring);
-    a file it may not change is logged and left (the lab still runs)."""
+    root, after writing bytecode into a tree someone else owns (see the module docstring)."""
     changed = 0
     for folder, dirs, _files in os.walk(root):
         if "__pycache__" not in dirs:
             continue
         dirs.remove("__pycache__")  # nothing below it to walk
-        source = os.stat(folder)
-        cache = os.path.join(folder, "__pycache__")
-        for path in [cache, *(e.path for e in os.scandir(cache))]:
-            try:
-                st = os.lstat(path)
-                if (st.st_uid, st.st_gid) != (source.st_uid, source.st_gid):
-                    os.lchown(path, source.st_uid, source.st_gid)
-                    changed += 1
-            except OSError as exc:
-                log.warning("could not give %s to the owner of %s: %s", path, folder, exc)
+        changed += give_to_owner_of(folder, tree(os.path.join(folder, "__pycache__")))
     return changed

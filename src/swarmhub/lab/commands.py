@@ -19,7 +19,13 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from swarmhub.lab.bounds import parse_duration, parse_rate, parse_size
 from swarmhub.lab.faults import parse_fault
 from swarmhub.lab.latency import latency_support
-from swarmhub.lab.report import require_plotting, results_table, write_report
+from swarmhub.lab.report import (
+    give_report_to_home_owner,
+    report_home,
+    require_plotting,
+    results_table,
+    write_report,
+)
 from swarmhub.lab.scenario import MODES, ScenarioResult, run_scenario
 from swarmhub.lab.topology import LabError, netns_available
 
@@ -180,7 +186,16 @@ def _run_all(
     return results
 
 
-def _finish(results: list[ScenarioResult], out: Path, keep: bool) -> None:
+def _finish(results: list[ScenarioResult], out: Path, keep: bool, home: Path) -> None:
+    """Print the table and write the report into ``out``; it gets the owner of ``home``
+    (:func:`~swarmhub.lab.report.report_home`, taken before the run)."""
+    try:
+        _report(results, out, keep)
+    finally:
+        give_report_to_home_owner(out, home)
+
+
+def _report(results: list[ScenarioResult], out: Path, keep: bool) -> None:
     if not results:
         console.print("[red]no scenario ran[/]")
         raise typer.Exit(1)
@@ -265,6 +280,7 @@ def run(
     """Run each mode once with N receiving hosts; print a table and write OUT/report.html."""
     if peers < 1:
         raise typer.BadParameter("need at least one peer", param_hint="--peers")
+    home = report_home(out)  # before the run creates out/work
     results = _run_all(
         [peers],
         _modes(modes),
@@ -283,7 +299,7 @@ def run(
         late=late,
         piece_size=piece_size,
     )
-    _finish(results, out, keep)
+    _finish(results, out, keep, home)
 
 
 @lab_app.command("sweep")
@@ -304,6 +320,7 @@ def sweep(
     timeout: _Timeout = None,
 ) -> None:
     """Completion time vs N per mode, against the bounds; plots in OUT/report.html."""
+    home = report_home(out)  # before the run creates out/work
     results = _run_all(
         _peers(peers),
         _modes(modes),
@@ -319,7 +336,7 @@ def sweep(
         loopback,
         timeout,
     )
-    _finish(results, out, keep)
+    _finish(results, out, keep, home)
 
 
 _Classes = "RATE or RATE:SHARE%,RATE:SHARE%... (heterogeneous hosts)"
@@ -406,7 +423,7 @@ def simulate_cmd(
                 live.start(f"simulated {mode} N={n}", n)
                 opts.peers = n
                 results.append(simulate(mode, opts, live))
-    _finish(results, out, keep=True)
+    _finish(results, out, True, report_home(out))  # (nothing written before the report)
 
 
 if __name__ == "__main__":  # `python -m swarmhub.lab.commands run ...` until the CLI mounts it

@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ from rich.console import Console
 from rich.table import Table
 
 from swarmhub.lab.bounds import format_rate, format_size
+from swarmhub.lab.owners import give_to_owner_of, tree
 from swarmhub.lab.results import ScenarioResult, bound_for
 
-__all__ = ["plot_pngs", "print_results", "require_plotting", "results_table", "write_report"]
+__all__ = ["give_report_to_home_owner", "plot_pngs", "print_results", "report_home",
+           "require_plotting", "results_table", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -323,6 +327,32 @@ def write_report(results: Sequence[ScenarioResult], out_dir: Path, command: str 
     path.write_text(body, "utf-8")
     log.info("wrote %s", path)
     return path
+
+
+def report_home(out: Path) -> Path:
+    """The folder the report folder ``out`` is made in: ``out`` when it exists already,
+    else its nearest existing ancestor. Taken before a run (which creates ``out/work``)."""
+    home = out.absolute()
+    while not home.exists() and home != home.parent:  # bounded: one step up per part
+        home = home.parent
+    return home
+
+
+def give_report_to_home_owner(out: Path, home: Path) -> int:
+    """As root (the netns lab), give what a run wrote under ``out`` the owner of ``home``
+    (:func:`report_home`, taken before the run): all of the folder it created in ``home``,
+    or, into an ``out`` that was there, the report's files and ``work/``. Why: a root
+    ``lab run`` in a user's checkout left a ``lab-report/`` its owner could not remove
+    (:mod:`swarmhub.lab.owners`). Returns how many paths changed owner (0 unless root)."""
+    if os.geteuid() != 0:
+        return 0
+    out = out.absolute()
+    if out != home:
+        paths = tree(home / out.relative_to(home).parts[0])
+    else:
+        files = [out / "report.html", out / "results.json", *out.glob("*.png")]
+        paths = itertools.chain((str(f) for f in files if f.exists()), tree(out / "work"))
+    return give_to_owner_of(home, paths)
 
 
 def print_results(results: Sequence[ScenarioResult], console: Console | None = None) -> None:
