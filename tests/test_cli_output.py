@@ -107,7 +107,7 @@ def test_get_prints_json_only_with_json(hub_file: tuple[HubProc, str], tmp_path:
     assert lines and lines[-1]["event"] == "finished"
     if mode == "hybrid":  # the swarm core's interest/choke messages (issue 9's churn)
         assert set(lines[-1]["churn"]) == {"interested", "not_interested", "choke",
-                                           "unchoke", "reject"}
+                                           "unchoke", "reject", "allowed_fast"}
 
 
 def test_info_prints_whole_links_on_a_narrow_pipe(tmp_path: Path) -> None:

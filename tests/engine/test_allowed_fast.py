@@ -128,6 +128,7 @@ def test_a_starting_peer_gets_the_canonical_set_on_its_first_interested() -> Non
     s.message("new", m.NotInterested(), 2.0)
     s.message("new", m.Interested(), 3.0)
     assert not sent(s.take(), "new", m.AllowedFast)  # once per connection
+    assert s.churn()["allowed_fast"] == 5  # what get --json and the lab's trace show
 
 
 @pytest.mark.parametrize("case", ["k=0", "has k pieces", "no fast extension"])

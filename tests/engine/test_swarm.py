@@ -567,7 +567,7 @@ def test_churn_counts_the_interest_and_choke_messages_sent() -> None:
     s.message("a", m.NotInterested(), 1.0)  # its slot is handed over: choked
     s.message("a", m.Request(0, 0, BLOCK_SIZE), 1.1)  # choked: rejected (fast extension)
     assert s.churn() == {"interested": 0, "not_interested": 0, "choke": 1, "unchoke": 1,
-                         "reject": 1}
+                         "reject": 1, "allowed_fast": 0}
 
 
 def test_a_piece_got_elsewhere_is_announced_to_a_super_seed_that_offered_it() -> None:

@@ -1660,10 +1660,11 @@ class Swarm:
         return self._choke
 
     def churn(self) -> dict[str, int]:
-        """The interest/choke messages we sent so far, by kind."""
+        """The interest/choke messages we sent so far, by kind (AllowedFast too: with
+        chokes, they say how much a swarm served choked peers)."""
         return {"interested": self.interested_sent, "not_interested": self.not_interested_sent,
                 "choke": self.chokes_sent, "unchoke": self.unchokes_sent,
-                "reject": self.rejects_sent}
+                "reject": self.rejects_sent, "allowed_fast": self.allowed_fast_sent}
 
     # -- time ------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
