@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from swarmhub.engine.superseed import SuperSeeder
 
 PIECE = 64 * 1024
@@ -108,9 +110,10 @@ def test_a_leaving_peer_returns_its_offers() -> None:
 
 
 def test_a_departed_peers_open_offers_are_the_next_fresh_pieces_oldest_first() -> None:
-    """The source's first connection leaves at once: the pieces it was offered (and never
-    got) are the next ones the seed gives, in the order they were offered, before the
-    rest of the fresh pool; a piece it was sent in full or another peer holds is not."""
+    """The source's first connection leaves at once: the pieces it was offered or sent
+    (and no one else holds) are the next ones the seed gives, the ones sent in full first
+    (offered earlier, in a real run), then open offers in the order they were offered,
+    before the rest of the fresh pool; a piece another peer holds is not."""
     ss, swarm = make(40)
     now = 0.0
     ss.add_peer("early")
@@ -128,16 +131,41 @@ def test_a_departed_peers_open_offers_are_the_next_fresh_pieces_oldest_first() -
     b[before[0]] = 1
     ss.peer_has("b", before[0])
     now += 0.05
+    del swarm.have["early"]  # (the engine's picker forgets it first)
     ss.remove_peer("early")
-    del swarm.have["early"]
     ss.add_peer("c")
     c = swarm.add("c")
-    # offers 0 (partly sent), 2 and 3 come back in that order; 1 was sent in full
-    assert ss.top_up("c", c, window=3, now=now) == [shown_early[0], *shown_early[2:]]
+    # 1 (sent in full, the copy left with it), then 0 (partly sent), 2 and 3
+    assert ss.top_up("c", c, window=4, now=now) == [shown_early[1], shown_early[0],
+                                                    *shown_early[2:]]
     # then the fresh pool goes on where it was (not with b's open offer)
     now += 0.05
-    nxt = ss.top_up("c", c, window=4, now=now)
+    nxt = ss.top_up("c", c, window=5, now=now)
     assert len(nxt) == 1 and nxt[0] not in (*shown_early, *before)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_departed_peers_pieces_no_longer_count_as_copies(seed: int) -> None:
+    """As libtorrent counts copies among the peers connected now: a leaves with the two
+    pieces it was sent (the only copies), b stays with the other two. Those two are the
+    next ones given, before the copies b holds: counted as held, they tied with b's
+    and the next peer got two of the four at random."""
+    ss, swarm = make(4, seed)
+    now = 0.0
+    for p in ("a", "b"):
+        ss.add_peer(p)
+        bits = swarm.add(p)
+        for i in ss.top_up(p, bits, window=2, now=now):
+            now += 0.1
+            assert ss.uploaded(p, i, PIECE, now)
+            bits[i] = 1
+            assert not ss.peer_has(p, i)  # the offer closed when its last block left
+    gone = [i for i in range(4) if swarm.have["a"][i]]
+    now += 0.1
+    del swarm.have["a"]
+    ss.remove_peer("a")
+    ss.add_peer("c")
+    assert sorted(ss.top_up("c", swarm.add("c"), window=2, now=now)) == gone
 
 
 def test_one_fast_leecher_gets_its_whole_window() -> None:

@@ -14,6 +14,11 @@ pieces to each peer with ``Have`` messages, so it alone decides what leaves it:
 2. then, when the fresh pool is empty, the pieces with the fewest copies (peers that have
    it, sends we completed, open offers), so the tail still goes where it is scarce.
 
+Copies are counted among the peers connected now, as libtorrent's
+``get_piece_to_super_seed`` does (BEP 16 is silent on peers leaving): a peer that leaves
+takes the pieces we sent it along, and one it held the only copy of goes back to the head
+of the fresh pool, as its open offers do.
+
 Unlike BEP 16 a new offer does not wait for another peer to report the piece: it comes
 as soon as we have sent the last block of an offer or the peer reports having it, and
 each peer holds ``window`` open offers (the engine sizes it from the peer's rate), so a
@@ -59,9 +64,11 @@ class SuperSeeder:
         self._offered = [0] * num_pieces
         #: Completed sends per piece (a peer holds it, or will once it has checked it).
         self._sent = [0] * num_pieces
-        #: Per peer: open offers (piece -> bytes sent of it) and every piece shown to it.
+        #: Per peer: open offers (piece -> bytes sent of it), every piece shown to it, and
+        #: the pieces sent to it in full (its share of ``_sent``).
         self._offers: dict[Hashable, dict[int, int]] = {}
         self._shown: dict[Hashable, bytearray] = {}
+        self._done: dict[Hashable, list[int]] = {}
         #: When each open offer was made, by (peer, piece).
         self._since: dict[tuple[Hashable, int], float] = {}
         #: (completed at, turnaround) of recent offers, oldest first, and their sum.
@@ -73,15 +80,22 @@ class SuperSeeder:
         """A peer connected while we seed: nothing is shown to it yet."""
         self._offers.setdefault(peer, {})
         self._shown.setdefault(peer, bytearray(self._n))
+        self._done.setdefault(peer, [])
 
     def remove_peer(self, peer: Hashable) -> None:
-        """The peer left: its open offers go back to the pool of pieces to give. A piece
-        no one else was sent in full or is offered goes to the head of the fresh pool,
-        oldest offer first: otherwise the pieces offered to a short-lived
+        """The peer left (call after the availability forgot it): its open offers go back
+        to the pool of pieces to give, and the pieces we sent it no longer count as copies.
+        A piece no one else holds, was sent in full or is offered goes to the head of the
+        fresh pool, oldest first: otherwise the pieces offered to a short-lived
         connection (the source's first, at t=0.05 s in ``lab simulate``) left the seed
         only when the fresh pool ran dry (at 14 s instead of 0.4 s, as the last first
         copies)."""
         back: list[int] = []
+        for index in self._done.pop(peer, ()):
+            self._sent[index] -= 1
+            if not self._offered[index] and not self._sent[index] and \
+                    not self._availability(index):
+                back.append(index)
         for index in self._offers.pop(peer, {}):
             self._offered[index] -= 1
             self._since.pop((peer, index), None)
@@ -157,6 +171,7 @@ class SuperSeeder:
         del offers[index]
         self._offered[index] -= 1
         self._sent[index] += 1
+        self._done[peer].append(index)
         return True
 
     def turnaround(self, now: float) -> float:
