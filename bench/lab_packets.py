@@ -36,10 +36,12 @@ import statistics
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (loaded by path in tests)
+from labbench import Poller, add_lab_run_options, finish, lab_namespaces, run_lab
 
 #: payloads up to this many bytes are counted as "small" (control messages)
 SMALL = 200
@@ -111,38 +113,23 @@ def _tcp_counters(pid: str) -> dict[str, int]:
     return got
 
 
-class Sampler:
+class Sampler(Poller):
     """Every 0.5 s: each process in the lab's namespaces (syscalls, CPU, its namespace's TCP
     counters); keeps the last look at each; (re)starts the port sniffers."""
 
     def __init__(self, prefix: str, ports: list[int], out: Path) -> None:
+        super().__init__()
         self.prefix, self.ports, self.out = prefix, ports, out
         self.procs: dict[str, dict[str, Any]] = {}
         self.sniffers: dict[int, subprocess.Popen[bytes]] = {}
         self.sniffed: dict[int, list[str]] = {p: [] for p in ports}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        super().__exit__()
         for proc in self.sniffers.values():
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-
-    def _hosts(self) -> dict[int, str]:
-        got = {}
-        with contextlib.suppress(OSError):
-            for name in os.listdir("/run/netns"):
-                if name.startswith(self.prefix + "-"):
-                    with contextlib.suppress(OSError):
-                        got[os.stat(f"/run/netns/{name}").st_ino] = name[len(self.prefix) + 1:]
-        return got
 
     def _sniffers(self) -> None:
         br = f"{self.prefix}-br"
@@ -158,29 +145,28 @@ class Sampler:
             self.sniffers[port] = subprocess.Popen(
                 ["ip", "netns", "exec", br, sys.executable, __file__, "--sniff", f"v{port}", out])
 
-    def _loop(self) -> None:
-        while not self._stop.wait(0.5):
-            hosts = self._hosts()
-            if not hosts:
-                continue
-            self._sniffers()
-            for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-                try:
-                    host = hosts.get(os.stat(f"/proc/{pid}/ns/net").st_ino)
-                    if host is None:
-                        continue
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                    io = dict(line.split(": ") for line in
-                              Path(f"/proc/{pid}/io").read_text().splitlines())
-                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    tick = os.sysconf("SC_CLK_TCK")
-                    self.procs[pid] = {
-                        "host": host, "cmd": cmd.decode(errors="replace"),
-                        "syscr": int(io["syscr"]), "syscw": int(io["syscw"]),
-                        "user": int(stat[11]) / tick, "system": int(stat[12]) / tick,
-                        "tcp": _tcp_counters(pid)}
-                except (OSError, ValueError, KeyError, IndexError):
+    def poll(self) -> None:
+        hosts = lab_namespaces(self.prefix)
+        if not hosts:
+            return
+        self._sniffers()
+        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                host = hosts.get(os.stat(f"/proc/{pid}/ns/net").st_ino)
+                if host is None:
                     continue
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                io = dict(line.split(": ") for line in
+                          Path(f"/proc/{pid}/io").read_text().splitlines())
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                tick = os.sysconf("SC_CLK_TCK")
+                self.procs[pid] = {
+                    "host": host, "cmd": cmd.decode(errors="replace"),
+                    "syscr": int(io["syscr"]), "syscw": int(io["syscw"]),
+                    "user": int(stat[11]) / tick, "system": int(stat[12]) / tick,
+                    "tcp": _tcp_counters(pid)}
+            except (OSError, ValueError, KeyError, IndexError):
+                continue
 
 
 def _median(values: list[float]) -> float | None:
@@ -240,37 +226,19 @@ def main() -> int:
         sniff(sys.argv[2], sys.argv[3])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--peers", type=int, default=32)
-    p.add_argument("--modes", default="p2p,hybrid")
-    p.add_argument("--size", default="32MiB")
-    p.add_argument("--up", default="20mbit")
-    p.add_argument("--down", default="100mbit")
-    p.add_argument("--latency", default="10ms")
-    p.add_argument("--prefix", default="lpk")
-    p.add_argument("--out", type=Path, required=True)
+    add_lab_run_options(p, prefix="lpk")
     p.add_argument("--ports", default="1,2", help="hosts whose bridge ports are sniffed")
-    p.add_argument("--json", type=Path)
-    p.add_argument("--swarmhub", default=str(Path(sys.executable).parent / "swarmhub"))
-    p.add_argument("extra", nargs="*", help="more `lab run` arguments (after --)")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    cmd = [a.swarmhub, "lab", "run", "--peers", str(a.peers), "--modes", a.modes, "--size",
-           a.size, "--up", a.up, "--down", a.down, "--latency", a.latency, "--prefix",
-           a.prefix, "--out", str(a.out), "--keep", *a.extra]
-    print(f"load average {os.getloadavg()}; {' '.join(cmd)}", flush=True)
     ports = [int(x) for x in a.ports.split(",") if x]
     with Sampler(a.prefix, ports, a.out) as s:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
-    print(proc.stdout[-3000:], proc.stderr[-2000:], sep="\n", flush=True)
-    lines = report(s, a.out, json.loads((a.out / "results.json").read_text()))
+        results = run_lab(a)
+    lines = report(s, a.out, results)
     for data in [*a.out.glob("work/*/h*"), *a.out.glob("work/*/source")]:
         shutil.rmtree(data, ignore_errors=True)  # 32 MiB per host and mode: keep the logs only
     _print(lines)
-    print(f"load average {os.getloadavg()}")
-    if a.json:
-        a.json.write_text(json.dumps(lines, indent=1))
+    finish(lines, a.json)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,12 +37,13 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from swarm import LabCpu  # bench/ is the script's folder: its roles of lab processes
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (loaded by path in tests)
+from labbench import Poller, add_lab_run_options, finish, lab_namespaces, run_lab
+from swarm import LabCpu  # its roles of lab processes
 
 UNITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bit": 1.0}
 
@@ -106,41 +107,26 @@ def _sched(pid: int) -> tuple[float, float, int]:
     return run / 1e9, wait / 1e9, slices
 
 
-class Sampler:
+class Sampler(Poller):
     def __init__(self, prefix: str, interval: float, source_nice: int | None = None) -> None:
-        self.prefix, self.interval = prefix, interval
+        super().__init__(interval)
+        self.prefix = prefix
         #: an experiment: the source host's processes at this nice value once seen
         self.source_nice = source_nice
         self.samples: list[dict[str, Any]] = []
         self.procs: dict[int, tuple[str, int]] = {}  # pid -> (role, host)
         self.cmds: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._n = 0
+        self._every = max(1, round(1 / interval))  # whole-machine looks: about once a second
 
     def watch(self, pid: int, role: str) -> None:
         """Sample ``pid`` too (outside the lab's namespaces: the runner itself)."""
         self.procs[pid] = (role, -3)
 
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
     def _namespaces(self) -> dict[int, int]:
         """netns inode -> host number (-1 for the bridge)."""
-        out: dict[int, int] = {}
-        with contextlib.suppress(OSError):
-            for name in os.listdir("/run/netns"):
-                if not name.startswith(self.prefix + "-"):
-                    continue
-                tail = name[len(self.prefix) + 1:]
-                host = -1 if tail == "br" else int(tail[1:]) if tail[1:].isdigit() else -2
-                with contextlib.suppress(OSError):
-                    out[os.stat(f"/run/netns/{name}").st_ino] = host
-        return out
+        return {ino: -1 if tail == "br" else int(tail[1:]) if tail[1:].isdigit() else -2
+                for ino, tail in lab_namespaces(self.prefix).items()}
 
     def _links(self) -> dict[int, int]:
         """host -> bytes it sent (the bridge port's received bytes)."""
@@ -156,40 +142,38 @@ class Sampler:
                 got[int(name[1:])] = int(dev["stats64"]["rx"]["bytes"])
         return got
 
-    def _loop(self) -> None:
-        n = 0
-        every = max(1, round(1 / self.interval))  # whole-machine looks: about once a second
-        while not self._stop.wait(self.interval):
-            n += 1
-            nss = self._namespaces()
-            if not nss:
-                continue
-            if n % every == 1 % every:  # new processes
-                for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-                    if pid in self.procs:
+    def poll(self) -> None:
+        self._n += 1
+        n, every = self._n, self._every
+        nss = self._namespaces()
+        if not nss:
+            return
+        if n % every == 1 % every:  # new processes
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+                if pid in self.procs:
+                    continue
+                try:
+                    host = nss.get(os.stat(f"/proc/{pid}/ns/net").st_ino)
+                    if host is None:
                         continue
-                    try:
-                        host = nss.get(os.stat(f"/proc/{pid}/ns/net").st_ino)
-                        if host is None:
-                            continue
-                        with open(f"/proc/{pid}/cmdline", "rb") as f:
-                            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-                    except OSError:
-                        continue
-                    if cmd:
-                        self.procs[pid] = (_role(cmd), host)
-                        self.cmds[pid] = cmd
-                        if host == 0 and self.source_nice is not None:
-                            for tid in os.listdir(f"/proc/{pid}/task"):
-                                with contextlib.suppress(OSError):
-                                    os.setpriority(os.PRIO_PROCESS, int(tid), self.source_nice)
-            sample = {"wall": time.time(), "machine": _machine(), "links": self._links(),
-                      "procs": {pid: _sched(pid) for pid in self.procs}}
-            if n % every == 1 % every:
-                sample["everyone"] = _everyone()
-                sample["stat"] = _stat()
-                sample["self"] = os.times()[:4]  # this sampler and its `ip` children
-            self.samples.append(sample)
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if cmd:
+                    self.procs[pid] = (_role(cmd), host)
+                    self.cmds[pid] = cmd
+                    if host == 0 and self.source_nice is not None:
+                        for tid in os.listdir(f"/proc/{pid}/task"):
+                            with contextlib.suppress(OSError):
+                                os.setpriority(os.PRIO_PROCESS, int(tid), self.source_nice)
+        sample = {"wall": time.time(), "machine": _machine(), "links": self._links(),
+                  "procs": {pid: _sched(pid) for pid in self.procs}}
+        if n % every == 1 % every:
+            sample["everyone"] = _everyone()
+            sample["stat"] = _stat()
+            sample["self"] = os.times()[:4]  # this sampler and its `ip` children
+        self.samples.append(sample)
 
 
 def _role(cmd: str) -> str:
@@ -366,34 +350,17 @@ def _print_owners(a: dict[str, Any]) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--peers", type=int, default=32)
-    p.add_argument("--mode", default="p2p", help="one mode or several: p2p,hybrid (one lab "
-                   "run, each mode's window apart)")
-    p.add_argument("--size", default="32MiB")
-    p.add_argument("--up", default="20mbit")
-    p.add_argument("--down", default="100mbit")
-    p.add_argument("--latency", default="10ms")
-    p.add_argument("--prefix", default="lwait")
-    p.add_argument("--out", type=Path, required=True)
+    add_lab_run_options(p, prefix="lwait", modes_option="--mode", modes_default="p2p",
+                        modes_help="one mode or several: p2p,hybrid (one lab run, each "
+                        "mode's window apart)")
     p.add_argument("--interval", type=float, default=0.2)
     p.add_argument("--bin", type=float, default=1.0, help="seconds per printed row")
-    p.add_argument("--json", type=Path)
     p.add_argument("--source-nice", type=int, help="experiment: renice host 0's processes "
                    "(seeder, tracker; threads started later inherit it)")
-    p.add_argument("--swarmhub", default=str(Path(sys.executable).parent / "swarmhub"))
-    p.add_argument("extra", nargs="*", help="more `lab run` arguments (after --)")
     a = p.parse_args()
-    cmd = [a.swarmhub, "lab", "run", "--peers", str(a.peers), "--modes", a.mode, "--size",
-           a.size, "--up", a.up, "--down", a.down, "--latency", a.latency, "--prefix",
-           a.prefix, "--out", str(a.out), "--keep", *a.extra]
-    print(f"load average {os.getloadavg()}; {' '.join(cmd)}", flush=True)
     with Sampler(a.prefix, a.interval, a.source_nice) as s:
-        proc = subprocess.Popen(cmd, env=os.environ | {"SWARMHUB_LAB_TRACE": "1"},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        s.watch(proc.pid, "runner")
-        stdout, stderr = proc.communicate(timeout=1800)
-    print(stdout[-3000:], stderr[-2000:], sep="\n", flush=True)
-    results = json.loads((a.out / "results.json").read_text())
+        results = run_lab(a, os.environ | {"SWARMHUB_LAB_TRACE": "1"},
+                          lambda pid: s.watch(pid, "runner"))
     got = []
     for r in results:
         gate = _gate_time(a.out, r)
@@ -403,11 +370,8 @@ def main() -> int:
         got.append(analyse(s, gate, r, _rate(a.up)))
     for g in got:
         _print(g, a.bin)
-    print(f"load average {os.getloadavg()}")
-    if a.json:
-        a.json.write_text(json.dumps(got, indent=1))
+    finish(got, a.json)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

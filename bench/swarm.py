@@ -26,17 +26,18 @@ are printed per run (other work on the machine shows there).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (loaded by path in tests)
+from labbench import Poller, lab_namespaces
 
 ROOT = Path(__file__).resolve().parents[1]
 SWARMHUB = [sys.executable, "-m", "swarmhub"]
@@ -60,7 +61,7 @@ def _idle_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
     return 100.0 * (after[0] - before[0]) / total if total else 0.0
 
 
-class LabCpu:
+class LabCpu(Poller):
     """CPU seconds of every process in one lab's namespaces, by role, while it runs: where
     a CPU-bound lab spends the machine (our peers, the seeder, the delay line, the tracker).
 
@@ -71,22 +72,13 @@ class LabCpu:
     delay line's system calls)."""
 
     def __init__(self, prefix: str) -> None:
+        super().__init__()
         self.prefix = prefix
         self.seen: dict[int, tuple[str, float]] = {}
         #: (Unix time, (idle, total) jiffies) at every poll: the machine's idle CPU within
         #: one run's window (:meth:`idle_within`)
         self.ticks: list[tuple[float, tuple[int, int]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
         self._hz = os.sysconf("SC_CLK_TCK")
-
-    def __enter__(self) -> LabCpu:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
     def idle_within(self, t0: float, t1: float) -> float | None:
         """The machine's idle CPU % between the polls nearest inside [t0, t1] (None when
@@ -106,32 +98,23 @@ class LabCpu:
             return "seeder"
         return "peers"
 
-    def _poll(self) -> None:
-        while not self._stop.wait(0.5):
-            self.ticks.append((time.time(), _cpu_ticks()))
+    def poll(self) -> None:
+        self.ticks.append((time.time(), _cpu_ticks()))
+        inodes = lab_namespaces(self.prefix)
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
             try:
-                names = os.listdir("/run/netns")
+                if os.stat(f"/proc/{pid}/ns/net").st_ino not in inodes:
+                    continue
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            inodes = set()
-            for name in names:
-                if name.startswith(self.prefix + "-"):
-                    with contextlib.suppress(OSError):
-                        inodes.add(os.stat(f"/run/netns/{name}").st_ino)
-            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-                try:
-                    if os.stat(f"/proc/{pid}/ns/net").st_ino not in inodes:
-                        continue
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-                    with open(f"/proc/{pid}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                cpu = (int(fields[11]) + int(fields[12])) / self._hz
-                # a zombie's command line is empty: it keeps the role it was seen with
-                role = self.seen[pid][0] if pid in self.seen and not cmd else self._role(cmd)
-                self.seen[pid] = (role, cpu)
+            cpu = (int(fields[11]) + int(fields[12])) / self._hz
+            # a zombie's command line is empty: it keeps the role it was seen with
+            role = self.seen[pid][0] if pid in self.seen and not cmd else self._role(cmd)
+            self.seen[pid] = (role, cpu)
 
     def by_role(self) -> dict[str, float]:
         out: dict[str, float] = {}
