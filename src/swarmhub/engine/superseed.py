@@ -17,7 +17,10 @@ pieces to each peer with ``Have`` messages, so it alone decides what leaves it:
 Copies are counted among the peers connected now, as libtorrent's
 ``get_piece_to_super_seed`` does (BEP 16 is silent on peers leaving): a peer that leaves
 takes the pieces we sent it along, and one it held the only copy of goes back to the head
-of the fresh pool, as its open offers do.
+of the fresh pool, as its open offers do. (``lab simulate --peers 16,64,256 --modes
+p2p,hybrid --latency 10ms --piece-size 256KiB``, seed 1: the same completion times, as
+peers leave only at the end there; with ``--join-rate 8 --leave-rate 0.03`` at N=64,
+seeds 1-3, the last completion 0.04-0.4 s earlier in 5 of 6 runs.)
 
 Unlike BEP 16 a new offer does not wait for another peer to report the piece: it comes
 as soon as we have sent the last block of an offer or the peer reports having it, and
