@@ -119,18 +119,7 @@ class Peer:
             data = self._encode(msgs, "announcing")
             if data is None:
                 return None
-        # write_later's work inline: this runs for every piece we get x every peer told
-        # (~25,000 times per lab peer and 32 MiB), a call less each
-        proto = self.proto
-        if proto.transport is not None:
-            cork = proto._cork
-            if cork is not None:  # the cork goes out at the end of this callback
-                cork += data
-            else:
-                if not proto._later or delay < proto._held:
-                    _hold(proto, delay)
-                    proto._held = delay
-                proto._later += data
+        self.proto.write_later(data, delay)
         return data
 
     def _encode(self, msgs: tuple[m.Message, ...], what: str) -> bytes | None:
