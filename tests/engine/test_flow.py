@@ -42,6 +42,24 @@ class FakeTransport:
         return False
 
 
+
+def test_the_gate_is_open_unless_paused_for_the_backlog_or_over_its_limit() -> None:
+    """``open`` (the receive path's one call per check) is ``paused(BACKLOG) or over()``
+    negated: a rate pause alone does not stop handling what was already read."""
+    tr = FakeTransport()
+    gate = ReadGate(tr, limit=100)  # type: ignore[arg-type]
+    assert gate.open()
+    tr.buffered = 101
+    assert not gate.open() and gate.over()
+    tr.buffered = 100
+    assert gate.open()
+    gate.pause(RATE)
+    assert gate.open()
+    gate.pause(BACKLOG)
+    assert not gate.open()
+    gate.resume(BACKLOG)
+    assert gate.open()
+
 def test_read_gate_reads_again_only_when_no_reason_is_left() -> None:
     tr = FakeTransport()
     gate = ReadGate(tr, limit=100)  # type: ignore[arg-type]

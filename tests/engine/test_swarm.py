@@ -1229,3 +1229,20 @@ def test_blocks_sent_in_one_call_settle_super_seed_offers_as_block_by_block() ->
     left = one._ss.open_offers("a")
     assert batch._ss.open_offers("a") == left
     assert reqs[2].index in left and reqs[0].index not in left
+
+
+def test_a_run_of_haves_is_asked_for_in_one_refill_after_its_last_have() -> None:
+    """``haves`` refills the peer's request queue once per run: a refill per Have made a
+    pick (and a Send) per Have while the queue had room, each seeing only the pieces
+    told so far."""
+    s = make_swarm(pieces=16)
+    join(s, "a")
+    s.message("a", m.Unchoke(), 0.0)
+    s.take()
+    s.haves("a", [1, 2, 3, 4], 1.0)
+    acts = s.take()
+    refills = [a for a in acts if isinstance(a, Send) and a.peer == "a"
+               and any(isinstance(x, m.Request) for x in a.messages)]
+    assert len(refills) == 1
+    assert sent(acts, "a", m.Interested)  # before the requests: the same as per Have
+    assert len({r.index for r in sent(acts, "a", m.Request) if isinstance(r, m.Request)}) > 1

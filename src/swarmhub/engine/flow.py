@@ -53,6 +53,13 @@ class ReadGate:
         the transport included): then stop handling the peer's messages."""
         return self._transport.get_write_buffer_size() + pending > self.limit
 
+    def open(self) -> bool:
+        """Not paused for the backlog and not :meth:`over`: the peer's messages may be
+        handled. One call where the receive path asked ``paused`` and ``over`` (a lab
+        peer asks ~16,000 times per 32 MiB)."""
+        return BACKLOG not in self._reasons and \
+            self._transport.get_write_buffer_size() <= self.limit
+
     def room(self, pending: int = 0) -> int:
         """Bytes that may still be queued before :meth:`over` (negative: over by that)."""
         return self.limit - self._transport.get_write_buffer_size() - pending

@@ -576,7 +576,7 @@ class PeerProtocol(asyncio.BufferedProtocol):
 
     def _gate_open(self) -> bool:
         gate = self._gate
-        return gate is None or not (gate.paused(BACKLOG) or gate.over())
+        return gate is None or gate.open()
 
     def _pump(self) -> None:
         """Handle the messages received so far, unless the peer leaves our replies unread:

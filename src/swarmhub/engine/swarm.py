@@ -592,14 +592,27 @@ class Swarm:
 
     def haves(self, handle: Hashable, indices: list[int], now: float) -> None:
         """A run of Haves from one peer: :meth:`message` for each, in one call (the
-        driver's receive fast path; most of a swarm's messages)."""
+        driver's receive fast path; most of a swarm's messages), with one interest check
+        and request refill for the whole run, after its last Have.
+
+        Why once: each Have of a piece we lack refilled the peer's request queue, a pick
+        whenever the queue had room, so the first Have of a run took the queue's room
+        before the pick could see the run's other pieces (a lab peer gets its Haves in
+        runs of ~4: N=32, ~25,000 Haves in ~5,800 runs per peer and 32 MiB)."""
         ps = self._heard(handle, now)
         if ps is None:
             return
+        news = False
+        have = ps.have
         for index in indices:
-            self._got_have(ps, index, now)
-            if ps.closed:
-                return
+            if not have[index]:
+                have[index] = 1
+                ps.num_have += 1
+                news = self._on_have(ps, index, now, False) or news
+                if ps.closed:
+                    return
+        if news:
+            self._wants_more(ps, now)
 
     def requests(self, handle: Hashable, reqs: Sequence[m.Request], now: float) -> None:
         """A run of Requests from one peer: :meth:`message` for each, in one call (a
@@ -632,19 +645,28 @@ class Swarm:
             ps.num_have += 1
             self._on_have(ps, index, now)
 
-    def _on_have(self, ps: PeerState, index: int, now: float) -> None:
+    def _on_have(self, ps: PeerState, index: int, now: float, refill: bool = True) -> bool:
+        """``ps`` got piece ``index``: True if we lack it (then :meth:`_wants_more`, unless
+        ``refill`` is False: :meth:`haves` does that once per run)."""
         self.picker.peer_has(ps.handle, index)
         if self.num_have == self.num_pieces and ps.is_seed:  # per Have: no property first
             self._close(ps, "both sides are seeds")
-            return
+            return False
         if self._ss is not None and self._ss.peer_has(ps.handle, index):
             self._offer(ps, now)
-        if not self.have[index]:
-            self._peer_news_at = now
-            if ps.am_interested:
-                self._fill(ps, now)  # something new to ask for: no wait for the tick
-            else:
-                self._update_interest(ps, now)
+        if self.have[index]:
+            return False
+        self._peer_news_at = now
+        if refill:
+            self._wants_more(ps, now)
+        return True
+
+    def _wants_more(self, ps: PeerState, now: float) -> None:
+        """``ps`` has a piece we lack: ask it for blocks, or tell it we are interested."""
+        if ps.am_interested:
+            self._fill(ps, now)  # something new to ask for: no wait for the tick
+        else:
+            self._update_interest(ps, now)
 
     def _update_interest(self, ps: PeerState, now: float) -> None:
         want = self.downloading and self.picker.interesting(ps.handle)
