@@ -1,8 +1,11 @@
-"""bench/loopback.py: the trees it times start from bytecode, as an installed client does."""
+"""bench/loopback.py: the trees it times start from bytecode; its event-loop CPU is one thread's."""
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,20 @@ def test_ours_and_the_other_tree_are_compiled_before_timing(
     assert _pycs(ours) == _pycs(other) == set()
     assert loopback.compile_trees(tmp_path / "other") == [ours, other.resolve()]
     assert _pycs(ours) == _pycs(other) == {"__init__", "mod"}
+
+
+def test_a_threads_cpu_is_read_apart_from_the_processes() -> None:
+    """The event-loop figure is the get's main thread alone, not its hash and disk pools."""
+    loopback = load_bench("loopback")
+
+    def burn() -> None:  # ~0.3 CPU-s in another thread of this process
+        start = time.thread_time()
+        while time.thread_time() - start < 0.3:
+            pass
+
+    worker = threading.Thread(target=burn)
+    worker.start()
+    worker.join()
+    pid = os.getpid()
+    # /proc counts in clock ticks (10 ms): the worker's 0.3 s show in the process only
+    assert loopback._cpu_of(pid) - loopback._cpu_of(pid, pid) >= 0.25
