@@ -43,7 +43,7 @@ from tests.interop.harness import (
     make_test_data,
 )
 
-__all__ = ["Run", "main"]
+__all__ = ["Run", "compile_trees", "main"]
 
 MiB = 1 << 20
 #: "lt-ours": a libtorrent seeder -> our leecher; "ours-lt": our seeder -> a libtorrent leecher
@@ -64,19 +64,43 @@ class Run:
     rss_mib: float = 0.0
     cpu_s: float = 0.0
     seed_cpu_s: float = 0.0
+    #: the leecher's main thread (ours: its event loop; hashing and disk I/O run in pool
+    #: threads), up to its ``finished`` line; 0 for libtorrent
+    loop_cpu_s: float = 0.0
     #: 1-minute load average when the run started (other work on the machine)
     load: float = 0.0
     gib: float = 1.0
     error: str = ""
 
 
-def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of a running process so far, all its threads (/proc)."""
+def _cpu_of(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a running process so far, all its threads, or only
+    thread ``tid`` (/proc)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def compile_trees(other_src: Path | None) -> list[Path]:
+    """Write the missing ``.pyc`` files of our package and of ``other_src``'s (the trees the
+    runs import) before any timing; returns the packages.
+
+    Why: a checkout has no bytecode where ``PYTHONDONTWRITEBYTECODE`` is set (this
+    project's shells), so each ``swarmhub`` process compiled every module it imported,
+    while an installed client (or a tree compiled once) only reads them: an A/A of one
+    commit, the tree without bytecode against one with it, 3 alternating pairs each order,
+    load 9-13: 2.21 vs 2.13 leecher CPU-s per GiB, charged to the code under test."""
+    from swarmhub.lab.bytecode import compile_package
+
+    roots = [REPO_ROOT / "src" / "swarmhub"]
+    if other_src is not None:
+        roots.append(other_src.resolve() / "src" / "swarmhub")
+    for root in roots:
+        compile_package(root)
+    return roots
 
 
 def _ours_cmd() -> list[str] | None:
@@ -105,9 +129,9 @@ def run_lt(
     timeout: float,
     preset: str = "tuned",
     settings: dict[str, int | bool | str] | None = None,
-) -> tuple[float, Proc, float]:
+) -> tuple[float, Proc, float, float]:
     """libtorrent seeder process -> libtorrent leecher process; returns (seconds, leecher proc,
-    seeder CPU seconds during the transfer)."""
+    seeder CPU seconds during the transfer, 0.0: see :func:`run_ours`)."""
     seeder = LtPeer(
         torrent,
         content.parent,
@@ -137,7 +161,7 @@ def run_lt(
                 raise HarnessError(f"libtorrent leecher saw {leecher.hash_fails()} hash failures")
             leecher.wait_exit(60)
             assert leecher.proc is not None
-            return seconds, leecher.proc, seed_cpu
+            return seconds, leecher.proc, seed_cpu, 0.0
 
 
 def _listening_port(line: str) -> int | None:
@@ -159,9 +183,10 @@ def run_ours(
     timeout: float,
     stall: float = 30.0,
     env: dict[str, str] | None = None,
-) -> tuple[float, Proc, float]:
+) -> tuple[float, Proc, float, float]:
     """``swarmhub seed`` process -> ``swarmhub get`` process; returns (seconds, get proc,
-    seeder CPU seconds during the transfer); ``env``: the processes' environment.
+    seeder CPU seconds during the transfer, the get's main-thread CPU seconds until its
+    ``finished`` line); ``env``: the processes' environment.
 
     The seeder is ready once it prints ``{"event": "listening", "port": P}`` (after checking its
     data); the timing starts when the ``get`` process is started.
@@ -174,12 +199,12 @@ def run_ours(
         get_args += ["--listen", "127.0.0.1:0", "--timeout", str(timeout), "--json", "--no-dht"]
         seed_cpu0 = _cpu_of(seeder.pid)
         with Proc(get_args, log=logs / "ours-get.log", name="swarmhub-get", env=env) as getter:
-            done_at = _wait_progressing(getter, timeout, stall)
+            done_at, loop_cpu = _wait_progressing(getter, timeout, stall)
             seed_cpu = _cpu_of(seeder.pid) - seed_cpu0
             # Same definition as libtorrent's figure: process start -> every piece verified
             # (the "finished" line); the exit that follows (fsync of the data, the tracker's
             # "stopped") is not timed for either client.
-            return done_at - getter.started, getter, seed_cpu
+            return done_at - getter.started, getter, seed_cpu, loop_cpu
 
 
 def run_mixed(
@@ -191,7 +216,7 @@ def run_mixed(
     dst: Path,
     logs: Path,
     args: argparse.Namespace,
-) -> tuple[float, Proc, float]:
+) -> tuple[float, Proc, float, float]:
     """One side ours, the other libtorrent (``impl`` "lt-ours" or "ours-lt"), timed as in
     :func:`run_lt` / :func:`run_ours`: which side sets the pace?"""
     timeout = args.timeout
@@ -205,8 +230,9 @@ def run_mixed(
                         f"127.0.0.1:{lt_seed.port}", "--listen", "127.0.0.1:0",
                         "--timeout", str(timeout), "--json", "--no-dht"]
             with Proc(get_args, log=logs / "ours-get.log", name="swarmhub-get") as getter:
-                done_at = _wait_progressing(getter, timeout, args.stall)
-                return done_at - getter.started, getter, _cpu_of(lt_seed.proc.pid) - seed_cpu0
+                done_at, loop_cpu = _wait_progressing(getter, timeout, args.stall)
+                return (done_at - getter.started, getter, _cpu_of(lt_seed.proc.pid) - seed_cpu0,
+                        loop_cpu)
     seed_args = [*cmd, "seed", str(torrent), str(data_arg), "--listen", "127.0.0.1:0", "--no-dht"]
     with Proc(seed_args, log=logs / "ours-seed.log", name="swarmhub-seed") as seeder:
         line = seeder.wait_for_line(lambda ln: _listening_port(ln) is not None, 120)
@@ -220,18 +246,22 @@ def run_mixed(
             seed_cpu = _cpu_of(seeder.pid) - seed_cpu0
             leecher.wait_exit(60)
             assert leecher.proc is not None
-            return seconds, leecher.proc, seed_cpu
+            return seconds, leecher.proc, seed_cpu, 0.0
 
 
-def _wait_progressing(getter: Proc, timeout: float, stall: float) -> float:
-    """Wait for ``get`` to exit 0 and return when (monotonic) its ``finished`` line appeared;
-    give up early when its JSON status lines show no progress for ``stall`` seconds (a broken
-    transfer should not cost the whole timeout)."""
+def _wait_progressing(getter: Proc, timeout: float, stall: float) -> tuple[float, float]:
+    """Wait for ``get`` to exit 0 and return when (monotonic) its ``finished`` line appeared
+    and its main thread's CPU seconds by then (read as it runs); give up early when its JSON
+    status lines show no progress for ``stall`` seconds (a broken transfer should not cost
+    the whole timeout)."""
     reader = LineReader(getter.log)
     last: object = None
     changed = time.monotonic()
     done_at: float | None = None
+    loop_cpu = 0.0
     while True:
+        if done_at is None:
+            loop_cpu = _cpu_of(getter.pid, getter.pid) or loop_cpu
         exited = getter.poll() is not None
         now = time.monotonic()
         for ln in reader.new_lines():
@@ -258,7 +288,7 @@ def _wait_progressing(getter: Proc, timeout: float, stall: float) -> float:
         time.sleep(0.005)
     if getter.returncode != 0 or done_at is None:
         raise HarnessError(f"swarmhub get exited with {getter.returncode}\n{getter.describe()}")
-    return done_at
+    return done_at, loop_cpu
 
 
 def _bench_one(
@@ -281,19 +311,19 @@ def _bench_one(
     os.sync()  # no writeback of earlier runs' (or the data's) dirty pages during the timing
     try:
         if impl == "lt":
-            seconds, proc, seed_cpu = run_lt(
+            seconds, proc, seed_cpu, loop_cpu = run_lt(
                 torrent, content, dst, logs, args.timeout, args.lt_preset, dict(args.lt_set)
             )
         elif impl in ("lt-ours", "ours-lt"):
             data_arg = content if args.ours_data == "content" else content.parent
-            seconds, proc, seed_cpu = run_mixed(
+            seconds, proc, seed_cpu, loop_cpu = run_mixed(
                 impl, ours, torrent, content, data_arg, dst, logs, args)
         else:
             data_arg = content if args.ours_data == "content" else content.parent
             env = None
             if impl == "other":  # the same command on another tree's code (A/B)
                 env = dict(os.environ, PYTHONPATH=str(args.other_src.resolve() / "src"))
-            seconds, proc, seed_cpu = run_ours(
+            seconds, proc, seed_cpu, loop_cpu = run_ours(
                 ours, torrent, data_arg, dst, logs, args.timeout, args.stall, env
             )
         if args.verify:
@@ -312,6 +342,7 @@ def _bench_one(
         rss_mib=(proc.maxrss_kib or 0) / 1024,
         cpu_s=proc.cpu_s or 0.0,
         seed_cpu_s=seed_cpu,
+        loop_cpu_s=loop_cpu,
         load=load,
         gib=size / (1 << 30),
     )
@@ -369,7 +400,9 @@ def _report(version: str, runs: list[Run], ours_reason: str | None) -> str:
     )
     cpu = "; ".join(
         f"{name} CPU-s/GiB leecher {statistics.median(r.cpu_s / r.gib for r in ok):.2f}"
-        f" seeder {statistics.median(r.seed_cpu_s / r.gib for r in ok):.2f}"
+        + (f" (event loop {statistics.median(r.loop_cpu_s / r.gib for r in ok):.2f})"
+           if all(r.loop_cpu_s for r in ok) else "")
+        + f" seeder {statistics.median(r.seed_cpu_s / r.gib for r in ok):.2f}"
         for name, rs in (("lt", lt_runs), ("ours", our_runs), ("other", other_runs), *mixed)
         if (ok := [r for r in rs if r.ok])
     )
@@ -455,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     ours_reason: str | None = None
     if "ours" in impls and ours is None:
         ours_reason = "no `swarmhub` command in .venv/bin or on PATH"
+    if impls != ["lt"]:
+        compile_trees(args.other_src)
     work = Path(tempfile.mkdtemp(prefix="swarmhub-bench-", dir=args.workdir))
     all_runs: list[Run] = []
     summary: list[str] = []

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shutil
 import socket
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ def load_bench(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # a dataclass in it looks its module up there
     spec.loader.exec_module(mod)
     return mod
 

@@ -19,7 +19,7 @@ def _uploader(peers: list[SimpleNamespace], settings: Settings | None = None) ->
     torrent = SimpleNamespace(
         settings=settings or Settings(), swarm=SimpleNamespace(peers={i: p for i, p in
                                                                       enumerate(peers)}),
-        meta=SimpleNamespace(piece_length=PIECE))
+        meta=SimpleNamespace(piece_length=PIECE, piece_size=lambda index: PIECE))
     return Uploader(torrent, RateLimiter(0))  # type: ignore[arg-type]
 
 
@@ -97,14 +97,14 @@ async def test_reads_ahead_the_next_pieces_a_deep_queue_asks_for() -> None:
     most ``disk_threads`` beyond it, each once, none already cached."""
     read: list[int] = []
 
-    def read_piece(index: int) -> bytes:
-        read.append(index)
-        return bytes([index]) * PIECE
+    def read_into(offset: int, buf: bytearray) -> None:
+        read.append(offset // PIECE)
+        buf[:] = bytes([offset // PIECE]) * PIECE
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         up = _uploader([_peer(set())], Settings(disk_threads=2, read_cache_bytes=16 * PIECE))
         up.torrent.session = SimpleNamespace(disk_pool=pool)  # type: ignore[attr-defined]
-        up.torrent.storage = SimpleNamespace(read_piece=read_piece)  # type: ignore[attr-defined]
+        up.torrent.storage = SimpleNamespace(read_into=read_into)  # type: ignore[attr-defined]
         up._cache[1] = b"c" * PIECE
         queue = [m.Request(i, b * 16384, 16384) for i in (0, 1, 2, 3, 4) for b in (0, 1)]
         up.read_ahead(queue)
@@ -117,3 +117,33 @@ async def test_reads_ahead_the_next_pieces_a_deep_queue_asks_for() -> None:
         small = _uploader([_peer(set())], Settings(disk_threads=2, read_cache_bytes=4 * PIECE))
         small.read_ahead(queue)  # a cache this small keeps no reads ahead
         assert not small._reads
+
+
+async def test_a_piece_cached_takes_the_buffer_of_one_the_cache_dropped() -> None:
+    """Disk reads and copies of written pieces fill the buffers of pieces that left the
+    cache (fresh memory is zeroed and faulted in, page by page), never one something still
+    holds: a write's queued view of it, or a task's reference."""
+    def read_into(offset: int, buf: bytearray) -> None:
+        buf[:] = bytes([offset // PIECE]) * PIECE
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        up = _uploader([_peer(set())], Settings(read_cache_bytes=2 * PIECE))
+        up.torrent.session = SimpleNamespace(disk_pool=pool)  # type: ignore[attr-defined]
+        up.torrent.storage = SimpleNamespace(read_into=read_into)  # type: ignore[attr-defined]
+        first = await up.read_piece(0)
+        view = memoryview(first)[:16]  # a write still queued holds a view of it
+        del first
+        await up.read_piece(1)
+        await up.read_piece(2)  # the cache drops piece 0: kept from reuse by the view
+        assert not up._spare and list(up._cache) == [1, 2]
+        del view
+        held = up._cache[1]  # a serving task still holds piece 1
+        await up.read_piece(3)  # the cache drops piece 1: not reused either
+        assert not up._spare and list(up._cache) == [2, 3]
+        del held
+        second = id(up._cache[2])
+        await up.read_piece(4)  # the cache drops piece 2, which nothing holds: a spare
+        assert [id(b) for b in up._spare] == [second] and list(up._cache) == [3, 4]
+        up.keep_written(5, bytearray(b"w" * PIECE))  # the copy of piece 5 takes it
+        assert id(up._cache[5]) == second and up._cache[5] == b"w" * PIECE
+        assert up._cache[4] == bytes([4]) * PIECE and len(up._spare) == 1  # piece 3's

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import functools
 import struct
+import sys
 from collections.abc import Hashable, Iterable
 from typing import cast
 
@@ -21,7 +22,7 @@ from swarmhub.engine.peerstate import RequestQueue
 from swarmhub.engine.ratelimit import RateLimiter
 from swarmhub.engine.services import DriverHost
 from swarmhub.errors import InconsistentHashesError, StorageError
-from swarmhub.storage.files import PieceBuffer
+from swarmhub.storage.files import PieceBuffer, TorrentStorage
 from swarmhub.storage.verify import PieceVerifier
 from swarmhub.wire import messages as m
 
@@ -43,6 +44,26 @@ _TURN_POLL_MAX = 0.05
 #: of uploads were of a piece at most 27 pieces old, none beyond 64. An older one is
 #: read from disk (the page cache) like any piece not cached.
 KEEP_WRITTEN_PIECES = 128
+#: Most piece buffers kept for the next piece cached (a disk read or a copy of a piece we
+#: wrote) once their piece left the cache. Why: each read of a piece made a fresh 1 MiB
+#: ``bytes``, whose pages the kernel zeroed and faulted in (a 1 GiB upload on loopback:
+#: 47-60 k minor faults in the disk threads); a reused buffer is in place. Few suffice: a
+#: full cache frees one per piece it takes in.
+_SPARE_READS = 4
+
+
+def _read_into(storage: TorrentStorage, offset: int, buf: bytearray) -> bytearray:
+    """(disk pool) ``buf`` filled with the piece space at ``offset``."""
+    storage.read_into(offset, buf)
+    return buf
+
+
+def _refs_of_an_argument(obj: object) -> int:
+    return sys.getrefcount(obj)
+
+
+#: what sys.getrefcount says of an object referenced only by the caller's argument
+_FREE_REFS = _refs_of_an_argument(bytearray())
 
 
 def _hybrid(torrent: DriverHost) -> bool:
@@ -86,10 +107,13 @@ class Uploader:
         self._v1_peers = 0
         #: the torrent's own upload limit (its driver changes the rate in place)
         self._up_limiter = limiter
-        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._cache: collections.OrderedDict[int, bytes | bytearray] = \
+            collections.OrderedDict()
+        #: whole-piece buffers whose pieces left the cache, for the next reads (_SPARE_READS)
+        self._spare: list[bytearray] = []
         #: the pieces keep_written put in the cache, oldest first (KEEP_WRITTEN_PIECES)
         self._kept: collections.OrderedDict[int, None] = collections.OrderedDict()
-        self._reads: dict[int, asyncio.Future[bytes]] = {}
+        self._reads: dict[int, asyncio.Future[bytes | bytearray]] = {}
         #: the core's upload turns as of the last change (see _grants_now): bytes each
         #: peer may write; None once bytes were written or a peer's queue filled
         self._grants: dict[Hashable, int] | None = None
@@ -201,7 +225,7 @@ class Uploader:
             if self._waiters.get(peer) is fut:
                 del self._waiters[peer]
 
-    async def read_piece(self, index: int) -> bytes:
+    async def read_piece(self, index: int) -> bytes | bytearray:
         """A piece for uploading, from the read cache or one shared disk read."""
         cached = self._cache.get(index)
         if cached is not None:
@@ -209,13 +233,18 @@ class Uploader:
             return cached
         return await asyncio.shield(self._start_read(index))
 
-    def _start_read(self, index: int) -> asyncio.Future[bytes]:
+    def _start_read(self, index: int) -> asyncio.Future[bytes | bytearray]:
         """The disk read of piece ``index`` under way, started now if it was not."""
         fut = self._reads.get(index)
         if fut is None:
             loop = asyncio.get_running_loop()
             t = self.torrent
-            fut = loop.run_in_executor(t.session.disk_pool, t.storage.read_piece, index)
+            pl = t.meta.piece_length
+            if t.meta.piece_size(index) == pl:
+                fut = loop.run_in_executor(t.session.disk_pool, _read_into, t.storage,
+                                           index * pl, self._piece_buffer())
+            else:
+                fut = loop.run_in_executor(t.session.disk_pool, t.storage.read_piece, index)
             self._reads[index] = fut
             # Cache before any waiter resumes: the callback is scheduled first.
             fut.add_done_callback(functools.partial(self._read_done, index))
@@ -250,7 +279,7 @@ class Uploader:
         return not conn.v2_upgrade and (
             v2 is None or hs is None or hs.info_hash != v2[:20])
 
-    async def _check_v1(self, index: int, data: bytes) -> None:
+    async def _check_v1(self, index: int, data: bytes | bytearray) -> None:
         """SHA-1 check of piece ``index`` on the hash pool, once however many peers wait;
         raises InconsistentHashesError when it fails."""
         fut = self._v1_checks.get(index)
@@ -311,15 +340,19 @@ class Uploader:
         t = self.torrent
         if t.settings.read_cache_bytes and self._lacking(index, v1_only=False):
             cache, kept = self._cache, self._kept
-            cache[index] = bytes(buf)
+            if len(buf) == t.meta.piece_length:
+                copy = cache[index] = self._piece_buffer()
+                copy[:] = buf
+            else:
+                cache[index] = bytes(buf)
             cache.move_to_end(index)
             kept[index] = None
             kept.move_to_end(index)
             while len(kept) > KEEP_WRITTEN_PIECES:
-                cache.pop(kept.popitem(last=False)[0], None)
+                self._spare_if_free(cache.pop(kept.popitem(last=False)[0], None))
             self._trim()
 
-    def _read_done(self, index: int, fut: asyncio.Future[bytes]) -> None:
+    def _read_done(self, index: int, fut: asyncio.Future[bytes | bytearray]) -> None:
         self._reads.pop(index, None)
         if fut.cancelled() or fut.exception() is not None:
             return
@@ -332,7 +365,20 @@ class Uploader:
         t = self.torrent
         while len(self._cache) * t.meta.piece_length > t.settings.read_cache_bytes \
                 and len(self._cache) > 2:
-            self._cache.popitem(last=False)
+            self._spare_if_free(self._cache.popitem(last=False)[1])
+
+    def _piece_buffer(self) -> bytearray:
+        """A whole-piece buffer for the cache: a spare one (see _SPARE_READS) or a new one."""
+        return self._spare.pop() if self._spare else bytearray(self.torrent.meta.piece_length)
+
+    def _spare_if_free(self, data: bytes | bytearray | None) -> None:
+        """``data`` left the cache: keep it for the next disk read when nothing else holds
+        it. A write still queued holds views of it, a SHA-1 check or a serving task the
+        object itself: each is a reference (ours are this frame's and the call's)."""
+        if (type(data) is bytearray and len(self._spare) < _SPARE_READS
+                and len(data) == self.torrent.meta.piece_length
+                and sys.getrefcount(data) <= _FREE_REFS):
+            self._spare.append(data)
 
     def wake(self, peer: Peer) -> None:
         """The core accepted requests from ``peer`` (its ``Serve`` action): send the blocks
