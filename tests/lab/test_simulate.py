@@ -10,6 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from swarmhub.engine.allowedfast import allowed_fast_set
 from swarmhub.lab.commands import register
 from swarmhub.lab.simhosts import HostSpec, SimTracker, assign, churn_schedule, parse_classes
 from swarmhub.lab.simrun import SimOptions, simulate
@@ -322,6 +323,18 @@ def test_a_peer_that_dialled_us_is_known_by_its_listen_port_from_p() -> None:
                 incoming += 1
                 assert ps.addr[0] == end.remote.addr[0] and ps.addr[1] >= 32768
     assert incoming == sim.connections == 9 * 8 // 2
+
+
+def test_each_host_has_a_24_of_its_own_so_allowed_fast_sets_differ() -> None:
+    """BEP 6 derives a peer's allowed-fast set from its /24: hosts sharing one would all
+    be granted the same pieces, which no real swarm spread over many networks does."""
+    specs = [HostSpec(20e6, 100e6, 0.01) for _ in range(300)]
+    sim = Simulation("p2p", specs, 32 * MIB, 256 * 1024, Settings(), rng=random.Random(1))
+    nets = {node.addr[0].rsplit(".", 1)[0] for node in sim.nodes}
+    assert len(nets) == len(sim.nodes) == 300
+    sets = {tuple(allowed_fast_set(node.addr[0], b"\x01" * 20, 128, 5))
+            for node in sim.nodes}
+    assert len(sets) > 250  # (a shared /24 gives one set)
 
 
 def test_each_pair_connects_once_in_a_small_swarm() -> None:

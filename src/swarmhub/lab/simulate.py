@@ -168,7 +168,9 @@ class Node:
     def __init__(self, sim: Simulation, host: int, spec: HostSpec) -> None:
         self.sim = sim
         self.host = host
-        self.addr = (f"10.{host >> 16 & 255}.{host >> 8 & 255}.{host & 255}", 6881)
+        # A /24 of its own, as hosts of a real swarm mostly are: BEP 6 derives a peer's
+        # allowed-fast set from its /24, and one shared /24 would grant everyone the same.
+        self.addr = (f"{10 + (host >> 16)}.{host >> 8 & 255}.{host & 255}.1", 6881)
         self.peer_id = b"-SH0100-" + host.to_bytes(12, "big")
         self.spec = spec
         self.up = Link(spec.up_bps / 8, f"h{host}-up")
