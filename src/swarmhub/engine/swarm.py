@@ -603,14 +603,10 @@ class Swarm:
         if ps is None:
             return
         news = False
-        have = ps.have
         for index in indices:
-            if not have[index]:
-                have[index] = 1
-                ps.num_have += 1
-                news = self._on_have(ps, index, now, False) or news
-                if ps.closed:
-                    return
+            news = self._got_have(ps, index, now, False) or news
+            if ps.closed:
+                return
         if news:
             self._wants_more(ps, now)
 
@@ -639,11 +635,14 @@ class Swarm:
             ps.last_recv = now
             self._got_have(ps, index, now)
 
-    def _got_have(self, ps: PeerState, index: int, now: float) -> None:
-        if not ps.have[index]:
-            ps.have[index] = 1
-            ps.num_have += 1
-            self._on_have(ps, index, now)
+    def _got_have(self, ps: PeerState, index: int, now: float, refill: bool = True) -> bool:
+        """A Have of ``index`` from ``ps``: True if it is news and we lack the piece (see
+        :meth:`_on_have`)."""
+        if ps.have[index]:
+            return False
+        ps.have[index] = 1
+        ps.num_have += 1
+        return self._on_have(ps, index, now, refill)
 
     def _on_have(self, ps: PeerState, index: int, now: float, refill: bool = True) -> bool:
         """``ps`` got piece ``index``: True if we lack it (then :meth:`_wants_more`, unless
