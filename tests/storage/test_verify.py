@@ -115,6 +115,16 @@ def test_hybrid_pieces_are_decided_by_v2_with_sha1_on_a_sample(
     assert len(calls) == n
 
 
+@pytest.mark.parametrize("stride", [1, 3, 16, 100])
+@pytest.mark.parametrize("pieces", [1, 2, 16, 17, 41])
+def test_v1_sample_marks_the_pieces_v1_due_names(pieces: int, stride: int) -> None:
+    """The uploader's per-piece SHA-1 flags, built by slices, are v1_due's answers."""
+    t = make_torrent([("f", (pieces - 1) * PIECE + 7)], version=TorrentVersion.HYBRID)
+    v = PieceVerifier(t.meta, v1_stride=stride)
+    assert t.meta.num_pieces == pieces
+    assert v.v1_sample() == bytearray(v.v1_due(i) for i in range(pieces))
+
+
 def test_hybrid_rejects_bad_data_whatever_the_sample() -> None:
     t = make_torrent([("big", 20 * PIECE)], version=TorrentVersion.HYBRID)
     v = PieceVerifier(t.meta)

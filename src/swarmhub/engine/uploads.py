@@ -96,8 +96,7 @@ class Uploader:
         #: 1 for each piece whose SHA-1 is known good: the sample was checked when the
         #: piece was verified, the others are checked on their first upload
         v = self._verifier
-        self._v1_ok = bytearray(
-            v.v1_due(i) for i in range(torrent.meta.num_pieces)) if v else bytearray()
+        self._v1_ok = v.v1_sample() if v else bytearray()
         self._v1_checks: dict[int, asyncio.Future[None]] = {}
         #: pieces being verified with their SHA-1 too (see wants_v1)
         self._v1_asked: set[int] = set()

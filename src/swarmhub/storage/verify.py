@@ -73,6 +73,16 @@ class PieceVerifier:
         """Is piece ``index`` of a hybrid torrent in the SHA-1 sample?"""
         return index % self.v1_stride == 0 or index == self.meta.num_pieces - 1
 
+    def v1_sample(self) -> bytearray:
+        """One byte per piece, 1 where :meth:`v1_due`: built by slices, not a call per
+        piece (every hybrid torrent's start made one per piece)."""
+        n = self.meta.num_pieces
+        flags = bytearray(n)
+        flags[::self.v1_stride] = b"\x01" * len(range(0, n, self.v1_stride))
+        if n:
+            flags[-1] = 1
+        return flags
+
     def check(self, index: int, data: bytes | bytearray | memoryview,
               v1: bool = False) -> bool:
         """True when ``data`` is exactly piece ``index`` (False for a bad index or size);
