@@ -522,6 +522,9 @@ def get(
                 console.print(f"got the metadata of {meta.name} from peers")
             assert meta is not None
             t, prios = added or await add(meta)
+            # exiting at completion: the hub's tracker counts our "stopped" as completed
+            t.tracker.completed_at_stop = hub_url and not tracker and not seed_after \
+                and not serve
             st = t.status()
             had = st.wanted_have
             deadline = cmd_deadline

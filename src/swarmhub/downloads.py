@@ -144,6 +144,8 @@ async def _fetch(session: Session, src: str, dest: Path, peers: list[tuple[str, 
                           trackers=[[u] for u in trackers] if trackers else None,
                           file_priorities=file_priorities(meta, files or []),
                           sequential=sequential)
+    # stops at completion: a hub's tracker counts our "stopped" as the completed download
+    t.tracker.completed_at_stop = src.startswith(("http://", "https://")) and not trackers
     while not t.complete.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(t.complete.wait(), 1.0)

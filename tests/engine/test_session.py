@@ -437,3 +437,46 @@ async def test_stopped_waits_for_an_announce_still_on_its_way(
         await asyncio.wait([stop, completed], timeout=60)  # a hang guard
         assert stop.done() and completed.done()
         assert events == ["completed", "stopped"]
+
+
+@pytest.mark.parametrize("at_stop", [False, True], ids=["completed-then-stopped", "folded"])
+async def test_a_download_that_stops_at_completion_can_leave_completed_to_stopped(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, at_stop: bool) -> None:
+    """A hub ``get`` exits as it completes: with ``completed_at_stop`` its tracker hears
+    one announce at the end, ``stopped`` with left=0, which the hub's tracker counts as
+    the completed download (as aria2's); without it, ``completed`` then ``stopped`` (the
+    second waits for the first's answer). Either way the tracker ends with the download
+    counted and the leecher gone."""
+    from swarmhub.engine.tracker_driver import TrackerDriver
+    from swarmhub.hub.tracker import TrackerState, make_tracker_app
+
+    events: list[tuple[str | None, int]] = []
+    real = TrackerDriver.announce_once
+
+    async def noting(self: TrackerDriver, event: str | None) -> Any:
+        if self.torrent.seed_mode is False:  # the downloader's, not the seed's
+            events.append((event, self.torrent.meta.total_length
+                           - self.torrent.swarm.bytes_have()))
+        return await real(self, event)
+
+    monkeypatch.setattr(TrackerDriver, "announce_once", noting)
+    src = make_data(tmp_path / "src" / "payload", [200_000])
+    state = TrackerState(interval=60, min_interval=5)
+    async with _served(make_tracker_app(state)) as url:
+        meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
+                              trackers=[[url]])
+        async with Session(state_dir=tmp_path / "s1") as seeder:
+            await seeder.listen("127.0.0.1", 0)
+            await seeder.add(meta, src.parent, seed_mode=True)
+            await until(lambda: state.stats(meta.info_hash)[0] == 1, "the seed's announce")
+            async with Session(state_dir=tmp_path / "s2") as session:
+                await session.listen("127.0.0.1", 0)
+                t = await session.add(meta, tmp_path / "dl")
+                t.tracker.completed_at_stop = at_stop
+                await asyncio.wait_for(t.complete.wait(), 60)
+                await t.stop()
+            done = [e for e, _ in events]
+            assert done == (["started", "stopped"] if at_stop else
+                            ["started", "completed", "stopped"])
+            assert events[-1] == ("stopped", 0)
+            assert state.stats(meta.info_hash) == (1, 1, 0)  # counted, and gone

@@ -45,6 +45,13 @@ class TrackerDriver:
         self._in_flight = 0
         self._quiet = asyncio.Event()
         self._quiet.set()
+        #: Set by a caller that stops the torrent as soon as it completes and whose tracker
+        #: counts a known leecher's ``stopped`` with ``left=0`` as a completed download (a
+        #: hub's: see swarmhub.hub.tracker; aria2 with --seed-time=0 says only that): the
+        #: ``completed`` announce is then left to ``stopped``. Why: ``stopped`` waits for
+        #: announces on their way (see :meth:`_last_word`), so a hub ``get`` ended with two
+        #: tracker round trips in a row, each on a new connection, before it could exit.
+        self.completed_at_stop = False
 
     async def stopped(self) -> None:
         """Tell the tracker we leave (at most :data:`STOPPED_WAIT`), if we ever announced."""
@@ -75,8 +82,11 @@ class TrackerDriver:
         return await tiers.announce(req)
 
     async def announce(self, event: str | None) -> None:
-        """One announce the core asked for; its answer (or failure) goes back to the core."""
+        """One announce the core asked for; its answer (or failure) goes back to the core
+        (``completed`` with :attr:`completed_at_stop` set: none, ``stopped`` says it)."""
         t = self.torrent
+        if event == "completed" and self.completed_at_stop:
+            return
         self._in_flight += 1
         self._quiet.clear()
         try:
