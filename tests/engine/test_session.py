@@ -337,7 +337,8 @@ async def test_stop_saves_and_closes_without_waiting_for_the_trackers_stopped_re
 
 @contextlib.asynccontextmanager
 async def _seeding_behind_a_tracker(tmp_path: Path) -> AsyncIterator[Any]:
-    """A seeding torrent that has announced once to a real loopback tracker."""
+    """A seeding torrent that has announced once to a real loopback tracker: (the torrent,
+    the tracker's state)."""
     from swarmhub.hub.tracker import TrackerState, make_tracker_app
 
     src = make_data(tmp_path / "src" / "payload", [100_000])
@@ -349,7 +350,7 @@ async def _seeding_behind_a_tracker(tmp_path: Path) -> AsyncIterator[Any]:
             await session.listen("127.0.0.1", 0)
             torrent = await session.add(meta, src.parent, seed_mode=True)
             await until(lambda: state.stats(meta.info_hash)[0] == 1, "the first announce")
-            yield torrent
+            yield torrent, state
 
 
 async def test_stop_waits_for_a_silent_trackers_stopped_reply_only_so_long(
@@ -374,7 +375,7 @@ async def test_stop_waits_for_a_silent_trackers_stopped_reply_only_so_long(
             stopped.append("given up")
 
     monkeypatch.setattr(TrackerDriver, "announce_once", stuck_on_stopped)
-    async with _seeding_behind_a_tracker(tmp_path) as torrent:
+    async with _seeding_behind_a_tracker(tmp_path) as (torrent, _):
         stop = asyncio.ensure_future(torrent.stop())
         await asyncio.wait([stop], timeout=60)  # a hang guard: without the bound, forever
         if not stop.done():
@@ -400,7 +401,7 @@ async def test_a_stopped_announce_cancelled_while_the_tracker_holds_it_is_cancel
         await asyncio.Event().wait()  # a tracker that never answers
 
     monkeypatch.setattr(TrackerDriver, "announce_once", stuck_on_first_stopped)
-    async with _seeding_behind_a_tracker(tmp_path) as torrent:
+    async with _seeding_behind_a_tracker(tmp_path) as (torrent, _):
         wait = asyncio.ensure_future(torrent.tracker.stopped())
         await asyncio.wait_for(sent.wait(), 60)
         wait.cancel()
@@ -425,7 +426,7 @@ async def test_stopped_waits_for_an_announce_still_on_its_way(
         return await real(self, event)
 
     monkeypatch.setattr(TrackerDriver, "announce_once", holding_completed)
-    async with _seeding_behind_a_tracker(tmp_path) as torrent:
+    async with _seeding_behind_a_tracker(tmp_path) as (torrent, _):
         events.clear()
         completed = asyncio.ensure_future(torrent.tracker.announce("completed"))
         await until(lambda: events == ["completed"], "the completed announce")
@@ -448,7 +449,6 @@ async def test_a_download_that_stops_at_completion_can_leave_completed_to_stoppe
     second waits for the first's answer). Either way the tracker ends with the download
     counted and the leecher gone."""
     from swarmhub.engine.tracker_driver import TrackerDriver
-    from swarmhub.hub.tracker import TrackerState, make_tracker_app
 
     events: list[tuple[str | None, int]] = []
     real = TrackerDriver.announce_once
@@ -460,23 +460,14 @@ async def test_a_download_that_stops_at_completion_can_leave_completed_to_stoppe
         return await real(self, event)
 
     monkeypatch.setattr(TrackerDriver, "announce_once", noting)
-    src = make_data(tmp_path / "src" / "payload", [200_000])
-    state = TrackerState(interval=60, min_interval=5)
-    async with _served(make_tracker_app(state)) as url:
-        meta = create_torrent(src, version=TorrentVersion.V1, piece_length=32 * 1024,
-                              trackers=[[url]])
-        async with Session(state_dir=tmp_path / "s1") as seeder:
-            await seeder.listen("127.0.0.1", 0)
-            await seeder.add(meta, src.parent, seed_mode=True)
-            await until(lambda: state.stats(meta.info_hash)[0] == 1, "the seed's announce")
-            async with Session(state_dir=tmp_path / "s2") as session:
-                await session.listen("127.0.0.1", 0)
-                t = await session.add(meta, tmp_path / "dl")
-                t.tracker.completed_at_stop = at_stop
-                await asyncio.wait_for(t.complete.wait(), 60)
-                await t.stop()
-            done = [e for e, _ in events]
-            assert done == (["started", "stopped"] if at_stop else
-                            ["started", "completed", "stopped"])
-            assert events[-1] == ("stopped", 0)
-            assert state.stats(meta.info_hash) == (1, 1, 0)  # counted, and gone
+    async with _seeding_behind_a_tracker(tmp_path) as (seed, state):
+        async with Session(state_dir=tmp_path / "s2") as session:
+            await session.listen("127.0.0.1", 0)
+            t = await session.add(seed.meta, tmp_path / "dl", peers=[seed.session.listen_addr])
+            t.tracker.completed_at_stop = at_stop
+            await asyncio.wait_for(t.complete.wait(), 60)
+            await t.stop()
+        assert [e for e, _ in events] == (["started", "stopped"] if at_stop else
+                                          ["started", "completed", "stopped"])
+        assert events[-1] == ("stopped", 0)
+        assert state.stats(seed.meta.info_hash) == (1, 1, 0)  # counted, and gone
