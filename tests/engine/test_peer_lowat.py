@@ -9,9 +9,11 @@ import array
 import asyncio
 import fcntl
 import socket
+import sys
 import termios
 from typing import Any
 
+import pytest
 from test_peer_receive import BLOCK, INFO_HASH, StubTorrent, block_bytes, stub_session
 
 from conftest import until
@@ -115,3 +117,36 @@ async def test_a_peer_that_closes_mid_frame_is_noticed_despite_the_mark() -> Non
         proto.close("done")
         server.close()
         await server.wait_closed()
+
+
+def test_setting_the_mark_under_uvloop_makes_no_socket_object() -> None:
+    """uvloop's ``get_extra_info("socket")`` is a pseudo-socket that makes a socket object
+    (with a getsockname and a getsockopt) per setsockopt; a lab peer sets the mark ~1,300
+    times. Ours is made once per connection (and detached at close: the fd is the
+    transport's)."""
+    uvloop = pytest.importorskip("uvloop")
+    made: list[object] = []
+    counting = [False]
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if counting[0] and event == "socket.__new__":
+            made.append(args)
+
+    sys.addaudithook(hook)  # (cannot be removed: it counts only while asked)
+
+    async def run() -> None:
+        proto, _, remote, server = await _pair()
+        try:
+            counting[0] = True
+            for want in range(2, 52):
+                proto._set_lowat(want)
+            counting[0] = False
+            assert _lowat(proto) == 51 and made == []
+            proto.close("done")
+            assert proto._sock is None  # detached: the transport closes the fd
+        finally:
+            remote.close()
+            server.close()
+            await server.wait_closed()
+
+    uvloop.run(run())

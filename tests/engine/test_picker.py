@@ -505,3 +505,21 @@ def test_pick_is_fast_on_a_big_torrent() -> None:
     )
     assert 0 < picker.num_have < n
     assert rate > 1000
+
+
+@given(st.integers(0, 2**32), st.lists(st.integers(1, 5000), min_size=1, max_size=50))
+@settings(max_examples=50)
+def test_the_pickers_draws_are_randranges_draws(seed: int, bounds: list[int]) -> None:
+    """The picker's inlined draw takes the same numbers from the rng as ``randrange``
+    (simulator results depend on every draw), and a subclass keeps its own."""
+    from swarmhub.engine.picker import _randbelow
+
+    ours, theirs = random.Random(seed), random.Random(seed)
+    assert [_randbelow(ours, n) for n in bounds] == [theirs.randrange(n) for n in bounds]
+    assert ours.random() == theirs.random()
+
+    class Fixed(random.Random):
+        def randrange(self, *args: object, **kwargs: object) -> int:
+            return 0
+
+    assert _randbelow(Fixed(seed), 7) == 0

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from swarmhub.aio import settle
 from swarmhub.engine import actions as act
@@ -203,9 +203,9 @@ class Torrent(TorrentViews):
             for action in other_actions(actions, swarm.peers):  # one write per peer
                 match action:
                     case act.Close(peer=peer, reason=reason):
-                        cast(Peer, peer).close(reason)
+                        peer.close(reason)  # type: ignore[attr-defined]  # (a Peer)
                     case act.Serve(peer=peer):
-                        self.uploads.wake(cast(Peer, peer))
+                        self.uploads.wake(peer)  # type: ignore[arg-type]  # no cast(): a call
                     case act.Verify(index=index, want_digests=want):  # small: _verified now
                         self.pieces.start_verify(index, want, self.uploads.wants_v1(index),
                                                  self._verified, self._spawn)
