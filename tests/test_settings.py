@@ -18,7 +18,7 @@ def test_safe_defaults() -> None:
     assert (s.download_rate_limit, s.upload_rate_limit) == (0, 0)
     assert not hasattr(s, "enable_dht")  # removed until DHT exists: no knob that does nothing
     assert s.peer_id_prefix == "-SH0100-" and s.web_seed_request_size == 4 * 1024 * 1024
-    assert s.hash_fail_ban_threshold == 2 and s.request_queue_time == 0.15
+    assert s.hash_fail_ban_threshold == 2 and s.request_queue_time == 0.25
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.max_connections = 1  # type: ignore[misc]
 

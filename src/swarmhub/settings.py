@@ -136,7 +136,7 @@ class Settings:
     )
     # -- request pipelining
     request_queue_time: float = _f(
-        0.15, "keep this many seconds of a peer's measured rate in requests, or 4x its "
+        0.25, "keep this many seconds of a peer's measured rate in requests, or 4x its "
         "round-trip time when that is longer (each request waits about this long at the "
         "peer, so every hop a new piece takes through a swarm costs this much)", lo=0.01
     )

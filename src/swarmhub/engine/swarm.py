@@ -700,13 +700,9 @@ class Swarm:
         queue time, and the pieces we hold requested are pieces nobody else can send us
         meanwhile (``lab simulate`` p2p N=64 with 2 s: a block came 0.24 s after its
         request, 0.9 s at p90, 24 pieces in progress per leecher, uplinks idle 12% of
-        the time; with 0.25 s: 0.17/0.26 s, 13 pieces, 1.26 -> 1.22x the bound; with
-        0.15 s (cliff-28), 256 KiB pieces, seeds 1-3: p2p N=16 1.138/1.134/1.142 ->
-        1.131/1.132/1.132, N=64 1.210/1.200/1.201 -> 1.193/1.196/1.196, N=256 seeds 1/2
-        -> 1.245/1.245 (1.252 on seed 1 before): a hop there takes ~2.5 piece times, much
-        of it this wait). Why the round-trip floor: a queue shorter than a round trip
-        caps the rate it measures, and the next target shrinks with it, down to
-        ``min_request_queue``."""
+        the time; with 0.25 s: 0.17/0.26 s, 13 pieces, 1.26 -> 1.22x the bound). Why the
+        round-trip floor: a queue shorter than a round trip caps the rate it measures,
+        and the next target shrinks with it, down to ``min_request_queue``."""
         qtime = self._queue_time
         if ps.min_delay < math.inf:
             qtime = max(qtime, _RTT_QUEUE * ps.min_delay)
