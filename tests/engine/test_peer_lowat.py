@@ -104,6 +104,46 @@ async def test_a_partial_block_sets_the_low_water_mark_to_its_rest_then_back_to_
         await server.wait_closed()
 
 
+def _read(proto: PeerProtocol, data: bytes) -> None:
+    """A read of ``data`` as the event loop makes it (into the buffer we offer)."""
+    buf = proto.get_buffer(-1)
+    buf[:len(data)] = data
+    proto.buffer_updated(len(data))
+
+
+async def test_a_read_that_takes_part_of_the_rest_lowers_the_mark_to_what_is_missing() -> None:
+    """After a read that filled its buffer the event loop reads again at once, and that
+    read may take part of the rest the mark was set for. The mark must follow: above what
+    is still missing, the frame's last bytes stayed in the kernel until more came (a lone
+    seeder's last block, which nothing follows, waited for the request timeout)."""
+    proto, torrent, remote, server = await _pair()
+    try:
+        frame = m.encode(m.Piece(3, BLOCK, block_bytes(3, BLOCK)))
+        head, more = 2000, 3000
+        _read(proto, frame[:head])  # a read ending in the frame: the mark is its rest
+        assert _lowat(proto) == len(frame) - head
+        _read(proto, frame[head:head + more])  # the loop's next read: part of the rest
+        missing = len(frame) - head - more
+        assert proto._frame_rest == missing and _blocks(torrent) == []
+        assert _lowat(proto) == missing
+        remote.write(frame[head + more:])  # the rest, and nothing after it
+        await until(lambda: len(_blocks(torrent)) == 1, "the block")
+        assert _blocks(torrent) == [("block", 3, BLOCK, block_bytes(3, BLOCK))]
+        assert _lowat(proto) == 1
+        # Less than a segment missing after such a read: no mark at all.
+        frame2 = m.encode(m.Piece(4, 0, block_bytes(4, 0)))
+        _read(proto, frame2[:head])
+        _read(proto, frame2[head:len(frame2) - _LOWAT_MIN])
+        assert proto._frame_rest == _LOWAT_MIN and _lowat(proto) == 1
+        remote.write(frame2[len(frame2) - _LOWAT_MIN:])
+        await until(lambda: len(_blocks(torrent)) == 2, "the second block")
+    finally:
+        proto.close("done")
+        remote.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_peer_that_closes_mid_frame_is_noticed_despite_the_mark() -> None:
     proto, torrent, remote, server = await _pair()
     try:

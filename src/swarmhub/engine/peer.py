@@ -403,9 +403,16 @@ class PeerProtocol(asyncio.BufferedProtocol):
                 and len(self._read_view) < _READ_MAX:
             self._grow = True
         self._read_end += nbytes
-        self._frame_rest -= nbytes
-        if self._frame_rest > 0:
-            return  # the partial frame is still partial: nothing to parse
+        rest = self._frame_rest = self._frame_rest - nbytes
+        if rest > 0:  # the partial frame is still partial: nothing to parse
+            if self._lowat > rest:
+                # This read took part of the rest the mark was set for (the event loop
+                # reads again at once after a read that filled its buffer): a mark above
+                # what is still missing keeps the frame's last bytes in the kernel until
+                # more bytes come, and a lone seeder's last block (nothing follows it)
+                # waited for the request timeout, 20 s.
+                self._set_lowat(rest if rest > _LOWAT_MIN else 1)
+            return
         self._reading = True
         try:
             self._read_frames()
