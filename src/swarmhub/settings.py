@@ -144,10 +144,6 @@ class Settings:
         4, "fewest requests outstanding to an unchoked peer (more would only queue: in a "
         "swarm's tail, a scarce piece waits behind them at its one holder)", lo=1
     )
-    whole_pieces: bool = _f(
-        True, "request the rest of every piece taken from a peer from that same peer "
-        "(beyond the queue target, up to max_request_queue), for pieces of 64 KiB and more"
-    )
     max_request_queue: int = _f(
         500, "most requests outstanding to one peer (also kept below its reqq)", lo=1
     )

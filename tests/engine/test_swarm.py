@@ -689,57 +689,6 @@ def test_a_near_peer_keeps_only_request_queue_time_of_its_rate_outstanding() -> 
     assert 4 <= target <= 0.3 * 200
 
 
-# -- whole pieces ---------------------------------------------------------------------------
-
-
-BLOCKS = 16  # a 256 KiB piece
-
-
-def _swarm(blocks: int = BLOCKS, settings: Settings = QUIET) -> Swarm:
-    return Swarm(8, blocks * BLOCK_SIZE, 8 * blocks * BLOCK_SIZE, settings,
-                 rng=random.Random(7), now=0.0)
-
-
-def _requested(s: Swarm, name: str) -> list[tuple[int, int]]:
-    return [(r.index, r.begin) for r in sent(s.take(), name, m.Request)
-            if isinstance(r, m.Request)]
-
-
-def test_a_fresh_connection_requests_its_piece_whole_from_one_peer() -> None:
-    """The queue target of a fresh connection is 4 blocks (``min_request_queue``): the
-    holder would send 64 KiB, wait a round trip for the next requests and meanwhile
-    serve another peer (a piece then arrived after ~2.5 piece times in ``lab simulate``).
-    The rest of the piece goes out at once, and a second holder is not asked for it."""
-    s = _swarm()
-    join(s, "h")
-    s.message("h", m.Have(3), 0.0)
-    s.message("h", m.Unchoke(), 0.0)
-    assert _requested(s, "h") == [(3, j * BLOCK_SIZE) for j in range(BLOCKS)]
-    join(s, "g")
-    s.message("g", m.Have(3), 0.1)
-    s.message("g", m.Have(5), 0.1)
-    s.message("g", m.Unchoke(), 0.1)
-    assert {i for i, _ in _requested(s, "g")} == {5}  # another piece, whole as well
-
-
-def test_whole_pieces_stay_below_the_peers_reqq_and_off_for_small_pieces() -> None:
-    s = _swarm()
-    join(s, "h")
-    s.extension_handshake("h", reqq=10)
-    s.message("h", m.Have(3), 0.0)
-    s.message("h", m.Unchoke(), 0.0)
-    assert len(_requested(s, "h")) == 9
-    off = _swarm(settings=QUIET.replace(whole_pieces=False))
-    join(off, "h")
-    off.message("h", m.Have(3), 0.0)
-    off.message("h", m.Unchoke(), 0.0)
-    assert len(_requested(off, "h")) == QUIET.min_request_queue
-    small = _swarm(blocks=2)  # 32 KiB pieces: the queue target alone
-    join(small, "h", has_all=True)
-    small.message("h", m.Unchoke(), 0.0)
-    assert len(_requested(small, "h")) == QUIET.min_request_queue
-
-
 # -- integrity -----------------------------------------------------------------------------
 
 

@@ -761,18 +761,6 @@ class PiecePicker:
                     break
         return out
 
-    def pick_rest(self, peer: Hashable, index: int, count: int) -> list[Block]:
-        """Up to ``count`` more free blocks of piece ``index``, in progress, for ``peer``
-        (which has it): the rest of a piece :meth:`pick` took only part of."""
-        out: list[Block] = []
-        piece = self._downloading.get(index)
-        if count > 0 and piece is not None and piece.num_free:
-            reqs = self._reqs.get(peer)
-            if reqs is None:
-                reqs = self._reqs[peer] = {}
-            self._take(peer, index, piece, count, out, reqs)
-        return out
-
     def _start(self, index: int) -> _Piece:
         self._bucket_remove(index)
         piece = _Piece(self.num_blocks(index), self._pad.get(index, frozenset()))

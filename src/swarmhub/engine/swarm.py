@@ -195,15 +195,6 @@ class Swarm:
         self._queue_time = settings.request_queue_time
         self._min_queue = settings.min_request_queue
         self._max_queue = settings.max_request_queue
-        self._whole = settings.whole_pieces and piece_length >= _AHEAD_MIN
-        import os  # HOP: exploration knobs
-        self._hop_avail = int(os.environ.get("HOP_AVAIL", "1000000"))
-        self._hop_fresh = os.environ.get("HOP_FRESH") == "1"
-        self._hop_have = int(os.environ.get("HOP_HAVE", "-1"))
-        self._hop_cap = int(os.environ.get("HOP_CAP", "0"))
-        self._hop_holder = int(os.environ.get("HOP_HOLDER", "-1"))
-        self._hop_steal = float(os.environ.get("HOP_STEAL", "-1"))
-        self.stolen = 0
         self._fast_k = settings.allowed_fast_set_size
         self.rng = rng
         pads = list(pad_blocks)
@@ -738,38 +729,10 @@ class Swarm:
         if self._unverified > self._max_unverified:
             return  # hashing/disk is behind: let it catch up (bounded memory)
         blocks = self.picker.pick(ps.handle, want)
-        if not blocks and self._hop_steal >= 0 and not ps.requested:
-            blocks = self._steal(ps, want, now)
         if not blocks:
             return
-        if self._whole:
-            room = min(self._max_queue, ps.reqq - 1) - len(ps.requested) - len(blocks)
-            last = blocks[-1][0]
-            if self._hop_cap:
-                room = min(room, self._hop_cap - len(ps.requested) - len(blocks))
-            if room > 0 and self.picker.availability(last) <= self._hop_avail \
-                    and (not self._hop_fresh or ps.down.total < self.piece_length) \
-                    and (self._hop_have < 0 or self.picker.num_have <= self._hop_have) \
-                    and (self._hop_holder < 0 or ps.num_have <= self._hop_holder):
-                blocks += self.picker.pick_rest(ps.handle, last, room)
         ps.requested.update(dict.fromkeys(blocks, now))
         self._send(ps, tuple(starmap(_REQUEST, blocks)), now)  # Block: (index, begin, length)
-
-    def _steal(self, ps: PeerState, want: int, now: float) -> list[Block]:
-        """HOP: an idle unchoked source takes a piece waiting unserved at another peer."""
-        have = ps.have
-        age = self._hop_steal
-        for other in self.peers.values():
-            if other is ps or not other.requested:
-                continue
-            for b, asked in other.requested.items():
-                i = b[0]
-                if now - asked >= age and (ps.has_all or have[i]) \
-                        and self.picker.only_requested(i):
-                    self._cancel_requests(i, now)
-                    self.stolen += 1
-                    return self.picker.pick(ps.handle, want)
-        return []
 
     def _fill_allowed(self, ps: PeerState, now: float) -> None:
         """:meth:`_fill` from a peer that chokes us: its allowed-fast pieces only, at the
