@@ -21,10 +21,10 @@ import argparse
 import math
 import os
 import statistics
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from sim_ramp import scenario_args, scenario_settings
 
 _WINDOWS = ((0.0, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, 1e9))
 
@@ -43,6 +43,8 @@ def run(mode: str, n: int, seed: int, piece: int, settings: Any
     waits: list[tuple[float, float]] = []
     arrived: dict[tuple[int, Any, int, int], float] = {}
     real = simrun.Simulation
+    originals = {name: getattr(core.Swarm, name)
+                 for name in ("blocks_from", "piece_verified", "_on_request", "blocks_sent")}
 
     def factory(*args: Any, **kwargs: Any) -> Any:
         sims.append(real(*args, **kwargs))
@@ -54,7 +56,7 @@ def run(mode: str, n: int, seed: int, piece: int, settings: Any
         return hosts[id(sw)]
 
     def wrap(name: str, before: Callable[..., None]) -> None:
-        orig = getattr(core.Swarm, name)
+        orig = originals[name]
 
         def call(self: Any, *args: Any) -> Any:
             if name == "blocks_from":  # an iterable, read twice
@@ -94,26 +96,23 @@ def run(mode: str, n: int, seed: int, piece: int, settings: Any
     wrap("_on_request", request)
     wrap("blocks_sent", sent)
     simrun.Simulation = factory  # type: ignore[misc]
-    res = simulate(mode, SimOptions(
-        peers=n, size=32 << 20, up=[(20e6, 1.0)], down=[(100e6, 1.0)], latency_s=0.01,
-        piece_length=piece, seed=seed, settings=settings))
+    try:
+        res = simulate(mode, SimOptions(
+            peers=n, size=32 << 20, up=[(20e6, 1.0)], down=[(100e6, 1.0)], latency_s=0.01,
+            piece_length=piece, seed=seed, settings=settings))
+    finally:
+        simrun.Simulation = real  # type: ignore[misc]
+        for name, orig in originals.items():
+            setattr(core.Swarm, name, orig)
     return res.ratio or math.nan, pieces, waits
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--peers", type=int, default=64)
-    ap.add_argument("--mode", default="p2p")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--piece-kib", type=int, default=256)
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
-    ap.add_argument("--src", type=Path, help="another tree's src (before/after)")
+    scenario_args(ap, 64)
     args = ap.parse_args(argv)
     os.environ["SWARMHUB_PURE"] = "1"  # the wrapped methods must be the Python ones
-    sys.path.insert(0, str(args.src or Path(__file__).resolve().parents[1] / "src"))
-    from swarmhub.settings import Settings
-
-    settings = Settings.from_mapping(dict(item.partition("=")[::2] for item in args.set))
+    settings = scenario_settings(args)
     piece = args.piece_kib * 1024
     ratio, pieces, waits = run(args.mode, args.peers, args.seed, piece, settings)
     pt = piece / 2.5e6  # one piece time at 20 mbit

@@ -114,21 +114,31 @@ def run(mode: str, n: int, seed: int, piece: int, until: float, window: float,
     return res.ratio, rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--peers", type=int, default=256)
+def scenario_args(ap: argparse.ArgumentParser, peers: int) -> None:
+    """The options of one traced scenario (shared with ``sim_hop.py``)."""
+    ap.add_argument("--peers", type=int, default=peers)
     ap.add_argument("--mode", default="p2p")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--piece-kib", type=int, default=256)
-    ap.add_argument("--until", type=float, default=3.0, help="virtual s sampled")
-    ap.add_argument("--window", type=float, default=0.25, help="virtual s per row")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--src", type=Path, help="another tree's src (before/after)")
-    args = ap.parse_args(argv)
+
+
+def scenario_settings(args: argparse.Namespace) -> Any:
+    """Put ``--src`` (or this tree's src) first on the path; the ``--set`` settings."""
     sys.path.insert(0, str(args.src or Path(__file__).resolve().parents[1] / "src"))
     from swarmhub.settings import Settings
 
-    settings = Settings.from_mapping(dict(item.partition("=")[::2] for item in args.set))
+    return Settings.from_mapping(dict(item.partition("=")[::2] for item in args.set))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    scenario_args(ap, 256)
+    ap.add_argument("--until", type=float, default=3.0, help="virtual s sampled")
+    ap.add_argument("--window", type=float, default=0.25, help="virtual s per row")
+    args = ap.parse_args(argv)
+    settings = scenario_settings(args)
     ratio, rows = run(args.mode, args.peers, args.seed, args.piece_kib * 1024, args.until,
                       args.window, settings)
     print(f"{args.mode} N={args.peers} seed {args.seed}: {ratio:.4f}x the bound; per "
