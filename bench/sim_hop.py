@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from sim_ramp import scenario_args, scenario_settings
+from sim_ramp import scenario_args, scenario_settings, simulate_with
 
 _WINDOWS = ((0.0, 1.0), (1.0, 2.0), (2.0, 4.0), (4.0, 8.0), (8.0, 1e9))
 
@@ -35,7 +35,6 @@ def run(mode: str, n: int, seed: int, piece: int, settings: Any
     uploaded by a client (request arrival, wait at the uploader)."""
     from swarmhub.engine import swarm as core
     from swarmhub.lab import simrun
-    from swarmhub.lab.simrun import SimOptions, simulate
 
     sims: list[Any] = []
     hosts: dict[int, int] = {}
@@ -95,13 +94,9 @@ def run(mode: str, n: int, seed: int, piece: int, settings: Any
     wrap("piece_verified", verified)
     wrap("_on_request", request)
     wrap("blocks_sent", sent)
-    simrun.Simulation = factory  # type: ignore[misc]
     try:
-        res = simulate(mode, SimOptions(
-            peers=n, size=32 << 20, up=[(20e6, 1.0)], down=[(100e6, 1.0)], latency_s=0.01,
-            piece_length=piece, seed=seed, settings=settings))
+        res = simulate_with(factory, mode, n, seed, piece, settings)
     finally:
-        simrun.Simulation = real  # type: ignore[misc]
         for name, orig in originals.items():
             setattr(core.Swarm, name, orig)
     return res.ratio or math.nan, pieces, waits

@@ -66,11 +66,27 @@ def _holder(node: Any) -> dict[str, float]:
     return row
 
 
+def simulate_with(factory: Any, mode: str, n: int, seed: int, piece: int,
+                  settings: Any) -> Any:
+    """One scenario (32 MiB, 20/100 mbit, 10 ms) whose Simulation ``factory`` makes (it
+    wraps the real one to observe it); the result of ``simulate``."""
+    from swarmhub.lab import simrun
+    from swarmhub.lab.simrun import SimOptions, simulate
+
+    real = simrun.Simulation
+    simrun.Simulation = factory
+    try:
+        return simulate(mode, SimOptions(
+            peers=n, size=32 << 20, up=[(20e6, 1.0)], down=[(100e6, 1.0)], latency_s=0.01,
+            piece_length=piece, seed=seed, settings=settings))
+    finally:
+        simrun.Simulation = real
+
+
 def run(mode: str, n: int, seed: int, piece: int, until: float, window: float,
         settings: Any) -> tuple[float, list[dict[str, float]]]:
     """One run sampled until ``until`` s: its ratio and one row per window."""
     from swarmhub.lab import simrun
-    from swarmhub.lab.simrun import SimOptions, simulate
 
     dt = 0.005
     acc: defaultdict[int, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -97,13 +113,7 @@ def run(mode: str, n: int, seed: int, piece: int, until: float, window: float,
         sim.ev.at(dt / 2, sample, None)
         return sim
 
-    simrun.Simulation = factory  # type: ignore[misc]
-    try:
-        res = simulate(mode, SimOptions(
-            peers=n, size=32 << 20, up=[(20e6, 1.0)], down=[(100e6, 1.0)], latency_s=0.01,
-            piece_length=piece, seed=seed, settings=settings))
-    finally:
-        simrun.Simulation = real  # type: ignore[misc]
+    res = simulate_with(factory, mode, n, seed, piece, settings)
     rows = []
     for w in sorted(acc):
         a = acc[w]
