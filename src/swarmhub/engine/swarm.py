@@ -731,7 +731,9 @@ class Swarm:
         blocks = self.picker.pick(ps.handle, want)
         if not blocks:
             return
-        ps.requested.update(dict.fromkeys(blocks, now))
+        requested = ps.requested
+        for block in blocks:  # (not update(dict.fromkeys()): two dicts and a call by name)
+            requested[block] = now
         self._send(ps, tuple(starmap(_REQUEST, blocks)), now)  # Block: (index, begin, length)
 
     def _fill_allowed(self, ps: PeerState, now: float) -> None:
