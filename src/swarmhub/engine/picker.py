@@ -100,6 +100,10 @@ _RUNS: Final = tuple(bytes([_REQUESTED]) * k for k in range(65))
 _NOTHING: Final = BlockResult((), False)
 _COMPLETE: Final = BlockResult((), True)
 
+# (compiled: a module attribute and a method looked up by name on every draw, otherwise)
+_RANDOM: Final = random.Random
+_GETRANDBITS: Final[Callable[[random.Random, int], int]] = random.Random.getrandbits
+
 
 def _randbelow(rng: random.Random, n: int) -> int:
     """``rng.randrange(n)`` for ``n > 0``: the same draw (CPython's
@@ -107,13 +111,14 @@ def _randbelow(rng: random.Random, n: int) -> int:
     its two interpreted calls. Why: ``_choose_rarest`` draws a start in each bucket it
     visits, ~9,000 times per peer and 32 MiB (p2p N=32, 32 KiB pieces). Another kind of
     rng (a subclass) keeps its own ``randrange``."""
-    if type(rng) is not random.Random:
+    if type(rng) is not _RANDOM:
         return rng.randrange(n)
     k = n.bit_length()
-    r: int = rng.getrandbits(k)
+    r: int = _GETRANDBITS(rng, k)
     while r >= n:
-        r = rng.getrandbits(k)
+        r = _GETRANDBITS(rng, k)
     return r
+
 
 
 class _Piece:
@@ -794,10 +799,8 @@ class PiecePicker:
         mine = [peer]  # one list for the blocks taken here: requester lists are never
         taken = 0      # changed in place (end-game and _unrequest replace them)
         tail = piece.tail
-        if piece.num_free == n - tail:  # every free block is in the tail
-            j = tail if tail < n else -1
-        else:
-            j = blocks.find(_FREE)
+        # the first free block: the tail's when every free block is in it (most pieces)
+        j = (tail if tail < n else -1) if piece.num_free == n - tail else blocks.find(_FREE)
         while j != -1 and taken < need:
             k = j + need - taken
             if k > n:
@@ -904,19 +907,27 @@ class PiecePicker:
                 if found is not None:
                     return found
             return None
-        mine = bits
-        has: Callable[[int], int] = (
-            (lambda i: mine[i] and prio[i]) if skip else mine.__getitem__)
+        # The first piece the peer has (and we want) from a random start in the lowest
+        # bucket, wrapping around: plain loops (compiled: no iterator objects and calls
+        # per bucket, which cost more than the few pieces a bucket mostly holds)
         for a in range(1, len(buckets)):  # bucket 0: pieces only seeds have
             bucket = buckets[a]
-            if not bucket:
+            size = len(bucket)
+            if not size:
                 continue
-            start = _randbelow(rng, len(bucket))
-            found = next(filter(has, itertools.islice(bucket, start, None)), None)
-            if found is None:
-                found = next(filter(has, itertools.islice(bucket, start)), None)
-            if found is not None:
-                return found
+            start = _randbelow(rng, size)
+            x = start
+            while x < size:
+                i = bucket[x]
+                if bits[i] and (not skip or prio[i]):
+                    return i
+                x += 1
+            x = 0
+            while x < start:
+                i = bucket[x]
+                if bits[i] and (not skip or prio[i]):
+                    return i
+                x += 1
         return None
 
     def _choose_random(self, bits: bytearray | None) -> int | None:
