@@ -71,24 +71,21 @@ _HAVE: Final = m.Have
 _REQUEST: Final = m.Request
 _CHOKE = (m.Choke(),)
 _UNCHOKE = (m.Unchoke(),)
-#: for _requests: a new Request and the slots of its three fields
 _NEW: Final[Callable[[type], Any]] = object.__new__
-_SET_INDEX: Final[Callable[[object, int], None]] = vars(m.Request)["index"].__set__
-_SET_BEGIN: Final[Callable[[object, int], None]] = vars(m.Request)["begin"].__set__
-_SET_LENGTH: Final[Callable[[object, int], None]] = vars(m.Request)["length"].__set__
 
 
 def _requests(blocks: list[Block]) -> tuple[m.Request, ...]:
-    """``Request(*block)`` for each block, at half the cost: a frozen dataclass's
-    ``__init__`` is interpreted (an ``object.__setattr__`` call per field; 6 % of a
-    ``lab simulate`` run went there), here each field is set through its slot, compiled.
-    The same objects (tests/engine/test_swarm_requests.py keeps the fields in step)."""
+    """``Request(*block)`` for each block, at a third of the cost: the frozen
+    dataclass's ``__init__`` is interpreted (6 % of a ``lab simulate`` run went there);
+    this does what it does, compiled (mypyc makes each ``object.__setattr__`` a C call,
+    ``PyObject_GenericSetAttr``). tests/engine/test_swarm_requests.py keeps the fields
+    in step."""
     out: list[m.Request] = []
     for index, begin, length in blocks:
         req = _NEW(_REQUEST)
-        _SET_INDEX(req, index)
-        _SET_BEGIN(req, begin)
-        _SET_LENGTH(req, length)
+        object.__setattr__(req, "index", index)
+        object.__setattr__(req, "begin", begin)
+        object.__setattr__(req, "length", length)
         out.append(req)
     return tuple(out)
 
