@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from swarmhub.engine.picker import Block, PiecePicker
 
 BS = 16384
@@ -86,3 +89,38 @@ def test_requester_lists_shared_by_a_pick_are_never_changed_for_other_blocks() -
     for blk in p.outstanding("a"):
         assert p.block_received("a", blk).cancel_peers == ()
     p.check_invariant()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_a_pick_takes_the_lowest_free_blocks_of_each_piece_whatever_came_before(
+    data: st.DataObject,
+) -> None:
+    """``_take`` finds the free blocks from a per-piece tail (no search) when every free
+    block is in it, and searches otherwise: either way each piece gives its free blocks
+    lowest first, as a search from block 0 would, after any mix of picks, failed and
+    withdrawn requests and received blocks (check_invariant checks the tail)."""
+    pads = data.draw(st.sampled_from([[], [(0, 3 * BS)], [(1, 6 * BS), (1, 7 * BS)]]))
+    p = picker(pads=pads)
+    p.peer_has_all("c")
+    for _ in range(data.draw(st.integers(1, 30))):
+        op = data.draw(st.sampled_from(["pick", "pick", "fail", "recv", "choke"]))
+        peer = data.draw(st.sampled_from(["a", "b", "c"]))
+        out = p.outstanding(peer)
+        if op == "pick":
+            before = {i: bytes(piece.blocks) for i, piece in p._downloading.items()}
+            got = p.pick(peer, data.draw(st.integers(1, 12)))
+            for index in {blk.index for blk in got}:
+                js = [blk.begin // BS for blk in got if blk.index == index]
+                pad = p._pad.get(index, frozenset())  # a new piece: all free but pads
+                states = before.get(index, bytes(2 if j in pad else 0 for j in range(8)))
+                free = [j for j, s in enumerate(states) if s == 0]
+                if not p.in_endgame:  # (end-game duplicates are requested blocks)
+                    assert js == free[: len(js)]
+        elif op == "fail" and out:
+            p.request_failed(peer, data.draw(st.sampled_from(out)))
+        elif op == "recv" and out:
+            p.blocks_received(peer, data.draw(st.lists(st.sampled_from(out), max_size=4)))
+        elif op == "choke":
+            p.peer_choked(peer)
+        p.check_invariant()

@@ -94,11 +94,15 @@ class BlockResult(NamedTuple):
 #: ``Block`` from a tuple without the Python-level ``__new__`` of a named tuple (per block:
 #: here, in the peer's receive path and in the simulator's upload loop).
 make_block: Final[Callable[[tuple[int, int, int]], Block]] = functools.partial(tuple.__new__, Block)
-#: Block states of a piece whose every block is requested (a prefix of it: most pieces).
-_ALL_REQUESTED: Final = bytes([_REQUESTED]) * 1024
+#: Block states of a run of requested blocks, by its length (up to a 1 MiB piece's).
+_RUNS: Final = tuple(bytes([_REQUESTED]) * k for k in range(65))
 
 _NOTHING: Final = BlockResult((), False)
 _COMPLETE: Final = BlockResult((), True)
+
+# (compiled: a module attribute and a method looked up by name on every draw, otherwise)
+_RANDOM: Final = random.Random
+_GETRANDBITS: Final[Callable[[random.Random, int], int]] = random.Random.getrandbits
 
 
 def _randbelow(rng: random.Random, n: int) -> int:
@@ -107,12 +111,12 @@ def _randbelow(rng: random.Random, n: int) -> int:
     its two interpreted calls. Why: ``_choose_rarest`` draws a start in each bucket it
     visits, ~9,000 times per peer and 32 MiB (p2p N=32, 32 KiB pieces). Another kind of
     rng (a subclass) keeps its own ``randrange``."""
-    if type(rng) is not random.Random:
+    if type(rng) is not _RANDOM:
         return rng.randrange(n)
     k = n.bit_length()
-    r: int = rng.getrandbits(k)
+    r: int = _GETRANDBITS(rng, k)
     while r >= n:
-        r = rng.getrandbits(k)
+        r = _GETRANDBITS(rng, k)
     return r
 
 
@@ -127,12 +131,17 @@ class _Piece:
         "num_received",
         "num_requested",
         "requesters",
+        "tail",
     )
 
     def __init__(self, num_blocks: int, pad: frozenset[int]) -> None:
         self.blocks = bytearray(num_blocks)
         for j in pad:
             self.blocks[j] = _RECEIVED
+        #: every block from here on is free (some before it may be too): when all the
+        #: free blocks are there (``num_free == len(blocks) - tail``, most pieces), _take
+        #: takes them without searching the states
+        self.tail = max(pad) + 1 if pad else 0
         self.num_pad = len(pad)
         self.num_received = len(pad)
         self.num_requested = 0
@@ -778,9 +787,9 @@ class PiecePicker:
         out: list[Block],
         reqs: dict[Block, None],
     ) -> None:
-        # Runs of free blocks at a time (a piece's free blocks are mostly one run at its
-        # end): a slice each for the states, the blocks and the bookkeeping, instead of a
-        # search and five updates per block.
+        # Runs of free blocks at a time: a piece's free blocks are mostly one run at its
+        # end, from ``tail``, found without a search (compiled, ``bytearray.find`` is a
+        # call by name that parses its arguments: ~1,350 instructions).
         blocks = piece.blocks
         bs = self._bs
         size = self.piece_size(index)
@@ -788,25 +797,38 @@ class PiecePicker:
         requesters = piece.requesters
         mine = [peer]  # one list for the blocks taken here: requester lists are never
         taken = 0      # changed in place (end-game and _unrequest replace them)
-        j = blocks.find(_FREE)
+        tail = piece.tail
+        # the first free block: the tail's when every free block is in it (most pieces)
+        j = (tail if tail < n else -1) if piece.num_free == n - tail else blocks.find(_FREE)
         while j != -1 and taken < need:
-            k = min(j + need - taken, n)
-            stop = blocks.find(_REQUESTED, j, k)
-            if stop != -1:
-                k = stop
-            stop = blocks.find(_RECEIVED, j, k)
-            if stop != -1:
-                k = stop
-            blocks[j:k] = _ALL_REQUESTED[: k - j] if k - j <= len(_ALL_REQUESTED) \
-                else bytes([_REQUESTED]) * (k - j)
-            requesters.update(dict.fromkeys(range(j, k), mine))
-            new = [make_block((index, begin, bs)) for begin in range(j * bs, k * bs, bs)]
-            if k == n and size % bs:
-                new[-1] = make_block((index, (n - 1) * bs, size - (n - 1) * bs))
-            out += new
-            reqs.update(dict.fromkeys(new))
-            taken += k - j
-            j = blocks.find(_FREE, k)
+            k = j + need - taken
+            if k > n:
+                k = n
+            if j < tail:  # (from the tail on, every block is free)
+                stop = blocks.find(_REQUESTED, j, k)
+                if stop != -1:
+                    k = stop
+                stop = blocks.find(_RECEIVED, j, k)
+                if stop != -1:
+                    k = stop
+            run = k - j
+            if run > 8:  # (a slice store costs as much as ~8 one-byte stores, compiled)
+                blocks[j:k] = _RUNS[run] if run < len(_RUNS) else bytes([_REQUESTED]) * run
+            for x in range(j, k):
+                if run <= 8:
+                    blocks[x] = _REQUESTED
+                requesters[x] = mine
+                begin = x * bs
+                block = make_block((index, begin, bs if begin + bs <= size else size - begin))
+                out.append(block)
+                reqs[block] = None
+            taken += run
+            if k > tail:
+                tail = k
+            if taken >= need or k == n:
+                break
+            j = k if k == tail else blocks.find(_FREE, k)
+        piece.tail = tail
         piece.num_free -= taken
         piece.num_requested += taken
         self._eg_gen += 1  # new requested blocks: end-game candidates for other peers
@@ -885,19 +907,27 @@ class PiecePicker:
                 if found is not None:
                     return found
             return None
-        mine = bits
-        has: Callable[[int], int] = (
-            (lambda i: mine[i] and prio[i]) if skip else mine.__getitem__)
+        # The first piece the peer has (and we want) from a random start in the lowest
+        # bucket, wrapping around: plain loops (compiled: no iterator objects and calls
+        # per bucket, which cost more than the few pieces a bucket mostly holds)
         for a in range(1, len(buckets)):  # bucket 0: pieces only seeds have
             bucket = buckets[a]
-            if not bucket:
+            size = len(bucket)
+            if not size:
                 continue
-            start = _randbelow(rng, len(bucket))
-            found = next(filter(has, itertools.islice(bucket, start, None)), None)
-            if found is None:
-                found = next(filter(has, itertools.islice(bucket, start)), None)
-            if found is not None:
-                return found
+            start = _randbelow(rng, size)
+            x = start
+            while x < size:
+                i = bucket[x]
+                if bits[i] and (not skip or prio[i]):
+                    return i
+                x += 1
+            x = 0
+            while x < start:
+                i = bucket[x]
+                if bits[i] and (not skip or prio[i]):
+                    return i
+                x += 1
         return None
 
     def _choose_random(self, bits: bytearray | None) -> int | None:
@@ -996,6 +1026,8 @@ class PiecePicker:
             return
         del piece.requesters[j]
         piece.blocks[j] = _FREE
+        if j == piece.tail - 1:
+            piece.tail = j
         piece.num_requested -= 1
         piece.num_free += 1
         if not piece.num_requested and piece.num_received == piece.num_pad:
@@ -1164,6 +1196,8 @@ class PiecePicker:
                 piece.num_free -= 1
                 if not piece.num_free:
                     self._partial.pop(index, None)
+                if j >= piece.tail:
+                    piece.tail = j + 1
             states[j] = _RECEIVED
             piece.num_received += 1
             if piece is not credited:
@@ -1206,6 +1240,7 @@ class PiecePicker:
         for i, piece in self._downloading.items():
             b = piece.blocks
             check(piece.num_free == b.count(_FREE), f"free count of {i}")
+            check(not b[piece.tail:].strip(b"\x00"), f"tail of {i}")
             check(piece.num_requested == b.count(_REQUESTED), f"requested count of {i}")
             check(piece.num_received == b.count(_RECEIVED), f"received count of {i}")
             check(

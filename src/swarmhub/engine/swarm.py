@@ -34,7 +34,6 @@ import contextlib
 import math
 import random
 from collections.abc import Callable, Container, Hashable, Iterable, Mapping, Sequence
-from itertools import starmap
 from typing import Any, Final, cast
 
 from swarmhub.engine.actions import (
@@ -72,6 +71,23 @@ _HAVE: Final = m.Have
 _REQUEST: Final = m.Request
 _CHOKE = (m.Choke(),)
 _UNCHOKE = (m.Unchoke(),)
+_NEW: Final[Callable[[type], Any]] = object.__new__
+
+
+def _requests(blocks: list[Block]) -> tuple[m.Request, ...]:
+    """``Request(*block)`` for each block, at a third of the cost: the frozen
+    dataclass's ``__init__`` is interpreted (6 % of a ``lab simulate`` run went there);
+    this does what it does, compiled (mypyc makes each ``object.__setattr__`` a C call,
+    ``PyObject_GenericSetAttr``). tests/engine/test_swarm_requests.py keeps the fields
+    in step."""
+    out: list[m.Request] = []
+    for index, begin, length in blocks:
+        req = _NEW(_REQUEST)
+        object.__setattr__(req, "index", index)
+        object.__setattr__(req, "begin", begin)
+        object.__setattr__(req, "length", length)
+        out.append(req)
+    return tuple(out)
 
 
 #: The picker's requester for pieces a web seed fetches (peers leave them alone).
@@ -731,8 +747,10 @@ class Swarm:
         blocks = self.picker.pick(ps.handle, want)
         if not blocks:
             return
-        ps.requested.update(dict.fromkeys(blocks, now))
-        self._send(ps, tuple(starmap(_REQUEST, blocks)), now)  # Block: (index, begin, length)
+        requested = ps.requested
+        for block in blocks:  # (not update(dict.fromkeys()): two dicts and a call by name)
+            requested[block] = now
+        self._send(ps, _requests(blocks), now)
 
     def _fill_allowed(self, ps: PeerState, now: float) -> None:
         """:meth:`_fill` from a peer that chokes us: its allowed-fast pieces only, at the
@@ -748,7 +766,7 @@ class Swarm:
         blocks = self.picker.pick_allowed(ps.handle, want, allowed)
         if blocks:
             ps.requested.update(dict.fromkeys(blocks, now))
-            self._send(ps, tuple(starmap(_REQUEST, blocks)), now)
+            self._send(ps, _requests(blocks), now)
 
     def _fill_all(self, now: float) -> None:
         for ps in list(self.peers.values()):

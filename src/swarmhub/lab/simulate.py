@@ -149,10 +149,9 @@ class End:
         assert swarm is not None
         ps = self.ps
         if ps is not None:
-            receive = swarm.receive
             now = node.sim.ev.now
-            for msg in msgs:
-                receive(ps, msg, now)
+            for msg in msgs:  # (a native call: not through a bound method object)
+                swarm.receive(ps, msg, now)
         if swarm._out:  # (most batches queue nothing: no call)
             node.sim.flush(node)
 
