@@ -41,6 +41,7 @@ MODULES = (
     "swarmhub.engine.picker",
     "swarmhub.engine.swarm",
     "swarmhub.lab.netmodel",
+    "swarmhub.lab.simservices",
     "swarmhub.lab.simulate",
 )
 PURE_ENV = "SWARMHUB_PURE"
