@@ -71,6 +71,7 @@ def up_to_date() -> bool:
     return (
         manifest.get("ext_suffix") == importlib.machinery.EXTENSION_SUFFIXES[0]
         and stale(manifest["sources"], SRC) is None
+        and set(MODULES) <= manifest["extensions"].keys()  # a module added since the build
         and all((OUT / rel).is_file() for rel in manifest["extensions"].values())
     )
 
