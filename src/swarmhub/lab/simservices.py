@@ -12,7 +12,7 @@ host 0's uplink with its peer connections.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from swarmhub.engine.pex import PexPeer, listen_addrs
 from swarmhub.lab.netmodel import Pipe
@@ -49,8 +49,10 @@ class Services:
         self.sim = sim
         #: one tuple per address: PEX hands every peer new ``(host, port)`` tuples, and
         #: each peer's dialer keeps up to ``Dialer.MAX_CANDIDATES`` of them (a new tuple
-        #: each was ~60 KB per peer at N=10,000); shared ones cost a reference
-        self._addrs: dict[tuple[str, int], tuple[str, int]] = {}
+        #: each was ~60 KB per peer at N=10,000); shared ones cost a reference. Typed
+        #: ``object``: compiled, a ``tuple[str, int]`` is unboxed, and boxed anew (another
+        #: tuple) wherever it is stored
+        self._addrs: dict[object, object] = {}
 
     def announce(self, node: Node, event: str | None) -> None:
         lat = self.sim._lat(node, self.sim.source)
@@ -123,7 +125,8 @@ class Services:
         addrs = end.pex.received(now, msg, own=node.swarm.dialer.own)
         if addrs:
             canon = self._addrs.setdefault
-            node.swarm.add_peers([canon(a, a) for a in addrs], now)
+            shared = [canon(a, a) for a in cast("list[object]", addrs)]
+            node.swarm.add_peers(cast("list[tuple[str, int]]", shared), now)
             self.sim.flush(node)
 
     def http_get(self, node: Node, ranges: list[tuple[int, int]], *, cs: bool = False) -> None:
