@@ -38,6 +38,7 @@ MODULES = (
     "swarmhub.engine.actions",
     "swarmhub.engine.choker",
     "swarmhub.engine.peerstate",
+    "swarmhub.engine.pex",
     "swarmhub.engine.picker",
     "swarmhub.engine.swarm",
     "swarmhub.lab.netmodel",

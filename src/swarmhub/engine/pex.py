@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
+from typing import cast
 
 from swarmhub.engine.peerstate import PeerState
 from swarmhub.wire.extensions import PexMessage
@@ -41,12 +42,17 @@ def listen_addrs(peers: Iterable[PeerState]) -> dict[Addr, int]:
     """What :meth:`PexPeer.poll` tells about our connected peers: each one's listen
     address with its BEP 11 flags (reachable when we dialled it). BEP 11's added peers
     are where a peer accepts connections, never the ephemeral port one dialled us from:
-    a peer whose listen address we do not know is left out."""
-    out: dict[Addr, int] = {}
+    a peer whose listen address we do not know is left out.
+
+    Addresses pass through here and :class:`PexPeer` typed ``object``: compiled (mypyc),
+    a ``tuple[str, int]`` is unboxed and boxed anew, another tuple wherever it is stored,
+    and each one the books hold should be the peer's own."""
+    out: dict[object, int] = {}
     for ps in peers:
-        if ps.listen_addr is not None and not ps.closed:
-            out[ps.listen_addr] = FLAG_REACHABLE if ps.outgoing else 0
-    return out
+        addr: object = ps.listen_addr
+        if addr is not None and not ps.closed:
+            out[addr] = FLAG_REACHABLE if ps.outgoing else 0
+    return cast("dict[Addr, int]", out)
 
 
 class PexPeer:
@@ -78,18 +84,19 @@ class PexPeer:
         if now < self.due:
             return None
         self.due = now + self.interval
-        sent = self.sent
+        sent: tuple[object, ...] = self.sent  # object: see listen_addrs
         told = set(sent)
-        added = [a for a in current if a not in told and a not in exclude][:MAX_ADDED]
-        dropped = [a for a in sent if a not in current or a in exclude][:MAX_DROPPED]
+        flags = cast("Mapping[object, int]", current)
+        added = [a for a in flags if a not in told and a not in exclude][:MAX_ADDED]
+        dropped = [a for a in sent if a not in flags or a in exclude][:MAX_DROPPED]
         if not added and not dropped:
             return None
         if dropped:
             gone = set(dropped)
             sent = tuple([a for a in sent if a not in gone])
-        self.sent = sent + tuple(added)
-        return PexMessage(added=added, dropped=dropped,
-                          added_flags=[current[a] & 0xFF for a in added])
+        self.sent = cast("tuple[Addr, ...]", sent + tuple(added))
+        return PexMessage(added=cast("list[Addr]", added), dropped=cast("list[Addr]", dropped),
+                          added_flags=[flags[a] & 0xFF for a in added])
 
     def received(self, now: float, msg: PexMessage, *, own: Collection[Addr] = (),
                  limit: int = MAX_ADDED) -> list[Addr]:
