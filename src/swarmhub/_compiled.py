@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["MODULES", "PURE_ENV", "install", "status", "uses_compiled"]
 
 #: the modules worth compiling (profiled hot in `lab simulate` N=1,000: the core's
-#: per-block path, the picker, rate meters, the network model and the event loop).
+#: per-block path, the picker, rate meters, the network model and the event loop), and
+#: PEX's books with the simulator's PEX tick (simspeed-29b: interpreted, ~5 % of a run).
 #: Not wire/connection.py: mypyc builds it, but its batch paths gained little (peercpu-23,
 #: us per call pure -> compiled, load 25: pieces_at 32 blocks 11.3-12.2 -> 11.7-13.8,
 #: send_all 32 Requests 7.4-8.1 -> 4.4-4.6, haves_at 64 6.1-7.7 -> 5.5-5.7, requests_at

@@ -66,6 +66,16 @@ def test_never_tells_a_peer_about_itself() -> None:
     assert p.poll(0.0, {A: 0, B: 0}, exclude={A}) is None
 
 
+def test_keeps_the_address_objects_it_is_given() -> None:
+    """``lab simulate`` keeps one PexPeer per connection end: its books hold the caller's
+    tuples, not copies (compiled, a ``tuple[str, int]`` value is stored as a new tuple)."""
+    current = {A: 0, B: 0}
+    p = PexPeer(0.0, first_delay=0.0)
+    msg = p.poll(0.0, current)
+    assert msg is not None and msg.added == [A, B]
+    assert all(x is y for x, y in zip([*msg.added, *p.sent], [A, B, A, B], strict=True))
+
+
 def test_caps_added_and_dropped_and_sends_the_rest_later() -> None:
     many = {(f"10.1.{i // 250}.{i % 250 + 1}", 7000 + i): 0 for i in range(120)}
     p = PexPeer(0.0, first_delay=0.0, interval=60.0)
