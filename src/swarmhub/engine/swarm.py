@@ -747,6 +747,11 @@ class Swarm:
         blocks = self.picker.pick(ps.handle, want)
         if not blocks:
             return
+        self._ask(ps, blocks, now)
+
+    def _ask(self, ps: PeerState, blocks: list[Block], now: float) -> None:
+        """Record ``blocks`` as requested from ``ps`` now and send the Requests (both
+        fill paths)."""
         requested = ps.requested
         for block in blocks:  # (not update(dict.fromkeys()): two dicts and a call by name)
             requested[block] = now
@@ -765,8 +770,7 @@ class Swarm:
             return
         blocks = self.picker.pick_allowed(ps.handle, want, allowed)
         if blocks:
-            ps.requested.update(dict.fromkeys(blocks, now))
-            self._send(ps, _requests(blocks), now)
+            self._ask(ps, blocks, now)
 
     def _fill_all(self, now: float) -> None:
         for ps in list(self.peers.values()):
