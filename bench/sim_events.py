@@ -15,7 +15,6 @@ included) and, every ``--every`` events, the heap's and the lane's length.
 from __future__ import annotations
 
 import argparse
-import heapq
 import sys
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ __all__ = ["main"]
 def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
     from swarmhub import _compiled
     from swarmhub.lab import simulate as sim_mod
+    from swarmhub.lab.netmodel import heap_pop
     from swarmhub.lab.simrun import SimOptions, simulate
 
     kinds: Counter[tuple[str, str]] = Counter()
@@ -43,15 +43,15 @@ def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
         heap, lane = ev._heap, ev._lane
         k = 0
         while self.pending > 0:
-            if heap and (not lane or heap[0][:2] < lane[0][:2]):
-                if heap[0][0] > until:
+            if heap and (not lane or heap[0] < lane[0]):
+                if heap[0].when > until:
                     break
-                event, where = heapq.heappop(heap), "H"
-            elif lane and lane[0][0] <= until:
+                event, where = heap_pop(heap), "H"
+            elif lane and lane[0].when <= until:
                 event, where = lane.popleft(), "L"
             else:
                 break
-            when, _, fn, arg = event
+            when, fn, arg = event.when, event.fn, event.arg
             name = getattr(fn, "__qualname__", None) or repr(fn)
             kinds[where, name] += 1
             if name == "Network._done":

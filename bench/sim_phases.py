@@ -65,7 +65,8 @@ def one(n: int, mode: str, piece_kib: int, dt: float, seed: int,
                          "done": sum(1 for c in self.clients if c.done is not None),
                          "conns": self.connections, "passes": self.net.passes})
             if kinds is not None:
-                for _when, _seq, fn, arg in ev._heap:
+                for event in ev._heap:
+                    fn, arg = event.fn, event.arg
                     name = getattr(fn, "__name__", "?")
                     if name == "_done":
                         pipe, gen = arg

@@ -22,7 +22,6 @@ books, on the driver's tick). What is not: packet loss, CPU limits, disk, proces
 from __future__ import annotations
 
 import gc
-import heapq
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -45,7 +44,17 @@ from swarmhub.engine.peerstate import PeerState
 from swarmhub.engine.pex import PexPeer
 from swarmhub.engine.picker import Block, make_block
 from swarmhub.engine.swarm import Swarm
-from swarmhub.lab.netmodel import MSS, OVERHEAD, SMALL, EventQueue, Link, Network, Pipe, wire
+from swarmhub.lab.netmodel import (
+    MSS,
+    OVERHEAD,
+    SMALL,
+    EventQueue,
+    Link,
+    Network,
+    Pipe,
+    heap_pop,
+    wire,
+)
 from swarmhub.lab.simhosts import HostSpec, SimTracker
 from swarmhub.lab.simservices import Services
 from swarmhub.settings import Settings
@@ -757,7 +766,6 @@ class Simulation:
         ev = self.ev
         heap = ev._heap
         lane = ev._lane
-        pop = heapq.heappop
         popleft = lane.popleft
         enabled = gc.isenabled()
         gc.disable()
@@ -765,19 +773,19 @@ class Simulation:
             # EventQueue.run inlined (the heap's and the lane's heads merged): this loop
             # runs once per event of the run.
             while self.pending > 0:
-                # heap[0] < lane[0] as the tuples compare (insertion numbers are unique),
-                # on the unboxed fields: no tuple comparison per event
-                if heap and (not lane or (h := heap[0])[0] < (ln := lane[0])[0]
-                             or (h[0] == ln[0] and h[1] < ln[1])):
-                    if heap[0][0] > until:
+                # heap[0] < lane[0] in (when, seq) order (insertion numbers are unique),
+                # on the records' unboxed fields
+                if heap and (not lane or (h := heap[0]).when < (ln := lane[0]).when
+                             or (h.when == ln.when and h.seq < ln.seq)):
+                    if heap[0].when > until:
                         break
-                    when, _, fn, arg = pop(heap)
-                elif lane and lane[0][0] <= until:
-                    when, _, fn, arg = popleft()
+                    event = heap_pop(heap)
+                elif lane and lane[0].when <= until:
+                    event = popleft()
                 else:
                     break
-                ev.now = when
-                fn(arg)
+                ev.now = event.when
+                event.fn(event.arg)
         finally:
             gc.freeze()
             _froze = True
