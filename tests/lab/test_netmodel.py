@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 from typing import Any
 
@@ -11,10 +12,13 @@ from swarmhub.lab.netmodel import (
     INIT_CWND,
     MAX_CWND,
     MIN_RTO,
+    Event,
     EventQueue,
     Link,
     Network,
     Pipe,
+    heap_pop,
+    heap_push,
     maxmin,
     wire,
 )
@@ -248,3 +252,27 @@ def test_the_latency_lane_runs_events_in_the_order_one_heap_would(seed: int) -> 
     plain = trace(None)
     assert len(plain) > 1000
     assert trace(0.01) == plain
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_event_heap_pops_in_the_order_heapq_pops_time_and_insertion(seed: int) -> None:
+    # pushes and pops interleaved, many ties in time (insertion order must break them)
+    rng = random.Random(seed)
+    heap: list[Event] = []
+    ref: list[tuple[float, int]] = []
+    got: list[tuple[float, int]] = []
+    want: list[tuple[float, int]] = []
+    for seq in range(4000):
+        if heap and rng.random() < 0.45:
+            e = heap_pop(heap)
+            got.append((e.when, e.seq))
+            want.append(heapq.heappop(ref))
+        when = float(rng.randrange(50)) if rng.random() < 0.5 else rng.random() * 50
+        heap_push(heap, Event(when, seq, print, None))
+        heapq.heappush(ref, (when, seq))
+    while heap:
+        e = heap_pop(heap)
+        got.append((e.when, e.seq))
+        want.append(heapq.heappop(ref))
+    assert not ref
+    assert got == want

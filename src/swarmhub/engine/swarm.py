@@ -53,7 +53,7 @@ from swarmhub.engine.allowedfast import grant
 from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, choose_unchoked
 from swarmhub.engine.integrity import Integrity
 from swarmhub.engine.peerstate import PeerState, RateMeter
-from swarmhub.engine.picker import Block, PiecePicker
+from swarmhub.engine.picker import Block, BlockTable, PiecePicker
 from swarmhub.engine.schedule import Dialer, TrackerSchedule
 from swarmhub.engine.superseed import SuperSeeder
 from swarmhub.settings import Settings
@@ -196,6 +196,7 @@ class Swarm:
         peers: Iterable[tuple[str, int]] = (),
         trackers: bool = False,
         info_hash: bytes = b"",
+        blocks: BlockTable | None = None,  # the picker's Blocks, shared (lab simulate)
     ) -> None:
         self.num_pieces = num_pieces
         #: the handshake's info hash: BEP 6 allowed-fast sets are computed over it
@@ -212,12 +213,16 @@ class Swarm:
         self._min_queue = settings.min_request_queue
         self._max_queue = settings.max_request_queue
         self._fast_k = settings.allowed_fast_set_size
+        self._upload_ahead = settings.upload_ahead  # (upload_budget: per item sent)
+        self._turn_piece_time = settings.upload_turn_piece_time
+        self._super_seed = settings.super_seeding  # (_super_seeding: per message)
         self.rng = rng
         pads = list(pad_blocks)
         self.picker = PiecePicker(num_pieces, piece_length, total_length, rng=rng,
                                   pad_blocks=pads,
                                   critical=settings.sequential_critical_pieces,
-                                  window=settings.sequential_window_pieces)
+                                  window=settings.sequential_window_pieces,
+                                  blocks=blocks)
         #: bytes of each piece that lie in pad blocks (nobody requests those)
         self._pad_bytes: dict[int, int] = {}
         for index, begin in pads:
@@ -864,7 +869,7 @@ class Swarm:
         """The driver hashed piece ``index`` (and wrote it when ``ok``). ``digests``: the
         SHA-1 of each block by offset, when :class:`Verify` asked for them or it failed."""
         sources = self._verifying.pop(index, {})
-        was_behind = self._unverified > self.settings.max_unverified_bytes
+        was_behind = self._unverified > self._max_unverified
         self._unverified -= self.piece_size(index)
         if self.have[index]:
             pass  # a web seed finished it meanwhile: nothing to learn from this copy
@@ -880,7 +885,7 @@ class Swarm:
             if verdict is not None:
                 self._ban(*verdict, now)
             self._fill_all(now)
-        if was_behind and self._unverified <= self.settings.max_unverified_bytes:
+        if was_behind and self._unverified <= self._max_unverified:
             self._fill_all(now)
 
     def _ban(self, key: Hashable, why: str, now: float) -> None:
@@ -1337,14 +1342,14 @@ class Swarm:
         other peers' slices (with 5 peers served at once, 4 piece times): 0.4 s at 256 KiB
         over 20 mbit, 50 ms at 32 KiB, where the driver's turn waits cost more peer CPU
         than the hop gains (netns lab N=32, see the setting's help)."""
-        ahead = self.settings.upload_ahead
+        ahead = self._upload_ahead
         if not ahead or self.piece_length < _AHEAD_MIN:
             return 0  # off, or pieces fit in the least budget: turns cannot order them
         up = self.up
         if now == self._budget_at and up.total == self._budget_total:
             return self._budget  # the same meter at the same time: the same rate
         rate = up.rate(now)
-        if rate * self.settings.upload_turn_piece_time > self.piece_length:
+        if rate * self._turn_piece_time > self.piece_length:
             budget = 0
         else:
             budget = max(_AHEAD_MIN, int(rate * ahead))
@@ -1424,7 +1429,7 @@ class Swarm:
         of them while the rest waited for their last pieces (``lab simulate`` 256 KiB
         pieces, seeds 1-3: N=256 p2p 1.35-1.38 -> 1.32-1.33x the bound, hybrid
         1.35-1.37 -> 1.32-1.33; hybrid N=64 1.27-1.29 -> 1.25-1.27)."""
-        if not self.settings.super_seeding or not self.complete or self.downloaded:
+        if not self._super_seed or not self.complete or self.downloaded:
             return False
         if self._ss is None:
             # An offer is served once every block a peer requests is sent: pads are not.

@@ -42,7 +42,7 @@ from swarmhub.engine.actions import (
 )
 from swarmhub.engine.peerstate import PeerState
 from swarmhub.engine.pex import PexPeer
-from swarmhub.engine.picker import Block, make_block
+from swarmhub.engine.picker import Block, BlockTable
 from swarmhub.engine.swarm import Swarm
 from swarmhub.lab.netmodel import (
     MSS,
@@ -218,6 +218,9 @@ class Simulation:
         self.size = size
         self.piece_length = piece_length
         self.num_pieces = -(-size // piece_length)
+        #: every host's picker takes its Blocks from here and the upload loop sends
+        #: these: a block arrives as the object its request recorded (see BlockTable)
+        self.blocks = BlockTable(self.num_pieces, piece_length, size)
         self.settings = settings
         self.rng = rng
         self.hash_rate = hash_rate
@@ -283,7 +286,8 @@ class Simulation:
     def _swarm(self, node: Node, seed: bool, trackers: bool) -> Swarm:
         s = Swarm(self.num_pieces, self.piece_length, self.size, self.settings,
                   rng=random.Random(self.rng.getrandbits(64)), now=self.ev.now,
-                  have=b"\x01" * self.num_pieces if seed else None, trackers=trackers)
+                  have=b"\x01" * self.num_pieces if seed else None, trackers=trackers,
+                  blocks=self.blocks)
         s.dialer.own.add(node.addr)
         return s
 
@@ -501,6 +505,7 @@ class Simulation:
         send = self.net.send_wire
         arrive = end.far.got_blocks
         cache = node.cache
+        table = self.blocks
         while incoming and pipe.queued < limit:
             # A run delays its first blocks, and so the peer's refill requests for them:
             # at most half of what it has queued here, so that the other half still keeps
@@ -522,7 +527,7 @@ class Simulation:
                 length = req.length
                 size = PIECE_HEADER + length
                 size += -(-size // MSS) * OVERHEAD  # wire(size), inlined
-                block = make_block((index, req.begin, length))
+                block = table.get(index, req.begin, length)
                 # The queue's last item (never the head, which is leaving) takes the block
                 # if it is a run of the same piece with room: a run grows across serves,
                 # as blocks written back to back merge in the peer's socket buffer.

@@ -1,0 +1,52 @@
+"""A shared BlockTable (lab simulate): the same blocks, as one object per block."""
+
+from __future__ import annotations
+
+import random
+
+from swarmhub.engine.picker import Block, BlockTable, PiecePicker
+
+BS = 16384
+
+
+def _picker(table: BlockTable | None, seed: int) -> PiecePicker:
+    # 5 pieces of 3 blocks, the last one short (2.5 blocks)
+    picker = PiecePicker(5, 3 * BS, 14 * BS + BS // 2, rng=random.Random(seed), blocks=table)
+    for i in range(5):
+        picker.peer_has("a", i)
+        picker.peer_has("b", i)
+    return picker
+
+
+def test_pickers_sharing_a_table_pick_its_blocks_and_the_same_ones_as_without() -> None:
+    table = BlockTable(5, 3 * BS, 14 * BS + BS // 2)
+    shared = [_picker(table, 1), _picker(table, 1)]
+    plain = _picker(None, 1)
+    picks = [p.pick("a", 20) for p in shared]
+    want = plain.pick("a", 20)
+    assert picks[0] == picks[1] == want  # same values, in the same order
+    assert len(want) == 15 and Block(4, 2 * BS, BS // 2) in want
+    # one object per block: the two hosts' requests are the table's own objects
+    assert all(x is y for x, y in zip(picks[0], picks[1], strict=True))
+    assert all(b is table.get(b.index, b.begin, b.length) for b in picks[0])
+
+
+def test_end_game_duplicates_come_from_the_table_too() -> None:
+    table = BlockTable(5, 3 * BS, 14 * BS + BS // 2)
+    picker = _picker(table, 2)
+    first = picker.pick("a", 20)
+    dup = picker.pick("b", 20)  # nothing free: b gets a's blocks (end-game)
+    assert dup and set(dup) <= set(first)
+    by_value = {b: b for b in first}
+    assert all(b is by_value[b] for b in dup)
+    picker.check_invariant()
+
+
+def test_a_table_makes_a_new_block_for_a_slice_that_is_not_one_of_its_blocks() -> None:
+    table = BlockTable(5, 3 * BS, 14 * BS + BS // 2)
+    assert table.get(4, 2 * BS, BS // 2) is table.row(4)[2]
+    odd = [table.get(1, 100, BS), table.get(1, BS, BS - 1), table.get(4, 2 * BS, BS),
+           table.get(1, 3 * BS, BS), table.get(7, 0, BS)]
+    assert odd == [Block(1, 100, BS), Block(1, BS, BS - 1), Block(4, 2 * BS, BS),
+                   Block(1, 3 * BS, BS), Block(7, 0, BS)]
+    assert not any(b is t for b in odd[:4] for t in table.row(b.index))
