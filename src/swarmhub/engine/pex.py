@@ -8,10 +8,9 @@ Private torrents (BEP 27) never get here: the driver neither advertises ut_pex n
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
-from typing import cast
+from typing import Final, cast
 
 from swarmhub.engine.peerstate import PeerState
 from swarmhub.wire.extensions import PexMessage
@@ -28,14 +27,19 @@ INTERVAL = 60.0  # then about once a minute
 MIN_RECEIVE_GAP = 20.0  # messages from one peer closer than this are ignored (BEP 11: 1/min)
 
 
-@functools.lru_cache(maxsize=4096)
 def _dialable(host: str) -> bool:
-    """Whether ``host`` (an IP address as text) may be dialled. Cached: parsing it was
-    most of :meth:`PexPeer.received`, and a swarm keeps telling us about the same peers
-    (``lab simulate`` at N=1,000: 4% of the run). An invalid address raises ValueError
-    (not cached)."""
+    """Whether ``host`` (an IP address as text) may be dialled. An invalid address raises
+    ValueError."""
     ip = ipaddress.ip_address(host)
     return not (ip.is_unspecified or ip.is_multicast)
+
+
+#: :func:`_dialable`'s answers by host: parsing was most of :meth:`PexPeer.received`, and
+#: a swarm keeps telling us about the same peers (``lab simulate`` at N=1,000: 4% of the
+#: run). A dict read compiled, not an ``lru_cache`` call (~500 instructions an address);
+#: emptied when full, so a long session holds at most this many.
+_DIALABLE: Final[dict[str, bool]] = {}
+_DIALABLE_MAX: Final = 4096
 
 
 def listen_addrs(peers: Iterable[PeerState]) -> dict[Addr, int]:
@@ -105,13 +109,25 @@ class PexPeer:
         if self.last_received is not None and now - self.last_received < MIN_RECEIVE_GAP:
             return []
         self.last_received = now
-        out: list[Addr] = []
-        for host, port in msg.added:
+        # Each address object is kept, typed ``object`` (see listen_addrs): unpacked
+        # into a new ``(host, port)`` it was two tuples and two ints made per address,
+        # compiled (the membership test and the append each boxed one).
+        out: list[object] = []
+        mine = cast("Collection[object]", own)
+        dialable = _DIALABLE
+        for addr in cast("list[object]", msg.added):
             if len(out) >= limit:
                 break
-            if not 0 < port < 65536 or (host, port) in own:
+            host, port = cast("Addr", addr)
+            if not 0 < port < 65536 or addr in mine:
                 continue
-            if not _dialable(host):
+            ok = dialable.get(host)
+            if ok is None:
+                ok = _dialable(host)
+                if len(dialable) >= _DIALABLE_MAX:
+                    dialable.clear()
+                dialable[host] = ok
+            if not ok:
                 continue
-            out.append((host, port))
-        return out
+            out.append(addr)
+        return cast("list[Addr]", out)

@@ -559,7 +559,10 @@ class Swarm:
                     # A free slot, or a free optimistic slot, is filled at once: the first
                     # rounds run as the first peers show interest, when every peer is a
                     # regular (the optimistic slot stayed empty until the 10 s round).
-                    unchoked = sum(1 for p in self.peers.values() if not p.am_choking)
+                    unchoked = 0  # (a loop: compiled, sum() over a generator is a call
+                    for p in self.peers.values():  # and a generator object per message)
+                        if not p.am_choking:
+                            unchoked += 1
                     slots = self._slots(now)
                     if unchoked < slots or (unchoked == slots
                                             and self._choke.optimistic is None):
