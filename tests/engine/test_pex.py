@@ -108,6 +108,11 @@ def test_received_is_bounded_filtered_and_rate_limited() -> None:
     assert p.received(10.0 + MIN_RECEIVE_GAP - 1, PexMessage(added=[A])) == []
     assert p.received(10.0 + 2 * MIN_RECEIVE_GAP, PexMessage(added=[A])) == [A]
 
+    # the caller's address objects come back, not copies (compiled, unpacking each into
+    # a new ``(host, port)`` made two tuples per address; lab simulate shares them)
+    later = p.received(10.0 + 4 * MIN_RECEIVE_GAP, PexMessage(added=[A, B]), own=own)
+    assert later == [A, B] and later[0] is A and later[1] is B
+
 
 # ------------------------------------------------------------------------- loopback
 
