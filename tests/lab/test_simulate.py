@@ -63,6 +63,7 @@ def test_closed_connections_are_freed_during_the_run() -> None:
     # its own reference cycles (End.far, Pipe.owner, Pipe.deliver) until the run ends.
     import gc
 
+    from swarmhub.lab.netmodel import Event
     from swarmhub.lab.simulate import End
 
     enabled = gc.isenabled()
@@ -77,12 +78,11 @@ def test_closed_connections_are_freed_during_the_run() -> None:
         if enabled:
             gc.enable()
     assert res.ok
-    # An end still named by an event in flight (when, seq, fn, end) is held by that event
-    # only, until it fires: the run can end within that latency (seed 3 ends 0.7 ms before
+    # An end still named by an event in flight (its arg) is held by that event only,
+    # until it fires: the run can end within that latency (seed 3 ends 0.7 ms before
     # three remote closes since upload turns moved its timing).
     def in_flight(e: End) -> bool:
-        return any(isinstance(r, tuple) and len(r) == 4 and r[3] is e
-                   for r in gc.get_referrers(e))
+        return any(isinstance(r, Event) and r.arg is e for r in gc.get_referrers(e))
 
     # And a closed end whose far end is still open (its remote close is the event in
     # flight) is held by that far end until the close arrives.
