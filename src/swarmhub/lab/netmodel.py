@@ -106,7 +106,11 @@ def heap_push(heap: list[Event], event: Event) -> None:
     """heapq.heappush on (when, seq), compared natively (the same heap invariant: any
     correct heap pops unique keys in the same order)."""
     heap.append(event)
-    pos = len(heap) - 1
+    _sift_up(heap, len(heap) - 1, event)
+
+
+def _sift_up(heap: list[Event], pos: int, event: Event) -> None:
+    """Put ``event`` at ``pos`` or above it: its parents that sort after it move down."""
     when = event.when
     seq = event.seq
     while pos > 0:
@@ -144,18 +148,7 @@ def heap_pop(heap: list[Event]) -> Event:
         heap[pos] = c
         pos = child
         child = 2 * pos + 1
-    when = last.when
-    seq = last.seq
-    while pos > 0:
-        up = (pos - 1) >> 1
-        parent = heap[up]
-        pw = parent.when
-        if when < pw or (when == pw and seq < parent.seq):
-            heap[pos] = parent
-            pos = up
-        else:
-            break
-    heap[pos] = last
+    _sift_up(heap, pos, last)
     return top
 
 
