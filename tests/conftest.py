@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from interop.harness import free_port  # noqa: F401  (tests import it from conftest)
+
 STRICT = os.environ.get("SWARMHUB_STRICT") == "1"
 
 # Hypothesis tests check what an input does, not how long it takes: its default 200 ms
@@ -106,14 +108,6 @@ def unread_failures_under_uvloop(tries: Callable[[str], Awaitable[None]]) -> lis
         listener.close()
         thread.join(timeout=10)
     return reports
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # Hard network rule: no test ever reaches the public DHT. Every swarmhub process a test

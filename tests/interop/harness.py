@@ -65,12 +65,25 @@ class HarnessTimeout(HarnessError, TimeoutError):
     """A bounded wait ran out."""
 
 
+#: every port free_port handed out in this process (see there)
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (prefer port 0 where the peer reports it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that is free right now and not handed out before in this
+    process (prefer port 0 where the peer reports it).
+
+    Why the memory: the probe socket is closed on return, so two calls in a row may get the
+    same ephemeral port back from the kernel (a CI run started a hub with
+    ``--listen 127.0.0.1:47727 --peer-listen 127.0.0.1:47727``, which then failed to bind)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise HarnessError("no fresh TCP port on 127.0.0.1 in 1,000 tries")
 
 
 def wait_listening(

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import need  # type: ignore[import-not-found,unused-ignore]
 
+from . import harness
 from .harness import (
     HarnessError,
     HarnessTimeout,
@@ -208,3 +209,29 @@ def test_proc_wait_for_line_reports_early_exit(tmp_path: Path) -> None:
         pytest.raises(HarnessError, match="exited"),
     ):
         p.wait_for_line(lambda line: line == "never", 20)
+
+
+def test_free_port_never_hands_out_a_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may give a just-closed probe port back at once (a hub once got the same
+    port for --listen and --peer-listen); free_port asks again instead."""
+    ports = iter([47727, 47727, 47728])
+
+    class Probe:
+        def __init__(self, *args: object) -> None:
+            self.port = next(ports)
+
+        def __enter__(self) -> Probe:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, addr: tuple[str, int]) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(harness, "_GIVEN_PORTS", set())
+    monkeypatch.setattr(harness.socket, "socket", Probe)
+    assert [harness.free_port(), harness.free_port()] == [47727, 47728]
