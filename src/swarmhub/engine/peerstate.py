@@ -74,20 +74,29 @@ class RateMeter:
         buckets = self._buckets
         if buckets is None:
             return 0.0
-        if now - buckets[0] > self._window:
-            window = self._window
+        window = self._window
+        # Each array element read is a generic call compiled (no native ``array``): the
+        # oldest start is read once, and the counts dropped are summed as the loop passes
+        # them (exact: integers below 2**53), not through a slice, ``map`` and ``sum``.
+        first = buckets[0]
+        if now - first > window:
             end = len(buckets)
+            dropped = buckets[1]
             k = 2  # buckets[k] is the start of the first bucket kept
-            while k < end and now - buckets[k] > window:
+            while k < end:
+                first = buckets[k]
+                if now - first <= window:
+                    break
+                dropped += buckets[k + 1]
                 k += 2
             if k == end:  # the window emptied: free the array
                 self._buckets = None
                 self._sum = 0
                 return 0.0
-            self._sum -= sum(map(int, buckets[1:k:2]))
+            self._sum -= int(dropped)
             del buckets[:k]
-        span = max(1.0, now - buckets[0]) if len(buckets) > 2 else 1.0
-        return self._sum / min(span, self._window)
+        span = max(1.0, now - first) if len(buckets) > 2 else 1.0
+        return self._sum / min(span, window)
 
 
 class RequestQueue:

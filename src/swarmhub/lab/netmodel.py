@@ -468,7 +468,7 @@ class Network:
         if down.touched != mark:
             down.touched = mark
             work.append(down)
-        touched = list(work)
+        touched = [up, down] if len(work) == 2 else [up]
         if down is up:
             work.append(down)  # (as a deque of both would hold it twice)
         head = 0

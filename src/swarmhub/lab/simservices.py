@@ -32,9 +32,17 @@ def pex_wire_size(msg: PexMessage) -> int:
     bencoded payload. Counted, not encoded, when every peer is IPv4 (every simulated
     host is): a 6-byte compact entry and a flag byte per added peer, 6 bytes per dropped
     one (encoding it only to take its length was 1.2% of a run at N=1,000)."""
-    if any(":" in host for host, _ in msg.added) or any(":" in host for host, _ in msg.dropped):
+    added_addrs, dropped_addrs = msg.added, msg.dropped
+    v6 = False  # (loops: an ``any`` over a generator was ~360 instructions an address)
+    for host, _port in added_addrs:
+        if ":" in host:
+            v6 = True
+    for host, _port in dropped_addrs:
+        if ":" in host:
+            v6 = True
+    if v6:
         return 6 + len(encode_pex(msg))
-    added, nflags, dropped = 6 * len(msg.added), len(msg.added_flags), 6 * len(msg.dropped)
+    added, nflags, dropped = 6 * len(added_addrs), len(msg.added_flags), 6 * len(dropped_addrs)
     size = 2 + len("5:added") + len(str(added)) + 1 + added  # d ... e, then each entry
     if nflags:
         size += len("7:added.f") + len(str(nflags)) + 1 + nflags

@@ -502,7 +502,7 @@ class Simulation:
         pipe = end.out
         limit = self._send_buffer
         batch = 1 << 20 if grant is None else min(grant, 1 << 20)
-        send = self.net.send_wire
+        net = self.net  # (net.send_wire a native call; a bound method in a local is not)
         arrive = end.far.got_blocks
         cache = node.cache
         table = self.blocks
@@ -532,15 +532,17 @@ class Simulation:
                 # if it is a run of the same piece with room: a run grows across serves,
                 # as blocks written back to back merge in the peer's socket buffer.
                 if len(items) > 1:
-                    tsize, tfn, run = items[-1]
-                    if tfn == arrive and run[0].index == index and len(run) < run_max:
-                        run.append(block)
-                        items[-1] = (tsize + size, tfn, run)
-                        pipe.queued += size
-                        served.append(req)
-                        nbytes += length
-                        continue
-                send(pipe, size, [block], arrive)
+                    tsize, tfn, tpay = items[-1]
+                    if tfn == arrive:  # then a run of blocks (Any: read by name, if not cast)
+                        run = cast("list[Block]", tpay)
+                        if run[0].index == index and len(run) < run_max:
+                            run.append(block)
+                            items[-1] = (tsize + size, tfn, run)
+                            pipe.queued += size
+                            served.append(req)
+                            nbytes += length
+                            continue
+                net.send_wire(pipe, size, [block], arrive)
                 served.append(req)
                 nbytes += length
             if not served:
@@ -578,10 +580,12 @@ class Simulation:
 
     def _drained(self, pipe: Pipe) -> None:
         """Room in ``pipe`` (an End's ``out``): serve more once it is down to a quarter."""
-        if self._turns(pipe.owner.node):
-            self.serve_node(pipe.owner.node)
+        end = cast(End, pipe.owner)  # (typed Any there: read by name, twice per item)
+        node = end.node
+        if self._turns(node):
+            self.serve_node(node)
         elif pipe.queued < self._drain_at:
-            self.serve(pipe.owner)
+            self.serve(end)
 
     def source_delivered(self, nbytes: int) -> None:
         self._source_sent += nbytes
