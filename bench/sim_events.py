@@ -43,11 +43,12 @@ def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
         heap, lane = ev._heap, ev._lane
         k = 0
         while self.pending > 0:
-            if heap and (not lane or heap[0] < lane[0]):
+            first = lane.first()
+            if heap and (first is None or heap[0] < first):
                 if heap[0].when > until:
                     break
                 event, where = heap_pop(heap), "H"
-            elif lane and lane[0].when <= until:
+            elif first is not None and first.when <= until:
                 event, where = lane.popleft(), "L"
             else:
                 break

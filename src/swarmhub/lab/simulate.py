@@ -775,22 +775,22 @@ class Simulation:
         ev = self.ev
         heap = ev._heap
         lane = ev._lane
-        popleft = lane.popleft
         enabled = gc.isenabled()
         gc.disable()
         try:
             # EventQueue.run inlined (the heap's and the lane's heads merged): this loop
             # runs once per event of the run.
             while self.pending > 0:
-                # heap[0] < lane[0] in (when, seq) order (insertion numbers are unique),
-                # on the records' unboxed fields
-                if heap and (not lane or (h := heap[0]).when < (ln := lane[0]).when
+                # heap[0] < the lane's first in (when, seq) order (insertion numbers are
+                # unique), on the records' unboxed fields
+                ln = lane.first()
+                if heap and (ln is None or (h := heap[0]).when < ln.when
                              or (h.when == ln.when and h.seq < ln.seq)):
                     if heap[0].when > until:
                         break
                     event = heap_pop(heap)
-                elif lane and lane[0].when <= until:
-                    event = popleft()
+                elif ln is not None and ln.when <= until:
+                    event = lane.popleft()
                 else:
                     break
                 ev.now = event.when
