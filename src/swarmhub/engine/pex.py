@@ -89,10 +89,27 @@ class PexPeer:
             return None
         self.due = now + self.interval
         sent: tuple[object, ...] = self.sent  # object: see listen_addrs
-        told = set(sent)
-        flags = cast("Mapping[object, int]", current)
-        added = [a for a in flags if a not in told and a not in exclude][:MAX_ADDED]
-        dropped = [a for a in sent if a not in flags or a in exclude][:MAX_DROPPED]
+        # A dict walked natively (items, no look-up per address), the flags taken as
+        # the addresses are, the first MAX_ADDED: compiled, the comprehensions over a
+        # Mapping were generic iteration and look-ups (~1,100 instructions an address).
+        flags = cast("dict[object, int]", current if isinstance(current, dict)
+                     else dict(current))
+        skip = cast("Collection[object]", exclude)
+        added: list[object] = []
+        added_flags: list[int] = []
+        told = set(sent) if sent else None
+        for a, flag in flags.items():
+            if (told is None or a not in told) and a not in skip:
+                added.append(a)
+                added_flags.append(flag & 0xFF)
+                if len(added) == MAX_ADDED:
+                    break
+        dropped: list[object] = []
+        for a in sent:
+            if a not in flags or a in skip:
+                dropped.append(a)
+                if len(dropped) == MAX_DROPPED:
+                    break
         if not added and not dropped:
             return None
         if dropped:
@@ -100,7 +117,7 @@ class PexPeer:
             sent = tuple([a for a in sent if a not in gone])
         self.sent = cast("tuple[Addr, ...]", sent + tuple(added))
         return PexMessage(added=cast("list[Addr]", added), dropped=cast("list[Addr]", dropped),
-                          added_flags=[flags[a] & 0xFF for a in added])
+                          added_flags=added_flags)
 
     def received(self, now: float, msg: PexMessage, *, own: Collection[Addr] = (),
                  limit: int = MAX_ADDED) -> list[Addr]:

@@ -1676,6 +1676,7 @@ class Swarm:
         turns = self._choke.turns
         best: PeerState | None = None
         b0 = b1 = b2 = 0.0  # best's key (k0, k1, a random tie-break), compared in order
+        draw = self.rng.random  # (bound once: a by-name method look-up per peer otherwise)
         for other in self.peers.values():
             if (other.closed or not other.am_choking or not other.peer_interested
                     or other.is_seed or (other.snubbed and not seeding)):
@@ -1686,7 +1687,7 @@ class Swarm:
             else:
                 k0 = -other.down.rate(now)
                 k1 = 0.0
-            k2 = self.rng.random()
+            k2 = draw()
             # (k0, k1, k2) < best's, without a tuple per candidate
             if best is None or k0 < b0 or (k0 == b0 and (k1 < b1 or (k1 == b1 and k2 < b2))):
                 best, b0, b1, b2 = other, k0, k1, k2
