@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from swarmhub.lab.netmodel import (
     MIN_RTO,
     Event,
     EventQueue,
+    Lane,
     Link,
     Network,
     Pipe,
@@ -276,3 +278,27 @@ def test_the_event_heap_pops_in_the_order_heapq_pops_time_and_insertion(seed: in
         want.append(heapq.heappop(ref))
     assert not ref
     assert got == want
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_lane_is_a_fifo_across_its_compactions(seed: int) -> None:
+    # appends and pops interleaved in bursts, so the list drops what was read many times
+    # (at every head position), against a deque
+    rng = random.Random(seed)
+    lane, ref = Lane(), deque[Event]()
+    made = 0
+    for _ in range(300):
+        for _ in range(rng.randrange(0, 40)):
+            event = Event(float(made), made, print, None)
+            made += 1
+            lane.append(event)
+            ref.append(event)
+        for _ in range(rng.randrange(0, 40)):
+            if not ref:
+                assert lane.first() is None and len(lane) == 0
+                break
+            assert lane.first() is ref[0]
+            assert lane.popleft() is ref.popleft()
+        assert len(lane) == len(ref)
+        assert len(lane._items) <= 2 * len(ref) + 64  # read events do not pile up
+    assert made > 4000

@@ -1723,22 +1723,25 @@ class Swarm:
         """Housekeeping, about once a second: timeouts, snubs, keep-alives, queue sizes,
         the choke round when due, dials and announces."""
         s = self.settings
+        # read once, not per peer: Settings is not compiled (each read is by name)
+        peer_timeout, request_timeout = s.peer_timeout, s.request_timeout
+        keepalive = s.keepalive_interval
         if self._held_haves:
             self._send_held_haves(now)
         for ps in list(self.peers.values()):
             if ps.closed:
                 continue
-            if now - ps.last_recv > s.peer_timeout:
+            if now - ps.last_recv > peer_timeout:
                 self._close(ps, "peer timed out")
                 continue
             requested = ps.requested
-            if requested and now - min(requested.values()) > s.request_timeout:
-                stale = [b for b, t in requested.items() if now - t > s.request_timeout]
+            if requested and now - min(requested.values()) > request_timeout:
+                stale = [b for b, t in requested.items() if now - t > request_timeout]
                 ps.snubbed = True
                 for b in stale:
                     del ps.requested[b]
                     self.picker.request_failed(ps.handle, b)
-            if now - ps.last_send > s.keepalive_interval:
+            if now - ps.last_send > keepalive:
                 self._send(ps, _KEEPALIVE, now)
             ps.queue_target = self._queue_target(ps, now)
             self._update_interest(ps, now)
