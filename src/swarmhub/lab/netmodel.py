@@ -152,13 +152,21 @@ def heap_pop(heap: list[Event]) -> Event:
     return top
 
 
+def _nothing(_arg: object) -> None:
+    """The placeholder event's function (never called)."""
+
+
+#: what a :class:`Lane` leaves in the slot of an event it handed out
+_SPENT: Final = Event(_INF, -1, _nothing, None)
+
+
 @final
 class Lane:
     """A FIFO of :class:`Event` records (the queue's latency lane): a list read from a
     head index, not a ``deque``. Compiled, a deque's ``append``, ``popleft`` and ``[0]``
     are generic calls by name (~100-200 instructions each, once or twice per event of a
-    run); these methods are native calls. The list drops what was read once that is half
-    of it (an amortised O(1) shift), so read events live at most as long as unread ones."""
+    run); these methods are native calls. A slot read holds a shared placeholder, and the
+    list drops those slots once they are half of it (an amortised O(1) shift)."""
 
     __slots__ = ("_head", "_items")
 
@@ -179,10 +187,13 @@ class Lane:
         return items[head] if head < len(items) else None
 
     def popleft(self) -> Event:
-        """Remove and return the oldest event (IndexError when empty)."""
+        """Remove and return the oldest event (IndexError when empty). Its slot gets a
+        shared placeholder: an event read but still in the list would keep its payload
+        (blocks, messages) alive until the next shift (N=3,000 to t=4 s: +22 MiB RSS)."""
         items = self._items
         head = self._head
         event = items[head]
+        items[head] = _SPENT
         head += 1
         if head >= 64 and 2 * head >= len(items):
             del items[:head]
