@@ -220,3 +220,49 @@ async def test_a_peer_granted_a_turn_is_sent_to_from_its_receive_callback() -> N
     rig.ask("b", 1)  # a's piece holds the budget: b's task waits its turn
     assert rig.log == [("a", PIECE)]
     assert rig.peers["b"].upload_wakeup.is_set()
+
+
+async def test_a_peer_seen_drained_is_not_asked_again_until_written_to() -> None:
+    rig = Rig(["a", "b", "c"])
+    reads: list[str] = []
+    for name, peer in rig.peers.items():
+        tr = peer.proto.transport
+        size = tr.get_write_buffer_size
+
+        def counted(name: str = name, size: Any = size) -> int:
+            reads.append(name)
+            return int(size())
+
+        tr.get_write_buffer_size = counted
+    for i, name in enumerate("abc"):
+        rig.ask(name, i)
+    rig.serve()
+    await rig.settle()
+    assert rig.log == [("a", PIECE)]
+    assert "b" not in reads and "c" not in reads  # never written to: nothing queued
+    rig.drain("a", PIECE)  # a's piece left
+    rig.up._wake_granted()
+    await rig.settle()
+    assert rig.log[1:] == [("b", PIECE)]
+    reads.clear()
+    rig.drain("b", PIECE)
+    rig.up._wake_granted()
+    await rig.settle()
+    assert rig.log[2:] == [("c", PIECE)]
+    assert "a" not in reads  # read once as empty: not asked again
+
+
+async def test_the_timer_looks_again_once_half_the_budget_has_left() -> None:
+    """Not every 5 ms while a waiting peer's room grows a block at a time: the pass
+    after a write looks again once half the 64 KiB budget could have left."""
+    rig = Rig(["a", "b"])
+    rig.swarm.up.add(2_500_000, 0.0)  # 20 mbit measured: 64 KiB budget, 32 KiB half
+    rig.ask("a", 0)
+    rig.ask("b", 1)
+    rig.serve()
+    await rig.settle()
+    assert rig.log == [("a", PIECE)]  # a's 64 KiB fill the budget; b waits
+    rig.up._wake_granted()
+    rate = rig.swarm.up.rate(0.0)  # 20 mbit and a's piece
+    assert rig.up._turn_due == (PIECE - PIECE + PIECE // 2) / rate  # ~13 ms, not 5
+    await rig.close()
