@@ -217,9 +217,29 @@ async def test_a_peer_granted_a_turn_is_sent_to_from_its_receive_callback() -> N
     rig.ask("a", 0)
     assert rig.log == [("a", PIECE)]
     assert not rig.peers["a"].upload_wakeup.is_set()
-    rig.ask("b", 1)  # a's piece holds the budget: b's task waits its turn
+    rig.ask("b", 1)  # a's piece holds the budget: b waits its turn, parked
     assert rig.log == [("a", PIECE)]
-    assert rig.peers["b"].upload_wakeup.is_set()
+    assert rig.peers["b"] in rig.up._parked
+
+
+async def test_a_peer_waiting_only_for_its_turn_is_written_by_the_grants_pass() -> None:
+    """No task wakes for it (three wake-ups a piece at 32 KiB pieces): the pass that
+    grants the turn writes the blocks, and parks the peer again for its next piece."""
+    rig = Rig(["a", "b"])  # no serving tasks: only what the callbacks send
+    rig.ask("a", 0)
+    rig.ask("b", 1)
+    rig.ask("b", 2)
+    assert rig.log == [("a", PIECE)]
+    rig.drain("a", BLOCK_SIZE)
+    rig.up._wake_granted()  # the look-again timer
+    assert rig.log[1:] == [("b", PIECE)]  # b's first piece, from the pass itself
+    assert rig.peers["b"] in rig.up._parked  # its second waits the next turn
+    rig.drain("a", PIECE)
+    rig.drain("b", PIECE)
+    rig.up._wake_granted()
+    assert rig.log[2:] == [("b", PIECE)]
+    assert not rig.up._parked
+    assert not rig.peers["b"].upload_wakeup.is_set()  # its task was never needed
 
 
 async def test_a_peer_seen_drained_is_not_asked_again_until_written_to() -> None:
