@@ -286,3 +286,24 @@ async def test_the_timer_looks_again_once_half_the_budget_has_left() -> None:
     rate = rig.swarm.up.rate(0.0)  # 20 mbit and a's piece
     assert rig.up._turn_due == (PIECE - PIECE + PIECE // 2) / rate  # ~13 ms, not 5
     await rig.close()
+
+
+async def test_writes_and_new_requests_start_no_grants_pass_of_their_own() -> None:
+    """Neither frees room for a waiting peer: only the kernel sending does (the timer's
+    look again). A pass after each (~4 a piece at 32 KiB pieces) granted nothing."""
+    rig = Rig(["a", "b", "c", "d"])  # no serving tasks: only what the callbacks send
+    rig.ask("a", 0)
+    rig.ask("b", 1)
+    await rig.settle()
+    passes = rig.grant_passes
+    rig.ask("c", 2)  # c's own grant is computed as it asks: one pass, no second
+    await rig.settle()
+    assert rig.grant_passes == passes + 1
+    assert rig.log == [("a", PIECE)]
+    rig.drain("a", PIECE)
+    rig.up._wake_granted()  # the timer: b, first in turn, is written
+    passes = rig.grant_passes
+    await rig.settle()
+    assert rig.log[1:] == [("b", PIECE)]
+    assert rig.grant_passes == passes  # b's write started none
+    await rig.close()

@@ -130,8 +130,11 @@ class Uploader:
         #: peers written to since _queued last read their queue as empty: the others have
         #: nothing queued (only our writes fill it), so no kernel call asks (see _queued)
         self._unsent: set[Hashable] = set()
-        #: how long peers refused a turn wait before looking again (see turn_wait)
+        #: how long peers refused a turn wait before looking again (see turn_wait), from
+        #: the excess bytes and the upload rate of the last grants pass
         self._turn_due = _TURN_POLL
+        self._turn_excess = 0
+        self._turn_rate = 0.0
 
     def _queued(self, handle: Hashable) -> int:
         """Bytes written to ``handle`` and not sent yet: the transport's buffer plus the
@@ -182,8 +185,7 @@ class Uploader:
         soon as there is room: the room grows by a block every few ms as the kernel
         sends, and at 32 KiB pieces the 5 ms look-again passes (a kernel call per peer
         holding bytes, and a task's wake-up for each block of room) cost the lab's peers
-        more CPU than the turns gained; the half left still keeps the uplink busy. A
-        write or a peer's new requests still look again at once."""
+        more CPU than the turns gained; the half left still keeps the uplink busy."""
         t = self.torrent
         ahead = 0
 
@@ -198,15 +200,24 @@ class Uploader:
         budget = swarm.upload_budget(now)
         least = min(budget >> 1, t.meta.piece_length)
         grants = self._grants = dict(swarm.upload_grants(queued, now))
-        self._turn_due = turn_wait(ahead - budget + least, swarm.up.rate(now))
+        rate = self._turn_rate = swarm.up.rate(now)
+        excess = self._turn_excess = ahead - budget + least
+        self._turn_due = turn_wait(excess, rate)
         return grants
 
     def _turns_moved(self) -> None:
-        """Bytes were written or a peer's queue filled: the grants are stale. Waiting
-        peers hear of it once, from one pass at the end of this loop iteration."""
+        """Bytes were written or a peer's queue filled: the grants are stale, but no
+        waiting peer gains a turn by it, so the next look is still the timer's.
+
+        Why not a pass at once: a write only adds to what is queued ahead, and a peer
+        whose queue fills takes its place in turn (its own grant is computed as it
+        asks: :meth:`_serve_now`); neither frees room for another. Only the kernel
+        sending does, or a peer leaving, and the timer looks for both. The pass after
+        each write and each request (~4 passes a piece at 32 KiB pieces) granted
+        nothing and cost the netns lab's peers CPU."""
         self._grants = None
         if self._waiters or self._parked:
-            self._schedule_regrant(0.0)
+            self._schedule_regrant(self._turn_due)
 
     def _schedule_regrant(self, delay: float) -> None:
         """Run :meth:`_wake_granted` in ``delay`` s, unless it runs sooner already."""
@@ -231,12 +242,17 @@ class Uploader:
             return
         grants = self._grants_now()
         if parked:
+            up = self.torrent.swarm.up
+            sent = up.total
             for handle, grant in grants.items():  # in turn order
                 if handle in parked:
                     del parked[handle]
                     self._serve_parked(cast(Peer, handle), grant)
             for handle in [h for h in parked if cast(Peer, h).closed]:
                 del parked[handle]
+            if up.total != sent:  # what this pass wrote leaves before the look again
+                self._turn_due = turn_wait(self._turn_excess + up.total - sent,
+                                           self._turn_rate)
         woken = [h for h in grants if h in waiters]  # in turn order
         woken += [h for h in waiters if cast(Peer, h).closed]
         for handle in woken:
@@ -462,7 +478,7 @@ class Uploader:
                 or incoming[0].index not in self._cache or not self._inline(peer)):
             return False  # no turns, its task waits already, or a read is due
         self._parked[peer] = None
-        self._schedule_regrant(0.0 if self._grants is None else self._turn_due)
+        self._schedule_regrant(self._turn_due)
         return True
 
     def _serve_parked(self, peer: Peer, grant: int) -> None:
