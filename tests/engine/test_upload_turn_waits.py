@@ -307,3 +307,20 @@ async def test_writes_and_new_requests_start_no_grants_pass_of_their_own() -> No
     assert rig.log[1:] == [("b", PIECE)]
     assert rig.grant_passes == passes  # b's write started none
     await rig.close()
+
+
+async def test_a_timer_that_ran_late_lets_more_be_written_ahead() -> None:
+    """What is written ahead must last until we run again: a host short of CPU runs
+    its timer late, and its uplink ran dry (netns lab N=32 on 2 cores)."""
+    rig = Rig(["a", "b"])
+    rig.swarm.up.add(2_500_000, 0.0)  # 20 mbit measured: a 64 KiB budget
+    rig.ask("a", 0)
+    rig.ask("b", 1)
+    await rig.settle()
+    assert rig.log == [("a", PIECE)]  # a's piece fills the budget: b waits
+    rig.up._wake_granted()  # on time: still no room
+    assert rig.log == [("a", PIECE)]
+    rig.up._regrant_at = asyncio.get_running_loop().time() - 0.03
+    rig.up._on_timer()  # 30 ms late: ~75 KB more may be ahead
+    assert rig.log[1:] == [("b", PIECE)]  # though a's piece has not left
+    await rig.close()

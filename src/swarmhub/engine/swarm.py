@@ -1365,8 +1365,8 @@ class Swarm:
         self._budget = budget
         return budget
 
-    def upload_grants(self, queued: Callable[[Hashable], int],
-                      now: float) -> list[tuple[Hashable, int]]:
+    def upload_grants(self, queued: Callable[[Hashable], int], now: float,
+                      slack: int = 0) -> list[tuple[Hashable, int]]:
         """Which peers the driver writes blocks to now, and up to how many bytes each (at
         least one block): in turn order, until what is written and not yet sent
         (``queued(handle)``, the driver's count) reaches :meth:`upload_budget`.
@@ -1381,8 +1381,13 @@ class Swarm:
         below a piece written ahead (its own send buffer still limits it); the budget
         lets the next peers in while that drains, so the uplink stays busy (a socket
         whose buffer runs dry stalls). With the setting off every peer with requests
-        gets an unlimited grant."""
+        gets an unlimited grant.
+
+        ``slack``: bytes the driver adds to a non-zero budget, what leaves while it
+        waits to run again (a host short of CPU runs its timers late: see the driver)."""
         budget = self.upload_budget(now)
+        if budget:
+            budget += slack
         peers = self.peers
         order = self.upload_order
         out: list[tuple[Hashable, int]] = []
