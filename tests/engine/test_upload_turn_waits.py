@@ -320,7 +320,30 @@ async def test_a_timer_that_ran_late_lets_more_be_written_ahead() -> None:
     assert rig.log == [("a", PIECE)]  # a's piece fills the budget: b waits
     rig.up._wake_granted()  # on time: still no room
     assert rig.log == [("a", PIECE)]
-    rig.up._regrant_at = asyncio.get_running_loop().time() - 0.03
-    rig.up._on_timer()  # 30 ms late: ~75 KB more may be ahead
+    rig.up._regrant_at = asyncio.get_running_loop().time() - 0.02
+    rig.up._on_timer()  # 20 ms late: ~51 KB more may be ahead
+    assert not rig.up._late()  # less than a piece's time: still in turns
     assert rig.log[1:] == [("b", PIECE)]  # though a's piece has not left
+    await rig.close()
+
+
+async def test_turns_are_off_while_we_run_later_than_a_piece_takes_to_leave() -> None:
+    """A host that wakes later than a piece's send time lets its uplink run dry between
+    turns (the netns lab's CPU-starved hub): every waiting peer is written to, and turns
+    come back once the lateness has decayed."""
+    rig = Rig(["a", "b", "c"])
+    rig.swarm.up.add(2_500_000, 0.0)  # 20 mbit: a 64 KiB piece leaves in ~26 ms
+    for i, name in enumerate("abc"):
+        rig.ask(name, i)
+    await rig.settle()
+    assert rig.log == [("a", PIECE)]
+    loop = asyncio.get_running_loop()
+    rig.up._regrant_at = loop.time() - 0.04
+    rig.up._on_timer()  # 40 ms late
+    assert rig.up._late()
+    assert sorted(rig.log[1:]) == [("b", PIECE), ("c", PIECE)]
+    rig.up.note_late(0.0)  # later reports on time: the maximum decays
+    rig.up._lag_at -= 10.0  # as if 10 s had passed (5 half-lives)
+    rig.up.note_late(0.0)
+    assert not rig.up._late()
     await rig.close()
