@@ -167,16 +167,15 @@ class Settings:
         "ahead across all peers, in turn order, so the peer asking longest gets its piece "
         "whole first instead of every peer a slice at once (a piece done in 0.1 s, not "
         "0.5 s, is shareable sooner), while a piece takes at least upload_turn_piece_time "
-        "to send; 0 = never (each peer fills its own send buffer). Why only long pieces: "
-        "at the lab's 32 KiB (13 ms at 20 mbit) the netns lab paid peer CPU for them and "
-        "gained nothing (N=32 p2p: 0.05 1.57x vs off 1.36x; 0.01 1.33-1.58x vs "
-        "1.25-1.28x)", lo=0.0
+        "to send; 0 = never (each peer fills its own send buffer)", lo=0.0
     )
     upload_turn_piece_time: float = _f(
-        0.05, "upload turns apply while one piece takes at least this many seconds to send "
+        0.01, "upload turns apply while one piece takes at least this many seconds to send "
         "at our measured upload rate (no rate yet counts as long): 256 KiB pieces over "
-        "20 mbit take 0.1 s, 32 KiB 13 ms; 0 = always (with upload_ahead). Pieces "
-        "under 64 KiB never go in turns (the least budget holds two whole)", lo=0.0
+        "20 mbit take 0.1 s, 32 KiB 13 ms (in turns since cliff-30: lab simulate p2p "
+        "N=64/256 1.143/1.184 -> 1.111/1.157x the bound; at 0.05 the netns lab once paid "
+        "peer CPU for them, N=32 p2p 1.33-1.58x vs 1.25-1.28x); 0 = always (with "
+        "upload_ahead)", lo=0.0
     )
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)

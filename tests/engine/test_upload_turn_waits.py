@@ -217,6 +217,133 @@ async def test_a_peer_granted_a_turn_is_sent_to_from_its_receive_callback() -> N
     rig.ask("a", 0)
     assert rig.log == [("a", PIECE)]
     assert not rig.peers["a"].upload_wakeup.is_set()
-    rig.ask("b", 1)  # a's piece holds the budget: b's task waits its turn
+    rig.ask("b", 1)  # a's piece holds the budget: b waits its turn, parked
     assert rig.log == [("a", PIECE)]
-    assert rig.peers["b"].upload_wakeup.is_set()
+    assert rig.peers["b"] in rig.up._parked
+
+
+async def test_a_peer_waiting_only_for_its_turn_is_written_by_the_grants_pass() -> None:
+    """No task wakes for it (three wake-ups a piece at 32 KiB pieces): the pass that
+    grants the turn writes the blocks, and parks the peer again for its next piece."""
+    rig = Rig(["a", "b"])  # no serving tasks: only what the callbacks send
+    rig.ask("a", 0)
+    rig.ask("b", 1)
+    rig.ask("b", 2)
+    assert rig.log == [("a", PIECE)]
+    rig.drain("a", BLOCK_SIZE)
+    rig.up._wake_granted()  # the look-again timer
+    assert rig.log[1:] == [("b", PIECE)]  # b's first piece, from the pass itself
+    assert rig.peers["b"] in rig.up._parked  # its second waits the next turn
+    rig.drain("a", PIECE)
+    rig.drain("b", PIECE)
+    rig.up._wake_granted()
+    assert rig.log[2:] == [("b", PIECE)]
+    assert not rig.up._parked
+    assert not rig.peers["b"].upload_wakeup.is_set()  # its task was never needed
+
+
+async def test_a_peer_seen_drained_is_not_asked_again_until_written_to() -> None:
+    rig = Rig(["a", "b", "c"])
+    reads: list[str] = []
+    for name, peer in rig.peers.items():
+        tr = peer.proto.transport
+        size = tr.get_write_buffer_size
+
+        def counted(name: str = name, size: Any = size) -> int:
+            reads.append(name)
+            return int(size())
+
+        tr.get_write_buffer_size = counted
+    for i, name in enumerate("abc"):
+        rig.ask(name, i)
+    rig.serve()
+    await rig.settle()
+    assert rig.log == [("a", PIECE)]
+    assert "b" not in reads and "c" not in reads  # never written to: nothing queued
+    rig.drain("a", PIECE)  # a's piece left
+    rig.up._wake_granted()
+    await rig.settle()
+    assert rig.log[1:] == [("b", PIECE)]
+    reads.clear()
+    rig.drain("b", PIECE)
+    rig.up._wake_granted()
+    await rig.settle()
+    assert rig.log[2:] == [("c", PIECE)]
+    assert "a" not in reads  # read once as empty: not asked again
+
+
+async def test_the_timer_looks_again_once_half_the_budget_has_left() -> None:
+    """Not every 5 ms while a waiting peer's room grows a block at a time: the pass
+    after a write looks again once half the 64 KiB budget could have left."""
+    rig = Rig(["a", "b"])
+    rig.swarm.up.add(2_500_000, 0.0)  # 20 mbit measured: 64 KiB budget, 32 KiB half
+    rig.ask("a", 0)
+    rig.ask("b", 1)
+    rig.serve()
+    await rig.settle()
+    assert rig.log == [("a", PIECE)]  # a's 64 KiB fill the budget; b waits
+    rig.up._wake_granted()
+    rate = rig.swarm.up.rate(0.0)  # 20 mbit and a's piece
+    assert rig.up._turn_due == (PIECE - PIECE + PIECE // 2) / rate  # ~13 ms, not 5
+    await rig.close()
+
+
+async def test_writes_and_new_requests_start_no_grants_pass_of_their_own() -> None:
+    """Neither frees room for a waiting peer: only the kernel sending does (the timer's
+    look again). A pass after each (~4 a piece at 32 KiB pieces) granted nothing."""
+    rig = Rig(["a", "b", "c", "d"])  # no serving tasks: only what the callbacks send
+    rig.ask("a", 0)
+    rig.ask("b", 1)
+    await rig.settle()
+    passes = rig.grant_passes
+    rig.ask("c", 2)  # c's own grant is computed as it asks: one pass, no second
+    await rig.settle()
+    assert rig.grant_passes == passes + 1
+    assert rig.log == [("a", PIECE)]
+    rig.drain("a", PIECE)
+    rig.up._wake_granted()  # the timer: b, first in turn, is written
+    passes = rig.grant_passes
+    await rig.settle()
+    assert rig.log[1:] == [("b", PIECE)]
+    assert rig.grant_passes == passes  # b's write started none
+    await rig.close()
+
+
+async def test_a_timer_that_ran_late_lets_more_be_written_ahead() -> None:
+    """What is written ahead must last until we run again: a host short of CPU runs
+    its timer late, and its uplink ran dry (netns lab N=32 on 2 cores)."""
+    rig = Rig(["a", "b"])
+    rig.swarm.up.add(2_500_000, 0.0)  # 20 mbit measured: a 64 KiB budget
+    rig.ask("a", 0)
+    rig.ask("b", 1)
+    await rig.settle()
+    assert rig.log == [("a", PIECE)]  # a's piece fills the budget: b waits
+    rig.up._wake_granted()  # on time: still no room
+    assert rig.log == [("a", PIECE)]
+    rig.up._regrant_at = asyncio.get_running_loop().time() - 0.02
+    rig.up._on_timer()  # 20 ms late: ~51 KB more may be ahead
+    assert not rig.up._late()  # less than a piece's time: still in turns
+    assert rig.log[1:] == [("b", PIECE)]  # though a's piece has not left
+    await rig.close()
+
+
+async def test_turns_are_off_while_we_run_later_than_a_piece_takes_to_leave() -> None:
+    """A host that wakes later than a piece's send time lets its uplink run dry between
+    turns (the netns lab's CPU-starved hub): every waiting peer is written to, and turns
+    come back once the lateness has decayed."""
+    rig = Rig(["a", "b", "c"])
+    rig.swarm.up.add(2_500_000, 0.0)  # 20 mbit: a 64 KiB piece leaves in ~26 ms
+    for i, name in enumerate("abc"):
+        rig.ask(name, i)
+    await rig.settle()
+    assert rig.log == [("a", PIECE)]
+    loop = asyncio.get_running_loop()
+    rig.up._regrant_at = loop.time() - 0.04
+    rig.up._on_timer()  # 40 ms late
+    assert rig.up._late()
+    assert sorted(rig.log[1:]) == [("b", PIECE), ("c", PIECE)]
+    rig.up.note_late(0.0)  # later reports on time: the maximum decays
+    rig.up._lag_at -= 10.0  # as if 10 s had passed (5 half-lives)
+    rig.up.note_late(0.0)
+    assert not rig.up._late()
+    await rig.close()

@@ -158,23 +158,43 @@ def test_turns_only_while_a_piece_takes_long_at_our_upload_rate() -> None:
     assert [h for h, _ in s.upload_grants(lambda _p: 0, 0.6)] == ["a", "b", "c"]
 
 
-def test_pieces_smaller_than_the_least_budget_never_go_in_turns() -> None:
-    """32 KiB pieces (the lab's): two fit in the least budget written ahead, so turns
-    would not change what leaves first; every peer gets its requests at once, even
-    before any rate is measured (when longer pieces go in turns)."""
+def test_small_pieces_go_in_turns_at_a_link_rate_but_not_at_a_fast_one() -> None:
+    """32 KiB pieces (what ``create`` picks for 32 MiB) go one whole piece at a time at
+    the defaults while a piece takes >= 10 ms (20 mbit: 13 ms), before any rate too;
+    at a rate that sends one in less (100 mbit: 2.6 ms) every peer gets its requests
+    at once. Why: the least budget (64 KiB) holds two such pieces, but the turns still
+    decide which two leave first; with every unchoked peer fed at once (eight slots at
+    this piece size) each got its piece after eight piece times (``lab simulate`` p2p
+    N=256: 1.184 -> 1.157x the bound)."""
     small = 2 * BLOCK_SIZE
-    s = Swarm(8, small, 8 * small, Settings(super_seeding=False, upload_ahead=0.02),
+    s = Swarm(8, small, 8 * small, Settings(super_seeding=False),
               rng=random.Random(3), now=0.0, have=b"\x01" * 8)
-    for i, name in enumerate(["a", "b"]):
+    names = ["a", "b", "c", "d"]
+    for i, name in enumerate(names):
         s.connected(name, (f"10.0.0.{i + 1}", 6881), name.encode().ljust(20, b"-"),
                     fast=True, now=0.0)
         s.message(name, m.Interested(), 0.0)
     s.tick(0.0)
-    for i, p in enumerate(["a", "b"]):
+    for i, p in enumerate(names):
         for begin in range(0, small, BLOCK_SIZE):
             s.message(p, m.Request(i, begin, BLOCK_SIZE), 0.0)
-    assert s.upload_budget(0.0) == 0
-    assert [h for h, _ in s.upload_grants(lambda _p: 0, 0.0)] == ["a", "b"]
+    assert s.upload_budget(0.0) == 4 * BLOCK_SIZE  # no rate yet: turns
+    assert s.upload_grants(lambda _p: 0, 0.0) == [("a", small), ("b", small)]
+    s.up.add(2_500_000, 0.5)  # 20 mbit over the last second: 13 ms a piece
+    assert s.upload_budget(0.6) == 4 * BLOCK_SIZE
+    assert s.upload_grants(lambda _p: 0, 0.6) == [("a", small), ("b", small)]
+    queued = {}
+    for p in ("a", "b"):  # the driver writes a's and b's pieces
+        served = list(s.peer(p).incoming)
+        s.peer(p).incoming.clear()
+        s.blocks_sent(p, served, small, 0.6)
+        queued[p] = small
+    assert s.upload_grants(lambda p: queued.get(p, 0), 0.6) == []  # c, d wait their turn
+    queued["a"] = 0  # a's piece left
+    assert s.upload_grants(lambda p: queued.get(p, 0), 0.6) == [("c", small)]
+    s.up.add(10_000_000, 0.7)  # ~100 mbit: a piece in under 3 ms
+    assert s.upload_budget(0.8) == 0
+    assert [h for h, _ in s.upload_grants(lambda _p: 0, 0.8)] == ["c", "d"]  # all at once
 
 
 def test_the_budget_kept_per_instant_follows_every_byte_sent() -> None:

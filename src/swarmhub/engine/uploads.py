@@ -35,6 +35,12 @@ _SIOCOUTQNSD = 0x894B
 #: the kernel drains the other peers' send queues without telling us
 _TURN_POLL = 0.005
 _TURN_POLL_MAX = 0.05
+#: how late our timers ran is kept as a decaying maximum that halves every _LAG_HALF_LIFE
+#: s (long enough to hold between the 1 s tick's reports while turns are off, short
+#: enough that one stall turns them off for seconds, not the run), at most _LAG_MAX s (a
+#: stalled loop is not a budget)
+_LAG_HALF_LIFE = 2.0
+_LAG_MAX = 0.1
 #: Most pieces :meth:`Uploader.keep_written` keeps (the oldest kept goes first; pieces
 #: read from disk are not counted). Why a bound of its own: a copy lands in fresh memory
 #: until its piece leaves the cache, and a 32 MiB cache never dropped one of a 32 MiB
@@ -118,18 +124,39 @@ class Uploader:
         self._grants: dict[Hashable, int] | None = None
         #: peers waiting their turn, each woken alone when it is granted one
         self._waiters: dict[Hashable, asyncio.Future[None]] = {}
+        #: peers waiting their turn with nothing else in the way (their next piece cached,
+        #: their socket writable, no limit or SHA-1 check): the grants pass writes to them
+        #: itself, with no task to wake (see _serve_parked)
+        self._parked: dict[Hashable, None] = {}
         #: the one pass that recomputes the grants and wakes the granted waiters: soon
         #: after a change, or on the timer when only the kernel moved (bytes left)
         self._regrant: asyncio.Handle | None = None
         self._regrant_at = 0.0
         self._fds: dict[Hashable, int] = {}  # socket descriptors by peer, for _queued
-        #: how long peers refused a turn wait before looking again (see turn_wait)
+        #: peers written to since _queued last read their queue as empty: the others have
+        #: nothing queued (only our writes fill it), so no kernel call asks (see _queued)
+        self._unsent: set[Hashable] = set()
+        #: how long peers refused a turn wait before looking again (see turn_wait), from
+        #: the excess bytes and the upload rate of the last grants pass
         self._turn_due = _TURN_POLL
+        self._turn_excess = 0
+        self._turn_rate = 0.0
+        #: how late our timers have run lately, s, as of loop time _lag_at (see
+        #: note_late, _late and _grants_now)
+        self._lag = 0.0
+        self._lag_at = 0.0
 
     def _queued(self, handle: Hashable) -> int:
         """Bytes written to ``handle`` and not sent yet: the transport's buffer plus the
         kernel's unsent queue (where most of it sits: the transport writes straight
-        through until the socket is full)."""
+        through until the socket is full).
+
+        Why the ``_unsent`` set: the grants read every peer in turn, and each read was an
+        ioctl; most of them had sent their piece long ago (netns lab N=32, turns at 32 KiB
+        pieces: +0.2-0.5 CPU-s a peer). Only a peer written to since its queue was last
+        seen empty is asked; our control messages (a few bytes) are not counted."""
+        if handle not in self._unsent:
+            return 0
         proto = getattr(handle, "proto", None)
         tr = proto.transport if proto is not None else None
         if tr is None:
@@ -142,17 +169,45 @@ class Uploader:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 n += struct.unpack("i", fcntl.ioctl(fd, _SIOCOUTQNSD, b"\0\0\0\0"))[0]
+        if not n:
+            self._unsent.discard(handle)
         return n
 
     def _grant(self, peer: Peer) -> int:
         """Bytes ``peer`` may write now in the core's upload turns (0: wait)."""
         t = self.torrent
-        if not t.settings.upload_ahead or not t.swarm.upload_budget(t.clock()):
-            return 1 << 20  # no turns (or a piece leaves fast): each its own buffer
+        if (not t.settings.upload_ahead or not t.swarm.upload_budget(t.clock())
+                or self._late()):
+            return 1 << 20  # no turns (a piece leaves fast, or we run late): no limit
         grants = self._grants
         if grants is None:
             grants = self._grants_now()
         return grants.get(peer, 0)
+
+    def _late(self) -> bool:
+        """Do we run later than a piece takes to leave? Then turns are off: a turn gains
+        a few piece times, and a host that wakes later than that lets its uplink run dry
+        between turns. On a host with CPU to spare ``_lag`` is ~0 and turns are as the
+        core (and ``lab simulate``) has them.
+
+        Why: in the netns lab N=32 on 2 cores (33 processes) the hybrid hub's passes ran
+        30 ms late on average (72 % over 20 ms) and the median peer's 9.5 ms, where a
+        32 KiB piece leaves in 13 ms at 20 mbit: hybrid 1.22-1.32 -> 1.42-1.50x the
+        bound with turns, p2p no better than without."""
+        lag = self._lag
+        if not lag:
+            return False
+        t = self.torrent
+        return lag * t.swarm.up.rate(t.clock()) > t.meta.piece_length
+
+    def note_late(self, late: float) -> None:
+        """A timer of ours ran ``late`` s after its due time: keep the decaying maximum
+        that :meth:`_late` and the budget's slack read (the torrent's 1 s tick reports
+        too, so the figure moves while turns are off and no turn timer runs)."""
+        now = asyncio.get_running_loop().time()
+        kept = self._lag * 0.5 ** ((now - self._lag_at) / _LAG_HALF_LIFE)
+        self._lag = min(_LAG_MAX, max(late, kept))
+        self._lag_at = now
 
     def _grants_now(self) -> dict[Hashable, int]:
         """The core's grants, computed once and kept until the next change.
@@ -160,7 +215,19 @@ class Uploader:
         Why kept: each write woke every waiting peer (one shared Event), and each asked
         the core again, which read every peer's send queue (a syscall each): ~P^2
         syscalls and wake-ups per write (netns lab N=32 p2p with turns: 1.58 -> 3.26x
-        the bound, median peer CPU 1.21 -> 2.15 CPU-s)."""
+        the bound, median peer CPU 1.21 -> 2.15 CPU-s).
+
+        Why the timer looks again once half the budget (or a piece) has left, not as
+        soon as there is room: the room grows by a block every few ms as the kernel
+        sends, and at 32 KiB pieces the 5 ms look-again passes (a kernel call per peer
+        holding bytes, and a task's wake-up for each block of room) cost the lab's peers
+        more CPU than the turns gained; the half left still keeps the uplink busy.
+
+        Why the budget grows by what leaves in ``_lag``: the queue written ahead must
+        last until we run again, and a host short of CPU runs late (netns lab N=32 on 2
+        cores, 33 processes: the median peer's look-again passes ran 12 ms late on
+        average, 19 % of them over 20 ms, where 64 KiB ahead last 26 ms at 20 mbit; its
+        uplink ran dry, 1.2 -> 1.3-1.6x the bound). An idle host adds ~nothing."""
         t = self.torrent
         ahead = 0
 
@@ -172,16 +239,34 @@ class Uploader:
 
         now = t.clock()
         swarm = t.swarm
-        grants = self._grants = dict(swarm.upload_grants(queued, now))
-        self._turn_due = turn_wait(ahead - swarm.upload_budget(now), swarm.up.rate(now))
+        if self._late():  # turns off: every waiting peer goes (see _late)
+            grants = self._grants = {
+                h: 1 << 20 for h in swarm.upload_order
+                if (ps := swarm.peers.get(h)) is not None and ps.incoming}
+            self._turn_due = _TURN_POLL_MAX
+            return grants
+        rate = self._turn_rate = swarm.up.rate(now)
+        slack = int(rate * self._lag)
+        budget = swarm.upload_budget(now) + slack
+        least = min(budget >> 1, t.meta.piece_length)
+        grants = self._grants = dict(swarm.upload_grants(queued, now, slack))
+        excess = self._turn_excess = ahead - budget + least
+        self._turn_due = turn_wait(excess, rate)
         return grants
 
     def _turns_moved(self) -> None:
-        """Bytes were written or a peer's queue filled: the grants are stale. Waiting
-        peers hear of it once, from one pass at the end of this loop iteration."""
+        """Bytes were written or a peer's queue filled: the grants are stale, but no
+        waiting peer gains a turn by it, so the next look is still the timer's.
+
+        Why not a pass at once: a write only adds to what is queued ahead, and a peer
+        whose queue fills takes its place in turn (its own grant is computed as it
+        asks: :meth:`_serve_now`); neither frees room for another. Only the kernel
+        sending does, or a peer leaving, and the timer looks for both. The pass after
+        each write and each request (~4 passes a piece at 32 KiB pieces) granted
+        nothing and cost the netns lab's peers CPU."""
         self._grants = None
-        if self._waiters:
-            self._schedule_regrant(0.0)
+        if self._waiters or self._parked:
+            self._schedule_regrant(self._turn_due)
 
     def _schedule_regrant(self, delay: float) -> None:
         """Run :meth:`_wake_granted` in ``delay`` s, unless it runs sooner already."""
@@ -194,23 +279,41 @@ class Uploader:
             handle.cancel()
         self._regrant_at = at
         self._regrant = (loop.call_soon(self._wake_granted) if delay <= 0
-                         else loop.call_later(delay, self._wake_granted))
+                         else loop.call_later(delay, self._on_timer))
+
+    def _on_timer(self) -> None:
+        """The look-again timer: note how late it ran (see _grants_now), then the pass."""
+        self.note_late(asyncio.get_running_loop().time() - self._regrant_at)
+        self._wake_granted()
 
     def _wake_granted(self) -> None:
         """Recompute the grants and wake only the waiting peers granted a turn (and those
         closed, to leave); look again after turn_wait while any still waits: the kernel
         drains the send queues without telling us."""
         self._regrant = None
-        waiters = self._waiters
-        if not waiters:
+        waiters, parked = self._waiters, self._parked
+        if not waiters and not parked:
             return
-        woken = [h for h in self._grants_now() if h in waiters]  # in turn order
+        grants = self._grants_now()
+        if parked:
+            up = self.torrent.swarm.up
+            sent = up.total
+            for handle, grant in grants.items():  # in turn order
+                if handle in parked:
+                    del parked[handle]
+                    self._serve_parked(cast(Peer, handle), grant)
+            for handle in [h for h in parked if cast(Peer, h).closed]:
+                del parked[handle]
+            if up.total != sent:  # what this pass wrote leaves before the look again
+                self._turn_due = turn_wait(self._turn_excess + up.total - sent,
+                                           self._turn_rate)
+        woken = [h for h in grants if h in waiters]  # in turn order
         woken += [h for h in waiters if cast(Peer, h).closed]
         for handle in woken:
             fut = waiters.pop(handle, None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-        if waiters:
+        if waiters or parked:
             self._schedule_regrant(self._turn_due)
 
     async def _wait_turn(self, peer: Peer) -> None:
@@ -399,16 +502,51 @@ class Uploader:
             return
         if t.settings.upload_ahead:
             self._turns_moved()  # it may come first in turn now
-        if (peer.proto.writable
-                and not t.settings.upload_rate_limit and self._up_limiter.unlimited
-                and (self._verifier is None or not self._speaks_v1(peer))):
+        if peer in self._parked:
+            return  # the grants pass writes to it
+        if self._inline(peer):
             grant = self._grant(peer)  # its turn's bytes (1 MiB without turns)
             if grant and self._send_cached(peer, ps.incoming, None, min(grant, 1 << 20),
                                            False):
                 t._flush()
-            if not ps.incoming:
+            if not ps.incoming or self._park(peer, ps.incoming, grant):
                 return
         peer.upload_wakeup.set()
+
+    def _inline(self, peer: Peer) -> bool:
+        """May blocks go to ``peer`` from a callback, with no task? (its socket takes
+        them, no rate limit applies and no SHA-1 check is due first)"""
+        t = self.torrent
+        return (peer.proto.writable
+                and not t.settings.upload_rate_limit and self._up_limiter.unlimited
+                and (self._verifier is None or not self._speaks_v1(peer)))
+
+    def _park(self, peer: Peer, incoming: RequestQueue, grant: int) -> bool:
+        """Leave ``peer``, whose requests wait only for its upload turn, to the grants
+        pass (True), not to its task; False when something else is in the way.
+
+        Why: at 32 KiB pieces a peer waits a turn for nearly every piece, and each wait
+        in its task was ~3 wake-ups of it and as many grants passes (netns lab N=32:
+        +0.1-0.3 CPU-s a peer, which made the turns slower than none there)."""
+        if (grant >= 1 << 20 or peer in self._waiters or peer.closed
+                or incoming[0].index not in self._cache or not self._inline(peer)):
+            return False  # no turns, its task waits already, or a read is due
+        self._parked[peer] = None
+        self._schedule_regrant(self._turn_due)
+        return True
+
+    def _serve_parked(self, peer: Peer, grant: int) -> None:
+        """The grants pass gave parked ``peer`` a turn: write its blocks from here."""
+        t = self.torrent
+        ps = t.swarm.peers.get(peer)
+        if ps is None or peer.closed:
+            return
+        incoming = ps.incoming
+        if self._inline(peer) and self._send_cached(peer, incoming, None,
+                                                     min(grant, 1 << 20), False):
+            t._flush()
+        if incoming and not self._park(peer, incoming, 0):
+            peer.upload_wakeup.set()
 
     def _send_cached(self, peer: Peer, incoming: RequestQueue, v1_ok: bytearray | None,
                      batch: int, one: bool) -> bool:
@@ -432,6 +570,7 @@ class Uploader:
         if not served:
             return False
         peer.proto.writelines(peer.conn.send_pieces(served, cache))
+        self._unsent.add(peer)
         t.swarm.blocks_sent(peer, served, size, t.clock())
         if t.settings.upload_ahead:
             self._turns_moved()
@@ -454,6 +593,8 @@ class Uploader:
         finally:
             self._v1_peers -= v1
             self._fds.pop(peer, None)
+            self._unsent.discard(peer)
+            self._parked.pop(peer, None)
 
     async def _serve(self, peer: Peer, incoming: RequestQueue, v1: bool) -> None:
         t = self.torrent
