@@ -334,10 +334,7 @@ class Torrent(TorrentViews):
             self._flush()
             if self.pex_enabled:
                 self.pex.tick(now)
-            loop = asyncio.get_running_loop()
-            due = loop.time() + 1.0
-            await asyncio.sleep(1.0)
-            self.uploads.note_late(loop.time() - due)  # a host short of CPU: see _late
+            await self.uploads.sleep_noting_late(1.0)  # a host short of CPU: see _late
 
     async def _resume_loop(self) -> None:
         last = self.num_have

@@ -209,6 +209,14 @@ class Uploader:
         self._lag = min(_LAG_MAX, max(late, kept))
         self._lag_at = now
 
+    async def sleep_noting_late(self, seconds: float) -> None:
+        """``asyncio.sleep``, then :meth:`note_late` of how late it woke (the torrent's
+        tick: the lateness figure moves while turns are off and no turn timer runs)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + seconds
+        await asyncio.sleep(seconds)
+        self.note_late(loop.time() - due)
+
     def _grants_now(self) -> dict[Hashable, int]:
         """The core's grants, computed once and kept until the next change.
 
