@@ -513,13 +513,18 @@ class Uploader:
         if peer in self._parked:
             return  # the grants pass writes to it
         if self._inline(peer):
-            grant = self._grant(peer)  # its turn's bytes (1 MiB without turns)
-            if grant and self._send_cached(peer, ps.incoming, None, min(grant, 1 << 20),
-                                           False):
-                t._flush()
-            if not ps.incoming or self._park(peer, ps.incoming, grant):
-                return
-        peer.upload_wakeup.set()
+            self._write_turn(peer, ps.incoming, self._grant(peer))  # 1 MiB without turns
+        else:
+            peer.upload_wakeup.set()
+
+    def _write_turn(self, peer: Peer, incoming: RequestQueue, grant: int) -> None:
+        """Write what ``grant`` allows of ``peer``'s cached blocks from this callback;
+        what is left waits parked for its next turn, or for its task (a disk read, a
+        full socket, a SHA-1 check: see _park)."""
+        if grant and self._send_cached(peer, incoming, None, min(grant, 1 << 20), False):
+            self.torrent._flush()
+        if incoming and not self._park(peer, incoming, grant):
+            peer.upload_wakeup.set()
 
     def _inline(self, peer: Peer) -> bool:
         """May blocks go to ``peer`` from a callback, with no task? (its socket takes
@@ -549,11 +554,9 @@ class Uploader:
         ps = t.swarm.peers.get(peer)
         if ps is None or peer.closed:
             return
-        incoming = ps.incoming
-        if self._inline(peer) and self._send_cached(peer, incoming, None,
-                                                     min(grant, 1 << 20), False):
-            t._flush()
-        if incoming and not self._park(peer, incoming, 0):
+        if self._inline(peer):
+            self._write_turn(peer, ps.incoming, grant)
+        elif ps.incoming:
             peer.upload_wakeup.set()
 
     def _send_cached(self, peer: Peer, incoming: RequestQueue, v1_ok: bytearray | None,
