@@ -11,7 +11,7 @@ import shutil
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,6 +28,24 @@ STRICT = os.environ.get("SWARMHUB_STRICT") == "1"
 # load 39 (530 ms for an 11-byte body), a verdict of the machine's load, not the code's.
 settings.register_profile("swarmhub", deadline=None)
 settings.load_profile("swarmhub")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Generator[None]:
+    """Name the failed tests again, last, one line each.
+
+    Why: a CI log is read from its tail, and with CI set pytest truncates nothing: one
+    failed comparison of two byte strings printed ~8,000 lines of diff in the short
+    summary, and the test's name scrolled out of the part of the log that was kept."""
+    try:
+        return (yield)
+    finally:
+        bad = [r.nodeid for key in ("failed", "error")
+               for r in terminalreporter.stats.get(key, [])]
+        if bad:
+            terminalreporter.write_line(f"{len(bad)} failed or in error:")
+            for nodeid in bad:
+                terminalreporter.write_line(f"  {nodeid}")
 
 
 def load_bench(name: str) -> ModuleType:
