@@ -45,6 +45,7 @@ MODULES = (
     "swarmhub.lab.netmodel",
     "swarmhub.lab.simservices",
     "swarmhub.lab.simulate",
+    "swarmhub.wire.messages",
 )
 PURE_ENV = "SWARMHUB_PURE"
 #: the build: extensions and manifest.json (paths as str: see the imports)
