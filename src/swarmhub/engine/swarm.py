@@ -69,6 +69,8 @@ _NOT_INTERESTED: Final = (m.NotInterested(),)
 #: a C static, where ``m.Have`` is a module-global lookup and an attribute lookup)
 _HAVE: Final = m.Have
 _REQUEST: Final = m.Request
+#: ``dict.pop`` itself, called with the dict (``d.pop(k, x)`` compiled is a call by name)
+_DICT_POP: Final = dict.pop
 #: the other types ``receive`` handles, likewise (a ``match`` there read each ``m.X`` and
 #: each keyword field by name: ~270 instructions a look-up, compiled)
 _UNCHOKE_T: Final = m.Unchoke
@@ -817,7 +819,7 @@ class Swarm:
         at = -1  # the piece of the previous block kept, and its sources (``src``)
         src: dict[int, Hashable] = {}
         for block in got:
-            asked = requested.pop(block, None)
+            asked = _DICT_POP(requested, block, None)
             if asked is None:
                 out.append(False)  # unrequested, cancelled or late duplicate: drop it
                 continue

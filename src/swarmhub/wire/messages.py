@@ -9,6 +9,14 @@ nothing about connection state, which lives in :mod:`swarmhub.wire.connection`.
 Frame layout after the handshake: ``<u32 length><u8 id><payload>``; length 0 is a
 keep-alive. All integers are big-endian. Don't subclass these classes: the codec and the
 connection dispatch on the exact type.
+
+This module is compiled with mypyc (see :mod:`swarmhub._compiled`): the classes are
+native, so compiled code (the swarm core, ``lab simulate``) reads their fields from the
+object, not by name. The messages made per block (Have, Request, Piece, Cancel,
+RejectRequest) spell out their ``__init__`` (``object.__setattr__``, as the dataclass's
+frozen one does), which compiles too; the generated one would stay interpreted. The
+:class:`MessageId` numbers are ``Final`` (constants compiled in, and still read from
+the class by interpreted code).
 """
 
 from __future__ import annotations
