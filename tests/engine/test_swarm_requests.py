@@ -28,7 +28,7 @@ def test_requests_are_the_objects_the_constructor_makes() -> None:
 def test_spelled_out_init_sets_every_field(cls: type) -> None:
     fields = dataclasses.fields(cls)
     assert all(f.init and f.default is dataclasses.MISSING for f in fields)
-    values = [b"xy" if f.type == "bytes" else 1000 + i for i, f in enumerate(fields)]
+    values = [b"xy" if f.type in ("bytes", bytes) else 1000 + i for i, f in enumerate(fields)]
     msg = cls(*values)
     assert dataclasses.astuple(msg) == tuple(values)
     assert msg == cls(**{f.name: v for f, v in zip(fields, values, strict=True)})
