@@ -1,10 +1,13 @@
-"""The swarm core makes its Request messages without ``Request.__init__`` (see
-``swarm._requests``): they must be the objects the constructor makes, and Request must
-stay a frozen slots dataclass of exactly those three fields for that to hold."""
+"""The swarm core makes its Request messages in a compiled loop (``swarm._requests``), and
+the per-block messages spell out their ``__init__`` (``wire/messages.py``, compiled with
+mypyc: the dataclass-made one would stay interpreted). Both must make exactly what the
+dataclass would: the fields, in order, nothing else."""
 
 from __future__ import annotations
 
 import dataclasses
+
+import pytest
 
 from swarmhub.engine import swarm
 from swarmhub.engine.picker import Block
@@ -21,10 +24,15 @@ def test_requests_are_the_objects_the_constructor_makes() -> None:
     assert swarm._requests([]) == ()
 
 
-def test_request_is_still_what_requests_assumes() -> None:
-    fields = dataclasses.fields(m.Request)
-    assert [f.name for f in fields] == ["index", "begin", "length"]
+@pytest.mark.parametrize("cls", [m.Have, m.Request, m.Piece, m.Cancel, m.RejectRequest])
+def test_spelled_out_init_sets_every_field(cls: type) -> None:
+    fields = dataclasses.fields(cls)
     assert all(f.init and f.default is dataclasses.MISSING for f in fields)
-    assert m.Request.__slots__ == ("index", "begin", "length")
-    assert not hasattr(m.Request, "__post_init__")
-    assert m.Request.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    values = [b"xy" if f.type in ("bytes", bytes) else 1000 + i for i, f in enumerate(fields)]
+    msg = cls(*values)
+    assert dataclasses.astuple(msg) == tuple(values)
+    assert msg == cls(**{f.name: v for f, v in zip(fields, values, strict=True)})
+    assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        msg.index = 1
+    assert not hasattr(cls, "__post_init__")

@@ -12,9 +12,13 @@ import itertools
 import math
 from array import array
 from collections.abc import Hashable, Iterator
+from typing import Final
 
 from swarmhub.engine.picker import Block
 from swarmhub.wire import messages as m
+
+#: ``array.append`` itself (Final: a C static), called with the array
+_APPEND: Final = array.append
 
 __all__ = ["PeerState", "RateMeter", "RequestQueue"]
 
@@ -65,8 +69,8 @@ class RateMeter:
             self._last_bytes += n
         else:
             buckets[-1] = self._last_bytes
-            buckets.append(now)
-            buckets.append(0.0)
+            _APPEND(buckets, now)  # (array.append itself: by name is a look-up per call)
+            _APPEND(buckets, 0.0)
             self._last = now
             self._last_bytes = n
 

@@ -69,25 +69,28 @@ _NOT_INTERESTED: Final = (m.NotInterested(),)
 #: a C static, where ``m.Have`` is a module-global lookup and an attribute lookup)
 _HAVE: Final = m.Have
 _REQUEST: Final = m.Request
+#: ``dict.pop`` itself, called with the dict (``d.pop(k, x)`` compiled is a call by name)
+_DICT_POP: Final = dict.pop
+#: the other types ``receive`` handles, likewise (a ``match`` there read each ``m.X`` and
+#: each keyword field by name: ~270 instructions a look-up, compiled)
+_UNCHOKE_T: Final = m.Unchoke
+_CHOKE_T: Final = m.Choke
+_INTERESTED_T: Final = m.Interested
+_NOT_INTERESTED_T: Final = m.NotInterested
+_BITFIELD_T: Final = m.Bitfield
+_HAVE_ALL_T: Final = m.HaveAll
+_HAVE_NONE_T: Final = m.HaveNone
+_CANCEL_T: Final = m.Cancel
+_REJECT_T: Final = m.RejectRequest
+_ALLOWED_FAST_T: Final = m.AllowedFast
 _CHOKE = (m.Choke(),)
 _UNCHOKE = (m.Unchoke(),)
-_NEW: Final[Callable[[type], Any]] = object.__new__
 
 
 def _requests(blocks: list[Block]) -> tuple[m.Request, ...]:
-    """``Request(*block)`` for each block, at a third of the cost: the frozen
-    dataclass's ``__init__`` is interpreted (6 % of a ``lab simulate`` run went there);
-    this does what it does, compiled (mypyc makes each ``object.__setattr__`` a C call,
-    ``PyObject_GenericSetAttr``). tests/engine/test_swarm_requests.py keeps the fields
-    in step."""
-    out: list[m.Request] = []
-    for index, begin, length in blocks:
-        req = _NEW(_REQUEST)
-        object.__setattr__(req, "index", index)
-        object.__setattr__(req, "begin", begin)
-        object.__setattr__(req, "length", length)
-        out.append(req)
-    return tuple(out)
+    """``Request(*block)`` for each block (a loop, not ``starmap``: the class is compiled
+    with its own ``__init__`` (see :mod:`swarmhub.wire.messages`), called natively here)."""
+    return tuple([m.Request(index, begin, length) for index, begin, length in blocks])
 
 
 #: The picker's requester for pieces a web seed fetches (peers leave them alone).
@@ -528,79 +531,78 @@ class Swarm:
         if kind is _REQUEST:
             self._on_request(ps, cast(m.Request, msg), now)
             return
+        # The rest by exact type too (the codec's messages are not subclassed; compiled,
+        # they cannot be): KeepAlive, Port, Suggest and Extended are the driver's.
         handle = ps.handle
-        match msg:
-            case m.Request():
-                self._on_request(ps, msg, now)
-            case m.Have(index=index):
-                self._got_have(ps, index, now)
-            case m.Unchoke():
-                ps.peer_choking = False
-                ps.unchoked_us = True
-                ps.queue_target = self._queue_target(ps, now)
-                self._update_interest(ps, now)  # wanting nothing now: hand the slot back
-                self._fill(ps, now)
-            case m.Choke():
-                ps.peer_choking = True
-                ps.choke_due_until = -math.inf
-                if not ps.fast:  # BEP 3: a choke discards every pending request
-                    for block in ps.requested:
-                        self.picker.request_failed(handle, block)
-                    ps.requested.clear()
-                    self._fill_all(now)
-            case m.Interested() | m.NotInterested():
-                ps.peer_interested = type(msg) is m.Interested
-                if ps.allowed_out is None and ps.peer_interested:
-                    self._grant_allowed(ps, now)
-                if not ps.peer_interested:
-                    if not ps.am_choking:
-                        self._hand_over_slot(ps, now)
-                elif ps.am_choking:
-                    # A free slot, or a free optimistic slot, is filled at once: the first
-                    # rounds run as the first peers show interest, when every peer is a
-                    # regular (the optimistic slot stayed empty until the 10 s round).
-                    unchoked = 0  # (a loop: compiled, sum() over a generator is a call
-                    for p in self.peers.values():  # and a generator object per message)
-                        if not p.am_choking:
-                            unchoked += 1
-                    slots = self._slots(now)
-                    if unchoked < slots or (unchoked == slots
-                                            and self._choke.optimistic is None):
-                        self._rechoke(now)
-            case m.Bitfield(bits=bits):
-                # OR, not replace: a late Bitfield (aria2) must not forget Have messages.
-                n = self.num_pieces
-                theirs = bytes(m.bools_from_bitfield(bits, n))
-                merged = int.from_bytes(ps.have, "big") | int.from_bytes(theirs, "big")
-                ps.have[:] = merged.to_bytes(n, "big")
-                ps.num_have = n - ps.have.count(0)
-                self._on_bitfield(ps, now)
-            case m.HaveAll():
-                ps.has_all = True
-                ps.have[:] = b"\x01" * self.num_pieces
-                ps.num_have = self.num_pieces
-                self._on_bitfield(ps, now)
-            case m.HaveNone():
-                self._on_bitfield(ps, now)
-            case m.Cancel(index=index, begin=begin, length=length):
-                with contextlib.suppress(ValueError):
-                    ps.incoming.remove(m.Request(index, begin, length))
-            case m.RejectRequest(index=index, begin=begin, length=length):
-                block = Block(index, begin, length)
-                if ps.requested.pop(block, None) is not None:
+        if kind is _UNCHOKE_T:
+            ps.peer_choking = False
+            ps.unchoked_us = True
+            ps.queue_target = self._queue_target(ps, now)
+            self._update_interest(ps, now)  # wanting nothing now: hand the slot back
+            self._fill(ps, now)
+        elif kind is _CHOKE_T:
+            ps.peer_choking = True
+            ps.choke_due_until = -math.inf
+            if not ps.fast:  # BEP 3: a choke discards every pending request
+                for block in ps.requested:
                     self.picker.request_failed(handle, block)
-                    if ps.peer_choking and ps.allowed_in:
-                        ps.allowed_in.discard(index)  # not honoured: ask no more (BEP 6)
-            case m.AllowedFast(index=index):
-                if ps.fast and 0 <= index < self.num_pieces and not self.have[index]:
-                    if ps.allowed_in is None:
-                        ps.allowed_in = set()
-                    ps.allowed_in.add(index)
-                    if ps.peer_choking:
-                        self._update_interest(ps, now)
-                        self._fill(ps, now)
-            case _:
-                pass  # KeepAlive, Port, Suggest, Extended: the driver's
+                ps.requested.clear()
+                self._fill_all(now)
+        elif kind is _INTERESTED_T or kind is _NOT_INTERESTED_T:
+            ps.peer_interested = kind is _INTERESTED_T
+            if ps.allowed_out is None and ps.peer_interested:
+                self._grant_allowed(ps, now)
+            if not ps.peer_interested:
+                if not ps.am_choking:
+                    self._hand_over_slot(ps, now)
+            elif ps.am_choking:
+                # A free slot, or a free optimistic slot, is filled at once: the first
+                # rounds run as the first peers show interest, when every peer is a
+                # regular (the optimistic slot stayed empty until the 10 s round).
+                unchoked = 0  # (a loop: compiled, sum() over a generator is a call
+                for p in self.peers.values():  # and a generator object per message)
+                    if not p.am_choking:
+                        unchoked += 1
+                slots = self._slots(now)
+                if unchoked < slots or (unchoked == slots
+                                        and self._choke.optimistic is None):
+                    self._rechoke(now)
+        elif kind is _BITFIELD_T:
+            # OR, not replace: a late Bitfield (aria2) must not forget Have messages.
+            n = self.num_pieces
+            theirs = bytes(m.bools_from_bitfield(cast(m.Bitfield, msg).bits, n))
+            merged = int.from_bytes(ps.have, "big") | int.from_bytes(theirs, "big")
+            ps.have[:] = merged.to_bytes(n, "big")
+            ps.num_have = n - ps.have.count(0)
+            self._on_bitfield(ps, now)
+        elif kind is _HAVE_ALL_T:
+            ps.has_all = True
+            ps.have[:] = b"\x01" * self.num_pieces
+            ps.num_have = self.num_pieces
+            self._on_bitfield(ps, now)
+        elif kind is _HAVE_NONE_T:
+            self._on_bitfield(ps, now)
+        elif kind is _CANCEL_T:
+            c = cast(m.Cancel, msg)
+            with contextlib.suppress(ValueError):
+                ps.incoming.remove(m.Request(c.index, c.begin, c.length))
+        elif kind is _REJECT_T:
+            r = cast(m.RejectRequest, msg)
+            index = r.index
+            block = Block(index, r.begin, r.length)
+            if ps.requested.pop(block, None) is not None:
+                self.picker.request_failed(handle, block)
+                if ps.peer_choking and ps.allowed_in:
+                    ps.allowed_in.discard(index)  # not honoured: ask no more (BEP 6)
+        elif kind is _ALLOWED_FAST_T:
+            index = cast(m.AllowedFast, msg).index
+            if ps.fast and 0 <= index < self.num_pieces and not self.have[index]:
+                if ps.allowed_in is None:
+                    ps.allowed_in = set()
+                ps.allowed_in.add(index)
+                if ps.peer_choking:
+                    self._update_interest(ps, now)
+                    self._fill(ps, now)
 
     def _on_bitfield(self, ps: PeerState, now: float) -> None:
         if ps.has_all:
@@ -817,7 +819,7 @@ class Swarm:
         at = -1  # the piece of the previous block kept, and its sources (``src``)
         src: dict[int, Hashable] = {}
         for block in got:
-            asked = requested.pop(block, None)
+            asked = _DICT_POP(requested, block, None)
             if asked is None:
                 out.append(False)  # unrequested, cancelled or late duplicate: drop it
                 continue

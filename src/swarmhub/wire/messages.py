@@ -9,6 +9,14 @@ nothing about connection state, which lives in :mod:`swarmhub.wire.connection`.
 Frame layout after the handshake: ``<u32 length><u8 id><payload>``; length 0 is a
 keep-alive. All integers are big-endian. Don't subclass these classes: the codec and the
 connection dispatch on the exact type.
+
+This module is compiled with mypyc (see :mod:`swarmhub._compiled`): the classes are
+native, so compiled code (the swarm core, ``lab simulate``) reads their fields from the
+object, not by name. The messages made per block (Have, Request, Piece, Cancel,
+RejectRequest) spell out their ``__init__`` (``object.__setattr__``, as the dataclass's
+frozen one does), which compiles too; the generated one would stay interpreted. The
+:class:`MessageId` numbers are ``Final`` (constants compiled in, and still read from
+the class by interpreted code).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
 from swarmhub.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -78,25 +86,25 @@ MAX_BLOCK_LENGTH = 128 * 1024
 class MessageId:
     """Message ids on the wire (a plain namespace: ints keep the hot path cheap)."""
 
-    CHOKE = 0
-    UNCHOKE = 1
-    INTERESTED = 2
-    NOT_INTERESTED = 3
-    HAVE = 4
-    BITFIELD = 5
-    REQUEST = 6
-    PIECE = 7
-    CANCEL = 8
-    PORT = 9
-    SUGGEST_PIECE = 13
-    HAVE_ALL = 14
-    HAVE_NONE = 15
-    REJECT_REQUEST = 16
-    ALLOWED_FAST = 17
-    EXTENDED = 20
-    HASH_REQUEST = 21
-    HASHES = 22
-    HASH_REJECT = 23
+    CHOKE: Final = 0
+    UNCHOKE: Final = 1
+    INTERESTED: Final = 2
+    NOT_INTERESTED: Final = 3
+    HAVE: Final = 4
+    BITFIELD: Final = 5
+    REQUEST: Final = 6
+    PIECE: Final = 7
+    CANCEL: Final = 8
+    PORT: Final = 9
+    SUGGEST_PIECE: Final = 13
+    HAVE_ALL: Final = 14
+    HAVE_NONE: Final = 15
+    REJECT_REQUEST: Final = 16
+    ALLOWED_FAST: Final = 17
+    EXTENDED: Final = 20
+    HASH_REQUEST: Final = 21
+    HASHES: Final = 22
+    HASH_REJECT: Final = 23
 
 
 # --------------------------------------------------------------------------- reserved bits
@@ -182,6 +190,9 @@ class Have:
 
     index: int
 
+    def __init__(self, index: int) -> None:
+        object.__setattr__(self, "index", index)
+
 
 @dataclass(frozen=True, slots=True)
 class Bitfield:
@@ -198,6 +209,11 @@ class Request:
     begin: int
     length: int
 
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "begin", begin)
+        object.__setattr__(self, "length", length)
+
 
 @dataclass(frozen=True, slots=True)
 class Piece:
@@ -207,6 +223,11 @@ class Piece:
     begin: int
     data: bytes
 
+    def __init__(self, index: int, begin: int, data: bytes) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "begin", begin)
+        object.__setattr__(self, "data", data)
+
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
@@ -215,6 +236,11 @@ class Cancel:
     index: int
     begin: int
     length: int
+
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "begin", begin)
+        object.__setattr__(self, "length", length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +274,11 @@ class RejectRequest:
     index: int
     begin: int
     length: int
+
+    def __init__(self, index: int, begin: int, length: int) -> None:
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "begin", begin)
+        object.__setattr__(self, "length", length)
 
 
 @dataclass(frozen=True, slots=True)
