@@ -65,14 +65,11 @@ BLOCK_SIZE: Final = 16 * 1024
 _KEEPALIVE = (m.KeepAlive(),)
 _INTERESTED = (m.Interested(),)
 _NOT_INTERESTED: Final = (m.NotInterested(),)
-#: the two commonest messages' types, for the exact type checks of ``receive`` (Final:
-#: a C static, where ``m.Have`` is a module-global lookup and an attribute lookup)
-_HAVE: Final = m.Have
-_REQUEST: Final = m.Request
-#: ``dict.pop`` itself, called with the dict (``d.pop(k, x)`` compiled is a call by name)
-_DICT_POP: Final = dict.pop
-#: the other types ``receive`` handles, likewise (a ``match`` there read each ``m.X`` and
-#: each keyword field by name: ~270 instructions a look-up, compiled)
+#: the message types ``receive`` handles, for its exact type checks (Final: a C static,
+#: where ``m.Have`` is a module-global and an attribute look-up; a ``match`` there read
+#: each ``m.X`` and each keyword field by name, ~270 instructions a look-up, compiled)
+_HAVE_T: Final = m.Have
+_REQUEST_T: Final = m.Request
 _UNCHOKE_T: Final = m.Unchoke
 _CHOKE_T: Final = m.Choke
 _INTERESTED_T: Final = m.Interested
@@ -83,6 +80,8 @@ _HAVE_NONE_T: Final = m.HaveNone
 _CANCEL_T: Final = m.Cancel
 _REJECT_T: Final = m.RejectRequest
 _ALLOWED_FAST_T: Final = m.AllowedFast
+#: ``dict.pop`` itself, called with the dict (``d.pop(k, x)`` compiled is a call by name)
+_DICT_POP: Final = dict.pop
 _CHOKE = (m.Choke(),)
 _UNCHOKE = (m.Unchoke(),)
 
@@ -522,13 +521,12 @@ class Swarm:
         if ps.closed:
             return
         ps.last_recv = now
-        # Have and Request are most of a swarm's messages: an exact type check first
-        # (cheaper than the match's isinstance chain); the same handling as their cases.
+        # Have and Request are most of a swarm's messages: checked first.
         kind = type(msg)
-        if kind is _HAVE:
+        if kind is _HAVE_T:
             self._got_have(ps, cast(m.Have, msg).index, now)
             return
-        if kind is _REQUEST:
+        if kind is _REQUEST_T:
             self._on_request(ps, cast(m.Request, msg), now)
             return
         # The rest by exact type too (the codec's messages are not subclassed; compiled,
