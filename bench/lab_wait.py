@@ -108,11 +108,9 @@ def _sched(pid: int) -> tuple[float, float, int]:
 
 
 class Sampler(Poller):
-    def __init__(self, prefix: str, interval: float, source_nice: int | None = None) -> None:
+    def __init__(self, prefix: str, interval: float) -> None:
         super().__init__(interval)
         self.prefix = prefix
-        #: an experiment: the source host's processes at this nice value once seen
-        self.source_nice = source_nice
         self.samples: list[dict[str, Any]] = []
         self.procs: dict[int, tuple[str, int]] = {}  # pid -> (role, host)
         self.cmds: dict[int, str] = {}
@@ -163,10 +161,6 @@ class Sampler(Poller):
                 if cmd:
                     self.procs[pid] = (_role(cmd), host)
                     self.cmds[pid] = cmd
-                    if host == 0 and self.source_nice is not None:
-                        for tid in os.listdir(f"/proc/{pid}/task"):
-                            with contextlib.suppress(OSError):
-                                os.setpriority(os.PRIO_PROCESS, int(tid), self.source_nice)
         sample = {"wall": time.time(), "machine": _machine(), "links": self._links(),
                   "procs": {pid: _sched(pid) for pid in self.procs}}
         if n % every == 1 % every:
@@ -355,10 +349,8 @@ def main() -> int:
                         "mode's window apart)")
     p.add_argument("--interval", type=float, default=0.2)
     p.add_argument("--bin", type=float, default=1.0, help="seconds per printed row")
-    p.add_argument("--source-nice", type=int, help="experiment: renice host 0's processes "
-                   "(seeder, tracker; threads started later inherit it)")
     a = p.parse_args()
-    with Sampler(a.prefix, a.interval, a.source_nice) as s:
+    with Sampler(a.prefix, a.interval) as s:
         results = run_lab(a, os.environ | {"SWARMHUB_LAB_TRACE": "1"},
                           lambda pid: s.watch(pid, "runner"))
     got = []

@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # (loaded by path in tests)
 from labbench import Poller, lab_namespaces
+from swarmhub.lab.topology import lab_nice, source_nice
 
 ROOT = Path(__file__).resolve().parents[1]
 SWARMHUB = [sys.executable, "-m", "swarmhub"]
@@ -290,6 +291,9 @@ def main() -> None:
     a = p.parse_args()
     print(f"bench/swarm.py: {a.size}, {a.up} up / {a.down} down, {a.latency} one way, "
           f"{a.rounds} rounds; load average {_load()}, {os.cpu_count()} CPUs", flush=True)
+    if not a.no_lab:  # the lab's CPU shares (swarmhub.lab.topology says why the source's)
+        print(f"  lab CPU priority: source (host 0) niceness {source_nice()}, clients "
+              f"{lab_nice()}", flush=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="swarmhub-bench-swarm-") as tmp:
         work = Path(tmp)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 
+import swarmhub
 from swarmhub.errors import SwarmhubError
-from swarmhub.settings import ConfigError, Settings
+from swarmhub.settings import OTHER_ENV, ConfigError, Settings
 
 
 def test_safe_defaults() -> None:
@@ -115,6 +118,21 @@ def test_from_env_accepts_the_variables_of_other_parts() -> None:
     from swarmhub._compiled import PURE_ENV
 
     assert Settings.from_env(environ={PURE_ENV: "1", "SWARMHUB_LAB_GATE": "/x"}) == Settings()
+
+
+def test_every_variable_swarmhub_reads_or_sets_is_accepted() -> None:
+    """Each ``SWARMHUB_*`` name written in the source is a setting or in ``OTHER_ENV``: a
+    process that finds one in its environment (the lab passes its own down to every host)
+    must not refuse to start (``SWARMHUB_LAB_SOURCE_NICE`` unregistered failed every
+    swarmhub client of a lab run while libtorrent's ran)."""
+    src = Path(swarmhub.__file__).parent
+    names = {n.upper() for n, _, _ in Settings.describe()} | set(OTHER_ENV)
+    found = {m for p in src.rglob("*.py")
+             for m in re.findall(r"[\"']SWARMHUB_([A-Z0-9_]+)[\"']", p.read_text())}
+    assert "LAB_SOURCE_NICE" in found  # the scan sees the source
+    assert sorted(found - names) == []
+    assert Settings.from_env(environ={f"SWARMHUB_{n}": "0" for n in found & OTHER_ENV}) \
+        == Settings()
 
 
 def test_from_env_uses_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:

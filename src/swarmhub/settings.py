@@ -42,6 +42,7 @@ OTHER_ENV = frozenset({
     "DAEMON", "DAEMON_TOKEN", "DAEMON_STATE",  # swarmhub daemon / remote
     "LAB_GATE",  # swarmhub.lab.gate: a lab client waits for the run to start
     "LAB_TRACE",  # swarmhub.lab.runner: the clients' status lines to trace.jsonl
+    "LAB_NICE", "LAB_SOURCE_NICE",  # swarmhub.lab.topology: the hosts' CPU priority
     "PURE",  # swarmhub._compiled: the pure-Python core even where a compiled one is built
     "PROFILE",  # swarmhub.cli: a cProfile dump of the command at exit
 })

@@ -17,6 +17,8 @@ from swarmhub.lab.topology import (
     LAB_NICE,
     LAB_NICE_ENV,
     RUN_PREFIX,
+    SOURCE_NICE,
+    SOURCE_NICE_ENV,
     TCP_CC,
     TCP_MIN_TSO_SEGS,
     Lab,
@@ -27,6 +29,7 @@ from swarmhub.lab.topology import (
     lab_nice,
     netns_available,
     run_prefix,
+    source_nice,
 )
 
 PREFIX = f"t{os.getpid() % 100000}"
@@ -204,22 +207,31 @@ def test_lab_nice_reads_its_variable_and_refuses_bad_values() -> None:
     for bad in ("x", "-21", "20"):
         with pytest.raises(LabError, match=LAB_NICE_ENV):
             lab_nice({LAB_NICE_ENV: bad})
+    # the source runs ahead of the clients by default (the module docstring says why)
+    assert SOURCE_NICE < LAB_NICE
+    assert source_nice({}) == SOURCE_NICE
+    assert source_nice({SOURCE_NICE_ENV: "-5"}) == -5
+    with pytest.raises(LabError, match=SOURCE_NICE_ENV):
+        source_nice({SOURCE_NICE_ENV: "-21"})
 
 
 PRIORITY = "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize("nice", ["-4", "0"])
+@pytest.mark.parametrize(("nice", "source"), [("-4", "-9"), ("0", "0"), ("0", "-3")])
 def test_the_labs_processes_and_its_runner_run_at_its_niceness(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nice: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nice: str, source: str
 ) -> None:
     """Every host's process (and the thread that times them, while the lab is up) runs at
-    the lab's niceness, ahead of the machine's other work; 0 leaves everything as it was."""
+    the lab's niceness, ahead of the machine's other work, and host 0's (the source's) at
+    its own; 0 leaves everything as it was."""
     need(netns_available()[0], netns_available()[1])
     monkeypatch.setenv(LAB_NICE_ENV, nice)
+    monkeypatch.setenv(SOURCE_NICE_ENV, source)
     before = os.getpriority(os.PRIO_PROCESS, 0)
     want = int(nice) if int(nice) else before
+    want_source = int(source) if int(source) or int(nice) else before
     # None where this process's session has no group of its own (a session of the init
     # process, as under many CI runners: its autogroup file reads empty)
     group_before = group_nice(os.getpid())
@@ -228,16 +240,20 @@ def test_the_labs_processes_and_its_runner_run_at_its_niceness(
         if group_before is not None and int(nice):
             assert group_nice(os.getpid()) == int(nice)
         assert lab.exec(1, [sys.executable, "-c", PRIORITY]).strip() == str(want)
-        p = lab.run(0, [sys.executable, "-c", PRIORITY], name="prio")
-        assert p.wait(20) == 0
-        assert p.tail().strip().splitlines()[-1] == str(want)
+        assert lab.exec(0, [sys.executable, "-c", PRIORITY]).strip() == str(want_source)
+        for host, expect in ((0, want_source), (1, want)):
+            p = lab.run(host, [sys.executable, "-c", PRIORITY], name=f"prio{host}")
+            assert p.wait(20) == 0
+            assert p.tail().strip().splitlines()[-1] == str(expect)
         # its session's scheduling group too: there a process's own niceness weighs only
         # against the group's other processes
         # alive until stopped (a signal), whatever the clock says
-        q = lab.run(1, [sys.executable, "-c", "import signal; signal.pause()"], name="group")
-        if group_nice(q.pid) is not None:
-            assert group_nice(q.pid) == int(nice)
-        q.stop()
+        for host, group in ((0, int(source)), (1, int(nice))):
+            q = lab.run(host, [sys.executable, "-c", "import signal; signal.pause()"],
+                        name=f"group{host}")
+            if group_nice(q.pid) is not None and (int(nice) or int(source)):
+                assert group_nice(q.pid) == group
+            q.stop()
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
     if group_before is not None:
         assert group_nice(os.getpid()) == group_before

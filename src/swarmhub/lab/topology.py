@@ -33,6 +33,17 @@ weighs only within a group: so the nice value goes on each process *and* on its 
 (``/proc/PID/autogroup``). Relative to each other the lab's processes keep equal weights,
 so on a machine with nothing else to run it changes nothing.
 
+Except the source: host 0 (p2p's seeder and tracker, the hub in cs and hybrid, for every
+client, libtorrent's seeder too) runs at :data:`SOURCE_NICE` (-15; ``SWARMHUB_LAB_SOURCE_NICE``
+sets another, the lab's own niceness makes it equal). The lab stands for N + 1 machines,
+each with its own CPU, and on two cores it cannot give them that; the clients are alike,
+so sharing the cores equally keeps them fair to each other, but an equal share starves
+the one host every client waits on: a 1/33 share at N=32 held the source's uplink ~45 %
+busy (bench/lab_wait.py: ready to run 37 s of a 28 s window), so the run measured the
+source's share of the machine. A real source is a machine of its own; so is this one,
+as far as two cores allow (it needs ~5-10 % of them). Measured in the closing note of
+stop 39 and in bench/README.md (``lab_wait.py``).
+
 Teardown (namespaces, hence their veths, and every process started with :meth:`Lab.run`,
 killed by PID) runs on normal exit, on exceptions, on Ctrl-C and on SIGTERM.
 :class:`LoopbackLab` offers the same interface on 127.0.0.1 for machines without root.
@@ -76,6 +87,8 @@ __all__ = [
     "LAB_NICE",
     "LAB_NICE_ENV",
     "RUN_PREFIX",
+    "SOURCE_NICE",
+    "SOURCE_NICE_ENV",
     "Lab",
     "LabError",
     "LabProc",
@@ -105,6 +118,10 @@ TCP_MIN_TSO_SEGS = 8
 #: that sets another (-20..19; 0: the machine's default).
 LAB_NICE = -5
 LAB_NICE_ENV = "SWARMHUB_LAB_NICE"
+#: The niceness of host 0's processes (the source; see the module docstring) and the
+#: variable that sets another.
+SOURCE_NICE = -15
+SOURCE_NICE_ENV = "SWARMHUB_LAB_SOURCE_NICE"
 _cmd = run_cmd
 
 
@@ -126,15 +143,25 @@ def _set_group_nice(pid: int, nice: int) -> None:
 
 def lab_nice(env: Mapping[str, str] = os.environ) -> int:
     """The niceness the lab's processes run at: ``SWARMHUB_LAB_NICE`` or :data:`LAB_NICE`."""
-    text = env.get(LAB_NICE_ENV, "").strip()
+    return _nice_setting(env, LAB_NICE_ENV, LAB_NICE)
+
+
+def source_nice(env: Mapping[str, str] = os.environ) -> int:
+    """The niceness host 0's processes run at: ``SWARMHUB_LAB_SOURCE_NICE`` or
+    :data:`SOURCE_NICE`."""
+    return _nice_setting(env, SOURCE_NICE_ENV, SOURCE_NICE)
+
+
+def _nice_setting(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
     if not text:
-        return LAB_NICE
+        return default
     try:
         value = int(text)
     except ValueError:
-        raise LabError(f"{LAB_NICE_ENV} must be an integer -20..19, got {text!r}") from None
+        raise LabError(f"{name} must be an integer -20..19, got {text!r}") from None
     if not -20 <= value <= 19:
-        raise LabError(f"{LAB_NICE_ENV} must be -20..19, got {value}")
+        raise LabError(f"{name} must be -20..19, got {value}")
     return value
 
 
@@ -367,6 +394,12 @@ class _Base:
         if not 0 <= host < self.hosts:
             raise LabError(f"no host {host} (the lab has {self.hosts})")
         name = name or f"h{host}-{Path(argv[0]).name}"
+        return self._start_on(host, argv, name, env=env, cwd=cwd)
+
+    def _start_on(self, host: int, argv: Sequence[str], name: str, *,
+                  env: Mapping[str, str] | None = None, cwd: Path | None = None) -> LabProc:
+        """Start ``argv`` on ``host`` (a subclass's hook: the namespace lab sets the
+        process's scheduling group here)."""
         return self._start(self._wrap(host, argv), name, env=env, cwd=cwd)
 
     def _start(
@@ -392,6 +425,11 @@ class _Base:
 
     def _started(self, proc: LabProc) -> None:
         """Called for every process the lab started (a subclass's hook)."""
+
+    def scheduling(self) -> str | None:
+        """How the hosts' processes share the CPUs, for a run's notes (None: as the
+        machine schedules them)."""
+        return None
 
     def exec(self, host: int, argv: Sequence[str], timeout: float = CMD_TIMEOUT) -> str:
         """Run a short command on a host and return its stdout (bounded, checked)."""
@@ -445,6 +483,8 @@ class Lab(_Base):
         self.delayline: LabProc | None = None
         #: The hosts' processes' niceness, and this thread's while the lab is up.
         self.nice = lab_nice()
+        #: Host 0's (the source's): see the module docstring.
+        self.source_nice = source_nice()
         self._own_nice: int | None = None
         self._own_group_nice: int | None = None
 
@@ -454,15 +494,34 @@ class Lab(_Base):
     def addr(self, host: int) -> str:
         return f"{HOST_NET}.{host + 1}"
 
+    def host_nice(self, host: int) -> int:
+        """The niceness ``host``'s processes run at (0: the machine's default)."""
+        return self.source_nice if host == 0 else self.nice
+
     def _wrap(self, host: int, argv: Sequence[str]) -> list[str]:
         # `nice -n` adds to the niceness the child inherits from this thread
-        step = self.nice - os.getpriority(os.PRIO_PROCESS, 0) if self.nice else 0
+        want = self.host_nice(host)
+        step = want - os.getpriority(os.PRIO_PROCESS, 0) if want or self.nice else 0
         nice = ["nice", "-n", str(step)] if step else []
         return ["ip", "netns", "exec", self.ns(host), *nice, *argv]
 
     def _started(self, proc: LabProc) -> None:
         if self.nice:  # its own session's scheduling group (see the module docstring)
             _set_group_nice(proc.pid, self.nice)
+
+    def scheduling(self) -> str | None:
+        if not self.nice and not self.source_nice:
+            return None
+        return (f"CPU priority: the source (host 0) at niceness {self.source_nice}, "
+                f"the clients at {self.nice} ({SOURCE_NICE_ENV}, {LAB_NICE_ENV})")
+
+    def _start_on(self, host: int, argv: Sequence[str], name: str, *,
+                  env: Mapping[str, str] | None = None, cwd: Path | None = None) -> LabProc:
+        proc = super()._start_on(host, argv, name, env=env, cwd=cwd)
+        want = self.host_nice(host)
+        if want != self.nice:  # the source's group (``_started`` gave it the lab's)
+            _set_group_nice(proc.pid, want)
+        return proc
 
     def _set_own_nice(self) -> None:
         """This thread (the runner's, which times the completions) and its session's
