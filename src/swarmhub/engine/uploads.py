@@ -41,6 +41,8 @@ _TURN_POLL_MAX = 0.05
 #: stalled loop is not a budget)
 _LAG_HALF_LIFE = 2.0
 _LAG_MAX = 0.1
+#: turns are off while our timers run later than this share of a piece's send time
+_LATE_PIECE_SHARE = 0.25
 #: Most pieces :meth:`Uploader.keep_written` keeps (the oldest kept goes first; pieces
 #: read from disk are not counted). Why a bound of its own: a copy lands in fresh memory
 #: until its piece leaves the cache, and a 32 MiB cache never dropped one of a 32 MiB
@@ -193,12 +195,16 @@ class Uploader:
         Why: in the netns lab N=32 on 2 cores (33 processes) the hybrid hub's passes ran
         30 ms late on average (72 % over 20 ms) and the median peer's 9.5 ms, where a
         32 KiB piece leaves in 13 ms at 20 mbit: hybrid 1.22-1.32 -> 1.42-1.50x the
-        bound with turns, p2p no better than without."""
+        bound with turns, p2p no better than without. Later than a quarter of a piece
+        already (stop 39: with the lab's source ahead on the CPU, at one piece N=32 gave
+        hybrid 2.29/2.07 and p2p 1.97/1.88 against 1.88/1.80 and 1.93/1.81 with no turns at
+        all, their clients 1.84/1.58 vs 1.42/1.51 CPU-s): a CPU-starved host's turns cost
+        it CPU and gain nothing; a host with CPU to spare runs ~1 ms late."""
         lag = self._lag
         if not lag:
             return False
         t = self.torrent
-        return lag * t.swarm.up.rate(t.clock()) > t.meta.piece_length
+        return lag * t.swarm.up.rate(t.clock()) > t.meta.piece_length * _LATE_PIECE_SHARE
 
     def note_late(self, late: float) -> None:
         """A timer of ours ran ``late`` s after its due time: keep the decaying maximum
