@@ -313,7 +313,9 @@ class Swarm:
         self._ss: SuperSeeder | None = None
         self._offered_at: dict[Hashable, float] = {}  # super-seeding: latest offer per peer
         #: peers with requests to serve, in turn order (see :meth:`upload_grants`)
-        self.upload_order: dict[Hashable, None] = {}
+        #: (each with its PeerState: upload_grants reads it per peer, a look-up in
+        #: :attr:`peers` otherwise; an entry leaves when its peer is disconnected)
+        self.upload_order: dict[Hashable, PeerState] = {}
         #: peers out of turns whose last piece may still be leaving: counted in the
         #: budget until the driver reads nothing queued to them
         self._upload_tail: dict[Hashable, None] = {}
@@ -959,8 +961,9 @@ class Swarm:
         # until it is served or the peer reports the piece, so a Have withheld because
         # "it has it" held the offer (in the tail the seed's only one) until the 2 s
         # decline rule (netns lab N=16: every peer waited ~3 s for the last pieces).
+        # (the flags first: a bytearray read is a generic call from compiled code)
         told = [ps for ps in self.peers.values() if not ps.closed and (
-            not ps.have[index] or not (ps.peer_interested or ps.is_seed))]
+            not (ps.peer_interested or ps.is_seed) or not ps.have[index])]
         self._lose_interest(index, now)
         if told and self._ws_origins and self.webseed_preferred(now):
             # The origin's peer, left idle while its web seed serves us, gets its Haves at
@@ -1280,7 +1283,7 @@ class Swarm:
         ps.incoming.append(req)
         ps.slot_used_at = now
         if ps.handle not in self.upload_order:
-            self.upload_order[ps.handle] = None
+            self.upload_order[ps.handle] = ps
         if len(ps.incoming) == 1:
             self._out.append(Serve(ps.handle))
 
@@ -1354,7 +1357,7 @@ class Swarm:
         if incoming:
             if incoming[0].index != last.index:
                 del order[handle]
-                order[handle] = None
+                order[handle] = ps
         elif last.begin + last.length >= self.piece_size(last.index):
             del order[handle]
             self._upload_tail[handle] = None
@@ -1414,13 +1417,11 @@ class Swarm:
         budget = self.upload_budget(now)
         if budget:
             budget += slack
-        peers = self.peers
         order = self.upload_order
         out: list[tuple[Hashable, int]] = []
         if not budget:
-            for h in order:
-                ps = peers.get(h)
-                if ps is not None and ps.incoming:
+            for h, ps in order.items():
+                if ps.incoming:
                     out.append((h, 1 << 62))
             return out
         q = queued if isinstance(queued, QueuedBytes) else _CallQueued(queued)
@@ -1429,13 +1430,11 @@ class Swarm:
         # once per peer, as the driver counts what it is asked.
         total = 0
         first = -1
-        for h in order:
+        for h, ps in order.items():
             n = q.queued(h)
             total += n
-            if first < 0:
-                ps = peers.get(h)
-                if ps is not None and ps.incoming:
-                    first = n
+            if first < 0 and ps.incoming:
+                first = n
         tail = self._upload_tail
         if tail:
             for h in list(tail):
@@ -1444,9 +1443,8 @@ class Swarm:
                     total += left
                 else:
                     del tail[h]
-        for h in order:
-            ps = peers.get(h)
-            if ps is None or not ps.incoming:
+        for h, ps in order.items():
+            if not ps.incoming:
                 continue
             if not out:
                 if total - first >= budget:

@@ -69,6 +69,7 @@ _SIZES: Final[dict[type, int]] = {
 }
 HANDSHAKE: Final = 68
 _HAVE: Final = m.Have
+_REQUEST: Final = m.Request
 _BLOCK_WIRE: Final = 16384 + 13 + 12 * 66  #: wire bytes of one 16 KiB Piece message
 EXT_HANDSHAKE: Final = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
 PIECE_HEADER: Final = 13
@@ -83,7 +84,12 @@ _COLLECT_FROZEN: Final = 1_000_000
 
 def msg_size(msg: m.Message) -> int:
     """Bytes of ``msg`` on the wire (length prefix included)."""
-    size = _SIZES.get(type(msg))
+    kind = type(msg)
+    if kind is _REQUEST:  # (most messages: no dict look-up)
+        return 17
+    if kind is _HAVE:
+        return 9
+    size = _SIZES.get(kind)
     if size is not None:
         return size
     if isinstance(msg, m.Bitfield):
@@ -386,16 +392,23 @@ class Simulation:
         by_uid = self.by_uid
         small = wire(size) <= SMALL
         groups: dict[float, list[End]] = {}
+        # the last group looked up, by its latency (a native float): most pipes share one
+        # latency, and each dict look-up boxed and hashed a float (~380 instructions)
+        last_lat = -1.0
+        last: list[End] = []
         for uid in a.peers:
             end = by_uid[cast(int, uid)]
             if end is None or not end.open:
                 continue
             pipe = end.out
             if small and not pipe.active:
-                group = groups.get(pipe.latency)
-                if group is None:
-                    group = groups[pipe.latency] = []
-                group.append(end.far)
+                lat = pipe.latency
+                if lat != last_lat:
+                    group = groups.get(lat)
+                    if group is None:
+                        group = groups[lat] = []
+                    last_lat, last = lat, group
+                last.append(end.far)
             else:
                 send(pipe, size, msgs)  # the pipe's deliver: end.far.got_msgs
         if groups:
