@@ -287,6 +287,26 @@ def test_a_new_interested_peer_is_unchoked_at_once_when_a_slot_is_free() -> None
     assert "a" in unchoked(s.take())
 
 
+def test_slots_freed_by_unchoked_peers_that_left_go_to_the_next_interested_peer() -> None:
+    """The count of unchoked peers an Interested reads drops as they disconnect."""
+    s = make_swarm(have="*" * 8)  # seeding: 4 slots plus one optimistic
+    for i in range(5):
+        join(s, f"p{i}")
+        s.message(f"p{i}", m.Interested(), 0.0)
+    s.take()
+    before = s.choke_decision.unchoked
+    assert len(before) == 5
+    join(s, "late")
+    s.message("late", m.Interested(), 0.1)
+    assert not unchoked(s.take())  # every slot taken: it waits
+    s.message("late", m.NotInterested(), 0.2)
+    for h in sorted(before - {s.choke_decision.optimistic}, key=str)[:2]:
+        s.disconnected(h, 0.3)
+    s.take()
+    s.message("late", m.Interested(), 0.4)
+    assert "late" in unchoked(s.take())
+
+
 def test_an_unchoked_peer_that_loses_interest_hands_its_slot_over_at_once() -> None:
     s = make_swarm(have="*" * 8)  # seeding: 4 slots plus one optimistic
     for i in range(8):

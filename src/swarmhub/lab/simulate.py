@@ -43,7 +43,7 @@ from swarmhub.engine.actions import (
 from swarmhub.engine.peerstate import PeerState
 from swarmhub.engine.pex import PexPeer
 from swarmhub.engine.picker import Block, BlockTable
-from swarmhub.engine.swarm import Swarm
+from swarmhub.engine.swarm import QueuedBytes, Swarm
 from swarmhub.lab.netmodel import (
     MSS,
     OVERHEAD,
@@ -69,6 +69,7 @@ _SIZES: Final[dict[type, int]] = {
 }
 HANDSHAKE: Final = 68
 _HAVE: Final = m.Have
+_REQUEST: Final = m.Request
 _BLOCK_WIRE: Final = 16384 + 13 + 12 * 66  #: wire bytes of one 16 KiB Piece message
 EXT_HANDSHAKE: Final = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
 PIECE_HEADER: Final = 13
@@ -83,7 +84,12 @@ _COLLECT_FROZEN: Final = 1_000_000
 
 def msg_size(msg: m.Message) -> int:
     """Bytes of ``msg`` on the wire (length prefix included)."""
-    size = _SIZES.get(type(msg))
+    kind = type(msg)
+    if kind is _REQUEST:  # (most messages: no dict look-up)
+        return 17
+    if kind is _HAVE:
+        return 9
+    size = _SIZES.get(kind)
     if size is not None:
         return size
     if isinstance(msg, m.Bitfield):
@@ -200,6 +206,23 @@ class Node:
         self.turns = False
 
 
+class _Queued(QueuedBytes):
+    """Wire bytes written to connection ``uid`` and not yet sent (``upload_grants``'
+    count), for the core to call natively (a bound method was a Python-level call and a
+    boxed int per peer in turn). The cast matters: a list indexed by ``Any`` is ``Any`` to
+    mypy (its ``__getitem__`` overloads both match), and mypyc then looks every attribute
+    up by name."""
+
+    def __init__(self, by_uid: list[End | None]) -> None:
+        self.by_uid = by_uid  # the Simulation's list (grown in place, never replaced)
+
+    def queued(self, handle: object) -> int:
+        end = self.by_uid[cast(int, handle)]
+        if end is None:
+            return 0
+        return end.out.queued
+
+
 class Simulation:
     """The event loop, the network and the hosts of one simulated run (see the module doc).
 
@@ -263,7 +286,7 @@ class Simulation:
         self.source_left: float | None = None
         self.services = Services(self)
         self._on_drain = self._drained  # one bound method shared by every pipe
-        self._queued_fn = self._queued
+        self._queued = _Queued(self.by_uid)
         self._drain_at = settings.send_buffer_bytes // 4  #: serve again below this
         # Settings read per item and per serve, kept here: Settings is not compiled, so
         # each ``self.settings.x`` is a Python attribute lookup (it is frozen: no change)
@@ -369,16 +392,23 @@ class Simulation:
         by_uid = self.by_uid
         small = wire(size) <= SMALL
         groups: dict[float, list[End]] = {}
+        # the last group looked up, by its latency (a native float): most pipes share one
+        # latency, and each dict look-up boxed and hashed a float (~380 instructions)
+        last_lat = -1.0
+        last: list[End] = []
         for uid in a.peers:
             end = by_uid[cast(int, uid)]
             if end is None or not end.open:
                 continue
             pipe = end.out
             if small and not pipe.active:
-                group = groups.get(pipe.latency)
-                if group is None:
-                    group = groups[pipe.latency] = []
-                group.append(end.far)
+                lat = pipe.latency
+                if lat != last_lat:
+                    group = groups.get(lat)
+                    if group is None:
+                        group = groups[lat] = []
+                    last_lat, last = lat, group
+                last.append(end.far)
             else:
                 send(pipe, size, msgs)  # the pipe's deliver: end.far.got_msgs
         if groups:
@@ -468,21 +498,10 @@ class Simulation:
         if swarm is None or node.gone or not swarm.upload_order:
             return
         by_uid = self.by_uid
-        for uid, grant in swarm.upload_grants(self._queued_fn, self.ev.now):
+        for uid, grant in swarm.upload_grants(self._queued, self.ev.now):
             end = by_uid[cast(int, uid)]
             if end is not None and end.node is node:
                 self._serve(end, grant)
-
-    def _queued(self, uid: Any) -> int:
-        """Wire bytes written to connection ``uid`` and not yet sent (``upload_grants``'
-        count): a method bound once (``_queued_fn``), not a closure made per call whose
-        ``end.out.queued`` mypyc reads as generic attributes (1.7 % of an N=300 run).
-        The cast matters: a list indexed by ``Any`` is ``Any`` to mypy (its ``__getitem__``
-        overloads both match), and mypyc then looks every attribute up by name."""
-        end = self.by_uid[cast(int, uid)]
-        if end is None:
-            return 0
-        return end.out.queued
 
     def _serve(self, end: End, grant: int | None) -> None:
         """Write accepted requests into the send buffer as the upload loop does: a batch
