@@ -222,11 +222,11 @@ class Runner:
                 h.bytes_down = after[h.host][1] - before[h.host][1]
             res.source_upload = after[0][0] - before[0][0]
             res.notes.append("bytes are link-level counters (TCP/IP headers included)")
-            if (sched := self.lab.scheduling()) is not None:
-                res.notes.append(sched)
         else:
             res.source_upload = self.app_source_upload()
             res.notes.append("bytes are application-level counters")
+        if (sched := self.lab.scheduling()) is not None:
+            res.notes.append(sched)
 
     def follow(self, clients: dict[int, LabProc], t_go: float | None = None) -> None:
         """Poll every client until all finished, failed, were killed or the deadline passed.

@@ -394,13 +394,7 @@ class _Base:
         if not 0 <= host < self.hosts:
             raise LabError(f"no host {host} (the lab has {self.hosts})")
         name = name or f"h{host}-{Path(argv[0]).name}"
-        return self._start_on(host, argv, name, env=env, cwd=cwd)
-
-    def _start_on(self, host: int, argv: Sequence[str], name: str, *,
-                  env: Mapping[str, str] | None = None, cwd: Path | None = None) -> LabProc:
-        """Start ``argv`` on ``host`` (a subclass's hook: the namespace lab sets the
-        process's scheduling group here)."""
-        return self._start(self._wrap(host, argv), name, env=env, cwd=cwd)
+        return self._start(self._wrap(host, argv), name, env=env, cwd=cwd, host=host)
 
     def _start(
         self,
@@ -409,6 +403,7 @@ class _Base:
         *,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        host: int | None = None,
     ) -> LabProc:
         proc = LabProc(
             argv,
@@ -419,12 +414,13 @@ class _Base:
             dht_nets=self.dht_nets,
         )
         self.procs.append(proc)
-        self._started(proc)
+        self._started(proc, host)
         log.debug("started %s (pid %d): %s", name, proc.pid, argv)
         return proc
 
-    def _started(self, proc: LabProc) -> None:
-        """Called for every process the lab started (a subclass's hook)."""
+    def _started(self, proc: LabProc, host: int | None) -> None:
+        """Called for every process the lab started, with its host (None: the lab's own,
+        the delay line); a subclass's hook."""
 
     def scheduling(self) -> str | None:
         """How the hosts' processes share the CPUs, for a run's notes (None: as the
@@ -505,23 +501,16 @@ class Lab(_Base):
         nice = ["nice", "-n", str(step)] if step else []
         return ["ip", "netns", "exec", self.ns(host), *nice, *argv]
 
-    def _started(self, proc: LabProc) -> None:
-        if self.nice:  # its own session's scheduling group (see the module docstring)
-            _set_group_nice(proc.pid, self.nice)
+    def _started(self, proc: LabProc, host: int | None) -> None:
+        want = self.nice if host is None else self.host_nice(host)
+        if want:  # its own session's scheduling group (see the module docstring)
+            _set_group_nice(proc.pid, want)
 
     def scheduling(self) -> str | None:
         if not self.nice and not self.source_nice:
             return None
         return (f"CPU priority: the source (host 0) at niceness {self.source_nice}, "
                 f"the clients at {self.nice} ({SOURCE_NICE_ENV}, {LAB_NICE_ENV})")
-
-    def _start_on(self, host: int, argv: Sequence[str], name: str, *,
-                  env: Mapping[str, str] | None = None, cwd: Path | None = None) -> LabProc:
-        proc = super()._start_on(host, argv, name, env=env, cwd=cwd)
-        want = self.host_nice(host)
-        if want != self.nice:  # the source's group (``_started`` gave it the lab's)
-            _set_group_nice(proc.pid, want)
-        return proc
 
     def _set_own_nice(self) -> None:
         """This thread (the runner's, which times the completions) and its session's
