@@ -38,12 +38,15 @@ __all__ = ["MODULES", "PURE_ENV", "install", "status", "uses_compiled"]
 #: wire/messages.py is (sim10k-32): its classes become native, so the core and the
 #: simulator read a Request's or a Have's fields natively (by name they were ~5 % of a
 #: run at N=64); a compiled message checks its fields' types when it is made.
+#: engine/superseed.py is (seedcpu-40): the source's offer pass calls it per peer, and
+#: the core called it as an interpreted module (a Python-level call per Have too).
 MODULES = (
     "swarmhub.engine.actions",
     "swarmhub.engine.choker",
     "swarmhub.engine.peerstate",
     "swarmhub.engine.pex",
     "swarmhub.engine.picker",
+    "swarmhub.engine.superseed",
     "swarmhub.engine.swarm",
     "swarmhub.lab.netmodel",
     "swarmhub.lab.simservices",

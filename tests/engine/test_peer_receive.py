@@ -294,6 +294,24 @@ async def test_a_run_of_haves_goes_over_in_one_call_not_through_the_wire_core() 
     assert torrent.disconnected and "protocol error" in torrent.disconnected[0]
 
 
+async def test_a_read_asks_only_the_fast_path_its_first_frame_names() -> None:
+    """A seed's reads are Haves and Requests: neither asks the blocks' parser (nor a
+    Have run the Requests'), each such probe was two calls and a flush per read."""
+    torrent = StubTorrent()
+    proto, _ = await connected(torrent)
+    feed(proto, requests_stream(0)[0], [1 << 20])
+    asked: list[str] = []
+    conn = proto.conn
+    for name in ("pieces_at", "requests_at", "haves_at"):
+        real = getattr(conn, name)
+        setattr(conn, name, lambda *a, _n=name, _f=real: (asked.append(_n), _f(*a))[1])
+    reqs = [m.Request(i, 0, BLOCK) for i in range(4)]
+    haves = [m.Have(i) for i in range(NUM_PIECES)]
+    feed(proto, b"".join(m.encode(x) for x in reqs + haves), [1 << 20])
+    assert asked == ["requests_at", "haves_at"]
+    assert torrent.request_runs == [4] and torrent.have_runs == [NUM_PIECES]
+
+
 async def test_a_run_of_requests_goes_to_the_torrent_in_one_call() -> None:
     torrent = StubTorrent()
     proto, _ = await connected(torrent)

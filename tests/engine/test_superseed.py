@@ -200,3 +200,41 @@ def test_turnaround_is_the_mean_of_recent_offers_from_have_to_first_block() -> N
     assert ss.uploaded("a", a2, PIECE, now=2.2)
     assert abs(ss.turnaround(2.35) - 0.3) < 1e-9  # (0.4 + 0.2) / 2: a's first is old
     assert abs(ss.turnaround(9.0) - 0.2) < 1e-9  # the latest stays
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_open_offer_total_is_every_peers_open_offers(seed: int) -> None:
+    """``open_count()`` is a running total (the offer pass asks after every offer): it
+    equals the sum over the peers through joins, leaves, offers, sends, Haves and
+    declines, in any order."""
+    rng = random.Random(seed)
+    ss, swarm = make(60, seed)
+    peers: list[str] = []
+    for step in range(600):
+        op = rng.randrange(6)
+        if op == 0 or not peers:
+            p = f"p{step}"
+            ss.add_peer(p)
+            swarm.add(p)
+            peers.append(p)
+        elif op == 1 and len(peers) > 1:
+            p = peers.pop(rng.randrange(len(peers)))
+            del swarm.have[p]
+            ss.remove_peer(p)
+        elif op == 2:
+            p = rng.choice(peers)
+            ss.top_up(p, swarm.have[p], window=rng.randrange(1, 6), now=step)
+        elif op == 3:
+            p = rng.choice(peers)
+            for i in ss.open_offers(p)[:2]:
+                if ss.uploaded(p, i, rng.choice((PIECE // 2, PIECE)), step):
+                    swarm.have[p][i] = 1
+        elif op == 4:
+            p = rng.choice(peers)
+            i = rng.randrange(60)
+            swarm.have[p][i] = 1
+            ss.peer_has(p, i)
+        else:
+            ss.declined(rng.choice(peers))
+        assert ss.open_count() == sum(ss.open_count(p) for p in peers)
+        assert ss.open_count() == sum(len(ss.open_offers(p)) for p in peers)

@@ -104,7 +104,8 @@ async def test_reads_ahead_the_next_pieces_a_deep_queue_asks_for() -> None:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         up = _uploader([_peer(set())], Settings(disk_threads=2, read_cache_bytes=16 * PIECE))
         up.torrent.session = SimpleNamespace(disk_pool=pool)  # type: ignore[attr-defined]
-        up.torrent.storage = SimpleNamespace(read_into=read_into)  # type: ignore[attr-defined]
+        up.torrent.storage = SimpleNamespace(  # type: ignore[attr-defined]
+            read_into=read_into, read_cached=lambda offset, buf: False)  # not in the page cache
         up._cache[1] = b"c" * PIECE
         queue = [m.Request(i, b * 16384, 16384) for i in (0, 1, 2, 3, 4) for b in (0, 1)]
         up.read_ahead(queue)
@@ -129,7 +130,8 @@ async def test_a_piece_cached_takes_the_buffer_of_one_the_cache_dropped() -> Non
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         up = _uploader([_peer(set())], Settings(read_cache_bytes=2 * PIECE))
         up.torrent.session = SimpleNamespace(disk_pool=pool)  # type: ignore[attr-defined]
-        up.torrent.storage = SimpleNamespace(read_into=read_into)  # type: ignore[attr-defined]
+        up.torrent.storage = SimpleNamespace(  # type: ignore[attr-defined]
+            read_into=read_into, read_cached=lambda offset, buf: False)  # not in the page cache
         first = await up.read_piece(0)
         view = memoryview(first)[:16]  # a write still queued holds a view of it
         del first

@@ -43,7 +43,19 @@ class Proto:
         self.writes.append([bytes(p) for p in parts])
 
 
-def setup(settings: Settings | None = None) -> tuple[Uploader, Any, RequestQueue, list[Any]]:
+def _page_cache(pieces: set[int]) -> Any:
+    """A storage whose ``pieces`` are in the page cache (each byte its piece's index)."""
+    def read_cached(offset: int, buf: bytearray) -> bool:
+        index = offset // PIECE
+        if index not in pieces:
+            return False
+        buf[:] = bytes([index]) * len(buf)
+        return True
+    return SimpleNamespace(read_cached=read_cached)
+
+
+def setup(settings: Settings | None = None, cached: set[int] | None = None,
+          ) -> tuple[Uploader, Any, RequestQueue, list[Any]]:
     conn = PeerConnection(our_reserved=m.make_reserved())
     conn.send(m.Handshake(m.make_reserved(), bytes(20), b"L" * 20))
     conn.set_num_pieces(4, piece_length=PIECE, total_length=4 * PIECE)
@@ -56,7 +68,9 @@ def setup(settings: Settings | None = None) -> tuple[Uploader, Any, RequestQueue
         upload_budget=lambda now: 0,  # pieces leave fast: no upload turns
         blocks_sent=lambda handle, served, size, now: sent.append((handle, list(served), size)))
     torrent = SimpleNamespace(settings=settings or Settings(), swarm=swarm,
-                              meta=SimpleNamespace(piece_length=PIECE), clock=lambda: 1.0,
+                              meta=SimpleNamespace(piece_length=PIECE,
+                                                   piece_size=lambda index: PIECE),
+                              storage=_page_cache(cached or set()), clock=lambda: 1.0,
                               _flush=lambda: None)
     up = Uploader(torrent, RateLimiter(0))  # type: ignore[arg-type]
     up._cache[0] = bytes(range(256)) * (PIECE // 256)
@@ -89,6 +103,36 @@ def test_inside_a_receive_callback_the_blocks_wait_for_its_end() -> None:
         fn()
     assert len(peer.proto.writes) == 1 and len(sent) == 1 and sent[0][2] == PIECE
     assert not peer.upload_wakeup.is_set()
+
+
+def test_pieces_in_the_page_cache_are_read_and_written_at_once() -> None:
+    """A piece not cached but in the page cache is read on the spot (no disk pool, no
+    task) and goes in the same write; one the disk must read stops the batch there."""
+    up, peer, incoming, sent = setup(cached={1, 2})
+    for index in (0, 1, 2, 3):
+        incoming.append(m.Request(index, 0, BLOCK))
+    up.wake(peer)
+    [parts] = peer.proto.writes
+    assert b"".join(parts)[-BLOCK:] == bytes([2]) * BLOCK
+    assert [r.index for r in sent[0][1]] == [0, 1, 2]
+    assert list(incoming) == [m.Request(3, 0, BLOCK)] and peer.upload_wakeup.is_set()
+    assert not up._reads  # the task reads piece 3 from the disk pool
+
+
+def test_a_batch_never_reads_out_a_piece_of_its_own() -> None:
+    """Pieces read during a batch push the cache's oldest out: never one of the batch
+    (its buffer would be reused under the write), so a small cache ends the batch."""
+    up, peer, incoming, sent = setup(Settings(read_cache_bytes=4 * PIECE), cached={1, 2, 3})
+    for index in (4, 5, 6):  # older than piece 0, which the batch starts with
+        up._cache[index] = bytes([index]) * PIECE
+    up._cache.move_to_end(0, last=False)
+    for index in (0, 1, 2, 3):
+        incoming.append(m.Request(index, 0, BLOCK))
+    up.wake(peer)
+    served = [r.index for r in sent[0][1]]
+    assert 0 in up._cache and all(i in up._cache for i in served)
+    [parts] = peer.proto.writes
+    assert b"".join(parts)[13:13 + BLOCK] == up._cache[0][:BLOCK]
 
 
 def test_the_task_is_woken_for_what_cannot_go_at_once() -> None:

@@ -426,3 +426,33 @@ def test_read_only_data_is_served_and_writes_fail_clearly(tmp_path: Path) -> Non
         assert st.read(0, t.meta.total_length) == t.space
         with pytest.raises(StorageError, match=r"cannot open .*Read-only file system"):
             st.write(0, b"x")
+
+
+def test_read_cached_reads_only_what_waits_for_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event loop's read: through descriptors open already and from the page cache
+    only (``RWF_NOWAIT``); anything else is the disk pool's (False)."""
+    need(files_mod._NOWAIT[0] != 0, "no RWF_NOWAIT on this kernel or file system")
+    t = make_torrent(MIXED, pads=True)
+    t.write_files(tmp_path)
+    st = TorrentStorage(t.meta, tmp_path)
+    st.open(create=False)
+    try:
+        total = t.meta.total_length
+        buf = bytearray(total)
+        assert not st.read_cached(0, buf)  # no file open yet: an open may wait
+        assert st.read(0, total) == t.space  # the pool's read opens them
+        buf = bytearray(total)
+        assert st.read_cached(0, buf) and bytes(buf) == t.space  # pads and gaps as zeros
+        # Pages not in the page cache (EAGAIN; a DONTNEED is only advice): the pool's.
+        flags: list[int] = []
+
+        def not_cached(fd: int, bufs: list[memoryview], offset: int, flag: int = 0) -> int:
+            flags.append(flag)
+            raise BlockingIOError(errno.EAGAIN, "not cached")
+
+        monkeypatch.setattr(files_mod.os, "preadv", not_cached)
+        assert not st.read_cached(0, bytearray(PIECE))
+        assert flags == [files_mod._NOWAIT[0]] and files_mod._NOWAIT[0]  # asked again later
+    finally:
+        st.close()

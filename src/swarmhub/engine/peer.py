@@ -274,6 +274,7 @@ def _flush_held(key: tuple[asyncio.AbstractEventLoop, float]) -> None:
 
 
 _FAST_IDS = (m.MessageId.PIECE, m.MessageId.REQUEST, m.MessageId.HAVE)
+_PIECE_ID, _REQUEST_ID, _HAVE_ID = (int(i) for i in _FAST_IDS)
 
 
 def _frames_to_next_piece(view: memoryview, pos: int, end: int) -> int:
@@ -430,12 +431,20 @@ class PeerProtocol(asyncio.BufferedProtocol):
         while pos < end and self.transport is not None:
             peer = self.peer
             if peer is not None and not conn.buffered and self._gate_open():
-                pos = self._pieces(peer, view, pos, end)
-                if pos == end or self.transport is None:
-                    break
-                if self._gate_open():
-                    at, pos = pos, self._requests(peer, view, pos, end)
-                    if pos == at:
+                # Each fast path takes a run of its one kind of frame: only the one the
+                # first frame's id names is asked (a seed's reads are Haves and Requests,
+                # and each probe that found nothing was two calls and a flush).
+                kind = view[pos + 4] if end - pos > 4 else -1
+                if kind == _PIECE_ID:
+                    pos = self._pieces(peer, view, pos, end)
+                    if pos == end or self.transport is None:
+                        break
+                    kind = view[pos + 4] if end - pos > 4 else -1
+                if kind in (_REQUEST_ID, _HAVE_ID) and self._gate_open():
+                    at = pos
+                    if kind == _REQUEST_ID:
+                        pos = self._requests(peer, view, pos, end)
+                    else:
                         pos = self._haves(peer, view, pos, end)
                     if pos != at:
                         continue  # then blocks again, or whatever follows

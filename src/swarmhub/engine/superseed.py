@@ -70,6 +70,10 @@ class SuperSeeder:
         #: Per peer: open offers (piece -> bytes sent of it), every piece shown to it, and
         #: the pieces sent to it in full (its share of ``_sent``).
         self._offers: dict[Hashable, dict[int, int]] = {}
+        #: open offers of every peer together (the sum of ``_offers``' lengths), kept as
+        #: they open and close: the offer pass asks for it after each offer it gives, and
+        #: a sum over the peers made that pass O(N) per offer at the source
+        self._open_total = 0
         self._shown: dict[Hashable, bytearray] = {}
         self._done: dict[Hashable, list[int]] = {}
         #: When each open offer was made, by (peer, piece).
@@ -99,7 +103,9 @@ class SuperSeeder:
             if not self._offered[index] and not self._sent[index] and \
                     not self._availability(index):
                 back.append(index)
-        for index in self._offers.pop(peer, {}):
+        offers = self._offers.pop(peer, {})
+        self._open_total -= len(offers)
+        for index in offers:
             self._offered[index] -= 1
             self._since.pop((peer, index), None)
             if not self._offered[index] and not self._sent[index]:
@@ -122,8 +128,9 @@ class SuperSeeder:
     def open_count(self, peer: Hashable | None = None) -> int:
         """Open offers of ``peer``, or of every peer (the seed's upload in flight)."""
         if peer is not None:
-            return len(self._offers.get(peer, ()))
-        return sum(len(o) for o in self._offers.values())
+            offers = self._offers.get(peer)
+            return len(offers) if offers is not None else 0
+        return self._open_total
 
     @property
     def fresh_left(self) -> int:
@@ -138,6 +145,7 @@ class SuperSeeder:
         if offers is None or index not in offers:
             return False
         del offers[index]
+        self._open_total -= 1
         self._offered[index] -= 1
         self._since.pop((peer, index), None)
         return True
@@ -152,6 +160,7 @@ class SuperSeeder:
         for index in offers:
             self._offered[index] -= 1
             self._since.pop((peer, index), None)
+        self._open_total -= len(offers)
         offers.clear()
         return True
 
@@ -172,6 +181,7 @@ class SuperSeeder:
             offers[index] = done
             return False
         del offers[index]
+        self._open_total -= 1
         self._offered[index] -= 1
         self._sent[index] += 1
         self._done[peer].append(index)
@@ -206,7 +216,8 @@ class SuperSeeder:
             picked = self._pick(have, shown)
             if picked is None:
                 break
-            offers[picked] = 0
+            offers[picked] = 0  # a new key: _pick skips what the peer was shown
+            self._open_total += 1
             self._since[(peer, picked)] = now
             self._offered[picked] += 1
             shown[picked] = 1

@@ -1533,16 +1533,23 @@ class Swarm:
         open_total = ss.open_count()
         done: set[Hashable] = set()  # had its turn in this pass: turns, not bursts
         gave = False
+        offered_at = self._offered_at
         while open_total < budget:
+            # the fewest open offers, then the longest since its last offer: compared
+            # as (int, float) pairs, without making the tuple per peer
             best: PeerState | None = None
-            best_key: tuple[int, float] = (0, 0.0)
+            best_open = 0
+            best_at = 0.0
             for ps in self.peers.values():
                 h = ps.handle
                 if ps.closed or ps.is_seed or h in done or h not in ss:
                     continue
-                key = (ss.open_count(h), self._offered_at.get(h, -float("inf")))
-                if best is None or key < best_key:
-                    best, best_key = ps, key
+                n_open = ss.open_count(h)
+                if best is not None and n_open > best_open:
+                    continue
+                at = offered_at.get(h, -math.inf)
+                if best is None or n_open < best_open or at < best_at:
+                    best, best_open, best_at = ps, n_open, at
             if best is None:
                 if not gave:
                     return  # nobody can be shown anything more
@@ -1550,7 +1557,7 @@ class Swarm:
                 gave = False
                 continue
             done.add(best.handle)
-            offers = ss.top_up(best.handle, best.have, best_key[0] + 1, now)
+            offers = ss.top_up(best.handle, best.have, best_open + 1, now)
             if offers:
                 gave = True
                 self._offered_at[best.handle] = now

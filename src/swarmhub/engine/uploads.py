@@ -344,10 +344,30 @@ class Uploader:
     async def read_piece(self, index: int) -> bytes | bytearray:
         """A piece for uploading, from the read cache or one shared disk read."""
         cached = self._cache.get(index)
+        if cached is None and self._read_now(index):
+            cached = self._cache[index]
         if cached is not None:
             self._cache.move_to_end(index)
             return cached
         return await asyncio.shield(self._start_read(index))
+
+    def _read_now(self, index: int) -> bool:
+        """Piece ``index`` into the cache from the page cache on this thread, if it is all
+        there (:meth:`TorrentStorage.read_cached`); False when it needs the disk pool, or
+        a read of it is under way there. Whole pieces only (the last one: the pool)."""
+        t = self.torrent
+        pl = t.meta.piece_length
+        if index in self._reads or t.meta.piece_size(index) != pl:
+            return False
+        buf = self._piece_buffer()
+        if not t.storage.read_cached(index * pl, buf):
+            if len(self._spare) < _SPARE_READS:
+                self._spare.append(buf)
+            return False
+        self._cache[index] = buf
+        self._kept.pop(index, None)  # read, not kept (see _read_done)
+        self._trim()
+        return True
 
     def _start_read(self, index: int) -> asyncio.Future[bytes | bytearray]:
         """The disk read of piece ``index`` under way, started now if it was not."""
@@ -436,7 +456,7 @@ class Uploader:
             seen += 1
             if seen > depth:
                 return
-            if index not in cache and index not in reads:
+            if index not in cache and index not in reads and not self._read_now(index):
                 self._start_read(index)
 
     def keep_written(self, index: int, buf: PieceBuffer) -> None:
@@ -547,8 +567,10 @@ class Uploader:
         Why: at 32 KiB pieces a peer waits a turn for nearly every piece, and each wait
         in its task was ~3 wake-ups of it and as many grants passes (netns lab N=32:
         +0.1-0.3 CPU-s a peer, which made the turns slower than none there)."""
+        head = incoming[0].index
         if (grant >= 1 << 20 or peer in self._waiters or peer.closed
-                or incoming[0].index not in self._cache or not self._inline(peer)):
+                or (head not in self._cache and not self._read_now(head))
+                or not self._inline(peer)):
             return False  # no turns, its task waits already, or a read is due
         self._parked[peer] = None
         self._schedule_regrant(self._turn_due)
@@ -575,10 +597,23 @@ class Uploader:
         served: list[m.Request] = []
         size = 0
         cache = self._cache
+        # A piece read here (_read_now) may push the cache's oldest out: the pieces of
+        # this batch are made the newest as they join it, and read only while the cache
+        # holds them all and the new one.
+        room = t.settings.read_cache_bytes // t.meta.piece_length - 1
+        last = -1
         while incoming and size < batch:
             req = incoming[0]
-            if req.index not in cache or (v1_ok is not None and not v1_ok[req.index]):
-                break  # read it (or check its SHA-1) on the next round
+            index = req.index
+            if index != last:
+                if index in cache:
+                    cache.move_to_end(index)
+                elif room <= 2 or not self._read_now(index):
+                    break  # read it on the next round
+                room -= 1
+                last = index
+            if v1_ok is not None and not v1_ok[index]:
+                break  # check its SHA-1 on the next round
             incoming.popleft()
             served.append(req)
             size += req.length

@@ -61,6 +61,9 @@ PARTS_DIR = ".swarmhub.parts"
 log = logging.getLogger(__name__)
 
 _ZEROS = bytes(1 << 20)
+#: preadv flag: fail with EAGAIN instead of waiting for the disk (Linux 4.14+); 0 where
+#: there is none, or once a file system refused it (then every read_cached is False)
+_NOWAIT = [getattr(os, "RWF_NOWAIT", 0)]
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -468,6 +471,54 @@ class TorrentStorage:
             pos = at + n
         if pos < len(view):
             _zero_fill(view[pos:])
+
+    def read_cached(self, offset: int, buf: bytearray | memoryview) -> bool:
+        """:meth:`read_into` only if that waits for nothing: every file open already and
+        every byte in the page cache (``RWF_NOWAIT``); False otherwise (``buf`` then holds
+        garbage), and always where the kernel cannot tell. Safe on the event loop.
+
+        Why: a seed reads each piece it uploads once, mostly from the page cache; on the
+        disk pool each read was a thread wake-up each way and a chain of futures (loopback,
+        a super-seed and 16 clients: ~0.1 ms of the seed's CPU per 32 KiB piece), and
+        the serving peer's task had to wait for it instead of the blocks going out from
+        the receive callback."""
+        flag = _NOWAIT[0]
+        if not flag:
+            return False
+        view = _as_bytes_view(buf)
+        pos = 0
+        for index, file_offset, at, n in self._segments(offset, len(view)):
+            if at > pos:
+                _zero_fill(view[pos:at])
+            if not self._pread_cached(index, view[at : at + n], file_offset, flag):
+                return False
+            pos = at + n
+        if pos < len(view):
+            _zero_fill(view[pos:])
+        return True
+
+    def _pread_cached(self, index: int, view: memoryview, file_offset: int, flag: int) -> bool:
+        """One segment of :meth:`read_cached`: through a descriptor open already (the lock
+        only if free: a disk thread may hold it while it opens a file)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            handle = self._handles.get(index)
+            if handle is None:
+                return False
+            self._handles.move_to_end(index)
+            handle.users += 1
+        finally:
+            self._lock.release()
+        try:
+            got = os.preadv(handle.fd, [view], file_offset, flag)
+        except OSError as exc:  # EAGAIN: not cached (the disk pool reads it)
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                _NOWAIT[0] = 0  # this kernel or file system cannot say: never again
+            return False
+        finally:
+            self._release(handle)
+        return got == len(view)
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes of the piece space; pads read as zeros, a missing file is an error."""
