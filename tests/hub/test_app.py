@@ -88,6 +88,54 @@ async def test_only_a_client_that_asks_gets_the_torrent_without_piece_layers(
         load_torrent(short)
 
 
+async def test_a_crowd_of_gets_has_the_stored_torrent_read_and_parsed_once(
+        live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each get asks for its file's torrent twice (the file info's magnet, then the short
+    .torrent) and a crowd asks at once: the hub reads the stored torrent from its catalog
+    once per version, and hands every asker the same bytes. A private file's torrent is
+    still made for each user (their passkey)."""
+    f = await publish(live, os.urandom(300_000), "crowd.bin")
+    reads: list[tuple[str, str]] = []
+    get_torrent = live.hub.catalog.get_torrent
+
+    def counted(file_id: str, version: str) -> bytes | None:
+        reads.append((file_id, version))
+        return get_torrent(file_id, version)
+
+    monkeypatch.setattr(live.hub.catalog, "get_torrent", counted)
+    shorts, infos = set(), set()
+    for _ in range(3):
+        status, body, _ = await fetch(live, f"/api/files/{f['id']}")
+        assert status == 200
+        infos.add(json.loads(body)["magnet"])
+        status, short, _ = await fetch(live, f"/t/{f['id']}.torrent?piece_layers=0")
+        assert status == 200
+        shorts.add(short)
+    status, whole, _ = await fetch(live, f"/t/{f['id']}.torrent")
+    status_v1, v1, _ = await fetch(live, f"/t/{f['id']}.v1.torrent")
+    assert status == status_v1 == 200
+    assert sorted(set(reads)) == [(f["id"], "hybrid"), (f["id"], "v1")]
+    assert len(reads) == 2  # once each, the first time it was asked for
+    assert len(shorts) == len(infos) == 1
+    full = load_torrent(whole)
+    meta = load_torrent(shorts.pop(), require_piece_layers=False)
+    assert meta.info_bytes == full.info_bytes and full.piece_layers and not meta.piece_layers
+    assert load_torrent(v1).version is TorrentVersion.V1
+
+    admin = live.auth(live.admin)
+    async with live.http.post(
+        f"{live.url}/api/collections", json={"name": "crew", "private": True}, headers=admin
+    ) as r:
+        assert r.status == 201
+    g = await publish(live, os.urandom(70_000), "crew.bin", collection="crew")
+    carol, dave = await live.token("reader", "c"), await live.token("reader", "d")
+    for token, info in [carol, dave, carol]:
+        status, raw, _ = await fetch(live, f"/t/{g['id']}.torrent?piece_layers=0", token=token)
+        assert status == 200
+        got = load_torrent(raw, require_piece_layers=False)
+        assert got.trackers == ((f"{live.url}/announce?passkey={info['passkey']}",),)
+
+
 async def test_torrents_point_at_hub_tracker_and_web_seed(live: Live, tmp_path: Path) -> None:
     data = os.urandom(300_000)
     f = await publish(live, data, "report one.pdf")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib
 import importlib.resources
 import ipaddress
@@ -73,7 +72,7 @@ from swarmhub.hub.tracker import (
     parse_announce_query,
     parse_scrape_query,
 )
-from swarmhub.metainfo import Metainfo, load_torrent, torrent_bytes
+from swarmhub.metainfo import Metainfo, load_torrent
 
 __all__ = [
     "HubConfig",
@@ -569,7 +568,7 @@ async def get_torrent(request: web.Request) -> web.Response:
         # dict, so the same swarm, without the piece layers (32 bytes a piece: 60% of a
         # 32 MiB file's torrent, sent to every client at once as a swarm starts). It checks
         # pieces by SHA-1 and derives a layer from the data when a peer asks for it.
-        data = torrent_bytes(dataclasses.replace(meta, piece_layers={}))
+        data = hub.short_torrent(record, version, data, meta)
     suffix = ".v1.torrent" if version == "v1" else ".torrent"
     disposition = "attachment; filename*=UTF-8''" + urllib.parse.quote(record.name + suffix)
     return web.Response(
