@@ -124,3 +124,17 @@ def test_a_pick_takes_the_lowest_free_blocks_of_each_piece_whatever_came_before(
         elif op == "choke":
             p.peer_choked(peer)
         p.check_invariant()
+
+
+def test_a_pick_across_pieces_in_progress_skips_what_the_peer_lacks_and_finishes_each() -> None:
+    # 4 pieces of 2 blocks, each in progress with one block requested from "a" (in this
+    # order); "c" has pieces 1 and 3 only: it gets their free blocks, each piece in turn
+    # leaving the in-progress set as its last free block goes (pick walks that set live)
+    p = PiecePicker(4, 2 * BS, 8 * BS, rng=random.Random(1), random_first=0)
+    p.peer_has_all("a")
+    for i in range(4):
+        assert p.pick_allowed("a", 1, [i]) == [Block(i, 0, BS)]
+    p.peer_has_bitfield("c", bytes([0, 1, 0, 1]))
+    assert p.pick("c", 3) == [Block(1, BS, BS), Block(3, BS, BS)]
+    assert p.pick("a", 2) == [Block(0, BS, BS), Block(2, BS, BS)]
+    p.check_invariant()

@@ -42,7 +42,7 @@ class RateMeter:
     and the sums are the same integers.
     """
 
-    __slots__ = ("_buckets", "_last", "_last_bytes", "_sum", "_window", "total")
+    __slots__ = ("_buckets", "_first", "_last", "_last_bytes", "_sum", "_window", "total")
 
     def __init__(self, window: float = 5.0) -> None:
         self._window = window
@@ -51,6 +51,9 @@ class RateMeter:
         #: newest one: it drops buckets before it, or all of them), so ``add`` touches no
         #: array within a bucket
         self._buckets: array[float] | None = None
+        #: the oldest bucket's start while there are samples (``_buckets[0]``: an array
+        #: read is a generic call compiled, and a new float, once per ``rate``)
+        self._first = 0.0
         #: the newest bucket's start while there are samples (no array read per add)
         self._last = 0.0
         self._last_bytes = 0
@@ -63,7 +66,7 @@ class RateMeter:
         buckets = self._buckets
         if buckets is None:
             self._buckets = array("d", (now, 0.0))
-            self._last = now
+            self._first = self._last = now
             self._last_bytes = n
         elif now - self._last < 0.1:
             self._last_bytes += n
@@ -82,7 +85,7 @@ class RateMeter:
         # Each array element read is a generic call compiled (no native ``array``): the
         # oldest start is read once, and the counts dropped are summed as the loop passes
         # them (exact: integers below 2**53), not through a slice, ``map`` and ``sum``.
-        first = buckets[0]
+        first = self._first
         if now - first > window:
             end = len(buckets)
             dropped = buckets[1]
@@ -99,6 +102,7 @@ class RateMeter:
                 return 0.0
             self._sum -= int(dropped)
             del buckets[:k]
+            self._first = first
         span = max(1.0, now - first) if len(buckets) > 2 else 1.0
         return self._sum / min(span, window)
 

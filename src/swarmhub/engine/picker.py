@@ -54,6 +54,7 @@ from typing import Final, NamedTuple
 from swarmhub.errors import LocalProtocolError
 
 __all__ = [
+    "DICT_POP",
     "MAX_PRIORITY",
     "Block",
     "BlockResult",
@@ -73,8 +74,9 @@ _RECEIVED: Final = 2
 _NOT_BITS = bytes.maketrans(b"\x00\x01", b"\x01\x00")
 _NONZERO = bytes([0] + [1] * 255)
 #: ``dict.pop`` itself, called with the dict (Final: a C static): compiled, ``d.pop(k, x)``
-#: is a call by name, which looks the method up on the type each time (~100 instructions)
-_DICT_POP: Final = dict.pop
+#: is a call by name, which looks the method up on the type each time (~100 instructions).
+#: The one definition for the core (the swarm imports it).
+DICT_POP: Final = dict.pop
 
 
 class Block(NamedTuple):
@@ -626,7 +628,8 @@ class PiecePicker:
             barren = self._barren
             if peer in barren:  # (not pop: a method call per Have, compiled)
                 del barren[peer]
-        if not self._have[index] and self._prio[index]:
+        # (no piece skipped: no priority to read, a generic call per Have compiled)
+        if not self._have[index] and (not self._num_skip or self._prio[index]):
             rec.lack += 1
 
     def peer_has_bitfield(self, peer: Hashable, have: bytes | bytearray) -> None:
@@ -790,14 +793,27 @@ class PiecePicker:
             reqs = self._reqs[peer] = {}
         idle = not reqs  # end-game duplicates go only to a peer with nothing outstanding
         out: list[Block] = []
-        if self._partial:
+        partial = self._partial
+        if partial:
             prio = self._prio
-            for index in tuple(self._partial):
-                if (bits is not None and not bits[index]) or not prio[index]:
-                    continue
-                self._take(peer, index, self._downloading[index], count - len(out), out, reqs)
-                if len(out) >= count:
-                    return out
+            skip = self._num_skip > 0
+            downloading = self._downloading
+            # The live dict, not a tuple of it per call (~760 instructions, compiled): a
+            # _take short of ``count`` took every free block, so its piece left ``partial``
+            # (the only change _take makes to it) and the walk starts over, where the
+            # pieces before it are skipped again as before.
+            again = True
+            while again:
+                again = False
+                for index in partial:
+                    if (bits is not None and not bits[index]) or (skip and not prio[index]):
+                        continue
+                    self._take(peer, index, downloading[index], count - len(out), out, reqs)
+                    if len(out) >= count:
+                        return out
+                    if index not in partial:
+                        again = True
+                        break
         barren = self._barren
         while len(out) < count and self._untouched:
             if barren.get(peer) == self._epoch:
@@ -1239,7 +1255,7 @@ class PiecePicker:
                     length != (bs if begin + bs <= size else size - begin):
                 continue
             if reqs is not None:
-                _DICT_POP(reqs, block, None)
+                DICT_POP(reqs, block, None)
             if have[index]:
                 continue
             if piece is None:
@@ -1256,13 +1272,13 @@ class PiecePicker:
                 continue
             others: tuple[Hashable, ...] = ()
             if state == _REQUESTED:
-                peers = _DICT_POP(piece.requesters, j)
+                peers = DICT_POP(piece.requesters, j)
                 if len(peers) != 1 or peers[0] != peer:  # end-game: others asked for it too
                     others = tuple(p for p in peers if p != peer)
                     for p in others:
                         other_reqs = self._reqs.get(p)
                         if other_reqs is not None:
-                            _DICT_POP(other_reqs, block, None)
+                            DICT_POP(other_reqs, block, None)
                 piece.num_requested -= 1
             else:
                 piece.num_free -= 1

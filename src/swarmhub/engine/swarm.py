@@ -53,7 +53,7 @@ from swarmhub.engine.allowedfast import grant
 from swarmhub.engine.choker import ChokeDecision, ChokerSettings, PeerStats, choose_unchoked
 from swarmhub.engine.integrity import Integrity
 from swarmhub.engine.peerstate import PeerState, RateMeter
-from swarmhub.engine.picker import Block, BlockTable, PiecePicker
+from swarmhub.engine.picker import DICT_POP, Block, BlockTable, PiecePicker
 from swarmhub.engine.schedule import Dialer, TrackerSchedule
 from swarmhub.engine.superseed import SuperSeeder
 from swarmhub.settings import Settings
@@ -80,8 +80,6 @@ _HAVE_NONE_T: Final = m.HaveNone
 _CANCEL_T: Final = m.Cancel
 _REJECT_T: Final = m.RejectRequest
 _ALLOWED_FAST_T: Final = m.AllowedFast
-#: ``dict.pop`` itself, called with the dict (``d.pop(k, x)`` compiled is a call by name)
-_DICT_POP: Final = dict.pop
 _CHOKE = (m.Choke(),)
 _UNCHOKE = (m.Unchoke(),)
 
@@ -844,7 +842,7 @@ class Swarm:
         at = -1  # the piece of the previous block kept, and its sources (``src``)
         src: dict[int, Hashable] = {}
         for block in got:
-            asked = _DICT_POP(requested, block, None)
+            asked = DICT_POP(requested, block, None)
             if asked is None:
                 out.append(False)  # unrequested, cancelled or late duplicate: drop it
                 continue
@@ -955,16 +953,7 @@ class Swarm:
         self.have[index] = 1
         self.num_have += 1
         self.picker.piece_passed(index)
-        # A comprehension, then the few it picked: this runs for every piece x peer.
-        # Peers that lack it, and peers that hold it but want nothing from us and are no
-        # seed: a super-seed shows its pieces one Have at a time and keeps each offer open
-        # until it is served or the peer reports the piece, so a Have withheld because
-        # "it has it" held the offer (in the tail the seed's only one) until the 2 s
-        # decline rule (netns lab N=16: every peer waited ~3 s for the last pieces).
-        # (the flags first: a bytearray read is a generic call from compiled code)
-        told = [ps for ps in self.peers.values() if not ps.closed and (
-            not (ps.peer_interested or ps.is_seed) or not ps.have[index])]
-        self._lose_interest(index, now)
+        told = self._tell_passed(index, now)
         if told and self._ws_origins and self.webseed_preferred(now):
             # The origin's peer, left idle while its web seed serves us, gets its Haves at
             # the next tick: a write per run of pieces woke the hub (on loopback the woken
@@ -983,9 +972,21 @@ class Swarm:
         if self.picker.is_finished:
             self._set_complete(now)
 
-    def _lose_interest(self, index: int, now: float) -> None:
-        """Piece ``index`` was the last one we wanted from some peers that have it: tell
-        them NotInterested now, not at the next tick.
+    def _tell_passed(self, index: int, now: float) -> list[PeerState]:
+        """We passed piece ``index``: the peers to tell (a Have, the caller sends it), and
+        NotInterested to those it was the last piece we wanted from. One walk of the
+        peers for both (this runs for every piece x peer; two walks were ~1 % of a
+        ``lab simulate`` run), and each peer's bit read at most once (a bytearray read is
+        a generic call compiled: the flags are read first).
+
+        Told: peers that lack it, and peers that hold it but want nothing from us and are
+        no seed: a super-seed shows its pieces one Have at a time and keeps each offer
+        open until it is served or the peer reports the piece, so a Have withheld because
+        "it has it" held the offer (in the tail the seed's only one) until the 2 s
+        decline rule (netns lab N=16: every peer waited ~3 s for the last pieces).
+
+        NotInterested: the piece was the last one we wanted from some peers that have
+        it: tell them now, not at the next tick.
 
         Why: an uploader keeps an interested peer in its unchoke slot, so a peer that
         wants nothing more from it held one of its few slots for up to a tick (a second)
@@ -1003,11 +1004,24 @@ class Swarm:
         or two later, made us Interested again. Told at once, 2.4 of 3.3 NotInterested
         per client per piece went to peers choking us, each paired with an Interested
         (``lab simulate`` p2p N=64 seed 1; issue 9's churn in the netns lab)."""
-        interesting = self.picker.interesting
+        picker = self.picker  # (picker.interesting a native call: not a bound method)
+        told: list[PeerState] = []
         for ps in self.peers.values():
-            if ps.am_interested and not ps.peer_choking and ps.have[index] \
-                    and not ps.closed and not interesting(ps.handle):
-                self._lost_interest(ps, now)
+            if ps.closed:
+                continue
+            has = -1  # ps.have[index], once read
+            if ps.peer_interested or ps.is_seed:
+                has = ps.have[index]
+                if not has:
+                    told.append(ps)
+            else:
+                told.append(ps)
+            if ps.am_interested and not ps.peer_choking:
+                if has < 0:
+                    has = ps.have[index]
+                if has and not picker.interesting(ps.handle):
+                    self._lost_interest(ps, now)
+        return told
 
     def _set_complete(self, now: float) -> None:
         """Every wanted piece is in: lose interest; seeds are closed (and the tracker

@@ -484,8 +484,11 @@ class Simulation:
         """Whether ``node`` uploads in turns now (the core's budget: a piece leaves
         slowly); when they just ended, every peer waiting a turn is served first."""
         swarm = node.swarm
-        on = bool(self._upload_ahead and swarm is not None
-                  and swarm.upload_budget(self.ev.now))
+        # (statements, not ``bool(a and b and c)``: that chain of a float, a bool and an
+        # int is an object compiled, with the budget boxed per call)
+        on = False
+        if self._upload_ahead and swarm is not None:
+            on = swarm.upload_budget(self.ev.now) != 0
         if node.turns and not on:
             node.turns = False
             self.serve_node(node)  # no budget: every peer with requests, unlimited
