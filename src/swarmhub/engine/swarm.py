@@ -351,7 +351,15 @@ class Swarm:
     def _close(self, ps: PeerState, reason: str) -> None:
         if not ps.closed:
             ps.closed = True
+            self._note_seed(ps)
             self._out.append(Close(ps.handle, reason))
+
+    def _note_seed(self, ps: PeerState) -> None:
+        """A connection ends: if the peer held every piece, the dialer remembers its
+        listen address, which it then leaves undialled while we are a seed too."""
+        addr = ps.listen_addr
+        if addr is not None and ps.is_seed:
+            self.dialer.seed(addr)
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -503,6 +511,8 @@ class Swarm:
         ps = self.peers.pop(handle, None)
         if ps is None:
             return
+        if not ps.closed:  # (closed by us: noted then)
+            self._note_seed(ps)
         ps.closed = True
         if not ps.am_choking:
             self._unchoked -= 1
@@ -1854,7 +1864,7 @@ class Swarm:
         # another leecher, a failed or stalled web seed.
         hold = self._ws_origins if self._ws_origins and self.webseed_preferred(now) \
             else frozenset()
-        for addr in dialer.next(now, connected, room, hold):
+        for addr in dialer.next(now, connected, room, hold, self.complete):
             self._out.append(Connect(addr))
         held = bool(hold) and any(a[0] in hold for a in dialer.candidates)
         if held != self._origin_held:  # webseed_alone's answer may change with it
@@ -1864,9 +1874,15 @@ class Swarm:
         """A dial finished, connected or not (a connection reports ``connected`` too)."""
         self.dialer.done(addr)
 
-    def add_peers(self, addrs: Iterable[tuple[str, int]], now: float) -> None:
-        """Addresses to dial (a tracker, PEX…); dials start at once when there is room."""
-        self.dialer.add(addrs)
+    def add_peers(self, addrs: Iterable[tuple[str, int]], now: float,
+                  seeds: Iterable[tuple[str, int]] = ()) -> None:
+        """Addresses to dial (a tracker, PEX…); dials start at once when there is room.
+        ``seeds``: those of them the source says hold every piece (BEP 11's flag 0x02),
+        left undialled while we are a seed (:class:`Dialer`)."""
+        dialer = self.dialer
+        for addr in seeds:
+            dialer.seed(addr)
+        dialer.add(addrs)
         self._dial(now)
 
     def tracker_response(self, now: float, *, interval: float,
