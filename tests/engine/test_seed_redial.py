@@ -108,3 +108,46 @@ def test_the_seed_book_is_bounded() -> None:
     d.add([("10.0.1.0", 6881), ("10.0.1.1", 6881)])
     assert d.next(0.0, set(), room=5, complete=True) == [("10.0.1.0", 6881)]
     assert not d.candidates  # the known seed left the queue undialled
+
+
+def test_a_super_seed_that_says_upload_only_is_not_redialled_once_we_finish() -> None:
+    """A super-seed shows us only the pieces it offers, never all of them: its BEP 21
+    ``upload_only`` is how we know it is a seed. We close it when we finish, and no PEX
+    message or tracker answer has us dial it again (the lab's loopback source: 393
+    connections from 32 finished clients, each closed after the handshakes)."""
+    s = _swarm()
+    s.add_peers([SRC], 0.0)
+    s.take()
+    s.connect_done(SRC)
+    s.connected("src", SRC, b"s" * 20, fast=True, now=0.0, outgoing=True)
+    s.extension_handshake("src", reqq=250, upload_only=True)
+    s.message("src", m.HaveNone(), 0.0)
+    s.connected("b", LEECH, b"b" * 20, fast=True, now=0.0, outgoing=True)
+    s.message("b", m.HaveAll(), 0.0)
+    s.message("b", m.Unchoke(), 0.0)
+    reqs = [msg for a in s.take() if getattr(a, "peer", None) == "b"
+            for msg in getattr(a, "messages", ()) if isinstance(msg, m.Request)]
+    for r in reqs:
+        s.block("b", r.index, r.begin, r.length, 1.0)
+    s.take()
+    for i in range(s.num_pieces):
+        s.piece_verified(i, True, 1.5)
+    acts = s.take()
+    assert Close("src", "both sides are seeds") in acts
+    s.disconnected("src", 1.6)
+    for now in (2.0, 7.0):
+        s.add_peers([SRC], now)
+        s.tick(now)
+        assert Connect(SRC) not in s.take()
+
+
+def test_a_seed_closes_a_peer_that_says_upload_only() -> None:
+    s = Swarm(2, BLOCK_SIZE, 2 * BLOCK_SIZE, Settings(super_seeding=False),
+              rng=random.Random(7), now=0.0, have=b"\x01\x01", trackers=False, peers=())
+    s.connected("x", ("10.0.0.9", 50000), b"x" * 20, fast=True, now=0.0)
+    s.take()
+    s.extension_handshake("x", listen_port=6881, upload_only=True)
+    assert Close("x", "both sides are seeds") in s.take()
+    s.disconnected("x", 0.1)
+    s.add_peers([("10.0.0.9", 6881)], 1.0)
+    assert Connect(("10.0.0.9", 6881)) not in s.take()

@@ -59,7 +59,7 @@ def listen_addrs(peers: Iterable[PeerState]) -> dict[Addr, int]:
         addr: object = ps.listen_addr
         if addr is not None and not ps.closed:
             flags = FLAG_REACHABLE if ps.outgoing else 0
-            out[addr] = flags | FLAG_SEED if ps.is_seed else flags
+            out[addr] = flags | FLAG_SEED if ps.upload_only or ps.is_seed else flags
     return cast("dict[Addr, int]", out)
 
 

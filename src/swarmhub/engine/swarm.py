@@ -355,10 +355,11 @@ class Swarm:
             self._out.append(Close(ps.handle, reason))
 
     def _note_seed(self, ps: PeerState) -> None:
-        """A connection ends: if the peer held every piece, the dialer remembers its
-        listen address, which it then leaves undialled while we are a seed too."""
+        """A connection ends: if the peer held every piece or said it wants nothing
+        (``upload_only``), the dialer remembers its listen address, which it then leaves
+        undialled while we are a seed too."""
         addr = ps.listen_addr
-        if addr is not None and ps.is_seed:
+        if addr is not None and (ps.upload_only or ps.is_seed):
             self.dialer.seed(addr)
 
     # -- state -----------------------------------------------------------------------------
@@ -530,7 +531,7 @@ class Swarm:
         self._fill_all(now)
 
     def extension_handshake(self, handle: Hashable, *, reqq: int | None = None,
-                            listen_port: int | None = None) -> None:
+                            listen_port: int | None = None, upload_only: bool = False) -> None:
         """The peer's BEP 10 handshake: how many requests it queues (``reqq``), and the
         port it listens on (``p``). A peer that dialled us is known by its ephemeral
         source port; without ``p`` each tracker answer or PEX message that lists its
@@ -544,6 +545,13 @@ class Swarm:
             ps.reqq = max(2, reqq)
         if listen_port and not ps.outgoing:  # the wire decoder drops one outside 1..65535
             ps.listen_addr = (ps.addr[0], listen_port)
+        if upload_only:
+            # BEP 21: it wants nothing (a super-seed says so too, though it shows us only
+            # the pieces it offers): its address is a seed's for the dialer once it goes
+            # (_note_seed), and two such ends have nothing to trade.
+            ps.upload_only = True
+            if self.complete:
+                self._close(ps, "both sides are seeds")
 
     # -- messages --------------------------------------------------------------------------
     def message(self, handle: Hashable, msg: m.Message, now: float) -> None:
@@ -1038,7 +1046,7 @@ class Swarm:
         told ``completed``) only when we hold every piece ourselves."""
         complete = self.complete
         for ps in list(self.peers.values()):
-            if ps.is_seed and complete:
+            if complete and (ps.is_seed or ps.upload_only):
                 self._close(ps, "both sides are seeds")
             elif ps.am_interested:
                 self._lost_interest(ps, now)
