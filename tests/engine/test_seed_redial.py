@@ -110,11 +110,10 @@ def test_the_seed_book_is_bounded() -> None:
     assert not d.candidates  # the known seed left the queue undialled
 
 
-def test_a_super_seed_that_says_upload_only_is_not_redialled_once_we_finish() -> None:
-    """A super-seed shows us only the pieces it offers, never all of them: its BEP 21
-    ``upload_only`` is how we know it is a seed. We close it when we finish, and no PEX
-    message or tracker answer has us dial it again (the lab's loopback source: 393
-    connections from 32 finished clients, each closed after the handshakes)."""
+def test_a_seed_that_says_upload_only_is_not_redialled_once_we_finish() -> None:
+    """A seed's BEP 21 ``upload_only`` (libtorrent's seeds send it) tells us it is one
+    even before we see its pieces: we close it when we finish, and no PEX message or
+    tracker answer has us dial it again."""
     s = _swarm()
     s.add_peers([SRC], 0.0)
     s.take()
@@ -151,3 +150,16 @@ def test_a_seed_closes_a_peer_that_says_upload_only() -> None:
     s.disconnected("x", 0.1)
     s.add_peers([("10.0.0.9", 6881)], 1.0)
     assert Connect(("10.0.0.9", 6881)) not in s.take()
+
+
+def test_a_seed_says_upload_only_but_a_super_seed_does_not() -> None:
+    """A libtorrent leecher drops an upload-only peer that shows it nothing it wants: a
+    super-seed, which starts with HaveNone, must not say it (libtorrent hides it too)."""
+    def seed(super_seeding: bool) -> Swarm:
+        s = Swarm(2, BLOCK_SIZE, 2 * BLOCK_SIZE, Settings(super_seeding=super_seeding),
+                  rng=random.Random(7), now=0.0, have=b"\x01\x01", trackers=False, peers=())
+        s.connected("x", ("10.0.0.9", 50000), b"x" * 20, fast=True, now=0.0)
+        return s
+    assert seed(False).upload_only
+    assert not seed(True).upload_only
+    assert not _swarm().upload_only  # a leecher

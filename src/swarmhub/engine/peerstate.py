@@ -286,8 +286,8 @@ class PeerState:
         #: last time payload moved either way (idle peers are evicted first)
         self.last_data = now
         self.has_all = False
-        #: its BEP 10 handshake said ``upload_only`` (BEP 21): it wants nothing, as a seed
-        #: (a super-seed too, whose pieces we never all see) or a finished partial one
+        #: its BEP 10 handshake said ``upload_only`` (BEP 21): it wants nothing (a seed, or
+        #: a finished partial one)
         self.upload_only = False
         self.num_have = 0
         self.have = bytearray(num_pieces)

@@ -546,9 +546,9 @@ class Swarm:
         if listen_port and not ps.outgoing:  # the wire decoder drops one outside 1..65535
             ps.listen_addr = (ps.addr[0], listen_port)
         if upload_only:
-            # BEP 21: it wants nothing (a super-seed says so too, though it shows us only
-            # the pieces it offers): its address is a seed's for the dialer once it goes
-            # (_note_seed), and two such ends have nothing to trade.
+            # BEP 21: it wants nothing (a seed, libtorrent's too): its address is a seed's
+            # for the dialer once it goes (_note_seed), and two such ends have nothing
+            # to trade.
             ps.upload_only = True
             if self.complete:
                 self._close(ps, "both sides are seeds")
@@ -1497,6 +1497,14 @@ class Swarm:
         return out
 
     # -- choking and super-seeding ---------------------------------------------------------
+    @property
+    def upload_only(self) -> bool:
+        """What our BEP 10 handshake says as BEP 21's ``upload_only``: we are a seed, but
+        not a super-seed. Why not a super-seed (libtorrent hides it too): a leecher drops
+        an upload-only peer it finds uninteresting, and a super-seed shows no piece at
+        first (libtorrent 2.1 leechers never stayed connected to ours)."""
+        return self.complete and not self._super_seeding()
+
     def _super_seeding(self) -> bool:
         """Whether peers connecting now are super-seeded: the setting is on and we seed
         what we did not download in this session (an initial seed).
