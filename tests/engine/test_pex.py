@@ -274,11 +274,12 @@ async def test_received_pex_is_bounded_never_us_and_ignored_unless_public_and_on
         added: list[tuple[str, int]] = []
         real_add = Swarm.add_peers
 
-        def spy(swarm: Swarm, addrs: Iterable[tuple[str, int]], now: float) -> None:
+        def spy(swarm: Swarm, addrs: Iterable[tuple[str, int]], now: float,
+                seeds: Iterable[tuple[str, int]] = ()) -> None:
             addrs = list(addrs)
             if swarm is t.swarm:
                 added.extend(addrs)
-            real_add(swarm, addrs, now)
+            real_add(swarm, addrs, now, seeds)
 
         monkeypatch.setattr(Swarm, "add_peers", spy)  # on the class: see above
         peer = await HostilePeer.open(port, meta.info_hash)

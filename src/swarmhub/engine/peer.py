@@ -200,6 +200,9 @@ class Peer:
             reqq=t.settings.max_outstanding_incoming_requests,
             metadata_size=None if t.meta.private else len(t.meta.info_bytes),
             yourip=_ip_bytes(self.addr[0]),
+            # BEP 21: a seed wants nothing; a finished peer that hears it leaves this
+            # address undialled (libtorrent: a seed closes such a peer)
+            upload_only=t.swarm.upload_only,
         )
         self.send(m.Extended(0, payload))
 

@@ -249,6 +249,7 @@ class PeerState:
         "target_at",
         "unchoked_us",
         "up",
+        "upload_only",
     )
 
     def __init__(
@@ -285,6 +286,9 @@ class PeerState:
         #: last time payload moved either way (idle peers are evicted first)
         self.last_data = now
         self.has_all = False
+        #: its BEP 10 handshake said ``upload_only`` (BEP 21): it wants nothing (a seed, or
+        #: a finished partial one)
+        self.upload_only = False
         self.num_have = 0
         self.have = bytearray(num_pieces)
         #: len(have), kept: is_seed runs per piece passed x peer (len of a bytearray is

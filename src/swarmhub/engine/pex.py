@@ -15,12 +15,14 @@ from typing import Final, cast
 from swarmhub.engine.peerstate import PeerState
 from swarmhub.wire.extensions import PexMessage
 
-__all__ = ["FLAG_REACHABLE", "MAX_ADDED", "MAX_DROPPED", "PexPeer", "listen_addrs"]
+__all__ = ["FLAG_REACHABLE", "FLAG_SEED", "MAX_ADDED", "MAX_DROPPED", "PexPeer",
+           "listen_addrs"]
 
 Addr = tuple[str, int]
 
 MAX_ADDED = 50  # per message, as libtorrent (BEP 11 asks for at most 50)
 MAX_DROPPED = 50
+FLAG_SEED = 0x02  # BEP 11: the peer is a seed (upload only): a seed need not dial it
 FLAG_REACHABLE = 0x10  # BEP 11: the peer accepts incoming connections (we dialled it)
 FIRST_DELAY = 2.0  # seconds from the peer's extension handshake to our first message
 INTERVAL = 60.0  # then about once a minute
@@ -44,9 +46,10 @@ _DIALABLE_MAX: Final = 4096
 
 def listen_addrs(peers: Iterable[PeerState]) -> dict[Addr, int]:
     """What :meth:`PexPeer.poll` tells about our connected peers: each one's listen
-    address with its BEP 11 flags (reachable when we dialled it). BEP 11's added peers
-    are where a peer accepts connections, never the ephemeral port one dialled us from:
-    a peer whose listen address we do not know is left out.
+    address with its BEP 11 flags (reachable when we dialled it; seed when it holds every
+    piece, as libtorrent flags them: a recipient that is a seed leaves it undialled).
+    BEP 11's added peers are where a peer accepts connections, never the ephemeral port
+    one dialled us from: a peer whose listen address we do not know is left out.
 
     Addresses pass through here and :class:`PexPeer` typed ``object``: compiled (mypyc),
     a ``tuple[str, int]`` is unboxed and boxed anew, another tuple wherever it is stored,
@@ -55,7 +58,8 @@ def listen_addrs(peers: Iterable[PeerState]) -> dict[Addr, int]:
     for ps in peers:
         addr: object = ps.listen_addr
         if addr is not None and not ps.closed:
-            out[addr] = FLAG_REACHABLE if ps.outgoing else 0
+            flags = FLAG_REACHABLE if ps.outgoing else 0
+            out[addr] = flags | FLAG_SEED if ps.upload_only or ps.is_seed else flags
     return cast("dict[Addr, int]", out)
 
 
@@ -120,9 +124,10 @@ class PexPeer:
                           added_flags=added_flags)
 
     def received(self, now: float, msg: PexMessage, *, own: Collection[Addr] = (),
-                 limit: int = MAX_ADDED) -> list[Addr]:
+                 limit: int = MAX_ADDED, seeds: list[Addr] | None = None) -> list[Addr]:
         """Addresses worth dialling from ``msg``: at most ``limit``, none of ``own``, no
-        port 0 or unroutable address; [] when the peer sends more often than it may."""
+        port 0 or unroutable address; [] when the peer sends more often than it may.
+        ``seeds`` (when given) gets those of them flagged as seeds (:data:`FLAG_SEED`)."""
         if self.last_received is not None and now - self.last_received < MIN_RECEIVE_GAP:
             return []
         self.last_received = now
@@ -132,7 +137,8 @@ class PexPeer:
         out: list[object] = []
         mine = cast("Collection[object]", own)
         dialable = _DIALABLE
-        for addr in cast("list[object]", msg.added):
+        flags = msg.added_flags if seeds is not None else None
+        for i, addr in enumerate(cast("list[object]", msg.added)):
             if len(out) >= limit:
                 break
             host, port = cast("Addr", addr)
@@ -147,4 +153,6 @@ class PexPeer:
             if not ok:
                 continue
             out.append(addr)
+            if flags and i < len(flags) and flags[i] & FLAG_SEED:
+                cast("list[object]", seeds).append(addr)
         return cast("list[Addr]", out)

@@ -43,10 +43,11 @@ class PexDriver:
         now = t.clock()
         if peer.pex is None:
             peer.pex = PexPeer(now)
-        addrs = peer.pex.received(now, msg, own=self.own_addrs())
+        seeds: list[tuple[str, int]] = []
+        addrs = peer.pex.received(now, msg, own=self.own_addrs(), seeds=seeds)
         if addrs:
             log.debug("%s: %d peers from PEX of %s", t.meta.name, len(addrs), peer)
-            t.swarm.add_peers(addrs, now)
+            t.swarm.add_peers(addrs, now, seeds)
             t._flush()
 
     def tick(self, now: float) -> None:

@@ -7,7 +7,8 @@ download that has run out of peers asks again after 15 s instead of a whole inte
 
 :class:`Dialer` — a queue of candidate addresses (tracker answers, direct peers) dialled
 while the torrent has room; direct peers are put back when their connection is gone,
-no more often than every ``retry`` seconds.
+no more often than every ``retry`` seconds. Addresses known to be seeds are not dialled
+once we are a seed ourselves (a seed wants nothing from a seed).
 
 Both take ``now`` from the caller; neither reads a clock.
 """
@@ -80,6 +81,8 @@ class Dialer:
     #: the most addresses waiting to be dialled; the oldest go first (the freshest tell
     #: most likely of a live peer)
     MAX_CANDIDATES = 1000
+    #: the most addresses remembered as seeds (the oldest forgotten first)
+    MAX_SEEDS = 1000
 
     def __init__(self, direct: Iterable[Addr], retry: float = 5.0) -> None:
         self.direct = list(direct)
@@ -93,6 +96,13 @@ class Dialer:
         self._retry_at: dict[Addr, float] = {}
         #: addresses that are us (never dialled)
         self.own: set[Addr] = set()
+        #: listen addresses of peers known to hold every piece (a connection that showed
+        #: it, a PEX flag), oldest first: not dialled while we are a seed too. Why: a
+        #: finished peer kept dialling the source at each tracker answer or PEX message
+        #: it heard, each connection closed after the handshakes ("both sides are
+        #: seeds"; 393 at the source in one loopback run of 32); libtorrent's peer list
+        #: skips known seeds once finished the same way (``is_connect_candidate``).
+        self.seeds: dict[Addr, None] = {}
 
     def add(self, addrs: Iterable[Addr]) -> None:
         queued, candidates = self._queued, self.candidates
@@ -103,6 +113,14 @@ class Dialer:
                 queued.add(addr)
                 candidates.append(addr)
 
+    def seed(self, addr: Addr) -> None:
+        """``addr`` is a seed's listen address (bounded: the oldest is forgotten)."""
+        seeds = self.seeds
+        if addr not in seeds:
+            if len(seeds) >= self.MAX_SEEDS:
+                del seeds[next(iter(seeds))]
+            seeds[addr] = None
+
     def requeue_direct(self, now: float, connected: set[Addr]) -> None:
         for addr in self.direct:
             if (addr not in connected and addr not in self._queued
@@ -111,9 +129,11 @@ class Dialer:
                 self.candidates.append(addr)
 
     def next(self, now: float, connected: set[Addr], room: int,
-             hold: frozenset[str] = frozenset()) -> list[Addr]:
+             hold: frozenset[str] = frozenset(), complete: bool = False) -> list[Addr]:
         """Addresses to dial now, at most ``room``. An address at an IP in ``hold`` stays
-        queued, undialled (a later call without it dials it)."""
+        queued, undialled (a later call without it dials it); with ``complete`` (we are
+        a seed) known seeds are dropped from the queue, undialled."""
+        seeds = self.seeds if complete else None
         out: list[Addr] = []
         held: list[Addr] = []
         while self.candidates and len(out) < room:
@@ -123,6 +143,8 @@ class Dialer:
                 continue
             self._queued.discard(addr)
             if addr in connected or addr in self.connecting or addr in self.own:
+                continue
+            if seeds and addr in seeds:
                 continue
             if addr in self._direct:
                 self._retry_at[addr] = now + self.retry

@@ -36,6 +36,7 @@ class PeerHost(Protocol):
 
     meta: Metainfo
     settings: Settings
+    swarm: Swarm  # (read: the extension handshake's upload_only)
     @property
     def pex_enabled(self) -> bool:
         """BEP 11 on for this torrent (not private, the ``pex`` setting on)."""

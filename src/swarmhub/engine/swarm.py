@@ -351,7 +351,16 @@ class Swarm:
     def _close(self, ps: PeerState, reason: str) -> None:
         if not ps.closed:
             ps.closed = True
+            self._note_seed(ps)
             self._out.append(Close(ps.handle, reason))
+
+    def _note_seed(self, ps: PeerState) -> None:
+        """A connection ends: if the peer held every piece or said it wants nothing
+        (``upload_only``), the dialer remembers its listen address, which it then leaves
+        undialled while we are a seed too."""
+        addr = ps.listen_addr
+        if addr is not None and (ps.upload_only or ps.is_seed):
+            self.dialer.seed(addr)
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -503,6 +512,8 @@ class Swarm:
         ps = self.peers.pop(handle, None)
         if ps is None:
             return
+        if not ps.closed:  # (closed by us: noted then)
+            self._note_seed(ps)
         ps.closed = True
         if not ps.am_choking:
             self._unchoked -= 1
@@ -520,7 +531,7 @@ class Swarm:
         self._fill_all(now)
 
     def extension_handshake(self, handle: Hashable, *, reqq: int | None = None,
-                            listen_port: int | None = None) -> None:
+                            listen_port: int | None = None, upload_only: bool = False) -> None:
         """The peer's BEP 10 handshake: how many requests it queues (``reqq``), and the
         port it listens on (``p``). A peer that dialled us is known by its ephemeral
         source port; without ``p`` each tracker answer or PEX message that lists its
@@ -534,6 +545,13 @@ class Swarm:
             ps.reqq = max(2, reqq)
         if listen_port and not ps.outgoing:  # the wire decoder drops one outside 1..65535
             ps.listen_addr = (ps.addr[0], listen_port)
+        if upload_only:
+            # BEP 21: it wants nothing (a seed, libtorrent's too): its address is a seed's
+            # for the dialer once it goes (_note_seed), and two such ends have nothing
+            # to trade.
+            ps.upload_only = True
+            if self.complete:
+                self._close(ps, "both sides are seeds")
 
     # -- messages --------------------------------------------------------------------------
     def message(self, handle: Hashable, msg: m.Message, now: float) -> None:
@@ -1028,7 +1046,7 @@ class Swarm:
         told ``completed``) only when we hold every piece ourselves."""
         complete = self.complete
         for ps in list(self.peers.values()):
-            if ps.is_seed and complete:
+            if complete and (ps.is_seed or ps.upload_only):
                 self._close(ps, "both sides are seeds")
             elif ps.am_interested:
                 self._lost_interest(ps, now)
@@ -1479,6 +1497,14 @@ class Swarm:
         return out
 
     # -- choking and super-seeding ---------------------------------------------------------
+    @property
+    def upload_only(self) -> bool:
+        """What our BEP 10 handshake says as BEP 21's ``upload_only``: we are a seed, but
+        not a super-seed. Why not a super-seed (libtorrent hides it too): a leecher drops
+        an upload-only peer it finds uninteresting, and a super-seed shows no piece at
+        first (libtorrent 2.1 leechers never stayed connected to ours)."""
+        return self.complete and not self._super_seeding()
+
     def _super_seeding(self) -> bool:
         """Whether peers connecting now are super-seeded: the setting is on and we seed
         what we did not download in this session (an initial seed).
@@ -1854,7 +1880,7 @@ class Swarm:
         # another leecher, a failed or stalled web seed.
         hold = self._ws_origins if self._ws_origins and self.webseed_preferred(now) \
             else frozenset()
-        for addr in dialer.next(now, connected, room, hold):
+        for addr in dialer.next(now, connected, room, hold, self.complete):
             self._out.append(Connect(addr))
         held = bool(hold) and any(a[0] in hold for a in dialer.candidates)
         if held != self._origin_held:  # webseed_alone's answer may change with it
@@ -1864,9 +1890,15 @@ class Swarm:
         """A dial finished, connected or not (a connection reports ``connected`` too)."""
         self.dialer.done(addr)
 
-    def add_peers(self, addrs: Iterable[tuple[str, int]], now: float) -> None:
-        """Addresses to dial (a tracker, PEX…); dials start at once when there is room."""
-        self.dialer.add(addrs)
+    def add_peers(self, addrs: Iterable[tuple[str, int]], now: float,
+                  seeds: Iterable[tuple[str, int]] = ()) -> None:
+        """Addresses to dial (a tracker, PEX…); dials start at once when there is room.
+        ``seeds``: those of them the source says hold every piece (BEP 11's flag 0x02),
+        left undialled while we are a seed (:class:`Dialer`)."""
+        dialer = self.dialer
+        for addr in seeds:
+            dialer.seed(addr)
+        dialer.add(addrs)
         self._dial(now)
 
     def tracker_response(self, now: float, *, interval: float,

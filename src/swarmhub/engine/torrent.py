@@ -1,14 +1,13 @@
 """One torrent in a session: the asyncio driver around its sans-IO :class:`Swarm`.
 
-Every swarm decision (picking, choking, super-seeding, strikes and bans, dials and
-announces) is the core's; this class feeds it events with the loop's clock and carries
-out its actions. The I/O behind the actions lives in one module each, every one seeing
-the torrent only as a :class:`~swarmhub.engine.services.DriverHost`: piece assembly,
-hashing and writing (:mod:`.pieces`), uploads (:mod:`.uploads`), web seeds
-(:mod:`.webseed_driver`), announces (:mod:`.tracker_driver`), peer exchange
-(:mod:`.pex_driver`), admission (:mod:`.admission`), files and resume data
-(:mod:`.ondisk`), chosen files and streaming (:mod:`.wanted`), background tasks
-(:mod:`.jobs`), and what the torrent reports (:mod:`.status`).
+Every swarm decision (picking, choking, super-seeding, strikes and bans, dials and announces) is
+the core's; this class feeds it events with the loop's clock and carries out its actions. The
+I/O behind the actions lives in one module each, every one seeing the torrent only as a
+:class:`~swarmhub.engine.services.DriverHost`: piece assembly, hashing and writing
+(:mod:`.pieces`), uploads (:mod:`.uploads`), web seeds (:mod:`.webseed_driver`), announces
+(:mod:`.tracker_driver`), peer exchange (:mod:`.pex_driver`), admission (:mod:`.admission`),
+files and resume data (:mod:`.ondisk`), chosen files and streaming (:mod:`.wanted`), background
+tasks (:mod:`.jobs`), and what the torrent reports (:mod:`.status`).
 """
 
 from __future__ import annotations
@@ -271,7 +270,8 @@ class Torrent(TorrentViews):
         self._flush()
 
     def on_ext_handshake(self, peer: Hashable, hs: ExtensionHandshake) -> None:
-        self.swarm.extension_handshake(peer, reqq=hs.reqq, listen_port=hs.p)
+        self.swarm.extension_handshake(peer, reqq=hs.reqq, listen_port=hs.p,
+                                       upload_only=hs.upload_only)
 
     def on_block(self, peer: Hashable, msg: m.Piece) -> None:
         """A block that came the wire core's way (a frame a read cut in two)."""
