@@ -143,6 +143,26 @@ def test_a_small_message_behind_queued_data_arrives_with_the_item_it_follows() -
     assert pipe.queued == 0 and not pipe.active
 
 
+def test_an_uplink_counts_what_its_connections_hold_unsent() -> None:
+    """``Link.backlog``: what a host's uploads have written ahead (the simulator's upload
+    turns read it), over the pipes that belong to a connection (an ``owner``): a web
+    seed's pipe shares the link but is not the peer's to count."""
+    ev, net = _net()
+    up, down = Link(1000.0), Link(1e9)
+    conn = Pipe(up, down, 0.01, lambda _p: None)
+    conn.owner = "end"
+    web = Pipe(up, down, 0.01, lambda _p: None)  # no owner
+    net.send_wire(conn, 3000, "run", lambda _p: None)
+    net.send_wire(conn, 2000, "run 2", lambda _p: None)
+    net.send(conn, 9, "have")  # rides with "run 2"
+    net.send_wire(web, 5000, "range", lambda _p: None)
+    assert up.backlog == 5000 + wire(9) == conn.queued
+    ev.run(6.5)  # "run" has left at 6 s (the two flows share the link: 500 B/s each)
+    assert conn.queued == up.backlog == 2000 + wire(9)
+    net.close(conn)
+    assert up.backlog == 0 and web.queued > 0
+
+
 def test_a_small_message_on_an_idle_pipe_takes_the_latency_only() -> None:
     ev, net = _net()
     times: list[float] = []

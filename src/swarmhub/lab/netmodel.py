@@ -266,7 +266,7 @@ class EventQueue:
 class Link:
     """One direction of a host's access link, shared by the flows crossing it."""
 
-    __slots__ = ("cap", "flows", "level", "name", "queued", "sent", "touched")
+    __slots__ = ("backlog", "cap", "flows", "level", "name", "queued", "sent", "touched")
 
     def __init__(self, cap: float, name: str = "") -> None:
         self.cap = float(cap)  #: wire bytes/s
@@ -277,6 +277,10 @@ class Link:
         self.name = name
         #: wire bytes that crossed this link (flows and small messages)
         self.sent = 0.0
+        #: wire bytes queued in the pipes leaving here that have an ``owner`` (a
+        #: connection's; not a web seed's) and not sent yet: what the host's uploads have
+        #: written ahead (the sum of those pipes' ``queued``, kept as they change)
+        self.backlog = 0
         #: :meth:`Network.settle`'s books, by its pass number (see there): in its work
         #: list now, and touched by the pass
         self.queued = 0
@@ -365,6 +369,8 @@ class Network:
             return
         items = pipe.items
         pipe.queued += size
+        if pipe.owner is not None:
+            pipe.up.backlog += size
         if size <= SMALL and len(items) > 1:
             # Behind data, a small message rides with the item it follows (as TCP packs
             # it into that item's last segment): it arrives with it, one event for both,
@@ -386,12 +392,16 @@ class Network:
         blocks is one item whose size is the sum of each message's :func:`wire`)."""
         pipe.items.append((size, deliver, payload))
         pipe.queued += size
+        if pipe.owner is not None:
+            pipe.up.backlog += size
         if not pipe.active:
             self._start(pipe, self.ev.now)
 
     def close(self, pipe: Pipe) -> None:
         """Drop whatever is queued (the connection is gone)."""
         pipe.items.clear()
+        if pipe.owner is not None:
+            pipe.up.backlog -= pipe.queued
         pipe.queued = 0
         if pipe.active:
             self._stop(pipe, self.ev.now)
@@ -439,7 +449,10 @@ class Network:
         items = pipe.items
         size, fn, payload = items.pop(0)
         pipe.queued -= size
-        pipe.up.sent += size
+        up = pipe.up
+        up.sent += size
+        if pipe.owner is not None:
+            up.backlog -= size
         heap = ev._heap
         seq = ev._seq
         ev._seq = seq + 1
