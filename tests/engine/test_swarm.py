@@ -6,6 +6,7 @@ core with events and reads the actions it queued.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Hashable
 
@@ -935,11 +936,13 @@ def test_a_super_seed_with_big_pieces_keeps_a_third_offer_open_for_the_round_tri
         assert 3 <= s._ss.open_count() <= 4
 
 
-def _super_seed_uplink_use(quick: float, slow: float, since: float, until: float) -> float:
+def _super_seed_uplink_use(quick: float, slow: float, since: float, until: float,
+                           *, late: float = 0.0, late_from: float = math.inf) -> float:
     """Share of a 2.5 MB/s uplink a super-seed keeps busy from ``since`` to ``until`` s
     when half its 16 peers ask for an offered piece ``quick`` s after its Have and the
     other half ``slow`` s after (a round trip plus a busy machine's scheduling delays),
-    in a stepped clock; the link sends the requested blocks one at a time, in order."""
+    and every peer ``late`` s after from ``late_from`` on, in a stepped clock; the link
+    sends the requested blocks one at a time, in order."""
     rate, step = 2.5e6, 0.002
     s = make_swarm(pieces=2048, have="*" * 2048, settings=Settings(super_seeding=True))
     peers = [join(s, f"p{i}") for i in range(16)]
@@ -951,7 +954,8 @@ def _super_seed_uplink_use(quick: float, slow: float, since: float, until: float
     while t < until:
         acts = s.take()
         for p in peers:
-            asks += [(t + delay[p], p, i) for i in _offers(acts, p)]
+            wait = late if t >= late_from else delay[p]
+            asks += [(t + wait, p, i) for i in _offers(acts, p)]
         for when, p, i in [a for a in asks if a[0] <= t]:
             asks.remove((when, p, i))
             s.message(p, m.Interested(), t)
@@ -981,6 +985,18 @@ def test_a_super_seed_keeps_its_uplink_busy_when_peers_answer_offers_late(
     with quick answers in 0.05 s and a mean of 0.17 s the hub's peer in hybrid N=32 sent
     0.7-0.9 MB/s (here: 0.65 of the uplink with the quickest)."""
     assert _super_seed_uplink_use(quick=quick, slow=slow, since=4.0, until=8.0) > 0.95
+
+
+def test_a_super_seeds_budget_does_not_shrink_with_the_rate_slow_answers_cause() -> None:
+    """Answers that turn slower than the budget's span (``super_seed_window`` plus the
+    capped turnaround, 0.5 s) once the uplink was full: the budget stays sized on the
+    best rate of the fresh phase. Sized on the measured rate, each slow cycle carried
+    less, the budget followed the rate down, and the seed settled at about a piece per
+    (turnaround - span): ~0.33 MB/s of 2.5 here with 0.6 s answers (the netns lab's
+    N=32 stalls: the source 5-15 % busy for 15-20 s before its first copy was out)."""
+    use = _super_seed_uplink_use(quick=0.05, slow=0.15, since=10.0, until=16.0,
+                                 late=0.6, late_from=4.0)
+    assert use > 0.7  # 0.5 / 0.6 of the link at least, less the send time of a cycle
 
 
 # -- trackers and dials --------------------------------------------------------------------

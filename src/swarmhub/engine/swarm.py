@@ -310,6 +310,9 @@ class Swarm:
         self._rechoke_at = now
         self._ss: SuperSeeder | None = None
         self._offered_at: dict[Hashable, float] = {}  # super-seeding: latest offer per peer
+        #: super-seeding: the best upload rate measured while fresh pieces were left (what
+        #: the offer budget is sized on; see :meth:`_offer_round`)
+        self._ss_best_rate = 0.0
         #: peers with requests to serve, in turn order (see :meth:`upload_grants`)
         #: (each with its PeerState: upload_grants reads it per peer, a look-up in
         #: :attr:`peers` otherwise; an entry leaves when its peer is disconnected)
@@ -1559,6 +1562,16 @@ class Swarm:
         2.1-2.2 of 2.4 MB/s while its first copy went out, 2.4 with it; hybrid N=32,
         answers in 0.17 s and more, the hub's peer 0.6-0.9 MB/s).
 
+        Why the best rate of the fresh phase, not the one measured now: the turnaround
+        counts only up to its cap, so answers slower than the span still cap the rate
+        at what the budget carries per cycle, and a budget sized on that rate shrank with
+        it, cycle after cycle, to about a piece per (cycle - span): 32 KiB pieces, 0.6 s
+        answers, ~0.33 MB/s of 2.5 (the netns lab's N=32 stalls, the source 5-15 % busy
+        once answers took 0.47-0.55 s). When our own uplink is the bottleneck the rate is
+        the link's, so the best one is no larger and the cap's bound on our queue holds.
+        (It does not ramp a budget whose answers are slow from the first offer: that
+        stays at the floor.)
+
         Why a budget for the whole swarm, not per peer: with offers open to every peer at
         once our upload is split N ways, every piece completes only near ``F/u_s`` and the
         swarm has nothing to trade until the end (N=64: the whole torrent was on offer at
@@ -1569,6 +1582,10 @@ class Swarm:
             return
         if ss.fresh_left:
             rate = self.up.rate(now)
+            if rate > self._ss_best_rate:
+                self._ss_best_rate = rate
+            else:
+                rate = self._ss_best_rate
             window = self.settings.super_seed_window
             span = window + min(_SS_TURNAROUND_CAP * window, ss.turnaround(now))
             budget = max(_SS_MIN_OFFERS, int(rate * span / self.piece_length) + 1)
