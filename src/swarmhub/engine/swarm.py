@@ -59,9 +59,22 @@ from swarmhub.engine.superseed import SuperSeeder
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
 
-__all__ = ["BLOCK_SIZE", "QueuedBytes", "Swarm", "ban_key"]
+__all__ = ["BLOCK_SIZE", "TURN_POLL_MAX", "QueuedBytes", "Swarm", "ban_key", "turn_regrant_at"]
 
 BLOCK_SIZE: Final = 16 * 1024
+#: In upload turns the grants are looked at again at least this often (s), however much
+#: is still written ahead: the kernel drains the peers' send queues without telling us.
+#: The asyncio driver (engine/uploads.py) and ``lab simulate`` both follow it.
+TURN_POLL_MAX: Final = 0.05
+
+
+def turn_regrant_at(budget: int, piece_length: int) -> int:
+    """In upload turns, the bytes written ahead at which the grants are looked at again:
+    the budget less min(half of it, a piece). Why not as soon as there is room: room
+    grows a block at a time as the kernel sends, and a pass per block cost the netns
+    lab's peers more CPU than the turns gained, while the half left keeps the uplink busy
+    (see ``Uploader._grants_now``; ``lab simulate`` follows the same rule)."""
+    return budget - min(budget >> 1, piece_length)
 _KEEPALIVE = (m.KeepAlive(),)
 _INTERESTED = (m.Interested(),)
 _NOT_INTERESTED: Final = (m.NotInterested(),)

@@ -21,6 +21,7 @@ from swarmhub.engine.peer import Peer
 from swarmhub.engine.peerstate import RequestQueue
 from swarmhub.engine.ratelimit import RateLimiter
 from swarmhub.engine.services import DriverHost
+from swarmhub.engine.swarm import TURN_POLL_MAX, turn_regrant_at
 from swarmhub.errors import InconsistentHashesError, StorageError
 from swarmhub.storage.files import PieceBuffer, TorrentStorage
 from swarmhub.storage.verify import PieceVerifier
@@ -34,7 +35,6 @@ _SIOCOUTQNSD = 0x894B
 #: take to leave at our upload rate, but at least this often (s) and at most this rarely:
 #: the kernel drains the other peers' send queues without telling us
 _TURN_POLL = 0.005
-_TURN_POLL_MAX = 0.05
 #: how late our timers ran is kept as a decaying maximum that halves every _LAG_HALF_LIFE
 #: s (long enough to hold between the 1 s tick's reports while turns are off, short
 #: enough that one stall turns them off for seconds, not the run), at most _LAG_MAX s (a
@@ -88,7 +88,7 @@ def turn_wait(excess: int, rate: float) -> float:
     (netns lab N=16: +0.2-0.5 CPU-s per peer, which kept the turns off by default)."""
     if rate <= 0 or excess <= 0:
         return _TURN_POLL
-    return min(_TURN_POLL_MAX, max(_TURN_POLL, excess / rate))
+    return min(TURN_POLL_MAX, max(_TURN_POLL, excess / rate))
 
 
 class Uploader:
@@ -257,14 +257,13 @@ class Uploader:
             grants = self._grants = {
                 h: 1 << 20 for h in swarm.upload_order
                 if (ps := swarm.peers.get(h)) is not None and ps.incoming}
-            self._turn_due = _TURN_POLL_MAX
+            self._turn_due = TURN_POLL_MAX
             return grants
         rate = self._turn_rate = swarm.up.rate(now)
         slack = int(rate * self._lag)
         budget = swarm.upload_budget(now) + slack
-        least = min(budget >> 1, t.meta.piece_length)
         grants = self._grants = dict(swarm.upload_grants(queued, now, slack))
-        excess = self._turn_excess = ahead - budget + least
+        excess = self._turn_excess = ahead - turn_regrant_at(budget, t.meta.piece_length)
         self._turn_due = turn_wait(excess, rate)
         return grants
 

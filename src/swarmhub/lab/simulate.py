@@ -43,7 +43,7 @@ from swarmhub.engine.actions import (
 from swarmhub.engine.peerstate import PeerState
 from swarmhub.engine.pex import PexPeer
 from swarmhub.engine.picker import Block, BlockTable
-from swarmhub.engine.swarm import QueuedBytes, Swarm
+from swarmhub.engine.swarm import TURN_POLL_MAX, QueuedBytes, Swarm, turn_regrant_at
 from swarmhub.lab.netmodel import (
     MSS,
     OVERHEAD,
@@ -70,9 +70,6 @@ _SIZES: Final[dict[type, int]] = {
 HANDSHAKE: Final = 68
 _HAVE: Final = m.Have
 _REQUEST: Final = m.Request
-#: in upload turns the driver looks at the grants again at least this often (s), however
-#: much is still written ahead (engine/uploads.py's _TURN_POLL_MAX)
-_TURN_POLL_MAX: Final = 0.05
 _BLOCK_WIRE: Final = 16384 + 13 + 12 * 66  #: wire bytes of one 16 KiB Piece message
 EXT_HANDSHAKE: Final = 160  #: our BEP 10 handshake, about (m, v, p, reqq, metadata_size, yourip)
 PIECE_HEADER: Final = 13
@@ -208,7 +205,7 @@ class Node:
         #: uploading in turns (see Simulation._turns)
         self.turns = False
         #: in turns: the grants are asked again once what is written ahead is down to
-        #: this many bytes, or _TURN_POLL_MAX s after ``granted_at`` (see _drained)
+        #: this many bytes, or TURN_POLL_MAX s after ``granted_at`` (see _drained)
         self.regrant_at = 0
         self.granted_at = 0.0
 
@@ -498,7 +495,7 @@ class Simulation:
             budget = swarm.upload_budget(self.ev.now)
             if budget:
                 on = True
-                node.regrant_at = budget - min(budget >> 1, self.piece_length)
+                node.regrant_at = turn_regrant_at(budget, self.piece_length)
         if node.turns and not on:
             node.turns = False
             self.serve_node(node)  # no budget: every peer with requests, unlimited
@@ -617,7 +614,7 @@ class Simulation:
         In turns, as the real driver's look-again timer (``Uploader._grants_now``): the
         grants are asked again once what the host has written ahead (``Link.backlog``)
         is down to the budget less min(half of it, a piece), or ``pipe`` ran empty, or
-        _TURN_POLL_MAX s passed; not as each item leaves (~a block, 6.5 ms at 20 mbit).
+        TURN_POLL_MAX s passed; not as each item leaves (~a block, 6.5 ms at 20 mbit).
         The pass per item let the next peer's turn begin with the budget still ahead:
         256 KiB pieces, p2p N=8 seed 1, 14.9 s where the netns lab takes 15.8-16.8
         (now 16.2 s; at 32 KiB the two passes give the same)."""
@@ -626,7 +623,7 @@ class Simulation:
         if self._turns(node):
             now = self.ev.now
             if (pipe.up.backlog <= node.regrant_at or not pipe.queued
-                    or now - node.granted_at >= _TURN_POLL_MAX):
+                    or now - node.granted_at >= TURN_POLL_MAX):
                 node.granted_at = now
                 self.serve_node(node)
         elif pipe.queued < self._drain_at:
