@@ -21,9 +21,9 @@ from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
 from swarmhub.wire.connection import PeerConnection
 
-PIECE = 4 * BLOCK_SIZE
+PIECE = 6 * BLOCK_SIZE  # the least budget (swarm._AHEAD_MIN): one piece ahead
 PIECES = 8
-TURNS = Settings(super_seeding=False, upload_ahead=0.02,  # 64 KiB: one piece ahead,
+TURNS = Settings(super_seeding=False, upload_ahead=0.02,  # 96 KiB: one piece ahead,
                  upload_turn_piece_time=0.0)  # whatever a piece takes to send
 
 
@@ -332,14 +332,14 @@ async def test_turns_are_off_while_we_run_later_than_a_piece_takes_to_leave() ->
     turns and pays CPU for them (the netns lab's CPU-starved hosts): every waiting peer
     is written to, and turns come back once the lateness has decayed."""
     rig = Rig(["a", "b", "c"])
-    rig.swarm.up.add(2_500_000, 0.0)  # 20 mbit: a 64 KiB piece leaves in ~26 ms
+    rig.swarm.up.add(2_500_000, 0.0)  # 20 mbit: a 96 KiB piece leaves in ~39 ms
     for i, name in enumerate("abc"):
         rig.ask(name, i)
     await rig.settle()
     assert rig.log == [("a", PIECE)]
     loop = asyncio.get_running_loop()
-    rig.up._regrant_at = loop.time() - 0.008
-    rig.up._on_timer()  # 8 ms late: a third of the piece's 26 ms, over the quarter
+    rig.up._regrant_at = loop.time() - 0.013
+    rig.up._on_timer()  # 13 ms late: a third of the piece's 39 ms, over the quarter
     assert rig.up._late()
     assert sorted(rig.log[1:]) == [("b", PIECE), ("c", PIECE)]
     rig.up.note_late(0.0)  # later reports on time: the maximum decays

@@ -105,9 +105,17 @@ def _requests(blocks: list[Block]) -> tuple[m.Request, ...]:
 
 #: The picker's requester for pieces a web seed fetches (peers leave them alone).
 _WEBSEED = "web seed"
-#: the least written ahead across all peers under ``upload_ahead``: four blocks, so one
-#: peer's next blocks are queued while its current ones leave
-_AHEAD_MIN = 4 * 16384
+#: the least written ahead across all peers under ``upload_ahead``: six blocks, a peer's
+#: least request queue (``min_request_queue``, 4) and the next peer's first two. Why
+#: more than that queue: the budget is counted in bytes written, headers included, so at
+#: four blocks one peer's four (65,588 bytes) held all of it, nobody else was let in
+#: until they drained to the look-again point, and the link then carried one connection
+#: alone: one whose turn came after an idle spell restarts from TCP's initial window (10
+#: segments per round trip, ``tcp_slow_start_after_idle``) and left the uplink idle
+#: (``lab simulate`` 256 KiB, 20 mbit, 10 ms: the super-seed 6 % idle in its first copy,
+#: mostly so; p2p N=16/64 seed 1 1.202/1.232 -> 1.132/1.198x the bound; 5 blocks, 7 or
+#: 8 alike)
+_AHEAD_MIN = 6 * 16384
 #: A web seed's batch holds about this many seconds of its rate (peers do not help with
 #: it, not even in end-game, so a slow web seed must not hold much).
 _WS_BATCH_SECONDS = 2.0
