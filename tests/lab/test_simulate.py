@@ -393,17 +393,22 @@ def test_fidelity_against_a_recorded_netns_lab_run(n: int) -> None:
 #: The same at 256 KiB pieces (`--piece-size 256KiB`, p2p only), where upload turns hand
 #: each peer in turn a whole piece (simmodel-41, df35bf6, load 1-2: N=8 16.8/16.2/15.8 s,
 #: N=4 14.8/14.8 s). The simulator asked the core's grants at every item that left, not at
-#: the driver's look-again point: N=8 14.9 s (-8 %).
+#: the driver's look-again point: N=8 14.9 s (-8 %). The lab again with the six-block
+#: least upload budget (scale-42, load 4-19): N=8 16.0/16.1/16.0 s, N=4 14.6/14.7 s.
 LAB_LAST_S_256K = {4: 14.8, 8: 16.2}
+#: How close: issue 8's 10 %. N=4 holds 5 %; N=8 is 14.8 s since the least upload budget
+#: is six blocks (-8.5 %): the simulator no longer idles the source where four blocks let
+#: one peer's request queue hold the whole budget (the real driver escaped that by its
+#: timer's lateness), and what keeps the lab at 16 s at N=8 is not in the model.
+FIDELITY_256K = {4: 0.05, 8: 0.10}
 
 
 @pytest.mark.parametrize("n", [4, 8])
 def test_fidelity_at_256_kib_pieces(n: int) -> None:
-    """Within 5 % of the recorded lab runs at 256 KiB: tighter than the 10 % target, since
-    the old per-item grant passes were already 8 % off at N=8."""
+    """Within :data:`FIDELITY_256K` of the recorded lab runs at 256 KiB pieces."""
     res = simulate("p2p", _opts(n, size=32 * MIB, piece_length=256 * 1024))
     assert res.last_completion_s is not None
-    assert res.last_completion_s == pytest.approx(LAB_LAST_S_256K[n], rel=0.05)
+    assert res.last_completion_s == pytest.approx(LAB_LAST_S_256K[n], rel=FIDELITY_256K[n])
 
 
 def test_cli_simulate_writes_the_lab_report(tmp_path: Path) -> None:
