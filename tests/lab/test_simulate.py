@@ -197,31 +197,39 @@ def test_the_tracker_hands_out_live_peers_but_never_the_asker() -> None:
     assert tr.pick(("10.0.0.9", 6881), False, 50, 10.0) == [("10.0.0.1", 6881)]
 
 
+class _Scanning(SimTracker):
+    """A tracker that always looks at every entry (as with announces out of order)."""
+
+    def _expired(self, now: float) -> list[tuple[str, int]] | None:
+        return None
+
+
 @pytest.mark.parametrize("seed", range(6))
-def test_a_seeders_announce_hands_out_what_the_full_scan_did(seed: int) -> None:
-    """The seeder shortcut (leechers in list order, no look at every entry) picks the
-    same peers, draws the same numbers and purges the same entries as the scan, through
-    completions, stops, expiry and a permanent entry."""
+def test_a_short_announce_hands_out_what_the_full_scan_did(seed: int) -> None:
+    """The shortcut past a short sample (the expired prefix of ``_seen``, then the rest
+    of the list without a call per entry) picks the same peers, draws the same numbers
+    and purges the same entries in the same order as the look at every entry, for
+    seeders and leechers, through completions, stops, expiry and a permanent entry."""
     ops = random.Random(seed)
     fast = SimTracker(interval=2, min_interval=1, rng=random.Random(seed))
-    slow = SimTracker(interval=2, min_interval=1, rng=random.Random(seed))
-    slow._all_live = lambda _now: False  # type: ignore[method-assign]  # always the scan
+    slow = _Scanning(interval=2, min_interval=1, rng=random.Random(seed))
     for tr in (fast, slow):
         tr.register(("10.0.0.0", 6881), True, 0.0, permanent=True)
-    shortcuts = 0
-    all_live = fast._all_live
+    shortcuts = purges = 0
+    expired = fast._expired
 
-    def counting(now: float) -> bool:
-        nonlocal shortcuts
-        live = all_live(now)
-        shortcuts += live
-        return live
+    def counting(now: float) -> list[tuple[str, int]] | None:
+        nonlocal shortcuts, purges
+        dead = expired(now)
+        shortcuts += dead is not None
+        purges += bool(dead)
+        return dead
 
-    fast._all_live = counting  # type: ignore[method-assign]
+    fast._expired = counting  # type: ignore[method-assign]
     now = 0.0
     picks = 0
-    for _ in range(600):
-        now += 2.5 if ops.random() < 0.01 else ops.choice((0.0, 0.001))
+    for _ in range(600):  # (a step past the ttl of 4 s expires most entries at once)
+        now += ops.choice((2.5, 5.0)) if ops.random() < 0.01 else ops.choice((0.0, 0.001))
         addr = (f"10.0.{ops.randrange(3)}.{ops.randrange(1, 120)}", 6881)
         roll = ops.random()
         if roll < 0.05:
@@ -229,17 +237,21 @@ def test_a_seeders_announce_hands_out_what_the_full_scan_did(seed: int) -> None:
                 tr.remove(addr)
             continue
         # most entries seeders, so the sample falls short: over a quarter leechers (a
-        # pass over the list) or fewer (the leechers sorted by position)
+        # pass over the list) or fewer (the leechers sorted by position); a leecher's
+        # sample falls short once entries expired
         seeder = roll < (0.6 if seed % 2 else 0.95)
+        # (sometimes another entry asks: one the scan passes by, expired or not)
+        asker = addr if ops.random() < 0.9 else (
+            f"10.0.{ops.randrange(3)}.{ops.randrange(1, 120)}", 6881)
         for tr in (fast, slow):
             tr.register(addr, seeder, now)
         numwant = ops.choice((5, 50))
-        got = fast.pick(addr, seeder, numwant, now)
-        assert got == slow.pick(addr, seeder, numwant, now)
+        got = fast.pick(asker, seeder, numwant, now)
+        assert got == slow.pick(asker, seeder, numwant, now)
         picks += bool(got)
         assert fast._addrs == slow._addrs and fast.seeders == slow.seeders
         assert fast.rng.random() == slow.rng.random()
-    assert picks > 300 and shortcuts > 10
+    assert picks > 300 and shortcuts > 10 and purges > 0
 
 
 def test_a_seeders_announce_looks_at_a_sample_not_every_entry() -> None:

@@ -149,15 +149,22 @@ class SimTracker:
         self.remove(addr)  # the purge, done lazily
         return False
 
-    def _all_live(self, now: float) -> bool:
-        """No entry has expired by ``now``: the oldest announce (permanent entries aside)
-        is within the ttl, so a look at an entry purges nothing."""
+    def _expired(self, now: float) -> list[Addr] | None:
+        """The entries a look at every entry would purge by ``now`` (those whose ttl
+        passed, permanent ones aside), oldest first; None when announces came out of
+        time order (then only that look finds them). In order, they are a prefix of
+        ``_seen`` (permanent entries skipped): the first one within the ttl ends it."""
         if not self._ordered:
-            return False
+            return None
+        out: list[Addr] = []
+        permanent, ttl = self._permanent, self.ttl
         for addr, seen in self._seen.items():
-            if addr not in self._permanent:
-                return now - seen <= self.ttl
-        return True
+            if addr in permanent:
+                continue
+            if now - seen <= ttl:
+                break
+            out.append(addr)
+        return out
 
     def pick(self, asker: Addr, seeder: bool, numwant: int, now: float) -> list[Addr]:
         """Up to ``numwant`` random live peers other than ``asker``."""
@@ -172,24 +179,33 @@ class SimTracker:
             if addr != asker and addr in self._pos and self._live(addr, now) \
                     and not (seeder and self._seeder[addr]):
                 out.append(addr)
-        if len(out) < want and len(cands) < len(self._addrs):  # rare: scan them all
+        if len(out) < want and len(cands) < len(self._addrs):  # short: the rest of the list
             taken = set(out)
-            if seeder and self._all_live(now):
-                # A seeder late in a run (most entries seeders): the scan below without
-                # its look at every entry (O(N) per announce, O(N^2) a run: ~100 CPU-s at
-                # N=10,000). Every entry is live, so the scan would keep the leechers in
-                # list order: the same list, hence the same shuffle and the same peers.
-                leechers = self._leechers
-                if 4 * len(leechers) > len(self._addrs):  # many: a pass without sorting
-                    rest = [a for a in self._addrs
-                            if a in leechers and a not in taken and a != asker]
-                else:
-                    rest = [a for a in sorted(leechers, key=self._pos.__getitem__)
-                            if a not in taken and a != asker]
-            else:
+            dead = self._expired(now)
+            if dead is None:  # out of order: look at every entry (it purges as it goes)
                 rest = [a for a in list(self._addrs) if a not in taken and a != asker
                         and a in self._pos and self._live(a, now)
                         and not (seeder and self._seeder[a])]
+            else:
+                # That look without a call per entry (O(N) per announce, O(N^2) a run;
+                # the ttl of 2 intervals is below the client's 5 s announce interval, so
+                # most such looks purge): the entries it would keep, in list order, then
+                # its purge, in the same order (the order moves entries: see remove).
+                pos = self._pos
+                gone = set(dead)
+                gone.update(taken)
+                gone.add(asker)
+                if not seeder:
+                    rest = [a for a in self._addrs if a not in gone]
+                elif 4 * len(self._leechers) > len(self._addrs):  # many: a pass, no sort
+                    leechers = self._leechers
+                    rest = [a for a in self._addrs if a in leechers and a not in gone]
+                else:  # a seeder late in a run (most entries seeders): the leechers
+                    rest = [a for a in sorted(self._leechers, key=pos.__getitem__)
+                            if a not in gone]
+                for a in sorted(dead, key=pos.__getitem__):
+                    if a != asker:  # (the look passed the asker by: not purged)
+                        self.remove(a)
             self.rng.shuffle(rest)
             out += rest[: want - len(out)]
         return out
