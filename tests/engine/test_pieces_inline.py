@@ -195,37 +195,3 @@ async def test_start_verify_uses_a_task_for_larger_pieces_and_held_files(
     finally:
         pool.shutdown()
         storage.close()
-
-
-async def test_a_written_piece_the_upload_cache_took_is_not_reused(tmp_path: Path) -> None:
-    """A small piece's buffer is a bytearray, which ``on_written`` may keep (the upload
-    cache takes it without a copy): the next piece is assembled in the buffer given back,
-    never in the one kept; a buffer not kept is reused as before."""
-    meta, data, storage, session = _setup(tmp_path)
-    pieces = Pieces(meta, storage, session)  # type: ignore[arg-type]
-    kept: dict[int, object] = {}
-    spare = bytearray(PIECE)
-
-    def on_written(index: int, buf: Any) -> Any:
-        if index == 0:
-            kept[index] = buf
-            return spare  # ours in its place
-        return buf  # not kept: the caller reuses it
-
-    pieces.on_written = on_written
-    try:
-        first = pieces.new_buffer(0)
-        assert type(first) is bytearray
-        first[:] = data[:PIECE]
-        pieces.buffers[0] = first
-        assert (await pieces.verify(0, want_digests=False))[0]
-        assert kept[0] is first and first == data[:PIECE]
-        second = pieces.new_buffer(1)
-        assert second is spare  # the one given back, not the one kept
-        second[:] = data[PIECE:2 * PIECE]
-        pieces.buffers[1] = second
-        assert (await pieces.verify(1, want_digests=False))[0]
-        assert pieces.new_buffer(2) is second  # not kept: reused
-        assert first == data[:PIECE]
-    finally:
-        storage.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import mmap
 from types import SimpleNamespace
 
 from swarmhub.engine.ratelimit import RateLimiter
@@ -30,20 +29,15 @@ def _peer(have: set[int], *, closed: bool = False, interested: bool = True,
                            peer_interested=interested)
 
 
-def test_a_piece_a_peer_lacks_is_cached_taking_its_buffer() -> None:
-    """A whole piece's bytearray goes into the cache as it is (no copy), and the caller
-    is told not to reuse it; a page-aligned buffer (large pieces') is copied."""
+def test_a_piece_a_peer_lacks_is_cached_as_a_copy() -> None:
     up = _uploader([_peer({0, 1}), _peer({1})])
     buf = bytearray(b"x" * PIECE)
-    assert up.keep_written(1, buf) is buf  # everyone has it: no one will ask
-    assert 1 not in up._cache
-    back = up.keep_written(0, buf)
-    assert up._cache[0] is buf and back is None  # ours now; no spare to give back yet
-    aligned = mmap.mmap(-1, PIECE)
-    aligned[:] = b"z" * PIECE
-    assert up.keep_written(2, aligned) is aligned  # copied: the caller reuses it
-    aligned[:4] = b"yyyy"
-    assert up._cache[2] == b"z" * PIECE
+    up.keep_written(1, buf)
+    assert 1 not in up._cache  # everyone has it: no one will ask
+    up.keep_written(0, buf)
+    assert up._cache[0] == bytes(buf)
+    buf[:4] = b"yyyy"  # the piece buffer is reused for the next piece: the cache is not
+    assert up._cache[0][:4] == b"xxxx"
 
 
 def test_nothing_is_cached_for_seeds_closed_peers_or_without_a_cache() -> None:
@@ -152,10 +146,6 @@ async def test_a_piece_cached_takes_the_buffer_of_one_the_cache_dropped() -> Non
         second = id(up._cache[2])
         await up.read_piece(4)  # the cache drops piece 2, which nothing holds: a spare
         assert [id(b) for b in up._spare] == [second] and list(up._cache) == [3, 4]
-        third = id(up._cache[3])
-        given = bytearray(b"w" * PIECE)
-        back = up.keep_written(5, given)  # piece 5 taken as it is: the cache drops 3
-        assert up._cache[5] is given and up._cache[4] == bytes([4]) * PIECE
-        # a spare goes back in its place (the caller's next piece fills it), one stays
-        assert back is not None and len(up._spare) == 1
-        assert {id(back), id(up._spare[0])} == {second, third}
+        up.keep_written(5, bytearray(b"w" * PIECE))  # the copy of piece 5 takes it
+        assert id(up._cache[5]) == second and up._cache[5] == b"w" * PIECE
+        assert up._cache[4] == bytes([4]) * PIECE and len(up._spare) == 1  # piece 3's

@@ -65,10 +65,8 @@ class Pieces:
                            + session.settings.max_unverified_bytes // meta.piece_length)
         #: Pieces being assembled from peers' blocks (the core decides what is kept).
         self.buffers: dict[int, PieceBuffer] = {}
-        #: Called with each piece that passed and was written, before its buffer is reused;
-        #: returns the buffer to keep as a spare in its place: the same one (nothing holds
-        #: it), another of the same size (the callee kept ours), or None.
-        self.on_written: Callable[[int, PieceBuffer], PieceBuffer | None] | None = None
+        #: Called with each piece that passed and was written, before its buffer is reused.
+        self.on_written: Callable[[int, PieceBuffer], None] | None = None
         self._hash_trees: dict[bytes, list[list[bytes]]] = {}
         #: piece layers derived from the data (a torrent without them), by pieces root,
         #: and the roots whose derivation was started (see :meth:`hashes_for`)
@@ -110,13 +108,11 @@ class Pieces:
 
     def _release(self, index: int, buf: PieceBuffer, ok: bool) -> None:
         """``buf``, piece ``index``, is hashed (and written when ``ok``): tell
-        :attr:`on_written`, then keep it (or the buffer given back) as a spare."""
-        back: PieceBuffer | None = buf
+        :attr:`on_written`, then keep it as a spare."""
         if ok and self.on_written is not None:
-            back = self.on_written(index, buf)
-        if (back is not None and len(back) == self.meta.piece_length
-                and len(self._spare) < self._spare_cap):
-            self._spare.append(back)  # hashed and written: nothing holds it any more
+            self.on_written(index, buf)
+        if len(buf) == self.meta.piece_length and len(self._spare) < self._spare_cap:
+            self._spare.append(buf)  # hashed and written: nothing holds it any more
 
     def start_verify(self, index: int, want_digests: bool, v1: bool,
                      done: Callable[[int, Verdict | SwarmhubError, bool], None],
@@ -184,14 +180,10 @@ class Pieces:
 
     def new_buffer(self, index: int) -> PieceBuffer:
         """A buffer for piece ``index``: a spare one when it fits (every byte of it will be
-        overwritten by a block), else a fresh, zeroed one: a ``bytearray`` for the pieces
-        written through the page cache (``inline_below``), which the upload cache takes
-        as they are once verified (see :meth:`Uploader.keep_written`)."""
+        overwritten by a block), else a fresh, zeroed one."""
         size = self.meta.piece_size(index)
         if self._spare and size == self.meta.piece_length and index not in self._padded:
             return self._spare.pop()
-        if self.meta.piece_length < self.inline_below:
-            return bytearray(size)
         return piece_buffer(size)  # page-aligned: written with O_DIRECT as it is
 
     async def check_and_write(

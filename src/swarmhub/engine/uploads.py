@@ -458,7 +458,7 @@ class Uploader:
             if index not in cache and index not in reads and not self._read_now(index):
                 self._start_read(index)
 
-    def keep_written(self, index: int, buf: PieceBuffer) -> PieceBuffer | None:
+    def keep_written(self, index: int, buf: PieceBuffer) -> None:
         """A piece just verified and written, while its bytes are still in memory: into
         the read cache when a connected peer lacks it (it asks once our Have is out). One
         verified with its SHA-1 too (:meth:`wants_v1`) needs no check before its uploads.
@@ -468,36 +468,24 @@ class Uploader:
         peer, each a thread hand-off and a wait on the disk). A lone downloader copies
         nothing: its only peers are seeds. Only a peer interested in us counts: a
         super-seeding seed (our default) hides its pieces and looked like a leecher
-        lacking every one, so a lone download copied each piece it verified.
-
-        Returns the buffer the caller may reuse in place of ``buf``: ``buf`` when it was
-        copied or not kept, else (a whole-piece ``bytearray``, taken as it is) a spare of
-        ours or None. Why not copy: the copy was ~14 us of a 32 KiB piece in a netns lab
-        peer (N=32: ~1,000 pieces), into a buffer as cold as the one now given back."""
+        lacking every one, so a lone download copied each piece it verified."""
         if index in self._v1_asked:  # its SHA-1 was checked as well, and matched
             self._v1_asked.discard(index)
             self._v1_ok[index] = 1
         t = self.torrent
-        back: PieceBuffer | None = buf
         if t.settings.read_cache_bytes and self._lacking(index, v1_only=False):
             cache, kept = self._cache, self._kept
-            if len(buf) != t.meta.piece_length:
-                cache[index] = bytes(buf)
-            elif type(buf) is bytearray:
-                cache[index] = buf  # ours now: the caller gets a spare (below) instead
-                back = None
-            else:
+            if len(buf) == t.meta.piece_length:
                 copy = cache[index] = self._piece_buffer()
                 copy[:] = buf
+            else:
+                cache[index] = bytes(buf)
             cache.move_to_end(index)
             kept[index] = None
             kept.move_to_end(index)
             while len(kept) > KEEP_WRITTEN_PIECES:
                 self._spare_if_free(cache.pop(kept.popitem(last=False)[0], None))
             self._trim()
-            if back is None and self._spare:
-                back = self._spare.pop()
-        return back
 
     def _read_done(self, index: int, fut: asyncio.Future[bytes | bytearray]) -> None:
         self._reads.pop(index, None)
