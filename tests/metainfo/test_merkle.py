@@ -84,3 +84,30 @@ def test_hashes_with_proof_refuses_illegal_requests() -> None:
 )  # fmt: skip
 def test_check_hash_request(width: int, index: int, length: int, proofs: int, ok: bool) -> None:
     assert (check_hash_request(width, index, length, proofs) is None) is ok
+
+
+@pytest.mark.parametrize("leaves", [0, 1, 2, 3, 5])
+def test_reduce_layer_hashes_no_pad_above_the_root(leaves: int,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The root's level needs no pad node: a 32 KiB piece of a hybrid torrent (the netns
+    lab's, ~1,000 per peer) is 2 leaves + 1 root, not one more hash of two pads. The
+    result is still the BEP 52 root (an empty layer: the pad tree's own root)."""
+    layer = [os.urandom(32) for _ in range(leaves)]
+    expected = reduce_layer(layer, 8)
+    calls = 0
+    real = hashlib.sha256
+
+    def counting(data: bytes = b"") -> object:
+        nonlocal calls
+        calls += 1
+        return real(data)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)  # (the module merkle calls through)
+    assert reduce_layer(layer, 8) == expected
+    padded = layer + [bytes(32)] * (8 - leaves)
+    while len(padded) > 1:
+        padded = [real(padded[i] + padded[i + 1]).digest() for i in range(0, len(padded), 2)]
+    assert expected == padded[0]
+    nodes = {0: 0, 1: 1 + 1 + 1, 2: 1 + 1 + 1, 3: 2 + 1 + 1, 5: 3 + 2 + 1}[leaves]
+    pads = 2 if leaves else 3  # one per level below the root (all three for no nodes)
+    assert calls == nodes + pads

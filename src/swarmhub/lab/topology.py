@@ -16,9 +16,12 @@ machine's default, BBR, paces every flow in 2-segment packets: 3.5x the packets 
 for the same bytes (5 MiB at 20 Mbit/s: 3,615 vs 1,044 through the delay line), and the
 lab's CPU goes per packet (the delay line, the bridge, our peers' reads). For the same
 reason TCP sends at least :data:`TCP_MIN_TSO_SEGS` segments per packet (one GSO packet,
-MSS 1448 as ever): a 16 KiB block crosses the lab in two packets instead of six, as a real
-receiver's GRO would hand it over. N=16 p2p: 250k packets instead of 340k, 12 % less CPU
-in all; shaped rates and the RTT hold (bench/lab_latency.py, tests/lab). Latency
+MSS 1448 as ever): a 16 KiB block crosses the lab in one packet instead of six, as a real
+receiver's GRO would hand it over. N=16 p2p, 2 -> 8: 250k packets instead of 340k, 12 %
+less CPU in all; 8 -> 16 (labcpu-42): one 5 MiB stream 999 -> 553 packets through the
+delay line, N=32 the delay line's CPU -14 % (ours 11.7/11.6 -> 9.9/10.2 CPU-s for p2p +
+hybrid, libtorrent's swarm 13.5/14.3 -> 12.0/11.6); shaped rates and the RTT hold
+(bench/lab_latency.py: 0.947 / 0.948 of the shaped rate, RTT 20.2 ms; tests/lab). Latency
 is an NFQUEUE delay line in the bridge namespace (:mod:`swarmhub.lab.latency`), between
 the two shapers; every lab measures the hosts' round-trip time before it is used
 (:attr:`Lab.rtt`) and refuses to run when that RTT is not the one asked for.
@@ -113,7 +116,7 @@ _MAX_HOSTS = 250
 #: of the root namespace is).
 TCP_CC = "reno"
 #: The hosts' ``net.ipv4.tcp_min_tso_segs`` (kernel default 2; see the module docstring).
-TCP_MIN_TSO_SEGS = 8
+TCP_MIN_TSO_SEGS = 16
 #: The niceness of a namespace lab's processes (see the module docstring) and the variable
 #: that sets another (-20..19; 0: the machine's default).
 LAB_NICE = -5

@@ -71,8 +71,9 @@ def reduce_layer(layer: Sequence[bytes], width: int, pad: bytes = ZERO_LEAF) -> 
         nodes = [
             hashlib.sha256(nodes[i] + nodes[i + 1]).digest() for i in range(0, len(nodes), 2)
         ]
-        pad = hashlib.sha256(pad + pad).digest()
         width //= 2
+        if width > 1 or not nodes:  # (the root's level needs no pad: one hash per piece)
+            pad = hashlib.sha256(pad + pad).digest()
     return nodes[0] if nodes else pad
 
 
