@@ -7,7 +7,8 @@ Everything public lives in the submodules and is re-exported here::
 
 from __future__ import annotations
 
-from swarmhub.metainfo.create import MAX_AUTO_PIECE_LENGTH, auto_piece_length, create_torrent
+from typing import TYPE_CHECKING, Any
+
 from swarmhub.metainfo.magnet import Magnet, make_magnet, parse_magnet
 from swarmhub.metainfo.merkle import (
     MAX_HASH_REQUEST,
@@ -33,6 +34,21 @@ from swarmhub.metainfo.model import (
 )
 from swarmhub.metainfo.parse import load_torrent, pad_entry, read_torrent, torrent_bytes
 from swarmhub.metainfo.paths import MAX_COMPONENT_BYTES, safe_components
+
+if TYPE_CHECKING:
+    from swarmhub.metainfo.create import MAX_AUTO_PIECE_LENGTH, auto_piece_length, create_torrent
+
+#: imported on first use: ``get`` and ``seed`` of a .torrent never create one, and the
+#: module with its records cost ~3 % of ``get``'s CPU before its first peer (startup-43)
+_FROM_CREATE = ("MAX_AUTO_PIECE_LENGTH", "auto_piece_length", "create_torrent")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_CREATE:
+        from swarmhub.metainfo import create
+
+        return getattr(create, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BLOCK_SIZE",
