@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from swarmhub._records import value_methods
 from swarmhub.errors import SwarmhubError
 
 __all__ = ["ENCRYPTION_MODES", "OTHER_ENV", "USER_AGENT", "ConfigError", "Settings"]
@@ -57,7 +58,8 @@ def _f(default: Any, doc: str, *, lo: float | None = None, hi: float | None = No
     return dataclasses.field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi})
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Settings:
     """Session-wide settings; see :meth:`describe` for the list with docs."""
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from swarmhub._records import value_methods
 from swarmhub.engine.peerstate import RateMeter
 from swarmhub.engine.picker import PiecePicker
 from swarmhub.engine.swarm import Swarm
@@ -30,7 +31,8 @@ class TorrentState(Enum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class TorrentStatus:
     """A snapshot for progress displays and tests."""
 

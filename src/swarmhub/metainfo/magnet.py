@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote
 
+from swarmhub._records import value_methods
 from swarmhub.errors import MetainfoError
 from swarmhub.metainfo.model import Metainfo, wire_info_hash
 
@@ -28,7 +29,8 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _MAX_LENGTH = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Magnet:
     """What a magnet link says about a torrent; the metadata itself comes from peers."""
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from swarmhub._records import value_methods
+
 __all__ = ["BLOCK_SIZE", "FileEntry", "Metainfo", "TorrentVersion", "wire_info_hash"]
 
 #: The unit of requests on the wire and of v2 merkle leaves (BEP 3, BEP 52).
@@ -36,7 +38,8 @@ class TorrentVersion(Enum):
     HYBRID = "hybrid"
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class FileEntry:
     """One file (or pad) of a torrent, placed in the piece space.
 
@@ -59,7 +62,8 @@ class FileEntry:
         return self.offset + self.length
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Metainfo:
     """A parsed (or freshly created) torrent; build it with :mod:`swarmhub.metainfo`."""
 

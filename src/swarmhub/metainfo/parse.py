@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from swarmhub._records import value_methods
 from swarmhub.bencode import bdecode, bencode
 from swarmhub.errors import BencodeError, MetainfoError
 from swarmhub.metainfo.merkle import root_from_layer
@@ -36,7 +37,8 @@ def pad_entry(length: int, offset: int) -> FileEntry:
     return FileEntry(path=(".pad", str(length)), length=length, offset=offset, pad=True, attr="p")
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class _TreeFile:
     path: tuple[str, ...]
     length: int

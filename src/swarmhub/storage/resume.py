@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swarmhub._records import value_methods
 from swarmhub.bencode import bdecode, bencode
 from swarmhub.errors import BencodeError, StorageError
 from swarmhub.metainfo.model import Metainfo
@@ -68,7 +69,8 @@ def unpack_bits(data: bytes | bytearray, n: int) -> bytearray:
     return bytearray(text[:n].translate(_FROM_ASCII))
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class ResumeData:
     """What a torrent had on disk when it was last saved.
 

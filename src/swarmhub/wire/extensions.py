@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from swarmhub._records import value_methods
 from swarmhub.bencode import bencode
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError
 from swarmhub.wire.lenient import decode_lenient
@@ -131,7 +132,8 @@ def _int(d: dict[bytes, Any], key: bytes, what: str, lo: int, hi: int | None) ->
 # --------------------------------------------------------------------------- BEP 10
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class ExtensionHandshake:
     """The BEP 10 handshake (``Extended`` id 0).
 
@@ -253,14 +255,16 @@ def decode_ext_handshake(payload: bytes) -> ExtensionHandshake:
 # --------------------------------------------------------------------------- BEP 9
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class MetadataRequest:
     """Ask for metadata piece ``piece`` (16 KiB each)."""
 
     piece: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class MetadataData:
     """Metadata piece ``piece`` of an info dict of ``total_size`` bytes."""
 
@@ -269,7 +273,8 @@ class MetadataData:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class MetadataReject:
     """The sender will not send metadata piece ``piece``."""
 
@@ -327,7 +332,8 @@ def decode_metadata_message(payload: bytes) -> MetadataMessage | None:
 _PORT = struct.Struct(">H")
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class PexMessage:
     """Peers the sender connected to (``added``) or dropped since its last PEX message.
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from swarmhub._records import value_methods
 from swarmhub.errors import LocalProtocolError, RemoteProtocolError
 from swarmhub.wire.connection import NEED_DATA, Sentinel  # the wire's one "need more"
 
@@ -96,7 +97,8 @@ class _State(enum.Enum):
     ERROR = enum.auto()
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Established:
     """The handshake is complete.
 
