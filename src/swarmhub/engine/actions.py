@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from swarmhub._records import value_methods
 from swarmhub.wire.messages import Message
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Send:
     """Encode ``messages`` with the peer's wire core and write them in one go."""
 
@@ -55,7 +56,7 @@ class Send:
         object.__setattr__(self, "messages", messages)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Broadcast:
     """:class:`Send` the same ``messages`` to each of ``peers`` (a Have to everyone: one
     action per piece, not one per peer, which matters with a thousand simulated peers)."""
@@ -68,7 +69,7 @@ class Broadcast:
         object.__setattr__(self, "messages", messages)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Close:
     """Close the connection; the driver then reports ``disconnected``."""
 
@@ -80,7 +81,7 @@ class Close:
         object.__setattr__(self, "reason", reason)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Connect:
     """Dial ``addr``; report ``connect_done(addr)`` whatever the outcome."""
 
@@ -90,7 +91,7 @@ class Connect:
         object.__setattr__(self, "addr", addr)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Serve:
     """The peer's queue of accepted requests (``swarm.peer(p).incoming``) has work:
     read the pieces, send them, and report ``blocks_sent``."""
@@ -101,7 +102,7 @@ class Serve:
         object.__setattr__(self, "peer", peer)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Verify:
     """Every block of piece ``index`` is in: hash it, write it if good, and report
     ``piece_verified``. ``want_digests``: the piece failed before, so report the SHA-1 of
@@ -115,7 +116,7 @@ class Verify:
         object.__setattr__(self, "want_digests", want_digests)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Announce:
     """Announce to the trackers (``event``: started, completed or None); report
     ``tracker_response`` or ``tracker_failed``."""
@@ -123,7 +124,7 @@ class Announce:
     event: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Banned:
     """Notice: peers with this ban key are refused from now on."""
 
@@ -131,7 +132,7 @@ class Banned:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class PieceFailed:
     """Notice: piece ``index`` failed its hash check; ``sources`` sent its blocks."""
 
@@ -139,9 +140,18 @@ class PieceFailed:
     sources: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Completed:
     """Notice: we have every piece now (save resume data, wake waiters)."""
+
+
+# eq, hash and repr from closures (swarmhub._records: no exec per method at import); a
+# call, not a decorator, which would make mypyc build them as plain Python classes
+for _cls in (
+        Send, Broadcast, Close, Connect, Serve, Verify, Announce, Banned, PieceFailed,
+        Completed,
+):
+    value_methods(_cls)
 
 
 Action = (

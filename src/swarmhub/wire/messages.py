@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeAlias
 
+from swarmhub._records import value_methods
 from swarmhub.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -147,7 +148,7 @@ def has_bit(reserved: bytes, bit: ReservedBit) -> bool:
 # --------------------------------------------------------------------------- messages
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Handshake:
     """The 68-byte opening: ``reserved`` (8 bytes), ``info_hash`` and ``peer_id`` (20 each).
 
@@ -159,32 +160,32 @@ class Handshake:
     peer_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class KeepAlive:
     """Zero-length frame; only proves the peer is still there."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Choke:
     """The sender will not serve requests (and, without BEP 6, drops queued ones)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Unchoke:
     """The sender will now serve requests."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Interested:
     """The sender wants pieces the receiver has."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class NotInterested:
     """The sender wants nothing from the receiver."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Have:
     """The sender now has piece ``index``."""
 
@@ -194,14 +195,14 @@ class Have:
         object.__setattr__(self, "index", index)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Bitfield:
     """Pieces the sender has, high bit of byte 0 = piece 0; spare bits must be zero."""
 
     bits: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Request:
     """Ask for ``length`` bytes of piece ``index`` starting at ``begin``."""
 
@@ -215,7 +216,7 @@ class Request:
         object.__setattr__(self, "length", length)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Piece:
     """A block of data: ``data`` of piece ``index`` starting at ``begin``."""
 
@@ -229,7 +230,7 @@ class Piece:
         object.__setattr__(self, "data", data)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Cancel:
     """Withdraw an earlier :class:`Request` (same three fields)."""
 
@@ -243,31 +244,31 @@ class Cancel:
         object.__setattr__(self, "length", length)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Port:
     """The sender's DHT node listens on UDP ``port`` (BEP 5)."""
 
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class SuggestPiece:
     """BEP 6: the sender suggests downloading piece ``index`` (it is cheap to serve)."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class HaveAll:
     """BEP 6: the sender is a seed; replaces the bitfield."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class HaveNone:
     """BEP 6: the sender has nothing; replaces the bitfield."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class RejectRequest:
     """BEP 6: the sender will not serve this request (same fields as :class:`Request`)."""
 
@@ -281,14 +282,14 @@ class RejectRequest:
         object.__setattr__(self, "length", length)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class AllowedFast:
     """BEP 6: the receiver may request piece ``index`` even while choked."""
 
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Extended:
     """BEP 10 envelope: ``ext_id`` 0 is the extension handshake, others as agreed in it."""
 
@@ -296,7 +297,7 @@ class Extended:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class HashRequest:
     """BEP 52: ask for ``length`` hashes of layer ``base_layer`` of the file tree whose
     root is ``pieces_root``, from ``index``, plus ``proof_layers`` layers of uncle hashes."""
@@ -308,7 +309,7 @@ class HashRequest:
     proof_layers: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Hashes:
     """BEP 52: answer to a :class:`HashRequest`; ``hashes`` is the concatenated 32-byte
     hashes (the requested ones, then the uncles)."""
@@ -321,7 +322,7 @@ class Hashes:
     hashes: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class HashReject:
     """BEP 52: the sender will not answer this :class:`HashRequest`."""
 
@@ -330,6 +331,16 @@ class HashReject:
     index: int
     length: int
     proof_layers: int
+
+
+# eq, hash and repr from closures (swarmhub._records: no exec per method at import); a
+# call, not a decorator, which would make mypyc build them as plain Python classes
+for _cls in (
+        Handshake, KeepAlive, Choke, Unchoke, Interested, NotInterested, Have, Bitfield,
+        Request, Piece, Cancel, Port, SuggestPiece, HaveAll, HaveNone, RejectRequest,
+        AllowedFast, Extended, HashRequest, Hashes, HashReject,
+):
+    value_methods(_cls)
 
 
 Message: TypeAlias = (
