@@ -1,11 +1,11 @@
-"""``__eq__``, ``__hash__`` and ``__repr__`` of a frozen dataclass, made without ``exec``.
+"""``__eq__``, ``__hash__`` and ``__repr__`` of a dataclass, made without ``exec``.
 
 Why: Python 3.11's ``@dataclass`` compiles each method it adds from source text (an
 ``exec`` per method): ~6 per frozen class, ~30 % of ``get``'s CPU before its first peer
-(callgrind, startup-43). A class declared ``@dataclass(frozen=True, eq=False,
-repr=False)`` and passed to :func:`value_methods` gets these three from closures over its
-field names instead, behaving exactly as the generated ones: the same fields (``compare``,
-``hash``, ``repr`` flags), the same tuple comparison and hash values, the same text.
+(callgrind, startup-43). A class declared ``@dataclass(eq=False, repr=False)`` and passed
+to :func:`value_methods` gets these from closures over its field names instead, behaving
+exactly as the generated ones: the same fields (``compare``, ``hash``, ``repr`` flags),
+the same tuple comparison and hash values (frozen; unhashable otherwise), the same text.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ def _key(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 
 
 def value_methods(cls: type[T]) -> type[T]:
-    """Add the methods ``@dataclass(frozen=True)`` would (``eq=True``, ``repr=True``)."""
+    """Add the methods ``@dataclass`` would with ``eq=True, repr=True`` (and the class's
+    ``frozen``): ``__hash__`` for a frozen class, ``None`` (unhashable) for another."""
     params = cls.__dataclass_params__  # type: ignore[attr-defined]
-    assert params.frozen and not params.eq and not params.repr and not params.order
+    assert not params.eq and not params.repr and not params.order and not params.unsafe_hash
     assert not {"__eq__", "__hash__", "__repr__"} & cls.__dict__.keys(), cls
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     compared = _key(tuple(f.name for f in fields if f.compare))
@@ -57,4 +58,6 @@ def value_methods(cls: type[T]) -> type[T]:
     for fn in (__eq__, __hash__, __repr__):
         fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
         setattr(cls, fn.__name__, fn)
+    if not params.frozen:
+        cls.__hash__ = None  # type: ignore[assignment]
     return cls

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swarmhub._records import value_methods
 from swarmhub.settings import OTHER_ENV, ConfigError, Settings
 
 __all__ = [
@@ -134,7 +135,8 @@ def apply_environment_defaults(environ: MutableMapping[str, str] | None = None,
             _FROM_FILE.add(var)
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Effective:
     """One name's effective value and where it came from."""
 

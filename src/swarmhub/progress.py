@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from swarmhub._records import value_methods
 from swarmhub.ui import LazyConsole, real_console
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ def emit_json(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
 
-@dataclass
+@value_methods
+@dataclass(eq=False, repr=False)
 class Sources:
     """Where a download's bytes came from, for the final line."""
 

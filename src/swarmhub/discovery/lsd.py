@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from swarmhub._records import value_methods
 from swarmhub.discovery.keys import public_hashes
 
 __all__ = [
@@ -71,7 +72,8 @@ _MAX_COOKIE = 64
 _REQUEST_LINE = b"BT-SEARCH * HTTP/1.1"
 
 
-@dataclass(frozen=True, slots=True)
+@value_methods
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Announce:
     """One decoded announce: the sender listens on ``port`` and is in these swarms."""
 

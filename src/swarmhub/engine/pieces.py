@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from swarmhub._records import value_methods
 from swarmhub.engine.picker import Block
 from swarmhub.engine.services import TorrentServices
 from swarmhub.errors import InconsistentHashesError, StorageError, SwarmhubError
@@ -445,7 +446,8 @@ def _pad_blocks(meta: Metainfo) -> list[tuple[int, int]]:
 Verdict = tuple[bool, dict[int, bytes] | None]
 
 
-@dataclass(slots=True)
+@value_methods
+@dataclass(slots=True, eq=False, repr=False)
 class _Queued:
     """A small piece waiting for (or in) a hash batch."""
 
