@@ -19,8 +19,8 @@ def _pair(body: dict[str, Any], frozen: bool = True, slots: bool = True) -> tupl
               "__qualname__": name, **{k: v for k, v in body.items() if v is not None}}
         return type(name, (), ns)
 
-    ref = dataclass(frozen=frozen, slots=slots)(make("Rec"))
-    ours = value_methods(dataclass(frozen=frozen, slots=slots, eq=False, repr=False)(
+    ref: type = dataclass(frozen=frozen, slots=slots)(make("Rec"))
+    ours: type = value_methods(dataclass(frozen=frozen, slots=slots, eq=False, repr=False)(
         make("Rec")))
     return ref, ours
 
@@ -90,7 +90,8 @@ def test_the_message_classes_keep_their_value_semantics() -> None:
     from swarmhub.wire.messages import Choke, Have, Request
 
     r = Request(1, 2, 3)
-    assert r == Request(1, 2, 3) and r != Request(1, 2, 4) and r != Have(1)
+    have: object = Have(1)
+    assert r == Request(1, 2, 3) and r != Request(1, 2, 4) and r != have
     assert hash(r) == hash((1, 2, 3)) and hash(Choke()) == hash(())
     assert len({Choke(), Choke(), Have(1), Have(1)}) == 2
     assert repr(r) == "Request(index=1, begin=2, length=3)" and repr(Choke()) == "Choke()"

@@ -52,8 +52,9 @@ def value_methods(cls: type[T]) -> type[T]:
 
     @reprlib.recursive_repr("...")
     def __repr__(self: Any) -> str:
-        return self.__class__.__qualname__ + "(" + ", ".join(
-            [f"{name}={getattr(self, name)!r}" for name in shown]) + ")"
+        name: str = self.__class__.__qualname__
+        return name + "(" + ", ".join(
+            [f"{n}={getattr(self, n)!r}" for n in shown]) + ")"
 
     for fn in (__eq__, __hash__, __repr__):
         fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
