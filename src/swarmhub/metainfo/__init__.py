@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from swarmhub.metainfo.create import MAX_AUTO_PIECE_LENGTH, auto_piece_length, create_torrent
 
 #: imported on first use: ``get`` and ``seed`` of a .torrent never create one, and the
-#: module with its records cost ~3 % of ``get``'s CPU before its first peer (startup-43)
+#: module with its records cost ~1-2 % of ``get``'s instructions before its first peer
 _FROM_CREATE = ("MAX_AUTO_PIECE_LENGTH", "auto_piece_length", "create_torrent")
 
 
