@@ -256,6 +256,20 @@ def pad_blocks_for(
 class PiecePicker:
     """Rarest-first block picker with in-progress priority and end-game mode."""
 
+    # Declared here, what a Have (``peer_has``) and ``interesting`` read: compiled, this is
+    # the object's field order (mypyc lays attributes out as declared, the class body
+    # before ``__init__``); in __init__'s order they spread over a 304-byte object.
+    _n: int
+    _peers: dict[Hashable, _Peer]
+    _eg_dry: dict[Hashable, int]
+    _avail: list[int]
+    _pos: list[int]
+    _barren: dict[Hashable, int]
+    _have: bytearray
+    _num_skip: int
+    _prio: bytearray
+    _seeds: set[Hashable]
+
     def __init__(
         self,
         num_pieces: int,

@@ -110,6 +110,11 @@ class End:
     __slots__ = ("far", "node", "open", "out", "pex", "ps", "remote", "uid")
     __deletable__ = ("far",)  # mypyc: a closed End drops its far side (see _close)
 
+    # Declared here, what every arrival reads first (compiled, the object's field order)
+    open: bool
+    ps: PeerState | None
+    node: Node
+
     def __init__(self, node: Node, remote: Node, uid: int) -> None:
         self.node, self.remote = node, remote
         self.uid = uid
