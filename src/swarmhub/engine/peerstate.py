@@ -11,11 +11,17 @@ from __future__ import annotations
 import itertools
 import math
 from array import array
-from collections.abc import Hashable, Iterator
-from typing import Final
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Final
 
 from swarmhub.engine.picker import Block
 from swarmhub.wire import messages as m
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # not installed (no mypy): the decorator only speaks to mypyc
+    def mypyc_attr(*_args: str, **_kwargs: object) -> Callable[[Any], Any]:  # type: ignore[misc]
+        return lambda cls: cls
 
 #: ``array.append`` itself (Final: a C static), called with the array
 _APPEND: Final = array.append
@@ -23,6 +29,10 @@ _APPEND: Final = array.append
 __all__ = ["PeerState", "RateMeter", "RequestQueue"]
 
 
+# acyclic (compiled: no GC header, never tracked): a meter holds numbers and an array
+# of doubles, so it can close no cycle; two per connection, 80 bytes instead of 96, and
+# no link into the collector's list made and unmade per object.
+@mypyc_attr(acyclic=True)
 class RateMeter:
     """Bytes per second over a sliding window of about ``window`` seconds.
 
@@ -107,6 +117,8 @@ class RateMeter:
         return self._sum / min(span, window)
 
 
+# acyclic: it holds a list of Requests (numbers only), so it can close no cycle either
+@mypyc_attr(acyclic=True)
 class RequestQueue:
     """A peer's piece requests to us, in order, with the total bytes they ask for.
 
@@ -251,6 +263,40 @@ class PeerState:
         "up",
         "upload_only",
     )
+
+    # Declared here, hot fields first: compiled, this order is the object's field order
+    # (mypyc lays a native class out as its attributes are declared, and the class body
+    # comes before ``__init__``). A Have, a message, a block and the walks of every peer
+    # (``_tell_passed``, the tick) read the flags, the bitfield, the counts and the clocks
+    # first: in __init__'s order they sat at offsets 24-248 of a 272-byte object, 4-5
+    # cache lines, and at N=1,000 each event touches some other host's cold PeerStates.
+    closed: bool
+    peer_interested: bool
+    am_interested: bool
+    am_choking: bool
+    peer_choking: bool
+    has_all: bool
+    fast: bool
+    snubbed: bool
+    handle: Hashable
+    have: bytearray
+    num_have: int
+    num_pieces: int
+    last_recv: float
+    last_send: float
+    last_data: float
+    requested: dict[Block, float]
+    key: Hashable
+    min_delay: float
+    down: RateMeter
+    up: RateMeter
+    incoming: RequestQueue
+    queue_target: int
+    target_at: float
+    slot_used_at: float
+    choke_due_until: float
+    allowed_out: dict[int, int] | None
+    allowed_in: set[int] | None
 
     def __init__(
         self,

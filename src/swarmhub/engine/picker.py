@@ -49,7 +49,7 @@ import itertools
 import operator
 import random
 from collections.abc import Callable, Hashable, Iterable
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from swarmhub.errors import LocalProtocolError
 
@@ -66,6 +66,12 @@ __all__ = [
 
 #: Highest piece priority (libtorrent's top_priority).
 MAX_PRIORITY = 7
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # not installed (no mypy): the decorator only speaks to mypyc
+    def mypyc_attr(*_args: str, **_kwargs: object) -> Callable[[Any], Any]:  # type: ignore[misc]
+        return lambda cls: cls
 
 # Final: constants mypyc inlines (a plain module global is a dict lookup per use)
 _FREE: Final = 0
@@ -213,6 +219,7 @@ class _Piece:
         self.contributors: set[Hashable] = set()
 
 
+@mypyc_attr(acyclic=True)  # a bytearray and an int: no cycle, so no GC header or tracking
 class _Peer:
     """What the picker knows of one connected non-seed peer: its pieces (one 0/1 byte
     each) and how many of them we lack and want (``interesting`` is ``lack > 0``). One
@@ -255,6 +262,20 @@ def pad_blocks_for(
 
 class PiecePicker:
     """Rarest-first block picker with in-progress priority and end-game mode."""
+
+    # Declared here, what a Have (``peer_has``) and ``interesting`` read: compiled, this is
+    # the object's field order (mypyc lays attributes out as declared, the class body
+    # before ``__init__``); in __init__'s order they spread over a 304-byte object.
+    _n: int
+    _peers: dict[Hashable, _Peer]
+    _eg_dry: dict[Hashable, int]
+    _avail: list[int]
+    _pos: list[int]
+    _barren: dict[Hashable, int]
+    _have: bytearray
+    _num_skip: int
+    _prio: bytearray
+    _seeds: set[Hashable]
 
     def __init__(
         self,

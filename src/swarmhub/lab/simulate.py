@@ -110,6 +110,11 @@ class End:
     __slots__ = ("far", "node", "open", "out", "pex", "ps", "remote", "uid")
     __deletable__ = ("far",)  # mypyc: a closed End drops its far side (see _close)
 
+    # Declared here, what every arrival reads first (compiled, the object's field order)
+    open: bool
+    ps: PeerState | None
+    node: Node
+
     def __init__(self, node: Node, remote: Node, uid: int) -> None:
         self.node, self.remote = node, remote
         self.uid = uid
@@ -178,6 +183,19 @@ class End:
 
 class Node:
     """One simulated host: its links, its swarm core and what the run records about it."""
+
+    # Declared here, what every arrival and upload turn reads first (compiled, the
+    # object's field order: in __init__'s order ``swarm`` sat at byte 88 of 224)
+    swarm: Swarm | None
+    sim: Simulation
+    gone: bool
+    turns: bool
+    got: int
+    useful: int
+    gave: int
+    up: Link
+    regrant_at: int
+    granted_at: float
 
     def __init__(self, sim: Simulation, host: int, spec: HostSpec) -> None:
         self.sim = sim
