@@ -178,7 +178,6 @@ class Settings:
         "peer CPU for them, N=32 p2p 1.33-1.58x vs 1.25-1.28x); 0 = always (with "
         "upload_ahead)", lo=0.0
     )
-    exp_fresh_swap: bool = _f(False, "EXPERIMENT forward a fresh piece")
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)
     upload_rate_limit: int = _f(0, "session upload limit, bytes/s (0 = unlimited)", lo=0)

@@ -256,7 +256,6 @@ class Swarm:
         self._fast_k = settings.allowed_fast_set_size
         self._upload_ahead = settings.upload_ahead  # (upload_budget: per item sent)
         self._turn_piece_time = settings.upload_turn_piece_time
-        self._fresh_swap = settings.exp_fresh_swap
         self._super_seed = settings.super_seeding  # (_super_seeding: per message)
         self.rng = rng
         pads = list(pad_blocks)
@@ -1008,8 +1007,6 @@ class Swarm:
                 if ps.addr[0] in origins:
                     held.setdefault(ps.handle, []).append(index)
             told = [ps for ps in told if ps.addr[0] not in origins]
-        if self._fresh_swap and told:
-            self._forward_fresh(index, now)
         if told:
             for ps in told:
                 ps.last_send = now
@@ -1827,41 +1824,6 @@ class Swarm:
             if best is None or k0 < b0 or (k0 == b0 and (k1 < b1 or (k1 == b1 and k2 < b2))):
                 best, b0, b1, b2 = other, k0, k1, k2
         return best
-
-    def _forward_fresh(self, index: int, now: float) -> None:
-        """EXPERIMENT: no peer we unchoke lacks the piece we just got, some interested
-        choked one does: it takes the slot of an unchoked peer asking nothing."""
-        if self._super_seeding() or not self.settings.unchoke_slots:
-            return
-        cands: list[PeerState] = []
-        for ps in self.peers.values():
-            if ps.closed or ps.is_seed or ps.have[index]:
-                continue
-            if not ps.am_choking:
-                return
-            if ps.peer_interested:
-                cands.append(ps)
-        if not cands:
-            return
-        d = self._choke
-        victim: PeerState | None = None
-        for ps in self.peers.values():
-            if ps.am_choking or ps.closed or ps.incoming or ps.handle == d.optimistic:
-                continue
-            if victim is None or ps.slot_used_at < victim.slot_used_at:
-                victim = ps
-        unchoked = set(d.unchoked)
-        if victim is not None:
-            self._choke_peer(victim, now)
-            unchoked.discard(victim.handle)
-        elif self._unchoked >= int((self._slots(now) + 1) * _SLOT_IDLE_CAP):
-            return
-        new = cands[self.rng.randrange(len(cands))]
-        self._unchoke(new, now)
-        turns = dict(d.turns)
-        turns[new.handle] = now
-        unchoked.add(new.handle)
-        self._choke = ChokeDecision(frozenset(unchoked), d.optimistic, d.optimistic_since, turns)
 
     def _unchoke_best(self, now: float) -> bool:
         """Unchoke the interested choked peer the choker would rank first (as in
