@@ -16,7 +16,13 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, TypeVar
 
-__all__ = ["value_methods"]
+__all__ = ["mypyc_attr", "value_methods"]
+
+try:  # a compiled class's layout (``acyclic``): one fallback for every module that uses it
+    from mypy_extensions import mypyc_attr
+except ImportError:  # not installed (no mypy): the decorator only speaks to mypyc
+    def mypyc_attr(*_args: str, **_kwargs: object) -> Callable[[Any], Any]:  # type: ignore[misc]
+        return lambda cls: cls
 
 T = TypeVar("T")
 

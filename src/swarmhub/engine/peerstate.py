@@ -11,17 +11,12 @@ from __future__ import annotations
 import itertools
 import math
 from array import array
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Final
+from collections.abc import Hashable, Iterator
+from typing import Final
 
+from swarmhub._records import mypyc_attr
 from swarmhub.engine.picker import Block
 from swarmhub.wire import messages as m
-
-try:
-    from mypy_extensions import mypyc_attr
-except ImportError:  # not installed (no mypy): the decorator only speaks to mypyc
-    def mypyc_attr(*_args: str, **_kwargs: object) -> Callable[[Any], Any]:  # type: ignore[misc]
-        return lambda cls: cls
 
 #: ``array.append`` itself (Final: a C static), called with the array
 _APPEND: Final = array.append

@@ -49,8 +49,9 @@ import itertools
 import operator
 import random
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
+from swarmhub._records import mypyc_attr
 from swarmhub.errors import LocalProtocolError
 
 __all__ = [
@@ -66,12 +67,6 @@ __all__ = [
 
 #: Highest piece priority (libtorrent's top_priority).
 MAX_PRIORITY = 7
-
-try:
-    from mypy_extensions import mypyc_attr
-except ImportError:  # not installed (no mypy): the decorator only speaks to mypyc
-    def mypyc_attr(*_args: str, **_kwargs: object) -> Callable[[Any], Any]:  # type: ignore[misc]
-        return lambda cls: cls
 
 # Final: constants mypyc inlines (a plain module global is a dict lookup per use)
 _FREE: Final = 0
