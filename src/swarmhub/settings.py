@@ -180,17 +180,6 @@ class Settings:
         "peer CPU for them, N=32 p2p 1.33-1.58x vs 1.25-1.28x); 0 = always (with "
         "upload_ahead)", lo=0.0
     )
-    exp_slot_idle: float = _f(0.5, "EXPERIMENT slot idle seconds", lo=0.0)
-    exp_qt_floor: float = _f(1.0, "EXPERIMENT young meter floor", lo=0.0)
-    exp_swap: bool = _f(False, "EXPERIMENT swap idle slots")
-    exp_ahead_blocks: int = _f(6, "EXPERIMENT least budget blocks", lo=1)
-    exp_preunchoke: int = _f(0, "EXPERIMENT unchoke lacking peers before Have up to this many pieces held", lo=0)
-    exp_rare_turns: bool = _f(False, "EXPERIMENT rarest piece's peer first in turns")
-    exp_rare_serve: bool = _f(False, "EXPERIMENT serve a peer's rarest requests first")
-    exp_whole_avail: int = _f(-1, "EXPERIMENT whole rest of a piece held by <= this many", lo=-1)
-    exp_fresh_jump: int = _f(0, "EXPERIMENT blocks of a fresh piece asked at once on its Have", lo=0)
-    exp_fresh_avail: int = _f(1, "EXPERIMENT fresh = held by <= this many neighbours", lo=0)
-    exp_dry_reuse: bool = _f(False, "EXPERIMENT reuse idle slots when the uploads run dry")
     # -- rate limits (bytes/s, 0 = unlimited)
     download_rate_limit: int = _f(0, "session download limit, bytes/s (0 = unlimited)", lo=0)
     upload_rate_limit: int = _f(0, "session upload limit, bytes/s (0 = unlimited)", lo=0)

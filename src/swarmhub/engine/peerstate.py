@@ -8,8 +8,6 @@ Times are the driver's clock values, passed in; nothing here reads a clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import itertools
 import math
 from array import array
@@ -113,16 +111,6 @@ class RateMeter:
         span = max(1.0, now - first) if len(buckets) > 2 else 1.0
         return self._sum / min(span, window)
 
-    def rate_young(self, now: float, floor: float) -> float:
-        """EXPERIMENT: rate over the meter's real age, at least ``floor`` s."""
-        r = self.rate(now)
-        if self._buckets is None:
-            return r
-        age = now - self._first
-        if age >= 1.0:
-            return r
-        return self._sum / max(floor, age)
-
 
 # acyclic: it holds a list of Requests (numbers only), so it can close no cycle either
 @mypyc_attr(acyclic=True)
@@ -173,22 +161,6 @@ class RequestQueue:
         self._head = head
         self.bytes -= req.length
         return req
-
-    def reorder(self, key: Callable[[int], int]) -> None:
-        """EXPERIMENT: after the head's piece, the requests by ``key`` of their piece."""
-        q = self._q
-        if q is None:
-            return
-        head = self._head
-        index = q[head].index
-        i = head
-        n = len(q)
-        while i < n and q[i].index == index:
-            i += 1
-        if n - i > 1:
-            rest = q[i:]
-            rest.sort(key=lambda r: key(r.index))
-            q[i:] = rest
 
     def head_piece_bytes(self) -> int:
         """Bytes asked by the requests at the head that are of the head's piece (0 when

@@ -843,19 +843,6 @@ class PiecePicker:
             self._endgame(peer, bits, count, out, reqs)
         return out
 
-    def pick_rest(self, peer: Hashable, index: int, count: int) -> list[Block]:
-        """EXPERIMENT: up to ``count`` more free blocks of piece ``index`` in progress."""
-        out: list[Block] = []
-        piece = self._downloading.get(index)
-        if count > 0 and piece is not None and piece.num_free:
-            reqs = self._reqs.get(peer)
-            if reqs is None:
-                reqs = self._reqs[peer] = {}
-            self._take(peer, index, piece, count, out, reqs)
-            if not piece.num_free:
-                self._partial.pop(index, None)
-        return out
-
     def pick_allowed(self, peer: Hashable, count: int, pieces: Iterable[int]) -> list[Block]:
         """:meth:`pick` limited to ``pieces``: what a peer that chokes us lets us fetch
         anyway (BEP 6 Allowed Fast). Free blocks of those of them that it has and we

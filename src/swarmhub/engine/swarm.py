@@ -277,14 +277,6 @@ class Swarm:
         self._fast_k = settings.allowed_fast_set_size
         self._upload_ahead = settings.upload_ahead  # (upload_budget: per item sent)
         self._turn_piece_time = settings.upload_turn_piece_time
-        self._slot_idle = settings.exp_slot_idle
-        self._dry_reuse = settings.exp_dry_reuse
-        self._qt_floor = settings.exp_qt_floor
-        self._swap = settings.exp_swap
-        self._rare_serve = settings.exp_rare_serve
-        self._rare_turns = settings.exp_rare_turns
-        self._preunchoke = settings.exp_preunchoke
-        self._ahead_min = settings.exp_ahead_blocks * BLOCK_SIZE
         self._super_seed = settings.super_seeding  # (_super_seeding: per message)
         self.rng = rng
         pads = list(pad_blocks)
@@ -776,13 +768,6 @@ class Swarm:
         if self.have[index]:
             return False
         self._peer_news_at = now
-        jump = self.settings.exp_fresh_jump
-        if jump and not ps.peer_choking and ps.am_interested and self.downloading \
-                and now >= ps.choke_due_until \
-                and self.picker.availability(index) <= self.settings.exp_fresh_avail:
-            blocks = self.picker.pick_allowed(ps.handle, jump, (index,))
-            if blocks:
-                self._ask(ps, blocks, now)
         if refill:
             self._wants_more(ps, now)
         return True
@@ -833,8 +818,7 @@ class Swarm:
         qtime = self._queue_time
         if ps.min_delay < math.inf:
             qtime = max(qtime, _RTT_QUEUE * ps.min_delay)
-        rate = ps.down.rate(now) if self._qt_floor >= 1.0 else ps.down.rate_young(now, self._qt_floor)
-        target = int(rate * qtime / BLOCK_SIZE)
+        target = int(ps.down.rate(now) * qtime / BLOCK_SIZE)
         target = max(self._min_queue, min(self._max_queue, target))
         return max(1, min(target, ps.reqq - 1))
 
@@ -859,12 +843,6 @@ class Swarm:
         blocks = self.picker.pick(ps.handle, want)
         if not blocks:
             return
-        wa = self.settings.exp_whole_avail
-        if wa >= 0:
-            last = blocks[-1].index
-            room = min(self._max_queue, ps.reqq - 1) - len(ps.requested) - len(blocks)
-            if room > 0 and self.picker.availability(last) <= wa:
-                blocks += self.picker.pick_rest(ps.handle, last, room)
         self._ask(ps, blocks, now)
 
     def _ask(self, ps: PeerState, blocks: list[Block], now: float) -> None:
@@ -1050,8 +1028,6 @@ class Swarm:
                 if ps.addr[0] in origins:
                     held.setdefault(ps.handle, []).append(index)
             told = [ps for ps in told if ps.addr[0] not in origins]
-        if told and self._preunchoke and self.num_have <= self._preunchoke:
-            self._unchoke_lacking(told, now)
         if told:
             for ps in told:
                 ps.last_send = now
@@ -1386,8 +1362,6 @@ class Swarm:
                 self._send(ps, (m.RejectRequest(req.index, req.begin, req.length),), now)
             return
         ps.incoming.append(req)
-        if self._rare_serve and len(ps.incoming) > 2:
-            ps.incoming.reorder(self.picker.availability)
         ps.slot_used_at = now
         if ps.handle not in self.upload_order:
             self.upload_order[ps.handle] = ps
@@ -1450,12 +1424,6 @@ class Swarm:
                 self._offer(ps, now)
         if served:
             self._turn_over(ps, served[-1])
-            if self._dry_reuse and not ps.incoming:
-                for other in self.upload_order.values():
-                    if other.incoming:
-                        break
-                else:
-                    self._reuse_idle_slots(now)
 
     def _turn_over(self, ps: PeerState, last: m.Request) -> None:
         """After blocks to ``ps``: its turn ends with its piece. The next piece it asked
@@ -1467,32 +1435,13 @@ class Swarm:
         if handle not in order:
             return
         incoming = ps.incoming
-        ended = False
         if incoming:
             if incoming[0].index != last.index:
                 del order[handle]
                 order[handle] = ps
-                ended = True
         elif last.begin + last.length >= self.piece_size(last.index):
             del order[handle]
             self._upload_tail[handle] = None
-            ended = True
-        if ended and self._rare_turns and len(order) > 1:
-            avail = self.picker.availability
-            best: PeerState | None = None
-            best_a = 1 << 30
-            for o in order.values():
-                if o.incoming:
-                    a = avail(o.incoming[0].index)
-                    if a < best_a:
-                        best, best_a = o, a
-            if best is not None and best_a <= 2:
-                items = list(order.items())
-                order.clear()
-                order[best.handle] = best
-                for h, o in items:
-                    if o is not best:
-                        order[h] = o
 
     def upload_budget(self, now: float) -> int:
         """Bytes to keep written ahead across all peers: ``upload_ahead`` seconds of our
@@ -1519,7 +1468,7 @@ class Swarm:
         if rate * self._turn_piece_time > self.piece_length:
             budget = 0
         else:
-            budget = max(self._ahead_min, int(rate * ahead))
+            budget = max(_AHEAD_MIN, int(rate * ahead))
         self._budget_at = now
         self._budget_total = up.total
         self._budget = budget
@@ -1797,23 +1746,13 @@ class Swarm:
         for ps in self.peers.values():
             if not ps.am_choking and not ps.closed:
                 unchoked += 1
-                if not ps.incoming and now - ps.slot_used_at >= self._slot_idle:
+                if not ps.incoming and now - ps.slot_used_at >= _SLOT_IDLE:
                     idle += 1
         slots = self._slots(now) + 1
         room = min(slots - (unchoked - idle), int(slots * _SLOT_IDLE_CAP) - unchoked)
         for _ in range(min(waiting, room)):
             if not self._unchoke_best(now):
                 break
-            waiting -= 1
-        if self._swap and waiting > 0 and room < waiting:
-            for ps in list(self.peers.values()):
-                if waiting <= 0:
-                    break
-                if not ps.am_choking and not ps.closed and not ps.incoming \
-                        and now - ps.slot_used_at >= self._slot_idle \
-                        and ps.handle != self._choke.optimistic:
-                    self._hand_over_slot(ps, now)
-                    waiting -= 1
 
     def _bootstrap_optimistic(self, now: float) -> None:
         """Move the optimistic unchoke to the interested choked peer with the fewest
@@ -1906,27 +1845,6 @@ class Swarm:
             if best is None or k0 < b0 or (k0 == b0 and (k1 < b1 or (k1 == b1 and k2 < b2))):
                 best, b0, b1, b2 = other, k0, k1, k2
         return best
-
-    def _unchoke_lacking(self, told: list[PeerState], now: float) -> None:
-        """EXPERIMENT: free slots go to peers about to hear our Have, before it."""
-        if self._super_seeding() or not self.settings.unchoke_slots:
-            return
-        free = self._slots(now) + 1 - self._unchoked
-        if free <= 0:
-            return
-        cands = [ps for ps in told if ps.am_choking and not ps.closed and not ps.is_seed]
-        if not cands:
-            return
-        d = self._choke
-        turns = dict(d.turns)
-        unchoked = set(d.unchoked)
-        while free > 0 and cands:
-            ps = cands.pop(self.rng.randrange(len(cands)))
-            self._unchoke(ps, now)
-            turns[ps.handle] = now
-            unchoked.add(ps.handle)
-            free -= 1
-        self._choke = ChokeDecision(frozenset(unchoked), d.optimistic, d.optimistic_since, turns)
 
     def _unchoke_best(self, now: float) -> bool:
         """Unchoke the interested choked peer the choker would rank first (as in
