@@ -60,7 +60,7 @@ def _neighbours(node: Any) -> list[tuple[Any, Any]]:
 
 
 def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Settings,
-        dt: float = 0.02, last: int = 10) -> dict[str, Any]:
+        dt: float = 0.02, last: int = 10, size: int = SIZE) -> dict[str, Any]:
     """One run, sampled; the figures described in the module docstring."""
     copies: defaultdict[str, list[tuple[int, int, int, int]]] = defaultdict(list)
     recip: list[tuple[float, float, float]] = []
@@ -138,15 +138,17 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
                 sim.ev.at(now + dt, sample, None)
 
         sim.ev.at(dt / 2, sample, None)
+        made.append(sample)
         return sim
 
     patched.Simulation = factory
     try:
         res = simulate(mode, SimOptions(
-            peers=n, size=SIZE, up=[(UP, 1.0)], down=[(DOWN, 1.0)], latency_s=latency,
+            peers=n, size=size, up=[(UP, 1.0)], down=[(DOWN, 1.0)], latency_s=latency,
             piece_length=piece, seed=seed, settings=settings))
     finally:
         patched.Simulation = real
+    made[1](None)  # the copies verified since the last sample (the run ended on them)
     rows = {}
     for phase in ("ramp", "middle", "tail"):
         got = copies.get(phase)
@@ -160,7 +162,7 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
             "unchoked": round(statistics.mean(x[3] for x in got), 2),
             "no_unchoked_lacking": round(sum(1 for x in got if not x[1]) / len(got), 3),
         }
-    return {"mode": mode, "n": n, "seed": seed, "ratio": res.ratio,
+    return {"mode": mode, "n": n, "seed": seed, "ratio": res.ratio, "pieces": made[0].num_pieces,
             "last_s": res.last_completion_s, "copies": rows, "reciprocity": recip,
             "last_pieces": tail}
 
