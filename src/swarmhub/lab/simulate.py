@@ -823,7 +823,11 @@ class Simulation:
         result). The run's garbage (cycles: the open connections, the hosts and the
         simulation) stays frozen: ``swarmhub`` freezes everything at exit anyway, and the
         next run unfreezes it (and collects it first if it is large, since the collector
-        is off during a run)."""
+        is off during a run).
+
+        The events still queued at the end are dropped (a run is not resumed): the
+        collector does not see through an :class:`~swarmhub.lab.netmodel.Event`, so a
+        queue left full would keep the whole simulation alive."""
         global _froze
         if _froze:
             _froze = False
@@ -854,8 +858,10 @@ class Simulation:
                 else:
                     break
                 ev.now = event.when
+                ev.running = event.seq
                 event.fn(event.arg)
         finally:
+            ev.clear()
             gc.freeze()
             _froze = True
             if enabled:
