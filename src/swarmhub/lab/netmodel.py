@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 from swarmhub._records import mypyc_attr
 
@@ -333,7 +333,7 @@ class Pipe:
     active: bool
     growing: bool
     waiting: bool
-    items: list[tuple[int, Callable[[Any], None], Any]]
+    items: list[Any]
     queued: int
     owner: Any
     latency: float
@@ -346,9 +346,11 @@ class Pipe:
         #: called with an item's payload when it arrives at the far end (unless the item
         #: was sent with a function of its own)
         self.deliver = deliver
-        #: (wire bytes, function, payload); a list, not a deque: most pipes are short or
-        #: empty, and an empty deque costs 600 bytes (a million pipes at N=10,000)
-        self.items: list[tuple[int, Callable[[Any], None], Any]] = []
+        #: wire bytes, function, payload of each item, flat (three slots an item: a
+        #: tuple each was an allocation, a tracked one, per item sent, held until it
+        #: left); a list, not a deque: most pipes are short or empty, and an empty deque
+        #: costs 600 bytes (a million pipes at N=10,000)
+        self.items: list[Any] = []
         self.queued = 0  #: wire bytes in ``items``
         self.left = 0.0  #: bytes of the head item not yet sent, as of ``last``
         self.last = 0.0
@@ -418,18 +420,21 @@ class Network:
         pipe.queued += size
         if pipe.owner is not None:
             pipe.up.backlog += size
-        if size <= SMALL and len(items) > 1:
+        if size <= SMALL and len(items) > 3:
             # Behind data, a small message rides with the item it follows (as TCP packs
             # it into that item's last segment): it arrives with it, one event for both,
             # not two more per Have (the head item, being sent, is never extended).
-            tsize, tfn, tpay = items[-1]
+            tfn = items[-2]
             if tfn is _together:
-                tpay.append((fn, payload))
-                items[-1] = (tsize + size, tfn, tpay)
+                items[-1].append((fn, payload))
             else:
-                items[-1] = (tsize + size, _together, [(tfn, tpay), (fn, payload)])
+                items[-1] = [(tfn, items[-1]), (fn, payload)]
+                items[-2] = _together
+            items[-3] = cast(int, items[-3]) + size
             return
-        items.append((size, fn, payload))
+        items.append(size)
+        items.append(fn)
+        items.append(payload)
         if not pipe.active:
             self._start(pipe, now)
 
@@ -437,7 +442,10 @@ class Network:
                   deliver: Callable[[Any], None]) -> None:
         """Queue one item of ``size`` wire bytes (overhead already counted: a run of
         blocks is one item whose size is the sum of each message's :func:`wire`)."""
-        pipe.items.append((size, deliver, payload))
+        items = pipe.items
+        items.append(size)
+        items.append(deliver)
+        items.append(payload)
         pipe.queued += size
         if pipe.owner is not None:
             pipe.up.backlog += size
@@ -463,7 +471,7 @@ class Network:
                 idle -= rto
             pipe.cwnd = max(float(INIT_CWND), min(cwnd, pipe.cwnd))
         pipe.active = True
-        pipe.left = float(pipe.items[0][0])
+        pipe.left = float(cast(int, pipe.items[0]))
         pipe.last = now
         pipe.rate = 0.0
         pipe.at = pipe.due = _INF
@@ -494,7 +502,10 @@ class Network:
             heap_push(ev._heap, Event(due, seq, self._done_fn, pipe))
             return
         items = pipe.items
-        size, fn, payload = items.pop(0)
+        size = cast(int, items[0])
+        fn = items[1]
+        payload = items[2]
+        del items[:3]
         pipe.queued -= size
         up = pipe.up
         up.sent += size
@@ -511,7 +522,7 @@ class Network:
         if pipe.waiting and pipe.on_drain is not None:
             pipe.on_drain(pipe)
         if items:
-            left = pipe.left = float(items[0][0])
+            left = pipe.left = float(cast(int, items[0]))
             pipe.last = now
             due = pipe.due = pipe.at = now + left / pipe.rate
             seq = ev._seq
