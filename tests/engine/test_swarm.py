@@ -375,7 +375,7 @@ def test_the_picker_counts_each_peers_pieces_in_its_peerstate_bitfield() -> None
     s = make_swarm(8)
     for name in ("a", "b", "c"):
         join(s, name)
-    s.message("a", m.Bitfield(m.bitfield_from_bools([1, 0, 0, 1, 0, 0, 0, 0])), 0.0)
+    s.message("a", m.Bitfield(m.bitfield_from_bools(bytes([1, 0, 0, 1, 0, 0, 0, 0]))), 0.0)
     s.message("a", m.Have(5), 0.0)
     s.message("b", m.HaveNone(), 0.0)
     s.message("b", m.Have(2), 0.0)
