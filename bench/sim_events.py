@@ -56,8 +56,9 @@ def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
             name = getattr(fn, "__qualname__", None) or repr(fn)
             kinds[where, name] += 1
             if name == "Network._done":
-                pipe, gen = arg
-                done["stale" if gen != pipe.gen else "early" if pipe.due > when else "real"] += 1
+                pipe = arg
+                done["stale" if event.seq != pipe.done_seq else "early" if pipe.due > when
+                     else "real"] += 1
             elif name == "End.got_msgs":
                 batches[" ".join(type(x).__name__ for x in arg[:3])
                         + (" ..." if len(arg) > 3 else "")] += 1
@@ -65,6 +66,7 @@ def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
             if k % every == 0:
                 sizes.append((len(heap), len(lane)))
             ev.now = when
+            ev.running = event.seq
             fn(arg)
         if self.pending > 0:
             ev.now = max(ev.now, until)

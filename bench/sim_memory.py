@@ -47,13 +47,16 @@ def by_type() -> tuple[collections.Counter[str], collections.Counter[str]]:
     seen: dict[int, object] = {}
     mine = {id(stack), id(seen)}  # the census's own containers are not the run's
     skip = (type, type(sys), type(_name), type(len))
+    from swarmhub.lab.netmodel import Event
     while stack:
         o = stack.pop()
         if id(o) in seen or id(o) in mine:
             continue
         seen[id(o)] = o
-        stack.extend(r for r in gc.get_referents(o)
-                     if id(r) not in seen and not isinstance(r, skip))
+        # an Event is acyclic (compiled: untracked, no referents for the collector):
+        # what it holds is followed here
+        refs = (o.fn, o.arg) if type(o) is Event else gc.get_referents(o)
+        stack.extend(r for r in refs if id(r) not in seen and not isinstance(r, skip))
     size: collections.Counter[str] = collections.Counter()
     count: collections.Counter[str] = collections.Counter()
     for o in seen.values():

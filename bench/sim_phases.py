@@ -69,8 +69,8 @@ def one(n: int, mode: str, piece_kib: int, dt: float, seed: int,
                     fn, arg = event.fn, event.arg
                     name = getattr(fn, "__name__", "?")
                     if name == "_done":
-                        pipe, gen = arg
-                        name += " stale" if gen != pipe.gen else " early" \
+                        pipe = arg
+                        name += " stale" if event.seq != pipe.done_seq else " early" \
                             if pipe.due > pipe.at else " live"
                     kinds[name] = kinds.get(name, 0) + 1
             if self.pending > 0:

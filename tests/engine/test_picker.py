@@ -72,6 +72,29 @@ def test_rarest_first_picks_least_available_missing_piece() -> None:
     picker.check_invariant()
 
 
+def test_the_picker_keeps_a_callers_bitfield_as_its_record_of_a_peer() -> None:
+    """One bitfield per connection (the swarm core's ``PeerState.have``): the picker
+    writes the caller's bytearray and counts it as it counts a record of its own."""
+    own, shared = make_picker("0000"), make_picker("0000")
+    bits_a, bits_b = bytearray(4), bytearray(4)
+    own.peer_has("a", 1)
+    shared.peer_has("a", 1, bits_a)
+    assert bits_a == bytes([0, 1, 0, 0])
+    own.peer_has_bitfield("a", bytes([1, 0, 0, 1]))
+    shared.peer_has_bitfield("a", bytes([1, 0, 0, 1]), bits_a)
+    assert bits_a == bytes([1, 1, 0, 1])
+    own.peer_has_bitfield("b", bytes([0, 0, 1, 0]))
+    shared.peer_has_bitfield("b", bytes([0, 0, 1, 0]), bits_b)
+    assert bits_b == bytes([0, 0, 1, 0])
+    for picker in (own, shared):
+        assert [picker.availability(i) for i in range(4)] == [1, 1, 1, 1]
+        assert picker.interesting("a") and picker.interesting("b")
+        picker.peer_has_all("a")  # counted down from what it had, then up as a seed
+        picker.peer_gone("b")
+        assert [picker.availability(i) for i in range(4)] == [1, 1, 1, 1]
+        picker.check_invariant()
+
+
 def test_rarest_first_for_a_seed_peer() -> None:
     picker = make_picker("5552555")
     picker.peer_has_all("seed")

@@ -369,6 +369,31 @@ def test_a_have_that_gives_us_something_to_request_requests_it_at_once() -> None
     assert reqs and {r.index for r in reqs if isinstance(r, m.Request)} == {5}
 
 
+def test_the_picker_counts_each_peers_pieces_in_its_peerstate_bitfield() -> None:
+    """One bitfield per connection: what a Bitfield, Have, HaveNone and HaveAll said is
+    in ``PeerState.have``, which is the picker's record of the peer too."""
+    s = make_swarm(8)
+    for name in ("a", "b", "c"):
+        join(s, name)
+    s.message("a", m.Bitfield(m.bitfield_from_bools(bytes([1, 0, 0, 1, 0, 0, 0, 0]))), 0.0)
+    s.message("a", m.Have(5), 0.0)
+    s.message("b", m.HaveNone(), 0.0)
+    s.message("b", m.Have(2), 0.0)
+    s.message("b", m.Have(2), 0.0)  # again: nothing new
+    s.message("c", m.Have(1), 0.0)
+    s.message("c", m.HaveAll(), 0.0)
+    a, b, c = s.peers["a"], s.peers["b"], s.peers["c"]
+    assert a.have == bytes([1, 0, 0, 1, 0, 1, 0, 0]) and a.num_have == 3
+    assert b.have == bytes([0, 0, 1, 0, 0, 0, 0, 0]) and b.num_have == 1
+    assert c.have == b"\x01" * 8 and c.num_have == 8
+    assert [s.picker.availability(i) for i in range(8)] == [2, 1, 2, 2, 1, 2, 1, 1]
+    assert s.picker._peers["a"].bits is a.have and s.picker._peers["b"].bits is b.have
+    s.picker.check_invariant()
+    s.disconnected("a", 1.0)
+    assert [s.picker.availability(i) for i in range(8)] == [1, 1, 2, 1, 1, 1, 1, 1]
+    s.picker.check_invariant()
+
+
 def test_a_run_of_haves_acts_as_one_have_message_each() -> None:
     """``haves`` (the driver's receive fast path) must decide as ``message`` per Have."""
     runs = ([0], [3, 0, 5], [7, 7], [1, 2, 4, 6])

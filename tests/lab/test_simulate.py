@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import weakref
 from pathlib import Path
 
 import pytest
@@ -321,6 +323,19 @@ def _small_swarm(until: float) -> Simulation:
     sim = Simulation("p2p", specs, 4 * MIB, 32 * 1024, Settings(), rng=random.Random(1))
     sim.run(until)
     return sim
+
+
+def test_a_run_empties_its_queue_so_the_collector_frees_its_simulation() -> None:
+    """Events are acyclic (the collector does not see through them) and hold the
+    simulation's bound methods: a run stopped mid-way drops what it left queued, or its
+    simulation, hosts and connections would never be freed."""
+    sim = _small_swarm(0.5)
+    assert len(sim.ev) == 0
+    ref = weakref.ref(sim.on_event)  # (a native class takes no weak reference: a part)
+    del sim
+    gc.unfreeze()  # (a run freezes what it made: the next run would unfreeze it)
+    gc.collect()
+    assert ref() is None
 
 
 def test_a_peer_that_dialled_us_is_known_by_its_listen_port_from_p() -> None:

@@ -218,12 +218,13 @@ class _Piece:
 class _Peer:
     """What the picker knows of one connected non-seed peer: its pieces (one 0/1 byte
     each) and how many of them we lack and want (``interesting`` is ``lack > 0``). One
-    record, not a dict per field: a Have costs one lookup by peer, not three."""
+    record, not a dict per field: a Have costs one lookup by peer, not three. ``bits``
+    may be the caller's own bitfield of the peer (see :meth:`PiecePicker.peer_has`)."""
 
     __slots__ = ("bits", "lack")
 
-    def __init__(self, n: int) -> None:
-        self.bits = bytearray(n)
+    def __init__(self, n: int, bits: bytearray | None = None) -> None:
+        self.bits = bytearray(n) if bits is None else bits
         self.lack = 0
 
 
@@ -615,21 +616,32 @@ class PiecePicker:
             collections.deque(map(setpos, bucket, range(len(bucket))), maxlen=0)
         self._buckets = buckets
 
-    def _peer(self, peer: Hashable) -> _Peer:
+    def _peer(self, peer: Hashable, shared: bytearray | None = None) -> _Peer:
         rec = self._peers.get(peer)
         if rec is None:
-            rec = self._peers[peer] = _Peer(self._n)
+            if shared is not None and len(shared) != self._n:
+                raise LocalProtocolError(f"bitfield must be {self._n} bytes")
+            rec = self._peers[peer] = _Peer(self._n, shared)
         return rec
 
-    def peer_has(self, peer: Hashable, index: int) -> None:
-        """A Have message: ``peer`` now has piece ``index``."""
+    def peer_has(self, peer: Hashable, index: int, shared: bytearray | None = None) -> None:
+        """A Have message: ``peer`` now has piece ``index``.
+
+        ``shared``: the caller's own bitfield of ``peer`` (one 0/1 byte per piece, all
+        zero until the picker's first word of the peer), which the picker then keeps as
+        its record of it and writes itself (here and in :meth:`peer_has_bitfield`)
+        until :meth:`peer_has_all` or :meth:`peer_gone`; the caller reads it but must
+        not write it meanwhile. One bitfield per connection, not two: the swarm core's
+        ``PeerState.have`` (a Have read and wrote both: ``lab simulate`` holds ~100,000
+        connections at N=1,000). Passed at every call (only the first that makes the
+        record uses it)."""
         if not 0 <= index < self._n:
             self._check_index(index)
         rec = self._peers.get(peer)
         if rec is None:
             if peer in self._seeds:
                 return
-            rec = self._peer(peer)
+            rec = self._peer(peer, shared)
         bits = rec.bits
         if bits[index]:
             return
@@ -648,8 +660,10 @@ class PiecePicker:
         if not self._have[index] and (not self._num_skip or self._prio[index]):
             rec.lack += 1
 
-    def peer_has_bitfield(self, peer: Hashable, have: bytes | bytearray) -> None:
-        """A Bitfield message, already unpacked to one 0/1 byte per piece."""
+    def peer_has_bitfield(self, peer: Hashable, have: bytes | bytearray,
+                          shared: bytearray | None = None) -> None:
+        """A Bitfield message, already unpacked to one 0/1 byte per piece (``shared``: as
+        in :meth:`peer_has`; ``have`` may be it)."""
         if len(have) != self._n or have.translate(None, b"\x00\x01"):
             raise LocalProtocolError(
                 f"bitfield must be {self._n} bytes of 0/1, got {len(have)} bytes"
@@ -661,7 +675,7 @@ class PiecePicker:
         if self._n and have.count(0) == 0:
             self.peer_has_all(peer)
             return
-        rec = self._peer(peer)
+        rec = self._peer(peer, shared)
         bits = rec.bits
         n = self._n
         old, theirs = int.from_bytes(bits, "big"), int.from_bytes(have, "big")

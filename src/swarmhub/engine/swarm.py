@@ -658,15 +658,19 @@ class Swarm:
             n = self.num_pieces
             theirs = bytes(m.bools_from_bitfield(cast(m.Bitfield, msg).bits, n))
             merged = int.from_bytes(ps.have, "big") | int.from_bytes(theirs, "big")
-            ps.have[:] = merged.to_bytes(n, "big")
+            bits = merged.to_bytes(n, "big")
+            self._picker_bitfield(ps, bits)  # (first: the picker's record is ps.have)
+            ps.have[:] = bits  # (the picker wrote it, unless it took the peer for a seed)
             ps.num_have = n - ps.have.count(0)
             self._on_bitfield(ps, now)
         elif kind is _HAVE_ALL_T:
             ps.has_all = True
+            self._picker_bitfield(ps, ps.have)
             ps.have[:] = b"\x01" * self.num_pieces
             ps.num_have = self.num_pieces
             self._on_bitfield(ps, now)
         elif kind is _HAVE_NONE_T:
+            self._picker_bitfield(ps, ps.have)
             self._on_bitfield(ps, now)
         elif kind is _CANCEL_T:
             c = cast(m.Cancel, msg)
@@ -690,11 +694,16 @@ class Swarm:
                     self._update_interest(ps, now)
                     self._fill(ps, now)
 
-    def _on_bitfield(self, ps: PeerState, now: float) -> None:
+    def _picker_bitfield(self, ps: PeerState, bits: bytes | bytearray) -> None:
+        """Tell the picker ``ps``'s pieces are ``bits`` (a Bitfield, HaveAll or HaveNone),
+        before ``ps.have`` changes: the picker keeps ``ps.have`` as its own record of the
+        peer (see :meth:`PiecePicker.peer_has`), and counts what is new against it."""
         if ps.has_all:
             self.picker.peer_has_all(ps.handle)
         else:
-            self.picker.peer_has_bitfield(ps.handle, ps.have)
+            self.picker.peer_has_bitfield(ps.handle, bits, ps.have)
+
+    def _on_bitfield(self, ps: PeerState, now: float) -> None:
         if ps.is_seed and self.complete:
             self._close(ps, "both sides are seeds")
             return
@@ -752,14 +761,16 @@ class Swarm:
         :meth:`_on_have`)."""
         if ps.have[index]:
             return False
-        ps.have[index] = 1
         ps.num_have += 1
+        # the picker sets ps.have[index]: its record of the peer is ps.have (one bitfield
+        # per connection, see PiecePicker.peer_has; a seed's is all ones already)
+        self.picker.peer_has(ps.handle, index, ps.have)
         return self._on_have(ps, index, now, refill)
 
     def _on_have(self, ps: PeerState, index: int, now: float, refill: bool = True) -> bool:
-        """``ps`` got piece ``index``: True if we lack it (then :meth:`_wants_more`, unless
-        ``refill`` is False: :meth:`haves` does that once per run)."""
-        self.picker.peer_has(ps.handle, index)
+        """``ps`` got piece ``index`` (the picker told): True if we lack it (then
+        :meth:`_wants_more`, unless ``refill`` is False: :meth:`haves` does that once per
+        run)."""
         if self.num_have == self.num_pieces and ps.is_seed:  # per Have: no property first
             self._close(ps, "both sides are seeds")
             return False

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
+
+from swarmhub._records import mypyc_attr
 
 __all__ = [
     "INIT_CWND",
@@ -79,12 +81,21 @@ def wire(payload: int) -> int:
 
 
 @final
+@mypyc_attr(acyclic=True)
 class Event:
     """``fn(arg)`` due at virtual time ``when``; ``seq`` (the queue's insertion number,
     unique) breaks ties in time. A record, not a ``(when, seq, fn, arg)`` tuple: the
     queue compares its keys natively (compiled, ``when`` is an unboxed double), where
     heapq compared tuples through ``PyObject_RichCompare`` (two float comparisons by
-    generic calls: ~6 % of a run's instructions at N=64, more with the heap's depth)."""
+    generic calls: ~6 % of a run's instructions at N=64, more with the heap's depth).
+
+    Acyclic (compiled: no GC header, never tracked), though ``fn`` is mostly a bound
+    method of the simulation that holds the queue: one is made and freed per event of
+    a run, and a tracked one is linked into the collector's list when made and unlinked
+    when freed, a write to each of its neighbours there (objects made about when it was,
+    cold by then). The collector cannot see through an event, so a queue dropped with
+    events in it keeps its owner alive: whoever runs one empties it when done
+    (:meth:`EventQueue.clear`; ``Simulation.run`` does)."""
 
     __slots__ = ("arg", "fn", "seq", "when")
 
@@ -213,10 +224,14 @@ class EventQueue:
     Both hold :class:`Event` records (:func:`heap_push` and :func:`heap_pop` keep the heap).
     """
 
-    __slots__ = ("_heap", "_lane", "_seq", "lane_delay", "now")
+    __slots__ = ("_heap", "_lane", "_seq", "lane_delay", "now", "running")
 
     def __init__(self, lane_delay: float | None = None) -> None:
         self.now = 0.0
+        #: the insertion number of the event being run (set by whatever runs it, with
+        #: ``now``): a callback knows its event by it, and so needs no tuple of its own
+        #: to tell a stale event from the live one (see :meth:`Network._done`)
+        self.running = -2
         self._heap: list[Event] = []
         #: the next event's insertion number (ties in time run in insertion order); an
         #: int, not itertools.count: next() is a builtin looked up by name per event
@@ -254,6 +269,7 @@ class EventQueue:
         checked after each event)."""
         while (event := self.pop(until)) is not None:
             self.now = event.when
+            self.running = event.seq
             event.fn(event.arg)
             if stop is not None and stop():
                 return
@@ -261,6 +277,11 @@ class EventQueue:
 
     def __len__(self) -> int:
         return len(self._heap) + len(self._lane)
+
+    def clear(self) -> None:
+        """Drop every event (see :class:`Event`: the collector cannot free them)."""
+        self._heap.clear()
+        self._lane = Lane()
 
 
 class Link:
@@ -290,7 +311,7 @@ class Link:
 class Pipe:
     """One direction of one connection: a FIFO drained by a TCP flow ``up`` -> ``down``."""
 
-    __slots__ = ("active", "at", "cwnd", "deliver", "down", "due", "gen", "growing",
+    __slots__ = ("active", "at", "cwnd", "deliver", "done_seq", "down", "due", "growing",
                  "idle_since", "items", "last", "latency", "left", "on_drain", "owner",
                  "queued", "rate", "rtt", "seen", "up", "waiting")
 
@@ -308,11 +329,11 @@ class Pipe:
     last: float
     due: float
     at: float
-    gen: int
+    done_seq: int
     active: bool
     growing: bool
     waiting: bool
-    items: list[tuple[int, Callable[[Any], None], Any]]
+    items: list[Any]
     queued: int
     owner: Any
     latency: float
@@ -325,16 +346,21 @@ class Pipe:
         #: called with an item's payload when it arrives at the far end (unless the item
         #: was sent with a function of its own)
         self.deliver = deliver
-        #: (wire bytes, function, payload); a list, not a deque: most pipes are short or
-        #: empty, and an empty deque costs 600 bytes (a million pipes at N=10,000)
-        self.items: list[tuple[int, Callable[[Any], None], Any]] = []
+        #: wire bytes, function, payload of each item, flat (three slots an item: a
+        #: tuple each was an allocation, a tracked one, per item sent, held until it
+        #: left); a list, not a deque: most pipes are short or empty, and an empty deque
+        #: costs 600 bytes (a million pipes at N=10,000)
+        self.items: list[Any] = []
         self.queued = 0  #: wire bytes in ``items``
         self.left = 0.0  #: bytes of the head item not yet sent, as of ``last``
         self.last = 0.0
         self.rate = 0.0
         self.cwnd = float(INIT_CWND)
         self.active = False
-        self.gen = 0  #: bumps invalidate scheduled completions
+        #: the insertion number of the completion event in the queue that is live (-1:
+        #: none): a new one, or the flow's stop, leaves any other stale; the event's arg
+        #: is the pipe itself (a ``(pipe, generation)`` tuple was an allocation per event)
+        self.done_seq = -1
         #: when the head item is due to leave, and when the valid completion event for it
         #: fires (``at`` <= ``due``: a rate that fell leaves the event where it was, and the
         #: event comes back at ``due``; only a rate that rose schedules a new one)
@@ -394,18 +420,21 @@ class Network:
         pipe.queued += size
         if pipe.owner is not None:
             pipe.up.backlog += size
-        if size <= SMALL and len(items) > 1:
+        if size <= SMALL and len(items) > 3:
             # Behind data, a small message rides with the item it follows (as TCP packs
             # it into that item's last segment): it arrives with it, one event for both,
             # not two more per Have (the head item, being sent, is never extended).
-            tsize, tfn, tpay = items[-1]
+            tfn = items[-2]
             if tfn is _together:
-                tpay.append((fn, payload))
-                items[-1] = (tsize + size, tfn, tpay)
+                items[-1].append((fn, payload))
             else:
-                items[-1] = (tsize + size, _together, [(tfn, tpay), (fn, payload)])
+                items[-1] = [(tfn, items[-1]), (fn, payload)]
+                items[-2] = _together
+            items[-3] = cast(int, items[-3]) + size
             return
-        items.append((size, fn, payload))
+        items.append(size)
+        items.append(fn)
+        items.append(payload)
         if not pipe.active:
             self._start(pipe, now)
 
@@ -413,7 +442,10 @@ class Network:
                   deliver: Callable[[Any], None]) -> None:
         """Queue one item of ``size`` wire bytes (overhead already counted: a run of
         blocks is one item whose size is the sum of each message's :func:`wire`)."""
-        pipe.items.append((size, deliver, payload))
+        items = pipe.items
+        items.append(size)
+        items.append(deliver)
+        items.append(payload)
         pipe.queued += size
         if pipe.owner is not None:
             pipe.up.backlog += size
@@ -439,7 +471,7 @@ class Network:
                 idle -= rto
             pipe.cwnd = max(float(INIT_CWND), min(cwnd, pipe.cwnd))
         pipe.active = True
-        pipe.left = float(pipe.items[0][0])
+        pipe.left = float(cast(int, pipe.items[0]))
         pipe.last = now
         pipe.rate = 0.0
         pipe.at = pipe.due = _INF
@@ -449,28 +481,31 @@ class Network:
 
     def _stop(self, pipe: Pipe, now: float) -> None:
         pipe.active = False
-        pipe.gen += 1
+        pipe.done_seq = -1
         pipe.rate = 0.0
         pipe.idle_since = now
         pipe.up.flows.pop(pipe, None)
         pipe.down.flows.pop(pipe, None)
         self.settle(pipe.up, pipe.down)
 
-    def _done(self, arg: tuple[Pipe, int]) -> None:
-        pipe, gen = arg
-        if gen != pipe.gen:
-            return
+    def _done(self, pipe: Pipe) -> None:
         ev = self.ev
+        if ev.running != pipe.done_seq:
+            return  # stale: replaced by a sooner one, or the flow stopped
         now = ev.now
         due = pipe.due
         if due > now:  # the rate fell since: not gone yet, come back when it is due
             pipe.at = due
             seq = ev._seq
             ev._seq = seq + 1
-            heap_push(ev._heap, Event(due, seq, self._done_fn, arg))
+            pipe.done_seq = seq
+            heap_push(ev._heap, Event(due, seq, self._done_fn, pipe))
             return
         items = pipe.items
-        size, fn, payload = items.pop(0)
+        size = cast(int, items[0])
+        fn = items[1]
+        payload = items[2]
+        del items[:3]
         pipe.queued -= size
         up = pipe.up
         up.sent += size
@@ -487,13 +522,13 @@ class Network:
         if pipe.waiting and pipe.on_drain is not None:
             pipe.on_drain(pipe)
         if items:
-            left = pipe.left = float(items[0][0])
+            left = pipe.left = float(cast(int, items[0]))
             pipe.last = now
-            gen = pipe.gen = pipe.gen + 1
             due = pipe.due = pipe.at = now + left / pipe.rate
             seq = ev._seq
             ev._seq = seq + 1
-            heap_push(heap, Event(due, seq, self._done_fn, (pipe, gen)))
+            pipe.done_seq = seq
+            heap_push(heap, Event(due, seq, self._done_fn, pipe))
         else:
             self._stop(pipe, now)
 
@@ -612,8 +647,8 @@ class Network:
                     due = f.due = now + f.left / rate
                     if due < f.at:  # sooner than the event in the queue (if any): a new one
                         f.at = due
-                        gen = f.gen = f.gen + 1
-                        heap_push(heap, Event(due, seq, done, (f, gen)))
+                        f.done_seq = seq
+                        heap_push(heap, Event(due, seq, done, f))
                         seq += 1
                 if not f.growing and cwnd < MAX_CWND and rate * rtt * 2 >= cwnd * 0.999:
                     f.growing = True
@@ -639,8 +674,11 @@ class Network:
             due = f.due = now + f.left / rate
             if due < f.at:  # sooner than the event in the queue (if any): a new one
                 f.at = due
-                f.gen += 1
-                self.ev.at(due, self._done, (f, f.gen))
+                ev = self.ev
+                seq = ev._seq
+                ev._seq = seq + 1
+                f.done_seq = seq
+                heap_push(ev._heap, Event(due, seq, self._done_fn, f))
         if not f.growing and f.cwnd < MAX_CWND and rate * f.rtt * 2 >= f.cwnd * 0.999:
             f.growing = True
             self.ev.at(now + f.rtt, self._grow, f)

@@ -107,8 +107,9 @@ class End:
     """Our side of one connection. The core knows it by ``uid``, an int: cheap to hash,
     and deterministic (set order inside the core must not vary from run to run)."""
 
-    __slots__ = ("far", "node", "open", "out", "pex", "ps", "remote", "uid")
-    __deletable__ = ("far",)  # mypyc: a closed End drops its far side (see _close)
+    __slots__ = ("arrive", "far", "node", "open", "out", "pex", "ps", "remote", "uid")
+    # mypyc: a closed End drops its far side and its bound method (see close_end)
+    __deletable__ = ("arrive", "far")
 
     # Declared here, what every arrival reads first (compiled, the object's field order)
     open: bool
@@ -125,6 +126,9 @@ class End:
         self.ps: PeerState | None = None
         self.out: Pipe  # set by the simulation
         self.far: End  #: the other side's End
+        #: ``far.got_blocks``, bound once: each item of blocks sent holds it until it
+        #: arrives, and one bound per serve was an allocation (a tracked one) per item
+        self.arrive: Callable[[list[Block]], None]
 
     def __repr__(self) -> str:
         return f"<End {self.node.host}->{self.remote.host}>"
@@ -550,7 +554,7 @@ class Simulation:
         limit = self._send_buffer
         batch = 1 << 20 if grant is None else min(grant, 1 << 20)
         net = self.net  # (net.send_wire a native call; a bound method in a local is not)
-        arrive = end.far.got_blocks
+        arrive = end.arrive
         cache = node.cache
         table = self.blocks
         while incoming and pipe.queued < limit:
@@ -578,18 +582,18 @@ class Simulation:
                 # The queue's last item (never the head, which is leaving) takes the block
                 # if it is a run of the same piece with room: a run grows across serves,
                 # as blocks written back to back merge in the peer's socket buffer.
-                if len(items) > 1:
-                    tsize, tfn, tpay = items[-1]
-                    if tfn == arrive:  # then a run of blocks (Any: read by name, if not cast)
-                        run = cast("list[Block]", tpay)
-                        if run[0].index == index and len(run) < run_max:
-                            run.append(block)
-                            items[-1] = (tsize + size, tfn, run)
-                            pipe.queued += size
-                            pipe.up.backlog += size
-                            served.append(req)
-                            nbytes += length
-                            continue
+                # (three slots an item: size, function, payload; the function is
+                # ``arrive`` for a run of blocks)
+                if len(items) > 3 and items[-2] is arrive:
+                    run = cast("list[Block]", items[-1])  # (Any: read by name, if not cast)
+                    if run[0].index == index and len(run) < run_max:
+                        run.append(block)
+                        items[-3] = cast(int, items[-3]) + size
+                        pipe.queued += size
+                        pipe.up.backlog += size
+                        served.append(req)
+                        nbytes += length
+                        continue
                 net.send_wire(pipe, size, [block], arrive)
                 served.append(req)
                 nbytes += length
@@ -725,6 +729,7 @@ class Simulation:
         mine, theirs = End(target, node, uid), End(node, target, uid + 1)
         mine.out, theirs.out = self._pipe(mine, theirs), self._pipe(theirs, mine)
         mine.far, theirs.far = theirs, mine
+        mine.arrive, theirs.arrive = theirs.got_blocks, mine.got_blocks
         self.by_uid += (mine, theirs)  # at indices uid and uid + 1
         target.ends[mine] = None
         self.net.send(mine.out, HANDSHAKE + EXT_HANDSHAKE, None, theirs.got_handshake)
@@ -776,7 +781,7 @@ class Simulation:
         self.ev.after(end.out.latency, self._remote_closed, far)
         if not far.open:
             # Both sides are closed: break the connection's reference cycles (End.far,
-            # Pipe.owner, Pipe.deliver) so that refcounting frees it now. The collector
+            # End.arrive, Pipe.owner, Pipe.deliver) so that refcounting frees it now. The collector
             # is off during a run, and at N=10,000 the connection storm alone leaves
             # ~300,000 closed connections that would stay in memory, interleaved with the
             # live ones, until the run ends. Whatever still holds an End (an event in
@@ -786,7 +791,7 @@ class Simulation:
                 pipe.owner = pipe.on_drain = None
                 pipe.waiting = False
                 pipe.deliver = _dropped
-            del end.far, far.far
+            del end.far, far.far, end.arrive, far.arrive
 
     def _remote_closed(self, end: End) -> None:
         if end.open:
@@ -823,7 +828,11 @@ class Simulation:
         result). The run's garbage (cycles: the open connections, the hosts and the
         simulation) stays frozen: ``swarmhub`` freezes everything at exit anyway, and the
         next run unfreezes it (and collects it first if it is large, since the collector
-        is off during a run)."""
+        is off during a run).
+
+        The events still queued at the end are dropped (a run is not resumed): the
+        collector does not see through an :class:`~swarmhub.lab.netmodel.Event`, so a
+        queue left full would keep the whole simulation alive."""
         global _froze
         if _froze:
             _froze = False
@@ -854,8 +863,10 @@ class Simulation:
                 else:
                     break
                 ev.now = event.when
+                ev.running = event.seq
                 event.fn(event.arg)
         finally:
+            ev.clear()
             gc.freeze()
             _froze = True
             if enabled:

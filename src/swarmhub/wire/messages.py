@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeAlias
 
-from swarmhub._records import value_methods
+from swarmhub._records import mypyc_attr, value_methods
 from swarmhub.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -185,6 +185,7 @@ class NotInterested:
     """The sender wants nothing from the receiver."""
 
 
+@mypyc_attr(acyclic=True)  # ints only (see Request)
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Have:
     """The sender now has piece ``index``."""
@@ -202,6 +203,11 @@ class Bitfield:
     bits: bytes
 
 
+# acyclic (compiled: no GC header, never tracked): ints only, so no cycle can pass
+# through one; a download makes one per 16 KiB block and frees it when served, and a
+# tracked one is linked into the collector's list when made and unlinked when freed (a
+# write to each neighbour there: objects made about when it was, cold by then)
+@mypyc_attr(acyclic=True)
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Request:
     """Ask for ``length`` bytes of piece ``index`` starting at ``begin``."""
@@ -230,6 +236,7 @@ class Piece:
         object.__setattr__(self, "data", data)
 
 
+@mypyc_attr(acyclic=True)  # ints only (see Request)
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Cancel:
     """Withdraw an earlier :class:`Request` (same three fields)."""
@@ -268,6 +275,7 @@ class HaveNone:
     """BEP 6: the sender has nothing; replaces the bitfield."""
 
 
+@mypyc_attr(acyclic=True)  # ints only (see Request)
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class RejectRequest:
     """BEP 6: the sender will not serve this request (same fields as :class:`Request`)."""
