@@ -273,9 +273,7 @@ def test_a_super_seed_keeps_one_offer_open_once_every_piece_was_offered() -> Non
     """Three offers while pieces are fresh; one once all were offered (the leechers trade
     the first copy among themselves; more open offers only send it a second time)."""
     pieces = 8
-    # no upload turns, so no ramp: one offer answered at a time with nothing else
-    # waiting reads as a dry uplink (see test_swarm's ramp test)
-    s = Swarm(pieces, PIECE, pieces * PIECE, Settings(super_seeding=True, upload_ahead=0.0),
+    s = Swarm(pieces, PIECE, pieces * PIECE, Settings(super_seeding=True),
               rng=random.Random(5), now=0.0, have=b"\x01" * pieces)
     peers = [f"p{i}" for i in range(4)]
     for i, p in enumerate(peers):

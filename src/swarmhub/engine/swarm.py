@@ -355,10 +355,6 @@ class Swarm:
         #: super-seeding: the best upload rate measured while fresh pieces were left (what
         #: the offer budget is sized on; see :meth:`_offer_round`)
         self._ss_best_rate = 0.0
-        #: super-seeding: the offer budget's ramp (see :meth:`_ss_paced`) and the budget
-        #: of the latest offer round
-        self._ss_ramp = 0
-        self._ss_budget = _SS_MIN_OFFERS
         #: peers with requests to serve, in turn order (see :meth:`upload_grants`)
         #: (each with its PeerState: upload_grants reads it per peer, a look-up in
         #: :attr:`peers` otherwise; an entry leaves when its peer is disconnected)
@@ -1436,7 +1432,6 @@ class Swarm:
             if run:
                 done = ss.uploaded(handle, index, run, now) or done
             if done:
-                self._ss_paced(now)
                 self._offer(ps, now)
         if served:
             self._turn_over(ps, served[-1])
@@ -1627,10 +1622,8 @@ class Swarm:
         answers, ~0.33 MB/s of 2.5 (the netns lab's N=32 stalls, the source 5-15 % busy
         once answers took 0.47-0.55 s). When our own uplink is the bottleneck the rate is
         the link's, so the best one is no larger and the cap's bound on our queue holds.
-        The ramp (:meth:`_ss_paced`) lifts it above that while our uplink runs out of
-        requested blocks: a rate measured under the budget is the budget's, so alone it
-        grew by about one piece per cycle and not at all with answers slower than the
-        span from the first offer.
+        (It does not ramp a budget whose answers are slow from the first offer: that
+        stays at the floor.)
 
         Why a budget for the whole swarm, not per peer: with offers open to every peer at
         once our upload is split N ways, every piece completes only near ``F/u_s`` and the
@@ -1648,11 +1641,9 @@ class Swarm:
                 rate = self._ss_best_rate
             window = self.settings.super_seed_window
             span = window + min(_SS_TURNAROUND_CAP * window, ss.turnaround(now))
-            budget = max(_SS_MIN_OFFERS, int(rate * span / self.piece_length) + 1,
-                         self._ss_ramp)
+            budget = max(_SS_MIN_OFFERS, int(rate * span / self.piece_length) + 1)
         else:
             budget = _SS_TAIL_OFFERS
-        self._ss_budget = budget
         open_total = ss.open_count()
         done: set[Hashable] = set()  # had its turn in this pass: turns, not bursts
         gave = False
@@ -1686,35 +1677,6 @@ class Swarm:
                 self._offered_at[best.handle] = now
                 self._send(best, tuple(m.Have(i) for i in offers), now)
             open_total = ss.open_count()
-
-    def _ss_paced(self, now: float) -> None:
-        """An offer's last block was just written: in the fresh phase, widen the offer
-        budget by one when no request waits at us (our uplink runs dry until the next
-        answer comes back); with requests waiting it stays (our uplink is busy).
-
-        Why: as TCP's slow start, one more per offer sent whole while we wait doubles the
-        budget per cycle until our uplink is what holds the requests, whatever the
-        answers' time; sized on the rate alone the budget grew by about one offer per
-        cycle, as the rate it was measured under was its own (netns lab hybrid N=32,
-        answers 0.1-0.3 s: 3 -> 38 offers in 8-9 s, the hub's uplink 55-86 % busy
-        meanwhile), and answers slower than its span from the first offer held it at the
-        floor (0.6 s: 9 % of the uplink). Not narrowed on a busy completion: answers come
-        in bunches, and all but the last of a bunch find the others' requests waiting
-        (with one down per such completion it grew by one per cycle again). Bounded by
-        our uplink, not by the peers: libtorrent shows each peer up to two pieces at a
-        time (``m_superseed_piece``), 64 on offer at N=32 whatever its uplink takes.
-        Requests wait at us once the written-ahead bytes are at the upload budget (the
-        driver counts the socket's unsent bytes), so once the uplink is full it stops
-        growing; without upload turns every request is written at once and none waits,
-        so there is no ramp."""
-        ss = self._ss
-        if ss is None or not ss.fresh_left or not self.settings.super_seed_shared \
-                or not self.upload_budget(now):
-            return
-        for ps in self.upload_order.values():
-            if ps.incoming:
-                return
-        self._ss_ramp = max(self._ss_ramp, self._ss_budget) + 1
 
     def _slots(self, now: float) -> int:
         if self._super_seeding():
