@@ -113,10 +113,7 @@ class PieceVerifier:
             return bool(v2)
         if v2 is True and not v1 and not self.v1_due(index):
             return True  # the stronger hash decides; SHA-1 only on the sample
-        if sha1 is not None and fed:
-            v1 = sha1.digest() == self._v1[index * 20 : index * 20 + 20]
-        else:
-            v1 = _sha1_ok(self._v1, index, view)
+        v1 = _sha1_ok(self._v1, index, view, sha1 if fed else None)
         if v2 is not None and v1 != v2:
             raise _inconsistent(index, v2)
         return v1
@@ -159,8 +156,11 @@ class PieceVerifier:
         return ok and (n == len(view) or _is_zero(view[n:])), sha1 is not None
 
 
-def _sha1_ok(pieces_v1: bytes, index: int, data: bytes | bytearray | memoryview) -> bool:
-    return hashlib.sha1(data).digest() == pieces_v1[index * 20 : index * 20 + 20]
+def _sha1_ok(pieces_v1: bytes, index: int, data: bytes | bytearray | memoryview,
+             fed: Any = None) -> bool:
+    """Is ``data`` piece ``index`` by its SHA-1? ``fed``: a SHA-1 already fed ``data``."""
+    digest = (fed if fed is not None else hashlib.sha1(data)).digest()
+    return bool(digest == pieces_v1[index * 20 : index * 20 + 20])
 
 
 def _inconsistent(index: int, v2: bool) -> InconsistentHashesError:
