@@ -32,9 +32,9 @@ async def _swarm_of_three(tmp_path: Path, meta: Metainfo, src: Path,
     hashed: list[int] = []
     sha1_ok = verify._sha1_ok
 
-    def counting(pieces: bytes, index: int, view: Any) -> bool:
+    def counting(pieces: bytes, index: int, view: Any, fed: Any = None) -> bool:
         hashed.append(index)
-        return sha1_ok(pieces, index, view)
+        return sha1_ok(pieces, index, view, fed)
 
     ends: list[tuple[bool, bool]] = []  # (our bit, negotiated) of each connection end
     connected = Torrent.on_peer_connected

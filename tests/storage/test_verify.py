@@ -163,6 +163,89 @@ def test_hybrid_whose_v1_and_v2_hashes_disagree_is_reported() -> None:
     assert not PieceVerifier(no_layers).check(1, flip(piece(t, 1), 7))
 
 
+class _HashLog:
+    """A stand-in for the ``hashlib`` of merkle and verify that logs what each SHA-1 and
+    SHA-256 is fed, in order: ``("sha256", n)`` / ``("sha1", n)`` per input of n bytes."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, int]] = []
+
+    def _wrap(self, name: str, real: hashlib._Hash) -> object:
+        log = self.log
+
+        class Logged:
+            def update(self, data: bytes | memoryview) -> None:
+                log.append((name, len(data)))
+                real.update(data)
+
+            def digest(self) -> bytes:
+                return real.digest()
+
+            def copy(self) -> object:
+                raise AssertionError("not used")
+
+        return Logged()
+
+    def sha1(self, data: bytes | memoryview = b"") -> object:
+        h = self._wrap("sha1", hashlib.sha1())
+        if len(data):
+            h.update(data)  # type: ignore[attr-defined]
+        return h
+
+    def sha256(self, data: bytes | memoryview = b"") -> object:
+        h = self._wrap("sha256", hashlib.sha256())
+        if len(data):
+            h.update(data)  # type: ignore[attr-defined]
+        return h
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_a_hybrid_piece_checked_both_ways_is_read_once(pad: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hybrid piece whose SHA-1 is checked too (``v1``: it goes to a v1 peer; the
+    sample) feeds each 16 KiB block to SHA-1 right after that block's SHA-256 leaf, while
+    the block is in the core's cache: its bytes come from memory once, not once per hash
+    (hashing is memory-bound here). The verdicts are those of two separate hashes."""
+    import swarmhub.metainfo.merkle as merkle
+    import swarmhub.storage.verify as verify
+
+    size = 4 * PIECE + (5000 if pad else 0)  # pad: the last piece ends in zeros
+    t = make_torrent([("big", size), ("small", 100)], version=TorrentVersion.HYBRID)
+    v = PieceVerifier(t.meta, v1_stride=16)
+    logged = _HashLog()
+    monkeypatch.setattr(merkle, "hashlib", logged)
+    monkeypatch.setattr(verify, "hashlib", logged)
+    for index in range(-(-size // PIECE)):  # the big file's pieces (layer-checked)
+        good = piece(t, index)
+        n = min(PIECE, size - index * PIECE)  # file bytes; the pad's zeros after them
+        for data, want in ((good, True), (flip(good, n - 1), False)):
+            logged.log.clear()
+            assert v.check(index, data, v1=True) is want
+            leaves = [entry for entry in logged.log if entry[1] > 64]  # not tree nodes
+            blocks = [min(BLOCK_SIZE, n - b) for b in range(0, n, BLOCK_SIZE)]
+            assert leaves[:2 * len(blocks)] == [
+                (name, k) for k in blocks for name in ("sha256", "sha1")], logged.log
+            assert leaves[2 * len(blocks):] == ([("sha1", PIECE - n)] if n < PIECE else [])
+
+
+def test_hybrid_both_ways_refuses_inconsistent_hashes_and_bad_blocks() -> None:
+    """The one-pass check of both hashes (``v1``) keeps every verdict: a corrupt block in
+    any position fails, a piece only one hash accepts is an inconsistent torrent."""
+    t = make_torrent([("big", 6 * PIECE + 700)], version=TorrentVersion.HYBRID)
+    assert t.meta.pieces_v1 is not None
+    v1 = t.meta.pieces_v1
+    v = PieceVerifier(t.meta)
+    for index in range(t.meta.num_pieces):
+        good = piece(t, index)
+        assert v.check(index, good, v1=True)
+        for pos in range(0, len(good), BLOCK_SIZE // 2):
+            assert not v.check(index, flip(good, pos), v1=True)
+    bad_sha1 = PieceVerifier(replace(t.meta, pieces_v1=v1[:40] + bytes(20) + v1[60:]))
+    assert bad_sha1.check(2, piece(t, 2))  # outside the sample, no v1 peer: v2 decides
+    with pytest.raises(InconsistentHashesError, match="piece 2 matches its v2"):
+        bad_sha1.check(2, piece(t, 2), v1=True)
+
+
 def test_recheck_reports_a_hybrid_whose_hashes_disagree(tmp_path: Path) -> None:
     """A recheck (what a seeder serves) checks both hashes of every piece."""
     t = make_torrent([("big", 3 * PIECE)], version=TorrentVersion.HYBRID)

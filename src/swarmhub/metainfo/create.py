@@ -211,13 +211,16 @@ def _hash_piece(
         covered = buf_off + length
     if v1 and covered < job.size:
         view[covered:] = bytes(job.size - covered)  # pad files are zeros
-    sha1 = hashlib.sha1(view).digest() if v1 else None
-    v2 = None
-    if job.v2_file >= 0:
-        leaves = block_hashes(view[: job.v2_len])
-        width = next_pow2(len(leaves)) if job.v2_small else piece_length // BLOCK_SIZE
-        v2 = reduce_layer(leaves, width)
-    return sha1, v2
+    if job.v2_file < 0:
+        return (hashlib.sha1(view).digest() if v1 else None), None
+    # A hybrid piece: its SHA-1 is fed block by block with the SHA-256 leaves (one pass
+    # over the bytes: see merkle.block_hashes).
+    h = hashlib.sha1() if v1 else None
+    leaves = block_hashes(view[: job.v2_len], h)
+    width = next_pow2(len(leaves)) if job.v2_small else piece_length // BLOCK_SIZE
+    if h is not None:
+        h.update(view[job.v2_len:])
+    return (h.digest() if h is not None else None), reduce_layer(leaves, width)
 
 
 def _tree(sources: list[_Source], roots: list[bytes | None]) -> dict[bytes, Any]:

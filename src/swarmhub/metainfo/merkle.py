@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 from swarmhub.metainfo.model import BLOCK_SIZE
 
@@ -48,12 +49,25 @@ def zero_root(num_leaves: int) -> bytes:
     return hashlib.sha256(child + child).digest()
 
 
-def block_hashes(data: bytes | memoryview) -> list[bytes]:
-    """SHA-256 of each 16 KiB block of ``data`` (the last block may be short)."""
+def block_hashes(data: bytes | memoryview, sha1: Any = None) -> list[bytes]:
+    """SHA-256 of each 16 KiB block of ``data`` (the last block may be short).
+
+    ``sha1``: a hashlib SHA-1 object to feed the same bytes, block by block right after
+    each block's SHA-256, while the block is in the core's first-level cache. Why: a
+    hybrid piece checked both ways (the SHA-1 sample, a piece for a v1 peer, a recheck,
+    torrent creation) read its bytes from memory twice, once per hash; hashing is
+    memory-bound here (a piece is out of cache by the time it is checked)."""
     view = memoryview(data)
-    return [
-        hashlib.sha256(view[i : i + BLOCK_SIZE]).digest() for i in range(0, len(view), BLOCK_SIZE)
-    ]
+    sha256 = hashlib.sha256
+    if sha1 is None:
+        return [sha256(view[i : i + BLOCK_SIZE]).digest() for i in range(0, len(view), BLOCK_SIZE)]
+    update = sha1.update
+    out = []
+    for i in range(0, len(view), BLOCK_SIZE):
+        block = view[i : i + BLOCK_SIZE]
+        out.append(sha256(block).digest())
+        update(block)
+    return out
 
 
 def reduce_layer(layer: Sequence[bytes], width: int, pad: bytes = ZERO_LEAF) -> bytes:
@@ -77,14 +91,16 @@ def reduce_layer(layer: Sequence[bytes], width: int, pad: bytes = ZERO_LEAF) -> 
     return nodes[0] if nodes else pad
 
 
-def piece_root(data: bytes | memoryview, piece_length: int) -> bytes:
-    """Piece-layer hash of one piece of a file larger than a piece (short data is padded)."""
-    return reduce_layer(block_hashes(data), piece_length // BLOCK_SIZE)
+def piece_root(data: bytes | memoryview, piece_length: int, sha1: Any = None) -> bytes:
+    """Piece-layer hash of one piece of a file larger than a piece (short data is padded);
+    ``sha1``: see :func:`block_hashes`."""
+    return reduce_layer(block_hashes(data, sha1), piece_length // BLOCK_SIZE)
 
 
-def file_root(data: bytes | memoryview) -> bytes:
-    """``pieces root`` of a whole file given its bytes (for files of at most one piece)."""
-    leaves = block_hashes(data)
+def file_root(data: bytes | memoryview, sha1: Any = None) -> bytes:
+    """``pieces root`` of a whole file given its bytes (for files of at most one piece);
+    ``sha1``: see :func:`block_hashes`."""
+    leaves = block_hashes(data, sha1)
     return reduce_layer(leaves, next_pow2(len(leaves)))
 
 

@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
 
 from swarmhub.errors import InconsistentHashesError, StorageError
 from swarmhub.metainfo import merkle
@@ -102,12 +103,17 @@ class PieceVerifier:
             view = view.cast("B")
         if len(view) != meta.piece_size(index):
             return False
-        v2 = self._check_v2(index, view) if self._v2 else None
+        if not self._v2:
+            return self._v1 is not None and _sha1_ok(self._v1, index, view)
+        # A piece whose SHA-1 is due gets it in the same pass as its SHA-256 leaves.
+        sha1 = hashlib.sha1() if self._v1 is not None and (v1 or self.v1_due(index)) \
+            else None
+        v2, fed = self._check_v2(index, view, sha1)
         if self._v1 is None:
             return bool(v2)
         if v2 is True and not v1 and not self.v1_due(index):
             return True  # the stronger hash decides; SHA-1 only on the sample
-        v1 = _sha1_ok(self._v1, index, view)
+        v1 = _sha1_ok(self._v1, index, view, sha1 if fed else None)
         if v2 is not None and v1 != v2:
             raise _inconsistent(index, v2)
         return v1
@@ -120,33 +126,41 @@ class PieceVerifier:
         if self._v1 is not None and self._v2 and not _sha1_ok(self._v1, index, data):
             raise _inconsistent(index, True)
 
-    def _check_v2(self, index: int, view: memoryview) -> bool | None:
-        """The v2 verdict, or None when the file's piece layer is not known yet."""
+    def _check_v2(self, index: int, view: memoryview, sha1: Any = None
+                  ) -> tuple[bool | None, bool]:
+        """The v2 verdict (None when the file's piece layer is not known yet), and whether
+        ``sha1`` (a hashlib SHA-1 object, or None) was fed all of ``view`` on the way."""
         pl = self.meta.piece_length
         start = index * pl
         k = bisect.bisect_right(self._starts, start) - 1
         if k < 0 or self._files[k].end <= start:
-            return _is_zero(view)  # a piece made only of padding
+            return _is_zero(view), False  # a piece made only of padding
         entry = self._files[k]
         if entry.offset % pl or entry.pieces_root is None:
-            return False  # not a v2 layout: files must start on a piece boundary
+            return False, False  # not a v2 layout: files must start on a piece boundary
         n = min(len(view), entry.end - start)
         part = view[:n]
         if entry.length > pl:
             layer = self.meta.piece_layers.get(entry.pieces_root)
             if layer is None:
-                return None
+                return None, False
             j = (start - entry.offset) // pl
             expected = layer[j * 32 : j * 32 + 32]
-            if len(expected) != 32 or merkle.piece_root(part, pl) != expected:
-                return False
-        elif merkle.file_root(part) != entry.pieces_root:
-            return False
-        return n == len(view) or _is_zero(view[n:])
+            if len(expected) != 32:
+                return False, False
+            ok = merkle.piece_root(part, pl, sha1) == expected
+        else:
+            ok = merkle.file_root(part, sha1) == entry.pieces_root
+        if sha1 is not None and n < len(view):
+            sha1.update(view[n:])  # the pad after the file (zeros, checked below)
+        return ok and (n == len(view) or _is_zero(view[n:])), sha1 is not None
 
 
-def _sha1_ok(pieces_v1: bytes, index: int, data: bytes | bytearray | memoryview) -> bool:
-    return hashlib.sha1(data).digest() == pieces_v1[index * 20 : index * 20 + 20]
+def _sha1_ok(pieces_v1: bytes, index: int, data: bytes | bytearray | memoryview,
+             fed: Any = None) -> bool:
+    """Is ``data`` piece ``index`` by its SHA-1? ``fed``: a SHA-1 already fed ``data``."""
+    digest = (fed if fed is not None else hashlib.sha1(data)).digest()
+    return bool(digest == pieces_v1[index * 20 : index * 20 + 20])
 
 
 def _inconsistent(index: int, v2: bool) -> InconsistentHashesError:
