@@ -61,9 +61,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sim_ramp import scenario_args, scenario_settings, simulate_with  # noqa: E402
+from sim_ramp import scenario_args, scenario_settings, simulate_with
 
-__all__ = ["classify", "main", "run"]
+__all__ = ["CAUSES", "classify", "main", "run"]
 
 UP = 20e6
 #: buckets of pieces held, for the idle of every client in the window
@@ -98,6 +98,17 @@ def _unchoked_cause(x_node: Any, ps: Any, far: Any, p_node: Any, mine: list[int]
         return "unchoked, Have in flight"
     return "unchoked, other"
 
+
+#: every cause :func:`classify` names
+CAUSES: tuple[str, ...] = (
+    "flow below link", "disk read", "requests held", "in flight, queue at target",
+    "in flight, queue below target", "unchoke in flight",
+    "unchoked, NotInterested in flight", "unchoked, choke due", "unchoked, P could ask",
+    "unchoked, ours requested elsewhere", "unchoked, Have in flight", "unchoked, other",
+    *(f"interested, all choked, {s}{t}" for s in ("slots free", "slots full")
+      for t in ("", ", stale")),
+    "lack, Have in flight", "lack, Interested in flight", "lack, heard, not interested",
+    "neighbours have ours")
 
 _UNCHOKED_ORDER = ("unchoked, NotInterested in flight", "unchoked, choke due",
                    "unchoked, P could ask", "unchoked, ours requested elsewhere",
@@ -184,7 +195,8 @@ def classify(node: Any, now: float) -> tuple[str, dict[str, int]]:
 
 
 def run(mode: str, n: int, seed: int, piece: int, settings: Any, start: float = 2.0,
-        stop: float = 5.0, max_have: int = 5, dt: float = 0.01) -> dict[str, Any]:
+        stop: float = 5.0, max_have: int = 5, dt: float = 0.01,
+        size: int = 32 << 20) -> dict[str, Any]:
     """One run sampled in [start, stop): the idle uplink-time of the clients holding
     1..max_have pieces (``few``) and of every unfinished holder (``holders``) by cause,
     and the figures the module doc names."""
@@ -232,8 +244,10 @@ def run(mode: str, n: int, seed: int, piece: int, settings: Any, start: float = 
         sim.ev.at(start + dt / 2, sample, None)
         return sim
 
-    res = simulate_with(factory, mode, n, seed, piece, settings)
+    res = simulate_with(factory, mode, n, seed, piece, settings, size)
     need = (UP + n * UP) / 8 * res.bound_s  # wire bytes: the bound's capacity
+    for g in _GROUPS:
+        assert set(idle[g]) <= set(CAUSES), set(idle[g]) - set(CAUSES)
 
     def table(g: str) -> dict[str, dict[str, float]]:
         total = sum(idle[g].values()) or 1.0
