@@ -41,7 +41,11 @@ that matches (``X`` the idle client, ``P`` a neighbour):
   ``lack, heard, not interested``;
 - ``neighbours have ours``: every open P holds every piece X holds.
 
-Besides the causes it prints, per cause, the mean number of X's open neighbours, its
+Then, for holders idle with nothing sending: X's unchoked peers by state (asking, unchoke
+in flight, NotInterested in flight, asks nothing, not interested), the share of that idle
+with every slot taken while interested peers wait choked, and for the unchoked peers that
+ask nothing because X's pieces are asked of other peers, how long those requests have
+waited there (p10/p50/p90). Per cause, the mean number of X's open neighbours, its
 unchoked peers, its interested choked peers and the neighbours lacking one of its
 pieces, and in units of the bound (capacity x bound time of all uplinks) the idle
 sampled, to set against ``sim_util.py``'s rows.
@@ -97,6 +101,53 @@ def _unchoked_cause(x_node: Any, ps: Any, far: Any, p_node: Any, mine: list[int]
     if lack:
         return "unchoked, Have in flight"
     return "unchoked, other"
+
+
+def _slot_census(node: Any, now: float) -> tuple[dict[str, int], bool, list[float]]:
+    """X's unchoked peers by state (``asking``: requests out to X; ``unchoke in flight``;
+    ``NotInterested in flight``; ``asks nothing``: interested, knows, asks nothing;
+    ``not interested``), whether X's slots (``_slots() + 1``) are all taken while
+    interested peers wait choked, and for each unchoked peer that asks nothing because
+    X's pieces are requested elsewhere, how long ago (s) its oldest request for such a
+    piece went to another peer."""
+    sw = node.swarm
+    have = sw.have
+    mine = [i for i in range(sw.num_pieces) if have[i]]
+    states = dict.fromkeys(_SLOT_STATES, 0)
+    unchoked = waiting = 0
+    ages: list[float] = []
+    for e in node.ends:
+        ps = e.ps
+        if not e.open or ps is None or ps.closed:
+            continue
+        if ps.am_choking:
+            waiting += ps.peer_interested
+            continue
+        unchoked += 1
+        far = e.far.ps
+        if not ps.peer_interested or far is None:
+            states["not interested"] += 1
+        elif far.peer_choking:
+            states["unchoke in flight"] += 1
+        elif far.requested:
+            states["asking"] += 1
+        elif not far.am_interested:
+            states["NotInterested in flight"] += 1
+        else:
+            states["asks nothing"] += 1
+            psw = e.remote.swarm
+            for i in _lacks(mine, psw.have):
+                if not far.have[i]:
+                    continue
+                asked = [t for q in psw.peers.values() if not q.closed
+                         for b, t in q.requested.items() if b.index == i]
+                if asked:
+                    ages.append(now - min(asked))
+    return states, bool(waiting) and unchoked >= sw._slots(now) + 1, ages
+
+
+_SLOT_STATES = ("asking", "unchoke in flight", "NotInterested in flight", "asks nothing",
+                "not interested")
 
 
 #: every cause :func:`classify` names
@@ -207,6 +258,11 @@ def run(mode: str, n: int, seed: int, piece: int, settings: Any, start: float = 
     nbs: dict[str, defaultdict[str, defaultdict[str, float]]] = {
         g: defaultdict(lambda: defaultdict(float)) for g in _GROUPS}
     busy = {g: [0.0, 0.0] for g in ("few", "all")}  # (used, capacity) wire bytes
+    #: holders idle with nothing sending: weight, weighted unchoked peers by state, weight
+    #: with every slot taken and interested peers waiting; ages (see _slot_census)
+    slot_w = [0.0, 0.0]
+    slot_states: defaultdict[str, float] = defaultdict(float)
+    ages: list[float] = []
     #: pieces held (bucket) -> idle wire bytes of the clients holding that many
     by_held: defaultdict[str, float] = defaultdict(float)
     real = simrun.Simulation
@@ -232,6 +288,14 @@ def run(mode: str, n: int, seed: int, piece: int, settings: Any, start: float = 
                 if not held or held == sw.num_pieces or free <= 1e-3 * link.cap:
                     continue
                 cause, counts = classify(node, now)
+                if not link.flows:
+                    states, full, waited = _slot_census(node, now)
+                    w = free * dt
+                    slot_w[0] += w
+                    slot_w[1] += w * full
+                    for k, v in states.items():
+                        slot_states[k] += w * v
+                    ages.extend(waited)
                 for g in ("few", "holders") if few else ("holders",):
                     idle[g][cause] += free * dt
                     row = nbs[g][cause]
@@ -256,7 +320,15 @@ def run(mode: str, n: int, seed: int, piece: int, settings: Any, start: float = 
                        for k, x in nbs[g][c].items() if k != "samples"}}
                 for c, v in sorted(idle[g].items(), key=lambda kv: -kv[1])}
 
+    ages.sort()
+    sw0 = slot_w[0] or 1.0
     return {
+        "slots": {"unchoked_by_state": {k: round(slot_states[k] / sw0, 2)
+                                        for k in _SLOT_STATES},
+                  "full_while_waiting": round(slot_w[1] / sw0, 3),
+                  "elsewhere_age_p10_p50_p90": [
+                      round(ages[int(q * (len(ages) - 1))], 3) for q in (0.1, 0.5, 0.9)]
+                  if ages else []},
         "mode": mode, "n": n, "seed": seed, "ratio": res.ratio, "from": start, "to": stop,
         "max_have": max_have,
         "busy_few": round(busy["few"][0] / busy["few"][1], 3) if busy["few"][1] else None,
@@ -291,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         for c, v in r["causes"][g].items():
             print(f"  {c:<50} {v['share']:6.3f} {v['x_bound']:7.4f} {v['nb']:5.1f} "
                   f"{v['unch']:5.1f} {v['int_ch']:6.1f} {v['lack']:5.1f}")
+    sl = r["slots"]
+    print("  holders idle with nothing sending: unchoked peers by state (mean) " + ", ".join(
+        f"{k} {v}" for k, v in sl["unchoked_by_state"].items())
+        + f"; every slot taken while interested peers wait {sl['full_while_waiting']}"
+        f"; an asks-nothing peer's oldest request for our piece elsewhere, age "
+        f"p10/p50/p90 {sl['elsewhere_age_p10_p50_p90']} s")
     if args.json:
         args.json.write_text(json.dumps(r, indent=1))
     return 0

@@ -37,3 +37,7 @@ def test_the_causes_add_up_and_sampling_leaves_the_run_unchanged() -> None:
     assert r["idle_x_bound"]["holders"] <= sum(v for k, v in by_held.items() if k != "0") \
         + 2e-3
     assert 0.0 <= r["busy_all"] <= 1.0
+    slots = r["slots"]
+    assert 0.0 <= slots["full_while_waiting"] <= 1.0
+    assert all(v >= 0.0 for v in slots["unchoked_by_state"].values())
+    assert slots["elsewhere_age_p10_p50_p90"] == sorted(slots["elsewhere_age_p10_p50_p90"])
