@@ -284,9 +284,7 @@ class Swarm:
                                   pad_blocks=pads,
                                   critical=settings.sequential_critical_pieces,
                                   window=settings.sequential_window_pieces,
-                                  blocks=blocks,
-                                  random_first=int(__import__("os").environ.get(
-                                      "EXP_RANDOM_FIRST", "4")))
+                                  blocks=blocks)
         #: bytes of each piece that lie in pad blocks (nobody requests those)
         self._pad_bytes: dict[int, int] = {}
         for index, begin in pads:
@@ -311,7 +309,6 @@ class Swarm:
         #: ten times a calm one's); :meth:`churn` reports it.
         self.interested_sent = self.not_interested_sent = 0
         self.chokes_sent = self.unchokes_sent = self.rejects_sent = 0
-        self.taken_over = 0  #: blocks asked of an idle unchoker instead (see _take_over)
         self.allowed_fast_sent = 0  # AllowedFast messages (BEP 6)
         #: seeds the tracker counts (a super-seeding seed shows us only part of what it has)
         self.tracker_seeds = 0
@@ -351,19 +348,6 @@ class Swarm:
         self._src: dict[int, dict[int, Hashable]] = {}  # unfinished piece -> begin -> key
         self._verifying: dict[int, dict[int, Hashable]] = {}
         self._unverified = 0
-        #: peers that unchoke us and were asked for nothing: nothing of theirs we want is
-        #: free (see :meth:`_take_over`), handle -> state
-        self._idle_unchokers: dict[Hashable, PeerState] = {}
-        self._handed_early: dict[Hashable, None] = {}
-        self._early_handover = bool(int(__import__("os").environ.get("EXP_EARLY", "0")))
-        self._idle_check_at = -math.inf
-        import os as _os  # EXPERIMENT
-        self._take_over_age = float(_os.environ.get("EXP_TAKE_OVER_AGE", "-1"))
-        self._take_over_min_keep = int(_os.environ.get("EXP_TAKE_OVER_KEEP", "0"))
-        self._take_over_noseed = bool(int(_os.environ.get("EXP_TAKE_OVER_NOSEED", "0")))
-        self._take_over_whole = bool(int(_os.environ.get("EXP_TAKE_OVER_WHOLE", "0")))
-        self._take_over_since = bool(int(_os.environ.get("EXP_TAKE_OVER_SINCE", "0")))
-        self._take_over_stalled = bool(int(_os.environ.get("EXP_TAKE_OVER_STALLED", "0")))
         self._choke = ChokeDecision(frozenset(), None, 0.0)
         self._rechoke_at = now
         self._ss: SuperSeeder | None = None
@@ -580,8 +564,6 @@ class Swarm:
             self._unchoked -= 1
         self._lag_given.pop(handle, None)
         self._held_haves.pop(handle, None)
-        self._idle_unchokers.pop(handle, None)
-        self._handed_early.pop(handle, None)
         self.picker.peer_gone(handle)
         if self._ss is not None:
             self._ss.remove_peer(handle)  # its open offers go to the others
@@ -661,12 +643,7 @@ class Swarm:
                 self._grant_allowed(ps, now)
             if not ps.peer_interested:
                 if not ps.am_choking:
-                    if DICT_POP(self._handed_early, handle, 0) is None:
-                        self._choke_peer(ps, now)
-                        d = self._choke
-                        self._choke = ChokeDecision(d.unchoked - {handle}, None if d.optimistic == handle else d.optimistic, d.optimistic_since, d.turns)
-                    else:
-                        self._hand_over_slot(ps, now)
+                    self._hand_over_slot(ps, now)
             elif ps.am_choking:
                 # A free slot, or a free optimistic slot, is filled at once: the first
                 # rounds run as the first peers show interest, when every peer is a
@@ -876,86 +853,8 @@ class Swarm:
             return  # hashing/disk is behind: let it catch up (bounded memory)
         blocks = self.picker.pick(ps.handle, want)
         if not blocks:
-            if not ps.requested and self._take_over_age >= 0:
-                self._take_over(ps, want, now)
             return
-        self._idle_unchokers.pop(ps.handle, None)
         self._ask(ps, blocks, now)
-
-    def _take_over(self, ps: PeerState, want: int, now: float) -> None:
-        """``ps`` unchokes us, we want pieces it has, and we asked it for nothing: every
-        block of them is asked of other peers. Ask ``ps`` for blocks another peer was
-        asked for at least ``_take_over_age`` ago and has not sent (the newest of that
-        peer's queue, which it would send last), cancelled there."""
-        self._idle_unchokers[ps.handle] = ps
-        cutoff = now - self._take_over_age
-        have = ps.have
-        seed = ps.has_all
-        keep = self._take_over_min_keep
-        moved: dict[Hashable, list[Block]] = {}
-        n = 0
-        if self._take_over_whole:
-            # whole pieces: every block of a piece that stalled peers hold, oldest first
-            by_piece: dict[int, list[tuple[PeerState, Block]]] = {}
-            for other in self.peers.values():
-                if other is ps or other.closed or not other.requested:
-                    continue
-                reqs = other.requested
-                if min(reqs.values()) > cutoff or other.last_data > cutoff:
-                    continue
-                for block in reqs:
-                    if seed or have[block.index]:
-                        by_piece.setdefault(block.index, []).append((other, block))
-            for group in by_piece.values():
-                for other, block in group:
-                    moved.setdefault(other.handle, []).append(block)
-                    n += 1
-                if n >= want:
-                    break
-        else:
-          for other in self.peers.values():
-            if other is ps or other.closed or len(other.requested) <= keep \
-                    or (self._take_over_noseed and other.has_all):
-                continue
-            reqs = other.requested
-            oldest = min(reqs.values())
-            if oldest > cutoff or (self._take_over_stalled and other.last_data > cutoff) \
-                    or (self._take_over_since and other.last_data >= oldest):
-                continue
-            room = len(reqs) - keep
-            for block in reversed(list(reqs)):
-                if n >= want or room <= 0:
-                    break
-                if seed or have[block.index]:
-                    moved.setdefault(other.handle, []).append(block)
-                    n += 1
-                    room -= 1
-            if n >= want:
-                break
-        if not n:
-            return
-        for h, blocks in moved.items():
-            other = self.peers[h]
-            for block in blocks:
-                del other.requested[block]
-                self.picker.request_failed(h, block)
-            self._send(other, tuple(m.Cancel(*b) for b in blocks), now)
-        self.taken_over += n
-        got = self.picker.pick(ps.handle, max(want, n))
-        if got:
-            self._idle_unchokers.pop(ps.handle, None)
-            self._ask(ps, got, now)
-
-    def _retry_idle_unchokers(self, now: float) -> None:
-        """Ask the idle unchokers again (see :meth:`_take_over`), at most every 20 ms."""
-        if now < self._idle_check_at:
-            return
-        self._idle_check_at = now + 0.02
-        for h, ps in list(self._idle_unchokers.items()):
-            if ps.closed or ps.peer_choking or not ps.am_interested or ps.requested:
-                del self._idle_unchokers[h]
-                continue
-            self._fill(ps, now)
 
     def _ask(self, ps: PeerState, blocks: list[Block], now: float) -> None:
         """Record ``blocks`` as requested from ``ps`` now and send the Requests (both
@@ -1058,8 +957,6 @@ class Swarm:
                 ps.target_at = now
                 ps.queue_target = self._queue_target(ps, now)
             self._fill(ps, now)
-            if self._idle_unchokers:
-                self._retry_idle_unchokers(now)
         return out
 
     def _cancel_others(self, others: Iterable[Hashable], block: Block, now: float) -> None:
@@ -1556,20 +1453,6 @@ class Swarm:
         elif last.begin + last.length >= self.piece_size(last.index):
             del order[handle]
             self._upload_tail[handle] = None
-            if self._early_handover and not ps.am_choking and handle not in self._handed_early \
-                    and not self.finished and not self._super_seeding():
-                self._maybe_hand_early(ps, last.index)
-
-    def _maybe_hand_early(self, ps: PeerState, index: int) -> None:
-        """EXPERIMENT: ``ps`` got the last piece of ours it lacked: unchoke the next peer
-        now, not on its NotInterested a verify and a round trip later."""
-        have, theirs = self.have, ps.have
-        for i in range(self.num_pieces):
-            if have[i] and not theirs[i] and i != index:
-                return
-        now = ps.last_send
-        if self._unchoke_best(now):
-            self._handed_early[ps.handle] = None
 
     def upload_budget(self, now: float) -> int:
         """Bytes to keep written ahead across all peers: ``upload_ahead`` seconds of our
@@ -1806,7 +1689,6 @@ class Swarm:
 
     def _rechoke(self, now: float) -> None:
         self._rechoke_at = now + self.settings.rechoke_interval
-        self._handed_early.clear()
         stats = [PeerStats(h, ps.peer_interested, ps.down.rate(now), ps.up.rate(now),
                            ps.is_seed, ps.snubbed, ps.connected_at)
                  for h, ps in self.peers.items()]
