@@ -19,6 +19,7 @@ from swarmhub.lab.netmodel import (
     Link,
     Network,
     Pipe,
+    SlotQueue,
     heap_pop,
     heap_push,
     maxmin,
@@ -274,6 +275,63 @@ def test_the_latency_lane_runs_events_in_the_order_one_heap_would(seed: int) -> 
     plain = trace(None)
     assert len(plain) > 1000
     assert trace(0.01) == plain
+
+
+@pytest.mark.parametrize(("seed", "rate", "window"),
+                         [(0, 8.0, 4), (1, 8.0, 16), (2, 64.0, 8), (3, 1.0, 2), (4, 1024.0, 4096)])
+def test_the_slot_queue_pops_in_the_order_heapq_pops_time_and_insertion(
+        seed: int, rate: float, window: int) -> None:
+    # The loop's use of it: peek (which may move to the next slot), then take or push
+    # more first (as a lane event that runs before it would: into the current slot, a
+    # slot the peek moved past, the ring, or past the ring's reach into the heap);
+    # times never before the last one taken. Ties in time (insertion order breaks them),
+    # slots of many events, far timers, the queue run empty and refilled.
+    rng = random.Random(seed)
+    q = SlotQueue(rate, window)
+    ref: list[tuple[float, int]] = []
+    got: list[tuple[float, int]] = []
+    want: list[tuple[float, int]] = []
+    now = 0.0
+    seq = 0
+
+    def push(when: float) -> None:
+        nonlocal seq
+        q.push(Event(when, seq, print, None))
+        heapq.heappush(ref, (when, seq))
+        seq += 1
+
+    for _ in range(6000):
+        r = rng.random()
+        if r < 0.42:
+            head = q.first()
+            assert (head is None) == (not ref)
+            if head is not None:
+                if rng.random() < 0.3:  # an event due before it runs first (the lane's)
+                    push(now + (head.when - now) * rng.random())
+                    continue
+                q.take()
+                got.append((head.when, head.seq))
+                want.append(heapq.heappop(ref))
+                now = head.when
+            continue
+        if r < 0.5:
+            delay = 0.0
+        elif r < 0.6:
+            delay = float(rng.randrange(4)) / rate  # slot boundaries
+        elif r < 0.7:
+            delay = rng.choice((1.0, 2.5, 10.0, 0.5))  # timers, some past the ring
+        elif r < 0.75:
+            delay = rng.random() * 40 * window / rate
+        else:
+            delay = rng.random() * 3 / rate
+        push(now + delay)
+        assert len(q) == len(ref)
+    while (head := q.pop()) is not None:
+        got.append((head.when, head.seq))
+        want.append(heapq.heappop(ref))
+    assert not ref and len(q) == 0
+    assert got == want
+    assert len(got) > 2000
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -52,7 +52,6 @@ from swarmhub.lab.netmodel import (
     Link,
     Network,
     Pipe,
-    heap_pop,
     wire,
 )
 from swarmhub.lab.simhosts import HostSpec, SimTracker
@@ -60,7 +59,7 @@ from swarmhub.lab.simservices import Services
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
 
-__all__ = ["End", "Node", "Simulation"]
+__all__ = ["End", "Node", "Simulation", "slot_rate"]
 
 _SIZES: Final[dict[type, int]] = {
     m.KeepAlive: 4, m.Choke: 5, m.Unchoke: 5, m.Interested: 5, m.NotInterested: 5,
@@ -78,8 +77,24 @@ PIECE_HEADER: Final = 13
 _EPHEMERAL = (32768, 60999)
 #: a run froze the collector's objects at its end (see :meth:`Simulation.run`)
 _froze = False
+#: the event calendar's slots per host and second of virtual time (see :func:`slot_rate`)
+SLOTS_PER_HOST = 4
 #: a previous run's frozen objects above this many: collect its garbage before the next
 _COLLECT_FROZEN: Final = 1_000_000
+
+
+def slot_rate(hosts: int) -> float:
+    """Slots per second of the event calendar (:class:`~swarmhub.lab.netmodel.SlotQueue`)
+    for a run of ``hosts``: a host queues ~170 events a second of virtual time outside
+    the latency lane (flow completions mostly), so ``SLOTS_PER_HOST`` per host and second
+    leaves a few dozen a slot at any N. A power of two: a slot's number is then the
+    exact product ``when * rate`` truncated. The results do not depend on it, only the
+    cost: a slot's binary search and list insert grow with its events, the slots passed
+    empty and the ring's memory with the rate."""
+    rate = 64
+    while rate < SLOTS_PER_HOST * hosts:
+        rate *= 2
+    return float(rate)
 
 
 def msg_size(msg: m.Message) -> int:
@@ -282,7 +297,7 @@ class Simulation:
         #: the cost of the run's first blocks arriving with its last
         self.block_run = block_run
         #: arrivals (one latency after leaving) take the event queue's FIFO lane
-        self.ev = EventQueue(lane_delay=specs[0].latency)
+        self.ev = EventQueue(lane_delay=specs[0].latency, slot_rate=slot_rate(len(specs)))
         self.net = Network(self.ev)
         self.nodes = [Node(self, i, spec) for i, spec in enumerate(specs)]
         self.source = self.nodes[0]
@@ -842,22 +857,24 @@ class Simulation:
                 gc.collect()
         self.start()
         ev = self.ev
-        heap = ev._heap
+        q = ev._q
         lane = ev._lane
         enabled = gc.isenabled()
         gc.disable()
         try:
-            # EventQueue.run inlined (the heap's and the lane's heads merged): this loop
-            # runs once per event of the run.
+            # EventQueue.run inlined (the calendar's and the lane's heads merged): this
+            # loop runs once per event of the run.
             while self.pending > 0:
-                # heap[0] < the lane's first in (when, seq) order (insertion numbers are
-                # unique), on the records' unboxed fields
+                # the calendar's first < the lane's first in (when, seq) order (insertion
+                # numbers are unique), on the records' unboxed fields
                 ln = lane.first()
-                if heap and (ln is None or (h := heap[0]).when < ln.when
-                             or (h.when == ln.when and h.seq < ln.seq)):
-                    if heap[0].when > until:
+                h = q.first()
+                if h is not None and (ln is None or h.when < ln.when
+                                      or (h.when == ln.when and h.seq < ln.seq)):
+                    if h.when > until:
                         break
-                    event = heap_pop(heap)
+                    q.take()
+                    event = h
                 elif ln is not None and ln.when <= until:
                     event = lane.popleft()
                 else:
