@@ -29,7 +29,6 @@ __all__ = ["main"]
 def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
     from swarmhub import _compiled
     from swarmhub.lab import simulate as sim_mod
-    from swarmhub.lab.netmodel import heap_pop
     from swarmhub.lab.simrun import SimOptions, simulate
 
     kinds: Counter[tuple[str, str]] = Counter()
@@ -40,14 +39,16 @@ def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
     def run(self: Any, until: float) -> None:
         self.start()
         ev = self.ev
-        heap, lane = ev._heap, ev._lane
+        q, lane = ev._q, ev._lane
         k = 0
         while self.pending > 0:
             first = lane.first()
-            if heap and (first is None or heap[0] < first):
-                if heap[0].when > until:
+            h = q.first()
+            if h is not None and (first is None or h < first):
+                if h.when > until:
                     break
-                event, where = heap_pop(heap), "H"
+                q.take()
+                event, where = h, "H"
             elif first is not None and first.when <= until:
                 event, where = lane.popleft(), "L"
             else:
@@ -64,7 +65,7 @@ def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
                         + (" ..." if len(arg) > 3 else "")] += 1
             k += 1
             if k % every == 0:
-                sizes.append((len(heap), len(lane)))
+                sizes.append((len(q), len(lane)))
             ev.now = when
             ev.running = event.seq
             fn(arg)

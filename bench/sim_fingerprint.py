@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+
 def fingerprint(mode: str, peers: int, seed: int, piece_kib: int) -> tuple[str, str, float]:
     """(a hex digest, a short summary, CPU seconds) of one run."""
     from swarmhub.lab.simrun import SimOptions, simulate
