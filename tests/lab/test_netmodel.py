@@ -77,6 +77,30 @@ def test_the_incremental_solver_matches_max_min_by_hand() -> None:
     assert rates == pytest.approx([1.5, 8.5, 1.5], rel=1e-6)
 
 
+def test_a_link_lists_its_active_flows_once_each_in_the_order_they_started() -> None:
+    # The solver walks these lists in this order (the results depend on it), and a
+    # stop must take out its own pipe, whatever its place.
+    ev, net = _net()
+    hub_up, hub_down = Link(1e6), Link(1e6)
+    others = [Link(1e6) for _ in range(6)]
+    pipes = [Pipe(hub_up, down, 0.001, lambda _p: None) for down in others]
+    pipes.append(Pipe(hub_down, hub_down, 0.001, lambda _p: None))  # up is down
+    for p in pipes:
+        net.send(p, 10**9, "x")
+    assert hub_up.flows == pipes[:6]
+    assert hub_down.flows == [pipes[6]]
+    for i in (3, 0, 5):
+        net.close(pipes[i])
+    assert hub_up.flows == [pipes[1], pipes[2], pipes[4]]
+    assert [p.active for p in pipes] == [False, True, True, False, True, False, True]
+    net.close(pipes[6])
+    assert hub_down.flows == []
+    net.send(pipes[0], 10**9, "x")  # restarts at the end
+    assert hub_up.flows == [pipes[1], pipes[2], pipes[4], pipes[0]]
+    assert others[0].flows == [pipes[0]] and others[3].flows == []
+    ev.run(0.0)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_the_incremental_solver_matches_progressive_filling(seed: int) -> None:
     """Random hosts and flows, started one by one: the rates after the last start equal
