@@ -4,12 +4,13 @@
         [--piece-kib 256] [--every 20000]
 
 One simulated run per N (32 MiB, 20/100 mbit, 10 ms) on the compiled core, its event loop
-replaced by a copy that counts (the same merge of the heap and the FIFO lane, so the same
-order): events per peer by callback and by queue (H: heap, L: lane), the network's item
+replaced by a copy that counts (the same merge of the calendar and the FIFO lane, so the
+same order): events per peer by callback and by queue (H: the calendar, ``SlotQueue``,
+which was a heap; L: lane), the network's item
 completions split into real ones, stale ones (a newer event replaced them when the rate
 rose) and early ones (the rate fell: pushed again for when the item is due), the message
 kinds of each arriving batch (``End.got_msgs``), CPU microseconds per event (the counting
-included) and, every ``--every`` events, the heap's and the lane's length.
+included) and, every ``--every`` events, the calendar's and the lane's length.
 """
 
 from __future__ import annotations
