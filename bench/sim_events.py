@@ -4,12 +4,13 @@
         [--piece-kib 256] [--every 20000]
 
 One simulated run per N (32 MiB, 20/100 mbit, 10 ms) on the compiled core, its event loop
-replaced by a copy that counts (the same merge of the heap and the FIFO lane, so the same
-order): events per peer by callback and by queue (H: heap, L: lane), the network's item
+replaced by a copy that counts (the same merge of the calendar and the FIFO lane, so the
+same order): events per peer by callback and by queue (H: the calendar, ``SlotQueue``,
+which was a heap; L: lane), the network's item
 completions split into real ones, stale ones (a newer event replaced them when the rate
 rose) and early ones (the rate fell: pushed again for when the item is due), the message
 kinds of each arriving batch (``End.got_msgs``), CPU microseconds per event (the counting
-included) and, every ``--every`` events, the heap's and the lane's length.
+included) and, every ``--every`` events, the calendar's and the lane's length.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ __all__ = ["main"]
 def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
     from swarmhub import _compiled
     from swarmhub.lab import simulate as sim_mod
-    from swarmhub.lab.netmodel import heap_pop
     from swarmhub.lab.simrun import SimOptions, simulate
 
     kinds: Counter[tuple[str, str]] = Counter()
@@ -40,14 +40,16 @@ def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
     def run(self: Any, until: float) -> None:
         self.start()
         ev = self.ev
-        heap, lane = ev._heap, ev._lane
+        q, lane = ev._q, ev._lane
         k = 0
         while self.pending > 0:
             first = lane.first()
-            if heap and (first is None or heap[0] < first):
-                if heap[0].when > until:
+            h = q.first()
+            if h is not None and (first is None or h < first):
+                if h.when > until:
                     break
-                event, where = heap_pop(heap), "H"
+                q.take()
+                event, where = h, "H"
             elif first is not None and first.when <= until:
                 event, where = lane.popleft(), "L"
             else:
@@ -64,7 +66,7 @@ def count(n: int, mode: str, piece_kib: int, every: int) -> dict[str, Any]:
                         + (" ..." if len(arg) > 3 else "")] += 1
             k += 1
             if k % every == 0:
-                sizes.append((len(heap), len(lane)))
+                sizes.append((len(q), len(lane)))
             ev.now = when
             ev.running = event.seq
             fn(arg)

@@ -109,7 +109,7 @@ def census(sim: Any, at: float, top: int) -> None:
     print(f"N={len(sim.clients)} at {at:g} s virtual: {sum(count.values())} objects, "
           f"{total / MIB:.1f} MiB; peak RSS so far {rss:.0f} MiB; {ends} open connection "
           f"ends ({ends / len(sim.nodes):.1f} per host); events so far {sim.ev._seq}, "
-          f"heap {len(sim.ev._heap)}, lane {len(sim.ev._lane)}")
+          f"calendar {len(sim.ev._q)}, lane {len(sim.ev._lane)}")
     print(f"per open end {total / max(1, ends):.0f} B, per host {total / len(sim.nodes):.0f} B"
           " (everything, divided out)")
     print("\nby type:     MiB     count   B each")

@@ -61,11 +61,11 @@ def one(n: int, mode: str, piece_kib: int, dt: float, seed: int,
         def sample(_arg: object) -> None:
             ev = self.ev
             rows.append({"t": ev.now, "cpu": time.process_time(), "seq": ev._seq,
-                         "heap": len(ev._heap), "lane": len(ev._lane), "rss": _rss_mib(),
+                         "heap": len(ev._q), "lane": len(ev._lane), "rss": _rss_mib(),
                          "done": sum(1 for c in self.clients if c.done is not None),
                          "conns": self.connections, "passes": self.net.passes})
             if kinds is not None:
-                for event in ev._heap:
+                for event in ev._q:
                     fn, arg = event.fn, event.arg
                     name = getattr(fn, "__name__", "?")
                     if name == "_done":

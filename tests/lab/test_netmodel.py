@@ -19,6 +19,7 @@ from swarmhub.lab.netmodel import (
     Link,
     Network,
     Pipe,
+    SlotQueue,
     heap_pop,
     heap_push,
     maxmin,
@@ -74,6 +75,30 @@ def test_the_incremental_solver_matches_max_min_by_hand() -> None:
     a_up, b_down, c_down, d_up = Link(10), Link(3), Link(100), Link(100)
     rates = _rates_now(net, [(a_up, b_down, BIG), (a_up, c_down, BIG), (d_up, b_down, BIG)])
     assert rates == pytest.approx([1.5, 8.5, 1.5], rel=1e-6)
+
+
+def test_a_link_lists_its_active_flows_once_each_in_the_order_they_started() -> None:
+    # The solver walks these lists in this order (the results depend on it), and a
+    # stop must take out its own pipe, whatever its place.
+    ev, net = _net()
+    hub_up, hub_down = Link(1e6), Link(1e6)
+    others = [Link(1e6) for _ in range(6)]
+    pipes = [Pipe(hub_up, down, 0.001, lambda _p: None) for down in others]
+    pipes.append(Pipe(hub_down, hub_down, 0.001, lambda _p: None))  # up is down
+    for p in pipes:
+        net.send(p, 10**9, "x")
+    assert hub_up.flows == pipes[:6]
+    assert hub_down.flows == [pipes[6]]
+    for i in (3, 0, 5):
+        net.close(pipes[i])
+    assert hub_up.flows == [pipes[1], pipes[2], pipes[4]]
+    assert [p.active for p in pipes] == [False, True, True, False, True, False, True]
+    net.close(pipes[6])
+    assert hub_down.flows == []
+    net.send(pipes[0], 10**9, "x")  # restarts at the end
+    assert hub_up.flows == [pipes[1], pipes[2], pipes[4], pipes[0]]
+    assert others[0].flows == [pipes[0]] and others[3].flows == []
+    ev.run(0.0)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -274,6 +299,63 @@ def test_the_latency_lane_runs_events_in_the_order_one_heap_would(seed: int) -> 
     plain = trace(None)
     assert len(plain) > 1000
     assert trace(0.01) == plain
+
+
+@pytest.mark.parametrize(("seed", "rate", "window"),
+                         [(0, 8.0, 4), (1, 8.0, 16), (2, 64.0, 8), (3, 1.0, 2), (4, 1024.0, 4096)])
+def test_the_slot_queue_pops_in_the_order_heapq_pops_time_and_insertion(
+        seed: int, rate: float, window: int) -> None:
+    # The loop's use of it: peek (which may move to the next slot), then take or push
+    # more first (as a lane event that runs before it would: into the current slot, a
+    # slot the peek moved past, the ring, or past the ring's reach into the heap);
+    # times never before the last one taken. Ties in time (insertion order breaks them),
+    # slots of many events, far timers, the queue run empty and refilled.
+    rng = random.Random(seed)
+    q = SlotQueue(rate, window)
+    ref: list[tuple[float, int]] = []
+    got: list[tuple[float, int]] = []
+    want: list[tuple[float, int]] = []
+    now = 0.0
+    seq = 0
+
+    def push(when: float) -> None:
+        nonlocal seq
+        q.push(Event(when, seq, print, None))
+        heapq.heappush(ref, (when, seq))
+        seq += 1
+
+    for _ in range(6000):
+        r = rng.random()
+        if r < 0.42:
+            head = q.first()
+            assert (head is None) == (not ref)
+            if head is not None:
+                if rng.random() < 0.3:  # an event due before it runs first (the lane's)
+                    push(now + (head.when - now) * rng.random())
+                    continue
+                q.take()
+                got.append((head.when, head.seq))
+                want.append(heapq.heappop(ref))
+                now = head.when
+            continue
+        if r < 0.5:
+            delay = 0.0
+        elif r < 0.6:
+            delay = float(rng.randrange(4)) / rate  # slot boundaries
+        elif r < 0.7:
+            delay = rng.choice((1.0, 2.5, 10.0, 0.5))  # timers, some past the ring
+        elif r < 0.75:
+            delay = rng.random() * 40 * window / rate
+        else:
+            delay = rng.random() * 3 / rate
+        push(now + delay)
+        assert len(q) == len(ref)
+    while (head := q.pop()) is not None:
+        got.append((head.when, head.seq))
+        want.append(heapq.heappop(ref))
+    assert not ref and len(q) == 0
+    assert got == want
+    assert len(got) > 2000
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -34,7 +34,7 @@ Everything runs on the caller's :class:`EventQueue`; nothing reads a clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, cast, final
 
 from swarmhub._records import mypyc_attr
@@ -50,6 +50,7 @@ __all__ = [
     "Link",
     "Network",
     "Pipe",
+    "SlotQueue",
     "heap_pop",
     "heap_push",
     "maxmin",
@@ -188,6 +189,10 @@ class Lane:
     def __len__(self) -> int:
         return len(self._items) - self._head
 
+    def __iter__(self) -> Iterator[Event]:
+        """The queued events, oldest first."""
+        return iter(self._items[self._head:])
+
     def append(self, event: Event) -> None:
         self._items.append(event)
 
@@ -213,26 +218,191 @@ class Lane:
         return event
 
 
+@final
+class SlotQueue:
+    """Events due at any time, in (time, insertion) order: a calendar of time slots.
+
+    Why not a binary heap: at N=256 a pop cost ~1,400 instructions (9-12 levels, two
+    children read each: generic list reads and writes, each an incref or decref of an
+    :class:`Event`), ~6 % of a run's instructions with the pushes; this queue costs ~550
+    an event (callgrind, N=64). Time is cut into slots of ``1 / rate`` s; the slots of
+    the next ``window`` (a power of two) are a ring of lists, each kept sorted as events
+    join it (a binary search in a few dozen); the loop takes the current slot's events
+    from the front, then moves to the next slot that holds any. An event further ahead
+    (a timer) waits in a small heap until the ring reaches its slot.
+
+    Exactly the heap's order: events are pushed in insertion order (each event's ``seq``
+    is the largest so far), so an event joins its slot after every event due at or
+    before it. A slot's number grows with its time (``int(when * rate)``: the product
+    and the truncation are monotonic, so a smaller slot is a strictly earlier time), so
+    slots run in number order. An event pushed to the current slot, or to one before it
+    (the loop may have peeked past while the lane ran first), joins the current slot's
+    sorted rest; one for a slot past the ring's reach goes to the heap, which hands its
+    events to the ring, in (time, insertion) order, as the ring moves on: before any
+    later event can be pushed to their slot."""
+
+    __slots__ = ("_count", "_cur", "_far", "_head", "_mask", "_rate", "_ring", "_slot")
+
+    def __init__(self, rate: float = 1024.0, window: int = 4096) -> None:
+        assert window > 0 and window & (window - 1) == 0, "a power of two"
+        #: slots per second of virtual time (a power of two: ``when * rate`` is exact)
+        self._rate = rate
+        #: the slot being run: its events sorted, the next one at ``_head``
+        self._cur: list[Event] = []
+        self._head = 0
+        #: the number of the slot in ``_cur``
+        self._slot = 0
+        #: slots ``_slot + 1`` .. ``_slot + window - 1`` at ``slot & _mask`` (None: empty)
+        self._ring: list[list[Event] | None] = [None] * window
+        self._mask = window - 1
+        #: events in the ring (not counting ``_cur``)
+        self._count = 0
+        #: events for slots past the ring's reach, a heap (see :func:`heap_push`)
+        self._far: list[Event] = []
+
+    def __len__(self) -> int:
+        return len(self._cur) - self._head + self._count + len(self._far)
+
+    def __iter__(self) -> Iterator[Event]:
+        """The queued events (in no particular order: a profile's census)."""
+        yield from self._cur[self._head:]
+        for events in self._ring:
+            if events is not None:
+                yield from events
+        yield from self._far
+
+    def push(self, event: Event) -> None:
+        """Queue ``event`` (its ``seq`` the largest so far: see the class doc)."""
+        when = event.when
+        slot = int(when * self._rate)
+        cur_slot = self._slot
+        if slot <= cur_slot:
+            events = self._cur
+            lo = self._head
+        elif slot - cur_slot <= self._mask:
+            self._count += 1
+            i = slot & self._mask
+            found = self._ring[i]
+            if found is None:
+                self._ring[i] = [event]
+                return
+            events = found
+            lo = 0
+        else:
+            heap_push(self._far, event)
+            return
+        # after every event due at or before it (bisect_right on the time)
+        hi = len(events)
+        if hi > lo and events[hi - 1].when <= when:
+            events.append(event)
+            return
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if when < events[mid].when:
+                hi = mid
+            else:
+                lo = mid + 1
+        events.insert(lo, event)
+
+    def first(self) -> Event | None:
+        """The next event (not removed), or None when the queue is empty."""
+        cur = self._cur
+        head = self._head
+        if head < len(cur):
+            return cur[head]
+        # the next slot that holds any
+        far = self._far
+        if not self._count:
+            if not far:
+                if head:
+                    cur.clear()  # (what ran would stay referenced)
+                    self._head = 0
+                return None
+            slot = int(far[0].when * self._rate)  # the ring is empty: jump there
+        else:
+            slot = self._slot + 1
+            ring = self._ring
+            mask = self._mask
+            while ring[slot & mask] is None:
+                slot += 1
+        self._slot = slot
+        ring = self._ring
+        i = slot & self._mask
+        found = ring[i]
+        if found is not None:
+            ring[i] = None
+            self._count -= len(found)
+            cur = found
+        else:
+            cur = []
+        # the heap's events that the ring now reaches, in (time, insertion) order
+        if far:
+            rate = self._rate
+            reach = slot + self._mask
+            mask = self._mask
+            while far and int(far[0].when * rate) <= reach:
+                event = heap_pop(far)
+                s = int(event.when * rate)
+                if s == slot:
+                    cur.append(event)
+                else:
+                    self._count += 1
+                    j = s & mask
+                    found = ring[j]
+                    if found is None:
+                        ring[j] = [event]
+                    else:
+                        found.append(event)
+        self._cur = cur
+        self._head = 0
+        return cur[0]
+
+    def take(self) -> None:
+        """Remove the event :meth:`first` returned (it must have returned one)."""
+        self._head += 1
+
+    def pop(self) -> Event | None:
+        """The next event, removed (None when the queue is empty)."""
+        event = self.first()
+        if event is not None:
+            self._head += 1
+        return event
+
+    def clear(self) -> None:
+        self._cur = []
+        self._head = 0
+        self._ring = [None] * len(self._ring)
+        self._count = 0
+        self._far.clear()
+
+
 class EventQueue:
     """A discrete-event loop in virtual time: callbacks ordered by (time, insertion).
 
     Events due a fixed ``lane_delay`` from now (the one-way latency: every arrival of the
-    run) go to a FIFO *lane* instead of the heap: they are pushed in (time, insertion)
-    order already, so the loop merges the lane's head with the heap's and runs events in
-    exactly the order one heap would, at O(1) instead of O(log n) with half the heap
-    (at N=1,000 the heap pops alone were 12% of a run, and their share grew with N).
-    Both hold :class:`Event` records (:func:`heap_push` and :func:`heap_pop` keep the heap).
+    run) go to a FIFO *lane* instead of the calendar: they are pushed in (time, insertion)
+    order already, so the loop merges the lane's head with the calendar's and runs events
+    in exactly the order one queue would, at O(1) with half the calendar. The rest go to a
+    :class:`SlotQueue` of ``slot_rate`` slots per second (a power of two; its events per
+    slot, a few to a few dozen, set its cost: the simulator scales it with the hosts),
+    whose ring reaches ``slot_rate * horizon`` seconds ahead (rounded up to a power of two
+    slots; events further ahead wait in a heap).
+    Both hold :class:`Event` records.
     """
 
-    __slots__ = ("_heap", "_lane", "_seq", "lane_delay", "now", "running")
+    __slots__ = ("_lane", "_q", "_seq", "lane_delay", "now", "running")
 
-    def __init__(self, lane_delay: float | None = None) -> None:
+    def __init__(self, lane_delay: float | None = None, slot_rate: float = 1024.0,
+                 horizon: float = 4.0) -> None:
         self.now = 0.0
         #: the insertion number of the event being run (set by whatever runs it, with
         #: ``now``): a callback knows its event by it, and so needs no tuple of its own
         #: to tell a stale event from the live one (see :meth:`Network._done`)
         self.running = -2
-        self._heap: list[Event] = []
+        window = 1
+        while window < slot_rate * horizon:
+            window *= 2
+        self._q = SlotQueue(slot_rate, window)
         #: the next event's insertion number (ties in time run in insertion order); an
         #: int, not itertools.count: next() is a builtin looked up by name per event
         self._seq = 0
@@ -243,7 +413,7 @@ class EventQueue:
     def at(self, when: float, fn: Callable[..., None], arg: Any = None) -> None:
         seq = self._seq
         self._seq = seq + 1
-        heap_push(self._heap, Event(when, seq, fn, arg))
+        self._q.push(Event(when, seq, fn, arg))
 
     def after(self, delay: float, fn: Callable[..., None], arg: Any = None) -> None:
         """``fn(arg)`` at ``now + delay`` (in the lane when ``delay`` is its delay)."""
@@ -252,14 +422,18 @@ class EventQueue:
         if delay == self.lane_delay:
             self._lane.append(Event(self.now + delay, seq, fn, arg))
         else:
-            heap_push(self._heap, Event(self.now + delay, seq, fn, arg))
+            self._q.push(Event(self.now + delay, seq, fn, arg))
 
     def pop(self, until: float) -> Event | None:
         """The next event due at or before ``until`` (removed), or None."""
-        heap, lane = self._heap, self._lane
+        q, lane = self._q, self._lane
         first = lane.first()
-        if heap and (first is None or heap[0] < first):
-            return heap_pop(heap) if heap[0].when <= until else None
+        h = q.first()
+        if h is not None and (first is None or h < first):
+            if h.when <= until:
+                q.take()
+                return h
+            return None
         if first is not None and first.when <= until:
             return lane.popleft()
         return None
@@ -276,12 +450,26 @@ class EventQueue:
         self.now = max(self.now, until)
 
     def __len__(self) -> int:
-        return len(self._heap) + len(self._lane)
+        return len(self._q) + len(self._lane)
+
+    def pending(self) -> Iterator[Event]:
+        """The queued events, the calendar's then the lane's (a profile's census)."""
+        yield from self._q
+        yield from self._lane
 
     def clear(self) -> None:
         """Drop every event (see :class:`Event`: the collector cannot free them)."""
-        self._heap.clear()
+        self._q.clear()
         self._lane = Lane()
+
+
+def _drop(flows: list[Pipe], pipe: Pipe) -> None:
+    """Remove ``pipe`` from ``flows`` (by identity: ``list.remove`` compares each pipe
+    before it through the generic rich comparison)."""
+    for i in range(len(flows)):
+        if flows[i] is pipe:
+            flows.pop(i)
+            return
 
 
 class Link:
@@ -291,8 +479,11 @@ class Link:
 
     def __init__(self, cap: float, name: str = "") -> None:
         self.cap = float(cap)  #: wire bytes/s
-        #: a dict, not a set: iteration order must not depend on object addresses
-        self.flows: dict[Pipe, None] = {}
+        #: the active pipes crossing it, in the order they started (iteration order must
+        #: not depend on object addresses: not a set). A list, not a dict: the solver
+        #: walks it for every flow that starts or stops (a compiled list walk reads a
+        #: slot, a dict walk is a generic call per entry); a stop removes one of ~20.
+        self.flows: list[Pipe] = []
         #: the max-min water level: what a flow here gets at most (inf: not saturated)
         self.level = _INF
         self.name = name
@@ -414,7 +605,7 @@ class Network:
             if lat == ev.lane_delay:
                 ev._lane.append(Event(now + lat, seq, fn, payload))
             else:
-                heap_push(ev._heap, Event(now + lat, seq, fn, payload))
+                ev._q.push(Event(now + lat, seq, fn, payload))
             return
         items = pipe.items
         pipe.queued += size
@@ -475,18 +666,22 @@ class Network:
         pipe.last = now
         pipe.rate = 0.0
         pipe.at = pipe.due = _INF
-        pipe.up.flows[pipe] = None
-        pipe.down.flows[pipe] = None
-        self.settle(pipe.up, pipe.down)
+        up, down = pipe.up, pipe.down
+        up.flows.append(pipe)
+        if down is not up:
+            down.flows.append(pipe)
+        self.settle(up, down)
 
     def _stop(self, pipe: Pipe, now: float) -> None:
         pipe.active = False
         pipe.done_seq = -1
         pipe.rate = 0.0
         pipe.idle_since = now
-        pipe.up.flows.pop(pipe, None)
-        pipe.down.flows.pop(pipe, None)
-        self.settle(pipe.up, pipe.down)
+        up, down = pipe.up, pipe.down
+        _drop(up.flows, pipe)
+        if down is not up:
+            _drop(down.flows, pipe)
+        self.settle(up, down)
 
     def _done(self, pipe: Pipe) -> None:
         ev = self.ev
@@ -499,7 +694,7 @@ class Network:
             seq = ev._seq
             ev._seq = seq + 1
             pipe.done_seq = seq
-            heap_push(ev._heap, Event(due, seq, self._done_fn, pipe))
+            ev._q.push(Event(due, seq, self._done_fn, pipe))
             return
         items = pipe.items
         size = cast(int, items[0])
@@ -511,14 +706,14 @@ class Network:
         up.sent += size
         if pipe.owner is not None:
             up.backlog -= size
-        heap = ev._heap
+        q = ev._q
         seq = ev._seq
         ev._seq = seq + 1
         lat = pipe.latency
         if lat == ev.lane_delay:
             ev._lane.append(Event(now + lat, seq, fn, payload))
         else:
-            heap_push(heap, Event(now + lat, seq, fn, payload))
+            q.push(Event(now + lat, seq, fn, payload))
         if pipe.waiting and pipe.on_drain is not None:
             pipe.on_drain(pipe)
         if items:
@@ -528,7 +723,7 @@ class Network:
             seq = ev._seq
             ev._seq = seq + 1
             pipe.done_seq = seq
-            heap_push(heap, Event(due, seq, self._done_fn, pipe))
+            q.push(Event(due, seq, self._done_fn, pipe))
         else:
             self._stop(pipe, now)
 
@@ -617,7 +812,7 @@ class Network:
                     work.append(other)
         ev = self.ev
         now = ev.now
-        heap = ev._heap
+        q = ev._q
         seq = ev._seq
         done = self._done_fn
         grow = self._grow_fn
@@ -648,11 +843,11 @@ class Network:
                     if due < f.at:  # sooner than the event in the queue (if any): a new one
                         f.at = due
                         f.done_seq = seq
-                        heap_push(heap, Event(due, seq, done, f))
+                        q.push(Event(due, seq, done, f))
                         seq += 1
                 if not f.growing and cwnd < MAX_CWND and rate * rtt * 2 >= cwnd * 0.999:
                     f.growing = True
-                    heap_push(heap, Event(now + rtt, seq, grow, f))
+                    q.push(Event(now + rtt, seq, grow, f))
                     seq += 1
         ev._seq = seq
         if grown is not None and grown.seen != mark and grown.active:
@@ -678,7 +873,7 @@ class Network:
                 seq = ev._seq
                 ev._seq = seq + 1
                 f.done_seq = seq
-                heap_push(ev._heap, Event(due, seq, self._done_fn, f))
+                ev._q.push(Event(due, seq, self._done_fn, f))
         if not f.growing and f.cwnd < MAX_CWND and rate * f.rtt * 2 >= f.cwnd * 0.999:
             f.growing = True
             self.ev.at(now + f.rtt, self._grow, f)

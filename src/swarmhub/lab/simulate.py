@@ -52,7 +52,6 @@ from swarmhub.lab.netmodel import (
     Link,
     Network,
     Pipe,
-    heap_pop,
     wire,
 )
 from swarmhub.lab.simhosts import HostSpec, SimTracker
@@ -60,7 +59,7 @@ from swarmhub.lab.simservices import Services
 from swarmhub.settings import Settings
 from swarmhub.wire import messages as m
 
-__all__ = ["End", "Node", "Simulation"]
+__all__ = ["End", "Node", "Simulation", "slot_rate"]
 
 _SIZES: Final[dict[type, int]] = {
     m.KeepAlive: 4, m.Choke: 5, m.Unchoke: 5, m.Interested: 5, m.NotInterested: 5,
@@ -78,8 +77,24 @@ PIECE_HEADER: Final = 13
 _EPHEMERAL = (32768, 60999)
 #: a run froze the collector's objects at its end (see :meth:`Simulation.run`)
 _froze = False
+#: the event calendar's slots per host and second of virtual time (see :func:`slot_rate`)
+SLOTS_PER_HOST = 4
 #: a previous run's frozen objects above this many: collect its garbage before the next
 _COLLECT_FROZEN: Final = 1_000_000
+
+
+def slot_rate(hosts: int) -> float:
+    """Slots per second of the event calendar (:class:`~swarmhub.lab.netmodel.SlotQueue`)
+    for a run of ``hosts``: a host queues ~170 events a second of virtual time outside
+    the latency lane (flow completions mostly), so ``SLOTS_PER_HOST`` per host and second
+    leaves a few dozen a slot at any N. A power of two: a slot's number is then the
+    exact product ``when * rate`` truncated. The results do not depend on it, only the
+    cost: a slot's binary search and list insert grow with its events, the slots passed
+    empty and the ring's memory with the rate."""
+    rate = 64
+    while rate < SLOTS_PER_HOST * hosts:
+        rate *= 2
+    return float(rate)
 
 
 def msg_size(msg: m.Message) -> int:
@@ -237,16 +252,17 @@ class _Queued(QueuedBytes):
     count), for the core to call natively (a bound method was a Python-level call and a
     boxed int per peer in turn). The cast matters: a list indexed by ``Any`` is ``Any`` to
     mypy (its ``__getitem__`` overloads both match), and mypyc then looks every attribute
-    up by name."""
+    up by name. It reads the pipe straight from its list by uid, not through the End (one
+    cold object less per peer in turn: at N=1,000 most of this call's time is misses)."""
 
-    def __init__(self, by_uid: list[End | None]) -> None:
-        self.by_uid = by_uid  # the Simulation's list (grown in place, never replaced)
+    def __init__(self, out_by_uid: list[Pipe | None]) -> None:
+        self.out_by_uid = out_by_uid  # the Simulation's list (grown in place, never replaced)
 
     def queued(self, handle: object) -> int:
-        end = self.by_uid[cast(int, handle)]
-        if end is None:
+        pipe = self.out_by_uid[cast(int, handle)]
+        if pipe is None:
             return 0
-        return end.out.queued
+        return pipe.queued
 
 
 class Simulation:
@@ -282,7 +298,7 @@ class Simulation:
         #: the cost of the run's first blocks arriving with its last
         self.block_run = block_run
         #: arrivals (one latency after leaving) take the event queue's FIFO lane
-        self.ev = EventQueue(lane_delay=specs[0].latency)
+        self.ev = EventQueue(lane_delay=specs[0].latency, slot_rate=slot_rate(len(specs)))
         self.net = Network(self.ev)
         self.nodes = [Node(self, i, spec) for i, spec in enumerate(specs)]
         self.source = self.nodes[0]
@@ -302,6 +318,9 @@ class Simulation:
         #: by uid, None once closed: uids count up from 2, and a list index is cheaper
         #: than a dict lookup on the per-message paths)
         self.by_uid: list[End | None] = [None, None]
+        #: each open End's ``out`` pipe, by the same uid (None once closed): the per-Send
+        #: and per-grant paths need the pipe alone, and the End is one more cold object
+        self.out_by_uid: list[Pipe | None] = [None, None]
         #: handshakes refused, by reason (the swarm's connectivity, for the report)
         self.refusals: Counter[str] = Counter()
         self._source_sent = 0
@@ -312,7 +331,7 @@ class Simulation:
         self.source_left: float | None = None
         self.services = Services(self)
         self._on_drain = self._drained  # one bound method shared by every pipe
-        self._queued = _Queued(self.by_uid)
+        self._queued = _Queued(self.out_by_uid)
         self._drain_at = settings.send_buffer_bytes // 4  #: serve again below this
         # Settings read per item and per serve, kept here: Settings is not compiled, so
         # each ``self.settings.x`` is a Python attribute lookup (it is frozen: no change)
@@ -398,13 +417,13 @@ class Simulation:
                     handlers[kind](node, a)
 
     def _do_send(self, node: Node, a: Send) -> None:
-        end = self.by_uid[cast(int, a.peer)]
-        if end is not None and end.open:
+        pipe = self.out_by_uid[cast(int, a.peer)]
+        if pipe is not None:  # (None once its End closed)
             msgs = a.messages
             size = 0
             for msg in msgs:
                 size += msg_size(msg)
-            self.net.send(end.out, size, msgs)  # the pipe's deliver: end.far.got_msgs
+            self.net.send(pipe, size, msgs)  # the pipe's deliver: end.far.got_msgs
 
     def _do_broadcast(self, node: Node, a: Broadcast) -> None:
         """Send to each peer; those whose pipe is idle (the message skips the fluid model)
@@ -731,6 +750,7 @@ class Simulation:
         mine.far, theirs.far = theirs, mine
         mine.arrive, theirs.arrive = theirs.got_blocks, mine.got_blocks
         self.by_uid += (mine, theirs)  # at indices uid and uid + 1
+        self.out_by_uid += (mine.out, theirs.out)
         target.ends[mine] = None
         self.net.send(mine.out, HANDSHAKE + EXT_HANDSHAKE, None, theirs.got_handshake)
         self._connected(mine, False)
@@ -776,6 +796,7 @@ class Simulation:
         end.open = False
         end.node.ends.pop(end, None)
         self.by_uid[end.uid] = None
+        self.out_by_uid[end.uid] = None
         self.net.close(end.out)
         far = end.far
         self.ev.after(end.out.latency, self._remote_closed, far)
@@ -842,22 +863,24 @@ class Simulation:
                 gc.collect()
         self.start()
         ev = self.ev
-        heap = ev._heap
+        q = ev._q
         lane = ev._lane
         enabled = gc.isenabled()
         gc.disable()
         try:
-            # EventQueue.run inlined (the heap's and the lane's heads merged): this loop
-            # runs once per event of the run.
+            # EventQueue.run inlined (the calendar's and the lane's heads merged): this
+            # loop runs once per event of the run.
             while self.pending > 0:
-                # heap[0] < the lane's first in (when, seq) order (insertion numbers are
-                # unique), on the records' unboxed fields
+                # the calendar's first < the lane's first in (when, seq) order (insertion
+                # numbers are unique), on the records' unboxed fields
                 ln = lane.first()
-                if heap and (ln is None or (h := heap[0]).when < ln.when
-                             or (h.when == ln.when and h.seq < ln.seq)):
-                    if heap[0].when > until:
+                h = q.first()
+                if h is not None and (ln is None or h.when < ln.when
+                                      or (h.when == ln.when and h.seq < ln.seq)):
+                    if h.when > until:
                         break
-                    event = heap_pop(heap)
+                    q.take()
+                    event = h
                 elif ln is not None and ln.when <= until:
                     event = lane.popleft()
                 else:
