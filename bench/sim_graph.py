@@ -37,13 +37,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from swarmhub.lab import simrun
-from swarmhub.lab.simrun import SimOptions, simulate
 from swarmhub.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sim_ramp import simulate_with
 
 __all__ = ["main", "run"]
 
 SIZE = 32 << 20
-UP, DOWN = 20e6, 100e6
 #: the ramp, for the copies rows: copies verified before this many seconds
 RAMP_S = 2.0
 
@@ -66,8 +67,7 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
     recip: list[tuple[float, float, float]] = []
     tail: list[dict[str, Any]] = []
     made: list[Any] = []
-    patched: Any = simrun  # the run's Simulation is made by this factory
-    real = patched.Simulation
+    real = simrun.Simulation  # the run's Simulation is made by ``factory`` around it
 
     def factory(*args: Any, **kwargs: Any) -> Any:
         sim = real(*args, **kwargs)
@@ -141,13 +141,7 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
         made.append(sample)
         return sim
 
-    patched.Simulation = factory
-    try:
-        res = simulate(mode, SimOptions(
-            peers=n, size=size, up=[(UP, 1.0)], down=[(DOWN, 1.0)], latency_s=latency,
-            piece_length=piece, seed=seed, settings=settings))
-    finally:
-        patched.Simulation = real
+    res = simulate_with(factory, mode, n, seed, piece, settings, size, latency)
     made[1](None)  # the copies verified since the last sample (the run ended on them)
     rows = {}
     for phase in ("ramp", "middle", "tail"):

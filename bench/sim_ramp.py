@@ -67,9 +67,10 @@ def _holder(node: Any) -> dict[str, float]:
 
 
 def simulate_with(factory: Any, mode: str, n: int, seed: int, piece: int,
-                  settings: Any, size: int = 32 << 20) -> Any:
-    """One scenario (32 MiB unless ``size``, 20/100 mbit, 10 ms) whose Simulation
-    ``factory`` makes (it wraps the real one to observe it); the result of ``simulate``."""
+                  settings: Any, size: int = 32 << 20, latency: float = 0.01) -> Any:
+    """One scenario (32 MiB unless ``size``, 20/100 mbit, 10 ms unless ``latency``) whose
+    Simulation ``factory`` makes (it wraps the real one to observe it); the result of
+    ``simulate``. Why here: every sim_* bench observes a run this way, one copy of it."""
     from swarmhub.lab import simrun
     from swarmhub.lab.simrun import SimOptions, simulate
 
@@ -77,7 +78,7 @@ def simulate_with(factory: Any, mode: str, n: int, seed: int, piece: int,
     simrun.Simulation = factory
     try:
         return simulate(mode, SimOptions(
-            peers=n, size=size, up=[(20e6, 1.0)], down=[(100e6, 1.0)], latency_s=0.01,
+            peers=n, size=size, up=[(20e6, 1.0)], down=[(100e6, 1.0)], latency_s=latency,
             piece_length=piece, seed=seed, settings=settings))
     finally:
         simrun.Simulation = real

@@ -62,8 +62,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from swarmhub.lab import simrun
 from swarmhub.lab.netmodel import MSS, OVERHEAD
-from swarmhub.lab.simrun import SimOptions, simulate
 from swarmhub.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sim_ramp import simulate_with
 
 __all__ = ["main", "run"]
 
@@ -139,8 +141,7 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
     seen_have: dict[int, int] = {}  # client host -> its num_have at the last sample
     tail_k = max(1, math.floor(n * tail_share))
     made: list[Any] = []
-    patched: Any = simrun  # the run's Simulation is made by this factory
-    real = patched.Simulation
+    real = simrun.Simulation  # the run's Simulation is made by ``factory`` around it
 
     def factory(*args: Any, **kwargs: Any) -> Any:
         sim = real(*args, **kwargs)
@@ -215,13 +216,7 @@ def run(mode: str, n: int, seed: int, piece: int, latency: float, settings: Sett
         sim.ev.at(dt / 2, sample, None)
         return sim
 
-    patched.Simulation = factory
-    try:
-        res = simulate(mode, SimOptions(
-            peers=n, size=size, up=[(UP, 1.0)], down=[(DOWN, 1.0)], latency_s=latency,
-            piece_length=piece, seed=seed, settings=settings))
-    finally:
-        patched.Simulation = real
+    res = simulate_with(factory, mode, n, seed, piece, settings, size, latency)
     sim = made[0]
     end = res.last_completion_s
     assert end is not None, "a run that did not complete"
