@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from swarmhub.engine.peer import _READ_MAX, _READ_SIZE, PIECE_BATCH, PeerProtocol
+from swarmhub.engine.picker import BlockTable
 from swarmhub.wire import messages as m
 
 INFO_HASH = bytes(range(20))
@@ -68,6 +69,9 @@ class StubTorrent:
             piece_length=PIECE_LENGTH,
             total_length=NUM_PIECES * PIECE_LENGTH,
         )
+        #: where the receive path looks its blocks up (no row: each one made anew)
+        table = BlockTable(NUM_PIECES, PIECE_LENGTH, NUM_PIECES * PIECE_LENGTH)
+        self.swarm = SimpleNamespace(picker=SimpleNamespace(blocks=table))
         self.events: list[tuple[Any, ...]] = []
         self.on_each_block: Any = None
         self.disconnected: list[str] = []

@@ -515,12 +515,16 @@ class PeerProtocol(asyncio.BufferedProtocol):
         when the peer leaves our replies unread (the rest then waits in the wire core
         until it drains)."""
         pieces_at = self.conn.pieces_at
-        on_blocks = peer.torrent.on_blocks
+        torrent = peer.torrent
+        on_blocks = torrent.on_blocks
+        # the Block our request was recorded by (found, not made: see BlockTable.find)
+        table = torrent.swarm.picker.blocks
+        find = table.find if table is not None else make_block
         if self._cork is None:
             self._cork = bytearray()
         try:
             while True:
-                blocks, starts, pos, error = pieces_at(view, pos, end, PIECE_BATCH, make_block)
+                blocks, starts, pos, error = pieces_at(view, pos, end, PIECE_BATCH, find)
                 if blocks:
                     on_blocks(peer, view, blocks, starts)
                 if error is not None:

@@ -156,6 +156,34 @@ class BlockTable:
                 return row[j]
         return make_block((index, begin, length))
 
+    def find(self, key: tuple[int, int, int]) -> Block:
+        """The block ``key`` (index, begin, length) off the wire: the table's when its
+        piece has a row (a piece being requested), else a new one; never makes a row.
+
+        Why: a real client's received blocks were made per block (``make_block``, ~250 ns
+        from the peer's receive loop) only to be looked up in the dicts of requests, whose
+        keys are the table's: the table's own object is found at once and ends those
+        look-ups on identity. No row is made for what a peer sends (its memory is the
+        pieces we request)."""
+        index, begin, length = key
+        if 0 <= index < self._n and begin >= 0:
+            row = self._rows[index]
+            if row is not None:
+                bs = self._bs
+                j = begin // bs
+                if j * bs == begin and j < len(row):
+                    block = row[j]
+                    if block[2] == length:
+                        return block
+        return make_block(key)
+
+    def drop(self, index: int) -> None:
+        """Forget piece ``index``'s row (a real client's piece that passed: nobody asks
+        for its blocks again; a table of its own stays as small as the pieces in
+        progress). Blocks handed out before stay valid (they are values)."""
+        if 0 <= index < self._n:
+            self._rows[index] = None
+
 #: Block states of a run of requested blocks, by its length (up to a 1 MiB piece's).
 _RUNS: Final = tuple(bytes([_REQUESTED]) * k for k in range(65))
 
@@ -302,8 +330,11 @@ class PiecePicker:
         self._bs = block_size
         self._last_len = total_length - piece_length * (n - 1) if n else 0
         #: where requests' Blocks come from: a table shared with others of the same
-        #: geometry (see :class:`BlockTable`), or None: made per request
-        self._table = blocks
+        #: geometry (see :class:`BlockTable`), or one of our own whose rows go as their
+        #: pieces pass (a real client: its receive path finds the requests' Blocks there)
+        self._table: BlockTable | None = blocks if blocks is not None else BlockTable(
+            n, piece_length, total_length, block_size)
+        self._own_table = blocks is None
         self._rng = rng if rng is not None else random.Random()
         self._random_first = random_first
         self._sequential = sequential
@@ -375,6 +406,11 @@ class PiecePicker:
     @property
     def block_size(self) -> int:
         return self._bs
+
+    @property
+    def blocks(self) -> BlockTable | None:
+        """The table our requests' Blocks come from (see :meth:`BlockTable.find`)."""
+        return self._table
 
     def piece_size(self, index: int) -> int:
         """Bytes in piece ``index`` (the last one may be short)."""
@@ -728,6 +764,8 @@ class PiecePicker:
         self._reserved.pop(index, None)
         self._have[index] = 1
         self._num_have += 1
+        if self._own_table and self._table is not None:
+            self._table.drop(index)  # nobody asks for its blocks again
         self._boosted.pop(index, None)
         if not self._prio[index]:
             return  # never counted as wanted

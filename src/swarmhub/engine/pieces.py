@@ -170,12 +170,17 @@ class Pieces:
         ``starts[k]``) into their pieces' buffers; returns the bytes of all of them."""
         buffers = self.buffers
         nbytes = 0
+        at = -1  # the piece of the last block copied (a read's blocks are mostly one piece's)
+        buf: PieceBuffer = bytearray()  # (replaced before use: indices are >= 0)
         for (index, begin, n), start, kept in zip(blocks, starts, keep, strict=True):
             nbytes += n
             if kept:
-                buf = buffers.get(index)
-                if buf is None:
-                    buf = buffers[index] = self.new_buffer(index)
+                if index != at:
+                    at = index
+                    got = buffers.get(index)
+                    if got is None:
+                        got = buffers[index] = self.new_buffer(index)
+                    buf = got
                 buf[begin:begin + n] = view[start:start + n]
         return nbytes
 

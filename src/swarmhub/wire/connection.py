@@ -325,7 +325,9 @@ class PeerConnection:
         pack = _REQUEST.pack
         req_id = MessageId.REQUEST
         have, have_id = _HAVE.pack, MessageId.HAVE
+        last = -1 if n is None else n - 1  # below it, a piece is pl long: no min() per Request
         parts: list[bytes] = []
+        add = parts.append
         for msg in msgs:
             if type(msg) is Request:
                 index, begin, length = msg.index, msg.begin, msg.length
@@ -333,19 +335,19 @@ class PeerConnection:
                 if (
                     0 < length <= top
                     and (n is None or index < n)
-                    and (pl is None or total is None
-                         or begin + length <= min(pl, total - index * pl))
+                    and (pl is None or total is None or begin + length <= (
+                        pl if index < last else min(pl, total - index * pl)))
                 ):
                     try:
-                        parts.append(pack(13, req_id, index, begin, length))
+                        add(pack(13, req_id, index, begin, length))
                         continue
                     except struct.error:
                         pass
             elif type(msg) is Have and 0 <= msg.index < (1 << 32 if n is None else n):
                 # a piece we got, told to each peer (~30,000 a peer at N=32, 32 KiB pieces)
-                parts.append(have(5, have_id, msg.index))
+                add(have(5, have_id, msg.index))
                 continue
-            parts.append(self.send(msg))  # raises the LocalProtocolError that explains why
+            add(self.send(msg))  # raises the LocalProtocolError that explains why
         return b"".join(parts)
 
     def send(self, msg: Message) -> bytes:
@@ -565,7 +567,14 @@ class PeerConnection:
         pl = self._piece_length
         top = self.max_block_length
         last = -1 if num is None or pl is None else num - 1  # its size needs the full check
-        while len(blocks) < most and end - pos >= 13:
+        # The loop is per 16 KiB block (~65,000 a GiB): bound methods, a count instead of
+        # len() per block, and the checks that hold for every block of a known geometry
+        # folded into two comparisons (num and pl are set once the torrent is known).
+        add_block, add_start = blocks.append, starts.append
+        num_ok = num if num is not None else 1 << 32
+        pl_ok = pl if pl is not None else 1 << 62
+        end13 = end - 13
+        while most > 0 and pos <= end13:
             length, msg_id, index, begin = head(data, pos)
             if msg_id != piece_id or length > end - pos - 4:
                 break
@@ -573,17 +582,19 @@ class PeerConnection:
             if (
                 not 0 < n <= top
                 or index == last
-                or (num is not None and index >= num)
-                or (pl is not None and begin + n > pl)
+                or index >= num_ok
+                or begin + n > pl_ok
             ):
                 try:
                     if self.piece_at(data, pos, end) is None:
                         break
                 except RemoteProtocolError as exc:
                     return blocks, starts, pos, exc
-            blocks.append(make((index, begin, n)))
-            starts.append(pos + 13)
-            pos += 4 + length
+            add_block(make((index, begin, n)))
+            pos += 13
+            add_start(pos)
+            pos += n
+            most -= 1
         return blocks, starts, pos, None
 
     def requests_at(
