@@ -72,6 +72,7 @@ from swarmhub.wire.messages import (
     encode,
     has_bit,
     message_name,
+    pack_requests,
     validate_bitfield,
 )
 
@@ -322,6 +323,11 @@ class PeerConnection:
             return b"".join([self.send(msg) for msg in msgs])
         n, pl, total = self.num_pieces, self._piece_length, self._total_length
         top = self.max_block_length
+        if msgs and type(msgs[0]) is Request:  # a request refill: compiled, in one call
+            packed = pack_requests(msgs, top, -1 if n is None else n, -1 if pl is None else pl,
+                                   -1 if total is None else total)
+            if packed is not None:
+                return packed
         pack = _REQUEST.pack
         req_id = MessageId.REQUEST
         have, have_id = _HAVE.pack, MessageId.HAVE

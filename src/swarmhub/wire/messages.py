@@ -526,6 +526,35 @@ _TRIPLE: dict[int, type[Request] | type[Cancel] | type[RejectRequest]] = {
 Buffer: TypeAlias = bytes | bytearray
 
 
+def pack_requests(msgs: tuple[Message, ...] | list[Message], top: int, num_pieces: int,
+                  piece_length: int, total_length: int) -> bytes | None:
+    """The wire bytes of a run of Requests when every one of them is a Request that the
+    connection's checks let through (block length at most ``top``, inside the piece and
+    the torrent; ``-1`` for what is not known yet), else None: the caller then encodes
+    the messages one by one, with the errors that explain why.
+
+    Why here (compiled): a leecher's request refill is ~65,000 Requests a GiB; in the
+    connection's interpreted loop each was ~40 bytecodes (a type check, three field
+    reads through the compiled class's descriptors, the checks) around its pack."""
+    pack = _HDR_III.pack
+    parts: list[bytes] = []
+    last = num_pieces - 1
+    for msg in msgs:
+        if not isinstance(msg, Request):
+            return None
+        index, begin, length = msg.index, msg.begin, msg.length
+        if not (0 < length <= top and 0 <= begin < 1 << 32 and 0 <= index < 1 << 32):
+            return None
+        if num_pieces >= 0 and index >= num_pieces:
+            return None
+        if piece_length >= 0 and total_length >= 0 and begin + length > (
+                piece_length if index < last
+                else min(piece_length, total_length - index * piece_length)):
+            return None
+        parts.append(pack(13, MessageId.REQUEST, index, begin, length))
+    return b"".join(parts)
+
+
 def message_name(msg_id: int) -> str:
     """A readable name for a message id (for error messages)."""
     return _NAMES.get(msg_id, f"unknown message id {msg_id}")
