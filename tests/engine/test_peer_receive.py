@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from swarmhub.engine.peer import _READ_MAX, _READ_SIZE, PIECE_BATCH, PeerProtocol
-from swarmhub.engine.picker import BlockTable
+from swarmhub.engine.picker import Block, BlockTable
 from swarmhub.wire import messages as m
 
 INFO_HASH = bytes(range(20))
@@ -69,9 +69,11 @@ class StubTorrent:
             piece_length=PIECE_LENGTH,
             total_length=NUM_PIECES * PIECE_LENGTH,
         )
-        #: where the receive path looks its blocks up (no row: each one made anew)
-        table = BlockTable(NUM_PIECES, PIECE_LENGTH, NUM_PIECES * PIECE_LENGTH)
-        self.swarm = SimpleNamespace(picker=SimpleNamespace(blocks=table))
+        #: where the receive path looks its blocks up (a piece without a row: made anew)
+        self.table = BlockTable(NUM_PIECES, PIECE_LENGTH, NUM_PIECES * PIECE_LENGTH)
+        self.swarm = SimpleNamespace(picker=SimpleNamespace(blocks=self.table))
+        #: the Block objects on_blocks got
+        self.block_objects: list[Any] = []
         self.events: list[tuple[Any, ...]] = []
         self.on_each_block: Any = None
         self.disconnected: list[str] = []
@@ -101,6 +103,7 @@ class StubTorrent:
 
     def on_blocks(self, peer: Any, view: memoryview, blocks: list[Any],
                   starts: list[int]) -> None:
+        self.block_objects.extend(blocks)
         for b, start in zip(blocks, starts, strict=True):
             self.events.append(("block", b.index, b.begin, bytes(view[start:start + b.length])))
             if self.on_each_block is not None:
@@ -443,3 +446,23 @@ async def test_reads_that_never_fill_the_buffer_keep_it_small() -> None:
     feed(proto, data, [4096, 20_000])
     assert torrent.events == want
     assert proto._read_view is not None and len(proto._read_view) == _READ_SIZE
+
+
+async def test_blocks_of_pieces_in_progress_are_handed_on_as_the_requests_own_objects() -> None:
+    """The receive loop finds each block in the picker's table (the object its request was
+    recorded by: the core's look-ups end on identity) instead of making one; a piece the
+    table has no row for gets new blocks, and no row."""
+    torrent = StubTorrent()
+    requested = torrent.table.row(2)  # piece 2 is being requested, piece 3 is not
+    proto, _ = await connected(torrent)
+    frames = [m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20)),
+              m.encode(m.Unchoke())]
+    keys = [(index, begin, BLOCK) for index in (2, 3) for begin in range(0, PIECE_LENGTH, BLOCK)]
+    frames += [m.encode(m.Piece(i, b, block_bytes(i, b))) for i, b, _ in keys]
+    feed(proto, b"".join(frames), [1 << 20])
+    got = torrent.block_objects
+    assert [tuple(b) for b in got] == keys and torrent.disconnected == []
+    assert all(b is r for b, r in zip(got[:4], requested, strict=True))
+    assert all(type(b) is Block for b in got[4:])
+    assert torrent.table.find(keys[4]) is not got[4]  # still no row for piece 3
+    proto.close("done")
