@@ -24,7 +24,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["ENV", "hugepage_env", "maybe_reexec", "describe"]
+__all__ = ["ENV", "TUNABLE", "describe", "glibc_version", "hugepage_env", "maybe_reexec",
+           "thp_mode"]
 
 log = logging.getLogger(__name__)
 
