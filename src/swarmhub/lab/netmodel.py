@@ -235,13 +235,15 @@ class SlotQueue:
     is the largest so far), so an event joins its slot after every event due at or
     before it. A slot's number grows with its time (``int(when * rate)``: the product
     and the truncation are monotonic, so a smaller slot is a strictly earlier time), so
-    slots run in number order. An event pushed to the current slot, or to one before it
-    (the loop may have peeked past while the lane ran first), joins the current slot's
-    sorted rest; one for a slot past the ring's reach goes to the heap, which hands its
-    events to the ring, in (time, insertion) order, as the ring moves on: before any
-    later event can be pushed to their slot."""
+    slots run in number order. An event pushed to the current slot joins its sorted
+    rest; one for a later slot joins that slot even while :meth:`first` has looked past
+    it (the lane ran first: a peek does not move the calendar, :meth:`take` does); one
+    for a slot past the ring's reach goes to the heap, which hands its events to the
+    ring, in (time, insertion) order, as the ring moves on: before any later event can
+    be pushed to their slot."""
 
-    __slots__ = ("_count", "_cur", "_far", "_head", "_mask", "_rate", "_ring", "_slot")
+    __slots__ = ("_count", "_cur", "_far", "_head", "_mask", "_peek", "_rate", "_ring",
+                 "_slot")
 
     def __init__(self, rate: float = 1024.0, window: int = 4096) -> None:
         assert window > 0 and window & (window - 1) == 0, "a power of two"
@@ -259,6 +261,9 @@ class SlotQueue:
         self._count = 0
         #: events for slots past the ring's reach, a heap (see :func:`heap_push`)
         self._far: list[Event] = []
+        #: the ring's first slot that holds events, once :meth:`first` looked (0: not yet,
+        #: or not since the last move: a slot past ``_slot`` is never 0)
+        self._peek = 0
 
     def __len__(self) -> int:
         return len(self._cur) - self._head + self._count + len(self._far)
@@ -281,6 +286,8 @@ class SlotQueue:
             lo = self._head
         elif slot - cur_slot <= self._mask:
             self._count += 1
+            if slot < self._peek:
+                self._peek = slot  # earlier than the slot first() looked at
             i = slot & self._mask
             found = self._ring[i]
             if found is None:
@@ -305,29 +312,63 @@ class SlotQueue:
         events.insert(lo, event)
 
     def first(self) -> Event | None:
-        """The next event (not removed), or None when the queue is empty."""
+        """The next event (not removed), or None when the queue is empty.
+
+        It does not move to the next slot that holds events: it only looks at its first
+        (and remembers which slot that is, ``_peek``); :meth:`take` moves there. Why: the
+        loop peeks once per event, and while the lane's events run before the peeked one
+        they push events for the slots in between. Had the peek moved the calendar, each
+        of those would join the peeked slot's sorted list (a slot is never left once
+        entered): in the connection storm the lane runs ~1 s before the hosts' first
+        ticks, and that one list held 260,000-520,000 events at N=10,000, a
+        ``list.insert`` moving megabytes per push (sim10k-45). Now they go to their own
+        slots, and the peek moves back to the earliest (``push`` lowers ``_peek``)."""
         cur = self._cur
         head = self._head
         if head < len(cur):
             return cur[head]
-        # the next slot that holds any
-        far = self._far
-        if not self._count:
-            if not far:
-                if head:
-                    cur.clear()  # (what ran would stay referenced)
-                    self._head = 0
-                return None
-            slot = int(far[0].when * self._rate)  # the ring is empty: jump there
-        else:
-            slot = self._slot + 1
+        if head:
+            cur.clear()  # (what ran would stay referenced)
+            self._head = 0
+        if self._count:
             ring = self._ring
             mask = self._mask
-            while ring[slot & mask] is None:
-                slot += 1
+            slot = self._peek
+            if not slot:  # the next slot that holds any
+                slot = self._slot + 1
+                while ring[slot & mask] is None:
+                    slot += 1
+                self._peek = slot
+            found = ring[slot & mask]
+            assert found is not None
+            return found[0]
+        far = self._far
+        if far:
+            return far[0]  # the ring is empty; events past its reach are all later
+        return None
+
+    def take(self) -> None:
+        """Remove the event :meth:`first` returned (it must have returned one, and
+        nothing was pushed since)."""
+        head = self._head
+        if head < len(self._cur):
+            self._head = head + 1
+            return
+        self._enter()
+        self._head = 1
+
+    def _enter(self) -> None:
+        """Make the slot :meth:`first` peeked at the current one (its events in ``_cur``)
+        and hand the ring the heap's events it now reaches."""
+        far = self._far
+        rate = self._rate
+        # the slot first() looked at, or (the ring empty) the heap's first: jump there
+        slot = self._peek if self._count else int(far[0].when * rate)
+        self._peek = 0
         self._slot = slot
         ring = self._ring
-        i = slot & self._mask
+        mask = self._mask
+        i = slot & mask
         found = ring[i]
         if found is not None:
             ring[i] = None
@@ -337,9 +378,7 @@ class SlotQueue:
             cur = []
         # the heap's events that the ring now reaches, in (time, insertion) order
         if far:
-            rate = self._rate
-            reach = slot + self._mask
-            mask = self._mask
+            reach = slot + mask
             while far and int(far[0].when * rate) <= reach:
                 event = heap_pop(far)
                 s = int(event.when * rate)
@@ -355,17 +394,12 @@ class SlotQueue:
                         found.append(event)
         self._cur = cur
         self._head = 0
-        return cur[0]
-
-    def take(self) -> None:
-        """Remove the event :meth:`first` returned (it must have returned one)."""
-        self._head += 1
 
     def pop(self) -> Event | None:
         """The next event, removed (None when the queue is empty)."""
         event = self.first()
         if event is not None:
-            self._head += 1
+            self.take()
         return event
 
     def clear(self) -> None:
@@ -373,6 +407,7 @@ class SlotQueue:
         self._head = 0
         self._ring = [None] * len(self._ring)
         self._count = 0
+        self._peek = 0
         self._far.clear()
 
 
