@@ -23,6 +23,8 @@ from swarmhub.lab.netmodel import (
     heap_pop,
     heap_push,
     maxmin,
+    slot_pop,
+    slot_push,
     wire,
 )
 
@@ -356,6 +358,25 @@ def test_the_slot_queue_pops_in_the_order_heapq_pops_time_and_insertion(
     assert not ref and len(q) == 0
     assert got == want
     assert len(got) > 2000
+
+
+def test_the_slot_number_heap_pops_in_order() -> None:
+    rng = random.Random(7)
+    heap: list[int] = []
+    ref: list[int] = []
+    got, want = [], []
+    for _ in range(3000):
+        if ref and rng.random() < 0.45:
+            got.append(slot_pop(heap))
+            want.append(heapq.heappop(ref))
+        else:
+            n = rng.randrange(1 << 20)
+            slot_push(heap, n)
+            heapq.heappush(ref, n)
+    while ref:
+        got.append(slot_pop(heap))
+        want.append(heapq.heappop(ref))
+    assert got == want and not heap
 
 
 def test_a_peek_past_empty_slots_does_not_gather_the_earlier_pushes_into_one_slot() -> None:

@@ -114,6 +114,41 @@ class Event:
         return f"<Event {self.when!r} #{self.seq} {self.fn!r}({self.arg!r})>"
 
 
+def slot_push(heap: list[int], slot: int) -> None:
+    """Add ``slot`` to a heap of slot numbers (:class:`SlotQueue`'s non-empty slots)."""
+    heap.append(slot)
+    i = len(heap) - 1
+    while i:
+        parent = (i - 1) >> 1
+        above = heap[parent]
+        if above <= slot:
+            break
+        heap[i] = above
+        i = parent
+    heap[i] = slot
+
+
+def slot_pop(heap: list[int]) -> int:
+    """Remove and return the smallest of a non-empty heap of slot numbers."""
+    top = heap[0]
+    last = heap.pop()
+    n = len(heap)
+    if n:
+        i = 0
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and heap[child + 1] < heap[child]:
+                child += 1
+            if heap[child] >= last:
+                break
+            heap[i] = heap[child]
+            i = child
+        heap[i] = last
+    return top
+
+
 def heap_push(heap: list[Event], event: Event) -> None:
     """heapq.heappush on (when, seq), compared natively (the same heap invariant: any
     correct heap pops unique keys in the same order)."""
@@ -242,8 +277,8 @@ class SlotQueue:
     ring, in (time, insertion) order, as the ring moves on: before any later event can
     be pushed to their slot."""
 
-    __slots__ = ("_count", "_cur", "_far", "_head", "_mask", "_peek", "_rate", "_ring",
-                 "_slot")
+    __slots__ = ("_count", "_cur", "_far", "_head", "_mask", "_rate", "_ring", "_slot",
+                 "_slots")
 
     def __init__(self, rate: float = 1024.0, window: int = 4096) -> None:
         assert window > 0 and window & (window - 1) == 0, "a power of two"
@@ -261,9 +296,8 @@ class SlotQueue:
         self._count = 0
         #: events for slots past the ring's reach, a heap (see :func:`heap_push`)
         self._far: list[Event] = []
-        #: the ring's first slot that holds events, once :meth:`first` looked (0: not yet,
-        #: or not since the last move: a slot past ``_slot`` is never 0)
-        self._peek = 0
+        #: the numbers of the ring's slots that hold events, a heap (its first: the next)
+        self._slots: list[int] = []
 
     def __len__(self) -> int:
         return len(self._cur) - self._head + self._count + len(self._far)
@@ -286,12 +320,11 @@ class SlotQueue:
             lo = self._head
         elif slot - cur_slot <= self._mask:
             self._count += 1
-            if slot < self._peek:
-                self._peek = slot  # earlier than the slot first() looked at
             i = slot & self._mask
             found = self._ring[i]
             if found is None:
                 self._ring[i] = [event]
+                slot_push(self._slots, slot)
                 return
             events = found
             lo = 0
@@ -314,15 +347,17 @@ class SlotQueue:
     def first(self) -> Event | None:
         """The next event (not removed), or None when the queue is empty.
 
-        It does not move to the next slot that holds events: it only looks at its first
-        (and remembers which slot that is, ``_peek``); :meth:`take` moves there. Why: the
-        loop peeks once per event, and while the lane's events run before the peeked one
-        they push events for the slots in between. Had the peek moved the calendar, each
-        of those would join the peeked slot's sorted list (a slot is never left once
-        entered): in the connection storm the lane runs ~1 s before the hosts' first
-        ticks, and that one list held 260,000-520,000 events at N=10,000, a
-        ``list.insert`` moving megabytes per push (sim10k-45). Now they go to their own
-        slots, and the peek moves back to the earliest (``push`` lowers ``_peek``)."""
+        It does not move to the next slot that holds events, it only reads that slot's
+        first; :meth:`take` moves there. Why: the loop peeks once per event, and while
+        the lane's events run before the peeked one they push events for the slots in
+        between. Had the peek moved the calendar, each of those would join the peeked
+        slot's sorted list (a slot is never left once entered): in the connection storm
+        the lane runs ~1 s before the hosts' first ticks, and that one list held
+        260,000-520,000 events at N=10,000, a ``list.insert`` moving megabytes per push
+        (sim10k-45). Now they join their own slots, and the next peek sees the earliest.
+        Which slot is next comes from a heap of the non-empty slots' numbers, not from
+        walking the ring: after each of those early slots, a walk would pass every empty
+        slot up to the ticks again (~60,000 at N=10,000, 4 slots per host and second)."""
         cur = self._cur
         head = self._head
         if head < len(cur):
@@ -331,15 +366,7 @@ class SlotQueue:
             cur.clear()  # (what ran would stay referenced)
             self._head = 0
         if self._count:
-            ring = self._ring
-            mask = self._mask
-            slot = self._peek
-            if not slot:  # the next slot that holds any
-                slot = self._slot + 1
-                while ring[slot & mask] is None:
-                    slot += 1
-                self._peek = slot
-            found = ring[slot & mask]
+            found = self._ring[self._slots[0] & self._mask]
             assert found is not None
             return found[0]
         far = self._far
@@ -363,8 +390,7 @@ class SlotQueue:
         far = self._far
         rate = self._rate
         # the slot first() looked at, or (the ring empty) the heap's first: jump there
-        slot = self._peek if self._count else int(far[0].when * rate)
-        self._peek = 0
+        slot = slot_pop(self._slots) if self._count else int(far[0].when * rate)
         self._slot = slot
         ring = self._ring
         mask = self._mask
@@ -390,6 +416,7 @@ class SlotQueue:
                     found = ring[j]
                     if found is None:
                         ring[j] = [event]
+                        slot_push(self._slots, s)
                     else:
                         found.append(event)
         self._cur = cur
@@ -407,7 +434,7 @@ class SlotQueue:
         self._head = 0
         self._ring = [None] * len(self._ring)
         self._count = 0
-        self._peek = 0
+        self._slots = []
         self._far.clear()
 
 
