@@ -861,8 +861,17 @@ def main() -> None:
     ``get`` starts with the garbage collector paused (see :func:`_startup_done`). Once
     the command has returned (files closed, resume data saved, output flushed by then),
     nothing it made needs collecting: the interpreter's exit would walk every object
-    in one last collection (~90 ms of a ``get``'s CPU), so they are frozen first."""
+    in one last collection (~90 ms of a ``get``'s CPU), so they are frozen first.
+
+    ``lab simulate`` first re-executes itself on glibc's malloc with transparent huge
+    pages where that helps (:mod:`swarmhub.lab.hugepages`): only the console script may
+    replace its process, so the check is here and not in the Typer command."""
     global _gc_paused
+    words = [a for a in sys.argv[1:] if not a.startswith("-")]
+    if words[:2] == ["lab", "simulate"]:
+        from swarmhub.lab.hugepages import maybe_reexec
+
+        maybe_reexec()  # returns unless huge pages need another allocator: see there
     if _command_name(sys.argv[1:]) == "get":
         gc.disable()
         _gc_paused = True

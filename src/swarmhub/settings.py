@@ -46,6 +46,7 @@ OTHER_ENV = frozenset({
     "LAB_NICE", "LAB_SOURCE_NICE",  # swarmhub.lab.topology: the hosts' CPU priority
     "PURE",  # swarmhub._compiled: the pure-Python core even where a compiled one is built
     "PROFILE",  # swarmhub.cli: a cProfile dump of the command at exit
+    "SIM_HUGEPAGES",  # swarmhub.lab.hugepages: lab simulate on glibc malloc + huge pages
 })
 
 

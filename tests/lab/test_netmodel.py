@@ -23,6 +23,8 @@ from swarmhub.lab.netmodel import (
     heap_pop,
     heap_push,
     maxmin,
+    slot_pop,
+    slot_push,
     wire,
 )
 
@@ -356,6 +358,58 @@ def test_the_slot_queue_pops_in_the_order_heapq_pops_time_and_insertion(
     assert not ref and len(q) == 0
     assert got == want
     assert len(got) > 2000
+
+
+def test_the_slot_number_heap_pops_in_order() -> None:
+    rng = random.Random(7)
+    heap: list[int] = []
+    ref: list[int] = []
+    got, want = [], []
+    for _ in range(3000):
+        if ref and rng.random() < 0.45:
+            got.append(slot_pop(heap))
+            want.append(heapq.heappop(ref))
+        else:
+            n = rng.randrange(1 << 20)
+            slot_push(heap, n)
+            heapq.heappush(ref, n)
+    while ref:
+        got.append(slot_pop(heap))
+        want.append(heapq.heappop(ref))
+    assert got == want and not heap
+
+
+def test_a_peek_past_empty_slots_does_not_gather_the_earlier_pushes_into_one_slot() -> None:
+    # The connection storm: only the lane has events before the hosts' first ticks at
+    # t=1.0; the loop peeks at a tick, the lane's event runs first and pushes events for
+    # the slots in between. They must join their own slots, not the peeked tick slot's
+    # sorted list (a list.insert each into a list that grew with N x events: sim10k-45),
+    # and still come out in (time, insertion) order.
+    rate = 4096.0
+    q = SlotQueue(rate, 16384)
+    seq = 0
+    ref: list[tuple[float, int]] = []
+
+    def push(when: float) -> None:
+        nonlocal seq
+        q.push(Event(when, seq, print, None))
+        heapq.heappush(ref, (when, seq))
+        seq += 1
+
+    for _ in range(100):
+        push(1.0)  # the ticks
+    rng = random.Random(5)
+    largest = 0
+    for _ in range(3000):
+        head = q.first()  # peeks at t=1.0 until an earlier event is pushed
+        assert head is not None
+        push(0.05 + 0.9 * rng.random())  # the lane ran first
+        largest = max(largest, len(q._cur) - q._head)
+    assert largest <= 100  # the current slot never held more than the ticks
+    got = []
+    while (head := q.pop()) is not None:
+        got.append((head.when, head.seq))
+    assert got == [heapq.heappop(ref) for _ in range(len(got))] and not ref
 
 
 @pytest.mark.parametrize("seed", range(3))

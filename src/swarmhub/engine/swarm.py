@@ -1712,7 +1712,7 @@ class Swarm:
         least recently (then least) served when seeding; snubbed peers and seeds never."""
         self._choke_peer(ps, now)
         d = self._choke
-        turns = dict(d.turns)
+        turns = d.turns  # copied only to be changed (it keeps every peer of the round)
         best = self._best_waiting(now)
         unchoked = set(d.unchoked)
         unchoked.discard(ps.handle)
@@ -1723,7 +1723,9 @@ class Swarm:
         if ps.handle == optimistic:  # the newcomer finishes the optimistic turn
             optimistic = best.handle if best is not None else None
         elif best is not None:
-            turns[best.handle] = now
+            changed = dict(turns)
+            changed[best.handle] = now
+            turns = changed
         self._choke = ChokeDecision(frozenset(unchoked), optimistic, since, turns)
 
     def _unchoke(self, ps: PeerState, now: float) -> None:
@@ -1861,11 +1863,11 @@ class Swarm:
         """Unchoke the interested choked peer the choker would rank first (as in
         :meth:`_hand_over_slot`) on top of the current set; False if there is none."""
         d = self._choke
-        turns = dict(d.turns)
         best = self._best_waiting(now)
         if best is None:
             return False
         self._unchoke(best, now)
+        turns = dict(d.turns)  # (a decision's turns are not changed in place)
         turns[best.handle] = now
         self._choke = ChokeDecision(d.unchoked | {best.handle}, d.optimistic,
                                     d.optimistic_since, turns)

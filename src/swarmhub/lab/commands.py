@@ -376,11 +376,24 @@ def simulate_cmd(
     out: _Out = Path("lab-report"),
     timeout: Annotated[float | None, typer.Option(
         help="Virtual-time deadline per scenario in s (default 5 x bound + 30).")] = None,
+    verbose: Annotated[int, typer.Option("-v", count=True, help="More logging.")] = 0,
 ) -> None:
     """Run the swarm core for N peers in virtual time (one process, a fluid network with
-    max-min shared links, latency and slow start); same table and report as ``lab run``."""
+    max-min shared links, latency and slow start); same table and report as ``lab run``.
+
+    The ``swarmhub`` command runs it on glibc's malloc with transparent huge pages where
+    it can (``-vv`` says; ``SWARMHUB_SIM_HUGEPAGES=0`` keeps CPython's allocator): see
+    :mod:`swarmhub.lab.hugepages`."""
+    from swarmhub.lab.hugepages import describe
     from swarmhub.lab.simrun import SimOptions, simulate
     from swarmhub.settings import Settings
+
+    if verbose:  # swarmhub's own loggers only (matplotlib's debug is pages of fonts)
+        logging.basicConfig(level=logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("swarmhub").setLevel(max(logging.WARNING - 10 * verbose,
+                                                   logging.DEBUG))
+    log.debug("lab simulate: memory: %s", describe())
 
     ns = _peers(peers)
     if max(ns) > 10_000:

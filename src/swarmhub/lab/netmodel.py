@@ -114,6 +114,41 @@ class Event:
         return f"<Event {self.when!r} #{self.seq} {self.fn!r}({self.arg!r})>"
 
 
+def slot_push(heap: list[int], slot: int) -> None:
+    """Add ``slot`` to a heap of slot numbers (:class:`SlotQueue`'s non-empty slots)."""
+    heap.append(slot)
+    i = len(heap) - 1
+    while i:
+        parent = (i - 1) >> 1
+        above = heap[parent]
+        if above <= slot:
+            break
+        heap[i] = above
+        i = parent
+    heap[i] = slot
+
+
+def slot_pop(heap: list[int]) -> int:
+    """Remove and return the smallest of a non-empty heap of slot numbers."""
+    top = heap[0]
+    last = heap.pop()
+    n = len(heap)
+    if n:
+        i = 0
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and heap[child + 1] < heap[child]:
+                child += 1
+            if heap[child] >= last:
+                break
+            heap[i] = heap[child]
+            i = child
+        heap[i] = last
+    return top
+
+
 def heap_push(heap: list[Event], event: Event) -> None:
     """heapq.heappush on (when, seq), compared natively (the same heap invariant: any
     correct heap pops unique keys in the same order)."""
@@ -235,13 +270,15 @@ class SlotQueue:
     is the largest so far), so an event joins its slot after every event due at or
     before it. A slot's number grows with its time (``int(when * rate)``: the product
     and the truncation are monotonic, so a smaller slot is a strictly earlier time), so
-    slots run in number order. An event pushed to the current slot, or to one before it
-    (the loop may have peeked past while the lane ran first), joins the current slot's
-    sorted rest; one for a slot past the ring's reach goes to the heap, which hands its
-    events to the ring, in (time, insertion) order, as the ring moves on: before any
-    later event can be pushed to their slot."""
+    slots run in number order. An event pushed to the current slot joins its sorted
+    rest; one for a later slot joins that slot even while :meth:`first` has looked past
+    it (the lane ran first: a peek does not move the calendar, :meth:`take` does); one
+    for a slot past the ring's reach goes to the heap, which hands its events to the
+    ring, in (time, insertion) order, as the ring moves on: before any later event can
+    be pushed to their slot."""
 
-    __slots__ = ("_count", "_cur", "_far", "_head", "_mask", "_rate", "_ring", "_slot")
+    __slots__ = ("_count", "_cur", "_far", "_head", "_mask", "_rate", "_ring", "_slot",
+                 "_slots")
 
     def __init__(self, rate: float = 1024.0, window: int = 4096) -> None:
         assert window > 0 and window & (window - 1) == 0, "a power of two"
@@ -259,6 +296,8 @@ class SlotQueue:
         self._count = 0
         #: events for slots past the ring's reach, a heap (see :func:`heap_push`)
         self._far: list[Event] = []
+        #: the numbers of the ring's slots that hold events, a heap (its first: the next)
+        self._slots: list[int] = []
 
     def __len__(self) -> int:
         return len(self._cur) - self._head + self._count + len(self._far)
@@ -285,6 +324,7 @@ class SlotQueue:
             found = self._ring[i]
             if found is None:
                 self._ring[i] = [event]
+                slot_push(self._slots, slot)
                 return
             events = found
             lo = 0
@@ -305,29 +345,56 @@ class SlotQueue:
         events.insert(lo, event)
 
     def first(self) -> Event | None:
-        """The next event (not removed), or None when the queue is empty."""
+        """The next event (not removed), or None when the queue is empty.
+
+        It does not move to the next slot that holds events, it only reads that slot's
+        first; :meth:`take` moves there. Why: the loop peeks once per event, and while
+        the lane's events run before the peeked one they push events for the slots in
+        between. Had the peek moved the calendar, each of those would join the peeked
+        slot's sorted list (a slot is never left once entered): in the connection storm
+        the lane runs ~1 s before the hosts' first ticks, and that one list held
+        260,000-520,000 events at N=10,000, a ``list.insert`` moving megabytes per push
+        (sim10k-45). Now they join their own slots, and the next peek sees the earliest.
+        Which slot is next comes from a heap of the non-empty slots' numbers, not from
+        walking the ring: after each of those early slots, a walk would pass every empty
+        slot up to the ticks again (~60,000 at N=10,000, 4 slots per host and second)."""
         cur = self._cur
         head = self._head
         if head < len(cur):
             return cur[head]
-        # the next slot that holds any
+        if head:
+            cur.clear()  # (what ran would stay referenced)
+            self._head = 0
+        if self._count:
+            found = self._ring[self._slots[0] & self._mask]
+            assert found is not None
+            return found[0]
         far = self._far
-        if not self._count:
-            if not far:
-                if head:
-                    cur.clear()  # (what ran would stay referenced)
-                    self._head = 0
-                return None
-            slot = int(far[0].when * self._rate)  # the ring is empty: jump there
-        else:
-            slot = self._slot + 1
-            ring = self._ring
-            mask = self._mask
-            while ring[slot & mask] is None:
-                slot += 1
+        if far:
+            return far[0]  # the ring is empty; events past its reach are all later
+        return None
+
+    def take(self) -> None:
+        """Remove the event :meth:`first` returned (it must have returned one, and
+        nothing was pushed since)."""
+        head = self._head
+        if head < len(self._cur):
+            self._head = head + 1
+            return
+        self._enter()
+        self._head = 1
+
+    def _enter(self) -> None:
+        """Make the slot :meth:`first` peeked at the current one (its events in ``_cur``)
+        and hand the ring the heap's events it now reaches."""
+        far = self._far
+        rate = self._rate
+        # the slot first() looked at, or (the ring empty) the heap's first: jump there
+        slot = slot_pop(self._slots) if self._count else int(far[0].when * rate)
         self._slot = slot
         ring = self._ring
-        i = slot & self._mask
+        mask = self._mask
+        i = slot & mask
         found = ring[i]
         if found is not None:
             ring[i] = None
@@ -337,9 +404,7 @@ class SlotQueue:
             cur = []
         # the heap's events that the ring now reaches, in (time, insertion) order
         if far:
-            rate = self._rate
-            reach = slot + self._mask
-            mask = self._mask
+            reach = slot + mask
             while far and int(far[0].when * rate) <= reach:
                 event = heap_pop(far)
                 s = int(event.when * rate)
@@ -351,21 +416,17 @@ class SlotQueue:
                     found = ring[j]
                     if found is None:
                         ring[j] = [event]
+                        slot_push(self._slots, s)
                     else:
                         found.append(event)
         self._cur = cur
         self._head = 0
-        return cur[0]
-
-    def take(self) -> None:
-        """Remove the event :meth:`first` returned (it must have returned one)."""
-        self._head += 1
 
     def pop(self) -> Event | None:
         """The next event, removed (None when the queue is empty)."""
         event = self.first()
         if event is not None:
-            self._head += 1
+            self.take()
         return event
 
     def clear(self) -> None:
@@ -373,6 +434,7 @@ class SlotQueue:
         self._head = 0
         self._ring = [None] * len(self._ring)
         self._count = 0
+        self._slots = []
         self._far.clear()
 
 
