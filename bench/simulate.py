@@ -1,7 +1,8 @@
 """``lab simulate``: its speed (wall time, peak memory) and its fidelity to the netns lab.
 
     .venv/bin/python bench/simulate.py [--speed 1000,10000] [--fidelity 4,8,16]
-        [--rounds 1] [--timeout 1800] [--lab-runs] [--piece-kib 256] [--pure] [--json OUT]
+        [--rounds 1] [--timeout 1800] [--lab-runs] [--piece-kib 256] [--pure]
+        [--no-hugepages] [--json OUT]
 
 Speed: one simulated p2p run per N (32 MiB, 256 KiB pieces, 20 mbit up, 100 mbit down,
 10 ms one way), each in a fresh process so its peak RSS is its own; wall and CPU time
@@ -9,7 +10,9 @@ Speed: one simulated p2p run per N (32 MiB, 256 KiB pieces, 20 mbit up, 100 mbit
 and after); with ``--rounds R`` the median of R runs. A run still going after
 ``--timeout`` wall seconds is stopped and says how far it got (clients done, the last
 one's virtual time, CPU, RSS): on a shared machine N=10,000 can take hours. Targets:
-N=1,000 in under 60 s, N=10,000 in under 10 minutes, under 4 GiB.
+N=1,000 in under 60 s, N=10,000 in under 10 minutes, under 4 GiB. The children run on the
+allocator `swarmhub lab simulate` re-executes itself on (glibc malloc with transparent huge
+pages where the system has them: lab/hugepages.py); ``--no-hugepages`` keeps CPython's.
 
 The runs use the mypyc-compiled core when ``make setup`` built it (scripts/build-compiled.py;
 the header line says which core ran); ``--pure`` forces the pure-Python modules, for the
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from swarmhub.lab.hugepages import glibc_version, hugepage_env, thp_mode
 
 __all__ = ["main"]
 
@@ -77,13 +83,19 @@ print(json.dumps({**usage(), "wall_s": time.perf_counter() - t, "ratio": r.ratio
 """
 
 
-def speed(n: int, piece_kib: int, timeout: float, pure: bool = False) -> dict[str, Any]:
-    """One run in a fresh process. Past ``timeout`` wall seconds it is stopped and says
+def speed(n: int, piece_kib: int, timeout: float, pure: bool = False,
+          hugepages: bool = True) -> dict[str, Any]:
+    """One run in a fresh process, on the allocator the ``swarmhub`` command picks
+    (``hugepages``; False: CPython's own). Past ``timeout`` wall seconds it is stopped and says
     how far it got (``partial``: clients done, the last one's virtual time, CPU, RSS)."""
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {"PYTHONPATH": src, "PATH": "/usr/bin:/bin"}
     if pure:
         env["SWARMHUB_PURE"] = "1"
+    if hugepages:
+        # the allocator `swarmhub lab simulate` re-executes itself on (lab/hugepages.py)
+        more, _ = hugepage_env(env, platform.system(), glibc_version(), thp_mode())
+        env = more if more is not None else env
     with subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(n), str(piece_kib * 1024)],
         stdout=subprocess.PIPE, text=True, env=env,
@@ -118,6 +130,12 @@ def _proc_usage(pid: int, n: int) -> dict[str, Any]:
     return {"n": n, "cpu_s": (int(stat[11]) + int(stat[12])) / ticks, "rss": hwm * 1024}
 
 
+def _allocator() -> str:
+    """What the speed children run on: the allocator `lab simulate` picks here."""
+    env, why = hugepage_env({}, platform.system(), glibc_version(), thp_mode())
+    return "glibc malloc, huge pages" if env is not None else f"CPython's ({why})"
+
+
 def _load() -> str:
     """The 1/5/15-minute load averages: what else the machine was doing."""
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -145,6 +163,9 @@ def main() -> None:
                     help="wall seconds per speed run before it is stopped (partial figures)")
     ap.add_argument("--pure", action="store_true",
                     help="speed runs on the pure-Python core even if the compiled one is built")
+    ap.add_argument("--no-hugepages", action="store_true",
+                    help="speed runs on CPython's allocator, not the glibc malloc with huge "
+                    "pages that `swarmhub lab simulate` re-executes itself on")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from swarmhub.lab.simrun import SimOptions, simulate
@@ -170,12 +191,13 @@ def main() -> None:
         from swarmhub import _compiled
 
         core = "pure-Python core (--pure)" if args.pure else _compiled.status()
+        core += ", CPython's allocator" if args.no_hugepages else f", memory: {_allocator()}"
         print(f"\nspeed: p2p, 32 MiB, {args.piece_kib} KiB pieces, 20/100 mbit, 10 ms; "
               f"median of {args.rounds}; {core}; load average before: {_load()}")
         print(f"{'N':>6} {'wall s':>8} {'CPU s':>8} {'peak RSS':>10} {'virtual s':>10} "
               f"{'ratio':>6}")
     for n in sizes:
-        runs = [speed(n, args.piece_kib, args.timeout, args.pure)
+        runs = [speed(n, args.piece_kib, args.timeout, args.pure, not args.no_hugepages)
                 for _ in range(max(1, args.rounds))]
         stopped = [run for run in runs if run.get("partial")]
         if stopped:
