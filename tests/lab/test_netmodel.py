@@ -303,6 +303,20 @@ def test_the_latency_lane_runs_events_in_the_order_one_heap_would(seed: int) -> 
     assert trace(0.01) == plain
 
 
+class _Mirrored:
+    """A SlotQueue and a heapq reference fed the same events (time, insertion number)."""
+
+    def __init__(self, rate: float, window: int) -> None:
+        self.q = SlotQueue(rate, window)
+        self.ref: list[tuple[float, int]] = []
+        self.seq = 0
+
+    def push(self, when: float) -> None:
+        self.q.push(Event(when, self.seq, print, None))
+        heapq.heappush(self.ref, (when, self.seq))
+        self.seq += 1
+
+
 @pytest.mark.parametrize(("seed", "rate", "window"),
                          [(0, 8.0, 4), (1, 8.0, 16), (2, 64.0, 8), (3, 1.0, 2), (4, 1024.0, 4096)])
 def test_the_slot_queue_pops_in_the_order_heapq_pops_time_and_insertion(
@@ -313,18 +327,11 @@ def test_the_slot_queue_pops_in_the_order_heapq_pops_time_and_insertion(
     # times never before the last one taken. Ties in time (insertion order breaks them),
     # slots of many events, far timers, the queue run empty and refilled.
     rng = random.Random(seed)
-    q = SlotQueue(rate, window)
-    ref: list[tuple[float, int]] = []
+    m = _Mirrored(rate, window)
+    q, ref, push = m.q, m.ref, m.push
     got: list[tuple[float, int]] = []
     want: list[tuple[float, int]] = []
     now = 0.0
-    seq = 0
-
-    def push(when: float) -> None:
-        nonlocal seq
-        q.push(Event(when, seq, print, None))
-        heapq.heappush(ref, (when, seq))
-        seq += 1
 
     for _ in range(6000):
         r = rng.random()
@@ -385,17 +392,8 @@ def test_a_peek_past_empty_slots_does_not_gather_the_earlier_pushes_into_one_slo
     # the slots in between. They must join their own slots, not the peeked tick slot's
     # sorted list (a list.insert each into a list that grew with N x events: sim10k-45),
     # and still come out in (time, insertion) order.
-    rate = 4096.0
-    q = SlotQueue(rate, 16384)
-    seq = 0
-    ref: list[tuple[float, int]] = []
-
-    def push(when: float) -> None:
-        nonlocal seq
-        q.push(Event(when, seq, print, None))
-        heapq.heappush(ref, (when, seq))
-        seq += 1
-
+    m = _Mirrored(4096.0, 16384)
+    q, ref, push = m.q, m.ref, m.push
     for _ in range(100):
         push(1.0)  # the ticks
     rng = random.Random(5)
