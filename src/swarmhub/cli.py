@@ -58,12 +58,6 @@ def _startup_done() -> None:
         gc.enable()
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def _addr(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -332,7 +326,7 @@ def seed(
     from swarmhub.metainfo import make_magnet
     from swarmhub.progress import SeedView, emit_json, reachable_address
 
-    _setup_logging(verbose)
+    ui.setup_logging(verbose)
     encryption = _encryption(encryption)
     host, port = _listen(listen, "0.0.0.0:6881")
     settings = _settings(upload_limit, None, encryption)
@@ -443,7 +437,7 @@ def get(
     from swarmhub.progress import DownloadView, Sources
     from swarmhub.wire.messages import bitfield_from_bools
 
-    _setup_logging(verbose)
+    ui.setup_logging(verbose)
     encryption = _encryption(encryption)
     magnet = None
     meta: Metainfo | None = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import logging
 import os
 import re
 import ssl
@@ -46,6 +47,7 @@ __all__ = [
     "install",
     "print_answer",
     "run",
+    "setup_logging",
     "tidy_help",
 ]
 
@@ -111,6 +113,18 @@ def print_answer(answer: Any, as_json: bool, lines: list[str]) -> None:
         return
     for line in lines:
         typer.echo(line)
+
+
+def setup_logging(verbose: int, only: str | None = None) -> None:
+    """``-v`` for every command: each one a level below WARNING (INFO, then DEBUG).
+
+    ``only``: that logger (and those under it) gets the level, the rest stay at WARNING
+    (``lab simulate``: matplotlib's debug output is pages of font look-ups)."""
+    level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
+    logging.basicConfig(level=logging.WARNING if only else level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if only:
+        logging.getLogger(only).setLevel(level)
 
 
 def error(message: str) -> None:

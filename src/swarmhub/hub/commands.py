@@ -227,10 +227,9 @@ def hub(
     from swarmhub.hub.api import HubConfig
 
     os.umask(_HUB_UMASK)
-    logging.basicConfig(
-        level=max(logging.WARNING - 10 * verbose, logging.DEBUG),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from swarmhub.ui import setup_logging
+
+    setup_logging(verbose)
     from swarmhub.hub.redact import install as redact_logs
 
     redact_logs()  # tokens and passkeys never reach the log, at any level

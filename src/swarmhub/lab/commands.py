@@ -387,12 +387,10 @@ def simulate_cmd(
     from swarmhub.lab.hugepages import describe
     from swarmhub.lab.simrun import SimOptions, simulate
     from swarmhub.settings import Settings
+    from swarmhub.ui import setup_logging
 
-    if verbose:  # swarmhub's own loggers only (matplotlib's debug is pages of fonts)
-        logging.basicConfig(level=logging.WARNING,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("swarmhub").setLevel(max(logging.WARNING - 10 * verbose,
-                                                   logging.DEBUG))
+    if verbose:
+        setup_logging(verbose, only="swarmhub")
     log.debug("lab simulate: memory: %s", describe())
 
     ns = _peers(peers)
