@@ -861,12 +861,12 @@ def main() -> None:
     pages where that helps (:mod:`swarmhub.lab.hugepages`): only the console script may
     replace its process, so the check is here and not in the Typer command."""
     global _gc_paused
-    words = [a for a in sys.argv[1:] if not a.startswith("-")]
+    words = [a for a in sys.argv[1:] if not a.startswith("-")]  # the command's name first
     if words[:2] == ["lab", "simulate"]:
         from swarmhub.lab.hugepages import maybe_reexec
 
         maybe_reexec()  # returns unless huge pages need another allocator: see there
-    if _command_name(sys.argv[1:]) == "get":
+    if words[:1] == ["get"]:
         gc.disable()
         _gc_paused = True
     code = _profiled(os.environ.get(PROFILE_ENV, ""))
