@@ -166,15 +166,8 @@ class BlockTable:
         look-ups on identity. No row is made for what a peer sends (its memory is the
         pieces we request)."""
         index, begin, length = key
-        if 0 <= index < self._n and begin >= 0:
-            row = self._rows[index]
-            if row is not None:
-                bs = self._bs
-                j = begin // bs
-                if j * bs == begin and j < len(row):
-                    block = row[j]
-                    if block[2] == length:
-                        return block
+        if 0 <= index < self._n and self._rows[index] is not None:
+            return self.get(index, begin, length)  # (the row is there: get makes none)
         return make_block(key)
 
     def drop(self, index: int) -> None:
