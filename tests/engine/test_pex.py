@@ -13,6 +13,7 @@ from hostile import HostilePeer, poll
 from swarmhub.bencode import bencode
 from swarmhub.engine.peer import EXT_IDS
 from swarmhub.engine.pex import (
+    _DIALABLE,
     FIRST_DELAY,
     FLAG_REACHABLE,
     INTERVAL,
@@ -326,3 +327,14 @@ def test_what_was_told_is_dropped_oldest_first_and_never_told_twice() -> None:
             model.update(dict.fromkeys(added))
         assert list(pex.sent) == list(model)
         now += 1.0
+
+
+def test_the_dialable_cache_holds_every_host_of_a_10000_peer_swarm() -> None:
+    """``lab simulate`` runs 10,000 hosts in one process, each told of the others by PEX:
+    a cache smaller than that was emptied again and again, and the addresses parsed anew."""
+    hosts = [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(10_001)]
+    _DIALABLE.clear()
+    for start in range(0, len(hosts), MAX_ADDED):
+        msg = PexMessage(added=[(h, 6881) for h in hosts[start:start + MAX_ADDED]])
+        assert len(PexPeer(0.0).received(0.0, msg)) == len(msg.added)
+    assert set(hosts) <= _DIALABLE.keys()

@@ -39,9 +39,11 @@ def _dialable(host: str) -> bool:
 #: :func:`_dialable`'s answers by host: parsing was most of :meth:`PexPeer.received`, and
 #: a swarm keeps telling us about the same peers (``lab simulate`` at N=1,000: 4% of the
 #: run). A dict read compiled, not an ``lru_cache`` call (~500 instructions an address);
-#: emptied when full, so a long session holds at most this many.
+#: emptied when full, so a long session holds at most this many (~6 MB). Above the hosts
+#: of the largest swarm ``lab simulate`` runs (10,000, one process for all): at 4,096 the
+#: cache was emptied every ~4,000 new hosts there and most addresses parsed again.
 _DIALABLE: Final[dict[str, bool]] = {}
-_DIALABLE_MAX: Final = 4096
+_DIALABLE_MAX: Final = 65536
 
 
 def listen_addrs(peers: Iterable[PeerState]) -> dict[Addr, int]:
