@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hostile import HostilePeer, poll
 
-from swarmhub.engine.flow import BACKLOG, RATE, UPLOAD_BATCH, ReadGate, reply_limit
+from swarmhub.engine.flow import BACKLOG, RATE, SOON, UPLOAD_BATCH, ReadGate, reply_limit
 from swarmhub.engine.peerstate import RequestQueue
 from swarmhub.engine.session import Session
 from swarmhub.metainfo import create_torrent
@@ -59,6 +59,12 @@ def test_the_gate_is_open_unless_paused_for_the_backlog_or_over_its_limit() -> N
     assert not gate.open()
     gate.resume(BACKLOG)
     assert gate.open()
+    gate.pause(SOON)  # replies the socket took at once: the rest waits for a later callback
+    assert not gate.open() and not tr.reading
+    gate.resume(RATE)
+    gate.resume(SOON)
+    assert gate.open() and tr.reading
+
 
 def test_read_gate_reads_again_only_when_no_reason_is_left() -> None:
     tr = FakeTransport()

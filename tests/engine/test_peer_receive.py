@@ -5,6 +5,7 @@ BufferedProtocol callbacks with a stub transport, session and torrent (no socket
 
 from __future__ import annotations
 
+import asyncio
 import random
 from types import SimpleNamespace
 from typing import Any
@@ -400,6 +401,56 @@ async def test_replies_to_a_run_of_requests_are_corked_only_up_to_the_gates_limi
     proto.resume_writing()
     assert [e[1] for e in torrent.events if e[0] == "msg"][2:] == reqs
     assert sum(map(len, transport.written[ours:])) == len(reqs) * len(reject)
+
+
+async def test_replies_the_socket_took_at_once_are_not_piled_up_in_one_callback() -> None:
+    """uvloop reports a write the socket took at once as sent (a write-buffer size of 0)
+    but holds its buffer until the write callback, in the next loop iteration. Handling
+    a flood in one callback then held a gate's worth of replies per round (a seeder's
+    peak +66 to +108 MB under 40,000 ``ut_metadata`` requests); each round must wait for
+    a later callback, so at most one gate's worth is held at once, and all are answered
+    in order."""
+    torrent = StubTorrent()
+    proto, transport = await connected(torrent)
+    assert proto._gate is not None
+    limit = proto._gate.limit
+    reply = bytes(16 * 1024)
+    held = most = 0
+    loop = asyncio.get_running_loop()
+
+    def release(n: int) -> None:
+        nonlocal held
+        held -= n
+
+    def taken_at_once(data: bytes) -> None:  # the buffer stays ours until the callback
+        nonlocal held, most
+        transport.written.append(bytes(data))
+        held += len(data)
+        most = max(most, held)
+        loop.call_soon(release, len(data))
+
+    def answer(peer: Any, msg: m.Message) -> None:
+        torrent.events.append(("msg", msg))
+        if isinstance(msg, m.Interested):
+            proto.write(reply)
+
+    torrent.on_message = answer  # type: ignore[method-assign]
+    transport.write = taken_at_once  # type: ignore[method-assign]
+    ours = len(transport.written)  # our handshake
+    n = 1000  # 16 MiB of replies, over five times the limit
+    head = m.encode(m.Handshake(m.make_reserved(), INFO_HASH, b"R" * 20)) + m.encode(m.HaveNone())
+    feed(proto, head + m.encode(m.Interested()) * n, [1 << 20])
+    assert most <= limit + len(reply)
+    assert not transport.reading  # the rest waits for a later callback, unread
+    for _ in range(4 * n * len(reply) // limit):  # bounded: a few rounds per limit's worth
+        if sum(map(len, transport.written[ours:])) == n * len(reply) and transport.reading:
+            break
+        await asyncio.sleep(0)
+    assert sum(map(len, transport.written[ours:])) == n * len(reply)
+    assert transport.reading and proto._pump_soon is None
+    assert [e[1] for e in torrent.events if e[0] == "msg"][1:] == [m.Interested()] * n
+    assert most <= limit + len(reply)
+    proto.close("done")
 
 
 async def test_the_blocks_of_one_read_go_over_in_batches() -> None:

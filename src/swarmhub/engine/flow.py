@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ["BACKLOG", "RATE", "UPLOAD_BATCH", "ReadGate", "reply_limit"]
+__all__ = ["BACKLOG", "RATE", "SOON", "UPLOAD_BATCH", "ReadGate", "reply_limit"]
 
-#: Reasons to stop reading: replies the peer leaves unread, and the download rate limit.
+#: Reasons to stop reading: replies the peer leaves unread, replies the socket took at once
+#: (the rest waits for a later callback: see ``PeerProtocol._pump``), and the download rate
+#: limit. The first two also stop handling what was read already.
 BACKLOG = "backlog"
+SOON = "soon"
 RATE = "rate"
+_STOPS = frozenset((BACKLOG, SOON))
 #: Most bytes one upload batch adds past the high-water mark (Uploader.serve writes
 #: up to 1 MiB of blocks, the last one up to 128 KiB, once the transport is writable).
 UPLOAD_BATCH = 2 << 20
@@ -41,11 +45,12 @@ class ReadGate:
     peer that reads normally never trips it.
     """
 
-    __slots__ = ("_reasons", "_transport", "limit")
+    __slots__ = ("_reasons", "_stopped", "_transport", "limit")
 
     def __init__(self, transport: asyncio.Transport, limit: int) -> None:
         self._transport = transport
         self._reasons: set[str] = set()
+        self._stopped = False  # BACKLOG or SOON holds (kept: open() is on the hot path)
         self.limit = limit
 
     def over(self, pending: int = 0) -> bool:
@@ -54,11 +59,10 @@ class ReadGate:
         return self._transport.get_write_buffer_size() + pending > self.limit
 
     def open(self) -> bool:
-        """Not paused for the backlog and not :meth:`over`: the peer's messages may be
-        handled. One call where the receive path asked ``paused`` and ``over`` (a lab
-        peer asks ~16,000 times per 32 MiB)."""
-        return BACKLOG not in self._reasons and \
-            self._transport.get_write_buffer_size() <= self.limit
+        """Not paused for the backlog (or SOON) and not :meth:`over`: the peer's messages
+        may be handled. One call where the receive path asked ``paused`` and ``over`` (a
+        lab peer asks ~16,000 times per 32 MiB)."""
+        return not self._stopped and self._transport.get_write_buffer_size() <= self.limit
 
     def room(self, pending: int = 0) -> int:
         """Bytes that may still be queued before :meth:`over` (negative: over by that)."""
@@ -71,10 +75,12 @@ class ReadGate:
         if not self._reasons:
             self._transport.pause_reading()
         self._reasons.add(reason)
+        self._stopped = not _STOPS.isdisjoint(self._reasons)
 
     def resume(self, reason: str) -> None:
         if reason not in self._reasons:
             return
         self._reasons.discard(reason)
+        self._stopped = not _STOPS.isdisjoint(self._reasons)
         if not self._reasons and not self._transport.is_closing():
             self._transport.resume_reading()
