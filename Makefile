@@ -1,9 +1,7 @@
 # The two commands of the quick start: `make run` and `make test`.
 # Everything the project needs is installed from here (pip into .venv, apt-get for
 # the Debian packages the interop tests use).
-# The venv's interpreter: the distribution's CPython where it can make one (built with PGO and
-# LTO: `lab simulate` ~7 % faster than a plain pyenv build), else python3 (scripts/venv-python).
-PY ?= $(shell scripts/venv-python)
+PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # iptables, gcc, libc6-dev, libnetfilter-queue-dev: the lab's latency (an NFQUEUE delay line
