@@ -23,7 +23,6 @@ __all__ = ["BACKLOG", "RATE", "SOON", "UPLOAD_BATCH", "ReadGate", "reply_limit"]
 BACKLOG = "backlog"
 SOON = "soon"
 RATE = "rate"
-_STOPS = frozenset((BACKLOG, SOON))
 #: Most bytes one upload batch adds past the high-water mark (Uploader.serve writes
 #: up to 1 MiB of blocks, the last one up to 128 KiB, once the transport is writable).
 UPLOAD_BATCH = 2 << 20
@@ -45,12 +44,11 @@ class ReadGate:
     peer that reads normally never trips it.
     """
 
-    __slots__ = ("_reasons", "_stopped", "_transport", "limit")
+    __slots__ = ("_reasons", "_transport", "limit")
 
     def __init__(self, transport: asyncio.Transport, limit: int) -> None:
         self._transport = transport
         self._reasons: set[str] = set()
-        self._stopped = False  # BACKLOG or SOON holds (kept: open() is on the hot path)
         self.limit = limit
 
     def over(self, pending: int = 0) -> bool:
@@ -62,7 +60,9 @@ class ReadGate:
         """Not paused for the backlog (or SOON) and not :meth:`over`: the peer's messages
         may be handled. One call where the receive path asked ``paused`` and ``over`` (a
         lab peer asks ~16,000 times per 32 MiB)."""
-        return not self._stopped and self._transport.get_write_buffer_size() <= self.limit
+        reasons = self._reasons
+        return BACKLOG not in reasons and SOON not in reasons and \
+            self._transport.get_write_buffer_size() <= self.limit
 
     def room(self, pending: int = 0) -> int:
         """Bytes that may still be queued before :meth:`over` (negative: over by that)."""
@@ -75,12 +75,10 @@ class ReadGate:
         if not self._reasons:
             self._transport.pause_reading()
         self._reasons.add(reason)
-        self._stopped = not _STOPS.isdisjoint(self._reasons)
 
     def resume(self, reason: str) -> None:
         if reason not in self._reasons:
             return
         self._reasons.discard(reason)
-        self._stopped = not _STOPS.isdisjoint(self._reasons)
         if not self._reasons and not self._transport.is_closing():
             self._transport.resume_reading()
