@@ -39,6 +39,17 @@ OUT = Path(MANIFEST).parent
 # point. -march=native would (FMA contraction changed the simulator's event count): not used.
 FAST_CFLAGS = ("-fno-semantic-interposition", "-fno-plt")
 
+# Added to mypyc's primitives for this build (the manifest records them: a change rebuilds).
+# bytearray[i]: mypyc declares CPyBytes_GetItem for "bytes[index], bytearray[index]" and the C
+# function reads either object, but the op is typed for bytes only since mypyc gave bytearray
+# its own type (1.18), so every compiled bytearray read became a generic PyObject_GetItem
+# (boxed index, ~100 instructions: 2.5 M reads at N=64 `lab simulate`, the have bitfields).
+# bytearray[i] = v: no op in mypyc at all (PyObject_SetItem, index and value boxed); ours is
+# in OPS_HEADER, put in front of every C file by gcc's -include (posix builds only).
+EXTRA_OPS = ("bytearray.__getitem__ -> CPyBytes_GetItem",
+             "bytearray.__setitem__ -> CPySwarm_ByteArraySetItem (mypyc_ops.h)")
+OPS_HEADER = Path(__file__).resolve().with_name("mypyc_ops.h")
+
 
 def module_file(name: str) -> Path | None:
     base = SRC.joinpath(*name.split("."))
@@ -80,6 +91,8 @@ def up_to_date() -> bool:
     return (
         manifest.get("ext_suffix") == importlib.machinery.EXTENSION_SUFFIXES[0]
         and manifest.get("cflags") == list(FAST_CFLAGS)
+        and manifest.get("extra_ops") == list(EXTRA_OPS)
+        and manifest.get("ops_header") == source_hash(OPS_HEADER)
         and stale(manifest["sources"], SRC) is None
         and set(MODULES) <= manifest["extensions"].keys()  # a module added since the build
         and all((OUT / rel).is_file() for rel in manifest["extensions"].values())
@@ -93,11 +106,9 @@ def build() -> None:
         shutil.copytree(SRC, work / "src", ignore=shutil.ignore_patterns(
             "_mypyc", "__pycache__", "*.so"))
         shutil.copy(ROOT / "pyproject.toml", work)  # mypy's settings (strict)
-        cmd = [sys.executable, "-m", "mypyc", *(str(f.relative_to(ROOT)) for f in files if f)]
-        env = dict(os.environ)
-        if os.name == "posix":
-            env["CFLAGS"] = " ".join([*FAST_CFLAGS, env.get("CFLAGS", "")]).strip()
-        run = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--mypycify",
+               *(str(f.relative_to(ROOT)) for f in files if f)]
+        run = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
         if run.returncode:
             tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-15:])
             raise SystemExit(f"mypyc failed (the pure modules will be used):\n{tail}")
@@ -117,13 +128,44 @@ def build() -> None:
     manifest = {
         "ext_suffix": importlib.machinery.EXTENSION_SUFFIXES[0],
         "cflags": list(FAST_CFLAGS),
+        "extra_ops": list(EXTRA_OPS),
+        "ops_header": source_hash(OPS_HEADER),
         "extensions": extensions,
         "sources": {str(p.relative_to(SRC)): source_hash(p) for p in dependencies(MODULES)},
     }
     Path(MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
+def mypycify(paths: list[str]) -> None:
+    """What ``python -m mypyc PATHS`` runs (its generated setup.py, same options), with
+    :data:`EXTRA_OPS` registered first (``-m mypyc`` builds in a child process that
+    nothing here could reach) and :data:`FAST_CFLAGS`. Builds in the current directory."""
+    if os.name == "posix":
+        os.environ["CFLAGS"] = " ".join(
+            [*FAST_CFLAGS, "-include", str(OPS_HEADER), os.environ.get("CFLAGS", "")]).strip()
+    import mypy.build  # noqa: F401  (mypy's compiled modules first: an import cycle otherwise)
+    from mypyc.build import mypycify as _mypycify
+    from mypyc.ir.ops import ERR_FALSE, ERR_MAGIC
+    from mypyc.ir.rtypes import bit_rprimitive, bytearray_rprimitive, int_rprimitive
+    from mypyc.primitives.registry import method_op
+    from setuptools import setup  # type: ignore[import-untyped]
+
+    method_op(name="__getitem__", arg_types=[bytearray_rprimitive, int_rprimitive],
+              return_type=int_rprimitive, c_function_name="CPyBytes_GetItem",
+              error_kind=ERR_MAGIC)
+    if os.name == "posix":  # (the header goes in through CFLAGS: gcc and clang)
+        method_op(name="__setitem__",
+                  arg_types=[bytearray_rprimitive, int_rprimitive, int_rprimitive],
+                  return_type=bit_rprimitive, c_function_name="CPySwarm_ByteArraySetItem",
+                  error_kind=ERR_FALSE)
+    setup(name="mypyc_output", script_args=["build_ext", "--inplace"],
+          ext_modules=_mypycify(paths, opt_level="3", debug_level="1"))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--mypycify"]:
+        mypycify(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = ap.parse_args()
