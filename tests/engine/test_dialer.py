@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swarmhub.engine.schedule import Dialer
+from swarmhub.engine.schedule import MAX_CANDIDATES, Dialer
 
 
 def _addr(i: int) -> tuple[str, int]:
@@ -10,8 +10,7 @@ def _addr(i: int) -> tuple[str, int]:
 
 
 def test_candidates_keep_the_newest_up_to_the_bound() -> None:
-    d = Dialer([])
-    d.MAX_CANDIDATES = 3
+    d = Dialer([], max_candidates=3)
     d.add([_addr(i) for i in range(5)])
     assert list(d.candidates) == [_addr(2), _addr(3), _addr(4)]
     d.add([_addr(4), _addr(0)])  # one still queued (no change), one dropped earlier (again)
@@ -27,7 +26,7 @@ def test_the_default_bound_holds_a_thousand_peer_swarm() -> None:
     d.add([_addr(i) for i in range(1000)])
     assert len(d.candidates) == 1000
     d.add([_addr(i) for i in range(1000, 10_000)])
-    assert len(d.candidates) == Dialer.MAX_CANDIDATES
+    assert len(d.candidates) == MAX_CANDIDATES
     assert d.candidates[-1] == _addr(9999)
 
 
@@ -58,3 +57,16 @@ def test_held_hosts_stay_queued_in_order_until_a_call_without_them() -> None:
     assert d.next(0.1, set(), room=10, hold=frozenset({"10.9.9.9"})) == []
     assert d.next(0.2, set(), room=1) == [hub]
     assert list(d.candidates) == [("10.9.9.9", 7000)]
+
+
+def test_the_queue_keeps_the_address_objects_it_was_given() -> None:
+    """One tuple per address, however many dialers queue it (``lab simulate`` shares them
+    among 10,000 peers): compiled, an address typed as a tuple is unpacked and packed into
+    a new tuple where it is stored (+250 MB at N=3,000)."""
+    given = [_addr(i) for i in range(4)]
+    d = Dialer([], max_candidates=3)
+    d.add(given)
+    assert all(a is b for a, b in zip(d.candidates, given[1:], strict=True))
+    dialled = d.next(0.0, set(), room=2)
+    assert dialled[0] is given[1] and dialled[1] is given[2]
+    assert d.candidates[0] is given[3]

@@ -100,8 +100,7 @@ def test_a_seed_flagged_by_pex_is_not_dialled_once_we_are_a_seed() -> None:
 
 
 def test_the_seed_book_is_bounded() -> None:
-    d = Dialer([])
-    d.MAX_SEEDS = 2
+    d = Dialer([], max_seeds=2)
     for i in range(3):
         d.seed((f"10.0.1.{i}", 6881))
     assert list(d.seeds) == [("10.0.1.1", 6881), ("10.0.1.2", 6881)]

@@ -17,10 +17,22 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
+from typing import Any, Final
 
 __all__ = ["Dialer", "TrackerSchedule"]
 
 Addr = tuple[str, int]
+
+#: deque's methods themselves, called with the deque (Final: a C static when compiled; by
+#: name each call looks the method up)
+_APPEND: Final = collections.deque.append
+_POPLEFT: Final = collections.deque.popleft
+
+#: the most addresses a dialer keeps waiting to be dialled; the oldest go first (the
+#: freshest tell most likely of a live peer)
+MAX_CANDIDATES: Final = 1000
+#: the most addresses a dialer remembers as seeds (the oldest forgotten first)
+MAX_SEEDS: Final = 1000
 
 
 class TrackerSchedule:
@@ -72,25 +84,28 @@ class TrackerSchedule:
 class Dialer:
     """Candidate addresses and the dials in progress.
 
-    The candidates are bounded (:attr:`MAX_CANDIDATES`, the newest kept): a peer at its
-    connection cap dials nobody, while trackers and PEX keep telling it addresses, so in
-    a swarm of N peers every peer queued up to N of them (O(N^2): at N=10,000 in ``lab
-    simulate`` most of the run's memory). libtorrent bounds its peer list the same way
-    (``max_peerlist_size``, 3,000)."""
+    The candidates are bounded (``max_candidates``, :data:`MAX_CANDIDATES` unless told, the
+    newest kept): a peer at its connection cap dials nobody, while trackers and PEX keep
+    telling it addresses, so in a swarm of N peers every peer queued up to N of them
+    (O(N^2): at N=10,000 in ``lab simulate`` most of the run's memory). libtorrent bounds
+    its peer list the same way (``max_peerlist_size``, 3,000).
 
-    #: the most addresses waiting to be dialled; the oldest go first (the freshest tell
-    #: most likely of a live peer)
-    MAX_CANDIDATES = 1000
-    #: the most addresses remembered as seeds (the oldest forgotten first)
-    MAX_SEEDS = 1000
+    Compiled with the swarm core (``lab simulate`` N=3,000 to 4 s: :meth:`add`, every
+    address of every tracker answer and PEX message, was 6 % of the run interpreted).
+    The addresses are handled as the objects given (locals and containers typed ``Any``):
+    compiled, an address typed ``tuple[str, int]`` is unpacked where it is read and packed
+    into a new tuple where it is stored (+250 MB at N=3,000: a tuple per address kept)."""
 
-    def __init__(self, direct: Iterable[Addr], retry: float = 5.0) -> None:
+    def __init__(self, direct: Iterable[Addr], retry: float = 5.0,
+                 max_candidates: int = MAX_CANDIDATES, max_seeds: int = MAX_SEEDS) -> None:
         self.direct = list(direct)
         self._direct = frozenset(self.direct)
         self.candidates: collections.deque[Addr] = collections.deque(self.direct)
         self._queued = set(self.direct)
         self.connecting: set[Addr] = set()
         self.retry = retry
+        self.max_candidates = max_candidates
+        self.max_seeds = max_seeds
         #: when each direct peer may be queued again (direct peers only: kept for every
         #: address dialled, it grew with each peer a long session ever dialled)
         self._retry_at: dict[Addr, float] = {}
@@ -105,19 +120,26 @@ class Dialer:
         self.seeds: dict[Addr, None] = {}
 
     def add(self, addrs: Iterable[Addr]) -> None:
-        queued, candidates = self._queued, self.candidates
-        for addr in addrs:
-            if addr not in queued and addr not in self.own:
-                if len(candidates) >= self.MAX_CANDIDATES:
-                    queued.discard(candidates.popleft())
+        queued: set[Any] = self._queued
+        candidates: collections.deque[Any] = self.candidates
+        own: set[Any] = self.own
+        limit = self.max_candidates
+        n = len(candidates)
+        given: Iterable[Any] = addrs
+        for addr in given:
+            if addr not in queued and addr not in own:
+                if n >= limit:
+                    queued.discard(_POPLEFT(candidates))
+                else:
+                    n += 1
                 queued.add(addr)
-                candidates.append(addr)
+                _APPEND(candidates, addr)
 
     def seed(self, addr: Addr) -> None:
         """``addr`` is a seed's listen address (bounded: the oldest is forgotten)."""
         seeds = self.seeds
         if addr not in seeds:
-            if len(seeds) >= self.MAX_SEEDS:
+            if len(seeds) >= self.max_seeds:
                 del seeds[next(iter(seeds))]
             seeds[addr] = None
 
@@ -134,23 +156,27 @@ class Dialer:
         queued, undialled (a later call without it dials it); with ``complete`` (we are
         a seed) known seeds are dropped from the queue, undialled."""
         seeds = self.seeds if complete else None
-        out: list[Addr] = []
-        held: list[Addr] = []
-        while self.candidates and len(out) < room:
-            addr = self.candidates.popleft()
+        candidates: collections.deque[Any] = self.candidates
+        queued: set[Any] = self._queued
+        connecting: set[Any] = self.connecting
+        own: set[Any] = self.own
+        out: list[Any] = []
+        held: list[Any] = []
+        while candidates and len(out) < room:
+            addr = _POPLEFT(candidates)
             if hold and addr[0] in hold:
                 held.append(addr)
                 continue
-            self._queued.discard(addr)
-            if addr in connected or addr in self.connecting or addr in self.own:
+            queued.discard(addr)
+            if addr in connected or addr in connecting or addr in own:
                 continue
             if seeds and addr in seeds:
                 continue
             if addr in self._direct:
                 self._retry_at[addr] = now + self.retry
-            self.connecting.add(addr)
+            connecting.add(addr)
             out.append(addr)
-        self.candidates.extend(held)
+        candidates.extend(held)
         return out
 
     def done(self, addr: Addr) -> None:

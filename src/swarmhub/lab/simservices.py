@@ -56,7 +56,7 @@ class Services:
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
         #: one tuple per address: PEX hands every peer new ``(host, port)`` tuples, and
-        #: each peer's dialer keeps up to ``Dialer.MAX_CANDIDATES`` of them (a new tuple
+        #: each peer's dialer keeps up to ``schedule.MAX_CANDIDATES`` of them (a new tuple
         #: each was ~60 KB per peer at N=10,000); shared ones cost a reference. Typed
         #: ``object``: compiled, a ``tuple[str, int]`` is unboxed, and boxed anew (another
         #: tuple) wherever it is stored
